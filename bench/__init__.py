@@ -1,0 +1,1 @@
+"""polytask benchmarks: polytask against its peers, measured in the same run."""

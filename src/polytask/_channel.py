@@ -1,0 +1,1024 @@
+"""Channels: the queues between tasks, in one process or across processes.
+
+``Channel(backend="thread")`` is a deque under a condition variable.
+``Channel(backend="process")`` is a ring of frames in a shared-memory segment
+(see ``_ring.py`` for the frame protocol), with no feeder thread and no pipe::
+
+    producer process                shared memory segment               consumer process
+    ────────────────                ─────────────────────               ────────────────
+    put(item)                       ┌──────────────────────────┐
+     pickle (protocol 5) ──────────>│ P mutex   C mutex        │
+     big buffers out of band        │ data seq  space seq      │<──── get()
+     ├─ small: copy under P ───────>│ ring: [frame][frame]...  │───── small: copy out under C
+     └─ big: reserve under P,       │                          │      big: claim under C,
+        copy outside, commit ──────>│                          │───── copy outside, release
+     futex_wake(data seq) ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─> futex_wait(data seq)
+     futex_wait(space seq) <─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─  futex_wake(space seq)
+    frames bigger than half the ring: payload in a separate "spill" segment
+
+Producers share the P mutex and consumers the C mutex, so one producer and one
+consumer never wait for each other. Both mutexes are *robust*: a process killed
+while holding one leaves the next locker in charge of repairing the counters
+(:meth:`Ring.recount`). A process killed while copying a big frame leaves an
+unfinished frame with its pid; readers waiting at it check the pid and skip it.
+Every wait is a futex wait in slices, with the caller's timeout.
+
+Lock order: C before P (never take C while holding P).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, TypeVar, cast
+
+from . import _ring as R
+from ._errors import ChannelClosed, SerializationError
+from ._shm import (
+    AttachCache,
+    RobustMutex,
+    Segment,
+    _mutex_trylock,
+    _mutex_unlock,
+    futex_wait,
+    futex_wake,
+    pid_alive,
+)
+
+__all__ = ["Channel", "register_channel_backend"]
+
+T = TypeVar("T")
+
+#: Default size of a process channel's ring (bytes); items bigger than half of it spill.
+DEFAULT_CAPACITY = 8 * 1024 * 1024
+
+# Item kinds stored in a frame header.
+K_PICKLE, K_OOB, K_BYTES, K_BYTEARRAY, K_MEMORYVIEW, K_SPILL = 0, 1, 2, 3, 4, 5
+
+_SMALL_PAYLOAD = R.SMALL - R.HEADER
+# An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
+_REPICKLE_OVER = 256 * 1024
+_OOB_BYTES_MIN = 64 * 1024
+# Seconds between checks that the process we wait for is alive.
+_LIVENESS_SLICE = 0.1
+_IDLE_SLICE = 1.0
+_SPIN_SECONDS = 50e-6 if (os.cpu_count() or 1) > 1 else 0.0
+
+_pid = os.getpid()
+_pdumps = pickle.dumps
+_ploads = pickle.loads
+_futex_wake = futex_wake
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+    return time.monotonic() + timeout
+
+
+class Channel(Generic[T]):
+    """A FIFO channel between tasks: many producers, many consumers.
+
+    ``Channel(maxsize=0, backend="thread")`` connects threads of one process;
+    ``backend="process"`` connects processes through shared memory, and the
+    channel can be passed to process tasks as an argument. ``maxsize`` bounds
+    the number of items (0: no bound) so that producers wait when consumers
+    fall behind. A process channel is also bounded by its ring's ``capacity``
+    in bytes (items bigger than half of it take a slower path).
+
+    Iterating yields items until the channel is closed and drained::
+
+        ch = pt.Channel(maxsize=100)
+        ch.put(1); ch.close()
+        assert list(ch) == [1]
+
+    ``put`` and ``get`` take ``timeout=`` (seconds, None to wait as long as it
+    takes) and raise ``queue.Full`` / ``queue.Empty`` when it passes, like
+    ``queue.Queue``; ``put`` on a closed channel and ``get`` on a closed and
+    drained one raise :class:`ChannelClosed`.
+    """
+
+    backend: str
+    maxsize: int
+
+    def __new__(
+        cls,
+        maxsize: int = 0,
+        *,
+        backend: str = "thread",
+        capacity: int | None = None,
+    ) -> Channel[T]:
+        if cls is not Channel:
+            return super().__new__(cls)
+        impl = _BACKENDS.get(backend)
+        if impl is None:
+            raise ValueError(
+                f"unknown channel backend {backend!r}; choose one of {sorted(_BACKENDS)}"
+            )
+        return cast("Channel[T]", object.__new__(impl))
+
+    # The methods below are provided by each backend.
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        """Add ``item``; wait up to ``timeout`` s for room (``queue.Full`` after)."""
+        raise NotImplementedError
+
+    def get(self, timeout: float | None = None) -> T:
+        """Remove and return the oldest item; wait up to ``timeout`` s (``queue.Empty`` after)."""
+        raise NotImplementedError
+
+    def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
+        """Add several items, in order (cheaper per item than ``put``)."""
+        deadline = _deadline(timeout)
+        for item in items:
+            self.put(item, None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """Wait for at least one item, then return up to ``max_items`` that are ready."""
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        out = [self.get(timeout)]
+        while len(out) < max_items:
+            try:
+                out.append(self.get_nowait())
+            except (queue.Empty, ChannelClosed):
+                break
+        return out
+
+    def close(self) -> None:
+        """Refuse further puts; readers get what is left, then :class:`ChannelClosed`."""
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (by any process)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Number of items waiting (a snapshot: others may be putting and getting)."""
+        raise NotImplementedError
+
+    def put_nowait(self, item: T) -> None:
+        """``put`` without waiting: ``queue.Full`` if there is no room."""
+        self.put(item, 0)
+
+    def get_nowait(self) -> T:
+        """``get`` without waiting: ``queue.Empty`` if there is no item."""
+        return self.get(0)
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            try:
+                yield self.get()
+            except ChannelClosed:
+                return
+
+    def __enter__(self) -> Channel[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<Channel backend={self.backend!r} maxsize={self.maxsize} items={len(self)} {state}>"
+        )
+
+
+# --------------------------------------------------------------------------- thread backend
+
+
+class _ThreadChannel(Channel[T]):
+    """A deque under one lock, with two conditions (like queue.Queue) and close."""
+
+    def __init__(self, maxsize: int = 0, *, backend: str = "thread", capacity: int | None = None):
+        _check_maxsize(maxsize)
+        self.backend = "thread"
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._closed = False
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        with self._not_full:
+            if self._closed:
+                raise ChannelClosed("put() on a closed channel")
+            if self.maxsize and len(self._items) >= self.maxsize:
+                deadline = _deadline(timeout)
+                while len(self._items) >= self.maxsize:
+                    if self._closed:
+                        raise ChannelClosed("the channel was closed while put() waited for room")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise queue.Full
+                    self._not_full.wait(left)
+            self._items.append(item)
+            self._not_empty.notify()
+
+    def get(self, timeout: float | None = None) -> T:
+        with self._not_empty:
+            if not self._items:
+                deadline = _deadline(timeout)
+                while not self._items:
+                    if self._closed:
+                        raise ChannelClosed("get() on a closed and drained channel")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise queue.Empty
+                    self._not_empty.wait(left)
+            item = self._items.popleft()
+            self._not_full.notify()
+            return item
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __reduce__(self) -> Any:
+        raise SerializationError(
+            "a Channel(backend='thread') lives in one process and cannot be sent to another; "
+            "create it with backend='process' to pass it to process tasks"
+        )
+
+
+def _check_maxsize(maxsize: int) -> None:
+    if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
+        raise ValueError(f"maxsize must be an int >= 0 (0 = no limit), got {maxsize!r}")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class _OOBBytes:
+    """Stands for a large bytes/bytearray inside a container, so it travels out of band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (type(self.data), (pickle.PickleBuffer(self.data),))
+
+
+def _lift_bytes(obj: Any, depth: int = 0) -> Any:
+    t = type(obj)
+    if (t is bytes or t is bytearray) and len(obj) >= _OOB_BYTES_MIN:
+        return _OOBBytes(obj)
+    if depth >= 4:
+        return obj
+    if t is tuple:
+        return tuple(_lift_bytes(x, depth + 1) for x in obj)
+    if t is list:
+        return [_lift_bytes(x, depth + 1) for x in obj]
+    if t is dict:
+        return {k: _lift_bytes(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def _dumps(item: Any, bufs: list[pickle.PickleBuffer]) -> bytes:
+    try:
+        return pickle.dumps(item, 5, buffer_callback=bufs.append)
+    except Exception as exc:
+        bufs.clear()
+        try:
+            import cloudpickle
+
+            data: bytes = cloudpickle.dumps(item, protocol=5, buffer_callback=bufs.append)
+            return data
+        except Exception:
+            pass
+        raise SerializationError(
+            f"cannot send an item of type {type(item).__qualname__} through a process channel: "
+            f"it cannot be pickled ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+_RAW_TYPES: frozenset[type] = frozenset((bytes, bytearray, memoryview))
+_NO_VIEWS: list[memoryview] = []
+
+
+def _encode(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
+    """(kind, payload, out-of-band buffers) for one item."""
+    t = type(item)
+    if t is bytes:
+        return K_BYTES, item, []
+    if t is bytearray:
+        return K_BYTEARRAY, memoryview(item), []
+    if t is memoryview:
+        m: memoryview = item
+        if not m.c_contiguous:
+            m = memoryview(m.tobytes())
+        return K_MEMORYVIEW, m.cast("B") if m.format != "B" or m.ndim != 1 else m, []
+    bufs: list[pickle.PickleBuffer] = []
+    payload = _dumps(item, bufs)
+    if not bufs and len(payload) > _REPICKLE_OVER and t in (tuple, list, dict):
+        lifted = _lift_bytes(item)
+        bufs2: list[pickle.PickleBuffer] = []
+        payload2 = _dumps(lifted, bufs2)
+        if bufs2:
+            payload, bufs = payload2, bufs2
+    if bufs:
+        return K_OOB, payload, _raw_views(bufs)
+    return K_PICKLE, payload, []
+
+
+def _raw_views(bufs: list[pickle.PickleBuffer]) -> list[memoryview]:
+    views = []
+    for b in bufs:
+        try:
+            views.append(b.raw())
+        except BufferError:  # not contiguous: send a contiguous copy
+            views.append(memoryview(bytes(memoryview(b))))
+    return views
+
+
+def _loads(data: Any, buffers: Any = None) -> Any:
+    try:
+        return pickle.loads(data, buffers=buffers)
+    except Exception as exc:
+        raise SerializationError(
+            f"an item received from a process channel could not be unpickled "
+            f"({type(exc).__name__}: {exc}); is its class importable in this process?"
+        ) from exc
+
+
+def _decode_small(kind: int, data: bytes) -> Any:
+    if kind == K_PICKLE:
+        return _loads(data)
+    if kind == K_BYTES:
+        return data
+    if kind == K_BYTEARRAY:
+        return bytearray(data)
+    if kind == K_MEMORYVIEW:
+        return memoryview(bytearray(data))
+    if kind == K_SPILL:
+        return _unspill(data)
+    raise SerializationError(f"unknown frame kind {kind} in a process channel")
+
+
+def _decode_views(kind: int, payload: memoryview, bufs: list[memoryview]) -> Any:
+    """Decode a frame whose bytes are still in shared memory: everything is copied out once."""
+    if kind == K_PICKLE:
+        return _loads(payload)
+    if kind == K_OOB:
+        return _loads(payload, [bytearray(b) for b in bufs])
+    if kind == K_BYTES:
+        return bytes(payload)
+    if kind == K_BYTEARRAY:
+        return bytearray(payload)
+    if kind == K_MEMORYVIEW:
+        return memoryview(bytearray(payload))
+    raise SerializationError(f"unknown frame kind {kind} in a process channel")
+
+
+_LOST: Any = object()  # an item whose writer died before it was handed over
+
+# Spilled items: the frame holds (segment name, kind, payload length, buffer lengths);
+# the bytes are in a segment of their own, whose name the reader removes.
+
+
+def _spill_layout(payload_len: int, buf_lens: list[int]) -> tuple[int, list[int]]:
+    offs = []
+    end = payload_len
+    for n in buf_lens:
+        end = (end + R.BUF_ALIGN - 1) & -R.BUF_ALIGN
+        offs.append(end)
+        end += n
+    return max(end, 1), offs
+
+
+def _spill(kind: int, payload: bytes | memoryview, bufs: list[memoryview]) -> tuple[bytes, Segment]:
+    lens = [b.nbytes for b in bufs]
+    size, offs = _spill_layout(len(payload), lens)
+    seg = Segment.create("spill", size)
+    try:
+        mv = seg.buf
+        mv[: len(payload)] = payload
+        for off, b in zip(offs, bufs, strict=True):
+            mv[off : off + b.nbytes] = b
+    except BaseException:
+        seg.close()
+        raise
+    ref = pickle.dumps((seg.name, kind, len(payload), lens), 5)
+    return ref, seg
+
+
+def _unspill(ref: bytes) -> Any:
+    name, kind, plen, lens = pickle.loads(ref)
+    try:
+        seg = Segment.attach(name)
+    except FileNotFoundError:
+        # Its writer died before handing it over (the guardian removed it): lost
+        # with the writer, like an unfinished frame.
+        return _LOST
+    seg.unlink()
+    try:
+        _, offs = _spill_layout(plen, lens)
+        mv = seg.buf
+        payload = mv[:plen]
+        views = [mv[o : o + n] for o, n in zip(offs, lens, strict=True)]
+        try:
+            return _decode_views(kind, payload, views)
+        finally:
+            payload.release()
+            for v in views:
+                v.release()
+    finally:
+        seg.close()
+
+
+def _unlink_spill(ref: bytes) -> None:
+    try:
+        name = pickle.loads(ref)[0]
+        os.unlink(os.path.join("/dev/shm", name))
+    except Exception:
+        pass
+
+
+# --------------------------------------------------------------------------- process backend
+
+_attached = AttachCache()
+
+
+class _ProcessChannel(Channel[T]):
+    """A channel whose items live in a shared-memory ring (see the module docstring)."""
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        backend: str = "process",
+        capacity: int | None = None,
+        _segment: Segment | None = None,
+    ):
+        self.backend = "process"
+        if _segment is None:
+            _check_maxsize(maxsize)
+            cap = R.Ring.round_capacity(DEFAULT_CAPACITY if capacity is None else int(capacity))
+            seg = Segment.create("ch", R.Ring.buffer_size(cap))
+            try:
+                RobustMutex.initialize(seg.address + R.P_MUTEX_OFFSET)
+                RobustMutex.initialize(seg.address + R.C_MUTEX_OFFSET)
+                ring = R.Ring.initialise(seg.buf, cap, maxsize, os.getpid())
+            except BaseException:
+                seg.close()
+                raise
+        else:
+            seg = _segment
+            ring = R.Ring(seg.buf)
+        self._seg = seg
+        self._ring = ring
+        self.maxsize = ring.maxsize
+        base = seg.address
+        self._p_addr = base + R.P_MUTEX_OFFSET
+        self._c_addr = base + R.C_MUTEX_OFFSET
+        self._pm = RobustMutex(self._p_addr)
+        self._cm = RobustMutex(self._c_addr)
+        self._data_seq_addr = base + R.DATA_SEQ_OFFSET
+        self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
+        self._put_small = ring.put_small
+        self._take = ring.take
+        self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
+        if _segment is None:
+            _attached.put(seg.name, self)
+
+    @property
+    def name(self) -> str:
+        """The shared-memory segment's name (what a pickled channel carries)."""
+        return self._seg.name
+
+    def __reduce__(self) -> Any:
+        return (_attach_channel, (self._seg.name,))
+
+    # ------------------------------------------------------------------ locks and repair
+
+    def _lock_p(self, deadline: float | None, rc: int | None = None) -> None:
+        """Take the producer mutex (``rc``: the result of a trylock the caller already made)."""
+        if rc is None:
+            rc = _mutex_trylock(self._p_addr)
+        while rc != 0:
+            if not self._pm._acquire_slow(rc, deadline):
+                return
+            # The previous holder died inside: repair needs both locks, taken C first.
+            self._pm.release()
+            self._repair(deadline)
+            rc = _mutex_trylock(self._p_addr)
+
+    def _lock_c(self, deadline: float | None, rc: int | None = None) -> None:
+        """Take the consumer mutex (``rc``: the result of a trylock the caller already made)."""
+        if rc is None:
+            rc = _mutex_trylock(self._c_addr)
+        if rc != 0 and self._cm._acquire_slow(rc, deadline):
+            self._repair_holding_c(deadline)
+
+    def _repair(self, deadline: float | None) -> None:
+        self._lock_c(deadline)
+        try:
+            self._repair_holding_c(deadline)
+        finally:
+            _mutex_unlock(self._c_addr)
+
+    def _repair_holding_c(self, deadline: float | None) -> None:
+        if self._pm.acquire(deadline):
+            pass  # the dead producer's half-done work is what recount fixes
+        try:
+            self._ring.recount(pid_alive)
+            self._ring.bump_data()
+            self._ring.bump_space()
+        finally:
+            _mutex_unlock(self._p_addr)
+        futex_wake(self._data_seq_addr)
+        futex_wake(self._space_seq_addr)
+
+    # ------------------------------------------------------------------ put
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        # The common case (a small picklable item) is inlined: at a few hundred
+        # thousand items a second every Python call shows.
+        if type(item) in _RAW_TYPES:
+            kind, payload, views = _encode(item)
+        else:
+            pbufs: list[pickle.PickleBuffer] = []
+            try:
+                payload = _pdumps(item, 5, buffer_callback=pbufs.append)
+            except Exception:
+                kind, payload, views = _encode(item)
+            else:
+                if pbufs:
+                    kind, views = K_OOB, _raw_views(pbufs)
+                elif len(payload) > _SMALL_PAYLOAD:
+                    kind, payload, views = _encode(item)  # may lift big bytes out of band
+                else:
+                    kind, views = K_PICKLE, _NO_VIEWS
+        if views or len(payload) > _SMALL_PAYLOAD:
+            self._put_big(kind, payload, views, timeout)
+            return
+        addr = self._p_addr
+        rc = _mutex_trylock(addr)
+        if rc:
+            self._lock_p(_deadline(timeout), rc)
+        try:
+            rc = self._put_small(payload, kind, _pid)
+        finally:
+            _mutex_unlock(addr)
+        if rc > 0:
+            _futex_wake(self._data_seq_addr)
+        elif rc < 0:
+            self._put_small_wait(kind, payload, timeout, rc)
+
+    def _put_small_wait(
+        self, kind: int, payload: bytes | memoryview, timeout: float | None, rc: int
+    ) -> None:
+        ring = self._ring
+        deadline = _deadline(timeout)
+        size = R.Ring.frame_size(len(payload))
+        while True:
+            if rc == R.CLOSED:
+                raise ChannelClosed("put() on a closed channel")
+            self._wait_space(size, deadline)
+            self._lock_p(deadline)
+            try:
+                rc = ring.put_small(payload, kind, _pid)
+            finally:
+                _mutex_unlock(self._p_addr)
+            if rc >= 0:
+                if rc:
+                    futex_wake(self._data_seq_addr)
+                return
+
+    def _put_big(
+        self, kind: int, payload: bytes | memoryview, bufs: list[memoryview], timeout: float | None
+    ) -> None:
+        ring = self._ring
+        deadline = _deadline(timeout)
+        lens = [b.nbytes for b in bufs]
+        spill_seg: Segment | None = None
+        if not ring.fits(R.Ring.frame_size(len(payload), lens)):
+            ref, spill_seg = _spill(kind, payload, bufs)
+            kind, payload, bufs, lens = K_SPILL, ref, [], []
+        try:
+            size = R.Ring.frame_size(len(payload), lens)
+            while True:
+                self._lock_p(deadline)
+                try:
+                    pos = ring.reserve(len(payload), lens, kind, _pid)
+                finally:
+                    _mutex_unlock(self._p_addr)
+                if pos >= 0:
+                    break
+                if pos == R.CLOSED:
+                    raise ChannelClosed("put() on a closed channel")
+                self._wait_space(size, deadline)
+            # Copy outside the lock: other producers and consumers go on meanwhile.
+            pv = ring.payload_view(pos)
+            views = ring.buffer_views(pos)
+            try:
+                pv[:] = payload
+                for v, b in zip(views, bufs, strict=True):
+                    v[:] = b
+            finally:
+                pv.release()
+                for v in views:
+                    v.release()
+            self._lock_p(None)
+            try:
+                ring.commit(pos)
+                wake = ring.bump_data()
+            finally:
+                _mutex_unlock(self._p_addr)
+            if wake:
+                futex_wake(self._data_seq_addr)
+        except BaseException:
+            if spill_seg is not None:
+                spill_seg.close()
+            raise
+        if spill_seg is not None:
+            # The frame owns the spill now: its reader (or the channel's cleanup) removes it.
+            spill_seg.owner = False
+            spill_seg.close()
+            _forget_owned(spill_seg)
+
+    def _wait_space(self, size: int, deadline: float | None) -> None:
+        """Sleep until a reader frees room (or the deadline passes: queue.Full)."""
+        ring = self._ring
+        cap = ring.capacity
+        maxsize = ring.maxsize
+
+        def room() -> bool:
+            if ring.closed:
+                return True
+            if maxsize and ring.items() >= maxsize:
+                return False
+            return ring.used() + 2 * size <= cap or ring.used() == 0
+
+        if deadline is not None and time.monotonic() >= deadline:
+            raise queue.Full
+        if _SPIN_SECONDS:
+            end = time.monotonic() + _SPIN_SECONDS
+            while time.monotonic() < end:
+                if room():
+                    return
+        self._lock_c(deadline)
+        try:
+            seq = ring.add_writer_waiting(1)
+            stuck = ring.reader_at_head()
+        finally:
+            _mutex_unlock(self._c_addr)
+        try:
+            if room():
+                return
+            slice_ = _LIVENESS_SLICE if stuck is not None else _IDLE_SLICE
+            left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
+            if left > 0:
+                futex_wait(self._space_seq_addr, seq, left)
+        finally:
+            self._lock_c(None)
+            try:
+                ring.add_writer_waiting(-1)
+            finally:
+                _mutex_unlock(self._c_addr)
+        if stuck is not None and ring.space_seq == seq and not pid_alive(stuck[1]):
+            self._free_dead_reader(*stuck)
+
+    def _free_dead_reader(self, pos: int, pid: int) -> None:
+        self._lock_c(None)
+        try:
+            if self._ring.reader_at_head() == (pos, pid):
+                self._ring.release(pos)
+                self._ring.bump_space()
+        finally:
+            _mutex_unlock(self._c_addr)
+        futex_wake(self._space_seq_addr)
+
+    # ------------------------------------------------------------------ get
+
+    def get(self, timeout: float | None = None) -> T:
+        addr = self._c_addr
+        rc = _mutex_trylock(addr)
+        if rc:
+            self._lock_c(_deadline(timeout), rc)
+        try:
+            r = self._take(_pid)
+        finally:
+            _mutex_unlock(addr)
+        if type(r) is tuple:
+            if r[2]:
+                _futex_wake(self._space_seq_addr)
+            if r[0] == K_PICKLE:
+                try:
+                    return cast(T, _ploads(r[1]))
+                except Exception:
+                    return cast(T, _loads(r[1]))  # raises SerializationError
+            item = _decode_small(r[0], r[1])
+            if item is not _LOST:
+                return cast(T, item)
+        return self._get_slow(r, timeout)
+
+    def _get_slow(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
+        ring = self._ring
+        deadline = _deadline(timeout)
+        while True:
+            if type(r) is tuple:
+                item = _LOST  # the fast path decoded it already: a lost spill
+            else:
+                pos = cast(int, r)
+                if pos < 0:
+                    if pos == R.EMPTY and ring.closed:
+                        # close() holds the P lock, so every frame reserved before it
+                        # is behind the tail already: nothing more can come.
+                        self._seg.unlink()
+                        raise ChannelClosed("get() on a closed and drained channel")
+                    self._wait_data(pos == R.BLOCKED, deadline)
+                    item = _LOST
+                else:
+                    item = self._read_big(pos)
+            if item is not _LOST:
+                return cast(T, item)
+            self._lock_c(deadline)
+            try:
+                r = ring.take(_pid)
+            finally:
+                _mutex_unlock(self._c_addr)
+            if type(r) is tuple:
+                if r[2]:
+                    futex_wake(self._space_seq_addr)
+                item = _decode_small(r[0], r[1])
+                if item is not _LOST:
+                    return cast(T, item)
+
+    def _read_big(self, pos: int) -> Any:
+        ring = self._ring
+        kind = ring.header(pos)[1]
+        pv = ring.payload_view(pos)
+        views = ring.buffer_views(pos)
+        try:
+            if kind == K_SPILL:
+                ref = bytes(pv)
+            else:
+                return _decode_views(kind, pv, views)
+        finally:
+            pv.release()
+            for v in views:
+                v.release()
+            self._lock_c(None)
+            try:
+                ring.release(pos)
+                wake = ring.bump_space()
+            finally:
+                _mutex_unlock(self._c_addr)
+            if wake:
+                futex_wake(self._space_seq_addr)
+        return _unspill(ref)
+
+    def _wait_data(self, blocked: bool, deadline: float | None) -> None:
+        """Sleep until a writer publishes a frame (or the deadline passes: queue.Empty)."""
+        ring = self._ring
+        if deadline is not None and time.monotonic() >= deadline:
+            raise queue.Empty
+        if _SPIN_SECONDS and not blocked:
+            end = time.monotonic() + _SPIN_SECONDS
+            while time.monotonic() < end:
+                if not ring.empty_for_reader():
+                    return
+        self._lock_p(deadline)
+        try:
+            seq = ring.add_reader_waiting(1)
+        finally:
+            _mutex_unlock(self._p_addr)
+        writer = None
+        try:
+            if blocked:
+                self._lock_c(None)
+                try:
+                    writer = ring.writer_at_read()
+                finally:
+                    _mutex_unlock(self._c_addr)
+            if not blocked and (not ring.empty_for_reader() or ring.closed):
+                return
+            if blocked and writer is None:
+                return  # it was finished meanwhile
+            slice_ = _LIVENESS_SLICE if writer is not None else _IDLE_SLICE
+            left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
+            if left > 0:
+                futex_wait(self._data_seq_addr, seq, left)
+        finally:
+            self._lock_p(None)
+            try:
+                ring.add_reader_waiting(-1)
+            finally:
+                _mutex_unlock(self._p_addr)
+        if writer is not None and ring.data_seq == seq and not pid_alive(writer[1]):
+            self._lock_c(None)
+            try:
+                ring.abandon_writer(*writer)
+                wake = ring.bump_space()
+            finally:
+                _mutex_unlock(self._c_addr)
+            if wake:
+                futex_wake(self._space_seq_addr)
+            return
+
+    # ------------------------------------------------------------------ many at once
+
+    def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
+        deadline = _deadline(timeout)
+        ring = self._ring
+        pending: deque[tuple[int, bytes | memoryview]] = deque()
+        for item in items:
+            kind, payload, bufs = _encode(item)
+            if bufs or len(payload) > _SMALL_PAYLOAD:
+                self._flush_small(pending, deadline)
+                self._put_big(kind, payload, bufs, _left(deadline))
+            else:
+                pending.append((kind, payload))
+        self._flush_small(pending, deadline)
+        del ring
+
+    def _flush_small(
+        self, pending: deque[tuple[int, bytes | memoryview]], deadline: float | None
+    ) -> None:
+        ring = self._ring
+        while pending:
+            self._lock_p(deadline)
+            wake = 0
+            try:
+                while pending:
+                    kind, payload = pending[0]
+                    rc = ring.put_small(payload, kind, _pid)
+                    if rc < 0:
+                        break
+                    wake |= rc
+                    pending.popleft()
+            finally:
+                _mutex_unlock(self._p_addr)
+            if wake:
+                futex_wake(self._data_seq_addr)
+            if pending:
+                if rc == R.CLOSED:
+                    raise ChannelClosed("put_many() on a closed channel")
+                self._wait_space(R.Ring.frame_size(len(pending[0][1])), deadline)
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        out = [self.get(timeout)]
+        if max_items == 1:
+            return out
+        ring = self._ring
+        self._lock_c(None)
+        try:
+            frames = ring.take_many(max_items - 1)
+            wake = ring.wake_writers() if frames else 0
+        finally:
+            _mutex_unlock(self._c_addr)
+        if wake:
+            futex_wake(self._space_seq_addr)
+        for k, d in frames:
+            item = _decode_small(k, d)
+            if item is not _LOST:
+                out.append(cast(T, item))
+        return out
+
+    # ------------------------------------------------------------------ the rest
+
+    def close(self) -> None:
+        ring = self._ring
+        if self._seg.closed:
+            return
+        self._lock_c(None)
+        try:
+            self._lock_p(None)
+            try:
+                ring.close()
+                ring.bump_data()
+                ring.bump_space()
+                empty = ring.items() == 0
+            finally:
+                _mutex_unlock(self._p_addr)
+        finally:
+            _mutex_unlock(self._c_addr)
+        futex_wake(self._data_seq_addr)
+        futex_wake(self._space_seq_addr)
+        if empty:
+            # Nothing left to read: a process that attaches later finds no name
+            # and sees a closed, empty channel, which it is.
+            self._seg.unlink()
+
+    @property
+    def closed(self) -> bool:
+        return self._seg.closed or self._ring.closed
+
+    def __len__(self) -> int:
+        return 0 if self._seg.closed else self._ring.items()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _forget_owned(seg: Segment) -> None:
+    from . import _shm
+
+    _shm._unregister_owned(seg.path)
+
+
+def _release_channel(seg: Segment, ring: R.Ring) -> None:
+    # The last handle in this process is gone. The owner removes the name, and
+    # the spill segments of items nobody read.
+    if seg.closed:
+        return
+    if seg.owner:
+        try:
+            for kind, ref in ring.unread():
+                if kind == K_SPILL:
+                    _unlink_spill(ref)
+        except Exception:
+            pass
+    ring.detach()
+    seg.close()
+
+
+class _GoneChannel(Channel[Any]):
+    """What a process channel unpickles to once its segment was removed: closed and empty."""
+
+    def __init__(self, name: str) -> None:
+        self.backend = "process"
+        self.maxsize = 0
+        self._name = name
+
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        raise ChannelClosed(f"put() on a closed channel (its shared memory {self._name} is gone)")
+
+    def get(self, timeout: float | None = None) -> Any:
+        raise ChannelClosed("get() on a closed and drained channel")
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 0
+
+    def __reduce__(self) -> Any:
+        return (_attach_channel, (self._name,))
+
+
+def _attach_channel(name: str) -> Channel[Any]:
+    ch = _attached.get(name)
+    if ch is not None:
+        return cast("Channel[Any]", ch)
+    try:
+        seg = Segment.attach(name)
+    except FileNotFoundError:
+        return _GoneChannel(name)
+    try:
+        new: _ProcessChannel[Any] = object.__new__(_ProcessChannel)
+        new.__init__(_segment=seg)  # type: ignore[misc]
+    except BaseException:
+        seg.close()
+        raise
+    kept = _attached.put(name, new)
+    return cast("Channel[Any]", kept)
+
+
+_BACKENDS: dict[str, type[Channel[Any]]] = {
+    "thread": _ThreadChannel,
+    "process": _ProcessChannel,
+}
+
+
+def register_channel_backend(name: str, cls: type[Channel[Any]]) -> None:
+    """Let ``Channel(backend=name)`` build ``cls`` (for the dask and ray backends)."""
+    _BACKENDS[name] = cls

@@ -1,0 +1,217 @@
+"""TaskGroup: structured fork-join over any backend.
+
+Leaving the ``with`` block waits for every task spawned in it. The first task
+to fail cancels the others (process tasks are killed, pending ones never start,
+thread tasks are flagged); the block then raises an ``ExceptionGroup`` of the
+real failures, so ``except* ValueError`` works. KeyboardInterrupt and
+SystemExit are not grouped: every child is stopped and reaped, then they
+propagate as they are (as asyncio.TaskGroup does).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from ._errors import Cancelled, TaskTimeout
+from ._task import Task, check_timeout
+from .backends import Backend, get_backend
+
+__all__ = ["TaskGroup"]
+
+T = TypeVar("T")
+
+#: After Ctrl-C, how long to wait for thread tasks to notice they were cancelled.
+_INTERRUPT_THREAD_WAIT = 0.5
+
+
+class TaskGroup:
+    """Run tasks together; nothing spawned in the block outlives it.
+
+    Args:
+        backend: ``"thread"``, ``"process"`` or a backend object; every task of
+            the group runs there.
+        timeout: seconds for the whole group; past it every task is cancelled
+            and the block raises :class:`TaskTimeout`.
+        name: for messages.
+
+    Example::
+
+        with pt.TaskGroup(backend="process") as g:
+            a = g.spawn(pow, 2, 10)
+            b = g.spawn(pow, 3, 3)
+        assert (a.result(), b.result()) == (1024, 27)
+    """
+
+    def __init__(
+        self,
+        backend: str | Backend = "thread",
+        *,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._backend_spec = backend
+        self._backend: Backend = get_backend(backend)
+        self._timeout = check_timeout(timeout)
+        self.name = name or "TaskGroup"
+        self._tasks: list[Task[Any]] = []
+        self._failed: list[Task[Any]] = []
+        self._lock = threading.Lock()
+        self._cancelling = False
+        self._timed_out = False
+        self._state = "new"
+        self._timer: Any = None
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def tasks(self) -> list[Task[Any]]:
+        """The tasks spawned so far, in order."""
+        return list(self._tasks)
+
+    def __enter__(self) -> TaskGroup:
+        if self._state != "new":
+            raise RuntimeError("a TaskGroup can be entered only once; create a new one")
+        self._state = "open"
+        if self._timeout is not None:
+            from ._timer import call_later
+
+            self._timer = call_later(self._timeout, self._on_deadline)
+        return self
+
+    def spawn(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Task[T]:
+        """Start ``fn(*args, **kwargs)`` as a task of this group; see :func:`polytask.spawn`."""
+        if self._state != "open":
+            raise RuntimeError(
+                "TaskGroup.spawn() works only inside the group's with block "
+                f"(the group is {self._state})"
+            )
+        task = self._backend.spawn(fn, args, kwargs, name=name, timeout=timeout)
+        with self._lock:
+            self._tasks.append(task)
+            cancelling = self._cancelling
+        if cancelling:
+            task.cancel()
+        task.add_done_callback(self._child_done)  # type: ignore[arg-type]
+        return task
+
+    def Lock(self) -> Any:
+        """A lock that works for this group's tasks (a process lock for "process")."""
+        return self._backend.primitive("Lock")
+
+    def Event(self) -> Any:
+        """An event that works for this group's tasks."""
+        return self._backend.primitive("Event")
+
+    def Semaphore(self, value: int = 1) -> Any:
+        """A semaphore that works for this group's tasks."""
+        return self._backend.primitive("Semaphore", value)
+
+    def cancel(self) -> None:
+        """Cancel every task of the group (the block still waits for them to end)."""
+        with self._lock:
+            self._cancelling = True
+            tasks = list(self._tasks)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+    def _child_done(self, task: Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception(0)
+        if exc is None:
+            return
+        with self._lock:
+            self._failed.append(task)
+            first = not self._cancelling
+        if first:
+            self.cancel()
+
+    def _on_deadline(self) -> None:
+        if self._state == "open" or self._state == "closing":
+            self._timed_out = True
+            self.cancel()
+
+    def _wait_all(self) -> None:
+        i = 0
+        while True:
+            with self._lock:
+                if i >= len(self._tasks):
+                    return
+                task = self._tasks[i]
+            task.join()
+            i += 1
+
+    def _interrupted(self) -> None:
+        """Ctrl-C while waiting: stop everything, reap the processes, do not hang."""
+        self.cancel()
+        deadline = time.monotonic() + 5.0
+        for task in list(self._tasks):
+            if task.done():
+                continue
+            if task.backend == "thread":
+                task.join(_INTERRUPT_THREAD_WAIT)
+            else:
+                task.join(max(0.0, deadline - time.monotonic()))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        self._state = "closing"
+        if exc is not None:
+            self.cancel()
+        try:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                self._interrupted()
+            else:
+                try:
+                    self._wait_all()
+                except BaseException:
+                    self._interrupted()
+                    raise
+        finally:
+            self._state = "closed"
+            if self._timer is not None:
+                self._timer.cancel()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return False
+        errors: list[Exception] = []
+        if exc is not None and isinstance(exc, Exception):
+            errors.append(exc)
+        for t in self._failed:
+            e = t.exception(0)
+            if e is None or isinstance(e, Cancelled):
+                continue
+            if isinstance(e, Exception):
+                errors.append(e)
+            else:  # a BaseException raised by a thread task (e.g. KeyboardInterrupt)
+                raise e
+        if self._timed_out and not errors:
+            raise TaskTimeout(
+                f"{self.name} ran past its timeout of {self._timeout:g} s; its tasks were cancelled",
+                name=self.name,
+                timeout=self._timeout,
+            )
+        if errors:
+            n = len(errors)
+            raise ExceptionGroup(
+                f"{n} task{'s' if n > 1 else ''} of {self.name} failed", errors
+            ) from None
+        return False

@@ -1,0 +1,577 @@
+"""The rules of ``polytask parallel``, without any I/O.
+
+Everything here is a pure function or a frozen record, tested without
+processes: the command template and its replacement strings (``{}``, ``{.}``,
+``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``, ``{1}``, ``{2.}``, ...), when a
+command needs a shell and how arguments are quoted for one, the option values
+(``-j``, ``--timeout``, ``--halt``), GNU parallel's joblog format and exit
+status, and the ``--results`` directory layout. They follow GNU parallel
+(version 20221122) wherever it defines the behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "JOBLOG_HEADER",
+    "HaltPolicy",
+    "JoblogEntry",
+    "Repl",
+    "Template",
+    "exit_status",
+    "joblog_line",
+    "parse_duration",
+    "parse_joblog",
+    "parse_jobs",
+    "perl_dirname",
+    "replace_value",
+    "results_dir",
+    "resume_skip",
+]
+
+# --------------------------------------------------------------------------- template
+
+#: A replacement string: ``{}``, ``{#}``, ``{%}``, or ``{N}`` / ``{}`` with one
+#: of the modifiers ``.`` ``/`` ``//`` ``/.``.
+_REPL_RE = re.compile(r"\{(?:(#)|(%)|(\d+)?(\.|//|/\.|/)?)\}")
+
+# Characters that change the meaning of a command line in sh. A command whose
+# literal text (replacement strings aside) has none of them is a plain list of
+# words, and runs without any shell.
+_SHELL_CHARS = frozenset("|&;<>()$`\\\"'*?[]#~!{}\n")
+
+# Words that only a shell understands (keywords and builtins with no program of
+# the same name, or whose program would not affect the shell's state).
+_SHELL_WORDS = frozenset(
+    [
+        "!",
+        ".",
+        ":",
+        "[[",
+        "]]",
+        "alias",
+        "bg",
+        "break",
+        "builtin",
+        "case",
+        "cd",
+        "command",
+        "continue",
+        "declare",
+        "do",
+        "done",
+        "elif",
+        "else",
+        "esac",
+        "eval",
+        "exec",
+        "exit",
+        "export",
+        "fc",
+        "fg",
+        "fi",
+        "for",
+        "function",
+        "getopts",
+        "hash",
+        "if",
+        "in",
+        "jobs",
+        "let",
+        "local",
+        "read",
+        "readonly",
+        "return",
+        "select",
+        "set",
+        "shift",
+        "shopt",
+        "source",
+        "then",
+        "time",
+        "times",
+        "trap",
+        "type",
+        "typeset",
+        "ulimit",
+        "umask",
+        "unalias",
+        "unset",
+        "until",
+        "wait",
+        "while",
+    ]
+)
+
+_EXT_RE = re.compile(r"\.[^/.]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Repl:
+    """One replacement string of a template.
+
+    ``kind`` is ``"arg"``, ``"seq"`` ({#}) or ``"slot"`` ({%}); for ``"arg"``,
+    ``index`` is the 1-based input source (None: every argument) and ``mod`` one
+    of ``""``, ``"."``, ``"/"``, ``"//"``, ``"/."``.
+    """
+
+    kind: str
+    index: int | None = None
+    mod: str = ""
+
+    def values(self, args: Sequence[str], seq: int, slot: int) -> list[str]:
+        """The strings this replacement stands for, for one job (one or more)."""
+        if self.kind == "seq":
+            return [str(seq)]
+        if self.kind == "slot":
+            return [str(slot)]
+        if self.index is None:
+            return [replace_value(a, self.mod) for a in args] if args else [""]
+        # GNU parallel gives an empty string for a source that does not exist.
+        value = args[self.index - 1] if 0 < self.index <= len(args) else ""
+        return [replace_value(value, self.mod)]
+
+
+def perl_dirname(path: str) -> str:
+    """Perl's ``File::Basename::dirname`` (what GNU parallel's ``{//}`` uses).
+
+    ``a`` -> ``.``, ``/a`` -> ``/``, ``a/b/`` -> ``a``, ``/`` -> ``/``.
+    """
+
+    def fileparse(s: str) -> tuple[str, str]:
+        i = s.rfind("/")
+        return (s[: i + 1], s[i + 1 :]) if i >= 0 else ("./", s)
+
+    def strip_sep(d: str) -> str:
+        return d.rstrip("/") or d[:1]
+
+    dirpart, base = fileparse(path)
+    dirpart = strip_sep(dirpart)
+    if not base:
+        dirpart, base = fileparse(dirpart)
+        dirpart = strip_sep(dirpart)
+    return dirpart
+
+
+def replace_value(value: str, mod: str) -> str:
+    """Apply a replacement modifier to one argument, as GNU parallel does."""
+    if mod == "":
+        return value
+    if mod == ".":
+        return _EXT_RE.sub("", value)
+    if mod == "/":
+        return value[value.rfind("/") + 1 :]
+    if mod == "//":
+        return perl_dirname(value)
+    if mod == "/.":
+        return _EXT_RE.sub("", value[value.rfind("/") + 1 :])
+    raise ValueError(f"unknown replacement modifier {mod!r}")
+
+
+Part = str | Repl
+
+
+def _split_parts(text: str) -> list[Part]:
+    parts: list[Part] = []
+    pos = 0
+    for m in _REPL_RE.finditer(text):
+        if m.start() > pos:
+            parts.append(text[pos : m.start()])
+        if m.group(1):
+            parts.append(Repl("seq"))
+        elif m.group(2):
+            parts.append(Repl("slot"))
+        else:
+            index = int(m.group(3)) if m.group(3) is not None else None
+            if index == 0:
+                # {0} is not a replacement string in GNU parallel: keep it as text.
+                parts.append(m.group(0))
+            else:
+                parts.append(Repl("arg", index, m.group(4) or ""))
+        pos = m.end()
+    if pos < len(text):
+        parts.append(text[pos:])
+    return parts
+
+
+def _words(parts: Sequence[Part]) -> list[list[Part]]:
+    """Split template parts into shell words at unquoted whitespace (no quotes here)."""
+    words: list[list[Part]] = []
+    current: list[Part] | None = None
+    for part in parts:
+        if isinstance(part, Repl):
+            if current is None:
+                current = []
+                words.append(current)
+            current.append(part)
+            continue
+        pieces = re.split(r"[ \t]+", part)
+        for i, piece in enumerate(pieces):
+            if i > 0:
+                current = None  # whitespace ended the word
+            if piece:
+                if current is None:
+                    current = []
+                    words.append(current)
+                current.append(piece)
+    return words
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed COMMAND: renders one job's shell text and, if possible, its argv.
+
+    ``needs_shell`` is False when the command is a plain list of words; the job
+    then runs as ``argv`` with no shell at all, and an argument can never be
+    read as shell syntax. When a shell is needed, every argument is quoted with
+    :func:`shlex.quote` before it is put into the command line.
+    """
+
+    parts: tuple[Part, ...]
+    words: tuple[tuple[Part, ...], ...]
+    has_repl: bool
+    needs_shell: bool
+    quoted: bool = False
+
+    @classmethod
+    def parse(cls, command: Sequence[str], *, quote: bool = False) -> Template:
+        """Parse the COMMAND words of the command line.
+
+        Like GNU parallel, the words are joined with spaces into one shell
+        command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
+        ``quote`` (``-q``) each word stays one word and nothing is shell syntax.
+        """
+        if quote:
+            words = tuple(tuple(_split_parts(w)) or ("",) for w in command)
+            flat: list[Part] = []
+            for i, w in enumerate(words):
+                if i:
+                    flat.append(" ")
+                flat.extend(w)
+            has = any(isinstance(p, Repl) for p in flat)
+            return cls(tuple(flat), words, has, needs_shell=False, quoted=True)
+        text = " ".join(command)
+        parts = tuple(_split_parts(text))
+        words_l = _words(parts)
+        has = any(isinstance(p, Repl) for p in parts)
+        literal = "".join(p for p in parts if isinstance(p, str))
+        needs = bool(_SHELL_CHARS.intersection(literal))
+        if not needs and words_l:
+            first = words_l[0]
+            first_text = "".join(p for p in first if isinstance(p, str))
+            if "=" in first_text or (len(first) == 1 and first_text in _SHELL_WORDS):
+                needs = True
+        return cls(parts, tuple(tuple(w) for w in words_l), has, needs_shell=needs)
+
+    @property
+    def empty(self) -> bool:
+        """True when no COMMAND was given: each job's arguments are the command."""
+        return not self.words
+
+    def shell_text(self, args: Sequence[str], seq: int, slot: int) -> str:
+        """The job's command line for a POSIX shell, arguments quoted."""
+        if self.empty:
+            return " ".join(args)
+        if self.quoted:
+            out = []
+            for word in self.words:
+                for w in _render_word(word, args, seq, slot):
+                    out.append(shlex.quote(w))
+            if not self.has_repl:
+                out.extend(shlex.quote(a) for a in args)
+            return " ".join(out)
+        pieces: list[str] = []
+        for part in self.parts:
+            if isinstance(part, Repl):
+                pieces.append(" ".join(shlex.quote(v) for v in part.values(args, seq, slot)))
+            else:
+                pieces.append(part)
+        if not self.has_repl:
+            pieces.extend(" " + shlex.quote(a) for a in args)
+        return "".join(pieces)
+
+    def argv(self, args: Sequence[str], seq: int, slot: int) -> list[str] | None:
+        """The job's argv when it can run without a shell, else None."""
+        if self.empty:
+            line = " ".join(args)
+            if needs_shell(line) or not line.split():
+                return None
+            return line.split()
+        if self.needs_shell:
+            return None
+        out: list[str] = []
+        for word in self.words:
+            out.extend(_render_word(word, args, seq, slot))
+        if not self.has_repl:
+            out.extend(args)
+        return out
+
+    def max_index(self) -> int:
+        """The highest ``{N}`` used (0 if none)."""
+        return max((p.index or 0 for p in self.parts if isinstance(p, Repl)), default=0)
+
+
+def _render_word(word: Sequence[Part], args: Sequence[str], seq: int, slot: int) -> list[str]:
+    # A replacement with several values (``{}`` over several input sources)
+    # splits its word, exactly as the quoted shell text would: pre'a' 'b'post.
+    out = [""]
+    for part in word:
+        if isinstance(part, Repl):
+            vals = part.values(args, seq, slot)
+            out[-1] += vals[0]
+            out.extend(vals[1:])
+        else:
+            out[-1] += part
+    return out
+
+
+def needs_shell(line: str) -> bool:
+    """Whether a command line (no replacement strings) needs a shell to run."""
+    if _SHELL_CHARS.intersection(line):
+        return True
+    words = line.split()
+    return bool(words) and ("=" in words[0] or words[0] in _SHELL_WORDS)
+
+
+# --------------------------------------------------------------------------- option values
+
+
+def parse_jobs(spec: str, ncpu: int) -> int | None:
+    """``-j`` value: ``N``, ``N%`` of the CPU cores, ``+N``/``-N`` cores; ``0`` = no limit (None).
+
+    Raises ValueError with a message that says what is accepted.
+    """
+    s = spec.strip()
+    try:
+        if s.endswith("%"):
+            pct = float(s[:-1])
+            if pct <= 0 or not math.isfinite(pct):
+                raise ValueError
+            return max(1, int(ncpu * pct / 100))
+        if s[:1] in ("+", "-"):
+            return max(1, ncpu + int(s))
+        n = int(s)
+        if n < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"-j {spec!r}: not a number of jobs (use N, N% of the CPU cores, +N, -N, or 0 for no limit)"
+        ) from None
+    return None if n == 0 else n
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhdw]?)")
+
+
+def parse_duration(spec: str, *, option: str = "--timeout") -> tuple[float, bool]:
+    """A ``--timeout`` value: seconds (``30``, ``1.5``, ``1h30m``, ``2d``) or ``N%``.
+
+    Returns ``(value, is_percent)``: seconds, or the percentage of the median
+    runtime of the successful jobs so far (GNU parallel's dynamic timeout).
+    """
+    s = spec.strip()
+    try:
+        if s.endswith("%"):
+            pct = float(s[:-1])
+            if pct <= 0 or not math.isfinite(pct):
+                raise ValueError
+            return pct, True
+        pos, total = 0, 0.0
+        for m in _DURATION_RE.finditer(s):
+            if m.start() != pos:
+                raise ValueError
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or not s or total <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{option} {spec!r}: not a duration (use seconds like 30 or 1.5, "
+            "units like 2m or 1h30m, or N% of the median job runtime)"
+        ) from None
+    return total, False
+
+
+@dataclass(frozen=True)
+class HaltPolicy:
+    """``--halt when,what=N|N%``: when to stop, and which exit status to give."""
+
+    when: str = "never"  # "never" | "soon" | "now"
+    what: str = "fail"  # "fail" | "success" | "done"
+    count: int | None = None
+    pct: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> HaltPolicy:
+        """Parse ``now,fail=1``, ``soon,fail=3``, ``now,success=50%``, ``never``, 0/1/2."""
+        s = spec.strip()
+        legacy = {"0": cls(), "1": cls("soon", "fail", 1), "2": cls("now", "fail", 1)}
+        if s in legacy:
+            return legacy[s]
+        if s == "never":
+            return cls()
+        m = re.fullmatch(r"(now|soon),(fail|success|done)=(\d+(?:\.\d+)?)(%?)", s)
+        if m is None:
+            raise ValueError(
+                f"--halt {spec!r}: expected WHEN,WHAT=N or WHEN,WHAT=N% with WHEN now or "
+                "soon and WHAT fail, success or done (e.g. now,fail=1 or soon,fail=3)"
+            )
+        when, what, num, pct = m.groups()
+        if pct:
+            p = float(num)
+            if not 0 < p <= 100:
+                raise ValueError(f"--halt {spec!r}: the percentage must be in (0, 100]")
+            return cls(when, what, None, p / 100)
+        if "." in num or int(num) < 1:
+            raise ValueError(f"--halt {spec!r}: the count must be a whole number >= 1")
+        return cls(when, what, int(num), None)
+
+    @property
+    def active(self) -> bool:
+        return self.when != "never"
+
+    def triggered(self, *, failed: int, succeeded: int, total: int | None) -> bool:
+        """Whether the halt condition is met after a job finished."""
+        if not self.active:
+            return False
+        n = {"fail": failed, "success": succeeded, "done": failed + succeeded}[self.what]
+        if self.count is not None:
+            return n >= self.count
+        assert self.pct is not None
+        if not total:
+            return False
+        return n >= total * self.pct
+
+    def exit_status(
+        self, *, failed: int, started: int, total: int | None, exitval: int, signal: int
+    ) -> int:
+        """GNU parallel's exit status once the halt triggered on a job (exitval, signal)."""
+        if self.what == "success":
+            return 0
+        if self.pct is not None:
+            return math.ceil(failed / (total or started or 1) * 100)
+        if self.count == 1:
+            # GNU parallel gives the failing job's own status (signal + 128).
+            status = exitval or (signal + 128 if signal else 0)
+            return status & 0xFF
+        return min(failed, 101)
+
+
+def exit_status(failed: int) -> int:
+    """GNU parallel's exit status with no halt: the number of failed jobs, 101 for more than 100."""
+    return min(failed, 101)
+
+
+# --------------------------------------------------------------------------- joblog
+
+#: The first line of a joblog (GNU parallel's columns, tab-separated).
+JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+_JOBLOG_COLUMNS = JOBLOG_HEADER.rstrip("\n").split("\t")
+
+
+@dataclass(frozen=True, slots=True)
+class JoblogEntry:
+    """One line of a joblog."""
+
+    seq: int
+    host: str
+    starttime: float
+    runtime: float
+    send: int
+    receive: int
+    exitval: int
+    signal: int
+    command: str
+
+    @property
+    def failed(self) -> bool:
+        return self.exitval != 0 or self.signal != 0
+
+
+def joblog_line(
+    seq: int,
+    starttime: float,
+    runtime: float,
+    send: int,
+    receive: int,
+    exitval: int,
+    signal: int,
+    command: str,
+    host: str = ":",
+) -> str:
+    """One joblog line, formatted as GNU parallel does (``%.3f`` and ``%10.3f``)."""
+    # A newline would break the one-line-per-job format: GNU parallel writes \\0.
+    command = command.replace("\n", "\0")
+    return (
+        f"{seq}\t{host}\t{starttime:.3f}\t{runtime:10.3f}\t{send}\t{receive}"
+        f"\t{exitval}\t{signal}\t{command}\n"
+    )
+
+
+def parse_joblog(text: str) -> list[JoblogEntry]:
+    """Parse a joblog; raises ValueError naming the first malformed line."""
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line or line.split("\t") == _JOBLOG_COLUMNS:
+            continue
+        cols = line.split("\t", 8)
+        try:
+            if len(cols) != 9:
+                raise ValueError
+            entries.append(
+                JoblogEntry(
+                    int(cols[0]),
+                    cols[1],
+                    float(cols[2]),
+                    float(cols[3]),
+                    int(cols[4]),
+                    int(cols[5]),
+                    int(cols[6]),
+                    int(cols[7]),
+                    cols[8],
+                )
+            )
+        except ValueError:
+            raise ValueError(
+                f"joblog line {lineno} is not in GNU parallel's format: {line!r}"
+            ) from None
+    return entries
+
+
+def resume_skip(entries: Iterable[JoblogEntry], *, failed_too: bool) -> set[int]:
+    """Job numbers to skip on ``--resume`` (every logged job) or ``--resume-failed``.
+
+    With ``failed_too`` a job is skipped only if its last logged run succeeded.
+    """
+    last: dict[int, JoblogEntry] = {}
+    for e in entries:
+        last[e.seq] = e
+    if not failed_too:
+        return set(last)
+    return {seq for seq, e in last.items() if not e.failed}
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _escape_dirname(value: str) -> str:
+    s = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0").replace("/", "\\_")
+    # GNU parallel would write "" / "." / ".." as they are, which lands in the
+    # wrong directory; a lone backslash cannot come from the escaping above.
+    if s in ("", ".", ".."):
+        s = "\\" + s
+    return s
+
+
+def results_dir(root: str, args: Sequence[str]) -> str:
+    """``--results`` directory of one job: ``root/1/<arg1>/2/<arg2>``, as GNU parallel."""
+    parts = [root.rstrip("/") or "/"]
+    for i, a in enumerate(args, 1):
+        parts += [str(i), _escape_dirname(a)]
+    return "/".join(parts)

@@ -1,0 +1,325 @@
+"""Procfiles, env files and ``-c`` concurrency specs: parsing and validation.
+
+Pure functions over text already read: no file or process I/O here, so every
+rule is tested on strings. Every problem is collected (not only the first) with
+its line number, and reported as one :class:`~polytask.ProcfileError`.
+
+A Procfile has one ``name: command`` line per process type (honcho and foreman
+syntax); blank lines and ``#`` comments are skipped. :func:`expand` turns the
+types into the instances to run (``web.1``, ``web.2``, ...), each with the
+``PORT`` foreman gives it: ``base + 100 x type index + instance index``, the
+type index counted in Procfile order so that a process keeps its port whatever
+subset is started.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ._errors import ProcfileError
+
+__all__ = [
+    "DEFAULT_BASE_PORT",
+    "Instance",
+    "Procfile",
+    "ProcfileEntry",
+    "expand",
+    "parse_concurrency",
+    "parse_env",
+    "parse_procfile",
+    "procfile_from_mapping",
+]
+
+#: The first PORT handed out, as foreman and honcho do.
+DEFAULT_BASE_PORT = 5000
+#: Copies of one type are capped so that their PORTs stay below the next type's.
+MAX_COPIES = 100
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+Problem = tuple[str, int | None, str]
+Command = str | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProcfileEntry:
+    """One process type: its name, its command and the line that defined it."""
+
+    name: str
+    #: A shell command line (run with ``/bin/sh -c``), or an argv run directly.
+    command: Command
+    #: 1-based line in the Procfile (None for a type given as a Python mapping).
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Procfile:
+    """The process types of a Procfile, in file order."""
+
+    entries: tuple[ProcfileEntry, ...]
+    #: Where the text came from, used in error messages.
+    source: str = "Procfile"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entries)
+
+    def __getitem__(self, name: str) -> ProcfileEntry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(e.name == name for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One program to run: copy ``index`` (1-based) of process type ``kind``."""
+
+    kind: str
+    index: int
+    command: Command
+    port: int
+
+    @property
+    def name(self) -> str:
+        """``kind.index``, as honcho and foreman name it (``web.1``)."""
+        return f"{self.kind}.{self.index}"
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "missing process name before ':'"
+    if not _NAME.fullmatch(name):
+        return f"invalid process name {name!r}: use only letters, digits, '_' and '-'"
+    return None
+
+
+def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
+    """Parse Procfile ``text``; raise :class:`ProcfileError` listing every problem.
+
+    Problems found: a line that is not ``name: command``, an invalid name, an
+    empty command, a name defined twice, and a file that defines nothing.
+    """
+    problems: list[Problem] = []
+    entries: list[ProcfileEntry] = []
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, command = line.partition(":")
+        name, command = name.strip(), command.strip()
+        if not colon:
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            problems.append((source, number, f"expected 'name: command', got {shown!r}"))
+            continue
+        bad = _name_problem(name)
+        if bad:
+            problems.append((source, number, bad))
+            continue
+        if not command:
+            problems.append((source, number, f"empty command for process {name!r}"))
+            continue
+        if name in first_line:
+            problems.append(
+                (
+                    source,
+                    number,
+                    f"duplicate process name {name!r} (first defined on line {first_line[name]})",
+                )
+            )
+            continue
+        first_line[name] = number
+        entries.append(ProcfileEntry(name, command, number))
+    if not entries and not problems:
+        problems.append(
+            (source, None, "no processes defined (expected lines like 'web: python app.py')")
+        )
+    if problems:
+        raise ProcfileError(problems)
+    return Procfile(tuple(entries), source)
+
+
+def procfile_from_mapping(
+    processes: Mapping[str, str | Sequence[str]], *, source: str = "processes"
+) -> Procfile:
+    """Build a :class:`Procfile` from ``{"web": "command line" or [argv...]}``, validated."""
+    problems: list[Problem] = []
+    entries: list[ProcfileEntry] = []
+    for name, command in processes.items():
+        bad = (
+            _name_problem(name)
+            if isinstance(name, str)
+            else f"process name {name!r} is not a string"
+        )
+        if bad:
+            problems.append((source, None, bad))
+            continue
+        cmd: Command
+        if isinstance(command, str):
+            cmd = command.strip()
+            empty = not cmd
+        elif isinstance(command, Sequence) and all(isinstance(c, str) for c in command):
+            cmd = tuple(command)
+            empty = not cmd or not cmd[0]
+        else:
+            problems.append(
+                (
+                    source,
+                    None,
+                    f"command of {name!r} must be a string or a list of strings, not {command!r}",
+                )
+            )
+            continue
+        if empty:
+            problems.append((source, None, f"empty command for process {name!r}"))
+            continue
+        entries.append(ProcfileEntry(name, cmd, None))
+    if not entries and not problems:
+        problems.append((source, None, "no processes given"))
+    if problems:
+        raise ProcfileError(problems)
+    return Procfile(tuple(entries), source)
+
+
+def parse_concurrency(specs: str | Iterable[str] | Mapping[str, int] | None) -> dict[str, int]:
+    """Parse ``"web=2,worker=3"`` (or several such strings, or a mapping) into counts.
+
+    A count is a whole number from 0 (do not start that type) to 100.
+    """
+    if specs is None:
+        return {}
+    problems: list[Problem] = []
+    out: dict[str, int] = {}
+    if isinstance(specs, Mapping):
+        items: list[tuple[str, str | int]] = list(specs.items())
+        shown = "concurrency"
+    else:
+        texts = [specs] if isinstance(specs, str) else list(specs)
+        items = []
+        for text in texts:
+            for part in text.split(","):
+                part = part.strip()
+                name, eq, text_count = part.partition("=")
+                if not eq or not name.strip() or not text_count.strip():
+                    problems.append(
+                        (
+                            "-c",
+                            None,
+                            f"malformed concurrency {part!r}: expected NAME=COUNT[,NAME=COUNT...]",
+                        )
+                    )
+                    continue
+                items.append((name.strip(), text_count.strip()))
+        shown = "-c"
+    for name, count in items:
+        if isinstance(count, bool) or not isinstance(count, (int, str)):
+            problems.append(
+                (shown, None, f"count for {name!r} must be a whole number, not {count!r}")
+            )
+            continue
+        try:
+            n = int(count)
+        except ValueError:
+            problems.append((shown, None, f"count {count!r} for {name!r} is not a whole number"))
+            continue
+        if not 0 <= n <= MAX_COPIES:
+            problems.append(
+                (shown, None, f"count {n} for {name!r} must be between 0 and {MAX_COPIES}")
+            )
+            continue
+        if name in out:
+            problems.append((shown, None, f"process {name!r} given twice"))
+            continue
+        out[name] = n
+    if problems:
+        raise ProcfileError(problems)
+    return out
+
+
+def expand(
+    procfile: Procfile,
+    concurrency: Mapping[str, int] | None = None,
+    names: Sequence[str] | None = None,
+    *,
+    base_port: int = DEFAULT_BASE_PORT,
+) -> list[Instance]:
+    """The instances to run: each selected type times its count, with its PORT.
+
+    ``names`` selects process types (all when empty or None); a type missing
+    from ``concurrency`` runs one copy. Unknown names, in either, are problems.
+    """
+    concurrency = dict(concurrency or {})
+    problems: list[Problem] = []
+    known = ", ".join(procfile.names)
+    for name in concurrency:
+        if name not in procfile:
+            problems.append(
+                ("-c", None, f"unknown process {name!r} (the Procfile defines: {known})")
+            )
+    selected = list(dict.fromkeys(names or ()))
+    for name in selected:
+        if name not in procfile:
+            problems.append(
+                (procfile.source, None, f"unknown process {name!r} (the Procfile defines: {known})")
+            )
+    if not 1 <= base_port <= 65535:
+        problems.append(("PORT", None, f"base port {base_port} is not between 1 and 65535"))
+    if problems:
+        raise ProcfileError(problems)
+    out: list[Instance] = []
+    for type_index, entry in enumerate(procfile.entries):
+        if selected and entry.name not in selected:
+            continue
+        for i in range(concurrency.get(entry.name, 1)):
+            out.append(Instance(entry.name, i + 1, entry.command, base_port + 100 * type_index + i))
+    if not out:
+        problems.append(
+            (procfile.source, None, "nothing to start: every selected process has count 0")
+        )
+    elif out[-1].port > 65535:
+        problems.append(
+            (
+                "PORT",
+                None,
+                f"PORT {out[-1].port} of {out[-1].name} is above 65535: use a lower base port",
+            )
+        )
+    if problems:
+        raise ProcfileError(problems)
+    return out
+
+
+def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
+    """Parse the text of an env file with python-dotenv; raise on unparsable lines.
+
+    Variables are expanded (``${HOME}``, or an earlier key) as python-dotenv does;
+    a key without ``=`` is skipped.
+    """
+    try:
+        from dotenv import dotenv_values
+        from dotenv.parser import parse_stream
+    except ImportError as exc:  # pragma: no cover - python-dotenv is a dependency
+        from ._errors import BackendUnavailable
+
+        raise BackendUnavailable(
+            "reading an env file needs python-dotenv: pip install python-dotenv"
+        ) from exc
+    problems: list[Problem] = [
+        (source, b.original.line, f"cannot parse {b.original.string.strip()[:60]!r}")
+        for b in parse_stream(io.StringIO(text))
+        if b.error
+    ]
+    if problems:
+        raise ProcfileError(problems)
+    values = dotenv_values(stream=io.StringIO(text), interpolate=True)
+    return {k: v for k, v in values.items() if v is not None}

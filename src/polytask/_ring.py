@@ -1,0 +1,591 @@
+"""The channel ring's protocol: frames in a byte ring, with no I/O.
+
+A :class:`Ring` works on any writable buffer (a ``bytearray`` in the tests, a
+shared-memory mapping in a process channel). All of its state lives in that
+buffer, so every process mapping it sees the same ring. It does no locking,
+sleeping or system calls: the channel holds the right lock around each call
+(named in each method's docstring), and does the waiting.
+
+Buffer layout (offsets in bytes)::
+
+    0     control words (u64): magic, capacity, maxsize, owner, closed
+    64    producer words:  tail, reserved-count, sleeping readers
+    128   consumer words:  head, read, claimed-count, sleeping writers
+    256   producer mutex (P)     320  consumer mutex (C)
+    384   data sequence (u32 futex word)   448  space sequence (u32 futex word)
+    4096  ring data: ``capacity`` bytes (a power of two)
+
+Positions (head <= read <= tail) grow forever; ``pos & (capacity - 1)`` is the
+place in the ring. A frame is contiguous; a PAD frame fills the end of the
+ring when the next frame would not fit::
+
+    head            read                  tail
+     v               v                     v
+     [DONE][READING][READY][WRITING][READY] ......free...... (wraps to head)
+     └─ claimed ───┘└─ not yet claimed ──┘
+
+Frame: a 32-byte header of u64 words, then (big frames) one u64 length per
+out-of-band buffer, the payload, and each buffer at a 64-byte boundary::
+
+    w0: state (8 bits) | kind (8) | number of buffers (16) | pid (32)
+    w1: frame size in bytes (32 bits) | payload length (32)     w2, w3: reserved
+
+Why a half-written frame is never visible: a small frame is written whole,
+then ``tail`` moves past it (one store); a big frame is *reserved* (state
+WRITING, with the writer's pid) and copied outside the lock, and readers wait
+at it until it is READY. If the writer dies, its pid shows it, and a reader
+skips the frame (:meth:`abandon_writer`). Counters are recomputed from the
+frames after a process died holding a lock (:meth:`recount`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+__all__ = ["Ring"]
+
+MAGIC = 0x3130474E49525450  # b"PTRING01" little-endian
+
+# control words (u64 indexes)
+_MAGIC, _CAP, _MAXSIZE, _OWNER, _CLOSED = 0, 1, 2, 3, 4
+_TAIL, _NRES, _WAIT_DATA = 8, 9, 10
+_HEAD, _READ, _NCLAIM, _WAIT_SPACE = 16, 17, 18, 19
+
+P_MUTEX_OFFSET = 256
+C_MUTEX_OFFSET = 320
+DATA_SEQ_OFFSET = 384
+SPACE_SEQ_OFFSET = 448
+_DATA_SEQ_WORD = DATA_SEQ_OFFSET // 4
+_SPACE_SEQ_WORD = SPACE_SEQ_OFFSET // 4
+DATA_OFFSET = 4096
+
+HEADER = 32
+ALIGN = 32
+BUF_ALIGN = 64
+#: Frames up to this size are copied in and out while holding the lock.
+SMALL = 64 * 1024
+
+# frame states
+WRITING, READY, READING, DONE, PAD = 1, 2, 3, 4, 5
+
+# results of put_small / reserve
+FULL = -1
+CLOSED = -2
+
+# results of take (besides a (kind, bytes) tuple or a claimed frame's offset >= 0)
+EMPTY = -1
+BLOCKED = -2  # the oldest frame is still being written
+
+MIN_CAPACITY = 4096
+MAX_CAPACITY = 1 << 31
+MAX_BUFFERS = 0xFFFF
+_LOW = 0xFFFFFFFF
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) & -a
+
+
+class Ring:
+    """Frames in a byte ring stored entirely in ``buf``; see the module docstring."""
+
+    __slots__ = ("_b", "_cap", "_i", "_mask", "_maxsize", "_w")
+
+    def __init__(self, buf: memoryview | bytearray) -> None:
+        mv = memoryview(buf).cast("B")
+        if len(mv) < DATA_OFFSET + MIN_CAPACITY:
+            raise ValueError(
+                f"a ring needs at least {DATA_OFFSET + MIN_CAPACITY} bytes, got {len(mv)}"
+            )
+        self._b = mv
+        self._w = mv.cast("Q")
+        self._i = mv.cast("I")
+        if self._w[_MAGIC] != MAGIC:
+            raise ValueError("buffer does not hold a polytask ring (bad magic number)")
+        cap = self._w[_CAP]
+        if DATA_OFFSET + cap > len(mv) or cap & (cap - 1):
+            raise ValueError(f"ring capacity {cap} does not fit the buffer of {len(mv)} bytes")
+        self._cap = cap
+        self._mask = cap - 1
+        self._maxsize = int(self._w[_MAXSIZE])  # fixed at creation
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def buffer_size(capacity: int) -> int:
+        """Bytes of buffer a ring of ``capacity`` data bytes needs."""
+        return DATA_OFFSET + capacity
+
+    @staticmethod
+    def round_capacity(capacity: int) -> int:
+        """The power of two at least ``capacity`` (and at least MIN_CAPACITY)."""
+        if capacity > MAX_CAPACITY:
+            raise ValueError(f"capacity must be at most {MAX_CAPACITY} bytes, got {capacity}")
+        cap = MIN_CAPACITY
+        while cap < capacity:
+            cap <<= 1
+        return cap
+
+    @classmethod
+    def initialise(
+        cls, buf: memoryview | bytearray, capacity: int, maxsize: int, owner: int
+    ) -> Ring:
+        """Write an empty ring into ``buf`` (zero-filled) and return it."""
+        if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
+            raise ValueError(
+                f"capacity must be a power of two from {MIN_CAPACITY} to {MAX_CAPACITY}, got {capacity}"
+            )
+        if maxsize < 0:
+            raise ValueError(f"maxsize must be >= 0 (0 = no limit), got {maxsize}")
+        w = memoryview(buf).cast("B").cast("Q")
+        w[_CAP] = capacity
+        w[_MAXSIZE] = maxsize
+        w[_OWNER] = owner
+        w[_MAGIC] = MAGIC
+        w.release()
+        return cls(buf)
+
+    def detach(self) -> None:
+        """Drop the views of the buffer (so a mapping behind it can be closed)."""
+        self._i.release()
+        self._w.release()
+        self._b.release()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @property
+    def owner(self) -> int:
+        return int(self._w[_OWNER])
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._w[_CLOSED])
+
+    def close(self) -> None:
+        """Mark closed (both locks)."""
+        self._w[_CLOSED] = 1
+
+    def items(self) -> int:
+        """Frames reserved and not yet claimed (no lock needed: an estimate while others work)."""
+        n = self._w[_NRES] - self._w[_NCLAIM]
+        return n if 0 <= n < 1 << 62 else 0
+
+    def empty_for_reader(self) -> bool:
+        """No frame waits to be claimed (a lock-free hint: readers spin on it before sleeping)."""
+        return bool(self._w[_READ] == self._w[_TAIL])
+
+    def used(self) -> int:
+        """Bytes between head and tail (no lock needed: an estimate)."""
+        return int(self._w[_TAIL] - self._w[_HEAD])
+
+    @property
+    def data_seq(self) -> int:
+        return int(self._i[_DATA_SEQ_WORD])
+
+    @property
+    def space_seq(self) -> int:
+        return int(self._i[_SPACE_SEQ_WORD])
+
+    def bump_data(self) -> int:
+        """Advance the data sequence (P lock); returns how many readers sleep."""
+        i = self._i
+        i[_DATA_SEQ_WORD] = (i[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
+        return int(self._w[_WAIT_DATA])
+
+    def bump_space(self) -> int:
+        """Advance the space sequence (C lock); returns how many writers sleep."""
+        i = self._i
+        i[_SPACE_SEQ_WORD] = (i[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
+        return int(self._w[_WAIT_SPACE])
+
+    def writers_waiting(self) -> int:
+        """How many writers sleep for room (C lock for an exact answer)."""
+        return int(self._w[_WAIT_SPACE])
+
+    def wake_writers(self) -> int:
+        """Advance the space sequence if writers sleep (C lock); returns 1 if they must be woken."""
+        if self._w[_WAIT_SPACE]:
+            i = self._i
+            i[_SPACE_SEQ_WORD] = (i[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
+            return 1
+        return 0
+
+    def add_reader_waiting(self, delta: int) -> int:
+        """Count a reader going to sleep (+1) or waking (-1) (P lock); returns the data sequence."""
+        w = self._w
+        n = w[_WAIT_DATA] + delta
+        w[_WAIT_DATA] = n if n >= 0 else 0
+        return int(self._i[_DATA_SEQ_WORD])
+
+    def add_writer_waiting(self, delta: int) -> int:
+        """Count a writer going to sleep (+1) or waking (-1) (C lock); returns the space sequence."""
+        w = self._w
+        n = w[_WAIT_SPACE] + delta
+        w[_WAIT_SPACE] = n if n >= 0 else 0
+        return int(self._i[_SPACE_SEQ_WORD])
+
+    # ------------------------------------------------------------------ frames
+
+    @staticmethod
+    def frame_size(payload_len: int, buf_lens: Sequence[int] = ()) -> int:
+        """Bytes a frame takes (room for aligning each buffer, wherever the frame starts)."""
+        if not buf_lens:
+            return _align(HEADER + payload_len, ALIGN)
+        n = HEADER + 8 * len(buf_lens) + payload_len
+        for b in buf_lens:
+            n += b + BUF_ALIGN - 1
+        return _align(n, ALIGN)
+
+    def fits(self, size: int) -> bool:
+        """Whether a frame of ``size`` bytes can ever be stored (with room for a pad)."""
+        return size <= self._cap // 2
+
+    # ------------------------------------------------------------------ producer side (P lock)
+
+    def _make_room(self, size: int, tail: int) -> int:
+        """Where a frame of ``size`` goes (writing a PAD first if needed), or FULL."""
+        w = self._w
+        cap = self._cap
+        off = tail & self._mask
+        head = w[_HEAD]
+        if off + size > cap or (head == tail and off > cap // 8 and size <= off):
+            # Wrap: the frame must be contiguous. (When the ring is empty, wrap
+            # early, so a channel that keeps up only ever touches the ring's
+            # first pages.)
+            pad = cap - off
+            if tail + pad + size - head > cap:
+                return FULL
+            i = (DATA_OFFSET + off) >> 3
+            w[i + 1] = pad
+            w[i] = PAD
+            return tail + pad
+        if tail + size - head > cap:
+            return FULL
+        return tail
+
+    def put_small(self, data: bytes | bytearray | memoryview, kind: int, pid: int) -> int:
+        """Store a whole frame with no buffers and publish it (P lock).
+
+        Returns 1 if sleeping readers must be woken (the data sequence was
+        advanced), 0 if none sleep, FULL or CLOSED.
+        """
+        w = self._w
+        if w[_CLOSED]:
+            return CLOSED
+        if self._maxsize and w[_NRES] - w[_NCLAIM] >= self._maxsize:
+            return FULL
+        n = len(data)
+        size = (HEADER + n + ALIGN - 1) & -ALIGN
+        pos = w[_TAIL]
+        head = w[_HEAD]
+        if (pos & self._mask) + size > self._cap or head == pos:
+            pos = self._make_room(size, pos)
+            if pos < 0:
+                return FULL
+        elif pos + size - head > self._cap:
+            return FULL
+        start = DATA_OFFSET + (pos & self._mask)
+        self._b[start + HEADER : start + HEADER + n] = data
+        i = start >> 3
+        w[i + 1] = size | (n << 32)
+        w[i] = READY | (kind << 8) | (pid << 32)
+        w[_NRES] += 1
+        w[_TAIL] = pos + size  # publishes the frame
+        if w[_WAIT_DATA]:
+            seqs = self._i
+            seqs[_DATA_SEQ_WORD] = (seqs[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
+            return 1
+        return 0
+
+    def reserve(self, payload_len: int, buf_lens: Sequence[int], kind: int, pid: int) -> int:
+        """Reserve a frame (state WRITING) for the caller to fill (P lock).
+
+        Returns the frame's position, FULL or CLOSED. The caller writes into
+        :meth:`payload_view` and :meth:`buffer_views`, then calls :meth:`commit`.
+        """
+        if len(buf_lens) > MAX_BUFFERS:
+            raise ValueError(f"a frame holds at most {MAX_BUFFERS} buffers, got {len(buf_lens)}")
+        w = self._w
+        if w[_CLOSED]:
+            return CLOSED
+        if self._maxsize and w[_NRES] - w[_NCLAIM] >= self._maxsize:
+            return FULL
+        tail = w[_TAIL]
+        size = self.frame_size(payload_len, buf_lens)
+        if not self.fits(size):
+            raise ValueError(f"a frame of {size} bytes does not fit a ring of {self._cap} bytes")
+        pos = self._make_room(size, tail)
+        if pos < 0:
+            return FULL
+        start = DATA_OFFSET + (pos & self._mask)
+        i = start >> 3
+        for k, n in enumerate(buf_lens):
+            w[i + 4 + k] = n
+        w[i + 1] = size | (payload_len << 32)
+        w[i] = WRITING | (kind << 8) | (len(buf_lens) << 16) | (pid << 32)
+        w[_NRES] += 1
+        w[_TAIL] = pos + size
+        return pos
+
+    def commit(self, pos: int) -> None:
+        """Mark a reserved frame READY (by its writer, then bump_data under the P lock)."""
+        i = (DATA_OFFSET + (pos & self._mask)) >> 3
+        h = self._w[i]
+        self._w[i] = (h & ~0xFF) | READY
+
+    def reader_at_head(self) -> tuple[int, int] | None:
+        """(position, pid) of a claimed frame holding the ring's head back, if any (C lock)."""
+        w = self._w
+        head = w[_HEAD]
+        if head == w[_READ]:
+            return None
+        h = w[(DATA_OFFSET + (head & self._mask)) >> 3]
+        if h & 0xFF == READING:
+            return int(head), int(h >> 32)
+        return None
+
+    # ------------------------------------------------------------------ frame contents
+
+    def header(self, pos: int) -> tuple[int, int, int, int, int, int]:
+        """(state, kind, number of buffers, pid, size, payload length) of the frame at ``pos``."""
+        i = (DATA_OFFSET + (pos & self._mask)) >> 3
+        h = self._w[i]
+        return (
+            int(h & 0xFF),
+            int((h >> 8) & 0xFF),
+            int((h >> 16) & 0xFFFF),
+            int(h >> 32),
+            int(self._w[i + 1] & _LOW),
+            int(self._w[i + 1] >> 32),
+        )
+
+    def _layout(self, pos: int) -> tuple[int, int, list[tuple[int, int]]]:
+        off = pos & self._mask
+        start = DATA_OFFSET + off
+        i = start >> 3
+        h = self._w[i]
+        nbufs = (h >> 16) & 0xFFFF
+        plen = self._w[i + 1] >> 32
+        lens = [int(self._w[i + 4 + k]) for k in range(nbufs)]
+        p = HEADER + 8 * nbufs
+        spans = []
+        end = off + p + plen
+        for n in lens:
+            b = _align(end, BUF_ALIGN)
+            spans.append((DATA_OFFSET + b, n))
+            end = b + n
+        return start + p, int(plen), spans
+
+    def payload_view(self, pos: int) -> memoryview:
+        """The payload bytes of the frame at ``pos`` (a view into the buffer)."""
+        p, n, _ = self._layout(pos)
+        return self._b[p : p + n]
+
+    def buffer_views(self, pos: int) -> list[memoryview]:
+        """The out-of-band buffers of the frame at ``pos`` (views into the buffer)."""
+        _, _, spans = self._layout(pos)
+        return [self._b[s : s + n] for s, n in spans]
+
+    # ------------------------------------------------------------------ consumer side (C lock)
+
+    def take(self, pid: int) -> tuple[int, bytes, int] | int:
+        """Take the oldest frame for reader ``pid`` (C lock).
+
+        Returns ``(kind, payload, wake)`` for a small frame (copied out and
+        freed at once; ``wake`` is 1 if sleeping writers must be woken), the
+        position (>= 0) of a big frame now claimed by the caller (read it, then
+        :meth:`release` it), EMPTY, or BLOCKED when the oldest frame is still
+        being written (see :meth:`writer_at_read`).
+        """
+        w = self._w
+        read = w[_READ]
+        tail = w[_TAIL]
+        while read != tail:
+            start = DATA_OFFSET + (read & self._mask)
+            i = start >> 3
+            h = w[i]
+            state = h & 0xFF
+            sz = w[i + 1]
+            size = sz & _LOW
+            if state == READY:
+                if not h & 0xFFFF0000 and size <= SMALL:
+                    data = bytes(self._b[start + HEADER : start + HEADER + (sz >> 32)])
+                    w[_READ] = read + size
+                    w[_NCLAIM] += 1
+                    if w[_HEAD] == read:
+                        w[_HEAD] = read + size
+                    else:
+                        w[i] = (h & ~0xFF) | DONE
+                        self._advance_head()
+                    if w[_WAIT_SPACE]:
+                        seqs = self._i
+                        seqs[_SPACE_SEQ_WORD] = (seqs[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
+                        return (h >> 8) & 0xFF, data, 1
+                    return (h >> 8) & 0xFF, data, 0
+                w[i] = (h & _LOW & ~0xFF) | READING | (pid << 32)
+                w[_READ] = read + size
+                w[_NCLAIM] += 1
+                return int(read)
+            if state == WRITING:
+                return BLOCKED
+            # PAD (or a frame abandoned by a dead writer): skip it.
+            if w[_HEAD] == read:
+                w[_HEAD] = read + size
+            read += size
+            w[_READ] = read
+        return EMPTY
+
+    def take_many(self, limit: int) -> list[tuple[int, bytes]]:
+        """Take up to ``limit`` small frames in a row (C lock); stops at the first big or unfinished one.
+
+        Call :meth:`wake_writers` afterwards.
+        """
+        out: list[tuple[int, bytes]] = []
+        w = self._w
+        b = self._b
+        mask = self._mask
+        read = w[_READ]
+        tail = w[_TAIL]
+        head_was_read = w[_HEAD] == read
+        claimed = 0
+        while read != tail and len(out) < limit:
+            start = DATA_OFFSET + (read & mask)
+            i = start >> 3
+            h = w[i]
+            state = h & 0xFF
+            sz = w[i + 1]
+            size = sz & _LOW
+            if state == READY and not h & 0xFFFF0000 and size <= SMALL:
+                out.append(
+                    ((h >> 8) & 0xFF, bytes(b[start + HEADER : start + HEADER + (sz >> 32)]))
+                )
+                if not head_was_read:
+                    w[i] = (h & ~0xFF) | DONE
+                claimed += 1
+                read += size
+            elif state == PAD:
+                read += size
+            else:
+                break
+        w[_READ] = read
+        w[_NCLAIM] += claimed
+        if head_was_read:
+            w[_HEAD] = read
+        else:
+            self._advance_head()
+        return out
+
+    def writer_at_read(self) -> tuple[int, int] | None:
+        """(position, pid) of the unfinished frame readers wait for, if any (C lock)."""
+        w = self._w
+        read = w[_READ]
+        if read == w[_TAIL]:
+            return None
+        h = w[(DATA_OFFSET + (read & self._mask)) >> 3]
+        if h & 0xFF == WRITING:
+            return int(read), int(h >> 32)
+        return None
+
+    def abandon_writer(self, pos: int, pid: int) -> bool:
+        """Skip the unfinished frame at ``pos`` whose writer ``pid`` died (C lock).
+
+        Returns False if the frame is no longer that writer's unfinished frame.
+        """
+        w = self._w
+        if w[_READ] != pos:
+            return False
+        i = (DATA_OFFSET + (pos & self._mask)) >> 3
+        h = w[i]
+        if h & 0xFF != WRITING or h >> 32 != pid:
+            return False
+        w[i] = (h & ~0xFF) | DONE
+        w[_READ] = pos + (w[i + 1] & _LOW)
+        w[_NCLAIM] += 1
+        self._advance_head()
+        return True
+
+    def release(self, pos: int) -> None:
+        """Free a claimed frame after reading it (C lock)."""
+        i = (DATA_OFFSET + (pos & self._mask)) >> 3
+        h = self._w[i]
+        self._w[i] = (h & ~0xFF) | DONE
+        self._advance_head()
+
+    def _advance_head(self) -> None:
+        w = self._w
+        head = w[_HEAD]
+        read = w[_READ]
+        mask = self._mask
+        while head < read:
+            i = (DATA_OFFSET + (head & mask)) >> 3
+            if w[i] & 0xFF == READING:
+                break
+            head += w[i + 1] & _LOW
+        w[_HEAD] = head
+
+    def unread(self) -> list[tuple[int, bytes]]:
+        """(kind, payload) of every READY frame without buffers not yet claimed (C lock)."""
+        w = self._w
+        out = []
+        pos, tail = w[_READ], w[_TAIL]
+        while pos < tail:
+            start = DATA_OFFSET + (pos & self._mask)
+            i = start >> 3
+            h = w[i]
+            size = w[i + 1] & _LOW
+            n = w[i + 1] >> 32
+            if size == 0:
+                break
+            if h & 0xFF == READY and not h & 0xFFFF0000:
+                out.append(
+                    (int((h >> 8) & 0xFF), bytes(self._b[start + HEADER : start + HEADER + n]))
+                )
+            pos += size
+        return out
+
+    # ------------------------------------------------------------------ repair (both locks)
+
+    def recount(self, alive: Callable[[int], bool]) -> None:
+        """Make the counters agree with the frames again (both locks held).
+
+        Called after a process died holding a lock, between any two of its
+        stores. Claimed frames of dead readers are freed; unfinished frames of
+        dead writers are left for readers to skip (they see the dead pid).
+        """
+        w = self._w
+        mask = self._mask
+        head, read, tail = w[_HEAD], w[_READ], w[_TAIL]
+        if not head <= read <= tail or tail - head > self._cap:
+            raise RuntimeError(
+                f"polytask channel ring is corrupt (head={head}, read={read}, tail={tail})"
+            )
+        pending = 0
+        pos = read
+        while pos < tail:
+            i = (DATA_OFFSET + (pos & mask)) >> 3
+            state = w[i] & 0xFF
+            size = w[i + 1] & _LOW
+            if size == 0 or size % ALIGN or pos + size > tail:
+                raise RuntimeError(
+                    f"polytask channel ring is corrupt (frame at {pos}, size {size})"
+                )
+            if state in (WRITING, READY):
+                pending += 1
+            pos += size
+        w[_NRES] = w[_NCLAIM] + pending
+        pos = head
+        while pos < read:
+            i = (DATA_OFFSET + (pos & mask)) >> 3
+            h = w[i]
+            if h & 0xFF == READING and not alive(int(h >> 32)):
+                w[i] = (h & ~0xFF) | DONE
+            pos += w[i + 1] & _LOW
+        self._advance_head()

@@ -1,0 +1,164 @@
+"""Pickling of functions, arguments, results and exceptions across processes.
+
+The fast path is the C pickler (protocol 5). cloudpickle is used only where it
+is needed: lambdas, closures, and anything defined in ``__main__`` (the worker
+has a different ``__main__``, so such objects must travel by value). Whatever
+fails to pickle is reported as :class:`SerializationError` naming the culprit.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ._errors import RemoteError, RemoteTraceback, SerializationError
+
+__all__ = [
+    "describe",
+    "dumps",
+    "dumps_call",
+    "dumps_exception",
+    "loads",
+    "loads_exception",
+]
+
+PROTOCOL = 5
+_MAIN = b"__main__"
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    import cloudpickle
+
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for another process; raises the pickler's own error on failure."""
+    try:
+        data = pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return _cloudpickle_dumps(obj)
+    if _MAIN in data:
+        return _cloudpickle_dumps(obj)
+    return data
+
+
+def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
+    """Pickle a function; the flag says it went by reference (safe to cache by bytes)."""
+    try:
+        data = pickle.dumps(fn, protocol=PROTOCOL)
+    except Exception:
+        return _cloudpickle_dumps(fn), False
+    if _MAIN in data:
+        return _cloudpickle_dumps(fn), False
+    return data, True
+
+
+loads = pickle.loads
+
+
+def describe(obj: Any) -> str:
+    """A short description of an object for error messages: its type and a clipped repr."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = "<unrepresentable>"
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
+
+
+def fn_name(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def dumps_call(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], name: str = ""
+) -> tuple[bytes, bool, bytes]:
+    """Pickle a call for a worker: ``(fn bytes, fn by reference?, payload)``.
+
+    The payload is ``(name, args, kwargs)``.
+
+    Raises :class:`SerializationError` naming the function or the argument that
+    could not be pickled, and why.
+    """
+    try:
+        fn_bytes, by_ref = dumps_fn(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"the function {fn_name(fn)!r} cannot be pickled for the process backend: "
+            f"{type(exc).__name__}: {exc}. Define it at module level, or use backend='thread'."
+        ) from exc
+    try:
+        payload = dumps((name, tuple(args), dict(kwargs)))
+    except Exception as exc:
+        raise _argument_error(fn, args, kwargs, exc) from exc
+    return fn_bytes, by_ref, payload
+
+
+def _argument_error(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
+) -> SerializationError:
+    culprit = "an argument"
+    for i, arg in enumerate(args):
+        try:
+            dumps(arg)
+        except Exception as e:
+            culprit, exc = f"argument {i + 1} ({describe(arg)})", e
+            break
+    else:
+        for key, arg in kwargs.items():
+            try:
+                dumps(arg)
+            except Exception as e:
+                culprit, exc = f"keyword argument {key!r} ({describe(arg)})", e
+                break
+    return SerializationError(
+        f"{culprit} of {fn_name(fn)!r} cannot be pickled to send to a worker process: "
+        f"{type(exc).__name__}: {exc}. Pass a picklable value (or create the object inside "
+        "the task), or use backend='thread'."
+    )
+
+
+def dumps_exception(exc: BaseException) -> tuple[bool, bytes]:
+    """Pickle an exception raised by a task, with its formatted traceback.
+
+    Returns ``(True, pickle of (exc, tb))`` when the exception survives a round
+    trip, else ``(False, pickle of (type name, repr, tb, why))`` so the parent
+    can raise a :class:`RemoteError` carrying the same facts.
+    """
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        data = dumps((exc, tb))
+        pickle.loads(data)  # an exception that pickles may still fail to unpickle
+        return True, data
+    except Exception as why:
+        try:
+            text = repr(exc)
+        except Exception:
+            text = f"<{type(exc).__name__} with an unrepresentable value>"
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        return False, pickle.dumps((name, text, tb, f"{type(why).__name__}: {why}"), PROTOCOL)
+
+
+def loads_exception(ok: bool, data: bytes) -> BaseException:
+    """Rebuild what :func:`dumps_exception` made, with the remote traceback as ``__cause__``."""
+    if ok:
+        try:
+            exc, tb = pickle.loads(data)
+        except Exception as why:  # pragma: no cover - checked in the worker already
+            return RemoteError(f"a task's exception could not be unpickled: {why!r}")
+        exc.__cause__ = RemoteTraceback(tb)
+        return exc  # type: ignore[no-any-return]
+    name, text, tb, reason = pickle.loads(data)
+    err = RemoteError(
+        f"the task raised {text} ({name}), which could not be sent back from the worker "
+        f"process ({reason}); its traceback is attached",
+        type_name=name,
+        traceback_text=tb,
+    )
+    err.__cause__ = RemoteTraceback(tb)
+    return err

@@ -1,0 +1,1701 @@
+"""Synchronisation primitives with the same behaviour on every backend.
+
+``Lock``, ``RLock``, ``Event``, ``Condition``, ``Semaphore``,
+``BoundedSemaphore`` and ``Barrier`` take ``backend=``:
+
+- ``"thread"``: the ``threading`` primitives, wrapped so that every wait takes
+  ``timeout=`` (None: no limit) and locks join lock-order checking;
+- ``"process"``: state in a small shared-memory segment, guarded by a robust
+  process-shared mutex, with futex wake-ups. They pass to other processes as
+  pickled arguments (they re-attach by name: the worker need not be a fork of
+  the creator, unlike ``multiprocessing.Lock``), and a Lock or RLock whose
+  holder *process* dies is released, like a FileLock, so that its waiters do
+  not wait forever.
+
+::
+
+    process A                 segment "polytask-sync-..." (4 KiB)             process B
+    lock.acquire() ──M──> [ mutex M | seq (futex) | fields | waiter slots ] <──M── lock.acquire()
+                           taken? count a waiter, unlock M, futex_wait(seq)
+    lock.release() ──M──> free it, seq += 1, unlock M, futex_wake(seq) ─────────> wakes, retries
+
+``FileLock(path)`` (fcntl/flock, for unrelated processes) and ``Fifo(path)``
+(a named pipe with message framing) complete the set. :func:`make_primitive`
+is what ``TaskGroup.Lock()`` and friends call.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import select
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from threading import BrokenBarrierError
+from types import TracebackType
+from typing import Any, cast
+
+from . import _debug as _dbg
+from . import _proc
+from ._errors import ChannelClosed, SerializationError
+from ._shm import AttachCache, RobustMutex, Segment, futex_wait, futex_wake, pid_alive
+
+__all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "Condition",
+    "Event",
+    "Fifo",
+    "FifoReader",
+    "FifoWriter",
+    "FileLock",
+    "Lock",
+    "RLock",
+    "Semaphore",
+    "make_primitive",
+    "register_primitive",
+]
+
+#: Seconds a process waiter sleeps before it re-checks (e.g. that a lock's holder is alive).
+_SLICE = 0.25
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+    return float(timeout)
+
+
+def _acquire_args(blocking: bool, timeout: float | None) -> float | None:
+    """Validate ``acquire(blocking, timeout)``; returns the deadline (None: none)."""
+    timeout = _check_timeout(timeout)
+    if not blocking:
+        if timeout is not None:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return time.monotonic()
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _no_pickle(obj: object) -> Any:
+    kind = type(obj).__mro__[1].__name__
+    raise SerializationError(
+        f"a {kind}(backend='thread') lives in one process and cannot be sent to another; "
+        f"create it with backend='process' to pass it to process tasks"
+    )
+
+
+def _label(kind: str, name: str | None, key: object) -> str:
+    if name:
+        return f"{kind} {name!r}"
+    if _dbg.enabled:
+        return f"{kind}#{key} (created at {_dbg.call_site()})"
+    return f"{kind}#{key}"
+
+
+# --------------------------------------------------------------------------- registry
+
+_FACTORIES: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
+def register_primitive(kind: str, backend: str, factory: Callable[..., Any]) -> None:
+    """Make ``Kind(..., backend=backend)`` call ``factory(...)`` (for the dask and ray backends)."""
+    _FACTORIES[(kind, backend)] = factory
+
+
+def _dispatch(kind: str, backend: str) -> Callable[..., Any]:
+    factory = _FACTORIES.get((kind, backend))
+    if factory is None:
+        known = sorted({b for k, b in _FACTORIES if k == kind})
+        raise ValueError(f"unknown backend {backend!r} for {kind}; choose one of {known}")
+    return factory
+
+
+def make_primitive(kind: str, backend: str, *args: Any, **kwargs: Any) -> Any:
+    """Build primitive ``kind`` ("Lock", "RLock", "Event", "Condition", "Semaphore",
+    "BoundedSemaphore", "Barrier") for ``backend`` ("thread", "process"...)."""
+    cls = _PUBLIC.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown primitive {kind!r}; choose one of {sorted(_PUBLIC)}")
+    return cls(*args, backend=backend, **kwargs)
+
+
+class _Primitive:
+    """Base of the public classes: ``Kind(..., backend=)`` builds the backend's subclass."""
+
+    _kind = ""
+
+    def __new__(cls, *args: Any, backend: str = "thread", **kwargs: Any) -> Any:
+        if cls.__dict__.get("_public", False):
+            impl = _dispatch(cls._kind, backend)
+            if isinstance(impl, type):
+                return object.__new__(impl)
+            return impl(*args, **kwargs)
+        return object.__new__(cls)
+
+
+# --------------------------------------------------------------------------- public classes
+
+
+class Lock(_Primitive):
+    """A mutual-exclusion lock: ``pt.Lock(backend="thread" | "process", name=None)``.
+
+    ``acquire(blocking=True, timeout=None) -> bool``, ``release()``,
+    ``locked()``, and ``with lock:``. Any thread (or process) may release it,
+    as with ``threading.Lock``. ``name`` appears in lock-order reports.
+    """
+
+    _kind = "Lock"
+    _public = True
+    name: str | None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def locked(self) -> bool:
+        raise NotImplementedError
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class RLock(_Primitive):
+    """A re-entrant lock: the owner may acquire it again; it is free after as many releases."""
+
+    _kind = "RLock"
+    _public = True
+    name: str | None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Event(_Primitive):
+    """A flag: ``set()``, ``clear()``, ``is_set()``, ``wait(timeout=None) -> bool``."""
+
+    _kind = "Event"
+    _public = True
+
+    def set(self) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+    def is_set(self) -> bool:
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+
+class Condition(_Primitive):
+    """A condition variable over a Lock or RLock (a new RLock by default).
+
+    ``wait(timeout=None) -> bool``, ``wait_for(predicate, timeout=None)``,
+    ``notify(n=1)``, ``notify_all()``, and ``with cond:`` for its lock.
+    ``backend`` defaults to the lock's backend.
+    """
+
+    _kind = "Condition"
+    _public = True
+
+    def __new__(
+        cls, lock: Any = None, *args: Any, backend: str | None = None, **kwargs: Any
+    ) -> Any:
+        if cls is Condition:
+            if backend is None:
+                backend = getattr(lock, "backend", "thread")
+            return _Primitive.__new__(cls, lock, *args, backend=backend, **kwargs)
+        return object.__new__(cls)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true (checked with the lock held); returns its last value."""
+        deadline = (
+            None if _check_timeout(timeout) is None else time.monotonic() + cast(float, timeout)
+        )
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        raise NotImplementedError
+
+    def notify_all(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Semaphore(_Primitive):
+    """A counter: ``acquire`` takes one (waiting while it is 0), ``release(n=1)`` gives back."""
+
+    _kind = "Semaphore"
+    _public = True
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def release(self, n: int = 1) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BoundedSemaphore(Semaphore):
+    """A Semaphore whose ``release`` raises ValueError past the initial value."""
+
+    _kind = "BoundedSemaphore"
+    _public = True
+
+
+class Barrier(_Primitive):
+    """``parties`` tasks wait for each other: ``wait(timeout=None)`` returns 0..parties-1.
+
+    ``action`` runs in one of them (the last to arrive) before all go on; a
+    timeout, ``abort()`` or a failing action breaks the barrier
+    (``threading.BrokenBarrierError`` in every waiter) until ``reset()``.
+    """
+
+    _kind = "Barrier"
+    _public = True
+
+    def wait(self, timeout: float | None = None) -> int:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def parties(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_waiting(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def broken(self) -> bool:
+        raise NotImplementedError
+
+
+_PUBLIC: dict[str, type[_Primitive]] = {
+    c._kind: c for c in (Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier)
+}
+
+
+# --------------------------------------------------------------------------- thread backend
+
+
+class _ThreadLock(Lock):
+    backend = "thread"
+
+    def __init__(self, *, backend: str = "thread", name: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._key = _dbg.new_key()
+        self.name = name
+        self._label = _label("Lock", name, self._key)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        t = -1.0 if deadline is None or not blocking else max(0.0, deadline - time.monotonic())
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, blocking)
+            ok = self._lock.acquire(blocking, t)
+            if ok:
+                _dbg.after_acquire(self._key)
+            return ok
+        return self._lock.acquire(blocking, t)
+
+    def release(self) -> None:
+        self._lock.release()
+        if _dbg.enabled:
+            _dbg.on_release(self._key)
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    # What threading.Condition uses to wait with this lock.
+    def _release_save(self) -> None:
+        self.release()
+
+    def _acquire_restore(self, state: None) -> None:
+        self.acquire()
+
+    def _is_owned(self) -> bool:
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def __reduce__(self) -> Any:
+        return _no_pickle(self)
+
+    def __repr__(self) -> str:
+        return f"<{self._label} backend='thread' {'locked' if self.locked() else 'unlocked'}>"
+
+
+class _ThreadRLock(RLock):
+    backend = "thread"
+
+    def __init__(self, *, backend: str = "thread", name: str | None = None) -> None:
+        self._lock = threading.RLock()
+        self._key = _dbg.new_key()
+        self.name = name
+        self._label = _label("RLock", name, self._key)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        t = -1.0 if deadline is None or not blocking else max(0.0, deadline - time.monotonic())
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, blocking)
+            ok = self._lock.acquire(blocking, t)
+            if ok:
+                _dbg.after_acquire(self._key)
+            return ok
+        return self._lock.acquire(blocking, t)
+
+    def release(self) -> None:
+        self._lock.release()
+        if _dbg.enabled:
+            _dbg.on_release(self._key)
+
+    def _release_save(self) -> Any:
+        state = self._lock._release_save()  # type: ignore[attr-defined]
+        if _dbg.enabled:
+            for _ in range(state[0]):
+                _dbg.on_release(self._key)
+        return state
+
+    def _acquire_restore(self, state: Any) -> None:
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, True)
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+        if _dbg.enabled:
+            for _ in range(state[0]):
+                _dbg.after_acquire(self._key)
+
+    def _is_owned(self) -> bool:
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+    def __reduce__(self) -> Any:
+        return _no_pickle(self)
+
+    def __repr__(self) -> str:
+        return f"<{self._label} backend='thread'>"
+
+
+class _ThreadEvent(Event):
+    backend = "thread"
+
+    def __init__(self, *, backend: str = "thread") -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(_check_timeout(timeout))
+
+    def __reduce__(self) -> Any:
+        return _no_pickle(self)
+
+
+class _ThreadCondition(Condition):
+    backend = "thread"
+
+    def __init__(self, lock: Any = None, *, backend: str | None = "thread") -> None:
+        if lock is None:
+            lock = _ThreadRLock()
+        elif isinstance(lock, (_ProcessLock, _ProcessRLock)):
+            raise TypeError("a Condition(backend='thread') needs a thread Lock or RLock")
+        self._lock = lock
+        self._cond = threading.Condition(lock)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._cond.wait(_check_timeout(timeout))
+
+    def notify(self, n: int = 1) -> None:
+        self._cond.notify(n)
+
+    def notify_all(self) -> None:
+        self._cond.notify_all()
+
+    def __reduce__(self) -> Any:
+        return _no_pickle(self)
+
+
+class _ThreadSemaphore(Semaphore):
+    backend = "thread"
+    _bounded = False
+
+    def __init__(self, value: int = 1, *, backend: str = "thread") -> None:
+        _check_value(value)
+        self._sem = (
+            threading.BoundedSemaphore(value) if self._bounded else threading.Semaphore(value)
+        )
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        if not blocking:
+            return self._sem.acquire(False)
+        return self._sem.acquire(
+            True, None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+
+    def release(self, n: int = 1) -> None:
+        _check_n(n)
+        self._sem.release(n)
+
+    def __reduce__(self) -> Any:
+        return _no_pickle(self)
+
+
+class _ThreadBoundedSemaphore(_ThreadSemaphore, BoundedSemaphore):
+    _bounded = True
+
+
+class _ThreadBarrier(Barrier):
+    backend = "thread"
+
+    def __init__(
+        self,
+        parties: int,
+        action: Callable[[], Any] | None = None,
+        timeout: float | None = None,
+        *,
+        backend: str = "thread",
+    ) -> None:
+        _check_parties(parties)
+        self._barrier = threading.Barrier(parties, action, _check_timeout(timeout))
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._barrier.wait(_check_timeout(timeout))
+
+    def reset(self) -> None:
+        self._barrier.reset()
+
+    def abort(self) -> None:
+        self._barrier.abort()
+
+    @property
+    def parties(self) -> int:
+        return self._barrier.parties
+
+    @property
+    def n_waiting(self) -> int:
+        return self._barrier.n_waiting
+
+    @property
+    def broken(self) -> bool:
+        return self._barrier.broken
+
+    def __reduce__(self) -> Any:
+        return _no_pickle(self)
+
+
+def _check_value(value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"semaphore initial value must be an int >= 0, got {value!r}")
+
+
+def _check_n(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+
+
+def _check_parties(parties: int) -> None:
+    if not isinstance(parties, int) or isinstance(parties, bool) or parties < 1:
+        raise ValueError(f"parties must be an int >= 1, got {parties!r}")
+
+
+# --------------------------------------------------------------------------- process backend
+
+_MAGIC = 0x434E5953_54505450  # "PTPTSYNC"
+_KIND_CODES = {
+    "Lock": 1,
+    "RLock": 2,
+    "Event": 3,
+    "Condition": 4,
+    "Semaphore": 5,
+    "BoundedSemaphore": 6,
+    "Barrier": 7,
+}
+_SEGMENT_SIZE = 4096
+_MUTEX_OFFSET = 64
+_SEQ_OFFSET = 128  # u32 futex word
+_F = 24  # first field (u64 index): byte 192
+_WAITERS = _F  # every kind: processes sleeping on the sequence word
+_SLOTS_OFFSET = 512  # Condition waiter slots: u32 state, u32 pid, u64 ticket
+_SLOT_SIZE = 16
+_NSLOTS = (_SEGMENT_SIZE - _SLOTS_OFFSET) // _SLOT_SIZE
+
+_attached = AttachCache()
+_me_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _me_pid
+    _me_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class _Shared:
+    """The shared-memory state of one process primitive: mutex, sequence word, fields."""
+
+    __slots__ = ("__weakref__", "i", "mutex", "seg", "seq_addr", "w")
+
+    def __init__(self, seg: Segment) -> None:
+        self.seg = seg
+        self.w = seg.buf.cast("Q")
+        self.i = seg.buf.cast("I")
+        self.mutex = RobustMutex(seg.address + _MUTEX_OFFSET)
+        self.seq_addr = seg.address + _SEQ_OFFSET
+
+    @classmethod
+    def create(cls, kind: str) -> _Shared:
+        seg = Segment.create("sync", _SEGMENT_SIZE)
+        try:
+            RobustMutex.initialize(seg.address + _MUTEX_OFFSET)
+            sh = cls(seg)
+            sh.w[1] = _KIND_CODES[kind]
+            sh.w[0] = _MAGIC
+        except BaseException:
+            seg.close()
+            raise
+        return sh
+
+    @classmethod
+    def attach(cls, name: str, kind: str) -> _Shared:
+        try:
+            seg = Segment.attach(name)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the process {kind} {name!r} no longer exists: the process that created it "
+                "exited or closed it before this copy was unpickled"
+            ) from None
+        sh = cls(seg)
+        if sh.w[0] != _MAGIC or sh.w[1] != _KIND_CODES[kind]:
+            sh.close()
+            raise ValueError(f"shared memory {name!r} does not hold a polytask {kind}")
+        return sh
+
+    @property
+    def name(self) -> str:
+        return self.seg.name
+
+    def lock(self, deadline: float | None = None) -> None:
+        # A previous holder that died left fields half-updated at worst; every
+        # update below is a single store or ordered so that this is harmless.
+        self.mutex.acquire(deadline)
+
+    def unlock(self) -> None:
+        self.mutex.release()
+
+    def changed(self) -> int:
+        """Advance the sequence word (mutex held); returns the number of sleepers."""
+        self.i[_SEQ_OFFSET // 4] = (self.i[_SEQ_OFFSET // 4] + 1) & 0x7FFFFFFF
+        return int(self.w[_WAITERS])
+
+    def wake(self) -> None:
+        futex_wake(self.seq_addr)
+
+    def wait(
+        self,
+        ready: Callable[[], bool],
+        deadline: float | None,
+        each_slice: Callable[[], None] | None = None,
+    ) -> bool:
+        """Sleep until ``ready()`` (mutex held on entry and exit); False at the deadline."""
+        w = self.w
+        while not ready():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            seq = self.i[_SEQ_OFFSET // 4]
+            w[_WAITERS] += 1
+            self.unlock()
+            try:
+                left = _SLICE if deadline is None else min(_SLICE, deadline - now)
+                futex_wait(self.seq_addr, seq, left)
+            finally:
+                self.lock()
+                w[_WAITERS] = max(0, w[_WAITERS] - 1)
+            if each_slice is not None:
+                each_slice()
+        return True
+
+    def close(self) -> None:
+        self.w.release()
+        self.i.release()
+        self.seg.close()
+
+
+def _attach(kind: str, name: str, extra: tuple[Any, ...] = ()) -> Any:
+    obj = _attached.get(name)
+    if obj is not None:
+        return obj
+    cls = _PROCESS_CLASSES[kind]
+    sh = _Shared.attach(name, kind)
+    new = object.__new__(cls)
+    new._setup(sh, *extra)
+    return _attached.put(name, new)
+
+
+class _ProcessPrimitive:
+    """Common plumbing of the process primitives: the segment, pickling, cleanup."""
+
+    backend = "process"
+    _kind = ""
+    _sh: _Shared
+
+    def _setup(self, sh: _Shared, *extra: Any) -> None:
+        import weakref
+
+        self._sh = sh
+        self._w = sh.w
+        self._finalizer = weakref.finalize(self, sh.close)
+
+    def _create(self, *extra: Any) -> None:
+        sh = _Shared.create(self._kind)
+        self._setup(sh, *extra)
+        _attached.put(sh.name, self)
+
+    def _extra(self) -> tuple[Any, ...]:
+        return ()
+
+    def __reduce__(self) -> Any:
+        return (_attach, (self._kind, self._sh.name, self._extra()))
+
+    @property
+    def shm_name(self) -> str:
+        """The name of its shared-memory segment."""
+        return self._sh.name
+
+
+def _me() -> tuple[int, int]:
+    return _me_pid, threading.get_ident()
+
+
+class _ProcessLock(_ProcessPrimitive, Lock):
+    _kind = "Lock"
+    # fields
+    _LOCKED, _PID, _TID = _F + 1, _F + 2, _F + 3
+
+    def __init__(self, *, backend: str = "process", name: str | None = None) -> None:
+        self._create(name)
+
+    def _setup(self, sh: _Shared, *extra: Any) -> None:
+        super()._setup(sh)
+        self.name = extra[0] if extra else None
+        self._label = _label("Lock", self.name or sh.name, sh.name)
+
+    def _extra(self) -> tuple[Any, ...]:
+        return (self.name,)
+
+    def _take(self) -> bool:
+        w = self._w
+        if w[self._LOCKED]:
+            return False
+        pid, tid = _me()
+        w[self._PID] = pid
+        w[self._TID] = tid
+        w[self._LOCKED] = 1
+        return True
+
+    def _reap_dead_holder(self) -> None:
+        w = self._w
+        if w[self._LOCKED] and not pid_alive(int(w[self._PID])):
+            w[self._LOCKED] = 0
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        if _dbg.enabled:
+            _dbg.before_acquire(self._sh.name, self._label, blocking)
+        sh = self._sh
+        try:
+            sh.lock(deadline)
+        except TimeoutError:
+            return False
+        try:
+            ok = self._take() or (
+                blocking and sh.wait(self._take, deadline, self._reap_dead_holder)
+            )
+            if not ok and blocking:
+                self._reap_dead_holder()
+                ok = self._take()
+        finally:
+            sh.unlock()
+        if ok and _dbg.enabled:
+            _dbg.after_acquire(self._sh.name)
+        return ok
+
+    def release(self) -> None:
+        sh = self._sh
+        w = self._w
+        sh.lock()
+        try:
+            if not w[self._LOCKED]:
+                raise RuntimeError("release unlocked lock")
+            w[self._LOCKED] = 0
+            w[self._PID] = 0
+            waiters = sh.changed()
+        finally:
+            sh.unlock()
+        if waiters:
+            sh.wake()
+        if _dbg.enabled:
+            _dbg.on_release(self._sh.name)
+
+    def locked(self) -> bool:
+        return bool(self._w[self._LOCKED])
+
+    def _is_owned(self) -> bool:
+        w = self._w
+        return bool(w[self._LOCKED]) and (int(w[self._PID]), int(w[self._TID])) == _me()
+
+    def _release_save(self) -> Any:
+        self.release()
+        return None
+
+    def _acquire_restore(self, state: Any) -> None:
+        self.acquire()
+
+    def __repr__(self) -> str:
+        return f"<{self._label} backend='process' {'locked' if self.locked() else 'unlocked'}>"
+
+
+class _ProcessRLock(_ProcessPrimitive, RLock):
+    _kind = "RLock"
+    _COUNT, _PID, _TID = _F + 1, _F + 2, _F + 3
+
+    def __init__(self, *, backend: str = "process", name: str | None = None) -> None:
+        self._create(name)
+
+    def _setup(self, sh: _Shared, *extra: Any) -> None:
+        super()._setup(sh)
+        self.name = extra[0] if extra else None
+        self._label = _label("RLock", self.name or sh.name, sh.name)
+
+    def _extra(self) -> tuple[Any, ...]:
+        return (self.name,)
+
+    def _owner(self) -> tuple[int, int]:
+        return int(self._w[self._PID]), int(self._w[self._TID])
+
+    def _take(self, count: int = 1) -> bool:
+        w = self._w
+        if w[self._COUNT] == 0:
+            pid, tid = _me()
+            w[self._PID] = pid
+            w[self._TID] = tid
+            w[self._COUNT] = count
+            return True
+        return False
+
+    def _reap_dead_holder(self) -> None:
+        w = self._w
+        if w[self._COUNT] and not pid_alive(int(w[self._PID])):
+            w[self._COUNT] = 0
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return self._acquire(blocking, timeout, 1)
+
+    def _acquire(self, blocking: bool, timeout: float | None, count: int) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        if _dbg.enabled:
+            _dbg.before_acquire(self._sh.name, self._label, blocking)
+        sh = self._sh
+        w = self._w
+        try:
+            sh.lock(deadline)
+        except TimeoutError:
+            return False
+        try:
+            if w[self._COUNT] and self._owner() == _me():
+                w[self._COUNT] += count
+                ok = True
+            else:
+                ok = self._take(count) or (
+                    blocking
+                    and sh.wait(lambda: self._take(count), deadline, self._reap_dead_holder)
+                )
+        finally:
+            sh.unlock()
+        if ok and _dbg.enabled:
+            for _ in range(count):
+                _dbg.after_acquire(self._sh.name)
+        return ok
+
+    def release(self) -> None:
+        self._release(1)
+
+    def _release(self, count: int) -> int:
+        sh = self._sh
+        w = self._w
+        sh.lock()
+        try:
+            if not w[self._COUNT] or self._owner() != _me():
+                raise RuntimeError("cannot release un-acquired lock")
+            if count == 0:
+                count = int(w[self._COUNT])
+            w[self._COUNT] -= count
+            waiters = 0
+            if w[self._COUNT] == 0:
+                w[self._PID] = 0
+                waiters = sh.changed()
+        finally:
+            sh.unlock()
+        if waiters:
+            sh.wake()
+        if _dbg.enabled:
+            for _ in range(count):
+                _dbg.on_release(self._sh.name)
+        return count
+
+    def _is_owned(self) -> bool:
+        return bool(self._w[self._COUNT]) and self._owner() == _me()
+
+    def _release_save(self) -> Any:
+        return self._release(0)
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._acquire(True, None, int(state))
+
+    def __repr__(self) -> str:
+        return f"<{self._label} backend='process'>"
+
+
+class _ProcessEvent(_ProcessPrimitive, Event):
+    _kind = "Event"
+    _FLAG, _SETS = _F + 1, _F + 2
+
+    def __init__(self, *, backend: str = "process") -> None:
+        self._create()
+
+    def set(self) -> None:
+        sh = self._sh
+        sh.lock()
+        try:
+            self._w[self._FLAG] = 1
+            self._w[self._SETS] += 1
+            waiters = sh.changed()
+        finally:
+            sh.unlock()
+        if waiters:
+            sh.wake()
+
+    def clear(self) -> None:
+        sh = self._sh
+        sh.lock()
+        try:
+            self._w[self._FLAG] = 0
+        finally:
+            sh.unlock()
+
+    def is_set(self) -> bool:
+        return bool(self._w[self._FLAG])
+
+    def wait(self, timeout: float | None = None) -> bool:
+        timeout = _check_timeout(timeout)
+        w = self._w
+        if w[self._FLAG]:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sh = self._sh
+        try:
+            sh.lock(deadline)
+        except TimeoutError:
+            return False
+        try:
+            sets = w[self._SETS]
+            # True once set, even if cleared again before this waiter woke (as threading.Event).
+            return sh.wait(lambda: bool(w[self._FLAG]) or w[self._SETS] != sets, deadline)
+        finally:
+            sh.unlock()
+
+
+class _ProcessSemaphore(_ProcessPrimitive, Semaphore):
+    _kind = "Semaphore"
+    _VALUE, _BOUND = _F + 1, _F + 2
+
+    def __init__(self, value: int = 1, *, backend: str = "process") -> None:
+        _check_value(value)
+        self._create()
+        self._w[self._VALUE] = value
+        self._w[self._BOUND] = value if self._kind == "BoundedSemaphore" else 0
+
+    def _take(self) -> bool:
+        w = self._w
+        if w[self._VALUE] > 0:
+            w[self._VALUE] -= 1
+            return True
+        return False
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        sh = self._sh
+        try:
+            sh.lock(deadline)
+        except TimeoutError:
+            return False
+        try:
+            return self._take() or (blocking and sh.wait(self._take, deadline))
+        finally:
+            sh.unlock()
+
+    def release(self, n: int = 1) -> None:
+        _check_n(n)
+        sh = self._sh
+        w = self._w
+        sh.lock()
+        try:
+            bound = w[self._BOUND]
+            if bound and w[self._VALUE] + n > bound:
+                raise ValueError("Semaphore released too many times")
+            w[self._VALUE] += n
+            waiters = sh.changed()
+        finally:
+            sh.unlock()
+        if waiters:
+            sh.wake()
+
+    @property
+    def value(self) -> int:
+        """The current count (a snapshot)."""
+        return int(self._w[self._VALUE])
+
+
+class _ProcessBoundedSemaphore(_ProcessSemaphore, BoundedSemaphore):
+    _kind = "BoundedSemaphore"
+
+
+class _ProcessBarrier(_ProcessPrimitive, Barrier):
+    _kind = "Barrier"
+    _PARTIES, _COUNT, _GEN, _BROKEN, _RESETS = _F + 1, _F + 2, _F + 3, _F + 4, _F + 5
+
+    def __init__(
+        self,
+        parties: int,
+        action: Callable[[], Any] | None = None,
+        timeout: float | None = None,
+        *,
+        backend: str = "process",
+    ) -> None:
+        _check_parties(parties)
+        self._create()
+        self._w[self._PARTIES] = parties
+        self._action = action
+        self._timeout = _check_timeout(timeout)
+
+    def _setup(self, sh: _Shared, *extra: Any) -> None:
+        super()._setup(sh)
+        self._action, self._timeout = extra if extra else (None, None)
+
+    def _extra(self) -> tuple[Any, ...]:
+        return (self._action, self._timeout)
+
+    def _break(self) -> int:
+        self._w[self._BROKEN] = 1
+        return self._sh.changed()
+
+    def wait(self, timeout: float | None = None) -> int:
+        timeout = _check_timeout(timeout)
+        if timeout is None:
+            timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sh = self._sh
+        w = self._w
+        sh.lock()
+        waiters = 0
+        try:
+            if w[self._BROKEN]:
+                raise BrokenBarrierError
+            gen = int(w[self._GEN])
+            index = int(w[self._COUNT])
+            w[self._COUNT] = index + 1
+            if index + 1 == w[self._PARTIES]:
+                if self._action is not None:
+                    try:
+                        self._action()
+                    except BaseException:
+                        waiters = self._break()
+                        raise
+                w[self._RESETS] &= ~(1 << (gen % 64))
+                w[self._COUNT] = 0
+                w[self._GEN] = gen + 1
+                waiters = sh.changed()
+                return index
+            done = sh.wait(lambda: w[self._GEN] != gen or bool(w[self._BROKEN]), deadline)
+            if w[self._GEN] != gen:
+                if w[self._RESETS] >> (gen % 64) & 1:
+                    raise BrokenBarrierError
+                return index
+            if not done:
+                waiters = self._break()
+            raise BrokenBarrierError
+        finally:
+            sh.unlock()
+            if waiters:
+                sh.wake()
+
+    def reset(self) -> None:
+        sh = self._sh
+        w = self._w
+        sh.lock()
+        try:
+            gen = int(w[self._GEN])
+            if w[self._COUNT]:
+                w[self._RESETS] |= 1 << (gen % 64)  # its waiters raise BrokenBarrierError
+            else:
+                w[self._RESETS] &= ~(1 << (gen % 64))
+            w[self._COUNT] = 0
+            w[self._BROKEN] = 0
+            w[self._GEN] = gen + 1
+            waiters = sh.changed()
+        finally:
+            sh.unlock()
+        if waiters:
+            sh.wake()
+
+    def abort(self) -> None:
+        sh = self._sh
+        sh.lock()
+        try:
+            waiters = self._break()
+        finally:
+            sh.unlock()
+        if waiters:
+            sh.wake()
+
+    @property
+    def parties(self) -> int:
+        return int(self._w[self._PARTIES])
+
+    @property
+    def n_waiting(self) -> int:
+        return 0 if self._w[self._BROKEN] else int(self._w[self._COUNT])
+
+    @property
+    def broken(self) -> bool:
+        return bool(self._w[self._BROKEN])
+
+
+_FREE, _WAITING, _NOTIFIED = 0, 1, 2
+
+
+class _ProcessCondition(_ProcessPrimitive, Condition):
+    """Waiters take a slot (with a ticket for FIFO order) and sleep on its own futex word."""
+
+    _kind = "Condition"
+    _TICKET = _F + 1
+
+    def __init__(self, lock: Any = None, *, backend: str | None = "process") -> None:
+        if lock is None:
+            lock = _ProcessRLock()
+        elif not isinstance(lock, (_ProcessLock, _ProcessRLock)):
+            raise TypeError(
+                f"a Condition(backend='process') needs a process Lock or RLock, got {lock!r}"
+            )
+        self._create()
+        self._lock = lock
+
+    def _setup(self, sh: _Shared, *extra: Any) -> None:
+        super()._setup(sh)
+        if extra:
+            self._lock = extra[0]
+        self._i = sh.i
+
+    def _extra(self) -> tuple[Any, ...]:
+        return (self._lock,)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    @staticmethod
+    def _word(k: int) -> int:
+        return (_SLOTS_OFFSET + k * _SLOT_SIZE) // 4
+
+    def wait(self, timeout: float | None = None) -> bool:
+        timeout = _check_timeout(timeout)
+        if not self._lock._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sh = self._sh
+        i = self._i
+        w = self._w
+        sh.lock()
+        try:
+            for k in range(_NSLOTS):
+                if i[self._word(k)] == _FREE:
+                    break
+            else:
+                raise RuntimeError(f"more than {_NSLOTS} processes wait on one Condition")
+            i[self._word(k) + 1] = _me_pid
+            w[(_SLOTS_OFFSET + k * _SLOT_SIZE) // 8 + 1] = w[self._TICKET]
+            w[self._TICKET] += 1
+            i[self._word(k)] = _WAITING
+        finally:
+            sh.unlock()
+        addr = sh.seg.address + _SLOTS_OFFSET + k * _SLOT_SIZE
+        saved = self._lock._release_save()
+        try:
+            while i[self._word(k)] == _WAITING:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                left = _SLICE if deadline is None else min(_SLICE, deadline - now)
+                futex_wait(addr, _WAITING, left)
+        finally:
+            sh.lock()
+            try:
+                notified = i[self._word(k)] == _NOTIFIED
+                i[self._word(k)] = _FREE
+            finally:
+                sh.unlock()
+            self._lock._acquire_restore(saved)
+        return notified
+
+    def notify(self, n: int = 1) -> None:
+        if not self._lock._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        if n <= 0:
+            return
+        sh = self._sh
+        i = self._i
+        w = self._w
+        woken: list[int] = []
+        sh.lock()
+        try:
+            waiting = []
+            for k in range(_NSLOTS):
+                if i[self._word(k)] == _WAITING:
+                    waiting.append((int(w[(_SLOTS_OFFSET + k * _SLOT_SIZE) // 8 + 1]), k))
+            waiting.sort()
+            for _, k in waiting:
+                if len(woken) >= n:
+                    break
+                pid = int(i[self._word(k) + 1])
+                if pid != _me_pid and not pid_alive(pid):
+                    i[self._word(k)] = _FREE  # a waiter that died must not swallow the wake-up
+                    continue
+                i[self._word(k)] = _NOTIFIED
+                woken.append(k)
+        finally:
+            sh.unlock()
+        for k in woken:
+            futex_wake(sh.seg.address + _SLOTS_OFFSET + k * _SLOT_SIZE, 1)
+
+    def notify_all(self) -> None:
+        self.notify(_NSLOTS)
+
+
+_PROCESS_CLASSES: dict[str, type[_ProcessPrimitive]] = {
+    "Lock": _ProcessLock,
+    "RLock": _ProcessRLock,
+    "Event": _ProcessEvent,
+    "Condition": _ProcessCondition,
+    "Semaphore": _ProcessSemaphore,
+    "BoundedSemaphore": _ProcessBoundedSemaphore,
+    "Barrier": _ProcessBarrier,
+}
+
+for _k, _cls in {
+    "Lock": _ThreadLock,
+    "RLock": _ThreadRLock,
+    "Event": _ThreadEvent,
+    "Condition": _ThreadCondition,
+    "Semaphore": _ThreadSemaphore,
+    "BoundedSemaphore": _ThreadBoundedSemaphore,
+    "Barrier": _ThreadBarrier,
+}.items():
+    register_primitive(_k, "thread", _cls)
+for _k, _pcls in _PROCESS_CLASSES.items():
+    register_primitive(_k, "process", _pcls)
+
+
+# --------------------------------------------------------------------------- FileLock
+
+
+class FileLock:
+    """An advisory lock on a file, for unrelated processes (``flock``).
+
+    ``pt.FileLock(path, timeout=None)``: ``acquire(blocking=True,
+    timeout=None) -> bool``, ``release()``, ``locked()``; ``with lock:`` waits
+    up to the lock's ``timeout`` and raises ``TimeoutError`` after it. The
+    kernel releases it when its holder dies, however it dies. It is not
+    re-entrant; threads of one process exclude each other too. The lock file
+    is created (mode 0600) and never removed: removing it while another
+    process waits would let two processes hold "the" lock.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float | None = None, mode: int = 0o600
+    ):
+        self.path = os.fspath(path)
+        self.timeout = _check_timeout(timeout)
+        self.mode = mode
+        self._fd: int | None = None
+        self._key = ("FileLock", os.path.abspath(self.path))
+        self._label = f"FileLock {self.path!r}"
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"cannot create lock file: directory {os.path.dirname(self.path)!r} does not exist",
+                self.path,
+            ) from None
+        except IsADirectoryError:
+            raise IsADirectoryError(
+                errno.EISDIR, "a FileLock needs a file path, not a directory", self.path
+            ) from None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = _acquire_args(blocking, timeout)
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, blocking)
+        fd = self._open()
+        delay = 0.001
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        os.close(fd)
+                        return False
+                    # flock has no timeout: poll, backing off to 50 ms.
+                    time.sleep(delay if deadline is None else min(delay, deadline - now))
+                    delay = min(delay * 2, 0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        if _dbg.enabled:
+            _dbg.after_acquire(self._key)
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise RuntimeError(f"release() of {self._label}, which this object does not hold")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        if _dbg.enabled:
+            _dbg.on_release(self._key)
+
+    def locked(self) -> bool:
+        """Whether anyone (this object or another process) holds the lock now."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def __enter__(self) -> FileLock:
+        if not self.acquire(timeout=self.timeout):
+            raise TimeoutError(
+                f"could not lock {self.path!r} within {self.timeout} s: another process holds it"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> Any:
+        return (_filelock, (self.path, self.timeout, self.mode))
+
+    def __repr__(self) -> str:
+        return f"<FileLock {self.path!r} {'held' if self._fd is not None else 'not held'}>"
+
+
+def _filelock(path: str, timeout: float | None, mode: int) -> FileLock:
+    return FileLock(path, timeout=timeout, mode=mode)
+
+
+# --------------------------------------------------------------------------- Fifo
+
+_FRAME = struct.Struct(">IB")  # payload length, type
+_RAW, _PICKLED = 0, 1
+_MAX_MESSAGE = 0xFFFFFFFF
+
+
+class Fifo:
+    """A named pipe (FIFO) for unrelated processes, carrying whole messages.
+
+    ``pt.Fifo(path)`` creates it (mode 0600) unless it exists; a path that
+    exists and is not a FIFO raises FileExistsError. ``open("w", timeout=)``
+    waits for a reader; ``open("r")`` returns at once and its ``recv`` waits
+    for messages. Messages are ``bytes`` (sent as they are) or any picklable
+    object; iterating a reader yields them until every writer has closed.
+    The Fifo this call created is removed by ``unlink()``, by leaving a
+    ``with`` block, or when this process exits.
+
+    Framing (for writers in other languages): a 4-byte big-endian length, one
+    type byte (0: raw bytes, 1: a pickle), then the payload.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600):
+        self.path = os.fspath(path)
+        self.created = False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not create:
+                raise FileNotFoundError(
+                    errno.ENOENT, "no FIFO at this path (create=False)", self.path
+                ) from None
+            try:
+                os.mkfifo(self.path, mode)
+            except FileExistsError:  # made by someone else meanwhile: check it below
+                pass
+            else:
+                os.chmod(self.path, mode)  # the umask may have taken bits away; never adds
+                self.created = True
+                _proc.guard_path(os.path.abspath(self.path))
+            st = os.stat(self.path)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"the path exists and is not a FIFO (it is {_describe_mode(st.st_mode)}); "
+                "remove it or choose another path",
+                self.path,
+            )
+
+    def open(
+        self, mode: str, *, timeout: float | None = None, keep_open: bool = False
+    ) -> FifoReader | FifoWriter:
+        """``"r"``: a :class:`FifoReader` (at once); ``"w"``: a :class:`FifoWriter` once a reader is there.
+
+        A reader sees the end (iteration stops) whenever no writer has the FIFO
+        open; with ``keep_open=True`` it holds a write end itself, so it keeps
+        serving writers that come and go (stop it with ``recv(timeout=)`` or
+        ``close()``).
+        """
+        timeout = _check_timeout(timeout)
+        if mode == "r":
+            return FifoReader(self.path, keep_open=keep_open)
+        if mode == "w":
+            return FifoWriter(self.path, timeout)
+        raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+
+    def unlink(self) -> None:
+        """Remove the FIFO (readers and writers already open keep working)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        if self.created:
+            _proc.unguard_path(os.path.abspath(self.path))
+            self.created = False
+
+    def __enter__(self) -> Fifo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.created:
+            self.unlink()
+
+    def __reduce__(self) -> Any:
+        return (_fifo_attach, (self.path,))
+
+    def __repr__(self) -> str:
+        return f"<Fifo {self.path!r}>"
+
+
+def _fifo_attach(path: str) -> Fifo:
+    return Fifo(path, create=False)
+
+
+def _describe_mode(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "not a FIFO"
+
+
+class FifoWriter:
+    """The writing end of a :class:`Fifo`: ``send(obj)``, ``send_bytes(data)``, ``close()``."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self.path = path
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                # Without O_NONBLOCK, open() would block until a reader came, with no timeout.
+                self._fd: int | None = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"no reader opened the FIFO {path!r} within {timeout} s")
+            time.sleep(delay if deadline is None else min(delay, deadline - now))
+            delay = min(delay * 2, 0.05)
+
+    def send(self, obj: Any, timeout: float | None = None) -> None:
+        """Send one message: ``bytes`` as they are, anything else pickled."""
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            self._send(_RAW, bytes(obj), timeout)
+        else:
+            try:
+                data = pickle.dumps(obj, 5)
+            except Exception as exc:
+                raise SerializationError(
+                    f"cannot send {type(obj).__qualname__} through a FIFO: {exc}"
+                ) from exc
+            self._send(_PICKLED, data, timeout)
+
+    def send_bytes(self, data: bytes, timeout: float | None = None) -> None:
+        """Send ``data`` as one raw message."""
+        self._send(_RAW, bytes(data), timeout)
+
+    def _send(self, kind: int, data: bytes, timeout: float | None) -> None:
+        fd = self._fd
+        if fd is None:
+            raise ChannelClosed(f"send() on a closed FIFO writer ({self.path})")
+        if len(data) > _MAX_MESSAGE:
+            raise ValueError(f"a FIFO message holds at most {_MAX_MESSAGE} bytes, got {len(data)}")
+        timeout = _check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        frame = memoryview(_FRAME.pack(len(data), kind) + data)
+        big = len(frame) > select.PIPE_BUF
+        if big:
+            # Writes up to PIPE_BUF are atomic; a bigger frame must not interleave
+            # with another writer's, so writers take turns.
+            self._flock(fd, deadline)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            while frame:
+                try:
+                    n = os.write(fd, frame)
+                    frame = frame[n:]
+                    continue
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError as exc:
+                    raise ChannelClosed(f"the reader of the FIFO {self.path!r} went away") from exc
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"the FIFO {self.path!r} stayed full for {timeout} s")
+                poller.poll(None if left is None else max(1, int(left * 1000)))
+        finally:
+            if big:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _flock(fd: int, deadline: float | None) -> None:
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("another writer held the FIFO too long") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> FifoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FifoReader:
+    """The reading end of a :class:`Fifo`: ``recv(timeout=None)``, iteration, ``close()``."""
+
+    def __init__(self, path: str, *, keep_open: bool = False) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._keep: int | None = None
+        if keep_open:
+            self._keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._buf = bytearray()
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next message. ``TimeoutError`` after ``timeout`` s; ``EOFError`` once
+        every writer closed (after at least one had opened) and nothing is left."""
+        timeout = _check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            msg = self._parse()
+            if msg is not _NOTHING:
+                return msg
+            fd = self._fd
+            if fd is None:
+                raise ChannelClosed("recv() on a closed FIFO reader")
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                if self._buf:
+                    raise EOFError(f"the FIFO {self.path!r} ended inside a message")
+                # EOF now, or nobody opened it for writing yet (Linux: poll then waits).
+                if not self._wait(deadline, timeout, eof_ok=True):
+                    raise EOFError(f"every writer of the FIFO {self.path!r} closed it")
+                continue
+            if data:
+                self._buf += data
+                continue
+            self._wait(deadline, timeout, eof_ok=False)
+
+    def _wait(self, deadline: float | None, timeout: float | None, *, eof_ok: bool) -> bool:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError(f"no message on the FIFO {self.path!r} within {timeout} s")
+        events = self._poll.poll(None if left is None else max(1, int(left * 1000)))
+        if not events:
+            raise TimeoutError(f"no message on the FIFO {self.path!r} within {timeout} s")
+        hangup = all(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events)
+        return not (eof_ok and hangup)
+
+    def _parse(self) -> Any:
+        buf = self._buf
+        if len(buf) < _FRAME.size:
+            return _NOTHING
+        n, kind = _FRAME.unpack_from(buf)
+        end = _FRAME.size + n
+        if len(buf) < end:
+            return _NOTHING
+        data = bytes(buf[_FRAME.size : end])
+        del buf[:end]
+        if kind == _RAW:
+            return data
+        if kind == _PICKLED:
+            try:
+                return pickle.loads(data)
+            except Exception as exc:
+                raise SerializationError(
+                    f"a message from the FIFO {self.path!r} could not be unpickled: {exc}"
+                ) from exc
+        raise ValueError(
+            f"bad frame type {kind} on the FIFO {self.path!r}: is every writer using pt.Fifo framing?"
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self.recv()
+            except EOFError:
+                return
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        keep, self._keep = self._keep, None
+        if keep is not None:
+            os.close(keep)
+
+    def __enter__(self) -> FifoReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_NOTHING: Any = object()

@@ -1,0 +1,306 @@
+"""Task: the handle for one unit of work, and ``spawn``/``background`` that make one.
+
+A Task is a :class:`concurrent.futures.Future`, so ``concurrent.futures.wait``,
+``as_completed`` and ``asyncio.wrap_future`` accept it, and it is awaitable.
+What it adds: a name, the duration, the worker's exit code, a ``cancel()``
+that also stops *running* work where the backend can (a process task's worker
+is killed; a thread task is flagged, see :class:`CurrentTask`), and
+``result()`` that re-raises the task's own exception type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+
+from ._errors import Cancelled
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+__all__ = ["CurrentTask", "Task", "background", "check_timeout", "current_task", "spawn"]
+
+T = TypeVar("T")
+_CancelledError = concurrent.futures.CancelledError
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    """Validate a ``timeout=`` argument: None or a number >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout < 0 or timeout != timeout:
+        raise ValueError(f"{what} must be >= 0 seconds (or None for no limit), got {timeout!r}")
+    return float(timeout)
+
+
+class Task(concurrent.futures.Future[T], Generic[T]):
+    """The handle for one unit of work running on a backend.
+
+    Made by :func:`spawn`, ``TaskGroup.spawn`` and ``Pool.submit``; not meant to be
+    created directly.
+
+    Example::
+
+        t = pt.spawn(sum, [1, 2, 3])
+        assert t.result(timeout=5) == 6
+    """
+
+    def __init__(self, backend: Backend, name: str, timeout: float | None = None) -> None:
+        super().__init__()
+        self.name = name
+        #: The timeout the task runs under, in seconds (None: no limit).
+        self.timeout = timeout
+        #: How many times the task was started (more than 1 after retries).
+        self.attempts = 0
+        #: Exit status of the worker process that died running this task, else None.
+        self.exitcode: int | None = None
+        self._backend = backend
+        self._started_at: float | None = None
+        self._finished_at: float | None = None
+        self._cancel_requested = False
+        # Backend-private state (the worker the task runs on, its timer, ...).
+        self._slot: Any = None
+        self._timer: Any = None
+
+    # -- state
+    @property
+    def duration(self) -> float | None:
+        """Seconds the task ran (None until it has started); grows while it runs."""
+        if self._started_at is None:
+            return None
+        end = self._finished_at if self._finished_at is not None else time.monotonic()
+        return end - self._started_at
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend the task runs on."""
+        return self._backend.name
+
+    def cancelled(self) -> bool:
+        """True if the task was cancelled (before or while it ran)."""
+        if super().cancelled():
+            return True
+        return self.done() and isinstance(self._exception, Cancelled)
+
+    def __repr__(self) -> str:
+        if not self.done():
+            state = "running" if self.running() else "pending"
+        elif super().cancelled():
+            state = "cancelled"
+        elif self._exception is not None:
+            state = f"failed: {type(self._exception).__name__}"
+        else:
+            state = "done"
+        return f"<Task {self.name!r} on {self._backend.name}: {state}>"
+
+    # -- waiting
+    def _wait(self, timeout: float | None) -> bool:
+        if self.done():
+            return True
+        return self._backend.wait(self, timeout)
+
+    def _wait_or_raise(self, timeout: float | None) -> None:
+        timeout = check_timeout(timeout)
+        if not self._wait(timeout):
+            raise TimeoutError(
+                f"task {self.name!r} did not finish within {timeout:g} s of waiting; it goes on "
+                "running (cancel() stops it, timeout= on spawn limits the task itself)"
+            )
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the task and return its result, or raise its exception.
+
+        Raises the task's own exception (same type, remote traceback as
+        ``__cause__``), :class:`TaskTimeout`, :class:`WorkerCrashed` or
+        :class:`Cancelled`; ``TimeoutError`` if ``timeout`` seconds of waiting
+        passed first (the task goes on).
+        """
+        self._wait_or_raise(timeout)
+        try:
+            return super().result(0)
+        except Cancelled:
+            raise
+        except _CancelledError:
+            raise Cancelled(f"task {self.name!r} was cancelled before it started") from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the task and return its exception (None if it succeeded)."""
+        self._wait_or_raise(timeout)
+        if super().cancelled():
+            return Cancelled(f"task {self.name!r} was cancelled before it started")
+        return super().exception(0)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the task is done without raising its error; True if it is done."""
+        return self._wait(check_timeout(timeout))
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+    # -- cancelling
+    def cancel(self) -> bool:
+        """Stop the task.
+
+        A pending task never starts. A running process task has its worker killed
+        and raises :class:`Cancelled`. A running thread task cannot be killed: it
+        is flagged (``pt.current_task().cancelled`` becomes true) and this returns
+        False, as ``Future.cancel`` does for work it cannot stop.
+        """
+        if super().cancel():
+            return True
+        if self.done():
+            return False
+        self._cancel_requested = True
+        return self._backend.cancel(self)
+
+    # -- used by backends
+    def _mark_started(self) -> None:
+        self.attempts += 1
+        if self._started_at is None:
+            self._started_at = time.monotonic()
+
+    def _finish(self, result: Any = None, exc: BaseException | None = None) -> bool:
+        """Complete the task once; later calls (a timeout racing a result) are ignored."""
+        with self._condition:
+            if self._state in ("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"):
+                return False
+            self._finished_at = time.monotonic()
+            if self._started_at is None:
+                self._started_at = self._finished_at
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            if exc is None:
+                self.set_result(result)
+            else:
+                self.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            return False
+        return True
+
+
+class CurrentTask:
+    """What code running inside a task can ask about it: its name and whether to stop.
+
+    Threads cannot be killed, so a cancelled or timed-out thread task is told
+    through :attr:`cancelled`; long loops should check it::
+
+        def crunch(items):
+            for item in items:
+                pt.current_task().raise_if_cancelled()
+                ...
+    """
+
+    __slots__ = ("_task", "name")
+
+    def __init__(self, name: str, task: Task[Any] | None = None) -> None:
+        self.name = name
+        self._task = task
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled, timed out, or its group failed."""
+        return self._task is not None and self._task._cancel_requested
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`Cancelled` if :attr:`cancelled` is true."""
+        if self.cancelled:
+            raise Cancelled(f"task {self.name!r} was cancelled")
+
+    def __repr__(self) -> str:
+        return f"<CurrentTask {self.name!r}{' cancelled' if self.cancelled else ''}>"
+
+
+_local = threading.local()
+_MAIN = CurrentTask("main")
+
+
+def current_task() -> CurrentTask:
+    """The task the calling code runs in (outside any task: one named 'main', never cancelled)."""
+    return cast(CurrentTask, getattr(_local, "current", _MAIN))
+
+
+def _set_current(info: CurrentTask | None) -> None:
+    if info is None:
+        _local.__dict__.pop("current", None)
+    else:
+        _local.current = info
+
+
+def spawn(
+    fn: Callable[..., T],
+    /,
+    *args: Any,
+    backend: str | Backend = "thread",
+    timeout: float | None = None,
+    name: str | None = None,
+    **kwargs: Any,
+) -> Task[T]:
+    """Run ``fn(*args, **kwargs)`` in the background and return its :class:`Task`.
+
+    Args:
+        backend: ``"thread"`` (default), ``"process"``, or a backend object.
+        timeout: seconds the task may run; past it a process task is killed and
+            the task raises :class:`TaskTimeout`.
+        name: for messages and ``current_task().name`` (default: the function's name).
+
+    Keyword arguments named ``backend``, ``timeout`` or ``name`` are polytask's;
+    pass such arguments to ``fn`` through ``functools.partial``.
+    """
+    from .backends import get_backend
+
+    be = get_backend(backend)
+    return be.spawn(fn, args, kwargs, name=name, timeout=timeout)
+
+
+@overload
+def background(fn: Callable[..., T], /) -> Callable[..., Task[T]]: ...
+@overload
+def background(
+    *, backend: str | Backend = "thread", timeout: float | None = None, name: str | None = None
+) -> Callable[[Callable[..., T]], Callable[..., Task[T]]]: ...
+
+
+def background(
+    fn: Callable[..., T] | None = None,
+    /,
+    *,
+    backend: str | Backend = "thread",
+    timeout: float | None = None,
+    name: str | None = None,
+) -> Any:
+    """Decorate a function so that calling it starts a task and returns its :class:`Task`::
+
+    @pt.background(backend="process")
+    def crunch(x): ...
+
+    t = crunch(3)      # returns at once
+    t.result()
+    """
+    from .backends import get_backend
+
+    if backend is not None and isinstance(backend, str):
+        get_backend(backend, create=False)  # unknown names fail here, at decoration
+    check_timeout(timeout)
+
+    def decorate(f: Callable[..., T]) -> Callable[..., Task[T]]:
+        if not callable(f):
+            raise TypeError(f"@background needs a function, got {type(f).__name__}")
+
+        @functools.wraps(f)
+        def start(*args: Any, **kwargs: Any) -> Task[T]:
+            return spawn(f, *args, backend=backend, timeout=timeout, name=name, **kwargs)
+
+        start.__wrapped_task_function__ = f  # type: ignore[attr-defined]
+        return start
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

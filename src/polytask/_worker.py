@@ -1,0 +1,125 @@
+"""The main loop of a process-backend worker.
+
+Started by the parent as ``python -c 'from polytask._worker import main; main()'``
+(or forked, with start_method="fork"). It reads request frames from one pipe
+and writes one response frame per task to another. It sets PDEATHSIG so that
+it dies with the thread that started it, and checks that its parent is still
+the one that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import _wire
+from ._serialize import describe, dumps, dumps_exception
+
+__all__ = ["main", "serve"]
+
+_FN_CACHE_SIZE = 256
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def serve(rfd: int, wfd: int) -> None:
+    """Serve tasks until the request pipe closes or an exit frame arrives."""
+    from ._task import CurrentTask, _set_current
+
+    decoder = _wire.FrameDecoder(_wire.REQUEST)
+    fn_cache: dict[bytes, Callable[..., Any]] = {}
+    loads = pickle.loads
+    while True:
+        data = os.read(rfd, 1 << 20)
+        if not data:
+            return
+        for header, body in decoder.feed(data):
+            task_id, kind, fn_len, _ = header
+            if kind == _wire.K_EXIT:
+                return
+            if kind == _wire.K_INIT:
+                _init(loads(body), wfd)
+                continue
+            fn_bytes, payload = body[:fn_len], body[fn_len:]
+            try:
+                if kind == _wire.K_RUN_REF:
+                    # A function pickled by reference is the same object every time:
+                    # caching it skips the import lookup. By-value ones (closures) are
+                    # unpickled afresh, so each call sees the state it was sent with.
+                    fn = fn_cache.get(fn_bytes)
+                    if fn is None:
+                        fn = loads(fn_bytes)
+                        if len(fn_cache) >= _FN_CACHE_SIZE:
+                            fn_cache.clear()
+                        fn_cache[fn_bytes] = fn
+                else:
+                    fn = loads(fn_bytes)
+                name, args, kwargs = loads(payload)
+            except BaseException as exc:
+                msg = f"the worker could not unpickle the task: {type(exc).__name__}: {exc}"
+                _write_all(wfd, _wire.encode_response(task_id, _wire.S_BAD_CALL, pickle.dumps(msg)))
+                continue
+            _set_current(CurrentTask(name))
+            try:
+                result = fn(*args, **kwargs)
+            except SystemExit:
+                raise  # the task asked the process to exit: the parent sees the exit code
+            except BaseException as exc:
+                ok, data = dumps_exception(exc)
+                del exc
+                status = _wire.S_ERROR if ok else _wire.S_ERROR_TEXT
+                frame = _wire.encode_response(task_id, status, data)
+            else:
+                try:
+                    frame = _wire.encode_response(task_id, _wire.S_OK, dumps(result))
+                except Exception as exc:
+                    msg = (
+                        f"the result of task {name!r} ({describe(result)}) cannot be pickled to "
+                        f"return it from the worker process: {type(exc).__name__}: {exc}. "
+                        "Return a picklable value."
+                    )
+                    frame = _wire.encode_response(task_id, _wire.S_BAD_RESULT, pickle.dumps(msg))
+                del result
+            finally:
+                _set_current(None)
+            _write_all(wfd, frame)
+
+
+def _init(config: dict[str, Any], wfd: int) -> None:
+    sys.path[:] = config["sys_path"]
+    init = config.get("initializer")
+    if init is not None:
+        fn, args = pickle.loads(init)
+        try:
+            fn(*args)
+        except BaseException as exc:
+            _ok, data = dumps_exception(exc)
+            _write_all(wfd, _wire.encode_response(0, _wire.S_INIT_FAILED, data))
+            os._exit(3)
+
+
+def main() -> None:
+    """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
+    rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
+    from ._proc import set_pdeathsig
+
+    set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+    # The worker has its own process group: the terminal's Ctrl-C goes to the
+    # parent, which ends the workers itself, without tracebacks from each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        serve(rfd, wfd)
+    except BrokenPipeError:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,147 @@
+"""Backends: where tasks run. One small abstract class, and a registry of names.
+
+Everything above this layer (Task, TaskGroup, Pool, the CLI) is written once
+against :class:`Backend`. A backend module is imported only when its name is
+first asked for, so ``backends/dask.py`` costs nothing to a user of threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module
+from typing import Any, ClassVar, TypeVar
+
+from .._serialize import fn_name
+from .._task import Task, check_timeout
+
+__all__ = ["Backend", "available", "get_backend", "shutdown_defaults"]
+
+T = TypeVar("T")
+
+#: name -> "module:Class"; modules are imported on first use.
+_REGISTRY: dict[str, str] = {
+    "thread": "polytask.backends.thread:ThreadBackend",
+    "process": "polytask.backends.process:ProcessBackend",
+}
+
+
+class Backend(ABC):
+    """Runs tasks. Subclasses implement :meth:`submit`, :meth:`cancel` and :meth:`shutdown`."""
+
+    #: The name users pass as ``backend=``.
+    name: ClassVar[str]
+
+    def spawn(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Task[T]:
+        """Check the call, then :meth:`submit` it: bad input fails here, in the caller."""
+        if not callable(fn):
+            raise TypeError(
+                f"spawn() needs a callable as its first argument, got {type(fn).__name__} {fn!r}"
+            )
+        timeout = check_timeout(timeout)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        return self.submit(fn, args, kwargs, name=name or fn_name(fn), timeout=timeout)
+
+    @abstractmethod
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str,
+        timeout: float | None,
+    ) -> Task[T]:
+        """Start ``fn(*args, **kwargs)``; the arguments are already checked."""
+
+    @abstractmethod
+    def cancel(self, task: Task[Any]) -> bool:
+        """Stop a running task; True if it will not complete normally."""
+
+    def wait(self, task: Task[Any], timeout: float | None) -> bool:
+        """Block until ``task`` is done or ``timeout`` passes; True if done."""
+        done, _ = _futures_wait([task], timeout)
+        return bool(done)
+
+    @abstractmethod
+    def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
+        """Stop accepting tasks; ``cancel`` stops running ones; ``wait`` blocks until all ended."""
+
+    def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        """A synchronisation primitive (``"Lock"``, ``"Event"``...) that works on this backend."""
+        from .._sync import make_primitive
+
+        return make_primitive(kind, self.name, *args, **kwargs)
+
+
+def _futures_wait(tasks: list[Task[Any]], timeout: float | None) -> tuple[set[Any], set[Any]]:
+    import concurrent.futures
+
+    return concurrent.futures.wait(tasks, timeout)
+
+
+_defaults: dict[str, Backend] = {}
+_defaults_lock = threading.Lock()
+
+
+def available() -> list[str]:
+    """The backend names that can be asked for."""
+    return list(_REGISTRY)
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r}; choose one of: {', '.join(_REGISTRY)}"
+        ) from None
+    module, cls = target.split(":")
+    return getattr(import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def get_backend(backend: str | Backend, *, create: bool = True) -> Backend:
+    """The shared backend for a name (created on first use), or ``backend`` itself."""
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a name or a Backend, not {type(backend).__name__}")
+    be = _defaults.get(backend)
+    if be is not None:
+        return be
+    cls = backend_class(backend)
+    if not create:
+        return None  # type: ignore[return-value]
+    with _defaults_lock:
+        be = _defaults.get(backend)
+        if be is None:
+            be = _defaults[backend] = cls()
+    return be
+
+
+def shutdown_defaults() -> None:
+    """Shut the shared backends down (their running tasks are cancelled); used at exit."""
+    with _defaults_lock:
+        items = list(_defaults.values())
+        _defaults.clear()
+    for be in items:
+        be.shutdown(wait=True, cancel=True)
+
+
+def _register_exit_hook() -> None:
+    from .._proc import at_shutdown
+
+    at_shutdown(shutdown_defaults)
+
+
+_register_exit_hook()

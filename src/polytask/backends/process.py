@@ -1,0 +1,731 @@
+"""The process backend: warm worker processes, a pipe pair each, our own wire protocol.
+
+::
+
+    caller thread                                    worker process (own process group)
+    ─────────────                                    ───────────────────────────────────
+    spawn(): pickle the call, os.write ──> request pipe ──> run fn(*args)
+    result(): *claims* the task's worker and          │
+              polls its response pipe + pidfd, <── response pipe <── pickle the result
+              reads and completes the task itself
+              (no hop through another thread)
+    collector thread: polls every busy worker nobody has claimed, and every pidfd:
+              results for callbacks / as_completed / asyncio, and worker deaths
+    launcher thread:  starts every worker, so PR_SET_PDEATHSIG is tied to a thread
+              that lives as long as this process (it fires when the *thread* exits)
+    timer thread:     a task's timeout -> SIGTERM its worker's group, grace, SIGKILL
+
+A worker that dies fails only the task it held (:class:`WorkerCrashed`, with the
+exit code or signal); a task past its timeout or cancelled while running has its
+worker killed and reaped, and a fresh worker takes the next task.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from queue import SimpleQueue
+from typing import Any, ClassVar, TypeVar
+
+from .. import _wire
+from .._errors import (
+    Cancelled,
+    PolytaskError,
+    SerializationError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+from .._proc import guard, unguard
+from .._serialize import dumps_call, loads_exception
+from .._task import Task
+from .._timer import call_later
+from . import Backend
+
+__all__ = ["ProcessBackend"]
+
+T = TypeVar("T")
+
+#: Seconds between SIGTERM and SIGKILL when a task's worker is killed.
+KILL_GRACE = 0.25
+_READ_SIZE = 1 << 20
+_BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from polytask._worker import main; main()"
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+START_METHODS = ("spawn", "fork")
+
+
+class _Launcher:
+    """One long-lived thread that starts every worker process (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="polytask-launcher", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(fn)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                fn()
+            except BaseException as exc:  # pragma: no cover - _start_worker reports its own
+                print(f"polytask: launcher error: {exc!r}", file=sys.stderr)
+
+    def _after_fork(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+_launcher = _Launcher()
+os.register_at_fork(after_in_child=_launcher._after_fork)
+
+
+class _ForkedProc:
+    """The little of Popen's interface the backend needs, for a forked worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+class _Worker:
+    __slots__ = (
+        "claim",
+        "dead",
+        "decoder",
+        "eof",
+        "kill_exc",
+        "ntasks",
+        "pid",
+        "pidfd",
+        "proc",
+        "rfd",
+        "rlock",
+        "task",
+        "task_id",
+        "wfd",
+    )
+
+    def __init__(self, proc: subprocess.Popen[bytes] | _ForkedProc, wfd: int, rfd: int) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.wfd = wfd
+        self.rfd = rfd
+        os.set_blocking(rfd, False)
+        self.decoder = _wire.FrameDecoder(_wire.RESPONSE)
+        self.task: Task[Any] | None = None
+        self.task_id = 0
+        self.claim = threading.Lock()  # held by the caller thread reading for its task
+        self.rlock = threading.Lock()  # held while reading the response pipe
+        self.dead = False
+        self.eof = False
+        self.kill_exc: BaseException | None = None
+        self.ntasks = 0
+
+
+class ProcessBackend(Backend):
+    """Runs tasks in warm worker processes.
+
+    Args:
+        max_workers: at most this many worker processes (None: one per running
+            task, as ``multiprocessing.Process`` would start).
+        start_method: ``"spawn"`` (default: a fresh interpreter, safe when this
+            process has threads) or ``"fork"`` (fast, but only safe without threads).
+        keep_idle: idle workers kept warm for the next task (default: CPU count).
+        kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
+        initializer, initargs: run once in each worker before its first task.
+        max_tasks_per_worker: replace a worker after it ran this many tasks.
+    """
+
+    name: ClassVar[str] = "process"
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        keep_idle: int | None = None,
+        kill_grace: float = KILL_GRACE,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Sequence[Any] = (),
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
+        method = start_method or "spawn"
+        if method not in START_METHODS:
+            raise ValueError(
+                f"unknown start_method {start_method!r}; choose one of: {', '.join(START_METHODS)}"
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(
+                f"max_tasks_per_worker must be >= 1 or None, got {max_tasks_per_worker}"
+            )
+        self._max = max_workers
+        self._method = method
+        self._keep_idle = (
+            keep_idle if keep_idle is not None else (max_workers or os.cpu_count() or 1)
+        )
+        self._grace = kill_grace
+        self._max_tasks = max_tasks_per_worker
+        init: bytes | None = None
+        if initializer is not None:
+            try:
+                init = pickle.dumps((initializer, tuple(initargs)), 5)
+            except Exception:
+                import cloudpickle
+
+                init = cloudpickle.dumps((initializer, tuple(initargs)), 5)
+        self._init_frame = b""
+        self._init_config: dict[str, Any] = {"initializer": init}
+        self._lock = threading.Lock()
+        self._workers: dict[int, _Worker] = {}
+        self._idle: list[_Worker] = []
+        self._pending: collections.deque[Task[Any]] = collections.deque()
+        self._starting = 0
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._graveyard: list[_Worker] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._collector: threading.Thread | None = None
+        self._stopping = False
+        self._start_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ submit
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str,
+        timeout: float | None,
+    ) -> Task[T]:
+        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
+        task: Task[T] = Task(self, name, timeout)
+        task_id = next(self._ids)
+        kind = _wire.K_RUN_REF if by_ref else _wire.K_RUN
+        task._slot = (task_id, _wire.encode_request(task_id, kind, fn_bytes, payload))
+        launch = False
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this process backend is shut down; create a new one")
+            w = self._idle.pop() if self._idle else None
+            if w is None:
+                self._pending.append(task)
+                launch = self._want_launch()
+        if w is not None:
+            self._assign(w, task)
+        if launch:
+            _launcher.submit(self._start_worker)
+        return task
+
+    def _want_launch(self) -> bool:
+        # Called with self._lock held.
+        if len(self._pending) <= self._starting:
+            return False
+        if self._max is not None and len(self._workers) + self._starting >= self._max:
+            return False
+        self._starting += 1
+        return True
+
+    def _assign(self, w: _Worker, task: Task[Any]) -> None:
+        """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list)."""
+        while True:
+            if task.running() or task.set_running_or_notify_cancel():
+                break
+            # Cancelled while it waited: take the next one, or idle.
+            with self._lock:
+                if not self._pending:
+                    self._make_idle(w)
+                    return
+                task = self._pending.popleft()
+        task_id, frame = task._slot
+        task._slot = w
+        task._mark_started()
+        w.task = task
+        w.task_id = task_id
+        try:
+            _write_all(w.wfd, frame)
+        except OSError:
+            # The worker died while idle: give the task to another one.
+            w.task = None
+            task._slot = (task_id, frame)
+            with self._lock:
+                self._pending.appendleft(task)
+                launch = self._want_launch()
+                w.dead = True
+                self._workers.pop(w.pid, None)
+            self._bury(w)
+            if launch:
+                _launcher.submit(self._start_worker)
+            return
+        if task.timeout is not None:
+            task._timer = call_later(task.timeout, lambda: self._on_timeout(w, task))
+        if threading.current_thread() is not self._collector:
+            self._wake()
+
+    def _make_idle(self, w: _Worker) -> None:
+        # Called with self._lock held.
+        if self._closed or len(self._idle) >= self._keep_idle:
+            self._retire(w)
+        else:
+            self._idle.append(w)
+
+    def _retire(self, w: _Worker) -> None:
+        # Closing the request pipe makes the worker exit; the collector reaps it.
+        try:
+            os.close(w.wfd)
+        except OSError:
+            pass
+        w.wfd = -1
+
+    # ------------------------------------------------------------------ workers
+    def _start_worker(self) -> None:
+        try:
+            w = self._spawn_process() if self._method == "spawn" else self._fork_process()
+        except BaseException as exc:
+            with self._lock:
+                self._starting -= 1
+                orphans: list[Task[Any]] = []
+                if not self._workers and self._starting == 0:
+                    orphans = list(self._pending)
+                    self._pending.clear()
+            for t in orphans:
+                t._finish(exc=PolytaskError(f"could not start a worker process: {exc!r}"))
+            return
+        with self._lock:
+            self._starting -= 1
+            self._workers[w.pid] = w
+            task = self._pending.popleft() if self._pending and not self._stopping else None
+            if task is None:
+                self._make_idle(w)
+        self._ensure_collector()
+        if task is not None:
+            self._assign(w, task)
+        else:
+            self._wake()
+
+    def _config_frame(self) -> bytes:
+        config = dict(self._init_config, sys_path=list(sys.path))
+        return _wire.encode_request(0, _wire.K_INIT, b"", pickle.dumps(config, 5))
+
+    def _spawn_process(self) -> _Worker:
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOT,
+                    str(req_r),
+                    str(res_w),
+                    str(os.getpid()),
+                    _PKG_PARENT,
+                ],
+                pass_fds=(req_r, res_w),
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+        finally:
+            os.close(req_r)
+            os.close(res_w)
+        guard(proc.pid)
+        w = _Worker(proc, req_w, res_r)
+        _write_all(req_w, self._config_frame())
+        return w
+
+    def _fork_process(self) -> _Worker:
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        frame = self._config_frame()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.setpgid(0, 0)
+                os.close(req_w)
+                os.close(res_r)
+                from .._proc import set_pdeathsig
+                from .._worker import serve
+
+                set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                serve(req_r, res_w)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(res_w)
+        guard(pid)
+        w = _Worker(_ForkedProc(pid), req_w, res_r)
+        _write_all(req_w, frame)
+        return w
+
+    # ------------------------------------------------------------------ results
+    def _service(self, w: _Worker) -> None:
+        """Read what ``w`` sent and complete tasks; notice its death. Holds ``w.rlock``."""
+        while not w.eof:
+            try:
+                data = os.read(w.rfd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            if not data:
+                w.eof = True
+                break
+            for header, body in w.decoder.feed(data):
+                self._complete(w, header, body)
+            if len(data) < _READ_SIZE:
+                break
+        if w.eof or w.proc.poll() is not None:
+            self._on_death(w)
+
+    def _complete(self, w: _Worker, header: tuple[int, ...], body: bytes) -> None:
+        task_id, status, _ = header
+        task = w.task
+        if status == _wire.S_INIT_FAILED:
+            init_exc = loads_exception(True, body)
+            w.kill_exc = PolytaskError(f"the pool's initializer failed in a worker: {init_exc!r}")
+            w.kill_exc.__cause__ = init_exc
+            return
+        if task is None or task_id != w.task_id:
+            return  # a result that raced a kill: the task was already settled
+        result: Any = None
+        exc: BaseException | None = None
+        try:
+            if status == _wire.S_OK:
+                result = pickle.loads(body)
+            elif status in (_wire.S_ERROR, _wire.S_ERROR_TEXT):
+                exc = loads_exception(status == _wire.S_ERROR, body)
+            else:
+                exc = SerializationError(pickle.loads(body))
+        except Exception as why:
+            exc = SerializationError(
+                f"the result of task {task.name!r} could not be unpickled in the caller: "
+                f"{type(why).__name__}: {why}"
+            )
+        w.task = None
+        w.ntasks += 1
+        nxt: Task[Any] | None = None
+        with self._lock:
+            if w.kill_exc is not None or w.dead:
+                pass
+            elif self._max_tasks is not None and w.ntasks >= self._max_tasks:
+                self._retire(w)
+            elif self._pending:
+                nxt = self._pending.popleft()
+            else:
+                self._make_idle(w)
+        task._finish(result, exc)
+        if nxt is not None:
+            self._assign(w, nxt)
+
+    def _on_death(self, w: _Worker) -> None:
+        if w.dead and w.proc.returncode is not None:
+            return
+        code = w.proc.poll()
+        if code is None:
+            # EOF came first; the exit follows within moments.
+            from .._proc import wait_pid
+
+            if not wait_pid(w.pid, 5.0):
+                os.killpg(w.pid, signal.SIGKILL)
+                wait_pid(w.pid, None)
+            code = w.proc.poll()
+        try:
+            os.killpg(w.pid, signal.SIGKILL)  # descendants left in its group
+        except OSError:
+            pass
+        unguard(w.pid)
+        with self._lock:
+            w.dead = True
+            self._workers.pop(w.pid, None)
+            if w in self._idle:
+                self._idle.remove(w)
+            task, w.task = w.task, None
+            launch = self._want_launch() if not self._closed or self._pending else False
+        self._bury(w)
+        if task is not None:
+            task.exitcode = code
+            exc = w.kill_exc if w.kill_exc is not None else WorkerCrashed._for(task.name, code)
+            task._finish(exc=exc)
+        if launch:
+            _launcher.submit(self._start_worker)
+
+    def _bury(self, w: _Worker) -> None:
+        with self._lock:
+            self._graveyard.append(w)
+        self._wake()
+
+    # ------------------------------------------------------------------ kill
+    def _kill(self, w: _Worker, exc: BaseException) -> None:
+        with self._lock:
+            if w.dead or w.kill_exc is not None:
+                return
+            w.kill_exc = exc
+        try:
+            os.killpg(w.pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+        def hard_kill() -> None:
+            if not w.dead:
+                try:
+                    os.killpg(w.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+        call_later(self._grace, hard_kill)
+
+    def _on_timeout(self, w: _Worker, task: Task[Any]) -> None:
+        if w.task is task and not task.done():
+            task._cancel_requested = True
+            self._kill(
+                w,
+                TaskTimeout(
+                    f"task {task.name!r} ran past its timeout of {task.timeout:g} s; its worker "
+                    "process was killed",
+                    name=task.name,
+                    timeout=task.timeout,
+                ),
+            )
+
+    def cancel(self, task: Task[Any]) -> bool:
+        w = task._slot
+        if isinstance(w, _Worker) and w.task is task:
+            self._kill(w, Cancelled(f"task {task.name!r} was cancelled; its worker was killed"))
+            return True
+        return False
+
+    # ------------------------------------------------------------------ waiting
+    def wait(self, task: Task[Any], timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not task.done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return task.done()
+            w = task._slot
+            if not isinstance(w, _Worker) or w.dead or not w.claim.acquire(blocking=False):
+                # Pending, or another thread reads for this worker: it completes the task.
+                with task._condition:
+                    if not task.done():
+                        task._condition.wait(0.05 if remaining is None else min(remaining, 0.05))
+                continue
+            try:
+                self._read_for(task, w, deadline)
+            finally:
+                w.claim.release()
+                if not task.done() or w.task is not None or w.dead:
+                    self._wake()
+        return True
+
+    def _read_for(self, task: Task[Any], w: _Worker, deadline: float | None) -> None:
+        # The collector re-checks the claim under rlock before it reads, so once we
+        # have passed through rlock no other thread reads w: if our result was read
+        # before the claim, the task is done now; if not, it is ours to read.
+        with w.rlock:
+            pass
+        poller = select.poll()
+        poller.register(w.pidfd, select.POLLIN)
+        if not w.eof:
+            poller.register(w.rfd, select.POLLIN)
+        while not task.done() and task._slot is w and not w.dead:
+            if deadline is None:
+                ms = -1
+            else:
+                ms = int((deadline - time.monotonic()) * 1000)
+                if ms <= 0:
+                    return
+            if poller.poll(ms):
+                with w.rlock:
+                    self._service(w)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _ensure_collector(self) -> None:
+        with self._lock:
+            if self._collector is None and not self._stopping:
+                self._collector = threading.Thread(
+                    target=self._collect, name="polytask-collector", daemon=True
+                )
+                self._collector.start()
+
+    def _collect(self) -> None:
+        poller = select.poll()
+        registered: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            with self._lock:
+                stop = bool(self._stopping and not self._workers)
+                want: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+                for w in self._workers.values():
+                    if w.dead:
+                        continue
+                    want[w.pidfd] = ("pid", w)
+                    if w.task is not None and not w.eof and not w.claim.locked():
+                        want[w.rfd] = ("res", w)
+                buried = [w for w in self._graveyard if not w.claim.locked()]
+                for w in buried:
+                    self._graveyard.remove(w)
+            for fd in list(registered):
+                if fd not in want or registered[fd] != want[fd]:
+                    poller.unregister(fd)
+                    del registered[fd]
+            for w in buried:
+                _close_fds(w)
+            if stop:
+                return
+            for fd, entry in want.items():
+                if fd not in registered:
+                    poller.register(fd, select.POLLIN)
+                    registered[fd] = entry
+            try:
+                events = poller.poll()
+            except InterruptedError:  # pragma: no cover
+                continue
+            for fd, _ in events:
+                kind, hit = registered.get(fd, ("gone", None))
+                if kind == "wake":
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif (
+                    hit is not None and not hit.claim.locked() and hit.rlock.acquire(blocking=False)
+                ):
+                    try:
+                        if not hit.claim.locked():
+                            self._service(hit)
+                    except Exception as exc:  # pragma: no cover - must not kill the collector
+                        print(f"polytask: collector error: {exc!r}", file=sys.stderr)
+                    finally:
+                        hit.rlock.release()
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
+        with self._lock:
+            if self._closed and self._stopping:
+                return
+            self._closed = True
+            pending = list(self._pending) if cancel else []
+            if cancel:
+                self._pending.clear()
+            busy = [w for w in self._workers.values() if w.task is not None]
+        for t in pending:
+            t.cancel()
+        if cancel:
+            for w in busy:
+                self._kill(w, Cancelled("the backend was shut down while the task ran"))
+        if wait:
+            for w in busy:
+                running = w.task
+                if running is not None:
+                    running.join()
+            with self._lock:
+                left = list(self._pending)
+            for t in left:
+                t.join()
+        # Idle workers exit when their request pipe closes.
+        with self._lock:
+            self._stopping = True
+            idle, self._idle = self._idle, []
+            workers = list(self._workers.values())
+        for w in idle:
+            self._retire(w)
+        deadline = time.monotonic() + (5.0 if wait else 0.5)
+        from .._proc import wait_pid
+
+        for w in workers:
+            if w.dead:
+                continue
+            if not wait_pid(w.pid, max(0.0, deadline - time.monotonic())):
+                try:
+                    os.killpg(w.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                wait_pid(w.pid, 5.0)
+            with w.rlock:
+                w.eof = True
+                self._on_death(w)
+        self._wake()
+        collector = self._collector
+        if collector is not None and collector is not threading.current_thread():
+            collector.join(10.0)
+        with self._lock:
+            rest, self._graveyard = self._graveyard, []
+        for w in rest:
+            _close_fds(w)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def statistics(self) -> dict[str, int]:
+        """Counts of workers (live, idle, starting) and of tasks waiting for one."""
+        with self._lock:
+            return {
+                "workers": len(self._workers),
+                "idle": len(self._idle),
+                "starting": self._starting,
+                "pending": len(self._pending),
+            }
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _close_fds(w: _Worker) -> None:
+    for fd in (w.rfd, w.wfd, w.pidfd):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    w.rfd = w.wfd = w.pidfd = -1

@@ -1,0 +1,170 @@
+"""The thread backend: tasks run on reused daemon threads of this process.
+
+Threads cannot be killed, so a thread task that is cancelled or runs past its
+timeout is *flagged* (``pt.current_task().cancelled``) and its caller is told
+at once (:class:`Cancelled`, :class:`TaskTimeout`); the thread stops when the
+function next checks the flag or returns.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from queue import Empty, SimpleQueue
+from typing import Any, ClassVar, TypeVar
+
+from .._errors import Cancelled, TaskTimeout
+from .._task import CurrentTask, Task, _set_current
+from .._timer import call_later
+from . import Backend
+
+__all__ = ["ThreadBackend"]
+
+T = TypeVar("T")
+
+_Item = tuple[Task[Any], Callable[..., Any], Sequence[Any], Mapping[str, Any]] | None
+
+#: An idle thread waits this long for work before it exits.
+IDLE_SECONDS = 30.0
+
+
+class ThreadBackend(Backend):
+    """Runs each task on a thread; idle threads are reused.
+
+    Args:
+        max_workers: at most this many tasks run at once (None: no limit, as
+            ``threading.Thread`` has none).
+    """
+
+    name: ClassVar[str] = "thread"
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1 or None, got {max_workers}")
+        self._max = max_workers
+        self._queue: SimpleQueue[_Item] = SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._running: set[Task[Any]] = set()
+        self._closed = False
+
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str,
+        timeout: float | None,
+    ) -> Task[T]:
+        task: Task[T] = Task(self, name, timeout)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this thread backend is shut down; create a new one")
+            self._queue.put((task, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and (
+                self._max is None or len(self._threads) < self._max
+            ):
+                t = threading.Thread(target=self._work, name=f"polytask-thread-{name}", daemon=True)
+                self._threads.add(t)
+                t.start()
+        return task
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE_SECONDS)
+            except Empty:
+                with self._lock:
+                    # Leave only if no task was handed to us in the meantime.
+                    if self._idle.acquire(blocking=False):
+                        self._threads.discard(me)
+                        return
+                continue
+            if item is None:
+                with self._lock:
+                    self._threads.discard(me)
+                return
+            self._run(*item)
+            del item
+            self._idle.release()
+
+    def _run(
+        self,
+        task: Task[Any],
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        if not task.set_running_or_notify_cancel():
+            return
+        task._mark_started()
+        with self._lock:
+            self._running.add(task)
+        if task.timeout is not None:
+            task._timer = call_later(task.timeout, lambda: self._expire(task))
+        _set_current(CurrentTask(task.name, task))
+        try:
+            result = fn(*args, **kwargs)
+        except Cancelled as exc:
+            task._finish(exc=exc)
+        except BaseException as exc:
+            task._finish(exc=exc)
+            del exc
+        else:
+            task._finish(result)
+        finally:
+            _set_current(None)
+            with self._lock:
+                self._running.discard(task)
+
+    def _expire(self, task: Task[Any]) -> None:
+        task._cancel_requested = True
+        task._finish(
+            exc=TaskTimeout(
+                f"task {task.name!r} ran past its timeout of {task.timeout:g} s; it runs on a "
+                "thread, which cannot be killed: it was flagged cancelled "
+                "(pt.current_task().cancelled) and its result will be dropped",
+                name=task.name,
+                timeout=task.timeout,
+            )
+        )
+
+    def cancel(self, task: Task[Any]) -> bool:
+        # Flagged already by Task.cancel(); the thread must notice it itself.
+        return False
+
+    def shutdown(self, *, wait: bool = True, cancel: bool = False, grace: float = 5.0) -> None:
+        """Stop the threads. Running tasks that ignore their cancel flag are waited for
+        at most ``grace`` seconds, then abandoned (daemon threads end with the process)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+            running = list(self._running)
+        if cancel:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+            for task in running:
+                task.cancel()
+        for _ in threads:
+            self._queue.put(None)
+        if wait:
+            deadline = time.monotonic() + grace if cancel else None
+            for t in threads:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            late = [t.name for t in threads if t.is_alive()]
+            if late:
+                print(
+                    f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
+                    "were abandoned (threads cannot be killed; check pt.current_task().cancelled)",
+                    file=sys.stderr,
+                )

@@ -1,0 +1,833 @@
+"""``polytask parallel``: run one command over many inputs, GNU parallel style.
+
+A compatible subset of GNU parallel: ``:::`` argument lists (several give
+their cartesian product), ``::::`` argument files, stdin; the replacement
+strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
+``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
+``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
+``--line-buffer``; GNU parallel's exit status.
+
+::
+
+    input sources ──> jobs (seq, args) ──> Template ──> argv (no shell) or sh -c 'quoted'
+         ▲ stdin is read as it arrives        │
+         │                                    ▼
+    ProcessLoop (one poll loop: pipes, pidfds, timers; at most -j jobs)
+         │ job finished                       │ output (--line-buffer)
+         ▼                                    ▼
+    retries / halt / joblog / --results     _Sink: grouped per job, in order with -k,
+                                            tagged with --tag ──> our stdout / stderr
+
+Startup matters (``--help`` in well under 150 ms): this module imports only
+argparse and what the polytask package already loaded; rich only with ``--bar``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+PROG = "polytask parallel"
+_SEPARATORS = (":::", "::::", ":::+", "::::+")
+#: Seconds between SIGTERM and SIGKILL when a job is ended (timeout, halt, Ctrl-C).
+GRACE = 0.5
+
+_USAGE = "polytask parallel [OPTIONS] [COMMAND [ARG...]] [::: ARGS... | :::: FILES...]..."
+_DESCRIPTION = """\
+Run COMMAND once for each input: each argument after :::, each line of the
+files after :::: (or -a), or each line of stdin when no input is given.
+Several input sources give every combination (cartesian product).
+
+Replacement strings in COMMAND: {} the input, {.} without extension,
+{/} basename, {//} dirname, {/.} basename without extension, {#} job
+number, {%} job slot, {1} {2} ... the input from source 1, 2 (also {1.}
+{1/} ...). Without any, the input is appended to COMMAND. Inputs are
+quoted before they reach a shell; a COMMAND without shell syntax runs
+with no shell at all. With no COMMAND, each input is itself a command.
+"""
+_EPILOG = """\
+exit status: 0 if every job succeeded, else the number of failed jobs
+(101 for more than 100); with --halt, as GNU parallel. 2: bad options.
+examples:
+  polytask parallel -j 4 gzip ::: *.log
+  polytask parallel -k --tag 'echo {1} {2}' ::: a b ::: 1 2
+  find . -name '*.png' | polytask parallel --bar convert {} {.}.jpg
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Fatal(Exception):
+    """An error after the options were read (e.g. an unreadable file): exit 255."""
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog=PROG,
+        usage=_USAGE,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    a = p.add_argument
+    a(
+        "-j",
+        "--jobs",
+        "-P",
+        "--max-procs",
+        dest="jobs",
+        metavar="N",
+        default="100%",
+        help="run N jobs at once: N%% of the CPU cores, +N/-N cores, 0 = no limit (default 100%%)",
+    )
+    a("-k", "--keep-order", action="store_true", help="print output in input order")
+    a(
+        "--timeout",
+        metavar="SECONDS",
+        help="end a job after SECONDS (also 2m, 1h30m) or N%% of the median runtime",
+    )
+    a("--retries", metavar="N", type=int, default=0, help="run a failing job up to N times")
+    a(
+        "--joblog",
+        metavar="FILE",
+        help="log each job to FILE (GNU parallel's columns; +FILE appends)",
+    )
+    a("--resume", action="store_true", help="skip the jobs already in --joblog")
+    a("--resume-failed", action="store_true", help="skip the jobs that succeeded in --joblog")
+    a(
+        "--halt",
+        "--halt-on-error",
+        metavar="WHEN,WHAT=N",
+        help="stop early: now,fail=1 | soon,fail=N | now,success=N%% | ... (default never)",
+    )
+    a("--bar", action="store_true", help="show a progress bar on stderr")
+    a("--dry-run", action="store_true", help="print the commands instead of running them")
+    a("--tag", action="store_true", help="prefix each output line with the job's input")
+    a("--results", "--res", metavar="DIR", help="save output in DIR/1/<input>/{stdout,stderr,seq}")
+    a(
+        "--line-buffer",
+        "--lb",
+        action="store_true",
+        help="print whole lines as soon as they come (lines of jobs may interleave)",
+    )
+    a("-q", "--quote", action="store_true", help="keep each COMMAND word one word (no shell)")
+    a(
+        "-a",
+        "--arg-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read inputs from FILE, one a line, like :::: FILE",
+    )
+    a("-0", "--null", action="store_true", help="inputs in files and stdin end with NUL")
+    a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+# --------------------------------------------------------------------------- input
+
+
+_NOT_READY: Any = object()
+
+
+class _ListSource:
+    """Every combination of fully known input sources (GNU order: the first varies slowest)."""
+
+    fd = -1
+
+    def __init__(self, sources: Sequence[Sequence[str]]) -> None:
+        import itertools
+        import math
+
+        self.total: int | None = math.prod(len(s) for s in sources)
+        self._it: Iterator[tuple[str, ...]] = itertools.product(*sources)
+
+    def take(self) -> Any:
+        return next(self._it, None)
+
+    def fill(self) -> None:  # pragma: no cover - never NOT_READY
+        pass
+
+
+class _StreamSource:
+    """Lines of one file descriptor (stdin), taken as they arrive."""
+
+    total: int | None = None
+
+    def __init__(self, fd: int, sep: bytes) -> None:
+        self.fd = fd
+        self._sep = sep
+        self._buf = b""
+        self._lines: deque[str] = deque()
+        self.eof = False
+
+    def take(self) -> Any:
+        if self._lines:
+            return (self._lines.popleft(),)
+        return None if self.eof else _NOT_READY
+
+    def fill(self) -> None:
+        """Read what is there (blocks only if nothing is)."""
+        data = os.read(self.fd, 65536)
+        if not data:
+            self.eof = True
+            if self._buf:
+                self._lines.append(os.fsdecode(self._buf))
+                self._buf = b""
+            return
+        parts = (self._buf + data).split(self._sep)
+        self._buf = parts.pop()
+        self._lines.extend(os.fsdecode(p) for p in parts)
+
+
+def _read_lines(path: str, sep: bytes) -> list[str]:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise _Fatal(f"cannot read input file {path!r}: {exc.strerror}") from None
+    parts = data.split(sep)
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return [os.fsdecode(p) for p in parts]
+
+
+def _split_sources(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
+    groups: list[tuple[str, list[str]]] = []
+    for tok in tokens:
+        if tok in (":::+", "::::+"):
+            raise _UsageError(f"linked input sources ({tok}) are not supported; use ::: or ::::")
+        if tok in (":::", "::::"):
+            groups.append((tok, []))
+        else:
+            groups[-1][1].append(tok)
+    return groups
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _OutputClosed(Exception):
+    pass
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [])
+            continue
+        except BrokenPipeError:
+            raise _OutputClosed from None
+        view = view[n:]
+
+
+class _JobOut:
+    __slots__ = ("done", "pending", "tag")
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.done = False
+        self.pending: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+
+
+class _Sink:
+    """Where job output goes: whole jobs at a time (or whole lines), in order with -k."""
+
+    def __init__(self, *, keep_order: bool, line_buffer: bool) -> None:
+        self.keep_order = keep_order
+        self.line_buffer = line_buffer
+        self._jobs: dict[int, _JobOut] = {}
+        self._head = 1
+
+    def _job(self, seq: int, tag: bytes) -> _JobOut:
+        job = self._jobs.get(seq)
+        if job is None:
+            job = self._jobs[seq] = _JobOut(tag)
+        return job
+
+    def _emit(self, seq: int, final: bool) -> None:
+        job = self._jobs[seq]
+        for kind in (1, 2):
+            pending = job.pending[kind]
+            if not pending:
+                continue
+            data = b"".join(pending)
+            pending.clear()
+            if not final:
+                cut = data.rfind(b"\n") + 1
+                if cut < len(data):
+                    pending.append(data[cut:])
+                    data = data[:cut]
+                if not data:
+                    continue
+            if job.tag:
+                lines = data.split(b"\n")
+                last = lines.pop()
+                data = b"".join(job.tag + line + b"\n" for line in lines)
+                if last:
+                    data += job.tag + last
+            _write(kind, data)
+
+    def chunk(self, seq: int, tag: bytes, kind: int, data: bytes) -> None:
+        """Output of a running job (--line-buffer)."""
+        job = self._job(seq, tag)
+        job.pending[kind].append(data)
+        if b"\n" in data and (not self.keep_order or seq == self._head):
+            self._emit(seq, final=False)
+
+    def complete(self, seq: int, tag: bytes, out: bytes, err: bytes) -> None:
+        """A job ended; ``out``/``err`` is what was not yet handed to :meth:`chunk`."""
+        job = self._job(seq, tag)
+        if out:
+            job.pending[1].append(out)
+        if err:
+            job.pending[2].append(err)
+        job.done = True
+        if not self.keep_order:
+            self._emit(seq, final=True)
+            del self._jobs[seq]
+        else:
+            self._advance()
+
+    def skip(self, seq: int) -> None:
+        """A job number that prints nothing (resumed, ended by --halt)."""
+        self._job(seq, b"").done = True
+        if self.keep_order:
+            self._advance()
+        else:
+            del self._jobs[seq]
+
+    def _advance(self) -> None:
+        while True:
+            job = self._jobs.get(self._head)
+            if job is None:
+                return
+            if not job.done:
+                if self.line_buffer:
+                    self._emit(self._head, final=False)
+                return
+            self._emit(self._head, final=True)
+            del self._jobs[self._head]
+            self._head += 1
+
+    def finish(self) -> None:
+        """Print whatever is left, in job order (jobs never run leave gaps)."""
+        for seq in sorted(self._jobs):
+            self._emit(seq, final=True)
+        self._jobs.clear()
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class _Job:
+    __slots__ = ("args", "halted", "seq", "slot", "tries")
+
+    def __init__(self, seq: int, args: tuple[str, ...]) -> None:
+        self.seq = seq
+        self.args = args
+        self.slot = 0
+        self.tries = 0
+        self.halted = False
+
+
+class _Median:
+    """Running median (two heaps) of successful runtimes, for --timeout N%."""
+
+    def __init__(self) -> None:
+        self._lo: list[float] = []  # max-heap (negated)
+        self._hi: list[float] = []
+
+    def add(self, x: float) -> None:
+        if self._lo and x > -self._lo[0]:
+            heapq.heappush(self._hi, x)
+        else:
+            heapq.heappush(self._lo, -x)
+        if len(self._lo) > len(self._hi) + 1:
+            heapq.heappush(self._hi, -heapq.heappop(self._lo))
+        elif len(self._hi) > len(self._lo):
+            heapq.heappush(self._lo, -heapq.heappop(self._hi))
+
+    def value(self) -> float:
+        return -self._lo[0]
+
+
+class _Runner:
+    def __init__(self, opts: argparse.Namespace, source: Any, template: Any, jobs: int | None):
+        from .. import _parallel_spec as spec
+
+        self.spec = spec
+        self.opts = opts
+        self.source = source
+        self.template = template
+        self.jobs = jobs
+        self.tries = max(1, opts.retries)
+        self.shell = _shell()
+        self.timeout: float | None = None
+        self.timeout_pct: float | None = None
+        if opts.timeout is not None:
+            value, pct = spec.parse_duration(opts.timeout)
+            if pct:
+                self.timeout_pct = value / 100
+            else:
+                self.timeout = value
+        self.median = _Median()
+        self.halt: spec.HaltPolicy = (
+            spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
+        )
+        self.halt_status: int | None = None
+        self.stop = False
+        self.failed = self.succeeded = self.started = 0
+        self.seq = 0
+        self.skip: set[int] = set()
+        self.retry: deque[_Job] = deque()
+        self.free_slots: list[int] = []
+        self.next_slot = 1
+        self.sink = _Sink(keep_order=opts.keep_order, line_buffer=opts.line_buffer)
+        self.joblog: Any = None
+        self.bar: Any = None
+        self.loop: Any = None
+
+    # -------------------------------------------------------------- setup
+
+    def open_joblog(self) -> None:
+        opts, spec = self.opts, self.spec
+        path: str | None = opts.joblog
+        resume = opts.resume or opts.resume_failed
+        if path is None:
+            if resume:
+                raise _UsageError("--resume and --resume-failed need --joblog FILE")
+            return
+        append = path.startswith("+")
+        if append:
+            path = path[1:]
+        if resume:
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            except OSError as exc:
+                raise _Fatal(f"cannot read joblog {path!r}: {exc.strerror}") from None
+            try:
+                entries = spec.parse_joblog(text)
+            except ValueError as exc:
+                raise _Fatal(f"cannot resume from {path!r}: {exc}") from None
+            self.skip = spec.resume_skip(entries, failed_too=opts.resume_failed)
+            append = True
+        try:
+            f = open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - open for the whole run
+        except OSError as exc:
+            raise _Fatal(f"cannot write joblog {path!r}: {exc.strerror}") from None
+        if not append or f.tell() == 0:
+            f.write(spec.JOBLOG_HEADER)
+            f.flush()
+        self.joblog = f
+
+    # -------------------------------------------------------------- running
+
+    def next_job(self) -> Any:
+        while True:
+            args = self.source.take()
+            if args is None or args is _NOT_READY:
+                return args
+            self.seq += 1
+            if self.seq in self.skip:
+                self.sink.skip(self.seq)
+                if self.bar is not None:
+                    self.bar.advance()
+                continue
+            return _Job(self.seq, args)
+
+    def text(self, job: _Job) -> str:
+        text: str = self.template.shell_text(job.args, job.seq, job.slot)
+        return text
+
+    def dry_run(self) -> int:
+        while True:
+            job = self.next_job()
+            if job is None:
+                return 0
+            if job is _NOT_READY:
+                self.source.fill()
+                continue
+            job.slot = 1
+            _write(1, os.fsencode(self.text(job)) + b"\n")
+
+    def run(self) -> int:
+        from .._parallel_loop import ProcessLoop
+
+        self.loop = loop = ProcessLoop(grace=GRACE)
+        limit = self.jobs if self.jobs is not None else 1 << 30
+        watching = False
+        exhausted = False
+        try:
+            while True:
+                need_input = False
+                while not self.stop and loop.running < limit:
+                    if self.retry:
+                        job = self.retry.popleft()
+                    elif exhausted:
+                        break
+                    else:
+                        job = self.next_job()
+                        if job is None:
+                            exhausted = True
+                            break
+                        if job is _NOT_READY:
+                            need_input = True
+                            break
+                    self.start(job)
+                if loop.running == 0:
+                    if exhausted or self.stop:
+                        break
+                    self.source.fill()  # needs input and nothing runs: blocking is fine
+                    continue
+                if need_input and not watching:
+                    loop.watch(self.source.fd)
+                    watching = True
+                elif watching and not need_input:
+                    loop.unwatch(self.source.fd)
+                    watching = False
+                finished, ready = loop.wait(None)
+                if ready:
+                    self.source.fill()
+                for child in finished:
+                    self.finished(child)
+            self.sink.finish()
+        finally:
+            loop.close()
+            if self.joblog is not None:
+                self.joblog.close()
+        if self.halt_status is not None:
+            return self.halt_status
+        if self.halt.active and self.halt.pct is not None:
+            return self.halt.exit_status(
+                failed=self.failed, started=self.started, total=None, exitval=0, signal=0
+            )
+        return self.spec.exit_status(self.failed)
+
+    def start(self, job: _Job) -> None:
+        job.slot = heapq.heappop(self.free_slots) if self.free_slots else self._new_slot()
+        job.tries += 1
+        self.started += job.tries == 1
+        argv = self.template.argv(job.args, job.seq, job.slot)
+        if argv is None:
+            argv = [self.shell, "-c", self.text(job)]
+        on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
+        timeout = self.timeout
+        if self.timeout_pct is not None and self.succeeded:
+            timeout = self.timeout_pct * self.median.value()
+        t0, w0 = time.monotonic(), time.time()
+        try:
+            self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
+        except OSError as exc:
+            # What a shell would say and exit with: 127 not found, 126 cannot run.
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            why = "command not found" if code == 127 else (exc.strerror or str(exc))
+            msg = f"{PROG}: {argv[0]}: {why}\n".encode(errors="surrogateescape")
+            self.release(job)
+            self.ended(job, code, 0, b"", msg, w0, time.monotonic() - t0)
+
+    def _new_slot(self) -> int:
+        slot = self.next_slot
+        self.next_slot += 1
+        return slot
+
+    def release(self, job: _Job) -> None:
+        heapq.heappush(self.free_slots, job.slot)
+
+    def tag(self, job: _Job) -> bytes:
+        if not self.opts.tag:
+            return b""
+        return os.fsencode(" ".join(job.args)) + b"\t"
+
+    def on_output(self, child: Any, kind: int, data: bytes) -> None:
+        job: _Job = child.token
+        if not job.halted:
+            self.sink.chunk(job.seq, self.tag(job), kind, data)
+
+    def finished(self, child: Any) -> None:
+        job: _Job = child.token
+        self.release(job)
+        if job.halted:
+            self.sink.skip(job.seq)
+            return
+        rc: int = child.returncode
+        if child.timed_out:
+            exitval, sig = -1, (-rc if rc < 0 else int(signal.SIGTERM))
+            _warn(
+                f"Warning: This job was killed because it timed out:\n{PROG}: Warning: {self.text(job)}"
+            )
+        elif rc < 0:
+            exitval, sig = 0, -rc
+        else:
+            exitval, sig = rc, 0
+        if (exitval or sig) and job.tries < self.tries:
+            self.retry.append(job)
+            return
+        self.ended(
+            job,
+            exitval,
+            sig,
+            child.output(1),
+            child.output(2),
+            child.started_wall,
+            child.duration,
+            child.nbytes[1],
+        )
+
+    def ended(
+        self,
+        job: _Job,
+        exitval: int,
+        sig: int,
+        out: bytes,
+        err: bytes,
+        start_wall: float,
+        runtime: float,
+        receive: int | None = None,
+    ) -> None:
+        opts, spec = self.opts, self.spec
+        if self.joblog is not None:
+            line = spec.joblog_line(
+                job.seq,
+                start_wall,
+                runtime,
+                0,
+                len(out) if receive is None else receive,
+                exitval,
+                sig,
+                self.text(job),
+            )
+            self.joblog.write(line)
+            self.joblog.flush()
+        if opts.results:
+            self.save_results(job, out, err)
+            self.sink.skip(job.seq)
+        else:
+            self.sink.complete(job.seq, self.tag(job), out, err)
+        failed = bool(exitval or sig)
+        if failed:
+            self.failed += 1
+        else:
+            self.succeeded += 1
+            if self.timeout_pct is not None:
+                self.median.add(runtime)
+                new = self.timeout_pct * self.median.value()
+                for child in self.loop.children():
+                    if not child.exited and child.kill_at is None:
+                        self.loop.set_deadline(child, child.started + new)
+        if self.bar is not None:
+            self.bar.advance()
+        self.check_halt(job, exitval, sig, failed)
+
+    def check_halt(self, job: _Job, exitval: int, sig: int, failed: bool) -> None:
+        halt = self.halt
+        if not halt.active or self.stop:
+            return
+        relevant = {"fail": failed, "success": not failed, "done": True}[halt.what]
+        if not relevant:
+            return
+        if halt.what == "fail":
+            _warn(f"This job failed:\n{self.text(job)}")
+        total = self.source.total
+        if not halt.triggered(failed=self.failed, succeeded=self.succeeded, total=total):
+            return
+        self.halt_status = halt.exit_status(
+            failed=self.failed, started=self.started, total=total, exitval=exitval, signal=sig
+        )
+        self.stop = True
+        running = [c for c in self.loop.children() if not c.exited]
+        if halt.when == "now":
+            if running:
+                _warn(f"Killing {len(running)} running jobs (--halt now).")
+            for child in running:
+                child.token.halted = True
+                self.loop.terminate(child)
+        elif running:
+            _warn(f"Starting no more jobs. Waiting for {len(running)} jobs to finish.")
+
+    def save_results(self, job: _Job, out: bytes, err: bytes) -> None:
+        d = self.spec.results_dir(self.opts.results, job.args)
+        try:
+            os.makedirs(d, exist_ok=True)
+            for name, data in (("seq", str(job.seq).encode()), ("stdout", out), ("stderr", err)):
+                with open(os.path.join(d, name), "wb") as f:
+                    f.write(data)
+        except OSError as exc:
+            _warn(f"cannot save results of job {job.seq} in {d!r}: {exc.strerror}")
+
+
+def _warn(msg: str) -> None:
+    try:
+        _write(2, f"{PROG}: {msg}\n".encode(errors="surrogateescape"))
+    except _OutputClosed:
+        pass
+
+
+def _shell() -> str:
+    """The shell for commands that need one: $PARALLEL_SHELL, a POSIX $SHELL, else /bin/sh."""
+    explicit = os.environ.get("PARALLEL_SHELL")
+    if explicit:
+        return explicit
+    sh = os.environ.get("SHELL", "")
+    if os.path.basename(sh) in ("bash", "dash", "ksh", "mksh", "zsh", "sh", "ash") and os.access(
+        sh, os.X_OK
+    ):
+        return sh
+    return "/bin/sh"
+
+
+def _fd_limit(wanted: int) -> int:
+    """Jobs that fit in the descriptor limit (4 each), raising the soft limit if needed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted * 4 + 64
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, (soft - 64) // 4))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
+    cut = next((i for i, a in enumerate(argv) if a in _SEPARATORS), len(argv))
+    opts = _parser().parse_args(argv[:cut])
+    groups = _split_sources(argv[cut:])
+    if opts.retries < 0:
+        raise _UsageError(f"--retries {opts.retries}: must be 0 or more")
+    return opts, groups
+
+
+def main(argv: list[str]) -> int:
+    """Run ``polytask parallel`` with ``argv`` (the words after ``parallel``); returns the exit status."""
+    try:
+        opts, groups = _parse(list(argv))
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    old_handlers = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            old_handlers[signum] = signal.signal(signum, _raise_interrupted)
+    except ValueError:  # pragma: no cover - not the main thread
+        pass
+    runner: _Runner | None = None
+    try:
+        runner = _setup(opts, groups)
+        if opts.dry_run:
+            return runner.dry_run()
+        if opts.bar:
+            from .._commands import Progress
+
+            runner.bar = Progress(runner.source.total, "jobs")
+        return runner.run()
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
+        return 2
+    except _Fatal as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 255
+    except _OutputClosed:
+        return 141  # as a shell reports a pipeline member killed by SIGPIPE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Interrupted as exc:
+        return 128 + exc.signum
+    finally:
+        if runner is not None and runner.bar is not None:
+            runner.bar.close()
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise _Interrupted(signum)
+
+
+def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Runner:
+    from .. import _parallel_spec as spec
+    from .._commands import default_workers
+
+    ncpu = default_workers()
+    try:
+        jobs = spec.parse_jobs(opts.jobs, ncpu)
+        if opts.timeout is not None:
+            spec.parse_duration(opts.timeout)
+        halt = spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    jobs = _fd_limit(jobs if jobs is not None else 4096)
+    template = spec.Template.parse(opts.command, quote=opts.quote)
+    sep = b"\0" if opts.null else b"\n"
+    if not groups and not opts.arg_file:
+        if template.empty:
+            raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
+        if sys.stdin is None:
+            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)")
+        if os.isatty(0):
+            _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
+        source: Any = _StreamSource(0, sep)
+        if opts.bar or halt.pct is not None:
+            lines: list[str] = []
+            while not source.eof:
+                source.fill()
+            while (item := source.take()) is not None:
+                lines.append(item[0])
+            source = _ListSource([lines])
+    else:
+        sources: list[list[str]] = [_read_lines(f, sep) for f in opts.arg_file]
+        for kind, items in groups:
+            if kind == ":::":
+                sources.append(list(items))
+            else:
+                if not items:
+                    raise _UsageError(":::: must be followed by at least one file")
+                sources.extend(_read_lines(f, sep) for f in items)
+        source = _ListSource(sources)
+    runner = _Runner(opts, source, template, jobs)
+    runner.open_joblog()
+    return runner

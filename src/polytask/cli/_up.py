@@ -1,0 +1,342 @@
+"""``polytask up`` and ``polytask check``: run a Procfile's programs together, or validate it.
+
+``up`` is a thin shell around :class:`polytask.Supervisor`: it parses the
+command line, validates everything before starting anything (the same checks
+as ``check``), turns SIGINT/SIGTERM/SIGHUP into a graceful stop (a second one
+kills at once), and prints a summary table at the end.
+
+Exit status: 0 when every program ended cleanly or was stopped on request,
+1 when a program was marked failed, 2 for bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, NoReturn
+
+from .._errors import PolytaskError, ProcfileError
+from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency
+from .._supervisor import (
+    RESTART_MODES,
+    RestartMode,
+    Supervisor,
+    format_summary,
+    load_env_files,
+    read_procfile,
+)
+
+__all__ = ["main_check", "main_up"]
+
+_DEFAULT_ENV = ".env"
+
+
+class _BadInput(Exception):
+    """One line for stderr, then exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _BadInput(f"{message} (see '{self.prog} --help')")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f", "--procfile", default="Procfile", help="the Procfile (default: ./Procfile)"
+    )
+    parser.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="FILE",
+        help="env file(s) to load, comma-separated or repeated (default: ./.env if present)",
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        action="append",
+        metavar="NAME=N,...",
+        help="copies of each process type, e.g. web=2,worker=3 (default: 1 each)",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        help=f"base PORT (default: $PORT, else {DEFAULT_BASE_PORT}); copy i of type t gets "
+        "base + 100*t + i",
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="process types to run (default: all)"
+    )
+
+
+def _up_parser() -> _Parser:
+    p = _Parser(
+        prog="polytask up",
+        description="Run a Procfile's programs together, several copies of each if asked, "
+        "restart them when they die, and stop them all (and everything they started) "
+        "on Ctrl-C or SIGTERM.",
+    )
+    _common(p)
+    p.add_argument(
+        "--restart",
+        choices=RESTART_MODES,
+        default="on-failure",
+        help="when to restart a program that exited (default: on-failure)",
+    )
+    p.add_argument(
+        "-t",
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL when stopping (default: 5)",
+    )
+    p.add_argument(
+        "--start-seconds",
+        type=_seconds,
+        default=1.0,
+        help="a run shorter than this is a failed start (default: 1)",
+    )
+    p.add_argument(
+        "--start-retries",
+        type=_count,
+        default=3,
+        help="failed starts in a row before a program is marked failed (default: 3)",
+    )
+    p.add_argument(
+        "--backoff",
+        type=_seconds,
+        default=0.5,
+        help="first restart delay; doubles with each restart in a row (default: 0.5)",
+    )
+    p.add_argument(
+        "--backoff-max", type=_seconds, default=30.0, help="longest restart delay (default: 30)"
+    )
+    p.add_argument(
+        "--exit-on-failure",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when a program is marked failed, stop the others and exit 1 (default: on)",
+    )
+    p.add_argument(
+        "--events",
+        metavar="FILE",
+        help="append one JSON line per spawn, exit, retry, failure, signal and stop "
+        "('-' for stderr)",
+    )
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the prefixes (default: auto, on a terminal without NO_COLOR)",
+    )
+    return p
+
+
+def _check_parser() -> _Parser:
+    p = _Parser(
+        prog="polytask check",
+        description="Validate a Procfile (and, if given, env files, -c and process names) "
+        "without starting anything; problems are reported with line numbers.",
+    )
+    _common(p)
+    return p
+
+
+def _env_files(given: Sequence[str] | None) -> list[str]:
+    if given is None:
+        return [_DEFAULT_ENV] if Path(_DEFAULT_ENV).is_file() else []
+    return [part.strip() for item in given for part in item.split(",") if part.strip()]
+
+
+def _read_file_error(kind: str, path: str, exc: OSError) -> _BadInput:
+    return _BadInput(f"cannot read {kind} {path!r}: {exc.strerror or exc}")
+
+
+def _load(args: argparse.Namespace) -> tuple[Procfile, dict[str, str], list[ProcfileError]]:
+    """Read the Procfile and env files; raise _BadInput for an unreadable file."""
+    problems: list[ProcfileError] = []
+    try:
+        procfile = read_procfile(args.procfile)
+    except OSError as exc:
+        raise _read_file_error("Procfile", args.procfile, exc) from None
+    except ProcfileError as exc:
+        problems.append(exc)
+        procfile = Procfile(())
+    env: dict[str, str] = {}
+    for path in _env_files(args.env):
+        try:
+            env.update(load_env_files([path]))
+        except OSError as exc:
+            raise _read_file_error("env file", path, exc) from None
+        except ProcfileError as exc:
+            problems.append(exc)
+    return procfile, env, problems
+
+
+def _run_guarded(prog: str, fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except _BadInput as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+
+
+def main_check(argv: list[str]) -> int:
+    """``polytask check``: 0 if valid; else every problem on stderr and exit 2."""
+
+    def run() -> int:
+        args = _check_parser().parse_args(argv)
+        procfile, env, problems = _load(args)
+        try:
+            counts = parse_concurrency(args.concurrency)
+        except ProcfileError as exc:
+            problems.append(exc)
+            counts = {}
+        if procfile.entries:
+            env_port = {**os.environ, **env}.get("PORT", "")
+            port = args.port or (int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT)
+            try:
+                instances = expand(procfile, counts, args.names, base_port=port)
+            except ProcfileError as exc:
+                problems.append(exc)
+        if problems:
+            for error in problems:
+                for problem in error.problems:
+                    print(f"polytask check: error: {ProcfileError([problem])}", file=sys.stderr)
+            return 2
+        kinds = ", ".join(
+            f"{e.name} x{n}" if (n := sum(i.kind == e.name for i in instances)) != 1 else e.name
+            for e in procfile.entries
+            if any(i.kind == e.name for i in instances)
+        )
+        print(
+            f"{args.procfile}: OK, {len(procfile.entries)} process type"
+            f"{'s' if len(procfile.entries) != 1 else ''}; would start {len(instances)} "
+            f"program{'s' if len(instances) != 1 else ''}: {kinds}"
+        )
+        return 0
+
+    return _run_guarded("polytask check", run)
+
+
+def main_up(argv: list[str]) -> int:
+    """``polytask up``: run the programs until they end, fail, or a signal stops them."""
+    return _run_guarded("polytask up", lambda: _up(argv))
+
+
+def _up(argv: list[str]) -> int:
+    args = _up_parser().parse_args(argv)
+    procfile, env, problems = _load(args)
+    if problems:
+        raise _BadInput(problems[0].first_line())
+    events_file: IO[str] | None = None
+    on_event: Callable[[dict[str, Any]], None] | None = None
+    if args.events == "-":
+        events_file = sys.stderr
+    elif args.events:
+        try:
+            events_file = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise _read_file_error("events file", args.events, exc) from None
+    if events_file is not None:
+        out = events_file
+
+        def on_event(record: dict[str, Any]) -> None:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+    restart: RestartMode = args.restart
+    try:
+        sup = Supervisor(
+            procfile,
+            concurrency=args.concurrency,
+            names=args.names,
+            env=env,
+            port=args.port,
+            restart=restart,
+            timeout=args.timeout,
+            start_seconds=args.start_seconds,
+            start_retries=args.start_retries,
+            backoff=args.backoff,
+            backoff_max=max(args.backoff_max, args.backoff),
+            exit_on_failure=args.exit_on_failure,
+            colour=None if args.color == "auto" else args.color == "always",
+            on_event=on_event,
+        )
+    except ValueError as exc:  # ProcfileError included
+        if events_file is not None and events_file is not sys.stderr:
+            events_file.close()
+        text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
+        raise _BadInput(text) from None
+    try:
+        return _supervise(sup)
+    finally:
+        if events_file is not None and events_file is not sys.stderr:
+            events_file.close()
+
+
+def _supervise(sup: Supervisor) -> int:
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            sup.request_stop(f"{name} received")
+        else:
+            sup.request_stop(f"second signal, {name}", kill=True)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}
+    try:
+        sup.start()
+        while not sup.wait(timeout=0.5):
+            pass
+    except PolytaskError as exc:
+        print(f"polytask up: {exc}", file=sys.stderr)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    code = sup.returncode if sup.returncode is not None else 1
+    try:
+        sys.stdout.flush()
+        print(format_summary(sup.status()), flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+    return code

@@ -1,0 +1,133 @@
+"""Suite-wide hygiene checks: every test ends with no stray process, and the
+session ends with no process, file descriptor or /dev/shm segment of polytask's.
+
+Every process the suite starts inherits POLYTASK_TEST_SESSION, so a leak is found
+even after it was reparented away from us.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+SESSION_TAG = uuid.uuid4().hex
+os.environ["POLYTASK_TEST_SESSION"] = SESSION_TAG
+sys.path.insert(0, str(Path(__file__).parent))
+faulthandler.enable()
+
+SHM = Path("/dev/shm")
+
+
+def _shm_names() -> set[str]:
+    try:
+        return {p.name for p in SHM.iterdir() if "polytask" in p.name}
+    except OSError:
+        return set()
+
+
+def _is_guardian(p: psutil.Process) -> bool:
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return False
+    return "-S" in cmd and any("os.killpg" in c for c in cmd)
+
+
+def live_descendants() -> list[psutil.Process]:
+    """Descendants of this test process that still run (zombies are reaped first)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if _is_guardian(p):
+                continue
+            out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def marked_processes() -> list[psutil.Process]:
+    """Every process on the machine started by this test session, other than us."""
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get("POLYTASK_TEST_SESSION") == SESSION_TAG and not _is_guardian(p):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _shutdown_defaults() -> None:
+    try:
+        from polytask.backends import shutdown_defaults
+    except ImportError:  # pragma: no cover
+        return
+    shutdown_defaults()
+
+
+def _wait_gone(get, timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    left = get()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = get()
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_stray_process():
+    """After each test (and the default backends' shutdown) nothing we started runs."""
+    yield
+    _shutdown_defaults()
+    left = _wait_gone(live_descendants, 5.0)
+    if left:
+        desc = [(p.pid, " ".join(p.cmdline())[:120]) for p in left if p.is_running()]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        if desc:
+            pytest.fail(f"test left processes behind: {desc}")
+
+
+_session_start: dict[str, object] = {}
+
+
+def pytest_sessionstart(session):
+    _session_start["fds"] = len(os.listdir("/proc/self/fd"))
+    _session_start["shm"] = _shm_names()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _shutdown_defaults()
+    problems = []
+    left = _wait_gone(marked_processes, 10.0)
+    if left:
+        problems.append(f"processes left running: {[(p.pid, p.name()) for p in left]}")
+    shm = _shm_names() - _session_start.get("shm", set())  # type: ignore[operator]
+    if shm:
+        problems.append(f"/dev/shm segments left: {sorted(shm)}")
+    # The guardian's pipe is the one descriptor polytask may keep for the process's life.
+    fds = len(os.listdir("/proc/self/fd"))
+    if fds > _session_start["fds"] + 3:  # type: ignore[operator]
+        problems.append(f"file descriptors grew from {_session_start['fds']} to {fds}")
+    if problems:
+        print("\nHYGIENE CHECK FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+        session.exitstatus = 1
+    else:
+        print("\nhygiene check: no process, fd or /dev/shm segment left behind", file=sys.stderr)

@@ -1,0 +1,84 @@
+"""Test helpers shared by the suite (real processes, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+HARNESS = str(Path(__file__).with_name("_harness.py"))
+
+
+class Harness:
+    """A script run under a subreaper: kill it, then list what it left behind."""
+
+    def __init__(self, script: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
+        path = tmp_path / "script.py"
+        path.write_text(textwrap.dedent(script))
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        full_env["PYTHONPATH"] = src + os.pathsep + full_env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            [sys.executable, HARNESS, str(path), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline().split()
+        assert first and first[0] == "PID", first
+        self.pid = int(first[1])
+
+    def wait_for_line(self, path: Path, text: str, timeout: float = 30.0) -> None:
+        """Wait until the script wrote ``text`` into file ``path``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and text in path.read_text():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} never appeared in {path}")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("wait\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "EXIT", line
+        return int(line[1])
+
+    def leftovers(self, within: float = 5.0) -> list[list]:
+        """Processes still alive ``within`` seconds after the script ended (killed after)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"report {within}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        self.proc.wait(timeout=30)
+        assert line.startswith("LEFT "), line
+        return json.loads(line[5:])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()

@@ -1,0 +1,179 @@
+"""Procfile, env file and -c parsing: pure functions, no processes."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from polytask._errors import PolytaskError, ProcfileError
+from polytask._procfile import (
+    Instance,
+    expand,
+    parse_concurrency,
+    parse_env,
+    parse_procfile,
+    procfile_from_mapping,
+)
+
+GOOD = """\
+# a comment
+web: python -m http.server $PORT
+
+worker: python worker.py --queue=a:b
+  clock-1 :   python clock.py
+"""
+
+
+def test_parse_keeps_order_lines_and_colons_in_commands():
+    pf = parse_procfile(GOOD, source="Procfile")
+    assert pf.names == ("web", "worker", "clock-1")
+    assert pf["worker"].command == "python worker.py --queue=a:b"
+    assert [e.line for e in pf.entries] == [2, 4, 5]
+    assert pf["clock-1"].command == "python clock.py"
+    assert "web" in pf and "nope" not in pf and len(pf) == 3
+    with pytest.raises(KeyError):
+        pf["nope"]
+
+
+def test_crlf_and_blank_only_lines():
+    pf = parse_procfile("web: a\r\n\r\n   \r\nworker: b\r\n")
+    assert pf.names == ("web", "worker")
+    assert pf["web"].command == "a"
+
+
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        ("web: a\nweb: b\n", 2, "duplicate process name 'web' (first defined on line 1)"),
+        ("web: a\n\nworker:\n", 3, "empty command for process 'worker'"),
+        ("web: a\njust words\n", 2, "expected 'name: command'"),
+        ("my web: a\n", 1, "invalid process name 'my web'"),
+        ("web.1: a\n", 1, "invalid process name 'web.1'"),
+        (": a\n", 1, "missing process name"),
+    ],
+)
+def test_each_problem_has_its_line_number(text, line, fragment):
+    with pytest.raises(ProcfileError) as info:
+        parse_procfile(text, source="Procfile")
+    err = info.value
+    assert isinstance(err, ValueError) and isinstance(err, PolytaskError)
+    assert err.problems[0][1] == line
+    assert f"Procfile:{line}: " in str(err)
+    assert fragment in str(err)
+
+
+def test_every_problem_is_reported_and_first_line_summarises():
+    text = "web: a\nweb: b\nbad\nx:\n"
+    with pytest.raises(ProcfileError) as info:
+        parse_procfile(text, source="P")
+    err = info.value
+    assert [p[1] for p in err.problems] == [2, 3, 4]
+    assert err.first_line().startswith("P:2: duplicate")
+    assert "and 2 more problems" in err.first_line()
+    assert "\n" not in err.first_line()
+    again = pickle.loads(pickle.dumps(err))
+    assert again.problems == err.problems and str(again) == str(err)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_empty_procfile_is_an_error(text):
+    with pytest.raises(ProcfileError, match="no processes defined"):
+        parse_procfile(text)
+
+
+def test_mapping_form_accepts_strings_and_argv_lists():
+    pf = procfile_from_mapping({"web": "python app.py", "job": ["python", "-c", "print(1)"]})
+    assert pf["web"].command == "python app.py"
+    assert pf["job"].command == ("python", "-c", "print(1)")
+    assert pf["web"].line is None
+
+
+@pytest.mark.parametrize(
+    "mapping, fragment",
+    [
+        ({}, "no processes given"),
+        ({"web": ""}, "empty command"),
+        ({"web": []}, "empty command"),
+        ({"a b": "x"}, "invalid process name"),
+        ({"web": 3}, "must be a string or a list of strings"),
+    ],
+)
+def test_mapping_form_is_validated(mapping, fragment):
+    with pytest.raises(ProcfileError, match=fragment):
+        procfile_from_mapping(mapping)
+
+
+def test_concurrency_specs():
+    assert parse_concurrency(None) == {}
+    assert parse_concurrency("web=2,worker=3") == {"web": 2, "worker": 3}
+    assert parse_concurrency(["web=2", " worker = 0 "]) == {"web": 2, "worker": 0}
+    assert parse_concurrency({"web": 4}) == {"web": 4}
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("web", "malformed concurrency 'web'"),
+        ("web:2", "malformed concurrency"),
+        ("web=", "malformed concurrency"),
+        ("=2", "malformed concurrency"),
+        ("web=two", "is not a whole number"),
+        ("web=-1", "between 0 and 100"),
+        ("web=101", "between 0 and 100"),
+        ("web=1,web=2", "given twice"),
+        ("web=1,,worker=2", "malformed concurrency ''"),
+    ],
+)
+def test_malformed_concurrency(spec, fragment):
+    with pytest.raises(ProcfileError, match=fragment) as info:
+        parse_concurrency(spec)
+    assert info.value.problems[0][0] == "-c"
+
+
+def test_expand_gives_foreman_ports_and_names():
+    pf = parse_procfile("web: a\nworker: b\nclock: c\n")
+    out = expand(pf, {"web": 2, "worker": 3})
+    assert [(i.name, i.port) for i in out] == [
+        ("web.1", 5000),
+        ("web.2", 5001),
+        ("worker.1", 5100),
+        ("worker.2", 5101),
+        ("worker.3", 5102),
+        ("clock.1", 5200),
+    ]
+    assert out[0] == Instance("web", 1, "a", 5000)
+
+
+def test_expand_subset_keeps_each_types_port_and_honours_base_and_zero():
+    pf = parse_procfile("web: a\nworker: b\nclock: c\n")
+    out = expand(pf, {"worker": 0}, ["clock", "web"], base_port=8000)
+    assert [(i.name, i.port) for i in out] == [("web.1", 8000), ("clock.1", 8200)]
+
+
+@pytest.mark.parametrize(
+    "counts, names, base, fragment",
+    [
+        ({"nope": 1}, None, 5000, "unknown process 'nope' (the Procfile defines: web, worker)"),
+        (None, ["web", "nope"], 5000, "unknown process 'nope'"),
+        ({"web": 0, "worker": 0}, None, 5000, "nothing to start"),
+        (None, None, 65500, "above 65535"),
+        (None, None, 0, "not between 1 and 65535"),
+    ],
+)
+def test_expand_problems(counts, names, base, fragment):
+    pf = parse_procfile("web: a\nworker: b\n")
+    with pytest.raises(ProcfileError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        expand(pf, counts, names, base_port=base)
+
+
+def test_env_file_parsing_with_dotenv():
+    env = parse_env('A=1\nexport B="two words"\n# note\nC=${A}x\nEMPTY=\nNOVALUE\n')
+    assert env == {"A": "1", "B": "two words", "C": "1x", "EMPTY": ""}
+
+
+def test_env_file_errors_carry_line_numbers():
+    with pytest.raises(ProcfileError) as info:
+        parse_env("A=1\nB='unterminated\n", source="dev.env")
+    assert info.value.problems[0][:2] == ("dev.env", 2)
+    assert "dev.env:2: cannot parse" in str(info.value)
