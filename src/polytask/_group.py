@@ -99,7 +99,26 @@ class TaskGroup:
                 "TaskGroup.spawn() works only inside the group's with block "
                 f"(the group is {self._state})"
             )
-        task = self._backend.spawn(fn, args, kwargs, name=name, timeout=timeout)
+        return self._adopt(self._backend.spawn(fn, args, kwargs, name=name, timeout=timeout))
+
+    def run(self, args: Any, /, *, name: str | None = None, **options: Any) -> Task[Any]:
+        """Run a program as a task of this group: :func:`polytask.run` on a thread.
+
+        A program is already its own process, so a thread waits for it whatever the
+        group's backend; cancelling the group ends the program's whole process tree.
+        ``options`` are those of :func:`polytask.run`.
+        """
+        if self._state != "open":
+            raise RuntimeError(
+                "TaskGroup.run() works only inside the group's with block "
+                f"(the group is {self._state})"
+            )
+        from ._commands import run
+
+        label = name or (args if isinstance(args, str) else " ".join(map(str, args)))[:80]
+        return self._adopt(get_backend("thread").spawn(run, (args,), options, name=label))
+
+    def _adopt(self, task: Task[T]) -> Task[T]:
         with self._lock:
             self._tasks.append(task)
             cancelling = self._cancelling

@@ -44,6 +44,10 @@ S_BAD_RESULT: Final = 3  # payload: pickled message: the result could not be pic
 S_BAD_CALL: Final = 4  # payload: pickled message: the call could not be unpickled
 S_INIT_FAILED: Final = 5  # payload: like S_ERROR_TEXT, for the initializer
 
+#: Or-ed into a status: the worker exits after this response (it asked to be
+#: recycled, e.g. it grew past a memory limit); send it no more tasks.
+F_RETIRE: Final = 0x80
+
 MAX_PART: Final = 0xFFFF_FFFF
 
 

@@ -19,9 +19,23 @@ from typing import Any
 from . import _wire
 from ._serialize import describe, dumps, dumps_exception
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "retire_after_task", "serve"]
 
 _FN_CACHE_SIZE = 256
+
+
+_retiring = False
+
+
+def retire_after_task() -> None:
+    """Ask this worker to exit once the current task's result is sent.
+
+    For code running inside a process-backend worker (the Pool uses it for
+    ``max_memory_per_worker``). The parent is told in the same response frame,
+    so no further task is ever sent to a retiring worker; it starts a fresh one.
+    """
+    global _retiring
+    _retiring = True
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -91,6 +105,10 @@ def serve(rfd: int, wfd: int) -> None:
                 del result
             finally:
                 _set_current(None)
+            if _retiring:
+                frame = frame[:8] + bytes([frame[8] | _wire.F_RETIRE]) + frame[9:]
+                _write_all(wfd, frame)
+                return
             _write_all(wfd, frame)
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 from .._serialize import fn_name
 from .._task import Task, check_timeout
 
-__all__ = ["Backend", "available", "get_backend", "shutdown_defaults"]
+__all__ = ["Backend", "available", "get_backend", "make_backend", "shutdown_defaults"]
 
 T = TypeVar("T")
 
@@ -24,6 +24,8 @@ T = TypeVar("T")
 _REGISTRY: dict[str, str] = {
     "thread": "polytask.backends.thread:ThreadBackend",
     "process": "polytask.backends.process:ProcessBackend",
+    "dask": "polytask.backends.dask:DaskBackend",
+    "ray": "polytask.backends.ray:RayBackend",
 }
 
 
@@ -108,6 +110,17 @@ def backend_class(name: str) -> type[Backend]:
         ) from None
     module, cls = target.split(":")
     return getattr(import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def make_backend(name: str, **options: Any) -> Backend:
+    """A new, private backend of the named kind (a Pool owns one; shut it down when done).
+
+    ``options`` go to the backend's constructor (``max_workers`` for every backend;
+    ``start_method``, ``initializer``... for "process"; ``address``/``client`` for clusters).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name or a Backend, not {type(name).__name__}")
+    return backend_class(name)(**options)
 
 
 def get_backend(backend: str | Backend, *, create: bool = True) -> Backend:

@@ -418,6 +418,8 @@ class ProcessBackend(Backend):
 
     def _complete(self, w: _Worker, header: tuple[int, ...], body: bytes) -> None:
         task_id, status, _ = header
+        retiring = bool(status & _wire.F_RETIRE)
+        status &= ~_wire.F_RETIRE
         task = w.task
         if status == _wire.S_INIT_FAILED:
             init_exc = loads_exception(True, body)
@@ -446,7 +448,7 @@ class ProcessBackend(Backend):
         with self._lock:
             if w.kill_exc is not None or w.dead:
                 pass
-            elif self._max_tasks is not None and w.ntasks >= self._max_tasks:
+            elif retiring or (self._max_tasks is not None and w.ntasks >= self._max_tasks):
                 self._retire(w)
             elif self._pending:
                 nxt = self._pending.popleft()
