@@ -124,7 +124,7 @@ class TaskGroup:
             cancelling = self._cancelling
         if cancelling:
             task.cancel()
-        task.add_done_callback(self._child_done)  # type: ignore[arg-type]
+        task.add_done_callback(self._child_done)
         return task
 
     def Lock(self) -> Any:

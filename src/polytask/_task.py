@@ -27,6 +27,7 @@ __all__ = ["CurrentTask", "Task", "background", "check_timeout", "current_task",
 
 T = TypeVar("T")
 _CancelledError = concurrent.futures.CancelledError
+_DONE_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"))
 
 
 def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
@@ -68,6 +69,11 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         # Backend-private state (the worker the task runs on, its timer, ...).
         self._slot: Any = None
         self._timer: Any = None
+        # Set once something other than result()/join() waits for this task (a done
+        # callback, concurrent.futures.wait, a done() poll): the backend must then
+        # complete it without a caller reading for it. See Backend.watch.
+        self._watched = False
+        self._waiters = _WatchedWaiters(self)
 
     # -- state
     @property
@@ -87,10 +93,10 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         """True if the task was cancelled (before or while it ran)."""
         if super().cancelled():
             return True
-        return self.done() and isinstance(self._exception, Cancelled)
+        return self._is_done() and isinstance(self._exception, Cancelled)
 
     def __repr__(self) -> str:
-        if not self.done():
+        if not self._is_done():
             state = "running" if self.running() else "pending"
         elif super().cancelled():
             state = "cancelled"
@@ -100,9 +106,31 @@ class Task(concurrent.futures.Future[T], Generic[T]):
             state = "done"
         return f"<Task {self.name!r} on {self._backend.name}: {state}>"
 
+    def done(self) -> bool:
+        """True if the task finished, failed or was cancelled."""
+        if super().done():
+            return True
+        if not self._watched:
+            self._watch()
+        return False
+
+    def add_done_callback(self, fn: Callable[[Task[T]], object]) -> None:
+        """Call ``fn(task)`` when the task is done (at once if it already is)."""
+        super().add_done_callback(fn)  # type: ignore[arg-type]
+        if not self._watched:
+            self._watch()
+
+    def _is_done(self) -> bool:
+        # done() without marking the task watched: for backends and waiting loops.
+        return self._state in _DONE_STATES
+
+    def _watch(self) -> None:
+        self._watched = True
+        self._backend.watch(self)
+
     # -- waiting
     def _wait(self, timeout: float | None) -> bool:
-        if self.done():
+        if self._is_done():
             return True
         return self._backend.wait(self, timeout)
 
@@ -155,7 +183,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         """
         if super().cancel():
             return True
-        if self.done():
+        if self._is_done():
             return False
         self._cancel_requested = True
         return self._backend.cancel(self)
@@ -184,6 +212,25 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         except concurrent.futures.InvalidStateError:
             return False
         return True
+
+
+class _WatchedWaiters(list[Any]):
+    """``Future._waiters``: ``concurrent.futures.wait``/``as_completed`` append here.
+
+    Appending marks the task watched, so a backend whose fast path is the caller
+    reading its own result also completes tasks that are waited for this way.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, task: Task[Any]) -> None:
+        super().__init__()
+        self._task = task
+
+    def append(self, waiter: Any) -> None:
+        super().append(waiter)
+        if not self._task._watched:
+            self._task._watch()
 
 
 class CurrentTask:

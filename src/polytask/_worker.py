@@ -53,7 +53,7 @@ def serve(rfd: int, wfd: int) -> None:
     fn_cache: dict[bytes, Callable[..., Any]] = {}
     loads = pickle.loads
     while True:
-        data = os.read(rfd, 1 << 20)
+        data = os.read(rfd, 1 << 16)  # the full size is allocated per read
         if not data:
             return
         for header, body in decoder.feed(data):

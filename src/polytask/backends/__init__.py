@@ -70,6 +70,15 @@ class Backend(ABC):
     def cancel(self, task: Task[Any]) -> bool:
         """Stop a running task; True if it will not complete normally."""
 
+    def watch(self, task: Task[Any]) -> None:
+        """Something other than :meth:`wait` now waits for ``task`` (callback, poll...).
+
+        Backends whose results arrive by themselves ignore it; one whose fast path
+        is the waiting caller reading its own result starts completing ``task``
+        in the background. Called with the task's condition possibly held: no locks.
+        """
+        return None
+
     def wait(self, task: Task[Any], timeout: float | None) -> bool:
         """Block until ``task`` is done or ``timeout`` passes; True if done."""
         done, _ = _futures_wait([task], timeout)

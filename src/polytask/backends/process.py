@@ -56,7 +56,9 @@ T = TypeVar("T")
 
 #: Seconds between SIGTERM and SIGKILL when a task's worker is killed.
 KILL_GRACE = 0.25
-_READ_SIZE = 1 << 20
+# os.read allocates the full size before it shrinks the result: 64 KiB keeps a
+# small response cheap, and a large one takes a few more reads.
+_READ_SIZE = 1 << 16
 _BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from polytask._worker import main; main()"
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 START_METHODS = ("spawn", "fork")
@@ -124,6 +126,7 @@ class _Worker:
         "ntasks",
         "pid",
         "pidfd",
+        "poller",
         "proc",
         "rfd",
         "rlock",
@@ -140,6 +143,10 @@ class _Worker:
         self.rfd = rfd
         os.set_blocking(rfd, False)
         self.decoder = _wire.FrameDecoder(_wire.RESPONSE)
+        # For the caller that claims this worker to read its own result (one at a time).
+        self.poller = select.poll()
+        self.poller.register(self.pidfd, select.POLLIN)
+        self.poller.register(rfd, select.POLLIN)
         self.task: Task[Any] | None = None
         self.task_id = 0
         self.claim = threading.Lock()  # held by the caller thread reading for its task
@@ -293,7 +300,10 @@ class ProcessBackend(Backend):
             return
         if task.timeout is not None:
             task._timer = call_later(task.timeout, lambda: self._on_timeout(w, task))
-        if threading.current_thread() is not self._collector:
+        # The caller reading its own result is the fast path: the collector thread is
+        # woken only for a task something else waits on (see watch()), so a plain
+        # spawn().result() costs one write, one poll and one read, and no thread hop.
+        if task._watched and threading.current_thread() is not self._collector:
             self._wake()
 
     def _make_idle(self, w: _Worker) -> None:
@@ -399,8 +409,11 @@ class ProcessBackend(Backend):
         return w
 
     # ------------------------------------------------------------------ results
-    def _service(self, w: _Worker) -> None:
-        """Read what ``w`` sent and complete tasks; notice its death. Holds ``w.rlock``."""
+    def _service(self, w: _Worker, exited: bool = False) -> None:
+        """Read what ``w`` sent and complete tasks; notice its death. Holds ``w.rlock``.
+
+        ``exited``: its pidfd was readable (the process ended).
+        """
         while not w.eof:
             try:
                 data = os.read(w.rfd, _READ_SIZE)
@@ -413,7 +426,7 @@ class ProcessBackend(Backend):
                 self._complete(w, header, body)
             if len(data) < _READ_SIZE:
                 break
-        if w.eof or w.proc.poll() is not None:
+        if w.eof or (exited and w.proc.poll() is not None):
             self._on_death(w)
 
     def _complete(self, w: _Worker, header: tuple[int, ...], body: bytes) -> None:
@@ -516,7 +529,7 @@ class ProcessBackend(Backend):
         call_later(self._grace, hard_kill)
 
     def _on_timeout(self, w: _Worker, task: Task[Any]) -> None:
-        if w.task is task and not task.done():
+        if w.task is task and not task._is_done():
             task._cancel_requested = True
             self._kill(
                 w,
@@ -536,24 +549,32 @@ class ProcessBackend(Backend):
         return False
 
     # ------------------------------------------------------------------ waiting
+    def watch(self, task: Task[Any]) -> None:
+        if isinstance(task._slot, _Worker):
+            self._wake()
+
     def wait(self, task: Task[Any], timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not task.done():
+        while not task._is_done():
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return task.done()
+                return task._is_done()
             w = task._slot
             if not isinstance(w, _Worker) or w.dead or not w.claim.acquire(blocking=False):
                 # Pending, or another thread reads for this worker: it completes the task.
+                if not isinstance(w, _Worker):
+                    # Pending: workers may be busy with tasks nobody reads for; the
+                    # collector completes those, which frees a worker for this one.
+                    self._wake()
                 with task._condition:
-                    if not task.done():
+                    if not task._is_done():
                         task._condition.wait(0.05 if remaining is None else min(remaining, 0.05))
                 continue
             try:
                 self._read_for(task, w, deadline)
             finally:
                 w.claim.release()
-                if not task.done() or w.task is not None or w.dead:
+                if not task._is_done() or w.dead or (w.task is not None and w.task._watched):
                     self._wake()
         return True
 
@@ -563,20 +584,18 @@ class ProcessBackend(Backend):
         # before the claim, the task is done now; if not, it is ours to read.
         with w.rlock:
             pass
-        poller = select.poll()
-        poller.register(w.pidfd, select.POLLIN)
-        if not w.eof:
-            poller.register(w.rfd, select.POLLIN)
-        while not task.done() and task._slot is w and not w.dead:
+        poller = w.poller
+        while not task._is_done() and task._slot is w and not w.dead:
             if deadline is None:
                 ms = -1
             else:
                 ms = int((deadline - time.monotonic()) * 1000)
                 if ms <= 0:
                     return
-            if poller.poll(ms):
+            events = poller.poll(ms)
+            if events:
                 with w.rlock:
-                    self._service(w)
+                    self._service(w, any(fd == w.pidfd for fd, _ in events))
 
     def _wake(self) -> None:
         try:
@@ -638,7 +657,7 @@ class ProcessBackend(Backend):
                 ):
                     try:
                         if not hit.claim.locked():
-                            self._service(hit)
+                            self._service(hit, kind == "pid")
                     except Exception as exc:  # pragma: no cover - must not kill the collector
                         print(f"polytask: collector error: {exc!r}", file=sys.stderr)
                     finally:
