@@ -42,6 +42,8 @@ from ._errors import SerializationError as SerializationError
 from ._errors import TaskTimeout as TaskTimeout
 from ._errors import WorkerCrashed as WorkerCrashed
 from ._group import TaskGroup as TaskGroup
+from ._pipeline import pipeline as pipeline
+from ._pipeline import stage as stage
 from ._shm import SharedArray as SharedArray
 from ._supervisor import ProcessStatus as ProcessStatus
 from ._supervisor import Supervisor as Supervisor
@@ -99,8 +101,10 @@ __all__ = (
     "background",
     "current_task",
     "debug",
+    "pipeline",
     "run",
     "run_many",
     "spawn",
+    "stage",
     "stream",
 )

@@ -120,6 +120,5 @@ class ChunkSizer:
 
     def __repr__(self) -> str:
         return (
-            f"<ChunkSizer per_item={self.per_item!r} overhead={self.overhead!r} "
-            f"next={self.size()}>"
+            f"<ChunkSizer per_item={self.per_item!r} overhead={self.overhead!r} next={self.size()}>"
         )

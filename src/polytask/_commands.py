@@ -27,11 +27,11 @@ import errno
 import os
 import shlex
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, AnyStr, Generic, Literal, NamedTuple, overload
 
-from ._errors import CommandFailed, CommandTimeout, ProgramNotFound
+from ._errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
 from ._parallel_loop import STDERR, STDOUT, Child, ProcessLoop, which
 
 __all__ = ["CommandResult", "OutputLine", "Stream", "run", "run_many", "stream"]
@@ -42,6 +42,9 @@ PathArg = str | os.PathLike[str] | None
 
 #: The shell that ``shell=True`` runs (``sh -c COMMAND``).
 SHELL = "/bin/sh"
+
+#: Inside a task, how often (seconds) a wait looks whether the task was cancelled.
+_CANCEL_POLL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class CommandResult(Generic[AnyStr]):
     duration: float
     pid: int
     timed_out: bool = False
+    #: The timeout the program ran under (seconds), None for no limit.
+    timeout: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,6 +80,7 @@ class CommandResult(Generic[AnyStr]):
                 f"command {_short(self.args)} timed out after {self.duration:.3g} s; "
                 "its process tree was ended",
                 cmd=self.args,
+                timeout=self.timeout,
                 stdout=self.stdout,
                 stderr=self.stderr,
             )
@@ -186,7 +192,7 @@ def _decode(data: bytes, text: bool) -> Any:
     return data.decode("utf-8", "replace") if text else data
 
 
-def _result(args: Any, child: Child, text: bool) -> CommandResult[Any]:
+def _result(args: Any, child: Child, text: bool, timeout: float | None) -> CommandResult[Any]:
     rc = child.returncode
     assert rc is not None
     return CommandResult(
@@ -197,7 +203,38 @@ def _result(args: Any, child: Child, text: bool) -> CommandResult[Any]:
         child.duration,
         child.pid,
         child.timed_out,
+        timeout,
     )
+
+
+class _CancelWatch:
+    """Whether the task running this code (if any) was cancelled, e.g. by its TaskGroup.
+
+    Threads cannot be interrupted, so a command waited for inside a thread task
+    waits in short slices and looks at the task's flag between them; outside any
+    task the waits need no slices at all.
+    """
+
+    __slots__ = ("_current", "slice")
+
+    def __init__(self) -> None:
+        from ._task import current_task
+
+        current = current_task()
+        inside = current._task is not None
+        self._current = current if inside else None
+        self.slice: float | None = _CANCEL_POLL if inside else None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._current is not None and self._current.cancelled
+
+    def error(self, args: Any) -> Cancelled:
+        name = self._current.name if self._current is not None else "main"
+        return Cancelled(
+            f"command {_short(args)} was stopped because task {name!r} was cancelled "
+            "(e.g. a sibling in its TaskGroup failed); its process tree was ended"
+        )
 
 
 def default_workers() -> int:
@@ -312,6 +349,8 @@ def run(
     Raises:
         ProgramNotFound: the program does not exist (a FileNotFoundError).
         CommandTimeout, CommandFailed: see above.
+        Cancelled: the thread task running this call was cancelled (its
+            TaskGroup failed, see ``TaskGroup.run``); the tree was ended.
 
     Example::
 
@@ -321,14 +360,17 @@ def run(
     argv = _command_argv(args, shell)
     _check_timeout(timeout)
     data = _encode_input(input)
+    watch = _CancelWatch()
     loop = ProcessLoop()
     try:
         child = _spawn(loop, argv, cwd=cwd, env=env, timeout=timeout, capture=capture, input=data)
         while not child.done:
-            loop.wait(None)
+            if watch.cancelled:
+                raise watch.error(args)
+            loop.wait(watch.slice)
     finally:
-        loop.close()  # on an exception (Ctrl-C included) this ends the tree
-    result = _result(args, child, text)
+        loop.close()  # on an exception (Ctrl-C, cancellation) this ends the tree
+    result = _result(args, child, text, timeout)
     if result.timed_out or check:
         result.check()
     return result
@@ -342,7 +384,8 @@ class Stream(Generic[AnyStr]):
 
     Iterate to get :class:`OutputLine` items. Leaving the loop early (``break``,
     an exception), :meth:`close`, or leaving a ``with`` block ends the process
-    tree. ``returncode`` is set once the program ended.
+    tree. ``returncode`` is set once the program ended (negative: the signal
+    that ended it, e.g. ``-15`` when the loop was left early).
     """
 
     def __init__(
@@ -365,6 +408,8 @@ class Stream(Generic[AnyStr]):
         self._pending: dict[int, list[bytes]] = {STDOUT: [], STDERR: []}
         self._stderr_tail: deque[bytes] = deque(maxlen=10)
         self._closed = False
+        self._timeout = timeout
+        self._watch = _CancelWatch()
         self._loop = ProcessLoop()
         try:
             self._child = _spawn(
@@ -417,8 +462,19 @@ class Stream(Generic[AnyStr]):
                 self._emit(kind, b"".join(self._pending[kind]))
                 self._pending[kind].clear()
 
-    def __iter__(self) -> Stream[AnyStr]:
-        return self
+    def __iter__(self) -> Iterator[OutputLine[AnyStr]]:
+        # A generator, so that leaving a ``for`` loop early (break, an exception)
+        # drops it, and its ``finally`` ends the process tree right there, even
+        # while the Stream itself is still referenced.
+        try:
+            while True:
+                try:
+                    line = self.__next__()
+                except StopIteration:
+                    return
+                yield line
+        finally:
+            self.close()
 
     def __next__(self) -> OutputLine[AnyStr]:
         while not self._lines:
@@ -427,7 +483,10 @@ class Stream(Generic[AnyStr]):
             if self._child.done:
                 self._finish()
                 raise StopIteration
-            self._loop.wait(None, any_event=True)
+            if self._watch.cancelled:
+                self.close()
+                raise self._watch.error(self.args)
+            self._loop.wait(self._watch.slice, any_event=True)
             if self._child.done:
                 self._flush_partial()
         return self._lines.popleft()
@@ -443,6 +502,7 @@ class Stream(Generic[AnyStr]):
                 f"command {_short(self.args)} timed out after {child.duration:.3g} s; "
                 "its process tree was ended",
                 cmd=self.args,
+                timeout=self._timeout,
                 stderr=_decode(tail, self._text),
             )
         if self._check and child.returncode != 0:
@@ -612,10 +672,13 @@ def run_many(
     results: list[CommandResult[Any] | None] = [None] * total
     completed: list[CommandResult[Any]] = []
     bar = Progress(total, "commands") if progress else None
+    watch = _CancelWatch()
     loop = ProcessLoop()
     try:
         nxt = 0
         while nxt < total or loop.running:
+            if watch.cancelled:
+                raise watch.error(f"run_many of {total} commands")
             while nxt < total and loop.running < workers:
                 _spawn(
                     loop,
@@ -627,9 +690,9 @@ def run_many(
                     capture=capture,
                 )
                 nxt += 1
-            finished, _ = loop.wait(None)
+            finished, _ = loop.wait(watch.slice)
             for child in finished:
-                res = _result(prepared[child.token][0], child, text)
+                res = _result(prepared[child.token][0], child, text, timeout)
                 if check:
                     res.check()  # the finally below ends the others
                 results[child.token] = res

@@ -28,6 +28,7 @@ iteration raises that exception.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -159,8 +160,8 @@ class Pipeline(Generic[T]):
             raise RuntimeError("a pipeline runs once: build a new one to run it again")
         self._started = True
         n = len(self._stages)
-        self._inboxes = [Channel(backend=self._backend_name) for _ in range(n)]
-        self._outboxes = [Channel(backend=self._backend_name) for _ in range(n)]
+        self._inboxes: list[Channel[Any]] = [Channel(backend=self._backend_name) for _ in range(n)]
+        self._outboxes: list[Channel[Any]] = [Channel(backend=self._backend_name) for _ in range(n)]
         self._results: Any = Channel(self.maxsize, backend="thread")
         self._channels = [*self._inboxes, *self._outboxes, self._results]
         self._windows = [threading.Semaphore(self.maxsize) for _ in range(n)]
@@ -177,10 +178,10 @@ class Pipeline(Generic[T]):
                         name=f"{st.name}#{k + 1}",
                     )
                     self._tasks.append(task)
-                    task.add_done_callback(lambda t, i=i: self._worker_done(i, t))
+                    task.add_done_callback(functools.partial(self._worker_done, i))
             self._thread(self._feed, "feeder")
             for i in range(n):
-                self._thread(lambda i=i: self._collect(i), f"collector-{i + 1}")
+                self._thread(functools.partial(self._collect, i), f"collector-{i + 1}")
         except BaseException as exc:
             self._fail(exc, "starting the pipeline")
             self._shutdown()

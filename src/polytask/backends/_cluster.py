@@ -1,0 +1,130 @@
+"""What the Dask and Ray backends share: the call shipped to a worker, and its outcome.
+
+A call crosses to the cluster already pickled by polytask (``fn`` bytes and a
+``(name, args, kwargs)`` payload), so that:
+
+- an argument that cannot be pickled fails in the caller, as
+  :class:`SerializationError` naming it, before the engine sees anything;
+- the engine moves two ``bytes`` objects and never walks a big argument list
+  looking for its own futures (Dask does that for every ``submit``);
+- a function that travels by reference is loaded once per worker process.
+
+On the worker, :func:`run_pickled` runs the call and returns a small tuple: the
+pickled result, or the pickled exception with its formatted traceback (the
+same format as the process backend, so ``Task.result()`` re-raises the task's
+own exception type with the remote traceback as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .._errors import Cancelled, SerializationError, TaskTimeout
+from .._serialize import PROTOCOL, dumps, dumps_call, dumps_exception, fn_name, loads_exception
+from .._task import CurrentTask, Task, _set_current
+
+__all__ = ["Outcome", "pack_call", "run_pickled", "settle", "timeout_error"]
+
+#: ``(True, pickled result)`` or ``(False, (exception pickled whole?, pickled exception))``.
+Outcome = tuple[bool, Any]
+
+_FN_CACHE: dict[bytes, Callable[..., Any]] = {}
+_FN_CACHE_MAX = 64
+
+
+def pack_call(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], name: str
+) -> tuple[bytes, bool, bytes]:
+    """Pickle a call in the caller: ``(fn bytes, by reference?, payload)``.
+
+    Raises :class:`SerializationError` naming the function or argument at fault.
+    """
+    fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
+    return fn_bytes, by_ref, payload
+
+
+def _load_fn(fn_bytes: bytes, by_ref: bool) -> Callable[..., Any]:
+    fn = _FN_CACHE.get(fn_bytes) if by_ref else None
+    if fn is None:
+        fn = pickle.loads(fn_bytes)
+        if by_ref:
+            if len(_FN_CACHE) >= _FN_CACHE_MAX:
+                _FN_CACHE.clear()
+            _FN_CACHE[fn_bytes] = fn
+    return fn  # type: ignore[return-value]
+
+
+def _error(exc: BaseException) -> Outcome:
+    return False, dumps_exception(exc)
+
+
+def run_pickled(fn_bytes: bytes, by_ref: bool, payload: bytes) -> Outcome:
+    """Run a packed call on a cluster worker; never raises (the outcome says what happened)."""
+    try:
+        fn = _load_fn(fn_bytes, by_ref)
+        name, args, kwargs = pickle.loads(payload)
+    except BaseException as exc:
+        err = SerializationError(
+            f"the call could not be unpickled on the cluster worker ({type(exc).__name__}: "
+            f"{exc}); the function's module and the arguments' classes must be importable "
+            "on every worker (install the same code there)"
+        )
+        err.__cause__ = exc
+        return _error(err)
+    _set_current(CurrentTask(name))
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        return _error(exc)
+    finally:
+        _set_current(None)
+    try:
+        return True, dumps(result)
+    except Exception as exc:
+        err = SerializationError(
+            f"the result of task {name!r} ({type(result).__name__}) cannot be pickled to send "
+            f"back from the cluster worker: {type(exc).__name__}: {exc}"
+        )
+        tb = "".join(traceback.format_exception(exc))
+        return False, (True, pickle.dumps((err, tb), PROTOCOL))
+
+
+def settle(task: Task[Any], outcome: Outcome) -> None:
+    """Complete ``task`` from a worker's outcome (a no-op if it already ended)."""
+    ok, data = outcome
+    if ok:
+        try:
+            value = pickle.loads(data)
+        except Exception as exc:
+            task._finish(
+                exc=SerializationError(
+                    f"the result of task {task.name!r} could not be unpickled here "
+                    f"({type(exc).__name__}: {exc}); is its class importable in this process?"
+                )
+            )
+            return
+        task._finish(value)
+    else:
+        whole, blob = data
+        task._finish(exc=loads_exception(whole, blob))
+
+
+def timeout_error(task: Task[Any], engine: str, what_happens: str) -> TaskTimeout:
+    """The :class:`TaskTimeout` a cluster task gets at its deadline."""
+    return TaskTimeout(
+        f"task {task.name!r} ran past its timeout of {task.timeout:g} s on {engine} "
+        f"(counted from submission); {what_happens}",
+        name=task.name,
+        timeout=task.timeout,
+    )
+
+
+def cancelled_error(task: Task[Any], what_happens: str) -> Cancelled:
+    return Cancelled(f"task {task.name!r} was cancelled; {what_happens}")
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    return fn_name(fn)

@@ -1,0 +1,266 @@
+"""The Dask backend: tasks run on a ``dask.distributed`` cluster.
+
+::
+
+    caller thread                      Dask client (its own event-loop thread)      cluster
+    ─────────────                      ───────────────────────────────────────      ───────
+    spawn(): pack the call (pickle) ─> client.submit(run_pickled, fn, payload) ───> scheduler
+             Task (RUNNING)                                                          │
+    timer thread: deadline ─> Task fails with TaskTimeout, future cancelled          v
+                                       done callback (a client thread) <──────── worker runs
+    result() <── Task._finish() <───── outcome: result / exception + traceback      fn(*args)
+
+Where the cluster comes from, first match wins: ``client=`` (used, never
+closed); ``address=`` (a Client to that scheduler, closed at shutdown); the
+Dask *default client* of this process if there is one (as ``dask.compute``
+does; used, never closed); else a ``LocalCluster`` of ``max_workers`` worker
+processes with one thread each, started here and closed at shutdown.
+
+What Dask cannot do: stop a task that is already running. A cancelled or
+timed-out task fails at once for its caller (:class:`Cancelled`,
+:class:`TaskTimeout`) and Dask releases it, but the function runs on to its end
+on its worker and its result is dropped (``can_kill_running = False``).
+A worker that dies while running a task fails that task with
+:class:`WorkerCrashed` (Dask's ``KilledWorker``; on a cluster polytask starts,
+``allowed-failures`` is 0 so the task is not retried on another worker).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from .._errors import BackendUnavailable, Cancelled, WorkerCrashed
+from .._task import Task
+from .._timer import call_later
+from . import Backend
+from ._cluster import cancelled_error, pack_call, run_pickled, settle, timeout_error
+
+__all__ = ["DaskBackend"]
+
+T = TypeVar("T")
+
+_INSTALL = "pip install 'polytask[dask]'"
+_NOT_KILLED = (
+    "Dask cannot stop a task that is already running: the function runs on to its end "
+    "on its worker and its result is dropped"
+)
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"backend='dask' needs dask.distributed, which is not installed ({exc}); "
+            f"install it with: {_INSTALL}"
+        ) from exc
+    return distributed
+
+
+class DaskBackend(Backend):
+    """Runs tasks on a ``dask.distributed`` cluster.
+
+    Args:
+        max_workers: worker processes of the LocalCluster started when no cluster
+            is given (default: the number of CPUs); ignored with ``address``/``client``.
+        address: a scheduler to join, e.g. ``"tcp://10.0.0.5:8786"``.
+        client: a ``distributed.Client`` to use; polytask never closes it.
+        engine_options: passed to ``LocalCluster`` (or to ``Client`` with ``address``).
+
+    Raises:
+        BackendUnavailable: dask.distributed is not installed.
+    """
+
+    name: ClassVar[str] = "dask"
+    #: Dask cannot interrupt a running task (see the module docstring).
+    can_kill_running: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        address: str | None = None,
+        client: Any = None,
+        **engine_options: Any,
+    ) -> None:
+        distributed = _import_distributed()
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ValueError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
+        if client is not None and address is not None:
+            raise ValueError("pass either address= or client=, not both")
+        if client is not None and not isinstance(client, distributed.Client):
+            raise TypeError(f"client must be a distributed.Client, not {type(client).__name__}")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str such as 'tcp://host:8786', not {address!r}")
+        self._lock = threading.Lock()
+        self._futures: dict[Task[Any], Any] = {}
+        self._closed = False
+        self._cluster: Any = None
+        self._owns_client = False
+        if client is None and address is None:
+            try:
+                client = distributed.default_client()
+            except ValueError:
+                client = None
+        if client is not None:
+            self._client = client
+        elif address is not None:
+            self._client = distributed.Client(address, set_as_default=False, **engine_options)
+            self._owns_client = True
+        else:
+            self._cluster = _local_cluster(max_workers, engine_options)
+            try:
+                self._client = distributed.Client(self._cluster, set_as_default=False)
+            except BaseException:
+                self._cluster.close()
+                raise
+            self._owns_client = True
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` tasks are submitted through."""
+        return self._client
+
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str,
+        timeout: float | None,
+    ) -> Task[T]:
+        fn_bytes, by_ref, payload = pack_call(fn, args, kwargs, name)
+        task: Task[T] = Task(self, name, timeout)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this dask backend is shut down; create a new one")
+            task.set_running_or_notify_cancel()
+            task._mark_started()
+            key = f"polytask-{name[:60]}-{uuid.uuid4().hex}"
+            fut = self._client.submit(
+                run_pickled, fn_bytes, by_ref, payload, key=key, pure=False, retries=0
+            )
+            self._futures[task] = fut
+        if timeout is not None:
+            task._timer = call_later(timeout, lambda: self._expire(task))
+        fut.add_done_callback(lambda f: self._on_done(task, f))
+        return task
+
+    def _on_done(self, task: Task[Any], fut: Any) -> None:
+        with self._lock:
+            self._futures.pop(task, None)
+        if task.done():
+            return
+        try:
+            status = fut.status
+            if status == "finished":
+                settle(task, fut.result(timeout=30))
+            elif status == "cancelled":
+                task._finish(exc=cancelled_error(task, "Dask cancelled it"))
+            else:
+                task._finish(exc=self._translate(task, fut.exception(timeout=30)))
+        except BaseException as exc:  # the client lost the result: still end the task
+            task._finish(exc=self._translate(task, exc))
+
+    def _translate(self, task: Task[Any], exc: BaseException | None) -> BaseException:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            err = WorkerCrashed(
+                f"the Dask worker running task {task.name!r} died (a crash, os._exit, or the "
+                "out-of-memory killer); the task did not finish, the nanny restarts the worker",
+                name=task.name,
+            )
+            err.__cause__ = exc
+            return err
+        if exc is None:
+            return RuntimeError(f"Dask reported task {task.name!r} failed without an exception")
+        if type(exc).__name__ == "CancelledError":
+            return cancelled_error(task, "Dask cancelled it")
+        return exc
+
+    def _expire(self, task: Task[Any]) -> None:
+        task._cancel_requested = True
+        if task._finish(exc=timeout_error(task, "dask", _NOT_KILLED)):
+            # A cancel is a round trip to the scheduler: keep it off the timer thread.
+            threading.Thread(target=self._release, args=([task],), daemon=True).start()
+
+    def _release(self, tasks: list[Task[Any]]) -> None:
+        """Ask the scheduler to forget these tasks (a queued one then never runs)."""
+        with self._lock:
+            futs = [f for f in (self._futures.pop(t, None) for t in tasks) if f is not None]
+        if futs and self._client.status not in ("closing", "closed"):
+            try:
+                self._client.cancel(futs)
+            except Exception:  # pragma: no cover - the client is going away
+                pass
+
+    def cancel(self, task: Task[Any]) -> bool:
+        if not task._finish(exc=cancelled_error(task, _NOT_KILLED + " if it had started")):
+            return False
+        self._release([task])
+        return True
+
+    def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
+        """Stop accepting tasks. ``cancel`` fails the unfinished ones (:class:`Cancelled`);
+        ``wait`` waits for the others. A cluster or client polytask started is closed."""
+        with self._lock:
+            self._closed = True
+            tasks = list(self._futures)
+        if cancel:
+            for task in tasks:
+                task._cancel_requested = True
+                task._finish(exc=cancelled_error(task, "its backend shut down; " + _NOT_KILLED))
+        elif wait:
+            for task in tasks:
+                task.join()
+        # Tasks nobody waits for any more are released, so a borrowed cluster forgets them.
+        self._release(tasks)
+        if self._owns_client:
+            self._owns_client = False
+            _close_quietly(self._client)
+            if self._cluster is not None:
+                _close_quietly(self._cluster)
+                self._cluster = None
+
+    def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        from ._cluster_sync import dask_primitive
+
+        return dask_primitive(kind, self._client, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        addr = getattr(getattr(self._client, "scheduler", None), "address", None)
+        return f"<DaskBackend scheduler={addr!r}{' closed' if self._closed else ''}>"
+
+
+def _local_cluster(max_workers: int | None, options: dict[str, Any]) -> Any:
+    import dask
+    import distributed
+
+    n = max_workers or os.cpu_count() or 1
+    opts: dict[str, Any] = {
+        "n_workers": n,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
+    opts.update(options)
+    # A worker that dies fails its task (WorkerCrashed) instead of being retried elsewhere.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        return distributed.LocalCluster(**opts)
+
+
+def _close_quietly(obj: Any) -> None:
+    try:
+        obj.close(timeout=30)
+    except TypeError:  # pragma: no cover - close() without timeout=
+        obj.close()
+    except Exception:  # pragma: no cover - already gone
+        pass

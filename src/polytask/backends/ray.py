@@ -1,0 +1,248 @@
+"""The Ray backend: tasks run as Ray remote functions.
+
+::
+
+    caller thread                         Ray core worker (driver; its own threads)      cluster
+    ─────────────                         ─────────────────────────────────────────      ───────
+    spawn(): pack the call (pickle) ────> _run.remote(fn bytes, payload) ─── ObjectRef ──> raylet
+             Task (RUNNING)                                                                 │
+    timer thread: deadline ─> Task fails with TaskTimeout; ray.cancel(force=True)           v
+                                          ref completion callback  <──────────────── worker process
+    result() <── Task._finish() <──────── outcome: result / exception + traceback       fn(*args)
+
+Where Ray comes from: if Ray is already initialised in this process (by the
+user, or by ``client=``), it is used and never shut down; ``address=`` joins a
+cluster (``ray.init(address=...)``); otherwise a local Ray with ``max_workers``
+CPUs is started. Ray started by polytask is shut down when the last
+RayBackend that uses it shuts down.
+
+Ray *can* stop a running task: ``ray.cancel(force=True)`` kills the worker
+process running it (Ray starts a new one). So a cancelled or timed-out task
+really stops (``can_kill_running = True``). Tasks run with ``max_retries=0``:
+a worker that dies fails its task with :class:`WorkerCrashed` instead of
+running it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from .._errors import BackendUnavailable, WorkerCrashed
+from .._task import Task
+from .._timer import call_later
+from . import Backend
+from ._cluster import cancelled_error, pack_call, run_pickled, settle, timeout_error
+
+__all__ = ["RayBackend"]
+
+T = TypeVar("T")
+
+_INSTALL = "pip install 'polytask[ray]'"
+_KILLED = "its Ray worker process was killed (ray.cancel(force=True)) and Ray replaces it"
+
+# Ray is one per process: count the RayBackends relying on the Ray polytask started.
+_init_lock = threading.Lock()
+_owners = 0
+_remote_fn: Any = None
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"backend='ray' needs Ray, which is not installed ({exc}); install it with: {_INSTALL}"
+        ) from exc
+    return ray
+
+
+def _remote() -> Any:
+    global _remote_fn
+    if _remote_fn is None:
+        import ray
+
+        _remote_fn = ray.remote(max_retries=0, retry_exceptions=False, num_cpus=1)(run_pickled)
+    return _remote_fn
+
+
+class RayBackend(Backend):
+    """Runs tasks on Ray.
+
+    Args:
+        max_workers: CPUs of the local Ray started when none runs (default: all).
+        address: a Ray cluster to join (``"auto"``, ``"10.0.0.5:6379"``, ``"ray://..."``).
+        client: the context ``ray.init()`` returned: use that Ray, never shut it down.
+        engine_options: passed to ``ray.init``.
+
+    Raises:
+        BackendUnavailable: Ray is not installed.
+    """
+
+    name: ClassVar[str] = "ray"
+    #: ``ray.cancel(force=True)`` kills the worker running a task.
+    can_kill_running: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        address: str | None = None,
+        client: Any = None,
+        **engine_options: Any,
+    ) -> None:
+        global _owners
+        ray = _import_ray()
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ValueError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
+        if client is not None and address is not None:
+            raise ValueError("pass either address= or client=, not both")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str such as 'auto' or 'host:6379', not {address!r}")
+        if client is not None and not ray.is_initialized():
+            raise ValueError("client= was given but Ray is not initialised in this process")
+        self._lock = threading.Lock()
+        self._refs: dict[Task[Any], Any] = {}
+        self._closed = False
+        self._owner = False
+        with _init_lock:
+            if ray.is_initialized():
+                # Ray polytask started is shared by count; the user's is only borrowed.
+                if _owners > 0:
+                    _owners += 1
+                    self._owner = True
+            else:
+                opts: dict[str, Any] = {"logging_level": logging.WARNING}
+                if address is not None:
+                    opts["address"] = address
+                else:
+                    opts["num_cpus"] = max_workers or os.cpu_count() or 1
+                    opts["include_dashboard"] = False
+                opts.update(engine_options)
+                ray.init(**opts)
+                _owners = 1
+                self._owner = True
+
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str,
+        timeout: float | None,
+    ) -> Task[T]:
+        fn_bytes, by_ref, payload = pack_call(fn, args, kwargs, name)
+        task: Task[T] = Task(self, name, timeout)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this ray backend is shut down; create a new one")
+            task.set_running_or_notify_cancel()
+            task._mark_started()
+            ref = _remote().options(name=name[:100]).remote(fn_bytes, by_ref, payload)
+            self._refs[task] = ref
+        if timeout is not None:
+            task._timer = call_later(timeout, lambda: self._expire(task))
+        ref.future().add_done_callback(lambda f: self._on_done(task, f))
+        return task
+
+    def _on_done(self, task: Task[Any], fut: Any) -> None:
+        with self._lock:
+            self._refs.pop(task, None)
+        if task.done():
+            return
+        try:
+            outcome = fut.result(0)
+        except BaseException as exc:
+            task._finish(exc=self._translate(task, exc))
+        else:
+            settle(task, outcome)
+
+    def _translate(self, task: Task[Any], exc: BaseException) -> BaseException:
+        import ray.exceptions as rex
+
+        if isinstance(exc, rex.TaskCancelledError):
+            return cancelled_error(task, "Ray cancelled it")
+        crashed = (
+            rex.WorkerCrashedError,
+            rex.NodeDiedError,
+            rex.LocalRayletDiedError,
+            rex.OutOfMemoryError,
+            rex.ObjectLostError,
+        )
+        if isinstance(exc, crashed):
+            why = "the out-of-memory killer" if isinstance(exc, rex.OutOfMemoryError) else "a crash"
+            err = WorkerCrashed(
+                f"the Ray worker running task {task.name!r} died ({type(exc).__name__}: "
+                f"{why}, os._exit, or a signal); the task did not finish, Ray starts a new worker",
+                name=task.name,
+            )
+            err.__cause__ = exc
+            return err
+        if isinstance(exc, rex.RayTaskError):
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            return cause or exc
+        return exc
+
+    def _kill(self, tasks: list[Task[Any]]) -> None:
+        import ray
+
+        with self._lock:
+            refs = [r for r in (self._refs.pop(t, None) for t in tasks) if r is not None]
+        if not ray.is_initialized():
+            return
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # pragma: no cover - it finished meanwhile
+                pass
+
+    def _expire(self, task: Task[Any]) -> None:
+        task._cancel_requested = True
+        if task._finish(exc=timeout_error(task, "ray", _KILLED)):
+            self._kill([task])
+
+    def cancel(self, task: Task[Any]) -> bool:
+        if not task._finish(exc=cancelled_error(task, _KILLED + " if it had started")):
+            return False
+        self._kill([task])
+        return True
+
+    def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
+        """Stop accepting tasks; ``cancel`` kills the unfinished ones (:class:`Cancelled`),
+        ``wait`` waits for the others. Ray polytask started is shut down with its last user."""
+        global _owners
+        with self._lock:
+            self._closed = True
+            tasks = list(self._refs)
+        if cancel:
+            for task in tasks:
+                task._cancel_requested = True
+                task._finish(exc=cancelled_error(task, "its backend shut down; " + _KILLED))
+            self._kill(tasks)
+        elif wait:
+            for task in tasks:
+                task.join()
+        with _init_lock:
+            if not self._owner:
+                return
+            self._owner = False
+            _owners -= 1
+            last = _owners == 0
+        if last:
+            import ray
+
+            ray.shutdown()
+
+    def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        from ._cluster_sync import ray_primitive
+
+        return ray_primitive(kind, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RayBackend{' closed' if self._closed else ''}>"

@@ -1,0 +1,466 @@
+"""Channels (thread and process), the ring protocol, SharedArray and /dev/shm hygiene.
+
+Process tests use real worker processes (pt.TaskGroup / pt.spawn with
+backend="process", started with "spawn"), so every channel crosses by pickle
+and re-attaches by name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import polytask as pt
+from polytask import _ring as R
+from polytask._channel import DEFAULT_CAPACITY
+
+BACKENDS = ["thread", "process"]
+HANG = 30.0  # a bound for "does not hang", never a speed check
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def shm_names(pid: int | None = None) -> set[str]:
+    names = {n for n in os.listdir("/dev/shm") if "polytask" in n}
+    if pid is not None:
+        names = {n for n in names if f"-{pid}-" in n}
+    return names
+
+
+# --------------------------------------------------------------------------- task bodies
+
+
+def produce(ch, tag: int, n: int) -> int:
+    for i in range(n):
+        ch.put((tag, i))
+    return n
+
+
+def consume(ch) -> list:
+    return list(ch)
+
+
+def consume_one(ch, timeout: float):
+    try:
+        return ("item", ch.get(timeout=timeout))
+    except pt.ChannelClosed:
+        return ("closed", None)
+
+
+def echo(inbox, outbox) -> int:
+    n = 0
+    for item in inbox:
+        outbox.put(item)
+        n += 1
+    return n
+
+
+def fill_shared(sa, value: float) -> float:
+    sa.array[:] = value
+    return float(sa.array.sum())
+
+
+def array_address(sa) -> int:
+    return int(sa.array.__array_interface__["data"][0])
+
+
+def put_array_in(ch, n: int) -> None:
+    sa = pt.SharedArray.from_array(np.arange(n, dtype=np.int64))
+    ch.put(sa)
+    # Keep our handle until the reader has mapped it: it needs the name.
+    ch.put("sent")
+    time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- common semantics
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_put_get_len_close_iterate(backend):
+    ch = pt.Channel(backend=backend)
+    assert ch.backend == backend and len(ch) == 0 and not ch.closed
+    ch.put(1)
+    ch.put_nowait({"a": [1, 2]})
+    ch.put(b"raw")
+    assert len(ch) == 3
+    assert ch.get(timeout=5) == 1
+    assert ch.get_nowait() == {"a": [1, 2]}
+    ch.put((3, "x"))
+    ch.close()
+    assert ch.closed
+    with pytest.raises(pt.ChannelClosed):
+        ch.put(4)
+    assert list(ch) == [b"raw", (3, "x")]
+    with pytest.raises(pt.ChannelClosed):
+        ch.get(timeout=1)
+    with pytest.raises(pt.ChannelClosed):
+        ch.get_nowait()
+    assert "closed" in repr(ch)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timeouts_raise_full_and_empty(backend):
+    with pt.Channel(maxsize=2, backend=backend) as ch:
+        with pytest.raises(queue.Empty):
+            ch.get_nowait()
+        t0 = time.monotonic()
+        with pytest.raises(queue.Empty):
+            ch.get(timeout=0.2)
+        assert time.monotonic() - t0 >= 0.15
+        ch.put(1)
+        ch.put(2)
+        with pytest.raises(queue.Full):
+            ch.put_nowait(3)
+        with pytest.raises(queue.Full):
+            ch.put(3, timeout=0.2)
+        assert len(ch) == 2
+        assert ch.get(timeout=1) == 1
+        ch.put(3, timeout=1)
+        assert [ch.get(timeout=1), ch.get(timeout=1)] == [2, 3]
+    assert ch.closed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_arguments(backend):
+    with pytest.raises(ValueError, match="maxsize"):
+        pt.Channel(-1, backend=backend)
+    with pytest.raises(ValueError, match="maxsize"):
+        pt.Channel("3", backend=backend)  # type: ignore[arg-type]
+    ch = pt.Channel(backend=backend)
+    with pytest.raises(ValueError, match="timeout"):
+        ch.get(timeout=-1)
+    with pytest.raises(ValueError, match="max_items"):
+        ch.get_many(0)
+    ch.close()
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown channel backend"):
+        pt.Channel(backend="carrier-pigeon")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_wakes_blocked_getter_and_putter(backend):
+    ch = pt.Channel(maxsize=1, backend=backend)
+    out: list = []
+    getter = threading.Thread(target=lambda: out.append(consume_one(ch, HANG)))
+    getter.start()
+    time.sleep(0.2)
+    ch.close()
+    getter.join(HANG)
+    assert not getter.is_alive() and out == [("closed", None)]
+
+    ch2 = pt.Channel(maxsize=1, backend=backend)
+    ch2.put("full")
+    errors: list = []
+
+    def put_blocked() -> None:
+        try:
+            ch2.put("more", timeout=HANG)
+        except BaseException as exc:
+            errors.append(exc)
+
+    putter = threading.Thread(target=put_blocked)
+    putter.start()
+    time.sleep(0.2)
+    ch2.close()
+    putter.join(HANG)
+    assert not putter.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], pt.ChannelClosed)
+    assert list(ch2) == ["full"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_threads_each_item_exactly_once(backend):
+    ch = pt.Channel(maxsize=16, backend=backend)
+    n, producers, consumers = 500, 3, 3
+    got: list[list] = [[] for _ in range(consumers)]
+    cs = [threading.Thread(target=lambda k=k: got[k].extend(ch)) for k in range(consumers)]
+    ps = [threading.Thread(target=produce, args=(ch, k, n)) for k in range(producers)]
+    for t in cs + ps:
+        t.start()
+    for t in ps:
+        t.join(HANG)
+    ch.close()
+    for t in cs:
+        t.join(HANG)
+    items = sorted(x for g in got for x in g)
+    assert items == sorted((k, i) for k in range(producers) for i in range(n))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_put_many_get_many_keep_order(backend):
+    with pt.Channel(backend=backend) as ch:
+        ch.put_many(range(100))
+        out = []
+        while len(out) < 100:
+            out += ch.get_many(30, timeout=5)
+        assert out == list(range(100))
+
+
+def test_thread_channel_refuses_to_cross_processes():
+    with pytest.raises(pt.SerializationError, match="backend='process'"):
+        pickle.dumps(pt.Channel(backend="thread"))
+
+
+# --------------------------------------------------------------------------- across processes
+
+
+def test_processes_several_producers_and_consumers_exactly_once():
+    ch = pt.Channel(maxsize=64, backend="process")
+    n = 1500
+    with pt.TaskGroup(backend="process") as g:
+        producers = [g.spawn(produce, ch, k, n) for k in range(3)]
+        consumers = [g.spawn(consume, ch) for _ in range(3)]
+        for p in producers:
+            assert p.result(timeout=HANG) == n
+        ch.close()
+    items = [tuple(x) for c in consumers for x in c.result()]
+    assert len(items) == 3 * n
+    assert sorted(items) == sorted((k, i) for k in range(3) for i in range(n))
+
+
+def test_closing_while_process_consumers_block():
+    ch = pt.Channel(backend="process")
+    with pt.TaskGroup(backend="process") as g:
+        waiting = [g.spawn(consume_one, ch, HANG) for _ in range(2)]
+        time.sleep(1.0)  # let them reach get()
+        ch.close()
+    assert [w.result() for w in waiting] == [("closed", None)] * 2
+
+
+def test_channel_round_trip_through_a_process_task():
+    inbox = pt.Channel(maxsize=8, backend="process")
+    outbox = pt.Channel(backend="process")
+    t = pt.spawn(echo, inbox, outbox, backend="process")
+    sent = [
+        ("small", 1),
+        b"x" * (1 << 20),
+        bytearray(b"y" * 200_000),
+        np.arange(300_000, dtype=np.float64),
+        {"nested": [b"z" * 100_000, 2]},
+    ]
+    for item in sent:
+        inbox.put(item, timeout=HANG)
+    inbox.close()
+    assert t.result(timeout=HANG) == len(sent)
+    got = [outbox.get(timeout=HANG) for _ in sent]
+    assert got[0] == ("small", 1)
+    assert got[1] == sent[1] and type(got[1]) is bytes
+    assert got[2] == sent[2] and type(got[2]) is bytearray
+    np.testing.assert_array_equal(got[3], sent[3])
+    assert got[4] == sent[4]
+    outbox.close()
+
+
+def test_large_items_and_spill_segments():
+    ch = pt.Channel(backend="process", capacity=1 << 20)
+    before = shm_names(os.getpid())
+    big = np.random.default_rng(1).integers(0, 255, size=8 << 20, dtype=np.uint8)
+    ch.put(big)  # bigger than half the ring: travels in a spill segment
+    assert len(shm_names(os.getpid()) - before) == 1
+    out = ch.get(timeout=HANG)
+    np.testing.assert_array_equal(out, big)
+    assert shm_names(os.getpid()) == before  # the reader removed the spill
+    mv = memoryview(np.arange(10, dtype=np.int32))
+    ch.put(mv)
+    assert bytes(ch.get(timeout=5)) == mv.tobytes()
+    ch.put(big[:1000].reshape(10, 100)[:, ::2])  # not contiguous
+    np.testing.assert_array_equal(ch.get(timeout=5), big[:1000].reshape(10, 100)[:, ::2])
+    # An unread spill is removed with the channel.
+    ch.put(big)
+    ch.close()
+    del ch
+    assert shm_names(os.getpid()) <= before
+
+
+def test_unpicklable_item_is_refused_at_put():
+    with pt.Channel(backend="process") as ch:
+        with pytest.raises(pt.SerializationError, match="cannot be pickled"):
+            ch.put(threading.Lock())
+        ch.put(lambda x: x + 1)  # cloudpickle takes what pickle cannot
+        assert ch.get(timeout=5)(1) == 2
+
+
+def test_segment_is_owner_only_and_removed_on_close():
+    ch = pt.Channel(backend="process")
+    name = ch.name
+    path = Path("/dev/shm") / name
+    assert "polytask" in name and path.stat().st_mode & 0o777 == 0o600
+    ch.close()
+    assert not path.exists()
+    ch2 = pt.Channel(backend="process")
+    ch2.put(1)
+    ch2.close()  # items left: the name stays for readers...
+    assert (Path("/dev/shm") / ch2.name).exists()
+    assert list(ch2) == [1]  # ...until one finds it drained
+    assert not (Path("/dev/shm") / ch2.name).exists()
+
+
+def test_closed_channel_sent_later_reads_as_closed():
+    ch = pt.Channel(backend="process")
+    data = pickle.dumps(ch)
+    ch.close()
+    del ch
+    again = pickle.loads(data)
+    assert again.closed and len(again) == 0
+    with pytest.raises(pt.ChannelClosed):
+        again.get(timeout=1)
+    with pytest.raises(pt.ChannelClosed):
+        again.put(1)
+
+
+def test_nothing_left_in_dev_shm_after_a_process_exits(tmp_path):
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, numpy as np, polytask as pt
+            ch = pt.Channel(backend="process", capacity=1 << 16)
+            ch.put(np.zeros(100_000))          # a spill segment, never read
+            ch.put(1)
+            lock = pt.Lock(backend="process")
+            sa = pt.SharedArray(1000)
+            print(os.getpid(), flush=True)
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[0])
+    assert shm_names(pid) == set()
+
+
+# --------------------------------------------------------------------------- SharedArray
+
+
+def test_shared_array_is_shared_not_copied():
+    sa = pt.SharedArray((1000,), dtype="float64")
+    assert sa.array.sum() == 0 and len(sa) == 1000
+    assert pt.spawn(fill_shared, sa, 2.0, backend="process").result(timeout=HANG) == 2000.0
+    assert float(np.asarray(sa).sum()) == 2000.0  # the task wrote into our memory
+    small = len(pickle.dumps(pt.SharedArray(10)))
+    large = len(pickle.dumps(pt.SharedArray(10_000_000)))
+    assert abs(large - small) < 16  # the size does not travel: O(1)
+    sa.close()
+
+
+def test_shared_array_through_a_channel():
+    ch = pt.Channel(backend="process")
+    t = pt.spawn(put_array_in, ch, 1 << 20, backend="process")
+    got = ch.get(timeout=HANG)
+    assert ch.get(timeout=HANG) == "sent"
+    assert isinstance(got, pt.SharedArray) and got.shape == (1 << 20,)
+    assert int(got.array[-1]) == (1 << 20) - 1
+    t.result(timeout=HANG)
+    view = got.array
+    got.close()
+    assert int(view[5]) == 5  # views stay valid after the handle is dropped
+    ch.close()
+
+
+def test_shared_array_from_array_and_errors():
+    a = np.arange(12, dtype=np.int16).reshape(3, 4)
+    with pt.SharedArray.from_array(a) as sa:
+        np.testing.assert_array_equal(sa.array, a)
+        sa[0, 0] = 99
+        assert sa[0, 0] == 99
+        assert Path("/dev/shm", sa.name).stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError, match="closed"):
+        pickle.dumps(sa)
+    with pytest.raises(TypeError, match="object"):
+        pt.SharedArray(3, dtype=object)
+    with pytest.raises(ValueError, match="negative"):
+        pt.SharedArray((-1, 2))
+
+
+# --------------------------------------------------------------------------- the ring, without I/O
+
+
+def new_ring(cap: int = R.MIN_CAPACITY, maxsize: int = 0) -> R.Ring:
+    return R.Ring.initialise(bytearray(R.Ring.buffer_size(cap)), cap, maxsize, owner=1)
+
+
+def test_ring_small_frames_fifo_and_wraparound():
+    ring = new_ring()
+    for rnd in range(50):  # many laps around a 4 KiB ring
+        payloads = [bytes([rnd, k]) * (10 + 37 * k) for k in range(5)]
+        for p in payloads:
+            assert ring.put_small(p, 0, pid=7) >= 0
+        assert ring.items() == 5
+        for p in payloads:
+            kind, data, _ = ring.take(7)
+            assert (kind, data) == (0, p)
+        assert ring.take(7) == R.EMPTY and ring.used() == 0
+
+
+def test_ring_full_maxsize_and_closed():
+    ring = new_ring(maxsize=2)
+    assert ring.put_small(b"a", 0, 1) == 0
+    assert ring.put_small(b"b", 0, 1) == 0
+    assert ring.put_small(b"c", 0, 1) == R.FULL
+    ring2 = new_ring()
+    while ring2.put_small(b"x" * 500, 0, 1) >= 0:
+        pass
+    assert ring2.used() <= ring2.capacity
+    ring2.close()
+    assert ring2.put_small(b"y", 0, 1) == R.CLOSED
+    assert ring2.reserve(10, [100], 1, 1) == R.CLOSED
+
+
+def test_ring_big_frame_reserve_commit_and_dead_writer():
+    ring = new_ring(cap=1 << 16)
+    pos = ring.reserve(5, [1000, 3], kind=1, pid=42)
+    assert pos >= 0
+    assert ring.take(9) == R.BLOCKED  # a reader never sees a half-written frame
+    assert ring.writer_at_read() == (pos, 42)
+    ring.put_small(b"after", 0, 43)
+    ring.payload_view(pos)[:] = b"hello"
+    v1, v2 = ring.buffer_views(pos)
+    v1[:] = b"a" * 1000
+    v2[:] = b"xyz"
+    ring.commit(pos)
+    got = ring.take(9)
+    assert got == pos and ring.header(pos)[1] == 1
+    assert bytes(ring.payload_view(pos)) == b"hello"
+    assert [bytes(v) for v in ring.buffer_views(pos)] == [b"a" * 1000, b"xyz"]
+    ring.release(pos)
+    assert ring.take(9)[1] == b"after"
+    # A writer that dies mid-copy: readers skip its frame once they see it died.
+    dead = ring.reserve(5, [10], 1, pid=77)
+    ring.put_small(b"next", 0, 78)
+    assert ring.take(9) == R.BLOCKED
+    assert ring.abandon_writer(dead, 77)
+    assert ring.take(9)[1] == b"next"
+
+
+def test_ring_recount_frees_a_dead_readers_frame():
+    ring = new_ring(cap=1 << 16)
+    pos = ring.reserve(1, [2000], 1, pid=5)
+    ring.commit(pos)
+    assert ring.take(66) == pos  # claimed by reader 66, which then "dies"
+    assert ring.reader_at_head() == (pos, 66)
+    used = ring.used()
+    ring.recount(alive=lambda pid: pid != 66)
+    assert ring.used() < used and ring.reader_at_head() is None
+
+
+def test_ring_rejects_bad_buffers():
+    with pytest.raises(ValueError, match="bad magic"):
+        R.Ring(bytearray(R.Ring.buffer_size(R.MIN_CAPACITY)))
+    with pytest.raises(ValueError, match="power of two"):
+        R.Ring.initialise(bytearray(R.Ring.buffer_size(6000)), 6000, 0, 1)
+    assert R.Ring.round_capacity(5000) == 8192
+    assert DEFAULT_CAPACITY == R.Ring.round_capacity(DEFAULT_CAPACITY)

@@ -1,0 +1,409 @@
+"""pt.run, pt.stream, pt.run_many and TaskGroup.run against real programs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import polytask as pt
+
+PY = sys.executable
+
+# A program whose tree has grandchildren (one through a shell), one of which
+# ignores SIGTERM; it records every PID it started, then says "ready" and waits.
+TREE = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    kids = [
+        subprocess.Popen(["sleep", "300"]),
+        subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"]),
+        subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"]),
+    ]
+    time.sleep(0.3)  # let the shell start its own children
+    import psutil
+    pids = [p.pid for k in kids for p in [psutil.Process(k.pid), *psutil.Process(k.pid).children()]]
+    open(sys.argv[1], "w").write(" ".join(map(str, pids)))
+    print("ready", flush=True)
+    print("ready on stderr", file=sys.stderr, flush=True)
+    time.sleep(300)
+    """
+)
+
+# Writes `n` MB to stdout and to stderr, interleaved, in small writes.
+SPAM = textwrap.dedent(
+    """
+    import sys
+    n = int(sys.argv[1])
+    line = b"x" * 1023 + b"\\n"
+    for i in range(n * 1024):
+        sys.stdout.buffer.write(line)
+        sys.stderr.buffer.write(line)
+    """
+)
+
+
+def script(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def read_pids(path: Path, timeout: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return [int(p) for p in path.read_text().split()]
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never written")
+
+
+def alive(pids: list[int], within: float = 10.0) -> list[int]:
+    """The pids still running (not zombies) after up to ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_run_result_fields() -> None:
+    r = pt.run([PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)"])
+    assert r.returncode == 0 and r.ok
+    assert r.stdout == "out\n" and r.stderr == "err\n"
+    assert r.duration > 0 and r.pid > 0
+    assert r.check() is r
+    assert r.args == [PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)"]
+
+
+def test_run_bytes_and_invalid_utf8() -> None:
+    code = "import sys; sys.stdout.buffer.write(b'\\xff\\x00ok')"
+    assert pt.run([PY, "-c", code], text=False).stdout == b"\xff\x00ok"
+    assert pt.run([PY, "-c", code]).stdout == "\ufffd\x00ok"
+
+
+def test_string_args_are_split_not_given_to_a_shell() -> None:
+    r = pt.run("echo $HOME 'a  b' ; ls")
+    assert r.stdout == "$HOME a  b ; ls\n"
+    assert pt.run("echo $((1+2))", shell=True).stdout == "3\n"
+
+
+def test_run_input_cwd_env(tmp_path: Path) -> None:
+    data = "line\n" * 200_000  # bigger than a pipe buffer, written as it is read
+    assert pt.run(["wc", "-l"], input=data).stdout.strip() == "200000"
+    assert pt.run(["cat"], input=b"\x00\x01", text=False).stdout == b"\x00\x01"
+    assert pt.run(["pwd"], cwd=tmp_path).stdout.strip() == str(tmp_path.resolve())
+    env = {"PATH": os.environ["PATH"], "ONLY": "this"}
+    assert pt.run(["sh", "-c", "echo $ONLY; env | wc -l"], env=env).stdout.split()[0] == "this"
+
+
+def test_run_without_capture(capfd: pytest.CaptureFixture[str]) -> None:
+    r = pt.run(["sh", "-c", "echo straight through; echo err >&2"], capture=False)
+    assert r.stdout == "" and r.stderr == ""
+    out, err = capfd.readouterr()
+    assert "straight through" in out and "err" in err
+
+
+def test_nonzero_exit_and_check() -> None:
+    r = pt.run(["sh", "-c", "echo one >&2; echo two >&2; exit 3"])
+    assert r.returncode == 3 and not r.ok
+    with pytest.raises(pt.CommandFailed) as info:
+        r.check()
+    assert info.value.returncode == 3
+    with pytest.raises(pt.CommandFailed) as info:
+        pt.run(["sh", "-c", "echo out; echo boom >&2; exit 4"], check=True)
+    e = info.value
+    assert e.returncode == 4 and e.stdout == "out\n" and e.stderr == "boom\n"
+    assert "exited with code 4" in str(e) and "boom" in str(e)
+
+
+def test_killed_by_signal_is_negative() -> None:
+    r = pt.run(["sh", "-c", "kill -9 $$"])
+    assert r.returncode == -signal.SIGKILL and not r.ok
+    with pytest.raises(pt.CommandFailed, match="SIGKILL"):
+        r.check()
+
+
+def test_missing_program(tmp_path: Path) -> None:
+    with pytest.raises(pt.ProgramNotFound) as info:
+        pt.run(["no-such-program-polytask", "x"])
+    e = info.value
+    assert isinstance(e, FileNotFoundError) and isinstance(e, pt.PolytaskError)
+    assert e.filename == "no-such-program-polytask"
+    assert "no-such-program-polytask" in str(e) and "PATH" in str(e)
+    with pytest.raises(pt.ProgramNotFound, match="does not exist"):
+        pt.run([str(tmp_path / "missing.sh")])
+    with pytest.raises(FileNotFoundError):
+        pt.run(["ls"], cwd=tmp_path / "no-such-dir")
+    with pytest.raises(pt.ProgramNotFound):
+        pt.stream(["no-such-program-polytask"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "text"),
+    [
+        ({"args": []}, ValueError, "empty command"),
+        ({"args": ""}, ValueError, "empty command"),
+        ({"args": "echo 'unclosed"}, ValueError, "cannot split"),
+        ({"args": ["echo"], "shell": True}, TypeError, "one string"),
+        ({"args": b"echo"}, TypeError, "not bytes"),
+        ({"args": ["echo", 3]}, TypeError, "str or path-like"),
+        ({"args": ["echo"], "timeout": 0}, ValueError, "positive"),
+        ({"args": ["echo"], "timeout": -1}, ValueError, "positive"),
+        ({"args": ["cat"], "input": 5}, TypeError, "input must be"),
+    ],
+)
+def test_bad_input_raises_at_the_call(kwargs: dict, error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        pt.run(**kwargs)
+
+
+def test_timeout_ends_the_whole_tree(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    t0 = time.monotonic()
+    with pytest.raises(pt.CommandTimeout) as info:
+        pt.run([PY, script(tmp_path, "tree.py", TREE), str(pids_file)], timeout=3)
+    assert time.monotonic() - t0 < 30
+    e = info.value
+    assert isinstance(e, pt.TaskTimeout) and isinstance(e, TimeoutError)
+    assert e.stdout == "ready\n" and e.stderr == "ready on stderr\n"  # output so far
+    assert e.timeout == 3 and "timed out" in str(e)
+    pids = read_pids(pids_file)
+    assert len(pids) >= 5
+    assert alive(pids) == []  # the SIGTERM-ignoring grandchild too
+
+
+def test_sigterm_ignoring_program_is_killed_after_the_grace() -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(300)"
+    with pytest.raises(pt.CommandTimeout) as info:
+        pt.run([PY, "-c", code], timeout=1.5)
+    assert info.value.stdout == "up\n"
+
+
+def test_leader_exit_ends_what_it_left_in_its_group(tmp_path: Path) -> None:
+    # A background child of the program must not outlive its job.
+    r = pt.run(["sh", "-c", "sleep 300 & echo $!"])
+    assert r.ok
+    assert alive([int(r.stdout)]) == []
+
+
+def test_both_pipes_spammed_do_not_deadlock(tmp_path: Path) -> None:
+    spam = script(tmp_path, "spam.py", SPAM)
+    r = pt.run([PY, spam, "4"], timeout=120)
+    assert len(r.stdout) == len(r.stderr) == 4 * 1024 * 1024
+    # With a large input too: the program writes both pipes while we write its stdin.
+    code = "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d); sys.stderr.buffer.write(d)"
+    blob = os.urandom(3 * 1024 * 1024)
+    r2 = pt.run([PY, "-c", code], input=blob, text=False, timeout=120)
+    assert r2.stdout == blob and r2.stderr == blob
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def test_stream_lines_tagged_and_returncode() -> None:
+    code = "import sys\nfor i in range(3):\n print('o', i, flush=True); print('e', i, file=sys.stderr, flush=True)\nsys.stdout.write('partial')\nsys.exit(5)"
+    s = pt.stream([PY, "-c", code])
+    lines = list(s)
+    assert s.returncode == 5
+    assert [t for src, t in lines if src == "stdout"] == ["o 0", "o 1", "o 2", "partial"]
+    assert [t for src, t in lines if src == "stderr"] == ["e 0", "e 1", "e 2"]
+    assert all(isinstance(line, pt.OutputLine) for line in lines)
+
+
+def test_stream_yields_lines_as_they_are_written(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    # The program waits for a file that we create only after seeing its first line.
+    code = f"import os, time\nprint('first', flush=True)\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\nprint('second')"
+    with pt.stream([PY, "-c", code], timeout=60) as s:
+        it = iter(s)
+        assert next(it) == ("stdout", "first")
+        gate.touch()
+        assert next(it) == ("stdout", "second")
+        assert list(it) == []
+    assert s.returncode == 0
+
+
+def test_stream_bytes_and_check() -> None:
+    with pt.stream(["sh", "-c", "printf 'a\\nb'; echo bad >&2; exit 2"], text=False, check=True) as s:
+        seen = []
+        with pytest.raises(pt.CommandFailed) as info:
+            for line in s:
+                seen.append(line)
+    assert ("stdout", b"a") in seen and ("stdout", b"b") in seen
+    assert info.value.returncode == 2 and "bad" in str(info.value)
+
+
+def test_stream_timeout_raises_from_the_loop(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    seen = []
+    with pytest.raises(pt.CommandTimeout):
+        for line in pt.stream([PY, script(tmp_path, "tree.py", TREE), str(pids_file)], timeout=3):
+            seen.append(line.text)
+    assert "ready" in seen
+    assert alive(read_pids(pids_file)) == []
+
+
+@pytest.mark.parametrize("how", ["break", "exception"])
+def test_leaving_the_loop_early_ends_the_tree(tmp_path: Path, how: str) -> None:
+    pids_file = tmp_path / "pids"
+    s = pt.stream([PY, script(tmp_path, "tree.py", TREE), str(pids_file)])
+    with pytest.raises(KeyError) if how == "exception" else _nothing():
+        for line in s:  # `s` stays referenced: the loop's end alone must end the tree
+            if line.text == "ready":
+                if how == "exception":
+                    raise KeyError(line)
+                break
+    pids = read_pids(pids_file)
+    assert alive([s.pid, *pids]) == []
+    assert s.returncode is not None and s.returncode < 0
+
+
+def test_stream_both_pipes_spammed(tmp_path: Path) -> None:
+    counts = {"stdout": 0, "stderr": 0}
+    for src, text in pt.stream([PY, script(tmp_path, "spam.py", SPAM), "2"], timeout=120):
+        counts[src] += 1
+        assert len(text) == 1023
+    assert counts == {"stdout": 2048, "stderr": 2048}
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- run_many
+
+
+def test_run_many_order_and_results() -> None:
+    cmds = [["sh", "-c", f"sleep {d}; echo {i}"] for i, d in enumerate([0.3, 0.0, 0.15])]
+    results = pt.run_many(cmds, workers=3)
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n"]
+    assert [r.args for r in results] == cmds
+    unordered = pt.run_many(cmds, workers=3, keep_order=False)
+    assert sorted(r.stdout for r in unordered) == ["0\n", "1\n", "2\n"]
+    assert unordered[0].stdout == "1\n"  # the quick one finished first
+
+
+def test_run_many_respects_workers(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    cmd = f"echo + >> {log}; sleep 0.2; echo - >> {log}"
+    results = pt.run_many([cmd] * 8, workers=2, shell=True)
+    assert all(r.ok for r in results)
+    running = peak = 0
+    for mark in log.read_text().split():
+        running += 1 if mark == "+" else -1
+        peak = max(peak, running)
+    assert 1 <= peak <= 2
+
+
+def test_run_many_timeout_marks_only_that_command(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    tree = script(tmp_path, "tree.py", TREE)
+    results = pt.run_many([[PY, tree, str(pids_file)], ["echo", "fine"]], timeout=3, workers=2)
+    slow, quick = results
+    assert slow.timed_out and not slow.ok and slow.stdout == "ready\n"
+    assert quick.ok and quick.stdout == "fine\n" and not quick.timed_out
+    assert alive(read_pids(pids_file)) == []
+    with pytest.raises(pt.CommandTimeout):
+        slow.check()
+
+
+def test_run_many_check_stops_the_others(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    tree = script(tmp_path, "tree.py", TREE)
+    t0 = time.monotonic()
+    with pytest.raises(pt.CommandFailed):
+        pt.run_many(
+            [[PY, tree, str(pids_file)], ["sh", "-c", "sleep 1; exit 7"]], check=True, workers=2
+        )
+    assert time.monotonic() - t0 < 30
+    assert alive(read_pids(pids_file)) == []
+
+
+def test_run_many_bad_input() -> None:
+    with pytest.raises(pt.ProgramNotFound):
+        pt.run_many([["echo", "x"], ["no-such-program-polytask"]])
+    with pytest.raises(ValueError, match="workers"):
+        pt.run_many([["echo"]], workers=0)
+    with pytest.raises(ValueError, match="empty command"):
+        pt.run_many([["echo"], []])
+    assert pt.run_many([]) == []
+
+
+def test_run_many_progress_bar() -> None:
+    results = pt.run_many([["true"]] * 3, progress=True)
+    assert [r.returncode for r in results] == [0, 0, 0]
+
+
+# --------------------------------------------------------------------------- TaskGroup.run
+
+
+def test_group_run_returns_the_result() -> None:
+    with pt.TaskGroup() as g:
+        t = g.run(["echo", "hi"], timeout=30)
+    assert t.result().stdout == "hi\n"
+
+
+def test_failing_sibling_ends_a_running_program(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    tree = script(tmp_path, "tree.py", TREE)
+
+    def fail_when_ready() -> None:
+        read_pids(pids_file)
+        raise ZeroDivisionError("sibling failed")
+
+    t0 = time.monotonic()
+    with pytest.raises(ExceptionGroup) as info:
+        with pt.TaskGroup() as g:
+            sleeper = g.run(["sleep", "60"])
+            tree_task = g.run([PY, tree, str(pids_file)])
+            g.spawn(fail_when_ready)
+    assert time.monotonic() - t0 < 30
+    assert [type(e) for e in info.value.exceptions] == [ZeroDivisionError]
+    for task in (sleeper, tree_task):
+        assert isinstance(task.exception(5), pt.Cancelled)
+    assert "process tree was ended" in str(sleeper.exception(5))
+    assert alive(read_pids(pids_file)) == []
+
+
+def test_cancelled_task_ends_stream_and_run_many() -> None:
+    started = pt.Event(backend="thread") if hasattr(pt, "Event") else None
+
+    def streaming() -> None:
+        for _ in pt.stream(["sh", "-c", "while true; do echo x; sleep 0.01; done"]):
+            if started is not None:
+                started.set()
+
+    def many() -> None:
+        pt.run_many([["sleep", "60"]] * 2)
+
+    a = pt.spawn(streaming)
+    b = pt.spawn(many)
+    if started is not None:
+        assert started.wait(30)
+    time.sleep(0.3)
+    a.cancel()
+    b.cancel()
+    for task in (a, b):
+        assert isinstance(task.exception(30), pt.Cancelled)

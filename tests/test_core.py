@@ -1,0 +1,324 @@
+"""The core beyond the contract: input checks, backend specifics, wire and pickling."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+import polytask as pt
+from polytask import _wire
+from polytask._serialize import dumps_call, dumps_exception, loads_exception
+from polytask.backends import available, get_backend, make_backend
+from polytask.backends.process import ProcessBackend
+from polytask.backends.thread import ThreadBackend
+
+HANG = 60
+
+
+def pid(*_: object) -> int:
+    return os.getpid()
+
+
+def nap(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def retire_when(flag: bool) -> int:
+    from polytask._worker import retire_after_task
+
+    if flag:
+        retire_after_task()
+    return os.getpid()
+
+
+STATE: dict[str, int] = {}
+
+
+def remember(value: int) -> None:
+    STATE["value"] = value
+
+
+def recall() -> int:
+    return STATE["value"]
+
+
+# --------------------------------------------------------------- bad input
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown backend 'proces'.*thread.*process"):
+        pt.spawn(pid, backend="proces")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"timeout": -1}, ValueError, ">= 0"),
+        ({"timeout": "5"}, TypeError, "number of seconds"),
+        ({"timeout": True}, TypeError, "number of seconds"),
+        ({"name": 3}, TypeError, "name must be a str"),
+    ],
+)
+def test_bad_spawn_arguments_fail_at_the_call(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        pt.spawn(pid, backend="process", **kwargs)
+
+
+def test_spawn_needs_a_callable():
+    with pytest.raises(TypeError, match="needs a callable"):
+        pt.spawn(42)  # type: ignore[call-overload]
+
+
+def test_group_spawn_outside_the_block_is_an_error():
+    g = pt.TaskGroup()
+    with pytest.raises(RuntimeError, match="inside the group's with block"):
+        g.spawn(pid)
+    with g:
+        g.spawn(pid)
+    with pytest.raises(RuntimeError, match="inside the group's with block"):
+        g.spawn(pid)
+    with pytest.raises(RuntimeError, match="entered only once"), g:
+        pass
+
+
+def test_backend_options_are_checked():
+    with pytest.raises(ValueError, match="start_method"):
+        ProcessBackend(start_method="forkserver-ish")
+    with pytest.raises(ValueError, match="max_workers"):
+        ProcessBackend(0)
+    with pytest.raises(ValueError, match="max_workers"):
+        ThreadBackend(0)
+    with pytest.raises(TypeError, match="initializer must be callable"):
+        ProcessBackend(initializer=3)  # type: ignore[arg-type]
+
+
+def test_registry_names_every_backend():
+    assert {"thread", "process", "dask", "ray"} <= set(available())
+    assert get_backend("thread") is get_backend("thread")
+    private = make_backend("thread", max_workers=1)
+    assert private is not get_backend("thread")
+    private.shutdown()
+
+
+def test_spawn_after_shutdown_is_a_clear_error():
+    be = ProcessBackend(1)
+    be.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        be.spawn(pid, (), {})
+
+
+# --------------------------------------------------------------- process backend
+def test_workers_stay_warm_and_are_reused():
+    be = ProcessBackend(1)
+    try:
+        pids = {be.spawn(pid, (), {}).result(HANG) for _ in range(20)}
+        assert len(pids) == 1
+        assert pids != {os.getpid()}
+    finally:
+        be.shutdown()
+
+
+def test_max_workers_bounds_the_processes():
+    be = ProcessBackend(2)
+    try:
+        tasks = [be.spawn(nap, (0.2,), {}) for _ in range(6)]
+        assert len({t.result(HANG) for t in tasks}) <= 2
+        assert be.statistics()["workers"] <= 2
+    finally:
+        be.shutdown()
+
+
+def test_max_tasks_per_worker_recycles():
+    be = ProcessBackend(1, max_tasks_per_worker=2)
+    try:
+        pids = [be.spawn(pid, (), {}).result(HANG) for _ in range(6)]
+        assert len(set(pids)) == 3
+        assert pids[0] == pids[1] != pids[2]
+    finally:
+        be.shutdown()
+
+
+def test_a_worker_may_ask_to_retire_after_its_task():
+    be = ProcessBackend(1)
+    try:
+        first = be.spawn(retire_when, (True,), {}).result(HANG)
+        second = be.spawn(retire_when, (False,), {}).result(HANG)
+        third = be.spawn(retire_when, (False,), {}).result(HANG)
+        assert first != second == third
+    finally:
+        be.shutdown()
+
+
+def test_initializer_runs_once_per_worker_and_keeps_state():
+    be = ProcessBackend(1, initializer=remember, initargs=(41,))
+    try:
+        assert be.spawn(recall, (), {}).result(HANG) == 41
+    finally:
+        be.shutdown()
+
+
+def test_failing_initializer_fails_the_task_clearly():
+    be = ProcessBackend(1, initializer=remember, initargs=("not", "one"))
+    try:
+        with pytest.raises(pt.PolytaskError, match="initializer failed"):
+            be.spawn(recall, (), {}).result(HANG)
+    finally:
+        be.shutdown(cancel=True)
+
+
+def test_fork_start_method_when_asked():
+    be = ProcessBackend(1, start_method="fork")
+    try:
+        assert be.spawn(pid, (), {}).result(HANG) != os.getpid()
+        # By-value functions work too.
+        assert be.spawn(lambda: 5, (), {}).result(HANG) == 5
+    finally:
+        be.shutdown()
+
+
+def test_process_task_sees_its_name_and_exitcode_is_none_on_success():
+    t = pt.spawn(nap, 0, backend="process", name="quick")
+    t.result(HANG)
+    assert t.exitcode is None
+    assert repr(t) == "<Task 'quick' on process: done>"
+
+
+def test_shutdown_with_cancel_kills_running_tasks():
+    be = ProcessBackend(2)
+    tasks = [be.spawn(nap, (60,), {}) for _ in range(2)]
+    pending = be.spawn(nap, (60,), {})
+    time.sleep(0.5)
+    started = time.monotonic()
+    be.shutdown(wait=True, cancel=True)
+    assert time.monotonic() - started < 30
+    for t in [*tasks, pending]:
+        with pytest.raises(pt.Cancelled):
+            t.result(HANG)
+
+
+def test_cancel_a_pending_task_never_runs_it(tmp_path):
+    be = ProcessBackend(1)
+    try:
+        blocker = be.spawn(nap, (0.5,), {})
+        marker = tmp_path / "ran"
+        later = be.spawn(marker.write_text, ("x",), {})
+        assert later.cancel()
+        blocker.result(HANG)
+        assert be.spawn(pid, (), {}).result(HANG) > 0
+        assert not marker.exists()
+        with pytest.raises(pt.Cancelled, match="before it started"):
+            later.result(0)
+    finally:
+        be.shutdown()
+
+
+def test_many_threads_wait_on_one_backend_at_once():
+    be = ProcessBackend(2)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for i in range(30):
+            value = be.spawn(pow, (k, 2), {}).result(HANG)
+            with lock:
+                results.append(value)
+
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(HANG)
+        assert sorted(results) == sorted(k * k for k in range(6) for _ in range(30))
+    finally:
+        be.shutdown()
+
+
+# --------------------------------------------------------------- thread backend
+def ignore_flag(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+def test_thread_timeout_flags_the_task_cancelled():
+    seen: list[bool] = []
+
+    def watcher() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not pt.current_task().cancelled:
+            time.sleep(0.01)
+        seen.append(pt.current_task().cancelled)
+
+    t = pt.spawn(watcher, timeout=0.2)
+    with pytest.raises(pt.TaskTimeout):
+        t.result(HANG)
+    deadline = time.monotonic() + HANG
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [True]
+
+
+def test_current_task_outside_tasks_is_main():
+    assert pt.current_task().name == "main"
+    assert not pt.current_task().cancelled
+    pt.current_task().raise_if_cancelled()
+
+
+# --------------------------------------------------------------- wire and pickling
+def test_frame_decoder_reassembles_split_and_merged_frames():
+    frames = [_wire.encode_response(i, 0, bytes([i]) * i) for i in range(1, 6)]
+    stream = b"".join(frames)
+    dec = _wire.FrameDecoder(_wire.RESPONSE)
+    got = []
+    for i in range(0, len(stream), 3):  # fed in 3-byte pieces
+        got += dec.feed(stream[i : i + 3])
+    assert [(h[0], b) for h, b in got] == [(i, bytes([i]) * i) for i in range(1, 6)]
+    assert dec.pending == 0
+    req = _wire.encode_request(9, _wire.K_RUN, b"fn", b"payload")
+    ((header, body),) = _wire.FrameDecoder(_wire.REQUEST).feed(req)
+    assert header[:3] == (9, _wire.K_RUN, 2) and body == b"fnpayload"
+
+
+def test_dumps_call_marks_module_functions_by_reference():
+    fn, by_ref, payload = dumps_call(pid, (1,), {"x": 2}, "n")
+    assert by_ref and pickle.loads(fn) is pid
+    assert pickle.loads(payload) == ("n", (1,), {"x": 2})
+    _, by_ref, _ = dumps_call(lambda: 1, (), {}, "l")
+    assert not by_ref
+
+
+def test_exceptions_round_trip_with_remote_traceback():
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        ok, data = dumps_exception(exc)
+    back = loads_exception(ok, data)
+    assert isinstance(back, KeyError) and back.args == ("missing",)
+    assert "raise KeyError" in str(back.__cause__)
+
+
+def test_errors_pickle_with_their_fields():
+    err = pt.WorkerCrashed._for("job", -9)
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.name, back.exitcode, back.signal, str(back)) == ("job", -9, 9, str(err))
+
+
+def test_error_hierarchy():
+    assert issubclass(pt.TaskTimeout, TimeoutError)
+    assert issubclass(pt.CommandTimeout, pt.TaskTimeout)
+    assert issubclass(pt.Cancelled, __import__("concurrent.futures").futures.CancelledError)
+    assert issubclass(pt.BackendUnavailable, ImportError)
+    for name in pt.__all__:
+        obj = getattr(pt, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, pt.PolytaskError), name
+
+
+def test_public_api_is_exported_and_documented():
+    assert sorted(pt.__all__) == sorted(set(pt.__all__))
+    for name in pt.__all__:
+        obj = getattr(pt, name)
+        assert obj.__doc__, f"{name} has no docstring"
