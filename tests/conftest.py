@@ -22,6 +22,11 @@ os.environ["POLYTASK_TEST_SESSION"] = SESSION_TAG
 sys.path.insert(0, str(Path(__file__).parent))
 faulthandler.enable()
 
+# Session-long engines (one Dask cluster, one local Ray) for the cluster backends.
+from _engines import dask_cluster, is_engine_process, ray_session  # noqa: E402
+
+__all__ = ["dask_cluster", "ray_session"]
+
 SHM = Path("/dev/shm")
 
 
@@ -47,7 +52,7 @@ def live_descendants() -> list[psutil.Process]:
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if _is_guardian(p):
+            if _is_guardian(p) or is_engine_process(p):
                 continue
             out.append(p)
         except psutil.NoSuchProcess:

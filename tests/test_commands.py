@@ -242,7 +242,9 @@ def test_stream_yields_lines_as_they_are_written(tmp_path: Path) -> None:
 
 
 def test_stream_bytes_and_check() -> None:
-    with pt.stream(["sh", "-c", "printf 'a\\nb'; echo bad >&2; exit 2"], text=False, check=True) as s:
+    with pt.stream(
+        ["sh", "-c", "printf 'a\\nb'; echo bad >&2; exit 2"], text=False, check=True
+    ) as s:
         seen = []
         with pytest.raises(pt.CommandFailed) as info:
             for line in s:

@@ -44,6 +44,10 @@ from ._errors import WorkerCrashed as WorkerCrashed
 from ._group import TaskGroup as TaskGroup
 from ._pipeline import pipeline as pipeline
 from ._pipeline import stage as stage
+
+# --- pool (issue 3)
+from ._pool import Executor as Executor
+from ._pool import Pool as Pool
 from ._shm import SharedArray as SharedArray
 from ._supervisor import ProcessStatus as ProcessStatus
 from ._supervisor import Supervisor as Supervisor
@@ -77,11 +81,14 @@ __all__ = (
     "Condition",
     "CurrentTask",
     "Event",
+    # pool (issue 3)
+    "Executor",
     "Fifo",
     "FileLock",
     "Lock",
     "OutputLine",
     "PolytaskError",
+    "Pool",
     "PotentialDeadlock",
     # supervisor (issue 6)
     "ProcessStatus",

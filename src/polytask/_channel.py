@@ -945,10 +945,51 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _forget_owned(seg: Segment) -> None:
-    from . import _shm
+# Spill segments this process wrote and handed to a channel. They stay registered
+# with our guardian, so that if we are killed before they are read the guardian
+# removes them (a reader then skips the lost item); at a normal exit we unguard
+# those still unread, which then belong to the channel's owner (who removes
+# unread spills when it releases the channel).
+_handed_spills: set[str] = set()
+_spills_lock = threading.Lock()
+_spill_hook = False
 
-    _shm._unregister_owned(seg.path)
+
+def _forget_owned(seg: Segment) -> None:
+    from . import _proc, _shm
+
+    global _spill_hook
+    with _shm._owned_lock:
+        _shm._owned.pop(seg.path, None)
+    with _spills_lock:
+        _handed_spills.add(seg.path)
+        if not _spill_hook:
+            _proc.at_shutdown(_unguard_unread_spills)
+            _spill_hook = True
+        if len(_handed_spills) > 256:
+            for path in [p for p in _handed_spills if not os.path.exists(p)]:
+                _handed_spills.discard(path)
+                _proc.unguard_path(path)
+
+
+def _unguard_unread_spills() -> None:
+    from . import _proc
+
+    with _spills_lock:
+        paths = list(_handed_spills)
+        _handed_spills.clear()
+    for path in paths:
+        _proc.unguard_path(path)
+
+
+def _forget_spills_after_fork() -> None:
+    global _spills_lock, _spill_hook
+    _handed_spills.clear()
+    _spills_lock = threading.Lock()
+    _spill_hook = False
+
+
+os.register_at_fork(after_in_child=_forget_spills_after_fork)
 
 
 def _release_channel(seg: Segment, ring: R.Ring) -> None:

@@ -17,8 +17,10 @@ trip costs at most that fraction of the time), clamped to
 Three brakes keep workers busy and avoid stragglers: the size starts at 1 and
 grows at most ``growth`` x per finished chunk; it is never more than a
 ``1 / (2 x workers)`` share of the items still queued (so chunks shrink as the
-input drains and the last ones are spread over every worker); and it never
-exceeds ``max_size``.
+input drains and the last ones are spread over every worker), unless that
+share is so small that the round trip would cost over a quarter of its time;
+and it never exceeds ``max_size`` items nor ``max_bytes`` of arguments (so
+a lazy input of large items stays small in memory).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class ChunkSizer:
         "_largest",
         "fixed",
         "growth",
+        "item_bytes",
+        "max_bytes",
         "max_seconds",
         "max_size",
         "min_seconds",
@@ -64,7 +68,8 @@ class ChunkSizer:
         min_seconds: float = 0.001,
         max_seconds: float = 0.25,
         max_size: int = 4096,
-        growth: float = 4.0,
+        max_bytes: int = 4 << 20,
+        growth: float = 16.0,
         smoothing: float = 0.3,
     ) -> None:
         if workers < 1:
@@ -77,6 +82,9 @@ class ChunkSizer:
         self.min_seconds = min_seconds
         self.max_seconds = max_seconds
         self.max_size = max_size
+        self.max_bytes = max_bytes
+        #: Estimated size in memory of one item's arguments (None: unknown).
+        self.item_bytes: float | None = None
         self.growth = growth
         self.smoothing = smoothing
         #: Running average of seconds of work per item (None until measured).
@@ -96,6 +104,10 @@ class ChunkSizer:
         self.overhead = over if self.overhead is None else (1 - a) * self.overhead + a * over
         self._largest = max(self._largest, items)
 
+    def observe_bytes(self, item_bytes: float) -> None:
+        """Record the estimated size of an item (caps chunks at ``max_bytes``)."""
+        self.item_bytes = float(max(item_bytes, 1))
+
     def target_seconds(self) -> float:
         """The duration a chunk should last, from the measured overhead."""
         if self.overhead is None:
@@ -110,8 +122,14 @@ class ChunkSizer:
             return 1
         ideal = self.target_seconds() / max(self.per_item, 1e-9)
         n = min(ideal, self._largest * self.growth, float(self.max_size))
+        if self.item_bytes:
+            n = min(n, self.max_bytes / self.item_bytes)
         if queued is not None:
-            n = min(n, math.ceil(queued / (2 * self.workers)))
+            # Shrink towards a fair share of what is left, but not below a chunk
+            # whose round trip costs a quarter of its time: smaller ones would
+            # spend more on overhead than they save in balance.
+            floor = (4 * (self.overhead or 0.0)) / max(self.per_item, 1e-9)
+            n = min(n, max(math.ceil(queued / (2 * self.workers)), floor))
         return max(1, int(n))
 
     def expected_seconds(self, items: int) -> float | None:

@@ -39,6 +39,7 @@ STDOUT = 1
 STDERR = 2
 _PIDFD = 0
 _STDIN = 3
+_WAKE = 4
 
 #: After a program's leader exits, how long its pipes may still deliver data
 #: (held open by a descendant that left the process group) before we close them.
@@ -141,6 +142,123 @@ class Child:
         return f"<Child pid={self.pid} argv={list(self.argv)!r} returncode={self.returncode}>"
 
 
+class _Start:
+    """One program on its way to a :class:`Child`: its descriptors, then its Popen or error."""
+
+    __slots__ = (
+        "argv",
+        "cwd",
+        "env",
+        "err_w",
+        "error",
+        "executable",
+        "files",
+        "input",
+        "on_output",
+        "ours",
+        "out_w",
+        "pipes",
+        "proc",
+        "started",
+        "started_wall",
+        "stdin",
+        "theirs",
+        "timeout",
+        "token",
+    )
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        timeout: float | None,
+        input: bytes | None,
+        cwd: str | os.PathLike[str] | None,
+        env: dict[str, str] | None,
+        on_output: OnOutput | None,
+    ) -> None:
+        self.argv = argv
+        self.token = token
+        self.timeout = timeout
+        self.input = input
+        self.cwd = cwd
+        self.env = env
+        self.on_output = on_output
+        self.ours: list[int] = []  # fds we keep
+        self.theirs: list[int] = []  # the child's ends, closed once it started
+        self.out_w: int | None = None
+        self.err_w: int | None = None
+        self.stdin = -1
+        self.files = False
+        self.pipes = False
+        self.executable: str | None = None
+        self.started = 0.0
+        self.started_wall = 0.0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.error: OSError | None = None
+
+
+class _Starters:
+    """Threads that fork/exec for :meth:`ProcessLoop.spawn_soon`; results come back by a pipe."""
+
+    def __init__(self, n: int) -> None:
+        import queue
+        import threading
+
+        self.wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._todo: queue.SimpleQueue[tuple[_Start, Callable[[_Start], None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._done: list[_Start] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._work, name="polytask-starter", daemon=True)
+            for _ in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, start: _Start, fn: Callable[[_Start], None]) -> None:
+        self._todo.put((start, fn))
+
+    def _work(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            start, fn = item
+            try:
+                fn(start)
+            except BaseException as exc:  # pragma: no cover - fn reports OSError itself
+                start.error = OSError(str(exc))
+            with self._lock:
+                self._done.append(start)
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:  # the pipe is full of wake-ups already
+                pass
+
+    def collect(self) -> list[_Start]:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def stop(self) -> None:
+        """Let the threads finish what they started, and end them."""
+        for _ in self._threads:
+            self._todo.put(None)
+        for t in self._threads:
+            t.join(10)
+
+    def close(self) -> None:
+        os.close(self.wake_r)
+        os.close(self._wake_w)
+
+
 class ProcessLoop:
     """Start programs and wait for their output and exits, all in one poll loop.
 
@@ -160,13 +278,19 @@ class ProcessLoop:
         self._counter = itertools.count()
         self._devnull = -1
         self._which: dict[tuple[str, str], str | None] = {}
+        self._starters: _Starters | None = None
+        self._starting = 0
+        self._failed_starts: list[tuple[Any, OSError]] = []
 
     # ------------------------------------------------------------------ starting
 
+    #: Starter threads for :meth:`spawn_soon` (two overlap the fork/exec waits on 2 cores).
+    _STARTERS = 2
+
     @property
     def running(self) -> int:
-        """How many programs have not finished yet."""
-        return len(self._children)
+        """How many programs have not finished yet (those still starting included)."""
+        return len(self._children) + self._starting
 
     def children(self) -> list[Child]:
         return list(self._children)
@@ -184,68 +308,133 @@ class ProcessLoop:
         on_output: OnOutput | None = None,
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start."""
-        ours: list[int] = []  # fds we keep
-        theirs: list[int] = []  # the child's ends, closed once it started
-        files = capture and on_output is None
+        start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output)
         try:
-            out_w = err_w = None
+            self._start(start)
+        finally:
+            for fd in start.theirs:
+                os.close(fd)
+            start.theirs = []
+        if start.error is not None:
+            for fd in start.ours:
+                os.close(fd)
+            raise start.error
+        return self._adopt(start)
+
+    def spawn_soon(
+        self,
+        argv: Sequence[str],
+        *,
+        token: Any = None,
+        timeout: float | None = None,
+        on_output: OnOutput | None = None,
+    ) -> None:
+        """Like :meth:`spawn`, but fork and exec on a starter thread.
+
+        A fork/exec suspends the thread that makes it until the program has
+        exec'd (vfork), so one thread starting many short programs leaves the
+        other cores idle; starter threads overlap those waits. The child joins
+        the loop during a later :meth:`wait`; a program that cannot start is
+        listed by :meth:`failed_starts`. Counted in :attr:`running` meanwhile.
+        """
+        start = self._prepare(argv, token, timeout, True, None, None, None, on_output)
+        if self._starters is None:
+            self._starters = _Starters(self._STARTERS)
+            self._fds[self._starters.wake_r] = (None, _WAKE)  # type: ignore[assignment]
+            self._poll.register(self._starters.wake_r, select.POLLIN)
+        self._starting += 1
+        self._starters.submit(start, self._start)
+
+    def failed_starts(self) -> list[tuple[Any, OSError]]:
+        """(token, error) of each :meth:`spawn_soon` program that could not start, since the last call."""
+        failed, self._failed_starts = self._failed_starts, []
+        return failed
+
+    def _prepare(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        timeout: float | None,
+        capture: bool,
+        input: bytes | None,
+        cwd: str | os.PathLike[str] | None,
+        env: dict[str, str] | None,
+        on_output: OnOutput | None,
+    ) -> _Start:
+        start = _Start(argv, token, timeout, input, cwd, env, on_output)
+        files = capture and on_output is None
+        ours, theirs = start.ours, start.theirs
+        try:
             if files:
                 # Output that nobody reads live goes to memory files: no pipe to
                 # drain, nothing to wait for, never full, and two fds fewer.
-                out_w = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
-                ours.append(out_w)
-                err_w = os.memfd_create("polytask-err", os.MFD_CLOEXEC)
-                ours.append(err_w)
+                start.out_w = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
+                ours.append(start.out_w)
+                start.err_w = os.memfd_create("polytask-err", os.MFD_CLOEXEC)
+                ours.append(start.err_w)
+                start.files = True
             elif capture:
-                out_r, out_w = os.pipe2(os.O_CLOEXEC)
-                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                out_r, start.out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, start.err_w = os.pipe2(os.O_CLOEXEC)
                 ours += [out_r, err_r]
-                theirs += [out_w, err_w]
+                theirs += [start.out_w, start.err_w]
+                start.pipes = True
             if input is not None:
                 in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 ours.append(in_w)
                 theirs.append(in_r)
-                stdin = in_r
+                start.stdin = in_r
             else:
                 if self._devnull < 0:
                     self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                stdin = self._devnull
-            started, started_wall = time.monotonic(), time.time()
-            proc: subprocess.Popen[bytes] = start_in_group(
-                argv,
-                executable=self._resolve(argv[0], cwd, env),
-                stdin=stdin,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=cwd,
-                env=env,
-            )
+                start.stdin = self._devnull
+            start.executable = self._resolve(argv[0], cwd, env)
         except BaseException:
-            for fd in ours:
+            for fd in ours + theirs:
                 os.close(fd)
             raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        child = Child(proc, argv, token, started, started_wall)
+        return start
+
+    @staticmethod
+    def _start(start: _Start) -> None:
+        # The only part that may run on a starter thread: no state of the loop.
+        start.started, start.started_wall = time.monotonic(), time.time()
         try:
-            child.on_output = on_output
+            start.proc = start_in_group(
+                start.argv,
+                executable=start.executable,
+                stdin=start.stdin,
+                stdout=start.out_w,
+                stderr=start.err_w,
+                cwd=start.cwd,
+                env=start.env,
+            )
+        except OSError as exc:
+            start.error = exc
+
+    def _adopt(self, start: _Start) -> Child:
+        proc = start.proc
+        assert proc is not None
+        ours = start.ours
+        child = Child(proc, start.argv, start.token, start.started, start.started_wall)
+        try:
+            child.on_output = start.on_output
             child.pidfd = os.pidfd_open(proc.pid)
             self._register(child.pidfd, child, _PIDFD, select.POLLIN)
-            if files:
+            if start.files:
                 child.files = [ours[0], ours[1]]
-            elif capture:
+            elif start.pipes:
                 child.fds = [ours[0], ours[1]]
                 self._register(ours[0], child, STDOUT, select.POLLIN)
                 self._register(ours[1], child, STDERR, select.POLLIN)
-            if input is not None:
+            if start.input is not None:
                 child._stdin_fd = ours[-1]
-                child._stdin_data = input
+                child._stdin_data = start.input
                 os.set_blocking(child._stdin_fd, False)
                 self._register(child._stdin_fd, child, _STDIN, select.POLLOUT)
             self._children.add(child)
-            if timeout is not None:
-                self.set_deadline(child, child.started + timeout)
+            if start.timeout is not None:
+                self.set_deadline(child, child.started + start.timeout)
         except BaseException:
             terminate(proc, 0)
             for fd in (child.pidfd, *ours):
@@ -259,6 +448,24 @@ class ProcessLoop:
             self._children.discard(child)
             raise
         return child
+
+    def _started(self) -> bool:
+        """Adopt what the starter threads started; True if anything came."""
+        assert self._starters is not None
+        got = False
+        for start in self._starters.collect():
+            got = True
+            self._starting -= 1
+            for fd in start.theirs:
+                os.close(fd)
+            start.theirs = []
+            if start.error is not None:
+                for fd in start.ours:
+                    os.close(fd)
+                self._failed_starts.append((start.token, start.error))
+            else:
+                self._adopt(start)
+        return got
 
     def _resolve(
         self, name: str, cwd: str | os.PathLike[str] | None, env: dict[str, str] | None
@@ -306,6 +513,8 @@ class ProcessLoop:
 
     def kill_all(self) -> None:
         """End every program still running (SIGTERM, grace, SIGKILL) and wait until all finished."""
+        while self._starting:
+            self.wait(None)  # adopt what is being started, to end it too
         for child in list(self._children):
             self.terminate(child)
         while self._children:
@@ -325,6 +534,19 @@ class ProcessLoop:
             for fd in list(self._watched):
                 self.unwatch(fd)
             self._finished.clear()
+            if self._starters is not None:
+                starters, self._starters = self._starters, None
+                self._fds.pop(starters.wake_r, None)
+                self._poll.unregister(starters.wake_r)
+                starters.stop()
+                # Interrupted while programs were being started: end them unadopted.
+                for start in starters.collect():
+                    for fd in start.theirs + start.ours:
+                        os.close(fd)
+                    if start.proc is not None:
+                        terminate(start.proc, 0)
+                starters.close()
+                self._starting = 0
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -348,6 +570,7 @@ class ProcessLoop:
         """
         end = None if timeout is None else time.monotonic() + timeout
         ready: list[int] = []
+        woke = False
         while True:
             now = time.monotonic()
             self._fire_timers(now)
@@ -358,7 +581,7 @@ class ProcessLoop:
                 if end is not None:
                     nxt = end if nxt is None else min(nxt, end)
                 ms = None if nxt is None else max(0, math.ceil((nxt - now) * 1000))
-            if ms is None and not self._fds and not self._watched:
+            if ms is None and not self._children and not self._starting and not self._watched:
                 break  # nothing could ever happen
             events = self._poll.poll(ms)
             for fd, ev in events:
@@ -368,14 +591,16 @@ class ProcessLoop:
                         ready.append(fd)
                     continue
                 child, kind = entry
-                if kind == _PIDFD:
+                if kind == _WAKE:
+                    woke = self._started() or woke
+                elif kind == _PIDFD:
                     self._on_exit(child)
                 elif kind == _STDIN:
                     self._write_stdin(child, ev)
                 else:
                     self._read(child, fd, kind, ev)
             self._fire_timers(time.monotonic())
-            if self._finished or ready or (any_event and events):
+            if self._finished or ready or woke or self._failed_starts or (any_event and events):
                 break
             if end is not None and time.monotonic() >= end:
                 break

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import queue
 import threading
 import time
 import types
@@ -145,6 +146,7 @@ class Pipeline(Generic[T]):
         self._stopping = False
         self._started = False
         self._finished = False
+        self._iterated = False
         self._channels: list[Any] = []
         self._threads: list[threading.Thread] = []
         self._tasks: list[Any] = []
@@ -321,6 +323,9 @@ class Pipeline(Generic[T]):
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[T]:
+        if self._iterated:
+            raise RuntimeError("a pipeline runs once: build a new one to run it again")
+        self._iterated = True
         if not self._started:
             self._start()
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -335,7 +340,7 @@ class Pipeline(Generic[T]):
                     item = self._results.get(timeout=left)
                 except ChannelClosed:
                     break
-                except TimeoutError:
+                except queue.Empty:
                     continue
                 yield item
             self._shutdown()

@@ -67,37 +67,46 @@ def _rss() -> int:
 
 
 def _run_chunk(
-    calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+    fn: Callable[..., Any] | None,
+    calls: list[Any],
     remote: bool,
     max_memory: int | None,
 ) -> tuple[list[tuple[bool, Any]], float]:
-    """Run a chunk of calls in a worker: ``([(ok, value or error), ...], seconds of work)``.
+    """Run a chunk in a worker: ``([(ok, value or error), ...], seconds of work)``.
 
-    Errors are caught per item so they do not fail the chunk-mates; in another
-    process they travel pickled with their traceback (:func:`dumps_exception`).
-    Fewer results than calls means the worker stopped early (over its memory
-    limit, or the chunk was cancelled): the Pool re-queues the rest.
+    ``calls`` holds argument tuples for ``fn``, or ``(fn, args, kwargs)`` triples
+    when ``fn`` is None. Errors are caught per item so they do not fail the
+    chunk-mates; from another process they travel pickled with their traceback
+    (:func:`dumps_exception`). Fewer results than calls means the worker stopped
+    early (over its memory limit, or the chunk was cancelled): the Pool re-queues
+    the rest.
     """
     out: list[tuple[bool, Any]] = []
+    append = out.append
     me = current_task()
-    start = time.perf_counter()
-    for fn, args, kwargs in calls:
-        if me.cancelled:  # a thread chunk that timed out: stop at the next item
+    flagged = me._task is not None  # thread tasks can be flagged cancelled; stop early then
+    start = last_check = time.perf_counter()
+    for call in calls:
+        if flagged and me.cancelled:
             break
         try:
-            value = fn(*args, **kwargs)
+            value = fn(*call) if fn is not None else call[0](*call[1], **call[2])
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            out.append((False, dumps_exception(exc) if remote else exc))
+            append((False, dumps_exception(exc) if remote else exc))
             del exc
         else:
-            out.append((True, value))
-        if max_memory is not None and _rss() > max_memory:
-            from ._worker import retire_after_task
+            append((True, value))
+        if max_memory is not None:
+            # Reading /proc costs ~10 us: at most every 5 ms, and after the last item.
+            now = time.perf_counter()
+            if (now - last_check > 0.005 or len(out) == len(calls)) and _rss() > max_memory:
+                from ._worker import retire_after_task
 
-            retire_after_task()
-            break
+                retire_after_task()
+                break
+            last_check = now
     return out, time.perf_counter() - start
 
 
@@ -105,7 +114,7 @@ def _run_chunk(
 class _Sink:
     """Where settled items go: a Task (submit) or a running map (_Run)."""
 
-    __slots__ = ("cancelled", "sizer")
+    __slots__ = ("__weakref__", "cancelled", "sizer")
 
     def __init__(self, sizer: ChunkSizer) -> None:
         self.sizer = sizer
@@ -196,23 +205,42 @@ class _PoolView(Backend):
 
 
 # ---------------------------------------------------------------------------- map runs
+class _Block:
+    """Consecutive items of one map run, sent as one chunk."""
+
+    __slots__ = ("args", "run", "start")
+
+    def __init__(self, run: _Run, start: int, args: list[tuple[Any, ...]]) -> None:
+        self.run = run
+        self.start = start
+        self.args = args
+
+
 class _Run(_Sink):
-    """One map/imap/amap call: pulls its input (bounded), yields its results."""
+    """One map/imap/amap call: pulls its input (bounded), yields its results.
+
+    Its items wait in ``todo`` as bare argument tuples (no object per item) and
+    leave it as :class:`_Block` chunks; only an item that must run alone (its
+    chunk failed, or it is retried) becomes an :class:`_Item`.
+    """
 
     __slots__ = (
         "_lock",
         "_notify",
+        "aborted",
+        "active",
         "ahead",
-        "chunksize",
         "fn",
         "input",
         "next_index",
-        "ordered",
         "pool",
         "pulled",
         "ready",
-        "settled_count",
+        "redo",
         "timeout",
+        "todo",
+        "todo_index",
+        "todo_pos",
         "yielded",
     )
 
@@ -220,74 +248,111 @@ class _Run(_Sink):
         self,
         pool: Pool,
         fn: Callable[..., Any],
-        inputs: Iterator[tuple[Any, ...]],
+        inputs: Iterator[tuple[Any, ...]] | None,
         *,
         ordered: bool,
         chunksize: int | None,
         timeout: float | None,
-        ahead: int | None,
     ) -> None:
         super().__init__(ChunkSizer(pool.workers, fixed=chunksize))
         self.pool = pool
         self.fn = fn
-        self.input: Iterator[tuple[Any, ...]] | None = inputs
-        self.ordered = ordered
+        self.input = inputs
         self.timeout = timeout
-        self.ahead = ahead
-        self.chunksize = chunksize
+        self.ahead: int | None = None
         self.pulled = 0
         self.yielded = 0
-        self.settled_count = 0
         self.next_index = 0
-        self.ready: dict[int, tuple[bool, Any]] | collections.deque[tuple[bool, Any]] = (
+        # Guarded by the pool's lock: items not sent yet.
+        self.todo: list[tuple[Any, ...]] = []
+        self.todo_pos = 0
+        self.todo_index = 0
+        self.redo: collections.deque[_Block] = collections.deque()
+        self.active = False
+        self.aborted: BaseException | None = None
+        self.ready: dict[int, list[tuple[bool, Any]]] | collections.deque[tuple[bool, Any]] = (
             {} if ordered else collections.deque()
         )
         self._lock = threading.Lock()
         self._notify: Callable[[], None] = lambda: None
 
+    # -- the pool side (called with the pool's lock held)
+    def queued(self) -> int:
+        return len(self.todo) - self.todo_pos + sum(len(b.args) for b in self.redo)
+
+    def next_block(self) -> _Block | None:
+        if self.redo:
+            return self.redo.popleft()
+        left = len(self.todo) - self.todo_pos
+        if left <= 0:
+            return None
+        n = min(self.sizer.size(left), left)
+        pos = self.todo_pos
+        blk = _Block(self, self.todo_index + pos, self.todo[pos : pos + n])
+        pos += n
+        if pos >= 4096 and 2 * pos >= len(self.todo):
+            del self.todo[:pos]
+            self.todo_index += pos
+            pos = 0
+        self.todo_pos = pos
+        return blk
+
+    # -- results (any thread)
+    def settle_block(self, start: int, pairs: list[tuple[bool, Any]]) -> None:
+        if not pairs:
+            return
+        with self._lock:
+            if isinstance(self.ready, dict):
+                self.ready[start] = pairs
+            else:
+                self.ready.extend(pairs)
+        self._notify()
+
     def settle(self, done: list[tuple[_Item, bool, Any]]) -> None:
         with self._lock:
             if isinstance(self.ready, dict):
                 for item, ok, value in done:
-                    self.ready[item.index] = (ok, value)
+                    self.ready[item.index] = [(ok, value)]
             else:
                 self.ready.extend((ok, value) for _, ok, value in done)
-            self.settled_count += len(done)
         self._notify()
 
-    def _limit(self) -> int | None:
+    # -- the caller side
+    def _limit(self) -> int:
         if self.ahead is not None:
             return self.ahead
         # Lazy input: enough for every chunk in flight plus as many again.
-        size = max(self.sizer.size(), self.chunksize or 1)
+        size = max(self.sizer.size(), 1)
         return max(4 * self.pool.workers, 2 * self.pool._max_inflight * size)
 
     def fill(self) -> None:
         """Pull input items up to the bound and queue them (in the caller's thread)."""
         if self.input is None:
             return
-        limit = self._limit()
-        batch: list[_Item] = []
-        fn, timeout = self.fn, self.timeout
-        while limit is None or self.pulled - self.yielded < limit:
-            try:
-                args = next(self.input)
-            except StopIteration:
-                self.input = None
-                break
-            batch.append(_Item(self, self.pulled, fn, args, {}, timeout))
-            self.pulled += 1
-        if batch:
-            self.pool._enqueue(batch)
+        room = self._limit() - (self.pulled - self.yielded)
+        if room <= 0:
+            return
+        batch = list(itertools.islice(self.input, room))
+        if len(batch) < room:
+            self.input = None
+        if batch and self.pulled == 0:
+            self.sizer.observe_bytes(_args_bytes(batch[0]))
+        self.pulled += len(batch)
+        self.pool._feed(self, batch)
 
     def take(self) -> list[tuple[bool, Any]]:
         """The results ready to yield, in order (ordered runs) or as they came."""
         out: list[tuple[bool, Any]] = []
         with self._lock:
             if isinstance(self.ready, dict):
-                while self.next_index in self.ready:
-                    out.append(self.ready.pop(self.next_index))
-                    self.next_index += 1
+                ready, i = self.ready, self.next_index
+                while True:
+                    blk = ready.pop(i, None)
+                    if blk is None:
+                        break
+                    out.extend(blk)
+                    i += len(blk)
+                self.next_index = i
             else:
                 out.extend(self.ready)
                 self.ready.clear()
@@ -296,11 +361,18 @@ class _Run(_Sink):
     def finished(self) -> bool:
         return self.input is None and self.yielded >= self.pulled
 
+    def abort(self, exc: BaseException) -> None:
+        """The pool was terminated: the caller raises ``exc`` once the ready results are out."""
+        self.aborted = exc
+        self._notify()
 
-def _raise_or_return(ok: bool, value: Any) -> Any:
-    if ok:
-        return value
-    raise value
+
+def _args_bytes(args: tuple[Any, ...]) -> int:
+    """A cheap estimate of an item's size (flat: exact for bytes, str, arrays)."""
+    try:
+        return sum(sys.getsizeof(a) for a in args)
+    except Exception:
+        return 64
 
 
 def _rate_column() -> Any:
@@ -496,9 +568,14 @@ class Pool:
         self._idle = threading.Condition(self._lock)
         self._queue: collections.deque[_Item] = collections.deque()
         self._inflight = 0
+        self._chunks_sent = 0
+        # Chunks of submitted tasks in flight: id -> (backend task, items).
+        self._item_chunks: dict[int, tuple[Task[Any], list[_Item]]] = {}
         self._unsettled = 0  # items queued or running, for join()
         self._closed = False
         self._terminated = False
+        self._runs: collections.deque[_Run] = collections.deque()
+        self._live_runs: weakref.WeakSet[_Run] = weakref.WeakSet()
         self._submit_sink = _TaskSink(ChunkSizer(workers))
         self._ids = itertools.count()
         _live_pools.add(self)
@@ -547,17 +624,21 @@ class Pool:
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
+        return_exceptions: bool = False,
     ) -> list[T]:
         """``[fn(*args) for args in zip(*iterables)]`` in parallel, results in order.
 
         The inputs are read first (use :meth:`imap` for endless ones). Raises the
-        first failing item's exception (in input order) after cancelling the rest.
-        ``chunksize=None`` adapts the batch size to the measured task duration.
-        ``progress=True`` shows a progress bar on a terminal (``"force"``: always).
+        first failing item's exception (in input order); the items not started
+        yet are dropped. With ``return_exceptions=True`` a failed item's
+        exception takes its place in the results instead. ``chunksize=None`` adapts the batch size to the measured
+        task duration. ``progress=True`` shows a progress bar on a terminal
+        (``"force"``: always).
         """
         items = list(_zip(iterables))
-        run = self._start(fn, iter(items), True, chunksize, timeout, max(1, len(items)))
-        return list(self._drive(run, progress, len(items), None))
+        run = self._start(fn, None, True, chunksize, timeout)
+        self._preload(run, items)
+        return list(self._drive(run, progress, len(items), None, return_exceptions))
 
     def starmap(
         self,
@@ -568,11 +649,13 @@ class Pool:
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
+        return_exceptions: bool = False,
     ) -> list[T]:
         """Like :meth:`map`, with each element of ``iterable`` unpacked as the arguments."""
         items = [tuple(a) for a in iterable]
-        run = self._start(fn, iter(items), True, chunksize, timeout, max(1, len(items)))
-        return list(self._drive(run, progress, len(items), None))
+        run = self._start(fn, None, True, chunksize, timeout)
+        self._preload(run, items)
+        return list(self._drive(run, progress, len(items), None, return_exceptions))
 
     def imap(
         self,
@@ -582,15 +665,16 @@ class Pool:
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
+        return_exceptions: bool = False,
     ) -> Iterator[T]:
         """Lazy :meth:`map`: results in order as they are ready.
 
         The input is pulled on demand, a bounded number of items ahead of the
         results consumed, so an endless generator works in bounded memory.
-        Leaving the loop early cancels the items not yet run.
+        Leaving the loop early drops the items not started yet.
         """
-        run = self._start(fn, _zip(iterables), True, chunksize, timeout, None)
-        return self._drive(run, progress, _length(iterables), None)
+        run = self._start(fn, _zip(iterables), True, chunksize, timeout)
+        return self._drive(run, progress, _length(iterables), None, return_exceptions)
 
     def imap_unordered(
         self,
@@ -600,10 +684,11 @@ class Pool:
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
+        return_exceptions: bool = False,
     ) -> Iterator[T]:
         """Like :meth:`imap`, yielding results as they finish (any order)."""
-        run = self._start(fn, _zip(iterables), False, chunksize, timeout, None)
-        return self._drive(run, progress, _length(iterables), None)
+        run = self._start(fn, _zip(iterables), False, chunksize, timeout)
+        return self._drive(run, progress, _length(iterables), None, return_exceptions)
 
     async def amap(
         self,
@@ -613,12 +698,13 @@ class Pool:
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
+        return_exceptions: bool = False,
     ) -> AsyncIterator[T]:
         """``async for r in pool.amap(fn, items)``: :meth:`imap` for asyncio code.
 
         The event loop never blocks: results arrive through ``call_soon_threadsafe``.
         """
-        run = self._start(fn, _zip(iterables), ordered, chunksize, timeout, None)
+        run = self._start(fn, _zip(iterables), ordered, chunksize, timeout)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 
@@ -633,9 +719,13 @@ class Pool:
                 batch = run.take()
                 for ok, value in batch:
                     run.yielded += 1
-                    yield _raise_or_return(ok, value)
+                    if not ok and not return_exceptions:
+                        raise value
+                    yield value
                 if run.finished():
                     return
+                if not batch and run.aborted is not None:
+                    raise run.aborted
                 if not batch:
                     await ready.wait()
         finally:
@@ -672,7 +762,10 @@ class Pool:
             self._closed = self._terminated = True
             queued = list(self._queue)
             self._queue.clear()
+            runs = list(self._live_runs)
         exc = Cancelled("the pool was terminated before the task finished")
+        for run in runs:
+            run.abort(exc)
         self._settle_many([(it, False, exc) for it in queued if not it.dropped()], final=True)
         self._backend.shutdown(wait=True, cancel=True)
         _live_pools.discard(self)
@@ -693,11 +786,12 @@ class Pool:
             self.terminate()
 
     def statistics(self) -> dict[str, Any]:
-        """Queued items, chunks in flight, and the chunk sizer's view of submitted tasks."""
+        """Counts: tasks queued, chunks in flight and sent, tasks not settled yet."""
         with self._lock:
             return {
                 "queued": len(self._queue),
                 "chunks_in_flight": self._inflight,
+                "chunks_sent": self._chunks_sent,
                 "unsettled": self._unsettled,
                 "closed": self._closed,
             }
@@ -715,11 +809,10 @@ class Pool:
     def _start(
         self,
         fn: Callable[..., Any],
-        inputs: Iterator[tuple[Any, ...]],
+        inputs: Iterator[tuple[Any, ...]] | None,
         ordered: bool,
         chunksize: int | None,
         timeout: float | _Default | None,
-        ahead: int | None,
     ) -> _Run:
         if not callable(fn):
             raise TypeError(f"map() needs a callable, got {type(fn).__name__} {fn!r}")
@@ -728,15 +821,23 @@ class Pool:
         ):
             raise ValueError(f"chunksize must be an int >= 1 or None, got {chunksize!r}")
         self._check_open()
-        return _Run(
+        run = _Run(
             self,
             fn,
             inputs,
             ordered=ordered,
             chunksize=chunksize,
             timeout=self._timeout_for(timeout),
-            ahead=ahead,
         )
+        with self._lock:
+            self._live_runs.add(run)
+        return run
+
+    def _preload(self, run: _Run, items: list[tuple[Any, ...]]) -> None:
+        run.pulled = len(items)
+        if items:
+            run.sizer.observe_bytes(_args_bytes(items[0]))
+        self._feed(run, items)
 
     def _drive(
         self,
@@ -744,6 +845,7 @@ class Pool:
         progress: bool | str,
         total: int | None,
         deadline: float | None,
+        return_exceptions: bool,
     ) -> Iterator[Any]:
         wake = threading.Event()
         run._notify = wake.set
@@ -753,20 +855,25 @@ class Pool:
                 wake.clear()
                 run.fill()
                 batch = run.take()
-                for ok, value in batch:
-                    run.yielded += 1
-                    yield _raise_or_return(ok, value)
-                if bar is not None:
-                    bar.update(run.yielded)
+                if batch:
+                    run.yielded += len(batch)
+                    for ok, value in batch:
+                        if not ok and not return_exceptions:
+                            raise value
+                        yield value
+                    if bar is not None:
+                        bar.update(run.yielded)
                 if run.finished():
                     return
+                if not batch and run.aborted is not None:
+                    raise run.aborted
                 if not batch:
                     wait = 0.25
                     if deadline is not None:
                         wait = deadline - time.monotonic()
                         if wait <= 0:
                             raise TimeoutError(
-                                "the map's results were not ready within its timeout"
+                                "the map's next result was not ready within its timeout"
                             )
                         wait = min(wait, 0.25)
                     wake.wait(wait)
@@ -779,12 +886,18 @@ class Pool:
             self._end_run(run)
 
     def _end_run(self, run: _Run) -> None:
-        """The caller stopped consuming (done, error, break): drop its queued items."""
+        """The caller stopped consuming (done, error, break): drop its items not started."""
         if run.finished():
             return
-        run.cancelled = True
         run.input = None
         with self._lock:
+            run.cancelled = True
+            self._unsettled -= run.queued()
+            run.todo, run.todo_pos = [], 0
+            run.redo.clear()
+            if run.active:
+                self._runs.remove(run)
+                run.active = False
             kept: collections.deque[_Item] = collections.deque()
             for it in self._queue:
                 if it.sink is not run:
@@ -810,12 +923,29 @@ class Pool:
             self._unsettled += len(items)
         self._pump()
 
+    def _feed(self, run: _Run, args: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            if self._terminated or run.cancelled:
+                return  # the caller raises run.aborted
+            if args:
+                if run.todo_pos == len(run.todo):
+                    run.todo_index += run.todo_pos
+                    run.todo, run.todo_pos = args, 0
+                else:
+                    run.todo.extend(args)
+                self._unsettled += len(args)
+            if not run.active and (run.todo_pos < len(run.todo) or run.redo):
+                self._runs.append(run)
+                run.active = True
+        self._pump()
+
     def _requeue(self, items: list[_Item]) -> None:
         # Called with self._lock held: back to the front, in order.
         self._queue.extendleft(reversed(items))
 
-    def _take_chunk(self) -> list[_Item] | None:
-        # Called with self._lock held.
+    def _take_chunk(self) -> list[_Item] | _Block | None:
+        # Called with self._lock held. Single items (submitted, retried, isolated)
+        # go first, then the map runs in turn.
         q = self._queue
         while q:
             first = q.popleft()
@@ -839,6 +969,16 @@ class Pool:
                     it.settled = True
                     self._unsettled -= 1
             return chunk
+        runs = self._runs
+        while runs:
+            run = runs[0]
+            blk = run.next_block()
+            if blk is None:
+                runs.popleft()
+                run.active = False
+                continue
+            runs.rotate(-1)
+            return blk
         return None
 
     def _pump(self) -> None:
@@ -846,8 +986,6 @@ class Pool:
         while True:
             with self._lock:
                 if self._terminated or self._inflight >= self._max_inflight:
-                    if self._unsettled == 0:
-                        self._idle.notify_all()
                     return
                 chunk = self._take_chunk()
                 if chunk is None:
@@ -855,34 +993,61 @@ class Pool:
                         self._idle.notify_all()
                     return
                 self._inflight += 1
-            self._launch(chunk)
+                self._chunks_sent += 1
+            if isinstance(chunk, _Block):
+                self._launch_block(chunk)
+            else:
+                self._launch(chunk)
+
+    def _chunk_timeout(self, sizer: ChunkSizer, t: float | None, n: int) -> float | None:
+        if t is None or n == 1:
+            return t
+        # A hung item should not wait n x T to be noticed: allow T plus a
+        # generous multiple of the chunk's expected work.
+        expected = sizer.expected_seconds(n) or 0.0
+        return min(t * n, t + 4 * expected + 1.0)
+
+    def _spawn(
+        self, fn: Callable[..., Any] | None, calls: list[Any], name: str, timeout: float | None
+    ) -> Task[Any]:
+        return self._backend.spawn(
+            _run_chunk, (fn, calls, self._remote, self._max_memory), {}, name=name, timeout=timeout
+        )
+
+    def _launch_block(self, blk: _Block) -> None:
+        run = blk.run
+        n = len(blk.args)
+        name = f"{fn_name(run.fn)} (items {blk.start}..{blk.start + n - 1})"
+        try:
+            task = self._spawn(
+                run.fn, blk.args, name, self._chunk_timeout(run.sizer, run.timeout, n)
+            )
+        except BaseException as exc:
+            self._chunk_gone()
+            self._block_failed(blk, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        task.add_done_callback(lambda done: self._on_block(done, blk))
 
     def _launch(self, chunk: list[_Item]) -> None:
         live: list[_Item] = []
         for it in chunk:
             if it.task is not None and not it.started:
                 if not it.task.set_running_or_notify_cancel():
-                    it.settled = True
                     with self._lock:
-                        self._unsettled -= 1
+                        if not it.settled:
+                            it.settled = True
+                            self._unsettled -= 1
                     continue
                 it.task._mark_started()
             it.started = True
             live.append(it)
         if not live:
             self._chunk_gone()
+            self._pump()
             return
         n = len(live)
-        t = live[0].timeout
-        chunk_timeout: float | None = None
-        if t is not None:
-            chunk_timeout = t
-            if n > 1:
-                # A hung item should not wait n x T to be noticed: allow T plus a
-                # generous multiple of the chunk's expected work.
-                expected = live[0].sink.sizer.expected_seconds(n) or 0.0
-                chunk_timeout = min(t * n, t + 4 * expected + 1.0)
-        calls = [(it.fn, it.args, it.kwargs) for it in live]
         first = live[0]
         if n > 1:
             name = f"{fn_name(first.fn)} (chunk of {n})"
@@ -890,13 +1055,10 @@ class Pool:
             name = first.task.name
         else:
             name = f"{fn_name(first.fn)} (item {first.index})"
+        calls = [(it.fn, it.args, it.kwargs) for it in live]
         try:
-            task = self._backend.spawn(
-                _run_chunk,
-                (calls, self._remote, self._max_memory),
-                {},
-                name=name,
-                timeout=chunk_timeout,
+            task = self._spawn(
+                None, calls, name, self._chunk_timeout(first.sink.sizer, first.timeout, n)
             )
         except BaseException as exc:
             self._chunk_gone()
@@ -906,32 +1068,107 @@ class Pool:
             return
         for it in live:
             it.chunk = task
+        with self._lock:
+            self._item_chunks[id(task)] = (task, live)
         task.add_done_callback(lambda done: self._on_chunk(done, live))
 
     def _chunk_gone(self) -> None:
         with self._lock:
             self._inflight -= 1
 
-    def _on_chunk(self, task: Task[Any], chunk: list[_Item]) -> None:
+    def _results(self, task: Task[Any], sizer: ChunkSizer) -> list[tuple[bool, Any]]:
+        pairs, work = task.result(0)
+        sizer.observe(len(pairs), work, task.duration or work)
+        if self._remote:
+            for j, (ok, value) in enumerate(pairs):
+                if not ok:
+                    pairs[j] = (False, loads_exception(*value))
+        return pairs  # type: ignore[no-any-return]
+
+    def _on_block(self, task: Task[Any], blk: _Block) -> None:
+        run = blk.run
         try:
             self._chunk_gone()
             exc = task.exception(0)
+            if exc is not None:
+                self._block_failed(blk, exc)
+            else:
+                pairs = self._results(task, run.sizer)
+                self._block_done(blk, pairs)
+        except BaseException as why:  # pragma: no cover - a callback must not lose items
+            print(f"polytask: pool callback error: {why!r}", file=sys.stderr)
+        self._pump()
+
+    def _block_done(self, blk: _Block, pairs: list[tuple[bool, Any]]) -> None:
+        run = blk.run
+        retry_idx: list[int] = []
+        if self.retries:
+            retry_idx = [
+                j for j, (ok, v) in enumerate(pairs) if not ok and isinstance(v, self.retry_on)
+            ]
+        k = len(pairs)
+        with self._lock:
+            if run.cancelled:
+                self._unsettled -= len(blk.args)
+                return
+            self._unsettled -= k - len(retry_idx)
+            if k < len(blk.args):  # the worker stopped early: send the rest again
+                run.redo.appendleft(_Block(run, blk.start + k, blk.args[k:]))
+                if not run.active:
+                    self._runs.append(run)
+                    run.active = True
+            if retry_idx:
+                again = []
+                for j in retry_idx:
+                    it = _Item(run, blk.start + j, run.fn, blk.args[j], {}, run.timeout)
+                    it.attempts = 1
+                    it.isolated = it.started = True
+                    again.append(it)
+                self._requeue(again)
+            if self._unsettled == 0:
+                self._idle.notify_all()
+        if not retry_idx:
+            run.settle_block(blk.start, pairs)
+            return
+        # Settle the segments between the retried items.
+        seg_start = 0
+        for j in [*retry_idx, k]:
+            run.settle_block(blk.start + seg_start, pairs[seg_start:j])
+            seg_start = j + 1
+
+    def _block_failed(self, blk: _Block, exc: BaseException) -> None:
+        """A whole chunk failed (crash, timeout, pickling): run its items one by one."""
+        run = blk.run
+        items = []
+        for j, args in enumerate(blk.args):
+            it = _Item(run, blk.start + j, run.fn, args, {}, run.timeout)
+            it.isolated = it.started = True
+            items.append(it)
+        if len(items) == 1:
+            self._settle_many([(items[0], False, exc)])
+            return
+        with self._lock:
+            if not self._terminated and not run.cancelled:
+                self._requeue(items)
+                return
+        self._settle_many([(it, False, exc) for it in items], final=True)
+
+    def _on_chunk(self, task: Task[Any], chunk: list[_Item]) -> None:
+        try:
+            with self._lock:
+                self._item_chunks.pop(id(task), None)
+            self._chunk_gone()
+            exc = task.exception(0)
             if exc is None:
-                results, work = task.result(0)
-                chunk[0].sink.sizer.observe(len(results), work, task.duration or work)
-                done: list[tuple[_Item, bool, Any]] = []
-                for it, (ok, value) in zip(chunk, results, strict=False):
-                    if not ok and self._remote:
-                        value = loads_exception(*value)
-                    done.append((it, ok, value))
-                self._settle_many(done)
-                if len(results) < len(chunk):
+                pairs = self._results(task, chunk[0].sink.sizer)
+                self._settle_many([(it, ok, v) for it, (ok, v) in zip(chunk, pairs, strict=False)])
+                if len(pairs) < len(chunk):
                     with self._lock:
-                        self._requeue([it for it in chunk[len(results) :] if not it.dropped()])
+                        self._requeue([it for it in chunk[len(pairs) :] if not it.dropped()])
             else:
                 self._chunk_failed(chunk, exc)
         except BaseException as why:  # pragma: no cover - a callback must not lose items
-            print(f"polytask: pool chunk callback error: {why!r}", file=sys.stderr)
+            print(f"polytask: pool callback error: {why!r}", file=sys.stderr)
             self._settle_many([(it, False, why) for it in chunk], final=True)
         self._pump()
 
@@ -1055,8 +1292,8 @@ class Executor(concurrent.futures.Executor):
         """
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        run = self._pool._start(fn, _zip(iterables), True, None, DEFAULT, None)
-        return self._pool._drive(run, False, None, deadline)
+        run = self._pool._start(fn, _zip(iterables), True, None, DEFAULT)
+        return self._pool._drive(run, False, None, deadline, False)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; ``cancel_futures`` cancels queued tasks; ``wait`` joins."""
@@ -1065,6 +1302,10 @@ class Executor(concurrent.futures.Executor):
         if cancel_futures:
             with pool._lock:
                 queued = [it for it in pool._queue if it.task is not None]
+                # Chunks handed to the backend that no worker has taken yet.
+                for chunk, items in pool._item_chunks.values():
+                    if not chunk.running() and not chunk.done():
+                        queued.extend(items)
             for it in queued:
                 if it.task is not None:
                     it.task.cancel()

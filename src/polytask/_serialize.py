@@ -46,8 +46,37 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
+# Functions pickled by reference, by the function object: a module-level function
+# pickles to the same bytes every time, so a hot loop of spawn() pickles it once.
+_BY_REF: dict[Any, bytes] = {}
+_BY_REF_MAX = 512
+
+
 def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
     """Pickle a function; the flag says it went by reference (safe to cache by bytes)."""
+    try:
+        cached = _BY_REF.get(fn)
+    except TypeError:  # an unhashable callable object
+        cached = None
+    if cached is not None:
+        return cached, True
+    data, by_ref = _dumps_fn(fn)
+    if by_ref and _is_plain_function(fn):
+        if len(_BY_REF) >= _BY_REF_MAX:
+            _BY_REF.clear()
+        _BY_REF[fn] = data
+    return data, by_ref
+
+
+def _is_plain_function(fn: Any) -> bool:
+    # Only functions and builtins: their pickle is their qualified name, which cannot
+    # change. A callable instance pickles its state, which may.
+    import types
+
+    return isinstance(fn, (types.FunctionType, types.BuiltinFunctionType))
+
+
+def _dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
     try:
         data = pickle.dumps(fn, protocol=PROTOCOL)
     except Exception:

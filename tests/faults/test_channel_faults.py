@@ -21,9 +21,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import Harness
 
 import polytask as pt
+from helpers import Harness
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 HANG = 30.0  # a bound for "does not hang", never a speed check

@@ -13,7 +13,6 @@ import time
 
 import psutil
 import pytest
-
 from tests.helpers import Harness
 
 START_WORK = """

@@ -54,7 +54,7 @@ def _load_fn(fn_bytes: bytes, by_ref: bool) -> Callable[..., Any]:
             if len(_FN_CACHE) >= _FN_CACHE_MAX:
                 _FN_CACHE.clear()
             _FN_CACHE[fn_bytes] = fn
-    return fn  # type: ignore[return-value]
+    return fn
 
 
 def _error(exc: BaseException) -> Outcome:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import BackendUnavailable, Cancelled, WorkerCrashed
+from .._errors import BackendUnavailable, WorkerCrashed
 from .._task import Task
 from .._timer import call_later
 from . import Backend
@@ -242,8 +242,8 @@ class DaskBackend(Backend):
 
 def _local_cluster(max_workers: int | None, options: dict[str, Any]) -> Any:
     import dask
-    import distributed
 
+    distributed: Any = _import_distributed()
     n = max_workers or os.cpu_count() or 1
     opts: dict[str, Any] = {
         "n_workers": n,
@@ -264,3 +264,12 @@ def _close_quietly(obj: Any) -> None:
         obj.close()
     except Exception:  # pragma: no cover - already gone
         pass
+
+
+def _register_primitives() -> None:
+    from ._cluster_sync import register_dask
+
+    register_dask()
+
+
+_register_primitives()

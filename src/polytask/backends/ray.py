@@ -246,3 +246,12 @@ class RayBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RayBackend{' closed' if self._closed else ''}>"
+
+
+def _register_primitives() -> None:
+    from ._cluster_sync import register_ray
+
+    register_ray()
+
+
+_register_primitives()

@@ -352,9 +352,10 @@ class _Sink:
 
 
 class _Job:
-    __slots__ = ("args", "halted", "seq", "slot", "tries")
+    __slots__ = ("args", "halted", "program", "seq", "slot", "tries")
 
     def __init__(self, seq: int, args: tuple[str, ...]) -> None:
+        self.program = ""
         self.seq = seq
         self.args = args
         self.slot = 0
@@ -523,6 +524,8 @@ class _Runner:
                 finished, ready = loop.wait(None)
                 if ready:
                     self.source.fill()
+                for job, exc in loop.failed_starts():
+                    self.start_failed(job, job.program, exc)
                 for child in finished:
                     self.finished(child)
             self.sink.finish()
@@ -545,20 +548,27 @@ class _Runner:
         argv = self.template.argv(job.args, job.seq, job.slot)
         if argv is None:
             argv = [self.shell, "-c", self.text(job)]
+        job.program = argv[0]
         on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
-        t0, w0 = time.monotonic(), time.time()
+        if self.jobs is None or self.jobs > 1:
+            # Starter threads overlap the fork/exec waits of many short jobs.
+            self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
+            return
         try:
             self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
         except OSError as exc:
-            # What a shell would say and exit with: 127 not found, 126 cannot run.
-            code = 127 if isinstance(exc, FileNotFoundError) else 126
-            why = "command not found" if code == 127 else (exc.strerror or str(exc))
-            msg = f"{PROG}: {argv[0]}: {why}\n".encode(errors="surrogateescape")
-            self.release(job)
-            self.ended(job, code, 0, b"", msg, w0, time.monotonic() - t0)
+            self.start_failed(job, argv[0], exc)
+
+    def start_failed(self, job: _Job, program: str, exc: OSError) -> None:
+        # What a shell would say and exit with: 127 not found, 126 cannot run.
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        why = "command not found" if code == 127 else (exc.strerror or str(exc))
+        msg = f"{PROG}: {program}: {why}\n".encode(errors="surrogateescape")
+        self.release(job)
+        self.ended(job, code, 0, b"", msg, time.time(), 0.0)
 
     def _new_slot(self) -> int:
         slot = self.next_slot
@@ -731,9 +741,51 @@ def _fd_limit(wanted: int) -> int:
 # --------------------------------------------------------------------------- main
 
 
+_VALUE_OPTIONS = frozenset(
+    [
+        "--timeout",
+        "--retries",
+        "--joblog",
+        "--halt",
+        "--halt-on-error",
+        "--results",
+        "--res",
+        "-a",
+        "--arg-file",
+    ]
+)
+
+
+def _negative_values(argv: list[str]) -> list[str]:
+    # With -0 defined, argparse reads "-1" as an option, not a value: glue the
+    # value of -j/--jobs to its option so that GNU parallel's "-j -1" works.
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("-j", "-P", "--jobs", "--max-procs"):
+            value = next(it, None)
+            if value is None:
+                out.append(a)
+            elif value.startswith("-"):
+                out.append(f"{a}={value}" if a.startswith("--") else a + value)
+            else:
+                out += [a, value]
+        elif a in _VALUE_OPTIONS:
+            out.append(a)
+            value = next(it, None)
+            if value is not None:
+                out.append(value)
+        elif a == "--" or not a.startswith("-"):
+            out.append(a)
+            out += it  # the COMMAND starts here: its words are its own
+        else:
+            out.append(a)
+    return out
+
+
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
     cut = next((i for i, a in enumerate(argv) if a in _SEPARATORS), len(argv))
-    opts = _parser().parse_args(argv[:cut])
+    opts = _parser().parse_args(_negative_values(argv[:cut]))
     groups = _split_sources(argv[cut:])
     if opts.retries < 0:
         raise _UsageError(f"--retries {opts.retries}: must be 0 or more")
@@ -804,11 +856,14 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
     template = spec.Template.parse(opts.command, quote=opts.quote)
     sep = b"\0" if opts.null else b"\n"
     if not groups and not opts.arg_file:
-        if template.empty:
+        try:
+            tty = os.isatty(0)
+            os.fstat(0)
+        except OSError:
+            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)") from None
+        if tty and template.empty:
             raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
-        if sys.stdin is None:
-            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)")
-        if os.isatty(0):
+        if tty:
             _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
         source: Any = _StreamSource(0, sep)
         if opts.bar or halt.pct is not None:

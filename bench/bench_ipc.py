@@ -1,0 +1,299 @@
+"""IPC throughput: pt.Channel(backend="process") against its peers, in one run.
+
+One producer process sends N items to the consumer (this process); the clock
+runs from the first item received to the last, so process start-up is not
+counted. Peers: multiprocessing.Queue, multiprocessing.Pipe, faster-fifo (if
+installed) and a raw os.pipe floor (fixed-size bytes, no pickling). Items: a
+short tuple, 1 MiB bytes, 1 MiB and 8 MiB NumPy arrays; and pt.SharedArray
+handed over without copying (1 MiB vs 64 MiB: the time must not grow).
+Producers are forked (the same way for every peer).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import polytask as pt
+
+CTX = mp.get_context("fork")
+SMALL = (12345, "hello", 1.5)
+BATCH = 256
+
+try:
+    import faster_fifo
+except ImportError:  # pragma: no cover - the bench extra installs it
+    faster_fifo = None
+
+
+# --------------------------------------------------------------------------- transports
+# Each: make() -> (tx, rx); send(tx, item) in the child; recv(rx) here; close(tx, rx).
+
+
+def _pt_make() -> tuple[Any, Any]:
+    ch: pt.Channel[Any] = pt.Channel(backend="process")
+    return ch, ch
+
+
+def _mpq_make() -> tuple[Any, Any]:
+    q: Any = CTX.Queue()
+    return q, q
+
+
+def _pipe_make() -> tuple[Any, Any]:
+    rx, tx = CTX.Pipe(duplex=False)
+    return tx, rx
+
+
+def _ff_make() -> tuple[Any, Any]:
+    assert faster_fifo is not None
+    q = faster_fifo.Queue(max_size_bytes=200 * 1024 * 1024)
+    return q, q
+
+
+def _close(tx: Any, rx: Any) -> None:
+    for end in (tx, rx):
+        close = getattr(end, "close", None)
+        if close is not None:
+            close()
+    join = getattr(tx, "join_thread", None)
+    if join is not None:
+        join()
+
+
+TRANSPORTS: dict[str, tuple[Callable[[], tuple[Any, Any]], Callable[..., None], Callable[..., Any]]]
+TRANSPORTS = {
+    "pt.Channel": (_pt_make, lambda tx, x: tx.put(x), lambda rx: rx.get(timeout=60)),
+    "multiprocessing.Queue": (_mpq_make, lambda tx, x: tx.put(x), lambda rx: rx.get(timeout=60)),
+    "multiprocessing.Pipe": (_pipe_make, lambda tx, x: tx.send(x), lambda rx: rx.recv()),
+}
+if faster_fifo is not None:
+    TRANSPORTS["faster-fifo"] = (
+        _ff_make,
+        lambda tx, x: tx.put(x, timeout=60),
+        lambda rx: rx.get(timeout=60),
+    )
+
+
+def _child(send: Callable[..., None], tx: Any, item: Any, n: int) -> None:
+    for _ in range(n):
+        send(tx, item)
+
+
+def _measure(name: str, item: Any, n: int) -> float:
+    """Seconds from the first item received to the n-th."""
+    make, send, recv = TRANSPORTS[name]
+    tx, rx = make()
+    p = CTX.Process(target=_child, args=(send, tx, item, n))
+    p.start()
+    try:
+        recv(rx)
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            recv(rx)
+        return time.perf_counter() - t0
+    finally:
+        p.join(60)
+        _close(tx, rx)
+
+
+def _batched_child(tx: Any, item: Any, n: int, kind: str) -> None:
+    batch = [item] * BATCH
+    sent = 0
+    while sent < n:
+        k = min(BATCH, n - sent)
+        tx.put_many(batch[:k], timeout=60)  # the same call on pt.Channel and faster-fifo
+        sent += k
+
+
+def _measure_batched(kind: str, item: Any, n: int) -> float:
+    if kind == "pt":
+        tx, rx = _pt_make()
+
+        def get_many() -> int:
+            return len(rx.get_many(BATCH, timeout=60))
+    else:
+        tx, rx = _ff_make()
+
+        def get_many() -> int:
+            return len(rx.get_many(max_messages_to_get=BATCH, timeout=60))
+
+    p = CTX.Process(target=_batched_child, args=(tx, item, n, kind))
+    p.start()
+    try:
+        got = get_many()
+        t0 = time.perf_counter()
+        first = got
+        while got < n:
+            got += get_many()
+        return (time.perf_counter() - t0) * (n - 1) / max(1, n - first)
+    finally:
+        p.join(60)
+        _close(tx, rx)
+
+
+def _raw_child(fd: int, size: int, n: int) -> None:
+    data = b"x" * size
+    for _ in range(n):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _measure_raw(size: int, n: int) -> float:
+    """The floor: fixed-size frames through os.pipe, no pickling, no framing."""
+    r, w = os.pipe()
+    p = CTX.Process(target=_raw_child, args=(w, size, n))
+    p.start()
+    os.close(w)
+    try:
+        buf = bytearray(size)
+
+        def read_one() -> None:
+            view = memoryview(buf)
+            while view:
+                k = os.readv(r, [view])
+                if k == 0:
+                    raise EOFError
+                view = view[k:]
+
+        read_one()
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            read_one()
+        return time.perf_counter() - t0
+    finally:
+        p.join(60)
+        os.close(r)
+
+
+# --------------------------------------------------------------------------- SharedArray
+
+
+def _sa_child(ch: Any, nbytes: int, n: int, done: Any) -> None:
+    sa = pt.SharedArray(nbytes, dtype="uint8")
+    for _ in range(n):
+        ch.put(sa)
+    done.wait(60)  # the receiver needs the name until it has mapped every handle
+
+
+def _measure_shared_array(nbytes: int, n: int) -> float:
+    """Seconds per handoff of a SharedArray of nbytes (sent, mapped, first and last byte read)."""
+    ch: pt.Channel[Any] = pt.Channel(backend="process")
+    done = CTX.Event()
+    p = CTX.Process(target=_sa_child, args=(ch, nbytes, n, done))
+    p.start()
+    try:
+        sa = ch.get(timeout=60)
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            sa = ch.get(timeout=60)
+            _ = int(sa.array[0]) + int(sa.array[-1])
+            sa.close()
+        return (time.perf_counter() - t0) / (n - 1)
+    finally:
+        done.set()
+        p.join(60)
+        ch.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def run(quick: bool = False) -> str:
+    n_small = 20_000 if quick else 200_000
+    n_big = 60 if quick else 400
+    n_huge = 12 if quick else 60
+    mib = 1 << 20
+    arr1 = np.random.default_rng(0).integers(0, 255, size=mib, dtype=np.uint8)
+    arr8 = np.random.default_rng(1).integers(0, 255, size=8 * mib, dtype=np.uint8)
+    bytes1 = arr1.tobytes()
+
+    small: dict[str, float] = {}
+    for name in TRANSPORTS:
+        small[name] = (n_small - 1) / _measure(name, SMALL, n_small)
+    small["pt.Channel put_many/get_many"] = (n_small - 1) / _measure_batched("pt", SMALL, n_small)
+    if faster_fifo is not None:
+        small["faster-fifo put_many/get_many"] = (n_small - 1) / _measure_batched(
+            "ff", SMALL, n_small
+        )
+    small["os.pipe, 64 B raw frames (floor)"] = (n_small - 1) / _measure_raw(64, n_small)
+    base_small = small["multiprocessing.Queue"]
+
+    big: dict[str, dict[str, float]] = {}
+    for label, item, n in (
+        ("1 MiB bytes", bytes1, n_big),
+        ("1 MiB NumPy", arr1, n_big),
+        ("8 MiB NumPy", arr8, n_huge),
+    ):
+        size = item.nbytes if isinstance(item, np.ndarray) else len(item)
+        per = {}
+        for name in TRANSPORTS:
+            per[name] = (n - 1) * size / _measure(name, item, n) / 1e9
+        per["os.pipe raw (floor)"] = (n - 1) * size / _measure_raw(size, n) / 1e9
+        big[label] = per
+
+    n_sa = 200 if quick else 2000
+    sa_small = _measure_shared_array(mib, n_sa)
+    sa_large = _measure_shared_array(64 * mib, n_sa)
+
+    lines = [
+        '## IPC: pt.Channel(backend="process") vs multiprocessing, faster-fifo, os.pipe',
+        "",
+        f"One producer process, one consumer; {n_small:,} small items "
+        f"(the tuple {SMALL!r}), {n_big} x 1 MiB, {n_huge} x 8 MiB. "
+        "Clock from the first item received to the last."
+        + ("" if faster_fifo is not None else " faster-fifo: not installed."),
+        "",
+        "| transport | small items/s | vs mp.Queue |",
+        "|---|---:|---:|",
+    ]
+    for name, rate in small.items():
+        lines.append(f"| {name} | {_fmt_rate(rate)} | {rate / base_small:.2f}x |")
+    lines += ["", "| transport | " + " | ".join(f"{k} GB/s" for k in big) + " |"]
+    lines.append("|---|" + "---:|" * len(big))
+    names = list(next(iter(big.values())))
+    for name in names:
+        cells = []
+        for per in big.values():
+            ratio = per[name] / per["multiprocessing.Queue"]
+            cells.append(f"{per[name]:.2f} ({ratio:.1f}x)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "(ratios against multiprocessing.Queue)",
+        "",
+        "| zero copy: pt.SharedArray through pt.Channel | seconds per handoff |",
+        "|---|---:|",
+        f"| 1 MiB array | {sa_small * 1e6:.1f} us |",
+        f"| 64 MiB array | {sa_large * 1e6:.1f} us |",
+        "",
+    ]
+    small_ratio = small["pt.Channel"] / base_small
+    gbps = big["1 MiB NumPy"]["pt.Channel"]
+    constant = sa_large < 3 * sa_small
+    lines += [
+        "Targets (issue 5):",
+        f"- small messages at least 5x multiprocessing.Queue: "
+        f"{'met' if small_ratio >= 5 else 'NOT met'} ({small_ratio:.1f}x with put/get per item, "
+        f"{small['pt.Channel put_many/get_many'] / base_small:.1f}x batched)",
+        f"- 1 MiB arrays at least 8 GB/s copied: {'met' if gbps >= 8 else 'NOT met'} "
+        f"({gbps:.2f} GB/s; the raw os.pipe floor did "
+        f"{big['1 MiB NumPy']['os.pipe raw (floor)']:.2f} GB/s on this machine)",
+        f"- zero copy in constant time: {'met' if constant else 'NOT met'} "
+        f"(64 MiB took {sa_large / sa_small:.2f}x the time of 1 MiB)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(run(quick=True))

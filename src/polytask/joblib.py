@@ -1,0 +1,114 @@
+"""Run joblib's ``Parallel`` on polytask: ``polytask.joblib.register()``.
+
+::
+
+    import joblib
+    import polytask.joblib
+
+    polytask.joblib.register()
+    with joblib.parallel_config(backend="polytask", n_jobs=2):
+        squares = joblib.Parallel()(joblib.delayed(pow)(i, 2) for i in range(10))
+
+joblib's batches become tasks of a private :class:`polytask.Pool`, so a worker
+that crashes fails only its batch (``WorkerCrashed``) and is replaced, and
+every worker is killed and reaped when the call ends or is interrupted.
+Options given to ``parallel_config``/``parallel_backend`` after the name go to
+the Pool: ``backend="thread"``, ``timeout=``, ``retries=``,
+``max_tasks_per_worker=``...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PolytaskBackend", "register"]
+
+try:
+    from joblib import cpu_count, register_parallel_backend  # type: ignore[import-untyped]
+    from joblib._parallel_backends import (  # type: ignore[import-untyped]
+        AutoBatchingMixin,
+        ParallelBackendBase,
+    )
+except ImportError as exc:  # pragma: no cover - joblib is an optional dependency
+    from ._errors import BackendUnavailable
+
+    raise BackendUnavailable(
+        "polytask.joblib needs joblib: pip install joblib (or polytask[dev])"
+    ) from exc
+
+from ._pool import Pool
+
+
+class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+    """A joblib parallel backend running each batch as a task of a polytask Pool."""
+
+    supports_retrieve_callback = True
+    supports_timeout = True
+    default_n_jobs = -1
+
+    def __init__(self, *args: Any, **pool_options: Any) -> None:
+        nesting_level = pool_options.pop("nesting_level", None)
+        inner = pool_options.pop("inner_max_num_threads", None)
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner)
+        self._pool_options = pool_options
+        self._pool: Pool | None = None
+        self.parallel: Any = None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs < 0:
+            return max(int(cpu_count()) + 1 + n_jobs, 1)
+        return int(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_options: Any,
+    ) -> int:
+        # backend_options are joblib's own (max_nbytes, mmap_mode...): the Pool's
+        # options come from parallel_config(backend="polytask", **options).
+        n = self.effective_n_jobs(n_jobs)
+        options = dict(self._pool_options)
+        if require == "sharedmem" or (prefer == "threads" and "backend" not in options):
+            options["backend"] = "thread"
+        self._pool = Pool(n, **options)
+        self.parallel = parallel
+        return n
+
+    def submit(self, func: Any, callback: Any = None) -> Any:
+        assert self._pool is not None, "configure() first"
+        task = self._pool.submit(func)
+        if callback is not None:
+            task.add_done_callback(callback)
+        return task
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        return out.result()
+
+    def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
+        return out.result(timeout)
+
+    def terminate(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            pool.join()
+        self.reset_batch_stats()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+        if ensure_ready and self.parallel is not None:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+
+def register(name: str = "polytask") -> None:
+    """Register polytask as a joblib backend called ``name`` (default "polytask")."""
+    register_parallel_backend(name, PolytaskBackend)

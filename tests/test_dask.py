@@ -1,0 +1,279 @@
+"""The Dask backend on a real LocalCluster (the session's, see _engines.py)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import polytask as pt
+from polytask.backends import get_backend
+
+pytestmark = pytest.mark.usefixtures("dask_cluster")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def whoami() -> tuple[str, int]:
+    return pt.current_task().name, os.getpid()
+
+
+def boom(x: int) -> None:
+    raise ValueError(f"bad value {x}")
+
+
+def die() -> None:
+    os._exit(7)
+
+
+def sleep_then_touch(seconds: float, path: str) -> str:
+    time.sleep(seconds)
+    Path(path).write_text("ran to the end")
+    return "done"
+
+
+def give_lambda() -> object:
+    return lambda: 1
+
+
+def hold(lock: object, path: str, seconds: float) -> bool:
+    with lock:  # type: ignore[attr-defined]
+        with open(path, "a") as f:
+            f.write("in\n")
+        time.sleep(seconds)
+        with open(path, "a") as f:
+            f.write("out\n")
+    return True
+
+
+def wait_event(ev: pt.Event, timeout: float) -> bool:
+    return ev.wait(timeout)
+
+
+def produce(ch: pt.Channel[int], n: int) -> int:
+    for i in range(n):
+        ch.put(i, timeout=30)
+    ch.close()
+    return n
+
+
+def run_script(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_results_lambdas_and_names() -> None:
+    assert pt.spawn(add, 2, b=3, backend="dask").result(timeout=60) == 5
+    assert pt.spawn(lambda x: x * 2, 21, backend="dask").result(timeout=60) == 42
+    name, pid = pt.spawn(whoami, backend="dask", name="me").result(timeout=60)
+    assert name == "me"
+    assert pid != os.getpid()
+
+
+def test_exception_keeps_its_type_and_remote_traceback() -> None:
+    t = pt.spawn(boom, 3, backend="dask")
+    with pytest.raises(ValueError, match="bad value 3") as info:
+        t.result(timeout=60)
+    assert "in boom" in str(info.value.__cause__)
+    assert type(info.value.__cause__).__name__ == "RemoteTraceback"
+
+
+def test_unpicklable_argument_fails_at_the_call() -> None:
+    with pytest.raises(pt.SerializationError, match="argument 1"):
+        pt.spawn(add, threading.Lock(), backend="dask")
+
+
+def test_unpicklable_result_is_a_serialization_error() -> None:
+    t = pt.spawn(give_lambda, backend="dask")
+    # cloudpickle can ship a lambda: it comes back callable.
+    assert t.result(timeout=60)() == 1  # type: ignore[operator]
+    t = pt.spawn(threading.Lock, backend="dask")
+    with pytest.raises(pt.SerializationError, match="cannot be pickled"):
+        t.result(timeout=60)
+
+
+def test_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
+    be = get_backend("dask")
+    assert be.can_kill_running is False  # type: ignore[attr-defined]
+    marker = tmp_path / "marker"
+    t = pt.spawn(sleep_then_touch, 1.5, str(marker), backend="dask", timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(pt.TaskTimeout, match="Dask cannot stop"):
+        t.result(timeout=30)
+    assert time.monotonic() - start < 1.4  # told at the deadline, not when the work ends
+    assert not marker.exists()
+    # As documented: the running function is not interrupted, it runs to its end.
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "ran to the end"
+
+
+def test_cancel_running_and_pending(tmp_path: Path) -> None:
+    running = [
+        pt.spawn(sleep_then_touch, 1.0, str(tmp_path / f"r{i}"), backend="dask") for i in range(2)
+    ]
+    pending = pt.spawn(sleep_then_touch, 0.0, str(tmp_path / "pending"), backend="dask")
+    time.sleep(0.3)
+    assert pending.cancel() is True
+    assert running[0].cancel() is True
+    with pytest.raises(pt.Cancelled):
+        running[0].result(timeout=10)
+    with pytest.raises(pt.Cancelled):
+        pending.result(timeout=10)
+    assert running[1].result(timeout=60) == "done"
+    time.sleep(1.5)
+    assert not (tmp_path / "pending").exists()  # a queued task never starts
+
+
+def test_worker_death_is_worker_crashed_and_the_cluster_goes_on() -> None:
+    t = pt.spawn(die, backend="dask")
+    with pytest.raises(pt.WorkerCrashed, match="'die' died"):
+        t.result(timeout=60)
+    assert pt.spawn(add, 1, 1, backend="dask").result(timeout=60) == 2
+
+
+def test_group_failure_cancels_siblings(tmp_path: Path) -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        with pt.TaskGroup(backend="dask") as g:
+            slow = g.spawn(sleep_then_touch, 5.0, str(tmp_path / "slow"))
+            g.spawn(boom, 1)
+    assert info.group_contains(ValueError)
+    assert slow.cancelled()
+
+
+def test_join_existing_scheduler_by_address(dask_cluster: object) -> None:
+    from polytask.backends.dask import DaskBackend
+
+    address = dask_cluster.scheduler.address  # type: ignore[attr-defined]
+    be = DaskBackend(address=address)
+    try:
+        assert pt.spawn(add, 40, 2, backend=be).result(timeout=60) == 42
+    finally:
+        be.shutdown()
+    assert be.client.status == "closed"
+    assert dask_cluster.status == "running"  # type: ignore[attr-defined]  # only our client closed
+
+
+def test_borrowed_client_is_never_closed(dask_cluster: object) -> None:
+    from polytask.backends.dask import DaskBackend
+
+    be = DaskBackend(client=dask_cluster)
+    assert pt.spawn(add, 1, backend=be).result(timeout=60) == 1
+    be.shutdown()
+    assert dask_cluster.status == "running"  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="shut down"):
+        be.spawn(add, (1,), {})
+
+
+def test_bad_options_fail_at_the_call(dask_cluster: object) -> None:
+    from polytask.backends.dask import DaskBackend
+
+    with pytest.raises(ValueError, match="max_workers"):
+        DaskBackend(max_workers=0)
+    with pytest.raises(ValueError, match="not both"):
+        DaskBackend(address="tcp://127.0.0.1:1", client=dask_cluster)
+    with pytest.raises(TypeError, match="distributed.Client"):
+        DaskBackend(client="tcp://127.0.0.1:1")
+
+
+def test_lock_is_exclusive_across_workers(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with pt.TaskGroup(backend="dask") as g:
+        lock = g.Lock()
+        a = g.spawn(hold, lock, str(log), 0.3)
+        b = g.spawn(hold, lock, str(log), 0.3)
+    assert a.result() and b.result()
+    assert log.read_text() == "in\nout\nin\nout\n"
+    assert lock.acquire(timeout=5)
+    assert lock.locked()
+    assert lock.acquire(blocking=False) is False
+    assert lock.acquire(timeout=0.2) is False
+    lock.release()
+    assert isinstance(lock, pt.Lock)
+
+
+def test_event_and_semaphore() -> None:
+    be = get_backend("dask")
+    ev = be.primitive("Event")
+    t = pt.spawn(wait_event, ev, 30.0, backend="dask")
+    time.sleep(0.3)
+    assert not t.done()
+    ev.set()
+    assert t.result(timeout=60) is True
+    assert ev.is_set()
+    ev.clear()
+    assert ev.wait(0.1) is False
+    sem = pt.Semaphore(2, backend="dask")
+    assert sem.acquire(timeout=5) and sem.acquire(timeout=5)
+    assert sem.acquire(timeout=0.2) is False
+    sem.release(2)
+    with sem:
+        pass
+
+
+def test_channel_across_tasks() -> None:
+    ch: pt.Channel[int] = pt.Channel(maxsize=10, backend="dask")
+    t = pt.spawn(produce, ch, 25, backend="dask")
+    assert list(ch) == list(range(25))
+    assert t.result(timeout=60) == 25
+    assert ch.closed
+    with pytest.raises(pt.ChannelClosed):
+        ch.put(1)
+    empty: pt.Channel[int] = pt.Channel(backend="dask")
+    with pytest.raises(queue.Empty):
+        empty.get(timeout=0.2)
+
+
+def test_missing_engine_is_backend_unavailable() -> None:
+    r = run_script(
+        """
+        import sys
+        sys.modules["distributed"] = None
+        import polytask as pt
+        try:
+            pt.spawn(print, 1, backend="dask")
+        except ImportError as exc:
+            assert isinstance(exc, pt.BackendUnavailable), type(exc)
+            print(exc)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pip install 'polytask[dask]'" in r.stdout
+
+
+@pytest.mark.slow
+def test_own_local_cluster_is_closed_with_its_processes() -> None:
+    r = run_script(
+        """
+        import psutil, polytask as pt
+        from polytask.backends.dask import DaskBackend
+        be = DaskBackend(max_workers=1)
+        assert pt.spawn(sum, [1, 2], backend=be).result(timeout=60) == 3
+        assert len(psutil.Process().children(recursive=True)) >= 2
+        be.shutdown()
+        left = [p for p in psutil.Process().children(recursive=True)
+                if "resource_tracker" not in " ".join(p.cmdline())]
+        gone, alive = psutil.wait_procs(left, timeout=20)
+        print("ALIVE", [p.pid for p in alive])
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ALIVE []" in r.stdout

@@ -1,0 +1,161 @@
+"""pt.pipeline and pt.stage: order, fan-out, failures, bounded memory, cleanup."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+import pytest
+
+import polytask as pt
+
+BACKENDS = ["thread", "process"]
+HANG = 30.0  # a bound for "does not hang", never a speed check
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def jitter(x: int) -> int:
+    time.sleep(0.002 * (x % 5))  # later inputs often finish first
+    return x
+
+
+def fan_out(x: int):
+    for k in range(x % 3):  # 0, 1 or 2 outputs per input
+        yield (x, k)
+
+
+def fail_at_13(x: int) -> int:
+    if x == 13:
+        raise ValueError(f"cannot take {x}")
+    return x
+
+
+def die_at_5(x: int) -> int:
+    if x == 5:
+        os._exit(3)
+    return x
+
+
+def sleepy(x: int) -> int:
+    time.sleep(0.05)
+    return x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stages_in_order_with_several_workers(backend):
+    out = list(
+        pt.pipeline(
+            range(300), pt.stage(jitter, workers=3), pt.stage(double, workers=2), backend=backend
+        )
+    )
+    assert out == [2 * x for x in range(300)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generators_yield_many_outputs_per_input(backend):
+    out = list(pt.pipeline(range(60), pt.stage(fan_out, workers=3), double, backend=backend))
+    assert out == [2 * (x, k) for x in range(60) for k in range(x % 3)]
+
+
+def test_unordered_stage_gives_every_output_once():
+    out = list(pt.pipeline(range(200), pt.stage(jitter, workers=4, ordered=False)))
+    assert sorted(out) == list(range(200))
+
+
+def test_empty_source():
+    assert list(pt.pipeline([], double)) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_failure_stops_everything_and_names_the_stage(backend):
+    p = pt.pipeline(
+        itertools.count(),  # endless: only the failure can end it
+        pt.stage(jitter, workers=2),
+        pt.stage(fail_at_13, workers=2, name="checker"),
+        backend=backend,
+        maxsize=8,
+    )
+    with pytest.raises(ValueError, match="cannot take 13") as info:
+        for _ in p:
+            pass
+    assert any("stage 2 ('checker')" in note for note in info.value.__notes__)
+
+
+def test_crashed_process_worker_is_reported():
+    with pytest.raises(pt.WorkerCrashed) as info:
+        list(pt.pipeline(range(20), die_at_5, backend="process"))
+    assert any("die_at_5" in note for note in info.value.__notes__)
+
+
+def test_failing_source_is_reported():
+    def source():
+        yield 1
+        raise KeyError("source broke")
+
+    with pytest.raises(KeyError) as info:
+        list(pt.pipeline(source(), double))
+    assert any("source" in note for note in info.value.__notes__)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_endless_source_is_read_only_as_fast_as_results_are_taken(backend):
+    taken = itertools.count()
+
+    def source():
+        for i in itertools.count():
+            next(taken)
+            yield i
+
+    with pt.pipeline(source(), pt.stage(double, workers=2), backend=backend, maxsize=4) as p:
+        for y in p:
+            if y >= 40:
+                break
+        time.sleep(0.3)  # would the source run ahead?
+        read = next(taken)
+    # 21 results taken; each of the stage's window and the result queue holds <= 4.
+    assert read <= 21 + 3 * 4 + 2, read
+
+
+def test_breaking_out_stops_the_workers():
+    before = threading.active_count()
+    p = pt.pipeline(itertools.count(), pt.stage(sleepy, workers=3))
+    for y in p:
+        if y == 3:
+            break
+    deadline = time.monotonic() + HANG
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_timeout_bounds_the_whole_run():
+    with pytest.raises(pt.TaskTimeout):
+        list(pt.pipeline(itertools.count(), sleepy, timeout=0.5))
+
+
+def test_a_pipeline_runs_once():
+    p = pt.pipeline(range(3), double)
+    assert list(p) == [0, 2, 4]
+    with pytest.raises(RuntimeError, match="runs once"):
+        list(p)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="at least one stage"):
+        pt.pipeline(range(3))
+    with pytest.raises(TypeError, match="iterable"):
+        pt.pipeline(5, double)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="maxsize"):
+        pt.pipeline(range(3), double, maxsize=0)
+    with pytest.raises(ValueError, match="unknown pipeline backend"):
+        pt.pipeline(range(3), double, backend="nope")
+    with pytest.raises(TypeError, match="callable"):
+        pt.stage(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        pt.stage(double, workers=0)
+    assert "double" in repr(pt.stage(double, workers=2))

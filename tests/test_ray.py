@@ -1,0 +1,216 @@
+"""The Ray backend on a real local Ray (the session's, see _engines.py)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import polytask as pt
+from polytask.backends import get_backend
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def whoami() -> tuple[str, int]:
+    return pt.current_task().name, os.getpid()
+
+
+def boom(x: int) -> None:
+    raise KeyError(f"missing {x}")
+
+
+def die() -> None:
+    os._exit(7)
+
+
+def sleep_then_touch(seconds: float, path: str) -> str:
+    time.sleep(seconds)
+    Path(path).write_text("ran to the end")
+    return "done"
+
+
+def hold(lock: pt.Lock, path: str, seconds: float) -> bool:
+    with lock:
+        with open(path, "a") as f:
+            f.write("in\n")
+        time.sleep(seconds)
+        with open(path, "a") as f:
+            f.write("out\n")
+    return True
+
+
+def wait_event(ev: pt.Event, timeout: float) -> bool:
+    return ev.wait(timeout)
+
+
+def produce(ch: pt.Channel[int], n: int) -> int:
+    for i in range(n):
+        ch.put(i, timeout=30)
+    ch.close()
+    return n
+
+
+def run_script(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_results_lambdas_and_names() -> None:
+    assert pt.spawn(add, 2, b=3, backend="ray").result(timeout=60) == 5
+    assert pt.spawn(lambda x: x * 2, 21, backend="ray").result(timeout=60) == 42
+    name, pid = pt.spawn(whoami, backend="ray", name="me").result(timeout=60)
+    assert name == "me"
+    assert pid != os.getpid()
+
+
+def test_exception_keeps_its_type_and_remote_traceback() -> None:
+    t = pt.spawn(boom, 3, backend="ray")
+    with pytest.raises(KeyError, match="missing 3") as info:
+        t.result(timeout=60)
+    assert "in boom" in str(info.value.__cause__)
+
+
+def test_unpicklable_argument_and_result() -> None:
+    with pytest.raises(pt.SerializationError, match="argument 1"):
+        pt.spawn(add, threading.Lock(), backend="ray")
+    with pytest.raises(pt.SerializationError, match="cannot be pickled"):
+        pt.spawn(threading.Lock, backend="ray").result(timeout=60)
+
+
+def test_timeout_kills_the_running_task(tmp_path: Path) -> None:
+    assert get_backend("ray").can_kill_running is True  # type: ignore[attr-defined]
+    marker = tmp_path / "marker"
+    t = pt.spawn(sleep_then_touch, 2.0, str(marker), backend="ray", timeout=0.5)
+    with pytest.raises(pt.TaskTimeout, match="killed"):
+        t.result(timeout=30)
+    time.sleep(2.5)
+    assert not marker.exists()  # the worker was killed before it got there
+    assert pt.spawn(add, 1, 2, backend="ray").result(timeout=60) == 3
+
+
+def test_cancel_running_task_kills_it(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    t = pt.spawn(sleep_then_touch, 2.0, str(marker), backend="ray")
+    time.sleep(0.5)
+    assert t.cancel() is True
+    with pytest.raises(pt.Cancelled):
+        t.result(timeout=10)
+    assert t.cancelled()
+    time.sleep(2.5)
+    assert not marker.exists()
+
+
+def test_worker_death_is_worker_crashed() -> None:
+    with pytest.raises(pt.WorkerCrashed, match="'die' died"):
+        pt.spawn(die, backend="ray").result(timeout=60)
+    assert pt.spawn(add, 1, 1, backend="ray").result(timeout=60) == 2
+
+
+def test_group_failure_cancels_siblings(tmp_path: Path) -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        with pt.TaskGroup(backend="ray") as g:
+            slow = g.spawn(sleep_then_touch, 5.0, str(tmp_path / "slow"))
+            g.spawn(boom, 1)
+    assert info.group_contains(KeyError)
+    assert slow.cancelled()
+
+
+def test_borrowed_ray_is_not_shut_down() -> None:
+    import ray
+
+    from polytask.backends.ray import RayBackend
+
+    be = RayBackend()
+    assert pt.spawn(add, 4, backend=be).result(timeout=60) == 4
+    be.shutdown()
+    assert ray.is_initialized()
+    with pytest.raises(RuntimeError, match="shut down"):
+        be.spawn(add, (1,), {})
+    with pytest.raises(ValueError, match="max_workers"):
+        RayBackend(max_workers=0)
+
+
+def test_lock_is_exclusive_across_workers(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with pt.TaskGroup(backend="ray") as g:
+        lock = g.Lock()
+        a = g.spawn(hold, lock, str(log), 0.3)
+        b = g.spawn(hold, lock, str(log), 0.3)
+    assert a.result() and b.result()
+    assert log.read_text() == "in\nout\nin\nout\n"
+    assert lock.acquire(timeout=5)
+    assert lock.locked()
+    assert lock.acquire(blocking=False) is False
+    assert lock.acquire(timeout=0.2) is False
+    lock.release()
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    assert isinstance(lock, pt.Lock)
+
+
+def test_event_and_semaphore() -> None:
+    ev = pt.Event(backend="ray")
+    t = pt.spawn(wait_event, ev, 30.0, backend="ray")
+    time.sleep(0.3)
+    assert not t.done()
+    ev.set()
+    assert t.result(timeout=60) is True
+    ev.clear()
+    assert ev.wait(0.1) is False
+    sem = pt.Semaphore(2, backend="ray")
+    assert sem.acquire(timeout=5) and sem.acquire(timeout=5)
+    assert sem.acquire(timeout=0.2) is False
+    sem.release(2)
+    with sem:
+        pass
+
+
+def test_channel_across_tasks() -> None:
+    ch: pt.Channel[int] = pt.Channel(maxsize=10, backend="ray")
+    t = pt.spawn(produce, ch, 25, backend="ray")
+    assert list(ch) == list(range(25))
+    assert t.result(timeout=60) == 25
+    assert ch.closed
+    with pytest.raises(pt.ChannelClosed):
+        ch.put(1)
+    empty: pt.Channel[int] = pt.Channel(backend="ray")
+    with pytest.raises(queue.Empty):
+        empty.get(timeout=0.2)
+
+
+def test_missing_engine_is_backend_unavailable() -> None:
+    r = run_script(
+        """
+        import sys
+        sys.modules["ray"] = None
+        import polytask as pt
+        try:
+            pt.spawn(print, 1, backend="ray")
+        except ImportError as exc:
+            assert isinstance(exc, pt.BackendUnavailable), type(exc)
+            print(exc)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pip install 'polytask[ray]'" in r.stdout
