@@ -322,3 +322,28 @@ def test_public_api_is_exported_and_documented():
     for name in pt.__all__:
         obj = getattr(pt, name)
         assert obj.__doc__, f"{name} has no docstring"
+
+
+def write_marker(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("ran")
+
+
+def boom() -> None:
+    raise ArithmeticError("first failure")
+
+
+def test_group_failure_means_pending_tasks_never_start(tmp_path):
+    be = ProcessBackend(1)
+    markers = [tmp_path / f"m{i}" for i in range(5)]
+    try:
+        with pytest.raises(ExceptionGroup) as info:  # noqa: PT012
+            with pt.TaskGroup(backend=be) as g:
+                g.spawn(boom)
+                for m in markers:
+                    g.spawn(write_marker, str(m))
+        assert [type(e) for e in info.value.exceptions] == [ArithmeticError]
+        assert [m.exists() for m in markers] == [False] * 5
+        assert all(t.cancelled() for t in g.tasks[1:])
+    finally:
+        be.shutdown()
