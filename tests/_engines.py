@@ -28,6 +28,10 @@ ENGINE_PIDS: set[int] = set()
 #: is a child of this process: its nanny lives here).
 ENGINE_PROVIDERS: list[Callable[[], set[int]]] = []
 
+#: File descriptors an engine keeps for the life of the process after it was closed
+#: (Ray's C++ core keeps its epoll/eventfd/timerfd, a socket and its log files).
+ENGINE_FDS: dict[str, int] = {}
+
 N_WORKERS = 2
 _TESTS = str(Path(__file__).resolve().parent)
 _SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -46,6 +50,16 @@ def is_engine_process(p: psutil.Process) -> bool:
         return any(a.pid in pids for a in p.parents())
     except psutil.Error:
         return False
+
+
+def _fds() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
 
 
 def _record(before: set[int]) -> list[psutil.Process]:
@@ -120,6 +134,7 @@ def ray_session() -> Iterator[Any]:
     import ray
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    fds_before = _fds()
     old = os.environ.get("PYTHONPATH")
     # Ray workers are started by the raylet: they need the tests' modules on their path.
     os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (_TESTS, _SRC, old) if x)
@@ -144,6 +159,16 @@ def ray_session() -> Iterator[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ray.shutdown()
+        kept = _fds()
+        ENGINE_FDS["ray"] = sum(
+            1
+            for fd, target in kept.items()
+            if fds_before.get(fd) != target
+            and (
+                target.startswith(("anon_inode:[event", "anon_inode:[timerfd", "socket:"))
+                or "/ray/session_" in target
+            )
+        )
         # Ray's processes are started by ray.init; let the last of them exit.
         time.sleep(0.2)
         _check_gone(procs, "the local Ray")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 faulthandler.enable()
 
 # Session-long engines (one Dask cluster, one local Ray) for the cluster backends.
-from _engines import dask_cluster, is_engine_process, ray_session  # noqa: E402
+from _engines import ENGINE_FDS, dask_cluster, is_engine_process, ray_session  # noqa: E402
 
 __all__ = ["dask_cluster", "ray_session"]
 
@@ -128,7 +128,7 @@ def pytest_sessionfinish(session, exitstatus):
     if shm:
         problems.append(f"/dev/shm segments left: {sorted(shm)}")
     # The guardian's pipe is the one descriptor polytask may keep for the process's life.
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = len(os.listdir("/proc/self/fd")) - sum(ENGINE_FDS.values())
     if fds > _session_start["fds"] + 3:  # type: ignore[operator]
         problems.append(f"file descriptors grew from {_session_start['fds']} to {fds}")
     if problems:

@@ -347,3 +347,34 @@ def test_group_failure_means_pending_tasks_never_start(tmp_path):
         assert all(t.cancelled() for t in g.tasks[1:])
     finally:
         be.shutdown()
+
+
+def test_guardian_removes_a_prefix_family_when_its_owner_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    prefix = str(tmp_path / "polytask-family-")
+    code = (
+        "import os, sys, time\n"
+        "from polytask import _proc\n"
+        f"_proc.guard_prefix({prefix!r})\n"
+        "for i in range(3):\n"
+        f"    open({prefix!r} + str(i), 'w').close()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert len(list(tmp_path.iterdir())) == 3
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(HANG)
+        deadline = time.monotonic() + HANG
+        while list(tmp_path.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]

@@ -27,6 +27,7 @@ import collections
 import concurrent.futures
 import itertools
 import os
+import pickle
 import sys
 import threading
 import time
@@ -36,8 +37,8 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from ._chunking import ChunkSizer
-from ._errors import Cancelled, TaskTimeout, WorkerCrashed
-from ._serialize import dumps_exception, fn_name, loads_exception
+from ._errors import Cancelled, SerializationError, TaskTimeout, WorkerCrashed
+from ._serialize import dumps, dumps_exception, fn_name, loads_exception
 from ._task import Task, check_timeout, current_task
 from .backends import Backend, make_backend
 
@@ -108,6 +109,12 @@ def _run_chunk(
                 break
             last_check = now
     return out, time.perf_counter() - start
+
+
+def _run_initializer(blob: bytes) -> None:
+    """Run the Pool's initializer in a worker (see Pool.__init__)."""
+    fn, args = pickle.loads(blob)
+    fn(*args)
 
 
 # ---------------------------------------------------------------------------- items and sinks
@@ -550,7 +557,19 @@ class Pool:
             if value is not None:
                 options[key] = value
         if initializer is not None:
-            options["initargs"] = tuple(initargs)
+            if not callable(initializer):
+                raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+            # Pickled here with polytask's rules (a function of __main__ travels by
+            # value), so the worker never has to import the caller's script.
+            try:
+                blob = dumps((initializer, tuple(initargs)))
+            except Exception as exc:
+                raise SerializationError(
+                    f"the initializer {fn_name(initializer)!r} or its initargs cannot be "
+                    f"pickled for the workers: {type(exc).__name__}: {exc}"
+                ) from exc
+            options["initializer"] = _run_initializer
+            options["initargs"] = (blob,)
         if max_memory_per_worker is not None and backend != "process":
             raise ValueError(
                 "max_memory_per_worker needs backend='process' (workers that can exit)"

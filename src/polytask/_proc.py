@@ -45,12 +45,14 @@ __all__ = [
     "at_shutdown",
     "guard",
     "guard_path",
+    "guard_prefix",
     "set_child_subreaper",
     "set_pdeathsig",
     "start_in_group",
     "terminate",
     "unguard",
     "unguard_path",
+    "unguard_prefix",
     "wait_pid",
 ]
 
@@ -188,6 +190,7 @@ for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
 grace = float(sys.argv[1])
 groups = set()
 paths = set()
+prefixes = set()
 buf = b""
 while True:
     try:
@@ -210,6 +213,17 @@ while True:
             paths.add(line[1:].decode())
         elif line[:1] == b"q":
             paths.discard(line[1:].decode())
+        elif line[:1] == b"P":
+            prefixes.add(line[1:].decode())
+        elif line[:1] == b"Q":
+            prefixes.discard(line[1:].decode())
+for prefix in prefixes:
+    folder, start = os.path.split(prefix)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    paths.update(os.path.join(folder, n) for n in names if n.startswith(start))
 for path in paths:
     try:
         os.unlink(path)
@@ -320,6 +334,23 @@ def unguard_path(path: str) -> None:
     """Stop watching ``path`` (it was removed, or handed to another owner)."""
     if _guardian._fd is not None:
         _guardian.send(b"q" + os.fsencode(path) + b"\n")
+
+
+def guard_prefix(prefix: str) -> None:
+    """Unlink every file whose path starts with ``prefix`` if this process dies first.
+
+    For families of files made on the fly (a channel's spill segments
+    ``/dev/shm/polytask-ch-1234-*``): one registration covers names not yet made.
+    """
+    if "\n" in prefix:
+        raise ValueError(f"prefix {prefix!r} contains a newline")
+    _guardian.send(b"P" + os.fsencode(prefix) + b"\n")
+
+
+def unguard_prefix(prefix: str) -> None:
+    """Stop watching ``prefix``."""
+    if _guardian._fd is not None:
+        _guardian.send(b"Q" + os.fsencode(prefix) + b"\n")
 
 
 # --------------------------------------------------------------------------- shutdown

@@ -12,9 +12,9 @@ import threading
 import time
 
 import pytest
-from helpers import Harness
 
 import polytask as pt
+from helpers import Harness
 
 
 def faulty(i, kind):
