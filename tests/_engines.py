@@ -33,6 +33,9 @@ ENGINE_PROVIDERS: list[Callable[[], set[int]]] = []
 ENGINE_FDS: dict[str, int] = {}
 
 N_WORKERS = 2
+#: Dask cannot stop a running task: the contract tests leave a few 30 s naps running
+#: (cancelled, timed out); spare threads keep them from delaying the next tests.
+DASK_THREADS = 3
 _TESTS = str(Path(__file__).resolve().parent)
 _SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -97,7 +100,7 @@ def dask_cluster() -> Iterator[Any]:
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             cluster = distributed.LocalCluster(
                 n_workers=N_WORKERS,
-                threads_per_worker=1,
+                threads_per_worker=DASK_THREADS,
                 processes=True,
                 dashboard_address=None,
             )

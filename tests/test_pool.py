@@ -223,7 +223,7 @@ def test_imap_memory_stays_bounded():
             assert next(it) == 10_000
         grown = me.memory_info().rss - base
         it.close()
-    assert grown < 150 << 20
+    assert grown < 100 << 20
 
 
 # -- timeouts, crashes, retries

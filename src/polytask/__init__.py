@@ -13,75 +13,70 @@ outlives its owner, every failure is reported and nothing hangs.
 
 from __future__ import annotations
 
-# --- channels and synchronisation (issue 5)
-from . import debug as debug
-from ._channel import Channel as Channel
+from typing import TYPE_CHECKING, Any
 
-# --- commands (issue 4)
-from ._commands import CommandResult as CommandResult
-from ._commands import OutputLine as OutputLine
-from ._commands import Stream as Stream
-from ._commands import run as run
-from ._commands import run_many as run_many
-from ._commands import stream as stream
-
-# --- core (issue 2)
-from ._errors import BackendUnavailable as BackendUnavailable
-from ._errors import Cancelled as Cancelled
-from ._errors import ChannelClosed as ChannelClosed
-from ._errors import CommandFailed as CommandFailed
-from ._errors import CommandTimeout as CommandTimeout
-from ._errors import PolytaskError as PolytaskError
-from ._errors import PotentialDeadlock as PotentialDeadlock
-
-# --- supervisor (issue 6)
-from ._errors import ProcfileError as ProcfileError
-from ._errors import ProgramNotFound as ProgramNotFound
-from ._errors import RemoteError as RemoteError
-from ._errors import SerializationError as SerializationError
-from ._errors import TaskTimeout as TaskTimeout
-from ._errors import WorkerCrashed as WorkerCrashed
-from ._group import TaskGroup as TaskGroup
-from ._pipeline import pipeline as pipeline
-from ._pipeline import stage as stage
-
-# --- pool (issue 3)
-from ._pool import Executor as Executor
-from ._pool import Pool as Pool
-from ._shm import SharedArray as SharedArray
-from ._supervisor import ProcessStatus as ProcessStatus
-from ._supervisor import Supervisor as Supervisor
-from ._sync import Barrier as Barrier
-from ._sync import BoundedSemaphore as BoundedSemaphore
-from ._sync import Condition as Condition
-from ._sync import Event as Event
-from ._sync import Fifo as Fifo
-from ._sync import FileLock as FileLock
-from ._sync import Lock as Lock
-from ._sync import RLock as RLock
-from ._sync import Semaphore as Semaphore
-from ._task import CurrentTask as CurrentTask
-from ._task import Task as Task
-from ._task import background as background
-from ._task import current_task as current_task
-from ._task import spawn as spawn
+# Public name -> the private module that defines it. Imported on first use, so
+# that `import polytask` (and so every `polytask` command) starts fast and a
+# user of threads never pays for shared memory, asyncio or the supervisor.
+_LAZY: dict[str, str] = {
+    "BackendUnavailable": "._errors",
+    "background": "._task",
+    "Barrier": "._sync",
+    "BoundedSemaphore": "._sync",
+    "Cancelled": "._errors",
+    "Channel": "._channel",
+    "ChannelClosed": "._errors",
+    "CommandFailed": "._errors",
+    "CommandResult": "._commands",
+    "CommandTimeout": "._errors",
+    "Condition": "._sync",
+    "current_task": "._task",
+    "CurrentTask": "._task",
+    "debug": ".",
+    "Event": "._sync",
+    "Executor": "._pool",
+    "Fifo": "._sync",
+    "FileLock": "._sync",
+    "Lock": "._sync",
+    "OutputLine": "._commands",
+    "pipeline": "._pipeline",
+    "PolytaskError": "._errors",
+    "Pool": "._pool",
+    "PotentialDeadlock": "._errors",
+    "ProcessStatus": "._supervisor",
+    "ProcfileError": "._errors",
+    "ProgramNotFound": "._errors",
+    "RemoteError": "._errors",
+    "RLock": "._sync",
+    "run": "._commands",
+    "run_many": "._commands",
+    "Semaphore": "._sync",
+    "SerializationError": "._errors",
+    "SharedArray": "._shm",
+    "spawn": "._task",
+    "stage": "._pipeline",
+    "Stream": "._commands",
+    "stream": "._commands",
+    "Supervisor": "._supervisor",
+    "Task": "._task",
+    "TaskGroup": "._group",
+    "TaskTimeout": "._errors",
+    "WorkerCrashed": "._errors",
+}
 
 __all__ = (
     "BackendUnavailable",
-    # channels and synchronisation (issue 5)
     "Barrier",
     "BoundedSemaphore",
     "Cancelled",
     "Channel",
     "ChannelClosed",
     "CommandFailed",
-    # commands (issue 4)
     "CommandResult",
     "CommandTimeout",
     "Condition",
     "CurrentTask",
     "Event",
-    # pool (issue 3)
     "Executor",
     "Fifo",
     "FileLock",
@@ -90,7 +85,6 @@ __all__ = (
     "PolytaskError",
     "Pool",
     "PotentialDeadlock",
-    # supervisor (issue 6)
     "ProcessStatus",
     "ProcfileError",
     "ProgramNotFound",
@@ -115,3 +109,67 @@ __all__ = (
     "stage",
     "stream",
 )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'polytask' has no attribute {name!r}")
+    from importlib import import_module
+
+    if module == ".":
+        value: Any = import_module(f"{__name__}.{name}")
+    else:
+        value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
+    from . import debug as debug
+    from ._channel import Channel as Channel
+    from ._commands import CommandResult as CommandResult
+    from ._commands import OutputLine as OutputLine
+    from ._commands import Stream as Stream
+    from ._commands import run as run
+    from ._commands import run_many as run_many
+    from ._commands import stream as stream
+    from ._errors import BackendUnavailable as BackendUnavailable
+    from ._errors import Cancelled as Cancelled
+    from ._errors import ChannelClosed as ChannelClosed
+    from ._errors import CommandFailed as CommandFailed
+    from ._errors import CommandTimeout as CommandTimeout
+    from ._errors import PolytaskError as PolytaskError
+    from ._errors import PotentialDeadlock as PotentialDeadlock
+    from ._errors import ProcfileError as ProcfileError
+    from ._errors import ProgramNotFound as ProgramNotFound
+    from ._errors import RemoteError as RemoteError
+    from ._errors import SerializationError as SerializationError
+    from ._errors import TaskTimeout as TaskTimeout
+    from ._errors import WorkerCrashed as WorkerCrashed
+    from ._group import TaskGroup as TaskGroup
+    from ._pipeline import pipeline as pipeline
+    from ._pipeline import stage as stage
+    from ._pool import Executor as Executor
+    from ._pool import Pool as Pool
+    from ._shm import SharedArray as SharedArray
+    from ._supervisor import ProcessStatus as ProcessStatus
+    from ._supervisor import Supervisor as Supervisor
+    from ._sync import Barrier as Barrier
+    from ._sync import BoundedSemaphore as BoundedSemaphore
+    from ._sync import Condition as Condition
+    from ._sync import Event as Event
+    from ._sync import Fifo as Fifo
+    from ._sync import FileLock as FileLock
+    from ._sync import Lock as Lock
+    from ._sync import RLock as RLock
+    from ._sync import Semaphore as Semaphore
+    from ._task import CurrentTask as CurrentTask
+    from ._task import Task as Task
+    from ._task import background as background
+    from ._task import current_task as current_task
+    from ._task import spawn as spawn

@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
 from . import _ring as R
@@ -68,12 +68,23 @@ _OOB_BYTES_MIN = 64 * 1024
 # Seconds between checks that the process we wait for is alive.
 _LIVENESS_SLICE = 0.1
 _IDLE_SLICE = 1.0
-_SPIN_SECONDS = 50e-6 if (os.cpu_count() or 1) > 1 else 0.0
+# Spinning before sleeping pays only while the peer runs on another core. The
+# budget adapts per handle (doubled when a spin succeeds, halved when it fails)
+# between these bounds, so a loaded machine soon stops burning the CPU its peer needs.
+_SPIN_MAX = 100e-6 if (os.cpu_count() or 1) > 1 else 0.0
+_SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
+# A reader calling get() again within this many seconds is in a tight loop: it
+# takes the frames that are ready in one go (see _ProcessChannel.get).
+_HOT_GAP = 100e-6
+# How long a batch taken ahead should last, at the reader's pace, and its bounds.
+_AHEAD_SECONDS = 200e-6
+_AHEAD_MAX = 64
 
 _pid = os.getpid()
 _pdumps = pickle.dumps
 _ploads = pickle.loads
 _futex_wake = futex_wake
+_monotonic = time.monotonic
 
 
 def _after_fork() -> None:
@@ -507,6 +518,14 @@ class _ProcessChannel(Channel[T]):
         self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
         self._put_small = ring.put_small
         self._take = ring.take
+        self._take_many = ring.take_many
+        # Small frames this handle took ahead of the caller (see get()).
+        self._ahead: deque[tuple[int, bytes]] = deque()
+        self._last_get = 0.0
+        self._ahead_limit = 0 if ring.maxsize == 1 else _AHEAD_MAX
+        if ring.maxsize:
+            self._ahead_limit = min(_AHEAD_MAX, ring.maxsize // 2)
+        self._spin = _SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
             _attached.put(seg.name, self)
@@ -667,6 +686,25 @@ class _ProcessChannel(Channel[T]):
             spill_seg.close()
             _forget_owned(spill_seg)
 
+    def _spin_until(self, ready: Callable[[], bool]) -> bool:
+        """Spin up to this handle's budget for ``ready()`` (the peer is likely running)."""
+        end = _monotonic() + self._spin
+        while _monotonic() < end:
+            if ready():
+                return True
+        return False
+
+    def _sleep(self, addr: int, seq: int, timeout: float) -> None:
+        """futex_wait, and adapt the spin budget: had the wake-up come within
+        _SPIN_MAX, spinning would have caught it (the peer runs, spin again);
+        a longer sleep means the peer is idle or descheduled (spin less)."""
+        t0 = _monotonic()
+        futex_wait(addr, seq, timeout)
+        if _monotonic() - t0 < _SPIN_MAX:
+            self._spin = _SPIN_MAX
+        else:
+            self._spin = max(_SPIN_MIN, self._spin / 2)
+
     def _wait_space(self, size: int, deadline: float | None) -> None:
         """Sleep until a reader frees room (or the deadline passes: queue.Full)."""
         ring = self._ring
@@ -682,14 +720,11 @@ class _ProcessChannel(Channel[T]):
 
         if deadline is not None and time.monotonic() >= deadline:
             raise queue.Full
-        if _SPIN_SECONDS:
-            end = time.monotonic() + _SPIN_SECONDS
-            while time.monotonic() < end:
-                if room():
-                    return
+        if self._spin and self._spin_until(room):
+            return
         self._lock_c(deadline)
         try:
-            seq = ring.add_writer_waiting(1)
+            seq = ring.writer_sleeps()
             stuck = ring.reader_at_head()
         finally:
             _mutex_unlock(self._c_addr)
@@ -699,13 +734,14 @@ class _ProcessChannel(Channel[T]):
             slice_ = _LIVENESS_SLICE if stuck is not None else _IDLE_SLICE
             left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
             if left > 0:
-                futex_wait(self._space_seq_addr, seq, left)
+                self._sleep(self._space_seq_addr, seq, left)
         finally:
-            self._lock_c(None)
-            try:
-                ring.add_writer_waiting(-1)
-            finally:
-                _mutex_unlock(self._c_addr)
+            if ring.space_seq == seq:  # else a reader used our registration up
+                self._lock_c(None)
+                try:
+                    ring.writer_woke(seq)
+                finally:
+                    _mutex_unlock(self._c_addr)
         if stuck is not None and ring.space_seq == seq and not pid_alive(stuck[1]):
             self._free_dead_reader(*stuck)
 
@@ -722,12 +758,45 @@ class _ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ get
 
     def get(self, timeout: float | None = None) -> T:
+        # A reader in a tight loop (its previous get() was moments ago) takes
+        # every small frame that is ready, up to a batch that it will use up
+        # within about _AHEAD_SECONDS: one lock and one wake-up for many items.
+        # A slow reader takes one at a time, so it never holds back items that
+        # another reader could be working on.
+        ahead = self._ahead
+        now = _monotonic()
+        gap = now - self._last_get
+        self._last_get = now
+        if ahead:
+            try:
+                kind, data = ahead.popleft()
+            except IndexError:  # another thread took the last one
+                pass
+            else:
+                if kind == K_PICKLE:
+                    try:
+                        return cast(T, _ploads(data))
+                    except Exception:
+                        return cast(T, _loads(data))  # raises SerializationError
+                return cast(T, _decode_small(kind, data))
         addr = self._c_addr
         rc = _mutex_trylock(addr)
         if rc:
             self._lock_c(_deadline(timeout), rc)
         try:
-            r = self._take(_pid)
+            if gap < _HOT_GAP and self._ahead_limit > 1:
+                n = int(_AHEAD_SECONDS / gap) if gap > 0 else _AHEAD_MAX
+                frames = self._take_many(min(max(n, 2), self._ahead_limit), K_SPILL)
+                if frames:
+                    wake = self._ring.wake_writers()
+                    it = iter(frames)
+                    kind, data = next(it)
+                    ahead.extend(it)
+                    r: tuple[int, bytes, int] | int = (kind, data, wake)
+                else:
+                    r = self._take(_pid)
+            else:
+                r = self._take(_pid)
         finally:
             _mutex_unlock(addr)
         if type(r) is tuple:
@@ -804,14 +873,11 @@ class _ProcessChannel(Channel[T]):
         ring = self._ring
         if deadline is not None and time.monotonic() >= deadline:
             raise queue.Empty
-        if _SPIN_SECONDS and not blocked:
-            end = time.monotonic() + _SPIN_SECONDS
-            while time.monotonic() < end:
-                if not ring.empty_for_reader():
-                    return
+        if self._spin and not blocked and self._spin_until(ring.not_empty_for_reader):
+            return
         self._lock_p(deadline)
         try:
-            seq = ring.add_reader_waiting(1)
+            seq = ring.reader_sleeps()
         finally:
             _mutex_unlock(self._p_addr)
         writer = None
@@ -829,13 +895,14 @@ class _ProcessChannel(Channel[T]):
             slice_ = _LIVENESS_SLICE if writer is not None else _IDLE_SLICE
             left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
             if left > 0:
-                futex_wait(self._data_seq_addr, seq, left)
+                self._sleep(self._data_seq_addr, seq, left)
         finally:
-            self._lock_p(None)
-            try:
-                ring.add_reader_waiting(-1)
-            finally:
-                _mutex_unlock(self._p_addr)
+            if ring.data_seq == seq:  # else a writer used our registration up
+                self._lock_p(None)
+                try:
+                    ring.reader_woke(seq)
+                finally:
+                    _mutex_unlock(self._p_addr)
         if writer is not None and ring.data_seq == seq and not pid_alive(writer[1]):
             self._lock_c(None)
             try:
@@ -891,12 +958,19 @@ class _ProcessChannel(Channel[T]):
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         out = [self.get(timeout)]
-        if max_items == 1:
+        ahead = self._ahead
+        while ahead and len(out) < max_items:
+            try:
+                k, d = ahead.popleft()
+            except IndexError:
+                break
+            out.append(cast(T, _decode_small(k, d)))
+        if len(out) >= max_items:
             return out
         ring = self._ring
         self._lock_c(None)
         try:
-            frames = ring.take_many(max_items - 1)
+            frames = ring.take_many(max_items - len(out))
             wake = ring.wake_writers() if frames else 0
         finally:
             _mutex_unlock(self._c_addr)
@@ -938,7 +1012,7 @@ class _ProcessChannel(Channel[T]):
         return self._seg.closed or self._ring.closed
 
     def __len__(self) -> int:
-        return 0 if self._seg.closed else self._ring.items()
+        return len(self._ahead) + (0 if self._seg.closed else self._ring.items())
 
 
 def _left(deadline: float | None) -> float | None:

@@ -68,7 +68,7 @@ class ChunkSizer:
         min_seconds: float = 0.001,
         max_seconds: float = 0.25,
         max_size: int = 4096,
-        max_bytes: int = 4 << 20,
+        max_bytes: int = 1 << 20,
         growth: float = 16.0,
         smoothing: float = 0.3,
     ) -> None:

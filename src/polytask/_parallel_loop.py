@@ -16,6 +16,14 @@ programs through :class:`ProcessLoop`::
 
 Both pipes are read as data arrives, so a program that fills both never
 blocks; waits are poll() with the next timer as its timeout, never a sleep.
+
+``spawn_soon`` (used by ``polytask parallel`` at ``-j`` 2 or more) hands the
+fork/exec alone to two starter threads, because vfork suspends the thread
+that calls it until the program exec'd; each result comes back through a
+wake-up pipe in the same poll, and only the loop's thread touches its state::
+
+    spawn_soon ──> queue ──> starter threads: start_in_group ──> done list
+                                                     └─ wake pipe ──> wait() adopts
 """
 
 from __future__ import annotations

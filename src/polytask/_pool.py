@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -67,48 +67,69 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+#: A chunk's results: the values in order (None where an item failed) and the
+#: failures by position (None when every item succeeded, the common case).
+Results = tuple[list[Any], "dict[int, Any] | None"]
+
+
 def _run_chunk(
     fn: Callable[..., Any] | None,
     calls: list[Any],
     remote: bool,
     max_memory: int | None,
-) -> tuple[list[tuple[bool, Any]], float]:
-    """Run a chunk in a worker: ``([(ok, value or error), ...], seconds of work)``.
+) -> tuple[list[Any], dict[int, Any] | None, float]:
+    """Run a chunk in a worker: ``(values, errors by position or None, seconds of work)``.
 
     ``calls`` holds argument tuples for ``fn``, or ``(fn, args, kwargs)`` triples
     when ``fn`` is None. Errors are caught per item so they do not fail the
     chunk-mates; from another process they travel pickled with their traceback
-    (:func:`dumps_exception`). Fewer results than calls means the worker stopped
+    (:func:`dumps_exception`). Fewer values than calls means the worker stopped
     early (over its memory limit, or the chunk was cancelled): the Pool re-queues
     the rest.
     """
-    out: list[tuple[bool, Any]] = []
-    append = out.append
+    values: list[Any] = []
+    append = values.append
+    errors: dict[int, Any] | None = None
     me = current_task()
     flagged = me._task is not None  # thread tasks can be flagged cancelled; stop early then
+    simple = fn is not None and max_memory is None and not flagged
     start = last_check = time.perf_counter()
-    for call in calls:
-        if flagged and me.cancelled:
-            break
+    n = len(calls)
+    rest = iter(calls)
+    stop = False
+    while not stop:
         try:
-            value = fn(*call) if fn is not None else call[0](*call[1], **call[2])
+            if simple:
+                assert fn is not None
+                for args in rest:  # the hot loop: nothing but the calls
+                    append(fn(*args))
+                break
+            for call in rest:
+                if flagged and me.cancelled:
+                    stop = True
+                    break
+                append(fn(*call) if fn is not None else call[0](*call[1], **call[2]))
+                if max_memory is not None:
+                    # Reading /proc costs ~10 us: at most every 5 ms, and after the last item.
+                    now = time.perf_counter()
+                    if now - last_check > 0.005 or len(values) == n:
+                        last_check = now
+                        if _rss() > max_memory:
+                            from ._worker import retire_after_task
+
+                            retire_after_task()
+                            stop = True
+                            break
+            break
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            append((False, dumps_exception(exc) if remote else exc))
+            if errors is None:
+                errors = {}
+            errors[len(values)] = dumps_exception(exc) if remote else exc
+            append(None)
             del exc
-        else:
-            append((True, value))
-        if max_memory is not None:
-            # Reading /proc costs ~10 us: at most every 5 ms, and after the last item.
-            now = time.perf_counter()
-            if (now - last_check > 0.005 or len(out) == len(calls)) and _rss() > max_memory:
-                from ._worker import retire_after_task
-
-                retire_after_task()
-                break
-            last_check = now
-    return out, time.perf_counter() - start
+    return values, errors, time.perf_counter() - start
 
 
 def _run_initializer(blob: bytes) -> None:
@@ -261,7 +282,7 @@ class _Run(_Sink):
         chunksize: int | None,
         timeout: float | None,
     ) -> None:
-        super().__init__(ChunkSizer(pool.workers, fixed=chunksize))
+        super().__init__(pool._sizer_for(fn, chunksize))
         self.pool = pool
         self.fn = fn
         self.input = inputs
@@ -277,7 +298,7 @@ class _Run(_Sink):
         self.redo: collections.deque[_Block] = collections.deque()
         self.active = False
         self.aborted: BaseException | None = None
-        self.ready: dict[int, list[tuple[bool, Any]]] | collections.deque[tuple[bool, Any]] = (
+        self.ready: dict[int, Results] | collections.deque[Results] = (
             {} if ordered else collections.deque()
         )
         self._lock = threading.Lock()
@@ -297,7 +318,8 @@ class _Run(_Sink):
         pos = self.todo_pos
         blk = _Block(self, self.todo_index + pos, self.todo[pos : pos + n])
         pos += n
-        if pos >= 4096 and 2 * pos >= len(self.todo):
+        # Drop what was sent (amortised O(1)), so sent items are not kept alive.
+        if 2 * pos >= len(self.todo):
             del self.todo[:pos]
             self.todo_index += pos
             pos = 0
@@ -305,23 +327,24 @@ class _Run(_Sink):
         return blk
 
     # -- results (any thread)
-    def settle_block(self, start: int, pairs: list[tuple[bool, Any]]) -> None:
-        if not pairs:
+    def settle_block(self, start: int, values: list[Any], errors: dict[int, Any] | None) -> None:
+        if not values:
             return
         with self._lock:
             if isinstance(self.ready, dict):
-                self.ready[start] = pairs
+                self.ready[start] = (values, errors)
             else:
-                self.ready.extend(pairs)
+                self.ready.append((values, errors))
         self._notify()
 
     def settle(self, done: list[tuple[_Item, bool, Any]]) -> None:
         with self._lock:
-            if isinstance(self.ready, dict):
-                for item, ok, value in done:
-                    self.ready[item.index] = [(ok, value)]
-            else:
-                self.ready.extend((ok, value) for _, ok, value in done)
+            for item, ok, value in done:
+                seg: Results = ([value], None) if ok else ([None], {0: value})
+                if isinstance(self.ready, dict):
+                    self.ready[item.index] = seg
+                else:
+                    self.ready.append(seg)
         self._notify()
 
     # -- the caller side
@@ -347,18 +370,18 @@ class _Run(_Sink):
         self.pulled += len(batch)
         self.pool._feed(self, batch)
 
-    def take(self) -> list[tuple[bool, Any]]:
-        """The results ready to yield, in order (ordered runs) or as they came."""
-        out: list[tuple[bool, Any]] = []
+    def take(self) -> list[Results]:
+        """The result segments ready to yield, in order (ordered runs) or as they came."""
+        out: list[Results] = []
         with self._lock:
             if isinstance(self.ready, dict):
                 ready, i = self.ready, self.next_index
                 while True:
-                    blk = ready.pop(i, None)
-                    if blk is None:
+                    seg = ready.pop(i, None)
+                    if seg is None:
                         break
-                    out.extend(blk)
-                    i += len(blk)
+                    out.append(seg)
+                    i += len(seg[0])
                 self.next_index = i
             else:
                 out.extend(self.ready)
@@ -398,6 +421,7 @@ class _Progress:
     """A rich progress bar, updated at most every 0.1 s from the caller's thread."""
 
     def __init__(self, description: str, total: int | None) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -416,6 +440,7 @@ class _Progress:
             _rate_column(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),
             transient=False,
         )
         self._bar.start()
@@ -596,6 +621,7 @@ class Pool:
         self._runs: collections.deque[_Run] = collections.deque()
         self._live_runs: weakref.WeakSet[_Run] = weakref.WeakSet()
         self._submit_sink = _TaskSink(ChunkSizer(workers))
+        self._sizers: dict[Callable[..., Any], ChunkSizer] = {}
         self._ids = itertools.count()
         _live_pools.add(self)
         _install_exit_hook()
@@ -655,9 +681,10 @@ class Pool:
         (``"force"``: always).
         """
         items = list(_zip(iterables))
+        total = len(items)
         run = self._start(fn, None, True, chunksize, timeout)
-        self._preload(run, items)
-        return list(self._drive(run, progress, len(items), None, return_exceptions))
+        self._preload(run, items)  # the run owns (and consumes) the list now
+        return self._collect(run, progress, total, return_exceptions)
 
     def starmap(
         self,
@@ -672,9 +699,10 @@ class Pool:
     ) -> list[T]:
         """Like :meth:`map`, with each element of ``iterable`` unpacked as the arguments."""
         items = [tuple(a) for a in iterable]
+        total = len(items)
         run = self._start(fn, None, True, chunksize, timeout)
-        self._preload(run, items)
-        return list(self._drive(run, progress, len(items), None, return_exceptions))
+        self._preload(run, items)  # the run owns (and consumes) the list now
+        return self._collect(run, progress, total, return_exceptions)
 
     def imap(
         self,
@@ -736,11 +764,14 @@ class Pool:
                 ready.clear()
                 run.fill()
                 batch = run.take()
-                for ok, value in batch:
-                    run.yielded += 1
-                    if not ok and not return_exceptions:
-                        raise value
-                    yield value
+                for values, errors in batch:
+                    for j, value in enumerate(values):
+                        run.yielded += 1
+                        if errors is not None and j in errors:
+                            if not return_exceptions:
+                                raise errors[j]
+                            value = errors[j]
+                        yield value
                 if run.finished():
                     return
                 if not batch and run.aborted is not None:
@@ -820,6 +851,22 @@ class Pool:
         return f"<Pool {self._backend.name} workers={self.workers} {state}>"
 
     # ------------------------------------------------------------------ map driving
+    def _sizer_for(self, fn: Callable[..., Any], chunksize: int | None) -> ChunkSizer:
+        """The chunk sizer of ``fn``: what earlier maps of it measured is kept, so a
+        second map of the same function starts with well-sized chunks."""
+        if chunksize is not None:
+            return ChunkSizer(self.workers, fixed=chunksize)
+        with self._lock:
+            try:
+                sizer = self._sizers.get(fn)
+            except TypeError:  # an unhashable callable
+                return ChunkSizer(self.workers)
+            if sizer is None:
+                if len(self._sizers) >= 128:
+                    self._sizers.clear()
+                sizer = self._sizers[fn] = ChunkSizer(self.workers)
+            return sizer
+
     def _timeout_for(self, timeout: float | _Default | None) -> float | None:
         if isinstance(timeout, _Default):
             return self.timeout
@@ -858,14 +905,11 @@ class Pool:
             run.sizer.observe_bytes(_args_bytes(items[0]))
         self._feed(run, items)
 
-    def _drive(
-        self,
-        run: _Run,
-        progress: bool | str,
-        total: int | None,
-        deadline: float | None,
-        return_exceptions: bool,
-    ) -> Iterator[Any]:
+    def _segments(
+        self, run: _Run, progress: bool | str, total: int | None, deadline: float | None
+    ) -> Generator[Results, None, None]:
+        """Yield a run's result segments as they become ready; the caller's thread
+        pulls the input, waits, draws the progress bar, and terminates on Ctrl-C."""
         wake = threading.Event()
         run._notify = wake.set
         bar = _Progress(fn_name(run.fn), total) if _want_progress(progress) else None
@@ -874,14 +918,11 @@ class Pool:
                 wake.clear()
                 run.fill()
                 batch = run.take()
-                if batch:
-                    run.yielded += len(batch)
-                    for ok, value in batch:
-                        if not ok and not return_exceptions:
-                            raise value
-                        yield value
-                    if bar is not None:
-                        bar.update(run.yielded)
+                for seg in batch:
+                    run.yielded += len(seg[0])
+                    yield seg
+                if batch and bar is not None:
+                    bar.update(run.yielded)
                 if run.finished():
                     return
                 if not batch and run.aborted is not None:
@@ -903,6 +944,43 @@ class Pool:
             if bar is not None:
                 bar.close(run.yielded)
             self._end_run(run)
+
+    def _drive(
+        self,
+        run: _Run,
+        progress: bool | str,
+        total: int | None,
+        deadline: float | None,
+        return_exceptions: bool,
+    ) -> Iterator[Any]:
+        for values, errors in self._segments(run, progress, total, deadline):
+            if errors is None:
+                yield from values
+                continue
+            for j, value in enumerate(values):
+                if j in errors:
+                    if not return_exceptions:
+                        raise errors[j]
+                    yield errors[j]
+                else:
+                    yield value
+
+    def _collect(
+        self, run: _Run, progress: bool | str, total: int, return_exceptions: bool
+    ) -> list[Any]:
+        out: list[Any] = []
+        segments = self._segments(run, progress, total, None)
+        try:
+            for values, errors in segments:
+                if errors is not None:
+                    for j, exc in errors.items():
+                        if not return_exceptions:
+                            raise exc
+                        values[j] = exc
+                out.extend(values)
+        finally:
+            segments.close()
+        return out
 
     def _end_run(self, run: _Run) -> None:
         """The caller stopped consuming (done, error, break): drop its items not started."""
@@ -1095,14 +1173,12 @@ class Pool:
         with self._lock:
             self._inflight -= 1
 
-    def _results(self, task: Task[Any], sizer: ChunkSizer) -> list[tuple[bool, Any]]:
-        pairs, work = task.result(0)
-        sizer.observe(len(pairs), work, task.duration or work)
-        if self._remote:
-            for j, (ok, value) in enumerate(pairs):
-                if not ok:
-                    pairs[j] = (False, loads_exception(*value))
-        return pairs  # type: ignore[no-any-return]
+    def _results(self, task: Task[Any], sizer: ChunkSizer) -> Results:
+        values, errors, work = task.result(0)
+        sizer.observe(len(values), work, task.duration or work)
+        if errors and self._remote:
+            errors = {j: loads_exception(*e) for j, e in errors.items()}
+        return values, errors
 
     def _on_block(self, task: Task[Any], blk: _Block) -> None:
         run = blk.run
@@ -1112,20 +1188,21 @@ class Pool:
             if exc is not None:
                 self._block_failed(blk, exc)
             else:
-                pairs = self._results(task, run.sizer)
-                self._block_done(blk, pairs)
+                values, errors = self._results(task, run.sizer)
+                self._block_done(blk, values, errors)
         except BaseException as why:  # pragma: no cover - a callback must not lose items
             print(f"polytask: pool callback error: {why!r}", file=sys.stderr)
+        # The backend may keep the finished task (and so this callback) for a while:
+        # do not keep the chunk's arguments alive with it.
+        blk.args = []
         self._pump()
 
-    def _block_done(self, blk: _Block, pairs: list[tuple[bool, Any]]) -> None:
+    def _block_done(self, blk: _Block, values: list[Any], errors: dict[int, Any] | None) -> None:
         run = blk.run
         retry_idx: list[int] = []
-        if self.retries:
-            retry_idx = [
-                j for j, (ok, v) in enumerate(pairs) if not ok and isinstance(v, self.retry_on)
-            ]
-        k = len(pairs)
+        if self.retries and errors:
+            retry_idx = sorted(j for j, e in errors.items() if isinstance(e, self.retry_on))
+        k = len(values)
         with self._lock:
             if run.cancelled:
                 self._unsettled -= len(blk.args)
@@ -1147,13 +1224,15 @@ class Pool:
             if self._unsettled == 0:
                 self._idle.notify_all()
         if not retry_idx:
-            run.settle_block(blk.start, pairs)
+            run.settle_block(blk.start, values, errors)
             return
         # Settle the segments between the retried items.
-        seg_start = 0
+        assert errors is not None
+        lo = 0
         for j in [*retry_idx, k]:
-            run.settle_block(blk.start + seg_start, pairs[seg_start:j])
-            seg_start = j + 1
+            sub = {i - lo: e for i, e in errors.items() if lo <= i < j} or None
+            run.settle_block(blk.start + lo, values[lo:j], sub)
+            lo = j + 1
 
     def _block_failed(self, blk: _Block, exc: BaseException) -> None:
         """A whole chunk failed (crash, timeout, pickling): run its items one by one."""
@@ -1179,16 +1258,23 @@ class Pool:
             self._chunk_gone()
             exc = task.exception(0)
             if exc is None:
-                pairs = self._results(task, chunk[0].sink.sizer)
-                self._settle_many([(it, ok, v) for it, (ok, v) in zip(chunk, pairs, strict=False)])
-                if len(pairs) < len(chunk):
+                values, errors = self._results(task, chunk[0].sink.sizer)
+                done: list[tuple[_Item, bool, Any]] = []
+                for j, (it, value) in enumerate(zip(chunk, values, strict=False)):
+                    if errors is not None and j in errors:
+                        done.append((it, False, errors[j]))
+                    else:
+                        done.append((it, True, value))
+                self._settle_many(done)
+                if len(values) < len(chunk):
                     with self._lock:
-                        self._requeue([it for it in chunk[len(pairs) :] if not it.dropped()])
+                        self._requeue([it for it in chunk[len(values) :] if not it.dropped()])
             else:
                 self._chunk_failed(chunk, exc)
         except BaseException as why:  # pragma: no cover - a callback must not lose items
             print(f"polytask: pool callback error: {why!r}", file=sys.stderr)
             self._settle_many([(it, False, why) for it in chunk], final=True)
+        chunk.clear()  # see _on_block
         self._pump()
 
     def _chunk_failed(self, chunk: list[_Item], exc: BaseException) -> None:

@@ -82,6 +82,10 @@ MAX_BUFFERS = 0xFFFF
 _LOW = 0xFFFFFFFF
 
 
+assert (_CLOSED, _TAIL, _NRES, _WAIT_DATA, _HEAD, _NCLAIM) == (4, 8, 9, 10, 16, 18)
+assert (HEADER, ALIGN, DATA_OFFSET, READY) == (32, 32, 4096, 2)
+
+
 def _align(n: int, a: int) -> int:
     return (n + a - 1) & -a
 
@@ -182,6 +186,10 @@ class Ring:
         """No frame waits to be claimed (a lock-free hint: readers spin on it before sleeping)."""
         return bool(self._w[_READ] == self._w[_TAIL])
 
+    def not_empty_for_reader(self) -> bool:
+        """A frame waits to be claimed (the opposite hint, for spinning without a lambda)."""
+        return bool(self._w[_READ] != self._w[_TAIL])
+
     def used(self) -> int:
         """Bytes between head and tail (no lock needed: an estimate)."""
         return int(self._w[_TAIL] - self._w[_HEAD])
@@ -194,43 +202,59 @@ class Ring:
     def space_seq(self) -> int:
         return int(self._i[_SPACE_SEQ_WORD])
 
+    # Sleepers and wake-ups. A sleeper registers (counts itself in WAIT_*) and
+    # sleeps on the sequence word it read. Whoever advances the sequence wakes
+    # every sleeper at once and sets the count to 0: the registrations are used
+    # up, so a busy writer pays for one wake-up per sleep, not one per item
+    # while the sleeper is still getting up. A sleeper whose sequence did not
+    # move (timeout) takes its own registration back.
+
     def bump_data(self) -> int:
-        """Advance the data sequence (P lock); returns how many readers sleep."""
+        """Advance the data sequence (P lock); returns how many readers must be woken."""
         i = self._i
         i[_DATA_SEQ_WORD] = (i[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
-        return int(self._w[_WAIT_DATA])
+        n = int(self._w[_WAIT_DATA])
+        self._w[_WAIT_DATA] = 0
+        return n
 
     def bump_space(self) -> int:
-        """Advance the space sequence (C lock); returns how many writers sleep."""
+        """Advance the space sequence (C lock); returns how many writers must be woken."""
         i = self._i
         i[_SPACE_SEQ_WORD] = (i[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
-        return int(self._w[_WAIT_SPACE])
-
-    def writers_waiting(self) -> int:
-        """How many writers sleep for room (C lock for an exact answer)."""
-        return int(self._w[_WAIT_SPACE])
+        n = int(self._w[_WAIT_SPACE])
+        self._w[_WAIT_SPACE] = 0
+        return n
 
     def wake_writers(self) -> int:
         """Advance the space sequence if writers sleep (C lock); returns 1 if they must be woken."""
         if self._w[_WAIT_SPACE]:
+            self._w[_WAIT_SPACE] = 0
             i = self._i
             i[_SPACE_SEQ_WORD] = (i[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
             return 1
         return 0
 
-    def add_reader_waiting(self, delta: int) -> int:
-        """Count a reader going to sleep (+1) or waking (-1) (P lock); returns the data sequence."""
-        w = self._w
-        n = w[_WAIT_DATA] + delta
-        w[_WAIT_DATA] = n if n >= 0 else 0
+    def reader_sleeps(self) -> int:
+        """Register a reader going to sleep (P lock); returns the data sequence to sleep on."""
+        self._w[_WAIT_DATA] += 1
         return int(self._i[_DATA_SEQ_WORD])
 
-    def add_writer_waiting(self, delta: int) -> int:
-        """Count a writer going to sleep (+1) or waking (-1) (C lock); returns the space sequence."""
+    def reader_woke(self, seq: int) -> None:
+        """A reader that slept on ``seq`` is up (P lock): withdraw its registration if unused."""
         w = self._w
-        n = w[_WAIT_SPACE] + delta
-        w[_WAIT_SPACE] = n if n >= 0 else 0
+        if self._i[_DATA_SEQ_WORD] == seq and w[_WAIT_DATA]:
+            w[_WAIT_DATA] -= 1
+
+    def writer_sleeps(self) -> int:
+        """Register a writer going to sleep (C lock); returns the space sequence to sleep on."""
+        self._w[_WAIT_SPACE] += 1
         return int(self._i[_SPACE_SEQ_WORD])
+
+    def writer_woke(self, seq: int) -> None:
+        """A writer that slept on ``seq`` is up (C lock): withdraw its registration if unused."""
+        w = self._w
+        if self._i[_SPACE_SEQ_WORD] == seq and w[_WAIT_SPACE]:
+            w[_WAIT_SPACE] -= 1
 
     # ------------------------------------------------------------------ frames
 
@@ -277,29 +301,34 @@ class Ring:
         Returns 1 if sleeping readers must be woken (the data sequence was
         advanced), 0 if none sleep, FULL or CLOSED.
         """
+        # The hot path of every put: word indexes are written out (see the
+        # layout at the top) because each global lookup shows at this rate.
         w = self._w
-        if w[_CLOSED]:
+        if w[4]:  # _CLOSED
             return CLOSED
-        if self._maxsize and w[_NRES] - w[_NCLAIM] >= self._maxsize:
+        if self._maxsize and w[9] - w[18] >= self._maxsize:  # _NRES - _NCLAIM
             return FULL
         n = len(data)
-        size = (HEADER + n + ALIGN - 1) & -ALIGN
-        pos = w[_TAIL]
-        head = w[_HEAD]
-        if (pos & self._mask) + size > self._cap or head == pos:
+        size = (n + 63) & -32  # HEADER + n, aligned to ALIGN
+        pos = w[8]  # _TAIL
+        head = w[16]  # _HEAD
+        off = pos & self._mask
+        if off + size > self._cap or head == pos:
             pos = self._make_room(size, pos)
             if pos < 0:
                 return FULL
+            off = pos & self._mask
         elif pos + size - head > self._cap:
             return FULL
-        start = DATA_OFFSET + (pos & self._mask)
-        self._b[start + HEADER : start + HEADER + n] = data
+        start = 4096 + off  # DATA_OFFSET
+        self._b[start + 32 : start + 32 + n] = data
         i = start >> 3
         w[i + 1] = size | (n << 32)
-        w[i] = READY | (kind << 8) | (pid << 32)
-        w[_NRES] += 1
-        w[_TAIL] = pos + size  # publishes the frame
-        if w[_WAIT_DATA]:
+        w[i] = 2 | (kind << 8) | (pid << 32)  # READY
+        w[9] += 1  # _NRES
+        w[8] = pos + size  # _TAIL: publishes the frame
+        if w[10]:  # _WAIT_DATA
+            w[10] = 0
             seqs = self._i
             seqs[_DATA_SEQ_WORD] = (seqs[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
             return 1
@@ -426,6 +455,7 @@ class Ring:
                         w[i] = (h & ~0xFF) | DONE
                         self._advance_head()
                     if w[_WAIT_SPACE]:
+                        w[_WAIT_SPACE] = 0
                         seqs = self._i
                         seqs[_SPACE_SEQ_WORD] = (seqs[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
                         return (h >> 8) & 0xFF, data, 1
@@ -443,9 +473,10 @@ class Ring:
             w[_READ] = read
         return EMPTY
 
-    def take_many(self, limit: int) -> list[tuple[int, bytes]]:
-        """Take up to ``limit`` small frames in a row (C lock); stops at the first big or unfinished one.
+    def take_many(self, limit: int, stop_kind: int = -1) -> list[tuple[int, bytes]]:
+        """Take up to ``limit`` small frames in a row (C lock).
 
+        Stops at the first big or unfinished frame, or one of kind ``stop_kind``.
         Call :meth:`wake_writers` afterwards.
         """
         out: list[tuple[int, bytes]] = []
@@ -463,7 +494,12 @@ class Ring:
             state = h & 0xFF
             sz = w[i + 1]
             size = sz & _LOW
-            if state == READY and not h & 0xFFFF0000 and size <= SMALL:
+            if (
+                state == READY
+                and not h & 0xFFFF0000
+                and size <= SMALL
+                and (h >> 8) & 0xFF != stop_kind
+            ):
                 out.append(
                     ((h >> 8) & 0xFF, bytes(b[start + HEADER : start + HEADER + (sz >> 32)]))
                 )

@@ -154,12 +154,22 @@ class Segment:
         return os.path.join(SHM_DIR, self.name)
 
     @classmethod
-    def create(cls, kind: str, size: int) -> Segment:
-        """Create a new zero-filled segment of ``size`` bytes, owned by this process."""
+    def create(cls, kind: str, size: int, *, prefix: str | None = None) -> Segment:
+        """Create a new zero-filled segment of ``size`` bytes, owned by this process.
+
+        Its name is ``polytask-<kind>-<pid>-<random>``, or ``<prefix><pid>-<random>``
+        when ``prefix`` is given (a channel's spills are named after the channel,
+        so that one guardian registration of the prefix covers all of them).
+        """
         if size <= 0:
             raise ValueError(f"segment size must be positive, got {size}")
+        if prefix is not None:
+            _valid_name(prefix)
         for _ in range(8):
-            name = f"polytask-{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+            if prefix is None:
+                name = f"polytask-{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+            else:
+                name = f"{prefix}{os.getpid()}-{secrets.token_hex(6)}"
             path = os.path.join(SHM_DIR, name)
             try:
                 fd = os.open(

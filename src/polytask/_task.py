@@ -10,7 +10,6 @@ is killed; a thread task is flagged, see :class:`CurrentTask`), and
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import functools
 import threading
@@ -151,6 +150,8 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         passed first (the task goes on).
         """
         self._wait_or_raise(timeout)
+        if self._state == "FINISHED" and self._exception is None:
+            return cast(T, self._result)  # the hot path: no lock needed
         try:
             return super().result(0)
         except Cancelled:
@@ -170,6 +171,8 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         return self._wait(check_timeout(timeout))
 
     def __await__(self) -> Generator[Any, None, T]:
+        import asyncio  # here, not at the top: it costs ~30 ms to import
+
         return asyncio.wrap_future(self).__await__()
 
     # -- cancelling
@@ -194,23 +197,47 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         if self._started_at is None:
             self._started_at = time.monotonic()
 
-    def _finish(self, result: Any = None, exc: BaseException | None = None) -> bool:
-        """Complete the task once; later calls (a timeout racing a result) are ignored."""
+    def _set_running(self) -> bool:
+        """``set_running_or_notify_cancel`` that also accepts an already running task.
+
+        False if the task was cancelled before it started (its waiters are told).
+        """
         with self._condition:
-            if self._state in ("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"):
+            state = self._state
+            if state == "PENDING":
+                self._state = "RUNNING"
+                return True
+            if state == "RUNNING":
+                return True
+        return self.set_running_or_notify_cancel()
+
+    def _finish(self, result: Any = None, exc: BaseException | None = None) -> bool:
+        """Complete the task once; later calls (a timeout racing a result) are ignored.
+
+        ``Future.set_result``/``set_exception`` in one lock acquisition: this runs once
+        per task on the latency-critical path.
+        """
+        with self._condition:
+            if self._state in _DONE_STATES:
                 return False
             self._finished_at = time.monotonic()
             if self._started_at is None:
                 self._started_at = self._finished_at
+            if exc is None:
+                self._result = result
+                self._state = "FINISHED"
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+            else:
+                self._exception = exc
+                self._state = "FINISHED"
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
+            self._condition.notify_all()
         if self._timer is not None:
             self._timer.cancel()
-        try:
-            if exc is None:
-                self.set_result(result)
-            else:
-                self.set_exception(exc)
-        except concurrent.futures.InvalidStateError:
-            return False
+        if self._done_callbacks:  # type: ignore[attr-defined]
+            self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
 

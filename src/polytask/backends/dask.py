@@ -231,9 +231,11 @@ class DaskBackend(Backend):
                 self._cluster = None
 
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
-        from ._cluster_sync import dask_primitive
+        """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
+        held on the cluster (see ``_cluster_sync``) so that any task can use it."""
+        from ._cluster_sync import DaskLink, make_cluster_primitive
 
-        return dask_primitive(kind, self._client, *args, **kwargs)
+        return make_cluster_primitive(kind, DaskLink(self._client), *args, **kwargs)
 
     def __repr__(self) -> str:
         addr = getattr(getattr(self._client, "scheduler", None), "address", None)
@@ -267,9 +269,9 @@ def _close_quietly(obj: Any) -> None:
 
 
 def _register_primitives() -> None:
-    from ._cluster_sync import register_dask
+    from ._cluster_sync import register
 
-    register_dask()
+    register("dask")
 
 
 _register_primitives()

@@ -270,7 +270,7 @@ class ProcessBackend(Backend):
     def _assign(self, w: _Worker, task: Task[Any]) -> None:
         """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list)."""
         while True:
-            if task.running() or task.set_running_or_notify_cancel():
+            if task._set_running():
                 break
             # Cancelled while it waited: take the next one, or idle.
             with self._lock:
@@ -594,8 +594,9 @@ class ProcessBackend(Backend):
                     return
             events = poller.poll(ms)
             if events:
+                exited = len(events) > 1 or events[0][0] != w.rfd
                 with w.rlock:
-                    self._service(w, any(fd == w.pidfd for fd, _ in events))
+                    self._service(w, exited)
 
     def _wake(self) -> None:
         try:

@@ -240,18 +240,20 @@ class RayBackend(Backend):
             ray.shutdown()
 
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
-        from ._cluster_sync import ray_primitive
+        """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
+        held on the cluster (see ``_cluster_sync``) so that any task can use it."""
+        from ._cluster_sync import RayLink, make_cluster_primitive
 
-        return ray_primitive(kind, *args, **kwargs)
+        return make_cluster_primitive(kind, RayLink(), *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<RayBackend{' closed' if self._closed else ''}>"
 
 
 def _register_primitives() -> None:
-    from ._cluster_sync import register_ray
+    from ._cluster_sync import register
 
-    register_ray()
+    register("ray")
 
 
 _register_primitives()

@@ -1,0 +1,324 @@
+"""Pool against multiprocessing.Pool, ProcessPoolExecutor, joblib (loky), mpire, pebble.
+
+(a) submit N tiny tasks one by one, then gather; (b) map over N tiny tasks with
+each tool's automatic chunking; (c) map over 40 tasks of uneven length (some
+10x longer), wall time against the ideal schedule; (d) imap over an endless
+generator: memory stays bounded. Every pool is started and warmed up before
+it is timed (steady state: worker start-up is not measured).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import time
+from collections.abc import Callable
+
+import psutil
+
+WORKERS = 2
+
+
+def tiny(x):
+    return x + 1
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# ----------------------------------------------------------------------------- peers
+class Peer:
+    name = ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        pass
+
+    submit_gather: Callable[[list], list] | None = None
+    auto_map: Callable[[Callable, list], list] | None = None
+
+
+class Polytask(Peer):
+    name = "polytask Pool"
+
+    def __init__(self):
+        import polytask as pt
+
+        self.pool = pt.Pool(WORKERS)
+        self.pool.map(tiny, range(100))
+
+    def submit_gather(self, items):
+        tasks = [self.pool.submit(tiny, i) for i in items]
+        return [t.result() for t in tasks]
+
+    def auto_map(self, fn, items):
+        return self.pool.map(fn, items)
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+
+class MpPool(Peer):
+    name = "multiprocessing.Pool"
+
+    def __init__(self):
+        self.pool = multiprocessing.get_context("spawn").Pool(WORKERS)
+        self.pool.map(tiny, range(100))
+
+    def submit_gather(self, items):
+        rs = [self.pool.apply_async(tiny, (i,)) for i in items]
+        return [r.get() for r in rs]
+
+    def auto_map(self, fn, items):
+        return self.pool.map(fn, items)
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+
+class Ppe(Peer):
+    name = "ProcessPoolExecutor"
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("spawn")
+        self.ex = concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=ctx)
+        list(self.ex.map(tiny, range(100)))
+
+    def submit_gather(self, items):
+        fs = [self.ex.submit(tiny, i) for i in items]
+        return [f.result() for f in fs]
+
+    def auto_map(self, fn, items):
+        return list(self.ex.map(fn, items))  # chunksize=1 is its default
+
+    def close(self):
+        self.ex.shutdown()
+
+
+class Joblib(Peer):
+    name = "joblib (loky)"
+
+    def __init__(self):
+        import joblib
+
+        self.joblib = joblib
+        self.auto_map(tiny, list(range(100)))
+
+    def auto_map(self, fn, items):
+        j = self.joblib
+        return j.Parallel(n_jobs=WORKERS, backend="loky")(j.delayed(fn)(x) for x in items)
+
+
+class Mpire(Peer):
+    name = "mpire"
+
+    def __init__(self):
+        from mpire import WorkerPool
+
+        self.pool = WorkerPool(n_jobs=WORKERS, start_method="spawn", keep_alive=True)
+        self.pool.map(tiny, range(100))
+
+    def submit_gather(self, items):
+        rs = [self.pool.apply_async(tiny, args=(i,)) for i in items]
+        return [r.get() for r in rs]
+
+    def auto_map(self, fn, items):
+        return self.pool.map(fn, items)
+
+    def close(self):
+        self.pool.terminate()
+
+
+class Pebble(Peer):
+    name = "pebble"
+
+    def __init__(self):
+        from pebble import ProcessPool
+
+        self.pool = ProcessPool(max_workers=WORKERS, context=multiprocessing.get_context("spawn"))
+        list(self.pool.map(tiny, range(100)).result())
+
+    def submit_gather(self, items):
+        fs = [self.pool.schedule(tiny, args=(i,)) for i in items]
+        return [f.result() for f in fs]
+
+    def auto_map(self, fn, items):
+        return list(self.pool.map(fn, items).result())  # chunksize=1 is its default
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+
+
+PEERS = [Polytask, MpPool, Ppe, Joblib, Mpire, Pebble]
+
+
+def _run_peer(cls, work):
+    try:
+        with cls() as peer:
+            return work(peer)
+    except Exception as exc:  # a peer missing or broken: say so in the table
+        return exc
+
+
+# ----------------------------------------------------------------------------- scenarios
+def _uneven(n: int, unit: float) -> list[float]:
+    # Every 10th task is 10x longer; the long ones are spread through the input.
+    return [unit * 10 if i % 10 == 9 else unit for i in range(n)]
+
+
+def _ideal(durations: list[float]) -> float:
+    return max(sum(durations) / WORKERS, max(durations))
+
+
+def _rss_growth(cls_name: str, n: int) -> float:
+    """Peak RSS growth (MiB) of this process while imap consumes n items of 10 kB."""
+    me = psutil.Process()
+
+    def gen():
+        for _ in range(n):
+            yield b"x" * 10_000
+
+    base = me.memory_info().rss
+    peak = base
+    if cls_name == "polytask":
+        import polytask as pt
+
+        with pt.Pool(WORKERS) as pool:
+            for i, _ in enumerate(pool.imap(len, gen())):
+                if i % 1000 == 0:
+                    peak = max(peak, me.memory_info().rss)
+    else:
+        with multiprocessing.get_context("spawn").Pool(WORKERS) as pool:
+            for i, _ in enumerate(pool.imap(len, gen(), chunksize=100)):
+                if i % 1000 == 0:
+                    peak = max(peak, me.memory_info().rss)
+    return (peak - base) / (1 << 20)
+
+
+def _fmt(x) -> str:
+    if isinstance(x, Exception):
+        return f"failed: {type(x).__name__}"
+    return f"{x * 1000:,.0f} ms"
+
+
+def run(quick: bool) -> str:
+    n = 5_000 if quick else 20_000
+    repeat = 1 if quick else 3
+    unit = 0.01 if quick else 0.02
+    durations = _uneven(40, unit)
+    items = list(range(n))
+
+    rows = []
+    for cls in PEERS:
+
+        def work(peer):
+            a = (
+                best(lambda: peer.submit_gather(items), repeat)
+                if hasattr(peer, "submit_gather") and cls is not Joblib
+                else None
+            )
+            b = best(lambda: peer.auto_map(tiny, items), repeat)
+            c = best(lambda: peer.auto_map(nap, durations), 1 if quick else 2)
+            return a, b, c
+
+        res = _run_peer(cls, work)
+        rows.append((cls.name, res))
+        print(f"  {cls.name}: {res}", flush=True)
+
+    def get(name, k):
+        for nm, res in rows:
+            if nm == name and not isinstance(res, Exception):
+                return res[k]
+        return None
+
+    pt_a, pt_b, pt_c = (get("polytask Pool", k) for k in range(3))
+    lines = [
+        "## Pool: tiny tasks, automatic chunking, uneven tasks",
+        "",
+        f"{WORKERS} workers each, warmed up; best of {repeat}. (a) submit {n:,} tiny tasks "
+        f"one by one, then gather; (b) map over {n:,} tiny tasks with each tool's own "
+        f"automatic chunking; (c) map over 40 sleeps of {unit * 1000:.0f} ms, every 10th "
+        f"10x longer (ideal {_ideal(durations) * 1000:,.0f} ms). Ratio = peer time / "
+        "polytask time (> 1: polytask is faster).",
+        "",
+        "| tool | (a) submit+gather | ratio | (b) auto map | ratio | (c) uneven map | vs ideal |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ideal = _ideal(durations)
+    for name, res in rows:
+        if isinstance(res, Exception):
+            lines.append(f"| {name} | {_fmt(res)} | | | | | |")
+            continue
+        a, b, c = res
+        ra = f"{a / pt_a:.1f}x" if a and pt_a else ""
+        rb = f"{b / pt_b:.1f}x" if b and pt_b else ""
+        lines.append(
+            f"| {name} | {_fmt(a) if a else 'n/a'} | {ra} | {_fmt(b)} | {rb} | {_fmt(c)} | "
+            f"{(c / ideal - 1) * 100:+.0f} % |"
+        )
+    mem_n = 20_000 if quick else 100_000
+    pt_mem = _rss_growth("polytask", mem_n)
+    mp_mem = _rss_growth("mp", mem_n)
+    lines += [
+        "",
+        f"(d) imap over a generator of {mem_n:,} items of 10 kB: peak RSS growth of the "
+        f"caller: polytask {pt_mem:,.0f} MiB, multiprocessing.Pool.imap (chunksize=100) "
+        f"{mp_mem:,.0f} MiB.",
+        "",
+    ]
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
+    mp_a, mp_b = get("multiprocessing.Pool", 0), get("multiprocessing.Pool", 1)
+    mpire_b, joblib_b = get("mpire", 1), get("joblib (loky)", 1)
+    if pt_a and mp_a:
+        lines.append(
+            f"- Target (a) >= 5x multiprocessing.Pool.apply_async: {mp_a / pt_a:.1f}x, "
+            f"{verdict(mp_a / pt_a >= 5)}."
+        )
+    if pt_b and mp_b:
+        lines.append(
+            f"- Target (b) >= 1.0x multiprocessing.Pool.map: {mp_b / pt_b:.2f}x, "
+            f"{verdict(mp_b / pt_b >= 1.0)}."
+        )
+    for peer, val in (("mpire", mpire_b), ("joblib", joblib_b)):
+        if pt_b and val:
+            lines.append(
+                f"- Target (b) >= 10x {peer}: {val / pt_b:.1f}x, {verdict(val / pt_b >= 10)}."
+            )
+    if pt_c:
+        lines.append(
+            f"- Target (c) within 15 % of the ideal schedule: {(pt_c / ideal - 1) * 100:+.0f} %, "
+            f"{verdict(pt_c <= ideal * 1.15)}."
+        )
+    lines.append(
+        f"- (d) bounded memory: {verdict(pt_mem < 64)} (polytask {pt_mem:,.0f} MiB for "
+        f"{mem_n * 10_000 / (1 << 20):,.0f} MiB of input)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(run("--quick" in sys.argv))
