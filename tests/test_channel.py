@@ -267,10 +267,22 @@ def test_large_items_and_spill_segments():
     before = shm_names(os.getpid())
     big = np.random.default_rng(1).integers(0, 255, size=8 << 20, dtype=np.uint8)
     ch.put(big)  # bigger than half the ring: travels in a spill segment
-    assert len(shm_names(os.getpid()) - before) == 1
+    spills = shm_names(os.getpid()) - before
+    assert len(spills) == 1 and all(n.startswith(ch.name + "-") for n in spills)
     out = ch.get(timeout=HANG)
     np.testing.assert_array_equal(out, big)
-    assert shm_names(os.getpid()) == before  # the reader removed the spill
+    for k in range(3):  # once read, the writer reuses the same spill
+        ch.put(big + k)
+        np.testing.assert_array_equal(ch.get(timeout=HANG), big + k)
+        assert shm_names(os.getpid()) - before == spills
+    # Unread, the pooled spills are busy: past the pool's size, one-off spills,
+    # which their reader removes.
+    for k in range(6):
+        ch.put(big[: (1 << 20) + k])
+    assert len(shm_names(os.getpid()) - before) == 6
+    for k in range(6):
+        np.testing.assert_array_equal(ch.get(timeout=HANG), big[: (1 << 20) + k])
+    assert len(shm_names(os.getpid()) - before) == 4
     mv = memoryview(np.arange(10, dtype=np.int32))
     ch.put(mv)
     assert bytes(ch.get(timeout=5)) == mv.tobytes()

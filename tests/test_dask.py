@@ -126,12 +126,14 @@ def test_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
     assert marker.read_text() == "ran to the end"
 
 
-def test_cancel_running_and_pending(tmp_path: Path) -> None:
+def test_cancel_running_and_pending(tmp_path: Path, dask_cluster: object) -> None:
+    slots = sum(dask_cluster.nthreads().values())  # type: ignore[attr-defined]
     running = [
-        pt.spawn(sleep_then_touch, 1.0, str(tmp_path / f"r{i}"), backend="dask") for i in range(2)
+        pt.spawn(sleep_then_touch, 1.5, str(tmp_path / f"r{i}"), backend="dask")
+        for i in range(slots)
     ]
     pending = pt.spawn(sleep_then_touch, 0.0, str(tmp_path / "pending"), backend="dask")
-    time.sleep(0.3)
+    time.sleep(0.5)
     assert pending.cancel() is True
     assert running[0].cancel() is True
     with pytest.raises(pt.Cancelled):
@@ -139,7 +141,7 @@ def test_cancel_running_and_pending(tmp_path: Path) -> None:
     with pytest.raises(pt.Cancelled):
         pending.result(timeout=10)
     assert running[1].result(timeout=60) == "done"
-    time.sleep(1.5)
+    time.sleep(1.0)
     assert not (tmp_path / "pending").exists()  # a queued task never starts
 
 

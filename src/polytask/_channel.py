@@ -38,9 +38,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
+from . import _proc
 from . import _ring as R
 from ._errors import ChannelClosed, SerializationError
 from ._shm import (
+    SHM_DIR,
     AttachCache,
     RobustMutex,
     Segment,
@@ -413,49 +415,165 @@ def _decode_views(kind: int, payload: memoryview, bufs: list[memoryview]) -> Any
 
 _LOST: Any = object()  # an item whose writer died before it was handed over
 
-# Spilled items: the frame holds (segment name, kind, payload length, buffer lengths);
-# the bytes are in a segment of their own, whose name the reader removes.
+# --------------------------------------------------------------------------- spills
+#
+# An item too big for the ring travels in a segment of its own, a *spill*, named
+# after its channel: ``<channel name>-<writer pid>-<random>``. The ring carries
+# a small K_SPILL frame: (spill name, kind, payload length, buffer lengths,
+# pooled). A spill starts with a state word (FULL while it holds an unread
+# item, FREE once its reader copied it out), then the item's bytes.
+#
+# A writer keeps up to _POOL_SIZE spills per channel and reuses a FREE one for
+# its next big item, and a reader keeps its last few mappings: a stream of big
+# items maps (and has the kernel zero-fill) fresh memory only at the start. When
+# every pooled spill is busy, a one-off spill is made, which its reader removes.
+#
+# Who removes a spill's name:
+#   - its reader, for a one-off spill, right after mapping it;
+#   - its writer, for pooled spills that are FREE, when its handle of the
+#     channel is released and when it exits (an unread one is left in place for
+#     its reader, unless the channel itself is gone);
+#   - the channel's owner, when it releases the channel: every name with the
+#     channel's prefix;
+#   - the guardian: a writer's spills if the writer dies (guard_path), and every
+#     name with the channel's prefix if the owner dies (guard_prefix), so even a
+#     spill whose writer exited normally is removed when the owner is killed.
+
+_SPILL_HEADER = 64
+_SPILL_FREE, _SPILL_FULL = 0, 1
+_POOL_SIZE = 4
+_READER_CACHE = 4
+
+_pools: dict[str, list[Segment]] = {}  # channel name -> this process's pooled spills
+_rcache: dict[str, Segment] = {}  # spill name -> mapping (oldest first), for readers
+_handed_spills: set[str] = set()  # one-off spills written here and handed to a channel
+_spills_lock = threading.Lock()
+_spill_hook = False
 
 
 def _spill_layout(payload_len: int, buf_lens: list[int]) -> tuple[int, list[int]]:
     offs = []
-    end = payload_len
+    end = _SPILL_HEADER + payload_len
     for n in buf_lens:
         end = (end + R.BUF_ALIGN - 1) & -R.BUF_ALIGN
         offs.append(end)
         end += n
-    return max(end, 1), offs
+    return end, offs
 
 
-def _spill(kind: int, payload: bytes | memoryview, bufs: list[memoryview]) -> tuple[bytes, Segment]:
+def _spill_state(seg: Segment) -> int:
+    return seg.buf[0]
+
+
+def _channel_of(spill_name: str) -> str:
+    return spill_name.rsplit("-", 2)[0]
+
+
+def _adopt(seg: Segment) -> None:
+    """Take a new spill out of the exit-time unlinking of owned segments (it stays guarded)."""
+    from . import _shm
+
+    global _spill_hook
+    with _shm._owned_lock:
+        _shm._owned.pop(seg.path, None)
+    if not _spill_hook:
+        _proc.at_shutdown(_spills_at_exit)
+        _spill_hook = True
+
+
+def _spill(
+    channel: str, kind: int, payload: bytes | memoryview, bufs: list[memoryview]
+) -> tuple[bytes, Segment, bool]:
+    """Write an item into a spill; returns (frame payload, spill, pooled)."""
     lens = [b.nbytes for b in bufs]
-    size, offs = _spill_layout(len(payload), lens)
-    seg = Segment.create("spill", size)
+    need, offs = _spill_layout(len(payload), lens)
+    seg: Segment | None = None
+    with _spills_lock:
+        pool = _pools.setdefault(channel, [])
+        for s in list(pool):
+            if s.size >= need and _spill_state(s) == _SPILL_FREE:
+                if not s.exists():  # removed by the channel's owner: the channel is gone
+                    pool.remove(s)
+                    s.owner = False
+                    s.close()
+                    continue
+                seg = s
+                break
+        pooled = True
+        if seg is None:
+            pooled = len(pool) < _POOL_SIZE
+            # Pooled spills are sized to a power of two so they fit later items
+            # too; the file is sparse, so pages never written cost nothing.
+            size = 1 << (need - 1).bit_length() if pooled else need
+            seg = Segment.create("spill", size, prefix=channel + "-")
+            _adopt(seg)
+            if pooled:
+                pool.append(seg)
+            else:
+                _handed_spills.add(seg.path)
+                if len(_handed_spills) > 256:  # forget those read (and removed) since
+                    for path in [p for p in _handed_spills if not os.path.exists(p)]:
+                        _handed_spills.discard(path)
+                        _proc.unguard_path(path)
+        seg.buf[0] = _SPILL_FULL
     try:
         mv = seg.buf
-        mv[: len(payload)] = payload
+        mv[_SPILL_HEADER : _SPILL_HEADER + len(payload)] = payload
         for off, b in zip(offs, bufs, strict=True):
             mv[off : off + b.nbytes] = b
     except BaseException:
-        seg.close()
+        _spill_not_sent(seg, pooled)
         raise
-    ref = pickle.dumps((seg.name, kind, len(payload), lens), 5)
-    return ref, seg
+    ref = pickle.dumps((seg.name, kind, len(payload), lens, pooled), 5)
+    return ref, seg, pooled
+
+
+def _spill_sent(seg: Segment, pooled: bool) -> None:
+    """The frame naming ``seg`` is in the ring: a one-off spill now belongs to its reader."""
+    if not pooled:
+        seg.owner = False
+        seg.close()
+
+
+def _spill_not_sent(seg: Segment, pooled: bool) -> None:
+    """The put failed (timeout, closed channel): take the spill back."""
+
+    if pooled:
+        seg.buf[0] = _SPILL_FREE
+        return
+    with _spills_lock:
+        _handed_spills.discard(seg.path)
+    seg.unlink()
+    _proc.unguard_path(seg.path)
+    seg.close()
 
 
 def _unspill(ref: bytes) -> Any:
-    name, kind, plen, lens = pickle.loads(ref)
-    try:
-        seg = Segment.attach(name)
-    except FileNotFoundError:
-        # Its writer died before handing it over (the guardian removed it): lost
-        # with the writer, like an unfinished frame.
-        return _LOST
-    seg.unlink()
+    name, kind, plen, lens, pooled = pickle.loads(ref)
+    seg = None
+    if pooled:
+        with _spills_lock:
+            seg = _rcache.pop(name, None)
+            if seg is not None:
+                _rcache[name] = seg  # most recently used last
+    if seg is None:
+        try:
+            seg = Segment.attach(name)
+        except FileNotFoundError:
+            # Its writer died before handing it over (the guardian removed it): lost
+            # with the writer, like an unfinished frame.
+            return _LOST
+        if not pooled:
+            seg.unlink()
+        else:
+            with _spills_lock:
+                _rcache[name] = seg
+                while len(_rcache) > _READER_CACHE:
+                    _rcache.pop(next(iter(_rcache))).close()
     try:
         _, offs = _spill_layout(plen, lens)
         mv = seg.buf
-        payload = mv[:plen]
+        payload = mv[_SPILL_HEADER : _SPILL_HEADER + plen]
         views = [mv[o : o + n] for o, n in zip(offs, lens, strict=True)]
         try:
             return _decode_views(kind, payload, views)
@@ -464,15 +582,78 @@ def _unspill(ref: bytes) -> Any:
             for v in views:
                 v.release()
     finally:
+        if pooled:
+            seg.buf[0] = _SPILL_FREE  # copied out: the writer may reuse it
+        else:
+            seg.close()
+
+
+def _drop_spills(channel: str, ring_gone: bool) -> None:
+    """This process is done with ``channel``: let go of its pooled spills and mappings."""
+
+    with _spills_lock:
+        pool = _pools.pop(channel, [])
+        cached = [n for n in _rcache if _channel_of(n) == channel]
+        mappings = [_rcache.pop(n) for n in cached]
+    for seg in pool:
+        # A FREE spill is ours to remove; a FULL one holds an unread item, left
+        # for its reader (or, once the channel is gone, removed too).
+        if ring_gone or _spill_state(seg) == _SPILL_FREE:
+            seg.unlink()
+        _proc.unguard_path(seg.path)
+        seg.owner = False
+        seg.close()
+    for seg in mappings:
         seg.close()
 
 
-def _unlink_spill(ref: bytes) -> None:
+def _spills_at_exit() -> None:
+
+    with _spills_lock:
+        channels = list(_pools)
+        handed = list(_handed_spills)
+        _handed_spills.clear()
+    for channel in channels:
+        _drop_spills(channel, not os.path.exists(os.path.join(SHM_DIR, channel)))
+    for path in handed:
+        # Unread one-off spills belong to their channel from now on; if the
+        # channel is gone, nobody will read them.
+        if os.path.exists(path) and not os.path.exists(
+            os.path.join(SHM_DIR, _channel_of(os.path.basename(path)))
+        ):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        _proc.unguard_path(path)
+
+
+def _forget_spills_after_fork() -> None:
+    global _spills_lock, _spill_hook
+    # The parent's pools and mappings are the parent's to manage.
+    _pools.clear()
+    _rcache.clear()
+    _handed_spills.clear()
+    _spills_lock = threading.Lock()
+    _spill_hook = False
+
+
+os.register_at_fork(after_in_child=_forget_spills_after_fork)
+
+
+def _remove_channel_spills(channel: str) -> None:
+    """The owner releases ``channel``: remove every spill of it, read or not."""
+    start = channel + "-"
     try:
-        name = pickle.loads(ref)[0]
-        os.unlink(os.path.join("/dev/shm", name))
-    except Exception:
-        pass
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(start):
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------- process backend
@@ -500,6 +681,9 @@ class _ProcessChannel(Channel[T]):
                 RobustMutex.initialize(seg.address + R.P_MUTEX_OFFSET)
                 RobustMutex.initialize(seg.address + R.C_MUTEX_OFFSET)
                 ring = R.Ring.initialise(seg.buf, cap, maxsize, os.getpid())
+                # If this process is killed, the guardian removes the channel's
+                # spills too, even those whose writer exited normally.
+                pass
             except BaseException:
                 seg.close()
                 raise
@@ -641,8 +825,9 @@ class _ProcessChannel(Channel[T]):
         deadline = _deadline(timeout)
         lens = [b.nbytes for b in bufs]
         spill_seg: Segment | None = None
+        pooled = False
         if not ring.fits(R.Ring.frame_size(len(payload), lens)):
-            ref, spill_seg = _spill(kind, payload, bufs)
+            ref, spill_seg, pooled = _spill(self._seg.name, kind, payload, bufs)
             kind, payload, bufs, lens = K_SPILL, ref, [], []
         try:
             size = R.Ring.frame_size(len(payload), lens)
@@ -678,13 +863,10 @@ class _ProcessChannel(Channel[T]):
                 futex_wake(self._data_seq_addr)
         except BaseException:
             if spill_seg is not None:
-                spill_seg.close()
+                _spill_not_sent(spill_seg, pooled)
             raise
         if spill_seg is not None:
-            # The frame owns the spill now: its reader (or the channel's cleanup) removes it.
-            spill_seg.owner = False
-            spill_seg.close()
-            _forget_owned(spill_seg)
+            _spill_sent(spill_seg, pooled)
 
     def _spin_until(self, ready: Callable[[], bool]) -> bool:
         """Spin up to this handle's budget for ``ready()`` (the peer is likely running)."""
@@ -1019,65 +1201,17 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-# Spill segments this process wrote and handed to a channel. They stay registered
-# with our guardian, so that if we are killed before they are read the guardian
-# removes them (a reader then skips the lost item); at a normal exit we unguard
-# those still unread, which then belong to the channel's owner (who removes
-# unread spills when it releases the channel).
-_handed_spills: set[str] = set()
-_spills_lock = threading.Lock()
-_spill_hook = False
-
-
-def _forget_owned(seg: Segment) -> None:
-    from . import _proc, _shm
-
-    global _spill_hook
-    with _shm._owned_lock:
-        _shm._owned.pop(seg.path, None)
-    with _spills_lock:
-        _handed_spills.add(seg.path)
-        if not _spill_hook:
-            _proc.at_shutdown(_unguard_unread_spills)
-            _spill_hook = True
-        if len(_handed_spills) > 256:
-            for path in [p for p in _handed_spills if not os.path.exists(p)]:
-                _handed_spills.discard(path)
-                _proc.unguard_path(path)
-
-
-def _unguard_unread_spills() -> None:
-    from . import _proc
-
-    with _spills_lock:
-        paths = list(_handed_spills)
-        _handed_spills.clear()
-    for path in paths:
-        _proc.unguard_path(path)
-
-
-def _forget_spills_after_fork() -> None:
-    global _spills_lock, _spill_hook
-    _handed_spills.clear()
-    _spills_lock = threading.Lock()
-    _spill_hook = False
-
-
-os.register_at_fork(after_in_child=_forget_spills_after_fork)
-
-
 def _release_channel(seg: Segment, ring: R.Ring) -> None:
-    # The last handle in this process is gone. The owner removes the name, and
-    # the spill segments of items nobody read.
+    # The last handle in this process is gone. The owner removes the name and
+    # every spill of the channel (the channel is over for everyone); others let
+    # go of their own spills.
+
     if seg.closed:
         return
+    _drop_spills(seg.name, seg.owner or not seg.exists())
     if seg.owner:
-        try:
-            for kind, ref in ring.unread():
-                if kind == K_SPILL:
-                    _unlink_spill(ref)
-        except Exception:
-            pass
+        _remove_channel_spills(seg.name)
+        _proc.unguard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
     ring.detach()
     seg.close()
 

@@ -77,11 +77,12 @@ def _run_chunk(
     calls: list[Any],
     remote: bool,
     max_memory: int | None,
+    star: bool = True,
 ) -> tuple[list[Any], dict[int, Any] | None, float]:
     """Run a chunk in a worker: ``(values, errors by position or None, seconds of work)``.
 
-    ``calls`` holds argument tuples for ``fn``, or ``(fn, args, kwargs)`` triples
-    when ``fn`` is None. Errors are caught per item so they do not fail the
+    ``calls`` holds argument tuples for ``fn`` (single arguments if not ``star``),
+    or ``(fn, args, kwargs)`` triples when ``fn`` is None. Errors are caught per item so they do not fail the
     chunk-mates; from another process they travel pickled with their traceback
     (:func:`dumps_exception`). Fewer values than calls means the worker stopped
     early (over its memory limit, or the chunk was cancelled): the Pool re-queues
@@ -101,14 +102,22 @@ def _run_chunk(
         try:
             if simple:
                 assert fn is not None
-                for args in rest:  # the hot loop: nothing but the calls
-                    append(fn(*args))
+                # The hot loops: nothing but the calls.
+                if star:
+                    for args in rest:
+                        append(fn(*args))
+                else:
+                    for x in rest:
+                        append(fn(x))
                 break
             for call in rest:
                 if flagged and me.cancelled:
                     stop = True
                     break
-                append(fn(*call) if fn is not None else call[0](*call[1], **call[2]))
+                if fn is None:
+                    append(call[0](*call[1], **call[2]))
+                else:
+                    append(fn(*call) if star else fn(call))
                 if max_memory is not None:
                     # Reading /proc costs ~10 us: at most every 5 ms, and after the last item.
                     now = time.perf_counter()
@@ -238,7 +247,7 @@ class _Block:
 
     __slots__ = ("args", "run", "start")
 
-    def __init__(self, run: _Run, start: int, args: list[tuple[Any, ...]]) -> None:
+    def __init__(self, run: _Run, start: int, args: list[Any]) -> None:
         self.run = run
         self.start = start
         self.args = args
@@ -265,6 +274,7 @@ class _Run(_Sink):
         "pulled",
         "ready",
         "redo",
+        "star",
         "timeout",
         "todo",
         "todo_index",
@@ -276,13 +286,15 @@ class _Run(_Sink):
         self,
         pool: Pool,
         fn: Callable[..., Any],
-        inputs: Iterator[tuple[Any, ...]] | None,
+        inputs: Iterator[Any] | None,
         *,
         ordered: bool,
         chunksize: int | None,
         timeout: float | None,
+        star: bool,
     ) -> None:
         super().__init__(pool._sizer_for(fn, chunksize))
+        self.star = star
         self.pool = pool
         self.fn = fn
         self.input = inputs
@@ -292,7 +304,7 @@ class _Run(_Sink):
         self.yielded = 0
         self.next_index = 0
         # Guarded by the pool's lock: items not sent yet.
-        self.todo: list[tuple[Any, ...]] = []
+        self.todo: list[Any] = []
         self.todo_pos = 0
         self.todo_index = 0
         self.redo: collections.deque[_Block] = collections.deque()
@@ -366,7 +378,7 @@ class _Run(_Sink):
         if len(batch) < room:
             self.input = None
         if batch and self.pulled == 0:
-            self.sizer.observe_bytes(_args_bytes(batch[0]))
+            self.sizer.observe_bytes(_args_bytes(batch[0] if self.star else (batch[0],)))
         self.pulled += len(batch)
         self.pool._feed(self, batch)
 
@@ -680,9 +692,10 @@ class Pool:
         task duration. ``progress=True`` shows a progress bar on a terminal
         (``"force"``: always).
         """
+        star = len(iterables) != 1
         items = list(_zip(iterables))
         total = len(items)
-        run = self._start(fn, None, True, chunksize, timeout)
+        run = self._start(fn, None, True, chunksize, timeout, star)
         self._preload(run, items)  # the run owns (and consumes) the list now
         return self._collect(run, progress, total, return_exceptions)
 
@@ -700,7 +713,7 @@ class Pool:
         """Like :meth:`map`, with each element of ``iterable`` unpacked as the arguments."""
         items = [tuple(a) for a in iterable]
         total = len(items)
-        run = self._start(fn, None, True, chunksize, timeout)
+        run = self._start(fn, None, True, chunksize, timeout, True)
         self._preload(run, items)  # the run owns (and consumes) the list now
         return self._collect(run, progress, total, return_exceptions)
 
@@ -720,7 +733,7 @@ class Pool:
         results consumed, so an endless generator works in bounded memory.
         Leaving the loop early drops the items not started yet.
         """
-        run = self._start(fn, _zip(iterables), True, chunksize, timeout)
+        run = self._start(fn, _zip(iterables), True, chunksize, timeout, len(iterables) != 1)
         return self._drive(run, progress, _length(iterables), None, return_exceptions)
 
     def imap_unordered(
@@ -734,7 +747,7 @@ class Pool:
         return_exceptions: bool = False,
     ) -> Iterator[T]:
         """Like :meth:`imap`, yielding results as they finish (any order)."""
-        run = self._start(fn, _zip(iterables), False, chunksize, timeout)
+        run = self._start(fn, _zip(iterables), False, chunksize, timeout, len(iterables) != 1)
         return self._drive(run, progress, _length(iterables), None, return_exceptions)
 
     async def amap(
@@ -751,7 +764,7 @@ class Pool:
 
         The event loop never blocks: results arrive through ``call_soon_threadsafe``.
         """
-        run = self._start(fn, _zip(iterables), ordered, chunksize, timeout)
+        run = self._start(fn, _zip(iterables), ordered, chunksize, timeout, len(iterables) != 1)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 
@@ -875,10 +888,11 @@ class Pool:
     def _start(
         self,
         fn: Callable[..., Any],
-        inputs: Iterator[tuple[Any, ...]] | None,
+        inputs: Iterator[Any] | None,
         ordered: bool,
         chunksize: int | None,
         timeout: float | _Default | None,
+        star: bool,
     ) -> _Run:
         if not callable(fn):
             raise TypeError(f"map() needs a callable, got {type(fn).__name__} {fn!r}")
@@ -894,15 +908,16 @@ class Pool:
             ordered=ordered,
             chunksize=chunksize,
             timeout=self._timeout_for(timeout),
+            star=star,
         )
         with self._lock:
             self._live_runs.add(run)
         return run
 
-    def _preload(self, run: _Run, items: list[tuple[Any, ...]]) -> None:
+    def _preload(self, run: _Run, items: list[Any]) -> None:
         run.pulled = len(items)
         if items:
-            run.sizer.observe_bytes(_args_bytes(items[0]))
+            run.sizer.observe_bytes(_args_bytes(items[0] if run.star else (items[0],)))
         self._feed(run, items)
 
     def _segments(
@@ -1020,7 +1035,7 @@ class Pool:
             self._unsettled += len(items)
         self._pump()
 
-    def _feed(self, run: _Run, args: list[tuple[Any, ...]]) -> None:
+    def _feed(self, run: _Run, args: list[Any]) -> None:
         with self._lock:
             if self._terminated or run.cancelled:
                 return  # the caller raises run.aborted
@@ -1105,10 +1120,19 @@ class Pool:
         return min(t * n, t + 4 * expected + 1.0)
 
     def _spawn(
-        self, fn: Callable[..., Any] | None, calls: list[Any], name: str, timeout: float | None
+        self,
+        fn: Callable[..., Any] | None,
+        calls: list[Any],
+        name: str,
+        timeout: float | None,
+        star: bool = True,
     ) -> Task[Any]:
         return self._backend.spawn(
-            _run_chunk, (fn, calls, self._remote, self._max_memory), {}, name=name, timeout=timeout
+            _run_chunk,
+            (fn, calls, self._remote, self._max_memory, star),
+            {},
+            name=name,
+            timeout=timeout,
         )
 
     def _launch_block(self, blk: _Block) -> None:
@@ -1117,7 +1141,7 @@ class Pool:
         name = f"{fn_name(run.fn)} (items {blk.start}..{blk.start + n - 1})"
         try:
             task = self._spawn(
-                run.fn, blk.args, name, self._chunk_timeout(run.sizer, run.timeout, n)
+                run.fn, blk.args, name, self._chunk_timeout(run.sizer, run.timeout, n), run.star
             )
         except BaseException as exc:
             self._chunk_gone()
@@ -1216,7 +1240,8 @@ class Pool:
             if retry_idx:
                 again = []
                 for j in retry_idx:
-                    it = _Item(run, blk.start + j, run.fn, blk.args[j], {}, run.timeout)
+                    args = blk.args[j] if run.star else (blk.args[j],)
+                    it = _Item(run, blk.start + j, run.fn, args, {}, run.timeout)
                     it.attempts = 1
                     it.isolated = it.started = True
                     again.append(it)
@@ -1238,7 +1263,8 @@ class Pool:
         """A whole chunk failed (crash, timeout, pickling): run its items one by one."""
         run = blk.run
         items = []
-        for j, args in enumerate(blk.args):
+        for j, x in enumerate(blk.args):
+            args = x if run.star else (x,)
             it = _Item(run, blk.start + j, run.fn, args, {}, run.timeout)
             it.isolated = it.started = True
             items.append(it)
@@ -1337,11 +1363,12 @@ class Pool:
         return True
 
 
-def _zip(iterables: tuple[Iterable[Any], ...]) -> Iterator[tuple[Any, ...]]:
+def _zip(iterables: tuple[Iterable[Any], ...]) -> Iterator[Any]:
+    """The items of a map: the elements themselves for one iterable, else tuples."""
     if not iterables:
         raise TypeError("map needs at least one iterable")
     if len(iterables) == 1:
-        return ((x,) for x in iterables[0])
+        return iter(iterables[0])
     return zip(*iterables, strict=False)
 
 
@@ -1397,7 +1424,7 @@ class Executor(concurrent.futures.Executor):
         """
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        run = self._pool._start(fn, _zip(iterables), True, None, DEFAULT)
+        run = self._pool._start(fn, _zip(iterables), True, None, DEFAULT, len(iterables) != 1)
         return self._pool._drive(run, False, None, deadline, False)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -246,3 +246,64 @@ def test_owner_killed_leaves_nothing_in_dev_shm(tmp_path, sig):
         assert not (tmp_path / "fifo").exists()
     finally:
         h.close()
+
+
+def test_owner_killed_after_a_writer_exited_with_its_spills_unread(tmp_path):
+    """A writer spills big items and exits normally (handing its unread spills to the
+    channel); then the owner is SIGKILLed: the guardian removes the spills too."""
+    ready = tmp_path / "ready"
+    h = Harness(
+        f"""
+        import subprocess, sys, time, polytask as pt
+        ch = pt.Channel(backend="process", capacity=1 << 16)
+        writer = (
+            "import sys, numpy as np; from polytask import _channel as C; "
+            "ch = C._attach_channel(sys.argv[1]); "
+            "[ch.put(np.full(100_000, k)) for k in range(6)]"  # 4 pooled spills, 2 one-off
+        )
+        subprocess.run([sys.executable, "-c", writer, ch.name], check=True, timeout=60)
+        open({str(ready)!r}, "w").write("ready")
+        time.sleep(600)
+        """,
+        tmp_path,
+    )
+    try:
+        h.wait_for_line(ready, "ready")
+        names = shm_names(h.pid)
+        assert len(names) == 7  # the ring and six spills named after it
+        h.signal(signal.SIGKILL)
+        assert h.leftovers() == []
+        deadline = time.monotonic() + HANG
+        while shm_names(h.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert shm_names(h.pid) == set()
+    finally:
+        h.close()
+
+
+def test_writer_exiting_after_the_channel_is_gone_removes_its_spills(tmp_path):
+    ch = pt.Channel(backend="process", capacity=1 << 16)
+    name = ch.name
+    child = Child(
+        tmp_path,
+        name,
+        """
+        import numpy as np
+        say("attached")
+        while not os.path.exists(ready + ".go"):
+            time.sleep(0.01)
+        for k in range(6):
+            ch.put(np.full(100_000, k))   # the ring's name is gone; its memory is not
+        say("done")
+        """,
+    )
+    try:
+        child.wait_for("attached")
+        del ch  # the owner releases the channel: nobody can attach to it any more
+        assert not os.path.exists(f"/dev/shm/{name}")
+        Path(str(child.ready) + ".go").write_text("go")
+        child.wait_for("done")
+        assert child.proc.wait(HANG) == 0
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(name)]
+    finally:
+        child.kill()

@@ -22,19 +22,20 @@ import polytask as pt
 def nap(s):
     time.sleep(s)
 
-def grandchild_then_nap(s):
+def grandchild_then_nap(s, started):
     import subprocess
     subprocess.Popen(["sleep", "120"])
+    open(started, "w").write("started")
     time.sleep(s)
 
 ready = sys.argv[1]
 how = sys.argv[2]
+started = ready + ".grandchild"
 tasks = [pt.spawn(nap, 120, backend="process") for _ in range(2)]
-tasks.append(pt.spawn(grandchild_then_nap, 120, backend="process"))
+tasks.append(pt.spawn(grandchild_then_nap, 120, started, backend="process"))
 tasks.append(pt.spawn(nap, 120, backend="thread"))
-while not all(t.running() for t in tasks):
+while not (all(t.running() for t in tasks) and os.path.exists(started)):
     time.sleep(0.01)
-time.sleep(0.3)  # the grandchild is started
 open(ready, "w").write("ready")
 if how == "return":
     # Leave while tasks still run: exit hooks kill and reap them.
@@ -61,13 +62,8 @@ def test_nothing_left_when_the_owner_ends(tmp_path, how, sig):
     with Harness(START_WORK, tmp_path, str(ready), how) as h:
         h.wait_for_line(ready, "ready")
         # 3 process workers, 1 grandchild `sleep`, plus the guardian.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if sum(_cmdline(p) == "sleep 120" for p in h.descendants()) == 1:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the grandchild never started")
+        # The script saw its worker start the grandchild `sleep 120` before "ready".
+        assert (tmp_path / "ready.grandchild").exists()
         if sig is not None:
             h.signal(sig)
         code = h.wait()

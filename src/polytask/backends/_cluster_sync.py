@@ -182,7 +182,9 @@ class _HubPrim:
     _key: str
     _init: Any
 
-    def _setup(self, link: Any, init: Any, name: str | None) -> None:
+    def _setup(self, link: Any, init: Any, name: str | None, backend: str = "") -> None:
+        if link is None:  # built as pt.Lock(backend="dask"): the default client / Ray job
+            link = _default_link(backend)
         self._link = link
         self._init = init
         self._key = f"{name or 'polytask'}-{self._hub_kind}-{uuid.uuid4().hex}"
@@ -229,21 +231,21 @@ class _HubLock(_LockOps, Lock):
     _hub_kind = "Lock"
 
     def __init__(self, *, name: str | None = None, link: Any = None, backend: str = "") -> None:
-        self._setup(link, 0, name)
+        self._setup(link, 0, name, backend)
 
 
 class _HubRLock(_LockOps, RLock):
     _hub_kind = "RLock"
 
     def __init__(self, *, name: str | None = None, link: Any = None, backend: str = "") -> None:
-        self._setup(link, 0, name)
+        self._setup(link, 0, name, backend)
 
 
 class _HubEvent(_HubPrim, Event):
     _hub_kind = "Event"
 
     def __init__(self, *, name: str | None = None, link: Any = None, backend: str = "") -> None:
-        self._setup(link, 0, name)
+        self._setup(link, 0, name, backend)
 
     def set(self) -> None:
         self._call("set")
@@ -264,6 +266,8 @@ class _HubCondition(_HubPrim, Condition):
     def __init__(
         self, lock: Any = None, *, name: str | None = None, link: Any = None, backend: str = ""
     ) -> None:
+        if link is None:
+            link = _default_link(backend or getattr(lock, "backend", ""))
         if lock is None:
             lock = _HubRLock(link=link)
         elif not isinstance(lock, _LockOps) or lock._link.engine != link.engine:
@@ -271,7 +275,7 @@ class _HubCondition(_HubPrim, Condition):
                 f"a {link.engine} Condition needs a Lock or RLock of the same backend, got {lock!r}"
             )
         self._lock = lock
-        self._setup(link, [lock._key, lock._hub_kind], name)
+        self._setup(link, [lock._key, lock._hub_kind], name, backend)
 
     def __reduce__(self) -> Any:
         return (_rebuild_condition, (self._lock, self._key, self.name))
@@ -324,7 +328,7 @@ class _HubSemaphore(_SemOps, Semaphore):
     def __init__(
         self, value: int = 1, *, name: str | None = None, link: Any = None, backend: str = ""
     ) -> None:
-        self._setup(link, _check_value(value), name)
+        self._setup(link, _check_value(value), name, backend)
 
 
 class _HubBoundedSemaphore(_SemOps, BoundedSemaphore):
@@ -333,7 +337,7 @@ class _HubBoundedSemaphore(_SemOps, BoundedSemaphore):
     def __init__(
         self, value: int = 1, *, name: str | None = None, link: Any = None, backend: str = ""
     ) -> None:
-        self._setup(link, _check_value(value), name)
+        self._setup(link, _check_value(value), name, backend)
 
 
 class _HubBarrier(_HubPrim, Barrier):
@@ -344,7 +348,7 @@ class _HubBarrier(_HubPrim, Barrier):
     ) -> None:
         if isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
             raise ValueError(f"a Barrier needs parties >= 1, got {parties!r}")
-        self._setup(link, parties, name)
+        self._setup(link, parties, name, backend)
 
     def wait(self, timeout: float | None = None) -> int:
         return int(self._call("wait", _check_timeout(timeout)))
@@ -382,10 +386,8 @@ class _HubChannel(_HubPrim, Channel[Any]):
     ) -> None:
         if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
             raise ValueError(f"maxsize must be an int >= 0, got {maxsize!r}")
-        if link is None:
-            link = _default_link(backend)
         self.maxsize = maxsize
-        self._setup(link, maxsize, name)
+        self._setup(link, maxsize, name, backend)
 
     def put(self, item: Any, timeout: float | None = None) -> None:
         state = self._call("put", dumps(item), _check_timeout(timeout))
@@ -426,6 +428,8 @@ _KINDS: dict[str, type[Any]] = {
 
 
 def _default_link(engine: str) -> Any:
+    if engine not in ("dask", "ray"):
+        raise ValueError(f"a cluster primitive needs backend 'dask' or 'ray', not {engine!r}")
     return DaskLink() if engine == "dask" else RayLink()
 
 
@@ -444,12 +448,6 @@ def register(engine: str) -> None:
     from .._sync import register_primitive
 
     for kind, cls in _KINDS.items():
-        if kind == "Channel":
-            continue
-
-        def factory(*args: Any, _cls: type[Any] = cls, **kwargs: Any) -> Any:
-            kwargs.pop("backend", None)
-            return _cls(*args, link=_default_link(engine), **kwargs)
-
-        register_primitive(kind, engine, factory)
+        if kind != "Channel":
+            register_primitive(kind, engine, cls)
     register_channel_backend(engine, _HubChannel)
