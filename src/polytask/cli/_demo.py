@@ -74,6 +74,33 @@ def _scene_spawn(show: _Show) -> None:
     show.fact(os.getpid() not in pids, f"ran in worker process(es) {sorted(pids)}, kept warm")
 
 
+def _scene_seed(show: _Show) -> None:
+    import threading
+
+    import polytask as pt
+
+    show.scene("the classics, done safely: fork-join, a background thread and process")
+    # fork-join: os.fork + os.wait, without zombies and with results and errors.
+    with pt.TaskGroup(backend="process") as g:
+        parts = [g.spawn(square, i) for i in range(8)]
+    total = sum(t.result() for t in parts)
+    show.fact(total == 140, f"fork-join over 8 processes: sum of squares = {total}")
+
+    @pt.background  # threading.Thread, with a result and its exceptions
+    def count_threads() -> int:
+        return threading.active_count()
+
+    t = count_threads()
+    show.fact(t.result(30) >= 2, f"@pt.background thread returned {t.result()} ({t!r})")
+
+    @pt.background(backend="process", timeout=30)  # multiprocessing.Process, reaped
+    def pid_of_worker() -> int:
+        return os.getpid()
+
+    pid = pid_of_worker().result(30)
+    show.fact(pid != os.getpid(), f"@pt.background(backend='process') ran in pid {pid}")
+
+
 def _scene_crash(show: _Show) -> None:
     import polytask as pt
 
@@ -209,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.console.print("[bold]polytask[/]: one toolkit for multitasking — a live tour")
     scenes: list[Callable[[], None]] = [
         lambda: _scene_spawn(show),
+        lambda: _scene_seed(show),
         lambda: _scene_crash(show),
         lambda: _scene_timeout(show),
         lambda: _scene_group(show),
