@@ -110,6 +110,8 @@ def run(quick: bool) -> str:
             continue
         out.extend(rows)
         met = "met" if ratio >= TARGET else "NOT met"
-        verdicts.append(f"- {label}: Pool is {ratio:.1f}x the engine's own calls; target >= 10x {met}.")
+        verdicts.append(
+            f"- {label}: Pool is {ratio:.1f}x the engine's own calls; target >= 10x {met}."
+        )
     out += ["", *verdicts, ""]
     return "\n".join(out)

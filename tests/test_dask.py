@@ -279,3 +279,70 @@ def test_own_local_cluster_is_closed_with_its_processes() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "ALIVE []" in r.stdout
+
+
+def crash_on(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(9)
+    return x * 2
+
+
+def test_pool_map_batches_and_isolates_a_crash() -> None:
+    with pt.Pool(2, backend="dask") as pool:
+        assert pool.map(add, range(3000)) == list(range(3000))
+        tasks = [pool.submit(crash_on, x, 5) for x in range(10)]
+        results = []
+        for t in tasks:
+            try:
+                results.append(t.result(timeout=120))
+            except pt.WorkerCrashed:
+                results.append("crashed")
+        # The worker is replaced and the pool goes on.
+        assert pool.map(add, range(100)) == list(range(100))
+    assert results[5] == "crashed"
+    # As documented: a dying Dask worker fails every task it held at that moment (its
+    # other threads, tasks queued to it), since Dask cannot tell which one killed it.
+    for x, r in enumerate(results):
+        assert r in (x * 2, "crashed")
+    assert results.count("crashed") < 10
+
+
+# --------------------------------------------------------------------------- the hub, no engine
+
+
+def test_hub_state_machine_without_an_engine() -> None:
+    import asyncio
+
+    from polytask.backends._hub import SyncHub
+
+    async def scenario() -> None:
+        hub = SyncHub()
+        call = hub.call
+        assert await call("l", "RLock", 0, "acquire", ["a", None]) == ["ok", True]
+        assert await call("l", "RLock", 0, "acquire", ["a", 0.0]) == ["ok", True]
+        assert await call("l", "RLock", 0, "acquire", ["b", 0.05]) == ["ok", False]
+        assert (await call("l", "RLock", 0, "release", ["b"]))[0] == "RuntimeError"
+        # A condition over the RLock: wait releases it fully, notify wakes the waiter.
+        waiter = asyncio.ensure_future(call("c", "Condition", ["l", "RLock"], "wait", ["a", 5]))
+        await asyncio.sleep(0.01)
+        assert await call("l", "RLock", 0, "acquire", ["b", 0.0]) == ["ok", True]
+        assert await call("c", "Condition", ["l", "RLock"], "notify", ["b", 1]) == ["ok", None]
+        await call("l", "RLock", 0, "release", ["b"])
+        assert await waiter == ["ok", True]
+        # Barrier: a timeout breaks it for everyone until reset.
+        first = asyncio.ensure_future(call("b", "Barrier", 3, "wait", [5]))
+        await asyncio.sleep(0.01)
+        assert (await call("b", "Barrier", 3, "wait", [0.05]))[0] == "BrokenBarrierError"
+        assert (await first)[0] == "BrokenBarrierError"
+        await call("b", "Barrier", 3, "reset", [])
+        assert await call("b", "Barrier", 3, "state", []) == ["ok", [3, 0, False]]
+        # Bounded semaphore and channel.
+        assert (await call("s", "BoundedSemaphore", 1, "release", [1]))[0] == "ValueError"
+        assert await call("q", "Channel", 1, "put", [b"x", None]) == ["ok", "ok"]
+        assert await call("q", "Channel", 1, "put", [b"y", 0.01]) == ["ok", "full"]
+        await call("q", "Channel", 1, "close", [])
+        assert await call("q", "Channel", 1, "get", [None]) == ["ok", ["ok", b"x"]]
+        assert await call("q", "Channel", 1, "get", [None]) == ["ok", ["closed", None]]
+        assert (await call("z", "Nope", 1, "get", [None]))[0] == "ValueError"
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

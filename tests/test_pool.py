@@ -335,3 +335,19 @@ def test_progress_is_silent_off_a_terminal_and_shown_when_forced(capfd):
 def test_exports():
     assert pt.Pool is Pool
     assert "Pool" in pt.__all__ and "Executor" in pt.__all__
+
+
+def test_thread_backend_timeout_flags_the_late_item():
+    with Pool(2, "thread", timeout=0.5) as pool:
+        out = pool.map(pid_after, [0.0, 1.5, 0.0], return_exceptions=True)
+    assert isinstance(out[1], pt.TaskTimeout)
+    assert out[0] == out[2] == os.getpid()
+
+
+def test_terminate_from_another_thread_ends_a_running_map():
+    pool = Pool(2)
+    threading.Timer(0.5, pool.terminate).start()
+    with pytest.raises(pt.Cancelled):
+        pool.map(pid_after, [30] * 4, chunksize=1)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.map(square, [1])

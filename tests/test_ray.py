@@ -214,3 +214,22 @@ def test_missing_engine_is_backend_unavailable() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "pip install 'polytask[ray]'" in r.stdout
+
+
+def crash_on(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(9)
+    return x * 2
+
+
+def test_pool_map_batches_and_isolates_a_crash() -> None:
+    with pt.Pool(2, backend="ray") as pool:
+        assert pool.map(add, range(3000)) == list(range(3000))
+        tasks = [pool.submit(crash_on, x, 5) for x in range(10)]
+        results = []
+        for t in tasks:
+            try:
+                results.append(t.result(timeout=120))
+            except pt.WorkerCrashed:
+                results.append("crashed")
+    assert results == [x * 2 if x != 5 else "crashed" for x in range(10)]

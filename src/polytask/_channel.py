@@ -683,7 +683,7 @@ class _ProcessChannel(Channel[T]):
                 ring = R.Ring.initialise(seg.buf, cap, maxsize, os.getpid())
                 # If this process is killed, the guardian removes the channel's
                 # spills too, even those whose writer exited normally.
-                pass
+                _proc.guard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
             except BaseException:
                 seg.close()
                 raise

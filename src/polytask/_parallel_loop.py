@@ -3,27 +3,26 @@
 ``run``, ``stream``, ``run_many`` and ``polytask parallel`` all drive their
 programs through :class:`ProcessLoop`::
 
-    spawn(argv) ──> start_in_group (own process group, guarded) ──> child
-                                                                  │ stdout pipe ─┐
-                                                                  │ stderr pipe ─┤
-                                                                  │ stdin pipe <─┤ (input=)
-                                                                  └ pidfd ───────┤
-    wait(timeout) <── poll() over every fd above, plus the timers: ◄─────────────┘
+    spawn(argv) ──> posix_spawn or Popen (own process group) ──> child
+         └─ guard(pgid) with the guardian                      │ stdout ─┐ memory file,
+                                                               │ stderr ─┤ or pipe
+                                                               │ stdin <─┤ (input=)
+                                                               └ pidfd ──┤
+    wait(timeout) <── poll() over every fd above, plus the timers: ◄──────┘
       - output: appended to the child, or handed to its on_output callback
-      - pidfd readable: reap the leader, SIGKILL what is left of its group
-        (nothing outlives its job), drain the pipes (bounded), finish
-      - deadline: SIGTERM the group; grace later: SIGKILL, reap (_proc.terminate)
+      - pidfd readable: waitpid the leader, SIGKILL what is left of its group
+        (nothing outlives its job), unguard, drain the pipes (bounded), finish
+      - deadline: SIGTERM the group; grace later: SIGKILL, reap
 
 Both pipes are read as data arrives, so a program that fills both never
 blocks; waits are poll() with the next timer as its timeout, never a sleep.
 
-``spawn_soon`` (used by ``polytask parallel`` at ``-j`` 2 or more) hands the
-fork/exec alone to two starter threads, because vfork suspends the thread
-that calls it until the program exec'd; each result comes back through a
-wake-up pipe in the same poll, and only the loop's thread touches its state::
-
-    spawn_soon ──> queue ──> starter threads: start_in_group ──> done list
-                                                     └─ wake pipe ──> wait() adopts
+With ``posix_spawn=True`` (``polytask parallel``) programs start through
+``os.posix_spawn``: glibc's clone(CLONE_VM|CLONE_VFORK) copies no page
+tables and runs no Python between fork and exec, which is most of what a
+tiny job costs its parent. The price: descriptors this process inherited as
+inheritable reach the programs (as with GNU parallel and xargs; every
+descriptor Python opens is close-on-exec), where Popen would close them.
 """
 
 from __future__ import annotations
@@ -36,10 +35,10 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._proc import DEFAULT_GRACE, start_in_group, terminate
+from ._proc import DEFAULT_GRACE, guard, start_in_group, unguard
 
 __all__ = ["Child", "ProcessLoop"]
 
@@ -47,7 +46,6 @@ STDOUT = 1
 STDERR = 2
 _PIDFD = 0
 _STDIN = 3
-_WAKE = 4
 
 #: After a program's leader exits, how long its pipes may still deliver data
 #: (held open by a descendant that left the process group) before we close them.
@@ -55,6 +53,11 @@ DEFAULT_DRAIN = 1.0
 
 _READ_SIZE = 65536
 _WRITE_SIZE = 65536
+
+#: Python ignores these; Popen's restore_signals gives programs the default back.
+_SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)
+#: Signals whose handlers may raise (Ctrl-C, our SIGTERM/SIGHUP handlers).
+_HOLD = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
 OnOutput = Callable[["Child", int, bytes], None]
 
@@ -72,6 +75,13 @@ def which(name: str, path: str) -> str | None:
         if os.access(full, os.X_OK) and not os.path.isdir(full):
             return full
     return None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Child:
@@ -106,14 +116,15 @@ class Child:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        pid: int,
+        proc: subprocess.Popen[bytes] | None,
         argv: Sequence[str],
         token: Any,
         started: float,
         started_wall: float,
     ) -> None:
-        self.proc = proc
-        self.pid = proc.pid
+        self.pid = pid
+        self.proc = proc  # kept (when Popen started it) so that it never reaps behind our back
         self.argv = argv
         self.token = token
         self.started = started
@@ -144,127 +155,11 @@ class Child:
 
     def output(self, which: int) -> bytes:
         """Everything collected from stdout (1) or stderr (2)."""
-        return b"".join(self.out[which])
+        out = self.out[which]
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def __repr__(self) -> str:
         return f"<Child pid={self.pid} argv={list(self.argv)!r} returncode={self.returncode}>"
-
-
-class _Start:
-    """One program on its way to a :class:`Child`: its descriptors, then its Popen or error."""
-
-    __slots__ = (
-        "argv",
-        "cwd",
-        "env",
-        "err_w",
-        "error",
-        "executable",
-        "files",
-        "input",
-        "on_output",
-        "ours",
-        "out_w",
-        "pipes",
-        "proc",
-        "started",
-        "started_wall",
-        "stdin",
-        "theirs",
-        "timeout",
-        "token",
-    )
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        token: Any,
-        timeout: float | None,
-        input: bytes | None,
-        cwd: str | os.PathLike[str] | None,
-        env: dict[str, str] | None,
-        on_output: OnOutput | None,
-    ) -> None:
-        self.argv = argv
-        self.token = token
-        self.timeout = timeout
-        self.input = input
-        self.cwd = cwd
-        self.env = env
-        self.on_output = on_output
-        self.ours: list[int] = []  # fds we keep
-        self.theirs: list[int] = []  # the child's ends, closed once it started
-        self.out_w: int | None = None
-        self.err_w: int | None = None
-        self.stdin = -1
-        self.files = False
-        self.pipes = False
-        self.executable: str | None = None
-        self.started = 0.0
-        self.started_wall = 0.0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.error: OSError | None = None
-
-
-class _Starters:
-    """Threads that fork/exec for :meth:`ProcessLoop.spawn_soon`; results come back by a pipe."""
-
-    def __init__(self, n: int) -> None:
-        import queue
-        import threading
-
-        self.wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._todo: queue.SimpleQueue[tuple[_Start, Callable[[_Start], None]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._done: list[_Start] = []
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._work, name="polytask-starter", daemon=True)
-            for _ in range(n)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, start: _Start, fn: Callable[[_Start], None]) -> None:
-        self._todo.put((start, fn))
-
-    def _work(self) -> None:
-        while True:
-            item = self._todo.get()
-            if item is None:
-                return
-            start, fn = item
-            try:
-                fn(start)
-            except BaseException as exc:  # pragma: no cover - fn reports OSError itself
-                start.error = OSError(str(exc))
-            with self._lock:
-                self._done.append(start)
-            try:
-                os.write(self._wake_w, b"!")
-            except BlockingIOError:  # the pipe is full of wake-ups already
-                pass
-
-    def collect(self) -> list[_Start]:
-        try:
-            os.read(self.wake_r, 4096)
-        except BlockingIOError:
-            pass
-        with self._lock:
-            done, self._done = self._done, []
-        return done
-
-    def stop(self) -> None:
-        """Let the threads finish what they started, and end them."""
-        for _ in self._threads:
-            self._todo.put(None)
-        for t in self._threads:
-            t.join(10)
-
-    def close(self) -> None:
-        os.close(self.wake_r)
-        os.close(self._wake_w)
 
 
 class ProcessLoop:
@@ -272,11 +167,21 @@ class ProcessLoop:
 
     Not thread-safe: one thread drives a loop. ``close()`` (or leaving the
     ``with`` block) ends every program still running, whatever the reason.
+    With ``posix_spawn`` programs without a ``cwd`` start through
+    ``os.posix_spawn`` (cheaper; inherited inheritable descriptors pass on);
+    the environment is then read once, at the first start without ``env``.
     """
 
-    def __init__(self, *, grace: float = DEFAULT_GRACE, drain: float = DEFAULT_DRAIN) -> None:
+    def __init__(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        drain: float = DEFAULT_DRAIN,
+        posix_spawn: bool = False,
+    ) -> None:
         self.grace = grace
         self.drain = drain
+        self.posix_spawn = posix_spawn
         self._poll = select.poll()
         self._fds: dict[int, tuple[Child, int]] = {}
         self._watched: set[int] = set()
@@ -286,19 +191,14 @@ class ProcessLoop:
         self._counter = itertools.count()
         self._devnull = -1
         self._which: dict[tuple[str, str], str | None] = {}
-        self._starters: _Starters | None = None
-        self._starting = 0
-        self._failed_starts: list[tuple[Any, OSError]] = []
+        self._environ: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ starting
 
-    #: Starter threads for :meth:`spawn_soon` (two overlap the fork/exec waits on 2 cores).
-    _STARTERS = 2
-
     @property
     def running(self) -> int:
-        """How many programs have not finished yet (those still starting included)."""
-        return len(self._children) + self._starting
+        """How many programs have not finished yet."""
+        return len(self._children)
 
     def children(self) -> list[Child]:
         return list(self._children)
@@ -316,177 +216,179 @@ class ProcessLoop:
         on_output: OnOutput | None = None,
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start."""
-        start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output)
-        try:
-            self._start(start)
-        finally:
-            for fd in start.theirs:
-                os.close(fd)
-            start.theirs = []
-        if start.error is not None:
-            for fd in start.ours:
-                os.close(fd)
-            raise start.error
-        return self._adopt(start)
-
-    def spawn_soon(
-        self,
-        argv: Sequence[str],
-        *,
-        token: Any = None,
-        timeout: float | None = None,
-        on_output: OnOutput | None = None,
-    ) -> None:
-        """Like :meth:`spawn`, but fork and exec on a starter thread.
-
-        A fork/exec suspends the thread that makes it until the program has
-        exec'd (vfork), so one thread starting many short programs leaves the
-        other cores idle; starter threads overlap those waits. The child joins
-        the loop during a later :meth:`wait`; a program that cannot start is
-        listed by :meth:`failed_starts`. Counted in :attr:`running` meanwhile.
-        """
-        start = self._prepare(argv, token, timeout, True, None, None, None, on_output)
-        if self._starters is None:
-            self._starters = _Starters(self._STARTERS)
-            self._fds[self._starters.wake_r] = (None, _WAKE)  # type: ignore[assignment]
-            self._poll.register(self._starters.wake_r, select.POLLIN)
-        self._starting += 1
-        self._starters.submit(start, self._start)
-
-    def failed_starts(self) -> list[tuple[Any, OSError]]:
-        """(token, error) of each :meth:`spawn_soon` program that could not start, since the last call."""
-        failed, self._failed_starts = self._failed_starts, []
-        return failed
-
-    def _prepare(
-        self,
-        argv: Sequence[str],
-        token: Any,
-        timeout: float | None,
-        capture: bool,
-        input: bytes | None,
-        cwd: str | os.PathLike[str] | None,
-        env: dict[str, str] | None,
-        on_output: OnOutput | None,
-    ) -> _Start:
-        start = _Start(argv, token, timeout, input, cwd, env, on_output)
+        ours: list[int] = []  # descriptors we keep
+        theirs: list[int] = []  # the child's ends, closed once it started
+        out_w = err_w = None
         files = capture and on_output is None
-        ours, theirs = start.ours, start.theirs
         try:
             if files:
                 # Output that nobody reads live goes to memory files: no pipe to
-                # drain, nothing to wait for, never full, and two fds fewer.
-                start.out_w = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
-                ours.append(start.out_w)
-                start.err_w = os.memfd_create("polytask-err", os.MFD_CLOEXEC)
-                ours.append(start.err_w)
-                start.files = True
+                # drain, no poll event, never full, and two fds fewer.
+                out_w = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
+                ours.append(out_w)
+                err_w = os.memfd_create("polytask-err", os.MFD_CLOEXEC)
+                ours.append(err_w)
             elif capture:
-                out_r, start.out_w = os.pipe2(os.O_CLOEXEC)
-                err_r, start.err_w = os.pipe2(os.O_CLOEXEC)
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 ours += [out_r, err_r]
-                theirs += [start.out_w, start.err_w]
-                start.pipes = True
+                theirs += [out_w, err_w]
             if input is not None:
-                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                stdin, in_w = os.pipe2(os.O_CLOEXEC)
                 ours.append(in_w)
-                theirs.append(in_r)
-                start.stdin = in_r
+                theirs.append(stdin)
             else:
                 if self._devnull < 0:
                     self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                start.stdin = self._devnull
-            start.executable = self._resolve(argv[0], cwd, env)
+                stdin = self._devnull
         except BaseException:
             for fd in ours + theirs:
                 os.close(fd)
             raise
-        return start
-
-    @staticmethod
-    def _start(start: _Start) -> None:
-        # The only part that may run on a starter thread: no state of the loop.
-        start.started, start.started_wall = time.monotonic(), time.time()
+        fast = self.posix_spawn and cwd is None
+        # Until the child is known to the loop (and so ended on the way out),
+        # no signal handler may raise; the program still gets the mask we had.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HOLD) if fast else None
         try:
-            start.proc = start_in_group(
-                start.argv,
-                executable=start.executable,
-                stdin=start.stdin,
-                stdout=start.out_w,
-                stderr=start.err_w,
-                cwd=start.cwd,
-                env=start.env,
+            try:
+                if mask is not None:
+                    child = self._posix_spawn(argv, token, env, stdin, out_w, err_w, mask)
+                else:
+                    started, started_wall = time.monotonic(), time.time()
+                    proc: subprocess.Popen[bytes] = start_in_group(
+                        argv,
+                        executable=self._resolve(argv[0], cwd, env),
+                        stdin=stdin,
+                        stdout=out_w,
+                        stderr=err_w,
+                        cwd=cwd,
+                        env=env,
+                    )
+                    child = Child(proc.pid, proc, argv, token, started, started_wall)
+            except BaseException:
+                for fd in ours:
+                    os.close(fd)
+                raise
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+            return self._adopt(child, ours, files, capture, input, timeout, on_output)
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _posix_spawn(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        env: dict[str, str] | None,
+        stdin: int,
+        out_w: int | None,
+        err_w: int | None,
+        mask: Iterable[int],
+    ) -> Child:
+        actions = [(os.POSIX_SPAWN_DUP2, stdin, 0)]
+        if out_w is not None and err_w is not None:
+            actions += [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        name = argv[0]
+        environ: Mapping[str, str]
+        if env is None:
+            if self._environ is None:
+                self._environ = dict(os.environ)
+            environ = self._environ
+        else:
+            environ = env
+        args = argv if isinstance(argv, list) else list(argv)
+        path = self._resolve(name, None, env)
+        started, started_wall = time.monotonic(), time.time()
+        if path is not None or "/" in name:
+            pid = os.posix_spawn(
+                path or name,
+                args,
+                environ,
+                file_actions=actions,
+                setpgroup=0,
+                setsigdef=_SIGDEF,
+                setsigmask=mask,
             )
-        except OSError as exc:
-            start.error = exc
-
-    def _adopt(self, start: _Start) -> Child:
-        proc = start.proc
-        assert proc is not None
-        ours = start.ours
-        child = Child(proc, start.argv, start.token, start.started, start.started_wall)
+        elif env is None and name:
+            # Not on PATH's absolute entries: posix_spawnp searches the rest.
+            pid = os.posix_spawnp(
+                name,
+                args,
+                environ,
+                file_actions=actions,
+                setpgroup=0,
+                setsigdef=_SIGDEF,
+                setsigmask=mask,
+            )
+        else:
+            raise FileNotFoundError(2, "No such file or directory", name)
         try:
-            child.on_output = start.on_output
-            child.pidfd = os.pidfd_open(proc.pid)
+            guard(pid)
+        except BaseException:
+            _killpg(pid, signal.SIGKILL)
+            self._waitpid(pid)
+            raise
+        return Child(pid, None, argv, token, started, started_wall)
+
+    def _adopt(
+        self,
+        child: Child,
+        ours: list[int],
+        files: bool,
+        capture: bool,
+        input: bytes | None,
+        timeout: float | None,
+        on_output: OnOutput | None,
+    ) -> Child:
+        self._children.add(child)
+        try:
+            child.on_output = on_output
+            child.pidfd = os.pidfd_open(child.pid)
             self._register(child.pidfd, child, _PIDFD, select.POLLIN)
-            if start.files:
-                child.files = [ours[0], ours[1]]
-            elif start.pipes:
-                child.fds = [ours[0], ours[1]]
+            if files:
+                child.files = ours[:2]
+            elif capture:
+                child.fds = ours[:2]
                 self._register(ours[0], child, STDOUT, select.POLLIN)
                 self._register(ours[1], child, STDERR, select.POLLIN)
-            if start.input is not None:
+            if input is not None:
                 child._stdin_fd = ours[-1]
-                child._stdin_data = start.input
+                child._stdin_data = input
                 os.set_blocking(child._stdin_fd, False)
                 self._register(child._stdin_fd, child, _STDIN, select.POLLOUT)
-            self._children.add(child)
-            if start.timeout is not None:
-                self.set_deadline(child, child.started + start.timeout)
+            if timeout is not None:
+                self.set_deadline(child, child.started + timeout)
         except BaseException:
-            terminate(proc, 0)
-            for fd in (child.pidfd, *ours):
+            # Not adopted after all: release what was registered, end it here.
+            for fd in [child.pidfd, *ours]:
                 if fd >= 0:
-                    self._fds.pop(fd, None)
-                    try:
+                    if self._fds.pop(fd, None) is not None:
                         self._poll.unregister(fd)
-                    except KeyError:
-                        pass
                     os.close(fd)
+            child.pidfd, child.fds, child.files, child._stdin_fd = -1, [], [], -1
+            child.exited = child.done = True  # its timers, if any, are void
             self._children.discard(child)
+            _killpg(child.pid, signal.SIGKILL)
+            self._reaped_quietly(child)
             raise
         return child
-
-    def _started(self) -> bool:
-        """Adopt what the starter threads started; True if anything came."""
-        assert self._starters is not None
-        got = False
-        for start in self._starters.collect():
-            got = True
-            self._starting -= 1
-            for fd in start.theirs:
-                os.close(fd)
-            start.theirs = []
-            if start.error is not None:
-                for fd in start.ours:
-                    os.close(fd)
-                self._failed_starts.append((start.token, start.error))
-            else:
-                self._adopt(start)
-        return got
 
     def _resolve(
         self, name: str, cwd: str | os.PathLike[str] | None, env: dict[str, str] | None
     ) -> str | None:
-        # Popen would try every PATH entry in the child, each a failed execve,
+        # Exec would try every PATH entry in the child, each a failed execve,
         # with the parent suspended (vfork) meanwhile: look the program up once.
         if "/" in name or cwd is not None or not name:
             return None
         path = (env if env is not None else os.environ).get("PATH", os.defpath)
         key = (name, path)
-        if key not in self._which:
-            self._which[key] = which(name, path)
-        return self._which[key]
+        try:
+            return self._which[key]
+        except KeyError:
+            found = self._which[key] = which(name, path)
+            return found
 
     def set_deadline(self, child: Child, when: float | None) -> None:
         """(Re)set the monotonic time at which ``child`` is ended as timed out."""
@@ -512,17 +414,12 @@ class ProcessLoop:
         if child.exited or child.kill_at is not None:
             return
         child.killed = True
-        try:
-            os.killpg(child.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _killpg(child.pid, signal.SIGTERM)
         child.kill_at = time.monotonic() + self.grace
         self._arm(child, child.kill_at)
 
     def kill_all(self) -> None:
         """End every program still running (SIGTERM, grace, SIGKILL) and wait until all finished."""
-        while self._starting:
-            self.wait(None)  # adopt what is being started, to end it too
         for child in list(self._children):
             self.terminate(child)
         while self._children:
@@ -542,19 +439,6 @@ class ProcessLoop:
             for fd in list(self._watched):
                 self.unwatch(fd)
             self._finished.clear()
-            if self._starters is not None:
-                starters, self._starters = self._starters, None
-                self._fds.pop(starters.wake_r, None)
-                self._poll.unregister(starters.wake_r)
-                starters.stop()
-                # Interrupted while programs were being started: end them unadopted.
-                for start in starters.collect():
-                    for fd in start.theirs + start.ours:
-                        os.close(fd)
-                    if start.proc is not None:
-                        terminate(start.proc, 0)
-                starters.close()
-                self._starting = 0
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -578,37 +462,39 @@ class ProcessLoop:
         """
         end = None if timeout is None else time.monotonic() + timeout
         ready: list[int] = []
-        woke = False
+        fds = self._fds
         while True:
-            now = time.monotonic()
-            self._fire_timers(now)
+            if self._timers:
+                self._fire_timers(time.monotonic())
             if self._finished:
                 ms: int | None = 0
             else:
                 nxt = self._timers[0][0] if self._timers else None
                 if end is not None:
                     nxt = end if nxt is None else min(nxt, end)
-                ms = None if nxt is None else max(0, math.ceil((nxt - now) * 1000))
-            if ms is None and not self._children and not self._starting and not self._watched:
-                break  # nothing could ever happen
+                if nxt is None:
+                    ms = None
+                    if not self._children and not self._watched:
+                        break  # nothing could ever happen
+                else:
+                    ms = max(0, math.ceil((nxt - time.monotonic()) * 1000))
             events = self._poll.poll(ms)
             for fd, ev in events:
-                entry = self._fds.get(fd)
+                entry = fds.get(fd)
                 if entry is None:
                     if fd in self._watched:
                         ready.append(fd)
                     continue
                 child, kind = entry
-                if kind == _WAKE:
-                    woke = self._started() or woke
-                elif kind == _PIDFD:
+                if kind == _PIDFD:
                     self._on_exit(child)
                 elif kind == _STDIN:
                     self._write_stdin(child, ev)
                 else:
                     self._read(child, fd, kind, ev)
-            self._fire_timers(time.monotonic())
-            if self._finished or ready or woke or self._failed_starts or (any_event and events):
+            if self._timers:
+                self._fire_timers(time.monotonic())
+            if self._finished or ready or (any_event and events):
                 break
             if end is not None and time.monotonic() >= end:
                 break
@@ -687,21 +573,42 @@ class ProcessLoop:
             child._stdin_data = b""
 
     def _on_exit(self, child: Child) -> None:
-        child.proc.wait()  # the pidfd said it exited: this does not block
-        # The leader is reaped: end what is left of its group (nothing outlives
-        # its job) and release the group from the guardian.
-        terminate(child.proc, 0)
-        self._after_reap(child)
+        # The pidfd said the leader exited: this waitpid does not block.
+        self._reaped(child, self._waitpid(child.pid))
 
     def _reap_now(self, child: Child) -> None:
+        """The end of the kill policy (its grace is over, or there is none): SIGKILL, reap."""
         if not child.exited:
-            terminate(child.proc, 0)  # SIGTERM and SIGKILL to the group, reap
-            self._after_reap(child)
+            _killpg(child.pid, signal.SIGKILL)
+            self._reaped(child, self._waitpid(child.pid))
+
+    def _reaped_quietly(self, child: Child) -> None:
+        code = self._waitpid(child.pid)
+        if child.proc is not None:
+            child.proc.returncode = code
+        unguard(child.pid)
+
+    @staticmethod
+    def _waitpid(pid: int) -> int:
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): as Popen, 0
+            return 0
+
+    def _reaped(self, child: Child, returncode: int) -> None:
+        child.returncode = returncode
+        if child.proc is not None:
+            child.proc.returncode = returncode
+        # The leader is reaped: end what is left of its group (nothing outlives
+        # its job), then release the group from the guardian (not before: the
+        # group's number could be reused).
+        _killpg(child.pid, signal.SIGKILL)
+        unguard(child.pid)
+        self._after_reap(child)
 
     def _after_reap(self, child: Child) -> None:
         child.exited = True
         child.ended = time.monotonic()
-        child.returncode = child.proc.returncode
         if child.pidfd >= 0:
             self._drop(child.pidfd)
             child.pidfd = -1

@@ -2,22 +2,24 @@
 
 ::
 
-    caller thread(s)                 Pool                              backend (its own threads)
-    ────────────────                 ────                              ─────────────────────────
-    submit(fn, *a) ──> _Item ──┐
-    map / imap / amap:         ├──> queue (deque of _Item) ──> _pump(): take a chunk
-      pull input (bounded) ────┘      ^      │  (ChunkSizer picks its size)      │
-                                      │      └──────── backend.spawn(_run_chunk, items) ──> worker:
-                                      │                                           runs each item,
-      results <── sink.settle <── _on_chunk (done callback) <── chunk Task <──── [(ok, value), ...]
-      (Task._finish, or a _Run's        │  a chunk that crashed / timed out:
-       ready list -> the caller)        └─ its unsettled items go back to the queue, one per chunk
+    caller thread(s)                   Pool (under one lock)                  backend
+    ────────────────                   ─────────────────────                  ───────
+    submit(fn, *a) ─> _Item ─────────> queue: single items (submitted,
+                                         retried, isolated) go first
+    map/imap/amap: pull the input ───> _Run.todo: bare arguments, sent
+      (bounded lookahead)                as _Block chunks, runs in turn
+                                            │ _pump(): ChunkSizer picks the size
+                                            └──> backend.spawn(_run_chunk, chunk) ──> worker runs
+                                                                                     every item
+    results <── _Run.ready / Task._finish <── _on_block / _on_chunk <── (values, errors, seconds)
+    (the caller's thread waits on an Event,   (done callback, in the backend's thread;
+     or an asyncio.Event for amap)             then _pump() again: no thread of our own)
 
 A chunk is one backend task, so an item's exception stays with the item. A
 chunk whose worker crashed, timed out or could not pickle its result is re-run
-item by item, so only the guilty item fails; items may therefore run twice.
-Pumping happens in whichever thread made room (a caller adding items, or the
-backend thread completing a chunk): there is no scheduler thread of our own.
+item by item (each a one-item chunk), so only the guilty item fails; items
+may therefore run twice. Pumping happens in whichever thread made room (a
+caller adding items, or the backend thread completing a chunk).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ DEFAULT: Final = _Default()
 _INFLIGHT_PER_WORKER = 2
 _PROGRESS_INTERVAL = 0.1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_LIVE_STATES = ("PENDING", "RUNNING")
 
 
 # ---------------------------------------------------------------------------- in the worker
@@ -201,7 +204,12 @@ class _Item:
         self.chunk: Task[Any] | None = None  # the backend task running it now
 
     def dropped(self) -> bool:
-        return self.settled or self.sink.cancelled or (self.task is not None and self.task.done())
+        # Reads the Task's state without its lock: a stale answer only delays the drop.
+        return (
+            self.settled
+            or self.sink.cancelled
+            or (self.task is not None and self.task._state not in _LIVE_STATES)
+        )
 
 
 class _TaskSink(_Sink):
@@ -1033,6 +1041,12 @@ class Pool:
             self._check_open()
             self._queue.extend(items)
             self._unsettled += len(items)
+            if (
+                self._inflight >= self.workers
+                and not self._runs
+                and len(self._queue) < self._submit_sink.sizer.size(None)
+            ):
+                return  # every worker is busy: let a full chunk gather (see _take_chunk)
         self._pump()
 
     def _feed(self, run: _Run, args: list[Any]) -> None:
@@ -1060,16 +1074,24 @@ class Pool:
         # go first, then the map runs in turn.
         q = self._queue
         while q:
-            first = q.popleft()
+            first = q[0]
             if first.dropped():
+                q.popleft()
                 if not first.settled:
                     first.settled = True
                     self._unsettled -= 1
                 continue
-            chunk = [first]
             if first.isolated:
-                return chunk
-            size = first.sink.sizer.size(len(q) + 1)
+                return [q.popleft()]
+            if self._inflight >= self.workers:
+                # Every worker has a chunk: send only full-sized chunks, so tasks
+                # submitted one by one still travel in large batches.
+                size = first.sink.sizer.size(None)
+                if len(q) < size:
+                    break
+            else:
+                size = first.sink.sizer.size(len(q))
+            chunk = [q.popleft()]
             while len(chunk) < size and q:
                 it = q[0]
                 if it.sink is not first.sink or it.isolated or it.timeout != first.timeout:

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import Cancelled, SerializationError, TaskTimeout
-from .._serialize import PROTOCOL, dumps, dumps_call, dumps_exception, fn_name, loads_exception
+from .._serialize import PROTOCOL, dumps, dumps_call, dumps_exception, loads_exception
 from .._task import CurrentTask, Task, _set_current
 
-__all__ = ["Outcome", "pack_call", "run_pickled", "settle", "timeout_error"]
+__all__ = ["Outcome", "cancelled_error", "pack_call", "run_pickled", "settle", "timeout_error"]
 
 #: ``(True, pickled result)`` or ``(False, (exception pickled whole?, pickled exception))``.
 Outcome = tuple[bool, Any]
@@ -124,7 +124,3 @@ def timeout_error(task: Task[Any], engine: str, what_happens: str) -> TaskTimeou
 
 def cancelled_error(task: Task[Any], what_happens: str) -> Cancelled:
     return Cancelled(f"task {task.name!r} was cancelled; {what_happens}")
-
-
-def task_name(fn: Callable[..., Any]) -> str:
-    return fn_name(fn)

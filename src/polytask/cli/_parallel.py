@@ -352,10 +352,9 @@ class _Sink:
 
 
 class _Job:
-    __slots__ = ("args", "halted", "program", "seq", "slot", "tries")
+    __slots__ = ("args", "halted", "seq", "slot", "tries")
 
     def __init__(self, seq: int, args: tuple[str, ...]) -> None:
-        self.program = ""
         self.seq = seq
         self.args = args
         self.slot = 0
@@ -489,7 +488,7 @@ class _Runner:
     def run(self) -> int:
         from .._parallel_loop import ProcessLoop
 
-        self.loop = loop = ProcessLoop(grace=GRACE)
+        self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True)
         limit = self.jobs if self.jobs is not None else 1 << 30
         watching = False
         exhausted = False
@@ -524,8 +523,6 @@ class _Runner:
                 finished, ready = loop.wait(None)
                 if ready:
                     self.source.fill()
-                for job, exc in loop.failed_starts():
-                    self.start_failed(job, job.program, exc)
                 for child in finished:
                     self.finished(child)
             self.sink.finish()
@@ -548,15 +545,10 @@ class _Runner:
         argv = self.template.argv(job.args, job.seq, job.slot)
         if argv is None:
             argv = [self.shell, "-c", self.text(job)]
-        job.program = argv[0]
         on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
-        if self.jobs is None or self.jobs > 1:
-            # Starter threads overlap the fork/exec waits of many short jobs.
-            self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
-            return
         try:
             self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
         except OSError as exc:
