@@ -378,3 +378,26 @@ def test_guardian_removes_a_prefix_family_when_its_owner_is_killed(tmp_path):
         proc.kill()
         proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def slow_init(value: int) -> None:
+    time.sleep(1.5)
+    STATE["value"] = value
+
+
+def test_timeout_counts_from_when_the_worker_is_ready():
+    # Start-up and a slow initializer are the backend's cost, not the task's.
+    be = ProcessBackend(1, initializer=slow_init, initargs=(7,))
+    try:
+        assert be.spawn(recall, (), {}, timeout=0.5).result(HANG) == 7
+    finally:
+        be.shutdown()
+
+
+def test_initializer_may_be_a_closure():
+    seen = []
+    be = ProcessBackend(1, initializer=lambda: seen.append(1))
+    try:
+        assert be.spawn(pid, (), {}).result(HANG) > 0
+    finally:
+        be.shutdown()

@@ -43,6 +43,7 @@ S_ERROR_TEXT: Final = 2  # payload: pickled (type name, repr, traceback text, wh
 S_BAD_RESULT: Final = 3  # payload: pickled message: the result could not be pickled
 S_BAD_CALL: Final = 4  # payload: pickled message: the call could not be unpickled
 S_INIT_FAILED: Final = 5  # payload: like S_ERROR_TEXT, for the initializer
+S_READY: Final = 6  # no payload: the worker finished its start-up and initializer
 
 #: Or-ed into a status: the worker exits after this response (it asked to be
 #: recycled, e.g. it grew past a memory limit); send it no more tasks.

@@ -116,13 +116,16 @@ def _init(config: dict[str, Any], wfd: int) -> None:
     sys.path[:] = config["sys_path"]
     init = config.get("initializer")
     if init is not None:
-        fn, args = pickle.loads(init)
         try:
+            fn, args = pickle.loads(init)
             fn(*args)
         except BaseException as exc:
             _ok, data = dumps_exception(exc)
             _write_all(wfd, _wire.encode_response(0, _wire.S_INIT_FAILED, data))
             os._exit(3)
+    # A task's timeout counts from here: interpreter start-up and the initializer
+    # are the pool's cost, not the task's.
+    _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))
 
 
 def main() -> None:

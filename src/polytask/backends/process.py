@@ -45,7 +45,7 @@ from .._errors import (
     WorkerCrashed,
 )
 from .._proc import guard, unguard
-from .._serialize import dumps_call, loads_exception
+from .._serialize import dumps, dumps_call, loads_exception
 from .._task import Task
 from .._timer import call_later
 from . import Backend
@@ -56,6 +56,10 @@ T = TypeVar("T")
 
 #: Seconds between SIGTERM and SIGKILL when a task's worker is killed.
 KILL_GRACE = 0.25
+# A task's timeout counts from when its worker is ready. Until the worker says so,
+# this much more is allowed for interpreter start-up and the initializer, so a
+# worker that hangs while starting still cannot hold a task forever.
+_STARTUP_ALLOWANCE = 60.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
@@ -128,6 +132,7 @@ class _Worker:
         "pidfd",
         "poller",
         "proc",
+        "ready",
         "rfd",
         "rlock",
         "task",
@@ -155,6 +160,7 @@ class _Worker:
         self.eof = False
         self.kill_exc: BaseException | None = None
         self.ntasks = 0
+        self.ready = False  # it sent S_READY: start-up and initializer are done
 
 
 class ProcessBackend(Backend):
@@ -207,11 +213,12 @@ class ProcessBackend(Backend):
         init: bytes | None = None
         if initializer is not None:
             try:
-                init = pickle.dumps((initializer, tuple(initargs)), 5)
-            except Exception:
-                import cloudpickle
-
-                init = cloudpickle.dumps((initializer, tuple(initargs)), 5)
+                init = dumps((initializer, tuple(initargs)))
+            except Exception as exc:
+                raise SerializationError(
+                    f"the initializer {initializer!r} or its initargs cannot be pickled for "
+                    f"the worker processes: {type(exc).__name__}: {exc}"
+                ) from exc
         self._init_frame = b""
         self._init_config: dict[str, Any] = {"initializer": init}
         self._lock = threading.Lock()
@@ -299,7 +306,10 @@ class ProcessBackend(Backend):
                 _launcher.submit(self._start_worker)
             return
         if task.timeout is not None:
-            task._timer = call_later(task.timeout, lambda: self._on_timeout(w, task))
+            # A worker still starting gets its start-up allowance on top; the READY
+            # frame re-arms the timer to the task's own timeout (see _complete).
+            extra = 0.0 if w.ready else _STARTUP_ALLOWANCE
+            task._timer = call_later(task.timeout + extra, lambda: self._on_timeout(w, task))
         # The caller reading its own result is the fast path: the collector thread is
         # woken only for a task something else waits on (see watch()), so a plain
         # spawn().result() costs one write, one poll and one read, and no thread hop.
@@ -434,6 +444,14 @@ class ProcessBackend(Backend):
         retiring = bool(status & _wire.F_RETIRE)
         status &= ~_wire.F_RETIRE
         task = w.task
+        if status == _wire.S_READY:
+            w.ready = True
+            running = w.task
+            if running is not None and running.timeout is not None and not running._is_done():
+                if running._timer is not None:
+                    running._timer.cancel()
+                running._timer = call_later(running.timeout, lambda: self._on_timeout(w, running))
+            return
         if status == _wire.S_INIT_FAILED:
             init_exc = loads_exception(True, body)
             w.kill_exc = PolytaskError(f"the pool's initializer failed in a worker: {init_exc!r}")
