@@ -7,6 +7,7 @@ and re-attaches by name.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import queue
@@ -476,3 +477,38 @@ def test_ring_rejects_bad_buffers():
         R.Ring.initialise(bytearray(R.Ring.buffer_size(6000)), 6000, 0, 1)
     assert R.Ring.round_capacity(5000) == 8192
     assert DEFAULT_CAPACITY == R.Ring.round_capacity(DEFAULT_CAPACITY)
+
+
+def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
+    """A forked child's copy of the owner's handle owns nothing: dropping it removes no
+    name of the parent's, even when a garbage collection runs the handle's finalizer
+    while the child holds the spill pool's lock."""
+    from polytask import _channel as C
+    from polytask import _proc
+
+    ch = pt.Channel(backend="process", capacity=1 << 16)
+    old = pt.Channel(backend="process", capacity=1 << 16)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with C._spills_lock:
+                del old
+                gc.collect()
+            ch.put(np.zeros(100_000))  # a spill
+            _proc._run_shutdown_hooks()  # what a normal exit does
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + HANG
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child deadlocked")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert os.path.exists(f"/dev/shm/{old.name}") and os.path.exists(f"/dev/shm/{ch.name}")
+    np.testing.assert_array_equal(ch.get(timeout=HANG), np.zeros(100_000))
+    old.close()
+    ch.close()

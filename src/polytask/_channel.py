@@ -335,8 +335,26 @@ def _dumps(item: Any, bufs: list[pickle.PickleBuffer]) -> bytes:
         ) from exc
 
 
-_RAW_TYPES: frozenset[type] = frozenset((bytes, bytearray, memoryview))
 _NO_VIEWS: list[memoryview] = []
+# Types whose items were big (or are raw bytes): they are encoded with their large
+# buffers out of band. Others are first pickled plainly, a third cheaper than with
+# a buffer_callback; one that turns out big is encoded again, and its type noted.
+_BIG_TYPES: set[type] = {bytes, bytearray, memoryview}
+
+
+def _encode_any(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
+    """:func:`_encode`, with the cheap first try of ``put`` for small items."""
+    t = type(item)
+    if t not in _BIG_TYPES:
+        try:
+            payload = _pdumps(item, 5)
+        except Exception:
+            pass
+        else:
+            if len(payload) <= _SMALL_PAYLOAD:
+                return K_PICKLE, payload, _NO_VIEWS
+            _BIG_TYPES.add(t)
+    return _encode(item)
 
 
 def _encode(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
@@ -447,7 +465,9 @@ _READER_CACHE = 4
 _pools: dict[str, list[Segment]] = {}  # channel name -> this process's pooled spills
 _rcache: dict[str, Segment] = {}  # spill name -> mapping (oldest first), for readers
 _handed_spills: set[str] = set()  # one-off spills written here and handed to a channel
-_spills_lock = threading.Lock()
+# Reentrant: a garbage collection inside a section under this lock may run a
+# channel's finalizer (_release_channel), which takes it again.
+_spills_lock = threading.RLock()
 _spill_hook = False
 
 
@@ -634,7 +654,7 @@ def _forget_spills_after_fork() -> None:
     _pools.clear()
     _rcache.clear()
     _handed_spills.clear()
-    _spills_lock = threading.Lock()
+    _spills_lock = threading.RLock()
     _spill_hook = False
 
 
@@ -767,19 +787,18 @@ class _ProcessChannel(Channel[T]):
     def put(self, item: T, timeout: float | None = None) -> None:
         # The common case (a small picklable item) is inlined: at a few hundred
         # thousand items a second every Python call shows.
-        if type(item) in _RAW_TYPES:
+        t = type(item)
+        if t in _BIG_TYPES:
             kind, payload, views = _encode(item)
         else:
-            pbufs: list[pickle.PickleBuffer] = []
             try:
-                payload = _pdumps(item, 5, buffer_callback=pbufs.append)
+                payload = _pdumps(item, 5)
             except Exception:
                 kind, payload, views = _encode(item)
             else:
-                if pbufs:
-                    kind, views = K_OOB, _raw_views(pbufs)
-                elif len(payload) > _SMALL_PAYLOAD:
-                    kind, payload, views = _encode(item)  # may lift big bytes out of band
+                if len(payload) > _SMALL_PAYLOAD:
+                    _BIG_TYPES.add(t)
+                    kind, payload, views = _encode(item)  # big buffers out of band
                 else:
                     kind, views = K_PICKLE, _NO_VIEWS
         if views or len(payload) > _SMALL_PAYLOAD:
@@ -1103,7 +1122,7 @@ class _ProcessChannel(Channel[T]):
         ring = self._ring
         pending: deque[tuple[int, bytes | memoryview]] = deque()
         for item in items:
-            kind, payload, bufs = _encode(item)
+            kind, payload, bufs = _encode_any(item)
             if bufs or len(payload) > _SMALL_PAYLOAD:
                 self._flush_small(pending, deadline)
                 self._put_big(kind, payload, bufs, _left(deadline))
@@ -1208,8 +1227,9 @@ def _release_channel(seg: Segment, ring: R.Ring) -> None:
 
     if seg.closed:
         return
-    _drop_spills(seg.name, seg.owner or not seg.exists())
-    if seg.owner:
+    owner = seg.owned
+    _drop_spills(seg.name, owner or not seg.exists())
+    if owner:
         _remove_channel_spills(seg.name)
         _proc.unguard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
     ring.detach()

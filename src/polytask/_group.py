@@ -28,6 +28,17 @@ T = TypeVar("T")
 _INTERRUPT_THREAD_WAIT = 0.5
 
 
+_local = threading.local()
+
+
+def _open_groups() -> list[TaskGroup]:
+    """The groups whose ``with`` block this thread is in, innermost last."""
+    stack: list[TaskGroup] | None = getattr(_local, "groups", None)
+    if stack is None:
+        stack = _local.groups = []
+    return stack
+
+
 class TaskGroup:
     """Run tasks together; nothing spawned in the block outlives it.
 
@@ -64,6 +75,8 @@ class TaskGroup:
         self._timed_out = False
         self._state = "new"
         self._timer: Any = None
+        self._children: list[TaskGroup] = []
+        self._parent_cancelled = False
 
     @property
     def backend(self) -> Backend:
@@ -78,6 +91,16 @@ class TaskGroup:
         if self._state != "new":
             raise RuntimeError("a TaskGroup can be entered only once; create a new one")
         self._state = "open"
+        stack = _open_groups()
+        if stack:
+            # Nested in this thread: the outer group's failure or deadline reaches us.
+            parent = stack[-1]
+            with parent._lock:
+                parent._children.append(self)
+                cancelled = parent._cancelling
+            if cancelled:
+                self.cancel()
+        stack.append(self)
         if self._timeout is not None:
             from ._timer import call_later
 
@@ -99,6 +122,13 @@ class TaskGroup:
                 "TaskGroup.spawn() works only inside the group's with block "
                 f"(the group is {self._state})"
             )
+        if self._cancelling:
+            # The group already failed: the task is born cancelled and never starts.
+            from ._serialize import fn_name
+
+            task: Task[T] = Task(self._backend, name or fn_name(fn), timeout)
+            task.cancel()
+            return self._adopt(task)
         return self._adopt(self._backend.spawn(fn, args, kwargs, name=name, timeout=timeout))
 
     def run(self, args: Any, /, *, name: str | None = None, **options: Any) -> Task[Any]:
@@ -140,13 +170,20 @@ class TaskGroup:
         return self._backend.primitive("Semaphore", value)
 
     def cancel(self) -> None:
-        """Cancel every task of the group (the block still waits for them to end)."""
+        """Cancel every task of the group and of groups nested in it.
+
+        The block still waits for them to end.
+        """
         with self._lock:
             self._cancelling = True
             tasks = list(self._tasks)
+            children = list(self._children)
         for t in tasks:
-            if not t.done():
+            if not t._is_done():
                 t.cancel()
+        for child in children:
+            child._parent_cancelled = True
+            child.cancel()
 
     def _child_done(self, task: Task[Any]) -> None:
         if task.cancelled():
@@ -178,14 +215,16 @@ class TaskGroup:
     def _interrupted(self) -> None:
         """Ctrl-C while waiting: stop everything, reap the processes, do not hang."""
         self.cancel()
-        deadline = time.monotonic() + 5.0
+        now = time.monotonic()
+        deadline = now + 5.0
+        # One shared wait for all thread tasks: they cannot be killed, and Ctrl-C
+        # must arrive within a second however many there are.
+        thread_deadline = now + _INTERRUPT_THREAD_WAIT
         for task in list(self._tasks):
-            if task.done():
+            if task._is_done():
                 continue
-            if task.backend == "thread":
-                task.join(_INTERRUPT_THREAD_WAIT)
-            else:
-                task.join(max(0.0, deadline - time.monotonic()))
+            until = thread_deadline if task.backend == "thread" else deadline
+            task.join(max(0.0, until - time.monotonic()))
 
     def __exit__(
         self,
@@ -209,11 +248,16 @@ class TaskGroup:
             self._state = "closed"
             if self._timer is not None:
                 self._timer.cancel()
+            stack = _open_groups()
+            if self in stack:
+                stack.remove(self)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return False
         errors: list[Exception] = []
         if exc is not None and isinstance(exc, Exception):
-            errors.append(exc)
+            # A nested group we cancelled says so with Cancelled: not a failure of its own.
+            if not (isinstance(exc, Cancelled) and self._cancelling):
+                errors.append(exc)
         for t in self._failed:
             e = t.exception(0)
             if e is None or isinstance(e, Cancelled):
@@ -222,6 +266,10 @@ class TaskGroup:
                 errors.append(e)
             else:  # a BaseException raised by a thread task (e.g. KeyboardInterrupt)
                 raise e
+        if self._parent_cancelled and not errors and not self._timed_out:
+            # The body must not go on as if its tasks had run: the enclosing group
+            # catches this and reports its own failure or timeout.
+            raise Cancelled(f"{self.name} was cancelled by the group it is nested in")
         if self._timed_out and not errors:
             raise TaskTimeout(
                 f"{self.name} ran past its timeout of {self._timeout:g} s; its tasks were cancelled",

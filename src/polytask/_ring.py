@@ -313,7 +313,7 @@ class Ring:
         pos = w[8]  # _TAIL
         head = w[16]  # _HEAD
         off = pos & self._mask
-        if off + size > self._cap or head == pos:
+        if off + size > self._cap or (head == pos and off > self._cap >> 3):
             pos = self._make_room(size, pos)
             if pos < 0:
                 return FULL

@@ -61,7 +61,11 @@ def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
     if cached is not None:
         return cached, True
     data, by_ref = _dumps_fn(fn)
-    if by_ref and _is_plain_function(fn):
+    # Only a plain function is the same thing every time it is unpickled: a bound
+    # method, a partial or a callable object carries state, which a worker must not
+    # cache across calls.
+    by_ref = by_ref and _is_plain_function(fn)
+    if by_ref:
         if len(_BY_REF) >= _BY_REF_MAX:
             _BY_REF.clear()
         _BY_REF[fn] = data

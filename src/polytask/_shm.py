@@ -129,6 +129,7 @@ class Segment:
         "_anchor",
         "_closed",
         "_mm",
+        "_pid",
         "address",
         "buf",
         "name",
@@ -147,7 +148,13 @@ class Segment:
         )
         self.address = ctypes.addressof(self._anchor)
         self.owner = owner
+        self._pid = os.getpid()
         self._closed = False
+
+    @property
+    def owned(self) -> bool:
+        """Whether this process owns the segment (a forked child's copy of the object does not)."""
+        return self.owner and self._pid == os.getpid()
 
     @property
     def path(self) -> str:
@@ -229,7 +236,7 @@ class Segment:
         if self._closed:
             return
         self._closed = True
-        if self.owner:
+        if self.owned:
             self.unlink()
         self._anchor = None
         try:

@@ -37,6 +37,8 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
         raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
     if timeout < 0 or timeout != timeout:
         raise ValueError(f"{what} must be >= 0 seconds (or None for no limit), got {timeout!r}")
+    if timeout >= threading.TIMEOUT_MAX:
+        return None  # float("inf") and the like: no limit (and no OverflowError in a wait)
     return float(timeout)
 
 
@@ -209,6 +211,8 @@ class Task(concurrent.futures.Future[T], Generic[T]):
                 return True
             if state == "RUNNING":
                 return True
+            if state == "FINISHED":
+                return False
         return self.set_running_or_notify_cancel()
 
     def _finish(self, result: Any = None, exc: BaseException | None = None) -> bool:

@@ -17,6 +17,9 @@ from collections.abc import Callable
 
 __all__ = ["TimerHandle", "call_later"]
 
+# Longer than any real deadline, and well inside what Condition.wait accepts.
+_FAR = 86400.0 * 365
+
 
 class TimerHandle:
     """A scheduled call; ``cancel()`` makes it a no-op (it stays in the heap until due)."""
@@ -30,6 +33,13 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self._cancelled = True
+        # The callback often holds a task and its result: let them go now, not at
+        # the deadline (which may be hours away).
+        self.fn = _noop
+
+
+def _noop() -> None:
+    return None
 
 
 class _TimerThread:
@@ -40,8 +50,12 @@ class _TimerThread:
         self._thread: threading.Thread | None = None
 
     def call_later(self, delay: float, fn: Callable[[], object]) -> TimerHandle:
-        handle = TimerHandle(time.monotonic() + max(0.0, delay), fn)
+        handle = TimerHandle(time.monotonic() + min(max(0.0, delay), _FAR), fn)
         with self._cond:
+            if len(self._heap) > 1024 and self._cancelled_share() > 0.5:
+                # Mostly cancelled handles (tasks that finished in time): compact.
+                self._heap = [e for e in self._heap if not e[2]._cancelled]
+                heapq.heapify(self._heap)
             heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -51,6 +65,11 @@ class _TimerThread:
             elif self._heap[0][2] is handle:
                 self._cond.notify()
         return handle
+
+    def _cancelled_share(self) -> float:
+        # Sampled, so that compaction stays cheap to decide.
+        sample = self._heap[:: max(1, len(self._heap) // 64)]
+        return sum(e[2]._cancelled for e in sample) / len(sample)
 
     def _run(self) -> None:
         while True:
@@ -64,7 +83,7 @@ class _TimerThread:
                     if delay <= 0:
                         heapq.heappop(self._heap)
                         break
-                    self._cond.wait(delay)
+                    self._cond.wait(min(delay, _FAR))
             if handle._cancelled:
                 continue
             try:

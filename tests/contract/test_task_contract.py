@@ -103,11 +103,16 @@ def test_task_timeout(backend_name: str) -> None:
 def test_cancel_a_running_task(backend_name: str) -> None:
     fn = cooperative_nap if backend_name == "thread" else nap
     t = pt.spawn(fn, 30, backend=backend_name)
-    time.sleep(0.3)
+    deadline = time.monotonic() + HANG
+    while not t.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # running on the backend, not merely dispatched
+    started = time.monotonic()
     t.cancel()
     with pytest.raises(pt.Cancelled):
         t.result(timeout=HANG)
     assert t.cancelled()
+    assert time.monotonic() - started < 20, "cancel() did not stop the running task"
 
 
 def test_works_with_concurrent_futures_wait_and_as_completed(backend_name: str) -> None:

@@ -120,13 +120,14 @@ def test_worker_killed_from_outside(backend):
 
 
 def test_timeout_kills_a_task_that_ignores_sigterm(backend):
+    victim = backend.spawn(pid, (), {}).result(HANG)  # the warm worker it will run on
     t = backend.spawn(sleep_ignoring_sigterm, (60,), {}, timeout=0.3)
     started = time.monotonic()
     with pytest.raises(pt.TaskTimeout) as info:
         t.result(HANG)
     assert time.monotonic() - started < 30
     assert "0.3" in str(info.value)
-    victim = t._slot.pid if hasattr(t._slot, "pid") else None
+    assert not os.path.exists(f"/proc/{victim}"), "the SIGTERM-proof worker was not killed"
     assert backend.spawn(pid, (), {}).result(HANG) != victim
 
 

@@ -23,6 +23,7 @@ worker killed and reaped, and a fresh worker takes the next task.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import os
 import pickle
@@ -135,6 +136,7 @@ class _Worker:
         "ready",
         "rfd",
         "rlock",
+        "sending",
         "task",
         "task_id",
         "wfd",
@@ -161,6 +163,7 @@ class _Worker:
         self.kill_exc: BaseException | None = None
         self.ntasks = 0
         self.ready = False  # it sent S_READY: start-up and initializer are done
+        self.sending = False  # a frame is being written: do not close its fds yet
 
 
 class ProcessBackend(Backend):
@@ -276,35 +279,51 @@ class ProcessBackend(Backend):
 
     def _assign(self, w: _Worker, task: Task[Any]) -> None:
         """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list)."""
-        while True:
-            if task._set_running():
-                break
-            # Cancelled while it waited: take the next one, or idle.
-            with self._lock:
+        with self._lock:
+            # Task and worker are bound under the lock, before the frame goes out, so
+            # that cancel(), a timeout and the worker's death all see the pair whole.
+            while not task._set_running():
+                # Cancelled while it waited: take the next one, or idle.
                 if not self._pending:
                     self._make_idle(w)
                     return
                 task = self._pending.popleft()
-        task_id, frame = task._slot
-        task._slot = w
-        task._mark_started()
-        w.task = task
-        w.task_id = task_id
+            task_id, frame = task._slot
+            if w.dead:  # it died while idle, and its death was handled: requeue
+                self._pending.appendleft(task)
+                launch = self._want_launch()
+            else:
+                task._slot = w
+                w.task = task
+                w.task_id = task_id
+                w.sending = True  # its fds stay open until the frame is out
+                launch = False
+        if launch:
+            _launcher.submit(self._start_worker)
+        if task._slot is not w:
+            return
         try:
             _write_all(w.wfd, frame)
         except OSError:
-            # The worker died while idle: give the task to another one.
-            w.task = None
-            task._slot = (task_id, frame)
+            # The worker died while idle: give the task to another one, unless its
+            # death was already handled (then the task has its WorkerCrashed).
             with self._lock:
+                w.sending = False
+                if w.task is not task:
+                    return
+                w.task = None
+                task._slot = (task_id, frame)
                 self._pending.appendleft(task)
-                launch = self._want_launch()
-                w.dead = True
-                self._workers.pop(w.pid, None)
-            self._bury(w)
+                # If its death is not handled yet, _on_death starts the replacement.
+                launch = self._want_launch() if w.dead else False
             if launch:
                 _launcher.submit(self._start_worker)
+            self._wake()
             return
+        w.sending = False
+        task._mark_started()
+        if task._cancel_requested:  # cancel() came between binding and sending
+            self._kill(w, Cancelled(f"task {task.name!r} was cancelled"), task)
         if task.timeout is not None:
             # A worker still starting gets its start-up allowance on top; the READY
             # frame re-arms the timer to the task's own timeout (see _complete).
@@ -313,7 +332,11 @@ class ProcessBackend(Backend):
         # The caller reading its own result is the fast path: the collector thread is
         # woken only for a task something else waits on (see watch()), so a plain
         # spawn().result() costs one write, one poll and one read, and no thread hop.
-        if task._watched and threading.current_thread() is not self._collector:
+        # A task with a timeout is watched too: a result nobody reads must not be
+        # mistaken for a late task.
+        if (task._watched or task.timeout is not None) and (
+            threading.current_thread() is not self._collector
+        ):
             self._wake()
 
     def _make_idle(self, w: _Worker) -> None:
@@ -392,6 +415,12 @@ class ProcessBackend(Backend):
         res_r, res_w = os.pipe()
         frame = self._config_frame()
         parent = os.getpid()
+        with self._lock:
+            # The child must not hold other workers' pipe ends: a retired worker
+            # would never see EOF while a younger sibling kept its request pipe open.
+            inherited = [self._wake_r, self._wake_w]
+            for other in self._workers.values():
+                inherited += [other.wfd, other.rfd, other.pidfd]
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
@@ -399,6 +428,12 @@ class ProcessBackend(Backend):
                 os.setpgid(0, 0)
                 os.close(req_w)
                 os.close(res_r)
+                for fd in inherited:
+                    if fd >= 0:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
                 from .._proc import set_pdeathsig
                 from .._worker import serve
 
@@ -473,10 +508,12 @@ class ProcessBackend(Backend):
                 f"the result of task {task.name!r} could not be unpickled in the caller: "
                 f"{type(why).__name__}: {why}"
             )
-        w.task = None
-        w.ntasks += 1
         nxt: Task[Any] | None = None
         with self._lock:
+            if w.task is not task:
+                return  # killed and settled meanwhile
+            w.task = None
+            w.ntasks += 1
             if w.kill_exc is not None or w.dead:
                 pass
             elif retiring or (self._max_tasks is not None and w.ntasks >= self._max_tasks):
@@ -485,6 +522,8 @@ class ProcessBackend(Backend):
                 nxt = self._pending.popleft()
             else:
                 self._make_idle(w)
+        # Finish first: a done callback (a group's) may cancel what would run next.
+        # Like concurrent.futures', callbacks must not block.
         task._finish(result, exc)
         if nxt is not None:
             self._assign(w, nxt)
@@ -527,10 +566,13 @@ class ProcessBackend(Backend):
         self._wake()
 
     # ------------------------------------------------------------------ kill
-    def _kill(self, w: _Worker, exc: BaseException) -> None:
+    def _kill(self, w: _Worker, exc: BaseException, task: Task[Any] | None = None) -> None:
+        """Kill ``w``; its task fails with ``exc``. With ``task``: only if still running it."""
         with self._lock:
             if w.dead or w.kill_exc is not None:
                 return
+            if task is not None and (w.task is not task or task._is_done()):
+                return  # it finished, and w may already run the next task
             w.kill_exc = exc
         try:
             os.killpg(w.pid, signal.SIGTERM)
@@ -547,22 +589,48 @@ class ProcessBackend(Backend):
         call_later(self._grace, hard_kill)
 
     def _on_timeout(self, w: _Worker, task: Task[Any]) -> None:
-        if w.task is task and not task._is_done():
-            task._cancel_requested = True
-            self._kill(
-                w,
-                TaskTimeout(
-                    f"task {task.name!r} ran past its timeout of {task.timeout:g} s; its worker "
-                    "process was killed",
-                    name=task.name,
-                    timeout=task.timeout,
-                ),
-            )
+        if w.task is not task or task._is_done():
+            return
+        # Its result may be sitting unread in the pipe: read it before calling it late.
+        if not w.claim.locked() and w.rlock.acquire(blocking=False):
+            try:
+                if not w.claim.locked() and not w.dead:
+                    self._service(w)
+            finally:
+                w.rlock.release()
+        if task._is_done():
+            return
+        task._cancel_requested = True
+        self._kill(
+            w,
+            TaskTimeout(
+                f"task {task.name!r} ran past its timeout of {task.timeout:g} s; its worker "
+                "process was killed",
+                name=task.name,
+                timeout=task.timeout,
+            ),
+            task,
+        )
 
     def cancel(self, task: Task[Any]) -> bool:
-        w = task._slot
-        if isinstance(w, _Worker) and w.task is task:
-            self._kill(w, Cancelled(f"task {task.name!r} was cancelled; its worker was killed"))
+        with self._lock:
+            w = task._slot
+            if not isinstance(w, _Worker):
+                # Back in the queue after its worker died before it could be sent.
+                try:
+                    self._pending.remove(task)
+                except ValueError:
+                    return False
+                queued = True
+            else:
+                queued = False
+        if queued:
+            task._finish(exc=Cancelled(f"task {task.name!r} was cancelled before it started"))
+            return True
+        if w.task is task:
+            self._kill(
+                w, Cancelled(f"task {task.name!r} was cancelled; its worker was killed"), task
+            )
             return True
         return False
 
@@ -614,7 +682,13 @@ class ProcessBackend(Backend):
             if events:
                 exited = len(events) > 1 or events[0][0] != w.rfd
                 with w.rlock:
-                    self._service(w, exited)
+                    try:
+                        self._service(w, exited)
+                    except BaseException:
+                        # Interrupted mid-frame (Ctrl-C): the stream may be torn, so the
+                        # worker cannot be trusted with another task.
+                        self._kill(w, Cancelled(f"task {task.name!r} was interrupted"))
+                        raise
 
     def _wake(self) -> None:
         try:
@@ -644,7 +718,7 @@ class ProcessBackend(Backend):
                     want[w.pidfd] = ("pid", w)
                     if w.task is not None and not w.eof and not w.claim.locked():
                         want[w.rfd] = ("res", w)
-                buried = [w for w in self._graveyard if not w.claim.locked()]
+                buried = [w for w in self._graveyard if not w.claim.locked() and not w.sending]
                 for w in buried:
                     self._graveyard.remove(w)
             for fd in list(registered):
@@ -684,6 +758,12 @@ class ProcessBackend(Backend):
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
+        """Stop accepting tasks, then stop the workers.
+
+        ``cancel``: pending tasks fail with :class:`Cancelled` and running ones are
+        killed; otherwise both are finished first. ``wait=False`` returns at once and
+        finishes the shutdown on a background thread.
+        """
         with self._lock:
             if self._closed and self._stopping:
                 return
@@ -691,21 +771,33 @@ class ProcessBackend(Backend):
             pending = list(self._pending) if cancel else []
             if cancel:
                 self._pending.clear()
-            busy = [w for w in self._workers.values() if w.task is not None]
+            busy = [(w, w.task) for w in self._workers.values() if w.task is not None]
         for t in pending:
-            t.cancel()
+            if not concurrent.futures.Future.cancel(t):
+                t._finish(exc=Cancelled(f"task {t.name!r}: the backend was shut down"))
         if cancel:
-            for w in busy:
-                self._kill(w, Cancelled("the backend was shut down while the task ran"))
-        if wait:
-            for w in busy:
-                running = w.task
-                if running is not None:
-                    running.join()
+            for w, running in busy:
+                self._kill(w, Cancelled("the backend was shut down while the task ran"), running)
+        if not wait:
+            threading.Thread(
+                target=self._finish_shutdown, name="polytask-shutdown", daemon=True
+            ).start()
+            return
+        self._finish_shutdown()
+
+    def _finish_shutdown(self) -> None:
+        self._wake()  # the collector completes results nobody reads
+        while True:
             with self._lock:
-                left = list(self._pending)
-            for t in left:
-                t.join()
+                tasks = [w.task for w in self._workers.values() if w.task is not None]
+                tasks += list(self._pending)
+                starting = self._starting
+            if not tasks and not starting:
+                break
+            for t in tasks:
+                t.join(0.05)
+            if not tasks:
+                time.sleep(0.01)  # a worker is still starting: it retires on arrival
         # Idle workers exit when their request pipe closes.
         with self._lock:
             self._stopping = True
@@ -713,7 +805,7 @@ class ProcessBackend(Backend):
             workers = list(self._workers.values())
         for w in idle:
             self._retire(w)
-        deadline = time.monotonic() + (5.0 if wait else 0.5)
+        deadline = time.monotonic() + 5.0
         from .._proc import wait_pid
 
         for w in workers:
