@@ -254,10 +254,9 @@ class TaskGroup:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return False
         errors: list[Exception] = []
-        if exc is not None and isinstance(exc, Exception):
-            # A nested group we cancelled says so with Cancelled: not a failure of its own.
-            if not (isinstance(exc, Cancelled) and self._cancelling):
-                errors.append(exc)
+        # A nested group we cancelled says so with Cancelled: not a failure of its own.
+        if isinstance(exc, Exception) and not (isinstance(exc, Cancelled) and self._cancelling):
+            errors.append(exc)
         for t in self._failed:
             e = t.exception(0)
             if e is None or isinstance(e, Cancelled):
