@@ -75,18 +75,13 @@ _IDLE_SLICE = 1.0
 # between these bounds, so a loaded machine soon stops burning the CPU its peer needs.
 _SPIN_MAX = 100e-6 if (os.cpu_count() or 1) > 1 else 0.0
 _SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
-# A reader calling get() again within this many seconds is in a tight loop: it
-# takes the frames that are ready in one go (see _ProcessChannel.get).
-_HOT_GAP = 100e-6
-# How long a batch taken ahead should last, at the reader's pace, and its bounds.
-_AHEAD_SECONDS = 200e-6
-_AHEAD_MAX = 64
 
 _pid = os.getpid()
 _pdumps = pickle.dumps
 _ploads = pickle.loads
 _futex_wake = futex_wake
 _monotonic = time.monotonic
+_yield = os.sched_yield
 
 
 def _after_fork() -> None:
@@ -700,7 +695,7 @@ class _ProcessChannel(Channel[T]):
             try:
                 RobustMutex.initialize(seg.address + R.P_MUTEX_OFFSET)
                 RobustMutex.initialize(seg.address + R.C_MUTEX_OFFSET)
-                ring = R.Ring.initialise(seg.buf, cap, maxsize, os.getpid())
+                ring = R.Ring.initialise(seg.buf, cap, maxsize, os.getpid(), seg.mapping)
                 # If this process is killed, the guardian removes the channel's
                 # spills too, even those whose writer exited normally.
                 _proc.guard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
@@ -709,7 +704,7 @@ class _ProcessChannel(Channel[T]):
                 raise
         else:
             seg = _segment
-            ring = R.Ring(seg.buf)
+            ring = R.Ring(seg.buf, seg.mapping)
         self._seg = seg
         self._ring = ring
         self.maxsize = ring.maxsize
@@ -722,13 +717,6 @@ class _ProcessChannel(Channel[T]):
         self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
         self._put_small = ring.put_small
         self._take = ring.take
-        self._take_many = ring.take_many
-        # Small frames this handle took ahead of the caller (see get()).
-        self._ahead: deque[tuple[int, bytes]] = deque()
-        self._last_get = 0.0
-        self._ahead_limit = 0 if ring.maxsize == 1 else _AHEAD_MAX
-        if ring.maxsize:
-            self._ahead_limit = min(_AHEAD_MAX, ring.maxsize // 2)
         self._spin = _SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
@@ -893,6 +881,7 @@ class _ProcessChannel(Channel[T]):
         while _monotonic() < end:
             if ready():
                 return True
+            _yield()
         return False
 
     def _sleep(self, addr: int, seq: int, timeout: float) -> None:
@@ -959,45 +948,15 @@ class _ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ get
 
     def get(self, timeout: float | None = None) -> T:
-        # A reader in a tight loop (its previous get() was moments ago) takes
-        # every small frame that is ready, up to a batch that it will use up
-        # within about _AHEAD_SECONDS: one lock and one wake-up for many items.
-        # A slow reader takes one at a time, so it never holds back items that
-        # another reader could be working on.
-        ahead = self._ahead
-        now = _monotonic()
-        gap = now - self._last_get
-        self._last_get = now
-        if ahead:
-            try:
-                kind, data = ahead.popleft()
-            except IndexError:  # another thread took the last one
-                pass
-            else:
-                if kind == K_PICKLE:
-                    try:
-                        return cast(T, _ploads(data))
-                    except Exception:
-                        return cast(T, _loads(data))  # raises SerializationError
-                return cast(T, _decode_small(kind, data))
+        # One item at a time, never more: a reader that took items ahead of its
+        # caller could hold back another reader's items (or the sentinel that
+        # would end another reader's loop). get_many() is the batched form.
         addr = self._c_addr
         rc = _mutex_trylock(addr)
         if rc:
             self._lock_c(_deadline(timeout), rc)
         try:
-            if gap < _HOT_GAP and self._ahead_limit > 1:
-                n = int(_AHEAD_SECONDS / gap) if gap > 0 else _AHEAD_MAX
-                frames = self._take_many(min(max(n, 2), self._ahead_limit), K_SPILL)
-                if frames:
-                    wake = self._ring.wake_writers()
-                    it = iter(frames)
-                    kind, data = next(it)
-                    ahead.extend(it)
-                    r: tuple[int, bytes, int] | int = (kind, data, wake)
-                else:
-                    r = self._take(_pid)
-            else:
-                r = self._take(_pid)
+            r = self._take(_pid)
         finally:
             _mutex_unlock(addr)
         if type(r) is tuple:
@@ -1159,19 +1118,12 @@ class _ProcessChannel(Channel[T]):
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         out = [self.get(timeout)]
-        ahead = self._ahead
-        while ahead and len(out) < max_items:
-            try:
-                k, d = ahead.popleft()
-            except IndexError:
-                break
-            out.append(cast(T, _decode_small(k, d)))
-        if len(out) >= max_items:
+        if max_items == 1:
             return out
         ring = self._ring
         self._lock_c(None)
         try:
-            frames = ring.take_many(max_items - len(out))
+            frames = ring.take_many(max_items - 1)
             wake = ring.wake_writers() if frames else 0
         finally:
             _mutex_unlock(self._c_addr)
@@ -1213,7 +1165,7 @@ class _ProcessChannel(Channel[T]):
         return self._seg.closed or self._ring.closed
 
     def __len__(self) -> int:
-        return len(self._ahead) + (0 if self._seg.closed else self._ring.items())
+        return 0 if self._seg.closed else self._ring.items()
 
 
 def _left(deadline: float | None) -> float | None:

@@ -3,12 +3,12 @@
 ``run``, ``stream``, ``run_many`` and ``polytask parallel`` all drive their
 programs through :class:`ProcessLoop`::
 
-    spawn(argv) ──> posix_spawn or Popen (own process group) ──> child
-         └─ guard(pgid) with the guardian                      │ stdout ─┐ memory file,
-                                                               │ stderr ─┤ or pipe
-                                                               │ stdin <─┤ (input=)
-                                                               └ pidfd ──┤
-    wait(timeout) <── poll() over every fd above, plus the timers: ◄──────┘
+    spawn(argv) ──> posix_spawn or Popen (own process group, guarded) ──> child
+                                                              │ stdout ─┐ memory file
+                                                              │ stderr ─┤ or pipe
+                                                              │ stdin <─┤ (input=)
+                                                              └ pidfd ──┤
+    wait(timeout) <── poll() over every fd above, plus the timers: ◄─────┘
       - output: appended to the child, or handed to its on_output callback
       - pidfd readable: waitpid the leader, SIGKILL what is left of its group
         (nothing outlives its job), unguard, drain the pipes (bounded), finish
@@ -17,9 +17,19 @@ programs through :class:`ProcessLoop`::
 Both pipes are read as data arrives, so a program that fills both never
 blocks; waits are poll() with the next timer as its timeout, never a sleep.
 
-With ``posix_spawn=True`` (``polytask parallel``) programs start through
-``os.posix_spawn``: glibc's clone(CLONE_VM|CLONE_VFORK) copies no page
-tables and runs no Python between fork and exec, which is most of what a
+``spawn_soon`` (used by ``polytask parallel`` at ``-j`` 2 or more) hands the
+start alone to two starter threads, because a vfork suspends the thread that
+makes it until the program exec'd (on a busy machine, often a millisecond or
+more); each result comes back through a wake-up pipe in the same poll, and
+only the loop's thread touches its state::
+
+    spawn_soon ──> queue ──> starter threads: posix_spawn ──> done list
+                                                  └─ wake pipe ──> wait() adopts
+
+With ``posix_spawn=True`` programs start through libc's ``posix_spawn``
+(called by ctypes, which lets go of the GIL while the thread is suspended;
+``os.posix_spawn`` does not): glibc's clone(CLONE_VM|CLONE_VFORK) copies no
+page tables and no Python runs between fork and exec, which is most of what a
 tiny job costs its parent. The price: descriptors this process inherited as
 inheritable reach the programs (as with GNU parallel and xargs; every
 descriptor Python opens is close-on-exec), where Popen would close them.
@@ -27,6 +37,7 @@ descriptor Python opens is close-on-exec), where Popen would close them.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import itertools
 import math
@@ -46,6 +57,7 @@ STDOUT = 1
 STDERR = 2
 _PIDFD = 0
 _STDIN = 3
+_WAKE = 4
 
 #: After a program's leader exits, how long its pipes may still deliver data
 #: (held open by a descendant that left the process group) before we close them.
@@ -53,11 +65,6 @@ DEFAULT_DRAIN = 1.0
 
 _READ_SIZE = 65536
 _WRITE_SIZE = 65536
-
-#: Python ignores these; Popen's restore_signals gives programs the default back.
-_SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)
-#: Signals whose handlers may raise (Ctrl-C, our SIGTERM/SIGHUP handlers).
-_HOLD = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
 OnOutput = Callable[["Child", int, bytes], None]
 
@@ -82,6 +89,128 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _waitpid(pid: int) -> int:
+    """Reap ``pid`` (blocking) and return its status as Popen's returncode."""
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): 0, as Popen says
+        return 0
+
+
+def _end_unadopted(pid: int) -> None:
+    """End a program that started but never joined a loop: SIGKILL its group, reap, unguard."""
+    _killpg(pid, signal.SIGKILL)
+    _waitpid(pid)
+    unguard(pid)
+
+
+# --------------------------------------------------------------------------- posix_spawn
+
+# Linux values (glibc and musl) of the posix_spawnattr flags.
+_SETPGROUP = 0x02
+_SETSIGDEF = 0x04
+_SETSIGMASK = 0x08
+# Opaque libc types, allocated larger than any libc's (glibc x86-64: 336, 80, 128 bytes).
+_ATTR_SIZE = 1024
+_ACTIONS_SIZE = 256
+_SIGSET_SIZE = 256
+#: Distinct (stdin, stdout, stderr) triples whose file actions are kept for reuse.
+_ACTIONS_CACHE = 256
+
+
+class _Spawner:
+    """``posix_spawn`` by ctypes: a new process group, default SIGPIPE/SIGXFSZ, dup'ed stdio.
+
+    Built on the loop's thread; ``spawn`` may then run on any thread (the
+    attributes and the environment block are only read). The environment is
+    the one at construction.
+    """
+
+    def __init__(self, environ: Mapping[str, str], mask: Iterable[int]) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._libc = libc
+        for name in ("posix_spawn", "posix_spawnp"):
+            fn = getattr(libc, name)
+            fn.argtypes = [ctypes.POINTER(ctypes.c_int)] + [ctypes.c_void_p] * 5
+            fn.restype = ctypes.c_int
+        self._spawn = libc.posix_spawn
+        self._spawnp = libc.posix_spawnp
+        self._attr = ctypes.create_string_buffer(_ATTR_SIZE)
+        self._sigdef = self._sigset((signal.SIGPIPE, signal.SIGXFSZ))  # Python ignores them
+        self._sigmask = self._sigset(mask)
+        self._check(libc.posix_spawnattr_init(self._attr))
+        self._check(
+            libc.posix_spawnattr_setflags(
+                self._attr, ctypes.c_short(_SETPGROUP | _SETSIGDEF | _SETSIGMASK)
+            )
+        )
+        self._check(libc.posix_spawnattr_setpgroup(self._attr, 0))
+        self._check(libc.posix_spawnattr_setsigdefault(self._attr, self._sigdef))
+        self._check(libc.posix_spawnattr_setsigmask(self._attr, self._sigmask))
+        items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
+        self._envp = (ctypes.c_char_p * (len(items) + 1))(*items, None)
+        self._actions: dict[tuple[int, int, int], ctypes.Array[ctypes.c_char]] = {}
+
+    @staticmethod
+    def _check(err: int) -> None:
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def _sigset(self, signals: Iterable[int]) -> ctypes.Array[ctypes.c_char]:
+        s = ctypes.create_string_buffer(_SIGSET_SIZE)
+        if self._libc.sigemptyset(s) != 0:  # pragma: no cover - cannot fail on Linux
+            raise OSError(22, "sigemptyset failed")
+        for sig in signals:
+            if self._libc.sigaddset(s, int(sig)) != 0:  # pragma: no cover - valid signals
+                raise OSError(22, f"sigaddset({int(sig)}) failed")
+        return s
+
+    def _file_actions(self, fds: tuple[int, int, int]) -> tuple[ctypes.Array[ctypes.c_char], bool]:
+        """The actions that dup ``fds`` onto 0, 1, 2 (-1: inherit), and whether they are cached."""
+        actions = self._actions.get(fds)
+        if actions is not None:
+            return actions, True
+        actions = ctypes.create_string_buffer(_ACTIONS_SIZE)
+        self._check(self._libc.posix_spawn_file_actions_init(actions))
+        for target, fd in enumerate(fds):
+            if fd >= 0:  # dup2 onto itself clears close-on-exec (glibc >= 2.29, musl)
+                self._check(self._libc.posix_spawn_file_actions_adddup2(actions, fd, target))
+        if len(self._actions) < _ACTIONS_CACHE:
+            self._actions[fds] = actions  # racing threads: one copy wins, both are valid
+            return actions, True
+        return actions, False
+
+    def spawn(
+        self, path: str | None, argv: Sequence[str], fds: tuple[int, int, int], pid: ctypes.c_int
+    ) -> None:
+        """Start ``argv`` (``path`` None: search PATH); its pid lands in ``pid`` at once.
+
+        Writing the pid into the caller's object (rather than returning it)
+        means that an exception raised right after the start still finds it.
+        """
+        args = [os.fsencode(a) for a in argv]
+        for a in args:
+            if b"\0" in a:
+                raise ValueError(f"embedded null byte in argument {a!r}")
+        cargv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+        actions, cached = self._file_actions(fds)
+        try:
+            if path is None:
+                fn, exe = self._spawnp, args[0]
+            else:
+                fn, exe = self._spawn, os.fsencode(path)
+            # ctypes lets go of the GIL here, for the whole vfork + exec.
+            err = fn(ctypes.byref(pid), exe, actions, self._attr, cargv, self._envp)
+        finally:
+            if not cached:
+                self._libc.posix_spawn_file_actions_destroy(actions)
+        if err:
+            raise OSError(err, os.strerror(err), argv[0])
+
+
+# --------------------------------------------------------------------------- children
 
 
 class Child:
@@ -162,15 +291,185 @@ class Child:
         return f"<Child pid={self.pid} argv={list(self.argv)!r} returncode={self.returncode}>"
 
 
+class _Start:
+    """One program on its way to a :class:`Child`: its descriptors, then its pid or error."""
+
+    __slots__ = (
+        "argv",
+        "cwd",
+        "env",
+        "err_w",
+        "error",
+        "executable",
+        "files",
+        "input",
+        "on_output",
+        "ours",
+        "out_w",
+        "pid",
+        "pipes",
+        "proc",
+        "spawner",
+        "started",
+        "started_wall",
+        "stdin",
+        "theirs",
+        "timeout",
+        "token",
+    )
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        timeout: float | None,
+        input: bytes | None,
+        cwd: str | os.PathLike[str] | None,
+        env: dict[str, str] | None,
+        on_output: OnOutput | None,
+    ) -> None:
+        self.argv = argv
+        self.token = token
+        self.timeout = timeout
+        self.input = input
+        self.cwd = cwd
+        self.env = env
+        self.on_output = on_output
+        self.ours: list[int] = []  # fds we keep
+        self.theirs: list[int] = []  # the child's ends, closed once it started
+        self.out_w = -1
+        self.err_w = -1
+        self.stdin = -1
+        self.files = False
+        self.pipes = False
+        self.executable: str | None = None
+        self.spawner: _Spawner | None = None  # None: Popen
+        self.started = 0.0
+        self.started_wall = 0.0
+        self.pid = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Start the program, guarded; sets ``pid`` (and ``proc``) or ``error``. Any thread."""
+        self.started, self.started_wall = time.monotonic(), time.time()
+        try:
+            if self.spawner is not None:
+                pid = ctypes.c_int(0)
+                try:
+                    fds = (self.stdin, self.out_w, self.err_w)
+                    self.spawner.spawn(self.executable, self.argv, fds, pid)
+                    guard(pid.value)
+                except BaseException:
+                    if pid.value > 0:  # started, but cannot be watched: end it now
+                        _killpg(pid.value, signal.SIGKILL)
+                        _waitpid(pid.value)
+                    raise
+                self.pid = pid.value
+            else:
+                self.proc = start_in_group(
+                    self.argv,
+                    executable=self.executable,
+                    stdin=self.stdin,
+                    stdout=None if self.out_w < 0 else self.out_w,
+                    stderr=None if self.err_w < 0 else self.err_w,
+                    cwd=self.cwd,
+                    env=self.env,
+                )
+                self.pid = self.proc.pid
+        except (OSError, ValueError) as exc:
+            self.error = exc
+
+    def close_theirs(self) -> None:
+        for fd in self.theirs:
+            os.close(fd)
+        self.theirs = []
+
+    def close_all(self) -> None:
+        self.close_theirs()
+        for fd in self.ours:
+            os.close(fd)
+        self.ours = []
+
+
+class _Starters:
+    """Threads that start programs for :meth:`ProcessLoop.spawn_soon`; results come back by a pipe."""
+
+    def __init__(self, n: int) -> None:
+        import queue
+        import threading
+
+        self.wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._todo: queue.SimpleQueue[_Start | None] = queue.SimpleQueue()
+        self._done: list[_Start] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._work, name="polytask-starter", daemon=True)
+            for _ in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, start: _Start) -> None:
+        self._todo.put(start)
+
+    def _work(self) -> None:
+        while True:
+            start = self._todo.get()
+            if start is None:
+                return
+            if self._stopping:
+                start.error = InterruptedError("not started: the loop is closing")
+            else:
+                try:
+                    start.run()
+                except BaseException as exc:  # pragma: no cover - run reports errors itself
+                    start.error = exc
+            with self._lock:
+                self._done.append(start)
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:  # the pipe is full of wake-ups already
+                pass
+
+    def collect(self) -> list[_Start]:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def stop(self) -> None:
+        """End the threads; what they did not start yet is not started."""
+        self._stopping = True
+        for _ in self._threads:
+            self._todo.put(None)
+        for t in self._threads:
+            t.join(10)
+
+    def close(self) -> None:
+        os.close(self.wake_r)
+        os.close(self._wake_w)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 class ProcessLoop:
     """Start programs and wait for their output and exits, all in one poll loop.
 
     Not thread-safe: one thread drives a loop. ``close()`` (or leaving the
     ``with`` block) ends every program still running, whatever the reason.
-    With ``posix_spawn`` programs without a ``cwd`` start through
-    ``os.posix_spawn`` (cheaper; inherited inheritable descriptors pass on);
-    the environment is then read once, at the first start without ``env``.
+    With ``posix_spawn`` programs without ``cwd`` or ``env`` start through
+    libc's posix_spawn (cheaper; inherited inheritable descriptors pass on),
+    with the environment as it was at the first such start.
     """
+
+    #: Starter threads for :meth:`spawn_soon` (two overlap the vfork waits on 2 cores).
+    _STARTERS = 2
 
     def __init__(
         self,
@@ -191,14 +490,17 @@ class ProcessLoop:
         self._counter = itertools.count()
         self._devnull = -1
         self._which: dict[tuple[str, str], str | None] = {}
-        self._environ: dict[str, str] | None = None
+        self._spawner: _Spawner | None = None
+        self._starters: _Starters | None = None
+        self._starting = 0
+        self._failed_starts: list[tuple[Any, Exception]] = []
 
     # ------------------------------------------------------------------ starting
 
     @property
     def running(self) -> int:
-        """How many programs have not finished yet."""
-        return len(self._children)
+        """How many programs have not finished yet (those still starting included)."""
+        return len(self._children) + self._starting
 
     def children(self) -> list[Child]:
         return list(self._children)
@@ -216,153 +518,128 @@ class ProcessLoop:
         on_output: OnOutput | None = None,
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start."""
-        ours: list[int] = []  # descriptors we keep
-        theirs: list[int] = []  # the child's ends, closed once it started
-        out_w = err_w = None
+        start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output)
+        try:
+            start.run()
+        finally:
+            start.close_theirs()
+        if start.error is not None:
+            start.close_all()
+            raise start.error
+        return self._adopt(start)
+
+    def spawn_soon(
+        self,
+        argv: Sequence[str],
+        *,
+        token: Any = None,
+        timeout: float | None = None,
+        on_output: OnOutput | None = None,
+    ) -> None:
+        """Like :meth:`spawn`, but start the program on a starter thread.
+
+        A start suspends the thread that makes it until the program has
+        exec'd (vfork), so one thread starting many short programs leaves the
+        other cores idle; starter threads overlap those waits. The child joins
+        the loop during a later :meth:`wait`; a program that cannot start is
+        listed by :meth:`failed_starts`. Counted in :attr:`running` meanwhile.
+        """
+        start = self._prepare(argv, token, timeout, True, None, None, None, on_output)
+        if self._starters is None:
+            self._starters = _Starters(self._STARTERS)
+            self._fds[self._starters.wake_r] = (None, _WAKE)  # type: ignore[assignment]
+            self._poll.register(self._starters.wake_r, select.POLLIN)
+        self._starting += 1
+        self._starters.submit(start)
+
+    def failed_starts(self) -> list[tuple[Any, Exception]]:
+        """(token, error) of each :meth:`spawn_soon` program that could not start, since the last call."""
+        failed, self._failed_starts = self._failed_starts, []
+        return failed
+
+    def _prepare(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        timeout: float | None,
+        capture: bool,
+        input: bytes | None,
+        cwd: str | os.PathLike[str] | None,
+        env: dict[str, str] | None,
+        on_output: OnOutput | None,
+    ) -> _Start:
+        if not argv:
+            raise ValueError("no program to run: the argument list is empty")
+        start = _Start(argv, token, timeout, input, cwd, env, on_output)
         files = capture and on_output is None
+        ours, theirs = start.ours, start.theirs
         try:
             if files:
                 # Output that nobody reads live goes to memory files: no pipe to
                 # drain, no poll event, never full, and two fds fewer.
-                out_w = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
-                ours.append(out_w)
-                err_w = os.memfd_create("polytask-err", os.MFD_CLOEXEC)
-                ours.append(err_w)
+                start.out_w = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
+                ours.append(start.out_w)
+                start.err_w = os.memfd_create("polytask-err", os.MFD_CLOEXEC)
+                ours.append(start.err_w)
+                start.files = True
             elif capture:
-                out_r, out_w = os.pipe2(os.O_CLOEXEC)
-                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                out_r, start.out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, start.err_w = os.pipe2(os.O_CLOEXEC)
                 ours += [out_r, err_r]
-                theirs += [out_w, err_w]
+                theirs += [start.out_w, start.err_w]
+                start.pipes = True
             if input is not None:
-                stdin, in_w = os.pipe2(os.O_CLOEXEC)
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
                 ours.append(in_w)
-                theirs.append(stdin)
+                theirs.append(in_r)
+                start.stdin = in_r
             else:
                 if self._devnull < 0:
                     self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                stdin = self._devnull
-        except BaseException:
-            for fd in ours + theirs:
-                os.close(fd)
-            raise
-        fast = self.posix_spawn and cwd is None
-        # Until the child is known to the loop (and so ended on the way out),
-        # no signal handler may raise; the program still gets the mask we had.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HOLD) if fast else None
-        try:
-            try:
-                if mask is not None:
-                    child = self._posix_spawn(argv, token, env, stdin, out_w, err_w, mask)
-                else:
-                    started, started_wall = time.monotonic(), time.time()
-                    proc: subprocess.Popen[bytes] = start_in_group(
-                        argv,
-                        executable=self._resolve(argv[0], cwd, env),
-                        stdin=stdin,
-                        stdout=out_w,
-                        stderr=err_w,
-                        cwd=cwd,
-                        env=env,
+                start.stdin = self._devnull
+            if self.posix_spawn and cwd is None and env is None:
+                if self._spawner is None:
+                    self._spawner = _Spawner(
+                        os.environ, signal.pthread_sigmask(signal.SIG_BLOCK, ())
                     )
-                    child = Child(proc.pid, proc, argv, token, started, started_wall)
-            except BaseException:
-                for fd in ours:
-                    os.close(fd)
-                raise
-            finally:
-                for fd in theirs:
-                    os.close(fd)
-            return self._adopt(child, ours, files, capture, input, timeout, on_output)
-        finally:
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-    def _posix_spawn(
-        self,
-        argv: Sequence[str],
-        token: Any,
-        env: dict[str, str] | None,
-        stdin: int,
-        out_w: int | None,
-        err_w: int | None,
-        mask: Iterable[int],
-    ) -> Child:
-        actions = [(os.POSIX_SPAWN_DUP2, stdin, 0)]
-        if out_w is not None and err_w is not None:
-            actions += [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
-        name = argv[0]
-        environ: Mapping[str, str]
-        if env is None:
-            if self._environ is None:
-                self._environ = dict(os.environ)
-            environ = self._environ
-        else:
-            environ = env
-        args = argv if isinstance(argv, list) else list(argv)
-        path = self._resolve(name, None, env)
-        started, started_wall = time.monotonic(), time.time()
-        if path is not None or "/" in name:
-            pid = os.posix_spawn(
-                path or name,
-                args,
-                environ,
-                file_actions=actions,
-                setpgroup=0,
-                setsigdef=_SIGDEF,
-                setsigmask=mask,
-            )
-        elif env is None and name:
-            # Not on PATH's absolute entries: posix_spawnp searches the rest.
-            pid = os.posix_spawnp(
-                name,
-                args,
-                environ,
-                file_actions=actions,
-                setpgroup=0,
-                setsigdef=_SIGDEF,
-                setsigmask=mask,
-            )
-        else:
-            raise FileNotFoundError(2, "No such file or directory", name)
-        try:
-            guard(pid)
+                start.spawner = self._spawner
+                # Not found on PATH's absolute entries: posix_spawnp searches the rest.
+                start.executable = self._resolve(argv[0], None, None) or (
+                    argv[0] if "/" in argv[0] else None
+                )
+            else:
+                start.executable = self._resolve(argv[0], cwd, env)
         except BaseException:
-            _killpg(pid, signal.SIGKILL)
-            self._waitpid(pid)
+            start.close_all()
             raise
-        return Child(pid, None, argv, token, started, started_wall)
+        return start
 
-    def _adopt(
-        self,
-        child: Child,
-        ours: list[int],
-        files: bool,
-        capture: bool,
-        input: bytes | None,
-        timeout: float | None,
-        on_output: OnOutput | None,
-    ) -> Child:
-        self._children.add(child)
+    def _adopt(self, start: _Start) -> Child:
+        ours = start.ours
+        child = Child(
+            start.pid, start.proc, start.argv, start.token, start.started, start.started_wall
+        )
         try:
-            child.on_output = on_output
+            child.on_output = start.on_output
             child.pidfd = os.pidfd_open(child.pid)
             self._register(child.pidfd, child, _PIDFD, select.POLLIN)
-            if files:
-                child.files = ours[:2]
-            elif capture:
-                child.fds = ours[:2]
+            if start.files:
+                child.files = [ours[0], ours[1]]
+            elif start.pipes:
+                child.fds = [ours[0], ours[1]]
                 self._register(ours[0], child, STDOUT, select.POLLIN)
                 self._register(ours[1], child, STDERR, select.POLLIN)
-            if input is not None:
+            if start.input is not None:
                 child._stdin_fd = ours[-1]
-                child._stdin_data = input
+                child._stdin_data = start.input
                 os.set_blocking(child._stdin_fd, False)
                 self._register(child._stdin_fd, child, _STDIN, select.POLLOUT)
-            if timeout is not None:
-                self.set_deadline(child, child.started + timeout)
+            self._children.add(child)
+            if start.timeout is not None:
+                self.set_deadline(child, child.started + start.timeout)
         except BaseException:
             # Not adopted after all: release what was registered, end it here.
-            for fd in [child.pidfd, *ours]:
+            for fd in (child.pidfd, *ours):
                 if fd >= 0:
                     if self._fds.pop(fd, None) is not None:
                         self._poll.unregister(fd)
@@ -370,16 +647,40 @@ class ProcessLoop:
             child.pidfd, child.fds, child.files, child._stdin_fd = -1, [], [], -1
             child.exited = child.done = True  # its timers, if any, are void
             self._children.discard(child)
-            _killpg(child.pid, signal.SIGKILL)
-            self._reaped_quietly(child)
+            self._end_unadopted(child)
             raise
         return child
+
+    def _end_unadopted(self, child: Child) -> None:
+        _killpg(child.pid, signal.SIGKILL)
+        child.returncode = _waitpid(child.pid)
+        if child.proc is not None:
+            child.proc.returncode = child.returncode
+        unguard(child.pid)
+
+    def _started(self) -> bool:
+        """Adopt what the starter threads started; True if anything came."""
+        assert self._starters is not None
+        got = False
+        for start in self._starters.collect():
+            got = True
+            self._starting -= 1
+            start.close_theirs()
+            if start.error is not None:
+                start.close_all()
+                error = start.error
+                if not isinstance(error, Exception):  # pragma: no cover - run catches these
+                    raise error
+                self._failed_starts.append((start.token, error))
+            else:
+                self._adopt(start)
+        return got
 
     def _resolve(
         self, name: str, cwd: str | os.PathLike[str] | None, env: dict[str, str] | None
     ) -> str | None:
-        # Exec would try every PATH entry in the child, each a failed execve,
-        # with the parent suspended (vfork) meanwhile: look the program up once.
+        # Exec would try every PATH entry, each a failed execve, with the
+        # parent suspended (vfork) meanwhile: look the program up once.
         if "/" in name or cwd is not None or not name:
             return None
         path = (env if env is not None else os.environ).get("PATH", os.defpath)
@@ -420,6 +721,8 @@ class ProcessLoop:
 
     def kill_all(self) -> None:
         """End every program still running (SIGTERM, grace, SIGKILL) and wait until all finished."""
+        while self._starting:
+            self.wait(None)  # adopt what is being started, to end it too
         for child in list(self._children):
             self.terminate(child)
         while self._children:
@@ -439,6 +742,20 @@ class ProcessLoop:
             for fd in list(self._watched):
                 self.unwatch(fd)
             self._finished.clear()
+            if self._starters is not None:
+                starters, self._starters = self._starters, None
+                self._fds.pop(starters.wake_r, None)
+                self._poll.unregister(starters.wake_r)
+                starters.stop()
+                # Interrupted while programs were being started: end them unadopted.
+                for start in starters.collect():
+                    start.close_all()
+                    if start.error is None:
+                        _end_unadopted(start.pid)
+                        if start.proc is not None:
+                            start.proc.returncode = -signal.SIGKILL
+                starters.close()
+                self._starting = 0
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -462,22 +779,24 @@ class ProcessLoop:
         """
         end = None if timeout is None else time.monotonic() + timeout
         ready: list[int] = []
+        woke = False
         fds = self._fds
+        timers = self._timers
         while True:
-            if self._timers:
+            if timers:
                 self._fire_timers(time.monotonic())
             if self._finished:
                 ms: int | None = 0
             else:
-                nxt = self._timers[0][0] if self._timers else None
+                nxt = timers[0][0] if timers else None
                 if end is not None:
                     nxt = end if nxt is None else min(nxt, end)
-                if nxt is None:
-                    ms = None
-                    if not self._children and not self._watched:
-                        break  # nothing could ever happen
-                else:
+                if nxt is not None:
                     ms = max(0, math.ceil((nxt - time.monotonic()) * 1000))
+                elif self._children or self._starting or self._watched:
+                    ms = None
+                else:
+                    break  # nothing could ever happen
             events = self._poll.poll(ms)
             for fd, ev in events:
                 entry = fds.get(fd)
@@ -488,13 +807,15 @@ class ProcessLoop:
                 child, kind = entry
                 if kind == _PIDFD:
                     self._on_exit(child)
+                elif kind == _WAKE:
+                    woke = self._started() or woke
                 elif kind == _STDIN:
                     self._write_stdin(child, ev)
                 else:
                     self._read(child, fd, kind, ev)
-            if self._timers:
+            if timers:
                 self._fire_timers(time.monotonic())
-            if self._finished or ready or (any_event and events):
+            if self._finished or ready or woke or self._failed_starts or (any_event and events):
                 break
             if end is not None and time.monotonic() >= end:
                 break
@@ -574,39 +895,23 @@ class ProcessLoop:
 
     def _on_exit(self, child: Child) -> None:
         # The pidfd said the leader exited: this waitpid does not block.
-        self._reaped(child, self._waitpid(child.pid))
+        self._reaped(child, _waitpid(child.pid))
 
     def _reap_now(self, child: Child) -> None:
         """The end of the kill policy (its grace is over, or there is none): SIGKILL, reap."""
         if not child.exited:
             _killpg(child.pid, signal.SIGKILL)
-            self._reaped(child, self._waitpid(child.pid))
-
-    def _reaped_quietly(self, child: Child) -> None:
-        code = self._waitpid(child.pid)
-        if child.proc is not None:
-            child.proc.returncode = code
-        unguard(child.pid)
-
-    @staticmethod
-    def _waitpid(pid: int) -> int:
-        try:
-            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): as Popen, 0
-            return 0
+            self._reaped(child, _waitpid(child.pid))
 
     def _reaped(self, child: Child, returncode: int) -> None:
         child.returncode = returncode
         if child.proc is not None:
             child.proc.returncode = returncode
         # The leader is reaped: end what is left of its group (nothing outlives
-        # its job), then release the group from the guardian (not before: the
-        # group's number could be reused).
+        # its job), then release the group from the guardian (not before: its
+        # number could be reused).
         _killpg(child.pid, signal.SIGKILL)
         unguard(child.pid)
-        self._after_reap(child)
-
-    def _after_reap(self, child: Child) -> None:
         child.exited = True
         child.ended = time.monotonic()
         if child.pidfd >= 0:

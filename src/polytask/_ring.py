@@ -41,6 +41,7 @@ frames after a process died holding a lock (:meth:`recount`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 __all__ = ["Ring"]
 
@@ -82,8 +83,33 @@ MAX_BUFFERS = 0xFFFF
 _LOW = 0xFFFFFFFF
 
 
-assert (_CLOSED, _TAIL, _NRES, _WAIT_DATA, _HEAD, _NCLAIM) == (4, 8, 9, 10, 16, 18)
+assert (_CLOSED, _TAIL, _NRES, _WAIT_DATA, _HEAD, _READ, _NCLAIM, _WAIT_SPACE) == (
+    4,
+    8,
+    9,
+    10,
+    16,
+    17,
+    18,
+    19,
+)
 assert (HEADER, ALIGN, DATA_OFFSET, READY) == (32, 32, 4096, 2)
+
+
+class _Sliceable(Protocol):
+    def __getitem__(self, key: slice, /) -> bytes: ...
+
+
+class _BytesOf:
+    """Slices of a memoryview as ``bytes`` (what an mmap gives directly, faster)."""
+
+    __slots__ = ("_mv",)
+
+    def __init__(self, mv: memoryview) -> None:
+        self._mv = mv
+
+    def __getitem__(self, key: slice) -> bytes:
+        return bytes(self._mv[key])
 
 
 def _align(n: int, a: int) -> int:
@@ -93,15 +119,27 @@ def _align(n: int, a: int) -> int:
 class Ring:
     """Frames in a byte ring stored entirely in ``buf``; see the module docstring."""
 
-    __slots__ = ("_b", "_cap", "_i", "_mask", "_maxsize", "_w")
+    __slots__ = (
+        "_b",
+        "_cap",
+        "_claimed_seen",
+        "_head_seen",
+        "_i",
+        "_mask",
+        "_maxsize",
+        "_raw",
+        "_w",
+    )
 
-    def __init__(self, buf: memoryview | bytearray) -> None:
+    def __init__(self, buf: memoryview | bytearray, raw: _Sliceable | None = None) -> None:
+        """``raw``: the object behind ``buf`` if slicing it gives ``bytes`` (an mmap), for speed."""
         mv = memoryview(buf).cast("B")
         if len(mv) < DATA_OFFSET + MIN_CAPACITY:
             raise ValueError(
                 f"a ring needs at least {DATA_OFFSET + MIN_CAPACITY} bytes, got {len(mv)}"
             )
         self._b = mv
+        self._raw: _Sliceable = raw if raw is not None else _BytesOf(mv)
         self._w = mv.cast("Q")
         self._i = mv.cast("I")
         if self._w[_MAGIC] != MAGIC:
@@ -112,6 +150,11 @@ class Ring:
         self._cap = cap
         self._mask = cap - 1
         self._maxsize = int(self._w[_MAXSIZE])  # fixed at creation
+        # The producer's last look at the consumers' words. Both only grow, so a
+        # stale value under-counts the room: put_small re-reads them only when
+        # they say "full", and the consumers' cache line stays on their core.
+        self._head_seen = 0
+        self._claimed_seen = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -132,7 +175,12 @@ class Ring:
 
     @classmethod
     def initialise(
-        cls, buf: memoryview | bytearray, capacity: int, maxsize: int, owner: int
+        cls,
+        buf: memoryview | bytearray,
+        capacity: int,
+        maxsize: int,
+        owner: int,
+        raw: _Sliceable | None = None,
     ) -> Ring:
         """Write an empty ring into ``buf`` (zero-filled) and return it."""
         if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
@@ -147,7 +195,7 @@ class Ring:
         w[_OWNER] = owner
         w[_MAGIC] = MAGIC
         w.release()
-        return cls(buf)
+        return cls(buf, raw)
 
     def detach(self) -> None:
         """Drop the views of the buffer (so a mapping behind it can be closed)."""
@@ -306,20 +354,25 @@ class Ring:
         w = self._w
         if w[4]:  # _CLOSED
             return CLOSED
-        if self._maxsize and w[9] - w[18] >= self._maxsize:  # _NRES - _NCLAIM
-            return FULL
+        if self._maxsize and w[9] - self._claimed_seen >= self._maxsize:  # _NRES - _NCLAIM
+            self._claimed_seen = w[18]
+            if w[9] - self._claimed_seen >= self._maxsize:
+                return FULL
         n = len(data)
         size = (n + 63) & -32  # HEADER + n, aligned to ALIGN
         pos = w[8]  # _TAIL
-        head = w[16]  # _HEAD
         off = pos & self._mask
-        if off + size > self._cap or (head == pos and off > self._cap >> 3):
+        if off + size > self._cap or off > self._cap >> 3:
+            # At the end of the ring, or far enough in that it may be empty (then
+            # wrap early: a channel that keeps up only touches its first pages).
             pos = self._make_room(size, pos)
             if pos < 0:
                 return FULL
             off = pos & self._mask
-        elif pos + size - head > self._cap:
-            return FULL
+        elif pos + size - self._head_seen > self._cap:
+            self._head_seen = w[16]  # _HEAD
+            if pos + size - self._head_seen > self._cap:
+                return FULL
         start = 4096 + off  # DATA_OFFSET
         self._b[start + 32 : start + 32 + n] = data
         i = start >> 3
@@ -434,32 +487,33 @@ class Ring:
         :meth:`release` it), EMPTY, or BLOCKED when the oldest frame is still
         being written (see :meth:`writer_at_read`).
         """
+        # The hot path of every get: word indexes written out, as in put_small.
         w = self._w
-        read = w[_READ]
-        tail = w[_TAIL]
+        read = w[17]  # _READ
+        tail = w[8]  # _TAIL
         while read != tail:
-            start = DATA_OFFSET + (read & self._mask)
+            start = 4096 + (read & self._mask)  # DATA_OFFSET
             i = start >> 3
             h = w[i]
-            state = h & 0xFF
             sz = w[i + 1]
-            size = sz & _LOW
+            size = sz & 0xFFFFFFFF
+            if h & 0xFFFF00FF == 2 and size <= SMALL:  # READY, no buffers
+                data = self._raw[start + 32 : start + 32 + (sz >> 32)]  # HEADER
+                w[17] = read + size
+                w[18] += 1  # _NCLAIM
+                if w[16] == read:  # _HEAD
+                    w[16] = read + size
+                else:
+                    w[i] = (h & ~0xFF) | DONE
+                    self._advance_head()
+                if w[19]:  # _WAIT_SPACE
+                    w[19] = 0
+                    seqs = self._i
+                    seqs[_SPACE_SEQ_WORD] = (seqs[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
+                    return (h >> 8) & 0xFF, data, 1
+                return (h >> 8) & 0xFF, data, 0
+            state = h & 0xFF
             if state == READY:
-                if not h & 0xFFFF0000 and size <= SMALL:
-                    data = bytes(self._b[start + HEADER : start + HEADER + (sz >> 32)])
-                    w[_READ] = read + size
-                    w[_NCLAIM] += 1
-                    if w[_HEAD] == read:
-                        w[_HEAD] = read + size
-                    else:
-                        w[i] = (h & ~0xFF) | DONE
-                        self._advance_head()
-                    if w[_WAIT_SPACE]:
-                        w[_WAIT_SPACE] = 0
-                        seqs = self._i
-                        seqs[_SPACE_SEQ_WORD] = (seqs[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
-                        return (h >> 8) & 0xFF, data, 1
-                    return (h >> 8) & 0xFF, data, 0
                 w[i] = (h & _LOW & ~0xFF) | READING | (pid << 32)
                 w[_READ] = read + size
                 w[_NCLAIM] += 1
@@ -473,15 +527,14 @@ class Ring:
             w[_READ] = read
         return EMPTY
 
-    def take_many(self, limit: int, stop_kind: int = -1) -> list[tuple[int, bytes]]:
-        """Take up to ``limit`` small frames in a row (C lock).
+    def take_many(self, limit: int) -> list[tuple[int, bytes]]:
+        """Take up to ``limit`` small frames in a row (C lock); stops at the first big or unfinished one.
 
-        Stops at the first big or unfinished frame, or one of kind ``stop_kind``.
         Call :meth:`wake_writers` afterwards.
         """
         out: list[tuple[int, bytes]] = []
         w = self._w
-        b = self._b
+        raw = self._raw
         mask = self._mask
         read = w[_READ]
         tail = w[_TAIL]
@@ -494,15 +547,8 @@ class Ring:
             state = h & 0xFF
             sz = w[i + 1]
             size = sz & _LOW
-            if (
-                state == READY
-                and not h & 0xFFFF0000
-                and size <= SMALL
-                and (h >> 8) & 0xFF != stop_kind
-            ):
-                out.append(
-                    ((h >> 8) & 0xFF, bytes(b[start + HEADER : start + HEADER + (sz >> 32)]))
-                )
+            if state == READY and not h & 0xFFFF0000 and size <= SMALL:
+                out.append(((h >> 8) & 0xFF, raw[start + HEADER : start + HEADER + (sz >> 32)]))
                 if not head_was_read:
                     w[i] = (h & ~0xFF) | DONE
                 claimed += 1
@@ -581,9 +627,7 @@ class Ring:
             if size == 0:
                 break
             if h & 0xFF == READY and not h & 0xFFFF0000:
-                out.append(
-                    (int((h >> 8) & 0xFF), bytes(self._b[start + HEADER : start + HEADER + n]))
-                )
+                out.append((int((h >> 8) & 0xFF), self._raw[start + HEADER : start + HEADER + n]))
             pos += size
         return out
 

@@ -160,6 +160,11 @@ class Segment:
     def path(self) -> str:
         return os.path.join(SHM_DIR, self.name)
 
+    @property
+    def mapping(self) -> mmap.mmap:
+        """The mmap itself (slicing it gives ``bytes`` in one step, faster than ``buf``)."""
+        return self._mm
+
     @classmethod
     def create(cls, kind: str, size: int, *, prefix: str | None = None) -> Segment:
         """Create a new zero-filled segment of ``size`` bytes, owned by this process.

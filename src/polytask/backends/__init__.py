@@ -34,6 +34,9 @@ class Backend(ABC):
 
     #: The name users pass as ``backend=``.
     name: ClassVar[str]
+    #: Whether cancel() and a timeout stop a task that already runs (a process can
+    #: be killed; a thread, or a Dask task, runs on and its result is dropped).
+    can_kill_running: ClassVar[bool] = False
 
     def spawn(
         self,

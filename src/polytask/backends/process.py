@@ -181,6 +181,7 @@ class ProcessBackend(Backend):
     """
 
     name: ClassVar[str] = "process"
+    can_kill_running: ClassVar[bool] = True
 
     def __init__(
         self,

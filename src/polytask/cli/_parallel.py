@@ -352,9 +352,10 @@ class _Sink:
 
 
 class _Job:
-    __slots__ = ("args", "halted", "seq", "slot", "tries")
+    __slots__ = ("args", "halted", "program", "seq", "slot", "tries")
 
     def __init__(self, seq: int, args: tuple[str, ...]) -> None:
+        self.program = ""
         self.seq = seq
         self.args = args
         self.slot = 0
@@ -523,6 +524,8 @@ class _Runner:
                 finished, ready = loop.wait(None)
                 if ready:
                     self.source.fill()
+                for job, exc in loop.failed_starts():
+                    self.start_failed(job, job.program, exc)
                 for child in finished:
                     self.finished(child)
             self.sink.finish()
@@ -545,19 +548,24 @@ class _Runner:
         argv = self.template.argv(job.args, job.seq, job.slot)
         if argv is None:
             argv = [self.shell, "-c", self.text(job)]
+        job.program = argv[0]
         on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
+        if self.jobs is None or self.jobs > 1:
+            # Starter threads overlap the vfork waits of many short jobs.
+            self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
+            return
         try:
             self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.start_failed(job, argv[0], exc)
 
-    def start_failed(self, job: _Job, program: str, exc: OSError) -> None:
+    def start_failed(self, job: _Job, program: str, exc: Exception) -> None:
         # What a shell would say and exit with: 127 not found, 126 cannot run.
         code = 127 if isinstance(exc, FileNotFoundError) else 126
-        why = "command not found" if code == 127 else (exc.strerror or str(exc))
+        why = "command not found" if code == 127 else (getattr(exc, "strerror", None) or str(exc))
         msg = f"{PROG}: {program}: {why}\n".encode(errors="surrogateescape")
         self.release(job)
         self.ended(job, code, 0, b"", msg, time.time(), 0.0)
