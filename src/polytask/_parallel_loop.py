@@ -469,7 +469,7 @@ class ProcessLoop:
     """
 
     #: Starter threads for :meth:`spawn_soon` (two overlap the vfork waits on 2 cores).
-    _STARTERS = 2
+    _STARTERS = int(os.environ.get("PT_STARTERS", "2"))
 
     def __init__(
         self,

@@ -114,6 +114,13 @@ def register_primitive(kind: str, backend: str, factory: Callable[..., Any]) -> 
 
 def _dispatch(kind: str, backend: str) -> Callable[..., Any]:
     factory = _FACTORIES.get((kind, backend))
+    if factory is None and isinstance(backend, str):
+        # A cluster backend registers its primitives when its module is imported.
+        from .backends import available, backend_class
+
+        if backend in available():
+            backend_class(backend)
+            factory = _FACTORIES.get((kind, backend))
     if factory is None:
         known = sorted({b for k, b in _FACTORIES if k == kind})
         raise ValueError(f"unknown backend {backend!r} for {kind}; choose one of {known}")

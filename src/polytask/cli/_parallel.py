@@ -553,7 +553,7 @@ class _Runner:
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
-        if self.jobs is None or self.jobs > 1:
+        if (self.jobs is None or self.jobs > 1) and os.environ.get("PT_STARTERS", "2") != "0":
             # Starter threads overlap the vfork waits of many short jobs.
             self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
             return
