@@ -419,6 +419,28 @@ def test_ring_small_frames_fifo_and_wraparound():
         assert ring.take(7) == R.EMPTY and ring.used() == 0
 
 
+def test_ring_sleepers_cost_one_wake_up_per_sleep():
+    ring = new_ring()
+    seq = ring.reader_sleeps()
+    assert ring.put_small(b"a", 0, pid=7) == 1  # a reader sleeps: wake it
+    assert ring.put_small(b"b", 0, pid=7) == 0  # its registration is used up
+    ring.reader_woke(seq)  # the sequence moved: nothing to withdraw
+    assert ring.put_small(b"c", 0, pid=7) == 0
+    seq = ring.reader_sleeps()
+    ring.reader_sleeps()
+    ring.reader_woke(seq)  # one of two timed out: the other still counts
+    assert ring.put_small(b"d", 0, pid=7) == 1
+    ring.reader_woke(seq)  # late: the sequence moved, the count is not touched
+    assert ring.put_small(b"e", 0, pid=7) == 0
+    seq = ring.writer_sleeps()
+    assert ring.take(7)[2] == 1  # a writer sleeps: wake it
+    assert ring.take(7)[2] == 0
+    ring.writer_woke(seq)
+    seq = ring.writer_sleeps()
+    ring.writer_woke(seq)  # timed out: withdrawn
+    assert ring.take(7)[2] == 0
+
+
 def test_ring_full_maxsize_and_closed():
     ring = new_ring(maxsize=2)
     assert ring.put_small(b"a", 0, 1) == 0

@@ -14,7 +14,8 @@
         copy outside, commit ──────>│                          │───── copy outside, release
      futex_wake(data seq) ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─> futex_wait(data seq)
      futex_wait(space seq) <─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─  futex_wake(space seq)
-    frames bigger than half the ring: payload in a separate "spill" segment
+    frames bigger than half the ring: payload in a "spill" segment, named after the
+    channel and reused by its writer once read (see "spills" below)
 
 Producers share the P mutex and consumers the C mutex, so one producer and one
 consumer never wait for each other. Both mutexes are *robust*: a process killed
@@ -22,6 +23,14 @@ while holding one leaves the next locker in charge of repairing the counters
 (:meth:`Ring.recount`). A process killed while copying a big frame leaves an
 unfinished frame with its pid; readers waiting at it check the pid and skip it.
 Every wait is a futex wait in slices, with the caller's timeout.
+
+Speed (small items): a put is one pickle, one trylock, one copy, one unlock; a
+get the same backwards; no system call while nobody sleeps. A waiting side
+spins first (its peer is likely running on the other core), for a budget that
+adapts: reset to the maximum when the sleep that followed a failed spin was
+short, halved when it was long (a busy machine or an idle peer). A sleeper's
+registration is used up by the wake-up, so a busy peer pays one futex_wake per
+sleep, not one per item.
 
 Lock order: C before P (never take C while holding P).
 """
@@ -552,7 +561,6 @@ def _spill_sent(seg: Segment, pooled: bool) -> None:
 
 def _spill_not_sent(seg: Segment, pooled: bool) -> None:
     """The put failed (timeout, closed channel): take the spill back."""
-
     if pooled:
         seg.buf[0] = _SPILL_FREE
         return
@@ -567,10 +575,9 @@ def _unspill(ref: bytes) -> Any:
     name, kind, plen, lens, pooled = pickle.loads(ref)
     seg = None
     if pooled:
+        # Out of the cache while in use, so no other thread closes it meanwhile.
         with _spills_lock:
             seg = _rcache.pop(name, None)
-            if seg is not None:
-                _rcache[name] = seg  # most recently used last
     if seg is None:
         try:
             seg = Segment.attach(name)
@@ -580,11 +587,6 @@ def _unspill(ref: bytes) -> Any:
             return _LOST
         if not pooled:
             seg.unlink()
-        else:
-            with _spills_lock:
-                _rcache[name] = seg
-                while len(_rcache) > _READER_CACHE:
-                    _rcache.pop(next(iter(_rcache))).close()
     try:
         _, offs = _spill_layout(plen, lens)
         mv = seg.buf
@@ -599,13 +601,20 @@ def _unspill(ref: bytes) -> Any:
     finally:
         if pooled:
             seg.buf[0] = _SPILL_FREE  # copied out: the writer may reuse it
+            with _spills_lock:
+                unused = [seg] if name in _rcache else []
+                if not unused:
+                    _rcache[name] = seg  # most recently used last
+                while len(_rcache) > _READER_CACHE:
+                    unused.append(_rcache.pop(next(iter(_rcache))))
+            for old in unused:
+                old.close()
         else:
             seg.close()
 
 
 def _drop_spills(channel: str, ring_gone: bool) -> None:
     """This process is done with ``channel``: let go of its pooled spills and mappings."""
-
     with _spills_lock:
         pool = _pools.pop(channel, [])
         cached = [n for n in _rcache if _channel_of(n) == channel]
@@ -623,7 +632,6 @@ def _drop_spills(channel: str, ring_gone: bool) -> None:
 
 
 def _spills_at_exit() -> None:
-
     with _spills_lock:
         channels = list(_pools)
         handed = list(_handed_spills)

@@ -15,7 +15,7 @@ import math
 import re
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import Any, ClassVar
 
 __all__ = [
     "JOBLOG_HEADER",
@@ -111,8 +111,41 @@ _SHELL_WORDS = frozenset(
 _EXT_RE = re.compile(r"\.[^/.]*\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class Repl:
+class _Record:
+    """An immutable record with equality, hash and repr by fields.
+
+    What a frozen dataclass gives, without importing dataclasses (and inspect)
+    on the command line's start-up path.
+    """
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()  # in constructor order
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Record)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _set(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+class Repl(_Record):
     """One replacement string of a template.
 
     ``kind`` is ``"arg"``, ``"seq"`` ({#}) or ``"slot"`` ({%}); for ``"arg"``,
@@ -120,9 +153,14 @@ class Repl:
     of ``""``, ``"."``, ``"/"``, ``"//"``, ``"/."``.
     """
 
+    _fields = ("kind", "index", "mod")
+    __slots__ = _fields
     kind: str
-    index: int | None = None
-    mod: str = ""
+    index: int | None
+    mod: str
+
+    def __init__(self, kind: str, index: int | None = None, mod: str = "") -> None:
+        self._set(kind=kind, index=index, mod=mod)
 
     def values(self, args: Sequence[str], seq: int, slot: int) -> list[str]:
         """The strings this replacement stands for, for one job (one or more)."""
@@ -222,8 +260,7 @@ def _words(parts: Sequence[Part]) -> list[list[Part]]:
     return words
 
 
-@dataclass(frozen=True)
-class Template:
+class Template(_Record):
     """A parsed COMMAND: renders one job's shell text and, if possible, its argv.
 
     ``needs_shell`` is False when the command is a plain list of words; the job
@@ -232,11 +269,25 @@ class Template:
     :func:`shlex.quote` before it is put into the command line.
     """
 
+    _fields = ("parts", "words", "has_repl", "needs_shell", "quoted")
+    __slots__ = _fields
     parts: tuple[Part, ...]
     words: tuple[tuple[Part, ...], ...]
     has_repl: bool
     needs_shell: bool
-    quoted: bool = False
+    quoted: bool
+
+    def __init__(
+        self,
+        parts: tuple[Part, ...],
+        words: tuple[tuple[Part, ...], ...],
+        has_repl: bool,
+        needs_shell: bool,
+        quoted: bool = False,
+    ) -> None:
+        self._set(
+            parts=parts, words=words, has_repl=has_repl, needs_shell=needs_shell, quoted=quoted
+        )
 
     @classmethod
     def parse(cls, command: Sequence[str], *, quote: bool = False) -> Template:
@@ -398,14 +449,24 @@ def parse_duration(spec: str, *, option: str = "--timeout") -> tuple[float, bool
     return total, False
 
 
-@dataclass(frozen=True)
-class HaltPolicy:
+class HaltPolicy(_Record):
     """``--halt when,what=N|N%``: when to stop, and which exit status to give."""
 
-    when: str = "never"  # "never" | "soon" | "now"
-    what: str = "fail"  # "fail" | "success" | "done"
-    count: int | None = None
-    pct: float | None = None
+    _fields = ("when", "what", "count", "pct")
+    __slots__ = _fields
+    when: str  # "never" | "soon" | "now"
+    what: str  # "fail" | "success" | "done"
+    count: int | None
+    pct: float | None
+
+    def __init__(
+        self,
+        when: str = "never",
+        what: str = "fail",
+        count: int | None = None,
+        pct: float | None = None,
+    ) -> None:
+        self._set(when=when, what=what, count=count, pct=pct)
 
     @classmethod
     def parse(cls, spec: str) -> HaltPolicy:
@@ -475,10 +536,21 @@ JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSigna
 _JOBLOG_COLUMNS = JOBLOG_HEADER.rstrip("\n").split("\t")
 
 
-@dataclass(frozen=True, slots=True)
-class JoblogEntry:
+class JoblogEntry(_Record):
     """One line of a joblog."""
 
+    _fields = (
+        "seq",
+        "host",
+        "starttime",
+        "runtime",
+        "send",
+        "receive",
+        "exitval",
+        "signal",
+        "command",
+    )
+    __slots__ = _fields
     seq: int
     host: str
     starttime: float
@@ -488,6 +560,30 @@ class JoblogEntry:
     exitval: int
     signal: int
     command: str
+
+    def __init__(
+        self,
+        seq: int,
+        host: str,
+        starttime: float,
+        runtime: float,
+        send: int,
+        receive: int,
+        exitval: int,
+        signal: int,
+        command: str,
+    ) -> None:
+        self._set(
+            seq=seq,
+            host=host,
+            starttime=starttime,
+            runtime=runtime,
+            send=send,
+            receive=receive,
+            exitval=exitval,
+            signal=signal,
+            command=command,
+        )
 
     @property
     def failed(self) -> bool:
