@@ -182,6 +182,33 @@ def test_slow_tasks_are_spread_over_every_worker():
     assert len(set(pids)) == 2
 
 
+def test_a_known_rest_is_cut_into_equal_chunks_a_multiple_of_the_workers():
+    from polytask._pool import DEFAULT
+
+    with Pool(2, backend="thread") as pool:
+        run = pool._start(square, None, True, None, DEFAULT, False)
+        # As measured for tiny items: chunks capped by max_size, not by their duration.
+        run.sizer.observe(1_000, 1e-4, 1e-3)
+        run.sizer.observe(run.sizer.max_size, 1e-3, 1e-2)
+        run.todo = list(range(50_000))
+        sizes = [len(block.args) for block in iter(run.next_block, None)]
+        run.cancelled = True
+    assert sum(sizes) == 50_000
+    assert len(sizes) % 2 == 0 and max(sizes) - min(sizes) <= 1
+    assert max(sizes) <= run.sizer.max_size
+
+
+def test_map_reads_a_list_in_place_and_leaves_it_as_it_was():
+    items = list(range(30_000))
+    with Pool(2) as pool:
+        for _ in range(2):  # the second map runs in large chunks
+            assert pool.map(square, items) == [x * x for x in items]
+        got = pool.map(fail_on, items, [7] * len(items), return_exceptions=True)
+        assert isinstance(got[7], ValueError) and got[8] == 8
+        assert pool.map(fail_on, [(1, 2)] * 3, [0] * 3) == [(1, 2)] * 3
+    assert items == list(range(30_000))
+
+
 def test_explicit_chunksize():
     with Pool(2) as pool:
         assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]

@@ -44,6 +44,7 @@ class ChunkSizer:
     """
 
     __slots__ = (
+        "_free_size",
         "_largest",
         "fixed",
         "growth",
@@ -67,7 +68,7 @@ class ChunkSizer:
         overhead_fraction: float = 0.05,
         min_seconds: float = 0.001,
         max_seconds: float = 0.25,
-        max_size: int = 4096,
+        max_size: int = 16384,
         max_bytes: int = 1 << 20,
         growth: float = 16.0,
         smoothing: float = 0.3,
@@ -92,6 +93,9 @@ class ChunkSizer:
         #: Running average of seconds of round-trip overhead per chunk.
         self.overhead: float | None = None
         self._largest = 0
+        # size(None), which depends only on the measurements: asked once per
+        # submitted task, so it is computed once per measurement instead.
+        self._free_size: int | None = None
 
     def observe(self, items: int, work: float, wall: float) -> None:
         """Record a finished chunk: ``items`` ran in ``work`` s; the caller saw ``wall`` s."""
@@ -103,10 +107,12 @@ class ChunkSizer:
         self.per_item = per if self.per_item is None else (1 - a) * self.per_item + a * per
         self.overhead = over if self.overhead is None else (1 - a) * self.overhead + a * over
         self._largest = max(self._largest, items)
+        self._free_size = None
 
     def observe_bytes(self, item_bytes: float) -> None:
         """Record the estimated size of an item (caps chunks at ``max_bytes``)."""
         self.item_bytes = float(max(item_bytes, 1))
+        self._free_size = None
 
     def target_seconds(self) -> float:
         """The duration a chunk should last, from the measured overhead."""
@@ -118,6 +124,14 @@ class ChunkSizer:
         """The size of the next chunk, with ``queued`` items waiting (None: unknown)."""
         if self.fixed is not None:
             return self.fixed
+        if queued is None:
+            free = self._free_size
+            if free is None:
+                free = self._free_size = self._size(None)
+            return free
+        return self._size(queued)
+
+    def _size(self, queued: int | None) -> int:
         if self.per_item is None:
             return 1
         ideal = self.target_seconds() / max(self.per_item, 1e-9)

@@ -40,8 +40,10 @@ from typing import Any, Final, TypeVar
 
 from ._chunking import ChunkSizer
 from ._errors import Cancelled, SerializationError, TaskTimeout, WorkerCrashed
+from ._factories import PrimitiveFactory
+from ._progress import Progress, want_progress
 from ._serialize import dumps, dumps_exception, fn_name, loads_exception
-from ._task import Task, check_timeout, current_task
+from ._task import Task, check_timeout, current_task, finish_many
 from .backends import Backend, make_backend
 
 __all__ = ["Executor", "Pool"]
@@ -59,7 +61,8 @@ DEFAULT: Final = _Default()
 
 #: Chunks in flight per worker: one running, one waiting, so no worker idles a round trip.
 _INFLIGHT_PER_WORKER = 2
-_PROGRESS_INTERVAL = 0.1
+#: The chunk size a lazy input's lookahead is counted in (see _Run._limit).
+_LOOKAHEAD_CHUNK = 4096
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _LIVE_STATES = ("PENDING", "RUNNING")
 
@@ -218,16 +221,25 @@ class _TaskSink(_Sink):
     __slots__ = ()
 
     def settle(self, done: list[tuple[_Item, bool, Any]]) -> None:
+        results: list[tuple[Task[Any], Any]] = []
         for item, ok, value in done:
             task = item.task
             assert task is not None
-            task.attempts = max(item.attempts, 1)
+            task.attempts = item.attempts or 1
             if ok:
-                task._finish(value)
-            else:
-                if isinstance(value, WorkerCrashed):
-                    task.exitcode = value.exitcode
-                task._finish(exc=value)
+                results.append((task, value))
+                continue
+            if isinstance(value, WorkerCrashed):
+                task.exitcode = value.exitcode
+            task._finish(exc=value)
+            task._slot = None
+        if results:
+            finish_many(results)
+            # Task and item point at each other: break the cycle now that the task is
+            # done (nothing asks for its item any more), so both are freed by their
+            # reference counts instead of waiting for a full GC pass.
+            for task, _ in results:
+                task._slot = None
 
 
 class _PoolView(Backend):
@@ -275,9 +287,13 @@ class _Run(_Sink):
         "aborted",
         "active",
         "ahead",
+        "borrowed",
         "fn",
         "input",
         "next_index",
+        "plan",
+        "plan_from",
+        "plan_left",
         "pool",
         "pulled",
         "ready",
@@ -313,9 +329,16 @@ class _Run(_Sink):
         self.next_index = 0
         # Guarded by the pool's lock: items not sent yet.
         self.todo: list[Any] = []
+        # todo is the caller's own list (map over a list): read it, never change it.
+        self.borrowed = False
         self.todo_pos = 0
         self.todo_index = 0
         self.redo: collections.deque[_Block] = collections.deque()
+        # The even cut of a known rest (see next_block): the chunk size, the sizer's
+        # size it was made from, and how many items were left then.
+        self.plan = 0
+        self.plan_from = 0
+        self.plan_left = 0
         self.active = False
         self.aborted: BaseException | None = None
         self.ready: dict[int, Results] | collections.deque[Results] = (
@@ -335,11 +358,23 @@ class _Run(_Sink):
         if left <= 0:
             return None
         n = min(self.sizer.size(left), left)
+        if self.input is None and n < left and self.sizer.fixed is None:
+            # The whole rest is known (map, or an input read to its end): cut it into
+            # equal chunks, a multiple of the workers in number, so that no worker
+            # gets a short extra chunk after the others went idle. The cut is kept
+            # while the sizer does not grow, so every chunk of the rest is the same size.
+            if n > self.plan_from or self.plan_left < left:
+                workers = self.pool.workers
+                k = -(-left // n)
+                k = -(-k // workers) * workers
+                self.plan_from, self.plan_left, self.plan = n, left, -(-left // k)
+            n = min(n, self.plan)
         pos = self.todo_pos
         blk = _Block(self, self.todo_index + pos, self.todo[pos : pos + n])
         pos += n
-        # Drop what was sent (amortised O(1)), so sent items are not kept alive.
-        if 2 * pos >= len(self.todo):
+        # Drop what was sent (amortised O(1)), so sent items are not kept alive; a
+        # borrowed list is the caller's, which keeps them alive anyway.
+        if 2 * pos >= len(self.todo) and not self.borrowed:
             del self.todo[:pos]
             self.todo_index += pos
             pos = 0
@@ -371,8 +406,10 @@ class _Run(_Sink):
     def _limit(self) -> int:
         if self.ahead is not None:
             return self.ahead
-        # Lazy input: enough for every chunk in flight plus as many again.
-        size = max(self.sizer.size(), 1)
+        # Lazy input: enough for every chunk in flight plus as many again, counting
+        # chunks of at most _LOOKAHEAD_CHUNK items: larger chunks pay off for an
+        # input already in memory (map), but must not make imap read further ahead.
+        size = min(max(self.sizer.size(), 1), _LOOKAHEAD_CHUNK)
         return max(4 * self.pool.workers, 2 * self.pool._max_inflight * size)
 
     def fill(self) -> None:
@@ -425,72 +462,6 @@ def _args_bytes(args: tuple[Any, ...]) -> int:
         return 64
 
 
-def _rate_column() -> Any:
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("" if speed is None else f"{speed:,.0f}/s")
-
-    return RateColumn()
-
-
-class _Progress:
-    """A rich progress bar, updated at most every 0.1 s from the caller's thread."""
-
-    def __init__(self, description: str, total: int | None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            _rate_column(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._bar.start()
-        self._id = self._bar.add_task(description, total=total)
-        self._last = 0.0
-
-    def update(self, completed: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last >= _PROGRESS_INTERVAL:
-            self._last = now
-            self._bar.update(self._id, completed=completed)
-
-    def close(self, completed: int) -> None:
-        self._bar.update(self._id, completed=completed)
-        self._bar.stop()
-
-
-def _want_progress(progress: bool | str) -> bool:
-    if progress == "force":
-        return True
-    if progress is True:
-        try:
-            return sys.stderr.isatty()
-        except (AttributeError, ValueError):
-            return False
-    if progress is False or progress is None:
-        return False
-    raise ValueError(f"progress must be True, False or 'force', got {progress!r}")
-
-
 # ---------------------------------------------------------------------------- the Pool
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 _hook_lock = threading.Lock()
@@ -519,7 +490,7 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class Pool:
+class Pool(PrimitiveFactory):
     """A pool of workers for parallel map and many small tasks.
 
     Args:
@@ -543,7 +514,8 @@ class Pool:
 
     Leaving the ``with`` block waits for the submitted tasks (``close`` and
     ``join``); leaving it by an exception, Ctrl-C included, kills everything
-    (``terminate``). Example::
+    (``terminate``). ``pool.Lock()``, ``pool.Channel()`` and the other
+    primitives of :class:`PrimitiveFactory` work for the pool's tasks. Example::
 
         with pt.Pool(2) as pool:
             assert pool.map(abs, [-1, -2, 3]) == [1, 2, 3]
@@ -641,6 +613,8 @@ class Pool:
         self._runs: collections.deque[_Run] = collections.deque()
         self._live_runs: weakref.WeakSet[_Run] = weakref.WeakSet()
         self._submit_sink = _TaskSink(ChunkSizer(workers))
+        # The last function submitted and its name (see _submit).
+        self._last_fn: tuple[Any, str] = (None, "")
         self._sizers: dict[Callable[..., Any], ChunkSizer] = {}
         self._ids = itertools.count()
         _live_pools.add(self)
@@ -672,13 +646,31 @@ class Pool:
         timeout: float | _Default | None,
         name: str | None,
     ) -> Task[T]:
-        if not callable(fn):
-            raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
-        t = self._timeout_for(timeout)
-        task: Task[T] = Task(self._view, name or fn_name(fn), t)
+        # The hot path of a submit loop: a few attribute reads, two small objects,
+        # one lock. The function's name is kept from the previous call (one tuple,
+        # so threads submitting different functions never mix name and function).
+        last = self._last_fn
+        if last[0] is not fn:
+            if not callable(fn):
+                raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
+            last = self._last_fn = (fn, fn_name(fn))
+        t = self.timeout if timeout is DEFAULT else self._timeout_for(timeout)
+        task: Task[T] = Task(self._view, name or last[1], t)
         item = _Item(self._submit_sink, next(self._ids), fn, args, kwargs, t, task)
         task._slot = item
-        self._enqueue([item])
+        q = self._queue
+        with self._lock:
+            if self._closed:
+                self._check_open()
+            q.append(item)
+            self._unsettled += 1
+            if (
+                self._inflight >= self.workers
+                and not self._runs
+                and len(q) < self._submit_sink.sizer.size(None)
+            ):
+                return task  # every worker is busy: let a full chunk gather (see _take_chunk)
+        self._pump()
         return task
 
     def map(
@@ -701,10 +693,15 @@ class Pool:
         (``"force"``: always).
         """
         star = len(iterables) != 1
-        items = list(_zip(iterables))
+        # A list is read in place, never changed (see _Run.borrowed): copying 20,000
+        # items cost more than a tenth of a map of tiny tasks before its first chunk left.
+        borrowed = not star and type(iterables[0]) is list
+        items = iterables[0] if borrowed else list(_zip(iterables))
+        assert isinstance(items, list)
         total = len(items)
         run = self._start(fn, None, True, chunksize, timeout, star)
-        self._preload(run, items)  # the run owns (and consumes) the list now
+        run.borrowed = borrowed
+        self._preload(run, items)  # the run owns (and consumes) the list now, unless borrowed
         return self._collect(run, progress, total, return_exceptions)
 
     def starmap(
@@ -823,6 +820,7 @@ class Pool:
                     "call terminate() to stop them"
                 )
         self._backend.shutdown(wait=True)
+        self._last_fn = (None, "")  # do not keep the caller's function alive
         _live_pools.discard(self)
 
     def terminate(self) -> None:
@@ -839,6 +837,7 @@ class Pool:
             run.abort(exc)
         self._settle_many([(it, False, exc) for it in queued if not it.dropped()], final=True)
         self._backend.shutdown(wait=True, cancel=True)
+        self._last_fn = (None, "")
         _live_pools.discard(self)
 
     def __enter__(self) -> Pool:
@@ -935,7 +934,7 @@ class Pool:
         pulls the input, waits, draws the progress bar, and terminates on Ctrl-C."""
         wake = threading.Event()
         run._notify = wake.set
-        bar = _Progress(fn_name(run.fn), total) if _want_progress(progress) else None
+        bar = Progress(fn_name(run.fn), total) if want_progress(progress) else None
         try:
             while True:
                 wake.clear()
@@ -1036,19 +1035,6 @@ class Pool:
                 "create a new Pool"
             )
 
-    def _enqueue(self, items: list[_Item]) -> None:
-        with self._lock:
-            self._check_open()
-            self._queue.extend(items)
-            self._unsettled += len(items)
-            if (
-                self._inflight >= self.workers
-                and not self._runs
-                and len(self._queue) < self._submit_sink.sizer.size(None)
-            ):
-                return  # every worker is busy: let a full chunk gather (see _take_chunk)
-        self._pump()
-
     def _feed(self, run: _Run, args: list[Any]) -> None:
         with self._lock:
             if self._terminated or run.cancelled:
@@ -1091,14 +1077,23 @@ class Pool:
                     break
             else:
                 size = first.sink.sizer.size(len(q))
+            sink, timeout = first.sink, first.timeout
             chunk = [q.popleft()]
-            while len(chunk) < size and q:
+            # Runs once per submitted task: dropped() inlined.
+            n, append, popleft = 1, chunk.append, q.popleft
+            while n < size and q:
                 it = q[0]
-                if it.sink is not first.sink or it.isolated or it.timeout != first.timeout:
+                if it.sink is not sink or it.isolated or it.timeout != timeout:
                     break
-                q.popleft()
-                if not it.dropped():
-                    chunk.append(it)
+                popleft()
+                task = it.task
+                if not (
+                    it.settled
+                    or sink.cancelled
+                    or (task is not None and task._state not in _LIVE_STATES)
+                ):
+                    append(it)
+                    n += 1
                 elif not it.settled:
                     it.settled = True
                     self._unsettled -= 1
@@ -1175,17 +1170,20 @@ class Pool:
 
     def _launch(self, chunk: list[_Item]) -> None:
         live: list[_Item] = []
+        append = live.append
         for it in chunk:
-            if it.task is not None and not it.started:
-                if not it.task.set_running_or_notify_cancel():
+            task = it.task
+            if task is not None and not it.started:
+                # False if it was cancelled, or settled (_cancel_task) since it was taken.
+                if not task._set_running():
                     with self._lock:
                         if not it.settled:
                             it.settled = True
                             self._unsettled -= 1
                     continue
-                it.task._mark_started()
+                task._mark_started()
             it.started = True
-            live.append(it)
+            append(it)
         if not live:
             self._chunk_gone()
             self._pump()
@@ -1198,10 +1196,20 @@ class Pool:
             name = first.task.name
         else:
             name = f"{fn_name(first.fn)} (item {first.index})"
-        calls = [(it.fn, it.args, it.kwargs) for it in live]
+        fn: Callable[..., Any] | None = first.fn
+        for it in live:
+            if it.fn is not fn or it.kwargs:
+                fn = None
+                break
+        if fn is not None:
+            # One function and no keywords (a submit loop): send the argument tuples
+            # alone, which pickle smaller and run in the worker's tight loop.
+            calls: list[Any] = [it.args for it in live]
+        else:
+            calls = [(it.fn, it.args, it.kwargs) for it in live]
         try:
             task = self._spawn(
-                None, calls, name, self._chunk_timeout(first.sink.sizer, first.timeout, n)
+                fn, calls, name, self._chunk_timeout(first.sink.sizer, first.timeout, n)
             )
         except BaseException as exc:
             self._chunk_gone()
@@ -1307,12 +1315,17 @@ class Pool:
             exc = task.exception(0)
             if exc is None:
                 values, errors = self._results(task, chunk[0].sink.sizer)
-                done: list[tuple[_Item, bool, Any]] = []
-                for j, (it, value) in enumerate(zip(chunk, values, strict=False)):
-                    if errors is not None and j in errors:
-                        done.append((it, False, errors[j]))
-                    else:
-                        done.append((it, True, value))
+                done: list[tuple[_Item, bool, Any]]
+                if errors is None:
+                    # Every item succeeded (the common case): zip builds the triples in C.
+                    done = list(zip(chunk, itertools.repeat(True), values))
+                else:
+                    done = []
+                    for j, (it, value) in enumerate(zip(chunk, values, strict=False)):
+                        if j in errors:
+                            done.append((it, False, errors[j]))
+                        else:
+                            done.append((it, True, value))
                 self._settle_many(done)
                 if len(values) < len(chunk):
                     with self._lock:
@@ -1341,10 +1354,12 @@ class Pool:
 
     def _settle_many(self, done: list[tuple[_Item, bool, Any]], *, final: bool = False) -> None:
         """Give results to their sinks; failures worth a retry go back to the queue."""
-        by_sink: dict[int, tuple[_Sink, list[tuple[_Item, bool, Any]]]] = {}
+        by_sink: dict[_Sink, list[tuple[_Item, bool, Any]]] = {}
         retry: list[_Item] = []
+        settled = 0
         with self._lock:
-            for it, ok, value in done:
+            for entry in done:
+                it, ok, value = entry
                 if it.settled:
                     continue
                 it.attempts += 1
@@ -1361,13 +1376,17 @@ class Pool:
                     retry.append(it)
                     continue
                 it.settled = True
-                self._unsettled -= 1
-                by_sink.setdefault(id(it.sink), (it.sink, []))[1].append((it, ok, value))
+                settled += 1
+                items = by_sink.get(it.sink)
+                if items is None:
+                    items = by_sink[it.sink] = []
+                items.append(entry)
+            self._unsettled -= settled
             if retry:
                 self._requeue(retry)
             if self._unsettled == 0:
                 self._idle.notify_all()
-        for sink, items in by_sink.values():
+        for sink, items in by_sink.items():
             if not sink.cancelled:
                 sink.settle(items)
 

@@ -136,7 +136,7 @@ if __name__ == "__main__":
             pool.map(nap, range(8), chunksize=1)
         except KeyboardInterrupt:
             with open(MARK, "a") as f:
-                f.write(f"interrupted\\n")
+                f.write(f"interrupted {time.monotonic()}\\n")
             raise
 """
 
@@ -154,7 +154,11 @@ def test_ctrl_c_during_map_kills_and_reaps_every_worker(tmp_path):
         took = time.monotonic() - sent
         assert code != 0
         assert "interrupted" in mark.read_text()
-        assert took < 10  # a hang bound; the pool itself needs well under 1 s
+        assert took < 10  # a hang bound
+        # The promise: KeyboardInterrupt reaches the caller within 1 s of Ctrl-C
+        # (the same clock in both processes: CLOCK_MONOTONIC is system-wide).
+        raised = float(mark.read_text().split("interrupted ")[1].split()[0])
+        assert raised - sent < 1.0
         assert h.leftovers(within=2.0) == []
     finally:
         h.close()
