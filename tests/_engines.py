@@ -12,6 +12,7 @@ engines and check that every one of those processes is gone.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import warnings
@@ -175,3 +176,160 @@ def ray_session() -> Iterator[Any]:
         # Ray's processes are started by ray.init; let the last of them exit.
         time.sleep(0.2)
         _check_gone(procs, "the local Ray")
+
+
+# --------------------------------------------------------------------------- the hub's objects
+
+
+def hub_count(engine: str) -> int:
+    """How many objects the engine's primitive hub holds now."""
+    from polytask.backends import get_backend
+    from polytask.backends._cluster_sync import DaskLink, RayLink
+
+    link = DaskLink(get_backend("dask").client) if engine == "dask" else RayLink()  # type: ignore[attr-defined]
+    link.setup()  # the hub exists once any primitive was made
+    return int(link.call("", "", None, "count", []))
+
+
+def settled_hub_count(engine: str, timeout: float = 10.0) -> int:
+    """The count once earlier tests' dropped primitives have been forgotten."""
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    last = hub_count(engine)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = hub_count(engine)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def wait_hub_count_at_most(engine: str, limit: int, timeout: float = 15.0) -> int:
+    """Collect garbage and wait (forgetting is sent without waiting) until count <= limit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gc.collect()
+        now = hub_count(engine)
+        if now <= limit or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
+def use_all(lock: Any, event: Any, sem: Any, ch: Any) -> bool:
+    """A task using copies of the caller's primitives (dropped on the worker after)."""
+    assert lock.acquire(timeout=30)
+    lock.release()
+    event.set()
+    with sem:
+        pass
+    ch.put("from the task", timeout=30)
+    return True
+
+
+def drain_later(ch: Any, delay: float) -> list[Any]:
+    time.sleep(delay)
+    out = []
+    while True:
+        try:
+            out.append(ch.get(timeout=5))
+        except Exception:  # ChannelClosed when drained; queue.Empty if the channel was lost
+            return out
+
+
+def check_dropped_primitives_are_forgotten(engine: str) -> None:
+    """Primitives made and dropped by their creator leave the hub as it was."""
+    import pickle
+
+    import polytask as pt
+    from polytask.backends import get_backend
+
+    be = get_backend(engine)
+    base = settled_hub_count(engine)
+    lock, event, sem = be.primitive("Lock"), be.primitive("Event"), be.primitive("Semaphore", 2)
+    cond = be.primitive("Condition")  # and the RLock it makes for itself
+    ch = be.primitive("Channel", 5)
+    assert pt.spawn(use_all, lock, event, sem, ch, backend=be).result(timeout=60) is True
+    with cond:
+        cond.notify_all()
+    ch.put("unread", timeout=30)
+    ch.close()  # a closed channel with unread items
+    assert hub_count(engine) >= base + 6
+    # The task's copies are gone from its worker: nothing was forgotten for them.
+    time.sleep(0.3)
+    assert event.is_set() and len(ch) == 2
+
+    # A copy unpickled back into the creator keeps the object when the original goes.
+    assert lock.acquire(timeout=30)
+    copy = pickle.loads(pickle.dumps(lock))
+    del lock
+    gc.collect()
+    time.sleep(0.5)
+    assert copy.locked(), "the hub forgot a lock its creator still holds"
+    copy.release()
+
+    del copy, event, sem, cond, ch
+    left = wait_hub_count_at_most(engine, base)
+    assert left <= base, f"the hub kept {left - base} dropped primitives"
+
+
+def check_a_task_keeps_what_it_was_given(engine: str) -> None:
+    """A task may use a primitive after its creator dropped every handle."""
+    import polytask as pt
+    from polytask.backends import get_backend
+
+    be = get_backend(engine)
+    base = settled_hub_count(engine)
+    ch = be.primitive("Channel")
+    ch.put_many([1, 2, 3], timeout=30)
+    ch.close()
+    task = pt.spawn(drain_later, ch, 1.0, backend=be)
+    del ch
+    gc.collect()
+    assert task.result(timeout=60) == [1, 2, 3]
+    del task
+    assert wait_hub_count_at_most(engine, base) <= base
+
+
+def channel_made_in_a_task(engine: str, n: int) -> Any:
+    from polytask.backends import get_backend
+
+    # The engine's own factory (pt.Channel(backend=engine) needs the backend module
+    # imported first in this process).
+    ch: Any = get_backend(engine).primitive("Channel")
+    ch.put_many(range(n), timeout=30)
+    ch.close()
+    return ch  # the task's own handle goes when it returns
+
+
+def check_made_in_a_task_outlives_it(engine: str) -> None:
+    """A primitive a task makes and returns keeps its state for the caller."""
+    import polytask as pt
+
+    ch = pt.spawn(channel_made_in_a_task, engine, 5, backend=engine).result(timeout=60)
+    time.sleep(0.5)  # time for a (wrong) forget from the worker to arrive
+    gc.collect()
+    assert ch.closed
+    assert drain_later(ch, 0) == [0, 1, 2, 3, 4]
+
+
+#: A script that starts a pool on a cluster polytask starts itself, then waits to be
+#: SIGKILLed (run under tests/_harness.py, which lists what it leaves behind).
+KILLED_OWNER = """
+import sys, time
+import polytask as pt
+
+
+def inc(x):
+    return x + 1
+
+
+if __name__ == "__main__":
+    ready, backend = sys.argv[1], sys.argv[2]
+    pool = pt.Pool(2 if backend == "dask" else 1, backend=backend)
+    assert pool.map(inc, range(20)) == list(range(1, 21))
+    busy = pool.submit(time.sleep, 120)  # a worker is running a task at the kill
+    time.sleep(0.5)
+    open(ready, "w").write("ready")
+    time.sleep(120)
+"""

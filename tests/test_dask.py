@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -344,5 +346,77 @@ def test_hub_state_machine_without_an_engine() -> None:
         assert await call("q", "Channel", 1, "get", [None]) == ["ok", ["ok", b"x"]]
         assert await call("q", "Channel", 1, "get", [None]) == ["ok", ["closed", None]]
         assert (await call("z", "Nope", 1, "get", [None]))[0] == "ValueError"
+        # The hub's own operations: count its objects, forget one (and what it held).
+        assert await call("", "", None, "count", []) == ["ok", 5]  # l, c, b, s, q
+        assert await call("q", "Channel", 1, "put", [b"z", None]) == ["ok", "closed"]
+        assert await call("q", "", None, "forget", []) == ["ok", None]
+        assert await call("", "", None, "count", []) == ["ok", 4]
+        assert await call("q", "", None, "forget", []) == ["ok", None]  # already gone: fine
+        # Used again, the key is a new, empty object.
+        assert await call("q", "Channel", 1, "size", []) == ["ok", 0]
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+# --------------------------------------------------------------------------- primitives' lifetime
+
+
+def test_dropped_primitives_leave_the_scheduler() -> None:
+    from _engines import check_dropped_primitives_are_forgotten
+
+    check_dropped_primitives_are_forgotten("dask")
+
+
+def test_a_task_keeps_a_primitive_its_creator_dropped() -> None:
+    from _engines import check_a_task_keeps_what_it_was_given
+
+    check_a_task_keeps_what_it_was_given("dask")
+
+
+def test_a_primitive_made_in_a_task_outlives_it() -> None:
+    from _engines import check_made_in_a_task_outlives_it
+
+    check_made_in_a_task_outlives_it("dask")
+
+
+# --------------------------------------------------------------------------- joining, owning
+
+
+def scheduler_clients(dask_scheduler: object = None) -> list[str]:
+    return sorted(dask_scheduler.clients)  # type: ignore[attr-defined]
+
+
+def test_pool_joins_a_running_scheduler_by_address(dask_cluster: object) -> None:
+    cluster: Any = dask_cluster
+    address = cluster.scheduler.address
+    worker_pids = set(cluster.run(os.getpid).values())
+    before = set(cluster.run_on_scheduler(scheduler_clients))
+    with pt.Pool(2, backend="dask", address=address) as pool:
+        client = pool._backend.client  # type: ignore[attr-defined]
+        # Its own Client to that scheduler, not the session's default client.
+        assert client is not cluster and client.scheduler.address == address
+        assert client.id in set(cluster.run_on_scheduler(scheduler_clients)) - before
+        assert pool.map(add, range(500)) == list(range(500))
+        _, pid = pool.submit(whoami).result(timeout=60)
+        assert pid in worker_pids  # ran on the scheduler's workers
+    assert client.status == "closed"  # the Client polytask made is closed...
+    deadline = time.monotonic() + 10
+    while client.id in cluster.run_on_scheduler(scheduler_clients):
+        assert time.monotonic() < deadline, "the scheduler still lists the pool's client"
+        time.sleep(0.05)
+    assert cluster.status == "running"  # ...the scheduler it joined is not
+    assert pt.spawn(add, 1, 1, backend="dask").result(timeout=60) == 2
+
+
+def test_sigkilled_owner_leaves_no_local_cluster_process(tmp_path: Path) -> None:
+    from _engines import KILLED_OWNER
+    from helpers import Harness
+
+    ready = tmp_path / "ready"
+    with Harness(KILLED_OWNER, tmp_path, str(ready), "dask") as h:
+        h.wait_for_line(ready, "ready", timeout=120)
+        workers = [p for p in h.descendants() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) >= 2, [p.cmdline() for p in h.descendants()]
+        h.signal(signal.SIGKILL)
+        assert h.wait() == -signal.SIGKILL
+        assert h.leftovers(within=10) == []

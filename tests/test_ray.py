@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import polytask as pt
@@ -64,10 +66,10 @@ def produce(ch: pt.Channel[int], n: int) -> int:
     return n
 
 
-def run_script(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=SRC)
+def run_script(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC, RAY_ADDRESS="")
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -233,3 +235,129 @@ def test_pool_map_batches_and_isolates_a_crash() -> None:
             except pt.WorkerCrashed:
                 results.append("crashed")
     assert results == [x * 2 if x != 5 else "crashed" for x in range(10)]
+
+
+# --------------------------------------------------------------------------- primitives' lifetime
+
+
+def test_dropped_primitives_leave_the_hub_actor() -> None:
+    from _engines import check_dropped_primitives_are_forgotten
+
+    check_dropped_primitives_are_forgotten("ray")
+
+
+def test_a_task_keeps_a_primitive_its_creator_dropped() -> None:
+    from _engines import check_a_task_keeps_what_it_was_given
+
+    check_a_task_keeps_what_it_was_given("ray")
+
+
+def test_a_primitive_made_in_a_task_outlives_it() -> None:
+    from _engines import check_made_in_a_task_outlives_it
+
+    check_made_in_a_task_outlives_it("ray")
+
+
+# --------------------------------------------------------------------------- joining, owning
+
+JOIN_BY_ADDRESS = """
+import sys
+import ray
+import polytask as pt
+
+
+def where(x):
+    import ray
+    return ray.get_runtime_context().get_node_id(), x + 1
+
+
+address, node = sys.argv[1], sys.argv[2]
+assert not ray.is_initialized()
+with pt.Pool(2, backend="ray", address=address) as pool:
+    assert ray.is_initialized()
+    assert ray.get_runtime_context().gcs_address == address
+    out = pool.map(where, range(200))
+    assert [v for _, v in out] == list(range(1, 201))
+    assert {n for n, _ in out} == {node}, out[:3]
+    assert pool.submit(where, 1).result(timeout=60) == (node, 2)
+assert not ray.is_initialized()  # polytask disconnected; the cluster is not its to stop
+print("JOINED", len(out))
+"""
+
+
+def test_pool_joins_a_running_ray_by_address(ray_session: object) -> None:
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    node = ray.get_runtime_context().get_node_id()
+    nodes_before = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    r = run_script(JOIN_BY_ADDRESS, address, node)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "JOINED 200" in r.stdout
+    # The joined Ray runs on, with the same single node: the script started no Ray of its own.
+    assert [n["NodeID"] for n in ray.nodes() if n["Alive"]] == nodes_before
+    assert pt.spawn(add, 1, 1, backend="ray").result(timeout=60) == 2
+
+
+OWN_LOCAL_RAY = """
+import psutil
+import ray
+import polytask as pt
+
+
+def inc(x):
+    return x + 1
+
+
+def ours():
+    # Everything under us but polytask's guardian, which lives until we exit.
+    return [p for p in psutil.Process().children(recursive=True)
+            if "os.killpg" not in " ".join(p.cmdline())]
+
+
+assert not ray.is_initialized()
+with pt.Pool(1, backend="ray") as pool:
+    assert ray.is_initialized()
+    assert pool.map(inc, range(100)) == list(range(1, 101))
+    started = ours()
+    names = {p.name() for p in started}
+assert not ray.is_initialized()
+gone, alive = psutil.wait_procs(started, timeout=30)
+print("NAMES", sorted(names))
+print("ALIVE", [(p.pid, p.name()) for p in alive])
+"""
+
+
+def test_local_ray_polytask_starts_is_shut_down_with_its_processes() -> None:
+    r = run_script(OWN_LOCAL_RAY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "raylet" in r.stdout and "gcs_server" in r.stdout  # it did start a Ray
+    assert "ALIVE []" in r.stdout, r.stdout
+
+
+def test_sigkilled_owner_leaves_no_local_ray_process(tmp_path: Path) -> None:
+    """No orphan of a local Ray polytask started when its owner is SIGKILLed.
+
+    Ray ends its GCS and raylet with their owner; its agents exit when they see
+    the raylet go, after reporting it to the GCS, and when the GCS is already
+    gone (a race) they wait on it for about a minute. polytask's guardian ends
+    them at once.
+    """
+    from _engines import KILLED_OWNER
+    from helpers import Harness
+
+    ready = tmp_path / "ready"
+    with Harness(KILLED_OWNER, tmp_path, str(ready), "ray", env={"RAY_ADDRESS": ""}) as h:
+        h.wait_for_line(ready, "ready", timeout=120)
+        procs = {}
+        for p in h.descendants():
+            try:
+                procs[p.name()] = p.pid
+            except psutil.Error:
+                pass
+        # Ray's own processes, and the agents that outlived a SIGKILLed owner before.
+        assert {"raylet", "gcs_server"} <= set(procs), procs
+        assert any("Agent" in n for n in procs), procs
+        h.signal(signal.SIGKILL)
+        assert h.wait() == -signal.SIGKILL
+        assert h.leftovers(within=10) == []

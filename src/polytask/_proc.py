@@ -24,7 +24,11 @@ goes through this module:
       └── command (pgid B) ── grandchildren (pgid B)
 
 The guardian also unlinks registered paths (shared-memory segments, FIFOs)
-when the parent dies, so a SIGKILLed owner leaves nothing in /dev/shm.
+when the parent dies, so a SIGKILLed owner leaves nothing in /dev/shm; and it
+ends every process whose environment carries a registered marker
+(:func:`guard_env`): for engines such as Ray whose helper processes start
+later, in process groups that are not ours, and outlive the process that
+started them.
 """
 
 from __future__ import annotations
@@ -44,14 +48,18 @@ __all__ = [
     "DEFAULT_GRACE",
     "at_shutdown",
     "guard",
+    "guard_env",
     "guard_path",
+    "guard_pid",
     "guard_prefix",
     "set_child_subreaper",
     "set_pdeathsig",
     "start_in_group",
     "terminate",
     "unguard",
+    "unguard_env",
     "unguard_path",
+    "unguard_pid",
     "unguard_prefix",
     "wait_pid",
 ]
@@ -184,13 +192,17 @@ def start_in_group(
 # --------------------------------------------------------------------------- guardian
 
 _GUARDIAN_SOURCE = r"""
-import os, signal, sys, time
+import os, select, signal, sys, time
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
     signal.signal(s, signal.SIG_IGN)
 grace = float(sys.argv[1])
+hangup = select.poll()
+hangup.register(0, 0)  # no events asked: only POLLHUP, when the parent's end closes
 groups = set()
 paths = set()
 prefixes = set()
+markers = set()
+procs = set()
 buf = b""
 while True:
     try:
@@ -201,7 +213,8 @@ while True:
         break
     # Let lines pile up: one wake-up per batch, not one per started process
     # (on a busy 2-core machine each wake-up took CPU from the jobs themselves).
-    time.sleep(0.01)
+    # Not past the parent's end, though: its exit (clean or not) waits for us.
+    hangup.poll(10)
     buf += data
     *lines, buf = buf.split(b"\n")
     for line in lines:
@@ -217,6 +230,14 @@ while True:
             prefixes.add(line[1:].decode())
         elif line[:1] == b"Q":
             prefixes.discard(line[1:].decode())
+        elif line[:1] == b"e":
+            markers.add(line[1:])
+        elif line[:1] == b"f":
+            markers.discard(line[1:])
+        elif line[:1] == b"k":
+            procs.add(line[1:])
+        elif line[:1] == b"l":
+            procs.discard(line[1:])
 for prefix in prefixes:
     folder, start = os.path.split(prefix)
     try:
@@ -235,20 +256,62 @@ def alive(g):
         return True
     except OSError:
         return False
+def marked():
+    # Processes whose environment holds a registered marker line (KEY=VALUE).
+    found = set()
+    if not markers:
+        return found
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/" + name + "/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if markers.intersection(env):
+            found.add(int(name))
+    return found
+def started(pid):
+    # Field 22 of /proc/<pid>/stat: the start time, so a reused pid is never hit.
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+def listed():
+    found = set()
+    for entry in procs:
+        pid, _, start = entry.partition(b" ")
+        if int(pid) != os.getpid() and started(int(pid)) == start:
+            found.add(int(pid))
+    return found
+def kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
 for g in list(groups):
     try:
         os.killpg(g, signal.SIGTERM)
     except OSError:
         groups.discard(g)
+pids = marked() | listed()
+for pid in pids:
+    kill(pid, signal.SIGTERM)
 deadline = time.monotonic() + grace
-while groups and time.monotonic() < deadline:
+while (groups or pids) and time.monotonic() < deadline:
     time.sleep(0.01)
     groups = {g for g in groups if alive(g)}
+    pids = pids & (marked() | listed())
 for g in groups:
     try:
         os.killpg(g, signal.SIGKILL)
     except OSError:
         pass
+for pid in marked() | listed():
+    kill(pid, signal.SIGKILL)
 """
 
 
@@ -351,6 +414,53 @@ def unguard_prefix(prefix: str) -> None:
     """Stop watching ``prefix``."""
     if _guardian._fd is not None:
         _guardian.send(b"Q" + os.fsencode(prefix) + b"\n")
+
+
+def guard_env(marker: str) -> None:
+    """End every process whose environment holds ``marker`` (``"KEY=VALUE"``) if this
+    process dies before :func:`unguard_env`.
+
+    Set the variable in the environment of what you start (and so of what that
+    starts in turn, later, in any process group); the guardian finds them all
+    through ``/proc/<pid>/environ`` when the owner dies.
+    """
+    if "\n" in marker or "\0" in marker or "=" not in marker:
+        raise ValueError(f"marker {marker!r} must be KEY=VALUE on one line")
+    _guardian.send(b"e" + os.fsencode(marker) + b"\n")
+
+
+def unguard_env(marker: str) -> None:
+    """Stop watching ``marker`` (what carried it was shut down)."""
+    if _guardian._fd is not None:
+        _guardian.send(b"f" + os.fsencode(marker) + b"\n")
+
+
+def _proc_start(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def guard_pid(pid: int) -> bytes | None:
+    """End process ``pid`` (not a group: one process that another program started)
+    if this process dies first. Returns the token for :func:`unguard_pid`, or None
+    if the process is already gone. Its start time is recorded too, so that a
+    reused pid is never killed.
+    """
+    start = _proc_start(pid)
+    if start is None:
+        return None
+    token = b"%d %s" % (pid, start)
+    _guardian.send(b"k" + token + b"\n")
+    return token
+
+
+def unguard_pid(token: bytes) -> None:
+    """Stop watching the process :func:`guard_pid` registered."""
+    if _guardian._fd is not None:
+        _guardian.send(b"l" + token + b"\n")
 
 
 # --------------------------------------------------------------------------- shutdown

@@ -1,7 +1,8 @@
 """The synchronisation contract: every primitive behaves the same on every backend.
 
 Primitives come from ``get_backend(name).primitive(kind, ...)`` (what
-``g.Lock()`` uses), the "other side" is a task started with
+``g.Lock()`` uses; a channel from the same factory on the cluster backends,
+``pt.Channel(backend=name)`` on thread and process), the "other side" is a task started with
 ``pt.spawn(..., backend=name)``, and the task bodies are module-level functions,
 so that a new backend passes by being added to CONTRACT_BACKENDS. Each
 primitive is checked for its semantics, ``timeout=`` on every wait, use from a
@@ -31,8 +32,14 @@ def spawn(backend_name: str, fn, *args):
     return pt.spawn(fn, *args, backend=backend_name)
 
 
-def channel_for(backend_name: str) -> pt.Channel:
-    return pt.Channel(backend="thread" if backend_name == "thread" else "process")
+def channel_for(backend_name: str, maxsize: int = 0) -> pt.Channel:
+    """The backend's own channel: the cluster engines' comes from their primitive factory."""
+    if backend_name in ("dask", "ray"):
+        ch = get_backend(backend_name).primitive("Channel", maxsize)
+    else:
+        ch = pt.Channel(maxsize, backend=backend_name)
+    assert ch.backend == backend_name  # not a shared-memory channel standing in for it
+    return ch
 
 
 # --------------------------------------------------------------------------- task bodies
@@ -86,6 +93,24 @@ def send_numbers(ch, n: int) -> int:
         ch.put(i, timeout=HANG)
     ch.close()
     return n
+
+
+def get_one(ch, timeout: float) -> str:
+    try:
+        return repr(ch.get(timeout=timeout))
+    except pt.ChannelClosed:
+        return "closed"
+    except queue.Empty:
+        return "empty"
+
+
+def drain(ch, timeout: float) -> list:
+    out = []
+    while True:
+        try:
+            out.append(ch.get(timeout=timeout))
+        except (pt.ChannelClosed, queue.Empty):
+            return out
 
 
 # --------------------------------------------------------------------------- Lock
@@ -311,9 +336,65 @@ def test_channel_from_a_task(backend_name):
 
 def test_channel_timeouts(backend_name):
     ch = channel_for(backend_name)
+    t0 = time.monotonic()
     with pytest.raises(queue.Empty):
         ch.get(timeout=SHORT)
+    assert time.monotonic() - t0 >= SHORT * 0.75
+    with pytest.raises(queue.Empty):
+        ch.get_nowait()
+    with pytest.raises(ValueError):
+        ch.get(timeout=-1)
     ch.close()
+
+
+def test_channel_bounded_put_waits_then_times_out(backend_name):
+    ch = channel_for(backend_name, 2)
+    ch.put("a", timeout=1)
+    ch.put_nowait("b")
+    assert len(ch) == 2 and not ch.closed
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        ch.put("c", timeout=SHORT)
+    assert time.monotonic() - t0 >= SHORT * 0.75
+    with pytest.raises(queue.Full):
+        ch.put_nowait("c")
+    assert ch.get(timeout=1) == "a"
+    ch.put("c", timeout=1)  # room again
+    assert ch.get_many(10, timeout=1) == ["b", "c"]
+    assert len(ch) == 0
+
+
+def test_channel_items_keep_order_and_type(backend_name):
+    ch = channel_for(backend_name)
+    items = [1, "two", (3.0, None), {"four": [4]}, b"\x00five"]
+    ch.put_many(items, timeout=HANG)
+    assert [ch.get(timeout=HANG) for _ in items] == items
+
+
+def test_channel_close_wakes_a_waiting_task_and_keeps_what_is_left(backend_name):
+    ch = channel_for(backend_name)
+    waiter = spawn(backend_name, get_one, ch, HANG)
+    time.sleep(SHORT)
+    assert not waiter.done()
+    ch.close()
+    assert waiter.result(timeout=HANG) == "closed"
+    assert ch.closed
+    other = channel_for(backend_name)
+    other.put_many([1, 2, 3], timeout=HANG)
+    other.close()
+    with pytest.raises(pt.ChannelClosed):
+        other.put(4, timeout=SHORT)
+    # Closed, not drained: readers (here a task) still get what was put before.
+    assert spawn(backend_name, drain, other, SHORT).result(timeout=HANG) == [1, 2, 3]
+    with pytest.raises(pt.ChannelClosed):
+        other.get(timeout=SHORT)
+
+
+def test_channel_with_block_closes_it(backend_name):
+    with channel_for(backend_name) as ch:
+        ch.put(1, timeout=1)
+    assert ch.closed
+    assert list(ch) == [1]
 
 
 def test_group_primitives_match_the_backend(backend_name):

@@ -92,7 +92,12 @@ class Backend(ABC):
         """Stop accepting tasks; ``cancel`` stops running ones; ``wait`` blocks until all ended."""
 
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
-        """A synchronisation primitive (``"Lock"``, ``"Event"``...) that works on this backend."""
+        """A synchronisation primitive (``"Lock"``, ``"Event"``...) or ``"Channel"``
+        that works on this backend."""
+        if kind == "Channel":
+            from .._channel import Channel
+
+            return Channel(*args, backend=self.name, **kwargs)
         from .._sync import make_primitive
 
         return make_primitive(kind, self.name, *args, **kwargs)

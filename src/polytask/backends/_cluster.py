@@ -25,6 +25,7 @@ from typing import Any
 from .._errors import Cancelled, SerializationError, TaskTimeout
 from .._serialize import PROTOCOL, dumps, dumps_call, dumps_exception, loads_exception
 from .._task import CurrentTask, Task, _set_current
+from ._cluster_sync import pinning
 
 __all__ = ["Outcome", "cancelled_error", "pack_call", "run_pickled", "settle", "timeout_error"]
 
@@ -37,13 +38,18 @@ _FN_CACHE_MAX = 64
 
 def pack_call(
     fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], name: str
-) -> tuple[bytes, bool, bytes]:
-    """Pickle a call in the caller: ``(fn bytes, by reference?, payload)``.
+) -> tuple[bytes, bool, bytes, list[Any]]:
+    """Pickle a call in the caller: ``(fn bytes, by reference?, payload, pins)``.
+
+    ``pins`` are the stakes of the cluster primitives the call carries: keep
+    them until the task ends, so their hub objects outlive the caller's handles
+    for as long as the task may use them (see ``_cluster_sync``).
 
     Raises :class:`SerializationError` naming the function or argument at fault.
     """
-    fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
-    return fn_bytes, by_ref, payload
+    with pinning() as pins:
+        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
+    return fn_bytes, by_ref, payload, pins
 
 
 def _load_fn(fn_bytes: bytes, by_ref: bool) -> Callable[..., Any]:

@@ -14,8 +14,18 @@
 
 Every primitive is a key in the hub, so it pickles as (link, key) and works
 from any task of the cluster, and from the caller. Channel items travel
-pickled. Everything the hub holds lives as long as the Dask scheduler or the
-Ray job. Ownership (RLock, Condition) is by host, process and thread.
+pickled. Ownership (RLock, Condition) is by host, process and thread.
+
+Lifetime: the process that creates a primitive owns its hub object. Its
+handles there share one :class:`_Owner` token (a copy unpickled back into the
+creator gets the same token); when the last of them is dropped, the token's
+finalizer tells the hub to ``forget`` the key, so a long-lived scheduler or
+actor does not keep every Lock, Event or Channel (and a closed channel's unread
+items) ever made. Copies in other processes (tasks on workers) never forget,
+and a primitive made inside a task (which may return it) is never forgotten.
+A task holds a stake too: pickling a primitive into a task's call pins the
+token until that task ends, so ``spawn(work, pt.Event(backend="dask"))`` does
+not lose the event while ``work`` runs even if the caller keeps no handle.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ import queue
 import socket
 import threading
 import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from threading import BrokenBarrierError
 from typing import Any
 
@@ -35,7 +48,7 @@ from .._serialize import dumps
 from .._sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 from ._hub import SyncHub
 
-__all__ = ["HANDLER", "DaskLink", "RayLink", "make_cluster_primitive", "register"]
+__all__ = ["HANDLER", "DaskLink", "RayLink", "make_cluster_primitive", "pinning", "register"]
 
 _HOST = socket.gethostname()
 HANDLER = "polytask_sync"
@@ -105,6 +118,31 @@ class DaskLink:
         reply = client.sync(handler, pkey=key, pkind=kind, pinit=init, action=op, pargs=args)
         return _unwrap(reply)
 
+    def on_worker(self) -> bool:
+        """True inside a task on a Dask worker."""
+        try:
+            import distributed
+
+            distributed.get_worker()
+        except (ImportError, ValueError):
+            return False
+        return True
+
+    def forget(self, key: str) -> None:
+        """Tell the hub to drop ``key``, without waiting (called from a finalizer)."""
+        client = self._client
+        if client is None or client.status in ("closing", "closed"):
+            return
+        handler = getattr(client.scheduler, HANDLER)
+
+        async def send() -> None:
+            try:
+                await handler(pkey=key, pkind="", pinit=None, action="forget", pargs=[])
+            except Exception:  # the scheduler went away: so did the object
+                pass
+
+        client.loop.add_callback(send)
+
 
 def _has_hub(dask_scheduler: Any = None) -> bool:
     return HANDLER in dask_scheduler.handlers
@@ -163,12 +201,78 @@ class RayLink:
         ref = self._get_handle().call.remote(key, kind, init, op, args)
         return _unwrap(ray.get(ref))
 
+    def on_worker(self) -> bool:
+        """True inside a task on a Ray worker."""
+        import ray
+
+        return bool(ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+
+    def forget(self, key: str) -> None:
+        """Tell the hub to drop ``key``, without waiting (called from a finalizer)."""
+        import ray
+
+        if self._handle is None or not ray.is_initialized():
+            return
+        self._handle.call.remote(key, "", None, "forget", [])
+
 
 def _unwrap(reply: Any) -> Any:
     status, value = reply
     if status == "ok":
         return value
     raise _ERRORS.get(status, RuntimeError)(value)
+
+
+# --------------------------------------------------------------------------- lifetime
+
+
+class _Owner:
+    """The creating process's stake in one hub object (see the module docstring)."""
+
+    __slots__ = ("__weakref__",)
+
+
+#: key -> the token shared by this process's handles, for keys this process created.
+_owners: weakref.WeakValueDictionary[str, _Owner] = weakref.WeakValueDictionary()
+_pins = threading.local()
+
+
+def _forget(link: Any, key: str, pid: int) -> None:
+    if os.getpid() != pid:  # a forked child dropping its inherited copy
+        return
+    try:
+        link.forget(key)
+    except Exception:  # pragma: no cover - the engine is going away
+        pass
+
+
+def _own(link: Any, key: str) -> _Owner:
+    owner = _Owner()
+    _owners[key] = owner
+    # Not at exit: the engine may be gone by then, and so with it the hub.
+    weakref.finalize(owner, _forget, link, key, os.getpid()).atexit = False
+    return owner
+
+
+@contextmanager
+def pinning() -> Iterator[list[Any]]:
+    """Collect the owner tokens of the primitives pickled in this block (a task's
+    call): the caller keeps the list until the task ends."""
+    pins: list[Any] = []
+    outer = getattr(_pins, "pins", None)
+    _pins.pins = pins
+    try:
+        yield pins
+    finally:
+        _pins.pins = outer
+        if outer is not None:
+            outer.extend(pins)
+
+
+def _pin(owner: _Owner | None) -> None:
+    pins = getattr(_pins, "pins", None)
+    if pins is not None and owner is not None:
+        pins.append(owner)
 
 
 # --------------------------------------------------------------------------- primitives
@@ -181,6 +285,7 @@ class _HubPrim:
     _link: Any
     _key: str
     _init: Any
+    _owner: _Owner | None
 
     def _setup(self, link: Any, init: Any, name: str | None, backend: str = "") -> None:
         if link is None:  # built as pt.Lock(backend="dask"): the default client / Ray job
@@ -191,11 +296,15 @@ class _HubPrim:
         self.name = name
         self.backend = link.engine
         link.setup()
+        # Made inside a task, it is often sent back to the caller, whose copy must not
+        # lose it when the task's goes: such primitives live as long as the cluster.
+        self._owner = None if link.on_worker() else _own(link, self._key)
 
     def _call(self, op: str, *args: Any) -> Any:
         return self._link.call(self._key, self._hub_kind, self._init, op, list(args))
 
     def __reduce__(self) -> Any:
+        _pin(self._owner)
         return (_rebuild, (type(self), self._link, self._key, self._init, self.name))
 
     def __repr__(self) -> str:
@@ -205,6 +314,7 @@ class _HubPrim:
 def _rebuild(cls: type[Any], link: Any, key: str, init: Any, name: str | None) -> Any:
     obj = object.__new__(cls)
     obj._link, obj._key, obj._init, obj.name, obj.backend = link, key, init, name, link.engine
+    obj._owner = _owners.get(key)  # back in its creator: one more handle on the same stake
     if cls is _HubChannel:
         obj.maxsize = init
     return obj
@@ -278,6 +388,7 @@ class _HubCondition(_HubPrim, Condition):
         self._setup(link, [lock._key, lock._hub_kind], name, backend)
 
     def __reduce__(self) -> Any:
+        _pin(self._owner)
         return (_rebuild_condition, (self._lock, self._key, self.name))
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -374,6 +485,10 @@ class _HubBarrier(_HubPrim, Barrier):
 
 class _HubChannel(_HubPrim, Channel[Any]):
     _hub_kind = "Channel"
+
+    # Channel.__new__ knows only the public arguments; the factory also passes link=.
+    def __new__(cls, *args: Any, **kwargs: Any) -> _HubChannel:
+        return object.__new__(cls)
 
     def __init__(
         self,

@@ -9,6 +9,10 @@ so any transport can carry them). Channel items arrive already pickled.
 
 Waits are "until a predicate holds or the timeout passes": every change to an
 object wakes its waiters, which re-check; one loop, so no locking is needed.
+
+Two operations are the hub's own, not an object's: ``forget`` drops the
+object under ``key`` (its creator dropped its last handle; see
+``_cluster_sync``), ``count`` says how many objects the hub holds.
 """
 
 from __future__ import annotations
@@ -281,6 +285,11 @@ class SyncHub:
         return obj
 
     async def call(self, key: str, kind: str, init: Any, op: str, args: list[Any]) -> Reply:
+        if op == "forget":
+            self.forget(key)
+            return ["ok", None]
+        if op == "count":
+            return ["ok", len(self._objs)]
         try:
             obj = self.get(key, kind, init)
             method = getattr(obj, op, None)
@@ -291,4 +300,5 @@ class SyncHub:
             return [exc.kind, str(exc)]
 
     def forget(self, key: str) -> None:
+        """Drop the object under ``key``, and what it holds (a channel's unread items)."""
         self._objs.pop(key, None)

@@ -13,8 +13,10 @@
 Where the cluster comes from, first match wins: ``client=`` (used, never
 closed); ``address=`` (a Client to that scheduler, closed at shutdown); the
 Dask *default client* of this process if there is one (as ``dask.compute``
-does; used, never closed); else a ``LocalCluster`` of ``max_workers`` worker
-processes with one thread each, started here and closed at shutdown.
+does; used, never closed); inside a task on a Dask worker, that worker's client
+(the cluster the task runs on; never closed); else a ``LocalCluster`` of
+``max_workers`` worker processes with one thread each, started here and closed
+at shutdown.
 
 What Dask cannot do: stop a task that is already running. A cancelled or
 timed-out task fails at once for its caller (:class:`Cancelled`,
@@ -107,7 +109,7 @@ class DaskBackend(Backend):
             try:
                 client = distributed.default_client()
             except ValueError:
-                client = None
+                client = _worker_client(distributed)
         if client is not None:
             self._client = client
         elif address is not None:
@@ -136,7 +138,7 @@ class DaskBackend(Backend):
         name: str,
         timeout: float | None,
     ) -> Task[T]:
-        fn_bytes, by_ref, payload = pack_call(fn, args, kwargs, name)
+        fn_bytes, by_ref, payload, pins = pack_call(fn, args, kwargs, name)
         task: Task[T] = Task(self, name, timeout)
         with self._lock:
             if self._closed:
@@ -150,7 +152,8 @@ class DaskBackend(Backend):
             self._futures[task] = fut
         if timeout is not None:
             task._timer = call_later(timeout, lambda: self._expire(task))
-        fut.add_done_callback(lambda f: self._on_done(task, f))
+        # The callback holds the pins (see pack_call) until Dask is done with the task.
+        fut.add_done_callback(lambda f, _pins=pins: self._on_done(task, f))
         return task
 
     def _on_done(self, task: Task[Any], fut: Any) -> None:
@@ -257,6 +260,15 @@ def _local_cluster(max_workers: int | None, options: dict[str, Any]) -> Any:
     # A worker that dies fails its task (WorkerCrashed) instead of being retried elsewhere.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         return distributed.LocalCluster(**opts)
+
+
+def _worker_client(distributed: Any) -> Any:
+    """The client of the Dask worker this code runs on, or None off a worker."""
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return None
+    return distributed.get_client()
 
 
 def _close_quietly(obj: Any) -> None:

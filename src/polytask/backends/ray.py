@@ -16,6 +16,16 @@ cluster (``ray.init(address=...)``); otherwise a local Ray with ``max_workers``
 CPUs is started. Ray started by polytask is shut down when the last
 RayBackend that uses it shuts down.
 
+No orphan: the processes of a local Ray polytask starts (GCS, raylet, the
+dashboard and runtime-env agents, the first workers) are registered with
+polytask's guardian once ``ray.init`` returns (``_proc.guard_pid``), and they
+and the workers the raylet starts later carry a marker in their environment
+(``_proc.guard_env``). If this process dies without shutting Ray down, even by
+SIGKILL, the guardian ends them all. On its own, Ray ends its GCS and raylet
+with their owner, but the agents would live on for about a minute: they notice
+that the raylet is gone within seconds and then try to report it to the dead
+GCS until that times out.
+
 Ray *can* stop a running task: ``ray.cancel(force=True)`` kills the worker
 process running it (Ray starts a new one). So a cancelled or timed-out task
 really stops (``can_kill_running = True``). Tasks run with ``max_retries=0``:
@@ -28,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -48,6 +59,11 @@ _KILLED = "its Ray worker process was killed (ray.cancel(force=True)) and Ray re
 _init_lock = threading.Lock()
 _owners = 0
 _remote_fn: Any = None
+#: ``KEY=VALUE`` in the environment of the local Ray polytask started (see the docstring).
+_MARK_KEY = "POLYTASK_RAY_OWNER"
+_marker: str | None = None
+#: Guardian tokens of the local Ray's processes (see the docstring).
+_guarded: list[bytes] = []
 
 
 def _import_ray() -> Any:
@@ -124,7 +140,10 @@ class RayBackend(Backend):
                     opts["num_cpus"] = max_workers or os.cpu_count() or 1
                     opts["include_dashboard"] = False
                 opts.update(engine_options)
-                ray.init(**opts)
+                if address in (None, "local"):
+                    _init_local(ray, opts)
+                else:
+                    ray.init(**opts)
                 _owners = 1
                 self._owner = True
 
@@ -137,7 +156,7 @@ class RayBackend(Backend):
         name: str,
         timeout: float | None,
     ) -> Task[T]:
-        fn_bytes, by_ref, payload = pack_call(fn, args, kwargs, name)
+        fn_bytes, by_ref, payload, pins = pack_call(fn, args, kwargs, name)
         task: Task[T] = Task(self, name, timeout)
         with self._lock:
             if self._closed:
@@ -148,7 +167,8 @@ class RayBackend(Backend):
             self._refs[task] = ref
         if timeout is not None:
             task._timer = call_later(timeout, lambda: self._expire(task))
-        ref.future().add_done_callback(lambda f: self._on_done(task, f))
+        # The callback holds the pins (see pack_call) until the task ends.
+        ref.future().add_done_callback(lambda f, _pins=pins: self._on_done(task, f))
         return task
 
     def _on_done(self, task: Task[Any], fut: Any) -> None:
@@ -235,9 +255,7 @@ class RayBackend(Backend):
             _owners -= 1
             last = _owners == 0
         if last:
-            import ray
-
-            ray.shutdown()
+            _shutdown_ray()
 
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
         """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
@@ -248,6 +266,51 @@ class RayBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RayBackend{' closed' if self._closed else ''}>"
+
+
+def _init_local(ray: Any, opts: dict[str, Any]) -> None:
+    """Start a local Ray whose every process carries the guardian's marker."""
+    global _marker
+    import psutil
+
+    from .._proc import guard_env, guard_pid
+
+    value = f"{os.getpid()}-{uuid.uuid4().hex}"
+    marker = f"{_MARK_KEY}={value}"
+    # Registered before anything starts, so a death during ray.init leaves nothing either.
+    guard_env(marker)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}  # the guardian among them
+    # Ray's processes inherit this environment (the raylet's children inherit the
+    # raylet's); the variable is ours alone, set only while ray.init starts them.
+    os.environ[_MARK_KEY] = value
+    try:
+        ray.init(**opts)
+    finally:
+        # Still guarded if ray.init failed: whatever it left is ended with this process.
+        os.environ.pop(_MARK_KEY, None)
+    _marker = marker
+    # The agents change their process title, which overwrites what /proc shows of
+    # their environment: they are found by pid instead (ray.init waits for them).
+    for proc in me.children(recursive=True):
+        if proc.pid not in before:
+            token = guard_pid(proc.pid)
+            if token is not None:
+                _guarded.append(token)
+
+
+def _shutdown_ray() -> None:
+    global _marker
+    import ray
+
+    ray.shutdown()
+    from .._proc import unguard_env, unguard_pid
+
+    while _guarded:
+        unguard_pid(_guarded.pop())
+    if _marker is not None:
+        unguard_env(_marker)
+        _marker = None
 
 
 def _register_primitives() -> None:
