@@ -3,7 +3,9 @@
 Each ``bench/bench_*.py`` module has ``run(quick: bool) -> str`` returning a
 Markdown section (a heading, a table with ratios, notes). ``python -m bench``
 runs them all; ``python -m bench latency pool`` runs the named ones;
-``--quick`` uses smaller sizes.
+``--quick`` uses smaller sizes. A full run (not ``--quick``, not ``--out``)
+also copies the results into README.md between the bench markers, so the
+README always quotes the latest measured run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,22 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+README = HERE.parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def update_readme(results: str, readme: Path = README) -> bool:
+    """Put ``results`` (bench/results.md less its title) between the README's markers."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return False
+    body = results.split("\n", 1)[1].strip()
+    # The README's own heading is "## Benchmarks": demote the sections under it.
+    body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    return True
 
 
 def main() -> None:
@@ -50,8 +68,11 @@ def main() -> None:
         for s in sections:
             kept[s.split("\n", 1)[0].removeprefix("## ")] = s
         sections = list(kept.values())
-    out.write_text(header + "\n" + "\n".join(s.rstrip() + "\n" for s in sections))
+    results = header + "\n" + "\n".join(s.rstrip() + "\n" for s in sections)
+    out.write_text(results)
     print(f"wrote {out}")
+    if not args.quick and out == HERE / "results.md" and update_readme(results):
+        print(f"updated {README}")
 
 
 if __name__ == "__main__":

@@ -353,9 +353,15 @@ def test_run_many_bad_input() -> None:
     assert pt.run_many([]) == []
 
 
-def test_run_many_progress_bar() -> None:
-    results = pt.run_many([["true"]] * 3, progress=True)
+def test_run_many_progress_bar(capfd: pytest.CaptureFixture[str]) -> None:
+    # Off a terminal (as here) progress=True is silent; "force" draws it anyway.
+    assert [r.returncode for r in pt.run_many([["true"]] * 3, progress=True)] == [0, 0, 0]
+    assert capfd.readouterr() == ("", "")
+    results = pt.run_many([["true"]] * 3, progress="force")
     assert [r.returncode for r in results] == [0, 0, 0]
+    out, err = capfd.readouterr()
+    assert out == ""  # the bar goes to stderr, never into the program's stdout
+    assert "commands" in err and "3/3" in err
 
 
 # --------------------------------------------------------------------------- TaskGroup.run

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 
+import joblib
 import pytest
 
-joblib = pytest.importorskip("joblib")
-
-import polytask as pt  # noqa: E402
-import polytask.joblib  # noqa: E402
+import polytask as pt
+import polytask.joblib
 
 polytask.joblib.register()
 

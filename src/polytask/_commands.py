@@ -33,6 +33,7 @@ from typing import Any, AnyStr, Generic, Literal, NamedTuple, overload
 
 from ._errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
 from ._parallel_loop import STDERR, STDOUT, Child, ProcessLoop, which
+from ._progress import Progress, want_progress
 
 __all__ = ["CommandResult", "OutputLine", "Stream", "run", "run_many", "stream"]
 
@@ -243,39 +244,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-class Progress:
-    """A rich progress bar on stderr (rich is imported only when one is shown)."""
-
-    def __init__(self, total: int | None, description: str) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
-
-        self._bar = RichProgress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._bar.add_task(description, total=total)
-        self._bar.start()
-
-    def advance(self, n: int = 1) -> None:
-        self._bar.advance(self._task, n)
-
-    def close(self) -> None:
-        self._bar.stop()
 
 
 # --------------------------------------------------------------------------- run
@@ -606,7 +574,7 @@ def run_many(
     workers: int | None = ...,
     timeout: float | None = ...,
     keep_order: bool = ...,
-    progress: bool = ...,
+    progress: bool | Literal["force"] = ...,
     check: bool = ...,
     shell: bool = ...,
     cwd: PathArg = ...,
@@ -621,7 +589,7 @@ def run_many(
     workers: int | None = ...,
     timeout: float | None = ...,
     keep_order: bool = ...,
-    progress: bool = ...,
+    progress: bool | Literal["force"] = ...,
     check: bool = ...,
     shell: bool = ...,
     cwd: PathArg = ...,
@@ -635,7 +603,7 @@ def run_many(
     workers: int | None = None,
     timeout: float | None = None,
     keep_order: bool = True,
-    progress: bool = False,
+    progress: bool | Literal["force"] = False,
     check: bool = False,
     shell: bool = False,
     cwd: PathArg = None,
@@ -650,7 +618,7 @@ def run_many(
     past its ``timeout`` (seconds, for each command) is ended and reported with
     ``timed_out=True``; the others go on. With ``check=True`` the first failure
     or timeout ends every running command and is raised. ``progress=True``
-    shows a progress bar on stderr.
+    shows a progress bar on stderr when it is a terminal (``"force"``: always).
 
     Raises:
         ProgramNotFound: a program does not exist (checked before any starts).
@@ -671,7 +639,7 @@ def run_many(
     total = len(prepared)
     results: list[CommandResult[Any] | None] = [None] * total
     completed: list[CommandResult[Any]] = []
-    bar = Progress(total, "commands") if progress else None
+    bar = Progress("commands", total) if want_progress(progress) else None
     watch = _CancelWatch()
     loop = ProcessLoop()
     try:

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._errors import Cancelled, TaskTimeout
+from ._factories import PrimitiveFactory
 from ._task import Task, check_timeout
 from .backends import Backend, get_backend
 
@@ -39,7 +40,7 @@ def _open_groups() -> list[TaskGroup]:
     return stack
 
 
-class TaskGroup:
+class TaskGroup(PrimitiveFactory):
     """Run tasks together; nothing spawned in the block outlives it.
 
     Args:
@@ -156,18 +157,6 @@ class TaskGroup:
             task.cancel()
         task.add_done_callback(self._child_done)
         return task
-
-    def Lock(self) -> Any:
-        """A lock that works for this group's tasks (a process lock for "process")."""
-        return self._backend.primitive("Lock")
-
-    def Event(self) -> Any:
-        """An event that works for this group's tasks."""
-        return self._backend.primitive("Event")
-
-    def Semaphore(self, value: int = 1) -> Any:
-        """A semaphore that works for this group's tasks."""
-        return self._backend.primitive("Semaphore", value)
 
     def cancel(self) -> None:
         """Cancel every task of the group and of groups nested in it.
