@@ -305,9 +305,69 @@ def test_exit_status_counts_failures(capfd: pytest.CaptureFixture[str]) -> None:
     assert run(capfd, "exit", ":::", "0", "1", "2", "0", "3")[0] == 3
     assert run(capfd, "-j", "4", "false", ":::", *map(str, range(102)))[0] == 101
     # A program that cannot start counts as failed, like a shell's 127.
-    for jobs in ("1", "4"):  # started by this thread, and by the starter threads
+    for jobs in ("1", "4"):  # spawn, and spawn_soon
         code, _, err = run(capfd, "-j", jobs, "no-such-program-polytask", ":::", "a", "b")
         assert code == 2 and err.count("no-such-program-polytask: command not found") == 2
+
+
+@pytest.mark.parametrize("slow_start", [float("inf"), -1.0], ids=["here", "threads"])
+def test_both_start_paths(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, slow_start: float
+) -> None:
+    # Programs start on the loop's thread while starts are quick; after a slow
+    # one (here: every one) the next go to the starter threads. Either way each
+    # job runs in a process group of its own and its output stays together.
+    from polytask import _parallel_loop
+
+    monkeypatch.setattr(_parallel_loop, "SLOW_START", slow_start)
+    job = 'test "$(cut -d" " -f5 /proc/$$/stat)" = $$ && echo own {}; echo err {} >&2'
+    code, out, err = run(capfd, "-j", "3", "-k", job, ":::", *map(str, range(120)))
+    assert code == 0
+    assert out == "".join(f"own {i}\n" for i in range(120))
+    assert sorted(err.splitlines()) == sorted(f"err {i}" for i in range(120))
+    code, _, err = run(capfd, "-j", "3", "no-such-program-polytask", ":::", *"abcd")
+    assert code == 4 and err.count("no-such-program-polytask: command not found") == 4
+
+
+def test_program_looked_up_once_per_run(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polytask import _parallel_loop
+
+    looked_up: list[str] = []
+    real = _parallel_loop.which
+
+    def which(name: str, path: str) -> str | None:
+        looked_up.append(name)
+        return real(name, path)
+
+    monkeypatch.setattr(_parallel_loop, "which", which)
+    assert run(capfd, "-j", "2", "true", ":::", *map(str, range(30)))[0] == 0
+    assert looked_up == ["true"]
+
+
+def test_job_started_but_not_watchable_is_ended(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # posix_spawn succeeded, then the loop could not watch the program (no
+    # descriptor left for its pidfd): it is killed and reaped at once, its
+    # files closed, and the job counts as failed; the others run.
+    from polytask import _parallel_loop
+
+    real = os.pidfd_open
+    calls = [0]
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(24, "Too many open files")
+        return real(pid, flags)
+
+    monkeypatch.setattr(_parallel_loop.os, "pidfd_open", pidfd_open)
+    code, out, err = run(capfd, "-j", "1", "-k", "echo", ":::", "a", "b", "c")
+    assert code == 1
+    assert out == "a\nc\n"
+    assert "echo: Too many open files" in err
 
 
 def test_many_short_jobs_none_lost(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:

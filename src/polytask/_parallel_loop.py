@@ -17,14 +17,17 @@ programs through :class:`ProcessLoop`::
 Both pipes are read as data arrives, so a program that fills both never
 blocks; waits are poll() with the next timer as its timeout, never a sleep.
 
-``spawn_soon`` (used by ``polytask parallel`` at ``-j`` 2 or more) hands the
-start alone to two starter threads, because a vfork suspends the thread that
-makes it until the program exec'd (on a busy machine, often a millisecond or
-more); each result comes back through a wake-up pipe in the same poll, and
-only the loop's thread touches its state::
+``spawn_soon`` (used by ``polytask parallel`` at ``-j`` 2 or more) starts on
+the loop's thread while starts are quick, and hands them to two starter
+threads while they are slow: a vfork suspends the thread that makes it until
+the program exec'd, about 0.1 ms on a quiet machine but often a millisecond
+or more on a busy one, when the other programs' exits would go unanswered
+meanwhile. A thread's result comes back through a wake-up pipe in the same
+poll, and only the loop's thread touches its state::
 
-    spawn_soon ──> queue ──> starter threads: posix_spawn ──> done list
-                                                  └─ wake pipe ──> wait() adopts
+    spawn_soon ─┬─ starts quick ──> spawn here (memory files, posix_spawn)
+                └─ a start was slow ──> queue ──> starter threads: posix_spawn ──> done list
+                                                            └─ wake pipe ──> wait() adopts
 
 With ``posix_spawn=True`` programs start through libc's ``posix_spawn``
 (called by ctypes, which lets go of the GIL while the thread is suspended;
@@ -66,6 +69,18 @@ DEFAULT_DRAIN = 1.0
 _READ_SIZE = 65536
 _WRITE_SIZE = 65536
 
+#: A start by :meth:`ProcessLoop.spawn_soon` on the loop's own thread that kept
+#: it suspended (vfork) longer than this, in seconds, is slow; ...
+SLOW_START = 0.002
+#: ... this many slow ones among the last :data:`SLOW_WINDOW` started there
+#: mean a busy machine (one alone can be a hiccup of a quiet one) ...
+SLOW_STARTS = 3
+SLOW_WINDOW = 30
+#: ... and then this many starts go to the starter threads before the next
+#: one is tried on the loop's thread again (one more slow start there: back
+#: to the threads at once).
+THREADED_STARTS = 50
+
 OnOutput = Callable[["Child", int, bytes], None]
 
 
@@ -97,6 +112,16 @@ def _waitpid(pid: int) -> int:
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): 0, as Popen says
         return 0
+
+
+def _memory_files() -> tuple[int, int]:
+    """Two new memory files, for one program's stdout and stderr."""
+    out = os.memfd_create("polytask-out", os.MFD_CLOEXEC)
+    try:
+        return out, os.memfd_create("polytask-err", os.MFD_CLOEXEC)
+    except BaseException:
+        os.close(out)
+        raise
 
 
 def _end_unadopted(pid: int) -> None:
@@ -152,6 +177,26 @@ class _Spawner:
         items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
         self._envp = (ctypes.c_char_p * (len(items) + 1))(*items, None)
         self._actions: dict[tuple[int, int, int], ctypes.Array[ctypes.c_char]] = {}
+        self._path = environ.get("PATH", os.defpath)  # the children's, frozen with envp
+        self._exe: dict[str, str | None] = {}
+
+    def executable(self, name: str) -> str | None:
+        """The path to start program ``name`` by (None: let posix_spawnp search PATH).
+
+        Looked up once per name: exec would otherwise try every PATH entry,
+        each a failed execve, with the parent suspended (vfork) meanwhile.
+        """
+        try:
+            return self._exe[name]
+        except KeyError:
+            pass
+        if "/" in name or not name:
+            exe: str | None = name or None
+        else:
+            # Not found on PATH's absolute entries: posix_spawnp searches the rest.
+            exe = which(name, self._path)
+        self._exe[name] = exe
+        return exe
 
     @staticmethod
     def _check(err: int) -> None:
@@ -469,7 +514,7 @@ class ProcessLoop:
     """
 
     #: Starter threads for :meth:`spawn_soon` (two overlap the vfork waits on 2 cores).
-    _STARTERS = int(os.environ.get("PT_STARTERS", "2"))
+    _STARTERS = 2
 
     def __init__(
         self,
@@ -491,9 +536,14 @@ class ProcessLoop:
         self._devnull = -1
         self._which: dict[tuple[str, str], str | None] = {}
         self._spawner: _Spawner | None = None
+        self._spare_files: tuple[int, int] | None = None
         self._starters: _Starters | None = None
         self._starting = 0
         self._failed_starts: list[tuple[Any, Exception]] = []
+        self._spawned = 0  # by spawn_soon
+        self._spawned_here = 0  # by spawn_soon on this thread
+        self._slow_starts: list[int] = []  # the last slow ones of those (their numbers)
+        self._inline_after = 0
 
     # ------------------------------------------------------------------ starting
 
@@ -518,6 +568,15 @@ class ProcessLoop:
         on_output: OnOutput | None = None,
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start."""
+        if (
+            self.posix_spawn
+            and capture
+            and on_output is None
+            and input is None
+            and cwd is None
+            and env is None
+        ):
+            return self._spawn_to_files(argv, token, timeout)
         start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output)
         try:
             start.run()
@@ -528,6 +587,59 @@ class ProcessLoop:
             raise start.error
         return self._adopt(start)
 
+    def _spawn_to_files(self, argv: Sequence[str], token: Any, timeout: float | None) -> Child:
+        """:meth:`spawn` by posix_spawn, output to memory files: the path of many tiny jobs."""
+        if not argv:
+            raise ValueError("no program to run: the argument list is empty")
+        spawner = self._spawner
+        if spawner is None:
+            spawner = self._spawner = _Spawner(
+                os.environ, signal.pthread_sigmask(signal.SIG_BLOCK, ())
+            )
+        if self._devnull < 0:
+            self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        exe = spawner.executable(argv[0])
+        out, err = self._spare_files or _memory_files()
+        self._spare_files = None
+        pid = ctypes.c_int(0)
+        child: Child | None = None
+        try:
+            started, started_wall = time.monotonic(), time.time()
+            spawner.spawn(exe, argv, (self._devnull, out, err), pid)
+            guard(pid.value)
+            child = Child(pid.value, None, argv, token, started, started_wall)
+            child.pidfd = os.pidfd_open(child.pid)
+            self._fds[child.pidfd] = (child, _PIDFD)
+            self._poll.register(child.pidfd, select.POLLIN)
+            child.files = [out, err]
+            self._children.add(child)
+        except BaseException:
+            # Not adopted after all (an error, or Ctrl-C just now): undo, end it here.
+            if child is not None:
+                self._children.discard(child)
+                if child.pidfd >= 0:
+                    if self._fds.pop(child.pidfd, None) is not None:
+                        try:
+                            self._poll.unregister(child.pidfd)
+                        except KeyError:  # interrupted before it was registered
+                            pass
+                    os.close(child.pidfd)
+                child.exited = child.done = True
+            os.close(out)
+            os.close(err)
+            if pid.value > 0:  # started, but cannot be watched: end it now
+                _end_unadopted(pid.value)
+            raise
+        if timeout is not None:
+            self.set_deadline(child, started + timeout)
+        # The next start's files, made now that this program runs: not between
+        # one job's exit and the next one's start.
+        try:
+            self._spare_files = _memory_files()
+        except OSError:  # out of descriptors: the next start says so
+            pass
+        return child
+
     def spawn_soon(
         self,
         argv: Sequence[str],
@@ -536,14 +648,40 @@ class ProcessLoop:
         timeout: float | None = None,
         on_output: OnOutput | None = None,
     ) -> None:
-        """Like :meth:`spawn`, but start the program on a starter thread.
+        """Like :meth:`spawn`, but the start may be left to a starter thread.
 
         A start suspends the thread that makes it until the program has
-        exec'd (vfork), so one thread starting many short programs leaves the
-        other cores idle; starter threads overlap those waits. The child joins
-        the loop during a later :meth:`wait`; a program that cannot start is
-        listed by :meth:`failed_starts`. Counted in :attr:`running` meanwhile.
+        exec'd (vfork). On a quiet machine that is about 0.1 ms and starting
+        here is cheapest (no hand-over between threads); on a busy one the
+        new program may wait milliseconds for a core, and this thread with
+        it, while the other programs' exits go unanswered. So programs start
+        here until :data:`SLOW_STARTS` of the last :data:`SLOW_WINDOW` took
+        longer than :data:`SLOW_START` each; then the next
+        :data:`THREADED_STARTS` go to the starter threads, which overlap
+        those waits, and one is tried here again.
+
+        A program started by a thread joins the loop during a later
+        :meth:`wait`, counted in :attr:`running` meanwhile; a program that
+        cannot start is listed by :meth:`failed_starts`.
         """
+        self._spawned += 1
+        if self._spawned > self._inline_after:
+            t0 = time.monotonic()
+            try:
+                self.spawn(argv, token=token, timeout=timeout, on_output=on_output)
+            except (OSError, ValueError) as exc:
+                self._failed_starts.append((token, exc))
+            self._spawned_here += 1
+            if time.monotonic() - t0 > SLOW_START:
+                slow = self._slow_starts
+                slow.append(self._spawned_here)
+                if (
+                    len(slow) >= SLOW_STARTS
+                    and slow[-SLOW_STARTS] > self._spawned_here - SLOW_WINDOW
+                ):
+                    self._inline_after = self._spawned + THREADED_STARTS
+                del slow[:-SLOW_STARTS]
+            return
         start = self._prepare(argv, token, timeout, True, None, None, None, on_output)
         if self._starters is None:
             self._starters = _Starters(self._STARTERS)
@@ -603,10 +741,7 @@ class ProcessLoop:
                         os.environ, signal.pthread_sigmask(signal.SIG_BLOCK, ())
                     )
                 start.spawner = self._spawner
-                # Not found on PATH's absolute entries: posix_spawnp searches the rest.
-                start.executable = self._resolve(argv[0], None, None) or (
-                    argv[0] if "/" in argv[0] else None
-                )
+                start.executable = self._spawner.executable(argv[0])
             else:
                 start.executable = self._resolve(argv[0], cwd, env)
         except BaseException:
@@ -759,6 +894,10 @@ class ProcessLoop:
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
+            if self._spare_files is not None:
+                for fd in self._spare_files:
+                    os.close(fd)
+                self._spare_files = None
 
     def __enter__(self) -> ProcessLoop:
         return self

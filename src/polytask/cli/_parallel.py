@@ -78,6 +78,20 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        # What argparse asks shutil for, without importing shutil (and through
+        # it bz2 and lzma): every add_argument makes a formatter.
+        try:
+            width = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            try:
+                width = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                width = 80
+        super().__init__(prog, width=max(width, 1) - 2)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _UsageError(message)
@@ -89,7 +103,7 @@ def _parser() -> _Parser:
         usage=_USAGE,
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         allow_abbrev=False,
     )
     a = p.add_argument
@@ -419,6 +433,8 @@ class _Runner:
         self.joblog: Any = None
         self.bar: Any = None
         self.loop: Any = None
+        self.limit = 1
+        self.exhausted = False
 
     # -------------------------------------------------------------- setup
 
@@ -490,28 +506,17 @@ class _Runner:
         from .._parallel_loop import ProcessLoop
 
         self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True)
-        limit = self.jobs if self.jobs is not None else 1 << 30
+        limit = self.limit = self.jobs if self.jobs is not None else 1 << 30
+        # What a finished job does (a retry, a halt, a new median) cannot
+        # change what starts next: start the next jobs first, then do the
+        # finished jobs' bookkeeping while those run.
+        eager = not self.halt.active and self.tries == 1 and self.timeout_pct is None
         watching = False
-        exhausted = False
         try:
             while True:
-                need_input = False
-                while not self.stop and loop.running < limit:
-                    if self.retry:
-                        job = self.retry.popleft()
-                    elif exhausted:
-                        break
-                    else:
-                        job = self.next_job()
-                        if job is None:
-                            exhausted = True
-                            break
-                        if job is _NOT_READY:
-                            need_input = True
-                            break
-                    self.start(job)
+                need_input = self.fill()
                 if loop.running == 0:
-                    if exhausted or self.stop:
+                    if self.exhausted or self.stop:
                         break
                     self.source.fill()  # needs input and nothing runs: blocking is fine
                     continue
@@ -526,8 +531,16 @@ class _Runner:
                     self.source.fill()
                 for job, exc in loop.failed_starts():
                     self.start_failed(job, job.program, exc)
-                for child in finished:
-                    self.finished(child)
+                if eager and finished:
+                    for child in finished:
+                        self.release(child.token)
+                    if loop.running < limit:
+                        self.fill()
+                    for child in finished:
+                        self.finished(child, released=True)
+                else:
+                    for child in finished:
+                        self.finished(child)
             self.sink.finish()
         finally:
             loop.close()
@@ -541,6 +554,24 @@ class _Runner:
             )
         return self.spec.exit_status(self.failed)
 
+    def fill(self) -> bool:
+        """Start jobs while there is room; True if the next one waits for input."""
+        loop, limit = self.loop, self.limit
+        while not self.stop and loop.running < limit:
+            if self.retry:
+                job = self.retry.popleft()
+            elif self.exhausted:
+                return False
+            else:
+                job = self.next_job()
+                if job is None:
+                    self.exhausted = True
+                    return False
+                if job is _NOT_READY:
+                    return True
+            self.start(job)
+        return False
+
     def start(self, job: _Job) -> None:
         job.slot = heapq.heappop(self.free_slots) if self.free_slots else self._new_slot()
         job.tries += 1
@@ -553,9 +584,11 @@ class _Runner:
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
-        if (self.jobs is None or self.jobs > 1) and os.environ.get("PT_STARTERS", "2") != "0":
-            # Starter threads overlap the vfork waits of many short jobs.
+        if self.jobs is None or self.jobs > 1:
+            # Started here, or by starter threads while the machine is busy.
             self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
+            for failed, exc in self.loop.failed_starts():  # those started here, at once
+                self.start_failed(failed, failed.program, exc)
             return
         try:
             self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
@@ -588,9 +621,10 @@ class _Runner:
         if not job.halted:
             self.sink.chunk(job.seq, self.tag(job), kind, data)
 
-    def finished(self, child: Any) -> None:
+    def finished(self, child: Any, *, released: bool = False) -> None:
         job: _Job = child.token
-        self.release(job)
+        if not released:
+            self.release(job)
         if job.halted:
             self.sink.skip(job.seq)
             return
@@ -821,9 +855,9 @@ def main(argv: list[str]) -> int:
         if opts.dry_run:
             return runner.dry_run()
         if opts.bar:
-            from .._commands import Progress
+            from .._progress import Progress
 
-            runner.bar = Progress(runner.source.total, "jobs")
+            runner.bar = Progress("jobs", runner.source.total)
         return runner.run()
     except _UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
