@@ -36,7 +36,10 @@ except ImportError:  # pragma: no cover - the bench extra installs it
 
 
 # --------------------------------------------------------------------------- transports
-# Each: make() -> (tx, rx); send(tx, item) in the child; recv(rx) here; close(tx, rx).
+# Each: make() -> (tx, rx); sender(tx) -> send(item), in the child; receiver(rx) ->
+# recv(), here; close(tx, rx). send and recv are the transport's own bound methods
+# (or a functools.partial of them, for a timeout), so the harness adds no Python
+# call of its own per item, for any peer.
 
 
 def _pt_make() -> tuple[Any, Any]:
@@ -70,36 +73,42 @@ def _close(tx: Any, rx: Any) -> None:
         join()
 
 
-TRANSPORTS: dict[str, tuple[Callable[[], tuple[Any, Any]], Callable[..., None], Callable[..., Any]]]
-TRANSPORTS = {
-    "pt.Channel": (_pt_make, lambda tx, x: tx.put(x), lambda rx: rx.get(timeout=60)),
-    "multiprocessing.Queue": (_mpq_make, lambda tx, x: tx.put(x), lambda rx: rx.get(timeout=60)),
-    "multiprocessing.Pipe": (_pipe_make, lambda tx, x: tx.send(x), lambda rx: rx.recv()),
+_Transport = tuple[
+    Callable[[], tuple[Any, Any]],
+    Callable[[Any], Callable[[Any], Any]],
+    Callable[[Any], Callable[[], Any]],
+]
+TRANSPORTS: dict[str, _Transport] = {
+    "pt.Channel": (_pt_make, lambda tx: tx.put, lambda rx: partial(rx.get, timeout=60)),
+    "multiprocessing.Queue": (_mpq_make, lambda tx: tx.put, lambda rx: partial(rx.get, timeout=60)),
+    "multiprocessing.Pipe": (_pipe_make, lambda tx: tx.send, lambda rx: rx.recv),
 }
 if faster_fifo is not None:
     TRANSPORTS["faster-fifo"] = (
         _ff_make,
-        lambda tx, x: tx.put(x, timeout=60),
-        lambda rx: rx.get(timeout=60),
+        lambda tx: partial(tx.put, timeout=60),
+        lambda rx: partial(rx.get, timeout=60),
     )
 
 
-def _child(send: Callable[..., None], tx: Any, item: Any, n: int) -> None:
+def _child(sender: Callable[[Any], Callable[[Any], Any]], tx: Any, item: Any, n: int) -> None:
+    send = sender(tx)
     for _ in range(n):
-        send(tx, item)
+        send(item)
 
 
 def _measure(name: str, item: Any, n: int) -> float:
     """Seconds from the first item received to the n-th."""
-    make, send, recv = TRANSPORTS[name]
+    make, sender, receiver = TRANSPORTS[name]
     tx, rx = make()
-    p = CTX.Process(target=_child, args=(send, tx, item, n))
+    p = CTX.Process(target=_child, args=(sender, tx, item, n))
     p.start()
     try:
-        recv(rx)
+        recv = receiver(rx)
+        recv()
         t0 = time.perf_counter()
         for _ in range(n - 1):
-            recv(rx)
+            recv()
         return time.perf_counter() - t0
     finally:
         p.join(60)

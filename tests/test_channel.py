@@ -216,8 +216,10 @@ def test_thread_channel_refuses_to_cross_processes():
 # --------------------------------------------------------------------------- across processes
 
 
-def test_processes_several_producers_and_consumers_exactly_once():
-    ch = pt.Channel(maxsize=64, backend="process")
+@pytest.mark.parametrize(("maxsize", "capacity"), [(64, None), (0, R.MIN_CAPACITY)])
+def test_processes_several_producers_and_consumers_exactly_once(maxsize, capacity):
+    # (a 4 KiB ring wraps every few dozen items: pads, early wraps, full rings)
+    ch = pt.Channel(maxsize=maxsize, backend="process", capacity=capacity)
     n = 1500
     with pt.TaskGroup(backend="process") as g:
         producers = [g.spawn(produce, ch, k, n) for k in range(3)]
@@ -490,6 +492,99 @@ def test_ring_recount_frees_a_dead_readers_frame():
     used = ring.used()
     ring.recount(alive=lambda pid: pid != 66)
     assert ring.used() < used and ring.reader_at_head() is None
+
+
+def test_ring_wraps_early_while_readers_keep_up():
+    cap = 1 << 20
+    ring = new_ring(cap=cap)
+    assert ring.wrap_at == cap >> 3
+    payload = b"p" * 60
+    for k in range(20_000):  # over a megabyte of frames, read as they come
+        assert ring.put_small(payload + k.to_bytes(4, "little"), 0, pid=7) >= 0
+        kind, data, _ = ring.take(7)
+        assert data == payload + k.to_bytes(4, "little")
+        # the writer never goes much past the early-wrap point: the ring's first pages only
+        assert ring.words[8] & (cap - 1) <= ring.wrap_at + 128
+    # A reader far behind: no early wrap (the writer would run into the pad), every
+    # item still arrives once and in order, and the ring fills up to its capacity.
+    sent = 0
+    while ring.put_small(sent.to_bytes(4, "little") * 16, 0, pid=7) >= 0:
+        sent += 1
+    assert sent * 96 > cap // 2
+    for k in range(sent):
+        assert ring.take(7)[1] == k.to_bytes(4, "little") * 16
+    assert ring.take(7) == R.EMPTY and ring.items() == 0
+
+
+def test_early_wrap_keeps_the_whole_capacity():
+    """After a drain past the early-wrap point, the next burst still has the whole
+    ring (the producer skips the pad it wrote itself): no reader needs to come by."""
+    cap = 1 << 20
+    with pt.Channel(backend="process", capacity=cap) as ch:
+        item = b"i" * 90  # a 128-byte frame
+        for _ in range(3):
+            for _ in range(3000):  # past the early-wrap point (cap / 8)
+                ch.put_nowait(item)
+            for _ in range(3000):
+                assert ch.get_nowait() == item
+            for _ in range(int(0.9 * cap) // 128):  # 90% of the ring, nobody reading
+                ch.put_nowait(item)
+            while len(ch):
+                assert ch.get_nowait() == item
+
+
+def test_ring_push_and_pop_match_put_small_and_take():
+    ring = new_ring(cap=1 << 16)
+    hdr = R.READY | (0 << 8) | (7 << 32)
+    for n in (0, 1, R.PACKED - 1, R.PACKED, 1000):  # one struct call, or the slices
+        assert ring.push(b"x" * n, hdr) >= 0
+        assert ring.pop(7) == b"x" * n
+    small = new_ring()
+    for k in range(100):  # a pad at each lap: pop hands over what take() says
+        assert small.push(b"y" * 700, hdr) >= 0
+        r = small.pop(7)
+        assert (r if type(r) is bytes else r[:2]) in (b"y" * 700, (0, b"y" * 700))
+    assert ring.put_small(b"k", 2, pid=7) >= 0
+    assert ring.pop(7) == (2, b"k", 0)  # another kind: as take() says
+    seq = ring.writer_sleeps()
+    ring.push(b"w", hdr)
+    assert ring.pop(7) == (0, b"w", 1)  # a writer to wake: as take() says
+    ring.writer_woke(seq)
+    assert ring.pop(7) == R.EMPTY
+
+
+@pytest.mark.parametrize("maxsize", [0, 3])
+def test_process_channel_small_ring_mixed_sizes_exactly_once_in_order(maxsize):
+    """The fast paths of put and get (inlined) and the general ones (Ring.push and
+    Ring.pop) take turns on a 4 KiB ring that wraps every few items."""
+    ch = pt.Channel(maxsize=maxsize, backend="process", capacity=R.MIN_CAPACITY)
+    sizes = [0, 3, 40, R.PACKED - 40, R.PACKED + 10, 1500]
+    n, producers, consumers = 400, 2, 2
+    got: list[list] = [[] for _ in range(consumers)]
+
+    def produce_mixed(tag: int) -> None:
+        for i in range(n):
+            pad = "z" * sizes[(i + tag) % len(sizes)]
+            ch.put((tag, i, pad) if i % 7 else bytes([tag]) + i.to_bytes(2, "little"))
+
+    cs = [threading.Thread(target=lambda k=k: got[k].extend(ch)) for k in range(consumers)]
+    ps = [threading.Thread(target=produce_mixed, args=(k,)) for k in range(producers)]
+    for t in cs + ps:
+        t.start()
+    for t in ps:
+        t.join(HANG)
+    ch.close()
+    for t in cs:
+        t.join(HANG)
+    seen = []
+    for g in got:
+        last = {}
+        for x in g:
+            tag, i = (x[0], int.from_bytes(x[1:], "little")) if type(x) is bytes else x[:2]
+            assert i > last.get(tag, -1)  # each producer's order, for each consumer
+            last[tag] = i
+            seen.append((tag, i))
+    assert sorted(seen) == [(k, i) for k in range(producers) for i in range(n)]
 
 
 def test_ring_rejects_bad_buffers():

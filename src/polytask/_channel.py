@@ -24,19 +24,26 @@ while holding one leaves the next locker in charge of repairing the counters
 unfinished frame with its pid; readers waiting at it check the pid and skip it.
 Every wait is a futex wait in slices, with the caller's timeout.
 
-Speed (small items): a put is one pickle, one trylock, one copy, one unlock; a
-get the same backwards; no system call while nobody sleeps. A waiting side
-spins first (its peer is likely running on the other core), for a budget that
-adapts: reset to the maximum when the sleep that followed a failed spin was
-short, halved when it was long (a busy machine or an idle peer). A sleeper's
-registration is used up by the wake-up, so a busy peer pays one futex_wake per
-sleep, not one per item.
+Speed (small items): a put is one pickle, one trylock, one struct call that
+writes the frame's header and payload, two stores that publish it, one unlock;
+a get the same backwards; no system call while nobody sleeps. The common case
+of Ring.push / Ring.pop is inlined in put and get (fewer Python calls), and the
+mutexes are called through ctypes without argument conversion. A short tuple's
+frame is one cache line. When it finds the ring empty past Ring.WRAP_EARLY, the
+writer wraps early (and skips the pad itself), so a channel that keeps up uses
+only the ring's first pages: no page faults, and frames that stay in the caches. A
+waiting side spins first (its peer is likely running on the other core), for a
+budget that adapts: reset to the maximum when the sleep that followed a failed
+spin was short, halved when it was long (a busy machine or an idle peer). A
+sleeper's registration is used up by the wake-up, so a busy peer pays one
+futex_wake per sleep, not one per item.
 
 Lock order: C before P (never take C while holding P).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import queue
@@ -50,15 +57,19 @@ from typing import Any, Generic, TypeVar, cast
 from . import _proc
 from . import _ring as R
 from ._errors import ChannelClosed, SerializationError
+from ._ring import PACKED, PACKERS, make_packer
 from ._shm import (
     SHM_DIR,
     AttachCache,
     RobustMutex,
     Segment,
     _mutex_trylock,
+    _mutex_trylock_ref,
     _mutex_unlock,
+    _mutex_unlock_ref,
     futex_wait,
     futex_wake,
+    mutex_ref,
     pid_alive,
 )
 
@@ -73,6 +84,7 @@ DEFAULT_CAPACITY = 8 * 1024 * 1024
 K_PICKLE, K_OOB, K_BYTES, K_BYTEARRAY, K_MEMORYVIEW, K_SPILL = 0, 1, 2, 3, 4, 5
 
 _SMALL_PAYLOAD = R.SMALL - R.HEADER
+_SMALL_FRAME = R.SMALL
 # An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
 _REPICKLE_OVER = 256 * 1024
 _OOB_BYTES_MIN = 64 * 1024
@@ -85,7 +97,11 @@ _IDLE_SLICE = 1.0
 _SPIN_MAX = 100e-6 if (os.cpu_count() or 1) > 1 else 0.0
 _SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
 
+_EBUSY = errno.EBUSY
+_WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, CLOSED)
 _pid = os.getpid()
+# The first header word of this process's small pickled frames (READY, kind 0, pid).
+_hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
 _pdumps = pickle.dumps
 _ploads = pickle.loads
 _futex_wake = futex_wake
@@ -94,8 +110,9 @@ _yield = os.sched_yield
 
 
 def _after_fork() -> None:
-    global _pid
+    global _pid, _hdr_pickle
     _pid = os.getpid()
+    _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -200,11 +217,13 @@ class Channel(Generic[T]):
         return self.get(0)
 
     def __iter__(self) -> Iterator[T]:
+        get = self.get
         while True:
             try:
-                yield self.get()
+                item = get()
             except ChannelClosed:
                 return
+            yield item
 
     def __enter__(self) -> Channel[T]:
         return self
@@ -721,10 +740,23 @@ class _ProcessChannel(Channel[T]):
         self._c_addr = base + R.C_MUTEX_OFFSET
         self._pm = RobustMutex(self._p_addr)
         self._cm = RobustMutex(self._c_addr)
+        self._p_ref = mutex_ref(self._p_addr)
+        self._c_ref = mutex_ref(self._c_addr)
         self._data_seq_addr = base + R.DATA_SEQ_OFFSET
         self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
-        self._put_small = ring.put_small
-        self._take = ring.take
+        self._push = ring.push
+        self._pop = ring.pop
+        # The ring's fixed parts, for the inlined fast paths of put and get.
+        self._w, self._b, self._raw = ring.words, ring.view, ring.raw
+        self._mask, self._cap, self._wrap = ring.capacity - 1, ring.capacity, ring.wrap_at
+        # Where put's fast path must stop and ask Ring.push (_set_limit): the
+        # first of the next point where it may wrap early and the end of the
+        # room left by the readers, at this handle's last look (the tail and the
+        # head only grow, so a stale limit is only too cautious); and the
+        # readers' count of items, for maxsize (the same).
+        self._limit = 0
+        self._claimed_seen = 0
+        self._tail_seen = 0  # the same for get: the tail only grows
         self._spin = _SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
@@ -781,37 +813,110 @@ class _ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ put
 
     def put(self, item: T, timeout: float | None = None) -> None:
-        # The common case (a small picklable item) is inlined: at a few hundred
-        # thousand items a second every Python call shows.
-        t = type(item)
-        if t in _BIG_TYPES:
-            kind, payload, views = _encode(item)
-        else:
+        # The common case (a small picklable item) is inlined, and so is the
+        # common case of Ring.push under the lock (kept in step with it: same
+        # words, same order of stores): at a million items a second every Python
+        # call and attribute lookup shows. Anything unusual goes to Ring.push.
+        if type(item) not in _BIG_TYPES:
             try:
-                payload = _pdumps(item, 5)
+                data = _pdumps(item, 5)
             except Exception:
-                kind, payload, views = _encode(item)
+                pass  # _put_other says why (or cloudpickles it)
             else:
-                if len(payload) > _SMALL_PAYLOAD:
-                    _BIG_TYPES.add(t)
-                    kind, payload, views = _encode(item)  # big buffers out of band
-                else:
-                    kind, views = K_PICKLE, _NO_VIEWS
+                n = len(data)
+                if n <= _SMALL_PAYLOAD:
+                    m = self._p_ref
+                    rc = _mutex_trylock_ref(m)
+                    if rc:
+                        self._lock_p(_deadline(timeout), rc)
+                    try:
+                        w = self._w
+                        size = (n + 47) & -32  # HEADER + n, aligned to ALIGN
+                        pos = w[8]  # _TAIL
+                        if (
+                            pos + size > self._limit
+                            or w[10]  # _WAIT_DATA: readers to wake, or R.CLOSED_FLAG
+                            or n >= PACKED
+                            or (self.maxsize and w[9] - self._claimed_seen >= self.maxsize)
+                        ):
+                            # Wrapping, perhaps full, readers asleep, longer or
+                            # closed: the whole story.
+                            rc = self._push(data, _hdr_pickle)
+                            self._set_limit()
+                            if self._ring.wrapped and not rc:
+                                rc = _WRAPPED  # _put_done skips the pad
+                        else:
+                            (PACKERS[n] or make_packer(n))(
+                                self._b,
+                                4096 + (pos & self._mask),
+                                _hdr_pickle,
+                                size | (n << 32),
+                                data,
+                            )
+                            w[9] += 1  # _NRES
+                            w[8] = pos + size  # _TAIL: publishes the frame
+                            rc = 0  # no reader sleeps: _WAIT_DATA was 0, under our lock
+                    finally:
+                        _mutex_unlock_ref(m)
+                    if rc:
+                        self._put_done(rc, data, timeout)
+                    return
+                _BIG_TYPES.add(type(item))  # big: its buffers go out of band
+        self._put_other(item, timeout)
+
+    def _put_done(self, rc: int, data: bytes, timeout: float | None) -> None:
+        """The rest of a put whose Ring.push said more than "done" (P lock released)."""
+        if rc == 1:
+            _futex_wake(self._data_seq_addr)
+        elif rc < 0:
+            self._put_small_wait(K_PICKLE, data, timeout, rc)
+        if self._ring.wrapped:
+            self._skip_pads()
+
+    def _skip_pads(self) -> None:
+        """After this handle wrapped early: skip the pad for the readers, if none is busy."""
+        self._ring.wrapped = False
+        rc = _mutex_trylock(self._c_addr)
+        if rc == _EBUSY:
+            return  # a busy reader skips it itself, soon
+        if rc:
+            self._lock_c(None, rc)  # a reader died holding it: repair first
+        try:
+            self._ring.skip_pads()
+        finally:
+            _mutex_unlock(self._c_addr)
+
+    def _set_limit(self) -> None:
+        """A fresh look at the ring for put's fast path (P lock)."""
+        w = self._w
+        tail = w[8]  # _TAIL
+        off = tail & self._mask
+        if off < self._wrap:
+            limit = tail - off + self._wrap  # Ring.push decides whether to wrap early
+        else:
+            # Past that point with the readers behind: Ring.push looks again for
+            # an empty ring every 1/64 of it (and at the end of the ring).
+            limit = min(tail + (self._wrap >> 6), tail - off + self._cap)
+        self._limit = min(limit, w[16] + self._cap)  # _HEAD: the room the readers left
+        self._claimed_seen = w[18]  # _NCLAIM
+
+    def _put_other(self, item: T, timeout: float | None) -> None:
+        """put() of an item that is big, raw bytes, or not picklable by pickle."""
+        kind, payload, views = _encode(item)
         if views or len(payload) > _SMALL_PAYLOAD:
             self._put_big(kind, payload, views, timeout)
             return
-        addr = self._p_addr
-        rc = _mutex_trylock(addr)
-        if rc:
-            self._lock_p(_deadline(timeout), rc)
+        self._lock_p(_deadline(timeout))
         try:
-            rc = self._put_small(payload, kind, _pid)
+            rc = self._ring.put_small(payload, kind, _pid)
         finally:
-            _mutex_unlock(addr)
+            _mutex_unlock(self._p_addr)
         if rc > 0:
-            _futex_wake(self._data_seq_addr)
+            futex_wake(self._data_seq_addr)
         elif rc < 0:
             self._put_small_wait(kind, payload, timeout, rc)
+        if self._ring.wrapped:
+            self._skip_pads()
 
     def _put_small_wait(
         self, kind: int, payload: bytes | memoryview, timeout: float | None, rc: int
@@ -831,6 +936,8 @@ class _ProcessChannel(Channel[T]):
             if rc >= 0:
                 if rc:
                     futex_wake(self._data_seq_addr)
+                if ring.wrapped:
+                    self._skip_pads()
                 return
 
     def _put_big(
@@ -857,6 +964,8 @@ class _ProcessChannel(Channel[T]):
                 if pos == R.CLOSED:
                     raise ChannelClosed("put() on a closed channel")
                 self._wait_space(size, deadline)
+            if ring.wrapped:
+                self._skip_pads()
             # Copy outside the lock: other producers and consumers go on meanwhile.
             pv = ring.payload_view(pos)
             views = ring.buffer_views(pos)
@@ -959,22 +1068,48 @@ class _ProcessChannel(Channel[T]):
         # One item at a time, never more: a reader that took items ahead of its
         # caller could hold back another reader's items (or the sentinel that
         # would end another reader's loop). get_many() is the batched form.
-        addr = self._c_addr
-        rc = _mutex_trylock(addr)
+        # The common case of Ring.pop is inlined, as in put (kept in step with
+        # it); anything else (a big frame, a pad, a writer to wake) goes to it.
+        m = self._c_ref
+        rc = _mutex_trylock_ref(m)
         if rc:
             self._lock_c(_deadline(timeout), rc)
         try:
-            r = self._take(_pid)
+            w = self._w
+            read = w[17]  # _READ
+            if read >= self._tail_seen:
+                # Frames before a tail seen once stay published: while the reader
+                # is behind, it leaves the writers' cache line alone.
+                self._tail_seen = w[8]  # _TAIL
+            if read != self._tail_seen:
+                start = 4096 + (read & self._mask)  # DATA_OFFSET
+                i = start >> 3
+                sz = w[i + 1]
+                size = sz & 0xFFFFFFFF
+                # READY, kind 0, no buffers; small; no writer asleep; nothing claimed before it
+                if w[i] & 0xFFFFFFFF == 2 and size <= _SMALL_FRAME and not w[19] and w[16] == read:
+                    start += 16  # HEADER
+                    r: bytes | tuple[int, bytes, int] | int = self._raw[start : start + (sz >> 32)]
+                    w[17] = w[16] = read + size  # _READ, then _HEAD
+                    w[18] += 1  # _NCLAIM
+                else:
+                    r = self._pop(_pid)
+            else:
+                r = self._pop(_pid)
         finally:
-            _mutex_unlock(addr)
+            _mutex_unlock_ref(m)
+        if type(r) is bytes:
+            try:
+                return _ploads(r)  # type: ignore[no-any-return]
+            except Exception:
+                return _loads(r)  # type: ignore[no-any-return]  # raises SerializationError
+        return self._get_other(cast("tuple[int, bytes, int] | int", r), timeout)
+
+    def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
+        """get() after :meth:`Ring.pop` gave something other than a small pickle."""
         if type(r) is tuple:
             if r[2]:
-                _futex_wake(self._space_seq_addr)
-            if r[0] == K_PICKLE:
-                try:
-                    return cast(T, _ploads(r[1]))
-                except Exception:
-                    return cast(T, _loads(r[1]))  # raises SerializationError
+                futex_wake(self._space_seq_addr)
             item = _decode_small(r[0], r[1])
             if item is not _LOST:
                 return cast(T, item)
@@ -1088,7 +1223,17 @@ class _ProcessChannel(Channel[T]):
         deadline = _deadline(timeout)
         ring = self._ring
         pending: deque[tuple[int, bytes | memoryview]] = deque()
+        append = pending.append
         for item in items:
+            if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
+                try:
+                    data = _pdumps(item, 5)
+                except Exception:
+                    pass
+                else:
+                    if len(data) <= _SMALL_PAYLOAD:
+                        append((K_PICKLE, data))
+                        continue
             kind, payload, bufs = _encode_any(item)
             if bufs or len(payload) > _SMALL_PAYLOAD:
                 self._flush_small(pending, deadline)
@@ -1106,9 +1251,14 @@ class _ProcessChannel(Channel[T]):
             self._lock_p(deadline)
             wake = 0
             try:
+                push = ring.push
+                hdr = _hdr_pickle
                 while pending:
                     kind, payload = pending[0]
-                    rc = ring.put_small(payload, kind, _pid)
+                    if kind == K_PICKLE:
+                        rc = push(payload, hdr)  # type: ignore[arg-type]  # pickles are bytes
+                    else:
+                        rc = ring.put_small(payload, kind, _pid)
                     if rc < 0:
                         break
                     wake |= rc
@@ -1117,6 +1267,8 @@ class _ProcessChannel(Channel[T]):
                 _mutex_unlock(self._p_addr)
             if wake:
                 futex_wake(self._data_seq_addr)
+            if ring.wrapped:
+                self._skip_pads()
             if pending:
                 if rc == R.CLOSED:
                     raise ChannelClosed("put_many() on a closed channel")
@@ -1137,10 +1289,17 @@ class _ProcessChannel(Channel[T]):
             _mutex_unlock(self._c_addr)
         if wake:
             futex_wake(self._space_seq_addr)
+        append = out.append
         for k, d in frames:
+            if k == K_PICKLE:
+                try:
+                    append(_ploads(d))
+                    continue
+                except Exception:
+                    pass  # _decode_small raises the SerializationError
             item = _decode_small(k, d)
             if item is not _LOST:
-                out.append(cast(T, item))
+                append(cast(T, item))
         return out
 
     # ------------------------------------------------------------------ the rest

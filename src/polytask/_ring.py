@@ -24,11 +24,13 @@ ring when the next frame would not fit::
      [DONE][READING][READY][WRITING][READY] ......free...... (wraps to head)
      └─ claimed ───┘└─ not yet claimed ──┘
 
-Frame: a 32-byte header of u64 words, then (big frames) one u64 length per
-out-of-band buffer, the payload, and each buffer at a 64-byte boundary::
+Frame: a 16-byte header of two u64 words, then (big frames) one u64 length
+per out-of-band buffer, the payload, and each buffer at a 64-byte boundary::
 
     w0: state (8 bits) | kind (8) | number of buffers (16) | pid (32)
-    w1: frame size in bytes (32 bits) | payload length (32)     w2, w3: reserved
+    w1: frame size in bytes (32 bits) | payload length (32)
+
+(Frames are multiples of 32 bytes: a short tuple's frame is one cache line.)
 
 Why a half-written frame is never visible: a small frame is written whole,
 then ``tail`` moves past it (one store); a big frame is *reserved* (state
@@ -40,6 +42,7 @@ frames after a process died holding a lock (:meth:`recount`).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -60,11 +63,17 @@ _DATA_SEQ_WORD = DATA_SEQ_OFFSET // 4
 _SPACE_SEQ_WORD = SPACE_SEQ_OFFSET // 4
 DATA_OFFSET = 4096
 
-HEADER = 32
+HEADER = 16
 ALIGN = 32
 BUF_ALIGN = 64
 #: Frames up to this size are copied in and out while holding the lock.
 SMALL = 64 * 1024
+#: Offset past which a producer wraps early when the ring is empty (at most cap/8).
+WRAP_EARLY = 256 * 1024
+
+#: Set in the sleeping readers' count (_WAIT_DATA) by close: a writer tests that
+#: word alone on its fast path (closed, or readers to wake: both go to push).
+CLOSED_FLAG = 1 << 62
 
 # frame states
 WRITING, READY, READING, DONE, PAD = 1, 2, 3, 4, 5
@@ -93,7 +102,7 @@ assert (_CLOSED, _TAIL, _NRES, _WAIT_DATA, _HEAD, _READ, _NCLAIM, _WAIT_SPACE) =
     18,
     19,
 )
-assert (HEADER, ALIGN, DATA_OFFSET, READY) == (32, 32, 4096, 2)
+assert (HEADER, ALIGN, DATA_OFFSET, READY) == (16, 32, 4096, 2)
 
 
 class _Sliceable(Protocol):
@@ -110,6 +119,19 @@ class _BytesOf:
 
     def __getitem__(self, key: slice) -> bytes:
         return bytes(self._mv[key])
+
+
+#: Frames with a payload shorter than PACKED bytes are written by one struct
+#: call: ``(PACKERS[n] or make_packer(n))(buf, start, header word, size word, payload)``
+#: writes the header and the payload.
+PACKED = 512
+PACKERS: list[Callable[..., None] | None] = [None] * PACKED
+
+
+def make_packer(n: int) -> Callable[..., None]:
+    pack = struct.Struct(f"=QQ{n}s").pack_into
+    PACKERS[n] = pack
+    return pack
 
 
 def _align(n: int, a: int) -> int:
@@ -129,6 +151,8 @@ class Ring:
         "_maxsize",
         "_raw",
         "_w",
+        "_wrap",
+        "wrapped",
     )
 
     def __init__(self, buf: memoryview | bytearray, raw: _Sliceable | None = None) -> None:
@@ -150,6 +174,13 @@ class Ring:
         self._cap = cap
         self._mask = cap - 1
         self._maxsize = int(self._w[_MAXSIZE])  # fixed at creation
+        # Past this offset the producer wraps early whenever the ring is empty
+        # (see _make_room), so a channel that keeps up only ever touches the
+        # ring's first pages: no page faults, and data that stays in the
+        # caches, instead of streaming through the whole ring.
+        self._wrap = min(cap >> 3, WRAP_EARLY)
+        #: Set when this handle wrote a pad (the writer then calls skip_pads); never reset here.
+        self.wrapped = False
         # The producer's last look at the consumers' words. Both only grow, so a
         # stale value under-counts the room: put_small re-reads them only when
         # they say "full", and the consumers' cache line stays on their core.
@@ -213,6 +244,28 @@ class Ring:
     def maxsize(self) -> int:
         return self._maxsize
 
+    # The buffer's views, for a caller that inlines the hot paths of push and pop.
+
+    @property
+    def words(self) -> memoryview:
+        """The buffer as u64 words."""
+        return self._w
+
+    @property
+    def view(self) -> memoryview:
+        """The buffer as bytes (writable)."""
+        return self._b
+
+    @property
+    def raw(self) -> _Sliceable:
+        """What slices of the buffer into ``bytes`` fastest."""
+        return self._raw
+
+    @property
+    def wrap_at(self) -> int:
+        """A frame ending past this offset goes through the wrapping logic of push."""
+        return self._wrap
+
     @property
     def owner(self) -> int:
         return int(self._w[_OWNER])
@@ -224,6 +277,8 @@ class Ring:
     def close(self) -> None:
         """Mark closed (both locks)."""
         self._w[_CLOSED] = 1
+        # Also in the word a writer reads anyway: one test sends it off its fast path.
+        self._w[_WAIT_DATA] |= CLOSED_FLAG
 
     def items(self) -> int:
         """Frames reserved and not yet claimed (no lock needed: an estimate while others work)."""
@@ -261,8 +316,8 @@ class Ring:
         """Advance the data sequence (P lock); returns how many readers must be woken."""
         i = self._i
         i[_DATA_SEQ_WORD] = (i[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
-        n = int(self._w[_WAIT_DATA])
-        self._w[_WAIT_DATA] = 0
+        n = int(self._w[_WAIT_DATA] & ~CLOSED_FLAG)
+        self._w[_WAIT_DATA] &= CLOSED_FLAG
         return n
 
     def bump_space(self) -> int:
@@ -290,7 +345,7 @@ class Ring:
     def reader_woke(self, seq: int) -> None:
         """A reader that slept on ``seq`` is up (P lock): withdraw its registration if unused."""
         w = self._w
-        if self._i[_DATA_SEQ_WORD] == seq and w[_WAIT_DATA]:
+        if self._i[_DATA_SEQ_WORD] == seq and w[_WAIT_DATA] & ~CLOSED_FLAG:
             w[_WAIT_DATA] -= 1
 
     def writer_sleeps(self) -> int:
@@ -328,16 +383,18 @@ class Ring:
         cap = self._cap
         off = tail & self._mask
         head = w[_HEAD]
-        if off + size > cap or (head == tail and off > cap // 8 and size <= off):
-            # Wrap: the frame must be contiguous. (When the ring is empty, wrap
-            # early, so a channel that keeps up only ever touches the ring's
-            # first pages.)
+        if off + size > cap or (off > self._wrap and head == tail and size <= off):
+            # Wrap: the frame must be contiguous. (Also wrap early when the ring
+            # is empty: a channel that keeps up then only touches its first
+            # pages. The pad is then all the readers have to skip, and until they
+            # do, it takes room: the writer skips it itself, see skip_pads.)
             pad = cap - off
             if tail + pad + size - head > cap:
                 return FULL
             i = (DATA_OFFSET + off) >> 3
             w[i + 1] = pad
             w[i] = PAD
+            self.wrapped = True
             return tail + pad
         if tail + size - head > cap:
             return FULL
@@ -349,6 +406,15 @@ class Ring:
         Returns 1 if sleeping readers must be woken (the data sequence was
         advanced), 0 if none sleep, FULL or CLOSED.
         """
+        return self.push(
+            data if type(data) is bytes else bytes(data), READY | (kind << 8) | (pid << 32)
+        )
+
+    def push(self, data: bytes, hdr: int) -> int:
+        """:meth:`put_small` with the frame's first header word ready-made (P lock).
+
+        ``hdr`` is ``READY | kind << 8 | pid << 32``: a writer computes it once.
+        """
         # The hot path of every put: word indexes are written out (see the
         # layout at the top) because each global lookup shows at this rate.
         w = self._w
@@ -359,12 +425,12 @@ class Ring:
             if w[9] - self._claimed_seen >= self._maxsize:
                 return FULL
         n = len(data)
-        size = (n + 63) & -32  # HEADER + n, aligned to ALIGN
+        size = (n + 47) & -32  # HEADER + n, aligned to ALIGN
         pos = w[8]  # _TAIL
         off = pos & self._mask
-        if off + size > self._cap or off > self._cap >> 3:
-            # At the end of the ring, or far enough in that it may be empty (then
-            # wrap early: a channel that keeps up only touches its first pages).
+        if off + size > self._wrap:
+            # Near the end of the ring, or far enough in to wrap early if the
+            # ring is empty (a channel that keeps up only touches its first pages).
             pos = self._make_room(size, pos)
             if pos < 0:
                 return FULL
@@ -374,13 +440,17 @@ class Ring:
             if pos + size - self._head_seen > self._cap:
                 return FULL
         start = 4096 + off  # DATA_OFFSET
-        self._b[start + 32 : start + 32 + n] = data
-        i = start >> 3
-        w[i + 1] = size | (n << 32)
-        w[i] = 2 | (kind << 8) | (pid << 32)  # READY
+        if n < PACKED:
+            # Header, length and payload in one call (half the cost of three stores).
+            (PACKERS[n] or make_packer(n))(self._b, start, hdr, size | (n << 32), data)
+        else:
+            self._b[start + 16 : start + 16 + n] = data  # HEADER
+            i = start >> 3
+            w[i + 1] = size | (n << 32)
+            w[i] = hdr
         w[9] += 1  # _NRES
         w[8] = pos + size  # _TAIL: publishes the frame
-        if w[10]:  # _WAIT_DATA
+        if w[10]:  # _WAIT_DATA (not CLOSED_FLAG: the channel is open, we hold the P lock)
             w[10] = 0
             seqs = self._i
             seqs[_DATA_SEQ_WORD] = (seqs[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
@@ -410,7 +480,7 @@ class Ring:
         start = DATA_OFFSET + (pos & self._mask)
         i = start >> 3
         for k, n in enumerate(buf_lens):
-            w[i + 4 + k] = n
+            w[i + 2 + k] = n
         w[i + 1] = size | (payload_len << 32)
         w[i] = WRITING | (kind << 8) | (len(buf_lens) << 16) | (pid << 32)
         w[_NRES] += 1
@@ -456,7 +526,7 @@ class Ring:
         h = self._w[i]
         nbufs = (h >> 16) & 0xFFFF
         plen = self._w[i + 1] >> 32
-        lens = [int(self._w[i + 4 + k]) for k in range(nbufs)]
+        lens = [int(self._w[i + 2 + k]) for k in range(nbufs)]
         p = HEADER + 8 * nbufs
         spans = []
         end = off + p + plen
@@ -498,7 +568,7 @@ class Ring:
             sz = w[i + 1]
             size = sz & 0xFFFFFFFF
             if h & 0xFFFF00FF == 2 and size <= SMALL:  # READY, no buffers
-                data = self._raw[start + 32 : start + 32 + (sz >> 32)]  # HEADER
+                data = self._raw[start + 16 : start + 16 + (sz >> 32)]  # HEADER
                 w[17] = read + size
                 w[18] += 1  # _NCLAIM
                 if w[16] == read:  # _HEAD
@@ -526,6 +596,32 @@ class Ring:
             read += size
             w[_READ] = read
         return EMPTY
+
+    def pop(self, pid: int) -> bytes | tuple[int, bytes, int] | int:
+        """:meth:`take`, with the common case cheaper (C lock).
+
+        Returns the payload alone (``bytes``) for a small frame of kind 0 when
+        no writer needs waking, else whatever :meth:`take` returns.
+        """
+        w = self._w
+        read = w[17]  # _READ
+        if read != w[8]:  # _TAIL
+            start = 4096 + (read & self._mask)  # DATA_OFFSET
+            i = start >> 3
+            sz = w[i + 1]
+            size = sz & 0xFFFFFFFF
+            # READY, kind 0, no buffers (the pid is in the high half), copied under the lock
+            if w[i] & 0xFFFFFFFF == 2 and size <= SMALL and not w[19]:  # _WAIT_SPACE
+                data = self._raw[start + 16 : start + 16 + (sz >> 32)]  # HEADER
+                w[17] = read + size
+                w[18] += 1  # _NCLAIM
+                if w[16] == read:  # _HEAD
+                    w[16] = read + size
+                else:
+                    w[i] = (w[i] & ~0xFF) | DONE
+                    self._advance_head()
+                return data
+        return self.take(pid)
 
     def take_many(self, limit: int) -> list[tuple[int, bytes]]:
         """Take up to ``limit`` small frames in a row (C lock); stops at the first big or unfinished one.
@@ -564,6 +660,24 @@ class Ring:
         else:
             self._advance_head()
         return out
+
+    def skip_pads(self) -> None:
+        """Skip the pads at the read position, as a reader would (C lock).
+
+        A writer that wrapped early calls it, so that the pad frees its room
+        at once rather than when a reader next comes by.
+        """
+        w = self._w
+        read = w[_READ]
+        while read != w[_TAIL]:
+            i = (DATA_OFFSET + (read & self._mask)) >> 3
+            if w[i] & 0xFF != PAD:
+                return
+            head_was_read = w[_HEAD] == read
+            read += w[i + 1] & _LOW
+            w[_READ] = read
+            if head_was_read:
+                w[_HEAD] = read
 
     def writer_at_read(self) -> tuple[int, int] | None:
         """(position, pid) of the unfinished frame readers wait for, if any (C lock)."""

@@ -293,6 +293,19 @@ _mutex_timedlock = _fn(_libc, "pthread_mutex_timedlock", [_vp, _vp])
 _mutex_trylock = _fn(_pylibc, "pthread_mutex_trylock", [_vp])
 _mutex_unlock = _fn(_pylibc, "pthread_mutex_unlock", [_vp])
 _mutex_consistent = _fn(_pylibc, "pthread_mutex_consistent", [_vp])
+# The same two calls for the channels' hot paths, taking the mutex itself (see
+# mutex_ref) rather than its address: with no argtypes to convert through, a
+# call costs a tenth less.
+_mutex_trylock_ref: Callable[[Any], int] = ctypes.PyDLL(None).pthread_mutex_trylock
+_mutex_unlock_ref: Callable[[Any], int] = ctypes.PyDLL(None).pthread_mutex_unlock
+
+
+def mutex_ref(address: int) -> Any:
+    """The mutex at ``address`` as a ctypes object, for ``_mutex_trylock_ref`` / ``_mutex_unlock_ref``.
+
+    It does not keep the memory mapped: its user must hold the Segment.
+    """
+    return (ctypes.c_char * MUTEX_SIZE).from_address(address)
 
 
 class RobustMutex:
