@@ -24,6 +24,7 @@ import pytest
 import polytask as pt
 from polytask import _ring as R
 from polytask._channel import DEFAULT_CAPACITY
+from polytask._shm import _attach_shared_array
 
 BACKENDS = ["thread", "process"]
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -384,6 +385,34 @@ def test_shared_array_through_a_channel():
     got.close()
     assert int(view[5]) == 5  # views stay valid after the handle is dropped
     ch.close()
+
+
+def hold_and_drop(sa) -> float:
+    total = float(sa.array.sum())
+    sa.close()  # this process's handle goes; the creator's keeps the memory
+    return total
+
+
+def test_shared_array_memory_goes_when_every_handle_is_dropped():
+    sa = pt.SharedArray.from_array(np.ones(1000))
+    path = Path("/dev/shm", sa.name)
+    assert path.exists()
+    # A receiver in another process maps it and drops its handle: nothing is released.
+    assert pt.spawn(hold_and_drop, sa, backend="process").result(timeout=HANG) == 1000.0
+    assert path.exists() and float(sa.array.sum()) == 1000.0
+    # A receiver here (as a channel's consumer gets one) maps the same memory...
+    other = pickle.loads(pickle.dumps(sa))
+    other.array[0] = 5.0
+    assert sa.array[0] == 5.0
+    # ...the creator drops its handle: the name goes, the receiver's memory stays...
+    sa.close()
+    assert not path.exists()
+    assert float(other.array.sum()) == 1004.0
+    # ...until the receiver drops it too; a late receiver is told it is gone.
+    name = other.name
+    other.close()
+    with pytest.raises(FileNotFoundError, match="gone"):
+        _attach_shared_array(name, (1000,), "<f8")
 
 
 def test_shared_array_from_array_and_errors():

@@ -420,3 +420,20 @@ def test_sigkilled_owner_leaves_no_local_cluster_process(tmp_path: Path) -> None
         h.signal(signal.SIGKILL)
         assert h.wait() == -signal.SIGKILL
         assert h.leftovers(within=10) == []
+
+
+def test_primitives_by_name_in_a_fresh_process_start_their_own_cluster() -> None:
+    # No backend imported, no client: pt.Channel/pt.Lock(backend="dask") load the
+    # backend, start a LocalCluster as pt.spawn would, and close it at exit.
+    proc = run_script(
+        """
+        import polytask as pt
+        ch, lock = pt.Channel(backend="dask"), pt.Lock(backend="dask")
+        with lock:
+            ch.put("hello", timeout=60)
+        print(ch.get(timeout=60), type(ch).__name__)
+        ch.close()
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["hello", "_HubChannel"]

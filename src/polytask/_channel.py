@@ -161,6 +161,13 @@ class Channel(Generic[T]):
         if cls is not Channel:
             return super().__new__(cls)
         impl = _BACKENDS.get(backend)
+        if impl is None and isinstance(backend, str):
+            # A cluster backend registers its channel when its module is imported.
+            from .backends import available, backend_class
+
+            if backend in available():
+                backend_class(backend)
+                impl = _BACKENDS.get(backend)
         if impl is None:
             raise ValueError(
                 f"unknown channel backend {backend!r}; choose one of {sorted(_BACKENDS)}"

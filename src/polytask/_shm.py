@@ -541,8 +541,9 @@ class SharedArray:
     and writes on either side are seen by the other.
 
     The memory is released when every handle and view in every process is
-    gone; its name (needed to map it) lives until the last handle is dropped
-    or the creating process exits, so receive it before the creator exits.
+    gone. Its name (needed to map it) lives until the creator drops its handle
+    or exits (or every handle is dropped), so a receiver must receive it before
+    that; a receiver that has mapped it keeps using the memory afterwards.
     """
 
     def __init__(self, shape: int | tuple[int, ...], dtype: Any = "float64") -> None:

@@ -100,9 +100,11 @@ class DaskLink:
 
     def _get_client(self) -> Any:
         if self._client is None:
-            import distributed
+            # The shared dask backend's client: the default client, a worker's own,
+            # or else a LocalCluster polytask starts (as pt.spawn(backend="dask") does).
+            from . import get_backend
 
-            self._client = distributed.get_client()
+            self._client = get_backend("dask").client  # type: ignore[attr-defined]
         return self._client
 
     def setup(self) -> None:
@@ -176,6 +178,11 @@ class RayLink:
         if self._handle is None:
             import ray
 
+            if not ray.is_initialized():
+                # Let polytask start (and guard) the local Ray rather than Ray's auto-init.
+                from . import get_backend
+
+                get_backend("ray")
             job = ray.get_runtime_context().get_job_id()
             handle = _ray_handles.get(job)
             if handle is None:
