@@ -352,8 +352,13 @@ def test_hub_state_machine_without_an_engine() -> None:
         assert await call("q", "", None, "forget", []) == ["ok", None]
         assert await call("", "", None, "count", []) == ["ok", 4]
         assert await call("q", "", None, "forget", []) == ["ok", None]  # already gone: fine
-        # Used again, the key is a new, empty object.
-        assert await call("q", "Channel", 1, "size", []) == ["ok", 0]
+        # Used again (a copy that outlived its creator's stake), it is an error, never
+        # a new empty object; a forgotten lock is not silently unlocked either.
+        status, message = await call("q", "Channel", 1, "size", [])
+        assert status == "RuntimeError" and "was dropped" in message
+        assert await call("l2", "Lock", None, "acquire", ["me", None]) == ["ok", True]
+        await call("l2", "", None, "forget", [])
+        assert (await call("l2", "Lock", None, "locked", []))[0] == "RuntimeError"
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -437,3 +442,16 @@ def test_primitives_by_name_in_a_fresh_process_start_their_own_cluster() -> None
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["hello", "_HubChannel"]
+
+
+def spawn_child_and_wait(x: int) -> int:
+    return pt.spawn(add, x, 1, backend="dask").result(timeout=60)
+
+
+def test_tasks_waiting_for_their_own_tasks_do_not_starve_the_workers(dask_cluster: object) -> None:
+    # More parents than worker threads (2 workers x 3 threads): each waits for a
+    # child it spawned. A parent gives up its thread slot when it submits, so the
+    # children get threads; else every thread waits and no child ever starts.
+    with pt.TaskGroup(backend="dask") as g:
+        parents = [g.spawn(spawn_child_and_wait, i, timeout=90) for i in range(10)]
+    assert [p.result() for p in parents] == [i + 1 for i in range(10)]

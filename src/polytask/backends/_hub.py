@@ -263,10 +263,21 @@ class SyncHub:
 
     def __init__(self) -> None:
         self._objs: dict[str, Any] = {}
+        # Keys forgotten (their creator dropped them): a copy still in use somewhere
+        # gets a clear error, not a new empty object (an unlocked lock, a reopened
+        # channel). Keys are unique per primitive, so a key is never reused.
+        self._forgotten: set[str] = set()
 
     def get(self, key: str, kind: str, init: Any) -> Any:
         obj = self._objs.get(key)
         if obj is None:
+            if key in self._forgotten:
+                raise _HubError(
+                    "RuntimeError",
+                    f"this cluster {kind} ({key}) was dropped: the process that created it "
+                    "let go of its last handle. Keep a reference to it there for as long "
+                    "as tasks use it",
+                )
             if kind in ("Lock", "RLock"):
                 obj = _Lock(kind == "RLock")
             elif kind == "Event":
@@ -302,3 +313,4 @@ class SyncHub:
     def forget(self, key: str) -> None:
         """Drop the object under ``key``, and what it holds (a channel's unread items)."""
         self._objs.pop(key, None)
+        self._forgotten.add(key)

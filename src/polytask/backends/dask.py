@@ -139,6 +139,7 @@ class DaskBackend(Backend):
         timeout: float | None,
     ) -> Task[T]:
         fn_bytes, by_ref, payload, pins = pack_call(fn, args, kwargs, name)
+        _secede_if_in_task()
         task: Task[T] = Task(self, name, timeout)
         with self._lock:
             if self._closed:
@@ -260,6 +261,26 @@ def _local_cluster(max_workers: int | None, options: dict[str, Any]) -> Any:
     # A worker that dies fails its task (WorkerCrashed) instead of being retried elsewhere.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         return distributed.LocalCluster(**opts)
+
+
+def _secede_if_in_task() -> None:
+    """A Dask task that submits work will likely wait for it: give up its thread slot.
+
+    Otherwise parents waiting for children hold every worker thread and the
+    children never start (a deadlock); ``distributed.worker_client()`` does the
+    same. The task goes on running on its own thread.
+    """
+    try:
+        from distributed.worker import thread_state
+    except ImportError:  # pragma: no cover - dask is imported by now
+        return
+    key = getattr(thread_state, "key", None)
+    if key is None or getattr(thread_state, "polytask_seceded", None) == key:
+        return  # not in a task thread, or this task already seceded
+    import distributed
+
+    distributed.secede()
+    thread_state.polytask_seceded = key
 
 
 def _worker_client(distributed: Any) -> Any:
