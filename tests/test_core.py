@@ -454,11 +454,14 @@ def test_a_task_makes_its_condition_only_when_someone_waits():
     waited = Task(be, "waited")
     assert waited.set_running_or_notify_cancel()
     got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(waited._condition and waited.exception()))
-    # A thread that blocks first is woken by the finish that comes later.
-    with waited._condition:
-        waiter.start()
-        time.sleep(0.05)
+    waiter = threading.Thread(target=lambda: got.append(waited.exception(timeout=HANG)))
+    # A thread that blocks first is woken by the finish that comes later: finish
+    # only once it has registered its waiter (made the condition) and sleeps.
+    waiter.start()
+    deadline = time.monotonic() + HANG
+    while not getattr(waited, "_waiters", None):
+        assert time.monotonic() < deadline, "the waiter never blocked"
+        time.sleep(0.001)
     assert waited._finish(exc=ValueError("x"))
     waiter.join(HANG)
     assert isinstance(got[0], ValueError)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from polytask import _parallel_spec as spec
-from polytask._commands import default_workers
+from polytask._proc import usable_cpus
 from polytask.cli._parallel import main
 
 PY = sys.executable
@@ -84,6 +84,19 @@ def test_template_renders_every_replacement_string() -> None:
         "echo", "a/b.c", "x/y", "a/b", "x/y", "b.c", "y", "a", "x", "b", "y", "7", "2", "a/b.c", "y",
     ]  # fmt: skip
     assert t.max_index() == 2
+
+
+def test_parsed_records_are_immutable_values_that_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    t = spec.Template.parse(["echo", "{1}", "{#}"])
+    halt = spec.HaltPolicy.parse("soon,fail=3")
+    for record in (t, halt, spec.Repl("arg", 1, "."), *t.parts):
+        for clone in (pickle.loads(pickle.dumps(record)), copy.copy(record), copy.deepcopy(record)):
+            assert clone == record and hash(clone) == hash(record)
+    with pytest.raises(AttributeError, match="immutable"):
+        halt.when = "now"  # type: ignore[misc]
 
 
 def test_template_appends_arguments_without_replacement_strings() -> None:
@@ -390,7 +403,7 @@ def test_jobs_limit_and_slots(capfd: pytest.CaptureFixture[str], tmp_path: Path)
     assert set(slots.read_text().split()) == {"1", "2"}
     log.unlink()
     slots.unlink()
-    half = max(1, default_workers() // 2)
+    half = max(1, usable_cpus() // 2)
     assert run(capfd, "-j", "50%", cmd, ":::", *"abcd")[0] == 0
     assert 1 <= peak(log) <= half
     assert {int(s) for s in slots.read_text().split()} <= set(range(1, half + 1))

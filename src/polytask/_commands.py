@@ -33,6 +33,7 @@ from typing import Any, AnyStr, Generic, Literal, NamedTuple, overload
 
 from ._errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
 from ._parallel_loop import STDERR, STDOUT, Child, ProcessLoop, which
+from ._proc import usable_cpus
 from ._progress import Progress, want_progress
 
 __all__ = ["CommandResult", "OutputLine", "Stream", "run", "run_many", "stream"]
@@ -236,14 +237,6 @@ class _CancelWatch:
             f"command {_short(args)} was stopped because task {name!r} was cancelled "
             "(e.g. a sibling in its TaskGroup failed); its process tree was ended"
         )
-
-
-def default_workers() -> int:
-    """The number of CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- run
@@ -631,7 +624,7 @@ def run_many(
     prepared = [(c, _command_argv(c, shell)) for c in commands]
     _check_timeout(timeout)
     if workers is None:
-        workers = default_workers()
+        workers = usable_cpus()
     elif not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1 or None, got {workers!r}")
     for name in {argv[0] for _, argv in prepared}:

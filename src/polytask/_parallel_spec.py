@@ -140,6 +140,10 @@ class _Record:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
+    def __reduce__(self) -> tuple[type[_Record], tuple[Any, ...]]:
+        # Through the constructor: pickle and copy must not call __setattr__.
+        return (type(self), self._values())
+
     def _set(self, **values: object) -> None:
         for name, value in values.items():
             object.__setattr__(self, name, value)

@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 from ._chunking import ChunkSizer
 from ._errors import Cancelled, SerializationError, TaskTimeout, WorkerCrashed
 from ._factories import PrimitiveFactory
+from ._proc import usable_cpus
 from ._progress import Progress, want_progress
 from ._serialize import dumps, dumps_exception, fn_name, loads_exception
 from ._task import Task, check_timeout, current_task, finish_many
@@ -483,13 +484,6 @@ def _install_exit_hook() -> None:
             _hook_installed = True
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 class Pool(PrimitiveFactory):
     """A pool of workers for parallel map and many small tasks.
 
@@ -540,7 +534,7 @@ class Pool(PrimitiveFactory):
         **backend_options: Any,
     ) -> None:
         if workers is None:
-            workers = _usable_cpus()
+            workers = usable_cpus()
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1 or None, got {workers!r}")
         if not isinstance(backend, str):
@@ -1055,6 +1049,14 @@ class Pool(PrimitiveFactory):
         # Called with self._lock held: back to the front, in order.
         self._queue.extendleft(reversed(items))
 
+    def _drop(self, it: _Item) -> None:
+        """Settle an item that will not run (called with self._lock held)."""
+        if not it.settled:
+            it.settled = True
+            self._unsettled -= 1
+        if it.task is not None:
+            it.task._slot = None  # the task <-> item cycle, as in _TaskSink.settle
+
     def _take_chunk(self) -> list[_Item] | _Block | None:
         # Called with self._lock held. Single items (submitted, retried, isolated)
         # go first, then the map runs in turn.
@@ -1063,9 +1065,7 @@ class Pool(PrimitiveFactory):
             first = q[0]
             if first.dropped():
                 q.popleft()
-                if not first.settled:
-                    first.settled = True
-                    self._unsettled -= 1
+                self._drop(first)
                 continue
             if first.isolated:
                 return [q.popleft()]
@@ -1094,9 +1094,8 @@ class Pool(PrimitiveFactory):
                 ):
                     append(it)
                     n += 1
-                elif not it.settled:
-                    it.settled = True
-                    self._unsettled -= 1
+                else:
+                    self._drop(it)
             return chunk
         runs = self._runs
         while runs:
@@ -1177,9 +1176,7 @@ class Pool(PrimitiveFactory):
                 # False if it was cancelled, or settled (_cancel_task) since it was taken.
                 if not task._set_running():
                     with self._lock:
-                        if not it.settled:
-                            it.settled = True
-                            self._unsettled -= 1
+                        self._drop(it)
                     continue
                 task._mark_started()
             it.started = True

@@ -61,6 +61,7 @@ __all__ = [
     "unguard_path",
     "unguard_pid",
     "unguard_prefix",
+    "usable_cpus",
     "wait_pid",
 ]
 
@@ -69,6 +70,14 @@ DEFAULT_GRACE = 0.5
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _prctl(option: int, arg: int) -> None:

@@ -15,6 +15,7 @@ import functools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
@@ -76,7 +77,8 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         assert t.result(timeout=5) == 6
     """
 
-    # Every attribute in a slot, Future's own included: no per-task __dict__, and
+    # Every attribute in a slot, Future's own included. Future has no __slots__,
+    # so a Task still has a (lazily made, normally empty) __dict__; what counts is
     # fewer objects for the cyclic GC to walk (with 20,000 tasks alive, full
     # collections were most of a submit loop's time). Future's condition, waiter
     # list and callback list are made on first use (see _condition): most tasks
@@ -428,12 +430,15 @@ class _WatchedWaiters(list[Any]):
 
     def __init__(self, task: Task[Any]) -> None:
         super().__init__()
-        self._task = task
+        # A weak reference: the task holds this list, so a strong one is a cycle
+        # that only the cyclic GC could break.
+        self._task = weakref.ref(task)
 
     def append(self, waiter: Any) -> None:
         super().append(waiter)
-        if not self._task._watched:
-            self._task._watch()
+        task = self._task()
+        if task is not None and not task._watched:
+            task._watch()
 
 
 class CurrentTask:

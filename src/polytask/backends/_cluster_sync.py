@@ -244,16 +244,41 @@ _owners: weakref.WeakValueDictionary[str, _Owner] = weakref.WeakValueDictionary(
 _pins = threading.local()
 
 
+#: Keys to forget, sent by one thread. A finalizer runs wherever the garbage
+#: collector does, maybe inside the engine's own code while it holds its locks:
+#: SimpleQueue.put is the one thing safe to do there (it is reentrant).
+_to_forget: queue.SimpleQueue[tuple[Any, str]] = queue.SimpleQueue()
+_forgetter_pid = 0
+_forgetter_lock = threading.Lock()
+
+
 def _forget(link: Any, key: str, pid: int) -> None:
-    if os.getpid() != pid:  # a forked child dropping its inherited copy
+    if os.getpid() == pid:  # not a forked child dropping its inherited copy
+        _to_forget.put((link, key))
+
+
+def _forget_loop() -> None:
+    while True:
+        link, key = _to_forget.get()
+        try:
+            link.forget(key)
+        except Exception:  # pragma: no cover - the engine is going away
+            pass
+        del link
+
+
+def _start_forgetter() -> None:
+    global _forgetter_pid
+    if _forgetter_pid == os.getpid():
         return
-    try:
-        link.forget(key)
-    except Exception:  # pragma: no cover - the engine is going away
-        pass
+    with _forgetter_lock:
+        if _forgetter_pid != os.getpid():  # first use here, or a forked child
+            threading.Thread(target=_forget_loop, name="polytask-forget", daemon=True).start()
+            _forgetter_pid = os.getpid()
 
 
 def _own(link: Any, key: str) -> _Owner:
+    _start_forgetter()
     owner = _Owner()
     _owners[key] = owner
     # Not at exit: the engine may be gone by then, and so with it the hub.

@@ -270,16 +270,15 @@ def _secede_if_in_task() -> None:
     children never start (a deadlock); ``distributed.worker_client()`` does the
     same. The task goes on running on its own thread.
     """
-    try:
-        from distributed.worker import thread_state
-    except ImportError:  # pragma: no cover - dask is imported by now
-        return
+    import distributed
+
+    # The task thread's state (where worker_client() reads its key too).
+    thread_state: Any = getattr(distributed.worker, "thread_state", None)
     key = getattr(thread_state, "key", None)
     if key is None or getattr(thread_state, "polytask_seceded", None) == key:
         return  # not in a task thread, or this task already seceded
-    import distributed
-
-    distributed.secede()
+    secede: Any = distributed.secede
+    secede()
     thread_state.polytask_seceded = key
 
 

@@ -754,14 +754,6 @@ def _shell() -> str:
     return "/bin/sh"
 
 
-def _cpu_count() -> int:
-    """The cores this process may run on (what ``-j 100%`` means)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _fd_limit(wanted: int) -> int:
     """Jobs that fit in the descriptor limit (4 each), raising the soft limit if needed."""
     import resource
@@ -884,8 +876,9 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Runner:
     from .. import _parallel_spec as spec
+    from .._proc import usable_cpus
 
-    ncpu = _cpu_count()
+    ncpu = usable_cpus()
     try:
         jobs = spec.parse_jobs(opts.jobs, ncpu)
         if opts.timeout is not None:
