@@ -3,7 +3,9 @@
 Each ``bench/bench_*.py`` module has ``run(quick: bool) -> str`` returning a
 Markdown section (a heading, a table with ratios, notes). ``python -m bench``
 runs them all; ``python -m bench latency pool`` runs the named ones;
-``--quick`` uses smaller sizes. A full run (not ``--quick``, not ``--out``)
+``--quick`` uses smaller sizes. Each benchmark runs in a fresh interpreter, so
+one cannot slow the next (the cluster engines leave threads behind, a pool
+its warm caches). A full run (not ``--quick``, not ``--out``)
 also copies the results into README.md between the bench markers, so the
 README always quotes the latest measured run.
 """
@@ -14,6 +16,9 @@ import argparse
 import importlib
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,12 +41,30 @@ def update_readme(results: str, readme: Path = README) -> bool:
     return True
 
 
+def _run_isolated(name: str, quick: bool) -> str:
+    """Run benchmark ``name`` in a child interpreter; its section, or why it failed."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as d:
+        section = Path(d) / "section.md"
+        cmd = [sys.executable, "-m", "bench", "--one", name, "--section", str(section)]
+        proc = subprocess.run([*cmd, *(["--quick"] if quick else [])], cwd=HERE.parent)
+        if proc.returncode != 0 or not section.exists():
+            return f"## {name}: failed\n\nThe benchmark exited with status {proc.returncode}.\n"
+        return section.read_text()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--out", default=str(HERE / "results.md"))
+    # Internal: run one benchmark in this interpreter and write its section to a file.
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--section", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        mod = importlib.import_module(f"bench.bench_{args.one}")
+        Path(args.section).write_text(mod.run(quick=args.quick))
+        return
     available = sorted(p.stem[len("bench_") :] for p in HERE.glob("bench_*.py"))
     names = args.names or available
     for n in names:
@@ -56,8 +79,7 @@ def main() -> None:
     )
     for n in names:
         print(f"== {n}", flush=True)
-        mod = importlib.import_module(f"bench.bench_{n}")
-        section = mod.run(quick=args.quick)
+        section = _run_isolated(n, args.quick)
         print(section, flush=True)
         sections.append(section)
     out = Path(args.out)

@@ -315,25 +315,27 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         False if the task was cancelled before it started (its waiters are told).
         """
         with _state_lock:
-            if self._cond is None:
-                state = self._state
-                if state == "PENDING":
-                    self._state = "RUNNING"
-                    return True
-                if state == "RUNNING":
-                    return True
-                if state == "FINISHED":
-                    return False
+            if self._cond is None:  # nobody waits: the global lock guards the state
+                started = self._start_if_pending()
+                if started is not None:
+                    return started
         with self._condition:
-            state = self._state
-            if state == "PENDING":
-                self._state = "RUNNING"
-                return True
-            if state == "RUNNING":
-                return True
-            if state == "FINISHED":
-                return False
-        return self.set_running_or_notify_cancel()
+            started = self._start_if_pending()
+            if started is not None:
+                return started
+        return self.set_running_or_notify_cancel()  # cancelled: tell the waiters
+
+    def _start_if_pending(self) -> bool | None:
+        # With the state's lock held. None: cancelled, for Future's own handling.
+        state = self._state
+        if state == "PENDING":
+            self._state = "RUNNING"
+            return True
+        if state == "RUNNING":
+            return True
+        if state == "FINISHED":
+            return False
+        return None
 
     def set_running_or_notify_cancel(self) -> bool:
         """``Future.set_running_or_notify_cancel``, without making the condition if unused."""

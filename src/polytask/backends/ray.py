@@ -18,10 +18,13 @@ RayBackend that uses it shuts down.
 
 No orphan: the processes of a local Ray polytask starts (GCS, raylet, the
 dashboard and runtime-env agents, the first workers) are registered with
-polytask's guardian once ``ray.init`` returns (``_proc.guard_pid``), and they
-and the workers the raylet starts later carry a marker in their environment
-(``_proc.guard_env``). If this process dies without shutting Ray down, even by
-SIGKILL, the guardian ends them all. On its own, Ray ends its GCS and raylet
+polytask's guardian once ``ray.init`` returns (``_proc.guard_pid``). While
+``ray.init`` runs they also carry a marker in their environment
+(``_proc.guard_env``), which covers an owner that dies before it returns; a
+process that renames itself (Ray's do, with setproctitle) no longer shows the
+marker, hence the pids. Workers the raylet starts later end with the raylet.
+If this process dies without shutting Ray down, even by SIGKILL, the guardian
+ends them all. On its own, Ray ends its GCS and raylet
 with their owner, but the agents would live on for about a minute: they notice
 that the raylet is gone within seconds and then try to report it to the dead
 GCS until that times out.
