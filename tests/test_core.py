@@ -508,3 +508,76 @@ def test_finish_many_completes_quiet_and_waited_tasks_alike():
     assert called == [5] and woke == [700]
     assert [t.result(0) for t in tasks] == [-1 if i == 9 else i for i in range(1200)]
     assert all(t.duration is not None for t in tasks)
+
+
+# --------------------------------------------------------------- spinning before sleeping
+def test_worker_strips_the_spin_flag_and_serves_on():
+    """A request may carry F_SPIN; the worker runs it as usual and keeps serving."""
+    from polytask._worker import serve
+
+    req_r, req_w = os.pipe()
+    res_r, res_w = os.pipe()
+    server = threading.Thread(target=serve, args=(req_r, res_w), daemon=True)
+    server.start()
+    try:
+        decoder = _wire.FrameDecoder(_wire.RESPONSE)
+        got: list[tuple[int, object]] = []
+        for i, spin in enumerate([True, True, False, True], 1):
+            fn, by_ref, payload = dumps_call(pow, (i, 2), {}, f"t{i}")
+            kind = (_wire.K_RUN_REF if by_ref else _wire.K_RUN) | (_wire.F_SPIN if spin else 0)
+            os.write(req_w, _wire.encode_request(i, kind, fn, payload))
+            frames: list[tuple[tuple[int, ...], bytes]] = []
+            while not frames:
+                frames = decoder.feed(os.read(res_r, 1 << 16))
+            (header, body), = frames
+            assert header[1] == _wire.S_OK
+            got.append((header[0], pickle.loads(body)))
+        assert got == [(1, 1), (2, 4), (3, 9), (4, 16)]
+    finally:
+        os.close(req_w)  # EOF: serve returns, even while it polls for the next request
+        server.join(HANG)
+        for fd in (req_r, res_r, res_w):
+            os.close(fd)
+    assert not server.is_alive()
+
+
+def test_workers_are_told_to_spin_only_while_a_core_is_left(monkeypatch):
+    from polytask.backends import process
+
+    monkeypatch.setattr(process, "_NCPU", 2)
+    be = ProcessBackend(2)
+    try:
+        be.spawn(pid, (), {}).result(HANG)
+        assert be._may_spin()  # one worker, idle: the caller and it fit on 2 cores
+        tasks = [be.spawn(nap, (0.5,), {}) for _ in range(2)]
+        deadline = time.monotonic() + HANG
+        while not all(t.running() for t in tasks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not be._may_spin()  # two busy workers take both cores: nobody spins
+        for t in tasks:
+            t.result(HANG)
+        assert be._may_spin()
+    finally:
+        be.shutdown()
+
+
+def test_an_idle_worker_and_a_waiting_caller_do_not_keep_spinning():
+    """Spinning is bounded: a long task or an idle worker costs next to no CPU.
+
+    Not a timing test: it bounds CPU seconds, with a wide margin (a side that
+    kept spinning would use about one CPU second per second).
+    """
+    psutil = pytest.importorskip("psutil")
+    be = ProcessBackend(1)
+    try:
+        for _ in range(50):  # tiny tasks: both ends' spin budgets at their maximum
+            wpid = be.spawn(pid, (), {}).result(HANG)
+        worker = psutil.Process(wpid)
+        w0 = sum(worker.cpu_times()[:2])
+        c0 = time.process_time()
+        assert be.spawn(nap, (1.0,), {}).result(HANG) == wpid  # the caller waits 1 s
+        time.sleep(1.0)  # the worker idles 1 s
+        assert sum(worker.cpu_times()[:2]) - w0 < 0.5
+        assert time.process_time() - c0 < 0.5
+    finally:
+        be.shutdown()

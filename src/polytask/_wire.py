@@ -36,6 +36,11 @@ K_RUN_REF: Final = 4  # the function travels by reference: the worker may cache 
 K_INIT: Final = 2
 K_EXIT: Final = 3
 
+#: Or-ed into a request's kind: after this task's result, poll for the next
+#: request for a short while before sleeping in read (see _worker.serve). The
+#: parent sets it only while the busy workers and the caller fit on the cores.
+F_SPIN: Final = 0x80
+
 # response statuses
 S_OK: Final = 0  # payload: the pickled result
 S_ERROR: Final = 1  # payload: pickled (exception, traceback text)

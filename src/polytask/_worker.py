@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import _wire
+from ._proc import usable_cpus
 from ._serialize import describe, dumps, dumps_exception
 
 __all__ = ["main", "retire_after_task", "serve"]
@@ -45,6 +48,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+# Waking a process asleep in read costs tens of microseconds on some hosts (a
+# virtual CPU that went idle must be woken too), more than a tiny task takes. So
+# after sending a result, when the parent allows it (_wire.F_SPIN: it sets the flag
+# only while the busy workers and the waiting caller fit on the cores), the worker
+# polls its request pipe for a while before it sleeps: a caller that submits again
+# at once finds it awake. The budget adapts, as the channels' does: back to the
+# maximum when the sleep that followed a failed spin was short (a spin a little
+# longer would have caught the request), halved when it was long (the caller
+# works between tasks, or is done). An idle worker thus burns at most one budget
+# after its last task, and a steady stream of widely spaced tasks soon costs only
+# _SPIN_MIN each.
+_SPIN_MAX = 100e-6 if usable_cpus() > 1 else 0.0
+_SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
+
+
 def serve(rfd: int, wfd: int) -> None:
     """Serve tasks until the request pipe closes or an exit frame arrives."""
     from ._task import CurrentTask, _set_current
@@ -52,12 +70,30 @@ def serve(rfd: int, wfd: int) -> None:
     decoder = _wire.FrameDecoder(_wire.REQUEST)
     fn_cache: dict[bytes, Callable[..., Any]] = {}
     loads = pickle.loads
+    poll = select.poll()
+    poll.register(rfd, select.POLLIN)
+    monotonic = time.monotonic
+    budget = _SPIN_MAX
+    spin = False  # the last request asked for a spin after its result
     while True:
+        if spin and budget:
+            spin = False
+            end = monotonic() + budget
+            while not poll.poll(0):
+                if monotonic() >= end:
+                    t0 = monotonic()
+                    poll.poll()
+                    budget = (
+                        _SPIN_MAX if monotonic() - t0 < _SPIN_MAX else max(_SPIN_MIN, budget / 2)
+                    )
+                    break
         data = os.read(rfd, 1 << 16)  # the full size is allocated per read
         if not data:
             return
         for header, body in decoder.feed(data):
             task_id, kind, fn_len, _ = header
+            spin = bool(kind & _wire.F_SPIN)
+            kind &= ~_wire.F_SPIN
             if kind == _wire.K_EXIT:
                 return
             if kind == _wire.K_INIT:

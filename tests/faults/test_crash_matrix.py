@@ -119,6 +119,24 @@ def test_worker_killed_from_outside(backend):
     assert backend.spawn(pid, (), {}).result(HANG) > 0
 
 
+def test_worker_killed_while_it_polls_for_the_next_task(backend):
+    # Right after a tiny task the worker polls its request pipe before it sleeps.
+    victim = backend.spawn(pid, (), {}).result(HANG)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + HANG
+    while backend.statistics()["workers"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the death of an idle worker fails no task
+    assert backend.spawn(pid, (), {}).result(HANG) not in (victim, os.getpid())
+
+
+def test_crash_while_the_caller_polls_for_the_result(backend):
+    # Many short tasks in a row, each crash landing while the caller still polls.
+    for _ in range(5):
+        assert backend.spawn(pid, (), {}).result(HANG) > 0
+        with pytest.raises(pt.WorkerCrashed, match="SIGKILL"):
+            backend.spawn(sigkill_self, (), {}, name="victim").result(HANG)
+
+
 def test_timeout_kills_a_task_that_ignores_sigterm(backend):
     victim = backend.spawn(pid, (), {}).result(HANG)  # the warm worker it will run on
     t = backend.spawn(sleep_ignoring_sigterm, (60,), {}, timeout=0.3)

@@ -7,8 +7,10 @@
     spawn(): pickle the call, os.write ──> request pipe ──> run fn(*args)
     result(): *claims* the task's worker and          │
               polls its response pipe + pidfd, <── response pipe <── pickle the result
-              reads and completes the task itself
-              (no hop through another thread)
+              reads and completes the task itself      then poll the request pipe
+              (no hop through another thread)          briefly before sleeping
+              (first polling without sleeping for a short, adaptive budget:
+              waking a sleeping process can cost more than a tiny task, see _spin_poll)
     collector thread: polls every busy worker nobody has claimed, and every pidfd:
               results for callbacks / as_completed / asyncio, and worker deaths
     launcher thread:  starts every worker, so PR_SET_PDEATHSIG is tied to a thread
@@ -45,7 +47,7 @@ from .._errors import (
     TaskTimeout,
     WorkerCrashed,
 )
-from .._proc import guard, unguard
+from .._proc import guard, unguard, usable_cpus
 from .._serialize import dumps, dumps_call, loads_exception
 from .._task import Task
 from .._timer import call_later
@@ -64,6 +66,17 @@ _STARTUP_ALLOWANCE = 60.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
+# Spinning (polling without sleeping) before blocking: waking a sleeping process
+# costs tens of microseconds on some hosts, far more than a tiny task's round trip,
+# so on the hot path both ends poll briefly before they sleep (see _read_for and
+# _worker.serve). It pays only while the spinner does not take a core that a
+# worker needs: callers spin only while the busy workers leave a core free, one
+# caller thread at a time, and workers are told to spin (_wire.F_SPIN) on the
+# same condition. One core: never. (The cores this process may run on: a CPU
+# quota set by a container's cgroup is not seen.)
+_NCPU = usable_cpus()
+_SPIN_MAX = 100e-6 if _NCPU > 1 else 0.0
+_SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
 _BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from polytask._worker import main; main()"
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 START_METHODS = ("spawn", "fork")
@@ -239,6 +252,9 @@ class ProcessBackend(Backend):
         self._collector: threading.Thread | None = None
         self._stopping = False
         self._start_error: BaseException | None = None
+        # The caller's spin budget (see _read_for) and the token one spinner holds.
+        self._spin = _SPIN_MAX
+        self._spinner = threading.Lock()
 
     # ------------------------------------------------------------------ submit
     def submit(
@@ -254,6 +270,8 @@ class ProcessBackend(Backend):
         task: Task[T] = Task(self, name, timeout)
         task_id = next(self._ids)
         kind = _wire.K_RUN_REF if by_ref else _wire.K_RUN
+        if self._may_spin(1):  # a guess; _assign corrects it (then at the cost of a copy)
+            kind |= _wire.F_SPIN
         task._slot = (task_id, _wire.encode_request(task_id, kind, fn_bytes, payload))
         launch = False
         with self._lock:
@@ -268,6 +286,10 @@ class ProcessBackend(Backend):
         if launch:
             _launcher.submit(self._start_worker)
         return task
+
+    def _may_spin(self, extra: int = 0) -> bool:
+        """Whether the busy workers (plus ``extra`` about to be) leave a core for a spinner."""
+        return bool(_SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
 
     def _want_launch(self) -> bool:
         # Called with self._lock held.
@@ -299,6 +321,9 @@ class ProcessBackend(Backend):
                 w.task_id = task_id
                 w.sending = True  # its fds stay open until the frame is out
                 launch = False
+                # The worker is out of the idle list now, so it counts as busy.
+                if bool(frame[8] & _wire.F_SPIN) != self._may_spin():
+                    frame = frame[:8] + bytes([frame[8] ^ _wire.F_SPIN]) + frame[9:]
         if launch:
             _launcher.submit(self._start_worker)
         if task._slot is not w:
@@ -679,7 +704,7 @@ class ProcessBackend(Backend):
                 ms = int((deadline - time.monotonic()) * 1000)
                 if ms <= 0:
                     return
-            events = poller.poll(ms)
+            events = self._spin_poll(poller, ms)
             if events:
                 exited = len(events) > 1 or events[0][0] != w.rfd
                 with w.rlock:
@@ -690,6 +715,39 @@ class ProcessBackend(Backend):
                         # worker cannot be trusted with another task.
                         self._kill(w, Cancelled(f"task {task.name!r} was interrupted"))
                         raise
+
+    def _spin_poll(self, poller: select.poll, ms: int) -> list[tuple[int, int]]:
+        """``poller.poll(ms)``, after polling without sleeping for up to the spin budget.
+
+        A tiny task's result comes back in microseconds, sooner than this thread
+        could be woken from a sleep. The budget adapts: back to the maximum when
+        the sleep after a failed spin was short (spinning a little longer would
+        have caught the result), halved when it was long (a task that takes a
+        while: spinning on it only burns a core). It is skipped while the busy
+        workers use every core, and only one caller thread spins at a time (the
+        others would take the GIL and a core from it for nothing).
+        """
+        budget = self._spin
+        if not budget or not self._may_spin() or not self._spinner.acquire(blocking=False):
+            return poller.poll(ms)
+        try:
+            monotonic = time.monotonic
+            end = monotonic() + budget
+            while True:
+                events = poller.poll(0)
+                if events:
+                    return events
+                if monotonic() >= end:
+                    break
+        finally:
+            self._spinner.release()
+        t0 = time.monotonic()
+        events = poller.poll(ms)
+        if time.monotonic() - t0 < _SPIN_MAX:
+            self._spin = _SPIN_MAX
+        else:
+            self._spin = max(_SPIN_MIN, budget / 2)
+        return events
 
     def _wake(self) -> None:
         try:
