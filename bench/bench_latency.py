@@ -67,15 +67,25 @@ def _measure(call: Callable[[int], object], n: int) -> list[float]:
     return out
 
 
-def _pipe_floor(n: int) -> list[float]:
+def _pipe_floor(n: int, *, spin: bool = False) -> list[float]:
+    """Raw round trips to an echo child; with ``spin``, both ends poll before they sleep."""
     child = subprocess.Popen(
-        [sys.executable, "-S", "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-S", "-c", _ECHO_SPIN if spin else _ECHO],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert child.stdin is not None and child.stdout is not None
     wfd, rfd = child.stdin.fileno(), child.stdout.fileno()
+    poller = select.poll()
+    poller.register(rfd, select.POLLIN)
+    monotonic = time.monotonic
 
     def call(i: int) -> object:
         os.write(wfd, b"x" * 16)
+        if spin:
+            end = monotonic() + 100e-6
+            while not poller.poll(0) and monotonic() < end:
+                pass
         return os.read(rfd, 64)
 
     try:
@@ -87,28 +97,7 @@ def _pipe_floor(n: int) -> list[float]:
 
 
 def _pipe_floor_spin(n: int) -> list[float]:
-    child = subprocess.Popen(
-        [sys.executable, "-S", "-c", _ECHO_SPIN], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert child.stdin is not None and child.stdout is not None
-    wfd, rfd = child.stdin.fileno(), child.stdout.fileno()
-    poller = select.poll()
-    poller.register(rfd, select.POLLIN)
-    monotonic = time.monotonic
-
-    def call(i: int) -> object:
-        os.write(wfd, b"x" * 16)
-        end = monotonic() + 100e-6
-        while not poller.poll(0) and monotonic() < end:
-            pass
-        return os.read(rfd, 64)
-
-    try:
-        return _measure(call, n)
-    finally:
-        child.stdin.close()
-        child.wait(10)
-        child.stdout.close()
+    return _pipe_floor(n, spin=True)
 
 
 def _polytask(n: int) -> list[float]:

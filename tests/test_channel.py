@@ -83,6 +83,24 @@ def put_array_in(ch, n: int) -> None:
     time.sleep(0.5)
 
 
+def through_threads(ch, producers, consumers: int) -> list[list]:
+    """Run producer callables and ``consumers`` iterating threads; close when produced.
+
+    Returns what each consumer received.
+    """
+    got: list[list] = [[] for _ in range(consumers)]
+    cs = [threading.Thread(target=lambda k=k: got[k].extend(ch)) for k in range(consumers)]
+    ps = [threading.Thread(target=fn) for fn in producers]
+    for t in cs + ps:
+        t.start()
+    for t in ps:
+        t.join(HANG)
+    ch.close()
+    for t in cs:
+        t.join(HANG)
+    return got
+
+
 # --------------------------------------------------------------------------- common semantics
 
 
@@ -185,16 +203,7 @@ def test_close_wakes_blocked_getter_and_putter(backend):
 def test_many_threads_each_item_exactly_once(backend):
     ch = pt.Channel(maxsize=16, backend=backend)
     n, producers, consumers = 500, 3, 3
-    got: list[list] = [[] for _ in range(consumers)]
-    cs = [threading.Thread(target=lambda k=k: got[k].extend(ch)) for k in range(consumers)]
-    ps = [threading.Thread(target=produce, args=(ch, k, n)) for k in range(producers)]
-    for t in cs + ps:
-        t.start()
-    for t in ps:
-        t.join(HANG)
-    ch.close()
-    for t in cs:
-        t.join(HANG)
+    got = through_threads(ch, [lambda k=k: produce(ch, k, n) for k in range(producers)], consumers)
     items = sorted(x for g in got for x in g)
     assert items == sorted((k, i) for k in range(producers) for i in range(n))
 
@@ -589,22 +598,15 @@ def test_process_channel_small_ring_mixed_sizes_exactly_once_in_order(maxsize):
     ch = pt.Channel(maxsize=maxsize, backend="process", capacity=R.MIN_CAPACITY)
     sizes = [0, 3, 40, R.PACKED - 40, R.PACKED + 10, 1500]
     n, producers, consumers = 400, 2, 2
-    got: list[list] = [[] for _ in range(consumers)]
 
     def produce_mixed(tag: int) -> None:
         for i in range(n):
             pad = "z" * sizes[(i + tag) % len(sizes)]
             ch.put((tag, i, pad) if i % 7 else bytes([tag]) + i.to_bytes(2, "little"))
 
-    cs = [threading.Thread(target=lambda k=k: got[k].extend(ch)) for k in range(consumers)]
-    ps = [threading.Thread(target=produce_mixed, args=(k,)) for k in range(producers)]
-    for t in cs + ps:
-        t.start()
-    for t in ps:
-        t.join(HANG)
-    ch.close()
-    for t in cs:
-        t.join(HANG)
+    got = through_threads(
+        ch, [lambda k=k: produce_mixed(k) for k in range(producers)], consumers
+    )
     seen = []
     for g in got:
         last = {}
