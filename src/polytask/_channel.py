@@ -72,6 +72,7 @@ from ._shm import (
     mutex_ref,
     pid_alive,
 )
+from ._spin import SPIN_MAX, after_sleep
 
 __all__ = ["Channel", "register_channel_backend"]
 
@@ -91,11 +92,6 @@ _OOB_BYTES_MIN = 64 * 1024
 # Seconds between checks that the process we wait for is alive.
 _LIVENESS_SLICE = 0.1
 _IDLE_SLICE = 1.0
-# Spinning before sleeping pays only while the peer runs on another core. The
-# budget adapts per handle (doubled when a spin succeeds, halved when it fails)
-# between these bounds, so a loaded machine soon stops burning the CPU its peer needs.
-_SPIN_MAX = 100e-6 if (os.cpu_count() or 1) > 1 else 0.0
-_SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
 
 _EBUSY = errno.EBUSY
 _WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, CLOSED)
@@ -764,7 +760,7 @@ class _ProcessChannel(Channel[T]):
         self._limit = 0
         self._claimed_seen = 0
         self._tail_seen = 0  # the same for get: the tail only grows
-        self._spin = _SPIN_MAX
+        self._spin = SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
             _attached.put(seg.name, self)
@@ -1010,14 +1006,11 @@ class _ProcessChannel(Channel[T]):
 
     def _sleep(self, addr: int, seq: int, timeout: float) -> None:
         """futex_wait, and adapt the spin budget: had the wake-up come within
-        _SPIN_MAX, spinning would have caught it (the peer runs, spin again);
+        SPIN_MAX, spinning would have caught it (the peer runs, spin again);
         a longer sleep means the peer is idle or descheduled (spin less)."""
         t0 = _monotonic()
         futex_wait(addr, seq, timeout)
-        if _monotonic() - t0 < _SPIN_MAX:
-            self._spin = _SPIN_MAX
-        else:
-            self._spin = max(_SPIN_MIN, self._spin / 2)
+        self._spin = after_sleep(self._spin, _monotonic() - t0)
 
     def _wait_space(self, size: int, deadline: float | None) -> None:
         """Sleep until a reader frees room (or the deadline passes: queue.Full)."""

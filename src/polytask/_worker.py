@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _wire
-from ._proc import usable_cpus
 from ._serialize import describe, dumps, dumps_exception
+from ._spin import SPIN_MAX, after_sleep
 
 __all__ = ["main", "retire_after_task", "serve"]
 
@@ -48,19 +48,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-# Waking a process asleep in read costs tens of microseconds on some hosts (a
-# virtual CPU that went idle must be woken too), more than a tiny task takes. So
-# after sending a result, when the parent allows it (_wire.F_SPIN: it sets the flag
-# only while the busy workers and the waiting caller fit on the cores), the worker
-# polls its request pipe for a while before it sleeps: a caller that submits again
-# at once finds it awake. The budget adapts, as the channels' does: back to the
-# maximum when the sleep that followed a failed spin was short (a spin a little
-# longer would have caught the request), halved when it was long (the caller
-# works between tasks, or is done). An idle worker thus burns at most one budget
-# after its last task, and a steady stream of widely spaced tasks soon costs only
-# _SPIN_MIN each.
-_SPIN_MAX = 100e-6 if usable_cpus() > 1 else 0.0
-_SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
+# After sending a result, when the parent allows it (_wire.F_SPIN: it sets the
+# flag only while the busy workers and the waiting caller fit on the cores), the
+# worker polls its request pipe before it sleeps, so a caller that submits again
+# at once finds it awake (the policy: _spin). An idle worker thus burns at most
+# one budget after its last task.
 
 
 def serve(rfd: int, wfd: int) -> None:
@@ -73,7 +65,7 @@ def serve(rfd: int, wfd: int) -> None:
     poll = select.poll()
     poll.register(rfd, select.POLLIN)
     monotonic = time.monotonic
-    budget = _SPIN_MAX
+    budget = SPIN_MAX
     spin = False  # the last request asked for a spin after its result
     while True:
         if spin and budget:
@@ -83,9 +75,7 @@ def serve(rfd: int, wfd: int) -> None:
                 if monotonic() >= end:
                     t0 = monotonic()
                     poll.poll()
-                    budget = (
-                        _SPIN_MAX if monotonic() - t0 < _SPIN_MAX else max(_SPIN_MIN, budget / 2)
-                    )
+                    budget = after_sleep(budget, monotonic() - t0)
                     break
         data = os.read(rfd, 1 << 16)  # the full size is allocated per read
         if not data:

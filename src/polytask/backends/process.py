@@ -49,6 +49,7 @@ from .._errors import (
 )
 from .._proc import guard, unguard, usable_cpus
 from .._serialize import dumps, dumps_call, loads_exception
+from .._spin import SPIN_MAX, after_sleep
 from .._task import Task
 from .._timer import call_later
 from . import Backend
@@ -75,8 +76,6 @@ _READ_SIZE = 1 << 16
 # same condition. One core: never. (The cores this process may run on: a CPU
 # quota set by a container's cgroup is not seen.)
 _NCPU = usable_cpus()
-_SPIN_MAX = 100e-6 if _NCPU > 1 else 0.0
-_SPIN_MIN = 2e-6 if _SPIN_MAX else 0.0
 _BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from polytask._worker import main; main()"
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 START_METHODS = ("spawn", "fork")
@@ -253,7 +252,7 @@ class ProcessBackend(Backend):
         self._stopping = False
         self._start_error: BaseException | None = None
         # The caller's spin budget (see _read_for) and the token one spinner holds.
-        self._spin = _SPIN_MAX
+        self._spin = SPIN_MAX
         self._spinner = threading.Lock()
 
     # ------------------------------------------------------------------ submit
@@ -289,7 +288,7 @@ class ProcessBackend(Backend):
 
     def _may_spin(self, extra: int = 0) -> bool:
         """Whether the busy workers (plus ``extra`` about to be) leave a core for a spinner."""
-        return bool(_SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
+        return bool(SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
 
     def _want_launch(self) -> bool:
         # Called with self._lock held.
@@ -743,10 +742,7 @@ class ProcessBackend(Backend):
             self._spinner.release()
         t0 = time.monotonic()
         events = poller.poll(ms)
-        if time.monotonic() - t0 < _SPIN_MAX:
-            self._spin = _SPIN_MAX
-        else:
-            self._spin = max(_SPIN_MIN, budget / 2)
+        self._spin = after_sleep(budget, time.monotonic() - t0)
         return events
 
     def _wake(self) -> None:
