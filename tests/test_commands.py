@@ -739,6 +739,20 @@ def test_bad_stdin_raises_at_the_call(kwargs: dict, error: type, text: str) -> N
 def test_stdin_path_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         pt.run(["cat"], stdin=tmp_path / "missing.txt")
+    with pytest.raises(IsADirectoryError):
+        pt.run(["cat"], stdin=tmp_path)
+
+
+def test_stdin_named_pipe(tmp_path: Path) -> None:
+    # Read as `cat < fifo` would: the writer's data, not an early end-of-file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("through the pipe\n"))
+    writer.start()
+    try:
+        assert pt.run(["cat"], stdin=fifo, timeout=30).stdout == "through the pipe\n"
+    finally:
+        writer.join(30)
 
 
 # The program runs `cat` with stdin=pt.INHERIT: it reads what we write to it.
@@ -779,12 +793,30 @@ INTERACTIVE = textwrap.dedent(
 )
 
 
-def test_inherit_hands_the_terminal_to_an_interactive_program(tmp_path: Path) -> None:
-    # Each program runs in a process group of its own: without being handed the
-    # terminal, its read stops it (SIGTTIN) and it never ends.
+# The program puts the terminal in raw mode and hangs; the timeout kills it.
+KILLED_INTERACTIVE = textwrap.dedent(
+    """
+    import os, sys, termios
+    os.setsid()
+    os.close(os.open(os.ttyname(0), os.O_RDWR))
+    import polytask as pt
+    before = termios.tcgetattr(0)
+    child = "import time, tty; tty.setraw(0); print('raw', flush=True); time.sleep(60)"
+    try:
+        pt.run([sys.executable, "-c", child], stdin=pt.INHERIT, capture=False, timeout=2)
+    except pt.CommandTimeout:
+        print("timed out", flush=True)
+    print("modes restored", termios.tcgetattr(0) == before, flush=True)
+    print("back", input(), flush=True)
+    """
+)
+
+
+def _pty_run(tmp_path: Path, code: str, steps: list[tuple[bytes, bytes]]) -> None:
+    """Run ``code`` on a new terminal; for each step, type its input, then wait for its text."""
     master, slave = os.openpty()
     proc = subprocess.Popen(
-        [PY, script(tmp_path, "interactive.py", INTERACTIVE)],
+        [PY, script(tmp_path, "on_a_tty.py", code)],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -792,32 +824,49 @@ def test_inherit_hands_the_terminal_to_an_interactive_program(tmp_path: Path) ->
     )
     os.close(slave)
     out = b""
-
-    def read_until(text: bytes, within: float = 30.0) -> None:
-        nonlocal out
-        deadline = time.monotonic() + within
-        while text not in out:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{text!r} never came; the terminal showed {out!r}"
-            ready, _, _ = select.select([master], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: every end of the terminal closed
-                    chunk = b""
-                if not chunk:
-                    raise AssertionError(f"{text!r} never came; the terminal showed {out!r}")
-                out += chunk
-
     try:
-        os.write(master, b"hello\n")
-        read_until(b"got hello")
-        read_until(b"returncode 0")
-        os.write(master, b"again\n")
-        read_until(b"back again")
+        for typed, text in steps:
+            if typed:
+                os.write(master, typed)
+            deadline = time.monotonic() + 30
+            while text not in out:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{text!r} never came; the terminal showed {out!r}"
+                ready, _, _ = select.select([master], [], [], left)
+                chunk = b""
+                if ready:
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:  # EIO: every end of the terminal closed
+                        pass
+                    assert chunk, f"{text!r} never came; the terminal showed {out!r}"
+                out += chunk
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_inherit_gives_the_terminal_back_restored_after_a_kill(tmp_path: Path) -> None:
+    _pty_run(
+        tmp_path,
+        KILLED_INTERACTIVE,
+        [
+            (b"", b"raw"),
+            (b"", b"timed out"),
+            (b"", b"modes restored True"),
+            (b"again\n", b"back again"),
+        ],
+    )
+
+
+def test_inherit_hands_the_terminal_to_an_interactive_program(tmp_path: Path) -> None:
+    # Each program runs in a process group of its own: without being handed the
+    # terminal, its read stops it (SIGTTIN) and it never ends.
+    _pty_run(
+        tmp_path,
+        INTERACTIVE,
+        [(b"hello\n", b"got hello"), (b"", b"returncode 0"), (b"again\n", b"back again")],
+    )

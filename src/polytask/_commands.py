@@ -35,6 +35,7 @@ import io
 import os
 import shlex
 import signal
+import stat
 import subprocess
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -311,9 +312,12 @@ def _stdin_plan(stdin: Stdin, input: Input) -> _StdinPlan:
         path = os.fspath(stdin)
         if not isinstance(path, str):
             path = os.fsdecode(path)
-        if os.path.isdir(path):
+        # Missing or unreadable: say so now. (Not by opening it: a named pipe
+        # would wait for a writer, and lose it when closed.)
+        if stat.S_ISDIR(os.stat(path).st_mode):  # (FileNotFoundError names the path)
             raise IsADirectoryError(errno.EISDIR, "stdin= is a directory", path)
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))  # missing, unreadable: say so now
+        if not os.access(path, os.R_OK):
+            raise PermissionError(errno.EACCES, "stdin= is not readable", path)
         return _StdinPlan(path=path)
     elif getattr(stdin, "closed", False) is True:
         raise ValueError(f"stdin= is a closed file ({stdin!r})")
