@@ -290,7 +290,11 @@ def _stdin_plan(stdin: Stdin, input: Input) -> _StdinPlan:
         return _StdinPlan(data=_encode_input(input))
     if isinstance(stdin, bool):
         pass  # an int, but surely a mistake: the TypeError below
-    elif stdin is None or stdin is DEVNULL or stdin is subprocess.DEVNULL:
+    elif (
+        stdin is None
+        or stdin is DEVNULL
+        or (isinstance(stdin, int) and stdin == subprocess.DEVNULL)
+    ):
         return _StdinPlan()
     elif stdin is INHERIT:
         try:
@@ -618,6 +622,8 @@ class Stream(Generic[AnyStr]):
         env: dict[str, str] | None,
         text: bool,
     ) -> None:
+        self._watch = _CancelWatch()
+        self._watch.check(args)  # already cancelled: start nothing
         self.args = args
         self.returncode: int | None = None
         self._text = text
@@ -628,8 +634,6 @@ class Stream(Generic[AnyStr]):
         self._closed = False
         self._timeout = timeout
         self._terminal: _Terminal | None = None
-        self._watch = _CancelWatch()
-        self._watch.check(args)  # already cancelled: start nothing
         self._loop = ProcessLoop()
         try:
             self._child = _spawn(
