@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import select
 import signal
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -99,10 +103,68 @@ def test_run_bytes_and_invalid_utf8() -> None:
     assert pt.run([PY, "-c", code]).stdout == "\ufffd\x00ok"
 
 
-def test_string_args_are_split_not_given_to_a_shell() -> None:
-    r = pt.run("echo $HOME 'a  b' ; ls")
-    assert r.stdout == "$HOME a  b ; ls\n"
-    assert pt.run("echo $((1+2))", shell=True).stdout == "3\n"
+# What a new user writes: each was split at spaces and run without a shell,
+# giving a wrong result and no error (`ls` got '*.py', `echo` printed '> out.txt').
+SHELL_LINES = [
+    "ps aux | grep x",
+    "echo hi > out.txt",
+    "cat < in.txt",
+    "ls *.py",
+    "ls file?.txt",
+    "echo a; echo b",
+    "true && echo x",
+    "sleep 1 &",
+    "echo $HOME",
+    "echo ${HOME}",
+    "echo `id`",
+    "echo $(id)",
+    "echo 'a  b'",
+    'echo "a  b"',
+    "echo a\\ b",
+    "echo ~",
+    "FOO=1 env",
+    "cd /tmp",
+    "export A=1",
+    "echo one\necho two",
+]
+
+
+@pytest.mark.parametrize("line", SHELL_LINES)
+def test_a_string_with_shell_syntax_raises_naming_shell_true(line: str, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("data\n")
+    calls = {
+        "run": lambda: pt.run(line, cwd=tmp_path),
+        "stream": lambda: pt.stream(line, cwd=tmp_path),
+        "run_many": lambda: pt.run_many([["true"], line], cwd=tmp_path),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="shell=True") as info:
+            call()
+        assert repr(line) in str(info.value), name
+        assert "list" in str(info.value), name  # the other way out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]  # nothing ran
+
+
+def test_shell_true_runs_shell_syntax(tmp_path: Path) -> None:
+    for name in ("b.py", "a.py", "c.txt"):
+        (tmp_path / name).write_text("")
+    assert pt.run("ls *.py", shell=True, cwd=tmp_path).stdout == "a.py\nb.py\n"
+    assert pt.run("echo hi > out.txt", shell=True, cwd=tmp_path).ok
+    assert (tmp_path / "out.txt").read_text() == "hi\n"
+    assert pt.run("printf 'x\\ny\\n' | grep y", shell=True).stdout == "y\n"
+    lines = [line.text for line in pt.stream("echo a | tr a b; echo $((1+2))", shell=True)]
+    assert lines == ["b", "3"]
+    results = pt.run_many(["echo a && echo b", "echo $((2*3))"], shell=True)
+    assert [r.stdout for r in results] == ["a\nb\n", "6\n"]
+
+
+def test_a_plain_string_is_split_and_a_list_never_meets_a_shell() -> None:
+    assert pt.run("echo  hello   world").stdout == "hello world\n"
+    assert [line.text for line in pt.stream("echo split")] == ["split"]
+    assert [r.stdout for r in pt.run_many(["echo a", "echo b"])] == ["a\n", "b\n"]
+    words = ["a | b", "$HOME", "*.py", "x; echo INJECTED", "$(id)", "'q'"]
+    assert pt.run(["echo", *words]).stdout == " ".join(words) + "\n"
+    assert pt.run_many([["echo", *words]])[0].stdout == " ".join(words) + "\n"
 
 
 def test_run_input_cwd_env(tmp_path: Path) -> None:
@@ -161,18 +223,65 @@ def test_missing_program(tmp_path: Path) -> None:
     [
         ({"args": []}, ValueError, "empty command"),
         ({"args": ""}, ValueError, "empty command"),
-        ({"args": "echo 'unclosed"}, ValueError, "cannot split"),
+        ({"args": "echo 'unclosed"}, ValueError, "shell=True"),
         ({"args": ["echo"], "shell": True}, TypeError, "one string"),
         ({"args": b"echo"}, TypeError, "not bytes"),
         ({"args": ["echo", 3]}, TypeError, "str or path-like"),
-        ({"args": ["echo"], "timeout": 0}, ValueError, "positive"),
-        ({"args": ["echo"], "timeout": -1}, ValueError, "positive"),
         ({"args": ["cat"], "input": 5}, TypeError, "input must be"),
     ],
 )
 def test_bad_input_raises_at_the_call(kwargs: dict, error: type, text: str) -> None:
     with pytest.raises(error, match=text):
         pt.run(**kwargs)
+
+
+def _three_ways(args: list[str], **options: object) -> dict[str, object]:
+    """Call run, stream (iterated) and run_many with the same options."""
+    return {
+        "run": lambda: pt.run(args, **options),
+        "stream": lambda: list(pt.stream(args, **options)),
+        "run_many": lambda: pt.run_many([args], **options),
+    }
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "text"),
+    [
+        (float("nan"), ValueError, ">= 0 seconds"),
+        (-1, ValueError, ">= 0 seconds"),
+        (-0.5, ValueError, ">= 0 seconds"),
+        (float("-inf"), ValueError, ">= 0 seconds"),
+        ("5", TypeError, "number of seconds or None, not str"),
+        (True, TypeError, "not bool"),
+        ([1], TypeError, "not list"),
+    ],
+)
+def test_bad_timeouts_raise_at_the_call(timeout: object, error: type, text: str) -> None:
+    for name, call in _three_ways(["echo", "x"], timeout=timeout).items():
+        with pytest.raises(error, match=text):
+            call()  # type: ignore[operator]
+        assert name  # (for the traceback)
+
+
+def test_an_infinite_timeout_is_no_limit() -> None:
+    # It raised OverflowError from deep inside the wait.
+    inf = float("inf")
+    r = pt.run(["echo", "x"], timeout=inf)
+    assert r.ok and r.stdout == "x\n" and r.timeout is None
+    assert [line.text for line in pt.stream(["echo", "y"], timeout=inf)] == ["y"]
+    [many] = pt.run_many([["echo", "z"]], timeout=inf)
+    assert many.ok and many.stdout == "z\n" and many.timeout is None
+
+
+def test_a_zero_timeout_has_already_expired() -> None:
+    # As subprocess.run(timeout=0) raises TimeoutExpired: started, then ended at once.
+    with pytest.raises(pt.CommandTimeout) as info:
+        pt.run(["sleep", "30"], timeout=0)
+    assert info.value.timeout == 0
+    with pytest.raises(pt.CommandTimeout):
+        list(pt.stream(["sleep", "30"], timeout=0))
+    [late] = pt.run_many([["sleep", "30"]], timeout=0)
+    assert late.timed_out and not late.ok and late.timeout == 0
 
 
 def test_timeout_ends_the_whole_tree(tmp_path: Path) -> None:
@@ -239,6 +348,51 @@ def test_stream_yields_lines_as_they_are_written(tmp_path: Path) -> None:
         assert next(it) == ("stdout", "second")
         assert list(it) == []
     assert s.returncode == 0
+
+
+def _without_unbuffered() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+@pytest.mark.parametrize("how", ["env=None", "env given"])
+def test_stream_gets_a_python_programs_lines_before_it_exits(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No flush in the program: a Python child block-buffers a pipe, and its
+    # first line came only at its exit (here: never, it waits for the gate).
+    gate = tmp_path / "gate"
+    code = (
+        "import os, time\n"
+        "print('first')\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+        "print('second')"
+    )
+    env: dict[str, str] | None = _without_unbuffered()
+    if how == "env=None":
+        monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+        env = None
+    with pt.stream([PY, "-c", code], timeout=30, env=env) as s:
+        it = iter(s)
+        assert next(it) == ("stdout", "first")
+        gate.touch()
+        assert list(it) == [("stdout", "second")]
+    assert s.returncode == 0
+
+
+def test_a_timed_out_python_programs_output_so_far_is_kept() -> None:
+    code = "import time; print('started'); time.sleep(60)"
+    with pytest.raises(pt.CommandTimeout) as info:
+        pt.run([PY, "-c", code], timeout=2, env=_without_unbuffered())
+    assert info.value.stdout == "started\n"
+
+
+def test_the_callers_pythonunbuffered_is_kept() -> None:
+    code = "import os; print(repr(os.environ.get('PYTHONUNBUFFERED')))"
+    assert pt.run([PY, "-c", code], env=_without_unbuffered()).stdout == "'1'\n"
+    off = {**_without_unbuffered(), "PYTHONUNBUFFERED": ""}
+    assert pt.run([PY, "-c", code], env=off).stdout == "''\n"
+    assert off["PYTHONUNBUFFERED"] == ""  # the caller's dict is not changed
+    assert pt.run_many([[PY, "-c", code]], env=_without_unbuffered())[0].stdout == "'1'\n"
 
 
 def test_stream_bytes_and_check() -> None:
@@ -415,3 +569,304 @@ def test_cancelled_task_ends_stream_and_run_many() -> None:
     b.cancel()
     for task in (a, b):
         assert isinstance(task.exception(30), pt.Cancelled)
+
+
+def _until_cancelled(within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not pt.current_task().cancelled:
+        assert time.monotonic() < deadline, "never cancelled"
+        time.sleep(0.01)
+
+
+def test_stream_notices_a_cancellation_with_lines_still_pending() -> None:
+    # The program wrote far more than the loop has handed out: the lines already
+    # read must not keep a cancelled task's loop going (it looked only when empty).
+    first = threading.Event()
+    seen: dict[str, object] = {}
+
+    def consume() -> None:
+        after = 0
+        s = pt.stream(["seq", "1", "1000000"])
+        seen["pid"] = s.pid
+        try:
+            for _ in s:
+                if not first.is_set():
+                    first.set()
+                    _until_cancelled()
+                else:
+                    after += 1
+        except pt.Cancelled as exc:
+            seen["error"] = exc
+        seen["after"] = after
+        seen["returncode"] = s.returncode
+
+    task = pt.spawn(consume)
+    assert first.wait(30)
+    task.cancel()
+    task.join(30)
+    deadline = time.monotonic() + 30
+    while "after" not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen["after"] == 0  # not one more line after the cancellation
+    assert isinstance(seen.get("error"), pt.Cancelled)
+    assert "process tree was ended" in str(seen["error"])
+    assert seen["returncode"] is not None and seen["returncode"] < 0  # ended, not finished
+    assert alive([seen["pid"]]) == []  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("call", ["run", "stream", "run_many"])
+def test_a_cancelled_task_starts_no_program(tmp_path: Path, call: str) -> None:
+    marker = tmp_path / "ran"
+    cmd = ["touch", str(marker)]
+    seen: list[BaseException] = []
+
+    started = threading.Event()
+
+    def late() -> None:
+        started.set()
+        _until_cancelled()
+        try:
+            if call == "run":
+                pt.run(cmd)
+            elif call == "stream":
+                list(pt.stream(cmd))
+            else:
+                pt.run_many([cmd, cmd])
+        except pt.Cancelled as exc:
+            seen.append(exc)
+
+    task = pt.spawn(late)
+    assert started.wait(30)
+    task.cancel()
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen and isinstance(seen[0], pt.Cancelled)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("call", ["run", "stream"])
+def test_cancelling_a_waiting_run_or_stream_ends_its_tree(tmp_path: Path, call: str) -> None:
+    pids_file = tmp_path / "pids"
+    tree = script(tmp_path, "tree.py", TREE)
+    seen: list[BaseException] = []
+
+    def wait_for_it() -> None:
+        try:
+            if call == "run":
+                pt.run([PY, tree, str(pids_file)])
+            else:
+                for _ in pt.stream([PY, tree, str(pids_file)]):
+                    pass
+        except pt.Cancelled as exc:
+            seen.append(exc)
+
+    task = pt.spawn(wait_for_it)
+    pids = read_pids(pids_file)
+    task.cancel()
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen and "was cancelled" in str(seen[0])
+    assert alive(pids) == []  # the SIGTERM-ignoring grandchild too
+
+
+# --------------------------------------------------------------------------- stdin
+
+
+def test_stdin_data_file_path_fd_and_devnull(tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("from a file\n")
+    assert pt.run(["cat"]).stdout == ""  # the default: /dev/null, never the terminal
+    assert pt.run(["cat"], stdin=pt.DEVNULL).stdout == ""
+    assert pt.run(["cat"], stdin=subprocess.DEVNULL).stdout == ""  # subprocess's name too
+    assert pt.run(["cat"], stdin="text\n").stdout == "text\n"
+    assert pt.run(["cat"], stdin=b"\x00bytes", text=False).stdout == b"\x00bytes"
+    assert pt.run(["cat"], stdin=data).stdout == "from a file\n"  # a path
+    with open(data, "rb") as f:
+        assert pt.run(["cat"], stdin=f).stdout == "from a file\n"  # a file object
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        assert pt.run(["cat"], stdin=fd).stdout == "from a file\n"  # a descriptor...
+        os.fstat(fd)  # ... that stays the caller's, open
+    finally:
+        os.close(fd)
+    assert pt.run(["cat"], stdin=io.BytesIO(b"in memory")).stdout == "in memory"
+    assert pt.run(["cat"], stdin=io.StringIO("text io")).stdout == "text io"
+
+
+def test_stdin_for_stream_and_run_many(tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("1\n2\n")
+    assert [line.text for line in pt.stream(["cat"], stdin="a\nb\n")] == ["a", "b"]
+    assert [line.text for line in pt.stream(["cat"], stdin=data)] == ["1", "2"]
+    # Data and paths: each program gets all of it.
+    results = pt.run_many([["cat"], ["wc", "-c"]], stdin="abc")
+    assert [r.stdout.strip() for r in results] == ["abc", "3"]
+    results = pt.run_many([["cat"], ["cat"]], stdin=data, workers=2)
+    assert [r.stdout for r in results] == ["1\n2\n", "1\n2\n"]
+    # A shared descriptor or the terminal: one program at a time, or their reads interleave.
+    with open(data, "rb") as f:
+        with pytest.raises(ValueError, match="workers=1"):
+            pt.run_many([["cat"], ["cat"]], stdin=f, workers=2)
+        results = pt.run_many([["head", "-n", "1"], ["cat"]], stdin=f, workers=1)
+    assert results[0].stdout == "1\n"
+    with pytest.raises(ValueError, match="workers=1"):
+        pt.run_many([["cat"], ["cat"]], stdin=pt.INHERIT, workers=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "text"),
+    [
+        ({"stdin": "x", "input": "y"}, ValueError, "stdin= or input="),
+        ({"stdin": subprocess.DEVNULL, "input": "y"}, ValueError, "stdin= or input="),
+        ({"stdin": 2.5}, TypeError, "stdin must be"),
+        ({"stdin": True}, TypeError, "stdin must be"),
+        ({"stdin": -7}, ValueError, "descriptor"),
+        ({"stdin": 987654}, ValueError, "not an open file descriptor"),
+    ],
+)
+def test_bad_stdin_raises_at_the_call(kwargs: dict, error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        pt.run(["cat"], **kwargs)
+    with pytest.raises(error, match=text):
+        pt.stream(["cat"], **kwargs)
+    if "input" not in kwargs:
+        with pytest.raises(error, match=text):
+            pt.run_many([["cat"]], **kwargs)
+
+
+def test_stdin_path_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        pt.run(["cat"], stdin=tmp_path / "missing.txt")
+    with pytest.raises(IsADirectoryError):
+        pt.run(["cat"], stdin=tmp_path)
+
+
+def test_stdin_named_pipe(tmp_path: Path) -> None:
+    # Read as `cat < fifo` would: the writer's data, not an early end-of-file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("through the pipe\n"))
+    writer.start()
+    try:
+        assert pt.run(["cat"], stdin=fifo, timeout=30).stdout == "through the pipe\n"
+    finally:
+        writer.join(30)
+
+
+# The program runs `cat` with stdin=pt.INHERIT: it reads what we write to it.
+INHERITING = textwrap.dedent(
+    """
+    import sys
+    import polytask as pt
+    r = pt.run(["cat"], stdin=pt.INHERIT, timeout=60)
+    print("cat said", repr(r.stdout), r.returncode)
+    """
+)
+
+
+def test_inherit_passes_this_processes_stdin(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [PY, script(tmp_path, "inherit.py", INHERITING)],
+        input="piped in\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout == "cat said 'piped in\\n' 0\n", proc.stderr
+
+
+# Run under a terminal of its own: an interactive program reads from it, then
+# the script itself reads from it again (the terminal must have come back).
+INTERACTIVE = textwrap.dedent(
+    """
+    import os, sys
+    os.setsid()
+    os.close(os.open(os.ttyname(0), os.O_RDWR))  # the pty becomes our controlling terminal
+    import polytask as pt
+    child = "print('got', input(), flush=True)"
+    r = pt.run([sys.executable, "-c", child], stdin=pt.INHERIT, capture=False, timeout=20)
+    print("returncode", r.returncode, flush=True)
+    print("back", input(), flush=True)
+    """
+)
+
+
+# The program puts the terminal in raw mode and hangs; the timeout kills it.
+KILLED_INTERACTIVE = textwrap.dedent(
+    """
+    import os, sys, termios
+    os.setsid()
+    os.close(os.open(os.ttyname(0), os.O_RDWR))
+    import polytask as pt
+    before = termios.tcgetattr(0)
+    child = "import time, tty; tty.setraw(0); print('raw', flush=True); time.sleep(60)"
+    try:
+        pt.run([sys.executable, "-c", child], stdin=pt.INHERIT, capture=False, timeout=2)
+    except pt.CommandTimeout:
+        print("timed out", flush=True)
+    print("modes restored", termios.tcgetattr(0) == before, flush=True)
+    print("back", input(), flush=True)
+    """
+)
+
+
+def _pty_run(tmp_path: Path, code: str, steps: list[tuple[bytes, bytes]]) -> None:
+    """Run ``code`` on a new terminal; for each step, type its input, then wait for its text."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [PY, script(tmp_path, "on_a_tty.py", code)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    os.close(slave)
+    out = b""
+    try:
+        for typed, text in steps:
+            if typed:
+                os.write(master, typed)
+            deadline = time.monotonic() + 30
+            while text not in out:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{text!r} never came; the terminal showed {out!r}"
+                ready, _, _ = select.select([master], [], [], left)
+                chunk = b""
+                if ready:
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:  # EIO: every end of the terminal closed
+                        pass
+                    assert chunk, f"{text!r} never came; the terminal showed {out!r}"
+                out += chunk
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_inherit_gives_the_terminal_back_restored_after_a_kill(tmp_path: Path) -> None:
+    _pty_run(
+        tmp_path,
+        KILLED_INTERACTIVE,
+        [
+            (b"", b"raw"),
+            (b"", b"timed out"),
+            (b"", b"modes restored True"),
+            (b"again\n", b"back again"),
+        ],
+    )
+
+
+def test_inherit_hands_the_terminal_to_an_interactive_program(tmp_path: Path) -> None:
+    # Each program runs in a process group of its own: without being handed the
+    # terminal, its read stops it (SIGTTIN) and it never ends.
+    _pty_run(
+        tmp_path,
+        INTERACTIVE,
+        [(b"hello\n", b"got hello"), (b"", b"returncode 0"), (b"again\n", b"back again")],
+    )

@@ -322,7 +322,7 @@ PUBLIC_NAMES = {
     "Task", "spawn", "background", "current_task", "CurrentTask", "TaskGroup",
     "Pool", "Executor",
     # programs
-    "run", "stream", "run_many", "CommandResult", "OutputLine", "Stream",
+    "run", "stream", "run_many", "CommandResult", "OutputLine", "Stream", "DEVNULL", "INHERIT",
     "Supervisor", "ProcessStatus",
     # IPC and synchronisation
     "Channel", "SharedArray", "pipeline", "stage", "Fifo", "FileLock",

@@ -177,3 +177,55 @@ def test_env_file_errors_carry_line_numbers():
         parse_env("A=1\nB='unterminated\n", source="dev.env")
     assert info.value.problems[0][:2] == ("dev.env", 2)
     assert "dev.env:2: cannot parse" in str(info.value)
+
+
+# A NUL cannot reach a program (execve takes NUL-terminated strings): `polytask
+# check` said OK and `polytask up` then failed with "internal error".
+@pytest.mark.parametrize(
+    ("text", "line", "where"),
+    [
+        ("A=1\nFOO=a\x00b\n", 2, "value of 'FOO'"),
+        ('A=1\n\nBAR="x\x00y"\n', 3, "value of 'BAR'"),
+        ("K\x00EY=1\n", 1, "name of 'K\\x00EY'"),
+    ],
+)
+def test_env_file_nul_is_a_problem_of_its_line(text, line, where):
+    with pytest.raises(ProcfileError) as info:
+        parse_env(text, source="dev.env")
+    assert info.value.problems[0][:2] == ("dev.env", line)
+    assert where in str(info.value) and "NUL" in str(info.value)
+    assert parse_env("# a comment with a NUL \x00 is harmless\nA=1\n") == {"A": "1"}
+
+
+def test_procfile_command_with_nul_is_a_problem():
+    with pytest.raises(ProcfileError, match=r"Procfile:2: the command of 'web' contains a NUL"):
+        parse_procfile("ok: true\nweb: echo a\x00b\n")
+    with pytest.raises(ProcfileError, match="NUL"):
+        procfile_from_mapping({"web": ["echo", "a\x00b"]})
+
+
+@pytest.mark.parametrize("where", ["env", "procfile"])
+def test_check_and_up_both_report_a_nul(where, tmp_path, monkeypatch, capsys):
+    from polytask.cli._up import main_check, main_up
+
+    monkeypatch.chdir(tmp_path)
+    if where == "env":
+        (tmp_path / "Procfile").write_text("web: echo $FOO\n")
+        (tmp_path / ".env").write_text("FOO=a\x00b\n")
+        expected = ".env:1: the value of 'FOO' contains a NUL"
+    else:
+        (tmp_path / "Procfile").write_text("web: echo a\x00b\n")
+        expected = "Procfile:1: the command of 'web' contains a NUL"
+    # Both stop before anything starts, with exit status 2 (bad input).
+    assert main_check([]) == 2
+    assert expected in capsys.readouterr().err
+    assert main_up([]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "internal error" not in err
+
+
+def test_env_file_line_numbers_count_blank_lines():
+    # python-dotenv gives a binding the line where the blank lines before it start.
+    with pytest.raises(ProcfileError) as info:
+        parse_env("A=1\n\n\nB='open\n", source="dev.env")
+    assert info.value.problems[0][:2] == ("dev.env", 4)

@@ -33,10 +33,12 @@ _LAZY: dict[str, str] = {
     "current_task": "._task",
     "CurrentTask": "._task",
     "debug": ".",
+    "DEVNULL": "._commands",
     "Event": "._sync",
     "Executor": "._pool",
     "Fifo": "._sync",
     "FileLock": "._sync",
+    "INHERIT": "._commands",
     "Lock": "._sync",
     "OutputLine": "._commands",
     "pipeline": "._pipeline",
@@ -65,6 +67,8 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = (
+    "DEVNULL",
+    "INHERIT",
     "BackendUnavailable",
     "Barrier",
     "BoundedSemaphore",
@@ -132,6 +136,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from . import debug as debug
     from ._channel import Channel as Channel
+    from ._commands import DEVNULL as DEVNULL
+    from ._commands import INHERIT as INHERIT
     from ._commands import CommandResult as CommandResult
     from ._commands import OutputLine as OutputLine
     from ._commands import Stream as Stream

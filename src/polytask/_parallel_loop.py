@@ -566,18 +566,24 @@ class ProcessLoop:
         cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
         on_output: OnOutput | None = None,
+        stdin: int | None = None,
     ) -> Child:
-        """Start ``argv`` in its own guarded process group; raises OSError if it cannot start."""
+        """Start ``argv`` in its own guarded process group; raises OSError if it cannot start.
+
+        The program's stdin is a pipe fed with ``input``, else descriptor
+        ``stdin`` (the caller's: it stays open), else /dev/null.
+        """
         if (
             self.posix_spawn
             and capture
             and on_output is None
             and input is None
+            and stdin is None
             and cwd is None
             and env is None
         ):
             return self._spawn_to_files(argv, token, timeout)
-        start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output)
+        start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output, stdin)
         try:
             start.run()
         finally:
@@ -705,6 +711,7 @@ class ProcessLoop:
         cwd: str | os.PathLike[str] | None,
         env: dict[str, str] | None,
         on_output: OnOutput | None,
+        stdin: int | None = None,
     ) -> _Start:
         if not argv:
             raise ValueError("no program to run: the argument list is empty")
@@ -731,6 +738,8 @@ class ProcessLoop:
                 ours.append(in_w)
                 theirs.append(in_r)
                 start.stdin = in_r
+            elif stdin is not None:
+                start.stdin = stdin
             else:
                 if self._devnull < 0:
                     self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)

@@ -103,11 +103,20 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
+def _nul_problem(name: str) -> str:
+    # execve takes NUL-terminated strings: such a command could never start.
+    return (
+        f"the command of {name!r} contains a NUL character (\\x00), "
+        "which no program can be given: remove it"
+    )
+
+
 def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
     """Parse Procfile ``text``; raise :class:`ProcfileError` listing every problem.
 
     Problems found: a line that is not ``name: command``, an invalid name, an
-    empty command, a name defined twice, and a file that defines nothing.
+    empty command, a command with a NUL character, a name defined twice, and a
+    file that defines nothing.
     """
     problems: list[Problem] = []
     entries: list[ProcfileEntry] = []
@@ -128,6 +137,9 @@ def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
             continue
         if not command:
             problems.append((source, number, f"empty command for process {name!r}"))
+            continue
+        if "\0" in command:
+            problems.append((source, number, _nul_problem(name)))
             continue
         if name in first_line:
             problems.append(
@@ -182,6 +194,9 @@ def procfile_from_mapping(
             continue
         if empty:
             problems.append((source, None, f"empty command for process {name!r}"))
+            continue
+        if any("\0" in c for c in ((cmd,) if isinstance(cmd, str) else cmd)):
+            problems.append((source, None, _nul_problem(name)))
             continue
         entries.append(ProcfileEntry(name, cmd, None))
     if not entries and not problems:
@@ -303,7 +318,8 @@ def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
     """Parse the text of an env file with python-dotenv; raise on unparsable lines.
 
     Variables are expanded (``${HOME}``, or an earlier key) as python-dotenv does;
-    a key without ``=`` is skipped.
+    a key without ``=`` is skipped. A NUL character in a name or value is a
+    problem of its line (no environment can hold one).
     """
     try:
         from dotenv import dotenv_values
@@ -314,11 +330,25 @@ def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
         raise BackendUnavailable(
             "reading an env file needs python-dotenv: pip install python-dotenv"
         ) from exc
-    problems: list[Problem] = [
-        (source, b.original.line, f"cannot parse {b.original.string.strip()[:60]!r}")
-        for b in parse_stream(io.StringIO(text))
-        if b.error
-    ]
+    problems: list[Problem] = []
+    for b in parse_stream(io.StringIO(text)):
+        raw = b.original.string
+        # python-dotenv counts blank lines before a binding as its own: skip them.
+        line = b.original.line + raw[: len(raw) - len(raw.lstrip())].count("\n")
+        if b.error:
+            problems.append((source, line, f"cannot parse {raw.strip()[:60]!r}"))
+        elif b.key is not None and "\0" in b.key + (b.value or ""):
+            # execve takes NUL-terminated strings: no environment can hold one,
+            # and the start of every program would fail (found here, not there).
+            where = "name" if "\0" in b.key else "value"
+            problems.append(
+                (
+                    source,
+                    line,
+                    f"the {where} of {b.key!r} contains a NUL character (\\x00), "
+                    "which no environment variable can hold: remove it",
+                )
+            )
     if problems:
         raise ProcfileError(problems)
     values = dotenv_values(stream=io.StringIO(text), interpolate=True)

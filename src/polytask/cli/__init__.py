@@ -64,5 +64,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(fn(args[1:]) or 0)
 
 
-def _console() -> None:  # pragma: no cover - thin wrapper for `python -m polytask.cli`
+def _console() -> None:  # pragma: no cover - `python -m polytask` and `python -m polytask.cli`
     sys.exit(main())

@@ -1,3 +1,5 @@
+"""``python -m polytask.cli ...``: the same as the ``polytask`` command."""
+
 from polytask.cli import _console
 
 _console()

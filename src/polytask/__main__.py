@@ -1,0 +1,5 @@
+"""``python -m polytask ...``: the same as the ``polytask`` command."""
+
+from polytask.cli import _console
+
+_console()
