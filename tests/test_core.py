@@ -320,6 +320,7 @@ def test_error_hierarchy():
 PUBLIC_NAMES = {
     # work
     "Task", "spawn", "background", "current_task", "CurrentTask", "TaskGroup",
+    "sleep", "checkpoint",
     "Pool", "Executor",
     # programs
     "run", "stream", "run_many", "CommandResult", "OutputLine", "Stream", "DEVNULL", "INHERIT",

@@ -560,6 +560,70 @@ def test_filelock_bad_directory(tmp_path):
         pt.FileLock(tmp_path / "missing" / "lock").acquire()
 
 
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_an_infinite_timeout_means_no_limit(backend, tmp_path):
+    # float("inf") is "no limit" on every wait, as None is (not an OverflowError).
+    inf = float("inf")
+    lock = pt.Lock(backend=backend)
+    assert lock.acquire(timeout=inf)
+    later = threading.Timer(0.1, lock.release)
+    later.start()
+    assert lock.acquire(timeout=inf)  # waits for the release
+    lock.release()
+    later.join()
+    rlock = pt.RLock(backend=backend)
+    assert rlock.acquire(timeout=inf)
+    rlock.release()
+    event = pt.Event(backend=backend)
+    later = threading.Timer(0.1, event.set)
+    later.start()
+    assert event.wait(timeout=inf)
+    later.join()
+    sem = pt.Semaphore(0, backend=backend)
+    later = threading.Timer(0.1, sem.release)
+    later.start()
+    assert sem.acquire(timeout=inf)
+    later.join()
+    cond = pt.Condition(backend=backend)
+    with cond:
+        assert cond.wait_for(lambda: True, timeout=inf)
+    assert pt.Barrier(1, backend=backend).wait(timeout=inf) == 0
+    assert pt.Barrier(1, timeout=inf, backend=backend).wait() == 0
+    path = tmp_path / "lock"
+    with pt.FileLock(path, timeout=inf) as held:
+        assert held.locked()
+    assert pt.FileLock(path).acquire(timeout=inf)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [(float("nan"), ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)],
+    ids=["nan", "negative", "str", "bool"],
+)
+def test_bad_timeouts_fail_at_the_call(backend, tmp_path, bad, error):
+    calls = {
+        "Lock.acquire": lambda: pt.Lock(backend=backend).acquire(timeout=bad),
+        "RLock.acquire": lambda: pt.RLock(backend=backend).acquire(timeout=bad),
+        "Event.wait": lambda: pt.Event(backend=backend).wait(bad),
+        "Semaphore.acquire": lambda: pt.Semaphore(0, backend=backend).acquire(timeout=bad),
+        "Barrier.wait": lambda: pt.Barrier(2, backend=backend).wait(bad),
+        "Barrier()": lambda: pt.Barrier(2, timeout=bad, backend=backend),
+        "FileLock()": lambda: pt.FileLock(tmp_path / "lock", timeout=bad),
+        "FileLock.acquire": lambda: pt.FileLock(tmp_path / "lock").acquire(timeout=bad),
+    }
+    for what, call in calls.items():
+        with pytest.raises(error, match="timeout"):
+            call()
+            pytest.fail(f"{what} accepted timeout={bad!r}")
+    cond = pt.Condition(backend=backend)
+    with cond:
+        for call in (lambda: cond.wait(bad), lambda: cond.wait_for(lambda: False, bad)):
+            with pytest.raises(error, match="timeout"):
+                call()
+
+
 # --------------------------------------------------------------------------- Fifo
 
 

@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "CommandFailed": "._errors",
     "CommandResult": "._commands",
     "CommandTimeout": "._errors",
+    "checkpoint": "._task",
     "Condition": "._sync",
     "current_task": "._task",
     "CurrentTask": "._task",
@@ -55,6 +56,7 @@ _LAZY: dict[str, str] = {
     "Semaphore": "._sync",
     "SerializationError": "._errors",
     "SharedArray": "._shm",
+    "sleep": "._task",
     "spawn": "._task",
     "stage": "._pipeline",
     "Stream": "._commands",
@@ -104,11 +106,13 @@ __all__ = (
     "TaskTimeout",
     "WorkerCrashed",
     "background",
+    "checkpoint",
     "current_task",
     "debug",
     "pipeline",
     "run",
     "run_many",
+    "sleep",
     "spawn",
     "stage",
     "stream",
@@ -177,5 +181,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._task import CurrentTask as CurrentTask
     from ._task import Task as Task
     from ._task import background as background
+    from ._task import checkpoint as checkpoint
     from ._task import current_task as current_task
+    from ._task import sleep as sleep
     from ._task import spawn as spawn

@@ -2,10 +2,16 @@
 
 Leaving the ``with`` block waits for every task spawned in it. The first task
 to fail cancels the others (process tasks are killed, pending ones never start,
-thread tasks are flagged); the block then raises an ``ExceptionGroup`` of the
-real failures, so ``except* ValueError`` works. KeyboardInterrupt and
-SystemExit are not grouped: every child is stopped and reaped, then they
-propagate as they are (as asyncio.TaskGroup does).
+thread tasks are flagged and raise :class:`Cancelled` at their next
+cancellation point: ``pt.sleep``, ``pt.checkpoint``, a blocking polytask call);
+the block then raises an ``ExceptionGroup`` of the real failures, so
+``except* ValueError`` works. KeyboardInterrupt and SystemExit are not grouped:
+every child is stopped and reaped, then they propagate as they are (as
+asyncio.TaskGroup does).
+
+A group whose block runs inside a thread task that gets cancelled passes the
+cancel on to its tasks, still waits for them to end (they do at their next
+cancellation point), then raises :class:`Cancelled`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from ._errors import Cancelled, TaskTimeout
 from ._factories import PrimitiveFactory
-from ._task import Task, check_timeout
+from ._task import CANCEL_SLICE, Task, cancellable_task, check_timeout
 from .backends import Backend, get_backend
 
 __all__ = ["TaskGroup"]
@@ -78,6 +84,7 @@ class TaskGroup(PrimitiveFactory):
         self._timer: Any = None
         self._children: list[TaskGroup] = []
         self._parent_cancelled = False
+        self._owner_cancelled = False
 
     @property
     def backend(self) -> Backend:
@@ -192,13 +199,22 @@ class TaskGroup(PrimitiveFactory):
             self.cancel()
 
     def _wait_all(self) -> None:
+        # The thread task this block runs in, if it can be cancelled: its cancel is
+        # passed on to the group's tasks, and the waiting goes on until they end.
+        owner = cancellable_task()
         i = 0
         while True:
             with self._lock:
                 if i >= len(self._tasks):
                     return
                 task = self._tasks[i]
-            task.join()
+            if owner is None:
+                task._wait(None)
+            else:
+                while not task._wait(CANCEL_SLICE):
+                    if owner.cancelled and not self._owner_cancelled:
+                        self._owner_cancelled = True
+                        self.cancel()
             i += 1
 
     def _interrupted(self) -> None:
@@ -213,7 +229,7 @@ class TaskGroup(PrimitiveFactory):
             if task._is_done():
                 continue
             until = thread_deadline if task.backend == "thread" else deadline
-            task.join(max(0.0, until - time.monotonic()))
+            task._wait(max(0.0, until - time.monotonic()))  # not a cancellation point
 
     def __exit__(
         self,
@@ -254,6 +270,8 @@ class TaskGroup(PrimitiveFactory):
                 errors.append(e)
             else:  # a BaseException raised by a thread task (e.g. KeyboardInterrupt)
                 raise e
+        if self._owner_cancelled and not errors:
+            raise Cancelled(f"{self.name} was cancelled because the task it runs in was cancelled")
         if self._parent_cancelled and not errors and not self._timed_out:
             # The body must not go on as if its tasks had run: the enclosing group
             # catches this and reports its own failure or timeout.

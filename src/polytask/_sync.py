@@ -35,15 +35,17 @@ import stat
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from threading import BrokenBarrierError
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from . import _debug as _dbg
 from . import _proc
 from ._errors import ChannelClosed, SerializationError
 from ._shm import AttachCache, RobustMutex, Segment, futex_wait, futex_wake, pid_alive
+from ._task import CANCEL_SLICE, cancellable_task, check_timeout, wait_cancellable
 
 __all__ = [
     "Barrier",
@@ -66,23 +68,20 @@ __all__ = [
 _SLICE = 0.25
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-    return float(timeout)
+# The Fifo code below still spells it so (it moves to a module of its own).
+_check_timeout = check_timeout
 
 
 def _acquire_args(blocking: bool, timeout: float | None) -> float | None:
-    """Validate ``acquire(blocking, timeout)``; returns the deadline (None: none)."""
-    timeout = _check_timeout(timeout)
+    """Validate ``acquire(blocking, timeout)``; returns the timeout (None: no limit)."""
     if not blocking:
         if timeout is not None:
             raise ValueError("can't specify a timeout for a non-blocking call")
-        return time.monotonic()
+        return 0.0
+    return check_timeout(timeout)
+
+
+def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
@@ -251,9 +250,7 @@ class Condition(_Primitive):
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Wait until ``predicate()`` is true (checked with the lock held); returns its last value."""
-        deadline = (
-            None if _check_timeout(timeout) is None else time.monotonic() + cast(float, timeout)
-        )
+        deadline = _deadline(check_timeout(timeout))
         result = predicate()
         while not result:
             left = None if deadline is None else deadline - time.monotonic()
@@ -343,6 +340,11 @@ _PUBLIC: dict[str, type[_Primitive]] = {
 # --------------------------------------------------------------------------- thread backend
 
 
+def _acquire_timeout(lock: Any, timeout: float | None) -> bool:
+    # threading's locks spell "no limit" as -1.
+    return bool(lock.acquire(True, -1 if timeout is None else timeout))
+
+
 class _ThreadLock(Lock):
     backend = "thread"
 
@@ -353,15 +355,22 @@ class _ThreadLock(Lock):
         self._label = _label("Lock", name, self._key)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        deadline = _acquire_args(blocking, timeout)
-        t = -1.0 if deadline is None or not blocking else max(0.0, deadline - time.monotonic())
+        timeout = _acquire_args(blocking, timeout)
         if _dbg.enabled:
             _dbg.before_acquire(self._key, self._label, blocking)
-            ok = self._lock.acquire(blocking, t)
+            ok = self._acquire(blocking, timeout)
             if ok:
                 _dbg.after_acquire(self._key)
             return ok
-        return self._lock.acquire(blocking, t)
+        return self._acquire(blocking, timeout)
+
+    def _acquire(self, blocking: bool, timeout: float | None) -> bool:
+        lock = self._lock
+        if lock.acquire(False):  # the fast path: free, nothing to wait for
+            return True
+        if not blocking:
+            return False
+        return wait_cancellable(lambda t: _acquire_timeout(lock, t), timeout)
 
     def release(self) -> None:
         self._lock.release()
@@ -371,12 +380,18 @@ class _ThreadLock(Lock):
     def locked(self) -> bool:
         return self._lock.locked()
 
-    # What threading.Condition uses to wait with this lock.
+    # What a Condition uses to wait with this lock.
     def _release_save(self) -> None:
         self.release()
 
     def _acquire_restore(self, state: None) -> None:
-        self.acquire()
+        # Not a cancellation point: a Condition's wait must return (or raise) with
+        # its lock held, whatever happens, or the `with cond:` around it breaks.
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, True)
+        self._lock.acquire()
+        if _dbg.enabled:
+            _dbg.after_acquire(self._key)
 
     def _is_owned(self) -> bool:
         if self._lock.acquire(False):
@@ -401,15 +416,22 @@ class _ThreadRLock(RLock):
         self._label = _label("RLock", name, self._key)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        deadline = _acquire_args(blocking, timeout)
-        t = -1.0 if deadline is None or not blocking else max(0.0, deadline - time.monotonic())
+        timeout = _acquire_args(blocking, timeout)
         if _dbg.enabled:
             _dbg.before_acquire(self._key, self._label, blocking)
-            ok = self._lock.acquire(blocking, t)
+            ok = self._acquire(blocking, timeout)
             if ok:
                 _dbg.after_acquire(self._key)
             return ok
-        return self._lock.acquire(blocking, t)
+        return self._acquire(blocking, timeout)
+
+    def _acquire(self, blocking: bool, timeout: float | None) -> bool:
+        lock = self._lock
+        if lock.acquire(False):  # free, or ours already
+            return True
+        if not blocking:
+            return False
+        return wait_cancellable(lambda t: _acquire_timeout(lock, t), timeout)
 
     def release(self) -> None:
         self._lock.release()
@@ -424,6 +446,7 @@ class _ThreadRLock(RLock):
         return state
 
     def _acquire_restore(self, state: Any) -> None:
+        # Not a cancellation point (see _ThreadLock._acquire_restore).
         if _dbg.enabled:
             _dbg.before_acquire(self._key, self._label, True)
         self._lock._acquire_restore(state)  # type: ignore[attr-defined]
@@ -441,23 +464,128 @@ class _ThreadRLock(RLock):
         return f"<{self._label} backend='thread'>"
 
 
+class _Cond:
+    """A condition variable whose waits are cancellation points of thread tasks.
+
+    ``threading.Condition``'s algorithm (each waiter sleeps on a lock of its own
+    that ``notify`` releases), with the sleep done by :func:`wait_cancellable`. A
+    waiter stays registered across the slices, so no notification falls between
+    two of them; a waiter cancelled after it was notified passes the
+    notification on, so ``notify(1)`` is not lost either. It works over our
+    thread locks, ``threading.Lock`` and ``threading.RLock``.
+    """
+
+    __slots__ = ("_acquire_restore", "_is_owned", "_lock", "_release_save", "_waiters")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._waiters: deque[Any] = deque()
+        # As threading.Condition: the lock's own helpers where it has them (an RLock
+        # must be released fully for the wait and restored to its depth after it).
+        self._release_save: Callable[[], Any] = getattr(lock, "_release_save", lock.release)
+        restore = getattr(lock, "_acquire_restore", None)
+        self._acquire_restore: Callable[[Any], Any] = (
+            restore if restore is not None else lambda _state: lock.acquire()
+        )
+        owned = getattr(lock, "_is_owned", None)
+        self._is_owned: Callable[[], bool] = owned if owned is not None else self._probe_owned
+
+    def _probe_owned(self) -> bool:
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def __enter__(self) -> bool:
+        return bool(self._lock.acquire())
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait (lock held) until notified; False if ``timeout`` (checked) passed first."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        saved = self._release_save()
+        try:
+            got = wait_cancellable(lambda t: _acquire_timeout(waiter, t), timeout)
+        except BaseException:
+            self._acquire_restore(saved)
+            if not self._forget(waiter):
+                self._notify(1)  # we were notified as the cancel came: pass it on
+            raise
+        self._acquire_restore(saved)
+        if not got and not self._forget(waiter):
+            got = True  # notified just as the time ran out
+        return got
+
+    def _forget(self, waiter: Any) -> bool:
+        """Unregister a waiter that stopped waiting; False if a notify had taken it."""
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return False
+        return True
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None) -> Any:
+        """Wait (lock held) until ``predicate()``; returns its last value."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._notify(n)
+
+    def _notify(self, n: int) -> None:
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiters.popleft().release()
+            n -= 1
+
+    def notify_all(self) -> None:
+        self.notify(len(self._waiters))
+
+
 class _ThreadEvent(Event):
     backend = "thread"
 
     def __init__(self, *, backend: str = "thread") -> None:
-        self._event = threading.Event()
+        self._cond = _Cond(threading.Lock())
+        self._flag = False
+        self._sets = 0
 
     def set(self) -> None:
-        self._event.set()
+        with self._cond:
+            self._flag = True
+            self._sets += 1
+            self._cond.notify_all()
 
     def clear(self) -> None:
-        self._event.clear()
+        with self._cond:
+            self._flag = False
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._flag
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(_check_timeout(timeout))
+        timeout = check_timeout(timeout)
+        if self._flag:
+            return True
+        with self._cond:
+            sets = self._sets
+            # True once set, even if cleared again before this waiter woke (as threading.Event).
+            return bool(self._cond.wait_for(lambda: self._flag or self._sets != sets, timeout))
 
     def __reduce__(self) -> Any:
         return _no_pickle(self)
@@ -472,7 +600,7 @@ class _ThreadCondition(Condition):
         elif isinstance(lock, (_ProcessLock, _ProcessRLock)):
             raise TypeError("a Condition(backend='thread') needs a thread Lock or RLock")
         self._lock = lock
-        self._cond = threading.Condition(lock)
+        self._cond = _Cond(lock)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         return bool(self._lock.acquire(blocking, timeout))
@@ -481,7 +609,7 @@ class _ThreadCondition(Condition):
         self._lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._cond.wait(_check_timeout(timeout))
+        return self._cond.wait(check_timeout(timeout))
 
     def notify(self, n: int = 1) -> None:
         self._cond.notify(n)
@@ -504,12 +632,14 @@ class _ThreadSemaphore(Semaphore):
         )
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        deadline = _acquire_args(blocking, timeout)
+        timeout = _acquire_args(blocking, timeout)
+        sem = self._sem
+        if sem.acquire(False):
+            return True
         if not blocking:
-            return self._sem.acquire(False)
-        return self._sem.acquire(
-            True, None if deadline is None else max(0.0, deadline - time.monotonic())
-        )
+            return False
+        # The count is state: a release between two slices is seen by the next one.
+        return wait_cancellable(lambda t: sem.acquire(True, t), timeout)
 
     def release(self, n: int = 1) -> None:
         _check_n(n)
@@ -523,7 +653,15 @@ class _ThreadBoundedSemaphore(_ThreadSemaphore, BoundedSemaphore):
     _bounded = True
 
 
+# _ThreadBarrier's states (threading.Barrier's).
+_FILLING, _DRAINING, _RESETTING, _BROKEN = 0, 1, -1, -2
+
+
 class _ThreadBarrier(Barrier):
+    """``threading.Barrier``'s algorithm over a :class:`_Cond`, so waiting is a
+    cancellation point; a waiter that is cancelled breaks the barrier (as a
+    timeout does), since the others would otherwise wait for a party that left."""
+
     backend = "thread"
 
     def __init__(
@@ -535,28 +673,86 @@ class _ThreadBarrier(Barrier):
         backend: str = "thread",
     ) -> None:
         _check_parties(parties)
-        self._barrier = threading.Barrier(parties, action, _check_timeout(timeout))
+        self._cond = _Cond(threading.Lock())
+        self._action = action
+        self._timeout = check_timeout(timeout)
+        self._parties = parties
+        self._state = _FILLING
+        self._count = 0
 
     def wait(self, timeout: float | None = None) -> int:
-        return self._barrier.wait(_check_timeout(timeout))
+        timeout = check_timeout(timeout)
+        if timeout is None:
+            timeout = self._timeout
+        with self._cond:
+            # Wait while a previous round drains or a reset completes.
+            self._cond.wait_for(lambda: self._state not in (_DRAINING, _RESETTING), None)
+            if self._state == _BROKEN:
+                raise BrokenBarrierError
+            index = self._count
+            self._count += 1
+            try:
+                if index + 1 == self._parties:
+                    self._release()
+                else:
+                    self._wait(timeout)
+                return index
+            finally:
+                self._count -= 1
+                if self._count == 0 and self._state in (_DRAINING, _RESETTING):
+                    self._state = _FILLING
+                    self._cond.notify_all()
+
+    def _release(self) -> None:
+        try:
+            if self._action is not None:
+                self._action()
+            self._state = _DRAINING
+            self._cond.notify_all()
+        except BaseException:
+            self._break()
+            raise
+
+    def _wait(self, timeout: float | None) -> None:
+        try:
+            done = self._cond.wait_for(lambda: self._state != _FILLING, timeout)
+        except BaseException:
+            self._break()
+            raise
+        if not done:
+            self._break()
+            raise BrokenBarrierError
+        if self._state < 0:
+            raise BrokenBarrierError
+
+    def _break(self) -> None:
+        self._state = _BROKEN
+        self._cond.notify_all()
 
     def reset(self) -> None:
-        self._barrier.reset()
+        with self._cond:
+            if self._count > 0:
+                if self._state == _FILLING or self._state == _BROKEN:
+                    self._state = _RESETTING  # its waiters raise BrokenBarrierError
+            else:
+                self._state = _FILLING
+            self._cond.notify_all()
 
     def abort(self) -> None:
-        self._barrier.abort()
+        with self._cond:
+            self._break()
 
     @property
     def parties(self) -> int:
-        return self._barrier.parties
+        return self._parties
 
     @property
     def n_waiting(self) -> int:
-        return self._barrier.n_waiting
+        return self._count if self._state == _FILLING else 0
 
     @property
     def broken(self) -> bool:
-        return self._barrier.broken
+        return self._state == _BROKEN
 
     def __reduce__(self) -> Any:
         return _no_pickle(self)
@@ -675,10 +871,22 @@ class _Shared:
         ready: Callable[[], bool],
         deadline: float | None,
         each_slice: Callable[[], None] | None = None,
+        *,
+        cancellable: bool = True,
     ) -> bool:
-        """Sleep until ``ready()`` (mutex held on entry and exit); False at the deadline."""
+        """Sleep until ``ready()`` (mutex held on entry and exit); False at the deadline.
+
+        A cancellation point of the calling thread task unless ``cancellable`` is
+        false: it then raises :class:`Cancelled` (mutex held) within CANCEL_SLICE.
+        """
         w = self.w
+        if ready():
+            return True
+        me = cancellable_task() if cancellable else None
+        step = _SLICE if me is None else CANCEL_SLICE
         while not ready():
+            if me is not None:
+                me.raise_if_cancelled()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return False
@@ -686,7 +894,7 @@ class _Shared:
             w[_WAITERS] += 1
             self.unlock()
             try:
-                left = _SLICE if deadline is None else min(_SLICE, deadline - now)
+                left = step if deadline is None else min(step, deadline - now)
                 futex_wait(self.seq_addr, seq, left)
             finally:
                 self.lock()
@@ -779,7 +987,9 @@ class _ProcessLock(_ProcessPrimitive, Lock):
             w[self._LOCKED] = 0
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        deadline = _acquire_args(blocking, timeout)
+        return self._acquire(blocking, _deadline(_acquire_args(blocking, timeout)), True)
+
+    def _acquire(self, blocking: bool, deadline: float | None, cancellable: bool) -> bool:
         if _dbg.enabled:
             _dbg.before_acquire(self._sh.name, self._label, blocking)
         sh = self._sh
@@ -789,7 +999,8 @@ class _ProcessLock(_ProcessPrimitive, Lock):
             return False
         try:
             ok = self._take() or (
-                blocking and sh.wait(self._take, deadline, self._reap_dead_holder)
+                blocking
+                and sh.wait(self._take, deadline, self._reap_dead_holder, cancellable=cancellable)
             )
             if not ok and blocking:
                 self._reap_dead_holder()
@@ -829,7 +1040,8 @@ class _ProcessLock(_ProcessPrimitive, Lock):
         return None
 
     def _acquire_restore(self, state: Any) -> None:
-        self.acquire()
+        # Not a cancellation point: a Condition's wait ends with its lock held.
+        self._acquire(True, None, False)
 
     def __repr__(self) -> str:
         return f"<{self._label} backend='process' {'locked' if self.locked() else 'unlocked'}>"
@@ -869,10 +1081,11 @@ class _ProcessRLock(_ProcessPrimitive, RLock):
             w[self._COUNT] = 0
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        return self._acquire(blocking, timeout, 1)
+        return self._acquire(blocking, _deadline(_acquire_args(blocking, timeout)), 1)
 
-    def _acquire(self, blocking: bool, timeout: float | None, count: int) -> bool:
-        deadline = _acquire_args(blocking, timeout)
+    def _acquire(
+        self, blocking: bool, deadline: float | None, count: int, cancellable: bool = True
+    ) -> bool:
         if _dbg.enabled:
             _dbg.before_acquire(self._sh.name, self._label, blocking)
         sh = self._sh
@@ -888,7 +1101,12 @@ class _ProcessRLock(_ProcessPrimitive, RLock):
             else:
                 ok = self._take(count) or (
                     blocking
-                    and sh.wait(lambda: self._take(count), deadline, self._reap_dead_holder)
+                    and sh.wait(
+                        lambda: self._take(count),
+                        deadline,
+                        self._reap_dead_holder,
+                        cancellable=cancellable,
+                    )
                 )
         finally:
             sh.unlock()
@@ -930,7 +1148,8 @@ class _ProcessRLock(_ProcessPrimitive, RLock):
         return self._release(0)
 
     def _acquire_restore(self, state: Any) -> None:
-        self._acquire(True, None, int(state))
+        # Not a cancellation point: a Condition's wait ends with its lock held.
+        self._acquire(True, None, int(state), cancellable=False)
 
     def __repr__(self) -> str:
         return f"<{self._label} backend='process'>"
@@ -967,7 +1186,7 @@ class _ProcessEvent(_ProcessPrimitive, Event):
         return bool(self._w[self._FLAG])
 
     def wait(self, timeout: float | None = None) -> bool:
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         w = self._w
         if w[self._FLAG]:
             return True
@@ -1003,7 +1222,7 @@ class _ProcessSemaphore(_ProcessPrimitive, Semaphore):
         return False
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        deadline = _acquire_args(blocking, timeout)
+        deadline = _deadline(_acquire_args(blocking, timeout))
         sh = self._sh
         try:
             sh.lock(deadline)
@@ -1056,7 +1275,7 @@ class _ProcessBarrier(_ProcessPrimitive, Barrier):
         self._create()
         self._w[self._PARTIES] = parties
         self._action = action
-        self._timeout = _check_timeout(timeout)
+        self._timeout = check_timeout(timeout)
 
     def _setup(self, sh: _Shared, *extra: Any) -> None:
         super()._setup(sh)
@@ -1070,7 +1289,7 @@ class _ProcessBarrier(_ProcessPrimitive, Barrier):
         return self._sh.changed()
 
     def wait(self, timeout: float | None = None) -> int:
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if timeout is None:
             timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1096,7 +1315,12 @@ class _ProcessBarrier(_ProcessPrimitive, Barrier):
                 w[self._GEN] = gen + 1
                 waiters = sh.changed()
                 return index
-            done = sh.wait(lambda: w[self._GEN] != gen or bool(w[self._BROKEN]), deadline)
+            try:
+                done = sh.wait(lambda: w[self._GEN] != gen or bool(w[self._BROKEN]), deadline)
+            except BaseException:
+                # Cancelled: the others must not wait for a party that left (as on a timeout).
+                waiters = self._break()
+                raise
             if w[self._GEN] != gen:
                 if w[self._RESETS] >> (gen % 64) & 1:
                     raise BrokenBarrierError
@@ -1190,7 +1414,7 @@ class _ProcessCondition(_ProcessPrimitive, Condition):
         return (_SLOTS_OFFSET + k * _SLOT_SIZE) // 4
 
     def wait(self, timeout: float | None = None) -> bool:
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if not self._lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1211,13 +1435,19 @@ class _ProcessCondition(_ProcessPrimitive, Condition):
         finally:
             sh.unlock()
         addr = sh.seg.address + _SLOTS_OFFSET + k * _SLOT_SIZE
+        me = cancellable_task()
+        step = _SLICE if me is None else CANCEL_SLICE
+        cancelled = False
         saved = self._lock._release_save()
         try:
             while i[self._word(k)] == _WAITING:
+                if me is not None and me.cancelled:
+                    cancelled = True
+                    break
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                left = _SLICE if deadline is None else min(_SLICE, deadline - now)
+                left = step if deadline is None else min(step, deadline - now)
                 futex_wait(addr, _WAITING, left)
         finally:
             sh.lock()
@@ -1227,6 +1457,10 @@ class _ProcessCondition(_ProcessPrimitive, Condition):
             finally:
                 sh.unlock()
             self._lock._acquire_restore(saved)
+        if cancelled and me is not None:
+            if notified:
+                self.notify(1)  # notified as the cancel came: pass it on to another waiter
+            me.raise_if_cancelled()
         return notified
 
     def notify(self, n: int = 1) -> None:
@@ -1306,7 +1540,7 @@ class FileLock:
         self, path: str | os.PathLike[str], *, timeout: float | None = None, mode: int = 0o600
     ):
         self.path = os.fspath(path)
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.mode = mode
         self._fd: int | None = None
         self._key = ("FileLock", os.path.abspath(self.path))
@@ -1327,24 +1561,30 @@ class FileLock:
             ) from None
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        deadline = _acquire_args(blocking, timeout)
+        deadline = _deadline(_acquire_args(blocking, timeout))
         if _dbg.enabled:
             _dbg.before_acquire(self._key, self._label, blocking)
         fd = self._open()
         delay = 0.001
+        me = None
+        looked = False  # for the current task: only once it must wait
         try:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not looked:
+                        me, looked = cancellable_task(), True
+                    if me is not None:
+                        me.raise_if_cancelled()
                     now = time.monotonic()
                     if deadline is not None and now >= deadline:
                         os.close(fd)
                         return False
-                    # flock has no timeout: poll, backing off to 50 ms.
+                    # flock has no timeout: poll, backing off to CANCEL_SLICE (50 ms).
                     time.sleep(delay if deadline is None else min(delay, deadline - now))
-                    delay = min(delay * 2, 0.05)
+                    delay = min(delay * 2, CANCEL_SLICE)
         except BaseException:
             os.close(fd)
             raise

@@ -25,16 +25,22 @@ if TYPE_CHECKING:
     from .backends import Backend
 
 __all__ = [
+    "CANCEL_SLICE",
     "CurrentTask",
     "Task",
     "background",
+    "cancellable_task",
     "check_timeout",
+    "checkpoint",
     "current_task",
     "finish_many",
+    "sleep",
     "spawn",
+    "wait_cancellable",
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 _CancelledError = concurrent.futures.CancelledError
 _DONE_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"))
 _CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
@@ -235,13 +241,20 @@ class Task(concurrent.futures.Future[T], Generic[T]):
 
     # -- waiting
     def _wait(self, timeout: float | None) -> bool:
+        # Not a cancellation point: for a TaskGroup that must wait for its tasks.
         if self._is_done():
             return True
         return self._backend.wait(self, timeout)
 
+    def _wait_public(self, timeout: float | None) -> bool:
+        # result(), exception() and join(): in a cancelled thread task they raise Cancelled.
+        if self._is_done():
+            return True
+        return wait_cancellable(functools.partial(self._backend.wait, self), timeout)
+
     def _wait_or_raise(self, timeout: float | None) -> None:
         timeout = check_timeout(timeout)
-        if not self._wait(timeout):
+        if not self._wait_public(timeout):
             raise TimeoutError(
                 f"task {self.name!r} did not finish within {timeout:g} s of waiting; it goes on "
                 "running (cancel() stops it, timeout= on spawn limits the task itself)"
@@ -253,7 +266,8 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         Raises the task's own exception (same type, remote traceback as
         ``__cause__``), :class:`TaskTimeout`, :class:`WorkerCrashed` or
         :class:`Cancelled`; ``TimeoutError`` if ``timeout`` seconds of waiting
-        passed first (the task goes on).
+        passed first (the task goes on). Waiting inside a thread task that gets
+        cancelled raises :class:`Cancelled` (see :func:`polytask.checkpoint`).
         """
         if self._state != "FINISHED":
             self._wait_or_raise(timeout)
@@ -280,7 +294,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the task is done without raising its error; True if it is done."""
-        return self._wait(check_timeout(timeout))
+        return self._wait_public(check_timeout(timeout))
 
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # here, not at the top: it costs ~30 ms to import
@@ -293,8 +307,10 @@ class Task(concurrent.futures.Future[T], Generic[T]):
 
         A pending task never starts. A running process task has its worker killed
         and raises :class:`Cancelled`. A running thread task cannot be killed: it
-        is flagged (``pt.current_task().cancelled`` becomes true) and this returns
-        False, as ``Future.cancel`` does for work it cannot stop.
+        is flagged (``pt.current_task().cancelled`` becomes true), its next
+        cancellation point (``pt.sleep``, ``pt.checkpoint``, any blocking polytask
+        call) raises :class:`Cancelled` in it, and this returns False, as
+        ``Future.cancel`` does for work it cannot stop.
         """
         if super().cancel():
             return True
@@ -447,19 +463,24 @@ class CurrentTask:
     """What code running inside a task can ask about it: its name and whether to stop.
 
     Threads cannot be killed, so a cancelled or timed-out thread task is told
-    through :attr:`cancelled`; long loops should check it::
+    through :attr:`cancelled`, and its cancellation points raise
+    :class:`Cancelled`: :func:`polytask.sleep`, :func:`polytask.checkpoint` and
+    every blocking polytask call (a lock, an event, ``Task.result()``...). A loop
+    that only computes should check now and then::
 
         def crunch(items):
             for item in items:
-                pt.current_task().raise_if_cancelled()
+                pt.checkpoint()  # or pt.current_task().raise_if_cancelled()
                 ...
     """
 
-    __slots__ = ("_task", "name")
+    __slots__ = ("_task", "_waker", "name")
 
     def __init__(self, name: str, task: Task[Any] | None = None) -> None:
         self.name = name
         self._task = task
+        # Made by the task's own thread on its first pt.sleep; set by cancel.
+        self._waker: threading.Event | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -469,26 +490,137 @@ class CurrentTask:
     def raise_if_cancelled(self) -> None:
         """Raise :class:`Cancelled` if :attr:`cancelled` is true."""
         if self.cancelled:
-            raise Cancelled(f"task {self.name!r} was cancelled")
+            raise self._cancelled_error()
+
+    def _cancelled_error(self) -> Cancelled:
+        return Cancelled(f"task {self.name!r} was cancelled")
+
+    def _wake(self) -> None:
+        """Wake a pt.sleep of this task: called after its cancel flag was set."""
+        waker = self._waker
+        if waker is not None:
+            waker.set()
+
+    def _sleep(self, seconds: float | None) -> None:
+        waker = self._waker
+        if waker is None:
+            # Stored before the flag is read: a cancel that sets the flag after this
+            # read finds the waker and sets it (see _wake), so no wake-up is lost.
+            waker = self._waker = threading.Event()
+        self.raise_if_cancelled()
+        waker.wait(seconds)
+        self.raise_if_cancelled()
+
+    def _wait_in_slices(self, attempt: Callable[[float | None], R], timeout: float | None) -> R:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.cancelled:
+                raise self._cancelled_error()
+            if deadline is None:
+                got = attempt(CANCEL_SLICE)
+            else:
+                left = deadline - time.monotonic()
+                if left <= CANCEL_SLICE:
+                    return attempt(max(0.0, left))
+                got = attempt(CANCEL_SLICE)
+            if got:
+                return got
 
     def __repr__(self) -> str:
         return f"<CurrentTask {self.name!r}{' cancelled' if self.cancelled else ''}>"
 
 
-_local = threading.local()
+class _Local(threading.local):
+    # A class-level default: reading it outside tasks is a plain lookup, not a
+    # caught AttributeError (cancellation checks run on fast paths).
+    current: CurrentTask | None = None
+
+
+_local = _Local()
 _MAIN = CurrentTask("main")
+
+#: The longest a blocking polytask call inside a thread task waits before it looks
+#: at the task's cancel flag again: a cancelled task notices within this.
+CANCEL_SLICE = 0.05
 
 
 def current_task() -> CurrentTask:
     """The task the calling code runs in (outside any task: one named 'main', never cancelled)."""
-    return cast(CurrentTask, getattr(_local, "current", _MAIN))
+    return _local.current or _MAIN
 
 
 def _set_current(info: CurrentTask | None) -> None:
-    if info is None:
-        _local.__dict__.pop("current", None)
+    _local.current = info
+
+
+def cancellable_task() -> CurrentTask | None:
+    """The calling thread's task if it can be cancelled while it runs (a thread task), else None.
+
+    Process, Dask and Ray workers stop a cancelled task by killing it (or not at
+    all): their tasks have no flag to watch, and neither has code outside tasks.
+    """
+    info = _local.current
+    if info is None or info._task is None:
+        return None
+    return info
+
+
+def wait_cancellable(attempt: Callable[[float | None], R], timeout: float | None) -> R:
+    """Make one blocking wait a cancellation point of the calling thread task.
+
+    ``attempt(t)`` waits at most ``t`` seconds (None: no limit) and returns a
+    false value if the time ran out; ``timeout`` is already checked
+    (:func:`check_timeout`). Outside thread tasks ``attempt(timeout)`` is all
+    that happens. Inside one, it waits in slices of at most :data:`CANCEL_SLICE`
+    and raises :class:`Cancelled` (before the first slice too) once the task is
+    cancelled. Callers try their non-blocking fast path first: a call that can
+    complete at once completes, even in a cancelled task (so clean-up code can
+    still take a free lock).
+    """
+    me = cancellable_task()
+    if me is None:
+        return attempt(timeout)
+    return me._wait_in_slices(attempt, timeout)
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` that a cancelled thread task wakes from at once.
+
+    Inside a thread task that is cancelled (``task.cancel()``, its timeout, or a
+    failure in its TaskGroup) it raises :class:`Cancelled`: at the call if the task
+    is already cancelled, else the moment the cancel comes. Outside a task it is
+    ``time.sleep``. ``float("inf")`` sleeps until cancelled.
+
+    Example::
+
+        def poll(url):
+            while True:
+                check(url)
+                pt.sleep(5)   # the group's failure ends this loop at once
+    """
+    if seconds is None:
+        raise TypeError("seconds must be a number of seconds, not None")
+    limit = check_timeout(seconds, "seconds")
+    me = cancellable_task()
+    if me is not None:
+        me._sleep(limit)
+    elif limit is not None:
+        time.sleep(limit)
     else:
-        _local.current = info
+        while True:  # no task can cancel this: only a signal ends it
+            time.sleep(86400.0)
+
+
+def checkpoint() -> None:
+    """Raise :class:`Cancelled` if the calling thread task was cancelled; else do nothing.
+
+    The cheap check for loops that compute without blocking (blocking polytask
+    calls and :func:`sleep` check by themselves). Outside a task it does nothing;
+    it is ``pt.current_task().raise_if_cancelled()``.
+    """
+    info = _local.current
+    if info is not None:
+        info.raise_if_cancelled()
 
 
 def spawn(

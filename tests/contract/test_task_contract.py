@@ -43,6 +43,13 @@ def cooperative_nap(seconds: float) -> str:
     return "woke"
 
 
+def checkpointed_nap(seconds: float) -> str:
+    pt.checkpoint()
+    pt.sleep(seconds)
+    pt.checkpoint()
+    return "woke"
+
+
 def my_name() -> str:
     return pt.current_task().name
 
@@ -115,6 +122,32 @@ def test_cancel_a_running_task(backend_name: str) -> None:
     assert time.monotonic() - started < 20, "cancel() did not stop the running task"
 
 
+def test_sleep_and_checkpoint_work_inside_tasks(backend_name: str) -> None:
+    # Cancellation points of thread tasks; elsewhere time.sleep and a no-op.
+    t = pt.spawn(checkpointed_nap, 0.05, backend=backend_name)
+    assert t.result(HANG) == "woke"
+    assert not t.cancelled()
+
+
+def long_sleep(backend_name: str) -> float:
+    # Dask cannot stop a running function: a short one, not to hold its workers busy.
+    return 3.0 if backend_name == "dask" else 30.0
+
+
+def test_cancel_a_task_in_pt_sleep(backend_name: str) -> None:
+    t = pt.spawn(pt.sleep, long_sleep(backend_name), backend=backend_name)
+    deadline = time.monotonic() + HANG
+    while not t.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # running on the backend, not merely dispatched
+    started = time.monotonic()
+    t.cancel()
+    with pytest.raises(pt.Cancelled):
+        t.result(timeout=HANG)
+    assert t.cancelled()
+    assert time.monotonic() - started < 20, "cancel() did not stop pt.sleep"
+
+
 def test_works_with_concurrent_futures_wait_and_as_completed(backend_name: str) -> None:
     tasks = [pt.spawn(nap, 0.05 * i, backend=backend_name) for i in range(4)]
     done, not_done = concurrent.futures.wait(tasks, timeout=HANG)
@@ -170,6 +203,16 @@ def test_group_failure_cancels_siblings_and_raises_exception_group(backend_name:
     assert time.monotonic() - started < 20, "the sibling was not stopped"
     errors = info.value.exceptions
     assert len(errors) == 1 and isinstance(errors[0], Boom)
+    assert sibling.cancelled()
+
+
+def test_group_failure_stops_a_sibling_in_pt_sleep(backend_name: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(ExceptionGroup):  # noqa: PT012
+        with pt.TaskGroup(backend=backend_name) as g:
+            sibling = g.spawn(pt.sleep, long_sleep(backend_name))
+            g.spawn(fail, "first")
+    assert time.monotonic() - started < 20, "the sibling was not stopped"
     assert sibling.cancelled()
 
 

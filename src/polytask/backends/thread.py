@@ -2,12 +2,16 @@
 
 Threads cannot be killed, so a thread task that is cancelled or runs past its
 timeout is *flagged* (``pt.current_task().cancelled``) and its caller is told
-at once (:class:`Cancelled`, :class:`TaskTimeout`); the thread stops when the
-function next checks the flag or returns.
+at once (:class:`TaskTimeout`), or when the thread ends (:class:`Cancelled`).
+The thread stops at its next cancellation point: ``pt.sleep`` (woken at once),
+``pt.checkpoint``, or any blocking polytask call (which waits in slices of
+``CANCEL_SLICE`` and looks at the flag between them), each raising
+:class:`Cancelled`; or when the function returns.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -15,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import Cancelled, TaskTimeout
+from .._errors import TaskTimeout
 from .._task import CurrentTask, Task, _set_current
 from .._timer import call_later
 from . import Backend
@@ -105,25 +109,34 @@ class ThreadBackend(Backend):
         task._mark_started()
         with self._lock:
             self._running.add(task)
+        info = CurrentTask(task.name, task)
+        # Where cancel() finds the task's waker; set before the function runs, so a
+        # cancel either sees it or came before the function's first look at the flag.
+        task._slot = info
         if task.timeout is not None:
-            task._timer = call_later(task.timeout, lambda: self._expire(task))
-        _set_current(CurrentTask(task.name, task))
+            task._timer = call_later(task.timeout, functools.partial(self._expire, task))
+        _set_current(info)
         try:
             result = fn(*args, **kwargs)
-        except Cancelled as exc:
+        except BaseException as exc:  # Cancelled included: the task reports cancelled()
             task._finish(exc=exc)
-        except BaseException as exc:
-            task._finish(exc=exc)
-            del exc
         else:
             task._finish(result)
         finally:
             _set_current(None)
+            task._slot = None  # task -> info -> task: a cycle per task for the GC otherwise
             with self._lock:
                 self._running.discard(task)
 
-    def _expire(self, task: Task[Any]) -> None:
+    @staticmethod
+    def _flag(task: Task[Any]) -> None:
         task._cancel_requested = True
+        info = task._slot
+        if isinstance(info, CurrentTask):
+            info._wake()
+
+    def _expire(self, task: Task[Any]) -> None:
+        self._flag(task)
         task._finish(
             exc=TaskTimeout(
                 f"task {task.name!r} ran past its timeout of {task.timeout:g} s; it runs on a "
@@ -135,7 +148,9 @@ class ThreadBackend(Backend):
         )
 
     def cancel(self, task: Task[Any]) -> bool:
-        # Flagged already by Task.cancel(); the thread must notice it itself.
+        # Flagged already by Task.cancel(); wake its pt.sleep, and its blocking calls
+        # notice within CANCEL_SLICE. The thread itself must stop: it cannot be killed.
+        self._flag(task)
         return False
 
     def shutdown(self, *, wait: bool = True, cancel: bool = False, grace: float = 5.0) -> None:
@@ -165,6 +180,6 @@ class ThreadBackend(Backend):
             if late:
                 print(
                     f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
-                    "were abandoned (threads cannot be killed; check pt.current_task().cancelled)",
+                    "were abandoned (threads cannot be killed; call pt.checkpoint() in long loops)",
                     file=sys.stderr,
                 )

@@ -1,0 +1,331 @@
+"""Cancelling thread tasks: pt.sleep, pt.checkpoint, and every blocking polytask call.
+
+A thread cannot be killed, so a cancelled thread task (``task.cancel()``, its
+timeout, or a failure in its TaskGroup) stops at its next cancellation point,
+which raises :class:`pt.Cancelled`. These tests block siblings of a failing
+task in each kind of call and check that the group ends long before the calls
+would have returned on their own, and that each sibling reports
+``cancelled()``. A watchdog unblocks every call after ``WATCHDOG`` seconds, so
+that code without cancellation points fails these tests instead of hanging.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import polytask as pt
+
+HANG = 60.0  # a bound for "does not hang", never a speed claim
+WATCHDOG = 10.0  # without cancellation points, the blocked calls end only then
+#: The group must end far below WATCHDOG (and the 30 s sleeps); the promise is
+#: 0.1 s, this is only a generous bound for a noisy machine.
+BOUND = 5.0
+
+
+class Boom(ValueError):
+    pass
+
+
+def fail_after(ready: threading.Event, seconds: float) -> None:
+    ready.wait(HANG)
+    time.sleep(seconds)
+    raise Boom("first failure")
+
+
+class Holder:
+    """Holds a lock-like object on a plain thread until told to let go."""
+
+    def __init__(self, acquire: Callable[[], Any], release: Callable[[], Any]) -> None:
+        self._release = release
+        self._held = threading.Event()
+        self._stop = threading.Event()
+
+        def hold() -> None:
+            acquire()
+            self._held.set()
+            self._stop.wait(HANG)
+            release()
+
+        self._thread = threading.Thread(target=hold, daemon=True)
+        self._thread.start()
+        assert self._held.wait(HANG)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(HANG)
+
+
+class Case:
+    """One kind of blocking call: ``block()`` blocks until ``unblock()`` (or cancel)."""
+
+    def __init__(self, kind: str, backend: str, tmp_path: Any) -> None:
+        self.kind = kind
+        self.cleanups: list[Callable[[], Any]] = []
+        self.after: Callable[[], None] = lambda: None
+        self.block, self.unblock = self._make(kind, backend, tmp_path)
+
+    def _make(self, kind: str, backend: str, tmp_path: Any) -> tuple[Callable[[], Any], Any]:
+        if kind == "sleep":
+            return (lambda: pt.sleep(30)), (lambda: None)
+        if kind in ("lock", "rlock"):
+            lock = (pt.Lock if kind == "lock" else pt.RLock)(backend=backend)
+            holder = Holder(lock.acquire, lock.release)
+            self.cleanups.append(holder.stop)
+            return lock.acquire, holder.stop
+        if kind == "filelock":
+            path = tmp_path / "lock"
+            mine, theirs = pt.FileLock(path), pt.FileLock(path)
+            holder = Holder(mine.acquire, mine.release)
+            self.cleanups.append(holder.stop)
+            return theirs.acquire, holder.stop
+        if kind == "event":
+            event = pt.Event(backend=backend)
+            return event.wait, event.set
+        if kind == "condition":
+            cond = pt.Condition(backend=backend)
+
+            def wait() -> None:
+                with cond:
+                    cond.wait()
+
+            def notify() -> None:
+                with cond:
+                    cond.notify_all()
+
+            def after() -> None:
+                # The cancelled wait re-took the lock and `with` released it.
+                assert cond.acquire(timeout=HANG)
+                cond.release()
+
+            self.after = after
+            return wait, notify
+        if kind == "semaphore":
+            sem = pt.Semaphore(0, backend=backend)
+            return sem.acquire, (lambda: sem.release(5))
+        if kind == "barrier":
+            barrier = pt.Barrier(2, backend=backend)
+
+            def after() -> None:
+                # The others must not wait for a party that left: it is broken.
+                assert barrier.broken
+
+            self.after = after
+            return barrier.wait, barrier.abort
+        if kind in ("result", "join") and backend == "process":
+            # A task nobody cancels, which ends by itself when the watchdog would fire.
+            other = pt.spawn(time.sleep, WATCHDOG, backend="process")
+            self.cleanups.append(other.cancel)
+            return (other.result if kind == "result" else other.join), (lambda: None)
+        if kind in ("result", "join"):
+            gate = threading.Event()
+            other = pt.spawn(gate.wait, HANG)  # a task nobody cancels
+            self.cleanups.append(gate.set)
+            self.cleanups.append(lambda: other.result(HANG))
+            return (other.result if kind == "result" else other.join), gate.set
+        if kind == "group":
+            gate = pt.Event()
+
+            def nested() -> None:
+                with pt.TaskGroup(name="inner") as inner:
+                    inner.spawn(gate.wait)
+
+            return nested, gate.set
+        raise AssertionError(kind)
+
+
+def blocked(ready: threading.Event, block: Callable[[], Any]) -> None:
+    ready.set()
+    block()
+
+
+@pytest.fixture(autouse=True)
+def _collect() -> Iterator[None]:
+    yield
+    # A finished group and its tasks form reference cycles (task -> done callback
+    # -> group -> tasks; task -> Cancelled -> traceback -> frames): collect them now,
+    # so the process primitives their frames hold release their segments in this test.
+    gc.collect()
+
+
+@pytest.fixture
+def watchdog() -> Iterator[Callable[[Callable[[], Any]], None]]:
+    """Unblock the given calls after WATCHDOG seconds if the test has not ended."""
+    calls: list[Callable[[], Any]] = []
+    timer = threading.Timer(WATCHDOG, lambda: [c() for c in calls])
+    timer.daemon = True
+    timer.start()
+    yield calls.append
+    timer.cancel()
+
+
+THREAD_KINDS = ["sleep", "group", "filelock"]
+#: Blocking calls on a thread or a process object (waited for in a thread task either way).
+PRIMITIVE_KINDS = ["lock", "rlock", "event", "condition", "semaphore", "barrier", "result", "join"]
+CASES = [(k, "thread") for k in THREAD_KINDS] + [
+    (k, b) for k in PRIMITIVE_KINDS for b in ("thread", "process")
+]
+
+
+@pytest.mark.parametrize(("kind", "backend"), CASES, ids=[f"{k}-{b}" for k, b in CASES])
+def test_group_failure_stops_a_sibling_blocked_in_a_polytask_call(
+    kind: str, backend: str, tmp_path: Any, watchdog: Any
+) -> None:
+    case = Case(kind, backend, tmp_path)
+    watchdog(case.unblock)
+    ready = threading.Event()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ExceptionGroup) as info:  # noqa: PT012
+            with pt.TaskGroup() as g:
+                sibling = g.spawn(blocked, ready, case.block, name=f"blocked-in-{kind}")
+                g.spawn(fail_after, ready, 0.1)
+        took = time.monotonic() - started
+    finally:
+        for cleanup in case.cleanups:
+            cleanup()
+    assert [type(e) for e in info.value.exceptions] == [Boom]
+    assert took < BOUND, f"the group waited {took:.1f} s for a sibling blocked in {kind}"
+    assert sibling.cancelled(), sibling.exception(0)
+    assert isinstance(sibling.exception(0), pt.Cancelled)
+    case.after()
+
+
+def test_every_sibling_reports_cancelled(tmp_path: Any, watchdog: Any) -> None:
+    cases = [Case(k, "thread", tmp_path / k) for k in ("sleep", "event", "lock", "semaphore")]
+    for case in cases:
+        watchdog(case.unblock)
+    ready = threading.Event()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ExceptionGroup), pt.TaskGroup() as g:  # noqa: PT012
+            siblings = [g.spawn(blocked, threading.Event(), c.block) for c in cases]
+            g.spawn(fail_after, ready, 0.1)
+            ready.set()
+    finally:
+        for case in cases:
+            for cleanup in case.cleanups:
+                cleanup()
+    assert time.monotonic() - started < BOUND
+    assert [s.cancelled() for s in siblings] == [True] * len(siblings)
+
+
+# --------------------------------------------------------------- pt.sleep and pt.checkpoint
+
+
+def test_sleep_and_checkpoint_outside_tasks() -> None:
+    started = time.monotonic()
+    assert pt.sleep(0.05) is None
+    assert time.monotonic() - started >= 0.05  # it slept (a lower bound, not a speed claim)
+    pt.sleep(0)
+    assert pt.checkpoint() is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error"),
+    [(-1, ValueError), (math.nan, ValueError), ("1", TypeError), (None, TypeError)],
+)
+def test_sleep_checks_its_argument(seconds: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="seconds"):
+        pt.sleep(seconds)
+
+
+def test_cancel_wakes_pt_sleep_at_once() -> None:
+    ended = threading.Event()
+
+    def nap() -> None:
+        try:
+            pt.sleep(math.inf)  # until cancelled
+        finally:
+            ended.set()
+
+    task = pt.spawn(nap)
+    deadline = time.monotonic() + HANG
+    while not task.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # asleep by now
+    started = time.monotonic()
+    assert task.cancel() is False  # a running thread cannot be stopped from outside
+    with pytest.raises(pt.Cancelled):
+        task.result(HANG)
+    assert time.monotonic() - started < BOUND
+    assert ended.is_set() and task.cancelled()
+
+
+def test_checkpoint_raises_in_a_cancelled_task() -> None:
+    def crunch() -> None:
+        while True:
+            pt.checkpoint()
+            time.sleep(0.001)
+
+    task = pt.spawn(crunch)
+    time.sleep(0.05)
+    task.cancel()
+    with pytest.raises(pt.Cancelled, match="crunch"):
+        task.result(HANG)
+    assert task.cancelled()
+
+
+def test_a_timed_out_thread_task_stops_at_its_sleep() -> None:
+    ended = threading.Event()
+
+    def nap() -> None:
+        try:
+            pt.sleep(30)
+        finally:
+            ended.set()
+
+    task = pt.spawn(nap, timeout=0.2)
+    with pytest.raises(pt.TaskTimeout):
+        task.result(HANG)
+    assert ended.wait(BOUND), "the thread slept on after its timeout"
+
+
+def test_a_cancelled_task_still_takes_what_is_free() -> None:
+    # Cancellation points raise only where the call would block, so clean-up
+    # code in a cancelled task can still take a free lock.
+    lock = pt.Lock()
+    done = pt.Event()
+    done.set()
+    seen: list[str] = []
+
+    def body() -> None:
+        try:
+            pt.sleep(30)
+        finally:
+            with lock:
+                seen.append("cleaned up")
+            assert done.wait()
+
+    task = pt.spawn(body)
+    time.sleep(0.1)
+    task.cancel()
+    with pytest.raises(pt.Cancelled):
+        task.result(HANG)
+    assert seen == ["cleaned up"]
+    assert not lock.locked()
+
+
+def test_a_group_inside_a_cancelled_task_raises_cancelled_after_its_tasks_end() -> None:
+    gate = pt.Event()
+    inner_tasks: list[pt.Task[Any]] = []
+
+    def outer() -> None:
+        with pt.TaskGroup(name="inner") as inner:
+            inner_tasks.append(inner.spawn(gate.wait))
+
+    task = pt.spawn(outer)
+    deadline = time.monotonic() + HANG
+    while not inner_tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    task.cancel()
+    with pytest.raises(pt.Cancelled, match="inner"):
+        task.result(HANG)
+    assert inner_tasks[0].done() and inner_tasks[0].cancelled()
