@@ -42,7 +42,7 @@ def _is_guardian(p: psutil.Process) -> bool:
         cmd = p.cmdline()
     except psutil.Error:
         return False
-    return "-S" in cmd and any("os.killpg" in c for c in cmd)
+    return bool(cmd) and cmd[0] == "polytask-guardian"
 
 
 def live_descendants() -> list[psutil.Process]:

@@ -52,7 +52,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._proc import DEFAULT_GRACE, guard, start_in_group, unguard
+from ._proc import (
+    DEFAULT_GRACE,
+    end_trees,
+    forget_job,
+    guard,
+    new_job,
+    start_in_group,
+    tree_marker,
+    unguard,
+)
 
 __all__ = ["Child", "ProcessLoop"]
 
@@ -174,8 +183,8 @@ class _Spawner:
         self._check(libc.posix_spawnattr_setpgroup(self._attr, 0))
         self._check(libc.posix_spawnattr_setsigdefault(self._attr, self._sigdef))
         self._check(libc.posix_spawnattr_setsigmask(self._attr, self._sigmask))
-        items = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
-        self._envp = (ctypes.c_char_p * (len(items) + 1))(*items, None)
+        # Each program's environment is this one plus its job's mark (see _proc.tree_env).
+        self._environ = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
         self._actions: dict[tuple[int, int, int], ctypes.Array[ctypes.c_char]] = {}
         self._path = environ.get("PATH", os.defpath)  # the children's, frozen with envp
         self._exe: dict[str, str | None] = {}
@@ -228,7 +237,12 @@ class _Spawner:
         return actions, False
 
     def spawn(
-        self, path: str | None, argv: Sequence[str], fds: tuple[int, int, int], pid: ctypes.c_int
+        self,
+        path: str | None,
+        argv: Sequence[str],
+        fds: tuple[int, int, int],
+        pid: ctypes.c_int,
+        job: str,
     ) -> None:
         """Start ``argv`` (``path`` None: search PATH); its pid lands in ``pid`` at once.
 
@@ -240,6 +254,7 @@ class _Spawner:
             if b"\0" in a:
                 raise ValueError(f"embedded null byte in argument {a!r}")
         cargv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+        envp = (ctypes.c_char_p * (len(self._environ) + 2))(*self._environ, tree_marker(job), None)
         actions, cached = self._file_actions(fds)
         try:
             if path is None:
@@ -247,7 +262,7 @@ class _Spawner:
             else:
                 fn, exe = self._spawn, os.fsencode(path)
             # ctypes lets go of the GIL here, for the whole vfork + exec.
-            err = fn(ctypes.byref(pid), exe, actions, self._attr, cargv, self._envp)
+            err = fn(ctypes.byref(pid), exe, actions, self._attr, cargv, envp)
         finally:
             if not cached:
                 self._libc.posix_spawn_file_actions_destroy(actions)
@@ -273,6 +288,7 @@ class Child:
         "exited",
         "fds",
         "files",
+        "job",
         "kill_at",
         "killed",
         "nbytes",
@@ -301,6 +317,7 @@ class Child:
         self.proc = proc  # kept (when Popen started it) so that it never reaps behind our back
         self.argv = argv
         self.token = token
+        self.job = ""  # its mark, found on descendants that leave its group (_proc.tree_env)
         self.started = started
         self.started_wall = started_wall
         self.ended: float | None = None
@@ -348,6 +365,7 @@ class _Start:
         "executable",
         "files",
         "input",
+        "job",
         "on_output",
         "ours",
         "out_w",
@@ -380,6 +398,7 @@ class _Start:
         self.cwd = cwd
         self.env = env
         self.on_output = on_output
+        self.job = new_job()
         self.ours: list[int] = []  # fds we keep
         self.theirs: list[int] = []  # the child's ends, closed once it started
         self.out_w = -1
@@ -403,7 +422,7 @@ class _Start:
                 pid = ctypes.c_int(0)
                 try:
                     fds = (self.stdin, self.out_w, self.err_w)
-                    self.spawner.spawn(self.executable, self.argv, fds, pid)
+                    self.spawner.spawn(self.executable, self.argv, fds, pid, self.job)
                     guard(pid.value)
                 except BaseException:
                     if pid.value > 0:  # started, but cannot be watched: end it now
@@ -420,7 +439,9 @@ class _Start:
                     stderr=None if self.err_w < 0 else self.err_w,
                     cwd=self.cwd,
                     env=self.env,
+                    job=self.job,
                 )
+                forget_job(self.proc.pid)  # the loop ends its trees itself (_end_trees)
                 self.pid = self.proc.pid
         except (OSError, ValueError) as exc:
             self.error = exc
@@ -526,6 +547,7 @@ class ProcessLoop:
         self.grace = grace
         self.drain = drain
         self.posix_spawn = posix_spawn
+        self._ended_jobs: list[tuple[str, int]] = []  # (job, leader pid)
         self._poll = select.poll()
         self._fds: dict[int, tuple[Child, int]] = {}
         self._watched: set[int] = set()
@@ -609,11 +631,13 @@ class ProcessLoop:
         self._spare_files = None
         pid = ctypes.c_int(0)
         child: Child | None = None
+        job = new_job()
         try:
             started, started_wall = time.monotonic(), time.time()
-            spawner.spawn(exe, argv, (self._devnull, out, err), pid)
+            spawner.spawn(exe, argv, (self._devnull, out, err), pid, job)
             guard(pid.value)
             child = Child(pid.value, None, argv, token, started, started_wall)
+            child.job = job
             child.pidfd = os.pidfd_open(child.pid)
             self._fds[child.pidfd] = (child, _PIDFD)
             self._poll.register(child.pidfd, select.POLLIN)
@@ -763,6 +787,7 @@ class ProcessLoop:
         child = Child(
             start.pid, start.proc, start.argv, start.token, start.started, start.started_wall
         )
+        child.job = start.job
         try:
             child.on_output = start.on_output
             child.pidfd = os.pidfd_open(child.pid)
@@ -883,6 +908,9 @@ class ProcessLoop:
                 self._reap_now(child)
                 self._close_pipes(child)
                 self._finish(child)
+            if self._ended_jobs:
+                ended, self._ended_jobs = self._ended_jobs, []
+                end_trees([job for job, _ in ended], 0)
             for fd in list(self._watched):
                 self.unwatch(fd)
             self._finished.clear()
@@ -963,12 +991,27 @@ class ProcessLoop:
                     self._read(child, fd, kind, ev)
             if timers:
                 self._fire_timers(time.monotonic())
+            if self._ended_jobs:
+                # Before any of them is reported finished; and their strays may hold
+                # the pipes that keep a finished leader from being reported.
+                self._end_trees()
             if self._finished or ready or woke or self._failed_starts or (any_event and events):
                 break
             if end is not None and time.monotonic() >= end:
                 break
         finished, self._finished = self._finished, []
         return finished, ready
+
+    def _end_trees(self) -> None:
+        """End what the jobs that just ended left outside their groups (daemons),
+        before they are reported finished: one look at the processes started
+        since the earliest of them (usually a few reads)."""
+        ended, self._ended_jobs = self._ended_jobs, []
+        jobs = [job for job, _ in ended]
+        pids = [pid for _, pid in ended]
+        # Leaders on both sides of a pid wrap-around: no single start, look at all.
+        first = None if max(pids) - min(pids) > 1 << 14 else min(pids)
+        end_trees(jobs, self.grace, first_pid=first)
 
     # ------------------------------------------------------------------ internals
 
@@ -1060,6 +1103,7 @@ class ProcessLoop:
         # number could be reused).
         _killpg(child.pid, signal.SIGKILL)
         unguard(child.pid)
+        self._ended_jobs.append((child.job, child.pid))
         child.exited = True
         child.ended = time.monotonic()
         if child.pidfd >= 0:

@@ -35,27 +35,45 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
+import itertools
 import os
 import select
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
+
+from . import _guardian as _guardian_mod
 
 __all__ = [
     "DEFAULT_GRACE",
     "at_shutdown",
+    "become_subreaper",
+    "children",
+    "end_trees",
+    "find_trees",
+    "forget_job",
     "guard",
     "guard_env",
     "guard_path",
     "guard_pid",
     "guard_prefix",
+    "new_job",
+    "owner_key",
+    "python_command",
+    "reap_strays",
+    "restore_env",
     "set_child_subreaper",
     "set_pdeathsig",
     "start_in_group",
+    "stray_children",
     "terminate",
+    "tree_env",
+    "tree_marker",
     "unguard",
     "unguard_env",
     "unguard_path",
@@ -103,6 +121,265 @@ def set_pdeathsig(sig: int = signal.SIGKILL, *, expected_parent: int | None = No
 def set_child_subreaper() -> None:
     """Make orphaned descendants reparent to this process (which must reap them)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+# --------------------------------------------------------------------------- trees
+#
+# A process group holds a job's descendants only until one calls setsid() or
+# setpgid(), as daemons do. So every process polytask starts also carries a
+# variable in its environment, ``POLYTASK_TREE_<owner pid>_<random>=<job>``,
+# which its descendants inherit whatever group or session they move to. When a
+# job ends, its remaining processes are found by that marker (one pass over
+# /proc) and ended; when the owner dies, its guardian ends every process with
+# the owner's variable, whatever the value. Nested owners (a worker that runs
+# commands) add their own variable, so the outer owner's marker reaches the
+# inner jobs too. What it cannot find: a descendant that clears or replaces its
+# whole environment (``env -i``), or one started by another user.
+
+_TREE_PREFIX = "POLYTASK_TREE_"
+_owner: str | None = None
+_jobs = itertools.count(1)
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def owner_key() -> str:
+    """The environment variable that marks every process this process starts."""
+    global _owner
+    if _owner is None:
+        _owner = f"{_TREE_PREFIX}{os.getpid()}_{os.urandom(4).hex()}"
+    return _owner
+
+
+def new_job() -> str:
+    """A job name, unique in this process, for :func:`tree_env` and :func:`end_trees`."""
+    return str(next(_jobs))
+
+
+def tree_env(job: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with the marker of ``job`` added."""
+    out = dict(os.environ if env is None else env)
+    out[owner_key()] = job
+    return out
+
+
+def tree_marker(job: str) -> bytes:
+    """The ``KEY=VALUE`` entry that :func:`tree_env` adds for ``job``, as bytes."""
+    return os.fsencode(f"{owner_key()}={job}")
+
+
+def _newer_pids(first: int) -> Iterable[int]:
+    """The pids the kernel handed out after ``first`` (oldest first), as far as /proc
+    can tell: a job's descendants were all started after its leader."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            last = int(f.read().split()[4])  # the last pid allocated (in our namespace)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        last = first - 1
+    if last >= first:
+        count = last - first
+        if count <= _PROBE_LIMIT:
+            return range(first + 1, last + 1)
+    else:  # wrapped around pid_max since
+        count = _pid_max() - first + last
+        if count <= _PROBE_LIMIT:
+            return itertools.chain(range(first + 1, _pid_max()), range(1, last + 1))
+    # Many processes started since: list the live ones instead of probing each.
+    live = (int(n) for n in os.listdir("/proc") if n.isdigit())
+    if last >= first:
+        return [p for p in live if first < p <= last]
+    return [p for p in live if p > first or p <= last]
+
+
+#: Up to this many pids handed out since a job's leader are probed one by one;
+#: beyond, /proc is listed.
+_PROBE_LIMIT = 256
+
+
+@functools.cache
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):  # pragma: no cover
+        return 1 << 22
+
+
+def find_trees(jobs: Collection[str], first_pid: int | None = None) -> list[int]:
+    """Every live process (not this one) that carries the marker of one of ``jobs``.
+
+    ``first_pid``: the pid of the earliest job's leader; only processes started
+    after it are looked at (usually a handful, so this costs a few reads, where
+    a look at every process costs ~1 ms per hundred).
+    """
+    if not jobs:
+        return []
+    wanted = {tree_marker(j) for j in jobs}
+    me = os.getpid()
+    if first_pid is None:
+        pids: Iterable[int] = (int(n) for n in os.listdir("/proc") if n.isdigit())
+    else:
+        pids = _newer_pids(first_pid)
+    found = []
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # no such process, a zombie, or not ours
+            continue
+        if wanted.intersection(env.split(b"\0")):
+            found.append(pid)
+    return found
+
+
+def end_trees(
+    jobs: Collection[str], grace: float = DEFAULT_GRACE, *, first_pid: int | None = None
+) -> list[int]:
+    """End what is left of ``jobs`` after their leaders ended: the one kill policy
+    (SIGTERM, up to ``grace`` seconds, SIGKILL) applied to every process that
+    still carries one of their markers, wherever it moved. Those that are our
+    children (adopted, see :func:`become_subreaper`) are reaped. Returns the pids
+    that were found. ``first_pid`` as for :func:`find_trees`.
+    """
+    pids = find_trees(jobs, first_pid)
+    if not pids:
+        return pids
+    fds = {}
+    for pid in pids:
+        try:
+            fds[pid] = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    try:
+        poller = select.poll()
+        for fd in fds.values():
+            poller.register(fd, select.POLLIN)
+        waiting = set(fds)
+        deadline = time.monotonic() + grace
+        while waiting:
+            ms = int((deadline - time.monotonic()) * 1000)
+            if ms <= 0:
+                break
+            for fd, _ in poller.poll(ms):
+                poller.unregister(fd)
+                waiting.discard(next(p for p, f in fds.items() if f == fd))
+        # Looked up again: one of them may have started another meanwhile.
+        for pid in set(waiting) | set(find_trees(jobs, first_pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for pid in pids:
+        _reap_if_child(pid)
+    return pids
+
+
+def _reap_if_child(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            select.select([fd], [], [], 1.0)  # SIGKILLed: it exits at once
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not ours: init (or whoever adopted it) reaps it
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants reparent to this process instead of init.
+
+    Only for processes polytask owns entirely (the ``polytask`` command, a
+    worker): they must then reap what they adopt (:func:`reap_strays`); a
+    library must not do this to its user's process.
+    """
+    set_child_subreaper()
+
+
+def children() -> list[int]:
+    """This process's children (every thread's), from /proc: a few reads, no scan."""
+    out: list[int] = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:  # pragma: no cover - not Linux
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                out.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def stray_children(known: Collection[int]) -> list[int]:
+    """Children of ours that are not in ``known`` and not the guardian: for a
+    subreaper, orphans it adopted (or programs a thread is starting right now)."""
+    guardian = _guardian.pid
+    return [p for p in children() if p not in known and p != guardian]
+
+
+def reap_strays(pids: Collection[int]) -> None:
+    """Reap those of ``pids`` (from :func:`stray_children`) that exited and are
+    surely adopted: a job leader being started by another thread leads its own
+    process group, so a zombie that does is left to whoever started it."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[2]) != pid:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def python_command(
+    name: str,
+    module: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    flags: Sequence[str] = (),
+) -> tuple[list[str], dict[str, str], dict[str, str | None]]:
+    """How to start one of polytask's own Python processes so that ``ps`` names it.
+
+    Returns ``(argv, env, saved)``: start ``argv`` with ``executable=sys.executable``
+    and ``env``. ``argv[0]`` is ``name`` (``polytask-worker``...), which is what
+    ``ps`` shows; ``PYTHONEXECUTABLE`` tells the interpreter where it really is
+    (so a virtual environment is still found) and ``PYTHONPATH`` where polytask
+    is. ``saved`` holds the caller's own values of those two variables (None:
+    unset), for the new process to restore before it runs user code.
+    """
+    out = dict(env)
+    saved = {k: out.get(k) for k in ("PYTHONEXECUTABLE", "PYTHONPATH")}
+    out["PYTHONEXECUTABLE"] = sys.executable
+    path = saved["PYTHONPATH"]
+    out["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + path if path else "")
+    return [name, *flags, "-m", module, *args], out, saved
+
+
+def restore_env(saved: Mapping[str, str | None]) -> None:
+    """Undo :func:`python_command`'s changes in this process's environment."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # --------------------------------------------------------------------------- waiting
@@ -158,7 +435,9 @@ def terminate(
     The one kill policy of polytask: SIGTERM, up to ``grace`` seconds for a
     clean exit, then SIGKILL; the leader is reaped before this returns and the
     group is sent SIGKILL once more so that descendants that ignored SIGTERM do
-    not outlive it. Returns the exit status (negative for a signal).
+    not outlive it; descendants that left the group (a daemon's setsid) are
+    found by their job's mark (:func:`end_trees`). Returns the exit status
+    (negative for a signal).
     """
     pgid = proc.pid
     if proc.returncode is None:
@@ -181,6 +460,9 @@ def terminate(
         # Descendants that stayed in the group may still run after the leader exited.
         _killpg(pgid, signal.SIGKILL)
     unguard(pgid)
+    job = forget_job(pgid)
+    if job is not None:  # and those that left the group (setsid, daemons)
+        end_trees([job], grace, first_pid=pgid)
     return proc.returncode if proc.returncode is not None else -signal.SIGKILL
 
 
@@ -188,140 +470,31 @@ def start_in_group(
     argv: Sequence[str],
     *,
     guarded: bool = True,
+    job: str | None = None,
     **popen_kwargs: Any,
 ) -> subprocess.Popen[Any]:
-    """Start ``argv`` in a new process group and (by default) register it with the guardian."""
+    """Start ``argv`` in a new process group, marked as a job of ours (:func:`tree_env`),
+    and (by default) registered with the guardian. :func:`terminate` ends it and,
+    through the mark, every descendant that left the group."""
     popen_kwargs.setdefault("process_group", 0)
+    job = job or new_job()
+    popen_kwargs["env"] = tree_env(job, popen_kwargs.get("env"))
     proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), **popen_kwargs)
+    _pid_jobs[proc.pid] = job
     if guarded:
         guard(proc.pid)
     return proc
 
 
-# --------------------------------------------------------------------------- guardian
+def forget_job(pid: int) -> str | None:
+    """The job :func:`start_in_group` marked process ``pid`` with (once; then forgotten)."""
+    return _pid_jobs.pop(pid, None)
 
-_GUARDIAN_SOURCE = r"""
-import os, select, signal, sys, time
-for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP):
-    signal.signal(s, signal.SIG_IGN)
-grace = float(sys.argv[1])
-hangup = select.poll()
-hangup.register(0, 0)  # no events asked: only POLLHUP, when the parent's end closes
-groups = set()
-paths = set()
-prefixes = set()
-markers = set()
-procs = set()
-buf = b""
-while True:
-    try:
-        data = os.read(0, 65536)
-    except InterruptedError:
-        continue
-    if not data:
-        break
-    # Let lines pile up: one wake-up per batch, not one per started process
-    # (on a busy 2-core machine each wake-up took CPU from the jobs themselves).
-    # Not past the parent's end, though: its exit (clean or not) waits for us.
-    hangup.poll(10)
-    buf += data
-    *lines, buf = buf.split(b"\n")
-    for line in lines:
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-        elif line[:1] == b"p":
-            paths.add(line[1:].decode())
-        elif line[:1] == b"q":
-            paths.discard(line[1:].decode())
-        elif line[:1] == b"P":
-            prefixes.add(line[1:].decode())
-        elif line[:1] == b"Q":
-            prefixes.discard(line[1:].decode())
-        elif line[:1] == b"e":
-            markers.add(line[1:])
-        elif line[:1] == b"f":
-            markers.discard(line[1:])
-        elif line[:1] == b"k":
-            procs.add(line[1:])
-        elif line[:1] == b"l":
-            procs.discard(line[1:])
-for prefix in prefixes:
-    folder, start = os.path.split(prefix)
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        names = []
-    paths.update(os.path.join(folder, n) for n in names if n.startswith(start))
-for path in paths:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-def alive(g):
-    try:
-        os.killpg(g, 0)
-        return True
-    except OSError:
-        return False
-def marked():
-    # Processes whose environment holds a registered marker line (KEY=VALUE).
-    found = set()
-    if not markers:
-        return found
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            with open("/proc/" + name + "/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if markers.intersection(env):
-            found.add(int(name))
-    return found
-def started(pid):
-    # Field 22 of /proc/<pid>/stat: the start time, so a reused pid is never hit.
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-def listed():
-    found = set()
-    for entry in procs:
-        pid, _, start = entry.partition(b" ")
-        if int(pid) != os.getpid() and started(int(pid)) == start:
-            found.add(int(pid))
-    return found
-def kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except OSError:
-        pass
-for g in list(groups):
-    try:
-        os.killpg(g, signal.SIGTERM)
-    except OSError:
-        groups.discard(g)
-pids = marked() | listed()
-for pid in pids:
-    kill(pid, signal.SIGTERM)
-deadline = time.monotonic() + grace
-while (groups or pids) and time.monotonic() < deadline:
-    time.sleep(0.01)
-    groups = {g for g in groups if alive(g)}
-    pids = pids & (marked() | listed())
-for g in groups:
-    try:
-        os.killpg(g, signal.SIGKILL)
-    except OSError:
-        pass
-for pid in marked() | listed():
-    kill(pid, signal.SIGKILL)
-"""
+
+_pid_jobs: dict[int, str] = {}
+
+
+# --------------------------------------------------------------------------- guardian
 
 
 class _Guardian:
@@ -337,17 +510,38 @@ class _Guardian:
         # Called with self._lock held.
         if self._fd is not None and self._pid_owner == os.getpid():
             return self._fd
+        # It carries no job marker: an outer owner's clean-up must not end it
+        # before it has done its own.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_TREE_PREFIX)}
+        argv, env, _ = python_command(
+            _guardian_mod.PROCESS_NAME,
+            "polytask._guardian",
+            [str(DEFAULT_GRACE)],
+            env,
+            flags=["-S"],
+        )
         self._proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _GUARDIAN_SOURCE, str(DEFAULT_GRACE)],
+            argv,
+            executable=sys.executable,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # terminal signals must not reach it
             close_fds=True,
         )
         assert self._proc.stdin is not None
         self._fd = self._proc.stdin.fileno()
         self._pid_owner = os.getpid()
+        # Every job this process starts carries its owner key (see tree_env): one
+        # registration covers them all, however they detach.
+        os.write(self._fd, b"e" + os.fsencode(owner_key()) + b"=\n")
         return self._fd
+
+    @property
+    def pid(self) -> int:
+        """The guardian's pid (0: none started by this process)."""
+        proc = self._proc
+        return proc.pid if proc is not None and self._pid_owner == os.getpid() else 0
 
     def send(self, line: bytes) -> None:
         with self._lock:
@@ -499,6 +693,8 @@ def _run_shutdown_hooks() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _owner
+    _owner = None  # a new owner: its jobs get a key of their own
     _guardian.forget_after_fork()
     _shutdown_hooks.clear()
 
