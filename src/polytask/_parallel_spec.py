@@ -3,7 +3,8 @@
 Everything here is a pure function or a frozen record, tested without
 processes: the command template and its replacement strings (``{}``, ``{.}``,
 ``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``, ``{1}``, ``{2.}``, ...), when a
-command needs a shell and how arguments are quoted for one, the option values
+command needs a shell and how each input is quoted for where it sits in it
+(planned once per COMMAND by :mod:`polytask._shellquote`), the option values
 (``-j``, ``--timeout``, ``--halt``), GNU parallel's joblog format and exit
 status, and the ``--results`` directory layout. They follow GNU parallel
 (version 20221122) wherever it defines the behaviour.
@@ -378,7 +379,7 @@ class Template(_Record):
         text = " ".join(command)
         parts = tuple(_split_parts(text))
         has = any(isinstance(p, Repl) for p in parts)
-        if not has and parts:
+        if not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
             parts += (" ", Repl("arg"))
         words_l = _words(parts)
         literal = "".join(p for p in parts if isinstance(p, str))

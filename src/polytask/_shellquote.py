@@ -281,6 +281,10 @@ _NESTED = (
     "sh -c, eval or trap is read again as shell code: it cannot carry an input; pass "
     "the input as an argument instead: sh -c '... \"$1\" ...' sh {}"
 )
+_IN_BACKTICKS = (
+    "a replacement string inside $(...) within `...` cannot be quoted safely: bash reads "
+    "that $(...) before it undoes the backslashes of `...`; write $(...) for the outer one too"
+)
 _IN_PARAM = (
     "a replacement string inside ${...} cannot be quoted safely; assign the input to a "
     "variable first: v={}; ... ${v%.*}"
@@ -342,6 +346,7 @@ class _Lexer:
         numeric: bool = False,
         nested: bool = False,
         forbid: str | None = None,
+        in_backticks: bool = False,
     ) -> None:
         self.t = toks
         self.n = len(toks)
@@ -351,6 +356,7 @@ class _Lexer:
         # output's lines are not the document's, so no heredoc checks.
         self.nested = nested
         self.forbid = forbid  # why a replacement here cannot be quoted
+        self.in_backticks = in_backticks  # this text is the inside of `...`
         self.plans: dict[int, Plan] = {}
         self.numeric_ids: set[int] = set()
         self.heredocs: list[tuple[int, int, str, bool]] = []
@@ -773,6 +779,8 @@ class _Lexer:
         saved = self.lit, self.cap, self.ids, self.forbid
         if self.cap is not None:
             self.forbid = _NESTED
+        elif self.in_backticks and self.forbid is None:
+            self.forbid = _IN_BACKTICKS
         self.lit = self.cap = None
         self.ids = []
         i = self.script(i, ")")
@@ -900,7 +908,14 @@ class _Lexer:
         if forbid is None and in_heredoc and '"' in body:
             # dash and bash disagree on \" inside `...` in a here-document.
             forbid = "a replacement string inside `...` in a here-document: use $(...) instead"
-        sub = _Lexer(body, bash=self.bash, numeric=self.numeric > 0, nested=True, forbid=forbid)
+        sub = _Lexer(
+            body,
+            bash=self.bash,
+            numeric=self.numeric > 0,
+            nested=True,
+            forbid=forbid,
+            in_backticks=True,
+        )
         sub.script(0, None)
         self.merge(sub, ("bt",))
         self.opaque()

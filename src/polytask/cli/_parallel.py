@@ -53,9 +53,11 @@ Several input sources give every combination (cartesian product).
 Replacement strings in COMMAND: {} the input, {.} without extension,
 {/} basename, {//} dirname, {/.} basename without extension, {#} job
 number, {%} job slot, {1} {2} ... the input from source 1, 2 (also {1.}
-{1/} ...). Without any, the input is appended to COMMAND. Inputs are
-quoted before they reach a shell; a COMMAND without shell syntax runs
-with no shell at all. With no COMMAND, each input is itself a command.
+{1/} ...). Without any, the input is appended to COMMAND. An input is
+only ever data: it is quoted for where it sits in COMMAND (a plain word,
+'...', "...", `...`, $(...), the script of sh -c or eval); a COMMAND
+without shell syntax runs with no shell at all. With no COMMAND, each
+input is itself a command.
 """
 _EPILOG = """\
 exit status: 0 if every job succeeded, else the number of failed jobs
@@ -143,7 +145,12 @@ def _parser() -> _Parser:
     a("--bar", action="store_true", help="show a progress bar on stderr")
     a("--dry-run", action="store_true", help="print the commands instead of running them")
     a("--tag", action="store_true", help="prefix each output line with the job's input")
-    a("--results", "--res", metavar="DIR", help="save output in DIR/1/<input>/{stdout,stderr,seq}")
+    a(
+        "--results",
+        "--res",
+        metavar="DIR",
+        help="save output in DIR/1/<input>/{stdout,stderr,seq} (a long <input> is shortened)",
+    )
     a(
         "--line-buffer",
         "--lb",
