@@ -24,6 +24,7 @@ from ._shellquote import (
     UnsafeInput,
     compile_plan,
     dialect,
+    is_posix_shell,
     plan_argv,
     plan_shell,
     quote_word,
@@ -38,6 +39,7 @@ __all__ = [
     "Template",
     "UnsafeInput",
     "exit_status",
+    "is_posix_shell",
     "joblog_line",
     "parse_duration",
     "parse_joblog",
@@ -310,7 +312,7 @@ class Template(_Record):
         "argv_plans",
         "heredocs",
     )
-    __slots__ = (*_fields, "_shell_emit", "_argv_emit")
+    __slots__ = (*_fields, "_pieces", "_argv_emit", "_prefix")
     parts: tuple[Part, ...]
     words: tuple[tuple[Part, ...], ...]
     has_repl: bool
@@ -319,8 +321,9 @@ class Template(_Record):
     plans: tuple[Plan, ...]
     argv_plans: tuple[Plan, ...]
     heredocs: tuple[HeredocCheck, ...]
-    _shell_emit: tuple[Callable[[Sequence[str]], str], ...]
+    _pieces: tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]
     _argv_emit: tuple[Callable[[Sequence[str]], str] | None, ...]
+    _prefix: list[str] | None  # argv before the inputs, when they are only appended
 
     def __init__(
         self,
@@ -342,9 +345,15 @@ class Template(_Record):
             plans=plans,
             argv_plans=argv_plans,
             heredocs=heredocs,
-            _shell_emit=tuple(compile_plan(p) for p in plans),
+            # Each part of the shell text with the writer of its values (None: literal).
+            _pieces=_pieces(parts, plans),
             # None: the value as it is (several values: several words).
             _argv_emit=tuple(None if p == _RAW else compile_plan(p) for p in argv_plans),
+            _prefix=(
+                ["".join(p for p in w if isinstance(p, str)) for w in words[:-1]]
+                if not has_repl and argv_plans[-1:] == (_RAW,)
+                else None
+            ),
         )
 
     @classmethod
@@ -425,19 +434,19 @@ class Template(_Record):
             argv = self.argv(args, seq, slot)
             assert argv is not None
             return " ".join(quote_word(w) for w in argv)
-        pieces: list[str] = []
-        emitted: list[str] = []
-        emit = self._shell_emit
-        for part in self.parts:
-            if isinstance(part, Repl):
-                text = emit[len(emitted)](part.values(args, seq, slot))
-                emitted.append(text)
-                pieces.append(text)
-            else:
-                pieces.append(part)
         if self.heredocs:
+            emitted = [
+                fn(part.values(args, seq, slot))
+                for part, fn in self._pieces
+                if fn is not None and isinstance(part, Repl)
+            ]
             _check_heredocs(self.heredocs, emitted)
-        return "".join(pieces)
+            it = iter(emitted)
+            return "".join(part if fn is None else next(it) for part, fn in self._pieces)  # type: ignore[misc]
+        pieces = []
+        for part, fn in self._pieces:
+            pieces.append(part if fn is None else fn(part.values(args, seq, slot)))  # type: ignore[union-attr]
+        return "".join(pieces)  # type: ignore[arg-type]
 
     def argv(self, args: Sequence[str], seq: int, slot: int) -> list[str] | None:
         """The job's argv when it can run without a shell, else None.
@@ -451,6 +460,8 @@ class Template(_Record):
             return line.split()
         if self.needs_shell:
             return None
+        if self._prefix is not None:  # the common `gzip -9 ::: files`: no replacement string
+            return [*self._prefix, *args]
         out: list[str] = []
         emit = self._argv_emit
         k = 0
@@ -480,6 +491,15 @@ class Template(_Record):
 
 
 _RAW: Plan = (False, ("raw",))
+
+
+def _pieces(
+    parts: Sequence[Part], plans: Sequence[Plan]
+) -> tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]:
+    if not plans:  # -q: no shell text of its own
+        return ()
+    writers = iter([compile_plan(p) for p in plans])
+    return tuple((p, next(writers) if isinstance(p, Repl) else None) for p in parts)
 
 
 def _tokens(parts: Sequence[Part], start: int = 0) -> tuple[list[str | int], int]:

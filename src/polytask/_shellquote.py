@@ -48,6 +48,7 @@ __all__ = [
     "UnsafeInput",
     "compile_plan",
     "dialect",
+    "is_posix_shell",
     "plan_argv",
     "plan_shell",
     "quote_word",
@@ -78,11 +79,26 @@ class UnsafeInput(ValueError):
 # --------------------------------------------------------------------------- writing values
 
 _UNSAFE = re.compile(r"[^\w@%+:./-]", re.ASCII).search
-_SQ = str.maketrans({"'": "'\\''"})
-_DQ = str.maketrans({"\\": "\\\\", '"': '\\"', "$": "\\$", "`": "\\`"})
-# Here-document bodies and the first pass over `...` treat the same three specially.
-_BS = str.maketrans({"\\": "\\\\", "$": "\\$", "`": "\\`"})
-_ANSI = str.maketrans({"\\": "\\\\", "'": "\\'"})
+
+
+# str.replace beats str.translate with a table on the short strings inputs are.
+def _sq(s: str) -> str:
+    return s.replace("'", "'\\''")
+
+
+def _dq(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+
+
+def _bs(s: str) -> str:
+    """Here-document bodies and the first pass over `...` treat the same three specially."""
+    return s.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+
+def _ansi(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")
+
+
 _NUMBER = re.compile(
     r"[ \t]*[+-]?(?:0[xX][0-9a-fA-F]+|[0-9]+(?:#[0-9A-Za-z@_]+)?|[0-9]*\.[0-9]+)?[ \t]*\Z"
 ).match
@@ -97,11 +113,11 @@ def quote_word(value: str) -> str:
     """
     if value and _UNSAFE(value) is None:
         return value
-    return "'" + value.translate(_SQ) + "'"
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def _always(value: str) -> str:
-    return "'" + value.translate(_SQ) + "'"
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def _words(values: Sequence[str]) -> str:
@@ -122,16 +138,16 @@ _BASES: dict[str, Callable[[Sequence[str]], str]] = {
     # After a backslash: the backslash escapes our newline, and the pair
     # vanishes (a line continuation); the quoted value follows.
     "word\\": lambda vs: "\n" + _words(vs),
-    "sq": lambda vs: " ".join(vs).translate(_SQ),
-    "dq": lambda vs: " ".join(vs).translate(_DQ),
+    "sq": lambda vs: _sq(" ".join(vs)),
+    "dq": lambda vs: _dq(" ".join(vs)),
     # "$" + "" is a literal $ in every shell; the value cannot join the $.
-    "dq$": lambda vs: '""' + " ".join(vs).translate(_DQ),
-    "dq\\": lambda vs: "\n" + " ".join(vs).translate(_DQ),
-    "ansi": lambda vs: " ".join(vs).translate(_ANSI),
+    "dq$": lambda vs: '""' + _dq(" ".join(vs)),
+    "dq\\": lambda vs: "\n" + _dq(" ".join(vs)),
+    "ansi": lambda vs: _ansi(" ".join(vs)),
     # \ + \ is a backslash inside $'...': nothing of ours is escaped.
-    "ansi\\": lambda vs: "\\" + " ".join(vs).translate(_ANSI),
-    "hd": lambda vs: " ".join(vs).translate(_BS),
-    "hd\\": lambda vs: "\n" + " ".join(vs).translate(_BS),
+    "ansi\\": lambda vs: "\\" + _ansi(" ".join(vs)),
+    "hd": lambda vs: _bs(" ".join(vs)),
+    "hd\\": lambda vs: "\n" + _bs(" ".join(vs)),
     "raw": " ".join,
     "arith": " ".join,
     # A comment ends at a newline: the rest of the input would be a command.
@@ -140,7 +156,7 @@ _BASES: dict[str, Callable[[Sequence[str]], str]] = {
 
 #: Later layers that wrap text rather than quote it: inside `...` the shell
 #: first removes the backslash before \ ` $, then reads the script.
-_WRAPS: dict[str, Callable[[str], str]] = {"bt": lambda s: s.translate(_BS)}
+_WRAPS: dict[str, Callable[[str], str]] = {"bt": _bs}
 
 
 def _check_numbers(values: Sequence[str]) -> None:
@@ -204,6 +220,11 @@ _DIALECTS = {
 def dialect(program: str) -> str:
     """``"bash"``, ``"posix"`` or ``"either"`` (unknown, or ``sh``): how ``program`` reads a script."""
     return _DIALECTS.get(program.rsplit("/", 1)[-1], "either")
+
+
+def is_posix_shell(program: str) -> bool:
+    """Whether ``program`` reads ``-c`` scripts as a POSIX shell (the quoting here is for those)."""
+    return program.rsplit("/", 1)[-1] in _DIALECTS
 
 
 def _shell_of(word: str | None) -> str | None:

@@ -952,6 +952,12 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
         template = spec.Template.parse(opts.command, quote=opts.quote, shell=shell)
     except spec.QuotingError as exc:
         raise _UsageError(f"COMMAND: {exc}") from None
+    if template.needs_shell and not spec.is_posix_shell(shell):
+        # fish reads \' inside '...', csh expands ! there: the quoting would not hold.
+        raise _UsageError(
+            f"PARALLEL_SHELL={shell}: not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
+            "and inputs are quoted for those"
+        )
     sep = b"\0" if opts.null else b"\n"
     if not groups and not opts.arg_file:
         try:
