@@ -8,6 +8,7 @@ signals or a fresh interpreter run ``python -m polytask.cli`` as a subprocess.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -211,6 +212,27 @@ def test_results_dir_escapes_each_argument() -> None:
     assert spec.results_dir("out", [""]) == "out/1/\\"
 
 
+def test_results_dir_shortens_long_names_without_collisions() -> None:
+    long1, long2 = "a" * 300 + "1", "a" * 300 + "2"
+    d1, d2 = spec.results_dir("out", [long1]), spec.results_dir("out", [long2])
+    assert d1 != d2  # GNU parallel cuts both to the same 255 bytes
+    for d in (d1, d2):
+        name = d.split("/")[-1]
+        assert len(name.encode()) <= 255
+        assert name.startswith("a" * 200) and re.fullmatch(r"a+\\#[0-9a-f]{16}", name)
+    assert spec.results_dir("out", [long1]) == d1  # the same input, the same place
+    assert spec.results_dir("out", ["a" * 255]) == "out/1/" + "a" * 255  # fits: as it is
+    # \# cannot come out of the escaping, so no input's own name can equal a shortened one.
+    lookalike = d1.split("/")[-1]
+    assert spec.results_dir("out", [lookalike]) != d1
+    # Multi-byte characters are never cut in half; the limit is in bytes.
+    name = spec.results_dir("out", ["é" * 200]).split("/")[-1]
+    assert len(name.encode()) <= 255 and name.encode().decode("utf-8")
+    name = spec.results_dir("out", ["x/" * 40], name_max=41).split("/")[-1]
+    assert len(name) <= 41 and re.fullmatch(r".*\\#[0-9a-f]{16}", name)
+    assert not name.split("\\#")[0].endswith("\\")  # not inside the pair \_
+
+
 # =========================================================================== the command
 
 
@@ -311,6 +333,29 @@ def test_tag_results_dry_run(capfd: pytest.CaptureFixture[str], tmp_path: Path) 
     assert (res / "1" / "p\\_q" / "stdout").read_text() == "out p/q\n"
     assert (res / "1" / "p\\_q" / "stderr").read_text() == "err p/q\n"
     assert (res / "1" / "r" / "seq").read_text() == "2"
+
+
+def test_results_of_long_inputs_are_saved(tmp_path: Path) -> None:
+    res = tmp_path / "res"
+    inputs = ["a" * 300 + "1", "a" * 300 + "2", "b" * 5000, "short"]
+    r = cli("--results", str(res), "echo", "out", ":::", *inputs)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
+    dirs = sorted((res / "1").iterdir())
+    assert len(dirs) == 4
+    saved = sorted((d / "stdout").read_text() for d in dirs)
+    assert saved == sorted(f"out {i}\n" for i in inputs)
+    assert sorted(int((d / "seq").read_text()) for d in dirs) == [1, 2, 3, 4]
+
+
+def test_results_that_cannot_be_saved_are_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = cli("-k", "--results", str(blocker / "res"), "echo", "out", ":::", "x", "y")
+    # Not silent: each job says why, its output comes here instead, and it counts as failed.
+    assert r.returncode == 2
+    assert r.stdout == "out x\nout y\n"
+    assert r.stderr.count("cannot save the results of job") == 2
+    assert "Not a directory" in r.stderr
 
 
 def test_exit_status_counts_failures(capfd: pytest.CaptureFixture[str]) -> None:

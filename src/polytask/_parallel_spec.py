@@ -3,7 +3,8 @@
 Everything here is a pure function or a frozen record, tested without
 processes: the command template and its replacement strings (``{}``, ``{.}``,
 ``{/}``, ``{//}``, ``{/.}``, ``{#}``, ``{%}``, ``{1}``, ``{2.}``, ...), when a
-command needs a shell and how arguments are quoted for one, the option values
+command needs a shell and how each input is quoted for where it sits in it
+(planned once per COMMAND by :mod:`polytask._shellquote`), the option values
 (``-j``, ``--timeout``, ``--halt``), GNU parallel's joblog format and exit
 status, and the ``--results`` directory layout. They follow GNU parallel
 (version 20221122) wherever it defines the behaviour.
@@ -13,17 +14,32 @@ from __future__ import annotations
 
 import math
 import re
-import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
+
+from ._shellquote import (
+    HeredocCheck,
+    Plan,
+    QuotingError,
+    UnsafeInput,
+    compile_plan,
+    dialect,
+    is_posix_shell,
+    plan_argv,
+    plan_shell,
+    quote_word,
+)
 
 __all__ = [
     "JOBLOG_HEADER",
     "HaltPolicy",
     "JoblogEntry",
+    "QuotingError",
     "Repl",
     "Template",
+    "UnsafeInput",
     "exit_status",
+    "is_posix_shell",
     "joblog_line",
     "parse_duration",
     "parse_joblog",
@@ -166,6 +182,14 @@ class Repl(_Record):
     def __init__(self, kind: str, index: int | None = None, mod: str = "") -> None:
         self._set(kind=kind, index=index, mod=mod)
 
+    def spelling(self) -> str:
+        """The replacement string as written in a COMMAND: ``{}``, ``{#}``, ``{2/.}``, ..."""
+        if self.kind == "seq":
+            return "{#}"
+        if self.kind == "slot":
+            return "{%}"
+        return "{" + (str(self.index) if self.index else "") + self.mod + "}"
+
     def values(self, args: Sequence[str], seq: int, slot: int) -> list[str]:
         """The strings this replacement stands for, for one job (one or more)."""
         if self.kind == "seq":
@@ -269,17 +293,37 @@ class Template(_Record):
 
     ``needs_shell`` is False when the command is a plain list of words; the job
     then runs as ``argv`` with no shell at all, and an argument can never be
-    read as shell syntax. When a shell is needed, every argument is quoted with
-    :func:`shlex.quote` before it is put into the command line.
+    read as shell syntax. When a shell is needed, each replacement is quoted
+    for the shell context it sits in (unquoted, ``'...'``, ``"..."``, ```...```,
+    ``$(...)``, the script of ``sh -c``, ...): see :mod:`polytask._shellquote`.
+    The quoting is planned once here (``plans`` for the shell text,
+    ``argv_plans`` for argv, one per replacement in order); a job only runs
+    the planned functions. A COMMAND without replacement strings gets ``{}``
+    appended as a word of its own, as GNU parallel appends the arguments.
     """
 
-    _fields = ("parts", "words", "has_repl", "needs_shell", "quoted")
-    __slots__ = _fields
+    _fields = (
+        "parts",
+        "words",
+        "has_repl",
+        "needs_shell",
+        "quoted",
+        "plans",
+        "argv_plans",
+        "heredocs",
+    )
+    __slots__ = (*_fields, "_pieces", "_argv_emit", "_prefix")
     parts: tuple[Part, ...]
     words: tuple[tuple[Part, ...], ...]
     has_repl: bool
     needs_shell: bool
     quoted: bool
+    plans: tuple[Plan, ...]
+    argv_plans: tuple[Plan, ...]
+    heredocs: tuple[HeredocCheck, ...]
+    _pieces: tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]
+    _argv_emit: tuple[Callable[[Sequence[str]], str] | None, ...]
+    _prefix: list[str] | None  # argv before the inputs, when they are only appended
 
     def __init__(
         self,
@@ -288,32 +332,65 @@ class Template(_Record):
         has_repl: bool,
         needs_shell: bool,
         quoted: bool = False,
+        plans: tuple[Plan, ...] = (),
+        argv_plans: tuple[Plan, ...] = (),
+        heredocs: tuple[HeredocCheck, ...] = (),
     ) -> None:
         self._set(
-            parts=parts, words=words, has_repl=has_repl, needs_shell=needs_shell, quoted=quoted
+            parts=parts,
+            words=words,
+            has_repl=has_repl,
+            needs_shell=needs_shell,
+            quoted=quoted,
+            plans=plans,
+            argv_plans=argv_plans,
+            heredocs=heredocs,
+            # Each part of the shell text with the writer of its values (None: literal).
+            _pieces=_pieces(parts, plans),
+            # None: the value as it is (several values: several words).
+            _argv_emit=tuple(None if p == _RAW else compile_plan(p) for p in argv_plans),
+            _prefix=(
+                ["".join(p for p in w if isinstance(p, str)) for w in words[:-1]]
+                if not has_repl and argv_plans[-1:] == (_RAW,)
+                else None
+            ),
         )
 
     @classmethod
-    def parse(cls, command: Sequence[str], *, quote: bool = False) -> Template:
-        """Parse the COMMAND words of the command line.
+    def parse(cls, command: Sequence[str], *, quote: bool = False, shell: str = "sh") -> Template:
+        """Parse the COMMAND words of the command line, for jobs run by ``shell``.
 
         Like GNU parallel, the words are joined with spaces into one shell
         command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
         ``quote`` (``-q``) each word stays one word and nothing is shell syntax.
+        Raises :class:`QuotingError` (a ValueError) for a COMMAND that puts a
+        replacement string where no quoting keeps an input data.
         """
         if quote:
             words = tuple(tuple(_split_parts(w)) or ("",) for w in command)
+            has = any(isinstance(p, Repl) for w in words for p in w)
+            if not has and words:
+                words += ((Repl("arg"),),)
             flat: list[Part] = []
             for i, w in enumerate(words):
                 if i:
                     flat.append(" ")
                 flat.extend(w)
-            has = any(isinstance(p, Repl) for p in flat)
-            return cls(tuple(flat), words, has, needs_shell=False, quoted=True)
+            argv_plans = plan_argv([_tokens(w, start)[0] for w, start in _numbered(words)])
+            return cls(
+                tuple(flat),
+                words,
+                has,
+                needs_shell=False,
+                quoted=True,
+                argv_plans=tuple(argv_plans[k] for k in range(len(argv_plans))),
+            )
         text = " ".join(command)
         parts = tuple(_split_parts(text))
-        words_l = _words(parts)
         has = any(isinstance(p, Repl) for p in parts)
+        if not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
+            parts += (" ", Repl("arg"))
+        words_l = _words(parts)
         literal = "".join(p for p in parts if isinstance(p, str))
         needs = bool(_SHELL_CHARS.intersection(literal))
         if not needs and words_l:
@@ -321,37 +398,61 @@ class Template(_Record):
             first_text = "".join(p for p in first if isinstance(p, str))
             if "=" in first_text or (len(first) == 1 and first_text in _SHELL_WORDS):
                 needs = True
-        return cls(parts, tuple(tuple(w) for w in words_l), has, needs_shell=needs)
+        toks, count = _tokens(parts)
+        shell_plans, checks = plan_shell(toks, dialect(shell))
+        word_plans: dict[int, Plan] = {}
+        if not needs:
+            word_plans = plan_argv([_tokens(w, start)[0] for w, start in _numbered(words_l)])
+        return cls(
+            parts,
+            tuple(tuple(w) for w in words_l),
+            has,
+            needs_shell=needs,
+            plans=tuple(shell_plans[k] for k in range(count)),
+            argv_plans=tuple(word_plans[k] for k in range(len(word_plans))),
+            heredocs=tuple(checks),
+        )
 
     @property
     def empty(self) -> bool:
         """True when no COMMAND was given: each job's arguments are the command."""
         return not self.words
 
+    def source(self) -> str:
+        """The COMMAND as given, replacement strings unexpanded (what a refused job logs)."""
+        parts = self.parts if self.has_repl else self.parts[:-2]
+        return "".join(p.spelling() if isinstance(p, Repl) else p for p in parts)
+
     def shell_text(self, args: Sequence[str], seq: int, slot: int) -> str:
-        """The job's command line for a POSIX shell, arguments quoted."""
+        """The job's command line for a POSIX shell, each input quoted for where it sits.
+
+        Raises :class:`UnsafeInput` if an input cannot go where the COMMAND puts it.
+        """
         if self.empty:
             return " ".join(args)
         if self.quoted:
-            out = []
-            for word in self.words:
-                for w in _render_word(word, args, seq, slot):
-                    out.append(shlex.quote(w))
-            if not self.has_repl:
-                out.extend(shlex.quote(a) for a in args)
-            return " ".join(out)
-        pieces: list[str] = []
-        for part in self.parts:
-            if isinstance(part, Repl):
-                pieces.append(" ".join(shlex.quote(v) for v in part.values(args, seq, slot)))
-            else:
-                pieces.append(part)
-        if not self.has_repl:
-            pieces.extend(" " + shlex.quote(a) for a in args)
-        return "".join(pieces)
+            argv = self.argv(args, seq, slot)
+            assert argv is not None
+            return " ".join(quote_word(w) for w in argv)
+        if self.heredocs:
+            emitted = [
+                fn(part.values(args, seq, slot))
+                for part, fn in self._pieces
+                if fn is not None and isinstance(part, Repl)
+            ]
+            _check_heredocs(self.heredocs, emitted)
+            it = iter(emitted)
+            return "".join(part if fn is None else next(it) for part, fn in self._pieces)  # type: ignore[misc]
+        pieces = []
+        for part, fn in self._pieces:
+            pieces.append(part if fn is None else fn(part.values(args, seq, slot)))  # type: ignore[union-attr]
+        return "".join(pieces)  # type: ignore[arg-type]
 
     def argv(self, args: Sequence[str], seq: int, slot: int) -> list[str] | None:
-        """The job's argv when it can run without a shell, else None."""
+        """The job's argv when it can run without a shell, else None.
+
+        Raises :class:`UnsafeInput` if an input cannot go where the COMMAND puts it.
+        """
         if self.empty:
             line = " ".join(args)
             if needs_shell(line) or not line.split():
@@ -359,11 +460,29 @@ class Template(_Record):
             return line.split()
         if self.needs_shell:
             return None
+        if self._prefix is not None:  # the common `gzip -9 ::: files`: no replacement string
+            return [*self._prefix, *args]
         out: list[str] = []
+        emit = self._argv_emit
+        k = 0
         for word in self.words:
-            out.extend(_render_word(word, args, seq, slot))
-        if not self.has_repl:
-            out.extend(args)
+            # A replacement with several values (``{}`` over several input
+            # sources) splits its word, as the quoted shell text would:
+            # pre'a' 'b'post.
+            current = [""]
+            for part in word:
+                if isinstance(part, Repl):
+                    values = part.values(args, seq, slot)
+                    fn = emit[k]
+                    k += 1
+                    if fn is None:
+                        current[-1] += values[0]
+                        current.extend(values[1:])
+                    else:
+                        current[-1] += fn(values)
+                else:
+                    current[-1] += part
+            out.extend(current)
         return out
 
     def max_index(self) -> int:
@@ -371,18 +490,49 @@ class Template(_Record):
         return max((p.index or 0 for p in self.parts if isinstance(p, Repl)), default=0)
 
 
-def _render_word(word: Sequence[Part], args: Sequence[str], seq: int, slot: int) -> list[str]:
-    # A replacement with several values (``{}`` over several input sources)
-    # splits its word, exactly as the quoted shell text would: pre'a' 'b'post.
-    out = [""]
-    for part in word:
+_RAW: Plan = (False, ("raw",))
+
+
+def _pieces(
+    parts: Sequence[Part], plans: Sequence[Plan]
+) -> tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]:
+    if not plans:  # -q: no shell text of its own
+        return ()
+    writers = iter([compile_plan(p) for p in plans])
+    return tuple((p, next(writers) if isinstance(p, Repl) else None) for p in parts)
+
+
+def _tokens(parts: Sequence[Part], start: int = 0) -> tuple[list[str | int], int]:
+    """Characters and replacement numbers (from ``start``) for the quoting lexer; and the count."""
+    toks: list[str | int] = []
+    k = start
+    for part in parts:
         if isinstance(part, Repl):
-            vals = part.values(args, seq, slot)
-            out[-1] += vals[0]
-            out.extend(vals[1:])
+            toks.append(k)
+            k += 1
         else:
-            out[-1] += part
+            toks.extend(part)
+    return toks, k - start
+
+
+def _numbered(words: Sequence[Sequence[Part]]) -> list[tuple[Sequence[Part], int]]:
+    """Each word with the number of its first replacement (they count across words)."""
+    out = []
+    k = 0
+    for w in words:
+        out.append((w, k))
+        k += sum(isinstance(p, Repl) for p in w)
     return out
+
+
+def _check_heredocs(checks: Sequence[HeredocCheck], emitted: Sequence[str]) -> None:
+    for segments, delim, strip in checks:
+        body = "".join(s if isinstance(s, str) else emitted[s] for s in segments)
+        for line in body.split("\n"):
+            if (line.lstrip("\t") if strip else line) == delim:
+                raise UnsafeInput(
+                    f"an input would put the line {delim!r} into a here-document and end it early"
+                )
 
 
 def needs_shell(line: str) -> bool:
@@ -660,6 +810,12 @@ def resume_skip(entries: Iterable[JoblogEntry], *, failed_too: bool) -> set[int]
 # --------------------------------------------------------------------------- results
 
 
+#: The longest file name, in bytes, on the file systems Linux uses (NAME_MAX).
+NAME_MAX = 255
+#: Hex digits of the hash that ends a shortened name (64 bits).
+_HASH_HEX = 16
+
+
 def _escape_dirname(value: str) -> str:
     s = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0").replace("/", "\\_")
     # GNU parallel would write "" / "." / ".." as they are, which lands in the
@@ -669,9 +825,41 @@ def _escape_dirname(value: str) -> str:
     return s
 
 
-def results_dir(root: str, args: Sequence[str]) -> str:
-    """``--results`` directory of one job: ``root/1/<arg1>/2/<arg2>``, as GNU parallel."""
+def _fit_name(name: str, name_max: int) -> str:
+    """``name`` if it fits in ``name_max`` bytes, else a prefix of it + ``\\#`` + a hash of all of it.
+
+    GNU parallel cuts a long name at the limit, so that two inputs that
+    start alike share one directory and one's results overwrite the
+    other's. The hash keeps them apart, and ``\\#`` cannot come out of
+    :func:`_escape_dirname` (every backslash it writes starts a pair: ``\\\\``,
+    ``\\t``, ``\\0``, ``\\_``), so a shortened name never equals a whole one.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= name_max:
+        return name
+    import hashlib  # only for long names: not on the start-up path
+
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_HEX]
+    cut = max(0, name_max - 2 - _HASH_HEX)
+    while 0 < cut < len(raw) and 0x80 <= raw[cut] < 0xC0:
+        cut -= 1  # not inside a UTF-8 character
+    prefix = raw[:cut].decode("utf-8", "surrogateescape")
+    # Cut between escape pairs, never inside one: an odd run of backslashes at
+    # the end means the last one began a pair.
+    trailing = len(prefix) - len(prefix.rstrip("\\"))
+    if trailing % 2:
+        prefix = prefix[:-1]
+    return prefix + "\\#" + digest
+
+
+def results_dir(root: str, args: Sequence[str], name_max: int = NAME_MAX) -> str:
+    """``--results`` directory of one job: ``root/1/<arg1>/2/<arg2>``, as GNU parallel.
+
+    Each ``<arg>`` is escaped (``\\`` ``\\t`` ``\\0``, ``/`` as ``\\_``); one longer than
+    ``name_max`` bytes is shortened to a prefix, ``\\#`` and a hash of the whole
+    name, so that no input's results are lost to ENAMETOOLONG or shared with another's.
+    """
     parts = [root.rstrip("/") or "/"]
     for i, a in enumerate(args, 1):
-        parts += [str(i), _escape_dirname(a)]
+        parts += [str(i), _fit_name(_escape_dirname(a), name_max)]
     return "/".join(parts)

@@ -40,6 +40,9 @@ PROG = "polytask parallel"
 _SEPARATORS = (":::", "::::", ":::+", "::::+")
 #: Seconds between SIGTERM and SIGKILL when a job is ended (timeout, halt, Ctrl-C).
 GRACE = 0.5
+#: The exit value of a job not run because an input cannot go where the COMMAND
+#: puts it (a shell's status for a line it cannot run, e.g. a syntax error).
+REFUSED = 2
 
 _USAGE = "polytask parallel [OPTIONS] [COMMAND [ARG...]] [::: ARGS... | :::: FILES...]..."
 _DESCRIPTION = """\
@@ -50,9 +53,11 @@ Several input sources give every combination (cartesian product).
 Replacement strings in COMMAND: {} the input, {.} without extension,
 {/} basename, {//} dirname, {/.} basename without extension, {#} job
 number, {%} job slot, {1} {2} ... the input from source 1, 2 (also {1.}
-{1/} ...). Without any, the input is appended to COMMAND. Inputs are
-quoted before they reach a shell; a COMMAND without shell syntax runs
-with no shell at all. With no COMMAND, each input is itself a command.
+{1/} ...). Without any, the input is appended to COMMAND. An input is
+only ever data: it is quoted for where it sits in COMMAND (a plain word,
+'...', "...", `...`, $(...), the script of sh -c or eval); a COMMAND
+without shell syntax runs with no shell at all. With no COMMAND, each
+input is itself a command.
 """
 _EPILOG = """\
 exit status: 0 if every job succeeded, else the number of failed jobs
@@ -140,7 +145,12 @@ def _parser() -> _Parser:
     a("--bar", action="store_true", help="show a progress bar on stderr")
     a("--dry-run", action="store_true", help="print the commands instead of running them")
     a("--tag", action="store_true", help="prefix each output line with the job's input")
-    a("--results", "--res", metavar="DIR", help="save output in DIR/1/<input>/{stdout,stderr,seq}")
+    a(
+        "--results",
+        "--res",
+        metavar="DIR",
+        help="save output in DIR/1/<input>/{stdout,stderr,seq} (a long <input> is shortened)",
+    )
     a(
         "--line-buffer",
         "--lb",
@@ -399,7 +409,9 @@ class _Median:
 
 
 class _Runner:
-    def __init__(self, opts: argparse.Namespace, source: Any, template: Any, jobs: int | None):
+    def __init__(
+        self, opts: argparse.Namespace, source: Any, template: Any, jobs: int | None, shell: str
+    ):
         from .. import _parallel_spec as spec
 
         self.spec = spec
@@ -408,7 +420,7 @@ class _Runner:
         self.template = template
         self.jobs = jobs
         self.tries = max(1, opts.retries)
-        self.shell = _shell()
+        self.shell = shell
         self.timeout: float | None = None
         self.timeout_pct: float | None = None
         if opts.timeout is not None:
@@ -435,6 +447,7 @@ class _Runner:
         self.loop: Any = None
         self.limit = 1
         self.exhausted = False
+        self.name_max: int | None = None  # of --results' file system, found at the first save
 
     # -------------------------------------------------------------- setup
 
@@ -488,19 +501,30 @@ class _Runner:
             return _Job(self.seq, args)
 
     def text(self, job: _Job) -> str:
-        text: str = self.template.shell_text(job.args, job.seq, job.slot)
+        """The job's command line as it runs (for logs and messages); never raises."""
+        try:
+            text: str = self.template.shell_text(job.args, job.seq, job.slot)
+        except self.spec.UnsafeInput:
+            text = self.template.source()  # a refused job ran nothing: log the COMMAND
         return text
 
     def dry_run(self) -> int:
+        refused = 0
         while True:
             job = self.next_job()
             if job is None:
-                return 0
+                return self.spec.exit_status(refused)
             if job is _NOT_READY:
                 self.source.fill()
                 continue
             job.slot = 1
-            _write(1, os.fsencode(self.text(job)) + b"\n")
+            try:
+                text = self.template.shell_text(job.args, job.seq, job.slot)
+            except self.spec.UnsafeInput as exc:
+                refused += 1
+                _warn(f"job {job.seq} would not run: {exc}")
+                continue
+            _write(1, os.fsencode(text) + b"\n")
 
     def run(self) -> int:
         from .._parallel_loop import ProcessLoop
@@ -576,9 +600,16 @@ class _Runner:
         job.slot = heapq.heappop(self.free_slots) if self.free_slots else self._new_slot()
         job.tries += 1
         self.started += job.tries == 1
-        argv = self.template.argv(job.args, job.seq, job.slot)
-        if argv is None:
-            argv = [self.shell, "-c", self.text(job)]
+        try:
+            argv = self.template.argv(job.args, job.seq, job.slot)
+            if argv is None:
+                argv = [self.shell, "-c", self.template.shell_text(job.args, job.seq, job.slot)]
+        except self.spec.UnsafeInput as unsafe:
+            # Not run at all: a shell would only have failed on it, or run the input.
+            msg = f"{PROG}: job {job.seq} not run: {unsafe}\n".encode(errors="surrogateescape")
+            self.release(job)
+            self.ended(job, REFUSED, 0, b"", msg, time.time(), 0.0)
+            return
         job.program = argv[0]
         on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
         timeout = self.timeout
@@ -677,12 +708,16 @@ class _Runner:
             )
             self.joblog.write(line)
             self.joblog.flush()
-        if opts.results:
-            self.save_results(job, out, err)
+        failed = bool(exitval or sig)
+        if opts.results and self.save_results(job, out, err):
             self.sink.skip(job.seq)
         else:
+            # Without --results, or when they could not be saved: the output
+            # goes to our stdout and stderr rather than nowhere.
             self.sink.complete(job.seq, self.tag(job), out, err)
-        failed = bool(exitval or sig)
+            if opts.results and not failed:
+                failed = True
+                exitval = 1  # for --halt's status: the job's purpose failed
         if failed:
             self.failed += 1
         else:
@@ -723,15 +758,23 @@ class _Runner:
         elif running:
             _warn(f"Starting no more jobs. Waiting for {len(running)} jobs to finish.")
 
-    def save_results(self, job: _Job, out: bytes, err: bytes) -> None:
-        d = self.spec.results_dir(self.opts.results, job.args)
+    def save_results(self, job: _Job, out: bytes, err: bytes) -> bool:
+        """Write the job's output under --results; False (and a message) if it could not be."""
+        if self.name_max is None:
+            self.name_max = _name_max(self.opts.results)
+        d = self.spec.results_dir(self.opts.results, job.args, self.name_max)
         try:
             os.makedirs(d, exist_ok=True)
             for name, data in (("seq", str(job.seq).encode()), ("stdout", out), ("stderr", err)):
                 with open(os.path.join(d, name), "wb") as f:
                     f.write(data)
         except OSError as exc:
-            _warn(f"cannot save results of job {job.seq} in {d!r}: {exc.strerror}")
+            _warn(
+                f"cannot save the results of job {job.seq} in {d!r}: {exc.strerror}; "
+                "its output follows here instead, and it counts as failed"
+            )
+            return False
+        return True
 
 
 def _warn(msg: str) -> None:
@@ -752,6 +795,23 @@ def _shell() -> str:
     ):
         return sh
     return "/bin/sh"
+
+
+def _name_max(root: str) -> int:
+    """The longest file name (bytes) under ``root``, or its nearest existing parent."""
+    from .._parallel_spec import NAME_MAX
+
+    path = os.path.abspath(root)
+    while True:
+        try:
+            return min(NAME_MAX, os.pathconf(path, "PC_NAME_MAX"))
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return NAME_MAX
+            path = parent
+        except (OSError, ValueError):
+            return NAME_MAX
 
 
 def _fd_limit(wanted: int) -> int:
@@ -887,7 +947,17 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     jobs = _fd_limit(jobs if jobs is not None else 4096)
-    template = spec.Template.parse(opts.command, quote=opts.quote)
+    shell = _shell()
+    try:
+        template = spec.Template.parse(opts.command, quote=opts.quote, shell=shell)
+    except spec.QuotingError as exc:
+        raise _UsageError(f"COMMAND: {exc}") from None
+    if template.needs_shell and not spec.is_posix_shell(shell):
+        # fish reads \' inside '...', csh expands ! there: the quoting would not hold.
+        raise _UsageError(
+            f"PARALLEL_SHELL={shell}: not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
+            "and inputs are quoted for those"
+        )
     sep = b"\0" if opts.null else b"\n"
     if not groups and not opts.arg_file:
         try:
@@ -917,6 +987,6 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
                     raise _UsageError(":::: must be followed by at least one file")
                 sources.extend(_read_lines(f, sep) for f in items)
         source = _ListSource(sources)
-    runner = _Runner(opts, source, template, jobs)
+    runner = _Runner(opts, source, template, jobs, shell)
     runner.open_joblog()
     return runner
