@@ -35,7 +35,7 @@ _LAZY: dict[str, str] = {
     "debug": ".",
     "Event": "._sync",
     "Executor": "._pool",
-    "Fifo": "._sync",
+    "Fifo": "._fifo",
     "FileLock": "._sync",
     "Lock": "._sync",
     "OutputLine": "._commands",
@@ -151,6 +151,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._errors import SerializationError as SerializationError
     from ._errors import TaskTimeout as TaskTimeout
     from ._errors import WorkerCrashed as WorkerCrashed
+    from ._fifo import Fifo as Fifo
     from ._group import TaskGroup as TaskGroup
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
@@ -163,7 +164,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._sync import BoundedSemaphore as BoundedSemaphore
     from ._sync import Condition as Condition
     from ._sync import Event as Event
-    from ._sync import Fifo as Fifo
     from ._sync import FileLock as FileLock
     from ._sync import Lock as Lock
     from ._sync import RLock as RLock
