@@ -162,7 +162,13 @@ class Channel(Generic[T]):
     ``put`` and ``get`` take ``timeout=`` (seconds, None to wait as long as it
     takes) and raise ``queue.Full`` / ``queue.Empty`` when it passes, like
     ``queue.Queue``; ``put`` on a closed channel and ``get`` on a closed and
-    drained one raise :class:`ChannelClosed`.
+    drained one raise :class:`ChannelClosed`. Inside a thread task a blocking
+    ``put`` or ``get`` raises :class:`Cancelled` once the task is cancelled.
+
+    A process channel belongs to the process that created it: when that
+    process dies, or drops its last handle without ``close()``, the channel is
+    closed for every process attached to it (a blocked ``get`` or ``put``
+    raises :class:`ChannelClosed` within a second).
     """
 
     backend: str
@@ -1476,7 +1482,10 @@ def _release_channel(seg: Segment, ring: R.Ring) -> None:
     if owner and not ring.closed:
         # A bounded wait: this runs in a finalizer, maybe at exit; if another
         # process holds a lock that long, its waiters find the owner gone later.
-        _close_ring(seg, ring, R.OWNER_RELEASED, time.monotonic() + 1.0)
+        try:
+            _close_ring(seg, ring, R.OWNER_RELEASED, time.monotonic() + 1.0)
+        except Exception:  # best effort (a corrupt ring): the segment goes all the same
+            pass
     _drop_spills(seg.name, owner or not seg.exists())
     if owner:
         _remove_channel_spills(seg.name)
