@@ -641,7 +641,7 @@ class FifoReader:
         head = bytes(self._buf[:40])
         self._buf.clear()
         self._scanned = 0
-        raise ValueError(f"{what} on the FIFO {self.path!r} (it began {head!r}); dropped")
+        raise ValueError(f"the FIFO {self.path!r}: {what}; dropped what came (it began {head!r})")
 
     def _truncated(self) -> None:
         if self.format == "lines":
