@@ -660,3 +660,166 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
     np.testing.assert_array_equal(ch.get(timeout=HANG), np.zeros(100_000))
     old.close()
     ch.close()
+
+
+# --------------------------------------------------------------------------- small rings
+
+
+def test_ring_an_empty_ring_takes_every_frame_up_to_half_of_it():
+    """Wherever the positions stand, an empty ring stores a frame of up to half its
+    size, and refuses a bigger one for good (TOO_BIG, never FULL: a writer told FULL
+    would wait for room that never comes)."""
+    hdr = R.READY | (7 << 32)
+    for cap in (R.MIN_CAPACITY, 1 << 13, 1 << 16):
+        half = cap // 2
+        lens = {0, 1, 100, half - 16, half - 17, half - 15, half - 48, half + 1, half + 64}
+        lens |= {(1 << 16) - 16, (1 << 16) - 100, 40_000, cap - 16}
+        for off in range(0, cap, R.ALIGN):
+            for lap in (0, 3):
+                for n in sorted(x for x in lens if x >= 0):
+                    ring = new_ring(cap)
+                    w = ring.words
+                    w[8] = w[16] = w[17] = lap * cap + off  # tail, head, read: empty
+                    size = R.Ring.frame_size(n)
+                    rc = ring.push(b"q" * n, hdr)
+                    if size <= half:
+                        assert rc >= 0, (cap, off, n, rc)
+                        assert ring.fits(size)
+                        r = ring.pop(7)
+                        assert (r if type(r) is bytes else r[1]) == b"q" * n
+                        assert ring.used() == 0
+                    else:
+                        assert rc == R.TOO_BIG, (cap, off, n, rc)
+                        assert not ring.fits(size) and ring.used() == 0
+
+
+def produce_sized(ch, tag: int, sizes: list[int], rounds: int) -> int:
+    n = 0
+    for r in range(rounds):
+        for k, size in enumerate(sizes):
+            ch.put((tag, n, bytes([(r + k) % 256]) * size), timeout=HANG)
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("cap", [R.MIN_CAPACITY, 1 << 14, 1 << 16])
+def test_small_rings_items_around_half_the_ring_and_64k_from_several_processes(cap):
+    """Items just under, at and over half the ring and around 64 KiB (where the ring's
+    inline frames end) all get through a small ring, from three producer processes
+    at once, each exactly once; none is refused as "full" when the ring is empty."""
+    half = cap // 2
+    sizes = [10, half - 120, half - 40, half, half + 40, 40_000, 65_400, 65_536, 70_000, 30]
+    rounds = 6
+    ch = pt.Channel(backend="process", capacity=cap)
+    with pt.TaskGroup(backend="process") as g:
+        producers = [g.spawn(produce_sized, ch, k, sizes, rounds) for k in range(3)]
+        got = [ch.get(timeout=HANG) for _ in range(3 * rounds * len(sizes))]
+        for p in producers:
+            assert p.result(timeout=HANG) == rounds * len(sizes)
+    assert len(ch) == 0
+    ch.close()
+    seen = sorted((tag, n) for tag, n, _ in got)
+    assert seen == [(k, n) for k in range(3) for n in range(rounds * len(sizes))]
+    for tag, n, body in got:
+        r, k = divmod(n, len(sizes))
+        assert body == bytes([(r + k) % 256]) * sizes[k], (tag, n)
+
+
+def test_put_many_and_put_of_items_over_half_a_small_ring():
+    """put, put_many and put_nowait into an empty 4 KiB ring, of items too big for its
+    inline frames (over 2 KiB): they travel in spills, in order, at once."""
+    with pt.Channel(backend="process", capacity=R.MIN_CAPACITY) as ch:
+        items = [b"a" * 3000, ("t", "b" * 2100), bytearray(b"c" * 2047), 7, "d" * 60_000]
+        for item in items:
+            ch.put_nowait(item)
+            assert ch.get_nowait() == item
+        ch.put_many(items, timeout=HANG)
+        got = []
+        while len(got) < len(items):
+            got += ch.get_many(10, timeout=HANG)
+        assert got == items
+
+
+# --------------------------------------------------------------------------- cancellation points
+
+
+def blocked_in(ch, op: str) -> bool:
+    """Whether a thread or process is asleep in ``ch.get()`` (op "get") or ``ch.put()``."""
+    if ch.backend == "thread":
+        cond = ch._not_empty if op == "get" else ch._not_full
+        return len(cond._waiters) > 0
+    word = ch._w[10] & ~R.CLOSED_FLAG if op == "get" else ch._w[19]  # _WAIT_DATA, _WAIT_SPACE
+    return word > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["get", "put", "get_many", "put_many"])
+def test_blocked_put_and_get_in_a_thread_task_end_when_it_is_cancelled(backend, op):
+    """A thread task cannot be killed: its blocking put()/get() (no timeout) must see
+    the cancellation flag and raise Cancelled, or the task would never end."""
+    ch = pt.Channel(maxsize=1, backend=backend)
+    if op.startswith("put"):
+        ch.put("fills it")
+    outcome: list = []
+    finished = threading.Event()
+
+    def body() -> None:
+        try:
+            if op == "get":
+                ch.get()
+            elif op == "get_many":
+                ch.get_many(5)
+            elif op == "put":
+                ch.put("more")
+            else:
+                ch.put_many(["more", "and more"])
+            outcome.append("returned")
+        except BaseException as exc:
+            outcome.append(type(exc))
+            raise
+        finally:
+            finished.set()
+
+    task = pt.spawn(body)
+    try:
+        deadline = time.monotonic() + HANG
+        while not blocked_in(ch, op[:3]) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert blocked_in(ch, op[:3])
+        task.cancel()
+        assert finished.wait(HANG), "the cancelled task stayed blocked"
+        assert outcome == [pt.Cancelled]
+        with pytest.raises(pt.Cancelled):
+            task.result(timeout=HANG)
+    finally:
+        ch.close()  # frees a task that stayed blocked (the code before the fix)
+        finished.wait(HANG)
+    if op.startswith("put"):
+        assert list(ch) == ["fills it"]  # nothing half-put
+
+
+def test_a_cancelled_waiter_passes_its_wake_up_on():
+    """A thread task and a plain thread wait in get() of a thread channel, the task
+    first; the task is cancelled just as an item arrives. put() wakes one waiter (the
+    task): leaving with Cancelled, it must wake the next, or the thread waits for good."""
+    ch = pt.Channel(backend="thread")
+    got: list = []
+    task = pt.spawn(lambda: ch.get())
+    deadline = time.monotonic() + HANG
+    while len(ch._not_empty._waiters) < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    plain = threading.Thread(target=lambda: got.append(consume_one(ch, None)))
+    plain.start()
+    while len(ch._not_empty._waiters) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    try:
+        task.cancel()
+        ch.put("item")
+        plain.join(5.0)
+        assert got == [("item", "item")]
+    finally:
+        ch.close()
+        plain.join(HANG)
+        task.join(HANG)
+    with pytest.raises(pt.Cancelled):
+        task.result(timeout=HANG)

@@ -37,7 +37,7 @@ _LAZY: dict[str, str] = {
     "DEVNULL": "._commands",
     "Event": "._sync",
     "Executor": "._pool",
-    "Fifo": "._sync",
+    "Fifo": "._fifo",
     "FileLock": "._sync",
     "INHERIT": "._commands",
     "Lock": "._sync",
@@ -161,6 +161,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._errors import SerializationError as SerializationError
     from ._errors import TaskTimeout as TaskTimeout
     from ._errors import WorkerCrashed as WorkerCrashed
+    from ._fifo import Fifo as Fifo
     from ._group import TaskGroup as TaskGroup
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
@@ -173,7 +174,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._sync import BoundedSemaphore as BoundedSemaphore
     from ._sync import Condition as Condition
     from ._sync import Event as Event
-    from ._sync import Fifo as Fifo
     from ._sync import FileLock as FileLock
     from ._sync import Lock as Lock
     from ._sync import RLock as RLock

@@ -22,7 +22,11 @@ consumer never wait for each other. Both mutexes are *robust*: a process killed
 while holding one leaves the next locker in charge of repairing the counters
 (:meth:`Ring.recount`). A process killed while copying a big frame leaves an
 unfinished frame with its pid; readers waiting at it check the pid and skip it.
-Every wait is a futex wait in slices, with the caller's timeout.
+Every wait is a futex wait in slices, with the caller's timeout. After a slice
+with no news a waiter checks that the channel's owner (pid and start time, in
+the ring's header) still runs: its death closes the channel for everyone, as
+its dropping the channel without close() does. Inside a thread task the slices
+are 50 ms and each ends with a cancellation check.
 
 Speed (small items): a put is one pickle, one trylock, one struct call that
 writes the frame's header and payload, two stores that publish it, one unlock;
@@ -71,8 +75,11 @@ from ._shm import (
     futex_wake,
     mutex_ref,
     pid_alive,
+    process_alive,
+    process_start,
 )
 from ._spin import SPIN_MAX, after_sleep
+from ._task import CurrentTask, current_task
 
 __all__ = ["Channel", "register_channel_backend"]
 
@@ -89,9 +96,13 @@ _SMALL_FRAME = R.SMALL
 # An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
 _REPICKLE_OVER = 256 * 1024
 _OOB_BYTES_MIN = 64 * 1024
-# Seconds between checks that the process we wait for is alive.
+# Seconds between checks that the process we wait for is alive: a writer or
+# reader holding a frame, or (idle) the channel's owner, whose death closes it.
 _LIVENESS_SLICE = 0.1
-_IDLE_SLICE = 1.0
+_IDLE_SLICE = 0.25
+#: Inside a thread task a blocking put/get sleeps at most this long before it
+#: checks for cancellation (plain callers sleep in the slices above).
+CANCEL_SLICE = 0.05
 
 _EBUSY = errno.EBUSY
 _WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, CLOSED)
@@ -122,6 +133,16 @@ def _deadline(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+def _cancellable() -> CurrentTask | None:
+    """The thread task the caller runs in, if any: its blocking waits are cancellation points.
+
+    Called only on the way to a wait, so a put or get that need not wait (or a
+    plain caller, outside a thread task) pays nothing for it.
+    """
+    task = current_task()
+    return None if task._task is None else task
+
+
 class Channel(Generic[T]):
     """A FIFO channel between tasks: many producers, many consumers.
 
@@ -141,7 +162,13 @@ class Channel(Generic[T]):
     ``put`` and ``get`` take ``timeout=`` (seconds, None to wait as long as it
     takes) and raise ``queue.Full`` / ``queue.Empty`` when it passes, like
     ``queue.Queue``; ``put`` on a closed channel and ``get`` on a closed and
-    drained one raise :class:`ChannelClosed`.
+    drained one raise :class:`ChannelClosed`. Inside a thread task a blocking
+    ``put`` or ``get`` raises :class:`Cancelled` once the task is cancelled.
+
+    A process channel belongs to the process that created it: when that
+    process dies, or drops its last handle without ``close()``, the channel is
+    closed for every process attached to it (a blocked ``get`` or ``put``
+    raises :class:`ChannelClosed` within a second).
     """
 
     backend: str
@@ -263,13 +290,23 @@ class _ThreadChannel(Channel[T]):
                 raise ChannelClosed("put() on a closed channel")
             if self.maxsize and len(self._items) >= self.maxsize:
                 deadline = _deadline(timeout)
+                task = _cancellable()
                 while len(self._items) >= self.maxsize:
                     if self._closed:
                         raise ChannelClosed("the channel was closed while put() waited for room")
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise queue.Full
-                    self._not_full.wait(left)
+                    if task is None:
+                        self._not_full.wait(left)
+                    else:
+                        if not task.cancelled:
+                            self._not_full.wait(
+                                CANCEL_SLICE if left is None else min(left, CANCEL_SLICE)
+                            )
+                        if task.cancelled:
+                            self._not_full.notify()  # pass on a wake-up this waiter may have had
+                            task.raise_if_cancelled()
             self._items.append(item)
             self._not_empty.notify()
 
@@ -277,13 +314,23 @@ class _ThreadChannel(Channel[T]):
         with self._not_empty:
             if not self._items:
                 deadline = _deadline(timeout)
+                task = _cancellable()
                 while not self._items:
                     if self._closed:
                         raise ChannelClosed("get() on a closed and drained channel")
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise queue.Empty
-                    self._not_empty.wait(left)
+                    if task is None:
+                        self._not_empty.wait(left)
+                    else:
+                        if not task.cancelled:
+                            self._not_empty.wait(
+                                CANCEL_SLICE if left is None else min(left, CANCEL_SLICE)
+                            )
+                        if task.cancelled:
+                            self._not_empty.notify()  # pass on a wake-up this waiter may have had
+                            task.raise_if_cancelled()
             item = self._items.popleft()
             self._not_full.notify()
             return item
@@ -725,7 +772,10 @@ class _ProcessChannel(Channel[T]):
             try:
                 RobustMutex.initialize(seg.address + R.P_MUTEX_OFFSET)
                 RobustMutex.initialize(seg.address + R.C_MUTEX_OFFSET)
-                ring = R.Ring.initialise(seg.buf, cap, maxsize, os.getpid(), seg.mapping)
+                me = os.getpid()
+                ring = R.Ring.initialise(
+                    seg.buf, cap, maxsize, me, seg.mapping, owner_start=process_start(me)
+                )
                 # If this process is killed, the guardian removes the channel's
                 # spills too, even those whose writer exited normally.
                 _proc.guard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
@@ -929,7 +979,12 @@ class _ProcessChannel(Channel[T]):
         size = R.Ring.frame_size(len(payload))
         while True:
             if rc == R.CLOSED:
-                raise ChannelClosed("put() on a closed channel")
+                raise self._closed_error("put()")
+            if rc == R.TOO_BIG:
+                # Over half of a small ring: it could wait for room forever (see
+                # Ring._make_room), so it travels in a spill like a big item.
+                self._put_big(kind, payload, [], _left(deadline))
+                return
             self._wait_space(size, deadline)
             self._lock_p(deadline)
             try:
@@ -965,7 +1020,7 @@ class _ProcessChannel(Channel[T]):
                 if pos >= 0:
                     break
                 if pos == R.CLOSED:
-                    raise ChannelClosed("put() on a closed channel")
+                    raise self._closed_error("put()")
                 self._wait_space(size, deadline)
             if ring.wrapped:
                 self._skip_pads()
@@ -1027,6 +1082,9 @@ class _ProcessChannel(Channel[T]):
 
         if deadline is not None and time.monotonic() >= deadline:
             raise queue.Full
+        task = _cancellable()
+        if task is not None:
+            task.raise_if_cancelled()
         if self._spin and self._spin_until(room):
             return
         self._lock_c(deadline)
@@ -1039,6 +1097,8 @@ class _ProcessChannel(Channel[T]):
             if room():
                 return
             slice_ = _LIVENESS_SLICE if stuck is not None else _IDLE_SLICE
+            if task is not None:
+                slice_ = CANCEL_SLICE
             left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
             if left > 0:
                 self._sleep(self._space_seq_addr, seq, left)
@@ -1049,8 +1109,45 @@ class _ProcessChannel(Channel[T]):
                     ring.writer_woke(seq)
                 finally:
                     _mutex_unlock(self._c_addr)
-        if stuck is not None and ring.space_seq == seq and not pid_alive(stuck[1]):
-            self._free_dead_reader(*stuck)
+        if ring.space_seq == seq:  # a slice with no news: is anyone we wait for dead?
+            if stuck is not None and not pid_alive(stuck[1]):
+                self._free_dead_reader(*stuck)
+            else:
+                self._check_owner(deadline)
+        if task is not None:
+            task.raise_if_cancelled()
+
+    def _check_owner(self, deadline: float | None) -> None:
+        """Close the channel for everyone if the process that created it is gone.
+
+        Nothing else would: a process attached by name and waiting in get()
+        would wait for good. Called by waiters after a slice with no news, so a
+        dead owner is noticed within _IDLE_SLICE. The owner's pid and start time
+        are in the ring's header: a pid reused since does not pass for it.
+        """
+        ring = self._ring
+        owner = ring.owner
+        if owner == _pid or ring.closed or process_alive(owner, ring.owner_start):
+            return
+        _close_ring(self._seg, ring, R.OWNER_DIED, deadline)
+
+    def _closed_error(self, call: str) -> ChannelClosed:
+        """The ChannelClosed for ``call`` (``"put()"``...), saying who closed the channel."""
+        ring = self._ring
+        text = (
+            "get() on a closed and drained channel"
+            if call == "get()"
+            else f"{call} on a closed channel"
+        )
+        reason = ring.close_reason
+        if reason == R.OWNER_DIED:
+            text += f": the process that created it (pid {ring.owner}) died"
+        elif reason == R.OWNER_RELEASED:
+            text += (
+                f": the process that created it (pid {ring.owner}) dropped its last handle "
+                "without close()"
+            )
+        return ChannelClosed(text)
 
     def _free_dead_reader(self, pos: int, pid: int) -> None:
         self._lock_c(None)
@@ -1128,7 +1225,7 @@ class _ProcessChannel(Channel[T]):
                         # close() holds the P lock, so every frame reserved before it
                         # is behind the tail already: nothing more can come.
                         self._seg.unlink()
-                        raise ChannelClosed("get() on a closed and drained channel")
+                        raise self._closed_error("get()")
                     self._wait_data(pos == R.BLOCKED, deadline)
                     item = _LOST
                 else:
@@ -1176,6 +1273,9 @@ class _ProcessChannel(Channel[T]):
         ring = self._ring
         if deadline is not None and time.monotonic() >= deadline:
             raise queue.Empty
+        task = _cancellable()
+        if task is not None:
+            task.raise_if_cancelled()
         if self._spin and not blocked and self._spin_until(ring.not_empty_for_reader):
             return
         self._lock_p(deadline)
@@ -1196,6 +1296,8 @@ class _ProcessChannel(Channel[T]):
             if blocked and writer is None:
                 return  # it was finished meanwhile
             slice_ = _LIVENESS_SLICE if writer is not None else _IDLE_SLICE
+            if task is not None:
+                slice_ = CANCEL_SLICE
             left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
             if left > 0:
                 self._sleep(self._data_seq_addr, seq, left)
@@ -1206,16 +1308,20 @@ class _ProcessChannel(Channel[T]):
                     ring.reader_woke(seq)
                 finally:
                     _mutex_unlock(self._p_addr)
-        if writer is not None and ring.data_seq == seq and not pid_alive(writer[1]):
-            self._lock_c(None)
-            try:
-                ring.abandon_writer(*writer)
-                wake = ring.bump_space()
-            finally:
-                _mutex_unlock(self._c_addr)
-            if wake:
-                futex_wake(self._space_seq_addr)
-            return
+        if ring.data_seq == seq:  # a slice with no news: is anyone we wait for dead?
+            if writer is not None and not pid_alive(writer[1]):
+                self._lock_c(None)
+                try:
+                    ring.abandon_writer(*writer)
+                    wake = ring.bump_space()
+                finally:
+                    _mutex_unlock(self._c_addr)
+                if wake:
+                    futex_wake(self._space_seq_addr)
+            else:
+                self._check_owner(deadline)
+        if task is not None:
+            task.raise_if_cancelled()
 
     # ------------------------------------------------------------------ many at once
 
@@ -1271,7 +1377,11 @@ class _ProcessChannel(Channel[T]):
                 self._skip_pads()
             if pending:
                 if rc == R.CLOSED:
-                    raise ChannelClosed("put_many() on a closed channel")
+                    raise self._closed_error("put_many()")
+                if rc == R.TOO_BIG:  # see _put_small_wait
+                    kind, payload = pending.popleft()
+                    self._put_big(kind, payload, [], _left(deadline))
+                    continue
                 self._wait_space(R.Ring.frame_size(len(pending[0][1])), deadline)
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
@@ -1305,27 +1415,7 @@ class _ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ the rest
 
     def close(self) -> None:
-        ring = self._ring
-        if self._seg.closed:
-            return
-        self._lock_c(None)
-        try:
-            self._lock_p(None)
-            try:
-                ring.close()
-                ring.bump_data()
-                ring.bump_space()
-                empty = ring.items() == 0
-            finally:
-                _mutex_unlock(self._p_addr)
-        finally:
-            _mutex_unlock(self._c_addr)
-        futex_wake(self._data_seq_addr)
-        futex_wake(self._space_seq_addr)
-        if empty:
-            # Nothing left to read: a process that attaches later finds no name
-            # and sees a closed, empty channel, which it is.
-            self._seg.unlink()
+        _close_ring(self._seg, self._ring, R.BY_CLOSE, None)
 
     @property
     def closed(self) -> bool:
@@ -1339,14 +1429,63 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def _close_ring(seg: Segment, ring: R.Ring, reason: int, deadline: float | None) -> bool:
+    """Close ``ring`` for ``reason`` under both locks (C, then P) and wake every waiter.
+
+    Repairs the counters first if a process died holding a lock. Returns False
+    if the locks could not be had by ``deadline``. Holding the P lock means
+    every frame reserved before is behind the tail: readers that find the ring
+    closed and empty know nothing more can come.
+    """
+    if seg.closed:
+        return True
+    cm = RobustMutex(seg.address + R.C_MUTEX_OFFSET)
+    pm = RobustMutex(seg.address + R.P_MUTEX_OFFSET)
+    try:
+        repair = cm.acquire(deadline)
+    except TimeoutError:
+        return False
+    try:
+        try:
+            repair = pm.acquire(deadline) or repair
+        except TimeoutError:
+            return False
+        try:
+            if repair:  # a process died inside: make the counters right first
+                ring.recount(pid_alive)
+            ring.close(reason)
+            ring.bump_data()
+            ring.bump_space()
+            empty = ring.items() == 0
+        finally:
+            pm.release()
+    finally:
+        cm.release()
+    futex_wake(seg.address + R.DATA_SEQ_OFFSET)
+    futex_wake(seg.address + R.SPACE_SEQ_OFFSET)
+    if empty:
+        # Nothing left to read: a process that attaches later finds no name
+        # and sees a closed, empty channel, which it is.
+        seg.unlink()
+    return True
+
+
 def _release_channel(seg: Segment, ring: R.Ring) -> None:
-    # The last handle in this process is gone. The owner removes the name and
-    # every spill of the channel (the channel is over for everyone); others let
-    # go of their own spills.
+    # The last handle in this process is gone. The owner closes the channel
+    # (blocked readers and writers elsewhere get ChannelClosed), then removes
+    # the name and every spill of it: the channel is over for everyone. Others
+    # let go of their own spills.
 
     if seg.closed:
         return
     owner = seg.owned
+    if owner and not ring.closed:
+        # A bounded wait: this runs in a finalizer, maybe at exit; if another
+        # process holds a lock that long, its waiters find the owner gone later.
+        try:
+            _close_ring(seg, ring, R.OWNER_RELEASED, time.monotonic() + 1.0)
+        except Exception:  # best effort (a corrupt ring): the segment goes all the same
+            pass
     _drop_spills(seg.name, owner or not seg.exists())
     if owner:
         _remove_channel_spills(seg.name)

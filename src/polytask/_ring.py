@@ -8,7 +8,8 @@ sleeping or system calls: the channel holds the right lock around each call
 
 Buffer layout (offsets in bytes)::
 
-    0     control words (u64): magic, capacity, maxsize, owner, closed
+    0     control words (u64): magic, capacity, maxsize, owner pid, closed (why),
+          owner start time
     64    producer words:  tail, reserved-count, sleeping readers
     128   consumer words:  head, read, claimed-count, sleeping writers
     256   producer mutex (P)     320  consumer mutex (C)
@@ -51,7 +52,7 @@ __all__ = ["Ring"]
 MAGIC = 0x3130474E49525450  # b"PTRING01" little-endian
 
 # control words (u64 indexes)
-_MAGIC, _CAP, _MAXSIZE, _OWNER, _CLOSED = 0, 1, 2, 3, 4
+_MAGIC, _CAP, _MAXSIZE, _OWNER, _CLOSED, _OWNER_START = 0, 1, 2, 3, 4, 5
 _TAIL, _NRES, _WAIT_DATA = 8, 9, 10
 _HEAD, _READ, _NCLAIM, _WAIT_SPACE = 16, 17, 18, 19
 
@@ -75,12 +76,20 @@ WRAP_EARLY = 256 * 1024
 #: word alone on its fast path (closed, or readers to wake: both go to push).
 CLOSED_FLAG = 1 << 62
 
+# why the ring was closed (the _CLOSED word; 0: open)
+BY_CLOSE = 1  # close() was called
+OWNER_DIED = 2  # a waiter found the creating process dead
+OWNER_RELEASED = 3  # the creating process dropped its last handle without close()
+
 # frame states
 WRITING, READY, READING, DONE, PAD = 1, 2, 3, 4, 5
 
-# results of put_small / reserve
+# results of put_small / push / reserve
 FULL = -1
 CLOSED = -2
+#: From put_small / push: the frame is bigger than half the ring, so an empty
+#: ring cannot be promised to take it (the caller spills it instead).
+TOO_BIG = -3
 
 # results of take (besides a (kind, bytes) tuple or a claimed frame's offset >= 0)
 EMPTY = -1
@@ -212,8 +221,13 @@ class Ring:
         maxsize: int,
         owner: int,
         raw: _Sliceable | None = None,
+        owner_start: int = 0,
     ) -> Ring:
-        """Write an empty ring into ``buf`` (zero-filled) and return it."""
+        """Write an empty ring into ``buf`` (zero-filled) and return it.
+
+        ``owner`` and ``owner_start`` (its start time, 0 if not known) name the
+        creating process, whose death closes the channel (see the channel's waits).
+        """
         if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
             raise ValueError(
                 f"capacity must be a power of two from {MIN_CAPACITY} to {MAX_CAPACITY}, got {capacity}"
@@ -224,6 +238,7 @@ class Ring:
         w[_CAP] = capacity
         w[_MAXSIZE] = maxsize
         w[_OWNER] = owner
+        w[_OWNER_START] = owner_start
         w[_MAGIC] = MAGIC
         w.release()
         return cls(buf, raw)
@@ -271,12 +286,23 @@ class Ring:
         return int(self._w[_OWNER])
 
     @property
+    def owner_start(self) -> int:
+        """The owner's start time (see ``_shm.process_start``; 0: not known)."""
+        return int(self._w[_OWNER_START])
+
+    @property
     def closed(self) -> bool:
         return bool(self._w[_CLOSED])
 
-    def close(self) -> None:
-        """Mark closed (both locks)."""
-        self._w[_CLOSED] = 1
+    @property
+    def close_reason(self) -> int:
+        """Why the ring was closed: BY_CLOSE, OWNER_DIED, OWNER_RELEASED (0: open)."""
+        return int(self._w[_CLOSED])
+
+    def close(self, reason: int = BY_CLOSE) -> None:
+        """Mark closed, for ``reason`` unless it was closed already (both locks)."""
+        if not self._w[_CLOSED]:
+            self._w[_CLOSED] = reason
         # Also in the word a writer reads anyway: one test sends it off its fast path.
         self._w[_WAIT_DATA] |= CLOSED_FLAG
 
@@ -372,15 +398,28 @@ class Ring:
         return _align(n, ALIGN)
 
     def fits(self, size: int) -> bool:
-        """Whether a frame of ``size`` bytes can ever be stored (with room for a pad)."""
+        """Whether a frame of ``size`` bytes is always stored once the ring is empty.
+
+        That holds up to half the ring (the pad a frame may need at the ring's
+        end is shorter than the frame); a bigger frame is refused (TOO_BIG).
+        """
         return size <= self._cap // 2
 
     # ------------------------------------------------------------------ producer side (P lock)
 
     def _make_room(self, size: int, tail: int) -> int:
-        """Where a frame of ``size`` goes (writing a PAD first if needed), or FULL."""
+        """Where a frame of ``size`` goes (writing a PAD first if needed), FULL or TOO_BIG.
+
+        A frame of at most half the ring always fits an empty ring, wherever
+        the tail stands (the pad before it is shorter than the frame). A bigger
+        one may never fit (the tail past the ring's middle, short of the frame's
+        size, leaves neither the end nor the start wide enough), so it is
+        refused for good, not FULL: a writer waiting for room would wait forever.
+        """
         w = self._w
         cap = self._cap
+        if size > cap >> 1:
+            return TOO_BIG
         off = tail & self._mask
         head = w[_HEAD]
         if off + size > cap or (off > self._wrap and head == tail and size <= off):
@@ -404,7 +443,8 @@ class Ring:
         """Store a whole frame with no buffers and publish it (P lock).
 
         Returns 1 if sleeping readers must be woken (the data sequence was
-        advanced), 0 if none sleep, FULL or CLOSED.
+        advanced), 0 if none sleep, FULL, CLOSED, or TOO_BIG for a frame that
+        does not :meth:`fit <fits>` (the caller spills it).
         """
         return self.push(
             data if type(data) is bytes else bytes(data), READY | (kind << 8) | (pid << 32)
@@ -433,7 +473,7 @@ class Ring:
             # ring is empty (a channel that keeps up only touches its first pages).
             pos = self._make_room(size, pos)
             if pos < 0:
-                return FULL
+                return pos  # FULL or TOO_BIG
             off = pos & self._mask
         elif pos + size - self._head_seen > self._cap:
             self._head_seen = w[16]  # _HEAD

@@ -51,6 +51,8 @@ __all__ = [
     "futex_wait",
     "futex_wake",
     "pid_alive",
+    "process_alive",
+    "process_start",
 ]
 
 #: Where POSIX shared memory lives on Linux (``shm_open`` is an ``open`` here).
@@ -462,6 +464,36 @@ def pid_alive(pid: int) -> bool:
     # The state follows the command name, which is in parentheses and may hold spaces.
     state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+def process_start(pid: int) -> int:
+    """When process ``pid`` started (clock ticks after boot), or 0 if it is gone or a zombie.
+
+    With the pid it names one process for good: a pid reused by a later
+    process comes with a later start time (``/proc/<pid>/stat``, field 22).
+    """
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    # The fields after the command name (in parentheses, which may hold spaces
+    # and parentheses): state is the first, the start time the twentieth.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return 0
+    return int(fields[19])
+
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether the process that :func:`process_start` saw start at ``start`` still runs.
+
+    ``start`` 0 (not known): whether any live process has the pid.
+    """
+    now = process_start(pid)
+    return now != 0 and (start == 0 or now == start)
 
 
 # --------------------------------------------------------------------------- attachments

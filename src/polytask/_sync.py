@@ -19,9 +19,9 @@
                            taken? count a waiter, unlock M, futex_wait(seq)
     lock.release() ──M──> free it, seq += 1, unlock M, futex_wake(seq) ─────────> wakes, retries
 
-``FileLock(path)`` (fcntl/flock, for unrelated processes) and ``Fifo(path)``
-(a named pipe with message framing) complete the set. :func:`make_primitive`
-is what ``TaskGroup.Lock()`` and friends call.
+``FileLock(path)`` (fcntl/flock, for unrelated processes) completes the set
+(``Fifo`` lives in ``_fifo.py``). :func:`make_primitive` is what
+``TaskGroup.Lock()`` and friends call.
 """
 
 from __future__ import annotations
@@ -29,21 +29,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pickle
-import select
-import stat
-import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from threading import BrokenBarrierError
-from types import TracebackType
 from typing import Any
 
 from . import _debug as _dbg
-from . import _proc
-from ._errors import ChannelClosed, SerializationError
+from ._errors import SerializationError
 from ._shm import AttachCache, RobustMutex, Segment, futex_wait, futex_wake, pid_alive
 from ._task import CANCEL_SLICE, cancellable_task, check_timeout, wait_cancellable
 
@@ -53,9 +47,6 @@ __all__ = [
     "BrokenBarrierError",
     "Condition",
     "Event",
-    "Fifo",
-    "FifoReader",
-    "FifoWriter",
     "FileLock",
     "Lock",
     "RLock",
@@ -69,7 +60,6 @@ _SLICE = 0.25
 
 
 # The Fifo code below still spells it so (it moves to a module of its own).
-_check_timeout = check_timeout
 
 
 def _acquire_args(blocking: bool, timeout: float | None) -> float | None:
@@ -1639,310 +1629,3 @@ class FileLock:
 
 def _filelock(path: str, timeout: float | None, mode: int) -> FileLock:
     return FileLock(path, timeout=timeout, mode=mode)
-
-
-# --------------------------------------------------------------------------- Fifo
-
-_FRAME = struct.Struct(">IB")  # payload length, type
-_RAW, _PICKLED = 0, 1
-_MAX_MESSAGE = 0xFFFFFFFF
-
-
-class Fifo:
-    """A named pipe (FIFO) for unrelated processes, carrying whole messages.
-
-    ``pt.Fifo(path)`` creates it (mode 0600) unless it exists; a path that
-    exists and is not a FIFO raises FileExistsError. ``open("w", timeout=)``
-    waits for a reader; ``open("r")`` returns at once and its ``recv`` waits
-    for messages. Messages are ``bytes`` (sent as they are) or any picklable
-    object; iterating a reader yields them until every writer has closed.
-    The Fifo this call created is removed by ``unlink()``, by leaving a
-    ``with`` block, or when this process exits.
-
-    Framing (for writers in other languages): a 4-byte big-endian length, one
-    type byte (0: raw bytes, 1: a pickle), then the payload.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600):
-        self.path = os.fspath(path)
-        self.created = False
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            if not create:
-                raise FileNotFoundError(
-                    errno.ENOENT, "no FIFO at this path (create=False)", self.path
-                ) from None
-            try:
-                os.mkfifo(self.path, mode)
-            except FileExistsError:  # made by someone else meanwhile: check it below
-                pass
-            else:
-                os.chmod(self.path, mode)  # the umask may have taken bits away; never adds
-                self.created = True
-                _proc.guard_path(os.path.abspath(self.path))
-            st = os.stat(self.path)
-        if not stat.S_ISFIFO(st.st_mode):
-            raise FileExistsError(
-                errno.EEXIST,
-                f"the path exists and is not a FIFO (it is {_describe_mode(st.st_mode)}); "
-                "remove it or choose another path",
-                self.path,
-            )
-
-    def open(
-        self, mode: str, *, timeout: float | None = None, keep_open: bool = False
-    ) -> FifoReader | FifoWriter:
-        """``"r"``: a :class:`FifoReader` (at once); ``"w"``: a :class:`FifoWriter` once a reader is there.
-
-        A reader sees the end (iteration stops) whenever no writer has the FIFO
-        open; with ``keep_open=True`` it holds a write end itself, so it keeps
-        serving writers that come and go (stop it with ``recv(timeout=)`` or
-        ``close()``).
-        """
-        timeout = _check_timeout(timeout)
-        if mode == "r":
-            return FifoReader(self.path, keep_open=keep_open)
-        if mode == "w":
-            return FifoWriter(self.path, timeout)
-        raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
-
-    def unlink(self) -> None:
-        """Remove the FIFO (readers and writers already open keep working)."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        if self.created:
-            _proc.unguard_path(os.path.abspath(self.path))
-            self.created = False
-
-    def __enter__(self) -> Fifo:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.created:
-            self.unlink()
-
-    def __reduce__(self) -> Any:
-        return (_fifo_attach, (self.path,))
-
-    def __repr__(self) -> str:
-        return f"<Fifo {self.path!r}>"
-
-
-def _fifo_attach(path: str) -> Fifo:
-    return Fifo(path, create=False)
-
-
-def _describe_mode(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    return "not a FIFO"
-
-
-class FifoWriter:
-    """The writing end of a :class:`Fifo`: ``send(obj)``, ``send_bytes(data)``, ``close()``."""
-
-    def __init__(self, path: str, timeout: float | None) -> None:
-        self.path = path
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                # Without O_NONBLOCK, open() would block until a reader came, with no timeout.
-                self._fd: int | None = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                    raise
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise TimeoutError(f"no reader opened the FIFO {path!r} within {timeout} s")
-            time.sleep(delay if deadline is None else min(delay, deadline - now))
-            delay = min(delay * 2, 0.05)
-
-    def send(self, obj: Any, timeout: float | None = None) -> None:
-        """Send one message: ``bytes`` as they are, anything else pickled."""
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            self._send(_RAW, bytes(obj), timeout)
-        else:
-            try:
-                data = pickle.dumps(obj, 5)
-            except Exception as exc:
-                raise SerializationError(
-                    f"cannot send {type(obj).__qualname__} through a FIFO: {exc}"
-                ) from exc
-            self._send(_PICKLED, data, timeout)
-
-    def send_bytes(self, data: bytes, timeout: float | None = None) -> None:
-        """Send ``data`` as one raw message."""
-        self._send(_RAW, bytes(data), timeout)
-
-    def _send(self, kind: int, data: bytes, timeout: float | None) -> None:
-        fd = self._fd
-        if fd is None:
-            raise ChannelClosed(f"send() on a closed FIFO writer ({self.path})")
-        if len(data) > _MAX_MESSAGE:
-            raise ValueError(f"a FIFO message holds at most {_MAX_MESSAGE} bytes, got {len(data)}")
-        timeout = _check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        frame = memoryview(_FRAME.pack(len(data), kind) + data)
-        big = len(frame) > select.PIPE_BUF
-        if big:
-            # Writes up to PIPE_BUF are atomic; a bigger frame must not interleave
-            # with another writer's, so writers take turns.
-            self._flock(fd, deadline)
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLOUT)
-            while frame:
-                try:
-                    n = os.write(fd, frame)
-                    frame = frame[n:]
-                    continue
-                except BlockingIOError:
-                    pass
-                except BrokenPipeError as exc:
-                    raise ChannelClosed(f"the reader of the FIFO {self.path!r} went away") from exc
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"the FIFO {self.path!r} stayed full for {timeout} s")
-                poller.poll(None if left is None else max(1, int(left * 1000)))
-        finally:
-            if big:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    @staticmethod
-    def _flock(fd: int, deadline: float | None) -> None:
-        delay = 0.0005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError("another writer held the FIFO too long") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    def __enter__(self) -> FifoWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class FifoReader:
-    """The reading end of a :class:`Fifo`: ``recv(timeout=None)``, iteration, ``close()``."""
-
-    def __init__(self, path: str, *, keep_open: bool = False) -> None:
-        self.path = path
-        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._keep: int | None = None
-        if keep_open:
-            self._keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._buf = bytearray()
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLIN)
-
-    def recv(self, timeout: float | None = None) -> Any:
-        """The next message. ``TimeoutError`` after ``timeout`` s; ``EOFError`` once
-        every writer closed (after at least one had opened) and nothing is left."""
-        timeout = _check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            msg = self._parse()
-            if msg is not _NOTHING:
-                return msg
-            fd = self._fd
-            if fd is None:
-                raise ChannelClosed("recv() on a closed FIFO reader")
-            try:
-                data = os.read(fd, 1 << 20)
-            except BlockingIOError:
-                data = None
-            if data == b"":
-                if self._buf:
-                    raise EOFError(f"the FIFO {self.path!r} ended inside a message")
-                # EOF now, or nobody opened it for writing yet (Linux: poll then waits).
-                if not self._wait(deadline, timeout, eof_ok=True):
-                    raise EOFError(f"every writer of the FIFO {self.path!r} closed it")
-                continue
-            if data:
-                self._buf += data
-                continue
-            self._wait(deadline, timeout, eof_ok=False)
-
-    def _wait(self, deadline: float | None, timeout: float | None, *, eof_ok: bool) -> bool:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise TimeoutError(f"no message on the FIFO {self.path!r} within {timeout} s")
-        events = self._poll.poll(None if left is None else max(1, int(left * 1000)))
-        if not events:
-            raise TimeoutError(f"no message on the FIFO {self.path!r} within {timeout} s")
-        hangup = all(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events)
-        return not (eof_ok and hangup)
-
-    def _parse(self) -> Any:
-        buf = self._buf
-        if len(buf) < _FRAME.size:
-            return _NOTHING
-        n, kind = _FRAME.unpack_from(buf)
-        end = _FRAME.size + n
-        if len(buf) < end:
-            return _NOTHING
-        data = bytes(buf[_FRAME.size : end])
-        del buf[:end]
-        if kind == _RAW:
-            return data
-        if kind == _PICKLED:
-            try:
-                return pickle.loads(data)
-            except Exception as exc:
-                raise SerializationError(
-                    f"a message from the FIFO {self.path!r} could not be unpickled: {exc}"
-                ) from exc
-        raise ValueError(
-            f"bad frame type {kind} on the FIFO {self.path!r}: is every writer using pt.Fifo framing?"
-        )
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            try:
-                yield self.recv()
-            except EOFError:
-                return
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-        keep, self._keep = self._keep, None
-        if keep is not None:
-            os.close(keep)
-
-    def __enter__(self) -> FifoReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-_NOTHING: Any = object()

@@ -92,6 +92,35 @@ def test_writer_killed_holding_the_producer_mutex(tmp_path):
         ch.close()
 
 
+def test_close_after_a_writer_died_holding_the_producer_mutex(tmp_path):
+    """close() takes both mutexes; the producer one is handed over by a dead holder
+    while close() holds the consumer one (it used to wait for itself for good)."""
+    ch = pt.Channel(backend="process")
+    ch.put("before the crash")
+    child = Child(
+        tmp_path,
+        ch.name,
+        """
+        ch._lock_p(None)            # and never unlock it
+        say("locked")
+        time.sleep(600)
+        """,
+    )
+    closer = threading.Thread(target=ch.close, daemon=True)
+    try:
+        child.wait_for("locked")
+        child.kill()
+        closer.start()
+        closer.join(HANG)
+        assert not closer.is_alive(), "close() hangs"
+        assert ch.closed
+        assert list(ch) == ["before the crash"]
+    finally:
+        child.kill()
+        if not closer.is_alive():  # (a hung close() holds the consumer mutex)
+            ch.close()
+
+
 def test_writer_killed_half_way_through_a_big_frame(tmp_path):
     ch = pt.Channel(backend="process")
     child = Child(
@@ -292,9 +321,13 @@ def test_writer_exiting_after_the_channel_is_gone_removes_its_spills(tmp_path):
         say("attached")
         while not os.path.exists(ready + ".go"):
             time.sleep(0.01)
+        closed = 0
         for k in range(6):
-            ch.put(np.full(100_000, k))   # the ring's name is gone; its memory is not
-        say("done")
+            try:
+                ch.put(np.full(100_000, k))   # spilled, then refused: the owner released it
+            except C.ChannelClosed as exc:
+                closed += "dropped its last handle without close()" in str(exc)
+        say(f"done {closed}")
         """,
     )
     try:
@@ -302,8 +335,115 @@ def test_writer_exiting_after_the_channel_is_gone_removes_its_spills(tmp_path):
         del ch  # the owner releases the channel: nobody can attach to it any more
         assert not os.path.exists(f"/dev/shm/{name}")
         Path(str(child.ready) + ".go").write_text("go")
-        child.wait_for("done")
+        child.wait_for("done 6")
         assert child.proc.wait(HANG) == 0
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(name)]
     finally:
         child.kill()
+
+
+OWNER = """
+import gc, os, sys, time
+import polytask as pt
+out, how = sys.argv[1], sys.argv[2]
+empty = pt.Channel(backend="process")             # a reader waits in get()
+full = pt.Channel(maxsize=1, backend="process")   # a writer waits in put()
+full.put("fills it")
+with open(out + ".tmp", "w") as f:
+    f.write(empty.name + " " + full.name)
+os.rename(out + ".tmp", out)
+while not os.path.exists(out + ".go"):
+    time.sleep(0.01)
+if how == "drop":
+    del empty, full          # no close(): the last handles go
+    gc.collect()
+    open(out + ".dropped", "w").close()
+    time.sleep(600)          # and the owner lives on
+elif how == "exit":
+    sys.exit(0)              # no close(): the interpreter exits
+time.sleep(600)              # "kill": SIGKILLed by the test
+"""
+
+WAITER = """
+import queue
+from polytask import ChannelClosed
+op = sys.argv[3]
+say("attached")
+t0 = time.monotonic()
+try:
+    if op == "get":
+        ch.get(timeout=5)    # before the fix: queue.Empty after 5 s (or a hang, without it)
+    else:
+        ch.put("more", timeout=5)
+    say("returned")
+except ChannelClosed as exc:
+    say(f"closed after {time.monotonic() - t0:.2f} s: {exc}")
+except queue.Empty:
+    say("empty")
+except queue.Full:
+    say("full")
+"""
+
+
+def asleep(name: str, word: int) -> bool:
+    """Whether a process sleeps in get() (word 10, _WAIT_DATA) or put() (19, _WAIT_SPACE)."""
+    from polytask import _ring as R
+    from polytask._shm import Segment
+
+    seg = Segment.attach(name)
+    try:
+        words = seg.buf[: R.DATA_OFFSET].cast("Q")
+        try:
+            return words[word] & ~R.CLOSED_FLAG > 0
+        finally:
+            words.release()
+    finally:
+        seg.close()
+
+
+@pytest.mark.parametrize("how", ["kill", "drop", "exit"])
+def test_waiters_attached_by_name_learn_that_the_owner_is_gone(tmp_path, how):
+    """A reader blocked in get() and a writer blocked in put(), attached by name in
+    processes unrelated to the owner, get ChannelClosed (saying why) when the owner is
+    SIGKILLed, drops the channel without close(), or exits without close()."""
+    out = tmp_path / "names"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(out), how], env=dict(os.environ, PYTHONPATH=SRC)
+    )
+    waiters: list[Child] = []
+    try:
+        deadline = time.monotonic() + HANG
+        while not out.exists() and time.monotonic() < deadline:
+            assert owner.poll() is None
+            time.sleep(0.02)
+        empty, full = out.read_text().split()
+        waiters = [
+            Child(tmp_path, empty, WAITER, "get"),
+            Child(tmp_path, full, WAITER, "put"),
+        ]
+        for w in waiters:
+            w.wait_for("attached")
+        for name, word in ((empty, 10), (full, 19)):
+            while not asleep(name, word) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert asleep(name, word), "the waiter never went to sleep"
+        Path(str(out) + ".go").write_text("go")
+        if how == "kill":
+            owner.send_signal(signal.SIGKILL)
+        why = {
+            "kill": f"(pid {owner.pid}) died",
+            "drop": f"(pid {owner.pid}) dropped its last handle without close()",
+            "exit": f"(pid {owner.pid})",
+        }[how]
+        for w in waiters:
+            w.wait_for("closed after")
+            assert why in w.ready.read_text()
+            assert w.proc.wait(HANG) == 0
+        if how == "drop":
+            assert owner.poll() is None  # the owner lives: its death was not the signal
+    finally:
+        for w in waiters:
+            w.kill()
+        if owner.poll() is None:
+            owner.kill()
+        owner.wait(HANG)
