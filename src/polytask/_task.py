@@ -98,6 +98,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         "_waiter_list",
         "_watched",
         "attempts",
+        "daemon",
         "exitcode",
         "name",
         "timeout",
@@ -119,6 +120,9 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         self.attempts = 0
         #: Exit status of the worker process that died running this task, else None.
         self.exitcode: int | None = None
+        #: Killed (a thread task: abandoned) at interpreter exit, with a warning,
+        #: instead of waited for. Set by ``spawn(..., daemon=True)``.
+        self.daemon = False
         self._backend = backend
         self._started_at: float | None = None
         self._finished_at: float | None = None
@@ -498,6 +502,7 @@ def spawn(
     backend: str | Backend = "thread",
     timeout: float | None = None,
     name: str | None = None,
+    daemon: bool = False,
     **kwargs: Any,
 ) -> Task[T]:
     """Run ``fn(*args, **kwargs)`` in the background and return its :class:`Task`.
@@ -507,21 +512,35 @@ def spawn(
         timeout: seconds the task may run; past it a process task is killed and
             the task raises :class:`TaskTimeout`.
         name: for messages and ``current_task().name`` (default: the function's name).
+        daemon: what happens if the task still runs when the interpreter exits. False
+            (default): the exit waits for it, as for a ``concurrent.futures`` task or a
+            non-daemon thread (Ctrl-C during that wait kills it). True: it is killed
+            (a thread task: abandoned, flagged cancelled) and a warning on stderr
+            names it.
 
-    Keyword arguments named ``backend``, ``timeout`` or ``name`` are polytask's;
-    pass such arguments to ``fn`` through ``functools.partial``.
+    Keyword arguments named ``backend``, ``timeout``, ``name`` or ``daemon`` are
+    polytask's; pass such arguments to ``fn`` through ``functools.partial``.
     """
     from .backends import get_backend
 
+    if daemon is not False and daemon is not True:
+        raise TypeError(f"daemon must be True or False, not {daemon!r}")
     be = get_backend(backend)
-    return be.spawn(fn, args, kwargs, name=name, timeout=timeout)
+    task = be.spawn(fn, args, kwargs, name=name, timeout=timeout)
+    if daemon:
+        task.daemon = True
+    return task
 
 
 @overload
 def background(fn: Callable[..., T], /) -> Callable[..., Task[T]]: ...
 @overload
 def background(
-    *, backend: str | Backend = "thread", timeout: float | None = None, name: str | None = None
+    *,
+    backend: str | Backend = "thread",
+    timeout: float | None = None,
+    name: str | None = None,
+    daemon: bool = False,
 ) -> Callable[[Callable[..., T]], Callable[..., Task[T]]]: ...
 
 
@@ -532,6 +551,7 @@ def background(
     backend: str | Backend = "thread",
     timeout: float | None = None,
     name: str | None = None,
+    daemon: bool = False,
 ) -> Any:
     """Decorate a function so that calling it starts a task and returns its :class:`Task`::
 
@@ -540,12 +560,17 @@ def background(
 
     t = crunch(3)      # returns at once
     t.result()
+
+    The options are :func:`spawn`'s (``daemon=True``: killed at interpreter exit
+    instead of waited for).
     """
     from .backends import get_backend
 
     if backend is not None and isinstance(backend, str):
         get_backend(backend, create=False)  # unknown names fail here, at decoration
     check_timeout(timeout)
+    if daemon is not False and daemon is not True:
+        raise TypeError(f"daemon must be True or False, not {daemon!r}")
 
     def decorate(f: Callable[..., T]) -> Callable[..., Task[T]]:
         if not callable(f):
@@ -553,7 +578,9 @@ def background(
 
         @functools.wraps(f)
         def start(*args: Any, **kwargs: Any) -> Task[T]:
-            return spawn(f, *args, backend=backend, timeout=timeout, name=name, **kwargs)
+            return spawn(
+                f, *args, backend=backend, timeout=timeout, name=name, daemon=daemon, **kwargs
+            )
 
         start.__wrapped_task_function__ = f  # type: ignore[attr-defined]
         return start

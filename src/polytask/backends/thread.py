@@ -48,7 +48,8 @@ class ThreadBackend(Backend):
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
-        self._running: set[Task[Any]] = set()
+        # Tasks submitted and not yet returned from (queued or running).
+        self._live: set[Task[Any]] = set()
         self._closed = False
 
     def submit(
@@ -65,6 +66,7 @@ class ThreadBackend(Backend):
             if self._closed:
                 raise RuntimeError("this thread backend is shut down; create a new one")
             self._queue.put((task, fn, args, kwargs))
+            self._live.add(task)
             if not self._idle.acquire(blocking=False) and (
                 self._max is None or len(self._threads) < self._max
             ):
@@ -101,10 +103,10 @@ class ThreadBackend(Backend):
         kwargs: Mapping[str, Any],
     ) -> None:
         if not task.set_running_or_notify_cancel():
+            with self._lock:
+                self._live.discard(task)
             return
         task._mark_started()
-        with self._lock:
-            self._running.add(task)
         if task.timeout is not None:
             task._timer = call_later(task.timeout, lambda: self._expire(task))
         _set_current(CurrentTask(task.name, task))
@@ -120,7 +122,7 @@ class ThreadBackend(Backend):
         finally:
             _set_current(None)
             with self._lock:
-                self._running.discard(task)
+                self._live.discard(task)
 
     def _expire(self, task: Task[Any]) -> None:
         task._cancel_requested = True
@@ -138,13 +140,17 @@ class ThreadBackend(Backend):
         # Flagged already by Task.cancel(); the thread must notice it itself.
         return False
 
+    def live_tasks(self) -> list[Task[Any]]:
+        with self._lock:
+            return list(self._live)
+
     def shutdown(self, *, wait: bool = True, cancel: bool = False, grace: float = 5.0) -> None:
         """Stop the threads. Running tasks that ignore their cancel flag are waited for
         at most ``grace`` seconds, then abandoned (daemon threads end with the process)."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)
-            running = list(self._running)
+            running = [t for t in self._live if t.running()]
         if cancel:
             while True:
                 try:
@@ -160,11 +166,24 @@ class ThreadBackend(Backend):
         if wait:
             deadline = time.monotonic() + grace if cancel else None
             for t in threads:
-                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            late = [t.name for t in threads if t.is_alive()]
-            if late:
+                while t.is_alive() and not self._only_daemons_left():
+                    if deadline is None:
+                        t.join(0.05)
+                    elif (left := deadline - time.monotonic()) > 0:
+                        t.join(min(left, 0.05))
+                    else:
+                        break
+            with self._lock:
+                late = [task.name for task in self._live if not task.daemon]
+            if late and any(t.is_alive() for t in threads):
                 print(
                     f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
-                    "were abandoned (threads cannot be killed; check pt.current_task().cancelled)",
+                    f"were abandoned (threads cannot be killed; check "
+                    f"pt.current_task().cancelled): {', '.join(map(repr, late[:10]))}",
                     file=sys.stderr,
                 )
+
+    def _only_daemons_left(self) -> bool:
+        # Daemon tasks are abandoned at exit (see backends.wait_at_exit), not waited for.
+        with self._lock:
+            return bool(self._live) and all(task.daemon for task in self._live)
