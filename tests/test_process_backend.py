@@ -84,6 +84,34 @@ def test_a_forked_child_that_returns_is_ended_and_the_worker_goes_on(method, cap
     assert "fork_and_sys_exit" not in err
 
 
+FORK_STATUS: dict[str, int] = {}
+
+
+def init_and_fork() -> None:
+    child = os.fork()
+    if child == 0:
+        return  # the child comes back into the worker's start-up: it must end there
+    _, status = os.waitpid(child, 0)
+    FORK_STATUS["child"] = os.waitstatus_to_exitcode(status)
+
+
+def fork_status(data: bytes) -> tuple[int, int]:
+    return FORK_STATUS["child"], len(data)
+
+
+def test_a_forked_child_returning_from_the_initializer_is_ended_too(capfd):
+    be = ProcessBackend(1, initializer=init_and_fork)
+    try:
+        for _ in range(3):
+            assert be.spawn(fork_status, (b"x" * MIB,), {}).result(HANG) == (
+                FORKED_CHILD_EXIT,
+                MIB,
+            )
+    finally:
+        be.shutdown()
+    assert "a process forked by the worker's initializer" in capfd.readouterr().err
+
+
 BURST = """
 import sys, time
 import polytask as pt

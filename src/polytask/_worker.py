@@ -94,7 +94,7 @@ def serve(rfd: int, wfd: int) -> None:
             if kind == _wire.K_EXIT:
                 return
             if kind == _wire.K_INIT:
-                _init(loads(body), wfd)
+                _init(loads(body), wfd, me)
                 continue
             fn_bytes, payload = body[:fn_len], body[fn_len:]
             try:
@@ -124,17 +124,17 @@ def serve(rfd: int, wfd: int) -> None:
                 raise
             except BaseException as exc:
                 if getpid() != me:
-                    _forked_child_returned(name, exc)
-                ok, data = dumps_exception(exc)
+                    _forked_child_returned(f"task {name!r}", exc)
+                ok, data = _dumps_exception(exc)
                 del exc
                 status = _wire.S_ERROR if ok else _wire.S_ERROR_TEXT
                 frame = _wire.encode_response(task_id, status, data)
             else:
                 if getpid() != me:
-                    _forked_child_returned(name, None)
+                    _forked_child_returned(f"task {name!r}", None)
                 try:
                     frame = _wire.encode_response(task_id, _wire.S_OK, dumps(result))
-                except Exception as exc:
+                except BaseException as exc:  # pickling runs the result's code: any error
                     msg = (
                         f"the result of task {name!r} ({describe(result)}) cannot be pickled to "
                         f"return it from the worker process: {type(exc).__name__}: {exc}. "
@@ -151,7 +151,18 @@ def serve(rfd: int, wfd: int) -> None:
             _write_all(wfd, frame)
 
 
-def _forked_child_returned(name: str, exc: BaseException | None) -> NoReturn:
+def _dumps_exception(exc: BaseException) -> tuple[bool, bytes]:
+    """:func:`dumps_exception`, which runs the exception's own pickling code: if that
+    raises (SystemExit included), the parent still gets the facts, as text."""
+    try:
+        return dumps_exception(exc)
+    except BaseException as why:
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        text = f"<{type(exc).__name__}>"
+        return False, pickle.dumps((name, text, "", f"{type(why).__name__}: {why}"))
+
+
+def _forked_child_returned(where: str, exc: BaseException | None) -> NoReturn:
     """End a process that the task forked and that came back into this loop.
 
     It shares the worker's pipes: had it gone on, it would answer the task with
@@ -163,8 +174,8 @@ def _forked_child_returned(name: str, exc: BaseException | None) -> NoReturn:
     try:
         what = "returned" if exc is None else f"raised {type(exc).__name__}: {exc}"
         sys.stderr.write(
-            f"polytask: a process forked by task {name!r} (pid {os.getpid()}) {what} from "
-            "the task function instead of calling os._exit(); it was ended with exit status "
+            f"polytask: a process forked by {where} (pid {os.getpid()}) {what} from "
+            "the function instead of calling os._exit(); it was ended with exit status "
             f"{FORKED_CHILD_EXIT} (end forked children with os._exit)\n"
         )
         if exc is not None:
@@ -178,7 +189,7 @@ def _forked_child_returned(name: str, exc: BaseException | None) -> NoReturn:
         os._exit(FORKED_CHILD_EXIT)
 
 
-def _init(config: dict[str, Any], wfd: int) -> None:
+def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     sys.path[:] = config["sys_path"]
     init = config.get("initializer")
     if init is not None:
@@ -186,9 +197,13 @@ def _init(config: dict[str, Any], wfd: int) -> None:
             fn, args = pickle.loads(init)
             fn(*args)
         except BaseException as exc:
-            _ok, data = dumps_exception(exc)
+            if os.getpid() != me:
+                _forked_child_returned("the worker's initializer", exc)
+            _ok, data = _dumps_exception(exc)
             _write_all(wfd, _wire.encode_response(0, _wire.S_INIT_FAILED, data))
             os._exit(3)
+        if os.getpid() != me:
+            _forked_child_returned("the worker's initializer", None)
     # A task's timeout counts from here: interpreter start-up and the initializer
     # are the pool's cost, not the task's.
     _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))

@@ -175,3 +175,40 @@ def test_an_exception_that_cannot_be_unpickled_in_the_caller_fails_only_its_item
     assert t.join(HANG)
     _check_poisoned(t.exception(0), "SystemExit")
     assert pt.spawn(fail_at, 3, me, backend="process").result(HANG) == 6
+
+
+class ExitOnPickle:
+    """Its pickling, in the worker, raises SystemExit."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        raise SystemExit("raised while pickling in the worker")
+
+
+class ExitOnPickleError(Exception):
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        raise SystemExit("raised while pickling the exception in the worker")
+
+
+def return_exit_on_pickle() -> ExitOnPickle:
+    return ExitOnPickle()
+
+
+def raise_exit_on_pickle() -> None:
+    raise ExitOnPickleError("the task's own error")
+
+
+def test_pickling_that_raises_systemexit_in_the_worker_is_an_error_not_a_crash():
+    be = ProcessBackend(1)
+    try:
+        first = be.spawn(pid_of_worker, (), {}).result(HANG)
+        with pytest.raises(pt.SerializationError, match="cannot be pickled.*SystemExit"):
+            be.spawn(return_exit_on_pickle, (), {}).result(HANG)
+        with pytest.raises(pt.RemoteError, match="ExitOnPickleError.*SystemExit"):
+            be.spawn(raise_exit_on_pickle, (), {}).result(HANG)
+        assert be.spawn(pid_of_worker, (), {}).result(HANG) == first  # the same worker
+    finally:
+        be.shutdown()
+
+
+def pid_of_worker() -> int:
+    return os.getpid()
