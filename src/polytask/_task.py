@@ -307,6 +307,17 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         self._cancel_requested = True
         return self._backend.cancel(self)
 
+    def _invoke_callbacks(self) -> None:
+        # Future's own catches Exception only: a callback raising SystemExit (or any
+        # BaseException) would skip the callbacks after it (an awaiting coroutine's,
+        # a group's) and escape into the thread that finished the task, a backend's
+        # service thread. Logged the same way, and the others still run.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException:
+                concurrent.futures._base.LOGGER.exception("exception calling callback for %r", self)
+
     # -- used by backends
     def _mark_started(self) -> None:
         self.attempts += 1
@@ -391,7 +402,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         if self._timer is not None:
             self._timer.cancel()
         if self._callbacks:
-            self._invoke_callbacks()  # type: ignore[attr-defined]
+            self._invoke_callbacks()
         return True
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import sys
+import time
 
 import pytest
 
 import polytask as pt
+from polytask.backends import make_backend
 from polytask.backends.process import ProcessBackend
 
 HANG = 60
@@ -39,6 +41,13 @@ def poison(kind: str) -> Poison:
 
 
 def double(x: int) -> int:
+    return 2 * x
+
+
+def double_when(x: int, path: str) -> int:
+    deadline = time.monotonic() + HANG
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
     return 2 * x
 
 
@@ -79,24 +88,29 @@ def test_the_collector_survives_a_result_that_cannot_be_unpickled(kind):
         be.shutdown()
 
 
-def test_a_done_callback_that_raises_systemexit_does_not_stop_other_tasks(capfd):
-    be = ProcessBackend(1)
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_a_done_callback_that_raises_systemexit_stops_nothing_else(backend, caplog, tmp_path):
+    be = make_backend(backend, max_workers=1)
+    go = tmp_path / "go"
     try:
-        seen: list[int] = []
-        first = be.spawn(double, (1,), {})
+        seen: list[object] = []
+        first = be.spawn(double_when, (1, str(go)), {})
         # Queued behind it on the one worker: sent when the first completes.
         second = be.spawn(double, (2,), {})
         second.add_done_callback(lambda t: seen.append(t.result()))
         first.add_done_callback(lambda t: sys.exit("a callback called sys.exit"))
+        first.add_done_callback(lambda t: seen.append("the next callback"))
+        go.touch()  # the callbacks are in place: let the first task finish
         assert second.result(HANG) == 4
         assert first.result(0) == 2
         third = be.spawn(double, (3,), {})
         done, _ = concurrent.futures.wait([third], timeout=HANG)
         assert done and third.result(0) == 6
-        assert seen == [4]
+        assert sorted(map(str, seen)) == ["4", "the next callback"]
     finally:
         be.shutdown()
-    assert "SystemExit" in capfd.readouterr().err
+    assert "exception calling callback" in caplog.text
+    assert "a callback called sys.exit" in caplog.text
 
 
 @pytest.mark.parametrize("kind", KINDS)
