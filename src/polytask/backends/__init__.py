@@ -198,6 +198,9 @@ def _end_at_exit(tasks: list[Task[Any]], why: str) -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         for t in tasks:
+            # Given up on: the shutdown after this no longer waits for it either
+            # (a thread task's grace to notice its flag is for a normal shutdown).
+            t.daemon = True
             t.cancel()
     finally:
         if main:
