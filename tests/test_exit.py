@@ -31,8 +31,9 @@ import os, sys, time
 import polytask as pt
 
 def nap_then_write(path, seconds):
-    with open(path + ".pid", "w") as f:
+    with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path + ".pid")
     time.sleep(seconds)
     with open(path, "w") as f:
         f.write("done")
@@ -68,17 +69,27 @@ class Script:
             text=True,
             env=env,
         )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "main done"
-        self.runner = int((tmp_path / "out.pid").read_text())  # the task's process
+        try:
+            assert self.proc.stdout is not None
+            assert self.proc.stdout.readline().strip() == "main done"
+            self.runner = int((tmp_path / "out.pid").read_text())  # the task's process
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Script:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
 
     def finish(self, timeout: float = HANG) -> tuple[int, str]:
-        try:
-            _, err = self.proc.communicate(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.communicate()
+        _, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, err
 
     def runner_gone(self) -> bool:
@@ -95,8 +106,8 @@ class Script:
 
 @pytest.mark.parametrize("backend", ["process", "thread"])
 def test_exit_waits_for_a_running_task(tmp_path, backend):
-    s = Script(tmp_path, backend, "plain", 1.0)
-    code, err = s.finish()
+    with Script(tmp_path, backend, "plain", 1.0) as s:
+        code, err = s.finish()
     assert code == 0, err
     assert s.out.read_text() == "done"  # the task ran to its end
     assert "polytask:" not in err
@@ -105,8 +116,8 @@ def test_exit_waits_for_a_running_task(tmp_path, backend):
 @pytest.mark.parametrize("backend", ["process", "thread"])
 @pytest.mark.parametrize("how", ["daemon", "background"])
 def test_a_daemon_task_is_killed_at_exit_and_named(tmp_path, backend, how):
-    s = Script(tmp_path, backend, how, HANG * 2)
-    code, err = s.finish()  # well before the task would have ended
+    with Script(tmp_path, backend, how, HANG * 2) as s:
+        code, err = s.finish()  # well before the task would have ended
     assert code == 0, err
     assert not s.out.exists()
     assert "daemon" in err and "'napper'" in err
@@ -119,10 +130,10 @@ def test_a_daemon_task_is_killed_at_exit_and_named(tmp_path, backend, how):
 
 @pytest.mark.parametrize("backend", ["process", "thread"])
 def test_ctrl_c_during_the_exit_wait_kills_the_task(tmp_path, backend):
-    s = Script(tmp_path, backend, "plain", HANG * 2)
-    time.sleep(0.2)  # into the exit wait (earlier, the interrupted program is killed too)
-    s.proc.send_signal(signal.SIGINT)
-    _, err = s.finish()
+    with Script(tmp_path, backend, "plain", HANG * 2) as s:
+        time.sleep(0.2)  # into the exit wait (earlier, the interrupted program is killed too)
+        s.proc.send_signal(signal.SIGINT)
+        _, err = s.finish()
     assert not s.out.exists()
     assert "Ctrl-C" in err and "'napper'" in err, err
     if backend == "process":
@@ -133,8 +144,8 @@ def test_ctrl_c_during_the_exit_wait_kills_the_task(tmp_path, backend):
 
 
 def test_a_program_ended_by_ctrl_c_kills_its_tasks_without_waiting(tmp_path):
-    s = Script(tmp_path, "process", "interrupted", HANG * 2)
-    code, err = s.finish()
+    with Script(tmp_path, "process", "interrupted", HANG * 2) as s:
+        code, err = s.finish()
     assert code != 0
     assert "the program was interrupted (Ctrl-C): killed 1 task(s): 'napper'" in err
     assert not s.out.exists()
