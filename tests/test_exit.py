@@ -43,10 +43,8 @@ if __name__ == "__main__":
     if how == "background":
         pt.background(backend=backend, daemon=True, name="napper")(nap_then_write)(path, seconds)
     else:
-        pt.spawn(
-            nap_then_write, path, seconds, backend=backend, name="napper",
-            daemon=how == "daemon",
-        )
+        options = {"daemon": True} if how == "daemon" else {}
+        pt.spawn(nap_then_write, path, seconds, backend=backend, name="napper", **options)
     deadline = time.monotonic() + 30
     while not os.path.exists(path + ".pid") and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -159,6 +159,8 @@ class ThreadBackend(Backend):
                     break
                 if item is not None:
                     item[0].cancel()
+                    with self._lock:
+                        self._live.discard(item[0])  # it never reaches a thread now
             for task in running:
                 task.cancel()
         for _ in threads:
