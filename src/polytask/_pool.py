@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from ._chunking import ChunkSizer
-from ._errors import Cancelled, SerializationError, TaskTimeout, WorkerCrashed
+from ._errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
 from ._factories import PrimitiveFactory
 from ._proc import usable_cpus
 from ._progress import Progress, want_progress
@@ -232,10 +232,24 @@ class _TaskSink(_Sink):
                 continue
             if isinstance(value, WorkerCrashed):
                 task.exitcode = value.exitcode
-            task._finish(exc=value)
+            try:
+                task._finish(exc=value)
+            except BaseException as exc:  # a done callback's: the other tasks go on
+                _report("a task's done callback", exc)
             task._slot = None
         if results:
-            finish_many(results)
+            try:
+                finish_many(results)
+            except BaseException as exc:
+                # A done callback raised (SystemExit included): the tasks after it
+                # must still finish.
+                _report("a task's done callback", exc)
+                for task, value in results:
+                    if not task._is_done():
+                        try:
+                            task._finish(value)
+                        except BaseException as again:
+                            _report("a task's done callback", again)
             # Task and item point at each other: break the cycle now that the task is
             # done (nothing asks for its item any more), so both are freed by their
             # reference counts instead of waiting for a full GC pass.
@@ -1224,11 +1238,22 @@ class Pool(PrimitiveFactory):
         with self._lock:
             self._inflight -= 1
 
-    def _results(self, task: Task[Any], sizer: ChunkSizer) -> Results:
-        values, errors, work = task.result(0)
-        sizer.observe(len(values), work, task.duration or work)
-        if errors and self._remote:
-            errors = {j: loads_exception(*e) for j, e in errors.items()}
+    def _results(self, task: Task[Any], sizer: ChunkSizer) -> Results | BaseException:
+        """The chunk's values and errors, or the error that kept them from the caller."""
+        try:
+            values, errors, work = task.result(0)
+            sizer.observe(len(values), work, task.duration or work)
+            if errors and self._remote:
+                errors = {j: loads_exception(*e) for j, e in errors.items()}
+        except BaseException as why:
+            # An item's exception that unpickles here by raising (SystemExit, even):
+            # the chunk fails, and its items are re-run one by one to find the guilty one.
+            err = SerializationError(
+                f"the results of {task.name!r} could not be taken in the caller: "
+                f"{type(why).__name__}: {why}"
+            )
+            err.__cause__ = why
+            return err
         return values, errors
 
     def _on_block(self, task: Task[Any], blk: _Block) -> None:
@@ -1236,13 +1261,18 @@ class Pool(PrimitiveFactory):
         try:
             self._chunk_gone()
             exc = task.exception(0)
-            if exc is not None:
-                self._block_failed(blk, exc)
+            got = self._results(task, run.sizer) if exc is None else exc
+            if isinstance(got, BaseException):
+                self._block_failed(blk, got)
             else:
-                values, errors = self._results(task, run.sizer)
-                self._block_done(blk, values, errors)
-        except BaseException as why:  # pragma: no cover - a callback must not lose items
-            print(f"polytask: pool callback error: {why!r}", file=sys.stderr)
+                self._block_done(blk, *got)
+        except BaseException as why:
+            # The bookkeeping itself failed: the block's items must not be lost.
+            _report("the pool's results callback", why)
+            try:
+                self._block_failed(blk, _callback_error(blk.run.fn, why))
+            except BaseException as again:  # pragma: no cover - nothing more to try
+                _report("the pool's results callback", again)
         # The backend may keep the finished task (and so this callback) for a while:
         # do not keep the chunk's arguments alive with it.
         blk.args = []
@@ -1310,8 +1340,11 @@ class Pool(PrimitiveFactory):
                 self._item_chunks.pop(id(task), None)
             self._chunk_gone()
             exc = task.exception(0)
-            if exc is None:
-                values, errors = self._results(task, chunk[0].sink.sizer)
+            got = self._results(task, chunk[0].sink.sizer) if exc is None else exc
+            if isinstance(got, BaseException):
+                self._chunk_failed(chunk, got)
+            else:
+                values, errors = got
                 done: list[tuple[_Item, bool, Any]]
                 if errors is None:
                     # Every item succeeded (the common case): zip builds the triples in C.
@@ -1327,11 +1360,11 @@ class Pool(PrimitiveFactory):
                 if len(values) < len(chunk):
                     with self._lock:
                         self._requeue([it for it in chunk[len(values) :] if not it.dropped()])
-            else:
-                self._chunk_failed(chunk, exc)
-        except BaseException as why:  # pragma: no cover - a callback must not lose items
-            print(f"polytask: pool callback error: {why!r}", file=sys.stderr)
-            self._settle_many([(it, False, why) for it in chunk], final=True)
+        except BaseException as why:
+            # The bookkeeping itself failed: the chunk's items must not be lost.
+            _report("the pool's results callback", why)
+            err = _callback_error(chunk[0].fn, why)
+            self._settle_many([(it, False, err) for it in chunk], final=True)
         chunk.clear()  # see _on_block
         self._pump()
 
@@ -1399,6 +1432,23 @@ class Pool(PrimitiveFactory):
             # Its chunk-mates are re-run one by one when the killed chunk fails.
             chunk.cancel()
         return True
+
+
+def _report(what: str, exc: BaseException) -> None:
+    """An error in a callback that must not end the thread running it: say so on stderr."""
+    try:
+        print(f"polytask: error in {what}: {type(exc).__name__}: {exc!r}", file=sys.stderr)
+    except BaseException:  # pragma: no cover - stderr closed at exit
+        pass
+
+
+def _callback_error(fn: Callable[..., Any], why: BaseException) -> PolytaskError:
+    err = PolytaskError(
+        f"the pool failed to take the results of {fn_name(fn)!r} "
+        f"({type(why).__name__}: {why}); the items of that chunk failed with this error"
+    )
+    err.__cause__ = why
+    return err
 
 
 def _zip(iterables: tuple[Iterable[Any], ...]) -> Iterator[Any]:

@@ -104,6 +104,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         "_waiter_list",
         "_watched",
         "attempts",
+        "daemon",
         "exitcode",
         "name",
         "timeout",
@@ -125,6 +126,9 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         self.attempts = 0
         #: Exit status of the worker process that died running this task, else None.
         self.exitcode: int | None = None
+        #: Killed (a thread task: abandoned) at interpreter exit, with a warning,
+        #: instead of waited for. Set by ``spawn(..., daemon=True)``.
+        self.daemon = False
         self._backend = backend
         self._started_at: float | None = None
         self._finished_at: float | None = None
@@ -319,6 +323,17 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         self._cancel_requested = True
         return self._backend.cancel(self)
 
+    def _invoke_callbacks(self) -> None:
+        # Future's own catches Exception only: a callback raising SystemExit (or any
+        # BaseException) would skip the callbacks after it (an awaiting coroutine's,
+        # a group's) and escape into the thread that finished the task, a backend's
+        # service thread. Logged the same way, and the others still run.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException:
+                concurrent.futures._base.LOGGER.exception("exception calling callback for %r", self)
+
     # -- used by backends
     def _mark_started(self) -> None:
         self.attempts += 1
@@ -403,7 +418,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         if self._timer is not None:
             self._timer.cancel()
         if self._callbacks:
-            self._invoke_callbacks()  # type: ignore[attr-defined]
+            self._invoke_callbacks()
         return True
 
 
@@ -630,6 +645,7 @@ def spawn(
     backend: str | Backend = "thread",
     timeout: float | None = None,
     name: str | None = None,
+    daemon: bool = False,
     **kwargs: Any,
 ) -> Task[T]:
     """Run ``fn(*args, **kwargs)`` in the background and return its :class:`Task`.
@@ -639,21 +655,35 @@ def spawn(
         timeout: seconds the task may run; past it a process task is killed and
             the task raises :class:`TaskTimeout`.
         name: for messages and ``current_task().name`` (default: the function's name).
+        daemon: what happens if the task still runs when the interpreter exits. False
+            (default): the exit waits for it, as for a ``concurrent.futures`` task or a
+            non-daemon thread (Ctrl-C during that wait kills it). True: it is killed
+            (a thread task: abandoned, flagged cancelled) and a warning on stderr
+            names it.
 
-    Keyword arguments named ``backend``, ``timeout`` or ``name`` are polytask's;
-    pass such arguments to ``fn`` through ``functools.partial``.
+    Keyword arguments named ``backend``, ``timeout``, ``name`` or ``daemon`` are
+    polytask's; pass such arguments to ``fn`` through ``functools.partial``.
     """
     from .backends import get_backend
 
+    if daemon is not False and daemon is not True:
+        raise TypeError(f"daemon must be True or False, not {daemon!r}")
     be = get_backend(backend)
-    return be.spawn(fn, args, kwargs, name=name, timeout=timeout)
+    task = be.spawn(fn, args, kwargs, name=name, timeout=timeout)
+    if daemon:
+        task.daemon = True
+    return task
 
 
 @overload
 def background(fn: Callable[..., T], /) -> Callable[..., Task[T]]: ...
 @overload
 def background(
-    *, backend: str | Backend = "thread", timeout: float | None = None, name: str | None = None
+    *,
+    backend: str | Backend = "thread",
+    timeout: float | None = None,
+    name: str | None = None,
+    daemon: bool = False,
 ) -> Callable[[Callable[..., T]], Callable[..., Task[T]]]: ...
 
 
@@ -664,6 +694,7 @@ def background(
     backend: str | Backend = "thread",
     timeout: float | None = None,
     name: str | None = None,
+    daemon: bool = False,
 ) -> Any:
     """Decorate a function so that calling it starts a task and returns its :class:`Task`::
 
@@ -672,12 +703,17 @@ def background(
 
     t = crunch(3)      # returns at once
     t.result()
+
+    The options are :func:`spawn`'s (``daemon=True``: killed at interpreter exit
+    instead of waited for).
     """
     from .backends import get_backend
 
     if backend is not None and isinstance(backend, str):
         get_backend(backend, create=False)  # unknown names fail here, at decoration
     check_timeout(timeout)
+    if daemon is not False and daemon is not True:
+        raise TypeError(f"daemon must be True or False, not {daemon!r}")
 
     def decorate(f: Callable[..., T]) -> Callable[..., Task[T]]:
         if not callable(f):
@@ -685,7 +721,9 @@ def background(
 
         @functools.wraps(f)
         def start(*args: Any, **kwargs: Any) -> Task[T]:
-            return spawn(f, *args, backend=backend, timeout=timeout, name=name, **kwargs)
+            return spawn(
+                f, *args, backend=backend, timeout=timeout, name=name, daemon=daemon, **kwargs
+            )
 
         start.__wrapped_task_function__ = f  # type: ignore[attr-defined]
         return start

@@ -16,15 +16,20 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _wire
 from ._serialize import describe, dumps, dumps_exception
 from ._spin import SPIN_MAX, after_sleep
 
-__all__ = ["main", "retire_after_task", "serve"]
+__all__ = ["FORKED_CHILD_EXIT", "main", "retire_after_task", "serve"]
 
 _FN_CACHE_SIZE = 256
+
+#: The exit status of a process forked by a task that returned (or raised) from the
+#: task function instead of ending with ``os._exit``: 70, EX_SOFTWARE of sysexits.h.
+#: See :func:`_forked_child_returned`.
+FORKED_CHILD_EXIT = 70
 
 
 _retiring = False
@@ -65,6 +70,8 @@ def serve(rfd: int, wfd: int) -> None:
     poll = select.poll()
     poll.register(rfd, select.POLLIN)
     monotonic = time.monotonic
+    getpid = os.getpid
+    me = getpid()
     budget = SPIN_MAX
     spin = False  # the last request asked for a spin after its result
     while True:
@@ -87,7 +94,7 @@ def serve(rfd: int, wfd: int) -> None:
             if kind == _wire.K_EXIT:
                 return
             if kind == _wire.K_INIT:
-                _init(loads(body), wfd)
+                _init(loads(body), wfd, me)
                 continue
             fn_bytes, payload = body[:fn_len], body[fn_len:]
             try:
@@ -112,16 +119,22 @@ def serve(rfd: int, wfd: int) -> None:
             try:
                 result = fn(*args, **kwargs)
             except SystemExit:
-                raise  # the task asked the process to exit: the parent sees the exit code
+                # The task asked the process to exit: the parent sees the exit code. (In
+                # a child the task forked, sys.exit ends that child, as it should.)
+                raise
             except BaseException as exc:
-                ok, data = dumps_exception(exc)
+                if getpid() != me:
+                    _forked_child_returned(f"task {name!r}", exc)
+                ok, data = _dumps_exception(exc)
                 del exc
                 status = _wire.S_ERROR if ok else _wire.S_ERROR_TEXT
                 frame = _wire.encode_response(task_id, status, data)
             else:
+                if getpid() != me:
+                    _forked_child_returned(f"task {name!r}", None)
                 try:
                     frame = _wire.encode_response(task_id, _wire.S_OK, dumps(result))
-                except Exception as exc:
+                except BaseException as exc:  # pickling runs the result's code: any error
                     msg = (
                         f"the result of task {name!r} ({describe(result)}) cannot be pickled to "
                         f"return it from the worker process: {type(exc).__name__}: {exc}. "
@@ -138,7 +151,45 @@ def serve(rfd: int, wfd: int) -> None:
             _write_all(wfd, frame)
 
 
-def _init(config: dict[str, Any], wfd: int) -> None:
+def _dumps_exception(exc: BaseException) -> tuple[bool, bytes]:
+    """:func:`dumps_exception`, which runs the exception's own pickling code: if that
+    raises (SystemExit included), the parent still gets the facts, as text."""
+    try:
+        return dumps_exception(exc)
+    except BaseException as why:
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        text = f"<{type(exc).__name__}>"
+        return False, pickle.dumps((name, text, "", f"{type(why).__name__}: {why}"))
+
+
+def _forked_child_returned(where: str, exc: BaseException | None) -> NoReturn:
+    """End a process that the task forked and that came back into this loop.
+
+    It shares the worker's pipes: had it gone on, it would answer the task with
+    a second result and then read requests meant for the worker (two readers
+    split a large request between them, and the worker hangs). So it ends here,
+    writing nothing to the pipes, with exit status :data:`FORKED_CHILD_EXIT`,
+    and says so on stderr. The worker's own result, if any, stands.
+    """
+    try:
+        what = "returned" if exc is None else f"raised {type(exc).__name__}: {exc}"
+        sys.stderr.write(
+            f"polytask: a process forked by {where} (pid {os.getpid()}) {what} from "
+            "the function instead of calling os._exit(); it was ended with exit status "
+            f"{FORKED_CHILD_EXIT} (end forked children with os._exit)\n"
+        )
+        if exc is not None:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        # What the child printed is kept, as its own exit would keep it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(FORKED_CHILD_EXIT)
+
+
+def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     sys.path[:] = config["sys_path"]
     init = config.get("initializer")
     if init is not None:
@@ -146,9 +197,13 @@ def _init(config: dict[str, Any], wfd: int) -> None:
             fn, args = pickle.loads(init)
             fn(*args)
         except BaseException as exc:
-            _ok, data = dumps_exception(exc)
+            if os.getpid() != me:
+                _forked_child_returned("the worker's initializer", exc)
+            _ok, data = _dumps_exception(exc)
             _write_all(wfd, _wire.encode_response(0, _wire.S_INIT_FAILED, data))
             os._exit(3)
+        if os.getpid() != me:
+            _forked_child_returned("the worker's initializer", None)
     # A task's timeout counts from here: interpreter start-up and the initializer
     # are the pool's cost, not the task's.
     _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))

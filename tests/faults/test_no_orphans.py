@@ -31,14 +31,17 @@ def grandchild_then_nap(s, started):
 ready = sys.argv[1]
 how = sys.argv[2]
 started = ready + ".grandchild"
-tasks = [pt.spawn(nap, 120, backend="process") for _ in range(2)]
-tasks.append(pt.spawn(grandchild_then_nap, 120, started, backend="process"))
-tasks.append(pt.spawn(nap, 120, backend="thread"))
+# A task still running at exit is waited for, unless it is a daemon: these are, for
+# the script that leaves by returning or raising. (Ctrl-C ends the others.)
+daemon = how in ("return", "raise")
+tasks = [pt.spawn(nap, 120, backend="process", daemon=daemon) for _ in range(2)]
+tasks.append(pt.spawn(grandchild_then_nap, 120, started, backend="process", daemon=daemon))
+tasks.append(pt.spawn(nap, 120, backend="thread", daemon=daemon))
 while not (all(t.running() for t in tasks) and os.path.exists(started)):
     time.sleep(0.01)
 open(ready, "w").write("ready")
 if how == "return":
-    # Leave while tasks still run: exit hooks kill and reap them.
+    # Leave while daemon tasks still run: exit hooks kill and reap them.
     sys.exit(0)
 if how == "raise":
     raise RuntimeError("the script failed")

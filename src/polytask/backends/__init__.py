@@ -7,6 +7,8 @@ first asked for, so ``backends/dask.py`` costs nothing to a user of threads.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -91,6 +93,14 @@ class Backend(ABC):
     def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
         """Stop accepting tasks; ``cancel`` stops running ones; ``wait`` blocks until all ended."""
 
+    def live_tasks(self) -> list[Task[Any]]:
+        """The tasks submitted and not done yet (running or waiting to run).
+
+        What interpreter exit waits for (see :func:`wait_at_exit`); a backend
+        whose tasks cannot outlive the interpreter's exit hooks returns none.
+        """
+        return []
+
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
         """A synchronisation primitive (``"Lock"``, ``"Event"``...) or ``"Channel"``
         that works on this backend."""
@@ -168,10 +178,104 @@ def shutdown_defaults() -> None:
         be.shutdown(wait=True, cancel=True)
 
 
+def _live_default_tasks() -> list[Task[Any]]:
+    with _defaults_lock:
+        items = list(_defaults.values())
+    return [t for be in items for t in be.live_tasks() if not t._is_done()]
+
+
+def _names(tasks: list[Task[Any]]) -> str:
+    shown = ", ".join(f"{t.name!r} ({t.backend})" for t in tasks[:10])
+    return shown + (f" and {len(tasks) - 10} more" if len(tasks) > 10 else "")
+
+
+def _end_at_exit(tasks: list[Task[Any]], why: str) -> None:
+    """Cancel ``tasks`` (a process task is killed, a thread task flagged) and say so."""
+    import signal
+
+    # A second Ctrl-C must not cut this short: it asks for what is being done.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for t in tasks:
+            # Given up on: the shutdown after this no longer waits for it either
+            # (a thread task's grace to notice its flag is for a normal shutdown).
+            t.daemon = True
+            t.cancel()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    killed = [t for t in tasks if t.backend != "thread"]
+    flagged = [t for t in tasks if t.backend == "thread"]
+    parts = []
+    if killed:
+        parts.append(f"killed {len(killed)} task(s): {_names(killed)}")
+    if flagged:
+        parts.append(
+            f"abandoned {len(flagged)} thread task(s) (threads cannot be killed; they were "
+            f"flagged cancelled): {_names(flagged)}"
+        )
+    print(f"polytask: {why}: {'; '.join(parts)}", file=sys.stderr, flush=True)
+
+
+def wait_at_exit() -> None:
+    """At interpreter exit, settle the tasks of the shared backends (``pt.spawn``,
+    ``@pt.background``, ``pt.TaskGroup``) that still run; nothing ends silently.
+
+    A daemon task (``daemon=True``) is killed, with a warning naming it. Every
+    other task is waited for, as ``concurrent.futures`` and non-daemon threads are;
+    Ctrl-C during that wait kills them (with a warning) and the exit goes on. If
+    the program itself ended by Ctrl-C, they are killed at once. Runs before the
+    non-daemon threads are joined and before the ``atexit`` hooks (pools, shared
+    memory), so the tasks still have what they use.
+    """
+    if _owner_pid != os.getpid():
+        return  # a forked child: the tasks are its parent's
+    last = getattr(sys, "last_type", None)
+    interrupted = isinstance(last, type) and issubclass(last, KeyboardInterrupt)
+    try:
+        while True:
+            live = _live_default_tasks()
+            daemons = [t for t in live if t.daemon]
+            if daemons:
+                _end_at_exit(daemons, "at exit, daemon task(s) still running")
+            rest = [t for t in live if not t.daemon]
+            if not rest:
+                return
+            if interrupted:
+                _end_at_exit(rest, "the program was interrupted (Ctrl-C)")
+                return
+            for t in rest:
+                t.join()  # tasks they start are found on the next round
+    except KeyboardInterrupt:
+        _end_at_exit(
+            _live_default_tasks(), "interrupted (Ctrl-C) while waiting at exit for running tasks"
+        )
+
+
+_owner_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    # The shared backends' workers and threads belong to the parent: a forked
+    # child starts with none (and its exit waits for none of the parent's tasks).
+    global _owner_pid, _defaults_lock
+    _owner_pid = os.getpid()
+    _defaults.clear()
+    _defaults_lock = threading.Lock()
+
+
 def _register_exit_hook() -> None:
     from .._proc import at_shutdown
 
     at_shutdown(shutdown_defaults)
+    try:
+        # Where concurrent.futures waits for its work: before non-daemon threads are
+        # joined and before the atexit hooks.
+        threading._register_atexit(wait_at_exit)  # type: ignore[attr-defined]
+    except RuntimeError:  # pragma: no cover - imported during interpreter shutdown
+        pass
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _register_exit_hook()

@@ -135,6 +135,7 @@ class _ForkedProc:
 
 class _Worker:
     __slots__ = (
+        "booting",
         "claim",
         "dead",
         "decoder",
@@ -175,6 +176,7 @@ class _Worker:
         self.kill_exc: BaseException | None = None
         self.ntasks = 0
         self.ready = False  # it sent S_READY: start-up and initializer are done
+        self.booting = True  # counted in ProcessBackend._booting until READY or death
         self.sending = False  # a frame is being written: do not close its fds yet
 
 
@@ -241,7 +243,13 @@ class ProcessBackend(Backend):
         self._workers: dict[int, _Worker] = {}
         self._idle: list[_Worker] = []
         self._pending: collections.deque[Task[Any]] = collections.deque()
+        # Worker starts in flight: queued on the launcher or in Popen (_starting), and
+        # started but not READY yet (_booting). At most _boot_limit at once, and only
+        # while tasks wait for them (see _want_launch).
         self._starting = 0
+        self._booting = 0
+        self._boot_limit = max_workers if max_workers is not None else _NCPU
+        self._started = 0  # worker processes started, ever (statistics)
         self._closed = False
         self._ids = itertools.count(1)
         self._graveyard: list[_Worker] = []
@@ -251,6 +259,8 @@ class ProcessBackend(Backend):
         self._collector: threading.Thread | None = None
         self._stopping = False
         self._start_error: BaseException | None = None
+        self._broken: BaseException | None = None  # see _break
+        self._broken_why = ""
         # The caller's spin budget (see _read_for) and the token one spinner holds.
         self._spin = SPIN_MAX
         self._spinner = threading.Lock()
@@ -275,6 +285,10 @@ class ProcessBackend(Backend):
         launch = False
         with self._lock:
             if self._closed:
+                if self._broken is not None:
+                    raise PolytaskError(
+                        f"this process backend {self._broken_why}; create a new one"
+                    ) from self._broken
                 raise RuntimeError("this process backend is shut down; create a new one")
             w = self._idle.pop() if self._idle else None
             if w is None:
@@ -291,9 +305,17 @@ class ProcessBackend(Backend):
         return bool(SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
 
     def _want_launch(self) -> bool:
-        # Called with self._lock held.
+        """Whether to start one more worker now (then counted as starting).
+
+        Called with self._lock held. Only for tasks that wait, each start taking
+        one; and at most ``_boot_limit`` starts in flight (until their worker is
+        READY): a burst of tiny tasks must not queue a start per task, since the
+        first workers up drain the queue long before the later ones would boot.
+        """
         if len(self._pending) <= self._starting:
             return False
+        if self._starting + self._booting >= self._boot_limit:
+            return False  # the next READY (or a death) asks again
         if self._max is not None and len(self._workers) + self._starting >= self._max:
             return False
         self._starting += 1
@@ -358,8 +380,10 @@ class ProcessBackend(Backend):
         # woken only for a task something else waits on (see watch()), so a plain
         # spawn().result() costs one write, one poll and one read, and no thread hop.
         # A task with a timeout is watched too: a result nobody reads must not be
-        # mistaken for a late task.
-        if (task._watched or task.timeout is not None) and (
+        # mistaken for a late task. So is every task while others wait for a worker:
+        # a result read only when its caller gets to it would keep this worker from
+        # the queue (a burst would then start more workers than it needs).
+        if (task._watched or task.timeout is not None or self._pending) and (
             threading.current_thread() is not self._collector
         ):
             self._wake()
@@ -381,6 +405,13 @@ class ProcessBackend(Backend):
 
     # ------------------------------------------------------------------ workers
     def _start_worker(self) -> None:
+        with self._lock:
+            # Dropped if the tasks it was for found a worker meanwhile (a worker that
+            # finished its task took them): after a burst of tiny tasks, the starts
+            # still queued would only boot interpreters to retire them.
+            if self._stopping or len(self._pending) < self._starting:
+                self._starting -= 1
+                return
         try:
             w = self._spawn_process() if self._method == "spawn" else self._fork_process()
         except BaseException as exc:
@@ -395,15 +426,24 @@ class ProcessBackend(Backend):
             return
         with self._lock:
             self._starting -= 1
+            self._booting += 1
+            self._started += 1
             self._workers[w.pid] = w
             task = self._pending.popleft() if self._pending and not self._stopping else None
             if task is None:
                 self._make_idle(w)
-        self._ensure_collector()
+        try:
+            self._ensure_collector()
+        except BaseException as exc:
+            # No collector: nothing would notice results nobody reads or deaths.
+            self._break(exc, "could not start its collector thread")
+            if task is not None:
+                task._finish(exc=self._broken_error(task))
+            return
         if task is not None:
             self._assign(w, task)
         else:
-            self._wake()
+            self._wake()  # its READY is read by the collector
 
     def _config_frame(self) -> bytes:
         config = dict(self._init_config, sys_path=list(sys.path))
@@ -492,8 +532,19 @@ class ProcessBackend(Backend):
             if not data:
                 w.eof = True
                 break
-            for header, body in w.decoder.feed(data):
-                self._complete(w, header, body)
+            frames = w.decoder.feed(data)
+            for i, (header, body) in enumerate(frames):
+                try:
+                    self._complete(w, header, body)
+                except BaseException:
+                    # A done callback raised (or Ctrl-C came): the frames after it were
+                    # read already, and their tasks must not hang.
+                    for header, body in frames[i + 1 :]:
+                        try:
+                            self._complete(w, header, body)
+                        except BaseException as exc:
+                            _report("completing a task", exc)
+                    raise
             if len(data) < _READ_SIZE:
                 break
         if w.eof or (exited and w.proc.poll() is not None):
@@ -506,6 +557,11 @@ class ProcessBackend(Backend):
         task = w.task
         if status == _wire.S_READY:
             w.ready = True
+            with self._lock:
+                self._booted(w)
+                launch = self._want_launch()
+            if launch:
+                _launcher.submit(self._start_worker)
             running = w.task
             if running is not None and running.timeout is not None and not running._is_done():
                 if running._timer is not None:
@@ -528,11 +584,16 @@ class ProcessBackend(Backend):
                 exc = loads_exception(status == _wire.S_ERROR, body)
             else:
                 exc = SerializationError(pickle.loads(body))
-        except Exception as why:
+        except BaseException as why:
+            # Any exception, SystemExit and KeyboardInterrupt included: unpickling runs
+            # the result's own code (__reduce__, __setstate__), and what it raises is
+            # this task's failure, not the collector's or the caller's. (A Ctrl-C that
+            # lands in these microseconds fails the task the same way, visibly.)
             exc = SerializationError(
                 f"the result of task {task.name!r} could not be unpickled in the caller: "
                 f"{type(why).__name__}: {why}"
             )
+            exc.__cause__ = why
         nxt: Task[Any] | None = None
         with self._lock:
             if w.task is not task:
@@ -549,9 +610,12 @@ class ProcessBackend(Backend):
                 self._make_idle(w)
         # Finish first: a done callback (a group's) may cancel what would run next.
         # Like concurrent.futures', callbacks must not block.
-        task._finish(result, exc)
-        if nxt is not None:
-            self._assign(w, nxt)
+        try:
+            task._finish(result, exc)
+        finally:
+            # Even if a done callback raised: the next task must not be lost.
+            if nxt is not None:
+                self._assign(w, nxt)
 
     def _on_death(self, w: _Worker) -> None:
         if w.dead and w.proc.returncode is not None:
@@ -571,6 +635,7 @@ class ProcessBackend(Backend):
             pass
         unguard(w.pid)
         with self._lock:
+            self._booted(w)
             w.dead = True
             self._workers.pop(w.pid, None)
             if w in self._idle:
@@ -578,12 +643,20 @@ class ProcessBackend(Backend):
             task, w.task = w.task, None
             launch = self._want_launch() if not self._closed or self._pending else False
         self._bury(w)
-        if task is not None:
-            task.exitcode = code
-            exc = w.kill_exc if w.kill_exc is not None else WorkerCrashed._for(task.name, code)
-            task._finish(exc=exc)
-        if launch:
-            _launcher.submit(self._start_worker)
+        try:
+            if task is not None:
+                task.exitcode = code
+                exc = w.kill_exc if w.kill_exc is not None else WorkerCrashed._for(task.name, code)
+                task._finish(exc=exc)
+        finally:
+            if launch:
+                _launcher.submit(self._start_worker)
+
+    def _booted(self, w: _Worker) -> None:
+        # Called with self._lock held: w no longer counts as a start in flight.
+        if w.booting:
+            w.booting = False
+            self._booting -= 1
 
     def _bury(self, w: _Worker) -> None:
         with self._lock:
@@ -621,6 +694,8 @@ class ProcessBackend(Backend):
             try:
                 if not w.claim.locked() and not w.dead:
                     self._service(w)
+            except BaseException as exc:  # a done callback's: the timeout must still act
+                _report("reading a late result", exc)
             finally:
                 w.rlock.release()
         if task._is_done():
@@ -659,6 +734,11 @@ class ProcessBackend(Backend):
             return True
         return False
 
+    def live_tasks(self) -> list[Task[Any]]:
+        with self._lock:
+            running = [w.task for w in self._workers.values() if w.task is not None]
+            return running + list(self._pending)
+
     # ------------------------------------------------------------------ waiting
     def watch(self, task: Task[Any]) -> None:
         if isinstance(task._slot, _Worker):
@@ -685,7 +765,12 @@ class ProcessBackend(Backend):
                 self._read_for(task, w, deadline)
             finally:
                 w.claim.release()
-                if not task._is_done() or w.dead or (w.task is not None and w.task._watched):
+                if (
+                    not task._is_done()
+                    or w.dead
+                    or (w.task is not None and w.task._watched)
+                    or self._pending
+                ):
                     self._wake()
         return True
 
@@ -760,6 +845,14 @@ class ProcessBackend(Backend):
                 self._collector.start()
 
     def _collect(self) -> None:
+        try:
+            self._collect_loop()
+        except BaseException as exc:
+            # Its own bookkeeping failed (servicing a worker cannot get here): without
+            # it, results nobody reads and deaths go unnoticed, so fail loudly now.
+            self._break(exc, "lost its collector thread")
+
+    def _collect_loop(self) -> None:
         poller = select.poll()
         registered: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
         poller.register(self._wake_r, select.POLLIN)
@@ -771,7 +864,7 @@ class ProcessBackend(Backend):
                     if w.dead:
                         continue
                     want[w.pidfd] = ("pid", w)
-                    if w.task is not None and not w.eof and not w.claim.locked():
+                    if (w.task is not None or w.booting) and not w.eof and not w.claim.locked():
                         want[w.rfd] = ("res", w)
                 buried = [w for w in self._graveyard if not w.claim.locked() and not w.sending]
                 for w in buried:
@@ -806,10 +899,46 @@ class ProcessBackend(Backend):
                     try:
                         if not hit.claim.locked():
                             self._service(hit, kind == "pid")
-                    except Exception as exc:  # pragma: no cover - must not kill the collector
-                        print(f"polytask: collector error: {exc!r}", file=sys.stderr)
+                    except BaseException as exc:
+                        # A done callback raised (SystemExit included): its task is
+                        # finished, and the next one was sent (see _complete); the
+                        # collector must go on for every other task.
+                        _report("a task's done callback", exc)
                     finally:
                         hit.rlock.release()
+
+    def _broken_error(self, task: Task[Any]) -> PolytaskError:
+        err = PolytaskError(
+            f"task {task.name!r} failed: the process backend {self._broken_why}; it takes no "
+            "more tasks (create a new one)"
+        )
+        err.__cause__ = self._broken
+        return err
+
+    def _break(self, exc: BaseException, why: str) -> None:
+        """A service thread failed in a way that leaves tasks unwatched: fail every task
+        now, loudly, and kill the workers, rather than let anything hang."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken, self._broken_why = exc, why
+            self._closed = True
+            tasks = list(self._pending)
+            self._pending.clear()
+            workers = list(self._workers.values())
+            for w in workers:
+                if w.task is not None:
+                    tasks.append(w.task)
+                    w.task = None
+        _report(f"the process backend {why}; its {len(tasks)} task(s) fail", exc)
+        for w in workers:
+            try:
+                os.killpg(w.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for t in tasks:
+            if not t._is_done():
+                t._finish(exc=self._broken_error(t))
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
@@ -891,14 +1020,24 @@ class ProcessBackend(Backend):
         self._wake_r = self._wake_w = -1
 
     def statistics(self) -> dict[str, int]:
-        """Counts of workers (live, idle, starting) and of tasks waiting for one."""
+        """Counts: workers (live, idle), worker starts in flight (queued, or started and
+        not ready yet), worker processes started so far, and tasks waiting for a worker."""
         with self._lock:
             return {
                 "workers": len(self._workers),
                 "idle": len(self._idle),
-                "starting": self._starting,
+                "starting": self._starting + self._booting,
+                "started": self._started,
                 "pending": len(self._pending),
             }
+
+
+def _report(what: str, exc: BaseException) -> None:
+    """An error in a service thread that must not end it: say so on stderr."""
+    try:
+        print(f"polytask: error in {what}: {type(exc).__name__}: {exc!r}", file=sys.stderr)
+    except BaseException:  # pragma: no cover - stderr closed at exit
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

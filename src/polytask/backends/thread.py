@@ -52,7 +52,8 @@ class ThreadBackend(Backend):
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
-        self._running: set[Task[Any]] = set()
+        # Tasks submitted and not yet returned from (queued or running).
+        self._live: set[Task[Any]] = set()
         self._closed = False
 
     def submit(
@@ -69,6 +70,7 @@ class ThreadBackend(Backend):
             if self._closed:
                 raise RuntimeError("this thread backend is shut down; create a new one")
             self._queue.put((task, fn, args, kwargs))
+            self._live.add(task)
             if not self._idle.acquire(blocking=False) and (
                 self._max is None or len(self._threads) < self._max
             ):
@@ -105,10 +107,10 @@ class ThreadBackend(Backend):
         kwargs: Mapping[str, Any],
     ) -> None:
         if not task.set_running_or_notify_cancel():
+            with self._lock:
+                self._live.discard(task)
             return
         task._mark_started()
-        with self._lock:
-            self._running.add(task)
         info = CurrentTask(task.name, task)
         # Where cancel() finds the task's waker; set before the function runs, so a
         # cancel either sees it or came before the function's first look at the flag.
@@ -126,7 +128,7 @@ class ThreadBackend(Backend):
             _set_current(None)
             task._slot = None  # task -> info -> task: a cycle per task for the GC otherwise
             with self._lock:
-                self._running.discard(task)
+                self._live.discard(task)
 
     @staticmethod
     def _flag(task: Task[Any]) -> None:
@@ -153,13 +155,17 @@ class ThreadBackend(Backend):
         self._flag(task)
         return False
 
+    def live_tasks(self) -> list[Task[Any]]:
+        with self._lock:
+            return list(self._live)
+
     def shutdown(self, *, wait: bool = True, cancel: bool = False, grace: float = 5.0) -> None:
         """Stop the threads. Running tasks that ignore their cancel flag are waited for
         at most ``grace`` seconds, then abandoned (daemon threads end with the process)."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)
-            running = list(self._running)
+            running = [t for t in self._live if t.running()]
         if cancel:
             while True:
                 try:
@@ -168,6 +174,8 @@ class ThreadBackend(Backend):
                     break
                 if item is not None:
                     item[0].cancel()
+                    with self._lock:
+                        self._live.discard(item[0])  # it never reaches a thread now
             for task in running:
                 task.cancel()
         for _ in threads:
@@ -175,11 +183,24 @@ class ThreadBackend(Backend):
         if wait:
             deadline = time.monotonic() + grace if cancel else None
             for t in threads:
-                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            late = [t.name for t in threads if t.is_alive()]
-            if late:
+                while t.is_alive() and not self._only_daemons_left():
+                    if deadline is None:
+                        t.join(0.05)
+                    elif (left := deadline - time.monotonic()) > 0:
+                        t.join(min(left, 0.05))
+                    else:
+                        break
+            with self._lock:
+                late = [task.name for task in self._live if not task.daemon]
+            if late and any(t.is_alive() for t in threads):
                 print(
                     f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
-                    "were abandoned (threads cannot be killed; call pt.checkpoint() in long loops)",
+                    "were abandoned (threads cannot be killed; call pt.checkpoint() in long "
+                    f"loops): {', '.join(map(repr, late[:10]))}",
                     file=sys.stderr,
                 )
+
+    def _only_daemons_left(self) -> bool:
+        # Daemon tasks are abandoned at exit (see backends.wait_at_exit), not waited for.
+        with self._lock:
+            return bool(self._live) and all(task.daemon for task in self._live)

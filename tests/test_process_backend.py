@@ -1,0 +1,198 @@
+"""The process backend's worker protocol against what tasks do to their worker:
+fork without ``os._exit``, and bursts of tiny tasks (how many interpreters boot)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import polytask
+from polytask._proc import usable_cpus
+from polytask._worker import FORKED_CHILD_EXIT
+from polytask.backends.process import START_METHODS, ProcessBackend
+
+HANG = 60
+MIB = 1 << 20
+# The scripts run the polytask under test (the one this process imported).
+SRC = str(Path(polytask.__file__).resolve().parents[1])
+
+
+def fork_and_return(wait: bool) -> int:
+    """The common mistake: the forked child returns instead of calling os._exit."""
+    child = os.fork()
+    if child == 0:
+        return -1  # the child's "result": must never reach the caller
+    if not wait:
+        return child
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def fork_and_raise() -> int:
+    child = os.fork()
+    if child == 0:
+        raise ValueError("raised in the forked child")
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def fork_and_sys_exit() -> int:
+    child = os.fork()
+    if child == 0:
+        sys.exit(5)  # the right way too: ends the child, as in any program
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def pid_and_size(data: bytes) -> tuple[int, int]:
+    return os.getpid(), len(data)
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_forked_child_that_returns_is_ended_and_the_worker_goes_on(method, capfd):
+    be = ProcessBackend(1, start_method=method)
+    try:
+        # The parent waits for its child: the child was ended with the distinctive status.
+        assert be.spawn(fork_and_return, (True,), {}).result(HANG) == FORKED_CHILD_EXIT
+        # Nothing of the child reached the pipes: large requests (more than a pipe
+        # holds, so read in many pieces) still go whole to the one worker.
+        worker = {be.spawn(pid_and_size, (b"x" * MIB,), {}).result(HANG) for _ in range(3)}
+        assert len(worker) == 1 and next(iter(worker))[1] == MIB
+        # A parent that does not wait: its own result stands, the child still ends.
+        child = be.spawn(fork_and_return, (False,), {}).result(HANG)
+        assert child > 0
+        assert be.spawn(pid_and_size, (b"y" * MIB,), {}).result(HANG) == next(iter(worker))
+        # A child that raises is ended the same way.
+        assert be.spawn(fork_and_raise, (), {}).result(HANG) == FORKED_CHILD_EXIT
+        assert be.spawn(pid_and_size, (b"z" * MIB,), {}).result(HANG) == next(iter(worker))
+        # sys.exit in the child is a normal exit, not a mistake.
+        assert be.spawn(fork_and_sys_exit, (), {}).result(HANG) == 5
+    finally:
+        be.shutdown()
+    err = capfd.readouterr().err
+    assert err.count("a process forked by task 'fork_and_return'") == 2, err
+    assert "instead of calling os._exit()" in err
+    assert f"exit status {FORKED_CHILD_EXIT}" in err
+    assert "forked by task 'fork_and_raise'" in err
+    assert "ValueError: raised in the forked child" in err
+    assert "fork_and_sys_exit" not in err
+
+
+FORK_STATUS: dict[str, int] = {}
+
+
+def init_and_fork() -> None:
+    child = os.fork()
+    if child == 0:
+        return  # the child comes back into the worker's start-up: it must end there
+    _, status = os.waitpid(child, 0)
+    FORK_STATUS["child"] = os.waitstatus_to_exitcode(status)
+
+
+def fork_status(data: bytes) -> tuple[int, int]:
+    return FORK_STATUS["child"], len(data)
+
+
+def test_a_forked_child_returning_from_the_initializer_is_ended_too(capfd):
+    be = ProcessBackend(1, initializer=init_and_fork)
+    try:
+        for _ in range(3):
+            assert be.spawn(fork_status, (b"x" * MIB,), {}).result(HANG) == (
+                FORKED_CHILD_EXIT,
+                MIB,
+            )
+    finally:
+        be.shutdown()
+    assert "a process forked by the worker's initializer" in capfd.readouterr().err
+
+
+BURST = """
+import sys, time
+import polytask as pt
+from polytask.backends import get_backend
+
+def double(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    n = int(sys.argv[1])
+    tasks = [pt.spawn(double, i, backend="process") for i in range(n)]
+    assert [t.result(timeout=120) for t in tasks] == [2 * i for i in range(n)]
+    print(get_backend("process").statistics().get("started", 0), time.time(), flush=True)
+"""
+
+
+def test_a_burst_of_tiny_tasks_starts_few_workers_and_exits_at_once(tmp_path):
+    script = tmp_path / "burst.py"
+    script.write_text(textwrap.dedent(BURST))
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "2000"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line, "the script failed before its last result"
+        started, last_result = int(line[0]), float(line[1])
+        assert proc.wait(timeout=180) == 0
+        exited = time.time()
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    # No queue of starts left to boot (and retire) after the last result.
+    assert exited - last_result < 10
+    # At most usable_cpus() starts are in flight at once; a few rounds of them may
+    # boot while the first workers drain the queue (one start per task before).
+    assert 0 < started <= 3 * usable_cpus() + 2, started
+
+
+def test_starts_in_flight_are_bounded_and_dropped_when_not_needed():
+    be = ProcessBackend()  # no max_workers: one worker per running task, if need be
+    try:
+        tasks = []
+        in_flight = []
+        for _ in range(200):
+            tasks.append(be.spawn(pid_and_size, (b"",), {}))
+            in_flight.append(be.statistics()["starting"])
+        for t in tasks:
+            t.result(HANG)
+            in_flight.append(be.statistics()["starting"])
+        assert max(in_flight) <= usable_cpus()
+        # Once the queue is empty, the starts still queued are dropped, not booted.
+        deadline = time.monotonic() + HANG
+        while be.statistics()["starting"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert be.statistics()["starting"] == 0
+        assert be.statistics()["pending"] == 0
+    finally:
+        be.shutdown()
+
+
+def meet(folder: str, n: int) -> int:
+    """Check in, then wait (at most HANG s) until ``n`` tasks have checked in at once."""
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + HANG
+    while len(os.listdir(folder)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(os.listdir(folder))
+
+
+def test_tasks_that_wait_still_get_a_worker_each(tmp_path):
+    # Bounding the starts in flight must not bound the workers: with no max_workers,
+    # tasks that all wait for each other run at the same time, each on its own worker.
+    be = ProcessBackend()
+    try:
+        n = usable_cpus() + 3
+        tasks = [be.spawn(meet, (str(tmp_path), n), {}) for _ in range(n)]
+        assert [t.result(HANG * 2) for t in tasks] == [n] * n
+        assert be.statistics()["started"] == n
+    finally:
+        be.shutdown()
