@@ -54,7 +54,9 @@ __all__ = [
     "at_shutdown",
     "become_subreaper",
     "children",
+    "end_processes",
     "end_trees",
+    "find_marked",
     "find_trees",
     "forget_job",
     "guard",
@@ -66,6 +68,7 @@ __all__ = [
     "owner_key",
     "python_command",
     "reap_strays",
+    "remember_job",
     "restore_env",
     "set_child_subreaper",
     "set_pdeathsig",
@@ -213,7 +216,13 @@ def find_trees(jobs: Collection[str], first_pid: int | None = None) -> list[int]
     """
     if not jobs:
         return []
-    wanted = {tree_marker(j) for j in jobs}
+    return find_marked({tree_marker(j) for j in jobs}, first_pid)
+
+
+def find_marked(markers: Collection[bytes], first_pid: int | None = None) -> list[int]:
+    """Every live process (not this one) whose environment holds one of ``markers``
+    (``KEY=VALUE`` entries); ``first_pid`` as for :func:`find_trees`."""
+    wanted = set(markers)
     me = os.getpid()
     if first_pid is None:
         pids: Iterable[int] = (int(n) for n in os.listdir("/proc") if n.isdigit())
@@ -236,15 +245,23 @@ def find_trees(jobs: Collection[str], first_pid: int | None = None) -> list[int]
 def end_trees(
     jobs: Collection[str], grace: float = DEFAULT_GRACE, *, first_pid: int | None = None
 ) -> list[int]:
-    """End what is left of ``jobs`` after their leaders ended: the one kill policy
-    (SIGTERM, up to ``grace`` seconds, SIGKILL) applied to every process that
-    still carries one of their markers, wherever it moved. Those that are our
-    children (adopted, see :func:`become_subreaper`) are reaped. Returns the pids
-    that were found. ``first_pid`` as for :func:`find_trees`.
+    """End what is left of ``jobs`` after their leaders ended: :func:`end_processes`
+    for every process that still carries one of their markers, wherever it moved.
+    Returns the pids that were found. ``first_pid`` as for :func:`find_trees`.
     """
     pids = find_trees(jobs, first_pid)
-    if not pids:
-        return pids
+    if pids:
+        end_processes(pids, grace, again=lambda: find_trees(jobs, first_pid))
+    return pids
+
+
+def end_processes(
+    pids: Collection[int], grace: float = DEFAULT_GRACE, *, again: Callable[[], Any] | None = None
+) -> None:
+    """The kill policy for single processes (not groups): SIGTERM, up to ``grace``
+    seconds for them to exit, then SIGKILL to the rest and to what ``again()``
+    finds then (one of them may have started another meanwhile). Those that are
+    our children are reaped (a subreaper's adopted orphans)."""
     fds = {}
     for pid in pids:
         try:
@@ -257,7 +274,8 @@ def end_trees(
             pass
     try:
         poller = select.poll()
-        for fd in fds.values():
+        by_fd = {fd: pid for pid, fd in fds.items()}
+        for fd in by_fd:
             poller.register(fd, select.POLLIN)
         waiting = set(fds)
         deadline = time.monotonic() + grace
@@ -267,9 +285,8 @@ def end_trees(
                 break
             for fd, _ in poller.poll(ms):
                 poller.unregister(fd)
-                waiting.discard(next(p for p, f in fds.items() if f == fd))
-        # Looked up again: one of them may have started another meanwhile.
-        for pid in set(waiting) | set(find_trees(jobs, first_pid)):
+                waiting.discard(by_fd[fd])
+        for pid in waiting | set(again() if again is not None else ()):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -279,7 +296,6 @@ def end_trees(
             os.close(fd)
     for pid in pids:
         _reap_if_child(pid)
-    return pids
 
 
 def _reap_if_child(pid: int) -> None:
@@ -349,28 +365,24 @@ def reap_strays(pids: Collection[int]) -> None:
 
 
 def python_command(
-    name: str,
-    module: str,
-    args: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    flags: Sequence[str] = (),
+    name: str, args: Sequence[str], env: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str], dict[str, str | None]]:
     """How to start one of polytask's own Python processes so that ``ps`` names it.
 
-    Returns ``(argv, env, saved)``: start ``argv`` with ``executable=sys.executable``
+    ``args`` are the interpreter's arguments (``["-c", code, ...]``). Returns
+    ``(argv, env, saved)``: start ``argv`` with ``executable=sys.executable``
     and ``env``. ``argv[0]`` is ``name`` (``polytask-worker``...), which is what
     ``ps`` shows; ``PYTHONEXECUTABLE`` tells the interpreter where it really is
-    (so a virtual environment is still found) and ``PYTHONPATH`` where polytask
-    is. ``saved`` holds the caller's own values of those two variables (None:
-    unset), for the new process to restore before it runs user code.
+    (so that a virtual environment is still found) and ``PYTHONPATH`` where
+    polytask is. ``saved`` holds the caller's own values of those two variables
+    (None: unset), for the new process to restore before it runs user code.
     """
     out = dict(env)
     saved = {k: out.get(k) for k in ("PYTHONEXECUTABLE", "PYTHONPATH")}
     out["PYTHONEXECUTABLE"] = sys.executable
     path = saved["PYTHONPATH"]
     out["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + path if path else "")
-    return [name, *flags, "-m", module, *args], out, saved
+    return [name, *args], out, saved
 
 
 def restore_env(saved: Mapping[str, str | None]) -> None:
@@ -486,6 +498,11 @@ def start_in_group(
     return proc
 
 
+def remember_job(pid: int, job: str) -> None:
+    """Record that process ``pid`` (started elsewhere, e.g. forked) carries ``job``'s mark."""
+    _pid_jobs[pid] = job
+
+
 def forget_job(pid: int) -> str | None:
     """The job :func:`start_in_group` marked process ``pid`` with (once; then forgotten)."""
     return _pid_jobs.pop(pid, None)
@@ -514,11 +531,7 @@ class _Guardian:
         # before it has done its own.
         env = {k: v for k, v in os.environ.items() if not k.startswith(_TREE_PREFIX)}
         argv, env, _ = python_command(
-            _guardian_mod.PROCESS_NAME,
-            "polytask._guardian",
-            [str(DEFAULT_GRACE)],
-            env,
-            flags=["-S"],
+            _guardian_mod.PROCESS_NAME, ["-S", "-m", "polytask._guardian", str(DEFAULT_GRACE)], env
         )
         self._proc = subprocess.Popen(
             argv,

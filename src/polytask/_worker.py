@@ -1,7 +1,8 @@
 """The main loop of a process-backend worker.
 
-Started by the parent as ``python -c 'from polytask._worker import main; main()'``
-(or forked, with start_method="fork"). It reads request frames from one pipe
+Started by the parent as ``polytask-worker -c 'from polytask._worker import main;
+main()' RFD WFD PARENT`` (argv[0] is what ``ps`` shows; or forked, with
+start_method="fork"). It reads request frames from one pipe
 and writes one response frame per task to another. It sets PDEATHSIG so that
 it dies with the thread that started it, and checks that its parent is still
 the one that started it.
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import _wire
+from . import _proc, _wire
 from ._serialize import describe, dumps, dumps_exception
 from ._spin import SPIN_MAX, after_sleep
 
@@ -58,6 +59,55 @@ def _write_all(fd: int, data: bytes) -> None:
 # worker polls its request pipe before it sleeps, so a caller that submits again
 # at once finds it awake (the policy: _spin). An idle worker thus burns at most
 # one budget after its last task.
+
+
+class _Strays:
+    """Ends what a task started and left running, before its result goes out.
+
+    The worker is a subreaper (set at start-up), so whatever a task started, and
+    the orphans of that, stays a descendant of the worker: with no child left
+    at all, nothing of the task's is left either (one system call, the common
+    case). Otherwise every process carrying this worker's job mark (inherited
+    from it, whatever group or session it moved to; see _proc's trees) is ended
+    with the one kill policy, except the worker's own children from its
+    start-up and initializer, and the zombies among our children are reaped.
+    """
+
+    __slots__ = ("keep", "marker")
+
+    def __init__(self) -> None:
+        self.marker: bytes | None = None
+        self.keep: frozenset[int] = frozenset()
+
+    def ready(self, marker: bytes | None) -> None:
+        """Start-up and initializer are done: what runs now is the worker's own."""
+        self.marker = marker
+        self.keep = frozenset(_proc.children())
+
+    def after_task(self) -> None:
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if not set(_proc.children()) - self.keep:
+            return
+        if self.marker is not None:
+            found = [p for p in _proc.find_marked({self.marker}) if p not in self.keep]
+            if found:
+                marker = self.marker
+                _proc.end_processes(
+                    found,
+                    again=lambda: [p for p in _proc.find_marked({marker}) if p not in self.keep],
+                )
+        for pid in _proc.children():
+            if pid not in self.keep:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+
+_strays = _Strays()
 
 
 def serve(rfd: int, wfd: int) -> None:
@@ -144,6 +194,7 @@ def serve(rfd: int, wfd: int) -> None:
                 del result
             finally:
                 _set_current(None)
+            _strays.after_task()
             if _retiring:
                 frame = frame[:8] + bytes([frame[8] | _wire.F_RETIRE]) + frame[9:]
                 _write_all(wfd, frame)
@@ -191,6 +242,9 @@ def _forked_child_returned(where: str, exc: BaseException | None) -> NoReturn:
 
 def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     sys.path[:] = config["sys_path"]
+    # What the parent set only to start this interpreter (see _proc.python_command)
+    # must not reach the programs a task starts.
+    _proc.restore_env(config.get("env_restore", {}))
     init = config.get("initializer")
     if init is not None:
         try:
@@ -204,6 +258,7 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
             os._exit(3)
         if os.getpid() != me:
             _forked_child_returned("the worker's initializer", None)
+    _strays.ready(config.get("tree_marker"))
     # A task's timeout counts from here: interpreter start-up and the initializer
     # are the pool's cost, not the task's.
     _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))
@@ -212,9 +267,11 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 def main() -> None:
     """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
     rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
-    from ._proc import set_pdeathsig
+    from ._guardian import set_comm
 
-    set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+    set_comm("polytask-worker")
+    _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+    _proc.become_subreaper()
     # The worker has its own process group: the terminal's Ctrl-C goes to the
     # parent, which ends the workers itself, without tracebacks from each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -192,3 +192,75 @@ def test_up_with_a_daemonizing_program_leaves_nothing(tmp_path, sig):
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+# --------------------------------------------------------------------------- process tasks
+
+
+def _start_escape(kind: str, tag: str) -> int:
+    """In a process task: start the escape, return the worker's pid."""
+    import subprocess as sp
+
+    sp.run(["/bin/sh", "-c", then(kind, tag, "true")], check=True)
+    return os.getpid()
+
+
+def _start_escape_and_hang(kind: str, tag: str) -> None:
+    _start_escape(kind, tag)
+    time.sleep(300)
+
+
+@pytest.mark.parametrize("kind", ["setsid", "setpgid", "double-fork-daemon", "ignores-TERM"])
+def test_process_task_leaves_nothing(kind):
+    """What a process task starts ends with the task, not with the worker."""
+    import polytask as pt
+
+    tag = _tag()
+    with pt.Pool(workers=1) as pool:
+        worker = pool.submit(_start_escape, kind, tag).result(timeout=60)
+        left = tagged(tag)  # the result is back: the task's processes are gone already
+        _kill(left)
+        assert left == []
+        # The worker itself lives on for the next task.
+        assert pool.submit(os.getpid).result(timeout=60) == worker
+
+
+@pytest.mark.parametrize("end", ["timeout", "cancel"])
+def test_killed_process_task_leaves_nothing(end):
+    import polytask as pt
+
+    tag = _tag()
+    task = pt.spawn(
+        _start_escape_and_hang,
+        "double-fork-daemon",
+        tag,
+        backend="process",
+        timeout=60 if end == "cancel" else 3,
+    )
+    wait_present(tag)
+    if end == "cancel":
+        task.cancel()
+    with pytest.raises((pt.TaskTimeout, pt.Cancelled)):
+        task.result(timeout=60)
+    _assert_gone(tag)
+
+
+def test_owner_sigkilled_with_a_process_task_daemon(tmp_path):
+    tag = _tag()
+    script = f"""
+        import sys, time
+        import polytask as pt
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_escapes import _start_escape_and_hang
+        t = pt.spawn(_start_escape_and_hang, "double-fork-daemon", {tag!r}, backend="process")
+        open(sys.argv[1], "w").write("ready")
+        t.result()
+    """
+    ready = tmp_path / "ready"
+    with Harness(script, tmp_path, str(ready)) as h:
+        h.wait_for_line(ready, "ready")
+        wait_present(tag)
+        h.signal(signal.SIGKILL)
+        h.wait()
+        _assert_gone(tag)
+        h.leftovers(within=5)

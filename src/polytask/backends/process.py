@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
-from .. import _wire
+from .. import _proc, _wire
 from .._errors import (
     Cancelled,
     PolytaskError,
@@ -76,9 +76,10 @@ _READ_SIZE = 1 << 16
 # same condition. One core: never. (The cores this process may run on: a CPU
 # quota set by a container's cgroup is not seen.)
 _NCPU = usable_cpus()
-_BOOT = "import sys; sys.path.insert(0, sys.argv[4]); from polytask._worker import main; main()"
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = "from polytask._worker import main; main()"
 START_METHODS = ("spawn", "fork")
+#: What ``ps`` shows for a worker process.
+WORKER_NAME = "polytask-worker"
 
 
 class _Launcher:
@@ -445,40 +446,45 @@ class ProcessBackend(Backend):
         else:
             self._wake()  # its READY is read by the collector
 
-    def _config_frame(self) -> bytes:
-        config = dict(self._init_config, sys_path=list(sys.path))
+    def _config_frame(self, job: str, env_restore: dict[str, str | None]) -> bytes:
+        config = dict(
+            self._init_config,
+            sys_path=list(sys.path),
+            # The worker ends what a task leaves running by this mark (_worker._Strays).
+            tree_marker=_proc.tree_marker(job),
+            env_restore=env_restore,
+        )
         return _wire.encode_request(0, _wire.K_INIT, b"", pickle.dumps(config, 5))
 
     def _spawn_process(self) -> _Worker:
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
+        job = _proc.new_job()
+        argv, env, saved = _proc.python_command(
+            WORKER_NAME, ["-c", _BOOT, str(req_r), str(res_w), str(os.getpid())], os.environ
+        )
         try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _BOOT,
-                    str(req_r),
-                    str(res_w),
-                    str(os.getpid()),
-                    _PKG_PARENT,
-                ],
+            proc = _proc.start_in_group(
+                argv,
+                executable=sys.executable,
+                env=env,
+                job=job,
                 pass_fds=(req_r, res_w),
                 stdin=subprocess.DEVNULL,
-                process_group=0,
             )
         finally:
             os.close(req_r)
             os.close(res_w)
-        guard(proc.pid)
         w = _Worker(proc, req_w, res_r)
-        _write_all(req_w, self._config_frame())
+        _write_all(req_w, self._config_frame(job, saved))
         return w
 
     def _fork_process(self) -> _Worker:
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
-        frame = self._config_frame()
+        job = _proc.new_job()
+        frame = self._config_frame(job, {})
+        mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
         parent = os.getpid()
         with self._lock:
             # The child must not hold other workers' pipe ends: a retired worker
@@ -499,10 +505,13 @@ class ProcessBackend(Backend):
                             os.close(fd)
                         except OSError:
                             pass
-                from .._proc import set_pdeathsig
+                from .._guardian import set_comm
                 from .._worker import serve
 
-                set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+                os.environ[mark_key] = job  # what it starts carries its job's mark
+                set_comm(WORKER_NAME)
+                _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+                _proc.become_subreaper()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 serve(req_r, res_w)
             except SystemExit as exc:
@@ -514,6 +523,7 @@ class ProcessBackend(Backend):
         os.close(req_r)
         os.close(res_w)
         guard(pid)
+        _proc.remember_job(pid, job)
         w = _Worker(_ForkedProc(pid), req_w, res_r)
         _write_all(req_w, frame)
         return w
@@ -634,6 +644,12 @@ class ProcessBackend(Backend):
         except OSError:
             pass
         unguard(w.pid)
+        job = _proc.forget_job(w.pid)
+        if job is not None and (code != 0 or w.kill_exc is not None):
+            # Killed or crashed mid-task: what its task started and that left the
+            # group was not ended by the worker (_worker._Strays). Off this thread:
+            # the kill policy's grace must not hold up other tasks' results.
+            _end_strays_later(job, w.pid)
         with self._lock:
             self._booted(w)
             w.dead = True
@@ -1038,6 +1054,17 @@ def _report(what: str, exc: BaseException) -> None:
         print(f"polytask: error in {what}: {type(exc).__name__}: {exc!r}", file=sys.stderr)
     except BaseException:  # pragma: no cover - stderr closed at exit
         pass
+
+
+def _end_strays_later(job: str, pid: int) -> None:
+    if _proc.find_trees([job], first_pid=pid):
+        threading.Thread(
+            target=_proc.end_trees,
+            args=([job],),
+            kwargs={"first_pid": pid},
+            name="polytask-reaper",
+            daemon=True,
+        ).start()
 
 
 def _write_all(fd: int, data: bytes) -> None:
