@@ -66,6 +66,7 @@ __all__ = [
     "guard_prefix",
     "new_job",
     "owner_key",
+    "pid_state",
     "python_command",
     "reap_strays",
     "remember_job",
@@ -228,18 +229,43 @@ def find_marked(markers: Collection[bytes], first_pid: int | None = None) -> lis
         pids: Iterable[int] = (int(n) for n in os.listdir("/proc") if n.isdigit())
     else:
         pids = _newer_pids(first_pid)
-    found = []
+    found: list[int] = []
+    # A process in the middle of execve shows an empty environment for a moment
+    # (the new image's is not set up yet): look at those again, briefly.
+    unsure = _scan_environ(pids, wanted, me, found)
+    for delay in (0.0005, 0.002, 0.005):
+        if not unsure:
+            break
+        time.sleep(delay)
+        unsure = _scan_environ(unsure, wanted, me, found)
+    return found
+
+
+def _scan_environ(pids: Iterable[int], wanted: set[bytes], me: int, found: list[int]) -> list[int]:
+    unsure = []
     for pid in pids:
         if pid == me:
             continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read()
-        except OSError:  # no such process, a zombie, or not ours
+        except OSError:  # no such process, or not ours
             continue
-        if wanted.intersection(env.split(b"\0")):
+        if not env:
+            if pid_state(pid) not in (b"Z", b"X", None):  # a zombie has none either
+                unsure.append(pid)
+        elif wanted.intersection(env.split(b"\0")):
             found.append(pid)
-    return found
+    return unsure
+
+
+def pid_state(pid: int) -> bytes | None:
+    """The state letter of process ``pid`` (``R``, ``S``, ``Z``...), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def end_trees(

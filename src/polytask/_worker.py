@@ -89,22 +89,29 @@ class _Strays:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if not set(_proc.children()) - self.keep:
-            return
-        if self.marker is not None:
-            found = [p for p in _proc.find_marked({self.marker}) if p not in self.keep]
-            if found:
-                marker = self.marker
-                _proc.end_processes(
-                    found,
-                    again=lambda: [p for p in _proc.find_marked({marker}) if p not in self.keep],
-                )
+        # As their subreaper, every child we did not have at start-up is the task's
+        # (or adopted from it): end those and everything carrying our mark, again
+        # while any is left (one may have been between fork and exec, unmarked).
+        for _ in range(5):
+            left = [p for p in self._living_children() if p not in self.keep]
+            found = (
+                [p for p in _proc.find_marked({self.marker}) if p not in self.keep]
+                if self.marker is not None
+                else []
+            )
+            if not left and not found:
+                break
+            _proc.end_processes(set(left) | set(found))
         for pid in _proc.children():
             if pid not in self.keep:
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
+
+    @staticmethod
+    def _living_children() -> list[int]:
+        return [p for p in _proc.children() if _proc.pid_state(p) not in (b"Z", b"X", None)]
 
 
 _strays = _Strays()
