@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 import polytask as pt
-from polytask.backends.process import ProcessBackend
+from polytask.backends.process.backend import ProcessBackend
 
 
 def _tiny(x: int) -> int:

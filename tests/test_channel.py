@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import polytask as pt
-from polytask import _ring as R
-from polytask._channel import DEFAULT_CAPACITY
-from polytask._shm import _attach_shared_array
+from polytask._ipc import ring as R
+from polytask._ipc.channel import DEFAULT_CAPACITY
+from polytask._ipc.shm import _attach_shared_array
 
 BACKENDS = ["thread", "process"]
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -631,8 +631,8 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
     """A forked child's copy of the owner's handle owns nothing: dropping it removes no
     name of the parent's, even when a garbage collection runs the handle's finalizer
     while the child holds the spill pool's lock."""
-    from polytask import _channel as C
-    from polytask import _proc
+    from polytask._ipc import channel as C
+    from polytask._os import proc as _proc
 
     ch = pt.Channel(backend="process", capacity=1 << 16)
     old = pt.Channel(backend="process", capacity=1 << 16)

@@ -164,7 +164,7 @@ def test_group_failure_cancels_siblings(tmp_path: Path) -> None:
 
 
 def test_join_existing_scheduler_by_address(dask_cluster: object) -> None:
-    from polytask.backends.dask import DaskBackend
+    from polytask.backends.cluster.dask import DaskBackend
 
     address = dask_cluster.scheduler.address  # type: ignore[attr-defined]
     be = DaskBackend(address=address)
@@ -177,7 +177,7 @@ def test_join_existing_scheduler_by_address(dask_cluster: object) -> None:
 
 
 def test_borrowed_client_is_never_closed(dask_cluster: object) -> None:
-    from polytask.backends.dask import DaskBackend
+    from polytask.backends.cluster.dask import DaskBackend
 
     be = DaskBackend(client=dask_cluster)
     assert pt.spawn(add, 1, backend=be).result(timeout=60) == 1
@@ -188,7 +188,7 @@ def test_borrowed_client_is_never_closed(dask_cluster: object) -> None:
 
 
 def test_bad_options_fail_at_the_call(dask_cluster: object) -> None:
-    from polytask.backends.dask import DaskBackend
+    from polytask.backends.cluster.dask import DaskBackend
 
     with pytest.raises(ValueError, match="max_workers"):
         DaskBackend(max_workers=0)
@@ -268,7 +268,7 @@ def test_own_local_cluster_is_closed_with_its_processes() -> None:
     r = run_script(
         """
         import psutil, polytask as pt
-        from polytask.backends.dask import DaskBackend
+        from polytask.backends.cluster.dask import DaskBackend
         be = DaskBackend(max_workers=1)
         assert pt.spawn(sum, [1, 2], backend=be).result(timeout=60) == 3
         assert len(psutil.Process().children(recursive=True)) >= 2
@@ -315,7 +315,7 @@ def test_pool_map_batches_and_isolates_a_crash() -> None:
 def test_hub_state_machine_without_an_engine() -> None:
     import asyncio
 
-    from polytask.backends._hub import SyncHub
+    from polytask.backends.cluster.hub import SyncHub
 
     async def scenario() -> None:
         hub = SyncHub()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
-from polytask import _proc
+from polytask._os import proc as _proc
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HANG = 30.0  # a bound for "does not hang", never a speed check

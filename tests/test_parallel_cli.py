@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from polytask import _parallel_spec as spec
-from polytask._proc import usable_cpus
+from polytask._os.proc import usable_cpus
 from polytask.cli._parallel import main
 
 PY = sys.executable
@@ -375,7 +375,7 @@ def test_both_start_paths(
     # Programs start on the loop's thread while starts are quick; after a slow
     # one (here: every one) the next go to the starter threads. Either way each
     # job runs in a process group of its own and its output stays together.
-    from polytask import _parallel_loop
+    from polytask._os import childloop as _parallel_loop
 
     monkeypatch.setattr(_parallel_loop, "SLOW_START", slow_start)
     job = 'test "$(cut -d" " -f5 /proc/$$/stat)" = $$ && echo own {}; echo err {} >&2'
@@ -390,7 +390,7 @@ def test_both_start_paths(
 def test_program_looked_up_once_per_run(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from polytask import _parallel_loop
+    from polytask._os import childloop as _parallel_loop
 
     looked_up: list[str] = []
     real = _parallel_loop.which
@@ -410,7 +410,7 @@ def test_job_started_but_not_watchable_is_ended(
     # posix_spawn succeeded, then the loop could not watch the program (no
     # descriptor left for its pidfd): it is killed and reaped at once, its
     # files closed, and the job counts as failed; the others run.
-    from polytask import _parallel_loop
+    from polytask._os import childloop as _parallel_loop
 
     real = os.pidfd_open
     calls = [0]
@@ -676,7 +676,7 @@ def test_stdin_inputs_and_exit_codes() -> None:
 def test_help_imports_only_what_it_needs() -> None:
     code = (
         "import sys; from polytask.cli import main; code = main(['parallel', '--help']); "
-        "heavy = ['rich', 'cloudpickle', 'polytask.backends.process', 'numpy', 'psutil']; "
+        "heavy = ['rich', 'cloudpickle', 'polytask.backends.process.backend', 'numpy', 'psutil']; "
         "print(code, [m for m in heavy if m in sys.modules], file=sys.stderr)"
     )
     r = subprocess.run(

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import polytask
-from polytask._proc import usable_cpus
-from polytask._worker import FORKED_CHILD_EXIT
-from polytask.backends.process import START_METHODS, ProcessBackend
+from polytask._os.proc import usable_cpus
+from polytask.backends.process.backend import START_METHODS, ProcessBackend
+from polytask.backends.process.worker import FORKED_CHILD_EXIT
 
 HANG = 60
 MIB = 1 << 20

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from polytask._errors import PolytaskError, ProcfileError
+from polytask._core.errors import PolytaskError, ProcfileError
 from polytask._procfile import (
     Instance,
     expand,

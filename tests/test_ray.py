@@ -140,7 +140,7 @@ def test_group_failure_cancels_siblings(tmp_path: Path) -> None:
 def test_borrowed_ray_is_not_shut_down() -> None:
     import ray
 
-    from polytask.backends.ray import RayBackend
+    from polytask.backends.cluster.ray import RayBackend
 
     be = RayBackend()
     assert pt.spawn(add, 4, backend=be).result(timeout=60) == 4

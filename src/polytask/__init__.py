@@ -19,53 +19,53 @@ from typing import TYPE_CHECKING, Any
 # that `import polytask` (and so every `polytask` command) starts fast and a
 # user of threads never pays for shared memory, asyncio or the supervisor.
 _LAZY: dict[str, str] = {
-    "BackendUnavailable": "._errors",
-    "background": "._task",
-    "Barrier": "._sync",
-    "BoundedSemaphore": "._sync",
-    "Cancelled": "._errors",
-    "Channel": "._channel",
-    "ChannelClosed": "._errors",
-    "CommandFailed": "._errors",
+    "BackendUnavailable": "._core.errors",
+    "background": "._core.task",
+    "Barrier": "._ipc.sync",
+    "BoundedSemaphore": "._ipc.sync",
+    "Cancelled": "._core.errors",
+    "Channel": "._ipc.channel",
+    "ChannelClosed": "._core.errors",
+    "CommandFailed": "._core.errors",
     "CommandResult": "._commands",
-    "CommandTimeout": "._errors",
-    "checkpoint": "._task",
-    "Condition": "._sync",
-    "current_task": "._task",
-    "CurrentTask": "._task",
+    "CommandTimeout": "._core.errors",
+    "checkpoint": "._core.task",
+    "Condition": "._ipc.sync",
+    "current_task": "._core.task",
+    "CurrentTask": "._core.task",
     "debug": ".",
     "DEVNULL": "._commands",
-    "Event": "._sync",
+    "Event": "._ipc.sync",
     "Executor": "._pool",
-    "Fifo": "._fifo",
-    "FileLock": "._sync",
+    "Fifo": "._ipc.fifo",
+    "FileLock": "._ipc.sync",
     "INHERIT": "._commands",
-    "Lock": "._sync",
+    "Lock": "._ipc.sync",
     "OutputLine": "._commands",
     "pipeline": "._pipeline",
-    "PolytaskError": "._errors",
+    "PolytaskError": "._core.errors",
     "Pool": "._pool",
-    "PotentialDeadlock": "._errors",
+    "PotentialDeadlock": "._core.errors",
     "ProcessStatus": "._supervisor",
-    "ProcfileError": "._errors",
-    "ProgramNotFound": "._errors",
-    "RemoteError": "._errors",
-    "RLock": "._sync",
+    "ProcfileError": "._core.errors",
+    "ProgramNotFound": "._core.errors",
+    "RemoteError": "._core.errors",
+    "RLock": "._ipc.sync",
     "run": "._commands",
     "run_many": "._commands",
-    "Semaphore": "._sync",
-    "SerializationError": "._errors",
-    "SharedArray": "._shm",
-    "sleep": "._task",
-    "spawn": "._task",
+    "Semaphore": "._ipc.sync",
+    "SerializationError": "._core.errors",
+    "SharedArray": "._ipc.shm",
+    "sleep": "._core.task",
+    "spawn": "._core.task",
     "stage": "._pipeline",
     "Stream": "._commands",
     "stream": "._commands",
     "Supervisor": "._supervisor",
-    "Task": "._task",
+    "Task": "._core.task",
     "TaskGroup": "._group",
-    "TaskTimeout": "._errors",
-    "WorkerCrashed": "._errors",
+    "TaskTimeout": "._core.errors",
+    "WorkerCrashed": "._core.errors",
 }
 
 __all__ = (
@@ -139,7 +139,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from . import debug as debug
-    from ._channel import Channel as Channel
     from ._commands import DEVNULL as DEVNULL
     from ._commands import INHERIT as INHERIT
     from ._commands import CommandResult as CommandResult
@@ -148,40 +147,41 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._commands import run as run
     from ._commands import run_many as run_many
     from ._commands import stream as stream
-    from ._errors import BackendUnavailable as BackendUnavailable
-    from ._errors import Cancelled as Cancelled
-    from ._errors import ChannelClosed as ChannelClosed
-    from ._errors import CommandFailed as CommandFailed
-    from ._errors import CommandTimeout as CommandTimeout
-    from ._errors import PolytaskError as PolytaskError
-    from ._errors import PotentialDeadlock as PotentialDeadlock
-    from ._errors import ProcfileError as ProcfileError
-    from ._errors import ProgramNotFound as ProgramNotFound
-    from ._errors import RemoteError as RemoteError
-    from ._errors import SerializationError as SerializationError
-    from ._errors import TaskTimeout as TaskTimeout
-    from ._errors import WorkerCrashed as WorkerCrashed
-    from ._fifo import Fifo as Fifo
+    from ._core.errors import BackendUnavailable as BackendUnavailable
+    from ._core.errors import Cancelled as Cancelled
+    from ._core.errors import ChannelClosed as ChannelClosed
+    from ._core.errors import CommandFailed as CommandFailed
+    from ._core.errors import CommandTimeout as CommandTimeout
+    from ._core.errors import PolytaskError as PolytaskError
+    from ._core.errors import PotentialDeadlock as PotentialDeadlock
+    from ._core.errors import ProcfileError as ProcfileError
+    from ._core.errors import ProgramNotFound as ProgramNotFound
+    from ._core.errors import RemoteError as RemoteError
+    from ._core.errors import SerializationError as SerializationError
+    from ._core.errors import TaskTimeout as TaskTimeout
+    from ._core.errors import WorkerCrashed as WorkerCrashed
+    from ._core.task import CurrentTask as CurrentTask
+    from ._core.task import Task as Task
+    from ._core.task import background as background
+    from ._core.task import checkpoint as checkpoint
+    from ._core.task import current_task as current_task
+    from ._core.task import sleep as sleep
+    from ._core.task import spawn as spawn
     from ._group import TaskGroup as TaskGroup
+    from ._ipc.channel import Channel as Channel
+    from ._ipc.fifo import Fifo as Fifo
+    from ._ipc.shm import SharedArray as SharedArray
+    from ._ipc.sync import Barrier as Barrier
+    from ._ipc.sync import BoundedSemaphore as BoundedSemaphore
+    from ._ipc.sync import Condition as Condition
+    from ._ipc.sync import Event as Event
+    from ._ipc.sync import FileLock as FileLock
+    from ._ipc.sync import Lock as Lock
+    from ._ipc.sync import RLock as RLock
+    from ._ipc.sync import Semaphore as Semaphore
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
     from ._pool import Executor as Executor
     from ._pool import Pool as Pool
-    from ._shm import SharedArray as SharedArray
     from ._supervisor import ProcessStatus as ProcessStatus
     from ._supervisor import Supervisor as Supervisor
-    from ._sync import Barrier as Barrier
-    from ._sync import BoundedSemaphore as BoundedSemaphore
-    from ._sync import Condition as Condition
-    from ._sync import Event as Event
-    from ._sync import FileLock as FileLock
-    from ._sync import Lock as Lock
-    from ._sync import RLock as RLock
-    from ._sync import Semaphore as Semaphore
-    from ._task import CurrentTask as CurrentTask
-    from ._task import Task as Task
-    from ._task import background as background
-    from ._task import checkpoint as checkpoint
-    from ._task import current_task as current_task
-    from ._task import sleep as sleep
-    from ._task import spawn as spawn

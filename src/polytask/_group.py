@@ -22,9 +22,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from ._errors import Cancelled, TaskTimeout
+from ._core.errors import Cancelled, TaskTimeout
+from ._core.task import CANCEL_SLICE, Task, cancellable_task, check_timeout
 from ._factories import PrimitiveFactory
-from ._task import CANCEL_SLICE, Task, cancellable_task, check_timeout
 from .backends import Backend, get_backend
 
 __all__ = ["TaskGroup"]
@@ -110,7 +110,7 @@ class TaskGroup(PrimitiveFactory):
                 self.cancel()
         stack.append(self)
         if self._timeout is not None:
-            from ._timer import call_later
+            from ._core.timer import call_later
 
             self._timer = call_later(self._timeout, self._on_deadline)
         return self
@@ -132,7 +132,7 @@ class TaskGroup(PrimitiveFactory):
             )
         if self._cancelling:
             # The group already failed: the task is born cancelled and never starts.
-            from ._serialize import fn_name
+            from ._ipc.codec import fn_name
 
             task: Task[T] = Task(self._backend, name or fn_name(fn), timeout)
             task.cancel()

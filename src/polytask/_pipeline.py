@@ -37,8 +37,8 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from ._errors import ChannelClosed, TaskTimeout
-from ._serialize import fn_name
+from ._core.errors import ChannelClosed, TaskTimeout
+from ._ipc.codec import fn_name
 
 __all__ = ["Pipeline", "Stage", "pipeline", "stage"]
 
@@ -155,7 +155,7 @@ class Pipeline(Generic[T]):
     # ------------------------------------------------------------------ start
 
     def _start(self) -> None:
-        from ._channel import Channel
+        from ._ipc.channel import Channel
         from .backends import make_backend
 
         if self._started:
@@ -434,7 +434,7 @@ def pipeline(
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name such as 'thread' or 'process', got {backend!r}")
-    from ._channel import _BACKENDS
+    from ._ipc.channel import _BACKENDS
 
     if backend not in _BACKENDS:
         raise ValueError(f"unknown pipeline backend {backend!r}; choose one of {sorted(_BACKENDS)}")

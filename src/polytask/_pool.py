@@ -39,12 +39,12 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from ._chunking import ChunkSizer
-from ._errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
+from ._core.errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
+from ._core.task import Task, check_timeout, current_task, finish_many
 from ._factories import PrimitiveFactory
-from ._proc import usable_cpus
+from ._ipc.codec import dumps, dumps_exception, fn_name, loads_exception
+from ._os.proc import usable_cpus
 from ._progress import Progress, want_progress
-from ._serialize import dumps, dumps_exception, fn_name, loads_exception
-from ._task import Task, check_timeout, current_task, finish_many
 from .backends import Backend, make_backend
 
 __all__ = ["Executor", "Pool"]
@@ -131,7 +131,7 @@ def _run_chunk(
                     if now - last_check > 0.005 or len(values) == n:
                         last_check = now
                         if _rss() > max_memory:
-                            from ._worker import retire_after_task
+                            from .backends.process.worker import retire_after_task
 
                             retire_after_task()
                             stop = True
@@ -492,7 +492,7 @@ def _install_exit_hook() -> None:
     global _hook_installed
     with _hook_lock:
         if not _hook_installed:
-            from ._proc import at_shutdown
+            from ._os.proc import at_shutdown
 
             at_shutdown(_terminate_live_pools)
             _hook_installed = True

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ._errors import ProcfileError
+from ._core.errors import ProcfileError
 
 __all__ = [
     "DEFAULT_BASE_PORT",
@@ -325,7 +325,7 @@ def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
         from dotenv import dotenv_values
         from dotenv.parser import parse_stream
     except ImportError as exc:  # pragma: no cover - python-dotenv is a dependency
-        from ._errors import BackendUnavailable
+        from ._core.errors import BackendUnavailable
 
         raise BackendUnavailable(
             "reading an env file needs python-dotenv: pip install python-dotenv"

@@ -50,8 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal
 
-from . import _proc
-from ._errors import PolytaskError, ProcfileError, describe_exit
+from ._core.errors import PolytaskError, ProcfileError, describe_exit
+from ._os import proc as _proc
 from ._procfile import (
     DEFAULT_BASE_PORT,
     Instance,

@@ -30,7 +30,7 @@ try:
         ParallelBackendBase,
     )
 except ImportError as exc:  # pragma: no cover - joblib is an optional dependency
-    from ._errors import BackendUnavailable
+    from ._core.errors import BackendUnavailable
 
     raise BackendUnavailable(
         "polytask.joblib needs joblib: pip install joblib (or polytask[dev])"

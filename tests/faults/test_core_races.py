@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import Harness
 
 import polytask as pt
-from polytask.backends.process import ProcessBackend
+from polytask.backends.process.backend import ProcessBackend
 
 HANG = 60
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from typing import Any, ClassVar, TypeVar
 
-from .._serialize import fn_name
-from .._task import Task, check_timeout
+from .._core.task import Task, check_timeout
+from .._ipc.codec import fn_name
 
 __all__ = ["Backend", "available", "get_backend", "make_backend", "shutdown_defaults"]
 
@@ -25,9 +25,9 @@ T = TypeVar("T")
 #: name -> "module:Class"; modules are imported on first use.
 _REGISTRY: dict[str, str] = {
     "thread": "polytask.backends.thread:ThreadBackend",
-    "process": "polytask.backends.process:ProcessBackend",
-    "dask": "polytask.backends.dask:DaskBackend",
-    "ray": "polytask.backends.ray:RayBackend",
+    "process": "polytask.backends.process.backend:ProcessBackend",
+    "dask": "polytask.backends.cluster.dask:DaskBackend",
+    "ray": "polytask.backends.cluster.ray:RayBackend",
 }
 
 
@@ -105,10 +105,10 @@ class Backend(ABC):
         """A synchronisation primitive (``"Lock"``, ``"Event"``...) or ``"Channel"``
         that works on this backend."""
         if kind == "Channel":
-            from .._channel import Channel
+            from .._ipc.channel import Channel
 
             return Channel(*args, backend=self.name, **kwargs)
-        from .._sync import make_primitive
+        from .._ipc.sync import make_primitive
 
         return make_primitive(kind, self.name, *args, **kwargs)
 
@@ -266,7 +266,7 @@ def _after_fork_in_child() -> None:
 
 
 def _register_exit_hook() -> None:
-    from .._proc import at_shutdown
+    from .._os.proc import at_shutdown
 
     at_shutdown(shutdown_defaults)
     try:

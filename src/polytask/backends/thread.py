@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import TaskTimeout
-from .._task import CurrentTask, Task, _set_current
-from .._timer import call_later
+from .._core.errors import TaskTimeout
+from .._core.task import CurrentTask, Task, _set_current
+from .._core.timer import call_later
 from . import Backend
 
 __all__ = ["ThreadBackend"]

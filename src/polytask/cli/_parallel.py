@@ -527,7 +527,7 @@ class _Runner:
             _write(1, os.fsencode(text) + b"\n")
 
     def run(self) -> int:
-        from .._parallel_loop import ProcessLoop
+        from .._os.childloop import ProcessLoop
 
         self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True)
         limit = self.limit = self.jobs if self.jobs is not None else 1 << 30
@@ -936,7 +936,7 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Runner:
     from .. import _parallel_spec as spec
-    from .._proc import usable_cpus
+    from .._os.proc import usable_cpus
 
     ncpu = usable_cpus()
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
-from .._errors import PolytaskError, ProcfileError
+from .._core.errors import PolytaskError, ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency
 from .._supervisor import (
     RESTART_MODES,

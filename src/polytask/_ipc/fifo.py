@@ -52,9 +52,9 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from . import _proc
-from ._errors import ChannelClosed, SerializationError
-from ._task import check_timeout
+from .._core.errors import ChannelClosed, SerializationError
+from .._core.task import check_timeout
+from .._os import proc as _proc
 
 __all__ = ["DEFAULT_MAX_FRAME", "FORMATS", "Fifo", "FifoReader", "FifoWriter"]
 

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._errors import RemoteError, RemoteTraceback, SerializationError
+from .._core.errors import RemoteError, RemoteTraceback, SerializationError
 
 __all__ = [
     "describe",

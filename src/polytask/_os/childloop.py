@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._proc import (
+from .proc import (
     DEFAULT_GRACE,
     end_trees,
     forget_job,

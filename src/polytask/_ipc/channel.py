@@ -58,11 +58,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
-from . import _proc
-from . import _ring as R
-from ._errors import ChannelClosed, SerializationError
-from ._ring import PACKED, PACKERS, make_packer
-from ._shm import (
+from .._core.errors import ChannelClosed, SerializationError
+from .._core.task import CurrentTask, current_task
+from .._os import proc as _proc
+from . import ring as R
+from .ring import PACKED, PACKERS, make_packer
+from .shm import (
     SHM_DIR,
     AttachCache,
     RobustMutex,
@@ -78,8 +79,7 @@ from ._shm import (
     process_alive,
     process_start,
 )
-from ._spin import SPIN_MAX, after_sleep
-from ._task import CurrentTask, current_task
+from .spin import SPIN_MAX, after_sleep
 
 __all__ = ["Channel", "register_channel_backend"]
 
@@ -186,7 +186,7 @@ class Channel(Generic[T]):
         impl = _BACKENDS.get(backend)
         if impl is None and isinstance(backend, str):
             # A cluster backend registers its channel when its module is imported.
-            from .backends import available, backend_class
+            from ..backends import available, backend_class
 
             if backend in available():
                 backend_class(backend)
@@ -564,7 +564,7 @@ def _channel_of(spill_name: str) -> str:
 
 def _adopt(seg: Segment) -> None:
     """Take a new spill out of the exit-time unlinking of owned segments (it stays guarded)."""
-    from . import _shm
+    from . import shm as _shm
 
     global _spill_hook
     with _shm._owned_lock:

@@ -22,10 +22,10 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._errors import Cancelled, SerializationError, TaskTimeout
-from .._serialize import PROTOCOL, dumps, dumps_call, dumps_exception, loads_exception
-from .._task import CurrentTask, Task, _set_current
-from ._cluster_sync import pinning
+from ..._core.errors import Cancelled, SerializationError, TaskTimeout
+from ..._core.task import CurrentTask, Task, _set_current
+from ..._ipc.codec import PROTOCOL, dumps, dumps_call, dumps_exception, loads_exception
+from .sync import pinning
 
 __all__ = ["Outcome", "cancelled_error", "pack_call", "run_pickled", "settle", "timeout_error"]
 

@@ -12,7 +12,7 @@ only delay its own peer.
 
 from __future__ import annotations
 
-from ._proc import usable_cpus
+from .._os.proc import usable_cpus
 
 __all__ = ["SPIN_MAX", "SPIN_MIN", "after_sleep"]
 

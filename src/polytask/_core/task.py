@@ -19,10 +19,10 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from ._errors import Cancelled
+from .errors import Cancelled
 
 if TYPE_CHECKING:
-    from .backends import Backend
+    from ..backends import Backend
 
 __all__ = [
     "CANCEL_SLICE",
@@ -664,7 +664,7 @@ def spawn(
     Keyword arguments named ``backend``, ``timeout``, ``name`` or ``daemon`` are
     polytask's; pass such arguments to ``fn`` through ``functools.partial``.
     """
-    from .backends import get_backend
+    from ..backends import get_backend
 
     if daemon is not False and daemon is not True:
         raise TypeError(f"daemon must be True or False, not {daemon!r}")
@@ -707,7 +707,7 @@ def background(
     The options are :func:`spawn`'s (``daemon=True``: killed at interpreter exit
     instead of waited for).
     """
-    from .backends import get_backend
+    from ..backends import get_backend
 
     if backend is not None and isinstance(backend, str):
         get_backend(backend, create=False)  # unknown names fail here, at decoration

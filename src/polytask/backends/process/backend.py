@@ -39,20 +39,21 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
-from .. import _proc, _wire
-from .._errors import (
+from ..._core.errors import (
     Cancelled,
     PolytaskError,
     SerializationError,
     TaskTimeout,
     WorkerCrashed,
 )
-from .._proc import guard, unguard, usable_cpus
-from .._serialize import dumps, dumps_call, loads_exception
-from .._spin import SPIN_MAX, after_sleep
-from .._task import Task
-from .._timer import call_later
-from . import Backend
+from ..._core.task import Task
+from ..._core.timer import call_later
+from ..._ipc.codec import dumps, dumps_call, loads_exception
+from ..._ipc.spin import SPIN_MAX, after_sleep
+from ..._os import proc as _proc
+from ..._os.proc import guard, unguard, usable_cpus
+from .. import Backend
+from . import wire as _wire
 
 __all__ = ["ProcessBackend"]
 
@@ -76,7 +77,7 @@ _READ_SIZE = 1 << 16
 # same condition. One core: never. (The cores this process may run on: a CPU
 # quota set by a container's cgroup is not seen.)
 _NCPU = usable_cpus()
-_BOOT = "from polytask._worker import main; main()"
+_BOOT = "from polytask.backends.process.worker import main; main()"
 START_METHODS = ("spawn", "fork")
 #: What ``ps`` shows for a worker process.
 WORKER_NAME = "polytask-worker"
@@ -505,8 +506,8 @@ class ProcessBackend(Backend):
                             os.close(fd)
                         except OSError:
                             pass
-                from .._guardian import set_comm
-                from .._worker import serve
+                from ..._os.guardian import set_comm
+                from .worker import serve
 
                 os.environ[mark_key] = job  # what it starts carries its job's mark
                 set_comm(WORKER_NAME)
@@ -633,7 +634,7 @@ class ProcessBackend(Backend):
         code = w.proc.poll()
         if code is None:
             # EOF came first; the exit follows within moments.
-            from .._proc import wait_pid
+            from ..._os.proc import wait_pid
 
             if not wait_pid(w.pid, 5.0):
                 os.killpg(w.pid, signal.SIGKILL)
@@ -1006,7 +1007,7 @@ class ProcessBackend(Backend):
         for w in idle:
             self._retire(w)
         deadline = time.monotonic() + 5.0
-        from .._proc import wait_pid
+        from ..._os.proc import wait_pid
 
         for w in workers:
             if w.dead:

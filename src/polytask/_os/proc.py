@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import _guardian as _guardian_mod
+from . import guardian as _guardian_mod
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -557,7 +557,9 @@ class _Guardian:
         # before it has done its own.
         env = {k: v for k, v in os.environ.items() if not k.startswith(_TREE_PREFIX)}
         argv, env, _ = python_command(
-            _guardian_mod.PROCESS_NAME, ["-S", "-m", "polytask._guardian", str(DEFAULT_GRACE)], env
+            _guardian_mod.PROCESS_NAME,
+            ["-S", "-m", "polytask._os.guardian", str(DEFAULT_GRACE)],
+            env,
         )
         self._proc = subprocess.Popen(
             argv,

@@ -1,6 +1,6 @@
 """The main loop of a process-backend worker.
 
-Started by the parent as ``polytask-worker -c 'from polytask._worker import main;
+Started by the parent as ``polytask-worker -c 'from polytask.backends.process.worker import main;
 main()' RFD WFD PARENT`` (argv[0] is what ``ps`` shows; or forked, with
 start_method="fork"). It reads request frames from one pipe
 and writes one response frame per task to another. It sets PDEATHSIG so that
@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import _proc, _wire
-from ._serialize import describe, dumps, dumps_exception
-from ._spin import SPIN_MAX, after_sleep
+from ..._ipc.codec import describe, dumps, dumps_exception
+from ..._ipc.spin import SPIN_MAX, after_sleep
+from ..._os import proc as _proc
+from . import wire as _wire
 
 __all__ = ["FORKED_CHILD_EXIT", "main", "retire_after_task", "serve"]
 
@@ -119,7 +120,7 @@ _strays = _Strays()
 
 def serve(rfd: int, wfd: int) -> None:
     """Serve tasks until the request pipe closes or an exit frame arrives."""
-    from ._task import CurrentTask, _set_current
+    from ..._core.task import CurrentTask, _set_current
 
     decoder = _wire.FrameDecoder(_wire.REQUEST)
     fn_cache: dict[bytes, Callable[..., Any]] = {}
@@ -274,7 +275,7 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 def main() -> None:
     """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
     rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
-    from ._guardian import set_comm
+    from ..._os.guardian import set_comm
 
     set_comm("polytask-worker")
     _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)

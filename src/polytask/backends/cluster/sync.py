@@ -42,11 +42,11 @@ from contextlib import contextmanager
 from threading import BrokenBarrierError
 from typing import Any
 
-from .._channel import Channel
-from .._errors import ChannelClosed
-from .._serialize import dumps
-from .._sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
-from ._hub import SyncHub
+from ..._core.errors import ChannelClosed
+from ..._ipc.channel import Channel
+from ..._ipc.codec import dumps
+from ..._ipc.sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
+from .hub import SyncHub
 
 __all__ = ["HANDLER", "DaskLink", "RayLink", "make_cluster_primitive", "pinning", "register"]
 
@@ -102,7 +102,7 @@ class DaskLink:
         if self._client is None:
             # The shared dask backend's client: the default client, a worker's own,
             # or else a LocalCluster polytask starts (as pt.spawn(backend="dask") does).
-            from . import get_backend
+            from .. import get_backend
 
             self._client = get_backend("dask").client  # type: ignore[attr-defined]
         return self._client
@@ -110,7 +110,7 @@ class DaskLink:
     def setup(self) -> None:
         client = self._get_client()
         if not client.run_on_scheduler(_has_hub):
-            from ._dask_plugin import HubPlugin
+            from .plugin import HubPlugin
 
             client.register_plugin(HubPlugin(), name="polytask-sync")
 
@@ -180,7 +180,7 @@ class RayLink:
 
             if not ray.is_initialized():
                 # Let polytask start (and guard) the local Ray rather than Ray's auto-init.
-                from . import get_backend
+                from .. import get_backend
 
                 get_backend("ray")
             job = ray.get_runtime_context().get_job_id()
@@ -591,8 +591,8 @@ def make_cluster_primitive(kind: str, link: Any, *args: Any, **kwargs: Any) -> A
 
 def register(engine: str) -> None:
     """Make ``pt.Lock(backend=engine)``, ``pt.Channel(backend=engine)``... build these."""
-    from .._channel import register_channel_backend
-    from .._sync import register_primitive
+    from ..._ipc.channel import register_channel_backend
+    from ..._ipc.sync import register_primitive
 
     for kind, cls in _KINDS.items():
         if kind != "Channel":

@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _proc
+from .._os import proc as _proc
 
 __all__ = [
     "SHM_DIR",

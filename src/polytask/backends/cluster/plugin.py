@@ -6,8 +6,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from ._cluster_sync import HANDLER
-from ._hub import SyncHub
+from .hub import SyncHub
+from .sync import HANDLER
 
 __all__ = ["HubPlugin"]
 

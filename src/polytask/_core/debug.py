@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ._errors import PotentialDeadlock
+from .errors import PotentialDeadlock
 
 __all__ = ["LockOrderChecking", "enabled", "lock_order_checking"]
 

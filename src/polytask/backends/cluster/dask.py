@@ -35,11 +35,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import BackendUnavailable, WorkerCrashed
-from .._task import Task
-from .._timer import call_later
-from . import Backend
-from ._cluster import cancelled_error, pack_call, run_pickled, settle, timeout_error
+from ..._core.errors import BackendUnavailable, WorkerCrashed
+from ..._core.task import Task
+from ..._core.timer import call_later
+from .. import Backend
+from .base import cancelled_error, pack_call, run_pickled, settle, timeout_error
 
 __all__ = ["DaskBackend"]
 
@@ -237,7 +237,7 @@ class DaskBackend(Backend):
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
         """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
         held on the cluster (see ``_cluster_sync``) so that any task can use it."""
-        from ._cluster_sync import DaskLink, make_cluster_primitive
+        from .sync import DaskLink, make_cluster_primitive
 
         return make_cluster_primitive(kind, DaskLink(self._client), *args, **kwargs)
 
@@ -301,7 +301,7 @@ def _close_quietly(obj: Any) -> None:
 
 
 def _register_primitives() -> None:
-    from ._cluster_sync import register
+    from .sync import register
 
     register("dask")
 

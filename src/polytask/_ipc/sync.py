@@ -36,10 +36,10 @@ from collections.abc import Callable
 from threading import BrokenBarrierError
 from typing import Any
 
-from . import _debug as _dbg
-from ._errors import SerializationError
-from ._shm import AttachCache, RobustMutex, Segment, futex_wait, futex_wake, pid_alive
-from ._task import CANCEL_SLICE, cancellable_task, check_timeout, wait_cancellable
+from .._core import debug as _dbg
+from .._core.errors import SerializationError
+from .._core.task import CANCEL_SLICE, cancellable_task, check_timeout, wait_cancellable
+from .shm import AttachCache, RobustMutex, Segment, futex_wait, futex_wake, pid_alive
 
 __all__ = [
     "Barrier",
@@ -105,7 +105,7 @@ def _dispatch(kind: str, backend: str) -> Callable[..., Any]:
     factory = _FACTORIES.get((kind, backend))
     if factory is None and isinstance(backend, str):
         # A cluster backend registers its primitives when its module is imported.
-        from .backends import available, backend_class
+        from ..backends import available, backend_class
 
         if backend in available():
             backend_class(backend)

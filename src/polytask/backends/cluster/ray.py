@@ -45,11 +45,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import BackendUnavailable, WorkerCrashed
-from .._task import Task
-from .._timer import call_later
-from . import Backend
-from ._cluster import cancelled_error, pack_call, run_pickled, settle, timeout_error
+from ..._core.errors import BackendUnavailable, WorkerCrashed
+from ..._core.task import Task
+from ..._core.timer import call_later
+from .. import Backend
+from .base import cancelled_error, pack_call, run_pickled, settle, timeout_error
 
 __all__ = ["RayBackend"]
 
@@ -263,7 +263,7 @@ class RayBackend(Backend):
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
         """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
         held on the cluster (see ``_cluster_sync``) so that any task can use it."""
-        from ._cluster_sync import RayLink, make_cluster_primitive
+        from .sync import RayLink, make_cluster_primitive
 
         return make_cluster_primitive(kind, RayLink(), *args, **kwargs)
 
@@ -276,7 +276,7 @@ def _init_local(ray: Any, opts: dict[str, Any]) -> None:
     global _marker
     import psutil
 
-    from .._proc import guard_env, guard_pid
+    from ..._os.proc import guard_env, guard_pid
 
     value = f"{os.getpid()}-{uuid.uuid4().hex}"
     marker = f"{_MARK_KEY}={value}"
@@ -307,7 +307,7 @@ def _shutdown_ray() -> None:
     import ray
 
     ray.shutdown()
-    from .._proc import unguard_env, unguard_pid
+    from ..._os.proc import unguard_env, unguard_pid
 
     while _guarded:
         unguard_pid(_guarded.pop())
@@ -317,7 +317,7 @@ def _shutdown_ray() -> None:
 
 
 def _register_primitives() -> None:
-    from ._cluster_sync import register
+    from .sync import register
 
     register("ray")
 

@@ -1,7 +1,7 @@
 """The guardian: a small process that ends what its owner started once the owner dies.
 
 One guardian runs beside each polytask process that starts other processes
-(see :mod:`polytask._proc`). It reads registrations, one line each, from a
+(see :mod:`polytask._os.proc`). It reads registrations, one line each, from a
 pipe whose write end only the owner holds, and does nothing else until that
 pipe reports end-of-file, which the kernel makes happen however the owner
 ends (return, exception, SIGTERM, SIGKILL, the OOM killer). Then it:
@@ -25,7 +25,7 @@ be tested without processes. Lines::
     eMARKER fMARKER      end processes whose environment holds MARKER
     kPID START lPID START  end one process (START: field 22 of /proc/PID/stat)
 
-Run as ``python -S -m polytask._guardian GRACE`` with argv[0] set to
+Run as ``python -S -m polytask._os.guardian GRACE`` with argv[0] set to
 ``polytask-guardian`` so that ``ps`` shows what it is. It imports nothing
 from polytask (only the standard library), so that it starts fast and cannot
 be broken by the owner's state.
