@@ -506,12 +506,12 @@ class ProcessBackend(Backend):
                         except OSError:
                             pass
                 from .._guardian import set_comm
-                from .._worker import serve
+                from .._worker import _strays, serve
 
                 os.environ[mark_key] = job  # what it starts carries its job's mark
                 set_comm(WORKER_NAME)
                 _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
-                _proc.become_subreaper()
+                _strays.activate()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 serve(req_r, res_w)
             except SystemExit as exc:
