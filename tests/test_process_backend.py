@@ -76,7 +76,9 @@ def test_a_forked_child_that_returns_is_ended_and_the_worker_goes_on(method, cap
     finally:
         be.shutdown()
     err = capfd.readouterr().err
-    assert err.count("a process forked by task 'fork_and_return'") == 2, err
+    # The child whose parent did not wait may be ended by the worker's clean-up of
+    # what a task leaves running before it comes back to say so: one message or two.
+    assert err.count("a process forked by task 'fork_and_return'") in (1, 2), err
     assert "instead of calling os._exit()" in err
     assert f"exit status {FORKED_CHILD_EXIT}" in err
     assert "forked by task 'fork_and_raise'" in err

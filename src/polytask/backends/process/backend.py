@@ -507,12 +507,12 @@ class ProcessBackend(Backend):
                         except OSError:
                             pass
                 from ..._os.guardian import set_comm
-                from .worker import serve
+                from .worker import _strays, serve
 
                 os.environ[mark_key] = job  # what it starts carries its job's mark
                 set_comm(WORKER_NAME)
                 _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
-                _proc.become_subreaper()
+                _strays.activate()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 serve(req_r, res_w)
             except SystemExit as exc:

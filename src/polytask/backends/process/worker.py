@@ -74,11 +74,18 @@ class _Strays:
     start-up and initializer, and the zombies among our children are reaped.
     """
 
-    __slots__ = ("keep", "marker")
+    __slots__ = ("active", "keep", "marker")
 
     def __init__(self) -> None:
+        self.active = False
         self.marker: bytes | None = None
         self.keep: frozenset[int] = frozenset()
+
+    def activate(self) -> None:
+        """This process is a worker of ours (not a test calling :func:`serve` in a
+        thread): become the subreaper of what tasks start, and clean up after them."""
+        _proc.become_subreaper()
+        self.active = True
 
     def ready(self, marker: bytes | None) -> None:
         """Start-up and initializer are done: what runs now is the worker's own."""
@@ -86,6 +93,8 @@ class _Strays:
         self.keep = frozenset(_proc.children())
 
     def after_task(self) -> None:
+        if not self.active:
+            return
         try:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -279,7 +288,7 @@ def main() -> None:
 
     set_comm("polytask-worker")
     _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
-    _proc.become_subreaper()
+    _strays.activate()
     # The worker has its own process group: the terminal's Ctrl-C goes to the
     # parent, which ends the workers itself, without tracebacks from each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
