@@ -164,7 +164,7 @@ def test_bad_arguments(backend):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown channel backend"):
+    with pytest.raises(ValueError, match="unknown backend .carrier-pigeon.; choose one of: thread, process"):
         pt.Channel(backend="carrier-pigeon")
 
 

@@ -12,8 +12,8 @@ import pytest
 import polytask as pt
 from polytask._ipc.codec import dumps_call, dumps_exception, loads_exception
 from polytask.backends import available, get_backend, make_backend
-from polytask.backends.process.backend import ProcessBackend
 from polytask.backends.process import wire as _wire
+from polytask.backends.process.backend import ProcessBackend
 from polytask.backends.thread import ThreadBackend
 
 HANG = 60

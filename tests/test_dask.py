@@ -441,7 +441,7 @@ def test_primitives_by_name_in_a_fresh_process_start_their_own_cluster() -> None
         """
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["hello", "_HubChannel"]
+    assert proc.stdout.split() == ["hello", "HubChannel"]
 
 
 def spawn_child_and_wait(x: int) -> int:

@@ -22,7 +22,7 @@ import cloudpickle
 import pytest
 
 import polytask as pt
-from polytask._ipc.sync import BrokenBarrierError, make_primitive
+from polytask._core.primitives import BrokenBarrierError, make_primitive
 from polytask._os import proc as _proc
 
 BACKENDS = ["thread", "process"]

@@ -21,26 +21,26 @@ from typing import TYPE_CHECKING, Any
 _LAZY: dict[str, str] = {
     "BackendUnavailable": "._core.errors",
     "background": "._core.task",
-    "Barrier": "._ipc.sync",
-    "BoundedSemaphore": "._ipc.sync",
+    "Barrier": "._core.primitives",
+    "BoundedSemaphore": "._core.primitives",
     "Cancelled": "._core.errors",
-    "Channel": "._ipc.channel",
+    "Channel": "._core.channel",
     "ChannelClosed": "._core.errors",
     "CommandFailed": "._core.errors",
     "CommandResult": "._commands",
     "CommandTimeout": "._core.errors",
     "checkpoint": "._core.task",
-    "Condition": "._ipc.sync",
+    "Condition": "._core.primitives",
     "current_task": "._core.task",
     "CurrentTask": "._core.task",
     "debug": ".",
     "DEVNULL": "._commands",
-    "Event": "._ipc.sync",
+    "Event": "._core.primitives",
     "Executor": "._pool",
     "Fifo": "._ipc.fifo",
-    "FileLock": "._ipc.sync",
+    "FileLock": "._ipc.filelock",
     "INHERIT": "._commands",
-    "Lock": "._ipc.sync",
+    "Lock": "._core.primitives",
     "OutputLine": "._commands",
     "pipeline": "._pipeline",
     "PolytaskError": "._core.errors",
@@ -50,10 +50,10 @@ _LAZY: dict[str, str] = {
     "ProcfileError": "._core.errors",
     "ProgramNotFound": "._core.errors",
     "RemoteError": "._core.errors",
-    "RLock": "._ipc.sync",
+    "RLock": "._core.primitives",
     "run": "._commands",
     "run_many": "._commands",
-    "Semaphore": "._ipc.sync",
+    "Semaphore": "._core.primitives",
     "SerializationError": "._core.errors",
     "SharedArray": "._ipc.shm",
     "sleep": "._core.task",
@@ -147,6 +147,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._commands import run as run
     from ._commands import run_many as run_many
     from ._commands import stream as stream
+    from ._core.channel import Channel as Channel
     from ._core.errors import BackendUnavailable as BackendUnavailable
     from ._core.errors import Cancelled as Cancelled
     from ._core.errors import ChannelClosed as ChannelClosed
@@ -160,6 +161,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._core.errors import SerializationError as SerializationError
     from ._core.errors import TaskTimeout as TaskTimeout
     from ._core.errors import WorkerCrashed as WorkerCrashed
+    from ._core.primitives import Barrier as Barrier
+    from ._core.primitives import BoundedSemaphore as BoundedSemaphore
+    from ._core.primitives import Condition as Condition
+    from ._core.primitives import Event as Event
+    from ._core.primitives import Lock as Lock
+    from ._core.primitives import RLock as RLock
+    from ._core.primitives import Semaphore as Semaphore
     from ._core.task import CurrentTask as CurrentTask
     from ._core.task import Task as Task
     from ._core.task import background as background
@@ -168,17 +176,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._core.task import sleep as sleep
     from ._core.task import spawn as spawn
     from ._group import TaskGroup as TaskGroup
-    from ._ipc.channel import Channel as Channel
     from ._ipc.fifo import Fifo as Fifo
+    from ._ipc.filelock import FileLock as FileLock
     from ._ipc.shm import SharedArray as SharedArray
-    from ._ipc.sync import Barrier as Barrier
-    from ._ipc.sync import BoundedSemaphore as BoundedSemaphore
-    from ._ipc.sync import Condition as Condition
-    from ._ipc.sync import Event as Event
-    from ._ipc.sync import FileLock as FileLock
-    from ._ipc.sync import Lock as Lock
-    from ._ipc.sync import RLock as RLock
-    from ._ipc.sync import Semaphore as Semaphore
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
     from ._pool import Executor as Executor

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import IO, Any, AnyStr, Final, Generic, Literal, NamedTuple, overload
 
 from ._core.errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
-from ._core.task import check_timeout
+from ._core.timeouts import check_timeout
 from ._os.childloop import STDERR, STDOUT, Child, ProcessLoop, which
 from ._os.proc import usable_cpus
 from ._parallel_spec import _SHELL_CHARS, needs_shell

@@ -23,7 +23,8 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._core.errors import Cancelled, TaskTimeout
-from ._core.task import CANCEL_SLICE, Task, cancellable_task, check_timeout
+from ._core.task import CANCEL_SLICE, Task, cancellable_task
+from ._core.timeouts import check_timeout
 from ._factories import PrimitiveFactory
 from .backends import Backend, get_backend
 
@@ -132,7 +133,7 @@ class TaskGroup(PrimitiveFactory):
             )
         if self._cancelling:
             # The group already failed: the task is born cancelled and never starts.
-            from ._ipc.codec import fn_name
+            from ._core.backend import fn_name
 
             task: Task[T] = Task(self._backend, name or fn_name(fn), timeout)
             task.cancel()

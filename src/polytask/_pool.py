@@ -39,10 +39,12 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from ._chunking import ChunkSizer
+from ._core.backend import fn_name
 from ._core.errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
-from ._core.task import Task, check_timeout, current_task, finish_many
+from ._core.task import Task, current_task, finish_many
+from ._core.timeouts import check_timeout
 from ._factories import PrimitiveFactory
-from ._ipc.codec import dumps, dumps_exception, fn_name, loads_exception
+from ._ipc.codec import dumps, dumps_exception, loads_exception
 from ._os.proc import usable_cpus
 from ._progress import Progress, want_progress
 from .backends import Backend, make_backend

@@ -51,6 +51,7 @@ from types import TracebackType
 from typing import IO, Any, Final, Literal
 
 from ._core.errors import PolytaskError, ProcfileError, describe_exit
+from ._core.timeouts import check_timeout
 from ._os import proc as _proc
 from ._procfile import (
     DEFAULT_BASE_PORT,
@@ -666,8 +667,8 @@ class Supervisor:
             self.procfile = procfile_from_mapping(procfile)
         else:
             self.procfile = read_procfile(procfile)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        if check_timeout(timeout) is None:
+            raise ValueError(f"timeout must be a number of seconds (a grace), got {timeout!r}")
         self.policy = RestartPolicy(
             restart=restart,
             start_seconds=start_seconds,
@@ -740,9 +741,8 @@ class Supervisor:
         (default: the Supervisor's ``timeout``). Raises PolytaskError if the
         supervisor's loop itself failed.
         """
-        grace = self.timeout if timeout is None else float(timeout)
-        if not grace >= 0:
-            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        given = check_timeout(timeout)
+        grace = self.timeout if given is None else given
         if self._thread is None:
             return self.status()
         self._request("stop", grace, "stop() called")

@@ -35,7 +35,7 @@ enabled: bool = os.environ.get("POLYTASK_DEBUG_LOCKS", "").strip().lower() in (
     "on",
 )
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _THREADING_FILE = getattr(threading, "__file__", "") or ""
 _counter = itertools.count(1)
 

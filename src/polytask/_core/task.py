@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from .errors import Cancelled
+from .timeouts import check_timeout
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -30,7 +31,6 @@ __all__ = [
     "Task",
     "background",
     "cancellable_task",
-    "check_timeout",
     "checkpoint",
     "current_task",
     "finish_many",
@@ -56,19 +56,6 @@ def _reset_state_lock() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_state_lock)
-
-
-def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
-    """Validate a ``timeout=`` argument: None or a number >= 0."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
-    if timeout < 0 or timeout != timeout:
-        raise ValueError(f"{what} must be >= 0 seconds (or None for no limit), got {timeout!r}")
-    if timeout >= threading.TIMEOUT_MAX:
-        return None  # float("inf") and the like: no limit (and no OverflowError in a wait)
-    return float(timeout)
 
 
 class Task(concurrent.futures.Future[T], Generic[T]):

@@ -55,11 +55,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 
+from .._core.channel import Channel, check_maxsize
 from .._core.errors import ChannelClosed, SerializationError
-from .._core.task import CurrentTask, current_task
+from .._core.task import CANCEL_SLICE, cancellable_task
+from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
 from .ring import PACKED, PACKERS, make_packer
@@ -81,7 +83,7 @@ from .shm import (
 )
 from .spin import SPIN_MAX, after_sleep
 
-__all__ = ["Channel", "register_channel_backend"]
+__all__ = ["ProcessChannel"]
 
 T = TypeVar("T")
 
@@ -100,9 +102,6 @@ _OOB_BYTES_MIN = 64 * 1024
 # reader holding a frame, or (idle) the channel's owner, whose death closes it.
 _LIVENESS_SLICE = 0.1
 _IDLE_SLICE = 0.25
-#: Inside a thread task a blocking put/get sleeps at most this long before it
-#: checks for cancellation (plain callers sleep in the slices above).
-CANCEL_SLICE = 0.05
 
 _EBUSY = errno.EBUSY
 _WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, CLOSED)
@@ -123,241 +122,6 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
-
-
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-    return time.monotonic() + timeout
-
-
-def _cancellable() -> CurrentTask | None:
-    """The thread task the caller runs in, if any: its blocking waits are cancellation points.
-
-    Called only on the way to a wait, so a put or get that need not wait (or a
-    plain caller, outside a thread task) pays nothing for it.
-    """
-    task = current_task()
-    return None if task._task is None else task
-
-
-class Channel(Generic[T]):
-    """A FIFO channel between tasks: many producers, many consumers.
-
-    ``Channel(maxsize=0, backend="thread")`` connects threads of one process;
-    ``backend="process"`` connects processes through shared memory, and the
-    channel can be passed to process tasks as an argument. ``maxsize`` bounds
-    the number of items (0: no bound) so that producers wait when consumers
-    fall behind. A process channel is also bounded by its ring's ``capacity``
-    in bytes (items bigger than half of it take a slower path).
-
-    Iterating yields items until the channel is closed and drained::
-
-        ch = pt.Channel(maxsize=100)
-        ch.put(1); ch.close()
-        assert list(ch) == [1]
-
-    ``put`` and ``get`` take ``timeout=`` (seconds, None to wait as long as it
-    takes) and raise ``queue.Full`` / ``queue.Empty`` when it passes, like
-    ``queue.Queue``; ``put`` on a closed channel and ``get`` on a closed and
-    drained one raise :class:`ChannelClosed`. Inside a thread task a blocking
-    ``put`` or ``get`` raises :class:`Cancelled` once the task is cancelled.
-
-    A process channel belongs to the process that created it: when that
-    process dies, or drops its last handle without ``close()``, the channel is
-    closed for every process attached to it (a blocked ``get`` or ``put``
-    raises :class:`ChannelClosed` within a second).
-    """
-
-    backend: str
-    maxsize: int
-
-    def __new__(
-        cls,
-        maxsize: int = 0,
-        *,
-        backend: str = "thread",
-        capacity: int | None = None,
-    ) -> Channel[T]:
-        if cls is not Channel:
-            return super().__new__(cls)
-        impl = _BACKENDS.get(backend)
-        if impl is None and isinstance(backend, str):
-            # A cluster backend registers its channel when its module is imported.
-            from ..backends import available, backend_class
-
-            if backend in available():
-                backend_class(backend)
-                impl = _BACKENDS.get(backend)
-        if impl is None:
-            raise ValueError(
-                f"unknown channel backend {backend!r}; choose one of {sorted(_BACKENDS)}"
-            )
-        return cast("Channel[T]", object.__new__(impl))
-
-    # The methods below are provided by each backend.
-
-    def put(self, item: T, timeout: float | None = None) -> None:
-        """Add ``item``; wait up to ``timeout`` s for room (``queue.Full`` after)."""
-        raise NotImplementedError
-
-    def get(self, timeout: float | None = None) -> T:
-        """Remove and return the oldest item; wait up to ``timeout`` s (``queue.Empty`` after)."""
-        raise NotImplementedError
-
-    def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
-        """Add several items, in order (cheaper per item than ``put``)."""
-        deadline = _deadline(timeout)
-        for item in items:
-            self.put(item, None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
-        """Wait for at least one item, then return up to ``max_items`` that are ready."""
-        if max_items < 1:
-            raise ValueError(f"max_items must be >= 1, got {max_items}")
-        out = [self.get(timeout)]
-        while len(out) < max_items:
-            try:
-                out.append(self.get_nowait())
-            except (queue.Empty, ChannelClosed):
-                break
-        return out
-
-    def close(self) -> None:
-        """Refuse further puts; readers get what is left, then :class:`ChannelClosed`."""
-        raise NotImplementedError
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called (by any process)."""
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        """Number of items waiting (a snapshot: others may be putting and getting)."""
-        raise NotImplementedError
-
-    def put_nowait(self, item: T) -> None:
-        """``put`` without waiting: ``queue.Full`` if there is no room."""
-        self.put(item, 0)
-
-    def get_nowait(self) -> T:
-        """``get`` without waiting: ``queue.Empty`` if there is no item."""
-        return self.get(0)
-
-    def __iter__(self) -> Iterator[T]:
-        get = self.get
-        while True:
-            try:
-                item = get()
-            except ChannelClosed:
-                return
-            yield item
-
-    def __enter__(self) -> Channel[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return (
-            f"<Channel backend={self.backend!r} maxsize={self.maxsize} items={len(self)} {state}>"
-        )
-
-
-# --------------------------------------------------------------------------- thread backend
-
-
-class _ThreadChannel(Channel[T]):
-    """A deque under one lock, with two conditions (like queue.Queue) and close."""
-
-    def __init__(self, maxsize: int = 0, *, backend: str = "thread", capacity: int | None = None):
-        _check_maxsize(maxsize)
-        self.backend = "thread"
-        self.maxsize = maxsize
-        self._items: deque[T] = deque()
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._not_full = threading.Condition(self._lock)
-        self._closed = False
-
-    def put(self, item: T, timeout: float | None = None) -> None:
-        with self._not_full:
-            if self._closed:
-                raise ChannelClosed("put() on a closed channel")
-            if self.maxsize and len(self._items) >= self.maxsize:
-                deadline = _deadline(timeout)
-                task = _cancellable()
-                while len(self._items) >= self.maxsize:
-                    if self._closed:
-                        raise ChannelClosed("the channel was closed while put() waited for room")
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise queue.Full
-                    if task is None:
-                        self._not_full.wait(left)
-                    else:
-                        if not task.cancelled:
-                            self._not_full.wait(
-                                CANCEL_SLICE if left is None else min(left, CANCEL_SLICE)
-                            )
-                        if task.cancelled:
-                            self._not_full.notify()  # pass on a wake-up this waiter may have had
-                            task.raise_if_cancelled()
-            self._items.append(item)
-            self._not_empty.notify()
-
-    def get(self, timeout: float | None = None) -> T:
-        with self._not_empty:
-            if not self._items:
-                deadline = _deadline(timeout)
-                task = _cancellable()
-                while not self._items:
-                    if self._closed:
-                        raise ChannelClosed("get() on a closed and drained channel")
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise queue.Empty
-                    if task is None:
-                        self._not_empty.wait(left)
-                    else:
-                        if not task.cancelled:
-                            self._not_empty.wait(
-                                CANCEL_SLICE if left is None else min(left, CANCEL_SLICE)
-                            )
-                        if task.cancelled:
-                            self._not_empty.notify()  # pass on a wake-up this waiter may have had
-                            task.raise_if_cancelled()
-            item = self._items.popleft()
-            self._not_full.notify()
-            return item
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._not_empty.notify_all()
-            self._not_full.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __reduce__(self) -> Any:
-        raise SerializationError(
-            "a Channel(backend='thread') lives in one process and cannot be sent to another; "
-            "create it with backend='process' to pass it to process tasks"
-        )
-
-
-def _check_maxsize(maxsize: int) -> None:
-    if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
-        raise ValueError(f"maxsize must be an int >= 0 (0 = no limit), got {maxsize!r}")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -753,7 +517,7 @@ def _remove_channel_spills(channel: str) -> None:
 _attached = AttachCache()
 
 
-class _ProcessChannel(Channel[T]):
+class ProcessChannel(Channel[T]):
     """A channel whose items live in a shared-memory ring (see the module docstring)."""
 
     def __init__(
@@ -766,7 +530,7 @@ class _ProcessChannel(Channel[T]):
     ):
         self.backend = "process"
         if _segment is None:
-            _check_maxsize(maxsize)
+            check_maxsize(maxsize)
             cap = R.Ring.round_capacity(DEFAULT_CAPACITY if capacity is None else int(capacity))
             seg = Segment.create("ch", R.Ring.buffer_size(cap))
             try:
@@ -1082,7 +846,7 @@ class _ProcessChannel(Channel[T]):
 
         if deadline is not None and time.monotonic() >= deadline:
             raise queue.Full
-        task = _cancellable()
+        task = cancellable_task()
         if task is not None:
             task.raise_if_cancelled()
         if self._spin and self._spin_until(room):
@@ -1273,7 +1037,7 @@ class _ProcessChannel(Channel[T]):
         ring = self._ring
         if deadline is not None and time.monotonic() >= deadline:
             raise queue.Empty
-        task = _cancellable()
+        task = cancellable_task()
         if task is not None:
             task.raise_if_cancelled()
         if self._spin and not blocked and self._spin_until(ring.not_empty_for_reader):
@@ -1531,21 +1295,10 @@ def _attach_channel(name: str) -> Channel[Any]:
     except FileNotFoundError:
         return _GoneChannel(name)
     try:
-        new: _ProcessChannel[Any] = object.__new__(_ProcessChannel)
+        new: ProcessChannel[Any] = object.__new__(ProcessChannel)
         new.__init__(_segment=seg)  # type: ignore[misc]
     except BaseException:
         seg.close()
         raise
     kept = _attached.put(name, new)
     return cast("Channel[Any]", kept)
-
-
-_BACKENDS: dict[str, type[Channel[Any]]] = {
-    "thread": _ThreadChannel,
-    "process": _ProcessChannel,
-}
-
-
-def register_channel_backend(name: str, cls: type[Channel[Any]]) -> None:
-    """Let ``Channel(backend=name)`` build ``cls`` (for the dask and ray backends)."""
-    _BACKENDS[name] = cls

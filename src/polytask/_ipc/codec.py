@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._core.backend import fn_name
 from .._core.errors import RemoteError, RemoteTraceback, SerializationError
 
 __all__ = [
@@ -102,10 +103,6 @@ def describe(obj: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
-
-
-def fn_name(fn: Callable[..., Any]) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
 
 
 def dumps_call(

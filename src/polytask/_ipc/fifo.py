@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any
 
 from .._core.errors import ChannelClosed, SerializationError
-from .._core.task import check_timeout
+from .._core.timeouts import check_timeout
 from .._os import proc as _proc
 
 __all__ = ["DEFAULT_MAX_FRAME", "FORMATS", "Fifo", "FifoReader", "FifoWriter"]

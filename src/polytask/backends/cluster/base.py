@@ -43,7 +43,7 @@ def pack_call(
 
     ``pins`` are the stakes of the cluster primitives the call carries: keep
     them until the task ends, so their hub objects outlive the caller's handles
-    for as long as the task may use them (see ``_cluster_sync``).
+    for as long as the task may use them (see ``backends.cluster.sync``).
 
     Raises :class:`SerializationError` naming the function or argument at fault.
     """

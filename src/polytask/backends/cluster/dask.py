@@ -35,10 +35,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from ..._core.backend import Backend
 from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
-from .. import Backend
 from .base import cancelled_error, pack_call, run_pickled, settle, timeout_error
 
 __all__ = ["DaskBackend"]
@@ -78,6 +78,19 @@ class DaskBackend(Backend):
     """
 
     name: ClassVar[str] = "dask"
+    primitives: ClassVar[Mapping[str, Any]] = {
+        kind: f"polytask.backends.cluster.sync:Hub{kind}"
+        for kind in (
+            "Lock",
+            "RLock",
+            "Event",
+            "Condition",
+            "Semaphore",
+            "BoundedSemaphore",
+            "Barrier",
+            "Channel",
+        )
+    }
     #: Dask cannot interrupt a running task (see the module docstring).
     can_kill_running: ClassVar[bool] = False
 
@@ -236,7 +249,7 @@ class DaskBackend(Backend):
 
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
         """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
-        held on the cluster (see ``_cluster_sync``) so that any task can use it."""
+        held on the cluster (see ``backends.cluster.sync``) so that any task can use it."""
         from .sync import DaskLink, make_cluster_primitive
 
         return make_cluster_primitive(kind, DaskLink(self._client), *args, **kwargs)
@@ -298,12 +311,3 @@ def _close_quietly(obj: Any) -> None:
         obj.close()
     except Exception:  # pragma: no cover - already gone
         pass
-
-
-def _register_primitives() -> None:
-    from .sync import register
-
-    register("dask")
-
-
-_register_primitives()

@@ -1,4 +1,4 @@
-"""The Dask scheduler plugin that hosts the cluster primitives' hub (see _cluster_sync)."""
+"""The Dask scheduler plugin that hosts the cluster primitives' hub (see backends.cluster.sync)."""
 
 from __future__ import annotations
 

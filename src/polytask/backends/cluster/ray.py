@@ -45,10 +45,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from ..._core.backend import Backend
 from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
-from .. import Backend
 from .base import cancelled_error, pack_call, run_pickled, settle, timeout_error
 
 __all__ = ["RayBackend"]
@@ -102,6 +102,19 @@ class RayBackend(Backend):
     """
 
     name: ClassVar[str] = "ray"
+    primitives: ClassVar[Mapping[str, Any]] = {
+        kind: f"polytask.backends.cluster.sync:Hub{kind}"
+        for kind in (
+            "Lock",
+            "RLock",
+            "Event",
+            "Condition",
+            "Semaphore",
+            "BoundedSemaphore",
+            "Barrier",
+            "Channel",
+        )
+    }
     #: ``ray.cancel(force=True)`` kills the worker running a task.
     can_kill_running: ClassVar[bool] = True
 
@@ -262,7 +275,7 @@ class RayBackend(Backend):
 
     def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
         """Lock, RLock, Event, Condition, Semaphore, BoundedSemaphore, Barrier or Channel,
-        held on the cluster (see ``_cluster_sync``) so that any task can use it."""
+        held on the cluster (see ``backends.cluster.sync``) so that any task can use it."""
         from .sync import RayLink, make_cluster_primitive
 
         return make_cluster_primitive(kind, RayLink(), *args, **kwargs)
@@ -314,12 +327,3 @@ def _shutdown_ray() -> None:
     if _marker is not None:
         unguard_env(_marker)
         _marker = None
-
-
-def _register_primitives() -> None:
-    from .sync import register
-
-    register("ray")
-
-
-_register_primitives()

@@ -42,13 +42,22 @@ from contextlib import contextmanager
 from threading import BrokenBarrierError
 from typing import Any
 
+from ..._core.channel import Channel
 from ..._core.errors import ChannelClosed
-from ..._ipc.channel import Channel
+from ..._core.primitives import (
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+)
+from ..._core.timeouts import acquire_timeout, check_timeout
 from ..._ipc.codec import dumps
-from ..._ipc.sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 from .hub import SyncHub
 
-__all__ = ["HANDLER", "DaskLink", "RayLink", "make_cluster_primitive", "pinning", "register"]
+__all__ = ["HANDLER", "DaskLink", "RayLink", "make_cluster_primitive", "pinning"]
 
 _HOST = socket.gethostname()
 HANDLER = "polytask_sync"
@@ -56,25 +65,6 @@ HANDLER = "polytask_sync"
 
 def _owner() -> str:
     return f"{_HOST}:{os.getpid()}:{threading.get_ident()}"
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-    return float(timeout)
-
-
-def _acquire_timeout(blocking: bool, timeout: float | None) -> float | None:
-    timeout = _check_timeout(timeout)
-    if not blocking:
-        if timeout is not None:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        return 0.0
-    return timeout
 
 
 _ERRORS: dict[str, type[Exception]] = {
@@ -347,14 +337,14 @@ def _rebuild(cls: type[Any], link: Any, key: str, init: Any, name: str | None) -
     obj = object.__new__(cls)
     obj._link, obj._key, obj._init, obj.name, obj.backend = link, key, init, name, link.engine
     obj._owner = _owners.get(key)  # back in its creator: one more handle on the same stake
-    if cls is _HubChannel:
+    if cls is HubChannel:
         obj.maxsize = init
     return obj
 
 
 class _LockOps(_HubPrim):
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        return bool(self._call("acquire", _owner(), _acquire_timeout(blocking, timeout)))
+        return bool(self._call("acquire", _owner(), acquire_timeout(blocking, timeout)))
 
     def release(self) -> None:
         self._call("release", _owner())
@@ -369,21 +359,21 @@ class _LockOps(_HubPrim):
         self.release()
 
 
-class _HubLock(_LockOps, Lock):
+class HubLock(_LockOps, Lock):
     _hub_kind = "Lock"
 
     def __init__(self, *, name: str | None = None, link: Any = None, backend: str = "") -> None:
         self._setup(link, 0, name, backend)
 
 
-class _HubRLock(_LockOps, RLock):
+class HubRLock(_LockOps, RLock):
     _hub_kind = "RLock"
 
     def __init__(self, *, name: str | None = None, link: Any = None, backend: str = "") -> None:
         self._setup(link, 0, name, backend)
 
 
-class _HubEvent(_HubPrim, Event):
+class HubEvent(_HubPrim, Event):
     _hub_kind = "Event"
 
     def __init__(self, *, name: str | None = None, link: Any = None, backend: str = "") -> None:
@@ -399,10 +389,10 @@ class _HubEvent(_HubPrim, Event):
         return bool(self._call("is_set"))
 
     def wait(self, timeout: float | None = None) -> bool:
-        return bool(self._call("wait", _check_timeout(timeout)))
+        return bool(self._call("wait", check_timeout(timeout)))
 
 
-class _HubCondition(_HubPrim, Condition):
+class HubCondition(_HubPrim, Condition):
     _hub_kind = "Condition"
 
     def __init__(
@@ -411,7 +401,7 @@ class _HubCondition(_HubPrim, Condition):
         if link is None:
             link = _default_link(backend or getattr(lock, "backend", ""))
         if lock is None:
-            lock = _HubRLock(link=link)
+            lock = HubRLock(link=link)
         elif not isinstance(lock, _LockOps) or lock._link.engine != link.engine:
             raise TypeError(
                 f"a {link.engine} Condition needs a Lock or RLock of the same backend, got {lock!r}"
@@ -430,7 +420,7 @@ class _HubCondition(_HubPrim, Condition):
         self._lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return bool(self._call("wait", _owner(), _check_timeout(timeout)))
+        return bool(self._call("wait", _owner(), check_timeout(timeout)))
 
     def notify(self, n: int = 1) -> None:
         self._call("notify", _owner(), n)
@@ -439,15 +429,15 @@ class _HubCondition(_HubPrim, Condition):
         self._call("notify", _owner(), 1 << 30)
 
 
-def _rebuild_condition(lock: _LockOps, key: str, name: str | None) -> _HubCondition:
-    obj = _rebuild(_HubCondition, lock._link, key, [lock._key, lock._hub_kind], name)
+def _rebuild_condition(lock: _LockOps, key: str, name: str | None) -> HubCondition:
+    obj = _rebuild(HubCondition, lock._link, key, [lock._key, lock._hub_kind], name)
     obj._lock = lock
     return obj  # type: ignore[no-any-return]
 
 
 class _SemOps(_HubPrim):
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        return bool(self._call("acquire", _acquire_timeout(blocking, timeout)))
+        return bool(self._call("acquire", acquire_timeout(blocking, timeout)))
 
     def release(self, n: int = 1) -> None:
         self._call("release", n)
@@ -465,7 +455,7 @@ def _check_value(value: int) -> int:
     return value
 
 
-class _HubSemaphore(_SemOps, Semaphore):
+class HubSemaphore(_SemOps, Semaphore):
     _hub_kind = "Semaphore"
 
     def __init__(
@@ -474,7 +464,7 @@ class _HubSemaphore(_SemOps, Semaphore):
         self._setup(link, _check_value(value), name, backend)
 
 
-class _HubBoundedSemaphore(_SemOps, BoundedSemaphore):
+class HubBoundedSemaphore(_SemOps, BoundedSemaphore):
     _hub_kind = "BoundedSemaphore"
 
     def __init__(
@@ -483,7 +473,7 @@ class _HubBoundedSemaphore(_SemOps, BoundedSemaphore):
         self._setup(link, _check_value(value), name, backend)
 
 
-class _HubBarrier(_HubPrim, Barrier):
+class HubBarrier(_HubPrim, Barrier):
     _hub_kind = "Barrier"
 
     def __init__(
@@ -494,7 +484,7 @@ class _HubBarrier(_HubPrim, Barrier):
         self._setup(link, parties, name, backend)
 
     def wait(self, timeout: float | None = None) -> int:
-        return int(self._call("wait", _check_timeout(timeout)))
+        return int(self._call("wait", check_timeout(timeout)))
 
     def reset(self) -> None:
         self._call("reset")
@@ -515,11 +505,11 @@ class _HubBarrier(_HubPrim, Barrier):
         return bool(self._call("state")[2])
 
 
-class _HubChannel(_HubPrim, Channel[Any]):
+class HubChannel(_HubPrim, Channel[Any]):
     _hub_kind = "Channel"
 
     # Channel.__new__ knows only the public arguments; the factory also passes link=.
-    def __new__(cls, *args: Any, **kwargs: Any) -> _HubChannel:
+    def __new__(cls, *args: Any, **kwargs: Any) -> HubChannel:
         return object.__new__(cls)
 
     def __init__(
@@ -537,14 +527,14 @@ class _HubChannel(_HubPrim, Channel[Any]):
         self._setup(link, maxsize, name, backend)
 
     def put(self, item: Any, timeout: float | None = None) -> None:
-        state = self._call("put", dumps(item), _check_timeout(timeout))
+        state = self._call("put", dumps(item), check_timeout(timeout))
         if state == "closed":
             raise ChannelClosed(f"put() on a closed channel ({self._key})")
         if state == "full":
             raise queue.Full(f"the channel stayed full for {timeout} s")
 
     def get(self, timeout: float | None = None) -> Any:
-        state, item = self._call("get", _check_timeout(timeout))
+        state, item = self._call("get", check_timeout(timeout))
         if state == "closed":
             raise ChannelClosed(f"the channel is closed and drained ({self._key})")
         if state == "empty":
@@ -563,14 +553,14 @@ class _HubChannel(_HubPrim, Channel[Any]):
 
 
 _KINDS: dict[str, type[Any]] = {
-    "Lock": _HubLock,
-    "RLock": _HubRLock,
-    "Event": _HubEvent,
-    "Condition": _HubCondition,
-    "Semaphore": _HubSemaphore,
-    "BoundedSemaphore": _HubBoundedSemaphore,
-    "Barrier": _HubBarrier,
-    "Channel": _HubChannel,
+    "Lock": HubLock,
+    "RLock": HubRLock,
+    "Event": HubEvent,
+    "Condition": HubCondition,
+    "Semaphore": HubSemaphore,
+    "BoundedSemaphore": HubBoundedSemaphore,
+    "Barrier": HubBarrier,
+    "Channel": HubChannel,
 }
 
 
@@ -587,14 +577,3 @@ def make_cluster_primitive(kind: str, link: Any, *args: Any, **kwargs: Any) -> A
         raise ValueError(f"unknown primitive {kind!r}; choose one of {sorted(_KINDS)}")
     kwargs.pop("backend", None)
     return cls(*args, link=link, **kwargs)
-
-
-def register(engine: str) -> None:
-    """Make ``pt.Lock(backend=engine)``, ``pt.Channel(backend=engine)``... build these."""
-    from ..._ipc.channel import register_channel_backend
-    from ..._ipc.sync import register_primitive
-
-    for kind, cls in _KINDS.items():
-        if kind != "Channel":
-            register_primitive(kind, engine, cls)
-    register_channel_backend(engine, _HubChannel)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
+from ..._core.backend import Backend
 from ..._core.errors import (
     Cancelled,
     PolytaskError,
@@ -52,7 +53,6 @@ from ..._ipc.codec import dumps, dumps_call, loads_exception
 from ..._ipc.spin import SPIN_MAX, after_sleep
 from ..._os import proc as _proc
 from ..._os.proc import guard, unguard, usable_cpus
-from .. import Backend
 from . import wire as _wire
 
 __all__ = ["ProcessBackend"]
@@ -198,6 +198,17 @@ class ProcessBackend(Backend):
 
     name: ClassVar[str] = "process"
     can_kill_running: ClassVar[bool] = True
+    # Imported on first use: a user of tasks alone never loads shared memory.
+    primitives: ClassVar[Mapping[str, Any]] = {
+        "Lock": "polytask._ipc.sync:ProcessLock",
+        "RLock": "polytask._ipc.sync:ProcessRLock",
+        "Event": "polytask._ipc.sync:ProcessEvent",
+        "Condition": "polytask._ipc.sync:ProcessCondition",
+        "Semaphore": "polytask._ipc.sync:ProcessSemaphore",
+        "BoundedSemaphore": "polytask._ipc.sync:ProcessBoundedSemaphore",
+        "Barrier": "polytask._ipc.sync:ProcessBarrier",
+        "Channel": "polytask._ipc.channel:ProcessChannel",
+    }
 
     def __init__(
         self,
