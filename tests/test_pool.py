@@ -79,7 +79,7 @@ def backend(request):
 
 # -- basics
 def test_map_in_order_on_both_backends(backend):
-    with Pool(2, backend) as pool:
+    with Pool(2, backend=backend) as pool:
         assert pool.map(square, range(100)) == [x * x for x in range(100)]
         assert pool.map(add, [1, 2, 3], [10, 20, 30]) == [11, 22, 33]
         assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
@@ -111,10 +111,13 @@ def test_workers_default_to_usable_cpus_and_bad_options_fail_at_the_call():
     with pytest.raises(TypeError, match="retry_on"):
         Pool(1, retry_on=(ValueError, 3))
     with pytest.raises(ValueError, match="unknown backend"):
-        Pool(1, "nope")
+        Pool(1, backend="nope")
+    # The second positional argument is the initializer, as in multiprocessing.Pool.
+    with pytest.raises(TypeError, match=r"backend='thread'"):
+        Pool(1, "thread")
     with pytest.raises(TypeError, match="does not take"):
-        Pool(1, "thread", initializer=print)
-    with Pool(1, "thread") as pool:
+        Pool(1, backend="thread", start_method="fork")
+    with Pool(1, backend="thread") as pool:
         with pytest.raises(TypeError, match="callable"):
             pool.submit(3)
         with pytest.raises(ValueError, match="chunksize"):
@@ -131,7 +134,7 @@ def test_close_join_terminate():
     with pytest.raises(ValueError, match="close"):
         pool.join()
     pool.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ValueError, match="Pool not running"):
         pool.submit(square, 1)
     pool.join(timeout=60)
     assert all(t.done() for t in tasks)
@@ -324,7 +327,7 @@ def test_max_memory_per_worker_recycles():
     # each task pushes the worker over 150 MB at the latest on its second blob
     assert len(set(pids)) >= 2
     with pytest.raises(ValueError, match="process"):
-        Pool(1, "thread", max_memory_per_worker=1 << 30)
+        Pool(1, backend="thread", max_memory_per_worker=1 << 30)
 
 
 def test_initializer_state_is_kept_between_tasks():
@@ -351,7 +354,7 @@ def test_asyncio_submit_and_amap():
 
 
 def test_progress_is_silent_off_a_terminal_and_shown_when_forced(capfd):
-    with Pool(2, "thread") as pool:
+    with Pool(2, backend="thread") as pool:
         assert pool.map(square, range(100), progress=True) == [x * x for x in range(100)]
         assert capfd.readouterr().err == ""
         assert pool.map(square, range(100), progress="force") == [x * x for x in range(100)]
@@ -365,7 +368,7 @@ def test_exports():
 
 
 def test_thread_backend_timeout_flags_the_late_item():
-    with Pool(2, "thread", timeout=0.5) as pool:
+    with Pool(2, backend="thread", timeout=0.5) as pool:
         out = pool.map(pid_after, [0.0, 1.5, 0.0], return_exceptions=True)
     assert isinstance(out[1], pt.TaskTimeout)
     assert out[0] == out[2] == os.getpid()
@@ -376,5 +379,5 @@ def test_terminate_from_another_thread_ends_a_running_map():
     threading.Timer(0.5, pool.terminate).start()
     with pytest.raises(pt.Cancelled):
         pool.map(pid_after, [30] * 4, chunksize=1)
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ValueError, match="Pool not running"):
         pool.map(square, [1])
