@@ -636,9 +636,7 @@ def _positional_chunksize(
         last = iterables[-1]
         if isinstance(last, int) and not isinstance(last, bool):
             if chunksize is not None:
-                raise TypeError(
-                    "chunksize given twice: after the iterables and as chunksize="
-                )
+                raise TypeError("chunksize given twice: after the iterables and as chunksize=")
             return iterables[:-1], last
     return iterables, chunksize
 
@@ -1198,8 +1196,8 @@ class Pool(PrimitiveFactory):
         self,
         fn: Callable[..., T],
         iterable: Iterable[Iterable[Any]],
-        chunksize: int | None = None,
         /,
+        chunksize: int | None = None,
         *,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
@@ -2028,11 +2026,7 @@ class Executor(concurrent.futures.Executor):
         backend: str = "process",
         **pool_options: Any,
     ) -> None:
-        if (
-            isinstance(max_workers, int)
-            and not isinstance(max_workers, bool)
-            and max_workers <= 0
-        ):
+        if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
         if isinstance(mp_context, str) and mp_context not in ("spawn", "fork", "forkserver"):
             raise ValueError(
@@ -2143,8 +2137,12 @@ class Executor(concurrent.futures.Executor):
         pool = self._pool
         with pool._lock:
             tasks = [it.task for it in pool._queue if it.task is not None]
-            for _, items in pool._item_chunks.values():
-                tasks.extend(it.task for it in items if it.task is not None)
+            for chunk, items in pool._item_chunks.values():
+                # A chunk a worker has taken is running as a whole, as the stdlib's
+                # work item taken by a worker is (even if its thread has not
+                # reached every task of it yet).
+                if chunk._state == "PENDING":
+                    tasks.extend(it.task for it in items if it.task is not None)
             runs = list(pool._live_runs)
         for task in tasks:
             # Only a task no worker has started is pending: running ones finish.

@@ -84,18 +84,23 @@ def multiprocessing_module() -> types.ModuleType:
     return _Proxy(multiprocessing, Pool=ProcessPool)
 
 
-def install() -> None:
+def install(joblib: bool = False) -> None:
     """Make the swap process-wide (in a child interpreter a test started)."""
     concurrent.futures.ProcessPoolExecutor = ProcessPoolExecutor  # type: ignore[misc]
     concurrent.futures.ThreadPoolExecutor = ThreadPoolExecutor  # type: ignore[misc]
     multiprocessing.Pool = ProcessPool  # type: ignore[assignment]
     multiprocessing.dummy.Pool = ThreadPool  # type: ignore[assignment]
+    if joblib:
+        # What a user's script does to use the backend: register it.
+        import polytask.joblib
+
+        polytask.joblib.register(make_default=True)
 
 
-def prelude() -> str:
+def prelude(joblib: bool = False) -> str:
     """Code put before a child script: this process's sys.path, then :func:`install`."""
     path = [_HERE, *sys.path]
-    return f"import sys; sys.path[:0] = {path!r}; import _swap; _swap.install()\n"
+    return f"import sys; sys.path[:0] = {path!r}; import _swap; _swap.install({joblib!r})\n"
 
 
 def with_prelude(run: Any) -> Any:
@@ -108,5 +113,26 @@ def with_prelude(run: Any) -> Any:
             i = args_list.index("-c") + 1
             args_list[i] = prelude() + args_list[i]
         return run(*args_list, **env)
+
+    return wrapper
+
+
+def with_prelude_cmd(run: Any) -> Any:
+    """Wrap joblib's ``check_subprocess_call(cmd, ...)``: a ``python -c CODE`` or a
+    ``python SCRIPT.py`` command runs its code after :func:`prelude` (joblib's swap)."""
+
+    @functools.wraps(run)
+    def wrapper(cmd: list[str], *args: Any, **kwargs: Any) -> Any:
+        cmd = list(cmd)
+        if len(cmd) >= 3 and cmd[1] == "-c":
+            cmd[2] = prelude(joblib=True) + cmd[2]
+        elif len(cmd) >= 2 and cmd[1].endswith(".py"):
+            script = cmd[1]
+            run_script = (
+                f"import runpy; sys.argv = {cmd[1:]!r}; "
+                f"runpy.run_path({script!r}, run_name='__main__')\n"
+            )
+            cmd = [cmd[0], "-c", prelude(joblib=True) + run_script]
+        return run(cmd, *args, **kwargs)
 
     return wrapper

@@ -45,15 +45,11 @@ class FetchError(RuntimeError):
 
 def _run(cmd: list[str], cwd: Path) -> str:
     try:
-        out = subprocess.run(
-            cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False
-        )
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FetchError(f"{' '.join(cmd)} failed: {exc}") from exc
     if out.returncode != 0:
-        raise FetchError(
-            f"{' '.join(cmd)} exited with {out.returncode}:\n{out.stdout}{out.stderr}"
-        )
+        raise FetchError(f"{' '.join(cmd)} exited with {out.returncode}:\n{out.stdout}{out.stderr}")
     return out.stdout
 
 

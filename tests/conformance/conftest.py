@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import gc
+import os
 import sys
+import unittest
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +86,17 @@ def _runs_on_polytask(item: pytest.Item) -> bool:
     return False
 
 
+def _native_tracebacks(item: pytest.Item) -> None:
+    # Python's own traceback format for upstream failures: pytest's long format
+    # re-parses the upstream file with ast, which on 3.11 can fail with
+    # "SystemError: AST constructor recursion depth mismatch" and end the session.
+    repr_py = getattr(item, "_repr_failure_py", None)
+    if repr_py is not None:
+        native = lambda excinfo, style=None: repr_py(excinfo, style="native")  # noqa: E731
+        item._repr_failure_py = native  # type: ignore[attr-defined]
+        item.repr_failure = native  # type: ignore[method-assign]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
@@ -94,6 +110,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             dropped.append(item)
             continue
         keep.append(item)
+        _native_tracebacks(item)
+        # Python's default warning filters, as the upstream suites run themselves
+        # (regrtest, joblib's pytest setup): this project's filterwarnings=error
+        # would turn their expected warnings into failures.
+        item.add_marker(pytest.mark.filterwarnings("default"))
         entry = table_entry(suite, test_id)
         if entry is not None:
             category, reason = entry
@@ -148,3 +169,97 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
         for test_id in _failed.get(suite, []):
             tr.write_line(f"    failed: {suite}::{test_id}")
+
+
+# -- hygiene: tests/conftest.py checks after every test that no process is left.
+# Upstream test classes that set up a pool in setUpClass keep its workers for the
+# whole class: for those the same check runs when the class ends.
+def _root_conftest(config: pytest.Config) -> object:
+    for plugin in config.pluginmanager.get_plugins():
+        if str(getattr(plugin, "__file__", "")).endswith(f"tests{os.sep}conftest.py"):
+            return plugin
+    raise RuntimeError("tests/conftest.py is not loaded")
+
+
+def _class_owns_workers(cls: type | None) -> bool:
+    setup = getattr(cls, "setUpClass", None)
+    return setup is not None and getattr(setup, "__func__", None) is not (
+        unittest.TestCase.setUpClass.__func__  # type: ignore[attr-defined]
+    )
+
+
+#: Helper processes that multiprocessing and loky keep for the life of the
+#: interpreter once an upstream test used them (resource trackers, forkserver,
+#: loky's reusable executor): theirs, not polytask's nor the test's.
+_INTERPRETER_HELPERS = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "joblib.externals.loky",
+)
+
+
+def _not_a_helper(p: Any) -> bool:
+    try:
+        cmd = " ".join(p.cmdline())
+    except Exception:
+        return True
+    return not any(h in cmd for h in _INTERPRETER_HELPERS)
+
+
+def _check_strays(config: pytest.Config) -> None:
+    root = _root_conftest(config)
+    gc.collect()  # upstream tests leave managers and pools to the GC, as their runners do
+    root._shutdown_defaults()  # type: ignore[attr-defined]
+
+    def ours() -> list[Any]:
+        return [p for p in root.live_descendants() if _not_a_helper(p)]  # type: ignore[attr-defined]
+
+    left = root._wait_gone(ours, 5.0)  # type: ignore[attr-defined]
+    if left:
+        desc = [(p.pid, " ".join(p.cmdline())[:120]) for p in left if p.is_running()]
+        for p in left:
+            try:
+                p.kill()
+            except Exception:
+                pass
+        if desc:
+            pytest.fail(f"test left processes behind: {desc}")
+
+
+@pytest.fixture(autouse=True)
+def no_stray_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """tests/conftest.py's check, at the end of the class for classes that own workers."""
+    yield
+    if not _class_owns_workers(getattr(request.node, "cls", None)):
+        _check_strays(request.config)
+
+
+@pytest.fixture(scope="class", autouse=True)
+def no_stray_process_after_class(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if _class_owns_workers(request.cls):
+        _check_strays(request.config)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_interpreter_helpers() -> Iterator[None]:
+    """After each upstream module: the suites after it check that no process is left."""
+    yield
+    _stop_helpers()
+
+
+def _stop_helpers() -> None:
+    """Stop what the upstream tests left to the interpreter's exit: loky's executor,
+    multiprocessing's and loky's resource trackers (they start again on demand)."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+    gc.collect()
+    for name in (
+        "multiprocessing.resource_tracker",
+        "joblib.externals.loky.backend.resource_tracker",
+    ):
+        tracker = getattr(sys.modules.get(name), "_resource_tracker", None)
+        if tracker is not None:
+            tracker._stop()

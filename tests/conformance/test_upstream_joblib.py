@@ -4,7 +4,8 @@ The swap: ``polytask.joblib.register()`` makes "polytask" a joblib backend and
 the default one (what ``Parallel()`` without a backend uses), and the module's
 list of process backends, ``PROCESS_BACKENDS = ["multiprocessing", "loky"]``,
 reads ``["polytask"]`` (so ``PARALLEL_BACKENDS`` is polytask and threading).
-Nothing else in the file changes. The tests collected are those that run on
+Scripts the tests run in a fresh interpreter register the backend first, as a
+user's script would. Nothing else in the file changes. The tests collected are those that run on
 polytask: a backend parameter that is "polytask" (or a PolytaskBackend), or
 None (the default backend); tests pinned to loky, multiprocessing, threading,
 sequential or dask are joblib's tests of those backends and are not collected.
@@ -16,8 +17,8 @@ from __future__ import annotations
 import sys
 import types
 
+import _swap
 import _upstream
-import joblib
 
 import polytask.joblib
 
@@ -33,7 +34,7 @@ def _load() -> types.ModuleType:
             f"joblib {_VERSION}'s test_parallel.py no longer says {_ORIGINAL!r}: "
             "update the swap in tests/conformance/test_upstream_joblib.py"
         )
-    joblib.register_parallel_backend("polytask", polytask.joblib.PolytaskBackend, make_default=True)
+    polytask.joblib.register(make_default=True)
     name = "joblib.test.test_parallel"
     module = types.ModuleType(name)
     module.__file__ = str(_PATH)
@@ -42,6 +43,9 @@ def _load() -> types.ModuleType:
     # installed module, whose functions are the same).
     sys.modules[name] = module
     exec(compile(source.replace(_ORIGINAL, _SWAPPED), str(_PATH), "exec"), module.__dict__)
+    # Scripts it runs in a fresh interpreter register the backend first, as a
+    # user's script would.
+    module.check_subprocess_call = _swap.with_prelude_cmd(module.check_subprocess_call)
     return module
 
 

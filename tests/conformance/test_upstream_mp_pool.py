@@ -30,10 +30,17 @@ def _case(name: str, base: type, mixin: type, pool: object) -> type:
     return cls
 
 
-WithProcessesTestPool = _case("WithProcessesTestPool", tmp._TestPool, tmp.ProcessesMixin, _swap.ProcessPool)
-WithThreadsTestPool = _case("WithThreadsTestPool", tmp._TestPool, tmp.ThreadsMixin, _swap.ThreadPool)
+WithProcessesTestPool = _case(
+    "WithProcessesTestPool", tmp._TestPool, tmp.ProcessesMixin, _swap.ProcessPool
+)
+WithThreadsTestPool = _case(
+    "WithThreadsTestPool", tmp._TestPool, tmp.ThreadsMixin, _swap.ThreadPool
+)
 WithProcessesTestPoolWorkerErrors = _case(
-    "WithProcessesTestPoolWorkerErrors", tmp._TestPoolWorkerErrors, tmp.ProcessesMixin, _swap.ProcessPool
+    "WithProcessesTestPoolWorkerErrors",
+    tmp._TestPoolWorkerErrors,
+    tmp.ProcessesMixin,
+    _swap.ProcessPool,
 )
 WithProcessesTestPoolWorkerLifetime = _case(
     "WithProcessesTestPoolWorkerLifetime",

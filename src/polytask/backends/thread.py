@@ -94,11 +94,11 @@ class ThreadBackend(Backend):
             if not self._idle.acquire(blocking=False) and (
                 self._max is None or len(self._threads) < self._max
             ):
-                self._start_thread(name)
+                self._new_thread(name).start()
         return task
 
-    def _start_thread(self, task_name: str) -> None:
-        # Called with self._lock held.
+    def _new_thread(self, task_name: str) -> threading.Thread:
+        # Called with self._lock held (shutdown joins every thread it lists: started).
         tname = (
             f"{self._prefix}_{next(self._thread_ids)}"
             if self._prefix
@@ -106,7 +106,7 @@ class ThreadBackend(Backend):
         )
         t = threading.Thread(target=self._work, name=tname, daemon=True)
         self._threads.add(t)
-        t.start()
+        return t
 
     def _work(self) -> None:
         me = threading.current_thread()
@@ -157,7 +157,7 @@ class ThreadBackend(Backend):
                 and not self._queue.empty()
                 and (self._max is None or len(self._threads) < self._max)
             ):
-                self._start_thread(task.name)
+                self._new_thread(task.name).start()
 
     def _run(
         self,
