@@ -320,7 +320,7 @@ def test_error_hierarchy():
 PUBLIC_NAMES = {
     # work
     "Task", "spawn", "background", "current_task", "CurrentTask", "TaskGroup",
-    "Pool", "Executor",
+    "Pool", "Executor", "AsyncResult", "MapIterator",
     # programs
     "run", "stream", "run_many", "CommandResult", "OutputLine", "Stream",
     "Supervisor", "ProcessStatus",

@@ -381,3 +381,245 @@ def test_terminate_from_another_thread_ends_a_running_map():
         pool.map(pid_after, [30] * 4, chunksize=1)
     with pytest.raises(ValueError, match="Pool not running"):
         pool.map(square, [1])
+
+
+# -- the multiprocessing.Pool surface (issue 12): a user replaces
+# multiprocessing.Pool(n) by pt.Pool(n) and nothing else changes.
+def mp_initializer(tag):
+    _state["tag"] = tag
+
+
+def mp_tag(_=None):
+    return _state.get("tag")
+
+
+def nap_and_return(x, seconds=0.0):
+    time.sleep(seconds)
+    return x
+
+
+def wait_for_event(event, x):
+    event.wait(30)
+    return x
+
+
+def test_constructor_takes_multiprocessing_positional_order():
+    import multiprocessing
+
+    # processes, initializer, initargs, maxtasksperchild, context
+    with Pool(2, mp_initializer, ("ready",), 5, multiprocessing.get_context("spawn")) as pool:
+        assert pool.map(mp_tag, range(4)) == ["ready"] * 4
+    with Pool(1, mp_initializer, ("forked",), context="fork") as pool:
+        assert pool.apply(mp_tag) == "forked"
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        Pool(2, maxtasksperchild=0)
+    with pytest.raises(ValueError, match="disagree"):
+        Pool(1, context="fork", start_method="spawn")
+    with pytest.raises(TypeError, match="context"):
+        Pool(1, context=3)
+
+
+@pytest.mark.parametrize("value", ["12", 0.5, 0, -1, True])
+def test_bad_max_tasks_per_worker_is_a_value_error(value):
+    # It was reported as "backend 'process' does not take the options" for "12".
+    with pytest.raises(ValueError, match="max_tasks_per_worker"):
+        Pool(1, max_tasks_per_worker=value)
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        Pool(1, maxtasksperchild=value)
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_apply_and_apply_async(backend):
+    with Pool(2, backend=backend) as pool:
+        assert pool.apply(pow, (2, 5)) == 32
+        assert pool.apply(int, ("ff",), {"base": 16}) == 255
+        seen = []
+        res = pool.apply_async(add, (1, 2), callback=seen.append, error_callback=seen.append)
+        assert isinstance(res, pt.AsyncResult)
+        assert res.get(timeout=30) == 3
+        # The callback ran before the result turned ready.
+        assert res.ready() and res.successful() and seen == [3]
+        bad = pool.apply_async(int, ("x",), callback=seen.append, error_callback=seen.append)
+        bad.wait(30)
+        assert bad.ready() and not bad.successful()
+        assert isinstance(seen[-1], ValueError)
+        with pytest.raises(ValueError, match="invalid literal"):
+            bad.get()
+        slow = pool.apply_async(nap_and_return, (1, 1.0))
+        with pytest.raises(ValueError, match="not ready"):
+            slow.successful()
+        with pytest.raises(multiprocessing_timeout()):
+            slow.get(timeout=0.05)
+        assert slow.get(timeout=30) == 1
+
+
+def multiprocessing_timeout():
+    import multiprocessing
+
+    return multiprocessing.TimeoutError
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_map_async_and_starmap_async(backend):
+    with Pool(2, backend=backend) as pool:
+        seen = []
+        res = pool.map_async(square, range(20), callback=seen.append)
+        assert res.get(timeout=30) == [x * x for x in range(20)]
+        assert seen == [[x * x for x in range(20)]]
+        assert pool.map_async(square, []).get(timeout=30) == []
+        assert pool.starmap_async(add, [(1, 2), (3, 4)], 1).get(timeout=30) == [3, 7]
+        errors = []
+        bad = pool.map_async(fail_on, [1, 2, 3], error_callback=errors.append, chunksize=1)
+        with pytest.raises(TypeError):
+            bad.get(timeout=30)  # fail_on needs two arguments
+        assert len(errors) == 1 and isinstance(errors[0], TypeError)
+        assert not bad.successful()
+
+
+def test_positional_chunksize_in_map_imap_starmap():
+    with Pool(2) as pool:
+        assert pool.map(square, range(10), 3) == [x * x for x in range(10)]
+        assert list(pool.imap(square, range(10), 4)) == [x * x for x in range(10)]
+        assert sorted(pool.imap_unordered(square, range(10), 2)) == [x * x for x in range(10)]
+        assert pool.starmap(add, [(1, 1), (2, 2)], 1) == [2, 4]
+        assert pool.map(add, [1, 2], [3, 4], 1) == [4, 6]  # several iterables, then the int
+        with pytest.raises(TypeError, match="twice"):
+            pool.map(square, range(3), 2, chunksize=2)
+
+
+def test_imap_next_with_a_timeout_goes_on_after_it():
+    with Pool(1, backend="thread") as pool:
+        event = threading.Event()
+        it = pool.imap(functools_partial(wait_for_event, event), [1, 2], 1)
+        with pytest.raises(multiprocessing_timeout()) as info:
+            it.next(timeout=0.05)
+        assert isinstance(info.value, TimeoutError)  # also the builtin one
+        event.set()
+        assert it.next(timeout=30) == 1
+        assert next(it) == 2
+        with pytest.raises(StopIteration):
+            it.next(timeout=1)
+
+
+def functools_partial(fn, *args):
+    import functools
+
+    return functools.partial(fn, *args)
+
+
+def failing_input(n, at):
+    for i in range(n):
+        if i == at:
+            raise KeyError("the input failed")
+        yield i
+
+
+def test_an_input_that_raises_fails_at_its_place():
+    # As multiprocessing: what the input gave before the error is still returned.
+    with Pool(2) as pool:
+        it = pool.imap(square, failing_input(10, 3))
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(KeyError, match="the input failed"):
+            next(it)
+        it = pool.imap(square, failing_input(20, 7), 2)  # the chunk being filled goes too
+        assert [next(it) for _ in range(6)] == [x * x for x in range(6)]
+        with pytest.raises(KeyError):
+            next(it)
+
+
+def test_use_after_close_is_a_value_error_and_with_needs_a_running_pool():
+    pool = Pool(1, backend="thread")
+    with pool:
+        pass
+    for call in (
+        lambda: pool.apply(square, (1,)),
+        lambda: pool.apply_async(square, (1,)),
+        lambda: pool.map(square, [1]),
+        lambda: pool.map_async(square, [1]),
+        lambda: pool.imap(square, [1]),
+        lambda: pool.submit(square, 1),
+    ):
+        with pytest.raises(ValueError, match="Pool not running"):
+            call()
+    with pytest.raises(ValueError, match="Pool not running"):
+        with pool:
+            pass
+    pool.join()
+
+
+def test_thread_backend_initializer_runs_in_each_thread():
+    seen = []
+    lock = threading.Lock()
+
+    def init(tag):
+        with lock:
+            seen.append((tag, threading.current_thread().name))
+
+    with Pool(2, init, ("t",), backend="thread", thread_name_prefix="Worker") as pool:
+        names = pool.map(lambda _: threading.current_thread().name, range(50), 1)
+    assert set(names) <= {"Worker_0", "Worker_1"}
+    assert {tag for tag, _ in seen} == {"t"} and {n for _, n in seen} == set(names)
+
+
+def test_thread_backend_failing_initializer_fails_the_tasks():
+    def init():
+        raise RuntimeError("no database")
+
+    with Pool(2, init, backend="thread") as pool:
+        tasks = [pool.submit(square, i) for i in range(5)]
+        for t in tasks:
+            with pytest.raises(pt.PolytaskError, match="initializer failed") as info:
+                t.result(timeout=30)
+            assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_manager_proxies_in_initargs_and_arguments_on_spawn_workers():
+    # Spawn workers adopt the caller's multiprocessing authkey before they unpickle
+    # anything: a Manager proxy made here talks to its manager from there
+    # (AuthenticationError before).
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Manager() as mgr:  # no resource tracker
+        ns = mgr.Namespace()
+        ns.count = 0
+        event = mgr.Event()
+        with Pool(1, bump_namespace, (ns,)) as pool:
+            assert pool.apply(set_event, (event,)) == "set"
+        assert event.is_set() and ns.count == 1
+
+
+def bump_namespace(ns):
+    ns.count += 1
+
+
+def set_event(event):
+    event.set()
+    return "set"
+
+
+class _Owner:
+    def method(self):
+        return 1
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_the_pool_keeps_no_callable_or_result_alive(backend):
+    import gc
+    import weakref
+
+    with Pool(1, backend=backend) as pool:
+        owner = _Owner()
+        ref = weakref.ref(owner)
+        assert pool.submit(owner.method).result(timeout=30) == 1
+        del owner
+        gc.collect()
+        assert ref() is None  # the bound method (and so its object) was dropped
+        for obj in pool.imap(make_owner, range(3)):
+            wr = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert wr() is None  # a result the iterator returned is not kept
+
+
+def make_owner(_):
+    return _Owner()

@@ -155,6 +155,39 @@ SKIPS: dict[str, tuple[str, str]] = {
         "expects the task's SystemExit re-raised in the caller; sys.exit() in a process "
         "task ends its worker, and the task fails with WorkerCrashed ('sys.exit in a task')",
     ),
+    # ============================================================ multiprocessing
+    "mp_pool::With*TestPool::test_make_pool": (
+        INTERNAL,
+        "counts pool._pool (the ValueError for 0 and -1 workers, which it checks first, passes)",
+    ),
+    "mp_pool::With*TestPool::test_resource_warning": (
+        INTERNAL,
+        "sets pool._state to multiprocessing.pool.RUN and expects its ResourceWarning",
+    ),
+    "mp_pool::WithProcessesTestPoolWorkerLifetime::test_pool_worker_lifetime": (
+        INTERNAL,
+        "reads the pids of pool._pool and calls pool._repopulate_pool() (recycling itself "
+        "is tested by test_pool_worker_lifetime_early_close and tests/test_pool.py)",
+    ),
+    "mp_pool::WithProcessesTestPool::test_traceback": (
+        DIFFERENCE,
+        "checks for multiprocessing.pool.RemoteTraceback as __cause__; polytask attaches its "
+        "own RemoteTraceback, with the same .tb text ('Remote tracebacks')",
+    ),
+    "mp_pool::WithProcessesTestPool::test_map_unplicklable": (
+        DIFFERENCE,
+        "expects the pickler's own RuntimeError; polytask raises SerializationError naming "
+        "the argument, with that error as __cause__ ('Errors of pickling')",
+    ),
+    "mp_pool::WithProcessesTestPoolWorkerErrors::test_unpickleable_result": (
+        DIFFERENCE,
+        "expects MaybeEncodingError; polytask raises SerializationError ('Errors of pickling')",
+    ),
+    "mp_pool::TestInitializers::test_pool_initializer": (
+        DIFFERENCE,
+        "a pool that never runs a task starts no worker, so its initializer never runs "
+        "('Workers start on demand')",
+    ),
     # ==================================================================== joblib
     "joblib::test_nested_loop[loky-polytask]": (
         DIFFERENCE,
