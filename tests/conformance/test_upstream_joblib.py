@@ -19,12 +19,23 @@ import types
 
 import _swap
 import _upstream
+import joblib.parallel
 
 import polytask.joblib
 
 _PATH, _VERSION = _upstream.joblib_test_source()
 _ORIGINAL = 'PROCESS_BACKENDS = ["multiprocessing", "loky"]'
 _SWAPPED = 'PROCESS_BACKENDS = ["polytask"]'
+
+
+_DEFAULT = joblib.parallel.DEFAULT_BACKEND
+
+
+def teardown_module() -> None:
+    # The swap is for this module's tests only: the rest of the session gets joblib
+    # as it was (its default backend, its own test module).
+    joblib.parallel.DEFAULT_BACKEND = _DEFAULT
+    sys.modules.pop("joblib.test.test_parallel", None)
 
 
 def _load() -> types.ModuleType:

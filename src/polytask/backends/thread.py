@@ -94,19 +94,16 @@ class ThreadBackend(Backend):
             if not self._idle.acquire(blocking=False) and (
                 self._max is None or len(self._threads) < self._max
             ):
-                self._new_thread(name).start()
+                t = threading.Thread(target=self._work, name=self._thread_name(name), daemon=True)
+                self._threads.add(t)
+                t.start()
         return task
 
-    def _new_thread(self, task_name: str) -> threading.Thread:
-        # Called with self._lock held (shutdown joins every thread it lists: started).
-        tname = (
-            f"{self._prefix}_{next(self._thread_ids)}"
-            if self._prefix
-            else f"polytask-thread-{task_name}"
-        )
-        t = threading.Thread(target=self._work, name=tname, daemon=True)
-        self._threads.add(t)
-        return t
+    def _thread_name(self, task_name: str) -> str:
+        # Called with self._lock held.
+        if self._prefix:
+            return f"{self._prefix}_{next(self._thread_ids)}"
+        return f"polytask-thread-{task_name}"
 
     def _work(self) -> None:
         me = threading.current_thread()
@@ -157,7 +154,11 @@ class ThreadBackend(Backend):
                 and not self._queue.empty()
                 and (self._max is None or len(self._threads) < self._max)
             ):
-                self._new_thread(task.name).start()
+                t = threading.Thread(
+                    target=self._work, name=self._thread_name(task.name), daemon=True
+                )
+                self._threads.add(t)
+                t.start()
 
     def _run(
         self,
