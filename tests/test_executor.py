@@ -233,3 +233,42 @@ def remember(value):
 
 def recall():
     return _remembered.get("v")
+
+
+EXIT_SCRIPT = """
+import atexit, sys, time
+import polytask as pt
+
+def late_print(msg):
+    time.sleep(0.5)
+    print(msg, flush=True)
+
+@atexit.register
+def submit_after_exit_began():
+    try:
+        ex.submit(late_print, "never")
+    except RuntimeError as exc:
+        print("refused:", exc, flush=True)
+
+ex = pt.Executor(2, backend=sys.argv[1])
+ex.submit(late_print, "apple")
+"""
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_at_exit_an_executor_finishes_its_work_and_takes_no_more(tmp_path, backend):
+    # As concurrent.futures: the submitted task ran to its end (it was killed with
+    # the pool before), and a submit from an atexit hook is refused.
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_script.py"
+    script.write_text(EXIT_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), backend], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "apple",
+        "refused: cannot schedule new futures after interpreter shutdown",
+    ]

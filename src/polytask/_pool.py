@@ -948,6 +948,52 @@ def _terminate_live_pools() -> None:
         pool.terminate()
 
 
+#: Executors still open, and whether the interpreter began to exit (see below).
+_live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False
+_executor_hook = False
+
+
+def _executors_at_exit() -> None:
+    """At interpreter exit, as ``concurrent.futures`` does: executors take no more
+    work and finish what they were given (Ctrl-C during that wait ends them).
+
+    Runs when the main thread ends, before the ``atexit`` hooks (which terminate
+    the pools still open), through the hook concurrent.futures itself uses.
+    """
+    global _exiting
+    _exiting = True
+    try:
+        for ex in list(_live_executors):
+            if ex._owner == os.getpid():
+                ex.shutdown(wait=True)
+    except KeyboardInterrupt:
+        left = [ex for ex in _live_executors if ex._owner == os.getpid()]
+        print(
+            f"polytask: interrupted (Ctrl-C) at exit: {len(left)} executor(s) not waited for; "
+            "their tasks were killed",
+            file=sys.stderr,
+        )
+        for ex in left:
+            ex._pool.terminate()
+
+
+def _install_executor_hook() -> None:
+    global _executor_hook
+    with _hook_lock:
+        if not _executor_hook:
+            # A private hook of the threading module, there for concurrent.futures:
+            # it runs before the interpreter joins non-daemon threads and before atexit.
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_executors_at_exit)
+            else:  # pragma: no cover - every supported Python has it
+                import atexit
+
+                atexit.register(_executors_at_exit)
+            _executor_hook = True
+
+
 def _install_exit_hook() -> None:
     global _hook_installed
     with _hook_lock:
@@ -2045,6 +2091,9 @@ class Executor(concurrent.futures.Executor):
         # map() runs whose input is read lazily: shutdown() reads the rest (see there).
         self._open: set[_Run] = set()
         self._open_lock = threading.Lock()
+        self._owner = os.getpid()
+        _install_executor_hook()
+        _live_executors.add(self)
 
     @property
     def pool(self) -> Pool:
@@ -2056,8 +2105,13 @@ class Executor(concurrent.futures.Executor):
             raise exc
         return RuntimeError("cannot schedule new futures after shutdown")
 
+    def _check_exiting(self) -> None:
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
         """Schedule ``fn(*args, **kwargs)``; every keyword goes to ``fn``."""
+        self._check_exiting()
         try:
             return self._pool._submit(fn, args, kwargs, DEFAULT, None)
         except ValueError as exc:
@@ -2083,6 +2137,7 @@ class Executor(concurrent.futures.Executor):
         timeout = check_timeout(timeout)
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
+        self._check_exiting()
         deadline = None if timeout is None else time.monotonic() + timeout
         pool = self._pool
         size = None if chunksize == 1 else chunksize
@@ -2116,6 +2171,7 @@ class Executor(concurrent.futures.Executor):
         """
         pool = self._pool
         pool.close()
+        _live_executors.discard(self)
         with self._open_lock:
             runs = [r for r in self._open if not r.cancelled]
             self._open.clear()
