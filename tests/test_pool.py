@@ -623,3 +623,32 @@ def test_the_pool_keeps_no_callable_or_result_alive(backend):
 
 def make_owner(_):
     return _Owner()
+
+
+class FreedInWorker:
+    """Writes ``path`` when the copy in a worker process is freed."""
+
+    def __init__(self, path, parent):
+        self.path = str(path)
+        self.parent = parent
+
+    def __del__(self):
+        if os.getpid() != self.parent:
+            with open(self.path, "w") as f:
+                f.write("freed")
+
+
+@pytest.mark.parametrize("how", ["submit", "map"])
+def test_a_worker_frees_the_arguments_once_its_task_is_done(tmp_path, how):
+    # The worker kept the last task's arguments alive until its next task.
+    marker = tmp_path / "freed"
+    with Pool(1) as pool:
+        obj = FreedInWorker(marker, os.getpid())
+        if how == "submit":
+            assert pool.submit(id, obj).result(timeout=30)
+        else:
+            assert pool.map(id, [obj])
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists()  # before the pool (and its worker) ended

@@ -146,6 +146,11 @@ def _run_chunk(
             errors[len(values)] = dumps_exception(exc) if remote else exc
             append(None)
             del exc
+    if remote:
+        # The worker keeps its task's arguments until its next task: empty the
+        # chunk (our own copy in this process), so that the items' arguments are
+        # freed now, as the caller's are.
+        calls.clear()
     return values, errors, time.perf_counter() - start
 
 
