@@ -58,8 +58,9 @@ def _fetch_debian(dest: Path) -> None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise FetchError(
             f"the CPython test suite comes from Debian's {DEB_PACKAGE} package, but apt-get "
-            "and dpkg-deb are not installed here; unpack that package by hand into "
-            f"{dest} (dpkg -x) or set POLYTASK_CONFORMANCE_CACHE"
+            f"and dpkg-deb are not installed here: unpack that package into {dest} "
+            f"(dpkg -x) and write its version to {dest / 'VERSION'}, or point "
+            "POLYTASK_CONFORMANCE_CACHE at a cache that has them"
         )
     work = Path(tempfile.mkdtemp(prefix="fetch-", dir=dest.parent))
     try:
