@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
     "BackendUnavailable": "._errors",
     "background": "._task",
     "Barrier": "._sync",
+    "AsyncResult": "._pool",
     "BoundedSemaphore": "._sync",
     "Cancelled": "._errors",
     "Channel": "._channel",
@@ -41,6 +42,7 @@ _LAZY: dict[str, str] = {
     "FileLock": "._sync",
     "INHERIT": "._commands",
     "Lock": "._sync",
+    "MapIterator": "._pool",
     "OutputLine": "._commands",
     "pipeline": "._pipeline",
     "PolytaskError": "._errors",
@@ -69,6 +71,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = (
+    "AsyncResult",
     "DEVNULL",
     "INHERIT",
     "BackendUnavailable",
@@ -87,6 +90,7 @@ __all__ = (
     "Fifo",
     "FileLock",
     "Lock",
+    "MapIterator",
     "OutputLine",
     "PolytaskError",
     "Pool",
@@ -165,7 +169,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._group import TaskGroup as TaskGroup
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
+    from ._pool import AsyncResult as AsyncResult
     from ._pool import Executor as Executor
+    from ._pool import MapIterator as MapIterator
     from ._pool import Pool as Pool
     from ._shm import SharedArray as SharedArray
     from ._supervisor import ProcessStatus as ProcessStatus
