@@ -321,7 +321,7 @@ PUBLIC_NAMES = {
     # work
     "Task", "spawn", "background", "current_task", "CurrentTask", "TaskGroup",
     "sleep", "checkpoint",
-    "Pool", "Executor",
+    "Pool", "Executor", "AsyncResult", "MapIterator",
     # programs
     "run", "stream", "run_many", "CommandResult", "OutputLine", "Stream", "DEVNULL", "INHERIT",
     "Supervisor", "ProcessStatus",

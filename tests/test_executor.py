@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import threading
 import time
 
 import pytest
@@ -61,14 +62,21 @@ def test_a_crash_fails_one_future_only():
         assert [g.result(timeout=30) for g in good] == [0, 1, 4, 9, 16]
 
 
-def test_shutdown_cancel_futures_and_after_shutdown():
-    ex = pt.Executor(max_workers=1)
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_shutdown_cancel_futures_and_after_shutdown(backend):
+    # As in the stdlib, what the workers already hold runs (a process worker holds
+    # up to two chunks, as ProcessPoolExecutor's call queue holds max_workers + 1
+    # calls); everything else is cancelled, and nothing finishes in error.
+    ex = pt.Executor(max_workers=1, backend=backend)
     running = ex.submit(napper, 0.5)
-    queued = [ex.submit(napper, 5) for _ in range(5)]
+    queued = [ex.submit(napper, 0.05) for _ in range(20)]
     time.sleep(0.2)
+    assert running.running()
     ex.shutdown(wait=True, cancel_futures=True)
     assert running.result(timeout=10) > 0
-    assert all(f.cancelled() for f in queued)
+    cancelled = [f for f in queued if f.cancelled()]
+    assert len(cancelled) >= 15
+    assert all(f.done() and f.exception() is None for f in queued if not f.cancelled())
     with pytest.raises(RuntimeError, match="shutdown"):
         ex.submit(square, 1)
 
@@ -93,3 +101,174 @@ def test_run_in_executor():
         return results
 
     assert asyncio.run(main()) == [i * i for i in range(10)]
+
+
+# -- issue 12: what the stdlib's own tests found
+def test_map_results_can_be_read_after_the_with_block():
+    # The most common ProcessPoolExecutor pattern; it raised "backend is shut down".
+    with pt.Executor(max_workers=2) as ex:
+        from_list = ex.map(square, [1, 2, 3])
+        from_generator = ex.map(square, (x for x in range(50)))
+    assert list(from_list) == [1, 4, 9]
+    assert list(from_generator) == [x * x for x in range(50)]
+
+
+def test_map_submits_even_if_its_results_are_never_read(tmp_path):
+    with pt.Executor(max_workers=2, backend="thread") as ex:
+        ex.map(touch, [tmp_path / f"f{i}" for i in range(10)])
+    assert len(list(tmp_path.iterdir())) == 10
+
+
+def touch(path):
+    path.write_text("x")
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_shutdown_cancel_futures_on_a_fresh_executor_lets_started_work_finish(backend):
+    # It cancelled all 50: they reported running() before any worker had them.
+    ex = pt.Executor(max_workers=5, backend=backend)
+    fs = [ex.submit(time.sleep, 0.1) for _ in range(50)]
+    ex.shutdown(cancel_futures=True)
+    cancelled = [f for f in fs if f.cancelled()]
+    others = [f for f in fs if not f.cancelled()]
+    assert len(cancelled) > 20 and others
+    assert all(f.done() and f.exception() is None for f in others)
+
+
+def test_a_thread_task_is_running_only_once_its_thread_runs_it():
+    started = threading.Event()
+    release = threading.Event()
+
+    def block():
+        started.set()
+        release.wait(30)
+        return "first"
+
+    ran = []
+    with pt.Executor(max_workers=1, backend="thread") as ex:
+        first = ex.submit(block)
+        assert started.wait(30)
+        second = ex.submit(ran.append, "second")
+        assert first.running() and not second.running()
+        assert second.cancel() and second.cancelled()
+        release.set()
+        assert first.result(timeout=30) == "first"
+    assert ran == []
+
+
+def test_cancelling_a_running_thread_task_flags_it_and_returns_false():
+    # It returned True and cancelled() was True while the function ran on.
+    started = threading.Event()
+
+    def loop():
+        started.set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if pt.current_task().cancelled:
+                return "noticed"
+            time.sleep(0.01)
+        return "not told"
+
+    for make in (
+        lambda: pt.Executor(max_workers=1, backend="thread"),
+        lambda: pt.Pool(1, backend="thread"),
+    ):
+        with make() as runner:
+            started.clear()
+            task = runner.submit(loop)
+            assert started.wait(30) and task.running()
+            assert task.cancel() is False
+            assert not task.cancelled()
+            assert task.result(timeout=30) == "noticed"
+
+
+def test_map_timeout_then_close_drops_the_items_not_started():
+    release = threading.Event()
+    log = []
+
+    def log_and_wait(name):
+        log.append(name)
+        release.wait(30)
+
+    with pt.Executor(max_workers=1, backend="thread") as ex:
+        first = ex.submit(log_and_wait, "first")
+        try:
+            gen = ex.map(log_and_wait, ["second", "third"], timeout=0)
+            with pytest.raises(TimeoutError):
+                next(gen)
+            gen.close()
+        finally:
+            release.set()
+        first.result(timeout=30)
+    assert log == ["first"]
+
+
+def test_executor_takes_the_stdlib_constructors_arguments(tmp_path):
+    import multiprocessing
+
+    with pt.Executor(2, multiprocessing.get_context("fork"), remember, (7,)) as ex:
+        assert ex.submit(recall).result(timeout=30) == 7
+    with pt.Executor(1, "spawn", max_tasks_per_child=1) as ex:
+        pids = {ex.submit(os.getpid).result(timeout=30) for _ in range(3)}
+    assert len(pids) == 3
+    with pt.Executor(
+        2, backend="thread", initializer=remember, initargs=(8,), thread_name_prefix="Mine"
+    ) as ex:
+        assert ex.submit(recall).result(timeout=30) == 8
+        assert ex.submit(lambda: threading.current_thread().name).result(30).startswith("Mine_")
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        pt.Executor(0)
+    with pytest.raises(ValueError, match="backend='thread'"):
+        pt.Executor(2, "thread")
+    with pytest.raises(ValueError, match="chunksize"):
+        pt.Executor(1, backend="thread").map(abs, [1], chunksize=0)
+
+
+_remembered = {}
+
+
+def remember(value):
+    _remembered["v"] = value
+
+
+def recall():
+    return _remembered.get("v")
+
+
+EXIT_SCRIPT = """
+import atexit, sys, time
+import polytask as pt
+
+def late_print(msg):
+    time.sleep(0.5)
+    print(msg, flush=True)
+
+@atexit.register
+def submit_after_exit_began():
+    try:
+        ex.submit(late_print, "never")
+    except RuntimeError as exc:
+        print("refused:", exc, flush=True)
+
+ex = pt.Executor(2, backend=sys.argv[1])
+ex.submit(late_print, "apple")
+"""
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_at_exit_an_executor_finishes_its_work_and_takes_no_more(tmp_path, backend):
+    # As concurrent.futures: the submitted task ran to its end (it was killed with
+    # the pool before), and a submit from an atexit hook is refused.
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_script.py"
+    script.write_text(EXIT_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), backend], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "apple",
+        "refused: cannot schedule new futures after interpreter shutdown",
+    ]

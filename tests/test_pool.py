@@ -79,7 +79,7 @@ def backend(request):
 
 # -- basics
 def test_map_in_order_on_both_backends(backend):
-    with Pool(2, backend) as pool:
+    with Pool(2, backend=backend) as pool:
         assert pool.map(square, range(100)) == [x * x for x in range(100)]
         assert pool.map(add, [1, 2, 3], [10, 20, 30]) == [11, 22, 33]
         assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
@@ -111,10 +111,13 @@ def test_workers_default_to_usable_cpus_and_bad_options_fail_at_the_call():
     with pytest.raises(TypeError, match="retry_on"):
         Pool(1, retry_on=(ValueError, 3))
     with pytest.raises(ValueError, match="unknown backend"):
-        Pool(1, "nope")
+        Pool(1, backend="nope")
+    # The second positional argument is the initializer, as in multiprocessing.Pool.
+    with pytest.raises(TypeError, match=r"backend='thread'"):
+        Pool(1, "thread")
     with pytest.raises(TypeError, match="does not take"):
-        Pool(1, "thread", initializer=print)
-    with Pool(1, "thread") as pool:
+        Pool(1, backend="thread", start_method="fork")
+    with Pool(1, backend="thread") as pool:
         with pytest.raises(TypeError, match="callable"):
             pool.submit(3)
         with pytest.raises(ValueError, match="chunksize"):
@@ -131,7 +134,7 @@ def test_close_join_terminate():
     with pytest.raises(ValueError, match="close"):
         pool.join()
     pool.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ValueError, match="Pool not running"):
         pool.submit(square, 1)
     pool.join(timeout=60)
     assert all(t.done() for t in tasks)
@@ -324,7 +327,7 @@ def test_max_memory_per_worker_recycles():
     # each task pushes the worker over 150 MB at the latest on its second blob
     assert len(set(pids)) >= 2
     with pytest.raises(ValueError, match="process"):
-        Pool(1, "thread", max_memory_per_worker=1 << 30)
+        Pool(1, backend="thread", max_memory_per_worker=1 << 30)
 
 
 def test_initializer_state_is_kept_between_tasks():
@@ -351,7 +354,7 @@ def test_asyncio_submit_and_amap():
 
 
 def test_progress_is_silent_off_a_terminal_and_shown_when_forced(capfd):
-    with Pool(2, "thread") as pool:
+    with Pool(2, backend="thread") as pool:
         assert pool.map(square, range(100), progress=True) == [x * x for x in range(100)]
         assert capfd.readouterr().err == ""
         assert pool.map(square, range(100), progress="force") == [x * x for x in range(100)]
@@ -365,7 +368,7 @@ def test_exports():
 
 
 def test_thread_backend_timeout_flags_the_late_item():
-    with Pool(2, "thread", timeout=0.5) as pool:
+    with Pool(2, backend="thread", timeout=0.5) as pool:
         out = pool.map(pid_after, [0.0, 1.5, 0.0], return_exceptions=True)
     assert isinstance(out[1], pt.TaskTimeout)
     assert out[0] == out[2] == os.getpid()
@@ -376,5 +379,276 @@ def test_terminate_from_another_thread_ends_a_running_map():
     threading.Timer(0.5, pool.terminate).start()
     with pytest.raises(pt.Cancelled):
         pool.map(pid_after, [30] * 4, chunksize=1)
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ValueError, match="Pool not running"):
         pool.map(square, [1])
+
+
+# -- the multiprocessing.Pool surface (issue 12): a user replaces
+# multiprocessing.Pool(n) by pt.Pool(n) and nothing else changes.
+def mp_initializer(tag):
+    _state["tag"] = tag
+
+
+def mp_tag(_=None):
+    return _state.get("tag")
+
+
+def nap_and_return(x, seconds=0.0):
+    time.sleep(seconds)
+    return x
+
+
+def wait_for_event(event, x):
+    event.wait(30)
+    return x
+
+
+def test_constructor_takes_multiprocessing_positional_order():
+    import multiprocessing
+
+    # processes, initializer, initargs, maxtasksperchild, context
+    with Pool(2, mp_initializer, ("ready",), 5, multiprocessing.get_context("spawn")) as pool:
+        assert pool.map(mp_tag, range(4)) == ["ready"] * 4
+    with Pool(1, mp_initializer, ("forked",), context="fork") as pool:
+        assert pool.apply(mp_tag) == "forked"
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        Pool(2, maxtasksperchild=0)
+    with pytest.raises(ValueError, match="disagree"):
+        Pool(1, context="fork", start_method="spawn")
+    with pytest.raises(TypeError, match="context"):
+        Pool(1, context=3)
+
+
+@pytest.mark.parametrize("value", ["12", 0.5, 0, -1, True])
+def test_bad_max_tasks_per_worker_is_a_value_error(value):
+    # It was reported as "backend 'process' does not take the options" for "12".
+    with pytest.raises(ValueError, match="max_tasks_per_worker"):
+        Pool(1, max_tasks_per_worker=value)
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        Pool(1, maxtasksperchild=value)
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_apply_and_apply_async(backend):
+    with Pool(2, backend=backend) as pool:
+        assert pool.apply(pow, (2, 5)) == 32
+        assert pool.apply(int, ("ff",), {"base": 16}) == 255
+        seen = []
+        res = pool.apply_async(add, (1, 2), callback=seen.append, error_callback=seen.append)
+        assert isinstance(res, pt.AsyncResult)
+        assert res.get(timeout=30) == 3
+        # The callback ran before the result turned ready.
+        assert res.ready() and res.successful() and seen == [3]
+        bad = pool.apply_async(int, ("x",), callback=seen.append, error_callback=seen.append)
+        bad.wait(30)
+        assert bad.ready() and not bad.successful()
+        assert isinstance(seen[-1], ValueError)
+        with pytest.raises(ValueError, match="invalid literal"):
+            bad.get()
+        slow = pool.apply_async(nap_and_return, (1, 1.0))
+        with pytest.raises(ValueError, match="not ready"):
+            slow.successful()
+        with pytest.raises(multiprocessing_timeout()):
+            slow.get(timeout=0.05)
+        assert slow.get(timeout=30) == 1
+
+
+def multiprocessing_timeout():
+    import multiprocessing
+
+    return multiprocessing.TimeoutError
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_map_async_and_starmap_async(backend):
+    with Pool(2, backend=backend) as pool:
+        seen = []
+        res = pool.map_async(square, range(20), callback=seen.append)
+        assert res.get(timeout=30) == [x * x for x in range(20)]
+        assert seen == [[x * x for x in range(20)]]
+        assert pool.map_async(square, []).get(timeout=30) == []
+        assert pool.starmap_async(add, [(1, 2), (3, 4)], 1).get(timeout=30) == [3, 7]
+        errors = []
+        bad = pool.map_async(fail_on, [1, 2, 3], error_callback=errors.append, chunksize=1)
+        with pytest.raises(TypeError):
+            bad.get(timeout=30)  # fail_on needs two arguments
+        assert len(errors) == 1 and isinstance(errors[0], TypeError)
+        assert not bad.successful()
+
+
+def test_positional_chunksize_in_map_imap_starmap():
+    with Pool(2) as pool:
+        assert pool.map(square, range(10), 3) == [x * x for x in range(10)]
+        assert list(pool.imap(square, range(10), 4)) == [x * x for x in range(10)]
+        assert sorted(pool.imap_unordered(square, range(10), 2)) == [x * x for x in range(10)]
+        assert pool.starmap(add, [(1, 1), (2, 2)], 1) == [2, 4]
+        assert pool.map(add, [1, 2], [3, 4], 1) == [4, 6]  # several iterables, then the int
+        with pytest.raises(TypeError, match="twice"):
+            pool.map(square, range(3), 2, chunksize=2)
+
+
+def test_imap_next_with_a_timeout_goes_on_after_it():
+    with Pool(1, backend="thread") as pool:
+        event = threading.Event()
+        it = pool.imap(functools_partial(wait_for_event, event), [1, 2], 1)
+        with pytest.raises(multiprocessing_timeout()) as info:
+            it.next(timeout=0.05)
+        assert isinstance(info.value, TimeoutError)  # also the builtin one
+        event.set()
+        assert it.next(timeout=30) == 1
+        assert next(it) == 2
+        with pytest.raises(StopIteration):
+            it.next(timeout=1)
+
+
+def functools_partial(fn, *args):
+    import functools
+
+    return functools.partial(fn, *args)
+
+
+def failing_input(n, at):
+    for i in range(n):
+        if i == at:
+            raise KeyError("the input failed")
+        yield i
+
+
+def test_an_input_that_raises_fails_at_its_place():
+    # As multiprocessing: what the input gave before the error is still returned.
+    with Pool(2) as pool:
+        it = pool.imap(square, failing_input(10, 3))
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(KeyError, match="the input failed"):
+            next(it)
+        it = pool.imap(square, failing_input(20, 7), 2)  # the chunk being filled goes too
+        assert [next(it) for _ in range(6)] == [x * x for x in range(6)]
+        with pytest.raises(KeyError):
+            next(it)
+
+
+def test_use_after_close_is_a_value_error_and_with_needs_a_running_pool():
+    pool = Pool(1, backend="thread")
+    with pool:
+        pass
+    for call in (
+        lambda: pool.apply(square, (1,)),
+        lambda: pool.apply_async(square, (1,)),
+        lambda: pool.map(square, [1]),
+        lambda: pool.map_async(square, [1]),
+        lambda: pool.imap(square, [1]),
+        lambda: pool.submit(square, 1),
+    ):
+        with pytest.raises(ValueError, match="Pool not running"):
+            call()
+    with pytest.raises(ValueError, match="Pool not running"):
+        with pool:
+            pass
+    pool.join()
+
+
+def test_thread_backend_initializer_runs_in_each_thread():
+    seen = []
+    lock = threading.Lock()
+
+    def init(tag):
+        with lock:
+            seen.append((tag, threading.current_thread().name))
+
+    with Pool(2, init, ("t",), backend="thread", thread_name_prefix="Worker") as pool:
+        names = pool.map(lambda _: threading.current_thread().name, range(50), 1)
+    assert set(names) <= {"Worker_0", "Worker_1"}
+    assert {tag for tag, _ in seen} == {"t"} and {n for _, n in seen} == set(names)
+
+
+def test_thread_backend_failing_initializer_fails_the_tasks():
+    def init():
+        raise RuntimeError("no database")
+
+    with Pool(2, init, backend="thread") as pool:
+        tasks = [pool.submit(square, i) for i in range(5)]
+        for t in tasks:
+            with pytest.raises(pt.PolytaskError, match="initializer failed") as info:
+                t.result(timeout=30)
+            assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_manager_proxies_in_initargs_and_arguments_on_spawn_workers():
+    # Spawn workers adopt the caller's multiprocessing authkey before they unpickle
+    # anything: a Manager proxy made here talks to its manager from there
+    # (AuthenticationError before).
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Manager() as mgr:  # no resource tracker
+        ns = mgr.Namespace()
+        ns.count = 0
+        event = mgr.Event()
+        with Pool(1, bump_namespace, (ns,)) as pool:
+            assert pool.apply(set_event, (event,)) == "set"
+        assert event.is_set() and ns.count == 1
+
+
+def bump_namespace(ns):
+    ns.count += 1
+
+
+def set_event(event):
+    event.set()
+    return "set"
+
+
+class _Owner:
+    def method(self):
+        return 1
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_the_pool_keeps_no_callable_or_result_alive(backend):
+    import gc
+    import weakref
+
+    with Pool(1, backend=backend) as pool:
+        owner = _Owner()
+        ref = weakref.ref(owner)
+        assert pool.submit(owner.method).result(timeout=30) == 1
+        del owner
+        gc.collect()
+        assert ref() is None  # the bound method (and so its object) was dropped
+        for obj in pool.imap(make_owner, range(3)):
+            wr = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert wr() is None  # a result the iterator returned is not kept
+
+
+def make_owner(_):
+    return _Owner()
+
+
+class FreedInWorker:
+    """Writes ``path`` when the copy in a worker process is freed."""
+
+    def __init__(self, path, parent):
+        self.path = str(path)
+        self.parent = parent
+
+    def __del__(self):
+        if os.getpid() != self.parent:
+            with open(self.path, "w") as f:
+                f.write("freed")
+
+
+@pytest.mark.parametrize("how", ["submit", "map"])
+def test_a_worker_frees_the_arguments_once_its_task_is_done(tmp_path, how):
+    # The worker kept the last task's arguments alive until its next task.
+    marker = tmp_path / "freed"
+    with Pool(1) as pool:
+        obj = FreedInWorker(marker, os.getpid())
+        if how == "submit":
+            assert pool.submit(id, obj).result(timeout=30)
+        else:
+            assert pool.map(id, [obj])
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists()  # before the pool (and its worker) ended

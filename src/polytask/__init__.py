@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "Channel": "._core.channel",
     "ChannelClosed": "._core.errors",
     "CommandFailed": "._core.errors",
+    "AsyncResult": "._pool",
     "CommandResult": "._commands",
     "CommandTimeout": "._core.errors",
     "checkpoint": "._core.task",
@@ -41,6 +42,7 @@ _LAZY: dict[str, str] = {
     "FileLock": "._ipc.filelock",
     "INHERIT": "._commands",
     "Lock": "._core.primitives",
+    "MapIterator": "._pool",
     "OutputLine": "._commands",
     "pipeline": "._pipeline",
     "PolytaskError": "._core.errors",
@@ -71,6 +73,7 @@ _LAZY: dict[str, str] = {
 __all__ = (
     "DEVNULL",
     "INHERIT",
+    "AsyncResult",
     "BackendUnavailable",
     "Barrier",
     "BoundedSemaphore",
@@ -87,6 +90,7 @@ __all__ = (
     "Fifo",
     "FileLock",
     "Lock",
+    "MapIterator",
     "OutputLine",
     "PolytaskError",
     "Pool",
@@ -181,7 +185,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._ipc.shm import SharedArray as SharedArray
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
+    from ._pool import AsyncResult as AsyncResult
     from ._pool import Executor as Executor
+    from ._pool import MapIterator as MapIterator
     from ._pool import Pool as Pool
     from ._supervisor import ProcessStatus as ProcessStatus
     from ._supervisor import Supervisor as Supervisor

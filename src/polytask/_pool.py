@@ -33,10 +33,11 @@ import pickle
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ._chunking import ChunkSizer
 from ._core.backend import fn_name
@@ -147,13 +148,153 @@ def _run_chunk(
             errors[len(values)] = dumps_exception(exc) if remote else exc
             append(None)
             del exc
+    if remote:
+        # The worker keeps its task's arguments until its next task: empty the
+        # chunk (our own copy in this process), so that the items' arguments are
+        # freed now, as the caller's are.
+        calls.clear()
+    return values, errors, time.perf_counter() - start
+
+
+def _run_items(items: list[_Item]) -> tuple[list[Any], dict[int, Any] | None, float]:
+    """Run a chunk of submitted tasks on a thread of this process (the thread backend).
+
+    A task turns running only when this thread reaches it: until then ``cancel()``
+    stops it for good (it is skipped here), and once it runs ``cancel()`` can only
+    flag it (``pt.current_task()`` is the task itself). The format of the result is
+    :func:`_run_chunk`'s; fewer values than items means the chunk was cancelled or
+    timed out, and the pool re-queues the rest.
+    """
+    from ._core.task import CurrentTask, _set_current
+
+    values: list[Any] = []
+    errors: dict[int, Any] | None = None
+    me = current_task()
+    chunk = me._task
+    start = time.perf_counter()
+    try:
+        for it in items:
+            if chunk is not None and chunk._cancel_requested:
+                break
+            task = it.task
+            if task is not None:
+                if not task._set_running():
+                    if errors is None:
+                        errors = {}
+                    errors[len(values)] = Cancelled(
+                        f"task {task.name!r} was cancelled before it started"
+                    )
+                    values.append(None)
+                    continue
+                task._mark_started()
+                _set_current(CurrentTask(task.name, task))
+            try:
+                values.append(it.fn(*it.args, **it.kwargs))
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                if errors is None:
+                    errors = {}
+                errors[len(values)] = exc
+                values.append(None)
+                del exc
+    finally:
+        _set_current(me if chunk is not None else None)
     return values, errors, time.perf_counter() - start
 
 
 def _run_initializer(blob: bytes) -> None:
-    """Run the Pool's initializer in a worker (see Pool.__init__)."""
-    fn, args = pickle.loads(blob)
-    fn(*args)
+    """Start a process worker of a Pool: the caller's authkey, then its initializer.
+
+    The authkey comes first, before the initargs are unpickled: a
+    ``multiprocessing`` Manager proxy reads it when it is unpickled, and one made
+    with another key cannot talk to its manager (``AuthenticationError``).
+    Arguments of later tasks are unpickled after this, with the same key.
+    """
+    authkey, inner = pickle.loads(blob)
+    if authkey is not None:
+        import multiprocessing.process
+
+        multiprocessing.process.current_process().authkey = authkey
+    if inner is not None:
+        fn, args = pickle.loads(inner)
+        fn(*args)
+
+
+def _initializer_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
+    """What :func:`_run_initializer` gets: the authkey of the caller's
+    ``multiprocessing`` (as its own child processes would), and the initializer."""
+    import multiprocessing.process
+
+    inner = None
+    if initializer is not None:
+        # Pickled here with polytask's rules (a function of __main__ travels by
+        # value), so the worker never has to import the caller's script.
+        try:
+            inner = dumps((initializer, initargs))
+        except Exception as exc:
+            raise SerializationError(
+                f"the initializer {fn_name(initializer)!r} or its initargs cannot be "
+                f"pickled for the workers: {type(exc).__name__}: {exc}"
+            ) from exc
+    authkey = bytes(multiprocessing.process.current_process().authkey)
+    return pickle.dumps((authkey, inner), protocol=5)
+
+
+def _weak(fn: Callable[..., Any]) -> Callable[[], Any] | None:
+    """A weak reference to ``fn`` (a strong one to a builtin), or None if it has none."""
+    if isinstance(fn, (types.BuiltinFunctionType, type)):
+        return lambda: fn
+    try:
+        return weakref.ref(fn)
+    except TypeError:
+        return None
+
+
+def _max_tasks(maxtasksperchild: Any, max_tasks_per_worker: Any) -> int | None:
+    """The one limit of tasks per worker, from multiprocessing's name or ours."""
+    if (
+        maxtasksperchild is not None
+        and max_tasks_per_worker is not None
+        and maxtasksperchild != max_tasks_per_worker
+    ):
+        raise TypeError(
+            "maxtasksperchild and max_tasks_per_worker are the same option: give one of them"
+        )
+    name = "max_tasks_per_worker" if max_tasks_per_worker is not None else "maxtasksperchild"
+    value = max_tasks_per_worker if max_tasks_per_worker is not None else maxtasksperchild
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+    return value
+
+
+def _start_method(context: Any, start_method: str | None) -> str | None:
+    """The start method named by a ``multiprocessing`` context (or its name), or ``start_method``.
+
+    "forkserver" runs spawn workers: both start each worker as a fresh interpreter
+    (forkserver only forks it from a server that is one), which polytask's spawn
+    workers already do with their own process hygiene.
+    """
+    method: str | None = None
+    if context is not None:
+        if isinstance(context, str):
+            method = context
+        else:
+            get = getattr(context, "get_start_method", None)
+            if get is None:
+                raise TypeError(
+                    "context must be a multiprocessing context (multiprocessing.get_context()) "
+                    f"or a start method name, got {type(context).__name__} {context!r}"
+                )
+            method = get()
+        if method == "forkserver":
+            method = "spawn"
+    if start_method is not None and method is not None and start_method != method:
+        raise ValueError(
+            f"start_method={start_method!r} and context (start method {method!r}) disagree: "
+            "give one of them"
+        )
+    return start_method if start_method is not None else method
 
 
 # ---------------------------------------------------------------------------- items and sinks
@@ -299,14 +440,17 @@ class _Run(_Sink):
     """
 
     __slots__ = (
+        "_fill_lock",
         "_lock",
         "_notify",
         "aborted",
         "active",
         "ahead",
         "borrowed",
+        "chunks",
         "fn",
         "input",
+        "input_error",
         "next_index",
         "plan",
         "plan_from",
@@ -363,6 +507,11 @@ class _Run(_Sink):
         )
         self._lock = threading.Lock()
         self._notify: Callable[[], None] = lambda: None
+        # The input raised: what it gave before runs, then this is raised in its place.
+        self.input_error: BaseException | None = None
+        # The chunks handed to the backend (to cancel those not started, see _end_run).
+        self.chunks: weakref.WeakSet[Task[Any]] = weakref.WeakSet()
+        self._fill_lock = threading.Lock()  # the consumer and a shutdown may both pull
 
     # -- the pool side (called with the pool's lock held)
     def queued(self) -> int:
@@ -429,20 +578,40 @@ class _Run(_Sink):
         size = min(max(self.sizer.size(), 1), _LOOKAHEAD_CHUNK)
         return max(4 * self.pool.workers, 2 * self.pool._max_inflight * size)
 
-    def fill(self) -> None:
-        """Pull input items up to the bound and queue them (in the caller's thread)."""
-        if self.input is None:
-            return
-        room = self._limit() - (self.pulled - self.yielded)
-        if room <= 0:
-            return
-        batch = list(itertools.islice(self.input, room))
-        if len(batch) < room:
-            self.input = None
-        if batch and self.pulled == 0:
-            self.sizer.observe_bytes(_args_bytes(batch[0] if self.star else (batch[0],)))
-        self.pulled += len(batch)
-        self.pool._feed(self, batch)
+    def fill(self, everything: bool = False) -> None:
+        """Pull input items up to the bound (or ``everything``) and queue them.
+
+        Runs in the consumer's thread (or in ``Executor.shutdown``). If the input
+        raises, the items it gave before still run and the error takes the next
+        place in the results, as in ``multiprocessing``; with a fixed chunksize
+        the items of the chunk it was filling are dropped with it, as there too.
+        """
+        with self._fill_lock:
+            if self.input is None:
+                return
+            room = sys.maxsize if everything else self._limit() - (self.pulled - self.yielded)
+            if room <= 0:
+                return
+            fixed = self.sizer.fixed
+            if fixed and not everything:
+                room = max(room - room % fixed, fixed)  # whole chunks (see above)
+            batch: list[Any] = []
+            try:
+                # extend() keeps what the input gave before it raised.
+                batch.extend(itertools.islice(self.input, room))
+            except Exception as exc:
+                self.input = None
+                if fixed:
+                    partial = min((self.pulled + len(batch)) % fixed, len(batch))
+                    del batch[len(batch) - partial :]
+                self.input_error = exc
+            else:
+                if len(batch) < room:
+                    self.input = None
+            if batch and self.pulled == 0:
+                self.sizer.observe_bytes(_args_bytes(batch[0] if self.star else (batch[0],)))
+            self.pulled += len(batch)
+            self.pool._feed(self, batch)
 
     def take(self) -> list[Results]:
         """The result segments ready to yield, in order (ordered runs) or as they came."""
@@ -479,6 +648,316 @@ def _args_bytes(args: tuple[Any, ...]) -> int:
         return 64
 
 
+def _positional_chunksize(
+    iterables: tuple[Any, ...], chunksize: int | None
+) -> tuple[tuple[Iterable[Any], ...], int | None]:
+    """``map(fn, items, 10)``: multiprocessing's positional chunksize, an int after the
+    iterables (an int is never iterable, so it cannot be meant as one)."""
+    if len(iterables) >= 2:
+        last = iterables[-1]
+        if isinstance(last, int) and not isinstance(last, bool):
+            if chunksize is not None:
+                raise TypeError("chunksize given twice: after the iterables and as chunksize=")
+            return iterables[:-1], last
+    return iterables, chunksize
+
+
+def _map_items(iterables: tuple[Iterable[Any], ...]) -> tuple[list[Any], bool, bool]:
+    """A map's items as a list: ``(items, star, borrowed)``; a list given alone is used
+    as it is (borrowed: read, never changed)."""
+    if not iterables:
+        raise TypeError("map needs at least one iterable")
+    star = len(iterables) != 1
+    borrowed = not star and type(iterables[0]) is list
+    items = iterables[0] if borrowed else list(_zip(iterables))
+    assert isinstance(items, list)
+    return items, star, borrowed
+
+
+def _star_items(iterable: Iterable[Iterable[Any]]) -> list[tuple[Any, ...]]:
+    return [tuple(a) for a in iterable]
+
+
+def _check_callbacks(*callbacks: Any) -> None:
+    for cb in callbacks:
+        if cb is not None and not callable(cb):
+            raise TypeError(f"a callback must be callable or None, got {type(cb).__name__}")
+
+
+class AsyncResult(Generic[T]):
+    """The result of ``Pool.apply_async``, ``map_async`` or ``starmap_async``.
+
+    As ``multiprocessing.pool.AsyncResult``: ``get(timeout)`` returns the result
+    or raises the task's own exception (``multiprocessing.TimeoutError`` if it is
+    not ready in time), ``wait(timeout)``, ``ready()``, ``successful()``. The
+    callback or error callback given to the call has run by the time
+    ``ready()`` is true.
+    """
+
+    __slots__ = ("_callback", "_error_callback", "_event", "_future")
+
+    def __init__(
+        self,
+        future: concurrent.futures.Future[T],
+        callback: Callable[[T], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._future = future
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        future.add_done_callback(self._done)
+
+    def _done(self, future: concurrent.futures.Future[T]) -> None:
+        # In the thread that completed the task, before ready() turns true. An error
+        # in a callback is logged by Future's own callback handling, after this.
+        try:
+            exc = _exception_of(future)
+            if exc is None:
+                if self._callback is not None:
+                    self._callback(future.result(0))
+            elif self._error_callback is not None:
+                self._error_callback(exc)
+        finally:
+            self._callback = self._error_callback = None  # no cycles through them
+            self._event.set()
+
+    def ready(self) -> bool:
+        """True once the call is done (and its callback has run)."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """True if the call returned without raising; ValueError if it is not done yet."""
+        if not self._event.is_set():
+            raise ValueError(f"{self!r} not ready")
+        return _exception_of(self._future) is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the call is done, at most ``timeout`` seconds."""
+        self._event.wait(check_timeout(timeout))
+
+    def get(self, timeout: float | None = None) -> T:
+        """The result; the call's own exception if it raised.
+
+        Raises ``multiprocessing.TimeoutError`` if it is not done within ``timeout``
+        seconds (the call goes on).
+        """
+        timeout = check_timeout(timeout)
+        if not self._event.wait(timeout):
+            raise _wait_timeout(f"the result was not ready within {timeout:g} s (the call goes on)")
+        return self._future.result(0)
+
+    def __repr__(self) -> str:
+        state = "ready" if self._event.is_set() else "pending"
+        return f"<AsyncResult {state} of {self._future!r}>"
+
+
+def _exception_of(future: concurrent.futures.Future[Any]) -> BaseException | None:
+    try:
+        return future.exception(0)
+    except concurrent.futures.CancelledError as exc:
+        return exc
+
+
+class _Collector:
+    """Gathers a ``map_async`` run's results, in the pool's threads, into its future.
+
+    The first failed item (in input order) fails the whole call, and the items not
+    started yet are dropped, as in :meth:`Pool.map`.
+    """
+
+    __slots__ = ("_lock", "future", "out", "pool", "run")
+
+    def __init__(self, pool: Pool, run: _Run, future: concurrent.futures.Future[list[Any]]):
+        self.pool = pool
+        self.run = run
+        self.future = future
+        self.out: list[Any] = []
+        self._lock = threading.Lock()
+
+    def notify(self) -> None:
+        run = self.run
+        with self._lock:
+            if self.future.done():
+                return
+            exc: BaseException | None = None
+            for values, errors in run.take():
+                run.yielded += len(values)
+                if errors:
+                    exc = errors[min(errors)]
+                    break
+                self.out.extend(values)
+            if exc is None and run.aborted is not None:
+                exc = run.aborted
+            if exc is None and not run.finished():
+                return
+            out, self.out = self.out, []
+            if exc is None:
+                self.future.set_result(out)
+            else:
+                self.future.set_exception(exc)
+        self.pool._end_run(run)
+        run._notify = _nothing  # the run no longer points back here
+
+
+def _nothing() -> None:
+    return None
+
+
+class MapIterator(Iterator[T]):
+    """The results of :meth:`Pool.imap`, :meth:`Pool.imap_unordered` and
+    :meth:`Executor.map`, as they are ready.
+
+    ``next(timeout)`` waits at most ``timeout`` seconds for the next result and
+    raises ``multiprocessing.TimeoutError`` (a ``TimeoutError`` too) without
+    ending the iteration, as multiprocessing's iterator does. ``close()`` (or
+    leaving a ``for`` loop and dropping the iterator) drops the items no worker
+    has started. A result is not kept once it was returned.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        run: _Run,
+        progress: bool | str,
+        total: int | None,
+        deadline: float | None,
+        return_exceptions: bool,
+        *,
+        timeout_ends: bool = False,
+        keep_if_unused: bool = False,
+    ) -> None:
+        self._pool = pool
+        self._run: _Run | None = run
+        self._segs: collections.deque[Results] = collections.deque()
+        self._values: list[Any] = []
+        self._errors: dict[int, Any] | None = None
+        self._pos = 0
+        self._deadline = deadline
+        self._return_exceptions = return_exceptions
+        # Executor.map: its deadline counts from the call and, as in the stdlib, a
+        # timeout ends the iteration (and drops what had not started).
+        self._timeout_ends = timeout_ends
+        # Executor.map: an iterator dropped before its first next() leaves its items
+        # running, as the stdlib's submitted futures do (Executor.shutdown waits).
+        self._keep_if_unused = keep_if_unused
+        self._started = False
+        self._wake = threading.Event()
+        run._notify = self._wake.set
+        self._bar = Progress(fn_name(run.fn), total) if want_progress(progress) else None
+
+    def __iter__(self) -> MapIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return self._next(self._deadline)
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next result, waiting at most ``timeout`` seconds (None: no limit)."""
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._deadline is not None:
+            deadline = self._deadline if deadline is None else min(deadline, self._deadline)
+        return self._next(deadline)
+
+    def _next(self, deadline: float | None) -> T:
+        self._started = True
+        while True:
+            values, pos = self._values, self._pos
+            if pos < len(values):
+                value = values[pos]
+                values[pos] = None  # returned: this iterator does not keep it alive
+                self._pos = pos + 1
+                errors = self._errors
+                if errors is not None and pos in errors:
+                    exc = errors.pop(pos)
+                    if not self._return_exceptions:
+                        self.close()
+                        raise exc
+                    value = exc
+                return value  # type: ignore[no-any-return]
+            self._refill(deadline)
+
+    def _refill(self, deadline: float | None) -> None:
+        """Wait for the next segment of results; StopIteration at the end."""
+        run = self._run
+        if run is None:
+            raise StopIteration
+        try:
+            while True:
+                self._wake.clear()
+                run.fill()
+                self._segs.extend(run.take())
+                if self._segs:
+                    # Counted as yielded when handed over, so the input is pulled
+                    # ahead of what was consumed, not of what arrived.
+                    self._values, self._errors = self._segs.popleft()
+                    self._pos = 0
+                    run.yielded += len(self._values)
+                    if self._bar is not None:
+                        self._bar.update(run.yielded)
+                    return
+                if run.finished():
+                    error = run.input_error
+                    self.close()
+                    if error is not None:
+                        raise error
+                    raise StopIteration
+                if run.aborted is not None:
+                    self.close()
+                    raise run.aborted
+                wait = 0.25
+                if deadline is not None:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        if self._timeout_ends:
+                            self.close()
+                        raise _wait_timeout(
+                            "the map's next result was not ready within its timeout"
+                        )
+                    wait = min(wait, 0.25)
+                self._wake.wait(wait)
+        except KeyboardInterrupt:
+            self._pool.terminate()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop: the items no worker has started are dropped."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        self._segs.clear()
+        self._values, self._errors = [], None
+        if self._bar is not None:
+            self._bar.close(run.yielded)
+        self._pool._end_run(run)
+
+    def __del__(self) -> None:
+        if self._run is not None and not (self._keep_if_unused and not self._started):
+            self.close()
+
+
+_timeout_type: type[Exception] | None = None
+
+
+def _wait_timeout(message: str) -> Exception:
+    """A wait for a result timed out: ``multiprocessing.TimeoutError``, which the
+    multiprocessing API raises, and also the builtin ``TimeoutError`` (what
+    ``concurrent.futures`` and the rest of polytask raise). Made on first use:
+    importing multiprocessing costs more than a Pool that never times out needs."""
+    global _timeout_type
+    if _timeout_type is None:
+        import multiprocessing
+
+        _timeout_type = type(
+            "WaitTimeout",
+            (multiprocessing.TimeoutError, TimeoutError),
+            {"__module__": __name__, "__doc__": _wait_timeout.__doc__},
+        )
+    return _timeout_type(message)
+
+
 # ---------------------------------------------------------------------------- the Pool
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 _hook_lock = threading.Lock()
@@ -488,6 +967,52 @@ _hook_installed = False
 def _terminate_live_pools() -> None:
     for pool in list(_live_pools):
         pool.terminate()
+
+
+#: Executors still open, and whether the interpreter began to exit (see below).
+_live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exiting = False
+_executor_hook = False
+
+
+def _executors_at_exit() -> None:
+    """At interpreter exit, as ``concurrent.futures`` does: executors take no more
+    work and finish what they were given (Ctrl-C during that wait ends them).
+
+    Runs when the main thread ends, before the ``atexit`` hooks (which terminate
+    the pools still open), through the hook concurrent.futures itself uses.
+    """
+    global _exiting
+    _exiting = True
+    try:
+        for ex in list(_live_executors):
+            if ex._owner == os.getpid():
+                ex.shutdown(wait=True)
+    except KeyboardInterrupt:
+        left = [ex for ex in _live_executors if ex._owner == os.getpid()]
+        print(
+            f"polytask: interrupted (Ctrl-C) at exit: {len(left)} executor(s) not waited for; "
+            "their tasks were killed",
+            file=sys.stderr,
+        )
+        for ex in left:
+            ex._pool.terminate()
+
+
+def _install_executor_hook() -> None:
+    global _executor_hook
+    with _hook_lock:
+        if not _executor_hook:
+            # A private hook of the threading module, there for concurrent.futures:
+            # it runs before the interpreter joins non-daemon threads and before atexit.
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_executors_at_exit)
+            else:  # pragma: no cover - every supported Python has it
+                import atexit
+
+                atexit.register(_executors_at_exit)
+            _executor_hook = True
 
 
 def _install_exit_hook() -> None:
@@ -503,8 +1028,20 @@ def _install_exit_hook() -> None:
 class Pool(PrimitiveFactory):
     """A pool of workers for parallel map and many small tasks.
 
+    A drop-in for ``multiprocessing.Pool``: the same constructor (positional
+    arguments in its order), ``apply``, ``apply_async``, ``map``, ``map_async``,
+    ``starmap``, ``starmap_async``, ``imap``, ``imap_unordered`` (with their
+    ``chunksize`` positional too), ``close``, ``join``, ``terminate``; see
+    docs/compat.md for what differs.
+
     Args:
-        workers: how many tasks run at once (None: the usable CPU count).
+        processes: how many tasks run at once (None: the usable CPU count).
+        initializer, initargs: run ``initializer(*initargs)`` once in each worker
+            (process or thread) before its first task; module globals it sets stay
+            for every later task there.
+        maxtasksperchild: multiprocessing's name for ``max_tasks_per_worker``.
+        context: a ``multiprocessing`` context, or a start method name: "spawn"
+            (polytask's default), "fork", or "forkserver" (runs spawn workers).
         backend: ``"process"`` (default), ``"thread"``, or a cluster backend
             (``"dask"``, ``"ray"``) once installed; the pool owns a private one.
         timeout: default seconds each task (each item of a map) may run; past it
@@ -517,10 +1054,9 @@ class Pool(PrimitiveFactory):
             (chunks) ran on it.
         max_memory_per_worker: replace a worker whose RSS exceeds this many
             bytes, after the item that made it grow.
-        initializer, initargs: run ``initializer(*initargs)`` once in each worker
-            process; module globals it sets stay for every later task there.
-        start_method: ``"spawn"`` (default) or ``"fork"``.
-        backend_options: passed to the backend (e.g. ``address=`` for Dask).
+        start_method: ``"spawn"`` (default) or ``"fork"`` (``context`` by name).
+        backend_options: passed to the backend (e.g. ``address=`` for Dask,
+            ``thread_name_prefix=`` for threads).
 
     Leaving the ``with`` block waits for the submitted tasks (``close`` and
     ``join``); leaving it by an exception, Ctrl-C included, kills everything
@@ -533,9 +1069,13 @@ class Pool(PrimitiveFactory):
 
     def __init__(
         self,
-        workers: int | None = None,
-        backend: str = "process",
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
         *,
+        backend: str = "process",
         timeout: float | None = None,
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (
@@ -544,17 +1084,26 @@ class Pool(PrimitiveFactory):
         ),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
-        initializer: Callable[..., Any] | None = None,
-        initargs: Iterable[Any] = (),
         start_method: str | None = None,
         **backend_options: Any,
     ) -> None:
-        if workers is None:
-            workers = usable_cpus()
+        workers = usable_cpus() if processes is None else processes
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1 or None, got {workers!r}")
+            raise ValueError(
+                f"processes (the number of workers) must be an int >= 1 or None, got {workers!r}"
+            )
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a backend name, not {type(backend).__name__}")
+        if initializer is not None and not callable(initializer):
+            hint = (
+                f"; a backend is chosen by keyword: Pool(..., backend={initializer!r})"
+                if isinstance(initializer, str)
+                else ""
+            )
+            raise TypeError(
+                f"initializer must be callable, got {type(initializer).__name__} "
+                f"{initializer!r}{hint}"
+            )
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         if isinstance(retry_on, type):
@@ -563,47 +1112,43 @@ class Pool(PrimitiveFactory):
             isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
         ):
             raise TypeError(f"retry_on must be an exception type or a tuple of them: {retry_on!r}")
+        max_tasks = _max_tasks(maxtasksperchild, max_tasks_per_worker)
         if max_memory_per_worker is not None and (
-            not isinstance(max_memory_per_worker, int) or max_memory_per_worker <= 0
+            isinstance(max_memory_per_worker, bool)
+            or not isinstance(max_memory_per_worker, int)
+            or max_memory_per_worker <= 0
         ):
             raise ValueError(
                 f"max_memory_per_worker must be a number of bytes > 0 or None, "
                 f"got {max_memory_per_worker!r}"
             )
+        if max_memory_per_worker is not None and backend != "process":
+            raise ValueError(
+                "max_memory_per_worker needs backend='process' (workers that can exit)"
+            )
+        method = _start_method(context, start_method)
         self.workers = workers
         self.timeout = check_timeout(timeout)
         self.retries = retries
         self.retry_on = retry_on
         self._max_memory = max_memory_per_worker
         options: dict[str, Any] = dict(backend_options)
-        for key, value in (
-            ("start_method", start_method),
-            ("initializer", initializer),
-            ("max_tasks_per_worker", max_tasks_per_worker),
-        ):
-            if value is not None:
-                options[key] = value
-        if initializer is not None:
-            if not callable(initializer):
-                raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
-            # Pickled here with polytask's rules (a function of __main__ travels by
-            # value), so the worker never has to import the caller's script.
-            try:
-                blob = dumps((initializer, tuple(initargs)))
-            except Exception as exc:
-                raise SerializationError(
-                    f"the initializer {fn_name(initializer)!r} or its initargs cannot be "
-                    f"pickled for the workers: {type(exc).__name__}: {exc}"
-                ) from exc
+        if method is not None:
+            options["start_method"] = method
+        if max_tasks is not None:
+            options["max_tasks_per_worker"] = max_tasks
+        initargs = tuple(initargs)
+        if backend == "process":
             options["initializer"] = _run_initializer
-            options["initargs"] = (blob,)
-        if max_memory_per_worker is not None and backend != "process":
-            raise ValueError(
-                "max_memory_per_worker needs backend='process' (workers that can exit)"
-            )
+            options["initargs"] = (_initializer_blob(initializer, initargs),)
+        elif initializer is not None:
+            options["initializer"] = initializer
+            options["initargs"] = initargs
         try:
             self._backend: Backend = make_backend(backend, max_workers=workers, **options)
         except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
             raise TypeError(
                 f"backend {backend!r} does not take the options {sorted(options)}: {exc}"
             ) from exc
@@ -623,9 +1168,12 @@ class Pool(PrimitiveFactory):
         self._runs: collections.deque[_Run] = collections.deque()
         self._live_runs: weakref.WeakSet[_Run] = weakref.WeakSet()
         self._submit_sink = _TaskSink(ChunkSizer(workers))
-        # The last function submitted and its name (see _submit).
-        self._last_fn: tuple[Any, str] = (None, "")
-        self._sizers: dict[Callable[..., Any], ChunkSizer] = {}
+        # The last function submitted and its name (see _submit): weakly, so that a
+        # bound method does not keep its object alive after its task is done.
+        self._last_fn: tuple[Callable[[], Any] | None, str] = (None, "")
+        self._sizers: weakref.WeakKeyDictionary[Callable[..., Any], ChunkSizer] = (
+            weakref.WeakKeyDictionary()
+        )
         self._ids = itertools.count()
         _live_pools.add(self)
         _install_exit_hook()
@@ -660,10 +1208,10 @@ class Pool(PrimitiveFactory):
         # one lock. The function's name is kept from the previous call (one tuple,
         # so threads submitting different functions never mix name and function).
         last = self._last_fn
-        if last[0] is not fn:
+        if last[0] is None or last[0]() is not fn:
             if not callable(fn):
                 raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
-            last = self._last_fn = (fn, fn_name(fn))
+            last = self._last_fn = (_weak(fn), fn_name(fn))
         t = self.timeout if timeout is DEFAULT else self._timeout_for(timeout)
         task: Task[T] = Task(self._view, name or last[1], t)
         item = _Item(self._submit_sink, next(self._ids), fn, args, kwargs, t, task)
@@ -698,19 +1246,16 @@ class Pool(PrimitiveFactory):
         The inputs are read first (use :meth:`imap` for endless ones). Raises the
         first failing item's exception (in input order); the items not started
         yet are dropped. With ``return_exceptions=True`` a failed item's
-        exception takes its place in the results instead. ``chunksize=None`` adapts the batch size to the measured
-        task duration. ``progress=True`` shows a progress bar on a terminal
-        (``"force"``: always).
+        exception takes its place in the results instead. ``chunksize=None``
+        adapts the batch size to the measured task duration; as in
+        ``multiprocessing``, it may also follow the iterable positionally
+        (``pool.map(fn, items, 10)``: an int after the iterables is the chunksize).
+        ``progress=True`` shows a progress bar on a terminal (``"force"``: always).
         """
-        star = len(iterables) != 1
-        # A list is read in place, never changed (see _Run.borrowed): copying 20,000
-        # items cost more than a tenth of a map of tiny tasks before its first chunk left.
-        borrowed = not star and type(iterables[0]) is list
-        items = iterables[0] if borrowed else list(_zip(iterables))
-        assert isinstance(items, list)
+        iterables, chunksize = _positional_chunksize(iterables, chunksize)
+        items, star, borrowed = _map_items(iterables)
+        run = self._start_list(fn, items, chunksize, timeout, star, borrowed)
         total = len(items)
-        run = self._start(fn, None, True, chunksize, timeout, star)
-        run.borrowed = borrowed
         self._preload(run, items)  # the run owns (and consumes) the list now, unless borrowed
         return self._collect(run, progress, total, return_exceptions)
 
@@ -719,16 +1264,16 @@ class Pool(PrimitiveFactory):
         fn: Callable[..., T],
         iterable: Iterable[Iterable[Any]],
         /,
-        *,
         chunksize: int | None = None,
+        *,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
         return_exceptions: bool = False,
     ) -> list[T]:
         """Like :meth:`map`, with each element of ``iterable`` unpacked as the arguments."""
-        items = [tuple(a) for a in iterable]
+        items = _star_items(iterable)
+        run = self._start_list(fn, items, chunksize, timeout, True)
         total = len(items)
-        run = self._start(fn, None, True, chunksize, timeout, True)
         self._preload(run, items)  # the run owns (and consumes) the list now
         return self._collect(run, progress, total, return_exceptions)
 
@@ -741,15 +1286,18 @@ class Pool(PrimitiveFactory):
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
         return_exceptions: bool = False,
-    ) -> Iterator[T]:
+    ) -> MapIterator[T]:
         """Lazy :meth:`map`: results in order as they are ready.
 
         The input is pulled on demand, a bounded number of items ahead of the
         results consumed, so an endless generator works in bounded memory.
-        Leaving the loop early drops the items not started yet.
+        Leaving the loop early (or ``close()``) drops the items not started yet.
+        ``next(timeout)`` on the iterator waits at most that long
+        (``multiprocessing.TimeoutError``), as multiprocessing's does.
         """
+        iterables, chunksize = _positional_chunksize(iterables, chunksize)
         run = self._start(fn, _zip(iterables), True, chunksize, timeout, len(iterables) != 1)
-        return self._drive(run, progress, _length(iterables), None, return_exceptions)
+        return MapIterator(self, run, progress, _length(iterables), None, return_exceptions)
 
     def imap_unordered(
         self,
@@ -760,10 +1308,94 @@ class Pool(PrimitiveFactory):
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
         return_exceptions: bool = False,
-    ) -> Iterator[T]:
+    ) -> MapIterator[T]:
         """Like :meth:`imap`, yielding results as they finish (any order)."""
+        iterables, chunksize = _positional_chunksize(iterables, chunksize)
         run = self._start(fn, _zip(iterables), False, chunksize, timeout, len(iterables) != 1)
-        return self._drive(run, progress, _length(iterables), None, return_exceptions)
+        return MapIterator(self, run, progress, _length(iterables), None, return_exceptions)
+
+    # -- multiprocessing.Pool's asynchronous calls
+    def apply(
+        self, fn: Callable[..., T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+    ) -> T:
+        """``fn(*args, **kwds)`` on a worker; waits for its result (multiprocessing's ``apply``)."""
+        return self._submit(fn, tuple(args), dict(kwds or {}), DEFAULT, None).result()
+
+    def apply_async(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[T]:
+        """``fn(*args, **kwds)`` on a worker, as an :class:`AsyncResult`.
+
+        ``callback(result)`` or ``error_callback(exception)`` runs in a thread of
+        the pool when the task is done, before ``ready()`` turns true; it must
+        not block.
+        """
+        _check_callbacks(callback, error_callback)
+        task = self._submit(fn, tuple(args), dict(kwds or {}), DEFAULT, None)
+        return AsyncResult(task, callback, error_callback)
+
+    def map_async(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[list[T]]:
+        """:meth:`map` without waiting: an :class:`AsyncResult` whose ``get()`` is the list."""
+        items, star, borrowed = _map_items((iterable,))
+        return self._map_async(fn, items, chunksize, star, borrowed, callback, error_callback)
+
+    def starmap_async(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[list[T]]:
+        """:meth:`starmap` without waiting (see :meth:`map_async`)."""
+        items = _star_items(iterable)
+        return self._map_async(fn, items, chunksize, True, False, callback, error_callback)
+
+    def _map_async(
+        self,
+        fn: Callable[..., Any],
+        items: list[Any],
+        chunksize: int | None,
+        star: bool,
+        borrowed: bool,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> AsyncResult[Any]:
+        _check_callbacks(callback, error_callback)
+        run = self._start_list(fn, items, chunksize, DEFAULT, star, borrowed)
+        future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+        result: AsyncResult[Any] = AsyncResult(future, callback, error_callback)
+        collector = _Collector(self, run, future)
+        run._notify = collector.notify
+        self._preload(run, items)
+        collector.notify()  # an empty input is done at once
+        return result
+
+    def _start_list(
+        self,
+        fn: Callable[..., Any],
+        items: list[Any],
+        chunksize: int | None,
+        timeout: float | _Default | None,
+        star: bool,
+        borrowed: bool = False,
+    ) -> _Run:
+        """A run over an input read whole (map, starmap), not fed yet (see _preload)."""
+        run = self._start(fn, None, True, chunksize, timeout, star)
+        run.borrowed = borrowed
+        return run
 
     async def amap(
         self,
@@ -801,6 +1433,8 @@ class Pool(PrimitiveFactory):
                             value = errors[j]
                         yield value
                 if run.finished():
+                    if run.input_error is not None:
+                        raise run.input_error
                     return
                 if not batch and run.aborted is not None:
                     raise run.aborted
@@ -851,6 +1485,7 @@ class Pool(PrimitiveFactory):
         _live_pools.discard(self)
 
     def __enter__(self) -> Pool:
+        self._check_open()
         return self
 
     def __exit__(
@@ -889,12 +1524,12 @@ class Pool(PrimitiveFactory):
         with self._lock:
             try:
                 sizer = self._sizers.get(fn)
-            except TypeError:  # an unhashable callable
+                if sizer is None:
+                    if len(self._sizers) >= 128:
+                        self._sizers.clear()
+                    sizer = self._sizers[fn] = ChunkSizer(self.workers)
+            except TypeError:  # an unhashable callable, or one without weak references
                 return ChunkSizer(self.workers)
-            if sizer is None:
-                if len(self._sizers) >= 128:
-                    self._sizers.clear()
-                sizer = self._sizers[fn] = ChunkSizer(self.workers)
             return sizer
 
     def _timeout_for(self, timeout: float | _Default | None) -> float | None:
@@ -938,10 +1573,10 @@ class Pool(PrimitiveFactory):
         self._feed(run, items)
 
     def _segments(
-        self, run: _Run, progress: bool | str, total: int | None, deadline: float | None
+        self, run: _Run, progress: bool | str, total: int | None
     ) -> Generator[Results, None, None]:
-        """Yield a run's result segments as they become ready; the caller's thread
-        pulls the input, waits, draws the progress bar, and terminates on Ctrl-C."""
+        """Yield the result segments of a map over a list as they become ready; the
+        caller's thread waits, draws the progress bar, and terminates on Ctrl-C."""
         wake = threading.Event()
         run._notify = wake.set
         bar = Progress(fn_name(run.fn), total) if want_progress(progress) else None
@@ -960,15 +1595,7 @@ class Pool(PrimitiveFactory):
                 if not batch and run.aborted is not None:
                     raise run.aborted
                 if not batch:
-                    wait = 0.25
-                    if deadline is not None:
-                        wait = deadline - time.monotonic()
-                        if wait <= 0:
-                            raise TimeoutError(
-                                "the map's next result was not ready within its timeout"
-                            )
-                        wait = min(wait, 0.25)
-                    wake.wait(wait)
+                    wake.wait(0.25)
         except KeyboardInterrupt:
             self.terminate()
             raise
@@ -977,31 +1604,11 @@ class Pool(PrimitiveFactory):
                 bar.close(run.yielded)
             self._end_run(run)
 
-    def _drive(
-        self,
-        run: _Run,
-        progress: bool | str,
-        total: int | None,
-        deadline: float | None,
-        return_exceptions: bool,
-    ) -> Iterator[Any]:
-        for values, errors in self._segments(run, progress, total, deadline):
-            if errors is None:
-                yield from values
-                continue
-            for j, value in enumerate(values):
-                if j in errors:
-                    if not return_exceptions:
-                        raise errors[j]
-                    yield errors[j]
-                else:
-                    yield value
-
     def _collect(
         self, run: _Run, progress: bool | str, total: int, return_exceptions: bool
     ) -> list[Any]:
         out: list[Any] = []
-        segments = self._segments(run, progress, total, None)
+        segments = self._segments(run, progress, total)
         try:
             for values, errors in segments:
                 if errors is not None:
@@ -1036,13 +1643,20 @@ class Pool(PrimitiveFactory):
                     self._unsettled -= 1
             self._queue = kept
             self._idle.notify_all()
+        self._cancel_chunks(run)
+
+    def _cancel_chunks(self, run: _Run) -> None:
+        """Cancel the run's chunks that no worker has started; running ones finish."""
+        for chunk in list(run.chunks):
+            concurrent.futures.Future.cancel(chunk)  # only a pending one: never kills
 
     # ------------------------------------------------------------------ scheduling
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(
-                "this pool is closed (close(), terminate() or the end of its with-block); "
-                "create a new Pool"
+            # ValueError, as multiprocessing.Pool's "Pool not running".
+            raise ValueError(
+                "Pool not running: it was closed (close(), terminate() or the end of its "
+                "with-block); create a new Pool"
             )
 
     def _feed(self, run: _Run, args: list[Any]) -> None:
@@ -1181,14 +1795,20 @@ class Pool(PrimitiveFactory):
             if not isinstance(exc, Exception):
                 raise
             return
+        run.chunks.add(task)
         task.add_done_callback(lambda done: self._on_block(done, blk))
+        if run.cancelled:  # the consumer left while this chunk was being launched
+            concurrent.futures.Future.cancel(task)
 
     def _launch(self, chunk: list[_Item]) -> None:
         live: list[_Item] = []
         append = live.append
+        # On threads a task turns running when its thread reaches it (_run_items);
+        # elsewhere when its chunk is handed to the backend.
+        local = not self._remote
         for it in chunk:
             task = it.task
-            if task is not None and not it.started:
+            if task is not None and not it.started and not local:
                 # False if it was cancelled, or settled (_cancel_task) since it was taken.
                 if not task._set_running():
                     with self._lock:
@@ -1203,6 +1823,7 @@ class Pool(PrimitiveFactory):
             return
         n = len(live)
         first = live[0]
+        calls: list[Any]
         if n > 1:
             name = f"{fn_name(first.fn)} (chunk of {n})"
         elif first.task is not None:
@@ -1214,16 +1835,20 @@ class Pool(PrimitiveFactory):
             if it.fn is not fn or it.kwargs:
                 fn = None
                 break
-        if fn is not None:
+        if local:
+            calls = []
+        elif fn is not None:
             # One function and no keywords (a submit loop): send the argument tuples
             # alone, which pickle smaller and run in the worker's tight loop.
-            calls: list[Any] = [it.args for it in live]
+            calls = [it.args for it in live]
         else:
             calls = [(it.fn, it.args, it.kwargs) for it in live]
+        timeout = self._chunk_timeout(first.sink.sizer, first.timeout, n)
         try:
-            task = self._spawn(
-                fn, calls, name, self._chunk_timeout(first.sink.sizer, first.timeout, n)
-            )
+            if local:
+                task = self._backend.spawn(_run_items, (live,), {}, name=name, timeout=timeout)
+            else:
+                task = self._spawn(fn, calls, name, timeout)
         except BaseException as exc:
             self._chunk_gone()
             self._chunk_failed(live, exc)
@@ -1428,6 +2053,13 @@ class Pool(PrimitiveFactory):
         if not isinstance(it, _Item):
             return False
         chunk = it.chunk
+        if not self._backend.can_kill_running and (
+            task._state == "RUNNING" and (chunk is None or chunk._state == "RUNNING")
+        ):
+            # It runs on a thread (or a cluster task) that cannot be stopped: it was
+            # flagged (pt.current_task().cancelled) and its result stands, as for
+            # pt.spawn; Future.cancel says False for work it cannot stop.
+            return False
         exc = Cancelled(f"task {task.name!r} was cancelled")
         self._settle_many([(it, False, exc)], final=True)
         if chunk is not None:
@@ -1473,9 +2105,13 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
 class Executor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` over a :class:`Pool`.
 
-    Drop-in for ``ProcessPoolExecutor`` (and usable with ``loop.run_in_executor``),
-    with the Pool's crash isolation, timeouts, retries and batching. Futures are
-    polytask :class:`Task` objects. Example::
+    Drop-in for ``ProcessPoolExecutor`` (the same constructor, positional
+    arguments in its order; ``mp_context`` may also be a start method name) and,
+    with ``backend="thread"``, for ``ThreadPoolExecutor`` (``initializer``,
+    ``initargs`` and ``thread_name_prefix`` by keyword). Usable with
+    ``loop.run_in_executor``, with the Pool's crash isolation, timeouts, retries
+    and batching. Futures are polytask :class:`Task` objects; docs/compat.md
+    lists what differs from the stdlib. Example::
 
         with pt.Executor(max_workers=2) as ex:
             assert ex.submit(pow, 2, 5).result() == 32
@@ -1483,22 +2119,60 @@ class Executor(concurrent.futures.Executor):
     """
 
     def __init__(
-        self, max_workers: int | None = None, backend: str = "process", **pool_options: Any
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        backend: str = "process",
+        **pool_options: Any,
     ) -> None:
-        self._pool = Pool(max_workers, backend, **pool_options)
-        self._tasks: weakref.WeakSet[Task[Any]] = weakref.WeakSet()
+        if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
+            raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
+        if isinstance(mp_context, str) and mp_context not in ("spawn", "fork", "forkserver"):
+            raise ValueError(
+                f"mp_context {mp_context!r} is not a start method (spawn, fork, forkserver); "
+                f"a backend is chosen by keyword: Executor(..., backend={mp_context!r})"
+            )
+        self._pool = Pool(
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            mp_context,
+            backend=backend,
+            **pool_options,
+        )
+        # map() runs whose input is read lazily: shutdown() reads the rest (see there).
+        self._open: set[_Run] = set()
+        self._open_lock = threading.Lock()
+        self._owner = os.getpid()
+        _install_executor_hook()
+        _live_executors.add(self)
 
     @property
     def pool(self) -> Pool:
         """The Pool underneath (for ``imap_unordered``, ``statistics()``...)."""
         return self._pool
 
+    def _closed_error(self, exc: ValueError) -> RuntimeError:
+        if not self._pool._closed:
+            raise exc
+        return RuntimeError("cannot schedule new futures after shutdown")
+
+    def _check_exiting(self) -> None:
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
         """Schedule ``fn(*args, **kwargs)``; every keyword goes to ``fn``."""
+        self._check_exiting()
         try:
             return self._pool._submit(fn, args, kwargs, DEFAULT, None)
-        except RuntimeError as exc:
-            raise RuntimeError("cannot schedule new futures after shutdown") from exc
+        except ValueError as exc:
+            raise self._closed_error(exc) from exc
 
     def map(
         self,
@@ -1506,34 +2180,88 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[T]:
-        """Results of ``fn`` over the inputs, in order; the input is read lazily.
+    ) -> MapIterator[T]:
+        """Results of ``fn`` over the inputs, in order.
 
-        ``timeout`` bounds the wait for results (``TimeoutError``), as in the
-        stdlib; ``chunksize`` is ignored (the Pool sizes chunks itself).
+        As in the stdlib, the items are submitted now, and they run even if the
+        results are never read; ``timeout`` bounds the wait for results from
+        this call on (``TimeoutError``, which ends the iteration and drops the
+        items not started). An input without a length (a generator) is read
+        lazily instead, a bounded number of items ahead of the results read, and
+        its rest is read by ``shutdown()``. ``chunksize=1`` (the default) lets
+        the pool size its chunks; a larger one fixes their size.
         """
         timeout = check_timeout(timeout)
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
+        self._check_exiting()
         deadline = None if timeout is None else time.monotonic() + timeout
-        run = self._pool._start(fn, _zip(iterables), True, None, DEFAULT, len(iterables) != 1)
-        return self._pool._drive(run, False, None, deadline, False)
+        pool = self._pool
+        size = None if chunksize == 1 else chunksize
+        total = _length(iterables)
+        try:
+            if total is not None:
+                items, star, borrowed = _map_items(iterables)
+                run = pool._start_list(fn, items, size, DEFAULT, star, borrowed)
+                pool._preload(run, items)
+            else:
+                run = pool._start(fn, _zip(iterables), True, size, DEFAULT, len(iterables) != 1)
+                with self._open_lock:
+                    self._open = {r for r in self._open if r.input is not None}
+                    self._open.add(run)
+        except ValueError as exc:
+            raise self._closed_error(exc) from exc
+        it: MapIterator[T] = MapIterator(
+            pool, run, False, total, deadline, False, timeout_ends=True, keep_if_unused=True
+        )
+        run.fill()  # the first items start now, as they would in the stdlib
+        return it
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work; ``cancel_futures`` cancels queued tasks; ``wait`` joins."""
+        """Stop accepting work, then stop the workers once the work is done.
+
+        ``cancel_futures`` cancels what no worker has started (``map`` items
+        included; their iterators raise :class:`Cancelled`); what runs finishes.
+        The rest of a lazily read ``map`` input is read here, so that an iterator
+        used after ``shutdown`` (after a ``with`` block) still gets every result.
+        ``wait=False`` returns at once and does that in a background thread.
+        """
         pool = self._pool
         pool.close()
+        _live_executors.discard(self)
+        with self._open_lock:
+            runs = [r for r in self._open if not r.cancelled]
+            self._open.clear()
         if cancel_futures:
-            with pool._lock:
-                queued = [it for it in pool._queue if it.task is not None]
-                # Chunks handed to the backend that no worker has taken yet.
-                for chunk, items in pool._item_chunks.values():
-                    if not chunk.running() and not chunk.done():
-                        queued.extend(items)
-            for it in queued:
-                if it.task is not None:
-                    it.task.cancel()
-        if wait:
+            self._cancel_pending()
+
+        def finish() -> None:
+            if not cancel_futures:
+                for run in runs:
+                    run.fill(everything=True)
             pool.join()
+
+        if wait:
+            finish()
         else:
-            threading.Thread(
-                target=pool.join, name="polytask-executor-shutdown", daemon=True
-            ).start()
+            threading.Thread(target=finish, name="polytask-executor-shutdown", daemon=True).start()
+
+    def _cancel_pending(self) -> None:
+        pool = self._pool
+        with pool._lock:
+            tasks = [it.task for it in pool._queue if it.task is not None]
+            for chunk, items in pool._item_chunks.values():
+                # A chunk a worker has taken is running as a whole, as the stdlib's
+                # work item taken by a worker is (even if its thread has not
+                # reached every task of it yet).
+                if chunk._state == "PENDING":
+                    tasks.extend(it.task for it in items if it.task is not None)
+            runs = list(pool._live_runs)
+        for task in tasks:
+            # Only a task no worker has started is pending: running ones finish.
+            concurrent.futures.Future.cancel(task)
+        exc = Cancelled("the executor was shut down with cancel_futures=True before this item ran")
+        for run in runs:
+            if not run.finished():
+                run.abort(exc)
+                pool._end_run(run)

@@ -44,7 +44,9 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     supports_retrieve_callback = True
     supports_timeout = True
-    default_n_jobs = -1
+    # n_jobs=None means one job, as for joblib's own backends (outside a
+    # parallel_config that sets n_jobs).
+    default_n_jobs = 1
 
     def __init__(self, *args: Any, **pool_options: Any) -> None:
         nesting_level = pool_options.pop("nesting_level", None)
@@ -52,6 +54,7 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner)
         self._pool_options = pool_options
         self._pool: Pool | None = None
+        self._pool_args: tuple[int, Any, tuple[Any, ...], dict[str, Any]] | None = None
         self.parallel: Any = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -71,18 +74,35 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         require: str | None = None,
         **backend_options: Any,
     ) -> int:
-        # backend_options are joblib's own (max_nbytes, mmap_mode...): the Pool's
-        # options come from parallel_config(backend="polytask", **options).
+        # backend_options are joblib's own (max_nbytes, mmap_mode, context...): the
+        # Pool's options come from parallel_config(backend="polytask", **options),
+        # except joblib's initializer and initargs, which go to the Pool's workers.
         n = self.effective_n_jobs(n_jobs)
         options = dict(self._pool_options)
         if require == "sharedmem" or (prefer == "threads" and "backend" not in options):
             options["backend"] = "thread"
-        self._pool = Pool(n, **options)
+        initializer = backend_options.get("initializer") or options.pop("initializer", None)
+        initargs = tuple(backend_options.get("initargs") or options.pop("initargs", ()))
+        if options.get("backend", "process") == "process":
+            # A batch may run Parallel(backend="polytask") itself: the worker must know
+            # the name (it imports joblib anyway to run the batch).
+            initializer, initargs = _init_worker, (initializer, initargs)
+        self._close_pool()  # configured again without terminate(): do not leak the old one
+        self._pool_args = (n, initializer, initargs, options)
+        # joblib runs n_jobs=1 in the caller, without terminate() after: no Pool then.
+        if n > 1:
+            self._pool = self._new_pool()
         self.parallel = parallel
         return n
 
+    def _new_pool(self) -> Pool:
+        assert self._pool_args is not None, "configure() first"
+        n, initializer, initargs, options = self._pool_args
+        return Pool(n, initializer, initargs, **options)
+
     def submit(self, func: Any, callback: Any = None) -> Any:
-        assert self._pool is not None, "configure() first"
+        if self._pool is None:
+            self._pool = self._new_pool()
         task = self._pool.submit(func)
         if callback is not None:
             task.add_done_callback(callback)
@@ -95,20 +115,37 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return out.result(timeout)
 
     def terminate(self) -> None:
+        self._close_pool()
+        self.reset_batch_stats()
+
+    def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
             pool.join()
-        self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
+        # Kill everything now; with ensure_ready (a Parallel used as a context
+        # manager goes on), a fresh Pool of the same configuration takes over.
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.terminate()
-        if ensure_ready and self.parallel is not None:
-            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+        if ensure_ready and self._pool_args is not None:
+            self._pool = self._new_pool()
 
 
-def register(name: str = "polytask") -> None:
-    """Register polytask as a joblib backend called ``name`` (default "polytask")."""
-    register_parallel_backend(name, PolytaskBackend)
+def register(name: str = "polytask", *, make_default: bool = False) -> None:
+    """Register polytask as a joblib backend called ``name`` (default "polytask").
+
+    ``make_default=True`` also makes it the backend of ``Parallel()`` calls that
+    name none (joblib's own default is loky).
+    """
+    register_parallel_backend(name, PolytaskBackend, make_default=make_default)
+
+
+def _init_worker(initializer: Any, initargs: tuple[Any, ...]) -> None:
+    """Start a worker of a joblib pool: "polytask" is a backend there too, then
+    joblib's ``initializer`` (``Parallel(initializer=..., initargs=...)``) runs."""
+    register()
+    if initializer is not None:
+        initializer(*initargs)

@@ -16,6 +16,7 @@ joins lock-order checking) and its Channel (a deque under a condition).
 from __future__ import annotations
 
 import functools
+import itertools
 import queue
 import sys
 import threading
@@ -29,7 +30,12 @@ from typing import Any, ClassVar, TypeVar
 from .._core import debug as _dbg
 from .._core.backend import Backend
 from .._core.channel import Channel, check_maxsize
-from .._core.errors import ChannelClosed, SerializationError, TaskTimeout
+from .._core.errors import (
+    ChannelClosed,
+    PolytaskError,
+    SerializationError,
+    TaskTimeout,
+)
 from .._core.primitives import (
     Barrier,
     BoundedSemaphore,
@@ -72,14 +78,39 @@ class ThreadBackend(Backend):
     Args:
         max_workers: at most this many tasks run at once (None: no limit, as
             ``threading.Thread`` has none).
+        initializer, initargs: ``initializer(*initargs)`` runs in each new thread
+            before its first task, as in ``ThreadPoolExecutor``; if it raises, the
+            task that thread was to run fails (``PolytaskError``, the error as its
+            ``__cause__``) and the thread ends, as a process worker does.
+        thread_name_prefix: name the threads ``<prefix>_<n>`` (as
+            ``ThreadPoolExecutor`` does) instead of after their first task.
     """
 
     name: ClassVar[str] = "thread"
     primitives: ClassVar[Mapping[str, Any]] = {}  # filled below, once the classes exist
 
-    def __init__(self, max_workers: int | None = None) -> None:
-        if max_workers is not None and max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1 or None, got {max_workers}")
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Sequence[Any] = (),
+        thread_name_prefix: str = "",
+    ) -> None:
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise ValueError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+        if not isinstance(thread_name_prefix, str):
+            raise TypeError(
+                f"thread_name_prefix must be a str, not {type(thread_name_prefix).__name__}"
+            )
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._prefix = thread_name_prefix
+        self._thread_ids = itertools.count()
         self._max = max_workers
         self._queue: SimpleQueue[_Item] = SimpleQueue()
         self._idle = threading.Semaphore(0)
@@ -107,13 +138,25 @@ class ThreadBackend(Backend):
             if not self._idle.acquire(blocking=False) and (
                 self._max is None or len(self._threads) < self._max
             ):
-                t = threading.Thread(target=self._work, name=f"polytask-thread-{name}", daemon=True)
+                t = threading.Thread(target=self._work, name=self._thread_name(name), daemon=True)
                 self._threads.add(t)
                 t.start()
         return task
 
+    def _thread_name(self, task_name: str) -> str:
+        # Called with self._lock held.
+        if self._prefix:
+            return f"{self._prefix}_{next(self._thread_ids)}"
+        return f"polytask-thread-{task_name}"
+
     def _work(self) -> None:
         me = threading.current_thread()
+        if self._initializer is not None:
+            try:
+                self._initializer(*self._initargs)
+            except BaseException as exc:
+                self._initializer_failed(me, exc)
+                return
         while True:
             try:
                 item = self._queue.get(timeout=IDLE_SECONDS)
@@ -131,6 +174,36 @@ class ThreadBackend(Backend):
             self._run(*item)
             del item
             self._idle.release()
+
+    def _initializer_failed(self, me: threading.Thread, exc: BaseException) -> None:
+        """Fail the task this thread was started for, and end the thread."""
+        with self._lock:
+            self._threads.discard(me)
+        try:
+            item = self._queue.get_nowait()
+        except Empty:
+            return  # another thread took it
+        if item is None:
+            self._queue.put(None)  # a shutdown's stop signal, for another thread
+            return
+        task = item[0]
+        err = PolytaskError(f"the pool's initializer failed in a worker thread: {exc!r}")
+        err.__cause__ = exc
+        if task.set_running_or_notify_cancel():
+            task._finish(exc=err)
+        with self._lock:
+            self._live.discard(task)
+            # Tasks still queued need a thread (which tries the initializer again).
+            if (
+                not self._closed
+                and not self._queue.empty()
+                and (self._max is None or len(self._threads) < self._max)
+            ):
+                t = threading.Thread(
+                    target=self._work, name=self._thread_name(task.name), daemon=True
+                )
+                self._threads.add(t)
+                t.start()
 
     def _run(
         self,
