@@ -71,9 +71,9 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = (
-    "AsyncResult",
     "DEVNULL",
     "INHERIT",
+    "AsyncResult",
     "BackendUnavailable",
     "Barrier",
     "BoundedSemaphore",

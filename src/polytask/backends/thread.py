@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import Cancelled, PolytaskError, TaskTimeout
+from .._errors import PolytaskError, TaskTimeout
 from .._task import CurrentTask, Task, _set_current
 from .._timer import call_later
 from . import Backend
