@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 # user of threads never pays for shared memory, asyncio or the supervisor.
 _LAZY: dict[str, str] = {
     "BackendUnavailable": "._core.errors",
-    "background": "._core.task",
+    "background": "._spawn",
     "Barrier": "._core.primitives",
     "BoundedSemaphore": "._core.primitives",
     "Cancelled": "._core.errors",
@@ -59,7 +59,7 @@ _LAZY: dict[str, str] = {
     "SerializationError": "._core.errors",
     "SharedArray": "._ipc.shm",
     "sleep": "._core.task",
-    "spawn": "._core.task",
+    "spawn": "._spawn",
     "stage": "._pipeline",
     "Stream": "._commands",
     "stream": "._commands",
@@ -174,11 +174,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._core.primitives import Semaphore as Semaphore
     from ._core.task import CurrentTask as CurrentTask
     from ._core.task import Task as Task
-    from ._core.task import background as background
     from ._core.task import checkpoint as checkpoint
     from ._core.task import current_task as current_task
     from ._core.task import sleep as sleep
-    from ._core.task import spawn as spawn
     from ._group import TaskGroup as TaskGroup
     from ._ipc.fifo import Fifo as Fifo
     from ._ipc.filelock import FileLock as FileLock
@@ -189,5 +187,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._pool import Executor as Executor
     from ._pool import MapIterator as MapIterator
     from ._pool import Pool as Pool
+    from ._spawn import background as background
+    from ._spawn import spawn as spawn
     from ._supervisor import ProcessStatus as ProcessStatus
     from ._supervisor import Supervisor as Supervisor

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import IO, Any, AnyStr, Final, Generic, Literal, NamedTuple, overload
 
 from ._core.errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
+from ._core.task import current_task
 from ._core.timeouts import check_timeout
 from ._os.childloop import STDERR, STDOUT, Child, ProcessLoop, which
 from ._os.proc import usable_cpus
@@ -428,8 +429,6 @@ class _CancelWatch:
     __slots__ = ("_current", "slice")
 
     def __init__(self) -> None:
-        from ._core.task import current_task
-
         current = current_task()
         inside = current._task is not None
         self._current = current if inside else None

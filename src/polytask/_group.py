@@ -22,9 +22,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from ._core.backend import fn_name
 from ._core.errors import Cancelled, TaskTimeout
 from ._core.task import CANCEL_SLICE, Task, cancellable_task
 from ._core.timeouts import check_timeout
+from ._core.timer import call_later
 from ._factories import PrimitiveFactory
 from .backends import Backend, get_backend
 
@@ -111,8 +113,6 @@ class TaskGroup(PrimitiveFactory):
                 self.cancel()
         stack.append(self)
         if self._timeout is not None:
-            from ._core.timer import call_later
-
             self._timer = call_later(self._timeout, self._on_deadline)
         return self
 
@@ -133,8 +133,6 @@ class TaskGroup(PrimitiveFactory):
             )
         if self._cancelling:
             # The group already failed: the task is born cancelled and never starts.
-            from ._core.backend import fn_name
-
             task: Task[T] = Task(self._backend, name or fn_name(fn), timeout)
             task.cancel()
             return self._adopt(task)

@@ -1,4 +1,4 @@
-"""Task: the handle for one unit of work, and ``spawn``/``background`` that make one.
+"""Task: the handle for one unit of work (``spawn``/``background`` in ``_spawn`` make one).
 
 A Task is a :class:`concurrent.futures.Future`, so ``concurrent.futures.wait``,
 ``as_completed`` and ``asyncio.wrap_future`` accept it, and it is awaitable.
@@ -17,25 +17,23 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .errors import Cancelled
 from .timeouts import check_timeout
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from .backend import Backend
 
 __all__ = [
     "CANCEL_SLICE",
     "CurrentTask",
     "Task",
-    "background",
     "cancellable_task",
     "checkpoint",
     "current_task",
     "finish_many",
     "sleep",
-    "spawn",
     "wait_cancellable",
 ]
 
@@ -623,98 +621,3 @@ def checkpoint() -> None:
     info = _local.current
     if info is not None:
         info.raise_if_cancelled()
-
-
-def spawn(
-    fn: Callable[..., T],
-    /,
-    *args: Any,
-    backend: str | Backend = "thread",
-    timeout: float | None = None,
-    name: str | None = None,
-    daemon: bool = False,
-    **kwargs: Any,
-) -> Task[T]:
-    """Run ``fn(*args, **kwargs)`` in the background and return its :class:`Task`.
-
-    Args:
-        backend: ``"thread"`` (default), ``"process"``, or a backend object.
-        timeout: seconds the task may run; past it a process task is killed and
-            the task raises :class:`TaskTimeout`.
-        name: for messages and ``current_task().name`` (default: the function's name).
-        daemon: what happens if the task still runs when the interpreter exits. False
-            (default): the exit waits for it, as for a ``concurrent.futures`` task or a
-            non-daemon thread (Ctrl-C during that wait kills it). True: it is killed
-            (a thread task: abandoned, flagged cancelled) and a warning on stderr
-            names it.
-
-    Keyword arguments named ``backend``, ``timeout``, ``name`` or ``daemon`` are
-    polytask's; pass such arguments to ``fn`` through ``functools.partial``.
-    """
-    from ..backends import get_backend
-
-    if daemon is not False and daemon is not True:
-        raise TypeError(f"daemon must be True or False, not {daemon!r}")
-    be = get_backend(backend)
-    task = be.spawn(fn, args, kwargs, name=name, timeout=timeout)
-    if daemon:
-        task.daemon = True
-    return task
-
-
-@overload
-def background(fn: Callable[..., T], /) -> Callable[..., Task[T]]: ...
-@overload
-def background(
-    *,
-    backend: str | Backend = "thread",
-    timeout: float | None = None,
-    name: str | None = None,
-    daemon: bool = False,
-) -> Callable[[Callable[..., T]], Callable[..., Task[T]]]: ...
-
-
-def background(
-    fn: Callable[..., T] | None = None,
-    /,
-    *,
-    backend: str | Backend = "thread",
-    timeout: float | None = None,
-    name: str | None = None,
-    daemon: bool = False,
-) -> Any:
-    """Decorate a function so that calling it starts a task and returns its :class:`Task`::
-
-    @pt.background(backend="process")
-    def crunch(x): ...
-
-    t = crunch(3)      # returns at once
-    t.result()
-
-    The options are :func:`spawn`'s (``daemon=True``: killed at interpreter exit
-    instead of waited for).
-    """
-    from ..backends import get_backend
-
-    if backend is not None and isinstance(backend, str):
-        get_backend(backend, create=False)  # unknown names fail here, at decoration
-    check_timeout(timeout)
-    if daemon is not False and daemon is not True:
-        raise TypeError(f"daemon must be True or False, not {daemon!r}")
-
-    def decorate(f: Callable[..., T]) -> Callable[..., Task[T]]:
-        if not callable(f):
-            raise TypeError(f"@background needs a function, got {type(f).__name__}")
-
-        @functools.wraps(f)
-        def start(*args: Any, **kwargs: Any) -> Task[T]:
-            return spawn(
-                f, *args, backend=backend, timeout=timeout, name=name, daemon=daemon, **kwargs
-            )
-
-        start.__wrapped_task_function__ = f  # type: ignore[attr-defined]
-        return start
-
-    if fn is not None:
-        return decorate(fn)
-    return decorate

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from .._core.backend import Backend, available, backend_class
 from .._core.task import Task
+from .._os.proc import at_shutdown
 
 __all__ = [
     "Backend",
@@ -159,8 +160,6 @@ def _after_fork_in_child() -> None:
 
 
 def _register_exit_hook() -> None:
-    from .._os.proc import at_shutdown
-
     at_shutdown(shutdown_defaults)
     try:
         # Where concurrent.futures waits for its work: before non-daemon threads are
