@@ -17,13 +17,25 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .errors import Cancelled
 from .timeouts import check_timeout
 
-if TYPE_CHECKING:
-    from .backend import Backend
+
+class Runner(Protocol):
+    """What a Task asks of the backend that runs it (``_core.backend.Backend`` is one).
+
+    A protocol, so that this module needs nothing from ``backend`` (which builds on
+    Task): the arrow between them runs one way.
+    """
+
+    @property
+    def name(self) -> str: ...
+    def watch(self, task: Task[Any]) -> None: ...
+    def wait(self, task: Task[Any], timeout: float | None) -> bool: ...
+    def cancel(self, task: Task[Any]) -> bool: ...
+
 
 __all__ = [
     "CANCEL_SLICE",
@@ -95,7 +107,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         "timeout",
     )
 
-    def __init__(self, backend: Backend, name: str, timeout: float | None = None) -> None:
+    def __init__(self, backend: Runner, name: str, timeout: float | None = None) -> None:
         # Future.__init__ is not called: it would build the condition eagerly. What it
         # sets is set here (tests/test_core.py checks that the list is still complete).
         self._cond: threading.Condition | None = None
