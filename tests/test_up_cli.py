@@ -162,6 +162,13 @@ def one_error_line(capsys) -> str:
         ("web: a\n", ["-e", "missing.env"], "cannot read env file 'missing.env'"),
         ("web: a\n", ["--timeout", "soon"], "'soon' is not a number of seconds"),
         ("web: a\n", ["--restart", "sometimes"], "invalid choice: 'sometimes'"),
+        # Restart tuning that would do nothing under the default 'never' is refused.
+        ("web: a\n", ["--start-retries", "2"], "--start-retries has no effect without --restart"),
+        (
+            "web: a\n",
+            ["--restart", "never", "--no-exit-on-failure"],
+            "--no-exit-on-failure has no effect with --restart never",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, procfile, args, fragment):
@@ -220,7 +227,7 @@ def test_signal_stops_everything_gracefully(tmp_path, sig):
         grandchildren = [int(p) for p in (tmp_path / "tree.pids").read_text().split()]
         pids = spawned_pids(up.events()) + grandchildren
         up.proc.send_signal(sig)
-        assert up.finish() == 0
+        assert up.finish() == 128 + sig  # 130 / 143, as honcho
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -230,7 +237,7 @@ def test_signal_stops_everything_gracefully(tmp_path, sig):
     assert any(e["event"] == "stop" and sig.name in e["reason"] for e in events)
     kills = [e["process"] for e in events if e["event"] == "signal" and e["signal"] == "SIGKILL"]
     assert kills == ["stubborn.1"]
-    assert events[-1] == {**events[-1], "event": "done", "returncode": 0}
+    assert events[-1] == {**events[-1], "event": "done", "returncode": 128 + sig}
     summary = up.out.split("PROCESS")[-1]
     assert re.search(r"stubborn\.1 +stopped +0 +killed by signal SIGKILL \(9\)", summary)
     assert re.search(r"web\.2 +stopped +0 +killed by signal SIGTERM \(15\)", summary)
@@ -247,7 +254,7 @@ def test_second_ctrl_c_kills_at_once(tmp_path):
         up.wait_for("stopping (SIGINT received)")
         up.proc.send_signal(signal.SIGINT)
         # Without the second Ctrl-C this would take the 120 s grace.
-        assert up.finish(timeout=60) == 0
+        assert up.finish(timeout=60) == 130
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -257,10 +264,12 @@ def test_second_ctrl_c_kills_at_once(tmp_path):
     assert "killing every program now (second signal, SIGINT)" in up.out
 
 
-def test_crash_given_up_fast_output_intact_exit_1(tmp_path):
+def test_crash_given_up_fast_output_intact_exit_with_its_status(tmp_path):
     write_procfile(tmp_path, crash="echo crashing >&2; exit 3", flood=FLOOD, steady=WEB)
     up = Up(
         tmp_path,
+        "--restart",
+        "on-failure",
         "--start-retries",
         "2",
         "--backoff",
@@ -270,7 +279,7 @@ def test_crash_given_up_fast_output_intact_exit_1(tmp_path):
         "--start-seconds",
         "2",
     )
-    assert up.finish() == 1
+    assert up.finish() == 3  # the status of the program given up on
     out = up.out
     assert up.program_lines("crash.1") == ["crashing"] * 3
     assert "crash.1 (pid" in out and "failed: exited within 2s of starting 3 times in a row" in out
@@ -301,15 +310,25 @@ def test_fast_output_all_lines_arrive(tmp_path):
 
 
 def test_without_exit_on_failure_the_others_keep_running(tmp_path):
-    write_procfile(tmp_path, crash="exit 1", web=WEB)
-    up = Up(tmp_path, "--no-exit-on-failure", "--start-retries", "0", "--timeout", "2")
+    write_procfile(tmp_path, crash="exit 4", web=WEB)
+    up = Up(
+        tmp_path,
+        "--restart",
+        "on-failure",
+        "--no-exit-on-failure",
+        "--start-retries",
+        "0",
+        "--timeout",
+        "2",
+    )
     try:
         up.wait_for("crash.1 (pid", "failed:", "web web.1 PORT=5100")
         time.sleep(0.3)
         assert up.proc.poll() is None
         pids = spawned_pids(up.events())
         up.proc.send_signal(signal.SIGTERM)
-        assert up.finish() == 1
+        # The failure came first: its status, not SIGTERM's 143.
+        assert up.finish() == 4
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -334,6 +353,10 @@ def test_sigkill_of_up_leaves_nothing_running(tmp_path):
     try:
         for text in ("web web.1 PORT=5000", "web web.2 PORT=5001", "stubborn ready", "tree ready"):
             h.wait_for_line(log, text)
+        # "tree ready" can come before its inner shell has forked its sleeps.
+        deadline = time.monotonic() + 30
+        while len(h.descendants()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(h.descendants()) >= 10
         h.signal(signal.SIGKILL)
         assert h.wait() == -signal.SIGKILL

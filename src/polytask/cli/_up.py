@@ -5,8 +5,12 @@ command line, validates everything before starting anything (the same checks
 as ``check``), turns SIGINT/SIGTERM/SIGHUP into a graceful stop (a second one
 kills at once), and prints a summary table at the end.
 
-Exit status: 0 when every program ended cleanly or was stopped on request,
-1 when a program was marked failed, 2 for bad input (one line on stderr).
+Exit status (the table in docs/up.md): as honcho, the first decisive event
+decides it. Under ``--restart never`` (the default, honcho's and foreman's
+rule) the first program to end stops the others and gives its own status;
+a program given up on gives its own status; SIGINT / SIGTERM / SIGHUP give
+128 + the signal number (130 / 143 / 129); 0 when everything ended cleanly;
+2 for bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -114,8 +118,9 @@ def _up_parser() -> _Parser:
     p.add_argument(
         "--restart",
         choices=RESTART_MODES,
-        default="on-failure",
-        help="when to restart a program that exited (default: on-failure)",
+        default=None,
+        help="when to restart a program that exited (default: never, as honcho and foreman: "
+        "the first program to end stops the others and gives its exit status)",
     )
     p.add_argument(
         "-t",
@@ -124,32 +129,37 @@ def _up_parser() -> _Parser:
         default=5.0,
         help="seconds between SIGTERM and SIGKILL when stopping (default: 5)",
     )
+    # The restart tuning defaults to None so that giving one without a restarting
+    # policy is caught (it would silently do nothing); _RESTART_DEFAULTS fills them.
     p.add_argument(
         "--start-seconds",
         type=_seconds,
-        default=1.0,
-        help="a run shorter than this is a failed start (default: 1)",
+        help="with --restart on-failure/always: a run shorter than this is a failed start "
+        "(default: 1)",
     )
     p.add_argument(
         "--start-retries",
         type=_count,
-        default=3,
-        help="failed starts in a row before a program is marked failed (default: 3)",
+        help="with --restart on-failure/always: restarts after failed starts in a row before "
+        "a program is given up on (default: 3, so at most 4 starts in a row)",
     )
     p.add_argument(
         "--backoff",
         type=_seconds,
-        default=0.5,
-        help="first restart delay; doubles with each restart in a row (default: 0.5)",
+        help="with --restart on-failure/always: first restart delay; doubles with each "
+        "restart in a row (default: 0.5)",
     )
     p.add_argument(
-        "--backoff-max", type=_seconds, default=30.0, help="longest restart delay (default: 30)"
+        "--backoff-max",
+        type=_seconds,
+        help="with --restart on-failure/always: longest restart delay (default: 30)",
     )
     p.add_argument(
         "--exit-on-failure",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="when a program is marked failed, stop the others and exit 1 (default: on)",
+        default=None,
+        help="with --restart on-failure/always: when a program is given up on, stop the "
+        "others (default: on); up exits with that program's status either way",
     )
     p.add_argument(
         "--events",
@@ -164,6 +174,34 @@ def _up_parser() -> _Parser:
         help="colour the prefixes (default: auto, on a terminal without NO_COLOR)",
     )
     return p
+
+
+_RESTART_DEFAULTS: dict[str, Any] = {
+    "start_seconds": 1.0,
+    "start_retries": 3,
+    "backoff": 0.5,
+    "backoff_max": 30.0,
+    "exit_on_failure": True,
+}
+
+
+def _restart_options(args: argparse.Namespace) -> RestartMode:
+    """The restart policy; fills the tuning defaults, refuses tuning that would do nothing."""
+    restart: RestartMode = args.restart or "never"
+    given = [k for k in _RESTART_DEFAULTS if getattr(args, k) is not None]
+    if restart == "never" and given:
+        flag = "--" + given[0].replace("_", "-")
+        if given[0] == "exit_on_failure" and not args.exit_on_failure:
+            flag = "--no-exit-on-failure"
+        how = "with --restart never" if args.restart else "without --restart"
+        raise _BadInput(
+            f"{flag} has no effect {how}: under 'never' (the default, as honcho) the first "
+            "program to end stops the others; add --restart on-failure or --restart always"
+        )
+    for key, value in _RESTART_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return restart
 
 
 def _check_parser() -> _Parser:
@@ -262,6 +300,7 @@ def main_up(argv: list[str]) -> int:
 
 def _up(argv: list[str]) -> int:
     args = _up_parser().parse_args(argv)
+    restart = _restart_options(args)
     procfile, env, problems = _load(args)
     if problems:
         raise _BadInput(problems[0].first_line())
@@ -281,7 +320,6 @@ def _up(argv: list[str]) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
 
-    restart: RestartMode = args.restart
     try:
         sup = Supervisor(
             procfile,
@@ -317,10 +355,12 @@ def _supervise(sup: Supervisor) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         signals_seen.append(signum)
+        # As honcho (and a shell): stopped by signal N, exit 128 + N, unless a
+        # program's end decided the status first.
         if len(signals_seen) == 1:
-            sup.request_stop(f"{name} received")
+            sup.request_stop(f"{name} received", status=128 + signum)
         else:
-            sup.request_stop(f"second signal, {name}", kill=True)
+            sup.request_stop(f"second signal, {name}", kill=True, status=128 + signum)
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
