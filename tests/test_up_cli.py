@@ -155,7 +155,7 @@ def one_error_line(capsys) -> str:
     [
         (None, [], "cannot read Procfile 'Procfile': No such file or directory"),
         ("web: a\nweb: b\n", [], "Procfile:2: duplicate process name 'web'"),
-        ("web: a\nworker:\n", [], "Procfile:2: empty command for process 'worker'"),
+        ("web: a\nworker:\n", ["--strict"], "Procfile:2: empty command for process 'worker'"),
         ("web: a\n", ["nope"], "unknown process 'nope'"),
         ("web: a\n", ["-c", "web:2"], "malformed concurrency 'web:2'"),
         ("web: a\n", ["-c", "worker=2"], "unknown process 'worker'"),
@@ -192,16 +192,33 @@ def test_bad_env_file_is_reported_with_its_line(tmp_path, monkeypatch, capsys):
 def test_check_lists_every_problem_with_line_numbers(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Procfile").write_text(
-        "# app\nweb: a\nweb: b\nnot a process line\nbad name: c\nempty:\n"
+        "# app\nweb: a\nweb: b\nnot a process line\nbad name: c\nempty:\n  worker: d\n"
     )
     assert main_check([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert [re.match(r"polytask check: error: Procfile:(\d+): ", e).group(1) for e in err] == [
-        "3",
-        "4",
-        "5",
-        "6",
-    ]
+    found = [re.match(r"polytask check: (\w+): Procfile:(\d+): ", e).groups() for e in err]
+    # Lines foreman and honcho skip are warnings; the duplicate is an error.
+    assert found == [("warning", str(n)) for n in (4, 5, 6, 7)] + [("error", "3")]
+    assert main_check(["--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    found = [re.match(r"polytask check: (\w+): Procfile:(\d+): ", e).groups() for e in err]
+    assert found == [("error", str(n)) for n in (3, 4, 5, 6, 7)]
+
+
+def test_check_and_up_skip_lines_foreman_skips_with_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Procfile").write_text("web.v2: echo v2\nweb: echo ran $PS\n  indented: echo no\n")
+    assert main_check([]) == 0
+    captured = capsys.readouterr()
+    assert "would start 1 program: web (2 lines skipped, see the warnings)" in captured.out
+    assert "warning: Procfile:1: invalid process name 'web.v2'" in captured.err
+    assert "warning: Procfile:3: indented line" in captured.err
+    up = Up(tmp_path)
+    assert up.finish() == 0
+    assert up.program_lines("web.1") == ["ran web.1"]
+    notes = up.program_lines("polytask")
+    assert any(n.startswith("warning: Procfile:1: invalid process name 'web.v2'") for n in notes)
+    assert any(n.startswith("warning: Procfile:3: indented line") for n in notes)
 
 
 def test_check_ok_and_help(tmp_path, monkeypatch, capsys):

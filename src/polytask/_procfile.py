@@ -5,7 +5,11 @@ rule is tested on strings. Every problem is collected (not only the first) with
 its line number, and reported as one :class:`~polytask.ProcfileError`.
 
 A Procfile has one ``name: command`` line per process type (honcho and foreman
-syntax); blank lines and ``#`` comments are skipped. :func:`expand` turns the
+syntax); blank lines and ``#`` comments are skipped. As in foreman and honcho,
+a line that is not an entry (no colon, a name such as ``web.v2`` or ``my web``,
+an empty command, an indented line) is skipped, with a warning naming its line
+(``strict=True`` makes these errors); a duplicate name or a NUL character in a
+command is always an error. :func:`expand` turns the
 types into the instances to run (``web.1``, ``web.2``, ...), each with the
 ``PORT`` foreman gives it: ``base + 100 x type index + instance index``, the
 type index counted in Procfile order so that a process keeps its port whatever
@@ -31,6 +35,7 @@ __all__ = [
     "parse_env",
     "parse_procfile",
     "procfile_from_mapping",
+    "scan_procfile",
 ]
 
 #: The first PORT handed out, as foreman and honcho do.
@@ -62,6 +67,8 @@ class Procfile:
     entries: tuple[ProcfileEntry, ...]
     #: Where the text came from, used in error messages.
     source: str = "Procfile"
+    #: Lines skipped as foreman and honcho skip them: ``(source, line, why)``.
+    skipped: tuple[Problem, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -111,32 +118,57 @@ def _nul_problem(name: str) -> str:
     )
 
 
-def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
+_SKIPPED = "; foreman and honcho skip this line too (--strict makes it an error)"
+
+
+def parse_procfile(text: str, *, source: str = "Procfile", strict: bool = False) -> Procfile:
     """Parse Procfile ``text``; raise :class:`ProcfileError` listing every problem.
 
-    Problems found: a line that is not ``name: command``, an invalid name, an
-    empty command, a command with a NUL character, a name defined twice, and a
-    file that defines nothing.
+    A line that foreman and honcho would skip (not ``name: command``, an
+    invalid name, an empty command, leading whitespace) is skipped and listed
+    in :attr:`Procfile.skipped`, or, with ``strict``, is a problem. Always
+    problems: a command with a NUL character, a name defined twice (honcho
+    refuses it too), and a file that defines nothing.
+    """
+    procfile, problems = scan_procfile(text, source=source, strict=strict)
+    if problems:
+        raise ProcfileError(problems)
+    return procfile
+
+
+def scan_procfile(
+    text: str, *, source: str = "Procfile", strict: bool = False
+) -> tuple[Procfile, list[Problem]]:
+    """:func:`parse_procfile` without raising: the Procfile and every problem.
+
+    Used by ``polytask check`` to show the skipped lines next to the errors.
     """
     problems: list[Problem] = []
+    skipped: list[Problem] = []
     entries: list[ProcfileEntry] = []
     first_line: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        shown = line if len(line) <= 60 else line[:57] + "..."
         name, colon, command = line.partition(":")
-        name, command = name.strip(), command.strip()
-        if not colon:
-            shown = line if len(line) <= 60 else line[:57] + "..."
-            problems.append((source, number, f"expected 'name: command', got {shown!r}"))
-            continue
-        bad = _name_problem(name)
-        if bad:
-            problems.append((source, number, bad))
-            continue
-        if not command:
-            problems.append((source, number, f"empty command for process {name!r}"))
+        # foreman's and honcho's pattern is ^name:\s*command$ with nothing
+        # before the name: an indented entry is skipped, never started.
+        if raw[:1].isspace():
+            why = f"indented line {shown!r}: an entry starts at the beginning of its line"
+        elif not colon:
+            why = f"expected 'name: command', got {shown!r}"
+        else:
+            # Only the command is stripped: "my web: x" has an invalid name.
+            command = command.strip()
+            why = _name_problem(name) or ""
+            if not why and not command:
+                why = f"empty command for process {name!r}"
+        if why:
+            (problems if strict else skipped).append(
+                (source, number, why + ("" if strict else _SKIPPED))
+            )
             continue
         if "\0" in command:
             problems.append((source, number, _nul_problem(name)))
@@ -153,12 +185,15 @@ def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
         first_line[name] = number
         entries.append(ProcfileEntry(name, command, number))
     if not entries and not problems:
+        hint = f"; {len(skipped)} line(s) skipped: run 'polytask check'" if skipped else ""
         problems.append(
-            (source, None, "no processes defined (expected lines like 'web: python app.py')")
+            (
+                source,
+                None,
+                f"no processes defined (expected lines like 'web: python app.py'){hint}",
+            )
         )
-    if problems:
-        raise ProcfileError(problems)
-    return Procfile(tuple(entries), source)
+    return Procfile(tuple(entries), source, tuple(skipped)), problems
 
 
 def procfile_from_mapping(

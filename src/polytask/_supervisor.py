@@ -435,10 +435,14 @@ def format_summary(statuses: Sequence[ProcessStatus]) -> str:
 # =========================================================================== file input
 
 
-def read_procfile(path: str | os.PathLike[str]) -> Procfile:
-    """Read and parse a Procfile (OSError if it cannot be read, ProcfileError if invalid)."""
+def read_procfile(path: str | os.PathLike[str], *, strict: bool = False) -> Procfile:
+    """Read and parse a Procfile (OSError if it cannot be read, ProcfileError if invalid).
+
+    ``strict``: lines foreman and honcho skip are errors instead of warnings.
+    """
     p = Path(path)
-    return parse_procfile(p.read_text(encoding="utf-8", errors="replace"), source=str(path))
+    text = p.read_text(encoding="utf-8", errors="replace")
+    return parse_procfile(text, source=str(path), strict=strict)
 
 
 def load_env_files(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
@@ -628,6 +632,9 @@ class Supervisor:
         timeout: seconds between SIGTERM and SIGKILL when stopping.
         exit_on_failure: when a program is marked failed, stop the others.
         cwd: directory the programs run in.
+        strict: a Procfile line that foreman and honcho skip (no colon, a name
+            such as ``web.v2``, an empty command, an indented entry) is an
+            error; by default it is skipped with a warning in ``output``.
         output: where the prefixed lines go (default ``sys.stdout``).
         colour: colour the prefixes (default: only when ``output`` is a terminal).
         on_event: called on the loop thread with a dict for each spawn, exit,
@@ -663,6 +670,7 @@ class Supervisor:
         stable_seconds: float = 10.0,
         exit_on_failure: bool = True,
         cwd: str | os.PathLike[str] | None = None,
+        strict: bool = False,
         output: IO[str] | IO[bytes] | None = None,
         colour: bool | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -672,7 +680,7 @@ class Supervisor:
         elif isinstance(procfile, Mapping):
             self.procfile = procfile_from_mapping(procfile)
         else:
-            self.procfile = read_procfile(procfile)
+            self.procfile = read_procfile(procfile, strict=strict)
         if check_timeout(timeout) is None:
             raise ValueError(f"timeout must be a number of seconds (a grace), got {timeout!r}")
         self.policy = RestartPolicy(
@@ -849,6 +857,8 @@ class Supervisor:
         assert self._selector is not None
         try:
             with self._lock:
+                for source, line, why in self.procfile.skipped:
+                    self._output.note(f"warning: {source}:{line}: {why}")
                 now = time.monotonic()
                 for prog in self._programs:
                     # A program that could not start may have stopped the run already

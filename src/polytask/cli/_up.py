@@ -26,14 +26,13 @@ from types import FrameType
 from typing import IO, Any, NoReturn
 
 from .._core.errors import PolytaskError, ProcfileError
-from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency
+from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
 from .._supervisor import (
     RESTART_MODES,
     RestartMode,
     Supervisor,
     format_summary,
     load_env_files,
-    read_procfile,
 )
 
 __all__ = ["main_check", "main_up"]
@@ -101,6 +100,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=_port,
         help=f"base PORT (default: $PORT, else {DEFAULT_BASE_PORT}); copy i of type t gets "
         "base + 100*t + i",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="Procfile lines that foreman and honcho skip (no colon, a name such as web.v2, "
+        "an empty command, an indented entry) are errors, not warnings",
     )
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help="process types to run (default: all)"
@@ -228,12 +233,14 @@ def _load(args: argparse.Namespace) -> tuple[Procfile, dict[str, str], list[Proc
     """Read the Procfile and env files; raise _BadInput for an unreadable file."""
     problems: list[ProcfileError] = []
     try:
-        procfile = read_procfile(args.procfile)
+        text = Path(args.procfile).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise _read_file_error("Procfile", args.procfile, exc) from None
-    except ProcfileError as exc:
-        problems.append(exc)
-        procfile = Procfile(())
+    procfile, found = scan_procfile(text, source=args.procfile, strict=args.strict)
+    if found:
+        problems.append(ProcfileError(found))
+        # Nothing runs from a Procfile with errors; its skipped lines are still shown.
+        procfile = Procfile((), procfile.source, procfile.skipped)
     env: dict[str, str] = {}
     for path in _env_files(args.env):
         try:
@@ -273,6 +280,8 @@ def main_check(argv: list[str]) -> int:
                 instances = expand(procfile, counts, args.names, base_port=port)
             except ProcfileError as exc:
                 problems.append(exc)
+        for problem in procfile.skipped:
+            print(f"polytask check: warning: {ProcfileError([problem])}", file=sys.stderr)
         if problems:
             for error in problems:
                 for problem in error.problems:
@@ -287,6 +296,12 @@ def main_check(argv: list[str]) -> int:
             f"{args.procfile}: OK, {len(procfile.entries)} process type"
             f"{'s' if len(procfile.entries) != 1 else ''}; would start {len(instances)} "
             f"program{'s' if len(instances) != 1 else ''}: {kinds}"
+            + (
+                f" ({len(procfile.skipped)} line{'s' if len(procfile.skipped) != 1 else ''} "
+                "skipped, see the warnings)"
+                if procfile.skipped
+                else ""
+            )
         )
         return 0
 
