@@ -197,6 +197,50 @@ def test_env_file_parsing_with_dotenv():
     assert env == {"A": "1", "B": "two words", "C": "1x", "EMPTY": ""}
 
 
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("X=$A", "1"),
+        ("X=${A}x", "1x"),
+        ("X=$A-$B", "1-two"),
+        ('X="$A and ${B}"', "1 and two"),
+        ("X='$A'", "$A"),  # single quotes: literal
+        ("X=\\$A", "$A"),  # \$: literal
+        ('X="\\$A"', "$A"),
+        ("X=$NOPE.", "."),  # unset: empty, as a shell
+        ("X=${NOPE:-dflt}", "dflt"),
+        ("X=$HOME", "/home/test"),  # from the environment
+        ("X=costs $5", "costs $5"),  # $ not followed by a name stays
+        ("X=$", "$"),
+    ],
+)
+def test_env_file_expands_dollar_var_and_braces(line, expected):
+    env = parse_env(f"A=1\nB=two\n{line}\n", environ={"HOME": "/home/test", "A": "env"})
+    assert env["X"] == expected
+    assert env["A"] == "1"  # the file's own key wins over the environment
+
+
+def test_env_files_expand_from_earlier_files(tmp_path):
+    from polytask._supervisor import load_env_files
+
+    (tmp_path / "a.env").write_text("ROOT=/srv\n")
+    (tmp_path / "b.env").write_text("DATA=$ROOT/data\n")
+    env = load_env_files([tmp_path / "a.env", tmp_path / "b.env"], environ={})
+    assert env == {"ROOT": "/srv", "DATA": "/srv/data"}
+
+
+def test_concurrency_all_as_foreman():
+    pf = parse_procfile("web: a\nworker: b\nclock: c\n")
+    counts = parse_concurrency("all=2,worker=0")
+    assert counts == {"all": 2, "worker": 0}
+    assert [i.name for i in expand(pf, counts)] == ["web.1", "web.2", "clock.1", "clock.2"]
+    assert [i.name for i in expand(pf, parse_concurrency("web=3,all=0"))] == [
+        "web.1",
+        "web.2",
+        "web.3",
+    ]
+
+
 def test_env_file_errors_carry_line_numbers():
     with pytest.raises(ProcfileError) as info:
         parse_env("A=1\nB='unterminated\n", source="dev.env")

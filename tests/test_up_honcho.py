@@ -139,3 +139,85 @@ def test_a_signal_gives_130_or_143(tmp_path, sig):
         finally:
             run.close()
     assert results[0] == results[1] == (128 + sig, [("web.1", "5000"), ("worker.1", "working")])
+
+
+def signalled(folder: Path, count: int, *args: str, honcho_args: tuple[str, ...] = ()) -> list:
+    """Run each tool until ``count`` program lines are out, then SIGTERM it.
+
+    Returns [(exit status, sorted program lines)] for honcho, then polytask.
+    """
+    results = []
+    for tool, extra in (("honcho", honcho_args or args), ("polytask", args)):
+        run = Run(tool, folder, *extra)
+        try:
+            run.wait_for_lines(count)
+            run.proc.send_signal(signal.SIGTERM)
+            results.append((run.finish(), sorted(run.lines())))
+        finally:
+            run.close()
+    return results
+
+
+# --------------------------------------------------------------------------- parsing, names, ports
+
+SHOW = "echo $HONCHO_PROCESS_NAME $PORT; exec sleep 60"
+ODD_PROCFILE = f"""\
+# lines honcho (and foreman) skip, then the two entries both tools run
+web: {SHOW}
+web.v2: echo v2; exec sleep 60
+my web: echo my; exec sleep 60
+nocolon echo x
+empty:
+  indented: echo indented; exec sleep 60
+   # an indented comment
+worker:{SHOW}
+"""
+
+
+def test_lines_honcho_skips_are_skipped_the_same_and_names_and_ports_match(tmp_path):
+    procfile(tmp_path, ODD_PROCFILE)
+    honcho, up = signalled(tmp_path, 3, "-c", "web=2")
+    expected = [("web.1", "web.1 5000"), ("web.2", "web.2 5001"), ("worker.1", "worker.1 5100")]
+    assert honcho == up == (143, expected)
+    # polytask names each skipped line (honcho is silent about them).
+    warned = re.findall(r"warning: Procfile:(\d+):", (tmp_path / "polytask.out").read_text())
+    assert warned == ["3", "4", "5", "6", "7"]
+
+
+def test_check_accepts_what_honcho_accepts_except_a_blank_command(tmp_path):
+    # "empty: " with a trailing space: honcho's pattern takes the space as the
+    # command; polytask skips the line (documented).
+    procfile(tmp_path, ODD_PROCFILE + "blank:   \n")
+    h = subprocess.run(
+        [HONCHO, "check"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=60
+    )
+    assert h.returncode == 0 and "(web, worker, blank)" in h.stderr
+    p = subprocess.run(
+        [sys.executable, "-m", "polytask.cli", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert p.returncode == 0 and "would start 2 programs: web, worker" in p.stdout
+    assert "Procfile:10: empty command for process 'blank'" in p.stderr
+
+
+def test_a_subset_keeps_procfile_ports_where_honcho_renumbers(tmp_path):
+    # Documented difference: polytask (as foreman) keeps each type's PORT.
+    procfile(tmp_path, f"web: {SHOW}\nworker: {SHOW}\nclock: {SHOW}\n")
+    honcho, up = signalled(tmp_path, 2, "clock", "web")
+    assert honcho == (143, [("clock.1", "clock.1 5000"), ("web.1", "web.1 5100")])
+    assert up == (143, [("clock.1", "clock.1 5200"), ("web.1", "web.1 5000")])
+
+
+def test_dollar_in_env_values_is_expanded_where_honcho_keeps_it(tmp_path):
+    # Documented difference: honcho (and foreman) keep .env values as written.
+    procfile(tmp_path, 'show: echo "[$GREETING] [$PLAIN] [$LITERAL]"; exec sleep 60\n')
+    (tmp_path / ".env").write_text(
+        "NAME=world\nGREETING=\"hello ${NAME} $NAME\"\nPLAIN=abc\nLITERAL='$NAME'\n"
+    )
+    honcho, up = signalled(tmp_path, 1)
+    assert honcho == (143, [("show.1", "[hello ${NAME} $NAME] [abc] [$NAME]")])
+    assert up == (143, [("show.1", "[hello world world] [abc] [$NAME]")])

@@ -19,8 +19,9 @@ subset is started.
 from __future__ import annotations
 
 import io
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._core.errors import ProcfileError
@@ -31,6 +32,7 @@ __all__ = [
     "Procfile",
     "ProcfileEntry",
     "expand",
+    "expand_vars",
     "parse_concurrency",
     "parse_env",
     "parse_procfile",
@@ -40,6 +42,8 @@ __all__ = [
 
 #: The first PORT handed out, as foreman and honcho do.
 DEFAULT_BASE_PORT = 5000
+#: In ``-c``, foreman's name for every process type.
+ALL = "all"
 #: Copies of one type are capped so that their PORTs stay below the next type's.
 MAX_COPIES = 100
 
@@ -244,7 +248,9 @@ def procfile_from_mapping(
 def parse_concurrency(specs: str | Iterable[str] | Mapping[str, int] | None) -> dict[str, int]:
     """Parse ``"web=2,worker=3"`` (or several such strings, or a mapping) into counts.
 
-    A count is a whole number from 0 (do not start that type) to 100.
+    A count is a whole number from 0 (do not start that type) to 100. As in
+    foreman, ``all=N`` sets the count of every type not named
+    (``all=2,worker=0``), in any order.
     """
     if specs is None:
         return {}
@@ -306,9 +312,11 @@ def expand(
     """The instances to run: each selected type times its count, with its PORT.
 
     ``names`` selects process types (all when empty or None); a type missing
-    from ``concurrency`` runs one copy. Unknown names, in either, are problems.
+    from ``concurrency`` runs ``concurrency["all"]`` copies, or one (foreman's
+    ``all=N``: ``all`` always means every type). Unknown names are problems.
     """
     concurrency = dict(concurrency or {})
+    default = concurrency.pop(ALL, 1)
     problems: list[Problem] = []
     known = ", ".join(procfile.names)
     for name in concurrency:
@@ -330,7 +338,7 @@ def expand(
     for type_index, entry in enumerate(procfile.entries):
         if selected and entry.name not in selected:
             continue
-        for i in range(concurrency.get(entry.name, 1)):
+        for i in range(concurrency.get(entry.name, default)):
             out.append(Instance(entry.name, i + 1, entry.command, base_port + 100 * type_index + i))
     if not out:
         problems.append(
@@ -349,15 +357,51 @@ def expand(
     return out
 
 
-def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
-    """Parse the text of an env file with python-dotenv; raise on unparsable lines.
+_VAR = re.compile(
+    r"\\\$"  # \$: a literal $
+    r"|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|\$(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
+)
 
-    Variables are expanded (``${HOME}``, or an earlier key) as python-dotenv does;
-    a key without ``=`` is skipped. A NUL character in a name or value is a
-    problem of its line (no environment can hold one).
+
+def expand_vars(value: str, lookup: Mapping[str, str]) -> str:
+    """Expand ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` from ``lookup``, as a shell.
+
+    An unset name gives ``""`` (or the default); ``\\$`` gives a literal ``$``;
+    a ``$`` not followed by a name is kept as it is.
+    """
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "\\$":
+            return "$"
+        name = m.group("braced") or m.group("plain")
+        got = lookup.get(name, "")
+        if m.group("default") is not None and not got:
+            return m.group("default")
+        return got
+
+    return _VAR.sub(one, value)
+
+
+def _single_quoted(raw: str) -> bool:
+    """Whether the value of the binding ``raw`` (one env file line) is in single quotes."""
+    _, eq, value = raw.partition("=")
+    return bool(eq) and value.lstrip().startswith("'")
+
+
+def parse_env(
+    text: str, *, source: str = ".env", environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Parse the text of an env file; raise on unparsable lines.
+
+    The syntax is python-dotenv's (quotes, ``export``, comments); a key without
+    ``=`` is skipped. In a value unquoted or in double quotes, ``$NAME`` and
+    ``${NAME}`` (and ``${NAME:-default}``) are expanded from the keys above it,
+    then from ``environ`` (default ``os.environ``); ``\\$`` or single quotes
+    keep a literal ``$``. A NUL character in a name or value is a problem of
+    its line (no environment can hold one).
     """
     try:
-        from dotenv import dotenv_values
         from dotenv.parser import parse_stream
     except ImportError as exc:  # pragma: no cover - python-dotenv is a dependency
         from ._core.errors import BackendUnavailable
@@ -386,5 +430,32 @@ def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
             )
     if problems:
         raise ProcfileError(problems)
-    values = dotenv_values(stream=io.StringIO(text), interpolate=True)
-    return {k: v for k, v in values.items() if v is not None}
+    base = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for b in parse_stream(io.StringIO(text)):
+        if b.key is None or b.value is None:
+            continue
+        value = b.value
+        if not _single_quoted(b.original.string):
+            value = expand_vars(value, _Chain(out, base))
+        out[b.key] = value
+    return out
+
+
+class _Chain(Mapping[str, str]):
+    """Two mappings looked up in order (what the file set so far, then the environment)."""
+
+    def __init__(self, first: Mapping[str, str], second: Mapping[str, str]):
+        self._maps = (first, second)
+
+    def __getitem__(self, key: str) -> str:
+        for m in self._maps:
+            if key in m:
+                return m[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._maps[1], **self._maps[0]})
+
+    def __len__(self) -> int:
+        return len({**self._maps[1], **self._maps[0]})

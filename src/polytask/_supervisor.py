@@ -445,12 +445,19 @@ def read_procfile(path: str | os.PathLike[str], *, strict: bool = False) -> Proc
     return parse_procfile(text, source=str(path), strict=strict)
 
 
-def load_env_files(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
-    """Read env files in order (later ones win); OSError if one cannot be read."""
+def load_env_files(
+    paths: Iterable[str | os.PathLike[str]], *, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Read env files in order (later ones win); OSError if one cannot be read.
+
+    ``$NAME`` in a value is expanded from the keys above it, then the earlier
+    files, then ``environ`` (default ``os.environ``).
+    """
+    base = dict(os.environ if environ is None else environ)
     env: dict[str, str] = {}
     for path in paths:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
-        env.update(parse_env(text, source=str(path)))
+        env.update(parse_env(text, source=str(path), environ={**base, **env}))
     return env
 
 
@@ -1032,7 +1039,9 @@ class Supervisor:
         inst = prog.instance
         env = dict(self.env)
         env["PORT"] = str(inst.port)
-        env["PS"] = prog.name
+        # foreman's PS and honcho's HONCHO_PROCESS_NAME, so that either tool's
+        # Procfile finds the name it expects.
+        env["PS"] = env["HONCHO_PROCESS_NAME"] = prog.name
         # Python programs would block-buffer a pipe and show their lines late.
         env.setdefault("PYTHONUNBUFFERED", "1")
         argv = (

@@ -92,7 +92,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         action="append",
         metavar="NAME=N,...",
-        help="copies of each process type, e.g. web=2,worker=3 (default: 1 each)",
+        help="copies of each process type, e.g. web=2,worker=3; all=N sets every type not "
+        "named, as in foreman (default: 1 each)",
     )
     parser.add_argument(
         "-p",
@@ -244,7 +245,7 @@ def _load(args: argparse.Namespace) -> tuple[Procfile, dict[str, str], list[Proc
     env: dict[str, str] = {}
     for path in _env_files(args.env):
         try:
-            env.update(load_env_files([path]))
+            env.update(load_env_files([path], environ={**os.environ, **env}))
         except OSError as exc:
             raise _read_file_error("env file", path, exc) from None
         except ProcfileError as exc:
