@@ -384,3 +384,65 @@ def test_sigkill_of_up_leaves_nothing_running(tmp_path):
         for pipe in (h.proc.stdin, h.proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+# --------------------------------------------------------------------------- polytask run
+
+
+def polytask_run(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polytask.cli", "run", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+        **kw,
+    )
+
+
+def test_run_loads_the_env_files_and_exits_with_the_commands_status(tmp_path):
+    (tmp_path / ".env").write_text("GREETING=hello\nWHO=$GREETING world\n")
+    (tmp_path / "dev.env").write_text("GREETING=bonjour\n")
+    show = "import os, sys; print(os.environ['GREETING'], os.environ['WHO']); sys.exit(7)"
+    r = polytask_run(tmp_path, sys.executable, "-c", show)
+    assert (r.returncode, r.stdout) == (7, "hello hello world\n")
+    r = polytask_run(
+        tmp_path, "-e", "dev.env", "--", sys.executable, "-c", show.replace("WHO", "GREETING")
+    )
+    assert (r.returncode, r.stdout) == (7, "bonjour bonjour\n")
+    r = polytask_run(tmp_path, "no-such-command-here")
+    assert r.returncode == 127 and "command not found: 'no-such-command-here'" in r.stderr
+    r = polytask_run(tmp_path)
+    assert r.returncode == 2 and "no command given" in r.stderr
+
+
+def test_run_a_procfile_type_gets_what_up_gives_its_first_copy(tmp_path):
+    write_procfile(tmp_path, web="echo other", worker="echo $PS $HONCHO_PROCESS_NAME $PORT; exit 3")
+    r = polytask_run(tmp_path, "worker")
+    assert (r.returncode, r.stdout) == (3, "worker.1 worker.1 5100\n")
+    r = polytask_run(tmp_path, "-p", "8000", "worker")
+    assert r.stdout == "worker.1 worker.1 8100\n"
+
+
+def test_run_execs_the_command_so_signals_reach_it_and_nothing_is_left(tmp_path):
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polytask.cli", "run", sys.executable, "-c", code],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        assert proc.stdout is not None
+        # The command is polytask run's own process: a signal goes straight to it.
+        assert int(proc.stdout.readline()) == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -221,3 +221,25 @@ def test_dollar_in_env_values_is_expanded_where_honcho_keeps_it(tmp_path):
     honcho, up = signalled(tmp_path, 1)
     assert honcho == (143, [("show.1", "[hello ${NAME} $NAME] [abc] [$NAME]")])
     assert up == (143, [("show.1", "[hello world world] [abc] [$NAME]")])
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_run_matches_honcho_run(tmp_path):
+    (tmp_path / ".env").write_text("GREETING=hello\nQUOTED='two words'\n")
+    cmd = ["sh", "-c", 'echo "$GREETING [$QUOTED] $1"; exit 4', "sh", "arg one"]
+    h = subprocess.run(
+        [HONCHO, "run", *cmd], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=60
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "polytask.cli", "run", *cmd],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert (
+        (h.returncode, h.stdout) == (p.returncode, p.stdout) == (4, "hello [two words] arg one\n")
+    )

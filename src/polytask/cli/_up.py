@@ -35,7 +35,7 @@ from .._supervisor import (
     load_env_files,
 )
 
-__all__ = ["main_check", "main_up"]
+__all__ = ["main_check", "main_run", "main_up"]
 
 _DEFAULT_ENV = ".env"
 
@@ -396,3 +396,83 @@ def _supervise(sup: Supervisor) -> int:
     except (BrokenPipeError, ValueError):
         pass
     return code
+
+
+# --------------------------------------------------------------------------- polytask run
+
+
+def _run_parser() -> _Parser:
+    p = _Parser(
+        prog="polytask run",
+        description="Run one command with the env files loaded, as 'foreman run' and "
+        "'honcho run' do; a Procfile type name runs its command with the PORT, PS and "
+        "HONCHO_PROCESS_NAME its first copy gets under 'up'. polytask replaces itself "
+        "with the command (exec): signals reach it directly and its exit status is "
+        "polytask run's.",
+    )
+    p.add_argument(
+        "-f", "--procfile", default="Procfile", help="the Procfile (default: ./Procfile)"
+    )
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="FILE",
+        help="env file(s) to load, comma-separated or repeated (default: ./.env if present)",
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        help=f"base PORT for a Procfile type (default: {DEFAULT_BASE_PORT})",
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
+    return p
+
+
+def main_run(argv: list[str]) -> int:
+    """``polytask run``: exec COMMAND with the env files loaded; returns only on error."""
+    return _run_guarded("polytask run", lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    command: list[str] = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise _BadInput("no command given (usage: polytask run [-e FILE] COMMAND [ARG...])")
+    env = dict(os.environ)
+    for path in _env_files(args.env):
+        try:
+            env.update(load_env_files([path], environ=env))
+        except OSError as exc:
+            raise _read_file_error("env file", path, exc) from None
+        except ProcfileError as exc:
+            raise _BadInput(exc.first_line()) from None
+    argv_out = command
+    if len(command) == 1 and Path(args.procfile).is_file():
+        # foreman's `run web`: a Procfile type runs its command as `up` runs its first copy.
+        text = Path(args.procfile).read_text(encoding="utf-8", errors="replace")
+        procfile, problems = scan_procfile(text, source=args.procfile)
+        if not problems and command[0] in procfile:
+            env_port = env.get("PORT", "")
+            base = args.port or (int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT)
+            try:
+                (inst,) = expand(procfile, {command[0]: 1}, [command[0]], base_port=base)
+            except ProcfileError as exc:
+                raise _BadInput(exc.first_line()) from None
+            env["PORT"] = str(inst.port)
+            env["PS"] = env["HONCHO_PROCESS_NAME"] = inst.name
+            assert isinstance(inst.command, str)
+            argv_out = ["/bin/sh", "-c", inst.command]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv_out[0], argv_out, env)
+    except FileNotFoundError:
+        print(f"polytask run: error: command not found: {argv_out[0]!r}", file=sys.stderr)
+        return 127  # as a shell says it
+    except OSError as exc:
+        print(f"polytask run: error: cannot run {argv_out[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 126
