@@ -162,8 +162,12 @@ def one_error_line(capsys) -> str:
         ("web: a\n", ["-e", "missing.env"], "cannot read env file 'missing.env'"),
         ("web: a\n", ["--timeout", "soon"], "'soon' is not a number of seconds"),
         ("web: a\n", ["--restart", "sometimes"], "invalid choice: 'sometimes'"),
-        # Restart tuning that would do nothing under the default 'never' is refused.
-        ("web: a\n", ["--start-retries", "2"], "--start-retries has no effect without --restart"),
+        # Restart tuning that would do nothing under 'never' is refused.
+        (
+            "web: a\n",
+            ["--restart", "never", "--start-retries", "2"],
+            "--start-retries has no effect with --restart never",
+        ),
         (
             "web: a\n",
             ["--restart", "never", "--no-exit-on-failure"],

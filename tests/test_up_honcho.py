@@ -43,7 +43,9 @@ class Run:
         if tool == "honcho":
             argv = [HONCHO, "--no-colour", "start", *args]
         else:
-            argv = [sys.executable, "-m", "polytask.cli", "up", "--color", "never", *args]
+            argv = [sys.executable, "-m", "polytask.cli", "up", "--color", "never"]
+            # honcho's rule is --restart never (polytask's default keeps programs running)
+            argv += [*args] if "--restart" in args else ["--restart", "never", *args]
         with open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
                 argv, cwd=folder, stdout=out, stderr=subprocess.STDOUT, env=_env()

@@ -6,8 +6,9 @@ as ``check``), turns SIGINT/SIGTERM/SIGHUP into a graceful stop (a second one
 kills at once), and prints a summary table at the end.
 
 Exit status (the table in docs/up.md): as honcho, the first decisive event
-decides it. Under ``--restart never`` (the default, honcho's and foreman's
-rule) the first program to end stops the others and gives its own status;
+decides it. Under ``--restart never`` (honcho's and foreman's rule; the
+default is ``on-failure``, which keeps programs running) the first program to
+end stops the others and gives its own status;
 a program given up on gives its own status; SIGINT / SIGTERM / SIGHUP give
 128 + the signal number (130 / 143 / 129); 0 when everything ended cleanly;
 2 for bad input (one line on stderr).
@@ -125,8 +126,8 @@ def _up_parser() -> _Parser:
         "--restart",
         choices=RESTART_MODES,
         default=None,
-        help="when to restart a program that exited (default: never, as honcho and foreman: "
-        "the first program to end stops the others and gives its exit status)",
+        help="when to restart a program that exited (default: on-failure; never: as honcho "
+        "and foreman, the first program to end stops the others and gives its exit status)",
     )
     p.add_argument(
         "-t",
@@ -193,15 +194,14 @@ _RESTART_DEFAULTS: dict[str, Any] = {
 
 def _restart_options(args: argparse.Namespace) -> RestartMode:
     """The restart policy; fills the tuning defaults, refuses tuning that would do nothing."""
-    restart: RestartMode = args.restart or "never"
+    restart: RestartMode = args.restart or "on-failure"
     given = [k for k in _RESTART_DEFAULTS if getattr(args, k) is not None]
     if restart == "never" and given:
         flag = "--" + given[0].replace("_", "-")
         if given[0] == "exit_on_failure" and not args.exit_on_failure:
             flag = "--no-exit-on-failure"
-        how = "with --restart never" if args.restart else "without --restart"
         raise _BadInput(
-            f"{flag} has no effect {how}: under 'never' (the default, as honcho) the first "
+            f"{flag} has no effect with --restart never: under 'never' (as honcho) the first "
             "program to end stops the others; add --restart on-failure or --restart always"
         )
     for key, value in _RESTART_DEFAULTS.items():
