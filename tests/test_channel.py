@@ -164,7 +164,9 @@ def test_bad_arguments(backend):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown backend .carrier-pigeon.; choose one of: thread, process"):
+    with pytest.raises(
+        ValueError, match="unknown backend .carrier-pigeon.; choose one of: thread, process"
+    ):
         pt.Channel(backend="carrier-pigeon")
 
 
@@ -366,6 +368,50 @@ def test_nothing_left_in_dev_shm_after_a_process_exits(tmp_path):
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.split()[0])
     assert shm_names(pid) == set()
+
+
+def test_classes_defined_in_main_cross_a_process_channel_both_ways(tmp_path):
+    """A class from the user's script travels by value (as task arguments do), through
+    every put path (put, put_many, a big item), into a process task and back."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import dataclasses
+            import polytask as pt
+
+            @dataclasses.dataclass
+            class Point:
+                x: int
+                y: int
+
+            def double(inbox, outbox):
+                for p in inbox:
+                    outbox.put(Point(p.x * 2, len(p.y) if isinstance(p.y, bytes) else p.y * 2))
+                outbox.close()
+
+            if __name__ == "__main__":
+                inbox = pt.Channel(backend="process")
+                outbox = pt.Channel(backend="process")
+                task = pt.spawn(double, inbox, outbox, backend="process")
+                inbox.put(Point(1, 2))
+                inbox.put_many([Point(2, 3), Point(3, 4)])
+                inbox.put(Point(4, b"x" * 300_000))  # big: spilled, buffers out of band
+                inbox.close()
+                task.result(timeout=60)  # raises what failed in the task
+                got = list(outbox)
+                print([(type(p).__name__, p.x, p.y) for p in got])
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(
+        [("Point", 2, 4), ("Point", 4, 6), ("Point", 6, 8), ("Point", 8, 300_000)]
+    )
 
 
 # --------------------------------------------------------------------------- SharedArray
@@ -604,9 +650,7 @@ def test_process_channel_small_ring_mixed_sizes_exactly_once_in_order(maxsize):
             pad = "z" * sizes[(i + tag) % len(sizes)]
             ch.put((tag, i, pad) if i % 7 else bytes([tag]) + i.to_bytes(2, "little"))
 
-    got = through_threads(
-        ch, [lambda k=k: produce_mixed(k) for k in range(producers)], consumers
-    )
+    got = through_threads(ch, [lambda k=k: produce_mixed(k) for k in range(producers)], consumers)
     seen = []
     for g in got:
         last = {}

@@ -64,6 +64,9 @@ from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
+from .codec import ATOMS, MAIN_REF, dumps_buffers
+from .codec import dumps as _codec_dumps
+from .codec import loads as _codec_loads
 from .ring import PACKED, PACKERS, make_packer
 from .shm import (
     SHM_DIR,
@@ -108,8 +111,10 @@ _WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, 
 _pid = os.getpid()
 # The first header word of this process's small pickled frames (READY, kind 0, pid).
 _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
+# The hot paths pickle plainly first, as _ipc.codec does, and check its rule
+# (MAIN_REF) inline; everything else goes through codec's functions.
 _pdumps = pickle.dumps
-_ploads = pickle.loads
+_ploads = _codec_loads
 _futex_wake = futex_wake
 _monotonic = time.monotonic
 _yield = os.sched_yield
@@ -154,18 +159,10 @@ def _lift_bytes(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
-def _dumps(item: Any, bufs: list[pickle.PickleBuffer]) -> bytes:
+def _dumps(item: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     try:
-        return pickle.dumps(item, 5, buffer_callback=bufs.append)
+        return dumps_buffers(item)
     except Exception as exc:
-        bufs.clear()
-        try:
-            import cloudpickle
-
-            data: bytes = cloudpickle.dumps(item, protocol=5, buffer_callback=bufs.append)
-            return data
-        except Exception:
-            pass
         raise SerializationError(
             f"cannot send an item of type {type(item).__qualname__} through a process channel: "
             f"it cannot be pickled ({type(exc).__name__}: {exc})"
@@ -188,9 +185,10 @@ def _encode_any(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
         except Exception:
             pass
         else:
-            if len(payload) <= _SMALL_PAYLOAD:
+            if len(payload) > _SMALL_PAYLOAD:
+                _BIG_TYPES.add(t)
+            elif t in ATOMS or MAIN_REF not in payload:  # codec's rule, as in put
                 return K_PICKLE, payload, _NO_VIEWS
-            _BIG_TYPES.add(t)
     return _encode(item)
 
 
@@ -206,12 +204,10 @@ def _encode(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
         if not m.c_contiguous:
             m = memoryview(m.tobytes())
         return K_MEMORYVIEW, m.cast("B") if m.format != "B" or m.ndim != 1 else m, []
-    bufs: list[pickle.PickleBuffer] = []
-    payload = _dumps(item, bufs)
+    payload, bufs = _dumps(item)
     if not bufs and len(payload) > _REPICKLE_OVER and t in (tuple, list, dict):
         lifted = _lift_bytes(item)
-        bufs2: list[pickle.PickleBuffer] = []
-        payload2 = _dumps(lifted, bufs2)
+        payload2, bufs2 = _dumps(lifted)
         if bufs2:
             payload, bufs = payload2, bufs2
     if bufs:
@@ -231,7 +227,7 @@ def _raw_views(bufs: list[pickle.PickleBuffer]) -> list[memoryview]:
 
 def _loads(data: Any, buffers: Any = None) -> Any:
     try:
-        return pickle.loads(data, buffers=buffers)
+        return _ploads(data, buffers=buffers)
     except Exception as exc:
         raise SerializationError(
             f"an item received from a process channel could not be unpickled "
@@ -381,7 +377,7 @@ def _spill(
     except BaseException:
         _spill_not_sent(seg, pooled)
         raise
-    ref = pickle.dumps((seg.name, kind, len(payload), lens, pooled), 5)
+    ref = _codec_dumps((seg.name, kind, len(payload), lens, pooled))
     return ref, seg, pooled
 
 
@@ -405,7 +401,7 @@ def _spill_not_sent(seg: Segment, pooled: bool) -> None:
 
 
 def _unspill(ref: bytes) -> Any:
-    name, kind, plen, lens, pooled = pickle.loads(ref)
+    name, kind, plen, lens, pooled = _ploads(ref)
     seg = None
     if pooled:
         # Out of the cache while in use, so no other thread closes it meanwhile.
@@ -634,14 +630,16 @@ class ProcessChannel(Channel[T]):
         # common case of Ring.push under the lock (kept in step with it: same
         # words, same order of stores): at a million items a second every Python
         # call and attribute lookup shows. Anything unusual goes to Ring.push.
-        if type(item) not in _BIG_TYPES:
+        t = type(item)
+        if t not in _BIG_TYPES:
             try:
                 data = _pdumps(item, 5)
             except Exception:
                 pass  # _put_other says why (or cloudpickles it)
             else:
                 n = len(data)
-                if n <= _SMALL_PAYLOAD:
+                # codec's rule, inlined: a pickle naming __main__ goes by value.
+                if n <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
                     m = self._p_ref
                     rc = _mutex_trylock_ref(m)
                     if rc:
@@ -678,7 +676,8 @@ class ProcessChannel(Channel[T]):
                     if rc:
                         self._put_done(rc, data, timeout)
                     return
-                _BIG_TYPES.add(type(item))  # big: its buffers go out of band
+                if n > _SMALL_PAYLOAD:
+                    _BIG_TYPES.add(t)  # big: its buffers go out of band
         self._put_other(item, timeout)
 
     def _put_done(self, rc: int, data: bytes, timeout: float | None) -> None:
@@ -1095,13 +1094,14 @@ class ProcessChannel(Channel[T]):
         pending: deque[tuple[int, bytes | memoryview]] = deque()
         append = pending.append
         for item in items:
-            if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
+            t = type(item)
+            if t not in _BIG_TYPES:  # the common case of _encode_any, inlined
                 try:
                     data = _pdumps(item, 5)
                 except Exception:
                     pass
                 else:
-                    if len(data) <= _SMALL_PAYLOAD:
+                    if len(data) <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
                         append((K_PICKLE, data))
                         continue
             kind, payload, bufs = _encode_any(item)
