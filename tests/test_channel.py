@@ -588,7 +588,7 @@ def test_ring_wraps_early_while_readers_keep_up():
         kind, data, _ = ring.take(7)
         assert data == payload + k.to_bytes(4, "little")
         # the writer never goes much past the early-wrap point: the ring's first pages only
-        assert ring.words[8] & (cap - 1) <= ring.wrap_at + 128
+        assert ring.words[R.TAIL] & (cap - 1) <= ring.wrap_at + 128
     # A reader far behind: no early wrap (the writer would run into the pad), every
     # item still arrives once and in order, and the ring fills up to its capacity.
     sent = 0
@@ -635,6 +635,51 @@ def test_ring_push_and_pop_match_put_small_and_take():
     assert ring.pop(7) == (0, b"w", 1)  # a writer to wake: as take() says
     ring.writer_woke(seq)
     assert ring.pop(7) == R.EMPTY
+
+
+def test_ring_layout_constants_are_where_the_ring_writes():
+    """The named offsets the channel's inlined fast paths use (ring.TAIL, HEAD...)
+    are the words and bytes that Ring's own methods write."""
+    ring = new_ring()
+    w = ring.words
+    assert ring.put_small(b"abc", 5, pid=7) >= 0
+    size = (3 + R.FRAME_ROUND) & -R.ALIGN
+    assert size == R.Ring.frame_size(3) == 32
+    assert (w[R.TAIL], w[R.NRES], w[R.HEAD], w[R.READ], w[R.NCLAIM]) == (size, 1, 0, 0, 0)
+    i = R.DATA_OFFSET >> 3  # the first frame's header words
+    assert w[i] & R.LOW32 == R.READY | (5 << 8) and w[i] >> 32 == 7
+    assert w[i + 1] & R.LOW32 == size and w[i + 1] >> 32 == 3
+    assert ring.raw[R.DATA_OFFSET + R.HEADER : R.DATA_OFFSET + R.HEADER + 3] == b"abc"
+    assert ring.take(8) == (5, b"abc", 0)
+    assert (w[R.READ], w[R.HEAD], w[R.NCLAIM]) == (size, size, 1)
+    seq = ring.writer_sleeps()
+    assert w[R.WAIT_SPACE] == 1
+    ring.writer_woke(seq)
+    assert w[R.WAIT_SPACE] == 0
+    seq = ring.reader_sleeps()
+    assert w[R.WAIT_DATA] == 1
+    ring.reader_woke(seq)
+    ring.close()
+    assert w[R.WAIT_DATA] & R.CLOSED_FLAG
+
+
+def test_channel_fast_paths_and_the_ring_api_agree():
+    """What put's inlined path writes, Ring.take reads; what Ring.push writes, get's
+    inlined path reads (both by the ring's named offsets)."""
+    ch = pt.Channel(backend="process", capacity=R.MIN_CAPACITY)
+    ring = ch._ring  # type: ignore[attr-defined]
+    try:
+        for k in range(300):  # several laps of a 4 KiB ring
+            item = ("x" * (k % 97), k)
+            ch.put(item)
+            kind, data, _ = ring.take(os.getpid())
+            assert (kind, pickle.loads(data)) == (0, item)
+            hdr = R.READY | (0 << 8) | (os.getpid() << 32)
+            assert ring.push(pickle.dumps(item, 5), hdr) >= 0
+            assert ch.get(timeout=HANG) == item
+            assert ring.take(os.getpid()) == R.EMPTY
+    finally:
+        ch.close()
 
 
 @pytest.mark.parametrize("maxsize", [0, 3])

@@ -67,7 +67,23 @@ from . import ring as R
 from .codec import ATOMS, MAIN_REF, dumps_buffers
 from .codec import dumps as _codec_dumps
 from .codec import loads as _codec_loads
-from .ring import PACKED, PACKERS, make_packer
+from .ring import (
+    ALIGN,
+    DATA_OFFSET,
+    FRAME_ROUND,
+    HEAD,
+    HEADER,
+    LOW32,
+    NCLAIM,
+    NRES,
+    PACKED,
+    PACKERS,
+    READ,
+    TAIL,
+    WAIT_DATA,
+    WAIT_SPACE,
+    make_packer,
+)
 from .shm import (
     SHM_DIR,
     AttachCache,
@@ -111,6 +127,8 @@ _WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, 
 _pid = os.getpid()
 # The first header word of this process's small pickled frames (READY, kind 0, pid).
 _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
+# The low half of that word (state READY, kind K_PICKLE, no buffers): get's fast path.
+_READY_PICKLE = R.READY | (K_PICKLE << 8)
 # The hot paths pickle plainly first, as _ipc.codec does, and check its rule
 # (MAIN_REF) inline; everything else goes through codec's functions.
 _pdumps = pickle.dumps
@@ -646,13 +664,13 @@ class ProcessChannel(Channel[T]):
                         self._lock_p(_deadline(timeout), rc)
                     try:
                         w = self._w
-                        size = (n + 47) & -32  # HEADER + n, aligned to ALIGN
-                        pos = w[8]  # _TAIL
+                        size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
+                        pos = w[TAIL]
                         if (
                             pos + size > self._limit
-                            or w[10]  # _WAIT_DATA: readers to wake, or R.CLOSED_FLAG
+                            or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
                             or n >= PACKED
-                            or (self.maxsize and w[9] - self._claimed_seen >= self.maxsize)
+                            or (self.maxsize and w[NRES] - self._claimed_seen >= self.maxsize)
                         ):
                             # Wrapping, perhaps full, readers asleep, longer or
                             # closed: the whole story.
@@ -663,14 +681,14 @@ class ProcessChannel(Channel[T]):
                         else:
                             (PACKERS[n] or make_packer(n))(
                                 self._b,
-                                4096 + (pos & self._mask),
+                                DATA_OFFSET + (pos & self._mask),
                                 _hdr_pickle,
                                 size | (n << 32),
                                 data,
                             )
-                            w[9] += 1  # _NRES
-                            w[8] = pos + size  # _TAIL: publishes the frame
-                            rc = 0  # no reader sleeps: _WAIT_DATA was 0, under our lock
+                            w[NRES] += 1
+                            w[TAIL] = pos + size  # publishes the frame
+                            rc = 0  # no reader sleeps: WAIT_DATA was 0, under our lock
                     finally:
                         _mutex_unlock_ref(m)
                     if rc:
@@ -705,7 +723,7 @@ class ProcessChannel(Channel[T]):
     def _set_limit(self) -> None:
         """A fresh look at the ring for put's fast path (P lock)."""
         w = self._w
-        tail = w[8]  # _TAIL
+        tail = w[TAIL]
         off = tail & self._mask
         if off < self._wrap:
             limit = tail - off + self._wrap  # Ring.push decides whether to wrap early
@@ -713,8 +731,8 @@ class ProcessChannel(Channel[T]):
             # Past that point with the readers behind: Ring.push looks again for
             # an empty ring every 1/64 of it (and at the end of the ring).
             limit = min(tail + (self._wrap >> 6), tail - off + self._cap)
-        self._limit = min(limit, w[16] + self._cap)  # _HEAD: the room the readers left
-        self._claimed_seen = w[18]  # _NCLAIM
+        self._limit = min(limit, w[HEAD] + self._cap)  # the room the readers left
+        self._claimed_seen = w[NCLAIM]
 
     def _put_other(self, item: T, timeout: float | None) -> None:
         """put() of an item that is big, raw bytes, or not picklable by pickle."""
@@ -936,22 +954,27 @@ class ProcessChannel(Channel[T]):
             self._lock_c(_deadline(timeout), rc)
         try:
             w = self._w
-            read = w[17]  # _READ
+            read = w[READ]
             if read >= self._tail_seen:
                 # Frames before a tail seen once stay published: while the reader
                 # is behind, it leaves the writers' cache line alone.
-                self._tail_seen = w[8]  # _TAIL
+                self._tail_seen = w[TAIL]
             if read != self._tail_seen:
-                start = 4096 + (read & self._mask)  # DATA_OFFSET
-                i = start >> 3
+                start = DATA_OFFSET + (read & self._mask)
+                i = start >> 3  # the frame's header words: w0 at i, w1 (size | length) at i + 1
                 sz = w[i + 1]
-                size = sz & 0xFFFFFFFF
+                size = sz & LOW32
                 # READY, kind 0, no buffers; small; no writer asleep; nothing claimed before it
-                if w[i] & 0xFFFFFFFF == 2 and size <= _SMALL_FRAME and not w[19] and w[16] == read:
-                    start += 16  # HEADER
+                if (
+                    w[i] & LOW32 == _READY_PICKLE
+                    and size <= _SMALL_FRAME
+                    and not w[WAIT_SPACE]
+                    and w[HEAD] == read
+                ):
+                    start += HEADER
                     r: bytes | tuple[int, bytes, int] | int = self._raw[start : start + (sz >> 32)]
-                    w[17] = w[16] = read + size  # _READ, then _HEAD
-                    w[18] += 1  # _NCLAIM
+                    w[READ] = w[HEAD] = read + size  # READ first, then HEAD
+                    w[NCLAIM] += 1
                 else:
                     r = self._pop(_pid)
             else:
