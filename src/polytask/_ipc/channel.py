@@ -158,7 +158,7 @@ class _OOBBytes:
     def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
+    def __reduce_ex__(self, _protocol: Any) -> Any:
         return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 

@@ -781,26 +781,6 @@ class Ring:
             head += w[i + 1] & _LOW
         w[HEAD] = head
 
-    def unread(self) -> list[tuple[int, bytes]]:
-        """(kind, payload) of every READY frame without buffers not yet claimed (C lock)."""
-        w = self._w
-        out = []
-        pos, tail = w[READ], w[TAIL]
-        while pos < tail:
-            start = DATA_OFFSET + (pos & self._mask)
-            i = start >> 3
-            h = w[i]
-            size = w[i + 1] & _LOW
-            n = w[i + 1] >> 32
-            if size == 0:
-                break
-            if h & 0xFF == READY and not h & 0xFFFF0000:
-                out.append((int((h >> 8) & 0xFF), self._raw[start + HEADER : start + HEADER + n]))
-            pos += size
-        return out
-
-    # ------------------------------------------------------------------ repair (both locks)
-
     def recount(self, alive: Callable[[int], bool]) -> None:
         """Make the counters agree with the frames again (both locks held).
 

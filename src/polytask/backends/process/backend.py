@@ -251,7 +251,6 @@ class ProcessBackend(Backend):
                     f"the initializer {initializer!r} or its initargs cannot be pickled for "
                     f"the worker processes: {type(exc).__name__}: {exc}"
                 ) from exc
-        self._init_frame = b""
         self._init_config: dict[str, Any] = {"initializer": init}
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
@@ -272,7 +271,6 @@ class ProcessBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._collector: threading.Thread | None = None
         self._stopping = False
-        self._start_error: BaseException | None = None
         self._broken: BaseException | None = None  # see _break
         self._broken_why = ""
         # The caller's spin budget (see _read_for) and the token one spinner holds.
