@@ -21,7 +21,7 @@ Two layers, as h11 splits a protocol from its I/O:
     wait()   <── Event ── loop ends        · stdout + stderr pipe of every program ─ lines ─> _Output
                                            · a pidfd per program ─ EXIT ─> machine.handle()
                                          timers: machine.due (start check, backoff, stop grace)
-                                         actions: TERMINATE ─> killpg(SIGTERM)
+                                         actions: TERMINATE ─> _proc.signal_group(SIGTERM)
                                                   KILL ─> _proc.terminate(proc, 0)  (SIGKILL, reap)
                                          after every exit: _proc.terminate(proc, 0) sweeps what is
                                          left of the program's group and unguards it
@@ -1080,9 +1080,7 @@ class Supervisor:
     def _signal(self, prog: _Program, sig: signal.Signals) -> None:
         if prog.popen is None or prog.popen.returncode is not None:
             return
-        try:
-            os.killpg(prog.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
+        if not _proc.signal_group(prog.popen.pid, sig):
             return
         self._event("signal", prog, pid=prog.popen.pid, signal=sig.name)
 

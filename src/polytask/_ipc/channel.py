@@ -64,7 +64,26 @@ from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
-from .ring import PACKED, PACKERS, make_packer
+from .codec import ATOMS, MAIN_REF, dumps_buffers
+from .codec import dumps as _codec_dumps
+from .codec import loads as _codec_loads
+from .ring import (
+    ALIGN,
+    DATA_OFFSET,
+    FRAME_ROUND,
+    HEAD,
+    HEADER,
+    LOW32,
+    NCLAIM,
+    NRES,
+    PACKED,
+    PACKERS,
+    READ,
+    TAIL,
+    WAIT_DATA,
+    WAIT_SPACE,
+    make_packer,
+)
 from .shm import (
     SHM_DIR,
     AttachCache,
@@ -108,8 +127,12 @@ _WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, 
 _pid = os.getpid()
 # The first header word of this process's small pickled frames (READY, kind 0, pid).
 _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
+# The low half of that word (state READY, kind K_PICKLE, no buffers): get's fast path.
+_READY_PICKLE = R.READY | (K_PICKLE << 8)
+# The hot paths pickle plainly first, as _ipc.codec does, and check its rule
+# (MAIN_REF) inline; everything else goes through codec's functions.
 _pdumps = pickle.dumps
-_ploads = pickle.loads
+_ploads = _codec_loads
 _futex_wake = futex_wake
 _monotonic = time.monotonic
 _yield = os.sched_yield
@@ -135,7 +158,7 @@ class _OOBBytes:
     def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
+    def __reduce_ex__(self, _protocol: Any) -> Any:
         return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 
@@ -154,18 +177,10 @@ def _lift_bytes(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
-def _dumps(item: Any, bufs: list[pickle.PickleBuffer]) -> bytes:
+def _dumps(item: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     try:
-        return pickle.dumps(item, 5, buffer_callback=bufs.append)
+        return dumps_buffers(item)
     except Exception as exc:
-        bufs.clear()
-        try:
-            import cloudpickle
-
-            data: bytes = cloudpickle.dumps(item, protocol=5, buffer_callback=bufs.append)
-            return data
-        except Exception:
-            pass
         raise SerializationError(
             f"cannot send an item of type {type(item).__qualname__} through a process channel: "
             f"it cannot be pickled ({type(exc).__name__}: {exc})"
@@ -188,9 +203,10 @@ def _encode_any(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
         except Exception:
             pass
         else:
-            if len(payload) <= _SMALL_PAYLOAD:
+            if len(payload) > _SMALL_PAYLOAD:
+                _BIG_TYPES.add(t)
+            elif t in ATOMS or MAIN_REF not in payload:  # codec's rule, as in put
                 return K_PICKLE, payload, _NO_VIEWS
-            _BIG_TYPES.add(t)
     return _encode(item)
 
 
@@ -206,12 +222,10 @@ def _encode(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
         if not m.c_contiguous:
             m = memoryview(m.tobytes())
         return K_MEMORYVIEW, m.cast("B") if m.format != "B" or m.ndim != 1 else m, []
-    bufs: list[pickle.PickleBuffer] = []
-    payload = _dumps(item, bufs)
+    payload, bufs = _dumps(item)
     if not bufs and len(payload) > _REPICKLE_OVER and t in (tuple, list, dict):
         lifted = _lift_bytes(item)
-        bufs2: list[pickle.PickleBuffer] = []
-        payload2 = _dumps(lifted, bufs2)
+        payload2, bufs2 = _dumps(lifted)
         if bufs2:
             payload, bufs = payload2, bufs2
     if bufs:
@@ -231,7 +245,7 @@ def _raw_views(bufs: list[pickle.PickleBuffer]) -> list[memoryview]:
 
 def _loads(data: Any, buffers: Any = None) -> Any:
     try:
-        return pickle.loads(data, buffers=buffers)
+        return _ploads(data, buffers=buffers)
     except Exception as exc:
         raise SerializationError(
             f"an item received from a process channel could not be unpickled "
@@ -381,7 +395,7 @@ def _spill(
     except BaseException:
         _spill_not_sent(seg, pooled)
         raise
-    ref = pickle.dumps((seg.name, kind, len(payload), lens, pooled), 5)
+    ref = _codec_dumps((seg.name, kind, len(payload), lens, pooled))
     return ref, seg, pooled
 
 
@@ -405,7 +419,7 @@ def _spill_not_sent(seg: Segment, pooled: bool) -> None:
 
 
 def _unspill(ref: bytes) -> Any:
-    name, kind, plen, lens, pooled = pickle.loads(ref)
+    name, kind, plen, lens, pooled = _ploads(ref)
     seg = None
     if pooled:
         # Out of the cache while in use, so no other thread closes it meanwhile.
@@ -634,27 +648,29 @@ class ProcessChannel(Channel[T]):
         # common case of Ring.push under the lock (kept in step with it: same
         # words, same order of stores): at a million items a second every Python
         # call and attribute lookup shows. Anything unusual goes to Ring.push.
-        if type(item) not in _BIG_TYPES:
+        t = type(item)
+        if t not in _BIG_TYPES:
             try:
                 data = _pdumps(item, 5)
             except Exception:
                 pass  # _put_other says why (or cloudpickles it)
             else:
                 n = len(data)
-                if n <= _SMALL_PAYLOAD:
+                # codec's rule, inlined: a pickle naming __main__ goes by value.
+                if n <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
                     m = self._p_ref
                     rc = _mutex_trylock_ref(m)
                     if rc:
                         self._lock_p(_deadline(timeout), rc)
                     try:
                         w = self._w
-                        size = (n + 47) & -32  # HEADER + n, aligned to ALIGN
-                        pos = w[8]  # _TAIL
+                        size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
+                        pos = w[TAIL]
                         if (
                             pos + size > self._limit
-                            or w[10]  # _WAIT_DATA: readers to wake, or R.CLOSED_FLAG
+                            or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
                             or n >= PACKED
-                            or (self.maxsize and w[9] - self._claimed_seen >= self.maxsize)
+                            or (self.maxsize and w[NRES] - self._claimed_seen >= self.maxsize)
                         ):
                             # Wrapping, perhaps full, readers asleep, longer or
                             # closed: the whole story.
@@ -665,20 +681,21 @@ class ProcessChannel(Channel[T]):
                         else:
                             (PACKERS[n] or make_packer(n))(
                                 self._b,
-                                4096 + (pos & self._mask),
+                                DATA_OFFSET + (pos & self._mask),
                                 _hdr_pickle,
                                 size | (n << 32),
                                 data,
                             )
-                            w[9] += 1  # _NRES
-                            w[8] = pos + size  # _TAIL: publishes the frame
-                            rc = 0  # no reader sleeps: _WAIT_DATA was 0, under our lock
+                            w[NRES] += 1
+                            w[TAIL] = pos + size  # publishes the frame
+                            rc = 0  # no reader sleeps: WAIT_DATA was 0, under our lock
                     finally:
                         _mutex_unlock_ref(m)
                     if rc:
                         self._put_done(rc, data, timeout)
                     return
-                _BIG_TYPES.add(type(item))  # big: its buffers go out of band
+                if n > _SMALL_PAYLOAD:
+                    _BIG_TYPES.add(t)  # big: its buffers go out of band
         self._put_other(item, timeout)
 
     def _put_done(self, rc: int, data: bytes, timeout: float | None) -> None:
@@ -706,7 +723,7 @@ class ProcessChannel(Channel[T]):
     def _set_limit(self) -> None:
         """A fresh look at the ring for put's fast path (P lock)."""
         w = self._w
-        tail = w[8]  # _TAIL
+        tail = w[TAIL]
         off = tail & self._mask
         if off < self._wrap:
             limit = tail - off + self._wrap  # Ring.push decides whether to wrap early
@@ -714,8 +731,8 @@ class ProcessChannel(Channel[T]):
             # Past that point with the readers behind: Ring.push looks again for
             # an empty ring every 1/64 of it (and at the end of the ring).
             limit = min(tail + (self._wrap >> 6), tail - off + self._cap)
-        self._limit = min(limit, w[16] + self._cap)  # _HEAD: the room the readers left
-        self._claimed_seen = w[18]  # _NCLAIM
+        self._limit = min(limit, w[HEAD] + self._cap)  # the room the readers left
+        self._claimed_seen = w[NCLAIM]
 
     def _put_other(self, item: T, timeout: float | None) -> None:
         """put() of an item that is big, raw bytes, or not picklable by pickle."""
@@ -937,22 +954,27 @@ class ProcessChannel(Channel[T]):
             self._lock_c(_deadline(timeout), rc)
         try:
             w = self._w
-            read = w[17]  # _READ
+            read = w[READ]
             if read >= self._tail_seen:
                 # Frames before a tail seen once stay published: while the reader
                 # is behind, it leaves the writers' cache line alone.
-                self._tail_seen = w[8]  # _TAIL
+                self._tail_seen = w[TAIL]
             if read != self._tail_seen:
-                start = 4096 + (read & self._mask)  # DATA_OFFSET
-                i = start >> 3
+                start = DATA_OFFSET + (read & self._mask)
+                i = start >> 3  # the frame's header words: w0 at i, w1 (size | length) at i + 1
                 sz = w[i + 1]
-                size = sz & 0xFFFFFFFF
+                size = sz & LOW32
                 # READY, kind 0, no buffers; small; no writer asleep; nothing claimed before it
-                if w[i] & 0xFFFFFFFF == 2 and size <= _SMALL_FRAME and not w[19] and w[16] == read:
-                    start += 16  # HEADER
+                if (
+                    w[i] & LOW32 == _READY_PICKLE
+                    and size <= _SMALL_FRAME
+                    and not w[WAIT_SPACE]
+                    and w[HEAD] == read
+                ):
+                    start += HEADER
                     r: bytes | tuple[int, bytes, int] | int = self._raw[start : start + (sz >> 32)]
-                    w[17] = w[16] = read + size  # _READ, then _HEAD
-                    w[18] += 1  # _NCLAIM
+                    w[READ] = w[HEAD] = read + size  # READ first, then HEAD
+                    w[NCLAIM] += 1
                 else:
                     r = self._pop(_pid)
             else:
@@ -1095,13 +1117,14 @@ class ProcessChannel(Channel[T]):
         pending: deque[tuple[int, bytes | memoryview]] = deque()
         append = pending.append
         for item in items:
-            if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
+            t = type(item)
+            if t not in _BIG_TYPES:  # the common case of _encode_any, inlined
                 try:
                     data = _pdumps(item, 5)
                 except Exception:
                     pass
                 else:
-                    if len(data) <= _SMALL_PAYLOAD:
+                    if len(data) <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
                         append((K_PICKLE, data))
                         continue
             kind, payload, bufs = _encode_any(item)

@@ -4,6 +4,11 @@ The fast path is the C pickler (protocol 5). cloudpickle is used only where it
 is needed: lambdas, closures, and anything defined in ``__main__`` (the worker
 has a different ``__main__``, so such objects must travel by value). Whatever
 fails to pickle is reported as :class:`SerializationError` naming the culprit.
+
+This is the one place that rule lives: tasks, process channels and FIFOs all
+pickle through it. A hot path that pickles by itself (a channel's put) keeps to
+it with :func:`by_reference`: a plain pickle that passes it is what
+:func:`dumps` would have returned.
 """
 
 from __future__ import annotations
@@ -17,8 +22,13 @@ from .._core.backend import fn_name
 from .._core.errors import RemoteError, RemoteTraceback, SerializationError
 
 __all__ = [
+    "ATOMS",
+    "MAIN_REF",
+    "PROTOCOL",
+    "by_reference",
     "describe",
     "dumps",
+    "dumps_buffers",
     "dumps_call",
     "dumps_exception",
     "loads",
@@ -26,7 +36,14 @@ __all__ = [
 ]
 
 PROTOCOL = 5
-_MAIN = b"__main__"
+#: A plain pickle holding these bytes names something in ``__main__`` (see
+#: :func:`by_reference`; a string that merely contains them costs a needless
+#: cloudpickle, never a wrong result).
+MAIN_REF = b"__main__"
+_MAIN = MAIN_REF
+#: Types whose plain pickle never refers to a module: a hot path may skip the
+#: :func:`by_reference` check for them.
+ATOMS: frozenset[type] = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
@@ -34,6 +51,13 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
 
     data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
     return data
+
+
+def by_reference(data: bytes) -> bool:
+    """Whether a plain pickle ``data`` may go to another process as it is: it names
+    nothing in ``__main__``, which is another module there. Otherwise :func:`dumps`
+    sends the object by value (cloudpickle)."""
+    return _MAIN not in data
 
 
 def dumps(obj: Any) -> bytes:
@@ -45,6 +69,24 @@ def dumps(obj: Any) -> bytes:
     if _MAIN in data:
         return _cloudpickle_dumps(obj)
     return data
+
+
+def dumps_buffers(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """:func:`dumps` with large buffers out of band (PEP 574): ``(pickle, buffers)``,
+    for :func:`loads` ``(pickle, buffers=...)``. Raises the pickler's own error."""
+    bufs: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=bufs.append)
+    except Exception:
+        pass
+    else:
+        if _MAIN not in data:
+            return data, bufs
+    import cloudpickle
+
+    bufs = []
+    data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=bufs.append)
+    return data, bufs
 
 
 # Functions pickled by reference, by the function object: a module-level function

@@ -43,7 +43,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pickle
 import select
 import stat
 import struct
@@ -55,6 +54,7 @@ from typing import Any
 from .._core.errors import ChannelClosed, SerializationError
 from .._core.timeouts import check_timeout
 from .._os import proc as _proc
+from .codec import dumps, loads
 
 __all__ = ["DEFAULT_MAX_FRAME", "FORMATS", "Fifo", "FifoReader", "FifoWriter"]
 
@@ -380,7 +380,7 @@ class FifoWriter:
             self._send_frame(_RAW, bytes(message), timeout)
         else:
             try:
-                data = pickle.dumps(message, 5)
+                data = dumps(message)
             except Exception as exc:
                 raise SerializationError(
                     f"cannot send {type(message).__qualname__} through a FIFO: {exc}"
@@ -614,7 +614,7 @@ class FifoReader:
         if kind == _RAW:
             return data
         try:
-            return pickle.loads(data)
+            return loads(data)
         except Exception as exc:
             raise SerializationError(
                 f"a message from the FIFO {self.path!r} could not be unpickled: {exc}"

@@ -51,10 +51,17 @@ __all__ = ["Ring"]
 
 MAGIC = 0x3130474E49525450  # b"PTRING01" little-endian
 
-# control words (u64 indexes)
+# control words (u64 indexes into Ring.words)
 _MAGIC, _CAP, _MAXSIZE, _OWNER, _CLOSED, _OWNER_START = 0, 1, 2, 3, 4, 5
-_TAIL, _NRES, _WAIT_DATA = 8, 9, 10
-_HEAD, _READ, _NCLAIM, _WAIT_SPACE = 16, 17, 18, 19
+#: Producer words (P lock): the tail position, frames reserved or written since
+#: the start, sleeping readers (| CLOSED_FLAG). Public, with the consumer words,
+#: for the channel's inlined fast paths (_ipc/channel.py), which must read and
+#: write exactly what Ring.push and Ring.pop do.
+TAIL, NRES, WAIT_DATA = 8, 9, 10
+#: Consumer words (C lock): the head (the oldest frame not yet released), the
+#: read position (the next frame to claim), frames claimed since the start,
+#: sleeping writers.
+HEAD, READ, NCLAIM, WAIT_SPACE = 16, 17, 18, 19
 
 P_MUTEX_OFFSET = 256
 C_MUTEX_OFFSET = 320
@@ -64,15 +71,19 @@ _DATA_SEQ_WORD = DATA_SEQ_OFFSET // 4
 _SPACE_SEQ_WORD = SPACE_SEQ_OFFSET // 4
 DATA_OFFSET = 4096
 
+#: A frame's header: two u64 words (w0: state | kind | buffers | pid; w1: size | payload length).
 HEADER = 16
+#: Frames start at multiples of this; a small frame of payload n takes
+#: ``(n + FRAME_ROUND) & -ALIGN`` bytes.
 ALIGN = 32
+FRAME_ROUND = HEADER + ALIGN - 1
 BUF_ALIGN = 64
 #: Frames up to this size are copied in and out while holding the lock.
 SMALL = 64 * 1024
 #: Offset past which a producer wraps early when the ring is empty (at most cap/8).
 WRAP_EARLY = 256 * 1024
 
-#: Set in the sleeping readers' count (_WAIT_DATA) by close: a writer tests that
+#: Set in the sleeping readers' count (WAIT_DATA) by close: a writer tests that
 #: word alone on its fast path (closed, or readers to wake: both go to push).
 CLOSED_FLAG = 1 << 62
 
@@ -98,10 +109,13 @@ BLOCKED = -2  # the oldest frame is still being written
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 31
 MAX_BUFFERS = 0xFFFF
-_LOW = 0xFFFFFFFF
+#: The low half of a header word: w0's state, kind and buffer count; w1's frame size
+#: (its high half is the pid, or the payload length).
+LOW32 = 0xFFFFFFFF
+_LOW = LOW32
 
 
-assert (_CLOSED, _TAIL, _NRES, _WAIT_DATA, _HEAD, _READ, _NCLAIM, _WAIT_SPACE) == (
+assert (_CLOSED, TAIL, NRES, WAIT_DATA, HEAD, READ, NCLAIM, WAIT_SPACE) == (
     4,
     8,
     9,
@@ -304,24 +318,24 @@ class Ring:
         if not self._w[_CLOSED]:
             self._w[_CLOSED] = reason
         # Also in the word a writer reads anyway: one test sends it off its fast path.
-        self._w[_WAIT_DATA] |= CLOSED_FLAG
+        self._w[WAIT_DATA] |= CLOSED_FLAG
 
     def items(self) -> int:
         """Frames reserved and not yet claimed (no lock needed: an estimate while others work)."""
-        n = self._w[_NRES] - self._w[_NCLAIM]
+        n = self._w[NRES] - self._w[NCLAIM]
         return n if 0 <= n < 1 << 62 else 0
 
     def empty_for_reader(self) -> bool:
         """No frame waits to be claimed (a lock-free hint: readers spin on it before sleeping)."""
-        return bool(self._w[_READ] == self._w[_TAIL])
+        return bool(self._w[READ] == self._w[TAIL])
 
     def not_empty_for_reader(self) -> bool:
         """A frame waits to be claimed (the opposite hint, for spinning without a lambda)."""
-        return bool(self._w[_READ] != self._w[_TAIL])
+        return bool(self._w[READ] != self._w[TAIL])
 
     def used(self) -> int:
         """Bytes between head and tail (no lock needed: an estimate)."""
-        return int(self._w[_TAIL] - self._w[_HEAD])
+        return int(self._w[TAIL] - self._w[HEAD])
 
     @property
     def data_seq(self) -> int:
@@ -342,22 +356,22 @@ class Ring:
         """Advance the data sequence (P lock); returns how many readers must be woken."""
         i = self._i
         i[_DATA_SEQ_WORD] = (i[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
-        n = int(self._w[_WAIT_DATA] & ~CLOSED_FLAG)
-        self._w[_WAIT_DATA] &= CLOSED_FLAG
+        n = int(self._w[WAIT_DATA] & ~CLOSED_FLAG)
+        self._w[WAIT_DATA] &= CLOSED_FLAG
         return n
 
     def bump_space(self) -> int:
         """Advance the space sequence (C lock); returns how many writers must be woken."""
         i = self._i
         i[_SPACE_SEQ_WORD] = (i[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
-        n = int(self._w[_WAIT_SPACE])
-        self._w[_WAIT_SPACE] = 0
+        n = int(self._w[WAIT_SPACE])
+        self._w[WAIT_SPACE] = 0
         return n
 
     def wake_writers(self) -> int:
         """Advance the space sequence if writers sleep (C lock); returns 1 if they must be woken."""
-        if self._w[_WAIT_SPACE]:
-            self._w[_WAIT_SPACE] = 0
+        if self._w[WAIT_SPACE]:
+            self._w[WAIT_SPACE] = 0
             i = self._i
             i[_SPACE_SEQ_WORD] = (i[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
             return 1
@@ -365,25 +379,25 @@ class Ring:
 
     def reader_sleeps(self) -> int:
         """Register a reader going to sleep (P lock); returns the data sequence to sleep on."""
-        self._w[_WAIT_DATA] += 1
+        self._w[WAIT_DATA] += 1
         return int(self._i[_DATA_SEQ_WORD])
 
     def reader_woke(self, seq: int) -> None:
         """A reader that slept on ``seq`` is up (P lock): withdraw its registration if unused."""
         w = self._w
-        if self._i[_DATA_SEQ_WORD] == seq and w[_WAIT_DATA] & ~CLOSED_FLAG:
-            w[_WAIT_DATA] -= 1
+        if self._i[_DATA_SEQ_WORD] == seq and w[WAIT_DATA] & ~CLOSED_FLAG:
+            w[WAIT_DATA] -= 1
 
     def writer_sleeps(self) -> int:
         """Register a writer going to sleep (C lock); returns the space sequence to sleep on."""
-        self._w[_WAIT_SPACE] += 1
+        self._w[WAIT_SPACE] += 1
         return int(self._i[_SPACE_SEQ_WORD])
 
     def writer_woke(self, seq: int) -> None:
         """A writer that slept on ``seq`` is up (C lock): withdraw its registration if unused."""
         w = self._w
-        if self._i[_SPACE_SEQ_WORD] == seq and w[_WAIT_SPACE]:
-            w[_WAIT_SPACE] -= 1
+        if self._i[_SPACE_SEQ_WORD] == seq and w[WAIT_SPACE]:
+            w[WAIT_SPACE] -= 1
 
     # ------------------------------------------------------------------ frames
 
@@ -421,7 +435,7 @@ class Ring:
         if size > cap >> 1:
             return TOO_BIG
         off = tail & self._mask
-        head = w[_HEAD]
+        head = w[HEAD]
         if off + size > cap or (off > self._wrap and head == tail and size <= off):
             # Wrap: the frame must be contiguous. (Also wrap early when the ring
             # is empty: a channel that keeps up then only touches its first
@@ -460,13 +474,13 @@ class Ring:
         w = self._w
         if w[4]:  # _CLOSED
             return CLOSED
-        if self._maxsize and w[9] - self._claimed_seen >= self._maxsize:  # _NRES - _NCLAIM
+        if self._maxsize and w[9] - self._claimed_seen >= self._maxsize:  # NRES - NCLAIM
             self._claimed_seen = w[18]
             if w[9] - self._claimed_seen >= self._maxsize:
                 return FULL
         n = len(data)
         size = (n + 47) & -32  # HEADER + n, aligned to ALIGN
-        pos = w[8]  # _TAIL
+        pos = w[8]  # TAIL
         off = pos & self._mask
         if off + size > self._wrap:
             # Near the end of the ring, or far enough in to wrap early if the
@@ -476,7 +490,7 @@ class Ring:
                 return pos  # FULL or TOO_BIG
             off = pos & self._mask
         elif pos + size - self._head_seen > self._cap:
-            self._head_seen = w[16]  # _HEAD
+            self._head_seen = w[16]  # HEAD
             if pos + size - self._head_seen > self._cap:
                 return FULL
         start = 4096 + off  # DATA_OFFSET
@@ -488,9 +502,9 @@ class Ring:
             i = start >> 3
             w[i + 1] = size | (n << 32)
             w[i] = hdr
-        w[9] += 1  # _NRES
-        w[8] = pos + size  # _TAIL: publishes the frame
-        if w[10]:  # _WAIT_DATA (not CLOSED_FLAG: the channel is open, we hold the P lock)
+        w[9] += 1  # NRES
+        w[8] = pos + size  # TAIL: publishes the frame
+        if w[10]:  # WAIT_DATA (not CLOSED_FLAG: the channel is open, we hold the P lock)
             w[10] = 0
             seqs = self._i
             seqs[_DATA_SEQ_WORD] = (seqs[_DATA_SEQ_WORD] + 1) & 0x7FFFFFFF
@@ -508,9 +522,9 @@ class Ring:
         w = self._w
         if w[_CLOSED]:
             return CLOSED
-        if self._maxsize and w[_NRES] - w[_NCLAIM] >= self._maxsize:
+        if self._maxsize and w[NRES] - w[NCLAIM] >= self._maxsize:
             return FULL
-        tail = w[_TAIL]
+        tail = w[TAIL]
         size = self.frame_size(payload_len, buf_lens)
         if not self.fits(size):
             raise ValueError(f"a frame of {size} bytes does not fit a ring of {self._cap} bytes")
@@ -523,8 +537,8 @@ class Ring:
             w[i + 2 + k] = n
         w[i + 1] = size | (payload_len << 32)
         w[i] = WRITING | (kind << 8) | (len(buf_lens) << 16) | (pid << 32)
-        w[_NRES] += 1
-        w[_TAIL] = pos + size
+        w[NRES] += 1
+        w[TAIL] = pos + size
         return pos
 
     def commit(self, pos: int) -> None:
@@ -536,8 +550,8 @@ class Ring:
     def reader_at_head(self) -> tuple[int, int] | None:
         """(position, pid) of a claimed frame holding the ring's head back, if any (C lock)."""
         w = self._w
-        head = w[_HEAD]
-        if head == w[_READ]:
+        head = w[HEAD]
+        if head == w[READ]:
             return None
         h = w[(DATA_OFFSET + (head & self._mask)) >> 3]
         if h & 0xFF == READING:
@@ -599,8 +613,8 @@ class Ring:
         """
         # The hot path of every get: word indexes written out, as in put_small.
         w = self._w
-        read = w[17]  # _READ
-        tail = w[8]  # _TAIL
+        read = w[17]  # READ
+        tail = w[8]  # TAIL
         while read != tail:
             start = 4096 + (read & self._mask)  # DATA_OFFSET
             i = start >> 3
@@ -610,13 +624,13 @@ class Ring:
             if h & 0xFFFF00FF == 2 and size <= SMALL:  # READY, no buffers
                 data = self._raw[start + 16 : start + 16 + (sz >> 32)]  # HEADER
                 w[17] = read + size
-                w[18] += 1  # _NCLAIM
-                if w[16] == read:  # _HEAD
+                w[18] += 1  # NCLAIM
+                if w[16] == read:  # HEAD
                     w[16] = read + size
                 else:
                     w[i] = (h & ~0xFF) | DONE
                     self._advance_head()
-                if w[19]:  # _WAIT_SPACE
+                if w[19]:  # WAIT_SPACE
                     w[19] = 0
                     seqs = self._i
                     seqs[_SPACE_SEQ_WORD] = (seqs[_SPACE_SEQ_WORD] + 1) & 0x7FFFFFFF
@@ -625,16 +639,16 @@ class Ring:
             state = h & 0xFF
             if state == READY:
                 w[i] = (h & _LOW & ~0xFF) | READING | (pid << 32)
-                w[_READ] = read + size
-                w[_NCLAIM] += 1
+                w[READ] = read + size
+                w[NCLAIM] += 1
                 return int(read)
             if state == WRITING:
                 return BLOCKED
             # PAD (or a frame abandoned by a dead writer): skip it.
-            if w[_HEAD] == read:
-                w[_HEAD] = read + size
+            if w[HEAD] == read:
+                w[HEAD] = read + size
             read += size
-            w[_READ] = read
+            w[READ] = read
         return EMPTY
 
     def pop(self, pid: int) -> bytes | tuple[int, bytes, int] | int:
@@ -644,18 +658,18 @@ class Ring:
         no writer needs waking, else whatever :meth:`take` returns.
         """
         w = self._w
-        read = w[17]  # _READ
-        if read != w[8]:  # _TAIL
+        read = w[17]  # READ
+        if read != w[8]:  # TAIL
             start = 4096 + (read & self._mask)  # DATA_OFFSET
             i = start >> 3
             sz = w[i + 1]
             size = sz & 0xFFFFFFFF
             # READY, kind 0, no buffers (the pid is in the high half), copied under the lock
-            if w[i] & 0xFFFFFFFF == 2 and size <= SMALL and not w[19]:  # _WAIT_SPACE
+            if w[i] & 0xFFFFFFFF == 2 and size <= SMALL and not w[19]:  # WAIT_SPACE
                 data = self._raw[start + 16 : start + 16 + (sz >> 32)]  # HEADER
                 w[17] = read + size
-                w[18] += 1  # _NCLAIM
-                if w[16] == read:  # _HEAD
+                w[18] += 1  # NCLAIM
+                if w[16] == read:  # HEAD
                     w[16] = read + size
                 else:
                     w[i] = (w[i] & ~0xFF) | DONE
@@ -672,9 +686,9 @@ class Ring:
         w = self._w
         raw = self._raw
         mask = self._mask
-        read = w[_READ]
-        tail = w[_TAIL]
-        head_was_read = w[_HEAD] == read
+        read = w[READ]
+        tail = w[TAIL]
+        head_was_read = w[HEAD] == read
         claimed = 0
         while read != tail and len(out) < limit:
             start = DATA_OFFSET + (read & mask)
@@ -693,10 +707,10 @@ class Ring:
                 read += size
             else:
                 break
-        w[_READ] = read
-        w[_NCLAIM] += claimed
+        w[READ] = read
+        w[NCLAIM] += claimed
         if head_was_read:
-            w[_HEAD] = read
+            w[HEAD] = read
         else:
             self._advance_head()
         return out
@@ -708,22 +722,22 @@ class Ring:
         at once rather than when a reader next comes by.
         """
         w = self._w
-        read = w[_READ]
-        while read != w[_TAIL]:
+        read = w[READ]
+        while read != w[TAIL]:
             i = (DATA_OFFSET + (read & self._mask)) >> 3
             if w[i] & 0xFF != PAD:
                 return
-            head_was_read = w[_HEAD] == read
+            head_was_read = w[HEAD] == read
             read += w[i + 1] & _LOW
-            w[_READ] = read
+            w[READ] = read
             if head_was_read:
-                w[_HEAD] = read
+                w[HEAD] = read
 
     def writer_at_read(self) -> tuple[int, int] | None:
         """(position, pid) of the unfinished frame readers wait for, if any (C lock)."""
         w = self._w
-        read = w[_READ]
-        if read == w[_TAIL]:
+        read = w[READ]
+        if read == w[TAIL]:
             return None
         h = w[(DATA_OFFSET + (read & self._mask)) >> 3]
         if h & 0xFF == WRITING:
@@ -736,15 +750,15 @@ class Ring:
         Returns False if the frame is no longer that writer's unfinished frame.
         """
         w = self._w
-        if w[_READ] != pos:
+        if w[READ] != pos:
             return False
         i = (DATA_OFFSET + (pos & self._mask)) >> 3
         h = w[i]
         if h & 0xFF != WRITING or h >> 32 != pid:
             return False
         w[i] = (h & ~0xFF) | DONE
-        w[_READ] = pos + (w[i + 1] & _LOW)
-        w[_NCLAIM] += 1
+        w[READ] = pos + (w[i + 1] & _LOW)
+        w[NCLAIM] += 1
         self._advance_head()
         return True
 
@@ -757,35 +771,15 @@ class Ring:
 
     def _advance_head(self) -> None:
         w = self._w
-        head = w[_HEAD]
-        read = w[_READ]
+        head = w[HEAD]
+        read = w[READ]
         mask = self._mask
         while head < read:
             i = (DATA_OFFSET + (head & mask)) >> 3
             if w[i] & 0xFF == READING:
                 break
             head += w[i + 1] & _LOW
-        w[_HEAD] = head
-
-    def unread(self) -> list[tuple[int, bytes]]:
-        """(kind, payload) of every READY frame without buffers not yet claimed (C lock)."""
-        w = self._w
-        out = []
-        pos, tail = w[_READ], w[_TAIL]
-        while pos < tail:
-            start = DATA_OFFSET + (pos & self._mask)
-            i = start >> 3
-            h = w[i]
-            size = w[i + 1] & _LOW
-            n = w[i + 1] >> 32
-            if size == 0:
-                break
-            if h & 0xFF == READY and not h & 0xFFFF0000:
-                out.append((int((h >> 8) & 0xFF), self._raw[start + HEADER : start + HEADER + n]))
-            pos += size
-        return out
-
-    # ------------------------------------------------------------------ repair (both locks)
+        w[HEAD] = head
 
     def recount(self, alive: Callable[[int], bool]) -> None:
         """Make the counters agree with the frames again (both locks held).
@@ -796,7 +790,7 @@ class Ring:
         """
         w = self._w
         mask = self._mask
-        head, read, tail = w[_HEAD], w[_READ], w[_TAIL]
+        head, read, tail = w[HEAD], w[READ], w[TAIL]
         if not head <= read <= tail or tail - head > self._cap:
             raise RuntimeError(
                 f"polytask channel ring is corrupt (head={head}, read={read}, tail={tail})"
@@ -814,7 +808,7 @@ class Ring:
             if state in (WRITING, READY):
                 pending += 1
             pos += size
-        w[_NRES] = w[_NCLAIM] + pending
+        w[NRES] = w[NCLAIM] + pending
         pos = head
         while pos < read:
             i = (DATA_OFFSET + (pos & mask)) >> 3

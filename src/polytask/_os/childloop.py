@@ -12,7 +12,8 @@ programs through :class:`ProcessLoop`::
       - output: appended to the child, or handed to its on_output callback
       - pidfd readable: waitpid the leader, SIGKILL what is left of its group
         (nothing outlives its job), unguard, drain the pipes (bounded), finish
-      - deadline: SIGTERM the group; grace later: SIGKILL, reap
+      - deadline: SIGTERM the group; grace later: SIGKILL, reap (the kill policy's
+        non-blocking form, _os.proc.Ending, driven by this loop's timers)
 
 Both pipes are read as data arrives, so a program that fills both never
 blocks; waits are poll() with the next timer as its timeout, never a sleep.
@@ -54,13 +55,16 @@ from typing import Any
 
 from .proc import (
     DEFAULT_GRACE,
+    Ending,
+    end_now,
     end_trees,
     forget_job,
     guard,
+    kill_group,
     new_job,
+    release_group,
     start_in_group,
     tree_marker,
-    unguard,
 )
 
 __all__ = ["Child", "ProcessLoop"]
@@ -108,13 +112,6 @@ def which(name: str, path: str) -> str | None:
     return None
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _waitpid(pid: int) -> int:
     """Reap ``pid`` (blocking) and return its status as Popen's returncode."""
     try:
@@ -131,13 +128,6 @@ def _memory_files() -> tuple[int, int]:
     except BaseException:
         os.close(out)
         raise
-
-
-def _end_unadopted(pid: int) -> None:
-    """End a program that started but never joined a loop: SIGKILL its group, reap, unguard."""
-    _killpg(pid, signal.SIGKILL)
-    _waitpid(pid)
-    unguard(pid)
 
 
 # --------------------------------------------------------------------------- posix_spawn
@@ -285,11 +275,11 @@ class Child:
         "done",
         "drain_until",
         "ended",
+        "ending",
         "exited",
         "fds",
         "files",
         "job",
-        "kill_at",
         "killed",
         "nbytes",
         "on_output",
@@ -322,7 +312,7 @@ class Child:
         self.started_wall = started_wall
         self.ended: float | None = None
         self.deadline: float | None = None
-        self.kill_at: float | None = None
+        self.ending: Ending | None = None  # set when the loop starts ending it
         self.drain_until: float | None = None
         self.exited = False
         self.done = False
@@ -338,6 +328,11 @@ class Child:
         self._stdin_fd = -1
         self._stdin_data = b""
         self._stdin_pos = 0
+
+    @property
+    def kill_at(self) -> float | None:
+        """When the loop SIGKILLs it if it is still running (None: not being ended)."""
+        return None if self.ending is None else self.ending.kill_at
 
     @property
     def duration(self) -> float:
@@ -426,7 +421,7 @@ class _Start:
                     guard(pid.value)
                 except BaseException:
                     if pid.value > 0:  # started, but cannot be watched: end it now
-                        _killpg(pid.value, signal.SIGKILL)
+                        kill_group(pid.value)
                         _waitpid(pid.value)
                     raise
                 self.pid = pid.value
@@ -658,7 +653,7 @@ class ProcessLoop:
             os.close(out)
             os.close(err)
             if pid.value > 0:  # started, but cannot be watched: end it now
-                _end_unadopted(pid.value)
+                end_now(pid.value)
             raise
         if timeout is not None:
             self.set_deadline(child, started + timeout)
@@ -821,11 +816,9 @@ class ProcessLoop:
         return child
 
     def _end_unadopted(self, child: Child) -> None:
-        _killpg(child.pid, signal.SIGKILL)
-        child.returncode = _waitpid(child.pid)
+        child.returncode = end_now(child.pid)
         if child.proc is not None:
             child.proc.returncode = child.returncode
-        unguard(child.pid)
 
     def _started(self) -> bool:
         """Adopt what the starter threads started; True if anything came."""
@@ -880,13 +873,13 @@ class ProcessLoop:
     # ------------------------------------------------------------------ ending
 
     def terminate(self, child: Child) -> None:
-        """Start ending ``child``'s tree: SIGTERM now, SIGKILL after the grace (non-blocking)."""
-        if child.exited or child.kill_at is not None:
+        """Start ending ``child``'s tree (non-blocking): SIGTERM now, SIGKILL when the
+        grace is over (:class:`~polytask._os.proc.Ending`, driven by this loop's timers)."""
+        if child.exited or child.ending is not None:
             return
         child.killed = True
-        _killpg(child.pid, signal.SIGTERM)
-        child.kill_at = time.monotonic() + self.grace
-        self._arm(child, child.kill_at)
+        child.ending = Ending(child.pid, self.grace)
+        self._arm(child, child.ending.kill_at)
 
     def kill_all(self) -> None:
         """End every program still running (SIGTERM, grace, SIGKILL) and wait until all finished."""
@@ -923,7 +916,7 @@ class ProcessLoop:
                 for start in starters.collect():
                     start.close_all()
                     if start.error is None:
-                        _end_unadopted(start.pid)
+                        end_now(start.pid)
                         if start.proc is not None:
                             start.proc.returncode = -signal.SIGKILL
                 starters.close()
@@ -1034,8 +1027,8 @@ class ProcessLoop:
             if child.done:
                 continue
             if not child.exited:
-                if child.kill_at is not None:
-                    if now >= child.kill_at:
+                if child.ending is not None:
+                    if child.ending.step(now):
                         self._reap_now(child)
                 elif child.deadline is not None and now >= child.deadline:
                     child.timed_out = True
@@ -1091,7 +1084,10 @@ class ProcessLoop:
     def _reap_now(self, child: Child) -> None:
         """The end of the kill policy (its grace is over, or there is none): SIGKILL, reap."""
         if not child.exited:
-            _killpg(child.pid, signal.SIGKILL)
+            if child.ending is not None:
+                child.ending.kill()
+            else:
+                kill_group(child.pid)
             self._reaped(child, _waitpid(child.pid))
 
     def _reaped(self, child: Child, returncode: int) -> None:
@@ -1099,10 +1095,8 @@ class ProcessLoop:
         if child.proc is not None:
             child.proc.returncode = returncode
         # The leader is reaped: end what is left of its group (nothing outlives
-        # its job), then release the group from the guardian (not before: its
-        # number could be reused).
-        _killpg(child.pid, signal.SIGKILL)
-        unguard(child.pid)
+        # its job) and release it from the guardian.
+        release_group(child.pid)
         self._ended_jobs.append((child.job, child.pid))
         child.exited = True
         child.ended = time.monotonic()

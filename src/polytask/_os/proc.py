@@ -12,8 +12,11 @@ goes through this module:
   registered group: SIGTERM, a grace period, SIGKILL. This covers what
   PR_SET_PDEATHSIG cannot: programs we exec (no Python of ours runs in them)
   and the grandchildren of workers;
-- the kill policy (SIGTERM, grace, SIGKILL, reap) is one function,
-  :func:`terminate`, with the grace as a parameter;
+- the kill policy (SIGTERM, grace, SIGKILL, reap, then SIGKILL what stayed in
+  the group) lives here only: :func:`terminate` blocks, :class:`Ending` is the
+  same sequence for a caller that waits in its own loop (the program loop, the
+  process backend's timer, the supervisor), :func:`kill_group` and
+  :func:`end_now` are the no-grace forms, :func:`release_group` its last step;
 - waits use a pidfd (no PID-reuse race, no sleep loop).
 
 ::
@@ -51,9 +54,11 @@ from . import guardian as _guardian_mod
 
 __all__ = [
     "DEFAULT_GRACE",
+    "Ending",
     "at_shutdown",
     "become_subreaper",
     "children",
+    "end_now",
     "end_processes",
     "end_trees",
     "find_marked",
@@ -64,15 +69,18 @@ __all__ = [
     "guard_path",
     "guard_pid",
     "guard_prefix",
+    "kill_group",
     "new_job",
     "owner_key",
     "pid_state",
     "python_command",
     "reap_strays",
+    "release_group",
     "remember_job",
     "restore_env",
     "set_child_subreaper",
     "set_pdeathsig",
+    "signal_group",
     "start_in_group",
     "stray_children",
     "terminate",
@@ -454,12 +462,88 @@ def _reap(proc: subprocess.Popen[Any], timeout: float | None) -> int | None:
     return proc.poll()
 
 
-def _killpg(pgid: int, sig: int) -> bool:
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if nothing of it is left (or not ours)."""
     try:
         os.killpg(pgid, sig)
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def _signal_one(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class Ending:
+    """The kill policy without blocking, for code that waits in its own loop.
+
+    Made: SIGTERM to the group ``pgid`` (or, without ``group``, the one process)
+    now, and :attr:`kill_at`, the monotonic time at which the grace is over.
+    The owner's loop wakes at ``kill_at`` and calls :meth:`step`, which sends
+    SIGKILL once the grace is over; :meth:`kill` cuts the grace short. Either
+    way the owner reaps the leader itself (its pidfd, its waitpid) and then
+    calls :func:`release_group`. :func:`terminate` is the blocking form.
+    """
+
+    __slots__ = ("group", "kill_at", "killed", "pgid")
+
+    def __init__(
+        self,
+        pgid: int,
+        grace: float = DEFAULT_GRACE,
+        *,
+        group: bool = True,
+        now: float | None = None,
+    ) -> None:
+        self.pgid = pgid
+        self.group = group
+        self.killed = False
+        (signal_group if group else _signal_one)(pgid, signal.SIGTERM)
+        self.kill_at = (time.monotonic() if now is None else now) + grace
+
+    def step(self, now: float) -> bool:
+        """SIGKILL if the grace is over at ``now``; True once SIGKILL was sent."""
+        if not self.killed and now >= self.kill_at:
+            self.kill()
+        return self.killed
+
+    def kill(self) -> None:
+        """End the grace now: SIGKILL (once)."""
+        if not self.killed:
+            self.killed = True
+            (signal_group if self.group else _signal_one)(self.pgid, signal.SIGKILL)
+
+
+def kill_group(pgid: int) -> bool:
+    """The kill policy with no grace: SIGKILL the group ``pgid`` (the caller reaps)."""
+    return signal_group(pgid, signal.SIGKILL)
+
+
+def release_group(pgid: int) -> None:
+    """The end of the kill policy, once the group's leader is reaped: SIGKILL what
+    stayed in the group (descendants that ignored SIGTERM, or outlived a leader
+    that exited on its own), then stop guarding it (not before: after the reap
+    its number could be reused, so it is unguarded last)."""
+    signal_group(pgid, signal.SIGKILL)
+    unguard(pgid)
+
+
+def end_now(pid: int) -> int:
+    """End a group leader of ours (no Popen: posix_spawn'ed or forked) at once:
+    SIGKILL its group, reap it, :func:`release_group`. Returns its status as
+    Popen's returncode (0 if something else reaped it)."""
+    kill_group(pid)
+    try:
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): 0, as Popen says
+        code = 0
+    release_group(pid)
+    return code
 
 
 def terminate(
@@ -470,34 +554,26 @@ def terminate(
 ) -> int:
     """End ``proc`` and (with ``group``) its whole process group, and reap it.
 
-    The one kill policy of polytask: SIGTERM, up to ``grace`` seconds for a
-    clean exit, then SIGKILL; the leader is reaped before this returns and the
-    group is sent SIGKILL once more so that descendants that ignored SIGTERM do
-    not outlive it; descendants that left the group (a daemon's setsid) are
-    found by their job's mark (:func:`end_trees`). Returns the exit status
-    (negative for a signal).
+    The one kill policy of polytask, blocking (:class:`Ending` is the same
+    policy for a caller that waits in its own loop): SIGTERM, up to ``grace``
+    seconds for a clean exit, then SIGKILL; the leader is reaped before this
+    returns and the group is sent SIGKILL once more so that descendants that
+    ignored SIGTERM do not outlive it (:func:`release_group`); descendants that
+    left the group (a daemon's setsid) are found by their job's mark
+    (:func:`end_trees`). Returns the exit status (negative for a signal).
     """
     pgid = proc.pid
     if proc.returncode is None:
-        if group:
-            _killpg(pgid, signal.SIGTERM)
-        else:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:  # pragma: no cover - already reaped elsewhere
-                pass
+        ending = Ending(pgid, grace, group=group)
         code = _reap(proc, grace) if grace > 0 else proc.poll()
         if code is None:
-            if group:
-                _killpg(pgid, signal.SIGKILL)
-            else:
-                proc.kill()
+            ending.kill()
             code = _reap(proc, None)
         assert code is not None
     if group:
-        # Descendants that stayed in the group may still run after the leader exited.
-        _killpg(pgid, signal.SIGKILL)
-    unguard(pgid)
+        release_group(pgid)
+    else:
+        unguard(pgid)
     job = forget_job(pgid)
     if job is not None:  # and those that left the group (setsid, daemons)
         end_trees([job], grace, first_pid=pgid)

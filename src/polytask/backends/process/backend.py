@@ -16,6 +16,7 @@
     launcher thread:  starts every worker, so PR_SET_PDEATHSIG is tied to a thread
               that lives as long as this process (it fires when the *thread* exits)
     timer thread:     a task's timeout -> SIGTERM its worker's group, grace, SIGKILL
+                      (_os.proc.Ending: the one kill policy, driven by this timer)
 
 A worker that dies fails only the task it held (:class:`WorkerCrashed`, with the
 exit code or signal); a task past its timeout or cancelled while running has its
@@ -52,7 +53,7 @@ from ..._core.timer import call_later
 from ..._ipc.codec import dumps, dumps_call, loads_exception
 from ..._ipc.spin import SPIN_MAX, after_sleep
 from ..._os import proc as _proc
-from ..._os.proc import guard, unguard, usable_cpus
+from ..._os.proc import guard, usable_cpus
 from . import wire as _wire
 
 __all__ = ["ProcessBackend"]
@@ -250,7 +251,6 @@ class ProcessBackend(Backend):
                     f"the initializer {initializer!r} or its initargs cannot be pickled for "
                     f"the worker processes: {type(exc).__name__}: {exc}"
                 ) from exc
-        self._init_frame = b""
         self._init_config: dict[str, Any] = {"initializer": init}
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
@@ -271,7 +271,6 @@ class ProcessBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._collector: threading.Thread | None = None
         self._stopping = False
-        self._start_error: BaseException | None = None
         self._broken: BaseException | None = None  # see _break
         self._broken_why = ""
         # The caller's spin budget (see _read_for) and the token one spinner holds.
@@ -648,14 +647,10 @@ class ProcessBackend(Backend):
             from ..._os.proc import wait_pid
 
             if not wait_pid(w.pid, 5.0):
-                os.killpg(w.pid, signal.SIGKILL)
+                _proc.kill_group(w.pid)
                 wait_pid(w.pid, None)
             code = w.proc.poll()
-        try:
-            os.killpg(w.pid, signal.SIGKILL)  # descendants left in its group
-        except OSError:
-            pass
-        unguard(w.pid)
+        _proc.release_group(w.pid)  # descendants left in its group
         job = _proc.forget_job(w.pid)
         if job is not None and (code != 0 or w.kill_exc is not None):
             # Killed or crashed mid-task: what its task started and that left the
@@ -700,19 +695,15 @@ class ProcessBackend(Backend):
             if task is not None and (w.task is not task or task._is_done()):
                 return  # it finished, and w may already run the next task
             w.kill_exc = exc
-        try:
-            os.killpg(w.pid, signal.SIGTERM)
-        except OSError:
-            pass
+        # The kill policy's non-blocking form; the timer thread ends the grace, and
+        # the collector reaps the worker when its pidfd says it exited (_on_death).
+        ending = _proc.Ending(w.pid, self._grace)
 
         def hard_kill() -> None:
             if not w.dead:
-                try:
-                    os.killpg(w.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                ending.step(time.monotonic())
 
-        call_later(self._grace, hard_kill)
+        call_later(max(0.0, ending.kill_at - time.monotonic()), hard_kill)
 
     def _on_timeout(self, w: _Worker, task: Task[Any]) -> None:
         if w.task is not task or task._is_done():
@@ -960,10 +951,7 @@ class ProcessBackend(Backend):
                     w.task = None
         _report(f"the process backend {why}; its {len(tasks)} task(s) fail", exc)
         for w in workers:
-            try:
-                os.killpg(w.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _proc.kill_group(w.pid)
         for t in tasks:
             if not t._is_done():
                 t._finish(exc=self._broken_error(t))
@@ -1024,10 +1012,7 @@ class ProcessBackend(Backend):
             if w.dead:
                 continue
             if not wait_pid(w.pid, max(0.0, deadline - time.monotonic())):
-                try:
-                    os.killpg(w.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                _proc.kill_group(w.pid)
                 wait_pid(w.pid, 5.0)
             with w.rlock:
                 w.eof = True

@@ -34,7 +34,7 @@ RESPONSE: Final = struct.Struct("<QBI")
 K_RUN: Final = 1  # the function travels by value: unpickle it every time
 K_RUN_REF: Final = 4  # the function travels by reference: the worker may cache it
 K_INIT: Final = 2
-K_EXIT: Final = 3
+# (3 was K_EXIT: a worker exits when its request pipe closes, so none is sent.)
 
 #: Or-ed into a request's kind: after this task's result, poll for the next
 #: request for a short while before sleeping in read (see _worker.serve). The
@@ -86,11 +86,6 @@ class FrameDecoder:
         # Where the body length is in the header tuple: the sum of fields 2.. for
         # a request (fn length + payload length), field 2 for a response.
         self._lengths = slice(2, None)
-
-    @property
-    def pending(self) -> int:
-        """Bytes received that do not yet make a whole frame."""
-        return len(self._buf)
 
     def feed(self, data: bytes) -> list[tuple[tuple[int, ...], bytes]]:
         buf = self._buf

@@ -158,8 +158,6 @@ def serve(rfd: int, wfd: int) -> None:
             task_id, kind, fn_len, _ = header
             spin = bool(kind & _wire.F_SPIN)
             kind &= ~_wire.F_SPIN
-            if kind == _wire.K_EXIT:
-                return
             if kind == _wire.K_INIT:
                 _init(loads(body), wfd, me)
                 continue
