@@ -652,3 +652,11 @@ def test_a_worker_frees_the_arguments_once_its_task_is_done(tmp_path, how):
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert marker.exists()  # before the pool (and its worker) ended
+
+
+def test_workers_keyword_is_the_same_as_processes() -> None:
+    # pt.Pool(workers=N) was polytask's spelling before the multiprocessing surface.
+    with pt.Pool(workers=1, backend="thread") as pool:
+        assert pool.workers == 1 and pool.map(abs, [-1, -2]) == [1, 2]
+    with pytest.raises(TypeError, match="not both"):
+        pt.Pool(2, workers=2, backend="thread")

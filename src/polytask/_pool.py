@@ -1036,6 +1036,7 @@ class Pool(PrimitiveFactory):
 
     Args:
         processes: how many tasks run at once (None: the usable CPU count).
+        workers: the same, by polytask's name (``Pool(workers=4)``); give one of them.
         initializer, initargs: run ``initializer(*initargs)`` once in each worker
             (process or thread) before its first task; module globals it sets stay
             for every later task there.
@@ -1075,6 +1076,7 @@ class Pool(PrimitiveFactory):
         maxtasksperchild: int | None = None,
         context: Any = None,
         *,
+        workers: int | None = None,
         backend: str = "process",
         timeout: float | None = None,
         retries: int = 0,
@@ -1087,6 +1089,11 @@ class Pool(PrimitiveFactory):
         start_method: str | None = None,
         **backend_options: Any,
     ) -> None:
+        if workers is not None:
+            # polytask's own name for it (processes= is multiprocessing's).
+            if processes is not None:
+                raise TypeError("give processes= or workers=, not both (they are the same)")
+            processes = workers
         workers = usable_cpus() if processes is None else processes
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(
