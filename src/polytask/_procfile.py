@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from ._core.errors import ProcfileError
+from ._core.errors import BackendUnavailable, ProcfileError
 
 __all__ = [
     "DEFAULT_BASE_PORT",
@@ -404,8 +404,6 @@ def parse_env(
     try:
         from dotenv.parser import parse_stream
     except ImportError as exc:  # pragma: no cover - python-dotenv is a dependency
-        from ._core.errors import BackendUnavailable
-
         raise BackendUnavailable(
             "reading an env file needs python-dotenv: pip install python-dotenv"
         ) from exc

@@ -64,6 +64,7 @@ from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
+from . import shm as _shm
 from .codec import ATOMS, MAIN_REF, dumps_buffers
 from .codec import dumps as _codec_dumps
 from .codec import loads as _codec_loads
@@ -342,8 +343,6 @@ def _channel_of(spill_name: str) -> str:
 
 def _adopt(seg: Segment) -> None:
     """Take a new spill out of the exit-time unlinking of owned segments (it stays guarded)."""
-    from . import shm as _shm
-
     global _spill_hook
     with _shm._owned_lock:
         _shm._owned.pop(seg.path, None)

@@ -53,7 +53,7 @@ from ..._core.timer import call_later
 from ..._ipc.codec import dumps, dumps_call, loads_exception
 from ..._ipc.spin import SPIN_MAX, after_sleep
 from ..._os import proc as _proc
-from ..._os.proc import guard, usable_cpus
+from ..._os.proc import guard, usable_cpus, wait_pid
 from . import wire as _wire
 
 __all__ = ["ProcessBackend"]
@@ -644,8 +644,6 @@ class ProcessBackend(Backend):
         code = w.proc.poll()
         if code is None:
             # EOF came first; the exit follows within moments.
-            from ..._os.proc import wait_pid
-
             if not wait_pid(w.pid, 5.0):
                 _proc.kill_group(w.pid)
                 wait_pid(w.pid, None)
@@ -1006,8 +1004,6 @@ class ProcessBackend(Backend):
         for w in idle:
             self._retire(w)
         deadline = time.monotonic() + 5.0
-        from ..._os.proc import wait_pid
-
         for w in workers:
             if w.dead:
                 continue

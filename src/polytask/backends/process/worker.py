@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ..._core.task import CurrentTask, _set_current
 from ..._ipc.codec import describe, dumps, dumps_exception
 from ..._ipc.spin import SPIN_MAX, after_sleep
 from ..._os import proc as _proc
+from ..._os.guardian import set_comm
 from . import wire as _wire
 
 __all__ = ["FORKED_CHILD_EXIT", "main", "retire_after_task", "serve"]
@@ -129,8 +131,6 @@ _strays = _Strays()
 
 def serve(rfd: int, wfd: int) -> None:
     """Serve tasks until the request pipe closes or an exit frame arrives."""
-    from ..._core.task import CurrentTask, _set_current
-
     decoder = _wire.FrameDecoder(_wire.REQUEST)
     fn_cache: dict[bytes, Callable[..., Any]] = {}
     loads = pickle.loads
@@ -282,8 +282,6 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 def main() -> None:
     """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
     rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
-    from ..._os.guardian import set_comm
-
     set_comm("polytask-worker")
     _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
     _strays.activate()
