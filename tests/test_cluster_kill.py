@@ -150,3 +150,14 @@ def test_pool_timeout_kills_a_chunk(engine: str, tmp_path: Path) -> None:
         assert pool.map(abs, [-1, -2]) == [1, 2]
     time.sleep(3.0)
     assert not (tmp_path / "m").exists()
+
+
+def set_event(ev: Any) -> bool:
+    ev.set()
+    return True
+
+
+def test_a_task_in_a_child_uses_the_cluster_primitives(killable: Any) -> None:
+    ev = killable.primitive("Event")
+    assert pt.spawn(set_event, ev, backend=killable).result(timeout=120) is True
+    assert ev.is_set()

@@ -40,7 +40,7 @@ from ..._core.errors import WorkerCrashed
 from ..._ipc.codec import PROTOCOL, dumps_exception
 from .base import Outcome, run_pickled
 
-__all__ = ["CHILD_ADDRESS_ENV", "run_killable"]
+__all__ = ["CHILD_ADDRESS_ENV", "child_of", "run_killable"]
 
 #: ``engine:address`` of the cluster, in a child's environment: a backend made in
 #: the child (for a primitive it was given) joins that cluster instead of starting one.
@@ -49,6 +49,12 @@ CHILD_ADDRESS_ENV = "POLYTASK_CLUSTER_CHILD_OF"
 _POLL = 0.1
 _GRACE = 0.5
 _CHILD_CODE = "from polytask.backends.cluster.child import _child_main; _child_main()"
+
+
+def child_of(engine: str) -> str | None:
+    """The cluster's address when this process is a task's child on ``engine``, else None."""
+    kind, _, address = os.environ.get(CHILD_ADDRESS_ENV, "").partition(":")
+    return address if kind == engine and address else None
 
 
 def _crashed(name: str, engine: str, code: int) -> Outcome:
@@ -153,6 +159,12 @@ def _child_main() -> None:
     saved, path, fn_bytes, by_ref, payload = pickle.loads(data)
     restore_env(saved)
     sys.path[:] = path
+    if child_of("ray") and b"ray.actor" in payload:
+        # A Ray actor handle (a cluster primitive's) unpickles only in a connected
+        # process: join the cluster the task runs on first.
+        from .. import get_backend
+
+        get_backend("ray")
     outcome = run_pickled(fn_bytes, by_ref, payload)
     blob = pickle.dumps(outcome, PROTOCOL)
     with os.fdopen(out_w, "wb", closefd=True) as f:

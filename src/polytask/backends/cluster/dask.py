@@ -18,10 +18,13 @@ does; used, never closed); inside a task on a Dask worker, that worker's client
 ``max_workers`` worker processes with one thread each, started here and closed
 at shutdown.
 
-What Dask cannot do: stop a task that is already running. A cancelled or
-timed-out task fails at once for its caller (:class:`Cancelled`,
-:class:`TaskTimeout`) and Dask releases it, but the function runs on to its end
-on its worker and its result is dropped (``can_kill_running = False``).
+What Dask cannot do: stop a task that is already running in a worker's
+thread. So a task that has a timeout (every task with ``killable=True``) runs
+in a child process of its worker (``backends.cluster.child``), which a timeout
+or a cancel kills, freeing the worker. Otherwise a cancelled or timed-out task
+fails at once for its caller (:class:`Cancelled`, :class:`TaskTimeout`) and
+Dask releases it, but the function runs on to its end on its worker and its
+result is dropped (``can_kill_running`` is True only with ``killable=True``).
 A worker that dies while running a task fails that task with
 :class:`WorkerCrashed` (Dask's ``KilledWorker``; on a cluster polytask starts,
 ``allowed-failures`` is 0 so the task is not retried on another worker).
@@ -149,6 +152,11 @@ class DaskBackend(Backend):
                 client = distributed.default_client()
             except ValueError:
                 client = _worker_client(distributed)
+            if client is None:
+                # In a task's child process (see .child): the cluster the task runs on.
+                from .child import child_of
+
+                address = child_of("dask")
         if client is not None:
             self._client = client
         elif address is not None:

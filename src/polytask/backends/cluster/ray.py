@@ -31,7 +31,11 @@ GCS until that times out.
 
 Ray *can* stop a running task: ``ray.cancel(force=True)`` kills the worker
 process running it (Ray starts a new one). So a cancelled or timed-out task
-really stops (``can_kill_running = True``). Tasks run with ``max_retries=0``:
+really stops (``can_kill_running = True``). A task that has a timeout (every
+task with ``killable=True``) runs in a child process of its worker instead
+(``backends.cluster.child``): a cancel interrupts the worker
+(``ray.cancel(force=False)``), which kills the child and what it started, and
+the worker goes on. Tasks run with ``max_retries=0``:
 a worker that dies fails its task with :class:`WorkerCrashed` instead of
 running it again.
 """
@@ -235,6 +239,11 @@ class RayBackend(Backend):
                     self._owner = True
                 self._task_env = shipping or None
             else:
+                if address is None:
+                    # In a task's child process (see .child): the cluster the task runs on.
+                    from .child import child_of
+
+                    address = child_of("ray")
                 opts: dict[str, Any] = {"logging_level": logging.WARNING}
                 if address is not None:
                     opts["address"] = address
