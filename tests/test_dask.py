@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import polytask as pt
-from polytask.backends import get_backend
+from polytask.backends import get_backend, make_backend
 
 pytestmark = pytest.mark.usefixtures("dask_cluster")
 
@@ -111,11 +111,13 @@ def test_unpicklable_result_is_a_serialization_error() -> None:
         t.result(timeout=60)
 
 
-def test_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
-    be = get_backend("dask")
-    assert be.can_kill_running is False  # type: ignore[attr-defined]
+def test_without_a_child_a_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
+    # By default a task with a timeout runs in a child process that the timeout kills
+    # (tests/test_cluster_kill.py); killable=False runs it in the worker's thread.
+    assert get_backend("dask").can_kill_running is False  # type: ignore[attr-defined]
+    be = make_backend("dask", killable=False)
     marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 1.5, str(marker), backend="dask", timeout=0.3)
+    t = pt.spawn(sleep_then_touch, 1.5, str(marker), backend=be, timeout=0.3)
     start = time.monotonic()
     with pytest.raises(pt.TaskTimeout, match="Dask cannot stop"):
         t.result(timeout=30)

@@ -17,7 +17,9 @@ own exception type with the remote traceback as ``__cause__``).
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,7 +29,15 @@ from ..._core.task import CurrentTask, Task, _set_current
 from ..._ipc.codec import PROTOCOL, dumps, dumps_call, dumps_exception, loads_exception
 from .sync import pinning
 
-__all__ = ["Outcome", "cancelled_error", "pack_call", "run_pickled", "settle", "timeout_error"]
+__all__ = [
+    "Outcome",
+    "cancelled_error",
+    "driver_paths",
+    "pack_call",
+    "run_pickled",
+    "settle",
+    "timeout_error",
+]
 
 #: ``(True, pickled result)`` or ``(False, (exception pickled whole?, pickled exception))``.
 Outcome = tuple[bool, Any]
@@ -73,11 +83,7 @@ def run_pickled(fn_bytes: bytes, by_ref: bool, payload: bytes) -> Outcome:
         fn = _load_fn(fn_bytes, by_ref)
         name, args, kwargs = pickle.loads(payload)
     except BaseException as exc:
-        err = SerializationError(
-            f"the call could not be unpickled on the cluster worker ({type(exc).__name__}: "
-            f"{exc}); the function's module and the arguments' classes must be importable "
-            "on every worker (install the same code there)"
-        )
+        err = SerializationError(_unpickle_message(exc))
         err.__cause__ = exc
         return _error(err)
     _set_current(CurrentTask(name))
@@ -96,6 +102,54 @@ def run_pickled(fn_bytes: bytes, by_ref: bool, payload: bytes) -> Outcome:
         )
         tb = "".join(traceback.format_exception(exc))
         return False, (True, pickle.dumps((err, tb), PROTOCOL))
+
+
+def _unpickle_message(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return (
+            f"the call could not be unpickled on the cluster worker: module {exc.name!r} "
+            f"is not importable there ({exc}). Ship the code with the backend option "
+            f"py_modules=[{exc.name.partition('.')[0]}] or working_dir='<the folder holding "
+            "it>' (e.g. pt.Pool(backend=..., address=..., py_modules=[mymodule])), or install "
+            "it on every worker"
+        )
+    return (
+        f"the call could not be unpickled on the cluster worker ({type(exc).__name__}: "
+        f"{exc}); the function's module and the arguments' classes must be importable "
+        "on every worker (install the same code there, or pass py_modules= / working_dir= "
+        "to the backend)"
+    )
+
+
+def driver_paths() -> list[str]:
+    """The folders of this process's ``sys.path`` that hold code not installed.
+
+    The script's folder, the working directory (``''``), folders added to
+    ``sys.path`` or ``PYTHONPATH``: what a worker started by the engine would
+    not see. The standard library and site-packages are left out (the same
+    interpreter on the same machine has them).
+    """
+    import sysconfig
+
+    skip = {
+        os.path.realpath(p)
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (p := sysconfig.get_paths().get(key))
+    }
+    out: list[str] = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if (
+            path in skip
+            or "site-packages" in path
+            or "dist-packages" in path
+            or not os.path.isdir(path)
+            or path.startswith(os.path.realpath(sys.base_prefix) + os.sep + "lib")
+            or path in out
+        ):
+            continue
+        out.append(path)
+    return out
 
 
 def settle(task: Task[Any], outcome: Outcome) -> None:

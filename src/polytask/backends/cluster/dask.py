@@ -18,10 +18,13 @@ does; used, never closed); inside a task on a Dask worker, that worker's client
 ``max_workers`` worker processes with one thread each, started here and closed
 at shutdown.
 
-What Dask cannot do: stop a task that is already running. A cancelled or
-timed-out task fails at once for its caller (:class:`Cancelled`,
-:class:`TaskTimeout`) and Dask releases it, but the function runs on to its end
-on its worker and its result is dropped (``can_kill_running = False``).
+What Dask cannot do: stop a task that is already running in a worker's
+thread. So a task that has a timeout (every task with ``killable=True``) runs
+in a child process of its worker (``backends.cluster.child``), which a timeout
+or a cancel kills, freeing the worker. Otherwise a cancelled or timed-out task
+fails at once for its caller (:class:`Cancelled`, :class:`TaskTimeout`) and
+Dask releases it, but the function runs on to its end on its worker and its
+result is dropped (``can_kill_running`` is True only with ``killable=True``).
 A worker that dies while running a task fails that task with
 :class:`WorkerCrashed` (Dask's ``KilledWorker``; on a cluster polytask starts,
 ``allowed-failures`` is 0 so the task is not retried on another worker).
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -39,13 +43,14 @@ from ..._core.backend import Backend
 from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
-from .base import cancelled_error, pack_call, run_pickled, settle, timeout_error
+from .base import Outcome, cancelled_error, pack_call, run_pickled, settle, timeout_error
 
 __all__ = ["DaskBackend"]
 
 T = TypeVar("T")
 
 _INSTALL = "pip install 'polytask[dask]'"
+_KILLED_CHILD = "the process running it on its Dask worker was killed; the worker goes on"
 _NOT_KILLED = (
     "Dask cannot stop a task that is already running: the function runs on to its end "
     "on its worker and its result is dropped"
@@ -71,7 +76,19 @@ class DaskBackend(Backend):
             is given (default: the number of CPUs); ignored with ``address``/``client``.
         address: a scheduler to join, e.g. ``"tcp://10.0.0.5:8786"``.
         client: a ``distributed.Client`` to use; polytask never closes it.
+        working_dir: a folder sent to every worker of the cluster and put on its
+            ``sys.path`` (Dask's ``UploadDirectory`` plugin): for a cluster whose
+            workers do not have your code.
+        py_modules: modules (objects, or ``.py`` / package paths) sent to every
+            worker (``Client.upload_file``; a package goes as a ``.zip``).
+        killable: run each task in a child process of its Dask worker, so that a
+            timeout or a cancel kills it and frees the worker thread; default:
+            the tasks that have a timeout. ``True`` makes every task killable
+            (``can_kill_running``), at the cost of a process start per task or chunk.
         engine_options: passed to ``LocalCluster`` (or to ``Client`` with ``address``).
+
+    A ``LocalCluster`` polytask starts sees this process's code: its workers are
+    started with ``spawn``, which gives them this process's ``sys.path``.
 
     Raises:
         BackendUnavailable: dask.distributed is not installed.
@@ -100,9 +117,19 @@ class DaskBackend(Backend):
         *,
         address: str | None = None,
         client: Any = None,
+        working_dir: str | os.PathLike[str] | None = None,
+        py_modules: Sequence[Any] | None = None,
+        killable: bool | None = None,
         **engine_options: Any,
     ) -> None:
         distributed = _import_distributed()
+        if killable is not None and not isinstance(killable, bool):
+            raise TypeError(f"killable must be True, False or None, not {killable!r}")
+        uploads = _check_uploads(working_dir, py_modules)
+        self._killable = killable
+        if killable:
+            # Every task then runs in a child process that a cancel kills.
+            self.can_kill_running = True  # type: ignore[misc]
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
@@ -115,6 +142,8 @@ class DaskBackend(Backend):
             raise TypeError(f"address must be a str such as 'tcp://host:8786', not {address!r}")
         self._lock = threading.Lock()
         self._futures: dict[Task[Any], Any] = {}
+        #: Tasks running in a child process of their worker: a cancel kills them.
+        self._in_child: set[Task[Any]] = set()
         self._closed = False
         self._cluster: Any = None
         self._owns_client = False
@@ -123,6 +152,11 @@ class DaskBackend(Backend):
                 client = distributed.default_client()
             except ValueError:
                 client = _worker_client(distributed)
+            if client is None:
+                # In a task's child process (see .child): the cluster the task runs on.
+                from .child import child_of
+
+                address = child_of("dask")
         if client is not None:
             self._client = client
         elif address is not None:
@@ -136,6 +170,12 @@ class DaskBackend(Backend):
                 self._cluster.close()
                 raise
             self._owns_client = True
+        if uploads:
+            try:
+                _upload(self._client, *uploads)
+            except BaseException:
+                self.shutdown(wait=False)
+                raise
 
     @property
     def client(self) -> Any:
@@ -160,9 +200,23 @@ class DaskBackend(Backend):
             task.set_running_or_notify_cancel()
             task._mark_started()
             key = f"polytask-{name[:60]}-{uuid.uuid4().hex}"
-            fut = self._client.submit(
-                run_pickled, fn_bytes, by_ref, payload, key=key, pure=False, retries=0
-            )
+            if self._killable if self._killable is not None else timeout is not None:
+                fut = self._client.submit(
+                    _run_killable,
+                    fn_bytes,
+                    by_ref,
+                    payload,
+                    name,
+                    timeout,
+                    key=key,
+                    pure=False,
+                    retries=0,
+                )
+                self._in_child.add(task)
+            else:
+                fut = self._client.submit(
+                    run_pickled, fn_bytes, by_ref, payload, key=key, pure=False, retries=0
+                )
             self._futures[task] = fut
         if timeout is not None:
             task._timer = call_later(timeout, lambda: self._expire(task))
@@ -173,6 +227,7 @@ class DaskBackend(Backend):
     def _on_done(self, task: Task[Any], fut: Any) -> None:
         with self._lock:
             self._futures.pop(task, None)
+            self._in_child.discard(task)
         if task.done():
             return
         try:
@@ -203,9 +258,13 @@ class DaskBackend(Backend):
             return cancelled_error(task, "Dask cancelled it")
         return exc
 
+    def _how_stopped(self, task: Task[Any]) -> str:
+        with self._lock:
+            return _KILLED_CHILD if task in self._in_child else _NOT_KILLED
+
     def _expire(self, task: Task[Any]) -> None:
         task._cancel_requested = True
-        if task._finish(exc=timeout_error(task, "dask", _NOT_KILLED)):
+        if task._finish(exc=timeout_error(task, "dask", self._how_stopped(task))):
             # A cancel is a round trip to the scheduler: keep it off the timer thread.
             threading.Thread(target=self._release, args=([task],), daemon=True).start()
 
@@ -213,6 +272,7 @@ class DaskBackend(Backend):
         """Ask the scheduler to forget these tasks (a queued one then never runs)."""
         with self._lock:
             futs = [f for f in (self._futures.pop(t, None) for t in tasks) if f is not None]
+            self._in_child.difference_update(tasks)
         if futs and self._client.status not in ("closing", "closed"):
             try:
                 self._client.cancel(futs)
@@ -220,7 +280,8 @@ class DaskBackend(Backend):
                 pass
 
     def cancel(self, task: Task[Any]) -> bool:
-        if not task._finish(exc=cancelled_error(task, _NOT_KILLED + " if it had started")):
+        how = self._how_stopped(task)
+        if not task._finish(exc=cancelled_error(task, how + " if it had started")):
             return False
         self._release([task])
         return True
@@ -234,7 +295,8 @@ class DaskBackend(Backend):
         if cancel:
             for task in tasks:
                 task._cancel_requested = True
-                task._finish(exc=cancelled_error(task, "its backend shut down; " + _NOT_KILLED))
+                how = self._how_stopped(task)
+                task._finish(exc=cancelled_error(task, "its backend shut down; " + how))
         elif wait:
             for task in tasks:
                 task.join()
@@ -257,6 +319,86 @@ class DaskBackend(Backend):
     def __repr__(self) -> str:
         addr = getattr(getattr(self._client, "scheduler", None), "address", None)
         return f"<DaskBackend scheduler={addr!r}{' closed' if self._closed else ''}>"
+
+
+def _run_killable(
+    fn_bytes: bytes, by_ref: bool, payload: bytes, name: str, timeout: float | None
+) -> Outcome:
+    """On a Dask worker: the call in a child process (see ``backends.cluster.child``).
+
+    Dask tells a running task nothing when it is cancelled, but the worker's
+    state says so: the child is killed once this task's key is no longer
+    executing there (cancelled, released, forgotten).
+    """
+    import distributed
+
+    from .child import run_killable
+
+    worker = distributed.get_worker()
+    thread_state: Any = getattr(distributed.worker, "thread_state", None)
+    key = thread_state.key
+
+    def gone() -> bool:
+        ts = worker.state.tasks.get(key)
+        return ts is None or ts.state not in ("executing", "long-running")
+
+    address = worker.scheduler.address
+    return run_killable(fn_bytes, by_ref, payload, name, timeout, "dask", address, gone)
+
+
+def _check_uploads(working_dir: Any, py_modules: Any) -> tuple[str | None, list[str]]:
+    """The folder and the files that ``working_dir=`` / ``py_modules=`` send, checked."""
+    folder = None
+    if working_dir is not None:
+        if not isinstance(working_dir, (str, os.PathLike)) or not os.path.isdir(working_dir):
+            raise ValueError(f"working_dir must be an existing folder, got {working_dir!r}")
+        folder = os.path.abspath(working_dir)
+    files: list[str] = []
+    if py_modules is not None:
+        if isinstance(py_modules, (str, os.PathLike, types.ModuleType)):
+            raise TypeError("py_modules must be a list of modules or paths, not a single one")
+        for mod in py_modules:
+            if isinstance(mod, types.ModuleType):
+                paths = list(getattr(mod, "__path__", []))
+                path = paths[0] if len(paths) == 1 else getattr(mod, "__file__", None)
+                if path is None:
+                    raise ValueError(f"py_modules: module {mod.__name__!r} has no file to ship")
+            elif isinstance(mod, (str, os.PathLike)) and os.path.exists(mod):
+                path = os.fspath(mod)
+            else:
+                raise ValueError(
+                    f"py_modules: {mod!r} is neither a module nor an existing path "
+                    "(a package folder, a .py, .zip or .egg file)"
+                )
+            files.append(os.path.abspath(path))
+    if folder is None and not files:
+        return None, []
+    return folder, files
+
+
+def _upload(client: Any, folder: str | None, files: list[str]) -> None:
+    """Send a folder and modules to every worker (and to workers that join later)."""
+    import shutil
+    import tempfile
+
+    if folder is not None:
+        from distributed.diagnostics import plugin
+
+        upload_directory: Any = plugin.UploadDirectory
+        client.register_plugin(
+            upload_directory(folder, update_path=True, skip_words=(".git", "__pycache__"))
+        )
+    for path in files:
+        if os.path.isdir(path):
+            # A package travels as a zip holding it, which Dask puts on sys.path.
+            with tempfile.TemporaryDirectory() as tmp:
+                base = os.path.join(tmp, os.path.basename(path))
+                archive = shutil.make_archive(
+                    base, "zip", root_dir=os.path.dirname(path), base_dir=os.path.basename(path)
+                )
+                client.upload_file(archive, load=False)
+        else:
+            client.upload_file(path, load=False)
 
 
 def _local_cluster(max_workers: int | None, options: dict[str, Any]) -> Any:

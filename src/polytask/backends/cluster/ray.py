@@ -31,7 +31,11 @@ GCS until that times out.
 
 Ray *can* stop a running task: ``ray.cancel(force=True)`` kills the worker
 process running it (Ray starts a new one). So a cancelled or timed-out task
-really stops (``can_kill_running = True``). Tasks run with ``max_retries=0``:
+really stops (``can_kill_running = True``). A task that has a timeout (every
+task with ``killable=True``) runs in a child process of its worker instead
+(``backends.cluster.child``): a cancel interrupts the worker
+(``ray.cancel(force=False)``), which kills the child and what it started, and
+the worker goes on. Tasks run with ``max_retries=0``:
 a worker that dies fails its task with :class:`WorkerCrashed` instead of
 running it again.
 """
@@ -41,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -49,7 +54,15 @@ from ..._core.backend import Backend
 from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
-from .base import cancelled_error, pack_call, run_pickled, settle, timeout_error
+from .base import (
+    Outcome,
+    cancelled_error,
+    driver_paths,
+    pack_call,
+    run_pickled,
+    settle,
+    timeout_error,
+)
 
 __all__ = ["RayBackend"]
 
@@ -57,6 +70,7 @@ T = TypeVar("T")
 
 _INSTALL = "pip install 'polytask[ray]'"
 _KILLED = "its Ray worker process was killed (ray.cancel(force=True)) and Ray replaces it"
+_KILLED_CHILD = "the process running it on its Ray worker was killed; the worker goes on"
 
 # Ray is one per process: count the RayBackends relying on the Ray polytask started.
 _init_lock = threading.Lock()
@@ -79,13 +93,65 @@ def _import_ray() -> Any:
     return ray
 
 
-def _remote() -> Any:
-    global _remote_fn
-    if _remote_fn is None:
-        import ray
+_killable_fn: Any = None
 
+
+def _remote(killable: bool = False) -> Any:
+    global _remote_fn, _killable_fn
+    import ray
+
+    if killable:
+        if _killable_fn is None:
+            _killable_fn = ray.remote(max_retries=0, retry_exceptions=False, num_cpus=1)(
+                _run_killable
+            )
+        return _killable_fn
+    if _remote_fn is None:
         _remote_fn = ray.remote(max_retries=0, retry_exceptions=False, num_cpus=1)(run_pickled)
     return _remote_fn
+
+
+def _run_killable(
+    fn_bytes: bytes, by_ref: bool, payload: bytes, name: str, timeout: float | None
+) -> Outcome:
+    """On a Ray worker: the call in a child process (see ``backends.cluster.child``).
+
+    A cancel reaches it as KeyboardInterrupt (``ray.cancel(force=False)``), which
+    kills the child and leaves the worker to Ray for the next task.
+    """
+    import ray
+
+    from .child import run_killable
+
+    address = ray.get_runtime_context().gcs_address
+    return run_killable(fn_bytes, by_ref, payload, name, timeout, "ray", address)
+
+
+def _check_shipping(working_dir: Any, py_modules: Any) -> dict[str, Any]:
+    """The ``runtime_env`` entries for ``working_dir=`` / ``py_modules=``, checked here."""
+    env: dict[str, Any] = {}
+    if working_dir is not None:
+        if not isinstance(working_dir, (str, os.PathLike)) or not os.path.isdir(working_dir):
+            raise ValueError(f"working_dir must be an existing folder, got {working_dir!r}")
+        env["working_dir"] = os.fspath(working_dir)
+    if py_modules is not None:
+        if isinstance(py_modules, (str, os.PathLike, types.ModuleType)):
+            raise TypeError("py_modules must be a list of modules or paths, not a single one")
+        mods: list[Any] = []
+        for mod in py_modules:
+            if isinstance(mod, types.ModuleType):
+                if getattr(mod, "__file__", None) is None and not hasattr(mod, "__path__"):
+                    raise ValueError(f"py_modules: module {mod.__name__!r} has no file to ship")
+                mods.append(mod)
+            elif isinstance(mod, (str, os.PathLike)) and os.path.exists(mod):
+                mods.append(os.fspath(mod))
+            else:
+                raise ValueError(
+                    f"py_modules: {mod!r} is neither a module nor an existing path "
+                    "(a package folder, a .py file, a .whl or .zip)"
+                )
+        env["py_modules"] = mods
+    return env
 
 
 class RayBackend(Backend):
@@ -95,7 +161,19 @@ class RayBackend(Backend):
         max_workers: CPUs of the local Ray started when none runs (default: all).
         address: a Ray cluster to join (``"auto"``, ``"10.0.0.5:6379"``, ``"ray://..."``).
         client: the context ``ray.init()`` returned: use that Ray, never shut it down.
+        working_dir: a folder sent to every worker of this job, which runs there with
+            it on its ``sys.path`` (Ray's ``runtime_env``): for a cluster given by
+            ``address`` whose workers do not have your code.
+        py_modules: modules (objects, or package / ``.py`` paths) sent to every worker.
+        killable: run each task in a child process of its Ray worker, so that a
+            timeout or a cancel kills it (and what it started) without killing the
+            worker; default: the tasks that have a timeout. ``False``: a cancel or
+            timeout kills the worker (``ray.cancel(force=True)``).
         engine_options: passed to ``ray.init``.
+
+    A local Ray that polytask starts gets this process's code the way process
+    workers do: the folders of ``sys.path`` that are not installed packages (the
+    script's folder, the working directory) go on its workers' ``PYTHONPATH``.
 
     Raises:
         BackendUnavailable: Ray is not installed.
@@ -124,10 +202,19 @@ class RayBackend(Backend):
         *,
         address: str | None = None,
         client: Any = None,
+        working_dir: str | os.PathLike[str] | None = None,
+        py_modules: Sequence[Any] | None = None,
+        killable: bool | None = None,
         **engine_options: Any,
     ) -> None:
         global _owners
         ray = _import_ray()
+        if killable is not None and not isinstance(killable, bool):
+            raise TypeError(f"killable must be True, False or None, not {killable!r}")
+        shipping = _check_shipping(working_dir, py_modules)
+        self._killable = killable
+        #: runtime_env for each task, when Ray was initialised without ours.
+        self._task_env: dict[str, Any] | None = None
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
@@ -140,6 +227,8 @@ class RayBackend(Backend):
             raise ValueError("client= was given but Ray is not initialised in this process")
         self._lock = threading.Lock()
         self._refs: dict[Task[Any], Any] = {}
+        #: Refs of tasks running in a child process: a cancel interrupts, never kills the worker.
+        self._in_child: set[Any] = set()
         self._closed = False
         self._owner = False
         with _init_lock:
@@ -148,15 +237,35 @@ class RayBackend(Backend):
                 if _owners > 0:
                     _owners += 1
                     self._owner = True
+                self._task_env = shipping or None
             else:
+                if address is None:
+                    # In a task's child process (see .child): the cluster the task runs on.
+                    from .child import child_of
+
+                    address = child_of("ray")
                 opts: dict[str, Any] = {"logging_level": logging.WARNING}
                 if address is not None:
                     opts["address"] = address
                 else:
                     opts["num_cpus"] = max_workers or os.cpu_count() or 1
                     opts["include_dashboard"] = False
+                local = address in (None, "local")
                 opts.update(engine_options)
-                if address in (None, "local"):
+                runtime_env = dict(opts.get("runtime_env") or {})
+                runtime_env.update(shipping)
+                if local:
+                    # Workers see the driver's code as process workers do (their own
+                    # settings first).
+                    env_vars = dict(runtime_env.get("env_vars") or {})
+                    paths = driver_paths()
+                    if paths and "PYTHONPATH" not in env_vars:
+                        old = os.environ.get("PYTHONPATH")
+                        env_vars["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
+                        runtime_env["env_vars"] = env_vars
+                if runtime_env:
+                    opts["runtime_env"] = runtime_env
+                if local:
                     _init_local(ray, opts)
                 else:
                     ray.init(**opts)
@@ -174,13 +283,22 @@ class RayBackend(Backend):
     ) -> Task[T]:
         fn_bytes, by_ref, payload, pins = pack_call(fn, args, kwargs, name)
         task: Task[T] = Task(self, name, timeout)
+        killable = self._killable if self._killable is not None else timeout is not None
+        opts: dict[str, Any] = {"name": name[:100]}
+        if self._task_env:
+            opts["runtime_env"] = self._task_env
         with self._lock:
             if self._closed:
                 raise RuntimeError("this ray backend is shut down; create a new one")
             task.set_running_or_notify_cancel()
             task._mark_started()
-            ref = _remote().options(name=name[:100]).remote(fn_bytes, by_ref, payload)
+            if killable:
+                ref = _remote(True).options(**opts).remote(fn_bytes, by_ref, payload, name, timeout)
+            else:
+                ref = _remote().options(**opts).remote(fn_bytes, by_ref, payload)
             self._refs[task] = ref
+            if killable:
+                self._in_child.add(ref)
         if timeout is not None:
             task._timer = call_later(timeout, lambda: self._expire(task))
         # The callback holds the pins (see pack_call) until the task ends.
@@ -189,7 +307,8 @@ class RayBackend(Backend):
 
     def _on_done(self, task: Task[Any], fut: Any) -> None:
         with self._lock:
-            self._refs.pop(task, None)
+            ref = self._refs.pop(task, None)
+            self._in_child.discard(ref)
         if task.done():
             return
         try:
@@ -230,21 +349,30 @@ class RayBackend(Backend):
 
         with self._lock:
             refs = [r for r in (self._refs.pop(t, None) for t in tasks) if r is not None]
+            gentle = {r for r in refs if r in self._in_child}
+            self._in_child -= gentle
         if not ray.is_initialized():
             return
         for ref in refs:
             try:
-                ray.cancel(ref, force=True)
+                # In a child: KeyboardInterrupt in the worker kills the child, the worker lives.
+                ray.cancel(ref, force=ref not in gentle)
             except Exception:  # pragma: no cover - it finished meanwhile
                 pass
 
+    def _how_killed(self, task: Task[Any]) -> str:
+        with self._lock:
+            in_child = self._refs.get(task) in self._in_child
+        return _KILLED_CHILD if in_child else _KILLED
+
     def _expire(self, task: Task[Any]) -> None:
         task._cancel_requested = True
-        if task._finish(exc=timeout_error(task, "ray", _KILLED)):
+        if task._finish(exc=timeout_error(task, "ray", self._how_killed(task))):
             self._kill([task])
 
     def cancel(self, task: Task[Any]) -> bool:
-        if not task._finish(exc=cancelled_error(task, _KILLED + " if it had started")):
+        how = self._how_killed(task)
+        if not task._finish(exc=cancelled_error(task, how + " if it had started")):
             return False
         self._kill([task])
         return True
