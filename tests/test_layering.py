@@ -74,6 +74,7 @@ LAZY: dict[tuple[str, str], str] = {
     # A cluster primitive made in a task finds the task's backend by name; the
     # backend table loads cluster modules, so this must wait until called.
     ("polytask.backends.cluster.sync", "polytask.backends"): "backend table",
+    ("polytask.backends.cluster.child", "polytask.backends"): "backend table",
 }
 
 

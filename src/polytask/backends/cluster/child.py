@@ -36,8 +36,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from ..._core.errors import WorkerCrashed
+from ..._core.errors import Cancelled, WorkerCrashed
 from ..._ipc.codec import PROTOCOL, dumps_exception
+from ..._os.proc import python_command, restore_env, start_in_group, terminate, wait_pid
 from .base import Outcome, run_pickled
 
 __all__ = ["CHILD_ADDRESS_ENV", "child_of", "run_killable"]
@@ -85,8 +86,6 @@ def run_killable(
     KeyboardInterrupt here); in those cases the caller has already been told,
     and the outcome returned is one nobody reads.
     """
-    from ..._os.proc import python_command, start_in_group, terminate, wait_pid
-
     start = time.monotonic()
     env = dict(os.environ)
     env[CHILD_ADDRESS_ENV] = f"{engine}:{address}"
@@ -138,8 +137,6 @@ def run_killable(
         code = terminate(proc, _GRACE)
     if not ended:
         # Killed at the deadline or on cancel: the caller was told already.
-        from ..._core.errors import Cancelled
-
         return False, dumps_exception(Cancelled(f"task {name!r} was stopped and killed"))
     try:
         outcome: Outcome = pickle.loads(b"".join(chunks))
@@ -150,8 +147,6 @@ def run_killable(
 
 def _child_main() -> None:
     """The child: read the call, run it, write the outcome, exit."""
-    from ..._os.proc import restore_env
-
     call_r, out_w = int(sys.argv[1]), int(sys.argv[2])
     del sys.argv[1:]
     with os.fdopen(call_r, "rb", closefd=True) as f:

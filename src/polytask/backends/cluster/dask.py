@@ -44,6 +44,7 @@ from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
 from .base import Outcome, cancelled_error, pack_call, run_pickled, settle, timeout_error
+from .child import child_of, run_killable
 
 __all__ = ["DaskBackend"]
 
@@ -154,8 +155,6 @@ class DaskBackend(Backend):
                 client = _worker_client(distributed)
             if client is None:
                 # In a task's child process (see .child): the cluster the task runs on.
-                from .child import child_of
-
                 address = child_of("dask")
         if client is not None:
             self._client = client
@@ -331,8 +330,6 @@ def _run_killable(
     executing there (cancelled, released, forgotten).
     """
     import distributed
-
-    from .child import run_killable
 
     worker = distributed.get_worker()
     thread_state: Any = getattr(distributed.worker, "thread_state", None)

@@ -21,7 +21,10 @@ import asyncio
 from collections import deque
 from typing import Any
 
-__all__ = ["SyncHub"]
+#: The name of the Dask scheduler handler that serves the hub (see ``plugin``).
+HANDLER = "polytask_sync"
+
+__all__ = ["HANDLER", "SyncHub"]
 
 Reply = list[Any]
 

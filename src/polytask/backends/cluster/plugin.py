@@ -6,8 +6,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from .hub import SyncHub
-from .sync import HANDLER
+from .hub import HANDLER, SyncHub
 
 __all__ = ["HubPlugin"]
 

@@ -54,6 +54,7 @@ from ..._core.backend import Backend
 from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
+from ..._os.proc import guard_env, guard_pid, unguard_env, unguard_pid
 from .base import (
     Outcome,
     cancelled_error,
@@ -63,6 +64,7 @@ from .base import (
     settle,
     timeout_error,
 )
+from .child import child_of, run_killable
 
 __all__ = ["RayBackend"]
 
@@ -120,8 +122,6 @@ def _run_killable(
     kills the child and leaves the worker to Ray for the next task.
     """
     import ray
-
-    from .child import run_killable
 
     address = ray.get_runtime_context().gcs_address
     return run_killable(fn_bytes, by_ref, payload, name, timeout, "ray", address)
@@ -241,8 +241,6 @@ class RayBackend(Backend):
             else:
                 if address is None:
                     # In a task's child process (see .child): the cluster the task runs on.
-                    from .child import child_of
-
                     address = child_of("ray")
                 opts: dict[str, Any] = {"logging_level": logging.WARNING}
                 if address is not None:
@@ -417,8 +415,6 @@ def _init_local(ray: Any, opts: dict[str, Any]) -> None:
     global _marker
     import psutil
 
-    from ..._os.proc import guard_env, guard_pid
-
     value = f"{os.getpid()}-{uuid.uuid4().hex}"
     marker = f"{_MARK_KEY}={value}"
     # Registered before anything starts, so a death during ray.init leaves nothing either.
@@ -448,8 +444,6 @@ def _shutdown_ray() -> None:
     import ray
 
     ray.shutdown()
-    from ..._os.proc import unguard_env, unguard_pid
-
     while _guarded:
         unguard_pid(_guarded.pop())
     if _marker is not None:

@@ -55,12 +55,11 @@ from ..._core.primitives import (
 )
 from ..._core.timeouts import acquire_timeout, check_timeout
 from ..._ipc.codec import dumps
-from .hub import SyncHub
+from .hub import HANDLER, SyncHub
 
 __all__ = ["HANDLER", "DaskLink", "RayLink", "make_cluster_primitive", "pinning"]
 
 _HOST = socket.gethostname()
-HANDLER = "polytask_sync"
 
 
 def _owner() -> str:
