@@ -11,7 +11,7 @@
                                             │ _pump(): ChunkSizer picks the size
                                             └──> backend.spawn(_run_chunk, chunk) ──> worker runs
                                                                                      every item
-    results <── _Run.ready / Task._finish <── _on_block / _on_chunk <── (values, errors, seconds)
+    results <── _Run.ready / Task._finish <── _on_done <─────────────── (values, errors, seconds)
     (the caller's thread waits on an Event,   (done callback, in the backend's thread;
      or an asyncio.Event for amap)             then _pump() again: no thread of our own)
 
@@ -1099,47 +1099,55 @@ class Pool(PrimitiveFactory):
                     return
                 self._inflight += 1
                 self._chunks_sent += 1
-            if isinstance(chunk, Block):
-                self._launch_block(chunk)
-            else:
-                self._launch(chunk)
+            self._launch(chunk)
 
-    def _spawn(
-        self,
-        fn: Callable[..., Any] | None,
-        calls: list[Any],
-        name: str,
-        timeout: float | None,
-        star: bool = True,
-    ) -> Task[Any]:
-        return self._backend.spawn(
-            _run_chunk,
-            (fn, calls, self._remote, self._max_memory, star),
-            {},
-            name=name,
-            timeout=timeout,
-        )
-
-    def _launch_block(self, blk: Block) -> None:
-        run = blk.run
-        n = len(blk.args)
-        name = f"{fn_name(run.fn)} (items {blk.start}..{blk.start + n - 1})"
+    # ------------------------------------------------------------------ one chunk's life
+    # A chunk is a map's Block (bare arguments of one run) or a list of Items
+    # (submitted tasks, or a map's items run alone). Both go through one path:
+    # _launch hands it to the backend, _on_done takes its results, _failed re-runs
+    # its items one by one when it failed as a whole; what differs by kind is in
+    # _items_call / _block_done / _items_done / _isolate.
+    def _launch(self, chunk: list[Item] | Block) -> None:
+        """Hand one chunk to the backend (called with a slot of _inflight taken)."""
+        fn: Callable[..., Any]
+        args: tuple[Any, ...]
+        if isinstance(chunk, Block):
+            run = chunk.run
+            n = len(chunk.args)
+            name = f"{fn_name(run.fn)} (items {chunk.start}..{chunk.start + n - 1})"
+            fn, args = _run_chunk, (run.fn, chunk.args, self._remote, self._max_memory, run.star)
+            timeout = chunk_timeout(run.sizer, run.timeout, n)
+        else:
+            chunk = self._start_items(chunk)
+            if not chunk:
+                self._chunk_gone()
+                self._pump()
+                return
+            fn, args, name, timeout = self._items_call(chunk)
         try:
-            task = self._spawn(
-                run.fn, blk.args, name, chunk_timeout(run.sizer, run.timeout, n), run.star
-            )
+            task = self._backend.spawn(fn, args, {}, name=name, timeout=timeout)
         except BaseException as exc:
             self._chunk_gone()
-            self._block_failed(blk, exc)
+            self._failed(chunk, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        run.chunks.add(task)
-        task.add_done_callback(lambda done: self._on_block(done, blk))
-        if run.cancelled:  # the consumer left while this chunk was being launched
+        # Recorded before the done callback, which may run at once.
+        if isinstance(chunk, Block):
+            chunk.run.chunks.add(task)
+        else:
+            for it in chunk:
+                it.chunk = task
+            with self._lock:
+                self._item_chunks[id(task)] = (task, chunk)
+        done_chunk = chunk
+        task.add_done_callback(lambda done: self._on_done(done, done_chunk))
+        if isinstance(chunk, Block) and chunk.run.cancelled:
+            # The consumer left while this chunk was being launched.
             concurrent.futures.Future.cancel(task)
 
-    def _launch(self, chunk: list[Item]) -> None:
+    def _start_items(self, chunk: list[Item]) -> list[Item]:
+        """The items of ``chunk`` still to run, their tasks turned running."""
         live: list[Item] = []
         append = live.append
         # On threads a task turns running when its thread reaches it (_run_items);
@@ -1156,49 +1164,36 @@ class Pool(PrimitiveFactory):
                 task._mark_started()
             it.started = True
             append(it)
-        if not live:
-            self._chunk_gone()
-            self._pump()
-            return
+        return live
+
+    def _items_call(
+        self, live: list[Item]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], str, float | None]:
+        """What runs a chunk of items: ``(function, arguments, name, timeout)``."""
         n = len(live)
         first = live[0]
-        calls: list[Any]
         if n > 1:
             name = f"{fn_name(first.fn)} (chunk of {n})"
         elif first.task is not None:
             name = first.task.name
         else:
             name = f"{fn_name(first.fn)} (item {first.index})"
+        timeout = chunk_timeout(first.sink.sizer, first.timeout, n)
+        if not self._remote:
+            return _run_items, (live,), name, timeout
         fn: Callable[..., Any] | None = first.fn
         for it in live:
             if it.fn is not fn or it.kwargs:
                 fn = None
                 break
-        if local:
-            calls = []
-        elif fn is not None:
+        calls: list[Any]
+        if fn is not None:
             # One function and no keywords (a submit loop): send the argument tuples
             # alone, which pickle smaller and run in the worker's tight loop.
             calls = [it.args for it in live]
         else:
             calls = [(it.fn, it.args, it.kwargs) for it in live]
-        timeout = chunk_timeout(first.sink.sizer, first.timeout, n)
-        try:
-            if local:
-                task = self._backend.spawn(_run_items, (live,), {}, name=name, timeout=timeout)
-            else:
-                task = self._spawn(fn, calls, name, timeout)
-        except BaseException as exc:
-            self._chunk_gone()
-            self._chunk_failed(live, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for it in live:
-            it.chunk = task
-        with self._lock:
-            self._item_chunks[id(task)] = (task, live)
-        task.add_done_callback(lambda done: self._on_chunk(done, live))
+        return _run_chunk, (fn, calls, self._remote, self._max_memory, True), name, timeout
 
     def _chunk_gone(self) -> None:
         with self._lock:
@@ -1222,27 +1217,61 @@ class Pool(PrimitiveFactory):
             return err
         return values, errors
 
-    def _on_block(self, task: Task[Any], blk: Block) -> None:
-        run = blk.run
+    def _on_done(self, task: Task[Any], chunk: list[Item] | Block) -> None:
+        """A chunk's backend task is done (its done callback, in the backend's thread)."""
+        block = isinstance(chunk, Block)
         try:
+            if not block:
+                with self._lock:
+                    self._item_chunks.pop(id(task), None)
             self._chunk_gone()
             exc = task.exception(0)
-            got = self._results(task, run.sizer) if exc is None else exc
+            sizer = chunk.run.sizer if isinstance(chunk, Block) else chunk[0].sink.sizer
+            got = self._results(task, sizer) if exc is None else exc
             if isinstance(got, BaseException):
-                self._block_failed(blk, got)
+                self._failed(chunk, got)
+            elif isinstance(chunk, Block):
+                self._block_done(chunk, *got)
             else:
-                self._block_done(blk, *got)
+                self._items_done(chunk, *got)
         except BaseException as why:
-            # The bookkeeping itself failed: the block's items must not be lost.
+            # The bookkeeping itself failed: the chunk's items must not be lost. A
+            # block's items run again one by one; single items fail with this error.
             _report("the pool's results callback", why)
             try:
-                self._block_failed(blk, _callback_error(blk.run.fn, why))
+                if isinstance(chunk, Block):
+                    self._failed(chunk, _callback_error(chunk.run.fn, why))
+                else:
+                    err = _callback_error(chunk[0].fn, why)
+                    self._settle_many([(it, False, err) for it in chunk], final=True)
             except BaseException as again:  # pragma: no cover - nothing more to try
                 _report("the pool's results callback", again)
         # The backend may keep the finished task (and so this callback) for a while:
         # do not keep the chunk's arguments alive with it.
-        blk.args = []
+        if isinstance(chunk, Block):
+            chunk.args = []
+        else:
+            chunk.clear()
         self._pump()
+
+    def _items_done(
+        self, chunk: list[Item], values: list[Any], errors: dict[int, Any] | None
+    ) -> None:
+        done: list[tuple[Item, bool, Any]]
+        if errors is None:
+            # Every item succeeded (the common case): zip builds the triples in C.
+            done = list(zip(chunk, itertools.repeat(True), values))
+        else:
+            done = []
+            for j, (it, value) in enumerate(zip(chunk, values, strict=False)):
+                if j in errors:
+                    done.append((it, False, errors[j]))
+                else:
+                    done.append((it, True, value))
+        self._settle_many(done)
+        if len(values) < len(chunk):  # the worker stopped early: send the rest again
+            with self._lock:
+                self._requeue([it for it in chunk[len(values) :] if not it.dropped()])
 
     def _block_done(self, blk: Block, values: list[Any], errors: dict[int, Any] | None) -> None:
         run = blk.run
@@ -1282,8 +1311,27 @@ class Pool(PrimitiveFactory):
             run.settle_block(blk.start + lo, values[lo:j], sub)
             lo = j + 1
 
-    def _block_failed(self, blk: Block, exc: BaseException) -> None:
-        """A whole chunk failed (crash, timeout, pickling): run its items one by one."""
+    def _failed(self, chunk: list[Item] | Block, exc: BaseException) -> None:
+        """A whole chunk failed (crash, timeout, pickling, its launch): re-run its items
+        one by one (each a chunk of its own), or fail a single one with ``exc``."""
+        block = isinstance(chunk, Block)
+        items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
+        if len(items) == 1:
+            self._settle_many([(items[0], False, exc)])
+            return
+        with self._lock:
+            again = [it for it in items if not it.dropped()]
+            for it in again:
+                it.isolated = True
+            # A block's items are new: all are dropped if its run ended, and then
+            # they are settled below (so that join() does not wait for them).
+            if not self._terminated and (again or not block):
+                self._requeue(again)
+                return
+        self._settle_many([(it, False, exc) for it in (items if block else again)], final=True)
+
+    def _isolate(self, blk: Block) -> list[Item]:
+        """A block's items as single items (to run alone: their block failed)."""
         run = blk.run
         items = []
         for j, x in enumerate(blk.args):
@@ -1291,62 +1339,7 @@ class Pool(PrimitiveFactory):
             it = Item(run, blk.start + j, run.fn, args, {}, run.timeout)
             it.isolated = it.started = True
             items.append(it)
-        if len(items) == 1:
-            self._settle_many([(items[0], False, exc)])
-            return
-        with self._lock:
-            if not self._terminated and not run.cancelled:
-                self._requeue(items)
-                return
-        self._settle_many([(it, False, exc) for it in items], final=True)
-
-    def _on_chunk(self, task: Task[Any], chunk: list[Item]) -> None:
-        try:
-            with self._lock:
-                self._item_chunks.pop(id(task), None)
-            self._chunk_gone()
-            exc = task.exception(0)
-            got = self._results(task, chunk[0].sink.sizer) if exc is None else exc
-            if isinstance(got, BaseException):
-                self._chunk_failed(chunk, got)
-            else:
-                values, errors = got
-                done: list[tuple[Item, bool, Any]]
-                if errors is None:
-                    # Every item succeeded (the common case): zip builds the triples in C.
-                    done = list(zip(chunk, itertools.repeat(True), values))
-                else:
-                    done = []
-                    for j, (it, value) in enumerate(zip(chunk, values, strict=False)):
-                        if j in errors:
-                            done.append((it, False, errors[j]))
-                        else:
-                            done.append((it, True, value))
-                self._settle_many(done)
-                if len(values) < len(chunk):
-                    with self._lock:
-                        self._requeue([it for it in chunk[len(values) :] if not it.dropped()])
-        except BaseException as why:
-            # The bookkeeping itself failed: the chunk's items must not be lost.
-            _report("the pool's results callback", why)
-            err = _callback_error(chunk[0].fn, why)
-            self._settle_many([(it, False, err) for it in chunk], final=True)
-        chunk.clear()  # see _on_block
-        self._pump()
-
-    def _chunk_failed(self, chunk: list[Item], exc: BaseException) -> None:
-        """The chunk failed as a whole: re-run its items one by one, or fail a single one."""
-        if len(chunk) == 1:
-            self._settle_many([(chunk[0], False, exc)])
-            return
-        with self._lock:
-            again = [it for it in chunk if not it.dropped()]
-            for it in again:
-                it.isolated = True
-            if not self._terminated:
-                self._requeue(again)
-                return
-        self._settle_many([(it, False, exc) for it in again], final=True)
+        return items
 
     def _settle_many(self, done: list[tuple[Item, bool, Any]], *, final: bool = False) -> None:
         """Give results to their sinks; failures worth a retry go back to the queue."""
