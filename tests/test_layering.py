@@ -62,7 +62,6 @@ LAZY: dict[tuple[str, str], str] = {
     ("polytask._group", "polytask._commands"): "TaskGroup.run only",
     # A worker imports the pool's chunk runner only when a chunk arrives, and
     # the pool names the worker's retire hook only inside a worker.
-    ("polytask._pool", "polytask.backends.process.worker"): "only inside a worker",
     ("polytask._pool.batch", "polytask.backends.process.worker"): "only inside a worker",
     # Forked children run the worker's loop; the parent never imports it.
     ("polytask.backends.process.backend", "polytask.backends.process.worker"): "fork child",

@@ -47,7 +47,7 @@ from .._core.task import Task, finish_many
 from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
 from .._ipc.codec import dumps, loads_exception
-from .._os.proc import usable_cpus
+from .._os.proc import at_shutdown, usable_cpus
 from .._progress import Progress, want_progress
 from ..backends import Backend, make_backend
 from .batch import Results, _run_chunk, _run_initializer, _run_items
@@ -389,8 +389,6 @@ def _install_exit_hook() -> None:
     global _hook_installed
     with _hook_lock:
         if not _hook_installed:
-            from .._os.proc import at_shutdown
-
             at_shutdown(_terminate_live_pools)
             _hook_installed = True
 
