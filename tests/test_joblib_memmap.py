@@ -163,3 +163,26 @@ def test_a_sigkilled_owner_leaves_no_file_and_no_process(tmp_path):
         # folder, then exits.
         assert h.leftovers(within=10) == []
     assert os.listdir(folder) == []
+
+
+def test_results_come_back_as_joblib_sends_them(tmp_path):
+    # A memmap of the call's own files comes back as a plain array (its file goes
+    # with the call); a memmap of the caller's file, as a memmap of that file.
+    a = big()
+    path = tmp_path / "mine.mmap"
+    mine = np.memmap(path, dtype=np.float64, mode="w+", shape=(1000,))
+    mine[:] = 7.0
+    mine.flush()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    back, same = joblib.Parallel(n_jobs=2, backend="polytask", temp_folder=str(temp))(
+        joblib.delayed(identity)(x) for x in [a, mine]
+    )
+    assert type(back) is np.ndarray and np.array_equal(back, a)
+    assert isinstance(same, np.memmap) and str(same.filename) == str(path)
+    assert np.array_equal(same, mine)
+    assert os.listdir(temp) == []
+
+
+def identity(x):
+    return x

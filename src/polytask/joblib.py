@@ -24,6 +24,8 @@ Large NumPy arrays are memory-mapped as with joblib's own process backends
         array > max_nbytes -> joblib.dump to <temp>/joblib_memmapping_folder_*/
         -> bytes ---------- Pool task _run_batch(bytes) ----> pickle.loads:
                                                              np.memmap(mmap_mode)
+    retrieve_result: pickle.loads <------- bytes ---------- batch(), pickled with
+                                                             the backward reducers
     terminate(): Pool closed and joined, then the folder is deleted
 
 The folder belongs to the ``Parallel`` call, or to its ``with Parallel(...)``
@@ -154,10 +156,10 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return task
 
     def retrieve_result_callback(self, out: Any) -> Any:
-        return out.result()
+        return _unreduce(out.result())
 
     def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
-        return out.result(timeout)
+        return _unreduce(out.result(timeout))
 
     def terminate(self) -> None:
         self._close_pool()
@@ -244,9 +246,34 @@ class _Memmapping:
             manager._clean_temporary_resources(force=True, allow_non_empty=True)
 
 
+class _Reduced(bytes):
+    """A batch's results, pickled in the worker with joblib's backward reducers."""
+
+
+_backward_reducers: dict[Any, Any] | None = None
+
+
 def _run_batch(batch: bytes) -> Any:
-    """Run, in a worker, a batch pickled by :meth:`_Memmapping.dumps`."""
-    return pickle.loads(batch)()
+    """Run, in a worker, a batch pickled by :meth:`_Memmapping.dumps`.
+
+    The results go back as joblib's backward reducers pickle them: an array backed
+    by one of the call's temporary files comes back as a plain array (the file
+    goes with the call), one backed by a file of the caller's as an ``np.memmap``
+    of that file.
+    """
+    global _backward_reducers
+    results = pickle.loads(batch)()
+    if _backward_reducers is None:
+        _, _backward_reducers = get_memmapping_reducers(unlink_on_gc_collect=False)
+    try:
+        return _Reduced(_loky_dumps(results, reducers=_backward_reducers))
+    except Exception:
+        # The Pool's own pickling sends them, or reports what cannot be sent.
+        return results
+
+
+def _unreduce(results: Any) -> Any:
+    return pickle.loads(results) if type(results) is _Reduced else results
 
 
 def _init_worker(initializer: Any, initargs: tuple[Any, ...]) -> None:
