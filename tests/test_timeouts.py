@@ -196,8 +196,9 @@ def test_the_validator_itself() -> None:
     assert check_timeout(10**30) is None
     assert check_timeout(0) == 0.0
     assert check_timeout(2) == 2.0
-    # threading's own spelling of "forever" for acquire: accepted as in the stdlib.
-    assert acquire_timeout(True, -1) is None
+    # threading's -1 ("forever") is a negative timeout like any other here.
+    with pytest.raises(ValueError, match="timeout"):
+        acquire_timeout(True, -1)
     assert acquire_timeout(False, None) == 0.0
     with pytest.raises(ValueError, match="non-blocking"):
         acquire_timeout(False, 1)
@@ -206,11 +207,12 @@ def test_the_validator_itself() -> None:
             check_timeout(value)
 
 
-def test_threading_style_acquire_forever_works_on_each_backend() -> None:
-    # `lock.acquire(True, -1)` is how threading code says "wait forever".
+def test_acquire_forever_is_none_or_inf_on_each_backend() -> None:
     for backend in ("thread", "process"):
         lock = pt.Lock(backend=backend)
-        assert lock.acquire(True, -1) is True
+        assert lock.acquire(True, None) is True
+        lock.release()
+        assert lock.acquire(timeout=math.inf) is True
         lock.release()
     code = "import polytask as pt; l = pt.Lock(backend='process'); print(l.acquire(timeout=float('inf')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

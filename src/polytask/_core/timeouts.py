@@ -5,8 +5,8 @@ The rules, the same everywhere (a test runs each public blocking call through th
 - ``None`` means no limit; so does ``float("inf")`` (and anything at least
   ``threading.TIMEOUT_MAX``): never an OverflowError from a wait.
 - ``0`` means "do not wait": the call does what it can at once, or times out.
-- A negative number or NaN is a ``ValueError`` (``acquire(timeout=-1)`` alone means
-  no limit, as in ``threading``); anything but a real number
+- A negative number or NaN is a ``ValueError`` (``acquire(timeout=-1)`` too:
+  ``threading``'s spelling of "forever" is ``None`` or ``inf`` here); anything but a real number
   (``bool`` included, a string, a ``timedelta``) is a ``TypeError``.
 """
 
@@ -46,13 +46,12 @@ def remaining(when: float | None) -> float | None:
 
 def acquire_timeout(blocking: bool, timeout: float | None) -> float | None:
     """Validate ``acquire(blocking, timeout)`` as ``threading.Lock`` does: 0.0 when not
-    blocking (a timeout then is a ValueError), ``-1`` as no limit (threading's own
-    spelling of "forever", so ``acquire(True, -1)`` ports unchanged), else
-    :func:`check_timeout`."""
+    blocking (a timeout then is a ValueError), else :func:`check_timeout`.
+
+    ``threading``'s ``timeout=-1`` ("forever") is a ValueError here like every
+    negative timeout: one rule everywhere; ``None`` or ``inf`` say "no limit"."""
     if not blocking:
-        if timeout is not None and timeout != -1:
+        if timeout is not None:
             raise ValueError("can't specify a timeout for a non-blocking call")
         return 0.0
-    if timeout == -1 and not isinstance(timeout, bool):
-        return None
     return check_timeout(timeout)
