@@ -51,7 +51,7 @@ from ..._core.errors import (
 from ..._core.task import Task
 from ..._core.timer import TimerHandle, call_later
 from ..._ipc.codec import dumps, dumps_call, loads_exception
-from ..._ipc.spin import SPIN_MAX, after_sleep
+from ..._ipc.spin import SPIN_MAX, SpinChoice, after_sleep
 from ..._os import proc as _proc
 from ..._os.proc import guard, usable_cpus, wait_pid
 from . import wire as _wire
@@ -287,6 +287,8 @@ class ProcessBackend(Backend):
         # The caller's spin budget (see _read_for) and the token one spinner holds.
         self._spin = SPIN_MAX
         self._spinner = threading.Lock()
+        # Whether spinning pays at all, on this machine now (both ends follow it).
+        self._spin_choice = SpinChoice()
 
     # ------------------------------------------------------------------ submit
     def submit(
@@ -324,7 +326,11 @@ class ProcessBackend(Backend):
         return task
 
     def _may_spin(self, extra: int = 0) -> bool:
-        """Whether the busy workers (plus ``extra`` about to be) leave a core for a spinner."""
+        """Whether to spin: it pays lately (see SpinChoice), and the busy workers
+        (plus ``extra`` about to be) leave a core for a spinner."""
+        return self._spin_choice.spin and self._cores_free(extra)
+
+    def _cores_free(self, extra: int = 0) -> bool:
         return bool(SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
 
     def _want_launch(self) -> bool:
@@ -897,23 +903,35 @@ class ProcessBackend(Backend):
         workers use every core, and only one caller thread spins at a time (the
         others would take the GIL and a core from it for nothing).
         """
+        if not self._cores_free():
+            return poller.poll(ms)
+        monotonic = time.monotonic
+        choice = self._spin_choice
+        start = monotonic()
+        if not choice.spin:
+            # Timed too: SpinChoice compares the waits with and without spinning.
+            events = poller.poll(ms)
+            choice.record(monotonic() - start)
+            return events
         budget = self._spin
-        if not budget or not self._may_spin() or not self._spinner.acquire(blocking=False):
+        if not budget or not self._spinner.acquire(blocking=False):
             return poller.poll(ms)
         try:
-            monotonic = time.monotonic
-            end = monotonic() + budget
+            end = start + budget
             while True:
                 events = poller.poll(0)
                 if events:
+                    choice.record(monotonic() - start)
                     return events
                 if monotonic() >= end:
                     break
         finally:
             self._spinner.release()
-        t0 = time.monotonic()
+        t0 = monotonic()
         events = poller.poll(ms)
-        self._spin = after_sleep(budget, time.monotonic() - t0)
+        now = monotonic()
+        self._spin = after_sleep(budget, now - t0)
+        choice.record(now - start)
         return events
 
     def _wake(self) -> None:
