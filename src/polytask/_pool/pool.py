@@ -35,12 +35,14 @@ import itertools
 import pickle
 import sys
 import threading
+import time
 import types
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
+from .._core import task as _task
 from .._core.backend import fn_name
 from .._core.errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
 from .._core.task import Task, finish_many
@@ -206,12 +208,49 @@ class _TaskSink(Sink):
 
 
 class _PoolView(Backend):
-    """The backend a submitted Task reports to: waiting and cancelling go to the Pool."""
+    """The backend a submitted Task reports to: waiting and cancelling go to the Pool.
+
+    Waiting is the fast path of ``pool.submit(f, x).result()``: the caller waits on
+    the chunk its task runs in, through the chunk's backend, so on the process
+    backend it reads its own result (no hop through the collector thread, as for
+    ``pt.spawn``); the chunk's done callback then settles the task in the caller.
+    """
 
     name = "pool"
 
     def __init__(self, pool: Pool) -> None:
         self._pool = weakref.ref(pool)
+
+    def watch(self, task: Task[Any]) -> None:
+        # Something else waits for the task (a callback, as_completed): its chunk's
+        # result must come without a caller reading for it.
+        it = task._slot
+        chunk = it.chunk if isinstance(it, Item) else None
+        if chunk is not None and not chunk._watched:
+            chunk._watch()
+
+    def wait(self, task: Task[Any], timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not task._is_done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            it = task._slot
+            chunk = it.chunk if isinstance(it, Item) else None
+            if chunk is not None and not chunk._is_done():
+                chunk._backend.wait(chunk, remaining)
+                continue
+            # Queued in the pool (or its chunk's callback runs in another thread):
+            # whoever runs it settles it. A lone chunk nobody reads would hold up
+            # the queue, so it is read in the background from now on.
+            pool = self._pool()
+            if pool is not None:
+                pool._unlone()
+            step = 0.05 if remaining is None else min(remaining, 0.05)
+            with task._condition:
+                if not task._is_done():
+                    task._condition.wait(step)
+        return True
 
     def submit(self, fn: Any, args: Any, kwargs: Any, *, name: str, timeout: Any) -> Task[Any]:
         raise RuntimeError("submit through the Pool")  # pragma: no cover
@@ -550,6 +589,11 @@ class Pool(PrimitiveFactory):
             weakref.WeakKeyDictionary()
         )
         self._ids = itertools.count()
+        # The chunk of a lone submitted task, sent unwatched: only its caller reads
+        # its result (see _launch); anything else the pool does watches it (_unlone).
+        self._lone: Task[Any] | None = None
+        # Whether submit may hand a lone task to the backend as it is (_submit_direct).
+        self._direct = backend == "process" and max_memory_per_worker is None
         _live_pools.add(self)
         _install_exit_hook()
 
@@ -588,6 +632,18 @@ class Pool(PrimitiveFactory):
                 raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
             last = self._last_fn = (_weak(fn), fn_name(fn))
         t = self.timeout if timeout is DEFAULT else self._timeout_for(timeout)
+        if self._direct and not self.retries:
+            with self._lock:
+                if self._closed:
+                    self._check_open()
+                direct = not self._queue and not self._runs and self._inflight < self.workers
+                if direct:
+                    self._inflight += 1
+                    self._chunks_sent += 1
+                    self._unsettled += 1
+                    lone, self._lone = self._lone, None
+            if direct:
+                return self._submit_direct(fn, args, kwargs, t, name or last[1], lone)
         task: Task[T] = Task(self._view, name or last[1], t)
         item = Item(self._submit_sink, next(self._ids), fn, args, kwargs, t, task)
         task._slot = item
@@ -597,13 +653,19 @@ class Pool(PrimitiveFactory):
                 self._check_open()
             q.append(item)
             self._unsettled += 1
+            lone, self._lone = self._lone, None
             if (
                 self._inflight >= self.workers
                 and not self._runs
                 and len(q) < self._submit_sink.sizer.size(None)
             ):
-                return task  # every worker is busy: let a full chunk gather (see _take_chunk)
-        self._pump()
+                gather = True  # every worker is busy: let a full chunk gather (see _take_chunk)
+            else:
+                gather = False
+        if lone is not None and not lone._is_done():
+            lone._watch()  # a queue may form behind it now
+        if not gather:
+            self._pump()
         return task
 
     def map(
@@ -831,6 +893,7 @@ class Pool(PrimitiveFactory):
         Call :meth:`close` first. Raises ``TimeoutError`` if ``timeout`` seconds pass first.
         """
         timeout = check_timeout(timeout)
+        self._unlone()
         self._pump()  # drops queued tasks that were cancelled
         with self._lock:
             if not self._closed:
@@ -1061,7 +1124,80 @@ class Pool(PrimitiveFactory):
                 "with-block); create a new Pool"
             )
 
+    def _submit_direct(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        name: str,
+        lone: Task[Any] | None,
+    ) -> Task[T]:
+        """A task submitted while a worker is free and nothing waits: the backend's
+        own task, as ``pt.spawn`` makes it (called with a slot of _inflight taken).
+
+        No item, no chunk, no thread hop: its caller reads the result itself. It
+        is sent unwatched (the lone task, see _launch) unless work queued meanwhile.
+        Only without retries and memory limits, which need the item machinery.
+        """
+        if lone is not None and not lone._is_done():
+            lone._watch()
+        try:
+            task = self._backend.spawn(fn, args, kwargs, name=name, timeout=timeout)
+        except BaseException as exc:
+            with self._lock:
+                self._inflight -= 1
+                self._unsettled -= 1
+                if self._unsettled == 0:
+                    self._idle.notify_all()
+            if not isinstance(exc, Exception):
+                raise
+            # As for a chunk that could not be sent: the task fails, submit does not.
+            failed: Task[T] = Task(self._view, name, timeout)
+            failed._finish(exc=exc)
+            return failed
+        with self._lock:
+            watch = bool(self._queue or self._runs or self._lone is not None)
+            if not watch:
+                self._lone = task
+        if watch:
+            task.add_done_callback(self._direct_done)
+            return task
+        # Future.add_done_callback without its condition (made on first use, a few
+        # microseconds): a task without one changes state under _state_lock, and
+        # runs its callbacks after that (Task._finish).
+        with _task._state_lock:  # by module: it is remade in a forked child
+            done = task._is_done()
+            if not done and task._cond is None:
+                task._done_callbacks.append(self._direct_done)
+                return task
+        if done:
+            self._direct_done(task)
+        else:
+            concurrent.futures.Future.add_done_callback(task, self._direct_done)
+        return task
+
+    def _direct_done(self, task: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._unsettled -= 1
+            if self._lone is task:
+                self._lone = None
+            if self._unsettled == 0:
+                self._idle.notify_all()
+            queued = bool(self._queue or self._runs)
+        if queued:
+            self._pump()
+
+    def _unlone(self) -> None:
+        """Have the lone chunk's result read in the background (see _launch)."""
+        with self._lock:
+            lone, self._lone = self._lone, None
+        if lone is not None and not lone._is_done():
+            lone._watch()
+
     def _feed(self, run: _Run, args: list[Any]) -> None:
+        self._unlone()
         with self._lock:
             if self._terminated or run.cancelled:
                 return  # the caller raises run.aborted
@@ -1138,15 +1274,38 @@ class Pool(PrimitiveFactory):
                 raise
             return
         # Recorded before the done callback, which may run at once.
+        lone = False
         if isinstance(chunk, Block):
             chunk.run.chunks.add(task)
         else:
             for it in chunk:
                 it.chunk = task
+            first = chunk[0].task
             with self._lock:
                 self._item_chunks[id(task)] = (task, chunk)
+                # One submitted task alone in the pool (pool.submit(f, x).result()):
+                # its chunk is not watched, so the backend does not wake its collector
+                # for it and the caller reads the result itself (_PoolView.wait), as
+                # for pt.spawn. Whatever else comes first watches it (_unlone).
+                if (
+                    first is not None
+                    and len(chunk) == 1
+                    and chunk[0].attempts == 0
+                    and not first._watched
+                    and self._inflight == 1
+                    and not self._queue
+                    and not self._runs
+                    and not self._closed
+                ):
+                    lone = True
+                    self._lone = task
         done_chunk = chunk
-        task.add_done_callback(lambda done: self._on_done(done, done_chunk))
+        if lone:
+            concurrent.futures.Future.add_done_callback(
+                task, lambda done: self._on_done(cast(Task[Any], done), done_chunk)
+            )
+        else:
+            task.add_done_callback(lambda done: self._on_done(done, done_chunk))
         if isinstance(chunk, Block) and chunk.run.cancelled:
             # The consumer left while this chunk was being launched.
             concurrent.futures.Future.cancel(task)
@@ -1229,6 +1388,8 @@ class Pool(PrimitiveFactory):
             if not block:
                 with self._lock:
                     self._item_chunks.pop(id(task), None)
+                    if self._lone is task:
+                        self._lone = None
             self._chunk_gone()
             exc = task.exception(0)
             sizer = chunk.run.sizer if isinstance(chunk, Block) else chunk[0].sink.sizer

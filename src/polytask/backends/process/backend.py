@@ -49,9 +49,9 @@ from ..._core.errors import (
     WorkerCrashed,
 )
 from ..._core.task import Task
-from ..._core.timer import call_later
+from ..._core.timer import TimerHandle, call_later
 from ..._ipc.codec import dumps, dumps_call, loads_exception
-from ..._ipc.spin import SPIN_MAX, after_sleep
+from ..._ipc.spin import SPIN_MAX, SpinChoice, after_sleep
 from ..._os import proc as _proc
 from ..._os.proc import guard, usable_cpus, wait_pid
 from . import wire as _wire
@@ -139,6 +139,7 @@ class _ForkedProc:
 class _Worker:
     __slots__ = (
         "booting",
+        "born",
         "claim",
         "dead",
         "decoder",
@@ -150,6 +151,7 @@ class _Worker:
         "poller",
         "proc",
         "ready",
+        "ready_at",
         "rfd",
         "rlock",
         "sending",
@@ -179,6 +181,8 @@ class _Worker:
         self.kill_exc: BaseException | None = None
         self.ntasks = 0
         self.ready = False  # it sent S_READY: start-up and initializer are done
+        self.born = time.monotonic()  # for the start-up time (see _drains_soon)
+        self.ready_at = 0.0
         self.booting = True  # counted in ProcessBackend._booting until READY or death
         self.sending = False  # a frame is being written: do not close its fds yet
 
@@ -263,6 +267,13 @@ class ProcessBackend(Backend):
         self._booting = 0
         self._boot_limit = max_workers if max_workers is not None else _NCPU
         self._started = 0  # worker processes started, ever (statistics)
+        # Without max_workers, a task that waits gets a worker of its own only if
+        # the busy workers would not reach it sooner than a new one could start
+        # (see _drains_soon): a start's seconds (moving average), and the last tasks'
+        # (their median, so that one stalled task does not start a worker).
+        self._boot_time = 0.1
+        self._task_times: collections.deque[float] = collections.deque(maxlen=16)
+        self._recheck: TimerHandle | None = None  # the timer that asks again (see _recheck_later)
         self._closed = False
         self._ids = itertools.count(1)
         self._graveyard: list[_Worker] = []
@@ -276,6 +287,8 @@ class ProcessBackend(Backend):
         # The caller's spin budget (see _read_for) and the token one spinner holds.
         self._spin = SPIN_MAX
         self._spinner = threading.Lock()
+        # Whether spinning pays at all, on this machine now (both ends follow it).
+        self._spin_choice = SpinChoice()
 
     # ------------------------------------------------------------------ submit
     def submit(
@@ -313,7 +326,11 @@ class ProcessBackend(Backend):
         return task
 
     def _may_spin(self, extra: int = 0) -> bool:
-        """Whether the busy workers (plus ``extra`` about to be) leave a core for a spinner."""
+        """Whether to spin: it pays lately (see SpinChoice), and the busy workers
+        (plus ``extra`` about to be) leave a core for a spinner."""
+        return self._spin_choice.spin and self._cores_free(extra)
+
+    def _cores_free(self, extra: int = 0) -> bool:
         return bool(SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
 
     def _want_launch(self) -> bool:
@@ -330,8 +347,58 @@ class ProcessBackend(Backend):
             return False  # the next READY (or a death) asks again
         if self._max is not None and len(self._workers) + self._starting >= self._max:
             return False
+        if self._max is None and self._drains_soon():
+            self._recheck_later()
+            return False
         self._starting += 1
         return True
+
+    def _drains_soon(self) -> bool:
+        """Whether the ready workers would reach the waiting tasks before a new worker
+        could start (called with self._lock held).
+
+        Without max_workers each running task may have a worker of its own, but a
+        burst of tiny tasks must not start an interpreter per task: the first
+        workers up drain the queue long before the later ones would boot, which
+        would then only be retired (a load storm, and an exit that waits for them).
+        So: no ready worker, or a task running for longer than a start takes (it
+        may wait for the tasks behind it), means start one; otherwise the queue's
+        drain time, from the mean task time, decides. Unknown yet: not now, and
+        :meth:`_recheck_later` asks again once a start's time has passed.
+        """
+        now = time.monotonic()
+        busy = 0
+        longest = 0.0
+        for w in self._workers.values():
+            if not w.ready or w.dead:
+                continue
+            task = w.task
+            if task is None:
+                continue
+            busy += 1
+            since = max(task._started_at or now, w.ready_at)
+            longest = max(longest, now - since)
+        if not busy and not self._idle:
+            return False
+        boot = self._boot_time
+        times = self._task_times
+        if longest > boot or not times:
+            return longest <= boot
+        typical = sorted(times)[len(times) // 2]
+        return len(self._pending) * typical < boot * max(1, busy)
+
+    def _recheck_later(self) -> None:
+        # Called with self._lock held: a declined start is reconsidered after about
+        # a start's time, so a task queued behind long ones is never stranded.
+        if self._recheck is None and not self._stopping:
+            self._recheck = call_later(self._boot_time / 2, self._recheck_launch)
+
+    def _recheck_launch(self) -> None:
+        with self._lock:
+            self._recheck = None
+            launch = bool(self._pending) and not self._stopping and self._want_launch()
+        if launch:
+            _launcher.submit(self._start_worker)
 
     def _assign(self, w: _Worker, task: Task[Any]) -> None:
         """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list)."""
@@ -578,7 +645,9 @@ class ProcessBackend(Backend):
         task = w.task
         if status == _wire.S_READY:
             w.ready = True
+            w.ready_at = now = time.monotonic()
             with self._lock:
+                self._boot_time = (self._boot_time + (now - w.born)) / 2
                 self._booted(w)
                 launch = self._want_launch()
             if launch:
@@ -616,11 +685,17 @@ class ProcessBackend(Backend):
             )
             exc.__cause__ = why
         nxt: Task[Any] | None = None
+        started = task._started_at
+        now = time.monotonic()
         with self._lock:
             if w.task is not task:
                 return  # killed and settled meanwhile
             w.task = None
             w.ntasks += 1
+            if started is not None and w.ntasks > 1:
+                # A worker's first task (imports, unpickling its function) says
+                # little about the next ones.
+                self._task_times.append(now - max(started, w.ready_at))
             if w.kill_exc is not None or w.dead:
                 pass
             elif retiring or (self._max_tasks is not None and w.ntasks >= self._max_tasks):
@@ -828,23 +903,35 @@ class ProcessBackend(Backend):
         workers use every core, and only one caller thread spins at a time (the
         others would take the GIL and a core from it for nothing).
         """
+        if not self._cores_free():
+            return poller.poll(ms)
+        monotonic = time.monotonic
+        choice = self._spin_choice
+        start = monotonic()
+        if not choice.spin:
+            # Timed too: SpinChoice compares the waits with and without spinning.
+            events = poller.poll(ms)
+            choice.record(monotonic() - start)
+            return events
         budget = self._spin
-        if not budget or not self._may_spin() or not self._spinner.acquire(blocking=False):
+        if not budget or not self._spinner.acquire(blocking=False):
             return poller.poll(ms)
         try:
-            monotonic = time.monotonic
-            end = monotonic() + budget
+            end = start + budget
             while True:
                 events = poller.poll(0)
                 if events:
+                    choice.record(monotonic() - start)
                     return events
                 if monotonic() >= end:
                     break
         finally:
             self._spinner.release()
-        t0 = time.monotonic()
+        t0 = monotonic()
         events = poller.poll(ms)
-        self._spin = after_sleep(budget, time.monotonic() - t0)
+        now = monotonic()
+        self._spin = after_sleep(budget, now - t0)
+        choice.record(now - start)
         return events
 
     def _wake(self) -> None:
@@ -1000,6 +1087,9 @@ class ProcessBackend(Backend):
         with self._lock:
             self._stopping = True
             idle, self._idle = self._idle, []
+            if self._recheck is not None:
+                self._recheck.cancel()
+                self._recheck = None
             workers = list(self._workers.values())
         for w in idle:
             self._retire(w)

@@ -209,6 +209,9 @@ def serve(rfd: int, wfd: int) -> None:
                 del result
             finally:
                 _set_current(None)
+            # Freed now, not when the next task comes (the caller freed its copies;
+            # an object may release a resource, or its memory is due back).
+            del fn, args, kwargs
             _strays.after_task()
             if _retiring:
                 frame = frame[:8] + bytes([frame[8] | _wire.F_RETIRE]) + frame[9:]
