@@ -39,12 +39,14 @@ __all__ = [
     "Template",
     "UnsafeInput",
     "exit_status",
+    "exported_functions",
     "is_posix_shell",
     "joblog_line",
     "parse_duration",
     "parse_joblog",
     "parse_jobs",
     "perl_dirname",
+    "perl_expression",
     "replace_value",
     "results_dir",
     "resume_skip",
@@ -54,7 +56,9 @@ __all__ = [
 
 #: A replacement string: ``{}``, ``{#}``, ``{%}``, or ``{N}`` / ``{}`` with one
 #: of the modifiers ``.`` ``/`` ``//`` ``/.``.
-_REPL_RE = re.compile(r"\{(?:(#)|(%)|(\d+)?(\.|//|/\.|/)?)\}")
+_REPL_RE = re.compile(r"\{(?:(#)|(%)|(-?\d+)?(\.|//|/\.|/)?)\}")
+#: GNU parallel's Perl replacement strings, ``{= perl =}`` and ``{=3 perl =}``.
+_PERL_RE = re.compile(r"\{=.*?=\}", re.DOTALL)
 
 # Characters that change the meaning of a command line in sh. A command whose
 # literal text (replacement strings aside) has none of them is a plain list of
@@ -169,7 +173,8 @@ class Repl(_Record):
     """One replacement string of a template.
 
     ``kind`` is ``"arg"``, ``"seq"`` ({#}) or ``"slot"`` ({%}); for ``"arg"``,
-    ``index`` is the 1-based input source (None: every argument) and ``mod`` one
+    ``index`` is the 1-based input source (negative: from the last; None:
+    every argument) and ``mod`` one
     of ``""``, ``"."``, ``"/"``, ``"//"``, ``"/."``.
     """
 
@@ -199,7 +204,9 @@ class Repl(_Record):
         if self.index is None:
             return [replace_value(a, self.mod) for a in args] if args else [""]
         # GNU parallel gives an empty string for a source that does not exist.
-        value = args[self.index - 1] if 0 < self.index <= len(args) else ""
+        # {-1} is the last source, {-2} the one before it.
+        i = self.index - 1 if self.index > 0 else len(args) + self.index
+        value = args[i] if 0 <= i < len(args) else ""
         return [replace_value(value, self.mod)]
 
 
@@ -311,6 +318,7 @@ class Template(_Record):
         "plans",
         "argv_plans",
         "heredocs",
+        "functions",
     )
     __slots__ = (*_fields, "_pieces", "_argv_emit", "_prefix")
     parts: tuple[Part, ...]
@@ -321,6 +329,7 @@ class Template(_Record):
     plans: tuple[Plan, ...]
     argv_plans: tuple[Plan, ...]
     heredocs: tuple[HeredocCheck, ...]
+    functions: frozenset[str]
     _pieces: tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]
     _argv_emit: tuple[Callable[[Sequence[str]], str] | None, ...]
     _prefix: list[str] | None  # argv before the inputs, when they are only appended
@@ -335,8 +344,10 @@ class Template(_Record):
         plans: tuple[Plan, ...] = (),
         argv_plans: tuple[Plan, ...] = (),
         heredocs: tuple[HeredocCheck, ...] = (),
+        functions: frozenset[str] = frozenset(),
     ) -> None:
         self._set(
+            functions=functions,
             parts=parts,
             words=words,
             has_repl=has_repl,
@@ -357,8 +368,18 @@ class Template(_Record):
         )
 
     @classmethod
-    def parse(cls, command: Sequence[str], *, quote: bool = False, shell: str = "sh") -> Template:
+    def parse(
+        cls,
+        command: Sequence[str],
+        *,
+        quote: bool = False,
+        shell: str = "sh",
+        functions: frozenset[str] = frozenset(),
+    ) -> Template:
         """Parse the COMMAND words of the command line, for jobs run by ``shell``.
+
+        ``functions`` are names the shell knows as commands (bash functions
+        exported with ``export -f``): a COMMAND that starts with one needs it.
 
         Like GNU parallel, the words are joined with spaces into one shell
         command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
@@ -396,7 +417,9 @@ class Template(_Record):
         if not needs and words_l:
             first = words_l[0]
             first_text = "".join(p for p in first if isinstance(p, str))
-            if "=" in first_text or (len(first) == 1 and first_text in _SHELL_WORDS):
+            if "=" in first_text or (
+                len(first) == 1 and (first_text in _SHELL_WORDS or first_text in functions)
+            ):
                 needs = True
         toks, count = _tokens(parts)
         shell_plans, checks = plan_shell(toks, dialect(shell))
@@ -411,6 +434,7 @@ class Template(_Record):
             plans=tuple(shell_plans[k] for k in range(count)),
             argv_plans=tuple(word_plans[k] for k in range(len(word_plans))),
             heredocs=tuple(checks),
+            functions=functions,
         )
 
     @property
@@ -455,7 +479,7 @@ class Template(_Record):
         """
         if self.empty:
             line = " ".join(args)
-            if needs_shell(line) or not line.split():
+            if needs_shell(line) or not line.split() or line.split()[0] in self.functions:
                 return None
             return line.split()
         if self.needs_shell:
@@ -488,6 +512,12 @@ class Template(_Record):
     def max_index(self) -> int:
         """The highest ``{N}`` used (0 if none)."""
         return max((p.index or 0 for p in self.parts if isinstance(p, Repl)), default=0)
+
+
+def perl_expression(text: str) -> str | None:
+    """The first ``{= perl =}`` replacement string in ``text``, if any (they cannot be run)."""
+    m = _PERL_RE.search(text)
+    return m.group(0) if m else None
 
 
 _RAW: Plan = (False, ("raw",))
@@ -533,6 +563,13 @@ def _check_heredocs(checks: Sequence[HeredocCheck], emitted: Sequence[str]) -> N
                 raise UnsafeInput(
                     f"an input would put the line {delim!r} into a here-document and end it early"
                 )
+
+
+def exported_functions(environ: dict[str, str] | Any) -> frozenset[str]:
+    """Names of the bash functions in an environment (``export -f``: ``BASH_FUNC_name%%``)."""
+    return frozenset(
+        k[10:-2] for k in environ if k.startswith("BASH_FUNC_") and k.endswith("%%") and len(k) > 12
+    )
 
 
 def needs_shell(line: str) -> bool:
@@ -656,6 +693,12 @@ class HaltPolicy(_Record):
         if not self.active:
             return False
         n = {"fail": failed, "success": succeeded, "done": failed + succeeded}[self.what]
+        return self.reached(n, total)
+
+    def reached(self, n: int, total: int | None) -> bool:
+        """Whether ``n`` jobs of the kind counted (failed, succeeded, done) meet the limit."""
+        if not self.active:
+            return False
         if self.count is not None:
             return n >= self.count
         assert self.pct is not None

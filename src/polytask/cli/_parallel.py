@@ -43,6 +43,9 @@ GRACE = 0.5
 #: The exit value of a job not run because an input cannot go where the COMMAND
 #: puts it (a shell's status for a line it cannot run, e.g. a syntax error).
 REFUSED = 2
+#: GNU parallel's exit status for bad options and for being ended by a signal.
+USAGE_ERROR = KILLED = 255
+_JOB_VARIABLES = ("PARALLEL_PID", "PARALLEL_SEQ", "PARALLEL_JOBSLOT")
 
 _USAGE = "polytask parallel [OPTIONS] [COMMAND [ARG...]] [::: ARGS... | :::: FILES...]..."
 _DESCRIPTION = """\
@@ -61,7 +64,8 @@ input is itself a command.
 """
 _EPILOG = """\
 exit status: 0 if every job succeeded, else the number of failed jobs
-(101 for more than 100); with --halt, as GNU parallel. 2: bad options.
+(101 for more than 100); with --halt, as GNU parallel. 255: bad options,
+or ended by a signal.
 examples:
   polytask parallel -j 4 gzip ::: *.log
   polytask parallel -k --tag 'echo {1} {2}' ::: a b ::: 1 2
@@ -167,6 +171,8 @@ def _parser() -> _Parser:
         help="read inputs from FILE, one a line, like :::: FILE",
     )
     a("-0", "--null", action="store_true", help="inputs in files and stdin end with NUL")
+    a("--rpl", action="append", default=[], metavar="'TAG PERL'", help=argparse.SUPPRESS)
+    a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -293,6 +299,7 @@ class _Sink:
         self.line_buffer = line_buffer
         self._jobs: dict[int, _JobOut] = {}
         self._head = 1
+        self.dropped = False
 
     def _job(self, seq: int, tag: bytes) -> _JobOut:
         job = self._jobs.get(seq)
@@ -325,6 +332,8 @@ class _Sink:
 
     def chunk(self, seq: int, tag: bytes, kind: int, data: bytes) -> None:
         """Output of a running job (--line-buffer)."""
+        if self.dropped:
+            return
         job = self._job(seq, tag)
         job.pending[kind].append(data)
         if b"\n" in data and (not self.keep_order or seq == self._head):
@@ -332,6 +341,8 @@ class _Sink:
 
     def complete(self, seq: int, tag: bytes, out: bytes, err: bytes) -> None:
         """A job ended; ``out``/``err`` is what was not yet handed to :meth:`chunk`."""
+        if self.dropped:
+            return
         job = self._job(seq, tag)
         if out:
             job.pending[1].append(out)
@@ -346,6 +357,8 @@ class _Sink:
 
     def skip(self, seq: int) -> None:
         """A job number that prints nothing (resumed, ended by --halt)."""
+        if self.dropped:
+            return
         self._job(seq, b"").done = True
         if self.keep_order:
             self._advance()
@@ -364,6 +377,11 @@ class _Sink:
             self._emit(self._head, final=True)
             del self._jobs[self._head]
             self._head += 1
+
+    def discard(self) -> None:
+        """Print nothing more: what is kept back is dropped, later output ignored (--halt now)."""
+        self._jobs.clear()
+        self.dropped = True
 
     def finish(self) -> None:
         """Print whatever is left, in job order (jobs never run leave gaps)."""
@@ -434,6 +452,7 @@ class _Runner:
             spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
         )
         self.halt_status: int | None = None
+        self.halted_now = False  # --halt now triggered: nothing more is printed or logged
         self.stop = False
         self.failed = self.succeeded = self.started = 0
         self.seq = 0
@@ -480,7 +499,7 @@ class _Runner:
             f = open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - open for the whole run
         except OSError as exc:
             raise _Fatal(f"cannot write joblog {path!r}: {exc.strerror}") from None
-        if not append or f.tell() == 0:
+        if not append:  # GNU parallel writes no header when it appends, even to a new file
             f.write(spec.JOBLOG_HEADER)
             f.flush()
         self.joblog = f
@@ -527,6 +546,23 @@ class _Runner:
             _write(1, os.fsencode(text) + b"\n")
 
     def run(self) -> int:
+        # GNU parallel's variables: PARALLEL_PID for every job (the loop's
+        # environment is read at its first start), PARALLEL_SEQ and
+        # PARALLEL_JOBSLOT per job (a nested run's own are not passed on).
+        saved = {k: os.environ.get(k) for k in _JOB_VARIABLES}
+        for k in _JOB_VARIABLES:
+            os.environ.pop(k, None)
+        os.environ["PARALLEL_PID"] = str(os.getpid())
+        try:
+            return self._run()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _run(self) -> int:
         from .._os.childloop import ProcessLoop
 
         self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True)
@@ -615,14 +651,17 @@ class _Runner:
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
+        env = (b"PARALLEL_SEQ=%d" % job.seq, b"PARALLEL_JOBSLOT=%d" % job.slot)
         if self.jobs is None or self.jobs > 1:
             # Started here, or by starter threads while the machine is busy.
-            self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
+            self.loop.spawn_soon(
+                argv, token=job, timeout=timeout, on_output=on_output, extra_env=env
+            )
             for failed, exc in self.loop.failed_starts():  # those started here, at once
                 self.start_failed(failed, failed.program, exc)
             return
         try:
-            self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
+            self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output, extra_env=env)
         except (OSError, ValueError) as exc:
             self.start_failed(job, argv[0], exc)
 
@@ -656,7 +695,7 @@ class _Runner:
         job: _Job = child.token
         if not released:
             self.release(job)
-        if job.halted:
+        if job.halted or self.halted_now:
             self.sink.skip(job.seq)
             return
         rc: int = child.returncode
@@ -733,25 +772,33 @@ class _Runner:
         self.check_halt(job, exitval, sig, failed)
 
     def check_halt(self, job: _Job, exitval: int, sig: int, failed: bool) -> None:
+        """GNU parallel's should_we_halt, after every job that ended (its lines and status)."""
         halt = self.halt
-        if not halt.active or self.stop:
+        if not halt.active:
             return
-        relevant = {"fail": failed, "success": not failed, "done": True}[halt.what]
-        if not relevant:
-            return
-        if halt.what == "fail":
+        count: int | None = None
+        if failed and halt.what == "fail":
             _warn(f"This job failed:\n{self.text(job)}")
+            count = self.failed
+        elif not failed and halt.what == "success":
+            _warn(f"This job succeeded:\n{self.text(job)}")
+            count = self.succeeded
+        if halt.what == "done":
+            _warn(f"This job finished:\n{self.text(job)}")
+            count = self.failed + self.succeeded
         total = self.source.total
-        if not halt.triggered(failed=self.failed, succeeded=self.succeeded, total=total):
+        if count is None or not halt.reached(count, total):
             return
-        self.halt_status = halt.exit_status(
-            failed=self.failed, started=self.started, total=total, exitval=exitval, signal=sig
-        )
+        if self.halt_status is None or halt.what == "success":
+            self.halt_status = halt.exit_status(
+                failed=self.failed, started=self.started, total=total, exitval=exitval, signal=sig
+            )
         self.stop = True
         running = [c for c in self.loop.children() if not c.exited]
         if halt.when == "now":
-            if running:
-                _warn(f"Killing {len(running)} running jobs (--halt now).")
+            # As GNU parallel: nothing more is printed, not even output kept back by -k.
+            self.halted_now = True
+            self.sink.discard()
             for child in running:
                 child.token.halted = True
                 self.loop.terminate(child)
@@ -846,6 +893,7 @@ _VALUE_OPTIONS = frozenset(
         "--res",
         "-a",
         "--arg-file",
+        "--rpl",
     ]
 )
 
@@ -888,11 +936,21 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[st
 
 def main(argv: list[str]) -> int:
     """Run ``polytask parallel`` with ``argv`` (the words after ``parallel``); returns the exit status."""
+    argv = list(argv)
+    from_env = os.environ.get("PARALLEL", "").strip()
+    if from_env:
+        import shlex  # only then: not on the start-up path
+
+        try:
+            argv = shlex.split(from_env) + argv  # GNU parallel reads $PARALLEL's options first
+        except ValueError as exc:
+            print(f"{PROG}: error: $PARALLEL: {exc}", file=sys.stderr)
+            return USAGE_ERROR
     try:
-        opts, groups = _parse(list(argv))
+        opts, groups = _parse(argv)
     except _UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     old_handlers = {}
@@ -913,16 +971,14 @@ def main(argv: list[str]) -> int:
         return runner.run()
     except _UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except _Fatal as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 255
     except _OutputClosed:
         return 141  # as a shell reports a pipeline member killed by SIGPIPE
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
-    except _Interrupted as exc:
-        return 128 + exc.signum
+    except (KeyboardInterrupt, _Interrupted):
+        return KILLED  # as GNU parallel, once every job's tree was ended
     finally:
         if runner is not None and runner.bar is not None:
             runner.bar.close()
@@ -938,6 +994,17 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
     from .. import _parallel_spec as spec
     from .._os.proc import usable_cpus
 
+    if opts.rpl:
+        raise _UsageError(
+            f"--rpl {opts.rpl[0]!r}: replacement strings defined in Perl are not supported "
+            "(polytask runs no Perl); use the shell in COMMAND instead"
+        )
+    perl = spec.perl_expression(" ".join(opts.command))
+    if perl is not None:
+        raise _UsageError(
+            f"COMMAND: {perl} is a Perl expression, and polytask runs no Perl: use the shell "
+            "instead, e.g. 'v={}; echo \"${v%.*}\"' for {= s:\\.[^.]*$:: =}"
+        )
     ncpu = usable_cpus()
     try:
         jobs = spec.parse_jobs(opts.jobs, ncpu)
@@ -949,7 +1016,15 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
     jobs = _fd_limit(jobs if jobs is not None else 4096)
     shell = _shell()
     try:
-        template = spec.Template.parse(opts.command, quote=opts.quote, shell=shell)
+        # GNU parallel runs bash's exported functions (export -f) through $SHELL.
+        functions = (
+            spec.exported_functions(os.environ)
+            if os.path.basename(shell) == "bash"
+            else frozenset()
+        )
+        template = spec.Template.parse(
+            opts.command, quote=opts.quote, shell=shell, functions=functions
+        )
     except spec.QuotingError as exc:
         raise _UsageError(f"COMMAND: {exc}") from None
     if template.needs_shell and not spec.is_posix_shell(shell):

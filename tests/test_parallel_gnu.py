@@ -1,0 +1,249 @@
+"""`polytask parallel` side by side with GNU parallel (Debian's 20221122).
+
+Each case runs the same command line, in a fresh directory each, under GNU
+parallel and under ``python -m polytask.cli parallel``, and compares what
+they print (sorted where GNU parallel does not promise an order, exactly
+with ``-k`` or one job at a time), their exit status and, where the case
+says so, their stderr (``parallel:`` read as ``polytask parallel:``) and the
+files they leave. GNU parallel is installed by the ``gnu_parallel`` fixture
+(``apt-get install -y parallel`` when running as root); without it these
+tests are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+def _is_gnu(path: str) -> bool:
+    try:
+        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return r.stdout.startswith("GNU parallel")
+
+
+@pytest.fixture(scope="session")
+def gnu_parallel() -> str:
+    """The path of GNU parallel, installed with apt-get if missing and we are root."""
+    path = shutil.which("parallel")
+    if path and _is_gnu(path):
+        return path
+    if path:
+        pytest.skip(f"{path} is not GNU parallel (moreutils' parallel?): no side-by-side tests")
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("GNU parallel is not installed (apt-get install parallel, as root)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-q", "parallel"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode != 0:  # an old package list: update it once, then try again
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    path = shutil.which("parallel")
+    if r.returncode != 0 or not path or not _is_gnu(path):
+        pytest.skip(f"cannot install GNU parallel: {r.stderr.strip()[-300:]}")
+    return path
+
+
+class Run:
+    """What one implementation did with a command line."""
+
+    def __init__(self, r: subprocess.CompletedProcess[str], cwd: Path) -> None:
+        self.rc = r.returncode
+        self.out = r.stdout
+        self.err = r.stderr
+        self.cwd = cwd
+
+    def files(self) -> dict[str, str]:
+        out = {}
+        for p in sorted(self.cwd.rglob("*")):
+            if p.is_file():
+                out[str(p.relative_to(self.cwd))] = p.read_text(errors="replace")
+        return out
+
+
+def _env(home: Path, extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=SRC, SHELL=BASH, PARALLEL_HOME=str(home))
+    env.pop("PARALLEL", None)
+    env.update(extra or {})
+    return env
+
+
+def both(
+    gnu: str,
+    tmp_path: Path,
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
+) -> tuple[Run, Run]:
+    """Run ``argv`` under GNU parallel and polytask, each in a fresh directory of its own.
+
+    ``wrap``: a command that runs them (e.g. ``bash -c '... "$@"' x``), the program appended.
+    """
+    home = tmp_path / "parallel-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "will-cite").touch()  # GNU parallel's citation notice, once and for all
+    runs = []
+    for name, prog in (("gnu", [gnu]), ("pt", [PY, "-m", "polytask.cli", "parallel"])):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        r = subprocess.run(
+            [*wrap, *prog, *argv],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd,
+            env=_env(home, env),
+        )
+        runs.append(Run(r, cwd))
+    return runs[0], runs[1]
+
+
+def same_err(g: Run, p: Run) -> None:
+    assert p.err == g.err.replace("parallel: ", "polytask parallel: ")
+
+
+# (argv, how to compare stdout: "exact" | "sorted", compare stderr too)
+CASES: list[tuple[list[str], str, bool]] = [
+    # --- A: halt, its lines and status
+    (
+        ["-j2", "--halt", "now,fail=1", "sh -c 'sleep 0.{}; echo {}; exit {}'", ":::", *"00123"],
+        "exact",
+        True,
+    ),
+    (["-j1", "--halt", "now,success=2", "echo", ":::", *"123456"], "exact", True),
+    (
+        ["-j2", "--halt", "soon,fail=1", "sleep {}; echo {}; exit 3", ":::", "1", "0.3"],
+        "exact",
+        True,
+    ),
+    (["-j1", "--halt", "soon,done=2", "echo {}; exit {}", ":::", "0", "4", "0"], "exact", True),
+    (["-j1", "--halt", "now,fail=50%", "exit {}", ":::", "0", "1", "0", "2"], "exact", True),
+    (
+        ["-j1", "--halt", "soon,fail=2", "echo {}; exit {}", ":::", "1", "0", "2", "3"],
+        "exact",
+        True,
+    ),
+    # --- A: {-1}, $PARALLEL_SEQ / $PARALLEL_JOBSLOT, options accepted silently
+    (["-k", "echo", "{-1}", "{-2}", "{-1.}", ":::", "a", "b", ":::", "c.x", "d.y"], "exact", True),
+    (["-j1", "echo $PARALLEL_SEQ $PARALLEL_JOBSLOT {}", ":::", "a", "b", "c"], "exact", True),
+    (["-j3", "-k", "echo $PARALLEL_SEQ {}", ":::", "a", "b", "c", "d"], "exact", True),
+    (["--will-cite", "-k", "echo", ":::", "a", "b"], "exact", True),
+    (["-k", "echo", "{1}-{2}", ":::", "a", "b", ":::", "1", "2"], "exact", True),
+]
+
+
+@pytest.mark.parametrize(("argv", "mode", "stderr"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_same_as_gnu(
+    gnu_parallel: str, tmp_path: Path, argv: list[str], mode: str, stderr: bool
+) -> None:
+    g, p = both(gnu_parallel, tmp_path, argv)
+    assert p.rc == g.rc, (g.err, p.err)
+    if mode == "sorted":
+        assert sorted(p.out.splitlines()) == sorted(g.out.splitlines())
+    else:
+        assert p.out == g.out
+    if stderr:
+        same_err(g, p)
+    assert p.files() == g.files()
+
+
+def test_halt_now_prints_nothing_after_the_halt(gnu_parallel: str, tmp_path: Path) -> None:
+    # The reported race: a job that ended in the same wake-up as the failing
+    # one was printed (job "2", in 4 of 8 runs); done=50% printed 51 lines.
+    for i in range(4):
+        argv = ["-j2", "--halt", "now,fail=1", "sh -c 'sleep 0.{}; echo {}; exit {}'"]
+        g, p = both(gnu_parallel, tmp_path / f"fail{i}", [*argv, ":::", *"00123"])
+        assert (p.out, p.rc) == (g.out, g.rc) == ("0\n0\n1\n", 1)
+        g, p = both(
+            gnu_parallel,
+            tmp_path / f"done{i}",
+            ["--halt", "now,done=50%", "echo", ":::", *map(str, range(1, 101))],
+        )
+        # GNU parallel itself, on a busy machine, sometimes prints a 51st.
+        assert len(p.out.splitlines()) == 50 and len(g.out.splitlines()) in (50, 51)
+        assert p.rc == g.rc == 0
+        assert p.err.count("This job finished:") == 50
+
+
+def test_bad_options_exit_255(gnu_parallel: str, tmp_path: Path) -> None:
+    for i, argv in enumerate(
+        (["--bogus", "echo", ":::", "a"], ["-j", "abc", "echo", ":::", "a"], ["--halt", "x"])
+    ):
+        g, p = both(gnu_parallel, tmp_path / str(i), argv)
+        assert p.rc == g.rc == 255
+        assert p.out == "" and p.err.count("\n") == 1  # GNU prints its usage on stdout
+
+
+def test_joblog_appended_to_a_new_file_has_no_header(gnu_parallel: str, tmp_path: Path) -> None:
+    g, p = both(gnu_parallel, tmp_path, ["-j1", "--joblog", "+log", "echo", ":::", "a", "b"])
+    for run in (g, p):
+        rows = [line.split("\t") for line in (run.cwd / "log").read_text().splitlines()]
+        assert [(r[0], r[6], r[8]) for r in rows] == [("1", "0", "echo a"), ("2", "0", "echo b")]
+
+
+def test_options_from_the_parallel_variable(gnu_parallel: str, tmp_path: Path) -> None:
+    g, p = both(gnu_parallel, tmp_path, ["echo", ":::", "x", "y"], env={"PARALLEL": "--tag -k"})
+    assert p.out == g.out == "x\tx\ny\ty\n"
+
+
+def test_exported_bash_functions_run(gnu_parallel: str, tmp_path: Path) -> None:
+    wrap = [BASH, "-c", 'my_func() { echo "in my_func $1"; }; export -f my_func; "$@"', "x"]
+    g, p = both(gnu_parallel, tmp_path, ["-k", "my_func", ":::", "1", "2"], wrap=wrap)
+    assert (p.out, p.rc) == (g.out, g.rc) == ("in my_func 1\nin my_func 2\n", 0)
+    g, p = both(gnu_parallel, tmp_path / "stdin", ["-k"], wrap=wrap, input="my_func a\n")
+    assert (p.out, p.rc) == (g.out, g.rc) == ("in my_func a\n", 0)
+
+
+def test_parallel_pid_is_the_runner(gnu_parallel: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "will-cite").touch()
+    for prog in ([gnu_parallel], [PY, "-m", "polytask.cli", "parallel"]):
+        proc = subprocess.Popen(
+            [*prog, "-j2", "echo $PARALLEL_PID #", ":::", "a", "b"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(home, None),
+        )
+        out, _ = proc.communicate(timeout=60)
+        assert out.split() == [str(proc.pid)] * 2, prog
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ended_by_a_signal_exits_255(gnu_parallel: str, tmp_path: Path, signum: int) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "will-cite").touch()
+    for name, prog in (("gnu", [gnu_parallel]), ("pt", [PY, "-m", "polytask.cli", "parallel"])):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        proc = subprocess.Popen(
+            [*prog, "-j2", "touch {}; exec sleep 60", ":::", "a", "b"],
+            cwd=cwd,
+            env=_env(home, None),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not ((cwd / "a").exists() and (cwd / "b").exists()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 255, name
