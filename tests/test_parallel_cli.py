@@ -731,4 +731,15 @@ def test_job_variables(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> Non
 
 def test_last_input_source(capfd: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capfd, "-k", "echo", "{-1}", "{-2/}", "{-3}", ":::", "a/x", ":::", "b")
-    assert code == 0 and out == "b x \n"
+    assert code == 0 and out == "b x\n"  # a source that does not exist: no word at all
+
+
+def test_several_inputs_per_job(capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capfd, "-k", "-n2", "echo", "{#}:", "{}", ":::", *"abcde")
+    assert code == 0 and out == "1: a b\n2: c d\n3: e\n"
+    code, out, _ = run(capfd, "-k", "-X", "-j1", "-q", "printf", "<%s>", "x{}", ":::", "a b", "c")
+    assert code == 0 and out == "<xa b><xc>"
+    code, out, err = run(capfd, "--max-args=-1", "echo", ":::", "a")
+    assert code == 255 and "-n/-N -1" in err
+    r = cli("-k", "-N2", "echo", "{2}", "{1}", input="a\nb\nc\n")
+    assert r.returncode == 0 and r.stdout == "b a\nc\n"

@@ -146,6 +146,28 @@ CASES: list[tuple[list[str], str, bool]] = [
     (["-j3", "-k", "echo $PARALLEL_SEQ {}", ":::", "a", "b", "c", "d"], "exact", True),
     (["--will-cite", "-k", "echo", ":::", "a", "b"], "exact", True),
     (["-k", "echo", "{1}-{2}", ":::", "a", "b", ":::", "1", "2"], "exact", True),
+    (["-k", "echo", "{3}", "x", ":::", "a", ":::", "b"], "exact", True),
+    # --- B: several inputs per job
+    (["-k", "-n2", "echo", "{1}+{2}", ":::", *"abcde"], "exact", True),
+    (["-k", "-N2", "echo", "{1}+{2}", ":::", *"abcde"], "exact", True),
+    (["-k", "-n2", "echo", ":::", *"abcde"], "exact", True),
+    (["-k", "-n2", "echo", "{}", "x", ":::", *"abc"], "exact", True),
+    (["-k", "-N0", "echo", "hi", ":::", *"abc"], "exact", True),
+    (["-k", "-n0", "echo", "hi", ":::", *"ab"], "exact", True),
+    (["-k", "-X", "echo", "pre{}post", ":::", *"abc"], "exact", True),
+    (["-k", "-m", "echo", "pre{}post", ":::", *"abc"], "exact", True),
+    (["-k", "--xargs", "echo", "pre{}post", ":::", *"abc"], "exact", True),
+    (["-k", "-j4", "-m", "echo", ":::", *map(str, range(1, 11))], "exact", True),
+    (["-k", "-j4", "-X", "echo", "x{}y", ":::", *map(str, range(1, 11))], "exact", True),
+    (["-k", "-N2", "echo", "{1}", "{2}", "{3}", ":::", *"abcde"], "exact", True),
+    (["-k", "-N2", "echo", ":::", "a", "b", ":::", "c", "d"], "exact", True),
+    (["-k", "-X", "echo", "x{}y", ":::", "a", "b", ":::", "c", "d"], "exact", True),
+    (["-k", "-X", "echo", "x{}y", "{#}", '"q{}"', ":::", *"abcd"], "exact", True),
+    (["-k", "-X", "-j1", "echo", "{1}", "{2}", "x{.}", ":::", "a.1", "b.2", "c"], "exact", True),
+    (["-k", "-m", "--tag", "echo", ":::", *"abc"], "exact", True),
+    (["-k", "-n3", "sh -c 'echo $#' x", ":::", *"abcdefg"], "exact", True),
+    (["-k", "-N3", "echo {1} {2} {3}", ":::", "a  b", "c'd", 'e"f', "$HOME"], "exact", True),
+    (["-k", "-X", "echo x{}", ":::", "a  b", "c'd", 'e"f', "$HOME", "`id`"], "exact", True),
 ]
 
 
@@ -247,3 +269,12 @@ def test_ended_by_a_signal_exits_255(gnu_parallel: str, tmp_path: Path, signum: 
             time.sleep(0.02)
         proc.send_signal(signum)
         assert proc.wait(timeout=60) == 255, name
+
+
+def test_several_inputs_from_stdin(gnu_parallel: str, tmp_path: Path) -> None:
+    lines = "".join(f"{i}\n" for i in range(1, 12))
+    for i, argv in enumerate(
+        (["-k", "-n3", "echo"], ["-k", "-j3", "-m", "echo"], ["-k", "-j2", "-X", "echo", "<{}>"])
+    ):
+        g, p = both(gnu_parallel, tmp_path / str(i), argv, input=lines)
+        assert (p.out, p.rc) == (g.out, g.rc)

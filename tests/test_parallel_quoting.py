@@ -287,3 +287,39 @@ def test_a_shell_with_other_quoting_rules_is_refused(tmp_path: Path) -> None:
         assert r.returncode == 255 and b"not a POSIX shell" in r.stderr
         r = parallel("echo", ":::", "a", cwd=tmp_path, shell=shell)  # no shell needed: runs
         assert r.returncode == 0 and r.stdout == b"a\n"
+
+
+# Several inputs per job (-X, -m, -N, -n): each input still only data, wherever
+# the COMMAND (or its repeated words, with -X) puts it.
+MULTI: list[tuple[list[str], str, Callable[[bytes], bytes]]] = [
+    (["-X"], "printf '%s\\0' 'x{}'", lambda v: b"x" + v),
+    (
+        ["-X"],
+        'printf "%s\\0" "x{/}"',
+        lambda v: b"x" + os.fsencode(replace_value(os.fsdecode(v), "/")),
+    ),
+    (["-m"], "printf '%s\\0' {}", lambda v: v),
+    (["--xargs"], "printf '%s\\0' {}", lambda v: v),
+    (["-N3"], "printf '%s\\0' {1} \"{2}\" '{3}'", lambda v: v),
+    (["-n2"], "sh -c 'printf \"%s\\0\" {}'", lambda v: v),
+    (["-N2"], "printf '%s\\0' \"`printf '%s' {-1}`\" \"$(printf '%s' {1})\"", strip_nl),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("opts", "command", "expect"), MULTI, ids=[" ".join([*o, c]) for o, c, _ in MULTI]
+)
+def test_hostile_inputs_several_per_job(
+    tmp_path: Path, shell: str, opts: list[str], command: str, expect: Expect
+) -> None:
+    values = CORPUS[:42]  # a multiple of 2 and 3: no job short of an input
+    work = tmp_path / "w"
+    work.mkdir()
+    r = parallel("-k", "-j", "2", *opts, command, ":::", *values, cwd=work, shell=shell)
+    nothing_ran(work)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
+    outputs = r.stdout.split(b"\0")[:-1]
+    if "-N2" in opts:  # {-1} then {1}: the pair's second input, then its first
+        values = [v for a, b in zip(values[::2], values[1::2], strict=True) for v in (b, a)]
+    assert outputs == [expect(v) for v in values]

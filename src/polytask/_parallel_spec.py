@@ -38,6 +38,7 @@ __all__ = [
     "Repl",
     "Template",
     "UnsafeInput",
+    "context_command",
     "exit_status",
     "exported_functions",
     "is_posix_shell",
@@ -203,11 +204,10 @@ class Repl(_Record):
             return [str(slot)]
         if self.index is None:
             return [replace_value(a, self.mod) for a in args] if args else [""]
-        # GNU parallel gives an empty string for a source that does not exist.
-        # {-1} is the last source, {-2} the one before it.
+        # {-1} is the last source, {-2} the one before it. One that does not
+        # exist is nothing at all, as GNU parallel writes it (not an empty word).
         i = self.index - 1 if self.index > 0 else len(args) + self.index
-        value = args[i] if 0 <= i < len(args) else ""
-        return [replace_value(value, self.mod)]
+        return [replace_value(args[i], self.mod)] if 0 <= i < len(args) else []
 
 
 def perl_dirname(path: str) -> str:
@@ -375,11 +375,14 @@ class Template(_Record):
         quote: bool = False,
         shell: str = "sh",
         functions: frozenset[str] = frozenset(),
+        append: bool = True,
     ) -> Template:
         """Parse the COMMAND words of the command line, for jobs run by ``shell``.
 
         ``functions`` are names the shell knows as commands (bash functions
         exported with ``export -f``): a COMMAND that starts with one needs it.
+        ``append=False`` (``-N0``): no input is appended when there is no
+        replacement string.
 
         Like GNU parallel, the words are joined with spaces into one shell
         command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
@@ -390,7 +393,7 @@ class Template(_Record):
         if quote:
             words = tuple(tuple(_split_parts(w)) or ("",) for w in command)
             has = any(isinstance(p, Repl) for w in words for p in w)
-            if not has and words:
+            if append and not has and words:
                 words += ((Repl("arg"),),)
             flat: list[Part] = []
             for i, w in enumerate(words):
@@ -409,7 +412,7 @@ class Template(_Record):
         text = " ".join(command)
         parts = tuple(_split_parts(text))
         has = any(isinstance(p, Repl) for p in parts)
-        if not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
+        if append and not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
             parts += (" ", Repl("arg"))
         words_l = _words(parts)
         literal = "".join(p for p in parts if isinstance(p, str))
@@ -444,7 +447,8 @@ class Template(_Record):
 
     def source(self) -> str:
         """The COMMAND as given, replacement strings unexpanded (what a refused job logs)."""
-        parts = self.parts if self.has_repl else self.parts[:-2]
+        appended = not self.has_repl and self.parts[-1:] == (Repl("arg"),)
+        parts = self.parts[:-2] if appended else self.parts
         return "".join(p.spelling() if isinstance(p, Repl) else p for p in parts)
 
     def shell_text(self, args: Sequence[str], seq: int, slot: int) -> str:
@@ -494,24 +498,98 @@ class Template(_Record):
             # sources) splits its word, as the quoted shell text would:
             # pre'a' 'b'post.
             current = [""]
+            produced = False  # a word of only inputs that do not exist is no word
             for part in word:
                 if isinstance(part, Repl):
                     values = part.values(args, seq, slot)
                     fn = emit[k]
                     k += 1
+                    if not values:
+                        continue
+                    produced = True
                     if fn is None:
                         current[-1] += values[0]
                         current.extend(values[1:])
                     else:
                         current[-1] += fn(values)
                 else:
+                    produced = True
                     current[-1] += part
-            out.extend(current)
+            if produced:
+                out.extend(current)
         return out
 
     def max_index(self) -> int:
         """The highest ``{N}`` used (0 if none)."""
         return max((p.index or 0 for p in self.parts if isinstance(p, Repl)), default=0)
+
+
+def _repeat_word(word: Sequence[Part], count: int) -> list[list[Part]]:
+    """``word`` once per input, its ``{}``-like strings pointing at input 1, 2, ... (-X)."""
+    if not any(isinstance(p, Repl) and p.kind == "arg" and p.index is None for p in word):
+        return [list(word)]
+    return [
+        [
+            Repl("arg", i, p.mod)
+            if isinstance(p, Repl) and p.kind == "arg" and p.index is None
+            else p
+            for p in word
+        ]
+        for i in range(1, count + 1)
+    ]
+
+
+def _spell(parts: Iterable[Part]) -> str:
+    return "".join(p.spelling() if isinstance(p, Repl) else p for p in parts)
+
+
+def context_command(
+    command: Sequence[str], count: int, *, quote: bool = False, append: bool = True
+) -> list[str]:
+    """The COMMAND words for a job of ``count`` inputs with context replace (``-X``, ``-N``).
+
+    As GNU parallel: a word (split at blanks) that holds ``{}``, ``{.}``, ...
+    is repeated once per input, each copy with that input (``x{}y`` over
+    ``a b``: ``xay xby``); ``{1}``, ``{#}`` and the other words stay as they
+    are. With no replacement string (and ``append``) the inputs are appended.
+    The result is a COMMAND like any other: parsed, and quoted where each
+    copy sits, by :meth:`Template.parse`.
+    """
+    if quote:
+        out: list[str] = []
+        words = [_split_parts(w) for w in command]
+        if append and not any(isinstance(p, Repl) for w in words for p in w):
+            words.append([Repl("arg")])
+        for w in words:
+            out.extend(_spell(copy) for copy in _repeat_word(w, count))
+        return out
+    parts: list[Part] = _split_parts(" ".join(command))
+    if append and command and not any(isinstance(p, Repl) for p in parts):
+        parts += [" ", Repl("arg")]
+    # Words and the blanks between them, the blanks kept as they are.
+    pieces: list[list[Part] | str] = []
+    for part in parts:
+        if isinstance(part, Repl):
+            if not pieces or isinstance(pieces[-1], str):
+                pieces.append([])
+            pieces[-1].append(part)  # type: ignore[union-attr]
+            continue
+        for chunk in re.split(r"([ \t]+)", part):
+            if not chunk:
+                continue
+            if chunk.strip(" \t") == "":
+                pieces.append(chunk)
+            elif pieces and isinstance(pieces[-1], list):
+                pieces[-1].append(chunk)
+            else:
+                pieces.append([chunk])
+    text = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            text.append(piece)
+        else:
+            text.append(" ".join(_spell(copy) for copy in _repeat_word(piece, count)))
+    return ["".join(text)]
 
 
 def perl_expression(text: str) -> str | None:

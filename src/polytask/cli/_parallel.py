@@ -5,7 +5,8 @@ their cartesian product), ``::::`` argument files, stdin; the replacement
 strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
 ``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
 ``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
-``--line-buffer``; GNU parallel's exit status.
+``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
+``--xargs``); GNU parallel's exit status.
 
 ::
 
@@ -171,6 +172,31 @@ def _parser() -> _Parser:
         help="read inputs from FILE, one a line, like :::: FILE",
     )
     a("-0", "--null", action="store_true", help="inputs in files and stdin end with NUL")
+    a(
+        "-n",
+        "--max-args",
+        type=int,
+        metavar="N",
+        help="give each job up to N inputs ({} is all of them, {1} {2} ... each); 0: none",
+    )
+    a(
+        "-N",
+        "--max-replace-args",
+        type=int,
+        metavar="N",
+        help="like -n, and a word with {} is repeated for each input (as -X)",
+    )
+    a(
+        "-m",
+        action="store_true",
+        help="as many inputs per job as fit on a command line, spread over the jobs",
+    )
+    a(
+        "-X",
+        action="store_true",
+        help="like -m, and a word with {} is repeated for each input: x{}y -> xay xby",
+    )
+    a("--xargs", action="store_true", help="like -m, without spreading over the jobs")
     a("--rpl", action="append", default=[], metavar="'TAG PERL'", help=argparse.SUPPRESS)
     a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -231,6 +257,80 @@ class _StreamSource:
         parts = (self._buf + data).split(self._sep)
         self._buf = parts.pop()
         self._lines.extend(os.fsdecode(p) for p in parts)
+
+
+#: The longest command line a job of several inputs (-m, -X, --xargs) is given,
+#: in bytes: the script of ``sh -c`` is one argument, and Linux takes none
+#: longer than 128 KiB (MAX_ARG_STRLEN); the rest is room for quoting.
+MAX_LINE = 131072 - 4096
+
+
+class _Grouped:
+    """Several inputs per job (-n, -N, -m, -X, --xargs), as GNU parallel groups them.
+
+    Takes records (one value per input source) from ``source`` and gives each
+    job the values of up to ``max_args`` records, flattened; without
+    ``max_args``, as many as fit in :data:`MAX_LINE`. With ``spread`` (-m,
+    -X) the records left when the input ends are spread evenly over the
+    ``jobs`` job slots (GNU parallel: ceil(left / jobs) each, from then on).
+    """
+
+    def __init__(self, source: Any, *, max_args: int | None, spread: int | None, cost: int) -> None:
+        self.source = source
+        self.fd = source.fd
+        self.total: int | None = None
+        if max_args and source.total is not None and not spread:
+            self.total = -(-source.total // max_args)
+        self.max_args = max_args
+        self.spread = spread
+        self.cost = cost  # times each value is written into the command line
+        self._buf: deque[tuple[str, ...]] = deque()
+        self._len = 0
+        self._eof = False
+
+    def _size(self, record: tuple[str, ...]) -> int:
+        # Each value quoted ('...', a ' inside as '\'') and a blank after it.
+        return sum(len(v.encode(errors="surrogateescape")) + 3 * v.count("'") + 3 for v in record)
+
+    def _full(self) -> bool:
+        if self.max_args is not None:
+            return len(self._buf) >= max(self.max_args, 1)
+        return self._len * self.cost >= MAX_LINE
+
+    def take(self) -> Any:
+        while not self._eof and not self._full():
+            record = self.source.take()
+            if record is _NOT_READY:
+                return _NOT_READY
+            if record is None:
+                self._eof = True
+                break
+            self._buf.append(record)
+            self._len += self._size(record)
+        if not self._buf:
+            return None
+        if self._eof and self.spread and len(self._buf) > 1:
+            self.max_args = -(-len(self._buf) // self.spread)
+            self.spread = None
+        n = len(self._buf)
+        if self.max_args is not None:
+            n = min(n, max(self.max_args, 1))
+        elif self._len * self.cost > MAX_LINE:
+            # Over the limit: the last record waits for the next job (one always goes).
+            size, n = 0, 0
+            for record in self._buf:
+                size += self._size(record)
+                if n and size * self.cost > MAX_LINE:
+                    break
+                n += 1
+        group = [self._buf.popleft() for _ in range(n)]
+        self._len -= sum(self._size(r) for r in group)
+        if self.max_args == 0:
+            return ()  # -n0 / -N0: one input read, none given
+        return tuple(v for record in group for v in record)
+
+    def fill(self) -> None:
+        self.source.fill()
 
 
 def _read_lines(path: str, sep: bytes) -> list[str]:
@@ -436,6 +536,9 @@ class _Runner:
         self.opts = opts
         self.source = source
         self.template = template
+        # -X, -N: a COMMAND per number of inputs, its {} words repeated (context replace).
+        self.context = bool(opts.X or opts.max_replace_args is not None)
+        self.templates: dict[int, Any] = {}
         self.jobs = jobs
         self.tries = max(1, opts.retries)
         self.shell = shell
@@ -519,12 +622,23 @@ class _Runner:
                 continue
             return _Job(self.seq, args)
 
+    def tmpl(self, job: _Job) -> Any:
+        """The job's Template: the COMMAND's, or with -X/-N the one for its number of inputs."""
+        if not self.context:
+            return self.template
+        n = len(job.args)
+        t = self.templates.get(n)
+        if t is None:
+            t = self.templates[n] = _context_template(self.opts, n, self.shell)
+        return t
+
     def text(self, job: _Job) -> str:
         """The job's command line as it runs (for logs and messages); never raises."""
+        t = self.tmpl(job)
         try:
-            text: str = self.template.shell_text(job.args, job.seq, job.slot)
+            text: str = t.shell_text(job.args, job.seq, job.slot)
         except self.spec.UnsafeInput:
-            text = self.template.source()  # a refused job ran nothing: log the COMMAND
+            text = t.source()  # a refused job ran nothing: log the COMMAND
         return text
 
     def dry_run(self) -> int:
@@ -538,7 +652,7 @@ class _Runner:
                 continue
             job.slot = 1
             try:
-                text = self.template.shell_text(job.args, job.seq, job.slot)
+                text = self.tmpl(job).shell_text(job.args, job.seq, job.slot)
             except self.spec.UnsafeInput as exc:
                 refused += 1
                 _warn(f"job {job.seq} would not run: {exc}")
@@ -637,9 +751,10 @@ class _Runner:
         job.tries += 1
         self.started += job.tries == 1
         try:
-            argv = self.template.argv(job.args, job.seq, job.slot)
+            t = self.tmpl(job)
+            argv = t.argv(job.args, job.seq, job.slot)
             if argv is None:
-                argv = [self.shell, "-c", self.template.shell_text(job.args, job.seq, job.slot)]
+                argv = [self.shell, "-c", t.shell_text(job.args, job.seq, job.slot)]
         except self.spec.UnsafeInput as unsafe:
             # Not run at all: a shell would only have failed on it, or run the input.
             msg = f"{PROG}: job {job.seq} not run: {unsafe}\n".encode(errors="surrogateescape")
@@ -844,6 +959,31 @@ def _shell() -> str:
     return "/bin/sh"
 
 
+def _functions(shell: str) -> frozenset[str]:
+    """The exported bash functions, when the shell is bash (GNU parallel runs them through it)."""
+    from .. import _parallel_spec as spec
+
+    if os.path.basename(shell) != "bash":
+        return frozenset()
+    return spec.exported_functions(os.environ)
+
+
+def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
+    """The Template of a job of ``count`` inputs under -X / -N (its {} words repeated)."""
+    from .. import _parallel_spec as spec
+
+    words = spec.context_command(
+        opts.command, count, quote=opts.quote, append=opts.max_replace_args != 0
+    )
+    return spec.Template.parse(
+        words,
+        quote=opts.quote,
+        shell=shell,
+        functions=_functions(shell),
+        append=opts.max_replace_args != 0,
+    )
+
+
 def _name_max(root: str) -> int:
     """The longest file name (bytes) under ``root``, or its nearest existing parent."""
     from .._parallel_spec import NAME_MAX
@@ -894,6 +1034,10 @@ _VALUE_OPTIONS = frozenset(
         "-a",
         "--arg-file",
         "--rpl",
+        "-n",
+        "--max-args",
+        "-N",
+        "--max-replace-args",
     ]
 )
 
@@ -1017,14 +1161,15 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
     shell = _shell()
     try:
         # GNU parallel runs bash's exported functions (export -f) through $SHELL.
-        functions = (
-            spec.exported_functions(os.environ)
-            if os.path.basename(shell) == "bash"
-            else frozenset()
-        )
         template = spec.Template.parse(
-            opts.command, quote=opts.quote, shell=shell, functions=functions
+            opts.command,
+            quote=opts.quote,
+            shell=shell,
+            functions=_functions(shell),
+            append=0 not in (opts.max_args, opts.max_replace_args),
         )
+        if opts.X or opts.max_replace_args is not None:
+            _context_template(opts, 2, shell)  # its errors now, not at the first job
     except spec.QuotingError as exc:
         raise _UsageError(f"COMMAND: {exc}") from None
     if template.needs_shell and not spec.is_posix_shell(shell):
@@ -1062,6 +1207,14 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
                     raise _UsageError(":::: must be followed by at least one file")
                 sources.extend(_read_lines(f, sep) for f in items)
         source = _ListSource(sources)
+    max_args = opts.max_replace_args if opts.max_replace_args is not None else opts.max_args
+    if max_args is not None and max_args < 0:
+        raise _UsageError(f"-n/-N {max_args}: must be 0 or more")
+    multi = opts.m or opts.X or opts.xargs
+    if max_args is not None or multi:
+        cost = sum(isinstance(p, spec.Repl) for p in template.parts) or 1
+        spread = None if opts.xargs or not (opts.m or opts.X) else jobs
+        source = _Grouped(source, max_args=max_args, spread=spread, cost=cost)
     runner = _Runner(opts, source, template, jobs, shell)
     runner.open_joblog()
     return runner
