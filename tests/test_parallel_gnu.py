@@ -101,7 +101,7 @@ def both(
     runs = []
     for name, prog in (("gnu", [gnu]), ("pt", [PY, "-m", "polytask.cli", "parallel"])):
         cwd = tmp_path / name
-        cwd.mkdir()
+        cwd.mkdir(exist_ok=True)
         r = subprocess.run(
             [*wrap, *prog, *argv],
             input=input,
@@ -168,6 +168,32 @@ CASES: list[tuple[list[str], str, bool]] = [
     (["-k", "-n3", "sh -c 'echo $#' x", ":::", *"abcdefg"], "exact", True),
     (["-k", "-N3", "echo {1} {2} {3}", ":::", "a  b", "c'd", 'e"f', "$HOME"], "exact", True),
     (["-k", "-X", "echo x{}", ":::", "a  b", "c'd", 'e"f', "$HOME", "`id`"], "exact", True),
+    # --- C: columns, named columns, linked sources
+    (
+        ["-k", "--colsep", ",", "echo", "[{2}]", "[{}]", "[{3}]", ":::", "a, b,c", "d,e , f"],
+        "exact",
+        True,
+    ),
+    (["-k", "--colsep", ",+", "echo", "{2}{1}", ":::", "a,,b", "c,d"], "exact", True),
+    (
+        ["-k", "--colsep", ",", "echo", "{1}-{2}-{3}", ":::", "a,b", "c,d", ":::", "e"],
+        "exact",
+        True,
+    ),
+    (
+        ["-k", "--header", ":", "echo", "{f1}", "{f2.}", ":::", "f1", "A", "B", ":::", "f2", "C.x"],
+        "exact",
+        True,
+    ),
+    (["-k", "--link", "echo", ":::", "a", "b", "c", ":::", "1", "2"], "exact", True),
+    (["-k", "--xapply", "echo", ":::", "a", "b", ":::", "1", "2"], "exact", True),
+    (["-k", "echo", ":::", "a", "b", "c", ":::+", "1", "2", ":::", "x", "y"], "exact", True),
+    (["-k", "echo", ":::", "a", ":::+", "1", "2", "3"], "exact", True),
+    (["-k", "--link", "-N2", "echo", ":::", *"abcd", ":::", *"1234"], "exact", True),
+    # --- D: xargs habits
+    (["--arg-sep", ",,", "-k", "echo", ",,", "a", "b", ",,+", "1", "2"], "exact", True),
+    (["-k", "-I", "XX", "echo", "XX-XX", "{}", "{#}", ":::", "a", "b"], "exact", True),
+    (["-k", "-I", "{in}", "echo", "{in}.{.}", ":::", "a.b"], "exact", True),
 ]
 
 
@@ -269,6 +295,44 @@ def test_ended_by_a_signal_exits_255(gnu_parallel: str, tmp_path: Path, signum: 
             time.sleep(0.02)
         proc.send_signal(signum)
         assert proc.wait(timeout=60) == 255, name
+
+
+STDIN_CASES: list[tuple[list[str], str]] = [
+    (["-k", "--colsep", ",", "echo", "[{2}]", "[{}]"], "a, b,c\nd,e , f\n"),
+    (["-k", "--header", ":", "echo", "{x}-{y}", "{1}"], "x\ty\n1\t2\n3\t4\n"),
+    (["-k", "--header", ":", "--colsep", ",", "echo", "{y.}", "{x/}"], "x,y\na/b,c.d\n"),
+    (["-k", "-r", "echo", "x"], "a\n\n \nb\n"),
+    (["-k", "-r", "echo", "y"], " \n"),
+    (["-k", "-E", "END", "echo"], "a\nEND\nb\n"),
+    (["-k", "-d", ":", "echo"], "a:b:c"),
+    (["-k", "-d", ":", "echo"], "a:b:c:"),
+    (["-k", "-d", "\\t", "echo"], "a\tb\\tc\n"),
+    (["-k", "--delimiter", "\\n", "echo"], "a\nb\n"),
+    (["-k", "-I", "XX", "echo", "XX-XX", "{}"], "a\nb\n"),
+    (["-k", "-0", "echo"], "a b\0c\nd\0"),
+    (["-k", "-a", "-", "echo", ":::", "x", "y"], "1\n2\n"),
+]
+
+
+@pytest.mark.parametrize(("argv", "stdin"), STDIN_CASES, ids=[" ".join(c[0]) for c in STDIN_CASES])
+def test_same_as_gnu_from_stdin(
+    gnu_parallel: str, tmp_path: Path, argv: list[str], stdin: str
+) -> None:
+    g, p = both(gnu_parallel, tmp_path, argv, input=stdin)
+    assert (p.out, p.rc) == (g.out, g.rc)
+    same_err(g, p)
+
+
+def test_linked_files_and_file_separator(gnu_parallel: str, tmp_path: Path) -> None:
+    for name in ("gnu", "pt"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "f1").write_text("a b\n")
+        (d / "f2").write_text("1\n2\n")
+    g, p = both(
+        gnu_parallel, tmp_path, ["-k", "--arg-file-sep", "//", "echo", "//", "f2", "//+", "f1"]
+    )
+    assert (p.out, p.rc) == (g.out, g.rc) == ("1 a b\n", 0)
 
 
 def test_several_inputs_from_stdin(gnu_parallel: str, tmp_path: Path) -> None:

@@ -323,3 +323,27 @@ def test_hostile_inputs_several_per_job(
     if "-N2" in opts:  # {-1} then {1}: the pair's second input, then its first
         values = [v for a, b in zip(values[::2], values[1::2], strict=True) for v in (b, a)]
     assert outputs == [expect(v) for v in values]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_inputs_in_columns_names_and_links(tmp_path: Path, shell: str) -> None:
+    # --colsep and --header split and trim blanks: keep the values they leave whole.
+    values = [v for v in CORPUS if b"\t" not in v and v.strip(b" ") == v]
+    work = tmp_path / "w"
+    work.mkdir()
+
+    def outputs(*argv: str | bytes) -> list[bytes]:
+        r = parallel("-k", "-j", "2", *argv, cwd=work, shell=shell)
+        nothing_ran(work)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
+        return r.stdout.split(b"\0")[:-1]
+
+    pairs = [v + b"\t" + v for v in values]
+    out = outputs("--colsep", "\t", "printf '%s\\0' {2} \"{1}\"", ":::", *pairs)
+    assert out == [v for v in values for _ in (1, 2)]
+    out = outputs("--header", ":", "printf '%s\\0' {col} '{col/}'", ":::", "col", *values)
+    assert out == [w for v in values for w in (v, os.fsencode(replace_value(os.fsdecode(v), "/")))]
+    out = outputs("-I", "@@", "printf '%s\\0' @@ \"x@@\"", ":::", *values)
+    assert out == [w for v in values for w in (v, b"x" + v)]
+    out = outputs("printf '%s\\0' {1} \"`printf '%s' {2}`\"", ":::", *values, ":::+", *values[::-1])
+    assert out == [w for v, u in zip(values, values[::-1], strict=True) for w in (v, strip_nl(u))]

@@ -249,7 +249,16 @@ def replace_value(value: str, mod: str) -> str:
 Part = str | Repl
 
 
-def _split_parts(text: str) -> list[Part]:
+def _split_parts(text: str, token: str = "{}") -> list[Part]:
+    """The literal text and replacement strings of ``text``; ``token`` stands for ``{}`` (-I)."""
+    if token != "{}":
+        out: list[Part] = []
+        for i, segment in enumerate(text.split(token)):
+            if i:
+                out.append(Repl("arg"))
+            # Here {} is only text; {.}, {1}, {#} ... keep their meaning.
+            out.extend(p if p != Repl("arg") else "{}" for p in _split_parts(segment))
+        return out
     parts: list[Part] = []
     pos = 0
     for m in _REPL_RE.finditer(text):
@@ -376,13 +385,14 @@ class Template(_Record):
         shell: str = "sh",
         functions: frozenset[str] = frozenset(),
         append: bool = True,
+        token: str = "{}",
     ) -> Template:
         """Parse the COMMAND words of the command line, for jobs run by ``shell``.
 
         ``functions`` are names the shell knows as commands (bash functions
         exported with ``export -f``): a COMMAND that starts with one needs it.
         ``append=False`` (``-N0``): no input is appended when there is no
-        replacement string.
+        replacement string. ``token`` (``-I STR``) is written for ``{}``.
 
         Like GNU parallel, the words are joined with spaces into one shell
         command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
@@ -391,7 +401,7 @@ class Template(_Record):
         replacement string where no quoting keeps an input data.
         """
         if quote:
-            words = tuple(tuple(_split_parts(w)) or ("",) for w in command)
+            words = tuple(tuple(_split_parts(w, token)) or ("",) for w in command)
             has = any(isinstance(p, Repl) for w in words for p in w)
             if append and not has and words:
                 words += ((Repl("arg"),),)
@@ -410,7 +420,7 @@ class Template(_Record):
                 argv_plans=tuple(argv_plans[k] for k in range(len(argv_plans))),
             )
         text = " ".join(command)
-        parts = tuple(_split_parts(text))
+        parts = tuple(_split_parts(text, token))
         has = any(isinstance(p, Repl) for p in parts)
         if append and not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
             parts += (" ", Repl("arg"))
@@ -539,12 +549,19 @@ def _repeat_word(word: Sequence[Part], count: int) -> list[list[Part]]:
     ]
 
 
-def _spell(parts: Iterable[Part]) -> str:
-    return "".join(p.spelling() if isinstance(p, Repl) else p for p in parts)
+def _spell(parts: Iterable[Part], token: str = "{}") -> str:
+    return "".join(
+        (token if p == Repl("arg") else p.spelling()) if isinstance(p, Repl) else p for p in parts
+    )
 
 
 def context_command(
-    command: Sequence[str], count: int, *, quote: bool = False, append: bool = True
+    command: Sequence[str],
+    count: int,
+    *,
+    quote: bool = False,
+    append: bool = True,
+    token: str = "{}",
 ) -> list[str]:
     """The COMMAND words for a job of ``count`` inputs with context replace (``-X``, ``-N``).
 
@@ -557,13 +574,13 @@ def context_command(
     """
     if quote:
         out: list[str] = []
-        words = [_split_parts(w) for w in command]
+        words = [_split_parts(w, token) for w in command]
         if append and not any(isinstance(p, Repl) for w in words for p in w):
             words.append([Repl("arg")])
         for w in words:
-            out.extend(_spell(copy) for copy in _repeat_word(w, count))
+            out.extend(_spell(copy, token) for copy in _repeat_word(w, count))
         return out
-    parts: list[Part] = _split_parts(" ".join(command))
+    parts: list[Part] = _split_parts(" ".join(command), token)
     if append and command and not any(isinstance(p, Repl) for p in parts):
         parts += [" ", Repl("arg")]
     # Words and the blanks between them, the blanks kept as they are.
@@ -588,7 +605,7 @@ def context_command(
         if isinstance(piece, str):
             text.append(piece)
         else:
-            text.append(" ".join(_spell(copy) for copy in _repeat_word(piece, count)))
+            text.append(" ".join(_spell(copy, token) for copy in _repeat_word(piece, count)))
     return ["".join(text)]
 
 

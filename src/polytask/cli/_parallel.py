@@ -6,7 +6,8 @@ strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
 ``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
 ``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
 ``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
-``--xargs``); GNU parallel's exit status.
+``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
+``-I -d -E -r``; GNU parallel's exit status.
 
 ::
 
@@ -32,13 +33,12 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 __all__ = ["main"]
 
 PROG = "polytask parallel"
-_SEPARATORS = (":::", "::::", ":::+", "::::+")
 #: Seconds between SIGTERM and SIGKILL when a job is ended (timeout, halt, Ctrl-C).
 GRACE = 0.5
 #: The exit value of a job not run because an input cannot go where the COMMAND
@@ -198,6 +198,43 @@ def _parser() -> _Parser:
     )
     a("--xargs", action="store_true", help="like -m, without spreading over the jobs")
     a("--rpl", action="append", default=[], metavar="'TAG PERL'", help=argparse.SUPPRESS)
+    a(
+        "--colsep",
+        metavar="REGEX",
+        help="split each input into columns {1} {2} ... at REGEX (blanks around each trimmed)",
+    )
+    a(
+        "--header",
+        metavar=":",
+        help="the first input of each source names its columns: {name} (--colsep default tab)",
+    )
+    a(
+        "--link",
+        "--xapply",
+        action="store_true",
+        help="take the input sources side by side, not every combination (also :::+ ::::+)",
+    )
+    a("-I", metavar="STR", help="STR stands for the input instead of {} (as xargs -I)")
+    a(
+        "-d",
+        "--delimiter",
+        metavar="DELIM",
+        help="inputs in files and stdin end with DELIM (\\n, \\t, \\0, \\xHH understood)",
+    )
+    a(
+        "-E",
+        dest="eof",
+        metavar="EOF",
+        help="a line EOF in a file or stdin ends it: the rest is not read",
+    )
+    a(
+        "-r",
+        "--no-run-if-empty",
+        action="store_true",
+        help="skip the lines of files and stdin that are empty or only blanks",
+    )
+    a("--arg-sep", metavar="SEP", help="use SEP instead of :::")
+    a("--arg-file-sep", metavar="SEP", help="use SEP instead of ::::")
     a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -210,16 +247,44 @@ _NOT_READY: Any = object()
 
 
 class _ListSource:
-    """Every combination of fully known input sources (GNU order: the first varies slowest)."""
+    """Every combination of fully known input sources (GNU order: the first varies slowest).
+
+    ``linked[i]`` (``:::+``, ``::::+``, ``--link``): source i goes with the one
+    before it value by value rather than in every combination. As in GNU
+    parallel, ``:::+`` stops at the shortest of them; with ``wrap``
+    (``--link``) the shorter ones start over until the longest ends.
+    """
 
     fd = -1
 
-    def __init__(self, sources: Sequence[Sequence[str]]) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Sequence[str]],
+        linked: Sequence[bool] | None = None,
+        *,
+        wrap: bool = False,
+    ) -> None:
         import itertools
         import math
 
-        self.total: int | None = math.prod(len(s) for s in sources)
-        self._it: Iterator[tuple[str, ...]] = itertools.product(*sources)
+        blocks: list[list[Sequence[str]]] = []
+        for i, src in enumerate(sources):
+            if i and linked is not None and linked[i]:
+                blocks[-1].append(src)
+            else:
+                blocks.append([src])
+        rows: list[Sequence[tuple[str, ...]]] = []
+        for block in blocks:
+            if len(block) == 1:
+                rows.append([(v,) for v in block[0]])
+                continue
+            lengths = [len(s) for s in block]
+            n = 0 if 0 in lengths else max(lengths) if wrap else min(lengths)
+            rows.append([tuple(s[i % len(s)] for s in block) for i in range(n)])
+        self.total: int | None = math.prod(len(r) for r in rows)
+        self._it: Iterator[tuple[str, ...]] = (
+            tuple(v for row in combo for v in row) for combo in itertools.product(*rows)
+        )
 
     def take(self) -> Any:
         return next(self._it, None)
@@ -233,11 +298,12 @@ class _StreamSource:
 
     total: int | None = None
 
-    def __init__(self, fd: int, sep: bytes) -> None:
+    def __init__(self, fd: int, sep: bytes, lines: _Lines | None = None) -> None:
         self.fd = fd
         self._sep = sep
         self._buf = b""
         self._lines: deque[str] = deque()
+        self._rules = lines or _Lines()
         self.eof = False
 
     def take(self) -> Any:
@@ -245,18 +311,29 @@ class _StreamSource:
             return (self._lines.popleft(),)
         return None if self.eof else _NOT_READY
 
+    def head(self) -> str | None:
+        """The first line (waits for it), taken out of the inputs: --header's."""
+        while not self._lines and not self.eof:
+            self.fill()
+        return self._lines.popleft() if self._lines else None
+
     def fill(self) -> None:
         """Read what is there (blocks only if nothing is)."""
+        if self.eof:
+            return
         data = os.read(self.fd, 65536)
         if not data:
             self.eof = True
             if self._buf:
-                self._lines.append(os.fsdecode(self._buf))
+                self._lines.extend(self._rules.accept([self._buf]))
                 self._buf = b""
             return
         parts = (self._buf + data).split(self._sep)
         self._buf = parts.pop()
-        self._lines.extend(os.fsdecode(p) for p in parts)
+        self._lines.extend(self._rules.accept(parts))
+        if self._rules.ended:  # -E: the rest is not read
+            self.eof = True
+            self._buf = b""
 
 
 #: The longest command line a job of several inputs (-m, -X, --xargs) is given,
@@ -333,7 +410,44 @@ class _Grouped:
         self.source.fill()
 
 
-def _read_lines(path: str, sep: bytes) -> list[str]:
+class _Lines:
+    """What becomes of the lines of a file or stdin: -E ends them, -r drops blank ones."""
+
+    def __init__(self, eof: str | None = None, skip_blank: bool = False) -> None:
+        self.eof = eof
+        self.skip_blank = skip_blank
+        self.ended = False
+
+    def accept(self, parts: Iterable[bytes]) -> list[str]:
+        out = []
+        for p in parts:
+            if self.ended:
+                break
+            line = os.fsdecode(p)
+            if self.eof is not None and line == self.eof:
+                self.ended = True
+            elif not (self.skip_blank and not line.strip()):
+                out.append(line)
+        return out
+
+
+def _delimiter(text: str) -> bytes:
+    """-d's value: one or more bytes, with \\n \\t \\r \\0 \\a \\\\ and \\xHH understood."""
+    import re
+
+    escapes = {"n": b"\n", "t": b"\t", "r": b"\r", "0": b"\0", "\\": b"\\", "a": b"\a"}
+    out = b""
+    for i, piece in enumerate(re.split(r"\\(x[0-9a-fA-F]{2}|[ntr0a\\])", text)):
+        if i % 2 == 0:
+            out += os.fsencode(piece)
+        else:
+            out += bytes([int(piece[1:], 16)]) if piece[0] == "x" else escapes[piece]
+    if not out:
+        raise _UsageError("-d needs a delimiter (e.g. -d , or -d '\\t')")
+    return out
+
+
+def _read_lines(path: str, sep: bytes, rules: _Lines | None = None) -> list[str]:
     try:
         if path == "-":
             data = sys.stdin.buffer.read()
@@ -345,16 +459,45 @@ def _read_lines(path: str, sep: bytes) -> list[str]:
     parts = data.split(sep)
     if parts and parts[-1] == b"":
         parts.pop()
-    return [os.fsdecode(p) for p in parts]
+    return (rules or _Lines()).accept(parts)
 
 
-def _split_sources(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
-    groups: list[tuple[str, list[str]]] = []
+class _Columns:
+    """Each input split into columns (--colsep), which count as inputs of their own."""
+
+    def __init__(self, source: Any, colsep: str) -> None:
+        import re
+
+        self.source = source
+        self.fd = source.fd
+        self.total = source.total
+        self._split = re.compile(colsep).split
+
+    def columns(self, value: str) -> list[str]:
+        # GNU parallel trims blanks around each column when it splits.
+        return [c.strip(" \t") for c in self._split(value)]
+
+    def take(self) -> Any:
+        record = self.source.take()
+        if record is None or record is _NOT_READY:
+            return record
+        return tuple(c for v in record for c in self.columns(v))
+
+    def fill(self) -> None:
+        self.source.fill()
+
+
+#: A group of inputs on the command line: ":::" or "::::", its words, linked (:::+).
+Group = tuple[str, list[str], bool]
+
+
+def _split_sources(tokens: Sequence[str], arg_sep: str, file_sep: str) -> list[Group]:
+    groups: list[Group] = []
     for tok in tokens:
-        if tok in (":::+", "::::+"):
-            raise _UsageError(f"linked input sources ({tok}) are not supported; use ::: or ::::")
-        if tok in (":::", "::::"):
-            groups.append((tok, []))
+        if tok in (arg_sep, arg_sep + "+"):
+            groups.append((":::", [], tok.endswith("+")))
+        elif tok in (file_sep, file_sep + "+"):
+            groups.append(("::::", [], tok.endswith("+")))
         else:
             groups[-1][1].append(tok)
     return groups
@@ -972,8 +1115,9 @@ def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
     """The Template of a job of ``count`` inputs under -X / -N (its {} words repeated)."""
     from .. import _parallel_spec as spec
 
+    token = opts.I or "{}"
     words = spec.context_command(
-        opts.command, count, quote=opts.quote, append=opts.max_replace_args != 0
+        opts.command, count, quote=opts.quote, append=opts.max_replace_args != 0, token=token
     )
     return spec.Template.parse(
         words,
@@ -981,6 +1125,7 @@ def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
         shell=shell,
         functions=_functions(shell),
         append=opts.max_replace_args != 0,
+        token=token,
     )
 
 
@@ -1038,6 +1183,14 @@ _VALUE_OPTIONS = frozenset(
         "--max-args",
         "-N",
         "--max-replace-args",
+        "--colsep",
+        "--header",
+        "--arg-sep",
+        "--arg-file-sep",
+        "-I",
+        "-d",
+        "--delimiter",
+        "-E",
     ]
 )
 
@@ -1069,10 +1222,35 @@ def _negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
-    cut = next((i for i, a in enumerate(argv) if a in _SEPARATORS), len(argv))
+def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
+    """--arg-sep, --arg-file-sep, and where the inputs start (at the first separator)."""
+    arg_sep, file_sep = ":::", "::::"
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in (arg_sep, file_sep, arg_sep + "+", file_sep + "+"):
+            break
+        for name in ("--arg-sep", "--arg-file-sep"):
+            if a == name or a.startswith(name + "="):
+                if "=" in a:
+                    value: str | None = a[len(name) + 1 :]
+                else:
+                    i += 1
+                    value = argv[i] if i < len(argv) else None
+                if not value:
+                    raise _UsageError(f"{name} needs a non-empty separator")
+                if name == "--arg-sep":
+                    arg_sep = value
+                else:
+                    file_sep = value
+        i += 1
+    return arg_sep, file_sep, i
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[Group]]:
+    arg_sep, file_sep, cut = _separators(argv)
     opts = _parser().parse_args(_negative_values(argv[:cut]))
-    groups = _split_sources(argv[cut:])
+    groups = _split_sources(argv[cut:], arg_sep, file_sep)
     if opts.retries < 0:
         raise _UsageError(f"--retries {opts.retries}: must be 0 or more")
     return opts, groups
@@ -1130,11 +1308,102 @@ def main(argv: list[str]) -> int:
             signal.signal(signum, handler)
 
 
+def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[Any, dict[str, int]]:
+    """The job inputs, and the column names of --header (name -> {N})."""
+    sep = (
+        b"\0" if opts.null else _delimiter(opts.delimiter) if opts.delimiter is not None else b"\n"
+    )
+
+    def rules() -> _Lines:  # one per file: -E ends that file
+        return _Lines(opts.eof, opts.no_run_if_empty)
+
+    colsep: str | None = opts.colsep
+    if opts.header is not None:
+        if opts.header not in (":", ".*\n"):
+            raise _UsageError(
+                f"--header {opts.header!r}: only --header : is supported (the first "
+                "line of each input, or the first argument after :::, names its columns)"
+            )
+        if colsep is None:
+            colsep = "\t"  # as GNU parallel
+    if colsep is not None:
+        import re
+
+        try:
+            re.compile(colsep)
+        except re.error as exc:
+            raise _UsageError(f"--colsep {colsep!r}: not a regular expression: {exc}") from None
+    headers: list[str] = []
+    if not groups and not opts.arg_file:
+        try:
+            tty = os.isatty(0)
+            os.fstat(0)
+        except OSError:
+            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)") from None
+        if tty and not "".join(opts.command).strip():
+            raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
+        if tty:
+            _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
+        stream = _StreamSource(0, sep, rules())
+        source: Any = stream
+        if opts.header is not None:
+            first = stream.head()
+            headers.append("" if first is None else first)
+        if opts.bar or halt.pct is not None:
+            lines: list[str] = []
+            while not stream.eof:
+                stream.fill()
+            while (item := stream.take()) is not None:
+                lines.append(item[0])
+            source = _ListSource([lines])
+    else:
+        sources: list[list[str]] = [_read_lines(f, sep, rules()) for f in opts.arg_file]
+        linked = [False] * len(sources)
+        for kind, items, link in groups:
+            if kind == ":::":
+                sources.append(list(items))
+                linked.append(link)
+            else:
+                if not items:
+                    raise _UsageError(":::: must be followed by at least one file")
+                for f in items:
+                    sources.append(_read_lines(f, sep, rules()))
+                    linked.append(link)
+        if opts.link:
+            linked = [True] * len(sources)
+        if opts.header is not None:
+            headers = [src.pop(0) if src else "" for src in sources]
+        source = _ListSource(sources, linked, wrap=opts.link)
+    names: dict[str, int] = {}
+    if colsep is not None:
+        source = _Columns(source, colsep)
+        for header in headers:
+            for name in source.columns(header):
+                names.setdefault(name, len(names) + 1)
+    return source, names
+
+
+def _named(command: Sequence[str], names: dict[str, int]) -> list[str]:
+    """COMMAND with each ``{name}`` of --header (also ``{name.}`` ...) as ``{N}``."""
+    import re
+
+    if not names:
+        return list(command)
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True) if n)
+    if not alternatives:
+        return list(command)
+    pattern = re.compile(r"\{(" + alternatives + r")(\.|//|/\.|/)?\}")
+    return [
+        pattern.sub(lambda m: "{" + str(names[m.group(1)]) + (m.group(2) or "") + "}", word)
+        for word in command
+    ]
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
     raise _Interrupted(signum)
 
 
-def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Runner:
+def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     from .. import _parallel_spec as spec
     from .._os.proc import usable_cpus
 
@@ -1159,6 +1428,9 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
         raise _UsageError(str(exc)) from None
     jobs = _fd_limit(jobs if jobs is not None else 4096)
     shell = _shell()
+    source, names = _inputs(opts, groups, halt)
+    if names:
+        opts.command = _named(opts.command, names)
     try:
         # GNU parallel runs bash's exported functions (export -f) through $SHELL.
         template = spec.Template.parse(
@@ -1167,6 +1439,7 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
             shell=shell,
             functions=_functions(shell),
             append=0 not in (opts.max_args, opts.max_replace_args),
+            token=opts.I or "{}",
         )
         if opts.X or opts.max_replace_args is not None:
             _context_template(opts, 2, shell)  # its errors now, not at the first job
@@ -1178,35 +1451,6 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
             f"PARALLEL_SHELL={shell}: not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
             "and inputs are quoted for those"
         )
-    sep = b"\0" if opts.null else b"\n"
-    if not groups and not opts.arg_file:
-        try:
-            tty = os.isatty(0)
-            os.fstat(0)
-        except OSError:
-            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)") from None
-        if tty and template.empty:
-            raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
-        if tty:
-            _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
-        source: Any = _StreamSource(0, sep)
-        if opts.bar or halt.pct is not None:
-            lines: list[str] = []
-            while not source.eof:
-                source.fill()
-            while (item := source.take()) is not None:
-                lines.append(item[0])
-            source = _ListSource([lines])
-    else:
-        sources: list[list[str]] = [_read_lines(f, sep) for f in opts.arg_file]
-        for kind, items in groups:
-            if kind == ":::":
-                sources.append(list(items))
-            else:
-                if not items:
-                    raise _UsageError(":::: must be followed by at least one file")
-                sources.extend(_read_lines(f, sep) for f in items)
-        source = _ListSource(sources)
     max_args = opts.max_replace_args if opts.max_replace_args is not None else opts.max_args
     if max_args is not None and max_args < 0:
         raise _UsageError(f"-n/-N {max_args}: must be 0 or more")
