@@ -746,3 +746,13 @@ def test_several_inputs_per_job(capfd: pytest.CaptureFixture[str]) -> None:
     assert code == 255 and "-n/-N -1" in err
     r = cli("-k", "-N2", "echo", "{2}", "{1}", input="a\nb\nc\n")
     assert r.returncode == 0 and r.stdout == "b a\nc\n"
+
+
+def test_delay_spaces_the_starts(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    joblog = tmp_path / "log"
+    code, _, _ = run(capfd, "-j3", "--delay", "0.2", "--joblog", str(joblog), "true", ":::", *"abc")
+    starts = sorted(e.starttime for e in spec.parse_joblog(joblog.read_text()))
+    assert code == 0 and len(starts) == 3
+    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:], strict=False))
+    code, _, err = run(capfd, "--delay", "soon", "true", ":::", "a")
+    assert code == 255 and "--delay 'soon'" in err

@@ -342,3 +342,77 @@ def test_several_inputs_from_stdin(gnu_parallel: str, tmp_path: Path) -> None:
     ):
         g, p = both(gnu_parallel, tmp_path / str(i), argv, input=lines)
         assert (p.out, p.rc) == (g.out, g.rc)
+
+
+# --- E: output
+E_CASES: list[tuple[list[str], str]] = [
+    (["-k", "--tagstring", "{}-x{#}", "echo", ":::", "a", "b"], "exact"),
+    (["-k", "--tagstring", "<{2}>", "echo", ":::", "a", "b", ":::", "c"], "exact"),
+    (["-k", "-v", "echo", ":::", "a", "b"], "exact"),
+    (["-k", "-v", "--tag", "echo {}; echo e >&2", ":::", "a"], "exact"),
+    (["-k", "-v", "--dry-run", "echo", ":::", "a"], "exact"),
+    (["-u", "-j1", "echo {}; echo e{} >&2", ":::", "a", "b"], "exact"),
+    (["-u", "-j2", "echo", ":::", "a", "b", "c"], "sorted"),
+    (["--shuf", "echo", ":::", *map(str, range(20))], "sorted"),
+    (["-k", "--nice", "7", "nice; true", ":::", "a"], "exact"),
+    (["-k", "--nice", "3", "nice", ":::", "-n", "2"], "exact"),
+    (["-k", "--delay", "0.1", "echo", ":::", "a", "b", "c"], "exact"),
+]
+
+
+@pytest.mark.parametrize(("argv", "mode"), E_CASES, ids=[" ".join(c[0]) for c in E_CASES])
+def test_same_output_as_gnu(gnu_parallel: str, tmp_path: Path, argv: list[str], mode: str) -> None:
+    g, p = both(gnu_parallel, tmp_path, argv)
+    assert p.rc == g.rc, (g.err, p.err)
+    if mode == "sorted":
+        assert sorted(p.out.splitlines()) == sorted(g.out.splitlines())
+        assert sorted(p.err.splitlines()) == sorted(g.err.splitlines())
+    else:
+        assert p.out == g.out
+        same_err(g, p)
+
+
+def test_shuf_numbers_the_jobs_in_their_new_order(gnu_parallel: str, tmp_path: Path) -> None:
+    values = [str(i) for i in range(30)]
+    g, p = both(gnu_parallel, tmp_path, ["--shuf", "-j1", "echo", "{#}", "{}", ":::", *values])
+    for run in (g, p):
+        rows = [line.split() for line in run.out.splitlines()]
+        assert [r[0] for r in rows] == [str(i) for i in range(1, 31)]
+        assert sorted(r[1] for r in rows) == sorted(values)
+        assert [r[1] for r in rows] != values  # 1 chance in 30! to fail
+
+
+def _no_times(text: str) -> str:
+    import re
+
+    text = re.sub(r"\b\d{10}\.\d{3}\b", "T", text)  # Starttime
+    text = re.sub(r'(JobRuntime": |[,\t])\d+\.\d{3}([,\t])', r"\1R\2", text)
+    return text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-k", "--results", "out.csv", "echo {}; echo err{} >&2", ":::", "a", "b,c", 'd"e'],
+        ["-k", "--results", "out.tsv", "echo {}; exit {#}", ":::", "a", "b\tc"],
+        ["-k", "--results", "out.json", "echo {}", ":::", "a", 'b"c', ":::", "x\\y"],
+        ["-k", "--results", "out.csv", "--header", ":", "echo", "{x}", ":::", "x", "1", "2"],
+        ["-k", "--results", "my_{}", "echo {}; echo e >&2", ":::", "a", "b"],
+        ["-k", "--results", "res/{1}/x{2}", "echo", ":::", "a", ":::", "b", "c"],
+        ["-k", "--results", "r2/{}/", "echo", ":::", "a", "b"],
+        ["-k", "--results", "plain", "echo", ":::", "a", "b"],
+    ],
+)
+def test_results_as_gnu(gnu_parallel: str, tmp_path: Path, argv: list[str]) -> None:
+    g, p = both(gnu_parallel, tmp_path, argv)
+    assert (p.out, p.rc) == (g.out, g.rc)
+    gf, pf = g.files(), p.files()
+    assert sorted(pf) == sorted(gf)
+    for name in gf:
+        assert _no_times(pf[name]) == _no_times(gf[name]), name
+
+
+def test_results_to_stdout(gnu_parallel: str, tmp_path: Path) -> None:
+    g, p = both(gnu_parallel, tmp_path, ["-k", "--results", "-.csv", "echo", ":::", "a", "b"])
+    assert (_no_times(p.out), p.rc) == (_no_times(g.out), g.rc)
+    assert p.out.count("\n") == 5  # the header and two jobs of two lines each

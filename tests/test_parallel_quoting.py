@@ -347,3 +347,33 @@ def test_hostile_inputs_in_columns_names_and_links(tmp_path: Path, shell: str) -
     assert out == [w for v in values for w in (v, b"x" + v)]
     out = outputs("printf '%s\\0' {1} \"`printf '%s' {2}`\"", ":::", *values, ":::+", *values[::-1])
     assert out == [w for v, u in zip(values, values[::-1], strict=True) for w in (v, strip_nl(u))]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_inputs_in_tags_verbose_and_results(tmp_path: Path, shell: str) -> None:
+    import json
+
+    values = [v for v in CORPUS if b"\xff" not in v]  # JSON holds text
+    work = tmp_path / "w"
+    work.mkdir()
+    r = parallel(
+        "-k",
+        "-v",
+        "--tagstring",
+        "<{}>",
+        "printf '%s\\0' {}",
+        ":::",
+        *values,
+        cwd=work,
+        shell=shell,
+    )
+    nothing_ran(work)
+    assert r.returncode == 0 and r.stdout.count(b"\0") == len(values)
+    r = parallel(
+        "-k", "--results", "../out.json", "printf '%s' {}", ":::", *values, cwd=work, shell=shell
+    )
+    nothing_ran(work)
+    assert r.returncode == 0, r.stderr[-500:]
+    rows = [json.loads(line) for line in (tmp_path / "out.json").read_text().splitlines()]
+    assert [row["V"] for row in rows] == [[os.fsdecode(v)] for v in values]
+    assert [row["Stdout"] for row in rows] == [os.fsdecode(v) for v in values]

@@ -32,6 +32,7 @@ from ._shellquote import (
 
 __all__ = [
     "JOBLOG_HEADER",
+    "RESULT_COLUMNS",
     "HaltPolicy",
     "JoblogEntry",
     "QuotingError",
@@ -39,8 +40,10 @@ __all__ = [
     "Template",
     "UnsafeInput",
     "context_command",
+    "csv_header",
     "exit_status",
     "exported_functions",
+    "has_replacement",
     "is_posix_shell",
     "joblog_line",
     "parse_duration",
@@ -48,8 +51,11 @@ __all__ = [
     "parse_jobs",
     "perl_dirname",
     "perl_expression",
+    "render_raw",
     "replace_value",
+    "result_record",
     "results_dir",
+    "results_format",
     "resume_skip",
 ]
 
@@ -1001,3 +1007,86 @@ def results_dir(root: str, args: Sequence[str], name_max: int = NAME_MAX) -> str
     for i, a in enumerate(args, 1):
         parts += [str(i), _fit_name(_escape_dirname(a), name_max)]
     return "/".join(parts)
+
+
+# --------------------------------------------------------------------------- raw text
+
+
+def render_raw(text: str, args: Sequence[str], seq: int, slot: int, token: str = "{}") -> str:
+    """``text`` with its replacement strings as the plain values, unquoted.
+
+    For what no shell reads: ``--tagstring`` and the paths of ``--results``.
+    """
+    return "".join(
+        " ".join(p.values(args, seq, slot)) if isinstance(p, Repl) else p
+        for p in _split_parts(text, token)
+    )
+
+
+def has_replacement(text: str, token: str = "{}") -> bool:
+    """Whether ``text`` holds a replacement string."""
+    return any(isinstance(p, Repl) for p in _split_parts(text, token))
+
+
+# --------------------------------------------------------------------------- --results FILE.csv
+
+#: The columns of ``--results FILE.csv|.tsv|.json`` before the inputs, as GNU parallel.
+RESULT_COLUMNS = ("Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval", "Signal")
+_CSV_SPECIAL = re.compile(r"[\s\0]")
+
+
+def results_format(path: str) -> str | None:
+    """``"csv"``, ``"tsv"`` or ``"json"`` for a --results FILE of that kind, else None (a directory)."""
+    for kind in ("csv", "tsv", "json"):
+        if path.lower().endswith("." + kind):
+            return kind
+    return None
+
+
+def _csv_field(value: str, sep: str) -> str:
+    # GNU parallel's combine_ref: quoted when it holds a quote, a blank, the separator or NUL.
+    quoted = '"' in value or sep in value or _CSV_SPECIAL.search(value) is not None
+    value = value.replace('"', '""')
+    return f'"{value}"' if quoted else value
+
+
+def csv_header(names: Sequence[str], sep: str) -> str:
+    """The first line of a --results CSV/TSV file: the columns, the inputs named ``names``."""
+    cols = (*RESULT_COLUMNS, "Command", *names, "Stdout", "Stderr")
+    return sep.join(_csv_field(c, sep) for c in cols) + "\n"
+
+
+def result_record(
+    kind: str,
+    *,
+    seq: int,
+    starttime: float,
+    runtime: float,
+    receive: int,
+    exitval: int,
+    signal: int,
+    command: str,
+    args: Sequence[str],
+    stdout: str,
+    stderr: str,
+    host: str = ":",
+) -> str:
+    """One job's line of a --results CSV, TSV or JSON file, exactly as GNU parallel writes it."""
+    head = [str(seq), host, f"{starttime:.3f}", f"{runtime:.3f}", "0", str(receive)]
+    head += [str(exitval), str(signal)]
+    if kind == "json":
+        values = ",".join(f'"{_json(a)}"' for a in args)
+        return (
+            f'{{ "Seq": {seq}, "Host": "{_json(host)}", "Starttime": {head[2]}, '
+            f'"JobRuntime": {head[3]}, "Send": 0, "Receive": {receive}, '
+            f'"Exitval": {exitval}, "Signal": {signal}, "Command": "{_json(command)}", '
+            f'"V": [ {values} ], "Stdout": "{_json(stdout)}", "Stderr": "{_json(stderr)}" }}\n'
+        )
+    sep = "," if kind == "csv" else "\t"
+    fields = [*head, command, *args, stdout, stderr]
+    return sep.join(_csv_field(f, sep) for f in fields) + "\n"
+
+
+def _json(value: str) -> str:
+    value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return re.sub(r"[\x00-\x1f]", lambda m: f"\\u{ord(m.group()):04x}", value)

@@ -7,7 +7,9 @@ strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
 ``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
 ``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
 ``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
-``-I -d -E -r``; GNU parallel's exit status.
+``-I -d -E -r``, ``--tagstring``, ``-v``, ``-u``, ``--delay``, ``--shuf``,
+``--nice``, ``--results`` as a CSV/TSV/JSON file or a path with replacement
+strings; GNU parallel's exit status.
 
 ::
 
@@ -154,7 +156,9 @@ def _parser() -> _Parser:
         "--results",
         "--res",
         metavar="DIR",
-        help="save output in DIR/1/<input>/{stdout,stderr,seq} (a long <input> is shortened)",
+        help="save output in DIR/1/<input>/{stdout,stderr,seq} (a long <input> is "
+        "shortened); with replacement strings: in that file (+.err, .seq) or, ending "
+        "in /, that directory; FILE.csv, .tsv, .json: one line per job in FILE",
     )
     a(
         "--line-buffer",
@@ -214,6 +218,30 @@ def _parser() -> _Parser:
         action="store_true",
         help="take the input sources side by side, not every combination (also :::+ ::::+)",
     )
+    a(
+        "--tagstring",
+        metavar="STR",
+        help="prefix each output line with STR (replacement strings expanded) and a tab",
+    )
+    a(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print each job's command line before its output",
+    )
+    a(
+        "-u",
+        "--ungroup",
+        action="store_true",
+        help="let the jobs write straight to our stdout and stderr (output may mix)",
+    )
+    a(
+        "--delay",
+        metavar="SECONDS",
+        help="start a job at least SECONDS (also 2m, 1h) after the one before",
+    )
+    a("--shuf", action="store_true", help="run the jobs in random order")
+    a("--nice", metavar="N", type=int, help="run the jobs with niceness N (nice -n N)")
     a("-I", metavar="STR", help="STR stands for the input instead of {} (as xargs -I)")
     a(
         "-d",
@@ -487,6 +515,34 @@ class _Columns:
         self.source.fill()
 
 
+class _Shuffled:
+    """Every job's inputs, read first, in random order (--shuf)."""
+
+    fd = -1
+
+    def __init__(self, source: Any) -> None:
+        import random
+
+        items = []
+        while True:
+            item = source.take()
+            if item is None:
+                break
+            if item is _NOT_READY:
+                source.fill()
+                continue
+            items.append(item)
+        random.shuffle(items)
+        self.total: int | None = len(items)
+        self._it = iter(items)
+
+    def take(self) -> Any:
+        return next(self._it, None)
+
+    def fill(self) -> None:  # pragma: no cover - never NOT_READY
+        pass
+
+
 #: A group of inputs on the command line: ":::" or "::::", its words, linked (:::+).
 Group = tuple[str, list[str], bool]
 
@@ -543,6 +599,7 @@ class _Sink:
         self._jobs: dict[int, _JobOut] = {}
         self._head = 1
         self.dropped = False
+        self.record_fd = -1
 
     def _job(self, seq: int, tag: bytes) -> _JobOut:
         job = self._jobs.get(seq)
@@ -552,6 +609,9 @@ class _Sink:
 
     def _emit(self, seq: int, final: bool) -> None:
         job = self._jobs[seq]
+        if final and job.pending[0]:  # its line of --results FILE.csv
+            _write(self.record_fd, b"".join(job.pending[0]))
+            job.pending[0].clear()
         for kind in (1, 2):
             pending = job.pending[kind]
             if not pending:
@@ -582,11 +642,16 @@ class _Sink:
         if b"\n" in data and (not self.keep_order or seq == self._head):
             self._emit(seq, final=False)
 
-    def complete(self, seq: int, tag: bytes, out: bytes, err: bytes) -> None:
-        """A job ended; ``out``/``err`` is what was not yet handed to :meth:`chunk`."""
+    def complete(self, seq: int, tag: bytes, out: bytes, err: bytes, record: bytes = b"") -> None:
+        """A job ended; ``out``/``err`` is what was not yet handed to :meth:`chunk`.
+
+        ``record`` goes to :attr:`record_fd` (``--results FILE.csv``), in order with the rest.
+        """
         if self.dropped:
             return
         job = self._job(seq, tag)
+        if record:
+            job.pending[0].append(record)
         if out:
             job.pending[1].append(out)
         if err:
@@ -713,6 +778,18 @@ class _Runner:
         self.limit = 1
         self.exhausted = False
         self.name_max: int | None = None  # of --results' file system, found at the first save
+        self.token = opts.I or "{}"
+        results = opts.results
+        self.results_kind = spec.results_format(results) if results else None
+        self.results_named = bool(
+            results and not self.results_kind and spec.has_replacement(results, self.token)
+        )
+        self.results_file: Any = None  # --results FILE.csv: its file, or stdout for -.csv
+        self.results_header = False
+        self.names: list[str] = []  # --header's column names (the CSV's columns)
+        self.delay = spec.parse_duration(opts.delay, option="--delay")[0] if opts.delay else 0.0
+        self.next_start = 0.0  # monotonic time before which --delay starts nothing
+        self.delayed = False
 
     # -------------------------------------------------------------- setup
 
@@ -831,11 +908,18 @@ class _Runner:
         watching = False
         try:
             while True:
+                self.delayed = False
                 need_input = self.fill()
+                wait_for: float | None = None
+                if self.delayed:  # --delay: the next start is due at next_start
+                    wait_for = max(0.0, self.next_start - time.monotonic())
                 if loop.running == 0:
                     if self.exhausted or self.stop:
                         break
-                    self.source.fill()  # needs input and nothing runs: blocking is fine
+                    if wait_for is not None:
+                        time.sleep(wait_for)
+                    else:
+                        self.source.fill()  # needs input and nothing runs: blocking is fine
                     continue
                 if need_input and not watching:
                     loop.watch(self.source.fd)
@@ -843,7 +927,7 @@ class _Runner:
                 elif watching and not need_input:
                     loop.unwatch(self.source.fd)
                     watching = False
-                finished, ready = loop.wait(None)
+                finished, ready = loop.wait(wait_for)
                 if ready:
                     self.source.fill()
                 for job, exc in loop.failed_starts():
@@ -863,6 +947,8 @@ class _Runner:
             loop.close()
             if self.joblog is not None:
                 self.joblog.close()
+            if self.results_file is not None:
+                self.results_file.close()
         if self.halt_status is not None:
             return self.halt_status
         if self.halt.active and self.halt.pct is not None:
@@ -875,6 +961,9 @@ class _Runner:
         """Start jobs while there is room; True if the next one waits for input."""
         loop, limit = self.loop, self.limit
         while not self.stop and loop.running < limit:
+            if self.delay and time.monotonic() < self.next_start:
+                self.delayed = True  # the loop wakes at next_start
+                return False
             if self.retry:
                 job = self.retry.popleft()
             elif self.exhausted:
@@ -905,11 +994,26 @@ class _Runner:
             self.ended(job, REFUSED, 0, b"", msg, time.time(), 0.0)
             return
         job.program = argv[0]
-        on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
+        opts = self.opts
+        if opts.nice is not None:
+            argv = ["nice", "-n", str(opts.nice), *argv]
+        if self.delay:
+            self.next_start = time.monotonic() + self.delay
+        if opts.verbose and opts.ungroup:
+            _write(1, os.fsencode(self.text(job)) + b"\n")
+        on_output = self.on_output if opts.line_buffer and not opts.results else None
+        if opts.verbose and on_output is not None:
+            self.sink.chunk(job.seq, self.tag(job), 1, os.fsencode(self.text(job)) + b"\n")
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
         env = (b"PARALLEL_SEQ=%d" % job.seq, b"PARALLEL_JOBSLOT=%d" % job.slot)
+        if opts.ungroup:  # straight to our stdout and stderr: nothing captured
+            try:
+                self.loop.spawn(argv, token=job, timeout=timeout, capture=False, extra_env=env)
+            except (OSError, ValueError) as error:
+                self.start_failed(job, job.program, error)
+            return
         if self.jobs is None or self.jobs > 1:
             # Started here, or by starter threads while the machine is busy.
             self.loop.spawn_soon(
@@ -940,6 +1044,11 @@ class _Runner:
         heapq.heappush(self.free_slots, job.slot)
 
     def tag(self, job: _Job) -> bytes:
+        if self.opts.tagstring is not None:
+            text = self.spec.render_raw(
+                self.opts.tagstring, job.args, job.seq, job.slot, self.token
+            )
+            return os.fsencode(text) + b"\t"
         if not self.opts.tag:
             return b""
         return os.fsencode(" ".join(job.args)) + b"\t"
@@ -1006,7 +1115,12 @@ class _Runner:
             self.joblog.write(line)
             self.joblog.flush()
         failed = bool(exitval or sig)
-        if opts.results and self.save_results(job, out, err):
+        if opts.verbose and not opts.ungroup and not (opts.line_buffer and not opts.results):
+            out = os.fsencode(self.text(job)) + b"\n" + out
+        if self.results_kind is not None:
+            record = self.result_record(job, exitval, sig, out, err, start_wall, runtime, receive)
+            self.sink.complete(job.seq, b"", b"", b"", record)
+        elif opts.results and self.save_results(job, out, err):
             self.sink.skip(job.seq)
         else:
             # Without --results, or when they could not be saved: the output
@@ -1063,14 +1177,77 @@ class _Runner:
         elif running:
             _warn(f"Starting no more jobs. Waiting for {len(running)} jobs to finish.")
 
+    def result_record(
+        self,
+        job: _Job,
+        exitval: int,
+        sig: int,
+        out: bytes,
+        err: bytes,
+        start_wall: float,
+        runtime: float,
+        receive: int | None,
+    ) -> bytes:
+        """The job's line of --results FILE.csv/.tsv/.json (the header line first, once)."""
+        spec = self.spec
+
+        def text(b: bytes) -> str:
+            return b.decode("utf-8", "surrogateescape")
+
+        line = spec.result_record(
+            self.results_kind,
+            seq=job.seq,
+            starttime=start_wall,
+            runtime=runtime,
+            receive=len(out) if receive is None else receive,
+            exitval=exitval,
+            signal=sig,
+            command=self.text(job),
+            args=job.args,
+            stdout=text(out),
+            stderr=text(err),
+        )
+        if not self.results_header and self.results_kind != "json":
+            self.results_header = True
+            names = self.names or [f"V{i}" for i in range(1, len(job.args) + 1)]
+            sep = "," if self.results_kind == "csv" else "\t"
+            line = spec.csv_header(names, sep) + line
+        data: bytes = line.encode("utf-8", "surrogateescape")
+        return data
+
+    def open_results(self) -> None:
+        """Open --results FILE.csv/.tsv/.json (``-.csv``: our stdout, and no other output)."""
+        path = self.opts.results
+        if self.results_kind is None:
+            return
+        if path[: path.rfind(".")] == "-":
+            self.sink.record_fd = 1
+            return
+        try:
+            self.results_file = open(path, "wb")  # noqa: SIM115 - open for the whole run
+        except OSError as exc:
+            raise _Fatal(f"cannot write results file {path!r}: {exc.strerror}") from None
+        self.sink.record_fd = self.results_file.fileno()
+
     def save_results(self, job: _Job, out: bytes, err: bytes) -> bool:
         """Write the job's output under --results; False (and a message) if it could not be."""
-        if self.name_max is None:
-            self.name_max = _name_max(self.opts.results)
-        d = self.spec.results_dir(self.opts.results, job.args, self.name_max)
+        if self.results_named:
+            # GNU parallel: FILE, FILE.err, FILE.seq; or DIR/stdout ... for one ending in /.
+            path = self.spec.render_raw(self.opts.results, job.args, job.seq, job.slot, self.token)
+            if path.endswith("/"):
+                d, files = path, ("seq", "stdout", "stderr")
+            else:
+                d, base = os.path.split(path)
+                d = d or "."
+                files = (base + ".seq", base, base + ".err")
+        else:
+            if self.name_max is None:
+                self.name_max = _name_max(self.opts.results)
+            d = self.spec.results_dir(self.opts.results, job.args, self.name_max)
+            files = ("seq", "stdout", "stderr")
         try:
             os.makedirs(d, exist_ok=True)
-            for name, data in (("seq", str(job.seq).encode()), ("stdout", out), ("stderr", err)):
+            for name, data in zip(files, (str(job.seq).encode(), out, err), strict=True):
                 with open(os.path.join(d, name), "wb") as f:
                     f.write(data)
         except OSError as exc:
@@ -1188,6 +1365,9 @@ _VALUE_OPTIONS = frozenset(
         "--arg-sep",
         "--arg-file-sep",
         "-I",
+        "--tagstring",
+        "--delay",
+        "--nice",
         "-d",
         "--delimiter",
         "-E",
@@ -1210,10 +1390,13 @@ def _negative_values(argv: list[str]) -> list[str]:
             else:
                 out += [a, value]
         elif a in _VALUE_OPTIONS:
-            out.append(a)
             value = next(it, None)
-            if value is not None:
-                out.append(value)
+            if value is None:
+                out.append(a)
+            elif value.startswith("-"):  # argparse would take it for an option
+                out.append(f"{a}={value}" if a.startswith("--") else a + value)
+            else:
+                out += [a, value]
         elif a == "--" or not a.startswith("-"):
             out.append(a)
             out += it  # the COMMAND starts here: its words are its own
@@ -1459,6 +1642,15 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         cost = sum(isinstance(p, spec.Repl) for p in template.parts) or 1
         spread = None if opts.xargs or not (opts.m or opts.X) else jobs
         source = _Grouped(source, max_args=max_args, spread=spread, cost=cost)
+    if opts.shuf:
+        source = _Shuffled(source)
+    if opts.delay is not None:
+        try:
+            spec.parse_duration(opts.delay, option="--delay")
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
     runner = _Runner(opts, source, template, jobs, shell)
+    runner.names = list(names)
     runner.open_joblog()
+    runner.open_results()
     return runner
