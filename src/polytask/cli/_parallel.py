@@ -1614,6 +1614,10 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     source, names = _inputs(opts, groups, halt)
     if names:
         opts.command = _named(opts.command, names)
+        if opts.tagstring is not None:
+            opts.tagstring = _named([opts.tagstring], names)[0]
+        if opts.results is not None:
+            opts.results = _named([opts.results], names)[0]
     try:
         # GNU parallel runs bash's exported functions (export -f) through $SHELL.
         template = spec.Template.parse(
