@@ -448,3 +448,95 @@ def test_results_to_stdout(gnu_parallel: str, tmp_path: Path) -> None:
     g, p = both(gnu_parallel, tmp_path, ["-k", "--results", "-.csv", "echo", ":::", "a", "b"])
     assert (_no_times(p.out), p.rc) == (_no_times(g.out), g.rc)
     assert p.out.count("\n") == 5  # the header and two jobs of two lines each
+
+
+# The examples of GNU parallel's own tutorial (man parallel_tutorial) that use
+# only what polytask supports, as printed there, each in a directory holding
+# the tutorial's input files. Their order is not promised: compared sorted.
+TUTORIAL = r"""
+echo ::: A B C
+-a abc-file echo
+echo ::: A B C ::: D E F
+-a abc-file -a def-file echo
+echo ::: A B C :::: def-file
+--link echo ::: A B C ::: D E F
+--link echo ::: A B C D E ::: F G
+echo :::: abc-file :::+ G H I :::: def-file
+echo :::: abc-file ::: G H I ::::+ def-file
+echo ::: A B C D E :::+ F G
+--arg-sep ,, echo ,, A B C :::: def-file
+--arg-file-sep // echo ::: A B C // def-file
+-d _ echo :::: abc_-file
+-d '\0' echo :::: abc0-file
+-0 echo :::: abc0-file
+-E stop echo ::: A B stop C D
+::: ls 'echo foo'
+echo ::: A/B.C
+echo {} ::: A/B.C
+echo {.} ::: A/B.C
+echo {/} ::: A/B.C
+echo {//} ::: A/B.C
+echo {/.} ::: A/B.C
+echo {#} ::: A B C
+-I ,, echo ,, ::: A/B.C
+echo {1} and {2} ::: A B ::: C D
+echo /={1/} //={1//} /.={1/.} .={1.} ::: A/B.C D/E.F
+echo 1={1} 2={2} 3={3} -1={-1} -2={-2} -3={-3} ::: A B ::: C D ::: E F
+--colsep '\t' echo 1={1} 2={2} :::: tsv-file.tsv
+--header : echo f1={f1} f2={f2} ::: f1 A B ::: f2 C D
+--header : --colsep '\t' echo f1={f1} f2={f2} :::: tsv-file.tsv
+--jobs 4 -m echo ::: 1 2 3 4 5 6 7 8 9 10
+--jobs 4 -m echo pre-{}-post ::: A B C D E F G
+--jobs 4 -X echo pre-{}-post ::: A B C D E F G
+-N3 echo ::: A B C D E F G H
+-N3 echo 1={1} 2={2} 3={3} ::: A B C D E F G H
+-N0 echo foo ::: 1 2 3
+-q perl -e 'print "@ARGV\n"' ::: This works
+perl -e \''print "@ARGV\n"'\' ::: This works, too
+echo \={} ::: zsh bash ls
+--tag echo foo-{} ::: A B C
+--tagstring {}-bar echo foo-{} ::: A B C
+--dryrun echo {} ::: A B C
+--verbose echo {} ::: A B C
+-j2 -k 'printf "%s-start\n%s" {} {}; sleep {}; printf "%s\n" -middle; echo {}-end' ::: 0.4 0.2 0.1
+--results outdir echo ::: A B C
+--header : --results outdir echo ::: f1 A B ::: f2 C D
+--shuf echo ::: 1 2 3 ::: a b c ::: A B C
+--timeout 4.1 sleep {}\; echo {} ::: 0.2 0.4 6
+--joblog log exit ::: 1 2 3 0
+-j1 --halt soon,fail=1 echo {}\; exit {} ::: 0 0 1 2 3
+-j1 --halt now,fail=1 echo {}\; exit {} ::: 0 0 1 2 3
+-j1 --halt now,success=1 echo {}\; exit {} ::: 1 2 3 0 4 5 6
+-k --retries 3 'echo tried {} >>runs; echo completed {}; exit {}' ::: 1 2 0
+--nice 17 echo this is being run with nice -n ::: 17
+"""
+TUTORIAL_CASES = [line for line in TUTORIAL.strip().splitlines()]
+
+
+@pytest.mark.parametrize("line", TUTORIAL_CASES)
+def test_tutorial_examples(gnu_parallel: str, tmp_path: Path, line: str) -> None:
+    import shlex
+
+    for name in ("gnu", "pt"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "abc-file").write_text("A\nB\nC\n")
+        (d / "def-file").write_text("D\nE\nF\n")
+        (d / "abc_-file").write_text("A_B_C_")
+        (d / "abc0-file").write_text("A\0B\0C\0")
+        (d / "tsv-file.tsv").write_text("f1\tf2\nA\tB\nC\tD\n")
+    g, p = both(gnu_parallel, tmp_path, shlex.split(line))
+    assert p.rc == g.rc, (g.err, p.err)
+    assert sorted(p.out.splitlines()) == sorted(g.out.splitlines())
+    assert sorted(p.err.splitlines()) == sorted(
+        g.err.replace("parallel: ", "polytask parallel: ").splitlines()
+    )
+    gf, pf = g.files(), p.files()
+    assert sorted(pf) == sorted(gf)
+    for f in gf:
+        lines = sorted(_no_times(pf[f]).splitlines())
+        if f == "log":  # joblog: the command and exit value of each job
+            lines = sorted(tuple(r.split("\t")[6:]) for r in lines)  # type: ignore[misc]
+            assert lines == sorted(tuple(r.split("\t")[6:]) for r in _no_times(gf[f]).splitlines())
+        else:
+            assert lines == sorted(_no_times(gf[f]).splitlines()), f

@@ -996,7 +996,9 @@ def _fit_name(name: str, name_max: int) -> str:
     return prefix + "\\#" + digest
 
 
-def results_dir(root: str, args: Sequence[str], name_max: int = NAME_MAX) -> str:
+def results_dir(
+    root: str, args: Sequence[str], name_max: int = NAME_MAX, names: Sequence[str] = ()
+) -> str:
     """``--results`` directory of one job: ``root/1/<arg1>/2/<arg2>``, as GNU parallel.
 
     Each ``<arg>`` is escaped (``\\`` ``\\t`` ``\\0``, ``/`` as ``\\_``); one longer than
@@ -1005,7 +1007,9 @@ def results_dir(root: str, args: Sequence[str], name_max: int = NAME_MAX) -> str
     """
     parts = [root.rstrip("/") or "/"]
     for i, a in enumerate(args, 1):
-        parts += [str(i), _fit_name(_escape_dirname(a), name_max)]
+        # With --header :, each source is named by its header, not numbered.
+        label = _fit_name(_escape_dirname(names[i - 1]), name_max) if i <= len(names) else str(i)
+        parts += [label, _fit_name(_escape_dirname(a), name_max)]
     return "/".join(parts)
 
 

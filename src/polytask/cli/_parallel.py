@@ -150,7 +150,12 @@ def _parser() -> _Parser:
         help="stop early: now,fail=1 | soon,fail=N | now,success=N%% | ... (default never)",
     )
     a("--bar", action="store_true", help="show a progress bar on stderr")
-    a("--dry-run", action="store_true", help="print the commands instead of running them")
+    a(
+        "--dry-run",
+        "--dryrun",
+        action="store_true",
+        help="print the commands instead of running them",
+    )
     a("--tag", action="store_true", help="prefix each output line with the job's input")
     a(
         "--results",
@@ -223,11 +228,13 @@ def _parser() -> _Parser:
         metavar="STR",
         help="prefix each output line with STR (replacement strings expanded) and a tab",
     )
+    a("-v", action="store_true", help="print each job's command line before its output")
     a(
-        "-v",
+        "-t",
         "--verbose",
+        dest="trace",
         action="store_true",
-        help="print each job's command line before its output",
+        help="print each job's command line on stderr as it starts",
     )
     a(
         "-u",
@@ -253,13 +260,13 @@ def _parser() -> _Parser:
         "-E",
         dest="eof",
         metavar="EOF",
-        help="a line EOF in a file or stdin ends it: the rest is not read",
+        help="an input EOF ends its source (file, stdin, :::): the rest is not read",
     )
     a(
         "-r",
         "--no-run-if-empty",
         action="store_true",
-        help="skip the lines of files and stdin that are empty or only blanks",
+        help="skip the inputs that are empty or only blanks",
     )
     a("--arg-sep", metavar="SEP", help="use SEP instead of :::")
     a("--arg-file-sep", metavar="SEP", help="use SEP instead of ::::")
@@ -446,7 +453,7 @@ class _Lines:
         self.skip_blank = skip_blank
         self.ended = False
 
-    def accept(self, parts: Iterable[bytes]) -> list[str]:
+    def accept(self, parts: Iterable[bytes | str]) -> list[str]:
         out = []
         for p in parts:
             if self.ended:
@@ -999,10 +1006,12 @@ class _Runner:
             argv = ["nice", "-n", str(opts.nice), *argv]
         if self.delay:
             self.next_start = time.monotonic() + self.delay
-        if opts.verbose and opts.ungroup:
+        if opts.trace:
+            _write(2, os.fsencode(self.text(job)) + b"\n")
+        if opts.v and opts.ungroup:
             _write(1, os.fsencode(self.text(job)) + b"\n")
         on_output = self.on_output if opts.line_buffer and not opts.results else None
-        if opts.verbose and on_output is not None:
+        if opts.v and on_output is not None:
             self.sink.chunk(job.seq, self.tag(job), 1, os.fsencode(self.text(job)) + b"\n")
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
@@ -1115,7 +1124,7 @@ class _Runner:
             self.joblog.write(line)
             self.joblog.flush()
         failed = bool(exitval or sig)
-        if opts.verbose and not opts.ungroup and not (opts.line_buffer and not opts.results):
+        if opts.v and not opts.ungroup and not (opts.line_buffer and not opts.results):
             out = os.fsencode(self.text(job)) + b"\n" + out
         if self.results_kind is not None:
             record = self.result_record(job, exitval, sig, out, err, start_wall, runtime, receive)
@@ -1243,7 +1252,7 @@ class _Runner:
         else:
             if self.name_max is None:
                 self.name_max = _name_max(self.opts.results)
-            d = self.spec.results_dir(self.opts.results, job.args, self.name_max)
+            d = self.spec.results_dir(self.opts.results, job.args, self.name_max, self.names)
             files = ("seq", "stdout", "stderr")
         try:
             os.makedirs(d, exist_ok=True)
@@ -1544,7 +1553,7 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
         linked = [False] * len(sources)
         for kind, items, link in groups:
             if kind == ":::":
-                sources.append(list(items))
+                sources.append(rules().accept(items))
                 linked.append(link)
             else:
                 if not items:
