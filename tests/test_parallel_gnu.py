@@ -540,3 +540,51 @@ def test_tutorial_examples(gnu_parallel: str, tmp_path: Path, line: str) -> None
             assert lines == sorted(tuple(r.split("\t")[6:]) for r in _no_times(gf[f]).splitlines())
         else:
             assert lines == sorted(_no_times(gf[f]).splitlines()), f
+
+
+# Examples of GNU parallel's man page, as shell lines (pipes, $PARALLEL ...):
+# `parallel` is a shell function that runs the implementation under test.
+MAN_LINES = r"""
+seq 6 7 | parallel -k -a - -a <(seq 4 5) echo {1} {2} {3} ::: 1 2 3
+seq 4 5 | parallel -k echo {1} {2} {3} :::: <(seq 6 7) - ::: 1 2 3
+seq 10 | parallel -k -N2 echo seq:\$PARALLEL_SEQ arg1:{1} arg2:{2}
+echo test | parallel echo {} $VAR
+echo test | parallel VAR=this_is_set_after_starting \; echo {} \$VAR
+echo test | parallel echo {} \\\$VAR
+echo test | parallel -q echo {} \$VAR
+printf 'abc-file\ndef-file\n' > list; cat list | parallel -j1 -k -v ls
+printf 'abc-file\ndef-file\n' > list; cat list | PARALLEL="-kvj1" parallel ls
+echo 1,2,3 | parallel -vkd, echo a{}b
+seq 3 | parallel -k -X echo {}.gz {#}
+seq 5 | parallel -k -n2 -I %% echo a%%b
+printf 'a b\nc d\n' | parallel -k --colsep ' ' echo {2} {1}
+printf 'a\tb\n' | parallel --colsep '\t' --tagstring '{2}' echo {1}
+seq 3 | parallel -k --results out.json echo; cat out.json | sed 's/"Starttime": [0-9.]*/T/; s/"JobRuntime": [0-9.]*/R/'
+"""
+MAN_CASES = MAN_LINES.strip().splitlines()
+
+
+@pytest.mark.parametrize("line", MAN_CASES)
+def test_man_page_examples(gnu_parallel: str, tmp_path: Path, line: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "will-cite").touch()
+    runs = []
+    for name, prog in (("gnu", gnu_parallel), ("pt", f"{PY} -m polytask.cli parallel")):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        (cwd / "abc-file").write_text("A\nB\nC\n")
+        (cwd / "def-file").write_text("D\nE\nF\n")
+        script = f'parallel() {{ {prog} "$@"; }}\n{line}\n'
+        r = subprocess.run(
+            [BASH, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd,
+            env=_env(home, None),
+        )
+        runs.append(r)
+    g, p = runs
+    assert (p.stdout, p.returncode) == (g.stdout, g.returncode), (g.stderr, p.stderr)
+    assert p.stderr == g.stderr.replace("parallel: ", "polytask parallel: ")
