@@ -233,6 +233,7 @@ class _Spawner:
         fds: tuple[int, int, int],
         pid: ctypes.c_int,
         job: str,
+        extra_env: Sequence[bytes] = (),
     ) -> None:
         """Start ``argv`` (``path`` None: search PATH); its pid lands in ``pid`` at once.
 
@@ -244,7 +245,10 @@ class _Spawner:
             if b"\0" in a:
                 raise ValueError(f"embedded null byte in argument {a!r}")
         cargv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
-        envp = (ctypes.c_char_p * (len(self._environ) + 2))(*self._environ, tree_marker(job), None)
+        environ = self._environ
+        if extra_env:  # this program's own variables (b"NAME=value"), ahead of the shared ones
+            environ = [*extra_env, *environ]
+        envp = (ctypes.c_char_p * (len(environ) + 2))(*environ, tree_marker(job), None)
         actions, cached = self._file_actions(fds)
         try:
             if path is None:
@@ -258,6 +262,17 @@ class _Spawner:
                 self._libc.posix_spawn_file_actions_destroy(actions)
         if err:
             raise OSError(err, os.strerror(err), argv[0])
+
+
+def _with_extra(env: dict[str, str] | None, extra: Sequence[bytes]) -> dict[str, str] | None:
+    """``env`` (None: ours) with the ``b"NAME=value"`` entries of ``extra`` set."""
+    if not extra:
+        return env
+    out = dict(os.environ if env is None else env)
+    for entry in extra:
+        name, _, value = os.fsdecode(entry).partition("=")
+        out[name] = value
+    return out
 
 
 # --------------------------------------------------------------------------- children
@@ -358,6 +373,7 @@ class _Start:
         "err_w",
         "error",
         "executable",
+        "extra_env",
         "files",
         "input",
         "job",
@@ -385,8 +401,10 @@ class _Start:
         cwd: str | os.PathLike[str] | None,
         env: dict[str, str] | None,
         on_output: OnOutput | None,
+        extra_env: Sequence[bytes] = (),
     ) -> None:
         self.argv = argv
+        self.extra_env = extra_env
         self.token = token
         self.timeout = timeout
         self.input = input
@@ -417,7 +435,9 @@ class _Start:
                 pid = ctypes.c_int(0)
                 try:
                     fds = (self.stdin, self.out_w, self.err_w)
-                    self.spawner.spawn(self.executable, self.argv, fds, pid, self.job)
+                    self.spawner.spawn(
+                        self.executable, self.argv, fds, pid, self.job, self.extra_env
+                    )
                     guard(pid.value)
                 except BaseException:
                     if pid.value > 0:  # started, but cannot be watched: end it now
@@ -433,7 +453,7 @@ class _Start:
                     stdout=None if self.out_w < 0 else self.out_w,
                     stderr=None if self.err_w < 0 else self.err_w,
                     cwd=self.cwd,
-                    env=self.env,
+                    env=_with_extra(self.env, self.extra_env),
                     job=self.job,
                 )
                 forget_job(self.proc.pid)  # the loop ends its trees itself (_end_trees)
@@ -584,11 +604,14 @@ class ProcessLoop:
         env: dict[str, str] | None = None,
         on_output: OnOutput | None = None,
         stdin: int | None = None,
+        extra_env: Sequence[bytes] = (),
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start.
 
         The program's stdin is a pipe fed with ``input``, else descriptor
         ``stdin`` (the caller's: it stays open), else /dev/null.
+        ``extra_env`` (``b"NAME=value"`` entries) is added to this program's
+        environment only, without leaving the posix_spawn path.
         """
         if (
             self.posix_spawn
@@ -599,8 +622,10 @@ class ProcessLoop:
             and cwd is None
             and env is None
         ):
-            return self._spawn_to_files(argv, token, timeout)
-        start = self._prepare(argv, token, timeout, capture, input, cwd, env, on_output, stdin)
+            return self._spawn_to_files(argv, token, timeout, extra_env)
+        start = self._prepare(
+            argv, token, timeout, capture, input, cwd, env, on_output, stdin, extra_env
+        )
         try:
             start.run()
         finally:
@@ -610,7 +635,13 @@ class ProcessLoop:
             raise start.error
         return self._adopt(start)
 
-    def _spawn_to_files(self, argv: Sequence[str], token: Any, timeout: float | None) -> Child:
+    def _spawn_to_files(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        timeout: float | None,
+        extra_env: Sequence[bytes] = (),
+    ) -> Child:
         """:meth:`spawn` by posix_spawn, output to memory files: the path of many tiny jobs."""
         if not argv:
             raise ValueError("no program to run: the argument list is empty")
@@ -629,7 +660,7 @@ class ProcessLoop:
         job = new_job()
         try:
             started, started_wall = time.monotonic(), time.time()
-            spawner.spawn(exe, argv, (self._devnull, out, err), pid, job)
+            spawner.spawn(exe, argv, (self._devnull, out, err), pid, job, extra_env)
             guard(pid.value)
             child = Child(pid.value, None, argv, token, started, started_wall)
             child.job = job
@@ -672,6 +703,7 @@ class ProcessLoop:
         token: Any = None,
         timeout: float | None = None,
         on_output: OnOutput | None = None,
+        extra_env: Sequence[bytes] = (),
     ) -> None:
         """Like :meth:`spawn`, but the start may be left to a starter thread.
 
@@ -693,7 +725,9 @@ class ProcessLoop:
         if self._spawned > self._inline_after:
             t0 = time.monotonic()
             try:
-                self.spawn(argv, token=token, timeout=timeout, on_output=on_output)
+                self.spawn(
+                    argv, token=token, timeout=timeout, on_output=on_output, extra_env=extra_env
+                )
             except (OSError, ValueError) as exc:
                 self._failed_starts.append((token, exc))
             self._spawned_here += 1
@@ -707,7 +741,9 @@ class ProcessLoop:
                     self._inline_after = self._spawned + THREADED_STARTS
                 del slow[:-SLOW_STARTS]
             return
-        start = self._prepare(argv, token, timeout, True, None, None, None, on_output)
+        start = self._prepare(
+            argv, token, timeout, True, None, None, None, on_output, None, extra_env
+        )
         if self._starters is None:
             self._starters = _Starters(self._STARTERS)
             self._fds[self._starters.wake_r] = (None, _WAKE)  # type: ignore[assignment]
@@ -731,10 +767,11 @@ class ProcessLoop:
         env: dict[str, str] | None,
         on_output: OnOutput | None,
         stdin: int | None = None,
+        extra_env: Sequence[bytes] = (),
     ) -> _Start:
         if not argv:
             raise ValueError("no program to run: the argument list is empty")
-        start = _Start(argv, token, timeout, input, cwd, env, on_output)
+        start = _Start(argv, token, timeout, input, cwd, env, on_output, extra_env)
         files = capture and on_output is None
         ours, theirs = start.ours, start.theirs
         try:
