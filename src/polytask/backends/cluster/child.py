@@ -52,6 +52,27 @@ _GRACE = 0.5
 _CHILD_CODE = "from polytask.backends.cluster.child import _child_main; _child_main()"
 
 
+#: In a task's child: the pipe end that tells the waiting worker thread "this task
+#: submits tasks of its own" (see :func:`note_nested`); None elsewhere.
+_note_fd: int | None = None
+
+
+def note_nested() -> None:
+    """Tell the worker thread waiting for this child that the task submits tasks.
+
+    The thread then gives up its slot as a task that submits does on the worker
+    itself (Dask's secede): else parents that wait for their children in child
+    processes hold every thread and the children never start. Once per child.
+    """
+    global _note_fd
+    fd, _note_fd = _note_fd, None
+    if fd is not None:
+        try:
+            os.write(fd, b"S")
+        finally:
+            os.close(fd)
+
+
 def child_of(engine: str) -> str | None:
     """The cluster's address when this process is a task's child on ``engine``, else None."""
     kind, _, address = os.environ.get(CHILD_ADDRESS_ENV, "").partition(":")
@@ -77,6 +98,7 @@ def run_killable(
     engine: str,
     address: str,
     gone: Callable[[], bool] | None = None,
+    on_nested: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run a packed call in a child process of this worker and return its outcome.
 
@@ -84,24 +106,29 @@ def run_killable(
     since it started, when ``gone()`` says the engine dropped the task
     (cancelled), or when this thread is interrupted (Ray's cancel raises
     KeyboardInterrupt here); in those cases the caller has already been told,
-    and the outcome returned is one nobody reads.
+    and the outcome returned is one nobody reads. ``on_nested()`` runs here when
+    the child says its task submits tasks of its own (see :func:`note_nested`).
     """
     start = time.monotonic()
     env = dict(os.environ)
     env[CHILD_ADDRESS_ENV] = f"{engine}:{address}"
     call_r, call_w = os.pipe()
     out_r, out_w = os.pipe()
+    note_r, note_w = os.pipe()
     argv, env, saved = python_command(
-        "polytask-cluster-task", ["-c", _CHILD_CODE, str(call_r), str(out_w)], env
+        "polytask-cluster-task", ["-c", _CHILD_CODE, str(call_r), str(out_w), str(note_w)], env
     )
     try:
-        proc = start_in_group(argv, executable=sys.executable, env=env, pass_fds=(call_r, out_w))
+        proc = start_in_group(
+            argv, executable=sys.executable, env=env, pass_fds=(call_r, out_w, note_w)
+        )
     except BaseException:
-        for fd in (call_r, call_w, out_r, out_w):
+        for fd in (call_r, call_w, out_r, out_w, note_r, note_w):
             os.close(fd)
         raise
     os.close(call_r)
     os.close(out_w)
+    os.close(note_w)
     chunks: list[bytes] = []
     ended = False  # the child closed its end: done, or died
     try:
@@ -114,13 +141,21 @@ def run_killable(
             pass  # it died at start: its exit status tells
         poller = select.poll()
         poller.register(out_r, select.POLLIN)
+        poller.register(note_r, select.POLLIN)
         while True:
-            if poller.poll(_POLL * 1000):
+            ready = {fd for fd, _ in poller.poll(_POLL * 1000)}
+            if note_r in ready:
+                poller.unregister(note_r)  # one note at most; EOF alone says nothing
+                if os.read(note_r, 1) and on_nested is not None:
+                    on_nested()
+            if out_r in ready:
                 data = os.read(out_r, 1 << 20)
                 if not data:
                     ended = True
                     break
                 chunks.append(data)
+                continue
+            if ready:
                 continue
             if timeout is not None and time.monotonic() - start > timeout:
                 break
@@ -130,6 +165,7 @@ def run_killable(
         if call_w >= 0:
             os.close(call_w)
         os.close(out_r)
+        os.close(note_r)
         if ended:
             wait_pid(proc.pid, 5.0)  # let it exit by itself after its outcome
         # Done or not, the child and its group end here and the child is reaped; an
@@ -147,7 +183,8 @@ def run_killable(
 
 def _child_main() -> None:
     """The child: read the call, run it, write the outcome, exit."""
-    call_r, out_w = int(sys.argv[1]), int(sys.argv[2])
+    global _note_fd
+    call_r, out_w, _note_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     del sys.argv[1:]
     with os.fdopen(call_r, "rb", closefd=True) as f:
         data = f.read()

@@ -44,7 +44,7 @@ from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
 from .base import Outcome, cancelled_error, pack_call, run_pickled, settle, timeout_error
-from .child import child_of, run_killable
+from .child import child_of, note_nested, run_killable
 
 __all__ = ["DaskBackend"]
 
@@ -340,7 +340,9 @@ def _run_killable(
         return ts is None or ts.state not in ("executing", "long-running")
 
     address = worker.scheduler.address
-    return run_killable(fn_bytes, by_ref, payload, name, timeout, "dask", address, gone)
+    return run_killable(
+        fn_bytes, by_ref, payload, name, timeout, "dask", address, gone, _secede_if_in_task
+    )
 
 
 def _check_uploads(working_dir: Any, py_modules: Any) -> tuple[str | None, list[str]]:
@@ -424,6 +426,7 @@ def _secede_if_in_task() -> None:
     """
     import distributed
 
+    note_nested()  # in a task's child process: the waiting worker thread secedes
     # The task thread's state (where worker_client() reads its key too).
     thread_state: Any = getattr(distributed.worker, "thread_state", None)
     key = getattr(thread_state, "key", None)

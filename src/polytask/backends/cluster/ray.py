@@ -31,8 +31,8 @@ GCS until that times out.
 
 Ray *can* stop a running task: ``ray.cancel(force=True)`` kills the worker
 process running it (Ray starts a new one). So a cancelled or timed-out task
-really stops (``can_kill_running = True``). A task that has a timeout (every
-task with ``killable=True``) runs in a child process of its worker instead
+really stops (``can_kill_running = True``). With ``killable=True`` a task
+runs in a child process of its worker instead
 (``backends.cluster.child``): a cancel interrupts the worker
 (``ray.cancel(force=False)``), which kills the child and what it started, and
 the worker goes on. Tasks run with ``max_retries=0``:
@@ -96,6 +96,16 @@ def _import_ray() -> Any:
 
 
 _killable_fn: Any = None
+
+
+def _in_ray_task() -> bool:
+    """True in a Ray task (a worker process running one), False in a driver."""
+    import ray
+
+    try:
+        return ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None
+    except Exception:  # an engine too old or too new for this: wait as a driver does
+        return False
 
 
 def _remote(killable: bool = False) -> Any:
@@ -167,8 +177,11 @@ class RayBackend(Backend):
         py_modules: modules (objects, or package / ``.py`` paths) sent to every worker.
         killable: run each task in a child process of its Ray worker, so that a
             timeout or a cancel kills it (and what it started) without killing the
-            worker; default: the tasks that have a timeout. ``False``: a cancel or
-            timeout kills the worker (``ray.cancel(force=True)``).
+            worker. Default (False/None): a cancel or timeout kills the worker
+            (``ray.cancel(force=True)``), which Ray replaces. Not the default because
+            a task in a child that waits for tasks of its own keeps its CPU (Ray
+            frees it only for a worker blocked in ``ray.get``): with more such
+            parents than CPUs, the children would never start.
         engine_options: passed to ``ray.init``.
 
     A local Ray that polytask starts gets this process's code the way process
@@ -281,7 +294,7 @@ class RayBackend(Backend):
     ) -> Task[T]:
         fn_bytes, by_ref, payload, pins = pack_call(fn, args, kwargs, name)
         task: Task[T] = Task(self, name, timeout)
-        killable = self._killable if self._killable is not None else timeout is not None
+        killable = bool(self._killable)
         opts: dict[str, Any] = {"name": name[:100]}
         if self._task_env:
             opts["runtime_env"] = self._task_env
@@ -367,6 +380,20 @@ class RayBackend(Backend):
         task._cancel_requested = True
         if task._finish(exc=timeout_error(task, "ray", self._how_killed(task))):
             self._kill([task])
+
+    def wait(self, task: Task[Any], timeout: float | None) -> bool:
+        """Inside a Ray task, wait in ``ray.wait``: Ray lends the waiting task's CPU out
+        only to a worker blocked in its own calls, so parents waiting for their
+        children on a future would hold every CPU and the children never start."""
+        with self._lock:
+            ref = self._refs.get(task)
+        if ref is not None and not task.done() and _in_ray_task():
+            import ray
+
+            ray.wait([ref], timeout=timeout)
+            # The result is there (or the wait timed out): the done callback follows.
+            return super().wait(task, 0 if not ray.wait([ref], timeout=0)[0] else 30.0)
+        return super().wait(task, timeout)
 
     def cancel(self, task: Task[Any]) -> bool:
         how = self._how_killed(task)
