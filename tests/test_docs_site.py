@@ -23,13 +23,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = sorted((ROOT / "docs").glob("*.md"))
 API_PAGES = sorted((ROOT / "docs" / "api").glob("*.md"))
-EXTRAS = ("numpy", "joblib", "dask", "ray")
+EXTRAS = ("numpy", "joblib", "dask", "ray", "anyio", "trio")
 #: How each extra shows in a guide's examples (imports and backend names).
 USES = {
     "numpy": re.compile(r"^\s*(import numpy|from numpy)", re.M),
     "joblib": re.compile(r"^\s*(import joblib|from joblib|import polytask\.joblib)", re.M),
     "dask": re.compile(r"backend=\"dask\"|^\s*(import dask|from dask|from distributed)", re.M),
     "ray": re.compile(r"backend=\"ray\"|^\s*(import ray|from ray)", re.M),
+    "anyio": re.compile(r"^\s*(import anyio|from anyio|import polytask\.anyio)", re.M),
+    "trio": re.compile(r"backend=\"trio\"|^\s*(import trio|from trio)", re.M),
 }
 EXTRAS_LINE = re.compile(r"^> \*\*Extras:\*\* (.+)$", re.M)
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
