@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, ...]] = [
         "polytask._supervisor",
         "polytask.debug",
         "polytask.joblib",
+        "polytask.anyio",
     ),
     ("polytask",),
     ("polytask.cli", "polytask.__main__"),

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
 
 from ._core.backend import fn_name
 from ._core.errors import Cancelled, TaskTimeout
@@ -33,6 +33,8 @@ from .backends import Backend, get_backend
 __all__ = ["TaskGroup"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 
 #: After Ctrl-C, how long to wait for thread tasks to notice they were cancelled.
 _INTERRUPT_THREAD_WAIT = 0.5
@@ -116,11 +118,35 @@ class TaskGroup(PrimitiveFactory):
             self._timer = call_later(self._timeout, self._on_deadline)
         return self
 
+    # Typed as polytask.spawn is (the reasons are in _spawn.py): the arguments are
+    # checked against fn's signature.
+    @overload
     def spawn(
         self,
-        fn: Callable[..., T],
+        fn: Callable[[Unpack[Ts]], T],
         /,
-        *args: Any,
+        *args: *Ts,
+        name: str | None = ...,
+        timeout: float | None = ...,
+    ) -> Task[T]: ...
+    @overload
+    def spawn(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+    @overload
+    def spawn(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        name: str | None = ...,
+        timeout: float | None = ...,
+        **kwargs: Any,
+    ) -> Task[T]: ...
+
+    def spawn(  # type: ignore[misc]
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
         name: str | None = None,
         timeout: float | None = None,
         **kwargs: Any,

@@ -58,10 +58,16 @@ class _TimerThread:
                 heapq.heapify(self._heap)
             heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="polytask-timer", daemon=True
-                )
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="polytask-timer", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:
+                    # Python 3.12+ starts no thread once the interpreter shuts down
+                    # (gh-104690): a deadline set by an atexit hook (the SIGKILL after
+                    # a SIGTERM's grace) cannot be kept; the guardian, which ends what
+                    # an exited owner left, keeps it instead.
+                    return handle
+                self._thread = thread
             elif self._heap[0][2] is handle:
                 self._cond.notify()
         return handle

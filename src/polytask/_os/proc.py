@@ -151,7 +151,9 @@ def set_child_subreaper() -> None:
 _TREE_PREFIX = "POLYTASK_TREE_"
 _owner: str | None = None
 _jobs = itertools.count(1)
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory that holds the polytask package (src/ or site-packages): this file
+# is polytask/_os/proc.py.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def owner_key() -> str:
