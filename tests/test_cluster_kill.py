@@ -94,13 +94,27 @@ def _gone(pid: int, timeout: float = 15, *, reaped: bool = True) -> bool:
     return False
 
 
-def test_a_timeout_kills_the_work_and_the_worker_goes_on(engine: str, tmp_path: Path) -> None:
+def test_a_timeout_kills_the_work_and_the_worker_goes_on(killable: Any, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 3.0, str(marker), backend=engine, timeout=1.0)
+    t = pt.spawn(sleep_then_touch, 3.0, str(marker), backend=killable, timeout=1.0)
     with pytest.raises(pt.TaskTimeout, match="was killed; the worker goes on"):
         t.result(timeout=60)
     child = int(Path(str(marker) + ".started").read_text())
     assert _gone(child), "the child running the task outlived its timeout"
+    time.sleep(3.0)
+    assert not marker.exists()
+    assert pt.spawn(pids, backend=killable).result(timeout=60)
+
+
+def test_by_default_a_timeout_stops_the_work_on_both_engines(engine: str, tmp_path: Path) -> None:
+    # Dask: the task runs in a child of its worker (Dask has no kill); Ray: the
+    # worker running it is killed and replaced (ray.cancel(force=True)).
+    marker = tmp_path / "marker"
+    t = pt.spawn(sleep_then_touch, 3.0, str(marker), backend=engine, timeout=1.0)
+    with pytest.raises(pt.TaskTimeout):
+        t.result(timeout=60)
+    ran = int(Path(str(marker) + ".started").read_text())
+    assert _gone(ran), "the process running the task outlived its timeout"
     time.sleep(3.0)
     assert not marker.exists()
     assert pt.spawn(pids, backend=engine).result(timeout=60)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import polytask
+import polytask as pt
 from polytask._os.proc import usable_cpus
 from polytask.backends.process.backend import START_METHODS, ProcessBackend
 from polytask.backends.process.worker import FORKED_CHILD_EXIT
@@ -200,3 +201,19 @@ def test_tasks_that_wait_still_get_a_worker_each(tmp_path):
         assert be.statistics()["started"] == n
     finally:
         be.shutdown()
+
+
+def _use_semaphore(sem: object) -> int:
+    with sem:  # type: ignore[attr-defined]
+        return 1
+
+
+def test_a_temporary_process_primitive_as_an_argument_lives_until_the_task_has_it() -> None:
+    # The caller drops its only handle right after the call; the worker unpickles
+    # the argument later. It must still exist then (it did not: FileNotFoundError).
+    for _ in range(20):
+        t = pt.spawn(_use_semaphore, pt.Semaphore(1, backend="process"), backend="process")
+        assert t.result(timeout=60) == 1
+    with pt.Pool(2) as pool:
+        got = [pool.submit(_use_semaphore, pool.Semaphore(1)).result(timeout=60) for _ in range(20)]
+    assert got == [1] * 20

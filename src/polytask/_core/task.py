@@ -93,6 +93,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         "_cond",
         "_exception",
         "_finished_at",
+        "_keep",
         "_result",
         "_slot",
         "_started_at",
@@ -127,6 +128,10 @@ class Task(concurrent.futures.Future[T], Generic[T]):
         #: instead of waited for. Set by ``spawn(..., daemon=True)``.
         self.daemon = False
         self._backend = backend
+        #: What must stay alive until the task is done: its arguments, whose pickles
+        #: may name shared objects (a process Semaphore, a spill segment) that die
+        #: with their last handle; the worker unpickles them later.
+        self._keep: Any = None
         self._started_at: float | None = None
         self._finished_at: float | None = None
         self._cancel_requested = False
@@ -412,6 +417,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
                     for waiter in waiters:
                         waiter.add_exception(self)
                 cond.notify_all()
+        self._keep = None
         if self._timer is not None:
             self._timer.cancel()
         if self._callbacks:
@@ -445,6 +451,7 @@ def finish_many(results: list[tuple[Task[Any], Any]]) -> None:
                         task._started_at = now
                     task._result = value
                     task._state = "FINISHED"
+                    task._keep = None
     for task, value in slow:
         task._finish(value)
 

@@ -302,6 +302,7 @@ class ProcessBackend(Backend):
     ) -> Task[T]:
         fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
         task: Task[T] = Task(self, name, timeout)
+        task._keep = (args, kwargs)  # until done: the worker unpickles them later
         task_id = next(self._ids)
         kind = _wire.K_RUN_REF if by_ref else _wire.K_RUN
         if self._may_spin(1):  # a guess; _assign corrects it (then at the cost of a copy)
