@@ -4,7 +4,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit versions docs bench clean
+
+# The other supported Pythons: `make test` runs the suite on each too (without the
+# cluster engines, the docs site and the upstream suites: tests/_side_versions.py),
+# in its own venv (.venv-3.12, .venv-3.13). Each is taken from pyenv, else from
+# PATH; one that is missing is skipped with a note, except on CI (CI=true), where
+# the run fails.
+VERSIONS    ?= 3.12 3.13
+PYENV_ROOT  ?= $(HOME)/.pyenv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +34,7 @@ demo: $(VENV)/.base
 	$(BIN)/polytask demo
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs/_site
 	$(BIN)/ruff format --check src
 
 typecheck: $(VENV)/.dev
@@ -35,10 +43,32 @@ typecheck: $(VENV)/.dev
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck unit
+versions:
+	@set -e; for v in $(VERSIONS); do \
+	  py=$$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python$$v 2>/dev/null | sort -V | tail -n 1); \
+	  if [ -z "$$py" ] && command -v python$$v >/dev/null && python$$v -c pass 2>/dev/null; then \
+	    py=$$(command -v python$$v); fi; \
+	  if [ -z "$$py" ]; then \
+	    if [ -n "$$CI" ]; then echo "Python $$v not found (pyenv or PATH): CI tests every version in VERSIONS" >&2; exit 1; fi; \
+	    echo "== Python $$v not found (pyenv or PATH): skipped here; CI fails on it"; continue; fi; \
+	  venv=.venv-$$v; \
+	  [ -x $$venv/bin/python ] || { $$py -m venv $$venv && $$venv/bin/python -m pip install -q --upgrade pip; }; \
+	  [ $$venv/.test -nt pyproject.toml ] || { $$venv/bin/pip install -q -e '.[test]' && touch $$venv/.test; }; \
+	  echo "== Python $$v ($$py): the suite without the cluster engines"; \
+	  start=$$(date +%s); \
+	  $$venv/bin/python -m pytest -p tests._side_versions -q $(PYTEST_ARGS); \
+	  echo "== Python $$v: $$(( $$(date +%s) - start )) s"; \
+	done
+
+test: lint typecheck unit versions
+
+# The documentation site at http://127.0.0.1:8000, rebuilt on every save.
+# (`make test` builds it with --strict and checks its links: tests/test_docs_site.py.)
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .mypy_cache .ruff_cache

@@ -184,7 +184,7 @@ def ray_session() -> Iterator[Any]:
 def hub_count(engine: str) -> int:
     """How many objects the engine's primitive hub holds now."""
     from polytask.backends import get_backend
-    from polytask.backends._cluster_sync import DaskLink, RayLink
+    from polytask.backends.cluster.sync import DaskLink, RayLink
 
     link = DaskLink(get_backend("dask").client) if engine == "dask" else RayLink()  # type: ignore[attr-defined]
     link.setup()  # the hub exists once any primitive was made

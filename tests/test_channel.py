@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import polytask as pt
-from polytask import _ring as R
-from polytask._channel import DEFAULT_CAPACITY
-from polytask._shm import _attach_shared_array
+from polytask._ipc import ring as R
+from polytask._ipc.channel import DEFAULT_CAPACITY
+from polytask._ipc.shm import _attach_shared_array
 
 BACKENDS = ["thread", "process"]
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -164,7 +164,9 @@ def test_bad_arguments(backend):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown channel backend"):
+    with pytest.raises(
+        ValueError, match="unknown backend .carrier-pigeon.; choose one of: thread, process"
+    ):
         pt.Channel(backend="carrier-pigeon")
 
 
@@ -368,6 +370,50 @@ def test_nothing_left_in_dev_shm_after_a_process_exits(tmp_path):
     assert shm_names(pid) == set()
 
 
+def test_classes_defined_in_main_cross_a_process_channel_both_ways(tmp_path):
+    """A class from the user's script travels by value (as task arguments do), through
+    every put path (put, put_many, a big item), into a process task and back."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import dataclasses
+            import polytask as pt
+
+            @dataclasses.dataclass
+            class Point:
+                x: int
+                y: int
+
+            def double(inbox, outbox):
+                for p in inbox:
+                    outbox.put(Point(p.x * 2, len(p.y) if isinstance(p.y, bytes) else p.y * 2))
+                outbox.close()
+
+            if __name__ == "__main__":
+                inbox = pt.Channel(backend="process")
+                outbox = pt.Channel(backend="process")
+                task = pt.spawn(double, inbox, outbox, backend="process")
+                inbox.put(Point(1, 2))
+                inbox.put_many([Point(2, 3), Point(3, 4)])
+                inbox.put(Point(4, b"x" * 300_000))  # big: spilled, buffers out of band
+                inbox.close()
+                task.result(timeout=60)  # raises what failed in the task
+                got = list(outbox)
+                print([(type(p).__name__, p.x, p.y) for p in got])
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(
+        [("Point", 2, 4), ("Point", 4, 6), ("Point", 6, 8), ("Point", 8, 300_000)]
+    )
+
+
 # --------------------------------------------------------------------------- SharedArray
 
 
@@ -542,7 +588,7 @@ def test_ring_wraps_early_while_readers_keep_up():
         kind, data, _ = ring.take(7)
         assert data == payload + k.to_bytes(4, "little")
         # the writer never goes much past the early-wrap point: the ring's first pages only
-        assert ring.words[8] & (cap - 1) <= ring.wrap_at + 128
+        assert ring.words[R.TAIL] & (cap - 1) <= ring.wrap_at + 128
     # A reader far behind: no early wrap (the writer would run into the pad), every
     # item still arrives once and in order, and the ring fills up to its capacity.
     sent = 0
@@ -591,6 +637,51 @@ def test_ring_push_and_pop_match_put_small_and_take():
     assert ring.pop(7) == R.EMPTY
 
 
+def test_ring_layout_constants_are_where_the_ring_writes():
+    """The named offsets the channel's inlined fast paths use (ring.TAIL, HEAD...)
+    are the words and bytes that Ring's own methods write."""
+    ring = new_ring()
+    w = ring.words
+    assert ring.put_small(b"abc", 5, pid=7) >= 0
+    size = (3 + R.FRAME_ROUND) & -R.ALIGN
+    assert size == R.Ring.frame_size(3) == 32
+    assert (w[R.TAIL], w[R.NRES], w[R.HEAD], w[R.READ], w[R.NCLAIM]) == (size, 1, 0, 0, 0)
+    i = R.DATA_OFFSET >> 3  # the first frame's header words
+    assert w[i] & R.LOW32 == R.READY | (5 << 8) and w[i] >> 32 == 7
+    assert w[i + 1] & R.LOW32 == size and w[i + 1] >> 32 == 3
+    assert ring.raw[R.DATA_OFFSET + R.HEADER : R.DATA_OFFSET + R.HEADER + 3] == b"abc"
+    assert ring.take(8) == (5, b"abc", 0)
+    assert (w[R.READ], w[R.HEAD], w[R.NCLAIM]) == (size, size, 1)
+    seq = ring.writer_sleeps()
+    assert w[R.WAIT_SPACE] == 1
+    ring.writer_woke(seq)
+    assert w[R.WAIT_SPACE] == 0
+    seq = ring.reader_sleeps()
+    assert w[R.WAIT_DATA] == 1
+    ring.reader_woke(seq)
+    ring.close()
+    assert w[R.WAIT_DATA] & R.CLOSED_FLAG
+
+
+def test_channel_fast_paths_and_the_ring_api_agree():
+    """What put's inlined path writes, Ring.take reads; what Ring.push writes, get's
+    inlined path reads (both by the ring's named offsets)."""
+    ch = pt.Channel(backend="process", capacity=R.MIN_CAPACITY)
+    ring = ch._ring  # type: ignore[attr-defined]
+    try:
+        for k in range(300):  # several laps of a 4 KiB ring
+            item = ("x" * (k % 97), k)
+            ch.put(item)
+            kind, data, _ = ring.take(os.getpid())
+            assert (kind, pickle.loads(data)) == (0, item)
+            hdr = R.READY | (0 << 8) | (os.getpid() << 32)
+            assert ring.push(pickle.dumps(item, 5), hdr) >= 0
+            assert ch.get(timeout=HANG) == item
+            assert ring.take(os.getpid()) == R.EMPTY
+    finally:
+        ch.close()
+
+
 @pytest.mark.parametrize("maxsize", [0, 3])
 def test_process_channel_small_ring_mixed_sizes_exactly_once_in_order(maxsize):
     """The fast paths of put and get (inlined) and the general ones (Ring.push and
@@ -604,9 +695,7 @@ def test_process_channel_small_ring_mixed_sizes_exactly_once_in_order(maxsize):
             pad = "z" * sizes[(i + tag) % len(sizes)]
             ch.put((tag, i, pad) if i % 7 else bytes([tag]) + i.to_bytes(2, "little"))
 
-    got = through_threads(
-        ch, [lambda k=k: produce_mixed(k) for k in range(producers)], consumers
-    )
+    got = through_threads(ch, [lambda k=k: produce_mixed(k) for k in range(producers)], consumers)
     seen = []
     for g in got:
         last = {}
@@ -631,8 +720,8 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
     """A forked child's copy of the owner's handle owns nothing: dropping it removes no
     name of the parent's, even when a garbage collection runs the handle's finalizer
     while the child holds the spill pool's lock."""
-    from polytask import _channel as C
-    from polytask import _proc
+    from polytask._ipc import channel as C
+    from polytask._os import proc as _proc
 
     ch = pt.Channel(backend="process", capacity=1 << 16)
     old = pt.Channel(backend="process", capacity=1 << 16)

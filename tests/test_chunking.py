@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polytask._chunking import ChunkSizer
+from polytask._pool.chunking import ChunkSizer
 
 
 def test_starts_at_one_and_fixed_size_wins():

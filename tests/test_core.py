@@ -10,10 +10,10 @@ import time
 import pytest
 
 import polytask as pt
-from polytask import _wire
-from polytask._serialize import dumps_call, dumps_exception, loads_exception
+from polytask._ipc.codec import dumps_call, dumps_exception, loads_exception
 from polytask.backends import available, get_backend, make_backend
-from polytask.backends.process import ProcessBackend
+from polytask.backends.process import wire as _wire
+from polytask.backends.process.backend import ProcessBackend
 from polytask.backends.thread import ThreadBackend
 
 HANG = 60
@@ -29,7 +29,7 @@ def nap(seconds: float) -> int:
 
 
 def retire_when(flag: bool) -> int:
-    from polytask._worker import retire_after_task
+    from polytask.backends.process.worker import retire_after_task
 
     if flag:
         retire_after_task()
@@ -276,7 +276,8 @@ def test_frame_decoder_reassembles_split_and_merged_frames():
     for i in range(0, len(stream), 3):  # fed in 3-byte pieces
         got += dec.feed(stream[i : i + 3])
     assert [(h[0], b) for h, b in got] == [(i, bytes([i]) * i) for i in range(1, 6)]
-    assert dec.pending == 0
+    # Nothing was left over: the next frame decodes on its own.
+    assert [(h[0], b) for h, b in dec.feed(_wire.encode_response(9, 0, b"z"))] == [(9, b"z")]
     req = _wire.encode_request(9, _wire.K_RUN, b"fn", b"payload")
     ((header, body),) = _wire.FrameDecoder(_wire.REQUEST).feed(req)
     assert header[:3] == (9, _wire.K_RUN, 2) and body == b"fnpayload"
@@ -380,7 +381,7 @@ def test_guardian_removes_a_prefix_family_when_its_owner_is_killed(tmp_path):
     prefix = str(tmp_path / "polytask-family-")
     code = (
         "import os, sys, time\n"
-        "from polytask import _proc\n"
+        "from polytask._os import proc as _proc\n"
         f"_proc.guard_prefix({prefix!r})\n"
         "for i in range(3):\n"
         f"    open({prefix!r} + str(i), 'w').close()\n"
@@ -432,7 +433,7 @@ def test_task_sets_everything_future_init_sets():
     # new Python adds an attribute there, Future's methods may need it on a Task too.
     import concurrent.futures
 
-    from polytask._task import Task
+    from polytask._core.task import Task
 
     future_attrs = set(vars(concurrent.futures.Future()))
     task = Task(get_backend("thread"), "t")
@@ -443,7 +444,7 @@ def test_task_sets_everything_future_init_sets():
 def test_a_task_makes_its_condition_only_when_someone_waits():
     import concurrent.futures
 
-    from polytask._task import Task
+    from polytask._core.task import Task
 
     be = get_backend("thread")
     quiet = Task(be, "quiet")
@@ -481,7 +482,7 @@ def test_a_task_makes_its_condition_only_when_someone_waits():
 def test_a_task_cancelled_before_it_starts_notifies_its_waiters():
     import concurrent.futures
 
-    from polytask._task import Task
+    from polytask._core.task import Task
 
     task = Task(get_backend("thread"), "c")
     assert task.cancel() and task.cancelled()
@@ -493,7 +494,7 @@ def test_a_task_cancelled_before_it_starts_notifies_its_waiters():
 
 
 def test_finish_many_completes_quiet_and_waited_tasks_alike():
-    from polytask._task import Task, finish_many
+    from polytask._core.task import Task, finish_many
 
     be = get_backend("thread")
     tasks = [Task(be, f"t{i}") for i in range(1200)]  # more than one batch
@@ -514,7 +515,7 @@ def test_finish_many_completes_quiet_and_waited_tasks_alike():
 # --------------------------------------------------------------- spinning before sleeping
 def test_worker_strips_the_spin_flag_and_serves_on():
     """A request may carry F_SPIN; the worker runs it as usual and keeps serving."""
-    from polytask._worker import serve
+    from polytask.backends.process.worker import serve
 
     req_r, req_w = os.pipe()
     res_r, res_w = os.pipe()
@@ -530,7 +531,7 @@ def test_worker_strips_the_spin_flag_and_serves_on():
             frames: list[tuple[tuple[int, ...], bytes]] = []
             while not frames:
                 frames = decoder.feed(os.read(res_r, 1 << 16))
-            (header, body), = frames
+            ((header, body),) = frames
             assert header[1] == _wire.S_OK
             got.append((header[0], pickle.loads(body)))
         assert got == [(1, 1), (2, 4), (3, 9), (4, 16)]
@@ -543,7 +544,7 @@ def test_worker_strips_the_spin_flag_and_serves_on():
 
 
 def test_workers_are_told_to_spin_only_while_a_core_is_left(monkeypatch):
-    from polytask.backends import process
+    from polytask.backends.process import backend as process
 
     monkeypatch.setattr(process, "_NCPU", 2)
     be = ProcessBackend(2)

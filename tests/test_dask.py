@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import polytask as pt
-from polytask.backends import get_backend
+from polytask.backends import get_backend, make_backend
 
 pytestmark = pytest.mark.usefixtures("dask_cluster")
 
@@ -111,11 +111,13 @@ def test_unpicklable_result_is_a_serialization_error() -> None:
         t.result(timeout=60)
 
 
-def test_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
-    be = get_backend("dask")
-    assert be.can_kill_running is False  # type: ignore[attr-defined]
+def test_without_a_child_a_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
+    # By default a task with a timeout runs in a child process that the timeout kills
+    # (tests/test_cluster_kill.py); killable=False runs it in the worker's thread.
+    assert get_backend("dask").can_kill_running is False  # type: ignore[attr-defined]
+    be = make_backend("dask", killable=False)
     marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 1.5, str(marker), backend="dask", timeout=0.3)
+    t = pt.spawn(sleep_then_touch, 1.5, str(marker), backend=be, timeout=0.3)
     start = time.monotonic()
     with pytest.raises(pt.TaskTimeout, match="Dask cannot stop"):
         t.result(timeout=30)
@@ -164,7 +166,7 @@ def test_group_failure_cancels_siblings(tmp_path: Path) -> None:
 
 
 def test_join_existing_scheduler_by_address(dask_cluster: object) -> None:
-    from polytask.backends.dask import DaskBackend
+    from polytask.backends.cluster.dask import DaskBackend
 
     address = dask_cluster.scheduler.address  # type: ignore[attr-defined]
     be = DaskBackend(address=address)
@@ -177,7 +179,7 @@ def test_join_existing_scheduler_by_address(dask_cluster: object) -> None:
 
 
 def test_borrowed_client_is_never_closed(dask_cluster: object) -> None:
-    from polytask.backends.dask import DaskBackend
+    from polytask.backends.cluster.dask import DaskBackend
 
     be = DaskBackend(client=dask_cluster)
     assert pt.spawn(add, 1, backend=be).result(timeout=60) == 1
@@ -188,7 +190,7 @@ def test_borrowed_client_is_never_closed(dask_cluster: object) -> None:
 
 
 def test_bad_options_fail_at_the_call(dask_cluster: object) -> None:
-    from polytask.backends.dask import DaskBackend
+    from polytask.backends.cluster.dask import DaskBackend
 
     with pytest.raises(ValueError, match="max_workers"):
         DaskBackend(max_workers=0)
@@ -268,7 +270,7 @@ def test_own_local_cluster_is_closed_with_its_processes() -> None:
     r = run_script(
         """
         import psutil, polytask as pt
-        from polytask.backends.dask import DaskBackend
+        from polytask.backends.cluster.dask import DaskBackend
         be = DaskBackend(max_workers=1)
         assert pt.spawn(sum, [1, 2], backend=be).result(timeout=60) == 3
         assert len(psutil.Process().children(recursive=True)) >= 2
@@ -315,7 +317,7 @@ def test_pool_map_batches_and_isolates_a_crash() -> None:
 def test_hub_state_machine_without_an_engine() -> None:
     import asyncio
 
-    from polytask.backends._hub import SyncHub
+    from polytask.backends.cluster.hub import SyncHub
 
     async def scenario() -> None:
         hub = SyncHub()
@@ -441,7 +443,7 @@ def test_primitives_by_name_in_a_fresh_process_start_their_own_cluster() -> None
         """
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["hello", "_HubChannel"]
+    assert proc.stdout.split() == ["hello", "HubChannel"]
 
 
 def spawn_child_and_wait(x: int) -> int:

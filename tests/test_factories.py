@@ -129,5 +129,5 @@ def test_dask_group_factories_live_on_the_cluster(dask_cluster):
         tasks = [g.spawn(_count_under, lock, ch, 5) for _ in range(2)]
     assert [t.result() for t in tasks] == [5, 5]
     assert sum(ch.get(timeout=HANG) for _ in range(10)) == 10
-    assert type(lock).__module__.endswith("_cluster_sync")
+    assert type(lock).__module__.endswith("cluster.sync")
     ch.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
-from polytask import _proc
+from polytask._os import proc as _proc
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -147,6 +147,39 @@ def test_pickle_messages_to_another_process(tmp_path):
             w.send(("end",))
         assert reader.output() == [b"raw bytes", {"a": 1, "b": [1, 2]}, big, ("end",)]
     assert not path.exists()
+
+
+def test_a_class_defined_in_main_crosses_a_pickle_fifo(tmp_path):
+    """Objects of the writer's ``__main__`` travel by value, as task arguments do."""
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import dataclasses, pickle, subprocess, sys\n"
+        "import polytask as pt\n"
+        "@dataclasses.dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
+        "if __name__ == '__main__':\n"
+        "    with pt.Fifo(sys.argv[1], format='pickle') as fifo:\n"
+        "        code = ('import pickle, sys; fifo = pickle.load(sys.stdin.buffer); '\n"
+        "                'print([(type(m).__name__, m.x) for m in fifo.open(\"r\")])')\n"
+        "        reader = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE)\n"
+        "        reader.stdin.write(pickle.dumps(fifo))\n"
+        "        reader.stdin.close()\n"
+        "        with fifo.open('w', timeout=30) as w:\n"
+        "            w.send(Point(7))\n"
+        "            w.send(Point(8))\n"
+        "        sys.exit(reader.wait(30))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "fifo")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('Point', 7), ('Point', 8)]"
 
 
 def test_a_pickled_fifo_keeps_its_format_and_limits(tmp_path):

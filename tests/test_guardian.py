@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psutil
 
-from polytask import _proc
-from polytask._guardian import Registry
+from polytask._os import proc as _proc
+from polytask._os.guardian import Registry
 
 
 def test_registry_applies_whole_lines_only():
@@ -53,7 +53,7 @@ def test_files_expands_prefixes(tmp_path):
 def test_guardian_is_named_in_ps():
     """`ps` shows polytask's helper by name, not a page of Python source."""
     code = (
-        "import os, sys, time, psutil\nfrom polytask import _proc\n"
+        "import os, sys, time, psutil\nfrom polytask._os import proc as _proc\n"
         "_proc.guard_path('/nonexistent/x')\n"
         "g = psutil.Process(_proc._guardian.pid)\n"
         "end = time.monotonic() + 20\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from polytask import _parallel_spec as spec
-from polytask._proc import usable_cpus
+from polytask._os.proc import usable_cpus
 from polytask.cli._parallel import main
 
 PY = sys.executable
@@ -375,7 +375,7 @@ def test_both_start_paths(
     # Programs start on the loop's thread while starts are quick; after a slow
     # one (here: every one) the next go to the starter threads. Either way each
     # job runs in a process group of its own and its output stays together.
-    from polytask import _parallel_loop
+    from polytask._os import childloop as _parallel_loop
 
     monkeypatch.setattr(_parallel_loop, "SLOW_START", slow_start)
     job = 'test "$(cut -d" " -f5 /proc/$$/stat)" = $$ && echo own {}; echo err {} >&2'
@@ -390,7 +390,7 @@ def test_both_start_paths(
 def test_program_looked_up_once_per_run(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from polytask import _parallel_loop
+    from polytask._os import childloop as _parallel_loop
 
     looked_up: list[str] = []
     real = _parallel_loop.which
@@ -410,7 +410,7 @@ def test_job_started_but_not_watchable_is_ended(
     # posix_spawn succeeded, then the loop could not watch the program (no
     # descriptor left for its pidfd): it is killed and reaped at once, its
     # files closed, and the job counts as failed; the others run.
-    from polytask import _parallel_loop
+    from polytask._os import childloop as _parallel_loop
 
     real = os.pidfd_open
     calls = [0]
@@ -569,7 +569,7 @@ def test_halt_now_kills_running_jobs(capfd: pytest.CaptureFixture[str], tmp_path
     )
     assert time.monotonic() - t0 < 30
     assert code == 4  # the failing job's own exit status, as GNU parallel
-    assert "Killing 1 running jobs" in err
+    assert err.count("\n") == 2 and "This job failed:" in err  # GNU parallel's lines, no more
     assert sorted(ran.read_text().split()) == ["0.3", "60"]  # nothing started after the halt
 
 
@@ -635,16 +635,19 @@ def test_no_shell_when_none_is_needed(capfd: pytest.CaptureFixture[str], tmp_pat
         (["--halt", "later", "echo", ":::", "a"], "--halt 'later'"),
         (["--retries=-1", "echo", ":::", "a"], "--retries -1"),
         (["--retries", "x", "echo", ":::", "a"], "invalid int value"),
-        (["echo", ":::+", "a"], "not supported"),
+        (["--colsep", "(", "echo", ":::", "a"], "--colsep '('"),
+        (["--header", "2", "echo", ":::", "a"], "only --header :"),
+        (["--arg-sep", "", "echo", ":::", "a"], "non-empty separator"),
+        (["-d", "", "echo", ":::", "a"], "-d needs a delimiter"),
         (["echo", "::::"], "at least one file"),
         (["--resume", "echo", ":::", "a"], "need --joblog"),
     ],
 )
-def test_bad_options_exit_2_with_one_line(
+def test_bad_options_exit_255_with_one_line(
     capfd: pytest.CaptureFixture[str], argv: list[str], text: str
 ) -> None:
     code, out, err = run(capfd, *argv)
-    assert code == 2
+    assert code == 255
     assert err.count("\n") == 1 and err.startswith("polytask parallel: error: ")
     assert text in err
 
@@ -676,7 +679,7 @@ def test_stdin_inputs_and_exit_codes() -> None:
 def test_help_imports_only_what_it_needs() -> None:
     code = (
         "import sys; from polytask.cli import main; code = main(['parallel', '--help']); "
-        "heavy = ['rich', 'cloudpickle', 'polytask.backends.process', 'numpy', 'psutil']; "
+        "heavy = ['rich', 'cloudpickle', 'polytask.backends.process.backend', 'numpy', 'psutil']; "
         "print(code, [m for m in heavy if m in sys.modules], file=sys.stderr)"
     )
     r = subprocess.run(
@@ -689,3 +692,67 @@ def test_help_imports_only_what_it_needs() -> None:
     assert r.returncode == 0
     assert "--joblog" in r.stdout and "{/.}" in r.stdout
     assert r.stderr.strip() == "0 []"
+
+
+def test_perl_expressions_are_refused_never_run(
+    capfd: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # GNU parallel runs {= perl =}; handed to a shell it would run as a command.
+    mark = tmp_path / "ran"
+    for argv in (
+        ["echo {= s:\\.[^.]+$:: =}; touch " + str(mark), ":::", "foo.tar.gz"],
+        ["--rpl", "{..} s:\\.[^.]+$::", "touch " + str(mark), ":::", "a"],
+        ["echo {=2 $_ =}; touch " + str(mark), ":::", "a", ":::", "b"],
+    ):
+        code, out, err = run(capfd, *argv)
+        assert code == 255 and out == "" and "Perl" in err and err.count("\n") == 1
+    assert not mark.exists()
+
+
+def test_citation_options_are_accepted_silently(capfd: pytest.CaptureFixture[str]) -> None:
+    assert run(capfd, "--will-cite", "--citation", "-k", "echo", ":::", "a") == (0, "a\n", "")
+
+
+def test_job_variables(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Read by a program run without a shell too (the posix_spawn path), and
+    # a nested run's PARALLEL_SEQ is not passed on as is.
+    show = tmp_path / "env.py"
+    show.write_text(
+        "import os\nprint(*(os.environ.get(k) for k in "
+        "('PARALLEL_SEQ', 'PARALLEL_JOBSLOT', 'PARALLEL_PID')))"
+    )
+    os.environ["PARALLEL_SEQ"] = "99"
+    try:
+        code, out, _ = run(capfd, "-j1", PY, str(show), ":::", "a", "b")
+    finally:
+        del os.environ["PARALLEL_SEQ"]
+    assert code == 0 and out == f"1 1 {os.getpid()}\n2 1 {os.getpid()}\n"
+    assert "PARALLEL_PID" not in os.environ  # set for the run only
+    code, out, _ = run(capfd, "-j2", "-k", PY, str(show), "{#}", ":::", "a", "b")
+    assert [line.split()[0] for line in out.splitlines()] == ["1", "2"]
+
+
+def test_last_input_source(capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capfd, "-k", "echo", "{-1}", "{-2/}", "{-3}", ":::", "a/x", ":::", "b")
+    assert code == 0 and out == "b x\n"  # a source that does not exist: no word at all
+
+
+def test_several_inputs_per_job(capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capfd, "-k", "-n2", "echo", "{#}:", "{}", ":::", *"abcde")
+    assert code == 0 and out == "1: a b\n2: c d\n3: e\n"
+    code, out, _ = run(capfd, "-k", "-X", "-j1", "-q", "printf", "<%s>", "x{}", ":::", "a b", "c")
+    assert code == 0 and out == "<xa b><xc>"
+    code, out, err = run(capfd, "--max-args=-1", "echo", ":::", "a")
+    assert code == 255 and "-n/-N -1" in err
+    r = cli("-k", "-N2", "echo", "{2}", "{1}", input="a\nb\nc\n")
+    assert r.returncode == 0 and r.stdout == "b a\nc\n"
+
+
+def test_delay_spaces_the_starts(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    joblog = tmp_path / "log"
+    code, _, _ = run(capfd, "-j3", "--delay", "0.2", "--joblog", str(joblog), "true", ":::", *"abc")
+    starts = sorted(e.starttime for e in spec.parse_joblog(joblog.read_text()))
+    assert code == 0 and len(starts) == 3
+    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:], strict=False))
+    code, _, err = run(capfd, "--delay", "soon", "true", ":::", "a")
+    assert code == 255 and "--delay 'soon'" in err

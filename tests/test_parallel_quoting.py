@@ -275,7 +275,7 @@ def test_an_input_cannot_end_a_here_document(tmp_path: Path, shell: str) -> None
 def test_commands_that_cannot_be_made_safe_are_usage_errors(tmp_path: Path) -> None:
     for command in ("echo ${x:-{}}", 'sh -c "echo $(echo {})"', "echo 'unterminated {}"):
         r = parallel(command, ":::", "a", cwd=tmp_path, shell="bash")
-        assert r.returncode == 2
+        assert r.returncode == 255
         assert r.stderr.startswith(b"polytask parallel: error: COMMAND: ")
         assert r.stderr.count(b"\n") == 1 and r.stdout == b""
 
@@ -284,6 +284,96 @@ def test_a_shell_with_other_quoting_rules_is_refused(tmp_path: Path) -> None:
     # fish reads \' inside '...' and csh expands ! there: the quoting would not hold.
     for shell in ("/usr/bin/fish", "tcsh"):
         r = parallel('echo "{}"', ":::", "a", cwd=tmp_path, shell=shell)
-        assert r.returncode == 2 and b"not a POSIX shell" in r.stderr
+        assert r.returncode == 255 and b"not a POSIX shell" in r.stderr
         r = parallel("echo", ":::", "a", cwd=tmp_path, shell=shell)  # no shell needed: runs
         assert r.returncode == 0 and r.stdout == b"a\n"
+
+
+# Several inputs per job (-X, -m, -N, -n): each input still only data, wherever
+# the COMMAND (or its repeated words, with -X) puts it.
+MULTI: list[tuple[list[str], str, Callable[[bytes], bytes]]] = [
+    (["-X"], "printf '%s\\0' 'x{}'", lambda v: b"x" + v),
+    (
+        ["-X"],
+        'printf "%s\\0" "x{/}"',
+        lambda v: b"x" + os.fsencode(replace_value(os.fsdecode(v), "/")),
+    ),
+    (["-m"], "printf '%s\\0' {}", lambda v: v),
+    (["--xargs"], "printf '%s\\0' {}", lambda v: v),
+    (["-N3"], "printf '%s\\0' {1} \"{2}\" '{3}'", lambda v: v),
+    (["-n2"], "sh -c 'printf \"%s\\0\" {}'", lambda v: v),
+    (["-N2"], "printf '%s\\0' \"`printf '%s' {-1}`\" \"$(printf '%s' {1})\"", strip_nl),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("opts", "command", "expect"), MULTI, ids=[" ".join([*o, c]) for o, c, _ in MULTI]
+)
+def test_hostile_inputs_several_per_job(
+    tmp_path: Path, shell: str, opts: list[str], command: str, expect: Expect
+) -> None:
+    values = CORPUS[:42]  # a multiple of 2 and 3: no job short of an input
+    work = tmp_path / "w"
+    work.mkdir()
+    r = parallel("-k", "-j", "2", *opts, command, ":::", *values, cwd=work, shell=shell)
+    nothing_ran(work)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
+    outputs = r.stdout.split(b"\0")[:-1]
+    if "-N2" in opts:  # {-1} then {1}: the pair's second input, then its first
+        values = [v for a, b in zip(values[::2], values[1::2], strict=True) for v in (b, a)]
+    assert outputs == [expect(v) for v in values]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_inputs_in_columns_names_and_links(tmp_path: Path, shell: str) -> None:
+    # --colsep and --header split and trim blanks: keep the values they leave whole.
+    values = [v for v in CORPUS if b"\t" not in v and v.strip(b" ") == v]
+    work = tmp_path / "w"
+    work.mkdir()
+
+    def outputs(*argv: str | bytes) -> list[bytes]:
+        r = parallel("-k", "-j", "2", *argv, cwd=work, shell=shell)
+        nothing_ran(work)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
+        return r.stdout.split(b"\0")[:-1]
+
+    pairs = [v + b"\t" + v for v in values]
+    out = outputs("--colsep", "\t", "printf '%s\\0' {2} \"{1}\"", ":::", *pairs)
+    assert out == [v for v in values for _ in (1, 2)]
+    out = outputs("--header", ":", "printf '%s\\0' {col} '{col/}'", ":::", "col", *values)
+    assert out == [w for v in values for w in (v, os.fsencode(replace_value(os.fsdecode(v), "/")))]
+    out = outputs("-I", "@@", "printf '%s\\0' @@ \"x@@\"", ":::", *values)
+    assert out == [w for v in values for w in (v, b"x" + v)]
+    out = outputs("printf '%s\\0' {1} \"`printf '%s' {2}`\"", ":::", *values, ":::+", *values[::-1])
+    assert out == [w for v, u in zip(values, values[::-1], strict=True) for w in (v, strip_nl(u))]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_inputs_in_tags_verbose_and_results(tmp_path: Path, shell: str) -> None:
+    import json
+
+    values = [v for v in CORPUS if b"\xff" not in v]  # JSON holds text
+    work = tmp_path / "w"
+    work.mkdir()
+    r = parallel(
+        "-k",
+        "-v",
+        "--tagstring",
+        "<{}>",
+        "printf '%s\\0' {}",
+        ":::",
+        *values,
+        cwd=work,
+        shell=shell,
+    )
+    nothing_ran(work)
+    assert r.returncode == 0 and r.stdout.count(b"\0") == len(values)
+    r = parallel(
+        "-k", "--results", "../out.json", "printf '%s' {}", ":::", *values, cwd=work, shell=shell
+    )
+    nothing_ran(work)
+    assert r.returncode == 0, r.stderr[-500:]
+    rows = [json.loads(line) for line in (tmp_path / "out.json").read_text().splitlines()]
+    assert [row["V"] for row in rows] == [[os.fsdecode(v)] for v in values]
+    assert [row["Stdout"] for row in rows] == [os.fsdecode(v) for v in values]

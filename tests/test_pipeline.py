@@ -152,7 +152,7 @@ def test_bad_arguments():
         pt.pipeline(5, double)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="maxsize"):
         pt.pipeline(range(3), double, maxsize=0)
-    with pytest.raises(ValueError, match="unknown pipeline backend"):
+    with pytest.raises(ValueError, match="unknown backend"):
         pt.pipeline(range(3), double, backend="nope")
     with pytest.raises(TypeError, match="callable"):
         pt.stage(42)  # type: ignore[arg-type]

@@ -660,3 +660,47 @@ def test_workers_keyword_is_the_same_as_processes() -> None:
         assert pool.workers == 1 and pool.map(abs, [-1, -2]) == [1, 2]
     with pytest.raises(TypeError, match="not both"):
         pt.Pool(2, workers=2, backend="thread")
+
+
+# ---------------------------------------------------------------- the lone-task fast path
+def test_a_lone_submit_is_read_by_its_caller_as_spawn_is():
+    # pool.submit(f, x).result() takes pt.spawn's path: the backend's own task, sent
+    # unwatched, so no collector thread completes it; its caller reads the result.
+    with Pool(1) as pool:
+        for ex in (pool, pt.Executor(1)):
+            t = ex.submit(pow, 2, 5)
+            assert t.result(timeout=30) == 32
+            assert t._is_done() and not t._watched
+        ex.shutdown()
+
+
+def test_a_lone_task_nobody_waits_for_still_completes():
+    # Sent unwatched: whatever else happens must see it read in the background.
+    with Pool(1) as pool:
+        lone = pool.submit(os.getpid)
+        more = [pool.submit(pow, 2, i) for i in range(20)]  # a queue forms behind it
+        assert more[-1].result(timeout=30) == 2**19
+        assert lone.result(timeout=30) > 0
+    pool = Pool(1)
+    lone = pool.submit(os.getpid)
+    pool.close()
+    pool.join(timeout=30)  # join reads it
+    assert lone._is_done()
+    with Pool(1) as pool:
+        lone = pool.submit(os.getpid)
+        done, _ = __import__("concurrent.futures").futures.wait([lone], timeout=30)
+        assert done == {lone}
+        seen = threading.Event()
+        lone = pool.submit(os.getpid)
+        lone.add_done_callback(lambda _: seen.set())
+        assert seen.wait(30)
+
+
+def test_a_lone_task_keeps_the_pool_semantics():
+    with Pool(1, timeout=0.5) as pool:
+        with pytest.raises(pt.TaskTimeout):
+            pool.submit(time.sleep, 30).result(timeout=30)
+        assert pool.submit(pow, 3, 2).result(timeout=30) == 9
+        with pytest.raises(ZeroDivisionError):
+            pool.submit(divmod, 1, 0).result(timeout=30)
+        assert pool.statistics()["unsettled"] == 0

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from polytask._errors import PolytaskError, ProcfileError
+from polytask._core.errors import PolytaskError, ProcfileError
 from polytask._procfile import (
     Instance,
     expand,
@@ -26,12 +26,14 @@ worker: python worker.py --queue=a:b
 
 
 def test_parse_keeps_order_lines_and_colons_in_commands():
-    pf = parse_procfile(GOOD, source="Procfile")
+    pf = parse_procfile(GOOD + "clock-1:python clock.py\n", source="Procfile")
     assert pf.names == ("web", "worker", "clock-1")
     assert pf["worker"].command == "python worker.py --queue=a:b"
-    assert [e.line for e in pf.entries] == [2, 4, 5]
+    assert [e.line for e in pf.entries] == [2, 4, 6]
     assert pf["clock-1"].command == "python clock.py"
     assert "web" in pf and "nope" not in pf and len(pf) == 3
+    # The indented line 5 is skipped, as foreman and honcho skip it.
+    assert [(s[1], s[2].split(":")[0]) for s in pf.skipped] == [(5, "indented line 'clock-1 ")]
     with pytest.raises(KeyError):
         pf["nope"]
 
@@ -42,20 +44,38 @@ def test_crlf_and_blank_only_lines():
     assert pf["web"].command == "a"
 
 
+SKIPPED_LINES = [
+    ("web: a\n\nworker:\n", 3, "empty command for process 'worker'"),
+    ("web: a\njust words\n", 2, "expected 'name: command'"),
+    ("web: a\nmy web: a\n", 2, "invalid process name 'my web'"),
+    ("web: a\nweb.v2: a\n", 2, "invalid process name 'web.v2'"),
+    ("web: a\nworker : a\n", 2, "invalid process name 'worker '"),
+    ("web: a\n: a\n", 2, "missing process name"),
+    ("web: a\n  worker: b\n", 2, "indented line 'worker: b'"),
+    ("web: a\n\tworker: b\n", 2, "indented line 'worker: b'"),
+]
+
+
+@pytest.mark.parametrize("text, line, fragment", SKIPPED_LINES)
+def test_lines_foreman_and_honcho_skip_are_skipped_with_their_line(text, line, fragment):
+    pf = parse_procfile(text, source="Procfile")
+    assert pf.names == ("web",)
+    assert len(pf.skipped) == 1
+    source, number, why = pf.skipped[0]
+    assert (source, number) == ("Procfile", line)
+    assert fragment in why and "--strict makes it an error" in why
+
+
 @pytest.mark.parametrize(
     "text, line, fragment",
     [
         ("web: a\nweb: b\n", 2, "duplicate process name 'web' (first defined on line 1)"),
-        ("web: a\n\nworker:\n", 3, "empty command for process 'worker'"),
-        ("web: a\njust words\n", 2, "expected 'name: command'"),
-        ("my web: a\n", 1, "invalid process name 'my web'"),
-        ("web.1: a\n", 1, "invalid process name 'web.1'"),
-        (": a\n", 1, "missing process name"),
+        *SKIPPED_LINES,
     ],
 )
 def test_each_problem_has_its_line_number(text, line, fragment):
     with pytest.raises(ProcfileError) as info:
-        parse_procfile(text, source="Procfile")
+        parse_procfile(text, source="Procfile", strict=True)
     err = info.value
     assert isinstance(err, ValueError) and isinstance(err, PolytaskError)
     assert err.problems[0][1] == line
@@ -66,7 +86,7 @@ def test_each_problem_has_its_line_number(text, line, fragment):
 def test_every_problem_is_reported_and_first_line_summarises():
     text = "web: a\nweb: b\nbad\nx:\n"
     with pytest.raises(ProcfileError) as info:
-        parse_procfile(text, source="P")
+        parse_procfile(text, source="P", strict=True)
     err = info.value
     assert [p[1] for p in err.problems] == [2, 3, 4]
     assert err.first_line().startswith("P:2: duplicate")
@@ -76,10 +96,15 @@ def test_every_problem_is_reported_and_first_line_summarises():
     assert again.problems == err.problems and str(again) == str(err)
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "   # indented comment\n"])
 def test_empty_procfile_is_an_error(text):
     with pytest.raises(ProcfileError, match="no processes defined"):
         parse_procfile(text)
+
+
+def test_a_procfile_of_skipped_lines_only_is_an_error_that_says_so():
+    with pytest.raises(ProcfileError, match=r"2 line\(s\) skipped: run 'polytask check'"):
+        parse_procfile("web.v2: a\nnothing\n")
 
 
 def test_mapping_form_accepts_strings_and_argv_lists():
@@ -170,6 +195,50 @@ def test_expand_problems(counts, names, base, fragment):
 def test_env_file_parsing_with_dotenv():
     env = parse_env('A=1\nexport B="two words"\n# note\nC=${A}x\nEMPTY=\nNOVALUE\n')
     assert env == {"A": "1", "B": "two words", "C": "1x", "EMPTY": ""}
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("X=$A", "1"),
+        ("X=${A}x", "1x"),
+        ("X=$A-$B", "1-two"),
+        ('X="$A and ${B}"', "1 and two"),
+        ("X='$A'", "$A"),  # single quotes: literal
+        ("X=\\$A", "$A"),  # \$: literal
+        ('X="\\$A"', "$A"),
+        ("X=$NOPE.", "."),  # unset: empty, as a shell
+        ("X=${NOPE:-dflt}", "dflt"),
+        ("X=$HOME", "/home/test"),  # from the environment
+        ("X=costs $5", "costs $5"),  # $ not followed by a name stays
+        ("X=$", "$"),
+    ],
+)
+def test_env_file_expands_dollar_var_and_braces(line, expected):
+    env = parse_env(f"A=1\nB=two\n{line}\n", environ={"HOME": "/home/test", "A": "env"})
+    assert env["X"] == expected
+    assert env["A"] == "1"  # the file's own key wins over the environment
+
+
+def test_env_files_expand_from_earlier_files(tmp_path):
+    from polytask._supervisor import load_env_files
+
+    (tmp_path / "a.env").write_text("ROOT=/srv\n")
+    (tmp_path / "b.env").write_text("DATA=$ROOT/data\n")
+    env = load_env_files([tmp_path / "a.env", tmp_path / "b.env"], environ={})
+    assert env == {"ROOT": "/srv", "DATA": "/srv/data"}
+
+
+def test_concurrency_all_as_foreman():
+    pf = parse_procfile("web: a\nworker: b\nclock: c\n")
+    counts = parse_concurrency("all=2,worker=0")
+    assert counts == {"all": 2, "worker": 0}
+    assert [i.name for i in expand(pf, counts)] == ["web.1", "web.2", "clock.1", "clock.2"]
+    assert [i.name for i in expand(pf, parse_concurrency("web=3,all=0"))] == [
+        "web.1",
+        "web.2",
+        "web.3",
+    ]
 
 
 def test_env_file_errors_carry_line_numbers():

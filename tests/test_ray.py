@@ -140,7 +140,7 @@ def test_group_failure_cancels_siblings(tmp_path: Path) -> None:
 def test_borrowed_ray_is_not_shut_down() -> None:
     import ray
 
-    from polytask.backends.ray import RayBackend
+    from polytask.backends.cluster.ray import RayBackend
 
     be = RayBackend()
     assert pt.spawn(add, 4, backend=be).result(timeout=60) == 4
@@ -361,3 +361,15 @@ def test_sigkilled_owner_leaves_no_local_ray_process(tmp_path: Path) -> None:
         h.signal(signal.SIGKILL)
         assert h.wait() == -signal.SIGKILL
         assert h.leftovers(within=10) == []
+
+
+def spawn_child_and_wait(x: int) -> int:
+    return pt.spawn(add, x, 1, backend="ray").result(timeout=60)
+
+
+def test_tasks_with_timeouts_waiting_for_their_own_tasks_do_not_starve_ray() -> None:
+    # Parents with a timeout run in killable child processes; each waits for a
+    # child task of its own: more parents than CPUs must still all finish.
+    with pt.TaskGroup(backend="ray") as g:
+        parents = [g.spawn(spawn_child_and_wait, i, timeout=120) for i in range(6)]
+    assert [p.result() for p in parents] == [i + 1 for i in range(6)]

@@ -268,7 +268,7 @@ def test_copies_get_distinct_ports_env_file_and_all_end(tmp_path: Path):
         {"web": show, "job": [sys.executable, "-c", "print('argv', 42)"]},
         concurrency="web=3",
         env_file=tmp_path / "dev.env",
-        restart="never",
+        restart="on-failure",
         output=out,
         **quick(),
     )
@@ -299,7 +299,7 @@ def test_crash_at_once_is_given_up_and_the_others_are_stopped():
     sup.start()
     assert sup.wait(timeout=30)
     final = {s.name: s for s in sup.stop()}
-    assert sup.returncode == 1
+    assert sup.returncode == 3  # the status of the program given up on
     assert final["crash.1"].state == "failed" and final["crash.1"].restarts == 2
     assert final["crash.1"].exitcode == 3
     assert final["steady.1"].state == "stopped" and final["steady.1"].exitcode == -15
@@ -308,7 +308,7 @@ def test_crash_at_once_is_given_up_and_the_others_are_stopped():
     assert kinds.count(("spawn", "crash.1")) == 3 and kinds.count(("retry", "crash.1")) == 2
     assert ("failed", "crash.1") in kinds
     assert kinds.index(("failed", "crash.1")) < kinds.index(("stop", None))
-    assert kinds[-1] == ("done", None) and events[-1]["returncode"] == 1
+    assert kinds[-1] == ("done", None) and events[-1]["returncode"] == 3
     assert "giving up" in out.getvalue()
 
 
@@ -385,13 +385,16 @@ def test_grandchildren_are_gone_after_stop(tmp_path: Path):
             lambda: len(lines_of(out, "tree.1") + lines_of(out, "tree.2")) == 2, what="spawned"
         )
         leaders = [s.pid for s in sup.status()]
-        descendants = [
-            p.pid for pid in leaders for p in psutil.Process(pid).children(recursive=True)
-        ]
-        assert len(descendants) >= 2 * 5  # 2 sleeps + sh + its 2 sleeps, per copy
+
+        def descendants() -> list[int]:
+            return [p.pid for pid in leaders for p in psutil.Process(pid).children(recursive=True)]
+
+        # "spawned" can come before the inner shell has forked its sleeps.
+        wait_until(lambda: len(descendants()) >= 2 * 5, what="2 sleeps + sh + its 2 sleeps, each")
+        tree = descendants()
     finally:
         sup.stop()
-    wait_until(lambda: not any(alive(p) for p in leaders + descendants), 10, "the tree to be gone")
+    wait_until(lambda: not any(alive(p) for p in leaders + tree), 10, "the tree to be gone")
 
 
 def test_a_program_that_exits_takes_its_background_jobs_with_it(tmp_path: Path):
@@ -427,7 +430,7 @@ def test_fast_output_on_both_streams_loses_and_mixes_nothing(tmp_path: Path):
     sup = pt.Supervisor(
         {"flood": [sys.executable, str(script), str(n)], "calm": "echo calm"},
         env={"PYTHONUNBUFFERED": ""},
-        restart="never",
+        restart="on-failure",
         output=out,
         **quick(),
     )
@@ -466,6 +469,50 @@ def test_restart_always_with_backoff_and_status(tmp_path: Path):
     assert lines_of(out, "blink.1")[:3] == ["up 5000"] * 3
 
 
+def test_restart_never_the_first_program_to_end_stops_the_rest_with_its_status():
+    events: list[dict] = []
+    sup = pt.Supervisor(
+        {"web": "exec sleep 60", "test": "exit 5", "late": "exec sleep 60"},
+        restart="never",
+        output=io.BytesIO(),
+        on_event=events.append,
+        **quick(),
+    )
+    with sup:
+        assert sup.wait(timeout=30)
+    assert sup.returncode == 5
+    states = {s.name: (s.state, s.exitcode) for s in sup.status()}
+    assert states == {
+        "web.1": ("stopped", -15),
+        "test.1": ("failed", 5),
+        "late.1": ("stopped", -15),
+    }
+    assert any(e["event"] == "stop" and "test.1 ended" in e["reason"] for e in events)
+
+
+def test_a_stop_request_status_counts_only_if_nothing_decided_first():
+    sup = pt.Supervisor({"web": "exec sleep 60"}, output=io.BytesIO(), **quick())
+    with sup:
+        sup.request_stop("asked", status=143)
+        assert sup.wait(timeout=30)
+    assert sup.returncode == 143
+    sup = pt.Supervisor({"web": "exec sleep 60"}, output=io.BytesIO(), **quick())
+    with sup:
+        pass  # stop() carries no status
+    assert sup.returncode == 0
+
+
+def test_a_program_given_up_on_after_exiting_0_still_gives_status_1():
+    # restart="always": it keeps exiting 0 at once, so it is given up on; a
+    # failure must never read as success.
+    sup = pt.Supervisor(
+        {"blink": "true"}, restart="always", start_retries=0, output=io.BytesIO(), **quick()
+    )
+    with sup:
+        assert sup.wait(timeout=30)
+    assert sup.status()[0].state == "failed" and sup.returncode == 1
+
+
 def test_a_program_that_cannot_start_is_reported_and_fails(tmp_path: Path):
     out = io.StringIO()
     sup = pt.Supervisor({"ghost": ["/nonexistent/program"]}, start_retries=1, output=out, **quick())
@@ -474,7 +521,7 @@ def test_a_program_that_cannot_start_is_reported_and_fails(tmp_path: Path):
     st = sup.status()[0]
     assert st.state == "failed" and st.exitcode == 127 and st.restarts == 1
     assert "could not start" in out.getvalue()
-    assert sup.returncode == 1
+    assert sup.returncode == 127
 
 
 def test_api_misuse_and_bad_input():

@@ -22,8 +22,8 @@ import cloudpickle
 import pytest
 
 import polytask as pt
-from polytask import _proc
-from polytask._sync import BrokenBarrierError, make_primitive
+from polytask._core.primitives import BrokenBarrierError, make_primitive
+from polytask._os import proc as _proc
 
 BACKENDS = ["thread", "process"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -155,13 +155,24 @@ def one_error_line(capsys) -> str:
     [
         (None, [], "cannot read Procfile 'Procfile': No such file or directory"),
         ("web: a\nweb: b\n", [], "Procfile:2: duplicate process name 'web'"),
-        ("web: a\nworker:\n", [], "Procfile:2: empty command for process 'worker'"),
+        ("web: a\nworker:\n", ["--strict"], "Procfile:2: empty command for process 'worker'"),
         ("web: a\n", ["nope"], "unknown process 'nope'"),
         ("web: a\n", ["-c", "web:2"], "malformed concurrency 'web:2'"),
         ("web: a\n", ["-c", "worker=2"], "unknown process 'worker'"),
         ("web: a\n", ["-e", "missing.env"], "cannot read env file 'missing.env'"),
         ("web: a\n", ["--timeout", "soon"], "'soon' is not a number of seconds"),
         ("web: a\n", ["--restart", "sometimes"], "invalid choice: 'sometimes'"),
+        # Restart tuning that would do nothing under 'never' is refused.
+        (
+            "web: a\n",
+            ["--restart", "never", "--start-retries", "2"],
+            "--start-retries has no effect with --restart never",
+        ),
+        (
+            "web: a\n",
+            ["--restart", "never", "--no-exit-on-failure"],
+            "--no-exit-on-failure has no effect with --restart never",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, procfile, args, fragment):
@@ -185,16 +196,33 @@ def test_bad_env_file_is_reported_with_its_line(tmp_path, monkeypatch, capsys):
 def test_check_lists_every_problem_with_line_numbers(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Procfile").write_text(
-        "# app\nweb: a\nweb: b\nnot a process line\nbad name: c\nempty:\n"
+        "# app\nweb: a\nweb: b\nnot a process line\nbad name: c\nempty:\n  worker: d\n"
     )
     assert main_check([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert [re.match(r"polytask check: error: Procfile:(\d+): ", e).group(1) for e in err] == [
-        "3",
-        "4",
-        "5",
-        "6",
-    ]
+    found = [re.match(r"polytask check: (\w+): Procfile:(\d+): ", e).groups() for e in err]
+    # Lines foreman and honcho skip are warnings; the duplicate is an error.
+    assert found == [("warning", str(n)) for n in (4, 5, 6, 7)] + [("error", "3")]
+    assert main_check(["--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    found = [re.match(r"polytask check: (\w+): Procfile:(\d+): ", e).groups() for e in err]
+    assert found == [("error", str(n)) for n in (3, 4, 5, 6, 7)]
+
+
+def test_check_and_up_skip_lines_foreman_skips_with_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Procfile").write_text("web.v2: echo v2\nweb: echo ran $PS\n  indented: echo no\n")
+    assert main_check([]) == 0
+    captured = capsys.readouterr()
+    assert "would start 1 program: web (2 lines skipped, see the warnings)" in captured.out
+    assert "warning: Procfile:1: invalid process name 'web.v2'" in captured.err
+    assert "warning: Procfile:3: indented line" in captured.err
+    up = Up(tmp_path)
+    assert up.finish() == 0
+    assert up.program_lines("web.1") == ["ran web.1"]
+    notes = up.program_lines("polytask")
+    assert any(n.startswith("warning: Procfile:1: invalid process name 'web.v2'") for n in notes)
+    assert any(n.startswith("warning: Procfile:3: indented line") for n in notes)
 
 
 def test_check_ok_and_help(tmp_path, monkeypatch, capsys):
@@ -220,7 +248,7 @@ def test_signal_stops_everything_gracefully(tmp_path, sig):
         grandchildren = [int(p) for p in (tmp_path / "tree.pids").read_text().split()]
         pids = spawned_pids(up.events()) + grandchildren
         up.proc.send_signal(sig)
-        assert up.finish() == 0
+        assert up.finish() == 128 + sig  # 130 / 143, as honcho
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -230,7 +258,7 @@ def test_signal_stops_everything_gracefully(tmp_path, sig):
     assert any(e["event"] == "stop" and sig.name in e["reason"] for e in events)
     kills = [e["process"] for e in events if e["event"] == "signal" and e["signal"] == "SIGKILL"]
     assert kills == ["stubborn.1"]
-    assert events[-1] == {**events[-1], "event": "done", "returncode": 0}
+    assert events[-1] == {**events[-1], "event": "done", "returncode": 128 + sig}
     summary = up.out.split("PROCESS")[-1]
     assert re.search(r"stubborn\.1 +stopped +0 +killed by signal SIGKILL \(9\)", summary)
     assert re.search(r"web\.2 +stopped +0 +killed by signal SIGTERM \(15\)", summary)
@@ -247,7 +275,7 @@ def test_second_ctrl_c_kills_at_once(tmp_path):
         up.wait_for("stopping (SIGINT received)")
         up.proc.send_signal(signal.SIGINT)
         # Without the second Ctrl-C this would take the 120 s grace.
-        assert up.finish(timeout=60) == 0
+        assert up.finish(timeout=60) == 130
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -257,10 +285,12 @@ def test_second_ctrl_c_kills_at_once(tmp_path):
     assert "killing every program now (second signal, SIGINT)" in up.out
 
 
-def test_crash_given_up_fast_output_intact_exit_1(tmp_path):
+def test_crash_given_up_fast_output_intact_exit_with_its_status(tmp_path):
     write_procfile(tmp_path, crash="echo crashing >&2; exit 3", flood=FLOOD, steady=WEB)
     up = Up(
         tmp_path,
+        "--restart",
+        "on-failure",
         "--start-retries",
         "2",
         "--backoff",
@@ -270,7 +300,7 @@ def test_crash_given_up_fast_output_intact_exit_1(tmp_path):
         "--start-seconds",
         "2",
     )
-    assert up.finish() == 1
+    assert up.finish() == 3  # the status of the program given up on
     out = up.out
     assert up.program_lines("crash.1") == ["crashing"] * 3
     assert "crash.1 (pid" in out and "failed: exited within 2s of starting 3 times in a row" in out
@@ -301,15 +331,25 @@ def test_fast_output_all_lines_arrive(tmp_path):
 
 
 def test_without_exit_on_failure_the_others_keep_running(tmp_path):
-    write_procfile(tmp_path, crash="exit 1", web=WEB)
-    up = Up(tmp_path, "--no-exit-on-failure", "--start-retries", "0", "--timeout", "2")
+    write_procfile(tmp_path, crash="exit 4", web=WEB)
+    up = Up(
+        tmp_path,
+        "--restart",
+        "on-failure",
+        "--no-exit-on-failure",
+        "--start-retries",
+        "0",
+        "--timeout",
+        "2",
+    )
     try:
         up.wait_for("crash.1 (pid", "failed:", "web web.1 PORT=5100")
         time.sleep(0.3)
         assert up.proc.poll() is None
         pids = spawned_pids(up.events())
         up.proc.send_signal(signal.SIGTERM)
-        assert up.finish() == 1
+        # The failure came first: its status, not SIGTERM's 143.
+        assert up.finish() == 4
     finally:
         if up.proc.poll() is None:
             up.proc.kill()
@@ -334,6 +374,10 @@ def test_sigkill_of_up_leaves_nothing_running(tmp_path):
     try:
         for text in ("web web.1 PORT=5000", "web web.2 PORT=5001", "stubborn ready", "tree ready"):
             h.wait_for_line(log, text)
+        # "tree ready" can come before its inner shell has forked its sleeps.
+        deadline = time.monotonic() + 30
+        while len(h.descendants()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(h.descendants()) >= 10
         h.signal(signal.SIGKILL)
         assert h.wait() == -signal.SIGKILL
@@ -344,3 +388,65 @@ def test_sigkill_of_up_leaves_nothing_running(tmp_path):
         for pipe in (h.proc.stdin, h.proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+# --------------------------------------------------------------------------- polytask run
+
+
+def polytask_run(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "polytask.cli", "run", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+        **kw,
+    )
+
+
+def test_run_loads_the_env_files_and_exits_with_the_commands_status(tmp_path):
+    (tmp_path / ".env").write_text("GREETING=hello\nWHO=$GREETING world\n")
+    (tmp_path / "dev.env").write_text("GREETING=bonjour\n")
+    show = "import os, sys; print(os.environ['GREETING'], os.environ['WHO']); sys.exit(7)"
+    r = polytask_run(tmp_path, sys.executable, "-c", show)
+    assert (r.returncode, r.stdout) == (7, "hello hello world\n")
+    r = polytask_run(
+        tmp_path, "-e", "dev.env", "--", sys.executable, "-c", show.replace("WHO", "GREETING")
+    )
+    assert (r.returncode, r.stdout) == (7, "bonjour bonjour\n")
+    r = polytask_run(tmp_path, "no-such-command-here")
+    assert r.returncode == 127 and "command not found: 'no-such-command-here'" in r.stderr
+    r = polytask_run(tmp_path)
+    assert r.returncode == 2 and "no command given" in r.stderr
+
+
+def test_run_a_procfile_type_gets_what_up_gives_its_first_copy(tmp_path):
+    write_procfile(tmp_path, web="echo other", worker="echo $PS $HONCHO_PROCESS_NAME $PORT; exit 3")
+    r = polytask_run(tmp_path, "worker")
+    assert (r.returncode, r.stdout) == (3, "worker.1 worker.1 5100\n")
+    r = polytask_run(tmp_path, "-p", "8000", "worker")
+    assert r.stdout == "worker.1 worker.1 8100\n"
+
+
+def test_run_execs_the_command_so_signals_reach_it_and_nothing_is_left(tmp_path):
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polytask.cli", "run", sys.executable, "-c", code],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        assert proc.stdout is not None
+        # The command is polytask run's own process: a signal goes straight to it.
+        assert int(proc.stdout.readline()) == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -19,55 +19,55 @@ from typing import TYPE_CHECKING, Any
 # that `import polytask` (and so every `polytask` command) starts fast and a
 # user of threads never pays for shared memory, asyncio or the supervisor.
 _LAZY: dict[str, str] = {
-    "BackendUnavailable": "._errors",
-    "background": "._task",
-    "Barrier": "._sync",
+    "BackendUnavailable": "._core.errors",
+    "background": "._spawn",
+    "Barrier": "._core.primitives",
+    "BoundedSemaphore": "._core.primitives",
+    "Cancelled": "._core.errors",
+    "Channel": "._core.channel",
+    "ChannelClosed": "._core.errors",
+    "CommandFailed": "._core.errors",
     "AsyncResult": "._pool",
-    "BoundedSemaphore": "._sync",
-    "Cancelled": "._errors",
-    "Channel": "._channel",
-    "ChannelClosed": "._errors",
-    "CommandFailed": "._errors",
     "CommandResult": "._commands",
-    "CommandTimeout": "._errors",
-    "checkpoint": "._task",
-    "Condition": "._sync",
-    "current_task": "._task",
-    "CurrentTask": "._task",
+    "CommandTimeout": "._core.errors",
+    "checkpoint": "._core.task",
+    "Condition": "._core.primitives",
+    "current_task": "._core.task",
+    "CurrentTask": "._core.task",
     "debug": ".",
     "DEVNULL": "._commands",
-    "Event": "._sync",
+    "Event": "._core.primitives",
     "Executor": "._pool",
-    "Fifo": "._fifo",
-    "FileLock": "._sync",
+    "Fifo": "._ipc.fifo",
+    "FileLock": "._ipc.filelock",
     "INHERIT": "._commands",
-    "Lock": "._sync",
+    "Lock": "._core.primitives",
     "MapIterator": "._pool",
     "OutputLine": "._commands",
     "pipeline": "._pipeline",
-    "PolytaskError": "._errors",
+    "PolytaskError": "._core.errors",
     "Pool": "._pool",
-    "PotentialDeadlock": "._errors",
+    "PotentialDeadlock": "._core.errors",
     "ProcessStatus": "._supervisor",
-    "ProcfileError": "._errors",
-    "ProgramNotFound": "._errors",
-    "RemoteError": "._errors",
-    "RLock": "._sync",
+    "ProcfileError": "._core.errors",
+    "ProgramNotFound": "._core.errors",
+    "RemoteError": "._core.errors",
+    "RLock": "._core.primitives",
     "run": "._commands",
     "run_many": "._commands",
-    "Semaphore": "._sync",
-    "SerializationError": "._errors",
-    "SharedArray": "._shm",
-    "sleep": "._task",
-    "spawn": "._task",
+    "Semaphore": "._core.primitives",
+    "SerializationError": "._core.errors",
+    "SharedArray": "._ipc.shm",
+    "sleep": "._core.task",
+    "spawn": "._spawn",
     "stage": "._pipeline",
     "Stream": "._commands",
     "stream": "._commands",
     "Supervisor": "._supervisor",
-    "Task": "._task",
+    "Task": "._core.task",
     "TaskGroup": "._group",
-    "TaskTimeout": "._errors",
-    "WorkerCrashed": "._errors",
+    "TaskTimeout": "._core.errors",
+    "WorkerCrashed": "._core.errors",
 }
 
 __all__ = (
@@ -143,7 +143,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from . import debug as debug
-    from ._channel import Channel as Channel
     from ._commands import DEVNULL as DEVNULL
     from ._commands import INHERIT as INHERIT
     from ._commands import CommandResult as CommandResult
@@ -152,42 +151,43 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._commands import run as run
     from ._commands import run_many as run_many
     from ._commands import stream as stream
-    from ._errors import BackendUnavailable as BackendUnavailable
-    from ._errors import Cancelled as Cancelled
-    from ._errors import ChannelClosed as ChannelClosed
-    from ._errors import CommandFailed as CommandFailed
-    from ._errors import CommandTimeout as CommandTimeout
-    from ._errors import PolytaskError as PolytaskError
-    from ._errors import PotentialDeadlock as PotentialDeadlock
-    from ._errors import ProcfileError as ProcfileError
-    from ._errors import ProgramNotFound as ProgramNotFound
-    from ._errors import RemoteError as RemoteError
-    from ._errors import SerializationError as SerializationError
-    from ._errors import TaskTimeout as TaskTimeout
-    from ._errors import WorkerCrashed as WorkerCrashed
-    from ._fifo import Fifo as Fifo
+    from ._core.channel import Channel as Channel
+    from ._core.errors import BackendUnavailable as BackendUnavailable
+    from ._core.errors import Cancelled as Cancelled
+    from ._core.errors import ChannelClosed as ChannelClosed
+    from ._core.errors import CommandFailed as CommandFailed
+    from ._core.errors import CommandTimeout as CommandTimeout
+    from ._core.errors import PolytaskError as PolytaskError
+    from ._core.errors import PotentialDeadlock as PotentialDeadlock
+    from ._core.errors import ProcfileError as ProcfileError
+    from ._core.errors import ProgramNotFound as ProgramNotFound
+    from ._core.errors import RemoteError as RemoteError
+    from ._core.errors import SerializationError as SerializationError
+    from ._core.errors import TaskTimeout as TaskTimeout
+    from ._core.errors import WorkerCrashed as WorkerCrashed
+    from ._core.primitives import Barrier as Barrier
+    from ._core.primitives import BoundedSemaphore as BoundedSemaphore
+    from ._core.primitives import Condition as Condition
+    from ._core.primitives import Event as Event
+    from ._core.primitives import Lock as Lock
+    from ._core.primitives import RLock as RLock
+    from ._core.primitives import Semaphore as Semaphore
+    from ._core.task import CurrentTask as CurrentTask
+    from ._core.task import Task as Task
+    from ._core.task import checkpoint as checkpoint
+    from ._core.task import current_task as current_task
+    from ._core.task import sleep as sleep
     from ._group import TaskGroup as TaskGroup
+    from ._ipc.fifo import Fifo as Fifo
+    from ._ipc.filelock import FileLock as FileLock
+    from ._ipc.shm import SharedArray as SharedArray
     from ._pipeline import pipeline as pipeline
     from ._pipeline import stage as stage
     from ._pool import AsyncResult as AsyncResult
     from ._pool import Executor as Executor
     from ._pool import MapIterator as MapIterator
     from ._pool import Pool as Pool
-    from ._shm import SharedArray as SharedArray
+    from ._spawn import background as background
+    from ._spawn import spawn as spawn
     from ._supervisor import ProcessStatus as ProcessStatus
     from ._supervisor import Supervisor as Supervisor
-    from ._sync import Barrier as Barrier
-    from ._sync import BoundedSemaphore as BoundedSemaphore
-    from ._sync import Condition as Condition
-    from ._sync import Event as Event
-    from ._sync import FileLock as FileLock
-    from ._sync import Lock as Lock
-    from ._sync import RLock as RLock
-    from ._sync import Semaphore as Semaphore
-    from ._task import CurrentTask as CurrentTask
-    from ._task import Task as Task
-    from ._task import background as background
-    from ._task import checkpoint as checkpoint
-    from ._task import current_task as current_task
-    from ._task import sleep as sleep
-    from ._task import spawn as spawn

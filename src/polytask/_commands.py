@@ -8,7 +8,7 @@ leaks, nothing deadlocks and nothing can be injected:
   parent dying ends the whole tree (SIGTERM, a grace, SIGKILL), and when the
   program itself exits, whatever it left running in its group goes too;
 - stdout and stderr are read together in one poll loop
-  (:class:`~polytask._parallel_loop.ProcessLoop`), so a program that fills
+  (:class:`~polytask._os.childloop.ProcessLoop`), so a program that fills
   both pipes never blocks, and ``stdin=``/``input=`` data is written as the
   program reads it;
 - a list of arguments runs with no shell at all; ``shell=True`` is explicit,
@@ -42,12 +42,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, AnyStr, Final, Generic, Literal, NamedTuple, overload
 
-from ._errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
-from ._parallel_loop import STDERR, STDOUT, Child, ProcessLoop, which
+from ._core.errors import Cancelled, CommandFailed, CommandTimeout, ProgramNotFound
+from ._core.task import current_task
+from ._core.timeouts import check_timeout
+from ._os.childloop import STDERR, STDOUT, Child, ProcessLoop, which
+from ._os.proc import usable_cpus
 from ._parallel_spec import _SHELL_CHARS, needs_shell
-from ._proc import usable_cpus
 from ._progress import Progress, want_progress
-from ._task import check_timeout
 
 __all__ = [
     "DEVNULL",
@@ -428,8 +429,6 @@ class _CancelWatch:
     __slots__ = ("_current", "slice")
 
     def __init__(self) -> None:
-        from ._task import current_task
-
         current = current_task()
         inside = current._task is not None
         self._current = current if inside else None

@@ -11,8 +11,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._channel import Channel
-    from ._sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
+    from ._core.channel import Channel
+    from ._core.primitives import (
+        Barrier,
+        BoundedSemaphore,
+        Condition,
+        Event,
+        Lock,
+        RLock,
+        Semaphore,
+    )
     from .backends import Backend
 
 __all__ = ["PrimitiveFactory"]

@@ -20,16 +20,21 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
 
-from ._errors import Cancelled, TaskTimeout
+from ._core.backend import fn_name
+from ._core.errors import Cancelled, TaskTimeout
+from ._core.task import CANCEL_SLICE, Task, cancellable_task
+from ._core.timeouts import check_timeout
+from ._core.timer import call_later
 from ._factories import PrimitiveFactory
-from ._task import CANCEL_SLICE, Task, cancellable_task, check_timeout
 from .backends import Backend, get_backend
 
 __all__ = ["TaskGroup"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 
 #: After Ctrl-C, how long to wait for thread tasks to notice they were cancelled.
 _INTERRUPT_THREAD_WAIT = 0.5
@@ -110,16 +115,38 @@ class TaskGroup(PrimitiveFactory):
                 self.cancel()
         stack.append(self)
         if self._timeout is not None:
-            from ._timer import call_later
-
             self._timer = call_later(self._timeout, self._on_deadline)
         return self
 
+    # Typed as polytask.spawn is (the reasons are in _spawn.py): the arguments are
+    # checked against fn's signature.
+    @overload
     def spawn(
         self,
-        fn: Callable[..., T],
+        fn: Callable[[Unpack[Ts]], T],
         /,
-        *args: Any,
+        *args: *Ts,
+        name: str | None = ...,
+        timeout: float | None = ...,
+    ) -> Task[T]: ...
+    @overload
+    def spawn(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+    @overload
+    def spawn(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        name: str | None = ...,
+        timeout: float | None = ...,
+        **kwargs: Any,
+    ) -> Task[T]: ...
+
+    def spawn(  # type: ignore[misc]
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
         name: str | None = None,
         timeout: float | None = None,
         **kwargs: Any,
@@ -132,8 +159,6 @@ class TaskGroup(PrimitiveFactory):
             )
         if self._cancelling:
             # The group already failed: the task is born cancelled and never starts.
-            from ._serialize import fn_name
-
             task: Task[T] = Task(self._backend, name or fn_name(fn), timeout)
             task.cancel()
             return self._adopt(task)

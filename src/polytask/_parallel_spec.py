@@ -32,21 +32,30 @@ from ._shellquote import (
 
 __all__ = [
     "JOBLOG_HEADER",
+    "RESULT_COLUMNS",
     "HaltPolicy",
     "JoblogEntry",
     "QuotingError",
     "Repl",
     "Template",
     "UnsafeInput",
+    "context_command",
+    "csv_header",
     "exit_status",
+    "exported_functions",
+    "has_replacement",
     "is_posix_shell",
     "joblog_line",
     "parse_duration",
     "parse_joblog",
     "parse_jobs",
     "perl_dirname",
+    "perl_expression",
+    "render_raw",
     "replace_value",
+    "result_record",
     "results_dir",
+    "results_format",
     "resume_skip",
 ]
 
@@ -54,7 +63,9 @@ __all__ = [
 
 #: A replacement string: ``{}``, ``{#}``, ``{%}``, or ``{N}`` / ``{}`` with one
 #: of the modifiers ``.`` ``/`` ``//`` ``/.``.
-_REPL_RE = re.compile(r"\{(?:(#)|(%)|(\d+)?(\.|//|/\.|/)?)\}")
+_REPL_RE = re.compile(r"\{(?:(#)|(%)|(-?\d+)?(\.|//|/\.|/)?)\}")
+#: GNU parallel's Perl replacement strings, ``{= perl =}`` and ``{=3 perl =}``.
+_PERL_RE = re.compile(r"\{=.*?=\}", re.DOTALL)
 
 # Characters that change the meaning of a command line in sh. A command whose
 # literal text (replacement strings aside) has none of them is a plain list of
@@ -169,7 +180,8 @@ class Repl(_Record):
     """One replacement string of a template.
 
     ``kind`` is ``"arg"``, ``"seq"`` ({#}) or ``"slot"`` ({%}); for ``"arg"``,
-    ``index`` is the 1-based input source (None: every argument) and ``mod`` one
+    ``index`` is the 1-based input source (negative: from the last; None:
+    every argument) and ``mod`` one
     of ``""``, ``"."``, ``"/"``, ``"//"``, ``"/."``.
     """
 
@@ -198,9 +210,10 @@ class Repl(_Record):
             return [str(slot)]
         if self.index is None:
             return [replace_value(a, self.mod) for a in args] if args else [""]
-        # GNU parallel gives an empty string for a source that does not exist.
-        value = args[self.index - 1] if 0 < self.index <= len(args) else ""
-        return [replace_value(value, self.mod)]
+        # {-1} is the last source, {-2} the one before it. One that does not
+        # exist is nothing at all, as GNU parallel writes it (not an empty word).
+        i = self.index - 1 if self.index > 0 else len(args) + self.index
+        return [replace_value(args[i], self.mod)] if 0 <= i < len(args) else []
 
 
 def perl_dirname(path: str) -> str:
@@ -242,7 +255,16 @@ def replace_value(value: str, mod: str) -> str:
 Part = str | Repl
 
 
-def _split_parts(text: str) -> list[Part]:
+def _split_parts(text: str, token: str = "{}") -> list[Part]:
+    """The literal text and replacement strings of ``text``; ``token`` stands for ``{}`` (-I)."""
+    if token != "{}":
+        out: list[Part] = []
+        for i, segment in enumerate(text.split(token)):
+            if i:
+                out.append(Repl("arg"))
+            # Here {} is only text; {.}, {1}, {#} ... keep their meaning.
+            out.extend(p if p != Repl("arg") else "{}" for p in _split_parts(segment))
+        return out
     parts: list[Part] = []
     pos = 0
     for m in _REPL_RE.finditer(text):
@@ -311,6 +333,7 @@ class Template(_Record):
         "plans",
         "argv_plans",
         "heredocs",
+        "functions",
     )
     __slots__ = (*_fields, "_pieces", "_argv_emit", "_prefix")
     parts: tuple[Part, ...]
@@ -321,6 +344,7 @@ class Template(_Record):
     plans: tuple[Plan, ...]
     argv_plans: tuple[Plan, ...]
     heredocs: tuple[HeredocCheck, ...]
+    functions: frozenset[str]
     _pieces: tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]
     _argv_emit: tuple[Callable[[Sequence[str]], str] | None, ...]
     _prefix: list[str] | None  # argv before the inputs, when they are only appended
@@ -335,8 +359,10 @@ class Template(_Record):
         plans: tuple[Plan, ...] = (),
         argv_plans: tuple[Plan, ...] = (),
         heredocs: tuple[HeredocCheck, ...] = (),
+        functions: frozenset[str] = frozenset(),
     ) -> None:
         self._set(
+            functions=functions,
             parts=parts,
             words=words,
             has_repl=has_repl,
@@ -357,8 +383,22 @@ class Template(_Record):
         )
 
     @classmethod
-    def parse(cls, command: Sequence[str], *, quote: bool = False, shell: str = "sh") -> Template:
+    def parse(
+        cls,
+        command: Sequence[str],
+        *,
+        quote: bool = False,
+        shell: str = "sh",
+        functions: frozenset[str] = frozenset(),
+        append: bool = True,
+        token: str = "{}",
+    ) -> Template:
         """Parse the COMMAND words of the command line, for jobs run by ``shell``.
+
+        ``functions`` are names the shell knows as commands (bash functions
+        exported with ``export -f``): a COMMAND that starts with one needs it.
+        ``append=False`` (``-N0``): no input is appended when there is no
+        replacement string. ``token`` (``-I STR``) is written for ``{}``.
 
         Like GNU parallel, the words are joined with spaces into one shell
         command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
@@ -367,9 +407,9 @@ class Template(_Record):
         replacement string where no quoting keeps an input data.
         """
         if quote:
-            words = tuple(tuple(_split_parts(w)) or ("",) for w in command)
+            words = tuple(tuple(_split_parts(w, token)) or ("",) for w in command)
             has = any(isinstance(p, Repl) for w in words for p in w)
-            if not has and words:
+            if append and not has and words:
                 words += ((Repl("arg"),),)
             flat: list[Part] = []
             for i, w in enumerate(words):
@@ -386,9 +426,9 @@ class Template(_Record):
                 argv_plans=tuple(argv_plans[k] for k in range(len(argv_plans))),
             )
         text = " ".join(command)
-        parts = tuple(_split_parts(text))
+        parts = tuple(_split_parts(text, token))
         has = any(isinstance(p, Repl) for p in parts)
-        if not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
+        if append and not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
             parts += (" ", Repl("arg"))
         words_l = _words(parts)
         literal = "".join(p for p in parts if isinstance(p, str))
@@ -396,7 +436,9 @@ class Template(_Record):
         if not needs and words_l:
             first = words_l[0]
             first_text = "".join(p for p in first if isinstance(p, str))
-            if "=" in first_text or (len(first) == 1 and first_text in _SHELL_WORDS):
+            if "=" in first_text or (
+                len(first) == 1 and (first_text in _SHELL_WORDS or first_text in functions)
+            ):
                 needs = True
         toks, count = _tokens(parts)
         shell_plans, checks = plan_shell(toks, dialect(shell))
@@ -411,6 +453,7 @@ class Template(_Record):
             plans=tuple(shell_plans[k] for k in range(count)),
             argv_plans=tuple(word_plans[k] for k in range(len(word_plans))),
             heredocs=tuple(checks),
+            functions=functions,
         )
 
     @property
@@ -420,7 +463,8 @@ class Template(_Record):
 
     def source(self) -> str:
         """The COMMAND as given, replacement strings unexpanded (what a refused job logs)."""
-        parts = self.parts if self.has_repl else self.parts[:-2]
+        appended = not self.has_repl and self.parts[-1:] == (Repl("arg"),)
+        parts = self.parts[:-2] if appended else self.parts
         return "".join(p.spelling() if isinstance(p, Repl) else p for p in parts)
 
     def shell_text(self, args: Sequence[str], seq: int, slot: int) -> str:
@@ -455,7 +499,7 @@ class Template(_Record):
         """
         if self.empty:
             line = " ".join(args)
-            if needs_shell(line) or not line.split():
+            if needs_shell(line) or not line.split() or line.split()[0] in self.functions:
                 return None
             return line.split()
         if self.needs_shell:
@@ -470,24 +514,111 @@ class Template(_Record):
             # sources) splits its word, as the quoted shell text would:
             # pre'a' 'b'post.
             current = [""]
+            produced = False  # a word of only inputs that do not exist is no word
             for part in word:
                 if isinstance(part, Repl):
                     values = part.values(args, seq, slot)
                     fn = emit[k]
                     k += 1
+                    if not values:
+                        continue
+                    produced = True
                     if fn is None:
                         current[-1] += values[0]
                         current.extend(values[1:])
                     else:
                         current[-1] += fn(values)
                 else:
+                    produced = True
                     current[-1] += part
-            out.extend(current)
+            if produced:
+                out.extend(current)
         return out
 
     def max_index(self) -> int:
         """The highest ``{N}`` used (0 if none)."""
         return max((p.index or 0 for p in self.parts if isinstance(p, Repl)), default=0)
+
+
+def _repeat_word(word: Sequence[Part], count: int) -> list[list[Part]]:
+    """``word`` once per input, its ``{}``-like strings pointing at input 1, 2, ... (-X)."""
+    if not any(isinstance(p, Repl) and p.kind == "arg" and p.index is None for p in word):
+        return [list(word)]
+    return [
+        [
+            Repl("arg", i, p.mod)
+            if isinstance(p, Repl) and p.kind == "arg" and p.index is None
+            else p
+            for p in word
+        ]
+        for i in range(1, count + 1)
+    ]
+
+
+def _spell(parts: Iterable[Part], token: str = "{}") -> str:
+    return "".join(
+        (token if p == Repl("arg") else p.spelling()) if isinstance(p, Repl) else p for p in parts
+    )
+
+
+def context_command(
+    command: Sequence[str],
+    count: int,
+    *,
+    quote: bool = False,
+    append: bool = True,
+    token: str = "{}",
+) -> list[str]:
+    """The COMMAND words for a job of ``count`` inputs with context replace (``-X``, ``-N``).
+
+    As GNU parallel: a word (split at blanks) that holds ``{}``, ``{.}``, ...
+    is repeated once per input, each copy with that input (``x{}y`` over
+    ``a b``: ``xay xby``); ``{1}``, ``{#}`` and the other words stay as they
+    are. With no replacement string (and ``append``) the inputs are appended.
+    The result is a COMMAND like any other: parsed, and quoted where each
+    copy sits, by :meth:`Template.parse`.
+    """
+    if quote:
+        out: list[str] = []
+        words = [_split_parts(w, token) for w in command]
+        if append and not any(isinstance(p, Repl) for w in words for p in w):
+            words.append([Repl("arg")])
+        for w in words:
+            out.extend(_spell(copy, token) for copy in _repeat_word(w, count))
+        return out
+    parts: list[Part] = _split_parts(" ".join(command), token)
+    if append and command and not any(isinstance(p, Repl) for p in parts):
+        parts += [" ", Repl("arg")]
+    # Words and the blanks between them, the blanks kept as they are.
+    pieces: list[list[Part] | str] = []
+    for part in parts:
+        if isinstance(part, Repl):
+            if not pieces or isinstance(pieces[-1], str):
+                pieces.append([])
+            pieces[-1].append(part)  # type: ignore[union-attr]
+            continue
+        for chunk in re.split(r"([ \t]+)", part):
+            if not chunk:
+                continue
+            if chunk.strip(" \t") == "":
+                pieces.append(chunk)
+            elif pieces and isinstance(pieces[-1], list):
+                pieces[-1].append(chunk)
+            else:
+                pieces.append([chunk])
+    text = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            text.append(piece)
+        else:
+            text.append(" ".join(_spell(copy, token) for copy in _repeat_word(piece, count)))
+    return ["".join(text)]
+
+
+def perl_expression(text: str) -> str | None:
+    """The first ``{= perl =}`` replacement string in ``text``, if any (they cannot be run)."""
+    m = _PERL_RE.search(text)
+    return m.group(0) if m else None
 
 
 _RAW: Plan = (False, ("raw",))
@@ -533,6 +664,13 @@ def _check_heredocs(checks: Sequence[HeredocCheck], emitted: Sequence[str]) -> N
                 raise UnsafeInput(
                     f"an input would put the line {delim!r} into a here-document and end it early"
                 )
+
+
+def exported_functions(environ: dict[str, str] | Any) -> frozenset[str]:
+    """Names of the bash functions in an environment (``export -f``: ``BASH_FUNC_name%%``)."""
+    return frozenset(
+        k[10:-2] for k in environ if k.startswith("BASH_FUNC_") and k.endswith("%%") and len(k) > 12
+    )
 
 
 def needs_shell(line: str) -> bool:
@@ -656,6 +794,12 @@ class HaltPolicy(_Record):
         if not self.active:
             return False
         n = {"fail": failed, "success": succeeded, "done": failed + succeeded}[self.what]
+        return self.reached(n, total)
+
+    def reached(self, n: int, total: int | None) -> bool:
+        """Whether ``n`` jobs of the kind counted (failed, succeeded, done) meet the limit."""
+        if not self.active:
+            return False
         if self.count is not None:
             return n >= self.count
         assert self.pct is not None
@@ -852,7 +996,9 @@ def _fit_name(name: str, name_max: int) -> str:
     return prefix + "\\#" + digest
 
 
-def results_dir(root: str, args: Sequence[str], name_max: int = NAME_MAX) -> str:
+def results_dir(
+    root: str, args: Sequence[str], name_max: int = NAME_MAX, names: Sequence[str] = ()
+) -> str:
     """``--results`` directory of one job: ``root/1/<arg1>/2/<arg2>``, as GNU parallel.
 
     Each ``<arg>`` is escaped (``\\`` ``\\t`` ``\\0``, ``/`` as ``\\_``); one longer than
@@ -861,5 +1007,90 @@ def results_dir(root: str, args: Sequence[str], name_max: int = NAME_MAX) -> str
     """
     parts = [root.rstrip("/") or "/"]
     for i, a in enumerate(args, 1):
-        parts += [str(i), _fit_name(_escape_dirname(a), name_max)]
+        # With --header :, each source is named by its header, not numbered.
+        label = _fit_name(_escape_dirname(names[i - 1]), name_max) if i <= len(names) else str(i)
+        parts += [label, _fit_name(_escape_dirname(a), name_max)]
     return "/".join(parts)
+
+
+# --------------------------------------------------------------------------- raw text
+
+
+def render_raw(text: str, args: Sequence[str], seq: int, slot: int, token: str = "{}") -> str:
+    """``text`` with its replacement strings as the plain values, unquoted.
+
+    For what no shell reads: ``--tagstring`` and the paths of ``--results``.
+    """
+    return "".join(
+        " ".join(p.values(args, seq, slot)) if isinstance(p, Repl) else p
+        for p in _split_parts(text, token)
+    )
+
+
+def has_replacement(text: str, token: str = "{}") -> bool:
+    """Whether ``text`` holds a replacement string."""
+    return any(isinstance(p, Repl) for p in _split_parts(text, token))
+
+
+# --------------------------------------------------------------------------- --results FILE.csv
+
+#: The columns of ``--results FILE.csv|.tsv|.json`` before the inputs, as GNU parallel.
+RESULT_COLUMNS = ("Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval", "Signal")
+_CSV_SPECIAL = re.compile(r"[\s\0]")
+
+
+def results_format(path: str) -> str | None:
+    """``"csv"``, ``"tsv"`` or ``"json"`` for a --results FILE of that kind, else None (a directory)."""
+    for kind in ("csv", "tsv", "json"):
+        if path.lower().endswith("." + kind):
+            return kind
+    return None
+
+
+def _csv_field(value: str, sep: str) -> str:
+    # GNU parallel's combine_ref: quoted when it holds a quote, a blank, the separator or NUL.
+    quoted = '"' in value or sep in value or _CSV_SPECIAL.search(value) is not None
+    value = value.replace('"', '""')
+    return f'"{value}"' if quoted else value
+
+
+def csv_header(names: Sequence[str], sep: str) -> str:
+    """The first line of a --results CSV/TSV file: the columns, the inputs named ``names``."""
+    cols = (*RESULT_COLUMNS, "Command", *names, "Stdout", "Stderr")
+    return sep.join(_csv_field(c, sep) for c in cols) + "\n"
+
+
+def result_record(
+    kind: str,
+    *,
+    seq: int,
+    starttime: float,
+    runtime: float,
+    receive: int,
+    exitval: int,
+    signal: int,
+    command: str,
+    args: Sequence[str],
+    stdout: str,
+    stderr: str,
+    host: str = ":",
+) -> str:
+    """One job's line of a --results CSV, TSV or JSON file, exactly as GNU parallel writes it."""
+    head = [str(seq), host, f"{starttime:.3f}", f"{runtime:.3f}", "0", str(receive)]
+    head += [str(exitval), str(signal)]
+    if kind == "json":
+        values = ",".join(f'"{_json(a)}"' for a in args)
+        return (
+            f'{{ "Seq": {seq}, "Host": "{_json(host)}", "Starttime": {head[2]}, '
+            f'"JobRuntime": {head[3]}, "Send": 0, "Receive": {receive}, '
+            f'"Exitval": {exitval}, "Signal": {signal}, "Command": "{_json(command)}", '
+            f'"V": [ {values} ], "Stdout": "{_json(stdout)}", "Stderr": "{_json(stderr)}" }}\n'
+        )
+    sep = "," if kind == "csv" else "\t"
+    fields = [*head, command, *args, stdout, stderr]
+    return sep.join(_csv_field(f, sep) for f in fields) + "\n"
+
+
+def _json(value: str) -> str:
+    value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return re.sub(r"[\x00-\x1f]", lambda m: f"\\u{ord(m.group()):04x}", value)

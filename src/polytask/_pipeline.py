@@ -37,8 +37,11 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from ._errors import ChannelClosed, TaskTimeout
-from ._serialize import fn_name
+from ._core.backend import backend_class, fn_name
+from ._core.channel import Channel
+from ._core.errors import ChannelClosed, TaskTimeout
+from ._core.timeouts import check_timeout
+from .backends import make_backend
 
 __all__ = ["Pipeline", "Stage", "pipeline", "stage"]
 
@@ -155,21 +158,19 @@ class Pipeline(Generic[T]):
     # ------------------------------------------------------------------ start
 
     def _start(self) -> None:
-        from ._channel import Channel
-        from .backends import make_backend
-
         if self._started:
             raise RuntimeError("a pipeline runs once: build a new one to run it again")
         self._started = True
         n = len(self._stages)
-        self._inboxes: list[Channel[Any]] = [Channel(backend=self._backend_name) for _ in range(n)]
-        self._outboxes: list[Channel[Any]] = [Channel(backend=self._backend_name) for _ in range(n)]
+        total = sum(s.workers for s in self._stages)
+        # The backend's own Channel: a Dask pipeline's channels live on its own cluster.
+        self._backend = be = make_backend(self._backend_name, max_workers=total)
+        self._inboxes: list[Channel[Any]] = [be.primitive("Channel") for _ in range(n)]
+        self._outboxes: list[Channel[Any]] = [be.primitive("Channel") for _ in range(n)]
         self._results: Any = Channel(self.maxsize, backend="thread")
         self._channels = [*self._inboxes, *self._outboxes, self._results]
         self._windows = [threading.Semaphore(self.maxsize) for _ in range(n)]
         self._left = [s.workers for s in self._stages]
-        total = sum(s.workers for s in self._stages)
-        self._backend = make_backend(self._backend_name, max_workers=total)
         try:
             for i, st in enumerate(self._stages):
                 for k in range(st.workers):
@@ -430,13 +431,7 @@ def pipeline(
         ) from None
     if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
         raise ValueError(f"maxsize must be an int >= 1 (items per stage), got {maxsize!r}")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a name such as 'thread' or 'process', got {backend!r}")
-    from ._channel import _BACKENDS
-
-    if backend not in _BACKENDS:
-        raise ValueError(f"unknown pipeline backend {backend!r}; choose one of {sorted(_BACKENDS)}")
+    timeout = check_timeout(timeout)
+    backend_class(backend)  # an unknown name fails here, at the call
     built = [s if isinstance(s, Stage) else stage(s) for s in stages]
     return Pipeline(source, built, backend, maxsize, timeout)

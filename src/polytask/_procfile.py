@@ -5,7 +5,11 @@ rule is tested on strings. Every problem is collected (not only the first) with
 its line number, and reported as one :class:`~polytask.ProcfileError`.
 
 A Procfile has one ``name: command`` line per process type (honcho and foreman
-syntax); blank lines and ``#`` comments are skipped. :func:`expand` turns the
+syntax); blank lines and ``#`` comments are skipped. As in foreman and honcho,
+a line that is not an entry (no colon, a name such as ``web.v2`` or ``my web``,
+an empty command, an indented line) is skipped, with a warning naming its line
+(``strict=True`` makes these errors); a duplicate name or a NUL character in a
+command is always an error. :func:`expand` turns the
 types into the instances to run (``web.1``, ``web.2``, ...), each with the
 ``PORT`` foreman gives it: ``base + 100 x type index + instance index``, the
 type index counted in Procfile order so that a process keeps its port whatever
@@ -15,11 +19,12 @@ subset is started.
 from __future__ import annotations
 
 import io
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from ._errors import ProcfileError
+from ._core.errors import BackendUnavailable, ProcfileError
 
 __all__ = [
     "DEFAULT_BASE_PORT",
@@ -27,14 +32,18 @@ __all__ = [
     "Procfile",
     "ProcfileEntry",
     "expand",
+    "expand_vars",
     "parse_concurrency",
     "parse_env",
     "parse_procfile",
     "procfile_from_mapping",
+    "scan_procfile",
 ]
 
 #: The first PORT handed out, as foreman and honcho do.
 DEFAULT_BASE_PORT = 5000
+#: In ``-c``, foreman's name for every process type.
+ALL = "all"
 #: Copies of one type are capped so that their PORTs stay below the next type's.
 MAX_COPIES = 100
 
@@ -62,6 +71,8 @@ class Procfile:
     entries: tuple[ProcfileEntry, ...]
     #: Where the text came from, used in error messages.
     source: str = "Procfile"
+    #: Lines skipped as foreman and honcho skip them: ``(source, line, why)``.
+    skipped: tuple[Problem, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -111,32 +122,57 @@ def _nul_problem(name: str) -> str:
     )
 
 
-def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
+_SKIPPED = "; foreman and honcho skip this line too (--strict makes it an error)"
+
+
+def parse_procfile(text: str, *, source: str = "Procfile", strict: bool = False) -> Procfile:
     """Parse Procfile ``text``; raise :class:`ProcfileError` listing every problem.
 
-    Problems found: a line that is not ``name: command``, an invalid name, an
-    empty command, a command with a NUL character, a name defined twice, and a
-    file that defines nothing.
+    A line that foreman and honcho would skip (not ``name: command``, an
+    invalid name, an empty command, leading whitespace) is skipped and listed
+    in :attr:`Procfile.skipped`, or, with ``strict``, is a problem. Always
+    problems: a command with a NUL character, a name defined twice (honcho
+    refuses it too), and a file that defines nothing.
+    """
+    procfile, problems = scan_procfile(text, source=source, strict=strict)
+    if problems:
+        raise ProcfileError(problems)
+    return procfile
+
+
+def scan_procfile(
+    text: str, *, source: str = "Procfile", strict: bool = False
+) -> tuple[Procfile, list[Problem]]:
+    """:func:`parse_procfile` without raising: the Procfile and every problem.
+
+    Used by ``polytask check`` to show the skipped lines next to the errors.
     """
     problems: list[Problem] = []
+    skipped: list[Problem] = []
     entries: list[ProcfileEntry] = []
     first_line: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        shown = line if len(line) <= 60 else line[:57] + "..."
         name, colon, command = line.partition(":")
-        name, command = name.strip(), command.strip()
-        if not colon:
-            shown = line if len(line) <= 60 else line[:57] + "..."
-            problems.append((source, number, f"expected 'name: command', got {shown!r}"))
-            continue
-        bad = _name_problem(name)
-        if bad:
-            problems.append((source, number, bad))
-            continue
-        if not command:
-            problems.append((source, number, f"empty command for process {name!r}"))
+        # foreman's and honcho's pattern is ^name:\s*command$ with nothing
+        # before the name: an indented entry is skipped, never started.
+        if raw[:1].isspace():
+            why = f"indented line {shown!r}: an entry starts at the beginning of its line"
+        elif not colon:
+            why = f"expected 'name: command', got {shown!r}"
+        else:
+            # Only the command is stripped: "my web: x" has an invalid name.
+            command = command.strip()
+            why = _name_problem(name) or ""
+            if not why and not command:
+                why = f"empty command for process {name!r}"
+        if why:
+            (problems if strict else skipped).append(
+                (source, number, why + ("" if strict else _SKIPPED))
+            )
             continue
         if "\0" in command:
             problems.append((source, number, _nul_problem(name)))
@@ -153,12 +189,15 @@ def parse_procfile(text: str, *, source: str = "Procfile") -> Procfile:
         first_line[name] = number
         entries.append(ProcfileEntry(name, command, number))
     if not entries and not problems:
+        hint = f"; {len(skipped)} line(s) skipped: run 'polytask check'" if skipped else ""
         problems.append(
-            (source, None, "no processes defined (expected lines like 'web: python app.py')")
+            (
+                source,
+                None,
+                f"no processes defined (expected lines like 'web: python app.py'){hint}",
+            )
         )
-    if problems:
-        raise ProcfileError(problems)
-    return Procfile(tuple(entries), source)
+    return Procfile(tuple(entries), source, tuple(skipped)), problems
 
 
 def procfile_from_mapping(
@@ -209,7 +248,9 @@ def procfile_from_mapping(
 def parse_concurrency(specs: str | Iterable[str] | Mapping[str, int] | None) -> dict[str, int]:
     """Parse ``"web=2,worker=3"`` (or several such strings, or a mapping) into counts.
 
-    A count is a whole number from 0 (do not start that type) to 100.
+    A count is a whole number from 0 (do not start that type) to 100. As in
+    foreman, ``all=N`` sets the count of every type not named
+    (``all=2,worker=0``), in any order.
     """
     if specs is None:
         return {}
@@ -271,9 +312,11 @@ def expand(
     """The instances to run: each selected type times its count, with its PORT.
 
     ``names`` selects process types (all when empty or None); a type missing
-    from ``concurrency`` runs one copy. Unknown names, in either, are problems.
+    from ``concurrency`` runs ``concurrency["all"]`` copies, or one (foreman's
+    ``all=N``: ``all`` always means every type). Unknown names are problems.
     """
     concurrency = dict(concurrency or {})
+    default = concurrency.pop(ALL, 1)
     problems: list[Problem] = []
     known = ", ".join(procfile.names)
     for name in concurrency:
@@ -295,7 +338,7 @@ def expand(
     for type_index, entry in enumerate(procfile.entries):
         if selected and entry.name not in selected:
             continue
-        for i in range(concurrency.get(entry.name, 1)):
+        for i in range(concurrency.get(entry.name, default)):
             out.append(Instance(entry.name, i + 1, entry.command, base_port + 100 * type_index + i))
     if not out:
         problems.append(
@@ -314,19 +357,53 @@ def expand(
     return out
 
 
-def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
-    """Parse the text of an env file with python-dotenv; raise on unparsable lines.
+_VAR = re.compile(
+    r"\\\$"  # \$: a literal $
+    r"|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|\$(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
+)
 
-    Variables are expanded (``${HOME}``, or an earlier key) as python-dotenv does;
-    a key without ``=`` is skipped. A NUL character in a name or value is a
-    problem of its line (no environment can hold one).
+
+def expand_vars(value: str, lookup: Mapping[str, str]) -> str:
+    """Expand ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` from ``lookup``, as a shell.
+
+    An unset name gives ``""`` (or the default); ``\\$`` gives a literal ``$``;
+    a ``$`` not followed by a name is kept as it is.
+    """
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "\\$":
+            return "$"
+        name = m.group("braced") or m.group("plain")
+        got = lookup.get(name, "")
+        if m.group("default") is not None and not got:
+            return m.group("default")
+        return got
+
+    return _VAR.sub(one, value)
+
+
+def _single_quoted(raw: str) -> bool:
+    """Whether the value of the binding ``raw`` (one env file line) is in single quotes."""
+    _, eq, value = raw.partition("=")
+    return bool(eq) and value.lstrip().startswith("'")
+
+
+def parse_env(
+    text: str, *, source: str = ".env", environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Parse the text of an env file; raise on unparsable lines.
+
+    The syntax is python-dotenv's (quotes, ``export``, comments); a key without
+    ``=`` is skipped. In a value unquoted or in double quotes, ``$NAME`` and
+    ``${NAME}`` (and ``${NAME:-default}``) are expanded from the keys above it,
+    then from ``environ`` (default ``os.environ``); ``\\$`` or single quotes
+    keep a literal ``$``. A NUL character in a name or value is a problem of
+    its line (no environment can hold one).
     """
     try:
-        from dotenv import dotenv_values
         from dotenv.parser import parse_stream
     except ImportError as exc:  # pragma: no cover - python-dotenv is a dependency
-        from ._errors import BackendUnavailable
-
         raise BackendUnavailable(
             "reading an env file needs python-dotenv: pip install python-dotenv"
         ) from exc
@@ -351,5 +428,32 @@ def parse_env(text: str, *, source: str = ".env") -> dict[str, str]:
             )
     if problems:
         raise ProcfileError(problems)
-    values = dotenv_values(stream=io.StringIO(text), interpolate=True)
-    return {k: v for k, v in values.items() if v is not None}
+    base = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for b in parse_stream(io.StringIO(text)):
+        if b.key is None or b.value is None:
+            continue
+        value = b.value
+        if not _single_quoted(b.original.string):
+            value = expand_vars(value, _Chain(out, base))
+        out[b.key] = value
+    return out
+
+
+class _Chain(Mapping[str, str]):
+    """Two mappings looked up in order (what the file set so far, then the environment)."""
+
+    def __init__(self, first: Mapping[str, str], second: Mapping[str, str]):
+        self._maps = (first, second)
+
+    def __getitem__(self, key: str) -> str:
+        for m in self._maps:
+            if key in m:
+                return m[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._maps[1], **self._maps[0]})
+
+    def __len__(self) -> int:
+        return len({**self._maps[1], **self._maps[0]})

@@ -21,7 +21,7 @@ Two layers, as h11 splits a protocol from its I/O:
     wait()   <── Event ── loop ends        · stdout + stderr pipe of every program ─ lines ─> _Output
                                            · a pidfd per program ─ EXIT ─> machine.handle()
                                          timers: machine.due (start check, backoff, stop grace)
-                                         actions: TERMINATE ─> killpg(SIGTERM)
+                                         actions: TERMINATE ─> _proc.signal_group(SIGTERM)
                                                   KILL ─> _proc.terminate(proc, 0)  (SIGKILL, reap)
                                          after every exit: _proc.terminate(proc, 0) sweeps what is
                                          left of the program's group and unguards it
@@ -50,8 +50,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal
 
-from . import _proc
-from ._errors import PolytaskError, ProcfileError, describe_exit
+from ._core.errors import PolytaskError, ProcfileError, describe_exit
+from ._core.timeouts import check_timeout
+from ._os import proc as _proc
 from ._procfile import (
     DEFAULT_BASE_PORT,
     Instance,
@@ -73,6 +74,7 @@ __all__ = [
     "State",
     "Step",
     "Supervisor",
+    "exit_status",
     "format_summary",
     "load_env_files",
     "read_procfile",
@@ -406,6 +408,11 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def exit_status(code: int) -> int:
+    """The shell's exit status for a program's status: a signal N gives 128 + N."""
+    return code if code >= 0 else 128 - code
+
+
 def format_summary(statuses: Sequence[ProcessStatus]) -> str:
     """A plain-text table: each program, its state, restarts, last exit and uptime."""
     head = ("PROCESS", "STATE", "RESTARTS", "LAST EXIT", "UPTIME")
@@ -428,18 +435,29 @@ def format_summary(statuses: Sequence[ProcessStatus]) -> str:
 # =========================================================================== file input
 
 
-def read_procfile(path: str | os.PathLike[str]) -> Procfile:
-    """Read and parse a Procfile (OSError if it cannot be read, ProcfileError if invalid)."""
+def read_procfile(path: str | os.PathLike[str], *, strict: bool = False) -> Procfile:
+    """Read and parse a Procfile (OSError if it cannot be read, ProcfileError if invalid).
+
+    ``strict``: lines foreman and honcho skip are errors instead of warnings.
+    """
     p = Path(path)
-    return parse_procfile(p.read_text(encoding="utf-8", errors="replace"), source=str(path))
+    text = p.read_text(encoding="utf-8", errors="replace")
+    return parse_procfile(text, source=str(path), strict=strict)
 
 
-def load_env_files(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
-    """Read env files in order (later ones win); OSError if one cannot be read."""
+def load_env_files(
+    paths: Iterable[str | os.PathLike[str]], *, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Read env files in order (later ones win); OSError if one cannot be read.
+
+    ``$NAME`` in a value is expanded from the keys above it, then the earlier
+    files, then ``environ`` (default ``os.environ``).
+    """
+    base = dict(os.environ if environ is None else environ)
     env: dict[str, str] = {}
     for path in paths:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
-        env.update(parse_env(text, source=str(path)))
+        env.update(parse_env(text, source=str(path), environ={**base, **env}))
     return env
 
 
@@ -621,6 +639,9 @@ class Supervisor:
         timeout: seconds between SIGTERM and SIGKILL when stopping.
         exit_on_failure: when a program is marked failed, stop the others.
         cwd: directory the programs run in.
+        strict: a Procfile line that foreman and honcho skip (no colon, a name
+            such as ``web.v2``, an empty command, an indented entry) is an
+            error; by default it is skipped with a warning in ``output``.
         output: where the prefixed lines go (default ``sys.stdout``).
         colour: colour the prefixes (default: only when ``output`` is a terminal).
         on_event: called on the loop thread with a dict for each spawn, exit,
@@ -656,6 +677,7 @@ class Supervisor:
         stable_seconds: float = 10.0,
         exit_on_failure: bool = True,
         cwd: str | os.PathLike[str] | None = None,
+        strict: bool = False,
         output: IO[str] | IO[bytes] | None = None,
         colour: bool | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -665,9 +687,9 @@ class Supervisor:
         elif isinstance(procfile, Mapping):
             self.procfile = procfile_from_mapping(procfile)
         else:
-            self.procfile = read_procfile(procfile)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+            self.procfile = read_procfile(procfile, strict=strict)
+        if check_timeout(timeout) is None:
+            raise ValueError(f"timeout must be a number of seconds (a grace), got {timeout!r}")
         self.policy = RestartPolicy(
             restart=restart,
             start_seconds=start_seconds,
@@ -701,7 +723,7 @@ class Supervisor:
         self._output = _Output(output, [i.name for i in self.instances], colour)
         self._programs = [_Program(i, ProcessMachine(self.policy)) for i in self.instances]
         self._lock = threading.RLock()
-        self._commands: queue.SimpleQueue[tuple[str, float, str]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, float, str, int | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = -1, -1
         self._selector: selectors.DefaultSelector | None = None
         self._thread: threading.Thread | None = None
@@ -711,6 +733,9 @@ class Supervisor:
         self._killing = False
         self._error: BaseException | None = None
         self._returncode: int | None = None
+        #: The exit status decided by the first decisive event (see ``returncode``).
+        self._exit_status: int | None = None
+        self._exit_reason = ""
         self._event_error_reported = False
 
     # ------------------------------------------------------------------ public API
@@ -740,9 +765,8 @@ class Supervisor:
         (default: the Supervisor's ``timeout``). Raises PolytaskError if the
         supervisor's loop itself failed.
         """
-        grace = self.timeout if timeout is None else float(timeout)
-        if not grace >= 0:
-            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        given = check_timeout(timeout)
+        grace = self.timeout if given is None else given
         if self._thread is None:
             return self.status()
         self._request("stop", grace, "stop() called")
@@ -784,7 +808,14 @@ class Supervisor:
 
     @property
     def returncode(self) -> int | None:
-        """None while running; then 1 if a program was marked failed, else 0."""
+        """None while running; then the status decided by the first decisive event.
+
+        The first of these decides: a program given up on (its own exit status,
+        128 + N for signal N, 1 if it exited 0); under restart "never", the first
+        program to end (its status, 0 included); a :meth:`request_stop` with a
+        ``status``. 0 when none happened (every program ended cleanly, or
+        :meth:`stop` was called); 1 if the supervisor's loop itself failed.
+        """
         return self._returncode
 
     def __enter__(self) -> Supervisor:
@@ -804,18 +835,24 @@ class Supervisor:
 
     # ------------------------------------------------------------------ requests (any thread)
 
-    def _request(self, what: str, grace: float, reason: str) -> None:
+    def _request(self, what: str, grace: float, reason: str, status: int | None = None) -> None:
         # Safe from a signal handler: SimpleQueue.put is reentrant, os.write is atomic.
-        self._commands.put((what, grace, reason))
+        self._commands.put((what, grace, reason, status))
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
             except (BlockingIOError, OSError):
                 pass
 
-    def request_stop(self, reason: str = "stop requested", *, kill: bool = False) -> None:
-        """Ask the loop to stop (``kill``: SIGKILL now) without waiting; signal-handler safe."""
-        self._request("kill" if kill else "stop", self.timeout, reason)
+    def request_stop(
+        self, reason: str = "stop requested", *, kill: bool = False, status: int | None = None
+    ) -> None:
+        """Ask the loop to stop (``kill``: SIGKILL now) without waiting; signal-handler safe.
+
+        ``status`` becomes :attr:`returncode` unless an earlier event decided it
+        (``polytask up`` passes 128 + the signal number, as a shell reports it).
+        """
+        self._request("kill" if kill else "stop", self.timeout, reason, status)
 
     def _raise_loop_error(self) -> None:
         if self._error is not None:
@@ -827,9 +864,14 @@ class Supervisor:
         assert self._selector is not None
         try:
             with self._lock:
+                for source, line, why in self.procfile.skipped:
+                    self._output.note(f"warning: {source}:{line}: {why}")
                 now = time.monotonic()
                 for prog in self._programs:
-                    self._step(prog, Event.START, now)
+                    # A program that could not start may have stopped the run already
+                    # (restart policy "never"): the rest are then not started.
+                    if not self._stopping:
+                        self._step(prog, Event.START, now)
             self._output.flush()
             self._started.set()
             while True:
@@ -871,9 +913,11 @@ class Supervisor:
     def _take_commands(self) -> None:
         while True:
             try:
-                what, grace, reason = self._commands.get_nowait()
+                what, grace, reason, status = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if status is not None:
+                self._decide(status, reason)
             if what == "kill":
                 self._kill_all(reason)
             else:
@@ -938,8 +982,29 @@ class Supervisor:
                 self._hard_kill(prog)
         if step.new is State.FAILED and step.old is not State.FAILED:
             self._event("failed", prog, reason=step.reason or "")
-            if self.exit_on_failure and not self._stopping:
-                self._begin_stop(self.timeout, f"{prog.name} failed, exit on failure")
+        if step.new in (State.EXITED, State.FAILED) and step.old not in TERMINAL:
+            assert code is not None
+            self._ended(prog, step.new, code)
+
+    def _ended(self, prog: _Program, state: State, code: int) -> None:
+        """A program ended for good: apply the exit rules (docs/up.md, "Exit status")."""
+        never = self.policy.restart == "never"
+        if state is State.FAILED or never:
+            # A program given up on never gives status 0, even if its last run did.
+            status = exit_status(code) if code != 0 or state is State.EXITED else 1
+            self._decide(status, f"{prog.name} {describe_exit(code)}")
+        if self._stopping:
+            return
+        if never:
+            # foreman's and honcho's rule: the first program to end ends the run.
+            self._begin_stop(self.timeout, f"{prog.name} ended, restart policy never")
+        elif state is State.FAILED and self.exit_on_failure:
+            self._begin_stop(self.timeout, f"{prog.name} failed, exit on failure")
+
+    def _decide(self, status: int, reason: str) -> None:
+        """Record the run's exit status, unless an earlier event decided it."""
+        if self._exit_status is None:
+            self._exit_status, self._exit_reason = status, reason
 
     def _report_exit(
         self, prog: _Program, step: Step, code: int, uptime: float, pid: int | None
@@ -974,7 +1039,9 @@ class Supervisor:
         inst = prog.instance
         env = dict(self.env)
         env["PORT"] = str(inst.port)
-        env["PS"] = prog.name
+        # foreman's PS and honcho's HONCHO_PROCESS_NAME, so that either tool's
+        # Procfile finds the name it expects.
+        env["PS"] = env["HONCHO_PROCESS_NAME"] = prog.name
         # Python programs would block-buffer a pipe and show their lines late.
         env.setdefault("PYTHONUNBUFFERED", "1")
         argv = (
@@ -1013,9 +1080,7 @@ class Supervisor:
     def _signal(self, prog: _Program, sig: signal.Signals) -> None:
         if prog.popen is None or prog.popen.returncode is not None:
             return
-        try:
-            os.killpg(prog.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
+        if not _proc.signal_group(prog.popen.pid, sig):
             return
         self._event("signal", prog, pid=prog.popen.pid, signal=sig.name)
 
@@ -1149,14 +1214,17 @@ class Supervisor:
                         pass
                     if stream in prog.streams:
                         self._close_stream(stream)
-            failed = any(p.machine.state is State.FAILED for p in self._programs)
-            self._returncode = 1 if failed or self._error is not None else 0
+            if self._error is not None:
+                self._decide(1, f"internal error: {self._error!r}")
+            self._returncode = self._exit_status or 0
             if self._selector is not None:
                 self._selector.close()
             for fd in (self._wake_r, self._wake_w):
                 if fd >= 0:
                     os.close(fd)
             self._wake_r = self._wake_w = -1
+        if self._returncode:
+            self._output.note(f"exit status {self._returncode} ({self._exit_reason})")
         self._event("done", returncode=self._returncode)
         self._output.flush()
         _live.discard(self)

@@ -8,7 +8,7 @@ before any thread blocks. See ``docs/channels.md``.
 
 from __future__ import annotations
 
-from ._debug import LockOrderChecking as LockOrderChecking
-from ._debug import lock_order_checking as lock_order_checking
+from ._core.debug import LockOrderChecking as LockOrderChecking
+from ._core.debug import lock_order_checking as lock_order_checking
 
 __all__ = ["LockOrderChecking", "lock_order_checking"]

@@ -15,22 +15,47 @@ every worker is killed and reaped when the call ends or is interrupted.
 Options given to ``parallel_config``/``parallel_backend`` after the name go to
 the Pool: ``backend="thread"``, ``timeout=``, ``retries=``,
 ``max_tasks_per_worker=``...
+
+Large NumPy arrays are memory-mapped as with joblib's own process backends
+(``max_nbytes``, ``mmap_mode``, ``temp_folder``), with joblib's own machinery::
+
+    parent: Parallel -> submit(batch)                       worker process
+      loky's cloudpickle Pickler + joblib's forward reducers
+        array > max_nbytes -> joblib.dump to <temp>/joblib_memmapping_folder_*/
+        -> bytes ---------- Pool task _run_batch(bytes) ----> pickle.loads:
+                                                             np.memmap(mmap_mode)
+    retrieve_result: pickle.loads <------- bytes ---------- batch(), pickled with
+                                                             the backward reducers
+    terminate(): Pool closed and joined, then the folder is deleted
+
+The folder belongs to the ``Parallel`` call, or to its ``with Parallel(...)``
+block. joblib registers its files with loky's resource tracker (a process that
+lives as long as the interpreter), which deletes them if the caller dies first.
 """
 
 from __future__ import annotations
 
+import pickle
+import threading
 from typing import Any
 
 __all__ = ["PolytaskBackend", "register"]
 
 try:
     from joblib import cpu_count, register_parallel_backend  # type: ignore[import-untyped]
+    from joblib._memmapping_reducer import (  # type: ignore[import-untyped]
+        TemporaryResourcesManager,
+        get_memmapping_reducers,
+    )
     from joblib._parallel_backends import (  # type: ignore[import-untyped]
         AutoBatchingMixin,
         ParallelBackendBase,
     )
+    from joblib.externals.loky.backend.reduction import (  # type: ignore[import-untyped]
+        dumps as _loky_dumps,
+    )
 except ImportError as exc:  # pragma: no cover - joblib is an optional dependency
-    from ._errors import BackendUnavailable
+    from ._core.errors import BackendUnavailable
 
     raise BackendUnavailable(
         "polytask.joblib needs joblib: pip install joblib (or polytask[dev])"
@@ -55,6 +80,7 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         self._pool_options = pool_options
         self._pool: Pool | None = None
         self._pool_args: tuple[int, Any, tuple[Any, ...], dict[str, Any]] | None = None
+        self._memmapping: _Memmapping | None = None
         self.parallel: Any = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -89,6 +115,16 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             initializer, initargs = _init_worker, (initializer, initargs)
         self._close_pool()  # configured again without terminate(): do not leak the old one
         self._pool_args = (n, initializer, initargs, options)
+        # Only process workers need the arrays in shared memory: threads share them
+        # already, and a cluster's workers cannot map the caller's files.
+        max_nbytes = backend_options.get("max_nbytes")
+        if options.get("backend", "process") == "process" and max_nbytes is not None:
+            self._memmapping = _Memmapping(
+                max_nbytes,
+                backend_options.get("mmap_mode", "r"),
+                backend_options.get("temp_folder"),
+                backend_options.get("verbose", 0),
+            )
         # joblib runs n_jobs=1 in the caller, without terminate() after: no Pool then.
         if n > 1:
             self._pool = self._new_pool()
@@ -103,16 +139,27 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     def submit(self, func: Any, callback: Any = None) -> Any:
         if self._pool is None:
             self._pool = self._new_pool()
-        task = self._pool.submit(func)
+        task = None
+        if self._memmapping is not None:
+            try:
+                batch = self._memmapping.dumps(func)
+            except Exception:
+                # The Pool's own pickling reports what cannot be pickled, naming it
+                # (SerializationError); the arrays then go by value.
+                pass
+            else:
+                task = self._pool.submit(_run_batch, batch)
+        if task is None:
+            task = self._pool.submit(func)
         if callback is not None:
             task.add_done_callback(callback)
         return task
 
     def retrieve_result_callback(self, out: Any) -> Any:
-        return out.result()
+        return _unreduce(out.result())
 
     def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
-        return out.result(timeout)
+        return _unreduce(out.result(timeout))
 
     def terminate(self) -> None:
         self._close_pool()
@@ -120,9 +167,15 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-            pool.join()
+        try:
+            if pool is not None:
+                pool.close()
+                pool.join()
+        finally:
+            # After the join: no worker maps the files any more.
+            memmapping, self._memmapping = self._memmapping, None
+            if memmapping is not None:
+                memmapping.clean()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         # Kill everything now; with ensure_ready (a Parallel used as a context
@@ -141,6 +194,86 @@ def register(name: str = "polytask", *, make_default: bool = False) -> None:
     name none (joblib's own default is loky).
     """
     register_parallel_backend(name, PolytaskBackend, make_default=make_default)
+
+
+class _Memmapping:
+    """joblib's automatic memory mapping for one ``Parallel`` call or ``with`` block.
+
+    joblib's forward reducers dump each array over ``max_nbytes`` once to a
+    folder and pickle it as a reference that the worker opens as an
+    ``np.memmap`` (``mmap_mode``); smaller arrays and everything else are pickled
+    by value, by cloudpickle. The folder is made on the first large array only
+    (that is also when joblib starts loky's resource tracker).
+    """
+
+    def __init__(self, max_nbytes: int, mmap_mode: str | None, root: Any, verbose: int) -> None:
+        self._root = root
+        self._manager: Any = None
+        self._lock = threading.Lock()
+        # unlink_on_gc_collect=False: the worker must not ask the resource tracker to
+        # unlink the files (a polytask worker has no handle on the caller's); the
+        # folder goes as a whole once the workers are gone, as for joblib's
+        # multiprocessing backend.
+        self._reducers, _ = get_memmapping_reducers(
+            temp_folder_resolver=self._folder,
+            max_nbytes=max_nbytes,
+            mmap_mode=mmap_mode,
+            verbose=verbose,
+            unlink_on_gc_collect=False,
+            prewarm=False,
+        )
+
+    def _folder(self) -> str:
+        if self._manager is None:
+            self._manager = TemporaryResourcesManager(self._root)
+        folder: str = self._manager.resolve_temp_folder_name()
+        return folder
+
+    def dumps(self, batch: Any) -> bytes:
+        """Pickle a batch with the reducers (dumping its large arrays first)."""
+        # joblib dispatches under its own lock; this one keeps the reducers' cache of
+        # dumped arrays consistent if two threads share the backend anyway.
+        with self._lock:
+            return bytes(_loky_dumps(batch, reducers=self._reducers))
+
+    def clean(self) -> None:
+        """Delete the folder and its files now (call it once no worker maps them)."""
+        with self._lock:
+            manager, self._manager = self._manager, None
+        if manager is not None:
+            # force: the workers are gone, so every file can go, whatever the
+            # tracker's reference counts say.
+            manager._clean_temporary_resources(force=True, allow_non_empty=True)
+
+
+class _Reduced(bytes):
+    """A batch's results, pickled in the worker with joblib's backward reducers."""
+
+
+_backward_reducers: dict[Any, Any] | None = None
+
+
+def _run_batch(batch: bytes) -> Any:
+    """Run, in a worker, a batch pickled by :meth:`_Memmapping.dumps`.
+
+    The results go back as joblib's backward reducers pickle them: an array backed
+    by one of the call's temporary files comes back as a plain array (the file
+    goes with the call), one backed by a file of the caller's as an ``np.memmap``
+    of that file.
+    """
+    global _backward_reducers
+    results = pickle.loads(batch)()
+    if _backward_reducers is None:
+        _, _backward_reducers = get_memmapping_reducers(unlink_on_gc_collect=False)
+    try:
+        return _Reduced(_loky_dumps(results, reducers=_backward_reducers))
+    except Exception:
+        # The Pool's own pickling sends them, or reports what cannot be sent.
+        return results
+
+
+def _unreduce(results: Any) -> Any:
+    return pickle.loads(results) if type(results) is _Reduced else results
 
 
 def _init_worker(initializer: Any, initargs: tuple[Any, ...]) -> None:

@@ -41,8 +41,8 @@ class Child:
         code = textwrap.dedent(
             """
             import os, sys, time, zlib
-            from polytask import _channel as C, _ring as R
-            from polytask._shm import _mutex_unlock
+            from polytask._ipc import channel as C, ring as R
+            from polytask._ipc.shm import _mutex_unlock
             ch = C._attach_channel(sys.argv[1])
             ready = sys.argv[2]
             def say(text):
@@ -286,7 +286,7 @@ def test_owner_killed_after_a_writer_exited_with_its_spills_unread(tmp_path):
         import subprocess, sys, time, polytask as pt
         ch = pt.Channel(backend="process", capacity=1 << 16)
         writer = (
-            "import sys, numpy as np; from polytask import _channel as C; "
+            "import sys, numpy as np; from polytask._ipc import channel as C; "
             "ch = C._attach_channel(sys.argv[1]); "
             "[ch.put(np.full(100_000, k)) for k in range(6)]"  # 4 pooled spills, 2 one-off
         )
@@ -387,8 +387,8 @@ except queue.Full:
 
 def asleep(name: str, word: int) -> bool:
     """Whether a process sleeps in get() (word 10, _WAIT_DATA) or put() (19, _WAIT_SPACE)."""
-    from polytask import _ring as R
-    from polytask._shm import Segment
+    from polytask._ipc import ring as R
+    from polytask._ipc.shm import Segment
 
     seg = Segment.attach(name)
     try:

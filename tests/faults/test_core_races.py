@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import Harness
 
 import polytask as pt
-from polytask.backends.process import ProcessBackend
+from polytask.backends.process.backend import ProcessBackend
 
 HANG = 60
 
@@ -162,7 +162,7 @@ def _alive(p: int) -> bool:
     try:
         with open(f"/proc/{p}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone between open and read: ESRCH
         return False
 
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import polytask as pt
-from polytask.backends.process import ProcessBackend
+from polytask.backends.process.backend import ProcessBackend
 
 HANG = 60
 

@@ -248,11 +248,14 @@ def test_killed_process_task_leaves_nothing(end):
 def test_owner_sigkilled_with_a_process_task_daemon(tmp_path):
     tag = _tag()
     script = f"""
-        import sys, time
+        import subprocess, sys, time
         import polytask as pt
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_escapes import _start_escape_and_hang
-        t = pt.spawn(_start_escape_and_hang, "double-fork-daemon", {tag!r}, backend="process")
+
+        def start_and_hang():
+            subprocess.run([{PY!r}, {DAEMONIZE!r}, {tag!r}], check=True)
+            time.sleep(300)
+
+        t = pt.spawn(start_and_hang, backend="process")
         open(sys.argv[1], "w").write("ready")
         t.result()
     """

@@ -123,7 +123,7 @@ def test_ctrl_c_in_a_group_kills_children_and_raises_within_a_second(tmp_path):
 
 def test_no_zombies_after_crashes_and_timeouts():
     import polytask as pt
-    from polytask.backends.process import ProcessBackend
+    from polytask.backends.process.backend import ProcessBackend
 
     be = ProcessBackend(2)
     try:

@@ -13,7 +13,7 @@ import pytest
 
 import polytask as pt
 from polytask.backends import make_backend
-from polytask.backends.process import ProcessBackend
+from polytask.backends.process.backend import ProcessBackend
 
 HANG = 60
 

@@ -1,8 +1,8 @@
-"""Backends: where tasks run. One small abstract class, and a registry of names.
-
-Everything above this layer (Task, TaskGroup, Pool, the CLI) is written once
-against :class:`Backend`. A backend module is imported only when its name is
-first asked for, so ``backends/dask.py`` costs nothing to a user of threads.
+"""Backends: where tasks run. The base class and the table of names live in
+``_core/backend.py``; this package holds the backends themselves (``thread``,
+``process/``, ``cluster/``) and the *shared* backend of each name that
+``pt.spawn``, ``@pt.background`` and ``pt.TaskGroup`` use: made on first use,
+waited for (or killed, for daemon tasks) at interpreter exit.
 """
 
 from __future__ import annotations
@@ -10,133 +10,27 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from importlib import import_module
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
-from .._serialize import fn_name
-from .._task import Task, check_timeout
+from .._core.backend import Backend, available, backend_class
+from .._core.task import Task
+from .._os.proc import at_shutdown
 
-__all__ = ["Backend", "available", "get_backend", "make_backend", "shutdown_defaults"]
+__all__ = [
+    "Backend",
+    "available",
+    "backend_class",
+    "get_backend",
+    "make_backend",
+    "shutdown_defaults",
+    "wait_at_exit",
+]
 
 T = TypeVar("T")
-
-#: name -> "module:Class"; modules are imported on first use.
-_REGISTRY: dict[str, str] = {
-    "thread": "polytask.backends.thread:ThreadBackend",
-    "process": "polytask.backends.process:ProcessBackend",
-    "dask": "polytask.backends.dask:DaskBackend",
-    "ray": "polytask.backends.ray:RayBackend",
-}
-
-
-class Backend(ABC):
-    """Runs tasks. Subclasses implement :meth:`submit`, :meth:`cancel` and :meth:`shutdown`."""
-
-    #: The name users pass as ``backend=``.
-    name: ClassVar[str]
-    #: Whether cancel() and a timeout stop a task that already runs (a process can
-    #: be killed; a thread, or a Dask task, runs on and its result is dropped).
-    can_kill_running: ClassVar[bool] = False
-
-    def spawn(
-        self,
-        fn: Callable[..., T],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        *,
-        name: str | None = None,
-        timeout: float | None = None,
-    ) -> Task[T]:
-        """Check the call, then :meth:`submit` it: bad input fails here, in the caller."""
-        if not callable(fn):
-            raise TypeError(
-                f"spawn() needs a callable as its first argument, got {type(fn).__name__} {fn!r}"
-            )
-        timeout = check_timeout(timeout)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__name__}")
-        return self.submit(fn, args, kwargs, name=name or fn_name(fn), timeout=timeout)
-
-    @abstractmethod
-    def submit(
-        self,
-        fn: Callable[..., T],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        *,
-        name: str,
-        timeout: float | None,
-    ) -> Task[T]:
-        """Start ``fn(*args, **kwargs)``; the arguments are already checked."""
-
-    @abstractmethod
-    def cancel(self, task: Task[Any]) -> bool:
-        """Stop a running task; True if it will not complete normally."""
-
-    def watch(self, task: Task[Any]) -> None:
-        """Something other than :meth:`wait` now waits for ``task`` (callback, poll...).
-
-        Backends whose results arrive by themselves ignore it; one whose fast path
-        is the waiting caller reading its own result starts completing ``task``
-        in the background. Called with the task's condition possibly held: no locks.
-        """
-        return None
-
-    def wait(self, task: Task[Any], timeout: float | None) -> bool:
-        """Block until ``task`` is done or ``timeout`` passes; True if done."""
-        done, _ = _futures_wait([task], timeout)
-        return bool(done)
-
-    @abstractmethod
-    def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
-        """Stop accepting tasks; ``cancel`` stops running ones; ``wait`` blocks until all ended."""
-
-    def live_tasks(self) -> list[Task[Any]]:
-        """The tasks submitted and not done yet (running or waiting to run).
-
-        What interpreter exit waits for (see :func:`wait_at_exit`); a backend
-        whose tasks cannot outlive the interpreter's exit hooks returns none.
-        """
-        return []
-
-    def primitive(self, kind: str, *args: Any, **kwargs: Any) -> Any:
-        """A synchronisation primitive (``"Lock"``, ``"Event"``...) or ``"Channel"``
-        that works on this backend."""
-        if kind == "Channel":
-            from .._channel import Channel
-
-            return Channel(*args, backend=self.name, **kwargs)
-        from .._sync import make_primitive
-
-        return make_primitive(kind, self.name, *args, **kwargs)
-
-
-def _futures_wait(tasks: list[Task[Any]], timeout: float | None) -> tuple[set[Any], set[Any]]:
-    import concurrent.futures
-
-    return concurrent.futures.wait(tasks, timeout)
 
 
 _defaults: dict[str, Backend] = {}
 _defaults_lock = threading.Lock()
-
-
-def available() -> list[str]:
-    """The backend names that can be asked for."""
-    return list(_REGISTRY)
-
-
-def backend_class(name: str) -> type[Backend]:
-    try:
-        target = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown backend {name!r}; choose one of: {', '.join(_REGISTRY)}"
-        ) from None
-    module, cls = target.split(":")
-    return getattr(import_module(module), cls)  # type: ignore[no-any-return]
 
 
 def make_backend(name: str, **options: Any) -> Backend:
@@ -266,8 +160,6 @@ def _after_fork_in_child() -> None:
 
 
 def _register_exit_hook() -> None:
-    from .._proc import at_shutdown
-
     at_shutdown(shutdown_defaults)
     try:
         # Where concurrent.futures waits for its work: before non-daemon threads are

@@ -7,23 +7,60 @@ The thread stops at its next cancellation point: ``pt.sleep`` (woken at once),
 ``pt.checkpoint``, or any blocking polytask call (which waits in slices of
 ``CANCEL_SLICE`` and looks at the flag between them), each raising
 :class:`Cancelled`; or when the function returns.
+
+It also owns the thread backend's synchronisation primitives (``threading``
+wrapped so that every wait takes ``timeout=``, is a cancellation point and
+joins lock-order checking) and its Channel (a deque under a condition).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from queue import Empty, SimpleQueue
+from threading import BrokenBarrierError
 from typing import Any, ClassVar, TypeVar
 
-from .._errors import PolytaskError, TaskTimeout
-from .._task import CurrentTask, Task, _set_current
-from .._timer import call_later
-from . import Backend
+from .._core import debug as _dbg
+from .._core.backend import Backend
+from .._core.channel import Channel, check_maxsize
+from .._core.errors import (
+    ChannelClosed,
+    PolytaskError,
+    SerializationError,
+    TaskTimeout,
+)
+from .._core.primitives import (
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+    check_n,
+    check_parties,
+    check_value,
+    label,
+    no_pickle,
+)
+from .._core.task import (
+    CANCEL_SLICE,
+    CurrentTask,
+    Task,
+    _set_current,
+    cancellable_task,
+    wait_cancellable,
+)
+from .._core.timeouts import acquire_timeout, check_timeout
+from .._core.timeouts import deadline as _deadline
+from .._core.timer import call_later
 
 __all__ = ["ThreadBackend"]
 
@@ -50,6 +87,7 @@ class ThreadBackend(Backend):
     """
 
     name: ClassVar[str] = "thread"
+    primitives: ClassVar[Mapping[str, Any]] = {}  # filled below, once the classes exist
 
     def __init__(
         self,
@@ -272,3 +310,523 @@ class ThreadBackend(Backend):
         # Daemon tasks are abandoned at exit (see backends.wait_at_exit), not waited for.
         with self._lock:
             return bool(self._live) and all(task.daemon for task in self._live)
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def _acquire_timeout(lock: Any, timeout: float | None) -> bool:
+    # threading's locks spell "no limit" as -1.
+    return bool(lock.acquire(True, -1 if timeout is None else timeout))
+
+
+class _ThreadLock(Lock):
+    backend = "thread"
+
+    def __init__(self, *, backend: str = "thread", name: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._key = _dbg.new_key()
+        self.name = name
+        self._label = label("Lock", name, self._key)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        timeout = acquire_timeout(blocking, timeout)
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, blocking)
+            ok = self._acquire(blocking, timeout)
+            if ok:
+                _dbg.after_acquire(self._key)
+            return ok
+        return self._acquire(blocking, timeout)
+
+    def _acquire(self, blocking: bool, timeout: float | None) -> bool:
+        lock = self._lock
+        if lock.acquire(False):  # the fast path: free, nothing to wait for
+            return True
+        if not blocking:
+            return False
+        return wait_cancellable(lambda t: _acquire_timeout(lock, t), timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+        if _dbg.enabled:
+            _dbg.on_release(self._key)
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    # What a Condition uses to wait with this lock.
+    def _release_save(self) -> None:
+        self.release()
+
+    def _acquire_restore(self, state: None) -> None:
+        # Not a cancellation point: a Condition's wait must return (or raise) with
+        # its lock held, whatever happens, or the `with cond:` around it breaks.
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, True)
+        self._lock.acquire()
+        if _dbg.enabled:
+            _dbg.after_acquire(self._key)
+
+    def _is_owned(self) -> bool:
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def __reduce__(self) -> Any:
+        return no_pickle(self)
+
+    def __repr__(self) -> str:
+        return f"<{self._label} backend='thread' {'locked' if self.locked() else 'unlocked'}>"
+
+
+class _ThreadRLock(RLock):
+    backend = "thread"
+
+    def __init__(self, *, backend: str = "thread", name: str | None = None) -> None:
+        self._lock = threading.RLock()
+        self._key = _dbg.new_key()
+        self.name = name
+        self._label = label("RLock", name, self._key)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        timeout = acquire_timeout(blocking, timeout)
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, blocking)
+            ok = self._acquire(blocking, timeout)
+            if ok:
+                _dbg.after_acquire(self._key)
+            return ok
+        return self._acquire(blocking, timeout)
+
+    def _acquire(self, blocking: bool, timeout: float | None) -> bool:
+        lock = self._lock
+        if lock.acquire(False):  # free, or ours already
+            return True
+        if not blocking:
+            return False
+        return wait_cancellable(lambda t: _acquire_timeout(lock, t), timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+        if _dbg.enabled:
+            _dbg.on_release(self._key)
+
+    def _release_save(self) -> Any:
+        state = self._lock._release_save()  # type: ignore[attr-defined]
+        if _dbg.enabled:
+            for _ in range(state[0]):
+                _dbg.on_release(self._key)
+        return state
+
+    def _acquire_restore(self, state: Any) -> None:
+        # Not a cancellation point (see _ThreadLock._acquire_restore).
+        if _dbg.enabled:
+            _dbg.before_acquire(self._key, self._label, True)
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+        if _dbg.enabled:
+            for _ in range(state[0]):
+                _dbg.after_acquire(self._key)
+
+    def _is_owned(self) -> bool:
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+    def __reduce__(self) -> Any:
+        return no_pickle(self)
+
+    def __repr__(self) -> str:
+        return f"<{self._label} backend='thread'>"
+
+
+class _Cond:
+    """A condition variable whose waits are cancellation points of thread tasks.
+
+    ``threading.Condition``'s algorithm (each waiter sleeps on a lock of its own
+    that ``notify`` releases), with the sleep done by :func:`wait_cancellable`. A
+    waiter stays registered across the slices, so no notification falls between
+    two of them; a waiter cancelled after it was notified passes the
+    notification on, so ``notify(1)`` is not lost either. It works over our
+    thread locks, ``threading.Lock`` and ``threading.RLock``.
+    """
+
+    __slots__ = ("_acquire_restore", "_is_owned", "_lock", "_release_save", "_waiters")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._waiters: deque[Any] = deque()
+        # As threading.Condition: the lock's own helpers where it has them (an RLock
+        # must be released fully for the wait and restored to its depth after it).
+        self._release_save: Callable[[], Any] = getattr(lock, "_release_save", lock.release)
+        restore = getattr(lock, "_acquire_restore", None)
+        self._acquire_restore: Callable[[Any], Any] = (
+            restore if restore is not None else lambda _state: lock.acquire()
+        )
+        owned = getattr(lock, "_is_owned", None)
+        self._is_owned: Callable[[], bool] = owned if owned is not None else self._probe_owned
+
+    def _probe_owned(self) -> bool:
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def __enter__(self) -> bool:
+        return bool(self._lock.acquire())
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait (lock held) until notified; False if ``timeout`` (checked) passed first."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        saved = self._release_save()
+        try:
+            got = wait_cancellable(lambda t: _acquire_timeout(waiter, t), timeout)
+        except BaseException:
+            self._acquire_restore(saved)
+            if not self._forget(waiter):
+                self._notify(1)  # we were notified as the cancel came: pass it on
+            raise
+        self._acquire_restore(saved)
+        if not got and not self._forget(waiter):
+            got = True  # notified just as the time ran out
+        return got
+
+    def _forget(self, waiter: Any) -> bool:
+        """Unregister a waiter that stopped waiting; False if a notify had taken it."""
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return False
+        return True
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None) -> Any:
+        """Wait (lock held) until ``predicate()``; returns its last value."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(left)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._notify(n)
+
+    def _notify(self, n: int) -> None:
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiters.popleft().release()
+            n -= 1
+
+    def notify_all(self) -> None:
+        self.notify(len(self._waiters))
+
+
+class _ThreadEvent(Event):
+    backend = "thread"
+
+    def __init__(self, *, backend: str = "thread") -> None:
+        self._cond = _Cond(threading.Lock())
+        self._flag = False
+        self._sets = 0
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._sets += 1
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        timeout = check_timeout(timeout)
+        if self._flag:
+            return True
+        with self._cond:
+            sets = self._sets
+            # True once set, even if cleared again before this waiter woke (as threading.Event).
+            return bool(self._cond.wait_for(lambda: self._flag or self._sets != sets, timeout))
+
+    def __reduce__(self) -> Any:
+        return no_pickle(self)
+
+
+class _ThreadCondition(Condition):
+    backend = "thread"
+
+    def __init__(self, lock: Any = None, *, backend: str | None = "thread") -> None:
+        if lock is None:
+            lock = _ThreadRLock()
+        elif getattr(lock, "backend", "thread") != "thread":
+            raise TypeError("a Condition(backend='thread') needs a thread Lock or RLock")
+        self._lock = lock
+        self._cond = _Cond(lock)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._cond.wait(check_timeout(timeout))
+
+    def notify(self, n: int = 1) -> None:
+        self._cond.notify(n)
+
+    def notify_all(self) -> None:
+        self._cond.notify_all()
+
+    def __reduce__(self) -> Any:
+        return no_pickle(self)
+
+
+class _ThreadSemaphore(Semaphore):
+    backend = "thread"
+    _bounded = False
+
+    def __init__(self, value: int = 1, *, backend: str = "thread") -> None:
+        check_value(value)
+        self._sem = (
+            threading.BoundedSemaphore(value) if self._bounded else threading.Semaphore(value)
+        )
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        timeout = acquire_timeout(blocking, timeout)
+        sem = self._sem
+        if sem.acquire(False):
+            return True
+        if not blocking:
+            return False
+        # The count is state: a release between two slices is seen by the next one.
+        return wait_cancellable(lambda t: sem.acquire(True, t), timeout)
+
+    def release(self, n: int = 1) -> None:
+        check_n(n)
+        self._sem.release(n)
+
+    def __reduce__(self) -> Any:
+        return no_pickle(self)
+
+
+class _ThreadBoundedSemaphore(_ThreadSemaphore, BoundedSemaphore):
+    _bounded = True
+
+
+# _ThreadBarrier's states (threading.Barrier's).
+_FILLING, _DRAINING, _RESETTING, _BROKEN = 0, 1, -1, -2
+
+
+class _ThreadBarrier(Barrier):
+    """``threading.Barrier``'s algorithm over a :class:`_Cond`, so waiting is a
+    cancellation point; a waiter that is cancelled breaks the barrier (as a
+    timeout does), since the others would otherwise wait for a party that left."""
+
+    backend = "thread"
+
+    def __init__(
+        self,
+        parties: int,
+        action: Callable[[], Any] | None = None,
+        timeout: float | None = None,
+        *,
+        backend: str = "thread",
+    ) -> None:
+        check_parties(parties)
+        self._cond = _Cond(threading.Lock())
+        self._action = action
+        self._timeout = check_timeout(timeout)
+        self._parties = parties
+        self._state = _FILLING
+        self._count = 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        timeout = check_timeout(timeout)
+        if timeout is None:
+            timeout = self._timeout
+        with self._cond:
+            # Wait while a previous round drains or a reset completes.
+            self._cond.wait_for(lambda: self._state not in (_DRAINING, _RESETTING), None)
+            if self._state == _BROKEN:
+                raise BrokenBarrierError
+            index = self._count
+            self._count += 1
+            try:
+                if index + 1 == self._parties:
+                    self._release()
+                else:
+                    self._wait(timeout)
+                return index
+            finally:
+                self._count -= 1
+                if self._count == 0 and self._state in (_DRAINING, _RESETTING):
+                    self._state = _FILLING
+                    self._cond.notify_all()
+
+    def _release(self) -> None:
+        try:
+            if self._action is not None:
+                self._action()
+            self._state = _DRAINING
+            self._cond.notify_all()
+        except BaseException:
+            self._break()
+            raise
+
+    def _wait(self, timeout: float | None) -> None:
+        try:
+            done = self._cond.wait_for(lambda: self._state != _FILLING, timeout)
+        except BaseException:
+            self._break()
+            raise
+        if not done:
+            self._break()
+            raise BrokenBarrierError
+        if self._state < 0:
+            raise BrokenBarrierError
+
+    def _break(self) -> None:
+        self._state = _BROKEN
+        self._cond.notify_all()
+
+    def reset(self) -> None:
+        with self._cond:
+            if self._count > 0:
+                if self._state == _FILLING or self._state == _BROKEN:
+                    self._state = _RESETTING  # its waiters raise BrokenBarrierError
+            else:
+                self._state = _FILLING
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._break()
+
+    @property
+    def parties(self) -> int:
+        return self._parties
+
+    @property
+    def n_waiting(self) -> int:
+        return self._count if self._state == _FILLING else 0
+
+    @property
+    def broken(self) -> bool:
+        return self._state == _BROKEN
+
+    def __reduce__(self) -> Any:
+        return no_pickle(self)
+
+
+# --------------------------------------------------------------------------- channel
+
+
+class _ThreadChannel(Channel[T]):
+    """A deque under one lock, with two conditions (like queue.Queue) and close."""
+
+    def __init__(self, maxsize: int = 0, *, backend: str = "thread", capacity: int | None = None):
+        check_maxsize(maxsize)
+        self.backend = "thread"
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._closed = False
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        with self._not_full:
+            if self._closed:
+                raise ChannelClosed("put() on a closed channel")
+            if self.maxsize and len(self._items) >= self.maxsize:
+                deadline = _deadline(timeout)
+                task = cancellable_task()
+                while len(self._items) >= self.maxsize:
+                    if self._closed:
+                        raise ChannelClosed("the channel was closed while put() waited for room")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise queue.Full
+                    if task is None:
+                        self._not_full.wait(left)
+                    else:
+                        if not task.cancelled:
+                            self._not_full.wait(
+                                CANCEL_SLICE if left is None else min(left, CANCEL_SLICE)
+                            )
+                        if task.cancelled:
+                            self._not_full.notify()  # pass on a wake-up this waiter may have had
+                            task.raise_if_cancelled()
+            self._items.append(item)
+            self._not_empty.notify()
+
+    def get(self, timeout: float | None = None) -> T:
+        with self._not_empty:
+            if not self._items:
+                deadline = _deadline(timeout)
+                task = cancellable_task()
+                while not self._items:
+                    if self._closed:
+                        raise ChannelClosed("get() on a closed and drained channel")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise queue.Empty
+                    if task is None:
+                        self._not_empty.wait(left)
+                    else:
+                        if not task.cancelled:
+                            self._not_empty.wait(
+                                CANCEL_SLICE if left is None else min(left, CANCEL_SLICE)
+                            )
+                        if task.cancelled:
+                            self._not_empty.notify()  # pass on a wake-up this waiter may have had
+                            task.raise_if_cancelled()
+            item = self._items.popleft()
+            self._not_full.notify()
+            return item
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __reduce__(self) -> Any:
+        raise SerializationError(
+            "a Channel(backend='thread') lives in one process and cannot be sent to another; "
+            "create it with backend='process' to pass it to process tasks"
+        )
+
+
+ThreadBackend.primitives = {
+    "Lock": _ThreadLock,
+    "RLock": _ThreadRLock,
+    "Event": _ThreadEvent,
+    "Condition": _ThreadCondition,
+    "Semaphore": _ThreadSemaphore,
+    "BoundedSemaphore": _ThreadBoundedSemaphore,
+    "Barrier": _ThreadBarrier,
+    "Channel": _ThreadChannel,
+}

@@ -26,6 +26,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "run a Procfile's programs together and keep them running",
     ),
     "check": ("polytask.cli._up", "main_check", "validate a Procfile"),
+    "run": (
+        "polytask.cli._up",
+        "main_run",
+        "run one command (or Procfile type) with the environment up would give it",
+    ),
 }
 
 _USAGE = "usage: polytask [-h] [--version] {" + ",".join(_COMMANDS) + "} ..."

@@ -238,7 +238,7 @@ def _scene_latency(show: Show, n: int) -> None:
     )
     show.fact(ok, text)
     if not ok:
-        from polytask._proc import usable_cpus
+        from polytask._os.proc import usable_cpus
 
         load = os.getloadavg()[0]
         show.note(f"measured with a load average of {load:.1f} on {usable_cpus()} core(s)")

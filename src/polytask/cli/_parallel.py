@@ -5,7 +5,11 @@ their cartesian product), ``::::`` argument files, stdin; the replacement
 strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
 ``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
 ``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
-``--line-buffer``; GNU parallel's exit status.
+``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
+``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
+``-I -d -E -r``, ``--tagstring``, ``-v``, ``-u``, ``--delay``, ``--shuf``,
+``--nice``, ``--results`` as a CSV/TSV/JSON file or a path with replacement
+strings; GNU parallel's exit status.
 
 ::
 
@@ -31,18 +35,20 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 __all__ = ["main"]
 
 PROG = "polytask parallel"
-_SEPARATORS = (":::", "::::", ":::+", "::::+")
 #: Seconds between SIGTERM and SIGKILL when a job is ended (timeout, halt, Ctrl-C).
 GRACE = 0.5
 #: The exit value of a job not run because an input cannot go where the COMMAND
 #: puts it (a shell's status for a line it cannot run, e.g. a syntax error).
 REFUSED = 2
+#: GNU parallel's exit status for bad options and for being ended by a signal.
+USAGE_ERROR = KILLED = 255
+_JOB_VARIABLES = ("PARALLEL_PID", "PARALLEL_SEQ", "PARALLEL_JOBSLOT")
 
 _USAGE = "polytask parallel [OPTIONS] [COMMAND [ARG...]] [::: ARGS... | :::: FILES...]..."
 _DESCRIPTION = """\
@@ -61,7 +67,8 @@ input is itself a command.
 """
 _EPILOG = """\
 exit status: 0 if every job succeeded, else the number of failed jobs
-(101 for more than 100); with --halt, as GNU parallel. 2: bad options.
+(101 for more than 100); with --halt, as GNU parallel. 255: bad options,
+or ended by a signal.
 examples:
   polytask parallel -j 4 gzip ::: *.log
   polytask parallel -k --tag 'echo {1} {2}' ::: a b ::: 1 2
@@ -143,13 +150,20 @@ def _parser() -> _Parser:
         help="stop early: now,fail=1 | soon,fail=N | now,success=N%% | ... (default never)",
     )
     a("--bar", action="store_true", help="show a progress bar on stderr")
-    a("--dry-run", action="store_true", help="print the commands instead of running them")
+    a(
+        "--dry-run",
+        "--dryrun",
+        action="store_true",
+        help="print the commands instead of running them",
+    )
     a("--tag", action="store_true", help="prefix each output line with the job's input")
     a(
         "--results",
         "--res",
         metavar="DIR",
-        help="save output in DIR/1/<input>/{stdout,stderr,seq} (a long <input> is shortened)",
+        help="save output in DIR/1/<input>/{stdout,stderr,seq} (a long <input> is "
+        "shortened); with replacement strings: in that file (+.err, .seq) or, ending "
+        "in /, that directory; FILE.csv, .tsv, .json: one line per job in FILE",
     )
     a(
         "--line-buffer",
@@ -167,6 +181,96 @@ def _parser() -> _Parser:
         help="read inputs from FILE, one a line, like :::: FILE",
     )
     a("-0", "--null", action="store_true", help="inputs in files and stdin end with NUL")
+    a(
+        "-n",
+        "--max-args",
+        type=int,
+        metavar="N",
+        help="give each job up to N inputs ({} is all of them, {1} {2} ... each); 0: none",
+    )
+    a(
+        "-N",
+        "--max-replace-args",
+        type=int,
+        metavar="N",
+        help="like -n, and a word with {} is repeated for each input (as -X)",
+    )
+    a(
+        "-m",
+        action="store_true",
+        help="as many inputs per job as fit on a command line, spread over the jobs",
+    )
+    a(
+        "-X",
+        action="store_true",
+        help="like -m, and a word with {} is repeated for each input: x{}y -> xay xby",
+    )
+    a("--xargs", action="store_true", help="like -m, without spreading over the jobs")
+    a("--rpl", action="append", default=[], metavar="'TAG PERL'", help=argparse.SUPPRESS)
+    a(
+        "--colsep",
+        metavar="REGEX",
+        help="split each input into columns {1} {2} ... at REGEX (blanks around each trimmed)",
+    )
+    a(
+        "--header",
+        metavar=":",
+        help="the first input of each source names its columns: {name} (--colsep default tab)",
+    )
+    a(
+        "--link",
+        "--xapply",
+        action="store_true",
+        help="take the input sources side by side, not every combination (also :::+ ::::+)",
+    )
+    a(
+        "--tagstring",
+        metavar="STR",
+        help="prefix each output line with STR (replacement strings expanded) and a tab",
+    )
+    a("-v", action="store_true", help="print each job's command line before its output")
+    a(
+        "-t",
+        "--verbose",
+        dest="trace",
+        action="store_true",
+        help="print each job's command line on stderr as it starts",
+    )
+    a(
+        "-u",
+        "--ungroup",
+        action="store_true",
+        help="let the jobs write straight to our stdout and stderr (output may mix)",
+    )
+    a(
+        "--delay",
+        metavar="SECONDS",
+        help="start a job at least SECONDS (also 2m, 1h) after the one before",
+    )
+    a("--shuf", action="store_true", help="run the jobs in random order")
+    a("--nice", metavar="N", type=int, help="run the jobs with niceness N (nice -n N)")
+    a("-I", metavar="STR", help="STR stands for the input instead of {} (as xargs -I)")
+    a(
+        "-d",
+        "--delimiter",
+        metavar="DELIM",
+        help="inputs in files and stdin end with DELIM (\\n, \\t, \\0, \\xHH understood)",
+    )
+    a(
+        "-E",
+        dest="eof",
+        metavar="EOF",
+        help="an input EOF ends its source (file, stdin, :::): the rest is not read",
+    )
+    a(
+        "-r",
+        "--no-run-if-empty",
+        action="store_true",
+        help="skip the inputs that are empty or only blanks",
+    )
+    a("--arg-sep", metavar="SEP", help="use SEP instead of :::")
+    a("--arg-file-sep", metavar="SEP", help="use SEP instead of ::::")
+    a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -178,16 +282,44 @@ _NOT_READY: Any = object()
 
 
 class _ListSource:
-    """Every combination of fully known input sources (GNU order: the first varies slowest)."""
+    """Every combination of fully known input sources (GNU order: the first varies slowest).
+
+    ``linked[i]`` (``:::+``, ``::::+``, ``--link``): source i goes with the one
+    before it value by value rather than in every combination. As in GNU
+    parallel, ``:::+`` stops at the shortest of them; with ``wrap``
+    (``--link``) the shorter ones start over until the longest ends.
+    """
 
     fd = -1
 
-    def __init__(self, sources: Sequence[Sequence[str]]) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Sequence[str]],
+        linked: Sequence[bool] | None = None,
+        *,
+        wrap: bool = False,
+    ) -> None:
         import itertools
         import math
 
-        self.total: int | None = math.prod(len(s) for s in sources)
-        self._it: Iterator[tuple[str, ...]] = itertools.product(*sources)
+        blocks: list[list[Sequence[str]]] = []
+        for i, src in enumerate(sources):
+            if i and linked is not None and linked[i]:
+                blocks[-1].append(src)
+            else:
+                blocks.append([src])
+        rows: list[Sequence[tuple[str, ...]]] = []
+        for block in blocks:
+            if len(block) == 1:
+                rows.append([(v,) for v in block[0]])
+                continue
+            lengths = [len(s) for s in block]
+            n = 0 if 0 in lengths else max(lengths) if wrap else min(lengths)
+            rows.append([tuple(s[i % len(s)] for s in block) for i in range(n)])
+        self.total: int | None = math.prod(len(r) for r in rows)
+        self._it: Iterator[tuple[str, ...]] = (
+            tuple(v for row in combo for v in row) for combo in itertools.product(*rows)
+        )
 
     def take(self) -> Any:
         return next(self._it, None)
@@ -201,11 +333,12 @@ class _StreamSource:
 
     total: int | None = None
 
-    def __init__(self, fd: int, sep: bytes) -> None:
+    def __init__(self, fd: int, sep: bytes, lines: _Lines | None = None) -> None:
         self.fd = fd
         self._sep = sep
         self._buf = b""
         self._lines: deque[str] = deque()
+        self._rules = lines or _Lines()
         self.eof = False
 
     def take(self) -> Any:
@@ -213,21 +346,143 @@ class _StreamSource:
             return (self._lines.popleft(),)
         return None if self.eof else _NOT_READY
 
+    def head(self) -> str | None:
+        """The first line (waits for it), taken out of the inputs: --header's."""
+        while not self._lines and not self.eof:
+            self.fill()
+        return self._lines.popleft() if self._lines else None
+
     def fill(self) -> None:
         """Read what is there (blocks only if nothing is)."""
+        if self.eof:
+            return
         data = os.read(self.fd, 65536)
         if not data:
             self.eof = True
             if self._buf:
-                self._lines.append(os.fsdecode(self._buf))
+                self._lines.extend(self._rules.accept([self._buf]))
                 self._buf = b""
             return
         parts = (self._buf + data).split(self._sep)
         self._buf = parts.pop()
-        self._lines.extend(os.fsdecode(p) for p in parts)
+        self._lines.extend(self._rules.accept(parts))
+        if self._rules.ended:  # -E: the rest is not read
+            self.eof = True
+            self._buf = b""
 
 
-def _read_lines(path: str, sep: bytes) -> list[str]:
+#: The longest command line a job of several inputs (-m, -X, --xargs) is given,
+#: in bytes: the script of ``sh -c`` is one argument, and Linux takes none
+#: longer than 128 KiB (MAX_ARG_STRLEN); the rest is room for quoting.
+MAX_LINE = 131072 - 4096
+
+
+class _Grouped:
+    """Several inputs per job (-n, -N, -m, -X, --xargs), as GNU parallel groups them.
+
+    Takes records (one value per input source) from ``source`` and gives each
+    job the values of up to ``max_args`` records, flattened; without
+    ``max_args``, as many as fit in :data:`MAX_LINE`. With ``spread`` (-m,
+    -X) the records left when the input ends are spread evenly over the
+    ``jobs`` job slots (GNU parallel: ceil(left / jobs) each, from then on).
+    """
+
+    def __init__(self, source: Any, *, max_args: int | None, spread: int | None, cost: int) -> None:
+        self.source = source
+        self.fd = source.fd
+        self.total: int | None = None
+        if max_args and source.total is not None and not spread:
+            self.total = -(-source.total // max_args)
+        self.max_args = max_args
+        self.spread = spread
+        self.cost = cost  # times each value is written into the command line
+        self._buf: deque[tuple[str, ...]] = deque()
+        self._len = 0
+        self._eof = False
+
+    def _size(self, record: tuple[str, ...]) -> int:
+        # Each value quoted ('...', a ' inside as '\'') and a blank after it.
+        return sum(len(v.encode(errors="surrogateescape")) + 3 * v.count("'") + 3 for v in record)
+
+    def _full(self) -> bool:
+        if self.max_args is not None:
+            return len(self._buf) >= max(self.max_args, 1)
+        return self._len * self.cost >= MAX_LINE
+
+    def take(self) -> Any:
+        while not self._eof and not self._full():
+            record = self.source.take()
+            if record is _NOT_READY:
+                return _NOT_READY
+            if record is None:
+                self._eof = True
+                break
+            self._buf.append(record)
+            self._len += self._size(record)
+        if not self._buf:
+            return None
+        if self._eof and self.spread and len(self._buf) > 1:
+            self.max_args = -(-len(self._buf) // self.spread)
+            self.spread = None
+        n = len(self._buf)
+        if self.max_args is not None:
+            n = min(n, max(self.max_args, 1))
+        elif self._len * self.cost > MAX_LINE:
+            # Over the limit: the last record waits for the next job (one always goes).
+            size, n = 0, 0
+            for record in self._buf:
+                size += self._size(record)
+                if n and size * self.cost > MAX_LINE:
+                    break
+                n += 1
+        group = [self._buf.popleft() for _ in range(n)]
+        self._len -= sum(self._size(r) for r in group)
+        if self.max_args == 0:
+            return ()  # -n0 / -N0: one input read, none given
+        return tuple(v for record in group for v in record)
+
+    def fill(self) -> None:
+        self.source.fill()
+
+
+class _Lines:
+    """What becomes of the lines of a file or stdin: -E ends them, -r drops blank ones."""
+
+    def __init__(self, eof: str | None = None, skip_blank: bool = False) -> None:
+        self.eof = eof
+        self.skip_blank = skip_blank
+        self.ended = False
+
+    def accept(self, parts: Iterable[bytes | str]) -> list[str]:
+        out = []
+        for p in parts:
+            if self.ended:
+                break
+            line = os.fsdecode(p)
+            if self.eof is not None and line == self.eof:
+                self.ended = True
+            elif not (self.skip_blank and not line.strip()):
+                out.append(line)
+        return out
+
+
+def _delimiter(text: str) -> bytes:
+    """-d's value: one or more bytes, with \\n \\t \\r \\0 \\a \\\\ and \\xHH understood."""
+    import re
+
+    escapes = {"n": b"\n", "t": b"\t", "r": b"\r", "0": b"\0", "\\": b"\\", "a": b"\a"}
+    out = b""
+    for i, piece in enumerate(re.split(r"\\(x[0-9a-fA-F]{2}|[ntr0a\\])", text)):
+        if i % 2 == 0:
+            out += os.fsencode(piece)
+        else:
+            out += bytes([int(piece[1:], 16)]) if piece[0] == "x" else escapes[piece]
+    if not out:
+        raise _UsageError("-d needs a delimiter (e.g. -d , or -d '\\t')")
+    return out
+
+
+def _read_lines(path: str, sep: bytes, rules: _Lines | None = None) -> list[str]:
     try:
         if path == "-":
             data = sys.stdin.buffer.read()
@@ -239,16 +494,73 @@ def _read_lines(path: str, sep: bytes) -> list[str]:
     parts = data.split(sep)
     if parts and parts[-1] == b"":
         parts.pop()
-    return [os.fsdecode(p) for p in parts]
+    return (rules or _Lines()).accept(parts)
 
 
-def _split_sources(tokens: Sequence[str]) -> list[tuple[str, list[str]]]:
-    groups: list[tuple[str, list[str]]] = []
+class _Columns:
+    """Each input split into columns (--colsep), which count as inputs of their own."""
+
+    def __init__(self, source: Any, colsep: str) -> None:
+        import re
+
+        self.source = source
+        self.fd = source.fd
+        self.total = source.total
+        self._split = re.compile(colsep).split
+
+    def columns(self, value: str) -> list[str]:
+        # GNU parallel trims blanks around each column when it splits.
+        return [c.strip(" \t") for c in self._split(value)]
+
+    def take(self) -> Any:
+        record = self.source.take()
+        if record is None or record is _NOT_READY:
+            return record
+        return tuple(c for v in record for c in self.columns(v))
+
+    def fill(self) -> None:
+        self.source.fill()
+
+
+class _Shuffled:
+    """Every job's inputs, read first, in random order (--shuf)."""
+
+    fd = -1
+
+    def __init__(self, source: Any) -> None:
+        import random
+
+        items = []
+        while True:
+            item = source.take()
+            if item is None:
+                break
+            if item is _NOT_READY:
+                source.fill()
+                continue
+            items.append(item)
+        random.shuffle(items)
+        self.total: int | None = len(items)
+        self._it = iter(items)
+
+    def take(self) -> Any:
+        return next(self._it, None)
+
+    def fill(self) -> None:  # pragma: no cover - never NOT_READY
+        pass
+
+
+#: A group of inputs on the command line: ":::" or "::::", its words, linked (:::+).
+Group = tuple[str, list[str], bool]
+
+
+def _split_sources(tokens: Sequence[str], arg_sep: str, file_sep: str) -> list[Group]:
+    groups: list[Group] = []
     for tok in tokens:
-        if tok in (":::+", "::::+"):
-            raise _UsageError(f"linked input sources ({tok}) are not supported; use ::: or ::::")
-        if tok in (":::", "::::"):
-            groups.append((tok, []))
+        if tok in (arg_sep, arg_sep + "+"):
+            groups.append((":::", [], tok.endswith("+")))
+        elif tok in (file_sep, file_sep + "+"):
+            groups.append(("::::", [], tok.endswith("+")))
         else:
             groups[-1][1].append(tok)
     return groups
@@ -293,6 +605,8 @@ class _Sink:
         self.line_buffer = line_buffer
         self._jobs: dict[int, _JobOut] = {}
         self._head = 1
+        self.dropped = False
+        self.record_fd = -1
 
     def _job(self, seq: int, tag: bytes) -> _JobOut:
         job = self._jobs.get(seq)
@@ -302,6 +616,9 @@ class _Sink:
 
     def _emit(self, seq: int, final: bool) -> None:
         job = self._jobs[seq]
+        if final and job.pending[0]:  # its line of --results FILE.csv
+            _write(self.record_fd, b"".join(job.pending[0]))
+            job.pending[0].clear()
         for kind in (1, 2):
             pending = job.pending[kind]
             if not pending:
@@ -325,14 +642,23 @@ class _Sink:
 
     def chunk(self, seq: int, tag: bytes, kind: int, data: bytes) -> None:
         """Output of a running job (--line-buffer)."""
+        if self.dropped:
+            return
         job = self._job(seq, tag)
         job.pending[kind].append(data)
         if b"\n" in data and (not self.keep_order or seq == self._head):
             self._emit(seq, final=False)
 
-    def complete(self, seq: int, tag: bytes, out: bytes, err: bytes) -> None:
-        """A job ended; ``out``/``err`` is what was not yet handed to :meth:`chunk`."""
+    def complete(self, seq: int, tag: bytes, out: bytes, err: bytes, record: bytes = b"") -> None:
+        """A job ended; ``out``/``err`` is what was not yet handed to :meth:`chunk`.
+
+        ``record`` goes to :attr:`record_fd` (``--results FILE.csv``), in order with the rest.
+        """
+        if self.dropped:
+            return
         job = self._job(seq, tag)
+        if record:
+            job.pending[0].append(record)
         if out:
             job.pending[1].append(out)
         if err:
@@ -346,6 +672,8 @@ class _Sink:
 
     def skip(self, seq: int) -> None:
         """A job number that prints nothing (resumed, ended by --halt)."""
+        if self.dropped:
+            return
         self._job(seq, b"").done = True
         if self.keep_order:
             self._advance()
@@ -364,6 +692,11 @@ class _Sink:
             self._emit(self._head, final=True)
             del self._jobs[self._head]
             self._head += 1
+
+    def discard(self) -> None:
+        """Print nothing more: what is kept back is dropped, later output ignored (--halt now)."""
+        self._jobs.clear()
+        self.dropped = True
 
     def finish(self) -> None:
         """Print whatever is left, in job order (jobs never run leave gaps)."""
@@ -418,6 +751,9 @@ class _Runner:
         self.opts = opts
         self.source = source
         self.template = template
+        # -X, -N: a COMMAND per number of inputs, its {} words repeated (context replace).
+        self.context = bool(opts.X or opts.max_replace_args is not None)
+        self.templates: dict[int, Any] = {}
         self.jobs = jobs
         self.tries = max(1, opts.retries)
         self.shell = shell
@@ -434,6 +770,7 @@ class _Runner:
             spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
         )
         self.halt_status: int | None = None
+        self.halted_now = False  # --halt now triggered: nothing more is printed or logged
         self.stop = False
         self.failed = self.succeeded = self.started = 0
         self.seq = 0
@@ -448,6 +785,18 @@ class _Runner:
         self.limit = 1
         self.exhausted = False
         self.name_max: int | None = None  # of --results' file system, found at the first save
+        self.token = opts.I or "{}"
+        results = opts.results
+        self.results_kind = spec.results_format(results) if results else None
+        self.results_named = bool(
+            results and not self.results_kind and spec.has_replacement(results, self.token)
+        )
+        self.results_file: Any = None  # --results FILE.csv: its file, or stdout for -.csv
+        self.results_header = False
+        self.names: list[str] = []  # --header's column names (the CSV's columns)
+        self.delay = spec.parse_duration(opts.delay, option="--delay")[0] if opts.delay else 0.0
+        self.next_start = 0.0  # monotonic time before which --delay starts nothing
+        self.delayed = False
 
     # -------------------------------------------------------------- setup
 
@@ -480,7 +829,7 @@ class _Runner:
             f = open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - open for the whole run
         except OSError as exc:
             raise _Fatal(f"cannot write joblog {path!r}: {exc.strerror}") from None
-        if not append or f.tell() == 0:
+        if not append:  # GNU parallel writes no header when it appends, even to a new file
             f.write(spec.JOBLOG_HEADER)
             f.flush()
         self.joblog = f
@@ -500,12 +849,23 @@ class _Runner:
                 continue
             return _Job(self.seq, args)
 
+    def tmpl(self, job: _Job) -> Any:
+        """The job's Template: the COMMAND's, or with -X/-N the one for its number of inputs."""
+        if not self.context:
+            return self.template
+        n = len(job.args)
+        t = self.templates.get(n)
+        if t is None:
+            t = self.templates[n] = _context_template(self.opts, n, self.shell)
+        return t
+
     def text(self, job: _Job) -> str:
         """The job's command line as it runs (for logs and messages); never raises."""
+        t = self.tmpl(job)
         try:
-            text: str = self.template.shell_text(job.args, job.seq, job.slot)
+            text: str = t.shell_text(job.args, job.seq, job.slot)
         except self.spec.UnsafeInput:
-            text = self.template.source()  # a refused job ran nothing: log the COMMAND
+            text = t.source()  # a refused job ran nothing: log the COMMAND
         return text
 
     def dry_run(self) -> int:
@@ -519,7 +879,7 @@ class _Runner:
                 continue
             job.slot = 1
             try:
-                text = self.template.shell_text(job.args, job.seq, job.slot)
+                text = self.tmpl(job).shell_text(job.args, job.seq, job.slot)
             except self.spec.UnsafeInput as exc:
                 refused += 1
                 _warn(f"job {job.seq} would not run: {exc}")
@@ -527,7 +887,24 @@ class _Runner:
             _write(1, os.fsencode(text) + b"\n")
 
     def run(self) -> int:
-        from .._parallel_loop import ProcessLoop
+        # GNU parallel's variables: PARALLEL_PID for every job (the loop's
+        # environment is read at its first start), PARALLEL_SEQ and
+        # PARALLEL_JOBSLOT per job (a nested run's own are not passed on).
+        saved = {k: os.environ.get(k) for k in _JOB_VARIABLES}
+        for k in _JOB_VARIABLES:
+            os.environ.pop(k, None)
+        os.environ["PARALLEL_PID"] = str(os.getpid())
+        try:
+            return self._run()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _run(self) -> int:
+        from .._os.childloop import ProcessLoop
 
         self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True)
         limit = self.limit = self.jobs if self.jobs is not None else 1 << 30
@@ -538,11 +915,18 @@ class _Runner:
         watching = False
         try:
             while True:
+                self.delayed = False
                 need_input = self.fill()
+                wait_for: float | None = None
+                if self.delayed:  # --delay: the next start is due at next_start
+                    wait_for = max(0.0, self.next_start - time.monotonic())
                 if loop.running == 0:
                     if self.exhausted or self.stop:
                         break
-                    self.source.fill()  # needs input and nothing runs: blocking is fine
+                    if wait_for is not None:
+                        time.sleep(wait_for)
+                    else:
+                        self.source.fill()  # needs input and nothing runs: blocking is fine
                     continue
                 if need_input and not watching:
                     loop.watch(self.source.fd)
@@ -550,7 +934,7 @@ class _Runner:
                 elif watching and not need_input:
                     loop.unwatch(self.source.fd)
                     watching = False
-                finished, ready = loop.wait(None)
+                finished, ready = loop.wait(wait_for)
                 if ready:
                     self.source.fill()
                 for job, exc in loop.failed_starts():
@@ -570,6 +954,8 @@ class _Runner:
             loop.close()
             if self.joblog is not None:
                 self.joblog.close()
+            if self.results_file is not None:
+                self.results_file.close()
         if self.halt_status is not None:
             return self.halt_status
         if self.halt.active and self.halt.pct is not None:
@@ -582,6 +968,9 @@ class _Runner:
         """Start jobs while there is room; True if the next one waits for input."""
         loop, limit = self.loop, self.limit
         while not self.stop and loop.running < limit:
+            if self.delay and time.monotonic() < self.next_start:
+                self.delayed = True  # the loop wakes at next_start
+                return False
             if self.retry:
                 job = self.retry.popleft()
             elif self.exhausted:
@@ -601,9 +990,10 @@ class _Runner:
         job.tries += 1
         self.started += job.tries == 1
         try:
-            argv = self.template.argv(job.args, job.seq, job.slot)
+            t = self.tmpl(job)
+            argv = t.argv(job.args, job.seq, job.slot)
             if argv is None:
-                argv = [self.shell, "-c", self.template.shell_text(job.args, job.seq, job.slot)]
+                argv = [self.shell, "-c", t.shell_text(job.args, job.seq, job.slot)]
         except self.spec.UnsafeInput as unsafe:
             # Not run at all: a shell would only have failed on it, or run the input.
             msg = f"{PROG}: job {job.seq} not run: {unsafe}\n".encode(errors="surrogateescape")
@@ -611,18 +1001,38 @@ class _Runner:
             self.ended(job, REFUSED, 0, b"", msg, time.time(), 0.0)
             return
         job.program = argv[0]
-        on_output = self.on_output if self.opts.line_buffer and not self.opts.results else None
+        opts = self.opts
+        if opts.nice is not None:
+            argv = ["nice", "-n", str(opts.nice), *argv]
+        if self.delay:
+            self.next_start = time.monotonic() + self.delay
+        if opts.trace:
+            _write(2, os.fsencode(self.text(job)) + b"\n")
+        if opts.v and opts.ungroup:
+            _write(1, os.fsencode(self.text(job)) + b"\n")
+        on_output = self.on_output if opts.line_buffer and not opts.results else None
+        if opts.v and on_output is not None:
+            self.sink.chunk(job.seq, self.tag(job), 1, os.fsencode(self.text(job)) + b"\n")
         timeout = self.timeout
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
+        env = (b"PARALLEL_SEQ=%d" % job.seq, b"PARALLEL_JOBSLOT=%d" % job.slot)
+        if opts.ungroup:  # straight to our stdout and stderr: nothing captured
+            try:
+                self.loop.spawn(argv, token=job, timeout=timeout, capture=False, extra_env=env)
+            except (OSError, ValueError) as error:
+                self.start_failed(job, job.program, error)
+            return
         if self.jobs is None or self.jobs > 1:
             # Started here, or by starter threads while the machine is busy.
-            self.loop.spawn_soon(argv, token=job, timeout=timeout, on_output=on_output)
+            self.loop.spawn_soon(
+                argv, token=job, timeout=timeout, on_output=on_output, extra_env=env
+            )
             for failed, exc in self.loop.failed_starts():  # those started here, at once
                 self.start_failed(failed, failed.program, exc)
             return
         try:
-            self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output)
+            self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output, extra_env=env)
         except (OSError, ValueError) as exc:
             self.start_failed(job, argv[0], exc)
 
@@ -643,6 +1053,11 @@ class _Runner:
         heapq.heappush(self.free_slots, job.slot)
 
     def tag(self, job: _Job) -> bytes:
+        if self.opts.tagstring is not None:
+            text = self.spec.render_raw(
+                self.opts.tagstring, job.args, job.seq, job.slot, self.token
+            )
+            return os.fsencode(text) + b"\t"
         if not self.opts.tag:
             return b""
         return os.fsencode(" ".join(job.args)) + b"\t"
@@ -656,7 +1071,7 @@ class _Runner:
         job: _Job = child.token
         if not released:
             self.release(job)
-        if job.halted:
+        if job.halted or self.halted_now:
             self.sink.skip(job.seq)
             return
         rc: int = child.returncode
@@ -709,7 +1124,12 @@ class _Runner:
             self.joblog.write(line)
             self.joblog.flush()
         failed = bool(exitval or sig)
-        if opts.results and self.save_results(job, out, err):
+        if opts.v and not opts.ungroup and not (opts.line_buffer and not opts.results):
+            out = os.fsencode(self.text(job)) + b"\n" + out
+        if self.results_kind is not None:
+            record = self.result_record(job, exitval, sig, out, err, start_wall, runtime, receive)
+            self.sink.complete(job.seq, b"", b"", b"", record)
+        elif opts.results and self.save_results(job, out, err):
             self.sink.skip(job.seq)
         else:
             # Without --results, or when they could not be saved: the output
@@ -733,39 +1153,110 @@ class _Runner:
         self.check_halt(job, exitval, sig, failed)
 
     def check_halt(self, job: _Job, exitval: int, sig: int, failed: bool) -> None:
+        """GNU parallel's should_we_halt, after every job that ended (its lines and status)."""
         halt = self.halt
-        if not halt.active or self.stop:
+        if not halt.active:
             return
-        relevant = {"fail": failed, "success": not failed, "done": True}[halt.what]
-        if not relevant:
-            return
-        if halt.what == "fail":
+        count: int | None = None
+        if failed and halt.what == "fail":
             _warn(f"This job failed:\n{self.text(job)}")
+            count = self.failed
+        elif not failed and halt.what == "success":
+            _warn(f"This job succeeded:\n{self.text(job)}")
+            count = self.succeeded
+        if halt.what == "done":
+            _warn(f"This job finished:\n{self.text(job)}")
+            count = self.failed + self.succeeded
         total = self.source.total
-        if not halt.triggered(failed=self.failed, succeeded=self.succeeded, total=total):
+        if count is None or not halt.reached(count, total):
             return
-        self.halt_status = halt.exit_status(
-            failed=self.failed, started=self.started, total=total, exitval=exitval, signal=sig
-        )
+        if self.halt_status is None or halt.what == "success":
+            self.halt_status = halt.exit_status(
+                failed=self.failed, started=self.started, total=total, exitval=exitval, signal=sig
+            )
         self.stop = True
         running = [c for c in self.loop.children() if not c.exited]
         if halt.when == "now":
-            if running:
-                _warn(f"Killing {len(running)} running jobs (--halt now).")
+            # As GNU parallel: nothing more is printed, not even output kept back by -k.
+            self.halted_now = True
+            self.sink.discard()
             for child in running:
                 child.token.halted = True
                 self.loop.terminate(child)
         elif running:
             _warn(f"Starting no more jobs. Waiting for {len(running)} jobs to finish.")
 
+    def result_record(
+        self,
+        job: _Job,
+        exitval: int,
+        sig: int,
+        out: bytes,
+        err: bytes,
+        start_wall: float,
+        runtime: float,
+        receive: int | None,
+    ) -> bytes:
+        """The job's line of --results FILE.csv/.tsv/.json (the header line first, once)."""
+        spec = self.spec
+
+        def text(b: bytes) -> str:
+            return b.decode("utf-8", "surrogateescape")
+
+        line = spec.result_record(
+            self.results_kind,
+            seq=job.seq,
+            starttime=start_wall,
+            runtime=runtime,
+            receive=len(out) if receive is None else receive,
+            exitval=exitval,
+            signal=sig,
+            command=self.text(job),
+            args=job.args,
+            stdout=text(out),
+            stderr=text(err),
+        )
+        if not self.results_header and self.results_kind != "json":
+            self.results_header = True
+            names = self.names or [f"V{i}" for i in range(1, len(job.args) + 1)]
+            sep = "," if self.results_kind == "csv" else "\t"
+            line = spec.csv_header(names, sep) + line
+        data: bytes = line.encode("utf-8", "surrogateescape")
+        return data
+
+    def open_results(self) -> None:
+        """Open --results FILE.csv/.tsv/.json (``-.csv``: our stdout, and no other output)."""
+        path = self.opts.results
+        if self.results_kind is None:
+            return
+        if path[: path.rfind(".")] == "-":
+            self.sink.record_fd = 1
+            return
+        try:
+            self.results_file = open(path, "wb")  # noqa: SIM115 - open for the whole run
+        except OSError as exc:
+            raise _Fatal(f"cannot write results file {path!r}: {exc.strerror}") from None
+        self.sink.record_fd = self.results_file.fileno()
+
     def save_results(self, job: _Job, out: bytes, err: bytes) -> bool:
         """Write the job's output under --results; False (and a message) if it could not be."""
-        if self.name_max is None:
-            self.name_max = _name_max(self.opts.results)
-        d = self.spec.results_dir(self.opts.results, job.args, self.name_max)
+        if self.results_named:
+            # GNU parallel: FILE, FILE.err, FILE.seq; or DIR/stdout ... for one ending in /.
+            path = self.spec.render_raw(self.opts.results, job.args, job.seq, job.slot, self.token)
+            if path.endswith("/"):
+                d, files = path, ("seq", "stdout", "stderr")
+            else:
+                d, base = os.path.split(path)
+                d = d or "."
+                files = (base + ".seq", base, base + ".err")
+        else:
+            if self.name_max is None:
+                self.name_max = _name_max(self.opts.results)
+            d = self.spec.results_dir(self.opts.results, job.args, self.name_max, self.names)
+            files = ("seq", "stdout", "stderr")
         try:
             os.makedirs(d, exist_ok=True)
-            for name, data in (("seq", str(job.seq).encode()), ("stdout", out), ("stderr", err)):
+            for name, data in zip(files, (str(job.seq).encode(), out, err), strict=True):
                 with open(os.path.join(d, name), "wb") as f:
                     f.write(data)
         except OSError as exc:
@@ -795,6 +1286,33 @@ def _shell() -> str:
     ):
         return sh
     return "/bin/sh"
+
+
+def _functions(shell: str) -> frozenset[str]:
+    """The exported bash functions, when the shell is bash (GNU parallel runs them through it)."""
+    from .. import _parallel_spec as spec
+
+    if os.path.basename(shell) != "bash":
+        return frozenset()
+    return spec.exported_functions(os.environ)
+
+
+def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
+    """The Template of a job of ``count`` inputs under -X / -N (its {} words repeated)."""
+    from .. import _parallel_spec as spec
+
+    token = opts.I or "{}"
+    words = spec.context_command(
+        opts.command, count, quote=opts.quote, append=opts.max_replace_args != 0, token=token
+    )
+    return spec.Template.parse(
+        words,
+        quote=opts.quote,
+        shell=shell,
+        functions=_functions(shell),
+        append=opts.max_replace_args != 0,
+        token=token,
+    )
 
 
 def _name_max(root: str) -> int:
@@ -846,6 +1364,22 @@ _VALUE_OPTIONS = frozenset(
         "--res",
         "-a",
         "--arg-file",
+        "--rpl",
+        "-n",
+        "--max-args",
+        "-N",
+        "--max-replace-args",
+        "--colsep",
+        "--header",
+        "--arg-sep",
+        "--arg-file-sep",
+        "-I",
+        "--tagstring",
+        "--delay",
+        "--nice",
+        "-d",
+        "--delimiter",
+        "-E",
     ]
 )
 
@@ -865,10 +1399,13 @@ def _negative_values(argv: list[str]) -> list[str]:
             else:
                 out += [a, value]
         elif a in _VALUE_OPTIONS:
-            out.append(a)
             value = next(it, None)
-            if value is not None:
-                out.append(value)
+            if value is None:
+                out.append(a)
+            elif value.startswith("-"):  # argparse would take it for an option
+                out.append(f"{a}={value}" if a.startswith("--") else a + value)
+            else:
+                out += [a, value]
         elif a == "--" or not a.startswith("-"):
             out.append(a)
             out += it  # the COMMAND starts here: its words are its own
@@ -877,10 +1414,35 @@ def _negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
-    cut = next((i for i, a in enumerate(argv) if a in _SEPARATORS), len(argv))
+def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
+    """--arg-sep, --arg-file-sep, and where the inputs start (at the first separator)."""
+    arg_sep, file_sep = ":::", "::::"
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in (arg_sep, file_sep, arg_sep + "+", file_sep + "+"):
+            break
+        for name in ("--arg-sep", "--arg-file-sep"):
+            if a == name or a.startswith(name + "="):
+                if "=" in a:
+                    value: str | None = a[len(name) + 1 :]
+                else:
+                    i += 1
+                    value = argv[i] if i < len(argv) else None
+                if not value:
+                    raise _UsageError(f"{name} needs a non-empty separator")
+                if name == "--arg-sep":
+                    arg_sep = value
+                else:
+                    file_sep = value
+        i += 1
+    return arg_sep, file_sep, i
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[Group]]:
+    arg_sep, file_sep, cut = _separators(argv)
     opts = _parser().parse_args(_negative_values(argv[:cut]))
-    groups = _split_sources(argv[cut:])
+    groups = _split_sources(argv[cut:], arg_sep, file_sep)
     if opts.retries < 0:
         raise _UsageError(f"--retries {opts.retries}: must be 0 or more")
     return opts, groups
@@ -888,11 +1450,21 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, list[st
 
 def main(argv: list[str]) -> int:
     """Run ``polytask parallel`` with ``argv`` (the words after ``parallel``); returns the exit status."""
+    argv = list(argv)
+    from_env = os.environ.get("PARALLEL", "").strip()
+    if from_env:
+        import shlex  # only then: not on the start-up path
+
+        try:
+            argv = shlex.split(from_env) + argv  # GNU parallel reads $PARALLEL's options first
+        except ValueError as exc:
+            print(f"{PROG}: error: $PARALLEL: {exc}", file=sys.stderr)
+            return USAGE_ERROR
     try:
-        opts, groups = _parse(list(argv))
+        opts, groups = _parse(argv)
     except _UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     old_handlers = {}
@@ -913,16 +1485,14 @@ def main(argv: list[str]) -> int:
         return runner.run()
     except _UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     except _Fatal as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 255
     except _OutputClosed:
         return 141  # as a shell reports a pipeline member killed by SIGPIPE
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
-    except _Interrupted as exc:
-        return 128 + exc.signum
+    except (KeyboardInterrupt, _Interrupted):
+        return KILLED  # as GNU parallel, once every job's tree was ended
     finally:
         if runner is not None and runner.bar is not None:
             runner.bar.close()
@@ -930,14 +1500,116 @@ def main(argv: list[str]) -> int:
             signal.signal(signum, handler)
 
 
+def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[Any, dict[str, int]]:
+    """The job inputs, and the column names of --header (name -> {N})."""
+    sep = (
+        b"\0" if opts.null else _delimiter(opts.delimiter) if opts.delimiter is not None else b"\n"
+    )
+
+    def rules() -> _Lines:  # one per file: -E ends that file
+        return _Lines(opts.eof, opts.no_run_if_empty)
+
+    colsep: str | None = opts.colsep
+    if opts.header is not None:
+        if opts.header not in (":", ".*\n"):
+            raise _UsageError(
+                f"--header {opts.header!r}: only --header : is supported (the first "
+                "line of each input, or the first argument after :::, names its columns)"
+            )
+        if colsep is None:
+            colsep = "\t"  # as GNU parallel
+    if colsep is not None:
+        import re
+
+        try:
+            re.compile(colsep)
+        except re.error as exc:
+            raise _UsageError(f"--colsep {colsep!r}: not a regular expression: {exc}") from None
+    headers: list[str] = []
+    if not groups and not opts.arg_file:
+        try:
+            tty = os.isatty(0)
+            os.fstat(0)
+        except OSError:
+            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)") from None
+        if tty and not "".join(opts.command).strip():
+            raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
+        if tty:
+            _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
+        stream = _StreamSource(0, sep, rules())
+        source: Any = stream
+        if opts.header is not None:
+            first = stream.head()
+            headers.append("" if first is None else first)
+        if opts.bar or halt.pct is not None:
+            lines: list[str] = []
+            while not stream.eof:
+                stream.fill()
+            while (item := stream.take()) is not None:
+                lines.append(item[0])
+            source = _ListSource([lines])
+    else:
+        sources: list[list[str]] = [_read_lines(f, sep, rules()) for f in opts.arg_file]
+        linked = [False] * len(sources)
+        for kind, items, link in groups:
+            if kind == ":::":
+                sources.append(rules().accept(items))
+                linked.append(link)
+            else:
+                if not items:
+                    raise _UsageError(":::: must be followed by at least one file")
+                for f in items:
+                    sources.append(_read_lines(f, sep, rules()))
+                    linked.append(link)
+        if opts.link:
+            linked = [True] * len(sources)
+        if opts.header is not None:
+            headers = [src.pop(0) if src else "" for src in sources]
+        source = _ListSource(sources, linked, wrap=opts.link)
+    names: dict[str, int] = {}
+    if colsep is not None:
+        source = _Columns(source, colsep)
+        for header in headers:
+            for name in source.columns(header):
+                names.setdefault(name, len(names) + 1)
+    return source, names
+
+
+def _named(command: Sequence[str], names: dict[str, int]) -> list[str]:
+    """COMMAND with each ``{name}`` of --header (also ``{name.}`` ...) as ``{N}``."""
+    import re
+
+    if not names:
+        return list(command)
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True) if n)
+    if not alternatives:
+        return list(command)
+    pattern = re.compile(r"\{(" + alternatives + r")(\.|//|/\.|/)?\}")
+    return [
+        pattern.sub(lambda m: "{" + str(names[m.group(1)]) + (m.group(2) or "") + "}", word)
+        for word in command
+    ]
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
     raise _Interrupted(signum)
 
 
-def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Runner:
+def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     from .. import _parallel_spec as spec
-    from .._proc import usable_cpus
+    from .._os.proc import usable_cpus
 
+    if opts.rpl:
+        raise _UsageError(
+            f"--rpl {opts.rpl[0]!r}: replacement strings defined in Perl are not supported "
+            "(polytask runs no Perl); use the shell in COMMAND instead"
+        )
+    perl = spec.perl_expression(" ".join(opts.command))
+    if perl is not None:
+        raise _UsageError(
+            f"COMMAND: {perl} is a Perl expression, and polytask runs no Perl: use the shell "
+            "instead, e.g. 'v={}; echo \"${v%.*}\"' for {= s:\\.[^.]*$:: =}"
+        )
     ncpu = usable_cpus()
     try:
         jobs = spec.parse_jobs(opts.jobs, ncpu)
@@ -948,8 +1620,25 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
         raise _UsageError(str(exc)) from None
     jobs = _fd_limit(jobs if jobs is not None else 4096)
     shell = _shell()
+    source, names = _inputs(opts, groups, halt)
+    if names:
+        opts.command = _named(opts.command, names)
+        if opts.tagstring is not None:
+            opts.tagstring = _named([opts.tagstring], names)[0]
+        if opts.results is not None:
+            opts.results = _named([opts.results], names)[0]
     try:
-        template = spec.Template.parse(opts.command, quote=opts.quote, shell=shell)
+        # GNU parallel runs bash's exported functions (export -f) through $SHELL.
+        template = spec.Template.parse(
+            opts.command,
+            quote=opts.quote,
+            shell=shell,
+            functions=_functions(shell),
+            append=0 not in (opts.max_args, opts.max_replace_args),
+            token=opts.I or "{}",
+        )
+        if opts.X or opts.max_replace_args is not None:
+            _context_template(opts, 2, shell)  # its errors now, not at the first job
     except spec.QuotingError as exc:
         raise _UsageError(f"COMMAND: {exc}") from None
     if template.needs_shell and not spec.is_posix_shell(shell):
@@ -958,35 +1647,23 @@ def _setup(opts: argparse.Namespace, groups: list[tuple[str, list[str]]]) -> _Ru
             f"PARALLEL_SHELL={shell}: not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
             "and inputs are quoted for those"
         )
-    sep = b"\0" if opts.null else b"\n"
-    if not groups and not opts.arg_file:
+    max_args = opts.max_replace_args if opts.max_replace_args is not None else opts.max_args
+    if max_args is not None and max_args < 0:
+        raise _UsageError(f"-n/-N {max_args}: must be 0 or more")
+    multi = opts.m or opts.X or opts.xargs
+    if max_args is not None or multi:
+        cost = sum(isinstance(p, spec.Repl) for p in template.parts) or 1
+        spread = None if opts.xargs or not (opts.m or opts.X) else jobs
+        source = _Grouped(source, max_args=max_args, spread=spread, cost=cost)
+    if opts.shuf:
+        source = _Shuffled(source)
+    if opts.delay is not None:
         try:
-            tty = os.isatty(0)
-            os.fstat(0)
-        except OSError:
-            raise _UsageError("no input: give ::: ARGS or :::: FILES (stdin is closed)") from None
-        if tty and template.empty:
-            raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
-        if tty:
-            _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
-        source: Any = _StreamSource(0, sep)
-        if opts.bar or halt.pct is not None:
-            lines: list[str] = []
-            while not source.eof:
-                source.fill()
-            while (item := source.take()) is not None:
-                lines.append(item[0])
-            source = _ListSource([lines])
-    else:
-        sources: list[list[str]] = [_read_lines(f, sep) for f in opts.arg_file]
-        for kind, items in groups:
-            if kind == ":::":
-                sources.append(list(items))
-            else:
-                if not items:
-                    raise _UsageError(":::: must be followed by at least one file")
-                sources.extend(_read_lines(f, sep) for f in items)
-        source = _ListSource(sources)
+            spec.parse_duration(opts.delay, option="--delay")
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
     runner = _Runner(opts, source, template, jobs, shell)
+    runner.names = list(names)
     runner.open_joblog()
+    runner.open_results()
     return runner

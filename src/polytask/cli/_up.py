@@ -5,8 +5,13 @@ command line, validates everything before starting anything (the same checks
 as ``check``), turns SIGINT/SIGTERM/SIGHUP into a graceful stop (a second one
 kills at once), and prints a summary table at the end.
 
-Exit status: 0 when every program ended cleanly or was stopped on request,
-1 when a program was marked failed, 2 for bad input (one line on stderr).
+Exit status (the table in docs/up.md): as honcho, the first decisive event
+decides it. Under ``--restart never`` (honcho's and foreman's rule; the
+default is ``on-failure``, which keeps programs running) the first program to
+end stops the others and gives its own status;
+a program given up on gives its own status; SIGINT / SIGTERM / SIGHUP give
+128 + the signal number (130 / 143 / 129); 0 when everything ended cleanly;
+2 for bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -21,18 +26,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
-from .._errors import PolytaskError, ProcfileError
-from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency
+from .._core.errors import PolytaskError, ProcfileError
+from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
 from .._supervisor import (
     RESTART_MODES,
     RestartMode,
     Supervisor,
     format_summary,
     load_env_files,
-    read_procfile,
 )
 
-__all__ = ["main_check", "main_up"]
+__all__ = ["main_check", "main_run", "main_up"]
 
 _DEFAULT_ENV = ".env"
 
@@ -89,7 +93,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         action="append",
         metavar="NAME=N,...",
-        help="copies of each process type, e.g. web=2,worker=3 (default: 1 each)",
+        help="copies of each process type, e.g. web=2,worker=3; all=N sets every type not "
+        "named, as in foreman (default: 1 each)",
     )
     parser.add_argument(
         "-p",
@@ -97,6 +102,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=_port,
         help=f"base PORT (default: $PORT, else {DEFAULT_BASE_PORT}); copy i of type t gets "
         "base + 100*t + i",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="Procfile lines that foreman and honcho skip (no colon, a name such as web.v2, "
+        "an empty command, an indented entry) are errors, not warnings",
     )
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help="process types to run (default: all)"
@@ -114,8 +125,9 @@ def _up_parser() -> _Parser:
     p.add_argument(
         "--restart",
         choices=RESTART_MODES,
-        default="on-failure",
-        help="when to restart a program that exited (default: on-failure)",
+        default=None,
+        help="when to restart a program that exited (default: on-failure; never: as honcho "
+        "and foreman, the first program to end stops the others and gives its exit status)",
     )
     p.add_argument(
         "-t",
@@ -124,32 +136,37 @@ def _up_parser() -> _Parser:
         default=5.0,
         help="seconds between SIGTERM and SIGKILL when stopping (default: 5)",
     )
+    # The restart tuning defaults to None so that giving one without a restarting
+    # policy is caught (it would silently do nothing); _RESTART_DEFAULTS fills them.
     p.add_argument(
         "--start-seconds",
         type=_seconds,
-        default=1.0,
-        help="a run shorter than this is a failed start (default: 1)",
+        help="with --restart on-failure/always: a run shorter than this is a failed start "
+        "(default: 1)",
     )
     p.add_argument(
         "--start-retries",
         type=_count,
-        default=3,
-        help="failed starts in a row before a program is marked failed (default: 3)",
+        help="with --restart on-failure/always: restarts after failed starts in a row before "
+        "a program is given up on (default: 3, so at most 4 starts in a row)",
     )
     p.add_argument(
         "--backoff",
         type=_seconds,
-        default=0.5,
-        help="first restart delay; doubles with each restart in a row (default: 0.5)",
+        help="with --restart on-failure/always: first restart delay; doubles with each "
+        "restart in a row (default: 0.5)",
     )
     p.add_argument(
-        "--backoff-max", type=_seconds, default=30.0, help="longest restart delay (default: 30)"
+        "--backoff-max",
+        type=_seconds,
+        help="with --restart on-failure/always: longest restart delay (default: 30)",
     )
     p.add_argument(
         "--exit-on-failure",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="when a program is marked failed, stop the others and exit 1 (default: on)",
+        default=None,
+        help="with --restart on-failure/always: when a program is given up on, stop the "
+        "others (default: on); up exits with that program's status either way",
     )
     p.add_argument(
         "--events",
@@ -164,6 +181,33 @@ def _up_parser() -> _Parser:
         help="colour the prefixes (default: auto, on a terminal without NO_COLOR)",
     )
     return p
+
+
+_RESTART_DEFAULTS: dict[str, Any] = {
+    "start_seconds": 1.0,
+    "start_retries": 3,
+    "backoff": 0.5,
+    "backoff_max": 30.0,
+    "exit_on_failure": True,
+}
+
+
+def _restart_options(args: argparse.Namespace) -> RestartMode:
+    """The restart policy; fills the tuning defaults, refuses tuning that would do nothing."""
+    restart: RestartMode = args.restart or "on-failure"
+    given = [k for k in _RESTART_DEFAULTS if getattr(args, k) is not None]
+    if restart == "never" and given:
+        flag = "--" + given[0].replace("_", "-")
+        if given[0] == "exit_on_failure" and not args.exit_on_failure:
+            flag = "--no-exit-on-failure"
+        raise _BadInput(
+            f"{flag} has no effect with --restart never: under 'never' (as honcho) the first "
+            "program to end stops the others; add --restart on-failure or --restart always"
+        )
+    for key, value in _RESTART_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return restart
 
 
 def _check_parser() -> _Parser:
@@ -190,16 +234,18 @@ def _load(args: argparse.Namespace) -> tuple[Procfile, dict[str, str], list[Proc
     """Read the Procfile and env files; raise _BadInput for an unreadable file."""
     problems: list[ProcfileError] = []
     try:
-        procfile = read_procfile(args.procfile)
+        text = Path(args.procfile).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise _read_file_error("Procfile", args.procfile, exc) from None
-    except ProcfileError as exc:
-        problems.append(exc)
-        procfile = Procfile(())
+    procfile, found = scan_procfile(text, source=args.procfile, strict=args.strict)
+    if found:
+        problems.append(ProcfileError(found))
+        # Nothing runs from a Procfile with errors; its skipped lines are still shown.
+        procfile = Procfile((), procfile.source, procfile.skipped)
     env: dict[str, str] = {}
     for path in _env_files(args.env):
         try:
-            env.update(load_env_files([path]))
+            env.update(load_env_files([path], environ={**os.environ, **env}))
         except OSError as exc:
             raise _read_file_error("env file", path, exc) from None
         except ProcfileError as exc:
@@ -235,6 +281,8 @@ def main_check(argv: list[str]) -> int:
                 instances = expand(procfile, counts, args.names, base_port=port)
             except ProcfileError as exc:
                 problems.append(exc)
+        for problem in procfile.skipped:
+            print(f"polytask check: warning: {ProcfileError([problem])}", file=sys.stderr)
         if problems:
             for error in problems:
                 for problem in error.problems:
@@ -249,6 +297,12 @@ def main_check(argv: list[str]) -> int:
             f"{args.procfile}: OK, {len(procfile.entries)} process type"
             f"{'s' if len(procfile.entries) != 1 else ''}; would start {len(instances)} "
             f"program{'s' if len(instances) != 1 else ''}: {kinds}"
+            + (
+                f" ({len(procfile.skipped)} line{'s' if len(procfile.skipped) != 1 else ''} "
+                "skipped, see the warnings)"
+                if procfile.skipped
+                else ""
+            )
         )
         return 0
 
@@ -262,6 +316,7 @@ def main_up(argv: list[str]) -> int:
 
 def _up(argv: list[str]) -> int:
     args = _up_parser().parse_args(argv)
+    restart = _restart_options(args)
     procfile, env, problems = _load(args)
     if problems:
         raise _BadInput(problems[0].first_line())
@@ -281,7 +336,6 @@ def _up(argv: list[str]) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
 
-    restart: RestartMode = args.restart
     try:
         sup = Supervisor(
             procfile,
@@ -317,10 +371,12 @@ def _supervise(sup: Supervisor) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         signals_seen.append(signum)
+        # As honcho (and a shell): stopped by signal N, exit 128 + N, unless a
+        # program's end decided the status first.
         if len(signals_seen) == 1:
-            sup.request_stop(f"{name} received")
+            sup.request_stop(f"{name} received", status=128 + signum)
         else:
-            sup.request_stop(f"second signal, {name}", kill=True)
+            sup.request_stop(f"second signal, {name}", kill=True, status=128 + signum)
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
@@ -340,3 +396,83 @@ def _supervise(sup: Supervisor) -> int:
     except (BrokenPipeError, ValueError):
         pass
     return code
+
+
+# --------------------------------------------------------------------------- polytask run
+
+
+def _run_parser() -> _Parser:
+    p = _Parser(
+        prog="polytask run",
+        description="Run one command with the env files loaded, as 'foreman run' and "
+        "'honcho run' do; a Procfile type name runs its command with the PORT, PS and "
+        "HONCHO_PROCESS_NAME its first copy gets under 'up'. polytask replaces itself "
+        "with the command (exec): signals reach it directly and its exit status is "
+        "polytask run's.",
+    )
+    p.add_argument(
+        "-f", "--procfile", default="Procfile", help="the Procfile (default: ./Procfile)"
+    )
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="FILE",
+        help="env file(s) to load, comma-separated or repeated (default: ./.env if present)",
+    )
+    p.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        help=f"base PORT for a Procfile type (default: {DEFAULT_BASE_PORT})",
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
+    return p
+
+
+def main_run(argv: list[str]) -> int:
+    """``polytask run``: exec COMMAND with the env files loaded; returns only on error."""
+    return _run_guarded("polytask run", lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    command: list[str] = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise _BadInput("no command given (usage: polytask run [-e FILE] COMMAND [ARG...])")
+    env = dict(os.environ)
+    for path in _env_files(args.env):
+        try:
+            env.update(load_env_files([path], environ=env))
+        except OSError as exc:
+            raise _read_file_error("env file", path, exc) from None
+        except ProcfileError as exc:
+            raise _BadInput(exc.first_line()) from None
+    argv_out = command
+    if len(command) == 1 and Path(args.procfile).is_file():
+        # foreman's `run web`: a Procfile type runs its command as `up` runs its first copy.
+        text = Path(args.procfile).read_text(encoding="utf-8", errors="replace")
+        procfile, problems = scan_procfile(text, source=args.procfile)
+        if not problems and command[0] in procfile:
+            env_port = env.get("PORT", "")
+            base = args.port or (int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT)
+            try:
+                (inst,) = expand(procfile, {command[0]: 1}, [command[0]], base_port=base)
+            except ProcfileError as exc:
+                raise _BadInput(exc.first_line()) from None
+            env["PORT"] = str(inst.port)
+            env["PS"] = env["HONCHO_PROCESS_NAME"] = inst.name
+            assert isinstance(inst.command, str)
+            argv_out = ["/bin/sh", "-c", inst.command]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(argv_out[0], argv_out, env)
+    except FileNotFoundError:
+        print(f"polytask run: error: command not found: {argv_out[0]!r}", file=sys.stderr)
+        return 127  # as a shell says it
+    except OSError as exc:
+        print(f"polytask run: error: cannot run {argv_out[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 126

@@ -1,0 +1,1326 @@
+"""Channels: the queues between tasks, in one process or across processes.
+
+``Channel(backend="thread")`` is a deque under a condition variable.
+``Channel(backend="process")`` is a ring of frames in a shared-memory segment
+(see ``_ring.py`` for the frame protocol), with no feeder thread and no pipe::
+
+    producer process                shared memory segment               consumer process
+    ────────────────                ─────────────────────               ────────────────
+    put(item)                       ┌──────────────────────────┐
+     pickle (protocol 5) ──────────>│ P mutex   C mutex        │
+     big buffers out of band        │ data seq  space seq      │<──── get()
+     ├─ small: copy under P ───────>│ ring: [frame][frame]...  │───── small: copy out under C
+     └─ big: reserve under P,       │                          │      big: claim under C,
+        copy outside, commit ──────>│                          │───── copy outside, release
+     futex_wake(data seq) ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─> futex_wait(data seq)
+     futex_wait(space seq) <─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─  futex_wake(space seq)
+    frames bigger than half the ring: payload in a "spill" segment, named after the
+    channel and reused by its writer once read (see "spills" below)
+
+Producers share the P mutex and consumers the C mutex, so one producer and one
+consumer never wait for each other. Both mutexes are *robust*: a process killed
+while holding one leaves the next locker in charge of repairing the counters
+(:meth:`Ring.recount`). A process killed while copying a big frame leaves an
+unfinished frame with its pid; readers waiting at it check the pid and skip it.
+Every wait is a futex wait in slices, with the caller's timeout. After a slice
+with no news a waiter checks that the channel's owner (pid and start time, in
+the ring's header) still runs: its death closes the channel for everyone, as
+its dropping the channel without close() does. Inside a thread task the slices
+are 50 ms and each ends with a cancellation check.
+
+Speed (small items): a put is one pickle, one trylock, one struct call that
+writes the frame's header and payload, two stores that publish it, one unlock;
+a get the same backwards; no system call while nobody sleeps. The common case
+of Ring.push / Ring.pop is inlined in put and get (fewer Python calls), and the
+mutexes are called through ctypes without argument conversion. A short tuple's
+frame is one cache line. When it finds the ring empty past Ring.WRAP_EARLY, the
+writer wraps early (and skips the pad itself), so a channel that keeps up uses
+only the ring's first pages: no page faults, and frames that stay in the caches. A
+waiting side spins first (its peer is likely running on the other core), for a
+budget that adapts: reset to the maximum when the sleep that followed a failed
+spin was short, halved when it was long (a busy machine or an idle peer). A
+sleeper's registration is used up by the wake-up, so a busy peer pays one
+futex_wake per sleep, not one per item.
+
+Lock order: C before P (never take C while holding P).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+from .._core.channel import Channel, check_maxsize
+from .._core.errors import ChannelClosed, SerializationError
+from .._core.task import CANCEL_SLICE, cancellable_task
+from .._core.timeouts import deadline as _deadline
+from .._os import proc as _proc
+from . import ring as R
+from . import shm as _shm
+from .codec import ATOMS, MAIN_REF, dumps_buffers
+from .codec import dumps as _codec_dumps
+from .codec import loads as _codec_loads
+from .ring import (
+    ALIGN,
+    DATA_OFFSET,
+    FRAME_ROUND,
+    HEAD,
+    HEADER,
+    LOW32,
+    NCLAIM,
+    NRES,
+    PACKED,
+    PACKERS,
+    READ,
+    TAIL,
+    WAIT_DATA,
+    WAIT_SPACE,
+    make_packer,
+)
+from .shm import (
+    SHM_DIR,
+    AttachCache,
+    RobustMutex,
+    Segment,
+    _mutex_trylock,
+    _mutex_trylock_ref,
+    _mutex_unlock,
+    _mutex_unlock_ref,
+    futex_wait,
+    futex_wake,
+    mutex_ref,
+    pid_alive,
+    process_alive,
+    process_start,
+)
+from .spin import SPIN_MAX, after_sleep
+
+__all__ = ["ProcessChannel"]
+
+T = TypeVar("T")
+
+#: Default size of a process channel's ring (bytes); items bigger than half of it spill.
+DEFAULT_CAPACITY = 8 * 1024 * 1024
+
+# Item kinds stored in a frame header.
+K_PICKLE, K_OOB, K_BYTES, K_BYTEARRAY, K_MEMORYVIEW, K_SPILL = 0, 1, 2, 3, 4, 5
+
+_SMALL_PAYLOAD = R.SMALL - R.HEADER
+_SMALL_FRAME = R.SMALL
+# An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
+_REPICKLE_OVER = 256 * 1024
+_OOB_BYTES_MIN = 64 * 1024
+# Seconds between checks that the process we wait for is alive: a writer or
+# reader holding a frame, or (idle) the channel's owner, whose death closes it.
+_LIVENESS_SLICE = 0.1
+_IDLE_SLICE = 0.25
+
+_EBUSY = errno.EBUSY
+_WRAPPED = 2  # in put: Ring.push wrapped early (its other results: 1, 0, FULL, CLOSED)
+_pid = os.getpid()
+# The first header word of this process's small pickled frames (READY, kind 0, pid).
+_hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
+# The low half of that word (state READY, kind K_PICKLE, no buffers): get's fast path.
+_READY_PICKLE = R.READY | (K_PICKLE << 8)
+# The hot paths pickle plainly first, as _ipc.codec does, and check its rule
+# (MAIN_REF) inline; everything else goes through codec's functions.
+_pdumps = pickle.dumps
+_ploads = _codec_loads
+_futex_wake = futex_wake
+_monotonic = time.monotonic
+_yield = os.sched_yield
+
+
+def _after_fork() -> None:
+    global _pid, _hdr_pickle
+    _pid = os.getpid()
+    _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class _OOBBytes:
+    """Stands for a large bytes/bytearray inside a container, so it travels out of band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, _protocol: Any) -> Any:
+        return (type(self.data), (pickle.PickleBuffer(self.data),))
+
+
+def _lift_bytes(obj: Any, depth: int = 0) -> Any:
+    t = type(obj)
+    if (t is bytes or t is bytearray) and len(obj) >= _OOB_BYTES_MIN:
+        return _OOBBytes(obj)
+    if depth >= 4:
+        return obj
+    if t is tuple:
+        return tuple(_lift_bytes(x, depth + 1) for x in obj)
+    if t is list:
+        return [_lift_bytes(x, depth + 1) for x in obj]
+    if t is dict:
+        return {k: _lift_bytes(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def _dumps(item: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    try:
+        return dumps_buffers(item)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot send an item of type {type(item).__qualname__} through a process channel: "
+            f"it cannot be pickled ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+_NO_VIEWS: list[memoryview] = []
+# Types whose items were big (or are raw bytes): they are encoded with their large
+# buffers out of band. Others are first pickled plainly, a third cheaper than with
+# a buffer_callback; one that turns out big is encoded again, and its type noted.
+_BIG_TYPES: set[type] = {bytes, bytearray, memoryview}
+
+
+def _encode_any(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
+    """:func:`_encode`, with the cheap first try of ``put`` for small items."""
+    t = type(item)
+    if t not in _BIG_TYPES:
+        try:
+            payload = _pdumps(item, 5)
+        except Exception:
+            pass
+        else:
+            if len(payload) > _SMALL_PAYLOAD:
+                _BIG_TYPES.add(t)
+            elif t in ATOMS or MAIN_REF not in payload:  # codec's rule, as in put
+                return K_PICKLE, payload, _NO_VIEWS
+    return _encode(item)
+
+
+def _encode(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
+    """(kind, payload, out-of-band buffers) for one item."""
+    t = type(item)
+    if t is bytes:
+        return K_BYTES, item, []
+    if t is bytearray:
+        return K_BYTEARRAY, memoryview(item), []
+    if t is memoryview:
+        m: memoryview = item
+        if not m.c_contiguous:
+            m = memoryview(m.tobytes())
+        return K_MEMORYVIEW, m.cast("B") if m.format != "B" or m.ndim != 1 else m, []
+    payload, bufs = _dumps(item)
+    if not bufs and len(payload) > _REPICKLE_OVER and t in (tuple, list, dict):
+        lifted = _lift_bytes(item)
+        payload2, bufs2 = _dumps(lifted)
+        if bufs2:
+            payload, bufs = payload2, bufs2
+    if bufs:
+        return K_OOB, payload, _raw_views(bufs)
+    return K_PICKLE, payload, []
+
+
+def _raw_views(bufs: list[pickle.PickleBuffer]) -> list[memoryview]:
+    views = []
+    for b in bufs:
+        try:
+            views.append(b.raw())
+        except BufferError:  # not contiguous: send a contiguous copy
+            views.append(memoryview(bytes(memoryview(b))))
+    return views
+
+
+def _loads(data: Any, buffers: Any = None) -> Any:
+    try:
+        return _ploads(data, buffers=buffers)
+    except Exception as exc:
+        raise SerializationError(
+            f"an item received from a process channel could not be unpickled "
+            f"({type(exc).__name__}: {exc}); is its class importable in this process?"
+        ) from exc
+
+
+def _decode_small(kind: int, data: bytes) -> Any:
+    if kind == K_PICKLE:
+        return _loads(data)
+    if kind == K_BYTES:
+        return data
+    if kind == K_BYTEARRAY:
+        return bytearray(data)
+    if kind == K_MEMORYVIEW:
+        return memoryview(bytearray(data))
+    if kind == K_SPILL:
+        return _unspill(data)
+    raise SerializationError(f"unknown frame kind {kind} in a process channel")
+
+
+def _decode_views(kind: int, payload: memoryview, bufs: list[memoryview]) -> Any:
+    """Decode a frame whose bytes are still in shared memory: everything is copied out once."""
+    if kind == K_PICKLE:
+        return _loads(payload)
+    if kind == K_OOB:
+        return _loads(payload, [bytearray(b) for b in bufs])
+    if kind == K_BYTES:
+        return bytes(payload)
+    if kind == K_BYTEARRAY:
+        return bytearray(payload)
+    if kind == K_MEMORYVIEW:
+        return memoryview(bytearray(payload))
+    raise SerializationError(f"unknown frame kind {kind} in a process channel")
+
+
+_LOST: Any = object()  # an item whose writer died before it was handed over
+
+# --------------------------------------------------------------------------- spills
+#
+# An item too big for the ring travels in a segment of its own, a *spill*, named
+# after its channel: ``<channel name>-<writer pid>-<random>``. The ring carries
+# a small K_SPILL frame: (spill name, kind, payload length, buffer lengths,
+# pooled). A spill starts with a state word (FULL while it holds an unread
+# item, FREE once its reader copied it out), then the item's bytes.
+#
+# A writer keeps up to _POOL_SIZE spills per channel and reuses a FREE one for
+# its next big item, and a reader keeps its last few mappings: a stream of big
+# items maps (and has the kernel zero-fill) fresh memory only at the start. When
+# every pooled spill is busy, a one-off spill is made, which its reader removes.
+#
+# Who removes a spill's name:
+#   - its reader, for a one-off spill, right after mapping it;
+#   - its writer, for pooled spills that are FREE, when its handle of the
+#     channel is released and when it exits (an unread one is left in place for
+#     its reader, unless the channel itself is gone);
+#   - the channel's owner, when it releases the channel: every name with the
+#     channel's prefix;
+#   - the guardian: a writer's spills if the writer dies (guard_path), and every
+#     name with the channel's prefix if the owner dies (guard_prefix), so even a
+#     spill whose writer exited normally is removed when the owner is killed.
+
+_SPILL_HEADER = 64
+_SPILL_FREE, _SPILL_FULL = 0, 1
+_POOL_SIZE = 4
+_READER_CACHE = 4
+
+_pools: dict[str, list[Segment]] = {}  # channel name -> this process's pooled spills
+_rcache: dict[str, Segment] = {}  # spill name -> mapping (oldest first), for readers
+_handed_spills: set[str] = set()  # one-off spills written here and handed to a channel
+# Reentrant: a garbage collection inside a section under this lock may run a
+# channel's finalizer (_release_channel), which takes it again.
+_spills_lock = threading.RLock()
+_spill_hook = False
+
+
+def _spill_layout(payload_len: int, buf_lens: list[int]) -> tuple[int, list[int]]:
+    offs = []
+    end = _SPILL_HEADER + payload_len
+    for n in buf_lens:
+        end = (end + R.BUF_ALIGN - 1) & -R.BUF_ALIGN
+        offs.append(end)
+        end += n
+    return end, offs
+
+
+def _spill_state(seg: Segment) -> int:
+    return seg.buf[0]
+
+
+def _channel_of(spill_name: str) -> str:
+    return spill_name.rsplit("-", 2)[0]
+
+
+def _adopt(seg: Segment) -> None:
+    """Take a new spill out of the exit-time unlinking of owned segments (it stays guarded)."""
+    global _spill_hook
+    with _shm._owned_lock:
+        _shm._owned.pop(seg.path, None)
+    if not _spill_hook:
+        _proc.at_shutdown(_spills_at_exit)
+        _spill_hook = True
+
+
+def _spill(
+    channel: str, kind: int, payload: bytes | memoryview, bufs: list[memoryview]
+) -> tuple[bytes, Segment, bool]:
+    """Write an item into a spill; returns (frame payload, spill, pooled)."""
+    lens = [b.nbytes for b in bufs]
+    need, offs = _spill_layout(len(payload), lens)
+    seg: Segment | None = None
+    with _spills_lock:
+        pool = _pools.setdefault(channel, [])
+        for s in list(pool):
+            if s.size >= need and _spill_state(s) == _SPILL_FREE:
+                if not s.exists():  # removed by the channel's owner: the channel is gone
+                    pool.remove(s)
+                    s.owner = False
+                    s.close()
+                    continue
+                seg = s
+                break
+        pooled = True
+        if seg is None:
+            pooled = len(pool) < _POOL_SIZE
+            # Pooled spills are sized to a power of two so they fit later items
+            # too; the file is sparse, so pages never written cost nothing.
+            size = 1 << (need - 1).bit_length() if pooled else need
+            seg = Segment.create("spill", size, prefix=channel + "-")
+            _adopt(seg)
+            if pooled:
+                pool.append(seg)
+            else:
+                _handed_spills.add(seg.path)
+                if len(_handed_spills) > 256:  # forget those read (and removed) since
+                    for path in [p for p in _handed_spills if not os.path.exists(p)]:
+                        _handed_spills.discard(path)
+                        _proc.unguard_path(path)
+        seg.buf[0] = _SPILL_FULL
+    try:
+        mv = seg.buf
+        mv[_SPILL_HEADER : _SPILL_HEADER + len(payload)] = payload
+        for off, b in zip(offs, bufs, strict=True):
+            mv[off : off + b.nbytes] = b
+    except BaseException:
+        _spill_not_sent(seg, pooled)
+        raise
+    ref = _codec_dumps((seg.name, kind, len(payload), lens, pooled))
+    return ref, seg, pooled
+
+
+def _spill_sent(seg: Segment, pooled: bool) -> None:
+    """The frame naming ``seg`` is in the ring: a one-off spill now belongs to its reader."""
+    if not pooled:
+        seg.owner = False
+        seg.close()
+
+
+def _spill_not_sent(seg: Segment, pooled: bool) -> None:
+    """The put failed (timeout, closed channel): take the spill back."""
+    if pooled:
+        seg.buf[0] = _SPILL_FREE
+        return
+    with _spills_lock:
+        _handed_spills.discard(seg.path)
+    seg.unlink()
+    _proc.unguard_path(seg.path)
+    seg.close()
+
+
+def _unspill(ref: bytes) -> Any:
+    name, kind, plen, lens, pooled = _ploads(ref)
+    seg = None
+    if pooled:
+        # Out of the cache while in use, so no other thread closes it meanwhile.
+        with _spills_lock:
+            seg = _rcache.pop(name, None)
+    if seg is None:
+        try:
+            seg = Segment.attach(name)
+        except FileNotFoundError:
+            # Its writer died before handing it over (the guardian removed it): lost
+            # with the writer, like an unfinished frame.
+            return _LOST
+        if not pooled:
+            seg.unlink()
+    try:
+        _, offs = _spill_layout(plen, lens)
+        mv = seg.buf
+        payload = mv[_SPILL_HEADER : _SPILL_HEADER + plen]
+        views = [mv[o : o + n] for o, n in zip(offs, lens, strict=True)]
+        try:
+            return _decode_views(kind, payload, views)
+        finally:
+            payload.release()
+            for v in views:
+                v.release()
+    finally:
+        if pooled:
+            seg.buf[0] = _SPILL_FREE  # copied out: the writer may reuse it
+            with _spills_lock:
+                unused = [seg] if name in _rcache else []
+                if not unused:
+                    _rcache[name] = seg  # most recently used last
+                while len(_rcache) > _READER_CACHE:
+                    unused.append(_rcache.pop(next(iter(_rcache))))
+            for old in unused:
+                old.close()
+        else:
+            seg.close()
+
+
+def _drop_spills(channel: str, ring_gone: bool) -> None:
+    """This process is done with ``channel``: let go of its pooled spills and mappings."""
+    with _spills_lock:
+        pool = _pools.pop(channel, [])
+        cached = [n for n in _rcache if _channel_of(n) == channel]
+        mappings = [_rcache.pop(n) for n in cached]
+    for seg in pool:
+        # A FREE spill is ours to remove; a FULL one holds an unread item, left
+        # for its reader (or, once the channel is gone, removed too).
+        if ring_gone or _spill_state(seg) == _SPILL_FREE:
+            seg.unlink()
+        _proc.unguard_path(seg.path)
+        seg.owner = False
+        seg.close()
+    for seg in mappings:
+        seg.close()
+
+
+def _spills_at_exit() -> None:
+    with _spills_lock:
+        channels = list(_pools)
+        handed = list(_handed_spills)
+        _handed_spills.clear()
+    for channel in channels:
+        _drop_spills(channel, not os.path.exists(os.path.join(SHM_DIR, channel)))
+    for path in handed:
+        # Unread one-off spills belong to their channel from now on; if the
+        # channel is gone, nobody will read them.
+        if os.path.exists(path) and not os.path.exists(
+            os.path.join(SHM_DIR, _channel_of(os.path.basename(path)))
+        ):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        _proc.unguard_path(path)
+
+
+def _forget_spills_after_fork() -> None:
+    global _spills_lock, _spill_hook
+    # The parent's pools and mappings are the parent's to manage.
+    _pools.clear()
+    _rcache.clear()
+    _handed_spills.clear()
+    _spills_lock = threading.RLock()
+    _spill_hook = False
+
+
+os.register_at_fork(after_in_child=_forget_spills_after_fork)
+
+
+def _remove_channel_spills(channel: str) -> None:
+    """The owner releases ``channel``: remove every spill of it, read or not."""
+    start = channel + "-"
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(start):
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- process backend
+
+_attached = AttachCache()
+
+
+class ProcessChannel(Channel[T]):
+    """A channel whose items live in a shared-memory ring (see the module docstring)."""
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        backend: str = "process",
+        capacity: int | None = None,
+        _segment: Segment | None = None,
+    ):
+        self.backend = "process"
+        if _segment is None:
+            check_maxsize(maxsize)
+            cap = R.Ring.round_capacity(DEFAULT_CAPACITY if capacity is None else int(capacity))
+            seg = Segment.create("ch", R.Ring.buffer_size(cap))
+            try:
+                RobustMutex.initialize(seg.address + R.P_MUTEX_OFFSET)
+                RobustMutex.initialize(seg.address + R.C_MUTEX_OFFSET)
+                me = os.getpid()
+                ring = R.Ring.initialise(
+                    seg.buf, cap, maxsize, me, seg.mapping, owner_start=process_start(me)
+                )
+                # If this process is killed, the guardian removes the channel's
+                # spills too, even those whose writer exited normally.
+                _proc.guard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
+            except BaseException:
+                seg.close()
+                raise
+        else:
+            seg = _segment
+            ring = R.Ring(seg.buf, seg.mapping)
+        self._seg = seg
+        self._ring = ring
+        self.maxsize = ring.maxsize
+        base = seg.address
+        self._p_addr = base + R.P_MUTEX_OFFSET
+        self._c_addr = base + R.C_MUTEX_OFFSET
+        self._pm = RobustMutex(self._p_addr)
+        self._cm = RobustMutex(self._c_addr)
+        self._p_ref = mutex_ref(self._p_addr)
+        self._c_ref = mutex_ref(self._c_addr)
+        self._data_seq_addr = base + R.DATA_SEQ_OFFSET
+        self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
+        self._push = ring.push
+        self._pop = ring.pop
+        # The ring's fixed parts, for the inlined fast paths of put and get.
+        self._w, self._b, self._raw = ring.words, ring.view, ring.raw
+        self._mask, self._cap, self._wrap = ring.capacity - 1, ring.capacity, ring.wrap_at
+        # Where put's fast path must stop and ask Ring.push (_set_limit): the
+        # first of the next point where it may wrap early and the end of the
+        # room left by the readers, at this handle's last look (the tail and the
+        # head only grow, so a stale limit is only too cautious); and the
+        # readers' count of items, for maxsize (the same).
+        self._limit = 0
+        self._claimed_seen = 0
+        self._tail_seen = 0  # the same for get: the tail only grows
+        self._spin = SPIN_MAX
+        self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
+        if _segment is None:
+            _attached.put(seg.name, self)
+
+    @property
+    def name(self) -> str:
+        """The shared-memory segment's name (what a pickled channel carries)."""
+        return self._seg.name
+
+    def __reduce__(self) -> Any:
+        return (_attach_channel, (self._seg.name,))
+
+    # ------------------------------------------------------------------ locks and repair
+
+    def _lock_p(self, deadline: float | None, rc: int | None = None) -> None:
+        """Take the producer mutex (``rc``: the result of a trylock the caller already made)."""
+        if rc is None:
+            rc = _mutex_trylock(self._p_addr)
+        while rc != 0:
+            if not self._pm._acquire_slow(rc, deadline):
+                return
+            # The previous holder died inside: repair needs both locks, taken C first.
+            self._pm.release()
+            self._repair(deadline)
+            rc = _mutex_trylock(self._p_addr)
+
+    def _lock_c(self, deadline: float | None, rc: int | None = None) -> None:
+        """Take the consumer mutex (``rc``: the result of a trylock the caller already made)."""
+        if rc is None:
+            rc = _mutex_trylock(self._c_addr)
+        if rc != 0 and self._cm._acquire_slow(rc, deadline):
+            self._repair_holding_c(deadline)
+
+    def _repair(self, deadline: float | None) -> None:
+        self._lock_c(deadline)
+        try:
+            self._repair_holding_c(deadline)
+        finally:
+            _mutex_unlock(self._c_addr)
+
+    def _repair_holding_c(self, deadline: float | None) -> None:
+        if self._pm.acquire(deadline):
+            pass  # the dead producer's half-done work is what recount fixes
+        try:
+            self._ring.recount(pid_alive)
+            self._ring.bump_data()
+            self._ring.bump_space()
+        finally:
+            _mutex_unlock(self._p_addr)
+        futex_wake(self._data_seq_addr)
+        futex_wake(self._space_seq_addr)
+
+    # ------------------------------------------------------------------ put
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        # The common case (a small picklable item) is inlined, and so is the
+        # common case of Ring.push under the lock (kept in step with it: same
+        # words, same order of stores): at a million items a second every Python
+        # call and attribute lookup shows. Anything unusual goes to Ring.push.
+        t = type(item)
+        if t not in _BIG_TYPES:
+            try:
+                data = _pdumps(item, 5)
+            except Exception:
+                pass  # _put_other says why (or cloudpickles it)
+            else:
+                n = len(data)
+                # codec's rule, inlined: a pickle naming __main__ goes by value.
+                if n <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
+                    m = self._p_ref
+                    rc = _mutex_trylock_ref(m)
+                    if rc:
+                        self._lock_p(_deadline(timeout), rc)
+                    try:
+                        w = self._w
+                        size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
+                        pos = w[TAIL]
+                        if (
+                            pos + size > self._limit
+                            or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
+                            or n >= PACKED
+                            or (self.maxsize and w[NRES] - self._claimed_seen >= self.maxsize)
+                        ):
+                            # Wrapping, perhaps full, readers asleep, longer or
+                            # closed: the whole story.
+                            rc = self._push(data, _hdr_pickle)
+                            self._set_limit()
+                            if self._ring.wrapped and not rc:
+                                rc = _WRAPPED  # _put_done skips the pad
+                        else:
+                            (PACKERS[n] or make_packer(n))(
+                                self._b,
+                                DATA_OFFSET + (pos & self._mask),
+                                _hdr_pickle,
+                                size | (n << 32),
+                                data,
+                            )
+                            w[NRES] += 1
+                            w[TAIL] = pos + size  # publishes the frame
+                            rc = 0  # no reader sleeps: WAIT_DATA was 0, under our lock
+                    finally:
+                        _mutex_unlock_ref(m)
+                    if rc:
+                        self._put_done(rc, data, timeout)
+                    return
+                if n > _SMALL_PAYLOAD:
+                    _BIG_TYPES.add(t)  # big: its buffers go out of band
+        self._put_other(item, timeout)
+
+    def _put_done(self, rc: int, data: bytes, timeout: float | None) -> None:
+        """The rest of a put whose Ring.push said more than "done" (P lock released)."""
+        if rc == 1:
+            _futex_wake(self._data_seq_addr)
+        elif rc < 0:
+            self._put_small_wait(K_PICKLE, data, timeout, rc)
+        if self._ring.wrapped:
+            self._skip_pads()
+
+    def _skip_pads(self) -> None:
+        """After this handle wrapped early: skip the pad for the readers, if none is busy."""
+        self._ring.wrapped = False
+        rc = _mutex_trylock(self._c_addr)
+        if rc == _EBUSY:
+            return  # a busy reader skips it itself, soon
+        if rc:
+            self._lock_c(None, rc)  # a reader died holding it: repair first
+        try:
+            self._ring.skip_pads()
+        finally:
+            _mutex_unlock(self._c_addr)
+
+    def _set_limit(self) -> None:
+        """A fresh look at the ring for put's fast path (P lock)."""
+        w = self._w
+        tail = w[TAIL]
+        off = tail & self._mask
+        if off < self._wrap:
+            limit = tail - off + self._wrap  # Ring.push decides whether to wrap early
+        else:
+            # Past that point with the readers behind: Ring.push looks again for
+            # an empty ring every 1/64 of it (and at the end of the ring).
+            limit = min(tail + (self._wrap >> 6), tail - off + self._cap)
+        self._limit = min(limit, w[HEAD] + self._cap)  # the room the readers left
+        self._claimed_seen = w[NCLAIM]
+
+    def _put_other(self, item: T, timeout: float | None) -> None:
+        """put() of an item that is big, raw bytes, or not picklable by pickle."""
+        kind, payload, views = _encode(item)
+        if views or len(payload) > _SMALL_PAYLOAD:
+            self._put_big(kind, payload, views, timeout)
+            return
+        self._lock_p(_deadline(timeout))
+        try:
+            rc = self._ring.put_small(payload, kind, _pid)
+        finally:
+            _mutex_unlock(self._p_addr)
+        if rc > 0:
+            futex_wake(self._data_seq_addr)
+        elif rc < 0:
+            self._put_small_wait(kind, payload, timeout, rc)
+        if self._ring.wrapped:
+            self._skip_pads()
+
+    def _put_small_wait(
+        self, kind: int, payload: bytes | memoryview, timeout: float | None, rc: int
+    ) -> None:
+        ring = self._ring
+        deadline = _deadline(timeout)
+        size = R.Ring.frame_size(len(payload))
+        while True:
+            if rc == R.CLOSED:
+                raise self._closed_error("put()")
+            if rc == R.TOO_BIG:
+                # Over half of a small ring: it could wait for room forever (see
+                # Ring._make_room), so it travels in a spill like a big item.
+                self._put_big(kind, payload, [], _left(deadline))
+                return
+            self._wait_space(size, deadline)
+            self._lock_p(deadline)
+            try:
+                rc = ring.put_small(payload, kind, _pid)
+            finally:
+                _mutex_unlock(self._p_addr)
+            if rc >= 0:
+                if rc:
+                    futex_wake(self._data_seq_addr)
+                if ring.wrapped:
+                    self._skip_pads()
+                return
+
+    def _put_big(
+        self, kind: int, payload: bytes | memoryview, bufs: list[memoryview], timeout: float | None
+    ) -> None:
+        ring = self._ring
+        deadline = _deadline(timeout)
+        lens = [b.nbytes for b in bufs]
+        spill_seg: Segment | None = None
+        pooled = False
+        if not ring.fits(R.Ring.frame_size(len(payload), lens)):
+            ref, spill_seg, pooled = _spill(self._seg.name, kind, payload, bufs)
+            kind, payload, bufs, lens = K_SPILL, ref, [], []
+        try:
+            size = R.Ring.frame_size(len(payload), lens)
+            while True:
+                self._lock_p(deadline)
+                try:
+                    pos = ring.reserve(len(payload), lens, kind, _pid)
+                finally:
+                    _mutex_unlock(self._p_addr)
+                if pos >= 0:
+                    break
+                if pos == R.CLOSED:
+                    raise self._closed_error("put()")
+                self._wait_space(size, deadline)
+            if ring.wrapped:
+                self._skip_pads()
+            # Copy outside the lock: other producers and consumers go on meanwhile.
+            pv = ring.payload_view(pos)
+            views = ring.buffer_views(pos)
+            try:
+                pv[:] = payload
+                for v, b in zip(views, bufs, strict=True):
+                    v[:] = b
+            finally:
+                pv.release()
+                for v in views:
+                    v.release()
+            self._lock_p(None)
+            try:
+                ring.commit(pos)
+                wake = ring.bump_data()
+            finally:
+                _mutex_unlock(self._p_addr)
+            if wake:
+                futex_wake(self._data_seq_addr)
+        except BaseException:
+            if spill_seg is not None:
+                _spill_not_sent(spill_seg, pooled)
+            raise
+        if spill_seg is not None:
+            _spill_sent(spill_seg, pooled)
+
+    def _spin_until(self, ready: Callable[[], bool]) -> bool:
+        """Spin up to this handle's budget for ``ready()`` (the peer is likely running)."""
+        end = _monotonic() + self._spin
+        while _monotonic() < end:
+            if ready():
+                return True
+            _yield()
+        return False
+
+    def _sleep(self, addr: int, seq: int, timeout: float) -> None:
+        """futex_wait, and adapt the spin budget: had the wake-up come within
+        SPIN_MAX, spinning would have caught it (the peer runs, spin again);
+        a longer sleep means the peer is idle or descheduled (spin less)."""
+        t0 = _monotonic()
+        futex_wait(addr, seq, timeout)
+        self._spin = after_sleep(self._spin, _monotonic() - t0)
+
+    def _wait_space(self, size: int, deadline: float | None) -> None:
+        """Sleep until a reader frees room (or the deadline passes: queue.Full)."""
+        ring = self._ring
+        cap = ring.capacity
+        maxsize = ring.maxsize
+
+        def room() -> bool:
+            if ring.closed:
+                return True
+            if maxsize and ring.items() >= maxsize:
+                return False
+            return ring.used() + 2 * size <= cap or ring.used() == 0
+
+        if deadline is not None and time.monotonic() >= deadline:
+            raise queue.Full
+        task = cancellable_task()
+        if task is not None:
+            task.raise_if_cancelled()
+        if self._spin and self._spin_until(room):
+            return
+        self._lock_c(deadline)
+        try:
+            seq = ring.writer_sleeps()
+            stuck = ring.reader_at_head()
+        finally:
+            _mutex_unlock(self._c_addr)
+        try:
+            if room():
+                return
+            slice_ = _LIVENESS_SLICE if stuck is not None else _IDLE_SLICE
+            if task is not None:
+                slice_ = CANCEL_SLICE
+            left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
+            if left > 0:
+                self._sleep(self._space_seq_addr, seq, left)
+        finally:
+            if ring.space_seq == seq:  # else a reader used our registration up
+                self._lock_c(None)
+                try:
+                    ring.writer_woke(seq)
+                finally:
+                    _mutex_unlock(self._c_addr)
+        if ring.space_seq == seq:  # a slice with no news: is anyone we wait for dead?
+            if stuck is not None and not pid_alive(stuck[1]):
+                self._free_dead_reader(*stuck)
+            else:
+                self._check_owner(deadline)
+        if task is not None:
+            task.raise_if_cancelled()
+
+    def _check_owner(self, deadline: float | None) -> None:
+        """Close the channel for everyone if the process that created it is gone.
+
+        Nothing else would: a process attached by name and waiting in get()
+        would wait for good. Called by waiters after a slice with no news, so a
+        dead owner is noticed within _IDLE_SLICE. The owner's pid and start time
+        are in the ring's header: a pid reused since does not pass for it.
+        """
+        ring = self._ring
+        owner = ring.owner
+        if owner == _pid or ring.closed or process_alive(owner, ring.owner_start):
+            return
+        _close_ring(self._seg, ring, R.OWNER_DIED, deadline)
+
+    def _closed_error(self, call: str) -> ChannelClosed:
+        """The ChannelClosed for ``call`` (``"put()"``...), saying who closed the channel."""
+        ring = self._ring
+        text = (
+            "get() on a closed and drained channel"
+            if call == "get()"
+            else f"{call} on a closed channel"
+        )
+        reason = ring.close_reason
+        if reason == R.OWNER_DIED:
+            text += f": the process that created it (pid {ring.owner}) died"
+        elif reason == R.OWNER_RELEASED:
+            text += (
+                f": the process that created it (pid {ring.owner}) dropped its last handle "
+                "without close()"
+            )
+        return ChannelClosed(text)
+
+    def _free_dead_reader(self, pos: int, pid: int) -> None:
+        self._lock_c(None)
+        try:
+            if self._ring.reader_at_head() == (pos, pid):
+                self._ring.release(pos)
+                self._ring.bump_space()
+        finally:
+            _mutex_unlock(self._c_addr)
+        futex_wake(self._space_seq_addr)
+
+    # ------------------------------------------------------------------ get
+
+    def get(self, timeout: float | None = None) -> T:
+        # One item at a time, never more: a reader that took items ahead of its
+        # caller could hold back another reader's items (or the sentinel that
+        # would end another reader's loop). get_many() is the batched form.
+        # The common case of Ring.pop is inlined, as in put (kept in step with
+        # it); anything else (a big frame, a pad, a writer to wake) goes to it.
+        m = self._c_ref
+        rc = _mutex_trylock_ref(m)
+        if rc:
+            self._lock_c(_deadline(timeout), rc)
+        try:
+            w = self._w
+            read = w[READ]
+            if read >= self._tail_seen:
+                # Frames before a tail seen once stay published: while the reader
+                # is behind, it leaves the writers' cache line alone.
+                self._tail_seen = w[TAIL]
+            if read != self._tail_seen:
+                start = DATA_OFFSET + (read & self._mask)
+                i = start >> 3  # the frame's header words: w0 at i, w1 (size | length) at i + 1
+                sz = w[i + 1]
+                size = sz & LOW32
+                # READY, kind 0, no buffers; small; no writer asleep; nothing claimed before it
+                if (
+                    w[i] & LOW32 == _READY_PICKLE
+                    and size <= _SMALL_FRAME
+                    and not w[WAIT_SPACE]
+                    and w[HEAD] == read
+                ):
+                    start += HEADER
+                    r: bytes | tuple[int, bytes, int] | int = self._raw[start : start + (sz >> 32)]
+                    w[READ] = w[HEAD] = read + size  # READ first, then HEAD
+                    w[NCLAIM] += 1
+                else:
+                    r = self._pop(_pid)
+            else:
+                r = self._pop(_pid)
+        finally:
+            _mutex_unlock_ref(m)
+        if type(r) is bytes:
+            try:
+                return _ploads(r)  # type: ignore[no-any-return]
+            except Exception:
+                return _loads(r)  # type: ignore[no-any-return]  # raises SerializationError
+        return self._get_other(cast("tuple[int, bytes, int] | int", r), timeout)
+
+    def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
+        """get() after :meth:`Ring.pop` gave something other than a small pickle."""
+        if type(r) is tuple:
+            if r[2]:
+                futex_wake(self._space_seq_addr)
+            item = _decode_small(r[0], r[1])
+            if item is not _LOST:
+                return cast(T, item)
+        return self._get_slow(r, timeout)
+
+    def _get_slow(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
+        ring = self._ring
+        deadline = _deadline(timeout)
+        while True:
+            if type(r) is tuple:
+                item = _LOST  # the fast path decoded it already: a lost spill
+            else:
+                pos = cast(int, r)
+                if pos < 0:
+                    if pos == R.EMPTY and ring.closed:
+                        # close() holds the P lock, so every frame reserved before it
+                        # is behind the tail already: nothing more can come.
+                        self._seg.unlink()
+                        raise self._closed_error("get()")
+                    self._wait_data(pos == R.BLOCKED, deadline)
+                    item = _LOST
+                else:
+                    item = self._read_big(pos)
+            if item is not _LOST:
+                return cast(T, item)
+            self._lock_c(deadline)
+            try:
+                r = ring.take(_pid)
+            finally:
+                _mutex_unlock(self._c_addr)
+            if type(r) is tuple:
+                if r[2]:
+                    futex_wake(self._space_seq_addr)
+                item = _decode_small(r[0], r[1])
+                if item is not _LOST:
+                    return cast(T, item)
+
+    def _read_big(self, pos: int) -> Any:
+        ring = self._ring
+        kind = ring.header(pos)[1]
+        pv = ring.payload_view(pos)
+        views = ring.buffer_views(pos)
+        try:
+            if kind == K_SPILL:
+                ref = bytes(pv)
+            else:
+                return _decode_views(kind, pv, views)
+        finally:
+            pv.release()
+            for v in views:
+                v.release()
+            self._lock_c(None)
+            try:
+                ring.release(pos)
+                wake = ring.bump_space()
+            finally:
+                _mutex_unlock(self._c_addr)
+            if wake:
+                futex_wake(self._space_seq_addr)
+        return _unspill(ref)
+
+    def _wait_data(self, blocked: bool, deadline: float | None) -> None:
+        """Sleep until a writer publishes a frame (or the deadline passes: queue.Empty)."""
+        ring = self._ring
+        if deadline is not None and time.monotonic() >= deadline:
+            raise queue.Empty
+        task = cancellable_task()
+        if task is not None:
+            task.raise_if_cancelled()
+        if self._spin and not blocked and self._spin_until(ring.not_empty_for_reader):
+            return
+        self._lock_p(deadline)
+        try:
+            seq = ring.reader_sleeps()
+        finally:
+            _mutex_unlock(self._p_addr)
+        writer = None
+        try:
+            if blocked:
+                self._lock_c(None)
+                try:
+                    writer = ring.writer_at_read()
+                finally:
+                    _mutex_unlock(self._c_addr)
+            if not blocked and (not ring.empty_for_reader() or ring.closed):
+                return
+            if blocked and writer is None:
+                return  # it was finished meanwhile
+            slice_ = _LIVENESS_SLICE if writer is not None else _IDLE_SLICE
+            if task is not None:
+                slice_ = CANCEL_SLICE
+            left = slice_ if deadline is None else min(slice_, deadline - time.monotonic())
+            if left > 0:
+                self._sleep(self._data_seq_addr, seq, left)
+        finally:
+            if ring.data_seq == seq:  # else a writer used our registration up
+                self._lock_p(None)
+                try:
+                    ring.reader_woke(seq)
+                finally:
+                    _mutex_unlock(self._p_addr)
+        if ring.data_seq == seq:  # a slice with no news: is anyone we wait for dead?
+            if writer is not None and not pid_alive(writer[1]):
+                self._lock_c(None)
+                try:
+                    ring.abandon_writer(*writer)
+                    wake = ring.bump_space()
+                finally:
+                    _mutex_unlock(self._c_addr)
+                if wake:
+                    futex_wake(self._space_seq_addr)
+            else:
+                self._check_owner(deadline)
+        if task is not None:
+            task.raise_if_cancelled()
+
+    # ------------------------------------------------------------------ many at once
+
+    def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
+        deadline = _deadline(timeout)
+        ring = self._ring
+        pending: deque[tuple[int, bytes | memoryview]] = deque()
+        append = pending.append
+        for item in items:
+            t = type(item)
+            if t not in _BIG_TYPES:  # the common case of _encode_any, inlined
+                try:
+                    data = _pdumps(item, 5)
+                except Exception:
+                    pass
+                else:
+                    if len(data) <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
+                        append((K_PICKLE, data))
+                        continue
+            kind, payload, bufs = _encode_any(item)
+            if bufs or len(payload) > _SMALL_PAYLOAD:
+                self._flush_small(pending, deadline)
+                self._put_big(kind, payload, bufs, _left(deadline))
+            else:
+                pending.append((kind, payload))
+        self._flush_small(pending, deadline)
+        del ring
+
+    def _flush_small(
+        self, pending: deque[tuple[int, bytes | memoryview]], deadline: float | None
+    ) -> None:
+        ring = self._ring
+        while pending:
+            self._lock_p(deadline)
+            wake = 0
+            try:
+                push = ring.push
+                hdr = _hdr_pickle
+                while pending:
+                    kind, payload = pending[0]
+                    if kind == K_PICKLE:
+                        rc = push(payload, hdr)  # type: ignore[arg-type]  # pickles are bytes
+                    else:
+                        rc = ring.put_small(payload, kind, _pid)
+                    if rc < 0:
+                        break
+                    wake |= rc
+                    pending.popleft()
+            finally:
+                _mutex_unlock(self._p_addr)
+            if wake:
+                futex_wake(self._data_seq_addr)
+            if ring.wrapped:
+                self._skip_pads()
+            if pending:
+                if rc == R.CLOSED:
+                    raise self._closed_error("put_many()")
+                if rc == R.TOO_BIG:  # see _put_small_wait
+                    kind, payload = pending.popleft()
+                    self._put_big(kind, payload, [], _left(deadline))
+                    continue
+                self._wait_space(R.Ring.frame_size(len(pending[0][1])), deadline)
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        out = [self.get(timeout)]
+        if max_items == 1:
+            return out
+        ring = self._ring
+        self._lock_c(None)
+        try:
+            frames = ring.take_many(max_items - 1)
+            wake = ring.wake_writers() if frames else 0
+        finally:
+            _mutex_unlock(self._c_addr)
+        if wake:
+            futex_wake(self._space_seq_addr)
+        append = out.append
+        for k, d in frames:
+            if k == K_PICKLE:
+                try:
+                    append(_ploads(d))
+                    continue
+                except Exception:
+                    pass  # _decode_small raises the SerializationError
+            item = _decode_small(k, d)
+            if item is not _LOST:
+                append(cast(T, item))
+        return out
+
+    # ------------------------------------------------------------------ the rest
+
+    def close(self) -> None:
+        _close_ring(self._seg, self._ring, R.BY_CLOSE, None)
+
+    @property
+    def closed(self) -> bool:
+        return self._seg.closed or self._ring.closed
+
+    def __len__(self) -> int:
+        return 0 if self._seg.closed else self._ring.items()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _close_ring(seg: Segment, ring: R.Ring, reason: int, deadline: float | None) -> bool:
+    """Close ``ring`` for ``reason`` under both locks (C, then P) and wake every waiter.
+
+    Repairs the counters first if a process died holding a lock. Returns False
+    if the locks could not be had by ``deadline``. Holding the P lock means
+    every frame reserved before is behind the tail: readers that find the ring
+    closed and empty know nothing more can come.
+    """
+    if seg.closed:
+        return True
+    cm = RobustMutex(seg.address + R.C_MUTEX_OFFSET)
+    pm = RobustMutex(seg.address + R.P_MUTEX_OFFSET)
+    try:
+        repair = cm.acquire(deadline)
+    except TimeoutError:
+        return False
+    try:
+        try:
+            repair = pm.acquire(deadline) or repair
+        except TimeoutError:
+            return False
+        try:
+            if repair:  # a process died inside: make the counters right first
+                ring.recount(pid_alive)
+            ring.close(reason)
+            ring.bump_data()
+            ring.bump_space()
+            empty = ring.items() == 0
+        finally:
+            pm.release()
+    finally:
+        cm.release()
+    futex_wake(seg.address + R.DATA_SEQ_OFFSET)
+    futex_wake(seg.address + R.SPACE_SEQ_OFFSET)
+    if empty:
+        # Nothing left to read: a process that attaches later finds no name
+        # and sees a closed, empty channel, which it is.
+        seg.unlink()
+    return True
+
+
+def _release_channel(seg: Segment, ring: R.Ring) -> None:
+    # The last handle in this process is gone. The owner closes the channel
+    # (blocked readers and writers elsewhere get ChannelClosed), then removes
+    # the name and every spill of it: the channel is over for everyone. Others
+    # let go of their own spills.
+
+    if seg.closed:
+        return
+    owner = seg.owned
+    if owner and not ring.closed:
+        # A bounded wait: this runs in a finalizer, maybe at exit; if another
+        # process holds a lock that long, its waiters find the owner gone later.
+        try:
+            _close_ring(seg, ring, R.OWNER_RELEASED, time.monotonic() + 1.0)
+        except Exception:  # best effort (a corrupt ring): the segment goes all the same
+            pass
+    _drop_spills(seg.name, owner or not seg.exists())
+    if owner:
+        _remove_channel_spills(seg.name)
+        _proc.unguard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
+    ring.detach()
+    seg.close()
+
+
+class _GoneChannel(Channel[Any]):
+    """What a process channel unpickles to once its segment was removed: closed and empty."""
+
+    def __init__(self, name: str) -> None:
+        self.backend = "process"
+        self.maxsize = 0
+        self._name = name
+
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        raise ChannelClosed(f"put() on a closed channel (its shared memory {self._name} is gone)")
+
+    def get(self, timeout: float | None = None) -> Any:
+        raise ChannelClosed("get() on a closed and drained channel")
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 0
+
+    def __reduce__(self) -> Any:
+        return (_attach_channel, (self._name,))
+
+
+def _attach_channel(name: str) -> Channel[Any]:
+    ch = _attached.get(name)
+    if ch is not None:
+        return cast("Channel[Any]", ch)
+    try:
+        seg = Segment.attach(name)
+    except FileNotFoundError:
+        return _GoneChannel(name)
+    try:
+        new: ProcessChannel[Any] = object.__new__(ProcessChannel)
+        new.__init__(_segment=seg)  # type: ignore[misc]
+    except BaseException:
+        seg.close()
+        raise
+    kept = _attached.put(name, new)
+    return cast("Channel[Any]", kept)

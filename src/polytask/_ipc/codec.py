@@ -1,0 +1,236 @@
+"""Pickling of functions, arguments, results and exceptions across processes.
+
+The fast path is the C pickler (protocol 5). cloudpickle is used only where it
+is needed: lambdas, closures, and anything defined in ``__main__`` (the worker
+has a different ``__main__``, so such objects must travel by value). Whatever
+fails to pickle is reported as :class:`SerializationError` naming the culprit.
+
+This is the one place that rule lives: tasks, process channels and FIFOs all
+pickle through it. A hot path that pickles by itself (a channel's put) keeps to
+it with :func:`by_reference`: a plain pickle that passes it is what
+:func:`dumps` would have returned.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .._core.backend import fn_name
+from .._core.errors import RemoteError, RemoteTraceback, SerializationError
+
+__all__ = [
+    "ATOMS",
+    "MAIN_REF",
+    "PROTOCOL",
+    "by_reference",
+    "describe",
+    "dumps",
+    "dumps_buffers",
+    "dumps_call",
+    "dumps_exception",
+    "loads",
+    "loads_exception",
+]
+
+PROTOCOL = 5
+#: A plain pickle holding these bytes names something in ``__main__`` (see
+#: :func:`by_reference`; a string that merely contains them costs a needless
+#: cloudpickle, never a wrong result).
+MAIN_REF = b"__main__"
+_MAIN = MAIN_REF
+#: Types whose plain pickle never refers to a module: a hot path may skip the
+#: :func:`by_reference` check for them.
+ATOMS: frozenset[type] = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    import cloudpickle
+
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
+
+
+def by_reference(data: bytes) -> bool:
+    """Whether a plain pickle ``data`` may go to another process as it is: it names
+    nothing in ``__main__``, which is another module there. Otherwise :func:`dumps`
+    sends the object by value (cloudpickle)."""
+    return _MAIN not in data
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for another process; raises the pickler's own error on failure."""
+    try:
+        data = pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return _cloudpickle_dumps(obj)
+    if _MAIN in data:
+        return _cloudpickle_dumps(obj)
+    return data
+
+
+def dumps_buffers(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """:func:`dumps` with large buffers out of band (PEP 574): ``(pickle, buffers)``,
+    for :func:`loads` ``(pickle, buffers=...)``. Raises the pickler's own error."""
+    bufs: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=bufs.append)
+    except Exception:
+        pass
+    else:
+        if _MAIN not in data:
+            return data, bufs
+    import cloudpickle
+
+    bufs = []
+    data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=bufs.append)
+    return data, bufs
+
+
+# Functions pickled by reference, by the function object: a module-level function
+# pickles to the same bytes every time, so a hot loop of spawn() pickles it once.
+_BY_REF: dict[Any, bytes] = {}
+_BY_REF_MAX = 512
+
+
+def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
+    """Pickle a function; the flag says it went by reference (safe to cache by bytes)."""
+    try:
+        cached = _BY_REF.get(fn)
+    except TypeError:  # an unhashable callable object
+        cached = None
+    if cached is not None:
+        return cached, True
+    data, by_ref = _dumps_fn(fn)
+    # Only a plain function is the same thing every time it is unpickled: a bound
+    # method, a partial or a callable object carries state, which a worker must not
+    # cache across calls.
+    by_ref = by_ref and _is_plain_function(fn)
+    if by_ref:
+        if len(_BY_REF) >= _BY_REF_MAX:
+            _BY_REF.clear()
+        _BY_REF[fn] = data
+    return data, by_ref
+
+
+def _is_plain_function(fn: Any) -> bool:
+    # Only functions and builtins: their pickle is their qualified name, which cannot
+    # change. A callable instance pickles its state, which may.
+    import types
+
+    return isinstance(fn, (types.FunctionType, types.BuiltinFunctionType))
+
+
+def _dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
+    try:
+        data = pickle.dumps(fn, protocol=PROTOCOL)
+    except Exception:
+        return _cloudpickle_dumps(fn), False
+    if _MAIN in data:
+        return _cloudpickle_dumps(fn), False
+    return data, True
+
+
+loads = pickle.loads
+
+
+def describe(obj: Any) -> str:
+    """A short description of an object for error messages: its type and a clipped repr."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = "<unrepresentable>"
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
+
+
+def dumps_call(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], name: str = ""
+) -> tuple[bytes, bool, bytes]:
+    """Pickle a call for a worker: ``(fn bytes, fn by reference?, payload)``.
+
+    The payload is ``(name, args, kwargs)``.
+
+    Raises :class:`SerializationError` naming the function or the argument that
+    could not be pickled, and why.
+    """
+    try:
+        fn_bytes, by_ref = dumps_fn(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"the function {fn_name(fn)!r} cannot be pickled for the process backend: "
+            f"{type(exc).__name__}: {exc}. Define it at module level, or use backend='thread'."
+        ) from exc
+    try:
+        payload = dumps((name, tuple(args), dict(kwargs)))
+    except Exception as exc:
+        raise _argument_error(fn, args, kwargs, exc) from exc
+    return fn_bytes, by_ref, payload
+
+
+def _argument_error(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
+) -> SerializationError:
+    culprit = "an argument"
+    for i, arg in enumerate(args):
+        try:
+            dumps(arg)
+        except Exception as e:
+            culprit, exc = f"argument {i + 1} ({describe(arg)})", e
+            break
+    else:
+        for key, arg in kwargs.items():
+            try:
+                dumps(arg)
+            except Exception as e:
+                culprit, exc = f"keyword argument {key!r} ({describe(arg)})", e
+                break
+    return SerializationError(
+        f"{culprit} of {fn_name(fn)!r} cannot be pickled to send to a worker process: "
+        f"{type(exc).__name__}: {exc}. Pass a picklable value (or create the object inside "
+        "the task), or use backend='thread'."
+    )
+
+
+def dumps_exception(exc: BaseException) -> tuple[bool, bytes]:
+    """Pickle an exception raised by a task, with its formatted traceback.
+
+    Returns ``(True, pickle of (exc, tb))`` when the exception survives a round
+    trip, else ``(False, pickle of (type name, repr, tb, why))`` so the parent
+    can raise a :class:`RemoteError` carrying the same facts.
+    """
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        data = dumps((exc, tb))
+        pickle.loads(data)  # an exception that pickles may still fail to unpickle
+        return True, data
+    except Exception as why:
+        try:
+            text = repr(exc)
+        except Exception:
+            text = f"<{type(exc).__name__} with an unrepresentable value>"
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        return False, pickle.dumps((name, text, tb, f"{type(why).__name__}: {why}"), PROTOCOL)
+
+
+def loads_exception(ok: bool, data: bytes) -> BaseException:
+    """Rebuild what :func:`dumps_exception` made, with the remote traceback as ``__cause__``."""
+    if ok:
+        try:
+            exc, tb = pickle.loads(data)
+        except Exception as why:  # pragma: no cover - checked in the worker already
+            return RemoteError(f"a task's exception could not be unpickled: {why!r}")
+        exc.__cause__ = RemoteTraceback(tb)
+        return exc  # type: ignore[no-any-return]
+    name, text, tb, reason = pickle.loads(data)
+    err = RemoteError(
+        f"the task raised {text} ({name}), which could not be sent back from the worker "
+        f"process ({reason}); its traceback is attached",
+        type_name=name,
+        traceback_text=tb,
+    )
+    err.__cause__ = RemoteTraceback(tb)
+    return err

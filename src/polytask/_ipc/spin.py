@@ -1,0 +1,74 @@
+"""Spin before sleeping: the policy the channels and the process backend share.
+
+Waking a sleeping process costs 5 to 30 us (more on a virtual machine whose
+idle CPU must be woken too), longer than a small item or a tiny task takes to
+come back. So a side that waits polls first, for a budget that adapts: back to
+``SPIN_MAX`` when the sleep that followed a failed spin was short (a little
+more spinning would have caught it: the peer runs), halved down to
+``SPIN_MIN`` when it was long (the peer is idle or the machine busy, and
+spinning only burns a core). With one usable core, never: the spinner would
+only delay its own peer.
+
+Whether to spin at all is measured, not guessed (:class:`SpinChoice`): on a
+machine whose cores are taken by other processes, a spinner keeps its own
+peer off the core it needs, and a round trip that takes 10 us with both ends
+asleep took 200 us with both ends spinning. So the waits are timed in epochs,
+each epoch spinning or not, and the cheaper way wins, the other being tried
+again now and then (the machine's load changes).
+"""
+
+from __future__ import annotations
+
+from .._os.proc import usable_cpus
+
+__all__ = ["SPIN_MAX", "SPIN_MIN", "SpinChoice", "after_sleep"]
+
+SPIN_MAX = 100e-6 if usable_cpus() > 1 else 0.0
+SPIN_MIN = 2e-6 if SPIN_MAX else 0.0
+
+
+def after_sleep(budget: float, slept: float) -> float:
+    """The next spin budget, after a spin that failed and a sleep of ``slept`` seconds."""
+    return SPIN_MAX if slept < SPIN_MAX else max(SPIN_MIN, budget / 2)
+
+
+class SpinChoice:
+    """Whether spinning pays here now, decided by timing the waits both ways.
+
+    ``spin`` is the current way; :meth:`record` takes each wait's seconds. Every
+    ``EPOCH`` waits, the epoch's median is kept as that way's cost and the
+    cheaper way is chosen for the next epoch; spinning must win clearly (it
+    burns a core while it waits), and every ``EXPLORE``-th epoch runs the other
+    way to keep its cost current. A lost epoch costs at most ``EPOCH`` waits.
+    """
+
+    EPOCH = 32
+    EXPLORE = 16
+
+    __slots__ = ("_block_cost", "_epochs", "_samples", "_spin_cost", "spin")
+
+    def __init__(self) -> None:
+        self.spin = bool(SPIN_MAX)
+        self._samples: list[float] = []
+        self._spin_cost: float | None = None
+        self._block_cost: float | None = None
+        self._epochs = 0
+
+    def record(self, seconds: float) -> None:
+        """One wait of ``seconds``, made the current way."""
+        samples = self._samples
+        samples.append(seconds)
+        if len(samples) < self.EPOCH:
+            return
+        self._samples = []
+        cost = sorted(samples)[len(samples) // 2]
+        if self.spin:
+            self._spin_cost = cost
+        else:
+            self._block_cost = cost
+        self._epochs += 1
+        if self._spin_cost is None or self._block_cost is None:
+            self.spin = self._spin_cost is None and bool(SPIN_MAX)  # measure both first
+            return
+        best = self._spin_cost < 0.9 * self._block_cost
+        self.spin = (not best) if self._epochs % self.EXPLORE == 0 else best

@@ -1,0 +1,822 @@
+"""Process hygiene: the layer that keeps the "no zombie, no orphan" promise.
+
+Every process polytask starts (pool workers, commands, supervised programs)
+goes through this module:
+
+- it runs in a process group of its own, so that one ``killpg`` reaches it and
+  every descendant that did not leave the group;
+- its group is registered with the *guardian*, one small helper process per
+  polytask parent. The guardian holds the read end of a pipe whose write end
+  only the parent has. When the parent dies for any reason (return, SIGTERM,
+  SIGKILL), the kernel closes that end, the guardian reads EOF and ends every
+  registered group: SIGTERM, a grace period, SIGKILL. This covers what
+  PR_SET_PDEATHSIG cannot: programs we exec (no Python of ours runs in them)
+  and the grandchildren of workers;
+- the kill policy (SIGTERM, grace, SIGKILL, reap, then SIGKILL what stayed in
+  the group) lives here only: :func:`terminate` blocks, :class:`Ending` is the
+  same sequence for a caller that waits in its own loop (the program loop, the
+  process backend's timer, the supervisor), :func:`kill_group` and
+  :func:`end_now` are the no-grace forms, :func:`release_group` its last step;
+- waits use a pidfd (no PID-reuse race, no sleep loop).
+
+::
+
+    parent ──pipe (+pgid / -pgid lines)──> guardian (own session, ignores SIGINT)
+      │                                        │ on EOF: killpg(TERM) .. grace .. killpg(KILL)
+      ├── worker (pgid A, PDEATHSIG=KILL) ── grandchildren (pgid A)
+      └── command (pgid B) ── grandchildren (pgid B)
+
+The guardian also unlinks registered paths (shared-memory segments, FIFOs)
+when the parent dies, so a SIGKILLed owner leaves nothing in /dev/shm; and it
+ends every process whose environment carries a registered marker
+(:func:`guard_env`): for engines such as Ray whose helper processes start
+later, in process groups that are not ours, and outlive the process that
+started them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import itertools
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from . import guardian as _guardian_mod
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "Ending",
+    "at_shutdown",
+    "become_subreaper",
+    "children",
+    "end_now",
+    "end_processes",
+    "end_trees",
+    "find_marked",
+    "find_trees",
+    "forget_job",
+    "guard",
+    "guard_env",
+    "guard_path",
+    "guard_pid",
+    "guard_prefix",
+    "kill_group",
+    "new_job",
+    "owner_key",
+    "pid_state",
+    "python_command",
+    "reap_strays",
+    "release_group",
+    "remember_job",
+    "restore_env",
+    "set_child_subreaper",
+    "set_pdeathsig",
+    "signal_group",
+    "start_in_group",
+    "stray_children",
+    "terminate",
+    "tree_env",
+    "tree_marker",
+    "unguard",
+    "unguard_env",
+    "unguard_path",
+    "unguard_pid",
+    "unguard_prefix",
+    "usable_cpus",
+    "wait_pid",
+]
+
+#: Seconds between SIGTERM and SIGKILL when polytask ends a process tree.
+DEFAULT_GRACE = 0.5
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL, *, expected_parent: int | None = None) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent thread exits.
+
+    If the parent already died before this call, no signal would ever come, so
+    with ``expected_parent`` given we check ``getppid()`` afterwards and exit.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    _prctl(_PR_SET_PDEATHSIG, int(sig))
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def set_child_subreaper() -> None:
+    """Make orphaned descendants reparent to this process (which must reap them)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+# --------------------------------------------------------------------------- trees
+#
+# A process group holds a job's descendants only until one calls setsid() or
+# setpgid(), as daemons do. So every process polytask starts also carries a
+# variable in its environment, ``POLYTASK_TREE_<owner pid>_<random>=<job>``,
+# which its descendants inherit whatever group or session they move to. When a
+# job ends, its remaining processes are found by that marker (one pass over
+# /proc) and ended; when the owner dies, its guardian ends every process with
+# the owner's variable, whatever the value. Nested owners (a worker that runs
+# commands) add their own variable, so the outer owner's marker reaches the
+# inner jobs too. What it cannot find: a descendant that clears or replaces its
+# whole environment (``env -i``), or one started by another user.
+
+_TREE_PREFIX = "POLYTASK_TREE_"
+_owner: str | None = None
+_jobs = itertools.count(1)
+# The directory that holds the polytask package (src/ or site-packages): this file
+# is polytask/_os/proc.py.
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def owner_key() -> str:
+    """The environment variable that marks every process this process starts."""
+    global _owner
+    if _owner is None:
+        _owner = f"{_TREE_PREFIX}{os.getpid()}_{os.urandom(4).hex()}"
+    return _owner
+
+
+def new_job() -> str:
+    """A job name, unique in this process, for :func:`tree_env` and :func:`end_trees`."""
+    return str(next(_jobs))
+
+
+def tree_env(job: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with the marker of ``job`` added."""
+    out = dict(os.environ if env is None else env)
+    out[owner_key()] = job
+    return out
+
+
+def tree_marker(job: str) -> bytes:
+    """The ``KEY=VALUE`` entry that :func:`tree_env` adds for ``job``, as bytes."""
+    return os.fsencode(f"{owner_key()}={job}")
+
+
+def _newer_pids(first: int) -> Iterable[int]:
+    """The pids the kernel handed out after ``first`` (oldest first), as far as /proc
+    can tell: a job's descendants were all started after its leader."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            last = int(f.read().split()[4])  # the last pid allocated (in our namespace)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        last = first - 1
+    if last >= first:
+        count = last - first
+        if count <= _PROBE_LIMIT:
+            return range(first + 1, last + 1)
+    else:  # wrapped around pid_max since
+        count = _pid_max() - first + last
+        if count <= _PROBE_LIMIT:
+            return itertools.chain(range(first + 1, _pid_max()), range(1, last + 1))
+    # Many processes started since: list the live ones instead of probing each.
+    live = (int(n) for n in os.listdir("/proc") if n.isdigit())
+    if last >= first:
+        return [p for p in live if first < p <= last]
+    return [p for p in live if p > first or p <= last]
+
+
+#: Up to this many pids handed out since a job's leader are probed one by one;
+#: beyond, /proc is listed.
+_PROBE_LIMIT = 256
+
+
+@functools.cache
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):  # pragma: no cover
+        return 1 << 22
+
+
+def find_trees(jobs: Collection[str], first_pid: int | None = None) -> list[int]:
+    """Every live process (not this one) that carries the marker of one of ``jobs``.
+
+    ``first_pid``: the pid of the earliest job's leader; only processes started
+    after it are looked at (usually a handful, so this costs a few reads, where
+    a look at every process costs ~1 ms per hundred).
+    """
+    if not jobs:
+        return []
+    return find_marked({tree_marker(j) for j in jobs}, first_pid)
+
+
+def find_marked(markers: Collection[bytes], first_pid: int | None = None) -> list[int]:
+    """Every live process (not this one) whose environment holds one of ``markers``
+    (``KEY=VALUE`` entries); ``first_pid`` as for :func:`find_trees`."""
+    wanted = set(markers)
+    me = os.getpid()
+    if first_pid is None:
+        pids: Iterable[int] = (int(n) for n in os.listdir("/proc") if n.isdigit())
+    else:
+        pids = _newer_pids(first_pid)
+    found: list[int] = []
+    # A process in the middle of execve shows an empty environment for a moment
+    # (the new image's is not set up yet): look at those again, briefly.
+    unsure = _scan_environ(pids, wanted, me, found)
+    for delay in (0.0005, 0.002, 0.005):
+        if not unsure:
+            break
+        time.sleep(delay)
+        unsure = _scan_environ(unsure, wanted, me, found)
+    return found
+
+
+def _scan_environ(pids: Iterable[int], wanted: set[bytes], me: int, found: list[int]) -> list[int]:
+    unsure = []
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # no such process, or not ours
+            continue
+        if not env:
+            if pid_state(pid) not in (b"Z", b"X", None):  # a zombie has none either
+                unsure.append(pid)
+        elif wanted.intersection(env.split(b"\0")):
+            found.append(pid)
+    return unsure
+
+
+def pid_state(pid: int) -> bytes | None:
+    """The state letter of process ``pid`` (``R``, ``S``, ``Z``...), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def end_trees(
+    jobs: Collection[str], grace: float = DEFAULT_GRACE, *, first_pid: int | None = None
+) -> list[int]:
+    """End what is left of ``jobs`` after their leaders ended: :func:`end_processes`
+    for every process that still carries one of their markers, wherever it moved.
+    Returns the pids that were found. ``first_pid`` as for :func:`find_trees`.
+    """
+    pids = find_trees(jobs, first_pid)
+    if pids:
+        end_processes(pids, grace, again=lambda: find_trees(jobs, first_pid))
+    return pids
+
+
+def end_processes(
+    pids: Collection[int], grace: float = DEFAULT_GRACE, *, again: Callable[[], Any] | None = None
+) -> None:
+    """The kill policy for single processes (not groups): SIGTERM, up to ``grace``
+    seconds for them to exit, then SIGKILL to the rest and to what ``again()``
+    finds then (one of them may have started another meanwhile). Those that are
+    our children are reaped (a subreaper's adopted orphans)."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[pid] = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    try:
+        poller = select.poll()
+        by_fd = {fd: pid for pid, fd in fds.items()}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        waiting = set(fds)
+        deadline = time.monotonic() + grace
+        while waiting:
+            ms = int((deadline - time.monotonic()) * 1000)
+            if ms <= 0:
+                break
+            for fd, _ in poller.poll(ms):
+                poller.unregister(fd)
+                waiting.discard(by_fd[fd])
+        for pid in waiting | set(again() if again is not None else ()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for pid in pids:
+        _reap_if_child(pid)
+
+
+def _reap_if_child(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            select.select([fd], [], [], 1.0)  # SIGKILLed: it exits at once
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not ours: init (or whoever adopted it) reaps it
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants reparent to this process instead of init.
+
+    Only for processes polytask owns entirely (the ``polytask`` command, a
+    worker): they must then reap what they adopt (:func:`reap_strays`); a
+    library must not do this to its user's process.
+    """
+    set_child_subreaper()
+
+
+def children() -> list[int]:
+    """This process's children (every thread's), from /proc: a few reads, no scan."""
+    out: list[int] = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:  # pragma: no cover - not Linux
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                out.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def stray_children(known: Collection[int]) -> list[int]:
+    """Children of ours that are not in ``known`` and not the guardian: for a
+    subreaper, orphans it adopted (or programs a thread is starting right now)."""
+    guardian = _guardian.pid
+    return [p for p in children() if p not in known and p != guardian]
+
+
+def reap_strays(pids: Collection[int]) -> None:
+    """Reap those of ``pids`` (from :func:`stray_children`) that exited and are
+    surely adopted: a job leader being started by another thread leads its own
+    process group, so a zombie that does is left to whoever started it."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[2]) != pid:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def python_command(
+    name: str, args: Sequence[str], env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str], dict[str, str | None]]:
+    """How to start one of polytask's own Python processes so that ``ps`` names it.
+
+    ``args`` are the interpreter's arguments (``["-c", code, ...]``). Returns
+    ``(argv, env, saved)``: start ``argv`` with ``executable=sys.executable``
+    and ``env``. ``argv[0]`` is ``name`` (``polytask-worker``...), which is what
+    ``ps`` shows; ``PYTHONEXECUTABLE`` tells the interpreter where it really is
+    (so that a virtual environment is still found) and ``PYTHONPATH`` where
+    polytask is. ``saved`` holds the caller's own values of those two variables
+    (None: unset), for the new process to restore before it runs user code.
+    """
+    out = dict(env)
+    saved = {k: out.get(k) for k in ("PYTHONEXECUTABLE", "PYTHONPATH")}
+    out["PYTHONEXECUTABLE"] = sys.executable
+    path = saved["PYTHONPATH"]
+    out["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + path if path else "")
+    return [name, *args], out, saved
+
+
+def restore_env(saved: Mapping[str, str | None]) -> None:
+    """Undo :func:`python_command`'s changes in this process's environment."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def wait_pid(pid: int, timeout: float | None) -> bool:
+    """Wait until process ``pid`` (our child) has exited, without reaping it.
+
+    Returns True if it exited within ``timeout`` seconds. Uses a pidfd so there
+    is no polling loop and no race with PID reuse.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        while True:
+            try:
+                return bool(p.poll(ms))
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+    finally:
+        os.close(fd)
+
+
+def _reap(proc: subprocess.Popen[Any], timeout: float | None) -> int | None:
+    if proc.returncode is not None:
+        return proc.returncode
+    if wait_pid(proc.pid, timeout):
+        return proc.wait()
+    return proc.poll()
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if nothing of it is left (or not ours)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _signal_one(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class Ending:
+    """The kill policy without blocking, for code that waits in its own loop.
+
+    Made: SIGTERM to the group ``pgid`` (or, without ``group``, the one process)
+    now, and :attr:`kill_at`, the monotonic time at which the grace is over.
+    The owner's loop wakes at ``kill_at`` and calls :meth:`step`, which sends
+    SIGKILL once the grace is over; :meth:`kill` cuts the grace short. Either
+    way the owner reaps the leader itself (its pidfd, its waitpid) and then
+    calls :func:`release_group`. :func:`terminate` is the blocking form.
+    """
+
+    __slots__ = ("group", "kill_at", "killed", "pgid")
+
+    def __init__(
+        self,
+        pgid: int,
+        grace: float = DEFAULT_GRACE,
+        *,
+        group: bool = True,
+        now: float | None = None,
+    ) -> None:
+        self.pgid = pgid
+        self.group = group
+        self.killed = False
+        (signal_group if group else _signal_one)(pgid, signal.SIGTERM)
+        self.kill_at = (time.monotonic() if now is None else now) + grace
+
+    def step(self, now: float) -> bool:
+        """SIGKILL if the grace is over at ``now``; True once SIGKILL was sent."""
+        if not self.killed and now >= self.kill_at:
+            self.kill()
+        return self.killed
+
+    def kill(self) -> None:
+        """End the grace now: SIGKILL (once)."""
+        if not self.killed:
+            self.killed = True
+            (signal_group if self.group else _signal_one)(self.pgid, signal.SIGKILL)
+
+
+def kill_group(pgid: int) -> bool:
+    """The kill policy with no grace: SIGKILL the group ``pgid`` (the caller reaps)."""
+    return signal_group(pgid, signal.SIGKILL)
+
+
+def release_group(pgid: int) -> None:
+    """The end of the kill policy, once the group's leader is reaped: SIGKILL what
+    stayed in the group (descendants that ignored SIGTERM, or outlived a leader
+    that exited on its own), then stop guarding it (not before: after the reap
+    its number could be reused, so it is unguarded last)."""
+    signal_group(pgid, signal.SIGKILL)
+    unguard(pgid)
+
+
+def end_now(pid: int) -> int:
+    """End a group leader of ours (no Popen: posix_spawn'ed or forked) at once:
+    SIGKILL its group, reap it, :func:`release_group`. Returns its status as
+    Popen's returncode (0 if something else reaped it)."""
+    kill_group(pid)
+    try:
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): 0, as Popen says
+        code = 0
+    release_group(pid)
+    return code
+
+
+def terminate(
+    proc: subprocess.Popen[Any],
+    grace: float = DEFAULT_GRACE,
+    *,
+    group: bool = True,
+) -> int:
+    """End ``proc`` and (with ``group``) its whole process group, and reap it.
+
+    The one kill policy of polytask, blocking (:class:`Ending` is the same
+    policy for a caller that waits in its own loop): SIGTERM, up to ``grace``
+    seconds for a clean exit, then SIGKILL; the leader is reaped before this
+    returns and the group is sent SIGKILL once more so that descendants that
+    ignored SIGTERM do not outlive it (:func:`release_group`); descendants that
+    left the group (a daemon's setsid) are found by their job's mark
+    (:func:`end_trees`). Returns the exit status (negative for a signal).
+    """
+    pgid = proc.pid
+    if proc.returncode is None:
+        ending = Ending(pgid, grace, group=group)
+        code = _reap(proc, grace) if grace > 0 else proc.poll()
+        if code is None:
+            ending.kill()
+            code = _reap(proc, None)
+        assert code is not None
+    if group:
+        release_group(pgid)
+    else:
+        unguard(pgid)
+    job = forget_job(pgid)
+    if job is not None:  # and those that left the group (setsid, daemons)
+        end_trees([job], grace, first_pid=pgid)
+    return proc.returncode if proc.returncode is not None else -signal.SIGKILL
+
+
+def start_in_group(
+    argv: Sequence[str],
+    *,
+    guarded: bool = True,
+    job: str | None = None,
+    **popen_kwargs: Any,
+) -> subprocess.Popen[Any]:
+    """Start ``argv`` in a new process group, marked as a job of ours (:func:`tree_env`),
+    and (by default) registered with the guardian. :func:`terminate` ends it and,
+    through the mark, every descendant that left the group."""
+    popen_kwargs.setdefault("process_group", 0)
+    job = job or new_job()
+    popen_kwargs["env"] = tree_env(job, popen_kwargs.get("env"))
+    proc: subprocess.Popen[Any] = subprocess.Popen(list(argv), **popen_kwargs)
+    _pid_jobs[proc.pid] = job
+    if guarded:
+        guard(proc.pid)
+    return proc
+
+
+def remember_job(pid: int, job: str) -> None:
+    """Record that process ``pid`` (started elsewhere, e.g. forked) carries ``job``'s mark."""
+    _pid_jobs[pid] = job
+
+
+def forget_job(pid: int) -> str | None:
+    """The job :func:`start_in_group` marked process ``pid`` with (once; then forgotten)."""
+    return _pid_jobs.pop(pid, None)
+
+
+_pid_jobs: dict[int, str] = {}
+
+
+# --------------------------------------------------------------------------- guardian
+
+
+class _Guardian:
+    """The parent's end of the guardian: a pipe, and the set of groups it watches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
+        self._pid_owner = 0
+
+    def _start(self) -> int:
+        # Called with self._lock held.
+        if self._fd is not None and self._pid_owner == os.getpid():
+            return self._fd
+        # It carries no job marker: an outer owner's clean-up must not end it
+        # before it has done its own.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_TREE_PREFIX)}
+        argv, env, _ = python_command(
+            _guardian_mod.PROCESS_NAME,
+            ["-S", "-m", "polytask._os.guardian", str(DEFAULT_GRACE)],
+            env,
+        )
+        self._proc = subprocess.Popen(
+            argv,
+            executable=sys.executable,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # terminal signals must not reach it
+            close_fds=True,
+        )
+        assert self._proc.stdin is not None
+        self._fd = self._proc.stdin.fileno()
+        self._pid_owner = os.getpid()
+        # Every job this process starts carries its owner key (see tree_env): one
+        # registration covers them all, however they detach.
+        os.write(self._fd, b"e" + os.fsencode(owner_key()) + b"=\n")
+        return self._fd
+
+    @property
+    def pid(self) -> int:
+        """The guardian's pid (0: none started by this process)."""
+        proc = self._proc
+        return proc.pid if proc is not None and self._pid_owner == os.getpid() else 0
+
+    def send(self, line: bytes) -> None:
+        with self._lock:
+            fd = self._start()
+            try:
+                os.write(fd, line)
+            except BrokenPipeError:  # the guardian was killed from outside: start another
+                self._fd = None
+                os.write(self._start(), line)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            proc, self._proc, self._fd = self._proc, None, None
+        if proc is None or self._pid_owner != os.getpid():
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()
+        _reap(proc, timeout)
+        if proc.returncode is None:  # pragma: no cover - the guardian never blocks
+            proc.kill()
+            proc.wait()
+
+    def forget_after_fork(self) -> None:
+        # A forked child must not keep the parent's write end open: the guardian
+        # would then never see EOF when the parent dies.
+        if self._proc is not None and self._proc.stdin is not None:
+            try:
+                os.close(self._proc.stdin.fileno())
+            except OSError:
+                pass
+        self._proc, self._fd, self._lock = None, None, threading.Lock()
+
+
+_guardian = _Guardian()
+
+
+def guard(pgid: int) -> None:
+    """End process group ``pgid`` if this process dies before :func:`unguard`."""
+    _guardian.send(b"+%d\n" % pgid)
+
+
+def unguard(pgid: int) -> None:
+    """Stop watching ``pgid`` (its leader was reaped)."""
+    if _guardian._fd is not None:
+        _guardian.send(b"-%d\n" % pgid)
+
+
+def guard_path(path: str) -> None:
+    """Unlink ``path`` (a /dev/shm segment, a FIFO) if this process dies before :func:`unguard_path`."""
+    if "\n" in path:
+        raise ValueError(f"path {path!r} contains a newline")
+    _guardian.send(b"p" + os.fsencode(path) + b"\n")
+
+
+def unguard_path(path: str) -> None:
+    """Stop watching ``path`` (it was removed, or handed to another owner)."""
+    if _guardian._fd is not None:
+        _guardian.send(b"q" + os.fsencode(path) + b"\n")
+
+
+def guard_prefix(prefix: str) -> None:
+    """Unlink every file whose path starts with ``prefix`` if this process dies first.
+
+    For families of files made on the fly (a channel's spill segments
+    ``/dev/shm/polytask-ch-1234-*``): one registration covers names not yet made.
+    """
+    if "\n" in prefix:
+        raise ValueError(f"prefix {prefix!r} contains a newline")
+    _guardian.send(b"P" + os.fsencode(prefix) + b"\n")
+
+
+def unguard_prefix(prefix: str) -> None:
+    """Stop watching ``prefix``."""
+    if _guardian._fd is not None:
+        _guardian.send(b"Q" + os.fsencode(prefix) + b"\n")
+
+
+def guard_env(marker: str) -> None:
+    """End every process whose environment holds ``marker`` (``"KEY=VALUE"``) if this
+    process dies before :func:`unguard_env`.
+
+    Set the variable in the environment of what you start (and so of what that
+    starts in turn, later, in any process group); the guardian finds them all
+    through ``/proc/<pid>/environ`` when the owner dies.
+    """
+    if "\n" in marker or "\0" in marker or "=" not in marker:
+        raise ValueError(f"marker {marker!r} must be KEY=VALUE on one line")
+    _guardian.send(b"e" + os.fsencode(marker) + b"\n")
+
+
+def unguard_env(marker: str) -> None:
+    """Stop watching ``marker`` (what carried it was shut down)."""
+    if _guardian._fd is not None:
+        _guardian.send(b"f" + os.fsencode(marker) + b"\n")
+
+
+def _proc_start(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def guard_pid(pid: int) -> bytes | None:
+    """End process ``pid`` (not a group: one process that another program started)
+    if this process dies first. Returns the token for :func:`unguard_pid`, or None
+    if the process is already gone. Its start time is recorded too, so that a
+    reused pid is never killed.
+    """
+    start = _proc_start(pid)
+    if start is None:
+        return None
+    token = b"%d %s" % (pid, start)
+    _guardian.send(b"k" + token + b"\n")
+    return token
+
+
+def unguard_pid(token: bytes) -> None:
+    """Stop watching the process :func:`guard_pid` registered."""
+    if _guardian._fd is not None:
+        _guardian.send(b"l" + token + b"\n")
+
+
+# --------------------------------------------------------------------------- shutdown
+
+_shutdown_hooks: list[Callable[[], None]] = []
+_shutdown_lock = threading.Lock()
+
+
+def at_shutdown(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run ``fn`` at interpreter exit, before the guardian is closed (last added runs first)."""
+    with _shutdown_lock:
+        _shutdown_hooks.append(fn)
+    return fn
+
+
+def _run_shutdown_hooks() -> None:
+    while True:
+        with _shutdown_lock:
+            if not _shutdown_hooks:
+                break
+            fn = _shutdown_hooks.pop()
+        try:
+            fn()
+        except Exception as exc:  # pragma: no cover - shutdown must go on
+            print(f"polytask: error during shutdown: {exc!r}", file=sys.stderr)
+    _guardian.close()
+
+
+def _after_fork_in_child() -> None:
+    global _owner
+    _owner = None  # a new owner: its jobs get a key of their own
+    _guardian.forget_after_fork()
+    _shutdown_hooks.clear()
+
+
+atexit.register(_run_shutdown_hooks)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,180 @@
+"""What a worker runs: a chunk of a Pool's items, and the Pool's worker initializer.
+
+A process worker unpickles :func:`_run_chunk` by reference, so importing this
+module is the whole cost a Pool adds to a worker's start: it imports nothing
+of the Pool itself (no scheduling, progress bars, primitive factories), only
+the core's task and error types and the codec that ships exceptions back.
+``tests/test_pool_layout.py`` checks that.
+
+The result of a chunk, in either runner, is ``(values, errors, seconds)``: the
+values in order (None where an item failed), the failures by position (None
+when every item succeeded, the common case), and the seconds of work, which
+the Pool's chunk sizer learns from. Fewer values than items means the chunk
+stopped early; the Pool sends the rest again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._core.errors import Cancelled
+from .._core.task import CurrentTask, _set_current, current_task
+from .._ipc.codec import dumps_exception
+
+if TYPE_CHECKING:
+    from .schedule import Item
+
+__all__ = ["Results", "_run_chunk", "_run_initializer", "_run_items"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+#: A chunk's results: the values in order (None where an item failed) and the
+#: failures by position (None when every item succeeded, the common case).
+Results = tuple[list[Any], "dict[int, Any] | None"]
+
+
+def _run_chunk(
+    fn: Callable[..., Any] | None,
+    calls: list[Any],
+    remote: bool,
+    max_memory: int | None,
+    star: bool = True,
+) -> tuple[list[Any], dict[int, Any] | None, float]:
+    """Run a chunk in a worker: ``(values, errors by position or None, seconds of work)``.
+
+    ``calls`` holds argument tuples for ``fn`` (single arguments if not ``star``),
+    or ``(fn, args, kwargs)`` triples when ``fn`` is None. Errors are caught per item so they do not fail the
+    chunk-mates; from another process they travel pickled with their traceback
+    (:func:`dumps_exception`). Fewer values than calls means the worker stopped
+    early (over its memory limit, or the chunk was cancelled): the Pool re-queues
+    the rest.
+    """
+    values: list[Any] = []
+    append = values.append
+    errors: dict[int, Any] | None = None
+    me = current_task()
+    flagged = me._task is not None  # thread tasks can be flagged cancelled; stop early then
+    simple = fn is not None and max_memory is None and not flagged
+    start = last_check = time.perf_counter()
+    n = len(calls)
+    rest = iter(calls)
+    stop = False
+    while not stop:
+        try:
+            if simple:
+                assert fn is not None
+                # The hot loops: nothing but the calls.
+                if star:
+                    for args in rest:
+                        append(fn(*args))
+                else:
+                    for x in rest:
+                        append(fn(x))
+                break
+            for call in rest:
+                if flagged and me.cancelled:
+                    stop = True
+                    break
+                if fn is None:
+                    append(call[0](*call[1], **call[2]))
+                else:
+                    append(fn(*call) if star else fn(call))
+                if max_memory is not None:
+                    # Reading /proc costs ~10 us: at most every 5 ms, and after the last item.
+                    now = time.perf_counter()
+                    if now - last_check > 0.005 or len(values) == n:
+                        last_check = now
+                        if _rss() > max_memory:
+                            from ..backends.process.worker import retire_after_task
+
+                            retire_after_task()
+                            stop = True
+                            break
+            break
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if errors is None:
+                errors = {}
+            errors[len(values)] = dumps_exception(exc) if remote else exc
+            append(None)
+            del exc
+    if remote:
+        # The worker keeps its task's arguments until its next task: empty the
+        # chunk (our own copy in this process), so that the items' arguments are
+        # freed now, as the caller's are.
+        calls.clear()
+    return values, errors, time.perf_counter() - start
+
+
+def _run_items(items: list[Item]) -> tuple[list[Any], dict[int, Any] | None, float]:
+    """Run a chunk of submitted tasks on a thread of this process (the thread backend).
+
+    A task turns running only when this thread reaches it: until then ``cancel()``
+    stops it for good (it is skipped here), and once it runs ``cancel()`` can only
+    flag it (``pt.current_task()`` is the task itself). The format of the result is
+    :func:`_run_chunk`'s; fewer values than items means the chunk was cancelled or
+    timed out, and the pool re-queues the rest.
+    """
+    values: list[Any] = []
+    errors: dict[int, Any] | None = None
+    me = current_task()
+    chunk = me._task
+    start = time.perf_counter()
+    try:
+        for it in items:
+            if chunk is not None and chunk._cancel_requested:
+                break
+            task = it.task
+            if task is not None:
+                if not task._set_running():
+                    if errors is None:
+                        errors = {}
+                    errors[len(values)] = Cancelled(
+                        f"task {task.name!r} was cancelled before it started"
+                    )
+                    values.append(None)
+                    continue
+                task._mark_started()
+                _set_current(CurrentTask(task.name, task))
+            try:
+                values.append(it.fn(*it.args, **it.kwargs))
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                if errors is None:
+                    errors = {}
+                errors[len(values)] = exc
+                values.append(None)
+                del exc
+    finally:
+        _set_current(me if chunk is not None else None)
+    return values, errors, time.perf_counter() - start
+
+
+def _run_initializer(blob: bytes) -> None:
+    """Start a process worker of a Pool: the caller's authkey, then its initializer.
+
+    The authkey comes first, before the initargs are unpickled: a
+    ``multiprocessing`` Manager proxy reads it when it is unpickled, and one made
+    with another key cannot talk to its manager (``AuthenticationError``).
+    Arguments of later tasks are unpickled after this, with the same key.
+    """
+    authkey, inner = pickle.loads(blob)
+    if authkey is not None:
+        import multiprocessing.process
+
+        multiprocessing.process.current_process().authkey = authkey
+    if inner is not None:
+        fn, args = pickle.loads(inner)
+        fn(*args)

@@ -1,0 +1,1168 @@
+"""The process backend: warm worker processes, a pipe pair each, our own wire protocol.
+
+::
+
+    caller thread                                    worker process (own process group)
+    ─────────────                                    ───────────────────────────────────
+    spawn(): pickle the call, os.write ──> request pipe ──> run fn(*args)
+    result(): *claims* the task's worker and          │
+              polls its response pipe + pidfd, <── response pipe <── pickle the result
+              reads and completes the task itself      then poll the request pipe
+              (no hop through another thread)          briefly before sleeping
+              (first polling without sleeping for a short, adaptive budget:
+              waking a sleeping process can cost more than a tiny task, see _spin_poll)
+    collector thread: polls every busy worker nobody has claimed, and every pidfd:
+              results for callbacks / as_completed / asyncio, and worker deaths
+    launcher thread:  starts every worker, so PR_SET_PDEATHSIG is tied to a thread
+              that lives as long as this process (it fires when the *thread* exits)
+    timer thread:     a task's timeout -> SIGTERM its worker's group, grace, SIGKILL
+                      (_os.proc.Ending: the one kill policy, driven by this timer)
+
+A worker that dies fails only the task it held (:class:`WorkerCrashed`, with the
+exit code or signal); a task past its timeout or cancelled while running has its
+worker killed and reaped, and a fresh worker takes the next task.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from queue import SimpleQueue
+from typing import Any, ClassVar, TypeVar
+
+from ..._core.backend import Backend
+from ..._core.errors import (
+    Cancelled,
+    PolytaskError,
+    SerializationError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+from ..._core.task import Task
+from ..._core.timer import TimerHandle, call_later
+from ..._ipc.codec import dumps, dumps_call, loads_exception
+from ..._ipc.spin import SPIN_MAX, SpinChoice, after_sleep
+from ..._os import proc as _proc
+from ..._os.proc import guard, usable_cpus, wait_pid
+from . import wire as _wire
+
+__all__ = ["ProcessBackend"]
+
+T = TypeVar("T")
+
+#: Seconds between SIGTERM and SIGKILL when a task's worker is killed.
+KILL_GRACE = 0.25
+# A task's timeout counts from when its worker is ready. Until the worker says so,
+# this much more is allowed for interpreter start-up and the initializer, so a
+# worker that hangs while starting still cannot hold a task forever.
+_STARTUP_ALLOWANCE = 60.0
+# os.read allocates the full size before it shrinks the result: 64 KiB keeps a
+# small response cheap, and a large one takes a few more reads.
+_READ_SIZE = 1 << 16
+# Spinning (polling without sleeping) before blocking: waking a sleeping process
+# costs tens of microseconds on some hosts, far more than a tiny task's round trip,
+# so on the hot path both ends poll briefly before they sleep (see _read_for and
+# _worker.serve). It pays only while the spinner does not take a core that a
+# worker needs: callers spin only while the busy workers leave a core free, one
+# caller thread at a time, and workers are told to spin (_wire.F_SPIN) on the
+# same condition. One core: never. (The cores this process may run on: a CPU
+# quota set by a container's cgroup is not seen.)
+_NCPU = usable_cpus()
+_BOOT = "from polytask.backends.process.worker import main; main()"
+START_METHODS = ("spawn", "fork")
+#: What ``ps`` shows for a worker process.
+WORKER_NAME = "polytask-worker"
+
+
+class _Launcher:
+    """One long-lived thread that starts every worker process (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="polytask-launcher", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(fn)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                fn()
+            except BaseException as exc:  # pragma: no cover - _start_worker reports its own
+                print(f"polytask: launcher error: {exc!r}", file=sys.stderr)
+
+    def _after_fork(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+_launcher = _Launcher()
+os.register_at_fork(after_in_child=_launcher._after_fork)
+
+
+class _ForkedProc:
+    """The little of Popen's interface the backend needs, for a forked worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+class _Worker:
+    __slots__ = (
+        "booting",
+        "born",
+        "claim",
+        "dead",
+        "decoder",
+        "eof",
+        "kill_exc",
+        "ntasks",
+        "pid",
+        "pidfd",
+        "poller",
+        "proc",
+        "ready",
+        "ready_at",
+        "rfd",
+        "rlock",
+        "sending",
+        "task",
+        "task_id",
+        "wfd",
+    )
+
+    def __init__(self, proc: subprocess.Popen[bytes] | _ForkedProc, wfd: int, rfd: int) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.wfd = wfd
+        self.rfd = rfd
+        os.set_blocking(rfd, False)
+        self.decoder = _wire.FrameDecoder(_wire.RESPONSE)
+        # For the caller that claims this worker to read its own result (one at a time).
+        self.poller = select.poll()
+        self.poller.register(self.pidfd, select.POLLIN)
+        self.poller.register(rfd, select.POLLIN)
+        self.task: Task[Any] | None = None
+        self.task_id = 0
+        self.claim = threading.Lock()  # held by the caller thread reading for its task
+        self.rlock = threading.Lock()  # held while reading the response pipe
+        self.dead = False
+        self.eof = False
+        self.kill_exc: BaseException | None = None
+        self.ntasks = 0
+        self.ready = False  # it sent S_READY: start-up and initializer are done
+        self.born = time.monotonic()  # for the start-up time (see _drains_soon)
+        self.ready_at = 0.0
+        self.booting = True  # counted in ProcessBackend._booting until READY or death
+        self.sending = False  # a frame is being written: do not close its fds yet
+
+
+class ProcessBackend(Backend):
+    """Runs tasks in warm worker processes.
+
+    Args:
+        max_workers: at most this many worker processes (None: one per running
+            task, as ``multiprocessing.Process`` would start).
+        start_method: ``"spawn"`` (default: a fresh interpreter, safe when this
+            process has threads) or ``"fork"`` (fast, but only safe without threads).
+        keep_idle: idle workers kept warm for the next task (default: CPU count).
+        kill_grace: seconds between SIGTERM and SIGKILL when a task is killed.
+        initializer, initargs: run once in each worker before its first task.
+        max_tasks_per_worker: replace a worker after it ran this many tasks.
+    """
+
+    name: ClassVar[str] = "process"
+    can_kill_running: ClassVar[bool] = True
+    # Imported on first use: a user of tasks alone never loads shared memory.
+    primitives: ClassVar[Mapping[str, Any]] = {
+        "Lock": "polytask._ipc.sync:ProcessLock",
+        "RLock": "polytask._ipc.sync:ProcessRLock",
+        "Event": "polytask._ipc.sync:ProcessEvent",
+        "Condition": "polytask._ipc.sync:ProcessCondition",
+        "Semaphore": "polytask._ipc.sync:ProcessSemaphore",
+        "BoundedSemaphore": "polytask._ipc.sync:ProcessBoundedSemaphore",
+        "Barrier": "polytask._ipc.sync:ProcessBarrier",
+        "Channel": "polytask._ipc.channel:ProcessChannel",
+    }
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        keep_idle: int | None = None,
+        kill_grace: float = KILL_GRACE,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Sequence[Any] = (),
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
+        method = start_method or "spawn"
+        if method not in START_METHODS:
+            raise ValueError(
+                f"unknown start_method {start_method!r}; choose one of: {', '.join(START_METHODS)}"
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(
+                f"max_tasks_per_worker must be >= 1 or None, got {max_tasks_per_worker}"
+            )
+        self._max = max_workers
+        self._method = method
+        self._keep_idle = (
+            keep_idle if keep_idle is not None else (max_workers or os.cpu_count() or 1)
+        )
+        self._grace = kill_grace
+        self._max_tasks = max_tasks_per_worker
+        init: bytes | None = None
+        if initializer is not None:
+            try:
+                init = dumps((initializer, tuple(initargs)))
+            except Exception as exc:
+                raise SerializationError(
+                    f"the initializer {initializer!r} or its initargs cannot be pickled for "
+                    f"the worker processes: {type(exc).__name__}: {exc}"
+                ) from exc
+        self._init_config: dict[str, Any] = {"initializer": init}
+        self._lock = threading.Lock()
+        self._workers: dict[int, _Worker] = {}
+        self._idle: list[_Worker] = []
+        self._pending: collections.deque[Task[Any]] = collections.deque()
+        # Worker starts in flight: queued on the launcher or in Popen (_starting), and
+        # started but not READY yet (_booting). At most _boot_limit at once, and only
+        # while tasks wait for them (see _want_launch).
+        self._starting = 0
+        self._booting = 0
+        self._boot_limit = max_workers if max_workers is not None else _NCPU
+        self._started = 0  # worker processes started, ever (statistics)
+        # Without max_workers, a task that waits gets a worker of its own only if
+        # the busy workers would not reach it sooner than a new one could start
+        # (see _drains_soon): a start's seconds (moving average), and the last tasks'
+        # (their median, so that one stalled task does not start a worker).
+        self._boot_time = 0.1
+        self._task_times: collections.deque[float] = collections.deque(maxlen=16)
+        self._recheck: TimerHandle | None = None  # the timer that asks again (see _recheck_later)
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._graveyard: list[_Worker] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._collector: threading.Thread | None = None
+        self._stopping = False
+        self._broken: BaseException | None = None  # see _break
+        self._broken_why = ""
+        # The caller's spin budget (see _read_for) and the token one spinner holds.
+        self._spin = SPIN_MAX
+        self._spinner = threading.Lock()
+        # Whether spinning pays at all, on this machine now (both ends follow it).
+        self._spin_choice = SpinChoice()
+
+    # ------------------------------------------------------------------ submit
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        name: str,
+        timeout: float | None,
+    ) -> Task[T]:
+        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
+        task: Task[T] = Task(self, name, timeout)
+        task._keep = (args, kwargs)  # until done: the worker unpickles them later
+        task_id = next(self._ids)
+        kind = _wire.K_RUN_REF if by_ref else _wire.K_RUN
+        if self._may_spin(1):  # a guess; _assign corrects it (then at the cost of a copy)
+            kind |= _wire.F_SPIN
+        task._slot = (task_id, _wire.encode_request(task_id, kind, fn_bytes, payload))
+        launch = False
+        with self._lock:
+            if self._closed:
+                if self._broken is not None:
+                    raise PolytaskError(
+                        f"this process backend {self._broken_why}; create a new one"
+                    ) from self._broken
+                raise RuntimeError("this process backend is shut down; create a new one")
+            w = self._idle.pop() if self._idle else None
+            if w is None:
+                self._pending.append(task)
+                launch = self._want_launch()
+        if w is not None:
+            self._assign(w, task)
+        if launch:
+            _launcher.submit(self._start_worker)
+        return task
+
+    def _may_spin(self, extra: int = 0) -> bool:
+        """Whether to spin: it pays lately (see SpinChoice), and the busy workers
+        (plus ``extra`` about to be) leave a core for a spinner."""
+        return self._spin_choice.spin and self._cores_free(extra)
+
+    def _cores_free(self, extra: int = 0) -> bool:
+        return bool(SPIN_MAX) and len(self._workers) - len(self._idle) + extra < _NCPU
+
+    def _want_launch(self) -> bool:
+        """Whether to start one more worker now (then counted as starting).
+
+        Called with self._lock held. Only for tasks that wait, each start taking
+        one; and at most ``_boot_limit`` starts in flight (until their worker is
+        READY): a burst of tiny tasks must not queue a start per task, since the
+        first workers up drain the queue long before the later ones would boot.
+        """
+        if len(self._pending) <= self._starting:
+            return False
+        if self._starting + self._booting >= self._boot_limit:
+            return False  # the next READY (or a death) asks again
+        if self._max is not None and len(self._workers) + self._starting >= self._max:
+            return False
+        if self._max is None and self._drains_soon():
+            self._recheck_later()
+            return False
+        self._starting += 1
+        return True
+
+    def _drains_soon(self) -> bool:
+        """Whether the ready workers would reach the waiting tasks before a new worker
+        could start (called with self._lock held).
+
+        Without max_workers each running task may have a worker of its own, but a
+        burst of tiny tasks must not start an interpreter per task: the first
+        workers up drain the queue long before the later ones would boot, which
+        would then only be retired (a load storm, and an exit that waits for them).
+        So: no ready worker, or a task running for longer than a start takes (it
+        may wait for the tasks behind it), means start one; otherwise the queue's
+        drain time, from the mean task time, decides. Unknown yet: not now, and
+        :meth:`_recheck_later` asks again once a start's time has passed.
+        """
+        now = time.monotonic()
+        busy = 0
+        longest = 0.0
+        for w in self._workers.values():
+            if not w.ready or w.dead:
+                continue
+            task = w.task
+            if task is None:
+                continue
+            busy += 1
+            since = max(task._started_at or now, w.ready_at)
+            longest = max(longest, now - since)
+        if not busy and not self._idle:
+            return False
+        boot = self._boot_time
+        times = self._task_times
+        if longest > boot or not times:
+            return longest <= boot
+        typical = sorted(times)[len(times) // 2]
+        return len(self._pending) * typical < boot * max(1, busy)
+
+    def _recheck_later(self) -> None:
+        # Called with self._lock held: a declined start is reconsidered after about
+        # a start's time, so a task queued behind long ones is never stranded.
+        if self._recheck is None and not self._stopping:
+            self._recheck = call_later(self._boot_time / 2, self._recheck_launch)
+
+    def _recheck_launch(self) -> None:
+        with self._lock:
+            self._recheck = None
+            launch = bool(self._pending) and not self._stopping and self._want_launch()
+        if launch:
+            _launcher.submit(self._start_worker)
+
+    def _assign(self, w: _Worker, task: Task[Any]) -> None:
+        """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list)."""
+        with self._lock:
+            # Task and worker are bound under the lock, before the frame goes out, so
+            # that cancel(), a timeout and the worker's death all see the pair whole.
+            while not task._set_running():
+                # Cancelled while it waited: take the next one, or idle.
+                if not self._pending:
+                    self._make_idle(w)
+                    return
+                task = self._pending.popleft()
+            task_id, frame = task._slot
+            if w.dead:  # it died while idle, and its death was handled: requeue
+                self._pending.appendleft(task)
+                launch = self._want_launch()
+            else:
+                task._slot = w
+                w.task = task
+                w.task_id = task_id
+                w.sending = True  # its fds stay open until the frame is out
+                launch = False
+                # The worker is out of the idle list now, so it counts as busy.
+                if bool(frame[8] & _wire.F_SPIN) != self._may_spin():
+                    frame = frame[:8] + bytes([frame[8] ^ _wire.F_SPIN]) + frame[9:]
+        if launch:
+            _launcher.submit(self._start_worker)
+        if task._slot is not w:
+            return
+        try:
+            _write_all(w.wfd, frame)
+        except OSError:
+            # The worker died while idle: give the task to another one, unless its
+            # death was already handled (then the task has its WorkerCrashed).
+            with self._lock:
+                w.sending = False
+                if w.task is not task:
+                    return
+                w.task = None
+                task._slot = (task_id, frame)
+                self._pending.appendleft(task)
+                # If its death is not handled yet, _on_death starts the replacement.
+                launch = self._want_launch() if w.dead else False
+            if launch:
+                _launcher.submit(self._start_worker)
+            self._wake()
+            return
+        w.sending = False
+        task._mark_started()
+        if task._cancel_requested:  # cancel() came between binding and sending
+            self._kill(w, Cancelled(f"task {task.name!r} was cancelled"), task)
+        if task.timeout is not None:
+            # A worker still starting gets its start-up allowance on top; the READY
+            # frame re-arms the timer to the task's own timeout (see _complete).
+            extra = 0.0 if w.ready else _STARTUP_ALLOWANCE
+            task._timer = call_later(task.timeout + extra, lambda: self._on_timeout(w, task))
+        # The caller reading its own result is the fast path: the collector thread is
+        # woken only for a task something else waits on (see watch()), so a plain
+        # spawn().result() costs one write, one poll and one read, and no thread hop.
+        # A task with a timeout is watched too: a result nobody reads must not be
+        # mistaken for a late task. So is every task while others wait for a worker:
+        # a result read only when its caller gets to it would keep this worker from
+        # the queue (a burst would then start more workers than it needs).
+        if (task._watched or task.timeout is not None or self._pending) and (
+            threading.current_thread() is not self._collector
+        ):
+            self._wake()
+
+    def _make_idle(self, w: _Worker) -> None:
+        # Called with self._lock held.
+        if self._closed or len(self._idle) >= self._keep_idle:
+            self._retire(w)
+        else:
+            self._idle.append(w)
+
+    def _retire(self, w: _Worker) -> None:
+        # Closing the request pipe makes the worker exit; the collector reaps it.
+        try:
+            os.close(w.wfd)
+        except OSError:
+            pass
+        w.wfd = -1
+
+    # ------------------------------------------------------------------ workers
+    def _start_worker(self) -> None:
+        with self._lock:
+            # Dropped if the tasks it was for found a worker meanwhile (a worker that
+            # finished its task took them): after a burst of tiny tasks, the starts
+            # still queued would only boot interpreters to retire them.
+            if self._stopping or len(self._pending) < self._starting:
+                self._starting -= 1
+                return
+        try:
+            w = self._spawn_process() if self._method == "spawn" else self._fork_process()
+        except BaseException as exc:
+            with self._lock:
+                self._starting -= 1
+                orphans: list[Task[Any]] = []
+                if not self._workers and self._starting == 0:
+                    orphans = list(self._pending)
+                    self._pending.clear()
+            for t in orphans:
+                t._finish(exc=PolytaskError(f"could not start a worker process: {exc!r}"))
+            return
+        with self._lock:
+            self._starting -= 1
+            self._booting += 1
+            self._started += 1
+            self._workers[w.pid] = w
+            task = self._pending.popleft() if self._pending and not self._stopping else None
+            if task is None:
+                self._make_idle(w)
+        try:
+            self._ensure_collector()
+        except BaseException as exc:
+            # No collector: nothing would notice results nobody reads or deaths.
+            self._break(exc, "could not start its collector thread")
+            if task is not None:
+                task._finish(exc=self._broken_error(task))
+            return
+        if task is not None:
+            self._assign(w, task)
+        else:
+            self._wake()  # its READY is read by the collector
+
+    def _config_frame(self, job: str, env_restore: dict[str, str | None]) -> bytes:
+        config = dict(
+            self._init_config,
+            sys_path=list(sys.path),
+            # The worker ends what a task leaves running by this mark (_worker._Strays).
+            tree_marker=_proc.tree_marker(job),
+            env_restore=env_restore,
+        )
+        return _wire.encode_request(0, _wire.K_INIT, b"", pickle.dumps(config, 5))
+
+    def _spawn_process(self) -> _Worker:
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        job = _proc.new_job()
+        argv, env, saved = _proc.python_command(
+            WORKER_NAME, ["-c", _BOOT, str(req_r), str(res_w), str(os.getpid())], os.environ
+        )
+        try:
+            proc = _proc.start_in_group(
+                argv,
+                executable=sys.executable,
+                env=env,
+                job=job,
+                pass_fds=(req_r, res_w),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(req_r)
+            os.close(res_w)
+        w = _Worker(proc, req_w, res_r)
+        _write_all(req_w, self._config_frame(job, saved))
+        return w
+
+    def _fork_process(self) -> _Worker:
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        job = _proc.new_job()
+        frame = self._config_frame(job, {})
+        mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
+        parent = os.getpid()
+        with self._lock:
+            # The child must not hold other workers' pipe ends: a retired worker
+            # would never see EOF while a younger sibling kept its request pipe open.
+            inherited = [self._wake_r, self._wake_w]
+            for other in self._workers.values():
+                inherited += [other.wfd, other.rfd, other.pidfd]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.setpgid(0, 0)
+                os.close(req_w)
+                os.close(res_r)
+                for fd in inherited:
+                    if fd >= 0:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                from ..._os.guardian import set_comm
+                from .worker import _strays, serve
+
+                os.environ[mark_key] = job  # what it starts carries its job's mark
+                set_comm(WORKER_NAME)
+                _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+                _strays.activate()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                serve(req_r, res_w)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(res_w)
+        guard(pid)
+        _proc.remember_job(pid, job)
+        w = _Worker(_ForkedProc(pid), req_w, res_r)
+        _write_all(req_w, frame)
+        return w
+
+    # ------------------------------------------------------------------ results
+    def _service(self, w: _Worker, exited: bool = False) -> None:
+        """Read what ``w`` sent and complete tasks; notice its death. Holds ``w.rlock``.
+
+        ``exited``: its pidfd was readable (the process ended).
+        """
+        while not w.eof:
+            try:
+                data = os.read(w.rfd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            if not data:
+                w.eof = True
+                break
+            frames = w.decoder.feed(data)
+            for i, (header, body) in enumerate(frames):
+                try:
+                    self._complete(w, header, body)
+                except BaseException:
+                    # A done callback raised (or Ctrl-C came): the frames after it were
+                    # read already, and their tasks must not hang.
+                    for header, body in frames[i + 1 :]:
+                        try:
+                            self._complete(w, header, body)
+                        except BaseException as exc:
+                            _report("completing a task", exc)
+                    raise
+            if len(data) < _READ_SIZE:
+                break
+        if w.eof or (exited and w.proc.poll() is not None):
+            self._on_death(w)
+
+    def _complete(self, w: _Worker, header: tuple[int, ...], body: bytes) -> None:
+        task_id, status, _ = header
+        retiring = bool(status & _wire.F_RETIRE)
+        status &= ~_wire.F_RETIRE
+        task = w.task
+        if status == _wire.S_READY:
+            w.ready = True
+            w.ready_at = now = time.monotonic()
+            with self._lock:
+                self._boot_time = (self._boot_time + (now - w.born)) / 2
+                self._booted(w)
+                launch = self._want_launch()
+            if launch:
+                _launcher.submit(self._start_worker)
+            running = w.task
+            if running is not None and running.timeout is not None and not running._is_done():
+                if running._timer is not None:
+                    running._timer.cancel()
+                running._timer = call_later(running.timeout, lambda: self._on_timeout(w, running))
+            return
+        if status == _wire.S_INIT_FAILED:
+            init_exc = loads_exception(True, body)
+            w.kill_exc = PolytaskError(f"the pool's initializer failed in a worker: {init_exc!r}")
+            w.kill_exc.__cause__ = init_exc
+            return
+        if task is None or task_id != w.task_id:
+            return  # a result that raced a kill: the task was already settled
+        result: Any = None
+        exc: BaseException | None = None
+        try:
+            if status == _wire.S_OK:
+                result = pickle.loads(body)
+            elif status in (_wire.S_ERROR, _wire.S_ERROR_TEXT):
+                exc = loads_exception(status == _wire.S_ERROR, body)
+            else:
+                exc = SerializationError(pickle.loads(body))
+        except BaseException as why:
+            # Any exception, SystemExit and KeyboardInterrupt included: unpickling runs
+            # the result's own code (__reduce__, __setstate__), and what it raises is
+            # this task's failure, not the collector's or the caller's. (A Ctrl-C that
+            # lands in these microseconds fails the task the same way, visibly.)
+            exc = SerializationError(
+                f"the result of task {task.name!r} could not be unpickled in the caller: "
+                f"{type(why).__name__}: {why}"
+            )
+            exc.__cause__ = why
+        nxt: Task[Any] | None = None
+        started = task._started_at
+        now = time.monotonic()
+        with self._lock:
+            if w.task is not task:
+                return  # killed and settled meanwhile
+            w.task = None
+            w.ntasks += 1
+            if started is not None and w.ntasks > 1:
+                # A worker's first task (imports, unpickling its function) says
+                # little about the next ones.
+                self._task_times.append(now - max(started, w.ready_at))
+            if w.kill_exc is not None or w.dead:
+                pass
+            elif retiring or (self._max_tasks is not None and w.ntasks >= self._max_tasks):
+                self._retire(w)
+            elif self._pending:
+                nxt = self._pending.popleft()
+            else:
+                self._make_idle(w)
+        # Finish first: a done callback (a group's) may cancel what would run next.
+        # Like concurrent.futures', callbacks must not block.
+        try:
+            task._finish(result, exc)
+        finally:
+            # Even if a done callback raised: the next task must not be lost.
+            if nxt is not None:
+                self._assign(w, nxt)
+
+    def _on_death(self, w: _Worker) -> None:
+        if w.dead and w.proc.returncode is not None:
+            return
+        code = w.proc.poll()
+        if code is None:
+            # EOF came first; the exit follows within moments.
+            if not wait_pid(w.pid, 5.0):
+                _proc.kill_group(w.pid)
+                wait_pid(w.pid, None)
+            code = w.proc.poll()
+        _proc.release_group(w.pid)  # descendants left in its group
+        job = _proc.forget_job(w.pid)
+        if job is not None and (code != 0 or w.kill_exc is not None):
+            # Killed or crashed mid-task: what its task started and that left the
+            # group was not ended by the worker (_worker._Strays). Off this thread:
+            # the kill policy's grace must not hold up other tasks' results.
+            _end_strays_later(job, w.pid)
+        with self._lock:
+            self._booted(w)
+            w.dead = True
+            self._workers.pop(w.pid, None)
+            if w in self._idle:
+                self._idle.remove(w)
+            task, w.task = w.task, None
+            launch = self._want_launch() if not self._closed or self._pending else False
+        self._bury(w)
+        try:
+            if task is not None:
+                task.exitcode = code
+                exc = w.kill_exc if w.kill_exc is not None else WorkerCrashed._for(task.name, code)
+                task._finish(exc=exc)
+        finally:
+            if launch:
+                _launcher.submit(self._start_worker)
+
+    def _booted(self, w: _Worker) -> None:
+        # Called with self._lock held: w no longer counts as a start in flight.
+        if w.booting:
+            w.booting = False
+            self._booting -= 1
+
+    def _bury(self, w: _Worker) -> None:
+        with self._lock:
+            self._graveyard.append(w)
+        self._wake()
+
+    # ------------------------------------------------------------------ kill
+    def _kill(self, w: _Worker, exc: BaseException, task: Task[Any] | None = None) -> None:
+        """Kill ``w``; its task fails with ``exc``. With ``task``: only if still running it."""
+        with self._lock:
+            if w.dead or w.kill_exc is not None:
+                return
+            if task is not None and (w.task is not task or task._is_done()):
+                return  # it finished, and w may already run the next task
+            w.kill_exc = exc
+        # The kill policy's non-blocking form; the timer thread ends the grace, and
+        # the collector reaps the worker when its pidfd says it exited (_on_death).
+        ending = _proc.Ending(w.pid, self._grace)
+
+        def hard_kill() -> None:
+            if not w.dead:
+                ending.step(time.monotonic())
+
+        call_later(max(0.0, ending.kill_at - time.monotonic()), hard_kill)
+
+    def _on_timeout(self, w: _Worker, task: Task[Any]) -> None:
+        if w.task is not task or task._is_done():
+            return
+        # Its result may be sitting unread in the pipe: read it before calling it late.
+        if not w.claim.locked() and w.rlock.acquire(blocking=False):
+            try:
+                if not w.claim.locked() and not w.dead:
+                    self._service(w)
+            except BaseException as exc:  # a done callback's: the timeout must still act
+                _report("reading a late result", exc)
+            finally:
+                w.rlock.release()
+        if task._is_done():
+            return
+        task._cancel_requested = True
+        self._kill(
+            w,
+            TaskTimeout(
+                f"task {task.name!r} ran past its timeout of {task.timeout:g} s; its worker "
+                "process was killed",
+                name=task.name,
+                timeout=task.timeout,
+            ),
+            task,
+        )
+
+    def cancel(self, task: Task[Any]) -> bool:
+        with self._lock:
+            w = task._slot
+            if not isinstance(w, _Worker):
+                # Back in the queue after its worker died before it could be sent.
+                try:
+                    self._pending.remove(task)
+                except ValueError:
+                    return False
+                queued = True
+            else:
+                queued = False
+        if queued:
+            task._finish(exc=Cancelled(f"task {task.name!r} was cancelled before it started"))
+            return True
+        if w.task is task:
+            self._kill(
+                w, Cancelled(f"task {task.name!r} was cancelled; its worker was killed"), task
+            )
+            return True
+        return False
+
+    def live_tasks(self) -> list[Task[Any]]:
+        with self._lock:
+            running = [w.task for w in self._workers.values() if w.task is not None]
+            return running + list(self._pending)
+
+    # ------------------------------------------------------------------ waiting
+    def watch(self, task: Task[Any]) -> None:
+        if isinstance(task._slot, _Worker):
+            self._wake()
+
+    def wait(self, task: Task[Any], timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not task._is_done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return task._is_done()
+            w = task._slot
+            if not isinstance(w, _Worker) or w.dead or not w.claim.acquire(blocking=False):
+                # Pending, or another thread reads for this worker: it completes the task.
+                if not isinstance(w, _Worker):
+                    # Pending: workers may be busy with tasks nobody reads for; the
+                    # collector completes those, which frees a worker for this one.
+                    self._wake()
+                with task._condition:
+                    if not task._is_done():
+                        task._condition.wait(0.05 if remaining is None else min(remaining, 0.05))
+                continue
+            try:
+                self._read_for(task, w, deadline)
+            finally:
+                w.claim.release()
+                if (
+                    not task._is_done()
+                    or w.dead
+                    or (w.task is not None and w.task._watched)
+                    or self._pending
+                ):
+                    self._wake()
+        return True
+
+    def _read_for(self, task: Task[Any], w: _Worker, deadline: float | None) -> None:
+        # The collector re-checks the claim under rlock before it reads, so once we
+        # have passed through rlock no other thread reads w: if our result was read
+        # before the claim, the task is done now; if not, it is ours to read.
+        with w.rlock:
+            pass
+        poller = w.poller
+        while not task._is_done() and task._slot is w and not w.dead:
+            if deadline is None:
+                ms = -1
+            else:
+                ms = int((deadline - time.monotonic()) * 1000)
+                if ms <= 0:
+                    return
+            events = self._spin_poll(poller, ms)
+            if events:
+                exited = len(events) > 1 or events[0][0] != w.rfd
+                with w.rlock:
+                    try:
+                        self._service(w, exited)
+                    except BaseException:
+                        # Interrupted mid-frame (Ctrl-C): the stream may be torn, so the
+                        # worker cannot be trusted with another task.
+                        self._kill(w, Cancelled(f"task {task.name!r} was interrupted"))
+                        raise
+
+    def _spin_poll(self, poller: select.poll, ms: int) -> list[tuple[int, int]]:
+        """``poller.poll(ms)``, after polling without sleeping for up to the spin budget.
+
+        A tiny task's result comes back in microseconds, sooner than this thread
+        could be woken from a sleep. The budget adapts: back to the maximum when
+        the sleep after a failed spin was short (spinning a little longer would
+        have caught the result), halved when it was long (a task that takes a
+        while: spinning on it only burns a core). It is skipped while the busy
+        workers use every core, and only one caller thread spins at a time (the
+        others would take the GIL and a core from it for nothing).
+        """
+        if not self._cores_free():
+            return poller.poll(ms)
+        monotonic = time.monotonic
+        choice = self._spin_choice
+        start = monotonic()
+        if not choice.spin:
+            # Timed too: SpinChoice compares the waits with and without spinning.
+            events = poller.poll(ms)
+            choice.record(monotonic() - start)
+            return events
+        budget = self._spin
+        if not budget or not self._spinner.acquire(blocking=False):
+            return poller.poll(ms)
+        try:
+            end = start + budget
+            while True:
+                events = poller.poll(0)
+                if events:
+                    choice.record(monotonic() - start)
+                    return events
+                if monotonic() >= end:
+                    break
+        finally:
+            self._spinner.release()
+        t0 = monotonic()
+        events = poller.poll(ms)
+        now = monotonic()
+        self._spin = after_sleep(budget, now - t0)
+        choice.record(now - start)
+        return events
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _ensure_collector(self) -> None:
+        with self._lock:
+            if self._collector is None and not self._stopping:
+                self._collector = threading.Thread(
+                    target=self._collect, name="polytask-collector", daemon=True
+                )
+                self._collector.start()
+
+    def _collect(self) -> None:
+        try:
+            self._collect_loop()
+        except BaseException as exc:
+            # Its own bookkeeping failed (servicing a worker cannot get here): without
+            # it, results nobody reads and deaths go unnoticed, so fail loudly now.
+            self._break(exc, "lost its collector thread")
+
+    def _collect_loop(self) -> None:
+        poller = select.poll()
+        registered: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            with self._lock:
+                stop = bool(self._stopping and not self._workers)
+                want: dict[int, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+                for w in self._workers.values():
+                    if w.dead:
+                        continue
+                    want[w.pidfd] = ("pid", w)
+                    if (w.task is not None or w.booting) and not w.eof and not w.claim.locked():
+                        want[w.rfd] = ("res", w)
+                buried = [w for w in self._graveyard if not w.claim.locked() and not w.sending]
+                for w in buried:
+                    self._graveyard.remove(w)
+            for fd in list(registered):
+                if fd not in want or registered[fd] != want[fd]:
+                    poller.unregister(fd)
+                    del registered[fd]
+            for w in buried:
+                _close_fds(w)
+            if stop:
+                return
+            for fd, entry in want.items():
+                if fd not in registered:
+                    poller.register(fd, select.POLLIN)
+                    registered[fd] = entry
+            try:
+                events = poller.poll()
+            except InterruptedError:  # pragma: no cover
+                continue
+            for fd, _ in events:
+                kind, hit = registered.get(fd, ("gone", None))
+                if kind == "wake":
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif (
+                    hit is not None and not hit.claim.locked() and hit.rlock.acquire(blocking=False)
+                ):
+                    try:
+                        if not hit.claim.locked():
+                            self._service(hit, kind == "pid")
+                    except BaseException as exc:
+                        # A done callback raised (SystemExit included): its task is
+                        # finished, and the next one was sent (see _complete); the
+                        # collector must go on for every other task.
+                        _report("a task's done callback", exc)
+                    finally:
+                        hit.rlock.release()
+
+    def _broken_error(self, task: Task[Any]) -> PolytaskError:
+        err = PolytaskError(
+            f"task {task.name!r} failed: the process backend {self._broken_why}; it takes no "
+            "more tasks (create a new one)"
+        )
+        err.__cause__ = self._broken
+        return err
+
+    def _break(self, exc: BaseException, why: str) -> None:
+        """A service thread failed in a way that leaves tasks unwatched: fail every task
+        now, loudly, and kill the workers, rather than let anything hang."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken, self._broken_why = exc, why
+            self._closed = True
+            tasks = list(self._pending)
+            self._pending.clear()
+            workers = list(self._workers.values())
+            for w in workers:
+                if w.task is not None:
+                    tasks.append(w.task)
+                    w.task = None
+        _report(f"the process backend {why}; its {len(tasks)} task(s) fail", exc)
+        for w in workers:
+            _proc.kill_group(w.pid)
+        for t in tasks:
+            if not t._is_done():
+                t._finish(exc=self._broken_error(t))
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self, *, wait: bool = True, cancel: bool = False) -> None:
+        """Stop accepting tasks, then stop the workers.
+
+        ``cancel``: pending tasks fail with :class:`Cancelled` and running ones are
+        killed; otherwise both are finished first. ``wait=False`` returns at once and
+        finishes the shutdown on a background thread.
+        """
+        with self._lock:
+            if self._closed and self._stopping:
+                return
+            self._closed = True
+            pending = list(self._pending) if cancel else []
+            if cancel:
+                self._pending.clear()
+            busy = [(w, w.task) for w in self._workers.values() if w.task is not None]
+        for t in pending:
+            if not concurrent.futures.Future.cancel(t):
+                t._finish(exc=Cancelled(f"task {t.name!r}: the backend was shut down"))
+        if cancel:
+            for w, running in busy:
+                self._kill(w, Cancelled("the backend was shut down while the task ran"), running)
+        if not wait:
+            threading.Thread(
+                target=self._finish_shutdown, name="polytask-shutdown", daemon=True
+            ).start()
+            return
+        self._finish_shutdown()
+
+    def _finish_shutdown(self) -> None:
+        self._wake()  # the collector completes results nobody reads
+        while True:
+            with self._lock:
+                tasks = [w.task for w in self._workers.values() if w.task is not None]
+                tasks += list(self._pending)
+                starting = self._starting
+            if not tasks and not starting:
+                break
+            for t in tasks:
+                t.join(0.05)
+            if not tasks:
+                time.sleep(0.01)  # a worker is still starting: it retires on arrival
+        # Idle workers exit when their request pipe closes.
+        with self._lock:
+            self._stopping = True
+            idle, self._idle = self._idle, []
+            if self._recheck is not None:
+                self._recheck.cancel()
+                self._recheck = None
+            workers = list(self._workers.values())
+        for w in idle:
+            self._retire(w)
+        deadline = time.monotonic() + 5.0
+        for w in workers:
+            if w.dead:
+                continue
+            if not wait_pid(w.pid, max(0.0, deadline - time.monotonic())):
+                _proc.kill_group(w.pid)
+                wait_pid(w.pid, 5.0)
+            with w.rlock:
+                w.eof = True
+                self._on_death(w)
+        self._wake()
+        collector = self._collector
+        if collector is not None and collector is not threading.current_thread():
+            collector.join(10.0)
+        with self._lock:
+            rest, self._graveyard = self._graveyard, []
+        for w in rest:
+            _close_fds(w)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def statistics(self) -> dict[str, int]:
+        """Counts: workers (live, idle), worker starts in flight (queued, or started and
+        not ready yet), worker processes started so far, and tasks waiting for a worker."""
+        with self._lock:
+            return {
+                "workers": len(self._workers),
+                "idle": len(self._idle),
+                "starting": self._starting + self._booting,
+                "started": self._started,
+                "pending": len(self._pending),
+            }
+
+
+def _report(what: str, exc: BaseException) -> None:
+    """An error in a service thread that must not end it: say so on stderr."""
+    try:
+        print(f"polytask: error in {what}: {type(exc).__name__}: {exc!r}", file=sys.stderr)
+    except BaseException:  # pragma: no cover - stderr closed at exit
+        pass
+
+
+def _end_strays_later(job: str, pid: int) -> None:
+    if _proc.find_trees([job], first_pid=pid):
+        threading.Thread(
+            target=_proc.end_trees,
+            args=([job],),
+            kwargs={"first_pid": pid},
+            name="polytask-reaper",
+            daemon=True,
+        ).start()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _close_fds(w: _Worker) -> None:
+    for fd in (w.rfd, w.wfd, w.pidfd):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    w.rfd = w.wfd = w.pidfd = -1

@@ -1,0 +1,300 @@
+"""The main loop of a process-backend worker.
+
+Started by the parent as ``polytask-worker -c 'from polytask.backends.process.worker import main;
+main()' RFD WFD PARENT`` (argv[0] is what ``ps`` shows; or forked, with
+start_method="fork"). It reads request frames from one pipe
+and writes one response frame per task to another. It sets PDEATHSIG so that
+it dies with the thread that started it, and checks that its parent is still
+the one that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from ..._core.task import CurrentTask, _set_current
+from ..._ipc.codec import describe, dumps, dumps_exception
+from ..._ipc.spin import SPIN_MAX, after_sleep
+from ..._os import proc as _proc
+from ..._os.guardian import set_comm
+from . import wire as _wire
+
+__all__ = ["FORKED_CHILD_EXIT", "main", "retire_after_task", "serve"]
+
+_FN_CACHE_SIZE = 256
+
+#: The exit status of a process forked by a task that returned (or raised) from the
+#: task function instead of ending with ``os._exit``: 70, EX_SOFTWARE of sysexits.h.
+#: See :func:`_forked_child_returned`.
+FORKED_CHILD_EXIT = 70
+
+
+_retiring = False
+
+
+def retire_after_task() -> None:
+    """Ask this worker to exit once the current task's result is sent.
+
+    For code running inside a process-backend worker (the Pool uses it for
+    ``max_memory_per_worker``). The parent is told in the same response frame,
+    so no further task is ever sent to a retiring worker; it starts a fresh one.
+    """
+    global _retiring
+    _retiring = True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# After sending a result, when the parent allows it (_wire.F_SPIN: it sets the
+# flag only while the busy workers and the waiting caller fit on the cores), the
+# worker polls its request pipe before it sleeps, so a caller that submits again
+# at once finds it awake (the policy: _spin). An idle worker thus burns at most
+# one budget after its last task.
+
+
+class _Strays:
+    """Ends what a task started and left running, before its result goes out.
+
+    The worker is a subreaper (set at start-up), so whatever a task started, and
+    the orphans of that, stays a descendant of the worker: with no child left
+    at all, nothing of the task's is left either (one system call, the common
+    case). Otherwise every process carrying this worker's job mark (inherited
+    from it, whatever group or session it moved to; see _proc's trees) is ended
+    with the one kill policy, except the worker's own children from its
+    start-up and initializer, and the zombies among our children are reaped.
+    """
+
+    __slots__ = ("active", "keep", "marker")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.marker: bytes | None = None
+        self.keep: frozenset[int] = frozenset()
+
+    def activate(self) -> None:
+        """This process is a worker of ours (not a test calling :func:`serve` in a
+        thread): become the subreaper of what tasks start, and clean up after them."""
+        _proc.become_subreaper()
+        self.active = True
+
+    def ready(self, marker: bytes | None) -> None:
+        """Start-up and initializer are done: what runs now is the worker's own."""
+        self.marker = marker
+        self.keep = frozenset(_proc.children())
+
+    def after_task(self) -> None:
+        if not self.active:
+            return
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        # As their subreaper, every child we did not have at start-up is the task's
+        # (or adopted from it): end those and everything carrying our mark, again
+        # while any is left (one may have been between fork and exec, unmarked).
+        for _ in range(5):
+            left = [p for p in self._living_children() if p not in self.keep]
+            found = (
+                [p for p in _proc.find_marked({self.marker}) if p not in self.keep]
+                if self.marker is not None
+                else []
+            )
+            if not left and not found:
+                break
+            _proc.end_processes(set(left) | set(found))
+        for pid in _proc.children():
+            if pid not in self.keep:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    @staticmethod
+    def _living_children() -> list[int]:
+        return [p for p in _proc.children() if _proc.pid_state(p) not in (b"Z", b"X", None)]
+
+
+_strays = _Strays()
+
+
+def serve(rfd: int, wfd: int) -> None:
+    """Serve tasks until the request pipe closes or an exit frame arrives."""
+    decoder = _wire.FrameDecoder(_wire.REQUEST)
+    fn_cache: dict[bytes, Callable[..., Any]] = {}
+    loads = pickle.loads
+    poll = select.poll()
+    poll.register(rfd, select.POLLIN)
+    monotonic = time.monotonic
+    getpid = os.getpid
+    me = getpid()
+    budget = SPIN_MAX
+    spin = False  # the last request asked for a spin after its result
+    while True:
+        if spin and budget:
+            spin = False
+            end = monotonic() + budget
+            while not poll.poll(0):
+                if monotonic() >= end:
+                    t0 = monotonic()
+                    poll.poll()
+                    budget = after_sleep(budget, monotonic() - t0)
+                    break
+        data = os.read(rfd, 1 << 16)  # the full size is allocated per read
+        if not data:
+            return
+        for header, body in decoder.feed(data):
+            task_id, kind, fn_len, _ = header
+            spin = bool(kind & _wire.F_SPIN)
+            kind &= ~_wire.F_SPIN
+            if kind == _wire.K_INIT:
+                _init(loads(body), wfd, me)
+                continue
+            fn_bytes, payload = body[:fn_len], body[fn_len:]
+            try:
+                if kind == _wire.K_RUN_REF:
+                    # A function pickled by reference is the same object every time:
+                    # caching it skips the import lookup. By-value ones (closures) are
+                    # unpickled afresh, so each call sees the state it was sent with.
+                    fn = fn_cache.get(fn_bytes)
+                    if fn is None:
+                        fn = loads(fn_bytes)
+                        if len(fn_cache) >= _FN_CACHE_SIZE:
+                            fn_cache.clear()
+                        fn_cache[fn_bytes] = fn
+                else:
+                    fn = loads(fn_bytes)
+                name, args, kwargs = loads(payload)
+            except BaseException as exc:
+                msg = f"the worker could not unpickle the task: {type(exc).__name__}: {exc}"
+                _write_all(wfd, _wire.encode_response(task_id, _wire.S_BAD_CALL, pickle.dumps(msg)))
+                continue
+            _set_current(CurrentTask(name))
+            try:
+                result = fn(*args, **kwargs)
+            except SystemExit:
+                # The task asked the process to exit: the parent sees the exit code. (In
+                # a child the task forked, sys.exit ends that child, as it should.)
+                raise
+            except BaseException as exc:
+                if getpid() != me:
+                    _forked_child_returned(f"task {name!r}", exc)
+                ok, data = _dumps_exception(exc)
+                del exc
+                status = _wire.S_ERROR if ok else _wire.S_ERROR_TEXT
+                frame = _wire.encode_response(task_id, status, data)
+            else:
+                if getpid() != me:
+                    _forked_child_returned(f"task {name!r}", None)
+                try:
+                    frame = _wire.encode_response(task_id, _wire.S_OK, dumps(result))
+                except BaseException as exc:  # pickling runs the result's code: any error
+                    msg = (
+                        f"the result of task {name!r} ({describe(result)}) cannot be pickled to "
+                        f"return it from the worker process: {type(exc).__name__}: {exc}. "
+                        "Return a picklable value."
+                    )
+                    frame = _wire.encode_response(task_id, _wire.S_BAD_RESULT, pickle.dumps(msg))
+                del result
+            finally:
+                _set_current(None)
+            # Freed now, not when the next task comes (the caller freed its copies;
+            # an object may release a resource, or its memory is due back).
+            del fn, args, kwargs
+            _strays.after_task()
+            if _retiring:
+                frame = frame[:8] + bytes([frame[8] | _wire.F_RETIRE]) + frame[9:]
+                _write_all(wfd, frame)
+                return
+            _write_all(wfd, frame)
+
+
+def _dumps_exception(exc: BaseException) -> tuple[bool, bytes]:
+    """:func:`dumps_exception`, which runs the exception's own pickling code: if that
+    raises (SystemExit included), the parent still gets the facts, as text."""
+    try:
+        return dumps_exception(exc)
+    except BaseException as why:
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        text = f"<{type(exc).__name__}>"
+        return False, pickle.dumps((name, text, "", f"{type(why).__name__}: {why}"))
+
+
+def _forked_child_returned(where: str, exc: BaseException | None) -> NoReturn:
+    """End a process that the task forked and that came back into this loop.
+
+    It shares the worker's pipes: had it gone on, it would answer the task with
+    a second result and then read requests meant for the worker (two readers
+    split a large request between them, and the worker hangs). So it ends here,
+    writing nothing to the pipes, with exit status :data:`FORKED_CHILD_EXIT`,
+    and says so on stderr. The worker's own result, if any, stands.
+    """
+    try:
+        what = "returned" if exc is None else f"raised {type(exc).__name__}: {exc}"
+        sys.stderr.write(
+            f"polytask: a process forked by {where} (pid {os.getpid()}) {what} from "
+            "the function instead of calling os._exit(); it was ended with exit status "
+            f"{FORKED_CHILD_EXIT} (end forked children with os._exit)\n"
+        )
+        if exc is not None:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        # What the child printed is kept, as its own exit would keep it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(FORKED_CHILD_EXIT)
+
+
+def _init(config: dict[str, Any], wfd: int, me: int) -> None:
+    sys.path[:] = config["sys_path"]
+    # What the parent set only to start this interpreter (see _proc.python_command)
+    # must not reach the programs a task starts.
+    _proc.restore_env(config.get("env_restore", {}))
+    init = config.get("initializer")
+    if init is not None:
+        try:
+            fn, args = pickle.loads(init)
+            fn(*args)
+        except BaseException as exc:
+            if os.getpid() != me:
+                _forked_child_returned("the worker's initializer", exc)
+            _ok, data = _dumps_exception(exc)
+            _write_all(wfd, _wire.encode_response(0, _wire.S_INIT_FAILED, data))
+            os._exit(3)
+        if os.getpid() != me:
+            _forked_child_returned("the worker's initializer", None)
+    _strays.ready(config.get("tree_marker"))
+    # A task's timeout counts from here: interpreter start-up and the initializer
+    # are the pool's cost, not the task's.
+    _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))
+
+
+def main() -> None:
+    """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
+    rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
+    set_comm("polytask-worker")
+    _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
+    _strays.activate()
+    # The worker has its own process group: the terminal's Ctrl-C goes to the
+    # parent, which ends the workers itself, without tracebacks from each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        serve(rfd, wfd)
+    except BrokenPipeError:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,80 @@
+"""The kill contract: a timeout stops the running work; so does a cancel where the
+backend says it can (``can_kill_running``).
+
+Process workers are killed; Dask and Ray run a task that has a timeout in a child
+process of their worker, which the timeout kills, and every task with
+``killable=True`` (see backends.cluster.child). Threads cannot be stopped: the
+thread backend is not held to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import polytask as pt
+from polytask.backends import Backend, make_backend
+
+HANG = 60  # a bound for "does not hang", never a speed claim
+
+
+def sleep_then_touch(seconds: float, path: str) -> str:
+    Path(path + ".started").touch()
+    time.sleep(seconds)
+    Path(path).write_text("ran to the end")
+    return "done"
+
+
+def _skip_threads(backend_name: str) -> None:
+    if backend_name == "thread":
+        pytest.skip("a thread cannot be stopped; thread tasks check their cancel flag")
+
+
+def test_a_timeout_stops_the_running_work(backend_name: str, tmp_path: Path) -> None:
+    _skip_threads(backend_name)
+    marker = tmp_path / "marker"
+    t = pt.spawn(sleep_then_touch, 2.5, str(marker), backend=backend_name, timeout=1.0)
+    with pytest.raises(pt.TaskTimeout):
+        t.result(timeout=HANG)
+    assert Path(str(marker) + ".started").exists(), "the task never started"
+    time.sleep(3.0)  # past the time the work would have ended
+    assert not marker.exists(), "the timed-out work ran on to its end"
+
+
+@pytest.fixture
+def killing(backend_name: str) -> Iterator[Backend]:
+    """A backend of ``backend_name`` that kills running work on cancel."""
+    _skip_threads(backend_name)
+    options = {"killable": True} if backend_name in ("dask", "ray") else {}
+    be = make_backend(backend_name, max_workers=2, **options)
+    assert be.can_kill_running is True
+    try:
+        yield be
+    finally:
+        be.shutdown(wait=False, cancel=True)
+
+
+def test_a_group_timeout_stops_the_running_work(killing: Backend, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    with pytest.raises(pt.TaskTimeout), pt.TaskGroup(backend=killing, timeout=1.0) as g:
+        g.spawn(sleep_then_touch, 2.5, str(marker))
+    time.sleep(3.0)
+    assert not marker.exists(), "the timed-out work ran on to its end"
+
+
+def test_cancel_stops_the_running_work(killing: Backend, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    t = pt.spawn(sleep_then_touch, 2.5, str(marker), backend=killing)
+    started = Path(str(marker) + ".started")
+    deadline = time.monotonic() + HANG
+    while not started.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.02)
+    assert t.cancel() is True
+    with pytest.raises(pt.Cancelled):
+        t.result(timeout=HANG)
+    time.sleep(3.0)
+    assert not marker.exists(), "the cancelled work ran on to its end"

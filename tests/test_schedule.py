@@ -1,0 +1,170 @@
+"""The Pool's pure scheduling (polytask._pool.schedule): no Pool, no processes."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from polytask._pool.chunking import ChunkSizer
+from polytask._pool.schedule import (
+    Block,
+    Item,
+    RunQueue,
+    Sink,
+    chunk_timeout,
+    input_length,
+    map_items,
+    positional_chunksize,
+    take_chunk,
+)
+
+
+class Bin(Sink):
+    def __init__(self, sizer: ChunkSizer) -> None:
+        super().__init__(sizer)
+        self.got: list[Any] = []
+
+    def settle(self, done: list[tuple[Item, bool, Any]]) -> None:
+        self.got.extend(done)
+
+
+def tiny_item_sizer(workers: int) -> ChunkSizer:
+    """A sizer that measured tiny items: its chunks are capped by max_size."""
+    sizer = ChunkSizer(workers)
+    sizer.observe(1_000, 1e-4, 1e-3)
+    sizer.observe(sizer.max_size, 1e-3, 1e-2)
+    return sizer
+
+
+def run_of(items: list[Any], workers: int = 2, sizer: ChunkSizer | None = None) -> RunQueue:
+    run = RunQueue(sizer or tiny_item_sizer(workers), workers, abs, None, None, False)
+    run.add(items)
+    return run
+
+
+def test_a_known_rest_is_cut_into_equal_blocks_a_multiple_of_the_workers():
+    for workers in (2, 3):
+        run = run_of(list(range(50_000)), workers)
+        blocks = list(iter(run.next_block, None))
+        assert [x for b in blocks for x in b.args] == list(range(50_000))
+        assert [b.start for b in blocks] == [
+            sum(len(b.args) for b in blocks[:i]) for i in range(len(blocks))
+        ]
+        sizes = [len(b.args) for b in blocks]
+        assert len(sizes) % workers == 0
+        # One size (a ceiling division: the last may be a few items shorter).
+        assert len(set(sizes[:-1])) == 1 and sizes[0] - len(sizes) < sizes[-1] <= sizes[0]
+        assert run.queued() == 0 and not run.has_work()
+
+
+def test_an_input_still_being_read_is_not_cut_evenly():
+    run = run_of(list(range(50_000)))
+    run.input = iter(())  # more may come: the rest is not known
+    sizes = [len(b.args) for b in iter(run.next_block, None)]
+    assert sizes[0] == run.sizer.max_size
+    assert sum(sizes) == 50_000
+
+
+def test_items_a_worker_did_not_reach_go_out_first():
+    run = run_of(list(range(10)), sizer=ChunkSizer(2, fixed=4))
+    first = run.next_block()
+    assert first is not None and first.args == [0, 1, 2, 3]
+    run.resend(2, first.args[2:])
+    assert run.queued() == 8
+    again = run.next_block()
+    assert again is not None and (again.start, again.args) == (2, [2, 3])
+    rest = [(b.start, b.args) for b in iter(run.next_block, None)]
+    assert rest == [(4, [4, 5, 6, 7]), (8, [8, 9])]
+
+
+def test_a_borrowed_list_is_read_never_changed():
+    mine = list(range(100))
+    run = RunQueue(ChunkSizer(2, fixed=10), 2, abs, None, None, False)
+    run.borrowed = True
+    run.add(mine)
+    assert sum(len(b.args) for b in iter(run.next_block, None)) == 100
+    assert mine == list(range(100))
+
+
+def test_clear_drops_every_item_not_sent():
+    run = run_of(list(range(10)), sizer=ChunkSizer(2, fixed=4))
+    blk = run.next_block()
+    assert blk is not None
+    run.resend(0, blk.args)
+    run.clear()
+    assert run.queued() == 0 and run.next_block() is None
+
+
+def items(sink: Sink, n: int, timeout: float | None = None, start: int = 0) -> list[Item]:
+    return [Item(sink, start + i, abs, (i,), {}, timeout) for i in range(n)]
+
+
+def test_take_chunk_sends_isolated_items_alone_and_groups_by_sink_and_timeout():
+    a, b = Bin(ChunkSizer(2, fixed=100)), Bin(ChunkSizer(2, fixed=100))
+    lone = items(a, 1)[0]
+    lone.isolated = True
+    q = collections.deque([lone, *items(a, 3), *items(b, 2), *items(b, 2, timeout=1.0)])
+    dropped: list[Item] = []
+    chunks = []
+    while (c := take_chunk(q, collections.deque(), False, dropped.append)) is not None:
+        assert isinstance(c, list)
+        chunks.append(c)
+    assert [len(c) for c in chunks] == [1, 3, 2, 2]
+    assert chunks[0] == [lone]
+    assert {it.sink for it in chunks[2]} == {b} and chunks[3][0].timeout == 1.0
+    assert not dropped
+
+
+def test_take_chunk_drops_settled_and_cancelled_items():
+    live, gone = Bin(ChunkSizer(2, fixed=10)), Bin(ChunkSizer(2, fixed=10))
+    gone.cancelled = True
+    first, settled = items(live, 2)
+    settled.settled = True
+    q = collections.deque([*items(gone, 2), first, settled])
+    dropped: list[Item] = []
+    chunk = take_chunk(q, collections.deque(), False, dropped.append)
+    assert chunk == [first]
+    assert len(dropped) == 3 and not q
+
+
+def test_take_chunk_waits_for_a_full_chunk_while_every_worker_is_busy():
+    sink = Bin(ChunkSizer(2, fixed=4))
+    q = collections.deque(items(sink, 3))
+    assert take_chunk(q, collections.deque(), True, lambda it: None) is None
+    assert len(q) == 3
+    q.extend(items(sink, 1, start=3))
+    chunk = take_chunk(q, collections.deque(), True, lambda it: None)
+    assert isinstance(chunk, list) and len(chunk) == 4
+
+
+def test_take_chunk_serves_single_items_first_then_runs_in_turn():
+    r1 = run_of(list(range(8)), sizer=ChunkSizer(2, fixed=2))
+    r2 = run_of(list(range(8)), sizer=ChunkSizer(2, fixed=2))
+    runs: collections.deque[RunQueue] = collections.deque([r1, r2])
+    r1.active = r2.active = True
+    q = collections.deque(items(Bin(ChunkSizer(2, fixed=5)), 1))
+    got = [take_chunk(q, runs, False, lambda it: None) for _ in range(5)]
+    assert isinstance(got[0], list)
+    assert [b.run for b in got[1:] if isinstance(b, Block)] == [r1, r2, r1, r2]
+    while take_chunk(q, runs, False, lambda it: None) is not None:
+        pass
+    assert not runs and not r1.active and not r2.active
+
+
+def test_a_chunk_timeout_allows_one_item_plus_the_expected_work():
+    sizer = ChunkSizer(2)
+    assert chunk_timeout(sizer, None, 10) is None
+    assert chunk_timeout(sizer, 5.0, 1) == 5.0
+    sizer.observe(10, 0.01, 0.011)  # 1 ms an item
+    t = chunk_timeout(sizer, 5.0, 100)
+    assert t is not None and 5.0 < t < 5.0 + 4 * 0.2 + 1.0 + 1e-9
+
+
+def test_inputs_are_shaped_as_multiprocessing_does():
+    assert positional_chunksize(([1, 2], 10), None) == (([1, 2],), 10)
+    assert positional_chunksize(([1, 2], [3, 4]), None) == (([1, 2], [3, 4]), None)
+    mine = [1, 2]
+    assert map_items((mine,)) == (mine, False, True)
+    assert map_items(([1, 2], "ab")) == ([(1, "a"), (2, "b")], True, False)
+    assert input_length(([1, 2, 3], "ab")) == 2
+    assert input_length((iter([]),)) is None
