@@ -139,9 +139,17 @@ import polytask.joblib
 
 polytask.joblib.register()
 ready, folder = sys.argv[1], sys.argv[2]
+
+
+def kind(x):
+    # Not joblib.delayed(type): 3.12.1's functools.wraps fails on the builtin type
+    # ("__type_params__ must be set to a tuple", fixed in 3.12.2).
+    return type(x)
+
+
 a = np.ones(300_000)
 with joblib.Parallel(n_jobs=2, backend="polytask", temp_folder=folder) as p:
-    kinds = p(joblib.delayed(type)(a) for _ in range(2))
+    kinds = p(joblib.delayed(kind)(a) for _ in range(2))
     with open(ready, "w") as f:
         f.write(" ".join(k.__name__ for k in kinds) + " ready")
     time.sleep(600)

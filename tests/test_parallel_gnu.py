@@ -76,7 +76,10 @@ class Run:
 
 
 def _env(home: Path, extra: dict[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=SRC, SHELL=BASH, PARALLEL_HOME=str(home))
+    # PARALLEL_SHELL pins GNU's shell: without it GNU takes the nearest shell among
+    # its parent processes (under make's recipe that is dash, whose echo reads
+    # backslashes and which has no exported functions), before $SHELL.
+    env = dict(os.environ, PYTHONPATH=SRC, SHELL=BASH, PARALLEL_SHELL=BASH, PARALLEL_HOME=str(home))
     env.pop("PARALLEL", None)
     env.update(extra or {})
     return env

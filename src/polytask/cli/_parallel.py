@@ -607,6 +607,9 @@ class _Sink:
         self._head = 1
         self.dropped = False
         self.record_fd = -1
+        #: The header line of --results FILE.csv/.tsv: written before the first line
+        #: that goes out (with -k that is job 1's, whichever job ended first).
+        self.record_header = b""
 
     def _job(self, seq: int, tag: bytes) -> _JobOut:
         job = self._jobs.get(seq)
@@ -617,6 +620,9 @@ class _Sink:
     def _emit(self, seq: int, final: bool) -> None:
         job = self._jobs[seq]
         if final and job.pending[0]:  # its line of --results FILE.csv
+            if self.record_header:
+                _write(self.record_fd, self.record_header)
+                self.record_header = b""
             _write(self.record_fd, b"".join(job.pending[0]))
             job.pending[0].clear()
         for kind in (1, 2):
@@ -1220,7 +1226,8 @@ class _Runner:
             self.results_header = True
             names = self.names or [f"V{i}" for i in range(1, len(job.args) + 1)]
             sep = "," if self.results_kind == "csv" else "\t"
-            line = spec.csv_header(names, sep) + line
+            header = spec.csv_header(names, sep)
+            self.sink.record_header = header.encode("utf-8", "surrogateescape")
         data: bytes = line.encode("utf-8", "surrogateescape")
         return data
 
