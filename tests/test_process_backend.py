@@ -217,3 +217,34 @@ def test_a_temporary_process_primitive_as_an_argument_lives_until_the_task_has_i
     with pt.Pool(2) as pool:
         got = [pool.submit(_use_semaphore, pool.Semaphore(1)).result(timeout=60) for _ in range(20)]
     assert got == [1] * 20
+
+
+def _put_through(q: object, value: int) -> int:
+    q.put(value)  # type: ignore[attr-defined]
+    return value
+
+
+_init_queue: object = None
+
+
+def _remember_queue(q: object) -> None:
+    global _init_queue
+    _init_queue = q
+
+
+def _put_through_init_queue(value: int) -> int:
+    return _put_through(_init_queue, value)
+
+
+def test_a_manager_proxy_works_in_arguments_and_initargs() -> None:
+    # Spawned workers get multiprocessing's authkey, as its own children do: a
+    # Manager proxy connects (before: AuthenticationError in the worker).
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        q = manager.Queue()
+        assert pt.spawn(_put_through, q, 7, backend="process").result(timeout=60) == 7
+        assert q.get(timeout=60) == 7
+        with pt.Pool(1, _remember_queue, (q,)) as pool:
+            assert pool.apply(_put_through_init_queue, (8,)) == 8
+        assert q.get(timeout=60) == 8

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
+import multiprocessing
 import os
 import pickle
 import select
@@ -532,6 +533,9 @@ class ProcessBackend(Backend):
             # The worker ends what a task leaves running by this mark (_worker._Strays).
             tree_marker=_proc.tree_marker(job),
             env_restore=env_restore,
+            # multiprocessing's key, as its own spawn children get it: a Manager proxy
+            # (or a Listener client) passed to a task or the initializer connects with it.
+            authkey=bytes(multiprocessing.current_process().authkey),
         )
         return _wire.encode_request(0, _wire.K_INIT, b"", pickle.dumps(config, 5))
 

@@ -263,6 +263,11 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     # What the parent set only to start this interpreter (see _proc.python_command)
     # must not reach the programs a task starts.
     _proc.restore_env(config.get("env_restore", {}))
+    authkey = config.get("authkey")
+    if authkey is not None:
+        from multiprocessing import process as mp_process  # only when a key came
+
+        mp_process.current_process().authkey = authkey
     init = config.get("initializer")
     if init is not None:
         try:
