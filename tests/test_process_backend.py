@@ -248,3 +248,30 @@ def test_a_manager_proxy_works_in_arguments_and_initargs() -> None:
         with pt.Pool(1, _remember_queue, (q,)) as pool:
             assert pool.apply(_put_through_init_queue, (8,)) == 8
         assert q.get(timeout=60) == 8
+
+
+def test_a_multiprocessing_queue_in_initargs_is_inherited_by_fork_workers() -> None:
+    # As multiprocessing's fork workers: what is shared only by inheritance (a
+    # multiprocessing.Queue) reaches a forked worker's initializer. Before: refused
+    # with "Queue objects should only be shared between processes through inheritance".
+    import multiprocessing
+
+    q = multiprocessing.get_context("fork").Queue()
+    try:
+        with pt.Pool(2, _remember_queue, (q,), start_method="fork") as pool:
+            assert pool.map(_put_through_init_queue, range(6)) == list(range(6))
+        assert sorted(q.get(timeout=60) for _ in range(6)) == list(range(6))
+        with pt.Executor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_remember_queue,
+            initargs=(q,),
+        ) as ex:
+            assert ex.submit(_put_through_init_queue, 9).result(timeout=60) == 9
+        assert q.get(timeout=60) == 9
+        # A spawned worker cannot inherit it: a clear error at the call, naming the way.
+        with pytest.raises(pt.SerializationError, match="start_method='fork'"):
+            pt.Pool(1, _remember_queue, (q,), start_method="spawn")
+    finally:
+        q.close()
+        q.join_thread()

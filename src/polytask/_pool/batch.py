@@ -16,7 +16,6 @@ stopped early; the Pool sends the rest again.
 from __future__ import annotations
 
 import os
-import pickle
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from .._ipc.codec import dumps_exception
 if TYPE_CHECKING:
     from .schedule import Item
 
-__all__ = ["Results", "_run_chunk", "_run_initializer", "_run_items"]
+__all__ = ["Results", "_run_chunk", "_run_items"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -162,19 +161,3 @@ def _run_items(items: list[Item]) -> tuple[list[Any], dict[int, Any] | None, flo
     return values, errors, time.perf_counter() - start
 
 
-def _run_initializer(blob: bytes) -> None:
-    """Start a process worker of a Pool: the caller's authkey, then its initializer.
-
-    The authkey comes first, before the initargs are unpickled: a
-    ``multiprocessing`` Manager proxy reads it when it is unpickled, and one made
-    with another key cannot talk to its manager (``AuthenticationError``).
-    Arguments of later tasks are unpickled after this, with the same key.
-    """
-    authkey, inner = pickle.loads(blob)
-    if authkey is not None:
-        import multiprocessing.process
-
-        multiprocessing.process.current_process().authkey = authkey
-    if inner is not None:
-        fn, args = pickle.loads(inner)
-        fn(*args)

@@ -32,7 +32,6 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
-import pickle
 import sys
 import threading
 import time
@@ -48,11 +47,11 @@ from .._core.errors import Cancelled, PolytaskError, SerializationError, TaskTim
 from .._core.task import Task, finish_many
 from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
-from .._ipc.codec import dumps, loads_exception
+from .._ipc.codec import loads_exception
 from .._os.proc import at_shutdown, usable_cpus
 from .._progress import Progress, want_progress
 from ..backends import Backend, make_backend
-from .batch import Results, _run_chunk, _run_initializer, _run_items
+from .batch import Results, _run_chunk, _run_items
 from .chunking import ChunkSizer
 from .results import AsyncResult, MapIterator, _Collector
 from .schedule import (
@@ -87,26 +86,6 @@ DEFAULT: Final = _Default()
 _INFLIGHT_PER_WORKER = 2
 #: The chunk size a lazy input's lookahead is counted in (see _Run._limit).
 _LOOKAHEAD_CHUNK = 4096
-
-
-def _initializer_blob(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> bytes:
-    """What :func:`_run_initializer` gets: the authkey of the caller's
-    ``multiprocessing`` (as its own child processes would), and the initializer."""
-    import multiprocessing.process
-
-    inner = None
-    if initializer is not None:
-        # Pickled here with polytask's rules (a function of __main__ travels by
-        # value), so the worker never has to import the caller's script.
-        try:
-            inner = dumps((initializer, initargs))
-        except Exception as exc:
-            raise SerializationError(
-                f"the initializer {fn_name(initializer)!r} or its initargs cannot be "
-                f"pickled for the workers: {type(exc).__name__}: {exc}"
-            ) from exc
-    authkey = bytes(multiprocessing.process.current_process().authkey)
-    return pickle.dumps((authkey, inner), protocol=5)
 
 
 def _weak(fn: Callable[..., Any]) -> Callable[[], Any] | None:
@@ -552,10 +531,10 @@ class Pool(PrimitiveFactory):
         if max_tasks is not None:
             options["max_tasks_per_worker"] = max_tasks
         initargs = tuple(initargs)
-        if backend == "process":
-            options["initializer"] = _run_initializer
-            options["initargs"] = (_initializer_blob(initializer, initargs),)
-        elif initializer is not None:
+        # The process backend sends multiprocessing's authkey before it unpickles
+        # the initargs (a Manager proxy needs it), and a forked worker inherits
+        # initargs that cannot be pickled (a multiprocessing.Queue).
+        if initializer is not None:
             options["initializer"] = initializer
             options["initargs"] = initargs
         try:

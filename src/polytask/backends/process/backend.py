@@ -248,15 +248,25 @@ class ProcessBackend(Backend):
         self._grace = kill_grace
         self._max_tasks = max_tasks_per_worker
         init: bytes | None = None
+        # A forked worker inherits what cannot be pickled (a multiprocessing.Queue,
+        # Lock or Pipe end in initargs), as multiprocessing's fork workers do.
+        self._inherited_init: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
         if initializer is not None:
             try:
                 init = dumps((initializer, tuple(initargs)))
             except Exception as exc:
-                raise SerializationError(
-                    f"the initializer {initializer!r} or its initargs cannot be pickled for "
-                    f"the worker processes: {type(exc).__name__}: {exc}"
-                ) from exc
-        self._init_config: dict[str, Any] = {"initializer": init}
+                if method != "fork":
+                    raise SerializationError(
+                        f"the initializer {initializer!r} or its initargs cannot be pickled "
+                        f"for the worker processes: {type(exc).__name__}: {exc}. Objects "
+                        "shared only by inheritance (a multiprocessing.Queue or Lock) need "
+                        "start_method='fork'; or pass a Manager proxy or a pt.Channel."
+                    ) from exc
+                self._inherited_init = (initializer, tuple(initargs))
+        self._init_config: dict[str, Any] = {
+            "initializer": init,
+            "inherited_initializer": self._inherited_init is not None,
+        }
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
         self._idle: list[_Worker] = []
@@ -589,7 +599,10 @@ class ProcessBackend(Backend):
                         except OSError:
                             pass
                 from ..._os.guardian import set_comm
+                from . import worker
                 from .worker import _strays, serve
+
+                worker.INHERITED_INITIALIZER = self._inherited_init
 
                 os.environ[mark_key] = job  # what it starts carries its job's mark
                 set_comm(WORKER_NAME)

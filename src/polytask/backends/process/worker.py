@@ -258,6 +258,11 @@ def _forked_child_returned(where: str, exc: BaseException | None) -> NoReturn:
         os._exit(FORKED_CHILD_EXIT)
 
 
+# Set in a forked worker (backend._fork_process) when the initializer or its
+# arguments could not be pickled: the child has them in its copy of the memory.
+INHERITED_INITIALIZER: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+
+
 def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     sys.path[:] = config["sys_path"]
     # What the parent set only to start this interpreter (see _proc.python_command)
@@ -269,9 +274,12 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 
         mp_process.current_process().authkey = authkey
     init = config.get("initializer")
-    if init is not None:
+    if init is not None or config.get("inherited_initializer"):
         try:
-            fn, args = pickle.loads(init)
+            if init is not None:
+                fn, args = pickle.loads(init)
+            elif INHERITED_INITIALIZER is not None:
+                fn, args = INHERITED_INITIALIZER
             fn(*args)
         except BaseException as exc:
             if os.getpid() != me:
