@@ -57,6 +57,19 @@ def test_a_known_rest_is_cut_into_equal_blocks_a_multiple_of_the_workers():
         assert run.queued() == 0 and not run.has_work()
 
 
+def test_the_tail_of_a_known_rest_is_not_one_double_size_block():
+    # Found in review: once the rest fitted in one sizer chunk the plan was not
+    # applied, so 32,769 items on 2 workers went out as 8193, 8193, 16383.
+    for workers in (2, 3):
+        max_size = tiny_item_sizer(workers).max_size
+        for total in (max_size + 1, 2 * max_size + 1, 3 * max_size - 1, 5 * max_size + 7):
+            run = run_of(list(range(total)), workers)
+            sizes = [len(b.args) for b in iter(run.next_block, None)]
+            assert sum(sizes) == total
+            assert max(sizes) == sizes[0], (workers, total, sizes)
+            assert len(sizes) % workers == 0, (workers, total, sizes)
+
+
 def test_an_input_still_being_read_is_not_cut_evenly():
     run = run_of(list(range(50_000)))
     run.input = iter(())  # more may come: the rest is not known

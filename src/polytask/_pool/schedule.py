@@ -217,17 +217,20 @@ class RunQueue(Sink):
         if left <= 0:
             return None
         n = min(self.sizer.size(left), left)
-        if self.input is None and n < left and self.sizer.fixed is None:
+        if self.input is None and self.sizer.fixed is None:
             # The whole rest is known (map, or an input read to its end): cut it into
             # equal chunks, a multiple of the workers in number, so that no worker
             # gets a short extra chunk after the others went idle. The cut is kept
-            # while the sizer does not grow, so every chunk of the rest is the same size.
-            if n > self.plan_from or self.plan_left < left:
+            # while the sizer does not grow, so every chunk of the rest is the same
+            # size, the last ones too (once the rest fits in one sizer chunk, the
+            # plan still caps it: else the tail went out as one double-size chunk).
+            if n < left and (n > self.plan_from or self.plan_left < left):
                 workers = self.workers
                 k = -(-left // n)
                 k = -(-k // workers) * workers
                 self.plan_from, self.plan_left, self.plan = n, left, -(-left // k)
-            n = min(n, self.plan)
+            if self.plan:
+                n = min(n, self.plan)
         pos = self.todo_pos
         blk = Block(self, self.todo_index + pos, self.todo[pos : pos + n])
         pos += n
