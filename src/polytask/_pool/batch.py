@@ -159,5 +159,3 @@ def _run_items(items: list[Item]) -> tuple[list[Any], dict[int, Any] | None, flo
     finally:
         _set_current(me if chunk is not None else None)
     return values, errors, time.perf_counter() - start
-
-
