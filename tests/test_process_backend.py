@@ -275,3 +275,63 @@ def test_a_multiprocessing_queue_in_initargs_is_inherited_by_fork_workers() -> N
     finally:
         q.close()
         q.join_thread()
+
+
+FORK_BY_NAME = """
+import threading
+import polytask as pt
+
+LOCK = threading.Lock()  # cannot be pickled: a by-value copy of f fails
+
+
+def f(x):
+    with LOCK:
+        return x + 1
+
+
+def locked():
+    return LOCK.locked()
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def norm(p):
+    return p.x * 2
+
+
+with pt.Pool(2, start_method="fork") as pool:
+    print(pool.map(f, range(5)), pool.submit(norm, Point(3)).result(timeout=60))
+
+    def f(x):  # rebound after the fork: the workers' copy is the old f
+        return -x
+
+    def late(x):  # defined after the fork: the workers do not have it
+        return x * 10
+
+    print(pool.map(f, range(3)), pool.map(late, range(3)))
+try:
+    pt.spawn(locked, backend="process")  # a spawned worker: by value, with LOCK
+except pt.SerializationError:
+    print("spawn copies by value")
+"""
+
+
+def test_fork_workers_get_main_functions_by_name_as_multiprocessing_fork(tmp_path) -> None:
+    # Issue 14 (b): with start_method="fork" a function of the caller's script
+    # travels by name, not by value with the globals it uses (a 5M-item list
+    # global made fork-join 10x slower than os.fork). What the workers do not
+    # have (defined or rebound after their fork) still goes by value.
+    script = tmp_path / "script.py"
+    script.write_text(FORK_BY_NAME)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[1, 2, 3, 4, 5] 6",
+        "[0, -1, -2] [0, 10, 20]",
+        "spawn copies by value",
+    ]

@@ -13,8 +13,10 @@ it with :func:`by_reference`: a plain pickle that passes it is what
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,13 +62,21 @@ def by_reference(data: bytes) -> bool:
     return _MAIN not in data
 
 
-def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` for another process; raises the pickler's own error on failure."""
+def dumps(obj: Any, inherited: Mapping[str, Any] | None = None) -> bytes:
+    """Pickle ``obj`` for another process; raises the pickler's own error on failure.
+
+    ``inherited``: the ``__main__`` objects the receiver holds already (a forked
+    worker); those go by reference, not by value.
+    """
     try:
         data = pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
         return _cloudpickle_dumps(obj)
     if _MAIN in data:
+        if inherited is not None:
+            by_name = _dumps_inherited(obj, inherited)
+            if by_name is not None:
+                return by_name
         return _cloudpickle_dumps(obj)
     return data
 
@@ -118,8 +128,6 @@ def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
 def _is_plain_function(fn: Any) -> bool:
     # Only functions and builtins: their pickle is their qualified name, which cannot
     # change. A callable instance pickles its state, which may.
-    import types
-
     return isinstance(fn, (types.FunctionType, types.BuiltinFunctionType))
 
 
@@ -131,6 +139,46 @@ def _dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
     if _MAIN in data:
         return _cloudpickle_dumps(fn), False
     return data, True
+
+
+class _NotInherited(Exception):
+    pass
+
+
+class _InheritedPickler(pickle.Pickler):
+    """Pickles ``__main__`` functions and classes by reference only if the receiver
+    inherited that very object (a forked worker: its ``__main__`` is the parent's
+    copy at the fork), so a function of the caller's script travels as its name,
+    not with the globals it uses, as with multiprocessing's fork."""
+
+    def __init__(self, file: io.BytesIO, main: Mapping[str, Any]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._main = main
+
+    def reducer_override(self, obj: Any) -> Any:
+        if getattr(obj, "__module__", None) == "__main__" and isinstance(
+            obj, (type, types.FunctionType)
+        ):
+            name = obj.__qualname__
+            if "<" in name or self._main.get(name.partition(".")[0]) is None:
+                raise _NotInherited(name)
+            owner = self._main[name.partition(".")[0]]
+            for part in name.split(".")[1:]:
+                owner = getattr(owner, part, None)
+            if owner is not obj:
+                raise _NotInherited(name)
+        return NotImplemented
+
+
+def _dumps_inherited(obj: Any, main: Mapping[str, Any]) -> bytes | None:
+    """A plain pickle of ``obj`` naming only ``__main__`` objects in ``main``; None
+    if it names another (it must then travel by value)."""
+    f = io.BytesIO()
+    try:
+        _InheritedPickler(f, main).dump(obj)
+    except Exception:
+        return None
+    return f.getvalue()
 
 
 loads = pickle.loads
@@ -148,24 +196,36 @@ def describe(obj: Any) -> str:
 
 
 def dumps_call(
-    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], name: str = ""
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    name: str = "",
+    inherited: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, bool, bytes]:
     """Pickle a call for a worker: ``(fn bytes, fn by reference?, payload)``.
 
-    The payload is ``(name, args, kwargs)``.
+    The payload is ``(name, args, kwargs)``. ``inherited``: the ``__main__``
+    objects the worker holds already (forked workers); those go by reference.
 
     Raises :class:`SerializationError` naming the function or the argument that
     could not be pickled, and why.
     """
     try:
         fn_bytes, by_ref = dumps_fn(fn)
+        if not by_ref and inherited is not None and _is_plain_function(fn):
+            data = _dumps_inherited(fn, inherited)
+            if data is not None:
+                # By name, but not cached by bytes in the worker: a later worker
+                # may be forked after the name was bound to another function.
+                fn_bytes = data
     except Exception as exc:
         raise SerializationError(
             f"the function {fn_name(fn)!r} cannot be pickled for the process backend: "
             f"{type(exc).__name__}: {exc}. Define it at module level, or use backend='thread'."
         ) from exc
+    call = (name, tuple(args), dict(kwargs))
     try:
-        payload = dumps((name, tuple(args), dict(kwargs)))
+        payload = dumps(call, inherited)
     except Exception as exc:
         raise _argument_error(fn, args, kwargs, exc) from exc
     return fn_bytes, by_ref, payload

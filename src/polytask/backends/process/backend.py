@@ -37,7 +37,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
@@ -116,6 +117,41 @@ class _Launcher:
 
 _launcher = _Launcher()
 os.register_at_fork(after_in_child=_launcher._after_fork)
+
+
+def _main_objects() -> dict[str, Any]:
+    """The functions and classes defined in ``__main__``, by name."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return {}
+    return {
+        k: v
+        for k, v in list(vars(main).items())
+        if isinstance(v, (type, types.FunctionType)) and v.__module__ == "__main__"
+    }
+
+
+class _Inherited(Mapping[str, Any]):
+    """The ``__main__`` objects every forked worker of a backend holds, looked up by
+    name when a call names one: bound to the same object now, and at every fork
+    so far (a worker forked from now on copies the parent as it is)."""
+
+    def __init__(self, backend: ProcessBackend) -> None:
+        self._backend = backend
+
+    def __getitem__(self, name: str) -> Any:
+        main = sys.modules.get("__main__")
+        obj = getattr(main, name, None)
+        known = self._backend._forked_main
+        if obj is None or (known is not None and known.get(name) is not obj):
+            raise KeyError(name)
+        return obj
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_main_objects())
+
+    def __len__(self) -> int:
+        return len(_main_objects())
 
 
 class _ForkedProc:
@@ -242,6 +278,11 @@ class ProcessBackend(Backend):
             )
         self._max = max_workers
         self._method = method
+        # Forked workers: the __main__ functions and classes bound at every fork so
+        # far (None before the first). What is in it, or bound now before any fork,
+        # a worker has in its copy of __main__: it goes by name (see _Inherited).
+        self._forked_main: dict[str, Any] | None = None
+        self._inherited = _Inherited(self) if method == "fork" else None
         self._keep_idle = (
             keep_idle if keep_idle is not None else (max_workers or os.cpu_count() or 1)
         )
@@ -311,7 +352,7 @@ class ProcessBackend(Backend):
         name: str,
         timeout: float | None,
     ) -> Task[T]:
-        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
+        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name, self._inherited)
         task: Task[T] = Task(self, name, timeout)
         task._keep = (args, kwargs)  # until done: the worker unpickles them later
         task_id = next(self._ids)
@@ -579,7 +620,14 @@ class ProcessBackend(Backend):
         frame = self._config_frame(job, {})
         mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
         parent = os.getpid()
+        snap = _main_objects()
         with self._lock:
+            # Before the fork, so that a call pickled from now on by name finds its
+            # function in this worker too.
+            known = self._forked_main
+            self._forked_main = (
+                snap if known is None else {k: v for k, v in known.items() if snap.get(k) is v}
+            )
             # The child must not hold other workers' pipe ends: a retired worker
             # would never see EOF while a younger sibling kept its request pipe open.
             inherited = [self._wake_r, self._wake_w]
