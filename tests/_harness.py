@@ -3,7 +3,8 @@ and then see every descendant it left behind, even orphans.
 
 Usage: python _harness.py SCRIPT [ARGS...]
 Prints "PID <pid>" of the script once started. Reads commands on stdin:
-  "wait"           wait for the script to exit, print "EXIT <code>"
+  "wait <secs>"    wait for the script to exit, print "EXIT <code>"
+                   (or "STILL-RUNNING" after secs)
   "report <secs>"  wait up to secs for every descendant to exit (reaping them),
                    print "LEFT <json list of [pid, cmdline]>", kill them, exit.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +36,11 @@ def reap_all() -> None:
 
 
 def main() -> None:
+    # The script gets SIGINT and SIGQUIT at their defaults, whoever started the
+    # tests: a shell runs a background job ("make test &") with them ignored, an
+    # ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     proc = subprocess.Popen([sys.executable, *sys.argv[1:]])
     print(f"PID {proc.pid}", flush=True)
     for line in sys.stdin:
@@ -41,7 +48,10 @@ def main() -> None:
         if not cmd:
             continue
         if cmd[0] == "wait":
-            print(f"EXIT {proc.wait()}", flush=True)
+            try:
+                print(f"EXIT {proc.wait(timeout=float(cmd[1]))}", flush=True)
+            except subprocess.TimeoutExpired:
+                print(f"STILL-RUNNING after {cmd[1]} s", flush=True)
         elif cmd[0] == "report":
             deadline = time.monotonic() + float(cmd[1])
             me = psutil.Process()

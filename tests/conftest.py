@@ -113,6 +113,18 @@ def no_stray_process():
 _session_start: dict[str, object] = {}
 
 
+def pytest_configure(config):
+    # A shell starts a background job ("make test &") with SIGINT and SIGQUIT
+    # ignored, and an ignored signal is inherited: the programs the tests start
+    # and interrupt would not see Ctrl-C. The tests start from the defaults.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def pytest_sessionstart(session):
     _session_start["fds"] = len(os.listdir("/proc/self/fd"))
     _session_start["shm"] = _shm_names()

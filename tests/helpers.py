@@ -59,10 +59,10 @@ class Harness:
 
     def wait(self, timeout: float = 30.0) -> int:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("wait\n")
+        self.proc.stdin.write(f"wait {timeout}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline().split()
-        assert line and line[0] == "EXIT", line
+        assert line and line[0] == "EXIT", f"the script did not exit: {' '.join(line)}"
         return int(line[1])
 
     def leftovers(self, within: float = 5.0) -> list[list]:
