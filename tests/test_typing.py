@@ -1,4 +1,4 @@
-"""Type checkers check the arguments of pt.spawn, TaskGroup.spawn and @pt.background.
+"""Type checkers check the calls of pt.spawn, TaskGroup.spawn, @pt.background, Pool and Executor.
 
 mypy (the one the project runs) checks tests/typecheck/calls.py, a file of right
 and wrong calls: it must report an error on exactly the lines marked
