@@ -1,19 +1,24 @@
-"""Type checkers check the arguments of pt.spawn, TaskGroup.spawn and @pt.background.
+"""Type checkers check the calls of pt.spawn, TaskGroup.spawn, @pt.background, Pool and Executor.
 
 mypy (the one the project runs) checks tests/typecheck/calls.py, a file of right
 and wrong calls: it must report an error on exactly the lines marked
 ``# E: <codes>``, with those error codes, and nothing else; each ``reveal_type``
 must show the type after ``# R:``. The file is not collected by pytest (it is no
 ``test_*.py``) and is outside the main mypy run (``files`` in pyproject.toml).
+pyright, the other checker users run, must err on the same lines and reveal the
+same types.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = ROOT / "tests" / "typecheck" / "calls.py"
@@ -71,3 +76,48 @@ def test_mypy_flags_exactly_the_wrong_calls(tmp_path: Path) -> None:
     for number, want in expected_reveals.items():
         assert reveals[number].endswith(want), f"line {number}: {reveals[number]}, want {want}"
     assert proc.returncode == 1, out  # errors were found, and mypy itself did not crash
+
+
+def test_pyright_flags_the_same_lines(tmp_path: Path) -> None:
+    """The second checker users run: pyright (in its default mode) errs on the same lines.
+
+    Its rule names are not mypy's error codes, so only the lines are compared; a
+    gap pinned in calls.py is a gap for both.
+    """
+    pytest.importorskip("pyright", reason="pyright comes with the test extra")
+    expected_errors, expected_reveals = _expected()
+    config = tmp_path / "pyrightconfig.json"
+    # This tree's polytask first; the running interpreter's packages for the rest.
+    config.write_text(json.dumps({"extraPaths": [str(ROOT / "src")], "pythonVersion": "3.11"}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyright",
+            "--outputjson",
+            "--project",
+            str(config),
+            "--pythonpath",
+            sys.executable,
+            str(CALLS),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 1), out  # 1: errors found; more: pyright itself failed
+    errors: set[int] = set()
+    reveals: dict[int, str] = {}
+    for d in json.loads(proc.stdout)["generalDiagnostics"]:
+        line = d["range"]["start"]["line"] + 1
+        assert Path(d["file"]) == CALLS, f"pyright error outside calls.py:\n{out}"
+        if d["severity"] == "error":
+            errors.add(line)
+        elif m := re.fullmatch(r'Type of ".*" is "(.*)"', d["message"], re.S):
+            reveals[line] = m.group(1)
+    assert errors == set(expected_errors), f"pyright erred on {sorted(errors)}\n{out}"
+    assert reveals.keys() == expected_reveals.keys(), out
+    for number, want in expected_reveals.items():
+        assert reveals[number].endswith(want), f"line {number}: {reveals[number]}, want {want}"

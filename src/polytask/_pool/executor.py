@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .._core.errors import Cancelled
 from .._core.task import Task
@@ -29,6 +29,7 @@ from .schedule import input_length, map_items, zip_inputs
 __all__ = ["Executor"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _hook_lock = threading.Lock()
 
@@ -142,8 +143,11 @@ class Executor(concurrent.futures.Executor):
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
-        """Schedule ``fn(*args, **kwargs)``; every keyword goes to ``fn``."""
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]:
+        """Schedule ``fn(*args, **kwargs)``; every keyword goes to ``fn``.
+
+        Type checkers check the arguments against ``fn``'s signature (ParamSpec).
+        """
         self._check_exiting()
         try:
             return self._pool._submit(fn, args, kwargs, DEFAULT, None)

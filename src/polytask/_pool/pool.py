@@ -37,9 +37,9 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack, cast, overload
 
 from .._core import task as _task
 from .._core.backend import fn_name
@@ -72,6 +72,21 @@ from .schedule import (
 __all__ = ["DEFAULT", "Pool"]
 
 T = TypeVar("T")
+A1 = TypeVar("A1")
+A2 = TypeVar("A2")
+P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
+
+# How the calls are typed, so that a type checker checks them against ``fn``:
+# * submit: as ``pt.spawn`` (see _spawn.py), three overloads, since PEP 612 allows
+#   no keyword-only option (timeout=, name=) beside ``**kwargs: P.kwargs``.
+# * map, imap, imap_unordered, amap: as ``builtins.map`` in typeshed, ``fn``'s parameters
+#   against the element types of one or two iterables; from three on, only the
+#   result type is kept. Each arity comes twice: ``return_exceptions=True`` puts
+#   exceptions among the results (``list[T | BaseException]``).
+# * apply, apply_async, starmap, map_async, starmap_async: as typeshed types
+#   multiprocessing.Pool (their ``args``/``kwds`` or rows are not checked: a tuple
+#   type could be matched against ``fn``, but a list of arguments is as valid).
 
 
 class _Default:
@@ -577,11 +592,32 @@ class Pool(PrimitiveFactory):
         _install_exit_hook()
 
     # ------------------------------------------------------------------ public API
+    @overload
     def submit(
         self,
-        fn: Callable[..., T],
+        fn: Callable[[Unpack[Ts]], T],
         /,
-        *args: Any,
+        *args: *Ts,
+        timeout: float | _Default | None = DEFAULT,
+        name: str | None = None,
+    ) -> Task[T]: ...
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        timeout: float | _Default | None = DEFAULT,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> Task[T]: ...
+    def submit(  # type: ignore[misc]  # one implementation for TypeVarTuple and ParamSpec
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
         timeout: float | _Default | None = DEFAULT,
         name: str | None = None,
         **kwargs: Any,
@@ -590,7 +626,9 @@ class Pool(PrimitiveFactory):
 
         ``timeout`` (default: the pool's) and ``name`` are the pool's keywords; pass
         arguments of those names to ``fn`` with ``functools.partial``. Submitted
-        tasks are batched to the workers like a map's items.
+        tasks are batched to the workers like a map's items. Type checkers check
+        the arguments against ``fn``'s signature, as for :func:`spawn` (keyword
+        arguments for ``fn`` given together with ``timeout=`` or ``name=`` are not).
         """
         return self._submit(fn, args, kwargs, timeout, name)
 
@@ -647,16 +685,94 @@ class Pool(PrimitiveFactory):
             self._pump()
         return task
 
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> list[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> list[T]: ...
+    @overload
     def map(
         self,
         fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
-        *iterables: Iterable[Any],
+        *iterables: Iterable[Any] | int,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> list[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> list[T | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> list[T | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        /,
+        *iterables: Iterable[Any] | int,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> list[T | BaseException]: ...
+    def map(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *iterables: Any,  # Iterable, then maybe multiprocessing's positional chunksize
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
         return_exceptions: bool = False,
-    ) -> list[T]:
+    ) -> list[Any]:
         """``[fn(*args) for args in zip(*iterables)]`` in parallel, results in order.
 
         The inputs are read first (use :meth:`imap` for endless ones). Raises the
@@ -693,16 +809,94 @@ class Pool(PrimitiveFactory):
         self._preload(run, items)  # the run owns (and consumes) the list now
         return self._collect(run, progress, total, return_exceptions)
 
+    @overload
+    def imap(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapIterator[T]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapIterator[T]: ...
+    @overload
     def imap(
         self,
         fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
-        *iterables: Iterable[Any],
+        *iterables: Iterable[Any] | int,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapIterator[T]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> MapIterator[T | BaseException]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> MapIterator[T | BaseException]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        /,
+        *iterables: Iterable[Any] | int,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> MapIterator[T | BaseException]: ...
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *iterables: Any,  # Iterable, then maybe multiprocessing's positional chunksize
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
         return_exceptions: bool = False,
-    ) -> MapIterator[T]:
+    ) -> MapIterator[Any]:
         """Lazy :meth:`map`: results in order as they are ready.
 
         The input is pulled on demand, a bounded number of items ahead of the
@@ -715,16 +909,94 @@ class Pool(PrimitiveFactory):
         run = self._start(fn, zip_inputs(iterables), True, chunksize, timeout, len(iterables) != 1)
         return MapIterator(self, run, progress, input_length(iterables), None, return_exceptions)
 
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapIterator[T]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapIterator[T]: ...
+    @overload
     def imap_unordered(
         self,
         fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
-        *iterables: Iterable[Any],
+        *iterables: Iterable[Any] | int,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: Literal[False] = False,
+    ) -> MapIterator[T]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> MapIterator[T | BaseException]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        chunksize: int | None = None,
+        *,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> MapIterator[T | BaseException]: ...
+    @overload
+    def imap_unordered(
+        self,
+        fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        /,
+        *iterables: Iterable[Any] | int,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        progress: bool | str = False,
+        return_exceptions: bool,
+    ) -> MapIterator[T | BaseException]: ...
+    def imap_unordered(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *iterables: Any,  # Iterable, then maybe multiprocessing's positional chunksize
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         progress: bool | str = False,
         return_exceptions: bool = False,
-    ) -> MapIterator[T]:
+    ) -> MapIterator[Any]:
         """Like :meth:`imap`, yielding results as they finish (any order)."""
         iterables, chunksize = positional_chunksize(iterables, chunksize)
         run = self._start(fn, zip_inputs(iterables), False, chunksize, timeout, len(iterables) != 1)
@@ -732,7 +1004,7 @@ class Pool(PrimitiveFactory):
 
     # -- multiprocessing.Pool's asynchronous calls
     def apply(
-        self, fn: Callable[..., T], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+        self, fn: Callable[..., T], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None
     ) -> T:
         """``fn(*args, **kwds)`` on a worker; waits for its result (multiprocessing's ``apply``)."""
         return self._submit(fn, tuple(args), dict(kwds or {}), DEFAULT, None).result()
@@ -741,7 +1013,7 @@ class Pool(PrimitiveFactory):
         self,
         fn: Callable[..., T],
         args: Iterable[Any] = (),
-        kwds: dict[str, Any] | None = None,
+        kwds: Mapping[str, Any] | None = None,
         callback: Callable[[T], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> AsyncResult[T]:
@@ -757,8 +1029,8 @@ class Pool(PrimitiveFactory):
 
     def map_async(
         self,
-        fn: Callable[..., T],
-        iterable: Iterable[Any],
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
         chunksize: int | None = None,
         callback: Callable[[list[T]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
@@ -813,16 +1085,94 @@ class Pool(PrimitiveFactory):
         run.borrowed = borrowed
         return run
 
-    async def amap(
+    @overload
+    def amap(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        *,
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        return_exceptions: Literal[False] = False,
+    ) -> AsyncIterator[T]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        *,
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        return_exceptions: Literal[False] = False,
+    ) -> AsyncIterator[T]: ...
+    @overload
+    def amap(
         self,
         fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        return_exceptions: Literal[False] = False,
+    ) -> AsyncIterator[T]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        *,
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        return_exceptions: bool,
+    ) -> AsyncIterator[T | BaseException]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable1: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        *,
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        return_exceptions: bool,
+    ) -> AsyncIterator[T | BaseException]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | _Default | None = DEFAULT,
+        return_exceptions: bool,
+    ) -> AsyncIterator[T | BaseException]: ...
+    async def amap(
+        self,
+        fn: Callable[..., Any],
         /,
         *iterables: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | _Default | None = DEFAULT,
         return_exceptions: bool = False,
-    ) -> AsyncIterator[T]:
+    ) -> AsyncIterator[Any]:
         """``async for r in pool.amap(fn, items)``: :meth:`imap` for asyncio code.
 
         The event loop never blocks: results arrive through ``call_soon_threadsafe``.
