@@ -25,6 +25,7 @@ its remote traceback is attached as ``__cause__``.
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -203,11 +204,13 @@ class ChannelClosed(PolytaskError):
     """``put()`` on a closed channel, or ``get()`` on one closed and drained."""
 
 
-class SerializationError(PolytaskError):
+class SerializationError(PolytaskError, pickle.PicklingError):
     """Something could not be pickled to cross to another process, or back.
 
     Raised by ``spawn``/``submit`` for an argument (the message names which), or
-    as the task's exception for a result that cannot be pickled.
+    as the task's exception for a result that cannot be pickled. A
+    ``pickle.PicklingError``, as the stdlib's executors raise, so that ported
+    ``except pickle.PicklingError`` code still catches it.
     """
 
 
