@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
         "polytask._shellquote",
         "polytask._parallel_spec",
         "polytask._procfile",
+        "polytask._supervision",
         "polytask._supervisor",
         "polytask.debug",
         "polytask.joblib",

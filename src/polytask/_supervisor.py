@@ -2,41 +2,45 @@
 
 Two layers, as h11 splits a protocol from its I/O:
 
-- :class:`ProcessMachine`, one per program: a pure state machine (no clock, no
-  process, no randomness of its own) whose transitions are the data table
-  ``TRANSITIONS``. It decides when to spawn, when to signal, how long to back off
-  and when to give up; it is tested without processes.
-- :class:`Supervisor`, the runtime: one loop thread that owns every program and
-  carries out what the machines ask for.
+- ``_supervision.py``, pure (no clock, no process): :class:`Supervision` decides
+  when to start, signal, restart and give up on each program, and the run's
+  exit status; it is tested without processes (``tests/test_supervision.py``).
+- :class:`Supervisor`, the runtime (this module): one loop thread that owns
+  every program, feeds the machine what happened and carries out its actions.
 
 ::
 
     caller thread                        loop thread (one per Supervisor)
     ─────────────                        ────────────────────────────────
-    start() ──────────────────────────>  START each machine ── SPAWN ──> _proc.start_in_group
+    start() ──────────────────────────>  start_next ── Start ──> _proc.start_in_group
     stop() / kill (signal handler) ─┐       (own process group, guarded: a SIGKILLed parent
                                     │        still takes every program down with it)
             SimpleQueue + wakeup pipe └─>  one selector over
     status() <── lock ── machines          · the wakeup pipe
     wait()   <── Event ── loop ends        · stdout + stderr pipe of every program ─ lines ─> _Output
-                                           · a pidfd per program ─ EXIT ─> machine.handle()
-                                         timers: machine.due (start check, backoff, stop grace)
-                                         actions: TERMINATE ─> _proc.signal_group(SIGTERM)
-                                                  KILL ─> _proc.terminate(proc, 0)  (SIGKILL, reap)
+                                           · a pidfd per program ─> Supervision.exited()
+                                         timers: Supervision.due ─> tick() (start check,
+                                                 backoff, stop grace)
+                                         actions: Kill "term" ─> _proc.signal_group(SIGTERM)
+                                                  Kill "kill" ─> _proc.terminate(proc, 0)
                                          after every exit: _proc.terminate(proc, 0) sweeps what is
                                          left of the program's group and unguards it
 
 One thread reads every pipe, so a line is written out whole, and a program's
 stdout and stderr (two pipes) never mix within a line.
+
+The loop is its own selector, not ``_os/childloop.ProcessLoop``: when a
+program's leader exits while it is being stopped (a shell wrapper that died
+of SIGTERM), the rest of its group keeps the grace it was promised, polled
+here, where the child loop SIGKILLs the group as soon as its leader is reaped;
+and each stop has its own grace where the child loop has one per loop.
 """
 
 from __future__ import annotations
 
-import enum
 import io
 import os
 import queue
-import random
 import selectors
 import signal
 import subprocess
@@ -48,7 +52,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final
 
 from ._core.errors import PolytaskError, ProcfileError, describe_exit
 from ._core.timeouts import check_timeout
@@ -63,13 +67,40 @@ from ._procfile import (
     parse_procfile,
     procfile_from_mapping,
 )
+from ._supervision import (
+    RESTART_MODES,
+    TERMINAL,
+    TRANSITIONS,
+    Action,
+    Event,
+    Exit,
+    Exited,
+    GiveUp,
+    Kill,
+    Killing,
+    ProcessMachine,
+    RestartMode,
+    RestartPolicy,
+    Running,
+    Start,
+    State,
+    Step,
+    Stopping,
+    Supervision,
+    SupervisionAction,
+    exit_status,
+)
 
 __all__ = [
+    # The pure machine's names, re-exported: callers and tests import them from here.
+    "RESTART_MODES",
+    "TERMINAL",
     "TRANSITIONS",
     "Action",
     "Event",
     "ProcessMachine",
     "ProcessStatus",
+    "RestartMode",
     "RestartPolicy",
     "State",
     "Step",
@@ -79,293 +110,6 @@ __all__ = [
     "load_env_files",
     "read_procfile",
 ]
-
-RestartMode = Literal["on-failure", "always", "never"]
-RESTART_MODES: Final = ("on-failure", "always", "never")
-
-
-# =========================================================================== the pure machine
-
-
-class State(enum.StrEnum):
-    """Where one program is in its life (supervisor's names where they exist)."""
-
-    STOPPED = "stopped"  # not started, or stopped on request
-    STARTING = "starting"  # spawned, not yet up for start_seconds
-    RUNNING = "running"  # up for at least start_seconds
-    BACKOFF = "backoff"  # exited, waiting for its restart delay
-    STOPPING = "stopping"  # SIGTERM sent, waiting for it to exit (SIGKILL at due)
-    EXITED = "exited"  # ended and not to be restarted (policy says so)
-    FAILED = "failed"  # given up on: kept dying at start, or failed under "never"
-
-
-TERMINAL: Final = frozenset({State.STOPPED, State.EXITED, State.FAILED})
-
-
-class Event(enum.Enum):
-    """What can happen to a program."""
-
-    START = "start"  # the supervisor wants it running
-    TIMER = "timer"  # its ``due`` time came
-    EXIT = "exit"  # its process ended (with ``code``)
-    STOP = "stop"  # stop gracefully (SIGTERM, ``grace`` seconds, SIGKILL)
-    KILL = "kill"  # stop now (SIGKILL)
-
-
-class Action(enum.Enum):
-    """What the machine asks the runtime to do."""
-
-    SPAWN = "spawn"  # start the program
-    TERMINATE = "terminate"  # SIGTERM its process group
-    KILL = "kill"  # SIGKILL its process group and reap it
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When and how fast a program is restarted.
-
-    Args:
-        restart: ``"on-failure"`` (restart after a non-zero exit or a signal),
-            ``"always"`` (restart after any exit) or ``"never"``.
-        start_seconds: a run must last this long to count as a successful start
-            (supervisor's ``startsecs``).
-        start_retries: failed starts in a row tolerated before the program is
-            marked failed (supervisor's ``startretries``): it is started at most
-            ``1 + start_retries`` times in a row.
-        backoff: first restart delay in seconds; it doubles with each restart
-            in a row, up to ``backoff_max``.
-        jitter: fraction (0-1) of each delay drawn at random, so that programs
-            that died together do not restart in lockstep.
-        stable_seconds: a run that lasts this long resets the delay to ``backoff``.
-    """
-
-    restart: RestartMode = "on-failure"
-    start_seconds: float = 1.0
-    start_retries: int = 3
-    backoff: float = 0.5
-    backoff_max: float = 30.0
-    jitter: float = 0.25
-    stable_seconds: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.restart not in RESTART_MODES:
-            raise ValueError(
-                f"restart must be one of {', '.join(RESTART_MODES)}, got {self.restart!r}"
-            )
-        for name in ("start_seconds", "backoff", "backoff_max", "stable_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-        if self.backoff_max < self.backoff:
-            raise ValueError(
-                f"backoff_max ({self.backoff_max}) must be >= backoff ({self.backoff})"
-            )
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
-        if isinstance(self.start_retries, bool) or not isinstance(self.start_retries, int):
-            raise ValueError(f"start_retries must be a whole number, got {self.start_retries!r}")
-        if self.start_retries < 0:
-            raise ValueError(f"start_retries must be >= 0, got {self.start_retries}")
-
-    def wants_restart(self, code: int) -> bool:
-        """Whether an exit with status ``code`` calls for a restart."""
-        if self.restart == "always":
-            return True
-        if self.restart == "never":
-            return False
-        return code != 0
-
-    def delay(self, level: int, u: float) -> float:
-        """The delay before restart number ``level`` (0-based) in a row; ``u`` in [0, 1)."""
-        base = min(self.backoff_max, self.backoff * 2.0 ** min(level, 62))
-        return base * (1.0 - self.jitter * u)
-
-
-@dataclass(frozen=True)
-class Step:
-    """The outcome of one :meth:`ProcessMachine.handle` call."""
-
-    event: Event
-    old: State
-    new: State
-    actions: tuple[Action, ...]
-    #: Seconds until the restart, when the step entered BACKOFF.
-    retry_in: float | None = None
-    #: Why the program was given up on, when the step entered FAILED.
-    reason: str | None = None
-
-
-# Guards, tried in the order of a row's alternatives; the first that holds wins.
-def _g_always(m: ProcessMachine, code: int | None) -> bool:
-    return True
-
-
-def _g_clean_done(m: ProcessMachine, code: int | None) -> bool:
-    return code == 0 and not m.policy.wants_restart(code)
-
-
-def _g_failed_done(m: ProcessMachine, code: int | None) -> bool:
-    return code is not None and not m.policy.wants_restart(code)
-
-
-def _g_exhausted(m: ProcessMachine, code: int | None) -> bool:
-    return m.failed_starts + 1 > m.policy.start_retries
-
-
-_GUARDS: Final[dict[str, Callable[[ProcessMachine, int | None], bool]]] = {
-    "always": _g_always,
-    "clean_done": _g_clean_done,
-    "failed_done": _g_failed_done,
-    "retries_exhausted": _g_exhausted,
-}
-
-_S = State
-_E = Event
-_SPAWN = ("reset_if_new", "spawn")
-_STOP_NOW = ((("always", _S.STOPPING, ("kill",)),),)
-
-#: The transition table: (state, event) -> alternatives (guard, next state, effects).
-#: A pair absent from the table is a bug in the caller and raises ValueError.
-TRANSITIONS: Final[dict[tuple[State, Event], tuple[tuple[str, State, tuple[str, ...]], ...]]] = {
-    # state        event          guard                next state   effects
-    (_S.STOPPED, _E.START): (("always", _S.STARTING, _SPAWN),),
-    (_S.EXITED, _E.START): (("always", _S.STARTING, _SPAWN),),
-    (_S.FAILED, _E.START): (("always", _S.STARTING, _SPAWN),),
-    (_S.STARTING, _E.TIMER): (("always", _S.RUNNING, ("running",)),),
-    (_S.STARTING, _E.EXIT): (
-        ("clean_done", _S.EXITED, ("exit",)),
-        ("failed_done", _S.FAILED, ("exit", "fail_policy")),
-        ("retries_exhausted", _S.FAILED, ("exit", "failed_start", "fail_retries")),
-        ("always", _S.BACKOFF, ("exit", "failed_start", "backoff")),
-    ),
-    (_S.RUNNING, _E.EXIT): (
-        ("clean_done", _S.EXITED, ("exit",)),
-        ("failed_done", _S.FAILED, ("exit", "fail_policy")),
-        ("always", _S.BACKOFF, ("exit", "backoff")),
-    ),
-    (_S.BACKOFF, _E.TIMER): (("always", _S.STARTING, ("spawn",)),),
-    (_S.STARTING, _E.STOP): (("always", _S.STOPPING, ("terminate",)),),
-    (_S.RUNNING, _E.STOP): (("always", _S.STOPPING, ("terminate",)),),
-    (_S.BACKOFF, _E.STOP): (("always", _S.STOPPED, ("clear_timer",)),),
-    # A second stop keeps the first grace period; KILL is the way to hurry.
-    (_S.STOPPING, _E.STOP): (("always", _S.STOPPING, ()),),
-    (_S.STOPPING, _E.TIMER): (("always", _S.STOPPING, ("kill",)),),
-    (_S.STOPPING, _E.EXIT): (("always", _S.STOPPED, ("exit",)),),
-    (_S.STARTING, _E.KILL): _STOP_NOW[0],
-    (_S.RUNNING, _E.KILL): _STOP_NOW[0],
-    (_S.STOPPING, _E.KILL): _STOP_NOW[0],
-    (_S.BACKOFF, _E.KILL): (("always", _S.STOPPED, ("clear_timer",)),),
-    (_S.STOPPED, _E.STOP): (("always", _S.STOPPED, ()),),
-    (_S.STOPPED, _E.KILL): (("always", _S.STOPPED, ()),),
-    (_S.EXITED, _E.STOP): (("always", _S.EXITED, ()),),
-    (_S.EXITED, _E.KILL): (("always", _S.EXITED, ()),),
-    (_S.FAILED, _E.STOP): (("always", _S.FAILED, ()),),
-    (_S.FAILED, _E.KILL): (("always", _S.FAILED, ()),),
-}
-
-
-class ProcessMachine:
-    """The life of one supervised program, as a pure state machine.
-
-    Feed it events with the current (monotonic) time; it returns a :class:`Step`
-    whose actions the runtime must carry out, and sets :attr:`due`, the time at
-    which it wants a ``TIMER`` event. ``rand`` returns floats in [0, 1) for the
-    backoff jitter (inject a constant in tests).
-    """
-
-    def __init__(self, policy: RestartPolicy, *, rand: Callable[[], float] = random.random):
-        self.policy = policy
-        self._rand = rand
-        self.state = State.STOPPED
-        #: When the machine wants a TIMER event (monotonic seconds), or None.
-        self.due: float | None = None
-        #: How many times the program was spawned, and restarted (spawns - 1).
-        self.spawns = 0
-        self.restarts = 0
-        #: Failed starts in a row (exits before start_seconds).
-        self.failed_starts = 0
-        #: Restarts in a row since the last stable run: the backoff exponent.
-        self.level = 0
-        #: The last exit status (negative: killed by that signal), None before any.
-        self.exitcode: int | None = None
-        self.started_at: float | None = None
-        self.ended_at: float | None = None
-
-    def uptime(self, now: float) -> float:
-        """Seconds the current run has lasted (or the last one, once it ended)."""
-        if self.started_at is None:
-            return 0.0
-        end = now if self.ended_at is None else self.ended_at
-        return max(0.0, end - self.started_at)
-
-    def handle(
-        self,
-        event: Event,
-        now: float,
-        *,
-        code: int | None = None,
-        grace: float = 0.0,
-    ) -> Step:
-        """Apply ``event`` at time ``now``; ``code`` for EXIT, ``grace`` for STOP."""
-        alternatives = TRANSITIONS.get((self.state, event))
-        if alternatives is None:
-            raise ValueError(f"no transition from {self.state.value!r} on {event.value!r}")
-        if event is Event.EXIT and code is None:
-            raise ValueError("an EXIT event needs the exit code")
-        chosen = next((alt for alt in alternatives if _GUARDS[alt[0]](self, code)), None)
-        if chosen is None:  # pragma: no cover - every row ends with an "always" alternative
-            raise AssertionError(f"no guard matched for {self.state} on {event}")
-        _, new, effects = chosen
-        old = self.state
-        actions: list[Action] = []
-        retry_in: float | None = None
-        reason: str | None = None
-        for effect in effects:
-            if effect == "reset_if_new":
-                self.failed_starts = 0
-                self.level = 0
-            elif effect == "spawn":
-                if self.spawns:
-                    self.restarts += 1
-                self.spawns += 1
-                self.started_at, self.ended_at = now, None
-                self.due = now + self.policy.start_seconds
-                actions.append(Action.SPAWN)
-            elif effect == "running":
-                self.failed_starts = 0
-                self.due = None
-            elif effect == "exit":
-                self.exitcode = code
-                self.ended_at = now
-                self.due = None
-            elif effect == "failed_start":
-                self.failed_starts += 1
-            elif effect == "backoff":
-                if self.uptime(now) >= self.policy.stable_seconds:
-                    self.level = 0
-                retry_in = self.policy.delay(self.level, self._rand())
-                self.level += 1
-                self.due = now + retry_in
-            elif effect == "fail_policy":
-                reason = f"not restarted (restart policy: {self.policy.restart})"
-            elif effect == "fail_retries":
-                reason = (
-                    f"exited within {self.policy.start_seconds:g}s of starting "
-                    f"{self.failed_starts} times in a row; giving up"
-                )
-            elif effect == "terminate":
-                self.due = now + grace
-                actions.append(Action.TERMINATE)
-            elif effect == "kill":
-                self.due = None
-                actions.append(Action.KILL)
-            elif effect == "clear_timer":
-                self.due = None
-            else:  # pragma: no cover - the table names only the effects above
-                raise AssertionError(effect)
-        self.state = new
-        return Step(event, old, new, tuple(actions), retry_in, reason)
-
 
 # =========================================================================== status records
 
@@ -406,11 +150,6 @@ def _format_duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
-
-
-def exit_status(code: int) -> int:
-    """The shell's exit status for a program's status: a signal N gives 128 + N."""
-    return code if code >= 0 else 128 - code
 
 
 def format_summary(statuses: Sequence[ProcessStatus]) -> str:
@@ -721,7 +460,14 @@ class Supervisor:
         self.cwd = None if cwd is None else os.fspath(cwd)
         self._on_event = on_event
         self._output = _Output(output, [i.name for i in self.instances], colour)
-        self._programs = [_Program(i, ProcessMachine(self.policy)) for i in self.instances]
+        self._sup = Supervision(
+            [i.name for i in self.instances],
+            self.policy,
+            grace=self.timeout,
+            exit_on_failure=exit_on_failure,
+        )
+        self._programs = [_Program(i, self._sup.machines[i.name]) for i in self.instances]
+        self._by_name = {p.name: p for p in self._programs}
         self._lock = threading.RLock()
         self._commands: queue.SimpleQueue[tuple[str, float, str, int | None]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = -1, -1
@@ -729,13 +475,8 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
-        self._stopping = False
-        self._killing = False
         self._error: BaseException | None = None
         self._returncode: int | None = None
-        #: The exit status decided by the first decisive event (see ``returncode``).
-        self._exit_status: int | None = None
-        self._exit_reason = ""
         self._event_error_reported = False
 
     # ------------------------------------------------------------------ public API
@@ -867,27 +608,25 @@ class Supervisor:
                 for source, line, why in self.procfile.skipped:
                     self._output.note(f"warning: {source}:{line}: {why}")
                 now = time.monotonic()
-                for prog in self._programs:
-                    # A program that could not start may have stopped the run already
-                    # (restart policy "never"): the rest are then not started.
-                    if not self._stopping:
-                        self._step(prog, Event.START, now)
+                # One at a time: a program that could not start may stop the run
+                # (restart policy "never"), and then the rest are not started.
+                while actions := self._sup.start_next(now):
+                    self._do(actions, now)
             self._output.flush()
             self._started.set()
             while True:
                 with self._lock:
                     self._take_commands()
                     now = time.monotonic()
-                    for prog in self._programs:
-                        due = prog.machine.due
-                        if due is not None and due <= now:
-                            self._step(prog, Event.TIMER, now)
+                    while actions := self._sup.tick(now):
+                        self._do(actions, now)
                     for prog in self._lingering():
                         if not _group_alive(prog.instance_pgid):
                             self._finish(prog, now)
-                    if all(p.machine.state in TERMINAL for p in self._programs):
+                    if self._sup.done:
                         break
-                    dues = [p.machine.due for p in self._programs if p.machine.due is not None]
+                    due = self._sup.due
+                    dues = [] if due is None else [due]
                     if self._lingering():
                         dues.append(now + _LINGER_POLL)
                     wait = max(0.0, min(dues) - now) if dues else None
@@ -916,12 +655,11 @@ class Supervisor:
                 what, grace, reason, status = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if status is not None:
-                self._decide(status, reason)
+            now = time.monotonic()
             if what == "kill":
-                self._kill_all(reason)
+                self._do(self._sup.kill(reason, now, status=status), now)
             else:
-                self._begin_stop(grace, reason)
+                self._do(self._sup.stop(reason, grace, now, status=status), now)
 
     def _drain_wakeup(self) -> None:
         try:
@@ -930,110 +668,59 @@ class Supervisor:
         except BlockingIOError:
             pass
 
-    def _begin_stop(self, grace: float, reason: str) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        alive = [p for p in self._programs if p.popen is not None]
-        if alive:
-            self._output.note(
-                f"stopping ({reason}): SIGTERM to {len(alive)} program"
-                f"{'s' if len(alive) > 1 else ''}, SIGKILL after {grace:g}s"
-            )
-        self._event("stop", reason=reason, grace=grace)
-        now = time.monotonic()
-        for prog in self._programs:
-            self._step(prog, Event.STOP, now, grace=grace)
+    def _do(self, actions: list[SupervisionAction], now: float) -> None:
+        """Carry out the machine's actions, in order (some feed it back at once)."""
+        for action in actions:
+            if isinstance(action, Start):
+                self._spawn(self._by_name[action.name], now)
+            elif isinstance(action, Kill):
+                prog = self._by_name[action.name]
+                if action.policy == "term":
+                    self._signal(prog, signal.SIGTERM)
+                else:
+                    self._hard_kill(prog)
+            elif isinstance(action, Exited):
+                self._report_exit(action)
+            elif isinstance(action, Running):
+                self._event("running", self._by_name[action.name])
+            elif isinstance(action, GiveUp):
+                self._event("failed", self._by_name[action.name], reason=action.reason)
+            elif isinstance(action, Stopping):
+                if action.alive:
+                    self._output.note(
+                        f"stopping ({action.reason}): SIGTERM to {action.alive} program"
+                        f"{'s' if action.alive > 1 else ''}, SIGKILL after {action.grace:g}s"
+                    )
+                self._event("stop", reason=action.reason, grace=action.grace)
+            elif isinstance(action, Killing):
+                self._output.note(f"killing every program now ({action.reason})")
+                self._event("kill", reason=action.reason)
+            else:
+                # Exit: every program ended; the loop sees it (Supervision.done).
+                assert isinstance(action, Exit)
 
-    def _kill_all(self, reason: str) -> None:
-        self._stopping = True
-        if self._killing:
-            return
-        self._killing = True
-        self._output.note(f"killing every program now ({reason})")
-        self._event("kill", reason=reason)
-        now = time.monotonic()
-        for prog in self._programs:
-            self._step(prog, Event.KILL, now)
-
-    def _step(
-        self,
-        prog: _Program,
-        event: Event,
-        now: float,
-        *,
-        code: int | None = None,
-        grace: float = 0.0,
-        pid: int | None = None,
-    ) -> None:
-        uptime = prog.machine.uptime(now)
-        step = prog.machine.handle(event, now, code=code, grace=grace)
-        if event is Event.EXIT:
-            assert code is not None
-            self._report_exit(prog, step, code, uptime, pid)
-        elif step.new is State.RUNNING and step.old is not State.RUNNING:
-            self._event("running", prog)
-        for action in step.actions:
-            if action is Action.SPAWN:
-                self._spawn(prog, now)
-            elif action is Action.TERMINATE:
-                self._signal(prog, signal.SIGTERM)
-            elif action is Action.KILL:
-                self._hard_kill(prog)
-        if step.new is State.FAILED and step.old is not State.FAILED:
-            self._event("failed", prog, reason=step.reason or "")
-        if step.new in (State.EXITED, State.FAILED) and step.old not in TERMINAL:
-            assert code is not None
-            self._ended(prog, step.new, code)
-
-    def _ended(self, prog: _Program, state: State, code: int) -> None:
-        """A program ended for good: apply the exit rules (docs/up.md, "Exit status")."""
-        never = self.policy.restart == "never"
-        if state is State.FAILED or never:
-            # A program given up on never gives status 0, even if its last run did.
-            status = exit_status(code) if code != 0 or state is State.EXITED else 1
-            self._decide(status, f"{prog.name} {describe_exit(code)}")
-        if self._stopping:
-            return
-        if never:
-            # foreman's and honcho's rule: the first program to end ends the run.
-            self._begin_stop(self.timeout, f"{prog.name} ended, restart policy never")
-        elif state is State.FAILED and self.exit_on_failure:
-            self._begin_stop(self.timeout, f"{prog.name} failed, exit on failure")
-
-    def _decide(self, status: int, reason: str) -> None:
-        """Record the run's exit status, unless an earlier event decided it."""
-        if self._exit_status is None:
-            self._exit_status, self._exit_reason = status, reason
-
-    def _report_exit(
-        self, prog: _Program, step: Step, code: int, uptime: float, pid: int | None
-    ) -> None:
-        who = prog.name if pid is None else f"{prog.name} (pid {pid})"
-        text = f"{who} {describe_exit(code)} after {_format_duration(uptime)}"
-        if step.new is State.BACKOFF:
-            text += f"; restarting in {step.retry_in:.2f}s"
-        elif step.new is State.FAILED:
-            text += f"; failed: {step.reason}"
-        elif step.new is State.EXITED:
+    def _report_exit(self, ex: Exited) -> None:
+        prog = self._by_name[ex.name]
+        who = prog.name if ex.pid is None else f"{prog.name} (pid {ex.pid})"
+        text = f"{who} {describe_exit(ex.code)} after {_format_duration(ex.uptime)}"
+        if ex.state is State.BACKOFF:
+            text += f"; restarting in {ex.retry_in:.2f}s"
+        elif ex.state is State.FAILED:
+            text += f"; failed: {ex.reason}"
+        elif ex.state is State.EXITED:
             text += f"; not restarted (restart policy: {self.policy.restart})"
         self._output.note(text)
         self._event(
             "exit",
             prog,
-            pid=pid,
-            code=code,
-            description=describe_exit(code),
-            uptime=round(uptime, 3),
-            state=step.new.value,
+            pid=ex.pid,
+            code=ex.code,
+            description=describe_exit(ex.code),
+            uptime=round(ex.uptime, 3),
+            state=ex.state.value,
         )
-        if step.new is State.BACKOFF:
-            self._event(
-                "retry",
-                prog,
-                delay=round(step.retry_in or 0.0, 3),
-                attempt=prog.machine.spawns + 1,
-            )
+        if ex.state is State.BACKOFF:
+            self._event("retry", prog, delay=round(ex.retry_in or 0.0, 3), attempt=ex.attempt)
 
     def _spawn(self, prog: _Program, now: float) -> None:
         inst = prog.instance
@@ -1060,9 +747,10 @@ class Supervisor:
         except OSError as exc:
             self._output.note(f"{prog.name} could not start: {exc}")
             self._event("spawn_error", prog, error=str(exc))
-            self._step(prog, Event.EXIT, now, code=127)
+            self._do(self._sup.exited(prog.name, 127, now), now)
             return
         prog.popen = popen
+        self._sup.started(prog.name, popen.pid, now)
         assert self._selector is not None and popen.stdout is not None and popen.stderr is not None
         prog.pidfd = os.pidfd_open(popen.pid)
         self._selector.register(prog.pidfd, selectors.EVENT_READ, prog)
@@ -1090,7 +778,7 @@ class Supervisor:
             return
         forced = popen.returncode is None or _group_alive(popen.pid)
         if forced:
-            late = "" if self._killing else " did not stop in time:"
+            late = "" if self._sup.killing else " did not stop in time:"
             self._output.note(f"{prog.name} (pid {popen.pid}){late} SIGKILL")
             self._event("signal", prog, pid=popen.pid, signal="SIGKILL")
         _proc.terminate(popen, 0)
@@ -1121,7 +809,7 @@ class Supervisor:
         for stream in list(prog.streams):
             self._read(stream, drain=True)
         prog.popen = None
-        self._step(prog, Event.EXIT, now, code=code, pid=popen.pid)
+        self._do(self._sup.exited(prog.name, code, now, pid=popen.pid), now)
 
     def _close_pidfd(self, prog: _Program) -> None:
         if prog.pidfd is not None:
@@ -1215,8 +903,8 @@ class Supervisor:
                     if stream in prog.streams:
                         self._close_stream(stream)
             if self._error is not None:
-                self._decide(1, f"internal error: {self._error!r}")
-            self._returncode = self._exit_status or 0
+                self._sup.fail(f"internal error: {self._error!r}")
+            self._returncode = self._sup.returncode
             if self._selector is not None:
                 self._selector.close()
             for fd in (self._wake_r, self._wake_w):
@@ -1224,7 +912,7 @@ class Supervisor:
                     os.close(fd)
             self._wake_r = self._wake_w = -1
         if self._returncode:
-            self._output.note(f"exit status {self._returncode} ({self._exit_reason})")
+            self._output.note(f"exit status {self._returncode} ({self._sup.reason})")
         self._event("done", returncode=self._returncode)
         self._output.flush()
         _live.discard(self)
