@@ -763,3 +763,29 @@ def test_restart_never_and_timeout(tmp_path: Path) -> None:
     assert export("-d", str(root), "--restart", "always", "supervisord", str(tmp_path / "v")) == 0
     conf = supervisord_view((tmp_path / "v" / "app.conf").read_text())["program:web-1"]
     assert conf["autorestart"] == "true" and conf["stopwaitsecs"] == "5"
+
+
+@needs_systemd
+def test_honcho_units_break_where_polytask_units_hold(tmp_path: Path) -> None:
+    """The reason polytask quotes differently: honcho pastes values into its templates.
+
+    A quote in a command unbalances honcho's ExecStart (systemd refuses the
+    unit), a line break in a .env value splits its Environment= line, and a
+    ``%`` is left to systemd's specifiers; polytask's units load and keep them.
+    """
+    root = app_dir(tmp_path, 'web: echo "it\'s" 50%d $HOME\n', "MULTI=\"a\\nb\"\nPCT='5%n'\n")
+    assert (
+        honcho_export(root, "-a", "h", "-u", "root", "systemd", str(tmp_path / "h")).returncode == 0
+    )
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "h" / "h-web-1.service")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Unbalanced quoting" in done.stderr and "Missing '='" in done.stderr, done.stderr
+    assert export("-d", str(root), "-a", "p", "-u", "root", "systemd", str(tmp_path / "p")) == 0
+    systemd_verify(tmp_path / "p")
+    unit = systemd_dump(tmp_path / "p", "p.target")["p-web-1.service"]
+    assert dump_argv(unit["Command Line"][0]) == ["/bin/sh", "-c", 'echo "it\'s" 50%d $HOME']
+    assert "MULTI=a\nb" in unit["Environment"] and "PCT=5%n" in unit["Environment"]
