@@ -789,3 +789,20 @@ def test_honcho_units_break_where_polytask_units_hold(tmp_path: Path) -> None:
     unit = systemd_dump(tmp_path / "p", "p.target")["p-web-1.service"]
     assert dump_argv(unit["Command Line"][0]) == ["/bin/sh", "-c", 'echo "it\'s" 50%d $HOME']
     assert "MULTI=a\nb" in unit["Environment"] and "PCT=5%n" in unit["Environment"]
+
+
+@needs_systemd
+def test_paths_with_spaces_and_percent(tmp_path: Path) -> None:
+    root = tmp_path / "my app%x"
+    root.mkdir()
+    (root / "Procfile").write_text("web: echo hi\n")
+    logs = tmp_path / "lo gs"
+    args = ["-d", str(root), "-u", "root", "-l", str(logs), "systemd", str(tmp_path / "u")]
+    assert export(*args) == 0
+    # The default app name is the folder's, made safe for a unit name.
+    assert sorted(os.listdir(tmp_path / "u"))[0] == "my-app-x-web-1.service"
+    systemd_verify(tmp_path / "u")
+    unit = systemd_dump(tmp_path / "u", "my-app-x.target")["my-app-x-web-1.service"]
+    assert unit["WorkingDirectory"] == [str(root)]
+    assert unit["StandardOutputFileToAppend"] == [f"{logs}/web-1.log"]
+    assert unit["StandardErrorFileToAppend"] == [f"{logs}/web-1.error.log"]
