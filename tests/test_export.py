@@ -658,9 +658,8 @@ def test_supervisord_refuses_what_it_cannot_hold(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nosuch", "OUT"], "unknown format 'nosuch': choose systemd or supervisord"),
+        (["nosuch", "OUT"], "unknown format 'nosuch': choose systemd, supervisord or runit"),
         (["upstart", "OUT"], "upstart is dead"),
-        (["runit", "OUT"], "runit is not supported"),
         (["-a", "../evil", "systemd", "OUT"], "app name '../evil'"),
         (["-a", "a/b", "systemd", "OUT"], "app name 'a/b'"),
         (["-u", "bad user", "systemd", "OUT"], "user 'bad user'"),
@@ -806,3 +805,121 @@ def test_paths_with_spaces_and_percent(tmp_path: Path) -> None:
     assert unit["WorkingDirectory"] == [str(root)]
     assert unit["StandardOutputFileToAppend"] == [f"{logs}/web-1.log"]
     assert unit["StandardErrorFileToAppend"] == [f"{logs}/web-1.error.log"]
+
+
+# =========================================================================== runit
+
+
+def envdir(folder: Path) -> dict[str, str]:
+    """What ``chpst -e`` / envdir sets: each file's first line, trailing blanks cut, NUL -> newline."""
+    out = {}
+    for p in folder.iterdir():
+        raw = p.read_bytes()
+        if raw:
+            out[p.name] = raw.split(b"\n")[0].rstrip(b" \t").replace(b"\0", b"\n").decode()
+    return out
+
+
+def test_runit_matches_honcho(tmp_path: Path) -> None:
+    root = app_dir(tmp_path)
+    args = ["-a", "shop", "-u", "root", "-c", "web=2"]
+    assert honcho_export(root, *args, "runit", str(tmp_path / "h")).returncode == 0
+    assert export("-d", str(root), *args, "runit", str(tmp_path / "p")) == 0
+
+    def tree(top: Path) -> set[str]:
+        return {str(p.relative_to(top)) for p in top.rglob("*") if p.is_file()}
+
+    h, p = tree(tmp_path / "h"), tree(tmp_path / "p")
+    extra = {
+        f"{s}/env/{k}"
+        for s in ("shop-web-1", "shop-web-2", "shop-worker-1", "shop-clock-1")
+        for k in ("PS", "PYTHONUNBUFFERED")
+    }
+    assert p == h | extra
+    for service in ("shop-web-1", "shop-web-2", "shop-worker-1", "shop-clock-1"):
+        penv, henv = (
+            envdir(tmp_path / "p" / service / "env"),
+            envdir(tmp_path / "h" / service / "env"),
+        )
+        assert penv.pop("PS") == penv["HONCHO_PROCESS_NAME"]
+        assert penv.pop("PYTHONUNBUFFERED") == "1"
+        assert penv == henv
+        for name in ("run", "log/run"):
+            assert os.access(tmp_path / "p" / service / name, os.X_OK)
+            syntax = subprocess.run(["sh", "-n", str(tmp_path / "p" / service / name)], timeout=30)
+            assert syntax.returncode == 0
+        # The same command: honcho pastes it into its script, polytask passes it to sh -c.
+        (hline,) = [
+            ln
+            for ln in (tmp_path / "h" / service / "run").read_text().splitlines()
+            if ln.startswith("  ")
+        ]
+        pline = (tmp_path / "p" / service / "run").read_text().splitlines()[-1]
+        assert shlex.split(pline)[:6] == ["exec", "chpst", "-u", "root", "-e", "$ENVDIR"]
+        assert shlex.split(pline)[6:8] == ["/bin/sh", "-c"]
+        assert shlex.split(pline)[8:] == [hline.strip()]
+        hlog = (tmp_path / "h" / service / "log" / "run").read_text()
+        plog = (tmp_path / "p" / service / "log" / "run").read_text()
+        assert (
+            f"LOG=/var/log/shop/{service[5:]}" in hlog
+            and f"LOG=/var/log/shop/{service[5:]}" in plog
+        )
+    assert envdir(tmp_path / "p" / "shop-web-2" / "env")["PORT"] == "5001"
+
+
+RUNIT_PROCFILE = (
+    'web: printf \'[%s]\\n\' "$MULTI" "$TAB" "$DOLLAR" "$PCT" "$QUOTES" "$BACK" '
+    '"$EMPTY" "$PORT" "$PS" 50% "it\'s"\n'
+)
+RUNIT_ENV = HOSTILE_ENV.replace("SPACES='  padded  '\n", "EMPTY=\n")
+
+
+@pytest.mark.skipif(shutil.which("chpst") is None, reason="runit's chpst is not installed")
+def test_runit_run_script_runs_as_up_would(tmp_path: Path) -> None:
+    """runsv's way: ./run started in the service folder, through the real chpst."""
+    root = app_dir(tmp_path, RUNIT_PROCFILE, RUNIT_ENV)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert export("-d", str(root), "-a", "r", "-u", user, "runit", str(tmp_path / "sv")) == 0
+    service = tmp_path / "sv" / "r-web-1"
+    env = {"PATH": os.environ["PATH"]}
+    exported = subprocess.run(
+        ["./run"], cwd=service, env=env, capture_output=True, text=True, timeout=30
+    )
+    via_run = subprocess.run(
+        [sys.executable, "-m", "polytask.cli", "run", "web"],
+        env=_env(),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert exported.returncode == via_run.returncode == 0, exported.stdout + via_run.stderr
+    assert exported.stdout == via_run.stdout
+    values = [*HOSTILE_VALUES.values()][:6]
+    expected = "".join(f"[{v}]\n" for v in [*values, "", "5000", "web.1", "50%", "it's"])
+    assert exported.stdout == expected
+
+
+def test_runit_refuses_what_envdir_cuts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = app_dir(tmp_path, "web: run\n", "PAD='x  '\n")
+    assert export("-d", str(root), "runit", str(tmp_path / "sv")) == 2
+    assert "ends with spaces or tabs" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    root2 = app_dir(tmp_path / "b", "web: run\n", "")
+    assert export("-d", str(root2), "--restart", "on-failure", "runit", str(tmp_path / "sv")) == 2
+    assert "runit restarts every program that exits" in capsys.readouterr().err
+    assert not (tmp_path / "sv").exists()
+
+
+def test_symlinked_service_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = app_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    location = tmp_path / "sv"
+    location.mkdir()
+    (location / "app-web-1").symlink_to(elsewhere)
+    assert export("-d", str(root), "runit", str(location)) == 2
+    assert "is a symlink, which could lead outside LOCATION" in capsys.readouterr().err
+    assert os.listdir(elsewhere) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -36,12 +37,10 @@ from ._up import _BadInput, _load, _Parser, _port, _run_guarded, _seconds
 __all__ = ["FORMATS", "ExportFile", "Plan", "Program", "main_export", "render"]
 
 #: The formats written; the refused ones map to why.
-FORMATS = ("systemd", "supervisord")
+FORMATS = ("systemd", "supervisord", "runit")
 _REFUSED = {
     "upstart": "upstart is dead: Ubuntu replaced it with systemd in 15.04 and no "
     "maintained distribution runs it; export to systemd instead",
-    "runit": "runit is not supported by polytask export; use systemd or supervisord "
-    "(or 'honcho export runit')",
 }
 
 _APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -323,19 +322,86 @@ def render_supervisord(plan: Plan) -> list[ExportFile]:
     return [ExportFile(f"{plan.app}.conf", "\n".join(out))]
 
 
+# =========================================================================== runit
+
+
+def _envdir_value(key: str, value: str, program: str) -> str:
+    """``value`` as an envdir file (chpst -e): its first line, line breaks as NULs."""
+    what = f"variable {key} of {program}"
+    if not _ENV_NAME.fullmatch(key):
+        raise _BadInput(f"{what}: an envdir file name takes only letters, digits and '_'")
+    if value != value.rstrip(" \t"):
+        raise _BadInput(
+            f"{what} ends with spaces or tabs, which runit's envdir removes; "
+            "export to systemd, which keeps them"
+        )
+    # A file with one empty line sets an empty variable (an empty file unsets it).
+    return value.replace("\n", "\0") + "\n"
+
+
+def render_runit(plan: Plan) -> list[ExportFile]:
+    """A service folder per copy, as honcho: ``APP-TYPE-N/{run,log/run,env/KEY}``.
+
+    runsv restarts every exit (``--restart always`` only) and signals only the
+    program it started; ``chpst -e`` reads the environment from ``env/``.
+    """
+    if plan.restart != "always":
+        raise _BadInput(
+            f"runit restarts every program that exits (runsv): --restart {plan.restart} "
+            "cannot be expressed; give --restart always, or export to systemd or supervisord"
+        )
+    q = shlex.quote
+    log = plan.log if plan.log is not None else f"/var/log/{plan.app}"
+    files: list[ExportFile] = []
+    for p in plan.programs:
+        folder = f"{plan.app}-{p.dashed}"
+        for key, value in p.env.items():
+            files.append(ExportFile(f"{folder}/env/{key}", _envdir_value(key, value, p.name)))
+        files.append(
+            ExportFile(
+                f"{folder}/run",
+                "#!/bin/sh\n"
+                f"# {p.name} of {plan.app} (polytask export)\n"
+                "exec 2>&1\n"
+                'ENVDIR="$PWD/env"\n'
+                f"cd {q(plan.root)} || exit 1\n"
+                f'exec chpst -u {q(plan.user)} -e "$ENVDIR" {q(plan.shell)} -c {q(p.command)}\n',
+                0o755,
+            )
+        )
+        files.append(
+            ExportFile(
+                f"{folder}/log/run",
+                "#!/bin/sh\n"
+                "set -e\n"
+                f"LOG={q(os.path.join(log, p.dashed))}\n"
+                'if [ ! -d "$LOG" ]; then\n'
+                '    mkdir -p -m 2750 "$LOG"\n'
+                f'    chown {q(plan.user)} "$LOG"\n'
+                "fi\n"
+                f'exec chpst -u {q(plan.user)} svlogd "$LOG"\n',
+                0o755,
+            )
+        )
+    return files
+
+
 def render(fmt: str, plan: Plan) -> list[ExportFile]:
     """The files of format ``fmt`` for ``plan`` (pure: nothing is written)."""
     if fmt == "systemd":
         files = render_systemd(plan)
     elif fmt == "supervisord":
         files = render_supervisord(plan)
+    elif fmt == "runit":
+        files = render_runit(plan)
     else:
         raise _BadInput(_format_problem(fmt))
     names = [f.name for f in files]
     # Names are built from validated parts; checked again here because a file
     # written outside LOCATION, or one overwriting another, must never happen.
     for name in names:
-        if "/" in name or name in (".", "..") or "\0" in name:
+        parts = name.split("/")
+        if any(part in ("", ".", "..") or "\0" in part for part in parts):
             raise AssertionError(f"unsafe export file name {name!r}")
     if len(set(names)) != len(names):
         raise AssertionError(f"two export files share a name: {names}")
@@ -345,7 +411,7 @@ def render(fmt: str, plan: Plan) -> list[ExportFile]:
 def _format_problem(fmt: str) -> str:
     if fmt in _REFUSED:
         return _REFUSED[fmt]
-    return f"unknown format {fmt!r}: choose systemd or supervisord"
+    return f"unknown format {fmt!r}: choose systemd, supervisord or runit"
 
 
 # =========================================================================== the command
@@ -356,10 +422,10 @@ def _parser() -> _Parser:
         prog="polytask export",
         description="Write the configuration that runs a Procfile's programs under a real "
         "init system: systemd (a target for the app, one per process type, a service per "
-        "copy) or supervisord (one file). Each program gets the command, environment, "
+        "copy), supervisord (one file) or runit (a service folder per copy). Each program gets the command, environment, "
         "PORT and working directory 'polytask up' would give it.",
     )
-    p.add_argument("format", metavar="FORMAT", help="systemd or supervisord")
+    p.add_argument("format", metavar="FORMAT", help="systemd, supervisord or runit")
     p.add_argument("location", metavar="LOCATION", help="folder to write the files to")
     p.add_argument(
         "-a",
@@ -416,8 +482,8 @@ def _parser() -> _Parser:
     p.add_argument(
         "--restart",
         choices=RESTART_MODES,
-        default="on-failure",
-        help="when the init system restarts a program (default: on-failure, as 'up')",
+        help="when the init system restarts a program (default: on-failure, as 'up'; "
+        "runit: always, the only mode runsv has)",
     )
     p.add_argument(
         "--timeout",
@@ -504,7 +570,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         shell=args.shell,
         programs=programs,
         log=log,
-        restart=args.restart,
+        restart=args.restart or ("always" if args.format == "runit" else "on-failure"),
         timeout=args.timeout,
     )
 
@@ -521,9 +587,35 @@ def _export(argv: list[str]) -> int:
             f"cannot create LOCATION {args.location!r}: {exc.strerror or exc}"
         ) from None
     for f in files:
-        _write(location, f, args.location)
+        *parts, name = f.name.split("/")
+        folder = _folder(location, parts)
+        _write(folder, ExportFile(name, f.content, f.mode), args.location)
         print(os.path.join(args.location, f.name))
     return 0
+
+
+def _folder(location: Path, parts: Sequence[str]) -> Path:
+    """``location/parts...``, made one level at a time; a symlink on the way is refused.
+
+    A symlink planted as a service folder would otherwise carry the files
+    (and the folders made under it) outside LOCATION.
+    """
+    folder = location
+    for part in parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise _BadInput(
+                f"{str(folder)!r} is a symlink, which could lead outside LOCATION: "
+                "remove it and export again"
+            )
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise _BadInput(f"{str(folder)!r} exists and is not a folder") from None
+        except OSError as exc:
+            raise _BadInput(f"cannot create {str(folder)!r}: {exc.strerror or exc}") from None
+    return folder
 
 
 def _write(location: Path, f: ExportFile, shown: str) -> None:
