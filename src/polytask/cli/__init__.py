@@ -34,7 +34,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": (
         "polytask.cli._export",
         "main_export",
-        "write systemd units or a supervisord file that run a Procfile's programs",
+        "write systemd, supervisord or runit files that run a Procfile's programs",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""``polytask export FORMAT LOCATION``: a Procfile as systemd units or a supervisord file.
+"""``polytask export FORMAT LOCATION``: a Procfile as systemd, supervisord or runit files.
 
 As ``honcho export`` and ``foreman export``, with honcho 2.0's options, the
 same file names and the same unit layout (an app target, a target per process
@@ -13,8 +13,8 @@ only :func:`main_export` touches the file system. Every value is quoted for
 the parser that will read it (honcho pastes values into its templates, so a
 ``%``, a quote or a newline changes or breaks its units): systemd gets
 C-escaped double-quoted words with ``%%`` and ``$$``; supervisord gets what
-its own lexers give back unchanged, and a value that supervisord's format
-cannot hold is refused with its name.
+its own lexers give back unchanged; runit gets shell-quoted run scripts and
+envdir files. A value a format cannot hold is refused with its name.
 """
 
 from __future__ import annotations
