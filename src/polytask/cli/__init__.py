@@ -31,6 +31,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "main_run",
         "run one command (or Procfile type) with the environment up would give it",
     ),
+    "export": (
+        "polytask.cli._export",
+        "main_export",
+        "write systemd, supervisord or runit files that run a Procfile's programs",
+    ),
 }
 
 _USAGE = "usage: polytask [-h] [--version] {" + ",".join(_COMMANDS) + "} ..."
