@@ -94,3 +94,23 @@ class Harness:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def apt_install(package: str) -> str:
+    """Install a Debian package with apt-get (root only): "" when done, else why not.
+
+    The side-by-side tests install the real tools they compare with (GNU parallel,
+    runit, systemd) so that CI, a fresh root machine, runs them instead of skipping.
+    """
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return f"{package} is not installed (apt-get install {package}, as root)"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode != 0:  # an old package list: update it once, then try again
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return "" if r.returncode == 0 else f"cannot install {package}: {r.stderr.strip()[-300:]}"

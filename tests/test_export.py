@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import apt_install
 from polytask.cli._export import main_export
 
 HONCHO = str(Path(sys.executable).with_name("honcho"))
@@ -179,7 +180,26 @@ def _systemd_reason() -> str | None:
     return None
 
 
-needs_systemd = pytest.mark.skipif(_systemd_reason() is not None, reason=str(_systemd_reason()))
+@pytest.fixture(scope="session")
+def systemd_installed() -> None:
+    """systemd's own tools, installed with apt-get where missing (CI is root)."""
+    if not Path(SYSTEMD).exists() or shutil.which("systemd-analyze") is None:
+        apt_install("systemd")
+    why = _systemd_reason()
+    if why is not None:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def runit_installed() -> None:
+    """runit's chpst, installed with apt-get where missing (CI is root)."""
+    if shutil.which("chpst") is None:
+        why = apt_install("runit")
+        if shutil.which("chpst") is None:
+            pytest.skip(why or "runit's chpst is not installed")
+
+
+needs_systemd = pytest.mark.usefixtures("systemd_installed")
 
 
 def systemd_dump(units: Path, unit: str) -> dict[str, dict[str, list[str]]]:
@@ -874,7 +894,7 @@ RUNIT_PROCFILE = (
 RUNIT_ENV = HOSTILE_ENV.replace("SPACES='  padded  '\n", "EMPTY=\n")
 
 
-@pytest.mark.skipif(shutil.which("chpst") is None, reason="runit's chpst is not installed")
+@pytest.mark.usefixtures("runit_installed")
 def test_runit_run_script_runs_as_up_would(tmp_path: Path) -> None:
     """runsv's way: ./run started in the service folder, through the real chpst."""
     root = app_dir(tmp_path, RUNIT_PROCFILE, RUNIT_ENV)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import apt_install
+
 PY = sys.executable
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 BASH = shutil.which("bash") or "/bin/bash"
@@ -44,17 +46,10 @@ def gnu_parallel() -> str:
         return path
     if path:
         pytest.skip(f"{path} is not GNU parallel (moreutils' parallel?): no side-by-side tests")
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("GNU parallel is not installed (apt-get install parallel, as root)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", "parallel"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if r.returncode != 0:  # an old package list: update it once, then try again
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    why = apt_install("parallel")
     path = shutil.which("parallel")
-    if r.returncode != 0 or not path or not _is_gnu(path):
-        pytest.skip(f"cannot install GNU parallel: {r.stderr.strip()[-300:]}")
+    if why or not path or not _is_gnu(path):
+        pytest.skip(why or f"{path} is not GNU parallel after apt-get install parallel")
     return path
 
 
