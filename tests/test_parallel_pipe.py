@@ -348,3 +348,78 @@ def test_pipepart_reads_only_near_the_edges() -> None:
     assert len(pos) == 17 and pos[0] == 0 and pos[-1] == len(data)
     assert all(data[p - 1 : p] == b"\n" for p in pos[1:])
     assert sum(read) <= 16 * 131072  # one piece at each edge
+
+
+def _split_all(data: bytes, reads: list[int] | None = None, **options: object) -> list[bytes]:
+    """The blocks of ``data``, read as the splitter asks, or in pieces of the sizes in ``reads``."""
+    from polytask._parallel_spec import PipeSplitter
+
+    s = PipeSplitter(**options)  # type: ignore[arg-type]
+    out: list[bytes] = []
+    i = 0
+    sizes = iter(reads or [])
+    while True:
+        n = min(s.wanted(), next(sizes, s.wanted()))
+        piece = data[i : i + n]
+        i += len(piece)
+        s.feed(piece)
+        out += [s.header + bytes(b) for b in s.ready]
+        s.ready.clear()
+        if not piece:
+            return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"block": 10},
+        {"block": 1},
+        {"block": 64, "records": 3},
+        {"block": 50, "lines": 4},
+        {"block": 16, "recstart": b">", "recend": b""},
+        {"block": 16, "recstart": b">", "recend": b"\n"},
+        {"block": 16, "regexp": True, "recstart": b"", "recend": b"[;\n]"},
+    ],
+)
+def test_blocks_do_not_depend_on_how_stdin_is_read(options: dict[str, object]) -> None:
+    """A pipe hands over any number of bytes at a time: the blocks must not change,
+    and each is whole records that together are the input."""
+    import random
+
+    rnd = random.Random(7)
+    data = b"".join(
+        (b">" if rnd.random() < 0.3 else b"")
+        + bytes(rnd.choice(b"abc;") for _ in range(rnd.randrange(0, 30)))
+        + b"\n"
+        for _ in range(300)
+    )
+    whole = _split_all(data, **options)
+    assert b"".join(whole) == data
+    for _ in range(5):
+        reads = [rnd.randrange(1, 40) for _ in range(len(data))]
+        assert _split_all(data, reads, **options) == whole
+    recend = options.get("recend", b"\n")
+    recstart = options.get("recstart", b"")
+    assert isinstance(recend, bytes) and isinstance(recstart, bytes)
+    if options.get("regexp"):
+        recend = b""  # [;\n]: checked as ";" or "\n" below
+    cut = 0
+    for block in whole[:-1]:  # every cut is between two records
+        cut += len(block)
+        if options.get("regexp"):
+            assert data[cut - 1 : cut] in (b";", b"\n")
+        else:
+            assert data[:cut].endswith(recend) and data[cut:].startswith(recstart)
+
+
+def test_parse_size_as_gnu() -> None:
+    from polytask._parallel_spec import parse_size
+
+    assert parse_size("1M") == 1 << 20
+    assert parse_size("1m") == 10**6
+    assert parse_size("10k") == 10_000
+    assert parse_size("10K") == parse_size("10ki") == 10_240
+    assert parse_size("1.5M") == 3 << 19
+    assert parse_size("-3") == -3
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("1x")

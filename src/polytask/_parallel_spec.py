@@ -1201,7 +1201,9 @@ class PipeSplitter:
         self._header_re = header
         self.header = b""
         self.eof = False
-        self.ready: deque[bytes] = deque()
+        #: Finished blocks: read-only views of the buffer they were cut from (no
+        #: copy); the buffer is replaced, never changed, once a block was cut.
+        self.ready: deque[memoryview] = deque()
         self.warnings: list[str] = []
         self._buf = bytearray()
         self._target = 0  # the buffer length that ends this round
@@ -1256,7 +1258,7 @@ class PipeSplitter:
         self._round()
         if self.eof:
             if self._buf:
-                self.ready.append(bytes(self._buf))
+                self.ready.append(memoryview(self._buf).toreadonly())
             self._buf = bytearray()
         else:
             self._new_round()
@@ -1265,6 +1267,7 @@ class PipeSplitter:
         if self.skip_blank:
             self._buf = bytearray(re.sub(rb"(?m)^\s*\n", b"", self._buf))
         buf = self._buf
+        view = memoryview(buf).toreadonly()
         start = 0  # what is cut is taken from here: one compaction per round
         if self.lines and not self.records:
             n = buf.count(b"\n") % self.lines
@@ -1275,24 +1278,24 @@ class PipeSplitter:
                     break
             start = i + 1 if i >= 0 else 0
             if start:
-                self.ready.append(bytes(buf[:start]))
+                self.ready.append(view[:start])
         elif self.regexp and self.records:
             if not self._garbage_done:
                 self._garbage_done = True
                 if not re.match(b"(?:" + self.recstart + b")", buf, re.M):
                     m = self._garbage.match(buf)
                     if m is not None and m.end(1) > 0:
-                        self.ready.append(bytes(buf[: m.end(1)]))
+                        self.ready.append(view[: m.end(1)])
                         start = m.end(1)
             while (m := self._nrec.match(buf, start)) is not None and m.end(1) > start:
-                self.ready.append(bytes(buf[start : m.end(1)]))
+                self.ready.append(view[start : m.end(1)])
                 start = m.end(1)
         elif self.regexp:
             if not self.eof:
                 m = self._last.match(buf)
                 if m is not None and m.end(1) > 0:
                     start = m.end(1)
-                    self.ready.append(bytes(buf[:start]))
+                    self.ready.append(view[:start])
         elif self.records:
             n = self.records * (self.lines or 1)
             sep, skip = self._sep, len(self.recend)
@@ -1306,16 +1309,19 @@ class PipeSplitter:
                 if i < 0:
                     break
                 cut = i + skip
-                self.ready.append(bytes(buf[start:cut]))
+                self.ready.append(view[start:cut])
                 start = cut
         elif not self.eof:
             i = buf.rfind(self._sep)
             if i >= 0 and i + len(self.recend) > 0:
                 start = i + len(self.recend)
-                self.ready.append(bytes(buf[:start]))
+                self.ready.append(view[:start])
         if start:
-            del buf[:start]
-        elif not self.eof and self.block < MAX_BLOCK:
+            # A new buffer for what is left: the blocks keep the old one (no copy of them).
+            self._buf = bytearray(view[start:])
+            return
+        view.release()
+        if not self.eof and self.block < MAX_BLOCK:
             old = self.block
             self.block = min(math.ceil(self.block * 1.3 + 1), MAX_BLOCK)
             self.warnings.append(

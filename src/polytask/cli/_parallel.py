@@ -9,7 +9,9 @@ strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
 ``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
 ``-I -d -E -r``, ``--tagstring``, ``-v``, ``-u``, ``--delay``, ``--shuf``,
 ``--nice``, ``--results`` as a CSV/TSV/JSON file or a path with replacement
-strings; GNU parallel's exit status.
+strings; ``--pipe`` (stdin cut into GNU parallel's blocks of whole records,
+one on each job's stdin) and ``--pipepart -a FILE`` (byte ranges of a file,
+sent by the kernel); GNU parallel's exit status.
 
 ::
 
@@ -21,6 +23,13 @@ strings; GNU parallel's exit status.
          ▼                                    ▼
     retries / halt / joblog / --results     _Sink: grouped per job, in order with -k,
                                             tagged with --tag ──> our stdout / stderr
+
+With ``--pipe`` and ``--pipepart`` a job's input is its stdin, not arguments::
+
+    stdin ─(read only while a slot is free)─> _PipeSource: PipeSplitter cuts GNU's blocks
+        ──> job (input=block) ──> the loop writes it into the job's stdin pipe (POLLOUT)
+    FILE ─(a few reads at each edge)─> _PartSource: split_positions
+        ──> job (input=FileRange) ──> the loop sendfile()s the range into the job's stdin
 
 Startup matters (``--help`` in well under 150 ms): this module imports only
 argparse and what the polytask package already loaded; rich only with ``--bar``.
@@ -606,8 +615,8 @@ class _PipeSource:
     def take(self) -> Any:
         split = self._split
         if split.ready:
-            block: bytes = split.ready.popleft()
-            return split.header + block if split.header else block
+            block: memoryview = split.ready.popleft()
+            return split.header + block if split.header else block  # (the header: a copy)
         return None if split.eof else _NOT_READY
 
     def fill(self) -> None:
