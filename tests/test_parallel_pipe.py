@@ -119,6 +119,9 @@ CASES: list[tuple[list[str], str, str]] = [
     (["--pipe", "-q", "--block", "10", "-k", "sh", "-c", 'cat; echo "$0"', "a b"], SEQ30, "exact"),
     # an input is only ever data: shell syntax in stdin stays on stdin
     (["--pipe", "-k", "--block", "8", "cat"], "$(touch X)\n`touch Y`\n;touch Z\n", "exact"),
+    # --cat: the block in a temporary file named by {} (appended without one), stdin empty
+    (["--pipe", "--cat", "--block", "10", "-k", "wc -l < {}; cat"], SEQ30, "exact"),
+    (["--pipe", "--cat", "-N4", "-k", "sort -r {}"], SEQ30, "exact"),
     # exit status: the number of failed jobs
     (["--pipe", "--block", "10", "-k", "cat; exit 1"], SEQ30, "exact"),
     (["--pipe", "--block", "10", "-k", "grep -q 1"], SEQ30, "exact"),
@@ -151,6 +154,7 @@ def test_pipe_same_as_gnu(
         ["--block", "10", "--regexp", "--recend", "[;\n]", "-k", "cat; echo --"],
         ["--block", "1k", "wc", "-c"],
         ["--block", "10", "-k", "--tag", "echo {#}; cat"],
+        ["--block", "10", "-k", "--cat", "cat {}; echo --"],
     ],
 )
 def test_pipepart_same_as_gnu(gnu_parallel: str, tmp_path: Path, argv: list[str]) -> None:
@@ -276,6 +280,25 @@ def test_pipe_from_a_file_with_a(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert sum(map(int, r.stdout.split())) == 30
     assert len(r.stdout.split()) > 1
+
+
+@pytest.mark.parametrize("mode", ["--pipe", "--pipepart"])
+def test_cat_files_are_removed(tmp_path: Path, mode: str) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    data = tmp_path / "data"
+    data.write_text(SEQ30)
+    argv = [*PT, mode, "-a", str(data), "--cat", "--block", "10", "-k"]
+    r = subprocess.run(
+        [*argv, "--retries", "2", 'test -s {} && cat {} && [ "$PARALLEL_SEQ" != 2 ]'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, TMPDIR=str(tmp)),
+    )
+    assert r.returncode == 1  # job 2 failed twice; every block went through
+    assert r.stdout == SEQ30
+    assert list(tmp.iterdir()) == []
 
 
 def test_pipe_retries_give_the_same_block_again(tmp_path: Path) -> None:

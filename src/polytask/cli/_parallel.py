@@ -308,6 +308,11 @@ def _parser() -> _Parser:
         help="--pipe: --recstart and --recend are regular expressions (Python's)",
     )
     a("-L", metavar="N", type=int, help="--pipe: a record is N lines")
+    a(
+        "--cat",
+        action="store_true",
+        help="--pipe: save each block in a temporary file, {} its name (stdin empty)",
+    )
     a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -990,6 +995,7 @@ class _Runner:
         self.pipe = bool(opts.pipe or opts.pipepart)
         if self.pipe:
             self.context = False  # -N counts records, not arguments
+        self.cat_files: set[str] = set()  # --cat: the temporary files of jobs not ended yet
 
     # -------------------------------------------------------------- setup
 
@@ -1153,6 +1159,11 @@ class _Runner:
             close = getattr(self.source, "close", None)
             if close is not None:
                 close()
+            for path in self.cat_files:  # jobs ended early (Ctrl-C, --halt now)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             if self.joblog is not None:
                 self.joblog.close()
             if self.results_file is not None:
@@ -1186,7 +1197,45 @@ class _Runner:
             self.start(job)
         return False
 
+    def save_block(self, job: _Job) -> None:
+        """--cat: the job's block in a temporary file, whose name is its one argument."""
+        import tempfile
+
+        from .._os.childloop import FileRange
+
+        fd, path = tempfile.mkstemp(prefix="par")
+        self.cat_files.add(path)
+        try:
+            block = job.input
+            if isinstance(block, FileRange):
+                _write(fd, block.head)
+                done = 0
+                while done < block.length:
+                    n = os.sendfile(fd, block.fd, block.offset + done, block.length - done)
+                    if n == 0:
+                        break
+                    done += n
+            else:
+                _write(fd, block)
+        except OSError as exc:
+            raise _Fatal(f"cannot write the block of job {job.seq} to {path!r}: {exc}") from None
+        finally:
+            os.close(fd)
+        job.args = (path,)
+        job.input = None
+
+    def drop_block(self, job: _Job) -> None:
+        """--cat: remove the job's temporary file once the job is over."""
+        if job.args and job.args[0] in self.cat_files:
+            self.cat_files.discard(job.args[0])
+            try:
+                os.unlink(job.args[0])
+            except OSError:
+                pass
+
     def start(self, job: _Job) -> None:
+        if self.opts.cat and job.input is not None:
+            self.save_block(job)
         job.slot = heapq.heappop(self.free_slots) if self.free_slots else self._new_slot()
         job.tries += 1
         self.started += job.tries == 1
@@ -1218,7 +1267,7 @@ class _Runner:
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
         env = (b"PARALLEL_SEQ=%d" % job.seq, b"PARALLEL_JOBSLOT=%d" % job.slot)
-        if job.input is not None:
+        if job.input is not None and not opts.cat:
             block = job.input
             if self.tries == 1:
                 job.input = None  # no retry: the loop holds the only reference, until written
@@ -1290,6 +1339,7 @@ class _Runner:
         if not released:
             self.release(job)
         if job.halted or self.halted_now:
+            self.drop_block(job)
             self.sink.skip(job.seq)
             return
         rc: int = child.returncode
@@ -1328,6 +1378,8 @@ class _Runner:
         receive: int | None = None,
     ) -> None:
         opts, spec = self.opts, self.spec
+        if self.cat_files:
+            self.drop_block(job)
         if self.joblog is not None:
             line = spec.joblog_line(
                 job.seq,
@@ -1847,8 +1899,16 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     shell = _shell()
     if opts.pipe or opts.pipepart:
         return _setup_pipe(opts, groups, jobs, shell)
-    if opts.L is not None or opts.block is not None or opts.regexp:
-        name = "-L" if opts.L is not None else "--block" if opts.block is not None else "--regexp"
+    if opts.L is not None or opts.block is not None or opts.regexp or opts.cat:
+        name = (
+            "-L"
+            if opts.L is not None
+            else "--block"
+            if opts.block is not None
+            else "--regexp"
+            if opts.regexp
+            else "--cat"
+        )
         raise _UsageError(f"{name} goes with --pipe or --pipepart only")
     if opts.recstart is not None or opts.recend is not None:
         raise _UsageError("--recstart and --recend go with --pipe or --pipepart only")
@@ -1963,7 +2023,7 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             quote=opts.quote,
             shell=shell,
             functions=_functions(shell),
-            append=False,  # the input is the job's stdin, not its arguments
+            append=opts.cat,  # the input is the job's stdin (--cat: a file named by {})
         )
     except spec.QuotingError as exc:
         raise _UsageError(f"COMMAND: {exc}") from None
