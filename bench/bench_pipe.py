@@ -70,7 +70,7 @@ def run(quick: bool = False) -> str:
         lines = _make_file(data, size_mb * MB)
         size = data.stat().st_size
         env = _cached_env(d)
-        # (label, argv, stdin, is ours)
+        # (mode, tool, argv, stdin, is ours)
         modes = {
             "--pipe": (["--pipe", *block, "wc", "-l"], data),
             "--pipepart": (["--pipepart", "-a", str(data), *block, "wc", "-l"], None),
@@ -83,8 +83,10 @@ def run(quick: bool = False) -> str:
         _run(tools[0][2], tools[0][3], env, lines)  # warms the bytecode cache (untimed)
         best: dict[tuple[str, str], float] = {}
         for r in range(repeats):
-            for mode, tool, argv, stdin, mine in tools[r % len(tools) :] + tools[: r % len(tools)]:
-                t = _run(argv, stdin, env if mine else None, lines)
+            for mode, tool, argv, stdin, is_ours in (
+                tools[r % len(tools) :] + tools[: r % len(tools)]
+            ):
+                t = _run(argv, stdin, env if is_ours else None, lines)
                 key = (mode, tool)
                 best[key] = min(best.get(key, t), t)
     lines_md = [

@@ -60,7 +60,7 @@ CASES: list[tuple[list[str], str, str]] = [
     # the default block (1M): about 2.3 MB of lines, three blocks
     (["--pipe", "-k", "wc", "-l"], "".join(f"{i}\n" for i in range(1, 350001)), "exact"),
     (["--pipe", "--block", "10", "-k", "cat; echo --"], SEQ30, "exact"),
-    (["--pipe", "--block", "1k", "wc", "-l"], "".join(f"{i}\n" for i in range(1, 3001)), "sorted"),
+    (["--pipe", "--block", "1k", "wc", "-l"], "".join(f"{i}\n" for i in range(1, 1001)), "sorted"),
     (["--spreadstdin", "--block", "25", "-k", "-j3", "cat; echo --"], SEQ30, "exact"),
     # records longer than the block: the block grows (and says so on stderr)
     (["--pipe", "--block", "10", "-k", "cat; echo --"], LONG, "exact"),
@@ -119,6 +119,12 @@ CASES: list[tuple[list[str], str, str]] = [
     (["--pipe", "-q", "--block", "10", "-k", "sh", "-c", 'cat; echo "$0"', "a b"], SEQ30, "exact"),
     # an input is only ever data: shell syntax in stdin stays on stdin
     (["--pipe", "-k", "--block", "8", "cat"], "$(touch X)\n`touch Y`\n;touch Z\n", "exact"),
+    # a job that reads part of its block, or none; output grouping and its options
+    (["--pipe", "--block", "10", "-k", "head -n1"], SEQ30, "exact"),
+    (["--pipe", "--block", "20", "-j4", "wc -l"], SEQ30 * 3, "sorted"),
+    (["--pipe", "--block", "10", "-k", "--lb", "cat"], SEQ30, "exact"),
+    (["--pipe", "--block", "10", "-k", "-v", "wc -l"], SEQ30, "exact"),
+    (["--pipe", "--block", "10", "--dry-run", "echo {#}"], SEQ30, "exact"),
     # --cat: the block in a temporary file named by {} (appended without one), stdin empty
     (["--pipe", "--cat", "--block", "10", "-k", "wc -l < {}; cat"], SEQ30, "exact"),
     (["--pipe", "--cat", "-N4", "-k", "sort -r {}"], SEQ30, "exact"),
@@ -166,7 +172,7 @@ def test_pipepart_same_as_gnu(gnu_parallel: str, tmp_path: Path, argv: list[str]
     elif "--header" in argv:
         big.write_text("head\n" + SEQ30)
     else:  # a few hundred jobs at most
-        lines = 300 if argv[:2] == ["--block", "10"] else 2000
+        lines = 100 if argv[:2] == ["--block", "10"] else 2000
         big.write_text("".join(f"{i}\n" for i in range(1, lines + 1)))
     g, p = both_stdin(gnu_parallel, tmp_path, ["--pipepart", "-a", str(big), *argv], "")
     assert p.rc == g.rc, (g.err, p.err)
@@ -280,6 +286,19 @@ def test_pipe_from_a_file_with_a(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert sum(map(int, r.stdout.split())) == 30
     assert len(r.stdout.split()) > 1
+
+
+def test_a_job_that_reads_nothing_succeeds(tmp_path: Path) -> None:
+    # GNU parallel 20221122 counts some of these jobs failed, a different number each
+    # run (its write to the job meets EPIPE): polytask alone.
+    r = subprocess.run(
+        [*PT, "--pipe", "--block", "100k", "-k", "true"],
+        input=SEQ30 * 4000,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
 @pytest.mark.parametrize("mode", ["--pipe", "--pipepart"])
