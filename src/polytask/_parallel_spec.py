@@ -6,7 +6,9 @@ processes: the command template and its replacement strings (``{}``, ``{.}``,
 command needs a shell and how each input is quoted for where it sits in it
 (planned once per COMMAND by :mod:`polytask._shellquote`), the option values
 (``-j``, ``--timeout``, ``--halt``), GNU parallel's joblog format and exit
-status, and the ``--results`` directory layout. They follow GNU parallel
+status, the ``--results`` directory layout, and how ``--pipe`` cuts stdin
+into blocks (:class:`PipeSplitter`, bytes in, blocks out) and ``--pipepart``
+a file (:func:`split_positions`, given a function that reads at an offset). They follow GNU parallel
 (version 20221122) wherever it defines the behaviour.
 """
 

@@ -364,7 +364,7 @@ class Child:
         self.nbytes = [0, 0, 0]
         self.on_output: OnOutput | None = None
         self._stdin_fd = -1
-        self._stdin_data: bytes | FileRange = b""
+        self._stdin_data: bytes | memoryview | FileRange = b""
         self._stdin_pos = 0
 
     @property
@@ -420,7 +420,7 @@ class _Start:
         argv: Sequence[str],
         token: Any,
         timeout: float | None,
-        input: bytes | FileRange | None,
+        input: bytes | memoryview | FileRange | None,
         cwd: str | os.PathLike[str] | None,
         env: dict[str, str] | None,
         on_output: OnOutput | None,
@@ -622,7 +622,7 @@ class ProcessLoop:
         token: Any = None,
         timeout: float | None = None,
         capture: bool = True,
-        input: bytes | FileRange | None = None,
+        input: bytes | memoryview | FileRange | None = None,
         cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
         on_output: OnOutput | None = None,
@@ -631,7 +631,7 @@ class ProcessLoop:
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start.
 
-        The program's stdin is a pipe fed with ``input`` (bytes, or a
+        The program's stdin is a pipe fed with ``input`` (bytes, a memoryview, or a
         :class:`FileRange` of an open file), else descriptor
         ``stdin`` (the caller's: it stays open), else /dev/null.
         ``extra_env`` (``b"NAME=value"`` entries) is added to this program's
@@ -786,7 +786,7 @@ class ProcessLoop:
         token: Any,
         timeout: float | None,
         capture: bool,
-        input: bytes | FileRange | None,
+        input: bytes | memoryview | FileRange | None,
         cwd: str | os.PathLike[str] | None,
         env: dict[str, str] | None,
         on_output: OnOutput | None,
