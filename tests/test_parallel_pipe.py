@@ -112,6 +112,9 @@ CASES: list[tuple[list[str], str, str]] = [
     (["--pipe", "--header", ".*\n", "--block", "10", "-k", "cat; echo --"], "h\n" + SEQ30, "exact"),
     (["--pipe", "--header", ":", "-N5", "-k", "cat; echo --"], "id\n" + SEQ30, "exact"),
     (["--pipe", "--header", "1", "-k", "cat; echo --"], "only a header\n", "exact"),
+    # -r: blank lines dropped
+    (["--pipe", "-r", "--block", "3", "-k", "cat; echo --"], "a\n\n  \nb\n\nc\n", "exact"),
+    (["--pipe", "-r", "-N2", "-k", "cat; echo --"], "\n\na\n \nb\nc\n\n", "exact"),
     # replacement strings, --tag, -q, the job's variables
     (["--pipe", "-j1", "--block", "10", "-k", "echo {#} {%} x{}y; wc -l"], SEQ30, "exact"),
     (["--pipe", "--block", "10", "-k", "echo $PARALLEL_SEQ; cat"], SEQ30, "exact"),

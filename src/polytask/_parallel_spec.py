@@ -1268,6 +1268,8 @@ class PipeSplitter:
     def _round(self) -> None:
         if self.skip_blank:
             self._buf = bytearray(re.sub(rb"(?m)^\s*\n", b"", self._buf))
+            if not self._buf:
+                return  # as GNU parallel: only blank lines, read on (the block does not grow)
         buf = self._buf
         view = memoryview(buf).toreadonly()
         start = 0  # what is cut is taken from here: one compaction per round
