@@ -12,8 +12,10 @@ bounded however much goes through it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -321,6 +323,29 @@ def test_cat_files_are_removed(tmp_path: Path, mode: str) -> None:
     assert r.returncode == 1  # job 2 failed twice; every block went through
     assert r.stdout == SEQ30
     assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_pipe_ended_by_a_signal_exits_255_and_ends_its_jobs(tmp_path: Path, signum: int) -> None:
+    """Jobs reading their blocks, stdin still open: a signal ends all of it, status 255."""
+    proc = subprocess.Popen(
+        [*PT, "--pipe", "-j2", "--block", "10", 'cat > "$PARALLEL_SEQ"; exec sleep 60'],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(SEQ30.encode())  # more blocks than slots; stdin stays open
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / n).exists() and (tmp_path / n).stat().st_size for n in "12"):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 255
+    proc.stdin.close()
+    assert not (tmp_path / "3").exists()  # no slot came free: the third block never ran
 
 
 def test_pipe_retries_give_the_same_block_again(tmp_path: Path) -> None:
