@@ -6,7 +6,9 @@ processes: the command template and its replacement strings (``{}``, ``{.}``,
 command needs a shell and how each input is quoted for where it sits in it
 (planned once per COMMAND by :mod:`polytask._shellquote`), the option values
 (``-j``, ``--timeout``, ``--halt``), GNU parallel's joblog format and exit
-status, and the ``--results`` directory layout. They follow GNU parallel
+status, the ``--results`` directory layout, and how ``--pipe`` cuts stdin
+into blocks (:class:`PipeSplitter`, bytes in, blocks out) and ``--pipepart``
+a file (:func:`split_positions`, given a function that reads at an offset). They follow GNU parallel
 (version 20221122) wherever it defines the behaviour.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -35,6 +38,7 @@ __all__ = [
     "RESULT_COLUMNS",
     "HaltPolicy",
     "JoblogEntry",
+    "PipeSplitter",
     "QuotingError",
     "Repl",
     "Template",
@@ -44,11 +48,13 @@ __all__ = [
     "exit_status",
     "exported_functions",
     "has_replacement",
+    "header_regex",
     "is_posix_shell",
     "joblog_line",
     "parse_duration",
     "parse_joblog",
     "parse_jobs",
+    "parse_size",
     "perl_dirname",
     "perl_expression",
     "render_raw",
@@ -57,6 +63,8 @@ __all__ = [
     "results_dir",
     "results_format",
     "resume_skip",
+    "split_positions",
+    "unescape_record",
 ]
 
 # --------------------------------------------------------------------------- template
@@ -627,8 +635,8 @@ _RAW: Plan = (False, ("raw",))
 def _pieces(
     parts: Sequence[Part], plans: Sequence[Plan]
 ) -> tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]:
-    if not plans:  # -q: no shell text of its own
-        return ()
+    if not plans:  # -q (no shell text of its own), or no replacement string at all (-N0, --pipe)
+        return tuple((p, None) for p in parts if isinstance(p, str))
     writers = iter([compile_plan(p) for p in plans])
     return tuple((p, next(writers) if isinstance(p, Repl) else None) for p in parts)
 
@@ -1094,3 +1102,288 @@ def result_record(
 def _json(value: str) -> str:
     value = value.replace("\\", "\\\\").replace('"', '\\"')
     return re.sub(r"[\x00-\x1f]", lambda m: f"\\u{ord(m.group()):04x}", value)
+
+
+# --------------------------------------------------------------------------- --pipe
+
+#: GNU parallel's largest --block for --pipe (2 GiB - 1; Perl had trouble above).
+MAX_BLOCK = 2**31 - 1
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpKMGTP]i?|[KMGTP]I)?")
+_SIZE_UNITS = {"k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "p": 1000**5}
+
+
+def parse_size(spec: str, *, option: str = "--block") -> int:
+    """A size as GNU parallel reads it: ``1M`` = 2**20, ``1k`` = 1000, ``1Ki`` = ``1ki`` = 1024.
+
+    Upper-case units and those ending in ``i`` are binary, lower-case ones
+    decimal (GNU's multiply_binary_prefix). A leading ``-`` is kept
+    (``--pipepart --block -N``: N parts per job slot). Raises ValueError.
+    """
+    s = spec.strip()
+    sign = -1 if s.startswith("-") else 1
+    m = _SIZE_RE.fullmatch(s.lstrip("-+"))
+    if m is None:
+        raise ValueError(
+            f"{option} {spec!r}: not a size (use bytes, or a number with k, M, G: "
+            "1M = 1048576, 1k = 1000, 1Ki = 1024)"
+        )
+    unit = m.group(2) or ""
+    if not unit:
+        factor = 1
+    elif unit[-1] in "iI" or unit[0].isupper():
+        factor = 1024 ** ("KMGTP".index(unit[0].upper()) + 1)
+    else:
+        factor = _SIZE_UNITS[unit]
+    return sign * int(float(m.group(1)) * factor)
+
+
+def unescape_record(text: str) -> bytes:
+    """--recstart/--recend as GNU parallel reads them without --regexp: ``\\n \\t \\r \\0 \\' \\" \\\\``."""
+    escapes = {"0": "\0", "r": "\r", "n": "\n", "t": "\t", "'": "'", '"': '"', "\\": "\\"}
+    out = re.sub(r"\\([0rnt'\"\\])", lambda m: escapes[m.group(1)], text)
+    return _fsencode(out)
+
+
+def _fsencode(text: str) -> bytes:
+    """``os.fsencode`` without importing os here (the spec does no I/O)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def header_regex(spec: str) -> re.Pattern[bytes]:
+    """--header under --pipe: a regex matched at the start of the input, or N lines (``:`` = 1)."""
+    if spec == ":":
+        spec = "1"
+    pattern = "(?:.*\n)" * int(spec) if spec.isdigit() else spec
+    try:
+        return re.compile(_fsencode(pattern))
+    except re.error as exc:
+        raise ValueError(f"--header {spec!r}: not a regular expression: {exc}") from None
+
+
+class PipeSplitter:
+    """GNU parallel's ``--pipe``: stdin cut into blocks of whole records, as it cuts them.
+
+    No I/O: the caller reads at most :meth:`wanted` bytes, hands them to
+    :meth:`feed` (``b""`` at the end of the input) and takes the finished
+    blocks from :attr:`ready`. Like GNU parallel (20221122, ``spreadstdin``),
+    the input is read a round at a time, up to the next multiple of the
+    block size; after each round the buffer is cut at the last record
+    boundary (``recend`` followed by ``recstart``), or after every ``-N``
+    records, or at the last whole ``-L`` lines; what follows waits for the
+    next round. A round that cut nothing (a record longer than the block)
+    grows the block by 30 % and says so in :attr:`warnings`. So the same
+    input gives the same blocks as GNU parallel, and at most about two
+    blocks are ever held here.
+
+    ``recstart``/``recend`` are bytes, or with ``regexp`` Python regular
+    expressions (GNU: Perl's), matched with MULTILINE as GNU does.
+    """
+
+    def __init__(
+        self,
+        *,
+        block: int = 1 << 20,
+        recstart: bytes = b"",
+        recend: bytes = b"\n",
+        regexp: bool = False,
+        records: int | None = None,
+        lines: int | None = None,
+        header: re.Pattern[bytes] | None = None,
+        skip_blank: bool = False,
+    ) -> None:
+        if block < 1:
+            raise ValueError(f"--block {block}: must be at least 1 byte")
+        self.block = min(block, MAX_BLOCK)
+        self.recstart = recstart
+        self.recend = recend
+        self.regexp = regexp
+        self.records = records or None
+        self.lines = lines or None
+        self.skip_blank = skip_blank
+        self._header_re = header
+        self.header = b""
+        self.eof = False
+        #: Finished blocks: read-only views of the buffer they were cut from (no
+        #: copy); the buffer is replaced, never changed, once a block was cut.
+        self.ready: deque[memoryview] = deque()
+        self.warnings: list[str] = []
+        self._buf = bytearray()
+        self._target = 0  # the buffer length that ends this round
+        self._garbage_done = False
+        if regexp:
+            rs = b"(?:" + (recstart or b"") + b")"
+            re_ = b"(?:" + (recend if recend or recstart else b"(?s:.)") + b")"
+            self._last = re.compile(b"(?s)(.*" + re_ + b")" + rs, re.M)
+            self._garbage = re.compile(
+                b"((?:(?:(?!" + re_ + rs + b")(?s:.))*?" + re_ + b"))(?=" + rs + b")", re.M
+            )
+            n = (self.records or 1) * (self.lines or 1)
+            # N records from here: (recstart, anything but recend+recstart, recend){N}.
+            record = b"".join([rs, b"(?:(?!", re_, rs, b")(?s:.))*?", re_])
+            self._nrec = re.compile(b"((?:%s){%d})(?=%s)" % (record, n, rs), re.M)
+        self._sep = recend + recstart
+        self._new_round()
+
+    def _new_round(self) -> None:
+        if self._header_re is not None:
+            # GNU reads a block at a time until the header matches.
+            self._target = len(self._buf) + self.block
+        else:
+            self._target = len(self._buf) + self.block - len(self._buf) % self.block
+
+    def wanted(self) -> int:
+        """How many bytes to read next (at most)."""
+        return max(1, self._target - len(self._buf))
+
+    def feed(self, data: bytes) -> None:
+        """Bytes read from the input; ``b""`` is its end."""
+        if self.eof:
+            return
+        if data:
+            self._buf += data
+            if len(self._buf) < self._target:
+                return
+        else:
+            self.eof = True
+        if self._header_re is not None:
+            m = self._header_re.match(self._buf)
+            if m is None and not self.eof:
+                self._new_round()
+                return
+            if m is not None:
+                self.header = bytes(m.group(0))
+                del self._buf[: m.end()]
+            self._header_re = None
+            if not self.eof:
+                self._new_round()
+                return
+        self._round()
+        if self.eof:
+            if self._buf:
+                self.ready.append(memoryview(self._buf).toreadonly())
+            self._buf = bytearray()
+        else:
+            self._new_round()
+
+    def _round(self) -> None:
+        if self.skip_blank:
+            self._buf = bytearray(re.sub(rb"(?m)^\s*\n", b"", self._buf))
+            if not self._buf:
+                return  # as GNU parallel: only blank lines, read on (the block does not grow)
+        buf = self._buf
+        view = memoryview(buf).toreadonly()
+        start = 0  # what is cut is taken from here: one compaction per round
+        if self.lines and not self.records:
+            n = buf.count(b"\n") % self.lines
+            i = len(buf)
+            for _ in range(n + 1):
+                i = buf.rfind(b"\n", 0, i)
+                if i < 0:
+                    break
+            start = i + 1 if i >= 0 else 0
+            if start:
+                self.ready.append(view[:start])
+        elif self.regexp and self.records:
+            if not self._garbage_done:
+                self._garbage_done = True
+                if not re.match(b"(?:" + self.recstart + b")", buf, re.M):
+                    m = self._garbage.match(buf)
+                    if m is not None and m.end(1) > 0:
+                        self.ready.append(view[: m.end(1)])
+                        start = m.end(1)
+            while (m := self._nrec.match(buf, start)) is not None and m.end(1) > start:
+                self.ready.append(view[start : m.end(1)])
+                start = m.end(1)
+        elif self.regexp:
+            if not self.eof:
+                m = self._last.match(buf)
+                if m is not None and m.end(1) > 0:
+                    start = m.end(1)
+                    self.ready.append(view[:start])
+        elif self.records:
+            n = self.records * (self.lines or 1)
+            sep, skip = self._sep, len(self.recend)
+            while start < len(buf):
+                i = start
+                for _ in range(n):
+                    # GNU's nindex: each search starts one past the last (the first at 1).
+                    i = buf.find(sep, i + 1)
+                    if i < 0:
+                        break
+                if i < 0:
+                    break
+                cut = i + skip
+                self.ready.append(view[start:cut])
+                start = cut
+        elif not self.eof:
+            i = buf.rfind(self._sep)
+            if i >= 0 and i + len(self.recend) > 0:
+                start = i + len(self.recend)
+                self.ready.append(view[:start])
+        if start:
+            # A new buffer for what is left: the blocks keep the old one (no copy of them).
+            self._buf = bytearray(view[start:])
+            return
+        view.release()
+        if not self.eof and self.block < MAX_BLOCK:
+            old = self.block
+            self.block = min(math.ceil(self.block * 1.3 + 1), MAX_BLOCK)
+            self.warnings.append(
+                f"A record was longer than {old}. Increasing to --blocksize {self.block}."
+            )
+
+
+def split_positions(
+    read_at: Callable[[int, int], bytes],
+    size: int,
+    block: int,
+    skip: int,
+    *,
+    recstart: bytes = b"",
+    recend: bytes = b"\n",
+    regexp: bool = False,
+) -> list[int]:
+    """GNU parallel's ``--pipepart`` split points of a file of ``size`` bytes.
+
+    From ``skip`` (the header's length), every ``block`` bytes the next
+    record boundary at or after that point, found by reading forward from it
+    in 128 KiB pieces (``read_at(offset, n)``); the file's size ends the
+    list. Consecutive points bound one job's part. Only the bytes near each
+    edge are read, never the whole file.
+    """
+    piece = 131072
+    pos_list = [skip]
+    sep = recend + recstart
+    pattern = None
+    if regexp:
+        rs = b"(?:" + recstart + b")"
+        re_ = b"(?:" + (recend if recend or recstart else b"(?s:.)") + b")"
+        # GNU: m:^(.*$recend)$recstart:s, greedy: the last boundary in what was read.
+        pattern = re.compile(b"(?s)(.*" + re_ + b")" + rs)
+    pos = block + skip
+    while pos < size:
+        if not sep and pattern is None:
+            pos_list.append(pos)
+        else:
+            buf = b""
+            while True:
+                data = read_at(pos + len(buf), piece)
+                if not data:
+                    break
+                buf += data
+                if pattern is not None:
+                    m = pattern.match(buf)
+                    if m is not None:
+                        pos += m.end(1)
+                        pos_list.append(pos)
+                        break
+                else:
+                    i = buf.find(sep)
+                    if i >= 0:
+                        pos += i + len(recend)
+                        pos_list.append(pos)
+                        break
+        pos += block
+    if pos_list[-1] != size:
+        pos_list.append(size)
+    return pos_list

@@ -67,7 +67,7 @@ from .proc import (
     tree_marker,
 )
 
-__all__ = ["Child", "ProcessLoop"]
+__all__ = ["Child", "FileRange", "ProcessLoop"]
 
 STDOUT = 1
 STDERR = 2
@@ -80,7 +80,10 @@ _WAKE = 4
 DEFAULT_DRAIN = 1.0
 
 _READ_SIZE = 65536
-_WRITE_SIZE = 65536
+#: A program's input pipe is grown to hold up to this much (F_SETPIPE_SZ; Linux's
+#: default limit for an unprivileged process, /proc/sys/fs/pipe-max-size), so
+#: that a big input goes over in a few writes rather than one per 64 KiB.
+_PIPE_SIZE = 1 << 20
 
 #: A start by :meth:`ProcessLoop.spawn_soon` on the loop's own thread that kept
 #: it suspended (vfork) longer than this, in seconds, is slow; ...
@@ -264,6 +267,26 @@ class _Spawner:
             raise OSError(err, os.strerror(err), argv[0])
 
 
+class FileRange:
+    """Bytes ``offset`` to ``offset + length`` of the open file ``fd``, as a program's input.
+
+    ``head`` goes first. The loop moves the range into the program's stdin
+    with ``sendfile`` (in the kernel: the bytes never come up to Python); the
+    caller keeps ``fd`` open until the program finished.
+    """
+
+    __slots__ = ("fd", "head", "length", "offset")
+
+    def __init__(self, fd: int, offset: int, length: int, head: bytes = b"") -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.head = head
+
+    def __len__(self) -> int:
+        return len(self.head) + self.length
+
+
 def _with_extra(env: dict[str, str] | None, extra: Sequence[bytes]) -> dict[str, str] | None:
     """``env`` (None: ours) with the ``b"NAME=value"`` entries of ``extra`` set."""
     if not extra:
@@ -341,7 +364,7 @@ class Child:
         self.nbytes = [0, 0, 0]
         self.on_output: OnOutput | None = None
         self._stdin_fd = -1
-        self._stdin_data = b""
+        self._stdin_data: bytes | memoryview | FileRange = b""
         self._stdin_pos = 0
 
     @property
@@ -397,7 +420,7 @@ class _Start:
         argv: Sequence[str],
         token: Any,
         timeout: float | None,
-        input: bytes | None,
+        input: bytes | memoryview | FileRange | None,
         cwd: str | os.PathLike[str] | None,
         env: dict[str, str] | None,
         on_output: OnOutput | None,
@@ -599,7 +622,7 @@ class ProcessLoop:
         token: Any = None,
         timeout: float | None = None,
         capture: bool = True,
-        input: bytes | None = None,
+        input: bytes | memoryview | FileRange | None = None,
         cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
         on_output: OnOutput | None = None,
@@ -608,7 +631,8 @@ class ProcessLoop:
     ) -> Child:
         """Start ``argv`` in its own guarded process group; raises OSError if it cannot start.
 
-        The program's stdin is a pipe fed with ``input``, else descriptor
+        The program's stdin is a pipe fed with ``input`` (bytes, a memoryview, or a
+        :class:`FileRange` of an open file), else descriptor
         ``stdin`` (the caller's: it stays open), else /dev/null.
         ``extra_env`` (``b"NAME=value"`` entries) is added to this program's
         environment only, without leaving the posix_spawn path.
@@ -762,7 +786,7 @@ class ProcessLoop:
         token: Any,
         timeout: float | None,
         capture: bool,
-        input: bytes | None,
+        input: bytes | memoryview | FileRange | None,
         cwd: str | os.PathLike[str] | None,
         env: dict[str, str] | None,
         on_output: OnOutput | None,
@@ -794,6 +818,13 @@ class ProcessLoop:
                 ours.append(in_w)
                 theirs.append(in_r)
                 start.stdin = in_r
+                if len(input) > 65536:
+                    import fcntl
+
+                    try:  # best effort: the default 64 KiB works, only slower
+                        fcntl.fcntl(in_w, fcntl.F_SETPIPE_SZ, min(len(input), _PIPE_SIZE))
+                    except OSError:
+                        pass
             elif stdin is not None:
                 start.stdin = stdin
             else:
@@ -1096,15 +1127,29 @@ class ProcessLoop:
     def _write_stdin(self, child: Child, ev: int) -> None:
         fd = child._stdin_fd
         if not ev & select.POLLERR:
-            chunk = child._stdin_data[child._stdin_pos : child._stdin_pos + _WRITE_SIZE]
+            data = child._stdin_data
+            pos = child._stdin_pos
             try:
-                child._stdin_pos += os.write(fd, chunk)
+                if isinstance(data, FileRange):
+                    head = len(data.head)
+                    if pos < head:
+                        pos += os.write(fd, memoryview(data.head)[pos:])
+                    else:
+                        done = pos - head
+                        sent = os.sendfile(fd, data.fd, data.offset + done, data.length - done)
+                        if sent == 0:  # the file is shorter than the range: end the input
+                            pos = len(data)
+                        pos += sent
+                else:
+                    # A memoryview: no copy of what is left, however big.
+                    pos += os.write(fd, memoryview(data)[pos:])
             except BlockingIOError:
                 return
             except OSError:  # EPIPE: the program does not read its input
                 pass
             else:
-                if child._stdin_pos < len(child._stdin_data):
+                child._stdin_pos = pos
+                if pos < len(data):
                     return
         self._close_stdin(child)
 

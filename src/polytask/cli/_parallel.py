@@ -9,7 +9,9 @@ strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
 ``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
 ``-I -d -E -r``, ``--tagstring``, ``-v``, ``-u``, ``--delay``, ``--shuf``,
 ``--nice``, ``--results`` as a CSV/TSV/JSON file or a path with replacement
-strings; GNU parallel's exit status.
+strings; ``--pipe`` (stdin cut into GNU parallel's blocks of whole records,
+one on each job's stdin) and ``--pipepart -a FILE`` (byte ranges of a file,
+sent by the kernel); GNU parallel's exit status.
 
 ::
 
@@ -21,6 +23,13 @@ strings; GNU parallel's exit status.
          ▼                                    ▼
     retries / halt / joblog / --results     _Sink: grouped per job, in order with -k,
                                             tagged with --tag ──> our stdout / stderr
+
+With ``--pipe`` and ``--pipepart`` a job's input is its stdin, not arguments::
+
+    stdin ─(read only while a slot is free)─> _PipeSource: PipeSplitter cuts GNU's blocks
+        ──> job (input=block) ──> the loop writes it into the job's stdin pipe (POLLOUT)
+    FILE ─(a few reads at each edge)─> _PartSource: split_positions
+        ──> job (input=FileRange) ──> the loop sendfile()s the range into the job's stdin
 
 Startup matters (``--help`` in well under 150 ms): this module imports only
 argparse and what the polytask package already loaded; rich only with ``--bar``.
@@ -270,6 +279,40 @@ def _parser() -> _Parser:
     )
     a("--arg-sep", metavar="SEP", help="use SEP instead of :::")
     a("--arg-file-sep", metavar="SEP", help="use SEP instead of ::::")
+    a(
+        "--pipe",
+        "--spreadstdin",
+        action="store_true",
+        help="split stdin into blocks of whole records, one block on each job's stdin",
+    )
+    a(
+        "--pipepart",
+        "--pipe-part",
+        action="store_true",
+        help="like --pipe for the file of -a FILE, each job reading its own part",
+    )
+    a(
+        "--block",
+        "--block-size",
+        "--blocksize",
+        metavar="SIZE",
+        help="--pipe: about SIZE bytes a job (default 1M; k=1000, K=M/1024=1024); "
+        "--pipepart: -N = N parts per job slot (default -10)",
+    )
+    a("--recend", metavar="STR", help="--pipe: records end with STR (default \\n)")
+    a("--recstart", metavar="STR", help="--pipe: records start with STR")
+    a(
+        "--regexp",
+        "--regex",
+        action="store_true",
+        help="--pipe: --recstart and --recend are regular expressions (Python's)",
+    )
+    a("-L", metavar="N", type=int, help="--pipe: a record is N lines")
+    a(
+        "--cat",
+        action="store_true",
+        help="--pipe: save each block in a temporary file, {} its name (stdin empty)",
+    )
     a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -550,6 +593,150 @@ class _Shuffled:
         pass
 
 
+class _PipeSource:
+    """--pipe: blocks of whole records from a descriptor (stdin), cut as GNU parallel cuts them.
+
+    Reads only when the runner wants a job's input, so at most about two
+    blocks wait here (the :class:`~polytask._parallel_spec.PipeSplitter`'s
+    buffer), plus one block per running job until the loop has written it.
+    """
+
+    total: int | None = None
+
+    def __init__(self, fd: int, splitter: Any, *, owned: bool = False) -> None:
+        import stat
+
+        self.fd = fd
+        self._split = splitter
+        self._owned = owned  # -a FILE: ours to close
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            import fcntl
+
+            try:  # 1 MiB reads rather than 64 KiB ones (best effort)
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
+
+    def take(self) -> Any:
+        split = self._split
+        if split.ready:
+            block: memoryview = split.ready.popleft()
+            return split.header + block if split.header else block  # (the header: a copy)
+        return None if split.eof else _NOT_READY
+
+    def fill(self) -> None:
+        """Read once (blocks only when nothing is there) and cut what can be cut."""
+        split = self._split
+        if split.eof:
+            return
+        try:
+            data = os.read(self.fd, min(split.wanted(), 1 << 20))
+        except OSError as exc:
+            raise _Fatal(f"cannot read the input: {exc.strerror}") from None
+        split.feed(data)
+        if split.warnings:
+            for w in split.warnings:
+                _warn(f"Warning: {w}")
+            split.warnings.clear()
+
+    def close(self) -> None:
+        if self._owned:
+            os.close(self.fd)
+            self._owned = False
+
+
+class _PartSource:
+    """--pipepart: parts of regular files by byte ranges, each ending on a record boundary.
+
+    Only the bytes near each part's edge are read here (and the header);
+    each job's stdin is fed from its range by the loop with ``sendfile``,
+    file to pipe inside the kernel.
+    """
+
+    fd = -1
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        block: int | None,
+        jobs: int,
+        header: Any,
+        recstart: bytes,
+        recend: bytes,
+        regexp: bool,
+    ) -> None:
+        import itertools
+        import stat
+
+        from .._os.childloop import FileRange
+        from .._parallel_spec import split_positions
+
+        self._fds: list[int] = []
+        files: list[tuple[int, int]] = []
+        try:
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise _Fatal(f"cannot read input file {path!r}: {exc.strerror}") from None
+                self._fds.append(fd)
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    size = st.st_size
+                elif stat.S_ISBLK(st.st_mode):
+                    size = os.lseek(fd, 0, os.SEEK_END)
+                else:
+                    raise _Fatal(
+                        f"--pipepart only works on seekable files, not streams or pipes: "
+                        f"{path!r} is not one (use --pipe < {path})"
+                    )
+                files.append((fd, size))
+            if block is None:
+                block = -10  # as GNU parallel: 10 parts per job slot
+            if block < 0:
+                total = sum(size for _, size in files)
+                block = 1 + int(total / jobs / -block)
+            items: list[Any] = []
+            for fd, size in files:
+                head = b""
+                if header is not None:
+                    got = b""
+                    while True:
+                        data = os.pread(fd, max(block, 65536), len(got))
+                        got += data
+                        m = header.match(got)
+                        if m is not None or not data:
+                            head = m.group(0) if m is not None else b""
+                            break
+                pos = split_positions(
+                    lambda off, n, fd=fd: os.pread(fd, n, off),  # type: ignore[misc]
+                    size,
+                    block,
+                    len(head),
+                    recstart=recstart,
+                    recend=recend,
+                    regexp=regexp,
+                )
+                items += [FileRange(fd, a, b - a, head) for a, b in itertools.pairwise(pos)]
+        except BaseException:
+            self.close()
+            raise
+        self.total: int | None = len(items)
+        self._it = iter(items)
+
+    def take(self) -> Any:
+        return next(self._it, None)
+
+    def fill(self) -> None:  # pragma: no cover - never NOT_READY
+        pass
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
 #: A group of inputs on the command line: ":::" or "::::", its words, linked (:::+).
 Group = tuple[str, list[str], bool]
 
@@ -715,9 +902,11 @@ class _Sink:
 
 
 class _Job:
-    __slots__ = ("args", "halted", "program", "seq", "slot", "tries")
+    __slots__ = ("args", "halted", "input", "program", "send", "seq", "slot", "tries")
 
     def __init__(self, seq: int, args: tuple[str, ...]) -> None:
+        self.input: Any = None  # --pipe: the block for its stdin (bytes or a FileRange)
+        self.send = 0  # bytes given on stdin (the joblog's Send)
         self.program = ""
         self.seq = seq
         self.args = args
@@ -803,6 +992,10 @@ class _Runner:
         self.delay = spec.parse_duration(opts.delay, option="--delay")[0] if opts.delay else 0.0
         self.next_start = 0.0  # monotonic time before which --delay starts nothing
         self.delayed = False
+        self.pipe = bool(opts.pipe or opts.pipepart)
+        if self.pipe:
+            self.context = False  # -N counts records, not arguments
+        self.cat_files: set[str] = set()  # --cat: the temporary files of jobs not ended yet
 
     # -------------------------------------------------------------- setup
 
@@ -853,6 +1046,11 @@ class _Runner:
                 if self.bar is not None:
                     self.bar.advance()
                 continue
+            if self.pipe:  # a block for the job's stdin; no arguments
+                job = _Job(self.seq, ())
+                job.input = args
+                job.send = len(args)
+                return job
             return _Job(self.seq, args)
 
     def tmpl(self, job: _Job) -> Any:
@@ -958,6 +1156,14 @@ class _Runner:
             self.sink.finish()
         finally:
             loop.close()
+            close = getattr(self.source, "close", None)
+            if close is not None:
+                close()
+            for path in self.cat_files:  # jobs ended early (Ctrl-C, --halt now)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             if self.joblog is not None:
                 self.joblog.close()
             if self.results_file is not None:
@@ -991,7 +1197,45 @@ class _Runner:
             self.start(job)
         return False
 
+    def save_block(self, job: _Job) -> None:
+        """--cat: the job's block in a temporary file, whose name is its one argument."""
+        import tempfile
+
+        from .._os.childloop import FileRange
+
+        fd, path = tempfile.mkstemp(prefix="par")
+        self.cat_files.add(path)
+        try:
+            block = job.input
+            if isinstance(block, FileRange):
+                _write(fd, block.head)
+                done = 0
+                while done < block.length:
+                    n = os.sendfile(fd, block.fd, block.offset + done, block.length - done)
+                    if n == 0:
+                        break
+                    done += n
+            else:
+                _write(fd, block)
+        except OSError as exc:
+            raise _Fatal(f"cannot write the block of job {job.seq} to {path!r}: {exc}") from None
+        finally:
+            os.close(fd)
+        job.args = (path,)
+        job.input = None
+
+    def drop_block(self, job: _Job) -> None:
+        """--cat: remove the job's temporary file once the job is over."""
+        if job.args and job.args[0] in self.cat_files:
+            self.cat_files.discard(job.args[0])
+            try:
+                os.unlink(job.args[0])
+            except OSError:
+                pass
+
     def start(self, job: _Job) -> None:
+        if self.opts.cat and job.input is not None:
+            self.save_block(job)
         job.slot = heapq.heappop(self.free_slots) if self.free_slots else self._new_slot()
         job.tries += 1
         self.started += job.tries == 1
@@ -1023,6 +1267,23 @@ class _Runner:
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
         env = (b"PARALLEL_SEQ=%d" % job.seq, b"PARALLEL_JOBSLOT=%d" % job.slot)
+        if job.input is not None and not opts.cat:
+            block = job.input
+            if self.tries == 1:
+                job.input = None  # no retry: the loop holds the only reference, until written
+            try:
+                self.loop.spawn(
+                    argv,
+                    token=job,
+                    timeout=timeout,
+                    capture=not opts.ungroup,
+                    on_output=on_output,
+                    input=block,
+                    extra_env=env,
+                )
+            except (OSError, ValueError) as error:
+                self.start_failed(job, job.program, error)
+            return
         if opts.ungroup:  # straight to our stdout and stderr: nothing captured
             try:
                 self.loop.spawn(argv, token=job, timeout=timeout, capture=False, extra_env=env)
@@ -1078,6 +1339,7 @@ class _Runner:
         if not released:
             self.release(job)
         if job.halted or self.halted_now:
+            self.drop_block(job)
             self.sink.skip(job.seq)
             return
         rc: int = child.returncode
@@ -1116,12 +1378,14 @@ class _Runner:
         receive: int | None = None,
     ) -> None:
         opts, spec = self.opts, self.spec
+        if self.cat_files:
+            self.drop_block(job)
         if self.joblog is not None:
             line = spec.joblog_line(
                 job.seq,
                 start_wall,
                 runtime,
-                0,
+                job.send,
                 len(out) if receive is None else receive,
                 exitval,
                 sig,
@@ -1387,6 +1651,12 @@ _VALUE_OPTIONS = frozenset(
         "-d",
         "--delimiter",
         "-E",
+        "--block",
+        "--block-size",
+        "--blocksize",
+        "--recend",
+        "--recstart",
+        "-L",
     ]
 )
 
@@ -1627,6 +1897,21 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         raise _UsageError(str(exc)) from None
     jobs = _fd_limit(jobs if jobs is not None else 4096)
     shell = _shell()
+    if opts.pipe or opts.pipepart:
+        return _setup_pipe(opts, groups, jobs, shell)
+    if opts.L is not None or opts.block is not None or opts.regexp or opts.cat:
+        name = (
+            "-L"
+            if opts.L is not None
+            else "--block"
+            if opts.block is not None
+            else "--regexp"
+            if opts.regexp
+            else "--cat"
+        )
+        raise _UsageError(f"{name} goes with --pipe or --pipepart only")
+    if opts.recstart is not None or opts.recend is not None:
+        raise _UsageError("--recstart and --recend go with --pipe or --pipepart only")
     source, names = _inputs(opts, groups, halt)
     if names:
         opts.command = _named(opts.command, names)
@@ -1673,4 +1958,125 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     runner.names = list(names)
     runner.open_joblog()
     runner.open_results()
+    return runner
+
+
+def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell: str) -> _Runner:
+    """The runner of --pipe / --pipepart: blocks of stdin (or parts of a file) as each job's stdin."""
+    from .. import _parallel_spec as spec
+
+    mode = "--pipepart" if opts.pipepart else "--pipe"
+    for given, name in (
+        (opts.m, "-m"),
+        (opts.X, "-X"),
+        (opts.xargs, "--xargs"),
+        (opts.colsep is not None, "--colsep"),
+        (opts.link, "--link"),
+        (opts.shuf, "--shuf"),
+        (opts.I is not None, "-I"),
+        (opts.eof is not None, "-E"),
+        (opts.delimiter is not None or opts.null, "-d/-0"),
+    ):
+        if given:
+            raise _UsageError(
+                f"{name} does not go with {mode} (its input is records, not arguments)"
+            )
+    if any(kind == ":::" for kind, _, _ in groups):
+        raise _UsageError(
+            f"::: does not go with {mode}: its input is "
+            + ("-a FILE" if opts.pipepart else "stdin (or one -a FILE)")
+        )
+    if opts.max_args is not None and opts.max_replace_args is not None:
+        raise _UsageError(f"give -n or -N with {mode}, not both (records per job)")
+    records = opts.max_replace_args if opts.max_replace_args is not None else opts.max_args
+    if records is not None and records < 1:
+        raise _UsageError(f"-N {records}: with {mode}, the records per job: 1 or more")
+    if opts.L is not None and opts.L < 1:
+        raise _UsageError(f"-L {opts.L}: the lines of a record: 1 or more")
+    try:
+        block = spec.parse_size(opts.block) if opts.block is not None else None
+        header = spec.header_regex(opts.header) if opts.header is not None else None
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if block is not None and opts.pipe and not opts.pipepart and block < 1:
+        raise _UsageError(f"--block {opts.block}: with --pipe, at least 1 byte")
+    if block == 0:
+        raise _UsageError(f"--block {opts.block}: must not be 0")
+    recstart_s: str = opts.recstart or ""
+    recend_s: str = (
+        opts.recend if opts.recend is not None else "" if opts.recstart is not None else "\n"
+    )
+    if opts.regexp:
+        import re
+
+        for name, value in (("--recstart", recstart_s), ("--recend", recend_s)):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise _UsageError(f"{name} {value!r}: not a regular expression: {exc}") from None
+        recstart, recend = os.fsencode(recstart_s), os.fsencode(recend_s)
+    else:
+        recstart, recend = spec.unescape_record(recstart_s), spec.unescape_record(recend_s)
+    try:
+        template = spec.Template.parse(
+            opts.command,
+            quote=opts.quote,
+            shell=shell,
+            functions=_functions(shell),
+            append=opts.cat,  # the input is the job's stdin (--cat: a file named by {})
+        )
+    except spec.QuotingError as exc:
+        raise _UsageError(f"COMMAND: {exc}") from None
+    if not "".join(opts.command).strip():
+        raise _UsageError(f"{mode} needs a COMMAND to give the blocks to")
+    if template.needs_shell and not spec.is_posix_shell(shell):
+        raise _UsageError(
+            f"PARALLEL_SHELL={shell}: not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
+            "and inputs are quoted for those"
+        )
+    paths = list(opts.arg_file) + [f for kind, items, _ in groups if kind == "::::" for f in items]
+    source: Any
+    if opts.pipepart:
+        if not paths:
+            raise _UsageError("--pipepart needs the file to split: -a FILE")
+        source = _PartSource(
+            paths,
+            block=block,
+            jobs=jobs,
+            header=header,
+            recstart=recstart,
+            recend=recend,
+            regexp=opts.regexp,
+        )
+    else:
+        splitter = spec.PipeSplitter(
+            block=block or 1 << 20,
+            recstart=recstart,
+            recend=recend,
+            regexp=opts.regexp,
+            records=records,
+            lines=opts.L,
+            header=header,
+            skip_blank=opts.no_run_if_empty,
+        )
+        if len(paths) > 1:
+            raise _UsageError("--pipe reads one input: stdin or one -a FILE")
+        if paths and paths[0] != "-":
+            try:
+                fd = os.open(paths[0], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise _Fatal(f"cannot read input file {paths[0]!r}: {exc.strerror}") from None
+            source = _PipeSource(fd, splitter, owned=True)
+        else:
+            try:
+                source = _PipeSource(0, splitter)
+            except OSError:
+                raise _UsageError("no input: --pipe reads stdin, and it is closed") from None
+    runner = _Runner(opts, source, template, jobs, shell)
+    try:
+        runner.open_joblog()
+        runner.open_results()
+    except BaseException:
+        source.close()
+        raise
     return runner
