@@ -140,16 +140,6 @@ SKIPS: dict[str, tuple[str, str]] = {
         "expects BrokenProcessPool; a result whose unpickling exits fails its task "
         "('No broken pool')",
     ),
-    "futures::ProcessPool*ExecutorDeadlockTest::test_error_at_task_pickle": (
-        DIFFERENCE,
-        "expects pickle.PicklingError; polytask raises SerializationError naming the "
-        "argument ('Errors of pickling')",
-    ),
-    "futures::ProcessPool*ExecutorDeadlockTest::test_error_during_result_pickle_on_worker": (
-        DIFFERENCE,
-        "expects pickle.PicklingError; polytask raises SerializationError naming the "
-        "result ('Errors of pickling')",
-    ),
     "futures::ProcessPool*ExecutorDeadlockTest::test_exit_during_*": (
         DIFFERENCE,
         "expects the task's SystemExit re-raised in the caller; sys.exit() in a process "
