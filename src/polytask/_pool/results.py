@@ -13,15 +13,35 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .._core.backend import fn_name
 from .._core.timeouts import check_timeout
 from .._progress import Progress, want_progress
 from .batch import Results
 
-if TYPE_CHECKING:
-    from .pool import Pool, _Run
+
+class _Run(Protocol):
+    """What the caller's side reads of a map run (``pool._Run``): named here, not
+    imported, so that this module stays below the Pool that imports it."""
+
+    fn: Callable[..., Any]
+    yielded: int
+    aborted: BaseException | None
+    input_error: BaseException | None
+    _notify: Callable[[], None]
+
+    def fill(self, everything: bool = False) -> None: ...
+    def take(self) -> list[Results]: ...
+    def finished(self) -> bool: ...
+
+
+class _Owner(Protocol):
+    """The two calls the caller's side makes on its Pool."""
+
+    def terminate(self) -> None: ...
+    def _end_run(self, run: Any) -> None: ...
+
 
 __all__ = ["AsyncResult", "MapIterator"]
 
@@ -112,7 +132,7 @@ class _Collector:
 
     __slots__ = ("_lock", "future", "out", "pool", "run")
 
-    def __init__(self, pool: Pool, run: _Run, future: concurrent.futures.Future[list[Any]]):
+    def __init__(self, pool: _Owner, run: _Run, future: concurrent.futures.Future[list[Any]]):
         self.pool = pool
         self.run = run
         self.future = future
@@ -161,7 +181,7 @@ class MapIterator(Iterator[T]):
 
     def __init__(
         self,
-        pool: Pool,
+        pool: _Owner,
         run: _Run,
         progress: bool | str,
         total: int | None,
