@@ -26,9 +26,9 @@ be tested without processes. Lines::
     kPID START lPID START  end one process (START: field 22 of /proc/PID/stat)
 
 Run as ``python -S -m polytask._os.guardian GRACE`` with argv[0] set to
-``polytask-guardian`` so that ``ps`` shows what it is. It imports nothing
-from polytask (only the standard library), so that it starts fast and cannot
-be broken by the owner's state.
+``polytask-guardian`` so that ``ps`` shows what it is. Of polytask it imports
+only :mod:`polytask._os.ending` (the kill policy's signals, standard library
+only), so that it starts fast and cannot be broken by the owner's state.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import select
 import signal
 import sys
 import time
+
+from .ending import Ending
 
 __all__ = ["Registry", "clean_up", "main", "set_comm"]
 
@@ -158,14 +160,6 @@ def _alive(pgid: int) -> bool:
         return False
 
 
-def _signal(pid: int, sig: int, *, group: bool = False) -> bool:
-    try:
-        (os.killpg if group else os.kill)(pid, sig)
-        return True
-    except OSError:
-        return False
-
-
 def clean_up(registry: Registry, grace: float) -> None:
     """End and remove everything registered: the owner is gone."""
     for path in registry.files():
@@ -173,20 +167,21 @@ def clean_up(registry: Registry, grace: float) -> None:
             os.unlink(path)
         except OSError:
             pass
-    groups = {g for g in registry.groups if _signal(g, signal.SIGTERM, group=True)}
-    pids = marked(registry) | listed(registry)
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (groups or pids) and time.monotonic() < deadline:
+    # The one kill policy (ending.py), on every group and process at once.
+    now = time.monotonic()
+    groups = {g: Ending(g, grace, now=now) for g in registry.groups}
+    pids = {p: Ending(p, grace, group=False, now=now) for p in marked(registry) | listed(registry)}
+    left = {g for g in groups if _alive(g)} | set(pids)
+    while left and time.monotonic() < now + grace:
         time.sleep(0.01)
-        groups = {g for g in groups if _alive(g)}
-        pids &= marked(registry) | listed(registry)
-    for g in groups:
-        _signal(g, signal.SIGKILL, group=True)
+        still = marked(registry) | listed(registry)
+        left = {g for g in groups if _alive(g)} | (set(pids) & still)
+    for e in [*groups.values(), *pids.values()]:
+        e.kill()
     # Looked up afresh: a marked process may have started another while we waited.
     for pid in marked(registry) | listed(registry):
-        _signal(pid, signal.SIGKILL)
+        if pid not in pids:
+            Ending(pid, 0, group=False).kill()
 
 
 def serve(fd: int, registry: Registry) -> None:

@@ -51,6 +51,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import guardian as _guardian_mod
+from .ending import DEFAULT_GRACE, Ending, signal_group
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -95,8 +96,6 @@ __all__ = [
     "wait_pid",
 ]
 
-#: Seconds between SIGTERM and SIGKILL when polytask ends a process tree.
-DEFAULT_GRACE = 0.5
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -462,63 +461,6 @@ def _reap(proc: subprocess.Popen[Any], timeout: float | None) -> int | None:
     if wait_pid(proc.pid, timeout):
         return proc.wait()
     return proc.poll()
-
-
-def signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to process group ``pgid``; False if nothing of it is left (or not ours)."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def _signal_one(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-class Ending:
-    """The kill policy without blocking, for code that waits in its own loop.
-
-    Made: SIGTERM to the group ``pgid`` (or, without ``group``, the one process)
-    now, and :attr:`kill_at`, the monotonic time at which the grace is over.
-    The owner's loop wakes at ``kill_at`` and calls :meth:`step`, which sends
-    SIGKILL once the grace is over; :meth:`kill` cuts the grace short. Either
-    way the owner reaps the leader itself (its pidfd, its waitpid) and then
-    calls :func:`release_group`. :func:`terminate` is the blocking form.
-    """
-
-    __slots__ = ("group", "kill_at", "killed", "pgid")
-
-    def __init__(
-        self,
-        pgid: int,
-        grace: float = DEFAULT_GRACE,
-        *,
-        group: bool = True,
-        now: float | None = None,
-    ) -> None:
-        self.pgid = pgid
-        self.group = group
-        self.killed = False
-        (signal_group if group else _signal_one)(pgid, signal.SIGTERM)
-        self.kill_at = (time.monotonic() if now is None else now) + grace
-
-    def step(self, now: float) -> bool:
-        """SIGKILL if the grace is over at ``now``; True once SIGKILL was sent."""
-        if not self.killed and now >= self.kill_at:
-            self.kill()
-        return self.killed
-
-    def kill(self) -> None:
-        """End the grace now: SIGKILL (once)."""
-        if not self.killed:
-            self.killed = True
-            (signal_group if self.group else _signal_one)(self.pgid, signal.SIGKILL)
 
 
 def kill_group(pgid: int) -> bool:

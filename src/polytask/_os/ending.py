@@ -1,0 +1,76 @@
+"""The one kill policy's signals: SIGTERM now, SIGKILL when the grace is over.
+
+Standard library only, so that the guardian (run with ``python -S``, importing
+nothing of polytask's state) ends what its owner left with the same steps as
+:mod:`polytask._os.proc`, which builds the blocking and reaping forms on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+__all__ = ["DEFAULT_GRACE", "Ending", "signal_group", "signal_one"]
+
+#: Seconds between SIGTERM and SIGKILL when polytask ends a process tree.
+DEFAULT_GRACE = 0.5
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if nothing of it is left (or not ours)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def signal_one(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class Ending:
+    """The kill policy without blocking, for code that waits in its own loop.
+
+    Made: SIGTERM to the group ``pgid`` (or, without ``group``, the one process)
+    now, and :attr:`kill_at`, the monotonic time at which the grace is over.
+    The owner's loop wakes at ``kill_at`` and calls :meth:`step`, which sends
+    SIGKILL once the grace is over; :meth:`kill` cuts the grace short. Either
+    way the owner reaps the leader itself (its pidfd, its waitpid) and then
+    calls :func:`release_group`. :func:`terminate` is the blocking form.
+    """
+
+    __slots__ = ("group", "kill_at", "killed", "pgid")
+
+    def __init__(
+        self,
+        pgid: int,
+        grace: float = DEFAULT_GRACE,
+        *,
+        group: bool = True,
+        now: float | None = None,
+    ) -> None:
+        self.pgid = pgid
+        self.group = group
+        self.killed = False
+        (signal_group if group else signal_one)(pgid, signal.SIGTERM)
+        self.kill_at = (time.monotonic() if now is None else now) + grace
+
+    def step(self, now: float) -> bool:
+        """SIGKILL if the grace is over at ``now``; True once SIGKILL was sent."""
+        if not self.killed and now >= self.kill_at:
+            self.kill()
+        return self.killed
+
+    def kill(self) -> None:
+        """End the grace now: SIGKILL (once)."""
+        if not self.killed:
+            self.killed = True
+            (signal_group if self.group else signal_one)(self.pgid, signal.SIGKILL)
+
+
