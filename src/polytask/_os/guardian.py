@@ -176,12 +176,13 @@ def clean_up(registry: Registry, grace: float) -> None:
         time.sleep(0.01)
         still = marked(registry) | listed(registry)
         left = {g for g in groups if _alive(g)} | (set(pids) & still)
-    for e in [*groups.values(), *pids.values()]:
-        e.kill()
+    for ending in [*groups.values(), *pids.values()]:
+        ending.kill()
     # Looked up afresh: a marked process may have started another while we waited.
     for pid in marked(registry) | listed(registry):
         if pid not in pids:
-            Ending(pid, 0, group=False).kill()
+            ending = Ending(pid, 0, group=False)
+            ending.kill()
 
 
 def serve(fd: int, registry: Registry) -> None:
