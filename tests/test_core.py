@@ -312,6 +312,11 @@ def test_error_hierarchy():
     assert issubclass(pt.CommandTimeout, pt.TaskTimeout)
     assert issubclass(pt.Cancelled, __import__("concurrent.futures").futures.CancelledError)
     assert issubclass(pt.BackendUnavailable, ImportError)
+    # The README's promise: the stdlib's own type where the stdlib has the error.
+    import pickle
+
+    assert issubclass(pt.SerializationError, pickle.PicklingError)
+    assert issubclass(pt.ProgramNotFound, FileNotFoundError)
     for name in pt.__all__:
         obj = getattr(pt, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
