@@ -82,6 +82,9 @@ def _shutdown_defaults() -> None:
     except ImportError:  # pragma: no cover
         return
     shutdown_defaults()
+    # joblib's backend keeps an idle Pool for the next Parallel call (as loky does).
+    if "polytask.joblib" in sys.modules:
+        sys.modules["polytask.joblib"].shutdown()
 
 
 def _wait_gone(get, timeout: float) -> list[psutil.Process]:

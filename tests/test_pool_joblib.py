@@ -52,3 +52,34 @@ def test_pool_options_and_threads():
     with joblib.parallel_config(backend="polytask", n_jobs=2, prefer="threads"):
         out = joblib.Parallel()(joblib.delayed(square_pid)(i) for i in range(10))
     assert {p for _, p in out} == {os.getpid()}
+
+
+def _pid_or_fail(fail: bool) -> int:
+    if fail:
+        raise ValueError("planned")
+    return os.getpid()
+
+
+def test_parallel_calls_reuse_idle_workers_as_loky_and_a_failed_call_does_not():
+    # A short Parallel call was mostly worker start-up (3x loky's time on a
+    # 100 MB memmapped array): the idle Pool waits for the next call of the same
+    # configuration, as loky's reusable executor does.
+    import psutil
+
+    import polytask.joblib
+
+    polytask.joblib.register()
+    with joblib.parallel_config(backend="polytask", n_jobs=2):
+        first = set(joblib.Parallel()(joblib.delayed(_pid_or_fail)(False) for _ in range(8)))
+        second = set(joblib.Parallel()(joblib.delayed(_pid_or_fail)(False) for _ in range(8)))
+        assert first & second
+        with pytest.raises(ValueError, match="planned"):
+            joblib.Parallel()(joblib.delayed(_pid_or_fail)(i == 3) for i in range(8))
+        # The failed call ended its workers instead of handing them on.
+        third = set(joblib.Parallel()(joblib.delayed(_pid_or_fail)(False) for _ in range(8)))
+        assert not third & (first | second)
+    kids = psutil.Process().children(recursive=True)
+    assert any(k.pid in third for k in kids)  # idle, kept for the next call
+    polytask.joblib.shutdown()
+    gone, alive = psutil.wait_procs([k for k in kids if k.pid in third], timeout=30)
+    assert alive == []

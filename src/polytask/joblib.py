@@ -11,7 +11,9 @@
 
 joblib's batches become tasks of a private :class:`polytask.Pool`, so a worker
 that crashes fails only its batch (``WorkerCrashed``) and is replaced, and
-every worker is killed and reaped when the call ends or is interrupted.
+every worker is killed and reaped when a call fails or is interrupted; the
+Pool of a call that ended well waits for the next call of the same
+configuration, as loky's reusable executor does (:func:`shutdown` ends it).
 Options given to ``parallel_config``/``parallel_backend`` after the name go to
 the Pool: ``backend="thread"``, ``timeout=``, ``retries=``,
 ``max_tasks_per_worker=``...
@@ -39,7 +41,7 @@ import pickle
 import threading
 from typing import Any
 
-__all__ = ["PolytaskBackend", "register"]
+__all__ = ["PolytaskBackend", "register", "shutdown"]
 
 try:
     from joblib import cpu_count, register_parallel_backend  # type: ignore[import-untyped]
@@ -133,6 +135,9 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
 
     def _new_pool(self) -> Pool:
         assert self._pool_args is not None, "configure() first"
+        reused = _reusable.take(self._pool_args)
+        if reused is not None:
+            return reused
         n, initializer, initargs, options = self._pool_args
         return Pool(n, initializer, initargs, **options)
 
@@ -168,7 +173,11 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
         try:
-            if pool is not None:
+            if pool is not None and self._pool_args is not None:
+                # Kept for the next call of the same configuration, as loky keeps
+                # its executor: starting workers is most of a short call's time.
+                _reusable.give_back(self._pool_args, pool)
+            elif pool is not None:
                 pool.close()
                 pool.join()
         finally:
@@ -185,6 +194,55 @@ class PolytaskBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             pool.terminate()
         if ensure_ready and self._pool_args is not None:
             self._pool = self._new_pool()
+
+
+class _Reusable:
+    """One idle Pool kept between ``Parallel`` calls (loky's reusable executor):
+    the next call with the same configuration takes it instead of starting
+    workers. A call that is interrupted or fails ends its Pool instead
+    (abort_everything); :func:`shutdown` and the interpreter's exit end the
+    idle one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slot: tuple[tuple[Any, ...], Pool] | None = None
+        self._atexit = False
+
+    def take(self, key: tuple[Any, ...]) -> Pool | None:
+        with self._lock:
+            if self._slot is None or self._slot[0] != key:
+                return None
+            pool = self._slot[1]
+            self._slot = None
+        return None if pool._is_closed() else pool
+
+    def give_back(self, key: tuple[Any, ...], pool: Pool) -> None:
+        with self._lock:
+            old, self._slot = self._slot, (key, pool)
+            if not self._atexit:
+                import atexit
+
+                atexit.register(shutdown)
+                self._atexit = True
+        if old is not None:
+            old[1].close()
+            old[1].join()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            old, self._slot = self._slot, None
+        if old is not None:
+            old[1].close()
+            old[1].join()
+
+
+_reusable = _Reusable()
+
+
+def shutdown() -> None:
+    """End the idle Pool kept for the next ``Parallel`` call (its workers are
+    killed and reaped); the next call starts a new one."""
+    _reusable.shutdown()
 
 
 def register(name: str = "polytask", *, make_default: bool = False) -> None:
