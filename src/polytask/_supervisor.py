@@ -90,6 +90,7 @@ from ._supervision import (
     SupervisionAction,
     exit_status,
 )
+from ._upconfig import CONFIG_FILE, UpConfig, scan_upconfig, scan_upconfig_text
 
 __all__ = [
     # The pure machine's names, re-exported: callers and tests import them from here.
@@ -109,6 +110,7 @@ __all__ = [
     "format_summary",
     "load_env_files",
     "read_procfile",
+    "read_upconfig",
 ]
 
 # =========================================================================== status records
@@ -182,6 +184,36 @@ def read_procfile(path: str | os.PathLike[str], *, strict: bool = False) -> Proc
     p = Path(path)
     text = p.read_text(encoding="utf-8", errors="replace")
     return parse_procfile(text, source=str(path), strict=strict)
+
+
+def scan_upconfig_files(
+    procfile: str | os.PathLike[str], names: Sequence[str]
+) -> tuple[UpConfig, list[tuple[str, int | None, str]]]:
+    """Find and validate the config beside ``procfile``: ``polytask.toml``, else the
+    ``[tool.polytask.up]`` table of ``pyproject.toml``; an empty config when neither
+    has one. Returns the config and every problem (an unreadable file is one)."""
+    folder = Path(procfile).parent
+    for file_name, pyproject in ((CONFIG_FILE, False), ("pyproject.toml", True)):
+        path = folder / file_name
+        if not path.is_file():
+            continue
+        shown = str(path) if str(folder) not in ("", ".") else file_name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return UpConfig({}, shown), [(shown, None, f"cannot read it: {exc}")]
+        config, problems = scan_upconfig_text(text, names, source=shown, pyproject=pyproject)
+        if config or problems or not pyproject:
+            return config, problems
+    return UpConfig({}), []
+
+
+def read_upconfig(procfile: str | os.PathLike[str], names: Sequence[str]) -> UpConfig:
+    """:func:`scan_upconfig_files`, raising ProcfileError listing every problem."""
+    config, problems = scan_upconfig_files(procfile, names)
+    if problems:
+        raise ProcfileError(problems)
+    return config
 
 
 def load_env_files(
@@ -377,6 +409,11 @@ class Supervisor:
             stable_seconds: see :class:`RestartPolicy`.
         timeout: seconds between SIGTERM and SIGKILL when stopping.
         exit_on_failure: when a program is marked failed, stop the others.
+        config: dependencies, readiness probes and stop settings per process type
+            (see docs/up.md, "Dependencies and readiness"): an ``UpConfig``, or
+            the mapping a ``polytask.toml`` holds. Default: the ``polytask.toml``
+            (else the ``[tool.polytask.up]`` table of ``pyproject.toml``) beside a
+            Procfile given as a path; none for a mapping.
         cwd: directory the programs run in.
         strict: a Procfile line that foreman and honcho skip (no colon, a name
             such as ``web.v2``, an empty command, an indented entry) is an
@@ -406,6 +443,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         env_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         port: int | None = None,
+        config: UpConfig | Mapping[str, Any] | None = None,
         restart: RestartMode = "on-failure",
         timeout: float = 5.0,
         start_seconds: float = 1.0,
@@ -457,6 +495,7 @@ class Supervisor:
             raise ProcfileError([("PORT", None, f"base port must be a whole number, not {port!r}")])
         counts = parse_concurrency(concurrency)
         self.instances = expand(self.procfile, counts, names, base_port=port)
+        self.config = self._config(config, procfile)
         self.cwd = None if cwd is None else os.fspath(cwd)
         self._on_event = on_event
         self._output = _Output(output, [i.name for i in self.instances], colour)
@@ -478,6 +517,35 @@ class Supervisor:
         self._error: BaseException | None = None
         self._returncode: int | None = None
         self._event_error_reported = False
+
+    def _config(self, given: UpConfig | Mapping[str, Any] | None, procfile: object) -> UpConfig:
+        """The validated per-process settings; a dependency outside this run is an error."""
+        names = self.procfile.names
+        if isinstance(given, UpConfig):
+            config = given
+        elif given is not None:
+            config, problems = scan_upconfig(given, names, source="config")
+            if problems:
+                raise ProcfileError(problems)
+        elif isinstance(procfile, (str, os.PathLike)):
+            config = read_upconfig(procfile, names)
+        else:
+            config = UpConfig({})
+        running = {i.kind for i in self.instances}
+        problems = [
+            (
+                config.source,
+                None,
+                f"{kind} depends on {dep}, which is not in this run (not named, or 0 "
+                f"copies): run {dep} too, or leave {kind} out",
+            )
+            for kind in sorted(running)
+            for dep in config.get(kind).depends_on
+            if dep not in running
+        ]
+        if problems:
+            raise ProcfileError(problems)
+        return config
 
     # ------------------------------------------------------------------ public API
 
