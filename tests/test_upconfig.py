@@ -56,6 +56,11 @@ def test_good_config() -> None:
     ]
 
 
+def test_depends_on_list_means_started() -> None:
+    config = parse_upconfig("[web]\ndepends_on = ['db', 'migrate']\n", NAMES)
+    assert dict(config.get("web").depends_on) == {"db": "started", "migrate": "started"}
+
+
 def test_empty_config_is_falsy() -> None:
     assert not parse_upconfig("", NAMES)
 
@@ -69,6 +74,7 @@ def test_empty_config_is_falsy() -> None:
         ("[web]\ndepends_on = {db = 'healthy'}\n", "condition must be one of"),
         ("[web]\ndepends_on = {web = 'started'}\n", "cannot depend on itself"),
         ("[web]\ndepends_on = 'db'\n", "depends_on must be a table"),
+        ("[web]\ndepends_on = ['db', 3]\n", "depends_on must be a table"),
         ("[web]\nready = {tcp = 70000}\n", "not a port number"),
         ("[web]\nready = {tcp = 'localhost'}\n", "ready.tcp must be a port"),
         ("[web]\nready = {tcp = 1, http = 'http://x/'}\n", "exactly one of"),

@@ -202,7 +202,8 @@ def scan_upconfig(
         deps: dict[str, Condition] = {}
         raw_deps = body.get("depends_on", {})
         if isinstance(raw_deps, Sequence) and not isinstance(raw_deps, str):
-            raw_deps = {d: "started" for d in raw_deps if isinstance(d, str)} or raw_deps
+            if all(isinstance(d, str) for d in raw_deps):  # a list of names: "started"
+                raw_deps = dict.fromkeys(raw_deps, "started")
         if not isinstance(raw_deps, Mapping):
             problem(
                 f'[{name}] depends_on must be a table such as {{db = "ready"}}, got {raw_deps!r}'
