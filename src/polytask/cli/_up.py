@@ -10,8 +10,9 @@ decides it. Under ``--restart never`` (honcho's and foreman's rule; the
 default is ``on-failure``, which keeps programs running) the first program to
 end stops the others and gives its own status;
 a program given up on gives its own status; SIGINT / SIGTERM / SIGHUP give
-128 + the signal number (130 / 143 / 129); 0 when everything ended cleanly;
-2 for bad input (one line on stderr).
+128 + the signal number (130 / 143 / 129); a program not ready within its
+``ready_timeout`` (polytask.toml) gives 1; 0 when everything ended cleanly;
+2 for bad input (one line on stderr), a bad polytask.toml included.
 """
 
 from __future__ import annotations
