@@ -10,7 +10,9 @@ from polytask import ProcfileError
 from polytask._upconfig import (
     DEFAULT_READY_TIMEOUT,
     Probe,
+    dependency_depth,
     dependency_order,
+    missing_dependencies,
     parse_upconfig,
     scan_upconfig_text,
 )
@@ -174,3 +176,48 @@ def test_up_refuses_a_bad_config(tmp_path) -> None:
     assert r.returncode == 2, r
     assert "stop_timeout must be a number of seconds" in r.stderr
     assert "started" not in r.stdout
+
+
+def test_depth_and_missing_dependencies() -> None:
+    config = parse_upconfig(GOOD, NAMES)
+    assert dependency_depth(config, NAMES) == 4  # db <- migrate <- web <- worker
+    assert dependency_depth(parse_upconfig("", NAMES), NAMES) == 1
+    assert missing_dependencies(config, ["web", "worker"]) == [
+        (
+            "polytask.toml",
+            None,
+            "web depends on db, which is not in this run (not named, or 0 copies): "
+            "run db too, or leave web out",
+        ),
+        (
+            "polytask.toml",
+            None,
+            "web depends on migrate, which is not in this run (not named, or 0 copies): "
+            "run migrate too, or leave web out",
+        ),
+    ]
+    assert missing_dependencies(config, NAMES) == []
+
+
+def test_check_and_up_refuse_a_subset_without_its_dependency(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    r = _check(tmp_path, '[web]\ndepends_on = {db = "started"}\n')
+    assert r.returncode == 0, r
+    for cmd in ("check", "up"):
+        r = subprocess.run(
+            [sys.executable, "-m", "polytask", cmd, "web"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2, r
+        assert "web depends on db, which is not in this run" in r.stderr
+
+
+def test_a_broken_pyproject_without_our_table_changes_nothing(tmp_path) -> None:
+    r = _check(tmp_path, "[project\nname = 'x'\n", pyproject=True)
+    assert r.returncode == 0, r
+    assert "settings from" not in r.stdout

@@ -100,7 +100,14 @@ from ._supervision import (
     Waiting,
     exit_status,
 )
-from ._upconfig import CONFIG_FILE, UpConfig, scan_upconfig, scan_upconfig_text
+from ._upconfig import (
+    CONFIG_FILE,
+    UpConfig,
+    dependency_depth,
+    missing_dependencies,
+    scan_upconfig,
+    scan_upconfig_text,
+)
 from ._upconfig import Probe as ProbeSpec
 
 __all__ = [
@@ -214,7 +221,11 @@ def scan_upconfig_files(
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
+            if pyproject:  # not ours to judge: only its polytask table is
+                continue
             return UpConfig({}, shown), [(shown, None, f"cannot read it: {exc}")]
+        if pyproject and "polytask" not in text:
+            continue  # a pyproject.toml without our table, even a broken one, changes nothing
         config, problems = scan_upconfig_text(text, names, source=shown, pyproject=pyproject)
         if config or problems or not pyproject:
             return config, problems
@@ -728,18 +739,7 @@ class Supervisor:
             config = read_upconfig(procfile, names)
         else:
             config = UpConfig({})
-        running = {i.kind for i in self.instances}
-        problems = [
-            (
-                config.source,
-                None,
-                f"{kind} depends on {dep}, which is not in this run (not named, or 0 "
-                f"copies): run {dep} too, or leave {kind} out",
-            )
-            for kind in sorted(running)
-            for dep in config.get(kind).depends_on
-            if dep not in running
-        ]
+        problems = missing_dependencies(config, [i.kind for i in self.instances])
         if problems:
             raise ProcfileError(problems)
         return config
@@ -777,10 +777,13 @@ class Supervisor:
             return self.status()
         self._request("stop", grace, "stop() called")
         if threading.current_thread() is not self._thread:
-            # The loop SIGKILLs at the end of the grace: the slack covers reaping.
-            self._thread.join(grace + 30.0)
+            # The loop SIGKILLs at the end of each grace: the slack covers reaping.
+            # Dependents stop before what they depend on: one grace per level.
+            graces = [grace, *(g for g in self._sup.graces.values())]
+            bound = max(graces) * dependency_depth(self.config, self.procfile.names) + 30.0
+            self._thread.join(bound)
             if self._thread.is_alive():  # pragma: no cover - the loop never blocks that long
-                raise PolytaskError(f"the supervisor did not stop within {grace + 30.0:g}s")
+                raise PolytaskError(f"the supervisor did not stop within {bound:g}s")
         self._raise_loop_error()
         return self.status()
 
@@ -995,6 +998,11 @@ class Supervisor:
                     self._output.note(
                         f"stopping ({action.reason}): SIGTERM to {action.alive} program"
                         f"{'s' if action.alive > 1 else ''}, SIGKILL after {action.grace:g}s"
+                        + (
+                            " (dependents first; polytask.toml may set other signals and timeouts)"
+                            if self._sup.depends_on or self._sup.graces
+                            else ""
+                        )
                     )
                 self._event("stop", reason=action.reason, grace=action.grace)
             elif isinstance(action, Killing):

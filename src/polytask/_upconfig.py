@@ -37,7 +37,9 @@ __all__ = [
     "Probe",
     "ProcessConfig",
     "UpConfig",
+    "dependency_depth",
     "dependency_order",
+    "missing_dependencies",
     "parse_upconfig",
     "scan_upconfig",
     "scan_upconfig_text",
@@ -201,9 +203,9 @@ def scan_upconfig(
                 problem(f"[{name}] unknown key {key!r} (known: {', '.join(_KEYS)})")
         deps: dict[str, Condition] = {}
         raw_deps = body.get("depends_on", {})
-        if isinstance(raw_deps, Sequence) and not isinstance(raw_deps, str):
-            if all(isinstance(d, str) for d in raw_deps):  # a list of names: "started"
-                raw_deps = dict.fromkeys(raw_deps, "started")
+        # A list of names means each is "started".
+        if isinstance(raw_deps, list) and all(isinstance(d, str) for d in raw_deps):
+            raw_deps = dict.fromkeys(raw_deps, "started")
         if not isinstance(raw_deps, Mapping):
             problem(
                 f'[{name}] depends_on must be a table such as {{db = "ready"}}, got {raw_deps!r}'
@@ -302,6 +304,36 @@ def dependency_order(config: UpConfig, names: Sequence[str]) -> list[str]:
     for name in names:
         visit(name)
     return done
+
+
+def dependency_depth(config: UpConfig, names: Sequence[str]) -> int:
+    """The length of the longest dependency chain (1 without dependencies): how many
+    stop waves a run may take. The config must have no cycle."""
+    depth: dict[str, int] = {}
+
+    def visit(name: str) -> int:
+        if name not in depth:
+            depth[name] = 1 + max((visit(d) for d in config.get(name).depends_on), default=0)
+        return depth[name]
+
+    return max((visit(n) for n in names), default=1)
+
+
+def missing_dependencies(config: UpConfig, kinds: Sequence[str]) -> list[Problem]:
+    """A problem for each dependency of a type in ``kinds`` (what will run) that is
+    not in ``kinds`` itself: a subset or ``-c name=0`` left it out."""
+    running = set(kinds)
+    return [
+        (
+            config.source,
+            None,
+            f"{kind} depends on {dep}, which is not in this run (not named, or 0 "
+            f"copies): run {dep} too, or leave {kind} out",
+        )
+        for kind in sorted(running)
+        for dep in config.get(kind).depends_on
+        if dep not in running
+    ]
 
 
 def scan_upconfig_text(

@@ -37,7 +37,7 @@ from .._supervisor import (
     load_env_files,
     scan_upconfig_files,
 )
-from .._upconfig import UpConfig
+from .._upconfig import UpConfig, missing_dependencies
 
 __all__ = ["main_check", "main_run", "main_up"]
 
@@ -296,6 +296,9 @@ def main_check(argv: list[str]) -> int:
                 instances = expand(procfile, counts, args.names, base_port=port)
             except ProcfileError as exc:
                 problems.append(exc)
+            else:
+                if missing := missing_dependencies(config, [i.kind for i in instances]):
+                    problems.append(ProcfileError(missing))
         for problem in procfile.skipped:
             print(f"polytask check: warning: {ProcfileError([problem])}", file=sys.stderr)
         if problems:
