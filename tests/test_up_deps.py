@@ -203,3 +203,37 @@ def test_check_refuses_a_cycle_and_up_does_not_start(tmp_path: Path) -> None:
     assert any("polytask.toml: dependency cycle: web -> worker -> web" in e for e in errors), errors
     assert any("no process type 'nope'" in e for e in errors), errors
     assert any("web has no ready probe" in e for e in errors), errors
+
+
+def test_stop_signal_and_stop_timeout_per_type(tmp_path: Path) -> None:
+    # gentle stops only on SIGINT (SIGTERM ignored); stubborn ignores SIGTERM and
+    # gets SIGKILL after its own 0.5 s, long before the run's --timeout of 120 s.
+    gentle = (
+        f'{PY} -c "import signal, sys, time; '
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGINT, lambda *a: (print('gentle got SIGINT', flush=True), "
+        "sys.exit(0))); print('gentle ready', flush=True); time.sleep(300)\""
+    )
+    stubborn = (
+        f'{PY} -c "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+        "print('stubborn ready', flush=True); time.sleep(300)\""
+    )
+    write_procfile(tmp_path, gentle=gentle, stubborn=stubborn)
+    (tmp_path / "polytask.toml").write_text(
+        "[gentle]\nstop_signal = 'INT'\n[stubborn]\nstop_timeout = 0.5\n"
+    )
+    up = Up(tmp_path, "--timeout", "120")
+    try:
+        up.wait_for("gentle ready", "stubborn ready")
+        pids = spawned_pids(up.events())
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.finish(timeout=60) == 143
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+            up.proc.wait()
+    assert gone(pids) == []
+    assert up.program_lines("gentle.1") == ["gentle ready", "gentle got SIGINT"]
+    signals = [(e["process"], e["signal"]) for e in events_of(up, "signal")]
+    assert ("gentle.1", "SIGINT") in signals and ("gentle.1", "SIGTERM") not in signals
+    assert ("stubborn.1", "SIGKILL") in signals
