@@ -622,3 +622,10 @@ def test_bad_dependency_tables_are_refused():
         deps_run("web", depends_on={"web": {"ghost": "started"}})
     with pytest.raises(ValueError, match="unknown program 'ghost'"):
         deps_run("web", depends_on={}, ready={"ghost": 1.0})
+    with pytest.raises(ValueError, match="dependency cycle: a -> b -> c -> a"):
+        deps_run(
+            "a",
+            "b",
+            "c",
+            depends_on={"a": {"b": "started"}, "b": {"c": "ready"}, "c": {"a": "completed"}},
+        )

@@ -565,6 +565,7 @@ class Supervision:
             for dep in deps:
                 if dep not in self.machines:
                     raise ValueError(f"unknown dependency {dep!r}")
+        self._check_acyclic()
         #: Programs that others wait on with "completed": their exit 0 does not
         #: end a run under restart "never" (a migration next to a server).
         self._one_shots = {
@@ -583,6 +584,23 @@ class Supervision:
         self._announced: set[str] = set()
         self._stop_grace = grace
         self._stop_sent: set[str] = set()
+
+    def _check_acyclic(self) -> None:
+        """A cycle would never start, and never stop in order: refuse it."""
+        done: set[str] = set()
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in path:
+                cycle = " -> ".join((*path[path.index(name) :], name))
+                raise ValueError(f"dependency cycle: {cycle}")
+            if name in done:
+                return
+            for dep in self.depends_on.get(name, {}):
+                visit(dep, (*path, name))
+            done.add(name)
+
+        for name in self.machines:
+            visit(name, ())
 
     # ------------------------------------------------------------------ what the runtime reads
 
