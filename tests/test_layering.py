@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
         "polytask._parallel_spec",
         "polytask._procfile",
         "polytask._supervision",
+        "polytask._upconfig",
         "polytask._supervisor",
         "polytask.debug",
         "polytask.joblib",

@@ -17,6 +17,9 @@ from polytask._supervision import (
     GiveUp,
     Kill,
     Killing,
+    NotReady,
+    Probe,
+    Ready,
     RestartPolicy,
     Running,
     Start,
@@ -24,6 +27,7 @@ from polytask._supervision import (
     Stopping,
     Supervision,
     SupervisionAction,
+    Waiting,
 )
 
 SIGINT_STATUS = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
@@ -390,3 +394,238 @@ def test_status_view_pid_restarts_exitcode_uptime():
     restart(sup)
     assert m.restarts == 1 and m.pid == 999
     assert sup.names == ["web"]
+
+
+# =========================================================================== dependencies and readiness
+
+
+def deps_run(
+    *names: str,
+    depends_on: dict[str, dict[str, str]],
+    ready: dict[str, float] | None = None,
+    graces: dict[str, float] | None = None,
+    grace: float = 5.0,
+    exit_on_failure: bool = True,
+    **policy,
+) -> Supervision:
+    policy.setdefault("backoff", 1.0)
+    policy.setdefault("jitter", 0.0)
+    return Supervision(
+        names,
+        RestartPolicy(**policy),
+        grace=grace,
+        exit_on_failure=exit_on_failure,
+        rand=lambda: 0.5,
+        depends_on=depends_on,  # type: ignore[arg-type]
+        ready_timeouts=ready,
+        graces=graces,
+    )
+
+
+def dshort(actions: list[SupervisionAction]) -> list[tuple[object, ...]]:
+    """``short`` with the dependency actions."""
+    out: list[tuple[object, ...]] = []
+    for a in actions:
+        if isinstance(a, Waiting):
+            out.append(("waiting", a.name, *a.pending))
+        elif isinstance(a, Probe):
+            out.append(("probe", a.name, a.timeout))
+        elif isinstance(a, Ready):
+            out.append(("ready", a.name))
+        elif isinstance(a, NotReady):
+            out.append(("not_ready", a.name, a.timeout))
+        elif isinstance(a, Kill) and a.policy == "term":
+            out.append(("term", a.name))
+        else:
+            out += short([a])
+    return out
+
+
+def starts(sup: Supervision, now: float, pid: int = 100) -> list[tuple[object, ...]]:
+    """What start_next gives now, every started program reported started."""
+    seen: list[tuple[object, ...]] = []
+    while actions := sup.start_next(now):
+        for a in actions:
+            if isinstance(a, Start):
+                sup.started(a.name, pid, now)
+                pid += 1
+        seen += dshort(actions)
+    return seen
+
+
+WEB_STACK = {"migrate": {"db": "ready"}, "web": {"db": "ready", "migrate": "completed"}}
+
+
+def test_dependencies_start_in_order_when_their_conditions_are_met():
+    sup = deps_run("web", "migrate", "db", depends_on=WEB_STACK, ready={"db": 10.0})
+    assert starts(sup, 0.0) == [
+        ("waiting", "web", "db (ready)", "migrate (completed)"),
+        ("waiting", "migrate", "db (ready)"),
+        ("start", "db"),
+        ("probe", "db", 10.0),
+    ]
+    assert sup.due == 1.0  # db's start check; its readiness deadline is 10.0
+    assert dshort(sup.ready("db", 2.0)) == [("ready", "db")]
+    assert sup.ready("db", 2.5) == []  # a second answer changes nothing
+    assert starts(sup, 2.0) == [("start", "migrate")]
+    assert not sup.done
+    assert dshort(sup.exited("migrate", 0, 3.0)) == [("exited", "migrate", 0, "exited")]
+    assert not sup.done  # web still waits to start
+    assert starts(sup, 3.0) == [("start", "web")]
+    assert sup.pending("web") == []
+
+
+def test_started_condition_needs_only_a_start():
+    sup = deps_run("worker", "web", depends_on={"worker": {"web": "started"}})
+    assert starts(sup, 0.0) == [
+        ("waiting", "worker", "web (started)"),
+        ("start", "web"),
+        ("start", "worker"),
+    ]
+
+
+def test_not_ready_in_time_fails_the_run_and_never_starts_the_waiters():
+    sup = deps_run("db", "web", depends_on={"web": {"db": "ready"}}, ready={"db": 3.0}, grace=2.0)
+    starts(sup, 0.0)
+    assert ticks(sup, 1.0) == [("running", "db")]
+    assert sup.due == 3.0
+    assert sup.tick(2.9) == []
+    assert dshort(sup.tick(3.0)) == [
+        ("not_ready", "db", 3.0),
+        ("stopping", 1, 2.0),
+        ("term", "db"),
+    ]
+    assert sup.status == 1 and sup.reason == "db not ready within 3s (web waited for it)"
+    assert dshort(sup.ready("db", 3.1)) == []  # too late
+    assert starts(sup, 3.1) == []  # web is never started
+    assert dshort(sup.exited("db", -signal.SIGTERM, 3.2)) == [
+        ("exited", "db", -signal.SIGTERM, "stopped"),
+        ("exit", 1),
+    ]
+    assert sup.machines["web"].spawns == 0
+
+
+def test_a_probe_restarts_with_each_start():
+    sup = deps_run("db", depends_on={}, ready={"db": 5.0})
+    starts(sup, 0.0)
+    ticks(sup, 1.0)
+    assert dshort(sup.exited("db", 1, 2.0)) == [("exited", "db", 1, "backoff")]
+    assert sup.due == 3.0  # the backoff, not the dropped deadline
+    assert dshort(sup.tick(3.0)) == [("start", "db"), ("probe", "db", 5.0)]
+    assert ticks(sup, 7.9) == [("running", "db")]
+    assert dshort(sup.tick(8.0))[0] == ("not_ready", "db", 5.0)
+
+
+def test_completed_dependency_failing_fails_its_waiters():
+    sup = deps_run(
+        "migrate",
+        "web",
+        "worker",
+        depends_on={"web": {"migrate": "completed"}, "worker": {"web": "started"}},
+        exit_on_failure=False,
+        start_retries=0,
+    )
+    starts(sup, 0.0)
+    actions = sup.exited("migrate", 3, 0.5)
+    gave_up = [a for a in actions if isinstance(a, GiveUp)]
+    assert gave_up[1].reason.startswith("not started: migrate exited with code 3")
+    assert dshort(actions) == [
+        ("exited", "migrate", 3, "failed"),
+        ("give_up", "migrate", 3),
+        ("give_up", "web", 3),
+        ("give_up", "worker", 1),  # web never ran: no status of its own
+        ("exit", 3),
+    ]
+    assert (
+        sup.machines["web"].state is State.FAILED and sup.machines["worker"].state is State.FAILED
+    )
+    assert sup.done and sup.returncode == 3
+
+
+def test_a_completed_dependency_is_retried_before_its_waiters_give_up():
+    sup = deps_run("migrate", "web", depends_on={"web": {"migrate": "completed"}})
+    starts(sup, 0.0)
+    assert dshort(sup.exited("migrate", 1, 0.5)) == [("exited", "migrate", 1, "backoff")]
+    assert sup.machines["web"].state is State.STOPPED and not sup.done
+    restart(sup, "migrate")
+    assert dshort(sup.exited("migrate", 0, 5.0)) == [("exited", "migrate", 0, "exited")]
+    assert starts(sup, 5.0) == [("start", "web")]
+
+
+def test_never_a_one_shot_dependency_does_not_end_the_run():
+    sup = deps_run("migrate", "web", depends_on={"web": {"migrate": "completed"}}, restart="never")
+    starts(sup, 0.0)
+    assert dshort(sup.exited("migrate", 0, 0.5)) == [("exited", "migrate", 0, "exited")]
+    assert not sup.stopping
+    assert starts(sup, 0.5) == [("start", "web")]
+    # web is not a one-shot: its end ends the run, as foreman's rule says.
+    assert dshort(sup.exited("web", 0, 9.0))[-1] == ("exit", 0)
+
+
+def test_stop_goes_in_reverse_dependency_order_each_with_its_grace():
+    sup = deps_run(
+        "db",
+        "web",
+        "worker",
+        "clock",
+        depends_on={"web": {"db": "started"}, "worker": {"web": "started"}},
+        graces={"db": 9.0},
+        grace=2.0,
+    )
+    starts(sup, 0.0)
+    assert dshort(sup.stop("SIGINT received", 2.0, 1.0, status=SIGINT_STATUS)) == [
+        ("stopping", 4, 2.0),
+        ("term", "worker"),
+        ("term", "clock"),
+    ]
+    assert sup.machines["web"].state is State.STARTING  # waits for worker to end
+    assert dshort(sup.exited("clock", -signal.SIGTERM, 1.5)) == [
+        ("exited", "clock", -signal.SIGTERM, "stopped")
+    ]
+    assert dshort(sup.exited("worker", -signal.SIGTERM, 2.0)) == [
+        ("exited", "worker", -signal.SIGTERM, "stopped"),
+        ("term", "web"),
+    ]
+    assert sup.machines["web"].due == 4.0
+    assert dshort(sup.exited("web", 0, 2.5)) == [("exited", "web", 0, "stopped"), ("term", "db")]
+    assert sup.machines["db"].due == 11.5  # its own grace: 9 s
+    assert dshort(sup.tick(11.5)) == [("kill", "db", "kill")]
+    assert dshort(sup.exited("db", -signal.SIGKILL, 11.6))[-1] == ("exit", SIGINT_STATUS)
+
+
+def test_kill_ignores_the_order():
+    sup = deps_run("db", "web", depends_on={"web": {"db": "started"}})
+    starts(sup, 0.0)
+    sup.stop("SIGINT received", 5.0, 1.0)
+    assert dshort(sup.kill("second signal", 1.5)) == [
+        ("killing",),
+        ("kill", "db", "kill"),
+        ("kill", "web", "kill"),
+    ]
+
+
+def test_a_stop_while_waiting_ends_the_run():
+    sup = deps_run("db", "web", depends_on={"web": {"db": "ready"}}, ready={"db": 30.0})
+    starts(sup, 0.0)
+    # web was never started: it has nothing to signal.
+    assert dshort(sup.stop("SIGINT received", 5.0, 1.0, status=SIGINT_STATUS)) == [
+        ("stopping", 1, 5.0),
+        ("term", "db"),
+    ]
+    assert sup.due == 6.0  # the grace, no readiness deadline any more
+    assert dshort(sup.exited("db", -signal.SIGTERM, 1.2))[-1] == ("exit", SIGINT_STATUS)
+    assert sup.machines["web"].spawns == 0
+
+
+def test_bad_dependency_tables_are_refused():
+    with pytest.raises(ValueError, match="unknown dependency 'ghost'"):
+        deps_run("web", depends_on={"web": {"ghost": "started"}})
+    with pytest.raises(ValueError, match="unknown program 'ghost'"):
+        deps_run("web", depends_on={}, ready={"ghost": 1.0})
+    with pytest.raises(ValueError, match="dependency cycle: a -> b -> c -> a"):
+        deps_run(
+            "a",
+            "b",
+            "c",
+            depends_on={"a": {"b": "started"}, "b": {"c": "ready"}, "c": {"a": "completed"}},
+        )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -40,13 +40,17 @@ __all__ = [
     "TERMINAL",
     "TRANSITIONS",
     "Action",
+    "Condition",
     "Event",
     "Exit",
     "Exited",
     "GiveUp",
     "Kill",
     "Killing",
+    "NotReady",
+    "Probe",
     "ProcessMachine",
+    "Ready",
     "RestartMode",
     "RestartPolicy",
     "Running",
@@ -56,10 +60,13 @@ __all__ = [
     "Stopping",
     "Supervision",
     "SupervisionAction",
+    "Waiting",
     "exit_status",
 ]
 
 RestartMode = Literal["on-failure", "always", "never"]
+#: When a program that others depend on lets them start (docs/up.md).
+Condition = Literal["started", "ready", "completed"]
 RESTART_MODES: Final = ("on-failure", "always", "never")
 
 
@@ -89,6 +96,7 @@ class Event(enum.Enum):
     EXIT = "exit"  # its process ended (with ``code``)
     STOP = "stop"  # stop gracefully (SIGTERM, ``grace`` seconds, SIGKILL)
     KILL = "kill"  # stop now (SIGKILL)
+    ABANDON = "abandon"  # never started: what it depends on can no longer come
 
 
 class Action(enum.Enum):
@@ -240,6 +248,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], tuple[tuple[str, State, tuple[str, 
     (_S.EXITED, _E.KILL): (("always", _S.EXITED, ()),),
     (_S.FAILED, _E.STOP): (("always", _S.FAILED, ()),),
     (_S.FAILED, _E.KILL): (("always", _S.FAILED, ()),),
+    (_S.STOPPED, _E.ABANDON): (("always", _S.FAILED, ("fail_dependency",)),),
 }
 
 
@@ -286,8 +295,10 @@ class ProcessMachine:
         *,
         code: int | None = None,
         grace: float = 0.0,
+        why: str | None = None,
     ) -> Step:
-        """Apply ``event`` at time ``now``; ``code`` for EXIT, ``grace`` for STOP."""
+        """Apply ``event`` at time ``now``; ``code`` for EXIT, ``grace`` for STOP,
+        ``why`` for ABANDON."""
         alternatives = TRANSITIONS.get((self.state, event))
         if alternatives is None:
             raise ValueError(f"no transition from {self.state.value!r} on {event.value!r}")
@@ -334,6 +345,8 @@ class ProcessMachine:
                     f"exited within {self.policy.start_seconds:g}s of starting "
                     f"{self.failed_starts} times in a row; giving up"
                 )
+            elif effect == "fail_dependency":
+                reason = why or "a dependency failed"
             elif effect == "terminate":
                 self.due = now + grace
                 actions.append(Action.TERMINATE)
@@ -436,7 +449,55 @@ class Exit:
     reason: str
 
 
-SupervisionAction = Start | Kill | Running | Exited | GiveUp | Stopping | Killing | Exit
+@dataclass(frozen=True)
+class Waiting:
+    """Program ``name`` is not started yet: it waits for ``pending`` ("web.1 (ready)", ...)."""
+
+    name: str
+    pending: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Start checking whether program ``name`` is ready (report :meth:`Supervision.ready`);
+    it must be within ``timeout`` seconds. Stop checking once it exits or is ready."""
+
+    name: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Program ``name`` is ready (its probe succeeded)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class NotReady:
+    """Program ``name`` was not ready within ``timeout`` seconds: the run fails."""
+
+    name: str
+    timeout: float
+
+
+SupervisionAction = (
+    Start
+    | Kill
+    | Running
+    | Exited
+    | GiveUp
+    | Stopping
+    | Killing
+    | Exit
+    | Waiting
+    | Probe
+    | Ready
+    | NotReady
+)
+
+#: The exit status of a run that failed because a program was not ready in time.
+NOT_READY_STATUS: Final = 1
 
 
 class Supervision:
@@ -454,6 +515,13 @@ class Supervision:
         grace: seconds between SIGTERM and SIGKILL when the run stops itself.
         exit_on_failure: a program given up on stops the others.
         rand: floats in [0, 1) for the backoff jitter.
+        depends_on: per program, the programs it waits for and the condition
+            each must meet before it starts ("started", "ready", "completed"
+            = exited 0). Must have no cycle (``_upconfig`` checks it).
+        ready_timeouts: the programs that have a readiness probe, and the
+            seconds each has, from its start, to be reported :meth:`ready`.
+        graces: per-program seconds between the stop signal and SIGKILL
+            (default: the stop's grace).
     """
 
     def __init__(
@@ -464,6 +532,9 @@ class Supervision:
         grace: float,
         exit_on_failure: bool = True,
         rand: Callable[[], float] = random.random,
+        depends_on: Mapping[str, Mapping[str, Condition]] | None = None,
+        ready_timeouts: Mapping[str, float] | None = None,
+        graces: Mapping[str, float] | None = None,
     ) -> None:
         self.policy = policy
         self.grace = grace
@@ -481,6 +552,55 @@ class Supervision:
         self.reason = ""
         self._unstarted = list(self.machines)
         self._over = False
+        self.depends_on: dict[str, dict[str, Condition]] = {
+            name: dict(deps) for name, deps in (depends_on or {}).items() if deps
+        }
+        self.ready_timeouts = dict(ready_timeouts or {})
+        self.graces = dict(graces or {})
+        for table in (self.depends_on, self.ready_timeouts, self.graces):
+            for name in table:
+                if name not in self.machines:
+                    raise ValueError(f"unknown program {name!r}")
+        for deps in self.depends_on.values():
+            for dep in deps:
+                if dep not in self.machines:
+                    raise ValueError(f"unknown dependency {dep!r}")
+        self._check_acyclic()
+        #: Programs that others wait on with "completed": their exit 0 does not
+        #: end a run under restart "never" (a migration next to a server).
+        self._one_shots = {
+            dep
+            for deps in self.depends_on.values()
+            for dep, cond in deps.items()
+            if cond == "completed"
+        }
+        self._ever_started: set[str] = set()
+        self._completed: set[str] = set()
+        #: Ready since its current start; ever ready (what dependents need).
+        self.ready_now: set[str] = set()
+        self._been_ready: set[str] = set()
+        #: Readiness deadlines of the programs being probed.
+        self._ready_due: dict[str, float] = {}
+        self._announced: set[str] = set()
+        self._stop_grace = grace
+        self._stop_sent: set[str] = set()
+
+    def _check_acyclic(self) -> None:
+        """A cycle would never start, and never stop in order: refuse it."""
+        done: set[str] = set()
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in path:
+                cycle = " -> ".join((*path[path.index(name) :], name))
+                raise ValueError(f"dependency cycle: {cycle}")
+            if name in done:
+                return
+            for dep in self.depends_on.get(name, {}):
+                visit(dep, (*path, name))
+            done.add(name)
+
+        for name in self.machines:
+            visit(name, ())
 
     # ------------------------------------------------------------------ what the runtime reads
 
@@ -490,13 +610,17 @@ class Supervision:
 
     @property
     def done(self) -> bool:
-        """Every program ended (exited, failed or stopped)."""
+        """Every program ended (exited, failed or stopped), and none waits to start."""
+        if self._unstarted and not self.stopping:
+            return False
         return all(m.state in TERMINAL for m in self.machines.values())
 
     @property
     def due(self) -> float | None:
         """When :meth:`tick` is next needed (monotonic seconds), or None."""
         dues = [m.due for m in self.machines.values() if m.due is not None]
+        if not self.stopping:
+            dues += self._ready_due.values()
         return min(dues) if dues else None
 
     @property
@@ -507,18 +631,49 @@ class Supervision:
     # ------------------------------------------------------------------ inputs
 
     def start_next(self, now: float) -> list[SupervisionAction]:
-        """Start the next program not started yet ([] once all were, or the run stops)."""
-        while self._unstarted:
-            name = self._unstarted.pop(0)
+        """Start the next program not started yet whose dependencies are met ([] once
+        none can start now); a program found waiting is announced once (:class:`Waiting`).
+
+        Call it again after :meth:`started`, :meth:`ready` and :meth:`exited`: they
+        may let a waiting program start.
+        """
+        out: list[SupervisionAction] = []
+        for name in list(self._unstarted):
             # A program that could not start may have stopped the run already
             # (restart policy "never"): the rest are then not started.
-            if not self.stopping:
-                return self._step(name, Event.START, now)
-        return []
+            if self.stopping:
+                self._unstarted.remove(name)
+                continue
+            pending = self.pending(name)
+            if not pending:
+                self._unstarted.remove(name)
+                return out + self._step(name, Event.START, now)
+            if name not in self._announced:
+                self._announced.add(name)
+                out.append(Waiting(name, tuple(f"{d} ({c})" for d, c in pending)))
+        return out
+
+    def pending(self, name: str) -> list[tuple[str, Condition]]:
+        """The dependencies of ``name`` that do not meet their condition yet."""
+        return [
+            (dep, cond)
+            for dep, cond in self.depends_on.get(name, {}).items()
+            if not self._met(dep, cond)
+        ]
 
     def started(self, name: str, pid: int, now: float) -> None:
         """Program ``name``'s process started as ``pid`` (the status view shows it)."""
         self.machines[name].pid = pid
+        self._ever_started.add(name)
+
+    def ready(self, name: str, now: float) -> list[SupervisionAction]:
+        """Program ``name``'s readiness probe succeeded ([] if it is not being probed:
+        a late answer about a run that already ended)."""
+        if self._ready_due.pop(name, None) is None:
+            return []
+        self.ready_now.add(name)
+        self._been_ready.add(name)
+        return [Ready(name)]
 
     def exited(
         self, name: str, code: int, now: float, *, pid: int | None = None
@@ -526,10 +681,22 @@ class Supervision:
         """A run of ``name`` ended with status ``code`` (negative: that signal; 127:
         it could not start); ``pid`` is reported with it."""
         self.machines[name].pid = None
-        return self._step(name, Event.EXIT, now, code=code, pid=pid)
+        self._ready_due.pop(name, None)
+        self.ready_now.discard(name)
+        if code == 0:
+            self._completed.add(name)
+        out = self._step(name, Event.EXIT, now, code=code, pid=pid)
+        out += self._abandon_hopeless(now)
+        if self.stopping and not self.killing:
+            out += self._advance_stop(now)
+        return out
 
     def tick(self, now: float) -> list[SupervisionAction]:
         """The first program whose timer is due at ``now`` ([] when none is)."""
+        if not self.stopping:
+            for name, due in self._ready_due.items():
+                if due <= now:
+                    return self._not_ready(name, now)
         for name, m in self.machines.items():
             if m.due is not None and m.due <= now:
                 return self._step(name, Event.TIMER, now)
@@ -574,10 +741,87 @@ class Supervision:
             return []
         self.stopping = True
         alive = sum(1 for m in self.machines.values() if m.pid is not None)
+        self._stop_grace = grace
+        self._ready_due.clear()
         out: list[SupervisionAction] = [Stopping(reason, grace, alive)]
-        for name in self.machines:
-            out += self._step(name, Event.STOP, now, grace=grace)
+        return out + self._advance_stop(now)
+
+    def _advance_stop(self, now: float) -> list[SupervisionAction]:
+        """Stop every program that no running program depends on: dependents first,
+        then what they depend on once they ended (each with its own grace)."""
+        out: list[SupervisionAction] = []
+        progressed = True
+        while progressed:
+            progressed = False
+            for name in self.machines:
+                if name in self._stop_sent or any(
+                    name in deps and self.machines[d].state not in TERMINAL
+                    for d, deps in self.depends_on.items()
+                ):
+                    continue
+                self._stop_sent.add(name)
+                progressed = True
+                grace = self.graces.get(name, self._stop_grace)
+                out += self._step(name, Event.STOP, now, grace=grace)
         return out
+
+    def _met(self, dep: str, cond: Condition) -> bool:
+        if cond == "started":
+            return dep in self._ever_started
+        if cond == "ready":
+            return dep in self._been_ready
+        return dep in self._completed
+
+    def _hopeless(self, dep: str, cond: Condition) -> bool:
+        """``dep`` can no longer meet ``cond``: it ended for good without meeting it."""
+        if dep in self._unstarted or self._met(dep, cond):
+            return False
+        return self.machines[dep].state in TERMINAL
+
+    def _abandon_hopeless(self, now: float) -> list[SupervisionAction]:
+        """Give up on each waiting program whose dependency can no longer come (in a
+        chain: what waited on it is given up on too), so that nothing waits forever."""
+        out: list[SupervisionAction] = []
+        progressed = True
+        while progressed and not self.stopping:
+            progressed = False
+            for name in list(self._unstarted):
+                lost = [
+                    (d, c) for d, c in self.depends_on.get(name, {}).items() if self._hopeless(d, c)
+                ]
+                if not lost:
+                    continue
+                dep, cond = lost[0]
+                dm = self.machines[dep]
+                code = dm.exitcode if dm.exitcode not in (None, 0) else 1
+                assert code is not None
+                why = f"not started: {dep} {self._never(dep, cond)}"
+                self._unstarted.remove(name)
+                step = self.machines[name].handle(Event.ABANDON, now, why=why)
+                out.append(GiveUp(name, code, step.reason or why))
+                out += self._ended(name, State.FAILED, code, now)
+                progressed = True
+        if not self._over and self.done:
+            self._over = True
+            out.append(Exit(self.returncode, self.reason))
+        return out
+
+    def _never(self, dep: str, cond: Condition) -> str:
+        m = self.machines[dep]
+        ended = "was never started" if m.exitcode is None else describe_exit(m.exitcode)
+        want = {"started": "start", "ready": "become ready", "completed": "exit with code 0"}
+        return f"{ended} and will not {want[cond]} (it is {m.state.value})"
+
+    def _not_ready(self, name: str, now: float) -> list[SupervisionAction]:
+        """``name`` missed its readiness deadline: the run fails and stops."""
+        timeout = self.ready_timeouts[name]
+        del self._ready_due[name]
+        waiting = [w for w in self._unstarted if name in self.depends_on.get(w, {})]
+        reason = f"{name} not ready within {timeout:g}s"
+        if waiting:
+            reason += f" ({', '.join(waiting)} waited for it)"
+        self._decide(NOT_READY_STATUS, reason)
+        return [NotReady(name, timeout), *self._begin_stop(self.grace, reason, now)]
 
     def _step(
         self,
@@ -603,6 +847,9 @@ class Supervision:
         for action in step.actions:
             if action is Action.SPAWN:
                 out.append(Start(name))
+                if name in self.ready_timeouts:
+                    self._ready_due[name] = now + self.ready_timeouts[name]
+                    out.append(Probe(name, self.ready_timeouts[name]))
             else:
                 out.append(Kill(name, "term" if action is Action.TERMINATE else "kill"))
         if step.new is State.FAILED and step.old is not State.FAILED:
@@ -618,7 +865,11 @@ class Supervision:
 
     def _ended(self, name: str, state: State, code: int, now: float) -> list[SupervisionAction]:
         """A program ended for good: the exit rules of docs/up.md, "Exit status"."""
-        never = self.policy.restart == "never"
+        # A one-shot others wait on ("completed") that did its job does not end
+        # a run under "never": it is meant to end.
+        never = self.policy.restart == "never" and not (
+            state is State.EXITED and code == 0 and name in self._one_shots
+        )
         if state is State.FAILED or never:
             # A program given up on never gives status 0, even if its last run did.
             status = exit_status(code) if code != 0 or state is State.EXITED else 1

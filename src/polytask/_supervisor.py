@@ -38,11 +38,16 @@ and each stop has its own grace where the child loop has one per loop.
 
 from __future__ import annotations
 
+import errno
+import http.client
 import io
 import os
 import queue
+import re
+import select
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
+from urllib.parse import urlsplit
 
 from ._core.errors import PolytaskError, ProcfileError, describe_exit
 from ._core.timeouts import check_timeout
@@ -78,7 +84,10 @@ from ._supervision import (
     GiveUp,
     Kill,
     Killing,
+    NotReady,
+    Probe,
     ProcessMachine,
+    Ready,
     RestartMode,
     RestartPolicy,
     Running,
@@ -88,8 +97,18 @@ from ._supervision import (
     Stopping,
     Supervision,
     SupervisionAction,
+    Waiting,
     exit_status,
 )
+from ._upconfig import (
+    CONFIG_FILE,
+    UpConfig,
+    dependency_depth,
+    missing_dependencies,
+    scan_upconfig,
+    scan_upconfig_text,
+)
+from ._upconfig import Probe as ProbeSpec
 
 __all__ = [
     # The pure machine's names, re-exported: callers and tests import them from here.
@@ -109,6 +128,7 @@ __all__ = [
     "format_summary",
     "load_env_files",
     "read_procfile",
+    "read_upconfig",
 ]
 
 # =========================================================================== status records
@@ -136,6 +156,8 @@ class ProcessStatus:
     uptime: float
     #: The command it runs.
     command: str | tuple[str, ...]
+    #: Whether its readiness probe succeeded since its last start (None: it has no probe).
+    ready: bool | None = None
 
     @property
     def alive(self) -> bool:
@@ -182,6 +204,40 @@ def read_procfile(path: str | os.PathLike[str], *, strict: bool = False) -> Proc
     p = Path(path)
     text = p.read_text(encoding="utf-8", errors="replace")
     return parse_procfile(text, source=str(path), strict=strict)
+
+
+def scan_upconfig_files(
+    procfile: str | os.PathLike[str], names: Sequence[str]
+) -> tuple[UpConfig, list[tuple[str, int | None, str]]]:
+    """Find and validate the config beside ``procfile``: ``polytask.toml``, else the
+    ``[tool.polytask.up]`` table of ``pyproject.toml``; an empty config when neither
+    has one. Returns the config and every problem (an unreadable file is one)."""
+    folder = Path(procfile).parent
+    for file_name, pyproject in ((CONFIG_FILE, False), ("pyproject.toml", True)):
+        path = folder / file_name
+        if not path.is_file():
+            continue
+        shown = str(path) if str(folder) not in ("", ".") else file_name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            if pyproject:  # not ours to judge: only its polytask table is
+                continue
+            return UpConfig({}, shown), [(shown, None, f"cannot read it: {exc}")]
+        if pyproject and "polytask" not in text:
+            continue  # a pyproject.toml without our table, even a broken one, changes nothing
+        config, problems = scan_upconfig_text(text, names, source=shown, pyproject=pyproject)
+        if config or problems or not pyproject:
+            return config, problems
+    return UpConfig({}), []
+
+
+def read_upconfig(procfile: str | os.PathLike[str], names: Sequence[str]) -> UpConfig:
+    """:func:`scan_upconfig_files`, raising ProcfileError listing every problem."""
+    config, problems = scan_upconfig_files(procfile, names)
+    if problems:
+        raise ProcfileError(problems)
+    return config
 
 
 def load_env_files(
@@ -303,6 +359,7 @@ class _Program:
     popen: subprocess.Popen[bytes] | None = None
     pidfd: int | None = None
     streams: list[_Stream] = field(default_factory=list)
+    prober: _Prober | None = None
 
     @property
     def name(self) -> str:
@@ -343,6 +400,173 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+#: Seconds between two readiness attempts, and the most one attempt may take.
+_PROBE_INTERVAL: Final = 0.25
+_PROBE_ATTEMPT: Final = 2.0
+#: How often an attempt in flight (a probe command, a TCP connect) is polled.
+_PROBE_POLL: Final = 0.05
+
+
+class _Prober:
+    """One program's readiness probe, run by the loop without ever blocking it.
+
+    Each attempt is bounded by ``_PROBE_ATTEMPT`` seconds and retried every
+    ``_PROBE_INTERVAL``: ``cmd`` runs the command in a process group of its own
+    (guarded; killed when the attempt times out) and polls it; ``tcp`` polls a
+    non-blocking connect; ``http`` runs one GET with a timeout in a short-lived
+    thread that wakes the loop; ``log`` is told each output line (``_read``).
+    The overall deadline is the machine's (:class:`NotReady`).
+    """
+
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        port: int,
+        env: Mapping[str, str],
+        cwd: str | None,
+        wake: Callable[[], None],
+    ) -> None:
+        self.spec = spec
+        self.target = spec.resolve(port)
+        self._env, self._cwd, self._wake = env, cwd, wake
+        self.ok = False
+        self.error = ""  # why the last attempt failed, for the not-ready message
+        self._next = 0.0
+        self._end: float | None = None  # the attempt in flight must end by then
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        #: Where the GET in flight puts its answer (a new list per attempt, so that
+        #: a late answer can never count for a later attempt).
+        self._box: list[tuple[bool, str]] = []
+        #: GET threads given up on at their attempt's end (they end by their timeout).
+        self._stale: list[threading.Thread] = []
+        self._regex = re.compile(self.target) if spec.kind == "log" else None
+
+    def due(self, now: float) -> float | None:
+        if self.ok or self._regex is not None:
+            return None
+        if self._end is None:
+            return self._next
+        if self._thread is not None:
+            return self._end
+        return min(self._end, now + _PROBE_POLL)
+
+    def line(self, data: bytes) -> None:
+        if self._regex is not None and self._regex.search(data.decode("utf-8", "replace")):
+            self.ok = True
+
+    def poll(self, now: float) -> bool:
+        """Advance the probe; True once the program is ready."""
+        if self.ok or self._regex is not None:
+            return self.ok
+        if self._end is None:
+            if now >= self._next:
+                self._begin(now)
+            return self.ok
+        done = self._check()
+        if done is None and now >= self._end:
+            done, self.error = False, f"the attempt took longer than {_PROBE_ATTEMPT:g}s"
+        if done is not None:
+            self._abort()
+            self._end, self._next = None, now + _PROBE_INTERVAL
+            self.ok = done
+        return self.ok
+
+    def _begin(self, now: float) -> None:
+        self._end = now + _PROBE_ATTEMPT
+        kind = self.spec.kind
+        if kind == "cmd":
+            try:
+                self._popen = _proc.start_in_group(
+                    ["/bin/sh", "-c", self.target],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=dict(self._env),
+                    cwd=self._cwd,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                self._box.append((False, f"cannot run the probe: {exc}"))
+        elif kind == "tcp":
+            host, _, port = self.target.rpartition(":")
+            try:
+                info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+                self._sock = socket.socket(info[0], info[1], info[2])
+                self._sock.setblocking(False)
+                err = self._sock.connect_ex(info[4])
+                if err not in (0, errno.EINPROGRESS):
+                    self._box.append((False, os.strerror(err)))
+            except OSError as exc:
+                self._box.append((False, str(exc)))
+        else:
+            self._box = []
+            self._thread = threading.Thread(
+                target=self._http_get, args=(self._box,), name="polytask-probe", daemon=True
+            )
+            self._thread.start()
+
+    def _http_get(self, box: list[tuple[bool, str]]) -> None:
+        url = urlsplit(self.target)
+        conn_type = (
+            http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = conn_type(url.hostname or "127.0.0.1", url.port, timeout=_PROBE_ATTEMPT)
+        try:
+            conn.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""))
+            status = conn.getresponse().status
+            result = (200 <= status < 300, f"HTTP status {status}")
+        except (OSError, http.client.HTTPException) as exc:
+            result = (False, str(exc) or type(exc).__name__)
+        finally:
+            conn.close()
+        box.append(result)
+        self._wake()
+
+    def _check(self) -> bool | None:
+        """The attempt's outcome, or None while it runs."""
+        if self._box:
+            ok, self.error = self._box.pop()
+            return ok
+        if self._popen is not None:
+            code = self._popen.poll()
+            if code is None:
+                return None
+            self.error = f"the probe command {describe_exit(code)}"
+            return code == 0
+        if self._sock is not None:
+            _, writable, _ = select.select([], [self._sock], [], 0)
+            if not writable:
+                return None
+            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.error = os.strerror(err) if err else ""
+            return err == 0
+        return None
+
+    def _abort(self) -> None:
+        """End the attempt in flight; a GET thread still running goes to ``_stale``."""
+        if self._popen is not None:
+            _proc.terminate(self._popen, 0)
+            self._popen = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        thread, self._thread = self._thread, None
+        self._box = []
+        if thread is not None and thread.is_alive():
+            self._stale.append(thread)
+        self._stale = [t for t in self._stale if t.is_alive()]
+
+    def close(self) -> list[threading.Thread]:
+        """End the attempt in flight (kill its command, close its socket); returns the
+        GET threads still running, for the caller to join when it can wait (each GET
+        has a timeout, so it ends by itself)."""
+        self._end = None
+        self._abort()
+        return self._stale
+
+
 _live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 _hook_lock = threading.Lock()
 _hook_installed = False
@@ -377,6 +601,11 @@ class Supervisor:
             stable_seconds: see :class:`RestartPolicy`.
         timeout: seconds between SIGTERM and SIGKILL when stopping.
         exit_on_failure: when a program is marked failed, stop the others.
+        config: dependencies, readiness probes and stop settings per process type
+            (see docs/up.md, "Dependencies and readiness"): an ``UpConfig``, or
+            the mapping a ``polytask.toml`` holds. Default: the ``polytask.toml``
+            (else the ``[tool.polytask.up]`` table of ``pyproject.toml``) beside a
+            Procfile given as a path; none for a mapping.
         cwd: directory the programs run in.
         strict: a Procfile line that foreman and honcho skip (no colon, a name
             such as ``web.v2``, an empty command, an indented entry) is an
@@ -406,6 +635,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         env_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         port: int | None = None,
+        config: UpConfig | Mapping[str, Any] | None = None,
         restart: RestartMode = "on-failure",
         timeout: float = 5.0,
         start_seconds: float = 1.0,
@@ -457,14 +687,28 @@ class Supervisor:
             raise ProcfileError([("PORT", None, f"base port must be a whole number, not {port!r}")])
         counts = parse_concurrency(concurrency)
         self.instances = expand(self.procfile, counts, names, base_port=port)
+        self.config = self._config(config, procfile)
         self.cwd = None if cwd is None else os.fspath(cwd)
         self._on_event = on_event
         self._output = _Output(output, [i.name for i in self.instances], colour)
+        copies: dict[str, list[str]] = {}
+        for i in self.instances:
+            copies.setdefault(i.kind, []).append(i.name)
+        settings = {i.name: self.config.get(i.kind) for i in self.instances}
         self._sup = Supervision(
             [i.name for i in self.instances],
             self.policy,
             grace=self.timeout,
             exit_on_failure=exit_on_failure,
+            # A dependency on a type is one on each of its copies.
+            depends_on={
+                name: {c: cond for dep, cond in pc.depends_on.items() for c in copies[dep]}
+                for name, pc in settings.items()
+            },
+            ready_timeouts={n: pc.ready_timeout for n, pc in settings.items() if pc.ready},
+            graces={
+                n: pc.stop_timeout for n, pc in settings.items() if pc.stop_timeout is not None
+            },
         )
         self._programs = [_Program(i, self._sup.machines[i.name]) for i in self.instances]
         self._by_name = {p.name: p for p in self._programs}
@@ -478,6 +722,27 @@ class Supervisor:
         self._error: BaseException | None = None
         self._returncode: int | None = None
         self._event_error_reported = False
+        #: HTTP probe threads still in their GET when their probe was closed: the
+        #: loop does not wait for them; the cleanup joins them (each GET has a timeout).
+        self._probe_threads: list[threading.Thread] = []
+
+    def _config(self, given: UpConfig | Mapping[str, Any] | None, procfile: object) -> UpConfig:
+        """The validated per-process settings; a dependency outside this run is an error."""
+        names = self.procfile.names
+        if isinstance(given, UpConfig):
+            config = given
+        elif given is not None:
+            config, problems = scan_upconfig(given, names, source="config")
+            if problems:
+                raise ProcfileError(problems)
+        elif isinstance(procfile, (str, os.PathLike)):
+            config = read_upconfig(procfile, names)
+        else:
+            config = UpConfig({})
+        problems = missing_dependencies(config, [i.kind for i in self.instances])
+        if problems:
+            raise ProcfileError(problems)
+        return config
 
     # ------------------------------------------------------------------ public API
 
@@ -512,10 +777,13 @@ class Supervisor:
             return self.status()
         self._request("stop", grace, "stop() called")
         if threading.current_thread() is not self._thread:
-            # The loop SIGKILLs at the end of the grace: the slack covers reaping.
-            self._thread.join(grace + 30.0)
+            # The loop SIGKILLs at the end of each grace: the slack covers reaping.
+            # Dependents stop before what they depend on: one grace per level.
+            graces = [grace, *(g for g in self._sup.graces.values())]
+            bound = max(graces) * dependency_depth(self.config, self.procfile.names) + 30.0
+            self._thread.join(bound)
             if self._thread.is_alive():  # pragma: no cover - the loop never blocks that long
-                raise PolytaskError(f"the supervisor did not stop within {grace + 30.0:g}s")
+                raise PolytaskError(f"the supervisor did not stop within {bound:g}s")
         self._raise_loop_error()
         return self.status()
 
@@ -543,6 +811,9 @@ class Supervisor:
                     exitcode=p.machine.exitcode,
                     uptime=p.machine.uptime(now),
                     command=p.instance.command,
+                    ready=(p.name in self._sup.ready_now)
+                    if self.config.get(p.instance.kind).ready
+                    else None,
                 )
                 for p in self._programs
             ]
@@ -620,6 +891,10 @@ class Supervisor:
                     now = time.monotonic()
                     while actions := self._sup.tick(now):
                         self._do(actions, now)
+                    self._poll_probes(now)
+                    # A start, an exit or a readiness may let a waiting program start.
+                    while actions := self._sup.start_next(now):
+                        self._do(actions, now)
                     for prog in self._lingering():
                         if not _group_alive(prog.instance_pgid):
                             self._finish(prog, now)
@@ -629,6 +904,9 @@ class Supervisor:
                     dues = [] if due is None else [due]
                     if self._lingering():
                         dues.append(now + _LINGER_POLL)
+                    for prog in self._programs:
+                        if prog.prober is not None and (d := prog.prober.due(now)) is not None:
+                            dues.append(d)
                     wait = max(0.0, min(dues) - now) if dues else None
                 self._output.flush()
                 ready = self._selector.select(wait)
@@ -676,7 +954,8 @@ class Supervisor:
             elif isinstance(action, Kill):
                 prog = self._by_name[action.name]
                 if action.policy == "term":
-                    self._signal(prog, signal.SIGTERM)
+                    stop_signal = self.config.get(prog.instance.kind).stop_signal
+                    self._signal(prog, stop_signal or signal.SIGTERM)
                 else:
                     self._hard_kill(prog)
             elif isinstance(action, Exited):
@@ -684,12 +963,46 @@ class Supervisor:
             elif isinstance(action, Running):
                 self._event("running", self._by_name[action.name])
             elif isinstance(action, GiveUp):
-                self._event("failed", self._by_name[action.name], reason=action.reason)
+                prog = self._by_name[action.name]
+                if prog.machine.spawns == 0:  # never ran: no exit line said why
+                    self._output.note(f"{prog.name} failed: {action.reason}")
+                self._event("failed", prog, reason=action.reason)
+            elif isinstance(action, Waiting):
+                prog = self._by_name[action.name]
+                self._output.note(f"{prog.name} waits for {', '.join(action.pending)}")
+                self._event("waiting", prog, pending=list(action.pending))
+            elif isinstance(action, Probe):
+                self._begin_probe(self._by_name[action.name], now)
+            elif isinstance(action, Ready):
+                prog = self._by_name[action.name]
+                self._close_probe(prog)
+                self._output.note(f"{prog.name} is ready")
+                self._event("ready", prog)
+            elif isinstance(action, NotReady):
+                prog = self._by_name[action.name]
+                spec = self.config.get(prog.instance.kind).ready
+                assert spec is not None
+                last = prog.prober.error if prog.prober is not None else ""
+                self._close_probe(prog)
+                self._output.note(
+                    f"{prog.name} not ready within {action.timeout:g}s "
+                    f"(ready: {spec.kind} {spec.resolve(prog.instance.port)}"
+                    + (f"; last attempt: {last}" if last else "")
+                    + f"); stopping, exit status {self._sup.returncode}"
+                )
+                self._event("not_ready", prog, timeout=action.timeout, last=last)
             elif isinstance(action, Stopping):
+                for prog in self._programs:
+                    self._close_probe(prog)
                 if action.alive:
                     self._output.note(
                         f"stopping ({action.reason}): SIGTERM to {action.alive} program"
                         f"{'s' if action.alive > 1 else ''}, SIGKILL after {action.grace:g}s"
+                        + (
+                            " (dependents first; polytask.toml may set other signals and timeouts)"
+                            if self._sup.depends_on or self._sup.graces
+                            else ""
+                        )
                     )
                 self._event("stop", reason=action.reason, grace=action.grace)
             elif isinstance(action, Killing):
@@ -722,15 +1035,45 @@ class Supervisor:
         if ex.state is State.BACKOFF:
             self._event("retry", prog, delay=round(ex.retry_in or 0.0, 3), attempt=ex.attempt)
 
-    def _spawn(self, prog: _Program, now: float) -> None:
-        inst = prog.instance
+    def _env_of(self, prog: _Program) -> dict[str, str]:
         env = dict(self.env)
-        env["PORT"] = str(inst.port)
+        env["PORT"] = str(prog.instance.port)
         # foreman's PS and honcho's HONCHO_PROCESS_NAME, so that either tool's
         # Procfile finds the name it expects.
         env["PS"] = env["HONCHO_PROCESS_NAME"] = prog.name
         # Python programs would block-buffer a pipe and show their lines late.
         env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _begin_probe(self, prog: _Program, now: float) -> None:
+        spec = self.config.get(prog.instance.kind).ready
+        if prog.popen is None or spec is None:  # it could not start: nothing to probe
+            return
+        self._close_probe(prog)
+        prog.prober = _Prober(spec, prog.instance.port, self._env_of(prog), self.cwd, self._wake)
+        self._poll_probes(now)
+
+    def _poll_probes(self, now: float) -> None:
+        for prog in self._programs:
+            if prog.prober is not None and prog.prober.poll(now):
+                self._do(self._sup.ready(prog.name, now), now)
+
+    def _close_probe(self, prog: _Program) -> None:
+        if prog.prober is not None:
+            self._probe_threads = [t for t in self._probe_threads if t.is_alive()]
+            self._probe_threads += prog.prober.close()
+            prog.prober = None
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def _spawn(self, prog: _Program, now: float) -> None:
+        inst = prog.instance
+        env = self._env_of(prog)
         argv = (
             ["/bin/sh", "-c", inst.command] if isinstance(inst.command, str) else list(inst.command)
         )
@@ -806,6 +1149,7 @@ class Supervisor:
         status = _proc.terminate(popen, 0)
         code = status if code is None else code
         self._close_pidfd(prog)
+        self._close_probe(prog)
         for stream in list(prog.streams):
             self._read(stream, drain=True)
         prog.popen = None
@@ -844,6 +1188,8 @@ class Supervisor:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 self._output.line(name, line)
+                if stream.program.prober is not None:
+                    stream.program.prober.line(line)
                 start = end + 1
             del buf[:start]
             if len(buf) > _MAX_LINE:  # a line with no end in sight: cut it
@@ -886,6 +1232,11 @@ class Supervisor:
         # is what keeps the promise that nothing outlives the supervisor.
         with self._lock:
             for prog in self._programs:
+                try:
+                    self._close_probe(prog)
+                except Exception:  # pragma: no cover - best effort
+                    pass
+            for prog in self._programs:
                 if prog.popen is not None:
                     try:
                         _proc.terminate(prog.popen, 0)
@@ -902,6 +1253,9 @@ class Supervisor:
                         pass
                     if stream in prog.streams:
                         self._close_stream(stream)
+            for thread in self._probe_threads:
+                thread.join(_PROBE_ATTEMPT + 1.0)
+            self._probe_threads.clear()
             if self._error is not None:
                 self._sup.fail(f"internal error: {self._error!r}")
             self._returncode = self._sup.returncode

@@ -10,8 +10,9 @@ decides it. Under ``--restart never`` (honcho's and foreman's rule; the
 default is ``on-failure``, which keeps programs running) the first program to
 end stops the others and gives its own status;
 a program given up on gives its own status; SIGINT / SIGTERM / SIGHUP give
-128 + the signal number (130 / 143 / 129); 0 when everything ended cleanly;
-2 for bad input (one line on stderr).
+128 + the signal number (130 / 143 / 129); a program not ready within its
+``ready_timeout`` (polytask.toml) gives 1; 0 when everything ended cleanly;
+2 for bad input (one line on stderr), a bad polytask.toml included.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from .._supervisor import (
     Supervisor,
     format_summary,
     load_env_files,
+    scan_upconfig_files,
 )
+from .._upconfig import UpConfig, missing_dependencies
 
 __all__ = ["main_check", "main_run", "main_up"]
 
@@ -253,6 +256,16 @@ def _load(args: argparse.Namespace) -> tuple[Procfile, dict[str, str], list[Proc
     return procfile, env, problems
 
 
+def _load_config(
+    args: argparse.Namespace, procfile: Procfile
+) -> tuple[UpConfig, list[ProcfileError]]:
+    """The polytask.toml (or pyproject.toml table) beside the Procfile, and its problems."""
+    if not procfile.entries:
+        return UpConfig({}), []
+    config, found = scan_upconfig_files(args.procfile, procfile.names)
+    return config, [ProcfileError(found)] if found else []
+
+
 def _run_guarded(prog: str, fn: Callable[[], int]) -> int:
     try:
         return fn()
@@ -269,6 +282,8 @@ def main_check(argv: list[str]) -> int:
     def run() -> int:
         args = _check_parser().parse_args(argv)
         procfile, env, problems = _load(args)
+        config, config_problems = _load_config(args, procfile)
+        problems += config_problems
         try:
             counts = parse_concurrency(args.concurrency)
         except ProcfileError as exc:
@@ -281,6 +296,9 @@ def main_check(argv: list[str]) -> int:
                 instances = expand(procfile, counts, args.names, base_port=port)
             except ProcfileError as exc:
                 problems.append(exc)
+            else:
+                if missing := missing_dependencies(config, [i.kind for i in instances]):
+                    problems.append(ProcfileError(missing))
         for problem in procfile.skipped:
             print(f"polytask check: warning: {ProcfileError([problem])}", file=sys.stderr)
         if problems:
@@ -297,6 +315,7 @@ def main_check(argv: list[str]) -> int:
             f"{args.procfile}: OK, {len(procfile.entries)} process type"
             f"{'s' if len(procfile.entries) != 1 else ''}; would start {len(instances)} "
             f"program{'s' if len(instances) != 1 else ''}: {kinds}"
+            + (f"; settings from {config.source}" if config else "")
             + (
                 f" ({len(procfile.skipped)} line{'s' if len(procfile.skipped) != 1 else ''} "
                 "skipped, see the warnings)"
@@ -318,6 +337,8 @@ def _up(argv: list[str]) -> int:
     args = _up_parser().parse_args(argv)
     restart = _restart_options(args)
     procfile, env, problems = _load(args)
+    config, config_problems = _load_config(args, procfile)
+    problems += config_problems
     if problems:
         raise _BadInput(problems[0].first_line())
     events_file: IO[str] | None = None
@@ -343,6 +364,7 @@ def _up(argv: list[str]) -> int:
             names=args.names,
             env=env,
             port=args.port,
+            config=config,
             restart=restart,
             timeout=args.timeout,
             start_seconds=args.start_seconds,
