@@ -64,6 +64,11 @@ _NS_RE = re.compile(r"^pt-(net|sched|w\d)-([0-9a-f]+)$")
 _LINK_RE = re.compile(r"^ptv0-([0-9a-f]+)$")
 _LOCK = Path("/run/lock/polytask-multihost.lock")
 DASK_PORT = 8786
+RAY_PORT = 6379
+RAY_CLIENT_PORT = 10001
+#: Ray's folders (``/tmp/ptr-<run>-<role>``): short, as Ray's Unix socket paths in them
+#: must be; one per node, as nodes on one machine sharing one collide on those sockets.
+_TEMP_ROOT = "/tmp"
 ROLES = ("sched", "w1", "w2")
 
 
@@ -116,6 +121,10 @@ def _remove_stale() -> None:
         m = _LINK_RE.match(name)
         if m and not _run_alive(m.group(1)):
             _ip("link", "delete", name, check=False)
+    for folder in Path(_TEMP_ROOT).glob("ptr-*"):
+        m = re.match(r"^ptr-([0-9a-f]+)-", folder.name)
+        if m and not _run_alive(m.group(1)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _free_subnet() -> int:
@@ -137,6 +146,9 @@ class Hosts:
     subnet: int
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def temp_dir(self, role: str) -> str:
+        return os.path.join(_TEMP_ROOT, f"ptr-{self.run}-{role}")
 
     def ns(self, role: str) -> str:
         return f"pt-{role}-{self.run}"
@@ -230,6 +242,8 @@ class Hosts:
                 errors.append(f"pid {proc.pid} not reaped")
             ENGINE_PIDS.discard(proc.pid)
         _ip("link", "delete", f"ptv0-{self.run}", check=False)  # gone with its peer already
+        for role in ROLES:
+            shutil.rmtree(self.temp_dir(role), ignore_errors=True)
         left = [ns for ns in self.namespaces if ns in _ip("netns", "list", check=False).stdout]
         if left:
             errors.append(f"namespaces not deleted: {left}")
@@ -515,3 +529,231 @@ def test_a_worker_killed_mid_task_fails_its_task(
         assert {host for _, host in out} <= cluster.workers
     finally:
         be.shutdown(wait=False, cancel=True)
+
+
+# --------------------------------------------------------------------------- Ray
+
+#: The driver of the Ray case, run by the test in the root namespace (a process of
+#: its own: Ray is one per process, and the suite's local Ray may be in this one).
+#: It joins the head through the Ray Client port and prints what it saw as JSON.
+RAY_DRIVER = """
+import json, os, signal, sys, time
+from pathlib import Path
+
+import psutil
+import polytask as pt
+from polytask.backends import make_backend
+import _multihost_tasks as tasks
+
+
+def gone(pid, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def started(path, timeout=60):
+    marker = Path(path + ".started")
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"{marker} never appeared"
+        time.sleep(0.02)
+    return [int(x) for x in marker.read_text().split()]
+
+
+def wait_for_cpus(n):
+    import ray
+
+    deadline = time.monotonic() + 60
+    while ray.cluster_resources().get("CPU", 0) < n:
+        assert time.monotonic() < deadline, f"the cluster has {ray.cluster_resources()}"
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    import faulthandler
+
+    faulthandler.dump_traceback_later(150, exit=True)  # where it hangs, if it does
+    head, address, tmp, mode = sys.argv[1:5]
+    out = {}
+    if mode == "missing":
+        with pt.Pool(2, backend="ray", address=address) as pool:
+            wait_for_cpus(2)
+            try:
+                pool.submit(tasks.where, head, 3).result(timeout=120)
+            except pt.SerializationError as exc:
+                out["missing"] = str(exc)
+        print("RESULT", json.dumps(out), flush=True)
+        sys.exit(0)
+    # The first backend joins (ray.init) and ships the module for the whole job;
+    # the backends made after it borrow that Ray.
+    with pt.Pool(2, backend="ray", address=address, py_modules=[tasks]) as pool:
+        wait_for_cpus(2)
+        res = pool.map(tasks.where, [head] * 200, range(200))
+        print("STEP map", flush=True)
+        out["squares"] = [sq for sq, _ in res] == [x * x for x in range(200)]
+        out["map_hosts"] = sorted({h for _, h in res})
+        slow = [pool.submit(tasks.where, head, x, 0.3) for x in range(8)]
+        out["slow_hosts"] = sorted({t.result(timeout=60)[1] for t in slow})
+
+        try:
+            pt.spawn(tasks.boom, head, 7, backend="ray").result(timeout=60)
+        except ValueError as exc:
+            out["error"] = [type(exc).__name__, str(exc), str(exc.__cause__)]
+
+        print("STEP timeout", flush=True)
+        # A timeout on the default backend kills the Ray worker running the task.
+        path = os.path.join(tmp, "plain")
+        t = pt.spawn(tasks.sleep_then_touch, 30.0, path, backend="ray", timeout=3.0)
+        try:
+            t.result(timeout=60)
+        except pt.TaskTimeout as exc:
+            out["plain_timeout"] = str(exc)
+        worker, _ = started(path)
+        out["plain_worker_gone"] = gone(worker)
+
+        print("STEP killable", flush=True)
+        # killable=True: the child running it is killed, the worker lives and goes on.
+        kb = make_backend("ray", killable=True)
+        try:
+            paths = [os.path.join(tmp, f"k{i}") for i in range(2)]
+            timed = [
+                pt.spawn(tasks.sleep_then_touch, 30.0, p, backend=kb, timeout=3.0) for p in paths
+            ]
+            out["killable_timeouts"] = []
+            for t in timed:
+                try:
+                    t.result(timeout=60)
+                except pt.TaskTimeout as exc:
+                    out["killable_timeouts"].append(str(exc))
+            pids = [started(p) for p in paths]
+            out["children_gone"] = [gone(child) for child, _ in pids]
+            out["workers_alive"] = [psutil.pid_exists(w) for _, w in pids]
+            out["ran_to_end"] = [os.path.exists(p) for p in paths]
+            # Both workers are free again: two tasks that must run at once both run.
+            print("STEP barrier", flush=True)
+            barrier = kb.primitive("Barrier", 2)
+            met = [pt.spawn(tasks.meet, barrier, head, backend=kb) for _ in range(2)]
+            out["met_hosts"] = sorted(t.result(timeout=90)[1] for t in met)
+        finally:
+            kb.shutdown(wait=False, cancel=True)
+
+        print("STEP kill", flush=True)
+        # A worker SIGKILLed mid-task: its task fails (Ray tasks run with max_retries=0).
+        path = os.path.join(tmp, "killed")
+        t = pt.spawn(tasks.sleep_then_touch, 60.0, path, backend="ray")
+        worker, _ = started(path)
+        os.kill(worker, signal.SIGKILL)
+        try:
+            t.result(timeout=60)
+        except pt.WorkerCrashed as exc:
+            out["crashed"] = str(exc)
+        res = pool.map(tasks.where, [head] * 20, range(20))
+        out["after_crash"] = [sq for sq, _ in res] == [x * x for x in range(20)]
+    print("RESULT", json.dumps(out), flush=True)
+"""
+
+
+def _start_ray(hosts: Hosts) -> Cluster:
+    pytest.importorskip("ray")
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = hosts.addr("sched")
+    # Token authentication (on by default in recent Ray) would need a shared token.
+    env = host_env(RAY_AUTH_MODE="disabled")
+    common = ["--block", "--disable-usage-stats"]
+    # The head has no CPU for tasks: they run on the two worker hosts.
+    hosts.start(
+        "sched",
+        [ray, "start", "--head", "--node-ip-address", head, "--port", str(RAY_PORT),
+         "--ray-client-server-port", str(RAY_CLIENT_PORT), "--num-cpus", "0",
+         "--include-dashboard", "false", "--temp-dir", hosts.temp_dir("sched"), *common],
+        env,
+    )  # fmt: skip
+    for role in ("w1", "w2"):
+        hosts.start(
+            role,
+            [ray, "start", "--address", f"{head}:{RAY_PORT}", "--node-ip-address",
+             hosts.addr(role), "--num-cpus", "1", "--temp-dir", hosts.temp_dir(role), *common],
+            env,
+        )  # fmt: skip
+    # Each node says so when it is up (then the driver waits for both workers' CPUs).
+    deadline = time.monotonic() + 90
+    for role in ROLES:
+        log = hosts.logs / f"{role}.log"
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            proc = hosts.procs[role]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"Ray on {role} did not start\n{hosts.log_tail()}")
+            time.sleep(0.1)
+    address = f"ray://{head}:{RAY_CLIENT_PORT}"
+    return Cluster("ray", hosts, address, {"address": address})
+
+
+@pytest.fixture(scope="module", params=["ray"])
+def ray_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """A Ray head on one namespace host (no CPUs) and a worker node on each of two others."""
+    logs = tmp_path_factory.mktemp("multihost-ray")
+    with namespace_hosts(logs) as hosts:
+        yield _start_ray(hosts)
+
+
+def _drive_ray(cluster: Cluster, tmp_path: Path, mode: str) -> dict[str, Any]:
+    """Run the Ray driver in the root namespace; what it saw."""
+    import json
+
+    script = tmp_path / "driver.py"
+    script.write_text(RAY_DRIVER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(TESTS)]), RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    try:
+        r = subprocess.run(
+            [sys.executable, str(script), cluster.head, cluster.address, str(tmp_path), mode],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"the Ray driver hung: {exc}\n{exc.stdout}\n{exc.stderr}\n{cluster.hosts.log_tail()}"
+        ) from exc
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, (
+        f"the Ray driver failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}\n"
+        + cluster.hosts.log_tail()
+    )
+    out: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return out
+
+
+def test_ray_names_the_missing_module(ray_cluster: Cluster, tmp_path: Path) -> None:
+    out = _drive_ray(ray_cluster, tmp_path, "missing")
+    assert "missing" in out, "the task ran without its module shipped"
+    assert "'_multihost_tasks'" in out["missing"] and "py_modules=" in out["missing"]
+
+
+def test_ray_across_hosts(ray_cluster: Cluster, tmp_path: Path) -> None:
+    out = _drive_ray(ray_cluster, tmp_path, "core")
+    workers = sorted(ray_cluster.workers)
+    assert out["squares"] is True
+    assert set(out["map_hosts"]) <= set(workers)
+    assert out["slow_hosts"] == workers, "work ran on one host only"
+    kind, message, remote = out["error"]
+    assert kind == "ValueError" and message.startswith("bad value 7 on 10.213.")
+    assert message.rsplit(" ", 1)[-1] in workers
+    assert "Traceback" in remote and "in boom" in remote and "_multihost_tasks.py" in remote
+    assert "ran past its timeout" in out["plain_timeout"] and out["plain_worker_gone"] is True
+    assert len(out["killable_timeouts"]) == 2
+    assert all("the worker goes on" in m for m in out["killable_timeouts"])
+    assert out["children_gone"] == [True, True], "a child outlived its timeout"
+    assert out["workers_alive"] == [True, True], "a worker died with its task's child"
+    assert out["ran_to_end"] == [False, False]
+    assert out["met_hosts"] == workers
+    assert "died" in out["crashed"]
+    assert out["after_crash"] is True
