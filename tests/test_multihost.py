@@ -223,6 +223,11 @@ class Hosts:
             path = self.logs / f"{role}.log"
             if path.exists():
                 out.append(f"--- {role}\n" + path.read_text(errors="replace")[-3000:])
+        # Ray's own logs of its client server (the driver's way in) on the head.
+        for path in sorted(Path(self.temp_dir("sched")).glob("session_*/logs/ray_client_server*")):
+            text = path.read_text(errors="replace")[-3000:]
+            if text.strip():
+                out.append(f"--- {path.name}\n{text}")
         return "\n".join(out)
 
     def destroy(self) -> None:
@@ -564,6 +569,20 @@ def started(path, timeout=60):
     return [int(x) for x in marker.read_text().split()]
 
 
+def join(address, **options):
+    # A Pool on the cluster. Ray's client proxy at times loses the server it starts
+    # for a new client ("SpecificServer startup failed" in its log; about one first
+    # connection in three here): that one failure is tried again.
+    for attempt in range(3):
+        try:
+            return pt.Pool(2, backend="ray", address=address, **options)
+        except ConnectionError as exc:
+            if "Starting Ray client server failed" not in str(exc) or attempt == 2:
+                raise
+            print("RETRY", exc, flush=True)
+            time.sleep(1)
+
+
 def wait_for_cpus(n):
     import ray
 
@@ -580,7 +599,7 @@ if __name__ == "__main__":
     head, address, tmp, mode = sys.argv[1:5]
     out = {}
     if mode == "missing":
-        with pt.Pool(2, backend="ray", address=address) as pool:
+        with join(address) as pool:
             wait_for_cpus(2)
             try:
                 pool.submit(tasks.where, head, 3).result(timeout=120)
@@ -590,7 +609,7 @@ if __name__ == "__main__":
         sys.exit(0)
     # The first backend joins (ray.init) and ships the module for the whole job;
     # the backends made after it borrow that Ray.
-    with pt.Pool(2, backend="ray", address=address, py_modules=[tasks]) as pool:
+    with join(address, py_modules=[tasks]) as pool:
         wait_for_cpus(2)
         res = pool.map(tasks.where, [head] * 200, range(200))
         print("STEP map", flush=True)
