@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import types
 import uuid
@@ -150,9 +151,13 @@ def _check_shipping(working_dir: Any, py_modules: Any) -> dict[str, Any]:
         mods: list[Any] = []
         for mod in py_modules:
             if isinstance(mod, types.ModuleType):
-                if getattr(mod, "__file__", None) is None and not hasattr(mod, "__path__"):
+                paths = list(getattr(mod, "__path__", []))
+                path = paths[0] if len(paths) == 1 else getattr(mod, "__file__", None)
+                if path is None:
                     raise ValueError(f"py_modules: module {mod.__name__!r} has no file to ship")
-                mods.append(mod)
+                # Its path, as Ray would take it: a Ray Client (ray://) deep-copies the
+                # runtime_env, and a module object cannot be copied.
+                mods.append(os.fspath(path))
             elif isinstance(mod, (str, os.PathLike)) and os.path.exists(mod):
                 mods.append(os.fspath(mod))
             else:
@@ -312,8 +317,17 @@ class RayBackend(Backend):
                 self._in_child.add(ref)
         if timeout is not None:
             task._timer = call_later(timeout, lambda: self._expire(task))
+
         # The callback holds the pins (see pack_call) until the task ends.
-        ref.future().add_done_callback(lambda f, _pins=pins: self._on_done(task, f))
+        def done(fut: Any, _pins: list[Any] = pins) -> None:
+            self._on_done(task, fut)
+
+        on_done: Callable[[Any], None] = done
+        if _client_connected():
+            # Ray Client (ray://) calls it on its data thread, which must stay free: a
+            # submit from the callback (a Pool's next chunk) waits for that thread.
+            on_done = _relayed(done)
+        ref.future().add_done_callback(on_done)
         return task
 
     def _on_done(self, task: Task[Any], fut: Any) -> None:
@@ -435,6 +449,40 @@ class RayBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RayBackend{' closed' if self._closed else ''}>"
+
+
+def _client_connected() -> bool:
+    """True when this process reaches Ray through Ray Client (``address="ray://..."``)."""
+    from ray.util.client import ray as client
+
+    connected: Callable[[], bool] = client.is_connected
+    return bool(connected())
+
+
+_relay_lock = threading.Lock()
+_relay: queue.SimpleQueue[Callable[[], None]] | None = None
+
+
+def _relay_main(calls: queue.SimpleQueue[Callable[[], None]]) -> None:
+    while True:
+        call = calls.get()
+        try:
+            call()
+        except Exception:  # pragma: no cover - _on_done ends its task whatever happens
+            logging.getLogger(__name__).exception("a Ray task's completion failed")
+
+
+def _relayed(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``fn``, called on polytask's relay thread instead of the caller's thread."""
+    global _relay
+    with _relay_lock:
+        if _relay is None:
+            _relay = queue.SimpleQueue()
+            threading.Thread(
+                target=_relay_main, args=(_relay,), name="polytask-ray-client-relay", daemon=True
+            ).start()
+        calls = _relay
+    return lambda f: calls.put(lambda: fn(f))
 
 
 def _init_local(ray: Any, opts: dict[str, Any]) -> None:

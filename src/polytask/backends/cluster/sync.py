@@ -161,7 +161,14 @@ class RayLink:
         self._handle = handle
 
     def __reduce__(self) -> Any:
-        return (RayLink, (self._get_handle(),))
+        handle = self._get_handle()
+        from ray.util.client import ray as client
+
+        if client.is_connected():  # type: ignore[no-untyped-call]
+            # A Ray Client's actor handle does not unpickle in a worker: the worker
+            # finds the hub by its name instead.
+            handle = None
+        return (RayLink, (handle,))
 
     def _get_handle(self) -> Any:
         if self._handle is None:
