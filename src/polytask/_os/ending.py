@@ -72,5 +72,3 @@ class Ending:
         if not self.killed:
             self.killed = True
             (signal_group if self.group else signal_one)(self.pgid, signal.SIGKILL)
-
-
