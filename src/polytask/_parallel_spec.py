@@ -63,6 +63,7 @@ __all__ = [
     "results_dir",
     "results_format",
     "resume_skip",
+    "retry_commands",
     "split_positions",
     "unescape_record",
 ]
@@ -957,6 +958,24 @@ def resume_skip(entries: Iterable[JoblogEntry], *, failed_too: bool) -> set[int]
     if not failed_too:
         return set(last)
     return {seq for seq, e in last.items() if not e.failed}
+
+
+def retry_commands(entries: Iterable[JoblogEntry]) -> tuple[list[str], set[int]]:
+    """``--retry-failed``: the command of each job number 1..max, and the numbers to skip.
+
+    GNU parallel's rule: a job number with a successful line anywhere in the
+    log is skipped; otherwise its last line's command runs again (the NULs
+    that stand for newlines in the log become newlines again). A number with
+    no line at all gets an empty command, as GNU parallel's.
+    """
+    commands: dict[int, str] = {}
+    skip: set[int] = set()
+    for e in entries:
+        commands[e.seq] = e.command.replace("\0", "\n")
+        if not e.failed:
+            skip.add(e.seq)
+    top = max(commands, default=0)
+    return [commands.get(seq, "") for seq in range(1, top + 1)], skip
 
 
 # --------------------------------------------------------------------------- results

@@ -3,7 +3,7 @@
 A compatible subset of GNU parallel: ``:::`` argument lists (several give
 their cartesian product), ``::::`` argument files, stdin; the replacement
 strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
-``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
+``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``, ``--retry-failed``,
 ``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
 ``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
 ``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
@@ -152,6 +152,12 @@ def _parser() -> _Parser:
     )
     a("--resume", action="store_true", help="skip the jobs already in --joblog")
     a("--resume-failed", action="store_true", help="skip the jobs that succeeded in --joblog")
+    a(
+        "--retry-failed",
+        action="store_true",
+        help="run again the jobs that failed in --joblog, their commands taken from it "
+        "(COMMAND and inputs ignored)",
+    )
     a(
         "--halt",
         "--halt-on-error",
@@ -1004,26 +1010,19 @@ class _Runner:
         path: str | None = opts.joblog
         resume = opts.resume or opts.resume_failed
         if path is None:
-            if resume:
-                raise _UsageError("--resume and --resume-failed need --joblog FILE")
+            if resume or opts.retry_failed:
+                raise _UsageError("--resume, --resume-failed and --retry-failed need --joblog FILE")
             return
         append = path.startswith("+")
         if append:
             path = path[1:]
-        if resume:
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    text = f.read()
-            except FileNotFoundError:
-                text = ""
-            except OSError as exc:
-                raise _Fatal(f"cannot read joblog {path!r}: {exc.strerror}") from None
-            try:
-                entries = spec.parse_joblog(text)
-            except ValueError as exc:
-                raise _Fatal(f"cannot resume from {path!r}: {exc}") from None
-            self.skip = spec.resume_skip(entries, failed_too=opts.resume_failed)
-            append = True
+        if resume or opts.retry_failed:
+            entries, nonempty = _read_joblog(path) or ([], False)
+            if resume:
+                self.skip = spec.resume_skip(entries, failed_too=opts.resume_failed)
+            # GNU parallel appends to a joblog with a line in it; a new or
+            # empty one gets its header.
+            append = append or nonempty
         try:
             f = open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - open for the whole run
         except OSError as exc:
@@ -1852,6 +1851,44 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
     return source, names
 
 
+def _read_joblog(path: str) -> tuple[list[Any], bool] | None:
+    """The entries of the joblog at ``path``, and whether it holds any line; None if no such file."""
+    from .. import _parallel_spec as spec
+
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Fatal(f"cannot read joblog {path!r}: {exc.strerror}") from None
+    try:
+        return spec.parse_joblog(text), bool(text)
+    except ValueError as exc:
+        raise _Fatal(f"cannot read joblog {path!r}: {exc}") from None
+
+
+def _retry_failed(opts: argparse.Namespace, groups: list[Group]) -> tuple[list[Group], set[int]]:
+    """--retry-failed: the joblog's commands as the inputs (no COMMAND), and the jobs to skip.
+
+    As GNU parallel: job N runs the command of the joblog's last line for N,
+    unless some line says N succeeded. Without the joblog file, the command
+    line runs as given; with a joblog of no job, the commands come from stdin.
+    """
+    from .. import _parallel_spec as spec
+
+    if opts.joblog is None:
+        raise _UsageError("--resume, --resume-failed and --retry-failed need --joblog FILE")
+    log = _read_joblog(opts.joblog.removeprefix("+"))
+    if log is None:
+        return groups, set()
+    opts.command, opts.arg_file = [], []
+    if not log[0]:
+        return [], set()
+    commands, skip = spec.retry_commands(log[0])
+    return [(":::", commands, False)], skip
+
+
 def _named(command: Sequence[str], names: dict[str, int]) -> list[str]:
     """COMMAND with each ``{name}`` of --header (also ``{name.}`` ...) as ``{N}``."""
     import re
@@ -1912,6 +1949,9 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         raise _UsageError(f"{name} goes with --pipe or --pipepart only")
     if opts.recstart is not None or opts.recend is not None:
         raise _UsageError("--recstart and --recend go with --pipe or --pipepart only")
+    retry_skip: set[int] = set()
+    if opts.retry_failed:
+        groups, retry_skip = _retry_failed(opts, groups)
     source, names = _inputs(opts, groups, halt)
     if names:
         opts.command = _named(opts.command, names)
@@ -1957,6 +1997,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     runner = _Runner(opts, source, template, jobs, shell)
     runner.names = list(names)
     runner.open_joblog()
+    runner.skip |= retry_skip
     runner.open_results()
     return runner
 
