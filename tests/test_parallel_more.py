@@ -203,7 +203,8 @@ def test_termseq_on_ctrl_c(gnu_parallel: str, tmp_path: Path) -> None:
         cwd = tmp_path / name
         _job_script(cwd)
         proc = subprocess.Popen(
-            [*prog, "--termseq", "USR1,250,TERM,100,KILL,25", "./job.sh", ":::", "1"],
+            # -j1: started from the main loop, not by a starter thread (a Ctrl-C then never lands mid-start)
+            [*prog, "-j1", "--termseq", "USR1,250,TERM,100,KILL,25", "./job.sh", ":::", "1"],
             cwd=cwd,
             env=_env(home, None),
             stdout=subprocess.DEVNULL,
