@@ -55,6 +55,7 @@ __all__ = [
     "parse_joblog",
     "parse_jobs",
     "parse_size",
+    "parse_termseq",
     "perl_dirname",
     "perl_expression",
     "render_raw",
@@ -63,6 +64,7 @@ __all__ = [
     "results_dir",
     "results_format",
     "resume_skip",
+    "retry_commands",
     "split_positions",
     "unescape_record",
 ]
@@ -957,6 +959,70 @@ def resume_skip(entries: Iterable[JoblogEntry], *, failed_too: bool) -> set[int]
     if not failed_too:
         return set(last)
     return {seq for seq, e in last.items() if not e.failed}
+
+
+#: GNU parallel's --termseq when none is given.
+DEFAULT_TERMSEQ = "TERM,200,TERM,100,TERM,50,KILL,25"
+
+
+def parse_termseq(text: str) -> tuple[tuple[int, float], ...]:
+    """``--termseq SIG,MS,SIG,MS,...``: (signal number, seconds) pairs, as GNU parallel reads it.
+
+    A signal is a name (``TERM``, ``SIGTERM``) or a number; a wait is in
+    milliseconds; the last signal may go without its wait (0). Raises
+    ValueError saying what is wrong.
+    """
+    import signal as _signal
+
+    words = [w.strip() for w in text.split(",")]
+    if not text.strip() or "" in words:
+        raise ValueError(
+            f"--termseq {text!r}: expected SIGNAL,MS,SIGNAL,MS,... e.g. {DEFAULT_TERMSEQ}"
+        )
+    steps: list[tuple[int, float]] = []
+    for i in range(0, len(words), 2):
+        name = words[i]
+        if name.isdigit():
+            try:
+                sig = int(_signal.Signals(int(name)))
+            except ValueError:
+                raise ValueError(f"--termseq {text!r}: {name} is not a signal number") from None
+        else:
+            upper = name.upper()
+            upper = upper if upper.startswith("SIG") else "SIG" + upper
+            try:
+                sig = int(_signal.Signals[upper])
+            except KeyError:
+                raise ValueError(
+                    f"--termseq {text!r}: {name!r} is not a signal name (TERM, INT, HUP, KILL, ...)"
+                ) from None
+        wait = words[i + 1] if i + 1 < len(words) else "0"
+        try:
+            ms = float(wait)
+        except ValueError:
+            ms = -1.0
+        if not ms >= 0 or ms == float("inf"):
+            raise ValueError(f"--termseq {text!r}: {wait!r} is not a wait in milliseconds")
+        steps.append((sig, ms / 1000))
+    return tuple(steps)
+
+
+def retry_commands(entries: Iterable[JoblogEntry]) -> tuple[list[str], set[int]]:
+    """``--retry-failed``: the command of each job number 1..max, and the numbers to skip.
+
+    GNU parallel's rule: a job number with a successful line anywhere in the
+    log is skipped; otherwise its last line's command runs again (the NULs
+    that stand for newlines in the log become newlines again). A number with
+    no line at all gets an empty command, as GNU parallel's.
+    """
+    commands: dict[int, str] = {}
+    skip: set[int] = set()
+    for e in entries:
+        commands[e.seq] = e.command.replace("\0", "\n")
+        if not e.failed:
+            skip.add(e.seq)
+    top = max(commands, default=0)
+    return [commands.get(seq, "") for seq in range(1, top + 1)], skip
 
 
 # --------------------------------------------------------------------------- results

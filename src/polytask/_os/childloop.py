@@ -56,6 +56,7 @@ from typing import Any
 from .proc import (
     DEFAULT_GRACE,
     Ending,
+    TermSeq,
     end_now,
     end_trees,
     forget_job,
@@ -569,7 +570,9 @@ class ProcessLoop:
     ``with`` block) ends every program still running, whatever the reason.
     With ``posix_spawn`` programs without ``cwd`` or ``env`` start through
     libc's posix_spawn (cheaper; inherited inheritable descriptors pass on),
-    with the environment as it was at the first such start.
+    with the environment as it was at the first such start. ``termseq``: the
+    signals and waits that end a program (:class:`~polytask._os.proc.Ending`'s
+    ``steps``) instead of SIGTERM and ``grace``.
     """
 
     #: Starter threads for :meth:`spawn_soon` (two overlap the vfork waits on 2 cores).
@@ -581,8 +584,10 @@ class ProcessLoop:
         grace: float = DEFAULT_GRACE,
         drain: float = DEFAULT_DRAIN,
         posix_spawn: bool = False,
+        termseq: TermSeq | None = None,
     ) -> None:
         self.grace = grace
+        self.termseq = termseq
         self.drain = drain
         self.posix_spawn = posix_spawn
         self._ended_jobs: list[tuple[str, int]] = []  # (job, leader pid)
@@ -946,7 +951,7 @@ class ProcessLoop:
         if child.exited or child.ending is not None:
             return
         child.killed = True
-        child.ending = Ending(child.pid, self.grace)
+        child.ending = Ending(child.pid, self.grace, steps=self.termseq)
         self._arm(child, child.ending.kill_at)
 
     def kill_all(self) -> None:
@@ -1096,8 +1101,11 @@ class ProcessLoop:
                 continue
             if not child.exited:
                 if child.ending is not None:
+                    due = child.ending.kill_at
                     if child.ending.step(now):
                         self._reap_now(child)
+                    elif child.ending.kill_at != due:  # the next signal of its sequence
+                        self._arm(child, child.ending.kill_at)
                 elif child.deadline is not None and now >= child.deadline:
                     child.timed_out = True
                     self.terminate(child)

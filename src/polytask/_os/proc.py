@@ -51,11 +51,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import guardian as _guardian_mod
-from .ending import DEFAULT_GRACE, Ending, signal_group
+from .ending import DEFAULT_GRACE, Ending, TermSeq, signal_group
 
 __all__ = [
     "DEFAULT_GRACE",
     "Ending",
+    "TermSeq",
     "at_shutdown",
     "become_subreaper",
     "children",

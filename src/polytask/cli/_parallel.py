@@ -3,8 +3,9 @@
 A compatible subset of GNU parallel: ``:::`` argument lists (several give
 their cartesian product), ``::::`` argument files, stdin; the replacement
 strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
-``--timeout``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
-``--halt``, ``--bar``, ``--dry-run``, ``--tag``, ``--results``,
+``--timeout``, ``--termseq``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
+``--retry-failed``,
+``--halt``, ``--bar``, ``--files``, ``--dry-run``, ``--tag``, ``--results``,
 ``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
 ``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
 ``-I -d -E -r``, ``--tagstring``, ``-v``, ``-u``, ``--delay``, ``--shuf``,
@@ -32,7 +33,8 @@ With ``--pipe`` and ``--pipepart`` a job's input is its stdin, not arguments::
         ──> job (input=FileRange) ──> the loop sendfile()s the range into the job's stdin
 
 Startup matters (``--help`` in well under 150 ms): this module imports only
-argparse and what the polytask package already loaded; rich only with ``--bar``.
+argparse and what the polytask package already loaded; rich only with ``--bar``
+(``--progress``, ``--eta``).
 """
 
 from __future__ import annotations
@@ -153,12 +155,38 @@ def _parser() -> _Parser:
     a("--resume", action="store_true", help="skip the jobs already in --joblog")
     a("--resume-failed", action="store_true", help="skip the jobs that succeeded in --joblog")
     a(
+        "--retry-failed",
+        action="store_true",
+        help="run again the jobs that failed in --joblog, their commands taken from it "
+        "(COMMAND and inputs ignored)",
+    )
+    a(
         "--halt",
         "--halt-on-error",
         metavar="WHEN,WHAT=N",
         help="stop early: now,fail=1 | soon,fail=N | now,success=N%% | ... (default never)",
     )
+    a(
+        "--termseq",
+        "--term-seq",
+        metavar="SEQ",
+        help="how a job is ended (--timeout, --halt now, Ctrl-C): signals and waits in ms, "
+        "e.g. TERM,200,TERM,100,TERM,50,KILL,25 (default TERM,500,KILL); SIGKILL after the last",
+    )
     a("--bar", action="store_true", help="show a progress bar on stderr")
+    a(
+        "--progress",
+        "--eta",
+        dest="progress",
+        action="store_true",
+        help="as --bar: jobs done, %%, rate, time elapsed and the estimated time left",
+    )
+    a(
+        "--files",
+        action="store_true",
+        help="save each job's output in a file in $TMPDIR (with --results: its stdout file) "
+        "and print the file's name instead; the files are left for you to delete",
+    )
     a(
         "--dry-run",
         "--dryrun",
@@ -961,6 +989,8 @@ class _Runner:
             else:
                 self.timeout = value
         self.median = _Median()
+        # Without --termseq: polytask's own policy (TERM, GRACE, KILL), not GNU's default.
+        self.termseq = spec.parse_termseq(opts.termseq) if opts.termseq is not None else None
         self.halt: spec.HaltPolicy = (
             spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
         )
@@ -974,6 +1004,8 @@ class _Runner:
         self.free_slots: list[int] = []
         self.next_slot = 1
         self.sink = _Sink(keep_order=opts.keep_order, line_buffer=opts.line_buffer)
+        # --line-buffer: output printed as it comes, unless it goes to files.
+        self.streaming = bool(opts.line_buffer and not opts.results and not opts.files)
         self.joblog: Any = None
         self.bar: Any = None
         self.loop: Any = None
@@ -1004,26 +1036,19 @@ class _Runner:
         path: str | None = opts.joblog
         resume = opts.resume or opts.resume_failed
         if path is None:
-            if resume:
-                raise _UsageError("--resume and --resume-failed need --joblog FILE")
+            if resume or opts.retry_failed:
+                raise _UsageError("--resume, --resume-failed and --retry-failed need --joblog FILE")
             return
         append = path.startswith("+")
         if append:
             path = path[1:]
-        if resume:
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    text = f.read()
-            except FileNotFoundError:
-                text = ""
-            except OSError as exc:
-                raise _Fatal(f"cannot read joblog {path!r}: {exc.strerror}") from None
-            try:
-                entries = spec.parse_joblog(text)
-            except ValueError as exc:
-                raise _Fatal(f"cannot resume from {path!r}: {exc}") from None
-            self.skip = spec.resume_skip(entries, failed_too=opts.resume_failed)
-            append = True
+        if resume or opts.retry_failed:
+            entries, nonempty = _read_joblog(path) or ([], False)
+            if resume:
+                self.skip = spec.resume_skip(entries, failed_too=opts.resume_failed)
+            # GNU parallel appends to a joblog with a line in it; a new or
+            # empty one gets its header.
+            append = append or nonempty
         try:
             f = open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - open for the whole run
         except OSError as exc:
@@ -1110,7 +1135,7 @@ class _Runner:
     def _run(self) -> int:
         from .._os.childloop import ProcessLoop
 
-        self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True)
+        self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True, termseq=self.termseq)
         limit = self.limit = self.jobs if self.jobs is not None else 1 << 30
         # What a finished job does (a retry, a halt, a new median) cannot
         # change what starts next: start the next jobs first, then do the
@@ -1260,7 +1285,7 @@ class _Runner:
             _write(2, os.fsencode(self.text(job)) + b"\n")
         if opts.v and opts.ungroup:
             _write(1, os.fsencode(self.text(job)) + b"\n")
-        on_output = self.on_output if opts.line_buffer and not opts.results else None
+        on_output = self.on_output if self.streaming else None
         if opts.v and on_output is not None:
             self.sink.chunk(job.seq, self.tag(job), 1, os.fsencode(self.text(job)) + b"\n")
         timeout = self.timeout
@@ -1394,18 +1419,24 @@ class _Runner:
             self.joblog.write(line)
             self.joblog.flush()
         failed = bool(exitval or sig)
-        if opts.v and not opts.ungroup and not (opts.line_buffer and not opts.results):
+        if opts.v and not opts.ungroup and not self.streaming:
             out = os.fsencode(self.text(job)) + b"\n" + out
         if self.results_kind is not None:
             record = self.result_record(job, exitval, sig, out, err, start_wall, runtime, receive)
             self.sink.complete(job.seq, b"", b"", b"", record)
-        elif opts.results and self.save_results(job, out, err):
-            self.sink.skip(job.seq)
+        elif opts.results and (saved := self.save_results(job, out, err)) is not None:
+            if opts.files:  # the name of its stdout file instead of nothing
+                self.sink.complete(job.seq, self.tag(job), os.fsencode(saved) + b"\n", b"")
+            else:
+                self.sink.skip(job.seq)
+        elif opts.files and (saved := self.save_file(job, out)) is not None:
+            # GNU parallel loses the job's stderr here; polytask prints it.
+            self.sink.complete(job.seq, self.tag(job), os.fsencode(saved) + b"\n", err)
         else:
             # Without --results, or when they could not be saved: the output
             # goes to our stdout and stderr rather than nowhere.
             self.sink.complete(job.seq, self.tag(job), out, err)
-            if opts.results and not failed:
+            if (opts.results or opts.files) and not failed:
                 failed = True
                 exitval = 1  # for --halt's status: the job's purpose failed
         if failed:
@@ -1509,8 +1540,35 @@ class _Runner:
             raise _Fatal(f"cannot write results file {path!r}: {exc.strerror}") from None
         self.sink.record_fd = self.results_file.fileno()
 
-    def save_results(self, job: _Job, out: bytes, err: bytes) -> bool:
-        """Write the job's output under --results; False (and a message) if it could not be."""
+    def save_file(self, job: _Job, out: bytes) -> str | None:
+        """--files: the job's output in a new file in $TMPDIR, its name; None (and a message)
+        if it could not be written. Left there for the user, as GNU parallel leaves it."""
+        import tempfile
+
+        try:
+            fd, path = tempfile.mkstemp(prefix="par", suffix=".par")
+        except OSError as exc:
+            _warn(
+                f"cannot save the output of job {job.seq} in {tempfile.gettempdir()!r}: "
+                f"{exc.strerror}; its output follows here instead, and it counts as failed"
+            )
+            return None
+        try:
+            _write(fd, out)
+        except OSError as exc:
+            _warn(
+                f"cannot save the output of job {job.seq} in {path!r}: {exc.strerror}; "
+                "its output follows here instead, and it counts as failed"
+            )
+            os.unlink(path)
+            return None
+        finally:
+            os.close(fd)
+        return path
+
+    def save_results(self, job: _Job, out: bytes, err: bytes) -> str | None:
+        """Write the job's output under --results: the name of its stdout file, or None
+        (and a message) if it could not be."""
         if self.results_named:
             # GNU parallel: FILE, FILE.err, FILE.seq; or DIR/stdout ... for one ending in /.
             path = self.spec.render_raw(self.opts.results, job.args, job.seq, job.slot, self.token)
@@ -1518,7 +1576,6 @@ class _Runner:
                 d, files = path, ("seq", "stdout", "stderr")
             else:
                 d, base = os.path.split(path)
-                d = d or "."
                 files = (base + ".seq", base, base + ".err")
         else:
             if self.name_max is None:
@@ -1526,7 +1583,8 @@ class _Runner:
             d = self.spec.results_dir(self.opts.results, job.args, self.name_max, self.names)
             files = ("seq", "stdout", "stderr")
         try:
-            os.makedirs(d, exist_ok=True)
+            if d:
+                os.makedirs(d, exist_ok=True)
             for name, data in zip(files, (str(job.seq).encode(), out, err), strict=True):
                 with open(os.path.join(d, name), "wb") as f:
                     f.write(data)
@@ -1535,8 +1593,8 @@ class _Runner:
                 f"cannot save the results of job {job.seq} in {d!r}: {exc.strerror}; "
                 "its output follows here instead, and it counts as failed"
             )
-            return False
-        return True
+            return None
+        return os.path.join(d, files[1])
 
 
 def _warn(msg: str) -> None:
@@ -1755,7 +1813,7 @@ def main(argv: list[str]) -> int:
         runner = _setup(opts, groups)
         if opts.dry_run:
             return runner.dry_run()
-        if opts.bar:
+        if opts.bar or opts.progress:
             from .._progress import Progress
 
             runner.bar = Progress("jobs", runner.source.total)
@@ -1818,7 +1876,7 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
         if opts.header is not None:
             first = stream.head()
             headers.append("" if first is None else first)
-        if opts.bar or halt.pct is not None:
+        if opts.bar or opts.progress or halt.pct is not None:
             lines: list[str] = []
             while not stream.eof:
                 stream.fill()
@@ -1850,6 +1908,44 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
             for name in source.columns(header):
                 names.setdefault(name, len(names) + 1)
     return source, names
+
+
+def _read_joblog(path: str) -> tuple[list[Any], bool] | None:
+    """The entries of the joblog at ``path``, and whether it holds any line; None if no such file."""
+    from .. import _parallel_spec as spec
+
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Fatal(f"cannot read joblog {path!r}: {exc.strerror}") from None
+    try:
+        return spec.parse_joblog(text), bool(text)
+    except ValueError as exc:
+        raise _Fatal(f"cannot read joblog {path!r}: {exc}") from None
+
+
+def _retry_failed(opts: argparse.Namespace, groups: list[Group]) -> tuple[list[Group], set[int]]:
+    """--retry-failed: the joblog's commands as the inputs (no COMMAND), and the jobs to skip.
+
+    As GNU parallel: job N runs the command of the joblog's last line for N,
+    unless some line says N succeeded. Without the joblog file, the command
+    line runs as given; with a joblog of no job, the commands come from stdin.
+    """
+    from .. import _parallel_spec as spec
+
+    if opts.joblog is None:
+        raise _UsageError("--resume, --resume-failed and --retry-failed need --joblog FILE")
+    log = _read_joblog(opts.joblog.removeprefix("+"))
+    if log is None:
+        return groups, set()
+    opts.command, opts.arg_file = [], []
+    if not log[0]:
+        return [], set()
+    commands, skip = spec.retry_commands(log[0])
+    return [(":::", commands, False)], skip
 
 
 def _named(command: Sequence[str], names: dict[str, int]) -> list[str]:
@@ -1893,9 +1989,16 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         if opts.timeout is not None:
             spec.parse_duration(opts.timeout)
         halt = spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
+        if opts.termseq is not None:
+            spec.parse_termseq(opts.termseq)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     jobs = _fd_limit(jobs if jobs is not None else 4096)
+    if opts.files and (opts.ungroup or (opts.results and spec.results_format(opts.results))):
+        raise _UsageError(
+            "--files goes neither with -u (the output is not kept) nor with --results "
+            "FILE.csv/.tsv/.json (the output goes into FILE)"
+        )
     shell = _shell()
     if opts.pipe or opts.pipepart:
         return _setup_pipe(opts, groups, jobs, shell)
@@ -1912,6 +2015,9 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         raise _UsageError(f"{name} goes with --pipe or --pipepart only")
     if opts.recstart is not None or opts.recend is not None:
         raise _UsageError("--recstart and --recend go with --pipe or --pipepart only")
+    retry_skip: set[int] = set()
+    if opts.retry_failed:
+        groups, retry_skip = _retry_failed(opts, groups)
     source, names = _inputs(opts, groups, halt)
     if names:
         opts.command = _named(opts.command, names)
@@ -1957,6 +2063,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     runner = _Runner(opts, source, template, jobs, shell)
     runner.names = list(names)
     runner.open_joblog()
+    runner.skip |= retry_skip
     runner.open_results()
     return runner
 
