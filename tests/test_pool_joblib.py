@@ -83,3 +83,35 @@ def test_parallel_calls_reuse_idle_workers_as_loky_and_a_failed_call_does_not():
     polytask.joblib.shutdown()
     gone, alive = psutil.wait_procs([k for k in kids if k.pid in third], timeout=30)
     assert alive == []
+
+
+_seen: object = None
+
+
+def _keep(value: object) -> None:
+    global _seen
+    _seen = value
+
+
+def _seen_sum(_: int) -> float:
+    return float(_seen.sum())  # type: ignore[attr-defined]
+
+
+def test_reuse_compares_initargs_by_identity_never_elementwise():
+    # Review: a fresh NumPy array in initargs made the reuse check raise ("truth
+    # value of an array is ambiguous"); changed initargs must start new workers.
+    np = pytest.importorskip("numpy")
+
+    import polytask.joblib
+
+    polytask.joblib.register()
+    try:
+        for value in (1.0, 2.0):
+            a = np.full(4, value)
+            with joblib.parallel_config(backend="polytask", n_jobs=2):
+                got = joblib.Parallel(initializer=_keep, initargs=(a,))(
+                    joblib.delayed(_seen_sum)(i) for i in range(4)
+                )
+            assert got == [4 * value] * 4
+    finally:
+        polytask.joblib.shutdown()

@@ -312,6 +312,16 @@ with pt.Pool(2, start_method="fork") as pool:
         return x * 10
 
     print(pool.map(f, range(3)), pool.map(late, range(3)))
+with pt.Pool(2, start_method="fork") as fresh:  # no worker forked yet
+    tasks = []
+    for k in range(3):
+
+        def g(x, k=k):  # rebound before the workers fork: each call its own g
+            return k
+
+        tasks.append(fresh.submit(g, 0))
+    print([t.result(timeout=60) for t in tasks])
+
 try:
     pt.spawn(locked, backend="process")  # a spawned worker: by value, with LOCK
 except pt.SerializationError:
@@ -333,5 +343,6 @@ def test_fork_workers_get_main_functions_by_name_as_multiprocessing_fork(tmp_pat
     assert out.stdout.splitlines() == [
         "[1, 2, 3, 4, 5] 6",
         "[0, -1, -2] [0, 10, 20]",
+        "[0, 1, 2]",
         "spawn copies by value",
     ]

@@ -37,6 +37,7 @@ lives as long as the interpreter), which deletes them if the caller dies first.
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 from typing import Any
@@ -207,10 +208,31 @@ class _Reusable:
         self._lock = threading.Lock()
         self._slot: tuple[tuple[Any, ...], Pool] | None = None
         self._atexit = False
+        # A forked child (a worker) must not use its copy of the parent's Pool.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._slot = None
+
+    @staticmethod
+    def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+        # n and options by value; initializer and initargs by identity (a NumPy
+        # array compares element-wise, and changed initargs must start new workers).
+        try:
+            return (
+                a[0] == b[0]
+                and a[1] is b[1]
+                and len(a[2]) == len(b[2])
+                and all(x is y for x, y in zip(a[2], b[2], strict=True))
+                and bool(a[3] == b[3])
+            )
+        except Exception:
+            return False
 
     def take(self, key: tuple[Any, ...]) -> Pool | None:
         with self._lock:
-            if self._slot is None or self._slot[0] != key:
+            if self._slot is None or not self._same(self._slot[0], key):
                 return None
             pool = self._slot[1]
             self._slot = None

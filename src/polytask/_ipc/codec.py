@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import traceback
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -145,11 +146,37 @@ class _NotInherited(Exception):
     pass
 
 
+#: The ``__main__`` objects sent to forked workers as references, by id, kept alive:
+#: a worker forked after the reference was made finds the very object here (its
+#: copy of this dict), whatever its name is bound to by then.
+_SENT: dict[int, Any] = {}
+_SENT_MAX = 10_000
+
+
+def _inherited(qualname: str, ident: int) -> Any:
+    """In a forked worker: the caller's object ``ident`` (see :class:`_InheritedPickler`)."""
+    obj = _SENT.get(ident)
+    if obj is None:
+        # Forked before the reference was made: the object existed at the fork
+        # (the parent checked), at the same address, under this name.
+        main = sys.modules.get("__main__")
+        obj = main
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None or id(obj) != ident:
+            raise pickle.UnpicklingError(
+                f"{qualname!r} of the caller's __main__ is not the object this worker "
+                "inherited (rebound after the worker was forked)"
+            )
+    return obj
+
+
 class _InheritedPickler(pickle.Pickler):
-    """Pickles ``__main__`` functions and classes by reference only if the receiver
-    inherited that very object (a forked worker: its ``__main__`` is the parent's
-    copy at the fork), so a function of the caller's script travels as its name,
-    not with the globals it uses, as with multiprocessing's fork."""
+    """Pickles ``__main__`` functions and classes as references to the very object
+    when the receiver inherited it (a forked worker: its memory is the parent's
+    copy at the fork), so a function of the caller's script does not travel by
+    value with the globals it uses, as with multiprocessing's fork. The
+    reference is the object's id: exact even if the name is rebound later."""
 
     def __init__(self, file: io.BytesIO, main: Mapping[str, Any]) -> None:
         super().__init__(file, protocol=PROTOCOL)
@@ -167,18 +194,26 @@ class _InheritedPickler(pickle.Pickler):
                 owner = getattr(owner, part, None)
             if owner is not obj:
                 raise _NotInherited(name)
+            if id(obj) not in _SENT:
+                if len(_SENT) >= _SENT_MAX:
+                    raise _NotInherited(name)
+                _SENT[id(obj)] = obj
+            return _inherited, (name, id(obj))
         return NotImplemented
 
 
 def _dumps_inherited(obj: Any, main: Mapping[str, Any]) -> bytes | None:
-    """A plain pickle of ``obj`` naming only ``__main__`` objects in ``main``; None
-    if it names another (it must then travel by value)."""
+    """A pickle of ``obj`` whose ``__main__`` objects are references to objects in
+    ``main``; None if it names another (it must then travel by value)."""
     f = io.BytesIO()
     try:
         _InheritedPickler(f, main).dump(obj)
     except Exception:
         return None
-    return f.getvalue()
+    data = f.getvalue()
+    # Something of __main__ went by name without the check (an object whose
+    # __reduce__ returns a global's name): by value, then.
+    return None if _MAIN in data else data
 
 
 loads = pickle.loads

@@ -176,13 +176,15 @@ def clean_up(registry: Registry, grace: float) -> None:
         time.sleep(0.01)
         still = marked(registry) | listed(registry)
         left = {g for g in groups if _alive(g)} | (set(pids) & still)
-    for ending in [*groups.values(), *pids.values()]:
-        ending.kill()
-    # Looked up afresh: a marked process may have started another while we waited.
-    for pid in marked(registry) | listed(registry):
-        if pid not in pids:
-            ending = Ending(pid, 0, group=False)
+    # SIGKILL only to what is still there, looked up afresh (a number may have been
+    # reused since; listed() checks start times, marked() the environment), and
+    # to what a marked process started while we waited.
+    for g, ending in groups.items():
+        if _alive(g):
             ending.kill()
+    for pid in marked(registry) | listed(registry):
+        ending = pids.get(pid) or Ending(pid, 0, group=False)
+        ending.kill()
 
 
 def serve(fd: int, registry: Registry) -> None:

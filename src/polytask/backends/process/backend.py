@@ -658,6 +658,7 @@ class ProcessBackend(Backend):
                 _strays.activate()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 serve(req_r, res_w)
+                worker.at_exit()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:

@@ -295,6 +295,18 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))
 
 
+def at_exit() -> None:
+    """What multiprocessing runs at the end of its own children, if a task used it:
+    a ``multiprocessing.Queue`` a task put to is flushed (its feeder thread
+    joined); without it the items still buffered die with the worker."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        try:
+            util._exit_function()
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+
+
 def main() -> None:
     """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
     rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
@@ -308,6 +320,7 @@ def main() -> None:
         serve(rfd, wfd)
     except BrokenPipeError:
         pass
+    at_exit()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
