@@ -651,6 +651,7 @@ class ProcessBackend(Backend):
                 from .worker import _strays, serve
 
                 worker.INHERITED_INITIALIZER = self._inherited_init
+                worker.after_fork()
 
                 os.environ[mark_key] = job  # what it starts carries its job's mark
                 set_comm(WORKER_NAME)

@@ -307,6 +307,21 @@ def at_exit() -> None:
             pass
 
 
+def after_fork() -> None:
+    """In a forked worker, what multiprocessing does first in its own fork
+    children: the parent's finalizers and children are not this process's (so
+    :func:`at_exit` touches only the worker's own), and objects it inherited
+    (a Queue, a Manager proxy) reset their per-process state."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    mp_process: Any = sys.modules.get("multiprocessing.process")
+    if mp_process is not None:
+        mp_process._children = set()
+    util._finalizer_registry.clear()
+    util._run_after_forkers()
+
+
 def main() -> None:
     """Entry point of a spawned worker: ``argv = [rfd, wfd, parent pid]``."""
     rfd, wfd, parent = (int(a) for a in sys.argv[1:4])
