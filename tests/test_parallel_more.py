@@ -24,14 +24,12 @@ gnu_parallel = test_parallel_gnu.gnu_parallel  # the fixture: GNU parallel's pat
 
 
 def _joblog(run: Run, name: str = "jl") -> list[list[str]]:
-    """The joblog's lines without Starttime and JobRuntime (the clock's columns),
-    header first, then by Seq: jobs are logged as they end, in either order
-    at -j2 (a fresh-clone run saw job 2 logged first)."""
+    """The joblog's lines without Starttime and JobRuntime (the clock's columns)."""
     rows = []
     for line in (run.cwd / name).read_text().splitlines():
         cols = line.split("\t")
         rows.append(cols[:2] + cols[4:])
-    return rows[:1] + sorted(rows[1:], key=lambda r: int(r[0]) if r[0].isdigit() else 0)
+    return rows
 
 
 # ------------------------------------------------------------------ --retry-failed
