@@ -96,10 +96,21 @@ def _wait_gone(get, timeout: float) -> list[psutil.Process]:
     return left
 
 
+# POLYTASK_FD_TRACE=FILE: after each test, append the descriptors it left open to FILE.
+_FD_TRACE = os.environ.get("POLYTASK_FD_TRACE")
+
+
 @pytest.fixture(autouse=True)
-def no_stray_process():
+def no_stray_process(request):
     """After each test (and the default backends' shutdown) nothing we started runs."""
+    before = _fd_targets() if _FD_TRACE else {}
     yield
+    if _FD_TRACE:
+        _shutdown_defaults()
+        new = {fd: t for fd, t in _fd_targets().items() if before.get(fd) != t}
+        if new:
+            with open(_FD_TRACE, "a") as f:
+                print(f"{request.node.nodeid}: {new}", file=f)
     _shutdown_defaults()
     left = _wait_gone(live_descendants, 5.0)
     if left:
@@ -128,8 +139,19 @@ def pytest_configure(config):
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
+def _fd_targets() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
 def pytest_sessionstart(session):
     _session_start["fds"] = len(os.listdir("/proc/self/fd"))
+    _session_start["fd_targets"] = _fd_targets()
     _session_start["shm"] = _shm_names()
 
 
@@ -145,7 +167,9 @@ def pytest_sessionfinish(session, exitstatus):
     # The guardian's pipe is the one descriptor polytask may keep for the process's life.
     fds = len(os.listdir("/proc/self/fd")) - sum(ENGINE_FDS.values())
     if fds > _session_start["fds"] + 3:  # type: ignore[operator]
-        problems.append(f"file descriptors grew from {_session_start['fds']} to {fds}")
+        before = _session_start["fd_targets"]
+        new = {fd: t for fd, t in _fd_targets().items() if before.get(fd) != t}  # type: ignore[attr-defined]
+        problems.append(f"file descriptors grew from {_session_start['fds']} to {fds}: {new}")
     if problems:
         print("\nHYGIENE CHECK FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
         session.exitstatus = 1

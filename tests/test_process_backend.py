@@ -277,6 +277,37 @@ def test_a_multiprocessing_queue_in_initargs_is_inherited_by_fork_workers() -> N
         q.join_thread()
 
 
+class _Token:
+    """Shared only by inheritance (as a multiprocessing.Queue is): it cannot be pickled."""
+
+    def __reduce__(self) -> object:
+        raise TypeError("a _Token is shared only by inheritance")
+
+
+def _take_token(token: object) -> None:
+    pass
+
+
+def test_a_closed_pool_keeps_nothing_of_its_initargs() -> None:
+    # What a pool's initializer was given (a queue's pipes, a shared memory block)
+    # is freed with the pool. Before: the worker launcher's thread kept its last
+    # launch's bound method, so the backend and its initargs lived on until the
+    # next launch anywhere (two pipes of a multiprocessing.Queue per test).
+    import gc
+    import weakref
+
+    token = _Token()
+    ref = weakref.ref(token)
+    with pt.Pool(2, _take_token, (token,), start_method="fork") as pool:
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+    del token, pool
+    deadline = time.monotonic() + 10
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert ref() is None, "the closed pool's initargs are still referenced"
+
+
 FORK_BY_NAME = """
 import threading
 import polytask as pt

@@ -555,6 +555,24 @@ def test_filelock_released_when_holder_is_killed(tmp_path):
         _proc.terminate(proc, grace=0)
 
 
+def test_a_filelock_dropped_while_held_closes_and_releases(tmp_path):
+    # As the kernel does when its holder dies: a FileLock object that is garbage
+    # collected while held releases the lock and closes its descriptor. Before: both
+    # leaked for the process's life, and every other process waited forever.
+    import gc
+
+    path = tmp_path / "lock"
+    fds = len(os.listdir("/proc/self/fd"))
+    held = pt.FileLock(path)
+    assert held.acquire(timeout=0)
+    del held
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    other = pt.FileLock(path)
+    assert other.acquire(timeout=0)
+    other.release()
+
+
 def test_filelock_bad_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pt.FileLock(tmp_path / "missing" / "lock").acquire()

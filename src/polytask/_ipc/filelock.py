@@ -122,6 +122,16 @@ class FileLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def __del__(self) -> None:
+        # Dropped while held, nobody could release it: close the descriptor, which
+        # releases the lock as the holder's death would, instead of leaking both.
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def __reduce__(self) -> Any:
         return (_filelock, (self.path, self.timeout, self.mode))
 

@@ -110,6 +110,9 @@ class _Launcher:
                 fn()
             except BaseException as exc:  # pragma: no cover - _start_worker reports its own
                 print(f"polytask: launcher error: {exc!r}", file=sys.stderr)
+            # Until the next launch, the last one's bound method would keep its
+            # backend alive, and with it the pool's initargs (pipes, shared memory).
+            del fn
 
     def _after_fork(self) -> None:
         self.__init__()  # type: ignore[misc]
