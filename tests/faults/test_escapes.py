@@ -204,6 +204,40 @@ def test_up_with_a_daemonizing_program_leaves_nothing(tmp_path, sig):
         proc.stderr.close()
 
 
+# A first child that kills its owner at once: the owner dies while (before the fix:
+# before) its guardian starts. The guardian must be up, with the owner's mark
+# registered, before the first child exists.
+KILLS_ITS_OWNER = "kill -KILL $PPID; exec sleep {tag}"
+
+
+def test_an_owner_killed_by_its_first_child_leaves_nothing():
+    tag = _tag()
+    script = (
+        f"import sys, time; sys.path.insert(0, {SRC!r})\n"
+        "from polytask._os import proc\n"
+        f"proc.start_in_group(['/bin/sh', '-c', {KILLS_ITS_OWNER.format(tag=tag)!r}])\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([PY, "-c", script], start_new_session=True)
+    assert owner.wait(timeout=60) == -signal.SIGKILL
+    _assert_gone(tag)
+
+
+def test_up_killed_by_its_first_program_leaves_nothing(tmp_path):
+    tag = _tag()
+    (tmp_path / "Procfile").write_text(f"first: {KILLS_ITS_OWNER.format(tag=tag)}\n")
+    proc = _cli("up", cwd=tmp_path)
+    try:
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        _assert_gone(tag)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
 # --------------------------------------------------------------------------- process tasks
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "end_now",
     "end_processes",
     "end_trees",
+    "ensure_guardian",
     "find_marked",
     "find_trees",
     "forget_job",
@@ -170,7 +171,12 @@ def new_job() -> str:
 
 
 def tree_env(job: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: this process's) with the marker of ``job`` added."""
+    """``env`` (default: this process's) with the marker of ``job`` added.
+
+    Starts the guardian first (see :func:`ensure_guardian`): what carries the mark
+    is covered before it exists.
+    """
+    ensure_guardian()
     out = dict(os.environ if env is None else env)
     out[owner_key()] = job
     return out
@@ -638,6 +644,15 @@ class _Guardian:
 
 
 _guardian = _Guardian()
+
+
+def ensure_guardian() -> None:
+    """Start this process's guardian now, if it has none, with the owner's marker
+    registered: before the first child, not after it. (Started lazily by the first
+    registration, the guardian came up only after that child, and an owner killed in
+    between, even by the child itself, left a guardian with nothing registered.)"""
+    with _guardian._lock:
+        _guardian._start()
 
 
 def guard(pgid: int) -> None:

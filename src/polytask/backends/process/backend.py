@@ -622,6 +622,7 @@ class ProcessBackend(Backend):
         job = _proc.new_job()
         frame = self._config_frame(job, {})
         mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
+        _proc.ensure_guardian()  # the mark is covered before a process carries it
         parent = os.getpid()
         snap = _main_objects()
         with self._lock:
