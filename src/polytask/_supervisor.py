@@ -38,13 +38,11 @@ and each stop has its own grace where the child loop has one per loop.
 
 from __future__ import annotations
 
-import errno
 import http.client
 import io
 import os
 import queue
 import re
-import select
 import selectors
 import signal
 import socket
@@ -412,9 +410,10 @@ class _Prober:
 
     Each attempt is bounded by ``_PROBE_ATTEMPT`` seconds and retried every
     ``_PROBE_INTERVAL``: ``cmd`` runs the command in a process group of its own
-    (guarded; killed when the attempt times out) and polls it; ``tcp`` polls a
-    non-blocking connect; ``http`` runs one GET with a timeout in a short-lived
-    thread that wakes the loop; ``log`` is told each output line (``_read``).
+    (guarded; killed when the attempt times out) and polls it; ``tcp`` (one
+    connect, host name lookup included) and ``http`` (one GET) run with a
+    timeout in a short-lived thread that wakes the loop, since a lookup can
+    block for the resolver's timeout; ``log`` is told each output line (``_read``).
     The overall deadline is the machine's (:class:`NotReady`).
     """
 
@@ -434,7 +433,6 @@ class _Prober:
         self._next = 0.0
         self._end: float | None = None  # the attempt in flight must end by then
         self._popen: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         #: Where the GET in flight puts its answer (a new list per attempt, so that
         #: a late answer can never count for a later attempt).
@@ -489,23 +487,28 @@ class _Prober:
                 )
             except OSError as exc:
                 self._box.append((False, f"cannot run the probe: {exc}"))
-        elif kind == "tcp":
-            host, _, port = self.target.rpartition(":")
-            try:
-                info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
-                self._sock = socket.socket(info[0], info[1], info[2])
-                self._sock.setblocking(False)
-                err = self._sock.connect_ex(info[4])
-                if err not in (0, errno.EINPROGRESS):
-                    self._box.append((False, os.strerror(err)))
-            except OSError as exc:
-                self._box.append((False, str(exc)))
         else:
+            # A connect, and above all a host name's lookup, can block for the
+            # resolver's timeout (seconds): never on the loop's thread.
             self._box = []
             self._thread = threading.Thread(
-                target=self._http_get, args=(self._box,), name="polytask-probe", daemon=True
+                target=self._tcp_connect if kind == "tcp" else self._http_get,
+                args=(self._box,),
+                name="polytask-probe",
+                daemon=True,
             )
             self._thread.start()
+
+    def _tcp_connect(self, box: list[tuple[bool, str]]) -> None:
+        host, _, port = self.target.rpartition(":")
+        try:
+            conn = socket.create_connection((host.strip("[]"), int(port)), _PROBE_ATTEMPT)
+            conn.close()
+            result = (True, "")
+        except (OSError, ValueError) as exc:
+            result = (False, str(exc) or type(exc).__name__)
+        box.append(result)
+        self._wake()
 
     def _http_get(self, box: list[tuple[bool, str]]) -> None:
         url = urlsplit(self.target)
@@ -535,13 +538,6 @@ class _Prober:
                 return None
             self.error = f"the probe command {describe_exit(code)}"
             return code == 0
-        if self._sock is not None:
-            _, writable, _ = select.select([], [self._sock], [], 0)
-            if not writable:
-                return None
-            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            self.error = os.strerror(err) if err else ""
-            return err == 0
         return None
 
     def _abort(self) -> None:
@@ -549,9 +545,6 @@ class _Prober:
         if self._popen is not None:
             _proc.terminate(self._popen, 0)
             self._popen = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
         thread, self._thread = self._thread, None
         self._box = []
         if thread is not None and thread.is_alive():
