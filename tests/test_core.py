@@ -291,6 +291,43 @@ def test_dumps_call_marks_module_functions_by_reference():
     assert not by_ref
 
 
+def test_every_pickle_naming_main_holds_the_stack_global_opcode():
+    # The hot paths (Channel.put/put_many, codec.dumps) test for the STACK_GLOBAL
+    # byte before they search for b"__main__": a protocol-5 pickle names a module
+    # only with that opcode, so an object of __main__ can never skip the search.
+    import enum
+    import sys
+    import types
+
+    from polytask._ipc.codec import MAIN_REF, STACK_GLOBAL, by_reference
+
+    main = sys.modules["__main__"]
+    cls = types.new_class("PtProbeClass", (), {})
+    cls.__module__, cls.__qualname__ = "__main__", "PtProbeClass"
+
+    def fn() -> None:
+        pass
+
+    fn.__module__, fn.__qualname__ = "__main__", "pt_probe_fn"
+    color = enum.Enum("PtProbeColor", "RED")
+    color.__module__ = "__main__"
+    names = {"PtProbeClass": cls, "pt_probe_fn": fn, "PtProbeColor": color}
+    for name, obj in names.items():
+        setattr(main, name, obj)
+    try:
+        naming_main = [cls, cls(), fn, color.RED, [1, (cls(),)], {cls: 1}, {"k": fn}]
+        for obj in naming_main:
+            data = pickle.dumps(obj, protocol=5)
+            assert MAIN_REF in data and STACK_GLOBAL in data, obj
+            assert not by_reference(data), obj
+        # Nothing of __main__ in these (a string that holds the name is no reference).
+        for obj in [(12345, "hello", 1.5), b"\x93", "__main__", [None, True, 2**70], {1: 2.0}]:
+            assert by_reference(pickle.dumps(obj, protocol=5)), obj
+    finally:
+        for name in names:
+            delattr(main, name)
+
+
 def test_exceptions_round_trip_with_remote_traceback():
     try:
         raise KeyError("missing")

@@ -65,7 +65,7 @@ from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
 from . import shm as _shm
-from .codec import ATOMS, MAIN_REF, dumps_buffers
+from .codec import ATOMS, MAIN_REF, STACK_GLOBAL, dumps_buffers
 from .codec import dumps as _codec_dumps
 from .codec import loads as _codec_loads
 from .ring import (
@@ -131,7 +131,7 @@ _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
 # The low half of that word (state READY, kind K_PICKLE, no buffers): get's fast path.
 _READY_PICKLE = R.READY | (K_PICKLE << 8)
 # The hot paths pickle plainly first, as _ipc.codec does, and check its rule
-# (MAIN_REF) inline; everything else goes through codec's functions.
+# (STACK_GLOBAL, MAIN_REF) inline; everything else goes through codec's functions.
 _pdumps = pickle.dumps
 _ploads = _codec_loads
 _futex_wake = futex_wake
@@ -206,7 +206,7 @@ def _encode_any(item: Any) -> tuple[int, bytes | memoryview, list[memoryview]]:
         else:
             if len(payload) > _SMALL_PAYLOAD:
                 _BIG_TYPES.add(t)
-            elif t in ATOMS or MAIN_REF not in payload:  # codec's rule, as in put
+            elif t in ATOMS or STACK_GLOBAL not in payload or MAIN_REF not in payload:
                 return K_PICKLE, payload, _NO_VIEWS
     return _encode(item)
 
@@ -656,7 +656,9 @@ class ProcessChannel(Channel[T]):
             else:
                 n = len(data)
                 # codec's rule, inlined: a pickle naming __main__ goes by value.
-                if n <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
+                if n <= _SMALL_PAYLOAD and (
+                    t in ATOMS or STACK_GLOBAL not in data or MAIN_REF not in data
+                ):
                     m = self._p_ref
                     rc = _mutex_trylock_ref(m)
                     if rc:
@@ -1116,14 +1118,16 @@ class ProcessChannel(Channel[T]):
         pending: deque[tuple[int, bytes | memoryview]] = deque()
         append = pending.append
         for item in items:
-            t = type(item)
-            if t not in _BIG_TYPES:  # the common case of _encode_any, inlined
+            if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
                 try:
                     data = _pdumps(item, 5)
                 except Exception:
                     pass
                 else:
-                    if len(data) <= _SMALL_PAYLOAD and (t in ATOMS or MAIN_REF not in data):
+                    # codec's rule: no STACK_GLOBAL opcode (a memchr) settles most.
+                    if len(data) <= _SMALL_PAYLOAD and (
+                        STACK_GLOBAL not in data or MAIN_REF not in data
+                    ):
                         append((K_PICKLE, data))
                         continue
             kind, payload, bufs = _encode_any(item)

@@ -28,6 +28,7 @@ __all__ = [
     "ATOMS",
     "MAIN_REF",
     "PROTOCOL",
+    "STACK_GLOBAL",
     "by_reference",
     "describe",
     "dumps",
@@ -44,6 +45,11 @@ PROTOCOL = 5
 #: cloudpickle, never a wrong result).
 MAIN_REF = b"__main__"
 _MAIN = MAIN_REF
+#: The STACK_GLOBAL opcode: a protocol-5 pickle names a module (``__main__`` or
+#: any) only with it. ``STACK_GLOBAL not in data`` is a memchr, ten times cheaper
+#: than the search for ``MAIN_REF``, and settles most pickles at once (the hot
+#: paths test it first: put_many lost a third of its speed to the search alone).
+STACK_GLOBAL = pickle.STACK_GLOBAL[0]
 #: Types whose plain pickle never refers to a module: a hot path may skip the
 #: :func:`by_reference` check for them.
 ATOMS: frozenset[type] = frozenset({int, float, complex, str, bytes, bool, type(None)})
@@ -60,7 +66,7 @@ def by_reference(data: bytes) -> bool:
     """Whether a plain pickle ``data`` may go to another process as it is: it names
     nothing in ``__main__``, which is another module there. Otherwise :func:`dumps`
     sends the object by value (cloudpickle)."""
-    return _MAIN not in data
+    return STACK_GLOBAL not in data or _MAIN not in data
 
 
 def dumps(obj: Any, inherited: Mapping[str, Any] | None = None) -> bytes:
@@ -73,7 +79,7 @@ def dumps(obj: Any, inherited: Mapping[str, Any] | None = None) -> bytes:
         data = pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
         return _cloudpickle_dumps(obj)
-    if _MAIN in data:
+    if STACK_GLOBAL in data and _MAIN in data:
         if inherited is not None:
             by_name = _dumps_inherited(obj, inherited)
             if by_name is not None:
@@ -91,7 +97,7 @@ def dumps_buffers(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     except Exception:
         pass
     else:
-        if _MAIN not in data:
+        if STACK_GLOBAL not in data or _MAIN not in data:
             return data, bufs
     import cloudpickle
 
@@ -137,7 +143,7 @@ def _dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
         data = pickle.dumps(fn, protocol=PROTOCOL)
     except Exception:
         return _cloudpickle_dumps(fn), False
-    if _MAIN in data:
+    if STACK_GLOBAL in data and _MAIN in data:
         return _cloudpickle_dumps(fn), False
     return data, True
 
