@@ -38,11 +38,13 @@ class SpinChoice:
     ``spin`` is the current way; :meth:`record` takes each wait's seconds. Every
     ``EPOCH`` waits, the epoch's median is kept as that way's cost and the
     cheaper way is chosen for the next epoch; spinning must win clearly (it
-    burns a core while it waits), and every ``EXPLORE``-th epoch runs the other
-    way for ``EXPLORE_EPOCH`` waits to keep its cost current. Those waits are
-    the slow ones where spinning pays: well under 1 % of all (4 in 1,000), so
-    that they stay out of the p99 (at 32 in 512 they were its whole 3x rise).
-    The first blocking epoch, which measures that way at all, is as short.
+    burns a core while it waits). While blocking wins, every ``EXPLORE``-th
+    epoch spins for ``EXPLORE_EPOCH`` waits, to notice when spinning pays again.
+    While spinning wins, blocking is never tried: its waits are the slow ones,
+    and trying it 32 waits in 512 was the whole 2-3x rise of the latency p99
+    (the A/B against the pre-redesign tree found it). Its cost is taken again
+    when spinning stops paying, which the spin epochs themselves measure. The
+    first blocking epoch, which measures that way at all, is as short.
     """
 
     EPOCH = 32
@@ -77,5 +79,5 @@ class SpinChoice:
             self._exploring = not self.spin
             return
         best = self._spin_cost < 0.9 * self._block_cost
-        self._exploring = self._epochs % self.EXPLORE == 0
-        self.spin = (not best) if self._exploring else best
+        self._exploring = not best and self._epochs % self.EXPLORE == 0
+        self.spin = best or self._exploring
