@@ -32,7 +32,7 @@ from pathlib import Path
 from .._core.errors import ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Instance, expand, parse_concurrency
 from .._supervisor import RESTART_MODES
-from ._up import _BadInput, _load, _Parser, _port, _run_guarded, _seconds
+from ._up import _BadInput, _load, _Parser, _run_guarded, _seconds, procfile_options
 
 __all__ = ["FORMATS", "ExportFile", "Plan", "Program", "main_export", "render"]
 
@@ -439,37 +439,13 @@ def _parser() -> _Parser:
         help="folder for the programs' log files (supervisord default: /var/log/APP; "
         "systemd default: the journal)",
     )
-    p.add_argument(
-        "-p",
-        "--port",
-        type=_port,
-        help=f"base PORT (default: $PORT, else {DEFAULT_BASE_PORT}); copy i of type t gets "
-        "base + 100*t + i, as under 'up'",
-    )
-    p.add_argument(
-        "-c",
-        "--concurrency",
-        action="append",
-        metavar="NAME=N,...",
-        help="copies of each process type, e.g. web=2,worker=3; all=N as in foreman",
-    )
+    procfile_options(p, files_in=", relative to the app root")
     p.add_argument("-u", "--user", help="user the programs run as (default: the app name)")
     p.add_argument(
         "-s",
         "--shell",
         default="/bin/sh",
         help="the shell that runs each command with -c (default: /bin/sh, as 'up')",
-    )
-    p.add_argument(
-        "-f", "--procfile", default="Procfile", help="the Procfile, relative to the app root"
-    )
-    p.add_argument(
-        "-e",
-        "--env",
-        action="append",
-        metavar="FILE",
-        help="env file(s), comma-separated or repeated, relative to the app root "
-        "(default: .env if present)",
     )
     p.add_argument(
         "-d",
@@ -490,11 +466,6 @@ def _parser() -> _Parser:
         type=_seconds,
         default=5.0,
         help="seconds between SIGTERM and SIGKILL when stopping (default: 5, as 'up')",
-    )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="Procfile lines that foreman and honcho skip are errors, not warnings",
     )
     p.add_argument("-t", "--template-dir", help=argparse.SUPPRESS)
     return p

@@ -80,16 +80,23 @@ def _port(text: str) -> int:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def procfile_options(parser: argparse.ArgumentParser, *, files_in: str = "") -> None:
+    """The options every command that reads a Procfile shares (up, check, run,
+    export): which Procfile and env files (``files_in``: where relative paths
+    start, for the help), the copies of each type, the base PORT, strictness."""
     parser.add_argument(
-        "-f", "--procfile", default="Procfile", help="the Procfile (default: ./Procfile)"
+        "-f",
+        "--procfile",
+        default="Procfile",
+        help=f"the Procfile{files_in} (default: ./Procfile)",
     )
     parser.add_argument(
         "-e",
         "--env",
         action="append",
         metavar="FILE",
-        help="env file(s) to load, comma-separated or repeated (default: ./.env if present)",
+        help=f"env file(s) to load{files_in}, comma-separated or repeated (default: ./.env "
+        "if present)",
     )
     parser.add_argument(
         "-c",
@@ -112,6 +119,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="Procfile lines that foreman and honcho skip (no colon, a name such as web.v2, "
         "an empty command, an indented entry) are errors, not warnings",
     )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    procfile_options(parser)
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help="process types to run (default: all)"
     )
