@@ -24,6 +24,7 @@ faulthandler.enable()
 
 # Session-long engines (one Dask cluster, one local Ray) for the cluster backends.
 from _engines import ENGINE_FDS, dask_cluster, is_engine_process, ray_session  # noqa: E402
+from _engines import _fds as _fd_targets  # noqa: E402
 
 __all__ = ["dask_cluster", "ray_session"]
 
@@ -137,16 +138,6 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-
-
-def _fd_targets() -> dict[str, str]:
-    out = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            pass
-    return out
 
 
 def pytest_sessionstart(session):

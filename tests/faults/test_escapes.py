@@ -143,6 +143,15 @@ def _cli(*argv: str, **kw) -> subprocess.Popen[bytes]:
     )
 
 
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Kill (if still running), reap and close what :func:`_cli` started."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
 @pytest.mark.parametrize("kind", ["setsid", "double-fork-daemon", "nohup"])
 def test_parallel_jobs_leave_nothing(kind):
     tag = _tag()
@@ -161,11 +170,7 @@ def test_parallel_sigkilled_leaves_nothing():
         proc.wait(timeout=30)
         _assert_gone(tag)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        _end(proc)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
@@ -197,11 +202,7 @@ def test_up_with_a_daemonizing_program_leaves_nothing(tmp_path, sig):
                 f"\nstderr:\n{proc.stderr.read().decode(errors='replace')}"
             ) from None
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        _end(proc)
 
 
 # A first child that kills its owner at once: the owner dies while (before the fix:
@@ -231,11 +232,7 @@ def test_up_killed_by_its_first_program_leaves_nothing(tmp_path):
         assert proc.wait(timeout=60) == -signal.SIGKILL
         _assert_gone(tag)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        _end(proc)
 
 
 # --------------------------------------------------------------------------- process tasks
