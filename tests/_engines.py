@@ -256,7 +256,7 @@ def check_dropped_primitives_are_forgotten(engine: str) -> None:
     ch.close()  # a closed channel with unread items
     assert hub_count(engine) >= base + 6
     # The task's copies are gone from its worker: nothing was forgotten for them.
-    time.sleep(0.3)
+    time.sleep(0.3)  # deliberate: time for a (wrong) forget from the worker to arrive
     assert event.is_set() and len(ch) == 2
 
     # A copy unpickled back into the creator keeps the object when the original goes.
@@ -264,7 +264,7 @@ def check_dropped_primitives_are_forgotten(engine: str) -> None:
     copy = pickle.loads(pickle.dumps(lock))
     del lock
     gc.collect()
-    time.sleep(0.5)
+    time.sleep(0.5)  # deliberate: time for a (wrong) forget of the original to arrive
     assert copy.locked(), "the hub forgot a lock its creator still holds"
     copy.release()
 
@@ -316,7 +316,7 @@ def check_made_in_a_task_outlives_it(engine: str) -> None:
 #: A script that starts a pool on a cluster polytask starts itself, then waits to be
 #: SIGKILLed (run under tests/_harness.py, which lists what it leaves behind).
 KILLED_OWNER = """
-import sys, time
+import os, sys, time
 import polytask as pt
 
 
@@ -324,12 +324,21 @@ def inc(x):
     return x + 1
 
 
+def touch_then_sleep(path, seconds):
+    open(path, "w").close()
+    time.sleep(seconds)
+
+
 if __name__ == "__main__":
     ready, backend = sys.argv[1], sys.argv[2]
     pool = pt.Pool(2 if backend == "dask" else 1, backend=backend)
     assert pool.map(inc, range(20)) == list(range(1, 21))
-    busy = pool.submit(time.sleep, 120)  # a worker is running a task at the kill
-    time.sleep(0.5)
+    # A worker is running a task at the kill (a cluster task is "running" once sent).
+    busy = pool.submit(touch_then_sleep, ready + ".busy", 120)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready + ".busy"):
+        assert time.monotonic() < deadline, "the task never ran"
+        time.sleep(0.01)
     open(ready, "w").write("ready")
     time.sleep(120)
 """

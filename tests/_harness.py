@@ -72,8 +72,13 @@ def main() -> None:
                     os.kill(pid, 9)
                 except OSError:
                     pass
-            time.sleep(0.1)
-            reap_all()
+            # Until every one of them died and was reaped (orphans come to us as they do).
+            deadline = time.monotonic() + 10
+            while True:
+                reap_all()
+                if not me.children(recursive=True) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
             print("LEFT " + json.dumps(left), flush=True)
             return
 

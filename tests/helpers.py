@@ -9,11 +9,54 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
+T = TypeVar("T")
+
 HARNESS = str(Path(__file__).with_name("_harness.py"))
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll ``pred`` until it returns something true and return that; fail after ``timeout``.
+
+    The one way a test waits for something to have happened (a task started, a
+    process appeared, a file was written) instead of sleeping a fixed time and
+    hoping: it returns as soon as the state is there, and on a slow machine it
+    still waits long enough. ``timeout`` is a bound for "never happens", not a
+    speed claim.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_for_file(path: Path | str, timeout: float = 30.0) -> None:
+    """Wait until ``path`` exists (a task touches it to say it got that far)."""
+    wait_until(Path(path).exists, timeout, f"{path} to exist")
+
+
+def thread_is_in(ident: int, function: str) -> bool:
+    """Whether thread ``ident`` is running inside a function named ``function`` now.
+
+    How a test sees that a thread task got as far as a blocking call (say
+    ``Task._sleep`` under ``pt.sleep``) before it cancels it: a flag set just
+    before the call would still leave the thread short of it.
+    """
+    frame = sys._current_frames().get(ident)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Harness:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import polytask as pt
+from helpers import thread_is_in, wait_until
 
 HANG = 60.0  # a bound for "does not hang", never a speed claim
 WATCHDOG = 10.0  # without cancellation points, the blocked calls end only then
@@ -238,18 +239,17 @@ def test_sleep_checks_its_argument(seconds: Any, error: type[Exception]) -> None
 
 def test_cancel_wakes_pt_sleep_at_once() -> None:
     ended = threading.Event()
+    threads: list[int] = []
 
     def nap() -> None:
+        threads.append(threading.get_ident())
         try:
             pt.sleep(math.inf)  # until cancelled
         finally:
             ended.set()
 
     task = pt.spawn(nap)
-    deadline = time.monotonic() + HANG
-    while not task.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)  # asleep by now
+    wait_until(lambda: threads and thread_is_in(threads[0], "_sleep"), HANG, "pt.sleep")
     started = time.monotonic()
     assert task.cancel() is False  # a running thread cannot be stopped from outside
     with pytest.raises(pt.Cancelled):
@@ -259,13 +259,16 @@ def test_cancel_wakes_pt_sleep_at_once() -> None:
 
 
 def test_checkpoint_raises_in_a_cancelled_task() -> None:
+    running = threading.Event()
+
     def crunch() -> None:
         while True:
+            running.set()
             pt.checkpoint()
             time.sleep(0.001)
 
     task = pt.spawn(crunch)
-    time.sleep(0.05)
+    assert running.wait(HANG), "the task never ran"
     task.cancel()
     with pytest.raises(pt.Cancelled, match="crunch"):
         task.result(HANG)
@@ -295,7 +298,10 @@ def test_a_cancelled_task_still_takes_what_is_free() -> None:
     done.set()
     seen: list[str] = []
 
+    threads: list[int] = []
+
     def body() -> None:
+        threads.append(threading.get_ident())
         try:
             pt.sleep(30)
         finally:
@@ -304,7 +310,7 @@ def test_a_cancelled_task_still_takes_what_is_free() -> None:
             assert done.wait()
 
     task = pt.spawn(body)
-    time.sleep(0.1)
+    wait_until(lambda: threads and thread_is_in(threads[0], "_sleep"), HANG, "pt.sleep")
     task.cancel()
     with pytest.raises(pt.Cancelled):
         task.result(HANG)
@@ -316,15 +322,20 @@ def test_a_group_inside_a_cancelled_task_raises_cancelled_after_its_tasks_end() 
     gate = pt.Event()
     inner_tasks: list[pt.Task[Any]] = []
 
+    threads: list[int] = []
+
     def outer() -> None:
+        threads.append(threading.get_ident())
         with pt.TaskGroup(name="inner") as inner:
             inner_tasks.append(inner.spawn(gate.wait))
 
     task = pt.spawn(outer)
-    deadline = time.monotonic() + HANG
-    while not inner_tasks and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
+    # The inner task runs and the outer one waits for it at the end of its group.
+    wait_until(
+        lambda: inner_tasks and inner_tasks[0].running() and thread_is_in(threads[0], "__exit__"),
+        HANG,
+        "the outer task to wait for its group",
+    )
     task.cancel()
     with pytest.raises(pt.Cancelled, match="inner"):
         task.result(HANG)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 from polytask._ipc import ring as R
 from polytask._ipc.channel import DEFAULT_CAPACITY
 from polytask._ipc.shm import _attach_shared_array
@@ -176,7 +177,7 @@ def test_close_wakes_blocked_getter_and_putter(backend):
     out: list = []
     getter = threading.Thread(target=lambda: out.append(consume_one(ch, HANG)))
     getter.start()
-    time.sleep(0.2)
+    wait_until(lambda: blocked_in(ch, "get"), HANG, "the getter to block")
     ch.close()
     getter.join(HANG)
     assert not getter.is_alive() and out == [("closed", None)]
@@ -193,7 +194,7 @@ def test_close_wakes_blocked_getter_and_putter(backend):
 
     putter = threading.Thread(target=put_blocked)
     putter.start()
-    time.sleep(0.2)
+    wait_until(lambda: blocked_in(ch2, "put"), HANG, "the putter to block")
     ch2.close()
     putter.join(HANG)
     assert not putter.is_alive()
@@ -248,7 +249,7 @@ def test_closing_while_process_consumers_block():
     ch = pt.Channel(backend="process")
     with pt.TaskGroup(backend="process") as g:
         waiting = [g.spawn(consume_one, ch, HANG) for _ in range(2)]
-        time.sleep(1.0)  # let them reach get()
+        wait_until(lambda: blocked_in(ch, "get", 2), HANG, "both consumers to block in get()")
         ch.close()
     assert [w.result() for w in waiting] == [("closed", None)] * 2
 
@@ -832,13 +833,14 @@ def test_put_many_and_put_of_items_over_half_a_small_ring():
 # --------------------------------------------------------------------------- cancellation points
 
 
-def blocked_in(ch, op: str) -> bool:
-    """Whether a thread or process is asleep in ``ch.get()`` (op "get") or ``ch.put()``."""
+def blocked_in(ch, op: str, at_least: int = 1) -> bool:
+    """Whether ``at_least`` threads or processes sleep in ``ch.get()`` (op "get") or
+    ``ch.put()`` (the sleepers' counts of the ring, or the condition's waiters)."""
     if ch.backend == "thread":
         cond = ch._not_empty if op == "get" else ch._not_full
-        return len(cond._waiters) > 0
+        return len(cond._waiters) >= at_least
     word = ch._w[10] & ~R.CLOSED_FLAG if op == "get" else ch._w[19]  # _WAIT_DATA, _WAIT_SPACE
-    return word > 0
+    return word >= at_least
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

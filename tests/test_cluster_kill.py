@@ -101,7 +101,7 @@ def test_a_timeout_kills_the_work_and_the_worker_goes_on(killable: Any, tmp_path
         t.result(timeout=60)
     child = int(Path(str(marker) + ".started").read_text())
     assert _gone(child), "the child running the task outlived its timeout"
-    time.sleep(3.0)
+    time.sleep(3.0)  # deliberate: past when the work would have written its marker
     assert not marker.exists()
     assert pt.spawn(pids, backend=killable).result(timeout=60)
 
@@ -115,7 +115,7 @@ def test_by_default_a_timeout_stops_the_work_on_both_engines(engine: str, tmp_pa
         t.result(timeout=60)
     ran = int(Path(str(marker) + ".started").read_text())
     assert _gone(ran), "the process running the task outlived its timeout"
-    time.sleep(3.0)
+    time.sleep(3.0)  # deliberate: past when the work would have written its marker
     assert not marker.exists()
     assert pt.spawn(pids, backend=engine).result(timeout=60)
 
@@ -143,7 +143,7 @@ def test_cancel_kills_a_running_task(killable: Any, tmp_path: Path) -> None:
     with pytest.raises(pt.Cancelled):
         t.result(timeout=10)
     assert _gone(int(started.read_text())), "cancel() did not kill the running task"
-    time.sleep(3.0)
+    time.sleep(3.0)  # deliberate: past when the work would have written its marker
     assert not marker.exists()
 
 
@@ -162,7 +162,7 @@ def test_pool_timeout_kills_a_chunk(engine: str, tmp_path: Path) -> None:
         with pytest.raises(pt.TaskTimeout):
             t.result(timeout=60)
         assert pool.map(abs, [-1, -2]) == [1, 2]
-    time.sleep(3.0)
+    time.sleep(3.0)  # deliberate: past when the work would have written its marker
     assert not (tmp_path / "m").exists()
 
 

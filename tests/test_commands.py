@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 
 PY = sys.executable
 
@@ -25,14 +26,17 @@ PY = sys.executable
 TREE = textwrap.dedent(
     """
     import subprocess, sys, time
+    import psutil
     kids = [
         subprocess.Popen(["sleep", "300"]),
         subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"]),
         subprocess.Popen([sys.executable, "-c",
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"]),
     ]
-    time.sleep(0.3)  # let the shell start its own children
-    import psutil
+    deadline = time.monotonic() + 30  # until the shell started its own two children
+    while len(psutil.Process(kids[1].pid).children()) < 2:
+        assert time.monotonic() < deadline, "the shell never started its children"
+        time.sleep(0.01)
     pids = [p.pid for k in kids for p in [psutil.Process(k.pid), *psutil.Process(k.pid).children()]]
     open(sys.argv[1], "w").write(" ".join(map(str, pids)))
     print("ready", flush=True)
@@ -564,11 +568,23 @@ def test_cancelled_task_ends_stream_and_run_many() -> None:
     b = pt.spawn(many)
     if started is not None:
         assert started.wait(30)
-    time.sleep(0.3)
+
+    def both_sleeps_run() -> bool:
+        kids = psutil.Process().children(recursive=True)
+        return sum(_cmdline(k) == ["sleep", "60"] for k in kids) >= 2
+
+    wait_until(both_sleeps_run, 30, "run_many to start both programs")
     a.cancel()
     b.cancel()
     for task in (a, b):
         assert isinstance(task.exception(30), pt.Cancelled)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # ended meanwhile
+        return []
 
 
 def _until_cancelled(within: float = 30.0) -> None:

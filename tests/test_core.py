@@ -10,6 +10,7 @@ import time
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 from polytask._ipc.codec import dumps_call, dumps_exception, loads_exception
 from polytask.backends import available, get_backend, make_backend
 from polytask.backends.process import wire as _wire
@@ -190,7 +191,7 @@ def test_shutdown_with_cancel_kills_running_tasks():
     be = ProcessBackend(2)
     tasks = [be.spawn(nap, (60,), {}) for _ in range(2)]
     pending = be.spawn(nap, (60,), {})
-    time.sleep(0.5)
+    wait_until(lambda: all(t.running() for t in tasks), HANG, "both tasks to run")
     started = time.monotonic()
     be.shutdown(wait=True, cancel=True)
     assert time.monotonic() - started < 30
@@ -545,7 +546,8 @@ def test_finish_many_completes_quiet_and_waited_tasks_alike():
     woke: list[object] = []
     waiter = threading.Thread(target=lambda: woke.append(tasks[700].result(HANG)))
     waiter.start()
-    time.sleep(0.05)
+    # It blocks before the finish comes: it has registered its waiter (made the condition).
+    wait_until(lambda: getattr(tasks[700], "_waiters", None), HANG, "the waiter to block")
     assert tasks[9]._finish(-1)  # already done: finish_many leaves it as it is
     finish_many([(t, i) for i, t in enumerate(tasks)])
     waiter.join(HANG)
@@ -620,7 +622,7 @@ def test_an_idle_worker_and_a_waiting_caller_do_not_keep_spinning():
         w0 = sum(worker.cpu_times()[:2])
         c0 = time.process_time()
         assert be.spawn(nap, (1.0,), {}).result(HANG) == wpid  # the caller waits 1 s
-        time.sleep(1.0)  # the worker idles 1 s
+        time.sleep(1.0)  # deliberate: the worker idles 1 s, its CPU use is measured
         assert sum(worker.cpu_times()[:2]) - w0 < 0.5
         assert time.process_time() - c0 < 0.5
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import polytask as pt
+from helpers import wait_for_file
 from polytask.backends import get_backend, make_backend
 
 pytestmark = pytest.mark.usefixtures("dask_cluster")
@@ -40,6 +41,7 @@ def die() -> None:
 
 
 def sleep_then_touch(seconds: float, path: str) -> str:
+    Path(path + ".started").touch()  # a test can wait for it: the task runs
     time.sleep(seconds)
     Path(path).write_text("ran to the end")
     return "done"
@@ -137,7 +139,8 @@ def test_cancel_running_and_pending(tmp_path: Path, dask_cluster: object) -> Non
         for i in range(slots)
     ]
     pending = pt.spawn(sleep_then_touch, 0.0, str(tmp_path / "pending"), backend="dask")
-    time.sleep(0.5)
+    for i in range(slots):  # every slot is busy: `pending` waits in the queue
+        wait_for_file(tmp_path / f"r{i}.started", 60)
     assert pending.cancel() is True
     assert running[0].cancel() is True
     with pytest.raises(pt.Cancelled):
@@ -145,7 +148,7 @@ def test_cancel_running_and_pending(tmp_path: Path, dask_cluster: object) -> Non
     with pytest.raises(pt.Cancelled):
         pending.result(timeout=10)
     assert running[1].result(timeout=60) == "done"
-    time.sleep(1.0)
+    time.sleep(1.0)  # deliberate: time for a (wrongly) started `pending` to write its file
     assert not (tmp_path / "pending").exists()  # a queued task never starts
 
 
@@ -220,7 +223,7 @@ def test_event_and_semaphore() -> None:
     be = get_backend("dask")
     ev = be.primitive("Event")
     t = pt.spawn(wait_event, ev, 30.0, backend="dask")
-    time.sleep(0.3)
+    time.sleep(0.3)  # deliberate: it keeps waiting while the event is not set
     assert not t.done()
     ev.set()
     assert t.result(timeout=60) is True

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 
 
 def square(x):
@@ -70,8 +71,7 @@ def test_shutdown_cancel_futures_and_after_shutdown(backend):
     ex = pt.Executor(max_workers=1, backend=backend)
     running = ex.submit(napper, 0.5)
     queued = [ex.submit(napper, 0.05) for _ in range(20)]
-    time.sleep(0.2)
-    assert running.running()
+    wait_until(running.running, 30, "the first task to run")
     ex.shutdown(wait=True, cancel_futures=True)
     assert running.result(timeout=10) > 0
     cancelled = [f for f in queued if f.cancelled()]

@@ -27,7 +27,7 @@ HANG = 60
 SRC = str(Path(polytask.__file__).resolve().parents[1])
 
 SCRIPT = """
-import os, sys, time
+import os, sys, threading, time
 import polytask as pt
 
 def nap_then_write(path, seconds):
@@ -49,6 +49,8 @@ if __name__ == "__main__":
     while not os.path.exists(path + ".pid") and time.monotonic() < deadline:
         time.sleep(0.01)
     print("main done", flush=True)
+    # Runs first at exit (registered after polytask's exit wait), then that wait starts.
+    threading._register_atexit(lambda: print("at exit", flush=True))
     if how == "interrupted":
         raise KeyboardInterrupt  # the program itself ends by Ctrl-C
 """
@@ -129,7 +131,9 @@ def test_a_daemon_task_is_killed_at_exit_and_named(tmp_path, backend, how):
 @pytest.mark.parametrize("backend", ["process", "thread"])
 def test_ctrl_c_during_the_exit_wait_kills_the_task(tmp_path, backend):
     with Script(tmp_path, backend, "plain", HANG * 2) as s:
-        time.sleep(0.2)  # into the exit wait (earlier, the interrupted program is killed too)
+        # At exit, about to wait for its task (a Ctrl-C a moment earlier kills it too).
+        assert s.proc.stdout is not None and s.proc.stdout.readline() == "at exit\n"
+        time.sleep(0.05)  # kept: out of the print's hook into the wait, not observable
         s.proc.send_signal(signal.SIGINT)
         _, err = s.finish()
     assert not s.out.exists()

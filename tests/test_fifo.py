@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 from polytask._os import proc as _proc
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -26,13 +27,6 @@ HANG = 30.0  # a bound for "does not hang", never a speed check
 NOBODY = 65534
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a FIFO to another user")
-
-
-def wait_until(pred, timeout=HANG):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.01)
 
 
 class Py:

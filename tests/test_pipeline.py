@@ -115,7 +115,7 @@ def test_endless_source_is_read_only_as_fast_as_results_are_taken(backend):
         for y in p:
             if y >= 40:
                 break
-        time.sleep(0.3)  # would the source run ahead?
+        time.sleep(0.3)  # deliberate: would the source run ahead meanwhile?
         read = next(taken)
     # 21 results taken; each of the stage's window and the result queue holds <= 4.
     assert read <= 21 + 3 * 4 + 2, read

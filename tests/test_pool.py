@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 from polytask import Pool
 
 # -- functions run in the workers (module level, so they pickle by reference)
@@ -142,7 +143,7 @@ def test_close_join_terminate():
 
     pool = Pool(2)
     slow = [pool.submit(pid_after, 30) for _ in range(4)]
-    time.sleep(0.3)
+    wait_until(lambda: sum(t.running() for t in slow) == 2, 30, "both workers to run a task")
     started = time.monotonic()
     pool.terminate()
     assert time.monotonic() - started < 10

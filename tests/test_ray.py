@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import polytask as pt
+from helpers import wait_for_file
 from polytask.backends import get_backend
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -40,6 +41,7 @@ def die() -> None:
 
 
 def sleep_then_touch(seconds: float, path: str) -> str:
+    Path(path + ".started").touch()  # a test can wait for it: the task runs
     time.sleep(seconds)
     Path(path).write_text("ran to the end")
     return "done"
@@ -105,7 +107,7 @@ def test_timeout_kills_the_running_task(tmp_path: Path) -> None:
     t = pt.spawn(sleep_then_touch, 2.0, str(marker), backend="ray", timeout=0.5)
     with pytest.raises(pt.TaskTimeout, match="killed"):
         t.result(timeout=30)
-    time.sleep(2.5)
+    time.sleep(2.5)  # deliberate: past when the work would have written its marker
     assert not marker.exists()  # the worker was killed before it got there
     assert pt.spawn(add, 1, 2, backend="ray").result(timeout=60) == 3
 
@@ -113,12 +115,12 @@ def test_timeout_kills_the_running_task(tmp_path: Path) -> None:
 def test_cancel_running_task_kills_it(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     t = pt.spawn(sleep_then_touch, 2.0, str(marker), backend="ray")
-    time.sleep(0.5)
+    wait_for_file(str(marker) + ".started", 60)  # running, not merely queued
     assert t.cancel() is True
     with pytest.raises(pt.Cancelled):
         t.result(timeout=10)
     assert t.cancelled()
-    time.sleep(2.5)
+    time.sleep(2.5)  # deliberate: past when the work would have written its marker
     assert not marker.exists()
 
 
@@ -174,7 +176,7 @@ def test_lock_is_exclusive_across_workers(tmp_path: Path) -> None:
 def test_event_and_semaphore() -> None:
     ev = pt.Event(backend="ray")
     t = pt.spawn(wait_event, ev, 30.0, backend="ray")
-    time.sleep(0.3)
+    time.sleep(0.3)  # deliberate: it keeps waiting while the event is not set
     assert not t.done()
     ev.set()
     assert t.result(timeout=60) is True

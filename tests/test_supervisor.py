@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 from polytask._supervisor import (
     TERMINAL,
     TRANSITIONS,
@@ -222,16 +223,6 @@ def test_format_summary():
 LINE = re.compile(rb"^\d\d:\d\d:\d\d (\S+) +\| (.*)$")
 
 
-def wait_until(pred, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def lines_of(out: io.BytesIO | io.StringIO, name: str) -> list[str]:
     data = out.getvalue()
     if isinstance(data, str):
@@ -322,7 +313,7 @@ def test_keep_running_after_a_failure_without_exit_on_failure():
     )
     with sup:
         wait_until(lambda: sup.status()[0].state == "failed", what="crash.1 failed")
-        time.sleep(0.3)
+        time.sleep(0.3)  # deliberate: the supervisor must not end meanwhile
         assert not sup.wait(timeout=0)
         assert sup.status()[1].state in ("starting", "running") and sup.status()[1].pid
     assert sup.returncode == 1

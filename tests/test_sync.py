@@ -22,6 +22,7 @@ import cloudpickle
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 from polytask._core.primitives import BrokenBarrierError, make_primitive
 from polytask._os import proc as _proc
 
@@ -109,14 +110,13 @@ def backend(request):
     return request.param
 
 
-def wait_until(pred, timeout=HANG):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.01)
-
-
 # --------------------------------------------------------------------------- actor functions
+
+
+def after_signalling(ready, fn, *args):
+    """Set ``ready`` (the test waits for it: the actor runs), then run ``fn``."""
+    ready.set()
+    return fn(*args)
 
 
 def hold_lock(lock, started, release_event, hold_timeout=HANG):
@@ -237,8 +237,10 @@ def test_lock_excludes_the_other_side(backend):
     holder = Actor(backend, hold_lock, lock, started, release)
     assert started.wait(HANG)
     assert lock.acquire(timeout=0.2) is False
-    waiter = Actor(backend, try_acquire, lock, HANG)
-    time.sleep(0.2)
+    ready = pt.Event(backend=backend)
+    waiter = Actor(backend, after_signalling, ready, try_acquire, lock, HANG)
+    assert ready.wait(HANG), "the waiting actor never started"
+    time.sleep(0.2)  # kept: into acquire() by now, which cannot be observed from here
     release.set()
     assert holder.result() == "released"
     ok, _ = waiter.result()
@@ -289,8 +291,10 @@ def test_event(backend):
     assert isinstance(event, pt.Event)
     assert not event.is_set()
     assert event.wait(0.05) is False
-    waiter = Actor(backend, event_wait, event, HANG)
-    time.sleep(0.1)
+    ready = pt.Event(backend=backend)
+    waiter = Actor(backend, after_signalling, ready, event_wait, event, HANG)
+    assert ready.wait(HANG), "the waiting actor never started"
+    time.sleep(0.1)  # kept: into wait() by now, which cannot be observed from here
     event.set()
     assert waiter.result() is True
     assert event.is_set() and event.wait(0) is True
@@ -368,8 +372,10 @@ def test_semaphore(backend):
     assert sem.acquire() and sem.acquire()
     assert sem.acquire(blocking=False) is False
     assert sem.acquire(timeout=0.05) is False
-    waiter = Actor(backend, sem_acquire, sem, HANG)
-    time.sleep(0.1)
+    ready = pt.Event(backend=backend)
+    waiter = Actor(backend, after_signalling, ready, sem_acquire, sem, HANG)
+    assert ready.wait(HANG), "the waiting actor never started"
+    time.sleep(0.1)  # kept: into acquire() by now, which cannot be observed from here
     sem.release()
     assert waiter.result() is True
     sem.release(2)

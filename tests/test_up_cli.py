@@ -344,7 +344,7 @@ def test_without_exit_on_failure_the_others_keep_running(tmp_path):
     )
     try:
         up.wait_for("crash.1 (pid", "failed:", "web web.1 PORT=5100")
-        time.sleep(0.3)
+        time.sleep(0.3)  # deliberate: up must not end meanwhile
         assert up.proc.poll() is None
         pids = spawned_pids(up.events())
         up.proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
+from helpers import wait_for_file
 from polytask.backends import Backend, make_backend
 
 HANG = 60  # a bound for "does not hang", never a speed claim
@@ -40,7 +41,8 @@ def test_a_timeout_stops_the_running_work(backend_name: str, tmp_path: Path) -> 
     with pytest.raises(pt.TaskTimeout):
         t.result(timeout=HANG)
     assert Path(str(marker) + ".started").exists(), "the task never started"
-    time.sleep(3.0)  # past the time the work would have ended
+    # Deliberate: "nothing happens" needs its time; past the 2.5 s the work would run.
+    time.sleep(3.0)
     assert not marker.exists(), "the timed-out work ran on to its end"
 
 
@@ -61,20 +63,16 @@ def test_a_group_timeout_stops_the_running_work(killing: Backend, tmp_path: Path
     marker = tmp_path / "marker"
     with pytest.raises(pt.TaskTimeout), pt.TaskGroup(backend=killing, timeout=1.0) as g:
         g.spawn(sleep_then_touch, 2.5, str(marker))
-    time.sleep(3.0)
+    time.sleep(3.0)  # deliberate: past the 2.5 s the work would run, it must not end
     assert not marker.exists(), "the timed-out work ran on to its end"
 
 
 def test_cancel_stops_the_running_work(killing: Backend, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     t = pt.spawn(sleep_then_touch, 2.5, str(marker), backend=killing)
-    started = Path(str(marker) + ".started")
-    deadline = time.monotonic() + HANG
-    while not started.exists():
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.02)
+    wait_for_file(str(marker) + ".started", HANG)
     assert t.cancel() is True
     with pytest.raises(pt.Cancelled):
         t.result(timeout=HANG)
-    time.sleep(3.0)
+    time.sleep(3.0)  # deliberate: past the 2.5 s the work would run, it must not end
     assert not marker.exists(), "the cancelled work ran on to its end"

@@ -45,6 +45,12 @@ def channel_for(backend_name: str, maxsize: int = 0) -> pt.Channel:
 # --------------------------------------------------------------------------- task bodies
 
 
+def after_signalling(ready, fn, *args):
+    """Set ``ready`` (the test waits for it: the task is running), then run ``fn``."""
+    ready.set()
+    return fn(*args)
+
+
 def hold_until(lock, held, release) -> bool:
     with lock:
         held.set()
@@ -199,9 +205,11 @@ def test_event_semantics_and_timeouts(backend_name):
 
 
 def test_event_between_a_task_and_us(backend_name):
-    event = make(backend_name, "Event")
-    waiter = spawn(backend_name, wait_event, event, HANG)
-    time.sleep(SHORT)
+    event, ready = make(backend_name, "Event"), make(backend_name, "Event")
+    waiter = spawn(backend_name, after_signalling, ready, wait_event, event, HANG)
+    assert ready.wait(timeout=HANG), "the waiting task never started"
+    time.sleep(SHORT)  # kept: into wait() by now, which cannot be observed from here
+    assert not waiter.done()
     event.set()
     assert waiter.result(timeout=HANG) is True
     other = make(backend_name, "Event")
@@ -274,9 +282,10 @@ def test_semaphore_semantics_and_timeouts(backend_name):
 
 
 def test_semaphore_release_wakes_a_waiting_task(backend_name):
-    sem = make(backend_name, "Semaphore", 0)
-    task = spawn(backend_name, semaphore_slot, sem, HANG)
-    time.sleep(SHORT)
+    sem, ready = make(backend_name, "Semaphore", 0), make(backend_name, "Event")
+    task = spawn(backend_name, after_signalling, ready, semaphore_slot, sem, HANG)
+    assert ready.wait(timeout=HANG), "the waiting task never started"
+    time.sleep(SHORT)  # kept: "stays blocked while no slot is free" needs some time
     assert not task.done()
     sem.release()
     assert task.result(timeout=HANG) is True
@@ -372,9 +381,10 @@ def test_channel_items_keep_order_and_type(backend_name):
 
 
 def test_channel_close_wakes_a_waiting_task_and_keeps_what_is_left(backend_name):
-    ch = channel_for(backend_name)
-    waiter = spawn(backend_name, get_one, ch, HANG)
-    time.sleep(SHORT)
+    ch, ready = channel_for(backend_name), make(backend_name, "Event")
+    waiter = spawn(backend_name, after_signalling, ready, get_one, ch, HANG)
+    assert ready.wait(timeout=HANG), "the waiting task never started"
+    time.sleep(SHORT)  # kept: "stays blocked on an empty channel" needs some time
     assert not waiter.done()
     ch.close()
     assert waiter.result(timeout=HANG) == "closed"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from pathlib import Path
 
 import pytest
 
 import polytask as pt
+from helpers import wait_for_file
 
 HANG = 60  # a bound for "does not hang", never a speed claim
 
@@ -29,13 +31,17 @@ def fail(msg: str) -> None:
     raise Boom(msg)
 
 
-def nap(seconds: float) -> str:
+def nap(seconds: float, started: str | None = None) -> str:
+    if started:
+        Path(started).touch()  # the test waits for it: running on the backend
     time.sleep(seconds)
     return "woke"
 
 
-def cooperative_nap(seconds: float) -> str:
+def cooperative_nap(seconds: float, started: str | None = None) -> str:
     # Threads cannot be killed: a long thread task checks its flag.
+    if started:
+        Path(started).touch()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pt.current_task().raise_if_cancelled()
@@ -48,6 +54,11 @@ def checkpointed_nap(seconds: float) -> str:
     pt.sleep(seconds)
     pt.checkpoint()
     return "woke"
+
+
+def pt_sleep_after_touching(started: str, seconds: float) -> None:
+    Path(started).touch()
+    pt.sleep(seconds)
 
 
 def my_name() -> str:
@@ -84,7 +95,7 @@ def test_duration_grows_and_freezes(backend_name: str) -> None:
     assert t.result(HANG) == "woke"
     frozen = t.duration
     assert frozen is not None and frozen >= 0.15
-    time.sleep(0.05)
+    time.sleep(0.05)  # deliberate: time passes, the duration of an ended task does not
     assert t.duration == frozen
 
 
@@ -107,13 +118,11 @@ def test_task_timeout(backend_name: str) -> None:
     assert t.name in str(info.value)
 
 
-def test_cancel_a_running_task(backend_name: str) -> None:
+def test_cancel_a_running_task(backend_name: str, tmp_path: Path) -> None:
     fn = cooperative_nap if backend_name == "thread" else nap
-    t = pt.spawn(fn, 30, backend=backend_name)
-    deadline = time.monotonic() + HANG
-    while not t.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # running on the backend, not merely dispatched
+    started_file = tmp_path / "started"
+    t = pt.spawn(fn, 30, str(started_file), backend=backend_name)
+    wait_for_file(started_file, HANG)  # running on the backend, not merely dispatched
     started = time.monotonic()
     t.cancel()
     with pytest.raises(pt.Cancelled):
@@ -134,12 +143,13 @@ def long_sleep(backend_name: str) -> float:
     return 3.0 if backend_name == "dask" else 30.0
 
 
-def test_cancel_a_task_in_pt_sleep(backend_name: str) -> None:
-    t = pt.spawn(pt.sleep, long_sleep(backend_name), backend=backend_name)
-    deadline = time.monotonic() + HANG
-    while not t.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # running on the backend, not merely dispatched
+def test_cancel_a_task_in_pt_sleep(backend_name: str, tmp_path: Path) -> None:
+    started_file = tmp_path / "started"
+    t = pt.spawn(
+        pt_sleep_after_touching, str(started_file), long_sleep(backend_name), backend=backend_name
+    )
+    wait_for_file(started_file, HANG)  # running on the backend, not merely dispatched
+    time.sleep(0.05)  # kept: from the touch into pt.sleep, which cannot be observed
     started = time.monotonic()
     t.cancel()
     with pytest.raises(pt.Cancelled):

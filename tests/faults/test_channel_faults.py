@@ -141,7 +141,7 @@ def test_writer_killed_half_way_through_a_big_frame(tmp_path):
         result: list = []
         reader = threading.Thread(target=lambda: result.append(ch.get(timeout=HANG)))
         reader.start()
-        time.sleep(0.3)
+        time.sleep(0.3)  # deliberate: the reader must stay blocked for a while
         assert reader.is_alive()  # it waits for the frame: its writer lives
         child.kill()
         reader.join(HANG)
@@ -222,7 +222,7 @@ def test_producers_killed_at_random_points_of_a_busy_stream(tmp_path):
             v.wait_for("started")
         rng = random.Random(5)
         for v in victims:
-            time.sleep(rng.uniform(0.2, 0.6))
+            time.sleep(rng.uniform(0.2, 0.6))  # deliberate: a random point of a busy stream
             v.kill()
         survivor.wait_for("done")
         survivor.proc.wait(HANG)

@@ -9,7 +9,7 @@ import time
 import weakref
 
 import pytest
-from tests.helpers import Harness
+from tests.helpers import Harness, wait_until
 
 import polytask as pt
 from polytask.backends.process.backend import ProcessBackend
@@ -57,7 +57,7 @@ def test_idle_worker_killed_from_outside_is_replaced():
         for _ in range(3):
             victim = be.spawn(pid, (), {}).result(HANG)
             os.kill(victim, signal.SIGKILL)
-            time.sleep(0.05)
+            wait_until(lambda v=victim: not _alive(v), HANG, "the killed worker to die")
             # The next task must run (on a fresh worker), never hang or crash.
             assert be.spawn(pid, (), {}).result(HANG) != victim
         be.shutdown()
@@ -71,7 +71,7 @@ def test_cancel_racing_completion_never_hits_the_next_task():
         for i in range(40):
             first = be.spawn(nap, (0.002 * (i % 5),), {}, name=f"first-{i}")
             second = be.spawn(pid, (), {}, name=f"second-{i}")
-            time.sleep(0.002 * (i % 7))
+            time.sleep(0.002 * (i % 7))  # deliberate: cancel at varying points of its run
             first.cancel()
             # Whatever happened to `first`, `second` runs normally.
             assert second.result(HANG) > 0

@@ -12,8 +12,10 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from tests.helpers import wait_for_file
 
 import polytask as pt
 from polytask.backends.process.backend import ProcessBackend
@@ -49,6 +51,11 @@ def pid() -> int:
 def nap(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+def touch_then_nap(path: str, seconds: float) -> int:
+    Path(path).touch()  # the test waits for it: the task runs in its worker
+    return nap(seconds)
 
 
 def returns_lock() -> object:
@@ -107,12 +114,10 @@ def test_crash_in_a_group_fails_the_group_with_worker_crashed(fn, code, words):
     assert sibling.cancelled()
 
 
-def test_worker_killed_from_outside(backend):
-    t = backend.spawn(nap, (30,), {})
-    deadline = time.monotonic() + HANG
-    while not t.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
+def test_worker_killed_from_outside(backend, tmp_path):
+    started = tmp_path / "started"
+    t = backend.spawn(touch_then_nap, (str(started), 30), {})
+    wait_for_file(started, HANG)
     os.kill(t._slot.pid, signal.SIGKILL)
     with pytest.raises(pt.WorkerCrashed, match="SIGKILL"):
         t.result(HANG)

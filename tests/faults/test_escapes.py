@@ -105,7 +105,8 @@ def test_run_returns_with_nothing_left(kind):
     left = tagged(tag)  # no waiting: pt.run has already returned
     _kill(left)
     if kind == "nested-later":
-        # Its intermediate was ended before it could start the last one.
+        # Its intermediate was ended before it could start the last one: deliberately
+        # give it time to (wrongly) appear, since an absence cannot be waited for.
         time.sleep(0.5)
         left += tagged(tag)
         _kill(left)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import polytask as pt
-from helpers import Harness
+from helpers import Harness, wait_until
 
 
 def faulty(i, kind):
@@ -145,8 +145,11 @@ def test_ctrl_c_during_map_kills_and_reaps_every_worker(tmp_path):
     mark = tmp_path / "mark"
     h = Harness(SIGINT_SCRIPT, tmp_path, str(mark))
     try:
-        h.wait_for_line(mark, "running")
-        time.sleep(0.2)
+        wait_until(
+            lambda: mark.exists() and mark.read_text().count("running") >= 2,
+            30,
+            "both workers to run a task",
+        )
         assert len(h.descendants()) >= 2
         sent = time.monotonic()
         h.signal(signal.SIGINT)
