@@ -779,7 +779,10 @@ def test_ray_across_hosts(ray_cluster: Cluster, tmp_path: Path) -> None:
     workers = sorted(ray_cluster.workers)
     assert out["squares"] is True
     assert set(out["map_hosts"]) <= set(workers)
-    assert out["slow_hosts"] == workers, "work ran on one host only"
+    # Where Ray places 8 queued tasks is Ray's choice (its hybrid policy may
+    # queue them all on one node: seen once); that both hosts work is shown by
+    # met_hosts below, two tasks that can only finish if they run at once.
+    assert out["slow_hosts"] and set(out["slow_hosts"]) <= set(workers)
     kind, message, remote = out["error"]
     assert kind == "ValueError" and message.startswith("bad value 7 on 10.213.")
     assert message.rsplit(" ", 1)[-1] in workers
