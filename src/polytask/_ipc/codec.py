@@ -66,7 +66,7 @@ def by_reference(data: bytes) -> bool:
     """Whether a plain pickle ``data`` may go to another process as it is: it names
     nothing in ``__main__``, which is another module there. Otherwise :func:`dumps`
     sends the object by value (cloudpickle)."""
-    return STACK_GLOBAL not in data or _MAIN not in data
+    return STACK_GLOBAL not in data or _MAIN not in data  # the hot paths inline this
 
 
 def dumps(obj: Any, inherited: Mapping[str, Any] | None = None) -> bytes:
@@ -79,7 +79,7 @@ def dumps(obj: Any, inherited: Mapping[str, Any] | None = None) -> bytes:
         data = pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
         return _cloudpickle_dumps(obj)
-    if STACK_GLOBAL in data and _MAIN in data:
+    if not by_reference(data):
         if inherited is not None:
             by_name = _dumps_inherited(obj, inherited)
             if by_name is not None:
@@ -97,7 +97,7 @@ def dumps_buffers(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     except Exception:
         pass
     else:
-        if STACK_GLOBAL not in data or _MAIN not in data:
+        if by_reference(data):
             return data, bufs
     import cloudpickle
 
@@ -143,7 +143,7 @@ def _dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
         data = pickle.dumps(fn, protocol=PROTOCOL)
     except Exception:
         return _cloudpickle_dumps(fn), False
-    if STACK_GLOBAL in data and _MAIN in data:
+    if not by_reference(data):
         return _cloudpickle_dumps(fn), False
     return data, True
 
@@ -219,7 +219,7 @@ def _dumps_inherited(obj: Any, main: Mapping[str, Any]) -> bytes | None:
     data = f.getvalue()
     # Something of __main__ went by name without the check (an object whose
     # __reduce__ returns a global's name): by value, then.
-    return None if _MAIN in data else data
+    return data if by_reference(data) else None
 
 
 loads = pickle.loads
