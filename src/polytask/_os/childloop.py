@@ -30,6 +30,10 @@ poll, and only the loop's thread touches its state::
                 └─ a start was slow ──> queue ──> starter threads: posix_spawn ──> done list
                                                             └─ wake pipe ──> wait() adopts
 
+A Ctrl-C (or a SIGTERM/SIGHUP handler that raises) on the main thread is held
+from a program's start to its adoption (``ProcessLoop._hold``): a program is
+either never started or the loop's, and so ended the loop's way.
+
 With ``posix_spawn=True`` programs start through libc's ``posix_spawn``
 (called by ctypes, which lets go of the GIL while the thread is suspended;
 ``os.posix_spawn`` does not): glibc's clone(CLONE_VM|CLONE_VFORK) copies no
@@ -49,6 +53,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -97,6 +102,9 @@ SLOW_WINDOW = 30
 #: one is tried on the loop's thread again (one more slow start there: back
 #: to the threads at once).
 THREADED_STARTS = 50
+
+#: Signals whose Python handlers wait while a started program is adopted (ProcessLoop._hold).
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 OnOutput = Callable[["Child", int, bytes], None]
 
@@ -609,6 +617,57 @@ class ProcessLoop:
         self._spawned_here = 0  # by spawn_soon on this thread
         self._slow_starts: list[int] = []  # the last slow ones of those (their numbers)
         self._inline_after = 0
+        # Signals held while a started program is taken into the loop's care (_hold).
+        self._holding = False
+        self._held: int | None = None
+        self._handlers: dict[int, Any] = {}  # signal -> the handler our wrapper stands in for
+
+    # ------------------------------------------------------------------ holding signals
+
+    def _hold(self) -> bool:
+        """Hold back Ctrl-C (and SIGTERM/SIGHUP handlers) until :meth:`_release`.
+
+        Between a program's start and its adoption a handler raising
+        KeyboardInterrupt would leave a running program the loop does not
+        know: ended by SIGKILL (or by the guardian), never by the ending the
+        loop promises (``termseq``, SIGTERM then grace). So while the loop takes
+        a program into its care, a Python-level handler's signal is noted and
+        run once the program is adopted; nothing is blocked in the kernel
+        (other threads would take the signal instead). Handlers only run on the
+        main thread: elsewhere there is nothing to hold (returns False).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if not self._handlers:
+            for signum in _HELD_SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self._handlers[signum] = handler
+                    signal.signal(signum, self._on_signal)
+            if not self._handlers:
+                return False
+        self._holding = True
+        return True
+
+    def _release(self) -> None:
+        """End :meth:`_hold`; run the handler of a signal that came meanwhile (it may raise)."""
+        self._holding = False
+        signum, self._held = self._held, None
+        if signum is not None:
+            self._handlers[signum](signum, None)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._holding:
+            self._held = signum
+            return
+        self._handlers[signum](signum, frame)
+
+    def _unwrap_handlers(self) -> None:
+        """Give the handlers back (those the program has not replaced since)."""
+        handlers, self._handlers = self._handlers, {}
+        for signum, handler in handlers.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler)
 
     # ------------------------------------------------------------------ starting
 
@@ -652,17 +711,22 @@ class ProcessLoop:
             and env is None
         ):
             return self._spawn_to_files(argv, token, timeout, extra_env)
-        start = self._prepare(
-            argv, token, timeout, capture, input, cwd, env, on_output, stdin, extra_env
-        )
+        held = self._hold()
         try:
-            start.run()
+            start = self._prepare(
+                argv, token, timeout, capture, input, cwd, env, on_output, stdin, extra_env
+            )
+            try:
+                start.run()
+            finally:
+                start.close_theirs()
+            if start.error is not None:
+                start.close_all()
+                raise start.error
+            return self._adopt(start)
         finally:
-            start.close_theirs()
-        if start.error is not None:
-            start.close_all()
-            raise start.error
-        return self._adopt(start)
+            if held:
+                self._release()
 
     def _spawn_to_files(
         self,
@@ -674,6 +738,20 @@ class ProcessLoop:
         """:meth:`spawn` by posix_spawn, output to memory files: the path of many tiny jobs."""
         if not argv:
             raise ValueError("no program to run: the argument list is empty")
+        held = self._hold()
+        try:
+            return self._spawn_to_files_held(argv, token, timeout, extra_env)
+        finally:
+            if held:
+                self._release()  # a Ctrl-C meanwhile raises here: the child is the loop's
+
+    def _spawn_to_files_held(
+        self,
+        argv: Sequence[str],
+        token: Any,
+        timeout: float | None,
+        extra_env: Sequence[bytes],
+    ) -> Child:
         spawner = self._spawner
         if spawner is None:
             spawner = self._spawner = _Spawner(
@@ -770,15 +848,20 @@ class ProcessLoop:
                     self._inline_after = self._spawned + THREADED_STARTS
                 del slow[:-SLOW_STARTS]
             return
-        start = self._prepare(
-            argv, token, timeout, True, None, None, None, on_output, None, extra_env
-        )
-        if self._starters is None:
-            self._starters = _Starters(self._STARTERS)
-            self._fds[self._starters.wake_r] = (None, _WAKE)  # type: ignore[assignment]
-            self._poll.register(self._starters.wake_r, select.POLLIN)
-        self._starting += 1
-        self._starters.submit(start)
+        held = self._hold()
+        try:
+            start = self._prepare(
+                argv, token, timeout, True, None, None, None, on_output, None, extra_env
+            )
+            if self._starters is None:
+                self._starters = _Starters(self._STARTERS)
+                self._fds[self._starters.wake_r] = (None, _WAKE)  # type: ignore[assignment]
+                self._poll.register(self._starters.wake_r, select.POLLIN)
+            self._starting += 1
+            self._starters.submit(start)
+        finally:
+            if held:
+                self._release()
 
     def failed_starts(self) -> list[tuple[Any, Exception]]:
         """(token, error) of each :meth:`spawn_soon` program that could not start, since the last call."""
@@ -897,18 +980,23 @@ class ProcessLoop:
         """Adopt what the starter threads started; True if anything came."""
         assert self._starters is not None
         got = False
-        for start in self._starters.collect():
-            got = True
-            self._starting -= 1
-            start.close_theirs()
-            if start.error is not None:
-                start.close_all()
-                error = start.error
-                if not isinstance(error, Exception):  # pragma: no cover - run catches these
-                    raise error
-                self._failed_starts.append((start.token, error))
-            else:
-                self._adopt(start)
+        held = self._hold()
+        try:
+            for start in self._starters.collect():
+                got = True
+                self._starting -= 1
+                start.close_theirs()
+                if start.error is not None:
+                    start.close_all()
+                    error = start.error
+                    if not isinstance(error, Exception):  # pragma: no cover - run catches these
+                        raise error
+                    self._failed_starts.append((start.token, error))
+                else:
+                    self._adopt(start)
+        finally:
+            if held:
+                self._release()
         return got
 
     def _resolve(
@@ -1001,6 +1089,8 @@ class ProcessLoop:
                 for fd in self._spare_files:
                     os.close(fd)
                 self._spare_files = None
+            if self._handlers:
+                self._unwrap_handlers()
 
     def __enter__(self) -> ProcessLoop:
         return self
