@@ -771,8 +771,9 @@ class Supervisor:
             stable_seconds: see :class:`RestartPolicy`.
         timeout: seconds between SIGTERM and SIGKILL when stopping.
         exit_on_failure: when a program is marked failed, stop the others.
-        config: dependencies, readiness probes and stop settings per process type
-            (see docs/up.md, "Dependencies and readiness"): an ``UpConfig``, or
+        config: dependencies, readiness probes, stop settings, ``max_memory``,
+            liveness checks and log files per process type (see docs/up.md,
+            "Dependencies and readiness" and "Health and log files"): an ``UpConfig``, or
             the mapping a ``polytask.toml`` holds. Default: the ``polytask.toml``
             (else the ``[tool.polytask.up]`` table of ``pyproject.toml``) beside a
             Procfile given as a path; none for a mapping.
@@ -783,10 +784,12 @@ class Supervisor:
         output: where the prefixed lines go (default ``sys.stdout``).
         colour: colour the prefixes (default: only when ``output`` is a terminal).
         on_event: called on the loop thread with a dict for each spawn, exit,
-            retry, failure, signal and stop (what ``polytask up --events`` logs).
+            retry, failure, signal, stop, readiness and health restart (what
+            ``polytask up --events`` logs).
 
     Raises:
-        ProcfileError: the Procfile, env file, concurrency or names are invalid.
+        ProcfileError: the Procfile, env file, concurrency, names or config are
+            invalid, or a ``log_file`` cannot be opened.
         OSError: the Procfile or an env file cannot be read.
 
     Example::
@@ -1352,7 +1355,7 @@ class Supervisor:
             for p in self._programs
             if p.liveness is not None and (d := p.liveness.due(now)) is not None
         ]
-        if self._sup.max_memory and any(p.popen is not None for p in self._programs):
+        if any(p.popen is not None and p.name in self._sup.max_memory for p in self._programs):
             dues.append(self._next_sample)
         return dues
 
