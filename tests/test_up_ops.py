@@ -546,3 +546,32 @@ def test_a_failing_liveness_check_restarts_the_program(tmp_path: Path) -> None:
     assert summary.splitlines()[0].endswith("READY")
     assert re.search(r"web\.1 .* after \d+\.\ds$", summary), summary
     assert gone([e["pid"] for e in events if e["event"] == "spawn"]) == []
+
+
+def test_a_restart_keeps_the_grace_for_a_program_under_a_shell_that_ignores_sigterm(
+    tmp_path: Path,
+) -> None:
+    # The shell dies of SIGTERM at once; the hog under it ignores it and must get
+    # its stop_timeout, then SIGKILL (reported as such), then its restart.
+    stubborn = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + HOG
+    (tmp_path / "hog.py").write_text(stubborn)
+    events: list[dict[str, Any]] = []
+    out = io.StringIO()
+    sup = pt.Supervisor(
+        {"hog": f"{PY} hog.py; echo hog ended"},
+        config={"hog": {"max_memory": "60M", "stop_timeout": 1}},
+        cwd=tmp_path,
+        output=out,
+        on_event=events.append,
+        backoff=0.05,
+        start_seconds=0.1,
+    )
+    with sup:
+        wait_until(lambda: sup.status()[0].restarts >= 1, what="a restart")
+    first = next(e for e in events if e["event"] == "max_memory")
+    after = [e for e in events[events.index(first) :] if e.get("process") == "hog.1"][:5]
+    assert [e["event"] for e in after] == ["max_memory", "signal", "signal", "exit", "retry"]
+    assert [e.get("signal") for e in after[1:3]] == ["SIGTERM", "SIGKILL"]
+    assert after[3]["code"] == -signal.SIGKILL and after[3]["state"] == "backoff"
+    assert f"hog.1 (pid {first['pid']}) did not stop in time: SIGKILL" in out.getvalue()
+    assert gone([e["pid"] for e in events if e["event"] == "spawn"]) == []
