@@ -531,9 +531,10 @@ def _tree_rss(leaders: Iterable[int]) -> dict[int, int]:
     leader is its group's leader) and its descendants elsewhere (a child that called
     setsid), summed; shared pages count in each process, as in ``ps``.
 
-    One pass over /proc for every leader at once (psutil's ``children(recursive=True)``
-    reads all of /proc for each leader, and misses what was orphaned); a leader that
-    is gone is left out.
+    One pass over /proc for every leader at once, where psutil's
+    ``children(recursive=True)`` reads all of /proc for each leader and misses a
+    descendant whose parent died (the group scan keeps those that stayed in the
+    group); a leader that is gone is left out.
     """
     wanted = set(leaders)
     rss: dict[int, int] = {}
@@ -573,8 +574,9 @@ class _Prober:
     ever blocking it.
 
     Each attempt is bounded by ``_PROBE_ATTEMPT`` seconds and retried every
-    ``_PROBE_INTERVAL``: ``cmd`` runs the command in a process group of its own
-    (guarded; killed when the attempt times out) and polls it; ``tcp`` (one
+    ``_PROBE_INTERVAL`` (a liveness check: its ``timeout`` and ``period``): ``cmd``
+    runs the command in a process group of its own (guarded; killed when the
+    attempt times out) and polls it; ``tcp`` (one
     connect, host name lookup included) and ``http`` (one GET) run with a
     timeout in a short-lived thread that wakes the loop, since a lookup can
     block for the resolver's timeout; ``log`` is told each output line (``_read``).
@@ -915,9 +917,10 @@ class Supervisor:
         base = self.cwd if self.cwd is not None else os.getcwd()
         by_kind: dict[str, _LogFile] = {}
         problems: list[tuple[str, int | None, str]] = []
+        failed: set[str] = set()
         for inst in self.instances:
             kind, pc = inst.kind, self.config.get(inst.kind)
-            if pc.log_file is None or any(f"[{kind}]" in p[2] for p in problems):
+            if pc.log_file is None or kind in failed:
                 continue
             if kind not in by_kind:
                 path = os.path.join(base, os.path.expanduser(pc.log_file))
@@ -928,6 +931,7 @@ class Supervisor:
                     problems.append(
                         (self.config.source, None, f"[{kind}] log_file {pc.log_file!r}: {exc}")
                     )
+                    failed.add(kind)
                     continue
                 by_kind[kind] = log
             self._output.logs[inst.name] = by_kind[kind]
