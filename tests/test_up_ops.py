@@ -364,7 +364,8 @@ HOG = textwrap.dedent(
     chunks = []
     print("hog starts", flush=True)
     while True:
-        chunks.append(b"x" * (4 << 20))  # written, so resident
+        if len(chunks) < 40:  # 160 MiB at most: a failing test must not eat the machine
+            chunks.append(b"x" * (4 << 20))  # written, so resident
         time.sleep(0.02)
     """
 )
