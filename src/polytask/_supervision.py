@@ -17,6 +17,10 @@ event sequences, without processes::
                                               Kill(name, "kill") (grace over)
     stop(reason, grace, now, status)  ─────>  STOP ─> Stopping, Kill(name, "term")
     kill(reason, now, status)  ────────────>  KILL ─> Killing, Kill(name, "kill")
+    memory(name, rss, now)  ───────────────>  over max_memory: RESTART ─> OverMemory,
+    alive(name, ok, now, error)  ──────────>  too many failed liveness checks: RESTART
+                                              ─> NotAlive; either then Kill(name, "term"),
+                                              and the exit goes through the restart policy
                                               every program ended ─> Exit(code)
 
 Two layers: :class:`ProcessMachine`, one per program, whose transitions are
@@ -47,7 +51,10 @@ __all__ = [
     "GiveUp",
     "Kill",
     "Killing",
+    "Liveness",
+    "NotAlive",
     "NotReady",
+    "OverMemory",
     "Probe",
     "ProcessMachine",
     "Ready",
@@ -81,6 +88,7 @@ class State(enum.StrEnum):
     RUNNING = "running"  # up for at least start_seconds
     BACKOFF = "backoff"  # exited, waiting for its restart delay
     STOPPING = "stopping"  # SIGTERM sent, waiting for it to exit (SIGKILL at due)
+    RESTARTING = "restarting"  # stopped for its health (memory, liveness), to start again
     EXITED = "exited"  # ended and not to be restarted (policy says so)
     FAILED = "failed"  # given up on: kept dying at start, or failed under "never"
 
@@ -97,6 +105,7 @@ class Event(enum.Enum):
     STOP = "stop"  # stop gracefully (SIGTERM, ``grace`` seconds, SIGKILL)
     KILL = "kill"  # stop now (SIGKILL)
     ABANDON = "abandon"  # never started: what it depends on can no longer come
+    RESTART = "restart"  # stop it (stop signal, ``grace``, SIGKILL), then restart by policy
 
 
 class Action(enum.Enum):
@@ -199,11 +208,26 @@ def _g_exhausted(m: ProcessMachine, code: int | None) -> bool:
     return m.failed_starts + 1 > m.policy.start_retries
 
 
+def _g_never(m: ProcessMachine, code: int | None) -> bool:
+    return m.policy.restart == "never"
+
+
+def _g_early(m: ProcessMachine, code: int | None) -> bool:
+    return m.restart_early
+
+
+def _g_early_exhausted(m: ProcessMachine, code: int | None) -> bool:
+    return m.restart_early and _g_exhausted(m, code)
+
+
 _GUARDS: Final[dict[str, Callable[[ProcessMachine, int | None], bool]]] = {
     "always": _g_always,
     "clean_done": _g_clean_done,
     "failed_done": _g_failed_done,
     "retries_exhausted": _g_exhausted,
+    "never": _g_never,
+    "restart_early": _g_early,
+    "restart_early_exhausted": _g_early_exhausted,
 }
 
 _S = State
@@ -249,6 +273,22 @@ TRANSITIONS: Final[dict[tuple[State, Event], tuple[tuple[str, State, tuple[str, 
     (_S.FAILED, _E.STOP): (("always", _S.FAILED, ()),),
     (_S.FAILED, _E.KILL): (("always", _S.FAILED, ()),),
     (_S.STOPPED, _E.ABANDON): (("always", _S.FAILED, ("fail_dependency",)),),
+    # A restart for the program's health: the exit it causes is a failure (even an
+    # exit 0 on SIGTERM), so the restart policy, the backoff and the failed-start
+    # count apply as to a crash; under "never" it ends the program (and the run).
+    (_S.STARTING, _E.RESTART): (("always", _S.RESTARTING, ("restart", "terminate")),),
+    (_S.RUNNING, _E.RESTART): (("always", _S.RESTARTING, ("restart", "terminate")),),
+    (_S.RESTARTING, _E.RESTART): (("always", _S.RESTARTING, ()),),
+    (_S.RESTARTING, _E.TIMER): (("always", _S.RESTARTING, ("kill",)),),
+    (_S.RESTARTING, _E.EXIT): (
+        ("never", _S.FAILED, ("exit", "fail_policy")),
+        ("restart_early_exhausted", _S.FAILED, ("exit", "failed_start", "fail_retries")),
+        ("restart_early", _S.BACKOFF, ("exit", "failed_start", "backoff")),
+        ("always", _S.BACKOFF, ("exit", "backoff")),
+    ),
+    # Stopping the run keeps the restart's grace (as a second stop does).
+    (_S.RESTARTING, _E.STOP): (("always", _S.STOPPING, ()),),
+    (_S.RESTARTING, _E.KILL): _STOP_NOW[0],
 }
 
 
@@ -280,6 +320,8 @@ class ProcessMachine:
         self.ended_at: float | None = None
         #: The running process (reported by the runtime), None when there is none.
         self.pid: int | None = None
+        #: The current restart (RESTARTING) began before start_seconds: a failed start.
+        self.restart_early = False
 
     def uptime(self, now: float) -> float:
         """Seconds the current run has lasted (or the last one, once it ended)."""
@@ -297,8 +339,8 @@ class ProcessMachine:
         grace: float = 0.0,
         why: str | None = None,
     ) -> Step:
-        """Apply ``event`` at time ``now``; ``code`` for EXIT, ``grace`` for STOP,
-        ``why`` for ABANDON."""
+        """Apply ``event`` at time ``now``; ``code`` for EXIT, ``grace`` for STOP and
+        RESTART, ``why`` for ABANDON."""
         alternatives = TRANSITIONS.get((self.state, event))
         if alternatives is None:
             raise ValueError(f"no transition from {self.state.value!r} on {event.value!r}")
@@ -355,6 +397,8 @@ class ProcessMachine:
                 actions.append(Action.KILL)
             elif effect == "clear_timer":
                 self.due = None
+            elif effect == "restart":
+                self.restart_early = self.state is State.STARTING
             else:  # pragma: no cover - the table names only the effects above
                 raise AssertionError(effect)
         self.state = new
@@ -481,6 +525,36 @@ class NotReady:
     timeout: float
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """Start checking that program ``name`` stays alive (report each check's outcome
+    to :meth:`Supervision.alive`); stop once it exits or is being restarted."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class OverMemory:
+    """Program ``name`` uses ``rss`` bytes, over its ``limit``: it is being stopped
+    (a :class:`Kill` follows), and then restarted if ``restart`` (the policy allows it)."""
+
+    name: str
+    rss: int
+    limit: int
+    restart: bool
+
+
+@dataclass(frozen=True)
+class NotAlive:
+    """Program ``name`` failed ``failures`` liveness checks in a row (``last``: why the
+    last one failed): stopped and restarted as for :class:`OverMemory`."""
+
+    name: str
+    failures: int
+    last: str
+    restart: bool
+
+
 SupervisionAction = (
     Start
     | Kill
@@ -494,6 +568,9 @@ SupervisionAction = (
     | Probe
     | Ready
     | NotReady
+    | Liveness
+    | OverMemory
+    | NotAlive
 )
 
 #: The exit status of a run that failed because a program was not ready in time.
@@ -522,6 +599,11 @@ class Supervision:
             seconds each has, from its start, to be reported :meth:`ready`.
         graces: per-program seconds between the stop signal and SIGKILL
             (default: the stop's grace).
+        max_memory: per program, the bytes of RSS above which :meth:`memory`
+            restarts it.
+        liveness: the programs that have a liveness check, and how many failed
+            checks in a row (:meth:`alive`) restart each. Checks begin once the
+            program is ready (at its start when it has no readiness probe).
     """
 
     def __init__(
@@ -535,6 +617,8 @@ class Supervision:
         depends_on: Mapping[str, Mapping[str, Condition]] | None = None,
         ready_timeouts: Mapping[str, float] | None = None,
         graces: Mapping[str, float] | None = None,
+        max_memory: Mapping[str, int] | None = None,
+        liveness: Mapping[str, int] | None = None,
     ) -> None:
         self.policy = policy
         self.grace = grace
@@ -557,7 +641,15 @@ class Supervision:
         }
         self.ready_timeouts = dict(ready_timeouts or {})
         self.graces = dict(graces or {})
-        for table in (self.depends_on, self.ready_timeouts, self.graces):
+        self.max_memory = dict(max_memory or {})
+        self.liveness = dict(liveness or {})
+        for table in (
+            self.depends_on,
+            self.ready_timeouts,
+            self.graces,
+            self.max_memory,
+            self.liveness,
+        ):
             for name in table:
                 if name not in self.machines:
                     raise ValueError(f"unknown program {name!r}")
@@ -584,6 +676,10 @@ class Supervision:
         self._announced: set[str] = set()
         self._stop_grace = grace
         self._stop_sent: set[str] = set()
+        #: Seconds from its last start until it was ready, per program ready in that run.
+        self.ready_in: dict[str, float] = {}
+        #: Failed liveness checks in a row, per program being checked.
+        self._dead_checks: dict[str, int] = {}
 
     def _check_acyclic(self) -> None:
         """A cycle would never start, and never stop in order: refuse it."""
@@ -673,7 +769,8 @@ class Supervision:
             return []
         self.ready_now.add(name)
         self._been_ready.add(name)
-        return [Ready(name)]
+        self.ready_in[name] = self.machines[name].uptime(now)
+        return [Ready(name), *self._watch(name)]
 
     def exited(
         self, name: str, code: int, now: float, *, pid: int | None = None
@@ -683,6 +780,7 @@ class Supervision:
         self.machines[name].pid = None
         self._ready_due.pop(name, None)
         self.ready_now.discard(name)
+        self._dead_checks.pop(name, None)
         if code == 0:
             self._completed.add(name)
         out = self._step(name, Event.EXIT, now, code=code, pid=pid)
@@ -729,6 +827,57 @@ class Supervision:
     def fail(self, reason: str) -> None:
         """The runtime itself failed: the run exits 1 unless an earlier event decided."""
         self._decide(1, reason)
+
+    def memory(self, name: str, rss: int, now: float) -> list[SupervisionAction]:
+        """Program ``name``'s process tree uses ``rss`` bytes: over its ``max_memory``
+        it is restarted (:class:`OverMemory`, then :class:`Kill`); else nothing."""
+        limit = self.max_memory.get(name)
+        if limit is None or rss <= limit or not self._restartable(name):
+            return []
+        out: list[SupervisionAction] = [
+            OverMemory(name, rss, limit, self.policy.restart != "never")
+        ]
+        return out + self.restart(name, now)
+
+    def alive(self, name: str, ok: bool, now: float, error: str = "") -> list[SupervisionAction]:
+        """One liveness check of ``name`` ended (``error``: why it failed); the
+        ``liveness`` count of failures in a row restarts it (:class:`NotAlive`).
+        [] for a check of a run that is no longer watched (a late answer)."""
+        if name not in self._dead_checks or not self._restartable(name):
+            return []
+        if ok:
+            self._dead_checks[name] = 0
+            return []
+        failures = self._dead_checks[name] = self._dead_checks[name] + 1
+        if failures < self.liveness[name]:
+            return []
+        out: list[SupervisionAction] = [
+            NotAlive(name, failures, error, self.policy.restart != "never")
+        ]
+        return out + self.restart(name, now)
+
+    def restart(self, name: str, now: float) -> list[SupervisionAction]:
+        """Stop program ``name`` (its stop signal, its grace, then SIGKILL) so that it
+        starts again as the restart policy says: its exit counts as a failure.
+        [] unless it is starting or running and the run is not stopping."""
+        if not self._restartable(name):
+            return []
+        self._ready_due.pop(name, None)
+        self.ready_now.discard(name)
+        self._dead_checks.pop(name, None)
+        grace = self.graces.get(name, self.grace)
+        return self._step(name, Event.RESTART, now, grace=grace)
+
+    def _restartable(self, name: str) -> bool:
+        state = self.machines[name].state
+        return not self.stopping and state in (State.STARTING, State.RUNNING)
+
+    def _watch(self, name: str) -> list[SupervisionAction]:
+        """Begin the liveness checks of ``name`` (if it has them)."""
+        if name not in self.liveness or self.stopping:
+            return []
+        self._dead_checks[name] = 0
+        return [Liveness(name)]
 
     # ------------------------------------------------------------------ rules
 
@@ -847,9 +996,12 @@ class Supervision:
         for action in step.actions:
             if action is Action.SPAWN:
                 out.append(Start(name))
+                self.ready_in.pop(name, None)
                 if name in self.ready_timeouts:
                     self._ready_due[name] = now + self.ready_timeouts[name]
                     out.append(Probe(name, self.ready_timeouts[name]))
+                else:  # no readiness to wait for: watch it from its start
+                    out += self._watch(name)
             else:
                 out.append(Kill(name, "term" if action is Action.TERMINATE else "kill"))
         if step.new is State.FAILED and step.old is not State.FAILED:

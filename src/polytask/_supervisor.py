@@ -25,6 +25,11 @@ Two layers, as h11 splits a protocol from its I/O:
                                                   Kill "kill" ─> _proc.terminate(proc, 0)
                                          after every exit: _proc.terminate(proc, 0) sweeps what is
                                          left of the program's group and unguards it
+                                         health (polytask.toml): a liveness _Prober per program,
+                                         an RSS sample of the watched trees every 0.5 s
+                                         ─> Supervision.alive() / memory() ─> restart;
+                                         _Output also appends each program's lines to
+                                         its log file (_LogFile, size rotation)
 
 One thread reads every pipe, so a line is written out whole, and a program's
 stdout and stderr (two pipes) never mix within a line.
@@ -51,7 +56,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -82,7 +87,10 @@ from ._supervision import (
     GiveUp,
     Kill,
     Killing,
+    Liveness,
+    NotAlive,
     NotReady,
+    OverMemory,
     Probe,
     ProcessMachine,
     Ready,
@@ -102,6 +110,7 @@ from ._upconfig import (
     CONFIG_FILE,
     UpConfig,
     dependency_depth,
+    format_size,
     missing_dependencies,
     scan_upconfig,
     scan_upconfig_text,
@@ -140,7 +149,7 @@ class ProcessStatus:
     name: str
     #: The process type (the Procfile name), e.g. ``web``.
     kind: str
-    #: One of stopped, starting, running, backoff, stopping, exited, failed.
+    #: One of stopped, starting, running, backoff, stopping, restarting, exited, failed.
     state: str
     #: The PID of the running program (None when it is not running).
     pid: int | None
@@ -156,6 +165,9 @@ class ProcessStatus:
     command: str | tuple[str, ...]
     #: Whether its readiness probe succeeded since its last start (None: it has no probe).
     ready: bool | None = None
+    #: Seconds from its last start until its probe succeeded (None: it was not ready in
+    #: that run, or it has no probe); kept after the run ends, for the summary.
+    ready_in: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -172,9 +184,20 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _ready_cell(s: ProcessStatus) -> str:
+    if s.ready is None:
+        return "-"
+    return "no" if s.ready_in is None else f"after {_format_duration(s.ready_in)}"
+
+
 def format_summary(statuses: Sequence[ProcessStatus]) -> str:
-    """A plain-text table: each program, its state, restarts, last exit and uptime."""
-    head = ("PROCESS", "STATE", "RESTARTS", "LAST EXIT", "UPTIME")
+    """A plain-text table: each program, its state, restarts, last exit and uptime,
+    and, when a program has a readiness probe, whether its last run became ready
+    (READY: ``after 1.2s``, ``no``, or ``-`` for a program without a probe)."""
+    head: tuple[str, ...] = ("PROCESS", "STATE", "RESTARTS", "LAST EXIT", "UPTIME")
+    probed = any(s.ready is not None for s in statuses)
+    if probed:
+        head += ("READY",)
     rows = [head] + [
         (
             s.name,
@@ -183,6 +206,7 @@ def format_summary(statuses: Sequence[ProcessStatus]) -> str:
             "-" if s.exitcode is None else describe_exit(s.exitcode),
             _format_duration(s.uptime),
         )
+        + ((_ready_cell(s),) if probed else ())
         for s in statuses
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -292,8 +316,12 @@ class _Output:
                 colour = False
         width = max([len(_SYSTEM), *(len(n) for n in names)])
         self._prefix: dict[str, bytes] = {}
+        #: The programs whose lines also go to a log file (copies share one), and
+        #: their prefixes there: as printed, without colour.
+        self.logs: dict[str, _LogFile] = {}
+        self._plain: dict[str, bytes] = {}
         for i, name in enumerate([*names, _SYSTEM]):
-            label = name.ljust(width).encode() + b" | "
+            label = self._plain[name] = name.ljust(width).encode() + b" | "
             if colour:
                 code = "1" if name == _SYSTEM else _PALETTE[i % len(_PALETTE)]
                 label = b"\x1b[" + code.encode() + b"m" + label[:-2] + _RESET + b"| "
@@ -312,11 +340,17 @@ class _Output:
 
     def line(self, name: str, data: bytes) -> None:
         self._pending.append(self._time() + self._prefix[name] + data + b"\n")
+        log = self.logs.get(name)
+        if log is not None:
+            log.write(self._time() + self._plain[name] + data + b"\n")
 
     def note(self, text: str) -> None:
         self.line(_SYSTEM, text.encode("utf-8", "replace"))
 
     def flush(self) -> None:
+        if self.logs:
+            for log in set(self.logs.values()):
+                log.flush()
         if not self._pending:
             return
         data, self._pending = b"".join(self._pending), []
@@ -335,6 +369,86 @@ class _Output:
         except (OSError, ValueError):
             # Nobody reads our output any more (closed pipe or file): keep supervising.
             self.broken = True
+
+    def close_logs(self) -> None:
+        for log in set(self.logs.values()):
+            log.close()
+
+
+class _LogFile:
+    """A program type's log file, rotated by size with RotatingFileHandler's rule and
+    names: before a line that would take the file past ``max_size``, ``web.log.1`` ...
+    become ``.2`` ... (the last one, ``backups``, is dropped) and ``web.log`` becomes
+    ``web.log.1``; a new ``web.log`` starts. Unlike RotatingFileHandler: a line is never
+    split and never rolls over an empty file (a longer line gets a file of its own),
+    and ``backups=0`` empties the file instead of letting it grow.
+
+    Our own small class rather than the handler itself: the loop thread writes lines
+    in batches (one buffered file, the size counted here), where the handler takes a
+    lock, builds a record and stats and seeks the file for every line. Only the loop
+    thread writes; ``open`` runs in :meth:`Supervisor.start`. A write that fails (a
+    full disk) is reported once and the file is dropped: the run goes on.
+    """
+
+    def __init__(
+        self, path: str, max_size: int | None, backups: int, report: Callable[[str], None]
+    ) -> None:
+        self.path, self.max_size, self.backups = path, max_size, backups
+        self._report = report
+        self._file: IO[bytes] | None = None
+        self._size = 0
+
+    def check(self) -> None:
+        """Make sure the file can be opened (folders created): OSError if not."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "ab"):
+            pass
+
+    def open(self) -> None:
+        self.check()
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self._size = self._file.seek(0, os.SEEK_END)
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            return
+        try:
+            if self.max_size is not None and self._size and self._size + len(data) > self.max_size:
+                self._rotate()
+            self._file.write(data)
+            self._size += len(data)
+        except OSError as exc:
+            self.close()
+            self._report(f"log file {self.path}: {exc}; its lines are no longer written there")
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        if self.backups:
+            for i in range(self.backups - 1, 0, -1):
+                older = f"{self.path}.{i}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.path}.{i + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        self._file = open(self.path, "ab" if self.backups else "wb")  # noqa: SIM115
+        self._size = 0
+
+    def flush(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self.close()
+                self._report(f"log file {self.path}: {exc}; its lines are no longer written there")
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:  # pragma: no cover - the buffered tail is lost; nothing to do
+                pass
 
 
 # =========================================================================== the runtime
@@ -358,6 +472,8 @@ class _Program:
     pidfd: int | None = None
     streams: list[_Stream] = field(default_factory=list)
     prober: _Prober | None = None
+    #: The liveness check, once the program is ready (polytask.toml ``liveness``).
+    liveness: _Prober | None = None
 
     @property
     def name(self) -> str:
@@ -367,6 +483,23 @@ class _Program:
     def instance_pgid(self) -> int:
         assert self.popen is not None
         return self.popen.pid
+
+
+def _proc_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """Each process's pid and ``/proc/PID/stat`` fields after the name (state, ppid,
+    pgrp, ..., rss at index 21); OSError when there is no procfs."""
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 21:
+                yield int(entry.name), fields
 
 
 def _group_alive(pgid: int) -> bool:
@@ -380,22 +513,53 @@ def _group_alive(pgid: int) -> bool:
     # Orphaned members that died stay zombies until init reaps them, which can
     # take a while: only a live member counts.
     try:
-        entries = os.scandir("/proc")
+        for _, fields in _proc_stats():
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
     except OSError:  # pragma: no cover - no procfs: trust kill(0)
         return True
-    with entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                return True
     return False
+
+
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+#: How often the process trees of programs with a ``max_memory`` are measured.
+_MEMORY_PERIOD: Final = 0.5
+
+
+def _tree_rss(leaders: Iterable[int]) -> dict[int, int]:
+    """The RSS in bytes of each leader's tree: the members of its process group (the
+    leader is its group's leader) and its descendants elsewhere (a child that called
+    setsid), summed; shared pages count in each process, as in ``ps``.
+
+    One pass over /proc for every leader at once, where psutil's
+    ``children(recursive=True)`` reads all of /proc for each leader and misses a
+    descendant whose parent died (the group scan keeps those that stayed in the
+    group); a leader that is gone is left out.
+    """
+    wanted = set(leaders)
+    rss: dict[int, int] = {}
+    kids: dict[int, list[int]] = {}
+    tree: dict[int, set[int]] = {leader: set() for leader in wanted}
+    try:
+        for pid, fields in _proc_stats():
+            rss[pid] = int(fields[21]) * _PAGE
+            kids.setdefault(int(fields[1]), []).append(pid)
+            if (pgrp := int(fields[2])) in tree:
+                tree[pgrp].add(pid)
+    except OSError:  # pragma: no cover - no procfs: nothing to measure
+        return {}
+    for leader, members in tree.items():
+        todo = [leader]
+        while todo:
+            for child in kids.get(todo.pop(), ()):
+                if child not in members:
+                    members.add(child)
+                    todo.append(child)
+    return {
+        leader: sum(rss.get(pid, 0) for pid in members)
+        for leader, members in tree.items()
+        if leader in rss
+    }
 
 
 #: Seconds between two readiness attempts, and the most one attempt may take.
@@ -406,11 +570,13 @@ _PROBE_POLL: Final = 0.05
 
 
 class _Prober:
-    """One program's readiness probe, run by the loop without ever blocking it.
+    """One program's readiness probe (or liveness check), run by the loop without
+    ever blocking it.
 
     Each attempt is bounded by ``_PROBE_ATTEMPT`` seconds and retried every
-    ``_PROBE_INTERVAL``: ``cmd`` runs the command in a process group of its own
-    (guarded; killed when the attempt times out) and polls it; ``tcp`` (one
+    ``_PROBE_INTERVAL`` (a liveness check: its ``timeout`` and ``period``): ``cmd``
+    runs the command in a process group of its own (guarded; killed when the
+    attempt times out) and polls it; ``tcp`` (one
     connect, host name lookup included) and ``http`` (one GET) run with a
     timeout in a short-lived thread that wakes the loop, since a lookup can
     block for the resolver's timeout; ``log`` is told each output line (``_read``).
@@ -424,13 +590,19 @@ class _Prober:
         env: Mapping[str, str],
         cwd: str | None,
         wake: Callable[[], None],
+        *,
+        interval: float = _PROBE_INTERVAL,
+        attempt: float = _PROBE_ATTEMPT,
+        first: float = 0.0,
     ) -> None:
         self.spec = spec
         self.target = spec.resolve(port)
         self._env, self._cwd, self._wake = env, cwd, wake
+        #: Seconds between the end of an attempt and the next; the most one may take.
+        self._interval, self._attempt = interval, attempt
         self.ok = False
         self.error = ""  # why the last attempt failed, for the not-ready message
-        self._next = 0.0
+        self._next = first
         self._end: float | None = None  # the attempt in flight must end by then
         self._popen: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
@@ -458,21 +630,28 @@ class _Prober:
         """Advance the probe; True once the program is ready."""
         if self.ok or self._regex is not None:
             return self.ok
+        if self.step(now):
+            self.ok = True
+        return self.ok
+
+    def step(self, now: float) -> bool | None:
+        """Advance the attempts: an attempt's outcome when one ended now (``error``
+        says why it failed), else None. A liveness check calls only this: its
+        attempts go on, ``period`` apart, whatever their outcome."""
         if self._end is None:
             if now >= self._next:
                 self._begin(now)
-            return self.ok
+            return None
         done = self._check()
         if done is None and now >= self._end:
-            done, self.error = False, f"the attempt took longer than {_PROBE_ATTEMPT:g}s"
+            done, self.error = False, f"the attempt took longer than {self._attempt:g}s"
         if done is not None:
             self._abort()
-            self._end, self._next = None, now + _PROBE_INTERVAL
-            self.ok = done
-        return self.ok
+            self._end, self._next = None, now + self._interval
+        return done
 
     def _begin(self, now: float) -> None:
-        self._end = now + _PROBE_ATTEMPT
+        self._end = now + self._attempt
         kind = self.spec.kind
         if kind == "cmd":
             try:
@@ -502,7 +681,7 @@ class _Prober:
     def _tcp_connect(self, box: list[tuple[bool, str]]) -> None:
         host, _, port = self.target.rpartition(":")
         try:
-            conn = socket.create_connection((host.strip("[]"), int(port)), _PROBE_ATTEMPT)
+            conn = socket.create_connection((host.strip("[]"), int(port)), self._attempt)
             conn.close()
             result = (True, "")
         except (OSError, ValueError) as exc:
@@ -515,7 +694,7 @@ class _Prober:
         conn_type = (
             http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         )
-        conn = conn_type(url.hostname or "127.0.0.1", url.port, timeout=_PROBE_ATTEMPT)
+        conn = conn_type(url.hostname or "127.0.0.1", url.port, timeout=self._attempt)
         try:
             conn.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""))
             status = conn.getresponse().status
@@ -594,8 +773,9 @@ class Supervisor:
             stable_seconds: see :class:`RestartPolicy`.
         timeout: seconds between SIGTERM and SIGKILL when stopping.
         exit_on_failure: when a program is marked failed, stop the others.
-        config: dependencies, readiness probes and stop settings per process type
-            (see docs/up.md, "Dependencies and readiness"): an ``UpConfig``, or
+        config: dependencies, readiness probes, stop settings, ``max_memory``,
+            liveness checks and log files per process type (see docs/up.md,
+            "Dependencies and readiness" and "Health and log files"): an ``UpConfig``, or
             the mapping a ``polytask.toml`` holds. Default: the ``polytask.toml``
             (else the ``[tool.polytask.up]`` table of ``pyproject.toml``) beside a
             Procfile given as a path; none for a mapping.
@@ -606,10 +786,12 @@ class Supervisor:
         output: where the prefixed lines go (default ``sys.stdout``).
         colour: colour the prefixes (default: only when ``output`` is a terminal).
         on_event: called on the loop thread with a dict for each spawn, exit,
-            retry, failure, signal and stop (what ``polytask up --events`` logs).
+            retry, failure, signal, stop, readiness and health restart (what
+            ``polytask up --events`` logs).
 
     Raises:
-        ProcfileError: the Procfile, env file, concurrency or names are invalid.
+        ProcfileError: the Procfile, env file, concurrency, names or config are
+            invalid, or a ``log_file`` cannot be opened.
         OSError: the Procfile or an env file cannot be read.
 
     Example::
@@ -702,7 +884,10 @@ class Supervisor:
             graces={
                 n: pc.stop_timeout for n, pc in settings.items() if pc.stop_timeout is not None
             },
+            max_memory={n: pc.max_memory for n, pc in settings.items() if pc.max_memory},
+            liveness={n: pc.liveness.failures for n, pc in settings.items() if pc.liveness},
         )
+        self._attach_logs()
         self._programs = [_Program(i, self._sup.machines[i.name]) for i in self.instances]
         self._by_name = {p.name: p for p in self._programs}
         self._lock = threading.RLock()
@@ -718,6 +903,40 @@ class Supervisor:
         #: HTTP probe threads still in their GET when their probe was closed: the
         #: loop does not wait for them; the cleanup joins them (each GET has a timeout).
         self._probe_threads: list[threading.Thread] = []
+        #: The longest a probe attempt may take (liveness timeouts included).
+        self._attempt_bound = max(
+            [_PROBE_ATTEMPT, *(pc.liveness.timeout for pc in settings.values() if pc.liveness)]
+        )
+        #: When the trees of programs with a max_memory are next measured.
+        self._next_sample = 0.0
+
+    def _attach_logs(self) -> None:
+        """One :class:`_LogFile` per process type with a ``log_file`` (a relative path is
+        from where the programs run), checked now: a file that cannot be opened is a
+        ProcfileError here, not a surprise once programs run."""
+        base = self.cwd if self.cwd is not None else os.getcwd()
+        by_kind: dict[str, _LogFile] = {}
+        problems: list[tuple[str, int | None, str]] = []
+        failed: set[str] = set()
+        for inst in self.instances:
+            kind, pc = inst.kind, self.config.get(inst.kind)
+            if pc.log_file is None or kind in failed:
+                continue
+            if kind not in by_kind:
+                path = os.path.join(base, os.path.expanduser(pc.log_file))
+                log = _LogFile(path, pc.log_max_size, pc.log_backups, self._output.note)
+                try:
+                    log.check()
+                except OSError as exc:
+                    problems.append(
+                        (self.config.source, None, f"[{kind}] log_file {pc.log_file!r}: {exc}")
+                    )
+                    failed.add(kind)
+                    continue
+                by_kind[kind] = log
+            self._output.logs[inst.name] = by_kind[kind]
+        if problems:
+            raise ProcfileError(problems)
 
     def _config(self, given: UpConfig | Mapping[str, Any] | None, procfile: object) -> UpConfig:
         """The validated per-process settings; a dependency outside this run is an error."""
@@ -748,6 +967,15 @@ class Supervisor:
             if not _hook_installed:
                 _proc.at_shutdown(_stop_live_supervisors)
                 _hook_installed = True
+        opened: list[_LogFile] = []
+        try:
+            for log in set(self._output.logs.values()):
+                log.open()
+                opened.append(log)
+        except OSError:
+            for log in opened:
+                log.close()
+            raise
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -807,6 +1035,7 @@ class Supervisor:
                     ready=(p.name in self._sup.ready_now)
                     if self.config.get(p.instance.kind).ready
                     else None,
+                    ready_in=self._sup.ready_in.get(p.name),
                 )
                 for p in self._programs
             ]
@@ -885,6 +1114,7 @@ class Supervisor:
                     while actions := self._sup.tick(now):
                         self._do(actions, now)
                     self._poll_probes(now)
+                    self._poll_health(now)
                     # A start, an exit or a readiness may let a waiting program start.
                     while actions := self._sup.start_next(now):
                         self._do(actions, now)
@@ -900,6 +1130,7 @@ class Supervisor:
                     for prog in self._programs:
                         if prog.prober is not None and (d := prog.prober.due(now)) is not None:
                             dues.append(d)
+                    dues += self._health_dues(now)
                     wait = max(0.0, min(dues) - now) if dues else None
                 self._output.flush()
                 ready = self._selector.select(wait)
@@ -1001,6 +1232,8 @@ class Supervisor:
             elif isinstance(action, Killing):
                 self._output.note(f"killing every program now ({action.reason})")
                 self._event("kill", reason=action.reason)
+            elif isinstance(action, (Liveness, OverMemory, NotAlive)):
+                self._health_action(action, now)
             else:
                 # Exit: every program ended; the loop sees it (Supervision.done).
                 assert isinstance(action, Exit)
@@ -1052,10 +1285,83 @@ class Supervisor:
                 self._do(self._sup.ready(prog.name, now), now)
 
     def _close_probe(self, prog: _Program) -> None:
-        if prog.prober is not None:
-            self._probe_threads = [t for t in self._probe_threads if t.is_alive()]
-            self._probe_threads += prog.prober.close()
-            prog.prober = None
+        """End its readiness probe and its liveness check (each run has its own)."""
+        for prober in (prog.prober, prog.liveness):
+            if prober is not None:
+                self._probe_threads = [t for t in self._probe_threads if t.is_alive()]
+                self._probe_threads += prober.close()
+        prog.prober = prog.liveness = None
+
+    # ------------------------------------------------------------------ health (polytask.toml)
+
+    def _health_action(self, action: Liveness | OverMemory | NotAlive, now: float) -> None:
+        prog = self._by_name[action.name]
+        if isinstance(action, Liveness):
+            spec = self.config.get(prog.instance.kind).liveness
+            if prog.popen is None or spec is None:  # it could not start: nothing to check
+                return
+            self._close_probe(prog)
+            prog.liveness = _Prober(
+                spec.probe,
+                prog.instance.port,
+                self._env_of(prog),
+                self.cwd,
+                self._wake,
+                interval=spec.period,
+                attempt=spec.timeout,
+                first=now + spec.period,
+            )
+            return
+        # Its stop (a Kill "term") follows: no more checks of this run.
+        self._close_probe(prog)
+        then = "restarting" if action.restart else "stopping it (restart policy: never)"
+        pid = prog.popen.pid if prog.popen is not None else None
+        if isinstance(action, OverMemory):
+            used, limit = format_size(action.rss), format_size(action.limit)
+            if used == limit:  # 200.3 MiB > 200 MiB must not read "200 MiB > 200 MiB"
+                used = f"{action.rss} bytes"
+            self._output.note(f"{prog.name} uses {used} > max_memory {limit}: {then}")
+            self._event("max_memory", prog, pid=pid, rss=action.rss, limit=action.limit)
+        else:
+            spec = self.config.get(prog.instance.kind).liveness
+            assert spec is not None
+            check = f"{spec.probe.kind} {spec.probe.resolve(prog.instance.port)}"
+            self._output.note(
+                f"{prog.name} failed {action.failures} liveness checks in a row "
+                f"(liveness: {check}; last: {action.last or 'failed'}): {then}"
+            )
+            self._event("not_alive", prog, pid=pid, failures=action.failures, last=action.last)
+
+    def _poll_health(self, now: float) -> None:
+        """Advance the liveness checks; measure the watched trees when it is time."""
+        for prog in self._programs:
+            check = prog.liveness
+            if check is not None and (ok := check.step(now)) is not None:
+                self._do(self._sup.alive(prog.name, ok, now, "" if ok else check.error), now)
+        if not self._sup.max_memory or now < self._next_sample:
+            return
+        self._next_sample = now + _MEMORY_PERIOD
+        watched = {
+            p.popen.pid: p
+            for p in self._programs
+            if p.name in self._sup.max_memory
+            and p.popen is not None
+            and p.popen.returncode is None
+            and p.machine.state in (State.STARTING, State.RUNNING)
+        }
+        if watched:
+            for pid, rss in _tree_rss(watched).items():
+                self._do(self._sup.memory(watched[pid].name, rss, now), now)
+
+    def _health_dues(self, now: float) -> list[float]:
+        dues = [
+            d
+            for p in self._programs
+            if p.liveness is not None and (d := p.liveness.due(now)) is not None
+        ]
+        if any(p.popen is not None and p.name in self._sup.max_memory for p in self._programs):
+            dues.append(self._next_sample)
+        return dues
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
@@ -1128,7 +1434,7 @@ class Supervisor:
         assert popen is not None
         popen.wait()  # the pidfd said it exited: this does not block
         self._close_pidfd(prog)
-        if prog.machine.state is State.STOPPING and _group_alive(popen.pid):
+        if prog.machine.state in (State.STOPPING, State.RESTARTING) and _group_alive(popen.pid):
             # A shell wrapper died of SIGTERM before the program it runs: the rest
             # of the group keeps the grace it was promised (the loop polls it).
             return
@@ -1247,7 +1553,7 @@ class Supervisor:
                     if stream in prog.streams:
                         self._close_stream(stream)
             for thread in self._probe_threads:
-                thread.join(_PROBE_ATTEMPT + 1.0)
+                thread.join(self._attempt_bound + 1.0)
             self._probe_threads.clear()
             if self._error is not None:
                 self._sup.fail(f"internal error: {self._error!r}")
@@ -1262,6 +1568,7 @@ class Supervisor:
             self._output.note(f"exit status {self._returncode} ({self._sup.reason})")
         self._event("done", returncode=self._returncode)
         self._output.flush()
+        self._output.close_logs()
         _live.discard(self)
         self._started.set()
         self._finished.set()

@@ -1,4 +1,4 @@
-"""``polytask.toml``: dependencies, readiness probes and stop settings per process type.
+"""``polytask.toml``: dependencies, probes, limits, logs and stop settings per process type.
 
 Pure: the TOML text (or the parsed table) in, a validated :class:`UpConfig`
 or every problem out, as ``(source, line, message)`` for one
@@ -17,10 +17,16 @@ in ``pyproject.toml``; one sub-table per Procfile process type::
     depends_on = {web = "ready"}
     stop_signal = "SIGINT"
     stop_timeout = 10
+    max_memory = "200M"
+    liveness = {cmd = "test -f alive", period = 5, timeout = 2, failures = 3}
+    log_file = "logs/worker.log"
+    log_max_size = "10M"
+    log_backups = 3
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import tomllib
@@ -32,14 +38,18 @@ from ._core.errors import ProcfileError
 
 __all__ = [
     "CONDITIONS",
+    "LIVENESS_KINDS",
     "PROBE_KINDS",
     "Condition",
+    "Liveness",
     "Probe",
     "ProcessConfig",
     "UpConfig",
     "dependency_depth",
     "dependency_order",
+    "format_size",
     "missing_dependencies",
+    "parse_size",
     "parse_upconfig",
     "scan_upconfig",
     "scan_upconfig_text",
@@ -54,7 +64,26 @@ DEFAULT_READY_TIMEOUT: Final = 30.0
 CONFIG_FILE: Final = "polytask.toml"
 PYPROJECT_TABLE: Final = ("tool", "polytask", "up")
 
-_KEYS: Final = ("depends_on", "ready", "ready_timeout", "stop_signal", "stop_timeout")
+#: A liveness check is a readiness probe run forever: a log line cannot say "still alive".
+LIVENESS_KINDS: Final = ("cmd", "tcp", "http")
+DEFAULT_LIVENESS_PERIOD: Final = 10.0
+DEFAULT_LIVENESS_TIMEOUT: Final = 2.0
+DEFAULT_LIVENESS_FAILURES: Final = 3
+DEFAULT_LOG_BACKUPS: Final = 3
+
+_KEYS: Final = (
+    "depends_on",
+    "ready",
+    "ready_timeout",
+    "stop_signal",
+    "stop_timeout",
+    "max_memory",
+    "liveness",
+    "log_file",
+    "log_max_size",
+    "log_backups",
+)
+_LIVENESS_KEYS: Final = ("period", "timeout", "failures")
 
 Problem = tuple[str, int | None, str]
 
@@ -80,6 +109,17 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """A check run every ``period`` seconds once the program is ready (each attempt
+    bounded by ``timeout``); ``failures`` failed attempts in a row restart it."""
+
+    probe: Probe
+    period: float = DEFAULT_LIVENESS_PERIOD
+    timeout: float = DEFAULT_LIVENESS_TIMEOUT
+    failures: int = DEFAULT_LIVENESS_FAILURES
+
+
+@dataclass(frozen=True)
 class ProcessConfig:
     """The settings of one process type (every copy shares them)."""
 
@@ -88,6 +128,15 @@ class ProcessConfig:
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     stop_signal: signal.Signals | None = None
     stop_timeout: float | None = None
+    #: Bytes of RSS (the program's whole process tree) above which it is restarted.
+    max_memory: int | None = None
+    liveness: Liveness | None = None
+    #: Where its output lines are also written (relative: to where the programs run).
+    log_file: str | None = None
+    #: Bytes after which the log file is rotated (None: it grows without limit).
+    log_max_size: int | None = None
+    #: Rotated files kept (``web.log.1`` newest ... ``web.log.N``); 0: emptied when full.
+    log_backups: int = DEFAULT_LOG_BACKUPS
 
 
 @dataclass(frozen=True)
@@ -112,26 +161,74 @@ def _seconds(value: object) -> float | None:
     return float(value)
 
 
-def _probe(name: str, value: object, problem: Any) -> Probe | None:
-    if not isinstance(value, Mapping):
-        problem(f"[{name}] ready must be a table with one of {', '.join(PROBE_KINDS)}")
+#: Size units, binary as in docker (``200m``) and supervisor (``50MB``): 1K = 1024 bytes.
+_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_HELP: Final = "a size such as '200M', '1.5G', '512K' or a whole number of bytes"
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from a size: a whole number of bytes, or a string ``NUMBER[UNIT]`` with
+    UNIT one of B, K, M, G, T (binary: 1K = 1024; ``KB``, ``KiB``, any case, are the
+    same), e.g. ``"200M"``, ``"1.5G"``. None if it is not a size or not > 0."""
+    if isinstance(value, bool):
         return None
-    kinds = [k for k in value if k in PROBE_KINDS]
-    unknown = [k for k in value if k not in PROBE_KINDS]
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        return None
+    size = int(float(match[1]) * _UNITS[match[2].lower()])
+    return size if size > 0 else None
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes for people: ``"312 MiB"``, ``"1.5 GiB"``, ``"900 B"``."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            value = size / scale
+            text = f"{value:.0f}" if value >= 100 else f"{value:.1f}".removesuffix(".0")
+            return f"{text} {unit}"
+    return f"{size} B"
+
+
+def _probe(
+    name: str,
+    value: object,
+    problem: Any,
+    *,
+    key: str = "ready",
+    kinds_allowed: Sequence[str] = PROBE_KINDS,
+    extra: Sequence[str] = (),
+) -> Probe | None:
+    """One probe table (``ready``, or ``liveness`` with its ``extra`` keys)."""
+    allowed = ", ".join(kinds_allowed)
+    if not isinstance(value, Mapping):
+        problem(f"[{name}] {key} must be a table with one of {allowed}")
+        return None
+    if key == "liveness" and "log" in value:
+        problem(
+            f"[{name}] liveness cannot be a log probe (a line printed once says nothing "
+            f"about later): use one of {allowed}"
+        )
+        return None
+    kinds = [k for k in value if k in kinds_allowed]
+    unknown = [k for k in value if k not in kinds_allowed and k not in extra]
     if unknown:
-        problem(f"[{name}] ready: unknown key {unknown[0]!r} (use one of {', '.join(PROBE_KINDS)})")
+        also = f"; and {', '.join(extra)}" if extra else ""
+        problem(f"[{name}] {key}: unknown key {unknown[0]!r} (use one of {allowed}{also})")
         return None
     if len(kinds) != 1:
-        problem(
-            f"[{name}] ready must have exactly one of {', '.join(PROBE_KINDS)}, got {len(kinds)}"
-        )
+        problem(f"[{name}] {key} must have exactly one of {allowed}, got {len(kinds)}")
         return None
     kind: ProbeKind = kinds[0]
     raw = value[kind]
     if kind == "tcp":
         if isinstance(raw, int) and not isinstance(raw, bool):
             if not 1 <= raw <= 65535:
-                problem(f"[{name}] ready.tcp: {raw} is not a port number (1-65535)")
+                problem(f"[{name}] {key}.tcp: {raw} is not a port number (1-65535)")
                 return None
             return Probe("tcp", f"127.0.0.1:{raw}")
         if isinstance(raw, str) and raw in ("$PORT", "${PORT}"):
@@ -140,21 +237,89 @@ def _probe(name: str, value: object, problem: Any) -> Probe | None:
             host, colon, port = raw.rpartition(":")
             if colon and host and (port.isdigit() or port in ("$PORT", "${PORT}")):
                 return Probe("tcp", raw)
-        problem(f"[{name}] ready.tcp must be a port (8000) or 'host:port', got {raw!r}")
+        problem(f"[{name}] {key}.tcp must be a port (8000) or 'host:port', got {raw!r}")
         return None
     if not isinstance(raw, str) or not raw.strip():
-        problem(f"[{name}] ready.{kind} must be a non-empty string, got {raw!r}")
+        problem(f"[{name}] {key}.{kind} must be a non-empty string, got {raw!r}")
         return None
     if kind == "http" and not re.match(r"https?://", raw):
-        problem(f"[{name}] ready.http must be an http:// or https:// URL, got {raw!r}")
+        problem(f"[{name}] {key}.http must be an http:// or https:// URL, got {raw!r}")
         return None
     if kind == "log":
         try:
             re.compile(raw)
         except re.error as exc:
-            problem(f"[{name}] ready.log is not a valid regular expression: {exc}")
+            problem(f"[{name}] {key}.log is not a valid regular expression: {exc}")
             return None
     return Probe(kind, raw)
+
+
+def _liveness(name: str, value: object, problem: Any) -> Liveness | None:
+    probe = _probe(
+        name, value, problem, key="liveness", kinds_allowed=LIVENESS_KINDS, extra=_LIVENESS_KEYS
+    )
+    if probe is None:
+        return None
+    assert isinstance(value, Mapping)
+    ok = True
+    period, timeout = DEFAULT_LIVENESS_PERIOD, DEFAULT_LIVENESS_TIMEOUT
+    for key in ("period", "timeout"):
+        if key in value:
+            seconds = _seconds(value[key])
+            if seconds is None or seconds == 0:
+                problem(
+                    f"[{name}] liveness.{key} must be a number of seconds > 0, got {value[key]!r}"
+                )
+                ok = False
+            elif key == "period":
+                period = seconds
+            else:
+                timeout = seconds
+    failures = DEFAULT_LIVENESS_FAILURES
+    if "failures" in value:
+        raw = value["failures"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            problem(
+                f"[{name}] liveness.failures must be a whole number >= 1 (failed checks "
+                f"in a row before a restart), got {raw!r}"
+            )
+            ok = False
+        else:
+            failures = raw
+    return Liveness(probe, period, timeout, failures) if ok else None
+
+
+def _log_settings(
+    name: str, body: Mapping[str, Any], problem: Any
+) -> tuple[str | None, int | None, int]:
+    """``log_file``, ``log_max_size`` and ``log_backups``, checked together."""
+    log_file: str | None = None
+    if "log_file" in body:
+        raw = body["log_file"]
+        if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+            problem(f"[{name}] log_file must be a file path such as 'logs/{name}.log', got {raw!r}")
+        elif raw.endswith(("/", os.sep)):
+            problem(f"[{name}] log_file must name a file, not a folder, got {raw!r}")
+        else:
+            log_file = raw
+    log_max_size: int | None = None
+    if "log_max_size" in body:
+        log_max_size = parse_size(body["log_max_size"])
+        if log_max_size is None:
+            problem(
+                f"[{name}] log_max_size must be {_SIZE_HELP} (> 0), got {body['log_max_size']!r}"
+            )
+    log_backups = DEFAULT_LOG_BACKUPS
+    if "log_backups" in body:
+        raw = body["log_backups"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            problem(f"[{name}] log_backups must be a whole number >= 0, got {raw!r}")
+        else:
+            log_backups = raw
+    for key in ("log_max_size", "log_backups"):
+        if key in body and "log_file" not in body:
+            problem(f"[{name}] {key} needs log_file (the file to rotate)")
+    return log_file, log_max_size, log_backups
 
 
 def _signal(name: str, value: object, problem: Any) -> signal.Signals | None:
@@ -180,11 +345,13 @@ def scan_upconfig(
     """Validate the per-process table against the Procfile's ``names``.
 
     Returns the config (only the valid parts) and every problem found: an
-    unknown key or process name, a bad type or value, a dependency on itself,
-    on a program without a probe with condition "ready", and cycles.
+    unknown key or process name, a bad type or value (a size, a count, a
+    probe), a dependency on itself, on a program without a probe with
+    condition "ready", two types sharing a log file, and cycles.
     """
     problems: list[Problem] = []
     processes: dict[str, ProcessConfig] = {}
+    log_owners: dict[str, str] = {}  # normalised log_file -> the type that has it
 
     for name, body in table.items():
 
@@ -243,7 +410,35 @@ def scan_upconfig(
                     f"[{name}] stop_timeout must be a number of seconds >= 0, "
                     f"got {body['stop_timeout']!r}"
                 )
-        processes[name] = ProcessConfig(deps, probe, ready_timeout, stop_signal, stop_timeout)
+        max_memory: int | None = None
+        if "max_memory" in body:
+            max_memory = parse_size(body["max_memory"])
+            if max_memory is None:
+                problem(
+                    f"[{name}] max_memory must be {_SIZE_HELP} (> 0), got {body['max_memory']!r}"
+                )
+        liveness = _liveness(name, body["liveness"], problem) if "liveness" in body else None
+        log_file, log_max_size, log_backups = _log_settings(name, body, problem)
+        if log_file is not None:
+            key = os.path.normpath(log_file)
+            if key in log_owners:
+                problem(
+                    f"[{name}] log_file {log_file!r} is also [{log_owners[key]}]'s: give each "
+                    "process type its own file (the copies of one type share theirs)"
+                )
+            log_owners.setdefault(key, name)
+        processes[name] = ProcessConfig(
+            deps,
+            probe,
+            ready_timeout,
+            stop_signal,
+            stop_timeout,
+            max_memory,
+            liveness,
+            log_file,
+            log_max_size,
+            log_backups,
+        )
 
     config = UpConfig(processes, source)
     for name, pc in processes.items():
