@@ -526,3 +526,15 @@ def test_ctl_bad_usage(tmp_path: Path):
     r = ctl(tmp_path, "stop", "web")
     assert r.returncode == 1 and "no polytask up is running" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_socket_is_removed_when_up_ends_by_itself(tmp_path: Path):
+    (tmp_path / "Procfile").write_text("once: while [ ! -e go ]; do sleep 0.05; done\n")
+    up = Up(tmp_path, "--restart", "never")
+    try:
+        up.wait_serving()
+        (tmp_path / "go").touch()
+        assert up.proc.wait(60) == 0
+    finally:
+        up.finish(signal.SIGKILL)
+    assert not (tmp_path / SOCKET_NAME).exists()

@@ -27,10 +27,11 @@ line longer than its limit is an error, never an unbounded buffer.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -291,20 +292,31 @@ class LogRing:
         self._bytes[name] = size
         return line
 
-    def _merged(self, names: Collection[str] | None) -> Iterable[LogLine]:
-        rings = [r for n, r in self._rings.items() if names is None or n in names]
-        if len(rings) == 1:
-            return rings[0]
-        return sorted((line for r in rings for line in r), key=lambda line: line.seq)
+    def _rings_of(self, names: Collection[str] | None) -> list[deque[LogLine]]:
+        return [r for n, r in self._rings.items() if names is None or n in names]
 
     def tail(self, names: Collection[str] | None, lines: int | None) -> list[LogLine]:
         """The last ``lines`` lines of ``names`` (None: every program), oldest first."""
-        merged = list(self._merged(names))
-        return merged if lines is None else merged[-lines:] if lines else []
+        if lines == 0:
+            return []
+        # Each ring is in seq order (a LogLine compares by seq first): merge them.
+        merged = list(heapq.merge(*self._rings_of(names)))
+        return merged if lines is None else merged[-lines:]
 
     def after(self, seq: int, names: Collection[str] | None) -> list[LogLine]:
-        """The lines of ``names`` numbered after ``seq``, oldest first."""
-        return [line for line in self._merged(names) if line.seq > seq]
+        """The lines of ``names`` numbered after ``seq``, oldest first. A follower calls
+        this for every batch: only the new end of each ring is looked at."""
+        tails: list[list[LogLine]] = []
+        for ring in self._rings_of(names):
+            tail: list[LogLine] = []
+            for line in reversed(ring):
+                if line.seq <= seq:
+                    break
+                tail.append(line)
+            if tail:
+                tail.reverse()
+                tails.append(tail)
+        return tails[0] if len(tails) == 1 else list(heapq.merge(*tails))
 
 
 # =========================================================================== status

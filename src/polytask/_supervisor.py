@@ -15,6 +15,7 @@ Two layers, as h11 splits a protocol from its I/O:
     start() ──────────────────────────>  start_next ── Start ──> _proc.start_in_group
     stop() / kill (signal handler) ─┐       (own process group, guarded: a SIGKILLed parent
                                     │        still takes every program down with it)
+    start/stop/restart_program() ───┤  (a 2nd queue: Supervision.*_program)
             SimpleQueue + wakeup pipe └─>  one selector over
     status() <── lock ── machines          · the wakeup pipe
     wait()   <── Event ── loop ends        · stdout + stderr pipe of every program ─ lines ─> _Output
@@ -25,6 +26,8 @@ Two layers, as h11 splits a protocol from its I/O:
                                                   Kill "kill" ─> _proc.terminate(proc, 0)
                                          after every exit: _proc.terminate(proc, 0) sweeps what is
                                          left of the program's group and unguards it
+    wait_ready(), *_program() <── a Condition over the lock, notified by _do
+    polytask ctl logs <── LogRing <── every line _Output writes (tee)
 
 One thread reads every pipe, so a line is written out whole, and a program's
 stdout and stderr (two pipes) never mix within a line.

@@ -377,8 +377,13 @@ class ControlServer:
 def _hung_up(conn: socket.socket) -> bool:
     """The client closed its end (a follower sends nothing more, so readable = EOF)."""
     try:
-        readable, _, _ = select.select([conn], [], [], 0)
-        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+        poller = select.poll()  # not select.select: a descriptor may be >= 1024
+        poller.register(conn, select.POLLIN | select.POLLHUP)
+        if not poller.poll(0):
+            return False
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
     except OSError:
         return True
 
