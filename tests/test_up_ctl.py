@@ -538,3 +538,61 @@ def test_the_socket_is_removed_when_up_ends_by_itself(tmp_path: Path):
     finally:
         up.finish(signal.SIGKILL)
     assert not (tmp_path / SOCKET_NAME).exists()
+
+
+def test_wait_ready_times_out_with_the_states_and_ctrl_c_ends_a_follower(tmp_path: Path):
+    (tmp_path / "Procfile").write_text("slow: echo starting; exec sleep 300\n")
+    (tmp_path / "polytask.toml").write_text(
+        '[slow]\nready = {log = "never printed"}\nready_timeout = 300\n'
+    )
+    up = Up(tmp_path)
+    try:
+        up.wait_serving()
+        r = up.ctl("wait-ready", "slow", "--timeout", "0.5")
+        assert r.returncode == 1, r.stderr
+        assert "slow not ready within 0.5s (slow.1 " in r.stderr and "not ready)" in r.stderr
+        assert table(up.ctl("status").stdout)["slow.1"][4] == "no"
+        follower = subprocess.Popen(
+            [PY, "-m", "polytask.cli", "ctl", "logs", "-f", "slow"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        try:
+            assert follower.stdout is not None
+            assert follower.stdout.readline() == "slow.1 | starting\n"
+            follower.send_signal(signal.SIGINT)
+            _, err = follower.communicate(timeout=60)
+            assert follower.returncode == 130 and "Traceback" not in err
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.communicate()
+        assert up.proc.poll() is None  # a client leaving changes nothing for up
+        assert table(up.ctl("status").stdout)["slow.1"][0] in ("starting", "running")
+        assert up.finish(signal.SIGTERM) == 143
+    finally:
+        up.finish(signal.SIGKILL)
+
+
+def test_a_request_from_the_loop_thread_is_refused_without_effect():
+    errors: list[str] = []
+    sup: pt.Supervisor
+
+    def on_event(record: dict) -> None:
+        if record["event"] == "running" and record["process"] == "web.1":
+            try:
+                sup.stop_program("web")
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+    out = io.StringIO()
+    sup = pt.Supervisor({"web": SLEEPER}, start_seconds=0.1, output=out, on_event=on_event)
+    with sup:
+        assert sup.wait_ready("web", timeout=30)
+        assert sup.restart_program("web", timeout=30)[0].restarts == 1  # one loop round later
+    assert errors == ["cannot stop web from the supervisor's own loop thread"]
+    assert "stop web.1 (requested)" not in out.getvalue()  # nothing was queued
+    assert "restart web.1 (requested)" in out.getvalue()

@@ -958,6 +958,8 @@ class Supervisor:
         when = deadline(timeout)
         if self._thread is None:
             raise RuntimeError("the Supervisor was not started")
+        if threading.current_thread() is self._thread:  # an on_event callback, say
+            raise RuntimeError(f"cannot {op} {name} from the supervisor's own loop thread")
         if self._finished.is_set():
             raise PolytaskError(f"cannot {op} {name}: the supervisor has ended")
         req = _ProgramRequest(op, tuple(names))
