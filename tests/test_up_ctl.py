@@ -596,3 +596,22 @@ def test_a_request_from_the_loop_thread_is_refused_without_effect():
     assert errors == ["cannot stop web from the supervisor's own loop thread"]
     assert "stop web.1 (requested)" not in out.getvalue()  # nothing was queued
     assert "restart web.1 (requested)" in out.getvalue()
+
+
+def test_two_ups_started_at_once_one_runs_and_one_is_refused(tmp_path: Path):
+    (tmp_path / "Procfile").write_text("sleeper: sleep 300\n")
+    ups = [Up(tmp_path), Up(tmp_path)]
+    try:
+        # The socket is claimed by link(), which fails if the name exists: one wins.
+        refused = wait_until(
+            lambda: [u for u in ups if u.proc.poll() is not None], what="a refusal"
+        )
+        assert len(refused) == 1 and refused[0].proc.returncode == 2
+        assert "another polytask up is running" in (tmp_path / "up.err").read_text()
+        (running,) = [u for u in ups if u is not refused[0]]
+        running.wait_serving()
+        assert running.finish(signal.SIGTERM) == 143
+    finally:
+        for u in ups:
+            u.finish(signal.SIGKILL)
+    assert not (tmp_path / SOCKET_NAME).exists()
