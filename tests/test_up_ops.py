@@ -576,3 +576,20 @@ def test_a_restart_keeps_the_grace_for_a_program_under_a_shell_that_ignores_sigt
     assert after[3]["code"] == -signal.SIGKILL and after[3]["state"] == "backoff"
     assert f"hog.1 (pid {first['pid']}) did not stop in time: SIGKILL" in out.getvalue()
     assert gone([e["pid"] for e in events if e["event"] == "spawn"]) == []
+
+
+@pytest.mark.parametrize("op", ["start_program", "restart_program", "stop_program"])
+def test_a_request_during_a_health_restart(op: str) -> None:
+    # polytask ctl (or the live view) acting on a program being restarted for its health.
+    sup = sup_of(max_memory={"web": 1000})
+    start_both(sup)
+    sup.memory("web", 2000, 1.0)
+    assert sup.machines["web"].state is State.RESTARTING
+    getattr(sup, op)("web", 1.5)  # no transition error
+    actions = sup.exited("web", -15, 2.0)
+    if op == "stop_program":
+        assert sup.machines["web"].state is State.STOPPED and "web" in sup.held
+        assert not any(isinstance(a, Start) for a in actions)
+    else:  # started again at once, not after the backoff
+        assert [a for a in actions if isinstance(a, Start)] == [Start("web")]
+        assert sup.machines["web"].state is State.STARTING

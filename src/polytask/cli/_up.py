@@ -38,6 +38,7 @@ from .._supervisor import (
     scan_upconfig_files,
 )
 from .._upconfig import UpConfig, missing_dependencies
+from .._upcontrol import ControlBusy, ControlServer
 
 __all__ = ["main_check", "main_run", "main_up"]
 
@@ -392,13 +393,41 @@ def _up(argv: list[str]) -> int:
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
         raise _BadInput(text) from None
     try:
-        return _supervise(sup)
+        return _supervise(sup, os.path.dirname(os.path.abspath(args.procfile)))
     finally:
         if events_file is not None and events_file is not sys.stderr:
             events_file.close()
 
 
-def _supervise(sup: Supervisor) -> int:
+def _claim_control(sup: Supervisor, folder: str) -> ControlServer | None:
+    """The control socket for ``polytask ctl`` (docs/up.md, "Control"); a second up in
+    the folder is refused (exit 2) before anything starts. A folder where the socket
+    cannot be made (read-only, say) only costs the control: up runs without it."""
+    server = ControlServer(sup, folder)
+    try:
+        return server.claim()
+    except ControlBusy as exc:
+        raise _BadInput(str(exc)) from None
+    except (OSError, PolytaskError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(
+            f"polytask up: warning: no control socket ({server.path}: {why}); "
+            "'polytask ctl' cannot reach this run",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _supervise(sup: Supervisor, folder: str) -> int:
+    server = _claim_control(sup, folder)
+    try:
+        return _supervise_with(sup, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _supervise_with(sup: Supervisor, server: ControlServer | None = None) -> int:
     signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -415,6 +444,8 @@ def _supervise(sup: Supervisor) -> int:
     previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
         sup.start()
+        if server is not None:
+            server.start()
         while not sup.wait(timeout=0.5):
             pass
     except PolytaskError as exc:
