@@ -338,3 +338,20 @@ def test_text_from_the_command_is_data_too(tmp_path: Path, shell: str) -> None:
     nothing_ran(work)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (b"$(touch PWNED1)\n\n\n" + b"a\n`touch PWNED2`\n$(touch PWNED3)\n")
+
+
+def test_with_dash_i_and_results_paths(gnu_parallel: str, tmp_path: Path) -> None:
+    g, p = both(
+        gnu_parallel,
+        tmp_path,
+        ["-k", "-I", "XX", "--plus", "echo", "XX", "{+.}", "{1..}", ":::", "a.b.c"],
+    )
+    assert (p.out, p.rc) == (g.out, g.rc) == ("a.b.c c a\n", 0)
+    g, p = both(
+        gnu_parallel,
+        tmp_path,
+        ["--plus", "--results", "o/{+.}/{0#}", "echo", "{/..}", ":::", "d/a.x.z", "b.y"],
+    )
+    assert (p.out, p.rc) == (g.out, g.rc)
+    assert p.files() == g.files()
+    assert p.files()["o/z/1"] == "a\n" and "o/y/2" in p.files()
