@@ -234,6 +234,7 @@ def test_forms_without_an_exact_equivalent_are_refused(
         "--plus", "--tagstring", command[5:], "echo", ":::", "a", cwd=tmp_path, shell="bash"
     )
     assert r.returncode == 255 and r.stdout == b"" and why in r.stderr
+    assert r.stderr.startswith(b"polytask parallel: error: --tagstring: --plus: ")
 
 
 def test_without_plus_the_strings_are_text(tmp_path: Path) -> None:

@@ -571,6 +571,8 @@ def _class_escape(p: bytes, i: int, what: str) -> tuple[bytes, int | None, int]:
 
 
 class _Refused(QuotingError):
+    """A --plus regexp whose Perl meaning Python's ``re`` cannot give exactly."""
+
     def __init__(self, what: str, why: str) -> None:
         super().__init__(
             f"--plus: {what}: {why} (polytask runs no Perl; it takes the part of Perl's "
@@ -624,6 +626,7 @@ def _char_class(p: bytes, i: int, what: str) -> tuple[bytes, int]:
     return bytes(out), j
 
 
+#: The groups both engines read alike; any other ``(?`` is refused.
 _OPENERS = (b"(?:", b"(?=", b"(?!", b"(?<=", b"(?<!", b"(")
 
 
@@ -1615,8 +1618,14 @@ def render_raw(
     """
     return "".join(
         " ".join(p.values(args, seq, slot, counts)) if isinstance(p, Repl) else p
-        for p in _split_parts(text, token, plus)
+        for p in _parts_of(text, token, plus)
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _parts_of(text: str, token: str, plus: bool) -> tuple[Part, ...]:
+    # render_raw runs for every job (--tagstring): parse each text once.
+    return tuple(_split_parts(text, token, plus))
 
 
 def has_replacement(text: str, token: str = "{}", *, plus: bool = False) -> bool:

@@ -2012,11 +2012,16 @@ def _counted(opts: argparse.Namespace, unlimited: bool) -> set[str]:
 
     if not opts.plus:
         return set()
-    texts = [*opts.command, opts.tagstring or "", opts.results or ""]
-    try:
-        kinds = spec.replacement_kinds(texts, opts.I or "{}", plus=True)
-    except spec.QuotingError as exc:
-        raise _UsageError(f"COMMAND: {exc}") from None
+    kinds: set[str] = set()
+    for where, texts in (
+        ("COMMAND", opts.command),
+        ("--tagstring", [opts.tagstring or ""]),
+        ("--results", [opts.results or ""]),
+    ):
+        try:
+            kinds |= spec.replacement_kinds(texts, opts.I or "{}", plus=True)
+        except spec.QuotingError as exc:
+            raise _UsageError(f"{where}: {exc}") from None
     wanted = {"total", "seq0"} | ({"slot0"} if unlimited else set())
     return kinds & wanted
 
