@@ -99,6 +99,22 @@ def test_the_bash_like_strings_match_gnu(gnu_parallel: str, tmp_path: Path, quot
     assert "[dflt]" in p.out and "[aaX]" in p.out and "[a_1_22_b]" in p.out
 
 
+# Forms at the edges of GNU's key table: which key wins, what stays text.
+ODD = ["{/a/b/c}", "{/a/}", "{:-}", "{:}", "{%%a|z}", "{##a|b}", "{^(a)(b)}", "{//(?=b)/_}"]
+ODD += ["{//\\bx/X}", "{/x$/Y}", "{#.+?b}", "{##.+?b}", "{%b.*}", "{%%b.*}", "{^^[^a]}"]
+ODD += ["{,,[^a]}", "{//./-}", "{/.*/all}", "{//(?<=a)b/B}", "{/%/E}", "{/#/S}", "{//x*/-}"]
+ODD += ["{%\\.[a-z]*}", "{#[a-z]*\\.}", "{1/a/b}", "{2%%.*}", "{-1^^.}", "{1:-e}", "{//\\W/_}"]
+ODD += ["{a}", "{/ /}", "{.:1}", "{%%}", "{##}x", "{###}", "{#%}", "{%#}", "{/%a/%}", "{//a|b/|}"]
+
+
+def test_odd_forms_read_as_gnu_reads_them(gnu_parallel: str, tmp_path: Path) -> None:
+    words = ["abcab", "a.b.c", "xbx x", "", "a/b 1.2.3", "AbC", "ab%cd", "0"]
+    argv = ["-k", "--plus", "-q", "printf", "[%s]", *ODD, ":::", *words, ":::", "q"]
+    g, p = both(gnu_parallel, tmp_path, argv)
+    assert (p.out, p.rc) == (g.out, g.rc)
+    assert p.out.startswith("[b/cbcab][q][bcab][q][{:-}][{:}][bcab][q]")
+
+
 def test_with_stdin_several_inputs_a_job_and_context_replace(
     gnu_parallel: str, tmp_path: Path
 ) -> None:
