@@ -134,7 +134,7 @@ def test_with_stdin_several_inputs_a_job_and_context_replace(
 
 @pytest.mark.parametrize(
     "opts",
-    [[], ["-j10"], ["-j1"], ["-j0"], ["-n2"], ["-N3"], ["-j3", "--shuf"], ["-j100"]],
+    [[], ["-j10"], ["-j1"], ["-j0"], ["-n2"], ["-N3"], ["-N0"], ["-j3", "--shuf"], ["-j100"]],
     ids=str,
 )
 def test_counts_with_arguments_match_gnu(
@@ -146,6 +146,8 @@ def test_counts_with_arguments_match_gnu(
     g, p = both(gnu_parallel, tmp_path, ["-k", "--plus", *opts, *command, ":::", *"abcdefghijkl"])
     assert (_slots(p.out, "--shuf" in opts), p.rc) == (_slots(g.out, "--shuf" in opts), g.rc)
     assert len(p.out.splitlines()) == (6 if "-n2" in opts else 4 if "-N3" in opts else 12)
+    if "-N0" in opts:  # one input read a job, none given: 12 jobs (polytask said 0 before)
+        assert p.out.splitlines()[-1].startswith("12 12 ")
 
 
 def _slots(out: str, shuffled: bool = False) -> list[str]:
