@@ -14,6 +14,7 @@ a file (:func:`split_positions`, given a function that reads at an offset). They
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import deque
@@ -60,6 +61,7 @@ __all__ = [
     "perl_expression",
     "render_raw",
     "replace_value",
+    "replacement_kinds",
     "result_record",
     "results_dir",
     "results_format",
@@ -189,10 +191,13 @@ class _Record:
 class Repl(_Record):
     """One replacement string of a template.
 
-    ``kind`` is ``"arg"``, ``"seq"`` ({#}) or ``"slot"`` ({%}); for ``"arg"``,
+    ``kind`` is ``"arg"``, ``"seq"`` ({#}), ``"slot"`` ({%}), or with --plus
+    ``"total"`` ({##}), ``"seq0"`` ({0#}) or ``"slot0"`` ({0%}); for ``"arg"``,
     ``index`` is the 1-based input source (negative: from the last; None:
-    every argument) and ``mod`` one
-    of ``""``, ``"."``, ``"/"``, ``"//"``, ``"/."``.
+    every argument) and ``mod`` one of ``""``, ``"."``, ``"/"``, ``"//"``,
+    ``"/."``, with --plus also ``"+/"`` ``"+."`` ``"+.."`` ``"+..."``
+    ``".."`` ``"..."`` ``"/.."`` ``"/..."`` or the text of a bash-like one
+    (``":-x"``, ``"%.gz"``, ``"/a/b"``, ...: see :func:`replace_value`).
     """
 
     _fields = ("kind", "index", "mod")
@@ -210,20 +215,48 @@ class Repl(_Record):
             return "{#}"
         if self.kind == "slot":
             return "{%}"
+        if self.kind in _COUNTED:
+            return _COUNTED[self.kind]
         return "{" + (str(self.index) if self.index else "") + self.mod + "}"
 
-    def values(self, args: Sequence[str], seq: int, slot: int) -> list[str]:
-        """The strings this replacement stands for, for one job (one or more)."""
+    def values(
+        self, args: Sequence[str], seq: int, slot: int, counts: tuple[int, int] = (0, 0)
+    ) -> list[str]:
+        """The strings this replacement stands for, for one job (one or more).
+
+        ``counts``: the number of jobs and of job slots, for {##} {0#} {0%}.
+        """
         if self.kind == "seq":
             return [str(seq)]
         if self.kind == "slot":
             return [str(slot)]
+        if self.kind in _COUNTED:
+            return [_counted(self.kind, seq, slot, counts)]
         if self.index is None:
             return [replace_value(a, self.mod) for a in args] if args else [""]
         # {-1} is the last source, {-2} the one before it. One that does not
         # exist is nothing at all, as GNU parallel writes it (not an empty word).
         i = self.index - 1 if self.index > 0 else len(args) + self.index
         return [replace_value(args[i], self.mod)] if 0 <= i < len(args) else []
+
+
+#: The --plus strings that count jobs or slots, and their spelling.
+_COUNTED = {"total": "{##}", "seq0": "{0#}", "slot0": "{0%}"}
+
+
+def _counted(kind: str, seq: int, slot: int, counts: tuple[int, int]) -> str:
+    """{##}, {0#} or {0%}: as GNU's Perl computes them, float logarithm included.
+
+    The width is ``1 + int(log(n) / log(10))`` with n the number of jobs ({0#})
+    or of job slots ({0%}): for n = 1000 that is 3 (the quotient is
+    2.9999999999999996), so job 1000 of 1000 is ``1000`` and job 1 is ``001``.
+    """
+    total, slots = counts
+    if kind == "total":
+        return str(total)
+    n, value = (total, seq) if kind == "seq0" else (slots, slot)
+    width = 1 + int(math.log(max(n, 1)) / math.log(10))
+    return str(value).zfill(width)
 
 
 def perl_dirname(path: str) -> str:
@@ -259,22 +292,31 @@ def replace_value(value: str, mod: str) -> str:
         return perl_dirname(value)
     if mod == "/.":
         return _EXT_RE.sub("", value[value.rfind("/") + 1 :])
-    raise ValueError(f"unknown replacement modifier {mod!r}")
+    if mod in _PLUS_FIXED:
+        return _plus_fixed(value, mod)
+    # A bash-like --plus string (raises ValueError for an unknown modifier).
+    out: bytes = _dynamic(mod)(_fsencode(value))
+    return out.decode("utf-8", "surrogateescape")
 
 
 Part = str | Repl
 
 
-def _split_parts(text: str, token: str = "{}") -> list[Part]:
-    """The literal text and replacement strings of ``text``; ``token`` stands for ``{}`` (-I)."""
+def _split_parts(text: str, token: str = "{}", plus: bool = False) -> list[Part]:
+    """The literal text and replacement strings of ``text``; ``token`` stands for ``{}`` (-I).
+
+    ``plus``: GNU parallel's --plus strings too, read as GNU reads them (:func:`_split_plus`).
+    """
     if token != "{}":
         out: list[Part] = []
         for i, segment in enumerate(text.split(token)):
             if i:
                 out.append(Repl("arg"))
             # Here {} is only text; {.}, {1}, {#} ... keep their meaning.
-            out.extend(p if p != Repl("arg") else "{}" for p in _split_parts(segment))
+            out.extend(p if p != Repl("arg") else "{}" for p in _split_parts(segment, plus=plus))
         return out
+    if plus:
+        return _split_plus(text)
     parts: list[Part] = []
     pos = 0
     for m in _REPL_RE.finditer(text):
@@ -295,6 +337,456 @@ def _split_parts(text: str, token: str = "{}") -> list[Part]:
     if pos < len(text):
         parts.append(text[pos:])
     return parts
+
+
+# --------------------------------------------------------------------------- --plus
+
+# GNU parallel's --plus strings that are a fixed Perl substitution each, as Python
+# regular expressions with the same meaning: (pattern, replacement group or 0 for
+# nothing, whether a failed first substitution clears the value: Perl's ``|| s:.*$::``).
+# ``{/..}`` and ``{/...}`` first take ``s:.*/::``.
+_PLUS_FIXED: dict[str, tuple[str, int, bool]] = {
+    "+/": (r"/[^/]*$", 0, True),
+    "+.": (r".*\.", 0, True),
+    "+..": (r".*\.([^/.]*\.[^/.]*)$", 1, True),
+    "+...": (r".*\.([^/.]*\.[^/.]*\.[^/.]*)$", 1, True),
+    "..": (r"\.[^/.]*\.[^/.]*$", 0, False),
+    "...": (r"\.[^/.]*\.[^/.]*\.[^/.]*$", 0, False),
+    "/..": (r"\.[^/.]*\.[^/.]*$", 0, False),
+    "/...": (r"\.[^/.]*\.[^/.]*\.[^/.]*$", 0, False),
+}
+
+
+def _plus_fixed(value: str, mod: str) -> str:
+    pattern, group, clear = _PLUS_FIXED[mod]
+    if mod.startswith("/"):
+        value = re.sub(r".*/", "", value, count=1)  # Perl's s:.*/::
+    new, n = re.subn(pattern, lambda m: m.group(group) if group else "", value, count=1)
+    if n == 0 and clear:
+        new = re.sub(r".*$", "", value, count=1)  # Perl's s:.*$:: ("." stops at a newline)
+    return new
+
+
+#: GNU parallel's --plus table (20221122, ``%Global::plus`` and ``%Global::replace``):
+#: each ``--rpl`` key as GNU writes it and what it becomes here. GNU replaces the
+#: longest keys first, each everywhere in the COMMAND, then its positional form
+#: (``{2...}``); so does :func:`_split_plus`. ``None``: refused (no exact equivalent).
+_PLUS_TABLE: tuple[tuple[str, str | None], ...] = (
+    ("{}", "arg:"),
+    ("{#}", "seq"),
+    ("{%}", "slot"),
+    ("{/}", "arg:/"),
+    ("{//}", "arg://"),
+    ("{/.}", "arg:/."),
+    ("{.}", "arg:."),
+    ("{+/}", "arg:+/"),
+    ("{+.}", "arg:+."),
+    ("{+..}", "arg:+.."),
+    ("{+...}", "arg:+..."),
+    ("{..}", "arg:.."),
+    ("{...}", "arg:..."),
+    ("{/..}", "arg:/.."),
+    ("{/...}", "arg:/..."),
+    ("{choose_k}", None),
+    ("{uniq}", None),
+    ("{##}", "total"),
+    ("{0%}", "slot0"),
+    ("{0#}", "seq0"),
+    ("{:-([^}]+?)}", "arg::-"),
+    ("{:(\\d+?)}", "arg::"),
+    ("{:(\\d+?):(\\d+?)}", "arg::"),
+    ("{#([^#}][^}]*?)}", "arg:#"),
+    ("{##([^#}][^}]*?)}", "arg:##"),
+    ("{%([^}]+?)}", "arg:%"),
+    ("{%%([^}]+?)}", "arg:%%"),
+    ("{/([^#%}/]+?)/([^}]*?)}", "arg:/"),
+    ("{/#([^}]+?)/([^}]*?)}", "arg:/#"),
+    ("{/%([^}]+?)/([^}]*?)}", "arg:/%"),
+    ("{//([^}]+?)/([^}]*?)}", "arg://"),
+    ("{^([^}]+?)}", "arg:^"),
+    ("{^^([^}]+?)}", "arg:^^"),
+    ("{,([^}]+?)}", "arg:,"),
+    ("{,,([^}]+?)}", "arg:,,"),
+    ("{slot}", None),
+    ("{host}", None),
+    ("{sshlogin}", None),
+    ("{hgrp}", None),
+    ("{agrp}", None),
+)
+
+_REFUSED_PLUS = {
+    "{choose_k}": "it skips jobs (and GNU counts each skipped job as failed); "
+    "filter the inputs before they reach polytask parallel",
+    "{uniq}": "it skips jobs (and GNU counts each skipped job as failed); "
+    "filter the inputs before they reach polytask parallel",
+    "{slot}": "GNU writes it as the shell text ${PARALLEL_JOBSLOT}, whose meaning depends "
+    'on the quotes around it; use {%} or "$PARALLEL_JOBSLOT"',
+    "{host}": "polytask parallel runs no jobs on remote hosts",
+    "{sshlogin}": "polytask parallel runs no jobs on remote hosts",
+    "{hgrp}": "polytask parallel runs no jobs on remote hosts",
+    "{agrp}": "polytask parallel runs no jobs on remote hosts",
+}
+
+# Perl's \s (since 5.18) and \d in the keys, for bytes: ASCII only.
+_PERL_SPACE = "[ \\t\\n\\r\\f\\v]*"
+
+
+def _key_patterns(key: str) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+    """A --rpl key as GNU matches it, and its positional form (``{N`` then the rest)."""
+    # GNU splits a key into prefix, (groups), postfix at the first ( and the last ).
+    m = re.fullmatch(r"([^(]*)(\(.*\))?([^)]*)", key, re.DOTALL)
+    assert m is not None
+    prefix, groups, postfix = m.group(1), (m.group(2) or ""), m.group(3)
+    groups = groups.replace("\\d", "[0-9]")
+    plain = re.compile(re.escape(prefix) + groups + re.escape(postfix), re.DOTALL)
+    positional = re.compile(
+        r"\{(-?[0-9]+)" + _PERL_SPACE + re.escape(prefix[1:]) + groups + re.escape(postfix),
+        re.DOTALL,
+    )
+    return plain, positional
+
+
+_PLUS_KEYS: list[tuple[str, str | None, re.Pattern[str], re.Pattern[str] | None]] = []
+
+
+def _plus_keys() -> list[tuple[str, str | None, re.Pattern[str], re.Pattern[str] | None]]:
+    """The --plus table compiled, longest key first (as GNU replaces them)."""
+    if not _PLUS_KEYS:
+        for key, what in sorted(_PLUS_TABLE, key=lambda kv: -len(kv[0])):
+            plain, positional = _key_patterns(key)
+            # {#} {%} {##} {0#} {0%} (GNU's "1 $_=..." strings) have no positional form
+            # that means anything: {1#} reads as position 11 there.
+            if what is None or not what.startswith("arg:"):
+                positional = None
+            _PLUS_KEYS.append((key, what, plain, positional))
+    return _PLUS_KEYS
+
+
+def _split_plus(text: str) -> list[Part]:
+    """``text`` split as GNU parallel --plus reads it: longest --rpl keys first."""
+    parts: list[Part] = [text]
+    for key, what, plain, positional in _plus_keys():
+        for pattern, numbered in ((plain, False), (positional, True)):
+            if pattern is None:
+                continue
+            out: list[Part] = []
+            for part in parts:
+                if isinstance(part, Repl):
+                    out.append(part)
+                    continue
+                pos = 0
+                for m in pattern.finditer(part):
+                    index = int(m.group(1)) if numbered else None
+                    if index == 0:
+                        continue  # {0} ... is not a replacement string: text
+                    if m.start() > pos:
+                        out.append(part[pos : m.start()])
+                    out.append(_plus_repl(key, what, m, numbered))
+                    pos = m.end()
+                if pos < len(part):
+                    out.append(part[pos:])
+            parts = _merge_text(out)
+    return parts
+
+
+def _merge_text(parts: list[Part]) -> list[Part]:
+    out: list[Part] = []
+    for p in parts:
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] += p
+        elif p != "":
+            out.append(p)
+    return out
+
+
+def _plus_repl(key: str, what: str | None, m: re.Match[str], numbered: bool) -> Repl:
+    if what is None:
+        raise QuotingError(f"--plus: {key} is not supported: {_REFUSED_PLUS[key]}")
+    if not what.startswith("arg:"):
+        return Repl(what)
+    index = int(m.group(1)) if numbered else None
+    if "(" not in key:
+        return Repl("arg", index, what[4:])
+    # The text inside the braces, without the position: {2:-x} -> ":-x".
+    inner = m.group(0)[(m.end(1) - m.start()) if numbered else 1 : -1]
+    mod = inner.lstrip(" \t\n\r\f\v")
+    _dynamic(mod)  # refused now, not at the first job
+    return Repl("arg", index, mod)
+
+
+# --------------------------------------------------------------------------- --plus: Perl regexps
+
+
+def _ungreedy(regexp: bytes) -> bytes:
+    """GNU parallel's make_regexp_ungreedy: a ``?`` after each ``*``, ``+`` and ``}``."""
+    out = bytearray()
+    in_class = escape = found = False
+    for c in regexp:
+        if found:
+            if c != ord("?"):
+                out += b"?"
+            found = False
+        out.append(c)
+        if escape:
+            escape = False
+            continue
+        if c == ord("\\"):
+            escape = True
+            continue
+        if c == ord("["):
+            in_class = True
+            continue
+        if in_class:
+            if c == ord("]"):
+                in_class = False
+            continue
+        if c in b"*}+":
+            found = True
+    if found:
+        out += b"?"
+    return bytes(out)
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _class_escape(p: bytes, i: int, what: str) -> tuple[bytes, int | None, int]:
+    """The escape at ``p[i]`` (a backslash) inside ``[...]``: (Python text, its byte or None, next i)."""
+    if i + 1 >= len(p):
+        raise _Refused(what, "it ends with a lone backslash")
+    d = p[i + 1]
+    if d in b"dDwWsS":
+        return p[i : i + 2], None, i + 2
+    if d in b"tnrf":
+        byte = {ord("t"): 9, ord("n"): 10, ord("r"): 13, ord("f"): 12}[d]
+        return b"\\x%02x" % byte, byte, i + 2
+    if d == ord("x"):
+        if len(p) < i + 4 or p[i + 2] not in _HEX or p[i + 3] not in _HEX:
+            raise _Refused(what, "\\x must be followed by two hex digits here")
+        byte = int(p[i + 2 : i + 4], 16)
+        return b"\\x%02x" % byte, byte, i + 4
+    if d < 128 and chr(d).isalnum():
+        raise _Refused(what, f"the escape \\{chr(d)} is not supported")
+    return b"\\x%02x" % d, d, i + 2
+
+
+class _Refused(QuotingError):
+    """A --plus regexp whose Perl meaning Python's ``re`` cannot give exactly."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(
+            f"--plus: {what}: {why} (polytask runs no Perl; it takes the part of Perl's "
+            "regular expressions whose meaning it can match exactly: literals, . [...] "
+            "\\d \\w \\s \\b, * + ? and their lazy forms, | ( ) (?: ) and lookarounds)"
+        )
+
+
+def _char_class(p: bytes, i: int, what: str) -> tuple[bytes, int]:
+    """``[...]`` at ``p[i]``: Python's spelling of it and the index after it."""
+    j = i + 1
+    out = bytearray(b"[")
+    if j < len(p) and p[j] == ord("^"):
+        out += b"^"
+        j += 1
+    if j < len(p) and p[j] == ord("]"):
+        raise _Refused(what, "a ] first in [...] is not supported (write \\])")
+    close = p.find(b"]", j + 1)
+    if j < len(p) and p[j] in b":=." and close > j + 1 and p[close - 1] == p[j]:
+        raise _Refused(what, "[: :], [= =] and [. .] (POSIX classes) are not supported")
+    items: list[tuple[bytes, int | None]] = []
+    while True:
+        if j >= len(p):
+            raise _Refused(what, "a [ is not closed")
+        c = p[j]
+        if c == ord("]"):
+            j += 1
+            break
+        if c == ord("\\"):
+            text, byte, j = _class_escape(p, j, what)
+            items.append((text, byte))
+            continue
+        if c == ord("[") and j + 1 < len(p) and p[j + 1] in b":=.":
+            raise _Refused(what, "POSIX classes like [:alpha:] are not supported")
+        if c == ord("-") and items and j + 1 < len(p) and p[j + 1] != ord("]"):
+            lo = items[-1][1]
+            j += 1
+            if p[j] == ord("\\"):
+                text, hi, j = _class_escape(p, j, what)
+            else:
+                hi, j = p[j], j + 1
+            if lo is None or hi is None:
+                raise _Refused(what, "a range in [...] must be between two characters")
+            if lo > hi:
+                raise _Refused(what, "a range in [...] goes backwards")
+            items.append((b"-" + b"\\x%02x" % hi, None))  # (no range may start at it)
+            continue
+        items.append((b"\\x%02x" % c, c))
+        j += 1
+    out += b"".join(t for t, _ in items) + b"]"
+    return bytes(out), j
+
+
+#: The groups both engines read alike; any other ``(?`` is refused.
+_OPENERS = (b"(?:", b"(?=", b"(?!", b"(?<=", b"(?<!", b"(")
+
+
+def _perl_regex(regexp: bytes, what: str) -> bytes:
+    """A Perl regular expression as a Python one that matches exactly the same, or _Refused.
+
+    Only the part both engines read alike on bytes (Perl without /u, Python's
+    bytes patterns: ASCII classes and case): literals, ``.``, ``[...]``,
+    ``\\d \\w \\s \\D \\W \\S \\b \\B \\A \\z \\Z \\t \\n \\r \\f \\xHH``, escaped
+    punctuation, ``^ $``, ``* + ?`` and their lazy forms, ``|``, groups,
+    ``(?:...)`` and lookarounds.
+    """
+    out: list[bytes] = []
+    i, n = 0, len(regexp)
+    stack: list[str] = []
+    prev = "start"  # what a quantifier would apply to: "atom" or "group" may take one
+    while i < n:
+        c = regexp[i]
+        if c == ord("\\"):
+            if i + 1 >= n:
+                raise _Refused(what, "it ends with a lone backslash")
+            d = regexp[i + 1]
+            if d in b"bBA":
+                out.append(regexp[i : i + 2])
+                prev, i = "anchor", i + 2
+            elif d == ord("z"):
+                out.append(b"\\Z")
+                prev, i = "anchor", i + 2
+            elif d == ord("Z"):
+                out.append(b"(?=\\n?\\Z)")
+                prev, i = "anchor", i + 2
+            else:
+                text, _, i = _class_escape(regexp, i, what)
+                out.append(text)
+                prev = "atom"
+        elif c == ord("["):
+            text, i = _char_class(regexp, i, what)
+            out.append(text)
+            prev = "atom"
+        elif c in b"*+?":
+            if prev not in ("atom", "group"):
+                raise _Refused(what, f"{chr(c)!r} follows nothing it can repeat")
+            out.append(regexp[i : i + 1])
+            i += 1
+            if i < n and regexp[i] == ord("?"):
+                out.append(b"?")
+                i += 1
+            if i < n and regexp[i] in b"*+?":
+                raise _Refused(what, "possessive or repeated quantifiers are not supported")
+            prev = "quantifier"
+        elif c == ord("("):
+            opener = next((o for o in _OPENERS if regexp.startswith(o, i)), b"")
+            if not opener or (opener == b"(" and regexp.startswith(b"(?", i)):
+                raise _Refused(
+                    what, "of the (?...) forms only (?:...) and lookarounds are supported"
+                )
+            # A lookaround takes no quantifier (Python refuses one; Perl takes it).
+            kind = "group" if opener in (b"(", b"(?:") else "look"
+            out.append(opener)
+            stack.append(kind)
+            i += len(opener)
+            prev = "start"
+        elif c == ord(")"):
+            if not stack:
+                raise _Refused(what, "a ) has no (")
+            out.append(b")")
+            prev = stack.pop()
+            i += 1
+        elif c == ord("|"):
+            out.append(b"|")
+            prev, i = "start", i + 1
+        elif c in b"^$":
+            out.append(regexp[i : i + 1])
+            prev, i = "anchor", i + 1
+        elif c == ord("{"):
+            raise _Refused(what, "an unescaped { is not supported (write \\{)")
+        elif c == ord("."):
+            out.append(b".")
+            prev, i = "atom", i + 1
+        else:
+            out.append(b"\\x%02x" % c if c < 128 and not chr(c).isalnum() else bytes([c]))
+            prev, i = "atom", i + 1
+    if stack:
+        raise _Refused(what, "a ( is not closed")
+    return b"".join(out)
+
+
+def _compile(pattern: bytes, what: str) -> re.Pattern[bytes]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:  # e.g. a lookbehind of variable width, which Perl takes
+        raise _Refused(what, f"Python's re cannot take it ({exc})") from None
+
+
+def _group(n: int) -> Callable[[re.Match[bytes]], bytes]:
+    return lambda m: m.group(n) or b""
+
+
+@functools.lru_cache(maxsize=256)
+def _dynamic(mod: str) -> Callable[[bytes], bytes]:
+    """The function of one of GNU's bash-like --plus strings (its text inside the braces).
+
+    Each is what GNU's Perl does, on the argument's bytes (Perl sees bytes):
+    ``{:-s}`` s if the value is empty or ``0`` (Perl's false), ``{:n}`` the
+    bytes from n on, ``{:n:m}`` m bytes from n, ``{#re}`` ``{##re}``
+    ``{%re}`` ``{%%re}`` a prefix / suffix removed (``#`` and ``%``: made
+    lazy with GNU's own make_regexp_ungreedy), ``{/re/s}`` ``{//re/s}``
+    ``{/#re/s}`` ``{/%re/s}`` replaced by the literal s, ``{^re}`` ``{^^re}``
+    ``{,re}`` ``{,,re}`` ASCII upper / lower case.
+    """
+    what = "{" + mod + "}"
+    enc = _fsencode
+    for key, kind, plain, _ in _plus_keys():
+        m = plain.fullmatch(what) if kind and "(" in key else None
+        if m is not None and kind is not None:
+            op, groups = kind[4:], m.groups()
+            break
+    else:
+        raise ValueError(f"unknown replacement modifier {mod!r}")
+    if op == ":-":
+        default = enc(groups[0])
+        return lambda v: v if v not in (b"", b"0") else default
+    if op == ":":
+        start = int(groups[0])
+        if len(groups) == 1:
+            return lambda v: v[start:]
+        end = start + int(groups[1])
+        return lambda v: v[start:end]
+    source = enc(groups[0])
+    if op in ("/", "/#", "/%", "//"):
+        to = enc(groups[1])
+        pattern = _perl_regex(source, what)
+        if op == "/#":
+            rx = _compile(b"^" + pattern, what)
+        elif op == "/%":
+            rx = _compile(pattern + b"$", what)
+        else:
+            rx = _compile(pattern, what)
+        count = 1 if op == "/" else 0
+        return lambda v: rx.sub(lambda _m: to, v, count=count)
+    if op in ("#", "%"):
+        pattern = _perl_regex(_ungreedy(source), what)
+    else:
+        pattern = _perl_regex(source, what)
+    if op == "#":
+        rx = _compile(b"^" + pattern + b"(.*)", what)
+        return lambda v: rx.sub(_group(1), v, count=1)
+    if op == "##":
+        rx = _compile(b"^" + pattern, what)
+        return lambda v: rx.sub(b"", v, count=1)
+    if op == "%":
+        rx = _compile(b"(.*)" + pattern + b"$", what)
+        return lambda v: rx.sub(_group(1), v, count=1)
+    if op == "%%":
+        rx = _compile(pattern + b"$", what)
+        return lambda v: rx.sub(b"", v, count=1)
+    anchored = b"^(" if op in ("^", ",") else b"("
+    rx = _compile(anchored + pattern + b")", what)
+    case = bytes.upper if op.startswith("^") else bytes.lower
+    return lambda v: rx.sub(lambda m: case(m.group(1)), v, count=1 if len(op) == 1 else 0)
 
 
 def _words(parts: Sequence[Part]) -> list[list[Part]]:
@@ -344,6 +836,7 @@ class Template(_Record):
         "argv_plans",
         "heredocs",
         "functions",
+        "counts",
     )
     __slots__ = (*_fields, "_pieces", "_argv_emit", "_prefix")
     parts: tuple[Part, ...]
@@ -355,6 +848,7 @@ class Template(_Record):
     argv_plans: tuple[Plan, ...]
     heredocs: tuple[HeredocCheck, ...]
     functions: frozenset[str]
+    counts: tuple[int, int]  # jobs and job slots, for --plus' {##} {0#} {0%}
     _pieces: tuple[tuple[Part, Callable[[Sequence[str]], str] | None], ...]
     _argv_emit: tuple[Callable[[Sequence[str]], str] | None, ...]
     _prefix: list[str] | None  # argv before the inputs, when they are only appended
@@ -370,9 +864,11 @@ class Template(_Record):
         argv_plans: tuple[Plan, ...] = (),
         heredocs: tuple[HeredocCheck, ...] = (),
         functions: frozenset[str] = frozenset(),
+        counts: tuple[int, int] = (0, 0),
     ) -> None:
         self._set(
             functions=functions,
+            counts=counts,
             parts=parts,
             words=words,
             has_repl=has_repl,
@@ -402,6 +898,8 @@ class Template(_Record):
         functions: frozenset[str] = frozenset(),
         append: bool = True,
         token: str = "{}",
+        plus: bool = False,
+        counts: tuple[int, int] = (0, 0),
     ) -> Template:
         """Parse the COMMAND words of the command line, for jobs run by ``shell``.
 
@@ -409,6 +907,8 @@ class Template(_Record):
         exported with ``export -f``): a COMMAND that starts with one needs it.
         ``append=False`` (``-N0``): no input is appended when there is no
         replacement string. ``token`` (``-I STR``) is written for ``{}``.
+        ``plus`` (--plus): GNU's further replacement strings; ``counts`` the
+        number of jobs and of job slots they may need (see :meth:`with_counts`).
 
         Like GNU parallel, the words are joined with spaces into one shell
         command line (so ``'a | b'`` and ``a '|' b`` mean the same); with
@@ -417,7 +917,7 @@ class Template(_Record):
         replacement string where no quoting keeps an input data.
         """
         if quote:
-            words = tuple(tuple(_split_parts(w, token)) or ("",) for w in command)
+            words = tuple(tuple(_split_parts(w, token, plus)) or ("",) for w in command)
             has = any(isinstance(p, Repl) for w in words for p in w)
             if append and not has and words:
                 words += ((Repl("arg"),),)
@@ -434,9 +934,10 @@ class Template(_Record):
                 needs_shell=False,
                 quoted=True,
                 argv_plans=tuple(argv_plans[k] for k in range(len(argv_plans))),
+                counts=counts,
             )
         text = " ".join(command)
-        parts = tuple(_split_parts(text, token))
+        parts = tuple(_split_parts(text, token, plus))
         has = any(isinstance(p, Repl) for p in parts)
         if append and not has and _words(parts):  # (blanks only: no COMMAND, as none at all)
             parts += (" ", Repl("arg"))
@@ -464,7 +965,17 @@ class Template(_Record):
             argv_plans=tuple(word_plans[k] for k in range(len(word_plans))),
             heredocs=tuple(checks),
             functions=functions,
+            counts=counts,
         )
+
+    def with_counts(self, counts: tuple[int, int]) -> Template:
+        """This template with the number of jobs and of job slots known ({##} {0#} {0%})."""
+        values = dict(zip(self._fields, self._values(), strict=True), counts=counts)
+        return type(self)(**values)
+
+    def kinds(self) -> set[str]:
+        """The kinds of replacement strings used (``"arg"``, ``"seq"``, ``"total"``, ...)."""
+        return {p.kind for p in self.parts if isinstance(p, Repl)}
 
     @property
     def empty(self) -> bool:
@@ -490,7 +1001,7 @@ class Template(_Record):
             return " ".join(quote_word(w) for w in argv)
         if self.heredocs:
             emitted = [
-                fn(part.values(args, seq, slot))
+                fn(part.values(args, seq, slot, self.counts))
                 for part, fn in self._pieces
                 if fn is not None and isinstance(part, Repl)
             ]
@@ -499,7 +1010,7 @@ class Template(_Record):
             return "".join(part if fn is None else next(it) for part, fn in self._pieces)  # type: ignore[misc]
         pieces = []
         for part, fn in self._pieces:
-            pieces.append(part if fn is None else fn(part.values(args, seq, slot)))  # type: ignore[union-attr]
+            pieces.append(part if fn is None else fn(part.values(args, seq, slot, self.counts)))  # type: ignore[union-attr]
         return "".join(pieces)  # type: ignore[arg-type]
 
     def argv(self, args: Sequence[str], seq: int, slot: int) -> list[str] | None:
@@ -527,7 +1038,7 @@ class Template(_Record):
             produced = False  # a word of only inputs that do not exist is no word
             for part in word:
                 if isinstance(part, Repl):
-                    values = part.values(args, seq, slot)
+                    values = part.values(args, seq, slot, self.counts)
                     fn = emit[k]
                     k += 1
                     if not values:
@@ -578,6 +1089,7 @@ def context_command(
     quote: bool = False,
     append: bool = True,
     token: str = "{}",
+    plus: bool = False,
 ) -> list[str]:
     """The COMMAND words for a job of ``count`` inputs with context replace (``-X``, ``-N``).
 
@@ -590,13 +1102,13 @@ def context_command(
     """
     if quote:
         out: list[str] = []
-        words = [_split_parts(w, token) for w in command]
+        words = [_split_parts(w, token, plus) for w in command]
         if append and not any(isinstance(p, Repl) for w in words for p in w):
             words.append([Repl("arg")])
         for w in words:
             out.extend(_spell(copy, token) for copy in _repeat_word(w, count))
         return out
-    parts: list[Part] = _split_parts(" ".join(command), token)
+    parts: list[Part] = _split_parts(" ".join(command), token, plus)
     if append and command and not any(isinstance(p, Repl) for p in parts):
         parts += [" ", Repl("arg")]
     # Words and the blanks between them, the blanks kept as they are.
@@ -1090,20 +1602,45 @@ def results_dir(
 # --------------------------------------------------------------------------- raw text
 
 
-def render_raw(text: str, args: Sequence[str], seq: int, slot: int, token: str = "{}") -> str:
+def render_raw(
+    text: str,
+    args: Sequence[str],
+    seq: int,
+    slot: int,
+    token: str = "{}",
+    *,
+    plus: bool = False,
+    counts: tuple[int, int] = (0, 0),
+) -> str:
     """``text`` with its replacement strings as the plain values, unquoted.
 
     For what no shell reads: ``--tagstring`` and the paths of ``--results``.
     """
     return "".join(
-        " ".join(p.values(args, seq, slot)) if isinstance(p, Repl) else p
-        for p in _split_parts(text, token)
+        " ".join(p.values(args, seq, slot, counts)) if isinstance(p, Repl) else p
+        for p in _parts_of(text, token, plus)
     )
 
 
-def has_replacement(text: str, token: str = "{}") -> bool:
+@functools.lru_cache(maxsize=32)
+def _parts_of(text: str, token: str, plus: bool) -> tuple[Part, ...]:
+    # render_raw runs for every job (--tagstring): parse each text once.
+    return tuple(_split_parts(text, token, plus))
+
+
+def has_replacement(text: str, token: str = "{}", *, plus: bool = False) -> bool:
     """Whether ``text`` holds a replacement string."""
-    return any(isinstance(p, Repl) for p in _split_parts(text, token))
+    return any(isinstance(p, Repl) for p in _split_parts(text, token, plus))
+
+
+def replacement_kinds(texts: Iterable[str], token: str = "{}", *, plus: bool = False) -> set[str]:
+    """The kinds of replacement strings in ``texts`` (see :class:`Repl`).
+
+    Raises :class:`QuotingError` for a --plus string that is refused.
+    """
+    return {
+        p.kind for text in texts for p in _split_parts(text, token, plus) if isinstance(p, Repl)
+    }
 
 
 # --------------------------------------------------------------------------- --results FILE.csv

@@ -245,6 +245,12 @@ def _parser() -> _Parser:
     a("--xargs", action="store_true", help="like -m, without spreading over the jobs")
     a("--rpl", action="append", default=[], metavar="'TAG PERL'", help=argparse.SUPPRESS)
     a(
+        "--plus",
+        action="store_true",
+        help="GNU's further replacement strings: {+/} {+.} {..} {/..} {##} {0#} {0%%} "
+        "{:-x} {:2} {%%.gz} {/a/b} {^a} ... (see docs/commands.md)",
+    )
+    a(
         "--colsep",
         metavar="REGEX",
         help="split each input into columns {1} {2} ... at REGEX (blanks around each trimmed)",
@@ -462,8 +468,8 @@ class _Grouped:
         self.source = source
         self.fd = source.fd
         self.total: int | None = None
-        if max_args and source.total is not None and not spread:
-            self.total = -(-source.total // max_args)
+        if max_args is not None and source.total is not None and not spread:
+            self.total = -(-source.total // max(max_args, 1))  # -n0: one input a job
         self.max_args = max_args
         self.spread = spread
         self.cost = cost  # times each value is written into the command line
@@ -1016,7 +1022,9 @@ class _Runner:
         results = opts.results
         self.results_kind = spec.results_format(results) if results else None
         self.results_named = bool(
-            results and not self.results_kind and spec.has_replacement(results, self.token)
+            results
+            and not self.results_kind
+            and spec.has_replacement(results, self.token, plus=opts.plus)
         )
         self.results_file: Any = None  # --results FILE.csv: its file, or stdout for -.csv
         self.results_header = False
@@ -1347,7 +1355,13 @@ class _Runner:
     def tag(self, job: _Job) -> bytes:
         if self.opts.tagstring is not None:
             text = self.spec.render_raw(
-                self.opts.tagstring, job.args, job.seq, job.slot, self.token
+                self.opts.tagstring,
+                job.args,
+                job.seq,
+                job.slot,
+                self.token,
+                plus=self.opts.plus,
+                counts=self.opts.counts,
             )
             return os.fsencode(text) + b"\t"
         if not self.opts.tag:
@@ -1571,7 +1585,15 @@ class _Runner:
         (and a message) if it could not be."""
         if self.results_named:
             # GNU parallel: FILE, FILE.err, FILE.seq; or DIR/stdout ... for one ending in /.
-            path = self.spec.render_raw(self.opts.results, job.args, job.seq, job.slot, self.token)
+            path = self.spec.render_raw(
+                self.opts.results,
+                job.args,
+                job.seq,
+                job.slot,
+                self.token,
+                plus=self.opts.plus,
+                counts=self.opts.counts,
+            )
             if path.endswith("/"):
                 d, files = path, ("seq", "stdout", "stderr")
             else:
@@ -1632,7 +1654,12 @@ def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
 
     token = opts.I or "{}"
     words = spec.context_command(
-        opts.command, count, quote=opts.quote, append=opts.max_replace_args != 0, token=token
+        opts.command,
+        count,
+        quote=opts.quote,
+        append=opts.max_replace_args != 0,
+        token=token,
+        plus=opts.plus,
     )
     return spec.Template.parse(
         words,
@@ -1641,6 +1668,8 @@ def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
         functions=_functions(shell),
         append=opts.max_replace_args != 0,
         token=token,
+        plus=opts.plus,
+        counts=opts.counts,
     )
 
 
@@ -1835,8 +1864,13 @@ def main(argv: list[str]) -> int:
             signal.signal(signum, handler)
 
 
-def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[Any, dict[str, int]]:
-    """The job inputs, and the column names of --header (name -> {N})."""
+def _inputs(
+    opts: argparse.Namespace, groups: list[Group], halt: Any, read_all: bool = False
+) -> tuple[Any, dict[str, int]]:
+    """The job inputs, and the column names of --header (name -> {N}).
+
+    ``read_all``: stdin is read to its end before the first job (its total is needed).
+    """
     sep = (
         b"\0" if opts.null else _delimiter(opts.delimiter) if opts.delimiter is not None else b"\n"
     )
@@ -1876,7 +1910,7 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
         if opts.header is not None:
             first = stream.head()
             headers.append("" if first is None else first)
-        if opts.bar or opts.progress or halt.pct is not None:
+        if opts.bar or opts.progress or halt.pct is not None or read_all:
             lines: list[str] = []
             while not stream.eof:
                 stream.fill()
@@ -1968,6 +2002,30 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise _Interrupted(signum)
 
 
+def _counted(opts: argparse.Namespace, unlimited: bool) -> set[str]:
+    """--plus strings that need every input read first: {##} {0#}, and {0%} with -j 0.
+
+    (GNU's {0%} pads to the number of job slots, which under -j 0 is the number of jobs.)
+    Raises _UsageError for a refused --plus string in COMMAND, --tagstring or --results.
+    """
+    from .. import _parallel_spec as spec
+
+    if not opts.plus:
+        return set()
+    kinds: set[str] = set()
+    for where, texts in (
+        ("COMMAND", opts.command),
+        ("--tagstring", [opts.tagstring or ""]),
+        ("--results", [opts.results or ""]),
+    ):
+        try:
+            kinds |= spec.replacement_kinds(texts, opts.I or "{}", plus=True)
+        except spec.QuotingError as exc:
+            raise _UsageError(f"{where}: {exc}") from None
+    wanted = {"total", "seq0"} | ({"slot0"} if unlimited else set())
+    return kinds & wanted
+
+
 def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     from .. import _parallel_spec as spec
     from .._os.proc import usable_cpus
@@ -1984,8 +2042,10 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             "instead, e.g. 'v={}; echo \"${v%.*}\"' for {= s:\\.[^.]*$:: =}"
         )
     ncpu = usable_cpus()
+    opts.counts = (0, 0)  # --plus: the number of jobs and of job slots, once known
     try:
         jobs = spec.parse_jobs(opts.jobs, ncpu)
+        unlimited = jobs is None
         if opts.timeout is not None:
             spec.parse_duration(opts.timeout)
         halt = spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
@@ -2000,8 +2060,20 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             "FILE.csv/.tsv/.json (the output goes into FILE)"
         )
     shell = _shell()
+    counted = _counted(opts, unlimited)
     if opts.pipe or opts.pipepart:
+        if counted & {"total", "seq0"}:
+            raise _UsageError(
+                "{##} and {0#} do not go with --pipe or --pipepart (the number of jobs "
+                "is not known before they run), as in GNU parallel"
+            )
+        opts.counts = (0, jobs)
         return _setup_pipe(opts, groups, jobs, shell)
+    if counted and (opts.m or opts.X or opts.xargs):
+        raise _UsageError(
+            "{##} and {0#} (and {0%} with -j 0) do not go with -m, -X or --xargs "
+            "(the number of jobs is not known before they run), as in GNU parallel"
+        )
     if opts.L is not None or opts.block is not None or opts.regexp or opts.cat:
         name = (
             "-L"
@@ -2018,7 +2090,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     retry_skip: set[int] = set()
     if opts.retry_failed:
         groups, retry_skip = _retry_failed(opts, groups)
-    source, names = _inputs(opts, groups, halt)
+    source, names = _inputs(opts, groups, halt, read_all=bool(counted))
     if names:
         opts.command = _named(opts.command, names)
         if opts.tagstring is not None:
@@ -2034,6 +2106,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             functions=_functions(shell),
             append=0 not in (opts.max_args, opts.max_replace_args),
             token=opts.I or "{}",
+            plus=opts.plus,
         )
         if opts.X or opts.max_replace_args is not None:
             _context_template(opts, 2, shell)  # its errors now, not at the first job
@@ -2055,6 +2128,12 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         source = _Grouped(source, max_args=max_args, spread=spread, cost=cost)
     if opts.shuf:
         source = _Shuffled(source)
+    if counted:  # GNU reads every input before the first job for these
+        total = source.total or 0
+        opts.counts = (total, min(jobs, max(total, 1)) if unlimited else jobs)
+    else:
+        opts.counts = (0, jobs)
+    template = template.with_counts(opts.counts)
     if opts.delay is not None:
         try:
             spec.parse_duration(opts.delay, option="--delay")
@@ -2131,6 +2210,8 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             shell=shell,
             functions=_functions(shell),
             append=opts.cat,  # the input is the job's stdin (--cat: a file named by {})
+            plus=opts.plus,
+            counts=opts.counts,
         )
     except spec.QuotingError as exc:
         raise _UsageError(f"COMMAND: {exc}") from None
