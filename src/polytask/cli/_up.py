@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 from .._core.errors import PolytaskError, ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
@@ -187,6 +187,13 @@ def _up_parser() -> _Parser:
         metavar="FILE",
         help="append one JSON line per spawn, exit, retry, failure, signal and stop "
         "('-' for stderr)",
+    )
+    p.add_argument(
+        "--tui",
+        action="store_true",
+        help="a live view instead of the programs' output: state, pid, uptime, restarts, "
+        "CPU, RSS and readiness of each, the selected one's last lines; keys to restart, "
+        "stop and start one (needs a terminal)",
     )
     p.add_argument(
         "--color",
@@ -368,6 +375,14 @@ def _up(argv: list[str]) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
 
+    sink = None
+    if args.tui:
+        from ._tui import LineSink, terminal_problem
+
+        problem = terminal_problem()
+        if problem is not None:
+            raise _BadInput(problem)
+        sink = LineSink()
     try:
         sup = Supervisor(
             procfile,
@@ -383,7 +398,12 @@ def _up(argv: list[str]) -> int:
             backoff=args.backoff,
             backoff_max=max(args.backoff_max, args.backoff),
             exit_on_failure=args.exit_on_failure,
-            colour=None if args.color == "auto" else args.color == "always",
+            colour=False
+            if sink is not None
+            else None
+            if args.color == "auto"
+            else args.color == "always",
+            output=cast("IO[bytes] | None", sink),
             on_event=on_event,
         )
     except ValueError as exc:  # ProcfileError included
@@ -392,13 +412,14 @@ def _up(argv: list[str]) -> int:
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
         raise _BadInput(text) from None
     try:
-        return _supervise(sup)
+        return _supervise(sup, sink)
     finally:
         if events_file is not None and events_file is not sys.stderr:
             events_file.close()
 
 
-def _supervise(sup: Supervisor) -> int:
+def _supervise(sup: Supervisor, sink: Any = None) -> int:
+    """Run ``sup`` to its end (with the live view of ``--tui`` if ``sink``); its exit status."""
     signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -413,13 +434,23 @@ def _supervise(sup: Supervisor) -> int:
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    view = None
     try:
         sup.start()
+        if sink is not None:
+            from ._tui import LiveView
+
+            view = LiveView(sup, sink)
+            view.open()
+            while not view.step():
+                pass
         while not sup.wait(timeout=0.5):
             pass
     except PolytaskError as exc:
         print(f"polytask up: {exc}", file=sys.stderr)
     finally:
+        if view is not None:
+            view.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     code = sup.returncode if sup.returncode is not None else 1
