@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, ...]] = [
         "polytask._supervision",
         "polytask._upconfig",
         "polytask._supervisor",
+        "polytask._control",
+        "polytask._upcontrol",
         "polytask.debug",
         "polytask.joblib",
         "polytask.anyio",

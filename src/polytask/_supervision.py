@@ -17,6 +17,8 @@ event sequences, without processes::
                                               Kill(name, "kill") (grace over)
     stop(reason, grace, now, status)  ─────>  STOP ─> Stopping, Kill(name, "term")
     kill(reason, now, status)  ────────────>  KILL ─> Killing, Kill(name, "kill")
+    stop_program / start_program /            one program on request (polytask ctl):
+      restart_program(name, now)  ─────────>  STOP / START; a stopped one is held
                                               every program ended ─> Exit(code)
 
 Two layers: :class:`ProcessMachine`, one per program, whose transitions are
@@ -231,6 +233,8 @@ TRANSITIONS: Final[dict[tuple[State, Event], tuple[tuple[str, State, tuple[str, 
         ("always", _S.BACKOFF, ("exit", "backoff")),
     ),
     (_S.BACKOFF, _E.TIMER): (("always", _S.STARTING, ("spawn",)),),
+    # Asked to start while backing off (start_program): the restart comes now.
+    (_S.BACKOFF, _E.START): (("always", _S.STARTING, ("spawn",)),),
     (_S.STARTING, _E.STOP): (("always", _S.STOPPING, ("terminate",)),),
     (_S.RUNNING, _E.STOP): (("always", _S.STOPPING, ("terminate",)),),
     (_S.BACKOFF, _E.STOP): (("always", _S.STOPPED, ("clear_timer",)),),
@@ -584,6 +588,11 @@ class Supervision:
         self._announced: set[str] = set()
         self._stop_grace = grace
         self._stop_sent: set[str] = set()
+        #: Programs stopped on request (:meth:`stop_program`): not restarted nor
+        #: started by start_next until :meth:`start_program`; they keep the run going.
+        self.held: set[str] = set()
+        #: Programs being stopped by :meth:`restart_program`: started again on exit.
+        self.restarting: set[str] = set()
 
     def _check_acyclic(self) -> None:
         """A cycle would never start, and never stop in order: refuse it."""
@@ -611,7 +620,7 @@ class Supervision:
     @property
     def done(self) -> bool:
         """Every program ended (exited, failed or stopped), and none waits to start."""
-        if self._unstarted and not self.stopping:
+        if (self._unstarted or self.held or self.restarting) and not self.stopping:
             return False
         return all(m.state in TERMINAL for m in self.machines.values())
 
@@ -643,6 +652,8 @@ class Supervision:
             # (restart policy "never"): the rest are then not started.
             if self.stopping:
                 self._unstarted.remove(name)
+                continue
+            if name in self.held:
                 continue
             pending = self.pending(name)
             if not pending:
@@ -686,6 +697,9 @@ class Supervision:
         if code == 0:
             self._completed.add(name)
         out = self._step(name, Event.EXIT, now, code=code, pid=pid)
+        if name in self.restarting and not self.stopping:
+            self.restarting.discard(name)
+            out += self._step(name, Event.START, now)
         out += self._abandon_hopeless(now)
         if self.stopping and not self.killing:
             out += self._advance_stop(now)
@@ -725,6 +739,51 @@ class Supervision:
         for name in self.machines:
             out += self._step(name, Event.KILL, now)
         return out
+
+    def stop_program(self, name: str, now: float) -> list[SupervisionAction]:
+        """Stop one program on request (its stop signal, SIGKILL after its grace); it
+        stays stopped (no restart, whatever the policy) until :meth:`start_program`.
+
+        Its exit decides nothing, under ``never`` too: a program stopped on request
+        did not end by itself, and the run goes on (a held program keeps it going).
+        [] once the run is stopping (every program is being stopped anyway).
+        """
+        if self.stopping:
+            return []
+        self.held.add(name)
+        self.restarting.discard(name)
+        self._ready_due.pop(name, None)
+        return self._step(name, Event.STOP, now, grace=self.graces.get(name, self.grace))
+
+    def start_program(self, name: str, now: float) -> list[SupervisionAction]:
+        """Start one program on request: a stopped, exited or failed one starts now
+        (its failed-start count reset), one backing off restarts now, one being
+        stopped starts again once it ended, one waiting for its dependencies starts
+        when they are met; a running one is left alone. [] once the run is stopping.
+        """
+        if self.stopping:
+            return []
+        self.held.discard(name)
+        state = self.machines[name].state
+        if name in self._unstarted or state in (State.STARTING, State.RUNNING):
+            return []
+        if state is State.STOPPING:
+            self.restarting.add(name)
+            return []
+        return self._step(name, Event.START, now)
+
+    def restart_program(self, name: str, now: float) -> list[SupervisionAction]:
+        """Stop one program (as :meth:`stop_program`) and start it again once it ended;
+        one that is not running starts now (as :meth:`start_program`)."""
+        if self.stopping:
+            return []
+        state = self.machines[name].state
+        if state in (State.STARTING, State.RUNNING) and name not in self._unstarted:
+            self.held.discard(name)
+            self.restarting.add(name)
+            self._ready_due.pop(name, None)
+            return self._step(name, Event.STOP, now, grace=self.graces.get(name, self.grace))
+        return self.start_program(name, now)
 
     def fail(self, reason: str) -> None:
         """The runtime itself failed: the run exits 1 unless an earlier event decided."""
@@ -774,7 +833,9 @@ class Supervision:
 
     def _hopeless(self, dep: str, cond: Condition) -> bool:
         """``dep`` can no longer meet ``cond``: it ended for good without meeting it."""
-        if dep in self._unstarted or self._met(dep, cond):
+        if dep in self._unstarted or dep in self.held or dep in self.restarting:
+            return False  # it may still come (a held program may be started again)
+        if self._met(dep, cond):
             return False
         return self.machines[dep].state in TERMINAL
 
@@ -797,6 +858,7 @@ class Supervision:
                 assert code is not None
                 why = f"not started: {dep} {self._never(dep, cond)}"
                 self._unstarted.remove(name)
+                self.held.discard(name)
                 step = self.machines[name].handle(Event.ABANDON, now, why=why)
                 out.append(GiveUp(name, code, step.reason or why))
                 out += self._ended(name, State.FAILED, code, now)

@@ -58,8 +58,9 @@ from types import TracebackType
 from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
-from ._core.errors import PolytaskError, ProcfileError, describe_exit
-from ._core.timeouts import check_timeout
+from ._control import LogLine, LogRing, resolve_names
+from ._core.errors import PolytaskError, ProcfileError, TaskTimeout, describe_exit
+from ._core.timeouts import check_timeout, deadline, remaining
 from ._os import proc as _proc
 from ._procfile import (
     DEFAULT_BASE_PORT,
@@ -302,6 +303,8 @@ class _Output:
         self._stamp_second = -1
         self._stamp = b""
         self.broken = False
+        #: Also given every line (the Supervisor's log ring for ``polytask ctl logs``).
+        self.tee: Callable[[str, bytes], None] | None = None
 
     def _time(self) -> bytes:
         now = int(time.time())
@@ -312,6 +315,8 @@ class _Output:
 
     def line(self, name: str, data: bytes) -> None:
         self._pending.append(self._time() + self._prefix[name] + data + b"\n")
+        if self.tee is not None:
+            self.tee(name, data)
 
     def note(self, text: str) -> None:
         self.line(_SYSTEM, text.encode("utf-8", "replace"))
@@ -560,6 +565,19 @@ class _Prober:
         return self._stale
 
 
+@dataclass(eq=False)
+class _ProgramRequest:
+    """start / stop / restart of some programs, for the loop thread (start_program...)."""
+
+    op: str
+    names: tuple[str, ...]
+    done: bool = False
+    error: str | None = None
+
+
+#: How often a caller waiting on the loop looks again even without a wake-up.
+_WAIT_SLICE: Final = 0.25
+
 _live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
 _hook_lock = threading.Lock()
 _hook_installed = False
@@ -707,6 +725,13 @@ class Supervisor:
         self._by_name = {p.name: p for p in self._programs}
         self._lock = threading.RLock()
         self._commands: queue.SimpleQueue[tuple[str, float, str, int | None]] = queue.SimpleQueue()
+        self._program_requests: queue.SimpleQueue[_ProgramRequest] = queue.SimpleQueue()
+        #: Notified by the loop after it acted (callers of start_program, wait_ready... wait on it).
+        self._changed = threading.Condition(self._lock)
+        #: The recent lines of every program (``polytask ctl logs``), under its own lock.
+        self._log = LogRing()
+        self._log_cond = threading.Condition()
+        self._output.tee = self._keep_line
         self._wake_r, self._wake_w = -1, -1
         self._selector: selectors.DefaultSelector | None = None
         self._thread: threading.Thread | None = None
@@ -810,6 +835,169 @@ class Supervisor:
                 )
                 for p in self._programs
             ]
+
+    # ------------------------------------------------------------------ one program at a time
+
+    def start_program(self, name: str, *, timeout: float | None = 30.0) -> list[ProcessStatus]:
+        """Start a program stopped by :meth:`stop_program`, or one that exited or failed.
+
+        ``name`` is a copy (``"web.2"``) or a process type (``"web"``: every copy).
+        A program that exited or failed starts afresh (its failed-start count
+        reset); one backing off restarts now; one being stopped starts again
+        once it ended; one waiting for its dependencies starts when they are met;
+        a running one is left alone. Returns once each was started (or waits for
+        its dependencies), with their status.
+
+        Raises:
+            ValueError: ``name`` is no program of this run (the message lists them).
+            PolytaskError: the supervisor is stopping or has ended.
+            TaskTimeout: the loop did not carry it out within ``timeout`` seconds.
+        """
+        return self._program_request("start", name, timeout)
+
+    def stop_program(self, name: str, *, timeout: float | None = None) -> list[ProcessStatus]:
+        """Stop a program (its stop signal, SIGKILL after its grace) and keep it stopped.
+
+        The program is not restarted, whatever the restart policy, until
+        :meth:`start_program`; its exit decides nothing (under ``restart="never"``
+        too, where a program that ends by itself ends the run), and the run goes
+        on while it is held, even with nothing else running. Returns once each
+        copy named has ended, with their status; ``name`` as for :meth:`start_program`.
+
+        Raises:
+            ValueError, PolytaskError, TaskTimeout: as :meth:`start_program`.
+        """
+        return self._program_request("stop", name, timeout)
+
+    def restart_program(self, name: str, *, timeout: float | None = None) -> list[ProcessStatus]:
+        """Stop a program (as :meth:`stop_program`) and start it again; one not running
+        just starts. The copies of a type are restarted together. Returns once each
+        was started again, with their status.
+
+        Example::
+
+            sup.restart_program("web.1")   # web.2 keeps serving meanwhile
+            assert sup.wait_ready("web.1", timeout=30)
+
+        Raises:
+            ValueError, PolytaskError, TaskTimeout: as :meth:`start_program`.
+        """
+        return self._program_request("restart", name, timeout)
+
+    def wait_ready(self, name: str, timeout: float | None = None) -> bool:
+        """Wait until a program (every copy of a type) is ready; False on timeout.
+
+        Ready: its readiness probe (polytask.toml's ``ready``) succeeded since its
+        last start; without a probe, it has been up for ``start_seconds`` (its
+        state is running).
+
+        Raises:
+            ValueError: ``name`` is no program of this run.
+            PolytaskError: it cannot become ready: it exited or failed and will
+                not be restarted, it was stopped on request, or the run is stopping.
+        """
+        names = self._resolve(name)
+        when = deadline(timeout)
+        if self._thread is None:
+            raise RuntimeError("the Supervisor was not started")
+
+        def verdict() -> str | None:
+            """ "" when every copy is ready; why one never will be; None: wait."""
+            for n in names:
+                prog = self._by_name[n]
+                m = prog.machine
+                if self.config.get(prog.instance.kind).ready is not None:
+                    if n in self._sup.ready_now:
+                        continue
+                elif m.state is State.RUNNING:
+                    continue
+                if self._sup.stopping or self._finished.is_set():
+                    return f"{n} is not ready ({m.state.value}) and the run is stopping"
+                if n in self._sup.held:
+                    return f"{n} was stopped on request; start it first"
+                if m.state in (State.EXITED, State.FAILED):
+                    return (
+                        f"{n} {describe_exit(m.exitcode)} and is {m.state.value}: it will not "
+                        "become ready unless started again"
+                    )
+                return None
+            return ""
+
+        why = self._wait_loop(verdict, when)
+        if why is None:
+            return False
+        if why:
+            raise PolytaskError(why)
+        return True
+
+    def _resolve(self, name: str) -> list[str]:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a program name (str), not {type(name).__name__}")
+        return resolve_names(name, [(i.name, i.kind) for i in self.instances])
+
+    def _wait_loop(self, verdict: Callable[[], str | None], when: float | None) -> str | None:
+        """Wait under the loop's lock until ``verdict()`` is not None (returned), or None
+        once ``when`` (a deadline) passed. Never on the loop thread: it would wait on itself."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("cannot wait for the supervisor from its own loop thread")
+        with self._changed:
+            while (result := verdict()) is None:
+                left = remaining(when)
+                if left == 0:
+                    return None
+                if self._finished.is_set():
+                    return verdict()
+                self._changed.wait(_WAIT_SLICE if left is None else min(left, _WAIT_SLICE))
+            return result
+
+    def _program_request(self, op: str, name: str, timeout: float | None) -> list[ProcessStatus]:
+        names = self._resolve(name)
+        when = deadline(timeout)
+        if self._thread is None:
+            raise RuntimeError("the Supervisor was not started")
+        if self._finished.is_set():
+            raise PolytaskError(f"cannot {op} {name}: the supervisor has ended")
+        req = _ProgramRequest(op, tuple(names))
+        self._program_requests.put(req)
+        self._wake()
+
+        def verdict() -> str | None:
+            if req.done and req.error:
+                return req.error
+            if not req.done:
+                return "the supervisor has ended" if self._finished.is_set() else None
+            # start and restart: a copy being stopped first starts once it ended;
+            # stop: done when every copy ended.
+            if op == "stop":
+                pending = [n for n in names if self._sup.machines[n].state not in TERMINAL]
+            else:
+                pending = [n for n in names if n in self._sup.restarting]
+            if not pending:
+                return ""
+            if self._sup.stopping or self._finished.is_set():
+                return f"the run is stopping: {', '.join(pending)} not {op}ed"
+            return None
+
+        why = self._wait_loop(verdict, when)
+        if why is None:
+            raise TaskTimeout(f"{op} {name}: not done within {timeout:g}s", timeout=timeout)
+        if why:
+            raise PolytaskError(f"cannot {op} {name}: {why}")
+        return [st for st in self.status() if st.name in names]
+
+    def _read_log(
+        self, names: Sequence[str] | None, *, after: int | None, lines: int | None, wait: float
+    ) -> tuple[list[LogLine], int, bool]:
+        """For ``polytask ctl logs``: the last ``lines`` lines of ``names`` (None: all,
+        polytask's own lines included) when ``after`` is None, else the lines after
+        that number, waiting up to ``wait`` seconds for one. Returns the lines, the
+        number to pass as ``after`` next, and whether the run has ended."""
+        with self._log_cond:
+            if after is None:
+                return self._log.tail(names, lines), self._log.seq, self._finished.is_set()
+            if self._log.seq <= after and not self._finished.is_set():
+                self._log_cond.wait(wait)
+            return self._log.after(after, names), self._log.seq, self._finished.is_set()
 
     @property
     def returncode(self) -> int | None:
@@ -921,6 +1109,7 @@ class Supervisor:
             self._cleanup()
 
     def _take_commands(self) -> None:
+        self._take_program_requests()
         while True:
             try:
                 what, grace, reason, status = self._commands.get_nowait()
@@ -932,6 +1121,34 @@ class Supervisor:
             else:
                 self._do(self._sup.stop(reason, grace, now, status=status), now)
 
+    def _take_program_requests(self) -> None:
+        """Carry out start_program / stop_program / restart_program (the loop thread)."""
+        handlers = {
+            "start": self._sup.start_program,
+            "stop": self._sup.stop_program,
+            "restart": self._sup.restart_program,
+        }
+        while True:
+            try:
+                req = self._program_requests.get_nowait()
+            except queue.Empty:
+                return
+            now = time.monotonic()
+            if self._sup.stopping:
+                req.error = "the supervisor is stopping"
+            else:
+                self._output.note(f"{req.op} {', '.join(req.names)} (requested)")
+                self._event("request", op=req.op, processes=list(req.names))
+                for name in req.names:
+                    self._do(handlers[req.op](name, now), now)
+            req.done = True
+            self._changed.notify_all()
+
+    def _keep_line(self, name: str, data: bytes) -> None:
+        with self._log_cond:
+            self._log.add(name, data, time.time())
+            self._log_cond.notify_all()
+
     def _drain_wakeup(self) -> None:
         try:
             while os.read(self._wake_r, 4096):
@@ -941,6 +1158,8 @@ class Supervisor:
 
     def _do(self, actions: list[SupervisionAction], now: float) -> None:
         """Carry out the machine's actions, in order (some feed it back at once)."""
+        if actions:
+            self._changed.notify_all()  # the loop holds the lock: a state may have changed
         for action in actions:
             if isinstance(action, Start):
                 self._spawn(self._by_name[action.name], now)
@@ -1015,6 +1234,8 @@ class Supervisor:
             text += f"; failed: {ex.reason}"
         elif ex.state is State.EXITED:
             text += f"; not restarted (restart policy: {self.policy.restart})"
+        elif ex.state is State.STOPPED and ex.name in self._sup.held:
+            text += "; stopped on request (started again only on request)"
         self._output.note(text)
         self._event(
             "exit",
@@ -1265,3 +1486,13 @@ class Supervisor:
         _live.discard(self)
         self._started.set()
         self._finished.set()
+        with self._changed:
+            while True:  # nobody will take them now: their callers must not wait
+                try:
+                    req = self._program_requests.get_nowait()
+                except queue.Empty:
+                    break
+                req.error, req.done = "the supervisor has ended", True
+            self._changed.notify_all()
+        with self._log_cond:
+            self._log_cond.notify_all()

@@ -31,6 +31,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "main_run",
         "run one command (or Procfile type) with the environment up would give it",
     ),
+    "ctl": (
+        "polytask.cli._ctl",
+        "main_ctl",
+        "control a running up: status, start, stop, restart, logs, wait-ready",
+    ),
     "export": (
         "polytask.cli._export",
         "main_export",

@@ -12,15 +12,14 @@
     ↑/↓ select  r restart  s stop/start  l log only  q quit
 
 The programs' output does not reach the terminal (it would tear the view):
-the supervisor writes it to :class:`LineSink`, which keeps the last lines of
-each program. Keys are read by a thread in cbreak mode (Ctrl-C still sends
+it goes to /dev/null, and the view shows the last lines of the selected
+program from the supervisor's log ring (the one ``polytask ctl logs`` reads). Keys are read by a thread in cbreak mode (Ctrl-C still sends
 SIGINT, handled as without the view); an action waits for its program to stop
 or start, so it runs on a thread of its own and the view stays live.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import queue
 import select
@@ -28,7 +27,6 @@ import sys
 import termios
 import threading
 import tty
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,10 +34,9 @@ import psutil
 
 from .._supervisor import ProcessStatus, Supervisor, _format_duration
 
-__all__ = ["LineSink", "LiveView", "terminal_problem"]
+__all__ = ["LiveView", "terminal_problem"]
 
 _SYSTEM = "polytask"
-_KEEP = 500  # lines kept per program
 _REFRESH = 0.25  # seconds between two frames
 _ACTION_TIMEOUT = 120.0
 _KEYS = {b"\x1b[A": "up", b"\x1bOA": "up", b"\x1b[B": "down", b"\x1bOB": "down"}
@@ -56,44 +53,12 @@ def terminal_problem() -> str | None:
     return None
 
 
-class LineSink(io.RawIOBase):
-    """Where the supervisor's prefixed lines go under ``--tui``: a ring of lines per name.
-
-    Lines arrive as ``HH:MM:SS name | text`` (colour off); only the
-    supervisor's loop thread writes, the view reads under the lock.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._rest = b""
-        self.lines: dict[str, deque[str]] = {}
-        self.count = 0  # lines seen, for tests and the log title
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        parts = (self._rest + chunk).split(b"\n")
-        self._rest = parts.pop()
-        with self._lock:
-            for line in parts:
-                sep = line.find(b" | ", 9)
-                if sep < 0:
-                    continue
-                name = line[9:sep].strip().decode("utf-8", "replace")
-                ring = self.lines.get(name)
-                if ring is None:
-                    ring = self.lines[name] = deque(maxlen=_KEEP)
-                ring.append(line[sep + 3 :].decode("utf-8", "replace"))
-                self.count += 1
-        return len(chunk)
-
-    def last(self, name: str, n: int) -> list[str]:
-        with self._lock:
-            ring = self.lines.get(name)
-            return [] if ring is None or n <= 0 else list(ring)[-n:]
+def _last(sup: Supervisor, name: str, n: int) -> list[str]:
+    """The last ``n`` lines of program ``name`` (or polytask's own), from the run's log ring."""
+    if n <= 0:
+        return []
+    lines, _, _ = sup._read_log([name], after=None, lines=n, wait=0.0)
+    return [line.data.decode("utf-8", "replace") for line in lines]
 
 
 class _Keys:
@@ -175,11 +140,10 @@ def _mib(n: int) -> str:
 class LiveView:
     """The view over one :class:`Supervisor`; :meth:`step` is called until the run ends."""
 
-    def __init__(self, sup: Supervisor, sink: LineSink) -> None:
+    def __init__(self, sup: Supervisor) -> None:
         from rich.console import Console
 
         self.sup = sup
-        self.sink = sink
         self.names = [i.name for i in sup.instances]
         self.selected = 0
         self.log_only = False
@@ -209,7 +173,7 @@ class LiveView:
         for t in self._actions:
             t.join(_ACTION_TIMEOUT)
         # What the supervisor said stays readable once the view is gone.
-        for line in self.sink.last(_SYSTEM, 20):
+        for line in _last(self.sup, _SYSTEM, 20):
             print(f"{_SYSTEM} | {line}")
 
     def step(self) -> bool:
@@ -275,7 +239,7 @@ class LiveView:
             parts.append(table)
         name = self.names[self.selected]
         room = height - (0 if self.log_only else len(statuses) + 4) - 5
-        lines = self.sink.last(name, max(room, 1))
+        lines = _last(self.sup, name, max(room, 1))
         parts.append(
             Panel(
                 Text("\n".join(lines), no_wrap=True, overflow="ellipsis"),
@@ -283,7 +247,7 @@ class LiveView:
                 height=max(room, 1) + 2,
             )
         )
-        said = self.message or (self.sink.last(_SYSTEM, 1) or [""])[0]
+        said = self.message or (_last(self.sup, _SYSTEM, 1) or [""])[0]
         parts.append(Text(f"{_SYSTEM}: {said}", no_wrap=True, overflow="ellipsis"))
         parts.append(Text("↑/↓ select  r restart  s stop/start  l log only  q quit", style="dim"))
         return Group(*parts)

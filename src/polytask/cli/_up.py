@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, NoReturn, cast
+from typing import IO, Any, NoReturn
 
 from .._core.errors import PolytaskError, ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
@@ -38,6 +38,7 @@ from .._supervisor import (
     scan_upconfig_files,
 )
 from .._upconfig import UpConfig, missing_dependencies
+from .._upcontrol import ControlBusy, ControlServer
 
 __all__ = ["main_check", "main_run", "main_up"]
 
@@ -377,12 +378,13 @@ def _up(argv: list[str]) -> int:
 
     sink = None
     if args.tui:
-        from ._tui import LineSink, terminal_problem
+        from ._tui import terminal_problem
 
         problem = terminal_problem()
         if problem is not None:
             raise _BadInput(problem)
-        sink = LineSink()
+        # The view shows the lines from the run's log ring: none to the terminal.
+        sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below
     try:
         sup = Supervisor(
             procfile,
@@ -398,28 +400,58 @@ def _up(argv: list[str]) -> int:
             backoff=args.backoff,
             backoff_max=max(args.backoff_max, args.backoff),
             exit_on_failure=args.exit_on_failure,
-            colour=False
-            if sink is not None
-            else None
-            if args.color == "auto"
-            else args.color == "always",
-            output=cast("IO[bytes] | None", sink),
+            colour=None if args.color == "auto" else args.color == "always",
+            output=sink,
             on_event=on_event,
         )
     except ValueError as exc:  # ProcfileError included
         if events_file is not None and events_file is not sys.stderr:
             events_file.close()
+        if sink is not None:
+            sink.close()
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
         raise _BadInput(text) from None
     try:
-        return _supervise(sup, sink)
+        return _supervise(sup, os.path.dirname(os.path.abspath(args.procfile)), tui=args.tui)
     finally:
+        if sink is not None:
+            sink.close()
         if events_file is not None and events_file is not sys.stderr:
             events_file.close()
 
 
-def _supervise(sup: Supervisor, sink: Any = None) -> int:
-    """Run ``sup`` to its end (with the live view of ``--tui`` if ``sink``); its exit status."""
+def _claim_control(sup: Supervisor, folder: str) -> ControlServer | None:
+    """The control socket for ``polytask ctl`` (docs/up.md, "Control"); a second up in
+    the folder is refused (exit 2) before anything starts. A folder where the socket
+    cannot be made (read-only, say) only costs the control: up runs without it."""
+    server = ControlServer(sup, folder)
+    try:
+        return server.claim()
+    except ControlBusy as exc:
+        raise _BadInput(str(exc)) from None
+    except (OSError, PolytaskError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(
+            f"polytask up: warning: no control socket ({server.path}: {why}); "
+            "'polytask ctl' cannot reach this run",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _supervise(sup: Supervisor, folder: str, *, tui: bool = False) -> int:
+    """Run ``sup`` to its end (with the live view of ``--tui``); its exit status."""
+    server = _claim_control(sup, folder)
+    try:
+        return _supervise_with(sup, server, tui=tui)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _supervise_with(
+    sup: Supervisor, server: ControlServer | None = None, *, tui: bool = False
+) -> int:
     signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -437,10 +469,12 @@ def _supervise(sup: Supervisor, sink: Any = None) -> int:
     view = None
     try:
         sup.start()
-        if sink is not None:
+        if server is not None:
+            server.start()
+        if tui:
             from ._tui import LiveView
 
-            view = LiveView(sup, sink)
+            view = LiveView(sup)
             view.open()
             while not view.step():
                 pass
