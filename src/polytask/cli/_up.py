@@ -190,6 +190,13 @@ def _up_parser() -> _Parser:
         "('-' for stderr)",
     )
     p.add_argument(
+        "--tui",
+        action="store_true",
+        help="a live view instead of the programs' output: state, pid, uptime, restarts, "
+        "CPU, RSS and readiness of each, the selected one's last lines; keys to restart, "
+        "stop and start one (needs a terminal)",
+    )
+    p.add_argument(
         "--color",
         choices=("auto", "always", "never"),
         default="auto",
@@ -369,6 +376,15 @@ def _up(argv: list[str]) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
 
+    sink = None
+    if args.tui:
+        from ._tui import terminal_problem
+
+        problem = terminal_problem()
+        if problem is not None:
+            raise _BadInput(problem)
+        # The view shows the lines from the run's log ring: none to the terminal.
+        sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below
     try:
         sup = Supervisor(
             procfile,
@@ -385,16 +401,21 @@ def _up(argv: list[str]) -> int:
             backoff_max=max(args.backoff_max, args.backoff),
             exit_on_failure=args.exit_on_failure,
             colour=None if args.color == "auto" else args.color == "always",
+            output=sink,
             on_event=on_event,
         )
     except ValueError as exc:  # ProcfileError included
         if events_file is not None and events_file is not sys.stderr:
             events_file.close()
+        if sink is not None:
+            sink.close()
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
         raise _BadInput(text) from None
     try:
-        return _supervise(sup, os.path.dirname(os.path.abspath(args.procfile)))
+        return _supervise(sup, os.path.dirname(os.path.abspath(args.procfile)), tui=args.tui)
     finally:
+        if sink is not None:
+            sink.close()
         if events_file is not None and events_file is not sys.stderr:
             events_file.close()
 
@@ -418,16 +439,19 @@ def _claim_control(sup: Supervisor, folder: str) -> ControlServer | None:
         return None
 
 
-def _supervise(sup: Supervisor, folder: str) -> int:
+def _supervise(sup: Supervisor, folder: str, *, tui: bool = False) -> int:
+    """Run ``sup`` to its end (with the live view of ``--tui``); its exit status."""
     server = _claim_control(sup, folder)
     try:
-        return _supervise_with(sup, server)
+        return _supervise_with(sup, server, tui=tui)
     finally:
         if server is not None:
             server.close()
 
 
-def _supervise_with(sup: Supervisor, server: ControlServer | None = None) -> int:
+def _supervise_with(
+    sup: Supervisor, server: ControlServer | None = None, *, tui: bool = False
+) -> int:
     signals_seen: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -442,15 +466,25 @@ def _supervise_with(sup: Supervisor, server: ControlServer | None = None) -> int
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    view = None
     try:
         sup.start()
         if server is not None:
             server.start()
+        if tui:
+            from ._tui import LiveView
+
+            view = LiveView(sup)
+            view.open()
+            while not view.step():
+                pass
         while not sup.wait(timeout=0.5):
             pass
     except PolytaskError as exc:
         print(f"polytask up: {exc}", file=sys.stderr)
     finally:
+        if view is not None:
+            view.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     code = sup.returncode if sup.returncode is not None else 1
