@@ -146,6 +146,15 @@ def test_halt_now_ends_the_running_commands_on_the_workers(
     wait_until(lambda: not psutil.pid_exists(sleeper), 15, what="job 1's child to be ended")
 
 
+def test_jobs_in_flight_are_limited_by_j(engine: list[str], tmp_path: Path) -> None:
+    # The session's clusters could run 2 (Ray) or 6 (Dask) at once; -j 1 runs one.
+    lock = tmp_path / "lock"
+    job = f"mkdir {lock} || echo overlap; sleep 0.3; rmdir {lock}; echo {{}}"
+    r = cli(*engine, "-j", "1", job, ":::", "1", "2", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "1\n2\n3\n"
+
+
 def test_retries_run_a_failing_job_again(engine: list[str], tmp_path: Path) -> None:
     count = tmp_path / "count"
     job = f"echo x >> {count}; test $(wc -l < {count}) -ge 3 && echo ok {{}}"

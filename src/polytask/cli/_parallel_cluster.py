@@ -47,6 +47,8 @@ LOST = 255
 _POLL = 0.05
 #: After the command's leader exited, how long descendants may keep its pipes open.
 _DRAIN = 1.0
+#: Seconds to wait for a first worker of a Dask scheduler given by --address.
+WORKER_WAIT = 30.0
 #: Most threads a LocalCluster worker gets: jobs wait on programs, threads are cheap.
 _MAX_THREADS = 256
 
@@ -307,7 +309,7 @@ class ClusterLoop:
         if engine == "ray":
             sys.stdout = sys.stderr
         try:
-            self._backend = make_backend(engine, **options)
+            self._backend: Any = make_backend(engine, **options)
         except ImportError as exc:  # BackendUnavailable: which extra to install
             sys.stdout = self._stdout
             raise _Fatal(f"--backend {engine}: {exc}") from None
@@ -318,6 +320,8 @@ class ClusterLoop:
                 f"--backend {engine}: cannot use the {engine} cluster {where}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        if engine == "dask" and address is not None:
+            self._wait_for_a_worker(address)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
@@ -330,6 +334,21 @@ class ClusterLoop:
             self._cwd = os.getcwd()
         except OSError:
             self._cwd = None
+
+    def _wait_for_a_worker(self, address: str) -> None:
+        """A Dask scheduler with no worker would hold every job forever: wait a while
+        for one (a cluster still starting), then give up with exit status 255."""
+        from ._parallel import _Fatal
+
+        try:
+            self._backend.client.wait_for_workers(1, timeout=WORKER_WAIT)
+        except Exception:
+            self._backend.shutdown(wait=False, cancel=True)
+            sys.stdout = self._stdout
+            raise _Fatal(
+                f"--backend dask: the scheduler at {address!r} has no worker (waited "
+                f"{WORKER_WAIT:g} s): start workers with: dask worker {address}"
+            ) from None
 
     @property
     def running(self) -> int:
