@@ -32,11 +32,18 @@ import math
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from .._core.errors import Cancelled, WorkerCrashed
+from .._os.ending import Ending
+from .._os.proc import start_in_group, terminate, usable_cpus
+from ..backends import make_backend
+from ._parallel import PROG, _Fatal
 
 __all__ = ["ClusterLoop", "check_options", "run_command"]
 
@@ -122,10 +129,6 @@ def run_command(
     wrote until then is returned. A program that cannot start comes back as
     the OSError, for the caller to report as a local start failure.
     """
-    import subprocess
-
-    from .._os.ending import Ending
-    from .._os.proc import start_in_group, terminate
 
     gone = _cancel_check()
     full_env = dict(os.environ)
@@ -278,9 +281,6 @@ class ClusterLoop:
         grace: float,
         termseq: Sequence[tuple[int, float]] | None,
     ) -> None:
-        from .._os.proc import usable_cpus
-        from ..backends import make_backend
-        from ._parallel import _Fatal
 
         self.engine = engine
         self.grace = grace
@@ -338,7 +338,6 @@ class ClusterLoop:
     def _wait_for_a_worker(self, address: str) -> None:
         """A Dask scheduler with no worker would hold every job forever: wait a while
         for one (a cluster still starting), then give up with exit status 255."""
-        from ._parallel import _Fatal
 
         try:
             self._backend.client.wait_for_workers(1, timeout=WORKER_WAIT)
@@ -441,8 +440,6 @@ class ClusterLoop:
 
     def _settle(self, child: ClusterChild) -> bool:
         """Fill in the finished job; False if its program could not start."""
-        from .._core.errors import Cancelled, WorkerCrashed
-        from ._parallel import PROG
 
         self._children.discard(child)
         child.exited = True
