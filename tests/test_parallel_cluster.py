@@ -155,6 +155,28 @@ def test_jobs_in_flight_are_limited_by_j(engine: list[str], tmp_path: Path) -> N
     assert r.stdout == "1\n2\n3\n"
 
 
+def test_sigterm_ends_the_run_and_its_commands(engine: list[str], tmp_path: Path) -> None:
+    p = tmp_path / "p"
+    job = f"sleep 300 & echo $! > {p}.tmp; mv {p}.tmp {p}; wait"
+    proc = subprocess.Popen(
+        [PY, "-m", "polytask.cli", "parallel", *engine, job, ":::", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )
+    try:
+        wait_until(p.exists, 60, what="the job to start its child")
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 255, err
+    sleeper = int(p.read_text())
+    wait_until(lambda: not psutil.pid_exists(sleeper), 15, what="the job's child to be ended")
+
+
 def test_retries_run_a_failing_job_again(engine: list[str], tmp_path: Path) -> None:
     count = tmp_path / "count"
     job = f"echo x >> {count}; test $(wc -l < {count}) -ge 3 && echo ok {{}}"

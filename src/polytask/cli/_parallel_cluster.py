@@ -54,6 +54,8 @@ LOST = 255
 _POLL = 0.05
 #: After the command's leader exited, how long descendants may keep its pipes open.
 _DRAIN = 1.0
+#: The signals `polytask parallel` handles (Ctrl-C, SIGTERM, SIGHUP: end the jobs, exit 255).
+_OUR_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds to wait for a first worker of a Dask scheduler given by --address.
 WORKER_WAIT = 30.0
 #: Most threads a LocalCluster worker gets: jobs wait on programs, threads are cheap.
@@ -308,6 +310,9 @@ class ClusterLoop:
         self._stdout = sys.stdout
         if engine == "ray":
             sys.stdout = sys.stderr
+        # Ray's core installs its own SIGTERM handler (it logs and dies): ours, which
+        # ends the jobs first and exits 255, are put back once the engine is up.
+        handlers = {sig: signal.getsignal(sig) for sig in _OUR_SIGNALS}
         try:
             self._backend: Any = make_backend(engine, **options)
         except ImportError as exc:  # BackendUnavailable: which extra to install
@@ -320,6 +325,12 @@ class ClusterLoop:
                 f"--backend {engine}: cannot use the {engine} cluster {where}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        for sig, handler in handlers.items():
+            if handler is not None:  # set again even if Python thinks it is still set
+                try:
+                    signal.signal(sig, handler)
+                except ValueError:  # not the main thread: no handlers of ours either
+                    pass
         if engine == "dask" and address is not None:
             self._wait_for_a_worker(address)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
