@@ -283,7 +283,6 @@ class ClusterLoop:
         grace: float,
         termseq: Sequence[tuple[int, float]] | None,
     ) -> None:
-
         self.engine = engine
         self.grace = grace
         self.termseq = termseq
