@@ -173,6 +173,13 @@ def _parser() -> _Parser:
         help="how a job is ended (--timeout, --halt now, Ctrl-C): signals and waits in ms, "
         "e.g. TERM,200,TERM,100,TERM,50,KILL,25 (default TERM,500,KILL); SIGKILL after the last",
     )
+    a(
+        "--backend",
+        choices=("dask", "ray"),
+        help="run the jobs on the workers of a Dask or Ray cluster (--address; without it a "
+        "cluster on this machine, for the run); -j jobs at once",
+    )
+    a("--address", metavar="ADDR", help="--backend's scheduler (tcp://host:8786) or Ray head")
     a("--bar", action="store_true", help="show a progress bar on stderr")
     a(
         "--progress",
@@ -1143,7 +1150,20 @@ class _Runner:
     def _run(self) -> int:
         from .._os.childloop import ProcessLoop
 
-        self.loop = loop = ProcessLoop(grace=GRACE, posix_spawn=True, termseq=self.termseq)
+        loop: Any
+        if self.opts.backend is not None:  # the jobs run on a cluster's workers
+            from ._parallel_cluster import ClusterLoop
+
+            loop = ClusterLoop(
+                self.opts.backend,
+                self.opts.address,
+                jobs=self.jobs or 1,
+                grace=GRACE,
+                termseq=self.termseq,
+            )
+        else:
+            loop = ProcessLoop(grace=GRACE, posix_spawn=True, termseq=self.termseq)
+        self.loop = loop
         limit = self.limit = self.jobs if self.jobs is not None else 1 << 30
         # What a finished job does (a retry, a halt, a new median) cannot
         # change what starts next: start the next jobs first, then do the
@@ -2041,6 +2061,11 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             f"COMMAND: {perl} is a Perl expression, and polytask runs no Perl: use the shell "
             "instead, e.g. 'v={}; echo \"${v%.*}\"' for {= s:\\.[^.]*$:: =}"
         )
+    if opts.backend is not None or opts.address is not None:
+        from ._parallel_cluster import check_options
+
+        if (wrong := check_options(opts)) is not None:
+            raise _UsageError(wrong)
     ncpu = usable_cpus()
     opts.counts = (0, 0)  # --plus: the number of jobs and of job slots, once known
     try:
