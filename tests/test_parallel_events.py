@@ -529,3 +529,60 @@ def test_memfree_ends_the_youngest_job_and_queues_it_again(
         assert code == 1 and "no --retries left" in err
         assert of_job(evs, 2) == ["spawn", "kill", "exit"]
         assert sorted((c[0], c[6], c[7]) for c in lines) == [("1", "0", "0"), ("2", "-1", "15")]
+
+
+def test_resume_after_a_reorder_differs_from_gnu_on_purpose(
+    gnu_parallel: str, tmp_path: Path
+) -> None:
+    first = _both(gnu_parallel, tmp_path, "-k", "--joblog", "log", "echo", ":::", "a", "b")
+    assert first[0][:2] == first[1][:2] == (0, "a\nb\n")
+    g, p = _both(
+        gnu_parallel, tmp_path, "-k", "--joblog", "log", "--resume", "echo", ":::", "c", "a", "b"
+    )
+    # GNU parallel skips job numbers 1 and 2 (now c and a) and runs b again
+    assert g[:2] == (0, "b\n")
+    assert p[:2] == (0, "c\n")
+
+
+def test_resume_of_pipe_blocks_is_by_number(tmp_path: Path) -> None:
+    joblog = tmp_path / "log"
+    env = dict(os.environ, PYTHONPATH=SRC)
+
+    def pipe(*opts: str, data: str) -> str:
+        r = subprocess.run(
+            [
+                PY,
+                "-m",
+                "polytask.cli",
+                "parallel",
+                "--pipe",
+                "-N1",
+                "-k",
+                "--joblog",
+                str(joblog),
+                *opts,
+                "cat",
+            ],
+            input=data,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert pipe(data="a\nb\n") == "a\nb\n"
+    # every block's command line is "cat": blocks 1 and 2 are done, 3 and 4 run
+    assert pipe("--resume", data="x\ny\nc\nd\n") == "c\nd\n"
+
+
+def test_dry_run_with_resume_prints_the_jobs_that_would_run(
+    capfd: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    joblog = tmp_path / "log"
+    assert run(capfd, "--joblog", str(joblog), "true", ":::", "a", "b")[0] == 0
+    code, out, _ = run(
+        capfd, "--joblog", str(joblog), "--resume", "--dry-run", "-k", "true", ":::", "b", "c", "a"
+    )
+    assert (code, out) == (0, "true c\n")

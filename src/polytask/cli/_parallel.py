@@ -1122,6 +1122,13 @@ class _Runner:
         if self.events is not None:
             self.events.close()
 
+    def close_files(self) -> None:
+        """The joblog, results and events files (--dry-run never runs the loop that closes them)."""
+        for f in (self.joblog, self.results_file):
+            if f is not None:
+                f.close()
+        self.close_events()
+
     # -------------------------------------------------------------- running
 
     def next_job(self) -> Any:
@@ -2038,7 +2045,7 @@ def main(argv: list[str]) -> int:
         if runner is not None and runner.bar is not None:
             runner.bar.close()
         if runner is not None:
-            runner.close_events()
+            runner.close_files()
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
 
