@@ -586,3 +586,16 @@ def test_dry_run_with_resume_prints_the_jobs_that_would_run(
         capfd, "--joblog", str(joblog), "--resume", "--dry-run", "-k", "true", ":::", "b", "c", "a"
     )
     assert (code, out) == (0, "true c\n")
+
+
+def test_resume_with_shuf(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    joblog, ran = tmp_path / "log", tmp_path / "ran"
+    cmd = f"echo {{}} >> {ran}"
+    args = [str(i) for i in range(20)]
+    assert run(capfd, "--shuf", "--joblog", str(joblog), cmd, ":::", *args)[0] == 0
+    ran.unlink()
+    # numbered in another random order: still only the new input runs
+    assert (
+        run(capfd, "--shuf", "--joblog", str(joblog), "--resume", cmd, ":::", *args, "new")[0] == 0
+    )
+    assert ran.read_text().split() == ["new"]
