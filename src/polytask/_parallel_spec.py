@@ -1230,6 +1230,89 @@ def parse_jobs(spec: str, ncpu: int) -> int | None:
     return None if n == 0 else n
 
 
+#: GNU parallel's smallest --load: 0 (or less) means this.
+MIN_LOAD = 0.01
+
+
+def parse_load(spec: str, ncpu: int) -> float:
+    """``--load`` value, as GNU parallel reads it: ``N`` (``2.5`` too), ``N%`` of the CPU
+    cores, ``+N`` / ``-N`` cores; anything under 0.01 (``0``, ``-8`` on 4 cores) is 0.01.
+
+    Raises ValueError saying what is accepted (GNU parallel also takes the name
+    of a file holding the value; polytask does not).
+    """
+    s = spec.strip()
+    try:
+        if s.endswith("%"):
+            if not s[:-1].isdigit():
+                raise ValueError
+            load = ncpu * int(s[:-1]) / 100
+        elif s[:1] in ("+", "-"):
+            if not s[1:].isdigit():
+                raise ValueError
+            load = float(ncpu + int(s))
+        else:
+            load = float(s)
+            if not math.isfinite(load) or load < 0 or not s.replace(".", "", 1).isdigit():
+                raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"--load {spec!r}: not a load (use N, N.N, N% of the CPU cores, +N or -N cores; "
+            "a job starts only while fewer processes than that are running or waiting "
+            "for the disk)"
+        ) from None
+    return max(load, MIN_LOAD)
+
+
+def instant_load(proc_stat: str) -> int:
+    """GNU parallel's load: processes running or waiting for the disk right now.
+
+    GNU parallel counts the lines of ``ps axH`` in state R or D (less one for
+    ps itself); the kernel keeps the same counts in ``/proc/stat``
+    (``procs_running``, ``procs_blocked``): less one for the reader, which is
+    running while it reads.
+    """
+    running = blocked = 0
+    for line in proc_stat.splitlines():
+        if line.startswith("procs_running "):
+            running = int(line.split()[1])
+        elif line.startswith("procs_blocked "):
+            blocked = int(line.split()[1])
+    return max(0, running + blocked - 1)
+
+
+def meminfo(text: str) -> tuple[int, int]:
+    """(MemAvailable, MemTotal) in bytes from ``/proc/meminfo``'s text.
+
+    MemAvailable is the kernel's estimate of what can be allocated without
+    swapping (free memory plus the caches it can drop); on a kernel before
+    3.14, which lacks it, GNU parallel's sum MemFree + Buffers + Cached +
+    SwapCached stands in.
+    """
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        words = rest.split()
+        if words and words[0].isdigit():
+            fields[name] = int(words[0]) * (1024 if words[1:2] == ["kB"] else 1)
+    total = fields.get("MemTotal", 0)
+    if "MemAvailable" in fields:
+        return fields["MemAvailable"], total
+    return sum(fields.get(n, 0) for n in ("MemFree", "Buffers", "Cached", "SwapCached")), total
+
+
+def memfree_victim(available: int, limit: int, running: Iterable[int]) -> int | None:
+    """``--memfree``: the job to kill now, or None.
+
+    As GNU parallel: when less than half of ``limit`` bytes are available,
+    the youngest running job (the highest job number of ``running``) is killed
+    and queued again; one at a time, the memory read again after each.
+    """
+    if available * 2 >= limit:
+        return None
+    return max(running, default=None)
+
+
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhdw]?)")
 
@@ -1471,6 +1554,108 @@ def resume_skip(entries: Iterable[JoblogEntry], *, failed_too: bool) -> set[int]
     if not failed_too:
         return set(last)
     return {seq for seq, e in last.items() if not e.failed}
+
+
+def joblog_command(command: str) -> str:
+    """A command line as its joblog line's Command column holds it (newlines as NUL)."""
+    return command.replace("\n", "\0")
+
+
+class ResumeIndex:
+    """Which jobs ``--resume`` / ``--resume-failed`` skip, keyed on each job's command line.
+
+    GNU parallel matches a job with the joblog by its number alone, so after
+    inputs were reordered or added it skips the wrong jobs. Here a job is
+    identified by its final command line (the joblog's Command column, as
+    :func:`joblog_command` writes it), and a job number only tells apart
+    identical command lines:
+
+    1. a logged (number, command) pair equal to the job's own is that job
+       (with the same inputs in the same order, exactly GNU's choice);
+    2. else a logged pair of the same command whose number went by already
+       (the command moved later), the lowest first;
+    3. else one whose number is still to come, but only when the log has
+       another command at this job's number (the inputs changed here): with
+       no line at this number the log may simply not have reached it, and
+       the later pair is then most likely that later job's own;
+    4. else the job is not in the log: it runs.
+
+    Each logged pair stands for one job (its last line counts, as GNU's last
+    line of a number), so a command given k times is k jobs and at most as
+    many are skipped as the log holds. One exception, so that a job run again
+    at a new number is not counted twice: a line whose pair is new, at a
+    number the log already holds for another command (the inputs changed), of
+    a command with a pair whose last line failed, is taken for that job run
+    again (``--resume-failed`` after a reorder), not for one more job.
+    ``--resume`` skips a job matched with any pair; ``--resume-failed`` one
+    matched with a pair whose last line succeeded. ``by_seq``: GNU's rule (the
+    number alone), for jobs whose command line does not tell them apart
+    (``--pipe`` blocks) or depends on the moment they start (``{%}``).
+    """
+
+    def __init__(
+        self, entries: Iterable[JoblogEntry], *, failed_too: bool, by_seq: bool = False
+    ) -> None:
+        self.failed_too = failed_too
+        self.by_seq = by_seq
+        jobs: dict[str, dict[int, JoblogEntry]] = {}  # command -> its pairs' last lines
+        commands_at: dict[int, set[str]] = {}  # seq -> the commands logged with it
+        for e in entries:
+            command = "" if by_seq else e.command
+            mine = jobs.setdefault(command, {})
+            at = commands_at.setdefault(e.seq, set())
+            if e.seq not in mine and at - {command}:
+                failed = [seq for seq, old in mine.items() if old.failed]
+                if failed:
+                    del mine[min(failed)]  # that job, run again at a new number
+            mine[e.seq] = e
+            at.add(command)
+        self._last = {(seq, c): e for c, mine in jobs.items() for seq, e in mine.items()}
+        self._seqs = set(commands_at)
+        # command -> the numbers of its pairs not yet matched with a job, and the
+        # same sorted with a cursor at the lowest maybe-unmatched one: a command
+        # given 100,000 times (-n0) costs O(1) a job, not a scan.
+        self._free: dict[str, set[int]] = {}
+        self._order: dict[str, tuple[list[int], list[int]]] = {}
+        if not by_seq:
+            for c, mine in jobs.items():
+                self._free[c] = set(mine)
+                self._order[c] = (sorted(mine), [0])
+
+    def _lowest(self, command: str, free: set[int]) -> int | None:
+        order, cursor = self._order[command]
+        i = cursor[0]
+        while i < len(order) and order[i] not in free:
+            i += 1
+        cursor[0] = i
+        return order[i] if i < len(order) else None
+
+    def _claim(self, seq: int, command: str) -> JoblogEntry | None:
+        if self.by_seq:
+            return self._last.pop((seq, ""), None)
+        free = self._free.get(command)
+        if not free:
+            return None
+        if seq in free:
+            pick = seq
+        else:
+            lowest = self._lowest(command, free)
+            if lowest is None or not (lowest < seq or seq in self._seqs):
+                return None
+            pick = lowest
+        free.discard(pick)
+        return self._last[(pick, command)]
+
+    def skip(self, seq: int, command: str) -> bool:
+        """True if job ``seq`` with the final command line ``command`` is not to run again.
+
+        Call once per job, in job order: a pair matched with one job is not
+        matched again.
+        """
+        entry = self._claim(seq, "" if self.by_seq else joblog_command(command))
+        if entry is None:
+            return False
+        return not (self.failed_too and entry.failed)
 
 
 #: GNU parallel's --termseq when none is given.

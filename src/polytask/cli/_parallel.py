@@ -3,8 +3,10 @@
 A compatible subset of GNU parallel: ``:::`` argument lists (several give
 their cartesian product), ``::::`` argument files, stdin; the replacement
 strings ``{} {.} {/} {//} {/.} {#} {%} {1} {2} ...``; ``-j``, ``-k``,
-``--timeout``, ``--termseq``, ``--retries``, ``--joblog``, ``--resume[-failed]``,
-``--retry-failed``,
+``--timeout``, ``--termseq``, ``--retries``, ``--joblog``, ``--resume[-failed]``
+(keyed on each job's command line, see :class:`~polytask._parallel_spec.ResumeIndex`),
+``--retry-failed``, ``--events`` (JSON lines, as ``polytask up``), ``--load``,
+``--memfree``,
 ``--halt``, ``--bar``, ``--files``, ``--dry-run``, ``--tag``, ``--results``,
 ``--line-buffer``, several inputs per job (``-n``, ``-N``, ``-m``, ``-X``,
 ``--xargs``), ``--colsep``, ``--header :``, ``--link`` and ``:::+``, xargs'
@@ -60,6 +62,9 @@ REFUSED = 2
 #: GNU parallel's exit status for bad options and for being ended by a signal.
 USAGE_ERROR = KILLED = 255
 _JOB_VARIABLES = ("PARALLEL_PID", "PARALLEL_SEQ", "PARALLEL_JOBSLOT")
+#: Seconds between two looks at the load or the free memory (--load, --memfree).
+THROTTLE_POLL = 0.25
+_MEMINFO = "/proc/meminfo"
 
 _USAGE = "polytask parallel [OPTIONS] [COMMAND [ARG...]] [::: ARGS... | :::: FILES...]..."
 _DESCRIPTION = """\
@@ -299,6 +304,25 @@ def _parser() -> _Parser:
     )
     a("--shuf", action="store_true", help="run the jobs in random order")
     a("--nice", metavar="N", type=int, help="run the jobs with niceness N (nice -n N)")
+    # Events and throttles.
+    a(
+        "--events",
+        metavar="FILE",
+        help="append one JSON line per job start, exit, retry, timeout and kill to FILE "
+        "('-' for stderr), as polytask up --events",
+    )
+    a(
+        "--load",
+        metavar="MAX",
+        help="start a job only while fewer than MAX processes run or wait for the disk "
+        "(N, N%% of the CPU cores, +N, -N; GNU parallel's instant load)",
+    )
+    a(
+        "--memfree",
+        metavar="SIZE",
+        help="start a job only while SIZE bytes of memory are available (1G, 500M); under "
+        "half of it, kill the youngest job and queue it again (with --retries)",
+    )
     a("-I", metavar="STR", help="STR stands for the input instead of {} (as xargs -I)")
     a(
         "-d",
@@ -943,7 +967,17 @@ class _Sink:
 
 
 class _Job:
-    __slots__ = ("args", "halted", "input", "program", "send", "seq", "slot", "tries")
+    __slots__ = (
+        "args",
+        "evicted",
+        "halted",
+        "input",
+        "program",
+        "send",
+        "seq",
+        "slot",
+        "tries",
+    )
 
     def __init__(self, seq: int, args: tuple[str, ...]) -> None:
         self.input: Any = None  # --pipe: the block for its stdin (bytes or a FileRange)
@@ -954,6 +988,7 @@ class _Job:
         self.slot = 0
         self.tries = 0
         self.halted = False
+        self.evicted = False  # killed by --memfree: queued again (if it has tries left)
 
 
 class _Median:
@@ -1043,6 +1078,12 @@ class _Runner:
         if self.pipe:
             self.context = False  # -N counts records, not arguments
         self.cat_files: set[str] = set()  # --cat: the temporary files of jobs not ended yet
+        self.resume: Any = None  # --resume(-failed): the joblog's ResumeIndex
+        self.events: Any = None  # --events: the EventLog
+        # --load MAX, --memfree SIZE (bytes): checked before each start (_setup parsed them).
+        self.load_max: float | None = getattr(opts, "load_max", None)
+        self.memfree: int | None = getattr(opts, "memfree_bytes", None)
+        self.throttled = False  # a start waits for --load / --memfree: poll again soon
 
     # -------------------------------------------------------------- setup
 
@@ -1060,7 +1101,14 @@ class _Runner:
         if resume or opts.retry_failed:
             entries, nonempty = _read_joblog(path) or ([], False)
             if resume:
-                self.skip = spec.resume_skip(entries, failed_too=opts.resume_failed)
+                # By command line, unless it does not tell jobs apart (--pipe's blocks)
+                # or holds the slot, known only as the job starts: then GNU's Seq.
+                by_seq = self.pipe or any(
+                    isinstance(p, spec.Repl) and p.kind == "slot" for p in self.template.parts
+                )
+                self.resume = spec.ResumeIndex(
+                    entries, failed_too=opts.resume_failed, by_seq=by_seq
+                )
             # GNU parallel appends to a joblog with a line in it; a new or
             # empty one gets its header.
             append = append or nonempty
@@ -1073,6 +1121,29 @@ class _Runner:
             f.flush()
         self.joblog = f
 
+    def open_events(self) -> None:
+        """--events FILE ('-': stderr), appended to as by polytask up."""
+        path: str | None = self.opts.events
+        if path is None:
+            return
+        from ._events import EventLog
+
+        try:
+            self.events = EventLog.open(path, on_error=_warn)
+        except OSError as exc:
+            raise _Fatal(f"cannot write events file {path!r}: {exc.strerror}") from None
+
+    def close_events(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
+    def close_files(self) -> None:
+        """The joblog, results and events files (--dry-run never runs the loop that closes them)."""
+        for f in (self.joblog, self.results_file):
+            if f is not None:
+                f.close()
+        self.close_events()
+
     # -------------------------------------------------------------- running
 
     def next_job(self) -> Any:
@@ -1081,17 +1152,21 @@ class _Runner:
             if args is None or args is _NOT_READY:
                 return args
             self.seq += 1
-            if self.seq in self.skip:
-                self.sink.skip(self.seq)
-                if self.bar is not None:
-                    self.bar.advance()
-                continue
             if self.pipe:  # a block for the job's stdin; no arguments
                 job = _Job(self.seq, ())
                 job.input = args
                 job.send = len(args)
-                return job
-            return _Job(self.seq, args)
+            else:
+                job = _Job(self.seq, args)
+            if self.seq in self.skip or (
+                self.resume is not None
+                and self.resume.skip(self.seq, "" if self.resume.by_seq else self.text(job))
+            ):
+                self.sink.skip(self.seq)
+                if self.bar is not None:
+                    self.bar.advance()
+                continue
+            return job
 
     def tmpl(self, job: _Job) -> Any:
         """The job's Template: the COMMAND's, or with -X/-N the one for its number of inputs."""
@@ -1139,7 +1214,9 @@ class _Runner:
             os.environ.pop(k, None)
         os.environ["PARALLEL_PID"] = str(os.getpid())
         try:
-            return self._run()
+            status = self._run()
+            self.event("done", returncode=status)
+            return status
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -1172,13 +1249,16 @@ class _Runner:
         watching = False
         try:
             while True:
-                self.delayed = False
+                self.delayed = self.throttled = False
                 need_input = self.fill()
                 wait_for: float | None = None
                 if self.delayed:  # --delay: the next start is due at next_start
                     wait_for = max(0.0, self.next_start - time.monotonic())
+                if self.throttled or (self.memfree is not None and loop.running):
+                    # --load / --memfree: the machine's state is polled, no event tells it
+                    wait_for = min(THROTTLE_POLL, THROTTLE_POLL if wait_for is None else wait_for)
                 if loop.running == 0:
-                    if self.exhausted or self.stop:
+                    if (self.exhausted and not self.retry) or self.stop:
                         break
                     if wait_for is not None:
                         time.sleep(wait_for)
@@ -1196,6 +1276,8 @@ class _Runner:
                     self.source.fill()
                 for job, exc in loop.failed_starts():
                     self.start_failed(job, job.program, exc)
+                if self.memfree is not None:
+                    self.check_memory()
                 if eager and finished:
                     for child in finished:
                         self.release(child.token)
@@ -1247,8 +1329,53 @@ class _Runner:
                     return False
                 if job is _NOT_READY:
                     return True
+            if (self.load_max is not None or self.memfree is not None) and self.hold():
+                # Held back, first in line; the loop looks again in THROTTLE_POLL. (Taken
+                # from the input first: with no job left, nothing waits for the machine.)
+                self.retry.appendleft(job)
+                self.throttled = True
+                return False
             self.start(job)
         return False
+
+    def hold(self) -> bool:
+        """--load / --memfree: True if no job may start now (GNU parallel's rules)."""
+        spec = self.spec
+        if self.load_max is not None:
+            load = spec.instant_load(_read_proc("/proc/stat"))
+            if load >= self.load_max:
+                return True
+        if self.memfree is not None:
+            available, _ = spec.meminfo(_read_proc(_MEMINFO))
+            if available < self.memfree:
+                return True
+        return False
+
+    def check_memory(self) -> None:
+        """--memfree: under half of SIZE available, end the youngest job (queued again).
+
+        One at a time: the next is chosen only once the last has exited and its
+        memory is back, as GNU parallel reads the memory again after each kill.
+        """
+        assert self.memfree is not None
+        children = self.loop.children()
+        if any(c.token.evicted for c in children):  # until it is over, its memory included
+            return
+        running = {c.token.seq: c for c in children if not c.exited and not c.token.halted}
+        available, _ = self.spec.meminfo(_read_proc(_MEMINFO))
+        victim = self.spec.memfree_victim(available, self.memfree, running)
+        if victim is None:
+            return
+        child = running[victim]
+        job: _Job = child.token
+        job.evicted = True
+        _warn(
+            f"only {available} bytes of memory available (under half of --memfree "
+            f"{self.memfree}): ending the youngest job, {job.seq}"
+            + (", to run it again" if job.tries < self.tries else " (no --retries left: it fails)")
+        )
+        self.event("kill", job, pid=child.pid, reason="memfree", available=available)
+        self.loop.terminate(child)
 
     def save_block(self, job: _Job) -> None:
         """--cat: the job's block in a temporary file, whose name is its one argument."""
@@ -1300,6 +1427,7 @@ class _Runner:
         except self.spec.UnsafeInput as unsafe:
             # Not run at all: a shell would only have failed on it, or run the input.
             msg = f"{PROG}: job {job.seq} not run: {unsafe}\n".encode(errors="surrogateescape")
+            self.event("refused", job, code=REFUSED, error=str(unsafe))
             self.release(job)
             self.ended(job, REFUSED, 0, b"", msg, time.time(), 0.0)
             return
@@ -1325,7 +1453,7 @@ class _Runner:
             if self.tries == 1:
                 job.input = None  # no retry: the loop holds the only reference, until written
             try:
-                self.loop.spawn(
+                child = self.loop.spawn(
                     argv,
                     token=job,
                     timeout=timeout,
@@ -1336,14 +1464,21 @@ class _Runner:
                 )
             except (OSError, ValueError) as error:
                 self.start_failed(job, job.program, error)
+            else:
+                self.spawned(child)
             return
         if opts.ungroup:  # straight to our stdout and stderr: nothing captured
             try:
-                self.loop.spawn(argv, token=job, timeout=timeout, capture=False, extra_env=env)
+                child = self.loop.spawn(
+                    argv, token=job, timeout=timeout, capture=False, extra_env=env
+                )
             except (OSError, ValueError) as error:
                 self.start_failed(job, job.program, error)
+            else:
+                self.spawned(child)
             return
-        if self.jobs is None or self.jobs > 1:
+        # --events: started here, so that the start event has the pid.
+        if (self.jobs is None or self.jobs > 1) and self.events is None:
             # Started here, or by starter threads while the machine is busy.
             self.loop.spawn_soon(
                 argv, token=job, timeout=timeout, on_output=on_output, extra_env=env
@@ -1352,15 +1487,43 @@ class _Runner:
                 self.start_failed(failed, failed.program, exc)
             return
         try:
-            self.loop.spawn(argv, token=job, timeout=timeout, on_output=on_output, extra_env=env)
+            child = self.loop.spawn(
+                argv, token=job, timeout=timeout, on_output=on_output, extra_env=env
+            )
         except (OSError, ValueError) as exc:
             self.start_failed(job, argv[0], exc)
+        else:
+            self.spawned(child)
+
+    def spawned(self, child: Any) -> None:
+        """A job's program started (--events: its start event)."""
+        if self.events is not None:
+            job: _Job = child.token
+            self.event(
+                "spawn",
+                job,
+                pid=child.pid,
+                slot=job.slot,
+                attempt=job.tries,
+                command=self.text(job),
+                at=child.started_wall,
+            )
+
+    def event(self, kind: str, job: _Job | None = None, **fields: Any) -> None:
+        """--events: one line, ``{"time", "event", "process": "job.N", "job": N, ...}``."""
+        if self.events is None:
+            return
+        if job is None:
+            self.events.emit(kind, **fields)
+        else:
+            self.events.emit(kind, f"job.{job.seq}", job=job.seq, **fields)
 
     def start_failed(self, job: _Job, program: str, exc: Exception) -> None:
         # What a shell would say and exit with: 127 not found, 126 cannot run.
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         why = "command not found" if code == 127 else (getattr(exc, "strerror", None) or str(exc))
         msg = f"{PROG}: {program}: {why}\n".encode(errors="surrogateescape")
+        self.event("spawn_error", job, code=code, error=f"{program}: {why}")
         self.release(job)
         self.ended(job, code, 0, b"", msg, time.time(), 0.0)
 
@@ -1397,23 +1560,31 @@ class _Runner:
         job: _Job = child.token
         if not released:
             self.release(job)
+        rc: int = child.returncode
         if job.halted or self.halted_now:
+            self.exit_event(child, "killed")
             self.drop_block(job)
             self.sink.skip(job.seq)
             return
-        rc: int = child.returncode
         if child.timed_out:
             exitval, sig = -1, (-rc if rc < 0 else int(signal.SIGTERM))
             _warn(
                 f"Warning: This job was killed because it timed out:\n{PROG}: Warning: {self.text(job)}"
             )
+        elif job.evicted:  # --memfree: GNU parallel's Exitval -1 of a killed job
+            job.evicted = False
+            exitval, sig = -1, (-rc if rc < 0 else int(signal.SIGTERM))
         elif rc < 0:
             exitval, sig = 0, -rc
         else:
             exitval, sig = rc, 0
-        if (exitval or sig) and job.tries < self.tries:
+        failed = bool(exitval or sig)
+        if failed and job.tries < self.tries:
+            self.exit_event(child, "retry")
+            self.event("retry", job, attempt=job.tries + 1, attempts=self.tries)
             self.retry.append(job)
             return
+        self.exit_event(child, "failed" if failed else "succeeded")
         self.ended(
             job,
             exitval,
@@ -1424,6 +1595,38 @@ class _Runner:
             child.duration,
             child.nbytes[1],
         )
+
+    def exit_event(self, child: Any, state: str) -> None:
+        """--events: a timeout (when it was ended) and the exit of ``child``'s job."""
+        if self.events is None:
+            return
+        job: _Job = child.token
+        if child.timed_out and child.deadline is not None:
+            at = child.started_wall + (child.deadline - child.started)
+            self.event(
+                "timeout",
+                job,
+                pid=child.pid,
+                timeout=round(child.deadline - child.started, 3),
+                at=at,
+            )
+        rc: int = child.returncode
+        self.event(
+            "exit",
+            job,
+            pid=child.pid,
+            code=rc,
+            description=self.describe(rc),
+            duration=round(child.duration, 6),
+            state=state,
+            attempt=job.tries,
+        )
+
+    @staticmethod
+    def describe(rc: int) -> str:
+        from .._core.errors import describe_exit
+
+        return describe_exit(rc)
 
     def ended(
         self,
@@ -1517,6 +1720,7 @@ class _Runner:
             self.sink.discard()
             for child in running:
                 child.token.halted = True
+                self.event("kill", child.token, pid=child.pid, reason="halt")
                 self.loop.terminate(child)
         elif running:
             _warn(f"Starting no more jobs. Waiting for {len(running)} jobs to finish.")
@@ -1646,6 +1850,12 @@ def _warn(msg: str) -> None:
         pass
 
 
+def _read_proc(path: str) -> str:
+    """A /proc file's text (--load, --memfree): the kernel's numbers, read fresh each time."""
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
+
+
 def _shell() -> str:
     """The shell for commands that need one: $PARALLEL_SHELL, a POSIX $SHELL, else /bin/sh."""
     explicit = os.environ.get("PARALLEL_SHELL")
@@ -1755,6 +1965,9 @@ _VALUE_OPTIONS = frozenset(
         "--tagstring",
         "--delay",
         "--nice",
+        "--events",
+        "--load",
+        "--memfree",
         "-d",
         "--delimiter",
         "-E",
@@ -1880,6 +2093,8 @@ def main(argv: list[str]) -> int:
     finally:
         if runner is not None and runner.bar is not None:
             runner.bar.close()
+        if runner is not None:
+            runner.close_files()
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
 
@@ -2079,6 +2294,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     jobs = _fd_limit(jobs if jobs is not None else 4096)
+    opts.load_max, opts.memfree_bytes = _throttles(opts, ncpu)
     if opts.files and (opts.ungroup or (opts.results and spec.results_format(opts.results))):
         raise _UsageError(
             "--files goes neither with -u (the output is not kept) nor with --results "
@@ -2166,10 +2382,47 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             raise _UsageError(str(exc)) from None
     runner = _Runner(opts, source, template, jobs, shell)
     runner.names = list(names)
-    runner.open_joblog()
-    runner.skip |= retry_skip
-    runner.open_results()
+    runner.open_events()
+    try:
+        runner.open_joblog()
+        runner.skip |= retry_skip
+        runner.open_results()
+    except BaseException:
+        runner.close_events()
+        raise
     return runner
+
+
+def _throttles(opts: argparse.Namespace, ncpu: int) -> tuple[float | None, int | None]:
+    """--load's MAX and --memfree's bytes (None when not given); _UsageError if bad.
+
+    A --memfree over the machine's memory could never be met: GNU parallel then
+    waits forever; polytask refuses it.
+    """
+    from .. import _parallel_spec as spec
+
+    load = memfree = None
+    try:
+        if opts.load is not None:
+            load = spec.parse_load(opts.load, ncpu)
+        if opts.memfree is not None:
+            memfree = spec.parse_size(opts.memfree, option="--memfree")
+            if memfree < 0:
+                raise ValueError(f"--memfree {opts.memfree!r}: must not be negative")
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if memfree is not None:
+        try:
+            available, total = spec.meminfo(_read_proc(_MEMINFO))
+        except OSError as exc:
+            raise _Fatal(f"--memfree: cannot read {_MEMINFO}: {exc.strerror}") from None
+        if memfree > total:
+            raise _UsageError(
+                f"--memfree {opts.memfree}: {memfree} bytes is more than this machine's "
+                f"memory ({total} bytes), so no job could ever start; give at most "
+                f"{total // 2**20}M (now available: {available // 2**20}M)"
+            )
+    return load, memfree
 
 
 def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell: str) -> _Runner:
@@ -2287,9 +2540,11 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
                 raise _UsageError("no input: --pipe reads stdin, and it is closed") from None
     runner = _Runner(opts, source, template, jobs, shell)
     try:
+        runner.open_events()
         runner.open_joblog()
         runner.open_results()
     except BaseException:
+        runner.close_events()
         source.close()
         raise
     return runner

@@ -18,14 +18,13 @@ a program given up on gives its own status; SIGINT / SIGTERM / SIGHUP give
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from .._core.errors import PolytaskError, ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
@@ -39,6 +38,7 @@ from .._supervisor import (
 )
 from .._upconfig import UpConfig, missing_dependencies
 from .._upcontrol import ControlBusy, ControlServer
+from ._events import EventLog
 
 __all__ = ["main_check", "main_run", "main_up"]
 
@@ -360,22 +360,12 @@ def _up(argv: list[str]) -> int:
     problems += config_problems
     if problems:
         raise _BadInput(problems[0].first_line())
-    events_file: IO[str] | None = None
-    on_event: Callable[[dict[str, Any]], None] | None = None
-    if args.events == "-":
-        events_file = sys.stderr
-    elif args.events:
+    events: EventLog | None = None
+    if args.events:
         try:
-            events_file = open(args.events, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+            events = EventLog.open(args.events)
         except OSError as exc:
             raise _read_file_error("events file", args.events, exc) from None
-    if events_file is not None:
-        out = events_file
-
-        def on_event(record: dict[str, Any]) -> None:
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-
     sink = None
     if args.tui:
         from ._tui import terminal_problem
@@ -402,11 +392,11 @@ def _up(argv: list[str]) -> int:
             exit_on_failure=args.exit_on_failure,
             colour=None if args.color == "auto" else args.color == "always",
             output=sink,
-            on_event=on_event,
+            on_event=None if events is None else events.write,
         )
     except ValueError as exc:  # ProcfileError included
-        if events_file is not None and events_file is not sys.stderr:
-            events_file.close()
+        if events is not None:
+            events.close()
         if sink is not None:
             sink.close()
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
@@ -416,8 +406,8 @@ def _up(argv: list[str]) -> int:
     finally:
         if sink is not None:
             sink.close()
-        if events_file is not None and events_file is not sys.stderr:
-            events_file.close()
+        if events is not None:
+            events.close()
 
 
 def _claim_control(sup: Supervisor, folder: str) -> ControlServer | None:
