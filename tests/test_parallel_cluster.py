@@ -8,6 +8,7 @@ output, joblog and exit status are compared with the same run on this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -186,6 +187,19 @@ def test_retries_run_a_failing_job_again(engine: list[str], tmp_path: Path) -> N
     assert r.stdout == "ok 1\n"
     assert count.read_text() == "x\nx\nx\n"
     assert [row[1] for row in joblog_rows(log)] == ["0"]
+
+
+def test_events_as_local(engine: list[str], tmp_path: Path) -> None:
+    # The same event lines as a local run (the pid is the worker's business: null).
+    events = tmp_path / "events"
+    r = cli(*engine, "-k", "--events", str(events), "sh -c 'exit {}'", ":::", "0", "3")
+    assert r.returncode == 1, r.stderr
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    kinds = sorted((rec["event"], rec.get("job")) for rec in records)
+    assert kinds == [("done", None), ("exit", 1), ("exit", 2), ("spawn", 1), ("spawn", 2)]
+    codes = {rec["job"]: rec["code"] for rec in records if rec["event"] == "exit"}
+    assert codes == {1: 0, 2: 3}
+    assert all(rec["pid"] is None for rec in records if rec["event"] == "spawn")
 
 
 def test_program_not_found_as_local(engine: list[str]) -> None:

@@ -239,6 +239,7 @@ class ClusterChild:
         "nbytes",
         "on_output",
         "out",
+        "pid",
         "returncode",
         "started",
         "started_wall",
@@ -251,6 +252,7 @@ class ClusterChild:
         self.argv = argv
         self.token = token
         self.on_output = on_output
+        self.pid: int | None = None  # it runs on a worker: no pid of ours (--events: null)
         self.task: Any = None
         self.started = time.monotonic()
         self.started_wall = time.time()
