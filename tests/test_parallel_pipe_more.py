@@ -183,6 +183,48 @@ def test_tee_streams_as_stdin_arrives(tmp_path: Path) -> None:
         proc.stdout.close()
 
 
+def test_tee_memory_stays_bounded() -> None:
+    """100 MB through --tee to two jobs: the parent holds one chunk, not the input."""
+    mb = 1 << 20
+    total = 100 * mb
+    feeder = subprocess.Popen(
+        ["sh", "-c", f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {total}"],
+        stdout=subprocess.PIPE,
+    )
+    assert feeder.stdout is not None
+    try:
+        proc = subprocess.Popen(
+            [*PT, "--pipe", "--tee", "-k", "wc -c", ":::", "a", "b"],
+            stdin=feeder.stdout,
+            stdout=subprocess.PIPE,
+        )
+        feeder.stdout.close()
+        assert proc.stdout is not None
+        peak = 0
+        out = b""
+        # The runner's own high-water mark (VmHWM only grows), read while it runs.
+        while True:
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]) * 1024)
+            except OSError:
+                break
+            if select.select([proc.stdout], [], [], 0.05)[0]:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                out += chunk
+        out += proc.stdout.read()
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        feeder.wait(timeout=60)
+    assert [int(x) for x in out.split()] == [total, total]
+    assert 0 < peak < 60 * mb, f"peak RSS {peak / mb:.0f} MB for {total / mb:.0f} MB of input"
+
+
 def test_tee_a_job_that_stops_reading_does_not_stop_the_others(tmp_path: Path) -> None:
     r = pt(
         ["--pipe", "--tee", "-k", "--tag", "case {} in t) true;; w) wc -l;; h) head -n1;; esac"]
@@ -288,6 +330,33 @@ def test_fifo_removed_when_ended_by_a_signal(tmp_path: Path, sig: signal.Signals
         assert proc.stderr is not None
         proc.stderr.close()
     assert list(tmp.iterdir()) == []
+
+
+def test_fifo_unlinked_by_the_guardian_when_killed(tmp_path: Path) -> None:
+    tmp, env = private_tmp(tmp_path)
+    proc = subprocess.Popen(
+        [*PT, "--pipe", "--fifo", "--block", "10", "-j2", "sleep 60 < {}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(SEQ30.encode())
+    proc.stdin.close()
+
+    def fifos() -> list[Path]:
+        return [p for d in tmp.iterdir() for p in d.iterdir()]
+
+    deadline = time.monotonic() + 60
+    while len(fifos()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(fifos()) == 2
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while fifos() and time.monotonic() < deadline:  # the guardian's clean-up
+        time.sleep(0.05)
+    assert fifos() == []
 
 
 # --------------------------------------------------------------------------- --group-by

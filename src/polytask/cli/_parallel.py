@@ -2793,7 +2793,10 @@ def _setup_roundrobin(
         runner.pipe = runner.context = False  # no arguments: the feeder gives the input
         runner.open_joblog()
         runner.open_results()
-        runner.feeder = _Feeder(source.fd, tee=False, expected=count, pipe_source=source)
+        if opts.dry_run:  # nothing is fed
+            source.close()
+        else:
+            runner.feeder = _Feeder(source.fd, tee=False, expected=count, pipe_source=source)
     except BaseException:
         source.close()
         raise
@@ -2850,7 +2853,11 @@ def _setup_tee(opts: argparse.Namespace, groups: list[Group], jobs: int, shell: 
         runner.names = list(names)
         runner.open_joblog()
         runner.open_results()
-        runner.feeder = _Feeder(fd, tee=True, expected=count or 0, owned=owned)
+        if opts.dry_run:  # nothing is fed
+            if owned:
+                os.close(fd)
+        else:
+            runner.feeder = _Feeder(fd, tee=True, expected=count or 0, owned=owned)
     except BaseException:
         if owned:
             os.close(fd)
