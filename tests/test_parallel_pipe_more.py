@@ -89,6 +89,18 @@ def test_roundrobin_gives_whole_records(gnu_parallel: str, tmp_path: Path) -> No
     assert sorted(p.out.splitlines()) == sorted(g.out.splitlines()) == sorted(data.splitlines())
 
 
+def test_roundrobin_gives_the_header_once_per_job(gnu_parallel: str, tmp_path: Path) -> None:
+    data = "head\n" + SEQ30
+    argv = ["--pipe", "--roundrobin", "-j2", "--block", "6", "--header", "1", "echo ==; cat"]
+    g, p = both_stdin(gnu_parallel, tmp_path, argv, data)
+    assert p.rc == g.rc == 0
+    for run in (g, p):
+        jobs = run.out.split("==\n")[1:]
+        assert len(jobs) == 2
+        assert all(j.startswith("head\n") and j.count("head") == 1 for j in jobs)
+    assert sorted(p.out.splitlines()) == sorted(g.out.splitlines())
+
+
 def test_roundrobin_with_n_records_and_an_empty_input(gnu_parallel: str, tmp_path: Path) -> None:
     argv = ["--pipe", "--roundrobin", "-j2", "-N7", "wc -l"]
     g, p = both_stdin(gnu_parallel, tmp_path, argv, SEQ30)

@@ -730,13 +730,17 @@ class _PipeSource:
             except OSError:
                 pass
 
-    def take(self) -> Any:
+    def take(self, *, headed: bool = True) -> Any:
+        """The next block (with the header, unless not ``headed``), None at the end,
+        or _NOT_READY."""
         split = self._split
         if split.ready:
             block: memoryview | bytes = split.ready.popleft()
             if self._group is not None:  # GNU's --group-by separators are not data
                 block = bytes(block).replace(self._group.marker, b"")
-            return split.header + block if split.header else block  # (the header: a copy)
+            if headed and split.header:
+                return split.header + block  # (a copy)
+            return block
         return None if split.eof else _NOT_READY
 
     def fill(self) -> None:
@@ -887,11 +891,12 @@ class _Count:
 class _Outlet:
     """One running job's stdin pipe, as the :class:`_Feeder` writes it."""
 
-    __slots__ = ("data", "fd", "job")
+    __slots__ = ("data", "fd", "headed", "job")
 
     def __init__(self, fd: int, job: _Job) -> None:
         self.fd = fd
         self.job = job
+        self.headed = False  # --roundrobin --header: given to it already
         self.data: memoryview | None = None  # what is still to be written to it
 
 
@@ -981,6 +986,8 @@ class _Feeder:
             self.error = str(exc)
         except OSError as exc:
             self.error = f"cannot feed the jobs: {exc}"
+        except Exception as exc:  # pragma: no cover - a bug: reported, never a hang
+            self.error = f"internal error while feeding the jobs: {exc!r}"
         finally:
             with self._lock:  # the jobs see the end of their input
                 self._done = True
@@ -1071,7 +1078,7 @@ class _Feeder:
                 o.data = view
             return
         src = self.pipe_source
-        block = src.take()
+        block = src.take(headed=False)
         if block is _NOT_READY:
             self._read()
             return
@@ -1081,6 +1088,10 @@ class _Feeder:
         idle = [o for o in self._outlets if o.data is None]
         o = idle[self._next % len(idle)]
         self._next += 1
+        if not o.headed:  # as GNU parallel: the header once, before a job's first block
+            o.headed = True
+            header = src._split.header
+            block = header + block if header else block
         o.data = memoryview(block)
         o.job.send += len(block)
 
@@ -2336,7 +2347,9 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
 
     colsep: str | None = opts.colsep
     if opts.csv:
-        colsep = "," if colsep is None else colsep
+        colsep = (
+            "," if colsep is None else "\t" if colsep == "\\t" else colsep
+        )  # --colsep '\t' typed in a shell
         if len(colsep) != 1:
             raise _UsageError(
                 f"--colsep {colsep!r}: with --csv, the separator is one character (e.g. , ; or tab)"
