@@ -21,6 +21,13 @@ from pathlib import Path
 import pytest
 
 from helpers import apt_install
+from polytask._parallel_spec import (
+    GroupMarker,
+    PipeSplitter,
+    csv_fields,
+    csv_join,
+    group_by_column,
+)
 from test_parallel_gnu import gnu_parallel, same_err
 from test_parallel_pipe import PT, SEQ30, both_stdin
 from test_parallel_quoting import HOSTILE
@@ -560,3 +567,43 @@ def test_group_by_and_roundrobin_refuse_pipepart(tmp_path: Path) -> None:
         r = pt(["--pipepart", "-a", str(f), *opt, "cat", ":::", "a"], cwd=tmp_path)
         assert r.returncode == 255
         assert "not --pipepart" in r.stderr.decode()
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_group_marker_marks_each_change_of_key() -> None:
+    g = GroupMarker(1, ",", b"#M#", header=False)
+    out = g.feed(b"a,1\na,2\nb") + g.feed(b",3\na,4") + g.feed(b"")
+    assert out == b"#M#a,1\na,2\n#M#b,3\n#M#a,4"
+    # cut as GNU parallel does: a record starts at each marker, no record end
+    split = PipeSplitter(block=1 << 20, recstart=b"#M#", recend=b"", records=1)
+    split.feed(out)
+    split.feed(b"")
+    assert [bytes(b).replace(b"#M#", b"") for b in split.ready] == [b"a,1\na,2\n", b"b,3\n", b"a,4"]
+
+
+def test_group_marker_header_and_names() -> None:
+    g = GroupMarker("v", ",", b"#", header=False)  # a name: the first line is the header
+    assert g.feed(b"k,v\n1,x\n2,x\n3,y\n") == b"#1,x\n2,x\n#3,y\n"
+    assert g.header == b"k,v\n"
+    g = GroupMarker("nope", ",", b"#", header=False)
+    with pytest.raises(ValueError, match="no such column"):
+        g.feed(b"k,v\n1,2\n")
+
+
+def test_group_by_column_refuses_perl() -> None:
+    assert group_by_column("3") == 3
+    assert group_by_column(" UserID ") == "UserID"
+    for bad in ("UserID s/\\D//g", "$_%3", "-1", "0"):
+        with pytest.raises(ValueError):
+            group_by_column(bad)
+
+
+def test_csv_join_and_fields() -> None:
+    lines = ['a,"b', 'c",d', "e,f", '"unterminated']
+    assert csv_join(lines) == ['a,"b\nc",d', "e,f", '"unterminated']
+    assert csv_fields('a,"b\nc",d', ",") == ["a", "b\nc", "d"]
+    assert csv_fields('"x""y",,"$(z)"', ",") == ['x"y', "", "$(z)"]
+    assert csv_fields("", ",") == [""]
+    assert csv_fields("a; b", ";") == ["a", " b"]

@@ -31,6 +31,9 @@ With ``--pipe`` and ``--pipepart`` a job's input is its stdin, not arguments::
         ──> job (input=block) ──> the loop writes it into the job's stdin pipe (POLLOUT)
     FILE ─(a few reads at each edge)─> _PartSource: split_positions
         ──> job (input=FileRange) ──> the loop sendfile()s the range into the job's stdin
+    stdin ─> _Feeder (a thread) ─> --tee: every job's stdin pipe; --roundrobin: a block
+        to a running job that took its last (jobs started once; stdin streamed, bounded)
+    --fifo: the block ─> _fifo_writer (a thread per job) ─> the FIFO {}, once the job opens it
 
 Startup matters (``--help`` in well under 150 ms): this module imports only
 argparse and what the polytask package already loaded; rich only with ``--bar``
