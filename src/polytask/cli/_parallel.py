@@ -2350,9 +2350,9 @@ def _inputs(opts: argparse.Namespace, groups: list[Group], halt: Any) -> tuple[A
 
     colsep: str | None = opts.colsep
     if opts.csv:
-        colsep = (
-            "," if colsep is None else "\t" if colsep == "\\t" else colsep
-        )  # --colsep '\t' typed in a shell
+        colsep = "," if colsep is None else colsep
+        if colsep == "\\t":  # --colsep '\t' as typed in a shell: a tab
+            colsep = "\t"
         if len(colsep) != 1:
             raise _UsageError(
                 f"--colsep {colsep!r}: with --csv, the separator is one character (e.g. , ; or tab)"
