@@ -213,6 +213,9 @@ def test_bad_combinations_are_refused() -> None:
         (["--address", "tcp://127.0.0.1:1", "echo", ":::", "1"], "--address goes with --backend"),
         (["--backend", "dask", "-u", "echo", ":::", "1"], "-u/--ungroup does not go"),
         (["--backend", "ray", "--pipe", "--cat", "cat {}"], "--cat does not go"),
+        (["--backend", "dask", "--pipe", "--fifo", "cat {}"], "--fifo does not go"),
+        (["--backend", "dask", "--pipe", "--tee", "cat", ":::", "1"], "--tee does not go"),
+        (["--backend", "ray", "--pipe", "--roundrobin", "wc"], "--roundrobin does not go"),
         (["--backend", "spark", "echo", ":::", "1"], "invalid choice"),
     ):
         r = cli(*argv, input="")

@@ -37,6 +37,7 @@ from ._shellquote import (
 __all__ = [
     "JOBLOG_HEADER",
     "RESULT_COLUMNS",
+    "GroupMarker",
     "HaltPolicy",
     "JoblogEntry",
     "PipeSplitter",
@@ -45,9 +46,13 @@ __all__ = [
     "Template",
     "UnsafeInput",
     "context_command",
+    "csv_complete",
+    "csv_fields",
     "csv_header",
+    "csv_join",
     "exit_status",
     "exported_functions",
+    "group_by_column",
     "has_replacement",
     "header_regex",
     "is_posix_shell",
@@ -2175,3 +2180,126 @@ def split_positions(
     if pos_list[-1] != size:
         pos_list.append(size)
     return pos_list
+
+
+def group_by_column(spec: str) -> int | str:
+    """``--group-by``'s value: a column number (1-based) or a column name.
+
+    GNU parallel also takes a Perl expression (alone or after the column);
+    polytask runs no Perl, so that is a ValueError saying so.
+    """
+    text = spec.strip()
+    if re.fullmatch(r"[0-9]+", text):
+        col = int(text)
+        if col < 1:
+            raise ValueError(f"--group-by {spec!r}: columns are numbered from 1")
+        return col
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        return text
+    raise ValueError(
+        f"--group-by {spec!r}: only a column number or a column name is supported; a Perl "
+        "expression is not (polytask runs no Perl): compute the key beforehand, e.g. with awk"
+    )
+
+
+class GroupMarker:
+    """GNU parallel's ``--group-by`` for ``--pipe``: a marker before each line whose key
+    (its column ``column``, split at ``colsep``) differs from the line before's.
+
+    Bytes in, bytes out (:meth:`feed`, ``b""`` at the end). The caller cuts the
+    result with :class:`PipeSplitter` using ``marker`` as ``recstart`` and no
+    ``recend``, then removes the markers from each block: exactly what GNU
+    parallel 20221122 does (a Perl filter inserting a random separator), so
+    lines of one key stay in one record. As there (Perl's ``-a -F``), a line
+    is split with its newline, so the last column's key includes it. With
+    ``header`` (or a column given by name) the first line is the header, held
+    back in :attr:`header`, and a column name is looked up in it.
+    """
+
+    def __init__(self, column: int | str, colsep: str, marker: bytes, *, header: bool) -> None:
+        self.marker = marker
+        self._split = re.compile(_fsencode(colsep)).split
+        self._colsep = colsep
+        self._column = column
+        self._index = column - 1 if isinstance(column, int) else -1
+        self._want_header = header or isinstance(column, str)
+        self.header: bytes | None = None
+        self._last: bytes | None = None
+        self._partial = b""
+
+    def _mark(self, lines: list[bytes]) -> bytes:
+        out: list[bytes] = []
+        index, split, last = self._index, self._split, self._last
+        for line in lines:
+            fields = split(line)
+            key = fields[index] if index < len(fields) else b""
+            if key != last:
+                out.append(self.marker)
+                last = key
+            out.append(line)
+        self._last = last
+        return b"".join(out)
+
+    def _take_header(self, line: bytes) -> None:
+        self.header = line
+        self._want_header = False
+        if isinstance(self._column, str):
+            names = [n.decode("utf-8", "surrogateescape") for n in self._split(line.rstrip(b"\n"))]
+            if self._column not in names:
+                raise ValueError(
+                    f"--group-by {self._column!r}: no such column in the header "
+                    f"(split at --colsep {self._colsep!r}): {', '.join(map(repr, names))}"
+                )
+            self._index = names.index(self._column)
+
+    def feed(self, data: bytes) -> bytes:
+        """The marked form of the whole lines so far; ``b""`` ends the input (the last,
+        unterminated line is given then)."""
+        if not data:
+            rest, self._partial = self._partial, b""
+            if not rest:
+                return b""
+            if self._want_header:
+                self._take_header(rest)
+                return b""
+            return self._mark([rest])
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if not lines:
+            return b""
+        if self._want_header:
+            self._take_header(lines.pop(0) + b"\n")
+        return self._mark([line + b"\n" for line in lines])
+
+
+def csv_complete(record: str) -> bool:
+    """Whether ``record`` (lines joined so far) is a whole CSV record: its quotes pair up.
+
+    A field's newline is inside quotes, so a record with an odd number of
+    ``"`` goes on at the next line (a quote inside a quoted field is doubled).
+    """
+    return record.count('"') % 2 == 0
+
+
+def csv_join(lines: Iterable[str]) -> list[str]:
+    """Lines joined into whole CSV records (a quoted field may hold newlines)."""
+    records: list[str] = []
+    pending: str | None = None
+    for line in lines:
+        pending = line if pending is None else pending + "\n" + line
+        if csv_complete(pending):
+            records.append(pending)
+            pending = None
+    if pending is not None:
+        records.append(pending)  # an unterminated quote: what is there, as Text::CSV gives up
+    return records
+
+
+def csv_fields(record: str, sep: str) -> list[str]:
+    """The fields of one CSV record (``--csv``): quotes, doubled quotes, ``sep`` and
+    newlines inside quoted fields, as Python's csv module reads them; nothing trimmed."""
+    import csv
+    import io
+
+    row = next(csv.reader(io.StringIO(record, newline=""), delimiter=sep, strict=False), None)
+    return row if row else [""]

@@ -33,6 +33,9 @@ With ``--pipe`` and ``--pipepart`` a job's input is its stdin, not arguments::
         ──> job (input=block) ──> the loop writes it into the job's stdin pipe (POLLOUT)
     FILE ─(a few reads at each edge)─> _PartSource: split_positions
         ──> job (input=FileRange) ──> the loop sendfile()s the range into the job's stdin
+    stdin ─> _Feeder (a thread) ─> --tee: every job's stdin pipe; --roundrobin: a block
+        to a running job that took its last (jobs started once; stdin streamed, bounded)
+    --fifo: the block ─> _fifo_writer (a thread per job) ─> the FIFO {}, once the job opens it
 
 Startup matters (``--help`` in well under 150 ms): this module imports only
 argparse and what the polytask package already loaded; rich only with ``--bar``
@@ -378,6 +381,36 @@ def _parser() -> _Parser:
         action="store_true",
         help="--pipe: save each block in a temporary file, {} its name (stdin empty)",
     )
+    a(
+        "--fifo",
+        action="store_true",
+        help="--pipe: {} names a FIFO the job reads its block from (stdin empty)",
+    )
+    a(
+        "--roundrobin",
+        "--round-robin",
+        "--round",
+        action="store_true",
+        help="--pipe: start -j jobs once and give each block to whichever job reads first",
+    )
+    a(
+        "--tee",
+        action="store_true",
+        help="--pipe: every job gets all of stdin, one job per input of :::",
+    )
+    a(
+        "--group-by",
+        "--groupby",
+        metavar="COL",
+        help="--pipe: lines with the same value in column COL (a number, or a name "
+        "from the first line) stay in one record (columns split at --colsep, default tab)",
+    )
+    a(
+        "--csv",
+        action="store_true",
+        help="read inputs as CSV: quoted fields may hold the separator, quotes and "
+        "newlines; fields are {1} {2} ... (--colsep: the separator, default ,)",
+    )
     a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -630,6 +663,60 @@ class _Columns:
         self.source.fill()
 
 
+class _CsvColumns(_Columns):
+    """--csv: each input is a CSV record whose fields are its columns (nothing trimmed)."""
+
+    def __init__(self, source: Any, sep: str) -> None:
+        from .._parallel_spec import csv_fields
+
+        self.source = source
+        self.fd = source.fd
+        self.total = source.total
+        self._sep = sep
+        self._fields = csv_fields
+
+    def columns(self, value: str) -> list[str]:
+        return self._fields(value, self._sep)
+
+
+class _CsvLines:
+    """--csv on stdin: lines joined into whole CSV records (a quoted field may hold newlines)."""
+
+    total: int | None = None
+
+    def __init__(self, stream: _StreamSource) -> None:
+        from .._parallel_spec import csv_complete
+
+        self.stream = stream
+        self.fd = stream.fd
+        self._complete = csv_complete
+        self._pending: str | None = None
+
+    def take(self) -> Any:
+        while True:
+            item = self.stream.take()
+            if item is _NOT_READY:
+                return item
+            if item is None:
+                rest, self._pending = self._pending, None
+                return None if rest is None else (rest,)
+            line: str = item[0]
+            record = line if self._pending is None else self._pending + "\n" + line
+            if self._complete(record):
+                self._pending = None
+                return (record,)
+            self._pending = record
+
+    def head(self) -> str | None:
+        """The first record (waits for it), taken out of the inputs: --header's."""
+        while (item := self.take()) is _NOT_READY:
+            self.stream.fill()
+        return None if item is None else str(item[0])
+
+    def fill(self) -> None:
+        self.stream.fill()
+
+
 class _Shuffled:
     """Every job's inputs, read first, in random order (--shuf)."""
 
@@ -668,12 +755,13 @@ class _PipeSource:
 
     total: int | None = None
 
-    def __init__(self, fd: int, splitter: Any, *, owned: bool = False) -> None:
+    def __init__(self, fd: int, splitter: Any, *, owned: bool = False, group: Any = None) -> None:
         import stat
 
         self.fd = fd
         self._split = splitter
         self._owned = owned  # -a FILE: ours to close
+        self._group = group  # --group-by: a GroupMarker the input goes through first
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
             import fcntl
 
@@ -682,11 +770,17 @@ class _PipeSource:
             except OSError:
                 pass
 
-    def take(self) -> Any:
+    def take(self, *, headed: bool = True) -> Any:
+        """The next block (with the header, unless not ``headed``), None at the end,
+        or _NOT_READY."""
         split = self._split
         if split.ready:
-            block: memoryview = split.ready.popleft()
-            return split.header + block if split.header else block  # (the header: a copy)
+            block: memoryview | bytes = split.ready.popleft()
+            if self._group is not None:  # GNU's --group-by separators are not data
+                block = bytes(block).replace(self._group.marker, b"")
+            if headed and split.header:
+                return split.header + block  # (a copy)
+            return block
         return None if split.eof else _NOT_READY
 
     def fill(self) -> None:
@@ -698,7 +792,20 @@ class _PipeSource:
             data = os.read(self.fd, min(split.wanted(), 1 << 20))
         except OSError as exc:
             raise _Fatal(f"cannot read the input: {exc.strerror}") from None
-        split.feed(data)
+        group = self._group
+        if group is not None:
+            try:
+                marked = group.feed(data)
+            except ValueError as exc:
+                raise _Fatal(str(exc)) from None
+            if group.header is not None and not split.header:
+                split.header = group.header
+            if marked:
+                split.feed(marked)
+            if not data:
+                split.feed(b"")
+        else:
+            split.feed(data)
         if split.warnings:
             for w in split.warnings:
                 _warn(f"Warning: {w}")
@@ -800,6 +907,247 @@ class _PartSource:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+class _Count:
+    """--roundrobin: ``n`` jobs without arguments (their input comes from the :class:`_Feeder`)."""
+
+    fd = -1
+
+    def __init__(self, n: int) -> None:
+        self.total: int | None = n
+        self._left = n
+
+    def take(self) -> Any:
+        if not self._left:
+            return None
+        self._left -= 1
+        return ()
+
+    def fill(self) -> None:  # pragma: no cover - never NOT_READY
+        pass
+
+
+class _Outlet:
+    """One running job's stdin pipe, as the :class:`_Feeder` writes it."""
+
+    __slots__ = ("data", "fd", "headed", "job")
+
+    def __init__(self, fd: int, job: _Job) -> None:
+        self.fd = fd
+        self.job = job
+        self.headed = False  # --roundrobin --header: given to it already
+        self.data: memoryview | None = None  # what is still to be written to it
+
+
+class _Feeder:
+    """--tee and --roundrobin: stdin streamed into the stdin pipes of running jobs.
+
+    A thread of its own (the process loop writes only inputs known when a
+    job starts), on non-blocking pipes, waiting in ``select`` with a wake-up
+    pipe, so :meth:`close` ends it whatever it waits for::
+
+        stdin ──> --tee: each chunk to every job; the next chunk once all took it
+              └─> --roundrobin: PipeSplitter's blocks, each to one job that took its last
+
+    Memory stays bounded: one chunk (--tee) or one block per job (--roundrobin)
+    plus the splitter's buffer. A job that stops reading holds back the
+    others (as in GNU parallel); one that exits is dropped (EPIPE).
+    """
+
+    CHUNK = 1 << 17
+
+    def __init__(
+        self, fd: int, *, tee: bool, expected: int, pipe_source: Any = None, owned: bool = False
+    ) -> None:
+        import threading
+
+        self.fd = fd
+        self._owned = owned  # --tee -a FILE: ours to close
+        self.tee = tee
+        self.pipe_source = pipe_source  # --roundrobin: where blocks come from
+        self.expected = expected  # the jobs to wait for before the first --tee chunk
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._new: list[_Outlet] = []
+        self._outlets: list[_Outlet] = []
+        self._attached = 0
+        self._closing = False
+        self._done = False  # the thread ended: new jobs get an empty input
+        self._all_here = expected <= 0
+        self._eof = False
+        self._next = 0  # --roundrobin: where the search for an idle job starts
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._main, name="parallel-feeder", daemon=True)
+        self._thread.start()
+
+    def attach(self, job: _Job) -> int:
+        """A new pipe for ``job``'s stdin: its read end, for the caller to give and close."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(w, False)
+        with self._lock:
+            self._attached += 1
+            if self._done:  # nothing more to give: its input ends at once
+                os.close(w)
+                return r
+            self._new.append(_Outlet(w, job))
+        self._wake()
+        return r
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        """Stop (at once if jobs still wait for input) and close every pipe left."""
+        with self._lock:
+            self._closing = True
+        self._wake()
+        self._thread.join()
+        for o in self._new + self._outlets:
+            os.close(o.fd)
+        self._new, self._outlets = [], []
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self.pipe_source is not None:
+            self.pipe_source.close()
+        if self._owned:
+            os.close(self.fd)
+            self._owned = False
+
+    # ---------------------------------------------------------------- the thread
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except _Fatal as exc:
+            self.error = str(exc)
+        except OSError as exc:
+            self.error = f"cannot feed the jobs: {exc}"
+        except Exception as exc:  # pragma: no cover - a bug: reported, never a hang
+            self.error = f"internal error while feeding the jobs: {exc!r}"
+        finally:
+            with self._lock:  # the jobs see the end of their input
+                self._done = True
+                for o in self._outlets + self._new:
+                    os.close(o.fd)
+                self._outlets, self._new = [], []
+
+    def _adopt(self) -> bool:
+        """Take in the new outlets; False when closing."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._outlets += self._new
+            self._new = []
+            self._all_here = self._attached >= self.expected
+        return True
+
+    def _drop(self, o: _Outlet) -> None:
+        self._outlets.remove(o)
+        os.close(o.fd)
+
+    def _read(self) -> bytes | None:
+        """The next piece of input (b"" at its end); None if woken up first."""
+        import select
+
+        poll = select.poll()
+        poll.register(self.fd, select.POLLIN)
+        poll.register(self._wake_r, select.POLLIN)
+        if self._wake_r in {fd for fd, _ in poll.poll()}:
+            self._drain_wake()
+            return None
+        src = self.pipe_source
+        if src is not None:
+            src.fill()
+            return b""
+        try:
+            return os.read(self.fd, self.CHUNK)
+        except OSError as exc:
+            raise _Fatal(f"cannot read the input: {exc.strerror}") from None
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _loop(self) -> None:
+        import select
+
+        while self._adopt():
+            if not self._outlets and self._all_here:
+                return  # every job is gone (or none came): nobody is left to read
+            busy = [o for o in self._outlets if o.data is not None]
+            if not busy and self._eof:
+                return
+            # Only once every job is there: --tee's all get the first byte, and
+            # --roundrobin's first blocks are spread over all of them.
+            if (
+                not self._eof
+                and self._all_here
+                and (not busy if self.tee else len(busy) < len(self._outlets))
+            ):
+                self._give()
+                continue
+            poll = select.poll()  # not select(): -j may pass FD_SETSIZE
+            poll.register(self._wake_r, select.POLLIN)
+            for o in busy:
+                poll.register(o.fd, select.POLLOUT)
+            ready = {fd for fd, _ in poll.poll()}
+            if self._wake_r in ready:
+                self._drain_wake()
+            for o in busy:
+                if o.fd in ready:
+                    self._write(o)
+
+    def _give(self) -> None:
+        """Read the next chunk or block and hand it to the jobs that get it."""
+        if self.tee:
+            data = self._read()
+            if data is None:
+                return
+            if not data:
+                self._eof = True
+                return
+            view = memoryview(data)
+            for o in self._outlets:
+                o.data = view
+            return
+        src = self.pipe_source
+        block = src.take(headed=False)
+        if block is _NOT_READY:
+            self._read()
+            return
+        if block is None:
+            self._eof = True
+            return
+        idle = [o for o in self._outlets if o.data is None]
+        o = idle[self._next % len(idle)]
+        self._next += 1
+        if not o.headed:  # as GNU parallel: the header once, before a job's first block
+            o.headed = True
+            header = src._split.header
+            block = header + block if header else block
+        o.data = memoryview(block)
+        o.job.send += len(block)
+
+    def _write(self, o: _Outlet) -> None:
+        data = o.data
+        assert data is not None
+        try:
+            n = os.write(o.fd, data)
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the job ended or closed its stdin
+            self._drop(o)
+            return
+        if self.tee:
+            o.job.send += n
+        o.data = data[n:] if n < len(data) else None
 
 
 #: A group of inputs on the command line: ":::" or "::::", its words, linked (:::+).
@@ -1084,6 +1432,11 @@ class _Runner:
         self.load_max: float | None = getattr(opts, "load_max", None)
         self.memfree: int | None = getattr(opts, "memfree_bytes", None)
         self.throttled = False  # a start waits for --load / --memfree: poll again soon
+        self.feeder: _Feeder | None = None  # --tee, --roundrobin: stdin into running jobs
+        # --fifo: path -> (its block, set when its job ended); their directory, writers.
+        self.fifos: dict[str, tuple[Any, Any]] = {}
+        self.fifo_dir: str | None = None
+        self.fifo_threads: list[Any] = []
 
     # -------------------------------------------------------------- setup
 
@@ -1299,10 +1652,16 @@ class _Runner:
                     os.unlink(path)
                 except OSError:
                     pass
+            if self.feeder is not None:
+                self.feeder.close()
+            if self.fifo_dir is not None:
+                self.drop_fifos()
             if self.joblog is not None:
                 self.joblog.close()
             if self.results_file is not None:
                 self.results_file.close()
+        if self.feeder is not None and self.feeder.error is not None:
+            raise _Fatal(self.feeder.error)
         if self.halt_status is not None:
             return self.halt_status
         if self.halt.active and self.halt.pct is not None:
@@ -1413,9 +1772,103 @@ class _Runner:
             except OSError:
                 pass
 
+    def make_fifo(self, job: _Job) -> None:
+        """--fifo: a FIFO for the job's block in our private directory, its one argument."""
+        import tempfile
+
+        from .._os.proc import guard_path
+
+        if self.fifo_dir is None:
+            self.fifo_dir = tempfile.mkdtemp(prefix="par")  # 0700: only we can reach in
+        path = os.path.join(self.fifo_dir, f"{job.seq}.fifo")
+        try:
+            os.mkfifo(path, 0o600)
+        except OSError as exc:
+            raise _Fatal(f"cannot make the FIFO of job {job.seq} ({path!r}): {exc}") from None
+        guard_path(path)  # unlinked by the guardian if we are killed
+        self.fifos[path] = (job.input, None)
+        job.args = (path,)
+        job.input = None
+
+    def feed_fifo(self, job: _Job) -> None:
+        """Start writing the job's block into its FIFO once the job opens it (a thread)."""
+        import threading
+
+        path = job.args[0]
+        block, _ = self.fifos[path]
+        ended = threading.Event()
+        self.fifos[path] = (block, ended)
+        t = threading.Thread(
+            target=_fifo_writer, args=(path, block, ended), name="parallel-fifo", daemon=True
+        )
+        t.start()
+        self.fifo_threads = [x for x in self.fifo_threads if x.is_alive()] + [t]
+
+    def drop_fifo(self, job: _Job, *, retry: bool = False) -> None:
+        """--fifo: the job ended: its writer stops, its FIFO goes (kept for a retry)."""
+        from .._os.proc import unguard_path
+
+        if not job.args or job.args[0] not in self.fifos:
+            return
+        path = job.args[0]
+        ended = self.fifos[path][1]
+        if ended is not None:
+            ended.set()
+        if retry:
+            return
+        del self.fifos[path]
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        unguard_path(path)
+
+    def drop_fifos(self) -> None:
+        """Every FIFO left (Ctrl-C, --halt now), and their directory."""
+        from .._os.proc import unguard_path
+
+        for path, (_, ended) in list(self.fifos.items()):
+            if ended is not None:
+                ended.set()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            unguard_path(path)
+        self.fifos.clear()
+        for t in self.fifo_threads:  # their readers are gone: they end at once
+            t.join(GRACE)
+        if self.fifo_dir is not None:
+            try:
+                os.rmdir(self.fifo_dir)
+            except OSError:
+                pass
+            self.fifo_dir = None
+
+    def start_fed(self, job: _Job, argv: list[str], timeout: float | None, env: Any) -> None:
+        """--tee, --roundrobin: the job's stdin is a pipe the feeder writes as input comes."""
+        assert self.feeder is not None
+        r = self.feeder.attach(job)
+        try:
+            self.loop.spawn(
+                argv,
+                token=job,
+                timeout=timeout,
+                capture=not self.opts.ungroup,
+                on_output=self.on_output if self.streaming else None,
+                stdin=r,
+                extra_env=env,
+            )
+        except (OSError, ValueError) as error:
+            self.start_failed(job, job.program, error)
+        finally:
+            os.close(r)  # the job's now (a job that failed to start: EPIPE for the feeder)
+
     def start(self, job: _Job) -> None:
         if self.opts.cat and job.input is not None:
             self.save_block(job)
+        elif self.opts.fifo and job.input is not None:
+            self.make_fifo(job)
         job.slot = heapq.heappop(self.free_slots) if self.free_slots else self._new_slot()
         job.tries += 1
         self.started += job.tries == 1
@@ -1448,6 +1901,11 @@ class _Runner:
         if self.timeout_pct is not None and self.succeeded:
             timeout = self.timeout_pct * self.median.value()
         env = (b"PARALLEL_SEQ=%d" % job.seq, b"PARALLEL_JOBSLOT=%d" % job.slot)
+        if self.feeder is not None:
+            self.start_fed(job, argv, timeout, env)
+            return
+        if opts.fifo:
+            self.feed_fifo(job)
         if job.input is not None and not opts.cat:
             block = job.input
             if self.tries == 1:
@@ -1564,6 +2022,8 @@ class _Runner:
         if job.halted or self.halted_now:
             self.exit_event(child, "killed")
             self.drop_block(job)
+            if self.fifos:
+                self.drop_fifo(job)
             self.sink.skip(job.seq)
             return
         if child.timed_out:
@@ -1580,6 +2040,8 @@ class _Runner:
             exitval, sig = rc, 0
         failed = bool(exitval or sig)
         if failed and job.tries < self.tries:
+            if self.fifos:
+                self.drop_fifo(job, retry=True)
             self.exit_event(child, "retry")
             self.event("retry", job, attempt=job.tries + 1, attempts=self.tries)
             self.retry.append(job)
@@ -1642,6 +2104,8 @@ class _Runner:
         opts, spec = self.opts, self.spec
         if self.cat_files:
             self.drop_block(job)
+        if self.fifos:
+            self.drop_fifo(job)
         if self.joblog is not None:
             line = spec.joblog_line(
                 job.seq,
@@ -1841,6 +2305,46 @@ class _Runner:
             )
             return None
         return os.path.join(d, files[1])
+
+
+def _fifo_writer(path: str, block: Any, ended: Any) -> None:
+    """--fifo: write ``block`` into the FIFO ``path`` once its job opens it for reading.
+
+    The write end is opened non-blocking: ENXIO while nobody reads, tried
+    again (1 ms, doubling to 50 ms) until the job opens it, or gives up once
+    ``ended`` is set (the job ended without reading: never a hang).
+    """
+    import errno
+
+    from .._os.childloop import FileRange
+
+    delay = 0.001
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or ended.wait(delay):
+                return
+            delay = min(delay * 2, 0.05)
+    try:
+        os.set_blocking(fd, True)  # the job reads at its pace; EPIPE if it stops for good
+        if isinstance(block, FileRange):
+            _write(fd, block.head)
+            done = 0
+            while done < block.length:
+                n = os.sendfile(fd, block.fd, block.offset + done, block.length - done)
+                if n == 0:
+                    break
+                done += n
+        else:
+            view = memoryview(block)
+            while view and not ended.is_set():
+                view = view[os.write(fd, view) :]
+    except OSError:  # EPIPE: the job closed it before the end
+        pass
+    finally:
+        os.close(fd)
 
 
 def _warn(msg: str) -> None:
@@ -2114,6 +2618,14 @@ def _inputs(
         return _Lines(opts.eof, opts.no_run_if_empty)
 
     colsep: str | None = opts.colsep
+    if opts.csv:
+        colsep = "," if colsep is None else colsep
+        if colsep == "\\t":  # --colsep '\t' as typed in a shell: a tab
+            colsep = "\t"
+        if len(colsep) != 1:
+            raise _UsageError(
+                f"--colsep {colsep!r}: with --csv, the separator is one character (e.g. , ; or tab)"
+            )
     if opts.header is not None:
         if opts.header not in (":", ".*\n"):
             raise _UsageError(
@@ -2140,14 +2652,16 @@ def _inputs(
             raise _UsageError("give a COMMAND, or inputs (::: ARGS, :::: FILES or stdin) to run")
         if tty:
             _warn("reading inputs from the terminal, one a line (end with Ctrl-D)")
-        stream = _StreamSource(0, sep, rules())
+        stream: Any = _StreamSource(0, sep, rules())
+        if opts.csv:  # records that may span lines
+            stream = _CsvLines(stream)
         source: Any = stream
         if opts.header is not None:
             first = stream.head()
             headers.append("" if first is None else first)
         if opts.bar or opts.progress or halt.pct is not None or read_all:
             lines: list[str] = []
-            while not stream.eof:
+            while not (stream.stream if opts.csv else stream).eof:
                 stream.fill()
             while (item := stream.take()) is not None:
                 lines.append(item[0])
@@ -2165,6 +2679,15 @@ def _inputs(
                 for f in items:
                     sources.append(_read_lines(f, sep, rules()))
                     linked.append(link)
+        if opts.csv:  # the files' records may span lines (::: arguments are records)
+            from .._parallel_spec import csv_join
+
+            kinds = ["::::"] * len(opts.arg_file) + [
+                k for k, items, _ in groups for _ in (items if k == "::::" else [0])
+            ]
+            sources = [
+                csv_join(s) if k == "::::" else s for k, s in zip(kinds, sources, strict=True)
+            ]
         if opts.link:
             linked = [True] * len(sources)
         if opts.header is not None:
@@ -2172,7 +2695,7 @@ def _inputs(
         source = _ListSource(sources, linked, wrap=opts.link)
     names: dict[str, int] = {}
     if colsep is not None:
-        source = _Columns(source, colsep)
+        source = _CsvColumns(source, colsep) if opts.csv else _Columns(source, colsep)
         for header in headers:
             for name in source.columns(header):
                 names.setdefault(name, len(names) + 1)
@@ -2328,6 +2851,14 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         raise _UsageError(f"{name} goes with --pipe or --pipepart only")
     if opts.recstart is not None or opts.recend is not None:
         raise _UsageError("--recstart and --recend go with --pipe or --pipepart only")
+    for given, name in (
+        (opts.fifo, "--fifo"),
+        (opts.roundrobin, "--roundrobin"),
+        (opts.tee, "--tee"),
+        (opts.group_by is not None, "--group-by"),
+    ):
+        if given:
+            raise _UsageError(f"{name} goes with --pipe only (it is about how stdin is given)")
     retry_skip: set[int] = set()
     if opts.retry_failed:
         groups, retry_skip = _retry_failed(opts, groups)
@@ -2430,12 +2961,14 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
     from .. import _parallel_spec as spec
 
     mode = "--pipepart" if opts.pipepart else "--pipe"
+    _pipe_combinations(opts, mode)
     for given, name in (
         (opts.m, "-m"),
         (opts.X, "-X"),
         (opts.xargs, "--xargs"),
-        (opts.colsep is not None, "--colsep"),
-        (opts.link, "--link"),
+        (opts.colsep is not None and opts.group_by is None, "--colsep"),
+        (opts.csv, "--csv"),
+        (opts.link and not opts.tee, "--link"),
         (opts.shuf, "--shuf"),
         (opts.I is not None, "-I"),
         (opts.eof is not None, "-E"),
@@ -2445,6 +2978,8 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             raise _UsageError(
                 f"{name} does not go with {mode} (its input is records, not arguments)"
             )
+    if opts.tee:
+        return _setup_tee(opts, groups, jobs, shell)
     if any(kind == ":::" for kind, _, _ in groups):
         raise _UsageError(
             f"::: does not go with {mode}: its input is "
@@ -2487,7 +3022,8 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             quote=opts.quote,
             shell=shell,
             functions=_functions(shell),
-            append=opts.cat,  # the input is the job's stdin (--cat: a file named by {})
+            # the input is the job's stdin (--cat, --fifo: a file named by {})
+            append=opts.cat or opts.fifo,
             plus=opts.plus,
             counts=opts.counts,
         )
@@ -2515,6 +3051,11 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             regexp=opts.regexp,
         )
     else:
+        group = None
+        if opts.group_by is not None:
+            group = _group_marker(opts)
+            # GNU parallel's own cut: a record starts at each marker, no record end.
+            recstart, recend, header = group.marker, b"", None
         splitter = spec.PipeSplitter(
             block=block or 1 << 20,
             recstart=recstart,
@@ -2525,19 +3066,10 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             header=header,
             skip_blank=opts.no_run_if_empty,
         )
-        if len(paths) > 1:
-            raise _UsageError("--pipe reads one input: stdin or one -a FILE")
-        if paths and paths[0] != "-":
-            try:
-                fd = os.open(paths[0], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise _Fatal(f"cannot read input file {paths[0]!r}: {exc.strerror}") from None
-            source = _PipeSource(fd, splitter, owned=True)
-        else:
-            try:
-                source = _PipeSource(0, splitter)
-            except OSError:
-                raise _UsageError("no input: --pipe reads stdin, and it is closed") from None
+        fd, owned = _pipe_input(paths)
+        source = _PipeSource(fd, splitter, owned=owned, group=group)
+    if opts.roundrobin:
+        return _setup_roundrobin(opts, source, template, jobs, shell)
     runner = _Runner(opts, source, template, jobs, shell)
     try:
         runner.open_events()
@@ -2546,5 +3078,165 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
     except BaseException:
         runner.close_events()
         source.close()
+        raise
+    return runner
+
+
+def _pipe_combinations(opts: argparse.Namespace, mode: str) -> None:
+    """The --pipe options that exclude each other (--tee, --roundrobin, --fifo, --cat...)."""
+    given = [
+        name
+        for on, name in (
+            (opts.tee, "--tee"),
+            (opts.roundrobin, "--roundrobin"),
+            (opts.fifo, "--fifo"),
+            (opts.cat, "--cat"),
+        )
+        if on
+    ]
+    if len(given) > 1:
+        raise _UsageError(
+            f"{given[0]} does not go with {given[1]}: "
+            "choose how the jobs get their input (one of --tee, --roundrobin, --fifo, --cat)"
+        )
+    if opts.pipepart:
+        for on, name in (
+            (opts.tee, "--tee"),
+            (opts.roundrobin, "--roundrobin"),
+            (opts.group_by is not None, "--group-by"),
+        ):
+            if on:
+                raise _UsageError(f"{name} goes with --pipe, not --pipepart (it reads stdin)")
+
+
+def _pipe_input(paths: list[str]) -> tuple[int, bool]:
+    """--pipe's input: stdin, or one -a FILE (then ours to close)."""
+    if len(paths) > 1:
+        raise _UsageError("--pipe reads one input: stdin or one -a FILE")
+    if paths and paths[0] != "-":
+        try:
+            return os.open(paths[0], os.O_RDONLY | os.O_CLOEXEC), True
+        except OSError as exc:
+            raise _Fatal(f"cannot read input file {paths[0]!r}: {exc.strerror}") from None
+    try:
+        os.fstat(0)
+    except OSError:
+        raise _UsageError("no input: --pipe reads stdin, and it is closed") from None
+    return 0, False
+
+
+def _group_marker(opts: argparse.Namespace) -> Any:
+    """--group-by's GroupMarker (GNU parallel's random record separator, 20 characters)."""
+    import secrets
+    import string
+
+    from .. import _parallel_spec as spec
+
+    if opts.regexp or opts.recstart is not None or opts.recend is not None or opts.L:
+        raise _UsageError(
+            "--group-by makes the records itself: no --recstart, --recend, --regexp or -L"
+        )
+    if opts.header is not None and opts.header not in (":", "1"):
+        raise _UsageError(
+            f"--header {opts.header!r} with --group-by: only the first line can be the "
+            "header (--header : or --header 1)"
+        )
+    colsep = opts.colsep if opts.colsep is not None else "\t"
+    import re
+
+    try:
+        re.compile(colsep)
+        column = spec.group_by_column(opts.group_by)
+    except re.error as exc:
+        raise _UsageError(f"--colsep {colsep!r}: not a regular expression: {exc}") from None
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    alphabet = string.ascii_letters + string.digits
+    marker = "".join(secrets.choice(alphabet) for _ in range(20)).encode()
+    return spec.GroupMarker(column, colsep, marker, header=opts.header is not None)
+
+
+def _setup_roundrobin(
+    opts: argparse.Namespace, source: _PipeSource, template: Any, jobs: int, shell: str
+) -> _Runner:
+    """--roundrobin: -j jobs (fewer if fewer blocks), started once, fed block by block."""
+    try:
+        split = source._split
+        # The first blocks tell how many jobs to start: one each, up to -j.
+        while len(split.ready) < jobs and not split.eof:
+            source.fill()
+        count = min(jobs, len(split.ready))
+        runner = _Runner(opts, _Count(count), template, jobs, shell)
+        runner.pipe = runner.context = False  # no arguments: the feeder gives the input
+        runner.open_joblog()
+        runner.open_results()
+        if opts.dry_run:  # nothing is fed
+            source.close()
+        else:
+            runner.feeder = _Feeder(source.fd, tee=False, expected=count, pipe_source=source)
+    except BaseException:
+        source.close()
+        raise
+    return runner
+
+
+def _setup_tee(opts: argparse.Namespace, groups: list[Group], jobs: int, shell: str) -> _Runner:
+    """--tee: one job per input of :::, every one of them given all of stdin."""
+    from .. import _parallel_spec as spec
+
+    if not any(kind == ":::" for kind, _, _ in groups):
+        raise _UsageError(
+            "--tee needs ::: ARGS: one job per argument, each given all of stdin "
+            "(e.g. --pipe --tee 'grep {} | wc -l' ::: a b)"
+        )
+    paths = list(opts.arg_file) + [f for kind, items, _ in groups if kind == "::::" for f in items]
+    groups = [g for g in groups if g[0] == ":::"]
+    saved = opts.arg_file
+    opts.arg_file = []
+    try:
+        source, names = _inputs(opts, groups, spec.HaltPolicy())
+    finally:
+        opts.arg_file = saved
+    if names:
+        opts.command = _named(opts.command, names)
+    count = source.total
+    if opts.jobs == "100%" and count is not None:  # -j not given: GNU's --tee default is -j 0
+        jobs = max(jobs, _fd_limit(count))
+    if count is not None and count > jobs:
+        raise _UsageError(
+            f"--tee runs its {count} jobs at once (each reads all of stdin): "
+            f"-j {jobs} is too few; give -j {count} or -j 0"
+        )
+    try:
+        template = spec.Template.parse(
+            opts.command,
+            quote=opts.quote,
+            shell=shell,
+            functions=_functions(shell),
+            append=False,  # as GNU parallel: the input is stdin, an argument only where {} is
+            token=opts.I or "{}",
+        )
+    except spec.QuotingError as exc:
+        raise _UsageError(f"COMMAND: {exc}") from None
+    if template.needs_shell and not spec.is_posix_shell(shell):
+        raise _UsageError(
+            f"PARALLEL_SHELL={shell}: not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
+            "and inputs are quoted for those"
+        )
+    fd, owned = _pipe_input(paths)
+    try:
+        runner = _Runner(opts, source, template, jobs, shell)
+        runner.pipe = runner.context = False  # arguments from :::, stdin from the feeder
+        runner.names = list(names)
+        runner.open_joblog()
+        runner.open_results()
+        if opts.dry_run:  # nothing is fed
+            if owned:
+                os.close(fd)
+        else:
+            runner.feeder = _Feeder(fd, tee=True, expected=count or 0, owned=owned)
+    except BaseException:
+        if owned:
+            os.close(fd)
         raise
     return runner

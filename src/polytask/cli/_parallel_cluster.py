@@ -76,11 +76,21 @@ def check_options(opts: argparse.Namespace) -> str | None:
             f"-u/--ungroup does not go with --backend {opts.backend}: a job's output comes "
             "back from its worker when the job ends; use --line-buffer or the default --group"
         )
-    if opts.cat:
-        return (
-            f"--cat does not go with --backend {opts.backend}: its temporary file is on this "
-            "machine, not on the worker; without --cat each job gets its block on stdin"
-        )
+    for given, name in ((opts.cat, "--cat"), (getattr(opts, "fifo", False), "--fifo")):
+        if given:
+            return (
+                f"{name} does not go with --backend {opts.backend}: its file is on this "
+                f"machine, not on the worker; without {name} each job gets its block on stdin"
+            )
+    for given, name in (
+        (getattr(opts, "tee", False), "--tee"),
+        (getattr(opts, "roundrobin", False), "--roundrobin"),
+    ):
+        if given:
+            return (
+                f"{name} does not go with --backend {opts.backend}: it streams stdin into "
+                "jobs while they run, and a worker's job gets its input whole when it starts"
+            )
     return None
 
 
