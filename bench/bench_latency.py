@@ -167,12 +167,72 @@ def _loky(n: int) -> list[float]:
         ex.shutdown(wait=True, kill_workers=True)
 
 
+# The same calls with the function defined in the script itself, as a user's
+# script defines it: a function of ``__main__`` travels by value to a worker that
+# does not inherit it (polytask's default start method), by name to a forked one.
+_SCRIPT = """\
+import json, sys, time
+
+def tiny(x):
+    return x + 1
+
+def measure(call, n):
+    for i in range(min(200, n)):
+        call(i)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        call(i)
+        out.append(time.perf_counter() - t0)
+    return out
+
+if __name__ == "__main__":
+    kind, n = sys.argv[1], int(sys.argv[2])
+    if kind == "pool":
+        import polytask as pt
+        with pt.Pool(workers=1) as pool:
+            got = measure(lambda i: pool.submit(tiny, i).result(10), n)
+    else:
+        import multiprocessing
+        with multiprocessing.Pool(1) as pool:
+            got = measure(lambda i: pool.apply(tiny, (i,)), n)
+    print(json.dumps(got))
+"""
+
+
+def _in_script(kind: str, n: int) -> list[float]:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "script.py")
+        with open(path, "w") as f:
+            f.write(_SCRIPT)
+        out = subprocess.run(
+            [sys.executable, path, kind, str(n)], capture_output=True, text=True, timeout=600
+        )
+    if out.returncode != 0:
+        raise RuntimeError(f"the {kind} script failed: {out.stderr[-500:]}")
+    samples: list[float] = json.loads(out.stdout)
+    return samples
+
+
+def _polytask_pool_script(n: int) -> list[float]:
+    return _in_script("pool", n)
+
+
+def _mp_pool_script(n: int) -> list[float]:
+    return _in_script("mp", n)
+
+
 FLOOR = "raw pipe round trip (floor)"
 SPIN_FLOOR = "raw pipe round trip, both ends poll first"
 BACKEND = "**polytask** ProcessBackend"
 SPAWN = "**polytask** pt.spawn(f, x, backend='process')"
 POOL = "**polytask** pt.Pool(workers=1).submit(f, x)"
 EXECUTOR = "**polytask** pt.Executor(1).submit(f, x)"
+POOL_SCRIPT = "**polytask** pt.Pool(workers=1).submit(f, x), f defined in the script"
+MP_SCRIPT = "multiprocessing.Pool(1).apply (fork), f defined in the script"
 PEERS: list[tuple[str, Callable[[int], list[float]]]] = [
     (FLOOR, _pipe_floor),
     (SPIN_FLOOR, _pipe_floor_spin),
@@ -180,13 +240,15 @@ PEERS: list[tuple[str, Callable[[int], list[float]]]] = [
     (SPAWN, _polytask_spawn),
     (POOL, _polytask_pool),
     (EXECUTOR, _polytask_executor),
+    (POOL_SCRIPT, _polytask_pool_script),
     ("multiprocessing.Pool(1).apply (fork)", _mp_pool),
+    (MP_SCRIPT, _mp_pool_script),
     ("ProcessPoolExecutor(1).submit (fork)", _ppe),
     ("pebble ProcessPool.schedule (fork)", _pebble),
     ("mpire WorkerPool.apply (fork)", _mpire),
     ("loky reusable executor (loky)", _loky),
 ]
-OURS = {FLOOR, SPIN_FLOOR, BACKEND, SPAWN, POOL, EXECUTOR}
+OURS = {FLOOR, SPIN_FLOOR, BACKEND, SPAWN, POOL, EXECUTOR, POOL_SCRIPT}
 
 
 class Busy:
@@ -258,7 +320,11 @@ def report(p50: dict[str, dict[str, list[float]]], rounds: int, n: int) -> tuple
         peers = [v for k, v in m.items() if k not in OURS]
         best = min(peers) if peers else float("nan")
         spawn = m[SPAWN]
-        for label, short in ((POOL, "Pool.submit"), (EXECUTOR, "Executor.submit")):
+        for label, short in (
+            (POOL, "Pool.submit"),
+            (EXECUTOR, "Executor.submit"),
+            (POOL_SCRIPT, "Pool.submit of a script's function"),
+        ):
             ours = m[label]
             checks.append(
                 (

@@ -6,6 +6,7 @@ import os
 import pickle
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -288,8 +289,72 @@ def test_dumps_call_marks_module_functions_by_reference():
     fn, by_ref, payload = dumps_call(pid, (1,), {"x": 2}, "n")
     assert by_ref and pickle.loads(fn) is pid
     assert pickle.loads(payload) == ("n", (1,), {"x": 2})
-    _, by_ref, _ = dumps_call(lambda: 1, (), {}, "l")
+    # "by_ref": the worker may cache it by its bytes. A closure carries state: never.
+    limit = 3
+    _, by_ref, _ = dumps_call(lambda: limit, (), {}, "l")
     assert not by_ref
+
+
+def _script_function(source: str) -> tuple[Any, dict[str, Any]]:
+    """A function defined as a script's are: in a module named __main__ (by value)."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, "<script>", "exec"), namespace)
+    return namespace["f"], namespace
+
+
+def test_a_script_function_is_pickled_once_while_nothing_it_reads_changes():
+    from polytask._ipc.codec import dumps_fn
+
+    f, g = _script_function("import math\nLIMIT = 10\ndef f(x): return min(math.sqrt(x), LIMIT)")
+    data, cacheable = dumps_fn(f)
+    assert cacheable and b"math" in data
+    again, _ = dumps_fn(f)
+    assert again is data  # not pickled again
+    assert pickle.loads(data)(400) == 10
+    g["LIMIT"] = 30  # a global it reads is rebound: pickled afresh, with the new value
+    fresh, cacheable = dumps_fn(f)
+    assert fresh is not data and cacheable and pickle.loads(fresh)(400) == 20
+    f.__defaults__ = (1,)  # so are its defaults
+    assert dumps_fn(f)[0] is not fresh
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "SEEN = []\ndef f(x): SEEN.append(x); return len(SEEN)",  # reads a mutable global
+        "N = 0\ndef f(x):\n    global N\n    N += x\n    return N",  # assigns one
+        "class C: pass\ndef f(x): return C()",  # a class of the script (by value)
+        "def f(x, box=[]): return box",  # a mutable default
+    ],
+)
+def test_a_script_function_that_can_change_unseen_is_pickled_every_time(source):
+    from polytask._ipc.codec import dumps_fn
+
+    f, _ = _script_function(source)
+    data, cacheable = dumps_fn(f)
+    assert not cacheable
+    assert dumps_fn(f)[0] is not data
+
+
+def test_a_script_sees_its_rebound_globals_in_the_worker(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import polytask as pt\n"
+        "LIMIT = 1\n"
+        "def f(x): return x + LIMIT\n"
+        "if __name__ == '__main__':\n"
+        "    with pt.Pool(workers=1) as pool:\n"
+        "        got = [pool.submit(f, 10).result(60) for _ in range(3)]\n"
+        "        LIMIT = 5\n"
+        "        got += [pool.submit(f, 10).result(60) for _ in range(2)]\n"
+        "    print(got)\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[11, 11, 11, 15, 15]"
 
 
 def test_every_pickle_naming_main_holds_the_stack_global_opcode():
