@@ -224,16 +224,19 @@ def test_resume_with_the_same_command_twice(
     assert ran.read_text().split() == ["a"]
 
 
+@pytest.mark.parametrize(("slot", "shown"), [("{%}", "1"), ("{0%}", "1")])
 def test_resume_with_the_job_slot_in_the_command_is_by_number(
-    capfd: pytest.CaptureFixture[str], tmp_path: Path
+    capfd: pytest.CaptureFixture[str], tmp_path: Path, slot: str, shown: str
 ) -> None:
     joblog, ran = tmp_path / "log", tmp_path / "ran"
-    cmd = f"echo {{}} {{%}} >> {ran}"
-    assert run(capfd, "-j1", "--joblog", str(joblog), cmd, ":::", "a", "b")[0] == 0
+    cmd = f"echo {{}} {slot} >> {ran}"
+    plus = ["--plus"] if slot == "{0%}" else []
+    assert run(capfd, *plus, "-j1", "--joblog", str(joblog), cmd, ":::", "a", "b")[0] == 0
     ran.unlink()
-    # {%} is known only as a job starts: GNU's rule, job numbers 1 and 2 are done
-    assert run(capfd, "-j1", "--joblog", str(joblog), "--resume", cmd, ":::", "b", "a", "c")[0] == 0
-    assert ran.read_text().split() == ["c", "1"]
+    # The slot is known only as a job starts: GNU's rule, job numbers 1 and 2 are done
+    argv = [*plus, "-j1", "--joblog", str(joblog), "--resume", cmd, ":::", "b", "a", "c"]
+    assert run(capfd, *argv)[0] == 0
+    assert ran.read_text().split() == ["c", shown]
 
 
 def _entries(*lines: tuple[int, str, int]) -> list[spec.JoblogEntry]:

@@ -1457,7 +1457,8 @@ class _Runner:
                 # By command line, unless it does not tell jobs apart (--pipe's blocks)
                 # or holds the slot, known only as the job starts: then GNU's Seq.
                 by_seq = self.pipe or any(
-                    isinstance(p, spec.Repl) and p.kind == "slot" for p in self.template.parts
+                    isinstance(p, spec.Repl) and p.kind in ("slot", "slot0")
+                    for p in self.template.parts
                 )
                 self.resume = spec.ResumeIndex(
                     entries, failed_too=opts.resume_failed, by_seq=by_seq
