@@ -175,3 +175,31 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except psutil.Error:
         return []
+
+
+class _TermSeen(Exception):
+    pass
+
+
+def _raise_term(signum: int, frame: object) -> None:
+    raise _TermSeen
+
+
+def test_a_handler_installed_later_is_held_too_and_the_first_signal_decides() -> None:
+    loop = ProcessLoop(posix_spawn=True)
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.spawn(["true"])  # the handlers of now are wrapped
+        signal.signal(signal.SIGTERM, _raise_term)  # the program's own, installed after
+        assert loop._hold()
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: loop._held is not None, what="SIGTERM held")
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # its handler runs at the interpreter's next check
+            pass
+        with pytest.raises(_TermSeen):  # SIGTERM came first: its handler, not Ctrl-C's
+            loop._release()
+    finally:
+        loop.close()
+        signal.signal(signal.SIGTERM, old)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -638,14 +638,19 @@ class ProcessLoop:
         """
         if threading.current_thread() is not threading.main_thread():
             return False
-        if not self._handlers:
-            for signum in _HELD_SIGNALS:
-                handler = signal.getsignal(signum)
-                if callable(handler):
-                    self._handlers[signum] = handler
-                    signal.signal(signum, self._on_signal)
-            if not self._handlers:
-                return False
+        handlers = self._handlers
+        for signum in _HELD_SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler == self._on_signal:
+                continue
+            # First use, or the program installed a handler of its own since: hold that one.
+            if callable(handler):
+                handlers[signum] = handler
+                signal.signal(signum, self._on_signal)
+            else:
+                handlers.pop(signum, None)
+        if not handlers:
+            return False
         self._holding = True
         return True
 
@@ -658,7 +663,8 @@ class ProcessLoop:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._holding:
-            self._held = signum
+            if self._held is None:  # the first decides, as without the hold
+                self._held = signum
             return
         self._handlers[signum](signum, frame)
 
