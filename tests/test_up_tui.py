@@ -184,3 +184,26 @@ def test_tui_needs_a_terminal(project: Path) -> None:
     assert r.returncode == 2
     assert "--tui needs a terminal" in r.stderr
     assert r.stdout == ""
+
+
+def test_usage_forgets_the_processes_that_ended() -> None:
+    # A program whose tree changes all the time (a shell starting short sleeps):
+    # the CPU/RSS sampler keeps only what the last frame saw.
+    from polytask.cli._tui import _Usage
+
+    proc = subprocess.Popen(["sh", "-c", "while :; do sleep 0.02; done"])
+    try:
+        usage = _Usage()
+        seen: set[int] = set()
+
+        def frame() -> bool:
+            assert usage.of(proc.pid) is not None
+            usage.frame()
+            seen.update(usage._procs)
+            assert len(usage._procs) <= 3, usage._procs  # the shell and its sleep
+            return len(seen) > 10  # many sleeps came and went
+
+        wait_until(frame, what="ten short-lived processes sampled")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -102,10 +102,18 @@ class _Keys:
 
 
 class _Usage:
-    """CPU % and RSS of each program's process tree, from psutil (kept per pid for CPU deltas)."""
+    """CPU % and RSS of each program's process tree, from psutil (kept per pid for CPU
+    deltas; :meth:`frame` drops the processes the last frame did not see)."""
 
     def __init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
+        self._seen: set[int] = set()
+
+    def frame(self) -> None:
+        """A frame was drawn: forget the processes that have ended since."""
+        for pid in set(self._procs) - self._seen:
+            del self._procs[pid]
+        self._seen = set()
 
     def of(self, pid: int | None) -> tuple[float, int] | None:
         if pid is None:
@@ -126,6 +134,7 @@ class _Usage:
         return cpu, rss
 
     def _proc(self, pid: int) -> psutil.Process:
+        self._seen.add(pid)
         p = self._procs.get(pid)
         if p is None or not p.is_running():
             p = self._procs[pid] = psutil.Process(pid)
@@ -236,6 +245,7 @@ class LiveView:
                 table.add_column(col, no_wrap=True)
             for i, st in enumerate(statuses):
                 table.add_row(*self._row(st), style="reverse" if i == self.selected else None)
+            self._usage.frame()
             parts.append(table)
         name = self.names[self.selected]
         room = height - (0 if self.log_only else len(statuses) + 4) - 5
