@@ -216,6 +216,8 @@ def test_bad_combinations_are_refused() -> None:
         (["--backend", "dask", "--pipe", "--fifo", "cat {}"], "--fifo does not go"),
         (["--backend", "dask", "--pipe", "--tee", "cat", ":::", "1"], "--tee does not go"),
         (["--backend", "ray", "--pipe", "--roundrobin", "wc"], "--roundrobin does not go"),
+        (["--backend", "dask", "--load", "100%", "echo", ":::", "1"], "--load does not go"),
+        (["--backend", "ray", "--memfree", "1k", "echo", ":::", "1"], "--memfree does not go"),
         (["--backend", "spark", "echo", ":::", "1"], "invalid choice"),
     ):
         r = cli(*argv, input="")

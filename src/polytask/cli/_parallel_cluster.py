@@ -83,6 +83,15 @@ def check_options(opts: argparse.Namespace) -> str | None:
                 f"machine, not on the worker; without {name} each job gets its block on stdin"
             )
     for given, name in (
+        (getattr(opts, "load", None) is not None, "--load"),
+        (getattr(opts, "memfree", None) is not None, "--memfree"),
+    ):
+        if given:
+            return (
+                f"{name} does not go with --backend {opts.backend}: it measures this machine, "
+                "and the jobs run on the cluster's workers (their own scheduler places them)"
+            )
+    for given, name in (
         (getattr(opts, "tee", False), "--tee"),
         (getattr(opts, "roundrobin", False), "--roundrobin"),
     ):
