@@ -202,6 +202,15 @@ def test_events_as_local(engine: list[str], tmp_path: Path) -> None:
     assert all(rec["pid"] is None for rec in records if rec["event"] == "spawn")
 
 
+def test_timeout_event_as_local(engine: list[str], tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    r = cli(*engine, "--timeout", "1", "--events", str(events), "sleep {}", ":::", "30")
+    assert r.returncode == 1, r.stderr
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [rec["event"] for rec in records] == ["spawn", "timeout", "exit", "done"]
+    assert records[1]["timeout"] == 1.0
+
+
 def test_program_not_found_as_local(engine: list[str]) -> None:
     r = cli(*engine, "-q", "no-such-program-xyz", ":::", "1")
     assert r.returncode == 1

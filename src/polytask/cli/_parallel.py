@@ -2064,14 +2064,17 @@ class _Runner:
         if self.events is None:
             return
         job: _Job = child.token
-        if child.timed_out and child.deadline is not None:
-            at = child.started_wall + (child.deadline - child.started)
+        # The limit: a local deadline, or the one a cluster's worker kept (--backend).
+        limit = getattr(child, "timeout", None)
+        if child.deadline is not None:
+            limit = child.deadline - child.started
+        if child.timed_out and limit is not None:
             self.event(
                 "timeout",
                 job,
                 pid=child.pid,
-                timeout=round(child.deadline - child.started, 3),
-                at=at,
+                timeout=round(limit, 3),
+                at=child.started_wall + limit,
             )
         rc: int = child.returncode
         self.event(

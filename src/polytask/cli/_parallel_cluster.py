@@ -264,6 +264,7 @@ class ClusterChild:
         "started_wall",
         "task",
         "timed_out",
+        "timeout",
         "token",
     )
 
@@ -276,6 +277,7 @@ class ClusterChild:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.deadline: float | None = None
+        self.timeout: float | None = None  # --timeout, kept by the worker (run_command)
         self.kill_at: float | None = None  # set once it is being ended
         self.killed = False
         self.exited = False
@@ -409,6 +411,7 @@ class ClusterLoop:
             name, _, value = os.fsdecode(entry).partition("=")
             env[name] = value
         child = ClusterChild(argv, token, on_output)
+        child.timeout = timeout
         steps = list(self.termseq) if self.termseq else None
         child.task = self._backend.submit(
             run_command,
