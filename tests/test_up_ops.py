@@ -8,6 +8,7 @@ program whose log file rotates, a liveness check that starts failing.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
 import signal
@@ -157,6 +158,18 @@ def test_two_types_cannot_share_a_log_file() -> None:
         "[worker] log_file './logs/app.log' is also [web]'s: give each process type its own "
         "file (the copies of one type share theirs)"
     ]
+
+
+def test_two_spellings_of_one_log_file_are_refused(tmp_path: Path) -> None:
+    # The pure check compares the text; the supervisor compares the files themselves.
+    (tmp_path / "logs").mkdir()
+    os.symlink(tmp_path / "logs", tmp_path / "link")
+    config = {
+        "web": {"log_file": "logs/app.log"},
+        "worker": {"log_file": str(tmp_path / "link/app.log")},
+    }
+    with pytest.raises(pt.ProcfileError, match=r"\[worker\] log_file .* is the file of \[web\]"):
+        pt.Supervisor({"web": "sleep 1", "worker": "sleep 1"}, config=config, cwd=tmp_path)
 
 
 def test_check_lists_every_bad_ops_setting(tmp_path: Path) -> None:

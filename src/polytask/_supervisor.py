@@ -944,6 +944,7 @@ class Supervisor:
         ProcfileError here, not a surprise once programs run."""
         base = self.cwd if self.cwd is not None else os.getcwd()
         by_kind: dict[str, _LogFile] = {}
+        owners: dict[str, str] = {}  # the real path -> the type writing it
         problems: list[tuple[str, int | None, str]] = []
         failed: set[str] = set()
         for inst in self.instances:
@@ -952,6 +953,20 @@ class Supervisor:
                 continue
             if kind not in by_kind:
                 path = os.path.join(base, os.path.expanduser(pc.log_file))
+                # Two spellings of one file (x.log, ./logs/../x.log, a symlink) would
+                # each rotate it under the other: one writer per file.
+                real = os.path.realpath(path)
+                if owners.setdefault(real, kind) != kind:
+                    problems.append(
+                        (
+                            self.config.source,
+                            None,
+                            f"[{kind}] log_file {pc.log_file!r} is the file of "
+                            f"[{owners[real]}] too ({real}): give each process type its own",
+                        )
+                    )
+                    failed.add(kind)
+                    continue
                 log = _LogFile(path, pc.log_max_size, pc.log_backups, self._output.note)
                 try:
                     log.check()
