@@ -606,3 +606,27 @@ def test_a_request_during_a_health_restart(op: str) -> None:
     else:  # started again at once, not after the backoff
         assert [a for a in actions if isinstance(a, Start)] == [Start("web")]
         assert sup.machines["web"].state is State.STARTING
+
+
+def test_a_liveness_get_that_never_gets_an_answer_does_not_hold_the_stop() -> None:
+    # A server that accepts and never answers: the GET would wait for its 300 s
+    # timeout. The end of the run must not wait for it (it held the stop, and the
+    # supervisor's lock, so status() and ctl froze meanwhile).
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/health"
+        config = {"web": {"liveness": {"http": url, "period": 0.05, "timeout": 300}}}
+        web = [sys.executable, "-c", "import time; time.sleep(300)"]
+        sup = pt.Supervisor({"web": web}, config=config, output=io.StringIO())
+        sup.start()
+        try:
+            conn, _ = server.accept()  # the check's GET is in flight, and never answered
+            with conn:
+                sup.stop(timeout=60)
+                assert sup.wait(timeout=0), "the stop waited for the GET"
+        finally:
+            sup.stop(timeout=60)

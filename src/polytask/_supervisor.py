@@ -530,6 +530,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+#: How long a supervisor's end waits for probe threads still in a GET or a connect.
+_PROBE_JOIN: Final = 2.0
 #: How often the process trees of programs with a ``max_memory`` are measured.
 _MEMORY_PERIOD: Final = 0.5
 
@@ -619,6 +621,9 @@ class _Prober:
         self._box: list[tuple[bool, str]] = []
         #: GET threads given up on at their attempt's end (they end by their timeout).
         self._stale: list[threading.Thread] = []
+        #: The HTTP connections of GETs in flight, which an abort shuts down: a server
+        #: that accepted and never answers must not hold a stop for the attempt's timeout.
+        self._conns: set[http.client.HTTPConnection] = set()
         self._regex = re.compile(self.target) if spec.kind == "log" else None
 
     def due(self, now: float) -> float | None:
@@ -703,6 +708,7 @@ class _Prober:
             http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         )
         conn = conn_type(url.hostname or "127.0.0.1", url.port, timeout=self._attempt)
+        self._conns.add(conn)
         try:
             conn.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""))
             status = conn.getresponse().status
@@ -710,6 +716,7 @@ class _Prober:
         except (OSError, http.client.HTTPException) as exc:
             result = (False, str(exc) or type(exc).__name__)
         finally:
+            self._conns.discard(conn)
             conn.close()
         box.append(result)
         self._wake()
@@ -734,6 +741,13 @@ class _Prober:
             self._popen = None
         thread, self._thread = self._thread, None
         self._box = []
+        for conn in list(self._conns):
+            sock = conn.sock
+            if sock is not None:  # connected: its GET ends now (one still connecting, later)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # closed meanwhile by its thread
+                    pass
         if thread is not None and thread.is_alive():
             self._stale.append(thread)
         self._stale = [t for t in self._stale if t.is_alive()]
@@ -928,13 +942,9 @@ class Supervisor:
         self._error: BaseException | None = None
         self._returncode: int | None = None
         self._event_error_reported = False
-        #: HTTP probe threads still in their GET when their probe was closed: the
-        #: loop does not wait for them; the cleanup joins them (each GET has a timeout).
+        #: Probe threads still in their GET or connect when their probe was closed: the
+        #: loop does not wait for them; the cleanup waits a little (_PROBE_JOIN).
         self._probe_threads: list[threading.Thread] = []
-        #: The longest a probe attempt may take (liveness timeouts included).
-        self._attempt_bound = max(
-            [_PROBE_ATTEMPT, *(pc.liveness.timeout for pc in settings.values() if pc.liveness)]
-        )
         #: When the trees of programs with a max_memory are next measured.
         self._next_sample = 0.0
 
@@ -1793,9 +1803,7 @@ class Supervisor:
                         pass
                     if stream in prog.streams:
                         self._close_stream(stream)
-            for thread in self._probe_threads:
-                thread.join(self._attempt_bound + 1.0)
-            self._probe_threads.clear()
+            probe_threads, self._probe_threads = self._probe_threads, []
             if self._error is not None:
                 self._sup.fail(f"internal error: {self._error!r}")
             self._returncode = self._sup.returncode
@@ -1805,6 +1813,12 @@ class Supervisor:
                 if fd >= 0:
                     os.close(fd)
             self._wake_r = self._wake_w = -1
+        # Probe threads still in a GET or a connect (their connections were shut down):
+        # waited for briefly, without the lock (status() must not wait on them); one
+        # still connecting to a host that never answers ends at its own timeout.
+        until = time.monotonic() + _PROBE_JOIN
+        for thread in probe_threads:
+            thread.join(max(0.0, until - time.monotonic()))
         if self._returncode:
             self._output.note(f"exit status {self._returncode} ({self._sup.reason})")
         self._event("done", returncode=self._returncode)
