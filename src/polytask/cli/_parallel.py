@@ -1173,6 +1173,18 @@ class _OutputClosed(Exception):
     pass
 
 
+def _send_range(fd: int, block: Any) -> None:
+    """Write a --pipepart block (a FileRange: its header, then the file's bytes by
+    sendfile, never through this process's memory) to ``fd``."""
+    _write(fd, block.head)
+    done = 0
+    while done < block.length:
+        n = os.sendfile(fd, block.fd, block.offset + done, block.length - done)
+        if n == 0:
+            break
+        done += n
+
+
 def _write(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -1748,13 +1760,7 @@ class _Runner:
         try:
             block = job.input
             if isinstance(block, FileRange):
-                _write(fd, block.head)
-                done = 0
-                while done < block.length:
-                    n = os.sendfile(fd, block.fd, block.offset + done, block.length - done)
-                    if n == 0:
-                        break
-                    done += n
+                _send_range(fd, block)
             else:
                 _write(fd, block)
         except OSError as exc:
@@ -2334,13 +2340,7 @@ def _fifo_writer(path: str, block: Any, ended: Any) -> None:
     try:
         os.set_blocking(fd, True)  # the job reads at its pace; EPIPE if it stops for good
         if isinstance(block, FileRange):
-            _write(fd, block.head)
-            done = 0
-            while done < block.length:
-                n = os.sendfile(fd, block.fd, block.offset + done, block.length - done)
-                if n == 0:
-                    break
-                done += n
+            _send_range(fd, block)
         else:
             view = memoryview(block)
             while view and not ended.is_set():
