@@ -4,7 +4,8 @@ Loaded with ``-p tests._side_versions``: it deselects what those runs leave to
 the full run on 3.11 (``make unit``), which keeps ``make test`` within its time
 budget and the side venvs small (the ``test`` extra, no engines, no MkDocs):
 
-- the cluster-engine tests: Dask and Ray (test_dask.py, test_ray.py, every test
+- the cluster-engine tests: Dask and Ray (test_dask.py, test_ray.py,
+  test_parallel_cluster.py, every test
   using their session fixtures, the contract tests' "dask"/"ray" parameters, the
   cluster guide's examples);
 - the upstream conformance suites (tests/conformance/), which are CPython 3.11's
@@ -24,7 +25,12 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-_FILES = {TESTS / "test_dask.py", TESTS / "test_ray.py", TESTS / "test_docs_site.py"}
+_FILES = {
+    TESTS / "test_dask.py",
+    TESTS / "test_ray.py",
+    TESTS / "test_parallel_cluster.py",  # polytask parallel --backend dask|ray
+    TESTS / "test_docs_site.py",
+}
 _ENGINE_FIXTURES = {"dask_cluster", "ray_session"}
 _ENGINES = {"dask", "ray"}
 
