@@ -1,0 +1,194 @@
+"""``polytask up``'s control socket against hostile or careless clients and servers.
+
+Real ``up`` processes and real sockets: requests no parser should choke on
+(nested too deeply, numbers too long), servers that answer garbage to
+``polytask ctl``, clients that trickle a request forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from polytask._control import (
+    MAX_REQUEST,
+    SOCKET_NAME,
+    ControlProtocolError,
+    encode,
+    parse_reply,
+    parse_request,
+)
+from test_up_ctl import PY, Up, env
+
+# =========================================================================== the protocol, pure
+
+#: Lines json.loads refuses with something else than JSONDecodeError.
+NESTED = b"[" * 50_000
+LONG_INT = b'{"v": 1, "op": "logs", "lines": ' + b"1" * 5000 + b"}"
+
+
+def test_a_line_the_json_parser_chokes_on_is_a_protocol_error():
+    assert len(NESTED) < MAX_REQUEST and len(LONG_INT) < MAX_REQUEST
+    for parse in (parse_request, parse_reply):
+        with pytest.raises(ControlProtocolError, match="nested too deeply"):
+            parse(NESTED)
+        with pytest.raises(ControlProtocolError, match="a number with too many digits"):
+            parse(LONG_INT)
+
+
+def test_only_utf8_and_version_1_not_true():
+    utf16 = '{"v": 1, "op": "status"}'.encode("utf-16")
+    with pytest.raises(ControlProtocolError, match="not a JSON line"):
+        parse_request(utf16)  # json.loads(bytes) alone would take it
+    with pytest.raises(ControlProtocolError, match="protocol version True"):
+        parse_request(b'{"v": true, "op": "status"}')
+
+
+def test_a_reply_with_programs_that_are_not_objects_is_refused():
+    for line in (b'{"ok": true, "programs": 5}', b'{"ok": true, "programs": [1]}'):
+        with pytest.raises(ControlProtocolError, match="programs must be a list of objects"):
+            parse_reply(line)
+    assert parse_reply(b'{"ok": true, "programs": []}')["programs"] == []
+
+
+# =========================================================================== a real up
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    (tmp_path / "Procfile").write_text("worker: while true; do echo tick; sleep 0.2; done\n")
+    u = Up(tmp_path)
+    try:
+        u.wait_serving()
+        yield u
+        assert u.finish(signal.SIGINT) == 130
+        assert "Traceback" not in u.err_path.read_text()
+    finally:
+        u.finish(signal.SIGKILL)
+
+
+def connect(folder: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(str(folder / SOCKET_NAME))
+    return s
+
+
+def read_line(s: socket.socket, buf: bytearray) -> dict:
+    while b"\n" not in buf:
+        data = s.recv(65536)
+        assert data, "the server closed the connection without a reply"
+        buf += data
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return json.loads(line)
+
+
+def test_requests_the_parser_chokes_on_get_an_error_reply_and_the_connection_lives(up: Up):
+    with connect(up.folder) as s:
+        buf = bytearray()
+        for line in (NESTED, LONG_INT, b'{"v": true, "op": "status"}'):
+            s.sendall(line + b"\n")
+            msg = read_line(s, buf)
+            assert msg["ok"] is False and msg["kind"] == "input", msg
+        s.sendall(encode({"v": 1, "op": "status"}))
+        assert read_line(s, buf)["programs"][0]["name"] == "worker.1"
+    assert "Traceback" not in up.err_path.read_text()
+
+
+# =========================================================================== ctl against a bad server
+
+
+def serve_once(folder: Path, answer: bytes) -> threading.Thread:
+    """A fake up in ``folder``: reads one request, sends ``answer``, closes."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(folder / SOCKET_NAME))
+    srv.listen()
+
+    def serve() -> None:
+        with srv:
+            srv.settimeout(60)
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(answer)
+                except OSError:
+                    pass  # ctl gave up reading: what it printed is checked
+        os.unlink(folder / SOCKET_NAME)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        NESTED + b"\n",
+        LONG_INT + b"\n",
+        b'{"ok": true, "programs": 5}\n',
+        b'{"ok": true, "programs": [1]}\n',
+    ],
+    ids=["nested", "long-int", "programs-int", "program-int"],
+)
+@pytest.mark.parametrize("command", ["status", "restart"])
+def test_ctl_reports_a_garbage_answer_without_a_traceback(
+    tmp_path: Path, answer: bytes, command: str
+):
+    t = serve_once(tmp_path, answer)
+    args = ["status"] if command == "status" else ["restart", "web"]
+    r = subprocess.run(
+        [PY, "-m", "polytask.cli", "ctl", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    t.join(60)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("polytask ctl: error: ") and "Traceback" not in r.stderr
+
+
+def test_ctl_prints_odd_fields_of_a_server_without_a_traceback(tmp_path: Path):
+    t = serve_once(tmp_path, b'{"ok": true, "programs": [{"name": "a", "uptime": "x"}]}\n')
+    r = subprocess.run(
+        [PY, "-m", "polytask.cli", "ctl", "status"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    t.join(60)
+    assert r.returncode == 0 and r.stdout.split("\n")[1].split() == [
+        "a",
+        "?",
+        "-",
+        "0.0s",
+        "0",
+        "-",
+    ]
+    # A surrogate no decoder makes (garbage): the line's surrogates are printed as '?'.
+    t = serve_once(
+        tmp_path, b'{"log": "w.1", "time": 1, "line": "a\\ud800b\\udcff"}\n{"ok": true}\n'
+    )
+    r2 = subprocess.run(
+        [PY, "-m", "polytask.cli", "ctl", "logs"],
+        cwd=tmp_path,
+        capture_output=True,
+        env=env(),
+        timeout=60,
+    )
+    t.join(60)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout == b"w.1 | a?b?\n"
