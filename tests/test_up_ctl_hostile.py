@@ -7,8 +7,10 @@ Real ``up`` processes and real sockets: requests no parser should choke on
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -18,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+import polytask as pt
+from helpers import wait_until
+from polytask import _upcontrol
 from polytask._control import (
     MAX_REQUEST,
     SOCKET_NAME,
@@ -192,3 +197,50 @@ def test_ctl_prints_odd_fields_of_a_server_without_a_traceback(tmp_path: Path):
     t.join(60)
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout == b"w.1 | a?b?\n"
+
+
+def test_ctl_with_a_timeout_too_long_for_a_socket_waits_instead_of_crashing(tmp_path: Path):
+    t = serve_once(tmp_path, b'{"ok": true, "programs": []}\n')
+    r = subprocess.run(
+        [PY, "-m", "polytask.cli", "ctl", "status", "--timeout", "1e300"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    t.join(60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+# =========================================================================== slow clients
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_off(tmp_path: Path, monkeypatch):
+    """A client sending a byte now and then, never a whole line, would hold one of
+    the 32 connections for ever: a request must arrive whole within _IDLE."""
+    monkeypatch.setattr(_upcontrol, "_IDLE", 1.0)
+    sup = pt.Supervisor({"sleeper": "sleep 300"}, output=io.StringIO())
+    with sup, _upcontrol.ControlServer(sup, str(tmp_path)).claim() as server:
+        server.start()
+        with connect(tmp_path) as s:
+            s.sendall(b'{"v": 1, "op": "status"}\n')  # a whole request: answered
+            buf = bytearray()
+            assert read_line(s, buf)["ok"] is True
+            trickle = iter(b'{"v": 1, "op": "status"' + b" " * 10_000)
+
+            def answered() -> bool:
+                if select.select([s], [], [], 0.2)[0]:
+                    return True
+                s.send(bytes([next(trickle)]))  # well within _IDLE of the last byte
+                return False
+
+            wait_until(answered, timeout=30, what="the server to cut the trickle off")
+            msg = read_line(s, buf)
+            assert msg["ok"] is False and msg["kind"] == "input"
+            assert msg["error"] == "the request did not arrive whole within 1s"
+            assert s.recv(1) == b""  # and closed
+        # Silence between requests is not a trickle: the connection is closed without
+        # a word once _IDLE passed (as before).
+        with connect(tmp_path) as s:
+            assert s.recv(1) == b""

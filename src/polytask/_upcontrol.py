@@ -60,6 +60,9 @@ _TICK: Final = 5.0
 FOLLOW_READ_TIMEOUT: Final = 30.0
 #: Connections served at once; more are refused with an error reply.
 _MAX_CONNECTIONS: Final = 32
+#: The longest a socket timeout can be (Python's limit is near 292 years in ns):
+#: a longer ``--timeout`` waits this long, for ever in practice.
+_LONGEST: Final = 1e9
 #: The server's bound on an operation when the request gives none.
 DEFAULT_TIMEOUT: Final = 60.0
 
@@ -275,10 +278,22 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         buf = LineBuffer(MAX_REQUEST)
+        # A request must arrive whole within _IDLE of its first byte: a client that
+        # trickles bytes would otherwise hold one of the _MAX_CONNECTIONS for ever.
+        begun: float | None = None
         try:
             while not self._closing.is_set():
-                conn.settimeout(_IDLE)
-                data = conn.recv(65536)
+                left = _IDLE if begun is None else begun + _IDLE - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    conn.settimeout(left)
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    if begun is not None:
+                        why = f"the request did not arrive whole within {_IDLE:g}s"
+                        self._send_quietly(conn, reply(False, error=why, kind="input"))
+                    return
                 if not data:
                     return
                 try:
@@ -289,6 +304,12 @@ class ControlServer:
                 for line in lines:
                     if not self._handle(conn, line):
                         return
+                # The clock of an unfinished request starts once the ones before it
+                # were answered (a wait-ready may take a while).
+                if not buf.pending:
+                    begun = None
+                elif lines or begun is None:
+                    begun = time.monotonic()
         except OSError:
             return  # the client left, or was silent too long
         finally:
@@ -447,7 +468,7 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
             raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
         finally:
             os.close(dirfd)
-        sock.settimeout(timeout)
+        sock.settimeout(min(timeout, _LONGEST))
         try:
             sock.sendall(encode(req.to_json()))
         except OSError as exc:
