@@ -244,3 +244,35 @@ def test_a_request_trickled_byte_by_byte_is_cut_off(tmp_path: Path, monkeypatch)
         # a word once _IDLE passed (as before).
         with connect(tmp_path) as s:
             assert s.recv(1) == b""
+
+
+# =========================================================================== the filesystem
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_ctl_does_not_connect_through_something_up_would_not_make(tmp_path: Path, kind: str):
+    """A file is not a socket left by a killed up (up would not remove it); a symlink
+    to someone's socket is not followed, as up does not follow one."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with srv:
+        srv.bind(str(elsewhere / "their.sock"))
+        srv.listen()
+        if kind == "file":
+            (tmp_path / SOCKET_NAME).write_text("not a socket")
+        else:
+            (tmp_path / SOCKET_NAME).symlink_to(elsewhere / "their.sock")
+        r = subprocess.run(
+            [PY, "-m", "polytask.cli", "ctl", "status", "--timeout", "1"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=60,
+        )
+        assert r.returncode == 1
+        assert "is not a socket (polytask up makes nothing else there)" in r.stderr, r.stderr
+        srv.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            srv.accept()  # nobody connected to it

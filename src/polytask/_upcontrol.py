@@ -409,6 +409,20 @@ def _hung_up(conn: socket.socket) -> bool:
         return True
 
 
+def _check_socket(dirfd: int, folder: str) -> None:
+    """ControlError if the socket's name is something else (a file, a FIFO, a symlink):
+    ``up`` refuses to start on one, so ctl does not connect through it either."""
+    try:
+        mode = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False).st_mode
+    except OSError:
+        return  # connect() says what is wrong
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(
+            f"no polytask up is running in {folder}: {socket_path(folder)} is not a socket "
+            "(polytask up makes nothing else there); move it away"
+        )
+
+
 def _status_json(s: ProcessStatus) -> dict[str, Any]:
     return {
         "name": s.name,
@@ -447,6 +461,7 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
     try:
         sock.settimeout(min(timeout, 5.0))
         try:
+            _check_socket(dirfd, folder)
             sock.connect(_via(dirfd, SOCKET_NAME))
         except FileNotFoundError:
             raise ControlError(
