@@ -112,8 +112,9 @@ def test_requests_the_parser_chokes_on_get_an_error_reply_and_the_connection_liv
 # =========================================================================== ctl against a bad server
 
 
-def serve_once(folder: Path, answer: bytes) -> threading.Thread:
-    """A fake up in ``folder``: reads one request, sends ``answer``, closes."""
+def serve_once(folder: Path, answer: bytes, *, endless: bool = False) -> threading.Thread:
+    """A fake up in ``folder``: reads one request, sends ``answer`` (``endless``: again
+    and again until the client leaves), closes."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(folder / SOCKET_NAME))
     srv.listen()
@@ -126,6 +127,8 @@ def serve_once(folder: Path, answer: bytes) -> threading.Thread:
                 conn.recv(65536)
                 try:
                     conn.sendall(answer)
+                    while endless:
+                        conn.sendall(answer)
                 except OSError:
                     pass  # ctl gave up reading: what it printed is checked
         os.unlink(folder / SOCKET_NAME)
@@ -162,6 +165,35 @@ def test_ctl_reports_a_garbage_answer_without_a_traceback(
     t.join(60)
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("polytask ctl: error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("answer", "args", "error"),
+    [
+        (b'{"tick": true}\n', ["status", "--timeout", "1"], "a tick is no answer to status"),
+        (
+            b'{"log": "w.1", "time": 1, "line": "x"}\n',
+            ["stop", "w"],
+            "a log line is no answer to stop",
+        ),
+        (b'{"tick": true}\n', ["logs", "-n", "1"], "a tick is no answer to logs"),
+    ],
+    ids=["ticks-to-status", "logs-to-stop", "ticks-to-logs-without-f"],
+)
+def test_ctl_is_not_kept_waiting_by_endless_messages_that_are_no_answer(
+    tmp_path: Path, answer: bytes, args: list[str], error: str
+):
+    t = serve_once(tmp_path, answer, endless=True)
+    r = subprocess.run(
+        [PY, "-m", "polytask.cli", "ctl", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=30,
+    )
+    t.join(60)
+    assert r.returncode == 1 and f"polytask ctl: error: {error}" in r.stderr, r.stderr
 
 
 def test_ctl_prints_odd_fields_of_a_server_without_a_traceback(tmp_path: Path):

@@ -500,6 +500,11 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
                 raise ControlError("polytask up closed the connection before answering")
             for line in buf.feed(data):
                 msg = parse_reply(line)
+                # Only logs has lines before its reply, ticks only when following: a
+                # server that sends them for ever would otherwise hang `ctl status`.
+                if "ok" not in msg and not (req.op == "logs" and (req.follow or "log" in msg)):
+                    what = "a log line" if "log" in msg else "a tick"
+                    raise ControlProtocolError(f"{what} is no answer to {req.op}")
                 yield msg
                 if "ok" in msg:
                     return
