@@ -308,3 +308,27 @@ def test_ctl_does_not_connect_through_something_up_would_not_make(tmp_path: Path
         srv.setblocking(False)
         with pytest.raises(BlockingIOError):
             srv.accept()  # nobody connected to it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a socket to another user: needs root")
+def test_ctl_does_not_talk_to_another_users_socket(tmp_path: Path):
+    """In a folder others can write (/tmp), anyone can put a socket that answers like
+    up (a world-writable one: connect works): its answers would be believed."""
+    t = serve_once(tmp_path, b'{"ok": true, "programs": []}\n')
+    os.chown(tmp_path / SOCKET_NAME, 65534, 65534, follow_symlinks=False)
+    os.chmod(tmp_path / SOCKET_NAME, 0o777)
+    r = subprocess.run(
+        [PY, "-m", "polytask.cli", "ctl", "status", "--timeout", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "belongs to user id 65534, not to you" in r.stderr, r.stderr
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # let the fake end
+        s.connect(str(tmp_path / SOCKET_NAME))
+        s.sendall(b"\n")
+        s.recv(100)
+    t.join(60)

@@ -411,15 +411,22 @@ def _hung_up(conn: socket.socket) -> bool:
 
 def _check_socket(dirfd: int, folder: str) -> None:
     """ControlError if the socket's name is something else (a file, a FIFO, a symlink):
-    ``up`` refuses to start on one, so ctl does not connect through it either."""
+    ``up`` refuses to start on one, so ctl does not connect through it either; or if
+    another user owns it (in a folder others can write, /tmp say, anyone can put a
+    socket there that answers like an ``up``)."""
     try:
-        mode = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False).st_mode
+        st = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
     except OSError:
         return  # connect() says what is wrong
-    if not stat.S_ISSOCK(mode):
+    if not stat.S_ISSOCK(st.st_mode):
         raise ControlError(
             f"no polytask up is running in {folder}: {socket_path(folder)} is not a socket "
             "(polytask up makes nothing else there); move it away"
+        )
+    if st.st_uid != os.geteuid():
+        raise ControlError(
+            f"{socket_path(folder)} belongs to user id {st.st_uid}, not to you: it is not "
+            "your polytask up; run polytask ctl as its user"
         )
 
 
