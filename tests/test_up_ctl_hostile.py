@@ -332,3 +332,29 @@ def test_ctl_does_not_talk_to_another_users_socket(tmp_path: Path):
         s.sendall(b"\n")
         s.recv(100)
     t.join(60)
+
+
+# =========================================================================== half-closed clients
+
+
+def test_a_client_that_shut_its_sending_side_still_gets_its_answer(up: Up):
+    """As `printf ... | socat - UNIX-CONNECT:.polytask.sock` does once its input ends."""
+    with connect(up.folder) as s:  # the last request without its newline: cut off
+        s.sendall(b'{"v": 1, "op": "status"}\n{"v": 1, "op": "status"}')
+        s.shutdown(socket.SHUT_WR)
+        buf = bytearray()
+        assert read_line(s, buf)["ok"] is True
+        msg = read_line(s, buf)
+        assert msg["ok"] is False and msg["kind"] == "input"
+        assert msg["error"] == "a request ends with a newline: this one was cut off"
+
+
+def test_a_follower_that_shut_its_sending_side_still_gets_lines(up: Up):
+    """Only a client's close ends a follow, not a shutdown of its sending side."""
+    with connect(up.folder) as s:
+        s.sendall(encode({"v": 1, "op": "logs", "name": "worker", "lines": 0, "follow": True}))
+        s.shutdown(socket.SHUT_WR)
+        buf = bytearray()
+        for _ in range(2):
+            msg = read_line(s, buf)
+            assert msg["log"] == "worker.1" and msg["line"] == "tick", msg

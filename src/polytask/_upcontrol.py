@@ -295,6 +295,9 @@ class ControlServer:
                         self._send_quietly(conn, reply(False, error=why, kind="input"))
                     return
                 if not data:
+                    if buf.pending:  # `printf '{...}' | socat`: it still reads the answer
+                        why = "a request ends with a newline: this one was cut off"
+                        self._send_quietly(conn, reply(False, error=why, kind="input"))
                     return
                 try:
                     lines = buf.feed(data)
@@ -396,15 +399,15 @@ class ControlServer:
 
 
 def _hung_up(conn: socket.socket) -> bool:
-    """The client closed its end (a follower sends nothing more, so readable = EOF)."""
+    """The client closed the connection. Not when it only shut its sending side (socat
+    does once its input ends) or sent more: it may still read. A Unix socket reports
+    POLLHUP once both sides are shut, which a client's close does."""
     try:
         poller = select.poll()  # not select.select: a descriptor may be >= 1024
-        poller.register(conn, select.POLLIN | select.POLLHUP)
-        if not poller.poll(0):
-            return False
-        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+        poller.register(conn, 0)  # POLLHUP and POLLERR come whatever is asked
+        return any(
+            ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poller.poll(0)
+        )
     except OSError:
         return True
 
