@@ -82,8 +82,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 def connect(folder: Path) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(folder / SOCKET_NAME))  # blocking: waits while up's backlog is full
     s.settimeout(30)
-    s.connect(str(folder / SOCKET_NAME))
     return s
 
 
@@ -358,3 +358,113 @@ def test_a_follower_that_shut_its_sending_side_still_gets_lines(up: Up):
         for _ in range(2):
             msg = read_line(s, buf)
             assert msg["log"] == "worker.1" and msg["line"] == "tick", msg
+
+
+# =========================================================================== resources
+
+
+def counts(pid: int) -> tuple[int, int]:
+    """The descriptors and threads of process ``pid``."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_connections_over_the_limit_and_storms_leave_nothing_behind(up: Up):
+    """32 followers (that never read), more connections than that, a connect/close
+    storm: busy replies, the run goes on, and up's threads and descriptors come
+    back to what they were."""
+    pid = up.proc.pid
+    base = counts(pid)  # a thread of wait_serving's ctl may still end: a bound, not exact
+    followers = []
+    try:
+        for _ in range(32):
+            s = connect(up.folder)
+            s.sendall(encode({"v": 1, "op": "logs", "lines": 0, "follow": True}))
+            followers.append(s)
+
+        def refused() -> bool:
+            with connect(up.folder) as s:  # answered and closed without a request
+                msg = read_line(s, bytearray())
+                return msg["ok"] is False and msg.get("kind") == "busy"
+
+        wait_until(refused, what="the 33rd connection refused")
+        for _ in range(8):
+            assert refused()
+        # ctl sends its request after up closed: it still shows why (not EPIPE).
+        r = up.ctl("status")
+        assert r.returncode == 1, r.stderr
+        assert "error: too many polytask ctl connections" in r.stderr, r.stderr
+        fds, threads = counts(pid)
+        assert fds >= base[0] + 31 and threads >= base[1] + 31  # base: maybe one more
+    finally:
+        for s in followers:
+            s.close()
+    for _ in range(300):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(up.folder / SOCKET_NAME))
+            except BlockingIOError:
+                pass  # the backlog is full: up accepts more slowly than this
+    wait_until(
+        lambda: all(n <= b for n, b in zip(counts(pid), base, strict=True)),
+        what=f"up's descriptors and threads back to {base}",
+    )
+    r = up.ctl("status")
+    assert r.returncode == 0 and "worker.1" in r.stdout
+
+
+def has_a_socket(pid: int) -> bool:
+    try:
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except OSError:
+        return False
+
+
+def test_ctl_waits_while_the_backlog_is_full(tmp_path: Path):
+    """Many ctl at once fill up's backlog (16); with a timeout set, connect() on a Unix
+    socket fails at once (EAGAIN) there: ctl must wait for room, as it would on TCP."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(tmp_path / SOCKET_NAME))
+    srv.listen(1)
+    fillers = []
+    try:
+        while True:  # fill the backlog: nobody accepts yet
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect(str(tmp_path / SOCKET_NAME))
+            except BlockingIOError:
+                c.close()
+                break
+            fillers.append(c)
+        ctl = subprocess.Popen(
+            [PY, "-m", "polytask.cli", "ctl", "status"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        try:
+            # Before the fix ctl gives up at its first connect; after it, it keeps trying.
+            wait_until(lambda: ctl.poll() is not None or has_a_socket(ctl.pid), what="ctl")
+            srv.settimeout(30)
+            for _ in fillers:  # room in the backlog: ctl's connection comes next
+                srv.accept()[0].close()
+            if ctl.poll() is None:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b'{"ok": true, "programs": []}\n')
+            out, err = ctl.communicate(timeout=60)
+        finally:
+            if ctl.poll() is None:
+                ctl.kill()
+                ctl.communicate()
+        assert ctl.returncode == 0, err
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()

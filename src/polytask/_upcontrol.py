@@ -412,6 +412,22 @@ def _hung_up(conn: socket.socket) -> bool:
         return True
 
 
+def _connect(sock: socket.socket, address: str, wait: float) -> None:
+    """``sock.connect``, waiting up to ``wait`` seconds while up's backlog is full (a burst
+    of ctl): with a timeout set, a Unix socket says EAGAIN at once there, where TCP waits."""
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.1)
+
+
 def _check_socket(dirfd: int, folder: str) -> None:
     """ControlError if the socket's name is something else (a file, a FIFO, a symlink):
     ``up`` refuses to start on one, so ctl does not connect through it either; or if
@@ -472,7 +488,7 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
         sock.settimeout(min(timeout, 5.0))
         try:
             _check_socket(dirfd, folder)
-            sock.connect(_via(dirfd, SOCKET_NAME))
+            _connect(sock, _via(dirfd, SOCKET_NAME), min(timeout, 5.0))
         except FileNotFoundError:
             raise ControlError(
                 f"no polytask up is running in {folder} (no {SOCKET_NAME} there); "
@@ -494,10 +510,12 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
         finally:
             os.close(dirfd)
         sock.settimeout(min(timeout, _LONGEST))
+        unsent: OSError | None = None
         try:
             sock.sendall(encode(req.to_json()))
         except OSError as exc:
-            raise ControlError(f"polytask up closed the connection: {exc}") from None
+            # Closed at once, it may have said why first (too many connections): read it.
+            unsent = exc
         buf = LineBuffer(MAX_REPLY)
         while True:
             try:
@@ -507,7 +525,10 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
             except OSError as exc:
                 raise ControlError(f"polytask up closed the connection: {exc}") from None
             if not data:
-                raise ControlError("polytask up closed the connection before answering")
+                raise ControlError(
+                    "polytask up closed the connection "
+                    + (f"({unsent})" if unsent else "before answering")
+                )
             for line in buf.feed(data):
                 msg = parse_reply(line)
                 # Only logs has lines before its reply, ticks only when following: a
