@@ -118,9 +118,14 @@ def _object(line: bytes, limit: int) -> dict[str, Any]:
     if len(line) > limit:
         raise ControlProtocolError(f"message longer than {limit} bytes")
     try:
-        value = json.loads(line)
+        # Decoded here: json.loads(bytes) would also take UTF-16 and UTF-32.
+        value = json.loads(line.decode("utf-8"))
+    except RecursionError:
+        raise ControlProtocolError("not a JSON line: nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ControlProtocolError(f"not a JSON line: {exc}") from None
+    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+        raise ControlProtocolError("not a JSON line: a number with too many digits") from None
     if not isinstance(value, dict):
         raise ControlProtocolError(f"a message is a JSON object, not {type(value).__name__}")
     return value
@@ -129,7 +134,7 @@ def _object(line: bytes, limit: int) -> dict[str, Any]:
 def parse_request(line: bytes) -> Request:
     """A request line (without its newline) as a :class:`Request`, validated."""
     msg = _object(line, MAX_REQUEST)
-    if msg.get("v") != PROTOCOL:
+    if msg.get("v") != PROTOCOL or isinstance(msg.get("v"), bool):  # true == 1 in Python
         raise ControlProtocolError(
             f"protocol version {msg.get('v')!r} is not {PROTOCOL}: "
             "polytask ctl and polytask up come from different polytask versions"
@@ -172,6 +177,11 @@ def parse_reply(line: bytes) -> dict[str, Any]:
             raise ControlProtocolError(f"ok must be true or false, not {msg['ok']!r}")
         if not msg["ok"] and not isinstance(msg.get("error"), str):
             raise ControlProtocolError("a failed reply must say why (error)")
+        programs = msg.get("programs")
+        if programs is not None and not (
+            isinstance(programs, list) and all(isinstance(p, dict) for p in programs)
+        ):
+            raise ControlProtocolError("programs must be a list of objects")
         return msg
     if "log" in msg:
         if not (
@@ -346,7 +356,9 @@ def format_status(programs: Sequence[Mapping[str, Any]]) -> str:
                 str(p.get("name", "?")),
                 str(p.get("state", "?")),
                 "-" if p.get("pid") is None else str(p["pid"]),
-                _duration(float(p.get("uptime") or 0.0)),
+                _duration(
+                    float(uptime) if isinstance(uptime := p.get("uptime"), (int, float)) else 0.0
+                ),
                 str(p.get("restarts", 0)),
                 "-" if ready is None else "yes" if ready else "no",
             )

@@ -60,6 +60,9 @@ _TICK: Final = 5.0
 FOLLOW_READ_TIMEOUT: Final = 30.0
 #: Connections served at once; more are refused with an error reply.
 _MAX_CONNECTIONS: Final = 32
+#: The longest a socket timeout can be (Python's limit is near 292 years in ns):
+#: a longer ``--timeout`` waits this long, for ever in practice.
+_LONGEST: Final = 1e9
 #: The server's bound on an operation when the request gives none.
 DEFAULT_TIMEOUT: Final = 60.0
 
@@ -275,11 +278,26 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         buf = LineBuffer(MAX_REQUEST)
+        # A request must arrive whole within _IDLE of its first byte: a client that
+        # trickles bytes would otherwise hold one of the _MAX_CONNECTIONS for ever.
+        begun: float | None = None
         try:
             while not self._closing.is_set():
-                conn.settimeout(_IDLE)
-                data = conn.recv(65536)
+                left = _IDLE if begun is None else begun + _IDLE - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    conn.settimeout(left)
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    if begun is not None:
+                        why = f"the request did not arrive whole within {_IDLE:g}s"
+                        self._send_quietly(conn, reply(False, error=why, kind="input"))
+                    return
                 if not data:
+                    if buf.pending:  # `printf '{...}' | socat`: it still reads the answer
+                        why = "a request ends with a newline: this one was cut off"
+                        self._send_quietly(conn, reply(False, error=why, kind="input"))
                     return
                 try:
                     lines = buf.feed(data)
@@ -289,6 +307,12 @@ class ControlServer:
                 for line in lines:
                     if not self._handle(conn, line):
                         return
+                # The clock of an unfinished request starts once the ones before it
+                # were answered (a wait-ready may take a while).
+                if not buf.pending:
+                    begun = None
+                elif lines or begun is None:
+                    begun = time.monotonic()
         except OSError:
             return  # the client left, or was silent too long
         finally:
@@ -375,17 +399,54 @@ class ControlServer:
 
 
 def _hung_up(conn: socket.socket) -> bool:
-    """The client closed its end (a follower sends nothing more, so readable = EOF)."""
+    """The client closed the connection. Not when it only shut its sending side (socat
+    does once its input ends) or sent more: it may still read. A Unix socket reports
+    POLLHUP once both sides are shut, which a client's close does."""
     try:
         poller = select.poll()  # not select.select: a descriptor may be >= 1024
-        poller.register(conn, select.POLLIN | select.POLLHUP)
-        if not poller.poll(0):
-            return False
-        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+        poller.register(conn, 0)  # POLLHUP and POLLERR come whatever is asked
+        return any(
+            ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poller.poll(0)
+        )
     except OSError:
         return True
+
+
+def _connect(sock: socket.socket, address: str, wait: float) -> None:
+    """``sock.connect``, waiting up to ``wait`` seconds while up's backlog is full (a burst
+    of ctl): with a timeout set, a Unix socket says EAGAIN at once there, where TCP waits."""
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.1)
+
+
+def _check_socket(dirfd: int, folder: str) -> None:
+    """ControlError if the socket's name is something else (a file, a FIFO, a symlink):
+    ``up`` refuses to start on one, so ctl does not connect through it either; or if
+    another user owns it (in a folder others can write, /tmp say, anyone can put a
+    socket there that answers like an ``up``)."""
+    try:
+        st = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
+    except OSError:
+        return  # connect() says what is wrong
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlError(
+            f"no polytask up is running in {folder}: {socket_path(folder)} is not a socket "
+            "(polytask up makes nothing else there); move it away"
+        )
+    if st.st_uid != os.geteuid():
+        raise ControlError(
+            f"{socket_path(folder)} belongs to user id {st.st_uid}, not to you: it is not "
+            "your polytask up; run polytask ctl as its user"
+        )
 
 
 def _status_json(s: ProcessStatus) -> dict[str, Any]:
@@ -426,7 +487,8 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
     try:
         sock.settimeout(min(timeout, 5.0))
         try:
-            sock.connect(_via(dirfd, SOCKET_NAME))
+            _check_socket(dirfd, folder)
+            _connect(sock, _via(dirfd, SOCKET_NAME), min(timeout, 5.0))
         except FileNotFoundError:
             raise ControlError(
                 f"no polytask up is running in {folder} (no {SOCKET_NAME} there); "
@@ -447,11 +509,13 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
             raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
         finally:
             os.close(dirfd)
-        sock.settimeout(timeout)
+        sock.settimeout(min(timeout, _LONGEST))
+        unsent: OSError | None = None
         try:
             sock.sendall(encode(req.to_json()))
         except OSError as exc:
-            raise ControlError(f"polytask up closed the connection: {exc}") from None
+            # Closed at once, it may have said why first (too many connections): read it.
+            unsent = exc
         buf = LineBuffer(MAX_REPLY)
         while True:
             try:
@@ -461,9 +525,17 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
             except OSError as exc:
                 raise ControlError(f"polytask up closed the connection: {exc}") from None
             if not data:
-                raise ControlError("polytask up closed the connection before answering")
+                raise ControlError(
+                    "polytask up closed the connection "
+                    + (f"({unsent})" if unsent else "before answering")
+                )
             for line in buf.feed(data):
                 msg = parse_reply(line)
+                # Only logs has lines before its reply, ticks only when following: a
+                # server that sends them for ever would otherwise hang `ctl status`.
+                if "ok" not in msg and not (req.op == "logs" and (req.follow or "log" in msg)):
+                    what = "a log line" if "log" in msg else "a tick"
+                    raise ControlProtocolError(f"{what} is no answer to {req.op}")
                 yield msg
                 if "ok" in msg:
                     return

@@ -145,8 +145,7 @@ def _ctl(argv: list[str]) -> int:
     out = sys.stdout.buffer
     for msg in request(folder, req, timeout=timeout):
         if "log" in msg:
-            text = msg["line"].encode("utf-8", "surrogateescape")
-            out.write(msg["log"].encode() + b" | " + text + b"\n")
+            out.write(_raw(msg["log"]) + b" | " + _raw(msg["line"]) + b"\n")
             if args.command == "logs" and args.follow:
                 out.flush()
             continue
@@ -155,6 +154,15 @@ def _ctl(argv: list[str]) -> int:
         out.flush()
         return _finish(op, args, msg)
     return 1  # pragma: no cover - request() ends with a reply or raises
+
+
+def _raw(text: str) -> bytes:
+    """A line's bytes as the program printed them (undecodable ones come as surrogate
+    escapes); in a line with a surrogate no decoder makes (garbage), each one as ``?``."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def _finish(op: str, args: argparse.Namespace, msg: dict[str, Any]) -> int:
