@@ -466,6 +466,32 @@ def _serves(port: int) -> bool:
         return False
 
 
+def test_an_up_of_another_procfile_runs_beside_with_its_own_socket(tmp_path: Path):
+    # honcho's and foreman's habit: `up -f Procfile.dev` beside `up` in one folder.
+    (tmp_path / "Procfile").write_text("main: sleep 300\n")
+    (tmp_path / "Procfile.dev").write_text("dev: sleep 300\n")
+    first = Up(tmp_path)
+    dev = Up(tmp_path, "-f", "Procfile.dev")
+    try:
+        first.wait_serving()
+        wait_until(
+            lambda: (
+                dev.proc.poll() is not None
+                or ctl(tmp_path, "-f", "Procfile.dev", "status").returncode == 0
+            ),
+            what="the second up's socket",
+        )
+        assert dev.proc.poll() is None, dev.err_path.read_text()
+        assert (tmp_path / ".polytask.Procfile.dev.sock").exists()
+        assert list(table(ctl(tmp_path, "status").stdout)) == ["main.1"]
+        assert list(table(ctl(tmp_path, "-f", "Procfile.dev", "status").stdout)) == ["dev.1"]
+        assert dev.finish(signal.SIGINT) == 130 and first.finish(signal.SIGINT) == 130
+        assert not (tmp_path / ".polytask.Procfile.dev.sock").exists()
+    finally:
+        dev.finish(signal.SIGKILL)
+        first.finish(signal.SIGKILL)
+
+
 def test_second_up_is_refused_and_a_stale_socket_is_taken_over(tmp_path: Path):
     (tmp_path / "Procfile").write_text("sleeper: sleep 300\n")
     first = Up(tmp_path)

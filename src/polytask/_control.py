@@ -53,6 +53,7 @@ __all__ = [
     "parse_request",
     "reply",
     "resolve_names",
+    "socket_name",
     "unknown_name",
 ]
 
@@ -60,6 +61,20 @@ __all__ = [
 PROTOCOL: Final = 1
 #: The socket's name in the Procfile's folder (one ``up`` per folder).
 SOCKET_NAME: Final = ".polytask.sock"
+
+
+def socket_name(procfile: str) -> str:
+    """The control socket's name for a Procfile: :data:`SOCKET_NAME` for ``Procfile``,
+    ``.polytask.<its name>.sock`` for another (``Procfile.dev``). One ``up`` per
+    Procfile in a folder: ``up -f Procfile.dev`` beside ``up`` runs, as with honcho
+    and foreman, while a second ``up`` of the same Procfile is refused."""
+    base = procfile.rsplit("/", 1)[-1]
+    if base == "Procfile":
+        return SOCKET_NAME
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in base)
+    return f".polytask.{safe[:64]}.sock"
+
+
 #: The longest request line a server reads, and the longest reply line a client reads.
 MAX_REQUEST: Final = 64 * 1024
 MAX_REPLY: Final = 16 * 1024 * 1024

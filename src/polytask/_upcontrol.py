@@ -75,9 +75,10 @@ class ControlBusy(ControlError):
     """Another ``polytask up`` is running in the folder (its socket answers)."""
 
 
-def socket_path(folder: str) -> str:
-    """Where the control socket of an ``up`` running in ``folder`` lives."""
-    return os.path.join(folder, SOCKET_NAME)
+def socket_path(folder: str, name: str = SOCKET_NAME) -> str:
+    """Where the control socket ``name`` (see :func:`socket_name`) of an ``up`` in
+    ``folder`` lives."""
+    return os.path.join(folder, name)
 
 
 def _open_folder(folder: str) -> int:
@@ -89,12 +90,12 @@ def _via(dirfd: int, name: str) -> str:
     return f"/proc/self/fd/{dirfd}/{name}"
 
 
-def _probe(dirfd: int, folder: str) -> os.stat_result | None:
+def _probe(dirfd: int, folder: str, name: str) -> os.stat_result | None:
     """The existing socket's stat if it is stale (nobody listens); None if it vanished.
     Raises ControlBusy when a live ``up`` answers, ControlError for anything else there."""
-    path = socket_path(folder)
+    path = socket_path(folder, name)
     try:
-        st = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
     if not stat.S_ISSOCK(st.st_mode):
@@ -102,7 +103,7 @@ def _probe(dirfd: int, folder: str) -> os.stat_result | None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(2.0)
         try:
-            probe.connect(_via(dirfd, SOCKET_NAME))
+            probe.connect(_via(dirfd, name))
         except ConnectionRefusedError:
             return st
         except FileNotFoundError:
@@ -127,10 +128,11 @@ class ControlServer:
     :meth:`close` stops serving and removes the socket.
     """
 
-    def __init__(self, sup: Supervisor, folder: str) -> None:
+    def __init__(self, sup: Supervisor, folder: str, name: str = SOCKET_NAME) -> None:
         self.sup = sup
         self.folder = os.path.abspath(folder)
-        self.path = socket_path(self.folder)
+        self.name = name
+        self.path = socket_path(self.folder, name)
         self._dirfd = -1
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
@@ -155,7 +157,7 @@ class ControlServer:
         return self
 
     def _bind(self) -> socket.socket:
-        private = f"{SOCKET_NAME}.{secrets.token_hex(6)}"
+        private = f"{self.name}.{secrets.token_hex(6)}"
         os.mkdir(private, 0o700, dir_fd=self._dirfd)
         tmpfd = os.open(private, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dirfd)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -165,10 +167,10 @@ class ControlServer:
             sock.listen(16)
             for _ in range(5):
                 try:
-                    os.link("s", SOCKET_NAME, src_dir_fd=tmpfd, dst_dir_fd=self._dirfd)
+                    os.link("s", self.name, src_dir_fd=tmpfd, dst_dir_fd=self._dirfd)
                     break
                 except FileExistsError:
-                    stale = _probe(self._dirfd, self.folder)
+                    stale = _probe(self._dirfd, self.folder, self.name)
                     if stale is not None:
                         self._unlink_if(stale)
             else:
@@ -194,9 +196,9 @@ class ControlServer:
     def _unlink_if(self, st: os.stat_result) -> None:
         """Remove the socket's name if it is still the file ``st`` describes."""
         try:
-            now = os.stat(SOCKET_NAME, dir_fd=self._dirfd, follow_symlinks=False)
+            now = os.stat(self.name, dir_fd=self._dirfd, follow_symlinks=False)
             if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-                os.unlink(SOCKET_NAME, dir_fd=self._dirfd)
+                os.unlink(self.name, dir_fd=self._dirfd)
         except FileNotFoundError:
             pass
 
@@ -226,9 +228,9 @@ class ControlServer:
             self._sock = None
         if self._dirfd >= 0:
             try:
-                st = os.stat(SOCKET_NAME, dir_fd=self._dirfd, follow_symlinks=False)
+                st = os.stat(self.name, dir_fd=self._dirfd, follow_symlinks=False)
                 if (st.st_dev, st.st_ino) == self._inode:
-                    os.unlink(SOCKET_NAME, dir_fd=self._dirfd)
+                    os.unlink(self.name, dir_fd=self._dirfd)
             except OSError:
                 pass
             os.close(self._dirfd)
@@ -428,23 +430,23 @@ def _connect(sock: socket.socket, address: str, wait: float) -> None:
             pause = min(2 * pause, 0.1)
 
 
-def _check_socket(dirfd: int, folder: str) -> None:
+def _check_socket(dirfd: int, folder: str, name: str) -> None:
     """ControlError if the socket's name is something else (a file, a FIFO, a symlink):
     ``up`` refuses to start on one, so ctl does not connect through it either; or if
     another user owns it (in a folder others can write, /tmp say, anyone can put a
     socket there that answers like an ``up``)."""
     try:
-        st = os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except OSError:
         return  # connect() says what is wrong
     if not stat.S_ISSOCK(st.st_mode):
         raise ControlError(
-            f"no polytask up is running in {folder}: {socket_path(folder)} is not a socket "
+            f"no polytask up is running in {folder}: {socket_path(folder, name)} is not a socket "
             "(polytask up makes nothing else there); move it away"
         )
     if st.st_uid != os.geteuid():
         raise ControlError(
-            f"{socket_path(folder)} belongs to user id {st.st_uid}, not to you: it is not "
+            f"{socket_path(folder, name)} belongs to user id {st.st_uid}, not to you: it is not "
             "your polytask up; run polytask ctl as its user"
         )
 
@@ -471,14 +473,16 @@ def _statuses_of(sup: Supervisor, name: str) -> list[dict[str, Any]]:
 # =========================================================================== the client
 
 
-def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, Any]]:
+def request(
+    folder: str, req: Request, *, timeout: float, name: str = SOCKET_NAME
+) -> Iterator[dict[str, Any]]:
     """Send ``req`` to the ``up`` running in ``folder``; yield every message of the answer
     (``log`` lines, then the reply). Each read waits at most ``timeout`` seconds.
 
     Raises ControlError when no ``up`` runs there or it stops answering.
     """
     folder = os.path.abspath(folder)
-    path = socket_path(folder)
+    path = socket_path(folder, name)
     try:
         dirfd = _open_folder(folder)
     except OSError as exc:
@@ -487,11 +491,11 @@ def request(folder: str, req: Request, *, timeout: float) -> Iterator[dict[str, 
     try:
         sock.settimeout(min(timeout, 5.0))
         try:
-            _check_socket(dirfd, folder)
-            _connect(sock, _via(dirfd, SOCKET_NAME), min(timeout, 5.0))
+            _check_socket(dirfd, folder, name)
+            _connect(sock, _via(dirfd, name), min(timeout, 5.0))
         except FileNotFoundError:
             raise ControlError(
-                f"no polytask up is running in {folder} (no {SOCKET_NAME} there); "
+                f"no polytask up is running in {folder} (no {name} there); "
                 "start one with 'polytask up' (or name its Procfile with -f)"
             ) from None
         except ConnectionRefusedError:

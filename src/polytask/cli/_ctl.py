@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from .._control import ControlProtocolError, Request, format_status
+from .._control import ControlProtocolError, Request, format_status, socket_name
 from .._upcontrol import DEFAULT_TIMEOUT, FOLLOW_READ_TIMEOUT, ControlError, request
 
 __all__ = ["main_ctl"]
@@ -143,7 +143,7 @@ def _ctl(argv: list[str]) -> int:
         # The server gives up at the timeout and says so: read a little longer.
         timeout = args.timeout + 5.0
     out = sys.stdout.buffer
-    for msg in request(folder, req, timeout=timeout):
+    for msg in request(folder, req, timeout=timeout, name=socket_name(args.procfile)):
         if "log" in msg:
             out.write(_raw(msg["log"]) + b" | " + _raw(msg["line"]) + b"\n")
             if args.command == "logs" and args.follow:

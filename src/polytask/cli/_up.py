@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from .._control import socket_name
 from .._core.errors import PolytaskError, ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
 from .._supervisor import (
@@ -402,7 +403,7 @@ def _up(argv: list[str]) -> int:
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
         raise _BadInput(text) from None
     try:
-        return _supervise(sup, os.path.dirname(os.path.abspath(args.procfile)), tui=args.tui)
+        return _supervise(sup, args.procfile, tui=args.tui)
     finally:
         if sink is not None:
             sink.close()
@@ -410,11 +411,11 @@ def _up(argv: list[str]) -> int:
             events.close()
 
 
-def _claim_control(sup: Supervisor, folder: str) -> ControlServer | None:
+def _claim_control(sup: Supervisor, folder: str, procfile: str) -> ControlServer | None:
     """The control socket for ``polytask ctl`` (docs/up.md, "Control"); a second up in
     the folder is refused (exit 2) before anything starts. A folder where the socket
     cannot be made (read-only, say) only costs the control: up runs without it."""
-    server = ControlServer(sup, folder)
+    server = ControlServer(sup, folder, socket_name(procfile))
     try:
         return server.claim()
     except ControlBusy as exc:
@@ -429,9 +430,11 @@ def _claim_control(sup: Supervisor, folder: str) -> ControlServer | None:
         return None
 
 
-def _supervise(sup: Supervisor, folder: str, *, tui: bool = False) -> int:
-    """Run ``sup`` to its end (with the live view of ``--tui``); its exit status."""
-    server = _claim_control(sup, folder)
+def _supervise(sup: Supervisor, procfile: str, *, tui: bool = False) -> int:
+    """Run ``sup`` to its end (with the live view of ``--tui``); its exit status.
+    ``procfile``: its path, whose folder holds the control socket."""
+    folder = os.path.dirname(os.path.abspath(procfile))
+    server = _claim_control(sup, folder, procfile)
     try:
         return _supervise_with(sup, server, tui=tui)
     finally:
