@@ -47,6 +47,7 @@ __all__ = [
     "LogRing",
     "Request",
     "encode",
+    "format_duration",
     "format_status",
     "log_message",
     "parse_reply",
@@ -347,7 +348,8 @@ class LogRing:
 # =========================================================================== status
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``12.3s``, ``4m05s``, ``2h07m``: an uptime as the status tables show it."""
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -371,7 +373,7 @@ def format_status(programs: Sequence[Mapping[str, Any]]) -> str:
                 str(p.get("name", "?")),
                 str(p.get("state", "?")),
                 "-" if p.get("pid") is None else str(p["pid"]),
-                _duration(
+                format_duration(
                     float(uptime) if isinstance(uptime := p.get("uptime"), (int, float)) else 0.0
                 ),
                 str(p.get("restarts", 0)),

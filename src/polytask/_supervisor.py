@@ -66,7 +66,7 @@ from types import TracebackType
 from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
-from ._control import LogLine, LogRing, resolve_names
+from ._control import LogLine, LogRing, format_duration, resolve_names
 from ._core.errors import PolytaskError, ProcfileError, TaskTimeout, describe_exit
 from ._core.timeouts import check_timeout, deadline, remaining
 from ._os import proc as _proc
@@ -178,20 +178,10 @@ class ProcessStatus:
         return self.pid is not None
 
 
-def _format_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def _ready_cell(s: ProcessStatus) -> str:
     if s.ready is None:
         return "-"
-    return "no" if s.ready_in is None else f"after {_format_duration(s.ready_in)}"
+    return "no" if s.ready_in is None else f"after {format_duration(s.ready_in)}"
 
 
 def format_summary(statuses: Sequence[ProcessStatus]) -> str:
@@ -208,7 +198,7 @@ def format_summary(statuses: Sequence[ProcessStatus]) -> str:
             s.state,
             str(s.restarts),
             "-" if s.exitcode is None else describe_exit(s.exitcode),
-            _format_duration(s.uptime),
+            format_duration(s.uptime),
         )
         + ((_ready_cell(s),) if probed else ())
         for s in statuses
@@ -1490,7 +1480,7 @@ class Supervisor:
     def _report_exit(self, ex: Exited) -> None:
         prog = self._by_name[ex.name]
         who = prog.name if ex.pid is None else f"{prog.name} (pid {ex.pid})"
-        text = f"{who} {describe_exit(ex.code)} after {_format_duration(ex.uptime)}"
+        text = f"{who} {describe_exit(ex.code)} after {format_duration(ex.uptime)}"
         if ex.state is State.BACKOFF:
             text += f"; restarting in {ex.retry_in:.2f}s"
         elif ex.state is State.FAILED:

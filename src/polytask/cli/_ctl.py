@@ -13,45 +13,17 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from .._control import ControlProtocolError, Request, format_status, socket_name
 from .._upcontrol import DEFAULT_TIMEOUT, FOLLOW_READ_TIMEOUT, ControlError, request
+from ._args import BadInput, Parser, count, seconds
 
 __all__ = ["main_ctl"]
 
 
-class _BadInput(Exception):
-    """One line for stderr, then exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _BadInput(f"{message} (see '{self.prog} --help')")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
-    return value
-
-
-def _lines(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> Parser:
+    p = Parser(
         prog="polytask ctl",
         description="Control the polytask up running in this folder (or the folder of -f "
         "PROCFILE): list its programs, start, stop or restart one, read its output, wait "
@@ -63,13 +35,13 @@ def _parser() -> _Parser:
         default="Procfile",
         help="the Procfile of the up to control; its folder holds the socket (default: ./Procfile)",
     )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     def timeout_option(q: argparse.ArgumentParser, what: str) -> None:
         q.add_argument(
             "--timeout",
-            type=_seconds,
+            type=seconds,
             default=DEFAULT_TIMEOUT,
             help=f"seconds to wait {what} (default: {DEFAULT_TIMEOUT:g})",
         )
@@ -91,7 +63,7 @@ def _parser() -> _Parser:
     q = sub.add_parser("logs", help="the recent output of a program (or of all), -f to follow")
     q.add_argument("name", metavar="NAME", nargs="?", help=name_help + " (default: all)")
     q.add_argument(
-        "-n", "--lines", type=_lines, default=100, help="how many recent lines (default: 100)"
+        "-n", "--lines", type=count, default=100, help="how many recent lines (default: 100)"
     )
     q.add_argument(
         "-f",
@@ -112,7 +84,7 @@ def main_ctl(argv: list[str]) -> int:
     """``polytask ctl``: returns the exit status (see the module's docstring)."""
     try:
         return _ctl(argv)
-    except _BadInput as exc:
+    except BadInput as exc:
         print(f"polytask ctl: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help

@@ -32,7 +32,8 @@ from pathlib import Path
 from .._core.errors import ProcfileError
 from .._procfile import DEFAULT_BASE_PORT, Instance, expand, parse_concurrency
 from .._supervisor import RESTART_MODES
-from ._up import _BadInput, _load, _Parser, _run_guarded, _seconds, procfile_options
+from ._args import BadInput, Parser, seconds
+from ._up import _load, _run_guarded, procfile_options
 
 __all__ = ["FORMATS", "ExportFile", "Plan", "Program", "main_export", "render"]
 
@@ -223,12 +224,12 @@ def _ini_value(what: str, value: str) -> str:
     be written so that it comes back.
     """
     if _CONTROL.search(value):
-        raise _BadInput(
+        raise BadInput(
             f"{what} contains a line break or control character, which a supervisord "
             "file cannot hold; export to systemd, which can"
         )
     if value != value.strip() or re.search(r"\s[;#]", value):
-        raise _BadInput(
+        raise BadInput(
             f"{what} {value!r} has surrounding whitespace or whitespace before ';' or '#' "
             "(an inline comment for supervisord); export to systemd, which can hold it"
         )
@@ -245,7 +246,7 @@ def supervisord_command(argv: Sequence[str]) -> str:
     words = []
     for arg in argv:
         if "\n" in arg or "\r" in arg:
-            raise _BadInput(f"a supervisord command cannot hold a line break: {arg!r}")
+            raise BadInput(f"a supervisord command cannot hold a line break: {arg!r}")
         if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
             words.append(arg)
             continue
@@ -270,11 +271,11 @@ def supervisord_environment(env: dict[str, str], program: str) -> str:
     for key, value in env.items():
         what = f"variable {key} of {program}"
         if not _ENV_NAME.fullmatch(key):
-            raise _BadInput(f"{what}: supervisord accepts only names of letters, digits and '_'")
+            raise BadInput(f"{what}: supervisord accepts only names of letters, digits and '_'")
         if value:
             _ini_value(what, value)
         if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
-            raise _BadInput(
+            raise BadInput(
                 f"{what} begins or ends with a quote, which supervisord strips; "
                 "export to systemd, which keeps it"
             )
@@ -283,7 +284,7 @@ def supervisord_environment(env: dict[str, str], program: str) -> str:
         elif '"' not in value:
             quoted = f'"{value}"'
         else:
-            raise _BadInput(
+            raise BadInput(
                 f"{what} holds both ' and \", which supervisord's environment syntax "
                 "cannot quote; export to systemd, which can"
             )
@@ -329,9 +330,9 @@ def _envdir_value(key: str, value: str, program: str) -> str:
     """``value`` as an envdir file (chpst -e): its first line, line breaks as NULs."""
     what = f"variable {key} of {program}"
     if not _ENV_NAME.fullmatch(key):
-        raise _BadInput(f"{what}: an envdir file name takes only letters, digits and '_'")
+        raise BadInput(f"{what}: an envdir file name takes only letters, digits and '_'")
     if value != value.rstrip(" \t"):
-        raise _BadInput(
+        raise BadInput(
             f"{what} ends with spaces or tabs, which runit's envdir removes; "
             "export to systemd, which keeps them"
         )
@@ -346,7 +347,7 @@ def render_runit(plan: Plan) -> list[ExportFile]:
     program it started; ``chpst -e`` reads the environment from ``env/``.
     """
     if plan.restart != "always":
-        raise _BadInput(
+        raise BadInput(
             f"runit restarts every program that exits (runsv): --restart {plan.restart} "
             "cannot be expressed; give --restart always, or export to systemd or supervisord"
         )
@@ -395,7 +396,7 @@ def render(fmt: str, plan: Plan) -> list[ExportFile]:
     elif fmt == "runit":
         files = render_runit(plan)
     else:
-        raise _BadInput(_format_problem(fmt))
+        raise BadInput(_format_problem(fmt))
     names = [f.name for f in files]
     # Names are built from validated parts; checked again here because a file
     # written outside LOCATION, or one overwriting another, must never happen.
@@ -417,8 +418,8 @@ def _format_problem(fmt: str) -> str:
 # =========================================================================== the command
 
 
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> Parser:
+    p = Parser(
         prog="polytask export",
         description="Write the configuration that runs a Procfile's programs under a real "
         "init system: systemd (a target for the app, one per process type, a service per "
@@ -463,7 +464,7 @@ def _parser() -> _Parser:
     )
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=5.0,
         help="seconds between SIGTERM and SIGKILL when stopping (default: 5, as 'up')",
     )
@@ -483,31 +484,31 @@ def _default_app(root: str) -> str:
 
 def _plan(args: argparse.Namespace) -> Plan:
     if args.template_dir is not None:
-        raise _BadInput(
+        raise BadInput(
             "-t/--template-dir: polytask export has no templates; edit the written files"
         )
     if args.format not in FORMATS:
-        raise _BadInput(_format_problem(args.format))
+        raise BadInput(_format_problem(args.format))
     root = os.path.abspath(args.app_root)
     if not os.path.isdir(root):
-        raise _BadInput(f"app root {args.app_root!r} is not a folder")
+        raise BadInput(f"app root {args.app_root!r} is not a folder")
     app = args.app if args.app is not None else _default_app(root)
     if not _APP.fullmatch(app):
-        raise _BadInput(
+        raise BadInput(
             f"app name {app!r}: use letters, digits, '_', '.' and '-', starting with a "
             "letter or digit (it names files in LOCATION and units)"
         )
     user = args.user if args.user is not None else app
     if not _USER.fullmatch(user):
-        raise _BadInput(f"user {user!r} is not a user name or a number")
+        raise BadInput(f"user {user!r} is not a user name or a number")
     if not os.path.isabs(args.shell) or re.search(r"[\s\"'\\%$;#]", args.shell):
-        raise _BadInput(
+        raise BadInput(
             f"shell {args.shell!r} must be an absolute path without spaces, quotes or "
             "'%', e.g. /bin/sh or /bin/bash"
         )
     for what, value in (("app root", root), ("log folder", args.log or "")):
         if _CONTROL.search(value):
-            raise _BadInput(f"{what} {value!r} contains a line break or control character")
+            raise BadInput(f"{what} {value!r} contains a line break or control character")
     log = os.path.abspath(args.log) if args.log is not None else None
     # The Procfile and env files are read from the app root, as honcho does.
     args.procfile = os.path.join(root, args.procfile)
@@ -523,7 +524,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         ]
     procfile, env, problems = _load(args)
     if problems:
-        raise _BadInput(problems[0].first_line())
+        raise BadInput(problems[0].first_line())
     for problem in procfile.skipped:
         print(f"polytask export: warning: {ProcfileError([problem])}", file=sys.stderr)
     env_port = {**os.environ, **env}.get("PORT", "")
@@ -532,7 +533,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         counts = parse_concurrency(args.concurrency)
         instances = expand(procfile, counts, None, base_port=port)
     except ProcfileError as exc:
-        raise _BadInput(exc.first_line()) from None
+        raise BadInput(exc.first_line()) from None
     programs = tuple(Program(i, program_env(env, i)) for i in instances)
     return Plan(
         app=app,
@@ -554,9 +555,7 @@ def _export(argv: list[str]) -> int:
     try:
         location.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _BadInput(
-            f"cannot create LOCATION {args.location!r}: {exc.strerror or exc}"
-        ) from None
+        raise BadInput(f"cannot create LOCATION {args.location!r}: {exc.strerror or exc}") from None
     for f in files:
         *parts, name = f.name.split("/")
         folder = _folder(location, parts)
@@ -575,7 +574,7 @@ def _folder(location: Path, parts: Sequence[str]) -> Path:
     for part in parts:
         folder = folder / part
         if folder.is_symlink():
-            raise _BadInput(
+            raise BadInput(
                 f"{str(folder)!r} is a symlink, which could lead outside LOCATION: "
                 "remove it and export again"
             )
@@ -583,9 +582,9 @@ def _folder(location: Path, parts: Sequence[str]) -> Path:
             folder.mkdir()
         except FileExistsError:
             if not folder.is_dir():
-                raise _BadInput(f"{str(folder)!r} exists and is not a folder") from None
+                raise BadInput(f"{str(folder)!r} exists and is not a folder") from None
         except OSError as exc:
-            raise _BadInput(f"cannot create {str(folder)!r}: {exc.strerror or exc}") from None
+            raise BadInput(f"cannot create {str(folder)!r}: {exc.strerror or exc}") from None
     return folder
 
 
@@ -608,6 +607,6 @@ def _write(location: Path, f: ExportFile, shown: str) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
-        raise _BadInput(
+        raise BadInput(
             f"cannot write {f.name!r} in LOCATION {shown!r}: {exc.strerror or exc}"
         ) from None

@@ -32,7 +32,8 @@ from typing import Any
 
 import psutil
 
-from .._supervisor import ProcessStatus, Supervisor, _format_duration
+from .._control import format_duration
+from .._supervisor import ProcessStatus, Supervisor
 
 __all__ = ["LiveView", "terminal_problem"]
 
@@ -269,7 +270,7 @@ class LiveView:
             ("> " if st.name == self.names[self.selected] else "  ") + st.name,
             st.state,
             "-" if st.pid is None else str(st.pid),
-            _format_duration(st.uptime) if st.pid is not None else "-",
+            format_duration(st.uptime) if st.pid is not None else "-",
             str(st.restarts),
             "-" if usage is None else f"{usage[0]:.1f}",
             "-" if usage is None else _mib(usage[1]),

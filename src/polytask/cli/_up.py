@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 from .._control import socket_name
 from .._core.errors import PolytaskError, ProcfileError
@@ -39,6 +39,7 @@ from .._supervisor import (
 )
 from .._upconfig import UpConfig, missing_dependencies
 from .._upcontrol import ControlBusy, ControlServer
+from ._args import BadInput, Parser, count, seconds
 from ._events import EventLog
 
 __all__ = ["main_check", "main_run", "main_up"]
@@ -46,37 +47,8 @@ __all__ = ["main_check", "main_run", "main_up"]
 _DEFAULT_ENV = ".env"
 
 
-class _BadInput(Exception):
-    """One line for stderr, then exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _BadInput(f"{message} (see '{self.prog} --help')")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _count(text)
+    value = count(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
     return value
@@ -130,8 +102,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _up_parser() -> _Parser:
-    p = _Parser(
+def _up_parser() -> Parser:
+    p = Parser(
         prog="polytask up",
         description="Run a Procfile's programs together, several copies of each if asked, "
         "restart them when they die, and stop them all (and everything they started) "
@@ -148,7 +120,7 @@ def _up_parser() -> _Parser:
     p.add_argument(
         "-t",
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=5.0,
         help="seconds between SIGTERM and SIGKILL when stopping (default: 5)",
     )
@@ -156,25 +128,25 @@ def _up_parser() -> _Parser:
     # policy is caught (it would silently do nothing); _RESTART_DEFAULTS fills them.
     p.add_argument(
         "--start-seconds",
-        type=_seconds,
+        type=seconds,
         help="with --restart on-failure/always: a run shorter than this is a failed start "
         "(default: 1)",
     )
     p.add_argument(
         "--start-retries",
-        type=_count,
+        type=count,
         help="with --restart on-failure/always: restarts after failed starts in a row before "
         "a program is given up on (default: 3, so at most 4 starts in a row)",
     )
     p.add_argument(
         "--backoff",
-        type=_seconds,
+        type=seconds,
         help="with --restart on-failure/always: first restart delay; doubles with each "
         "restart in a row (default: 0.5)",
     )
     p.add_argument(
         "--backoff-max",
-        type=_seconds,
+        type=seconds,
         help="with --restart on-failure/always: longest restart delay (default: 30)",
     )
     p.add_argument(
@@ -223,7 +195,7 @@ def _restart_options(args: argparse.Namespace) -> RestartMode:
         flag = "--" + given[0].replace("_", "-")
         if given[0] == "exit_on_failure" and not args.exit_on_failure:
             flag = "--no-exit-on-failure"
-        raise _BadInput(
+        raise BadInput(
             f"{flag} has no effect with --restart never: under 'never' (as honcho) the first "
             "program to end stops the others; add --restart on-failure or --restart always"
         )
@@ -233,8 +205,8 @@ def _restart_options(args: argparse.Namespace) -> RestartMode:
     return restart
 
 
-def _check_parser() -> _Parser:
-    p = _Parser(
+def _check_parser() -> Parser:
+    p = Parser(
         prog="polytask check",
         description="Validate a Procfile (and, if given, env files, -c and process names) "
         "without starting anything; problems are reported with line numbers.",
@@ -249,12 +221,12 @@ def _env_files(given: Sequence[str] | None) -> list[str]:
     return [part.strip() for item in given for part in item.split(",") if part.strip()]
 
 
-def _read_file_error(kind: str, path: str, exc: OSError) -> _BadInput:
-    return _BadInput(f"cannot read {kind} {path!r}: {exc.strerror or exc}")
+def _read_file_error(kind: str, path: str, exc: OSError) -> BadInput:
+    return BadInput(f"cannot read {kind} {path!r}: {exc.strerror or exc}")
 
 
 def _load(args: argparse.Namespace) -> tuple[Procfile, dict[str, str], list[ProcfileError]]:
-    """Read the Procfile and env files; raise _BadInput for an unreadable file."""
+    """Read the Procfile and env files; raise BadInput for an unreadable file."""
     problems: list[ProcfileError] = []
     try:
         text = Path(args.procfile).read_text(encoding="utf-8", errors="replace")
@@ -289,7 +261,7 @@ def _load_config(
 def _run_guarded(prog: str, fn: Callable[[], int]) -> int:
     try:
         return fn()
-    except _BadInput as exc:
+    except BadInput as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help
@@ -360,7 +332,7 @@ def _up(argv: list[str]) -> int:
     config, config_problems = _load_config(args, procfile)
     problems += config_problems
     if problems:
-        raise _BadInput(problems[0].first_line())
+        raise BadInput(problems[0].first_line())
     events: EventLog | None = None
     if args.events:
         try:
@@ -373,7 +345,7 @@ def _up(argv: list[str]) -> int:
 
         problem = terminal_problem()
         if problem is not None:
-            raise _BadInput(problem)
+            raise BadInput(problem)
         # The view shows the lines from the run's log ring: none to the terminal.
         sink = open(os.devnull, "wb")  # noqa: SIM115 - closed below
     try:
@@ -401,7 +373,7 @@ def _up(argv: list[str]) -> int:
         if sink is not None:
             sink.close()
         text = exc.first_line() if isinstance(exc, ProcfileError) else str(exc)
-        raise _BadInput(text) from None
+        raise BadInput(text) from None
     try:
         return _supervise(sup, args.procfile, tui=args.tui)
     finally:
@@ -419,7 +391,7 @@ def _claim_control(sup: Supervisor, folder: str, procfile: str) -> ControlServer
     try:
         return server.claim()
     except ControlBusy as exc:
-        raise _BadInput(str(exc)) from None
+        raise BadInput(str(exc)) from None
     except (OSError, PolytaskError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(
@@ -492,8 +464,8 @@ def _supervise_with(
 # --------------------------------------------------------------------------- polytask run
 
 
-def _run_parser() -> _Parser:
-    p = _Parser(
+def _run_parser() -> Parser:
+    p = Parser(
         prog="polytask run",
         description="Run one command with the env files loaded, as 'foreman run' and "
         "'honcho run' do; a Procfile type name runs its command with the PORT, PS and "
@@ -532,7 +504,7 @@ def _run(argv: list[str]) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        raise _BadInput("no command given (usage: polytask run [-e FILE] COMMAND [ARG...])")
+        raise BadInput("no command given (usage: polytask run [-e FILE] COMMAND [ARG...])")
     env = dict(os.environ)
     for path in _env_files(args.env):
         try:
@@ -540,7 +512,7 @@ def _run(argv: list[str]) -> int:
         except OSError as exc:
             raise _read_file_error("env file", path, exc) from None
         except ProcfileError as exc:
-            raise _BadInput(exc.first_line()) from None
+            raise BadInput(exc.first_line()) from None
     argv_out = command
     if len(command) == 1 and Path(args.procfile).is_file():
         # foreman's `run web`: a Procfile type runs its command as `up` runs its first copy.
@@ -552,7 +524,7 @@ def _run(argv: list[str]) -> int:
             try:
                 (inst,) = expand(procfile, {command[0]: 1}, [command[0]], base_port=base)
             except ProcfileError as exc:
-                raise _BadInput(exc.first_line()) from None
+                raise BadInput(exc.first_line()) from None
             env["PORT"] = str(inst.port)
             env["PS"] = env["HONCHO_PROCESS_NAME"] = inst.name
             assert isinstance(inst.command, str)
