@@ -113,138 +113,23 @@ _BY_REF_MAX = 512
 
 
 def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
-    """Pickle a function; the flag says the worker may cache it by its bytes (it went
-    by reference, or by value with nothing in it that can change: :class:`_Stable`)."""
+    """Pickle a function; the flag says it went by reference (safe to cache by bytes)."""
     try:
         cached = _BY_REF.get(fn)
     except TypeError:  # an unhashable callable object
         cached = None
     if cached is not None:
         return cached, True
-    stable = _BY_VALUE.get(fn) if type(fn) is types.FunctionType else None
-    if stable is not None and stable.holds(fn):  # type: ignore[arg-type]
-        return stable.data, True
     data, by_ref = _dumps_fn(fn)
     # Only a plain function is the same thing every time it is unpickled: a bound
     # method, a partial or a callable object carries state, which a worker must not
     # cache across calls.
-    if by_ref and _is_plain_function(fn):
+    by_ref = by_ref and _is_plain_function(fn)
+    if by_ref:
         if len(_BY_REF) >= _BY_REF_MAX:
             _BY_REF.clear()
         _BY_REF[fn] = data
-        return data, True
-    if not by_ref and type(fn) is types.FunctionType:
-        stable = _Stable.of(fn, data)
-        if stable is not None:
-            if len(_BY_VALUE) >= _BY_REF_MAX:
-                _BY_VALUE.clear()
-            _BY_VALUE[fn] = stable
-            return data, True
-    return data, False
-
-
-class _Stable:
-    """A function pickled by value (cloudpickle: one defined in ``__main__``) whose
-    pickle is made only of things that cannot change unseen: its code, defaults,
-    names, and the globals it reads, each an atom (int, str, ...), a module, or a
-    function or class pickled by reference; and that never assigns a global.
-
-    Such a pickle is the same every time while each of those is the very same
-    object, which :meth:`holds` checks by identity (about a microsecond, where
-    cloudpickle takes 15-20): a script's ``def f(x): return math.sqrt(x)`` sent
-    to a worker a thousand times is pickled once, and the worker, told it may,
-    unpickles it once. A global rebound in between (``limit = 10`` then ``limit =
-    20``) changes an identity, so the next call pickles afresh, as before.
-    """
-
-    __slots__ = ("attrs", "data", "globals_", "reads")
-
-    def __init__(
-        self, data: bytes, attrs: tuple[Any, ...], globals_: Any, reads: tuple[tuple[str, Any], ...]
-    ) -> None:
-        self.data, self.attrs, self.globals_, self.reads = data, attrs, globals_, reads
-
-    @staticmethod
-    def _attrs(fn: types.FunctionType) -> tuple[Any, ...]:
-        return (
-            fn.__code__,
-            fn.__defaults__,
-            fn.__kwdefaults__,
-            fn.__name__,
-            fn.__qualname__,
-            fn.__module__,
-            fn.__doc__,
-            fn.__annotations__,
-        )
-
-    @classmethod
-    def of(cls, fn: types.FunctionType, data: bytes) -> _Stable | None:
-        """The entry for ``fn`` (whose by-value pickle is ``data``), or None if some
-        part of it could change without its identity changing."""
-        try:
-            from cloudpickle import cloudpickle as cp
-
-            names = cp._extract_code_globals(fn.__code__)
-            by_reference = cp._should_pickle_by_reference
-        except (ImportError, AttributeError):  # pragma: no cover - another cloudpickle
-            return None
-        if fn.__closure__ or fn.__dict__ or _writes_globals(fn.__code__):
-            return None
-        g = fn.__globals__
-        reads = tuple((name, g.get(name, _ABSENT)) for name in names)
-        module_names = ("__package__", "__name__", "__path__", "__file__")
-        reads += tuple((name, g.get(name, _ABSENT)) for name in module_names)
-        values = [v for _, v in reads if v is not _ABSENT]
-        values += list(fn.__defaults__ or ()) + list((fn.__kwdefaults__ or {}).values())
-        values += list(fn.__annotations__.values())
-        if not all(_stable_value(v, by_reference) for v in values):
-            return None
-        annotations = tuple(fn.__annotations__.items())
-        return cls(data, (*cls._attrs(fn), annotations), g, reads)
-
-    def holds(self, fn: types.FunctionType) -> bool:
-        """Whether ``fn`` would still pickle to :attr:`data` (everything by identity)."""
-        attrs = self.attrs
-        now = self._attrs(fn)
-        if (
-            any(a is not b for a, b in zip(attrs, now, strict=False))
-            or fn.__closure__
-            or fn.__dict__
-        ):
-            return False
-        if tuple(fn.__annotations__.items()) != attrs[-1]:
-            return False
-        g = fn.__globals__
-        if g is not self.globals_:
-            return False
-        return all(g.get(name, _ABSENT) is value for name, value in self.reads)
-
-
-_ABSENT = object()
-_BY_VALUE: dict[Any, _Stable] = {}
-_ATOM_TYPES = (int, float, complex, str, bytes, bool, type(None))
-_GLOBAL_WRITES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
-
-
-def _stable_value(v: Any, by_reference: Callable[[Any], bool]) -> bool:
-    if type(v) in _ATOM_TYPES or isinstance(v, (types.ModuleType, types.BuiltinFunctionType)):
-        return True
-    if isinstance(v, (types.FunctionType, type)):
-        try:
-            return bool(by_reference(v))  # importable by name: its pickle is the name
-        except Exception:  # pragma: no cover - cloudpickle could not tell
-            return False
-    return False
-
-
-def _writes_globals(code: types.CodeType) -> bool:
-    """Whether ``code`` (or a function defined in it) assigns or deletes a global: a
-    copy the worker kept would then carry state from one call to the next."""
-    import dis
-
-    if any(ins.opname in _GLOBAL_WRITES for ins in dis.get_instructions(code)):
-        return True
-    return any(isinstance(c, types.CodeType) and _writes_globals(c) for c in code.co_consts)
+    return data, by_ref
 
 
 def _is_plain_function(fn: Any) -> bool:
