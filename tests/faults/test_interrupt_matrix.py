@@ -203,3 +203,40 @@ def test_a_handler_installed_later_is_held_too_and_the_first_signal_decides() ->
         loop.close()
         signal.signal(signal.SIGTERM, old)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_between_starts_the_programs_own_handlers_are_in_place() -> None:
+    # Two loops at once, starts interleaved, closed oldest first (zip() over two
+    # pt.stream()s): Ctrl-C stayed wrapped by loops long closed (KeyError, or a
+    # RecursionError of wrappers wrapping each other), and a dropped loop was
+    # kept alive by the signal module.
+    import gc
+    import weakref
+
+    a, b = ProcessLoop(posix_spawn=True), ProcessLoop(posix_spawn=True)
+    try:
+        a.spawn(["true"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        b.spawn(["true"])
+        a.spawn(["true"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
+    # A stream dropped without close() is collected, and its program ended.
+    import polytask as pt
+
+    stream = pt.stream(["sleep", "30"])
+    (child,) = wait_until(
+        lambda: [p for p in psutil.Process().children() if "sleep" in _cmdline(p)],
+        what="the stream's program",
+    )
+    dropped = weakref.ref(stream)
+    del stream
+    gc.collect()
+    assert dropped() is None
+    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)

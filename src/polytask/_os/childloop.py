@@ -618,7 +618,6 @@ class ProcessLoop:
         self._slow_starts: list[int] = []  # the last slow ones of those (their numbers)
         self._inline_after = 0
         # Signals held while a started program is taken into the loop's care (_hold).
-        self._holding = False
         self._held: int | None = None
         self._handlers: dict[int, Any] = {}  # signal -> the handler our wrapper stands in for
 
@@ -631,49 +630,38 @@ class ProcessLoop:
         KeyboardInterrupt would leave a running program the loop does not
         know: ended by SIGKILL (or by the guardian), never by the ending the
         loop promises (``termseq``, SIGTERM then grace). So while the loop takes
-        a program into its care, a Python-level handler's signal is noted and
-        run once the program is adopted; nothing is blocked in the kernel
-        (other threads would take the signal instead). Handlers only run on the
-        main thread: elsewhere there is nothing to hold (returns False).
+        a program into its care, each Python-level handler is stood in for by
+        one that notes the signal, and :meth:`_release` puts the handlers back
+        and runs the one whose signal came. Only for that window: between two
+        starts the program's own handlers are in place (two loops at once,
+        asyncio.run's Ctrl-C, a loop dropped without close() all see them).
+        Nothing is blocked in the kernel (other threads would take the signal
+        instead). Handlers only run on the main thread: elsewhere there is
+        nothing to hold (returns False).
         """
         if threading.current_thread() is not threading.main_thread():
             return False
         handlers = self._handlers
         for signum in _HELD_SIGNALS:
             handler = signal.getsignal(signum)
-            if handler == self._on_signal:
-                continue
-            # First use, or the program installed a handler of its own since: hold that one.
-            if callable(handler):
+            if callable(handler):  # SIG_DFL, SIG_IGN: the kernel's business, not held
                 handlers[signum] = handler
                 signal.signal(signum, self._on_signal)
-            else:
-                handlers.pop(signum, None)
-        if not handlers:
-            return False
-        self._holding = True
-        return True
+        return bool(handlers)
 
     def _release(self) -> None:
-        """End :meth:`_hold`; run the handler of a signal that came meanwhile (it may raise)."""
-        self._holding = False
-        signum, self._held = self._held, None
-        if signum is not None:
-            self._handlers[signum](signum, None)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._holding:
-            if self._held is None:  # the first decides, as without the hold
-                self._held = signum
-            return
-        self._handlers[signum](signum, frame)
-
-    def _unwrap_handlers(self) -> None:
-        """Give the handlers back (those the program has not replaced since)."""
+        """End :meth:`_hold`: the handlers back, then the one whose signal came (it may raise)."""
         handlers, self._handlers = self._handlers, {}
         for signum, handler in handlers.items():
             if signal.getsignal(signum) == self._on_signal:
                 signal.signal(signum, handler)
+        held, self._held = self._held, None
+        if held is not None:
+            handlers[held](held, None)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._held is None:  # the first decides, as without the hold
+            self._held = signum
 
     # ------------------------------------------------------------------ starting
 
@@ -1095,8 +1083,6 @@ class ProcessLoop:
                 for fd in self._spare_files:
                     os.close(fd)
                 self._spare_files = None
-            if self._handlers:
-                self._unwrap_handlers()
 
     def __enter__(self) -> ProcessLoop:
         return self
