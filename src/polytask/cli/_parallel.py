@@ -1595,15 +1595,18 @@ class _Runner:
 
         loop: Any
         if self.opts.backend is not None:  # the jobs run on a cluster's workers
-            from ._parallel_cluster import ClusterLoop
+            from ._parallel_cluster import ClusterLoop, ClusterUnavailable
 
-            loop = ClusterLoop(
-                self.opts.backend,
-                self.opts.address,
-                jobs=self.jobs or 1,
-                grace=GRACE,
-                termseq=self.termseq,
-            )
+            try:
+                loop = ClusterLoop(
+                    self.opts.backend,
+                    self.opts.address,
+                    jobs=self.jobs or 1,
+                    grace=GRACE,
+                    termseq=self.termseq,
+                )
+            except ClusterUnavailable as unavailable:
+                raise _Fatal(str(unavailable)) from None
         else:
             loop = ProcessLoop(grace=GRACE, posix_spawn=True, termseq=self.termseq)
         self.loop = loop

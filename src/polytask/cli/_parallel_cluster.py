@@ -43,7 +43,15 @@ from .._core.errors import Cancelled, WorkerCrashed
 from .._os.ending import Ending
 from .._os.proc import start_in_group, terminate, usable_cpus
 from ..backends import make_backend
-from ._parallel import PROG, _Fatal
+
+#: How the jobs' messages name the command (as cli/_parallel.py's PROG).
+PROG = "polytask parallel"
+
+
+class ClusterUnavailable(Exception):
+    """The engine is not installed or its cluster cannot be used: one line for
+    stderr, exit status 255 (``polytask parallel`` turns it into its fatal error)."""
+
 
 __all__ = ["ClusterLoop", "check_options", "run_command"]
 
@@ -339,11 +347,11 @@ class ClusterLoop:
             self._backend: Any = make_backend(engine, **options)
         except ImportError as exc:  # BackendUnavailable: which extra to install
             sys.stdout = self._stdout
-            raise _Fatal(f"--backend {engine}: {exc}") from None
+            raise ClusterUnavailable(f"--backend {engine}: {exc}") from None
         except Exception as exc:
             sys.stdout = self._stdout
             where = f"at {address!r}" if address is not None else "(a local one)"
-            raise _Fatal(
+            raise ClusterUnavailable(
                 f"--backend {engine}: cannot use the {engine} cluster {where}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
@@ -377,7 +385,7 @@ class ClusterLoop:
         except Exception:
             self._backend.shutdown(wait=False, cancel=True)
             sys.stdout = self._stdout
-            raise _Fatal(
+            raise ClusterUnavailable(
                 f"--backend dask: the scheduler at {address!r} has no worker (waited "
                 f"{WORKER_WAIT:g} s): start workers with: dask worker {address}"
             ) from None
