@@ -10,7 +10,11 @@ budget and the side venvs small (the ``test`` extra, no engines, no MkDocs):
   cluster guide's examples);
 - the upstream conformance suites (tests/conformance/), which are CPython 3.11's
   own tests;
-- the documentation site's build (tests/test_docs_site.py).
+- the documentation site's build (tests/test_docs_site.py);
+- the side-by-side runs of GNU parallel on its documented examples
+  (test_parallel_gnu.py, test_parallel_plus.py: GNU is the same program on
+  every Python, and polytask's CLI runs on these versions through the
+  parallel tests that stay: cli, more, pipe, pipe_more, quoting, events).
 
 ``KNOWN`` marks the tests that fail on a version for a reason not fixed yet as
 strict xfails: they are reported as such, and one that starts to pass fails the
@@ -29,6 +33,8 @@ _FILES = {
     TESTS / "test_dask.py",
     TESTS / "test_ray.py",
     TESTS / "test_parallel_cluster.py",  # polytask parallel --backend dask|ray
+    TESTS / "test_parallel_gnu.py",  # ~95 s a version, GNU parallel's runs mostly
+    TESTS / "test_parallel_plus.py",
     TESTS / "test_docs_site.py",
 }
 _ENGINE_FIXTURES = {"dask_cluster", "ray_session"}
