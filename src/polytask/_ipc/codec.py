@@ -23,6 +23,7 @@ from typing import Any
 
 from .._core.backend import fn_name
 from .._core.errors import RemoteError, RemoteTraceback, SerializationError
+from . import stable as _stable
 
 __all__ = [
     "ATOMS",
@@ -112,24 +113,33 @@ _BY_REF: dict[Any, bytes] = {}
 _BY_REF_MAX = 512
 
 
-def dumps_fn(fn: Callable[..., Any]) -> tuple[bytes, bool]:
-    """Pickle a function; the flag says it went by reference (safe to cache by bytes)."""
+def dumps_fn(fn: Callable[..., Any], by_value_cache: bool = True) -> tuple[bytes, bool]:
+    """Pickle a function; the flag says the worker may cache it by its bytes: it went
+    by reference, or by value with nothing in it that can change unseen (a script's
+    function that passes :mod:`.stable`'s rules, when ``by_value_cache``)."""
     try:
         cached = _BY_REF.get(fn)
     except TypeError:  # an unhashable callable object
         cached = None
     if cached is not None:
         return cached, True
+    plain_py = by_value_cache and type(fn) is types.FunctionType
+    if plain_py:
+        kept = _stable.lookup(fn)  # type: ignore[arg-type]
+        if kept is not None:
+            return kept, True
     data, by_ref = _dumps_fn(fn)
     # Only a plain function is the same thing every time it is unpickled: a bound
     # method, a partial or a callable object carries state, which a worker must not
     # cache across calls.
-    by_ref = by_ref and _is_plain_function(fn)
-    if by_ref:
+    if by_ref and _is_plain_function(fn):
         if len(_BY_REF) >= _BY_REF_MAX:
             _BY_REF.clear()
         _BY_REF[fn] = data
-    return data, by_ref
+        return data, True
+    if plain_py and not by_ref:
+        return data, _stable.remember(fn, data)  # type: ignore[arg-type]
+    return data, False
 
 
 def _is_plain_function(fn: Any) -> bool:
@@ -242,23 +252,31 @@ def dumps_call(
     kwargs: Mapping[str, Any],
     name: str = "",
     inherited: Mapping[str, Any] | None = None,
+    keep_by_value: bool = True,
 ) -> tuple[bytes, bool, bytes]:
-    """Pickle a call for a worker: ``(fn bytes, fn by reference?, payload)``.
+    """Pickle a call for a worker: ``(fn bytes, fn cacheable by the worker?, payload)``.
 
     The payload is ``(name, args, kwargs)``. ``inherited``: the ``__main__``
     objects the worker holds already (forked workers); those go by reference.
+    ``keep_by_value``: a script's function may be kept by the worker when
+    nothing in it can change unseen (:mod:`.stable`); False where the worker
+    cannot watch its copy (threads of a cluster worker share it).
 
     Raises :class:`SerializationError` naming the function or the argument that
     could not be pickled, and why.
     """
     try:
-        fn_bytes, by_ref = dumps_fn(fn)
-        if not by_ref and inherited is not None and _is_plain_function(fn):
-            data = _dumps_inherited(fn, inherited)
-            if data is not None:
-                # By name, but not cached by bytes in the worker: a later worker
-                # may be forked after the name was bound to another function.
-                fn_bytes = data
+        by_name = None
+        if inherited is not None and getattr(fn, "__module__", None) == "__main__":
+            by_name = _dumps_inherited(fn, inherited)
+        if by_name is not None:
+            # By name, but not cached by bytes in the worker: a later worker may be
+            # forked after the name was bound to another function.
+            fn_bytes, by_ref = by_name, False
+        else:
+            # A forked worker must get the very object it inherited, by name, or
+            # else a fresh copy: never a copy kept from an earlier call.
+            fn_bytes, by_ref = dumps_fn(fn, by_value_cache=keep_by_value and inherited is None)
     except Exception as exc:
         raise SerializationError(
             f"the function {fn_name(fn)!r} cannot be pickled for the process backend: "

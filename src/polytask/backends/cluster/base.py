@@ -58,7 +58,8 @@ def pack_call(
     Raises :class:`SerializationError` naming the function or argument at fault.
     """
     with pinning() as pins:
-        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name)
+        # A cluster worker's threads share its cached functions: only by reference.
+        fn_bytes, by_ref, payload = dumps_call(fn, args, kwargs, name, keep_by_value=False)
     return fn_bytes, by_ref, payload, pins
 
 

@@ -292,21 +292,23 @@ class ProcessBackend(Backend):
         self._grace = kill_grace
         self._max_tasks = max_tasks_per_worker
         init: bytes | None = None
-        # A forked worker inherits what cannot be pickled (a multiprocessing.Queue,
-        # Lock or Pipe end in initargs), as multiprocessing's fork workers do.
+        # A forked worker runs the very initializer and initargs it inherited, as
+        # multiprocessing's fork workers do: a script's initializer then sets the
+        # globals the script's tasks read (they go to it by name too), and initargs
+        # may hold what only inheritance shares (a multiprocessing.Queue or Lock).
         self._inherited_init: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
-        if initializer is not None:
+        if initializer is not None and method == "fork":
+            self._inherited_init = (initializer, tuple(initargs))
+        elif initializer is not None:
             try:
                 init = dumps((initializer, tuple(initargs)))
             except Exception as exc:
-                if method != "fork":
-                    raise SerializationError(
-                        f"the initializer {initializer!r} or its initargs cannot be pickled "
-                        f"for the worker processes: {type(exc).__name__}: {exc}. Objects "
-                        "shared only by inheritance (a multiprocessing.Queue or Lock) need "
-                        "start_method='fork'; or pass a Manager proxy or a pt.Channel."
-                    ) from exc
-                self._inherited_init = (initializer, tuple(initargs))
+                raise SerializationError(
+                    f"the initializer {initializer!r} or its initargs cannot be pickled "
+                    f"for the worker processes: {type(exc).__name__}: {exc}. Objects "
+                    "shared only by inheritance (a multiprocessing.Queue or Lock) need "
+                    "start_method='fork'; or pass a Manager proxy or a pt.Channel."
+                ) from exc
         self._init_config: dict[str, Any] = {
             "initializer": init,
             "inherited_initializer": self._inherited_init is not None,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..._core.task import CurrentTask, _set_current
+from ..._ipc import stable as _stable
 from ..._ipc.codec import describe, dumps, dumps_exception
 from ..._ipc.spin import SPIN_MAX, after_sleep
 from ..._os import proc as _proc
@@ -132,7 +133,7 @@ _strays = _Strays()
 def serve(rfd: int, wfd: int) -> None:
     """Serve tasks until the request pipe closes or an exit frame arrives."""
     decoder = _wire.FrameDecoder(_wire.REQUEST)
-    fn_cache: dict[bytes, Callable[..., Any]] = {}
+    fn_cache: dict[bytes, tuple[Callable[..., Any], _stable.Guard | None]] = {}
     loads = pickle.loads
     poll = select.poll()
     poll.register(rfd, select.POLLIN)
@@ -167,14 +168,17 @@ def serve(rfd: int, wfd: int) -> None:
                     # A function pickled by reference is the same object every time:
                     # caching it skips the import lookup. By-value ones (closures) are
                     # unpickled afresh, so each call sees the state it was sent with.
-                    fn = fn_cache.get(fn_bytes)
-                    if fn is None:
+                    kept = fn_cache.get(fn_bytes)
+                    if kept is None:
                         fn = loads(fn_bytes)
                         if len(fn_cache) >= _FN_CACHE_SIZE:
                             fn_cache.clear()
-                        fn_cache[fn_bytes] = fn
+                        # A script's function kept by value (see _ipc/stable.py) is
+                        # checked after each call: a call that changed the copy drops it.
+                        kept = fn_cache[fn_bytes] = (fn, _stable.guard(fn))
+                    fn, watch = kept
                 else:
-                    fn = loads(fn_bytes)
+                    fn, watch = loads(fn_bytes), None
                 name, args, kwargs = loads(payload)
             except BaseException as exc:
                 msg = f"the worker could not unpickle the task: {type(exc).__name__}: {exc}"
@@ -209,9 +213,11 @@ def serve(rfd: int, wfd: int) -> None:
                 del result
             finally:
                 _set_current(None)
+            if watch is not None and not watch.intact():
+                fn_cache.pop(fn_bytes, None)
             # Freed now, not when the next task comes (the caller freed its copies;
             # an object may release a resource, or its memory is due back).
-            del fn, args, kwargs
+            del fn, args, kwargs, watch
             _strays.after_task()
             if _retiring:
                 frame = frame[:8] + bytes([frame[8] | _wire.F_RETIRE]) + frame[9:]

@@ -1,0 +1,356 @@
+"""When a script's function may be pickled once (the by-value pickle cache).
+
+cloudpickle sends a function defined in ``__main__`` by value, with the globals
+it reads: 15-20 us in the parent and ~8 us to unpickle in the worker, on every
+call, so ``pool.submit(f, x)`` from a script cost 2-4x what the same call of a
+module's function costs. For a function whose pickle is made only of things
+that cannot change without the parent seeing it, the pickle is made once and
+the worker keeps its copy (it is told it may: the ``by_ref`` flag).
+
+"Cannot change unseen" is checked, not assumed: a :class:`Snapshot` lists every
+object the pickle was made from and :meth:`Snapshot.holds` compares each by
+identity on every call (1-2 us). What may be in it:
+
+- the function's code, names, defaults and annotations, where every default
+  is an atom (int, str, ...; a tuple of atoms): those cannot change in place;
+  ``__kwdefaults__`` and ``__annotations__`` are dicts, compared item by item;
+- the globals it reads (present or absent): atoms, modules and builtins that
+  cloudpickle sends by name, functions and classes importable by name, and
+  other functions of the script that pass the same rules;
+- nothing that writes a global (``global x; x = ...``) or reaches globals or
+  frames by reflection (``globals()``, ``vars()``, ``exec``, ``__globals__``,
+  ``sys._getframe``): the worker's kept copy would carry state from one call
+  to the next, where a fresh copy starts from the parent's values each time.
+
+Two facts outside the function are part of every snapshot: the number of
+loaded modules (cloudpickle adds the submodules loaded *now* that the code
+names, so an ``import xml.dom.minidom`` after the first call must reach the
+worker) and cloudpickle's set of modules registered to go by value.
+
+Refused (pickled every time, as before): closures, a function with attributes,
+mutable globals or defaults (a list, a dict, an instance), bound methods of
+objects (``cfg.get``, ``random.random``: they pickle their object), modules
+copied by value, classes of the script, pickles over :data:`MAX_BYTES`. A forked
+worker never uses this: it gets the script's functions by name (the very
+object it inherited), see :mod:`.codec`.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MAX_BYTES", "Guard", "Snapshot", "guard", "lookup", "remember"]
+
+#: A pickle larger than this is not kept (a 100 KB default string in each of many
+#: lambdas would otherwise be held by the parent and every worker).
+MAX_BYTES = 16 * 1024
+_MAX_ENTRIES = 256
+#: Nested functions of the script followed (helpers calling helpers).
+_MAX_FUNCTIONS = 32
+_ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_TUPLE_MAX = 64
+_GLOBAL_WRITES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
+#: Names through which code reaches a function's globals (or a frame's) without
+#: naming the global: a kept copy in the worker could then carry state.
+_REFLECTION = frozenset(
+    {
+        "globals",
+        "vars",
+        "locals",
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+        "__globals__",
+        "__builtins__",
+        "__dict__",
+        "__code__",
+        "__defaults__",
+        "__kwdefaults__",
+        "__closure__",
+        "_getframe",
+        "currentframe",
+        "f_globals",
+        "f_locals",
+        "f_back",
+        "gi_frame",
+        "cr_frame",
+        "tb_frame",
+    }
+)
+_ABSENT = object()
+_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")
+
+
+_CP: Any = None
+
+
+def _cloudpickle() -> Any:
+    """cloudpickle's module if it has the private names this module relies on."""
+    global _CP
+    if _CP is None:
+        try:
+            from cloudpickle import cloudpickle as cp
+
+            cp._extract_code_globals  # noqa: B018
+            cp._should_pickle_by_reference  # noqa: B018
+            cp._PICKLE_BY_VALUE_MODULES  # noqa: B018
+        except (ImportError, AttributeError):  # pragma: no cover - another cloudpickle
+            _CP = False
+        else:
+            _CP = cp
+    return _CP or None
+
+
+def _attrs(fn: types.FunctionType) -> tuple[Any, ...]:
+    return (
+        fn.__code__,
+        fn.__defaults__,
+        fn.__name__,
+        fn.__qualname__,
+        fn.__module__,
+        fn.__doc__,
+        fn.__closure__,
+        getattr(fn, "__type_params__", ()),
+    )
+
+
+def _items(d: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(d.items()) if d else ()
+
+
+def _same_items(a: tuple[tuple[str, Any], ...], b: tuple[tuple[str, Any], ...]) -> bool:
+    # By identity: 1, 1.0 and True are equal but pickle differently.
+    return len(a) == len(b) and all(
+        x[0] == y[0] and x[1] is y[1] for x, y in zip(a, b, strict=True)
+    )
+
+
+def _code_is_quiet(code: types.CodeType) -> bool:
+    """No global written, no reflection, in ``code`` or the code defined in it."""
+    if not _REFLECTION.isdisjoint(code.co_names):
+        return False
+    import dis  # only when a script's function is first sent: a 2 ms import
+
+    if any(ins.opname in _GLOBAL_WRITES for ins in dis.get_instructions(code)):
+        return False
+    return all(_code_is_quiet(c) for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+class _FnState:
+    """What one by-value function's pickle was made from."""
+
+    __slots__ = ("annotations", "attrs", "fn", "kwdefaults", "reads")
+
+    def __init__(self, fn: types.FunctionType, reads: tuple[tuple[str, Any], ...]) -> None:
+        # Weak: the snapshot is the value of a weak-keyed dict whose key is the
+        # first of these functions; a strong reference would keep it forever.
+        self.fn = weakref.ref(fn)
+        self.attrs = _attrs(fn)
+        self.kwdefaults = _items(fn.__kwdefaults__)
+        self.annotations = _items(fn.__annotations__)
+        # Functions read (helpers, itself) weakly too: their globals hold the key.
+        # (``__globals__`` itself is read-only, so it need not be compared.)
+        self.reads = tuple(
+            (name, weakref.ref(v) if type(v) is types.FunctionType else v) for name, v in reads
+        )
+
+    def holds(self) -> bool:
+        fn = self.fn()
+        if fn is None:
+            return False
+        if fn.__dict__ or any(a is not b for a, b in zip(self.attrs, _attrs(fn), strict=True)):
+            return False
+        if not _same_items(self.kwdefaults, _items(fn.__kwdefaults__)):
+            return False
+        if not _same_items(self.annotations, _items(fn.__annotations__)):
+            return False
+        g = fn.__globals__
+        for name, value in self.reads:
+            if type(value) is weakref.ref:
+                value = value()
+            if g.get(name, _ABSENT) is not value:
+                return False
+        return True
+
+
+class Snapshot:
+    """A by-value pickle and everything it was made from (see the module's text)."""
+
+    __slots__ = ("__weakref__", "data", "functions", "n_modules", "registry")
+
+    def __init__(self, data: bytes, functions: list[_FnState], registry: frozenset[str]) -> None:
+        self.data = data
+        self.functions = functions
+        self.registry = registry
+        self.n_modules = len(sys.modules)
+
+    def holds(self) -> bool:
+        """Whether a fresh pickle now would be :attr:`data` (nothing it read changed)."""
+        if len(sys.modules) != self.n_modules:
+            return False
+        cp = _cloudpickle()
+        if cp is None or self.registry != cp._PICKLE_BY_VALUE_MODULES:
+            return False
+        return all(state.holds() for state in self.functions)
+
+
+class _Checker:
+    """Walks a function and what it reads; :attr:`functions` gets every by-value
+    function met. ``ok`` turns False at the first thing that could change unseen."""
+
+    def __init__(self, cp: Any) -> None:
+        self.cp = cp
+        self.functions: dict[int, _FnState] = {}
+
+    def function(self, fn: types.FunctionType) -> bool:
+        if id(fn) in self.functions:  # recursion, or a helper read twice
+            return True
+        if len(self.functions) >= _MAX_FUNCTIONS:
+            return False
+        if fn.__closure__ or fn.__dict__ or getattr(fn, "__type_params__", None):
+            return False
+        if not _code_is_quiet(fn.__code__):
+            return False
+        g = fn.__globals__
+        names = sorted(self.cp._extract_code_globals(fn.__code__))
+        reads = tuple((name, g.get(name, _ABSENT)) for name in [*names, *_BASE_GLOBALS])
+        self.functions[id(fn)] = _FnState(fn, reads)
+        values: list[Any] = [v for _, v in reads if v is not _ABSENT]
+        values += list(fn.__defaults__ or ())
+        values += list((fn.__kwdefaults__ or {}).values())
+        values += list(fn.__annotations__.values())
+        return all(self.value(v, 0) for v in values)
+
+    def value(self, v: Any, depth: int) -> bool:
+        t = type(v)
+        if t in _ATOM_TYPES:
+            return True
+        if t is tuple or t is frozenset:
+            return depth < 4 and len(v) <= _TUPLE_MAX and all(self.value(x, depth + 1) for x in v)
+        by_reference = self.cp._should_pickle_by_reference
+        if t is types.ModuleType:
+            return v.__name__ != "__main__" and bool(by_reference(v))
+        if t is types.BuiltinFunctionType:
+            # len, math.sqrt: their __self__ is their module, and they go by name.
+            # A bound builtin (cfg.get, random.random) pickles its object: refused.
+            owner = getattr(v, "__self__", None)
+            return (
+                type(owner) is types.ModuleType
+                and getattr(owner, v.__name__, None) is v
+                and self.value(owner, depth)
+            )
+        if t is types.FunctionType:
+            if self._by_name(v):
+                return True
+            return self.function(v)
+        if isinstance(v, type):
+            return v.__module__ != "__main__" and self._by_name(v)
+        return False
+
+    def _by_name(self, v: Any) -> bool:
+        try:
+            return bool(self.cp._should_pickle_by_reference(v))
+        except Exception:  # cloudpickle could not tell: not by name, then
+            return False
+
+
+# The parent's entries, by function; weak, so a lambda made per call is not kept.
+_ENTRIES: weakref.WeakKeyDictionary[Callable[..., Any], Snapshot] = weakref.WeakKeyDictionary()
+
+
+def lookup(fn: types.FunctionType) -> bytes | None:
+    """The kept pickle of ``fn`` if nothing it was made from changed, else None."""
+    entry = _ENTRIES.get(fn)
+    if entry is None:
+        return None
+    if entry.holds():
+        return entry.data
+    del _ENTRIES[fn]
+    return None
+
+
+def remember(fn: types.FunctionType, data: bytes) -> bool:
+    """Keep ``data`` (``fn``'s fresh by-value pickle) if it passes the rules; whether it did.
+
+    Call right after pickling: the snapshot is taken now, so it must describe
+    the same state the pickle was made from.
+    """
+    if len(data) > MAX_BYTES:
+        return False
+    cp = _cloudpickle()
+    if cp is None:  # pragma: no cover - another cloudpickle
+        return False
+    registry = frozenset(cp._PICKLE_BY_VALUE_MODULES)
+    checker = _Checker(cp)
+    try:
+        ok = checker.function(fn)
+    except Exception:  # an object that fails to answer (a hostile __eq__): not kept
+        return False
+    if not ok:
+        return False
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.clear()
+    _ENTRIES[fn] = Snapshot(data, list(checker.functions.values()), registry)
+    return True
+
+
+class Guard:
+    """In a worker: what a kept by-value function was unpickled as, to check after
+    each call that the call left it so.
+
+    The parent's rules leave only one kind of mutable thing in a kept copy: the
+    copied functions themselves and the globals dicts cloudpickle made for them
+    (``f.count = 1``, or a library that sets an attribute on the function it is
+    given). A fresh copy per call would never show such a change to the next
+    call; so a call that made one drops the copy, and the next call unpickles
+    afresh. Functions of real modules are not watched: they are the worker's
+    own, the same object with or without the cache.
+    """
+
+    __slots__ = ("dicts", "functions")
+
+    def __init__(self, fn: types.FunctionType) -> None:
+        functions: list[tuple[types.FunctionType, tuple[Any, ...], Any, Any]] = []
+        dicts: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
+        seen: set[int] = set()
+        stack = [fn]
+        while stack:
+            f = stack.pop()
+            if id(f) in seen:
+                continue
+            seen.add(id(f))
+            g = f.__globals__
+            if getattr(sys.modules.get(f.__module__), "__dict__", None) is g:
+                continue  # a real module's function, not a copy
+            functions.append((f, _attrs(f), _items(f.__kwdefaults__), _items(f.__annotations__)))
+            if id(g) not in dicts:
+                dicts[id(g)] = (g, tuple(g.items()))
+                stack.extend(v for v in g.values() if type(v) is types.FunctionType)
+            stack.extend(v for v in f.__defaults__ or () if type(v) is types.FunctionType)
+        self.functions = functions
+        self.dicts = list(dicts.values())
+
+    def intact(self) -> bool:
+        """Whether every watched function and globals dict is as unpickled."""
+        for f, attrs, kwdefaults, notes in self.functions:
+            if f.__dict__ or any(a is not b for a, b in zip(attrs, _attrs(f), strict=True)):
+                return False
+            if not _same_items(kwdefaults, _items(f.__kwdefaults__)):
+                return False
+            if not _same_items(notes, _items(f.__annotations__)):
+                return False
+        return all(_same_items(items, tuple(g.items())) for g, items in self.dicts)
+
+
+def guard(fn: Any) -> Guard | None:
+    """A :class:`Guard` for a by-value function the worker keeps; None for anything
+    else (a function of a real module, a builtin: the worker's own objects)."""
+    if type(fn) is not types.FunctionType:
+        return None
+    g = Guard(fn)
+    return g if g.functions else None
