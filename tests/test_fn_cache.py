@@ -187,10 +187,12 @@ def test_a_module_registered_by_value_later_is_seen(tmp_path, monkeypatch):
 def test_the_cache_keeps_no_function_alive():
     f, ns = _script_function("def f(x): return x")
     assert dumps_fn(f)[1]
-    ref = weakref.ref(f)
+    ref, key = weakref.ref(f), id(f)
+    assert key in stable._ENTRIES
     del f, ns
     gc.collect()
     assert ref() is None
+    assert key not in stable._ENTRIES
 
 
 def test_a_forked_worker_never_gets_a_kept_copy():

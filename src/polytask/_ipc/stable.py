@@ -40,7 +40,7 @@ from __future__ import annotations
 import sys
 import types
 import weakref
-from collections.abc import Callable
+from operator import is_
 from typing import Any
 
 __all__ = ["MAX_BYTES", "Guard", "Snapshot", "guard", "lookup", "remember"]
@@ -119,15 +119,24 @@ def _attrs(fn: types.FunctionType) -> tuple[Any, ...]:
     )
 
 
-def _items(d: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(d.items()) if d else ()
+class _Dict:
+    """A dict's keys and values as they were: the same now means equal keys and,
+    by identity, the same values (1, 1.0 and True are equal but pickle apart)."""
 
+    __slots__ = ("keys", "values")
 
-def _same_items(a: tuple[tuple[str, Any], ...], b: tuple[tuple[str, Any], ...]) -> bool:
-    # By identity: 1, 1.0 and True are equal but pickle differently.
-    return len(a) == len(b) and all(
-        x[0] == y[0] and x[1] is y[1] for x, y in zip(a, b, strict=True)
-    )
+    def __init__(self, d: dict[str, Any] | None) -> None:
+        self.keys = tuple(d) if d else ()
+        self.values = tuple(d.values()) if d else ()
+
+    def same(self, d: dict[str, Any] | None) -> bool:
+        if not d:
+            return not self.keys
+        return (
+            len(d) == len(self.keys)
+            and all(map(is_, d.values(), self.values))
+            and tuple(d) == self.keys
+        )
 
 
 def _code_is_quiet(code: types.CodeType) -> bool:
@@ -144,38 +153,40 @@ def _code_is_quiet(code: types.CodeType) -> bool:
 class _FnState:
     """What one by-value function's pickle was made from."""
 
-    __slots__ = ("annotations", "attrs", "fn", "kwdefaults", "reads")
+    __slots__ = ("absent", "annotations", "attrs", "fn", "kwdefaults", "names", "refs", "values")
 
     def __init__(self, fn: types.FunctionType, reads: tuple[tuple[str, Any], ...]) -> None:
         # Weak: the snapshot is the value of a weak-keyed dict whose key is the
         # first of these functions; a strong reference would keep it forever.
         self.fn = weakref.ref(fn)
         self.attrs = _attrs(fn)
-        self.kwdefaults = _items(fn.__kwdefaults__)
-        self.annotations = _items(fn.__annotations__)
+        self.kwdefaults = _Dict(fn.__kwdefaults__)
+        self.annotations = _Dict(fn.__annotations__)
+        self.names = tuple(name for name, _ in reads)
+        self.absent = (_ABSENT,) * len(reads)
         # Functions read (helpers, itself) weakly too: their globals hold the key.
         # (``__globals__`` itself is read-only, so it need not be compared.)
-        self.reads = tuple(
-            (name, weakref.ref(v) if type(v) is types.FunctionType else v) for name, v in reads
+        self.refs = tuple(i for i, (_, v) in enumerate(reads) if type(v) is types.FunctionType)
+        self.values = tuple(
+            weakref.ref(v) if type(v) is types.FunctionType else v for _, v in reads
         )
 
     def holds(self) -> bool:
+        # The hot path of every call of a kept function: C-level loops only.
         fn = self.fn()
-        if fn is None:
+        if fn is None or fn.__dict__ or not all(map(is_, self.attrs, _attrs(fn))):
             return False
-        if fn.__dict__ or any(a is not b for a, b in zip(self.attrs, _attrs(fn), strict=True)):
+        if not self.kwdefaults.same(fn.__kwdefaults__):
             return False
-        if not _same_items(self.kwdefaults, _items(fn.__kwdefaults__)):
+        if not self.annotations.same(fn.__annotations__):
             return False
-        if not _same_items(self.annotations, _items(fn.__annotations__)):
-            return False
+        expected: Any = self.values
+        if self.refs:
+            expected = list(expected)
+            for i in self.refs:
+                expected[i] = expected[i]()
         g = fn.__globals__
-        for name, value in self.reads:
-            if type(value) is weakref.ref:
-                value = value()
-            if g.get(name, _ABSENT) is not value:
-                return False
-        return True
+        return all(map(is_, map(g.get, self.names, self.absent), expected))
 
 
 class Snapshot:
@@ -196,7 +207,7 @@ class Snapshot:
         cp = _cloudpickle()
         if cp is None or self.registry != cp._PICKLE_BY_VALUE_MODULES:
             return False
-        return all(state.holds() for state in self.functions)
+        return all(map(_FnState.holds, self.functions))
 
 
 class _Checker:
@@ -259,18 +270,19 @@ class _Checker:
             return False
 
 
-# The parent's entries, by function; weak, so a lambda made per call is not kept.
-_ENTRIES: weakref.WeakKeyDictionary[Callable[..., Any], Snapshot] = weakref.WeakKeyDictionary()
+# The parent's entries, by the function's id (a plain dict: this lookup is on
+# every call). The entry holds the function weakly and goes when it dies.
+_ENTRIES: dict[int, Snapshot] = {}
 
 
 def lookup(fn: types.FunctionType) -> bytes | None:
     """The kept pickle of ``fn`` if nothing it was made from changed, else None."""
-    entry = _ENTRIES.get(fn)
+    entry = _ENTRIES.get(id(fn))
     if entry is None:
         return None
-    if entry.holds():
+    if entry.functions[0].fn() is fn and entry.holds():
         return entry.data
-    del _ENTRIES[fn]
+    _ENTRIES.pop(id(fn), None)
     return None
 
 
@@ -295,8 +307,18 @@ def remember(fn: types.FunctionType, data: bytes) -> bool:
         return False
     if len(_ENTRIES) >= _MAX_ENTRIES:
         _ENTRIES.clear()
-    _ENTRIES[fn] = Snapshot(data, list(checker.functions.values()), registry)
+    key = id(fn)
+    entry = Snapshot(data, list(checker.functions.values()), registry)
+    # The first state is ``fn``'s own; its weak reference drops the entry when
+    # ``fn`` dies (only if it is still this entry: the id may be reused).
+    entry.functions[0].fn = weakref.ref(fn, lambda _ref: _forget(key, entry))
+    _ENTRIES[key] = entry
     return True
+
+
+def _forget(key: int, entry: Snapshot) -> None:
+    if _ENTRIES.get(key) is entry:
+        del _ENTRIES[key]
 
 
 class Guard:
@@ -312,11 +334,11 @@ class Guard:
     own, the same object with or without the cache.
     """
 
-    __slots__ = ("dicts", "functions")
+    __slots__ = ("dicts", "functions", "was")
 
     def __init__(self, fn: types.FunctionType) -> None:
-        functions: list[tuple[types.FunctionType, tuple[Any, ...], Any, Any]] = []
-        dicts: dict[int, tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
+        functions: list[tuple[types.FunctionType, tuple[Any, ...], _Dict, _Dict]] = []
+        dicts: dict[int, tuple[dict[str, Any], _Dict]] = {}
         seen: set[int] = set()
         stack = [fn]
         while stack:
@@ -327,24 +349,23 @@ class Guard:
             g = f.__globals__
             if getattr(sys.modules.get(f.__module__), "__dict__", None) is g:
                 continue  # a real module's function, not a copy
-            functions.append((f, _attrs(f), _items(f.__kwdefaults__), _items(f.__annotations__)))
+            functions.append((f, _attrs(f), _Dict(f.__kwdefaults__), _Dict(f.__annotations__)))
             if id(g) not in dicts:
-                dicts[id(g)] = (g, tuple(g.items()))
+                dicts[id(g)] = (g, _Dict(g))
                 stack.extend(v for v in g.values() if type(v) is types.FunctionType)
             stack.extend(v for v in f.__defaults__ or () if type(v) is types.FunctionType)
         self.functions = functions
-        self.dicts = list(dicts.values())
+        self.dicts = tuple(g for g, _ in dicts.values())
+        self.was = tuple(was for _, was in dicts.values())
 
     def intact(self) -> bool:
         """Whether every watched function and globals dict is as unpickled."""
         for f, attrs, kwdefaults, notes in self.functions:
-            if f.__dict__ or any(a is not b for a, b in zip(attrs, _attrs(f), strict=True)):
+            if f.__dict__ or not all(map(is_, attrs, _attrs(f))):
                 return False
-            if not _same_items(kwdefaults, _items(f.__kwdefaults__)):
+            if not kwdefaults.same(f.__kwdefaults__) or not notes.same(f.__annotations__):
                 return False
-            if not _same_items(notes, _items(f.__annotations__)):
-                return False
-        return all(_same_items(items, tuple(g.items())) for g, items in self.dicts)
+        return all(map(_Dict.same, self.was, self.dicts))
 
 
 def guard(fn: Any) -> Guard | None:
