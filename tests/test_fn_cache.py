@@ -748,3 +748,49 @@ def test_code_is_disassembled_once(monkeypatch):
     for _ in range(40):
         stable._code_is_quiet(f.__code__)
     assert len(calls) == 1
+
+
+def test_a_call_that_changes_a_function_it_reaches_through_a_tuple_drops_it(tmp_path: Path):
+    # The worker watches every function of a kept copy: in a tuple global, a
+    # keyword default, a tuple default (a fresh copy per call starts clean).
+    script = tmp_path / "reach.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import polytask as pt
+            def step(x):
+                return x
+            def kw(x):
+                return x
+            STEPS = (step,)
+            def f():
+                s = STEPS[0]
+                s.calls = getattr(s, "calls", 0) + 1
+                return s.calls
+            def g(*, h=kw):
+                h.calls = getattr(h, "calls", 0) + 1
+                return h.calls
+            if __name__ == "__main__":
+                with pt.Pool(workers=1) as pool:
+                    print(*[pool.submit(f).result(60) for _ in range(5)])
+                    print(*[pool.submit(g).result(60) for _ in range(5)])
+            """
+        )
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines() == ["1 1 1 1 1", "1 1 1 1 1"]
+
+
+def test_the_worker_watches_a_function_in_a_nested_tuple_default():
+    import pickle
+
+    d, _ = _script_function("def kw(x):\n    return x\ndef d(x=((kw,),)):\n    return x[0][0]", "d")
+    data = _settled(d)
+    copy = pickle.loads(data)
+    watch = stable.guard(copy)
+    assert watch is not None and watch.intact()
+    copy()(1)
+    assert watch.intact()
+    copy().__defaults__ = (2,)
+    assert not watch.intact()

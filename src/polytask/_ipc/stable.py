@@ -496,8 +496,12 @@ class Guard:
             functions.append((f, _attrs(f), _items(f.__kwdefaults__), _items(f.__annotations__)))
             if id(g) not in dicts:
                 dicts[id(g)] = (g, tuple(g.items()))
-                stack.extend(v for v in g.values() if type(v) is types.FunctionType)
-            stack.extend(v for v in f.__defaults__ or () if type(v) is types.FunctionType)
+                _functions_in(g.values(), stack)
+            # Wherever the parent's rules let a function be: a tuple (``STEPS =
+            # (step,)``), a default, a keyword default, an annotation.
+            _functions_in(f.__defaults__ or (), stack)
+            _functions_in((f.__kwdefaults__ or {}).values(), stack)
+            _functions_in(f.__annotations__.values(), stack)
         self.functions = functions
         self.dicts = list(dicts.values())
 
@@ -511,6 +515,17 @@ class Guard:
             if not _same_items(notes, _items(f.__annotations__)):
                 return False
         return all(_same_items(items, tuple(g.items())) for g, items in self.dicts)
+
+
+def _functions_in(values: Any, out: list[types.FunctionType]) -> None:
+    """Add to ``out`` the functions among ``values`` and in their tuples and
+    frozensets (the only containers a kept function may read)."""
+    for v in values:
+        t = type(v)
+        if t is types.FunctionType:
+            out.append(v)
+        elif t is tuple or t is frozenset:
+            _functions_in(v, out)
 
 
 def guard(fn: Any) -> Guard | None:
