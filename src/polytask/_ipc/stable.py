@@ -22,10 +22,21 @@ identity on every call (1-2 us). What may be in it:
   ``sys._getframe``): the worker's kept copy would carry state from one call
   to the next, where a fresh copy starts from the parent's values each time.
 
-Two facts outside the function are part of every snapshot: the number of
-loaded modules (cloudpickle adds the submodules loaded *now* that the code
-names, so an ``import xml.dom.minidom`` after the first call must reach the
-worker) and cloudpickle's set of modules registered to go by value.
+What went by name is checked to be still found under that name: a module
+still in ``sys.modules``, an imported function, class or builtin still the
+attribute of its module (a monkeypatch, ``importlib.reload`` or a module
+dropped from ``sys.modules`` makes a fresh pickle send it by value, or fail).
+
+Two facts outside the function are part of every snapshot: the loaded modules,
+by their count and the last one's name (cloudpickle adds the submodules loaded
+*now* that the code names, so an ``import xml.dom.minidom`` after the first
+call must reach the worker, even if as many modules were dropped) and
+cloudpickle's set of modules registered to go by value.
+
+The check costs about a cloudpickle (a walk, and a second pickle that proves
+the snapshot is of the state the pickle was made from), so it is made from a
+function's second call with an unchanged pickle, and ever more rarely after
+failures (see :func:`remember`).
 
 Refused (pickled every time, as before): closures, a function with attributes,
 mutable globals or defaults (a list, a dict, an instance), bound methods of
@@ -40,6 +51,7 @@ from __future__ import annotations
 import sys
 import types
 import weakref
+from collections.abc import Callable
 from operator import is_
 from typing import Any
 
@@ -139,8 +151,21 @@ class _Dict:
         )
 
 
+#: :func:`_code_is_quiet` by code object: a script that rebinds a global its
+#: function reads before every call makes a new snapshot per call, and the
+#: disassembly alone cost 7x the cloudpickle the cache saves.
+_QUIET: weakref.WeakKeyDictionary[types.CodeType, bool] = weakref.WeakKeyDictionary()
+
+
 def _code_is_quiet(code: types.CodeType) -> bool:
     """No global written, no reflection, in ``code`` or the code defined in it."""
+    quiet = _QUIET.get(code)
+    if quiet is None:
+        quiet = _QUIET[code] = _scan_code(code)
+    return quiet
+
+
+def _scan_code(code: types.CodeType) -> bool:
     if not _REFLECTION.isdisjoint(code.co_names):
         return False
     import dis  # only when a script's function is first sent: a 2 ms import
@@ -189,25 +214,76 @@ class _FnState:
         return all(map(is_, map(g.get, self.names, self.absent), expected))
 
 
+class _ByName:
+    """A module, function, class or builtin cloudpickle sent by name: it still must
+    be found under that name (else a fresh pickle sends it by value, or fails)."""
+
+    __slots__ = ("module", "obj", "parts", "qualname", "strong")
+
+    def __init__(self, obj: Any, module: str, qualname: str) -> None:
+        # A function weakly, as in _FnState; modules, classes and builtins live in
+        # their modules anyway.
+        self.strong = type(obj) is not types.FunctionType
+        self.obj: Any = obj if self.strong else weakref.ref(obj)
+        self.module = module
+        self.qualname = qualname
+        self.parts = qualname.split(".")
+
+    def holds(self) -> bool:
+        obj = self.obj if self.strong else self.obj()
+        if type(obj) is types.ModuleType:  # by name while it is in sys.modules
+            return obj.__name__ == self.module and self.module in sys.modules
+        if obj is None or obj.__module__ != self.module:
+            return False
+        if type(obj) is not types.BuiltinFunctionType and obj.__qualname__ != self.qualname:
+            return False
+        found: Any = sys.modules.get(self.module)
+        for part in self.parts:
+            found = getattr(found, part, _ABSENT)
+        return found is obj
+
+
+def _last_module() -> Any:
+    return next(reversed(sys.modules))
+
+
 class Snapshot:
     """A by-value pickle and everything it was made from (see the module's text)."""
 
-    __slots__ = ("__weakref__", "data", "functions", "n_modules", "registry")
+    __slots__ = (
+        "__weakref__",
+        "by_name",
+        "data",
+        "functions",
+        "last_module",
+        "n_modules",
+        "registry",
+    )
 
-    def __init__(self, data: bytes, functions: list[_FnState], registry: frozenset[str]) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        functions: list[_FnState],
+        by_name: list[_ByName],
+        registry: frozenset[str],
+    ) -> None:
         self.data = data
         self.functions = functions
+        self.by_name = by_name
         self.registry = registry
+        # The count alone missed a module deleted and another loaded; a module
+        # loaded goes last in the dict, so it also changes the last name.
         self.n_modules = len(sys.modules)
+        self.last_module = _last_module()
 
     def holds(self) -> bool:
         """Whether a fresh pickle now would be :attr:`data` (nothing it read changed)."""
-        if len(sys.modules) != self.n_modules:
+        if len(sys.modules) != self.n_modules or _last_module() != self.last_module:
             return False
         cp = _cloudpickle()
         if cp is None or self.registry != cp._PICKLE_BY_VALUE_MODULES:
             return False
-        return all(map(_FnState.holds, self.functions))
+        return all(map(_FnState.holds, self.functions)) and all(map(_ByName.holds, self.by_name))
 
 
 class _Checker:
@@ -217,6 +293,7 @@ class _Checker:
     def __init__(self, cp: Any) -> None:
         self.cp = cp
         self.functions: dict[int, _FnState] = {}
+        self.by_name: dict[int, _ByName] = {}
 
     def function(self, fn: types.FunctionType) -> bool:
         if id(fn) in self.functions:  # recursion, or a helper read twice
@@ -245,22 +322,29 @@ class _Checker:
             return depth < 4 and len(v) <= _TUPLE_MAX and all(self.value(x, depth + 1) for x in v)
         by_reference = self.cp._should_pickle_by_reference
         if t is types.ModuleType:
-            return v.__name__ != "__main__" and bool(by_reference(v))
+            if v.__name__ == "__main__" or not by_reference(v):
+                return False
+            return self._note(v, v.__name__, v.__name__)
         if t is types.BuiltinFunctionType:
             # len, math.sqrt: their __self__ is their module, and they go by name.
             # A bound builtin (cfg.get, random.random) pickles its object: refused.
-            owner = getattr(v, "__self__", None)
+            owner: Any = getattr(v, "__self__", None)
             return (
                 type(owner) is types.ModuleType
                 and getattr(owner, v.__name__, None) is v
                 and self.value(owner, depth)
+                and self._note(v, getattr(v, "__module__", None), getattr(v, "__name__", None))
             )
         if t is types.FunctionType:
             if self._by_name(v):
-                return True
+                return self._note(v, v.__module__, v.__qualname__)
             return self.function(v)
         if isinstance(v, type):
-            return v.__module__ != "__main__" and self._by_name(v)
+            return (
+                v.__module__ != "__main__"
+                and self._by_name(v)
+                and self._note(v, v.__module__, v.__qualname__)
+            )
         return False
 
     def _by_name(self, v: Any) -> bool:
@@ -269,10 +353,46 @@ class _Checker:
         except Exception:  # cloudpickle could not tell: not by name, then
             return False
 
+    def _note(self, v: Any, module: Any, qualname: Any) -> bool:
+        """Record that ``v`` went by name (a monkeypatch, a reload or a module
+        dropped from sys.modules later makes a fresh pickle send it by value)."""
+        if type(module) is not str or type(qualname) is not str:
+            return False
+        if id(v) not in self.by_name:
+            self.by_name[id(v)] = _ByName(v, module, qualname)
+        return True
+
 
 # The parent's entries, by the function's id (a plain dict: this lookup is on
 # every call). The entry holds the function weakly and goes when it dies.
 _ENTRIES: dict[int, Snapshot] = {}
+
+
+class _Seen:
+    """A function sent by value and not kept (yet): its last pickle, and how many
+    checks it failed (see :func:`remember`)."""
+
+    __slots__ = ("data", "failed", "skip")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.failed = 0
+        self.skip = 0
+
+    def back_off(self) -> None:
+        """One more failed check (refused, or the kept pickle went stale): wait
+        twice as many agreeing calls before the next (up to 255)."""
+        self.failed = min(self.failed + 1, 9)
+        self.skip = (1 << (self.failed - 1)) - 1
+
+
+#: Functions sent by value and not kept. The check costs about a cloudpickle
+#: (walk, then a second pickle), so it is made only for a function seen before
+#: whose pickle has not changed since, and ever more rarely after failures:
+#: without this a function made per call (``lambda x, k=k: ...``), a refused one
+#: (it reads a list) or one whose global is rebound before every call (``lr *=
+#: 0.9``) cost 2-6x what no cache costs.
+_SEEN: weakref.WeakKeyDictionary[Callable[..., Any], _Seen] = weakref.WeakKeyDictionary()
 
 
 def lookup(fn: types.FunctionType) -> bytes | None:
@@ -280,45 +400,92 @@ def lookup(fn: types.FunctionType) -> bytes | None:
     entry = _ENTRIES.get(id(fn))
     if entry is None:
         return None
-    if entry.functions[0].fn() is fn and entry.holds():
+    try:
+        held = entry.functions[0].fn() is fn and entry.holds()
+    except Exception:  # a module's __getattr__ that raises: a fresh pickle tells
+        held = False
+    if held:
         return entry.data
-    _ENTRIES.pop(id(fn), None)
+    # pop, not del: another thread may have dropped it (or cleared all) meanwhile.
+    if _ENTRIES.get(id(fn)) is entry:
+        _ENTRIES.pop(id(fn), None)
+    if entry.functions[0].fn() is not fn:  # another function's, at a reused id
+        return None
+    seen = _SEEN.get(fn)
+    if seen is None:
+        if len(_SEEN) >= _MAX_ENTRIES:
+            _SEEN.clear()
+        seen = _SEEN[fn] = _Seen(entry.data)
+    seen.data = entry.data
+    seen.back_off()
     return None
 
 
 def remember(fn: types.FunctionType, data: bytes) -> bool:
     """Keep ``data`` (``fn``'s fresh by-value pickle) if it passes the rules; whether it did.
 
-    Call right after pickling: the snapshot is taken now, so it must describe
-    the same state the pickle was made from.
+    Checked only from the second call whose pickle equals the one before, and
+    after ``n`` failed checks (refused, or gone stale) only after ``2**(n-1) - 1``
+    more such calls (at most 255): the check costs about a cloudpickle, and is
+    wasted on a function that is sent once or keeps changing.
     """
     if len(data) > MAX_BYTES:
+        return False
+    seen = _SEEN.get(fn)
+    if seen is None:
+        if len(_SEEN) >= _MAX_ENTRIES:
+            _SEEN.clear()
+        _SEEN[fn] = _Seen(data)
+        return False
+    if seen.data != data:  # changed since the last call: wait for it to settle
+        seen.data = data
+        return False
+    if seen.skip:
+        seen.skip -= 1
         return False
     cp = _cloudpickle()
     if cp is None:  # pragma: no cover - another cloudpickle
         return False
-    registry = frozenset(cp._PICKLE_BY_VALUE_MODULES)
-    checker = _Checker(cp)
-    try:
-        ok = checker.function(fn)
-    except Exception:  # an object that fails to answer (a hostile __eq__): not kept
-        return False
-    if not ok:
+    snapshot = _check(cp, fn, data)
+    if snapshot is None:
+        seen.back_off()
         return False
     if len(_ENTRIES) >= _MAX_ENTRIES:
         _ENTRIES.clear()
     key = id(fn)
-    entry = Snapshot(data, list(checker.functions.values()), registry)
     # The first state is ``fn``'s own; its weak reference drops the entry when
     # ``fn`` dies (only if it is still this entry: the id may be reused).
-    entry.functions[0].fn = weakref.ref(fn, lambda _ref: _forget(key, entry))
-    _ENTRIES[key] = entry
+    snapshot.functions[0].fn = weakref.ref(fn, lambda _ref: _forget(key, snapshot))
+    _ENTRIES[key] = snapshot
     return True
 
 
 def _forget(key: int, entry: Snapshot) -> None:
     if _ENTRIES.get(key) is entry:
-        del _ENTRIES[key]
+        _ENTRIES.pop(key, None)
+
+
+def _check(cp: Any, fn: types.FunctionType, data: bytes) -> Snapshot | None:
+    """A snapshot of what ``data`` was made from, or None if it could change unseen."""
+    from .codec import PROTOCOL
+
+    registry = frozenset(cp._PICKLE_BY_VALUE_MODULES)
+    checker = _Checker(cp)
+    try:
+        if not checker.function(fn):
+            return None
+        snapshot = Snapshot(
+            data, list(checker.functions.values()), list(checker.by_name.values()), registry
+        )
+        # ``data`` was made before the walk: a global rebound in between (another
+        # thread; code the pickling ran) would pair the new state with the old
+        # pickle for every later call. A pickle made after the walk, which still
+        # holds after it, is the pickle of the state the snapshot describes.
+        if cp.dumps(fn, protocol=PROTOCOL) != data or not snapshot.holds():
+            return None
+    except Exception:  # an object that fails to answer (a hostile __eq__): not kept
+        return None
+    return snapshot
 
 
 class Guard:
@@ -352,8 +519,12 @@ class Guard:
             functions.append((f, _attrs(f), _Dict(f.__kwdefaults__), _Dict(f.__annotations__)))
             if id(g) not in dicts:
                 dicts[id(g)] = (g, _Dict(g))
-                stack.extend(v for v in g.values() if type(v) is types.FunctionType)
-            stack.extend(v for v in f.__defaults__ or () if type(v) is types.FunctionType)
+                _functions_in(g.values(), stack)
+            # Wherever the parent's rules let a function be: a tuple (``STEPS =
+            # (step,)``), a default, a keyword default, an annotation.
+            _functions_in(f.__defaults__ or (), stack)
+            _functions_in((f.__kwdefaults__ or {}).values(), stack)
+            _functions_in(f.__annotations__.values(), stack)
         self.functions = functions
         self.dicts = tuple(g for g, _ in dicts.values())
         self.was = tuple(was for _, was in dicts.values())
@@ -366,6 +537,17 @@ class Guard:
             if not kwdefaults.same(f.__kwdefaults__) or not notes.same(f.__annotations__):
                 return False
         return all(map(_Dict.same, self.was, self.dicts))
+
+
+def _functions_in(values: Any, out: list[types.FunctionType]) -> None:
+    """Add to ``out`` the functions among ``values`` and in their tuples and
+    frozensets (the only containers a kept function may read)."""
+    for v in values:
+        t = type(v)
+        if t is types.FunctionType:
+            out.append(v)
+        elif t is tuple or t is frozenset:
+            _functions_in(v, out)
 
 
 def guard(fn: Any) -> Guard | None:
