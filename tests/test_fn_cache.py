@@ -25,6 +25,19 @@ from polytask._ipc import stable
 from polytask._ipc.codec import dumps_call, dumps_fn
 
 
+def _run_script(script: Path) -> str:
+    """Run ``script`` as a user runs it (its own ``__main__``); its stdout, stripped."""
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=script.parent,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def _script_function(source: str, name: str = "f") -> tuple[Any, dict[str, Any]]:
     """A function defined as a script's are: in a module named __main__ (by value)."""
     namespace: dict[str, Any] = {"__name__": "__main__"}
@@ -394,11 +407,7 @@ def test_a_script_gets_what_a_fresh_pickle_gives(case, tmp_path: Path):
     body, expected = _SCRIPTS[case]
     script = tmp_path / f"{case}.py"
     script.write_text("import polytask as pt\n" + textwrap.dedent(body))
-    r = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == expected
+    assert _run_script(script) == expected
 
 
 def test_multiprocessing_fork_agrees_on_the_fork_cases(tmp_path: Path):
@@ -425,9 +434,7 @@ def test_multiprocessing_fork_agrees_on_the_fork_cases(tmp_path: Path):
             """
         )
     )
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "worker-conn 10 10"
+    assert _run_script(script) == "worker-conn 10 10"
 
 
 def test_a_kept_function_runs_in_the_worker_from_its_cache():
@@ -463,11 +470,9 @@ def test_a_kept_copy_is_one_object_in_the_worker(tmp_path: Path):
             """
         )
     )
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
     # The first call's copy is not kept (a function is checked from its second
     # call); the second call's is, and serves the third and fourth.
-    assert r.stdout.strip() == "1 2 2 2"
+    assert _run_script(script) == "1 2 2 2"
 
 
 def test_a_call_that_changes_its_kept_copy_drops_it(tmp_path: Path):
@@ -498,9 +503,7 @@ def test_a_call_that_changes_its_kept_copy_drops_it(tmp_path: Path):
             """
         )
     )
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines() == ["1 1 1", "len len helper"]
+    assert _run_script(script).splitlines() == ["1 1 1", "len len helper"]
 
 
 # -- a third review: what a fresh pickle decides by name, races, cost ----------
@@ -646,11 +649,7 @@ def test_a_script_gets_what_a_fresh_pickle_gives_by_name(case, tmp_path: Path):
     (tmp_path / "racemod.py").write_text(_RACEMOD)
     script = tmp_path / f"{case}.py"
     script.write_text("import polytask as pt\n" + textwrap.dedent(body))
-    r = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == expected
+    assert _run_script(script) == expected
 
 
 def test_two_threads_that_find_the_same_stale_entry_both_pickle_afresh(monkeypatch):
@@ -779,9 +778,7 @@ def test_a_call_that_changes_a_function_it_reaches_through_a_tuple_drops_it(tmp_
             """
         )
     )
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines() == ["1 1 1 1 1", "1 1 1 1 1"]
+    assert _run_script(script).splitlines() == ["1 1 1 1 1", "1 1 1 1 1"]
 
 
 def test_the_worker_watches_a_function_in_a_nested_tuple_default():
