@@ -138,7 +138,7 @@ def dumps_fn(fn: Callable[..., Any], by_value_cache: bool = True) -> tuple[bytes
         _BY_REF[fn] = data
         return data, True
     if plain_py and not by_ref:
-        return data, _stable.remember(fn, data)  # type: ignore[arg-type]
+        return data, _stable.remember(fn, data, _cloudpickle_dumps)  # type: ignore[arg-type]
     return data, False
 
 

@@ -421,8 +421,10 @@ def lookup(fn: types.FunctionType) -> bytes | None:
     return None
 
 
-def remember(fn: types.FunctionType, data: bytes) -> bool:
-    """Keep ``data`` (``fn``'s fresh by-value pickle) if it passes the rules; whether it did.
+def remember(fn: types.FunctionType, data: bytes, dumps: Callable[[Any], bytes]) -> bool:
+    """Keep ``data`` (``fn``'s fresh by-value pickle, made by ``dumps``) if it passes
+    the rules; whether it did. ``dumps`` makes the second pickle that proves the
+    snapshot (the caller's own, so both pickles are made alike).
 
     Checked only from the second call whose pickle equals the one before, and
     after ``n`` failed checks (refused, or gone stale) only after ``2**(n-1) - 1``
@@ -446,7 +448,7 @@ def remember(fn: types.FunctionType, data: bytes) -> bool:
     cp = _cloudpickle()
     if cp is None:  # pragma: no cover - another cloudpickle
         return False
-    snapshot = _check(cp, fn, data)
+    snapshot = _check(cp, fn, data, dumps)
     if snapshot is None:
         seen.back_off()
         return False
@@ -465,10 +467,11 @@ def _forget(key: int, entry: Snapshot) -> None:
         _ENTRIES.pop(key, None)
 
 
-def _check(cp: Any, fn: types.FunctionType, data: bytes) -> Snapshot | None:
-    """A snapshot of what ``data`` was made from, or None if it could change unseen."""
-    from .codec import PROTOCOL
-
+def _check(
+    cp: Any, fn: types.FunctionType, data: bytes, dumps: Callable[[Any], bytes]
+) -> Snapshot | None:
+    """A snapshot of what ``data`` (made by ``dumps``) was made from, or None if it
+    could change unseen."""
     registry = frozenset(cp._PICKLE_BY_VALUE_MODULES)
     checker = _Checker(cp)
     try:
@@ -481,7 +484,7 @@ def _check(cp: Any, fn: types.FunctionType, data: bytes) -> Snapshot | None:
         # thread; code the pickling ran) would pair the new state with the old
         # pickle for every later call. A pickle made after the walk, which still
         # holds after it, is the pickle of the state the snapshot describes.
-        if cp.dumps(fn, protocol=PROTOCOL) != data or not snapshot.holds():
+        if dumps(fn) != data or not snapshot.holds():
             return None
     except Exception:  # an object that fails to answer (a hostile __eq__): not kept
         return None
