@@ -548,8 +548,8 @@ def run(quick: bool) -> str:
         )
     if pt_b and mp_b:
         lines.append(
-            f"- Target (b) >= 1.0x multiprocessing.Pool.map: {mp_b / pt_b:.2f}x, "
-            f"{verdict(mp_b / pt_b >= 1.0)}."
+            f"- Target (b) >= 1.2x multiprocessing.Pool.map (issue 14): {mp_b / pt_b:.2f}x, "
+            f"{verdict(mp_b / pt_b >= 1.2)}."
         )
     for peer, val in (("mpire", mpire_b), ("joblib", joblib_b)):
         if pt_b and val:
