@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -267,6 +268,69 @@ def _e2e_mp_queue(n: int) -> float:
     return elapsed
 
 
+def _produce_channel(ch: Any, n: int) -> None:
+    for _ in range(n):
+        ch.put(SMALL)
+
+
+def _produce_queue(q: Any, n: int) -> None:
+    for _ in range(n):
+        q.put(SMALL)
+
+
+def _producers_polytask(k: int, n: int) -> float:
+    """k producer processes put n items in all into one channel; this process
+    drains it. Clock: the producers' start to the last item received."""
+    ch: Any = pt.Channel(backend="process")
+    t = time.perf_counter()
+    procs = [CTX.Process(target=_produce_channel, args=(ch, n // k)) for _ in range(k)]
+    for p in procs:
+        p.start()
+    get = ch.get
+    for _ in range((n // k) * k):
+        get()
+    elapsed = time.perf_counter() - t
+    for p in procs:
+        p.join()
+    ch.close()
+    return elapsed
+
+
+def _producers_mp_queue(k: int, n: int) -> float:
+    """The same with one multiprocessing.Queue."""
+    q: Any = CTX.Queue()
+    t = time.perf_counter()
+    procs = [CTX.Process(target=_produce_queue, args=(q, n // k)) for _ in range(k)]
+    for p in procs:
+        p.start()
+    get = q.get
+    for _ in range((n // k) * k):
+        get()
+    elapsed = time.perf_counter() - t
+    for p in procs:
+        p.join()
+    q.close()
+    return elapsed
+
+
+class _Busy:
+    """One core kept busy by ``yes > /dev/null`` while the block runs (the load case)."""
+
+    def __enter__(self) -> _Busy:
+        self.proc = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
+        time.sleep(0.2)  # let the scheduler see it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _busy(fn: Callable[[], float]) -> float:
+    with _Busy():
+        return fn()
+
+
 def _best_of(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     """The shortest of ``rounds`` timings of each case, the cases interleaved."""
     best: dict[str, float] = {}
@@ -363,21 +427,62 @@ def run(quick: bool = False) -> str:
     )
     e2e_pt, e2e_mp = e2e.values()
     e2e_ratio = e2e_mp / e2e_pt
+    e2e_busy = _best_of(
+        {
+            "pt.Channel, consumer pt.spawn(backend='process')": partial(
+                _busy, partial(_e2e_polytask, n_e2e)
+            ),
+            "multiprocessing.Queue, consumer mp.Process": partial(
+                _busy, partial(_e2e_mp_queue, n_e2e)
+            ),
+        },
+        rounds,
+    )
+    busy_pt, busy_mp = e2e_busy.values()
+    busy_ratio = busy_mp / busy_pt
     lines += [
         f"End to end, as a user writes it: the main process puts {n_e2e:,} small items, "
         "the consumer is a process that drains them and returns the count; clock from "
-        "the first put to the consumer's result (best of the rounds):",
+        "the first put to the consumer's result (best of the rounds), quiet and with one "
+        "core busy (`yes > /dev/null` beside it):",
         "",
-        "| producer -> consumer | items/s | vs mp.Queue |",
-        "|---|---:|---:|",
-        *(f"| {k} | {_fmt_rate(n_e2e / v)} | {e2e_mp / v:.2f}x |" for k, v in e2e.items()),
+        "| producer -> consumer | quiet items/s | vs mp.Queue | one core busy items/s "
+        "| vs mp.Queue |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {k} | {_fmt_rate(n_e2e / v)} | {e2e_mp / v:.2f}x "
+            f"| {_fmt_rate(n_e2e / e2e_busy[k])} | {busy_mp / e2e_busy[k]:.2f}x |"
+            for k, v in e2e.items()
+        ),
+        "",
+    ]
+    n_prod = 20_000 if quick else 100_000
+    fan_in: dict[int, float] = {}
+    for k in (1, 2, 4, 8):
+        best = _best_of(
+            {
+                "pt": partial(_producers_polytask, k, n_prod),
+                "mp": partial(_producers_mp_queue, k, n_prod),
+            },
+            rounds,
+        )
+        fan_in[k] = best["mp"] / best["pt"]
+    lines += [
+        f"Fan-in: k producer processes put {n_prod:,} small items in all into one "
+        "channel (or one multiprocessing.Queue); this process drains it; clock from the "
+        "producers' start to the last item (best of the rounds):",
+        "",
+        "| producers | pt.Channel vs mp.Queue |",
+        "|---:|---:|",
+        *(f"| {k} | {r:.2f}x |" for k, r in fan_in.items()),
         "",
     ]
     small_ratio = small["pt.Channel"] / base_small
+    batched_ratio = small["pt.Channel put_many/get_many"] / base_small
     gbps = big["1 MiB NumPy"]["pt.Channel"]
     constant = sa_large < 3 * sa_small
     lines += [
-        "Targets (issue 5):",
+        "Targets (issues 5 and 14):",
         f"- small messages at least 5x multiprocessing.Queue: "
         f"{'met' if small_ratio >= 5 else 'NOT met'} ({small_ratio:.1f}x with put/get per item, "
         f"{small['pt.Channel put_many/get_many'] / base_small:.1f}x batched)",
@@ -386,8 +491,15 @@ def run(quick: bool = False) -> str:
         f"{big['1 MiB NumPy']['os.pipe raw (floor)']:.2f} GB/s on this machine)",
         f"- zero copy in constant time: {'met' if constant else 'NOT met'} "
         f"(64 MiB took {sa_large / sa_small:.2f}x the time of 1 MiB)",
-        f"- end to end (issue 14), at least 5x multiprocessing.Queue: "
+        f"- end to end (issue 14), at least 5x multiprocessing.Queue, quiet: "
         f"{'met' if e2e_ratio >= 5 else 'NOT met'} ({e2e_ratio:.2f}x)",
+        f"- end to end (issue 14), at least 5x multiprocessing.Queue, one core busy: "
+        f"{'met' if busy_ratio >= 5 else 'NOT met'} ({busy_ratio:.2f}x)",
+        f"- batched (issue 14), at least 10x multiprocessing.Queue: "
+        f"{'met' if batched_ratio >= 10 else 'NOT met'} ({batched_ratio:.1f}x)",
+        f"- 1 to 8 producers (issue 14), at least 5x multiprocessing.Queue each: "
+        f"{'met' if min(fan_in.values()) >= 5 else 'NOT met'} "
+        f"(worst {min(fan_in.values()):.2f}x)",
     ]
     return "\n".join(lines) + "\n"
 
