@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import fcntl
 import itertools
 import multiprocessing
 import os
@@ -71,6 +72,18 @@ _STARTUP_ALLOWANCE = 60.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
+#: A worker's pipes are grown to this (F_SETPIPE_SZ; 64 KiB by default), so that a
+#: chunk of a map (~80 KB for 16,384 small ints) and its results go over in one
+#: write: else the collector thread, which sends a worker its next task, waits in
+#: write() until that worker has read most of it, and reads nobody's results
+#: meanwhile (a map of 10^6-10^7 small items: 10-20 % faster). Pages are taken
+#: only as a pipe fills, but Linux counts the size against the user's
+#: pipe-user-pages-soft (64 MiB by default; past it, every new pipe of the user is
+#: made small): at most _PIPE_BUDGET pipes are grown at once, 16 MiB.
+_PIPE_SIZE = 1 << 17
+_PIPE_BUDGET = 128
+_grown_pipes = 0
+_grown_lock = threading.Lock()
 # Spinning (polling without sleeping) before blocking: waking a sleeping process
 # costs tens of microseconds on some hosts, far more than a tiny task's round trip,
 # so on the hot path both ends poll briefly before they sleep (see _read_for and
@@ -534,10 +547,7 @@ class ProcessBackend(Backend):
 
     def _retire(self, w: _Worker) -> None:
         # Closing the request pipe makes the worker exit; the collector reaps it.
-        try:
-            os.close(w.wfd)
-        except OSError:
-            pass
+        _close_pipe(w.wfd)
         w.wfd = -1
 
     # ------------------------------------------------------------------ workers
@@ -596,8 +606,8 @@ class ProcessBackend(Backend):
         return _wire.encode_request(0, _wire.K_INIT, b"", pickle.dumps(config, 5))
 
     def _spawn_process(self) -> _Worker:
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
+        req_r, req_w = _pipe()
+        res_r, res_w = _pipe()
         job = _proc.new_job()
         argv, env, saved = _proc.python_command(
             WORKER_NAME, ["-c", _BOOT, str(req_r), str(res_w), str(os.getpid())], os.environ
@@ -619,8 +629,8 @@ class ProcessBackend(Backend):
         return w
 
     def _fork_process(self) -> _Worker:
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
+        req_r, req_w = _pipe()
+        res_r, res_w = _pipe()
         job = _proc.new_job()
         frame = self._config_frame(job, {})
         mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
@@ -1224,6 +1234,22 @@ def _end_strays_later(job: str, pid: int) -> None:
         ).start()
 
 
+def _pipe() -> tuple[int, int]:
+    """A pipe between the caller and a worker, grown to :data:`_PIPE_SIZE` if allowed."""
+    global _grown_pipes
+    r, w = os.pipe()
+    with _grown_lock:
+        if _grown_pipes >= _PIPE_BUDGET:
+            return r, w
+        _grown_pipes += 1
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:  # over the user's limits: the default size works too
+        with _grown_lock:
+            _grown_pipes -= 1
+    return r, w
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -1231,11 +1257,26 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _close_pipe(fd: int) -> None:
+    """Close our end of a worker's pipe (a grown one leaves the budget, see _pipe)."""
+    global _grown_pipes
+    if fd < 0:
+        return
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) >= _PIPE_SIZE:
+            with _grown_lock:
+                _grown_pipes -= 1
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def _close_fds(w: _Worker) -> None:
-    for fd in (w.rfd, w.wfd, w.pidfd):
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    _close_pipe(w.rfd)
+    _close_pipe(w.wfd)
+    if w.pidfd >= 0:
+        try:
+            os.close(w.pidfd)
+        except OSError:
+            pass
     w.rfd = w.wfd = w.pidfd = -1
