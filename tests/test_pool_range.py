@@ -82,3 +82,58 @@ def test_a_worker_over_its_memory_limit_leaves_the_rest_of_the_range_to_the_next
 def test_the_executor_maps_a_range():
     with pt.Executor(2) as ex:
         assert list(ex.map(square, range(20_000))) == [x * x for x in range(20_000)]
+
+
+def _sleep_then(x: float) -> float:
+    import time
+
+    time.sleep(x)
+    return x
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bool) -> None:
+    # A map's chunk is marked SEND_AHEAD: its worker gets it as soon as the previous
+    # result is in, not after that result is unpickled and its callbacks ran. An
+    # unmarked task is still pending in those callbacks (which may cancel it).
+    import threading
+
+    from polytask._pool import pool as pool_mod
+    from polytask.backends.process.backend import SEND_AHEAD, ProcessBackend
+
+    assert pool_mod._SEND_AHEAD == SEND_AHEAD
+    be = ProcessBackend(max_workers=1)
+    try:
+        be.submit(_sleep_then, (0.0,), {}, name="warm", timeout=None).result(60)
+        first = be.submit(_sleep_then, (0.3,), {}, name="first", timeout=None)
+        nxt = be.submit(_sleep_then, (0.0,), {}, name="next", timeout=None)
+        if ahead:
+            nxt.__dict__[SEND_AHEAD] = True
+        seen: list[bool] = []
+        done = threading.Event()
+
+        def callback(_: object) -> None:
+            seen.append(nxt.running() or nxt.done())
+            done.set()
+
+        first.add_done_callback(callback)
+        assert first.result(60) == 0.3 and nxt.result(60) == 0.0
+        assert done.wait(30)
+        assert seen == [ahead]
+    finally:
+        be.shutdown(wait=True)
+
+
+def test_a_map_chunk_is_marked_send_ahead() -> None:
+    from polytask._pool import DEFAULT
+    from polytask.backends.process.backend import SEND_AHEAD
+
+    with Pool(1) as pool:
+        busy = pool.submit(_sleep_then, 0.5)  # the worker is busy: the chunk stays pending
+        run = pool._start(square, None, True, 10, DEFAULT, False)
+        pool._preload(run, range(20))
+        chunks = list(run.chunks)
+        assert chunks and all(c.__dict__.get(SEND_AHEAD) for c in chunks)
+        assert busy.result(60) == 0.5
+        assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]
+        pool._end_run(run)

@@ -100,6 +100,9 @@ DEFAULT: Final = _Default()
 
 #: Chunks in flight per worker: one running, one waiting, so no worker idles a round trip.
 _INFLIGHT_PER_WORKER = 2
+#: The process backend's SEND_AHEAD key (not imported: a thread pool does not load
+#: that backend; tests/test_pool_range.py checks that they match).
+_SEND_AHEAD: Final = "_send_ahead"
 #: The chunk size a lazy input's lookahead is counted in (see _Run._limit).
 _LOOKAHEAD_CHUNK = 4096
 
@@ -1603,6 +1606,10 @@ class Pool(PrimitiveFactory):
         # Recorded before the done callback, which may run at once.
         lone = False
         if isinstance(chunk, Block):
+            # It may go to a worker before the chunk ahead of it is unpickled and its
+            # callbacks ran: nothing cancels a map's chunk but the map's end, which
+            # cancels pending ones only (see SEND_AHEAD; other backends ignore it).
+            task.__dict__[_SEND_AHEAD] = True
             chunk.run.chunks.add(task)
         else:
             for it in chunk:

@@ -72,6 +72,13 @@ _STARTUP_ALLOWANCE = 60.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
+#: A task whose ``__dict__`` holds this key (True) may be sent to a worker as soon
+#: as the worker's previous result is in, before that result is unpickled and its
+#: done callbacks run. A task is otherwise sent after them, so that a callback
+#: (a group's) can still cancel it while it is pending: mark only tasks that no
+#: callback cancels (the Pool's map chunks: only the map's end cancels them, and
+#: then only pending ones; one already sent runs to its end either way).
+SEND_AHEAD = "_send_ahead"
 #: A worker's pipes are grown to this (F_SETPIPE_SZ; 64 KiB by default), so that a
 #: chunk of a map (~80 KB for 16,384 small ints) and its results go over in one
 #: write: else the collector thread, which sends a worker its next task, waits in
@@ -749,25 +756,6 @@ class ProcessBackend(Backend):
             return
         if task is None or task_id != w.task_id:
             return  # a result that raced a kill: the task was already settled
-        result: Any = None
-        exc: BaseException | None = None
-        try:
-            if status == _wire.S_OK:
-                result = pickle.loads(body)
-            elif status in (_wire.S_ERROR, _wire.S_ERROR_TEXT):
-                exc = loads_exception(status == _wire.S_ERROR, body)
-            else:
-                exc = SerializationError(pickle.loads(body))
-        except BaseException as why:
-            # Any exception, SystemExit and KeyboardInterrupt included: unpickling runs
-            # the result's own code (__reduce__, __setstate__), and what it raises is
-            # this task's failure, not the collector's or the caller's. (A Ctrl-C that
-            # lands in these microseconds fails the task the same way, visibly.)
-            exc = SerializationError(
-                f"the result of task {task.name!r} could not be unpickled in the caller: "
-                f"{type(why).__name__}: {why}"
-            )
-            exc.__cause__ = why
         nxt: Task[Any] | None = None
         started = task._started_at
         now = time.monotonic()
@@ -788,6 +776,31 @@ class ProcessBackend(Backend):
                 nxt = self._pending.popleft()
             else:
                 self._make_idle(w)
+        if nxt is not None and nxt.__dict__.get(SEND_AHEAD):
+            # Nothing the callbacks of this task do can cancel nxt (see SEND_AHEAD):
+            # the worker gets it now, not after this result is unpickled and its
+            # callbacks ran (most of a map chunk's round trip for tiny items).
+            self._assign(w, nxt)
+            nxt = None
+        result: Any = None
+        exc: BaseException | None = None
+        try:
+            if status == _wire.S_OK:
+                result = pickle.loads(body)
+            elif status in (_wire.S_ERROR, _wire.S_ERROR_TEXT):
+                exc = loads_exception(status == _wire.S_ERROR, body)
+            else:
+                exc = SerializationError(pickle.loads(body))
+        except BaseException as why:
+            # Any exception, SystemExit and KeyboardInterrupt included: unpickling runs
+            # the result's own code (__reduce__, __setstate__), and what it raises is
+            # this task's failure, not the collector's or the caller's. (A Ctrl-C that
+            # lands in these microseconds fails the task the same way, visibly.)
+            exc = SerializationError(
+                f"the result of task {task.name!r} could not be unpickled in the caller: "
+                f"{type(why).__name__}: {why}"
+            )
+            exc.__cause__ = why
         # Finish first: a done callback (a group's) may cancel what would run next.
         # Like concurrent.futures', callbacks must not block.
         try:
