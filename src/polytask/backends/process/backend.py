@@ -757,6 +757,7 @@ class ProcessBackend(Backend):
         if task is None or task_id != w.task_id:
             return  # a result that raced a kill: the task was already settled
         nxt: Task[Any] | None = None
+        stopped: BaseException | None = None
         started = task._started_at
         now = time.monotonic()
         with self._lock:
@@ -780,8 +781,11 @@ class ProcessBackend(Backend):
             # Nothing the callbacks of this task do can cancel nxt (see SEND_AHEAD):
             # the worker gets it now, not after this result is unpickled and its
             # callbacks ran (most of a map chunk's round trip for tiny items).
-            self._assign(w, nxt)
-            nxt = None
+            ahead, nxt = nxt, None
+            try:
+                self._assign(w, ahead)
+            except BaseException as why:  # a Ctrl-C: this task must still finish
+                stopped = why
         result: Any = None
         exc: BaseException | None = None
         try:
@@ -809,6 +813,8 @@ class ProcessBackend(Backend):
             # Even if a done callback raised: the next task must not be lost.
             if nxt is not None:
                 self._assign(w, nxt)
+        if stopped is not None:
+            raise stopped
 
     def _on_death(self, w: _Worker) -> None:
         if w.dead and w.proc.returncode is not None:
