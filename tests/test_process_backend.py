@@ -379,7 +379,7 @@ def test_fork_workers_get_main_functions_by_name_as_multiprocessing_fork(tmp_pat
     ]
 
 
-def _pipe_sizes_of_my_worker() -> int:
+def _my_pid() -> int:
     return os.getpid()
 
 
@@ -394,7 +394,7 @@ def test_a_workers_pipes_are_grown_within_the_budget(start_method: str) -> None:
     before = be_mod._grown_pipes
     be = ProcessBackend(max_workers=2, start_method=start_method)
     try:
-        be.submit(_pipe_sizes_of_my_worker, (), {}, name="t", timeout=None).result(60)
+        be.submit(_my_pid, (), {}, name="t", timeout=None).result(60)
         workers = list(be._workers.values())
         assert workers
         for w in workers:
