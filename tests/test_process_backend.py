@@ -369,9 +369,7 @@ def test_fork_workers_get_main_functions_by_name_as_multiprocessing_fork(tmp_pat
     # have (defined or rebound after their fork) still goes by value.
     script = tmp_path / "script.py"
     script.write_text(FORK_BY_NAME)
-    out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "[1, 2, 3, 4, 5] 6",
@@ -379,3 +377,50 @@ def test_fork_workers_get_main_functions_by_name_as_multiprocessing_fork(tmp_pat
         "[0, 1, 2]",
         "spawn copies by value",
     ]
+
+
+def _my_pid() -> int:
+    return os.getpid()
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_workers_pipes_are_grown_within_the_budget(start_method: str) -> None:
+    # A map's chunk (~80 KB for 16,384 small ints) must go out in one write: with
+    # a 64 KiB pipe the collector thread waited in write() for the worker to read.
+    import fcntl
+
+    from polytask.backends.process import backend as be_mod
+
+    before = be_mod._grown_pipes
+    be = ProcessBackend(max_workers=2, start_method=start_method)
+    try:
+        be.submit(_my_pid, (), {}, name="t", timeout=None).result(60)
+        workers = list(be._workers.values())
+        assert workers
+        for w in workers:
+            assert fcntl.fcntl(w.wfd, fcntl.F_GETPIPE_SZ) == be_mod._PIPE_SIZE
+            assert fcntl.fcntl(w.rfd, fcntl.F_GETPIPE_SZ) == be_mod._PIPE_SIZE
+        assert be_mod._grown_pipes == before + 2 * len(workers)
+        # Over the budget, pipes keep the default size (the user's pipe pages are shared).
+        saved, be_mod._PIPE_BUDGET = be_mod._PIPE_BUDGET, be_mod._grown_pipes
+        try:
+            r, w = be_mod._pipe()
+            try:
+                assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) < be_mod._PIPE_SIZE
+            finally:
+                os.close(r)
+                os.close(w)
+        finally:
+            be_mod._PIPE_BUDGET = saved
+    finally:
+        be.shutdown(wait=True)
+    assert wait_for_count(be_mod, before)
+
+
+def wait_for_count(mod: object, value: int) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if getattr(mod, "_grown_pipes") == value:
+            return True
+        time.sleep(0.02)
+    return False

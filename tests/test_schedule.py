@@ -181,3 +181,27 @@ def test_inputs_are_shaped_as_multiprocessing_does():
     assert map_items(([1, 2], "ab")) == ([(1, "a"), (2, "b")], True, False)
     assert input_length(([1, 2, 3], "ab")) == 2
     assert input_length((iter([]),)) is None
+
+
+def test_a_range_is_kept_a_range_and_cut_into_ranges():
+    # map(f, range(10**7)) neither builds ten million ints nor pickles them: its
+    # chunks are ranges, a few bytes each, whatever their length.
+    r = range(3, 1_000_003, 2)
+    items, star, borrowed = map_items((r,))
+    assert items is r and not star and borrowed
+    run = RunQueue(ChunkSizer(2, fixed=4_096), 2, abs, None, None, False)
+    run.borrowed = borrowed
+    run.add(items)
+    blocks = list(iter(run.next_block, None))
+    assert all(type(b.args) is range for b in blocks)
+    assert [x for b in blocks for x in b.args] == list(r)
+    assert [b.start for b in blocks] == list(range(0, len(r), 4_096))
+    # A range is never extended in place: more items make a list of the rest.
+    run = RunQueue(ChunkSizer(2, fixed=3), 2, abs, None, None, False)
+    run.borrowed = True
+    run.add(range(5))
+    first = run.next_block()
+    assert first is not None and first.args == range(0, 3)
+    run.add([7, 8])
+    rest = [(b.start, list(b.args)) for b in iter(run.next_block, None)]
+    assert rest == [(3, [3, 4, 7]), (6, [8])]

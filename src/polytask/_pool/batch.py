@@ -44,7 +44,7 @@ Results = tuple[list[Any], "dict[int, Any] | None"]
 
 def _run_chunk(
     fn: Callable[..., Any] | None,
-    calls: list[Any],
+    calls: list[Any] | range,
     remote: bool,
     max_memory: int | None,
     star: bool = True,
@@ -108,10 +108,10 @@ def _run_chunk(
             errors[len(values)] = dumps_exception(exc) if remote else exc
             append(None)
             del exc
-    if remote:
+    if remote and type(calls) is list:
         # The worker keeps its task's arguments until its next task: empty the
         # chunk (our own copy in this process), so that the items' arguments are
-        # freed now, as the caller's are.
+        # freed now, as the caller's are (a range holds nothing per item).
         calls.clear()
     return values, errors, time.perf_counter() - start
 

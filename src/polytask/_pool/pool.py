@@ -57,6 +57,7 @@ from .results import AsyncResult, MapIterator, _Collector
 from .schedule import (
     Block,
     Item,
+    Items,
     RunQueue,
     Sink,
     args_bytes,
@@ -99,6 +100,9 @@ DEFAULT: Final = _Default()
 
 #: Chunks in flight per worker: one running, one waiting, so no worker idles a round trip.
 _INFLIGHT_PER_WORKER = 2
+#: The process backend's SEND_AHEAD key (not imported: a thread pool does not load
+#: that backend; tests/test_pool_range.py checks that they match).
+_SEND_AHEAD: Final = "_send_ahead"
 #: The chunk size a lazy input's lookahead is counted in (see _Run._limit).
 _LOOKAHEAD_CHUNK = 4096
 
@@ -1054,7 +1058,7 @@ class Pool(PrimitiveFactory):
     def _map_async(
         self,
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Items,
         chunksize: int | None,
         star: bool,
         borrowed: bool,
@@ -1074,7 +1078,7 @@ class Pool(PrimitiveFactory):
     def _start_list(
         self,
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Items,
         chunksize: int | None,
         timeout: float | _Default | None,
         star: bool,
@@ -1360,10 +1364,11 @@ class Pool(PrimitiveFactory):
             self._live_runs.add(run)
         return run
 
-    def _preload(self, run: _Run, items: list[Any]) -> None:
+    def _preload(self, run: _Run, items: Items) -> None:
         run.pulled = len(items)
         if items:
-            run.sizer.observe_bytes(args_bytes(items[0] if run.star else (items[0],)))
+            first: Any = items[0]
+            run.sizer.observe_bytes(args_bytes(first if run.star else (first,)))
         self._feed(run, items)
 
     def _segments(
@@ -1525,17 +1530,13 @@ class Pool(PrimitiveFactory):
         if lone is not None and not lone._is_done():
             lone._watch()
 
-    def _feed(self, run: _Run, args: list[Any]) -> None:
+    def _feed(self, run: _Run, args: Items) -> None:
         self._unlone()
         with self._lock:
             if self._terminated or run.cancelled:
                 return  # the caller raises run.aborted
             if args:
-                if run.todo_pos == len(run.todo):
-                    run.todo_index += run.todo_pos
-                    run.todo, run.todo_pos = args, 0
-                else:
-                    run.todo.extend(args)
+                run.add(args)
                 self._unsettled += len(args)
             if not run.active and (run.todo_pos < len(run.todo) or run.redo):
                 self._runs.append(run)
@@ -1605,6 +1606,10 @@ class Pool(PrimitiveFactory):
         # Recorded before the done callback, which may run at once.
         lone = False
         if isinstance(chunk, Block):
+            # It may go to a worker before the chunk ahead of it is unpickled and its
+            # callbacks ran: nothing cancels a map's chunk but the map's end, which
+            # cancels pending ones only (see SEND_AHEAD; other backends ignore it).
+            task.__dict__[_SEND_AHEAD] = True
             chunk.run.chunks.add(task)
         else:
             for it in chunk:
@@ -1787,7 +1792,8 @@ class Pool(PrimitiveFactory):
             if retry_idx:
                 again = []
                 for j in retry_idx:
-                    args = blk.args[j] if run.star else (blk.args[j],)
+                    x: Any = blk.args[j]
+                    args = x if run.star else (x,)
                     it = Item(run, blk.start + j, run.fn, args, {}, run.timeout)
                     it.attempts = 1
                     it.isolated = it.started = True

@@ -43,6 +43,9 @@ __all__ = [
     "zip_inputs",
 ]
 
+#: A map's items read whole: a list, or a range (kept as it is: see map_items).
+Items = list[Any] | range
+
 #: The states of a Task that may still run.
 LIVE_STATES = ("PENDING", "RUNNING")
 
@@ -115,7 +118,7 @@ class Block:
 
     __slots__ = ("args", "run", "start")
 
-    def __init__(self, run: RunQueue, start: int, args: list[Any]) -> None:
+    def __init__(self, run: RunQueue, start: int, args: Items) -> None:
         self.run = run
         self.start = start
         self.args = args
@@ -165,8 +168,8 @@ class RunQueue(Sink):
         self.input = inputs
         self.timeout = timeout
         self.star = star
-        self.todo: list[Any] = []
-        # todo is the caller's own list (map over a list): read it, never change it.
+        self.todo: Items = []
+        # todo is the caller's own list or range (map over one): read it, never change it.
         self.borrowed = False
         self.todo_pos = 0
         self.todo_index = 0
@@ -192,13 +195,18 @@ class RunQueue(Sink):
     def has_work(self) -> bool:
         return self.todo_pos < len(self.todo) or bool(self.redo)
 
-    def add(self, args: list[Any]) -> None:
+    def add(self, args: Items) -> None:
         """Queue more items (the list is the run's from now on, unless borrowed)."""
         if self.todo_pos == len(self.todo):
             self.todo_index += self.todo_pos
             self.todo, self.todo_pos = args, 0
-        else:
+        elif isinstance(self.todo, list) and not self.borrowed:
             self.todo.extend(args)
+        else:  # the caller's list or range: ours from here on, a copy of its rest
+            self.todo = [*self.todo[self.todo_pos :], *args]
+            self.todo_index += self.todo_pos
+            self.todo_pos = 0
+            self.borrowed = False
 
     def resend(self, start: int, args: list[Any]) -> None:
         """Items a worker did not reach (it stopped early): they go out first."""
@@ -236,7 +244,7 @@ class RunQueue(Sink):
         pos += n
         # Drop what was sent (amortised O(1)), so sent items are not kept alive; a
         # borrowed list is the caller's, which keeps them alive anyway.
-        if 2 * pos >= len(self.todo) and not self.borrowed:
+        if 2 * pos >= len(self.todo) and not self.borrowed and isinstance(self.todo, list):
             del self.todo[:pos]
             self.todo_index += pos
             pos = 0
@@ -337,16 +345,19 @@ def positional_chunksize(
     return iterables, chunksize
 
 
-def map_items(iterables: tuple[Iterable[Any], ...]) -> tuple[list[Any], bool, bool]:
+def map_items(iterables: tuple[Iterable[Any], ...]) -> tuple[Items, bool, bool]:
     """A map's items as a list: ``(items, star, borrowed)``; a list given alone is used
-    as it is (borrowed: read, never changed)."""
+    as it is (borrowed: read, never changed), and so is a ``range``: its slices are
+    ranges, which take no memory per item and pickle in a few bytes, so that
+    ``map(f, range(10**7))`` neither builds nor sends ten million ints."""
     if not iterables:
         raise TypeError("map needs at least one iterable")
     star = len(iterables) != 1
-    borrowed = not star and type(iterables[0]) is list
-    items = iterables[0] if borrowed else list(zip_inputs(iterables))
-    assert isinstance(items, list)
-    return items, star, borrowed
+    first = iterables[0]
+    if not star and (type(first) is list or type(first) is range):
+        assert isinstance(first, (list, range))
+        return first, False, True
+    return list(zip_inputs(iterables)), star, False
 
 
 def star_items(iterable: Iterable[Iterable[Any]]) -> list[tuple[Any, ...]]:
