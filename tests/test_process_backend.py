@@ -487,3 +487,35 @@ def test_a_task_not_marked_is_not_sent_ahead_behind_a_cancelled_marked_one() -> 
         assert seen == ["PENDING"]
     finally:
         be.shutdown(wait=True)
+
+
+def test_a_child_forked_while_a_pipe_was_being_grown_can_still_start_workers() -> None:
+    # Another thread in _pipe (a worker starting) at the moment of a fork (a fork
+    # worker starting, or the user's os.fork) left the child's copy of the budget's
+    # lock held: the child's first worker start (a pool in a fork worker's task)
+    # then hung for good.
+    from polytask.backends.process import backend as be_mod
+
+    with be_mod._grown_lock:  # as that other thread holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                r, w = be_mod._pipe()
+                os.close(r)
+                os.close(w)
+                code = 0
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 30
+    code = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert code == 0, "the child hung" if code is None else f"the child exited {code}"

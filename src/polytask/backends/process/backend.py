@@ -1283,6 +1283,17 @@ def _end_strays_later(job: str, pid: int) -> None:
         ).start()
 
 
+def _reset_grown_lock() -> None:
+    # A fork while another thread was in _pipe would leave the child's copy locked
+    # (its first worker start would hang). The count is kept: the child holds the
+    # parent's grown pipes too until it closes them.
+    global _grown_lock
+    _grown_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_grown_lock)
+
+
 def _pipe() -> tuple[int, int]:
     """A pipe between the caller and a worker, grown to :data:`_PIPE_SIZE` if allowed."""
     global _grown_pipes
