@@ -424,3 +424,98 @@ def wait_for_count(mod: object, value: int) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_worker_that_cannot_start_leaves_no_pipe_and_no_budget_behind(
+    start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A start that fails (here: no interpreter to run, or no process to fork) must
+    # close our ends of the worker's two pipes: else their fds leak and, once grown,
+    # they hold the pipe budget for good (64 such failures, and no pipe is grown).
+    from polytask.backends.process import backend as be_mod
+
+    before = be_mod._grown_pipes
+    fds = len(os.listdir("/proc/self/fd"))
+    be = ProcessBackend(max_workers=1, start_method=start_method)
+    try:
+        if start_method == "spawn":
+            monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+        else:
+
+            def no_fork() -> int:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+
+            monkeypatch.setattr(os, "fork", no_fork)
+        task = be.submit(_my_pid, (), {}, name="t", timeout=None)
+        with pytest.raises(pt.PolytaskError, match="could not start a worker process"):
+            task.result(60)
+        monkeypatch.undo()
+    finally:
+        monkeypatch.undo()
+        be.shutdown(wait=True)
+    assert be_mod._grown_pipes == before
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_task_not_marked_is_not_sent_ahead_behind_a_cancelled_marked_one() -> None:
+    # SEND_AHEAD lets a marked task go to the worker before the previous result's
+    # callbacks run; when the marked task was cancelled while it waited, the next
+    # one (not marked: a callback may still cancel it) must wait for them.
+    import threading
+
+    from polytask.backends.process.backend import SEND_AHEAD
+
+    be = ProcessBackend(max_workers=1)
+    try:
+        be.submit(_my_pid, (), {}, name="warm", timeout=None).result(60)
+        first = be.submit(time.sleep, (0.3,), {}, name="first", timeout=None)
+        marked = be.submit(_my_pid, (), {}, name="marked", timeout=None)
+        marked.__dict__[SEND_AHEAD] = True
+        nxt = be.submit(_my_pid, (), {}, name="next", timeout=None)
+        assert marked.cancel()
+        seen: list[str] = []
+        done = threading.Event()
+
+        def callback(_: object) -> None:
+            seen.append(nxt._state)
+            done.set()
+
+        first.add_done_callback(callback)
+        assert first.result(60) is None and nxt.result(60) > 0
+        assert done.wait(30)
+        assert seen == ["PENDING"]
+    finally:
+        be.shutdown(wait=True)
+
+
+def test_a_child_forked_while_a_pipe_was_being_grown_can_still_start_workers() -> None:
+    # Another thread in _pipe (a worker starting) at the moment of a fork (a fork
+    # worker starting, or the user's os.fork) left the child's copy of the budget's
+    # lock held: the child's first worker start (a pool in a fork worker's task)
+    # then hung for good.
+    from polytask.backends.process import backend as be_mod
+
+    with be_mod._grown_lock:  # as that other thread holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                r, w = be_mod._pipe()
+                os.close(r)
+                os.close(w)
+                code = 0
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 30
+    code = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert code == 0, "the child hung" if code is None else f"the child exited {code}"

@@ -478,8 +478,12 @@ class ProcessBackend(Backend):
         if launch:
             _launcher.submit(self._start_worker)
 
-    def _assign(self, w: _Worker, task: Task[Any]) -> None:
-        """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list)."""
+    def _assign(self, w: _Worker, task: Task[Any], ahead: bool = False) -> bool:
+        """Send ``task`` to idle worker ``w`` (which the caller took out of the idle list).
+
+        ``ahead``: sent ahead (see SEND_AHEAD); if ``task`` was cancelled, a next task
+        not marked is left pending and False returned: ``w`` is still the caller's.
+        """
         with self._lock:
             # Task and worker are bound under the lock, before the frame goes out, so
             # that cancel(), a timeout and the worker's death all see the pair whole.
@@ -487,7 +491,9 @@ class ProcessBackend(Backend):
                 # Cancelled while it waited: take the next one, or idle.
                 if not self._pending:
                     self._make_idle(w)
-                    return
+                    return True
+                if ahead and not self._pending[0].__dict__.get(SEND_AHEAD):
+                    return False  # a callback may still cancel it: sent after them
                 task = self._pending.popleft()
             task_id, frame = task._slot
             if w.dead:  # it died while idle, and its death was handled: requeue
@@ -505,7 +511,7 @@ class ProcessBackend(Backend):
         if launch:
             _launcher.submit(self._start_worker)
         if task._slot is not w:
-            return
+            return True
         try:
             _write_all(w.wfd, frame)
         except OSError:
@@ -514,7 +520,7 @@ class ProcessBackend(Backend):
             with self._lock:
                 w.sending = False
                 if w.task is not task:
-                    return
+                    return True
                 w.task = None
                 task._slot = (task_id, frame)
                 self._pending.appendleft(task)
@@ -523,7 +529,7 @@ class ProcessBackend(Backend):
             if launch:
                 _launcher.submit(self._start_worker)
             self._wake()
-            return
+            return True
         w.sending = False
         task._mark_started()
         if task._cancel_requested:  # cancel() came between binding and sending
@@ -544,6 +550,7 @@ class ProcessBackend(Backend):
             threading.current_thread() is not self._collector
         ):
             self._wake()
+        return True
 
     def _make_idle(self, w: _Worker) -> None:
         # Called with self._lock held.
@@ -615,11 +622,11 @@ class ProcessBackend(Backend):
     def _spawn_process(self) -> _Worker:
         req_r, req_w = _pipe()
         res_r, res_w = _pipe()
-        job = _proc.new_job()
-        argv, env, saved = _proc.python_command(
-            WORKER_NAME, ["-c", _BOOT, str(req_r), str(res_w), str(os.getpid())], os.environ
-        )
         try:
+            job = _proc.new_job()
+            argv, env, saved = _proc.python_command(
+                WORKER_NAME, ["-c", _BOOT, str(req_r), str(res_w), str(os.getpid())], os.environ
+            )
             proc = _proc.start_in_group(
                 argv,
                 executable=sys.executable,
@@ -628,6 +635,12 @@ class ProcessBackend(Backend):
                 pass_fds=(req_r, res_w),
                 stdin=subprocess.DEVNULL,
             )
+        except BaseException:
+            # No worker: our ends go too (else their fds leak, and a grown pipe's
+            # place in the budget with them).
+            _close_pipe(req_w)
+            _close_pipe(res_r)
+            raise
         finally:
             os.close(req_r)
             os.close(res_w)
@@ -638,25 +651,33 @@ class ProcessBackend(Backend):
     def _fork_process(self) -> _Worker:
         req_r, req_w = _pipe()
         res_r, res_w = _pipe()
-        job = _proc.new_job()
-        frame = self._config_frame(job, {})
-        mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
-        _proc.ensure_guardian()  # the mark is covered before a process carries it
-        parent = os.getpid()
-        snap = _main_objects()
-        with self._lock:
-            # Before the fork, so that a call pickled from now on by name finds its
-            # function in this worker too.
-            known = self._forked_main
-            self._forked_main = (
-                snap if known is None else {k: v for k, v in known.items() if snap.get(k) is v}
-            )
-            # The child must not hold other workers' pipe ends: a retired worker
-            # would never see EOF while a younger sibling kept its request pipe open.
-            inherited = [self._wake_r, self._wake_w]
-            for other in self._workers.values():
-                inherited += [other.wfd, other.rfd, other.pidfd]
-        pid = os.fork()
+        try:
+            job = _proc.new_job()
+            frame = self._config_frame(job, {})
+            mark_key = _proc.owner_key()  # here: a forked child gets a key of its own
+            _proc.ensure_guardian()  # the mark is covered before a process carries it
+            parent = os.getpid()
+            snap = _main_objects()
+            with self._lock:
+                # Before the fork, so that a call pickled from now on by name finds its
+                # function in this worker too.
+                known = self._forked_main
+                self._forked_main = (
+                    snap if known is None else {k: v for k, v in known.items() if snap.get(k) is v}
+                )
+                # The child must not hold other workers' pipe ends: a retired worker
+                # would never see EOF while a younger sibling kept its request pipe open.
+                inherited = [self._wake_r, self._wake_w]
+                for other in self._workers.values():
+                    inherited += [other.wfd, other.rfd, other.pidfd]
+            pid = os.fork()
+        except BaseException:
+            # No worker: close the pipes (see _spawn_process).
+            os.close(req_r)
+            os.close(res_w)
+            _close_pipe(req_w)
+            _close_pipe(res_r)
+            raise
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
             try:
@@ -758,6 +779,7 @@ class ProcessBackend(Backend):
             return  # a result that raced a kill: the task was already settled
         nxt: Task[Any] | None = None
         stopped: BaseException | None = None
+        later = False
         started = task._started_at
         now = time.monotonic()
         with self._lock:
@@ -783,7 +805,7 @@ class ProcessBackend(Backend):
             # callbacks ran (most of a map chunk's round trip for tiny items).
             ahead, nxt = nxt, None
             try:
-                self._assign(w, ahead)
+                later = not self._assign(w, ahead, ahead=True)
             except BaseException as why:  # a Ctrl-C: this task must still finish
                 stopped = why
         result: Any = None
@@ -811,6 +833,14 @@ class ProcessBackend(Backend):
             task._finish(result, exc)
         finally:
             # Even if a done callback raised: the next task must not be lost.
+            if later:  # the marked task was cancelled and the next one is not marked
+                with self._lock:
+                    if w.kill_exc is not None or w.dead:
+                        pass
+                    elif self._pending:
+                        nxt = self._pending.popleft()
+                    else:
+                        self._make_idle(w)
             if nxt is not None:
                 self._assign(w, nxt)
         if stopped is not None:
@@ -1251,6 +1281,17 @@ def _end_strays_later(job: str, pid: int) -> None:
             name="polytask-reaper",
             daemon=True,
         ).start()
+
+
+def _reset_grown_lock() -> None:
+    # A fork while another thread was in _pipe would leave the child's copy locked
+    # (its first worker start would hang). The count is kept: the child holds the
+    # parent's grown pipes too until it closes them.
+    global _grown_lock
+    _grown_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_grown_lock)
 
 
 def _pipe() -> tuple[int, int]:
