@@ -484,6 +484,10 @@ def test_positional_chunksize_in_map_imap_starmap():
         assert sorted(pool.imap_unordered(square, range(10), 2)) == [x * x for x in range(10)]
         assert pool.starmap(add, [(1, 1), (2, 2)], 1) == [2, 4]
         assert pool.map(add, [1, 2], [3, 4], 1) == [4, 6]  # several iterables, then the int
+        # None, multiprocessing's default, given positionally (as code written for
+        # multiprocessing.Pool.map(func, iterable, chunksize=None) may pass it).
+        assert pool.map(square, [1, 2, 3], None) == [1, 4, 9]
+        assert pool.starmap(add, [(1, 1)], None) == [2]
         with pytest.raises(TypeError, match="twice"):
             pool.map(square, range(3), 2, chunksize=2)
 

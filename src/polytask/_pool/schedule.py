@@ -334,10 +334,12 @@ def args_bytes(args: tuple[Any, ...]) -> int:
 def positional_chunksize(
     iterables: tuple[Any, ...], chunksize: int | None
 ) -> tuple[tuple[Iterable[Any], ...], int | None]:
-    """``map(fn, items, 10)``: multiprocessing's positional chunksize, an int after the
-    iterables (an int is never iterable, so it cannot be meant as one)."""
+    """``map(fn, items, 10)``: multiprocessing's positional chunksize, an int (or None,
+    its default) after the iterables (neither is iterable, so it cannot be meant as one)."""
     if len(iterables) >= 2:
         last = iterables[-1]
+        if last is None:
+            return iterables[:-1], chunksize
         if isinstance(last, int) and not isinstance(last, bool):
             if chunksize is not None:
                 raise TypeError("chunksize given twice: after the iterables and as chunksize=")

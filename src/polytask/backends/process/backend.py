@@ -90,6 +90,7 @@ SEND_AHEAD = "_send_ahead"
 _PIPE_SIZE = 1 << 17
 _PIPE_BUDGET = 128
 _grown_pipes = 0
+_grown_inodes: set[int] = set()
 _grown_lock = threading.Lock()
 # Spinning (polling without sleeping) before blocking: waking a sleeping process
 # costs tens of microseconds on some hosts, far more than a tiny task's round trip,
@@ -1304,9 +1305,15 @@ def _pipe() -> tuple[int, int]:
         _grown_pipes += 1
     try:
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        # Known by the pipe's inode, not by its size (a host whose default pipe is
+        # larger) nor by an fd number (which another path may close and reuse).
+        ino = os.fstat(w).st_ino
     except OSError:  # over the user's limits: the default size works too
         with _grown_lock:
             _grown_pipes -= 1
+        return r, w
+    with _grown_lock:
+        _grown_inodes.add(ino)
     return r, w
 
 
@@ -1323,8 +1330,10 @@ def _close_pipe(fd: int) -> None:
     if fd < 0:
         return
     try:
-        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) >= _PIPE_SIZE:
-            with _grown_lock:
+        ino = os.fstat(fd).st_ino
+        with _grown_lock:
+            if ino in _grown_inodes:
+                _grown_inodes.discard(ino)
                 _grown_pipes -= 1
         os.close(fd)
     except OSError:
