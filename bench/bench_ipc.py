@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import polytask as pt
+from bench.bench_latency import Busy
 
 CTX = mp.get_context("fork")
 SMALL = (12345, "hello", 1.5)
@@ -268,66 +268,32 @@ def _e2e_mp_queue(n: int) -> float:
     return elapsed
 
 
-def _produce_channel(ch: Any, n: int) -> None:
+def _produce(tx: Any, n: int) -> None:
+    put = tx.put
     for _ in range(n):
-        ch.put(SMALL)
+        put(SMALL)
 
 
-def _produce_queue(q: Any, n: int) -> None:
-    for _ in range(n):
-        q.put(SMALL)
-
-
-def _producers_polytask(k: int, n: int) -> float:
-    """k producer processes put n items in all into one channel; this process
-    drains it. Clock: the producers' start to the last item received."""
-    ch: Any = pt.Channel(backend="process")
+def _fan_in(make: Callable[[], Any], k: int, n: int) -> float:
+    """k producer processes put n items in all into one channel or queue (``make``);
+    this process drains it. Clock: the producers' start to the last item received."""
+    rx: Any = make()
     t = time.perf_counter()
-    procs = [CTX.Process(target=_produce_channel, args=(ch, n // k)) for _ in range(k)]
+    procs = [CTX.Process(target=_produce, args=(rx, n // k)) for _ in range(k)]
     for p in procs:
         p.start()
-    get = ch.get
+    get = rx.get
     for _ in range((n // k) * k):
         get()
     elapsed = time.perf_counter() - t
     for p in procs:
         p.join()
-    ch.close()
+    rx.close()
     return elapsed
-
-
-def _producers_mp_queue(k: int, n: int) -> float:
-    """The same with one multiprocessing.Queue."""
-    q: Any = CTX.Queue()
-    t = time.perf_counter()
-    procs = [CTX.Process(target=_produce_queue, args=(q, n // k)) for _ in range(k)]
-    for p in procs:
-        p.start()
-    get = q.get
-    for _ in range((n // k) * k):
-        get()
-    elapsed = time.perf_counter() - t
-    for p in procs:
-        p.join()
-    q.close()
-    return elapsed
-
-
-class _Busy:
-    """One core kept busy by ``yes > /dev/null`` while the block runs (the load case)."""
-
-    def __enter__(self) -> _Busy:
-        self.proc = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
-        time.sleep(0.2)  # let the scheduler see it
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def _busy(fn: Callable[[], float]) -> float:
-    with _Busy():
+    with Busy():
         return fn()
 
 
@@ -461,8 +427,8 @@ def run(quick: bool = False) -> str:
     for k in (1, 2, 4, 8):
         best = _best_of(
             {
-                "pt": partial(_producers_polytask, k, n_prod),
-                "mp": partial(_producers_mp_queue, k, n_prod),
+                "pt": partial(_fan_in, partial(pt.Channel, backend="process"), k, n_prod),
+                "mp": partial(_fan_in, CTX.Queue, k, n_prod),
             },
             rounds,
         )
