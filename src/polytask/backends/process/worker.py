@@ -166,8 +166,10 @@ def serve(rfd: int, wfd: int) -> None:
             try:
                 if kind == _wire.K_RUN_REF:
                     # A function pickled by reference is the same object every time:
-                    # caching it skips the import lookup. By-value ones (closures) are
-                    # unpickled afresh, so each call sees the state it was sent with.
+                    # caching it skips the import lookup. So is a script's function the
+                    # caller found cannot change unseen (_ipc/stable.py); other
+                    # by-value ones (closures) come as K_RUN and are unpickled afresh,
+                    # so each call sees the state it was sent with.
                     kept = fn_cache.get(fn_bytes)
                     if kept is None:
                         fn = loads(fn_bytes)
