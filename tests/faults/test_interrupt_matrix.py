@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -117,19 +118,23 @@ def _run(tmp_path: Path, path: str, trace: _Trace, spawned: list[int]) -> bool:
     argv = ["bash", str(script), str(log)]
     loop = ProcessLoop(termseq=_TERMSEQ, posix_spawn=True)
     interrupted = False
+    where = ""  # where the KeyboardInterrupt came out, for the failure message
     try:
         sys.settrace(trace)
         try:
             _start(loop, path, argv)
         except KeyboardInterrupt:
             interrupted = True
+            where = traceback.format_exc(limit=-3)
         finally:
             sys.settrace(None)
         # Every program started is alive and the loop's (adopted, or a starter's,
         # adopted at close): not ended at once, nor left out of the loop.
         wait_until(lambda: len(spawned) >= loop.running, what="the starter threads' starts")
         started = [p for p in psutil.Process().children() if str(script) in " ".join(_cmdline(p))]
-        assert len(spawned) == len(started) <= loop.running, (trace.target, spawned, started)
+        assert len(spawned) == len(started) <= loop.running, _why(
+            trace, spawned, started, loop, where
+        )
         if started:
             wait_until(lambda: log.exists() and "start" in log.read_text(), what="job started")
     finally:
@@ -168,6 +173,22 @@ def test_ctrl_c_at_every_line_of_a_start(tmp_path: Path, path: str, spawned: lis
         trace = _Trace(path, where)
         assert _run(tmp_path, path, trace, spawned), where  # the Ctrl-C always comes out
         assert trace.fired
+
+
+def _why(
+    trace: _Trace, spawned: list[int], started: list[psutil.Process], loop: ProcessLoop, where: str
+) -> str:
+    """What a failed check saw: each pid started, as the kernel and the loop know it."""
+    seen = []
+    for pid in spawned:
+        try:
+            p = psutil.Process(pid)
+            state = f"{p.status()} ppid={p.ppid()} {_cmdline(p)}"
+        except psutil.Error as exc:
+            state = f"gone ({type(exc).__name__})"
+        seen.append(f"pid {pid}: {state}")
+    kids = [(c.pid, c.returncode) for c in loop.children()]
+    return f"target {trace.target}; {'; '.join(seen)}; started {started}; loop {kids}; {where}"
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
