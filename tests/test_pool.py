@@ -709,3 +709,53 @@ def test_a_lone_task_keeps_the_pool_semantics():
         with pytest.raises(ZeroDivisionError):
             pool.submit(divmod, 1, 0).result(timeout=30)
         assert pool.statistics()["unsettled"] == 0
+
+
+def test_progress_bar_is_drawn_while_the_map_runs_and_ends_on_the_final_count(tmp_path):
+    # The bar's start draws nothing (a short map pays one drawing): rich's refresh
+    # thread must still show it on a terminal while items are running, and the
+    # close must draw the final count.
+    import select
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    script = tmp_path / "bar.py"
+    script.write_text(
+        "import os, time, polytask as pt\n"
+        f"GO = {str(go)!r}\n"
+        "def wait(x):\n"
+        "    while not os.path.exists(GO):\n"
+        "        time.sleep(0.01)\n"
+        "    return x\n"
+        "with pt.Pool(2, backend='thread') as pool:\n"
+        "    assert pool.map(wait, range(4), progress=True) == [0, 1, 2, 3]\n"
+    )
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while text not in seen:
+            assert time.monotonic() < deadline, (text, seen[-500:])
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the child closed its end
+                    break
+        assert text in seen, (text, seen[-500:])
+
+    try:
+        read_until(b"0/4")  # drawn while every item still waits
+        assert b"4/4" not in seen
+        go.touch()
+        read_until(b"4/4")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

@@ -69,10 +69,15 @@ class Progress:
             console=Console(stderr=True),
             transient=False,
         )
-        self._bar.start()
+        # The task is added before the display starts, and the start draws
+        # nothing: rich's refresh thread draws the bar within its first tenth of a
+        # second, and close() draws the final count. A map shorter than that pays
+        # one drawing (about a millisecond), not one each for start, add_task,
+        # the first update and stop.
         self._id = self._bar.add_task(description, total=total)
+        self._bar.live.start(refresh=False)
         self._done = 0
-        self._last = 0.0
+        self._last = time.monotonic()
 
     def update(self, completed: int, *, force: bool = False) -> None:
         """Show ``completed`` items done (redrawn at most every ``INTERVAL``)."""
