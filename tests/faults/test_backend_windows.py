@@ -75,6 +75,46 @@ def test_a_task_handed_to_a_worker_when_shutdown_cancels_is_cancelled_not_run(
         wait_until(lambda: not be._workers, HANG, "the worker to exit")
 
 
+def test_a_hand_over_that_outlasts_shutdown_still_resolves_its_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same window, with shutdown() (no cancel) and a hand-over longer than
+    # shutdown waits (here no wait at all; really, a callback slower than 5 s):
+    # shutdown killed the worker after its 5 s, the send then failed and put the
+    # task back in a queue no worker would serve again. Its future never resolved.
+    monkeypatch.setattr(be_mod, "_HANDOVER_WAIT", 0.0, raising=False)
+    be = ProcessBackend(max_workers=1)
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    pidfd = os.pidfd_open(w.pid)
+    first = be.submit(wait_for, (str(release),), {}, name="first", timeout=None)
+    nxt = be.submit(touch, (str(ran),), {}, name="next", timeout=None)
+    in_window = threading.Event()
+
+    def hold(_: object) -> None:
+        in_window.set()
+        select.select([pidfd], [], [], HANG)  # until shutdown has killed the worker
+
+    first.add_done_callback(hold)
+    shutter = threading.Thread(target=be.shutdown, name="shutter")
+    try:
+        release.touch()
+        assert in_window.wait(HANG)
+        shutter.start()
+        shutter.join(HANG)
+        assert not shutter.is_alive()
+        assert nxt.done(), "the task handed over during shutdown was left unresolved"
+        with pytest.raises(pt.Cancelled):
+            nxt.result(0)
+        assert not ran.exists()
+    finally:
+        _kill(pidfd)
+        os.close(pidfd)
+        shutter.join(HANG)
+        wait_until(lambda: not be._workers, HANG, "the worker to exit")
+
+
 def _kill(pidfd: int) -> None:
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
