@@ -69,6 +69,9 @@ KILL_GRACE = 0.25
 # this much more is allowed for interpreter start-up and the initializer, so a
 # worker that hangs while starting still cannot hold a task forever.
 _STARTUP_ALLOWANCE = 60.0
+# The longest shutdown waits for one task on its way from the queue to a worker
+# (see _finish_shutdown).
+_HANDOVER_WAIT = 5.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
@@ -360,6 +363,9 @@ class ProcessBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._collector: threading.Thread | None = None
         self._stopping = False
+        # shutdown(cancel=True) was called: a task handed to a worker from now on
+        # (taken off the queue before, bound only now, see _assign) is cancelled.
+        self._cancel_all = False
         self._broken: BaseException | None = None  # see _break
         self._broken_why = ""
         # The caller's spin budget (see _read_for) and the token one spinner holds.
@@ -485,6 +491,7 @@ class ProcessBackend(Backend):
         ``ahead``: sent ahead (see SEND_AHEAD); if ``task`` was cancelled, a next task
         not marked is left pending and False returned: ``w`` is still the caller's.
         """
+        dropped = False
         with self._lock:
             # Task and worker are bound under the lock, before the frame goes out, so
             # that cancel(), a timeout and the worker's death all see the pair whole.
@@ -497,9 +504,18 @@ class ProcessBackend(Backend):
                     return False  # a callback may still cancel it: sent after them
                 task = self._pending.popleft()
             task_id, frame = task._slot
-            if w.dead:  # it died while idle, and its death was handled: requeue
-                self._pending.appendleft(task)
-                launch = self._want_launch()
+            if w.dead or self._cancel_all:
+                if self._cancel_all or self._stopping:
+                    # shutdown(cancel=True) came while the task was between the queue
+                    # and this worker, where it saw neither: it must not run now. (Or
+                    # shutdown gave up waiting for this hand-over, see _finish_shutdown,
+                    # and no worker starts any more: queued, it would never finish.)
+                    self._make_idle(w)
+                    launch = False
+                    dropped = True
+                else:  # it died while idle, and its death was handled: requeue
+                    self._pending.appendleft(task)
+                    launch = self._want_launch()
             else:
                 task._slot = w
                 w.task = task
@@ -512,6 +528,8 @@ class ProcessBackend(Backend):
         if launch:
             _launcher.submit(self._start_worker)
         if task._slot is not w:
+            if dropped:
+                _cancel_for_shutdown(task)
             return True
         try:
             _write_all(w.wfd, frame)
@@ -524,9 +542,20 @@ class ProcessBackend(Backend):
                     return True
                 w.task = None
                 task._slot = (task_id, frame)
-                self._pending.appendleft(task)
+                # Not back in the queue if cancel() or shutdown(cancel=True) came
+                # meanwhile: each saw the task running and killed this worker (hence,
+                # likely, the EPIPE); requeued, it would run after the cancel. Nor once
+                # shutdown stops the workers: no worker would start for it.
+                dropped = task._cancel_requested or self._cancel_all or self._stopping
+                if not dropped:
+                    self._pending.appendleft(task)
                 # If its death is not handled yet, _on_death starts the replacement.
-                launch = self._want_launch() if w.dead else False
+                launch = self._want_launch() if w.dead and not dropped else False
+            if dropped:
+                if w.kill_exc is not None:
+                    task._finish(exc=w.kill_exc)
+                else:
+                    _cancel_for_shutdown(task)
             if launch:
                 _launcher.submit(self._start_worker)
             self._wake()
@@ -561,9 +590,11 @@ class ProcessBackend(Backend):
             self._idle.append(w)
 
     def _retire(self, w: _Worker) -> None:
+        # Called with self._lock held, as every taking of a worker's fds is (see
+        # _take_fds): one closer per fd, never a second close of a reused number.
         # Closing the request pipe makes the worker exit; the collector reaps it.
-        _close_pipe(w.wfd)
-        w.wfd = -1
+        fd, w.wfd = w.wfd, -1
+        _close_pipe(fd)
 
     # ------------------------------------------------------------------ workers
     def _start_worker(self) -> None:
@@ -628,6 +659,7 @@ class ProcessBackend(Backend):
             argv, env, saved = _proc.python_command(
                 WORKER_NAME, ["-c", _BOOT, str(req_r), str(res_w), str(os.getpid())], os.environ
             )
+            frame = self._config_frame(job, saved)  # before the process: one less to undo
             proc = _proc.start_in_group(
                 argv,
                 executable=sys.executable,
@@ -645,8 +677,32 @@ class ProcessBackend(Backend):
         finally:
             os.close(req_r)
             os.close(res_w)
-        w = _Worker(proc, req_w, res_r)
-        _write_all(req_w, self._config_frame(job, saved))
+        return self._configure(proc, req_w, res_r, frame)
+
+    def _configure(
+        self,
+        proc: subprocess.Popen[bytes] | _ForkedProc,
+        req_w: int,
+        res_r: int,
+        frame: bytes,
+        forked_job: str | None = None,
+    ) -> _Worker:
+        """The started worker ``proc`` as a _Worker, its config frame written.
+
+        If that fails (it died at once: EPIPE), nothing of it stays: its fds are
+        closed, it is killed and reaped, and the error goes on to _start_worker,
+        which fails the tasks that were waiting for it.
+        """
+        w: _Worker | None = None
+        try:
+            if forked_job is not None:  # start_in_group does this for a spawned one
+                guard(proc.pid)
+                _proc.remember_job(proc.pid, forked_job)
+            w = _Worker(proc, req_w, res_r)
+            _write_all(req_w, frame)
+        except BaseException:
+            _abandon(proc, req_w, res_r, w)
+            raise
         return w
 
     def _fork_process(self) -> _Worker:
@@ -713,11 +769,7 @@ class ProcessBackend(Backend):
                 os._exit(code)
         os.close(req_r)
         os.close(res_w)
-        guard(pid)
-        _proc.remember_job(pid, job)
-        w = _Worker(_ForkedProc(pid), req_w, res_r)
-        _write_all(req_w, frame)
-        return w
+        return self._configure(_ForkedProc(pid), req_w, res_r, frame, job)
 
     # ------------------------------------------------------------------ results
     def _service(self, w: _Worker, exited: bool = False) -> None:
@@ -792,14 +844,11 @@ class ProcessBackend(Backend):
                 # A worker's first task (imports, unpickling its function) says
                 # little about the next ones.
                 self._task_times.append(now - max(started, w.ready_at))
-            if w.kill_exc is not None or w.dead:
-                pass
-            elif retiring or (self._max_tasks is not None and w.ntasks >= self._max_tasks):
-                self._retire(w)
-            elif self._pending:
-                nxt = self._pending.popleft()
+            if retiring or (self._max_tasks is not None and w.ntasks >= self._max_tasks):
+                if w.kill_exc is None and not w.dead:
+                    self._retire(w)
             else:
-                self._make_idle(w)
+                nxt = self._take_next(w)
         if nxt is not None and nxt.__dict__.get(SEND_AHEAD):
             # Nothing the callbacks of this task do can cancel nxt (see SEND_AHEAD):
             # the worker gets it now, not after this result is unpickled and its
@@ -836,16 +885,25 @@ class ProcessBackend(Backend):
             # Even if a done callback raised: the next task must not be lost.
             if later:  # the marked task was cancelled and the next one is not marked
                 with self._lock:
-                    if w.kill_exc is not None or w.dead:
-                        pass
-                    elif self._pending:
-                        nxt = self._pending.popleft()
-                    else:
-                        self._make_idle(w)
+                    nxt = self._take_next(w)
             if nxt is not None:
                 self._assign(w, nxt)
         if stopped is not None:
             raise stopped
+
+    def _take_next(self, w: _Worker) -> Task[Any] | None:
+        """The next queued task for ``w``, which just finished one; else ``w`` goes idle
+        (None). None too if ``w`` is being killed or is dead: its death is handled.
+
+        Called with self._lock held. The task returned is bound by ``_assign(w, task)``:
+        until then it is in neither the queue nor a worker (see _finish_shutdown).
+        """
+        if w.kill_exc is not None or w.dead:
+            return None
+        if self._pending:
+            return self._pending.popleft()
+        self._make_idle(w)
+        return None
 
     def _on_death(self, w: _Worker) -> None:
         if w.dead and w.proc.returncode is not None:
@@ -1107,12 +1165,13 @@ class ProcessBackend(Backend):
                 buried = [w for w in self._graveyard if not w.claim.locked() and not w.sending]
                 for w in buried:
                     self._graveyard.remove(w)
+                fds = [_take_fds(w) for w in buried]
             for fd in list(registered):
                 if fd not in want or registered[fd] != want[fd]:
                     poller.unregister(fd)
                     del registered[fd]
-            for w in buried:
-                _close_fds(w)
+            for taken in fds:
+                _close_taken(taken)
             if stop:
                 return
             for fd, entry in want.items():
@@ -1190,10 +1249,10 @@ class ProcessBackend(Backend):
             pending = list(self._pending) if cancel else []
             if cancel:
                 self._pending.clear()
+                self._cancel_all = True
             busy = [(w, w.task) for w in self._workers.values() if w.task is not None]
         for t in pending:
-            if not concurrent.futures.Future.cancel(t):
-                t._finish(exc=Cancelled(f"task {t.name!r}: the backend was shut down"))
+            _cancel_for_shutdown(t)
         if cancel:
             for w, running in busy:
                 self._kill(w, Cancelled("the backend was shut down while the task ran"), running)
@@ -1206,18 +1265,40 @@ class ProcessBackend(Backend):
 
     def _finish_shutdown(self) -> None:
         self._wake()  # the collector completes results nobody reads
+        # A worker between the queue and a task (taken off the queue, not bound yet:
+        # see _take_next, _start_worker, submit) holds a task neither list shows: it
+        # is waited for too, unless cancelled (_assign drops it then). Moments, as a
+        # rule (a result unpickled, its callbacks run); at most _HANDOVER_WAIT each,
+        # as one cut short by an exception (a Ctrl-C in submit) never ends. A task
+        # handed over later still finishes: _assign fails it if its worker is gone.
+        handovers: dict[tuple[_Worker, int], float] = {}  # (worker, its count): first seen
         while True:
             with self._lock:
                 tasks = [w.task for w in self._workers.values() if w.task is not None]
                 tasks += list(self._pending)
+                moving = []
+                if not self._cancel_all and self._broken is None:  # broken: no collector
+                    moving = [
+                        (w, w.ntasks)
+                        for w in self._workers.values()
+                        if w.task is None
+                        and not w.dead
+                        and w.kill_exc is None
+                        and w.wfd >= 0
+                        and w not in self._idle
+                    ]
                 starting = self._starting
-            if not tasks and not starting:
+            now = time.monotonic()
+            handovers = {key: handovers.get(key, now) for key in moving}
+            waiting = any(now - seen < _HANDOVER_WAIT for seen in handovers.values())
+            if not tasks and not starting and not waiting:
                 break
             for t in tasks:
                 t.join(0.05)
             if not tasks:
-                time.sleep(0.01)  # a worker is still starting: it retires on arrival
-        # Idle workers exit when their request pipe closes.
+                time.sleep(0.01)  # a worker is starting (it retires on arrival) or moving
+        # Idle workers exit when their request pipe closes. Under the lock: the
+        # collector takes a dead worker's fds under it too (see _retire).
         with self._lock:
             self._stopping = True
             idle, self._idle = self._idle, []
@@ -1225,8 +1306,8 @@ class ProcessBackend(Backend):
                 self._recheck.cancel()
                 self._recheck = None
             workers = list(self._workers.values())
-        for w in idle:
-            self._retire(w)
+            for w in idle:
+                self._retire(w)
         deadline = time.monotonic() + 5.0
         for w in workers:
             if w.dead:
@@ -1243,8 +1324,9 @@ class ProcessBackend(Backend):
             collector.join(10.0)
         with self._lock:
             rest, self._graveyard = self._graveyard, []
-        for w in rest:
-            _close_fds(w)
+            fds = [_take_fds(w) for w in rest]
+        for taken in fds:
+            _close_taken(taken)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -1263,6 +1345,38 @@ class ProcessBackend(Backend):
                 "started": self._started,
                 "pending": len(self._pending),
             }
+
+
+def _cancel_for_shutdown(task: Task[Any]) -> None:
+    # A task that never ran: cancelled as a Future is, or (back in the queue after a
+    # failed send, so "running" already) finished with Cancelled.
+    if not concurrent.futures.Future.cancel(task):
+        task._finish(exc=Cancelled(f"task {task.name!r}: the backend was shut down"))
+
+
+def _abandon(
+    proc: subprocess.Popen[bytes] | _ForkedProc, req_w: int, res_r: int, w: _Worker | None
+) -> None:
+    """End a worker process that started but could not be set up (see _configure):
+    our ends of its pipes (and its pidfd) closed, the process killed, reaped and
+    its group released."""
+    if w is not None:  # not published: no other thread has it (see _take_fds)
+        _close_taken(_take_fds(w))
+    else:
+        _close_pipe(req_w)
+        _close_pipe(res_r)
+    pid = proc.pid
+    _proc.kill_group(pid)
+    try:
+        # A forked child may not lead its own group yet; and until it is reaped,
+        # its number is not reused.
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    wait_pid(pid, None)
+    proc.poll()
+    _proc.release_group(pid)
+    _proc.forget_job(pid)
 
 
 def _report(what: str, exc: BaseException) -> None:
@@ -1340,12 +1454,24 @@ def _close_pipe(fd: int) -> None:
         pass
 
 
-def _close_fds(w: _Worker) -> None:
-    _close_pipe(w.rfd)
-    _close_pipe(w.wfd)
-    if w.pidfd >= 0:
+def _take_fds(w: _Worker) -> tuple[int, int, int]:
+    """A dead worker's fds, for :func:`_close_taken`; the worker keeps none (-1).
+
+    Called with the backend's lock held, as :meth:`ProcessBackend._retire` is: an fd
+    is closed by whoever took it, once. Read here and closed by two threads, its
+    number could be reused by a file opened between the closes, and closed under it.
+    """
+    fds = (w.rfd, w.wfd, w.pidfd)
+    w.rfd = w.wfd = w.pidfd = -1
+    return fds
+
+
+def _close_taken(fds: tuple[int, int, int]) -> None:
+    rfd, wfd, pidfd = fds
+    _close_pipe(rfd)
+    _close_pipe(wfd)
+    if pidfd >= 0:
         try:
-            os.close(w.pidfd)
+            os.close(pidfd)
         except OSError:
             pass
-    w.rfd = w.wfd = w.pidfd = -1

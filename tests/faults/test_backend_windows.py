@@ -1,0 +1,304 @@
+"""Narrow windows in the process backend, each held open on purpose: the parent is
+paused at the one point (a done callback, a patched helper waiting on an Event)
+while real workers run, die or are killed. Each test fails without its fix."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+import polytask as pt
+from helpers import wait_until
+from polytask._os.proc import ensure_guardian
+from polytask.backends.process import backend as be_mod
+from polytask.backends.process.backend import START_METHODS, ProcessBackend
+
+HANG = 60
+
+
+def my_pid() -> int:
+    return os.getpid()
+
+
+def wait_for(path: str) -> int:
+    """Run until ``path`` exists: the test decides when this task ends."""
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def touch(path: str) -> int:
+    Path(path).touch()
+    return os.getpid()
+
+
+def test_a_task_handed_to_a_worker_when_shutdown_cancels_is_cancelled_not_run(
+    tmp_path: Path,
+) -> None:
+    # _complete takes the next task off the queue, then runs the finished task's
+    # callbacks, then sends it: in between the task is neither pending nor running.
+    # shutdown(cancel=True) there missed it, and it ran after the cancel.
+    be = ProcessBackend(max_workers=1)
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    try:
+        be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+        first = be.submit(wait_for, (str(release),), {}, name="first", timeout=None)
+        nxt = be.submit(touch, (str(ran),), {}, name="next", timeout=None)
+        in_window, go = threading.Event(), threading.Event()
+
+        def hold(_: object) -> None:
+            # Runs after nxt left the queue and before it is sent (see SEND_AHEAD).
+            in_window.set()
+            go.wait(HANG)
+
+        first.add_done_callback(hold)
+        release.touch()
+        assert in_window.wait(HANG)
+        be.shutdown(cancel=True, wait=False)
+        go.set()
+        assert first.result(HANG) > 0
+        with pytest.raises(pt.Cancelled):
+            nxt.result(HANG)
+        assert not ran.exists(), "the task ran after shutdown(cancel=True)"
+    finally:
+        go.set()
+        if not be._closed:
+            be.shutdown(wait=True)
+        wait_until(lambda: not be._workers, HANG, "the worker to exit")
+
+
+def test_a_hand_over_that_outlasts_shutdown_still_resolves_its_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same window, with shutdown() (no cancel) and a hand-over longer than
+    # shutdown waits (here no wait at all; really, a callback slower than 5 s):
+    # shutdown killed the worker after its 5 s, the send then failed and put the
+    # task back in a queue no worker would serve again. Its future never resolved.
+    monkeypatch.setattr(be_mod, "_HANDOVER_WAIT", 0.0, raising=False)
+    be = ProcessBackend(max_workers=1)
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    pidfd = os.pidfd_open(w.pid)
+    first = be.submit(wait_for, (str(release),), {}, name="first", timeout=None)
+    nxt = be.submit(touch, (str(ran),), {}, name="next", timeout=None)
+    in_window = threading.Event()
+
+    def hold(_: object) -> None:
+        in_window.set()
+        select.select([pidfd], [], [], HANG)  # until shutdown has killed the worker
+
+    first.add_done_callback(hold)
+    shutter = threading.Thread(target=be.shutdown, name="shutter")
+    try:
+        release.touch()
+        assert in_window.wait(HANG)
+        shutter.start()
+        shutter.join(HANG)
+        assert not shutter.is_alive()
+        assert nxt.done(), "the task handed over during shutdown was left unresolved"
+        with pytest.raises(pt.Cancelled):
+            nxt.result(0)
+        assert not ran.exists()
+    finally:
+        _kill(pidfd)
+        os.close(pidfd)
+        shutter.join(HANG)
+        wait_until(lambda: not be._workers, HANG, "the worker to exit")
+
+
+def _kill(pidfd: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:  # exited and reaped already
+        pass
+
+
+def test_a_worker_dying_while_shutdown_retires_it_has_its_fds_closed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # shutdown retired its idle workers outside the lock while the collector closed
+    # the fds of one that had just died: both closed the same fd number, the second
+    # time after another thread had reused it (here: a file of ours, closed under us).
+    be = ProcessBackend(max_workers=1)
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    wfd = w.wfd
+    pidfd = os.pidfd_open(w.pid)  # our own handle: kills the worker, never a reused pid
+    real_close = be_mod._close_pipe
+    closes: list[int] = []
+    mine: dict[int, int] = {}  # fd -> inode of /dev/null files opened in the window
+    entered, collector_closed = threading.Event(), threading.Event()
+    shutter = threading.Thread(target=be.shutdown, name="shutter")
+
+    def close_pipe(fd: int) -> None:
+        me = threading.current_thread()
+        if fd == wfd and me is shutter:
+            entered.set()
+            if w.wfd == fd:  # still the worker's: another thread may close it too
+                collector_closed.wait(HANG)
+        real_close(fd)
+        if fd >= 0:
+            closes.append(fd)
+        if fd == wfd and me is not shutter:
+            # The numbers just freed go to the next files anyone opens.
+            for _ in range(3):
+                f = os.open(os.devnull, os.O_RDONLY)
+                mine[f] = os.fstat(f).st_ino
+            collector_closed.set()
+
+    monkeypatch.setattr(be_mod, "_close_pipe", close_pipe)
+    try:
+        shutter.start()
+        assert entered.wait(HANG)
+        _kill(pidfd)
+        shutter.join(HANG)
+        assert not shutter.is_alive()
+    finally:
+        collector_closed.set()
+        monkeypatch.undo()
+        os.close(pidfd)
+        lost = []
+        for f, ino in mine.items():
+            try:
+                same = os.fstat(f).st_ino == ino
+            except OSError:
+                same = False
+            if same:
+                os.close(f)
+            else:
+                lost.append(f)
+    assert closes.count(wfd) == 1, f"fd {wfd} was closed {closes.count(wfd)} times"
+    assert not lost, f"a file of ours was closed under us: fds {lost}"
+
+
+def _pipe_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_worker_whose_config_cannot_be_written_is_ended_and_leaves_nothing(
+    start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker started, then the config frame could not be written to it (here:
+    # it died first, a real EPIPE). Its pipes, its pidfd and the process itself
+    # were left behind; the task must get the error, and nothing may stay.
+    real_write = be_mod._write_all
+    victim: dict[str, object] = {}
+
+    def write_all(fd: int, data: bytes) -> None:
+        if not victim:
+            # The first write is the config frame of the first worker: end that
+            # worker (the child holding this pipe's other end) before it goes out.
+            ino = f"pipe:[{os.fstat(fd).st_ino}]"
+            child = next(p for p in psutil.Process().children() if ino in _pipe_inodes(p.pid))
+            # Ours now and not before: our ends of the worker's two pipes.
+            victim["pipes"] = _pipe_inodes(os.getpid()) - before
+            victim["pidfd"] = pfd = os.pidfd_open(child.pid)
+            _kill(pfd)
+            select.select([pfd], [], [], HANG)
+        real_write(fd, data)
+
+    be = ProcessBackend(max_workers=1, start_method=start_method)
+    ensure_guardian()  # its pipe is not the worker's
+    before = _pipe_inodes(os.getpid())
+    monkeypatch.setattr(be_mod, "_write_all", write_all)
+    try:
+        task = be.submit(my_pid, (), {}, name="t", timeout=None)
+        with pytest.raises(pt.PolytaskError, match="could not start a worker process"):
+            task.result(HANG)
+        monkeypatch.undo()
+        assert len(victim["pipes"]) == 2  # type: ignore[arg-type]
+        pfd = victim["pidfd"]
+        assert isinstance(pfd, int)
+        try:
+            # Reaped: no zombie waits for anyone.
+            with pytest.raises(ChildProcessError):
+                os.waitid(os.P_PIDFD, pfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        finally:
+            os.close(pfd)
+        left = _pipe_inodes(os.getpid()) & victim["pipes"]  # type: ignore[operator]
+        assert not left, f"the dead worker's pipes are still open here: {left}"
+        # And the pool goes on with a worker that does start.
+        assert be.submit(my_pid, (), {}, name="t2", timeout=None).result(HANG) > 0
+    finally:
+        monkeypatch.undo()
+        be.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("how", ["cancel", "shutdown"])
+def test_a_task_cancelled_while_its_frame_goes_out_is_not_requeued(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The task is bound to its worker, its frame not written yet; cancel() (or
+    # shutdown(cancel=True)) kills the worker, so the write fails with EPIPE. The
+    # task went back to the queue, and a fresh worker ran it after the cancel.
+    be = ProcessBackend(max_workers=1)
+    ran = tmp_path / "ran"
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    pidfd = os.pidfd_open(w.pid)
+    real_write = be_mod._write_all
+    entered, go = threading.Event(), threading.Event()
+    got: list[pt.Task[int]] = []
+
+    def write_all(fd: int, data: bytes) -> None:
+        if threading.current_thread() is submitter:
+            entered.set()
+            go.wait(HANG)
+        real_write(fd, data)
+
+    def submit() -> None:
+        got.append(be.submit(touch, (str(ran),), {}, name="t", timeout=None))
+
+    submitter = threading.Thread(target=submit, name="submitter")
+    monkeypatch.setattr(be_mod, "_write_all", write_all)
+    try:
+        submitter.start()
+        assert entered.wait(HANG)
+        task = w.task
+        assert task is not None
+        # Held, the collector leaves the dead worker be: the failed write comes
+        # before its death is handled (which would settle the task first).
+        with w.rlock:
+            if how == "cancel":
+                assert task.cancel()
+            else:
+                be.shutdown(cancel=True, wait=False)
+            select.select([pidfd], [], [], HANG)  # the worker is dead: the write fails
+            go.set()
+            submitter.join(HANG)
+        assert got == [task]
+        with pytest.raises(pt.Cancelled):
+            task.result(HANG)
+        # Not queued again: no worker was started to run it (cancel() would then
+        # kill that one too, if it came in time).
+        wait_until(lambda: w.dead, HANG, "the worker's death to be handled")
+        stats = be.statistics()
+        assert stats["started"] + stats["starting"] == 1, stats
+        if how == "cancel":  # the backend goes on: the next task runs
+            assert be.submit(my_pid, (), {}, name="t2", timeout=None).result(HANG) > 0
+        assert not ran.exists(), "the task ran after it was cancelled"
+    finally:
+        go.set()
+        monkeypatch.undo()
+        os.close(pidfd)
+        if not be._closed:
+            be.shutdown(wait=True)
+        wait_until(lambda: not be._workers, HANG, "the workers to exit")
