@@ -378,7 +378,9 @@ def _sweep(sizes: list[int], rounds: int) -> list[tuple[int, float, float, float
         for n in sizes:
             best_pt = best_mp = float("inf")
             grew = 0.0
-            for _ in range(rounds):
+            # A map of 10,000 items takes a millisecond: a few rounds of it measure
+            # the machine's noise, so small sizes get more (a second's worth of items).
+            for _ in range(max(rounds, 1_000_000 // n)):
                 gc.collect()
                 before = me.memory_info().rss
                 t = time.perf_counter()
@@ -522,13 +524,13 @@ def run(quick: bool) -> str:
     pt_mem = _rss_growth("polytask", mem_n)
     mp_mem = _rss_growth("mp", mem_n)
     prog_n = 200_000 if quick else 1_000_000
-    no_bar, with_bar = _progress_cost(prog_n, 3 if quick else 7)
+    no_bar, with_bar = _progress_cost(prog_n, 3 if quick else 15)
     bar_cost = (with_bar / no_bar - 1) * 100
     lines += [
         "",
         f"(e) map over {prog_n:,} tiny tasks with `progress=True` on a terminal: "
         f"{with_bar * 1000:,.0f} ms against {no_bar * 1000:,.0f} ms without the bar "
-        f"({bar_cost:+.1f} %; best of {3 if quick else 7} alternate rounds).",
+        f"({bar_cost:+.1f} %; best of {3 if quick else 15} alternate rounds).",
     ]
     lines += [
         "",
@@ -542,7 +544,7 @@ def run(quick: bool) -> str:
     sweep = _sweep(sizes, 2 if quick else 3)
     lines += [
         "(b) at every size: `map(tiny, range(n))`, 2 workers each, warm; best of the "
-        "alternate rounds (multiprocessing.Pool: the faster of its spawn and default "
+        "alternate rounds (at least 3, and a million items' worth) (multiprocessing.Pool: the faster of its spawn and default "
         "start methods); the caller's RSS growth per item while polytask's results "
         "are held:",
         "",
