@@ -914,3 +914,76 @@ def test_a_cancelled_waiter_passes_its_wake_up_on():
         task.join(HANG)
     with pytest.raises(pt.Cancelled):
         task.result(timeout=HANG)
+
+
+def produce_many(ch, tag: int, rounds: int, batch: int) -> int:
+    """put_many of mixed items: pickles of every size up to the packed limit and
+    past it, raw bytes (a kind of their own), and big items that go to spills."""
+    n = 0
+    for r in range(rounds):
+        items = []
+        for k in range(batch):
+            size = (r * 37 + k * 11) % 300
+            if k % 17 == 16:
+                body: object = bytes([k % 256]) * 70_000  # a spill, amid small frames
+            elif k % 5 == 4:
+                body = bytes([k % 256]) * size  # raw bytes
+            else:
+                body = "x" * size
+            items.append((tag, n, body))
+            n += 1
+        ch.put_many(items, timeout=HANG)
+    return n
+
+
+@pytest.mark.parametrize("maxsize", [0, 7])
+@pytest.mark.parametrize("cap", [R.MIN_CAPACITY, 1 << 14, 1 << 16])
+def test_put_many_from_several_processes_into_small_rings(cap, maxsize):
+    """put_many's batched fast path: three producer processes put batches of mixed
+    items into a small ring (it wraps, fills and waits many times; with maxsize it
+    stops at the count too); the reader takes them by get and get_many in turn.
+    Each item arrives exactly once and in its producer's order."""
+    rounds, batch = 30, 40
+    ch = pt.Channel(backend="process", capacity=cap, maxsize=maxsize)
+    got = []
+    with pt.TaskGroup(backend="process") as g:
+        producers = [g.spawn(produce_many, ch, k, rounds, batch) for k in range(3)]
+        if maxsize:  # the producers fill it to the count, and no further
+            wait_until(lambda: len(ch) == maxsize, HANG, "the channel full to maxsize")
+        while len(got) < 3 * rounds * batch:
+            assert not maxsize or len(ch) <= maxsize
+            if len(got) % 2:
+                got.append(ch.get(timeout=HANG))
+            else:
+                got += ch.get_many(13, timeout=HANG)
+        for p in producers:
+            assert p.result(timeout=HANG) == rounds * batch
+    assert len(ch) == 0
+    ch.close()
+    for tag in range(3):
+        mine = [(n, body) for t, n, body in got if t == tag]
+        assert [n for n, _ in mine] == list(range(rounds * batch))
+        for n, body in mine:
+            r, k = divmod(n, batch)
+            if k % 17 == 16:
+                assert body == bytes([k % 256]) * 70_000
+            elif k % 5 == 4:
+                assert body == bytes([k % 256]) * ((r * 37 + k * 11) % 300)
+            else:
+                assert body == "x" * ((r * 37 + k * 11) % 300)
+
+
+@pytest.mark.parametrize("cap", [R.MIN_CAPACITY, DEFAULT_CAPACITY])
+def test_put_many_counts_every_item_it_puts(cap):
+    """Each frame put_many writes is counted (len, and maxsize's bound), whichever
+    path it took: the batched fast path, Ring.push, or a spill."""
+    with pt.Channel(backend="process", capacity=cap, maxsize=60) as ch:
+        items = [*range(40), b"raw", "s" * 100, b"z" * 70_000, *range(40, 57)]
+        ch.put_many(items, timeout=HANG)
+        assert len(ch) == len(items) == 60
+        with pytest.raises(queue.Full):
+            ch.put_nowait("one too many")
+        got = []
+        while len(got) < len(items):
+            got += ch.get_many(100, timeout=HANG)
+        assert got == items and len(ch) == 0

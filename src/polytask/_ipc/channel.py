@@ -54,7 +54,6 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
@@ -1114,8 +1113,7 @@ class ProcessChannel(Channel[T]):
 
     def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
         deadline = _deadline(timeout)
-        ring = self._ring
-        pending: deque[tuple[int, bytes | memoryview]] = deque()
+        pending: list[tuple[int, bytes | memoryview]] = []
         append = pending.append
         for item in items:
             if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
@@ -1135,44 +1133,70 @@ class ProcessChannel(Channel[T]):
                 self._flush_small(pending, deadline)
                 self._put_big(kind, payload, bufs, _left(deadline))
             else:
-                pending.append((kind, payload))
+                append((kind, payload))
         self._flush_small(pending, deadline)
-        del ring
 
     def _flush_small(
-        self, pending: deque[tuple[int, bytes | memoryview]], deadline: float | None
+        self, pending: list[tuple[int, bytes | memoryview]], deadline: float | None
     ) -> None:
+        """Put the small frames ``pending`` (emptied), as many per P lock as fit.
+
+        A pickle goes by put()'s fast path, inlined (same words, same order of
+        stores): at a million items a second the call of Ring.push per item was
+        a third of put_many's own time. The rest goes through the ring.
+        """
         ring = self._ring
-        while pending:
+        i, count = 0, len(pending)
+        while i < count:
             self._lock_p(deadline)
-            wake = 0
+            wake = rc = 0
             try:
-                push = ring.push
-                hdr = _hdr_pickle
-                while pending:
-                    kind, payload = pending[0]
-                    if kind == K_PICKLE:
-                        rc = push(payload, hdr)  # type: ignore[arg-type]  # pickles are bytes
+                w, b, mask, hdr = self._w, self._b, self._mask, _hdr_pickle
+                limit, maxsize = self._limit, self.maxsize
+                while i < count:
+                    kind, payload = pending[i]
+                    n = len(payload)
+                    size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
+                    pos = w[TAIL]
+                    if (
+                        kind != K_PICKLE
+                        or pos + size > limit
+                        or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
+                        or n >= PACKED
+                        or (maxsize and w[NRES] - self._claimed_seen >= maxsize)
+                    ):
+                        if kind == K_PICKLE:
+                            rc = self._push(payload, hdr)  # type: ignore[arg-type]  # bytes
+                        else:
+                            rc = ring.put_small(payload, kind, _pid)
+                        self._set_limit()
+                        limit = self._limit
+                        if rc < 0:
+                            break
+                        wake |= rc
                     else:
-                        rc = ring.put_small(payload, kind, _pid)
-                    if rc < 0:
-                        break
-                    wake |= rc
-                    pending.popleft()
+                        (PACKERS[n] or make_packer(n))(
+                            b, DATA_OFFSET + (pos & mask), hdr, size | (n << 32), payload
+                        )
+                        w[NRES] += 1
+                        w[TAIL] = pos + size  # publishes the frame
+                    i += 1
             finally:
                 _mutex_unlock(self._p_addr)
             if wake:
                 futex_wake(self._data_seq_addr)
             if ring.wrapped:
                 self._skip_pads()
-            if pending:
+            if i < count:
                 if rc == R.CLOSED:
                     raise self._closed_error("put_many()")
                 if rc == R.TOO_BIG:  # see _put_small_wait
-                    kind, payload = pending.popleft()
+                    kind, payload = pending[i]
+                    i += 1
                     self._put_big(kind, payload, [], _left(deadline))
                     continue
-                self._wait_space(R.Ring.frame_size(len(pending[0][1])), deadline)
+                self._wait_space(R.Ring.frame_size(len(pending[i][1])), deadline)
+        pending.clear()
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         if max_items < 1:
