@@ -987,3 +987,22 @@ def test_put_many_counts_every_item_it_puts(cap):
         while len(got) < len(items):
             got += ch.get_many(100, timeout=HANG)
         assert got == items and len(ch) == 0
+
+
+def test_put_many_wakes_a_reader_asleep_in_get():
+    """A reader asleep on the ring is woken by put_many (it reads WAIT_DATA once per
+    lock, then publishes the batch), and gets every item, in order."""
+    with pt.Channel(backend="process") as ch:
+        ch.put_many(["warm", "up"], timeout=HANG)  # the writer's fast path is open now
+        assert ch.get_many(2, timeout=HANG) == ["warm", "up"]
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.extend(ch.get(timeout=HANG) for _ in range(3)))
+        reader.start()
+        wait_until(lambda: blocked_in(ch, "get"), HANG, "the reader asleep in get()")
+        ch.put_many(["a", "b", "c"], timeout=HANG)
+        # Woken by the writer, whose wake-up uses the registration up at once (a
+        # reader that was not woken would still be registered until its own time-out).
+        assert not blocked_in(ch, "get")
+        reader.join(HANG)
+        assert not reader.is_alive()
+        assert got == ["a", "b", "c"]

@@ -1153,17 +1153,20 @@ class ProcessChannel(Channel[T]):
             try:
                 w, b, mask, hdr = self._w, self._b, self._mask, _hdr_pickle
                 limit, maxsize = self._limit, self.maxsize
+                # Under the P lock only this writer moves TAIL and NRES, and readers
+                # register in WAIT_DATA (the channel closes under it too): all three
+                # are read once here and again after a Ring.push, not per frame.
+                pos, nres, slow = w[TAIL], w[NRES], w[WAIT_DATA]
                 while i < count:
                     kind, payload = pending[i]
                     n = len(payload)
                     size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
-                    pos = w[TAIL]
                     if (
-                        kind != K_PICKLE
+                        slow  # readers to wake, or R.CLOSED_FLAG
+                        or kind != K_PICKLE
                         or pos + size > limit
-                        or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
                         or n >= PACKED
-                        or (maxsize and w[NRES] - self._claimed_seen >= maxsize)
+                        or (maxsize and nres - self._claimed_seen >= maxsize)
                     ):
                         if kind == K_PICKLE:
                             rc = self._push(payload, hdr)  # type: ignore[arg-type]  # bytes
@@ -1171,6 +1174,7 @@ class ProcessChannel(Channel[T]):
                             rc = ring.put_small(payload, kind, _pid)
                         self._set_limit()
                         limit = self._limit
+                        pos, nres, slow = w[TAIL], w[NRES], w[WAIT_DATA]
                         if rc < 0:
                             break
                         wake |= rc
@@ -1178,8 +1182,10 @@ class ProcessChannel(Channel[T]):
                         (PACKERS[n] or make_packer(n))(
                             b, DATA_OFFSET + (pos & mask), hdr, size | (n << 32), payload
                         )
-                        w[NRES] += 1
-                        w[TAIL] = pos + size  # publishes the frame
+                        nres += 1
+                        w[NRES] = nres
+                        pos += size
+                        w[TAIL] = pos  # publishes the frame
                     i += 1
             finally:
                 _mutex_unlock(self._p_addr)
