@@ -1006,3 +1006,24 @@ def test_put_many_wakes_a_reader_asleep_in_get():
         reader.join(HANG)
         assert not reader.is_alive()
         assert got == ["a", "b", "c"]
+
+
+def _refuse_on_load() -> None:
+    raise RuntimeError("this item cannot be rebuilt here")
+
+
+class LoadsBadly:
+    def __reduce__(self):
+        return (_refuse_on_load, ())
+
+
+def test_get_many_of_an_item_that_cannot_be_unpickled_says_so_and_the_channel_goes_on():
+    """get_many unpickles a batch of pickles in one call; an item that fails there is
+    decoded alone, so the error names it (SerializationError), after the items before
+    it were taken; the channel stays usable."""
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([1, 2, LoadsBadly(), 4], timeout=HANG)
+        with pytest.raises(pt.SerializationError, match="cannot be rebuilt"):
+            ch.get_many(10, timeout=HANG)
+        ch.put_many([5, 6], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG)[-2:] == [5, 6]

@@ -677,12 +677,16 @@ class Ring:
                 return data
         return self.take(pid)
 
-    def take_many(self, limit: int) -> list[tuple[int, bytes]]:
+    def take_many(self, limit: int, common: int) -> tuple[list[bytes], list[int] | None]:
         """Take up to ``limit`` small frames in a row (C lock); stops at the first big or unfinished one.
 
+        Returns their payloads and their kinds, the kinds None if every frame is
+        of kind ``common`` (the caller then decodes them all alike, in one call).
         Call :meth:`wake_writers` afterwards.
         """
-        out: list[tuple[int, bytes]] = []
+        datas: list[bytes] = []
+        kinds: list[int] | None = None
+        append = datas.append
         w = self._w
         raw = self._raw
         mask = self._mask
@@ -690,20 +694,24 @@ class Ring:
         tail = w[TAIL]
         head_was_read = w[HEAD] == read
         claimed = 0
-        while read != tail and len(out) < limit:
+        while read != tail and claimed < limit:
             start = DATA_OFFSET + (read & mask)
             i = start >> 3
             h = w[i]
-            state = h & 0xFF
             sz = w[i + 1]
             size = sz & _LOW
-            if state == READY and not h & 0xFFFF0000 and size <= SMALL:
-                out.append(((h >> 8) & 0xFF, raw[start + HEADER : start + HEADER + (sz >> 32)]))
+            if h & 0xFFFF00FF == READY and size <= SMALL:  # READY, no buffers
+                append(raw[start + HEADER : start + HEADER + (sz >> 32)])
+                kind = (h >> 8) & 0xFF
+                if kinds is not None:
+                    kinds.append(kind)
+                elif kind != common:
+                    kinds = [common] * claimed + [kind]
                 if not head_was_read:
                     w[i] = (h & ~0xFF) | DONE
                 claimed += 1
                 read += size
-            elif state == PAD:
+            elif h & 0xFF == PAD:
                 read += size
             else:
                 break
@@ -713,7 +721,7 @@ class Ring:
             w[HEAD] = read
         else:
             self._advance_head()
-        return out
+        return datas, kinds
 
     def skip_pads(self) -> None:
         """Skip the pads at the read position, as a reader would (C lock).
