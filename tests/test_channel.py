@@ -1017,13 +1017,33 @@ class LoadsBadly:
         return (_refuse_on_load, ())
 
 
-def test_get_many_of_an_item_that_cannot_be_unpickled_says_so_and_the_channel_goes_on():
-    """get_many unpickles a batch of pickles in one call; an item that fails there is
-    decoded alone, so the error names it (SerializationError), after the items before
-    it were taken; the channel stays usable."""
+@pytest.mark.parametrize("mixed", [False, True], ids=["pickles", "mixed-kinds"])
+def test_get_many_of_an_item_that_cannot_be_unpickled_loses_nothing(mixed):
+    """get_many unpickles a batch in one call. An item that fails there ends the batch:
+    the items before it are returned, it raises SerializationError at the next call,
+    and the items after it follow in order; none is lost, the channel goes on."""
+    after = [b"raw", 4] if mixed else [4, 5]  # bytes: a batch of several frame kinds
     with pt.Channel(backend="process") as ch:
-        ch.put_many([1, 2, LoadsBadly(), 4], timeout=HANG)
+        ch.put_many([1, 2, LoadsBadly(), *after], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [1, 2]
+        assert len(ch) == 3  # held by this handle, still counted
         with pytest.raises(pt.SerializationError, match="cannot be rebuilt"):
             ch.get_many(10, timeout=HANG)
-        ch.put_many([5, 6], timeout=HANG)
-        assert ch.get_many(10, timeout=HANG)[-2:] == [5, 6]
+        ch.put_many([6, 7], timeout=HANG)
+        # The held ones first, alone; then the ring again.
+        assert ch.get_many(10, timeout=HANG) == after
+        assert ch.get_many(10, timeout=HANG) == [6, 7]
+        assert len(ch) == 0
+
+
+def test_get_after_a_failed_batch_takes_the_held_items_first():
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([1, LoadsBadly(), 3, 4], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [1]
+        ch.put(5, timeout=HANG)
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=HANG)
+        assert [ch.get(timeout=HANG) for _ in range(3)] == [3, 4, 5]
+        assert "get" not in vars(ch)  # the usual get() again
+        with pytest.raises(queue.Empty):
+            ch.get(timeout=0.05)

@@ -759,3 +759,38 @@ def test_progress_bar_is_drawn_while_the_map_runs_and_ends_on_the_final_count(tm
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_join_from_a_done_callback_never_hangs(backend):
+    """Pool.join() from a done callback on the thread that delivers a process
+    backend's results would wait for itself (it hung): RuntimeError says so and
+    the pool goes on; joined from the caller's thread, it finishes. A thread
+    worker can wait: no error there."""
+    pool = pt.Pool(1, backend=backend)
+    errors: list[BaseException] = []
+    stopped = threading.Event()
+
+    def stop(_):
+        try:
+            pool.close()
+            pool.join()
+        except RuntimeError as exc:
+            errors.append(exc)
+        finally:
+            stopped.set()
+
+    first = pool.submit(square, 3)
+    second = pool.submit(square, 4)
+    first.add_done_callback(stop)
+    try:
+        assert first.result(timeout=30) == 9
+        assert stopped.wait(30), "join() called from a done callback never returned"
+        assert second.result(timeout=30) == 16
+        if backend == "process":
+            assert len(errors) == 1 and "Pool.join()" in str(errors[0])
+        else:
+            assert errors == []
+    finally:
+        pool.close()
+        pool.join(timeout=30)

@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import threading
+import types
 from pathlib import Path
 
 import psutil
@@ -302,3 +303,153 @@ def test_a_task_cancelled_while_its_frame_goes_out_is_not_requeued(
         if not be._closed:
             be.shutdown(wait=True)
         wait_until(lambda: not be._workers, HANG, "the workers to exit")
+
+
+def test_a_frame_still_going_out_when_shutdown_ends_is_not_written_to_a_reused_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # _assign holds the worker's request fd while its frame goes out (`sending`: the
+    # collector leaves such a worker's fds open). shutdown's last sweep did not: it
+    # closed them, the numbers went to the next files opened, and the frame was
+    # then written into one of those.
+    be = ProcessBackend(max_workers=1)
+    ran = tmp_path / "ran"
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    real_write = be_mod._write_all
+    entered, go = threading.Event(), threading.Event()
+    got: list[pt.Task[int]] = []
+
+    def write_all(fd: int, data: bytes) -> None:
+        if threading.current_thread() is submitter:
+            entered.set()
+            go.wait(HANG)
+        real_write(fd, data)
+
+    def submit() -> None:
+        got.append(be.submit(touch, (str(ran),), {}, name="t", timeout=None))
+
+    submitter = threading.Thread(target=submit, name="submitter")
+    monkeypatch.setattr(be_mod, "_write_all", write_all)
+    files: list[Path] = []
+    mine: list[int] = []
+    try:
+        submitter.start()
+        assert entered.wait(HANG)
+        task = w.task
+        assert task is not None
+        be.shutdown(cancel=True)  # kills the worker; its death settles the task
+        with pytest.raises(pt.Cancelled):
+            task.result(0)
+        # Whatever numbers the sweep freed go to the next files opened.
+        for i in range(8):
+            files.append(tmp_path / f"mine{i}")
+            mine.append(os.open(files[-1], os.O_RDWR | os.O_CREAT))
+        go.set()
+        submitter.join(HANG)
+        assert got == [task]
+    finally:
+        go.set()
+        monkeypatch.undo()
+        for f in mine:
+            os.close(f)
+    written = [p.name for p in files if p.stat().st_size]
+    assert not written, f"the task's frame was written into a file of ours: {written}"
+    # The worker's fds were still closed, by the last to let go of them.
+    assert w.wfd == w.rfd == w.pidfd == -1
+    assert not ran.exists()
+
+
+def test_a_worker_dying_in_a_hand_over_leaves_its_task_to_run_at_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # submit() took an idle worker; before it bound the task, the worker died (killed
+    # here; really a crash, the OOM killer) and its death was handled. shutdown()
+    # looked for hand-overs among the live workers only, saw none, and stopped: the
+    # task, which nothing cancelled, was then cancelled (or, a moment earlier, queued
+    # again for a worker that would never start, and never resolved).
+    be = ProcessBackend(max_workers=1)
+    ran = tmp_path / "ran"
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    pidfd = os.pidfd_open(w.pid)
+    real_assign = be._assign
+    entered, go, slept = threading.Event(), threading.Event(), threading.Event()
+    real_sleep = be_mod.time.sleep
+    got: list[pt.Task[int]] = []
+
+    def assign(worker: object, task: pt.Task[int], ahead: bool = False) -> bool:
+        if threading.current_thread() is submitter:
+            entered.set()
+            go.wait(HANG)
+        return real_assign(worker, task, ahead)  # type: ignore[arg-type]
+
+    def sleep(seconds: float) -> None:
+        # _finish_shutdown sleeps only while it waits for no task: for a hand-over.
+        if threading.current_thread() is shutter:
+            slept.set()
+        real_sleep(seconds)
+
+    def submit() -> None:
+        got.append(be.submit(touch, (str(ran),), {}, name="t", timeout=None))
+
+    submitter = threading.Thread(target=submit, name="submitter")
+    shutter = threading.Thread(target=be.shutdown, name="shutter")
+    monkeypatch.setattr(be, "_assign", assign)
+    fake_time = types.SimpleNamespace(monotonic=be_mod.time.monotonic, sleep=sleep)
+    monkeypatch.setattr(be_mod, "time", fake_time)
+    try:
+        submitter.start()
+        assert entered.wait(HANG)
+        _kill(pidfd)
+        wait_until(lambda: w.dead, HANG, "the worker's death to be handled")
+        shutter.start()
+        wait_until(lambda: slept.is_set() or not shutter.is_alive(), HANG, "shutdown")
+        go.set()
+        submitter.join(HANG)
+        (task,) = got
+        # Nothing cancelled it: it runs, on a fresh worker, before shutdown ends.
+        assert task.result(HANG) != w.pid
+        shutter.join(HANG)
+        assert not shutter.is_alive()
+        assert ran.exists()
+    finally:
+        go.set()
+        monkeypatch.undo()
+        os.close(pidfd)
+        submitter.join(HANG)
+        if shutter.is_alive():
+            shutter.join(HANG)
+        wait_until(lambda: not be._workers, HANG, "the workers to exit")
+
+
+@pytest.mark.parametrize("reader", ["collector", "caller"])
+def test_shutdown_from_a_done_callback_returns_and_the_queued_task_still_runs(
+    reader: str, tmp_path: Path
+) -> None:
+    # A done callback runs in the thread that reads its worker's results, holding
+    # that worker's read lock (and, the collector, every result nobody reads).
+    # shutdown() called there waited to take that very lock: it never returned.
+    be = ProcessBackend(max_workers=1)
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    first = be.submit(wait_for, (str(release),), {}, name="first", timeout=None)
+    nxt = be.submit(touch, (str(ran),), {}, name="next", timeout=None)
+    shut = threading.Event()
+
+    def stop(_: object) -> None:
+        be.shutdown()
+        shut.set()
+
+    first.add_done_callback(stop)
+    release.touch()
+    try:
+        if reader == "caller":
+            assert first.result(HANG) > 0
+        assert shut.wait(HANG), "shutdown called from a done callback never returned"
+        # Queued before the shutdown, and not cancelled: it runs.
+        assert nxt.result(HANG) > 0
+        assert ran.exists()
+    finally:
+        release.touch()
+        wait_until(lambda: be._stopping and not be._workers, HANG, "the workers to exit")

@@ -82,7 +82,12 @@ class Channel(Generic[T]):
             self.put(item, None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
-        """Wait for at least one item, then return up to ``max_items`` that are ready."""
+        """Wait for at least one item, then return up to ``max_items`` that are ready.
+
+        An item that cannot be unpickled ends the batch before it: it raises
+        :class:`SerializationError` at the next ``get``/``get_many`` of this handle,
+        and the items after it follow, in order (none is lost).
+        """
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         out = [self.get(timeout)]

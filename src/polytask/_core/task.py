@@ -44,7 +44,10 @@ __all__ = [
     "cancellable_task",
     "checkpoint",
     "current_task",
+    "delivering",
     "finish_many",
+    "refuse_wait_in_delivery",
+    "serving",
     "sleep",
     "wait_cancellable",
 ]
@@ -57,6 +60,25 @@ _CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
 #: Guards state changes of tasks that have no condition yet, and the making of one
 #: (see Task._condition). Held for a few attribute writes at a time.
 _state_lock = threading.Lock()
+
+#: ``serving.depth`` > 0 on a thread while it delivers results a backend's workers
+#: sent (a process backend's reader): done callbacks run there, and the results
+#: of other tasks may wait on that very thread, so a callback cannot wait for them.
+serving = threading.local()
+
+
+def delivering() -> bool:
+    """Whether this thread is delivering results (see :data:`serving`): no wait here."""
+    return getattr(serving, "depth", 0) > 0
+
+
+def refuse_wait_in_delivery(what: str, instead: str) -> None:
+    """Raise RuntimeError if this thread delivers results: ``what`` would wait for itself."""
+    if getattr(serving, "depth", 0):
+        raise RuntimeError(
+            f"{what} was called from a task's done callback, on the thread that delivers "
+            f"the results it would wait for: it cannot wait there. {instead}"
+        )
 
 
 def _reset_state_lock() -> None:

@@ -47,6 +47,7 @@ Lock order: C before P (never take C while holding P).
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import pickle
@@ -283,6 +284,17 @@ def _decode_views(kind: int, payload: memoryview, bufs: list[memoryview]) -> Any
 
 
 _LOST: Any = object()  # an item whose writer died before it was handed over
+
+
+def _decode_frame(kind: int, data: bytes) -> Any:
+    """A small frame's item (or _LOST); SerializationError if it cannot be decoded."""
+    if kind == K_PICKLE:
+        try:
+            return _ploads(data)
+        except Exception:
+            pass  # _decode_small raises the SerializationError
+    return _decode_small(kind, data)
+
 
 # --------------------------------------------------------------------------- spills
 #
@@ -586,6 +598,11 @@ class ProcessChannel(Channel[T]):
         self._limit = 0
         self._claimed_seen = 0
         self._tail_seen = 0  # the same for get: the tail only grows
+        # Frames get_many took off the ring but could not return: the one that
+        # failed to decode and those after it (see _hold). While any are held,
+        # an instance attribute ``get`` (_get_held) serves them first, so the
+        # usual get() pays nothing for this.
+        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
         self._spin = SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
@@ -988,6 +1005,29 @@ class ProcessChannel(Channel[T]):
                 return _loads(r)  # type: ignore[no-any-return]  # raises SerializationError
         return self._get_other(cast("tuple[int, bytes, int] | int", r), timeout)
 
+    def _get_held(self, timeout: float | None = None) -> T:
+        """get() while frames are held (see _hold): they came off the ring first."""
+        held = self._held
+        while held:
+            kind, data = held.popleft()
+            if not held:
+                self.__dict__.pop("get", None)  # the usual get() again
+            item = _decode_frame(kind, data)  # a frame that fails is taken, as in get()
+            if item is not _LOST:
+                return cast(T, item)
+        return ProcessChannel.get(self, timeout)
+
+    def _hold(self, frames: Iterable[tuple[int, bytes]]) -> None:
+        """Keep frames get_many took but cannot return now, for the next get.
+
+        An item that cannot be decoded ends a batch there: the items before it are
+        returned, it raises at the next get (or get_many), and the ones after it
+        follow; none is lost and their order stays.
+        """
+        self._held.extend(frames)
+        if self._held:
+            self.get = self._get_held  # type: ignore[method-assign]
+
     def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
         """get() after :meth:`Ring.pop` gave something other than a small pickle."""
         if type(r) is tuple:
@@ -1210,6 +1250,19 @@ class ProcessChannel(Channel[T]):
         out = [self.get(timeout)]
         if max_items == 1:
             return out
+        held = self._held
+        if held:  # frames taken before come first: no new ones this time
+            while held and len(out) < max_items:
+                try:
+                    item = _decode_frame(*held[0])
+                except SerializationError:
+                    break  # stays first: it raises at the next get
+                held.popleft()
+                if item is not _LOST:
+                    out.append(cast(T, item))
+            if not held:
+                self.__dict__.pop("get", None)  # the usual get() again
+            return out
         ring = self._ring
         self._lock_c(None)
         try:
@@ -1226,18 +1279,17 @@ class ProcessChannel(Channel[T]):
                 out.extend(map(_ploads, datas))
                 return out
             except Exception:
-                done = len(out) - first  # the one that failed is decoded below, and raises
+                done = len(out) - first  # the one that failed is held (see _hold)
         append = out.append
         for j in range(done, len(datas)):
             k = K_PICKLE if kinds is None else kinds[j]
-            d = datas[j]
-            if k == K_PICKLE:
-                try:
-                    append(_ploads(d))
-                    continue
-                except Exception:
-                    pass  # _decode_small raises the SerializationError
-            item = _decode_small(k, d)
+            try:
+                item = _decode_frame(k, datas[j])
+            except SerializationError:
+                rest = datas[j:]
+                ks = [K_PICKLE] * len(rest) if kinds is None else kinds[j:]
+                self._hold(zip(ks, rest, strict=True))
+                return out
             if item is not _LOST:
                 append(cast(T, item))
         return out
@@ -1252,7 +1304,7 @@ class ProcessChannel(Channel[T]):
         return self._seg.closed or self._ring.closed
 
     def __len__(self) -> int:
-        return 0 if self._seg.closed else self._ring.items()
+        return len(self._held) + (0 if self._seg.closed else self._ring.items())
 
 
 def _left(deadline: float | None) -> float | None:

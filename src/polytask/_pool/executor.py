@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from .._core.errors import Cancelled
-from .._core.task import Task
+from .._core.task import Task, delivering, refuse_wait_in_delivery
 from .._core.timeouts import check_timeout
 from .pool import DEFAULT, Pool, _Run
 from .results import MapIterator
@@ -206,8 +206,14 @@ class Executor(concurrent.futures.Executor):
         included; their iterators raise :class:`Cancelled`); what runs finishes.
         The rest of a lazily read ``map`` input is read here, so that an iterator
         used after ``shutdown`` (after a ``with`` block) still gets every result.
-        ``wait=False`` returns at once and does that in a background thread.
+        ``wait=False`` returns at once and does that in a background thread. Called
+        from a task's done callback on the thread that delivers results, it cannot
+        wait (it would wait for itself): it goes on as ``wait=False``, then raises
+        ``RuntimeError`` unless ``wait=False`` was given (as CPython's executors do).
         """
+        refuse = wait and delivering()
+        if refuse:
+            wait = False
         pool = self._pool
         pool.close()
         _live_executors.discard(self)
@@ -231,3 +237,8 @@ class Executor(concurrent.futures.Executor):
             finish()
         else:
             threading.Thread(target=finish, name="polytask-executor-shutdown", daemon=True).start()
+        if refuse:
+            refuse_wait_in_delivery(
+                "Executor.shutdown(wait=True)",
+                "The shutdown goes on in the background; pass wait=False there.",
+            )

@@ -44,7 +44,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack
 from .._core import task as _task
 from .._core.backend import fn_name
 from .._core.errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
-from .._core.task import Task, finish_many
+from .._core.task import Task, finish_many, refuse_wait_in_delivery
 from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
 from .._ipc.codec import loads_exception
@@ -1223,9 +1223,15 @@ class Pool(PrimitiveFactory):
     def join(self, timeout: float | None = None) -> None:
         """Wait for every submitted task to finish, then stop the workers.
 
-        Call :meth:`close` first. Raises ``TimeoutError`` if ``timeout`` seconds pass first.
+        Call :meth:`close` first. Raises ``TimeoutError`` if ``timeout`` seconds pass first,
+        and ``RuntimeError`` if called from a task's done callback on the thread that
+        delivers results (it would wait for itself); join from another thread then.
         """
         timeout = check_timeout(timeout)
+        refuse_wait_in_delivery(
+            "Pool.join()",
+            "Join from another thread (close() alone already stops new work).",
+        )
         self._unlone()
         self._pump()  # drops queued tasks that were cancelled
         with self._lock:

@@ -51,7 +51,7 @@ from ..._core.errors import (
     TaskTimeout,
     WorkerCrashed,
 )
-from ..._core.task import Task
+from ..._core.task import Task, delivering, serving
 from ..._core.timer import TimerHandle, call_later
 from ..._ipc.codec import dumps, dumps_call, loads_exception
 from ..._ipc.spin import SPIN_MAX, SpinChoice, after_sleep
@@ -358,6 +358,9 @@ class ProcessBackend(Backend):
         self._closed = False
         self._ids = itertools.count(1)
         self._graveyard: list[_Worker] = []
+        # shutdown's last sweep of the graveyard is done: a worker left in it then (its
+        # frame was going out, see _Worker.sending) is closed by _assign (_late_fds).
+        self._swept = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -366,6 +369,10 @@ class ProcessBackend(Backend):
         # shutdown(cancel=True) was called: a task handed to a worker from now on
         # (taken off the queue before, bound only now, see _assign) is cancelled.
         self._cancel_all = False
+        # Workers between the queue and a task (taken off the queue or the idle list,
+        # not bound yet: see _assign). Neither list shows their task, and a dead one is
+        # in neither: shutdown waits for them here (see _finish_shutdown).
+        self._handing: set[_Worker] = set()
         self._broken: BaseException | None = None  # see _break
         self._broken_why = ""
         # The caller's spin budget (see _read_for) and the token one spinner holds.
@@ -404,6 +411,8 @@ class ProcessBackend(Backend):
             if w is None:
                 self._pending.append(task)
                 launch = self._want_launch()
+            else:
+                self._handing.add(w)
         if w is not None:
             self._assign(w, task)
         if launch:
@@ -498,12 +507,14 @@ class ProcessBackend(Backend):
             while not task._set_running():
                 # Cancelled while it waited: take the next one, or idle.
                 if not self._pending:
+                    self._handing.discard(w)
                     self._make_idle(w)
                     return True
                 if ahead and not self._pending[0].__dict__.get(SEND_AHEAD):
                     return False  # a callback may still cancel it: sent after them
                 task = self._pending.popleft()
             task_id, frame = task._slot
+            self._handing.discard(w)  # bound, requeued or dropped: under this lock
             if w.dead or self._cancel_all:
                 if self._cancel_all or self._stopping:
                     # shutdown(cancel=True) came while the task was between the queue
@@ -538,7 +549,10 @@ class ProcessBackend(Backend):
             # death was already handled (then the task has its WorkerCrashed).
             with self._lock:
                 w.sending = False
+                late = self._late_fds(w)
                 if w.task is not task:
+                    if late is not None:
+                        _close_taken(late)
                     return True
                 w.task = None
                 task._slot = (task_id, frame)
@@ -551,6 +565,8 @@ class ProcessBackend(Backend):
                     self._pending.appendleft(task)
                 # If its death is not handled yet, _on_death starts the replacement.
                 launch = self._want_launch() if w.dead and not dropped else False
+            if late is not None:
+                _close_taken(late)
             if dropped:
                 if w.kill_exc is not None:
                     task._finish(exc=w.kill_exc)
@@ -561,6 +577,11 @@ class ProcessBackend(Backend):
             self._wake()
             return True
         w.sending = False
+        if w.dead:  # its death was handled while the frame went out (rare)
+            with self._lock:
+                late = self._late_fds(w)
+            if late is not None:
+                _close_taken(late)
         task._mark_started()
         if task._cancel_requested:  # cancel() came between binding and sending
             self._kill(w, Cancelled(f"task {task.name!r} was cancelled"), task)
@@ -581,6 +602,17 @@ class ProcessBackend(Backend):
         ):
             self._wake()
         return True
+
+    def _late_fds(self, w: _Worker) -> tuple[int, int, int] | None:
+        """The fds of dead ``w``, whose frame just went out (or failed to), if nobody
+        else closes them: shutdown's last sweep left them, as the collector would.
+
+        Called with self._lock held, after ``w.sending`` was cleared.
+        """
+        if not self._swept or w not in self._graveyard:
+            return None
+        self._graveyard.remove(w)
+        return _take_fds(w)
 
     def _make_idle(self, w: _Worker) -> None:
         # Called with self._lock held.
@@ -625,6 +657,8 @@ class ProcessBackend(Backend):
             task = self._pending.popleft() if self._pending and not self._stopping else None
             if task is None:
                 self._make_idle(w)
+            else:
+                self._handing.add(w)
         try:
             self._ensure_collector()
         except BaseException as exc:
@@ -777,31 +811,37 @@ class ProcessBackend(Backend):
 
         ``exited``: its pidfd was readable (the process ended).
         """
-        while not w.eof:
-            try:
-                data = os.read(w.rfd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            if not data:
-                w.eof = True
-                break
-            frames = w.decoder.feed(data)
-            for i, (header, body) in enumerate(frames):
+        # Done callbacks run in here, with w.rlock held: a shutdown() called from one
+        # cannot wait for this worker (see shutdown).
+        serving.depth = getattr(serving, "depth", 0) + 1
+        try:
+            while not w.eof:
                 try:
-                    self._complete(w, header, body)
-                except BaseException:
-                    # A done callback raised (or Ctrl-C came): the frames after it were
-                    # read already, and their tasks must not hang.
-                    for header, body in frames[i + 1 :]:
-                        try:
-                            self._complete(w, header, body)
-                        except BaseException as exc:
-                            _report("completing a task", exc)
-                    raise
-            if len(data) < _READ_SIZE:
-                break
-        if w.eof or (exited and w.proc.poll() is not None):
-            self._on_death(w)
+                    data = os.read(w.rfd, _READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not data:
+                    w.eof = True
+                    break
+                frames = w.decoder.feed(data)
+                for i, (header, body) in enumerate(frames):
+                    try:
+                        self._complete(w, header, body)
+                    except BaseException:
+                        # A done callback raised (or Ctrl-C came): the frames after it were
+                        # read already, and their tasks must not hang.
+                        for header, body in frames[i + 1 :]:
+                            try:
+                                self._complete(w, header, body)
+                            except BaseException as exc:
+                                _report("completing a task", exc)
+                        raise
+                if len(data) < _READ_SIZE:
+                    break
+            if w.eof or (exited and w.proc.poll() is not None):
+                self._on_death(w)
+        finally:
+            serving.depth -= 1
 
     def _complete(self, w: _Worker, header: tuple[int, ...], body: bytes) -> None:
         task_id, status, _ = header
@@ -896,13 +936,14 @@ class ProcessBackend(Backend):
         (None). None too if ``w`` is being killed or is dead: its death is handled.
 
         Called with self._lock held. The task returned is bound by ``_assign(w, task)``:
-        until then it is in neither the queue nor a worker (see _finish_shutdown).
+        until then it is in neither the queue nor a worker (``w`` is in _handing).
         """
-        if w.kill_exc is not None or w.dead:
-            return None
-        if self._pending:
-            return self._pending.popleft()
-        self._make_idle(w)
+        if w.kill_exc is None and not w.dead:
+            if self._pending:
+                self._handing.add(w)
+                return self._pending.popleft()
+            self._make_idle(w)
+        self._handing.discard(w)  # after an ahead task was left (see _complete)
         return None
 
     def _on_death(self, w: _Worker) -> None:
@@ -1240,8 +1281,12 @@ class ProcessBackend(Backend):
 
         ``cancel``: pending tasks fail with :class:`Cancelled` and running ones are
         killed; otherwise both are finished first. ``wait=False`` returns at once and
-        finishes the shutdown on a background thread.
+        finishes the shutdown on a background thread; so does a shutdown called from a
+        task's done callback, which could not wait: the results it would wait for
+        (its own worker's, or every one nobody reads) are read by this very thread.
         """
+        if delivering():
+            wait = False
         with self._lock:
             if self._closed and self._stopping:
                 return
@@ -1266,11 +1311,11 @@ class ProcessBackend(Backend):
     def _finish_shutdown(self) -> None:
         self._wake()  # the collector completes results nobody reads
         # A worker between the queue and a task (taken off the queue, not bound yet:
-        # see _take_next, _start_worker, submit) holds a task neither list shows: it
-        # is waited for too, unless cancelled (_assign drops it then). Moments, as a
-        # rule (a result unpickled, its callbacks run); at most _HANDOVER_WAIT each,
-        # as one cut short by an exception (a Ctrl-C in submit) never ends. A task
-        # handed over later still finishes: _assign fails it if its worker is gone.
+        # see _handing) holds a task neither list shows: it is waited for too, unless
+        # cancelled (_assign drops it then). Moments, as a rule (a result unpickled,
+        # its callbacks run); at most _HANDOVER_WAIT each, as one cut short by an
+        # exception (a Ctrl-C in submit) never ends. A task handed over later still
+        # finishes: _assign fails it.
         handovers: dict[tuple[_Worker, int], float] = {}  # (worker, its count): first seen
         while True:
             with self._lock:
@@ -1278,36 +1323,31 @@ class ProcessBackend(Backend):
                 tasks += list(self._pending)
                 moving = []
                 if not self._cancel_all and self._broken is None:  # broken: no collector
-                    moving = [
-                        (w, w.ntasks)
-                        for w in self._workers.values()
-                        if w.task is None
-                        and not w.dead
-                        and w.kill_exc is None
-                        and w.wfd >= 0
-                        and w not in self._idle
-                    ]
-                starting = self._starting
-            now = time.monotonic()
-            handovers = {key: handovers.get(key, now) for key in moving}
-            waiting = any(now - seen < _HANDOVER_WAIT for seen in handovers.values())
-            if not tasks and not starting and not waiting:
-                break
+                    moving = [(w, w.ntasks) for w in self._handing]
+                now = time.monotonic()
+                handovers = {key: handovers.get(key, now) for key in moving}
+                waiting = any(now - seen < _HANDOVER_WAIT for seen in handovers.values())
+                if not tasks and not self._starting and not waiting:
+                    # Stopped in the same hold as the check: a hand-over that ends from
+                    # now on (a dead worker's task requeued) sees _stopping, and drops
+                    # its task rather than queue it for a worker that never starts.
+                    self._stopping = True
+                    idle, self._idle = self._idle, []
+                    if self._recheck is not None:
+                        self._recheck.cancel()
+                        self._recheck = None
+                    workers = list(self._workers.values())
+                    # Idle workers exit when their request pipe closes; so does one still
+                    # in a hand-over (given up: its send then fails, and its task is
+                    # cancelled), rather than be killed after the wait below. Under the
+                    # lock: the collector takes a dead worker's fds under it too.
+                    for w in idle + [w for w in self._handing if not w.dead]:
+                        self._retire(w)
+                    break
             for t in tasks:
                 t.join(0.05)
             if not tasks:
                 time.sleep(0.01)  # a worker is starting (it retires on arrival) or moving
-        # Idle workers exit when their request pipe closes. Under the lock: the
-        # collector takes a dead worker's fds under it too (see _retire).
-        with self._lock:
-            self._stopping = True
-            idle, self._idle = self._idle, []
-            if self._recheck is not None:
-                self._recheck.cancel()
-                self._recheck = None
-            workers = list(self._workers.values())
-            for w in idle:
-                self._retire(w)
         deadline = time.monotonic() + 5.0
         for w in workers:
             if w.dead:
@@ -1323,7 +1363,13 @@ class ProcessBackend(Backend):
         if collector is not None and collector is not threading.current_thread():
             collector.join(10.0)
         with self._lock:
-            rest, self._graveyard = self._graveyard, []
+            # Not the fds of a worker whose frame is going out: _assign holds its request
+            # fd's number, and writes to it once more (then fails: the worker is dead).
+            # Closed here, the number could be another file's by then; _assign closes
+            # them once it is done (see _late_fds).
+            self._swept = True
+            rest = [w for w in self._graveyard if not w.sending]
+            self._graveyard = [w for w in self._graveyard if w.sending]
             fds = [_take_fds(w) for w in rest]
         for taken in fds:
             _close_taken(taken)
