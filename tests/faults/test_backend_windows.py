@@ -453,3 +453,47 @@ def test_shutdown_from_a_done_callback_returns_and_the_queued_task_still_runs(
     finally:
         release.touch()
         wait_until(lambda: be._stopping and not be._workers, HANG, "the workers to exit")
+
+
+def test_no_signal_by_pid_once_the_worker_is_being_reaped(monkeypatch) -> None:
+    # _on_death reaped a worker (its pid free for reuse) before it marked it dead,
+    # and a kill arriving in between (a task's timeout, cancel) signalled that pid:
+    # with a reused pid, an unrelated process. Nothing signals it once reaping began.
+    from polytask._os import ending as ending_mod
+
+    be = ProcessBackend(max_workers=1)
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    (w,) = be._workers.values()
+    reaped, go = threading.Event(), threading.Event()
+    real_release = be_mod._proc.release_group
+
+    def release_later(pgid: int) -> None:
+        if pgid == w.pid:  # called right after the reap, before w is marked dead
+            reaped.set()
+            go.wait(HANG)
+        real_release(pgid)
+
+    sent: list[tuple[int, int]] = []
+    real_group, real_one = ending_mod.signal_group, ending_mod.signal_one
+
+    def record_group(pgid: int, sig: int) -> bool:
+        sent.append((pgid, sig))
+        return real_group(pgid, sig)
+
+    def record_one(pid: int, sig: int) -> bool:
+        sent.append((pid, sig))
+        return real_one(pid, sig)
+
+    monkeypatch.setattr(be_mod._proc, "release_group", release_later)
+    monkeypatch.setattr(ending_mod, "signal_group", record_group)
+    monkeypatch.setattr(ending_mod, "signal_one", record_one)
+    try:
+        os.kill(w.pid, signal.SIGKILL)
+        assert reaped.wait(HANG), "the worker's death was never handled"
+        assert not psutil.pid_exists(w.pid) or psutil.Process(w.pid).ppid() != os.getpid()
+        be._kill(w, RuntimeError("a kill that comes too late"))
+        assert [s for s in sent if s[0] == w.pid] == [], "a reaped worker's pid was signalled"
+    finally:
+        go.set()
+        monkeypatch.undo()
+        be.shutdown()

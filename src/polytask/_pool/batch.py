@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from itertools import starmap
 from typing import TYPE_CHECKING, Any
 
 from .._core.errors import Cancelled
@@ -72,13 +73,10 @@ def _run_chunk(
         try:
             if simple:
                 assert fn is not None
-                # The hot loops: nothing but the calls.
-                if star:
-                    for args in rest:
-                        append(fn(*args))
-                else:
-                    for x in rest:
-                        append(fn(x))
+                # The hot loop, in C: list.extend appends each value as map makes
+                # it, so when an item raises, the values before it are kept and
+                # ``rest`` resumes after it (map took it).
+                values.extend(starmap(fn, rest) if star else map(fn, rest))
                 break
             for call in rest:
                 if flagged and me.cancelled:

@@ -216,6 +216,7 @@ class _Worker:
         "proc",
         "ready",
         "ready_at",
+        "reaping",
         "rfd",
         "rlock",
         "sending",
@@ -241,6 +242,9 @@ class _Worker:
         self.claim = threading.Lock()  # held by the caller thread reading for its task
         self.rlock = threading.Lock()  # held while reading the response pipe
         self.dead = False
+        # Set under the backend's lock before anything may reap it: from then on its
+        # pid (and group id) may be reused, and nothing signals it (see _signal).
+        self.reaping = False
         self.eof = False
         self.kill_exc: BaseException | None = None
         self.ntasks = 0
@@ -838,7 +842,8 @@ class ProcessBackend(Backend):
                         raise
                 if len(data) < _READ_SIZE:
                     break
-            if w.eof or (exited and w.proc.poll() is not None):
+            # Its pidfd readable: it exited (unreaped; _on_death reaps it).
+            if w.eof or exited:
                 self._on_death(w)
         finally:
             serving.depth -= 1
@@ -949,6 +954,8 @@ class ProcessBackend(Backend):
     def _on_death(self, w: _Worker) -> None:
         if w.dead and w.proc.returncode is not None:
             return
+        with self._lock:
+            w.reaping = True  # no signal by its pid from now on (see _signal)
         code = w.proc.poll()
         if code is None:
             # EOF came first; the exit follows within moments.
@@ -996,18 +1003,20 @@ class ProcessBackend(Backend):
     def _kill(self, w: _Worker, exc: BaseException, task: Task[Any] | None = None) -> None:
         """Kill ``w``; its task fails with ``exc``. With ``task``: only if still running it."""
         with self._lock:
-            if w.dead or w.kill_exc is not None:
+            if w.dead or w.reaping or w.kill_exc is not None:
                 return
             if task is not None and (w.task is not task or task._is_done()):
                 return  # it finished, and w may already run the next task
             w.kill_exc = exc
-        # The kill policy's non-blocking form; the timer thread ends the grace, and
-        # the collector reaps the worker when its pidfd says it exited (_on_death).
-        ending = _proc.Ending(w.pid, self._grace)
+            # The kill policy's non-blocking form; the timer thread ends the grace, and
+            # the collector reaps the worker when its pidfd says it exited (_on_death).
+            # Signalled under the lock, as every signal by its pid: not once reaping.
+            ending = _proc.Ending(w.pid, self._grace)
 
         def hard_kill() -> None:
-            if not w.dead:
-                ending.step(time.monotonic())
+            with self._lock:
+                if not (w.dead or w.reaping):
+                    ending.step(time.monotonic())
 
         call_later(max(0.0, ending.kill_at - time.monotonic()), hard_kill)
 
@@ -1353,7 +1362,9 @@ class ProcessBackend(Backend):
             if w.dead:
                 continue
             if not wait_pid(w.pid, max(0.0, deadline - time.monotonic())):
-                _proc.kill_group(w.pid)
+                with self._lock:  # the collector may be reaping it right now
+                    if not (w.dead or w.reaping):
+                        _proc.kill_group(w.pid)
                 wait_pid(w.pid, 5.0)
             with w.rlock:
                 w.eof = True

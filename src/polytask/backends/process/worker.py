@@ -215,17 +215,20 @@ def serve(rfd: int, wfd: int) -> None:
                 del result
             finally:
                 _set_current(None)
-            if watch is not None and not watch.intact():
-                fn_cache.pop(fn_bytes, None)
             # Freed now, not when the next task comes (the caller freed its copies;
             # an object may release a resource, or its memory is due back).
-            del fn, args, kwargs, watch
+            del fn, args, kwargs
             _strays.after_task()
             if _retiring:
                 frame = frame[:8] + bytes([frame[8] | _wire.F_RETIRE]) + frame[9:]
                 _write_all(wfd, frame)
                 return
             _write_all(wfd, frame)
+            # After the result is out (off the caller's wait): only the next call of
+            # this copy, read after this, depends on it.
+            if watch is not None and not watch.intact():
+                fn_cache.pop(fn_bytes, None)
+            del watch
 
 
 def _dumps_exception(exc: BaseException) -> tuple[bool, bytes]:
