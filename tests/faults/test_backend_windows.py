@@ -497,3 +497,39 @@ def test_no_signal_by_pid_once_the_worker_is_being_reaped(monkeypatch) -> None:
         go.set()
         monkeypatch.undo()
         be.shutdown()
+
+
+def test_a_worker_that_cannot_be_set_up_leaves_no_fd(monkeypatch) -> None:
+    # _Worker opened the worker's pidfd, then failed (here: its frame decoder):
+    # _abandon closed the pipes and reaped the process, but nothing closed the pidfd.
+    be = ProcessBackend(max_workers=1)
+    real = be_mod._wire.FrameDecoder
+    failed: list[int] = []
+
+    def decoder(*args: object) -> object:
+        if not failed:
+            failed.append(1)
+            raise MemoryError("no room for a frame decoder")
+        return real(*args)
+
+    before = _pidfds()
+    monkeypatch.setattr(be_mod._wire, "FrameDecoder", decoder)
+    try:
+        task = be.submit(my_pid, (), {}, name="t", timeout=None)
+        with pytest.raises(pt.PolytaskError, match="frame decoder"):
+            task.result(HANG)
+    finally:
+        monkeypatch.undo()
+        be.shutdown()
+    assert _pidfds() == before, "the pidfd of a worker that could not be set up is open"
+
+
+def _pidfds() -> int:
+    """How many pidfds this process has open (listdir's own fd is not one)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]"
+        except OSError:
+            pass
+    return n

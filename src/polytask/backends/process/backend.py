@@ -231,19 +231,24 @@ class _Worker:
         self.pidfd = os.pidfd_open(proc.pid)
         self.wfd = wfd
         self.rfd = rfd
-        os.set_blocking(rfd, False)
-        self.decoder = _wire.FrameDecoder(_wire.RESPONSE)
-        # For the caller that claims this worker to read its own result (one at a time).
-        self.poller = select.poll()
-        self.poller.register(self.pidfd, select.POLLIN)
-        self.poller.register(rfd, select.POLLIN)
+        try:
+            os.set_blocking(rfd, False)
+            self.decoder = _wire.FrameDecoder(_wire.RESPONSE)
+            # For the caller that claims this worker to read its own result (one at a time).
+            self.poller = select.poll()
+            self.poller.register(self.pidfd, select.POLLIN)
+            self.poller.register(rfd, select.POLLIN)
+        except BaseException:
+            # Not made: _configure's _abandon closes the pipes, not this pidfd.
+            os.close(self.pidfd)
+            raise
         self.task: Task[Any] | None = None
         self.task_id = 0
         self.claim = threading.Lock()  # held by the caller thread reading for its task
         self.rlock = threading.Lock()  # held while reading the response pipe
         self.dead = False
         # Set under the backend's lock before anything may reap it: from then on its
-        # pid (and group id) may be reused, and nothing signals it (see _signal).
+        # pid (and group id) may be reused, and nothing signals it (see _kill).
         self.reaping = False
         self.eof = False
         self.kill_exc: BaseException | None = None
@@ -1278,8 +1283,10 @@ class ProcessBackend(Backend):
                     tasks.append(w.task)
                     w.task = None
         _report(f"the process backend {why}; its {len(tasks)} task(s) fail", exc)
-        for w in workers:
-            _proc.kill_group(w.pid)
+        with self._lock:  # by pid: not once a worker is being reaped (see _Worker)
+            for w in workers:
+                if not (w.dead or w.reaping):
+                    _proc.kill_group(w.pid)
         for t in tasks:
             if not t._is_done():
                 t._finish(exc=self._broken_error(t))
