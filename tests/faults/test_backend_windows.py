@@ -533,3 +533,36 @@ def _pidfds() -> int:
         except OSError:
             pass
     return n
+
+
+def test_a_hand_over_when_the_backend_breaks_fails_its_task(tmp_path: Path) -> None:
+    # _break (a service thread failed) fails every task it sees and kills the
+    # workers; a task between the queue and its worker is in neither list. It was
+    # then bound to the killed worker (or requeued after EPIPE) and never resolved.
+    be = ProcessBackend(max_workers=1)
+    release, ran = tmp_path / "release", tmp_path / "ran"
+    try:
+        be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+        first = be.submit(wait_for, (str(release),), {}, name="first", timeout=None)
+        nxt = be.submit(touch, (str(ran),), {}, name="next", timeout=None)
+
+        def break_now(_: object) -> None:
+            # In the window: nxt left the queue, is not sent yet (see SEND_AHEAD).
+            be._break(RuntimeError("a service thread failed"), "lost a service thread")
+
+        first.add_done_callback(break_now)
+        release.touch()
+        assert first.result(HANG) > 0
+        with pytest.raises(pt.PolytaskError, match="lost a service thread"):
+            nxt.result(HANG)
+        assert not ran.exists()
+    finally:
+        release.touch()
+        be.shutdown(wait=False)
+        wait_until(lambda: not _children_alive(be), HANG, "the workers to exit")
+
+
+def _children_alive(be: ProcessBackend) -> bool:
+    return any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in be._workers
+    )

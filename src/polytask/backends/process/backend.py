@@ -509,7 +509,7 @@ class ProcessBackend(Backend):
         ``ahead``: sent ahead (see SEND_AHEAD); if ``task`` was cancelled, a next task
         not marked is left pending and False returned: ``w`` is still the caller's.
         """
-        dropped = False
+        dropped = broken = False
         with self._lock:
             # Task and worker are bound under the lock, before the frame goes out, so
             # that cancel(), a timeout and the worker's death all see the pair whole.
@@ -524,7 +524,12 @@ class ProcessBackend(Backend):
                 task = self._pending.popleft()
             task_id, frame = task._slot
             self._handing.discard(w)  # bound, requeued or dropped: under this lock
-            if w.dead or self._cancel_all:
+            if self._broken is not None:
+                # _break failed every task it saw; this one was between the queue and
+                # w then (w is killed): it fails the same way, never queued again.
+                launch = False
+                broken = True
+            elif w.dead or self._cancel_all:
                 if self._cancel_all or self._stopping:
                     # shutdown(cancel=True) came while the task was between the queue
                     # and this worker, where it saw neither: it must not run now. (Or
@@ -548,7 +553,9 @@ class ProcessBackend(Backend):
         if launch:
             _launcher.submit(self._start_worker)
         if task._slot is not w:
-            if dropped:
+            if broken:
+                task._finish(exc=self._broken_error(task))
+            elif dropped:
                 _cancel_for_shutdown(task)
             return True
         try:
