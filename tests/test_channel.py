@@ -1036,6 +1036,54 @@ def test_get_many_of_an_item_that_cannot_be_unpickled_loses_nothing(mixed):
         assert len(ch) == 0
 
 
+def _rebuild_well(data: bytes) -> LoadsWell:
+    return LoadsWell(data)
+
+
+class LoadsWell:
+    """Pickles to exactly as many bytes as a LoadsBadlyBig of the same data."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_rebuild_well, (self.data,))
+
+
+def _rebuild_badly(data: bytes) -> None:
+    raise RuntimeError("this item cannot be rebuilt here")
+
+
+class LoadsBadlyBig:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_rebuild_badly, (self.data,))
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled-spill", "one-off-spill"])
+def test_get_many_of_a_spilled_item_that_cannot_be_unpickled(pooled):
+    """A big item travels in a spill, which its reader frees (pooled) or removes
+    (one-off) as it reads it. One that fails in a batch raises at the next get all
+    the same: it is not read again (the spill reused by the next item, or gone)."""
+    body = b"x" * 100_000  # over half the ring: a spill
+    with pt.Channel(backend="process", capacity=1 << 16) as ch:
+        # Past the writer's pool of spills (4, unread): a one-off spill.
+        first = [] if pooled else [LoadsWell(body) for _ in range(4)]
+        ch.put_many([1, *first, LoadsBadlyBig(body), 3], timeout=HANG)
+        got = ch.get_many(10, timeout=HANG)
+        assert got[0] == 1 and len(got) == 1 + len(first)
+        ch.put(LoadsWell(b"y" * len(body)), timeout=HANG)  # may reuse the freed spill
+        with pytest.raises(pt.SerializationError, match="cannot be rebuilt"):
+            ch.get(timeout=HANG)
+        assert ch.get(timeout=HANG) == 3
+        last = ch.get(timeout=HANG)
+        assert type(last) is LoadsWell and last.data[:1] == b"y"
+        with pytest.raises(queue.Empty):
+            ch.get(timeout=0.05)
+
+
 def test_get_after_a_failed_batch_takes_the_held_items_first():
     with pt.Channel(backend="process") as ch:
         ch.put_many([1, LoadsBadly(), 3, 4], timeout=HANG)
