@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -1082,6 +1083,27 @@ def test_get_many_of_a_spilled_item_that_cannot_be_unpickled(pooled):
         assert type(last) is LoadsWell and last.data[:1] == b"y"
         with pytest.raises(queue.Empty):
             ch.get(timeout=0.05)
+
+
+def test_a_handle_holding_items_is_released_when_dropped():
+    """Items held after a failed batch keep no cycle: the owner's handle, dropped,
+    closes the channel at once (not whenever the cycle collector runs)."""
+    ch = pt.Channel(backend="process")
+    name = ch.name
+    ch.put_many([1, LoadsBadly(), 3], timeout=HANG)
+    assert ch.get_many(10, timeout=HANG) == [1]
+    assert len(ch) == 2  # held
+    other = pickle.loads(pickle.dumps(ch))
+    assert other is ch  # one handle per process
+    del other
+    gc.disable()  # a collection now would hide a cycle
+    try:
+        gone = weakref.ref(ch)
+        del ch
+        assert gone() is None
+        assert name not in shm_names()
+    finally:
+        gc.enable()
 
 
 def test_get_after_a_failed_batch_takes_the_held_items_first():

@@ -1051,7 +1051,11 @@ class ProcessChannel(Channel[T]):
         """
         self._held.extend(frames)
         if self._held:
-            self.get = self._get_held  # type: ignore[method-assign]
+            # Not the bound method: kept on the instance, it would hold the instance
+            # in a cycle, and a handle dropped now would be released (the channel
+            # closed, if it is the owner's) only when the cycle collector runs.
+            ref = weakref.ref(self)
+            self.get = lambda timeout=None: ProcessChannel._get_held(ref(), timeout)  # type: ignore[method-assign,arg-type]
 
     def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
         """get() after :meth:`Ring.pop` gave something other than a small pickle."""
