@@ -348,6 +348,34 @@ def test_closed_channel_sent_later_reads_as_closed():
         again.put(1)
 
 
+def test_a_channel_collected_while_the_segment_registry_is_locked(tmp_path):
+    """A channel in a reference cycle is released by the cycle collector, which may
+    run inside any allocation: also one made under the lock of the registry of
+    owned segments (a new spill's _adopt), which the release takes again."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import gc, polytask as pt
+            from polytask._ipc import shm
+            gc.disable()
+            ch = pt.Channel(backend="process")
+            ch.me = ch  # a cycle: released by the collector
+            del ch
+            with shm._owned_lock:  # as _adopt holds it while it allocates
+                gc.collect()
+            print("released", flush=True)
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "released"
+
+
 def test_nothing_left_in_dev_shm_after_a_process_exits(tmp_path):
     script = tmp_path / "user.py"
     script.write_text(
