@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,34 @@ def test_closed_channel_sent_later_reads_as_closed():
         again.get(timeout=1)
     with pytest.raises(pt.ChannelClosed):
         again.put(1)
+
+
+def test_a_channel_collected_while_the_segment_registry_is_locked(tmp_path):
+    """A channel in a reference cycle is released by the cycle collector, which may
+    run inside any allocation: also one made under the lock of the registry of
+    owned segments (a new spill's _adopt), which the release takes again."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import gc, polytask as pt
+            from polytask._ipc import shm
+            gc.disable()
+            ch = pt.Channel(backend="process")
+            ch.me = ch  # a cycle: released by the collector
+            del ch
+            with shm._owned_lock:  # as _adopt holds it while it allocates
+                gc.collect()
+            print("released", flush=True)
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "released"
 
 
 def test_nothing_left_in_dev_shm_after_a_process_exits(tmp_path):
@@ -1034,6 +1063,75 @@ def test_get_many_of_an_item_that_cannot_be_unpickled_loses_nothing(mixed):
         assert ch.get_many(10, timeout=HANG) == after
         assert ch.get_many(10, timeout=HANG) == [6, 7]
         assert len(ch) == 0
+
+
+def _rebuild_well(data: bytes) -> LoadsWell:
+    return LoadsWell(data)
+
+
+class LoadsWell:
+    """Pickles to exactly as many bytes as a LoadsBadlyBig of the same data."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_rebuild_well, (self.data,))
+
+
+def _rebuild_badly(data: bytes) -> None:
+    raise RuntimeError("this item cannot be rebuilt here")
+
+
+class LoadsBadlyBig:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_rebuild_badly, (self.data,))
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled-spill", "one-off-spill"])
+def test_get_many_of_a_spilled_item_that_cannot_be_unpickled(pooled):
+    """A big item travels in a spill, which its reader frees (pooled) or removes
+    (one-off) as it reads it. One that fails in a batch raises at the next get all
+    the same: it is not read again (the spill reused by the next item, or gone)."""
+    body = b"x" * 100_000  # over half the ring: a spill
+    with pt.Channel(backend="process", capacity=1 << 16) as ch:
+        # Past the writer's pool of spills (4, unread): a one-off spill.
+        first = [] if pooled else [LoadsWell(body) for _ in range(4)]
+        ch.put_many([1, *first, LoadsBadlyBig(body), 3], timeout=HANG)
+        got = ch.get_many(10, timeout=HANG)
+        assert got[0] == 1 and len(got) == 1 + len(first)
+        ch.put(LoadsWell(b"y" * len(body)), timeout=HANG)  # may reuse the freed spill
+        with pytest.raises(pt.SerializationError, match="cannot be rebuilt"):
+            ch.get(timeout=HANG)
+        assert ch.get(timeout=HANG) == 3
+        last = ch.get(timeout=HANG)
+        assert type(last) is LoadsWell and last.data[:1] == b"y"
+        with pytest.raises(queue.Empty):
+            ch.get(timeout=0.05)
+
+
+def test_a_handle_holding_items_is_released_when_dropped():
+    """Items held after a failed batch keep no cycle: the owner's handle, dropped,
+    closes the channel at once (not whenever the cycle collector runs)."""
+    ch = pt.Channel(backend="process")
+    name = ch.name
+    ch.put_many([1, LoadsBadly(), 3], timeout=HANG)
+    assert ch.get_many(10, timeout=HANG) == [1]
+    assert len(ch) == 2  # held
+    other = pickle.loads(pickle.dumps(ch))
+    assert other is ch  # one handle per process
+    del other
+    gc.disable()  # a collection now would hide a cycle
+    try:
+        gone = weakref.ref(ch)
+        del ch
+        assert gone() is None
+        assert name not in shm_names()
+    finally:
+        gc.enable()
 
 
 def test_get_after_a_failed_batch_takes_the_held_items_first():

@@ -39,6 +39,12 @@ def fail_on(x, bad):
     return x
 
 
+def stop_on(x, bad=3):
+    if x == bad:
+        raise StopIteration(f"item {x}")
+    return x
+
+
 def sleepy(x):
     if x == "hang":
         time.sleep(60)
@@ -794,3 +800,16 @@ def test_join_from_a_done_callback_never_hangs(backend):
     finally:
         pool.close()
         pool.join(timeout=30)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_an_item_raising_stopiteration_fails_alone(backend):
+    """A chunk's items run in a C loop (list.extend over map), which takes an item's
+    StopIteration for the end of the chunk: the item fails with StopIteration all
+    the same (it hung, the chunk taken for cut short and sent again)."""
+    with pt.Pool(2, backend=backend) as pool:
+        with pytest.raises(StopIteration):
+            pool.map_async(stop_on, range(8), chunksize=4).get(60)
+        with pytest.raises(StopIteration):
+            pool.starmap_async(stop_on, [(x, 5) for x in range(8)], chunksize=4).get(60)
+        assert pool.map(square, range(8), chunksize=4) == [x * x for x in range(8)]

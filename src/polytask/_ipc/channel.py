@@ -284,15 +284,37 @@ def _decode_views(kind: int, payload: memoryview, bufs: list[memoryview]) -> Any
 
 
 _LOST: Any = object()  # an item whose writer died before it was handed over
+# The kind of a held spill frame that failed to decode: its data is the
+# SerializationError. Not decoded again: its reader removed (one-off) or freed
+# (pooled) the spill as it read it, so a second read finds it gone, or reused by
+# the next item. (A small frame is kept as it is, and decoded again.)
+_K_FAILED = -1
 
 
-def _decode_frame(kind: int, data: bytes) -> Any:
+def _failed(kind: int, data: bytes, exc: BaseException) -> tuple[int, Any]:
+    """What get_many holds of a frame that failed to decode with ``exc``."""
+    if kind != K_SPILL:
+        return kind, data
+    # Without the tracebacks: their frames reach get_many's, which holds this handle.
+    e: BaseException | None = exc
+    while e is not None:
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return _K_FAILED, exc
+
+
+def _decode_frame(kind: int, data: Any) -> Any:
     """A small frame's item (or _LOST); SerializationError if it cannot be decoded."""
     if kind == K_PICKLE:
         try:
             return _ploads(data)
         except Exception:
             pass  # _decode_small raises the SerializationError
+    elif kind == _K_FAILED:
+        try:
+            raise data
+        finally:
+            del data  # not kept by its own traceback's frame
     return _decode_small(kind, data)
 
 
@@ -602,7 +624,7 @@ class ProcessChannel(Channel[T]):
         # failed to decode and those after it (see _hold). While any are held,
         # an instance attribute ``get`` (_get_held) serves them first, so the
         # usual get() pays nothing for this.
-        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._held: collections.deque[tuple[int, Any]] = collections.deque()
         self._spin = SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
@@ -1012,12 +1034,15 @@ class ProcessChannel(Channel[T]):
             kind, data = held.popleft()
             if not held:
                 self.__dict__.pop("get", None)  # the usual get() again
-            item = _decode_frame(kind, data)  # a frame that fails is taken, as in get()
+            try:
+                item = _decode_frame(kind, data)  # a frame that fails is taken, as in get()
+            finally:
+                del data  # a failed one's exception: not kept by its traceback's frame
             if item is not _LOST:
                 return cast(T, item)
         return ProcessChannel.get(self, timeout)
 
-    def _hold(self, frames: Iterable[tuple[int, bytes]]) -> None:
+    def _hold(self, frames: Iterable[tuple[int, Any]]) -> None:
         """Keep frames get_many took but cannot return now, for the next get.
 
         An item that cannot be decoded ends a batch there: the items before it are
@@ -1026,7 +1051,11 @@ class ProcessChannel(Channel[T]):
         """
         self._held.extend(frames)
         if self._held:
-            self.get = self._get_held  # type: ignore[method-assign]
+            # Not the bound method: kept on the instance, it would hold the instance
+            # in a cycle, and a handle dropped now would be released (the channel
+            # closed, if it is the owner's) only when the cycle collector runs.
+            ref = weakref.ref(self)
+            self.get = lambda timeout=None: ProcessChannel._get_held(ref(), timeout)  # type: ignore[method-assign,arg-type]
 
     def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
         """get() after :meth:`Ring.pop` gave something other than a small pickle."""
@@ -1253,10 +1282,13 @@ class ProcessChannel(Channel[T]):
         held = self._held
         if held:  # frames taken before come first: no new ones this time
             while held and len(out) < max_items:
+                if held[0][0] == _K_FAILED:
+                    break  # stays first: it raises at the next get
                 try:
                     item = _decode_frame(*held[0])
-                except SerializationError:
-                    break  # stays first: it raises at the next get
+                except SerializationError as exc:
+                    held[0] = _failed(*held[0], exc)  # stays first: it raises at the next get
+                    break
                 held.popleft()
                 if item is not _LOST:
                     out.append(cast(T, item))
@@ -1285,10 +1317,10 @@ class ProcessChannel(Channel[T]):
             k = K_PICKLE if kinds is None else kinds[j]
             try:
                 item = _decode_frame(k, datas[j])
-            except SerializationError:
-                rest = datas[j:]
-                ks = [K_PICKLE] * len(rest) if kinds is None else kinds[j:]
-                self._hold(zip(ks, rest, strict=True))
+            except SerializationError as exc:
+                rest = datas[j + 1 :]
+                ks = [K_PICKLE] * len(rest) if kinds is None else kinds[j + 1 :]
+                self._hold([_failed(k, datas[j], exc), *zip(ks, rest, strict=True)])
                 return out
             if item is not _LOST:
                 append(cast(T, item))

@@ -66,7 +66,9 @@ _pylibc = ctypes.PyDLL(None, use_errno=True)
 
 # --------------------------------------------------------------------------- segments
 
-_owned_lock = threading.Lock()
+# Reentrant: a garbage collection inside a section under this lock may run a
+# channel's finalizer, which removes its segment and so takes it again.
+_owned_lock = threading.RLock()
 _owned: dict[str, int] = {}  # path -> owning pid
 _hook_installed = False
 
@@ -89,7 +91,7 @@ def _forget_owned_after_fork() -> None:
     # A forked child does not own its parent's segments: its exit must not remove them.
     global _owned_lock
     _owned.clear()
-    _owned_lock = threading.Lock()
+    _owned_lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_forget_owned_after_fork)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from itertools import starmap
 from typing import TYPE_CHECKING, Any
 
+from .._core.backend import fn_name
 from .._core.errors import Cancelled
 from .._core.task import CurrentTask, _set_current, current_task
 from .._ipc.codec import dumps_exception
@@ -77,6 +78,11 @@ def _run_chunk(
                 # it, so when an item raises, the values before it are kept and
                 # ``rest`` resumes after it (map took it).
                 values.extend(starmap(fn, rest) if star else map(fn, rest))
+                if len(values) < n:
+                    # An item's call raised StopIteration, which extend took for the
+                    # end of map, and dropped: that item fails with a StopIteration
+                    # all the same (its value is lost), and the items after it go on.
+                    raise StopIteration(f"{fn_name(fn)} raised StopIteration")
                 break
             for call in rest:
                 if flagged and me.cancelled:
