@@ -1396,14 +1396,19 @@ class ProcessBackend(Backend):
             rest = [w for w in self._graveyard if not w.sending]
             self._graveyard = [w for w in self._graveyard if w.sending]
             fds = [_take_fds(w) for w in rest]
+            # Taken under the lock, closed by one finisher: two shutdowns at once (one
+            # from a done callback, finishing in the background, and the caller's)
+            # both closed them, the second time another file's number.
+            wake = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1
         for taken in fds:
             _close_taken(taken)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        for fd in wake:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def statistics(self) -> dict[str, int]:
         """Counts: workers (live, idle), worker starts in flight (queued, or started and
