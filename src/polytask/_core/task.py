@@ -74,7 +74,7 @@ def delivering() -> bool:
 
 def refuse_wait_in_delivery(what: str, instead: str) -> None:
     """Raise RuntimeError if this thread delivers results: ``what`` would wait for itself."""
-    if getattr(serving, "depth", 0):
+    if delivering():
         raise RuntimeError(
             f"{what} was called from a task's done callback, on the thread that delivers "
             f"the results it would wait for: it cannot wait there. {instead}"
