@@ -23,6 +23,13 @@ def napper(seconds):
     return os.getpid()
 
 
+def gated(gate, x):
+    """x * x once ``gate`` is set (a done callback added before then is not run at once)."""
+    if not gate.wait(30):
+        raise TimeoutError("the gate was never opened")
+    return x * x
+
+
 def kw(a, *, timeout, name):
     return (a, timeout, name)
 
@@ -274,18 +281,24 @@ def test_at_exit_an_executor_finishes_its_work_and_takes_no_more(tmp_path, backe
     ]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("wait", [True, False], ids=["wait", "nowait"])
 @pytest.mark.parametrize("backend", ["thread", "process"])
-def test_shutdown_from_a_done_callback_never_hangs(backend, wait):
-    """A process backend runs done callbacks on the thread that delivers results:
-    shutdown(wait=True) there would wait for itself (it hung). It goes on in the
-    background and says so with RuntimeError, as CPython's executors do; the task
-    queued behind still runs. wait=False there is quiet; a thread worker can wait."""
-    ex = pt.Executor(1, backend=backend)
+def test_shutdown_from_a_done_callback_never_hangs(backend, wait, workers):
+    """Done callbacks run on the thread that delivers results (a process backend's
+    reader, the thread worker that ran the task): shutdown(wait=True) there would
+    wait for itself (it hung with one worker, the task queued behind needing that
+    thread). It goes on in the background and says so with RuntimeError, as
+    CPython's executors do (whatever the number of workers); the task queued
+    behind still runs. wait=False there is quiet."""
+    ex = pt.Executor(workers, backend=backend)
+    gate = pt.Event(backend=backend)
     errors: list[BaseException] = []
+    where: list[threading.Thread] = []
     stopped = threading.Event()
 
     def stop(_):
+        where.append(threading.current_thread())
         try:
             ex.shutdown(wait=wait)
         except BaseException as exc:
@@ -293,19 +306,25 @@ def test_shutdown_from_a_done_callback_never_hangs(backend, wait):
         finally:
             stopped.set()
 
-    first = ex.submit(square, 3)
+    first = ex.submit(gated, gate, 3)
     second = ex.submit(square, 4)
-    first.add_done_callback(stop)
+    first.add_done_callback(stop)  # before it finishes: not run at once, here
+    gate.set()
     try:
-        assert first.result(timeout=30) == 9
+        # Not first.result() before: a process task's caller reads its result itself.
         assert stopped.wait(30), "shutdown() called from a done callback never returned"
+        assert where != [threading.current_thread()]
+        assert first.result(timeout=30) == 9
         assert second.result(timeout=30) == 16
-        if backend == "process" and wait:
-            assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+        if wait:
+            assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
             assert "done callback" in str(errors[0]) and "wait=False" in str(errors[0])
         else:
             assert errors == []
         with pytest.raises(RuntimeError):
             ex.submit(square, 5)  # shut down all the same
     finally:
-        ex.shutdown()  # from here it waits
+        if stopped.is_set():
+            ex.shutdown()  # from here it waits
+        else:
+            ex.pool.terminate()  # the failing case: do not wait for the stuck callback

@@ -45,6 +45,13 @@ def stop_on(x, bad=3):
     return x
 
 
+def gated(gate, x):
+    """x * x once ``gate`` is set (a done callback added before then is not run at once)."""
+    if not gate.wait(30):
+        raise TimeoutError("the gate was never opened")
+    return x * x
+
+
 def sleepy(x):
     if x == "hang":
         time.sleep(60)
@@ -767,17 +774,23 @@ def test_progress_bar_is_drawn_while_the_map_runs_and_ends_on_the_final_count(tm
         os.close(master)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("backend", ["thread", "process"])
-def test_join_from_a_done_callback_never_hangs(backend):
-    """Pool.join() from a done callback on the thread that delivers a process
-    backend's results would wait for itself (it hung): RuntimeError says so and
-    the pool goes on; joined from the caller's thread, it finishes. A thread
-    worker can wait: no error there."""
-    pool = pt.Pool(1, backend=backend)
+def test_join_from_a_done_callback_never_hangs(backend, workers):
+    """Pool.join() from a task's done callback on the thread that delivers the
+    pool's results (a process backend's reader, the thread worker that ran the
+    task) would wait for itself: with one worker, the task queued behind needs
+    that very thread (it hung). RuntimeError says so and the pool goes on; joined
+    from the caller's thread, it finishes. With more workers too: as CPython's
+    executors refuse to join their own worker thread, whatever their size."""
+    pool = pt.Pool(workers, backend=backend)
+    gate = pt.Event(backend=backend)
     errors: list[BaseException] = []
+    where: list[threading.Thread] = []
     stopped = threading.Event()
 
     def stop(_):
+        where.append(threading.current_thread())
         try:
             pool.close()
             pool.join()
@@ -786,18 +799,52 @@ def test_join_from_a_done_callback_never_hangs(backend):
         finally:
             stopped.set()
 
-    first = pool.submit(square, 3)
+    first = pool.submit(gated, gate, 3)
     second = pool.submit(square, 4)
-    first.add_done_callback(stop)
+    first.add_done_callback(stop)  # before it finishes: not run at once, here
+    gate.set()
     try:
-        assert first.result(timeout=30) == 9
+        # Not first.result() before: a process task's caller reads its result itself.
         assert stopped.wait(30), "join() called from a done callback never returned"
+        assert where != [threading.current_thread()]
+        assert first.result(timeout=30) == 9
         assert second.result(timeout=30) == 16
-        if backend == "process":
-            assert len(errors) == 1 and "Pool.join()" in str(errors[0])
-        else:
-            assert errors == []
+        assert len(errors) == 1 and "Pool.join()" in str(errors[0]), errors
     finally:
+        if not stopped.is_set():
+            pool.terminate()  # the failing case: do not wait for the stuck callback
+        pool.close()
+        pool.join(timeout=30)
+
+
+def test_join_from_a_done_callback_run_by_cancel_waits():
+    """A done callback that cancel() runs in the caller's thread is not on a
+    worker: Pool.join() there waits, as it would anywhere in the caller."""
+    pool = pt.Pool(1, backend="thread")
+    gate = pt.Event(backend="thread")
+    errors: list[BaseException] = []
+    where: list[threading.Thread] = []
+
+    def stop(_):
+        where.append(threading.current_thread())
+        gate.set()
+        try:
+            pool.close()
+            pool.join(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        first = pool.submit(gated, gate, 3)
+        second = pool.submit(square, 4)  # queued behind first: still pending
+        second.add_done_callback(stop)
+        assert second.cancel()
+        assert where == [threading.current_thread()]
+        assert errors == []
+        assert first.result(timeout=30) == 9
+        assert second.cancelled()
+    finally:
+        gate.set()
         pool.close()
         pool.join(timeout=30)
 

@@ -62,8 +62,9 @@ _CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
 _state_lock = threading.Lock()
 
 #: ``serving.depth`` > 0 on a thread while it delivers results a backend's workers
-#: sent (a process backend's reader): done callbacks run there, and the results
-#: of other tasks may wait on that very thread, so a callback cannot wait for them.
+#: sent (a process backend's reader), or runs the done callbacks of the task it ran
+#: (a thread backend's worker): the results of other tasks may wait on that very
+#: thread (to be read, or to run), so a callback there cannot wait for them.
 serving = threading.local()
 
 

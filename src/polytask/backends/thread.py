@@ -56,6 +56,7 @@ from .._core.task import (
     Task,
     _set_current,
     cancellable_task,
+    serving,
     wait_cancellable,
 )
 from .._core.timeouts import acquire_timeout, check_timeout
@@ -225,11 +226,21 @@ class ThreadBackend(Backend):
             task._timer = call_later(task.timeout, functools.partial(self._expire, task))
         _set_current(info)
         try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:  # Cancelled included: the task reports cancelled()
-            task._finish(exc=exc)
-        else:
-            task._finish(result)
+            try:
+                result = fn(*args, **kwargs)
+                error: BaseException | None = None
+            except BaseException as exc:  # Cancelled included: the task reports cancelled()
+                result, error = None, exc
+            # The task's done callbacks run here, on this worker, which the tasks
+            # queued behind it may need: one waiting for them (Pool.join, a
+            # shutdown(wait=True)) would wait for itself. Marked as the process
+            # backend's reader is, so that those calls refuse instead of hanging. Not
+            # for callbacks run elsewhere (a cancel() in the caller, a timeout's timer).
+            serving.depth = getattr(serving, "depth", 0) + 1
+            try:
+                task._finish(result, error)
+            finally:
+                serving.depth -= 1
         finally:
             _set_current(None)
             task._slot = None  # task -> info -> task: a cycle per task for the GC otherwise
