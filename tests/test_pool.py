@@ -850,6 +850,66 @@ def test_join_from_a_done_callback_run_by_cancel_waits():
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
+def test_another_pool_joined_from_a_done_callback_works(backend):
+    """Only the pool whose results the callback's thread delivers is refused: a
+    pool of its own, made and joined in the callback, is served by other threads
+    (it was refused too, whatever pool it was)."""
+    pool = pt.Pool(1, backend=backend)
+    gate = pt.Event(backend=backend)
+    got: list[object] = []
+    done = threading.Event()
+
+    def other(_):
+        try:
+            with pt.Pool(2, backend=backend) as inner:
+                got.append(inner.map(square, range(5), timeout=30))
+        except BaseException as exc:
+            got.append(exc)
+        finally:
+            done.set()
+
+    try:
+        first = pool.submit(gated, gate, 3)
+        first.add_done_callback(other)
+        gate.set()
+        assert done.wait(60), "the callback's own pool never finished"
+        assert got == [[0, 1, 4, 9, 16]]
+        assert first.result(timeout=30) == 9
+    finally:
+        gate.set()
+        pool.close()
+        pool.join(timeout=30)
+
+
+def test_terminate_from_a_done_callback_on_a_thread_worker():
+    """Pool.terminate() from a done callback on the thread worker that ran the task
+    does not try to join that very thread (it raised 'cannot join current thread')."""
+    pool = pt.Pool(2, backend="thread")
+    gate = pt.Event(backend="thread")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def stop(_):
+        try:
+            pool.terminate()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    try:
+        first = pool.submit(gated, gate, 3)
+        first.add_done_callback(stop)
+        gate.set()
+        assert done.wait(30), "terminate() from a done callback never returned"
+        assert errors == []
+        assert first.result(timeout=30) == 9
+    finally:
+        gate.set()
+        pool.join(timeout=30)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
 def test_an_item_raising_stopiteration_fails_alone(backend):
     """A chunk's items run in a C loop (list.extend over map), which takes an item's
     StopIteration for the end of the chunk: the item fails with StopIteration all

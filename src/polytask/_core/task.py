@@ -61,21 +61,23 @@ _CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
 #: (see Task._condition). Held for a few attribute writes at a time.
 _state_lock = threading.Lock()
 
-#: ``serving.depth`` > 0 on a thread while it delivers results a backend's workers
-#: sent (a process backend's reader), or runs the done callbacks of the task it ran
-#: (a thread backend's worker): the results of other tasks may wait on that very
-#: thread (to be read, or to run), so a callback there cannot wait for them.
+#: ``serving.backends``: the backends whose results this thread is delivering (a
+#: process backend's reader), or whose task's done callbacks it runs (a thread
+#: backend's worker), innermost last. The results of those backends' other tasks
+#: may wait on this very thread (to be read, or to run), so a callback here cannot
+#: wait for them; another backend's tasks it can.
 serving = threading.local()
 
 
-def delivering() -> bool:
-    """Whether this thread is delivering results (see :data:`serving`): no wait here."""
-    return getattr(serving, "depth", 0) > 0
+def delivering(backend: object) -> bool:
+    """Whether this thread is delivering ``backend``'s results (see :data:`serving`)."""
+    return backend in getattr(serving, "backends", ())
 
 
-def refuse_wait_in_delivery(what: str, instead: str) -> None:
-    """Raise RuntimeError if this thread delivers results: ``what`` would wait for itself."""
-    if delivering():
+def refuse_wait_in_delivery(what: str, instead: str, backend: object) -> None:
+    """Raise RuntimeError if this thread delivers ``backend``'s results: ``what``,
+    waiting for them, would wait for itself."""
+    if delivering(backend):
         raise RuntimeError(
             f"{what} was called from a task's done callback, on the thread that delivers "
             f"the results it would wait for: it cannot wait there. {instead}"

@@ -211,7 +211,7 @@ class Executor(concurrent.futures.Executor):
         wait (it would wait for itself): it goes on as ``wait=False``, then raises
         ``RuntimeError`` unless ``wait=False`` was given (as CPython's executors do).
         """
-        refuse = wait and delivering()
+        refuse = wait and delivering(self._pool._backend)
         if refuse:
             wait = False
         pool = self._pool
@@ -241,4 +241,5 @@ class Executor(concurrent.futures.Executor):
             refuse_wait_in_delivery(
                 "Executor.shutdown(wait=True)",
                 "The shutdown goes on in the background; pass wait=False there.",
+                self._pool._backend,
             )

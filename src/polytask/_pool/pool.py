@@ -1231,6 +1231,7 @@ class Pool(PrimitiveFactory):
         refuse_wait_in_delivery(
             "Pool.join()",
             "Join from another thread (close() alone already stops new work).",
+            self._backend,
         )
         self._unlone()
         self._pump()  # drops queued tasks that were cancelled

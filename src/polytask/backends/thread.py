@@ -56,6 +56,7 @@ from .._core.task import (
     Task,
     _set_current,
     cancellable_task,
+    delivering,
     serving,
     wait_cancellable,
 )
@@ -236,11 +237,12 @@ class ThreadBackend(Backend):
             # shutdown(wait=True)) would wait for itself. Marked as the process
             # backend's reader is, so that those calls refuse instead of hanging. Not
             # for callbacks run elsewhere (a cancel() in the caller, a timeout's timer).
-            serving.depth = getattr(serving, "depth", 0) + 1
+            outer = getattr(serving, "backends", ())
+            serving.backends = (*outer, self)
             try:
                 task._finish(result, error)
             finally:
-                serving.depth -= 1
+                serving.backends = outer
         finally:
             _set_current(None)
             task._slot = None  # task -> info -> task: a cycle per task for the GC otherwise
@@ -297,9 +299,16 @@ class ThreadBackend(Backend):
                 task.cancel()
         for _ in threads:
             self._queue.put(None)
+        if delivering(self):
+            # From a done callback on one of our workers: the tasks still to run may
+            # need this very thread (as the process backend's reader, it does not wait).
+            wait = False
         if wait:
             deadline = time.monotonic() + grace if cancel else None
+            me = threading.current_thread()  # a task shutting its own backend down
             for t in threads:
+                if t is me:
+                    continue
                 while t.is_alive() and not self._only_daemons_left():
                     if deadline is None:
                         t.join(0.05)
@@ -309,7 +318,7 @@ class ThreadBackend(Backend):
                         break
             with self._lock:
                 late = [task.name for task in self._live if not task.daemon]
-            if late and any(t.is_alive() for t in threads):
+            if late and any(t.is_alive() for t in threads if t is not me):
                 print(
                     f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
                     "were abandoned (threads cannot be killed; call pt.checkpoint() in long "

@@ -829,7 +829,8 @@ class ProcessBackend(Backend):
         """
         # Done callbacks run in here, with w.rlock held: a shutdown() called from one
         # cannot wait for this worker (see shutdown).
-        serving.depth = getattr(serving, "depth", 0) + 1
+        outer = getattr(serving, "backends", ())
+        serving.backends = (*outer, self)
         try:
             while not w.eof:
                 try:
@@ -858,7 +859,7 @@ class ProcessBackend(Backend):
             if w.eof or exited:
                 self._on_death(w)
         finally:
-            serving.depth -= 1
+            serving.backends = outer
 
     def _complete(self, w: _Worker, header: tuple[int, ...], body: bytes) -> None:
         task_id, status, _ = header
@@ -1308,7 +1309,7 @@ class ProcessBackend(Backend):
         task's done callback, which could not wait: the results it would wait for
         (its own worker's, or every one nobody reads) are read by this very thread.
         """
-        if delivering():
+        if delivering(self):
             wait = False
         with self._lock:
             if self._closed and self._stopping:
