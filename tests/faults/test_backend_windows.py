@@ -4,9 +4,11 @@ while real workers run, die or are killed. Each test fails without its fix."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
+import sys
 import threading
 import types
 from pathlib import Path
@@ -566,3 +568,52 @@ def _children_alive(be: ProcessBackend) -> bool:
     return any(
         psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in be._workers
     )
+
+
+def test_a_wake_racing_shutdown_writes_into_no_other_file() -> None:
+    # _wake read the wake pipe's write fd, then wrote to it. A waker between the two
+    # (paused here by its profiler, just before the write; in life, a thread switch
+    # or a preemption) while shutdown closed the pipe wrote its byte into whatever
+    # file got the number next: here a pipe of ours; in life a socket, a /proc file.
+    be = ProcessBackend(max_workers=1)
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    old_w = be._wake_w
+    at_write, go = threading.Event(), threading.Event()
+
+    def pause(frame: types.FrameType, event: str, arg: object) -> None:
+        if event == "c_call" and arg is os.write and not at_write.is_set():
+            at_write.set()
+            go.wait(HANG)
+
+    def wake() -> None:
+        sys.setprofile(pause)
+        try:
+            be._wake()
+        finally:
+            sys.setprofile(None)
+
+    waker = threading.Thread(target=wake, name="late-waker")
+    mine: list[int] = []
+    try:
+        waker.start()
+        assert at_write.wait(HANG)
+        be.shutdown()  # must not wait for the waker, nor leave its number to others
+        r, w = os.pipe()
+        mine += [r, w]
+        # Our pipe also takes the lowest free number from old_w up: old_w itself, if
+        # shutdown closed it.
+        mine.append(fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, old_w))
+        go.set()
+        waker.join(HANG)
+        assert not waker.is_alive()
+        assert not select.select([r], [], [], 0)[0], "a late wake wrote into a pipe of ours"
+        # The pipe was still closed, by the last waker to let go of it; a wake from
+        # now on does nothing.
+        assert be._wake_r == be._wake_w == -1
+        be._wake()
+        assert not select.select([r], [], [], 0)[0]
+    finally:
+        go.set()
+        waker.join(HANG)
+        for fd in mine:
+            os.close(fd)
