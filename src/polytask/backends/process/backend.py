@@ -72,6 +72,10 @@ _STARTUP_ALLOWANCE = 60.0
 # The longest shutdown waits for one task on its way from the queue to a worker
 # (see _finish_shutdown).
 _HANDOVER_WAIT = 5.0
+# How long a worker that could not be set up is waited for after SIGKILL, before
+# it is left to a thread of its own (see _abandon). It exits at once, unless it is
+# stuck in the kernel (an uninterruptible sleep: a hung NFS or FUSE file).
+_REAP_WAIT = 5.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
@@ -1486,7 +1490,7 @@ def _abandon(
 ) -> None:
     """End a worker process that started but could not be set up (see _configure):
     our ends of its pipes (and its pidfd) closed, the process killed, reaped and
-    its group released."""
+    its group released (by a thread of its own if it does not exit in _REAP_WAIT)."""
     if w is not None:  # not published: no other thread has it (see _take_fds)
         _close_taken(_take_fds(w))
     else:
@@ -1500,16 +1504,51 @@ def _abandon(
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    wait_pid(pid, None)
+    # Bounded: this runs on the launcher thread, which starts every backend's workers.
+    if wait_pid(pid, _REAP_WAIT):
+        _reaped(proc)
+        return
+    _say(
+        f"worker process {pid} did not exit within {_REAP_WAIT:g} s of SIGKILL (stuck in "
+        "the kernel?); it is reaped when it exits"
+    )
+    _reap_later(proc)
+
+
+def _reaped(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
+    """Reap ``proc``, which has exited, and release its group and its job."""
     proc.poll()
-    _proc.release_group(pid)
-    _proc.forget_job(pid)
+    # After the reap nothing signals its pid (it may be reused); its group is signalled
+    # once more, as every reaped leader's is (release_group).
+    _proc.release_group(proc.pid)
+    _proc.forget_job(proc.pid)
+
+
+def _reap_later(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
+    """Reap ``proc`` (SIGKILLed, not exited yet) on a thread of its own, when it exits."""
+
+    def reap() -> None:
+        # No bound on the whole: a process in an uninterruptible sleep exits when the
+        # kernel lets it go, and only this thread waits for it (unreaped, it would
+        # stay a zombie, and its group guarded).
+        while not wait_pid(proc.pid, 60.0):
+            pass
+        _reaped(proc)
+
+    try:
+        threading.Thread(target=reap, name="polytask-reaper", daemon=True).start()
+    except RuntimeError as exc:  # interpreter shutdown: no thread can start now
+        _say(f"process {proc.pid} is left unreaped: {exc}")
 
 
 def _report(what: str, exc: BaseException) -> None:
     """An error in a service thread that must not end it: say so on stderr."""
+    _say(f"error in {what}: {type(exc).__name__}: {exc!r}")
+
+
+def _say(text: str) -> None:
     try:
-        print(f"polytask: error in {what}: {type(exc).__name__}: {exc!r}", file=sys.stderr)
+        print(f"polytask: {text}", file=sys.stderr)
     except BaseException:  # pragma: no cover - stderr closed at exit
         pass
 
