@@ -4,9 +4,12 @@ while real workers run, die or are killed. Each test fails without its fix."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import types
 from pathlib import Path
@@ -566,3 +569,130 @@ def _children_alive(be: ProcessBackend) -> bool:
     return any(
         psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in be._workers
     )
+
+
+def test_a_wake_racing_shutdown_writes_into_no_other_file() -> None:
+    # _wake read the wake pipe's write fd, then wrote to it. A waker between the two
+    # (paused here by its profiler, just before the write; in life, a thread switch
+    # or a preemption) while shutdown closed the pipe wrote its byte into whatever
+    # file got the number next: here a pipe of ours; in life a socket, a /proc file.
+    be = ProcessBackend(max_workers=1)
+    be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+    old_w = be._wake_w
+    at_write, go = threading.Event(), threading.Event()
+
+    def pause(frame: types.FrameType, event: str, arg: object) -> None:
+        if event == "c_call" and arg is os.write and not at_write.is_set():
+            at_write.set()
+            go.wait(HANG)
+
+    def wake() -> None:
+        sys.setprofile(pause)
+        try:
+            be._wake()
+        finally:
+            sys.setprofile(None)
+
+    waker = threading.Thread(target=wake, name="late-waker")
+    mine: list[int] = []
+    try:
+        waker.start()
+        assert at_write.wait(HANG)
+        be.shutdown()  # must not wait for the waker, nor leave its number to others
+        r, w = os.pipe()
+        mine += [r, w]
+        # Our pipe also takes the lowest free number from old_w up: old_w itself, if
+        # shutdown closed it.
+        mine.append(fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, old_w))
+        go.set()
+        waker.join(HANG)
+        assert not waker.is_alive()
+        assert not select.select([r], [], [], 0)[0], "a late wake wrote into a pipe of ours"
+        # The pipe was still closed, by the last waker to let go of it; a wake from
+        # now on does nothing.
+        assert be._wake_r == be._wake_w == -1
+        be._wake()
+        assert not select.select([r], [], [], 0)[0]
+    finally:
+        go.set()
+        waker.join(HANG)
+        for fd in mine:
+            os.close(fd)
+
+
+# A real process that SIGKILL does not end in time: the init of a pid namespace
+# exits only once every process in it is reaped, and here one of them is a child of
+# the script's (not of that init), reaped only when the script says so. (As a
+# process in an uninterruptible sleep, it is killed, and exits much later.)
+_UNREAPABLE = r"""
+import ctypes, os, signal, sys, time
+from polytask._os import proc as _proc
+from polytask.backends.process import backend as be
+
+be._REAP_WAIT = 0.2  # the bound (before it, the wait had none)
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWPID = 0x20000000
+own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+if libc.unshare(CLONE_NEWPID):
+    print("SKIP: no new pid namespace:", os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(0)
+
+def sleep_forever():
+    _proc.set_pdeathsig(signal.SIGKILL)  # this script gone (a test timeout): so is this
+    while True:
+        time.sleep(1)
+
+init = os.fork()  # the first child: the namespace's init
+if init == 0:
+    os.setpgid(0, 0)
+    sleep_forever()
+other = os.fork()  # in that namespace, and a child of this script's
+if other == 0:
+    sleep_forever()
+# Back in our own namespace for what we start from now on: else no thread starts.
+assert libc.setns(own, CLONE_NEWPID) == 0, os.strerror(ctypes.get_errno())
+_proc.remember_job(init, "job")
+
+def state():  # None: running; 0: exited, not reaped; -1: reaped
+    try:
+        got = os.waitid(os.P_PID, init, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return -1
+    return None if got is None else 0
+
+be._abandon(be._ForkedProc(init), -1, -1, None)
+print("returned", state(), flush=True)  # None: killed, and still not out
+assert _proc.wait_pid(other, 30.0)  # killed with its namespace's init
+os.waitpid(other, os.WNOHANG)
+deadline = time.monotonic() + 30.0
+while state() != -1 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("reaped", state(), init in _proc._pid_jobs, flush=True)
+"""
+
+
+def test_a_worker_that_does_not_exit_after_sigkill_is_reaped_later() -> None:
+    # _abandon waited for the SIGKILLed worker with no bound: on the launcher
+    # thread, which starts every backend's workers, one process stuck in the
+    # kernel stopped them all for good.
+    src = str(Path(be_mod.__file__).resolve().parents[3])
+    env = dict(os.environ, PYTHONPATH=src)
+    out: subprocess.CompletedProcess[str] | None = None
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _UNREAPABLE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG,
+        )
+    except subprocess.TimeoutExpired:
+        pass
+    assert out is not None, "_abandon did not return while its process could not exit"
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(out.stdout.strip())
+    assert out.returncode == 0, out.stderr
+    # It returned with the process killed and not exited; the process was reaped
+    # once it exited, its job forgotten; and its pid was reported.
+    assert out.stdout.splitlines() == ["returned None", "reaped -1 False"], out
+    assert "did not exit within" in out.stderr

@@ -72,6 +72,10 @@ _STARTUP_ALLOWANCE = 60.0
 # The longest shutdown waits for one task on its way from the queue to a worker
 # (see _finish_shutdown).
 _HANDOVER_WAIT = 5.0
+# How long a worker that could not be set up is waited for after SIGKILL, before
+# it is left to a thread of its own (see _abandon). It exits at once, unless it is
+# stuck in the kernel (an uninterruptible sleep: a hung NFS or FUSE file).
+_REAP_WAIT = 5.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
@@ -370,9 +374,15 @@ class ProcessBackend(Backend):
         # shutdown's last sweep of the graveyard is done: a worker left in it then (its
         # frame was going out, see _Worker.sending) is closed by _assign (_late_fds).
         self._swept = False
+        # The wake pipe: a byte in it wakes the collector from its poll (see _wake).
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # Guards the wake pipe's numbers (see _wake); held only for a few steps, never
+        # across a write, and nothing else is taken while it is held.
+        self._wake_lock = threading.Lock()
+        self._wakers = 0  # _wake calls that read the write end and may still write to it
+        self._wake_closing = False  # shutdown is done with the pipe: the last waker closes it
         self._collector: threading.Thread | None = None
         self._stopping = False
         # shutdown(cancel=True) was called: a task handed to a worker from now on
@@ -1190,10 +1200,66 @@ class ProcessBackend(Backend):
         return events
 
     def _wake(self) -> None:
+        # A wake can come at any time, after shutdown too (_bury, _assign, a timer, a
+        # caller's wait). Were the write end's number read and then written to with
+        # nothing more, a waker paused in between (a thread switch, a preemption)
+        # while shutdown closed the pipe would write its byte into whatever file got
+        # the number next: another pipe, a socket. So the number is read, and the
+        # waker counted, under _wake_lock, and the pipe is closed only while no
+        # waker is counted (else the last one closes it, see _close_wake); closed,
+        # the number is -1 and a wake does nothing. The write is outside the lock:
+        # no thread ever waits for a waker's syscall (a paused waker holds up
+        # neither shutdown, nor other wakes, nor the collector's drain).
+        # Cost: two short lock holds, ~0.4 us in all on CPython 3.11, beside the
+        # write's syscall and the collector's wake-up; a plain spawn().result()
+        # does not wake at all (see _assign).
+        with self._wake_lock:
+            fd = self._wake_w
+            if fd < 0:
+                return  # closed: nobody polls the pipe any more
+            self._wakers += 1
         try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
+            os.write(fd, b"x")
+        except OSError:  # full (BlockingIOError): a wake is pending anyway
             pass
+        finally:
+            with self._wake_lock:
+                self._wakers -= 1
+                if self._wake_closing and not self._wakers:
+                    self._close_wake_fds()
+
+    def _close_wake(self) -> None:
+        """Close the wake pipe: now, or as the last waker in flight leaves (see _wake)."""
+        with self._wake_lock:
+            self._wake_closing = True
+            if not self._wakers:
+                self._close_wake_fds()
+
+    def _close_wake_fds(self) -> None:
+        # Called with _wake_lock held, and no waker counted: each number is read as
+        # -1 from now on, and closed once (another call finds -1).
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _drain_wake(self) -> None:
+        # Under _wake_lock, which the read end is closed under: read outside it, the
+        # number could name another file by the read, whose data this would eat (the
+        # collector may outlive shutdown's wait for it, in a slow done callback).
+        with self._wake_lock:
+            fd = self._wake_r
+            if fd < 0:
+                return
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
 
     def _ensure_collector(self) -> None:
         with self._lock:
@@ -1248,11 +1314,7 @@ class ProcessBackend(Backend):
             for fd, _ in events:
                 kind, hit = registered.get(fd, ("gone", None))
                 if kind == "wake":
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    self._drain_wake()
                 elif (
                     hit is not None and not hit.claim.locked() and hit.rlock.acquire(blocking=False)
                 ):
@@ -1397,19 +1459,12 @@ class ProcessBackend(Backend):
             rest = [w for w in self._graveyard if not w.sending]
             self._graveyard = [w for w in self._graveyard if w.sending]
             fds = [_take_fds(w) for w in rest]
-            # Taken under the lock, closed by one finisher: two shutdowns at once (one
-            # from a done callback, finishing in the background, and the caller's)
-            # both closed them, the second time another file's number.
-            wake = (self._wake_r, self._wake_w)
-            self._wake_r = self._wake_w = -1
         for taken in fds:
             _close_taken(taken)
-        for fd in wake:
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        # Taken under _wake_lock and closed once: two shutdowns at once (one from a
+        # done callback, finishing in the background, and the caller's) both closed
+        # them, the second time another file's number; and a late _wake wrote to it.
+        self._close_wake()
 
     def statistics(self) -> dict[str, int]:
         """Counts: workers (live, idle), worker starts in flight (queued, or started and
@@ -1436,7 +1491,7 @@ def _abandon(
 ) -> None:
     """End a worker process that started but could not be set up (see _configure):
     our ends of its pipes (and its pidfd) closed, the process killed, reaped and
-    its group released."""
+    its group released (by a thread of its own if it does not exit in _REAP_WAIT)."""
     if w is not None:  # not published: no other thread has it (see _take_fds)
         _close_taken(_take_fds(w))
     else:
@@ -1450,16 +1505,51 @@ def _abandon(
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    wait_pid(pid, None)
+    # Bounded: this runs on the launcher thread, which starts every backend's workers.
+    if wait_pid(pid, _REAP_WAIT):
+        _reaped(proc)
+        return
+    _say(
+        f"worker process {pid} did not exit within {_REAP_WAIT:g} s of SIGKILL (stuck in "
+        "the kernel?); it is reaped when it exits"
+    )
+    _reap_later(proc)
+
+
+def _reaped(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
+    """Reap ``proc``, which has exited, and release its group and its job."""
     proc.poll()
-    _proc.release_group(pid)
-    _proc.forget_job(pid)
+    # After the reap nothing signals its pid (it may be reused); its group is signalled
+    # once more, as every reaped leader's is (release_group).
+    _proc.release_group(proc.pid)
+    _proc.forget_job(proc.pid)
+
+
+def _reap_later(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
+    """Reap ``proc`` (SIGKILLed, not exited yet) on a thread of its own, when it exits."""
+
+    def reap() -> None:
+        # No bound on the whole: a process in an uninterruptible sleep exits when the
+        # kernel lets it go, and only this thread waits for it (unreaped, it would
+        # stay a zombie, and its group guarded).
+        while not wait_pid(proc.pid, 60.0):
+            pass
+        _reaped(proc)
+
+    try:
+        threading.Thread(target=reap, name="polytask-reaper", daemon=True).start()
+    except RuntimeError as exc:  # interpreter shutdown: no thread can start now
+        _say(f"process {proc.pid} is left unreaped: {exc}")
 
 
 def _report(what: str, exc: BaseException) -> None:
     """An error in a service thread that must not end it: say so on stderr."""
+    _say(f"error in {what}: {type(exc).__name__}: {exc!r}")
+
+
+def _say(text: str) -> None:
     try:
-        print(f"polytask: error in {what}: {type(exc).__name__}: {exc!r}", file=sys.stderr)
+        print(f"polytask: {text}", file=sys.stderr)
     except BaseException:  # pragma: no cover - stderr closed at exit
         pass
 
