@@ -1029,18 +1029,40 @@ class ProcessChannel(Channel[T]):
 
     def _get_held(self, timeout: float | None = None) -> T:
         """get() while frames are held (see _hold): they came off the ring first."""
+        out: list[T] = []
+        self._take_held(out, 1)
+        if out:
+            return out[0]
+        return ProcessChannel.get(self, timeout)  # every one was lost: the ring
+
+    def _take_held(self, out: list[T], max_items: int) -> None:
+        """Append held items to ``out``, in order, until it has ``max_items``.
+
+        A frame that fails to decode ends the batch before it: with nothing
+        before it in ``out`` it is taken and raises (as get() takes a frame that
+        fails), else it stays first and raises at the next call. Once none are
+        left, the usual get() again.
+        """
         held = self._held
-        while held:
-            kind, data = held.popleft()
+        try:
+            while held and len(out) < max_items:
+                if out and held[0][0] == _K_FAILED:
+                    return  # stays first: it raises at the next call
+                kind, data = held.popleft()
+                try:
+                    item = _decode_frame(kind, data)
+                except SerializationError as exc:
+                    if not out:
+                        raise  # taken, as get() takes a frame that fails
+                    held.appendleft(_failed(kind, data, exc))  # stays first, as above
+                    return
+                finally:
+                    del data  # a failed one's exception: not kept by its traceback's frame
+                if item is not _LOST:
+                    out.append(cast(T, item))
+        finally:
             if not held:
                 self.__dict__.pop("get", None)  # the usual get() again
-            try:
-                item = _decode_frame(kind, data)  # a frame that fails is taken, as in get()
-            finally:
-                del data  # a failed one's exception: not kept by its traceback's frame
-            if item is not _LOST:
-                return cast(T, item)
-        return ProcessChannel.get(self, timeout)
 
     def _hold(self, frames: Iterable[tuple[int, Any]]) -> None:
         """Keep frames get_many took but cannot return now, for the next get.
@@ -1279,21 +1301,8 @@ class ProcessChannel(Channel[T]):
         out = [self.get(timeout)]
         if max_items == 1:
             return out
-        held = self._held
-        if held:  # frames taken before come first: no new ones this time
-            while held and len(out) < max_items:
-                if held[0][0] == _K_FAILED:
-                    break  # stays first: it raises at the next get
-                try:
-                    item = _decode_frame(*held[0])
-                except SerializationError as exc:
-                    held[0] = _failed(*held[0], exc)  # stays first: it raises at the next get
-                    break
-                held.popleft()
-                if item is not _LOST:
-                    out.append(cast(T, item))
-            if not held:
-                self.__dict__.pop("get", None)  # the usual get() again
+        if self._held:  # frames taken before come first: no new ones this time
+            self._take_held(out, max_items)
             return out
         ring = self._ring
         self._lock_c(None)
