@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import polytask as pt
-from helpers import wait_until
+from helpers import thread_is_in, wait_until
 from polytask._ipc import ring as R
 from polytask._ipc.channel import DEFAULT_CAPACITY
 from polytask._ipc.shm import _attach_shared_array
@@ -1142,6 +1142,80 @@ def test_get_after_a_failed_batch_takes_the_held_items_first():
         with pytest.raises(pt.SerializationError):
             ch.get(timeout=HANG)
         assert [ch.get(timeout=HANG) for _ in range(3)] == [3, 4, 5]
-        assert "get" not in vars(ch)  # the usual get() again
+        assert ch._c_ref is ch._c_ring_ref  # the usual get() again
         with pytest.raises(queue.Empty):
             ch.get(timeout=0.05)
+
+
+def test_a_get_bound_before_items_were_held_takes_them_first():
+    """A consumer loop binds get once (iter(), ``get = ch.get``): items held after
+    that by a failed batch still come first, then the ring's."""
+    with pt.Channel(backend="process") as ch:
+        it = iter(ch)
+        get = ch.get
+        ch.put(0, timeout=HANG)
+        assert next(it) == 0
+        ch.put_many([1, LoadsBadly(), 3, 4], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [1]
+        ch.put(5, timeout=HANG)
+        with pytest.raises(pt.SerializationError):
+            get(timeout=HANG)
+        assert next(it) == 3
+        assert get(timeout=HANG) == 4
+        assert next(it) == 5
+        assert len(ch) == 0
+
+
+_gate_entered = threading.Event()
+_gate_release = threading.Event()
+
+
+def _rebuild_gate(tag: str) -> tuple[str, str]:
+    # Stops only in the thread named "gated", until the test releases it.
+    if threading.current_thread().name == "gated":
+        _gate_entered.set()
+        assert _gate_release.wait(HANG)
+    return ("gate", tag)
+
+
+class Gate:
+    """An item whose unpickling, in the thread named "gated", waits for the test."""
+
+    def __reduce__(self):
+        return (_rebuild_gate, ("g",))
+
+
+def test_threads_sharing_a_handle_take_held_items_once_and_in_order():
+    """One handle per process, so its threads share it. A batch of held items is
+    taken whole: a get in another thread meanwhile waits for it, and takes what
+    follows the batch. Before, it took an item from under the batch's feet: the
+    batch returned one item twice and lost the next."""
+    _gate_entered.clear()
+    _gate_release.clear()
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([0, LoadsBadly(), 1, Gate(), 3, 4], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [0]
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=HANG)
+        ch.put(5, timeout=HANG)  # after the held ones, in the ring
+        got: dict[str, object] = {}
+        batch = threading.Thread(
+            target=lambda: got.update(batch=ch.get_many(10, timeout=HANG)), name="gated"
+        )
+        batch.start()
+        try:
+            wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
+            single = threading.Thread(target=lambda: got.update(single=ch.get(timeout=HANG)))
+            single.start()
+            # Let it go as far as it can: done (before), or waiting for the batch.
+            wait_until(
+                lambda: not single.is_alive() or thread_is_in(single.ident, "_take_held"),
+                HANG,
+                "the other get to finish or to wait for the batch",
+            )
+        finally:
+            _gate_release.set()
+        batch.join(HANG)
+        single.join(HANG)
+        assert got == {"batch": [1, ("gate", "g"), 3, 4], "single": 5}
+        assert len(ch) == 0

@@ -96,6 +96,7 @@ from .shm import (
     _mutex_unlock_ref,
     futex_wait,
     futex_wake,
+    locked_mutex_ref,
     mutex_ref,
     pid_alive,
     process_alive,
@@ -301,6 +302,14 @@ def _failed(kind: int, data: bytes, exc: BaseException) -> tuple[int, Any]:
         e.__traceback__ = None
         e = e.__cause__ or e.__context__
     return _K_FAILED, exc
+
+
+# A mutex locked for good. While a handle holds frames (see ProcessChannel._hold),
+# its get() tries this one instead of the ring's C mutex: the trylock fails, and
+# get()'s contended path, which looks for it, serves the held frames first. So the
+# usual get() pays nothing for them, and a get bound before they were held (by
+# iter(), or ``get = ch.get``) serves them too.
+_HELD_REF = locked_mutex_ref()
 
 
 def _decode_frame(kind: int, data: Any) -> Any:
@@ -604,7 +613,8 @@ class ProcessChannel(Channel[T]):
         self._pm = RobustMutex(self._p_addr)
         self._cm = RobustMutex(self._c_addr)
         self._p_ref = mutex_ref(self._p_addr)
-        self._c_ref = mutex_ref(self._c_addr)
+        self._c_ring_ref = mutex_ref(self._c_addr)
+        self._c_ref = self._c_ring_ref  # what get() tries: _HELD_REF while frames are held
         self._data_seq_addr = base + R.DATA_SEQ_OFFSET
         self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
         self._push = ring.push
@@ -622,9 +632,12 @@ class ProcessChannel(Channel[T]):
         self._tail_seen = 0  # the same for get: the tail only grows
         # Frames get_many took off the ring but could not return: the one that
         # failed to decode and those after it (see _hold). While any are held,
-        # an instance attribute ``get`` (_get_held) serves them first, so the
-        # usual get() pays nothing for this.
+        # _c_ref is _HELD_REF, so get() serves them first at no cost to the usual
+        # get(). The handle is one per process, shared by its threads: the lock
+        # makes taking held frames (a batch: decoded under it, in order) and
+        # switching _c_ref one step. Reentrant: decoding runs the items' code.
         self._held: collections.deque[tuple[int, Any]] = collections.deque()
+        self._held_lock = threading.RLock()
         self._spin = SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
@@ -990,6 +1003,8 @@ class ProcessChannel(Channel[T]):
         m = self._c_ref
         rc = _mutex_trylock_ref(m)
         if rc:
+            if m is _HELD_REF:
+                return self._get_held(timeout)
             self._lock_c(_deadline(timeout), rc)
         try:
             w = self._w
@@ -1033,7 +1048,7 @@ class ProcessChannel(Channel[T]):
         self._take_held(out, 1)
         if out:
             return out[0]
-        return ProcessChannel.get(self, timeout)  # every one was lost: the ring
+        return self.get(timeout)  # none left (lost, or another thread took them): the ring
 
     def _take_held(self, out: list[T], max_items: int) -> None:
         """Append held items to ``out``, in order, until it has ``max_items``.
@@ -1041,28 +1056,30 @@ class ProcessChannel(Channel[T]):
         A frame that fails to decode ends the batch before it: with nothing
         before it in ``out`` it is taken and raises (as get() takes a frame that
         fails), else it stays first and raises at the next call. Once none are
-        left, the usual get() again.
+        left, the usual get() again. One batch at a time (_held_lock): another
+        thread's get waits for it, so a batch is a run of consecutive items.
         """
         held = self._held
-        try:
-            while held and len(out) < max_items:
-                if out and held[0][0] == _K_FAILED:
-                    return  # stays first: it raises at the next call
-                kind, data = held.popleft()
-                try:
-                    item = _decode_frame(kind, data)
-                except SerializationError as exc:
-                    if not out:
-                        raise  # taken, as get() takes a frame that fails
-                    held.appendleft(_failed(kind, data, exc))  # stays first, as above
-                    return
-                finally:
-                    del data  # a failed one's exception: not kept by its traceback's frame
-                if item is not _LOST:
-                    out.append(cast(T, item))
-        finally:
-            if not held:
-                self.__dict__.pop("get", None)  # the usual get() again
+        with self._held_lock:
+            try:
+                while held and len(out) < max_items:
+                    if out and held[0][0] == _K_FAILED:
+                        return  # stays first: it raises at the next call
+                    kind, data = held.popleft()
+                    try:
+                        item = _decode_frame(kind, data)
+                    except SerializationError as exc:
+                        if not out:
+                            raise  # taken, as get() takes a frame that fails
+                        held.appendleft(_failed(kind, data, exc))  # stays first, as above
+                        return
+                    finally:
+                        del data  # a failed one's exception: not kept by its traceback's frame
+                    if item is not _LOST:
+                        out.append(cast(T, item))
+            finally:
+                if not held:
+                    self._c_ref = self._c_ring_ref  # the usual get() again
 
     def _hold(self, frames: Iterable[tuple[int, Any]]) -> None:
         """Keep frames get_many took but cannot return now, for the next get.
@@ -1071,13 +1088,10 @@ class ProcessChannel(Channel[T]):
         returned, it raises at the next get (or get_many), and the ones after it
         follow; none is lost and their order stays.
         """
-        self._held.extend(frames)
-        if self._held:
-            # Not the bound method: kept on the instance, it would hold the instance
-            # in a cycle, and a handle dropped now would be released (the channel
-            # closed, if it is the owner's) only when the cycle collector runs.
-            ref = weakref.ref(self)
-            self.get = lambda timeout=None: ProcessChannel._get_held(ref(), timeout)  # type: ignore[method-assign,arg-type]
+        with self._held_lock:
+            self._held.extend(frames)
+            if self._held:
+                self._c_ref = _HELD_REF  # get() serves them first
 
     def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
         """get() after :meth:`Ring.pop` gave something other than a small pickle."""
