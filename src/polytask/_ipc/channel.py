@@ -1089,6 +1089,7 @@ class ProcessChannel(Channel[T]):
         follow; none is lost and their order stays.
         """
         with self._held_lock:
+            _holders.add(self)
             self._held.extend(frames)
             if self._held:
                 self._c_ref = _HELD_REF  # get() serves them first
@@ -1360,6 +1361,24 @@ class ProcessChannel(Channel[T]):
 
     def __len__(self) -> int:
         return len(self._held) + (0 if self._seg.closed else self._ring.items())
+
+
+# Handles that held frames in this process (see ProcessChannel._hold).
+_holders: weakref.WeakSet[ProcessChannel[Any]] = weakref.WeakSet()
+
+
+def _drop_held_after_fork() -> None:
+    # Held frames were taken off the ring by the parent: its handle hands them
+    # out, so the child's copy starts without them (or both would deliver them).
+    # A fresh lock too: a thread of the parent's may have held it at the fork.
+    for ch in list(_holders):
+        ch._held = collections.deque()
+        ch._held_lock = threading.RLock()
+        ch._c_ref = ch._c_ring_ref
+    _holders.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_after_fork)
 
 
 def _left(deadline: float | None) -> float | None:
