@@ -1221,6 +1221,42 @@ def test_threads_sharing_a_handle_take_held_items_once_and_in_order():
         assert len(ch) == 0
 
 
+def test_a_get_asleep_on_the_ring_takes_items_held_meanwhile():
+    """A thread asleep in get() on an empty ring, and another whose get_many holds
+    items: the sleeper takes them (before, it slept on until its timeout while
+    they waited). Usually the batch is taken before the sleeper wakes; whoever
+    takes what, each item comes once and the one that fails raises once."""
+    SE = pt.SerializationError
+    with pt.Channel(backend="process") as ch:
+        slept: list = []
+
+        def sleeper() -> None:
+            try:
+                slept.append(ch.get(timeout=HANG))
+            except Exception as exc:
+                slept.append(type(exc))
+
+        t = threading.Thread(target=sleeper)
+        t.start()
+        try:
+            wait_until(lambda: blocked_in(ch, "get"), HANG, "the thread asleep in get()")
+            ch.put_many([1, LoadsBadly(), 3], timeout=HANG)
+            try:
+                got = ch.get_many(10, timeout=HANG)
+            except SE:
+                got = [SE]
+        finally:
+            t.join(HANG)
+        assert slept and slept[0] is not queue.Empty
+        got += slept
+        while len(ch):  # what is left, held or in the ring
+            try:
+                got.append(ch.get(timeout=HANG))
+            except SE:
+                got.append(SE)
+        assert sorted(got, key=str) == sorted([1, 3, SE], key=str)
+
+
 def _take_in_forked_child(ch, fd: int) -> None:
     """What a forked child gets from its copy of ``ch``, written to ``fd``."""
     try:

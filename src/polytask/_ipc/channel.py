@@ -1093,6 +1093,9 @@ class ProcessChannel(Channel[T]):
             self._held.extend(frames)
             if self._held:
                 self._c_ref = _HELD_REF  # get() serves them first
+        # A get of another thread asleep on the ring takes them (see _get_slow). The
+        # wake-up reaches sleepers in other processes too: they look and sleep again.
+        futex_wake(self._data_seq_addr)
 
     def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
         """get() after :meth:`Ring.pop` gave something other than a small pickle."""
@@ -1113,6 +1116,8 @@ class ProcessChannel(Channel[T]):
             else:
                 pos = cast(int, r)
                 if pos < 0:
+                    if self._c_ref is _HELD_REF:  # held by another thread meanwhile: first
+                        return self._get_held(_left(deadline))
                     if pos == R.EMPTY and ring.closed:
                         # close() holds the P lock, so every frame reserved before it
                         # is behind the tail already: nothing more can come.
