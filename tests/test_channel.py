@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import polytask as pt
-from helpers import wait_until
+from helpers import thread_is_in, wait_until
 from polytask._ipc import ring as R
 from polytask._ipc.channel import DEFAULT_CAPACITY
 from polytask._ipc.shm import _attach_shared_array
@@ -1142,6 +1142,224 @@ def test_get_after_a_failed_batch_takes_the_held_items_first():
         with pytest.raises(pt.SerializationError):
             ch.get(timeout=HANG)
         assert [ch.get(timeout=HANG) for _ in range(3)] == [3, 4, 5]
-        assert "get" not in vars(ch)  # the usual get() again
+        assert ch._c_ref is ch._c_ring_ref  # the usual get() again
         with pytest.raises(queue.Empty):
             ch.get(timeout=0.05)
+
+
+def test_a_get_bound_before_items_were_held_takes_them_first():
+    """A consumer loop binds get once (iter(), ``get = ch.get``): items held after
+    that by a failed batch still come first, then the ring's."""
+    with pt.Channel(backend="process") as ch:
+        it = iter(ch)
+        get = ch.get
+        ch.put(0, timeout=HANG)
+        assert next(it) == 0
+        ch.put_many([1, LoadsBadly(), 3, 4], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [1]
+        ch.put(5, timeout=HANG)
+        with pytest.raises(pt.SerializationError):
+            get(timeout=HANG)
+        assert next(it) == 3
+        assert get(timeout=HANG) == 4
+        assert next(it) == 5
+        assert len(ch) == 0
+
+
+_gate_entered = threading.Event()
+_gate_release = threading.Event()
+
+
+def _rebuild_gate(tag: str) -> tuple[str, str]:
+    # Stops only in the thread named "gated", until the test releases it.
+    if threading.current_thread().name == "gated":
+        _gate_entered.set()
+        assert _gate_release.wait(HANG)
+    return ("gate", tag)
+
+
+class Gate:
+    """An item whose unpickling, in the thread named "gated", waits for the test."""
+
+    def __reduce__(self):
+        return (_rebuild_gate, ("g",))
+
+
+def test_threads_sharing_a_handle_take_held_items_once_and_in_order():
+    """One handle per process, so its threads share it. A batch of held items is
+    taken whole: a get in another thread meanwhile waits for it, and takes what
+    follows the batch. Before, it took an item from under the batch's feet: the
+    batch returned one item twice and lost the next."""
+    _gate_entered.clear()
+    _gate_release.clear()
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([0, LoadsBadly(), 1, Gate(), 3, 4], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [0]
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=HANG)
+        ch.put(5, timeout=HANG)  # after the held ones, in the ring
+        got: dict[str, object] = {}
+        batch = threading.Thread(
+            target=lambda: got.update(batch=ch.get_many(10, timeout=HANG)), name="gated"
+        )
+        batch.start()
+        try:
+            wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
+            single = threading.Thread(target=lambda: got.update(single=ch.get(timeout=HANG)))
+            single.start()
+            # Let it go as far as it can: done (before), or waiting for the batch.
+            wait_until(
+                lambda: not single.is_alive() or thread_is_in(single.ident, "_take_held"),
+                HANG,
+                "the other get to finish or to wait for the batch",
+            )
+        finally:
+            _gate_release.set()
+        batch.join(HANG)
+        single.join(HANG)
+        assert got == {"batch": [1, ("gate", "g"), 3, 4], "single": 5}
+        assert len(ch) == 0
+
+
+def test_a_get_asleep_on_the_ring_takes_items_held_meanwhile():
+    """A thread asleep in get() on an empty ring, and another whose get_many holds
+    items: the sleeper takes them (before, it slept on until its timeout while
+    they waited). Usually the batch is taken before the sleeper wakes; whoever
+    takes what, each item comes once and the one that fails raises once."""
+    SE = pt.SerializationError
+    with pt.Channel(backend="process") as ch:
+        slept: list = []
+
+        def sleeper() -> None:
+            try:
+                slept.append(ch.get(timeout=HANG))
+            except Exception as exc:
+                slept.append(type(exc))
+
+        t = threading.Thread(target=sleeper)
+        t.start()
+        try:
+            wait_until(lambda: blocked_in(ch, "get"), HANG, "the thread asleep in get()")
+            ch.put_many([1, LoadsBadly(), 3], timeout=HANG)
+            try:
+                got = ch.get_many(10, timeout=HANG)
+            except SE:
+                got = [SE]
+        finally:
+            t.join(HANG)
+        assert slept and slept[0] is not queue.Empty
+        got += slept
+        while len(ch):  # what is left, held or in the ring
+            try:
+                got.append(ch.get(timeout=HANG))
+            except SE:
+                got.append(SE)
+        assert sorted(got, key=str) == sorted([1, 3, SE], key=str)
+
+
+def _take_in_forked_child(ch, fd: int) -> None:
+    """What a forked child gets from its copy of ``ch``, written to ``fd``."""
+    try:
+        seen: object = ("took", len(ch), ch.get_many(10, timeout=HANG), len(ch))
+    except Exception as exc:
+        seen = ("raised", type(exc).__name__)
+    os.write(fd, pickle.dumps(seen))
+
+
+@pytest.mark.parametrize("how", ["os.fork", "multiprocessing-fork"])
+def test_a_forked_child_does_not_get_the_items_its_parent_holds(how):
+    """Held items were taken off the ring by the parent, whose handle hands them out:
+    a child forked meanwhile (os.fork, or the "fork" start method) gets the ring's
+    items from its copy of the handle, not them a second time."""
+    import multiprocessing
+
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([1, LoadsBadly(), 3, 4], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [1]
+        ch.put(5, timeout=HANG)  # in the ring: for the child
+        r, w = os.pipe()
+        try:
+            if how == "os.fork":
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child
+                    code = 1
+                    try:
+                        _take_in_forked_child(ch, w)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.waitpid(pid, 0)
+            else:
+                proc = multiprocessing.get_context("fork").Process(
+                    target=_take_in_forked_child, args=(ch, w)
+                )
+                proc.start()
+                proc.join(HANG)
+                assert proc.exitcode == 0
+            os.close(w)
+            w = -1
+            with os.fdopen(r, "rb") as f:
+                r = -1
+                seen = pickle.loads(f.read())
+        finally:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)
+        assert seen == ("took", 1, [5], 0)
+        assert len(ch) == 3  # still held here
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [3, 4]
+        with pytest.raises(queue.Empty):
+            ch.get(timeout=0.05)
+
+
+def test_a_child_forked_while_a_thread_takes_held_items_can_get():
+    """A thread of the parent in the middle of a batch of held items at the fork (it
+    holds the handle's lock): the child's copy of the handle has a lock of its own,
+    so holding and taking items of its own does not wait for a thread it does not have."""
+    import warnings
+
+    _gate_entered.clear()
+    _gate_release.clear()
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([0, LoadsBadly(), 1, Gate(), 3], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [0]
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=HANG)
+        ch.put(5, timeout=HANG)
+        got: list = []
+        batch = threading.Thread(
+            target=lambda: got.extend(ch.get_many(10, timeout=HANG)), name="gated"
+        )
+        batch.start()
+        try:
+            wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    assert ch.get_many(10, timeout=HANG) == [5]
+                    ch.put_many([6, LoadsBadly(), 7], timeout=HANG)  # the child's own
+                    assert ch.get_many(10, timeout=HANG) == [6]  # holds: takes the lock
+                    with pytest.raises(pt.SerializationError):
+                        ch.get(timeout=HANG)
+                    assert ch.get(timeout=HANG) == 7
+                    code = 0
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + HANG
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if done[0] == 0:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise AssertionError("the child waited for the parent's thread")
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+        finally:
+            _gate_release.set()
+            batch.join(HANG)
+        assert got == [1, ("gate", "g"), 3]
+        assert len(ch) == 0  # 5 went to the child

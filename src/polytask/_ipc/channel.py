@@ -96,6 +96,7 @@ from .shm import (
     _mutex_unlock_ref,
     futex_wait,
     futex_wake,
+    locked_mutex_ref,
     mutex_ref,
     pid_alive,
     process_alive,
@@ -301,6 +302,14 @@ def _failed(kind: int, data: bytes, exc: BaseException) -> tuple[int, Any]:
         e.__traceback__ = None
         e = e.__cause__ or e.__context__
     return _K_FAILED, exc
+
+
+# A mutex locked for good. While a handle holds frames (see ProcessChannel._hold),
+# its get() tries this one instead of the ring's C mutex: the trylock fails, and
+# get()'s contended path, which looks for it, serves the held frames first. So the
+# usual get() pays nothing for them, and a get bound before they were held (by
+# iter(), or ``get = ch.get``) serves them too.
+_HELD_REF = locked_mutex_ref()
 
 
 def _decode_frame(kind: int, data: Any) -> Any:
@@ -604,7 +613,8 @@ class ProcessChannel(Channel[T]):
         self._pm = RobustMutex(self._p_addr)
         self._cm = RobustMutex(self._c_addr)
         self._p_ref = mutex_ref(self._p_addr)
-        self._c_ref = mutex_ref(self._c_addr)
+        self._c_ring_ref = mutex_ref(self._c_addr)
+        self._c_ref = self._c_ring_ref  # what get() tries: _HELD_REF while frames are held
         self._data_seq_addr = base + R.DATA_SEQ_OFFSET
         self._space_seq_addr = base + R.SPACE_SEQ_OFFSET
         self._push = ring.push
@@ -622,9 +632,12 @@ class ProcessChannel(Channel[T]):
         self._tail_seen = 0  # the same for get: the tail only grows
         # Frames get_many took off the ring but could not return: the one that
         # failed to decode and those after it (see _hold). While any are held,
-        # an instance attribute ``get`` (_get_held) serves them first, so the
-        # usual get() pays nothing for this.
+        # _c_ref is _HELD_REF, so get() serves them first at no cost to the usual
+        # get(). The handle is one per process, shared by its threads: the lock
+        # makes taking held frames (a batch: decoded under it, in order) and
+        # switching _c_ref one step. Reentrant: decoding runs the items' code.
         self._held: collections.deque[tuple[int, Any]] = collections.deque()
+        self._held_lock = threading.RLock()
         self._spin = SPIN_MAX
         self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
         if _segment is None:
@@ -990,6 +1003,8 @@ class ProcessChannel(Channel[T]):
         m = self._c_ref
         rc = _mutex_trylock_ref(m)
         if rc:
+            if m is _HELD_REF:
+                return self._get_held(timeout)
             self._lock_c(_deadline(timeout), rc)
         try:
             w = self._w
@@ -1029,18 +1044,42 @@ class ProcessChannel(Channel[T]):
 
     def _get_held(self, timeout: float | None = None) -> T:
         """get() while frames are held (see _hold): they came off the ring first."""
+        out: list[T] = []
+        self._take_held(out, 1)
+        if out:
+            return out[0]
+        return self.get(timeout)  # none left (lost, or another thread took them): the ring
+
+    def _take_held(self, out: list[T], max_items: int) -> None:
+        """Append held items to ``out``, in order, until it has ``max_items``.
+
+        A frame that fails to decode ends the batch before it: with nothing
+        before it in ``out`` it is taken and raises (as get() takes a frame that
+        fails), else it stays first and raises at the next call. Once none are
+        left, the usual get() again. One batch at a time (_held_lock): another
+        thread's get waits for it, so a batch is a run of consecutive items.
+        """
         held = self._held
-        while held:
-            kind, data = held.popleft()
-            if not held:
-                self.__dict__.pop("get", None)  # the usual get() again
+        with self._held_lock:
             try:
-                item = _decode_frame(kind, data)  # a frame that fails is taken, as in get()
+                while held and len(out) < max_items:
+                    if out and held[0][0] == _K_FAILED:
+                        return  # stays first: it raises at the next call
+                    kind, data = held.popleft()
+                    try:
+                        item = _decode_frame(kind, data)
+                    except SerializationError as exc:
+                        if not out:
+                            raise  # taken, as get() takes a frame that fails
+                        held.appendleft(_failed(kind, data, exc))  # stays first, as above
+                        return
+                    finally:
+                        del data  # a failed one's exception: not kept by its traceback's frame
+                    if item is not _LOST:
+                        out.append(cast(T, item))
             finally:
-                del data  # a failed one's exception: not kept by its traceback's frame
-            if item is not _LOST:
-                return cast(T, item)
-        return ProcessChannel.get(self, timeout)
+                if not held:
+                    self._c_ref = self._c_ring_ref  # the usual get() again
 
     def _hold(self, frames: Iterable[tuple[int, Any]]) -> None:
         """Keep frames get_many took but cannot return now, for the next get.
@@ -1049,13 +1088,14 @@ class ProcessChannel(Channel[T]):
         returned, it raises at the next get (or get_many), and the ones after it
         follow; none is lost and their order stays.
         """
-        self._held.extend(frames)
-        if self._held:
-            # Not the bound method: kept on the instance, it would hold the instance
-            # in a cycle, and a handle dropped now would be released (the channel
-            # closed, if it is the owner's) only when the cycle collector runs.
-            ref = weakref.ref(self)
-            self.get = lambda timeout=None: ProcessChannel._get_held(ref(), timeout)  # type: ignore[method-assign,arg-type]
+        with self._held_lock:
+            _holders.add(self)
+            self._held.extend(frames)
+            if self._held:
+                self._c_ref = _HELD_REF  # get() serves them first
+        # A get of another thread asleep on the ring takes them (see _get_slow). The
+        # wake-up reaches sleepers in other processes too: they look and sleep again.
+        futex_wake(self._data_seq_addr)
 
     def _get_other(self, r: tuple[int, bytes, int] | int, timeout: float | None) -> T:
         """get() after :meth:`Ring.pop` gave something other than a small pickle."""
@@ -1076,6 +1116,8 @@ class ProcessChannel(Channel[T]):
             else:
                 pos = cast(int, r)
                 if pos < 0:
+                    if self._c_ref is _HELD_REF:  # held by another thread meanwhile: first
+                        return self._get_held(_left(deadline))
                     if pos == R.EMPTY and ring.closed:
                         # close() holds the P lock, so every frame reserved before it
                         # is behind the tail already: nothing more can come.
@@ -1279,21 +1321,8 @@ class ProcessChannel(Channel[T]):
         out = [self.get(timeout)]
         if max_items == 1:
             return out
-        held = self._held
-        if held:  # frames taken before come first: no new ones this time
-            while held and len(out) < max_items:
-                if held[0][0] == _K_FAILED:
-                    break  # stays first: it raises at the next get
-                try:
-                    item = _decode_frame(*held[0])
-                except SerializationError as exc:
-                    held[0] = _failed(*held[0], exc)  # stays first: it raises at the next get
-                    break
-                held.popleft()
-                if item is not _LOST:
-                    out.append(cast(T, item))
-            if not held:
-                self.__dict__.pop("get", None)  # the usual get() again
+        if self._held:  # frames taken before come first: no new ones this time
+            self._take_held(out, max_items)
             return out
         ring = self._ring
         self._lock_c(None)
@@ -1337,6 +1366,24 @@ class ProcessChannel(Channel[T]):
 
     def __len__(self) -> int:
         return len(self._held) + (0 if self._seg.closed else self._ring.items())
+
+
+# Handles that held frames in this process (see ProcessChannel._hold).
+_holders: weakref.WeakSet[ProcessChannel[Any]] = weakref.WeakSet()
+
+
+def _drop_held_after_fork() -> None:
+    # Held frames were taken off the ring by the parent: its handle hands them
+    # out, so the child's copy starts without them (or both would deliver them).
+    # A fresh lock too: a thread of the parent's may have held it at the fork.
+    for ch in list(_holders):
+        ch._held = collections.deque()
+        ch._held_lock = threading.RLock()
+        ch._c_ref = ch._c_ring_ref
+    _holders.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_after_fork)
 
 
 def _left(deadline: float | None) -> float | None:

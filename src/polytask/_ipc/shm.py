@@ -312,6 +312,18 @@ def mutex_ref(address: int) -> Any:
     return (ctypes.c_char * MUTEX_SIZE).from_address(address)
 
 
+def locked_mutex_ref() -> Any:
+    """A private mutex, locked for good, as a ``mutex_ref``: every trylock on it fails (EBUSY).
+
+    A default (not robust) mutex: no thread owns it in a way its exit would undo,
+    and a forked child's copy is locked too.
+    """
+    m = (ctypes.c_char * MUTEX_SIZE)()
+    _check(_mutex_init(ctypes.addressof(m), None), "pthread_mutex_init")
+    _check(_mutex_trylock_ref(m), "pthread_mutex_trylock")
+    return m
+
+
 class RobustMutex:
     """A process-shared, robust pthread mutex at ``address`` (inside a Segment).
 
