@@ -781,6 +781,35 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
     ch.close()
 
 
+@pytest.mark.parametrize("module", ["channel", "sync"])
+def test_a_child_forked_while_the_attach_cache_is_locked_can_attach(module):
+    """A fork while another thread held the attach cache's lock (it unpickled a
+    channel or a lock) left the child's copy locked: its first attach hung."""
+    import importlib
+
+    mod = importlib.import_module(f"polytask._ipc.{module}")
+    obj = pt.Channel(backend="process") if module == "channel" else pt.Lock(backend="process")
+    data = pickle.dumps(obj)
+    with mod._attached._lock:  # as another thread's attach would hold it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = 0 if pickle.loads(data) is not None else 1
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + HANG
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child deadlocked on the attach cache's lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    if module == "channel":
+        obj.close()
+
+
 # --------------------------------------------------------------------------- small rings
 
 

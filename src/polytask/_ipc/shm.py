@@ -523,6 +523,12 @@ class AttachCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objs: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        # A fork while another thread held the lock (attaching) would leave the
+        # child's copy locked for good: its first attach would hang.
+        os.register_at_fork(after_in_child=self._reset_lock)
+
+    def _reset_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def get(self, name: str) -> object | None:
         with self._lock:
