@@ -30,6 +30,21 @@ from polytask._ipc.shm import _attach_shared_array
 
 BACKENDS = ["thread", "process"]
 HANG = 30.0  # a bound for "does not hang", never a speed check
+
+
+def _expect_clean_exit(pid: int, hung: str) -> None:
+    """Wait (at most HANG) for the forked child ``pid`` to exit 0; kill it and fail
+    with ``hung`` if it does not exit in time."""
+    deadline = time.monotonic() + HANG
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError(hung)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -767,14 +782,7 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + HANG
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if done[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        raise AssertionError("the child deadlocked")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    _expect_clean_exit(pid, "the child deadlocked")
     assert os.path.exists(f"/dev/shm/{old.name}") and os.path.exists(f"/dev/shm/{ch.name}")
     np.testing.assert_array_equal(ch.get(timeout=HANG), np.zeros(100_000))
     old.close()
@@ -798,14 +806,7 @@ def test_a_child_forked_while_the_attach_cache_is_locked_can_attach(module):
                 code = 0 if pickle.loads(data) is not None else 1
             finally:
                 os._exit(code)
-    deadline = time.monotonic() + HANG
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if done[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        raise AssertionError("the child deadlocked on the attach cache's lock")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    _expect_clean_exit(pid, "the child deadlocked on the attach cache's lock")
     if module == "channel":
         obj.close()
 
@@ -1379,14 +1380,7 @@ def test_a_child_forked_while_a_thread_takes_held_items_can_get():
                     code = 0
                 finally:
                     os._exit(code)
-            deadline = time.monotonic() + HANG
-            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if done[0] == 0:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                raise AssertionError("the child waited for the parent's thread")
-            assert os.waitstatus_to_exitcode(done[1]) == 0
+            _expect_clean_exit(pid, "the child waited for the parent's thread")
         finally:
             _gate_release.set()
             batch.join(HANG)
