@@ -163,6 +163,27 @@ def test_timeouts_raise_full_and_empty(backend):
         assert ch.get(timeout=1) == 1
         ch.put(3, timeout=1)
         assert [ch.get(timeout=1), ch.get(timeout=1)] == [2, 3]
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 1.5, "4096", True])
+def test_a_bad_capacity_is_refused_at_the_call(capacity):
+    with pytest.raises(ValueError, match="capacity must be an int >= 1"):
+        pt.Channel(backend="process", capacity=capacity)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channel_timeouts_are_polytask_errors_that_say_what_happened(backend):
+    """One hierarchy: a channel's timeout is a pt.PolytaskError (and still the
+    queue module's error, for code written for queue.Queue), with a message."""
+    with pt.Channel(maxsize=1, backend=backend) as ch:
+        with pytest.raises(pt.ChannelEmpty, match="empty") as empty:
+            ch.get(timeout=0.05)
+        ch.put(1)
+        with pytest.raises(pt.ChannelFull, match="full") as full:
+            ch.put(2, timeout=0.05)
+    for caught, stdlib in ((empty.value, queue.Empty), (full.value, queue.Full)):
+        assert isinstance(caught, pt.PolytaskError) and isinstance(caught, stdlib)
+        assert pickle.loads(pickle.dumps(caught)).args == caught.args
     assert ch.closed
 
 

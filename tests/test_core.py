@@ -427,7 +427,8 @@ PUBLIC_NAMES = {
     # errors
     "PolytaskError", "TaskTimeout", "WorkerCrashed", "Cancelled", "RemoteError",
     "SerializationError", "BackendUnavailable", "CommandFailed", "CommandTimeout",
-    "ProgramNotFound", "ChannelClosed", "PotentialDeadlock", "ProcfileError",
+    "ProgramNotFound", "ChannelClosed", "ChannelEmpty", "ChannelFull", "PotentialDeadlock",
+    "ProcfileError",
 }  # fmt: skip
 
 

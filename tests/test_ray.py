@@ -199,8 +199,9 @@ def test_channel_across_tasks() -> None:
     with pytest.raises(pt.ChannelClosed):
         ch.put(1)
     empty: pt.Channel[int] = pt.Channel(backend="ray")
-    with pytest.raises(queue.Empty):
+    with pytest.raises(pt.ChannelEmpty, match="empty") as caught:
         empty.get(timeout=0.2)
+    assert isinstance(caught.value, queue.Empty)
 
 
 def test_missing_engine_is_backend_unavailable() -> None:

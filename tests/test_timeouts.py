@@ -80,7 +80,8 @@ def _cases(backend: str, gate: threading.Event, tmp: Path) -> dict[str, Case]:
             lambda t: held.acquire(timeout=t), lambda t: pt.Lock(backend=backend).acquire(timeout=t)
         ),
         "RLock.acquire": Case(
-            lambda t: rlock.acquire(timeout=t), lambda t: pt.RLock(backend=backend).acquire(timeout=t)
+            lambda t: rlock.acquire(timeout=t),
+            lambda t: pt.RLock(backend=backend).acquire(timeout=t),
         ),
         "Semaphore.acquire": Case(
             lambda t: pt.Semaphore(0, backend=backend).acquire(timeout=t),
@@ -90,7 +91,8 @@ def _cases(backend: str, gate: threading.Event, tmp: Path) -> dict[str, Case]:
         "Condition.wait": Case(cond_wait, cond_ready),
         "Channel.get": Case(pt.Channel(backend=backend).get, with_item.get),
         "Channel.put": Case(
-            lambda t: full.put(2, timeout=t), lambda t: pt.Channel(backend=backend).put(2, timeout=t)
+            lambda t: full.put(2, timeout=t),
+            lambda t: pt.Channel(backend=backend).put(2, timeout=t),
         ),
     }
 

@@ -35,7 +35,9 @@ while True:
     s.recv(4096)  # a query, never answered
 """
 
-TICKER = "import time\nfor i in range(200):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n"
+TICKER = (
+    "import time\nfor i in range(200):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n"
+)
 
 
 def _cannot_make_namespace() -> str | None:

@@ -26,6 +26,8 @@ _LAZY: dict[str, str] = {
     "Cancelled": "._core.errors",
     "Channel": "._core.channel",
     "ChannelClosed": "._core.errors",
+    "ChannelEmpty": "._core.errors",
+    "ChannelFull": "._core.errors",
     "CommandFailed": "._core.errors",
     "AsyncResult": "._pool",
     "CommandResult": "._commands",
@@ -80,6 +82,8 @@ __all__ = (
     "Cancelled",
     "Channel",
     "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelFull",
     "CommandFailed",
     "CommandResult",
     "CommandTimeout",
@@ -155,6 +159,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._core.errors import BackendUnavailable as BackendUnavailable
     from ._core.errors import Cancelled as Cancelled
     from ._core.errors import ChannelClosed as ChannelClosed
+    from ._core.errors import ChannelEmpty as ChannelEmpty
+    from ._core.errors import ChannelFull as ChannelFull
     from ._core.errors import CommandFailed as CommandFailed
     from ._core.errors import CommandTimeout as CommandTimeout
     from ._core.errors import PolytaskError as PolytaskError

@@ -30,9 +30,7 @@ DAEMONIZE = str(Path(__file__).with_name("_daemonize.py"))
 # unique number that `sleep` takes as its duration (and that we search for).
 ESCAPES = {
     "setsid": "setsid sleep {tag} &",
-    "setpgid": (
-        f"{PY} -c 'import os, time; os.setpgid(0, 0); time.sleep({{tag}})' &"
-    ),
+    "setpgid": (f"{PY} -c 'import os, time; os.setpgid(0, 0); time.sleep({{tag}})' &"),
     "double-fork-daemon": f"{PY} {DAEMONIZE} {{tag}}",
     "nohup": "nohup setsid sleep {tag} >/dev/null 2>&1 &",
     "ignores-TERM": "setsid sh -c 'trap \"\" TERM; sleep {tag}' &",

@@ -39,8 +39,8 @@ class Channel(Generic[T]):
         assert list(ch) == [1]
 
     ``put`` and ``get`` take ``timeout=`` (seconds, None to wait as long as it
-    takes) and raise ``queue.Full`` / ``queue.Empty`` when it passes, like
-    ``queue.Queue``; ``put`` on a closed channel and ``get`` on a closed and
+    takes) and raise :class:`ChannelFull` / :class:`ChannelEmpty` when it passes
+    (subclasses of ``queue.Full`` / ``queue.Empty``, as ``queue.Queue`` raises); ``put`` on a closed channel and ``get`` on a closed and
     drained one raise :class:`ChannelClosed`. Inside a thread task a blocking
     ``put`` or ``get`` raises :class:`Cancelled` once the task is cancelled.
 
@@ -60,6 +60,7 @@ class Channel(Generic[T]):
         backend: str = "thread",
         capacity: int | None = None,
     ) -> Channel[T]:
+        check_capacity(capacity)
         if cls is not Channel:
             return super().__new__(cls)
         impl = backend_class(backend).primitive_class("Channel")
@@ -68,11 +69,11 @@ class Channel(Generic[T]):
     # The methods below are provided by each backend.
 
     def put(self, item: T, timeout: float | None = None) -> None:
-        """Add ``item``; wait up to ``timeout`` s for room (``queue.Full`` after)."""
+        """Add ``item``; wait up to ``timeout`` s for room (:class:`ChannelFull` after)."""
         raise NotImplementedError
 
     def get(self, timeout: float | None = None) -> T:
-        """Remove and return the oldest item; wait up to ``timeout`` s (``queue.Empty`` after)."""
+        """Remove and return the oldest item; wait up to ``timeout`` s (:class:`ChannelEmpty` after)."""
         raise NotImplementedError
 
     def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
@@ -112,11 +113,11 @@ class Channel(Generic[T]):
         raise NotImplementedError
 
     def put_nowait(self, item: T) -> None:
-        """``put`` without waiting: ``queue.Full`` if there is no room."""
+        """``put`` without waiting: :class:`ChannelFull` if there is no room."""
         self.put(item, 0)
 
     def get_nowait(self) -> T:
-        """``get`` without waiting: ``queue.Empty`` if there is no item."""
+        """``get`` without waiting: :class:`ChannelEmpty` if there is no item."""
         return self.get(0)
 
     def __iter__(self) -> Iterator[T]:
@@ -138,6 +139,17 @@ class Channel(Generic[T]):
         state = "closed" if self.closed else "open"
         return (
             f"<Channel backend={self.backend!r} maxsize={self.maxsize} items={len(self)} {state}>"
+        )
+
+
+def check_capacity(capacity: int | None) -> None:
+    # int() would take 1.5 or "4096", and a size of 0 or less was silently the least.
+    if capacity is not None and (
+        not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1
+    ):
+        raise ValueError(
+            "capacity must be an int >= 1 (the bytes of a process channel's ring, rounded "
+            f"up to a power of two of at least 4096) or None for the default, got {capacity!r}"
         )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import pickle
+import queue
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,8 @@ __all__ = [
     "BackendUnavailable",
     "Cancelled",
     "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelFull",
     "CommandFailed",
     "CommandTimeout",
     "PolytaskError",
@@ -202,6 +205,22 @@ class ProgramNotFound(PolytaskError, FileNotFoundError):
 
 class ChannelClosed(PolytaskError):
     """``put()`` on a closed channel, or ``get()`` on one closed and drained."""
+
+
+class ChannelEmpty(PolytaskError, queue.Empty):
+    """``get()`` found no item before its timeout (``get_nowait()``: none at once).
+
+    A ``queue.Empty`` too, so code written for ``queue`` or ``multiprocessing``
+    queues catches it unchanged.
+    """
+
+
+class ChannelFull(PolytaskError, queue.Full):
+    """``put()`` found no room before its timeout (``put_nowait()``: none at once).
+
+    A ``queue.Full`` too, so code written for ``queue`` or ``multiprocessing``
+    queues catches it unchanged.
+    """
 
 
 class SerializationError(PolytaskError, pickle.PicklingError):

@@ -51,7 +51,6 @@ import collections
 import errno
 import os
 import pickle
-import queue
 import threading
 import time
 import weakref
@@ -59,7 +58,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from .._core.channel import Channel, check_maxsize
-from .._core.errors import ChannelClosed, SerializationError
+from .._core.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
 from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
@@ -901,7 +900,7 @@ class ProcessChannel(Channel[T]):
         self._spin = after_sleep(self._spin, _monotonic() - t0)
 
     def _wait_space(self, size: int, deadline: float | None) -> None:
-        """Sleep until a reader frees room (or the deadline passes: queue.Full)."""
+        """Sleep until a reader frees room (or the deadline passes: ChannelFull)."""
         ring = self._ring
         cap = ring.capacity
         maxsize = ring.maxsize
@@ -914,7 +913,7 @@ class ProcessChannel(Channel[T]):
             return ring.used() + 2 * size <= cap or ring.used() == 0
 
         if deadline is not None and time.monotonic() >= deadline:
-            raise queue.Full
+            raise ChannelFull("the channel stayed full until put()'s timeout")
         task = cancellable_task()
         if task is not None:
             task.raise_if_cancelled()
@@ -1166,10 +1165,10 @@ class ProcessChannel(Channel[T]):
         return _unspill(ref)
 
     def _wait_data(self, blocked: bool, deadline: float | None) -> None:
-        """Sleep until a writer publishes a frame (or the deadline passes: queue.Empty)."""
+        """Sleep until a writer publishes a frame (or the deadline passes: ChannelEmpty)."""
         ring = self._ring
         if deadline is not None and time.monotonic() >= deadline:
-            raise queue.Empty
+            raise ChannelEmpty("the channel stayed empty until get()'s timeout")
         task = cancellable_task()
         if task is not None:
             task.raise_if_cancelled()

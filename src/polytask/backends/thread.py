@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import queue
 import sys
 import threading
 import time
@@ -32,6 +31,8 @@ from .._core.backend import Backend
 from .._core.channel import Channel, check_maxsize
 from .._core.errors import (
     ChannelClosed,
+    ChannelEmpty,
+    ChannelFull,
     PolytaskError,
     SerializationError,
     TaskTimeout,
@@ -781,7 +782,7 @@ class _ThreadChannel(Channel[T]):
                         raise ChannelClosed("the channel was closed while put() waited for room")
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        raise queue.Full
+                        raise ChannelFull(f"the channel stayed full for {timeout:g} s")
                     if task is None:
                         self._not_full.wait(left)
                     else:
@@ -805,7 +806,7 @@ class _ThreadChannel(Channel[T]):
                         raise ChannelClosed("get() on a closed and drained channel")
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        raise queue.Empty
+                        raise ChannelEmpty(f"the channel stayed empty for {timeout:g} s")
                     if task is None:
                         self._not_empty.wait(left)
                     else:

@@ -43,7 +43,7 @@ from threading import BrokenBarrierError
 from typing import Any
 
 from ..._core.channel import Channel
-from ..._core.errors import ChannelClosed
+from ..._core.errors import ChannelClosed, ChannelEmpty, ChannelFull
 from ..._core.primitives import (
     Barrier,
     BoundedSemaphore,
@@ -537,14 +537,14 @@ class HubChannel(_HubPrim, Channel[Any]):
         if state == "closed":
             raise ChannelClosed(f"put() on a closed channel ({self._key})")
         if state == "full":
-            raise queue.Full(f"the channel stayed full for {timeout} s")
+            raise ChannelFull(f"the channel stayed full for {timeout:g} s")
 
     def get(self, timeout: float | None = None) -> Any:
         state, item = self._call("get", check_timeout(timeout))
         if state == "closed":
             raise ChannelClosed(f"the channel is closed and drained ({self._key})")
         if state == "empty":
-            raise queue.Empty(f"the channel stayed empty for {timeout} s")
+            raise ChannelEmpty(f"the channel stayed empty for {timeout:g} s")
         return pickle.loads(item)
 
     def close(self) -> None:
