@@ -4,6 +4,7 @@ while real workers run, die or are killed. Each test fails without its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -696,3 +698,165 @@ def test_a_worker_that_does_not_exit_after_sigkill_is_reaped_later() -> None:
     # once it exited, its job forgotten; and its pid was reported.
     assert out.stdout.splitlines() == ["returned None", "reaped -1 False"], out
     assert "did not exit within" in out.stderr
+
+
+def freeze_and_stop(cgroup: str) -> None:
+    """Freeze this thread, the worker's main one (cgroup v1 freezer); once it is
+    frozen, close the worker's pipes from another thread. Its backend sees them
+    close, and the process cannot exit, not even on SIGKILL, until it is thawed."""
+    import stat
+    import time
+
+    def close_pipes() -> None:
+        state = Path(cgroup, "freezer.state")
+        while state.read_text().strip() != "FROZEN":
+            time.sleep(0.01)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.close(fd)
+            except OSError:
+                pass
+
+    threading.Thread(target=close_pipes).start()  # not in the cgroup: it runs on
+    with open(f"{cgroup}/tasks", "w") as f:  # this thread only (v1: threads move alone)
+        f.write(str(threading.get_native_id()))
+    with open(f"{cgroup}/freezer.state", "w") as f:
+        f.write("FROZEN")  # frozen on its way back from the write, the GIL released
+    while True:
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def _freezer_cgroup() -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A new cgroup of the v1 freezer, where SIGKILL does not end a frozen process
+    (it sleeps in the kernel, state D, until thawed), and a function that thaws it;
+    else the test is skipped (the v2 freezer lets fatal signals through)."""
+    cgroup = Path("/sys/fs/cgroup/freezer") / f"polytask-test-{os.getpid()}"
+    try:
+        cgroup.mkdir()
+    except OSError as exc:
+        pytest.skip(f"no cgroup v1 freezer to use: {exc}")
+    if not (cgroup / "freezer.state").exists():
+        cgroup.rmdir()
+        pytest.skip("no cgroup v1 freezer to use")
+    # Thaws the cgroup when its stdin closes: when the test is done, or if this
+    # process dies first (a frozen process would outlive every kill).
+    thawer = subprocess.Popen(
+        ["sh", "-c", 'cat >/dev/null; echo THAWED > "$1"', "sh", str(cgroup / "freezer.state")],
+        stdin=subprocess.PIPE,
+    )
+
+    def thaw() -> None:
+        if thawer.returncode is None:
+            thawer.communicate(timeout=HANG)
+
+    try:
+        yield cgroup, thaw
+    finally:
+        thaw()
+        wait_until(lambda: _remove_cgroup(cgroup), HANG, "a frozen worker to leave its cgroup")
+
+
+def _remove_cgroup(cgroup: Path) -> bool:
+    try:
+        cgroup.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:  # EBUSY: a process is still in it
+        return False
+    return True
+
+
+def _count_releases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The groups released (_proc.release_group) from now on, in order."""
+    released: list[int] = []
+    real_release = be_mod._proc.release_group
+
+    def release(pgid: int) -> None:
+        released.append(pgid)
+        real_release(pgid)
+
+    monkeypatch.setattr(be_mod._proc, "release_group", release)
+    return released
+
+
+def test_a_worker_that_does_not_exit_after_its_pipe_closed_frees_its_place(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # _on_death (a worker's response pipe closed: EOF) gave it 5 s to exit, then
+    # SIGKILLed its group and waited with no bound: one worker stuck in the kernel
+    # held the collector thread for good (every result nobody reads, every death),
+    # and its task never got its error. Here the worker's main thread is frozen, then
+    # its pipes close: SIGKILLed, it stays (state D) until the test thaws it.
+    monkeypatch.setattr(be_mod, "_EXIT_WAIT", 0.2)
+    monkeypatch.setattr(be_mod, "_REAP_WAIT", 0.2)
+    released = _count_releases(monkeypatch)
+    with _freezer_cgroup() as (cgroup, thaw):
+        be = ProcessBackend(max_workers=1)
+        try:
+            pid = be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+            (w,) = be._workers.values()
+            done = threading.Event()
+            task = be.submit(freeze_and_stop, (str(cgroup),), {}, name="stuck", timeout=None)
+            # Read by the collector (a caller reading it itself would hold the wait).
+            task.add_done_callback(lambda _: done.set())
+            assert done.wait(HANG), "the task of a worker that did not exit never failed"
+            with pytest.raises(pt.WorkerCrashed, match="exit status is not known yet") as info:
+                task.result(0)
+            assert info.value.exitcode is None
+            # SIGKILLed, and still there: frozen in the kernel, not reaped, not released.
+            assert be_mod._proc.pid_state(pid) == b"D"
+            assert w.dead and w.proc.returncode is None and pid not in released
+            # Its place is free: with max_workers=1, a new worker runs the next task.
+            assert be.submit(my_pid, (), {}, name="next", timeout=None).result(HANG) != pid
+            # As shutdown does for a worker it listed alive, before its death was
+            # handled: nothing more happens (no second reaper, no second release).
+            with w.rlock:
+                be._on_death(w)
+            assert capfd.readouterr().err.count("did not exit within") == 1
+            thaw()
+            # Thawed, it dies of its SIGKILL; its reaper reaps it, then releases it.
+            wait_until(lambda: pid not in be_mod._proc._pid_jobs, HANG, "the worker's reap")
+            assert w.proc.returncode == -signal.SIGKILL
+            assert released.count(pid) == 1
+        finally:
+            thaw()
+            be.shutdown()
+
+
+def test_shutdown_returns_while_a_worker_does_not_exit_after_sigkill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # _finish_shutdown SIGKILLed a worker that had not exited in time; then
+    # _on_death waited for it with no bound: one worker stuck in the kernel, and
+    # shutdown (Pool.close, the executor's exit) never returned.
+    monkeypatch.setattr(be_mod, "_STOP_WAIT", 0.2)
+    monkeypatch.setattr(be_mod, "_REAP_WAIT", 0.2)
+    released = _count_releases(monkeypatch)
+    with _freezer_cgroup() as (cgroup, thaw):
+        be = ProcessBackend(max_workers=1)
+        try:
+            pid = be.submit(my_pid, (), {}, name="warm", timeout=None).result(HANG)
+            (w,) = be._workers.values()
+            (cgroup / "cgroup.procs").write_text(str(pid))
+            (cgroup / "freezer.state").write_text("FROZEN")
+            wait_until(
+                lambda: (cgroup / "freezer.state").read_text().strip() == "FROZEN",
+                HANG,
+                "the idle worker to freeze",
+            )
+            stopper = threading.Thread(target=be.shutdown, name="test-shutdown", daemon=True)
+            stopper.start()
+            stopper.join(HANG)
+            assert not stopper.is_alive(), "shutdown did not return: a worker could not exit"
+            assert w.dead and w.proc.returncode is None and not be._workers
+            assert pid not in released
+            thaw()
+            wait_until(lambda: pid not in be_mod._proc._pid_jobs, HANG, "the worker's reap")
+            assert w.proc.returncode == -signal.SIGKILL
+            assert released.count(pid) == 1
+        finally:
+            thaw()
+            be.shutdown()

@@ -113,7 +113,9 @@ class WorkerCrashed(PolytaskError):
 
     Raised by ``Task.result()`` for the task (and only the task) the worker held;
     the pool or backend replaces the worker. ``exitcode`` is the worker's exit
-    status, negative for a signal (``-9`` for SIGKILL, as the OOM killer sends).
+    status, negative for a signal (``-9`` for SIGKILL, as the OOM killer sends);
+    None if it had not exited yet when the task was failed (stuck in the kernel,
+    even after SIGKILL: it is reaped when it exits).
     """
 
     def __init__(self, message: str, *, name: str | None = None, exitcode: int | None = None):
@@ -131,6 +133,11 @@ class WorkerCrashed(PolytaskError):
     @classmethod
     def _for(cls, name: str | None, exitcode: int | None) -> WorkerCrashed:
         how = describe_exit(exitcode)
+        if exitcode is None:
+            how = (
+                "stopped answering and did not exit, not even after SIGKILL (stuck in the "
+                "kernel?): its exit status is not known yet"
+            )
         hint = ""
         if exitcode == -11:
             hint = " (a segmentation fault in native code)"

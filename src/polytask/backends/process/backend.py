@@ -72,10 +72,14 @@ _STARTUP_ALLOWANCE = 60.0
 # The longest shutdown waits for one task on its way from the queue to a worker
 # (see _finish_shutdown).
 _HANDOVER_WAIT = 5.0
-# How long a worker that could not be set up is waited for after SIGKILL, before
-# it is left to a thread of its own (see _abandon). It exits at once, unless it is
-# stuck in the kernel (an uninterruptible sleep: a hung NFS or FUSE file).
+# How long a worker is waited for after SIGKILL, before it is left to a thread of
+# its own (see _abandon, _on_death). It exits at once, unless it is stuck in the
+# kernel (an uninterruptible sleep: a hung NFS or FUSE file).
 _REAP_WAIT = 5.0
+# How long a worker whose response pipe closed may take to exit before SIGKILL.
+_EXIT_WAIT = 5.0
+# How long shutdown lets the workers exit on their own before SIGKILL.
+_STOP_WAIT = 5.0
 # os.read allocates the full size before it shrinks the result: 64 KiB keeps a
 # small response cheap, and a large one takes a few more reads.
 _READ_SIZE = 1 << 16
@@ -974,25 +978,44 @@ class ProcessBackend(Backend):
         self._handing.discard(w)  # after an ahead task was left (see _complete)
         return None
 
-    def _on_death(self, w: _Worker) -> None:
-        if w.dead and w.proc.returncode is not None:
+    def _on_death(self, w: _Worker, grace: float | None = None) -> None:
+        """Handle the death of ``w`` (its response pipe closed, or it exited): reap
+        it, fail its task, free its place. Called with ``w.rlock`` held, so one at a
+        time; a second call (shutdown's, for a worker it saw alive) does nothing.
+
+        ``grace``: how long it may take to exit before SIGKILL (None: _EXIT_WAIT).
+        One that has not exited _REAP_WAIT after it is reaped by a thread of its own
+        (see _reap_later), its task failed and its place freed now.
+        """
+        # Dead: its death was handled, the process reaped or left to its reaper (its
+        # returncode still None then). Never a second reap, nor a second release.
+        if w.dead:
             return
         with self._lock:
             w.reaping = True  # no signal by its pid from now on (see _signal)
         code = w.proc.poll()
+        exited = True
         if code is None:
             # EOF came first; the exit follows within moments.
-            if not wait_pid(w.pid, 5.0):
+            if not wait_pid(w.pid, _EXIT_WAIT if grace is None else grace):
                 _proc.kill_group(w.pid)
-                wait_pid(w.pid, None)
-            code = w.proc.poll()
-        _proc.release_group(w.pid)  # descendants left in its group
-        job = _proc.forget_job(w.pid)
-        if job is not None and (code != 0 or w.kill_exc is not None):
-            # Killed or crashed mid-task: what its task started and that left the
-            # group was not ended by the worker (_worker._Strays). Off this thread:
-            # the kill policy's grace must not hold up other tasks' results.
-            _end_strays_later(job, w.pid)
+                # Bounded: this runs on the collector thread (every result nobody reads,
+                # every death) or in shutdown.
+                exited = wait_pid(w.pid, _REAP_WAIT)
+            code = w.proc.poll() if exited else None
+        if exited:
+            _proc.release_group(w.pid)  # descendants left in its group
+            job = _proc.forget_job(w.pid)
+            if job is not None and (code != 0 or w.kill_exc is not None):
+                # Killed or crashed mid-task: what its task started and that left the
+                # group was not ended by the worker (_worker._Strays). Off this thread:
+                # the kill policy's grace must not hold up other tasks' results.
+                _end_strays_later(job, w.pid)
+        else:
+            _say(
+                f"worker process {w.pid} did not exit within {_REAP_WAIT:g} s of SIGKILL "
+                "(stuck in the kernel?); it is reaped when it exits"
+            )
         with self._lock:
             self._booted(w)
             w.dead = True
@@ -1001,6 +1024,11 @@ class ProcessBackend(Backend):
                 self._idle.remove(w)
             task, w.task = w.task, None
             launch = self._want_launch() if not self._closed or self._pending else False
+        if not exited:
+            # Its group (SIGKILLed above), its job and what its task left running are
+            # released after the reap: its group id cannot be reused before, and a
+            # search by its job's mark could find it, and reap it before its reaper.
+            _reap_later(w.proc, end_strays=True)
         self._bury(w)
         try:
             if task is not None:
@@ -1434,18 +1462,19 @@ class ProcessBackend(Backend):
                 t.join(0.05)
             if not tasks:
                 time.sleep(0.01)  # a worker is starting (it retires on arrival) or moving
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + _STOP_WAIT
         for w in workers:
             if w.dead:
                 continue
+            grace = None
             if not wait_pid(w.pid, max(0.0, deadline - time.monotonic())):
                 with self._lock:  # the collector may be reaping it right now
                     if not (w.dead or w.reaping):
                         _proc.kill_group(w.pid)
-                wait_pid(w.pid, 5.0)
+                grace = 0.0  # its time is up: _on_death waits for it after SIGKILL
             with w.rlock:
                 w.eof = True
-                self._on_death(w)
+                self._on_death(w, grace)
         self._wake()
         collector = self._collector
         if collector is not None and collector is not threading.current_thread():
@@ -1516,17 +1545,21 @@ def _abandon(
     _reap_later(proc)
 
 
-def _reaped(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
-    """Reap ``proc``, which has exited, and release its group and its job."""
+def _reaped(proc: subprocess.Popen[bytes] | _ForkedProc, end_strays: bool = False) -> None:
+    """Reap ``proc``, which has exited, and release its group and its job (with
+    ``end_strays``, end what its job left running too, as _on_death does)."""
     proc.poll()
     # After the reap nothing signals its pid (it may be reused); its group is signalled
     # once more, as every reaped leader's is (release_group).
     _proc.release_group(proc.pid)
-    _proc.forget_job(proc.pid)
+    job = _proc.forget_job(proc.pid)
+    if end_strays and job is not None:
+        _end_strays_later(job, proc.pid)
 
 
-def _reap_later(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
-    """Reap ``proc`` (SIGKILLed, not exited yet) on a thread of its own, when it exits."""
+def _reap_later(proc: subprocess.Popen[bytes] | _ForkedProc, end_strays: bool = False) -> None:
+    """Reap ``proc`` (SIGKILLed, not exited yet) on a thread of its own, when it exits;
+    then :func:`_reaped`."""
 
     def reap() -> None:
         # No bound on the whole: a process in an uninterruptible sleep exits when the
@@ -1534,7 +1567,7 @@ def _reap_later(proc: subprocess.Popen[bytes] | _ForkedProc) -> None:
         # stay a zombie, and its group guarded).
         while not wait_pid(proc.pid, 60.0):
             pass
-        _reaped(proc)
+        _reaped(proc, end_strays)
 
     try:
         threading.Thread(target=reap, name="polytask-reaper", daemon=True).start()
