@@ -406,10 +406,71 @@ def test_error_hierarchy():
 
     assert issubclass(pt.SerializationError, pickle.PicklingError)
     assert issubclass(pt.ProgramNotFound, FileNotFoundError)
+    assert issubclass(pt.WaitTimeout, TimeoutError)
+    assert not issubclass(pt.WaitTimeout, pt.TaskTimeout)  # nothing was stopped
+    import queue
+
+    assert issubclass(pt.ChannelEmpty, queue.Empty) and issubclass(pt.ChannelFull, queue.Full)
     for name in pt.__all__:
         obj = getattr(pt, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, pt.PolytaskError), name
+
+
+def test_every_wait_that_runs_out_raises_wait_timeout(tmp_path):
+    """A wait that runs out is a pt.WaitTimeout (a PolytaskError and a TimeoutError;
+    a pool's AsyncResult also a multiprocessing.TimeoutError): the one hierarchy's
+    promise, where a plain TimeoutError was raised."""
+    import multiprocessing
+
+    caught: dict[str, BaseException] = {}
+    gate = threading.Event()
+    task = pt.spawn(gate.wait, 30)
+    try:
+        with pytest.raises(pt.WaitTimeout) as e:
+            task.result(timeout=0.05)
+        caught["Task.result"] = e.value
+        pool = pt.Pool(1, backend="thread")
+        pending = pool.apply_async(gate.wait, (30,))
+        with pytest.raises(pt.WaitTimeout) as e:
+            pending.get(timeout=0.05)
+        assert isinstance(e.value, multiprocessing.TimeoutError)
+        caught["AsyncResult.get"] = e.value
+        pool.close()
+        with pytest.raises(pt.WaitTimeout) as e:
+            pool.join(timeout=0.05)
+        caught["Pool.join"] = e.value
+    finally:
+        gate.set()
+    assert task.result(timeout=30) is True
+    pool.join(timeout=30)
+    lock_path = str(tmp_path / "lock")
+    with pt.FileLock(lock_path):
+        holder = pt.spawn(_hold_file_lock, lock_path, backend="process")
+        with pytest.raises(pt.WaitTimeout) as e:
+            holder.result(timeout=30)
+    caught["FileLock"] = e.value
+    fifo = pt.Fifo(str(tmp_path / "fifo"))
+    with pytest.raises(pt.WaitTimeout) as e:
+        fifo.open("w", timeout=0.05)  # no reader comes
+    caught["Fifo.open"] = e.value
+    reader = fifo.open("r", keep_open=True)
+    try:
+        with pytest.raises(pt.WaitTimeout) as e:
+            reader.recv(timeout=0.05)
+        caught["FifoReader.recv"] = e.value
+    finally:
+        reader.close()
+        fifo.unlink()
+    for where, err in caught.items():
+        assert isinstance(err, TimeoutError) and isinstance(err, pt.PolytaskError), where
+        assert not isinstance(err, pt.TaskTimeout), where
+        assert str(err), where
+
+
+def _hold_file_lock(path: str) -> None:
+    with pt.FileLock(path, timeout=0.05):  # held by the test: this times out
+        pass
 
 
 PUBLIC_NAMES = {
@@ -425,7 +486,7 @@ PUBLIC_NAMES = {
     "Lock", "RLock", "Event", "Condition", "Semaphore", "BoundedSemaphore", "Barrier",
     "debug",
     # errors
-    "PolytaskError", "TaskTimeout", "WorkerCrashed", "Cancelled", "RemoteError",
+    "PolytaskError", "TaskTimeout", "WaitTimeout", "WorkerCrashed", "Cancelled", "RemoteError",
     "SerializationError", "BackendUnavailable", "CommandFailed", "CommandTimeout",
     "ProgramNotFound", "ChannelClosed", "ChannelEmpty", "ChannelFull", "PotentialDeadlock",
     "ProcfileError",

@@ -69,6 +69,7 @@ _LAZY: dict[str, str] = {
     "Task": "._core.task",
     "TaskGroup": "._group",
     "TaskTimeout": "._core.errors",
+    "WaitTimeout": "._core.errors",
     "WorkerCrashed": "._core.errors",
 }
 
@@ -112,6 +113,7 @@ __all__ = (
     "Task",
     "TaskGroup",
     "TaskTimeout",
+    "WaitTimeout",
     "WorkerCrashed",
     "background",
     "checkpoint",
@@ -170,6 +172,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the real imports
     from ._core.errors import RemoteError as RemoteError
     from ._core.errors import SerializationError as SerializationError
     from ._core.errors import TaskTimeout as TaskTimeout
+    from ._core.errors import WaitTimeout as WaitTimeout
     from ._core.errors import WorkerCrashed as WorkerCrashed
     from ._core.primitives import Barrier as Barrier
     from ._core.primitives import BoundedSemaphore as BoundedSemaphore

@@ -6,11 +6,14 @@
      └── PolytaskError                 root of every error polytask raises itself
           ├── TaskTimeout              (also TimeoutError) a task ran past its timeout
           │    └── CommandTimeout      a program ran past its timeout (output so far attached)
+          ├── WaitTimeout              (also TimeoutError) a wait ran out; what it waited for goes on
           ├── WorkerCrashed            the process running a task died (exit code / signal)
           ├── Cancelled                (also concurrent.futures.CancelledError) the task was cancelled
           ├── CommandFailed            a program exited non-zero with check=True
           ├── ProgramNotFound          (also FileNotFoundError) the program to run does not exist
           ├── ChannelClosed            put() on a closed channel, get() on a closed, drained one
+          ├── ChannelEmpty             (also queue.Empty) get() found no item before its timeout
+          ├── ChannelFull              (also queue.Full) put() found no room before its timeout
           ├── SerializationError       something could not be pickled or unpickled
           ├── RemoteError              a task raised an exception that could not cross processes
           ├── BackendUnavailable       (also ImportError) the engine behind a backend is missing
@@ -46,6 +49,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "TaskTimeout",
+    "WaitTimeout",
     "WorkerCrashed",
     "describe_exit",
 ]
@@ -71,6 +75,16 @@ class TaskTimeout(PolytaskError, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class WaitTimeout(PolytaskError, TimeoutError):
+    """A wait ran out of time (``Task.result(timeout=)``, ``Pool.join(timeout=)``, a
+    ``FileLock`` or ``Fifo`` timeout); what it waited for goes on.
+
+    Unlike :class:`TaskTimeout` (the task's own limit: it was stopped), nothing
+    was stopped: wait again, or cancel the task. A ``TimeoutError`` too, as
+    ``concurrent.futures`` raises.
+    """
 
 
 class CommandTimeout(TaskTimeout):

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from .errors import Cancelled
+from .errors import Cancelled, WaitTimeout
 from .timeouts import check_timeout
 
 
@@ -286,7 +286,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
     def _wait_or_raise(self, timeout: float | None) -> None:
         timeout = check_timeout(timeout)
         if not self._wait_public(timeout):
-            raise TimeoutError(
+            raise WaitTimeout(
                 f"task {self.name!r} did not finish within {timeout:g} s of waiting; it goes on "
                 "running (cancel() stops it, timeout= on spawn limits the task itself)"
             )
@@ -296,7 +296,7 @@ class Task(concurrent.futures.Future[T], Generic[T]):
 
         Raises the task's own exception (same type, remote traceback as
         ``__cause__``), :class:`TaskTimeout`, :class:`WorkerCrashed` or
-        :class:`Cancelled`; ``TimeoutError`` if ``timeout`` seconds of waiting
+        :class:`Cancelled`; :class:`WaitTimeout` if ``timeout`` seconds of waiting
         passed first (the task goes on). Waiting inside a thread task that gets
         cancelled raises :class:`Cancelled` (see :func:`polytask.checkpoint`).
         """

@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from .._core.errors import ChannelClosed, SerializationError
+from .._core.errors import ChannelClosed, SerializationError, WaitTimeout
 from .._core.timeouts import check_timeout
 from .._os import proc as _proc
 from .codec import dumps, loads
@@ -200,7 +200,7 @@ class Fifo:
         open; with ``keep_open=True`` it holds a write end itself, so it keeps
         serving writers that come and go (stop it with ``recv(timeout=)`` or
         ``close()``). ``timeout``: how long ``"w"`` waits for a reader
-        (TimeoutError after it).
+        (:class:`WaitTimeout`, a ``TimeoutError``, after it).
         """
         timeout = check_timeout(timeout)
         if mode == "r":
@@ -346,7 +346,7 @@ class FifoWriter:
                     raise
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise TimeoutError(f"no reader opened the FIFO {self.path!r} within {timeout} s")
+                raise WaitTimeout(f"no reader opened the FIFO {self.path!r} within {timeout} s")
             time.sleep(delay if deadline is None else min(delay, deadline - now))
             delay = min(delay * 2, 0.05)
 
@@ -432,7 +432,7 @@ class FifoWriter:
                     raise ChannelClosed(f"the reader of the FIFO {self.path!r} went away") from exc
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"the FIFO {self.path!r} stayed full for {timeout} s")
+                    raise WaitTimeout(f"the FIFO {self.path!r} stayed full for {timeout} s")
                 poller.poll(None if left is None else max(1, int(left * 1000)))
         finally:
             if big:
@@ -447,7 +447,7 @@ class FifoWriter:
                 return
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError("another writer held the FIFO too long") from None
+                    raise WaitTimeout("another writer held the FIFO too long") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
 
@@ -506,7 +506,7 @@ class FifoReader:
         self._read_size = min(self.max_frame, _READ_SIZE) if fmt == "bytes" else _READ_SIZE
 
     def recv(self, timeout: float | None = None) -> Any:
-        """The next message. ``TimeoutError`` after ``timeout`` s; ``EOFError`` once
+        """The next message. :class:`WaitTimeout` after ``timeout`` s; ``EOFError`` once
         every writer closed (after at least one had opened) and nothing is left;
         ValueError for a malformed one (see the module docstring)."""
         timeout = check_timeout(timeout)
@@ -543,10 +543,10 @@ class FifoReader:
     def _wait(self, deadline: float | None, timeout: float | None, *, eof_ok: bool) -> bool:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            raise TimeoutError(f"no message on the FIFO {self.path!r} within {timeout} s")
+            raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
         events = self._poll.poll(None if left is None else max(1, int(left * 1000)))
         if not events:
-            raise TimeoutError(f"no message on the FIFO {self.path!r} within {timeout} s")
+            raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
         hangup = all(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events)
         return not (eof_ok and hangup)
 

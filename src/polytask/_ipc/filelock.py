@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from .._core import debug as _dbg
+from .._core.errors import WaitTimeout
 from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import acquire_timeout, check_timeout
 from .._core.timeouts import deadline as _deadline
@@ -21,7 +22,7 @@ class FileLock:
 
     ``pt.FileLock(path, timeout=None)``: ``acquire(blocking=True,
     timeout=None) -> bool``, ``release()``, ``locked()``; ``with lock:`` waits
-    up to the lock's ``timeout`` and raises ``TimeoutError`` after it. The
+    up to the lock's ``timeout`` and raises ``WaitTimeout`` (a ``TimeoutError``) after it. The
     kernel releases it when its holder dies, however it dies. It is not
     re-entrant; threads of one process exclude each other too. The lock file
     is created (mode 0600) and never removed: removing it while another
@@ -114,7 +115,7 @@ class FileLock:
 
     def __enter__(self) -> FileLock:
         if not self.acquire(timeout=self.timeout):
-            raise TimeoutError(
+            raise WaitTimeout(
                 f"could not lock {self.path!r} within {self.timeout} s: another process holds it"
             )
         return self

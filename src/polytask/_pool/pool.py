@@ -43,7 +43,14 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack
 
 from .._core import task as _task
 from .._core.backend import fn_name
-from .._core.errors import Cancelled, PolytaskError, SerializationError, TaskTimeout, WorkerCrashed
+from .._core.errors import (
+    Cancelled,
+    PolytaskError,
+    SerializationError,
+    TaskTimeout,
+    WaitTimeout,
+    WorkerCrashed,
+)
 from .._core.task import Task, finish_many, refuse_wait_in_delivery
 from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
@@ -1223,7 +1230,7 @@ class Pool(PrimitiveFactory):
     def join(self, timeout: float | None = None) -> None:
         """Wait for every submitted task to finish, then stop the workers.
 
-        Call :meth:`close` first. Raises ``TimeoutError`` if ``timeout`` seconds pass first,
+        Call :meth:`close` first. Raises :class:`WaitTimeout` if ``timeout`` seconds pass first,
         and ``RuntimeError`` if called from a task's done callback on the thread that
         delivers results (it would wait for itself); join from another thread then.
         """
@@ -1239,7 +1246,7 @@ class Pool(PrimitiveFactory):
             if not self._closed:
                 raise ValueError("call close() (or terminate()) before join()")
             if not self._idle.wait_for(lambda: self._unsettled == 0, timeout):
-                raise TimeoutError(
+                raise WaitTimeout(
                     f"the pool's {self._unsettled} task(s) did not finish within {timeout:g} s; "
                     "call terminate() to stop them"
                 )

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from .._core.backend import fn_name
+from .._core.errors import WaitTimeout
 from .._core.timeouts import check_timeout
 from .._progress import Progress, want_progress
 from .batch import Results
@@ -307,8 +308,8 @@ _timeout_type: type[Exception] | None = None
 
 def _wait_timeout(message: str) -> Exception:
     """A wait for a result timed out: ``multiprocessing.TimeoutError``, which the
-    multiprocessing API raises, and also the builtin ``TimeoutError`` (what
-    ``concurrent.futures`` and the rest of polytask raise). Made on first use:
+    multiprocessing API raises, and also :class:`WaitTimeout` (a builtin
+    ``TimeoutError``, what ``concurrent.futures`` and the rest of polytask raise). Made on first use:
     importing multiprocessing costs more than a Pool that never times out needs."""
     global _timeout_type
     if _timeout_type is None:
@@ -316,7 +317,7 @@ def _wait_timeout(message: str) -> Exception:
 
         _timeout_type = type(
             "WaitTimeout",
-            (multiprocessing.TimeoutError, TimeoutError),
+            (multiprocessing.TimeoutError, WaitTimeout),
             {"__module__": __name__, "__doc__": _wait_timeout.__doc__},
         )
     return _timeout_type(message)
