@@ -247,6 +247,8 @@ def test_forms_without_an_exact_equivalent_are_refused(
     assert r.returncode == 255 and r.stdout == b""
     assert r.stderr.startswith(b"polytask parallel: error: COMMAND: --plus: ")
     assert why in r.stderr and r.stderr.count(b"\n") == 1
+    if "\\1" in command:
+        return  # --tagstring reads \1 as the octal escape first (GNU's unquote_printf)
     # In --tagstring too, before any job runs.
     r = parallel(
         "--plus", "--tagstring", command[5:], "echo", ":::", "a", cwd=tmp_path, shell="bash"

@@ -64,6 +64,7 @@ __all__ = [
     "parse_termseq",
     "perl_dirname",
     "perl_expression",
+    "perl_split",
     "render_raw",
     "replace_value",
     "replacement_kinds",
@@ -74,6 +75,7 @@ __all__ = [
     "retry_commands",
     "split_positions",
     "unescape_record",
+    "unquote_printf",
 ]
 
 # --------------------------------------------------------------------------- template
@@ -1222,7 +1224,8 @@ def parse_jobs(spec: str, ncpu: int) -> int | None:
             pct = float(s[:-1])
             if pct <= 0 or not math.isfinite(pct):
                 raise ValueError
-            return max(1, int(ncpu * pct / 100))
+            # Rounded up, as GNU parallel: 75% of 2 cores is 2 job slots.
+            return max(1, math.ceil(ncpu * pct / 100))
         if s[:1] in ("+", "-"):
             return max(1, ncpu + int(s))
         n = int(s)
@@ -1928,6 +1931,46 @@ def parse_size(spec: str, *, option: str = "--block") -> int:
     else:
         factor = _SIZE_UNITS[unit]
     return sign * int(float(m.group(1)) * factor)
+
+
+def perl_split(rx: re.Pattern[str], text: str) -> list[str]:
+    """``split /rx/, text, -1`` as Perl splits (GNU parallel's --colsep).
+
+    Python's ``re.split`` also cuts at an empty match at the start and right
+    after a match; Perl does not (``--colsep '|'`` cuts ``a|b`` into ``a``
+    ``|`` ``b``, with no empty column first).
+    """
+    fields: list[str] = []
+    start = end = 0
+    for m in rx.finditer(text):
+        b, e = m.span()
+        if b == e and b in (0, end):  # empty, at the start or just after a match
+            continue
+        fields.append(text[start:b])
+        fields.extend(g or "" for g in m.groups())
+        start = end = e
+    fields.append(text[start:])
+    return fields
+
+
+def unquote_printf(text: str) -> str:
+    """``-d`` and ``--tagstring`` as GNU parallel reads them (its ``unquote_printf``).
+
+    In GNU's order: ``\\t`` ``\\n`` ``\\r``, then ``\\NNN`` and ``\\N`` as Perl
+    reads them in a string (octal: ``\\033`` is ESC, ``\\0`` NUL; the octal digits
+    stop at an 8 or 9, and ``\\8`` is an 8). Anything else stays as it is.
+    """
+
+    def octal(m: re.Match[str]) -> str:
+        digits = m.group(1)
+        n = len(digits) - len(digits.lstrip("01234567"))
+        return (chr(int(digits[:n], 8)) if n else "") + digits[n:]
+
+    text = text.replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r")
+    # Two passes, as GNU: a backslash that \NNN wrote (\134) may start a \N
+    # (\1341 is chr(1)).
+    text = re.sub(r"\\([0-9][0-9][0-9])", octal, text)
+    return re.sub(r"\\([0-9])", octal, text)
 
 
 def unescape_record(text: str) -> bytes:

@@ -284,7 +284,8 @@ def _parser() -> _Parser:
     a(
         "--tagstring",
         metavar="STR",
-        help="prefix each output line with STR (replacement strings expanded) and a tab",
+        help="prefix each output line with STR (replacement strings expanded; \\t, \\n, "
+        "octal \\NNN as in -d) and a tab",
     )
     a("-v", action="store_true", help="print each job's command line before its output")
     a(
@@ -331,7 +332,8 @@ def _parser() -> _Parser:
         "-d",
         "--delimiter",
         metavar="DELIM",
-        help="inputs in files and stdin end with DELIM (\\n, \\t, \\0, \\xHH understood)",
+        help="inputs in files and stdin end with DELIM (\\n, \\t, \\r, \\0 and other octal "
+        "\\NNN, \\xHH understood)",
     )
     a(
         "-E",
@@ -412,8 +414,36 @@ def _parser() -> _Parser:
         "newlines; fields are {1} {2} ... (--colsep: the separator, default ,)",
     )
     a("--will-cite", "--citation", action="store_true", help=argparse.SUPPRESS)
+    # GNU parallel's other spellings of the options above: accepted, not listed.
+    hide = argparse.SUPPRESS
+    for names, dest in _GNU_FLAG_ALIASES:
+        a(*names, dest=dest, action="store_true", help=hide)
+    a("--jl", dest="joblog", help=hide)
+    a("--result", dest="results", help=hide)
+    a("--tag-string", dest="tagstring", help=hide)
+    a("--haltonerror", dest="halt", help=hide)
+    a("--maxprocs", dest="jobs", help=hide)
+    a("--argfile", dest="arg_file", action="append", help=hide)
+    a("--maxargs", dest="max_args", type=int, help=hide)
+    a("--maxreplaceargs", dest="max_replace_args", type=int, help=hide)
+    a("-C", "--col-sep", dest="colsep", help=hide)
+    a("--argsep", dest="arg_sep", help=hide)
+    a("--argfilesep", dest="arg_file_sep", help=hide)
     a("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
+
+
+#: GNU parallel's other names of the flags that polytask has (its Getopt spec).
+_GNU_FLAG_ALIASES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("--keeporder",), "keep_order"),
+    (("--resumefailed",), "resume_failed"),
+    (("--retryfailed",), "retry_failed"),
+    (("--line-buffered", "--linebuffer", "--linebuffered"), "line_buffer"),
+    (("--dr",), "dry_run"),
+    (("--norunifempty",), "no_run_if_empty"),
+    (("--output-as-files", "--outputasfiles"), "files"),
+    (("--willcite", "--nn", "--nonotice", "--no-notice"), "will_cite"),
+)
 
 
 # --------------------------------------------------------------------------- input
@@ -551,7 +581,11 @@ class _Grouped:
         return self._len * self.cost >= MAX_LINE
 
     def take(self) -> Any:
-        while not self._eof and not self._full():
+        # While the spreading is still to come, a full job looks one record
+        # ahead: GNU parallel spreads as soon as the input ends right after a
+        # full job (-n 3 -m over 3 inputs and 2 job slots: 2 + 1).
+        ahead = self.max_args if self.spread is not None and self.max_args is not None else -1
+        while not self._eof and (not self._full() or len(self._buf) <= ahead):
             record = self.source.take()
             if record is _NOT_READY:
                 return _NOT_READY
@@ -608,16 +642,18 @@ class _Lines:
 
 
 def _delimiter(text: str) -> bytes:
-    """-d's value: one or more bytes, with \\n \\t \\r \\0 \\a \\\\ and \\xHH understood."""
+    """-d's value: one or more bytes, its escapes read as GNU parallel reads them.
+
+    That is ``\\t \\n \\r \\NNN \\N`` (octal: ``\\0`` is NUL); and ``\\xHH``, which GNU
+    parallel leaves as it is.
+    """
     import re
 
-    escapes = {"n": b"\n", "t": b"\t", "r": b"\r", "0": b"\0", "\\": b"\\", "a": b"\a"}
+    from .._parallel_spec import unquote_printf
+
     out = b""
-    for i, piece in enumerate(re.split(r"\\(x[0-9a-fA-F]{2}|[ntr0a\\])", text)):
-        if i % 2 == 0:
-            out += os.fsencode(piece)
-        else:
-            out += bytes([int(piece[1:], 16)]) if piece[0] == "x" else escapes[piece]
+    for i, piece in enumerate(re.split(r"\\x([0-9a-fA-F]{2})", unquote_printf(text))):
+        out += os.fsencode(piece) if i % 2 == 0 else bytes([int(piece, 16)])
     if not out:
         raise _UsageError("-d needs a delimiter (e.g. -d , or -d '\\t')")
     return out
@@ -639,19 +675,35 @@ def _read_lines(path: str, sep: bytes, rules: _Lines | None = None) -> list[str]
 
 
 class _Columns:
-    """Each input split into columns (--colsep), which count as inputs of their own."""
+    """Each input split into columns (--colsep), which count as inputs of their own.
 
-    def __init__(self, source: Any, colsep: str) -> None:
+    ``trim``: white space around each column is removed (Perl's ``\\s``, so a
+    CR too), as GNU parallel does when --colsep is given, not when only
+    --header or --csv split the input.
+    """
+
+    def __init__(self, source: Any, colsep: str, *, trim: bool) -> None:
         import re
+
+        from .._parallel_spec import perl_split
 
         self.source = source
         self.fd = source.fd
         self.total = source.total
-        self._split = re.compile(colsep).split
+        self._trim = trim
+        self._rx = re.compile(colsep)
+        self._perl_split = perl_split
+
+    def _fields(self, value: str) -> list[str]:
+        return self._perl_split(self._rx, value)
 
     def columns(self, value: str) -> list[str]:
-        # GNU parallel trims blanks around each column when it splits.
-        return [c.strip(" \t") for c in self._split(value)]
+        fields = self._fields(value)
+        return [c.strip(_BLANKS) for c in fields] if self._trim else fields
+
+    def names(self, header: str) -> list[str]:
+        """--header's column names: GNU parallel drops a CR at the end, trims nothing."""
+        return self._fields(header.removesuffix("\r"))
 
     def take(self) -> Any:
         record = self.source.take()
@@ -663,20 +715,28 @@ class _Columns:
         self.source.fill()
 
 
-class _CsvColumns(_Columns):
-    """--csv: each input is a CSV record whose fields are its columns (nothing trimmed)."""
+#: Perl's \s (GNU parallel's --trim), ASCII: what --colsep trims around a column.
+_BLANKS = " \t\n\r\f\v"
 
-    def __init__(self, source: Any, sep: str) -> None:
+
+class _CsvColumns(_Columns):
+    """--csv: each input is a CSV record whose fields are its columns."""
+
+    def __init__(self, source: Any, sep: str, *, trim: bool) -> None:
         from .._parallel_spec import csv_fields
 
         self.source = source
         self.fd = source.fd
         self.total = source.total
+        self._trim = trim
         self._sep = sep
-        self._fields = csv_fields
+        self._csv_fields = csv_fields
 
-    def columns(self, value: str) -> list[str]:
-        return self._fields(value, self._sep)
+    def _fields(self, value: str) -> list[str]:
+        return self._csv_fields(value, self._sep)
+
+    def names(self, header: str) -> list[str]:
+        return self._fields(header)
 
 
 class _CsvLines:
@@ -2488,6 +2548,17 @@ _VALUE_OPTIONS = frozenset(
         "--recend",
         "--recstart",
         "-L",
+        "--jl",
+        "--result",
+        "--tag-string",
+        "--haltonerror",
+        "--argfile",
+        "--maxargs",
+        "--maxreplaceargs",
+        "-C",
+        "--col-sep",
+        "--argsep",
+        "--argfilesep",
     ]
 )
 
@@ -2498,7 +2569,7 @@ def _negative_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     it = iter(argv)
     for a in it:
-        if a in ("-j", "-P", "--jobs", "--max-procs"):
+        if a in ("-j", "-P", "--jobs", "--max-procs", "--maxprocs"):
             value = next(it, None)
             if value is None:
                 out.append(a)
@@ -2530,7 +2601,7 @@ def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
         a = argv[i]
         if a in (arg_sep, file_sep, arg_sep + "+", file_sep + "+"):
             break
-        for name in ("--arg-sep", "--arg-file-sep"):
+        for name in ("--arg-sep", "--arg-file-sep", "--argsep", "--argfilesep"):
             if a == name or a.startswith(name + "="):
                 if "=" in a:
                     value: str | None = a[len(name) + 1 :]
@@ -2539,7 +2610,7 @@ def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
                     value = argv[i] if i < len(argv) else None
                 if not value:
                     raise _UsageError(f"{name} needs a non-empty separator")
-                if name == "--arg-sep":
+                if name in ("--arg-sep", "--argsep"):
                     arg_sep = value
                 else:
                     file_sep = value
@@ -2550,6 +2621,9 @@ def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[Group]]:
     arg_sep, file_sep, cut = _separators(argv)
     opts = _parser().parse_args(_negative_values(argv[:cut]))
+    if opts.command[:1] == ["--"]:
+        # GNU parallel's end of the options: the COMMAND follows (no program is named --).
+        del opts.command[0]
     groups = _split_sources(argv[cut:], arg_sep, file_sep)
     if opts.retries < 0:
         raise _UsageError(f"--retries {opts.retries}: must be 0 or more")
@@ -2702,9 +2776,12 @@ def _inputs(
         source = _ListSource(sources, linked, wrap=opts.link)
     names: dict[str, int] = {}
     if colsep is not None:
-        source = _CsvColumns(source, colsep) if opts.csv else _Columns(source, colsep)
+        # GNU parallel trims the columns only when --colsep is given (even with --csv).
+        trim = opts.colsep is not None
+        columns = _CsvColumns if opts.csv else _Columns
+        source = columns(source, colsep, trim=trim)
         for header in headers:
-            for name in source.columns(header):
+            for name in source.names(header):
                 names.setdefault(name, len(names) + 1)
     return source, names
 
@@ -2806,6 +2883,18 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             f"COMMAND: {perl} is a Perl expression, and polytask runs no Perl: use the shell "
             "instead, e.g. 'v={}; echo \"${v%.*}\"' for {= s:\\.[^.]*$:: =}"
         )
+    for where, text in (("--tagstring", opts.tagstring), ("--results", opts.results)):
+        # GNU parallel evaluates them there too: kept as text, they would name
+        # the wrong tag or directory without a word.
+        perl = spec.perl_expression(text or "")
+        if perl is not None:
+            raise _UsageError(
+                f"{where}: {perl} is a Perl expression, and polytask runs no Perl "
+                "(only the replacement strings {}, {.}, {#}, ... work there)"
+            )
+    if opts.tagstring is not None:
+        # As GNU parallel: --tagstring '\033[31m{}' writes an escape sequence.
+        opts.tagstring = spec.unquote_printf(opts.tagstring)
     if opts.backend is not None or opts.address is not None:
         from ._parallel_cluster import check_options
 
@@ -2977,7 +3066,6 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
         (opts.csv, "--csv"),
         (opts.link and not opts.tee, "--link"),
         (opts.shuf, "--shuf"),
-        (opts.I is not None, "-I"),
         (opts.eof is not None, "-E"),
         (opts.delimiter is not None or opts.null, "-d/-0"),
     ):
@@ -3031,6 +3119,9 @@ def _setup_pipe(opts: argparse.Namespace, groups: list[Group], jobs: int, shell:
             functions=_functions(shell),
             # the input is the job's stdin (--cat, --fifo: a file named by {})
             append=opts.cat or opts.fifo,
+            # -I STR: STR is that name, and {} plain text (GNU's nested parallel
+            # example: --pipe -I,, parallel touch pict{}.jpg).
+            token=opts.I or "{}",
             plus=opts.plus,
             counts=opts.counts,
         )

@@ -1,0 +1,154 @@
+"""GNU parallel's own examples (man parallel_examples, parallel_tutorial, parallel)
+that `polytask parallel` got wrong, run side by side with GNU parallel 20221122.
+
+Each case is a bash line in which ``parallel`` is the implementation under test,
+also for a ``parallel`` that a job runs (GNU's nested example): a directory with
+a ``parallel`` for it comes first in PATH. Both run in fresh directories; their
+stdout, stderr (``parallel:`` read as ``polytask parallel:``) and exit status
+must be the same.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_parallel_gnu import BASH, PY, Run, _env, gnu_parallel
+from test_parallel_pipe_more import gnu_csv
+
+__all__ = ["gnu_csv", "gnu_parallel"]  # the fixtures, imported to be used here
+
+
+def both_sh(gnu: str, tmp_path: Path, line: str) -> tuple[Run, Run]:
+    """Run the bash ``line`` with ``parallel`` being GNU parallel, then polytask."""
+    home = tmp_path / "parallel-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "will-cite").touch()
+    runs = []
+    for name, prog in (("gnu", [gnu]), ("pt", [PY, "-m", "polytask.cli", "parallel"])):
+        cwd = tmp_path / name
+        bin_dir = tmp_path / f"bin-{name}"
+        cwd.mkdir()
+        bin_dir.mkdir()
+        wrapper = bin_dir / "parallel"
+        wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(prog)} "$@"\n')
+        wrapper.chmod(0o755)
+        env = _env(home, None)
+        env["PATH"] = f"{bin_dir}:{env['PATH']}"
+        r = subprocess.run(
+            [BASH, "-c", line], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+        )
+        runs.append(Run(r, cwd))
+    return runs[0], runs[1]
+
+
+def same(g: Run, p: Run) -> None:
+    assert (p.out, p.rc) == (g.out, g.rc), (g.err, p.err)
+    assert p.err == g.err.replace("parallel: ", "polytask parallel: ")
+
+
+# One case a line, as typed in bash.
+LINES = r"""
+parallel -k -- echo ::: a b
+parallel -k -n 2 -- echo ::: a b c
+parallel -k -- ::: 'echo a' 'echo b'
+parallel -j2 --linebuffer 'printf "%s-start\n" {}; sleep {}; echo {}-end' ::: 0.3 0.1 | sort
+parallel --keeporder --linebuffered --tag-string '<{}>' -C , --maxargs 1 echo {2} ::: a,b c,d
+parallel -k --argsep ,, --dr echo ,, a b
+parallel --argfile <(printf 'a\nb\n') --jl log --maxprocs 1 echo; cut -f 7- log
+parallel -k --willcite --haltonerror now,fail=1 --maxreplaceargs 2 echo {2} ::: a b c d
+parallel --jl log 'echo {}; exit {}' ::: 0 1; parallel -k --jl log --resumefailed 'echo {}; exit {}' ::: 0 1
+parallel --jl log 'echo {}; exit {}' ::: 0 1; parallel -k --jl log --retryfailed
+printf 'a\n\nb\n' | parallel -k --norunifempty echo
+seq -w 0 99 | parallel -j4 -q -I,, --pipe --block 100 parallel -j0 touch pict{}.jpg; ls | wc -l
+seq 3 | parallel --pipe -I,, 'echo [,,] [{}]; cat'
+seq 3 | parallel --pipe --cat -I,, 'echo [{}]; cat ,,'
+seq 3 | parallel --pipe -q -I,, echo '{}' ',,'
+seq 3 | parallel -k --tagstring '\033[30;3{}m' seq {}
+parallel -k --tagstring 'a\tb\1\r\n{#}\8' echo ::: x y
+printf 'a,b,c' | parallel -k -d '\054' echo
+printf 'a,b\\c\\td\\ae\x01f' | parallel -k -d '\\' echo
+printf 'a,b\\c\\td\\ae\x01f' | parallel -k -d '\\t' echo
+printf 'a,b\\c\\td\\ae\x01f' | parallel -k -d '\a' echo
+printf 'a,b\\c\\td\\ae\x01f' | parallel -k -d '\1' echo
+parallel -k -j2 -n 3 -X echo x{}y ::: a b c
+parallel -k -j3 -n 3 -m echo ::: $(seq 15)
+seq 9 | parallel -k -j3 -n 3 -X echo x{}y
+parallel -k --colsep '|' echo '[{1}]' '[{2}]' '[{3}]' ::: 'a|b'
+parallel -k --colsep 'x*' echo '[{1}]' '[{2}]' '[{3}]' ::: axxb
+printf 'a,b\r\nc , d \r\n' | parallel -k --colsep , echo '[{1}]' '[{2}]' | od -c
+printf 'x\ty\n 1 \t 2 \n' | parallel -k --header : echo '[{x}]' '[{y}]'
+parallel -k --header : echo '[{x}]' '[{y}]' ::: x ' 1 ' ::: y '2 '
+printf ' x \ty\n 1 \t 2 \n' | parallel -k --header : --colsep '\t' echo '[{x}]' '[{y}]'
+printf 'x\ty\r\n1\t2\r\n' | parallel -k --header : echo '[{x}]' '[{y}]' | od -c
+"""
+CASES = LINES.strip().splitlines()
+
+
+@pytest.mark.parametrize("line", CASES)
+def test_same_as_gnu(gnu_parallel: str, tmp_path: Path, line: str) -> None:
+    g, p = both_sh(gnu_parallel, tmp_path, line)
+    if "parallel -j0 touch" in line:  # GNU's own warnings of slow starts, if any
+        assert (p.out, p.rc) == (g.out, g.rc) == ("100\n", 0), p.err
+        return
+    same(g, p)
+
+
+def test_csv_with_colsep_trims_as_gnu(gnu_csv: str | None, tmp_path: Path) -> None:
+    if gnu_csv is None:
+        pytest.skip("GNU parallel cannot run --csv here (perl's Text::CSV missing)")
+    for i, line in enumerate(
+        (
+            "printf 'a; b \\n' | parallel --csv --colsep ';' echo '[{2}]'",
+            "printf 'a, b \\n' | parallel --csv echo '[{2}]'",
+        )
+    ):
+        same(*both_sh(gnu_csv, tmp_path / str(i), line))
+
+
+def test_jobs_percent_rounds_up(gnu_parallel: str, tmp_path: Path) -> None:
+    # --tee runs all its jobs at once and refuses a -j below their number: a
+    # percentage giving 1.5 job slots must give 2 (GNU parallel rounds up).
+    from polytask._os.proc import usable_cpus
+
+    threads = subprocess.run(
+        [gnu_parallel, "--number-of-threads"], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    ncpu = usable_cpus()
+    if threads != str(ncpu):
+        pytest.skip(f"GNU parallel counts {threads} CPU threads, polytask {ncpu}")
+    pct = 150 / ncpu
+    assert math.ceil(ncpu * pct / 100) == 2
+    line = f"echo x | parallel --pipe --tee -j {pct:g}% 'echo {{}}; wc -l' ::: a b | sort"
+    g, p = both_sh(gnu_parallel, tmp_path, line)
+    same(g, p)
+    assert p.out == "1\n1\na\nb\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--tagstring", "{=$_++=}", "echo", ":::", "a"],
+        ["--results", '{= $_="x" =}/', "echo", ":::", "a"],
+        ["--pipe", "--tagstring", "{=1 $_ =}", "cat"],
+    ],
+)
+def test_perl_expressions_outside_the_command_are_refused(tmp_path: Path, argv: list[str]) -> None:
+    # GNU parallel evaluates them there too; kept as text, they named the tag
+    # or the results directory without a word.
+    r = subprocess.run(
+        [PY, "-m", "polytask.cli", "parallel", *argv],
+        input="a\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path, None),
+    )
+    assert (r.returncode, r.stdout) == (255, "")
+    assert "is a Perl expression" in r.stderr and r.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
