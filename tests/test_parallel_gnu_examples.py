@@ -85,6 +85,16 @@ printf 'x\ty\n 1 \t 2 \n' | parallel -k --header : echo '[{x}]' '[{y}]'
 parallel -k --header : echo '[{x}]' '[{y}]' ::: x ' 1 ' ::: y '2 '
 printf ' x \ty\n 1 \t 2 \n' | parallel -k --header : --colsep '\t' echo '[{x}]' '[{y}]'
 printf 'x\ty\r\n1\t2\r\n' | parallel -k --header : echo '[{x}]' '[{y}]' | od -c
+printf ' a b \n\tc\t\n' | parallel -k --trim n echo '[{}]'
+printf ' a b \n\tc\t\n' | parallel -k --trim l echo '[{}]'
+printf ' a b \n\tc\t\n' | parallel -k --trim r echo '[{}]'
+printf ' a b \n\tc\t\n' | parallel -k --trim lr echo '[{}]' '[{.}]'
+parallel -k --trim rl echo '[{}]' '[{/.}]' ::: ' d/f.txt ' ::: ' x '
+parallel -k --trim n --colsep , echo '[{1}][{2}]' ::: ' a , b '
+parallel -k --trim l --colsep , echo '[{1}][{2}]' ::: ' a , b '
+parallel -k --trim r --colsep , echo '[{1}][{2}]' ::: ' a , b '
+printf 'x,y\n 1 , 2 \n' | parallel -k --trim n --header : --colsep , echo '[{x}][{y}]'
+parallel --trim x echo ::: a 2>/dev/null; echo $?
 """
 CASES = LINES.strip().splitlines()
 

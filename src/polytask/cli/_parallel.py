@@ -51,7 +51,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 __all__ = ["main"]
@@ -269,6 +269,13 @@ def _parser() -> _Parser:
         "--colsep",
         metavar="REGEX",
         help="split each input into columns {1} {2} ... at REGEX (blanks around each trimmed)",
+    )
+    a(
+        "--trim",
+        choices=["n", "l", "r", "lr", "rl"],
+        metavar="n|l|r|lr|rl",
+        help="trim white space around each input (each column with --colsep): none, left, "
+        "right or both (default: n, or rl with --colsep)",
     )
     a(
         "--header",
@@ -677,12 +684,12 @@ def _read_lines(path: str, sep: bytes, rules: _Lines | None = None) -> list[str]
 class _Columns:
     """Each input split into columns (--colsep), which count as inputs of their own.
 
-    ``trim``: white space around each column is removed (Perl's ``\\s``, so a
-    CR too), as GNU parallel does when --colsep is given, not when only
-    --header or --csv split the input.
+    ``trim``: removes white space around each column (Perl's ``\\s``, so a CR
+    too; see :func:`_trimmer`), as GNU parallel does when --colsep is given,
+    not when only --header or --csv split the input (unless --trim says so).
     """
 
-    def __init__(self, source: Any, colsep: str, *, trim: bool) -> None:
+    def __init__(self, source: Any, colsep: str, *, trim: Callable[[str], str] | None) -> None:
         import re
 
         from .._parallel_spec import perl_split
@@ -699,7 +706,7 @@ class _Columns:
 
     def columns(self, value: str) -> list[str]:
         fields = self._fields(value)
-        return [c.strip(_BLANKS) for c in fields] if self._trim else fields
+        return list(map(self._trim, fields)) if self._trim else fields
 
     def names(self, header: str) -> list[str]:
         """--header's column names: GNU parallel drops a CR at the end, trims nothing."""
@@ -719,10 +726,40 @@ class _Columns:
 _BLANKS = " \t\n\r\f\v"
 
 
+def _trimmer(mode: str) -> Callable[[str], str] | None:
+    """--trim's function for ``mode`` (n, l, r, lr or rl); None for n."""
+    if mode == "n":
+        return None
+    if mode == "l":
+        return lambda s: s.lstrip(_BLANKS)
+    if mode == "r":
+        return lambda s: s.rstrip(_BLANKS)
+    return lambda s: s.strip(_BLANKS)
+
+
+class _Trimmed:
+    """--trim without --colsep: each input value trimmed."""
+
+    def __init__(self, source: Any, trim: Callable[[str], str]) -> None:
+        self.source = source
+        self.fd = source.fd
+        self.total = source.total
+        self._trim = trim
+
+    def take(self) -> Any:
+        record = self.source.take()
+        if record is None or record is _NOT_READY:
+            return record
+        return tuple(map(self._trim, record))
+
+    def fill(self) -> None:
+        self.source.fill()
+
+
 class _CsvColumns(_Columns):
     """--csv: each input is a CSV record whose fields are its columns."""
 
-    def __init__(self, source: Any, sep: str, *, trim: bool) -> None:
+    def __init__(self, source: Any, sep: str, *, trim: Callable[[str], str] | None) -> None:
         from .._parallel_spec import csv_fields
 
         self.source = source
@@ -2775,9 +2812,12 @@ def _inputs(
             headers = [src.pop(0) if src else "" for src in sources]
         source = _ListSource(sources, linked, wrap=opts.link)
     names: dict[str, int] = {}
+    # GNU parallel trims the columns when --colsep is given (even with --csv), unless
+    # --trim says otherwise; without it, only --trim trims.
+    trim = _trimmer(opts.trim or ("rl" if opts.colsep is not None else "n"))
+    if colsep is None and trim is not None:
+        source = _Trimmed(source, trim)
     if colsep is not None:
-        # GNU parallel trims the columns only when --colsep is given (even with --csv).
-        trim = opts.colsep is not None
         columns = _CsvColumns if opts.csv else _Columns
         source = columns(source, colsep, trim=trim)
         for header in headers:
