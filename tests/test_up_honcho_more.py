@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import wait_until
 
 from test_up_honcho import HONCHO, LINE, Run, _env, both, procfile, signalled
 
@@ -251,3 +252,32 @@ def test_a_daemon_that_clears_its_environment_does_not_outlive_up(tmp_path):
         for pid in pids.values():
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_orphans_that_exit_are_reaped_during_the_run(tmp_path):
+    # As their subreaper, up must reap the programs' orphans (honcho leaves them
+    # to init): a clock that double-forks a job every minute would otherwise fill
+    # the process table with zombies, those that lead a session of their own too.
+    procfile(
+        tmp_path,
+        "clock: for i in 1 2 3 4 5; do (setsid sh -c 'echo $$ >> orphans' &);"
+        " (sh -c 'echo $$ >> orphans' &); done; exec sleep 60\n",
+    )
+    orphans = tmp_path / "orphans"
+    run = Run("polytask", tmp_path)
+    try:
+        pids = wait_until(
+            lambda: orphans.exists() and len(p := orphans.read_text().split()) == 10 and p,
+            what="10 orphans",
+        )
+        # Each has exited or is about to: it must then be reaped (a zombie keeps
+        # its /proc entry).
+        wait_until(
+            lambda: not any(os.path.exists(f"/proc/{p}") for p in pids),
+            timeout=10,
+            what=f"the orphans {pids} reaped",
+        )
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.finish() == 143
+    finally:
+        run.close()

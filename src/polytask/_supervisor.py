@@ -1299,6 +1299,30 @@ class Supervisor:
         if self._error is not None:
             raise PolytaskError(f"the supervisor loop failed: {self._error!r}") from self._error
 
+    def _reap_adopted(self) -> None:
+        """Reap our zombie children that are none of this supervisor's processes.
+
+        For the ``polytask up`` command, the subreaper of the programs: their
+        orphans (a daemon's double fork) become its children, and those that exit
+        must be reaped by it, or they pile up. Under the lock, which the loop holds
+        while it starts and reaps programs and probes: a program that exited before
+        the loop took note of it is never taken for an orphan.
+        """
+        with self._lock:
+            ours: set[int] = set()
+            for prog in self._programs:
+                if prog.popen is not None:
+                    ours.add(prog.popen.pid)
+                for probe in (prog.prober, prog.liveness):
+                    if probe is not None and probe._popen is not None:
+                        ours.add(probe._popen.pid)
+            for pid in _proc.stray_children(ours):
+                if _proc.pid_state(pid) == b"Z":
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+
     # ------------------------------------------------------------------ the loop thread
 
     def _run(self) -> None:

@@ -454,9 +454,9 @@ def _supervise_with(
             view = LiveView(sup)
             view.open()
             while not view.step():
-                _proc.reap_strays(_proc.stray_children(()))
+                sup._reap_adopted()
         while not sup.wait(timeout=0.5):
-            _proc.reap_strays(_proc.stray_children(()))
+            sup._reap_adopted()
     except PolytaskError as exc:
         print(f"polytask up: {exc}", file=sys.stderr)
     finally:
