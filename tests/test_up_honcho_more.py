@@ -102,6 +102,26 @@ def test_crlf_lines_a_unicode_name_and_colons_in_commands_as_in_honcho(tmp_path)
     assert honcho == up == (143, [("web.1", "a:b 5000"), ("worker.1", "x: y 5100")])
 
 
+def test_a_program_that_ignores_sigterm_is_killed_after_the_grace_as_in_honcho(tmp_path):
+    # honcho's grace is 5 s, fixed; polytask's is --timeout (5), 1 here for speed.
+    procfile(
+        tmp_path,
+        "stubborn: trap '' TERM; echo ready; sleep 60; echo not reached\nweb: echo web; exec sleep 60\n",
+    )
+    results = []
+    for tool, args in (("honcho", ()), ("polytask", ("--timeout", "1"))):
+        run = Run(tool, tmp_path, *args)
+        try:
+            run.wait_for_lines(2)
+            run.proc.send_signal(signal.SIGINT)
+            results.append((run.finish(), sorted(run.lines())))
+        finally:
+            run.close()
+        said = {"honcho": "stubborn.1 stopped (rc=-9)", "polytask": "killed by signal SIGKILL (9)"}
+        assert said[tool] in run.out, run.out
+    assert results[0] == results[1] == (130, [("stubborn.1", "ready"), ("web.1", "web")])
+
+
 # --------------------------------------------------------------------------- the terminal
 
 
