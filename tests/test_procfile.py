@@ -8,7 +8,9 @@ import pytest
 
 from polytask._core.errors import PolytaskError, ProcfileError
 from polytask._procfile import (
+    DEFAULT_BASE_PORT,
     Instance,
+    base_port,
     expand,
     parse_concurrency,
     parse_env,
@@ -298,3 +300,24 @@ def test_env_file_line_numbers_count_blank_lines():
     with pytest.raises(ProcfileError) as info:
         parse_env("A=1\n\n\nB='open\n", source="dev.env")
     assert info.value.problems[0][:2] == ("dev.env", 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "port"),
+    [
+        (None, DEFAULT_BASE_PORT),
+        ("", DEFAULT_BASE_PORT),
+        ("  ", DEFAULT_BASE_PORT),
+        ("7000", 7000),
+        (" 7000\t", 7000),
+    ],
+)
+def test_base_port_from_a_port_variable(value, port):
+    assert base_port(value) == port
+
+
+@pytest.mark.parametrize("value", ["abc", "70 00", "-5", "5000x", "\u0667\u0660\u0660\u0660"])
+def test_a_port_variable_that_is_not_a_number_is_a_problem(value):
+    # honcho refuses it too ("invalid value for port"); it was a silent 5000.
+    with pytest.raises(ProcfileError, match="PORT"):
+        base_port(value)

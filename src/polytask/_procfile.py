@@ -31,6 +31,7 @@ __all__ = [
     "Instance",
     "Procfile",
     "ProcfileEntry",
+    "base_port",
     "expand",
     "expand_vars",
     "parse_concurrency",
@@ -300,6 +301,25 @@ def parse_concurrency(specs: str | Iterable[str] | Mapping[str, int] | None) -> 
     if problems:
         raise ProcfileError(problems)
     return out
+
+
+_PORT_TEXT = re.compile(r"\s*[0-9]+\s*")
+
+
+def base_port(value: str | None) -> int:
+    """The base PORT a ``PORT`` variable (the environment's or an env file's) sets.
+
+    Unset or empty: :data:`DEFAULT_BASE_PORT`. Otherwise a whole number, spaces
+    around it allowed, as honcho reads it; anything else is a problem (honcho
+    refuses it too), not a silent 5000. The range is :func:`expand`'s to check.
+    """
+    if value is None or not value.strip():
+        return DEFAULT_BASE_PORT
+    if not _PORT_TEXT.fullmatch(value):
+        raise ProcfileError(
+            [("PORT", None, f"invalid value {value!r}: PORT must be a port number (e.g. 5000)")]
+        )
+    return int(value)
 
 
 def expand(

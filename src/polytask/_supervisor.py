@@ -71,9 +71,9 @@ from ._core.errors import PolytaskError, ProcfileError, TaskTimeout, describe_ex
 from ._core.timeouts import check_timeout, deadline, remaining
 from ._os import proc as _proc
 from ._procfile import (
-    DEFAULT_BASE_PORT,
     Instance,
     Procfile,
+    base_port,
     expand,
     parse_concurrency,
     parse_env,
@@ -881,8 +881,7 @@ class Supervisor:
         self.env.update(load_env_files(files))
         self.env.update(env or {})
         if port is None:
-            env_port = self.env.get("PORT", "")
-            port = int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT
+            port = base_port(self.env.get("PORT"))
         if isinstance(port, bool) or not isinstance(port, int):
             raise ProcfileError([("PORT", None, f"base port must be a whole number, not {port!r}")])
         counts = parse_concurrency(concurrency)
@@ -1300,6 +1299,30 @@ class Supervisor:
         if self._error is not None:
             raise PolytaskError(f"the supervisor loop failed: {self._error!r}") from self._error
 
+    def _reap_adopted(self) -> None:
+        """Reap our zombie children that are none of this supervisor's processes.
+
+        For the ``polytask up`` command, the subreaper of the programs: their
+        orphans (a daemon's double fork) become its children, and those that exit
+        must be reaped by it, or they pile up. Under the lock, which the loop holds
+        while it starts and reaps programs and probes: a program that exited before
+        the loop took note of it is never taken for an orphan.
+        """
+        with self._lock:
+            ours: set[int] = set()
+            for prog in self._programs:
+                if prog.popen is not None:
+                    ours.add(prog.popen.pid)
+                for probe in (prog.prober, prog.liveness):
+                    if probe is not None and probe._popen is not None:
+                        ours.add(probe._popen.pid)
+            for pid in _proc.stray_children(ours):
+                if _proc.pid_state(pid) == b"Z":
+                    try:
+                        os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        pass
+
     # ------------------------------------------------------------------ the loop thread
 
     def _run(self) -> None:
@@ -1618,6 +1641,10 @@ class Supervisor:
             ["/bin/sh", "-c", inst.command] if isinstance(inst.command, str) else list(inst.command)
         )
         try:
+            # A session of its own (its group's leader, as start_in_group's group),
+            # as honcho does: no controlling terminal. In ours, a program that reads
+            # /dev/tty (a password prompt) would be stopped by SIGTTIN for good,
+            # silently; here opening it fails at once, and the program says so.
             popen = _proc.start_in_group(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -1626,6 +1653,8 @@ class Supervisor:
                 env=env,
                 cwd=self.cwd,
                 close_fds=True,
+                start_new_session=True,
+                process_group=None,
             )
         except OSError as exc:
             self._output.note(f"{prog.name} could not start: {exc}")
@@ -1719,31 +1748,48 @@ class Supervisor:
             buf = stream.buf
             buf += chunk
             start = 0
-            name = stream.program.name
             while True:
                 end = buf.find(b"\n", start)
                 if end < 0:
                     break
-                line = bytes(buf[start:end])
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                self._output.line(name, line)
-                if stream.program.prober is not None:
-                    stream.program.prober.line(line)
+                self._lines(stream.program, bytes(buf[start:end]))
                 start = end + 1
+            # A carriage return ends a line too (a progress bar's updates), as in
+            # honcho: written inside a line, it would send the cursor back over the
+            # prefix. One at the very end may be the first half of a "\r\n": kept.
+            cr = buf.rfind(b"\r", start, len(buf) - 1)
+            if cr >= 0:
+                self._lines(stream.program, bytes(buf[start:cr]))
+                start = cr + 1
             del buf[:start]
             if len(buf) > _MAX_LINE:  # a line with no end in sight: cut it
-                self._output.line(name, bytes(buf))
+                self._lines(stream.program, bytes(buf))
                 buf.clear()
             if not drain:
                 return
+
+    def _lines(self, prog: _Program, data: bytes) -> None:
+        """Write the line(s) ``data`` holds (no "\\n"): a "\\r" at its end is dropped
+        ("\\r\\n" ends one line), one inside it ends a line."""
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data = data[:-1]
+            for line in data.split(b"\r"):
+                self._line(prog, line)
+        else:
+            self._line(prog, data)
+
+    def _line(self, prog: _Program, line: bytes) -> None:
+        self._output.line(prog.name, line)
+        if prog.prober is not None:
+            prog.prober.line(line)
 
     def _close_stream(self, stream: _Stream) -> None:
         if stream.closed:
             return
         stream.closed = True
         if stream.buf:  # the last line had no newline
-            self._output.line(stream.program.name, bytes(stream.buf))
+            self._lines(stream.program, bytes(stream.buf))
             stream.buf.clear()
         assert self._selector is not None
         try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._core.errors import ProcfileError
-from .._procfile import DEFAULT_BASE_PORT, Instance, expand, parse_concurrency
+from .._procfile import Instance, base_port, expand, parse_concurrency
 from .._supervisor import RESTART_MODES
 from ._args import BadInput, Parser, seconds
 from ._up import _load, _run_guarded, procfile_options
@@ -527,9 +527,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         raise BadInput(problems[0].first_line())
     for problem in procfile.skipped:
         print(f"polytask export: warning: {ProcfileError([problem])}", file=sys.stderr)
-    env_port = {**os.environ, **env}.get("PORT", "")
-    port = args.port or (int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT)
     try:
+        port = args.port or base_port({**os.environ, **env}.get("PORT"))
         counts = parse_concurrency(args.concurrency)
         instances = expand(procfile, counts, None, base_port=port)
     except ProcfileError as exc:

@@ -28,7 +28,15 @@ from typing import Any
 
 from .._control import socket_name
 from .._core.errors import PolytaskError, ProcfileError
-from .._procfile import DEFAULT_BASE_PORT, Procfile, expand, parse_concurrency, scan_procfile
+from .._os import proc as _proc
+from .._procfile import (
+    DEFAULT_BASE_PORT,
+    Procfile,
+    base_port,
+    expand,
+    parse_concurrency,
+    scan_procfile,
+)
 from .._supervisor import (
     RESTART_MODES,
     RestartMode,
@@ -282,9 +290,8 @@ def main_check(argv: list[str]) -> int:
             problems.append(exc)
             counts = {}
         if procfile.entries:
-            env_port = {**os.environ, **env}.get("PORT", "")
-            port = args.port or (int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT)
             try:
+                port = args.port or base_port({**os.environ, **env}.get("PORT"))
                 instances = expand(procfile, counts, args.names, base_port=port)
             except ProcfileError as exc:
                 problems.append(exc)
@@ -432,6 +439,11 @@ def _supervise_with(
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, on_signal) for s in handled}
     view = None
+    # This process is polytask's own: orphans of the programs (a daemon's double
+    # fork) become its children, not init's, so that those that also left the
+    # program's group and environment (setsid + env -i: the supervisor finds
+    # neither) are still ended with the run (_end_adopted).
+    _proc.become_subreaper()
     try:
         sup.start()
         if server is not None:
@@ -442,14 +454,16 @@ def _supervise_with(
             view = LiveView(sup)
             view.open()
             while not view.step():
-                pass
+                sup._reap_adopted()
         while not sup.wait(timeout=0.5):
-            pass
+            sup._reap_adopted()
     except PolytaskError as exc:
         print(f"polytask up: {exc}", file=sys.stderr)
     finally:
         if view is not None:
             view.close()
+        if _ended(sup):  # not while it may still own programs (our children too)
+            _end_adopted(sup.timeout)
         for s, handler in previous.items():
             signal.signal(s, handler)
     code = sup.returncode if sup.returncode is not None else 1
@@ -459,6 +473,41 @@ def _supervise_with(
     except (BrokenPipeError, ValueError):
         pass
     return code
+
+
+def _ended(sup: Supervisor) -> bool:
+    """Whether ``sup`` has ended every program it started (or started none)."""
+    try:
+        return sup.wait(timeout=0)
+    except RuntimeError:  # never started
+        return True
+    except PolytaskError:  # its loop failed: its clean-up ended every program
+        return True
+
+
+def _end_adopted(grace: float) -> None:
+    """End what is left among our children once every program has ended: orphans
+    adopted as their subreaper (and, round after round, their own orphans), with
+    the one kill policy (SIGTERM, ``grace``, SIGKILL), then reap every zombie."""
+    ended: list[int] = []
+    for _ in range(5):
+        left = [p for p in _proc.stray_children(()) if _proc.pid_state(p) not in (b"Z", b"X")]
+        if not left:
+            break
+        ended += left
+        _proc.end_processes(left, grace)
+    for pid in _proc.stray_children(()):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    if ended:
+        pids = ", ".join(map(str, sorted(set(ended))))
+        print(
+            f"polytask up: ended {len(set(ended))} process(es) left by the programs outside "
+            f"their process groups: pid {pids}",
+            file=sys.stderr,
+        )
 
 
 # --------------------------------------------------------------------------- polytask run
@@ -487,7 +536,7 @@ def _run_parser() -> Parser:
         "-p",
         "--port",
         type=_port,
-        help=f"base PORT for a Procfile type (default: {DEFAULT_BASE_PORT})",
+        help=f"base PORT for a Procfile type (default: $PORT, else {DEFAULT_BASE_PORT})",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
     return p
@@ -519,9 +568,8 @@ def _run(argv: list[str]) -> int:
         text = Path(args.procfile).read_text(encoding="utf-8", errors="replace")
         procfile, problems = scan_procfile(text, source=args.procfile)
         if not problems and command[0] in procfile:
-            env_port = env.get("PORT", "")
-            base = args.port or (int(env_port) if env_port.isdigit() else DEFAULT_BASE_PORT)
             try:
+                base = args.port or base_port(env.get("PORT"))
                 (inst,) = expand(procfile, {command[0]: 1}, [command[0]], base_port=base)
             except ProcfileError as exc:
                 raise BadInput(exc.first_line()) from None
