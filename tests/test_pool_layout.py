@@ -83,6 +83,7 @@ EXECUTOR_MAY_CALL = {
     "_preload",
     "_end_run",
     "_is_closed",
+    "_delivering",
     "_cancel_pending",
 }
 

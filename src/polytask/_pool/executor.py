@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from .._core.errors import Cancelled
-from .._core.task import Task, delivering, refuse_wait_in_delivery
+from .._core.task import Task
 from .._core.timeouts import check_timeout
 from .pool import DEFAULT, Pool, _Run
 from .results import MapIterator
@@ -211,7 +211,7 @@ class Executor(concurrent.futures.Executor):
         wait (it would wait for itself): it goes on as ``wait=False``, then raises
         ``RuntimeError`` unless ``wait=False`` was given (as CPython's executors do).
         """
-        refuse = wait and delivering(self._pool._backend)
+        refuse = wait and self._pool._delivering()
         if refuse:
             wait = False
         pool = self._pool
@@ -238,8 +238,8 @@ class Executor(concurrent.futures.Executor):
         else:
             threading.Thread(target=finish, name="polytask-executor-shutdown", daemon=True).start()
         if refuse:
-            refuse_wait_in_delivery(
-                "Executor.shutdown(wait=True)",
-                "The shutdown goes on in the background; pass wait=False there.",
-                self._pool._backend,
+            raise RuntimeError(
+                "Executor.shutdown(wait=True) was called from a task's done callback, on the "
+                "thread that delivers the results it would wait for: it cannot wait there. "
+                "The shutdown goes on in the background; pass wait=False there."
             )

@@ -51,7 +51,7 @@ from .._core.errors import (
     WaitTimeout,
     WorkerCrashed,
 )
-from .._core.task import Task, finish_many, refuse_wait_in_delivery
+from .._core.task import Task, delivering, finish_many, refuse_wait_in_delivery
 from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
 from .._ipc.codec import loads_exception
@@ -1302,6 +1302,11 @@ class Pool(PrimitiveFactory):
     def _is_closed(self) -> bool:
         """Whether the pool takes no more work (``close``, ``terminate``)."""
         return self._closed
+
+    def _delivering(self) -> bool:
+        """Whether this thread delivers this pool's results (a done callback there
+        cannot wait for them: see :func:`~polytask._core.task.delivering`)."""
+        return delivering(self._backend)
 
     def _cancel_pending(self, exc: BaseException) -> None:
         """Cancel what no worker has started: queued tasks, tasks of chunks still
