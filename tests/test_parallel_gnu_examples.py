@@ -51,7 +51,8 @@ def same(g: Run, p: Run) -> None:
     assert p.err == g.err.replace("parallel: ", "polytask parallel: ")
 
 
-# One case a line, as typed in bash.
+# One case a line, as typed in bash. Output from more than one job slot is
+# kept in order (-k) or sorted: without it both tools print in finishing order.
 LINES = r"""
 parallel -k -- echo ::: a b
 parallel -k -n 2 -- echo ::: a b c
@@ -61,8 +62,8 @@ parallel --keeporder --linebuffered --tag-string '<{}>' -C , --maxargs 1 echo {2
 parallel -k --argsep ,, --dr echo ,, a b
 parallel --argfile <(printf 'a\nb\n') --jl log --maxprocs 1 echo; cut -f 7- log
 parallel -k --willcite --haltonerror now,fail=1 --maxreplaceargs 2 echo {2} ::: a b c d
-parallel --jl log 'echo {}; exit {}' ::: 0 1; parallel -k --jl log --resumefailed 'echo {}; exit {}' ::: 0 1
-parallel --jl log 'echo {}; exit {}' ::: 0 1; parallel -k --jl log --retryfailed
+parallel -k --jl log 'echo {}; exit {}' ::: 0 1; parallel -k --jl log --resumefailed 'echo {}; exit {}' ::: 0 1
+parallel -k --jl log 'echo {}; exit {}' ::: 0 1; parallel -k --jl log --retryfailed
 printf 'a\n\nb\n' | parallel -k --norunifempty echo
 seq -w 0 99 | parallel -j4 -q -I,, --pipe --block 100 parallel -j0 touch pict{}.jpg; ls | wc -l
 seq 3 | parallel --pipe -I,, 'echo [,,] [{}]; cat'
@@ -97,6 +98,8 @@ printf 'x,y\n 1 , 2 \n' | parallel -k --trim n --header : --colsep , echo '[{x}]
 parallel --trim x echo ::: a 2>/dev/null; echo $?
 """
 CASES = LINES.strip().splitlines()
+GNU_RC_RACES = {"seq 3 | parallel --pipe -q -I,, echo '{}' ',,'"}
+assert GNU_RC_RACES <= set(CASES)
 
 
 @pytest.mark.parametrize("line", CASES)
@@ -104,6 +107,12 @@ def test_same_as_gnu(gnu_parallel: str, tmp_path: Path, line: str) -> None:
     g, p = both_sh(gnu_parallel, tmp_path, line)
     if "parallel -j0 touch" in line:  # GNU's own warnings of slow starts, if any
         assert (p.out, p.rc) == (g.out, g.rc) == ("100\n", 0), p.err
+        return
+    if line in GNU_RC_RACES:
+        # GNU parallel exits 1 now and then here: echo does not read its block,
+        # and when it exits before GNU wrote the block, GNU counts the broken
+        # pipe as a failed job. polytask takes a job's exit status as it is.
+        assert (p.out, p.err, p.rc) == (g.out, g.err, 0) and g.rc in (0, 1)
         return
     same(g, p)
 
