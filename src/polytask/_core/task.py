@@ -50,6 +50,7 @@ __all__ = [
     "serving",
     "sleep",
     "wait_cancellable",
+    "wait_in_delivery_error",
 ]
 
 T = TypeVar("T")
@@ -74,14 +75,20 @@ def delivering(backend: object) -> bool:
     return backend in getattr(serving, "backends", ())
 
 
+def wait_in_delivery_error(what: str, instead: str) -> RuntimeError:
+    """The error for ``what``, a wait called on the thread that delivers the results
+    it would wait for; ``instead`` says what to do."""
+    return RuntimeError(
+        f"{what} was called from a task's done callback, on the thread that delivers "
+        f"the results it would wait for: it cannot wait there. {instead}"
+    )
+
+
 def refuse_wait_in_delivery(what: str, instead: str, backend: object) -> None:
     """Raise RuntimeError if this thread delivers ``backend``'s results: ``what``,
     waiting for them, would wait for itself."""
     if delivering(backend):
-        raise RuntimeError(
-            f"{what} was called from a task's done callback, on the thread that delivers "
-            f"the results it would wait for: it cannot wait there. {instead}"
-        )
+        raise wait_in_delivery_error(what, instead)
 
 
 def _reset_state_lock() -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from .._core.errors import Cancelled
-from .._core.task import Task
+from .._core.task import Task, wait_in_delivery_error
 from .._core.timeouts import check_timeout
 from .pool import DEFAULT, Pool, _Run
 from .results import MapIterator
@@ -238,8 +238,7 @@ class Executor(concurrent.futures.Executor):
         else:
             threading.Thread(target=finish, name="polytask-executor-shutdown", daemon=True).start()
         if refuse:
-            raise RuntimeError(
-                "Executor.shutdown(wait=True) was called from a task's done callback, on the "
-                "thread that delivers the results it would wait for: it cannot wait there. "
-                "The shutdown goes on in the background; pass wait=False there."
+            raise wait_in_delivery_error(
+                "Executor.shutdown(wait=True)",
+                "The shutdown goes on in the background; pass wait=False there.",
             )
