@@ -96,6 +96,27 @@ parallel -k --trim l --colsep , echo '[{1}][{2}]' ::: ' a , b '
 parallel -k --trim r --colsep , echo '[{1}][{2}]' ::: ' a , b '
 printf 'x,y\n 1 , 2 \n' | parallel -k --trim n --header : --colsep , echo '[{x}][{y}]'
 parallel --trim x echo ::: a 2>/dev/null; echo $?
+parallel -k -j2 -n0 -m echo x ::: a b c
+parallel -k -j2 -n0 -X echo x ::: a b c
+parallel -k -j3 -N0 -X printf '[%s]' x{}y {} ::: a b c d e
+parallel -k -j2 -n0 -m printf '[%s]' x{}y {} ::: a b c
+parallel -k -n0 --xargs printf '[%s]' x{}y ::: a b c
+parallel -k -j2 -n0 -m --dry-run echo x {} y ::: a b c
+parallel -k -j2 -n0 -X --dry-run echo x{}y {} ::: a b c
+parallel -k -N0 printf '[%s]' x{}y {} {1} {.} {//} '{#}' ::: a b
+parallel -k -n0 printf '[%s]' x{}y {} {1} ::: a b
+parallel -k -n0 -q printf '[%s]' x{}y {} ::: a b
+parallel -k -N0 printf '[%s]' x{}y{2}z ::: a b ::: c d
+parallel -k -n0 --tag --jl log echo x ::: a b; cut -f 7- log
+printf 'a\nb\n' | parallel -k echo :::: - -
+seq 5 | parallel -k echo :::: - - -
+seq 5 | parallel -k echo :::: - ::: x y :::: -
+seq 5 | parallel -k --link echo :::: - -
+seq 3 | parallel -k -a - -a - echo
+parallel -k --shellquote ::: 'a b' "c'd" '' a/b-c.d_+ "'x'"
+printf 'a b\n$x\n"q"\n\\\n!\n\n' | parallel -k --shellquote
+parallel -k --shellquote --shellquote -n2 ::: 'a b' "c'd" e
+parallel -k --shellquote --tag --jl log ::: 'a b'; cut -f 7- log
 """
 CASES = LINES.strip().splitlines()
 GNU_RC_RACES = {"seq 3 | parallel --pipe -q -I,, echo '{}' ',,'"}
@@ -115,6 +136,23 @@ def test_same_as_gnu(gnu_parallel: str, tmp_path: Path, line: str) -> None:
         assert (p.out, p.err, p.rc) == (g.out, g.err, 0) and g.rc in (0, 1)
         return
     same(g, p)
+
+
+def test_shellquote_with_a_command_is_refused(tmp_path: Path) -> None:
+    # GNU quotes the command line as it composes it, and polytask quotes an
+    # input in a COMMAND its own way: the output would differ, so none is given.
+    for argv in (["--shellquote", "echo", ":::", "a"], ["--shellquote", "--pipe", "cat"]):
+        r = subprocess.run(
+            [PY, "-m", "polytask.cli", "parallel", *argv],
+            input="a\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=_env(tmp_path, None),
+        )
+        assert (r.returncode, r.stdout) == (255, "")
+        assert "--shellquote goes without a COMMAND only" in r.stderr
 
 
 def test_csv_with_colsep_trims_as_gnu(gnu_csv: str | None, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from ._shellquote import (
 
 __all__ = [
     "JOBLOG_HEADER",
+    "NOARG",
     "RESULT_COLUMNS",
     "GroupMarker",
     "HaltPolicy",
@@ -52,6 +53,7 @@ __all__ = [
     "csv_join",
     "exit_status",
     "exported_functions",
+    "gnu_quote",
     "group_by_column",
     "has_replacement",
     "header_regex",
@@ -65,6 +67,7 @@ __all__ = [
     "perl_dirname",
     "perl_expression",
     "perl_split",
+    "plain",
     "render_raw",
     "replace_value",
     "replacement_kinds",
@@ -155,6 +158,18 @@ _SHELL_WORDS = frozenset(
 )
 
 _EXT_RE = re.compile(r"\.[^/.]*\Z")
+
+#: An input read but not given (-n0, -N0), GNU parallel's own marker: a
+#: replacement string that gives it writes nothing at all (not an empty word),
+#: while the text around it stays (``x{}y`` is ``xy``). A modifier may make
+#: text of it, as in GNU (``{//}`` is ``.``). As the value of an input it is
+#: GNU's too: an input ``\0noarg`` is one (GNU lets a NUL at its start pass).
+NOARG = "\0noarg"
+
+
+def plain(values: Iterable[str]) -> list[str]:
+    """``values`` with :data:`NOARG` as the empty string (for text no shell reads)."""
+    return ["" if v == NOARG else v for v in values]
 
 
 class _Record:
@@ -1001,14 +1016,14 @@ class Template(_Record):
         Raises :class:`UnsafeInput` if an input cannot go where the COMMAND puts it.
         """
         if self.empty:
-            return " ".join(args)
+            return " ".join(plain(args))
         if self.quoted:
             argv = self.argv(args, seq, slot)
             assert argv is not None
             return " ".join(quote_word(w) for w in argv)
         if self.heredocs:
             emitted = [
-                fn(part.values(args, seq, slot, self.counts))
+                _emit(fn, part.values(args, seq, slot, self.counts))
                 for part, fn in self._pieces
                 if fn is not None and isinstance(part, Repl)
             ]
@@ -1017,7 +1032,8 @@ class Template(_Record):
             return "".join(part if fn is None else next(it) for part, fn in self._pieces)  # type: ignore[misc]
         pieces = []
         for part, fn in self._pieces:
-            pieces.append(part if fn is None else fn(part.values(args, seq, slot, self.counts)))  # type: ignore[union-attr]
+            values = None if fn is None else part.values(args, seq, slot, self.counts)  # type: ignore[union-attr]
+            pieces.append(part if fn is None else _emit(fn, values))  # type: ignore[arg-type]
         return "".join(pieces)  # type: ignore[arg-type]
 
     def argv(self, args: Sequence[str], seq: int, slot: int) -> list[str] | None:
@@ -1026,46 +1042,84 @@ class Template(_Record):
         Raises :class:`UnsafeInput` if an input cannot go where the COMMAND puts it.
         """
         if self.empty:
-            line = " ".join(args)
+            line = " ".join(plain(args))
             if needs_shell(line) or not line.split() or line.split()[0] in self.functions:
                 return None
             return line.split()
         if self.needs_shell:
             return None
         if self._prefix is not None:  # the common `gzip -9 ::: files`: no replacement string
-            return [*self._prefix, *args]
+            return [*self._prefix, *(a for a in args if a != NOARG)]
         out: list[str] = []
         emit = self._argv_emit
         k = 0
         for word in self.words:
             # A replacement with several values (``{}`` over several input
             # sources) splits its word, as the quoted shell text would:
-            # pre'a' 'b'post.
+            # pre'a' 'b'post. Each piece is kept if anything but NOARG went
+            # into it, as GNU's shell text has nothing but a blank for one
+            # (-n0 -m: x{}y over two is x y; {} alone is no word).
             current = [""]
-            produced = False  # a word of only inputs that do not exist is no word
+            kept = [False]
             for part in word:
                 if isinstance(part, Repl):
                     values = part.values(args, seq, slot, self.counts)
                     fn = emit[k]
                     k += 1
                     if not values:
-                        continue
-                    produced = True
+                        continue  # a word of only inputs that do not exist is no word
+                    if NOARG in values:
+                        real = [v for v in values if v != NOARG]
+                        if not real:
+                            current.extend([""] * (len(values) - 1))
+                            kept.extend([False] * (len(values) - 1))
+                            continue
+                        values = real
                     if fn is None:
                         current[-1] += values[0]
                         current.extend(values[1:])
+                        kept[-1] = True
+                        kept.extend([True] * (len(values) - 1))
                     else:
                         current[-1] += fn(values)
+                        kept[-1] = True
                 else:
-                    produced = True
                     current[-1] += part
-            if produced:
-                out.extend(current)
+                    kept[-1] = True
+            out.extend(w for w, keep in zip(current, kept, strict=True) if keep)
         return out
 
     def max_index(self) -> int:
         """The highest ``{N}`` used (0 if none)."""
         return max((p.index or 0 for p in self.parts if isinstance(p, Repl)), default=0)
+
+
+_GNU_PLAIN_RE = re.compile(r"[-_.+a-zA-Z0-9/]*")
+
+
+def gnu_quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell as GNU parallel's ``Q`` quotes it (--shellquote).
+
+    Left as it is when it holds only ``-_.+/``, ASCII letters and digits; else
+    in ``'...'``, a ``'`` inside written ``'"'"'``, and the ``''`` this leaves
+    at either end removed. The empty string is ``''``.
+    """
+    if text == "":
+        return "''"
+    if _GNU_PLAIN_RE.fullmatch(text):
+        return text
+    quoted = "'" + text.replace("'", "'\"'\"'") + "'"
+    quoted = quoted.removeprefix("''")
+    return quoted[:-2] if quoted.endswith("''") else quoted
+
+
+def _emit(fn: Callable[[Sequence[str]], str], values: Sequence[str]) -> str:
+    """Shell text of a replacement's values; a NOARG one writes nothing but the
+    blank that separates it from the next value, as GNU parallel writes it."""
+    if NOARG not in values:
+        return fn(values)
+    real = [v for v in values if v != NOARG]
+    return fn(real) if real else " " * (len(values) - 1)
 
 
 def _repeat_word(word: Sequence[Part], count: int) -> list[list[Part]]:
@@ -1810,7 +1864,7 @@ def render_raw(
     For what no shell reads: ``--tagstring`` and the paths of ``--results``.
     """
     return "".join(
-        " ".join(p.values(args, seq, slot, counts)) if isinstance(p, Repl) else p
+        " ".join(plain(p.values(args, seq, slot, counts))) if isinstance(p, Repl) else p
         for p in _parts_of(text, token, plus)
     )
 

@@ -258,6 +258,15 @@ def _parser() -> _Parser:
         help="like -m, and a word with {} is repeated for each input: x{}y -> xay xby",
     )
     a("--xargs", action="store_true", help="like -m, without spreading over the jobs")
+    a(
+        "--shellquote",
+        "--shell-quote",
+        "--shell_quote",
+        action="count",
+        default=0,
+        help="without COMMAND: each job prints its command line quoted for the shell "
+        "(as GNU parallel; given twice, quoted twice) instead of running it",
+    )
     a("--rpl", action="append", default=[], metavar="'TAG PERL'", help=argparse.SUPPRESS)
     a(
         "--plus",
@@ -563,9 +572,18 @@ class _Grouped:
     ``max_args``, as many as fit in :data:`MAX_LINE`. With ``spread`` (-m,
     -X) the records left when the input ends are spread evenly over the
     ``jobs`` job slots (GNU parallel: ceil(left / jobs) each, from then on).
+    With ``noarg`` (-n0, -N0) each value read is given as :data:`NOARG`.
     """
 
-    def __init__(self, source: Any, *, max_args: int | None, spread: int | None, cost: int) -> None:
+    def __init__(
+        self,
+        source: Any,
+        *,
+        max_args: int | None,
+        spread: int | None,
+        cost: int,
+        noarg: bool = False,
+    ) -> None:
         self.source = source
         self.fd = source.fd
         self.total: int | None = None
@@ -573,6 +591,7 @@ class _Grouped:
             self.total = -(-source.total // max(max_args, 1))  # -n0: one input a job
         self.max_args = max_args
         self.spread = spread
+        self.noarg = noarg
         self.cost = cost  # times each value is written into the command line
         self._buf: deque[tuple[str, ...]] = deque()
         self._len = 0
@@ -619,8 +638,10 @@ class _Grouped:
                 n += 1
         group = [self._buf.popleft() for _ in range(n)]
         self._len -= sum(self._size(r) for r in group)
-        if self.max_args == 0:
-            return ()  # -n0 / -N0: one input read, none given
+        if self.noarg:
+            from .._parallel_spec import NOARG
+
+            return tuple(NOARG for record in group for _ in record)
         return tuple(v for record in group for v in record)
 
     def fill(self) -> None:
@@ -1982,7 +2003,14 @@ class _Runner:
         try:
             t = self.tmpl(job)
             argv = t.argv(job.args, job.seq, job.slot)
-            if argv is None:
+            if self.opts.shellquote:
+                # GNU parallel's job then prints its command line, quoted once
+                # for each --shellquote (GNU's Q), instead of running it.
+                text = t.shell_text(job.args, job.seq, job.slot)
+                for _ in range(self.opts.shellquote):
+                    text = self.spec.gnu_quote(text)
+                argv = ["printf", "%s\n", text]
+            elif argv is None:
                 argv = [self.shell, "-c", t.shell_text(job.args, job.seq, job.slot)]
         except self.spec.UnsafeInput as unsafe:
             # Not run at all: a shell would only have failed on it, or run the input.
@@ -2114,7 +2142,7 @@ class _Runner:
             return os.fsencode(text) + b"\t"
         if not self.opts.tag:
             return b""
-        return os.fsencode(" ".join(job.args)) + b"\t"
+        return os.fsencode(" ".join(self.spec.plain(job.args))) + b"\t"
 
     def on_output(self, child: Any, kind: int, data: bytes) -> None:
         job: _Job = child.token
@@ -2495,7 +2523,7 @@ def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
         opts.command,
         count,
         quote=opts.quote,
-        append=opts.max_replace_args != 0,
+        append=True,  # also -N0: GNU appends {}, whose NOARG values write nothing
         token=token,
         plus=opts.plus,
     )
@@ -2504,7 +2532,7 @@ def _context_template(opts: argparse.Namespace, count: int, shell: str) -> Any:
         quote=opts.quote,
         shell=shell,
         functions=_functions(shell),
-        append=opts.max_replace_args != 0,
+        append=True,  # also -N0: GNU appends {}, whose NOARG values write nothing
         token=token,
         plus=opts.plus,
         counts=opts.counts,
@@ -2785,7 +2813,18 @@ def _inputs(
                 lines.append(item[0])
             source = _ListSource([lines])
     else:
-        sources: list[list[str]] = [_read_lines(f, sep, rules()) for f in opts.arg_file]
+        sources: list[list[str]] = []
+        stdin_at: list[int] = []  # the sources that are stdin (-a -, :::: -)
+
+        def read(f: str) -> list[str]:
+            if f == "-":
+                stdin_at.append(len(sources))
+                if len(stdin_at) > 1:
+                    return []  # read once: see _share_stdin
+            return _read_lines(f, sep, rules())
+
+        for f in opts.arg_file:
+            sources.append(read(f))
         linked = [False] * len(sources)
         for kind, items, link in groups:
             if kind == ":::":
@@ -2795,7 +2834,7 @@ def _inputs(
                 if not items:
                     raise _UsageError(":::: must be followed by at least one file")
                 for f in items:
-                    sources.append(_read_lines(f, sep, rules()))
+                    sources.append(read(f))
                     linked.append(link)
         if opts.csv:  # the files' records may span lines (::: arguments are records)
             from .._parallel_spec import csv_join
@@ -2806,6 +2845,8 @@ def _inputs(
             sources = [
                 csv_join(s) if k == "::::" else s for k, s in zip(kinds, sources, strict=True)
             ]
+        if len(stdin_at) > 1:
+            _share_stdin(sources, stdin_at, link=opts.link)
         if opts.link:
             linked = [True] * len(sources)
         if opts.header is not None:
@@ -2824,6 +2865,27 @@ def _inputs(
             for name in source.names(header):
                 names.setdefault(name, len(names) + 1)
     return source, names
+
+
+def _share_stdin(sources: list[list[str]], at: list[int], *, link: bool) -> None:
+    """Deal stdin's inputs (all in ``sources[at[0]]``) to the sources that name it, as GNU
+    parallel's reads from the one file handle they share give them out.
+
+    With --link each job reads one input of every source in turn, so they go
+    round. Else the first job reads one for each, then the last source not at
+    its end is read to it: the last stdin source takes the rest (``:::: - -``
+    over 1 2 3 is ``1 2``, ``1 3``).
+    """
+    lines = sources[at[0]]
+    for i in at:
+        sources[i] = []
+    if link:
+        for k, line in enumerate(lines):
+            sources[at[k % len(at)]].append(line)
+        return
+    for i, line in zip(at, lines, strict=False):
+        sources[i].append(line)
+    sources[at[-1]].extend(lines[len(at) :])
 
 
 def _read_joblog(path: str) -> tuple[list[Any], bool] | None:
@@ -2960,6 +3022,22 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             "FILE.csv/.tsv/.json (the output goes into FILE)"
         )
     shell = _shell()
+    if opts.shellquote:
+        # GNU quotes the command line as it composes it; polytask quotes the
+        # inputs in a COMMAND its own way (the same meaning, other text), so
+        # only the inputs as the command lines give GNU's output.
+        if "".join(opts.command).strip() or opts.pipe or opts.pipepart:
+            raise _UsageError(
+                "--shellquote goes without a COMMAND only (and without --pipe): each "
+                "input is the command line it prints, quoted"
+            )
+        if opts.quote or opts.backend is not None:
+            raise _UsageError("--shellquote goes neither with -q nor with --backend")
+        if not spec.is_posix_shell(shell):
+            raise _UsageError(
+                f"--shellquote: {shell} is not a POSIX shell (sh, dash, bash, zsh, ksh, ...), "
+                "and it quotes for those"
+            )
     counted = _counted(opts, unlimited)
     if opts.pipe or opts.pipepart:
         if counted & {"total", "seq0"}:
@@ -3012,7 +3090,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             quote=opts.quote,
             shell=shell,
             functions=_functions(shell),
-            append=0 not in (opts.max_args, opts.max_replace_args),
+            append=True,  # also -n0: GNU appends {}, whose NOARG values write nothing
             token=opts.I or "{}",
             plus=opts.plus,
         )
@@ -3033,7 +3111,15 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     if max_args is not None or multi:
         cost = sum(isinstance(p, spec.Repl) for p in template.parts) or 1
         spread = None if opts.xargs or not (opts.m or opts.X) else jobs
-        source = _Grouped(source, max_args=max_args, spread=spread, cost=cost)
+        # -n0 / -N0 read the inputs and give none; with -m, -X or --xargs
+        # GNU parallel takes 0 for no limit, so a job reads as many as fit.
+        source = _Grouped(
+            source,
+            max_args=None if multi and max_args == 0 else max_args,
+            spread=spread,
+            cost=cost,
+            noarg=max_args == 0,
+        )
     if opts.shuf:
         source = _Shuffled(source)
     if counted:  # GNU reads every input before the first job for these
