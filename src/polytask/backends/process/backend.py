@@ -480,8 +480,9 @@ class ProcessBackend(Backend):
         would then only be retired (a load storm, and an exit that waits for them).
         So: no ready worker, or a task running for longer than a start takes (it
         may wait for the tasks behind it), means start one; otherwise the queue's
-        drain time, from the mean task time, decides. Unknown yet: not now, and
-        :meth:`_recheck_later` asks again once a start's time has passed.
+        drain time, from the median task time, decides. Unknown yet (fewer than 4
+        task times): not now, and :meth:`_recheck_later` asks again once a start's
+        time has passed.
         """
         now = time.monotonic()
         busy = 0
@@ -499,10 +500,17 @@ class ProcessBackend(Backend):
             return False
         boot = self._boot_time
         times = self._task_times
-        if longest > boot or not times:
+        if longest > boot or len(times) < 4:
+            # Fewer than 4 task times: the median is the first ones, which still pay
+            # for warming up (one of 5 ms started a third worker for a burst of
+            # 60 us tasks); asked again in a start's time, when there are more.
             return longest <= boot
         typical = sorted(times)[len(times) // 2]
-        return len(self._pending) * typical < boot * max(1, busy)
+        # Workers already starting will take from the queue about as soon as a new
+        # one could: the queue drains among them all (a burst's second worker still
+        # booting must not bring a third).
+        sharing = busy + self._starting + self._booting
+        return len(self._pending) * typical < boot * max(1, sharing)
 
     def _recheck_later(self) -> None:
         # Called with self._lock held: a declined start is reconsidered after about
