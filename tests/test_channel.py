@@ -1272,6 +1272,36 @@ def test_threads_sharing_a_handle_take_held_items_once_and_in_order():
         assert len(ch) == 0
 
 
+def test_a_get_waiting_for_another_threads_held_batch_keeps_its_timeout():
+    """A get() waits while another thread of the process decodes a batch of held
+    items; its timeout still holds there (it waited on the batch for good): it
+    raises ChannelEmpty. Nothing is lost: the batch and the ring's item come after."""
+    _gate_entered.clear()
+    _gate_release.clear()
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([0, LoadsBadly(), Gate(), 3], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [0]
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=HANG)
+        got: dict[str, object] = {}
+        batch = threading.Thread(
+            target=lambda: got.update(batch=ch.get_many(10, timeout=HANG)), name="gated"
+        )
+        batch.start()
+        try:
+            wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
+            with pytest.raises(pt.ChannelEmpty, match="decoding"):
+                ch.get(timeout=0.05)
+            assert batch.is_alive()  # it raised while the batch still decoded
+        finally:
+            _gate_release.set()
+        batch.join(HANG)
+        assert got == {"batch": [("gate", "g"), 3]}
+        ch.put(4, timeout=HANG)
+        assert ch.get(timeout=HANG) == 4
+        assert len(ch) == 0
+
+
 def test_a_get_asleep_on_the_ring_takes_items_held_meanwhile():
     """A thread asleep in get() on an empty ring, and another whose get_many holds
     items: the sleeper takes them (before, it slept on until its timeout while

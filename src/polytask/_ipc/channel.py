@@ -1044,41 +1044,52 @@ class ProcessChannel(Channel[T]):
     def _get_held(self, timeout: float | None = None) -> T:
         """get() while frames are held (see _hold): they came off the ring first."""
         out: list[T] = []
-        self._take_held(out, 1)
+        deadline = _deadline(timeout)
+        if not self._take_held(out, 1, timeout):
+            raise ChannelEmpty(
+                "get()'s timeout passed while another thread of this process was "
+                "decoding the items get_many() held back"
+            )
         if out:
             return out[0]
-        return self.get(timeout)  # none left (lost, or another thread took them): the ring
+        # None left (lost, or another thread took them): the ring.
+        return self.get(_left(deadline))
 
-    def _take_held(self, out: list[T], max_items: int) -> None:
+    def _take_held(self, out: list[T], max_items: int, timeout: float | None = None) -> bool:
         """Append held items to ``out``, in order, until it has ``max_items``.
 
         A frame that fails to decode ends the batch before it: with nothing
         before it in ``out`` it is taken and raises (as get() takes a frame that
         fails), else it stays first and raises at the next call. Once none are
         left, the usual get() again. One batch at a time (_held_lock): another
-        thread's get waits for it, so a batch is a run of consecutive items.
+        thread's get waits for it, so a batch is a run of consecutive items;
+        False if that wait outlasts ``timeout`` (a big item can take long to decode).
         """
         held = self._held
-        with self._held_lock:
-            try:
-                while held and len(out) < max_items:
-                    if out and held[0][0] == _K_FAILED:
-                        return  # stays first: it raises at the next call
-                    kind, data = held.popleft()
-                    try:
-                        item = _decode_frame(kind, data)
-                    except SerializationError as exc:
-                        if not out:
-                            raise  # taken, as get() takes a frame that fails
-                        held.appendleft(_failed(kind, data, exc))  # stays first, as above
-                        return
-                    finally:
-                        del data  # a failed one's exception: not kept by its traceback's frame
-                    if item is not _LOST:
-                        out.append(cast(T, item))
-            finally:
-                if not held:
-                    self._c_ref = self._c_ring_ref  # the usual get() again
+        lock = self._held_lock
+        if not lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            while held and len(out) < max_items:
+                if out and held[0][0] == _K_FAILED:
+                    break  # stays first: it raises at the next call
+                kind, data = held.popleft()
+                try:
+                    item = _decode_frame(kind, data)
+                except SerializationError as exc:
+                    if not out:
+                        raise  # taken, as get() takes a frame that fails
+                    held.appendleft(_failed(kind, data, exc))  # stays first, as above
+                    break
+                finally:
+                    del data  # a failed one's exception: not kept by its traceback's frame
+                if item is not _LOST:
+                    out.append(cast(T, item))
+        finally:
+            if not held:
+                self._c_ref = self._c_ring_ref  # the usual get() again
+            lock.release()
+        return True
 
     def _hold(self, frames: Iterable[tuple[int, Any]]) -> None:
         """Keep frames get_many took but cannot return now, for the next get.
@@ -1321,7 +1332,8 @@ class ProcessChannel(Channel[T]):
         if max_items == 1:
             return out
         if self._held:  # frames taken before come first: no new ones this time
-            self._take_held(out, max_items)
+            # An item in hand already: never wait for another thread's batch.
+            self._take_held(out, max_items, 0)
             return out
         ring = self._ring
         self._lock_c(None)
