@@ -338,3 +338,43 @@ def test_orphans_that_exit_are_reaped_during_the_run(tmp_path):
     finally:
         run.close()
 
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def test_an_adopted_daemon_does_not_outlive_a_sigkilled_up(tmp_path):
+    # The daemon (setsid + env -i: neither the program's group nor polytask's
+    # variable) is adopted by up; up hands it to its guardian, which ends it when up
+    # is SIGKILLed. The hand-over happens in up's check of its adopted children:
+    # the test waits for that check to have run since the adoption (it reaps an
+    # orphan made after it, "late"), as the documented limit says.
+    procfile(
+        tmp_path,
+        "daemon: (setsid env -i /bin/sh -c 'echo $$ > daemon.pid; exec sleep 300'"
+        " </dev/null >/dev/null 2>&1 &); until [ -e go ]; do sleep 0.01; done;"
+        " (sh -c 'echo $$ > late.pid' &); exec sleep 300\n",
+    )
+    run = Run("polytask", tmp_path)
+    daemon = 0
+    try:
+        daemon = int(
+            wait_until(lambda: (p := tmp_path / "daemon.pid").exists() and p.read_text().strip())
+        )
+        wait_until(lambda: _ppid(daemon) == run.proc.pid, what="the daemon adopted by up")
+        (tmp_path / "go").touch()
+        late = int(
+            wait_until(lambda: (p := tmp_path / "late.pid").exists() and p.read_text().strip())
+        )
+        wait_until(lambda: not os.path.exists(f"/proc/{late}"), what="the late orphan reaped")
+        run.proc.kill()
+        run.proc.wait()
+        wait_until(lambda: not _alive(daemon), what=f"the daemon {daemon} ended by the guardian")
+    finally:
+        run.close()
+        if daemon and _alive(daemon):
+            os.kill(daemon, signal.SIGKILL)

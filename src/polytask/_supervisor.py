@@ -983,6 +983,8 @@ class Supervisor:
         self._error: BaseException | None = None
         self._returncode: int | None = None
         self._event_error_reported = False
+        #: The orphans ``_reap_adopted`` handed to the guardian: pid -> its token.
+        self._adopted: dict[int, bytes] = {}
         #: Probe threads still in their GET or connect when their probe was closed: the
         #: loop does not wait for them; the cleanup waits a little (_PROBE_JOIN).
         self._probe_threads: list[threading.Thread] = []
@@ -1352,13 +1354,18 @@ class Supervisor:
             raise PolytaskError(f"the supervisor loop failed: {self._error!r}") from self._error
 
     def _reap_adopted(self) -> None:
-        """Reap our zombie children that are none of this supervisor's processes.
+        """Reap our zombie children that are none of this supervisor's processes,
+        and hand the living ones to the guardian.
 
         For the ``polytask up`` command, the subreaper of the programs: their
         orphans (a daemon's double fork) become its children, and those that exit
-        must be reaped by it, or they pile up. Under the lock, which the loop holds
-        while it starts and reaps programs and probes: a program that exited before
-        the loop took note of it is never taken for an orphan.
+        must be reaped by it, or they pile up. Those still running are ended with
+        the run; registered with the guardian (pid and start time), they are ended
+        too if up is SIGKILLed, when they would go to init (a daemon that left the
+        group and cleared its environment has nothing else the guardian could find
+        it by). Under the lock, which the loop holds while it starts and reaps
+        programs and probes: a program that exited before the loop took note of it
+        is never taken for an orphan.
         """
         with self._lock:
             ours: set[int] = set()
@@ -1368,12 +1375,26 @@ class Supervisor:
                 for probe in (prog.prober, prog.liveness):
                     if probe is not None and probe._popen is not None:
                         ours.add(probe._popen.pid)
-            for pid in _proc.stray_children(ours):
+            strays = _proc.stray_children(ours)
+            zombies = []
+            # The living first: an orphan reaped in this pass (as a test sees it)
+            # means every child adopted before it is registered.
+            for pid in strays:
                 if _proc.pid_state(pid) == b"Z":
-                    try:
-                        os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        pass
+                    zombies.append(pid)
+                elif pid not in self._adopted:
+                    token = _proc.guard_pid(pid)
+                    if token is not None:
+                        self._adopted[pid] = token
+            for pid in zombies:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            # Forget those gone (reaped here): a clock that double-forks a job a
+            # minute must not grow the guardian's list for ever.
+            for pid in self._adopted.keys() - set(strays).difference(zombies):
+                _proc.unguard_pid(self._adopted.pop(pid))
 
     # ------------------------------------------------------------------ the loop thread
 
