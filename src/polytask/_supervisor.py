@@ -298,6 +298,11 @@ _OTHER_EOLS: Final = (
 )
 
 
+def _other_eol(data: bytes) -> bool:
+    """Whether ``data`` holds a line end other than "\\n"."""
+    return any(end in data for end in _OTHER_EOLS)
+
+
 def _split_lines(data: bytes, *, final: bool) -> tuple[list[bytes], bytes]:
     """The lines ``data`` ends, and what follows its last end. Not ``final``: a
     "\r" at the very end may be the first half of a "\r\n" and is left in the rest;
@@ -510,7 +515,7 @@ class _Stream:
     file: IO[bytes]
     fd: int
     #: The start of a line whose end has not been read yet.
-    rest: bytes = b""
+    buf: bytearray = field(default_factory=bytearray)
     closed: bool = False
 
 
@@ -1818,18 +1823,32 @@ class Supervisor:
             if not chunk:
                 self._close_stream(stream)
                 return
-            data = stream.rest + chunk if stream.rest else chunk
-            if not any(end in data for end in _OTHER_EOLS):
-                # Only "\n" ends lines here (nearly always): split in one C call.
-                lines = data.split(b"\n")
-                rest = lines.pop()
+            buf = stream.buf
+            # What is held has no line end but maybe the start of one in its last
+            # two bytes (a "\r" before "\n", a UTF-8 end's first bytes): only the
+            # chunk and that seam are looked at, so a long line read in small
+            # pieces is not scanned again with each piece.
+            other = _other_eol(chunk) or bool(buf and _other_eol(bytes(buf[-2:]) + chunk[:2]))
+            if not other and b"\n" not in chunk:
+                buf += chunk  # the line goes on
+                lines: list[bytes] = []
             else:
-                lines, rest = _split_lines(data, final=False)
-            if len(rest) > _MAX_LINE:  # a line with no end in sight: cut it
-                lines.append(rest[:-1] if rest.endswith(b"\r") else rest)
-                rest = b""
+                if buf:
+                    buf += chunk
+                    data = bytes(buf)
+                    buf.clear()
+                else:
+                    data = chunk
+                if other:
+                    lines, rest = _split_lines(data, final=False)
+                else:  # only "\n" ends lines here (nearly always): one C call
+                    lines = data.split(b"\n")
+                    rest = lines.pop()
+                buf += rest
+            if len(buf) > _MAX_LINE:  # a line with no end in sight: cut it
+                lines.append(bytes(buf[:-1] if buf.endswith(b"\r") else buf))
+                buf.clear()
             self._lines(stream.program, lines)
-            stream.rest = rest
             if not drain:
                 return
 
@@ -1843,9 +1862,9 @@ class Supervisor:
         if stream.closed:
             return
         stream.closed = True
-        if stream.rest:  # the last line had no end
-            self._lines(stream.program, _split_lines(stream.rest, final=True)[0])
-            stream.rest = b""
+        if stream.buf:  # the last line had no end
+            self._lines(stream.program, _split_lines(bytes(stream.buf), final=True)[0])
+            stream.buf.clear()
         assert self._selector is not None
         try:
             self._selector.unregister(stream.fd)
