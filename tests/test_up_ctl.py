@@ -117,6 +117,26 @@ def test_log_ring_is_bounded_per_program_and_keeps_the_order():
     assert len(ring.tail(["c"], None)) == 2
 
 
+def test_log_ring_add_many_keeps_what_adding_one_by_one_keeps():
+    # up adds what one read completed at once (a million short lines spent most
+    # of their time in the ring); the ring must end the same, seq numbers included.
+    batches = [[b"x" * (i % 7) for i in range(n)] for n in (0, 1, 2, 3, 5, 8, 13, 2, 40)] + [
+        [b"long-line"] * 3,
+        [b"y"] * 100,
+    ]
+    for max_lines, max_bytes in ((3, 10), (5, 1000), (50, 30)):
+        one, many = (LogRing(max_lines=max_lines, max_bytes=max_bytes, max_line=4) for _ in "ab")
+        for i, batch in enumerate(batches):
+            for data in batch:
+                one.add("a", data, float(i))
+            one.add("b", b"b", float(i))
+            many.add_many("a", batch, float(i))
+            many.add_many("b", [b"b"], float(i))
+            assert one.seq == many.seq
+            assert one.tail(None, None) == many.tail(None, None)
+            assert one.after(one.seq - 4, ["a"]) == many.after(many.seq - 4, ["a"])
+
+
 def test_format_status_table():
     text = format_status(
         [

@@ -44,6 +44,42 @@ def test_a_carriage_return_ends_a_line_as_in_honcho(tmp_path):
     assert honcho.lines() == up.lines() == expected
 
 
+_RAW_LINE = re.compile(rb"^\d\d:\d\d:\d\d (\S+) +\| ?(.*)$", re.S)
+
+
+def _raw_lines(run: Run) -> list[tuple[bytes, bytes]]:
+    """(program, line) as written, split on "\\n" only (``Run.lines`` uses
+    str.splitlines, which would itself split on the line ends tested here)."""
+    found = []
+    for text in run.out_path.read_bytes().split(b"\n"):
+        m = _RAW_LINE.match(text)
+        if m and m.group(1) not in (b"system", b"polytask"):
+            found.append((m.group(1), m.group(2)))
+    return found
+
+
+def test_every_line_end_of_str_splitlines_ends_a_line_as_in_honcho(tmp_path):
+    # honcho decodes each line and prints what str.splitlines makes of it: \f, \v,
+    # \x1c-\x1e, U+0085, U+2028 and U+2029 (UTF-8) end a line there; left inside a
+    # line, a form feed or vertical tab would move the cursor away from the prefix.
+    # "\f\n" is two ends (two empty lines); "\r\n" one; a last end with nothing
+    # after it adds no empty line. Then line ends split across two writes (and
+    # two reads, mostly): each still ends its line, "\r" + "\n" as one.
+    procfile(
+        tmp_path,
+        r"ends: printf 'a\fb\vc\034d\035e\036f\302\205g\342\200\250h\342\200\251i\n"
+        r"\f\nj\r\nk\v'; printf 'x\342\200'; sleep 0.2; printf '\250y\r'; sleep 0.2;"
+        r" printf '\nz\302'; sleep 0.2; printf '\205'; sleep 0.2; printf end"
+        "\n",
+    )
+    honcho, up = both(tmp_path)
+    assert honcho.proc.returncode == up.proc.returncode == 0
+    expected = [(b"ends.1", b"" if s == b"_" else s) for s in b"a b c d e f g h i _ _ j k".split()]
+    expected += [(b"ends.1", s) for s in (b"x", b"y", b"z", b"end")]
+    assert _raw_lines(honcho) == expected, honcho.out
+    assert _raw_lines(up) == expected, up.out
+
+
 def test_bytes_are_passed_through_where_honcho_replaces_them(tmp_path):
     # Documented difference: polytask writes a program's bytes as they are
     # (honcho decodes them as UTF-8 and writes U+FFFD for what is not).
@@ -301,3 +337,44 @@ def test_orphans_that_exit_are_reaped_during_the_run(tmp_path):
         assert run.finish() == 143
     finally:
         run.close()
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def test_an_adopted_daemon_does_not_outlive_a_sigkilled_up(tmp_path):
+    # The daemon (setsid + env -i: neither the program's group nor polytask's
+    # variable) is adopted by up; up hands it to its guardian, which ends it when up
+    # is SIGKILLed. The hand-over happens in up's check of its adopted children:
+    # the test waits for that check to have run since the adoption (it reaps an
+    # orphan made after it, "late"), as the documented limit says.
+    procfile(
+        tmp_path,
+        "daemon: (setsid env -i /bin/sh -c 'echo $$ > daemon.pid; exec sleep 300'"
+        " </dev/null >/dev/null 2>&1 &); until [ -e go ]; do sleep 0.01; done;"
+        " (sh -c 'echo $$ > late.pid' &); exec sleep 300\n",
+    )
+    run = Run("polytask", tmp_path)
+    daemon = 0
+    try:
+        daemon = int(
+            wait_until(lambda: (p := tmp_path / "daemon.pid").exists() and p.read_text().strip())
+        )
+        wait_until(lambda: _ppid(daemon) == run.proc.pid, what="the daemon adopted by up")
+        (tmp_path / "go").touch()
+        late = int(
+            wait_until(lambda: (p := tmp_path / "late.pid").exists() and p.read_text().strip())
+        )
+        wait_until(lambda: not os.path.exists(f"/proc/{late}"), what="the late orphan reaped")
+        run.proc.kill()
+        run.proc.wait()
+        wait_until(lambda: not _alive(daemon), what=f"the daemon {daemon} ended by the guardian")
+    finally:
+        run.close()
+        if daemon and _alive(daemon):
+            os.kill(daemon, signal.SIGKILL)

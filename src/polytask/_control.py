@@ -318,6 +318,27 @@ class LogRing:
         self._bytes[name] = size
         return line
 
+    def add_many(self, name: str, lines: Sequence[bytes], when: float) -> None:
+        """:meth:`add` each of ``lines`` (one read's worth); the ring ends as it would
+        after adding them one by one, but lines the count bound would drop at once
+        are only numbered."""
+        skip = max(0, len(lines) - self.max_lines)
+        seq = self.seq + skip
+        ring = self._rings.setdefault(name, deque())
+        size = self._bytes.get(name, 0)
+        cut = self.max_line
+        for data in lines[skip:] if skip else lines:
+            seq += 1
+            line = LogLine(seq, when, name, data[:cut])
+            ring.append(line)
+            size += len(line.data)
+        self.seq = seq
+        # Dropping the oldest once at the end leaves the same lines as after each
+        # add: a line that had to go then has to go now.
+        while ring and (len(ring) > self.max_lines or size > self.max_bytes):
+            size -= len(ring.popleft().data)
+        self._bytes[name] = size
+
     def _rings_of(self, names: Collection[str] | None) -> list[deque[LogLine]]:
         return [r for n, r in self._rings.items() if names is None or n in names]
 
