@@ -1302,6 +1302,20 @@ def test_a_get_waiting_for_another_threads_held_batch_keeps_its_timeout():
         assert len(ch) == 0
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_a_get_of_held_items_takes_an_endless_timeout(timeout):
+    """get(timeout=inf) (no limit, as everywhere) while get_many holds items back:
+    it takes the next one. The wait for another thread's batch was given the raw
+    number, and threading's acquire() raised OverflowError for it."""
+    with pt.Channel(backend="process") as ch:
+        ch.put_many([0, LoadsBadly(), 1], timeout=HANG)
+        assert ch.get_many(10, timeout=HANG) == [0]
+        with pytest.raises(pt.SerializationError):
+            ch.get(timeout=timeout)
+        assert ch.get(timeout=timeout) == 1
+        assert len(ch) == 0
+
+
 def test_a_get_asleep_on_the_ring_takes_items_held_meanwhile():
     """A thread asleep in get() on an empty ring, and another whose get_many holds
     items: the sleeper takes them (before, it slept on until its timeout while

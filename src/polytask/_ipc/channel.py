@@ -1044,8 +1044,8 @@ class ProcessChannel(Channel[T]):
     def _get_held(self, timeout: float | None = None) -> T:
         """get() while frames are held (see _hold): they came off the ring first."""
         out: list[T] = []
-        deadline = _deadline(timeout)
-        if not self._take_held(out, 1, timeout):
+        deadline = _deadline(timeout)  # validated: inf (no limit) is None here
+        if not self._take_held(out, 1, _left(deadline)):
             raise ChannelEmpty(
                 "get()'s timeout passed while another thread of this process was "
                 "decoding the items get_many() held back"
