@@ -113,6 +113,13 @@ seq 5 | parallel -k echo :::: - - -
 seq 5 | parallel -k echo :::: - ::: x y :::: -
 seq 5 | parallel -k --link echo :::: - -
 seq 3 | parallel -k -a - -a - echo
+seq 1 | parallel -k printf '[%s]' {1} {2} {3} :::: - - -
+seq 2 | parallel -k printf '[%s]' {1} {2} :::: - -
+seq 6 | parallel -k --header : echo {1} {2} :::: - -
+seq 3 | parallel -k --header : printf '[%s]' {1} {2} :::: - -
+seq 2 | parallel -k --header : echo {1} {2} :::: - -
+seq 5 | parallel -k --link --header : echo {1} {2} :::: - -
+seq 4 | parallel -k --header : -a - -a - echo {1}/{2}
 parallel -k --shellquote ::: 'a b' "c'd" '' a/b-c.d_+ "'x'"
 printf 'a b\n$x\n"q"\n\\\n!\n\n' | parallel -k --shellquote
 parallel -k --shellquote --shellquote -n2 ::: 'a b' "c'd" e

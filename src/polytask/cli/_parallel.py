@@ -2846,7 +2846,7 @@ def _inputs(
                 csv_join(s) if k == "::::" else s for k, s in zip(kinds, sources, strict=True)
             ]
         if len(stdin_at) > 1:
-            _share_stdin(sources, stdin_at, link=opts.link)
+            _share_stdin(sources, stdin_at, link=opts.link, header=opts.header is not None)
         if opts.link:
             linked = [True] * len(sources)
         if opts.header is not None:
@@ -2867,14 +2867,18 @@ def _inputs(
     return source, names
 
 
-def _share_stdin(sources: list[list[str]], at: list[int], *, link: bool) -> None:
+def _share_stdin(
+    sources: list[list[str]], at: list[int], *, link: bool, header: bool = False
+) -> None:
     """Deal stdin's inputs (all in ``sources[at[0]]``) to the sources that name it, as GNU
     parallel's reads from the one file handle they share give them out.
 
     With --link each job reads one input of every source in turn, so they go
     round. Else the first job reads one for each, then the last source not at
     its end is read to it: the last stdin source takes the rest (``:::: - -``
-    over 1 2 3 is ``1 2``, ``1 3``).
+    over 1 2 3 is ``1 2``, ``1 3``). A source whose read of the first job found
+    stdin at its end has an empty input, as GNU's (``:::: - -`` over 1 is
+    ``1 ''``). With --header, each first reads its header line, one each.
     """
     lines = sources[at[0]]
     for i in at:
@@ -2883,8 +2887,14 @@ def _share_stdin(sources: list[list[str]], at: list[int], *, link: bool) -> None
         for k, line in enumerate(lines):
             sources[at[k % len(at)]].append(line)
         return
-    for i, line in zip(at, lines, strict=False):
-        sources[i].append(line)
+    if header:
+        for i, line in zip(at, lines, strict=False):
+            sources[i].append(line)
+        lines = lines[len(at) :]
+    if not lines:
+        return
+    for k, i in enumerate(at):
+        sources[i].append(lines[k] if k < len(lines) else "")
     sources[at[-1]].extend(lines[len(at) :])
 
 
