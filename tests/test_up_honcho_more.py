@@ -80,6 +80,26 @@ def test_every_line_end_of_str_splitlines_ends_a_line_as_in_honcho(tmp_path):
     assert _raw_lines(up) == expected, up.out
 
 
+def test_a_line_end_at_the_cut_of_an_endless_line_still_ends_a_line(tmp_path):
+    # A line longer than 256 KiB is cut (honcho keeps it whole). When the cut fell
+    # between the two bytes of U+0085 ("\xc2" | "\x85"), the end was lost: "\xc2"
+    # went out with the cut piece, and "\x85" started the next line. The sleep
+    # makes that split likely; the line after the end is "b" either way.
+    procfile(
+        tmp_path,
+        r"long: head -c 262144 /dev/zero | tr '\0' a; printf '\302'; sleep 0.5;"
+        r" printf '\205b\n'" + "\n",
+    )
+    run = Run("polytask", tmp_path)
+    try:
+        assert run.finish() == 0
+    finally:
+        run.close()
+    lines = [data for name, data in _raw_lines(run) if name == b"long.1"]
+    assert lines[-1] == b"b", lines[-2:]
+    assert b"".join(lines[:-1]) == b"a" * 262144
+
+
 def test_bytes_are_passed_through_where_honcho_replaces_them(tmp_path):
     # Documented difference: polytask writes a program's bytes as they are
     # (honcho decodes them as UTF-8 and writes U+FFFD for what is not).

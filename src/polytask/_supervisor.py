@@ -303,6 +303,13 @@ def _other_eol(data: bytes) -> bool:
     return any(end in data for end in _OTHER_EOLS)
 
 
+def _partial_eol(buf: bytearray) -> int:
+    """How many bytes at the end of ``buf`` are the start of a UTF-8 line end."""
+    if buf.endswith(b"\xe2\x80"):
+        return 2
+    return 1 if buf.endswith((b"\xc2", b"\xe2")) else 0
+
+
 def _split_lines(data: bytes, *, final: bool) -> tuple[list[bytes], bytes]:
     """The lines ``data`` ends, and what follows its last end. Not ``final``: a
     "\r" at the very end may be the first half of a "\r\n" and is left in the rest;
@@ -1846,8 +1853,15 @@ class Supervisor:
                     rest = lines.pop()
                 buf += rest
             if len(buf) > _MAX_LINE:  # a line with no end in sight: cut it
-                lines.append(bytes(buf[:-1] if buf.endswith(b"\r") else buf))
-                buf.clear()
+                # A "\r" at the cut ends the piece; the first bytes of a UTF-8
+                # line end (U+0085, U+2028/9) stay, to end what follows.
+                if buf.endswith(b"\r"):
+                    lines.append(bytes(buf[:-1]))
+                    buf.clear()
+                else:
+                    cut = len(buf) - _partial_eol(buf)
+                    lines.append(bytes(buf[:cut]))
+                    del buf[:cut]
             self._lines(stream.program, lines)
             if not drain:
                 return
