@@ -1236,6 +1236,17 @@ class Gate:
         return (_rebuild_gate, ("g",))
 
 
+def _start_gated_batch(ch: pt.Channel, got: dict[str, object]) -> threading.Thread:
+    """A thread whose get_many takes the held items, stopped in a Gate's decode
+    (until _gate_release is set): its result goes to ``got["batch"]``."""
+    batch = threading.Thread(
+        target=lambda: got.update(batch=ch.get_many(10, timeout=HANG)), name="gated"
+    )
+    batch.start()
+    wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
+    return batch
+
+
 def test_threads_sharing_a_handle_take_held_items_once_and_in_order():
     """One handle per process, so its threads share it. A batch of held items is
     taken whole: a get in another thread meanwhile waits for it, and takes what
@@ -1250,12 +1261,8 @@ def test_threads_sharing_a_handle_take_held_items_once_and_in_order():
             ch.get(timeout=HANG)
         ch.put(5, timeout=HANG)  # after the held ones, in the ring
         got: dict[str, object] = {}
-        batch = threading.Thread(
-            target=lambda: got.update(batch=ch.get_many(10, timeout=HANG)), name="gated"
-        )
-        batch.start()
+        batch = _start_gated_batch(ch, got)
         try:
-            wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
             single = threading.Thread(target=lambda: got.update(single=ch.get(timeout=HANG)))
             single.start()
             # Let it go as far as it can: done (before), or waiting for the batch.
@@ -1284,12 +1291,8 @@ def test_a_get_waiting_for_another_threads_held_batch_keeps_its_timeout():
         with pytest.raises(pt.SerializationError):
             ch.get(timeout=HANG)
         got: dict[str, object] = {}
-        batch = threading.Thread(
-            target=lambda: got.update(batch=ch.get_many(10, timeout=HANG)), name="gated"
-        )
-        batch.start()
+        batch = _start_gated_batch(ch, got)
         try:
-            wait_until(_gate_entered.is_set, HANG, "the batch decoding the gated item")
             with pytest.raises(pt.ChannelEmpty, match="decoding"):
                 ch.get(timeout=0.05)
             assert batch.is_alive()  # it raised while the batch still decoded

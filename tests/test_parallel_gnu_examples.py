@@ -145,19 +145,24 @@ def test_same_as_gnu(gnu_parallel: str, tmp_path: Path, line: str) -> None:
     same(g, p)
 
 
+def pt_alone(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``polytask parallel ARGV`` alone (a refusal: GNU's answer is not the point)."""
+    return subprocess.run(
+        [PY, "-m", "polytask.cli", "parallel", *argv],
+        input="a\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(tmp_path, None),
+    )
+
+
 def test_shellquote_with_a_command_is_refused(tmp_path: Path) -> None:
     # GNU quotes the command line as it composes it, and polytask quotes an
     # input in a COMMAND its own way: the output would differ, so none is given.
     for argv in (["--shellquote", "echo", ":::", "a"], ["--shellquote", "--pipe", "cat"]):
-        r = subprocess.run(
-            [PY, "-m", "polytask.cli", "parallel", *argv],
-            input="a\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-            env=_env(tmp_path, None),
-        )
+        r = pt_alone(tmp_path, argv)
         assert (r.returncode, r.stdout) == (255, "")
         assert "--shellquote goes without a COMMAND only" in r.stderr
 
@@ -204,15 +209,7 @@ def test_jobs_percent_rounds_up(gnu_parallel: str, tmp_path: Path) -> None:
 def test_perl_expressions_outside_the_command_are_refused(tmp_path: Path, argv: list[str]) -> None:
     # GNU parallel evaluates them there too; kept as text, they named the tag
     # or the results directory without a word.
-    r = subprocess.run(
-        [PY, "-m", "polytask.cli", "parallel", *argv],
-        input="a\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=_env(tmp_path, None),
-    )
+    r = pt_alone(tmp_path, argv)
     assert (r.returncode, r.stdout) == (255, "")
     assert "is a Perl expression" in r.stderr and r.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
