@@ -763,6 +763,7 @@ def test_progress_bar_is_drawn_while_the_map_runs_and_ends_on_the_final_count(tm
 
     try:
         read_until(b"0/4")  # drawn while every item still waits
+        read_until(b"0:00:01")  # and redrawn as time passes, with no result in
         assert b"4/4" not in seen
         go.touch()
         read_until(b"4/4")

@@ -46,7 +46,11 @@ def _rate_column() -> Any:
 class Progress:
     """A bar with count, percentage, rate, elapsed time and ETA, on stderr."""
 
-    def __init__(self, description: str, total: int | None) -> None:
+    def __init__(self, description: str, total: int | None, *, ticker: bool = True) -> None:
+        """``ticker=False``: no refresh thread; the caller calls :meth:`update` at
+        least every ``INTERVAL``, results or not (a map's waiting loop does). That
+        saves starting a thread, which costs a millisecond or more while the pool's
+        own threads hold the GIL: a few per cent of a short map."""
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -68,12 +72,14 @@ class Progress:
             TimeRemainingColumn(),
             console=Console(stderr=True),
             transient=False,
+            auto_refresh=ticker,
         )
+        self._draw = not ticker
         # The task is added before the display starts, and the start draws
-        # nothing: rich's refresh thread draws the bar within its first tenth of a
-        # second, and close() draws the final count. A map shorter than that pays
-        # one drawing (about a millisecond), not one each for start, add_task,
-        # the first update and stop.
+        # nothing: the bar is drawn within its first tenth of a second (by rich's
+        # refresh thread, or by the caller's update), and close() draws the final
+        # count. A map shorter than that pays one drawing (about a millisecond),
+        # not one each for start, add_task, the first update and stop.
         self._id = self._bar.add_task(description, total=total)
         self._bar.live.start(refresh=False)
         self._done = 0
@@ -85,7 +91,7 @@ class Progress:
         now = time.monotonic()
         if force or now - self._last >= INTERVAL:
             self._last = now
-            self._bar.update(self._id, completed=completed)
+            self._bar.update(self._id, completed=completed, refresh=self._draw)
 
     def advance(self, n: int = 1) -> None:
         """``n`` more items done."""

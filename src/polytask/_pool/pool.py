@@ -56,7 +56,7 @@ from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
 from .._ipc.codec import loads_exception
 from .._os.proc import at_shutdown, usable_cpus
-from .._progress import Progress, want_progress
+from .._progress import INTERVAL, Progress, want_progress
 from ..backends import Backend, make_backend
 from .batch import Results, _run_chunk, _run_items
 from .chunking import ChunkSizer
@@ -1397,7 +1397,8 @@ class Pool(PrimitiveFactory):
         caller's thread waits, draws the progress bar, and terminates on Ctrl-C."""
         wake = threading.Event()
         run._notify = wake.set
-        bar = Progress(fn_name(run.fn), total) if want_progress(progress) else None
+        # This thread only waits: it redraws the bar itself (see Progress's ticker).
+        bar = Progress(fn_name(run.fn), total, ticker=False) if want_progress(progress) else None
         try:
             while True:
                 wake.clear()
@@ -1406,14 +1407,14 @@ class Pool(PrimitiveFactory):
                 for seg in batch:
                     run.yielded += len(seg[0])
                     yield seg
-                if batch and bar is not None:
-                    bar.update(run.yielded)
+                if bar is not None:
+                    bar.update(run.yielded)  # redrawn at most every INTERVAL
                 if run.finished():
                     return
                 if not batch and run.aborted is not None:
                     raise run.aborted
                 if not batch:
-                    wake.wait(0.25)
+                    wake.wait(0.25 if bar is None else INTERVAL)
         except KeyboardInterrupt:
             self.terminate()
             raise
