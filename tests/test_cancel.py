@@ -11,8 +11,10 @@ that code without cancellation points fails these tests instead of hanging.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,6 +132,8 @@ class Case:
             self.cleanups.append(gate.set)
             self.cleanups.append(lambda: other.result(HANG))
             return (other.result if kind == "result" else other.join), gate.set
+        if kind.startswith("fifo-"):
+            return self._fifo(kind, tmp_path)
         if kind == "group":
             gate = pt.Event()
 
@@ -139,6 +143,37 @@ class Case:
 
             return nested, gate.set
         raise AssertionError(kind)
+
+    def _fifo(self, kind: str, tmp_path: Any) -> tuple[Callable[[], Any], Any]:
+        fifo = pt.Fifo(tmp_path / "fifo")
+        self.cleanups.append(fifo.unlink)
+        if kind == "fifo-open":  # a writer waits for a reader
+            opened: list[Any] = []
+            self.cleanups.append(lambda: [r.close() for r in opened])
+            return (lambda: fifo.open("w")), (lambda: opened.append(fifo.open("r")))
+        reader = fifo.open("r")
+        self.cleanups.append(reader.close)
+        if kind == "fifo-recv":  # no writer has come yet
+            writer: list[Any] = []
+            self.cleanups.append(lambda: [w.close() for w in writer])
+
+            def send() -> None:
+                writer.append(fifo.open("w", timeout=HANG))
+                writer[0].send(b"x")
+
+            return (lambda: reader.recv()), send
+        sender = fifo.open("w", timeout=HANG)
+        self.cleanups.append(sender.close)
+        if kind == "fifo-flock":  # another writer's long message holds the FIFO's lock
+            fd = os.open(fifo.path, os.O_WRONLY | os.O_NONBLOCK)
+            holder = Holder(
+                lambda: fcntl.flock(fd, fcntl.LOCK_EX), lambda: fcntl.flock(fd, fcntl.LOCK_UN)
+            )
+            self.cleanups += [holder.stop, lambda: os.close(fd)]  # in this order
+            return (lambda: sender.send(b"x" * 8192)), holder.stop
+        # fifo-send: the reader does not read, so a message bigger than the pipe
+        # waits for room.
+        return (lambda: sender.send(b"x" * (1 << 20))), reader.close
 
 
 def blocked(ready: threading.Event, block: Callable[[], Any]) -> None:
@@ -166,7 +201,7 @@ def watchdog() -> Iterator[Callable[[Callable[[], Any]], None]]:
     timer.cancel()
 
 
-THREAD_KINDS = ["sleep", "group", "filelock"]
+THREAD_KINDS = ["sleep", "group", "filelock", "fifo-open", "fifo-recv", "fifo-send", "fifo-flock"]
 #: Blocking calls on a thread or a process object (waited for in a thread task either way).
 PRIMITIVE_KINDS = ["lock", "rlock", "event", "condition", "semaphore", "barrier", "result", "join"]
 CASES = [(k, "thread") for k in THREAD_KINDS] + [

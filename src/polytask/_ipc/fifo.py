@@ -52,6 +52,8 @@ from types import TracebackType
 from typing import Any
 
 from .._core.errors import ChannelClosed, SerializationError, WaitTimeout
+from .._core.task import sleep as _cancellable_sleep
+from .._core.task import wait_cancellable
 from .._core.timeouts import check_timeout
 from .._os import proc as _proc
 from .codec import dumps, loads
@@ -242,6 +244,14 @@ def _fifo_attach(path: str, format: str, max_frame: int, trust_existing: bool) -
 # --------------------------------------------------------------------------- checks
 
 
+def _poll(poller: select.poll, timeout: float | None) -> list[tuple[int, int]]:
+    """``poller.poll`` for ``timeout`` seconds (None: no limit; a positive wait
+    lasts at least a millisecond, so a short one never spins)."""
+    if timeout is None:
+        return poller.poll(None)
+    return poller.poll(max(1, int(timeout * 1000)) if timeout > 0 else 0)
+
+
 def _who_writes(mode: int) -> str:
     return " and ".join(
         who
@@ -347,7 +357,8 @@ class FifoWriter:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise WaitTimeout(f"no reader opened the FIFO {self.path!r} within {timeout} s")
-            time.sleep(delay if deadline is None else min(delay, deadline - now))
+            # pt.sleep: a cancellation point of a thread task (as every wait here).
+            _cancellable_sleep(delay if deadline is None else min(delay, deadline - now))
             delay = min(delay * 2, 0.05)
 
     def send(self, message: Any, timeout: float | None = None) -> None:
@@ -433,7 +444,7 @@ class FifoWriter:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise WaitTimeout(f"the FIFO {self.path!r} stayed full for {timeout} s")
-                poller.poll(None if left is None else max(1, int(left * 1000)))
+                wait_cancellable(lambda t: _poll(poller, t), left)
         finally:
             if big:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -448,7 +459,7 @@ class FifoWriter:
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise WaitTimeout("another writer held the FIFO too long") from None
-                time.sleep(delay)
+                _cancellable_sleep(delay)
                 delay = min(delay * 2, 0.02)
 
     def close(self) -> None:
@@ -544,7 +555,7 @@ class FifoReader:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
-        events = self._poll.poll(None if left is None else max(1, int(left * 1000)))
+        events = wait_cancellable(lambda t: _poll(self._poll, t), left)
         if not events:
             raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
         hangup = all(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events)
