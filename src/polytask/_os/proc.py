@@ -567,19 +567,42 @@ _pid_jobs: dict[int, str] = {}
 # --------------------------------------------------------------------------- guardian
 
 
+#: Registrations held back (the guardian not reading) past which the owner says so once.
+_BACKLOG_WARN = 1 << 16
+
+
 class _Guardian:
-    """The parent's end of the guardian: a pipe, and the set of groups it watches."""
+    """The parent's end of the guardian: a pipe, and the set of groups it watches.
+
+    Sends never block: the write end is non-blocking, and what the pipe does not
+    take (a guardian that is SIGSTOPped, or being debugged, reads nothing, and its
+    64 KiB pipe fills up) waits here, in order, and a thread (:meth:`_feed`) sends
+    it as soon as there is room: not at the next send, which may never come before
+    the owner is killed. A blocking write there hung every spawn, worker start and
+    command, with this lock held (and the supervisor's, around ``guard_pid``).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._fd: int | None = None
         self._pid_owner = 0
+        self._reset_backlog()
+
+    def _reset_backlog(self) -> None:
+        #: Bytes not yet written, whole lines but maybe the first, which ``_torn``
+        #: (written already) starts: a new guardian is sent that line whole.
+        self._pending = bytearray()
+        self._torn = b""
+        self._warned = False
+        self._feeding = False
 
     def _start(self) -> int:
         # Called with self._lock held.
         if self._fd is not None and self._pid_owner == os.getpid():
             return self._fd
+        if self._pid_owner != os.getpid():  # a forked child: the backlog was its parent's
+            self._reset_backlog()
         # It carries no job marker: an outer owner's clean-up must not end it
         # before it has done its own.
         env = {k: v for k, v in os.environ.items() if not k.startswith(_TREE_PREFIX)}
@@ -601,8 +624,10 @@ class _Guardian:
         self._fd = self._proc.stdin.fileno()
         self._pid_owner = os.getpid()
         # Every job this process starts carries its owner key (see tree_env): one
-        # registration covers them all, however they detach.
+        # registration covers them all, however they detach. The pipe is empty:
+        # this write cannot block.
         os.write(self._fd, b"e" + os.fsencode(owner_key()) + b"=\n")
+        os.set_blocking(self._fd, False)
         return self._fd
 
     @property
@@ -611,26 +636,144 @@ class _Guardian:
         proc = self._proc
         return proc.pid if proc is not None and self._pid_owner == os.getpid() else 0
 
+    def _flush(self, fd: int) -> None:
+        """Write as much of the backlog as the pipe takes now (BrokenPipeError: it is gone)."""
+        pending = self._pending
+        while pending:
+            try:
+                n = os.write(fd, pending)
+            except BlockingIOError:
+                return
+            # Past PIPE_BUF a write may stop mid-line: remember that line's start.
+            nl = pending.rfind(b"\n", 0, n)
+            self._torn = bytes(pending[nl + 1 : n]) if nl >= 0 else self._torn + pending[:n]
+            del pending[:n]
+        self._warned = False
+
+    def _restart(self) -> None:
+        # Called with self._lock held, the guardian killed from outside: start another
+        # and send it what the dead one was not sent (the line it got half of whole).
+        # What it had read is lost with it, but for the owner's key, which the new
+        # one gets first and which covers every job.
+        old, self._proc, self._fd = self._proc, None, None
+        if old is not None and old.stdin is not None:
+            try:
+                old.stdin.close()
+            except OSError:
+                pass
+        self._pending[:0] = self._torn
+        self._torn = b""
+        self._flush(self._start())
+
+    def _note_backlog(self) -> None:
+        if self._warned or len(self._pending) < _BACKLOG_WARN:
+            return
+        self._warned = True
+        pid = self.pid
+        state = (pid_state(pid) or b"?").decode()
+        _say(
+            f"the guardian (pid {pid}, state {state}; T: stopped) does not read its pipe; "
+            f"{len(self._pending) >> 10} KiB of registrations wait in memory for it"
+        )
+
     def send(self, line: bytes) -> None:
         with self._lock:
             fd = self._start()
+            self._pending += line
             try:
-                os.write(fd, line)
+                self._flush(fd)
             except BrokenPipeError:  # the guardian was killed from outside: start another
-                self._fd = None
-                os.write(self._start(), line)
+                self._restart()
+            if self._pending:
+                self._note_backlog()
+                self._start_feeding()
+
+    def _start_feeding(self) -> None:
+        # Called with self._lock held and a backlog.
+        if self._feeding:
+            return
+        try:
+            threading.Thread(target=self._feed, name="polytask-guardian-feed", daemon=True).start()
+        except RuntimeError:  # interpreter shutdown: close() sends what it can
+            return
+        self._feeding = True
+
+    def _feed(self) -> None:
+        """Send the backlog as the pipe makes room, until it is all sent."""
+        try:
+            self._feed_loop()
+        except Exception as exc:  # pragma: no cover - a guardian that cannot restart
+            _say(f"error sending registrations to the guardian: {exc!r}")
+            with self._lock:
+                self._feeding = False
+
+    def _feed_loop(self) -> None:
+        poller = select.poll()
+        while True:
+            with self._lock:
+                fd = self._fd
+                if fd is None or not self._pending or self._pid_owner != os.getpid():
+                    self._feeding = False
+                    return
+                try:
+                    self._flush(fd)
+                except BrokenPipeError:
+                    self._restart()
+                    fd = self._fd
+                if not self._pending or fd is None:
+                    self._feeding = False
+                    return
+            # Unlocked, so a close or a restart may replace the pipe meanwhile: a wake-up
+            # then is spurious, and the timeout bounds one that never comes.
+            poller.register(fd, select.POLLOUT)
+            poller.poll(1000)
+            poller.unregister(fd)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Send the backlog (for up to ``timeout`` seconds), close the pipe and reap
+        the guardian (up to ``timeout`` more: it cleans up what is still registered)."""
+        sent = True
         with self._lock:
-            proc, self._proc, self._fd = self._proc, None, None
+            proc, fd = self._proc, self._fd
+            if proc is not None and fd is not None and self._pid_owner == os.getpid():
+                sent = self._drain(fd, time.monotonic() + timeout)
+            self._proc, self._fd = None, None
+            self._reset_backlog()
         if proc is None or self._pid_owner != os.getpid():
             return
         assert proc.stdin is not None
+        if not sent:
+            # Still not reading (stopped): an end-of-file now would have it clean up
+            # from an old list, and end groups whose "-" never reached it (their
+            # numbers may be reused by now). It goes without a clean-up, as one
+            # that never exits after end-of-file always did.
+            _say(
+                f"the guardian (pid {proc.pid}) took no registration for {timeout:g} s "
+                "(stopped?); ended without its clean-up"
+            )
+            proc.kill()
         proc.stdin.close()
         _reap(proc, timeout)
-        if proc.returncode is None:  # pragma: no cover - the guardian never blocks
+        if proc.returncode is None:  # a stopped guardian does not exit on end-of-file
             proc.kill()
             proc.wait()
+
+    def _drain(self, fd: int, deadline: float) -> bool:
+        """Flush the whole backlog by ``deadline``, waiting for room; True if it all went
+        (or the guardian is gone: nothing to send it)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        while True:
+            try:
+                self._flush(fd)
+            except BrokenPipeError:
+                return True
+            left = deadline - time.monotonic()
+            if not self._pending:
+                return True
+            if left <= 0:
+                return False
+            poller.poll(max(1, int(left * 1000)))
 
     def forget_after_fork(self) -> None:
         # A forked child must not keep the parent's write end open: the guardian
@@ -641,6 +784,14 @@ class _Guardian:
             except OSError:
                 pass
         self._proc, self._fd, self._lock = None, None, threading.Lock()
+        self._reset_backlog()
+
+
+def _say(text: str) -> None:
+    try:
+        print(f"polytask: {text}", file=sys.stderr)
+    except BaseException:  # pragma: no cover - stderr closed at exit
+        pass
 
 
 _guardian = _Guardian()
