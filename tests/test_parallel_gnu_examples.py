@@ -124,6 +124,31 @@ parallel -k --shellquote ::: 'a b' "c'd" '' a/b-c.d_+ "'x'"
 printf 'a b\n$x\n"q"\n\\\n!\n\n' | parallel -k --shellquote
 parallel -k --shellquote --shellquote -n2 ::: 'a b' "c'd" e
 parallel -k --shellquote --tag --jl log ::: 'a b'; cut -f 7- log
+parallel -k -t --shellquote ::: 'a b' "c'd" '' a/b-c.d_+ "'x'"
+parallel -k -t --shellquote --shellquote --shellquote -n2 ::: 'a b' "c'd" e
+parallel -k -t --tag --shellquote ::: 'a b'
+parallel -k --dry-run -t --shellquote --shellquote ::: 'a b' "c'd"
+parallel -k --dry-run --tag -t --shellquote -X ::: 'a b' c
+parallel -k --dry-run -t echo ::: 'a b' c
+parallel -k --dry-run --tag echo ::: 'a b' c
+parallel -k --dry-run --tagstring '<{}>' -v echo ::: 'a b' c
+parallel -k echo {#}-{} ::: $'a\nb' c
+parallel -k echo {#}-{} ::: $'a\n' $'\n' $'a\n\nb' $'c\r\nd'
+parallel -k -0 echo {#}-{} ::: $'a\nb' c
+parallel -k --null -d , echo {#}-{} ::: $'a\nb' c,d
+parallel -k -d , echo {#}-{} ::: $'a\nb' c,d e,
+parallel -k -d '\n' echo {#}-{} ::: $'a\nb'
+parallel -k --link echo {#}-{1}-{2} ::: $'a\nb' c ::: x y z
+parallel -k echo {#}-{1}-{2} ::: $'a\nb' c :::+ x y z
+parallel -k echo {#}-{1}-{2} ::: $'a\nb' ::: $'x\ny' :::: <(printf 'f\n')
+parallel -k -E b echo {#}-{} ::: $'a\nb\nc' d
+parallel -k -r echo {#}-{} ::: $'a\n\n \nb'
+parallel -k -N2 echo {#}-{} ::: $'a\nb\nc'
+parallel -k --header : echo {#}-{a}-{b} ::: $'a\nx\ny' ::: b z
+parallel -k --colsep , echo {#}-{1}-{2} ::: $'a,b\nc,d'
+parallel -k --csv echo {#}-{1}-{2} ::: $'"a\nb",c' $'d\ne,f' '"g' 'h",i'
+parallel -k ::: $'echo a\necho b'
+echo x | parallel -k --pipe --tee 'echo {}; cat' ::: $'a\nb'
 """
 CASES = LINES.strip().splitlines()
 GNU_RC_RACES = {"seq 3 | parallel --pipe -q -I,, echo '{}' ',,'"}
@@ -165,6 +190,15 @@ def test_shellquote_with_a_command_is_refused(tmp_path: Path) -> None:
         r = pt_alone(tmp_path, argv)
         assert (r.returncode, r.stdout) == (255, "")
         assert "--shellquote goes without a COMMAND only" in r.stderr
+
+
+def test_retry_failed_keeps_a_command_holding_the_delimiter_whole(tmp_path: Path) -> None:
+    # GNU parallel 20221122 cuts the joblog's commands at -d's delimiter, as it
+    # cuts the arguments after :::, and runs the pieces (here: a shell error).
+    r = pt_alone(tmp_path, ["--joblog", "log", "echo {}; false", ":::", "a,b"])
+    assert (r.returncode, r.stdout) == (1, "a,b\n")
+    r = pt_alone(tmp_path, ["--retry-failed", "-d", ",", "--joblog", "log"])
+    assert (r.returncode, r.stdout, r.stderr) == (1, "a,b\n", "")
 
 
 def test_csv_with_colsep_trims_as_gnu(gnu_csv: str | None, tmp_path: Path) -> None:

@@ -320,7 +320,7 @@ def test_hostile_inputs_through_every_plus_string(
     values = [v for v in CORPUS if len(v) < 1000]  # 20 copies must fit in sh -c's one argument
     work = tmp_path / "w"
     work.mkdir()
-    r = parallel("-k", "-j2", "--plus", text, ":::", *values, cwd=work, shell=shell)
+    r = parallel("-k", "-j2", "-0", "--plus", text, ":::", *values, cwd=work, shell=shell)
     nothing_ran(work)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
     fields = r.stdout.split(b"\0")

@@ -126,8 +126,19 @@ def run_corpus(
     work = tmp_path / f"work-{shell}"
     work.mkdir()
     # A newline ends whatever the COMMAND ends with (a here-document, a comment).
+    # -0 (here and wherever the corpus goes after :::): an argument holding a
+    # newline would be cut into several inputs at it, as GNU parallel's.
     r = parallel(
-        "-k", "-j", "2", *extra, command + "\nprintf '\\0'", ":::", *values, cwd=work, shell=shell
+        "-k",
+        "-j",
+        "2",
+        "-0",
+        *extra,
+        command + "\nprintf '\\0'",
+        ":::",
+        *values,
+        cwd=work,
+        shell=shell,
     )
     return r, r.stdout.split(b"\0")[:-1], work
 
@@ -189,7 +200,9 @@ def test_words_of_a_command_without_shell_syntax(tmp_path: Path, shell: str) -> 
     assert outputs == CORPUS
     work = tmp_path / "q"
     work.mkdir()
-    r = parallel("-k", "-q", "sh", "-c", "printf '%s\\0' {}", ":::", *CORPUS, cwd=work, shell=shell)
+    r = parallel(
+        "-k", "-0", "-q", "sh", "-c", "printf '%s\\0' {}", ":::", *CORPUS, cwd=work, shell=shell
+    )
     nothing_ran(work)
     assert r.returncode == 0 and r.stdout.split(b"\0")[:-1] == CORPUS
     # sh -c {} and -q sh -c (the input appended): the input is a word of the
@@ -264,8 +277,9 @@ def test_arithmetic_takes_numbers_only(tmp_path: Path, shell: str) -> None:
 def test_an_input_cannot_end_a_here_document(tmp_path: Path, shell: str) -> None:
     work = tmp_path / "w"
     work.mkdir()
+    # -0: else the newlines would cut the argument into inputs of their own, as GNU's.
     r = parallel(
-        "-k", "cat <<EOF\n{}\nEOF", ":::", "ok", "x\nEOF\ntouch PWNED", cwd=work, shell=shell
+        "-k", "-0", "cat <<EOF\n{}\nEOF", ":::", "ok", "x\nEOF\ntouch PWNED", cwd=work, shell=shell
     )
     nothing_ran(work)
     assert r.stdout == b"ok\n" and r.returncode == 1
@@ -316,7 +330,7 @@ def test_hostile_inputs_several_per_job(
     values = CORPUS[:42]  # a multiple of 2 and 3: no job short of an input
     work = tmp_path / "w"
     work.mkdir()
-    r = parallel("-k", "-j", "2", *opts, command, ":::", *values, cwd=work, shell=shell)
+    r = parallel("-k", "-j", "2", "-0", *opts, command, ":::", *values, cwd=work, shell=shell)
     nothing_ran(work)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
     outputs = r.stdout.split(b"\0")[:-1]
@@ -333,7 +347,7 @@ def test_hostile_inputs_in_columns_names_and_links(tmp_path: Path, shell: str) -
     work.mkdir()
 
     def outputs(*argv: str | bytes) -> list[bytes]:
-        r = parallel("-k", "-j", "2", *argv, cwd=work, shell=shell)
+        r = parallel("-k", "-j", "2", "-0", *argv, cwd=work, shell=shell)
         nothing_ran(work)
         assert r.returncode == 0, r.stderr.decode(errors="replace")[-500:]
         return r.stdout.split(b"\0")[:-1]
@@ -358,6 +372,7 @@ def test_hostile_inputs_in_tags_verbose_and_results(tmp_path: Path, shell: str) 
     work.mkdir()
     r = parallel(
         "-k",
+        "-0",
         "-v",
         "--tagstring",
         "<{}>",
@@ -370,7 +385,15 @@ def test_hostile_inputs_in_tags_verbose_and_results(tmp_path: Path, shell: str) 
     nothing_ran(work)
     assert r.returncode == 0 and r.stdout.count(b"\0") == len(values)
     r = parallel(
-        "-k", "--results", "../out.json", "printf '%s' {}", ":::", *values, cwd=work, shell=shell
+        "-k",
+        "-0",
+        "--results",
+        "../out.json",
+        "printf '%s' {}",
+        ":::",
+        *values,
+        cwd=work,
+        shell=shell,
     )
     nothing_ran(work)
     assert r.returncode == 0, r.stderr[-500:]

@@ -100,6 +100,39 @@ def test_a_line_end_at_the_cut_of_an_endless_line_still_ends_a_line(tmp_path):
     assert b"".join(lines[:-1]) == b"a" * 262144
 
 
+# (what the long line's length, what follows it): the sleeps make polytask's cut
+# (once more than 256 KiB is held) likely to fall right before the line's end,
+# which then comes in a read of its own; "\r\n" split across two reads too.
+LONG_LINE_ENDS = [
+    (262145, r"printf '\nb\n'"),
+    (262144, r"printf '\nb\n'"),
+    (262144, r"printf '\r'; sleep 0.3; printf '\nb\n'"),
+    (262145, r"printf '\r'; sleep 0.3; printf '\nb\n'"),
+    (262145, r"printf '\r'; sleep 0.3; printf '\rb\n'"),
+    (262145, r"printf '\302'; sleep 0.3; printf '\205\nb'"),
+    (262145, r"printf '\r'"),
+    (262145, "true"),
+]
+
+
+@pytest.mark.parametrize(("size", "then"), LONG_LINE_ENDS)
+def test_the_end_of_a_cut_line_makes_no_line_of_its_own(tmp_path, size, then):
+    # honcho prints the line whole; polytask in pieces (to bound its memory),
+    # and the end that comes after the cut ends the last piece, as in honcho,
+    # not an empty line of its own. What follows is the same as in honcho.
+    procfile(tmp_path, f"long: head -c {size} /dev/zero | tr '\\0' a; sleep 0.3; {then}\n")
+    honcho, up = both(tmp_path)
+    assert honcho.proc.returncode == up.proc.returncode == 0
+    whole, *after = [data for name, data in _raw_lines(honcho) if name == b"long.1"]
+    assert whole == b"a" * size
+    lines = [data for name, data in _raw_lines(up) if name == b"long.1"]
+    pieces = 0
+    while sum(map(len, lines[:pieces])) < size:
+        pieces += 1
+    assert b"".join(lines[:pieces]) == whole
+    assert lines[pieces:] == after, [len(x) for x in lines]
+
+
 def test_bytes_are_passed_through_where_honcho_replaces_them(tmp_path):
     # Documented difference: polytask writes a program's bytes as they are
     # (honcho decodes them as UTF-8 and writes U+FFFD for what is not).

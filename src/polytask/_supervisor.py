@@ -304,10 +304,16 @@ def _other_eol(data: bytes) -> bool:
 
 
 def _partial_eol(buf: bytearray) -> int:
-    """How many bytes at the end of ``buf`` are the start of a UTF-8 line end."""
+    """How many bytes at the end of ``buf`` may be the start of a line end: a "\r"
+    (of "\r\n"), the first bytes of a UTF-8 one."""
     if buf.endswith(b"\xe2\x80"):
         return 2
-    return 1 if buf.endswith((b"\xc2", b"\xe2")) else 0
+    return 1 if buf.endswith((b"\r", b"\xc2", b"\xe2")) else 0
+
+
+#: What _partial_eol holds back at a cut, alone in the buffer: the cut piece's
+#: line may still be ending.
+_EOL_STARTS: Final = (b"\r", b"\xc2", b"\xe2", b"\xe2\x80")
 
 
 def _split_lines(data: bytes, *, final: bool) -> tuple[list[bytes], bytes]:
@@ -524,6 +530,9 @@ class _Stream:
     #: The start of a line whose end has not been read yet.
     buf: bytearray = field(default_factory=bytearray)
     closed: bool = False
+    #: A line too long was cut, and nothing but (maybe) the start of a line end
+    #: was read since: an end read next is the cut piece's, not an empty line's.
+    cut: bool = False
 
 
 @dataclass(eq=False)
@@ -1852,16 +1861,20 @@ class Supervisor:
                     lines = data.split(b"\n")
                     rest = lines.pop()
                 buf += rest
+            if stream.cut:
+                if lines:
+                    if not lines[0]:  # the cut piece's end: its line is out already
+                        del lines[0]
+                    stream.cut = False
+                elif bytes(buf) not in _EOL_STARTS:  # the line went on
+                    stream.cut = False
             if len(buf) > _MAX_LINE:  # a line with no end in sight: cut it
-                # A "\r" at the cut ends the piece; the first bytes of a UTF-8
-                # line end (U+0085, U+2028/9) stay, to end what follows.
-                if buf.endswith(b"\r"):
-                    lines.append(bytes(buf[:-1]))
-                    buf.clear()
-                else:
-                    cut = len(buf) - _partial_eol(buf)
-                    lines.append(bytes(buf[:cut]))
-                    del buf[:cut]
+                # What may be the start of a line end ("\r" of "\r\n", the first
+                # bytes of U+0085, U+2028/9) stays, to end what follows as one.
+                cut = len(buf) - _partial_eol(buf)
+                lines.append(bytes(buf[:cut]))
+                del buf[:cut]
+                stream.cut = True
             self._lines(stream.program, lines)
             if not drain:
                 return
@@ -1877,7 +1890,10 @@ class Supervisor:
             return
         stream.closed = True
         if stream.buf:  # the last line had no end
-            self._lines(stream.program, _split_lines(bytes(stream.buf), final=True)[0])
+            lines = _split_lines(bytes(stream.buf), final=True)[0]
+            if stream.cut and not lines[0]:  # a last "\r" ended the cut piece
+                del lines[0]
+            self._lines(stream.program, lines)
             stream.buf.clear()
         assert self._selector is not None
         try:

@@ -687,6 +687,26 @@ def _delimiter(text: str) -> bytes:
     return out
 
 
+def _split_args(args: Iterable[str], sep: bytes) -> list[str] | list[bytes]:
+    """The arguments after ::: as GNU parallel reads them: it writes each, then the
+    delimiter, to a file and reads that back as any input file, so an argument
+    holding the delimiter (a newline unless -0 or -d) is more than one input, and
+    one that ends with it is followed by an empty input (``$'a\\n'``: ``a`` and ``''``)."""
+    if not sep.isascii():  # a byte of it may be inside a character: split the bytes
+        return [part for arg in args for part in os.fsencode(arg).split(sep)]
+    # An ASCII delimiter splits the text as it would the bytes (no character of
+    # UTF-8, nor a byte kept by surrogateescape, holds an ASCII byte), and costs
+    # no encoding of each argument.
+    text = sep.decode()
+    out: list[str] = []
+    for arg in args:
+        if text in arg:
+            out += arg.split(text)
+        else:
+            out.append(arg)
+    return out
+
+
 def _read_lines(path: str, sep: bytes, rules: _Lines | None = None) -> list[str]:
     try:
         if path == "-":
@@ -1671,6 +1691,17 @@ class _Runner:
             text = t.source()  # a refused job ran nothing: log the COMMAND
         return text
 
+    def trace(self, job: _Job) -> str:
+        """The line -t prints for the job: its command line; with --shellquote, as GNU
+        parallel's, the command GNU runs for it, which prints the same (a Perl one
+        given the line quoted once more than it prints it)."""
+        text = self.text(job)
+        if not self.opts.shellquote:
+            return text
+        for _ in range(self.opts.shellquote + 1):
+            text = self.spec.gnu_quote(text)
+        return """perl -e '$,=" "; print "@ARGV\\n";' -- """ + text
+
     def dry_run(self) -> int:
         refused = 0
         while True:
@@ -1687,7 +1718,9 @@ class _Runner:
                 refused += 1
                 _warn(f"job {job.seq} would not run: {exc}")
                 continue
-            _write(1, os.fsencode(text) + b"\n")
+            if self.opts.trace:  # as GNU parallel: -t says it too
+                _write(2, os.fsencode(self.trace(job)) + b"\n")
+            _write(1, self.tag(job) + os.fsencode(text) + b"\n")
 
     def run(self) -> int:
         # GNU parallel's variables: PARALLEL_PID for every job (the loop's
@@ -2026,7 +2059,7 @@ class _Runner:
         if self.delay:
             self.next_start = time.monotonic() + self.delay
         if opts.trace:
-            _write(2, os.fsencode(self.text(job)) + b"\n")
+            _write(2, os.fsencode(self.trace(job)) + b"\n")
         if opts.v and opts.ungroup:
             _write(1, os.fsencode(self.text(job)) + b"\n")
         on_output = self.on_output if self.streaming else None
@@ -2750,14 +2783,21 @@ def main(argv: list[str]) -> int:
 
 
 def _inputs(
-    opts: argparse.Namespace, groups: list[Group], halt: Any, read_all: bool = False
+    opts: argparse.Namespace,
+    groups: list[Group],
+    halt: Any,
+    read_all: bool = False,
+    split: bool = True,
 ) -> tuple[Any, dict[str, int]]:
     """The job inputs, and the column names of --header (name -> {N}).
 
     ``read_all``: stdin is read to its end before the first job (its total is needed).
+    ``split``: the arguments of ::: are split at the delimiter (not the commands
+    that --retry-failed took from the joblog, which are whole).
     """
+    # -d wins over -0, as GNU parallel reads them (-0 -d , splits at the commas).
     sep = (
-        b"\0" if opts.null else _delimiter(opts.delimiter) if opts.delimiter is not None else b"\n"
+        _delimiter(opts.delimiter) if opts.delimiter is not None else b"\0" if opts.null else b"\n"
     )
 
     def rules() -> _Lines:  # one per file: -E ends that file
@@ -2828,7 +2868,7 @@ def _inputs(
         linked = [False] * len(sources)
         for kind, items, link in groups:
             if kind == ":::":
-                sources.append(rules().accept(items))
+                sources.append(rules().accept(_split_args(items, sep) if split else items))
                 linked.append(link)
             else:
                 if not items:
@@ -2836,15 +2876,10 @@ def _inputs(
                 for f in items:
                     sources.append(read(f))
                     linked.append(link)
-        if opts.csv:  # the files' records may span lines (::: arguments are records)
+        if opts.csv and split:  # records may span lines (also across the arguments of a :::)
             from .._parallel_spec import csv_join
 
-            kinds = ["::::"] * len(opts.arg_file) + [
-                k for k, items, _ in groups for _ in (items if k == "::::" else [0])
-            ]
-            sources = [
-                csv_join(s) if k == "::::" else s for k, s in zip(kinds, sources, strict=True)
-            ]
+            sources = [csv_join(s) for s in sources]
         if len(stdin_at) > 1:
             _share_stdin(sources, stdin_at, link=opts.link, header=opts.header is not None)
         if opts.link:
@@ -3084,9 +3119,10 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         if given:
             raise _UsageError(f"{name} goes with --pipe only (it is about how stdin is given)")
     retry_skip: set[int] = set()
+    given = groups
     if opts.retry_failed:
         groups, retry_skip = _retry_failed(opts, groups)
-    source, names = _inputs(opts, groups, halt, read_all=bool(counted))
+    source, names = _inputs(opts, groups, halt, read_all=bool(counted), split=groups is given)
     if names:
         opts.command = _named(opts.command, names)
         if opts.tagstring is not None:
