@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any
 
 from .._core.errors import ChannelClosed, SerializationError, WaitTimeout
-from .._core.timeouts import check_timeout
+from .._core.timeouts import check_timeout, poll_ms
 from .._os import proc as _proc
 from .codec import dumps, loads
 
@@ -433,7 +433,7 @@ class FifoWriter:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise WaitTimeout(f"the FIFO {self.path!r} stayed full for {timeout} s")
-                poller.poll(None if left is None else max(1, int(left * 1000)))
+                poller.poll(None if left is None else poll_ms(max(1, int(left * 1000))))
         finally:
             if big:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -544,8 +544,10 @@ class FifoReader:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
-        events = self._poll.poll(None if left is None else max(1, int(left * 1000)))
+        events = self._poll.poll(None if left is None else poll_ms(max(1, int(left * 1000))))
         if not events:
+            if deadline is not None and deadline > time.monotonic():
+                return True  # a wait longer than poll() takes: the caller reads and comes back
             raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
         hangup = all(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events)
         return not (eof_ok and hangup)

@@ -771,6 +771,8 @@ class _ThreadChannel(Channel[T]):
         self._closed = False
 
     def put(self, item: T, timeout: float | None = None) -> None:
+        if timeout is not None:  # a bad one fails even when there is room
+            timeout = check_timeout(timeout)
         with self._not_full:
             if self._closed:
                 raise ChannelClosed("put() on a closed channel")
@@ -797,6 +799,8 @@ class _ThreadChannel(Channel[T]):
             self._not_empty.notify()
 
     def get(self, timeout: float | None = None) -> T:
+        if timeout is not None:  # a bad one fails even when an item is there
+            timeout = check_timeout(timeout)
         with self._not_empty:
             if not self._items:
                 deadline = _deadline(timeout)
