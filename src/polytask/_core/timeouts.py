@@ -22,9 +22,18 @@ import threading
 import time
 from typing import overload
 
-__all__ = ["POLL_MAX_MS", "acquire_timeout", "check_timeout", "deadline", "poll_ms", "remaining"]
+__all__ = [
+    "FOREVER",
+    "POLL_MAX_MS",
+    "acquire_timeout",
+    "check_timeout",
+    "deadline",
+    "poll_ms",
+    "remaining",
+]
 
-_MAX = threading.TIMEOUT_MAX
+# At least this long is no limit (threading's waits overflow beyond it).
+FOREVER = _MAX = threading.TIMEOUT_MAX
 
 # poll() and epoll take a C int of milliseconds: more is an OverflowError.
 POLL_MAX_MS = 2**31 - 1
