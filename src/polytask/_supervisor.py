@@ -68,7 +68,7 @@ from urllib.parse import urlsplit
 
 from ._control import LogLine, LogRing, format_duration, resolve_names
 from ._core.errors import PolytaskError, ProcfileError, TaskTimeout, describe_exit
-from ._core.timeouts import check_timeout, deadline, remaining
+from ._core.timeouts import POLL_MAX_MS, check_timeout, deadline, remaining
 from ._os import proc as _proc
 from ._procfile import (
     Instance,
@@ -1127,6 +1127,7 @@ class Supervisor:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every program has ended (exited, failed or stopped); True if so."""
+        timeout = check_timeout(timeout)  # inf was an OverflowError, -1 and nan never waited
         if self._thread is None:
             raise RuntimeError("the Supervisor was not started")
         done = self._finished.wait(timeout)
@@ -1273,6 +1274,7 @@ class Supervisor:
 
     def _program_request(self, op: str, name: str, timeout: float | None) -> list[ProcessStatus]:
         names = self._resolve(name)
+        timeout = check_timeout(timeout)  # a float for the message (a Fraction has no :g on 3.11)
         when = deadline(timeout)
         if self._thread is None:
             raise RuntimeError("the Supervisor was not started")
@@ -1298,7 +1300,8 @@ class Supervisor:
             if not pending:
                 return ""
             if self._sup.stopping or self._finished.is_set():
-                return f"the run is stopping: {', '.join(pending)} not {op}ed"
+                done = {"stop": "stopped"}.get(op, f"{op}ed")
+                return f"the run is stopping: {', '.join(pending)} not {done}"
             return None
 
         why = self._wait_loop(verdict, when)
@@ -1456,7 +1459,8 @@ class Supervisor:
                         if prog.prober is not None and (d := prog.prober.due(now)) is not None:
                             dues.append(d)
                     dues += self._health_dues(now)
-                    wait = max(0.0, min(dues) - now) if dues else None
+                    # At most what epoll takes (a grace of 1e7 s was an OverflowError).
+                    wait = min(max(0.0, min(dues) - now), POLL_MAX_MS / 1000) if dues else None
                 self._output.flush()
                 ready = self._selector.select(wait)
                 with self._lock:

@@ -60,6 +60,8 @@ from typing import Any, TypeVar, cast
 from .._core.channel import Channel, check_maxsize
 from .._core.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
 from .._core.task import CANCEL_SLICE, cancellable_task
+from .._core.timeouts import FOREVER as _FOREVER
+from .._core.timeouts import check_timeout
 from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
@@ -106,6 +108,8 @@ from .spin import SPIN_MAX, after_sleep
 __all__ = ["ProcessChannel"]
 
 T = TypeVar("T")
+# Timeouts a channel takes as they are, without check_timeout (see put/get).
+_PLAIN = frozenset({int, float})
 
 #: Default size of a process channel's ring (bytes); items bigger than half of it spill.
 DEFAULT_CAPACITY = 8 * 1024 * 1024
@@ -697,6 +701,9 @@ class ProcessChannel(Channel[T]):
         # common case of Ring.push under the lock (kept in step with it: same
         # words, same order of stores): at a million items a second every Python
         # call and attribute lookup shows. Anything unusual goes to Ring.push.
+        # A bad timeout fails even when there is room; a plain one skips the call.
+        if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
+            timeout = check_timeout(timeout)
         t = type(item)
         if t not in _BIG_TYPES:
             try:
@@ -999,6 +1006,9 @@ class ProcessChannel(Channel[T]):
         # would end another reader's loop). get_many() is the batched form.
         # The common case of Ring.pop is inlined, as in put (kept in step with
         # it); anything else (a big frame, a pad, a writer to wake) goes to it.
+        # A bad timeout fails even when an item is there; a plain one skips the call.
+        if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
+            timeout = check_timeout(timeout)
         m = self._c_ref
         rc = _mutex_trylock_ref(m)
         if rc:

@@ -54,7 +54,7 @@ from typing import Any
 from .._core.errors import ChannelClosed, SerializationError, WaitTimeout
 from .._core.task import sleep as _cancellable_sleep
 from .._core.task import wait_cancellable
-from .._core.timeouts import check_timeout
+from .._core.timeouts import check_timeout, poll_ms
 from .._os import proc as _proc
 from .codec import dumps, loads
 
@@ -246,10 +246,11 @@ def _fifo_attach(path: str, format: str, max_frame: int, trust_existing: bool) -
 
 def _poll(poller: select.poll, timeout: float | None) -> list[tuple[int, int]]:
     """``poller.poll`` for ``timeout`` seconds (None: no limit; a positive wait
-    lasts at least a millisecond, so a short one never spins)."""
+    lasts at least a millisecond, so a short one never spins; one longer than
+    poll() takes returns early, empty, and the caller waits again)."""
     if timeout is None:
         return poller.poll(None)
-    return poller.poll(max(1, int(timeout * 1000)) if timeout > 0 else 0)
+    return poller.poll(poll_ms(max(1, int(timeout * 1000))) if timeout > 0 else 0)
 
 
 def _who_writes(mode: int) -> str:
@@ -557,6 +558,8 @@ class FifoReader:
             raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
         events = wait_cancellable(lambda t: _poll(self._poll, t), left)
         if not events:
+            if deadline is not None and deadline > time.monotonic():
+                return True  # a wait longer than poll() takes: the caller reads and comes back
             raise WaitTimeout(f"no message on the FIFO {self.path!r} within {timeout} s")
         hangup = all(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events)
         return not (eof_ok and hangup)

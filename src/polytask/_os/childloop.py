@@ -58,6 +58,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .._core.timeouts import poll_ms
 from .proc import (
     DEFAULT_GRACE,
     Ending,
@@ -1121,7 +1122,7 @@ class ProcessLoop:
                     ms = None
                 else:
                     break  # nothing could ever happen
-            events = self._poll.poll(ms)
+            events = self._poll.poll(poll_ms(ms))
             for fd, ev in events:
                 entry = fds.get(fd)
                 if entry is None:

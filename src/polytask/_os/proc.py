@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from .._core.timeouts import POLL_MAX_MS, poll_ms
 from . import guardian as _guardian_mod
 from .ending import DEFAULT_GRACE, Ending, TermSeq, signal_group
 
@@ -325,7 +326,7 @@ def end_processes(
             ms = int((deadline - time.monotonic()) * 1000)
             if ms <= 0:
                 break
-            for fd, _ in poller.poll(ms):
+            for fd, _ in poller.poll(poll_ms(ms)):
                 poller.unregister(fd)
                 waiting.discard(by_fd[fd])
         for pid in waiting | set(again() if again is not None else ()):
@@ -452,12 +453,16 @@ def wait_pid(pid: int, timeout: float | None) -> bool:
     try:
         p = select.poll()
         p.register(fd, select.POLLIN)
-        ms = None if timeout is None else max(0, int(timeout * 1000))
+        end = None if timeout is None else time.monotonic() + timeout
         while True:
+            ms = None if end is None else max(0, int((end - time.monotonic()) * 1000))
             try:
-                return bool(p.poll(ms))
+                if p.poll(poll_ms(ms)):
+                    return True
             except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                 continue
+            if ms is not None and ms <= POLL_MAX_MS:
+                return False
     finally:
         os.close(fd)
 

@@ -61,6 +61,7 @@ from .._core.task import (
     serving,
     wait_cancellable,
 )
+from .._core.timeouts import FOREVER as _FOREVER
 from .._core.timeouts import acquire_timeout, check_timeout
 from .._core.timeouts import deadline as _deadline
 from .._core.timer import call_later
@@ -68,6 +69,8 @@ from .._core.timer import call_later
 __all__ = ["ThreadBackend"]
 
 T = TypeVar("T")
+# Timeouts a channel takes as they are, without check_timeout (see put/get).
+_PLAIN = frozenset({int, float})
 
 _Item = tuple[Task[Any], Callable[..., Any], Sequence[Any], Mapping[str, Any]] | None
 
@@ -771,6 +774,9 @@ class _ThreadChannel(Channel[T]):
         self._closed = False
 
     def put(self, item: T, timeout: float | None = None) -> None:
+        # A bad timeout fails even when there is room; a plain one skips the call.
+        if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
+            timeout = check_timeout(timeout)
         with self._not_full:
             if self._closed:
                 raise ChannelClosed("put() on a closed channel")
@@ -797,6 +803,9 @@ class _ThreadChannel(Channel[T]):
             self._not_empty.notify()
 
     def get(self, timeout: float | None = None) -> T:
+        # A bad timeout fails even when an item is there; a plain one skips the call.
+        if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
+            timeout = check_timeout(timeout)
         with self._not_empty:
             if not self._items:
                 deadline = _deadline(timeout)

@@ -52,6 +52,7 @@ from ..._core.errors import (
     WorkerCrashed,
 )
 from ..._core.task import Task, delivering, serving
+from ..._core.timeouts import poll_ms
 from ..._core.timer import TimerHandle, call_later
 from ..._ipc.codec import dumps, dumps_call, loads_exception
 from ..._ipc.spin import SPIN_MAX, SpinChoice, after_sleep
@@ -1181,6 +1182,7 @@ class ProcessBackend(Backend):
                 ms = int((deadline - time.monotonic()) * 1000)
                 if ms <= 0:
                     return
+                ms = poll_ms(ms)  # past poll()'s limit: this loop polls again
             events = self._spin_poll(poller, ms)
             if events:
                 exited = len(events) > 1 or events[0][0] != w.rfd
