@@ -11,6 +11,8 @@ budget and the side venvs small (the ``test`` extra, no engines, no MkDocs):
 - the upstream conformance suites (tests/conformance/), which are CPython 3.11's
   own tests;
 - the documentation site's build (tests/test_docs_site.py);
+- every timeout value against every blocking call (test_timeout_values.py:
+  the checks are plain Python, and the helper's runs on 3.12 and 3.13 passed);
 - the side-by-side runs of GNU parallel on its documented examples
   (test_parallel_gnu.py, test_parallel_plus.py: GNU is the same program on
   every Python, and polytask's CLI runs on these versions through the
@@ -36,6 +38,9 @@ _FILES = {
     TESTS / "test_parallel_gnu.py",  # ~95 s a version, GNU parallel's runs mostly
     TESTS / "test_parallel_plus.py",
     TESTS / "test_docs_site.py",
+    # ~1.5 min a version: every timeout value against every blocking call; the
+    # checks (_core/timeouts.py) are plain Python, the same on every version.
+    TESTS / "test_timeout_values.py",
 }
 _ENGINE_FIXTURES = {"dask_cluster", "ray_session"}
 _ENGINES = {"dask", "ray"}
