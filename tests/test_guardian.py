@@ -169,13 +169,33 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _owner_with_a_stopped_guardian(tmp_path: Path, mode: str) -> None:
+def _start_owner(tmp_path: Path, mode: str) -> subprocess.Popen[bytes]:
     src = os.path.dirname(os.path.dirname(polytask.__file__))
     env = dict(os.environ, PYTHONPATH=src)
     argv = [sys.executable, "-c", _OWNER, str(tmp_path), str(_COUNT), mode]
-    owner = subprocess.Popen(
+    return subprocess.Popen(
         argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+
+
+def _end_owner(owner: subprocess.Popen[bytes], guardians: list[int], sleeper: int | None) -> None:
+    """Whatever the test did: the guardians (perhaps stopped), the owner, its sleep gone."""
+    for pid in guardians:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    owner.kill()
+    owner.wait()
+    for pipe in (owner.stdin, owner.stdout, owner.stderr):
+        pipe.close()  # type: ignore[union-attr]
+    if sleeper is not None and not _gone(sleeper):
+        psutil.Process(sleeper).kill()
+
+
+def _owner_with_a_stopped_guardian(tmp_path: Path, mode: str) -> None:
+    owner = _start_owner(tmp_path, mode)
     assert owner.stdin is not None and owner.stderr is not None
     guardians, sleeper = [], None
     try:
@@ -205,18 +225,7 @@ def _owner_with_a_stopped_guardian(tmp_path: Path, mode: str) -> None:
         err = owner.stderr.read().decode()
         assert "does not read its pipe" in err, err
     finally:
-        for pid in guardians:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        owner.kill()
-        owner.wait()
-        for pipe in (owner.stdin, owner.stdout, owner.stderr):
-            pipe.close()  # type: ignore[union-attr]
-        if sleeper is not None and not _gone(sleeper):
-            psutil.Process(sleeper).kill()
+        _end_owner(owner, guardians, sleeper)
     if mode == "restart":
         assert guardians[1] != guardians[0]
 
@@ -239,12 +248,7 @@ def test_an_owner_exits_with_its_guardian_stopped(tmp_path):
     """At exit the backlog waits for room for a while (close's timeout), then the
     guardian, still stopped, is killed: a clean-up from a list it was not sent all
     of could end groups whose numbers were reused since."""
-    src = os.path.dirname(os.path.dirname(polytask.__file__))
-    env = dict(os.environ, PYTHONPATH=src)
-    argv = [sys.executable, "-c", _OWNER, str(tmp_path), str(_COUNT), "exit"]
-    owner = subprocess.Popen(
-        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    owner = _start_owner(tmp_path, "exit")
     assert owner.stdin is not None and owner.stderr is not None
     guardian = sleeper = None
     try:
@@ -257,15 +261,4 @@ def test_an_owner_exits_with_its_guardian_stopped(tmp_path):
         err = owner.stderr.read().decode()
         assert "ended without its clean-up" in err, err
     finally:
-        if guardian is not None:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(guardian, sig)
-                except ProcessLookupError:
-                    pass
-        owner.kill()
-        owner.wait()
-        for pipe in (owner.stdin, owner.stdout, owner.stderr):
-            pipe.close()  # type: ignore[union-attr]
-        if sleeper is not None and not _gone(sleeper):
-            psutil.Process(sleeper).kill()
+        _end_owner(owner, [] if guardian is None else [guardian], sleeper)

@@ -167,33 +167,19 @@ def _event(backend: str) -> Callable[[bool], Setup]:
     return build
 
 
-def _condition_wait(backend: str) -> Callable[[bool], Setup]:
+def _condition(backend: str, *, predicate: bool) -> Callable[[bool], Setup]:
+    """Condition.wait (``predicate=False``; when ready, a wait_for already true) or
+    Condition.wait_for."""
+
     def build(ready: bool) -> Setup:
         cond = pt.Condition(backend=backend)
         flag = [ready]
 
         def call(v: Any) -> Any:
             with cond:
+                if predicate:
+                    return cond.wait_for(lambda: flag[0], v)
                 return cond.wait(v) if not flag[0] else cond.wait_for(lambda: True, v)
-
-        def release() -> None:
-            with cond:
-                flag[0] = True
-                cond.notify_all()
-
-        return Setup(call, release)
-
-    return build
-
-
-def _condition_wait_for(backend: str) -> Callable[[bool], Setup]:
-    def build(ready: bool) -> Setup:
-        cond = pt.Condition(backend=backend)
-        flag = [ready]
-
-        def call(v: Any) -> Any:
-            with cond:
-                return cond.wait_for(lambda: flag[0], v)
 
         def release() -> None:
             with cond:
@@ -254,26 +240,16 @@ def _channel_get_many(backend: str) -> Callable[[bool], Setup]:
     return build
 
 
-def _channel_put(backend: str) -> Callable[[bool], Setup]:
+def _channel_put(backend: str, *, many: bool = False) -> Callable[[bool], Setup]:
     def build(ready: bool) -> Setup:
         ch: pt.Channel[int] = pt.Channel(1, backend=backend)
         if not ready:
             ch.put(0)
 
-        def release() -> None:
-            ch.get(timeout=60)
+        def call(v: Any) -> Any:
+            return ch.put_many([1], timeout=v) if many else ch.put(1, timeout=v)
 
-        return Setup(lambda v: ch.put(1, timeout=v), release)
-
-    return build
-
-
-def _channel_put_many(backend: str) -> Callable[[bool], Setup]:
-    def build(ready: bool) -> Setup:
-        ch: pt.Channel[int] = pt.Channel(1, backend=backend)
-        if not ready:
-            ch.put(0)
-        return Setup(lambda v: ch.put_many([1], timeout=v), lambda: ch.get(timeout=60))
+        return Setup(call, lambda: ch.get(timeout=60))
 
     return build
 
@@ -342,7 +318,8 @@ def _pool(backend: str) -> pt.Pool:
     return pt.Pool(1, backend=backend)
 
 
-def _async_get(ready: bool) -> Setup:
+def _async_result(ready: bool) -> tuple[Any, threading.Event]:
+    """An AsyncResult of a task waiting for the event (set, and the result in, if ready)."""
     pool = _pool("thread")
     ev = threading.Event()
     if ready:
@@ -350,17 +327,16 @@ def _async_get(ready: bool) -> Setup:
     r = pool.apply_async(ev.wait, (60,))
     if ready:
         r.wait(60)
+    return r, ev
+
+
+def _async_get(ready: bool) -> Setup:
+    r, ev = _async_result(ready)
     return Setup(lambda v: r.get(timeout=v), ev.set)
 
 
 def _async_wait(ready: bool) -> Setup:
-    pool = _pool("thread")
-    ev = threading.Event()
-    if ready:
-        ev.set()
-    r = pool.apply_async(ev.wait, (60,))
-    if ready:
-        r.wait(60)
+    r, ev = _async_result(ready)
 
     def call(v: Any) -> Any:
         r.wait(timeout=v)
@@ -533,14 +509,14 @@ for _b in ("thread", "process"):
         f"Semaphore.acquire[{_b}]": _semaphore("Semaphore", _b),
         f"BoundedSemaphore.acquire[{_b}]": _semaphore("BoundedSemaphore", _b),
         f"Event.wait[{_b}]": _event(_b),
-        f"Condition.wait[{_b}]": _condition_wait(_b),
-        f"Condition.wait_for[{_b}]": _condition_wait_for(_b),
+        f"Condition.wait[{_b}]": _condition(_b, predicate=False),
+        f"Condition.wait_for[{_b}]": _condition(_b, predicate=True),
         f"Barrier.wait[{_b}]": _barrier(_b),
         f"Barrier(timeout=)[{_b}]": _barrier_default(_b),
         f"Channel.get[{_b}]": _channel_get(_b),
         f"Channel.get_many[{_b}]": _channel_get_many(_b),
         f"Channel.put[{_b}]": _channel_put(_b),
-        f"Channel.put_many[{_b}]": _channel_put_many(_b),
+        f"Channel.put_many[{_b}]": _channel_put(_b, many=True),
         f"spawn(timeout=)[{_b}]": _spawn_limit(_b),
         f"Pool.map(timeout=)[{_b}]": _pool_map(_b),
     }
