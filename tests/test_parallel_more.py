@@ -9,12 +9,14 @@ the columns that do not depend on the clock.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import test_parallel_gnu
@@ -198,31 +200,48 @@ def test_termseq_on_halt_now(gnu_parallel: str, tmp_path: Path) -> None:
         _check_sequence(run, ["INT", "HUP"], [0.2])
 
 
+def _ctrl_c_once(prog: list[str], cwd: Path, home: Path) -> list[str]:
+    """Ctrl-C to ``prog`` running one job that logs its signals: the signals it got."""
+    _job_script(cwd)
+    proc = subprocess.Popen(
+        # -j2: the start may go to a starter thread (tests/faults/test_interrupt_matrix.py
+        # lands a Ctrl-C at every line of a start)
+        [*prog, "-j2", "--termseq", "USR1,250,TERM,100,KILL,25", "./job.sh", ":::", "1"],
+        cwd=cwd,
+        env=_env(home, None),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not ((cwd / "log").exists() and (cwd / "log").read_text().endswith("\n")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 255, prog
+    return [n for n, _ in _signals(cwd)]
+
+
 def test_termseq_on_ctrl_c(gnu_parallel: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "will-cite").touch()
-    for name, prog in (("gnu", [gnu_parallel]), ("pt", [PY, "-m", "polytask.cli", "parallel"])):
-        cwd = tmp_path / name
-        _job_script(cwd)
-        proc = subprocess.Popen(
-            # -j2: the start may go to a starter thread (tests/faults/test_interrupt_matrix.py
-            # lands a Ctrl-C at every line of a start)
-            [*prog, "-j2", "--termseq", "USR1,250,TERM,100,KILL,25", "./job.sh", ":::", "1"],
-            cwd=cwd,
-            env=_env(home, None),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while not ((cwd / "log").exists() and (cwd / "log").read_text().endswith("\n")):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 255, name
-        _check_sequence(
-            Run(subprocess.CompletedProcess([], 0, "", ""), cwd), ["USR1", "TERM"], [0.25]
-        )
+    # GNU parallel 20221122 now and then exits 255 on the Ctrl-C without signalling
+    # its job at all (seen once on CI-like load, its job left running): it gets
+    # three tries, its job ended by the test if need be; polytask gets one.
+    for i in range(3):
+        cwd = tmp_path / f"gnu{i}"
+        if _ctrl_c_once([gnu_parallel], cwd, home) == ["start", "USR1", "TERM"]:
+            break
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if p.cwd() == str(cwd):
+                    p.kill()
+    else:
+        raise AssertionError("GNU parallel never sent the --termseq on Ctrl-C")
+    _check_sequence(Run(subprocess.CompletedProcess([], 0, "", ""), cwd), ["USR1", "TERM"], [0.25])
+    cwd = tmp_path / "pt"
+    _ctrl_c_once([PY, "-m", "polytask.cli", "parallel"], cwd, home)
+    _check_sequence(Run(subprocess.CompletedProcess([], 0, "", ""), cwd), ["USR1", "TERM"], [0.25])
 
 
 def test_termseq_ends_with_sigkill_after_the_last_wait(tmp_path: Path) -> None:
