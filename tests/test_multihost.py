@@ -586,7 +586,11 @@ def join(address, **options):
         try:
             return pt.Pool(2, backend="ray", address=address, **options)
         except ConnectionError as exc:
-            if "Starting Ray client server failed" not in str(exc):
+            # (or the proxy's own psutil call meets a zombie and fails the new
+            # client: "Initialization failure from server ... ZombieProcess")
+            if "Starting Ray client server failed" not in str(exc) and not (
+                "Initialization failure from server" in str(exc) and "ZombieProcess" in str(exc)
+            ):
                 raise
             print("RETRY", exc, flush=True)
             time.sleep(1)

@@ -25,9 +25,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def cli(
-    *argv: str, input: str | None = None, timeout: float = 120
+    *argv: str, input: str | None = None, timeout: float = 120, **env_extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=SRC)
+    env = dict(os.environ, PYTHONPATH=SRC, **env_extra)
     return subprocess.run(
         [PY, "-m", "polytask.cli", "parallel", *argv],
         input=input,
@@ -264,6 +264,8 @@ def test_unreachable_address_is_a_clear_error() -> None:
         ":::",
         "1",
         timeout=120,
+        # Dask's own connect limit (30 s by default) is not what is tested here.
+        DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s",
     )
     assert r.returncode == 255
     assert "cannot use the dask cluster at 'tcp://127.0.0.1:9'" in r.stderr
