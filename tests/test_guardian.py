@@ -43,8 +43,31 @@ def test_registry_markers_exact_or_by_variable():
 
 def test_registry_ignores_empty_and_unknown_lines():
     r = Registry()
-    r.feed(b"\n+\nZzz\n")
+    assert r.feed(b"\n+\nZzz\n") == [b"Zzz"]
     assert not (r.groups or r.paths or r.markers or r.procs or r.prefixes)
+
+
+def test_registry_skips_lines_it_cannot_read():
+    """Numbers that are not pids (kill(0) is our own group, killpg(-5) raises, a
+    huge one overflows), a path with a NUL: skipped and returned, never raised
+    (the guardian used to die of the first)."""
+    bad = [b"+abc", b"-\xff", b"+-5", b"+0", b"+1", b"+" + b"9" * 30, b"+1_0", b"kabc 1", b"k12"]
+    bad += [b"k12 x", b"p/a\0b", b"P/a\0", b"Zz"]
+    r = Registry()
+    assert r.feed(b"\n".join([*bad, b"+12", b"k12 345", b"p/a", b""])) == bad
+    assert (r.groups, r.procs, r.paths, r.prefixes) == ({12}, {b"12 345"}, {"/a"}, set())
+
+
+def test_registry_net_is_what_lines_add_up_to():
+    r = Registry()
+    r.feed(b"+12\n+13\np/a\n")
+    churn = b"+14\n-14\n-12\n+15\n-15\n+15\np/a\nq/b\np/c\nq/c\nkx\n"
+    assert sorted(r.net(churn).split()) == [b"+15", b"-12"]
+    assert r.net(b"+14\n", first=b"-14") == b"+14\n"  # "-14" was applied before
+    assert r.net(b"-13\n", first=b"+13") == b"-13\n"
+    whole = Registry()
+    whole.feed(r.lines())
+    assert (whole.groups, whole.paths) == ({12, 13}, {"/a"})
 
 
 def test_files_expands_prefixes(tmp_path):
@@ -139,7 +162,8 @@ print("ready", flush=True)
 if sys.stdin.readline() == "exit\n":
     sys.exit(0)
 end = time.monotonic() + 60
-while g._pending or (mode == "restart" and g.pid == first):
+# Read without the lock: a restart under way shows pid 0 and, for a moment, no backlog.
+while g._pending or (mode == "restart" and g.pid in (first, 0)):
     assert time.monotonic() < end, "the backlog was never sent"
     time.sleep(0.01)
 print("sent", g.pid, flush=True)
@@ -181,6 +205,8 @@ def _start_owner(tmp_path: Path, mode: str) -> subprocess.Popen[bytes]:
 def _end_owner(owner: subprocess.Popen[bytes], guardians: list[int], sleeper: int | None) -> None:
     """Whatever the test did: the guardians (perhaps stopped), the owner, its sleep gone."""
     for pid in guardians:
+        if pid <= 0:  # kill(0) would be our own group
+            continue
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
                 os.kill(pid, sig)
@@ -245,9 +271,10 @@ def test_a_guardian_killed_with_a_backlog_is_replaced_and_sent_it(tmp_path):
 
 
 def test_an_owner_exits_with_its_guardian_stopped(tmp_path):
-    """At exit the backlog waits for room for a while (close's timeout), then the
-    guardian, still stopped, is killed: a clean-up from a list it was not sent all
-    of could end groups whose numbers were reused since."""
+    """At exit the stopped guardian is killed (a clean-up from a list it was not sent
+    all of could end groups whose numbers were reused since) and the owner does its
+    clean-up itself, from the list as it is: the sleep its marker covers is ended,
+    the files are removed but those unregistered."""
     owner = _start_owner(tmp_path, "exit")
     assert owner.stdin is not None and owner.stderr is not None
     guardian = sleeper = None
@@ -258,7 +285,219 @@ def test_an_owner_exits_with_its_guardian_stopped(tmp_path):
         owner.stdin.flush()
         assert owner.wait(HANG) == 0
         wait_until(lambda: _gone(guardian), HANG, "the stopped guardian killed")
+        assert _gone(sleeper)
+        left = {int(p.name[1:6]) for p in tmp_path.iterdir()}
+        assert left == {i for i in range(_COUNT) if not _removed(i)}
         err = owner.stderr.read().decode()
-        assert "ended without its clean-up" in err, err
+        assert "did its clean-up here" in err, err
     finally:
         _end_owner(owner, [] if guardian is None else [guardian], sleeper)
+
+
+# ----------------------------------------------------------- what a guardian must not lose
+
+# An owner with jobs that only some registrations cover: "bare" runs with no
+# environment (no owner key) in a session of its own (only its group's "+"),
+# "plain" was started with subprocess, not polytask (no owner key: only its
+# "k"), "marked" carries the owner key, "freed" was registered and released
+# (it must outlive the owner); file "gone" is registered, "kept" was released.
+# It prints the guardian's pid and the jobs' once all is in the pipe, then
+# follows its mode:
+# - "exit": exits when told to (the test stopped the guardian);
+# - "replace": when told to, registers one more file (the test killed the
+#   guardian: the send starts another), prints the new guardian's pid, waits;
+# - "churn": stops its guardian, registers and releases 20,000 groups and
+#   files, prints how many bytes wait for it, continues it, prints "sent" once
+#   all went, waits.
+_JOBS = r"""
+import os, shutil, signal, subprocess, sys, time
+from polytask._os import proc as _proc
+
+folder, mode = sys.argv[1], sys.argv[2]
+g = _proc._guardian
+_proc.ensure_guardian()
+sleep = shutil.which("sleep")
+
+def start(**kw):
+    return subprocess.Popen([sleep, "600"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+bare = start(start_new_session=True, env={})
+_proc.guard(bare.pid)
+plain = start()
+_proc.guard_pid(plain.pid)
+marked = start(start_new_session=True, env=_proc.tree_env(_proc.new_job()))
+freed = start(start_new_session=True, env={})
+_proc.guard(freed.pid)
+_proc.unguard(freed.pid)
+for name in ("gone", "kept"):
+    open(os.path.join(folder, name), "w").close()
+    _proc.guard_path(os.path.join(folder, name))
+_proc.unguard_path(os.path.join(folder, "kept"))
+while g._pending:
+    time.sleep(0.001)
+first = g.pid
+print(first, bare.pid, plain.pid, marked.pid, freed.pid, flush=True)
+
+def wait_sent():
+    end = time.monotonic() + 60
+    while g._pending or g.pid in (first, 0) and mode == "replace":  # 0: restarting
+        assert time.monotonic() < end, "the backlog was never sent"
+        time.sleep(0.001)
+
+if mode == "exit":
+    sys.stdin.readline()
+    sys.exit(0)
+if mode == "replace":
+    sys.stdin.readline()
+    open(os.path.join(folder, "late"), "w").close()
+    _proc.guard_path(os.path.join(folder, "late"))
+    wait_sent()
+    print(g.pid, flush=True)
+if mode == "churn":
+    os.kill(first, signal.SIGSTOP)
+    while _proc.pid_state(first) != b"T":
+        time.sleep(0.001)
+    path = os.path.join(folder, "x" * 200)
+    jobs = {bare.pid, plain.pid, marked.pid, freed.pid}
+    for group in (n for n in range(4_000_000, 4_020_000) if n not in jobs):
+        _proc.guard(group)
+        _proc.guard_path(path)
+        _proc.unguard(group)
+        _proc.unguard_path(path)
+    print(len(g._pending), flush=True)
+    os.kill(first, signal.SIGCONT)
+    wait_sent()
+    print("sent", flush=True)
+time.sleep(600)
+"""
+
+
+class _Jobs:
+    """The _JOBS owner, its guardians and jobs, all ended whatever the test did."""
+
+    def __init__(self, tmp_path: Path, mode: str) -> None:
+        self.folder = tmp_path
+        src = os.path.dirname(os.path.dirname(polytask.__file__))
+        self.owner = subprocess.Popen(
+            [sys.executable, "-c", _JOBS, str(tmp_path), mode],
+            env=dict(os.environ, PYTHONPATH=src),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.guardians: list[int] = []
+        self.jobs: list[int] = []
+
+    def __enter__(self) -> _Jobs:
+        guardian, *self.jobs = map(int, _line(self.owner, "pids"))
+        self.guardians.append(guardian)
+        return self
+
+    def tell(self, text: bytes = b"go\n") -> None:
+        assert self.owner.stdin is not None
+        self.owner.stdin.write(text)
+        self.owner.stdin.flush()
+
+    def check_cleaned_up(self) -> None:
+        """What the registrations cover is gone; what was released is not."""
+        bare, plain, marked, freed = self.jobs
+        for pid in (bare, plain, marked):
+            wait_until(lambda pid=pid: _gone(pid), HANG, f"job {pid} ended")
+        assert not _gone(freed)
+        assert sorted(p.name for p in self.folder.iterdir()) == ["kept"]
+
+    def stderr(self) -> str:
+        assert self.owner.stderr is not None
+        return self.owner.stderr.read().decode()
+
+    def __exit__(self, *exc: object) -> None:
+        _end_owner(self.owner, self.guardians, None)
+        for pid in self.jobs:
+            if not _gone(pid):
+                psutil.Process(pid).kill()
+
+
+def test_a_bad_line_on_the_pipe_does_not_end_the_guardian(tmp_path):
+    """Lines the owner never writes, written into the guardian's pipe through /proc
+    (as anyone with the owner's uid can): each is skipped with a word on stderr, and
+    the guardian still ends every job when the owner is killed. It used to raise at
+    the first (int(b"abc")) and exit: nothing was cleaned up."""
+    garbage = (
+        b"+abc\n-\xff\n+-5\n+0\n+1\n+99999999999999999999\n+1_0\n"
+        b"kabc 1\nk12\nk12 x\n" + b"p" + os.fsencode(tmp_path / "kept") + b"\0\n" + b"Zz\n"
+    )
+    with _Jobs(tmp_path, "wait") as jobs:
+        with open(f"/proc/{jobs.guardians[0]}/fd/0", "wb") as pipe:
+            pipe.write(garbage)
+        jobs.owner.kill()
+        jobs.owner.wait(HANG)
+        wait_until(lambda: _gone(jobs.guardians[0]), HANG, "the guardian's clean-up")
+        jobs.check_cleaned_up()
+        err = jobs.stderr()
+        assert err.count("skipped a line") == garbage.count(b"\n"), err
+
+
+def test_an_owner_exits_normally_with_its_guardian_stopped(tmp_path):
+    """A stopped guardian would not read the end-of-file until continued (if ever):
+    the owner, exiting, ends it and does the clean-up itself. It used to kill it
+    after 5 s and leave every job running."""
+    with _Jobs(tmp_path, "exit") as jobs:
+        os.kill(jobs.guardians[0], signal.SIGSTOP)
+        wait_until(lambda: _proc.pid_state(jobs.guardians[0]) == b"T", HANG, "stopped")
+        jobs.tell()
+        assert jobs.owner.wait(HANG) == 0
+        jobs.check_cleaned_up()
+        assert _gone(jobs.guardians[0])
+        assert "did its clean-up here" in jobs.stderr()
+
+
+def test_an_owner_exits_normally_with_its_guardian_killed(tmp_path):
+    """The guardian killed from outside and no registration since to replace it:
+    at exit the owner does the clean-up itself."""
+    with _Jobs(tmp_path, "exit") as jobs:
+        os.kill(jobs.guardians[0], signal.SIGKILL)
+        jobs.tell()
+        assert jobs.owner.wait(HANG) == 0
+        jobs.check_cleaned_up()
+
+
+def test_a_replacement_guardian_gets_all_that_is_registered(tmp_path):
+    """The guardian SIGKILLed after it had read everything: the next registration
+    starts another, which is sent all that is registered, not only that line. It
+    used to get the owner key and the new line only: the jobs the key does not
+    cover (no environment, not started by polytask) and the file outlived the
+    owner."""
+    with _Jobs(tmp_path, "replace") as jobs:
+        os.kill(jobs.guardians[0], signal.SIGKILL)
+        wait_until(lambda: _gone(jobs.guardians[0]), HANG, "the guardian killed")
+        jobs.tell()
+        (new,) = map(int, _line(jobs.owner, "new guardian"))
+        jobs.guardians.append(new)
+        assert new != jobs.guardians[0]
+        jobs.owner.kill()
+        jobs.owner.wait(HANG)
+        wait_until(lambda: _gone(new), HANG, "the new guardian's clean-up")
+        jobs.check_cleaned_up()
+
+
+def test_a_stopped_guardians_backlog_grows_with_what_is_registered(tmp_path):
+    """20,000 groups and files registered and released while the guardian is stopped
+    (80,000 lines, 4.6 MB): what waits for it stays small, and once it reads again
+    it holds what it should."""
+    with _Jobs(tmp_path, "churn") as jobs:
+        (held,) = map(int, _line(jobs.owner, "backlog"))
+        assert held < 128 * 1024  # the history: 4.6 MB
+        assert _line(jobs.owner, "sent") == ["sent"]
+        jobs.owner.kill()
+        jobs.owner.wait(HANG)
+        wait_until(lambda: _gone(jobs.guardians[0]), HANG, "the guardian's clean-up")
+        jobs.check_cleaned_up()
+
+
+def test_a_path_with_a_nul_is_refused_at_the_call():
+    """The guardian could not unlink it (ValueError, not OSError): it used to take
+    the line and die of it in its clean-up."""
+    for call in (_proc.guard_path, _proc.guard_prefix):
+        with pytest.raises(ValueError, match="NUL"):
+            call("/dev/shm/polytask-a\0b")

@@ -25,6 +25,13 @@ be tested without processes. Lines::
     eMARKER fMARKER      end processes whose environment holds MARKER
     kPID START lPID START  end one process (START: field 22 of /proc/PID/stat)
 
+A line that is none of these (a number that is not a pid, a path with a NUL:
+the owner writes none, but anyone with the owner's uid can write into the
+pipe through ``/proc/PID/fd/0``) is skipped, with a line on stderr: one bad
+line must not end the guardian, which would then clean up nothing. Only the
+sets at end-of-file count, not the order of the lines that built them (see
+:meth:`Registry.net`).
+
 Run as ``python -S -m polytask._os.guardian GRACE`` with argv[0] set to
 ``polytask-guardian`` so that ``ps`` shows what it is. Of polytask it imports
 only :mod:`polytask._os.ending` (the kill policy's signals, standard library
@@ -41,14 +48,74 @@ import time
 
 from .ending import Ending
 
-__all__ = ["Registry", "clean_up", "main", "set_comm"]
+__all__ = ["PID_MAX", "Registry", "clean_up", "main", "parse", "say", "set_comm"]
 
 #: What ``ps`` shows as the guardian's name (argv[0]; the kernel's comm is cut to 15 bytes).
 PROCESS_NAME = "polytask-guardian"
 
+#: No pid or process group number is larger (PID_MAX_LIMIT on 64-bit Linux).
+PID_MAX = 1 << 22
+
+
+def _number(arg: bytes) -> int | None:
+    """A pid or group number, or None: digits only (no sign, no ``_``), 2 to PID_MAX.
+    Never 0 or 1: ``killpg(0)`` is the caller's own group and 1 init's."""
+    if not arg.isdigit() or len(arg) > 8:
+        return None
+    n = int(arg)
+    return n if 1 < n <= PID_MAX else None
+
+
+#: A registration: a group number, a path or prefix, a marker, a "PID START" entry.
+Item = int | str | bytes
+
+
+#: Each line's first byte: the set it changes, and whether it adds to it.
+_OPS = {
+    b"+": ("groups", True),
+    b"-": ("groups", False),
+    b"p": ("paths", True),
+    b"q": ("paths", False),
+    b"P": ("prefixes", True),
+    b"Q": ("prefixes", False),
+    b"e": ("markers", True),
+    b"f": ("markers", False),
+    b"k": ("procs", True),
+    b"l": ("procs", False),
+}
+
+
+def parse(line: bytes) -> tuple[str, Item, bool] | None:
+    """One line (no newline) as (the set's name, the item, add?); None if it is not
+    one the owner writes. An empty line or argument is ("", b"", False): nothing to do."""
+    op, arg = line[:1], line[1:]
+    if not arg:
+        return ("", b"", False)
+    kind = _OPS.get(op)
+    if kind is None:
+        return None
+    name, add = kind
+    if name == "groups":
+        n = _number(arg)
+        return None if n is None else (name, n, add)
+    if name == "markers":
+        return (name, arg, add)
+    if name == "procs":
+        pid, _, start = arg.partition(b" ")
+        return (name, arg, add) if _number(pid) is not None and start.isdigit() else None
+    if b"\0" in arg:  # a path: none holds a NUL (unlink() would raise ValueError)
+        return None
+    return (name, os.fsdecode(arg), add)
+
 
 class Registry:
-    """What the guardian was asked to watch: the protocol's state, without I/O."""
+    """What the guardian was asked to watch: the protocol's state, without I/O.
+
+    The owner keeps one too, of what it wrote into the pipe (see
+    ``polytask._os.proc``): to send a replacement guardian all of it, to shrink
+    what waits for a guardian that does not read, and to clean up itself when
+    its guardian cannot.
+    """
 
     def __init__(self) -> None:
         self.groups: set[int] = set()
@@ -56,39 +123,68 @@ class Registry:
         self.prefixes: set[str] = set()
         self.markers: set[bytes] = set()
         self.procs: set[bytes] = set()
-        self._buf = b""
+        #: The start of a line whose end has not come yet.
+        self.partial = b""
 
-    def feed(self, data: bytes) -> None:
-        """Apply every complete line in ``data`` (a partial last line waits for the rest)."""
-        self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
+    def feed(self, data: bytes) -> list[bytes]:
+        """Apply every complete line in ``data`` (a partial last line waits for the rest).
+
+        Returns the lines it could not read and skipped (a group number that is not
+        one, a path with a NUL): a line the owner never writes, but one bad line
+        must not end the guardian, which would then clean up nothing.
+        """
+        if self.partial:
+            data = self.partial + data
+        *lines, self.partial = data.split(b"\n")
+        bad = []
         for line in lines:
-            self._apply(line)
+            parsed = parse(line)
+            if parsed is None:
+                bad.append(line)
+            elif parsed[0]:
+                name, item, add = parsed
+                target: set[Item] = getattr(self, name)
+                if add:
+                    target.add(item)
+                else:
+                    target.discard(item)
+        return bad
 
-    def _apply(self, line: bytes) -> None:
-        op, arg = line[:1], line[1:]
-        if not arg:
-            return
-        if op == b"+":
-            self.groups.add(int(arg))
-        elif op == b"-":
-            self.groups.discard(int(arg))
-        elif op == b"p":
-            self.paths.add(os.fsdecode(arg))
-        elif op == b"q":
-            self.paths.discard(os.fsdecode(arg))
-        elif op == b"P":
-            self.prefixes.add(os.fsdecode(arg))
-        elif op == b"Q":
-            self.prefixes.discard(os.fsdecode(arg))
-        elif op == b"e":
-            self.markers.add(arg)
-        elif op == b"f":
-            self.markers.discard(arg)
-        elif op == b"k":
-            self.procs.add(arg)
-        elif op == b"l":
-            self.procs.discard(arg)
+    def holds(self, name: str, item: Item) -> bool:
+        return item in getattr(self, name)
+
+    def lines(self) -> bytes:
+        """Every registration, one line each: what a new guardian is sent to hold all this."""
+        out = [b"+%d\n" % g for g in self.groups]
+        out += [b"p" + os.fsencode(p) + b"\n" for p in self.paths]
+        out += [b"P" + os.fsencode(p) + b"\n" for p in self.prefixes]
+        out += [b"e" + m + b"\n" for m in self.markers]
+        out += [b"k" + k + b"\n" for k in self.procs]
+        return b"".join(out)
+
+    def net(self, data: bytes, first: bytes = b"") -> bytes:
+        """Lines that do, after this registry, what ``data`` (whole lines) does: the
+        last line of each registration it changes, none for one it leaves as it is.
+
+        Only the sets at end-of-file count, never the order that built them, so a
+        history of registrations and releases shrinks to what it adds up to.
+        ``first`` is a line applied before ``data`` and left out of the result.
+        """
+        head = parse(first) if first else None
+        last: dict[tuple[str, Item], tuple[bool, bytes]] = {}
+        for line in data.split(b"\n")[:-1]:
+            parsed = parse(line)
+            if parsed is not None and parsed[0]:
+                last[parsed[:2]] = (parsed[2], line)
+        out = []
+        for (name, item), (add, line) in last.items():
+            if head is not None and head[:2] == (name, item):
+                before = head[2]
+            else:
+                before = self.holds(name, item)
+            if before != add:
+                out.append(line + b"\n")
+        return b"".join(out)
 
     def matches(self, environ: bytes) -> bool:
         """Whether a process with this ``/proc/PID/environ`` content is to be ended."""
@@ -167,9 +263,11 @@ def clean_up(registry: Registry, grace: float) -> None:
             os.unlink(path)
         except OSError:
             pass
-    # The one kill policy (ending.py), on every group and process at once.
+    # The one kill policy (ending.py), on every group and process at once; never on
+    # our own group (the owner cleans up itself when its guardian cannot).
     now = time.monotonic()
-    groups = {g: Ending(g, grace, now=now) for g in registry.groups}
+    mine = os.getpgrp()
+    groups = {g: Ending(g, grace, now=now) for g in registry.groups if g != mine}
     pids = {p: Ending(p, grace, group=False, now=now) for p in marked(registry) | listed(registry)}
     left = {g for g in groups if _alive(g)} | set(pids)
     while left and time.monotonic() < now + grace:
@@ -202,7 +300,16 @@ def serve(fd: int, registry: Registry) -> None:
         # (on a busy 2-core machine each wake-up took CPU from the jobs themselves);
         # never past the owner's end, though: its exit may wait for us.
         hangup.poll(10)
-        registry.feed(data)
+        for line in registry.feed(data):
+            say(f"skipped a line it cannot read: {line[:80]!r}")
+
+
+def say(text: str) -> None:
+    """A line on stderr (the owner's), saying who speaks."""
+    try:
+        print(f"{PROCESS_NAME}: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed: nobody to tell
+        pass
 
 
 def set_comm(name: str) -> None:

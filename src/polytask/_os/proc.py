@@ -276,6 +276,11 @@ def _scan_environ(pids: Iterable[int], wanted: set[bytes], me: int, found: list[
     return unsure
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP: ``T``; a debugger's: ``t``)."""
+    return pid_state(pid) in (b"T", b"t")
+
+
 def pid_state(pid: int) -> bytes | None:
     """The state letter of process ``pid`` (``R``, ``S``, ``Z``...), or None if gone."""
     try:
@@ -574,6 +579,9 @@ _pid_jobs: dict[int, str] = {}
 
 #: Registrations held back (the guardian not reading) past which the owner says so once.
 _BACKLOG_WARN = 1 << 16
+#: Held back past this (and past twice what the last rewrite left), the backlog is
+#: rewritten as what it adds up to (see :meth:`_Guardian._compact`).
+_COMPACT_MIN = 1 << 16
 
 
 class _Guardian:
@@ -585,6 +593,27 @@ class _Guardian:
     it as soon as there is room: not at the next send, which may never come before
     the owner is killed. A blocking write there hung every spawn, worker start and
     command, with this lock held (and the supervisor's, around ``guard_pid``).
+
+    The owner also keeps what it wrote into the pipe, as the guardian itself
+    does (``_sent``, a :class:`~polytask._os.guardian.Registry`), so that
+
+    - a replacement (the guardian killed from outside) is sent all of it, not
+      only what the dead one was not sent: the owner key covers every job that
+      kept its environment, not a file, a ``guard_pid`` or an ``env -i`` job;
+    - the backlog of a guardian that does not read stays as large as the
+      registrations it changes, not as their history (:meth:`_compact`): one
+      stopped for a day while jobs come and go holds back a few lines;
+    - at exit, a guardian that is stopped (or gone) has its clean-up done here,
+      from the list as it is now (:meth:`close`).
+
+    Left open, on purpose: a guardian killed from outside is replaced at the next
+    registration (or by the feeding thread, with a backlog), not the moment it
+    dies, so an owner SIGKILLed in between, with no registration since, leaves
+    what it started running. Watching for that death takes a thread and a pidfd
+    in every owner for its whole life (the guardian's pipe gives no signal to a
+    writer that does not write); a normal exit is covered (:meth:`close`), and
+    nothing else kills a guardian but a user's ``kill`` (the OOM killer scores
+    a process by its memory, and the guardian holds next to none).
     """
 
     def __init__(self) -> None:
@@ -595,10 +624,12 @@ class _Guardian:
         self._reset_backlog()
 
     def _reset_backlog(self) -> None:
-        #: Bytes not yet written, whole lines but maybe the first, which ``_torn``
-        #: (written already) starts: a new guardian is sent that line whole.
+        #: Bytes not yet written: whole lines, but the first when ``_sent.partial``
+        #: (written already) starts it.
         self._pending = bytearray()
-        self._torn = b""
+        #: What the pipe was written, applied as the guardian applies it.
+        self._sent = _guardian_mod.Registry()
+        self._compact_at = _COMPACT_MIN
         self._warned = False
         self._feeding = False
 
@@ -631,7 +662,10 @@ class _Guardian:
         # Every job this process starts carries its owner key (see tree_env): one
         # registration covers them all, however they detach. The pipe is empty:
         # this write cannot block.
-        os.write(self._fd, b"e" + os.fsencode(owner_key()) + b"=\n")
+        key = b"e" + os.fsencode(owner_key()) + b"=\n"
+        os.write(self._fd, key)
+        self._sent = _guardian_mod.Registry()
+        self._sent.feed(key)
         os.set_blocking(self._fd, False)
         return self._fd
 
@@ -649,26 +683,49 @@ class _Guardian:
                 n = os.write(fd, pending)
             except BlockingIOError:
                 return
-            # Past PIPE_BUF a write may stop mid-line: remember that line's start.
-            nl = pending.rfind(b"\n", 0, n)
-            self._torn = bytes(pending[nl + 1 : n]) if nl >= 0 else self._torn + pending[:n]
-            del pending[:n]
+            # Past PIPE_BUF a write may stop mid-line: _sent keeps that line's start.
+            if n == len(pending):
+                self._sent.feed(bytes(pending))
+                pending.clear()
+            else:
+                self._sent.feed(bytes(pending[:n]))
+                del pending[:n]
         self._warned = False
+
+    def _all(self) -> _guardian_mod.Registry:
+        """Everything registered: what was written and what waits (with the lock held;
+        once only: it takes the backlog, and ``_sent`` is then not the pipe's any more)."""
+        state = self._sent
+        state.feed(bytes(self._pending))
+        self._pending = bytearray()
+        return state
 
     def _restart(self) -> None:
         # Called with self._lock held, the guardian killed from outside: start another
-        # and send it what the dead one was not sent (the line it got half of whole).
-        # What it had read is lost with it, but for the owner's key, which the new
-        # one gets first and which covers every job.
+        # and send it all that is registered (what the dead one had read is lost
+        # with it; the line it got part of is sent whole).
         old, self._proc, self._fd = self._proc, None, None
         if old is not None and old.stdin is not None:
             try:
                 old.stdin.close()
             except OSError:
                 pass
-        self._pending[:0] = self._torn
-        self._torn = b""
+        # The backlog first: should the start fail, the next send starts one with it.
+        self._pending = bytearray(self._all().lines())
+        self._compact_at = max(_COMPACT_MIN, 2 * len(self._pending))
         self._flush(self._start())
+
+    def _compact(self) -> None:
+        """Rewrite the backlog as what it adds up to after what the pipe was written:
+        one line per registration it changes (a group started and released while the
+        guardian was stopped: none), so that it grows with what is registered, not
+        with how many registrations came and went. The rest of a line the pipe took
+        part of stays first, as it is."""
+        pending = self._pending
+        head = pending.find(b"\n") + 1 if self._sent.partial else 0
+        first = self._sent.partial + bytes(pending[: head - 1]) if head else b""
+        pending[head:] = self._sent.net(bytes(pending[head:]), first)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(pending))
 
     def _note_backlog(self) -> None:
         if self._warned or len(self._pending) < _BACKLOG_WARN:
@@ -691,6 +748,8 @@ class _Guardian:
                 self._restart()
             if self._pending:
                 self._note_backlog()
+                if len(self._pending) >= self._compact_at:
+                    self._compact()
                 self._start_feeding()
 
     def _start_feeding(self) -> None:
@@ -736,43 +795,53 @@ class _Guardian:
 
     def close(self, timeout: float = 5.0) -> None:
         """Send the backlog (for up to ``timeout`` seconds), close the pipe and reap
-        the guardian (up to ``timeout`` more: it cleans up what is still registered)."""
-        sent = True
+        the guardian (up to ``timeout`` more: it cleans up what is still registered).
+
+        A guardian that cannot do its clean-up (stopped: SIGSTOP, a debugger; or
+        gone, killed and not replaced) is ended, and the clean-up done here, from
+        the registrations as they are now: this process is about to go, and what
+        it started must not outlive it.
+        """
         with self._lock:
             proc, fd = self._proc, self._fd
-            if proc is not None and fd is not None and self._pid_owner == os.getpid():
-                sent = self._drain(fd, time.monotonic() + timeout)
+            mine = proc is not None and self._pid_owner == os.getpid()
+            sent = True
+            if mine and fd is not None:
+                assert proc is not None
+                sent = not _stopped(proc.pid) and self._drain(fd, time.monotonic() + timeout)
+            left = self._all()
             self._proc, self._fd = None, None
             self._reset_backlog()
-        if proc is None or self._pid_owner != os.getpid():
+        if proc is None or not mine:
             return
         assert proc.stdin is not None
         if not sent:
-            # Still not reading (stopped): an end-of-file now would have it clean up
-            # from an old list, and end groups whose "-" never reached it (their
-            # numbers may be reused by now). It goes without a clean-up, as one
-            # that never exits after end-of-file always did.
+            # An end-of-file would not be read (stopped), or would have it clean up
+            # from an old list and end groups whose "-" never reached it (their
+            # numbers may be reused by now).
             _say(
-                f"the guardian (pid {proc.pid}) took no registration for {timeout:g} s "
-                "(stopped?); ended without its clean-up"
+                f"the guardian (pid {proc.pid}, state {(pid_state(proc.pid) or b'?').decode()}) "
+                "does not read its pipe; ended it and did its clean-up here"
             )
             proc.kill()
         proc.stdin.close()
         _reap(proc, timeout)
-        if proc.returncode is None:  # a stopped guardian does not exit on end-of-file
+        if proc.returncode is None:  # stopped since, or stuck in its clean-up
             proc.kill()
             proc.wait()
+        if proc.returncode != 0:  # did not finish its clean-up (or none: killed, stopped)
+            _guardian_mod.clean_up(left, DEFAULT_GRACE)
 
     def _drain(self, fd: int, deadline: float) -> bool:
         """Flush the whole backlog by ``deadline``, waiting for room; True if it all went
-        (or the guardian is gone: nothing to send it)."""
+        (False: not in time, or the guardian is gone: nobody to send it)."""
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         while True:
             try:
                 self._flush(fd)
             except BrokenPipeError:
-                return True
+                return False
             left = deadline - time.monotonic()
             if not self._pending:
                 return True
@@ -824,8 +893,8 @@ def unguard(pgid: int) -> None:
 
 def guard_path(path: str) -> None:
     """Unlink ``path`` (a /dev/shm segment, a FIFO) if this process dies before :func:`unguard_path`."""
-    if "\n" in path:
-        raise ValueError(f"path {path!r} contains a newline")
+    if "\n" in path or "\0" in path:
+        raise ValueError(f"path {path!r} contains a newline or a NUL")
     _guardian.send(b"p" + os.fsencode(path) + b"\n")
 
 
@@ -841,8 +910,8 @@ def guard_prefix(prefix: str) -> None:
     For families of files made on the fly (a channel's spill segments
     ``/dev/shm/polytask-ch-1234-*``): one registration covers names not yet made.
     """
-    if "\n" in prefix:
-        raise ValueError(f"prefix {prefix!r} contains a newline")
+    if "\n" in prefix or "\0" in prefix:
+        raise ValueError(f"prefix {prefix!r} contains a newline or a NUL")
     _guardian.send(b"P" + os.fsencode(prefix) + b"\n")
 
 
