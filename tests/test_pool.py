@@ -735,7 +735,7 @@ def test_a_lone_task_gets_no_done_callback_and_is_settled_later(workers):
             stats = (ex if ex is pool else ex.pool).statistics()
             assert stats["unsettled"] == 0 and stats["chunks_in_flight"] == 0, stats
             # A lone task nobody reads, then a map: the map's items wait for no caller.
-            slow = ex.submit(time.sleep, 0.2)
+            slow = ex.submit(time.sleep, 0.1)
             assert list(ex.map(abs, range(-30, 0))) == list(range(30, 0, -1))
             assert slow.result(timeout=30) is None
             done = ex.submit(os.getpid)
