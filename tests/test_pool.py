@@ -714,6 +714,62 @@ def test_a_lone_task_nobody_waits_for_still_completes():
         assert seen.wait(30)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_lone_task_gets_no_done_callback_and_is_settled_later(workers):
+    # pool.submit(f, x).result() costs what pt.spawn's does: no pool code runs when
+    # its result comes (a done callback took a lock and a notify_all there); the
+    # pool settles the task when it next looks, and keeps no result alive.
+    import gc
+    import weakref
+
+    with Pool(workers) as pool:
+        for ex in (pool, pt.Executor(workers)):
+            t = ex.submit(pow, 2, 5)
+            assert not t._callbacks
+            assert t.result(timeout=30) == 32
+            owner = ex.submit(make_owner, 0).result(timeout=30)
+            ref = weakref.ref(owner)
+            del owner
+            gc.collect()
+            assert ref() is None
+            stats = (ex if ex is pool else ex.pool).statistics()
+            assert stats["unsettled"] == 0 and stats["chunks_in_flight"] == 0, stats
+            # A lone task nobody reads, then a map: the map's items wait for no caller.
+            slow = ex.submit(time.sleep, 0.1)
+            assert list(ex.map(abs, range(-30, 0))) == list(range(30, 0, -1))
+            assert slow.result(timeout=30) is None
+            done = ex.submit(os.getpid)
+            assert done.result(timeout=30) > 0 and done.exception() is None
+        ex.shutdown()
+        assert pool.statistics()["unsettled"] == 0
+
+
+def test_join_waits_for_a_lone_task_submitted_while_the_pool_closes():
+    # A lone task gets no done callback (the pool settles it when it next looks):
+    # one submitted as close() and join() run must still be settled, or join hangs.
+    for _ in range(10):
+        pool = Pool(2)
+        pool.submit(os.getpid).result(timeout=30)  # workers up
+        got: list[pt.Task[int]] = []
+
+        def submit_until_closed() -> None:
+            try:
+                while True:
+                    got.append(pool.submit(os.getpid))
+                    got[-1].result(timeout=30)
+            except ValueError:
+                pass
+
+        th = threading.Thread(target=submit_until_closed)
+        th.start()
+        wait_until(lambda: len(got) > 20, timeout=30)
+        pool.close()
+        pool.join(timeout=10)  # raised WaitTimeout
+        th.join(30)
+        assert all(t._is_done() for t in got)
+        assert pool.statistics()["unsettled"] == 0
+
+
 def test_a_lone_task_keeps_the_pool_semantics():
     with Pool(1, timeout=0.5) as pool:
         with pytest.raises(pt.TaskTimeout):

@@ -148,7 +148,8 @@ class Executor(concurrent.futures.Executor):
 
         Type checkers check the arguments against ``fn``'s signature (ParamSpec).
         """
-        self._check_exiting()
+        if _exiting:  # _check_exiting, inline: this is every submit's path
+            self._check_exiting()
         try:
             return self._pool._submit(fn, args, kwargs, DEFAULT, None)
         except ValueError as exc:

@@ -41,7 +41,6 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack, cast, overload
 
-from .._core import task as _task
 from .._core.backend import fn_name
 from .._core.errors import (
     Cancelled,
@@ -597,6 +596,13 @@ class Pool(PrimitiveFactory):
         # The chunk of a lone submitted task, sent unwatched: only its caller reads
         # its result (see _launch); anything else the pool does watches it (_unlone).
         self._lone: Task[Any] | None = None
+        # The lone task submitted directly (_submit_direct), by weak reference: it has
+        # no done callback, its caller reads it as pt.spawn's, and it stays counted in
+        # _inflight and _unsettled until the pool next looks (_take_deferred): the
+        # next submit, a map, join, statistics. Settling it in a done callback cost a
+        # lock, a Condition.notify_all and the callback's calls on every
+        # pool.submit(f, x).result(). Weakly, so the pool keeps no result alive.
+        self._deferred: weakref.ref[Task[Any]] | None = None
         # Whether submit may hand a lone task to the backend as it is (_submit_direct).
         self._direct = backend == "process" and max_memory_per_worker is None
         _live_pools.add(self)
@@ -664,12 +670,17 @@ class Pool(PrimitiveFactory):
             with self._lock:
                 if self._closed:
                     self._check_open()
+                # The previous lone task, settled now if it is done (the sequential
+                # submit(...).result() loop), else given its done callback below.
+                pending = self._take_deferred() if self._deferred is not None else None
                 direct = not self._queue and not self._runs and self._inflight < self.workers
                 if direct:
                     self._inflight += 1
                     self._chunks_sent += 1
                     self._unsettled += 1
                     lone, self._lone = self._lone, None
+            if pending is not None:
+                pending.add_done_callback(self._direct_done)  # and watched: a queue may form
             if direct:
                 return self._submit_direct(fn, args, kwargs, t, name or last[1], lone)
         task: Task[T] = Task(self._view, name or last[1], t)
@@ -679,6 +690,8 @@ class Pool(PrimitiveFactory):
         with self._lock:
             if self._closed:
                 self._check_open()
+            # Once anything queues, a deferred lone task is settled by a callback (see _pump).
+            pending = self._take_deferred() if self._deferred is not None else None
             q.append(item)
             self._unsettled += 1
             lone, self._lone = self._lone, None
@@ -690,6 +703,8 @@ class Pool(PrimitiveFactory):
                 gather = True  # every worker is busy: let a full chunk gather (see _take_chunk)
             else:
                 gather = False
+        if pending is not None:
+            pending.add_done_callback(self._direct_done)
         if lone is not None and not lone._is_done():
             lone._watch()  # a queue may form behind it now
         if not gather:
@@ -1290,6 +1305,10 @@ class Pool(PrimitiveFactory):
     def statistics(self) -> dict[str, Any]:
         """Counts: tasks queued, chunks in flight and sent, tasks not settled yet."""
         with self._lock:
+            if self._deferred is not None:
+                task = self._deferred()
+                if task is None or task._is_done():
+                    self._take_deferred()
             return {
                 "queued": len(self._queue),
                 "chunks_in_flight": self._inflight,
@@ -1490,9 +1509,11 @@ class Pool(PrimitiveFactory):
         """A task submitted while a worker is free and nothing waits: the backend's
         own task, as ``pt.spawn`` makes it (called with a slot of _inflight taken).
 
-        No item, no chunk, no thread hop: its caller reads the result itself. It
-        is sent unwatched (the lone task, see _launch) unless work queued meanwhile.
-        Only without retries and memory limits, which need the item machinery.
+        No item, no chunk, no thread hop, no done callback: its caller reads the
+        result itself, and the pool settles it later (see _deferred), unless work
+        queued meanwhile or another lone task runs (then it is watched and settled by
+        its callback). Only without retries and memory limits, which need the item
+        machinery.
         """
         if lone is not None and not lone._is_done():
             lone._watch()
@@ -1511,25 +1532,41 @@ class Pool(PrimitiveFactory):
             failed._finish(exc=exc)
             return failed
         with self._lock:
-            watch = bool(self._queue or self._runs or self._lone is not None)
+            # Closed meanwhile: join() may have looked for a deferred task already
+            # (_unlone) and now waits for this one, which must settle by its callback.
+            watch = bool(
+                self._queue
+                or self._runs
+                or self._lone is not None
+                or self._deferred is not None
+                or self._closed
+            )
             if not watch:
-                self._lone = task
+                # No done callback: settled when the pool next looks (_take_deferred).
+                self._deferred = weakref.ref(task)
         if watch:
             task.add_done_callback(self._direct_done)
-            return task
-        # Future.add_done_callback without its condition (made on first use, a few
-        # microseconds): a task without one changes state under _state_lock, and
-        # runs its callbacks after that (Task._finish).
-        with _task._state_lock:  # by module: it is remade in a forked child
-            done = task._is_done()
-            if not done and task._cond is None:
-                task._done_callbacks.append(self._direct_done)
-                return task
-        if done:
-            self._direct_done(task)
-        else:
-            concurrent.futures.Future.add_done_callback(task, self._direct_done)
         return task
+
+    def _take_deferred(self) -> Task[Any] | None:
+        """Settle the deferred lone task if it is done; else return it, for the caller
+        to give it ``_direct_done`` as its done callback (outside the lock).
+
+        Called with self._lock held and ``self._deferred`` set. Either way it is no
+        longer deferred: whoever takes it settles it once. A task the weak reference
+        lost is done: the backend holds every task it has not finished.
+        """
+        ref = self._deferred
+        assert ref is not None
+        self._deferred = None
+        task = ref()
+        if task is not None and not task._is_done():
+            return task
+        self._inflight -= 1
+        self._unsettled -= 1
+        if self._unsettled == 0 and self._closed:  # only join() waits, once closed
+            self._idle.notify_all()
+        return None
 
     def _direct_done(self, task: concurrent.futures.Future[Any]) -> None:
         with self._lock:
@@ -1537,16 +1574,20 @@ class Pool(PrimitiveFactory):
             self._unsettled -= 1
             if self._lone is task:
                 self._lone = None
-            if self._unsettled == 0:
+            if self._unsettled == 0 and self._closed:  # only join() waits, once closed
                 self._idle.notify_all()
             queued = bool(self._queue or self._runs)
         if queued:
             self._pump()
 
     def _unlone(self) -> None:
-        """Have the lone chunk's result read in the background (see _launch)."""
+        """Have the lone task's result read in the background (see _launch and
+        _submit_direct), and a deferred lone task settled once done."""
         with self._lock:
             lone, self._lone = self._lone, None
+            pending = self._take_deferred() if self._deferred is not None else None
+        if pending is not None:
+            pending.add_done_callback(self._direct_done)  # watches it too
         if lone is not None and not lone._is_done():
             lone._watch()
 
@@ -1577,6 +1618,17 @@ class Pool(PrimitiveFactory):
 
     def _pump(self) -> None:
         """Send chunks while there is room; called after anything that freed some."""
+        if self._deferred is not None:
+            # Work waits: a deferred lone task counts as a busy worker until it is
+            # settled, so it must be settled as soon as it is done, by a callback.
+            with self._lock:
+                pending = (
+                    self._take_deferred()
+                    if self._deferred is not None and (self._queue or self._runs)
+                    else None
+                )
+            if pending is not None:
+                pending.add_done_callback(self._direct_done)
         while True:
             with self._lock:
                 if self._terminated or self._inflight >= self._max_inflight:
