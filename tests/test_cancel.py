@@ -252,6 +252,116 @@ def test_every_sibling_reports_cancelled(tmp_path: Any, watchdog: Any) -> None:
     assert [s.cancelled() for s in siblings] == [True] * len(siblings)
 
 
+# --------------------------------------------------------------- a thread Pool's tasks
+# A task submitted to a thread Pool (or Executor) runs inside a chunk, the backend's
+# own task: its cancel() flags the task, terminate() and its timeout the chunk.
+# Either must reach the cancellation point the task is blocked in (they did not:
+# pt.sleep slept on after cancel(), and nothing saw terminate() or the timeout).
+
+POOL_KINDS = [
+    ("sleep", "thread"),
+    ("event", "thread"),
+    ("lock", "process"),
+    ("fifo-recv", "thread"),
+    ("group", "thread"),
+]
+# cancel() flags the task itself, which the waits in slices always saw: pt.sleep,
+# woken by the cancel, is the case there. terminate() and the timeout flag the chunk.
+POOL_CASES = [(e, "sleep", "thread") for e in ("pool-cancel", "executor-cancel")] + [
+    (e, k, b) for e in ("pool-terminate", "pool-timeout") for k, b in POOL_KINDS
+]
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind", "backend"), POOL_CASES, ids=[f"{e}-{k}-{b}" for e, k, b in POOL_CASES]
+)
+def test_a_thread_pool_task_stops_at_its_cancellation_point(
+    entry: str, kind: str, backend: str, tmp_path: Any, watchdog: Any, capfd: Any
+) -> None:
+    case = Case(kind, backend, tmp_path)
+    watchdog(case.unblock)
+    ready, ended = threading.Event(), threading.Event()
+
+    def run() -> None:
+        try:
+            blocked(ready, case.block)
+        finally:
+            ended.set()
+
+    runner: pt.Pool | pt.Executor = (
+        pt.Executor(max_workers=1, backend="thread")
+        if entry == "executor-cancel"
+        else pt.Pool(1, backend="thread")
+    )
+    expected: type[Exception] = pt.TaskTimeout if entry == "pool-timeout" else pt.Cancelled
+    try:
+        with runner:
+            if isinstance(runner, pt.Pool) and entry == "pool-timeout":
+                task = runner.submit(run, timeout=0.2)
+            else:
+                task = runner.submit(run)
+            assert ready.wait(HANG), "the task never ran"
+            time.sleep(0.1)  # into the call (a cancel before it is seen at its start)
+            if entry == "pool-terminate":
+                assert isinstance(runner, pt.Pool)
+                runner.terminate()
+                # It waited for the thread, which left its call; not 5 s and abandoned.
+                assert ended.is_set(), f"terminate() left the task in its {kind} call"
+            elif entry != "pool-timeout":
+                assert task.cancel() is False  # a running thread cannot be stopped from outside
+            assert ended.wait(BOUND), f"the task stayed in its {kind} call after {entry}"
+            with pytest.raises(expected):
+                task.result(HANG)
+            if expected is pt.Cancelled:
+                assert task.cancelled()
+    finally:
+        for cleanup in case.cleanups:
+            cleanup()
+    assert "abandoned" not in capfd.readouterr().err
+    case.after()
+
+
+@pytest.mark.parametrize("stop", ["cancel", "terminate"])
+def test_cancelling_a_thread_pool_task_spares_its_chunk_mates(stop: str) -> None:
+    gate = threading.Event()
+    threads: list[int] = []
+
+    def step(i: int) -> int:
+        if i == 1:
+            threads.append(threading.get_ident())
+            pt.sleep(WATCHDOG)
+        return i
+
+    pool = pt.Pool(1, backend="thread")
+    try:
+        # As if tiny tasks were measured: tasks queued behind a busy worker go in one
+        # chunk. The worker is kept busy by a map, which the submit sizer does not measure.
+        pool._submit_sink.sizer.observe(1_000, 1e-4, 1e-3)
+        blocker = pool.map_async(gate.wait, [HANG])
+        tasks = [pool.submit(step, i) for i in range(4)]
+        gate.set()
+        wait_until(lambda: threads and thread_is_in(threads[0], "_sleep"), HANG, "pt.sleep")
+        # Task 0 ran in task 1's chunk, tasks 2 and 3 wait there (nothing settled yet).
+        chunk = tasks[1]._slot.chunk
+        assert chunk is not None
+        assert all(t._slot is not None and t._slot.chunk is chunk for t in tasks)
+        if stop == "cancel":
+            assert tasks[1].cancel() is False
+            with pytest.raises(pt.Cancelled, match="step"):
+                tasks[1].result(BOUND)
+            assert [tasks[i].result(HANG) for i in (0, 2, 3)] == [0, 2, 3]
+        else:
+            pool.terminate()
+            assert tasks[0].result(BOUND) == 0  # done before the terminate: it stands
+            for task in tasks[1:]:
+                # Task 1 was stopped in its pt.sleep; 2 and 3 never start (they hung).
+                with pytest.raises(pt.Cancelled):
+                    task.result(BOUND)
+        assert blocker.get(HANG) == [True]
+    finally:
+        pool.terminate()
+
+
 # --------------------------------------------------------------- pt.sleep and pt.checkpoint
 
 

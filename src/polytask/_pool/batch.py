@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.backend import fn_name
 from .._core.errors import Cancelled
-from .._core.task import CurrentTask, _set_current, current_task
+from .._core.task import CurrentTask, Task, _set_current, current_task
 from .._ipc.codec import dumps_exception
 
 if TYPE_CHECKING:
@@ -120,14 +120,42 @@ def _run_chunk(
     return values, errors, time.perf_counter() - start
 
 
+class _ItemTask(CurrentTask):
+    """``pt.current_task()`` of a submitted task that runs in a thread Pool's chunk.
+
+    Cancelled when the task is (its own ``cancel()``) or when its chunk is (the
+    chunk's timeout, ``terminate()``: they reach the chunk, the backend's task).
+    While it runs, the chunk's slot points at it, so that the backend's wake-up
+    of the chunk wakes this task's ``pt.sleep``; ``Pool._cancel_task`` finds it
+    there for the task's own cancel.
+    """
+
+    __slots__ = ("_chunk",)
+
+    def __init__(self, name: str, task: Task[Any], chunk: Task[Any] | None) -> None:
+        # CurrentTask.__init__'s three slots, set here: one call less per task.
+        self.name = name
+        self._task = task
+        self._waker = None
+        self._chunk = chunk
+
+    @property
+    def cancelled(self) -> bool:
+        task, chunk = self._task, self._chunk
+        return (task is not None and task._cancel_requested) or (
+            chunk is not None and chunk._cancel_requested
+        )
+
+
 def _run_items(items: list[Item]) -> tuple[list[Any], dict[int, Any] | None, float]:
     """Run a chunk of submitted tasks on a thread of this process (the thread backend).
 
     A task turns running only when this thread reaches it: until then ``cancel()``
-    stops it for good (it is skipped here), and once it runs ``cancel()`` can only
-    flag it (``pt.current_task()`` is the task itself). The format of the result is
-    :func:`_run_chunk`'s; fewer values than items means the chunk was cancelled or
-    timed out, and the pool re-queues the rest.
+    stops it for good (it is skipped here), and once it runs ``cancel()`` flags it
+    (``pt.current_task()`` is the task's :class:`_ItemTask`): its cancellation
+    points raise :class:`Cancelled`, which fails that task alone. The format of
+    the result is :func:`_run_chunk`'s; fewer values than items means the chunk
+    was cancelled or timed out, and the pool re-queues the rest.
     """
     values: list[Any] = []
     errors: dict[int, Any] | None = None
@@ -149,7 +177,16 @@ def _run_items(items: list[Item]) -> tuple[list[Any], dict[int, Any] | None, flo
                     values.append(None)
                     continue
                 task._mark_started()
-                _set_current(CurrentTask(task.name, task))
+                info = _ItemTask(task.name, task, chunk)
+                if chunk is not None:
+                    # Before the function runs, as ThreadBackend._run does: a cancel
+                    # of the chunk either wakes this info or came before its first
+                    # look at the flags.
+                    chunk._slot = info
+                _set_current(info)
+            elif chunk is not None:
+                chunk._slot = me  # a map's item run alone: the chunk's own flag
+                _set_current(me)
             try:
                 values.append(it.fn(*it.args, **it.kwargs))
             except (SystemExit, KeyboardInterrupt):
@@ -161,5 +198,7 @@ def _run_items(items: list[Item]) -> tuple[list[Any], dict[int, Any] | None, flo
                 values.append(None)
                 del exc
     finally:
+        if chunk is not None:
+            chunk._slot = me
         _set_current(me if chunk is not None else None)
     return values, errors, time.perf_counter() - start

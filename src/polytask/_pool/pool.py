@@ -1843,7 +1843,14 @@ class Pool(PrimitiveFactory):
         self._settle_many(done)
         if len(values) < len(chunk):  # the worker stopped early: send the rest again
             with self._lock:
-                self._requeue([it for it in chunk[len(values) :] if not it.dropped()])
+                rest = [it for it in chunk[len(values) :] if not it.dropped()]
+                if not self._terminated:
+                    self._requeue(rest)
+                    return
+            # terminate() stopped the chunk (a thread's, between two tasks): no queue
+            # runs the rest now.
+            exc = Cancelled("the pool was terminated before the task finished")
+            self._settle_many([(it, False, exc) for it in rest], final=True)
 
     def _block_done(self, blk: Block, values: list[Any], errors: dict[int, Any] | None) -> None:
         run = blk.run
@@ -1962,8 +1969,14 @@ class Pool(PrimitiveFactory):
             task._state == "RUNNING" and (chunk is None or chunk._state == "RUNNING")
         ):
             # It runs on a thread (or a cluster task) that cannot be stopped: it was
-            # flagged (pt.current_task().cancelled) and its result stands, as for
-            # pt.spawn; Future.cancel says False for work it cannot stop.
+            # flagged (pt.current_task().cancelled), as for pt.spawn, and its next
+            # cancellation point raises Cancelled, which fails it alone (a result it
+            # returns all the same stands); Future.cancel says False for work it
+            # cannot stop. On threads, its chunk's slot holds its current-task info
+            # while it runs (batch._run_items): wake its pt.sleep.
+            info = chunk._slot if chunk is not None else None
+            if isinstance(info, _task.CurrentTask) and info._task is task:
+                info._wake()
             return False
         exc = Cancelled(f"task {task.name!r} was cancelled")
         self._settle_many([(it, False, exc)], final=True)
