@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack, cast, overload
 
+from .._core import task as _task
 from .._core.backend import fn_name
 from .._core.errors import (
     Cancelled,
