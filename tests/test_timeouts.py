@@ -158,7 +158,8 @@ def test_run_and_sleep_keep_the_rule() -> None:
 
 
 def test_pool_waits_keep_the_rule() -> None:
-    with pt.Pool(1, backend="thread") as pool:
+    # Two workers: the imap below runs beside the slow task, not behind it.
+    with pt.Pool(2, backend="thread") as pool:
         done = pool.apply_async(abs, (-1,))
         assert done.get(timeout=math.inf) == 1
         slow = pool.apply_async(pt.sleep, (30,))
