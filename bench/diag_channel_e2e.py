@@ -63,15 +63,14 @@ def _floor(k: int = 1000, reps: int = 50) -> tuple[float, float]:
     ch.put(SMALL)
     ch.get()
     n = len(pickle.dumps(SMALL, 5))
-    pack = _chan.PACKERS[n] or _chan.make_packer(n)
+    pack, head, size = _chan._small_frame(n)  # put's ready-made frame header
     m, w, b, dumps = ch._p_ref, ch._w, ch._b, pickle.dumps
 
     def minimal(item: Any) -> None:
         data = dumps(item, 5)
-        size = (len(data) + 47) & -32
         _mutex_trylock_ref(m)
         pos = w[8] & 0xFFF  # stays in the first page: nothing to drain
-        pack(b, 4096 + pos, 2, size | (n << 32), data)
+        pack(b, 4096 + pos, head, data)
         w[9] += 1
         w[12] = pos + size  # a spare word: the ring's real tail is left alone
         _mutex_unlock_ref(m)

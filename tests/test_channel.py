@@ -810,6 +810,54 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
     ch.close()
 
 
+def test_put_fast_paths_write_the_frames_ring_push_writes_with_the_writers_pid():
+    """put() and put_many() write a small pickle's frame header from a per-process
+    cache (w0: READY, kind 0, pid; w1: size | length); the bytes are Ring.push's, and
+    a forked child's frames name the child, not the parent whose cache it inherited."""
+
+    def frames(ch, count):
+        w, ring = ch._ring.words, ch._ring
+        pos, out = w[R.READ], []
+        for _ in range(count):
+            state, kind, nbufs, pid, size, length = ring.header(pos)
+            payload = bytes(ring.payload_view(pos))
+            out.append((state, kind, nbufs, pid, size, length, payload))
+            pos += size
+        return out
+
+    items = [(12345, "hello", 1.5), 7, "x" * 300, list(range(40))]
+    ch = pt.Channel(backend="process", capacity=1 << 16)
+    for item in items:  # fills this process's cache of frame headers
+        ch.put(item)
+    ch.put_many(items)
+    ref = R.Ring.initialise(bytearray(R.Ring.buffer_size(1 << 16)), 1 << 16, 0, 1)
+    for item in items * 2:
+        ref.push(pickle.dumps(item, 5), R.READY | (os.getpid() << 32))
+    want = frames(ch, 8)
+    assert want == [
+        (R.READY, 0, 0, os.getpid(), size, length, payload)
+        for (_, _, _, _, size, length, payload) in want
+    ]
+    assert bytes(ch._ring.view[R.DATA_OFFSET : R.DATA_OFFSET + 1024]) == bytes(
+        ref.view[R.DATA_OFFSET : R.DATA_OFFSET + 1024]
+    )
+    for _ in range(8):
+        ch.get(timeout=HANG)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            ch.put(items[0])
+            ch.put_many(items[:1])
+            code = 0
+        finally:
+            os._exit(code)
+    _expect_clean_exit(pid, "the child could not put")
+    assert [f[3] for f in frames(ch, 2)] == [pid, pid]
+    assert [ch.get(timeout=HANG) for _ in range(2)] == [items[0]] * 2
+    ch.close()
+
+
 @pytest.mark.parametrize("module", ["channel", "sync"])
 def test_a_child_forked_while_the_attach_cache_is_locked_can_attach(module):
     """A fork while another thread held the attach cache's lock (it unpickled a

@@ -29,8 +29,9 @@ its dropping the channel without close() does. Inside a thread task the slices
 are 50 ms and each ends with a cancellation check.
 
 Speed (small items): a put is one pickle, one trylock, one struct call that
-writes the frame's header and payload, two stores that publish it, one unlock;
-a get the same backwards; no system call while nobody sleeps. The common case
+writes the frame's header (made beforehand: it depends only on the process and
+the payload's length) and payload, two stores that publish it, one unlock; a get
+the same backwards; no system call while nobody sleeps. The common case
 of Ring.push / Ring.pop is inlined in put and get (fewer Python calls), and the
 mutexes are called through ctypes without argument conversion. A short tuple's
 frame is one cache line. When it finds the ring empty past Ring.WRAP_EARLY, the
@@ -51,6 +52,8 @@ import collections
 import errno
 import os
 import pickle
+import struct
+import sys
 import threading
 import time
 import weakref
@@ -75,16 +78,13 @@ from .ring import (
     FRAME_ROUND,
     HEAD,
     HEADER,
-    LOW32,
     NCLAIM,
     NRES,
     PACKED,
-    PACKERS,
     READ,
     TAIL,
     WAIT_DATA,
     WAIT_SPACE,
-    make_packer,
 )
 from .shm import (
     SHM_DIR,
@@ -134,6 +134,9 @@ _pid = os.getpid()
 _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
 # The low half of that word (state READY, kind K_PICKLE, no buffers): get's fast path.
 _READY_PICKLE = R.READY | (K_PICKLE << 8)
+# Where a frame's header halves are among the u32 halves from its start (Ring.halves):
+# w0's low half, w1's low half (the frame's size), w1's high half (the payload's length).
+_W0_LOW, _W1_LOW, _W1_HIGH = (0, 2, 3) if sys.byteorder == "little" else (1, 3, 2)
 # The hot paths pickle plainly first, as _ipc.codec does, and check its rule
 # (STACK_GLOBAL, MAIN_REF) inline; everything else goes through codec's functions.
 _pdumps = pickle.dumps
@@ -143,10 +146,32 @@ _monotonic = time.monotonic
 _yield = os.sched_yield
 
 
+# put's fast path writes a small pickle's frame with its 16-byte header made
+# beforehand: both header words depend only on this process (w0: READY, kind 0,
+# pid) and the payload's length n (w1: frame size | n). One entry per n below
+# PACKED, made at first use: (packer of header and payload, header, frame size).
+# Packing the header as bytes, not as two u64 words, halves the packer's cost.
+_FramePlan = tuple[Callable[..., None], bytes, int]
+_small_frames: list[_FramePlan | None] = [None] * PACKED
+_frame_words = struct.Struct("=QQ").pack
+
+
+def _small_frame(n: int) -> _FramePlan:
+    size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
+    plan = (
+        struct.Struct(f"=16s{n}s").pack_into,
+        _frame_words(_hdr_pickle, size | (n << 32)),
+        size,
+    )
+    _small_frames[n] = plan
+    return plan
+
+
 def _after_fork() -> None:
     global _pid, _hdr_pickle
     _pid = os.getpid()
     _hdr_pickle = R.READY | (K_PICKLE << 8) | (_pid << 32)
+    _small_frames[:] = [None] * PACKED  # their headers name the parent
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -624,6 +649,7 @@ class ProcessChannel(Channel[T]):
         self._pop = ring.pop
         # The ring's fixed parts, for the inlined fast paths of put and get.
         self._w, self._b, self._raw = ring.words, ring.view, ring.raw
+        self._halves = ring.halves
         self._mask, self._cap, self._wrap = ring.capacity - 1, ring.capacity, ring.wrap_at
         # Where put's fast path must stop and ask Ring.push (_set_limit): the
         # first of the next point where it may wrap early and the end of the
@@ -713,37 +739,36 @@ class ProcessChannel(Channel[T]):
             else:
                 n = len(data)
                 # codec's rule, inlined: a pickle naming __main__ goes by value.
+                # (The memchr first: it settles containers of atoms, which ATOMS does not.)
                 if n <= _SMALL_PAYLOAD and (
-                    t in ATOMS or STACK_GLOBAL not in data or MAIN_REF not in data
+                    STACK_GLOBAL not in data or t in ATOMS or MAIN_REF not in data
                 ):
+                    if n >= PACKED:
+                        self._put_pickle(data, timeout)
+                        return
+                    pack, head, size = _small_frames[n] or _small_frame(n)
                     m = self._p_ref
                     rc = _mutex_trylock_ref(m)
                     if rc:
                         self._lock_p(_deadline(timeout), rc)
                     try:
                         w = self._w
-                        size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
                         pos = w[TAIL]
                         if (
                             pos + size > self._limit
                             or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
-                            or n >= PACKED
                             or (self.maxsize and w[NRES] - self._claimed_seen >= self.maxsize)
                         ):
-                            # Wrapping, perhaps full, readers asleep, longer or
-                            # closed: the whole story.
+                            # Wrapping, perhaps full, readers asleep, or closed:
+                            # the whole story.
                             rc = self._push(data, _hdr_pickle)
                             self._set_limit()
                             if self._ring.wrapped and not rc:
                                 rc = _WRAPPED  # _put_done skips the pad
                         else:
-                            (PACKERS[n] or make_packer(n))(
-                                self._b,
-                                DATA_OFFSET + (pos & self._mask),
-                                _hdr_pickle,
-                                size | (n << 32),
-                                data,
-                            )
+                            # The frame (the same bytes as Ring.push writes), then
+                            # the counters in its order.
+                            pack(self._b, DATA_OFFSET + (pos & self._mask), head, data)
                             w[NRES] += 1
                             w[TAIL] = pos + size  # publishes the frame
                             rc = 0  # no reader sleeps: WAIT_DATA was 0, under our lock
@@ -755,6 +780,19 @@ class ProcessChannel(Channel[T]):
                 if n > _SMALL_PAYLOAD:
                     _BIG_TYPES.add(t)  # big: its buffers go out of band
         self._put_other(item, timeout)
+
+    def _put_pickle(self, data: bytes, timeout: float | None) -> None:
+        """put() of a small pickle of PACKED bytes or more: by Ring.push."""
+        self._lock_p(_deadline(timeout))
+        try:
+            rc = self._push(data, _hdr_pickle)
+            self._set_limit()
+            if self._ring.wrapped and not rc:
+                rc = _WRAPPED  # _put_done skips the pad
+        finally:
+            _mutex_unlock(self._p_addr)
+        if rc:
+            self._put_done(rc, data, timeout)
 
     def _put_done(self, rc: int, data: bytes, timeout: float | None) -> None:
         """The rest of a put whose Ring.push said more than "done" (P lock released)."""
@@ -1024,18 +1062,22 @@ class ProcessChannel(Channel[T]):
                 self._tail_seen = w[TAIL]
             if read != self._tail_seen:
                 start = DATA_OFFSET + (read & self._mask)
-                i = start >> 3  # the frame's header words: w0 at i, w1 (size | length) at i + 1
-                sz = w[i + 1]
-                size = sz & LOW32
+                # The frame's header read as u32 halves, which come as small ints
+                # (w0's low half: state, kind, buffers; w1's: size, then length).
+                i = start >> 2
+                h = self._halves
+                size = h[i + _W1_LOW]
                 # READY, kind 0, no buffers; small; no writer asleep; nothing claimed before it
                 if (
-                    w[i] & LOW32 == _READY_PICKLE
+                    h[i + _W0_LOW] == _READY_PICKLE
                     and size <= _SMALL_FRAME
                     and not w[WAIT_SPACE]
                     and w[HEAD] == read
                 ):
                     start += HEADER
-                    r: bytes | tuple[int, bytes, int] | int = self._raw[start : start + (sz >> 32)]
+                    r: bytes | tuple[int, bytes, int] | int = self._raw[
+                        start : start + h[i + _W1_HIGH]
+                    ]
                     w[READ] = w[HEAD] = read + size  # READ first, then HEAD
                     w[NCLAIM] += 1
                 else:
@@ -1310,9 +1352,8 @@ class ProcessChannel(Channel[T]):
                             break
                         wake |= rc
                     else:
-                        (PACKERS[n] or make_packer(n))(
-                            b, DATA_OFFSET + (pos & mask), hdr, size | (n << 32), payload
-                        )
+                        pack, head, _ = _small_frames[n] or _small_frame(n)
+                        pack(b, DATA_OFFSET + (pos & mask), head, payload)
                         nres += 1
                         w[NRES] = nres
                         pos += size

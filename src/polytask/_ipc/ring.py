@@ -281,6 +281,11 @@ class Ring:
         return self._w
 
     @property
+    def halves(self) -> memoryview:
+        """The buffer as u32 words (each u64 word's two halves, in the machine's order)."""
+        return self._i
+
+    @property
     def view(self) -> memoryview:
         """The buffer as bytes (writable)."""
         return self._b
