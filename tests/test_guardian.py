@@ -16,7 +16,7 @@ import pytest
 import polytask
 from helpers import wait_until
 from polytask._os import proc as _proc
-from polytask._os.guardian import Registry
+from polytask._os.guardian import Registry, clean_up
 
 
 def test_registry_applies_whole_lines_only():
@@ -77,6 +77,41 @@ def test_files_expands_prefixes(tmp_path):
     r = Registry()
     r.feed(b"P" + os.fsencode(tmp_path / "seg-") + b"\n")
     assert r.files() == {str(tmp_path / "seg-1"), str(tmp_path / "seg-2")}
+
+
+def test_registry_spills_lines_and_net():
+    """``s``/``t`` register and forget a channel's spill: a set of its own, sent whole
+    to a replacement guardian and shrunk like the others."""
+    r = Registry()
+    assert r.feed(b"s/dev/shm/x\ns/dev/shm/y\nt/dev/shm/x\np/dev/shm/z\ns/a\0b\n") == [b"s/a\0b"]
+    assert r.spills == {"/dev/shm/y"} and r.paths == {"/dev/shm/z"}
+    assert "/dev/shm/y" not in r.files()  # not unlinked as a path: see release_spill
+    whole = Registry()
+    whole.feed(r.lines())
+    assert (whole.spills, whole.paths) == ({"/dev/shm/y"}, {"/dev/shm/z"})
+    assert sorted(r.net(b"s/v\nt/v\nt/dev/shm/y\ns/dev/shm/y\nt/w\n").split()) == []
+    assert r.net(b"t/dev/shm/y\n") == b"t/dev/shm/y\n"
+
+
+def test_clean_up_keeps_a_spill_that_holds_an_item(tmp_path):
+    """A FULL spill (an item its reader has not copied out) survives its writer's
+    guardian, marked (byte 1) for its reader; FREE, empty or short ones go; a spill
+    under a registered prefix goes whatever it holds (the channel's owner is gone)."""
+    from polytask._ipc import channel as C
+    from polytask._os import guardian as G
+
+    assert (G.SPILL_HEADER, G.SPILL_FULL) == (C._SPILL_HEADER, C._SPILL_FULL)
+    full, free, empty, under = (tmp_path / n for n in ("full", "free", "empty", "pre-full"))
+    full.write_bytes(bytes([C._SPILL_FULL]) + bytes(C._SPILL_HEADER + 99))
+    free.write_bytes(bytes([C._SPILL_FREE]) + bytes(C._SPILL_HEADER + 99))
+    empty.write_bytes(b"")
+    under.write_bytes(full.read_bytes())
+    r = Registry()
+    r.feed(b"".join(b"s" + os.fsencode(p) + b"\n" for p in (full, free, empty, under)))
+    r.feed(b"P" + os.fsencode(tmp_path / "pre-") + b"\n")
+    clean_up(r, 0.1)
+    assert sorted(os.listdir(tmp_path)) == ["full"]
+    assert full.read_bytes()[: C._SPILL_WRITER_GONE + 1] == bytes([C._SPILL_FULL, 1])
 
 
 def test_guardian_is_named_in_ps():

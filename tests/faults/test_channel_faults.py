@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
-from helpers import Harness
+from helpers import Harness, wait_until
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -340,6 +340,110 @@ def test_writer_exiting_after_the_channel_is_gone_removes_its_spills(tmp_path):
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(name)]
     finally:
         child.kill()
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie waiting for its reaper counts)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def _dead_writer(tmp_path: Path, name: str, how: str, reads_first: int = 0) -> tuple[int, int]:
+    """A writer attached to channel ``name`` puts 6 big items (4 in its pooled spills,
+    2 in one-off ones) and dies after its puts returned: SIGKILLed, or by os._exit in
+    a forked child (as every multiprocessing fork child ends). Returns its pid and
+    its guardian's, once both are gone: the guardian had its say about the spills."""
+    if how == "sigkill":
+        child = Child(
+            tmp_path,
+            name,
+            """
+            import numpy as np
+            from polytask._os import proc as P
+            for k in range(6):
+                ch.put(np.full(100_000, k))
+            say(f"put {P._guardian.pid}")
+            time.sleep(600)
+            """,
+        )
+        try:
+            child.wait_for("put")
+            guardian = int(child.ready.read_text().split()[-1])
+        finally:
+            child.kill()
+        pid = child.proc.pid
+    else:
+        import numpy as np
+
+        from polytask._ipc import channel as C
+        from polytask._os import proc as P
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.close(r)
+                ch = C._attach_channel(name)
+                for k in range(6):
+                    ch.put(np.full(100_000, k))
+                os.write(w, b"%d" % P._guardian.pid)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            guardian = int(f.read())
+        assert os.waitpid(pid, 0)[1] == 0
+    wait_until(lambda: _gone(guardian), HANG, "the dead writer's guardian to finish")
+    return pid, guardian
+
+
+@pytest.mark.parametrize("how", ["sigkill", "fork-os-exit"])
+def test_a_dead_writers_spilled_items_are_all_read(tmp_path, how):
+    """Items whose put returned are the channel's: the writer's guardian leaves its
+    spills that hold one (they used to be removed, and the items lost). Once read,
+    the reader removes them, as nobody reuses them: nothing of the writer is left."""
+    ch = pt.Channel(backend="process", capacity=1 << 16)
+    try:
+        pid, _ = _dead_writer(tmp_path, ch.name, how)
+        assert len(shm_names(pid)) == 6  # its spills, all unread
+        got = [int(ch.get(timeout=5)[0]) for _ in range(6)]
+        assert got == list(range(6))
+        assert shm_names(pid) == set()
+    finally:
+        ch.close()
+
+
+def test_a_dead_writers_read_spills_are_removed_by_its_guardian(tmp_path):
+    """The writer's pooled spills whose items were read (FREE) go with the writer,
+    while the channel lives on."""
+    ch = pt.Channel(backend="process", capacity=1 << 16)
+    child = Child(
+        tmp_path,
+        ch.name,
+        """
+        import numpy as np
+        for k in range(2):
+            ch.put(np.full(100_000, k))
+        say("put")
+        time.sleep(600)
+        """,
+    )
+    try:
+        child.wait_for("put")
+        assert [int(ch.get(timeout=HANG)[0]) for _ in range(2)] == [0, 1]
+        assert len(shm_names(child.proc.pid)) == 2  # kept for its next items
+        child.kill()
+        wait_until(lambda: not shm_names(child.proc.pid), HANG, "the spills to go")
+        ch.put("still open")
+        assert ch.get(timeout=HANG) == "still open"
+    finally:
+        child.kill()
+        ch.close()
 
 
 OWNER = """

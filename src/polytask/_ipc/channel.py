@@ -68,7 +68,6 @@ from .._core.timeouts import check_timeout
 from .._core.timeouts import deadline as _deadline
 from .._os import proc as _proc
 from . import ring as R
-from . import shm as _shm
 from .codec import ATOMS, MAIN_REF, STACK_GLOBAL, dumps_buffers
 from .codec import dumps as _codec_dumps
 from .codec import loads as _codec_loads
@@ -372,15 +371,27 @@ def _decode_frame(kind: int, data: Any) -> Any:
 #   - its reader, for a one-off spill, right after mapping it;
 #   - its writer, for pooled spills that are FREE, when its handle of the
 #     channel is released and when it exits (an unread one is left in place for
-#     its reader, unless the channel itself is gone);
+#     its reader, unless the channel itself is gone, marked: see below);
 #   - the channel's owner, when it releases the channel: every name with the
 #     channel's prefix;
-#   - the guardian: a writer's spills if the writer dies (guard_path), and every
-#     name with the channel's prefix if the owner dies (guard_prefix), so even a
-#     spill whose writer exited normally is removed when the owner is killed.
+#   - the writer's guardian, if the writer dies (however: SIGKILL, or os._exit as
+#     a forked multiprocessing child ends), its spills that hold no item
+#     (guard_spill); a FULL one holds an item whose put may have returned, so it is
+#     left to its reader, marked (byte 1) so that the reader removes it once read;
+#     a FULL one whose frame never reached the ring (the writer died writing it)
+#     stays until the channel's owner releases the channel or dies;
+#   - a reader, for a pooled spill so marked (its writer gone or done with the
+#     channel), once it copied the item out. Writer and guardian set byte 1, then
+#     read byte 0; the reader sets byte 0, then reads byte 1: one of them sees
+#     the other's write and removes the spill (at worst, it stays until the
+#     channel is released);
+#   - the owner's guardian: every name with the channel's prefix if the owner
+#     dies (guard_prefix), so even a spill whose writer exited normally is
+#     removed when the owner is killed.
 
 _SPILL_HEADER = 64
 _SPILL_FREE, _SPILL_FULL = 0, 1
+_SPILL_WRITER_GONE = 1  # a byte set when nobody will reuse the spill (see above)
 _POOL_SIZE = 4
 _READER_CACHE = 4
 
@@ -412,10 +423,8 @@ def _channel_of(spill_name: str) -> str:
 
 
 def _adopt(seg: Segment) -> None:
-    """Take a new spill out of the exit-time unlinking of owned segments (it stays guarded)."""
+    """A new spill: its writer's exit lets go of it (see _spills_at_exit)."""
     global _spill_hook
-    with _shm._owned_lock:
-        _shm._owned.pop(seg.path, None)
     if not _spill_hook:
         _proc.at_shutdown(_spills_at_exit)
         _spill_hook = True
@@ -445,7 +454,7 @@ def _spill(
             # Pooled spills are sized to a power of two so they fit later items
             # too; the file is sparse, so pages never written cost nothing.
             size = 1 << (need - 1).bit_length() if pooled else need
-            seg = Segment.create("spill", size, prefix=channel + "-")
+            seg = Segment.create("spill", size, prefix=channel + "-", spill=True)
             _adopt(seg)
             if pooled:
                 pool.append(seg)
@@ -454,7 +463,7 @@ def _spill(
                 if len(_handed_spills) > 256:  # forget those read (and removed) since
                     for path in [p for p in _handed_spills if not os.path.exists(p)]:
                         _handed_spills.discard(path)
-                        _proc.unguard_path(path)
+                        _proc.unguard_spill(path)
         seg.buf[0] = _SPILL_FULL
     try:
         mv = seg.buf
@@ -483,7 +492,7 @@ def _spill_not_sent(seg: Segment, pooled: bool) -> None:
     with _spills_lock:
         _handed_spills.discard(seg.path)
     seg.unlink()
-    _proc.unguard_path(seg.path)
+    _proc.unguard_spill(seg.path)
     seg.close()
 
 
@@ -498,8 +507,8 @@ def _unspill(ref: bytes) -> Any:
         try:
             seg = Segment.attach(name)
         except FileNotFoundError:
-            # Its writer died before handing it over (the guardian removed it): lost
-            # with the writer, like an unfinished frame.
+            # Removed with its channel (the owner released it, or died): lost
+            # with the channel.
             return _LOST
         if not pooled:
             seg.unlink()
@@ -517,8 +526,13 @@ def _unspill(ref: bytes) -> Any:
     finally:
         if pooled:
             seg.buf[0] = _SPILL_FREE  # copied out: the writer may reuse it
+            # Its writer's guardian sets this byte (before it reads byte 0) when the
+            # writer is gone: nobody reuses the spill then, so it goes now.
+            orphan = seg.buf[_SPILL_WRITER_GONE] != 0
+            if orphan:
+                seg.unlink()
             with _spills_lock:
-                unused = [seg] if name in _rcache else []
+                unused = [seg] if orphan or name in _rcache else []
                 if not unused:
                     _rcache[name] = seg  # most recently used last
                 while len(_rcache) > _READER_CACHE:
@@ -537,10 +551,12 @@ def _drop_spills(channel: str, ring_gone: bool) -> None:
         mappings = [_rcache.pop(n) for n in cached]
     for seg in pool:
         # A FREE spill is ours to remove; a FULL one holds an unread item, left
-        # for its reader (or, once the channel is gone, removed too).
+        # for its reader, who removes it once read (or, once the channel is gone,
+        # removed too). Byte 1 first, then byte 0: the reader does the reverse.
+        seg.buf[_SPILL_WRITER_GONE] = 1
         if ring_gone or _spill_state(seg) == _SPILL_FREE:
             seg.unlink()
-        _proc.unguard_path(seg.path)
+        _proc.unguard_spill(seg.path)
         seg.owner = False
         seg.close()
     for seg in mappings:
@@ -564,7 +580,7 @@ def _spills_at_exit() -> None:
                 os.unlink(path)
             except OSError:
                 pass
-        _proc.unguard_path(path)
+        _proc.unguard_spill(path)
 
 
 def _forget_spills_after_fork() -> None:

@@ -171,12 +171,17 @@ class Segment:
         return self._mm
 
     @classmethod
-    def create(cls, kind: str, size: int, *, prefix: str | None = None) -> Segment:
+    def create(
+        cls, kind: str, size: int, *, prefix: str | None = None, spill: bool = False
+    ) -> Segment:
         """Create a new zero-filled segment of ``size`` bytes, owned by this process.
 
         Its name is ``polytask-<kind>-<pid>-<random>``, or ``<prefix><pid>-<random>``
         when ``prefix`` is given (a channel's spills are named after the channel,
         so that one guardian registration of the prefix covers all of them).
+        A ``spill`` (a channel's) is guarded with ``guard_spill``, not removed when
+        it holds an item, and left out of the exit-time unlinking: its channel's
+        code manages it.
         """
         if size <= 0:
             raise ValueError(f"segment size must be positive, got {size}")
@@ -199,7 +204,10 @@ class Segment:
             raise FileExistsError("could not find a free shared-memory name")
         try:
             os.fchmod(fd, 0o600)
-            _register_owned(path)
+            if spill:
+                _proc.guard_spill(path)
+            else:
+                _register_owned(path)
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
@@ -208,7 +216,10 @@ class Segment:
                 os.unlink(path)
             except OSError:
                 pass
-            _unregister_owned(path)
+            if spill:
+                _proc.unguard_spill(path)
+            else:
+                _unregister_owned(path)
             raise
         os.close(fd)
         return cls(name, mm, owner=True)

@@ -8,7 +8,8 @@ ends (return, exception, SIGTERM, SIGKILL, the OOM killer). Then it:
 
 1. unlinks the registered paths and every file under a registered prefix
    (shared-memory segments, FIFOs), so a SIGKILLed owner leaves nothing in
-   /dev/shm;
+   /dev/shm; a registered *spill* (a channel's segment holding one big item)
+   only if it holds no unread item (see :func:`release_spill`);
 2. sends SIGTERM to every registered process group, every registered process
    (pid plus start time, so a reused pid is never hit) and every process
    whose environment holds a registered marker (``KEY=VALUE`` exactly, or a
@@ -22,6 +23,7 @@ be tested without processes. Lines::
     +PGID  -PGID         watch / forget a process group
     pPATH  qPATH         unlink / forget a path
     PPREFIX QPREFIX      unlink every file whose path starts with PREFIX
+    sPATH  tPATH         unlink / forget a channel's spill, kept while it holds an item
     eMARKER fMARKER      end processes whose environment holds MARKER
     kPID START lPID START  end one process (START: field 22 of /proc/PID/stat)
 
@@ -78,6 +80,8 @@ _OPS = {
     b"q": ("paths", False),
     b"P": ("prefixes", True),
     b"Q": ("prefixes", False),
+    b"s": ("spills", True),
+    b"t": ("spills", False),
     b"e": ("markers", True),
     b"f": ("markers", False),
     b"k": ("procs", True),
@@ -121,6 +125,7 @@ class Registry:
         self.groups: set[int] = set()
         self.paths: set[str] = set()
         self.prefixes: set[str] = set()
+        self.spills: set[str] = set()
         self.markers: set[bytes] = set()
         self.procs: set[bytes] = set()
         #: The start of a line whose end has not come yet.
@@ -158,6 +163,7 @@ class Registry:
         out = [b"+%d\n" % g for g in self.groups]
         out += [b"p" + os.fsencode(p) + b"\n" for p in self.paths]
         out += [b"P" + os.fsencode(p) + b"\n" for p in self.prefixes]
+        out += [b"s" + os.fsencode(p) + b"\n" for p in self.spills]
         out += [b"e" + m + b"\n" for m in self.markers]
         out += [b"k" + k + b"\n" for k in self.procs]
         return b"".join(out)
@@ -256,6 +262,41 @@ def _alive(pgid: int) -> bool:
         return False
 
 
+#: A spill's layout (kept equal to polytask._ipc.channel's): byte 0 its state
+#: (FREE 0, FULL 1), byte 1 set here: its writer is gone.
+SPILL_HEADER = 64
+SPILL_FULL = 1
+
+
+def release_spill(path: str) -> None:
+    """The writer of the spill at ``path`` is gone: unlink it unless it holds an item.
+
+    A FULL spill holds an item whose frame may be in the ring already (put
+    returned): it is left to its reader, and byte 1 says its writer is gone, so
+    that the reader removes it once it copied the item out (nobody reuses it).
+    Each side writes its byte before it reads the other's, so one of the two sees
+    both and removes it. A FULL spill with no frame (the writer died writing it)
+    stays until the channel's owner releases the channel or dies (its prefix).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_size >= SPILL_HEADER:  # smaller: still being made, empty
+            os.pwrite(fd, b"\1", 1)
+            if os.pread(fd, 1, 0) == bytes([SPILL_FULL]):
+                return
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def clean_up(registry: Registry, grace: float) -> None:
     """End and remove everything registered: the owner is gone."""
     for path in registry.files():
@@ -263,6 +304,8 @@ def clean_up(registry: Registry, grace: float) -> None:
             os.unlink(path)
         except OSError:
             pass
+    for path in registry.spills:  # after the prefixes: those go, read or not
+        release_spill(path)
     # The one kill policy (ending.py), on every group and process at once; never on
     # our own group (the owner cleans up itself when its guardian cannot).
     now = time.monotonic()

@@ -73,6 +73,7 @@ __all__ = [
     "guard_path",
     "guard_pid",
     "guard_prefix",
+    "guard_spill",
     "kill_group",
     "new_job",
     "owner_key",
@@ -95,6 +96,7 @@ __all__ = [
     "unguard_path",
     "unguard_pid",
     "unguard_prefix",
+    "unguard_spill",
     "usable_cpus",
     "wait_pid",
 ]
@@ -902,6 +904,21 @@ def unguard_path(path: str) -> None:
     """Stop watching ``path`` (it was removed, or handed to another owner)."""
     if _guardian._fd is not None:
         _guardian.send(b"q" + os.fsencode(path) + b"\n")
+
+
+def guard_spill(path: str) -> None:
+    """Unlink a channel's spill segment if this process (its writer) dies before
+    :func:`unguard_spill`, unless it holds an item then: an item whose ``put``
+    returned is its reader's (see :func:`polytask._os.guardian.release_spill`)."""
+    if "\n" in path or "\0" in path:
+        raise ValueError(f"path {path!r} contains a newline or a NUL")
+    _guardian.send(b"s" + os.fsencode(path) + b"\n")
+
+
+def unguard_spill(path: str) -> None:
+    """Stop watching the spill ``path`` (removed, or left to its channel)."""
+    if _guardian._fd is not None:
+        _guardian.send(b"t" + os.fsencode(path) + b"\n")
 
 
 def guard_prefix(prefix: str) -> None:
