@@ -94,23 +94,37 @@ def test_registry_spills_lines_and_net():
 
 
 def test_clean_up_keeps_a_spill_that_holds_an_item(tmp_path):
-    """A FULL spill (an item its reader has not copied out) survives its writer's
-    guardian, marked (byte 1) for its reader; FREE, empty or short ones go; a spill
-    under a registered prefix goes whatever it holds (the channel's owner is gone)."""
+    """A FULL spill written in full (an item its reader has not copied out) survives
+    its writer's guardian while its channel exists, marked (byte 1) for its reader;
+    FREE, empty or short ones go, a FULL one not written in full (the writer died
+    copying it) goes, one of a channel that is gone goes, and a spill under a
+    registered prefix goes whatever it holds (the channel's owner is gone)."""
     from polytask._ipc import channel as C
     from polytask._os import guardian as G
 
-    assert (G.SPILL_HEADER, G.SPILL_FULL) == (C._SPILL_HEADER, C._SPILL_FULL)
-    full, free, empty, under = (tmp_path / n for n in ("full", "free", "empty", "pre-full"))
-    full.write_bytes(bytes([C._SPILL_FULL]) + bytes(C._SPILL_HEADER + 99))
-    free.write_bytes(bytes([C._SPILL_FREE]) + bytes(C._SPILL_HEADER + 99))
+    assert (G.SPILL_HEADER, G.SPILL_FULL, G.SPILL_WRITTEN) == (
+        C._SPILL_HEADER,
+        C._SPILL_FULL,
+        C._SPILL_WRITTEN,
+    )
+    (tmp_path / "ch").write_bytes(b"ring")  # the channel's ring; "gone" has none
+    written = bytes([C._SPILL_FULL, 0, 1]) + bytes(C._SPILL_HEADER + 99)
+    names = ("ch-1-1", "ch-1-2", "ch-1-3", "ch-1-4", "gone-1-1", "pre-1-1", "ch-1-5")
+    full, free, empty, torn, gone, under, plain = (tmp_path / n for n in names)
+    full.write_bytes(written)
+    free.write_bytes(bytes([C._SPILL_FREE, 0, 1]) + bytes(C._SPILL_HEADER + 99))
     empty.write_bytes(b"")
-    under.write_bytes(full.read_bytes())
+    torn.write_bytes(bytes([C._SPILL_FULL]) + bytes(C._SPILL_HEADER + 99))
+    gone.write_bytes(written)
+    under.write_bytes(written)
+    plain.write_bytes(written)
     r = Registry()
-    r.feed(b"".join(b"s" + os.fsencode(p) + b"\n" for p in (full, free, empty, under)))
+    spills = (full, free, empty, torn, gone, under)
+    r.feed(b"".join(b"s" + os.fsencode(p) + b"\n" for p in spills))
     r.feed(b"P" + os.fsencode(tmp_path / "pre-") + b"\n")
     clean_up(r, 0.1)
-    assert sorted(os.listdir(tmp_path)) == ["full"]
+    # "ch-1-5" was never registered: the guardian leaves what is not its own.
+    assert sorted(os.listdir(tmp_path)) == ["ch", "ch-1-1", "ch-1-5"]
     assert full.read_bytes()[: C._SPILL_WRITER_GONE + 1] == bytes([C._SPILL_FULL, 1])
 
 
@@ -536,3 +550,40 @@ def test_a_path_with_a_nul_is_refused_at_the_call():
     for call in (_proc.guard_path, _proc.guard_prefix):
         with pytest.raises(ValueError, match="NUL"):
             call("/dev/shm/polytask-a\0b")
+
+
+def test_an_owner_whose_guardian_could_not_be_replaced_cleans_up_at_exit(tmp_path):
+    """The guardian killed from outside and its replacement failing to start (here:
+    no interpreter at sys.executable any more): the owner's normal exit ends what
+    it registered itself, as the guardian would have."""
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "from polytask._os import proc as P\n"
+        "job = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
+        "                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "P.guard(job.pid)\n"
+        "g = P._guardian._proc\n"
+        "os.kill(g.pid, signal.SIGKILL)\n"
+        "g.wait(10)\n"
+        "sys.executable = '/nonexistent/python'\n"
+        "try:\n"
+        "    P.guard_path('/nonexistent/x')\n"
+        "except OSError as exc:\n"
+        "    print('restart failed:', type(exc).__name__, file=sys.stderr)\n"
+        "print(job.pid, flush=True)\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "restart failed" in out.stderr
+    job = int(out.stdout)
+    try:
+        wait_until(lambda: _gone(job), 10, "the owner's job to end with it")
+    finally:
+        try:
+            os.killpg(job, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

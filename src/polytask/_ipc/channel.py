@@ -378,8 +378,10 @@ def _decode_frame(kind: int, data: Any) -> Any:
 #     a forked multiprocessing child ends), its spills that hold no item
 #     (guard_spill); a FULL one holds an item whose put may have returned, so it is
 #     left to its reader, marked (byte 1) so that the reader removes it once read;
-#     a FULL one whose frame never reached the ring (the writer died writing it)
-#     stays until the channel's owner releases the channel or dies;
+#     a FULL one whose item was not written in full (byte 2 unset: the writer
+#     died copying it, its put never returned) is removed, and so is every one
+#     whose channel is gone; one written in full whose frame never reached the
+#     ring (the writer died in between) stays until the channel is released;
 #   - a reader, for a pooled spill so marked (its writer gone or done with the
 #     channel), once it copied the item out. Writer and guardian set byte 1, then
 #     read byte 0; the reader sets byte 0, then reads byte 1: one of them sees
@@ -392,6 +394,7 @@ def _decode_frame(kind: int, data: Any) -> Any:
 _SPILL_HEADER = 64
 _SPILL_FREE, _SPILL_FULL = 0, 1
 _SPILL_WRITER_GONE = 1  # a byte set when nobody will reuse the spill (see above)
+_SPILL_WRITTEN = 2  # a byte set once the item is written in full (see above)
 _POOL_SIZE = 4
 _READER_CACHE = 4
 
@@ -465,11 +468,15 @@ def _spill(
                         _handed_spills.discard(path)
                         _proc.unguard_spill(path)
         seg.buf[0] = _SPILL_FULL
+        seg.buf[_SPILL_WRITTEN] = 0
     try:
         mv = seg.buf
         mv[_SPILL_HEADER : _SPILL_HEADER + len(payload)] = payload
         for off, b in zip(offs, bufs, strict=True):
             mv[off : off + b.nbytes] = b
+        # In full: should this process die from here on, its guardian leaves the
+        # spill to its reader (before, it removes it: the put never returned).
+        mv[_SPILL_WRITTEN] = 1
     except BaseException:
         _spill_not_sent(seg, pooled)
         raise

@@ -263,20 +263,31 @@ def _alive(pgid: int) -> bool:
 
 
 #: A spill's layout (kept equal to polytask._ipc.channel's): byte 0 its state
-#: (FREE 0, FULL 1), byte 1 set here: its writer is gone.
+#: (FREE 0, FULL 1), byte 1 set here: its writer is gone; byte 2 set by the
+#: writer once the item is written in full (cleared when a pooled spill is reused).
 SPILL_HEADER = 64
 SPILL_FULL = 1
+SPILL_WRITTEN = 2
+
+
+def _channel_lives(path: str) -> bool:
+    """Whether the channel of the spill at ``path`` (``<ring>-<pid>-<n>``) still exists."""
+    name = os.path.basename(path)
+    ring = name.rsplit("-", 2)[0]
+    return ring != name and os.path.exists(os.path.join(os.path.dirname(path), ring))
 
 
 def release_spill(path: str) -> None:
     """The writer of the spill at ``path`` is gone: unlink it unless it holds an item.
 
-    A FULL spill holds an item whose frame may be in the ring already (put
-    returned): it is left to its reader, and byte 1 says its writer is gone, so
-    that the reader removes it once it copied the item out (nobody reuses it).
-    Each side writes its byte before it reads the other's, so one of the two sees
-    both and removes it. A FULL spill with no frame (the writer died writing it)
-    stays until the channel's owner releases the channel or dies (its prefix).
+    A FULL spill whose item was written in full may have its frame in the ring
+    already (put returned): while its channel exists, it is left to its reader,
+    and byte 1 says its writer is gone, so that the reader removes it once it
+    copied the item out (nobody reuses it). Each side writes its byte before it
+    reads the other's; without a fence between them both may miss the other's
+    write, and the spill then stays until the channel is released. A spill
+    whose item was not written in full (the writer died copying it: its put
+    never returned), or whose channel is gone, is removed.
     """
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -285,7 +296,8 @@ def release_spill(path: str) -> None:
     try:
         if os.fstat(fd).st_size >= SPILL_HEADER:  # smaller: still being made, empty
             os.pwrite(fd, b"\1", 1)
-            if os.pread(fd, 1, 0) == bytes([SPILL_FULL]):
+            head = os.pread(fd, SPILL_WRITTEN + 1, 0)
+            if head[0] == SPILL_FULL and head[SPILL_WRITTEN] and _channel_lives(path):
                 return
     except OSError:
         pass

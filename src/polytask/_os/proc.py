@@ -806,7 +806,8 @@ class _Guardian:
         """
         with self._lock:
             proc, fd = self._proc, self._fd
-            mine = proc is not None and self._pid_owner == os.getpid()
+            owner = self._pid_owner == os.getpid()
+            mine = proc is not None and owner
             sent = True
             if mine and fd is not None:
                 assert proc is not None
@@ -814,7 +815,11 @@ class _Guardian:
             left = self._all()
             self._proc, self._fd = None, None
             self._reset_backlog()
-        if proc is None or not mine:
+        if proc is None:
+            if owner:  # killed, and its replacement did not start (_restart raised)
+                _guardian_mod.clean_up(left, DEFAULT_GRACE)
+            return
+        if not mine:
             return
         assert proc.stdin is not None
         if not sent:
@@ -893,32 +898,38 @@ def unguard(pgid: int) -> None:
         _guardian.send(b"-%d\n" % pgid)
 
 
+def _register(op: bytes, what: str, path: str) -> None:
+    # A newline would end the line early; a NUL no path holds (the guardian skips it).
+    if "\n" in path or "\0" in path:
+        raise ValueError(f"{what} {path!r} contains a newline or a NUL")
+    _guardian.send(op + os.fsencode(path) + b"\n")
+
+
+def _forget(op: bytes, path: str) -> None:
+    if _guardian._fd is not None:  # no guardian: nothing was registered
+        _guardian.send(op + os.fsencode(path) + b"\n")
+
+
 def guard_path(path: str) -> None:
     """Unlink ``path`` (a /dev/shm segment, a FIFO) if this process dies before :func:`unguard_path`."""
-    if "\n" in path or "\0" in path:
-        raise ValueError(f"path {path!r} contains a newline or a NUL")
-    _guardian.send(b"p" + os.fsencode(path) + b"\n")
+    _register(b"p", "path", path)
 
 
 def unguard_path(path: str) -> None:
     """Stop watching ``path`` (it was removed, or handed to another owner)."""
-    if _guardian._fd is not None:
-        _guardian.send(b"q" + os.fsencode(path) + b"\n")
+    _forget(b"q", path)
 
 
 def guard_spill(path: str) -> None:
     """Unlink a channel's spill segment if this process (its writer) dies before
     :func:`unguard_spill`, unless it holds an item then: an item whose ``put``
     returned is its reader's (see :func:`polytask._os.guardian.release_spill`)."""
-    if "\n" in path or "\0" in path:
-        raise ValueError(f"path {path!r} contains a newline or a NUL")
-    _guardian.send(b"s" + os.fsencode(path) + b"\n")
+    _register(b"s", "path", path)
 
 
 def unguard_spill(path: str) -> None:
     """Stop watching the spill ``path`` (removed, or left to its channel)."""
-    if _guardian._fd is not None:
-        _guardian.send(b"t" + os.fsencode(path) + b"\n")
+    _forget(b"t", path)
 
 
 def guard_prefix(prefix: str) -> None:
@@ -927,15 +938,12 @@ def guard_prefix(prefix: str) -> None:
     For families of files made on the fly (a channel's spill segments
     ``/dev/shm/polytask-ch-1234-*``): one registration covers names not yet made.
     """
-    if "\n" in prefix or "\0" in prefix:
-        raise ValueError(f"prefix {prefix!r} contains a newline or a NUL")
-    _guardian.send(b"P" + os.fsencode(prefix) + b"\n")
+    _register(b"P", "prefix", prefix)
 
 
 def unguard_prefix(prefix: str) -> None:
     """Stop watching ``prefix``."""
-    if _guardian._fd is not None:
-        _guardian.send(b"Q" + os.fsencode(prefix) + b"\n")
+    _forget(b"Q", prefix)
 
 
 def guard_env(marker: str) -> None:

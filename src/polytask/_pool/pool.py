@@ -687,19 +687,19 @@ class Pool(PrimitiveFactory):
         task: Task[T] = Task(self._view, name or last[1], t)
         item = Item(self._submit_sink, next(self._ids), fn, args, kwargs, t, task)
         task._slot = item
-        q = self._queue
         with self._lock:
             if self._closed:
                 self._check_open()
             # Once anything queues, a deferred lone task is settled by a callback (see _pump).
             pending = self._take_deferred() if self._deferred is not None else None
-            q.append(item)
+            # Under the lock: a map's end (_end_run) replaces the deque.
+            self._queue.append(item)
             self._unsettled += 1
             lone, self._lone = self._lone, None
             if (
                 self._inflight >= self.workers
                 and not self._runs
-                and len(q) < self._submit_sink.sizer.size(None)
+                and len(self._queue) < self._submit_sink.sizer.size(None)
             ):
                 gather = True  # every worker is busy: let a full chunk gather (see _take_chunk)
             else:
