@@ -128,6 +128,15 @@ def test_clean_up_keeps_a_spill_that_holds_an_item(tmp_path):
     assert full.read_bytes()[: C._SPILL_WRITER_GONE + 1] == bytes([C._SPILL_FULL, 1])
 
 
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter on this tree's polytask."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_guardian_is_named_in_ps():
     """`ps` shows polytask's helper by name, not a page of Python source."""
     code = (
@@ -138,11 +147,7 @@ def test_guardian_is_named_in_ps():
         "while g.name() == 'python' and time.monotonic() < end: time.sleep(0.01)\n"
         "print(g.cmdline()[0], len(' '.join(g.cmdline())), g.name())"
     )
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src)
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
+    out = _run_python(code)
     assert out.returncode == 0, out.stderr
     argv0, length, comm = out.stdout.split()
     assert argv0 == "polytask-guardian"
@@ -572,11 +577,7 @@ def test_an_owner_whose_guardian_could_not_be_replaced_cleans_up_at_exit(tmp_pat
         "    print('restart failed:', type(exc).__name__, file=sys.stderr)\n"
         "print(job.pid, flush=True)\n"
     )
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src)
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
+    out = _run_python(code)
     assert out.returncode == 0, out.stderr
     assert "restart failed" in out.stderr
     job = int(out.stdout)
