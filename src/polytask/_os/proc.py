@@ -37,6 +37,7 @@ started them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._core.timeouts import POLL_MAX_MS, poll_ms
@@ -619,11 +620,39 @@ class _Guardian:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._new_lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._fd: int | None = None
         self._pid_owner = 0
         self._reset_backlog()
+
+    def _new_lock(self) -> None:
+        # Reentrant, and with its holder known, for the finalizers the garbage
+        # collector runs inside a locked section, in the holder's thread (a
+        # channel's or a segment's, which unregister their files): their lines
+        # wait in ``_later`` for the section to send them (see :meth:`send`).
+        self._lock = threading.RLock()
+        self._holder: int | None = None
+        self._later: list[bytes] = []
+
+    @contextlib.contextmanager
+    def _held(self, send_later: bool = True) -> Iterator[None]:
+        """The lock, with its holder noted; on the way out, the lines finalizers left
+        in the section are sent (``send_later``), before another thread's can be."""
+        with self._lock:
+            self._holder = threading.get_ident()
+            try:
+                yield
+                while send_later and self._later:
+                    fd = self._start()
+                    self._pending += b"".join(self._take_later())
+                    self._push(fd)
+            finally:
+                self._holder = None
+
+    def _take_later(self) -> list[bytes]:
+        later, self._later = self._later, []
+        return later
 
     def _reset_backlog(self) -> None:
         #: Bytes not yet written: whole lines, but the first when ``_sent.partial``
@@ -699,6 +728,8 @@ class _Guardian:
         once only: it takes the backlog, and ``_sent`` is then not the pipe's any more)."""
         state = self._sent
         state.feed(bytes(self._pending))
+        for line in self._take_later():
+            state.feed(line)
         self._pending = bytearray()
         return state
 
@@ -741,18 +772,29 @@ class _Guardian:
         )
 
     def send(self, line: bytes) -> None:
-        with self._lock:
-            fd = self._start()
+        if self._holder == threading.get_ident():
+            # A finalizer the collector ran inside a locked section of this thread:
+            # the section's state is half-changed (a line half-parsed, the backlog
+            # half-written), so the line waits for the section to send it. Waiting
+            # for the lock here hung the interpreter (a channel collected in a send).
+            self._later.append(line)
+            return
+        with self._held():
+            fd = self._start()  # first: a forked child's start drops its parent's backlog
             self._pending += line
-            try:
-                self._flush(fd)
-            except BrokenPipeError:  # the guardian was killed from outside: start another
-                self._restart()
-            if self._pending:
-                self._note_backlog()
-                if len(self._pending) >= self._compact_at:
-                    self._compact()
-                self._start_feeding()
+            self._push(fd)
+
+    def _push(self, fd: int) -> None:
+        # Called in _held(): send the backlog, or as much of it as the pipe takes.
+        try:
+            self._flush(fd)
+        except BrokenPipeError:  # the guardian was killed from outside: start another
+            self._restart()
+        if self._pending:
+            self._note_backlog()
+            if len(self._pending) >= self._compact_at:
+                self._compact()
+            self._start_feeding()
 
     def _start_feeding(self) -> None:
         # Called with self._lock held and a backlog.
@@ -770,13 +812,13 @@ class _Guardian:
             self._feed_loop()
         except Exception as exc:  # pragma: no cover - a guardian that cannot restart
             _say(f"error sending registrations to the guardian: {exc!r}")
-            with self._lock:
+            with self._held(send_later=False):
                 self._feeding = False
 
     def _feed_loop(self) -> None:
         poller = select.poll()
         while True:
-            with self._lock:
+            with self._held():
                 fd = self._fd
                 if fd is None or not self._pending or self._pid_owner != os.getpid():
                     self._feeding = False
@@ -804,7 +846,7 @@ class _Guardian:
         the registrations as they are now: this process is about to go, and what
         it started must not outlive it.
         """
-        with self._lock:
+        with self._held(send_later=False):  # _all() takes them: there is no pipe after
             proc, fd = self._proc, self._fd
             owner = self._pid_owner == os.getpid()
             mine = proc is not None and owner
@@ -864,7 +906,8 @@ class _Guardian:
                 os.close(self._proc.stdin.fileno())
             except OSError:
                 pass
-        self._proc, self._fd, self._lock = None, None, threading.Lock()
+        self._proc, self._fd = None, None
+        self._new_lock()
         self._reset_backlog()
 
 
@@ -883,7 +926,7 @@ def ensure_guardian() -> None:
     registered: before the first child, not after it. (Started lazily by the first
     registration, the guardian came up only after that child, and an owner killed in
     between, even by the child itself, left a guardian with nothing registered.)"""
-    with _guardian._lock:
+    with _guardian._held():
         _guardian._start()
 
 
