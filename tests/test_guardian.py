@@ -642,3 +642,56 @@ def test_a_finalizer_run_inside_a_send_neither_hangs_nor_loses_its_line(tmp_path
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == 300  # each ran inside a send: the case was exercised
     assert len(os.listdir(tmp_path)) == 300  # every "-" line reached the guardian
+
+
+_FINALIZERS_IN_CLOSE = r"""
+import gc, os, sys, threading, weakref
+from polytask._os import proc as _proc
+
+gc.disable()  # only the hook collects
+d = sys.argv[1]
+paths = [os.path.join(d, f"f{i}") for i in range(50)]
+inside = [0]
+
+
+def forget(path):
+    if _proc._guardian._holder == threading.get_ident():
+        inside[0] += 1
+    _proc.unguard_path(path)
+
+
+class Junk:
+    pass
+
+
+for path in paths:
+    open(path, "w").close()
+    _proc.guard_path(path)
+    junk = Junk()
+    junk.me = junk  # a cycle: only the collector frees it
+    weakref.finalize(junk, forget, path)
+    del junk
+
+
+def collect_there(frame, event, arg):
+    # In close(), with the guardian's lock held: its drain writes the backlog.
+    if event == "call" and frame.f_code.co_name == "_flush":
+        gc.collect()
+
+
+sys.setprofile(collect_there)
+_proc._guardian.close()
+sys.setprofile(None)
+print(inside[0])
+"""
+
+
+def test_a_finalizer_run_inside_the_close_at_exit_still_reaches_the_guardian(tmp_path):
+    """The lines a finalizer leaves inside a locked section wait for the section to
+    send them; close()'s section, which the collector may enter too (the exit's
+    collections), must send them before the end of file: a "-" kept back there let
+    the guardian's clean-up remove what its owner had taken back."""
+    out = _run_python(_FINALIZERS_IN_CLOSE.replace("sys.argv[1]", repr(str(tmp_path))))
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 50  # each ran inside close(): the case was exercised
+    assert len(os.listdir(tmp_path)) == 50  # every "-" line reached the guardian

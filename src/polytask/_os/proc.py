@@ -853,7 +853,16 @@ class _Guardian:
             sent = True
             if mine and fd is not None:
                 assert proc is not None
-                sent = not _stopped(proc.pid) and self._drain(fd, time.monotonic() + timeout)
+                deadline = time.monotonic() + timeout
+                sent = not _stopped(proc.pid) and self._drain(fd, deadline)
+                # The collector may run finalizers in the drain (the exit's collections):
+                # their lines wait in _later (see send) and must reach the guardian too,
+                # or its clean-up undoes their "-". With _fd None, _forget sends nothing
+                # more (there is no pipe left to forget in), so one more pass has them all.
+                self._fd = None
+                if sent and self._later:
+                    self._pending += b"".join(self._take_later())
+                    sent = self._drain(fd, deadline)
             left = self._all()
             self._proc, self._fd = None, None
             self._reset_backlog()
