@@ -977,3 +977,57 @@ def test_an_item_raising_stopiteration_fails_alone(backend):
         with pytest.raises(StopIteration):
             pool.starmap_async(stop_on, [(x, 5) for x in range(8)], chunksize=4).get(60)
         assert pool.map(square, range(8), chunksize=4) == [x * x for x in range(8)]
+
+
+_ITERATOR_FREED_IN_A_LOCKED_SECTION = r"""
+import gc, sys, time, weakref
+import polytask as pt
+
+gc.disable()  # only the hook collects
+pool = pt.Pool(2, backend="thread")
+it = pool.imap(abs, iter(range(10**6)))  # a lazy input: the run is never finished
+next(it)
+run = it._run
+it.me = it  # a cycle (an abandoned generator holding it): only the collector frees it
+ref = weakref.ref(it)
+del it
+deadline = time.monotonic() + 30
+while pool.statistics()["chunks_in_flight"] and time.monotonic() < deadline:
+    time.sleep(0.01)  # the next pump reaches take_chunk
+
+
+def collect_there(frame, event, arg):
+    # take_chunk runs with the pool's lock held.
+    if event == "call" and frame.f_code.co_name == "take_chunk":
+        gc.collect()
+
+
+sys.setprofile(collect_there)
+task = pool.submit(abs, -1)
+sys.setprofile(None)
+assert task.result(timeout=30) == 1
+assert ref() is None, "the iterator was not freed inside the section"
+pool.statistics()
+print(run.cancelled)
+pool.terminate()
+"""
+
+
+def test_an_iterator_the_collector_frees_inside_the_pools_lock_does_not_hang():
+    # Dropped unfinished, a map's iterator ends its run, which takes the pool's lock.
+    # The collector frees one in a cycle wherever it runs, inside that lock's section
+    # in the same thread even: the run must end later, not wait for the lock there.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", _ITERATOR_FREED_IN_A_LOCKED_SECTION],
+        env=dict(os.environ, PYTHONPATH=src),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]  # the run ended all the same

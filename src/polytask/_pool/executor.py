@@ -2,7 +2,7 @@
 
 A thin layer: every call goes to the Pool through its public API or the
 internal methods named for this use (``_submit``, ``_start``, ``_start_list``,
-``_preload``, ``_end_run``, ``_is_closed``, ``_cancel_pending``); the Executor
+``_preload``, ``_end_run``, ``_end_dropped``, ``_is_closed``, ``_cancel_pending``); the Executor
 never reads the Pool's state. What it adds is the stdlib's contract: futures
 submitted run even if never waited for, ``shutdown(wait, cancel_futures)``,
 and at interpreter exit, open executors finish their work first.
@@ -218,6 +218,7 @@ class Executor(concurrent.futures.Executor):
         pool = self._pool
         pool.close()
         _live_executors.discard(self)
+        pool._end_dropped()  # a dropped iterator's input is not read below
         with self._open_lock:
             runs = [r for r in self._open if not r.cancelled]
             self._open.clear()

@@ -585,6 +585,8 @@ class Pool(PrimitiveFactory):
         self._closed = False
         self._terminated = False
         self._runs: collections.deque[RunQueue] = collections.deque()
+        # Runs whose iterator was dropped (see _end_later), to end at the next pump.
+        self._ended: collections.deque[tuple[_Run, Progress | None]] = collections.deque()
         self._live_runs: weakref.WeakSet[_Run] = weakref.WeakSet()
         self._submit_sink = _TaskSink(ChunkSizer(workers))
         # The last function submitted and its name (see _submit): weakly, so that a
@@ -1272,6 +1274,8 @@ class Pool(PrimitiveFactory):
 
     def terminate(self) -> None:
         """Stop now: tasks not finished raise :class:`Cancelled`; every worker is killed and reaped."""
+        if self._ended:
+            self._end_dropped()  # their bars too
         with self._lock:
             if self._terminated:
                 return
@@ -1305,6 +1309,8 @@ class Pool(PrimitiveFactory):
 
     def statistics(self) -> dict[str, Any]:
         """Counts: tasks queued, chunks in flight and sent, tasks not settled yet."""
+        if self._ended:
+            self._end_dropped()
         with self._lock:
             if self._deferred is not None:
                 task = self._deferred()
@@ -1484,6 +1490,23 @@ class Pool(PrimitiveFactory):
             self._idle.notify_all()
         self._cancel_chunks(run)
 
+    def _end_later(self, run: _Run, bar: Progress | None) -> None:
+        """:meth:`_end_run` at the next pump (or statistics, terminate, an Executor's
+        shutdown): called from a finalizer, which may run anywhere, under any lock of
+        this thread's, so it only appends to a deque (atomic, and takes no lock)."""
+        self._ended.append((run, bar))
+
+    def _end_dropped(self) -> None:
+        """End the runs :meth:`_end_later` left (called with no lock held)."""
+        while self._ended:
+            try:
+                run, bar = self._ended.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            if bar is not None:
+                bar.close(run.yielded)
+            self._end_run(run)
+
     def _cancel_chunks(self, run: _Run) -> None:
         """Cancel the run's chunks that no worker has started; running ones finish."""
         for chunk in list(run.chunks):
@@ -1619,6 +1642,8 @@ class Pool(PrimitiveFactory):
 
     def _pump(self) -> None:
         """Send chunks while there is room; called after anything that freed some."""
+        if self._ended:
+            self._end_dropped()  # first: their items need not be sent
         if self._deferred is not None:
             # Work waits: a deferred lone task counts as a busy worker until it is
             # settled, so it must be settled as soon as it is done, by a callback.

@@ -2,8 +2,8 @@
 
 Both are filled in the backend's threads (a chunk's done callback settles a
 run's results, then notifies) and read in the caller's thread, which is the
-only one that waits. They talk to the Pool through ``Pool.terminate`` and
-``Pool._end_run`` only.
+only one that waits. They talk to the Pool through ``Pool.terminate``,
+``Pool._end_run`` and ``Pool._end_later`` only.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ class _Run(Protocol):
 
 
 class _Owner(Protocol):
-    """The two calls the caller's side makes on its Pool."""
+    """The calls the caller's side makes on its Pool."""
 
     def terminate(self) -> None: ...
     def _end_run(self, run: Any) -> None: ...
+    def _end_later(self, run: Any, bar: Progress | None) -> None: ...
 
 
 __all__ = ["AsyncResult", "MapIterator"]
@@ -299,8 +300,14 @@ class MapIterator(Iterator[T]):
         self._pool._end_run(run)
 
     def __del__(self) -> None:
-        if self._run is not None and not (self._keep_if_unused and not self._started):
-            self.close()
+        run = self._run
+        if run is not None and not (self._keep_if_unused and not self._started):
+            # Only handed over, without a lock: the collector frees an iterator in a
+            # cycle wherever it runs, in a section under the pool's lock (which the
+            # run's end takes) in this very thread even, or under a task's or the
+            # bar's. That hung; the pool's next pump ends the run instead.
+            self._run = None
+            self._pool._end_later(run, self._bar)
 
 
 _timeout_type: type[Exception] | None = None
