@@ -536,6 +536,45 @@ def test_shared_array_memory_goes_when_every_handle_is_dropped():
         _attach_shared_array(name, (1000,), "<f8")
 
 
+def test_a_shared_array_handle_the_collector_drops_while_its_mutex_is_held_is_counted(tmp_path):
+    """A handle's drop takes the array's mutex to count it. The collector drops one
+    in a cycle wherever it runs: inside another handle's pickling too, in the same
+    thread, with that mutex held. The drop waited for it (5 s, stalling whatever that
+    thread was doing), then gave up, uncounted: the count stayed one too high."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import gc, pickle, sys
+            import polytask as pt
+            from polytask._ipc import shm
+
+            gc.disable()  # only the hook collects
+            sa = pt.SharedArray(10)
+            other = pickle.loads(pickle.dumps(sa))  # a second handle in this process
+            other.me = other  # a cycle: only the collector drops it
+            del other
+
+            def collect_there(frame, event, arg):
+                # RobustMutex.release: called with the array's mutex held.
+                if event == "call" and frame.f_code.co_name == "release":
+                    gc.collect()
+
+            sys.setprofile(collect_there)
+            data = pickle.dumps(sa)
+            sys.setprofile(None)
+            print(sa._words[shm._SA_REFS])  # handles: sa, and the pickled copy
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2"]  # the dropped handle was counted
+
+
 def test_shared_array_from_array_and_errors():
     a = np.arange(12, dtype=np.int16).reshape(3, 4)
     with pt.SharedArray.from_array(a) as sa:

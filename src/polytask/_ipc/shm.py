@@ -30,6 +30,7 @@ Two primitives work on words inside a segment:
 from __future__ import annotations
 
 import _ctypes
+import collections
 import ctypes
 import errno
 import mmap
@@ -597,18 +598,47 @@ def _numpy() -> Any:
     return numpy
 
 
+#: How many :func:`_sa_count` calls this thread is in, and the drops the collector
+#: ran meanwhile (see :func:`_sa_drop`), for the outermost one to do.
+_sa_local = threading.local()
+_sa_later: collections.deque[tuple[Segment, RobustMutex, memoryview]] = collections.deque()
+os.register_at_fork(after_in_child=_sa_later.clear)  # the parent's handles
+
+
+def _sa_count(mutex: RobustMutex, words: memoryview, delta: int) -> int:
+    """Add ``delta`` to an array's count of handles, under its mutex; the new count."""
+    local = _sa_local
+    local.depth = getattr(local, "depth", 0) + 1  # before the mutex: see _sa_drop
+    try:
+        mutex.acquire(time.monotonic() + 5.0)
+        try:
+            count = max(0, words[_SA_REFS] + delta)
+            words[_SA_REFS] = count
+        finally:
+            mutex.release()
+    finally:
+        local.depth -= 1
+        while not local.depth and _sa_later:
+            try:
+                later = _sa_later.popleft()
+            except IndexError:  # another thread's took the last
+                break
+            _sa_drop(*later)
+    return count
+
+
 def _sa_drop(seg: Segment, mutex: RobustMutex, words: memoryview) -> None:
     """One handle is gone: the last one removes the name (the memory lives while views do)."""
+    if getattr(_sa_local, "depth", 0):
+        # The collector ran this finalizer inside a count of this thread's (another
+        # handle's pickling or drop), maybe of this array, its mutex held by this
+        # very thread: waiting for it stalled 5 s and lost the drop. The count's
+        # end does it (a deque's append takes no lock).
+        _sa_later.append((seg, mutex, words))
+        return
     try:
-        if seg.exists():
-            mutex.acquire(time.monotonic() + 5.0)
-            try:
-                words[_SA_REFS] = max(0, words[_SA_REFS] - 1)
-                last = words[_SA_REFS] == 0
-            finally:
-                mutex.release()
-            if last:
-                seg.unlink()
+        if seg.exists() and _sa_count(mutex, words, -1) == 0:
+            seg.unlink()
     except (TimeoutError, OSError, ValueError):  # pragma: no cover - best effort at teardown
         pass
     words.release()
@@ -705,11 +735,7 @@ class SharedArray:
             raise ValueError("cannot send a closed SharedArray")
         # The pickled copy holds a reference until it is unpickled, so the name
         # cannot vanish while it is in flight (unless the creator exits).
-        self._mutex.acquire(time.monotonic() + 5.0)
-        try:
-            self._words[_SA_REFS] += 1
-        finally:
-            self._mutex.release()
+        _sa_count(self._mutex, self._words, 1)
         return (_attach_shared_array, (self._seg.name, self.shape, self.dtype.str))
 
     def __repr__(self) -> str:
