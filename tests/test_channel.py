@@ -412,6 +412,49 @@ def test_a_channel_collected_while_the_segment_registry_is_locked(tmp_path):
     assert out.stdout.strip() == "released"
 
 
+def test_a_channel_the_collector_releases_inside_another_ones_release_leaves_it_whole(tmp_path):
+    """A channel's release looks through the reader's cache of spills for its own,
+    under a lock reentrant for the finalizers the collector runs in there: another
+    channel's release, run so, took its entries out from under that loop, which
+    raised. The first release stopped there, and its spills stayed in /dev/shm."""
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import gc, glob, sys
+            import polytask as pt
+
+            gc.disable()  # only the hook collects
+            a = pt.Channel(backend="process")
+            b = pt.Channel(backend="process")
+            for ch in (a, b):
+                ch.put(b"x" * 9_000_000)  # spilled: read here, its mapping is cached
+                ch.get()
+            del ch
+            spills = f"/dev/shm/{a.name}-*"
+            b.me = b  # a cycle: only the collector releases it
+
+            def collect_there(frame, event, arg):
+                if event == "call" and frame.f_code.co_name == "_channel_of":
+                    gc.collect()
+
+            del b
+            sys.setprofile(collect_there)
+            del a
+            sys.setprofile(None)
+            print(len(glob.glob(spills)))
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Exception ignored" not in out.stderr, out.stderr
+    assert out.stdout.split() == ["0"]  # a's release removed its spills
+
+
 def test_nothing_left_in_dev_shm_after_a_process_exits(tmp_path):
     script = tmp_path / "user.py"
     script.write_text(

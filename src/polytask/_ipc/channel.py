@@ -554,8 +554,11 @@ def _drop_spills(channel: str, ring_gone: bool) -> None:
     """This process is done with ``channel``: let go of its pooled spills and mappings."""
     with _spills_lock:
         pool = _pools.pop(channel, [])
-        cached = [n for n in _rcache if _channel_of(n) == channel]
-        mappings = [_rcache.pop(n) for n in cached]
+        # Over a copy, taken in one C call: a finalizer the collector runs in the loop
+        # (the lock is reentrant for it) may release another channel, which takes
+        # its own entries out; the loop over the dict itself then raised.
+        cached = [n for n in list(_rcache) if _channel_of(n) == channel]
+        mappings = [seg for n in cached if (seg := _rcache.pop(n, None)) is not None]
     for seg in pool:
         # A FREE spill is ours to remove; a FULL one holds an unread item, left
         # for its reader, who removes it once read (or, once the channel is gone,
