@@ -159,3 +159,60 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="workers"):
         pt.stage(double, workers=0)
     assert "double" in repr(pt.stage(double, workers=2))
+
+
+_FREED_IN_A_PIPELINE_THREAD = r"""
+import gc, sys, threading, time
+import polytask as pt
+
+gc.disable()  # only the hook collects
+go = threading.Event()
+
+
+def stage(x):
+    if x == 1:
+        go.wait(30)
+        raise ValueError("boom")
+    return x
+
+
+def collect_there(frame, event, arg):
+    # Pipeline._fail (a failed stage's worker, in its thread) calls add_note with
+    # the pipeline's lock held.
+    if event == "c_call" and getattr(arg, "__name__", "") == "add_note":
+        gc.collect()
+
+
+threading.setprofile(collect_there)  # the pipeline's threads, started below
+p = pt.pipeline(range(5), stage, backend="thread")
+it = iter(p)
+assert next(it) == 0
+box = [it]
+box.append(box)  # a cycle (an exception kept with its frames): only the collector frees it
+del it, box
+go.set()
+deadline = time.monotonic() + 20
+while not p._finished and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(p._finished)
+"""
+
+
+def test_an_iteration_the_collector_frees_in_a_pipeline_thread_closes_it():
+    """Leaving an iteration closes the pipeline; the generator's close runs where the
+    collector frees it, when it was left in a cycle: in one of the pipeline's own
+    threads even, inside a section under the lock close() takes. It hung there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_IN_A_PIPELINE_THREAD],
+        env=dict(os.environ, PYTHONPATH=src),
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]  # closed all the same

@@ -330,6 +330,7 @@ class Pipeline(Generic[T]):
         if not self._started:
             self._start()
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        consumer = threading.get_ident()
         try:
             while True:
                 if self._error is not None:
@@ -344,11 +345,21 @@ class Pipeline(Generic[T]):
                 except queue.Empty:
                     continue
                 yield item
+                consumer = threading.get_ident()
             self._shutdown()
             if self._error is not None:
                 raise self._error
         finally:
-            self.close()
+            if threading.get_ident() == consumer:
+                self.close()
+            else:
+                # The collector freed this generator (left in a cycle) in another
+                # thread: maybe one of this pipeline's own or of its backend's, inside
+                # a section under a lock close() takes (it hung there), or one that
+                # close() waits for. A thread of its own closes the pipeline.
+                threading.Thread(
+                    target=self.close, name="polytask-pipeline-close", daemon=True
+                ).start()
 
     def _timed_out(self) -> TaskTimeout:
         exc = TaskTimeout(
