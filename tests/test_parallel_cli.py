@@ -153,7 +153,11 @@ def test_parse_duration() -> None:
     assert spec.parse_duration("1h30m") == (5400.0, False)
     assert spec.parse_duration("2d") == (172800.0, False)
     assert spec.parse_duration("200%") == (200.0, True)
-    for bad in ("", "x", "0", "-1", "1x", "m", "0%"):
+    # Zero is accepted in every spelling (--timeout 0: no limit, as GNU parallel).
+    for zero in ("0", "0.0", "0s", "0m", "00"):
+        assert spec.parse_duration(zero) == (0.0, False)
+    assert spec.parse_duration("0%") == (0.0, True)
+    for bad in ("", "x", "-0", "-1", "1x", "m", "-0%", "-5%"):
         with pytest.raises(ValueError, match="not a duration"):
             spec.parse_duration(bad)
 

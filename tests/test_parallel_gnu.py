@@ -223,6 +223,9 @@ CASES: list[tuple[list[str], str, bool]] = [
     (["--arg-sep", ",,", "-k", "echo", ",,", "a", "b", ",,+", "1", "2"], "exact", True),
     (["-k", "-I", "XX", "echo", "XX-XX", "{}", "{#}", ":::", "a", "b"], "exact", True),
     (["-k", "-I", "{in}", "echo", "{in}.{.}", ":::", "a.b"], "exact", True),
+    # --- E: zero durations: --timeout 0 is no limit, --delay 0 no delay
+    (["-k", "--timeout", "0", "sleep 0.1; echo {}", ":::", "a", "b"], "exact", True),
+    (["-k", "--delay", "0", "echo", ":::", "a", "b"], "exact", True),
 ]
 
 

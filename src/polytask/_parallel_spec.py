@@ -1383,13 +1383,15 @@ def parse_duration(spec: str, *, option: str = "--timeout") -> tuple[float, bool
     """A ``--timeout`` value: seconds (``30``, ``1.5``, ``1h30m``, ``2d``) or ``N%``.
 
     Returns ``(value, is_percent)``: seconds, or the percentage of the median
-    runtime of the successful jobs so far (GNU parallel's dynamic timeout).
+    runtime of the successful jobs so far (GNU parallel's dynamic timeout). Zero,
+    in any spelling, is 0.0: ``--timeout 0`` is no limit and ``--delay 0`` no
+    delay, as in GNU parallel.
     """
     s = spec.strip()
     try:
         if s.endswith("%"):
             pct = float(s[:-1])
-            if pct <= 0 or not math.isfinite(pct):
+            if pct < 0 or s.startswith("-") or not math.isfinite(pct):
                 raise ValueError
             return pct, True
         pos, total = 0, 0.0
@@ -1398,7 +1400,7 @@ def parse_duration(spec: str, *, option: str = "--timeout") -> tuple[float, bool
                 raise ValueError
             total += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
-        if pos != len(s) or not s or total <= 0:
+        if pos != len(s) or not s:
             raise ValueError
     except ValueError:
         raise ValueError(

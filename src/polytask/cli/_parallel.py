@@ -152,7 +152,7 @@ def _parser() -> _Parser:
     a(
         "--timeout",
         metavar="SECONDS",
-        help="end a job after SECONDS (also 2m, 1h30m) or N%% of the median runtime",
+        help="end a job after SECONDS (also 2m, 1h30m) or N%% of the median runtime; 0: no limit",
     )
     a("--retries", metavar="N", type=int, default=0, help="run a failing job up to N times")
     a(
@@ -1530,7 +1530,9 @@ class _Runner:
         self.timeout_pct: float | None = None
         if opts.timeout is not None:
             value, pct = spec.parse_duration(opts.timeout)
-            if pct:
+            if value == 0:
+                pass  # no limit, as GNU parallel's --timeout 0 (and timeout(1)'s 0)
+            elif pct:
                 self.timeout_pct = value / 100
             else:
                 self.timeout = value
