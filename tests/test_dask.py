@@ -113,6 +113,19 @@ def test_unpicklable_result_is_a_serialization_error() -> None:
         t.result(timeout=60)
 
 
+def test_a_zero_timeout_never_runs_the_task(tmp_path: Path) -> None:
+    # A run-time limit of 0 has expired before the task starts (tests/test_run_limits.py):
+    # the function is never called; inf is no limit.
+    marker = tmp_path / "m"
+    for _ in range(3):
+        t = pt.spawn(sleep_then_touch, 0, str(marker), backend="dask", timeout=0)
+        with pytest.raises(pt.TaskTimeout, match="was not run"):
+            t.result(timeout=60)
+    assert list(tmp_path.iterdir()) == []
+    t = pt.spawn(sleep_then_touch, 0, str(marker), backend="dask", timeout=float("inf"))
+    assert t.result(timeout=60) == "done" and marker.exists()
+
+
 def test_without_a_child_a_timeout_fails_the_task_but_dask_lets_it_run(tmp_path: Path) -> None:
     # By default a task with a timeout runs in a child process that the timeout kills
     # (tests/test_cluster_kill.py); killable=False runs it in the worker's thread.

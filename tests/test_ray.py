@@ -101,6 +101,19 @@ def test_unpicklable_argument_and_result() -> None:
         pt.spawn(threading.Lock, backend="ray").result(timeout=60)
 
 
+def test_a_zero_timeout_never_runs_the_task(tmp_path: Path) -> None:
+    # A run-time limit of 0 has expired before the task starts (tests/test_run_limits.py):
+    # the function is never called; inf is no limit.
+    marker = tmp_path / "m"
+    for _ in range(3):
+        t = pt.spawn(sleep_then_touch, 0, str(marker), backend="ray", timeout=0)
+        with pytest.raises(pt.TaskTimeout, match="was not run"):
+            t.result(timeout=60)
+    assert list(tmp_path.iterdir()) == []
+    t = pt.spawn(sleep_then_touch, 0, str(marker), backend="ray", timeout=float("inf"))
+    assert t.result(timeout=60) == "done" and marker.exists()
+
+
 def test_timeout_kills_the_running_task(tmp_path: Path) -> None:
     assert get_backend("ray").can_kill_running is True  # type: ignore[attr-defined]
     marker = tmp_path / "marker"

@@ -58,7 +58,8 @@ class TaskGroup(PrimitiveFactory):
         backend: ``"thread"``, ``"process"`` or a backend object; every task of
             the group runs there.
         timeout: seconds for the whole group; past it every task is cancelled
-            and the block raises :class:`TaskTimeout`.
+            and the block raises :class:`TaskTimeout` (0: expired at the start, so
+            every task spawned in the block is born cancelled; inf: no limit).
         name: for messages.
 
     Example::
@@ -114,7 +115,11 @@ class TaskGroup(PrimitiveFactory):
             if cancelled:
                 self.cancel()
         stack.append(self)
-        if self._timeout is not None:
+        if self._timeout == 0:
+            # Expired already: cancelled now, not by a timer that tasks spawned in the
+            # block could beat. They are born cancelled, and the block raises TaskTimeout.
+            self._on_deadline()
+        elif self._timeout is not None:
             self._timer = call_later(self._timeout, self._on_deadline)
         return self
 
@@ -159,7 +164,7 @@ class TaskGroup(PrimitiveFactory):
             )
         if self._cancelling:
             # The group already failed: the task is born cancelled and never starts.
-            task: Task[T] = Task(self._backend, name or fn_name(fn), timeout)
+            task: Task[T] = Task(self._backend, name or fn_name(fn), check_timeout(timeout))
             task.cancel()
             return self._adopt(task)
         return self._adopt(self._backend.spawn(fn, args, kwargs, name=name, timeout=timeout))

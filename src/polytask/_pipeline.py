@@ -161,6 +161,10 @@ class Pipeline(Generic[T]):
         if self._started:
             raise RuntimeError("a pipeline runs once: build a new one to run it again")
         self._started = True
+        if self.timeout == 0:
+            # Expired before the run began: nothing starts, iterating raises TaskTimeout.
+            self._finished = True
+            return
         n = len(self._stages)
         total = sum(s.workers for s in self._stages)
         # The backend's own Channel: a Dask pipeline's channels live on its own cluster.
@@ -419,8 +423,9 @@ def pipeline(
     reads the previous stage's outputs. ``backend`` ("thread" or "process")
     runs the workers; ``maxsize`` bounds the items each stage holds, so memory
     stays bounded for an endless source; ``timeout`` bounds the whole run
-    (:class:`TaskTimeout`). The first exception in the source or any stage
-    stops every stage and is raised in the caller, with a note naming the stage::
+    (:class:`TaskTimeout`; 0 has expired before it begins: no stage runs; inf:
+    no limit). The first exception in the source or any stage stops every
+    stage and is raised in the caller, with a note naming the stage::
 
         def double(x):
             return 2 * x

@@ -78,7 +78,9 @@ def spawn(  # type: ignore[misc]
     Args:
         backend: ``"thread"`` (default), ``"process"``, or a backend object.
         timeout: seconds the task may run; past it a process task is killed and
-            the task raises :class:`TaskTimeout`.
+            the task raises :class:`TaskTimeout`. 0 has expired before the task
+            starts: ``fn`` is never called and the task raises ``TaskTimeout``,
+            on every backend. None or ``float("inf")``: no limit.
         name: for messages and ``current_task().name`` (default: the function's name).
         daemon: what happens if the task still runs when the interpreter exits. False
             (default): the exit waits for it, as for a ``concurrent.futures`` task or a

@@ -16,10 +16,20 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from typing import Any, ClassVar, TypeVar
 
+from .errors import TaskTimeout
 from .task import Task
 from .timeouts import check_timeout
 
-__all__ = ["BACKENDS", "Backend", "available", "backend_class", "fn_name", "load"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "available",
+    "backend_class",
+    "expired_at_start",
+    "expired_error",
+    "fn_name",
+    "load",
+]
 
 T = TypeVar("T")
 
@@ -41,6 +51,28 @@ def load(target: str) -> Any:
     """Import ``"module:Name"`` and return the name: the one plug-in loader."""
     module, _, name = target.partition(":")
     return getattr(import_module(module), name)
+
+
+def expired_at_start(task: Task[T]) -> Task[T]:
+    """Fail ``task``, whose run-time limit is 0, with :class:`TaskTimeout`; it never runs.
+
+    A limit of 0 has expired by the time any task could start. Started all the
+    same, the function would race the timer: a fast one won on some paths and
+    lost on others, and a thread, once running, cannot be stopped. So every
+    backend's ``submit`` settles such a task here, after its usual checks (a shut
+    down backend, an argument that cannot be pickled), instead of queueing it.
+    """
+    task._finish(exc=expired_error(task.name))
+    return task
+
+
+def expired_error(name: str) -> TaskTimeout:
+    """The error of a task named ``name`` whose run-time limit of 0 expired before it started."""
+    return TaskTimeout(
+        f"task {name!r} was not run: its timeout of 0 s had expired before it could start",
+        name=name,
+        timeout=0.0,
+    )
 
 
 def available() -> list[str]:
@@ -99,7 +131,12 @@ class Backend(ABC):
         name: str,
         timeout: float | None,
     ) -> Task[T]:
-        """Start ``fn(*args, **kwargs)``; the arguments are already checked."""
+        """Start ``fn(*args, **kwargs)``; the arguments are already checked.
+
+        ``timeout`` is the task's run-time limit (None: no limit); a limit of 0
+        has expired already: the task is settled by :func:`expired_at_start`
+        and ``fn`` is never called, on every backend.
+        """
 
     @abstractmethod
     def cancel(self, task: Task[Any]) -> bool:

@@ -65,7 +65,8 @@ class TaskTimeout(PolytaskError, TimeoutError):
     Raised by ``Task.result()`` (and a TaskGroup) when the task's own time limit
     expired. A process task is killed first (SIGTERM, a short grace, SIGKILL) and
     its worker reaped; a thread task cannot be killed, so it is flagged cancelled
-    (``pt.current_task().cancelled``) and left to return.
+    (``pt.current_task().cancelled``) and left to return. A limit of 0 has
+    expired before the task starts: it never runs, on any backend.
     """
 
     def __init__(self, message: str, *, name: str | None = None, timeout: float | None = None):

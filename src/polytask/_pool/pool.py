@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, ParamSpec, TypeVar, TypeVarTuple, Unpack, cast, overload
 
 from .._core import task as _task
-from .._core.backend import fn_name
+from .._core.backend import expired_error, fn_name
 from .._core.errors import (
     Cancelled,
     PolytaskError,
@@ -459,7 +459,8 @@ class Pool(PrimitiveFactory):
             (``"dask"``, ``"ray"``) once installed; the pool owns a private one.
         timeout: default seconds each task (each item of a map) may run; past it
             a process task's worker is killed and replaced and the task raises
-            :class:`TaskTimeout`.
+            :class:`TaskTimeout` (0: expired before it starts, so it never runs;
+            None or ``float("inf")``: no limit).
         retries: re-run a task that failed with one of ``retry_on`` up to this
             many times (``Task.attempts`` counts the runs).
         retry_on: exception types that are worth a retry.
@@ -1678,6 +1679,9 @@ class Pool(PrimitiveFactory):
     # _items_call / _block_done / _items_done / _isolate.
     def _launch(self, chunk: list[Item] | Block) -> None:
         """Hand one chunk to the backend (called with a slot of _inflight taken)."""
+        if (chunk.run.timeout if isinstance(chunk, Block) else chunk[0].timeout) == 0:
+            self._expire(chunk)
+            return
         fn: Callable[..., Any]
         args: tuple[Any, ...]
         if isinstance(chunk, Block):
@@ -1742,6 +1746,20 @@ class Pool(PrimitiveFactory):
             # The consumer left while this chunk was being launched.
             concurrent.futures.Future.cancel(task)
 
+    def _expire(self, chunk: list[Item] | Block) -> None:
+        """A chunk whose run-time limit is 0: each item fails with TaskTimeout and none
+        runs (see ``expired_at_start``). Settled here, in _pump's loop: a backend task
+        that failed at once would launch the next chunk from its done callback, inside
+        this one, and a long map would recurse."""
+        self._chunk_gone()
+        items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
+        self._settle_many(
+            [
+                (it, False, expired_error(it.task.name if it.task is not None else _item_name(it)))
+                for it in items
+            ]
+        )
+
     def _start_items(self, chunk: list[Item]) -> list[Item]:
         """The items of ``chunk`` still to run, their tasks turned running."""
         live: list[Item] = []
@@ -1773,7 +1791,7 @@ class Pool(PrimitiveFactory):
         elif first.task is not None:
             name = first.task.name
         else:
-            name = f"{fn_name(first.fn)} (item {first.index})"
+            name = _item_name(first)
         timeout = chunk_timeout(first.sink.sizer, first.timeout, n)
         if not self._remote:
             return _run_items, (live,), name, timeout
@@ -2010,6 +2028,11 @@ class Pool(PrimitiveFactory):
             # Its chunk-mates are re-run one by one when the killed chunk fails.
             chunk.cancel()
         return True
+
+
+def _item_name(it: Item) -> str:
+    """How messages name a map's item that runs alone."""
+    return f"{fn_name(it.fn)} (item {it.index})"
 
 
 def _report(what: str, exc: BaseException) -> None:

@@ -27,7 +27,7 @@ from threading import BrokenBarrierError
 from typing import Any, ClassVar, TypeVar
 
 from .._core import debug as _dbg
-from .._core.backend import Backend
+from .._core.backend import Backend, expired_at_start
 from .._core.channel import Channel, check_maxsize
 from .._core.errors import (
     ChannelClosed,
@@ -139,6 +139,8 @@ class ThreadBackend(Backend):
         with self._lock:
             if self._closed:
                 raise RuntimeError("this thread backend is shut down; create a new one")
+            if timeout == 0:
+                return expired_at_start(task)  # never queued: see there
             self._queue.put((task, fn, args, kwargs))
             self._live.add(task)
             if not self._idle.acquire(blocking=False) and (

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from ..._core.backend import Backend
+from ..._core.backend import Backend, expired_at_start
 from ..._core.errors import BackendUnavailable, WorkerCrashed
 from ..._core.task import Task
 from ..._core.timer import call_later
@@ -196,6 +196,8 @@ class DaskBackend(Backend):
         with self._lock:
             if self._closed:
                 raise RuntimeError("this dask backend is shut down; create a new one")
+            if timeout == 0:
+                return expired_at_start(task)  # never submitted: see there
             task.set_running_or_notify_cancel()
             task._mark_started()
             key = f"polytask-{name[:60]}-{uuid.uuid4().hex}"

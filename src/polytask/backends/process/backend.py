@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any, ClassVar, TypeVar
 
-from ..._core.backend import Backend
+from ..._core.backend import Backend, expired_at_start
 from ..._core.errors import (
     Cancelled,
     PolytaskError,
@@ -431,6 +431,9 @@ class ProcessBackend(Backend):
                         f"this process backend {self._broken_why}; create a new one"
                     ) from self._broken
                 raise RuntimeError("this process backend is shut down; create a new one")
+            if timeout == 0:
+                task._slot = None
+                return expired_at_start(task)  # never sent: see there
             w = self._idle.pop() if self._idle else None
             if w is None:
                 self._pending.append(task)
