@@ -174,6 +174,38 @@ def test_defaults_kwdefaults_and_annotations_changed_in_place_are_seen():
     _changes(f, lambda: setattr(f, "__doc__", "now documented"))
 
 
+def test_names_a_rebound_kwdefaults_and_a_deleted_global_are_seen():
+    # The check reads a function's attributes with one attrgetter and the globals
+    # it read with one itemgetter: each of them, and a read global gone.
+    f, ns = _script_function("LIMIT = 1\nSTEP = 2\ndef f(x, *, k=2): return x + LIMIT + STEP + k")
+    _changes(f, lambda: setattr(f, "__name__", "renamed"))
+    _changes(f, lambda: setattr(f, "__qualname__", "Outer.renamed"))
+    _changes(f, lambda: setattr(f, "__module__", "pt_probe_elsewhere"))
+    _changes(f, lambda: setattr(f, "__kwdefaults__", None))
+    _changes(f, lambda: ns.pop("LIMIT"))
+    only, only_ns = _script_function("LIMIT = 1\ndef f(x): return x + LIMIT")
+    _changes(only, lambda: only_ns.pop("LIMIT"))  # the one global it reads
+
+
+class _Answering(dict):  # type: ignore[type-arg]
+    """Globals that answer a name they lack (as a script's globals never do)."""
+
+    def __missing__(self, key: str) -> int:
+        return 1
+
+
+def test_a_global_deleted_from_globals_that_answer_missing_names_is_seen():
+    # ``globals[name]`` would answer the deleted LIMIT with the very 1 it was:
+    # such a function is not kept (pickled each time), so nothing goes stale.
+    ns = _Answering(__name__="__main__")
+    exec(compile("LIMIT = 1\ndef f(): return LIMIT", "<script>", "exec"), ns)
+    f = ns["f"]
+    for _ in range(5):
+        dumps_fn(f)
+    del ns["LIMIT"]
+    assert dumps_fn(f)[0] == __import__("cloudpickle").dumps(f, protocol=5)
+
+
 def test_an_attribute_set_later_is_seen():
     f, _ = _script_function("def f(x): return x")
     before = _settled(f)
@@ -793,3 +825,57 @@ def test_the_worker_watches_a_function_in_a_nested_tuple_default():
     assert watch.intact()
     copy().__defaults__ = (2,)
     assert not watch.intact()
+
+
+def test_the_worker_watches_the_globals_of_a_copy_that_names_no_function():
+    # A callee can reach the copy's globals through its caller's frame
+    # (``sys._getframe(1).f_globals``): a value rebound or a name added drops it.
+    import pickle
+
+    f, _ = _script_function("LIMIT = 1\ndef f(x): return x + LIMIT")
+    data = _settled(f)
+    for change in (lambda g: g.__setitem__("LIMIT", 2), lambda g: g.__setitem__("extra", 0)):
+        copy = pickle.loads(data)
+        watch = stable.guard(copy)
+        assert watch is not None and watch.intact()
+        assert copy(1) == 2 and watch.intact()
+        change(copy.__globals__)
+        assert not watch.intact()
+
+
+def test_the_worker_watches_a_copy_that_names_itself():
+    import pickle
+
+    f, _ = _script_function("def f(x):\n    return f.__doc__, x")
+    copy = pickle.loads(_settled(f))
+    watch = stable.guard(copy)
+    assert watch is not None and watch.intact()
+    copy.__doc__ = "changed by a call"
+    assert not watch.intact()
+
+
+def test_a_callee_that_writes_its_caller_s_globals_drops_the_kept_copy(tmp_path: Path):
+    # What a fresh copy per call gives: the name the callee added is gone again.
+    (tmp_path / "injector.py").write_text(
+        "import sys\ndef inject():\n    sys._getframe(1).f_globals['marker'] = 'set'\n"
+    )
+    script = tmp_path / "inject.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import polytask as pt
+            import injector
+            def f():
+                try:
+                    seen = marker
+                except NameError:
+                    seen = None
+                injector.inject()
+                return seen
+            if __name__ == "__main__":
+                with pt.Pool(workers=1) as pool:
+                    print(*[pool.submit(f).result(60) for _ in range(4)])
+            """
+        )
+    )
+    assert _run_script(script) == "None None None None"

@@ -9,7 +9,8 @@ the worker keeps its copy (it is told it may: the ``by_ref`` flag).
 
 "Cannot change unseen" is checked, not assumed: a :class:`Snapshot` lists every
 object the pickle was made from and :meth:`Snapshot.holds` compares each by
-identity on every call (1-2 us). What may be in it:
+identity on every call (under 1 us for a function that reads a few atoms:
+one ``attrgetter``, one ``itemgetter``, one identity loop). What may be in it:
 
 - the function's code, names, defaults and annotations, where every default
   is an atom (int, str, ...; a tuple of atoms): those cannot change in place;
@@ -27,11 +28,13 @@ still in ``sys.modules``, an imported function, class or builtin still the
 attribute of its module (a monkeypatch, ``importlib.reload`` or a module
 dropped from ``sys.modules`` makes a fresh pickle send it by value, or fail).
 
-Two facts outside the function are part of every snapshot: the loaded modules,
-by their count and the last one's name (cloudpickle adds the submodules loaded
-*now* that the code names, so an ``import xml.dom.minidom`` after the first
-call must reach the worker, even if as many modules were dropped) and
-cloudpickle's set of modules registered to go by value.
+Two facts outside the function are part of every snapshot in which something
+went by name: the loaded modules, by their count and the last one's name
+(cloudpickle adds the submodules loaded *now* of the modules the function
+reads, so an ``import xml.dom.minidom`` after the first call must reach the
+worker, even if as many modules were dropped) and cloudpickle's set of modules
+registered to go by value (it decides what goes by name). A pickle of nothing
+but atoms and the script's own functions depends on neither: not checked.
 
 The check costs about a cloudpickle (a walk, and a second pickle that proves
 the snapshot is of the state the pickle was made from), so it is made from a
@@ -52,7 +55,7 @@ import sys
 import types
 import weakref
 from collections.abc import Callable
-from operator import is_
+from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 __all__ = ["MAX_BYTES", "Guard", "Snapshot", "guard", "lookup", "remember"]
@@ -118,17 +121,21 @@ def _cloudpickle() -> Any:
     return _CP or None
 
 
-def _attrs(fn: types.FunctionType) -> tuple[Any, ...]:
-    return (
-        fn.__code__,
-        fn.__defaults__,
-        fn.__name__,
-        fn.__qualname__,
-        fn.__module__,
-        fn.__doc__,
-        fn.__closure__,
-        getattr(fn, "__type_params__", ()),
-    )
+#: What a function's pickle takes from the function itself, compared by identity
+#: (``__kwdefaults__`` too: a dict, whose items :class:`_Dict` compares besides).
+#: One C call (``attrgetter``): a getattr each was a fifth of the check. Not
+#: ``__closure__``: read-only, and None for every function kept (a new
+#: ``__code__`` must then have no free variables either).
+_ATTR_NAMES = (
+    "__code__",
+    "__defaults__",
+    "__kwdefaults__",
+    "__name__",
+    "__qualname__",
+    "__module__",
+    "__doc__",
+) + (("__type_params__",) if hasattr(types.FunctionType, "__type_params__") else ())
+_attrs: Callable[[types.FunctionType], tuple[Any, ...]] = attrgetter(*_ATTR_NAMES)
 
 
 class _Dict:
@@ -175,43 +182,48 @@ def _scan_code(code: types.CodeType) -> bool:
     return all(_code_is_quiet(c) for c in code.co_consts if isinstance(c, types.CodeType))
 
 
-class _FnState:
-    """What one by-value function's pickle was made from."""
+def _no_reads(g: dict[str, Any]) -> tuple[Any, ...]:
+    return ()
 
-    __slots__ = ("absent", "annotations", "attrs", "fn", "kwdefaults", "names", "refs", "values")
+
+class _FnState:
+    """What one by-value function's pickle was made from, laid out for the check
+    on every call (:meth:`Snapshot.holds`, C-level loops): the function's
+    attributes and the globals it reads that are present, in one tuple compared
+    by identity (``expected``, read back by one ``attrgetter`` and one
+    ``itemgetter``); the names it reads that are absent, which must still be;
+    and the dicts whose items count (keyword defaults, annotations): None where
+    there is none, or it was empty and must stay so.
+    """
+
+    __slots__ = ("absent", "annotations", "expected", "fn", "kwdefaults", "read", "refs")
 
     def __init__(self, fn: types.FunctionType, reads: tuple[tuple[str, Any], ...]) -> None:
-        # Weak: the snapshot is the value of a weak-keyed dict whose key is the
-        # first of these functions; a strong reference would keep it forever.
+        # Weak: the snapshot is the value of a dict whose entry goes when the first
+        # of these functions dies; a strong reference would keep it forever.
         self.fn = weakref.ref(fn)
-        self.attrs = _attrs(fn)
-        self.kwdefaults = _Dict(fn.__kwdefaults__)
-        self.annotations = _Dict(fn.__annotations__)
-        self.names = tuple(name for name, _ in reads)
-        self.absent = (_ABSENT,) * len(reads)
+        self.absent = tuple(name for name, v in reads if v is _ABSENT)
+        names = [name for name, v in reads if v is not _ABSENT]
+        values = [v for _, v in reads if v is not _ABSENT]
+        if len(names) == 1:  # itemgetter of one name gives the value, not a 1-tuple
+            names *= 2
+            values *= 2
+        self.read: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            itemgetter(*names) if names else _no_reads
+        )
+        attrs = _attrs(fn)
         # Functions read (helpers, itself) weakly too: their globals hold the key.
         # (``__globals__`` itself is read-only, so it need not be compared.)
-        self.refs = tuple(i for i, (_, v) in enumerate(reads) if type(v) is types.FunctionType)
-        self.values = tuple(
-            weakref.ref(v) if type(v) is types.FunctionType else v for _, v in reads
+        self.refs = tuple(
+            len(attrs) + i for i, v in enumerate(values) if type(v) is types.FunctionType
         )
-
-    def holds(self) -> bool:
-        # The hot path of every call of a kept function: C-level loops only.
-        fn = self.fn()
-        if fn is None or fn.__dict__ or not all(map(is_, self.attrs, _attrs(fn))):
-            return False
-        if not self.kwdefaults.same(fn.__kwdefaults__):
-            return False
-        if not self.annotations.same(fn.__annotations__):
-            return False
-        expected: Any = self.values
-        if self.refs:
-            expected = list(expected)
-            for i in self.refs:
-                expected[i] = expected[i]()
-        g = fn.__globals__
-        return all(map(is_, map(g.get, self.names, self.absent), expected))
+        self.expected = attrs + tuple(
+            weakref.ref(v) if type(v) is types.FunctionType else v for v in values
+        )
+        kwdefaults = fn.__kwdefaults__
+        self.kwdefaults = None if kwdefaults is None else _Dict(kwdefaults)
+        annotations = fn.__annotations__
+        self.annotations = _Dict(annotations) if annotations else None
 
 
 class _ByName:
@@ -254,9 +266,11 @@ class Snapshot:
         "__weakref__",
         "by_name",
         "data",
+        "fn",
         "functions",
         "last_module",
         "n_modules",
+        "probes",
         "registry",
     )
 
@@ -269,6 +283,14 @@ class Snapshot:
     ) -> None:
         self.data = data
         self.functions = functions
+        #: The function pickled, weakly (the first of ``functions``).
+        self.fn = functions[0].fn
+        # What holds() reads of each function, one tuple each (unpacked at once:
+        # an attribute read each was a fifth of the check).
+        self.probes = tuple(
+            (f.fn, f.read, f.expected, f.refs, f.absent, f.kwdefaults, f.annotations)
+            for f in functions
+        )
         self.by_name = by_name
         self.registry = registry
         # The count alone missed a module deleted and another loaded; a module
@@ -278,12 +300,53 @@ class Snapshot:
 
     def holds(self) -> bool:
         """Whether a fresh pickle now would be :attr:`data` (nothing it read changed)."""
-        if len(sys.modules) != self.n_modules or _last_module() != self.last_module:
+        # The hot path of every call of a kept function: C-level loops, few reads.
+        if self.by_name and not self._by_name_holds():
             return False
-        cp = _cloudpickle()
-        if cp is None or self.registry != cp._PICKLE_BY_VALUE_MODULES:
+        for ref, read, expected, refs, absent, kwdefaults, notes in self.probes:
+            fn = ref()
+            if fn is None or fn.__dict__:
+                return False
+            g = fn.__globals__
+            try:
+                now = _attrs(fn) + read(g)
+            except KeyError:  # a global it read was deleted
+                return False
+            if refs:
+                expected = _resolved(expected, refs)
+            if not all(map(is_, now, expected)):
+                return False
+            for name in absent:  # usually one: __path__, which __main__ has not
+                if name in g:
+                    return False
+            if kwdefaults is not None and not kwdefaults.same(fn.__kwdefaults__):
+                return False
+            if notes is None:
+                if fn.__annotations__:
+                    return False
+            elif not notes.same(fn.__annotations__):
+                return False
+        return True
+
+    def _by_name_holds(self) -> bool:
+        """Whether what went by name still would: the loaded modules and
+        cloudpickle's registry matter only then (a pickle of nothing but atoms
+        and the script's own functions does not depend on them)."""
+        modules = sys.modules
+        if len(modules) != self.n_modules or next(reversed(modules)) != self.last_module:
             return False
-        return all(map(_FnState.holds, self.functions)) and all(map(_ByName.holds, self.by_name))
+        cp = _CP  # set: a snapshot is made only with cloudpickle's names found
+        if not cp or self.registry != cp._PICKLE_BY_VALUE_MODULES:
+            return False
+        return all(map(_ByName.holds, self.by_name))
+
+
+def _resolved(expected: tuple[Any, ...], refs: tuple[int, ...]) -> tuple[Any, ...]:
+    """``expected`` with the functions it holds weakly (at ``refs``) in their places."""
+    out = list(expected)
+    for i in refs:
+        out[i] = out[i]()
+    return tuple(out)
 
 
 class _Checker:
@@ -301,6 +364,8 @@ class _Checker:
         if len(self.functions) >= _MAX_FUNCTIONS:
             return False
         if fn.__closure__ or fn.__dict__ or getattr(fn, "__type_params__", None):
+            return False
+        if type(fn.__globals__) is not dict:  # a subclass may answer a deleted name
             return False
         if not _code_is_quiet(fn.__code__):
             return False
@@ -401,7 +466,7 @@ def lookup(fn: types.FunctionType) -> bytes | None:
     if entry is None:
         return None
     try:
-        held = entry.functions[0].fn() is fn and entry.holds()
+        held = entry.fn() is fn and entry.holds()
     except Exception:  # a module's __getattr__ that raises: a fresh pickle tells
         held = False
     if held:
@@ -409,7 +474,7 @@ def lookup(fn: types.FunctionType) -> bytes | None:
     # pop, not del: another thread may have dropped it (or cleared all) meanwhile.
     if _ENTRIES.get(id(fn)) is entry:
         _ENTRIES.pop(id(fn), None)
-    if entry.functions[0].fn() is not fn:  # another function's, at a reused id
+    if entry.fn() is not fn:  # another function's, at a reused id
         return None
     seen = _SEEN.get(fn)
     if seen is None:
@@ -457,7 +522,7 @@ def remember(fn: types.FunctionType, data: bytes, dumps: Callable[[Any], bytes])
     key = id(fn)
     # The first state is ``fn``'s own; its weak reference drops the entry when
     # ``fn`` dies (only if it is still this entry: the id may be reused).
-    snapshot.functions[0].fn = weakref.ref(fn, lambda _ref: _forget(key, snapshot))
+    snapshot.fn = weakref.ref(fn, lambda _ref: _forget(key, snapshot))
     _ENTRIES[key] = snapshot
     return True
 
@@ -502,44 +567,84 @@ class Guard:
     call; so a call that made one drops the copy, and the next call unpickles
     afresh. Functions of real modules are not watched: they are the worker's
     own, the same object with or without the cache.
+
+    Watched is what the call can reach: the globals dicts (a callee reaches
+    them through frames, ``sys._getframe(1).f_globals``) and the copied
+    functions its code can name (in a global, a tuple, a default, an
+    annotation; the function itself if it names itself). The function called
+    is otherwise held only by the worker's cache: nothing the call runs can
+    name it (frames carry code and globals, not the function) short of a walk
+    of the collector's referrers, so its attributes are not compared (for a
+    function that names no function, that is most of the check).
     """
 
-    __slots__ = ("dicts", "functions", "was")
+    __slots__ = ("dicts", "functions")
 
     def __init__(self, fn: types.FunctionType) -> None:
-        functions: list[tuple[types.FunctionType, tuple[Any, ...], _Dict, _Dict]] = []
-        dicts: dict[int, tuple[dict[str, Any], _Dict]] = {}
+        functions: list[types.FunctionType] = []
+        dicts: dict[int, dict[str, Any]] = {}
         seen: set[int] = set()
-        stack = [fn]
+        stack: list[types.FunctionType] = []
+
+        def reach(f: types.FunctionType) -> None:
+            """Add what ``f``'s code can name: its globals and the functions in
+            them, in its defaults, keyword defaults and annotations (tuples too:
+            ``STEPS = (step,)``), wherever the parent's rules let a function be."""
+            g = f.__globals__
+            if id(g) not in dicts:
+                dicts[id(g)] = g
+                _functions_in(g.values(), stack)
+            _functions_in(f.__defaults__ or (), stack)
+            _functions_in((f.__kwdefaults__ or {}).values(), stack)
+            _functions_in(f.__annotations__.values(), stack)
+
+        reach(fn)
         while stack:
             f = stack.pop()
             if id(f) in seen:
                 continue
             seen.add(id(f))
-            g = f.__globals__
-            if getattr(sys.modules.get(f.__module__), "__dict__", None) is g:
+            if _is_real(f):
                 continue  # a real module's function, not a copy
-            functions.append((f, _attrs(f), _Dict(f.__kwdefaults__), _Dict(f.__annotations__)))
-            if id(g) not in dicts:
-                dicts[id(g)] = (g, _Dict(g))
-                _functions_in(g.values(), stack)
-            # Wherever the parent's rules let a function be: a tuple (``STEPS =
-            # (step,)``), a default, a keyword default, an annotation.
-            _functions_in(f.__defaults__ or (), stack)
-            _functions_in((f.__kwdefaults__ or {}).values(), stack)
-            _functions_in(f.__annotations__.values(), stack)
-        self.functions = functions
-        self.dicts = tuple(g for g, _ in dicts.values())
-        self.was = tuple(was for _, was in dicts.values())
+            functions.append(f)
+            reach(f)
+        # Each as it is now, laid out for C-level loops (this runs after every
+        # call): a dict's keys and its values by identity; a function's
+        # attributes by identity, and the dicts whose items count (None where
+        # there is none, or it was empty and must stay so).
+        self.dicts = tuple((g, tuple(g), tuple(g.values())) for g in dicts.values())
+        self.functions = tuple(
+            (
+                f,
+                _attrs(f),
+                None if f.__kwdefaults__ is None else _Dict(f.__kwdefaults__),
+                _Dict(f.__annotations__) if f.__annotations__ else None,
+            )
+            for f in functions
+        )
 
     def intact(self) -> bool:
         """Whether every watched function and globals dict is as unpickled."""
+        for g, keys, values in self.dicts:
+            # The same keys make both of one length (map stops at the shorter).
+            if tuple(g) != keys or not all(map(is_, g.values(), values)):
+                return False
         for f, attrs, kwdefaults, notes in self.functions:
-            if f.__dict__ or not all(map(is_, attrs, _attrs(f))):
+            if f.__dict__ or not all(map(is_, _attrs(f), attrs)):
                 return False
-            if not kwdefaults.same(f.__kwdefaults__) or not notes.same(f.__annotations__):
+            if kwdefaults is not None and not kwdefaults.same(f.__kwdefaults__):
                 return False
-        return all(map(_Dict.same, self.was, self.dicts))
+            if notes is None:
+                if f.__annotations__:
+                    return False
+            elif not notes.same(f.__annotations__):
+                return False
+        return True
+
+
+def _is_real(f: types.FunctionType) -> bool:
+    """Whether ``f`` is a function of a module this process has loaded (not a copy)."""
+    return getattr(sys.modules.get(f.__module__), "__dict__", None) is f.__globals__
 
 
 def _functions_in(values: Any, out: list[types.FunctionType]) -> None:
@@ -556,7 +661,6 @@ def _functions_in(values: Any, out: list[types.FunctionType]) -> None:
 def guard(fn: Any) -> Guard | None:
     """A :class:`Guard` for a by-value function the worker keeps; None for anything
     else (a function of a real module, a builtin: the worker's own objects)."""
-    if type(fn) is not types.FunctionType:
+    if type(fn) is not types.FunctionType or _is_real(fn):
         return None
-    g = Guard(fn)
-    return g if g.functions else None
+    return Guard(fn)
