@@ -216,3 +216,47 @@ def test_an_iteration_the_collector_frees_in_a_pipeline_thread_closes_it():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]  # closed all the same
+
+
+_FREED_AT_EXIT = r"""
+import threading
+import polytask as pt
+
+p = pt.pipeline(range(100), abs, backend="thread")
+box = []
+
+
+def consume():
+    it = iter(p)
+    next(it)
+    box.append(it)
+    box.append(box)  # a cycle: the exit's last collection frees it, in the main thread
+
+
+t = threading.Thread(target=consume)
+t.start()
+t.join()
+del box
+print("end")
+"""
+
+
+def test_an_iteration_the_collector_frees_at_exit_does_not_hang_it():
+    """Freed outside its consumer's thread, an iteration is closed by a thread of
+    its own; but the exit's last collections run where no new thread ever starts,
+    and the start waited for it for ever: the interpreter never exited."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_AT_EXIT],
+        env=dict(os.environ, PYTHONPATH=src),
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["end"]
+    assert "Exception ignored" not in out.stderr, out.stderr

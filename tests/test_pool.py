@@ -1031,3 +1031,60 @@ def test_an_iterator_the_collector_frees_inside_the_pools_lock_does_not_hang():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]  # the run ended all the same
+
+
+def test_an_iterator_dropped_on_an_idle_pool_lets_its_input_and_bar_go():
+    # A dropped iterator hands its run's end over (it may be freed under the pool's
+    # lock). With nothing in flight no pump comes: the end must come all the same,
+    # or the input (a generator holding a file, say) stays open and the bar's
+    # refresh thread keeps drawing until the pool is next used, or the exit.
+    closed = threading.Event()
+
+    def source():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    with Pool(2, backend="thread") as pool:
+        it = pool.imap(abs, source(), progress="force")
+        bar = it._bar
+        assert next(it) == 0
+        wait_until(lambda: pool.statistics()["unsettled"] == 0, what="the pool to go idle")
+        del it
+        wait_until(closed.is_set, what="the dropped iterator's input to be closed")
+        wait_until(lambda: not bar._bar.live.is_started, what="its bar to stop")
+
+
+_ITERATOR_FREED_AT_EXIT = r"""
+import itertools, sys
+import polytask as pt
+
+pool = pt.Pool(2, backend=sys.argv[1])
+it = pool.imap(abs, itertools.count())
+next(it)
+it.me = it  # a cycle: the exit's last collection frees it, after the exit hooks
+del it
+print("end")
+"""
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_an_iterator_the_collector_frees_at_exit_does_not_hang_it(backend):
+    # A dropped iterator's run is ended by a thread of its own; at the exit's last
+    # collections no thread starts, and waiting for one would hang the exit.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", _ITERATOR_FREED_AT_EXIT, backend],
+        env=dict(os.environ, PYTHONPATH=src),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["end"]
+    assert "Exception ignored" not in out.stderr, out.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 
 import polytask as pt
+from helpers import wait_until
 
 BACKENDS = ("thread", "process")
 # Run-time limits that are no limit, besides 0 (the one that has expired).
@@ -430,6 +432,27 @@ def test_a_program_with_inf_or_none_has_no_limit(path: str, limit: str) -> None:
     got = COMMAND_PATHS[path](UNLIMITED[limit])
     want = {"stream": [True], "run_many": [False] * 3}.get(path, [False])
     assert got == want
+
+
+def test_a_program_a_group_runs_past_its_deadline_never_starts(tmp_path: Path) -> None:
+    # TaskGroup(timeout=0) has expired at entry: what its block starts is born
+    # cancelled, a program of g.run too. Started, then cancelled, the program ran
+    # whenever its thread got there first: the hook lets that thread go first.
+    marker = tmp_path / "ran"
+
+    def hold(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "_adopt":
+            task = frame.f_locals["task"]
+            wait_until(lambda: task.done() or marker.exists(), what="the program to start")
+
+    with pytest.raises(pt.TaskTimeout), pt.TaskGroup(timeout=0) as g:
+        sys.setprofile(hold)
+        try:
+            task = g.run(["touch", str(marker)])
+        finally:
+            sys.setprofile(None)
+    assert task.cancelled()
+    assert not marker.exists()
 
 
 # --------------------------------------------------------------------------- bad values

@@ -184,7 +184,14 @@ class TaskGroup(PrimitiveFactory):
         from ._commands import run
 
         label = name or (args if isinstance(args, str) else " ".join(map(str, args)))[:80]
-        return self._adopt(get_backend("thread").spawn(run, (args,), options, name=label))
+        backend = get_backend("thread")
+        if self._cancelling:
+            # As in spawn: born cancelled, the program never starts (started, then
+            # cancelled by _adopt, it ran whenever its thread got there first).
+            task: Task[Any] = Task(backend, label, None)
+            task.cancel()
+            return self._adopt(task)
+        return self._adopt(backend.spawn(run, (args,), options, name=label))
 
     def _adopt(self, task: Task[T]) -> Task[T]:
         with self._lock:

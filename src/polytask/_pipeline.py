@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar
 from ._core.backend import backend_class, fn_name
 from ._core.channel import Channel
 from ._core.errors import ChannelClosed, TaskTimeout
+from ._core.finalizing import start_thread
 from ._core.timeouts import check_timeout
 from .backends import make_backend
 
@@ -360,10 +361,9 @@ class Pipeline(Generic[T]):
                 # The collector freed this generator (left in a cycle) in another
                 # thread: maybe one of this pipeline's own or of its backend's, inside
                 # a section under a lock close() takes (it hung there), or one that
-                # close() waits for. A thread of its own closes the pipeline.
-                threading.Thread(
-                    target=self.close, name="polytask-pipeline-close", daemon=True
-                ).start()
+                # close() waits for. A thread of its own closes the pipeline; none at
+                # the exit (the collector's last passes), where it would hang the exit.
+                start_thread(self.close, "polytask-pipeline-close")
 
     def _timed_out(self) -> TaskTimeout:
         exc = TaskTimeout(

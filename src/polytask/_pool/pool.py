@@ -51,6 +51,7 @@ from .._core.errors import (
     WaitTimeout,
     WorkerCrashed,
 )
+from .._core.finalizing import start_thread
 from .._core.task import Task, delivering, finish_many, refuse_wait_in_delivery
 from .._core.timeouts import check_timeout
 from .._factories import PrimitiveFactory
@@ -586,7 +587,7 @@ class Pool(PrimitiveFactory):
         self._closed = False
         self._terminated = False
         self._runs: collections.deque[RunQueue] = collections.deque()
-        # Runs whose iterator was dropped (see _end_later), to end at the next pump.
+        # Runs whose iterator was dropped, to end soon (see _end_later).
         self._ended: collections.deque[tuple[_Run, Progress | None]] = collections.deque()
         self._live_runs: weakref.WeakSet[_Run] = weakref.WeakSet()
         self._submit_sink = _TaskSink(ChunkSizer(workers))
@@ -1492,10 +1493,18 @@ class Pool(PrimitiveFactory):
         self._cancel_chunks(run)
 
     def _end_later(self, run: _Run, bar: Progress | None) -> None:
-        """:meth:`_end_run` at the next pump (or statistics, terminate, an Executor's
-        shutdown): called from a finalizer, which may run anywhere, under any lock of
-        this thread's, so it only appends to a deque (atomic, and takes no lock)."""
+        """:meth:`_end_run` soon, in a thread of its own, or at the next pump (or
+        statistics, terminate, an Executor's shutdown) if that comes first: called
+        from a finalizer, which may run anywhere, under any lock of this thread's, so
+        it only appends to a deque (atomic, and takes no lock) and starts a thread.
+
+        The thread, because no pump may come: a pool with nothing in flight (every
+        result in, the consumer gone) kept the run, its input (a generator and what
+        it holds open) and its bar (drawn by its refresh thread) until it was next
+        used, or until the exit."""
         self._ended.append((run, bar))
+        # At the exit, none starts: the exit hook's terminate() has ended the run.
+        start_thread(self._end_dropped_here, "polytask-pool-end-run")
 
     def _end_dropped(self) -> None:
         """End the runs :meth:`_end_later` left (called with no lock held)."""
@@ -1507,6 +1516,13 @@ class Pool(PrimitiveFactory):
             if bar is not None:
                 bar.close(run.yielded)
             self._end_run(run)
+
+    def _end_dropped_here(self) -> None:
+        # The thread _end_later starts: an error is said, not raised into nothing.
+        try:
+            self._end_dropped()
+        except BaseException as exc:
+            _report("ending a dropped map iterator's run", exc)
 
     def _cancel_chunks(self, run: _Run) -> None:
         """Cancel the run's chunks that no worker has started; running ones finish."""

@@ -305,7 +305,7 @@ class MapIterator(Iterator[T]):
             # Only handed over, without a lock: the collector frees an iterator in a
             # cycle wherever it runs, in a section under the pool's lock (which the
             # run's end takes) in this very thread even, or under a task's or the
-            # bar's. That hung; the pool's next pump ends the run instead.
+            # bar's. That hung; a thread of the pool's ends the run instead (_end_later).
             self._run = None
             self._pool._end_later(run, self._bar)
 
