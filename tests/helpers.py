@@ -18,6 +18,23 @@ import psutil
 T = TypeVar("T")
 
 HARNESS = str(Path(__file__).with_name("_harness.py"))
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_python(code: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter on this tree's polytask, output captured.
+
+    For what only a whole interpreter shows (its exit, a deadlock: ``timeout`` turns
+    a hang into a failure instead of a stuck suite).
+    """
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import polytask
-from helpers import wait_until
+from helpers import run_python, wait_until
 from polytask._os import proc as _proc
 from polytask._os.guardian import Registry, clean_up
 
@@ -128,15 +128,6 @@ def test_clean_up_keeps_a_spill_that_holds_an_item(tmp_path):
     assert full.read_bytes()[: C._SPILL_WRITER_GONE + 1] == bytes([C._SPILL_FULL, 1])
 
 
-def _run_python(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter on this tree's polytask."""
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src)
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
-    )
-
-
 def test_guardian_is_named_in_ps():
     """`ps` shows polytask's helper by name, not a page of Python source."""
     code = (
@@ -147,7 +138,7 @@ def test_guardian_is_named_in_ps():
         "while g.name() == 'python' and time.monotonic() < end: time.sleep(0.01)\n"
         "print(g.cmdline()[0], len(' '.join(g.cmdline())), g.name())"
     )
-    out = _run_python(code)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr
     argv0, length, comm = out.stdout.split()
     assert argv0 == "polytask-guardian"
@@ -577,7 +568,7 @@ def test_an_owner_whose_guardian_could_not_be_replaced_cleans_up_at_exit(tmp_pat
         "    print('restart failed:', type(exc).__name__, file=sys.stderr)\n"
         "print(job.pid, flush=True)\n"
     )
-    out = _run_python(code)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert "restart failed" in out.stderr
     job = int(out.stdout)
@@ -588,7 +579,6 @@ def test_an_owner_whose_guardian_could_not_be_replaced_cleans_up_at_exit(tmp_pat
             os.killpg(job, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
 
 
 _FINALIZERS = r"""
@@ -638,7 +628,7 @@ def test_a_finalizer_run_inside_a_send_neither_hangs_nor_loses_its_line(tmp_path
     files, ran inside a send, in the thread holding the guardian's lock, and waited
     for that lock for ever (CI hung so on 3.13). Its line must still reach the
     guardian: lost, the guardian would remove the file at exit."""
-    out = _run_python(_FINALIZERS.replace("sys.argv[1]", repr(str(tmp_path))))
+    out = run_python(_FINALIZERS.replace("sys.argv[1]", repr(str(tmp_path))))
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == 300  # each ran inside a send: the case was exercised
     assert len(os.listdir(tmp_path)) == 300  # every "-" line reached the guardian
@@ -691,7 +681,7 @@ def test_a_finalizer_run_inside_the_close_at_exit_still_reaches_the_guardian(tmp
     send them; close()'s section, which the collector may enter too (the exit's
     collections), must send them before the end of file: a "-" kept back there let
     the guardian's clean-up remove what its owner had taken back."""
-    out = _run_python(_FINALIZERS_IN_CLOSE.replace("sys.argv[1]", repr(str(tmp_path))))
+    out = run_python(_FINALIZERS_IN_CLOSE.replace("sys.argv[1]", repr(str(tmp_path))))
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == 50  # each ran inside close(): the case was exercised
     assert len(os.listdir(tmp_path)) == 50  # every "-" line reached the guardian

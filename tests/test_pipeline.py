@@ -10,6 +10,7 @@ import time
 import pytest
 
 import polytask as pt
+from helpers import run_python
 
 BACKENDS = ["thread", "process"]
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -202,18 +203,7 @@ def test_an_iteration_the_collector_frees_in_a_pipeline_thread_closes_it():
     """Leaving an iteration closes the pipeline; the generator's close runs where the
     collector frees it, when it was left in a cycle: in one of the pipeline's own
     threads even, inside a section under the lock close() takes. It hung there."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    out = subprocess.run(
-        [sys.executable, "-c", _FREED_IN_A_PIPELINE_THREAD],
-        env=dict(os.environ, PYTHONPATH=src),
-        capture_output=True,
-        text=True,
-        timeout=HANG,
-    )
+    out = run_python(_FREED_IN_A_PIPELINE_THREAD, timeout=HANG)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]  # closed all the same
 
@@ -245,18 +235,7 @@ def test_an_iteration_the_collector_frees_at_exit_does_not_hang_it():
     """Freed outside its consumer's thread, an iteration is closed by a thread of
     its own; but the exit's last collections run where no new thread ever starts,
     and the start waited for it for ever: the interpreter never exited."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    out = subprocess.run(
-        [sys.executable, "-c", _FREED_AT_EXIT],
-        env=dict(os.environ, PYTHONPATH=src),
-        capture_output=True,
-        text=True,
-        timeout=HANG,
-    )
+    out = run_python(_FREED_AT_EXIT, timeout=HANG)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["end"]
     assert "Exception ignored" not in out.stderr, out.stderr

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import polytask as pt
-from helpers import wait_until
+from helpers import run_python, wait_until
 from polytask import Pool
 
 # -- functions run in the workers (module level, so they pickle by reference)
@@ -1017,18 +1017,7 @@ def test_an_iterator_the_collector_frees_inside_the_pools_lock_does_not_hang():
     # Dropped unfinished, a map's iterator ends its run, which takes the pool's lock.
     # The collector frees one in a cycle wherever it runs, inside that lock's section
     # in the same thread even: the run must end later, not wait for the lock there.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    out = subprocess.run(
-        [sys.executable, "-c", _ITERATOR_FREED_IN_A_LOCKED_SECTION],
-        env=dict(os.environ, PYTHONPATH=src),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_python(_ITERATOR_FREED_IN_A_LOCKED_SECTION, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]  # the run ended all the same
 
@@ -1073,18 +1062,7 @@ print("end")
 def test_an_iterator_the_collector_frees_at_exit_does_not_hang_it(backend):
     # A dropped iterator's run is ended by a thread of its own; at the exit's last
     # collections no thread starts, and waiting for one would hang the exit.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    out = subprocess.run(
-        [sys.executable, "-c", _ITERATOR_FREED_AT_EXIT, backend],
-        env=dict(os.environ, PYTHONPATH=src),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_python(_ITERATOR_FREED_AT_EXIT, backend, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["end"]
     assert "Exception ignored" not in out.stderr, out.stderr

@@ -82,6 +82,7 @@ EXECUTOR_MAY_CALL = {
     "_start_list",
     "_preload",
     "_end_run",
+    "_end_dropped",  # the map iterators dropped since the last pump: ended before a shutdown reads inputs
     "_is_closed",
     "_delivering",
     "_cancel_pending",
