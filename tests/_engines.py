@@ -23,6 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
+from helpers import open_fds
+
 #: Processes of the session's engines; their descendants are the engines' too.
 ENGINE_PIDS: set[int] = set()
 #: Give the current pids of engine processes started later (a restarted Dask worker
@@ -54,16 +56,6 @@ def is_engine_process(p: psutil.Process) -> bool:
         return any(a.pid in pids for a in p.parents())
     except psutil.Error:
         return False
-
-
-def _fds() -> dict[str, str]:
-    out = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            pass
-    return out
 
 
 def _record(before: set[int]) -> list[psutil.Process]:
@@ -138,7 +130,7 @@ def ray_session() -> Iterator[Any]:
     import ray
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    fds_before = _fds()
+    fds_before = open_fds()
     old = os.environ.get("PYTHONPATH")
     # Ray workers are started by the raylet: they need the tests' modules on their path.
     os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (_TESTS, _SRC, old) if x)
@@ -163,7 +155,7 @@ def ray_session() -> Iterator[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ray.shutdown()
-        kept = _fds()
+        kept = open_fds()
         ENGINE_FDS["ray"] = sum(
             1
             for fd, target in kept.items()

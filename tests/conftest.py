@@ -24,7 +24,7 @@ faulthandler.enable()
 
 # Session-long engines (one Dask cluster, one local Ray) for the cluster backends.
 from _engines import ENGINE_FDS, dask_cluster, is_engine_process, ray_session  # noqa: E402
-from _engines import _fds as _fd_targets  # noqa: E402
+from helpers import open_fds as _fd_targets  # noqa: E402
 
 __all__ = ["dask_cluster", "ray_session"]
 

@@ -56,6 +56,34 @@ def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "condit
         time.sleep(0.01)
 
 
+def open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what each points at.
+
+    The listing's own descriptor is left out: its number moves from one call to
+    the next, so a set of numbers compared across calls would see it as new.
+    """
+    listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = os.listdir(listing)
+    finally:
+        os.close(listing)
+    out = {}
+    for name in names:
+        fd = int(name)
+        if fd == listing:
+            continue
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since the listing
+            pass
+    return out
+
+
+def new_fds(before: dict[int, str]) -> dict[int, str]:
+    """Descriptors open now that were not open (to the same file) in ``before``."""
+    return {fd: t for fd, t in open_fds().items() if before.get(fd) != t}
+
+
 def wait_for_file(path: Path | str, timeout: float = 30.0) -> None:
     """Wait until ``path`` exists (a task touches it to say it got that far)."""
     wait_until(Path(path).exists, timeout, f"{path} to exist")

@@ -327,8 +327,24 @@ def inc(x):
 
 def ours():
     # Everything under us but polytask's guardian, which lives until we exit.
-    return [p for p in psutil.Process().children(recursive=True)
-            if p.cmdline()[:1] != ["polytask-guardian"]]
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.cmdline()[:1] == ["polytask-guardian"]:
+                continue
+        except psutil.ZombieProcess:
+            pass  # exited, not yet reaped: still ours, wait_procs checks it goes
+        except psutil.NoSuchProcess:
+            continue
+        out.append(p)
+    return out
+
+
+def name(p):
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return "(gone)"
 
 
 assert not ray.is_initialized()
@@ -336,11 +352,11 @@ with pt.Pool(1, backend="ray") as pool:
     assert ray.is_initialized()
     assert pool.map(inc, range(100)) == list(range(1, 101))
     started = ours()
-    names = {p.name() for p in started}
+    names = {name(p) for p in started}
 assert not ray.is_initialized()
 gone, alive = psutil.wait_procs(started, timeout=30)
 print("NAMES", sorted(names))
-print("ALIVE", [(p.pid, p.name()) for p in alive])
+print("ALIVE", [(p.pid, name(p)) for p in alive])
 """
 
 
