@@ -199,9 +199,34 @@ def test_exit_needs_a_code_and_policy_is_validated():
         {"start_retries": -1},
         {"start_retries": 1.5},
         {"start_seconds": float("nan")},
+        {"backoff": "1"},
+        {"jitter": "0.5"},
+        {"stable_seconds": True},
     ):
         with pytest.raises(ValueError):
             RestartPolicy(**bad)
+
+
+def test_restart_durations_take_any_real_number_of_seconds():
+    # As every timeout does: a Fraction (or a numpy scalar) is seconds too.
+    from fractions import Fraction
+
+    p = RestartPolicy(
+        start_seconds=Fraction(1, 2),
+        backoff=Fraction(1, 4),
+        backoff_max=Fraction(3),
+        jitter=Fraction(1, 10),
+        stable_seconds=Fraction(7, 2),
+    )
+    assert (p.start_seconds, p.backoff, p.backoff_max, p.jitter, p.stable_seconds) == (
+        0.5,
+        0.25,
+        3.0,
+        0.1,
+        3.5,
+    )
+    assert all(type(v) is float for v in (p.start_seconds, p.backoff, p.jitter))
+    assert p.delay(10, 0.0) == 3.0
 
 
 def test_format_summary():

@@ -34,6 +34,7 @@ the data table ``TRANSITIONS`` (restart policy, backoff, give-up after
 from __future__ import annotations
 
 import enum
+import numbers
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -150,10 +151,14 @@ class RestartPolicy:
             raise ValueError(
                 f"restart must be one of {', '.join(RESTART_MODES)}, got {self.restart!r}"
             )
-        for name in ("start_seconds", "backoff", "backoff_max", "stable_seconds"):
+        for name in ("start_seconds", "backoff", "backoff_max", "stable_seconds", "jitter"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+            # Any real number, as for every timeout (a Fraction, a numpy scalar);
+            # stored as a float so the delay arithmetic has one type.
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:  # type: ignore[operator]
+                what = "a fraction" if name == "jitter" else "a number of seconds"
+                raise ValueError(f"{name} must be {what} >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
         if self.backoff_max < self.backoff:
             raise ValueError(
                 f"backoff_max ({self.backoff_max}) must be >= backoff ({self.backoff})"
