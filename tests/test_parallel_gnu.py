@@ -344,6 +344,16 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-I", "XX", "echo", "XX-XX", "{}"], "a\nb\n"),
     (["-k", "-0", "echo"], "a b\0c\nd\0"),
     (["-k", "-a", "-", "echo", ":::", "x", "y"], "1\n2\n"),
+    # -L without --pipe (xargs -L): N lines a job, a line ending in a blank goes
+    # on on the next; -l [N] / --max-lines [N] the same, 0 or none being 1.
+    (["-k", "-L", "2", "echo", "{2}-{1}"], "a b\nc d\ne f\n"),
+    (["-k", "-L", "2", "printf", "'<%s>'"], "a\n\nb \nc\nd\ne\n"),
+    (["-k", "-L", "1", "echo", "pre{}post"], "a \n\nb\t\nc\nd \n"),
+    (["-k", "-L", "0", "echo", "x"], "a \nb\nc\n"),
+    (["-k", "-l", "-j1", "echo"], "a \nb\nc\n"),
+    (["-k", "-l", "0", "echo"], "a\nb\n"),
+    (["-k", "--max-lines=2", "-m", "echo"], "a b\nc\nd\n"),
+    (["-k", "-N", "1", "-L", "2", "echo"], "a\nb\nc\n"),
 ]
 
 
@@ -354,6 +364,17 @@ def test_same_as_gnu_from_stdin(
     g, p = both(gnu_parallel, tmp_path, argv, input=stdin)
     assert (p.out, p.rc) == (g.out, g.rc)
     same_err(g, p)
+
+
+def test_max_lines_joins_arguments_and_files_too(gnu_parallel: str, tmp_path: Path) -> None:
+    # -L's continuation holds for the arguments of ::: and the lines of -a files.
+    for name in ("gnu", "pt"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x \ny\nz \n")
+    argv = ["-k", "-L", "1", "-a", "f", "printf", "'<%s>'", ":::", "a ", "b", "c "]
+    g, p = both(gnu_parallel, tmp_path, argv)
+    assert (p.out, p.rc) == (g.out, g.rc)
+    assert p.out == "<x y><a b><x y><c ><z ><a b><z ><c >"
 
 
 def test_linked_files_and_file_separator(gnu_parallel: str, tmp_path: Path) -> None:

@@ -393,7 +393,14 @@ def _parser() -> _Parser:
         action="store_true",
         help="--pipe: --recstart and --recend are regular expressions (Python's)",
     )
-    a("-L", metavar="N", type=int, help="--pipe: a record is N lines")
+    a(
+        "-L",
+        metavar="N",
+        type=int,
+        help="--pipe: a record is N lines; otherwise at most N input lines a job, "
+        "a line ending in a blank going on on the next (xargs -L; implies -X). "
+        "-l [N] and --max-lines [N] are -L N, N 1 if not given or 0",
+    )
     a(
         "--cat",
         action="store_true",
@@ -549,6 +556,7 @@ class _StreamSource:
             if self._buf:
                 self._lines.extend(self._rules.accept([self._buf]))
                 self._buf = b""
+            self._lines.extend(self._rules.end())
             return
         parts = (self._buf + data).split(self._sep)
         self._buf = parts.pop()
@@ -649,24 +657,52 @@ class _Grouped:
 
 
 class _Lines:
-    """What becomes of the lines of a file or stdin: -E ends them, -r drops blank ones."""
+    """What becomes of the lines of a file or stdin: -E ends them, -r drops blank
+    ones, and with -L (not --pipe) a line ending in a blank goes on on the next."""
 
-    def __init__(self, eof: str | None = None, skip_blank: bool = False) -> None:
+    def __init__(
+        self, eof: str | None = None, skip_blank: bool = False, join: bool = False
+    ) -> None:
         self.eof = eof
         self.skip_blank = skip_blank
+        self.join = join
+        self._held: str | None = None  # -L: a line ending in a blank, waiting for the next
         self.ended = False
 
     def accept(self, parts: Iterable[bytes | str]) -> list[str]:
-        out = []
+        out: list[str] = []
         for p in parts:
             if self.ended:
                 break
             line = os.fsdecode(p)
-            if self.eof is not None and line == self.eof:
-                self.ended = True
-            elif not (self.skip_blank and not line.strip()):
-                out.append(line)
+            if self.join:
+                # xargs -L's rule, as GNU parallel keeps it: the lines are joined
+                # as they are (the blank stays), until one does not end in a blank.
+                if self._held is not None:
+                    line, self._held = self._held + line, None
+                if line.endswith((" ", "\t")):
+                    self._held = line
+                    continue
+            self._keep(line, out)
         return out
+
+    def end(self) -> list[str]:
+        """The lines still held at the end of the input (-L: it ended in a blank)."""
+        out: list[str] = []
+        if self._held is not None and not self.ended:
+            self._keep(self._held, out)
+        self._held = None
+        return out
+
+    def every(self, parts: Iterable[bytes | str]) -> list[str]:
+        """The lines of a whole input (``accept`` then ``end``)."""
+        return self.accept(parts) + self.end()
+
+    def _keep(self, line: str, out: list[str]) -> None:
+        if self.eof is not None and line == self.eof:
+            self.ended = True
+        elif not (self.skip_blank and not line.strip()):
+            out.append(line)
 
 
 def _delimiter(text: str) -> bytes:
@@ -719,7 +755,7 @@ def _read_lines(path: str, sep: bytes, rules: _Lines | None = None) -> list[str]
     parts = data.split(sep)
     if parts and parts[-1] == b"":
         parts.pop()
-    return (rules or _Lines()).accept(parts)
+    return (rules or _Lines()).every(parts)
 
 
 class _Columns:
@@ -2663,31 +2699,44 @@ _VALUE_OPTIONS = frozenset(
 )
 
 
+def _attached_l(word: str) -> bool:
+    """-l with its count in the same word (``-l2``)."""
+    return word.startswith("-l") and word[2:].isdigit()
+
+
 def _negative_values(argv: list[str]) -> list[str]:
     # With -0 defined, argparse reads "-1" as an option, not a value: glue the
     # value of -j/--jobs to its option so that GNU parallel's "-j -1" works.
     out: list[str] = []
-    it = iter(argv)
-    for a in it:
-        if a in ("-j", "-P", "--jobs", "--max-procs", "--maxprocs"):
-            value = next(it, None)
-            if value is None:
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        a = words[i]
+        i += 1
+        if a in ("-l", "--max-lines") or a.startswith("--max-lines=") or _attached_l(a):
+            # GNU's -l and --max-lines take an optional count (xargs's -l[N]): the
+            # next word is it only if it is a number; 0 and none are 1. Then -L.
+            value = a.partition("=")[2] if a.startswith("--") else a[2:]
+            if not value and i < len(words) and words[i].isdigit():
+                value = words[i]
+                i += 1
+            value = value or "1"
+            if not value.isdigit():
+                raise _UsageError(f"{a}: the lines a job is a whole number, not {value!r}")
+            out.append(f"-L{max(int(value), 1)}")
+        elif a in ("-j", "-P", "--jobs", "--max-procs", "--maxprocs") or a in _VALUE_OPTIONS:
+            if i == len(words):
                 out.append(a)
-            elif value.startswith("-"):
-                out.append(f"{a}={value}" if a.startswith("--") else a + value)
-            else:
-                out += [a, value]
-        elif a in _VALUE_OPTIONS:
-            value = next(it, None)
-            if value is None:
-                out.append(a)
-            elif value.startswith("-"):  # argparse would take it for an option
+                continue
+            value = words[i]
+            i += 1
+            if value.startswith("-"):  # argparse would take it for an option
                 out.append(f"{a}={value}" if a.startswith("--") else a + value)
             else:
                 out += [a, value]
         elif a == "--" or not a.startswith("-"):
-            out.append(a)
-            out += it  # the COMMAND starts here: its words are its own
+            out += words[i - 1 :]  # the COMMAND starts here: its words are its own
+            break
         else:
             out.append(a)
     return out
@@ -2803,7 +2852,7 @@ def _inputs(
     )
 
     def rules() -> _Lines:  # one per file: -E ends that file
-        return _Lines(opts.eof, opts.no_run_if_empty)
+        return _Lines(opts.eof, opts.no_run_if_empty, join=bool(opts.L))
 
     colsep: str | None = opts.colsep
     if opts.csv:
@@ -2870,7 +2919,7 @@ def _inputs(
         linked = [False] * len(sources)
         for kind, items, link in groups:
             if kind == ":::":
-                sources.append(rules().accept(_split_args(items, sep) if split else items))
+                sources.append(rules().every(_split_args(items, sep) if split else items))
                 linked.append(link)
             else:
                 if not items:
@@ -3094,21 +3143,23 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             )
         opts.counts = (0, jobs)
         return _setup_pipe(opts, groups, jobs, shell)
+    if opts.L is not None:
+        # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
+        # blank goes on on the next; see _Lines), given as -X gives them unless -m
+        # or --xargs is set. -L 0: one line a job, no argument. As GNU parallel.
+        if opts.L < 0:
+            raise _UsageError(f"-L {opts.L}: the lines a job: 0 or more")
+        if opts.max_args is None and opts.max_replace_args is None:
+            opts.max_replace_args = opts.L  # -n/-N, when given, win (as GNU's)
+        if opts.L > 0 and not (opts.m or opts.xargs):
+            opts.X = True
     if counted and (opts.m or opts.X or opts.xargs):
         raise _UsageError(
             "{##} and {0#} (and {0%} with -j 0) do not go with -m, -X or --xargs "
             "(the number of jobs is not known before they run), as in GNU parallel"
         )
-    if opts.L is not None or opts.block is not None or opts.regexp or opts.cat:
-        name = (
-            "-L"
-            if opts.L is not None
-            else "--block"
-            if opts.block is not None
-            else "--regexp"
-            if opts.regexp
-            else "--cat"
-        )
+    if opts.block is not None or opts.regexp or opts.cat:
+        name = "--block" if opts.block is not None else "--regexp" if opts.regexp else "--cat"
         raise _UsageError(f"{name} goes with --pipe or --pipepart only")
     if opts.recstart is not None or opts.recend is not None:
         raise _UsageError("--recstart and --recend go with --pipe or --pipepart only")
