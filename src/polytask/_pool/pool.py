@@ -285,6 +285,7 @@ class _Run(RunQueue):
         "_notify",
         "aborted",
         "ahead",
+        "dropped",
         "input_error",
         "next_index",
         "pool",
@@ -311,6 +312,8 @@ class _Run(RunQueue):
         self.yielded = 0
         self.next_index = 0
         self.aborted: BaseException | None = None
+        # Its iterator was dropped unfinished (_end_later): no more input is read.
+        self.dropped = False
         self.ready: dict[int, Results] | collections.deque[Results] = (
             {} if ordered else collections.deque()
         )
@@ -360,7 +363,7 @@ class _Run(RunQueue):
         the items of the chunk it was filling are dropped with it, as there too.
         """
         with self._fill_lock:
-            if self.input is None:
+            if self.input is None or self.dropped:
                 return
             room = sys.maxsize if everything else self._limit() - (self.pulled - self.yielded)
             if room <= 0:
@@ -1501,7 +1504,12 @@ class Pool(PrimitiveFactory):
         The thread, because no pump may come: a pool with nothing in flight (every
         result in, the consumer gone) kept the run, its input (a generator and what
         it holds open) and its bar (drawn by its refresh thread) until it was next
-        used, or until the exit."""
+        used, or until the exit.
+
+        The run is marked dropped here, at once: between that thread taking it off
+        ``_ended`` and ending it, an Executor's shutdown would otherwise take it for
+        a live run and read its input to the end (for ever, for an endless one)."""
+        run.dropped = True  # a plain store: no lock, as above
         self._ended.append((run, bar))
         # At the exit, none starts: the exit hook's terminate() has ended the run.
         start_thread(self._end_dropped_here, "polytask-pool-end-run")
