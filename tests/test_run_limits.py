@@ -506,3 +506,26 @@ def test_parallel_timeout_zero_is_no_limit_as_in_gnu(
         code = main(["-k", "--timeout", zero, "sleep 0.05; echo {}", ":::", "a", "b"])
         out, err = capfd.readouterr()
         assert (code, out) == (0, "a\nb\n"), (zero, err)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_with_retries_is_not_retried_and_counts_no_attempt(
+    backend: str, tmp_path: Path
+) -> None:
+    # A task whose limit of 0 had expired before it could start never ran: it is
+    # not retried, and Task.attempts ("how many times the task was started") is 0,
+    # as for pt.spawn's. It said retries + 1.
+    with pt.Pool(2, backend=backend, timeout=0, retries=2) as pool:
+        tasks = [
+            pool.submit(mark, str(tmp_path / "a")),
+            pool.submit(mark, str(tmp_path / "b"), timeout=0),
+        ]
+        for task in tasks:
+            with pytest.raises(pt.TaskTimeout):
+                task.result(timeout=60)
+        assert pool.statistics()["unsettled"] == 0
+    alone = pt.spawn(mark, str(tmp_path / "c"), backend=backend, timeout=0)
+    with pytest.raises(pt.TaskTimeout):
+        alone.result(timeout=60)
+    assert [t.attempts for t in [*tasks, alone]] == [0, 0, 0]
+    assert list(tmp_path.iterdir()) == []

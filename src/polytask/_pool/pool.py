@@ -182,7 +182,7 @@ class _TaskSink(Sink):
         for item, ok, value in done:
             task = item.task
             assert task is not None
-            task.attempts = item.attempts or 1
+            task.attempts = item.attempts  # 0: it never ran (a limit of 0)
             if ok:
                 results.append((task, value))
                 continue
@@ -1777,11 +1777,15 @@ class Pool(PrimitiveFactory):
         this one, and a long map would recurse."""
         self._chunk_gone()
         items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
+        # Not run, so not a run to charge (Task.attempts stays 0) nor one to retry:
+        # a retry would expire as well, and counted each one as an attempt.
         self._settle_many(
             [
                 (it, False, expired_error(it.task.name if it.task is not None else _item_name(it)))
                 for it in items
-            ]
+            ],
+            final=True,
+            ran=False,
         )
 
     def _start_items(self, chunk: list[Item]) -> list[Item]:
@@ -1989,8 +1993,12 @@ class Pool(PrimitiveFactory):
             items.append(it)
         return items
 
-    def _settle_many(self, done: list[tuple[Item, bool, Any]], *, final: bool = False) -> None:
-        """Give results to their sinks; failures worth a retry go back to the queue."""
+    def _settle_many(
+        self, done: list[tuple[Item, bool, Any]], *, final: bool = False, ran: bool = True
+    ) -> None:
+        """Give results to their sinks; failures worth a retry go back to the queue
+        (unless ``final``). Each item is charged an attempt unless it did not run
+        (``ran=False``)."""
         by_sink: dict[Sink, list[tuple[Item, bool, Any]]] = {}
         retry: list[Item] = []
         settled = 0
@@ -1999,7 +2007,8 @@ class Pool(PrimitiveFactory):
                 it, ok, value = entry
                 if it.settled:
                     continue
-                it.attempts += 1
+                if ran:
+                    it.attempts += 1
                 it.chunk = None
                 if (
                     not ok
