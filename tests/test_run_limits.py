@@ -493,6 +493,19 @@ def test_negative_or_nan_is_refused_at_the_call(pools: Pools, tmp_path: Path, va
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_pipeline_with_zero_says_it_did_not_run(tmp_path: Path) -> None:
+    # It starts nothing (see _pipeline above): "did not finish within 0.0 s" and
+    # "the pipeline was stopped" were not true of it.
+    x = str(tmp_path / "x")
+    with pytest.raises(pt.TaskTimeout) as info:
+        list(pt.pipeline([x], mark, timeout=0))
+    text = "\n".join([str(info.value), *getattr(info.value, "__notes__", [])])
+    assert "was not run" in text and "timeout of 0 s" in text, text
+    assert "within" not in text and "stopped" not in text, text
+    assert info.value.timeout == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
