@@ -11,7 +11,7 @@ import time
 import pytest
 
 import polytask as pt
-from helpers import wait_until
+from helpers import run_python, wait_until
 
 
 def square(x):
@@ -328,3 +328,62 @@ def test_shutdown_from_a_done_callback_never_hangs(backend, wait, workers):
             ex.shutdown()  # from here it waits
         else:
             ex.pool.terminate()  # the failing case: do not wait for the stuck callback
+
+
+_SHUTDOWN_WHILE_A_DROPPED_RUN_ENDS = r"""
+import itertools, os, sys, threading, time
+import polytask as pt
+
+
+def endless():
+    for i in itertools.count():
+        if i == 100_000:
+            print("the dropped map's input was read on", flush=True)
+            os._exit(3)
+        yield i
+
+
+in_window, go = threading.Event(), threading.Event()
+
+
+def hold(frame, event, arg):
+    # In the thread that ends the dropped run: the run is off pool._ended, not ended yet.
+    if event == "call" and frame.f_code.co_name == "_end_run" and not in_window.is_set():
+        in_window.set()
+        go.wait(30)
+
+
+def release(frame, event, arg):
+    # The shutdown has chosen the runs whose input it reads: let the run end now.
+    if event == "call" and frame.f_code is pt.Pool.join.__code__:
+        go.set()
+
+
+ex = pt.Executor(2, backend="thread")
+it = ex.map(abs, endless())
+next(it)
+pool = ex.pool
+deadline = time.monotonic() + 30
+while pool.statistics()["unsettled"]:  # idle: no pump ends the run, only its own thread
+    assert time.monotonic() < deadline, "the pool never went idle"
+    time.sleep(0.01)
+threading.setprofile(hold)
+del it  # dropped unfinished: its run is handed to a thread that ends it
+threading.setprofile(None)
+assert in_window.wait(30), "the run's end was never reached"
+sys.setprofile(release)
+ex.shutdown(wait=True)
+sys.setprofile(None)
+go.set()
+print("ok")
+"""
+
+
+def test_shutdown_does_not_read_a_dropped_maps_input_while_its_end_is_pending():
+    # A map iterator dropped unfinished hands its run to a thread that ends it. A
+    # shutdown in the window after that thread took the run, before it marked it
+    # ended, took the run for a live one and read its input to the end: for ever,
+    # for an endless one. The drop itself marks the run, so no window is left.
+    out = run_python(_SHUTDOWN_WHILE_A_DROPPED_RUN_ENDS, timeout=60)
+    assert out.stdout.split("\n")[0] == "ok", (out.stdout, out.stderr)
+    assert out.returncode == 0, out.stderr

@@ -685,3 +685,59 @@ def test_a_finalizer_run_inside_the_close_at_exit_still_reaches_the_guardian(tmp
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == 50  # each ran inside close(): the case was exercised
     assert len(os.listdir(tmp_path)) == 50  # every "-" line reached the guardian
+
+
+_FINALIZER_IN_A_SECTION_THAT_RAISES = r"""
+import gc, os, sys, threading, weakref
+from polytask._os import proc as _proc
+
+gc.disable()  # only the hook collects
+path = os.path.join(sys.argv[1], "segment")
+open(path, "w").close()
+_proc.guard_path(path)
+inside = []
+
+
+class Junk:
+    pass
+
+
+junk = Junk()
+junk.me = junk  # a cycle: only the collector frees it
+# What a segment's finalizer does: its owner took the file back, unregister it.
+weakref.finalize(junk, lambda: inside.append(_proc._guardian._holder == threading.get_ident())
+                 or _proc.unguard_path(path))
+del junk
+
+
+def interrupt_there(frame, event, arg):
+    # Inside a send's section: the collector runs the finalizer (its line waits for
+    # the section), then Ctrl-C arrives and the section raises.
+    if event == "call" and frame.f_code.co_name == "_flush":
+        sys.setprofile(None)
+        gc.collect()
+        raise KeyboardInterrupt
+
+
+sys.setprofile(interrupt_there)
+try:
+    _proc.guard_path(os.path.join(sys.argv[1], "never-made"))  # any send
+except KeyboardInterrupt:
+    pass
+sys.setprofile(None)
+_proc.guard_path(path)  # registered again (a name reused): after the "-", it holds
+print(inside, _proc._guardian._sent.holds("paths", path))
+"""
+
+
+def test_a_line_left_by_a_section_that_raised_goes_before_the_next_ones(tmp_path):
+    """A finalizer's line waits for the section it ran in to send it. When that
+    section raised (Ctrl-C there), the next send took it: after its own line, so a
+    "+" of the same path then came before the "-" that preceded it, and the
+    guardian forgot a file its owner had registered again."""
+    out = run_python(
+        _FINALIZER_IN_A_SECTION_THAT_RAISES.replace("sys.argv[1]", repr(str(tmp_path)))
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[True]", "True"]  # ran in the section; registered
+    assert os.listdir(tmp_path) == []  # the guardian removed it at the owner's exit

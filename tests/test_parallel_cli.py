@@ -760,3 +760,17 @@ def test_delay_spaces_the_starts(capfd: pytest.CaptureFixture[str], tmp_path: Pa
     assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:], strict=False))
     code, _, err = run(capfd, "--delay", "soon", "true", ":::", "a")
     assert code == 255 and "--delay 'soon'" in err
+
+
+def test_delay_in_percent_is_a_usage_error(capfd: pytest.CaptureFixture[str]) -> None:
+    # N% is --timeout's (a share of the median runtime); GNU parallel's --delay takes
+    # a duration only. `--delay 1%` was taken for 1 s.
+    code, out, err = run(capfd, "--delay", "1%", "echo", ":::", "a")
+    assert code == 255 and out == ""
+    assert "--delay '1%'" in err and "percent" in err and "seconds" in err, err
+    assert "% of the median" not in err  # the --timeout form is not offered for --delay
+    with pytest.raises(ValueError, match="percent"):
+        spec.parse_duration("50%", option="--delay", percent=False)
+    with pytest.raises(ValueError, match="not a duration") as info:
+        spec.parse_duration("soon", option="--delay", percent=False)
+    assert "%" not in str(info.value)

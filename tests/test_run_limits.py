@@ -493,6 +493,19 @@ def test_negative_or_nan_is_refused_at_the_call(pools: Pools, tmp_path: Path, va
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_pipeline_with_zero_says_it_did_not_run(tmp_path: Path) -> None:
+    # It starts nothing (see _pipeline above): "did not finish within 0.0 s" and
+    # "the pipeline was stopped" were not true of it.
+    x = str(tmp_path / "x")
+    with pytest.raises(pt.TaskTimeout) as info:
+        list(pt.pipeline([x], mark, timeout=0))
+    text = "\n".join([str(info.value), *getattr(info.value, "__notes__", [])])
+    assert "was not run" in text and "timeout of 0 s" in text, text
+    assert "within" not in text and "stopped" not in text, text
+    assert info.value.timeout == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -506,3 +519,26 @@ def test_parallel_timeout_zero_is_no_limit_as_in_gnu(
         code = main(["-k", "--timeout", zero, "sleep 0.05; echo {}", ":::", "a", "b"])
         out, err = capfd.readouterr()
         assert (code, out) == (0, "a\nb\n"), (zero, err)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_with_retries_is_not_retried_and_counts_no_attempt(
+    backend: str, tmp_path: Path
+) -> None:
+    # A task whose limit of 0 had expired before it could start never ran: it is
+    # not retried, and Task.attempts ("how many times the task was started") is 0,
+    # as for pt.spawn's. It said retries + 1.
+    with pt.Pool(2, backend=backend, timeout=0, retries=2) as pool:
+        tasks = [
+            pool.submit(mark, str(tmp_path / "a")),
+            pool.submit(mark, str(tmp_path / "b"), timeout=0),
+        ]
+        for task in tasks:
+            with pytest.raises(pt.TaskTimeout):
+                task.result(timeout=60)
+        assert pool.statistics()["unsettled"] == 0
+    alone = pt.spawn(mark, str(tmp_path / "c"), backend=backend, timeout=0)
+    with pytest.raises(pt.TaskTimeout):
+        alone.result(timeout=60)
+    assert [t.attempts for t in [*tasks, alone]] == [0, 0, 0]
+    assert list(tmp_path.iterdir()) == []

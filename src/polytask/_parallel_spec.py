@@ -1379,15 +1379,24 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhdw]?)")
 
 
-def parse_duration(spec: str, *, option: str = "--timeout") -> tuple[float, bool]:
+def parse_duration(
+    spec: str, *, option: str = "--timeout", percent: bool = True
+) -> tuple[float, bool]:
     """A ``--timeout`` value: seconds (``30``, ``1.5``, ``1h30m``, ``2d``) or ``N%``.
 
     Returns ``(value, is_percent)``: seconds, or the percentage of the median
     runtime of the successful jobs so far (GNU parallel's dynamic timeout). Zero,
     in any spelling, is 0.0: ``--timeout 0`` is no limit and ``--delay 0`` no
-    delay, as in GNU parallel.
+    delay, as in GNU parallel. ``percent=False`` (``--delay``, which GNU parallel
+    documents as a duration only) refuses ``N%``: it was taken for N seconds.
     """
     s = spec.strip()
+    durations = "seconds like 30 or 1.5, or units like 2m or 1h30m"
+    if s.endswith("%") and not percent:
+        raise ValueError(
+            f"{option} {spec!r}: a percent is not a duration here (N% is --timeout's, "
+            f"a share of the median job runtime); give {durations}"
+        )
     try:
         if s.endswith("%"):
             pct = float(s[:-1])
@@ -1403,10 +1412,8 @@ def parse_duration(spec: str, *, option: str = "--timeout") -> tuple[float, bool
         if pos != len(s) or not s:
             raise ValueError
     except ValueError:
-        raise ValueError(
-            f"{option} {spec!r}: not a duration (use seconds like 30 or 1.5, "
-            "units like 2m or 1h30m, or N% of the median job runtime)"
-        ) from None
+        also = ", or N% of the median job runtime" if percent else ""
+        raise ValueError(f"{option} {spec!r}: not a duration (use {durations}{also})") from None
     return total, False
 
 

@@ -366,8 +366,14 @@ class Pipeline(Generic[T]):
                 start_thread(self.close, "polytask-pipeline-close")
 
     def _timed_out(self) -> TaskTimeout:
+        if self.timeout == 0:
+            # Nothing started (see _start): nothing "did not finish", nothing to stop.
+            return TaskTimeout(
+                "the pipeline was not run: its timeout of 0 s had expired before it could start",
+                timeout=0.0,
+            )
         exc = TaskTimeout(
-            f"the pipeline did not finish within {self.timeout} s", timeout=self.timeout
+            f"the pipeline did not finish within {self.timeout:g} s", timeout=self.timeout
         )
         self._fail(exc, "the pipeline (timeout=)")
         return exc

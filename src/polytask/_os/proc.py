@@ -638,7 +638,8 @@ class _Guardian:
     @contextlib.contextmanager
     def _held(self, send_later: bool = True) -> Iterator[None]:
         """The lock, with its holder noted; on the way out, the lines finalizers left
-        in the section are sent (``send_later``), before another thread's can be."""
+        in the section are sent (``send_later``), before another thread's can be. A
+        section that raises leaves them in ``_later``: the next send sends them first."""
         with self._lock:
             self._holder = threading.get_ident()
             try:
@@ -781,6 +782,11 @@ class _Guardian:
             return
         with self._held():
             fd = self._start()  # first: a forked child's start drops its parent's backlog
+            if self._later:
+                # Left by a section that raised (Ctrl-C in it): they came before this
+                # line and go before it. After it, a "-" of a path then followed its
+                # "+" again, and the guardian forgot what was registered anew.
+                self._pending += b"".join(self._take_later())
             self._pending += line
             self._push(fd)
 

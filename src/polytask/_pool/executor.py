@@ -220,7 +220,8 @@ class Executor(concurrent.futures.Executor):
         _live_executors.discard(self)
         pool._end_dropped()  # a dropped iterator's input is not read below
         with self._open_lock:
-            runs = [r for r in self._open if not r.cancelled]
+            # Not the dropped ones: their end may be under way in another thread.
+            runs = [r for r in self._open if not (r.cancelled or r.dropped)]
             self._open.clear()
         if cancel_futures:
             pool._cancel_pending(

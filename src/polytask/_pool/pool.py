@@ -182,7 +182,7 @@ class _TaskSink(Sink):
         for item, ok, value in done:
             task = item.task
             assert task is not None
-            task.attempts = item.attempts or 1
+            task.attempts = item.attempts  # 0: it never ran (a limit of 0)
             if ok:
                 results.append((task, value))
                 continue
@@ -285,6 +285,7 @@ class _Run(RunQueue):
         "_notify",
         "aborted",
         "ahead",
+        "dropped",
         "input_error",
         "next_index",
         "pool",
@@ -311,6 +312,8 @@ class _Run(RunQueue):
         self.yielded = 0
         self.next_index = 0
         self.aborted: BaseException | None = None
+        # Its iterator was dropped unfinished (_end_later): no more input is read.
+        self.dropped = False
         self.ready: dict[int, Results] | collections.deque[Results] = (
             {} if ordered else collections.deque()
         )
@@ -360,7 +363,7 @@ class _Run(RunQueue):
         the items of the chunk it was filling are dropped with it, as there too.
         """
         with self._fill_lock:
-            if self.input is None:
+            if self.input is None or self.dropped:
                 return
             room = sys.maxsize if everything else self._limit() - (self.pulled - self.yielded)
             if room <= 0:
@@ -1501,7 +1504,12 @@ class Pool(PrimitiveFactory):
         The thread, because no pump may come: a pool with nothing in flight (every
         result in, the consumer gone) kept the run, its input (a generator and what
         it holds open) and its bar (drawn by its refresh thread) until it was next
-        used, or until the exit."""
+        used, or until the exit.
+
+        The run is marked dropped here, at once: between that thread taking it off
+        ``_ended`` and ending it, an Executor's shutdown would otherwise take it for
+        a live run and read its input to the end (for ever, for an endless one)."""
+        run.dropped = True  # a plain store: no lock, as above
         self._ended.append((run, bar))
         # At the exit, none starts: the exit hook's terminate() has ended the run.
         start_thread(self._end_dropped_here, "polytask-pool-end-run")
@@ -1769,11 +1777,15 @@ class Pool(PrimitiveFactory):
         this one, and a long map would recurse."""
         self._chunk_gone()
         items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
+        # Not run, so not a run to charge (Task.attempts stays 0) nor one to retry:
+        # a retry would expire as well, and counted each one as an attempt.
         self._settle_many(
             [
                 (it, False, expired_error(it.task.name if it.task is not None else _item_name(it)))
                 for it in items
-            ]
+            ],
+            final=True,
+            ran=False,
         )
 
     def _start_items(self, chunk: list[Item]) -> list[Item]:
@@ -1981,8 +1993,12 @@ class Pool(PrimitiveFactory):
             items.append(it)
         return items
 
-    def _settle_many(self, done: list[tuple[Item, bool, Any]], *, final: bool = False) -> None:
-        """Give results to their sinks; failures worth a retry go back to the queue."""
+    def _settle_many(
+        self, done: list[tuple[Item, bool, Any]], *, final: bool = False, ran: bool = True
+    ) -> None:
+        """Give results to their sinks; failures worth a retry go back to the queue
+        (unless ``final``). Each item is charged an attempt unless it did not run
+        (``ran=False``)."""
         by_sink: dict[Sink, list[tuple[Item, bool, Any]]] = {}
         retry: list[Item] = []
         settled = 0
@@ -1991,7 +2007,8 @@ class Pool(PrimitiveFactory):
                 it, ok, value = entry
                 if it.settled:
                     continue
-                it.attempts += 1
+                if ran:
+                    it.attempts += 1
                 it.chunk = None
                 if (
                     not ok

@@ -1607,7 +1607,11 @@ class _Runner:
         self.results_file: Any = None  # --results FILE.csv: its file, or stdout for -.csv
         self.results_header = False
         self.names: list[str] = []  # --header's column names (the CSV's columns)
-        self.delay = spec.parse_duration(opts.delay, option="--delay")[0] if opts.delay else 0.0
+        self.delay = (
+            spec.parse_duration(opts.delay, option="--delay", percent=False)[0]
+            if opts.delay
+            else 0.0
+        )
         self.next_start = 0.0  # monotonic time before which --delay starts nothing
         self.delayed = False
         self.pipe = bool(opts.pipe or opts.pipepart)
@@ -3229,7 +3233,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     template = template.with_counts(opts.counts)
     if opts.delay is not None:
         try:
-            spec.parse_duration(opts.delay, option="--delay")
+            spec.parse_duration(opts.delay, option="--delay", percent=False)
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
     runner = _Runner(opts, source, template, jobs, shell)
