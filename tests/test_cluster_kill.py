@@ -86,11 +86,16 @@ def _gone(pid: int, timeout: float = 15, *, reaped: bool = True) -> bool:
         time.sleep(0.05)
     try:
         proc = psutil.Process(pid)
-        print(
-            "still there:", pid, proc.status(), proc.ppid(), psutil.Process(proc.ppid()).cmdline()
-        )
-    except psutil.Error:
+        state, ppid = proc.status(), proc.ppid()
+    except psutil.NoSuchProcess:
+        return True  # went at the last moment
+    if not reaped and state == psutil.STATUS_ZOMBIE:
         return True
+    try:  # what holds it (the parent may be a zombie itself: no cmdline then)
+        parent = " ".join(psutil.Process(ppid).cmdline())
+    except psutil.Error as exc:
+        parent = type(exc).__name__
+    print("still there:", pid, state, ppid, parent)
     return False
 
 
