@@ -702,23 +702,34 @@ def test_worker_strips_the_spin_flag_and_serves_on():
     assert not server.is_alive()
 
 
-def test_workers_are_told_to_spin_only_while_a_core_is_left(monkeypatch):
+def wait_for_path(path: str) -> int:
+    deadline = time.monotonic() + HANG
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_workers_are_told_to_spin_only_while_a_core_is_left(monkeypatch, tmp_path):
     from polytask.backends.process import backend as process
 
     monkeypatch.setattr(process, "_NCPU", 2)
     be = ProcessBackend(2)
+    release = tmp_path / "release"
     try:
         be.spawn(pid, (), {}).result(HANG)
         assert be._may_spin()  # one worker, idle: the caller and it fit on 2 cores
-        tasks = [be.spawn(nap, (0.5,), {}) for _ in range(2)]
-        deadline = time.monotonic() + HANG
-        while not all(t.running() for t in tasks) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Both run until released: a fixed nap could end before a second worker,
+        # slow to start on a loaded machine, has taken the other task.
+        tasks = [be.spawn(wait_for_path, (str(release),), {}) for _ in range(2)]
+        wait_until(lambda: all(t.running() for t in tasks), HANG, "both tasks to run")
         assert not be._may_spin()  # two busy workers take both cores: nobody spins
+        release.touch()
         for t in tasks:
             t.result(HANG)
         assert be._may_spin()
     finally:
+        release.touch()
         be.shutdown()
 
 
