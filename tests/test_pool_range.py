@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -91,8 +92,20 @@ def _sleep_then(x: float) -> float:
     return x
 
 
+def _wait_for(path: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return "released"
+
+
 @pytest.mark.parametrize("ahead", [True, False])
-def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bool) -> None:
+def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(
+    ahead: bool, tmp_path: Path
+) -> None:
     # A map's chunk is marked SEND_AHEAD: its worker gets it as soon as the previous
     # result is in, not after that result is unpickled and its callbacks ran. An
     # unmarked task is still pending in those callbacks (which may cancel it).
@@ -105,7 +118,10 @@ def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bo
     be = ProcessBackend(max_workers=1)
     try:
         be.submit(_sleep_then, (0.0,), {}, name="warm", timeout=None).result(60)
-        first = be.submit(_sleep_then, (0.3,), {}, name="first", timeout=None)
+        # `first` runs until released, not for a fixed time: all below is in place
+        # before it ends, however slowly this thread gets to it.
+        release = tmp_path / "release"
+        first = be.submit(_wait_for, (str(release),), {}, name="first", timeout=None)
         nxt = be.submit(_sleep_then, (0.0,), {}, name="next", timeout=None)
         if ahead:
             nxt.__dict__[SEND_AHEAD] = True
@@ -117,7 +133,8 @@ def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bo
             done.set()
 
         first.add_done_callback(callback)
-        assert first.result(60) == 0.3 and nxt.result(60) == 0.0
+        release.touch()
+        assert first.result(60) == "released" and nxt.result(60) == 0.0
         assert done.wait(30)
         assert seen == [ahead]
     finally:
