@@ -203,17 +203,22 @@ def test_shutdown_with_cancel_kills_running_tasks():
 
 def test_cancel_a_pending_task_never_runs_it(tmp_path):
     be = ProcessBackend(1)
+    release = tmp_path / "release"
     try:
-        blocker = be.spawn(nap, (0.5,), {})
+        # Busy until released, not for a fixed time: `later` is still pending at
+        # the cancel, however slowly this thread gets to it.
+        blocker = be.spawn(wait_for_path, (str(release),), {})
         marker = tmp_path / "ran"
         later = be.spawn(marker.write_text, ("x",), {})
         assert later.cancel()
+        release.touch()
         blocker.result(HANG)
         assert be.spawn(pid, (), {}).result(HANG) > 0
         assert not marker.exists()
         with pytest.raises(pt.Cancelled, match="before it started"):
             later.result(0)
     finally:
+        release.touch()
         be.shutdown()
 
 

@@ -141,16 +141,18 @@ def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(
         be.shutdown(wait=True)
 
 
-def test_a_map_chunk_is_marked_send_ahead() -> None:
+def test_a_map_chunk_is_marked_send_ahead(tmp_path: Path) -> None:
     from polytask._pool import DEFAULT
     from polytask.backends.process.backend import SEND_AHEAD
 
+    release = tmp_path / "release"
     with Pool(1) as pool:
-        busy = pool.submit(_sleep_then, 0.5)  # the worker is busy: the chunk stays pending
+        busy = pool.submit(_wait_for, str(release))  # the worker is busy: the chunk stays pending
         run = pool._start(square, None, True, 10, DEFAULT, False)
         pool._preload(run, range(20))
         chunks = list(run.chunks)
+        release.touch()
         assert chunks and all(c.__dict__.get(SEND_AHEAD) for c in chunks)
-        assert busy.result(60) == 0.5
+        assert busy.result(60) == "released"
         assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]
         pool._end_run(run)
