@@ -122,10 +122,11 @@ def test_ctrl_c_in_a_group_kills_children_and_raises_within_a_second(tmp_path):
         h.signal(signal.SIGINT)
         h.wait_for_line(out, "KeyboardInterrupt")
         raised = float(out.read_text().split()[1])
-        # CLOCK_MONOTONIC is system-wide on Linux, so the two clocks compare. A
-        # bound for "did not wait for the 120 s naps", not a speed claim: ending
-        # three workers can take seconds on a loaded machine.
-        assert raised - sent < 30.0
+        # CLOCK_MONOTONIC is system-wide on Linux, so the two clocks compare. The
+        # promise is "within a second" (README) on a quiet machine; 3 s leave a
+        # loaded one room and still catch a wait for the naps or for the group's
+        # 5 s reap deadline (see TaskGroup._interrupted).
+        assert raised - sent < 3.0
         assert h.wait() != 0
         assert h.leftovers(within=10) == []
 
