@@ -31,9 +31,10 @@ ENGINE_PIDS: set[int] = set()
 #: is a child of this process: its nanny lives here).
 ENGINE_PROVIDERS: list[Callable[[], set[int]]] = []
 
-#: File descriptors an engine keeps for the life of the process after it was closed
-#: (Ray's C++ core keeps its epoll/eventfd/timerfd, a socket and its log files).
-ENGINE_FDS: dict[str, int] = {}
+#: File descriptors (number: target) an engine keeps for the life of the process
+#: after it was closed (Ray's C++ core keeps its epoll/eventfd/timerfd, a socket and
+#: its log files).
+ENGINE_FDS: dict[str, dict[int, str]] = {}
 
 N_WORKERS = 2
 #: Dask cannot stop a running task: the contract tests leave a few 30 s naps running
@@ -156,15 +157,15 @@ def ray_session() -> Iterator[Any]:
             warnings.simplefilter("ignore")
             ray.shutdown()
         kept = open_fds()
-        ENGINE_FDS["ray"] = sum(
-            1
+        ENGINE_FDS["ray"] = {
+            fd: target
             for fd, target in kept.items()
             if fds_before.get(fd) != target
             and (
                 target.startswith(("anon_inode:[event", "anon_inode:[timerfd", "socket:"))
                 or "/ray/session_" in target
             )
-        )
+        }
         # Ray's processes are started by ray.init; let the last of them exit.
         time.sleep(0.2)
         _check_gone(procs, "the local Ray")

@@ -86,22 +86,46 @@ def _gone(pid: int, timeout: float = 15, *, reaped: bool = True) -> bool:
         time.sleep(0.05)
     try:
         proc = psutil.Process(pid)
-        print(
-            "still there:", pid, proc.status(), proc.ppid(), psutil.Process(proc.ppid()).cmdline()
-        )
-    except psutil.Error:
+        state, ppid = proc.status(), proc.ppid()
+    except psutil.NoSuchProcess:
+        return True  # went at the last moment
+    if not reaped and state == psutil.STATUS_ZOMBIE:
         return True
+    try:  # what holds it (the parent may be a zombie itself: no cmdline then)
+        parent = " ".join(psutil.Process(ppid).cmdline())
+    except psutil.Error as exc:
+        parent = type(exc).__name__
+    print("still there:", pid, state, ppid, parent)
     return False
 
 
+def _timed_out_once_started(backend: Any, tmp_path: Path) -> tuple[Path, int, float, Exception]:
+    """Run ``sleep_then_touch`` past its timeout, once it got as far as starting.
+
+    Returns its marker, the pid that ran it, how long it would have run and the
+    TaskTimeout. The timeout counts from the submit, and the work runs in a fresh
+    interpreter that imports this module: on a loaded machine that can take more
+    than the first 1 s, and a timeout before the start tests no kill. Then it runs
+    again with a longer one (the work always outlasts it).
+    """
+    for limit in (1.0, 4.0, 15.0):
+        marker = tmp_path / f"marker-{limit:g}"
+        work = limit + 2.0
+        t = pt.spawn(sleep_then_touch, work, str(marker), backend=backend, timeout=limit)
+        with pytest.raises(pt.TaskTimeout) as info:
+            t.result(timeout=60)
+        started = Path(str(marker) + ".started")
+        ran = started.read_text() if started.exists() else ""
+        if ran:
+            return marker, int(ran), work, info.value
+    raise AssertionError("the task never started, not even with a timeout of 15 s")
+
+
 def test_a_timeout_kills_the_work_and_the_worker_goes_on(killable: Any, tmp_path: Path) -> None:
-    marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 3.0, str(marker), backend=killable, timeout=1.0)
-    with pytest.raises(pt.TaskTimeout, match="was killed; the worker goes on"):
-        t.result(timeout=60)
-    child = int(Path(str(marker) + ".started").read_text())
+    marker, child, work, exc = _timed_out_once_started(killable, tmp_path)
+    assert "was killed; the worker goes on" in str(exc)
     assert _gone(child), "the child running the task outlived its timeout"
-    time.sleep(3.0)  # deliberate: past when the work would have written its marker
+    time.sleep(work)  # deliberate: past when the work would have written its marker
     assert not marker.exists()
     assert pt.spawn(pids, backend=killable).result(timeout=60)
 
@@ -109,13 +133,9 @@ def test_a_timeout_kills_the_work_and_the_worker_goes_on(killable: Any, tmp_path
 def test_by_default_a_timeout_stops_the_work_on_both_engines(engine: str, tmp_path: Path) -> None:
     # Dask: the task runs in a child of its worker (Dask has no kill); Ray: the
     # worker running it is killed and replaced (ray.cancel(force=True)).
-    marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 3.0, str(marker), backend=engine, timeout=1.0)
-    with pytest.raises(pt.TaskTimeout):
-        t.result(timeout=60)
-    ran = int(Path(str(marker) + ".started").read_text())
+    marker, ran, work, _ = _timed_out_once_started(engine, tmp_path)
     assert _gone(ran), "the process running the task outlived its timeout"
-    time.sleep(3.0)  # deliberate: past when the work would have written its marker
+    time.sleep(work)  # deliberate: past when the work would have written its marker
     assert not marker.exists()
     assert pt.spawn(pids, backend=engine).result(timeout=60)
 

@@ -203,17 +203,22 @@ def test_shutdown_with_cancel_kills_running_tasks():
 
 def test_cancel_a_pending_task_never_runs_it(tmp_path):
     be = ProcessBackend(1)
+    release = tmp_path / "release"
     try:
-        blocker = be.spawn(nap, (0.5,), {})
+        # Busy until released, not for a fixed time: `later` is still pending at
+        # the cancel, however slowly this thread gets to it.
+        blocker = be.spawn(wait_for_path, (str(release),), {})
         marker = tmp_path / "ran"
         later = be.spawn(marker.write_text, ("x",), {})
         assert later.cancel()
+        release.touch()
         blocker.result(HANG)
         assert be.spawn(pid, (), {}).result(HANG) > 0
         assert not marker.exists()
         with pytest.raises(pt.Cancelled, match="before it started"):
             later.result(0)
     finally:
+        release.touch()
         be.shutdown()
 
 
@@ -566,10 +571,12 @@ def slow_init(value: int) -> None:
 
 
 def test_timeout_counts_from_when_the_worker_is_ready():
-    # Start-up and a slow initializer are the backend's cost, not the task's.
+    # Start-up and a slow initializer are the backend's cost, not the task's. The
+    # timeout is below the initializer's 1.5 s (counted from the submit, it would
+    # run out), with room for a loaded machine to send, run and answer `recall`.
     be = ProcessBackend(1, initializer=slow_init, initargs=(7,))
     try:
-        assert be.spawn(recall, (), {}, timeout=0.5).result(HANG) == 7
+        assert be.spawn(recall, (), {}, timeout=1.2).result(HANG) == 7
     finally:
         be.shutdown()
 
@@ -700,23 +707,34 @@ def test_worker_strips_the_spin_flag_and_serves_on():
     assert not server.is_alive()
 
 
-def test_workers_are_told_to_spin_only_while_a_core_is_left(monkeypatch):
+def wait_for_path(path: str) -> int:
+    deadline = time.monotonic() + HANG
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_workers_are_told_to_spin_only_while_a_core_is_left(monkeypatch, tmp_path):
     from polytask.backends.process import backend as process
 
     monkeypatch.setattr(process, "_NCPU", 2)
     be = ProcessBackend(2)
+    release = tmp_path / "release"
     try:
         be.spawn(pid, (), {}).result(HANG)
         assert be._may_spin()  # one worker, idle: the caller and it fit on 2 cores
-        tasks = [be.spawn(nap, (0.5,), {}) for _ in range(2)]
-        deadline = time.monotonic() + HANG
-        while not all(t.running() for t in tasks) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Both run until released: a fixed nap could end before a second worker,
+        # slow to start on a loaded machine, has taken the other task.
+        tasks = [be.spawn(wait_for_path, (str(release),), {}) for _ in range(2)]
+        wait_until(lambda: all(t.running() for t in tasks), HANG, "both tasks to run")
         assert not be._may_spin()  # two busy workers take both cores: nobody spins
+        release.touch()
         for t in tasks:
             t.result(HANG)
         assert be._may_spin()
     finally:
+        release.touch()
         be.shutdown()
 
 

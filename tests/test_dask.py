@@ -133,11 +133,11 @@ def test_without_a_child_a_timeout_fails_the_task_but_dask_lets_it_run(tmp_path:
     assert get_backend("dask").can_kill_running is False  # type: ignore[attr-defined]
     be = make_backend("dask", killable=False)
     marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 1.5, str(marker), backend=be, timeout=0.3)
-    start = time.monotonic()
+    t = pt.spawn(sleep_then_touch, 2.5, str(marker), backend=be, timeout=0.3)
     with pytest.raises(pt.TaskTimeout, match="Dask cannot stop"):
         t.result(timeout=30)
-    assert time.monotonic() - start < 1.4  # told at the deadline, not when the work ends
+    # Told at the deadline, not when the work ends (it writes the marker first);
+    # 2.5 s of work leave a loaded machine room to tell at 0.3 s. No clock read.
     assert not marker.exists()
     # As documented: the running function is not interrupted, it runs to its end.
     deadline = time.monotonic() + 30

@@ -55,7 +55,8 @@ def test_is_a_real_executor():
 
 def test_map_timeout_bounds_the_wait():
     with pt.Executor(max_workers=1, backend="thread") as ex:
-        it = ex.map(napper, [0.0, 2.0], timeout=0.5)
+        # 1 s: room for the first item on a loaded machine, far short of the second.
+        it = ex.map(napper, [0.0, 2.0], timeout=1.0)
         assert next(it) > 0
         with pytest.raises(TimeoutError):
             next(it)

@@ -238,6 +238,15 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL ``pid`` unless it has ended (it may end meanwhile: its guardian's work)."""
+    try:
+        if not _gone(pid):
+            psutil.Process(pid).kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
 def _start_owner(tmp_path: Path, mode: str) -> subprocess.Popen[bytes]:
     src = os.path.dirname(os.path.dirname(polytask.__file__))
     env = dict(os.environ, PYTHONPATH=src)
@@ -261,8 +270,8 @@ def _end_owner(owner: subprocess.Popen[bytes], guardians: list[int], sleeper: in
     owner.wait()
     for pipe in (owner.stdin, owner.stdout, owner.stderr):
         pipe.close()  # type: ignore[union-attr]
-    if sleeper is not None and not _gone(sleeper):
-        psutil.Process(sleeper).kill()
+    if sleeper is not None:
+        _kill(sleeper)
 
 
 def _owner_with_a_stopped_guardian(tmp_path: Path, mode: str) -> None:
@@ -459,8 +468,7 @@ class _Jobs:
     def __exit__(self, *exc: object) -> None:
         _end_owner(self.owner, self.guardians, None)
         for pid in self.jobs:
-            if not _gone(pid):
-                psutil.Process(pid).kill()
+            _kill(pid)
 
 
 def test_a_bad_line_on_the_pipe_does_not_end_the_guardian(tmp_path):

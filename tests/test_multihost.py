@@ -562,7 +562,10 @@ ATTEMPTS = 4
 def gone(pid, timeout=15):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:  # reaped (maybe right after a pid_exists said yes)
             return True
         time.sleep(0.05)
     return False

@@ -382,7 +382,8 @@ def test_exports():
 
 
 def test_thread_backend_timeout_flags_the_late_item():
-    with Pool(2, backend="thread", timeout=0.5) as pool:
+    # 1 s: room for the quick items on a loaded machine, short of the late one's 1.5 s.
+    with Pool(2, backend="thread", timeout=1.0) as pool:
         out = pool.map(pid_after, [0.0, 1.5, 0.0], return_exceptions=True)
     assert isinstance(out[1], pt.TaskTimeout)
     assert out[0] == out[2] == os.getpid()

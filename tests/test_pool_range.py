@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -91,8 +92,20 @@ def _sleep_then(x: float) -> float:
     return x
 
 
+def _wait_for(path: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return "released"
+
+
 @pytest.mark.parametrize("ahead", [True, False])
-def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bool) -> None:
+def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(
+    ahead: bool, tmp_path: Path
+) -> None:
     # A map's chunk is marked SEND_AHEAD: its worker gets it as soon as the previous
     # result is in, not after that result is unpickled and its callbacks ran. An
     # unmarked task is still pending in those callbacks (which may cancel it).
@@ -105,7 +118,10 @@ def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bo
     be = ProcessBackend(max_workers=1)
     try:
         be.submit(_sleep_then, (0.0,), {}, name="warm", timeout=None).result(60)
-        first = be.submit(_sleep_then, (0.3,), {}, name="first", timeout=None)
+        # `first` runs until released, not for a fixed time: all below is in place
+        # before it ends, however slowly this thread gets to it.
+        release = tmp_path / "release"
+        first = be.submit(_wait_for, (str(release),), {}, name="first", timeout=None)
         nxt = be.submit(_sleep_then, (0.0,), {}, name="next", timeout=None)
         if ahead:
             nxt.__dict__[SEND_AHEAD] = True
@@ -117,23 +133,26 @@ def test_a_send_ahead_task_goes_out_before_the_previous_ones_callbacks(ahead: bo
             done.set()
 
         first.add_done_callback(callback)
-        assert first.result(60) == 0.3 and nxt.result(60) == 0.0
+        release.touch()
+        assert first.result(60) == "released" and nxt.result(60) == 0.0
         assert done.wait(30)
         assert seen == [ahead]
     finally:
         be.shutdown(wait=True)
 
 
-def test_a_map_chunk_is_marked_send_ahead() -> None:
+def test_a_map_chunk_is_marked_send_ahead(tmp_path: Path) -> None:
     from polytask._pool import DEFAULT
     from polytask.backends.process.backend import SEND_AHEAD
 
+    release = tmp_path / "release"
     with Pool(1) as pool:
-        busy = pool.submit(_sleep_then, 0.5)  # the worker is busy: the chunk stays pending
+        busy = pool.submit(_wait_for, str(release))  # the worker is busy: the chunk stays pending
         run = pool._start(square, None, True, 10, DEFAULT, False)
         pool._preload(run, range(20))
         chunks = list(run.chunks)
+        release.touch()
         assert chunks and all(c.__dict__.get(SEND_AHEAD) for c in chunks)
-        assert busy.result(60) == 0.5
+        assert busy.result(60) == "released"
         assert pool.map(square, range(100), chunksize=10) == [x * x for x in range(100)]
         pool._end_run(run)

@@ -466,7 +466,16 @@ def test_a_worker_that_cannot_start_leaves_no_pipe_and_no_budget_behind(
     wait_until(lambda: not new_fds(fds), timeout=10, what="the failed start's fds to close")
 
 
-def test_a_task_not_marked_is_not_sent_ahead_behind_a_cancelled_marked_one() -> None:
+def _wait_for(path: str) -> None:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_a_task_not_marked_is_not_sent_ahead_behind_a_cancelled_marked_one(
+    tmp_path: Path,
+) -> None:
     # SEND_AHEAD lets a marked task go to the worker before the previous result's
     # callbacks run; when the marked task was cancelled while it waited, the next
     # one (not marked: a callback may still cancel it) must wait for them.
@@ -475,9 +484,12 @@ def test_a_task_not_marked_is_not_sent_ahead_behind_a_cancelled_marked_one() -> 
     from polytask.backends.process.backend import SEND_AHEAD
 
     be = ProcessBackend(max_workers=1)
+    release = tmp_path / "release"
     try:
         be.submit(_my_pid, (), {}, name="warm", timeout=None).result(60)
-        first = be.submit(time.sleep, (0.3,), {}, name="first", timeout=None)
+        # `first` runs until released, not for a fixed time: all below is in place
+        # before it ends, however slowly this thread gets to it.
+        first = be.submit(_wait_for, (str(release),), {}, name="first", timeout=None)
         marked = be.submit(_my_pid, (), {}, name="marked", timeout=None)
         marked.__dict__[SEND_AHEAD] = True
         nxt = be.submit(_my_pid, (), {}, name="next", timeout=None)
@@ -490,10 +502,12 @@ def test_a_task_not_marked_is_not_sent_ahead_behind_a_cancelled_marked_one() -> 
             done.set()
 
         first.add_done_callback(callback)
+        release.touch()
         assert first.result(60) is None and nxt.result(60) > 0
         assert done.wait(30)
         assert seen == ["PENDING"]
     finally:
+        release.touch()
         be.shutdown(wait=True)
 
 

@@ -36,13 +36,21 @@ def _skip_threads(backend_name: str) -> None:
 
 def test_a_timeout_stops_the_running_work(backend_name: str, tmp_path: Path) -> None:
     _skip_threads(backend_name)
-    marker = tmp_path / "marker"
-    t = pt.spawn(sleep_then_touch, 2.5, str(marker), backend=backend_name, timeout=1.0)
-    with pytest.raises(pt.TaskTimeout):
-        t.result(timeout=HANG)
-    assert Path(str(marker) + ".started").exists(), "the task never started"
-    # Deliberate: "nothing happens" needs its time; past the 2.5 s the work would run.
-    time.sleep(3.0)
+    # The timeout counts from the submit; a cluster task with a timeout runs in a
+    # fresh interpreter, which a loaded machine may not have started within 1 s. A
+    # timeout before the start tests no stop: then again with a longer one.
+    for limit in (1.0, 4.0, 15.0):
+        marker = tmp_path / f"marker-{limit:g}"
+        work = limit + 1.5  # always outlasts the timeout
+        t = pt.spawn(sleep_then_touch, work, str(marker), backend=backend_name, timeout=limit)
+        with pytest.raises(pt.TaskTimeout):
+            t.result(timeout=HANG)
+        if Path(str(marker) + ".started").exists():
+            break
+    else:
+        raise AssertionError("the task never started, not even with a timeout of 15 s")
+    # Deliberate: "nothing happens" needs its time; past when the work would end.
+    time.sleep(work + 0.5)
     assert not marker.exists(), "the timed-out work ran on to its end"
 
 

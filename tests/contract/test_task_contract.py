@@ -99,11 +99,25 @@ def test_duration_grows_and_freezes(backend_name: str) -> None:
     assert t.duration == frozen
 
 
-def test_wait_timeout_does_not_stop_the_task(backend_name: str) -> None:
-    t = pt.spawn(nap, 0.5, backend=backend_name)
-    with pytest.raises(TimeoutError) as info:
-        t.result(timeout=0.01)
-    assert not isinstance(info.value, pt.TaskTimeout)
+def wait_for_path(path: str) -> str:
+    deadline = time.monotonic() + HANG
+    while not Path(path).exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return "woke"
+
+
+def test_wait_timeout_does_not_stop_the_task(backend_name: str, tmp_path: Path) -> None:
+    # Runs until released, not for a fixed time: still running at the short wait,
+    # however late this thread gets to it.
+    release = tmp_path / "release"
+    t = pt.spawn(wait_for_path, str(release), backend=backend_name)
+    try:
+        with pytest.raises(TimeoutError) as info:
+            t.result(timeout=0.01)
+        assert not isinstance(info.value, pt.TaskTimeout)
+    finally:
+        release.touch()
     assert t.result(timeout=HANG) == "woke"
 
 

