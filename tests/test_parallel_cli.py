@@ -264,15 +264,22 @@ def test_replacement_strings_end_to_end(capfd: pytest.CaptureFixture[str]) -> No
     assert out == "d/s/f.tar.gz,d/s/f.tar,f.tar.gz,d/s,f.tar,1,1\n"
 
 
-def test_keep_order_and_grouping(capfd: pytest.CaptureFixture[str]) -> None:
+def test_keep_order_and_grouping(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # Each job writes three lines with pauses; grouped output keeps them together.
-    cmd = "echo {}a; sleep 0.{}; echo {}b; sleep 0.1; echo {}c"
+    # Job 1 ends first, whenever the jobs got to start: the others wait for its
+    # flag, then 0.3 s or more (a loaded machine may start job 1 last).
+    flag = tmp_path / "one"
+    cmd = (
+        f"echo {{}}a; sleep 0.1; echo {{}}b; if [ {{}} = 1 ]; then touch {flag}; "
+        f"else while [ ! -e {flag} ]; do sleep 0.01; done; sleep 0.{{}}; fi; echo {{}}c"
+    )
     code, out, _ = run(capfd, "-j", "3", cmd, ":::", "6", "1", "3")
     lines = out.split()
     assert sorted(lines) == sorted(f"{i}{c}" for i in "613" for c in "abc")
     for i in range(0, 9, 3):
         assert {line[0] for line in lines[i : i + 3]} == {lines[i][0]}  # one job's block
     assert lines[0] == "1a"  # without -k: the first to finish first
+    flag.unlink()
     code, out, _ = run(capfd, "-k", "-j", "3", cmd, ":::", "6", "1", "3")
     assert out.split() == ["6a", "6b", "6c", "1a", "1b", "1c", "3a", "3b", "3c"]
 
