@@ -286,6 +286,34 @@ def test_timeout_kills_only_the_late_task():
         assert out[:20] == ["x"] * 20 and out[21:] == ["y"] * 20
 
 
+def _wait_for_file(path: str) -> None:
+    # pt.sleep: a cancellation point, so a thread worker stops when cancelled too.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        pt.sleep(0.01)
+
+
+def _touch(path: str) -> None:
+    open(path, "w").close()
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_terminate_charges_no_attempt_to_a_task_that_never_started(backend, tmp_path):
+    # Task.attempts is how many times the task was started: one still queued when
+    # the pool is terminated never was (it said 1).
+    flag = tmp_path / "go"
+    with pt.Pool(1, backend=backend) as pool:
+        running = pool.submit(_wait_for_file, str(flag))
+        queued = pool.submit(_touch, str(tmp_path / "never"))
+        wait_until(lambda: running.running(), what="the first task to start")
+        pool.terminate()
+    for t in (running, queued):
+        with pytest.raises(pt.Cancelled):
+            t.result(timeout=60)
+    assert queued.attempts == 0
+    assert not (tmp_path / "never").exists()
+
+
 def test_retries_count_attempts(tmp_path):
     with Pool(2, retries=2) as pool:
         t = pool.submit(crash_once, str(tmp_path / "m1"))

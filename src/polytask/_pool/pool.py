@@ -1291,7 +1291,10 @@ class Pool(PrimitiveFactory):
         exc = Cancelled("the pool was terminated before the task finished")
         for run in runs:
             run.abort(exc)
-        self._settle_many([(it, False, exc) for it in queued if not it.dropped()], final=True)
+        # Queued: not started (this time; a retry waiting keeps its past attempts).
+        self._settle_many(
+            [(it, False, exc) for it in queued if not it.dropped()], final=True, ran=False
+        )
         self._backend.shutdown(wait=True, cancel=True)
         self._last_fn = (None, "")
         _live_pools.discard(self)
@@ -1873,7 +1876,8 @@ class Pool(PrimitiveFactory):
             sizer = chunk.run.sizer if isinstance(chunk, Block) else chunk[0].sink.sizer
             got = self._results(task, sizer) if exc is None else exc
             if isinstance(got, BaseException):
-                self._failed(chunk, got)
+                # A chunk cancelled before it started (terminate) ran none of its items.
+                self._failed(chunk, got, ran=task.attempts > 0)
             elif isinstance(chunk, Block):
                 self._block_done(chunk, *got)
             else:
@@ -1922,7 +1926,7 @@ class Pool(PrimitiveFactory):
             # terminate() stopped the chunk (a thread's, between two tasks): no queue
             # runs the rest now.
             exc = Cancelled("the pool was terminated before the task finished")
-            self._settle_many([(it, False, exc) for it in rest], final=True)
+            self._settle_many([(it, False, exc) for it in rest], final=True, ran=False)
 
     def _block_done(self, blk: Block, values: list[Any], errors: dict[int, Any] | None) -> None:
         run = blk.run
@@ -1963,13 +1967,14 @@ class Pool(PrimitiveFactory):
             run.settle_block(blk.start + lo, values[lo:j], sub)
             lo = j + 1
 
-    def _failed(self, chunk: list[Item] | Block, exc: BaseException) -> None:
+    def _failed(self, chunk: list[Item] | Block, exc: BaseException, *, ran: bool = True) -> None:
         """A whole chunk failed (crash, timeout, pickling, its launch): re-run its items
-        one by one (each a chunk of its own), or fail a single one with ``exc``."""
+        one by one (each a chunk of its own), or fail a single one with ``exc``.
+        ``ran``: whether the chunk started (an attempt is charged to its items)."""
         block = isinstance(chunk, Block)
         items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
         if len(items) == 1:
-            self._settle_many([(items[0], False, exc)])
+            self._settle_many([(items[0], False, exc)], ran=ran)
             return
         with self._lock:
             again = [it for it in items if not it.dropped()]
@@ -1980,7 +1985,9 @@ class Pool(PrimitiveFactory):
             if not self._terminated and (again or not block):
                 self._requeue(again)
                 return
-        self._settle_many([(it, False, exc) for it in (items if block else again)], final=True)
+        self._settle_many(
+            [(it, False, exc) for it in (items if block else again)], final=True, ran=ran
+        )
 
     def _isolate(self, blk: Block) -> list[Item]:
         """A block's items as single items (to run alone: their block failed)."""
