@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import statistics
 import time
 from collections.abc import Callable
 
@@ -235,11 +236,20 @@ def _rss_growth(cls_name: str, n: int) -> float:
     return (peak - base) / (1 << 20)
 
 
-def _progress_cost(n: int, repeat: int) -> tuple[float, float]:
+def _progress_cost(n: int, rounds: int) -> tuple[list[float], list[float]]:
     """(e) map over n tiny tasks without a bar and with one drawn on a terminal.
 
     stderr is swapped for a pseudo-terminal whose other end is drained by a
     thread, so rich really redraws (off a terminal it would draw only once).
+    Both run on one warm pool, in rounds of six maps in turn (without, with,
+    with, without, without, with; the next round the other way round), so a
+    change in the machine's load between rounds moves both alike. A round's
+    figure for each side is its fastest of three maps: a map's wall time on
+    two cores shared by the caller, two workers and the bar's thread swings
+    +-15 % from one map to the next, and its best is what the code costs (the
+    median of the rounds' sums was the less stable estimate, measured). The
+    best of each side over a whole run, as before, said +1.9 % one run and
+    +8.1 % the next of the same code. Returns each round's (without, with).
     """
     import os
     import pty
@@ -253,25 +263,33 @@ def _progress_cost(n: int, repeat: int) -> tuple[float, float]:
     drain.start()
     term = os.fdopen(slave, "w", buffering=1)
     items = list(range(n))
+
+    def timed(pool, bar: bool) -> float:
+        old = sys.stderr
+        if bar:
+            sys.stderr = term
+        try:
+            t = time.perf_counter()
+            pool.map(tiny, items, progress=bar)
+            return time.perf_counter() - t
+        finally:
+            sys.stderr = old
+
     plain, bar = [], []
     try:
         with pt.Pool(WORKERS) as pool:
-            old, sys.stderr = sys.stderr, term
-            try:
-                pool.map(tiny, items[:1000], progress=True)  # rich imported, pool warm
-            finally:
-                sys.stderr = old
-            for _ in range(repeat):
-                plain.append(best(lambda: pool.map(tiny, items), 1))
-                old, sys.stderr = sys.stderr, term
-                try:
-                    bar.append(best(lambda: pool.map(tiny, items, progress=True), 1))
-                finally:
-                    sys.stderr = old
+            timed(pool, True)  # rich imported, pool warm
+            for r in range(rounds):
+                order = (False, True, True, False, False, True)
+                got: dict[bool, list[float]] = {False: [], True: []}
+                for with_bar in order if r % 2 == 0 else [not b for b in order]:
+                    got[with_bar].append(timed(pool, with_bar))
+                plain.append(min(got[False]))
+                bar.append(min(got[True]))
     finally:
         term.close()
         drain.join(5)
-    return min(plain), min(bar)
+    return plain, bar
 
 
 FORK_JOIN = """
@@ -524,13 +542,18 @@ def run(quick: bool) -> str:
     pt_mem = _rss_growth("polytask", mem_n)
     mp_mem = _rss_growth("mp", mem_n)
     prog_n = 200_000 if quick else 1_000_000
-    no_bar, with_bar = _progress_cost(prog_n, 3 if quick else 15)
-    bar_cost = (with_bar / no_bar - 1) * 100
+    prog_rounds = 3 if quick else 7
+    plain_s, bar_s = _progress_cost(prog_n, prog_rounds)
+    costs = [(b / a - 1) * 100 for a, b in zip(plain_s, bar_s, strict=True)]
+    bar_cost = statistics.median(costs)
     lines += [
         "",
         f"(e) map over {prog_n:,} tiny tasks with `progress=True` on a terminal: "
-        f"{with_bar * 1000:,.0f} ms against {no_bar * 1000:,.0f} ms without the bar "
-        f"({bar_cost:+.1f} %; best of {3 if quick else 15} alternate rounds).",
+        f"{statistics.median(bar_s) * 1000:,.0f} ms against "
+        f"{statistics.median(plain_s) * 1000:,.0f} ms without the bar; the bar costs "
+        f"{bar_cost:+.1f} %, the median of {prog_rounds} rounds' costs ({min(costs):+.1f} % "
+        f"to {max(costs):+.1f} %), each round three maps of each on one pool, in turn, "
+        "its best with the bar against its best without.",
     ]
     lines += [
         "",
