@@ -775,6 +775,11 @@ def test_delay_in_percent_is_a_usage_error(capfd: pytest.CaptureFixture[str]) ->
     code, out, err = run(capfd, "--delay", "1%", "echo", ":::", "a")
     assert code == 255 and out == ""
     assert "--delay '1%'" in err and "percent" in err and "seconds" in err, err
+    # With --pipe too (it was a traceback there, as was any bad --delay).
+    for bad in ("5%", "xyz"):
+        code, out, err = run(capfd, "--pipe", "--delay", bad, "cat", ":::", "a")
+        assert code == 255 and out == "" and f"--delay '{bad}'" in err, err
+        assert "Traceback" not in err
     assert "% of the median" not in err  # the --timeout form is not offered for --delay
     with pytest.raises(ValueError, match="percent"):
         spec.parse_duration("50%", option="--delay", percent=False)

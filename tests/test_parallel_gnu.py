@@ -354,6 +354,20 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-l", "0", "echo"], "a\nb\n"),
     (["-k", "--max-lines=2", "-m", "echo"], "a b\nc\nd\n"),
     (["-k", "-N", "1", "-L", "2", "echo"], "a\nb\nc\n"),
+    # -L gives its lines as -N does (not spread over the job slots as -X);
+    # -l as -n (no word repeated per input), and it wins over -L in any order.
+    (["-k", "-L", "5", "echo"], "a\nb\nc\nd\n"),
+    (["-k", "-j3", "-L", "4", "echo"], "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n"),
+    (["-k", "-L", "2", "echo", "x{}y"], "a\nb\nc\nd\n"),
+    (["-k", "-l", "2", "echo", "x{}y"], "a\nb\nc\nd\n"),
+    (["-k", "-L", "2", "-l", "1", "echo"], "a\nb\nc\n"),
+    (["-k", "--maxlines", "2", "echo"], "a\nb\nc\n"),
+    (["-k", "--trim", "lr", "-l", "2", "echo"], "a\nb\nc\n"),
+    # -E and -r look at the lines as read, before -L joins them; any of Perl's
+    # \s is a blank (a CR of CRLF input too).
+    (["-k", "-E", "EOF", "-L", "1", "echo"], "a \nEOF\nb\n"),
+    (["-k", "-r", "-L", "1", "echo"], "a\n  \nb\nc\n"),
+    (["-k", "-L", "1", "echo"], "a\r\nb\r\nc\n"),
 ]
 
 

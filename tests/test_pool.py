@@ -314,6 +314,33 @@ def test_terminate_charges_no_attempt_to_a_task_that_never_started(backend, tmp_
     assert not (tmp_path / "never").exists()
 
 
+def test_a_worker_that_cannot_be_set_up_uses_up_the_retries(tmp_path):
+    # A failed launch (here: the initializer raises) is an attempt: with a
+    # retry_on that matches its error, the task is tried 1 + retries times, then
+    # fails. (Counted as "never started", it was retried for ever.)
+    calls = tmp_path / "calls"
+
+    with pt.Pool(
+        1,
+        backend="thread",
+        initializer=_log_and_fail,
+        initargs=(str(calls),),
+        retries=2,
+        retry_on=Exception,
+    ) as pool:
+        task = pool.submit(abs, -1)
+        with pytest.raises(pt.PolytaskError):
+            task.result(timeout=60)
+    assert task.attempts == 3
+    assert calls.read_text() == "x" * 3
+
+
+def _log_and_fail(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("x")
+    raise RuntimeError("no database")
+
+
 def test_retries_count_attempts(tmp_path):
     with Pool(2, retries=2) as pool:
         t = pool.submit(crash_once, str(tmp_path / "m1"))

@@ -227,6 +227,8 @@ def test_restart_durations_take_any_real_number_of_seconds():
     )
     assert all(type(v) is float for v in (p.start_seconds, p.backoff, p.jitter))
     assert p.delay(10, 0.0) == 3.0
+    # An int past a float's range is as long as inf (float() says OverflowError).
+    assert RestartPolicy(stable_seconds=10**400).stable_seconds == float("inf")
 
 
 def test_format_summary():

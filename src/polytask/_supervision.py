@@ -158,7 +158,11 @@ class RestartPolicy:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:  # type: ignore[operator]
                 what = "a fraction" if name == "jitter" else "a number of seconds"
                 raise ValueError(f"{name} must be {what} >= 0, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            try:
+                seconds = float(value)
+            except OverflowError:  # an int past a float's range: as long as inf
+                seconds = float("inf")
+            object.__setattr__(self, name, seconds)
         if self.backoff_max < self.backoff:
             raise ValueError(
                 f"backoff_max ({self.backoff_max}) must be >= backoff ({self.backoff})"

@@ -1876,8 +1876,13 @@ class Pool(PrimitiveFactory):
             sizer = chunk.run.sizer if isinstance(chunk, Block) else chunk[0].sink.sizer
             got = self._results(task, sizer) if exc is None else exc
             if isinstance(got, BaseException):
-                # A chunk cancelled before it started (terminate) ran none of its items.
-                self._failed(chunk, got, ran=task.attempts > 0)
+                # A chunk that terminate() cancelled before it started ran none of
+                # its items. Only then: a launch that failed (the backend never
+                # marked the task started) must still count, or a retry_on that
+                # matches its error would retry it for ever; and a crash may be
+                # seen before the start is marked. Terminated, nothing is retried.
+                ran = task.attempts > 0 or not self._terminated
+                self._failed(chunk, got, ran=ran)
             elif isinstance(chunk, Block):
                 self._block_done(chunk, *got)
             else:

@@ -399,8 +399,9 @@ def _parser() -> _Parser:
         type=int,
         help="--pipe: a record is N lines; otherwise at most N input lines a job, "
         "a line ending in a blank going on on the next (xargs -L; implies -X). "
-        "-l [N] and --max-lines [N] are -L N, N 1 if not given or 0",
+        "-l [N] and --max-lines [N]: the same, given as -n gives them (N 1 if not given or 0)",
     )
+    a("--max-lines", "--maxlines", dest="max_lines", type=int, help=argparse.SUPPRESS)
     a(
         "--cat",
         action="store_true",
@@ -656,6 +657,10 @@ class _Grouped:
         self.source.fill()
 
 
+#: What Perl's ``\s`` matches (GNU parallel's "blank" for -L's joined lines).
+_PERL_SPACE = (" ", "\t", "\n", "\r", "\f", "\v")
+
+
 class _Lines:
     """What becomes of the lines of a file or stdin: -E ends them, -r drops blank
     ones, and with -L (not --pipe) a line ending in a blank goes on on the next."""
@@ -675,24 +680,30 @@ class _Lines:
             if self.ended:
                 break
             line = os.fsdecode(p)
-            if self.join:
-                # xargs -L's rule, as GNU parallel keeps it: the lines are joined
-                # as they are (the blank stays), until one does not end in a blank.
-                if self._held is not None:
-                    line, self._held = self._held + line, None
-                if line.endswith((" ", "\t")):
-                    self._held = line
-                    continue
-            self._keep(line, out)
+            if not self.join:
+                self._keep(line, out)
+                continue
+            # xargs -L's rule, as GNU parallel keeps it: the lines are joined as
+            # they are (the blank stays) until one does not end in a blank (Perl's
+            # \s). -E and -r look at each line as read, before it is joined.
+            if self.eof is not None and line == self.eof:
+                self.ended = True
+                out += self.end()
+                break
+            if self.skip_blank and not line.strip():
+                continue
+            if self._held is not None:
+                line, self._held = self._held + line, None
+            if line.endswith(_PERL_SPACE):
+                self._held = line
+                continue
+            out.append(line)
         return out
 
     def end(self) -> list[str]:
-        """The lines still held at the end of the input (-L: it ended in a blank)."""
-        out: list[str] = []
-        if self._held is not None and not self.ended:
-            self._keep(self._held, out)
-        self._held = None
-        return out
+        """The line still held at the end of the input (-L: it ended in a blank)."""
+        held, self._held = self._held, None
+        return [] if held is None else [held]
 
     def every(self, parts: Iterable[bytes | str]) -> list[str]:
         """The lines of a whole input (``accept`` then ``end``)."""
@@ -2654,6 +2665,13 @@ def _fd_limit(wanted: int) -> int:
 
 _VALUE_OPTIONS = frozenset(
     [
+        "--trim",
+        "--group-by",
+        "--groupby",
+        "--termseq",
+        "--term-seq",
+        "--backend",
+        "--address",
         "--timeout",
         "--retries",
         "--joblog",
@@ -2703,6 +2721,9 @@ _VALUE_OPTIONS = frozenset(
 )
 
 
+_MAX_LINES = ("-l", "--max-lines", "--maxlines")
+
+
 def _attached_l(word: str) -> bool:
     """-l with its count in the same word (``-l2``)."""
     return word.startswith("-l") and word[2:].isdigit()
@@ -2717,7 +2738,7 @@ def _negative_values(argv: list[str]) -> list[str]:
     while i < len(words):
         a = words[i]
         i += 1
-        if a in ("-l", "--max-lines") or a.startswith("--max-lines=") or _attached_l(a):
+        if a in _MAX_LINES or a.startswith(("--max-lines=", "--maxlines=")) or _attached_l(a):
             # GNU's -l and --max-lines take an optional count (xargs's -l[N]): the
             # next word is it only if it is a number; 0 and none are 1. Then -L.
             value = a.partition("=")[2] if a.startswith("--") else a[2:]
@@ -2727,7 +2748,7 @@ def _negative_values(argv: list[str]) -> list[str]:
             value = value or "1"
             if not value.isdigit():
                 raise _UsageError(f"{a}: the lines a job is a whole number, not {value!r}")
-            out.append(f"-L{max(int(value), 1)}")
+            out.append(f"--max-lines={max(int(value), 1)}")
         elif a in ("-j", "-P", "--jobs", "--max-procs", "--maxprocs") or a in _VALUE_OPTIONS:
             if i == len(words):
                 out.append(a)
@@ -3109,6 +3130,8 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         unlimited = jobs is None
         if opts.timeout is not None:
             spec.parse_duration(opts.timeout)
+        if opts.delay is not None:  # here: --pipe's jobs are delayed too
+            spec.parse_duration(opts.delay, option="--delay", percent=False)
         halt = spec.HaltPolicy.parse(opts.halt) if opts.halt else spec.HaltPolicy()
         if opts.termseq is not None:
             spec.parse_termseq(opts.termseq)
@@ -3139,6 +3162,10 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
                 "and it quotes for those"
             )
     counted = _counted(opts, unlimited)
+    if opts.max_lines is not None:
+        # -l N / --max-lines N: with --pipe, -L N; otherwise -n N with -L's joined
+        # lines (no word repeated per input, unlike -L's -N). It wins over -L.
+        opts.L = opts.max_lines
     if opts.pipe or opts.pipepart:
         if counted & {"total", "seq0"}:
             raise _UsageError(
@@ -3149,14 +3176,16 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         return _setup_pipe(opts, groups, jobs, shell)
     if opts.L is not None:
         # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
-        # blank goes on on the next; see _Lines), given as -X gives them unless -m
-        # or --xargs is set. -L 0: one line a job, no argument. As GNU parallel.
+        # blank goes on on the next; see _Lines), given as -N gives them (a word
+        # holding {} repeated per input), -l's as -n. -L 0: one line a job, no
+        # argument. -n/-N, when given, set the count. As GNU parallel 20221122.
         if opts.L < 0:
             raise _UsageError(f"-L {opts.L}: the lines a job: 0 or more")
         if opts.max_args is None and opts.max_replace_args is None:
-            opts.max_replace_args = opts.L  # -n/-N, when given, win (as GNU's)
-        if opts.L > 0 and not (opts.m or opts.xargs):
-            opts.X = True
+            if opts.max_lines is not None:
+                opts.max_args = opts.L
+            else:
+                opts.max_replace_args = opts.L
     if counted and (opts.m or opts.X or opts.xargs):
         raise _UsageError(
             "{##} and {0#} (and {0%} with -j 0) do not go with -m, -X or --xargs "
@@ -3231,11 +3260,6 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     else:
         opts.counts = (0, jobs)
     template = template.with_counts(opts.counts)
-    if opts.delay is not None:
-        try:
-            spec.parse_duration(opts.delay, option="--delay", percent=False)
-        except ValueError as exc:
-            raise _UsageError(str(exc)) from None
     runner = _Runner(opts, source, template, jobs, shell)
     runner.names = list(names)
     runner.open_events()
