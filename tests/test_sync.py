@@ -22,7 +22,7 @@ import cloudpickle
 import pytest
 
 import polytask as pt
-from helpers import wait_until
+from helpers import open_fds, wait_until
 from polytask._core.primitives import BrokenBarrierError, make_primitive
 from polytask._os import proc as _proc
 
@@ -569,16 +569,9 @@ def test_a_filelock_dropped_while_held_closes_and_releases(tmp_path):
 
     path = tmp_path / "lock"
 
-    def fds_on_the_lock_file() -> list[str]:
+    def fds_on_the_lock_file() -> list[int]:
         # Not a count of all fds: the suite's engine threads open and close theirs.
-        found = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                    found.append(fd)
-            except OSError:
-                pass
-        return found
+        return [fd for fd, target in open_fds().items() if target == str(path)]
 
     held = pt.FileLock(path)
     assert held.acquire(timeout=0)

@@ -397,8 +397,8 @@ def _parser() -> _Parser:
         "-L",
         metavar="N",
         type=int,
-        help="--pipe: a record is N lines; otherwise at most N input lines a job, "
-        "a line ending in a blank going on on the next (xargs -L; implies -X). "
+        help="--pipe: a record is N lines; otherwise at most N input lines a job, given "
+        "as -N gives them, a line ending in a blank going on on the next (xargs -L). "
         "-l [N] and --max-lines [N]: the same, given as -n gives them (N 1 if not given or 0)",
     )
     a("--max-lines", "--maxlines", dest="max_lines", type=int, help=argparse.SUPPRESS)
@@ -2740,7 +2740,7 @@ def _negative_values(argv: list[str]) -> list[str]:
         i += 1
         if a in _MAX_LINES or a.startswith(("--max-lines=", "--maxlines=")) or _attached_l(a):
             # GNU's -l and --max-lines take an optional count (xargs's -l[N]): the
-            # next word is it only if it is a number; 0 and none are 1. Then -L.
+            # next word is it only if it is a number; 0 and none are 1 (see _setup).
             value = a.partition("=")[2] if a.startswith("--") else a[2:]
             if not value and i < len(words) and words[i].isdigit():
                 value = words[i]
