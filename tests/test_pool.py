@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import os
 import pickle
+import sys
 import threading
 import time
 
@@ -1033,6 +1035,44 @@ def test_an_item_raising_stopiteration_fails_alone(backend):
         with pytest.raises(StopIteration):
             pool.starmap_async(stop_on, [(x, 5) for x in range(8)], chunksize=4).get(60)
         assert pool.map(square, range(8), chunksize=4) == [x * x for x in range(8)]
+
+
+def test_a_submit_racing_a_maps_end_is_not_lost():
+    # A map's end (_end_run) replaces the pool's queue under the lock. A submit that
+    # read the queue before it took the lock appended its task to the dropped deque:
+    # the task never ran and join() waited for it for good. Here the map's end is
+    # held inside its locked section until the submit waits for that lock.
+    pool = Pool(1, backend="thread")  # a thread pool submits no task directly
+    try:
+        it = pool.imap(abs, iter(range(10**6)))  # a lazy input: the run stays open
+        assert next(it) == 0
+        source = inspect.getsource(Pool._submit).splitlines()
+        lock_line = Pool._submit.__code__.co_firstlineno + source.index("        with self._lock:")
+        submitted: list[pt.Task[int]] = []
+        submitter = threading.Thread(target=lambda: submitted.append(pool.submit(abs, -7)))
+
+        def waiting() -> bool:
+            f = sys._current_frames().get(submitter.ident or 0)
+            return f is not None and f.f_code is Pool._submit.__code__ and f.f_lineno == lock_line
+
+        def hold(frame, event, arg):
+            # run.queued() is called in _end_run's locked section.
+            if event == "call" and frame.f_code.co_name == "queued":
+                caller = frame.f_back
+                if caller is not None and caller.f_code.co_name == "_end_run":
+                    sys.setprofile(None)
+                    submitter.start()
+                    wait_until(waiting, what="the submit to wait for the pool's lock")
+
+        sys.setprofile(hold)
+        try:
+            it.close()
+        finally:
+            sys.setprofile(None)
+        submitter.join(30)
+        assert submitted[0].result(timeout=30) == 7
+    finally:
+        pool.terminate()  # join() would wait for good for a lost task
 
 
 _ITERATOR_FREED_IN_A_LOCKED_SECTION = r"""
