@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import os
@@ -314,6 +315,33 @@ def test_terminate_charges_no_attempt_to_a_task_that_never_started(backend, tmp_
             t.result(timeout=60)
     assert queued.attempts == 0
     assert not (tmp_path / "never").exists()
+
+
+def _log_run(path: str, tag: str) -> str:
+    with open(path, "a") as f:
+        f.write(tag + "\n")
+    if tag == "crash":
+        os._exit(5)
+    return tag
+
+
+def test_an_item_that_crashes_its_chunk_runs_once_plus_its_retries(tmp_path):
+    # A chunk that crashes is re-run one item at a time, to find the item that
+    # crashed it. That item's run in the chunk is one of its runs: it is charged
+    # when the item crashes again alone (it ran 2 + retries times). Its chunk-mates
+    # are not charged: "b" never started in the chunk.
+    log = tmp_path / "runs"
+    with Pool(1, retries=1) as pool:
+        out = pool.map(
+            functools.partial(_log_run, str(log)),
+            ["a", "crash", "b"],
+            chunksize=3,
+            return_exceptions=True,
+        )
+    assert out[0] == "a" and out[2] == "b" and isinstance(out[1], pt.WorkerCrashed), out
+    runs = log.read_text().split()
+    assert runs.count("crash") == 2, runs  # once in the chunk, once alone (its retry)
+    assert runs.count("a") == 2 and runs.count("b") == 1, runs  # "a" finished in the chunk
 
 
 def test_a_worker_that_cannot_be_set_up_uses_up_the_retries(tmp_path):

@@ -1979,12 +1979,24 @@ class Pool(PrimitiveFactory):
         block = isinstance(chunk, Block)
         items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
         if len(items) == 1:
-            self._settle_many([(items[0], False, exc)], ran=ran)
+            it = items[0]
+            if it.suspect and ran and not self._terminated:
+                # Alone, it failed as its chunk did: it is most likely what failed
+                # the chunk, so that run was one of its runs too (uncharged, an item
+                # crashing its worker ran 2 + retries times). Its chunk-mates that
+                # succeed alone are not charged: they may never have started there.
+                with self._lock:
+                    it.attempts += 1
+            it.suspect = False
+            self._settle_many([(it, False, exc)], ran=ran)
             return
+        # Not when a cancel() of one of them killed the chunk: none of the rest failed it.
+        suspect = ran and not isinstance(exc, Cancelled)
         with self._lock:
             again = [it for it in items if not it.dropped()]
             for it in again:
                 it.isolated = True
+                it.suspect = suspect
             # A block's items are new: all are dropped if its run ended, and then
             # they are settled below (so that join() does not wait for them).
             if not self._terminated and (again or not block):
@@ -2031,6 +2043,7 @@ class Pool(PrimitiveFactory):
                     and not it.dropped()
                 ):
                     it.isolated = True
+                    it.suspect = False  # failed alone on its own: the chunk is not its
                     retry.append(it)
                     continue
                 it.settled = True

@@ -77,6 +77,7 @@ class Item:
         "settled",
         "sink",
         "started",
+        "suspect",
         "task",
         "timeout",
     )
@@ -102,6 +103,9 @@ class Item:
         self.isolated = False  # runs alone: after its chunk failed, or to retry it
         self.settled = False
         self.started = False
+        # Re-run alone after its chunk failed as a whole (crash, timeout, launch):
+        # if it fails alone the same way, that chunk's run is charged to it too.
+        self.suspect = False
         self.chunk: Task[Any] | None = None  # the backend task running it now
 
     def dropped(self) -> bool:
