@@ -322,6 +322,11 @@ def _log_run(path: str, tag: str) -> str:
         f.write(tag + "\n")
     if tag == "crash":
         os._exit(5)
+    if tag.startswith("crash-once"):  # crashes on its first run only (a marker file)
+        marker = f"{path}.{tag}"
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(6)
     return tag
 
 
@@ -342,6 +347,40 @@ def test_an_item_that_crashes_its_chunk_runs_once_plus_its_retries(tmp_path):
     runs = log.read_text().split()
     assert runs.count("crash") == 2, runs  # once in the chunk, once alone (its retry)
     assert runs.count("a") == 2 and runs.count("b") == 1, runs  # "a" finished in the chunk
+
+
+def test_a_chunk_mate_behind_the_crashing_item_keeps_all_its_retries(tmp_path):
+    # "crash" kills the chunk before "crash-once" starts there: the chunk's run is
+    # not one of its runs. Alone, its first run crashes: that is its first attempt,
+    # so it is retried (and then succeeds); it must not be charged the chunk's run,
+    # which is "crash"'s (charged to it: it runs 1 + retries times in all).
+    log = tmp_path / "runs"
+    with Pool(1, retries=1) as pool:
+        out = pool.map(
+            functools.partial(_log_run, str(log)),
+            ["crash", "crash-once", "c"],
+            chunksize=3,
+            return_exceptions=True,
+        )
+    assert isinstance(out[0], pt.WorkerCrashed) and out[1:] == ["crash-once", "c"], out
+    runs = log.read_text().split()
+    assert runs.count("crash") == 2, runs
+    assert runs.count("crash-once") == 2 and runs.count("c") == 1, runs
+
+
+def test_two_items_that_crash_their_chunk_each_run_once_plus_their_retries(tmp_path):
+    # Both crash whenever they run; the chunk crashed at the first, the second never
+    # ran there. Each runs 1 + retries times: the first's chunk run is its first.
+    log = tmp_path / "runs"
+    with Pool(1, retries=1) as pool:
+        out = pool.map(
+            functools.partial(_log_run, str(log)),
+            ["crash", "crash"],
+            chunksize=2,
+            return_exceptions=True,
+        )
+    assert all(isinstance(x, pt.WorkerCrashed) for x in out), out
+    assert log.read_text().split().count("crash") == 4  # 2 + 2, not 2 + 1
 
 
 def test_a_worker_that_cannot_be_set_up_uses_up_the_retries(tmp_path):

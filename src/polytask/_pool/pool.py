@@ -66,6 +66,7 @@ from .schedule import (
     Block,
     Item,
     Items,
+    LostChunk,
     RunQueue,
     Sink,
     args_bytes,
@@ -1980,23 +1981,32 @@ class Pool(PrimitiveFactory):
         items = self._isolate(chunk) if isinstance(chunk, Block) else chunk
         if len(items) == 1:
             it = items[0]
-            if it.suspect and ran and not self._terminated:
-                # Alone, it failed as its chunk did: it is most likely what failed
-                # the chunk, so that run was one of its runs too (uncharged, an item
-                # crashing its worker ran 2 + retries times). Its chunk-mates that
-                # succeed alone are not charged: they may never have started there.
+            if it.suspect is not None:
                 with self._lock:
-                    it.attempts += 1
-            it.suspect = False
+                    lost, place = it.suspect
+                    it.suspect = None
+                    if ran and not self._terminated and not it.settled and lost.charge(place, exc):
+                        # Alone, it failed as its chunk did, and no item ahead of it
+                        # there did: it is most likely what failed the chunk, so that
+                        # run was one of its runs too (uncharged, an item crashing its
+                        # worker ran 2 + retries times). Not its chunk-mates that
+                        # succeed alone (they may never have started there), nor the
+                        # ones behind an item that failed alone first: the chunk failed
+                        # before they started (charged, they lost a retry).
+                        it.attempts += 1
             self._settle_many([(it, False, exc)], ran=ran)
             return
         # Not when a cancel() of one of them killed the chunk: none of the rest failed it.
-        suspect = ran and not isinstance(exc, Cancelled)
+        chunk_lost = (
+            LostChunk(type(exc), len(items)) if ran and not isinstance(exc, Cancelled) else None
+        )
         with self._lock:
-            again = [it for it in items if not it.dropped()]
-            for it in again:
-                it.isolated = True
-                it.suspect = suspect
+            again = []
+            for place, it in enumerate(items):
+                if not it.dropped():
+                    it.isolated = True
+                    it.suspect = None if chunk_lost is None else (chunk_lost, place)
+                    again.append(it)
             # A block's items are new: all are dropped if its run ended, and then
             # they are settled below (so that join() does not wait for them).
             if not self._terminated and (again or not block):
@@ -2043,7 +2053,7 @@ class Pool(PrimitiveFactory):
                     and not it.dropped()
                 ):
                     it.isolated = True
-                    it.suspect = False  # failed alone on its own: the chunk is not its
+                    it.suspect = None  # failed alone on its own: the chunk is not its
                     retry.append(it)
                     continue
                 it.settled = True
