@@ -332,21 +332,39 @@ def _log_run(path: str, tag: str) -> str:
 
 def test_an_item_that_crashes_its_chunk_runs_once_plus_its_retries(tmp_path):
     # A chunk that crashes is re-run one item at a time, to find the item that
-    # crashed it. That item's run in the chunk is one of its runs: it is charged
-    # when the item crashes again alone (it ran 2 + retries times). Its chunk-mates
-    # are not charged: "b" never started in the chunk.
+    # crashed it. The chunk's first item surely ran there: that run is one of its
+    # runs, charged when it crashes again alone (it ran 2 + retries times). Its
+    # chunk-mates are not charged: "a" and "b" never started in the chunk.
     log = tmp_path / "runs"
     with Pool(1, retries=1) as pool:
         out = pool.map(
             functools.partial(_log_run, str(log)),
-            ["a", "crash", "b"],
+            ["crash", "a", "b"],
             chunksize=3,
             return_exceptions=True,
         )
-    assert out[0] == "a" and out[2] == "b" and isinstance(out[1], pt.WorkerCrashed), out
+    assert isinstance(out[0], pt.WorkerCrashed) and out[1:] == ["a", "b"], out
     runs = log.read_text().split()
     assert runs.count("crash") == 2, runs  # once in the chunk, once alone (its retry)
-    assert runs.count("a") == 2 and runs.count("b") == 1, runs  # "a" finished in the chunk
+    assert runs.count("a") == 1 and runs.count("b") == 1, runs
+
+
+def test_an_item_behind_a_flaky_one_keeps_its_retry(tmp_path):
+    # The chunk died at "crash-once-a" (its first run), which then succeeds alone.
+    # "crash-once-b" never ran in the chunk: its first run alone crashes, and it is
+    # owed its retry. (Charged the chunk's run as "the first to fail alone", it
+    # lost it and failed.)
+    log = tmp_path / "runs"
+    with Pool(1, retries=1) as pool:
+        out = pool.map(
+            functools.partial(_log_run, str(log)),
+            ["crash-once-a", "crash-once-b"],
+            chunksize=2,
+            return_exceptions=True,
+        )
+    assert out == ["crash-once-a", "crash-once-b"], out
+    runs = log.read_text().split()
+    assert runs.count("crash-once-a") == 2 and runs.count("crash-once-b") == 2, runs
 
 
 def test_a_chunk_mate_behind_the_crashing_item_keeps_all_its_retries(tmp_path):

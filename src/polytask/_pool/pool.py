@@ -66,7 +66,6 @@ from .schedule import (
     Block,
     Item,
     Items,
-    LostChunk,
     RunQueue,
     Sink,
     args_bytes,
@@ -1983,30 +1982,25 @@ class Pool(PrimitiveFactory):
             it = items[0]
             if it.suspect is not None:
                 with self._lock:
-                    lost, place = it.suspect
-                    it.suspect = None
-                    if ran and not self._terminated and not it.settled and lost.charge(place, exc):
-                        # Alone, it failed as its chunk did, and no item ahead of it
-                        # there did: it is most likely what failed the chunk, so that
-                        # run was one of its runs too (uncharged, an item crashing its
-                        # worker ran 2 + retries times). Not its chunk-mates that
-                        # succeed alone (they may never have started there), nor the
-                        # ones behind an item that failed alone first: the chunk failed
-                        # before they started (charged, they lost a retry).
+                    kind, it.suspect = it.suspect, None
+                    if ran and not self._terminated and not it.settled and isinstance(exc, kind):
+                        # The first item of a chunk lost to a crash or a timeout, failing
+                        # alone the same way: that chunk's run was one of its runs too
+                        # (uncharged, an item crashing its worker ran 2 + retries
+                        # times). Only the first: it surely started there; one behind it
+                        # may never have (its chunk died at a flaky item ahead of it),
+                        # and charging it would take a retry it is owed.
                         it.attempts += 1
             self._settle_many([(it, False, exc)], ran=ran)
             return
-        # Not when a cancel() of one of them killed the chunk: none of the rest failed it.
-        chunk_lost = (
-            LostChunk(type(exc), len(items)) if ran and not isinstance(exc, Cancelled) else None
-        )
+        # Lost to a crash or a timeout (not a cancel() of one of them, not its launch):
+        # its first item surely ran there.
+        lost = type(exc) if ran and isinstance(exc, (WorkerCrashed, TaskTimeout)) else None
         with self._lock:
-            again = []
-            for place, it in enumerate(items):
-                if not it.dropped():
-                    it.isolated = True
-                    it.suspect = None if chunk_lost is None else (chunk_lost, place)
-                    again.append(it)
+            again = [it for it in items if not it.dropped()]
+            for it in again:
+                it.isolated = True
+                it.suspect = lost if it is items[0] else None
             # A block's items are new: all are dropped if its run ended, and then
             # they are settled below (so that join() does not wait for them).
             if not self._terminated and (again or not block):

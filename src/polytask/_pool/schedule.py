@@ -103,10 +103,10 @@ class Item:
         self.isolated = False  # runs alone: after its chunk failed, or to retry it
         self.settled = False
         self.started = False
-        # Re-run alone after its chunk failed as a whole (crash, timeout, launch):
-        # that chunk and the item's place in it. If it fails alone the same way, and
-        # no item ahead of it there did, that chunk's run is charged to it too.
-        self.suspect: tuple[LostChunk, int] | None = None
+        # Re-run alone after its chunk was lost to a crash or a timeout:
+        # how it was lost, for its first item only (it surely started there). If it
+        # fails alone the same way, that chunk's run is charged to it too.
+        self.suspect: type[BaseException] | None = None
         self.chunk: Task[Any] | None = None  # the backend task running it now
 
     def dropped(self) -> bool:
@@ -116,28 +116,6 @@ class Item:
             or self.sink.cancelled
             or (self.task is not None and self.task._state not in LIVE_STATES)
         )
-
-
-class LostChunk:
-    """A chunk that failed as a whole, its items re-run alone: which of them is charged
-    its run. A chunk runs its items in order and fails at one of them: the first to
-    fail alone the same way (by its place in the chunk) is that one, and the items
-    behind it never started there. (With several workers an item behind it may fail
-    alone first: it is charged then, as the only one known so far.)"""
-
-    __slots__ = ("first", "kind")
-
-    def __init__(self, kind: type[BaseException], n: int) -> None:
-        self.kind = kind  # how the chunk failed
-        self.first = n  # the place of the first item that failed alone as it did
-
-    def charge(self, place: int, exc: BaseException) -> bool:
-        """The item at ``place`` failed alone with ``exc``: whether the chunk's run is
-        charged to it too. Under the pool's lock."""
-        if place < self.first and isinstance(exc, self.kind):
-            self.first = place
-            return True
-        return False
 
 
 class Block:
