@@ -368,6 +368,16 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-E", "EOF", "-L", "1", "echo"], "a \nEOF\nb\n"),
     (["-k", "-r", "-L", "1", "echo"], "a\n  \nb\nc\n"),
     (["-k", "-L", "1", "echo"], "a\r\nb\r\nc\n"),
+    # --header's line is the first as read: not joined with the next (-L), not
+    # -E's end nor dropped by -r; they apply from the line after it.
+    (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),
+    (["-k", "--header", ":", "-L", "2", "echo", "H={h}", "A={}"], "h \na \nb\nc\n"),
+    (["-k", "--header", ":", "-E", "h", "echo", "H={h}", "A={}"], "h\na\nb\n"),
+    (["-k", "--header", ":", "-r", "echo", "H={h}", "A={}"], "\na\nb\n"),
+    (
+        ["-k", "--header", ":", "-L", "1", "-a", "-", "echo", "{h}", "{}", ":::", "k ", "y"],
+        "h \nx\n",
+    ),
 ]
 
 

@@ -663,15 +663,25 @@ _PERL_SPACE = (" ", "\t", "\n", "\r", "\f", "\v")
 
 class _Lines:
     """What becomes of the lines of a file or stdin: -E ends them, -r drops blank
-    ones, and with -L (not --pipe) a line ending in a blank goes on on the next."""
+    ones, and with -L (not --pipe) a line ending in a blank goes on on the next.
+
+    ``header`` (--header): the first line is kept as it is read, none of these
+    applying to it, as GNU parallel reads the header line before the inputs.
+    """
 
     def __init__(
-        self, eof: str | None = None, skip_blank: bool = False, join: bool = False
+        self,
+        eof: str | None = None,
+        skip_blank: bool = False,
+        join: bool = False,
+        *,
+        header: bool = False,
     ) -> None:
         self.eof = eof
         self.skip_blank = skip_blank
         self.join = join
         self._held: str | None = None  # -L: a line ending in a blank, waiting for the next
+        self._header = header  # the first line is still to come, and is --header's
         self.ended = False
 
     def accept(self, parts: Iterable[bytes | str]) -> list[str]:
@@ -680,6 +690,10 @@ class _Lines:
             if self.ended:
                 break
             line = os.fsdecode(p)
+            if self._header:
+                self._header = False
+                out.append(line)
+                continue
             if not self.join:
                 self._keep(line, out)
                 continue
@@ -2877,7 +2891,9 @@ def _inputs(
     )
 
     def rules() -> _Lines:  # one per file: -E ends that file
-        return _Lines(opts.eof, opts.no_run_if_empty, join=bool(opts.L))
+        return _Lines(
+            opts.eof, opts.no_run_if_empty, join=bool(opts.L), header=opts.header is not None
+        )
 
     colsep: str | None = opts.colsep
     if opts.csv:
