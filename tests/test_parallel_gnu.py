@@ -368,6 +368,11 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-E", "EOF", "-L", "1", "echo"], "a \nEOF\nb\n"),
     (["-k", "-r", "-L", "1", "echo"], "a\n  \nb\nc\n"),
     (["-k", "-L", "1", "echo"], "a\r\nb\r\nc\n"),
+    # -n, -N and -L read a count as GNU's --block reads a size: 1k = 1000, 1K = 1024
+    (["-k", "-L", "1k", "echo"], "a\nb\nc\n"),
+    (["-k", "-n", "0.002k", "echo"], "a\nb\nc\n"),
+    (["-k", "-N1Ki", "echo", "{1}", "{2}"], "a\nb\nc\n"),
+    (["-k", "--max-args=1M", "echo"], "a\nb\nc\n"),
     # --header's line is the first as read: not joined with the next (-L), not
     # -E's end nor dropped by -r; they apply from the line after it.
     (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),

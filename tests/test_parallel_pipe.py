@@ -105,6 +105,8 @@ CASES: list[tuple[list[str], str, str]] = [
     (["--pipe", "-N2", "--recend", ";", "-k", "cat; echo"], "a;b;c;d;e;", "exact"),
     (["--pipe", "-L3", "--block", "10", "-k", "cat; echo --"], SEQ30, "exact"),
     (["--pipe", "-L2", "-N2", "-k", "cat; echo --"], SEQ30, "exact"),
+    (["--pipe", "-L", "0.003k", "--block", "10", "-k", "cat; echo --"], SEQ30, "exact"),
+    (["--pipe", "-N", "0.004k", "-k", "cat; echo --"], SEQ30, "exact"),
     # --header: N lines, or a regex, repeated to every job
     (["--pipe", "--header", "1", "--block", "10", "-k", "cat; echo --"], "h\n" + SEQ30, "exact"),
     (

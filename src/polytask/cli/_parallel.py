@@ -236,14 +236,12 @@ def _parser() -> _Parser:
     a(
         "-n",
         "--max-args",
-        type=int,
         metavar="N",
         help="give each job up to N inputs ({} is all of them, {1} {2} ... each); 0: none",
     )
     a(
         "-N",
         "--max-replace-args",
-        type=int,
         metavar="N",
         help="like -n, and a word with {} is repeated for each input (as -X)",
     )
@@ -396,7 +394,6 @@ def _parser() -> _Parser:
     a(
         "-L",
         metavar="N",
-        type=int,
         help="--pipe: a record is N lines; otherwise at most N input lines a job, given "
         "as -N gives them, a line ending in a blank going on on the next (xargs -L). "
         "-l [N] and --max-lines [N]: the same, given as -n gives them (N 1 if not given or 0)",
@@ -448,8 +445,8 @@ def _parser() -> _Parser:
     a("--haltonerror", dest="halt", help=hide)
     a("--maxprocs", dest="jobs", help=hide)
     a("--argfile", dest="arg_file", action="append", help=hide)
-    a("--maxargs", dest="max_args", type=int, help=hide)
-    a("--maxreplaceargs", dest="max_replace_args", type=int, help=hide)
+    a("--maxargs", dest="max_args", help=hide)
+    a("--maxreplaceargs", dest="max_replace_args", help=hide)
     a("-C", "--col-sep", dest="colsep", help=hide)
     a("--argsep", dest="arg_sep", help=hide)
     a("--argfilesep", dest="arg_file_sep", help=hide)
@@ -3107,6 +3104,24 @@ def _counted(opts: argparse.Namespace, unlimited: bool) -> set[str]:
     return kinds & wanted
 
 
+def _counts(opts: argparse.Namespace) -> None:
+    """-n, -N and -L's values as numbers, read as GNU parallel reads them: with
+    --block's units (1k = 1000, 1K = 1024)."""
+    from .. import _parallel_spec as spec
+
+    for dest, name in (("max_args", "-n"), ("max_replace_args", "-N"), ("L", "-L")):
+        text = getattr(opts, dest)
+        if text is None:
+            continue
+        try:
+            value = spec.parse_count(text, option=name)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        if value != int(value):
+            raise _UsageError(f"{name} {text}: the count is a whole number")
+        setattr(opts, dest, int(value))
+
+
 def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     from .. import _parallel_spec as spec
     from .._os.proc import usable_cpus
@@ -3178,6 +3193,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
                 "and it quotes for those"
             )
     counted = _counted(opts, unlimited)
+    _counts(opts)
     if opts.max_lines is not None:
         # -l N / --max-lines N: with --pipe, -L N; otherwise -n N with -L's joined
         # lines (no word repeated per input, unlike -L's -N). It wins over -L.
