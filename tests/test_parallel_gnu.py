@@ -373,6 +373,13 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-n", "0.002k", "echo"], "a\nb\nc\n"),
     (["-k", "-N1Ki", "echo", "{1}", "{2}"], "a\nb\nc\n"),
     (["-k", "--max-args=1M", "echo"], "a\nb\nc\n"),
+    # A fraction is the next whole number (GNU gives a job inputs until it has N).
+    (["-k", "-L", "2.5", "echo"], "a\nb \nc\nd\ne\nf\ng\n"),
+    (["-k", "-l", "1.5", "echo"], "a\nb \nc\nd\ne\nf\ng\n"),
+    (["-k", "-l2.5", "echo"], "a\nb\nc\nd\n"),
+    (["-k", "--max-lines=.5", "echo"], "a\nb\nc\n"),
+    (["-k", "-n", "0.5", "echo"], "a\nb\nc\n"),
+    (["-k", "-N", "2.5", "echo", "{1}", "{2}", "{3}"], "a\nb\nc\nd\ne\n"),
     # --header's line is the first as read: not joined with the next (-L), not
     # -E's end nor dropped by -r; they apply from the line after it.
     (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),

@@ -255,6 +255,8 @@ def test_n0_shell_command_runs(gnu_parallel: str, tmp_path: Path) -> None:
         (["--pipe", "--block", "0", "cat"], "--block"),
         (["--pipe", "--block", "1x", "cat"], "not a size"),
         (["--pipe", "-N0", "cat"], "-N 0"),
+        (["--pipe", "-L", "2.5", "cat"], "-L 2.5: with --pipe, the count is a whole number"),
+        (["--pipe", "-N", "0.5", "cat"], "-N 0.5: with --pipe, the count is a whole number"),
         (["--pipe", "--regexp", "--recend", "(", "cat"], "not a regular expression"),
         (["--pipepart", "cat"], "-a FILE"),
         (["--block", "10", "cat"], "--pipe"),

@@ -398,7 +398,7 @@ def _parser() -> _Parser:
         "as -N gives them, a line ending in a blank going on on the next (xargs -L). "
         "-l [N] and --max-lines [N]: the same, given as -n gives them (N 1 if not given or 0)",
     )
-    a("--max-lines", "--maxlines", dest="max_lines", type=int, help=argparse.SUPPRESS)
+    a("--max-lines", "--maxlines", dest="max_lines", help=argparse.SUPPRESS)
     a(
         "--cat",
         action="store_true",
@@ -2734,10 +2734,20 @@ _VALUE_OPTIONS = frozenset(
 
 _MAX_LINES = ("-l", "--max-lines", "--maxlines")
 
+#: A number as GNU parallel's option parser (Perl's Getopt::Long) reads the
+#: optional value of -l: ``2``, ``2.5``, ``.5``, ``-1``, not ``2.`` nor ``1k``.
+_GETOPT_FLOAT = r"[-+]?(?=[0-9.])[0-9_]*(?:\.[0-9_]+)?(?:[eE][-+]?[0-9_]+)?"
+
+
+def _is_float(word: str) -> bool:
+    import re  # argparse has it loaded already
+
+    return re.fullmatch(_GETOPT_FLOAT, word) is not None
+
 
 def _attached_l(word: str) -> bool:
-    """-l with its count in the same word (``-l2``)."""
-    return word.startswith("-l") and word[2:].isdigit()
+    """-l with its count in the same word (``-l2``, ``-l2.5``)."""
+    return word.startswith("-l") and _is_float(word[2:])
 
 
 def _negative_values(argv: list[str]) -> list[str]:
@@ -2753,13 +2763,16 @@ def _negative_values(argv: list[str]) -> list[str]:
             # GNU's -l and --max-lines take an optional count (xargs's -l[N]): the
             # next word is it only if it is a number; 0 and none are 1 (see _setup).
             value = a.partition("=")[2] if a.startswith("--") else a[2:]
-            if not value and i < len(words) and words[i].isdigit():
+            if not value and i < len(words) and _is_float(words[i]):
                 value = words[i]
                 i += 1
             value = value or "1"
-            if not value.isdigit():
-                raise _UsageError(f"{a}: the lines a job is a whole number, not {value!r}")
-            out.append(f"--max-lines={max(int(value), 1)}")
+            if value == "-0":  # GNU: -l -0 is -l and -0 (-0 taken for -l's value)
+                out += ["--max-lines=1", "-0"]
+                continue
+            if not _is_float(value):
+                raise _UsageError(f"{a}: the lines a job is a number, not {value!r}")
+            out.append(f"--max-lines={value}")
         elif a in ("-j", "-P", "--jobs", "--max-procs", "--maxprocs") or a in _VALUE_OPTIONS:
             if i == len(words):
                 out.append(a)
@@ -3105,11 +3118,14 @@ def _counted(opts: argparse.Namespace, unlimited: bool) -> set[str]:
 
 
 def _counts(opts: argparse.Namespace) -> None:
-    """-n, -N and -L's values as numbers, read as GNU parallel reads them: with
-    --block's units (1k = 1000, 1K = 1024)."""
+    """-n, -N, -L and -l's values as whole numbers, read as GNU parallel reads them:
+    with --block's units (1k = 1000, 1K = 1024), a fraction the next whole number."""
+    import math
+
     from .. import _parallel_spec as spec
 
-    for dest, name in (("max_args", "-n"), ("max_replace_args", "-N"), ("L", "-L")):
+    names = (("max_args", "-n"), ("max_replace_args", "-N"), ("L", "-L"), ("max_lines", "-l"))
+    for dest, name in names:
         text = getattr(opts, dest)
         if text is None:
             continue
@@ -3118,7 +3134,15 @@ def _counts(opts: argparse.Namespace) -> None:
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
         if value != int(value):
-            raise _UsageError(f"{name} {text}: the count is a whole number")
+            if opts.pipe or opts.pipepart:
+                # GNU's --pipe cuts at 2 for -L 2.5, and fails or gives empty records
+                # below 1: no count to follow there.
+                mode = "--pipepart" if opts.pipepart else "--pipe"
+                raise _UsageError(f"{name} {text}: with {mode}, the count is a whole number")
+            # GNU parallel adds inputs to a job until it has N or more: 2.5 is 3.
+            value = math.ceil(value) if value > 0 else math.floor(value)
+        if dest == "max_lines" and value == 0:
+            value = 1  # -l 0, as -l without a count, is 1
         setattr(opts, dest, int(value))
 
 
