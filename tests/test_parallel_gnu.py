@@ -380,6 +380,10 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "--max-lines=.5", "echo"], "a\nb\nc\n"),
     (["-k", "-n", "0.5", "echo"], "a\nb\nc\n"),
     (["-k", "-N", "2.5", "echo", "{1}", "{2}", "{3}"], "a\nb\nc\nd\ne\n"),
+    # -L and -l below 0: one (joined) line a job, as 1.
+    (["-k", "-L", "-1", "echo", "x{}y"], "a \nb\nc \nd\ne\n"),
+    (["-k", "-l", "-1", "echo"], "a \nb\nc \nd\ne\n"),
+    (["-k", "--max-lines=-2.5", "echo"], "a \nb\nc\n"),
     # --header's line is the first as read: not joined with the next (-L), not
     # -E's end nor dropped by -r; they apply from the line after it.
     (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),

@@ -3133,6 +3133,9 @@ def _counts(opts: argparse.Namespace) -> None:
             value = spec.parse_count(text, option=name)
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
+        if dest in ("L", "max_lines") and value < 0 and not (opts.pipe or opts.pipepart):
+            # GNU parallel: a job takes one (joined) line, and has N or more: -L 1.
+            value = 1
         if value != int(value):
             if opts.pipe or opts.pipepart:
                 # GNU's --pipe cuts at 2 for -L 2.5, and fails or gives empty records
@@ -3230,18 +3233,16 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             )
         opts.counts = (0, jobs)
         return _setup_pipe(opts, groups, jobs, shell)
-    if opts.L is not None:
-        # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
-        # blank goes on on the next; see _Lines), given as -N gives them (a word
-        # holding {} repeated per input), -l's as -n. -L 0: one line a job, no
-        # argument. -n/-N, when given, set the count. As GNU parallel 20221122.
-        if opts.L < 0:
-            raise _UsageError(f"-L {opts.L}: the lines a job: 0 or more")
-        if opts.max_args is None and opts.max_replace_args is None:
-            if opts.max_lines is not None:
-                opts.max_args = opts.L
-            else:
-                opts.max_replace_args = opts.L
+    # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
+    # blank goes on on the next; see _Lines), given as -N gives them (a word
+    # holding {} repeated per input), -l's as -n. -L 0: one line a job, no
+    # argument (below 0: 1, see _counts). -n/-N, when given, set the count. As
+    # GNU parallel 20221122.
+    if opts.L is not None and opts.max_args is None and opts.max_replace_args is None:
+        if opts.max_lines is not None:
+            opts.max_args = opts.L
+        else:
+            opts.max_replace_args = opts.L
     if counted and (opts.m or opts.X or opts.xargs):
         raise _UsageError(
             "{##} and {0#} (and {0%} with -j 0) do not go with -m, -X or --xargs "
