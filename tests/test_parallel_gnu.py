@@ -384,6 +384,16 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-L", "-1", "echo", "x{}y"], "a \nb\nc \nd\ne\n"),
     (["-k", "-l", "-1", "echo"], "a \nb\nc \nd\ne\n"),
     (["-k", "--max-lines=-2.5", "echo"], "a \nb\nc\n"),
+    # -l in a bundle of short options, as GNU's Getopt::Long reads it: the number
+    # that starts the rest of the bundle is its value, the rest more options.
+    (["-kl2", "echo"], "a\nb \nc\nd\ne\n"),
+    (["-kl", "echo"], "a\nb \nc\n"),
+    (["-lk", "echo"], "a\nb \nc\n"),
+    (["-l2.5k", "echo"], "a\nb\nc\nd\ne\n"),
+    (["-kl1k", "echo"], "a\nb\nc\n"),
+    (["-kvl-1", "echo"], "a \nb\nc\n"),
+    (["-kL2", "echo"], "a\nb\nc\n"),
+    (["-kn2", "echo"], "a\nb\nc\n"),
     # --header's line is the first as read: not joined with the next (-L), not
     # -E's end nor dropped by -r; they apply from the line after it.
     (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),

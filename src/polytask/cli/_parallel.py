@@ -2750,7 +2750,36 @@ def _attached_l(word: str) -> bool:
     return word.startswith("-l") and _is_float(word[2:])
 
 
-def _negative_values(argv: list[str]) -> list[str]:
+def _unbundle_l(word: str, parser: argparse.ArgumentParser) -> list[str] | None:
+    """A bundle of short options with -l in it as separate words, or None if -l is
+    not one of them: ``-kl2`` is ``-k -l2``, ``-lk`` is ``-l1 -k``.
+
+    As GNU parallel's option parser (Getopt::Long, bundling) reads it: -l takes
+    the number that starts the rest of the bundle, if any, and the rest goes on
+    as more options; a bare -l at the end may take the next word (see below).
+    """
+    import re
+
+    k = word.find("l", 1)
+    if k < 0:
+        return None
+    for c in word[1:k]:
+        action = parser._option_string_actions.get("-" + c)
+        if action is None or action.nargs != 0:
+            return None  # not a flag: the rest of the word is its value
+    parts = [word[:k]] if k > 1 else []
+    rest = word[k + 1 :]
+    if not rest:
+        return [*parts, "-l"]
+    m = re.match(_GETOPT_FLOAT, rest)
+    value = m.group() if m else ""
+    parts.append("-l" + (value or "1"))
+    if rest[len(value) :]:
+        parts.append("-" + rest[len(value) :])
+    return parts
+
+
+def _negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     # With -0 defined, argparse reads "-1" as an option, not a value: glue the
     # value of -j/--jobs to its option so that GNU parallel's "-j -1" works.
     out: list[str] = []
@@ -2758,6 +2787,15 @@ def _negative_values(argv: list[str]) -> list[str]:
     i = 0
     while i < len(words):
         a = words[i]
+        if (
+            a[:1] == "-"
+            and a[1:2] not in ("-", "")
+            and "l" in a
+            and not _attached_l(a)
+            and (parts := _unbundle_l(a, parser)) is not None
+        ):
+            words[i : i + 1] = parts
+            a = words[i]
         i += 1
         if a in _MAX_LINES or a.startswith(("--max-lines=", "--maxlines=")) or _attached_l(a):
             # GNU's -l and --max-lines take an optional count (xargs's -l[N]): the
@@ -2818,7 +2856,8 @@ def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[Group]]:
     arg_sep, file_sep, cut = _separators(argv)
-    opts = _parser().parse_args(_negative_values(argv[:cut]))
+    parser = _parser()
+    opts = parser.parse_args(_negative_values(argv[:cut], parser))
     if opts.command[:1] == ["--"]:
         # GNU parallel's end of the options: the COMMAND follows (no program is named --).
         del opts.command[0]
