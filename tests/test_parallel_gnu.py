@@ -394,6 +394,11 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-kvl-1", "echo"], "a \nb\nc\n"),
     (["-kL2", "echo"], "a\nb\nc\n"),
     (["-kn2", "echo"], "a\nb\nc\n"),
+    # -L's inputs are given as -N gives them also with -n or -l, not with -m, --xargs.
+    (["-k", "-L", "3", "-n", "2", "echo", "x{}y"], "a\nb\nc\nd\ne\nf\n"),
+    (["-k", "-L", "2", "-l", "3", "echo", "x{}y"], "a\nb\nc\nd\ne\nf\n"),
+    (["-k", "-j2", "-L", "2", "-m", "echo", "x{}y"], "a\nb\nc\nd\ne\nf\n"),
+    (["-k", "-L", "2", "--xargs", "echo", "x{}y"], "a\nb\nc\nd\ne\n"),
     # --header's line is the first as read: not joined with the next (-L), not
     # -E's end nor dropped by -r; they apply from the line after it.
     (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),

@@ -3260,6 +3260,7 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             )
     counted = _counted(opts, unlimited)
     _counts(opts)
+    dash_L = opts.L is not None  # -L itself, not -l's
     if opts.max_lines is not None:
         # -l N / --max-lines N: with --pipe, -L N; otherwise -n N with -L's joined
         # lines (no word repeated per input, unlike -L's -N). It wins over -L.
@@ -3273,15 +3274,14 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
         opts.counts = (0, jobs)
         return _setup_pipe(opts, groups, jobs, shell)
     # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
-    # blank goes on on the next; see _Lines), given as -N gives them (a word
-    # holding {} repeated per input), -l's as -n. -L 0: one line a job, no
-    # argument (below 0: 1, see _counts). -n/-N, when given, set the count. As
-    # GNU parallel 20221122.
+    # blank goes on on the next; see _Lines). -L 0: one line a job, no argument
+    # (below 0: 1, see _counts). -n/-N, when given, set the count. -L gives the
+    # inputs as -N does (a word holding {} repeated per input), also with -n or
+    # -l, but not with -m or --xargs; -l alone as -n does. As GNU parallel 20221122.
     if opts.L is not None and opts.max_args is None and opts.max_replace_args is None:
-        if opts.max_lines is not None:
-            opts.max_args = opts.L
-        else:
-            opts.max_replace_args = opts.L
+        opts.max_args = opts.L
+    if dash_L and not (opts.m or opts.xargs) and opts.max_replace_args is None:
+        opts.max_replace_args, opts.max_args = opts.max_args, None
     if counted and (opts.m or opts.X or opts.xargs):
         raise _UsageError(
             "{##} and {0#} (and {0%} with -j 0) do not go with -m, -X or --xargs "
