@@ -755,6 +755,8 @@ def test_several_inputs_per_job(capfd: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out == "<xa b><xc>"
     code, out, err = run(capfd, "--max-args=-1", "echo", ":::", "a")
     assert code == 255 and "-n/-N -1" in err
+    code, out, err = run(capfd, "-n", "2x", "echo", ":::", "a")
+    assert code == 255 and out == "" and "-n '2x': not a number" in err and "1k = 1000" in err
     r = cli("-k", "-N2", "echo", "{2}", "{1}", input="a\nb\nc\n")
     assert r.returncode == 0 and r.stdout == "b a\nc\n"
 

@@ -368,6 +368,47 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-E", "EOF", "-L", "1", "echo"], "a \nEOF\nb\n"),
     (["-k", "-r", "-L", "1", "echo"], "a\n  \nb\nc\n"),
     (["-k", "-L", "1", "echo"], "a\r\nb\r\nc\n"),
+    # -n, -N and -L read a count as GNU's --block reads a size: 1k = 1000, 1K = 1024
+    (["-k", "-L", "1k", "echo"], "a\nb\nc\n"),
+    (["-k", "-n", "0.002k", "echo"], "a\nb\nc\n"),
+    (["-k", "-N1Ki", "echo", "{1}", "{2}"], "a\nb\nc\n"),
+    (["-k", "--max-args=1M", "echo"], "a\nb\nc\n"),
+    # A fraction is the next whole number (GNU gives a job inputs until it has N).
+    (["-k", "-L", "2.5", "echo"], "a\nb \nc\nd\ne\nf\ng\n"),
+    (["-k", "-l", "1.5", "echo"], "a\nb \nc\nd\ne\nf\ng\n"),
+    (["-k", "-l2.5", "echo"], "a\nb\nc\nd\n"),
+    (["-k", "--max-lines=.5", "echo"], "a\nb\nc\n"),
+    (["-k", "-n", "0.5", "echo"], "a\nb\nc\n"),
+    (["-k", "-N", "2.5", "echo", "{1}", "{2}", "{3}"], "a\nb\nc\nd\ne\n"),
+    # -L and -l below 0: one (joined) line a job, as 1.
+    (["-k", "-L", "-1", "echo", "x{}y"], "a \nb\nc \nd\ne\n"),
+    (["-k", "-l", "-1", "echo"], "a \nb\nc \nd\ne\n"),
+    (["-k", "--max-lines=-2.5", "echo"], "a \nb\nc\n"),
+    # -l in a bundle of short options, as GNU's Getopt::Long reads it: the number
+    # that starts the rest of the bundle is its value, the rest more options.
+    (["-kl2", "echo"], "a\nb \nc\nd\ne\n"),
+    (["-kl", "echo"], "a\nb \nc\n"),
+    (["-lk", "echo"], "a\nb \nc\n"),
+    (["-l2.5k", "echo"], "a\nb\nc\nd\ne\n"),
+    (["-kl1k", "echo"], "a\nb\nc\n"),
+    (["-kvl-1", "echo"], "a \nb\nc\n"),
+    (["-kL2", "echo"], "a\nb\nc\n"),
+    (["-kn2", "echo"], "a\nb\nc\n"),
+    # -L's inputs are given as -N gives them also with -n or -l, not with -m, --xargs.
+    (["-k", "-L", "3", "-n", "2", "echo", "x{}y"], "a\nb\nc\nd\ne\nf\n"),
+    (["-k", "-L", "2", "-l", "3", "echo", "x{}y"], "a\nb\nc\nd\ne\nf\n"),
+    (["-k", "-j2", "-L", "2", "-m", "echo", "x{}y"], "a\nb\nc\nd\ne\nf\n"),
+    (["-k", "-L", "2", "--xargs", "echo", "x{}y"], "a\nb\nc\nd\ne\n"),
+    # --header's line is the first as read: not joined with the next (-L), not
+    # -E's end nor dropped by -r; they apply from the line after it.
+    (["-k", "--header", ":", "-L", "1", "echo", "H={h}", "X={x}", "A={}"], "h \nx\na\nb\n"),
+    (["-k", "--header", ":", "-L", "2", "echo", "H={h}", "A={}"], "h \na \nb\nc\n"),
+    (["-k", "--header", ":", "-E", "h", "echo", "H={h}", "A={}"], "h\na\nb\n"),
+    (["-k", "--header", ":", "-r", "echo", "H={h}", "A={}"], "\na\nb\n"),
+    (
+        ["-k", "--header", ":", "-L", "1", "-a", "-", "echo", "{h}", "{}", ":::", "k ", "y"],
+        "h \nx\n",
+    ),
 ]
 
 

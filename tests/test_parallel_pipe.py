@@ -105,6 +105,8 @@ CASES: list[tuple[list[str], str, str]] = [
     (["--pipe", "-N2", "--recend", ";", "-k", "cat; echo"], "a;b;c;d;e;", "exact"),
     (["--pipe", "-L3", "--block", "10", "-k", "cat; echo --"], SEQ30, "exact"),
     (["--pipe", "-L2", "-N2", "-k", "cat; echo --"], SEQ30, "exact"),
+    (["--pipe", "-L", "0.003k", "--block", "10", "-k", "cat; echo --"], SEQ30, "exact"),
+    (["--pipe", "-N", "0.004k", "-k", "cat; echo --"], SEQ30, "exact"),
     # --header: N lines, or a regex, repeated to every job
     (["--pipe", "--header", "1", "--block", "10", "-k", "cat; echo --"], "h\n" + SEQ30, "exact"),
     (
@@ -253,6 +255,8 @@ def test_n0_shell_command_runs(gnu_parallel: str, tmp_path: Path) -> None:
         (["--pipe", "--block", "0", "cat"], "--block"),
         (["--pipe", "--block", "1x", "cat"], "not a size"),
         (["--pipe", "-N0", "cat"], "-N 0"),
+        (["--pipe", "-L", "2.5", "cat"], "-L 2.5: with --pipe, the count is a whole number"),
+        (["--pipe", "-N", "0.5", "cat"], "-N 0.5: with --pipe, the count is a whole number"),
         (["--pipe", "--regexp", "--recend", "(", "cat"], "not a regular expression"),
         (["--pipepart", "cat"], "-a FILE"),
         (["--block", "10", "cat"], "--pipe"),

@@ -59,6 +59,7 @@ __all__ = [
     "header_regex",
     "is_posix_shell",
     "joblog_line",
+    "parse_count",
     "parse_duration",
     "parse_joblog",
     "parse_jobs",
@@ -1986,14 +1987,35 @@ def parse_size(spec: str, *, option: str = "--block") -> int:
             f"{option} {spec!r}: not a size (use bytes, or a number with k, M, G: "
             "1M = 1048576, 1k = 1000, 1Ki = 1024)"
         )
-    unit = m.group(2) or ""
+    return sign * int(float(m.group(1)) * _unit_factor(m.group(2) or ""))
+
+
+def _unit_factor(unit: str) -> int:
+    """What a unit of :func:`parse_size` multiplies by (``''``: 1)."""
     if not unit:
-        factor = 1
-    elif unit[-1] in "iI" or unit[0].isupper():
-        factor = 1024 ** ("KMGTP".index(unit[0].upper()) + 1)
-    else:
-        factor = _SIZE_UNITS[unit]
-    return sign * int(float(m.group(1)) * factor)
+        return 1
+    if unit[-1] in "iI" or unit[0].isupper():
+        return int(1024 ** ("KMGTP".index(unit[0].upper()) + 1))
+    return _SIZE_UNITS[unit]
+
+
+_COUNT_RE = re.compile(r"([-+]?)" + _SIZE_RE.pattern)
+
+
+def parse_count(spec: str, *, option: str) -> float:
+    """-n, -N or -L's count as GNU parallel reads it: a number, with --block's units.
+
+    ``1k`` = 1000, ``1K`` = ``1Ki`` = 1024 (GNU's multiply_binary_prefix, as
+    for sizes). The number as written: the caller says what a fraction or a
+    negative count means. Raises ValueError.
+    """
+    m = _COUNT_RE.fullmatch(spec.strip())
+    if m is None:
+        raise ValueError(
+            f"{option} {spec!r}: not a number (a count, or a count with k, K, M, ...: "
+            "1k = 1000, 1K = 1024)"
+        )
+    return (-1 if m.group(1) == "-" else 1) * float(m.group(2)) * _unit_factor(m.group(3) or "")
 
 
 def perl_split(rx: re.Pattern[str], text: str) -> list[str]:

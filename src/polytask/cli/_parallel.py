@@ -236,14 +236,12 @@ def _parser() -> _Parser:
     a(
         "-n",
         "--max-args",
-        type=int,
         metavar="N",
         help="give each job up to N inputs ({} is all of them, {1} {2} ... each); 0: none",
     )
     a(
         "-N",
         "--max-replace-args",
-        type=int,
         metavar="N",
         help="like -n, and a word with {} is repeated for each input (as -X)",
     )
@@ -396,12 +394,11 @@ def _parser() -> _Parser:
     a(
         "-L",
         metavar="N",
-        type=int,
         help="--pipe: a record is N lines; otherwise at most N input lines a job, given "
         "as -N gives them, a line ending in a blank going on on the next (xargs -L). "
         "-l [N] and --max-lines [N]: the same, given as -n gives them (N 1 if not given or 0)",
     )
-    a("--max-lines", "--maxlines", dest="max_lines", type=int, help=argparse.SUPPRESS)
+    a("--max-lines", "--maxlines", dest="max_lines", help=argparse.SUPPRESS)
     a(
         "--cat",
         action="store_true",
@@ -448,8 +445,8 @@ def _parser() -> _Parser:
     a("--haltonerror", dest="halt", help=hide)
     a("--maxprocs", dest="jobs", help=hide)
     a("--argfile", dest="arg_file", action="append", help=hide)
-    a("--maxargs", dest="max_args", type=int, help=hide)
-    a("--maxreplaceargs", dest="max_replace_args", type=int, help=hide)
+    a("--maxargs", dest="max_args", help=hide)
+    a("--maxreplaceargs", dest="max_replace_args", help=hide)
     a("-C", "--col-sep", dest="colsep", help=hide)
     a("--argsep", dest="arg_sep", help=hide)
     a("--argfilesep", dest="arg_file_sep", help=hide)
@@ -663,15 +660,25 @@ _PERL_SPACE = (" ", "\t", "\n", "\r", "\f", "\v")
 
 class _Lines:
     """What becomes of the lines of a file or stdin: -E ends them, -r drops blank
-    ones, and with -L (not --pipe) a line ending in a blank goes on on the next."""
+    ones, and with -L (not --pipe) a line ending in a blank goes on on the next.
+
+    ``header`` (--header): the first line is kept as it is read, none of these
+    applying to it, as GNU parallel reads the header line before the inputs.
+    """
 
     def __init__(
-        self, eof: str | None = None, skip_blank: bool = False, join: bool = False
+        self,
+        eof: str | None = None,
+        skip_blank: bool = False,
+        join: bool = False,
+        *,
+        header: bool = False,
     ) -> None:
         self.eof = eof
         self.skip_blank = skip_blank
         self.join = join
         self._held: str | None = None  # -L: a line ending in a blank, waiting for the next
+        self._header = header  # the first line is still to come, and is --header's
         self.ended = False
 
     def accept(self, parts: Iterable[bytes | str]) -> list[str]:
@@ -680,6 +687,10 @@ class _Lines:
             if self.ended:
                 break
             line = os.fsdecode(p)
+            if self._header:
+                self._header = False
+                out.append(line)
+                continue
             if not self.join:
                 self._keep(line, out)
                 continue
@@ -2723,13 +2734,52 @@ _VALUE_OPTIONS = frozenset(
 
 _MAX_LINES = ("-l", "--max-lines", "--maxlines")
 
+#: A number as GNU parallel's option parser (Perl's Getopt::Long) reads the
+#: optional value of -l: ``2``, ``2.5``, ``.5``, ``-1``, not ``2.`` nor ``1k``.
+_GETOPT_FLOAT = r"[-+]?(?=[0-9.])[0-9_]*(?:\.[0-9_]+)?(?:[eE][-+]?[0-9_]+)?"
+
+
+def _is_float(word: str) -> bool:
+    import re  # argparse has it loaded already
+
+    return re.fullmatch(_GETOPT_FLOAT, word) is not None
+
 
 def _attached_l(word: str) -> bool:
-    """-l with its count in the same word (``-l2``)."""
-    return word.startswith("-l") and word[2:].isdigit()
+    """-l with its count in the same word (``-l2``, ``-l2.5``)."""
+    return word.startswith("-l") and _is_float(word[2:])
 
 
-def _negative_values(argv: list[str]) -> list[str]:
+def _unbundle_l(word: str, parser: argparse.ArgumentParser) -> list[str] | None:
+    """A bundle of short options with -l in it as separate words, or None if -l is
+    not one of them: ``-kl2`` is ``-k -l2``, ``-lk`` is ``-l1 -k``.
+
+    As GNU parallel's option parser (Getopt::Long, bundling) reads it: -l takes
+    the number that starts the rest of the bundle, if any, and the rest goes on
+    as more options; a bare -l at the end may take the next word (see below).
+    """
+    import re
+
+    k = word.find("l", 1)
+    if k < 0:
+        return None
+    for c in word[1:k]:
+        action = parser._option_string_actions.get("-" + c)
+        if action is None or action.nargs != 0:
+            return None  # not a flag: the rest of the word is its value
+    parts = [word[:k]] if k > 1 else []
+    rest = word[k + 1 :]
+    if not rest:
+        return [*parts, "-l"]
+    m = re.match(_GETOPT_FLOAT, rest)
+    value = m.group() if m else ""
+    parts.append("-l" + (value or "1"))
+    if rest[len(value) :]:
+        parts.append("-" + rest[len(value) :])
+    return parts
+
+
+def _negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     # With -0 defined, argparse reads "-1" as an option, not a value: glue the
     # value of -j/--jobs to its option so that GNU parallel's "-j -1" works.
     out: list[str] = []
@@ -2737,18 +2787,30 @@ def _negative_values(argv: list[str]) -> list[str]:
     i = 0
     while i < len(words):
         a = words[i]
+        if (
+            a[:1] == "-"
+            and a[1:2] not in ("-", "")
+            and "l" in a
+            and not _attached_l(a)
+            and (parts := _unbundle_l(a, parser)) is not None
+        ):
+            words[i : i + 1] = parts
+            a = words[i]
         i += 1
         if a in _MAX_LINES or a.startswith(("--max-lines=", "--maxlines=")) or _attached_l(a):
             # GNU's -l and --max-lines take an optional count (xargs's -l[N]): the
             # next word is it only if it is a number; 0 and none are 1 (see _setup).
             value = a.partition("=")[2] if a.startswith("--") else a[2:]
-            if not value and i < len(words) and words[i].isdigit():
+            if not value and i < len(words) and _is_float(words[i]):
                 value = words[i]
                 i += 1
             value = value or "1"
-            if not value.isdigit():
-                raise _UsageError(f"{a}: the lines a job is a whole number, not {value!r}")
-            out.append(f"--max-lines={max(int(value), 1)}")
+            if value == "-0":  # GNU: -l -0 is -l and -0 (-0 taken for -l's value)
+                out += ["--max-lines=1", "-0"]
+                continue
+            if not _is_float(value):
+                raise _UsageError(f"{a}: the lines a job is a number, not {value!r}")
+            out.append(f"--max-lines={value}")
         elif a in ("-j", "-P", "--jobs", "--max-procs", "--maxprocs") or a in _VALUE_OPTIONS:
             if i == len(words):
                 out.append(a)
@@ -2794,7 +2856,8 @@ def _separators(argv: Sequence[str]) -> tuple[str, str, int]:
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[Group]]:
     arg_sep, file_sep, cut = _separators(argv)
-    opts = _parser().parse_args(_negative_values(argv[:cut]))
+    parser = _parser()
+    opts = parser.parse_args(_negative_values(argv[:cut], parser))
     if opts.command[:1] == ["--"]:
         # GNU parallel's end of the options: the COMMAND follows (no program is named --).
         del opts.command[0]
@@ -2877,7 +2940,9 @@ def _inputs(
     )
 
     def rules() -> _Lines:  # one per file: -E ends that file
-        return _Lines(opts.eof, opts.no_run_if_empty, join=bool(opts.L))
+        return _Lines(
+            opts.eof, opts.no_run_if_empty, join=bool(opts.L), header=opts.header is not None
+        )
 
     colsep: str | None = opts.colsep
     if opts.csv:
@@ -3091,6 +3156,38 @@ def _counted(opts: argparse.Namespace, unlimited: bool) -> set[str]:
     return kinds & wanted
 
 
+def _counts(opts: argparse.Namespace) -> None:
+    """-n, -N, -L and -l's values as whole numbers, read as GNU parallel reads them:
+    with --block's units (1k = 1000, 1K = 1024), a fraction the next whole number."""
+    import math
+
+    from .. import _parallel_spec as spec
+
+    names = (("max_args", "-n"), ("max_replace_args", "-N"), ("L", "-L"), ("max_lines", "-l"))
+    for dest, name in names:
+        text = getattr(opts, dest)
+        if text is None:
+            continue
+        try:
+            value = spec.parse_count(text, option=name)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        if dest in ("L", "max_lines") and value < 0 and not (opts.pipe or opts.pipepart):
+            # GNU parallel: a job takes one (joined) line, and has N or more: -L 1.
+            value = 1
+        if value != int(value):
+            if opts.pipe or opts.pipepart:
+                # GNU's --pipe cuts at 2 for -L 2.5, and fails or gives empty records
+                # below 1: no count to follow there.
+                mode = "--pipepart" if opts.pipepart else "--pipe"
+                raise _UsageError(f"{name} {text}: with {mode}, the count is a whole number")
+            # GNU parallel adds inputs to a job until it has N or more: 2.5 is 3.
+            value = math.ceil(value) if value > 0 else math.floor(value)
+        if dest == "max_lines" and value == 0:
+            value = 1  # -l 0, as -l without a count, is 1
+        setattr(opts, dest, int(value))
+
+
 def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     from .. import _parallel_spec as spec
     from .._os.proc import usable_cpus
@@ -3162,6 +3259,8 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
                 "and it quotes for those"
             )
     counted = _counted(opts, unlimited)
+    _counts(opts)
+    dash_L = opts.L is not None  # -L itself, not -l's
     if opts.max_lines is not None:
         # -l N / --max-lines N: with --pipe, -L N; otherwise -n N with -L's joined
         # lines (no word repeated per input, unlike -L's -N). It wins over -L.
@@ -3174,18 +3273,15 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
             )
         opts.counts = (0, jobs)
         return _setup_pipe(opts, groups, jobs, shell)
-    if opts.L is not None:
-        # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
-        # blank goes on on the next; see _Lines), given as -N gives them (a word
-        # holding {} repeated per input), -l's as -n. -L 0: one line a job, no
-        # argument. -n/-N, when given, set the count. As GNU parallel 20221122.
-        if opts.L < 0:
-            raise _UsageError(f"-L {opts.L}: the lines a job: 0 or more")
-        if opts.max_args is None and opts.max_replace_args is None:
-            if opts.max_lines is not None:
-                opts.max_args = opts.L
-            else:
-                opts.max_replace_args = opts.L
+    # Without --pipe, xargs -L: at most L input lines a job (a line ending in a
+    # blank goes on on the next; see _Lines). -L 0: one line a job, no argument
+    # (below 0: 1, see _counts). -n/-N, when given, set the count. -L gives the
+    # inputs as -N does (a word holding {} repeated per input), also with -n or
+    # -l, but not with -m or --xargs; -l alone as -n does. As GNU parallel 20221122.
+    if opts.L is not None and opts.max_args is None and opts.max_replace_args is None:
+        opts.max_args = opts.L
+    if dash_L and not (opts.m or opts.xargs) and opts.max_replace_args is None:
+        opts.max_replace_args, opts.max_args = opts.max_args, None
     if counted and (opts.m or opts.X or opts.xargs):
         raise _UsageError(
             "{##} and {0#} (and {0%} with -j 0) do not go with -m, -X or --xargs "
