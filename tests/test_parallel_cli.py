@@ -788,3 +788,15 @@ def test_delay_in_percent_is_a_usage_error(capfd: pytest.CaptureFixture[str]) ->
     with pytest.raises(ValueError, match="not a duration") as info:
         spec.parse_duration("soon", option="--delay", percent=False)
     assert "%" not in str(info.value)
+
+
+def test_a_count_or_size_past_a_float_is_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    # A count of 10**400 is float("inf") on the way: int() of it raised OverflowError.
+    # GNU parallel puts every input in the job; a --block that large is refused.
+    huge = "1" + "0" * 400
+    for option in ("-n", "-N", "-L", "-l"):
+        code, out, err = run(capfd, "-k", option, huge, "echo", ":::", "a", "b")
+        assert (code, out) == (0, "a b\n"), (option, err)
+    r = cli("--pipe", "--block", huge, "cat", input="a\n")
+    assert r.returncode == 255 and r.stdout == "" and "too big" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

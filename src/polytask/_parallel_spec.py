@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -1987,7 +1988,10 @@ def parse_size(spec: str, *, option: str = "--block") -> int:
             f"{option} {spec!r}: not a size (use bytes, or a number with k, M, G: "
             "1M = 1048576, 1k = 1000, 1Ki = 1024)"
         )
-    return sign * int(float(m.group(1)) * _unit_factor(m.group(2) or ""))
+    size = float(m.group(1)) * _unit_factor(m.group(2) or "")
+    if math.isinf(size):
+        raise ValueError(f"{option} {spec!r}: too big (at most {sys.maxsize} bytes)")
+    return sign * int(min(size, sys.maxsize))
 
 
 def _unit_factor(unit: str) -> int:

@@ -3172,6 +3172,9 @@ def _counts(opts: argparse.Namespace) -> None:
             value = spec.parse_count(text, option=name)
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
+        if not abs(value) < sys.maxsize:
+            # More than any input has (GNU: all of them in one job); inf has no int().
+            value = math.copysign(sys.maxsize, value)
         if dest in ("L", "max_lines") and value < 0 and not (opts.pipe or opts.pipepart):
             # GNU parallel: a job takes one (joined) line, and has N or more: -L 1.
             value = 1
