@@ -4,9 +4,11 @@ fork without ``os._exit``, and bursts of tiny tasks (how many interpreters boot)
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -541,3 +543,32 @@ def test_a_child_forked_while_a_pipe_was_being_grown_can_still_start_workers() -
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     assert code == 0, "the child hung" if code is None else f"the child exited {code}"
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="one usable core: never spins, nothing timed")
+def test_the_spin_choice_counts_the_requests_write_as_part_of_the_wait() -> None:
+    # Waking a sleeping worker is paid in the caller's write, not in its wait:
+    # on Linux the worker often runs on the writer's core, inside the write, and
+    # the wait after it is ~1 us. Timing the wait alone made blocking look ~20x
+    # cheaper than it is, and a process whose waits had once blocked never spun
+    # again. Here the write is made slow for sure (the worker is stopped and the
+    # frame is larger than the pipe): what SpinChoice is told must include it.
+    stop = 0.3
+    be = ProcessBackend(max_workers=1)
+    try:
+        assert be.spawn(len, (b"x",), {}).result(HANG) == 1  # a warm, idle worker
+        (w,) = be._workers.values()
+        os.kill(w.pid, signal.SIGSTOP)
+        timer = threading.Timer(stop, os.kill, (w.pid, signal.SIGCONT))
+        timer.start()
+        try:
+            task = be.spawn(len, (b"x" * (4 * MIB),), {})  # blocks until SIGCONT
+            assert task.result(HANG) == 4 * MIB
+        finally:
+            timer.join()
+            os.kill(w.pid, signal.SIGCONT)
+        # The last wait's cost, not folded into an epoch yet (one per EPOCH waits).
+        samples = be._spin_choice._samples
+        assert samples and max(samples) >= stop / 2, samples
+    finally:
+        be.shutdown()

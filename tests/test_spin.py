@@ -55,3 +55,16 @@ def test_spinning_is_kept_when_it_pays_and_retried_when_the_load_changes():
 def test_a_tie_does_not_spin():
     ways = feed(SpinChoice(), 50e-6, 50e-6, WARMUP + 2 * CYCLE)
     assert sum(ways[WARMUP:]) <= 2 * SpinChoice.EXPLORE_EPOCH
+
+
+def test_a_stale_blocking_cost_does_not_keep_a_spin_that_runs_out_its_budget():
+    # Blocking was measured once, in a short noisy epoch (800 us); then the
+    # machine got busy and each spin runs out its whole budget (150 us, the
+    # peer off the core) while blocking now costs 20 us. Spinning, which wins
+    # against the stale figure and never re-measures blocking, was kept for
+    # good: slower than a blocking read, on a busy machine, for the process's life.
+    choice = SpinChoice()
+    feed(choice, 5e-6, 800e-6, WARMUP)
+    assert choice.spin
+    ways = feed(choice, 150e-6, 20e-6, 3 * CYCLE)
+    assert sum(ways[-2 * CYCLE :]) <= 2 * SpinChoice.EXPLORE_EPOCH

@@ -43,8 +43,10 @@ class SpinChoice:
     While spinning wins, blocking is never tried: its waits are the slow ones,
     and trying it 32 waits in 512 was the whole 2-3x rise of the latency p99
     (the A/B against the pre-redesign tree found it). Its cost is taken again
-    when spinning stops paying, which the spin epochs themselves measure. The
-    first blocking epoch, which measures that way at all, is as short.
+    when spinning stops paying, which the spin epochs themselves measure: at
+    once, in a short epoch, after a spinning epoch whose median wait outlasted
+    the whole budget (``SPIN_MAX``: spinning caught nothing). The first
+    blocking epoch, which measures that way at all, is as short.
     """
 
     EPOCH = 32
@@ -69,7 +71,8 @@ class SpinChoice:
             return
         self._samples = []
         cost = sorted(samples)[len(samples) // 2]
-        if self.spin:
+        spun, explored = self.spin, self._exploring
+        if spun:
             self._spin_cost = cost
         else:
             self._block_cost = cost
@@ -77,6 +80,14 @@ class SpinChoice:
         if self._spin_cost is None or self._block_cost is None:
             self.spin = self._spin_cost is None and bool(SPIN_MAX)  # measure both first
             self._exploring = not self.spin
+            return
+        if spun and not explored and cost >= SPIN_MAX:
+            # The typical wait spun its whole budget in vain (the peer did not run
+            # meanwhile). Blocking's cost may be one noisy epoch from long ago: it
+            # is measured again, briefly, before it decides. Kept as it was, a
+            # stale high figure kept this spinning for the process's life.
+            self.spin = False
+            self._exploring = True
             return
         best = self._spin_cost < 0.9 * self._block_cost
         self._exploring = not best and self._epochs % self.EXPLORE == 0

@@ -228,6 +228,7 @@ class _Worker:
         "reaping",
         "rfd",
         "rlock",
+        "send_cost",
         "sending",
         "task",
         "task_id",
@@ -267,6 +268,8 @@ class _Worker:
         self.ready_at = 0.0
         self.booting = True  # counted in ProcessBackend._booting until READY or death
         self.sending = False  # a frame is being written: do not close its fds yet
+        # Seconds the last request's write took (see ProcessBackend._spin_poll).
+        self.send_cost = 0.0
 
 
 class ProcessBackend(Backend):
@@ -585,7 +588,10 @@ class ProcessBackend(Backend):
                 _cancel_for_shutdown(task)
             return True
         try:
+            # Timed: waking a sleeping worker is paid here, in the sender (see _spin_poll).
+            t0 = time.monotonic()
             _write_all(w.wfd, frame)
+            w.send_cost = time.monotonic() - t0
         except OSError:
             # The worker died while idle: give the task to another one, unless its
             # death was already handled (then the task has its WorkerCrashed).
@@ -1177,7 +1183,6 @@ class ProcessBackend(Backend):
         # before the claim, the task is done now; if not, it is ours to read.
         with w.rlock:
             pass
-        poller = w.poller
         while not task._is_done() and task._slot is w and not w.dead:
             if deadline is None:
                 ms = -1
@@ -1186,7 +1191,7 @@ class ProcessBackend(Backend):
                 if ms <= 0:
                     return
                 ms = poll_ms(ms)  # past poll()'s limit: this loop polls again
-            events = self._spin_poll(poller, ms)
+            events = self._spin_poll(w, ms)
             if events:
                 exited = len(events) > 1 or events[0][0] != w.rfd
                 with w.rlock:
@@ -1198,8 +1203,8 @@ class ProcessBackend(Backend):
                         self._kill(w, Cancelled(f"task {task.name!r} was interrupted"))
                         raise
 
-    def _spin_poll(self, poller: select.poll, ms: int) -> list[tuple[int, int]]:
-        """``poller.poll(ms)``, after polling without sleeping for up to the spin budget.
+    def _spin_poll(self, w: _Worker, ms: int) -> list[tuple[int, int]]:
+        """``w.poller.poll(ms)``, after polling without sleeping for up to the spin budget.
 
         A tiny task's result comes back in microseconds, sooner than this thread
         could be woken from a sleep. The budget adapts: back to the maximum when
@@ -1208,16 +1213,28 @@ class ProcessBackend(Backend):
         while: spinning on it only burns a core). It is skipped while the busy
         workers use every core, and only one caller thread spins at a time (the
         others would take the GIL and a core from it for nothing).
+
+        What SpinChoice is told is the round trip's cost to this side: the wait
+        plus the request's write (``w.send_cost``). Writing to a pipe wakes a
+        sleeping worker with a "sync" wake-up, which Linux may place on the
+        writer's core: the worker then runs its task inside the write, and the
+        wait after it is 1.5-2.5 us while the call takes 38-56 us. Timing the
+        wait alone, such an epoch made blocking look that cheap for good
+        (spinning must beat 0.9 of it, less than a tiny task's own round trip),
+        and the process never spun again: the "blocked for life" regime of a
+        Pool used beside pt.spawn.
         """
+        poller = w.poller
         if not self._cores_free():
             return poller.poll(ms)
         monotonic = time.monotonic
         choice = self._spin_choice
+        sent, w.send_cost = w.send_cost, 0.0  # counted once per request
         start = monotonic()
         if not choice.spin:
             # Timed too: SpinChoice compares the waits with and without spinning.
             events = poller.poll(ms)
-            choice.record(monotonic() - start)
+            choice.record(monotonic() - start + sent)
             return events
         budget = self._spin
         if not budget or not self._spinner.acquire(blocking=False):
@@ -1227,7 +1244,7 @@ class ProcessBackend(Backend):
             while True:
                 events = poller.poll(0)
                 if events:
-                    choice.record(monotonic() - start)
+                    choice.record(monotonic() - start + sent)
                     return events
                 if monotonic() >= end:
                     break
@@ -1237,7 +1254,7 @@ class ProcessBackend(Backend):
         events = poller.poll(ms)
         now = monotonic()
         self._spin = after_sleep(budget, now - t0)
-        choice.record(now - start)
+        choice.record(now - start + sent)
         return events
 
     def _wake(self) -> None:
