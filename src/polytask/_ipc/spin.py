@@ -43,49 +43,73 @@ class SpinChoice:
     While spinning wins, blocking is never tried: its waits are the slow ones,
     and trying it 32 waits in 512 was the whole 2-3x rise of the latency p99
     (the A/B against the pre-redesign tree found it). Its cost is taken again
-    when spinning stops paying, which the spin epochs themselves measure: at
-    once, in a short epoch, after a spinning epoch whose median wait outlasted
-    the whole budget (``SPIN_MAX``: spinning caught nothing). The first
-    blocking epoch, which measures that way at all, is as short.
+    when spinning stops paying, which the spin epochs themselves measure, and
+    again, in a short epoch, after a spinning epoch in which most spins ran out
+    their budget (spinning caught nothing) or whose cost rose past twice what
+    it was when blocking was last measured: a blocking cost from long ago (one
+    noisy epoch) must not keep a spin that no longer pays. The first blocking
+    epoch, which measures that way at all, is as short.
     """
 
     EPOCH = 32
     EXPLORE = 32
     EXPLORE_EPOCH = 4
 
-    __slots__ = ("_block_cost", "_epochs", "_exploring", "_samples", "_spin_cost", "spin")
+    __slots__ = (
+        "_block_cost",
+        "_epochs",
+        "_exploring",
+        "_samples",
+        "_spin_cost",
+        "_spin_then",
+        "_vain",
+        "spin",
+    )
 
     def __init__(self) -> None:
         self.spin = bool(SPIN_MAX)
         self._samples: list[float] = []
         self._spin_cost: float | None = None
         self._block_cost: float | None = None
+        self._spin_then: float | None = None  # the spin cost when blocking was measured
+        self._vain = 0  # this epoch's spins that ran out their budget
         self._epochs = 0
         self._exploring = False
 
-    def record(self, seconds: float) -> None:
-        """One wait of ``seconds``, made the current way."""
+    def record(self, seconds: float, vain: bool = False) -> None:
+        """One wait of ``seconds``, made the current way; ``vain``: a spin that ran
+        out its budget before the reply came (it then slept)."""
         samples = self._samples
         samples.append(seconds)
+        self._vain += vain
         if len(samples) < (self.EXPLORE_EPOCH if self._exploring else self.EPOCH):
             return
         self._samples = []
+        vain_spins, self._vain = self._vain, 0
         cost = sorted(samples)[len(samples) // 2]
         spun, explored = self.spin, self._exploring
         if spun:
             self._spin_cost = cost
         else:
             self._block_cost = cost
+            self._spin_then = self._spin_cost
         self._epochs += 1
         if self._spin_cost is None or self._block_cost is None:
             self.spin = self._spin_cost is None and bool(SPIN_MAX)  # measure both first
             self._exploring = not self.spin
             return
-        if spun and not explored and cost >= SPIN_MAX:
-            # The typical wait spun its whole budget in vain (the peer did not run
-            # meanwhile). Blocking's cost may be one noisy epoch from long ago: it
-            # is measured again, briefly, before it decides. Kept as it was, a
-            # stale high figure kept this spinning for the process's life.
+        if (
+            spun
+            and not explored
+            and (
+                2 * vain_spins > len(samples)
+                or (self._spin_then is not None and cost > 2 * self._spin_then)
+            )
+        ):
+            # Spinning caught nothing in the typical wait, or costs far more than when
+            # blocking was last measured: blocking's figure may be one noisy epoch
+            # from long ago. It is measured again, briefly, before it decides. Kept
+            # as it was, a stale high figure kept this spinning for the process's life.
             self.spin = False
             self._exploring = True
             return

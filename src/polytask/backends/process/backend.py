@@ -1254,7 +1254,7 @@ class ProcessBackend(Backend):
         events = poller.poll(ms)
         now = monotonic()
         self._spin = after_sleep(budget, now - t0)
-        choice.record(now - start + sent)
+        choice.record(now - start + sent, vain=True)
         return events
 
     def _wake(self) -> None:
