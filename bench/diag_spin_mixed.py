@@ -52,9 +52,9 @@ def tiny(x):
 epochs = {}
 record = spin.SpinChoice.record
 
-def watched(self, seconds):
+def watched(self, seconds, *args, **kwargs):
     was, n = self.spin, self._epochs
-    record(self, seconds)
+    record(self, seconds, *args, **kwargs)
     if self._epochs != n:
         e = epochs.setdefault(id(self), [0, 0, 0])  # spin epochs, block epochs, tiny
         e[0 if was else 1] += 1
