@@ -384,6 +384,14 @@ STDIN_CASES: list[tuple[list[str], str]] = [
     (["-k", "-L", "-1", "echo", "x{}y"], "a \nb\nc \nd\ne\n"),
     (["-k", "-l", "-1", "echo"], "a \nb\nc \nd\ne\n"),
     (["-k", "--max-lines=-2.5", "echo"], "a \nb\nc\n"),
+    # -n and -N below 0 too: one input a job.
+    (["-k", "-n", "-1", "echo", "x"], "a\nb\nc\n"),
+    (["-k", "-N", "-1", "echo", "{1}-{2}"], "a\nb\nc\n"),
+    (["-k", "-n", "-0.5", "-X", "echo"], "a\nb\nc\n"),
+    # -n 0 beside -L or -l is as if not given (GNU's Perl reads 0 as false); -N 0 is not.
+    (["-k", "-L", "2", "-n", "0", "echo", "x"], "a\nb\nc\n"),
+    (["-k", "-l", "2", "-n", "0", "echo", "x"], "a\nb\nc\n"),
+    (["-k", "-N", "0", "-L", "2", "echo", "x"], "a\nb\nc\n"),
     # -l in a bundle of short options, as GNU's Getopt::Long reads it: the number
     # that starts the rest of the bundle is its value, the rest more options.
     (["-kl2", "echo"], "a\nb \nc\nd\ne\n"),

@@ -3175,8 +3175,8 @@ def _counts(opts: argparse.Namespace) -> None:
         if not abs(value) < sys.maxsize:
             # More than any input has (GNU: all of them in one job); inf has no int().
             value = math.copysign(sys.maxsize, value)
-        if dest in ("L", "max_lines") and value < 0 and not (opts.pipe or opts.pipepart):
-            # GNU parallel: a job takes one (joined) line, and has N or more: -L 1.
+        if value < 0 and not (opts.pipe or opts.pipepart):
+            # GNU parallel: a job takes one input (a joined line), and has N or more: 1.
             value = 1
         if value != int(value):
             if opts.pipe or opts.pipepart:
@@ -3281,8 +3281,8 @@ def _setup(opts: argparse.Namespace, groups: list[Group]) -> _Runner:
     # (below 0: 1, see _counts). -n/-N, when given, set the count. -L gives the
     # inputs as -N does (a word holding {} repeated per input), also with -n or
     # -l, but not with -m or --xargs; -l alone as -n does. As GNU parallel 20221122.
-    if opts.L is not None and opts.max_args is None and opts.max_replace_args is None:
-        opts.max_args = opts.L
+    if opts.L is not None and not opts.max_args and opts.max_replace_args is None:
+        opts.max_args = opts.L  # -n 0 too: GNU's Perl reads it as "not given" there
     if dash_L and not (opts.m or opts.xargs) and opts.max_replace_args is None:
         opts.max_replace_args, opts.max_args = opts.max_args, None
     if counted and (opts.m or opts.X or opts.xargs):
