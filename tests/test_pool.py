@@ -11,6 +11,7 @@ import pickle
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -330,21 +331,26 @@ def _log_run(path: str, tag: str) -> str:
     return tag
 
 
+def _map_logged(tmp_path: Path, tags: list[str]) -> tuple[list[object], list[str]]:
+    """``tags`` in one chunk of Pool(1, retries=1): each item's outcome, and every run."""
+    log = tmp_path / "runs"
+    with Pool(1, retries=1) as pool:
+        out = pool.map(
+            functools.partial(_log_run, str(log)),
+            tags,
+            chunksize=len(tags),
+            return_exceptions=True,
+        )
+    return out, log.read_text().split()
+
+
 def test_an_item_that_crashes_its_chunk_runs_once_plus_its_retries(tmp_path):
     # A chunk that crashes is re-run one item at a time, to find the item that
     # crashed it. The chunk's first item surely ran there: that run is one of its
     # runs, charged when it crashes again alone (it ran 2 + retries times). Its
     # chunk-mates are not charged: "a" and "b" never started in the chunk.
-    log = tmp_path / "runs"
-    with Pool(1, retries=1) as pool:
-        out = pool.map(
-            functools.partial(_log_run, str(log)),
-            ["crash", "a", "b"],
-            chunksize=3,
-            return_exceptions=True,
-        )
+    out, runs = _map_logged(tmp_path, ["crash", "a", "b"])
     assert isinstance(out[0], pt.WorkerCrashed) and out[1:] == ["a", "b"], out
-    runs = log.read_text().split()
     assert runs.count("crash") == 2, runs  # once in the chunk, once alone (its retry)
     assert runs.count("a") == 1 and runs.count("b") == 1, runs
 
@@ -354,16 +360,8 @@ def test_an_item_behind_a_flaky_one_keeps_its_retry(tmp_path):
     # "crash-once-b" never ran in the chunk: its first run alone crashes, and it is
     # owed its retry. (Charged the chunk's run as "the first to fail alone", it
     # lost it and failed.)
-    log = tmp_path / "runs"
-    with Pool(1, retries=1) as pool:
-        out = pool.map(
-            functools.partial(_log_run, str(log)),
-            ["crash-once-a", "crash-once-b"],
-            chunksize=2,
-            return_exceptions=True,
-        )
+    out, runs = _map_logged(tmp_path, ["crash-once-a", "crash-once-b"])
     assert out == ["crash-once-a", "crash-once-b"], out
-    runs = log.read_text().split()
     assert runs.count("crash-once-a") == 2 and runs.count("crash-once-b") == 2, runs
 
 
@@ -372,16 +370,8 @@ def test_a_chunk_mate_behind_the_crashing_item_keeps_all_its_retries(tmp_path):
     # not one of its runs. Alone, its first run crashes: that is its first attempt,
     # so it is retried (and then succeeds); it must not be charged the chunk's run,
     # which is "crash"'s (charged to it: it runs 1 + retries times in all).
-    log = tmp_path / "runs"
-    with Pool(1, retries=1) as pool:
-        out = pool.map(
-            functools.partial(_log_run, str(log)),
-            ["crash", "crash-once", "c"],
-            chunksize=3,
-            return_exceptions=True,
-        )
+    out, runs = _map_logged(tmp_path, ["crash", "crash-once", "c"])
     assert isinstance(out[0], pt.WorkerCrashed) and out[1:] == ["crash-once", "c"], out
-    runs = log.read_text().split()
     assert runs.count("crash") == 2, runs
     assert runs.count("crash-once") == 2 and runs.count("c") == 1, runs
 
@@ -389,16 +379,9 @@ def test_a_chunk_mate_behind_the_crashing_item_keeps_all_its_retries(tmp_path):
 def test_two_items_that_crash_their_chunk_each_run_once_plus_their_retries(tmp_path):
     # Both crash whenever they run; the chunk crashed at the first, the second never
     # ran there. Each runs 1 + retries times: the first's chunk run is its first.
-    log = tmp_path / "runs"
-    with Pool(1, retries=1) as pool:
-        out = pool.map(
-            functools.partial(_log_run, str(log)),
-            ["crash", "crash"],
-            chunksize=2,
-            return_exceptions=True,
-        )
+    out, runs = _map_logged(tmp_path, ["crash", "crash"])
     assert all(isinstance(x, pt.WorkerCrashed) for x in out), out
-    assert log.read_text().split().count("crash") == 4  # 2 + 2, not 2 + 1
+    assert runs.count("crash") == 4  # 2 + 2, not 2 + 1
 
 
 def test_a_worker_that_cannot_be_set_up_uses_up_the_retries(tmp_path):
