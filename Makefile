@@ -12,21 +12,33 @@ BIN    := $(VENV)/bin
 # PATH; one that is missing is skipped with a note, except on CI (CI=true), where
 # the run fails.
 VERSIONS    ?= 3.12 3.13
+# The version whose run uses the channel's Python fast paths instead of the C
+# ones (POLYTASK_PURE_PYTHON=1), so that the suite covers both.
+PURE_ON     ?= 3.13
 PYENV_ROOT  ?= $(HOME)/.pyenv
 
+# The C extension (setup.py: the channel's fast paths) needs a C compiler; as root
+# on a machine without one, it is installed with apt-get. Without it the install
+# still works (the same paths in Python), and tests/test_channel.py says so.
+NATIVE := setup.py src/polytask/_ipc/_lane.c
+
 $(BIN)/python:
+	@command -v cc >/dev/null || command -v gcc >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null; } || \
+	  echo "no C compiler: polytask's channel will use its Python fast paths"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.base: $(BIN)/python pyproject.toml
+$(VENV)/.base: $(BIN)/python pyproject.toml $(NATIVE)
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(BIN)/python pyproject.toml
+$(VENV)/.dev: $(BIN)/python pyproject.toml $(NATIVE)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-$(VENV)/.bench: $(BIN)/python pyproject.toml
+$(VENV)/.bench: $(BIN)/python pyproject.toml $(NATIVE)
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
@@ -53,10 +65,12 @@ versions:
 	    echo "== Python $$v not found (pyenv or PATH): skipped here; CI fails on it"; continue; fi; \
 	  venv=.venv-$$v; \
 	  [ -x $$venv/bin/python ] || { $$py -m venv $$venv && $$venv/bin/python -m pip install -q --upgrade pip; }; \
-	  [ $$venv/.test -nt pyproject.toml ] || { $$venv/bin/pip install -q -e '.[test]' && touch $$venv/.test; }; \
-	  echo "== Python $$v ($$py): the suite without the cluster engines"; \
+	  [ $$venv/.test -nt pyproject.toml ] && [ $$venv/.test -nt src/polytask/_ipc/_lane.c ] || { $$venv/bin/pip install -q -e '.[test]' && touch $$venv/.test; }; \
+	  pure=; pure_note=; if [ "$$v" = "$(PURE_ON)" ]; then pure=POLYTASK_PURE_PYTHON=1; \
+	    pure_note=" ($$pure: the channel's Python fast paths)"; fi; \
+	  echo "== Python $$v ($$py): the suite without the cluster engines$$pure_note"; \
 	  start=$$(date +%s); \
-	  $$venv/bin/python -m pytest -p tests._side_versions -q $(PYTEST_ARGS); \
+	  env $$pure $$venv/bin/python -m pytest -p tests._side_versions -q $(PYTEST_ARGS); \
 	  echo "== Python $$v: $$(( $$(date +%s) - start )) s"; \
 	done
 
@@ -71,4 +85,4 @@ bench: $(VENV)/.bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist site .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .mypy_cache .ruff_cache src/polytask/_ipc/*.so

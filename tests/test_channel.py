@@ -1584,3 +1584,26 @@ def test_a_child_forked_while_a_thread_takes_held_items_can_get():
             batch.join(HANG)
         assert got == [1, ("gate", "g"), 3]
         assert len(ch) == 0  # 5 went to the child
+
+
+def test_the_c_fast_paths_are_built_and_used_unless_turned_off():
+    """`make test` builds _lane.c (it installs a C compiler if it can): a missing
+    extension would silently halve the channel's speed, so it fails here. With
+    POLYTASK_PURE_PYTHON=1 (one of `make versions`' runs) the Python paths are used."""
+    from polytask._ipc import channel as C
+
+    ch = pt.Channel(backend="process")
+    try:
+        if os.environ.get("POLYTASK_PURE_PYTHON"):
+            assert C._lane is None and ch._lane is None
+        else:
+            assert C._lane is not None, (
+                "polytask._ipc._lane (setup.py) was not built: install a C compiler "
+                "(apt-get install gcc) and reinstall polytask"
+            )
+            assert ch._lane is not None
+        for item in [(1, "a"), b"raw", "x" * 600, None]:  # both paths, and the rest
+            ch.put(item, timeout=10)
+            assert ch.get(timeout=10) == item
+    finally:
+        ch.close()

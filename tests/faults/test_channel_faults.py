@@ -36,7 +36,9 @@ def shm_names(pid: int) -> set[str]:
 class Child:
     """A Python process attached to channel ``name``, running ``body`` (a script)."""
 
-    def __init__(self, tmp_path: Path, name: str, body: str, *args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, name: str, body: str, *args: str, pure: bool | None = None
+    ) -> None:
         self.ready = tmp_path / f"ready-{time.monotonic_ns()}"
         code = textwrap.dedent(
             """
@@ -51,6 +53,10 @@ class Child:
             """
         ) + textwrap.dedent(body)
         env = dict(os.environ, PYTHONPATH=SRC)
+        if pure is not None:  # the channel's Python fast paths (True) or its C ones
+            env.pop("POLYTASK_PURE_PYTHON", None)
+            if pure:
+                env["POLYTASK_PURE_PYTHON"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, name, str(self.ready), *args], env=env
         )
@@ -86,6 +92,29 @@ def test_writer_killed_holding_the_producer_mutex(tmp_path):
         child.wait_for("locked")
         child.kill()
         ch.put("after the crash", timeout=HANG)  # the robust mutex hands it over
+        assert ch.get(timeout=HANG) == "after the crash"
+    finally:
+        child.kill()
+        ch.close()
+
+
+def test_reader_killed_holding_the_consumer_mutex(tmp_path):
+    ch = pt.Channel(backend="process")
+    ch.put("before the crash")
+    child = Child(
+        tmp_path,
+        ch.name,
+        """
+        ch._lock_c(None)            # and never unlock it
+        say("locked")
+        time.sleep(600)
+        """,
+    )
+    try:
+        child.wait_for("locked")
+        child.kill()
+        assert ch.get(timeout=HANG) == "before the crash"  # the robust mutex hands it over
+        ch.put("after the crash", timeout=HANG)
         assert ch.get(timeout=HANG) == "after the crash"
     finally:
         child.kill()
@@ -551,3 +580,89 @@ def test_waiters_attached_by_name_learn_that_the_owner_is_gone(tmp_path, how):
         if owner.poll() is None:
             owner.kill()
         owner.wait(HANG)
+
+
+MIXED_PRODUCER = """
+from polytask._ipc import channel as C
+tag = int(sys.argv[3]); count = int(sys.argv[4])
+assert (C._lane is None) == bool(os.environ.get("POLYTASK_PURE_PYTHON")), C._lane
+for i in range(count):
+    # small frames of every length class, some past PACKED, now and then a big one
+    body = os.urandom(150_000 if i % 97 == 50 else (i * 37) % 900)
+    ch.put((tag, i, zlib.crc32(body), body), timeout=60)
+say("done")
+"""
+
+MIXED_CONSUMER = """
+from polytask._ipc import channel as C
+assert (C._lane is None) == bool(os.environ.get("POLYTASK_PURE_PYTHON")), C._lane
+got = []
+while True:
+    try:
+        tag, i, crc, body = ch.get(timeout=60)
+    except C.ChannelClosed:
+        break
+    assert zlib.crc32(body) == crc, (tag, i)
+    got.append(f"{tag} {i}")
+with open(sys.argv[3], "w") as f:
+    f.write("\\n".join(got))
+say("done")
+"""
+
+
+def test_the_c_and_python_fast_paths_share_one_ring(tmp_path):
+    """Writers and readers of both kinds (_lane.c and channel.py's Python paths) on one
+    small bounded ring, so that it wraps, fills and has sleepers: every item arrives
+    whole, once, and in its producer's order, whichever kind wrote or read it."""
+    ch = pt.Channel(maxsize=16, backend="process", capacity=1 << 14)
+    count = 1500
+    producers = [
+        Child(tmp_path, ch.name, MIXED_PRODUCER, str(k), str(count), pure=bool(k % 2))
+        for k in range(4)
+    ]
+    outs = [tmp_path / f"got-{k}" for k in range(2)]
+    consumers = [
+        Child(tmp_path, ch.name, MIXED_CONSUMER, str(out), pure=bool(k))
+        for k, out in enumerate(outs)
+    ]
+    received: list[tuple[int, int]] = []
+    try:
+        deadline = time.monotonic() + HANG * 4
+        done = 0
+        while done < len(producers):
+            assert time.monotonic() < deadline, "the producers do not finish"
+            try:
+                tag, i, crc, body = ch.get(timeout=0.5)
+            except pt.ChannelEmpty:
+                done = sum(p.proc.poll() is not None for p in producers)
+                continue
+            assert zlib.crc32(body) == crc, (tag, i)
+            received.append((tag, i))
+        assert all(p.proc.wait(HANG) == 0 for p in producers)
+        ch.close()
+        for c in consumers:
+            assert c.proc.wait(HANG) == 0
+    finally:
+        for c in [*producers, *consumers]:
+            c.kill()
+        ch.close()
+    mine: dict[int, int] = {}
+    for tag, i in received:  # this reader saw each producer's items in order
+        assert mine.get(tag, -1) < i, (tag, i)
+        mine[tag] = i
+    for out in outs:
+        for line in filter(None, out.read_text().split("\n")):
+            tag, i = map(int, line.split())
+            received.append((tag, i))
+    by_tag: dict[int, list[int]] = {}
+    for tag, i in received:
+        by_tag.setdefault(tag, []).append(i)
+    assert sorted(by_tag) == [0, 1, 2, 3]
+    for seq in by_tag.values():
+        assert sorted(seq) == list(range(count))  # each once
+    for out in outs:  # each reader saw each producer's items in order
+        seen: dict[int, int] = {}
+        for line in filter(None, out.read_text().split("\n")):
+            tag, i = map(int, line.split())
+            assert seen.get(tag, -1) < i, (tag, i)
+            seen[tag] = i

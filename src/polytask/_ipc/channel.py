@@ -104,6 +104,16 @@ from .shm import (
 )
 from .spin import SPIN_MAX, after_sleep
 
+try:
+    # The C fast paths of put and get (_lane.c), built with the package when a
+    # compiler is there; without it (or with POLYTASK_PURE_PYTHON=1, which the
+    # tests use to run the same suite on both) the Python ones below do the same.
+    from . import _lane
+except ImportError:  # pragma: no cover - the install had no C compiler
+    _lane = None  # type: ignore[assignment]
+if os.environ.get("POLYTASK_PURE_PYTHON"):
+    _lane = None  # type: ignore[assignment]
+
 __all__ = ["ProcessChannel"]
 
 T = TypeVar("T")
@@ -685,6 +695,9 @@ class ProcessChannel(Channel[T]):
         self._limit = 0
         self._claimed_seen = 0
         self._tail_seen = 0  # the same for get: the tail only grows
+        # The same two fast paths in C, with their own limit and tail seen
+        # (_set_limit tells it the limit; each stale value is only too cautious).
+        self._lane = None if _lane is None else _lane.Lane(base, ring.capacity, self.maxsize)
         # Frames get_many took off the ring but could not return: the one that
         # failed to decode and those after it (see _hold). While any are held,
         # _c_ref is _HELD_REF, so get() serves them first at no cost to the usual
@@ -769,6 +782,12 @@ class ProcessChannel(Channel[T]):
                 if n <= _SMALL_PAYLOAD and (
                     STACK_GLOBAL not in data or t in ATOMS or MAIN_REF not in data
                 ):
+                    lane = self._lane
+                    if lane is not None:
+                        rc = lane.put(data, _hdr_pickle)
+                        if rc:  # not by the fast path (see _lane.c): the whole story
+                            self._put_pickle(data, timeout, rc if rc > 0 else None)
+                        return
                     if n >= PACKED:
                         self._put_pickle(data, timeout)
                         return
@@ -807,9 +826,10 @@ class ProcessChannel(Channel[T]):
                     _BIG_TYPES.add(t)  # big: its buffers go out of band
         self._put_other(item, timeout)
 
-    def _put_pickle(self, data: bytes, timeout: float | None) -> None:
-        """put() of a small pickle of PACKED bytes or more: by Ring.push."""
-        self._lock_p(_deadline(timeout))
+    def _put_pickle(self, data: bytes, timeout: float | None, rc: int | None = None) -> None:
+        """put() of a small pickle by Ring.push: PACKED bytes or more, or one the
+        C fast path left (``rc``: its trylock's error, if that was why)."""
+        self._lock_p(_deadline(timeout), rc)
         try:
             rc = self._push(data, _hdr_pickle)
             self._set_limit()
@@ -853,8 +873,10 @@ class ProcessChannel(Channel[T]):
             # Past that point with the readers behind: Ring.push looks again for
             # an empty ring every 1/64 of it (and at the end of the ring).
             limit = min(tail + (self._wrap >> 6), tail - off + self._cap)
-        self._limit = min(limit, w[HEAD] + self._cap)  # the room the readers left
-        self._claimed_seen = w[NCLAIM]
+        self._limit = limit = min(limit, w[HEAD] + self._cap)  # the room the readers left
+        self._claimed_seen = claimed = w[NCLAIM]
+        if self._lane is not None:
+            self._lane.look(limit, claimed)
 
     def _put_other(self, item: T, timeout: float | None) -> None:
         """put() of an item that is big, raw bytes, or not picklable by pickle."""
@@ -1073,12 +1095,30 @@ class ProcessChannel(Channel[T]):
         # A bad timeout fails even when an item is there; a plain one skips the call.
         if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
             timeout = check_timeout(timeout)
+        lane = self._lane
+        if lane is not None:
+            r = lane.take()
+            if type(r) is bytes:
+                try:
+                    return _ploads(r)  # type: ignore[no-any-return]
+                except Exception:
+                    return _loads(r)  # type: ignore[no-any-return]  # raises SerializationError
+            if r == -2:
+                return self._get_held(timeout)
+            if r != -1:  # its trylock's error: the lock, as below
+                self._lock_c(_deadline(timeout), cast(int, r))
+                return self._get_locked(timeout)
         m = self._c_ref
         rc = _mutex_trylock_ref(m)
         if rc:
             if m is _HELD_REF:
                 return self._get_held(timeout)
             self._lock_c(_deadline(timeout), rc)
+        return self._get_locked(timeout)
+
+    def _get_locked(self, timeout: float | None) -> T:
+        """get() holding the C lock: the inlined fast path of Ring.pop, else Ring.pop."""
+        m = self._c_ring_ref
         try:
             w = self._w
             read = w[READ]
@@ -1166,6 +1206,8 @@ class ProcessChannel(Channel[T]):
         finally:
             if not held:
                 self._c_ref = self._c_ring_ref  # the usual get() again
+                if self._lane is not None:
+                    self._lane.hold(False)
             lock.release()
         return True
 
@@ -1181,6 +1223,8 @@ class ProcessChannel(Channel[T]):
             self._held.extend(frames)
             if self._held:
                 self._c_ref = _HELD_REF  # get() serves them first
+                if self._lane is not None:
+                    self._lane.hold(True)
         # A get of another thread asleep on the ring takes them (see _get_slow). The
         # wake-up reaches sleepers in other processes too: they look and sleep again.
         futex_wake(self._data_seq_addr)
@@ -1468,6 +1512,8 @@ def _drop_held_after_fork() -> None:
         ch._held = collections.deque()
         ch._held_lock = threading.RLock()
         ch._c_ref = ch._c_ring_ref
+        if ch._lane is not None:
+            ch._lane.hold(False)
     _holders.clear()
 
 

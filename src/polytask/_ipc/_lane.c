@@ -1,0 +1,239 @@
+/* polytask._ipc._lane: the process channel's two hot paths in C.
+ *
+ * A Lane is one handle's view of a channel ring (see ring.py for the layout
+ * and the protocol). Its put() and take() do exactly what the inlined fast
+ * paths of ProcessChannel.put and .get do in Python -- the same words, the
+ * same stores in the same order -- and give up (returning an int) on
+ * everything else, which the Python code then does under the lock: wrapping,
+ * a full ring, sleepers to wake, a closed ring, big frames, a dead holder.
+ * Why C: at a million items a second, the Python version's ctypes calls to
+ * the mutex and its bytecode were two thirds of a put's cost.
+ *
+ * Results of put(data, w0) and take():
+ *   0 (put)        the frame is in the ring and published;
+ *   bytes (take)   the payload of the oldest frame, now claimed and released;
+ *   -1             nothing done, no lock held: take the general path;
+ *   > 0            pthread_mutex_trylock's error, the lock left as it left it
+ *                  (EOWNERDEAD: held, the caller repairs), nothing done;
+ *   -2 (take)      frames are held by this handle (the `held` flag).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Word indexes and offsets: ring.py's (checked against it in _ipc/channel.py). */
+#define TAIL 8
+#define NRES 9
+#define WAIT_DATA 10
+#define HEAD 16
+#define READ 17
+#define NCLAIM 18
+#define WAIT_SPACE 19
+#define P_MUTEX_OFFSET 256
+#define C_MUTEX_OFFSET 320
+#define DATA_OFFSET 4096
+#define HEADER 16
+#define ALIGN 32
+#define SMALL (64 * 1024)
+#define READY 2
+#define K_PICKLE 0
+
+typedef struct {
+    PyObject_HEAD
+    char *base;
+    uint64_t *w;
+    pthread_mutex_t *pm;
+    pthread_mutex_t *cm;
+    uint64_t mask;
+    uint64_t maxsize;
+    uint64_t limit;        /* put's fast path stops here (ProcessChannel._set_limit) */
+    uint64_t claimed_seen; /* the readers' count at that look, for maxsize */
+    uint64_t tail_seen;    /* take's: frames before it stay published */
+    int held;
+} Lane;
+
+static int
+Lane_init(Lane *self, PyObject *args, PyObject *kwds)
+{
+    unsigned long long base, capacity, maxsize;
+    static char *kwlist[] = {"base", "capacity", "maxsize", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKK", kwlist, &base, &capacity, &maxsize))
+        return -1;
+    if (base == 0 || capacity == 0 || (capacity & (capacity - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "Lane(base, capacity, maxsize): a mapped ring of a power-of-two capacity");
+        return -1;
+    }
+    self->base = (char *)(uintptr_t)base;
+    self->w = (uint64_t *)self->base;
+    self->pm = (pthread_mutex_t *)(self->base + P_MUTEX_OFFSET);
+    self->cm = (pthread_mutex_t *)(self->base + C_MUTEX_OFFSET);
+    self->mask = capacity - 1;
+    self->maxsize = maxsize;
+    self->limit = 0;
+    self->claimed_seen = 0;
+    self->tail_seen = 0;
+    self->held = 0;
+    return 0;
+}
+
+/* put(data: bytes, w0: int) -> int: a small pickle's frame, by the fast path. */
+static PyObject *
+Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "Lane.put(data: bytes, w0: int)");
+        return NULL;
+    }
+    uint64_t w0 = PyLong_AsUnsignedLongLong(args[1]);
+    if (w0 == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    uint64_t size = ((uint64_t)n + HEADER + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+    if (size > SMALL)
+        return PyLong_FromLong(-1);
+    int rc = pthread_mutex_trylock(self->pm);
+    if (rc)
+        return PyLong_FromLong(rc);
+    uint64_t *w = self->w;
+    uint64_t pos = w[TAIL]; /* ours: written only under this lock */
+    if (pos + size > self->limit || __atomic_load_n(&w[WAIT_DATA], __ATOMIC_RELAXED) ||
+        (self->maxsize && w[NRES] - self->claimed_seen >= self->maxsize)) {
+        pthread_mutex_unlock(self->pm);
+        return PyLong_FromLong(-1);
+    }
+    char *p = self->base + DATA_OFFSET + (pos & self->mask);
+    uint64_t hdr[2] = {w0, size | ((uint64_t)n << 32)};
+    memcpy(p, hdr, HEADER);
+    memcpy(p + HEADER, PyBytes_AS_STRING(args[0]), (size_t)n);
+    w[NRES] += 1;
+    /* Publishes the frame: readers load the tail with acquire, under the other lock. */
+    __atomic_store_n(&w[TAIL], pos + size, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(self->pm);
+    return PyLong_FromLong(0);
+}
+
+/* take() -> bytes | int: the oldest frame's payload, if it is a small ready pickle. */
+static PyObject *
+Lane_take(Lane *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->held)
+        return PyLong_FromLong(-2);
+    int rc = pthread_mutex_trylock(self->cm);
+    if (rc)
+        return PyLong_FromLong(rc);
+    uint64_t *w = self->w;
+    uint64_t read = w[READ];
+    if (read >= self->tail_seen)
+        self->tail_seen = __atomic_load_n(&w[TAIL], __ATOMIC_ACQUIRE);
+    if (read == self->tail_seen) {
+        pthread_mutex_unlock(self->cm);
+        return PyLong_FromLong(-1);
+    }
+    char *p = self->base + DATA_OFFSET + (read & self->mask);
+    uint64_t hdr[2];
+    memcpy(hdr, p, HEADER);
+    uint64_t size = hdr[1] & 0xFFFFFFFFu;
+    if ((hdr[0] & 0xFFFFFFFFu) != (READY | (K_PICKLE << 8)) || size > SMALL ||
+        __atomic_load_n(&w[WAIT_SPACE], __ATOMIC_RELAXED) || w[HEAD] != read) {
+        pthread_mutex_unlock(self->cm);
+        return PyLong_FromLong(-1);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(p + HEADER, (Py_ssize_t)(hdr[1] >> 32));
+    if (out == NULL) {
+        pthread_mutex_unlock(self->cm);
+        return NULL;
+    }
+    w[READ] = read + size; /* READ first, then HEAD (ring.py's order) */
+    __atomic_store_n(&w[HEAD], read + size, __ATOMIC_RELEASE);
+    w[NCLAIM] += 1;
+    pthread_mutex_unlock(self->cm);
+    return out;
+}
+
+static PyObject *
+Lane_look(Lane *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* look(limit, claimed_seen): put's fresh look at the ring (ProcessChannel._set_limit). */
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "Lane.look(limit: int, claimed_seen: int)");
+        return NULL;
+    }
+    uint64_t limit = PyLong_AsUnsignedLongLong(args[0]);
+    if (limit == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t claimed = PyLong_AsUnsignedLongLong(args[1]);
+    if (claimed == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    self->limit = limit;
+    self->claimed_seen = claimed;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Lane_hold(Lane *self, PyObject *arg)
+{
+    /* hold(flag): while true, take() returns -2 (frames held by this handle come first). */
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    self->held = flag;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Lane_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))Lane_put, METH_FASTCALL,
+     "put(data, w0) -> int: a small pickle's frame by the fast path (0), or why not."},
+    {"take", (PyCFunction)Lane_take, METH_NOARGS,
+     "take() -> bytes | int: the oldest small pickle's payload, or why not."},
+    {"look", (PyCFunction)(void (*)(void))Lane_look, METH_FASTCALL,
+     "look(limit, claimed_seen): where put's fast path stops."},
+    {"hold", (PyCFunction)Lane_hold, METH_O,
+     "hold(flag): take() gives -2 while this handle holds frames."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "polytask._ipc._lane.Lane",
+    .tp_doc = "One handle's fast paths into a channel ring (see _ipc/channel.py).",
+    .tp_basicsize = sizeof(Lane),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lane_init,
+    .tp_methods = Lane_methods,
+};
+
+static struct PyModuleDef lanemodule = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "polytask._ipc._lane",
+    .m_doc = "The process channel's put and get fast paths in C (optional).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__lane(void)
+{
+    if (PyType_Ready(&LaneType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&lanemodule);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "DATA_OFFSET", DATA_OFFSET) < 0 ||
+        PyModule_AddIntConstant(m, "TAIL", TAIL) < 0 || PyModule_AddIntConstant(m, "HEAD", HEAD) < 0 ||
+        PyModule_AddIntConstant(m, "WAIT_SPACE", WAIT_SPACE) < 0 ||
+        PyModule_AddIntConstant(m, "P_MUTEX_OFFSET", P_MUTEX_OFFSET) < 0 ||
+        PyModule_AddIntConstant(m, "C_MUTEX_OFFSET", C_MUTEX_OFFSET) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
