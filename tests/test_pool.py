@@ -318,6 +318,110 @@ def test_terminate_charges_no_attempt_to_a_task_that_never_started(backend, tmp_
     assert not (tmp_path / "never").exists()
 
 
+def _signal_and_wait(started: str, release: str) -> str:
+    """Say it started (a file), then wait for ``release`` (a file)."""
+    _touch(started)
+    _wait_for_file(release)
+    return "released"
+
+
+def _one_chunk_behind_a_gate(pool: Pool, tmp_path: Path, calls: list[tuple]) -> list[pt.Task]:
+    """Submit ``calls`` so that they go to the one worker of ``pool`` as one chunk.
+
+    A first task is measured (submitted tasks start in chunks of one, which grow
+    once one is measured), then a map's item holds the worker while the calls
+    gather in the queue (a map's item: its duration is its function's measure,
+    not the submitted tasks', which it would shrink to one or two a chunk), then
+    it returns. ``pool`` needs ``retries`` (an idle pool hands a lone task to the
+    backend as it is, outside the chunks, without them).
+    """
+    pool.submit(square, 0).result(timeout=60)
+    # Settled too (on threads its chunk's callback may still be running): the gate
+    # must find the worker free, not wait in the queue with the calls.
+    wait_until(lambda: pool.statistics()["unsettled"] == 0, what="the first task to settle")
+    go = tmp_path / "go"
+    gate = pool.map_async(_wait_for_file, [str(go)])
+    tasks = [pool.submit(fn, *args) for fn, *args in calls]
+    _touch(str(go))
+    gate.get(timeout=60)
+    return tasks
+
+
+def test_an_unpicklable_argument_is_tried_once_whichever_way_it_was_submitted(tmp_path):
+    # It never runs: its task fails with SerializationError, and attempts says the
+    # pool tried to send it once, as a map tries such an item once: sent alone to an
+    # idle pool (which said 0) or in a chunk, whose failed launch is not charged
+    # (the item then fails alone; 942cb8f charged it both: 2).
+    with Pool(1) as pool:
+        alone = pool.submit(square, threading.Lock())
+        with pytest.raises(pt.SerializationError):
+            alone.result(timeout=60)
+    assert alone.attempts == 1
+    with Pool(1, retries=1) as pool:
+        tasks = _one_chunk_behind_a_gate(
+            pool, tmp_path, [(square, 1), (square, threading.Lock()), (square, 3)]
+        )
+        assert tasks[0].result(timeout=60) == 1 and tasks[2].result(timeout=60) == 9
+        with pytest.raises(pt.SerializationError):
+            tasks[1].result(timeout=60)
+        # The first, the gate, the three as one chunk, then each alone.
+        assert pool.statistics()["chunks_sent"] == 6
+    assert [t.attempts for t in tasks] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_terminate_charges_a_running_chunk_to_its_first_item_only(backend, tmp_path):
+    # As for a crash: only the chunk's first item surely started there. The items
+    # behind it never ran (their files are not there) and were charged a run each.
+    started, never = tmp_path / "started", tmp_path / "never"
+    with Pool(1, backend=backend, retries=1) as pool:
+        tasks = _one_chunk_behind_a_gate(
+            pool,
+            tmp_path,
+            [(_signal_and_wait, str(started), str(never))]
+            + [(_touch, str(tmp_path / f"ran{i}")) for i in range(2)],
+        )
+        wait_until(started.exists, what="the chunk's first item to start")
+        assert pool.statistics()["chunks_sent"] == 3  # the three went as one chunk
+        pool.terminate()
+    for t in tasks:
+        with pytest.raises(pt.Cancelled):
+            t.result(timeout=60)
+    assert [t.attempts for t in tasks] == [1, 0, 0]
+    assert not list(tmp_path.glob("ran*"))
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_terminate_ends_a_map_with_cancelled_even_with_return_exceptions(backend, tmp_path):
+    # return_exceptions=True puts the items' own failures in the results; terminate()
+    # ends the whole call, which raises Cancelled (as concurrent.futures' map raises
+    # CancelledError after a shutdown(cancel_futures=True)), whatever the race: the
+    # items it stopped were given as Cancelled results when all were in flight.
+    never = str(tmp_path / "never")
+    with Pool(2, backend=backend) as pool:
+        results = pool.imap(
+            _wait_for_file, [str(tmp_path), never, never], chunksize=1, return_exceptions=True
+        )
+        assert next(results) is None  # what was in before terminate() is given
+        pool.terminate()
+        with pytest.raises(pt.Cancelled):
+            next(results)
+    started = tmp_path / "started"
+    with Pool(2, backend=backend) as pool:
+        stopper = threading.Thread(
+            target=lambda: (wait_until(started.exists), pool.terminate()), daemon=True
+        )
+        stopper.start()
+        with pytest.raises(pt.Cancelled):
+            pool.map(
+                functools.partial(_signal_and_wait, str(started)),
+                [never] * 3,
+                chunksize=1,
+                return_exceptions=True,
+            )
+        stopper.join(60)
+
+
 def _log_run(path: str, tag: str) -> str:
     with open(path, "a") as f:
         f.write(tag + "\n")

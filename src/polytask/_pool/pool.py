@@ -324,10 +324,17 @@ class _Run(RunQueue):
         self._fill_lock = threading.Lock()  # the consumer and a shutdown may both pull
 
     # -- results (any thread)
+    # Once aborted (terminate()), results are no longer taken: the caller raises
+    # ``aborted`` after the ones already in, whatever became of the items in flight
+    # (a chunk the terminate killed fails its items with Cancelled, which
+    # return_exceptions=True would have returned as results, a list of them when
+    # every item was in flight, instead of raising).
     def settle_block(self, start: int, values: list[Any], errors: dict[int, Any] | None) -> None:
         if not values:
             return
         with self._lock:
+            if self.aborted is not None:
+                return
             if isinstance(self.ready, dict):
                 self.ready[start] = (values, errors)
             else:
@@ -336,6 +343,8 @@ class _Run(RunQueue):
 
     def settle(self, done: list[tuple[Item, bool, Any]]) -> None:
         with self._lock:
+            if self.aborted is not None:
+                return
             for item, ok, value in done:
                 seg: Results = ([value], None) if ok else ([None], {0: value})
                 if isinstance(self.ready, dict):
@@ -411,8 +420,10 @@ class _Run(RunQueue):
         return self.input is None and self.yielded >= self.pulled
 
     def abort(self, exc: BaseException) -> None:
-        """The pool was terminated: the caller raises ``exc`` once the ready results are out."""
-        self.aborted = exc
+        """The pool was terminated: the caller raises ``exc`` once the ready results are out
+        (the ones in now: no more are taken)."""
+        with self._lock:
+            self.aborted = exc
         self._notify()
 
 
@@ -1278,7 +1289,11 @@ class Pool(PrimitiveFactory):
         _live_pools.discard(self)
 
     def terminate(self) -> None:
-        """Stop now: tasks not finished raise :class:`Cancelled`; every worker is killed and reaped."""
+        """Stop now: tasks not finished raise :class:`Cancelled`; every worker is killed and reaped.
+
+        A map running meanwhile raises :class:`Cancelled` too (``return_exceptions=True``
+        or not), once the results that were in are given.
+        """
         if self._ended:
             self._end_dropped()  # their bars too
         with self._lock:
@@ -1579,8 +1594,11 @@ class Pool(PrimitiveFactory):
                     self._idle.notify_all()
             if not isinstance(exc, Exception):
                 raise
-            # As for a chunk that could not be sent: the task fails, submit does not.
+            # As for a chunk that could not be sent: the task fails, submit does not,
+            # and the try is charged, as there (a map's item that cannot be sent is
+            # tried once too).
             failed: Task[T] = Task(self._view, name, timeout)
+            failed.attempts = 1
             failed._finish(exc=exc)
             return failed
         with self._lock:
@@ -2006,8 +2024,14 @@ class Pool(PrimitiveFactory):
             if not self._terminated and (again or not block):
                 self._requeue(again)
                 return
+        # Terminated: none runs again. As for a crash, only the first item is charged
+        # the chunk's run (it surely started there; terminate() may have killed the
+        # chunk before the others did).
+        first = items[0]
+        ended = items if block else again
+        self._settle_many([(it, False, exc) for it in ended if it is first], final=True, ran=ran)
         self._settle_many(
-            [(it, False, exc) for it in (items if block else again)], final=True, ran=ran
+            [(it, False, exc) for it in ended if it is not first], final=True, ran=False
         )
 
     def _isolate(self, blk: Block) -> list[Item]:
