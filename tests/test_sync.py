@@ -717,3 +717,36 @@ def test_lock_order_checking_from_the_environment(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=HANG
     )
     assert out.stdout.startswith("caught lock order inversion"), out.stdout + out.stderr
+
+
+EXIT_WHILE_IN_USE = {
+    "Lock": "o = pt.Lock(backend='process')\ndef loop():\n    while True:\n        with o: pass\n",
+    "Event": (
+        "o = pt.Event(backend='process')\n"
+        "def loop():\n    while True:\n        o.set(); o.clear(); o.wait(0.001)\n"
+    ),
+    "Semaphore": (
+        "o = pt.Semaphore(2, backend='process')\n"
+        "def loop():\n    while True:\n        o.acquire(); o.release()\n"
+    ),
+    "Condition": (
+        "o = pt.Condition(backend='process')\n"
+        "def loop():\n    while True:\n        with o:\n            o.notify_all(); o.wait(0.0005)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXIT_WHILE_IN_USE))
+def test_exit_while_daemon_threads_use_a_process_primitive(kind):
+    """A primitive's finalizer runs at exit while daemon threads are inside it: it
+    unmapped the segment under them, and the interpreter died of SIGSEGV."""
+    code = (
+        "import threading, time\nimport polytask as pt\n"
+        + EXIT_WHILE_IN_USE[kind]
+        + "for _ in range(2):\n    threading.Thread(target=loop, daemon=True).start()\n"
+        + "time.sleep(0.2)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=SRC)
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

@@ -666,3 +666,35 @@ def test_the_c_and_python_fast_paths_share_one_ring(tmp_path):
             tag, i = map(int, line.split())
             assert seen.get(tag, -1) < i, (tag, i)
             seen[tag] = i
+
+
+EXIT_WHILE_IN_USE = """
+import sys, threading, time
+import polytask as pt
+ch = pt.Channel(backend="process")
+def loop():
+    while True:
+        try:
+            ch.put((1, "two"))
+            ch.get()
+        except pt.ChannelClosed:
+            pass
+for _ in range(2):
+    threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
+def test_exit_while_daemon_threads_use_a_channel(pure):
+    """The channel's finalizer runs at exit while daemon threads are in put and get:
+    it unmapped the ring under them, and the interpreter died of SIGSEGV."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    env.pop("POLYTASK_PURE_PYTHON", None)
+    if pure:
+        env["POLYTASK_PURE_PYTHON"] = "1"
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_IN_USE], env=env, capture_output=True, timeout=60
+        )
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

@@ -707,7 +707,7 @@ class ProcessChannel(Channel[T]):
         self._held: collections.deque[tuple[int, Any]] = collections.deque()
         self._held_lock = threading.RLock()
         self._spin = SPIN_MAX
-        self._finalizer = weakref.finalize(self, _release_channel, seg, ring)
+        self._finalizer = weakref.finalize(self, _release_channel, seg, ring, weakref.ref(self))
         if _segment is None:
             _attached.put(seg.name, self)
 
@@ -1565,7 +1565,9 @@ def _close_ring(seg: Segment, ring: R.Ring, reason: int, deadline: float | None)
     return True
 
 
-def _release_channel(seg: Segment, ring: R.Ring) -> None:
+def _release_channel(
+    seg: Segment, ring: R.Ring, handle: weakref.ref[ProcessChannel[Any]] | None = None
+) -> None:
     # The last handle in this process is gone. The owner closes the channel
     # (blocked readers and writers elsewhere get ChannelClosed), then removes
     # the name and every spill of it: the channel is over for everyone. Others
@@ -1582,9 +1584,20 @@ def _release_channel(seg: Segment, ring: R.Ring) -> None:
         except Exception:  # best effort (a corrupt ring): the segment goes all the same
             pass
     _drop_spills(seg.name, owner or not seg.exists())
+    at_exit = handle is not None and handle() is not None
     if owner:
         _remove_channel_spills(seg.name)
-        _proc.unguard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
+        if not at_exit:
+            _proc.unguard_prefix(os.path.join(SHM_DIR, seg.name + "-"))
+    if at_exit:
+        # Run at exit with the handle still alive: a daemon thread may be in put or
+        # get on this mapping right now, and unmapping it under that thread crashed
+        # the interpreter (SIGSEGV at exit). The name goes; the exit unmaps it. The
+        # guardian keeps watching the spills' prefix: such a thread may still make
+        # one before the interpreter stops it, and the guardian removes it after.
+        if owner:
+            seg.unlink()
+        return
     ring.detach()
     seg.close()
 

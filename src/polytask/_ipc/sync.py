@@ -193,6 +193,20 @@ class _Shared:
         self.seg.close()
 
 
+def _release(sh: _Shared, handle: Callable[[], object]) -> None:
+    """A primitive's finalizer: unmap its segment (the owner's close also removes the name).
+
+    Run at exit with the primitive still alive, it only removes the name: a daemon
+    thread may be inside acquire or wait on this mapping, and unmapping it under
+    that thread crashed the interpreter (SIGSEGV at exit). The exit unmaps it.
+    """
+    if handle() is not None:
+        if sh.seg.owned:
+            sh.seg.unlink()
+        return
+    sh.close()
+
+
 def _attach(kind: str, name: str, extra: tuple[Any, ...] = ()) -> Any:
     obj = _attached.get(name)
     if obj is not None:
@@ -216,7 +230,7 @@ class _ProcessPrimitive:
 
         self._sh = sh
         self._w = sh.w
-        self._finalizer = weakref.finalize(self, sh.close)
+        self._finalizer = weakref.finalize(self, _release, sh, weakref.ref(self))
 
     def _create(self, *extra: Any) -> None:
         sh = _Shared.create(self._kind)
