@@ -13,7 +13,8 @@
  *   0 (put)        the frame is in the ring and published;
  *   bytes (take)   the payload of the oldest frame, now claimed and released;
  *   -1             nothing done, no lock held: take the general path;
- *   > 0            pthread_mutex_trylock's error, the lock left as it left it
+ *   > 0            pthread_mutex_trylock's error (EBUSY after BUSY_TRIES tries),
+ *                  the lock left as it left it
  *                  (EOWNERDEAD: held, the caller repairs), nothing done;
  *   -2 (take)      frames are held by this handle (the `held` flag).
  */
@@ -21,6 +22,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <errno.h>
 #include <string.h>
 
 /* Word indexes and offsets: ring.py's (checked against it in _ipc/channel.py). */
@@ -39,6 +41,33 @@
 #define SMALL (64 * 1024)
 #define READY 2
 #define K_PICKLE 0
+
+/* Retries of a busy mutex before giving up to the Python path's wait: its holder
+ * keeps it for a few dozen nanoseconds (one of these paths), so with several
+ * writers on one ring the next try usually wins; a holder that was preempted is
+ * waited for by the Python path, which sleeps. */
+#define BUSY_TRIES 64
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline int
+lock_soon(pthread_mutex_t *m)
+{
+    int rc = pthread_mutex_trylock(m);
+    for (int i = 0; rc == EBUSY && i < BUSY_TRIES; i++) {
+        cpu_relax();
+        rc = pthread_mutex_trylock(m);
+    }
+    return rc;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -93,7 +122,7 @@ Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t size = ((uint64_t)n + HEADER + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
     if (size > SMALL)
         return PyLong_FromLong(-1);
-    int rc = pthread_mutex_trylock(self->pm);
+    int rc = lock_soon(self->pm);
     if (rc)
         return PyLong_FromLong(rc);
     uint64_t *w = self->w;
@@ -120,7 +149,7 @@ Lane_take(Lane *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->held)
         return PyLong_FromLong(-2);
-    int rc = pthread_mutex_trylock(self->cm);
+    int rc = lock_soon(self->cm);
     if (rc)
         return PyLong_FromLong(rc);
     uint64_t *w = self->w;
