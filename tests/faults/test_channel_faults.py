@@ -586,10 +586,19 @@ MIXED_PRODUCER = """
 from polytask._ipc import channel as C
 tag = int(sys.argv[3]); count = int(sys.argv[4])
 assert (C._lane is None) == bool(os.environ.get("POLYTASK_PURE_PYTHON")), C._lane
-for i in range(count):
+def item(i):
     # small frames of every length class, some past PACKED, now and then a big one
     body = os.urandom(150_000 if i % 97 == 50 else (i * 37) % 900)
-    ch.put((tag, i, zlib.crc32(body), body), timeout=60)
+    return (tag, i, zlib.crc32(body), body)
+i = 0
+while i < count:
+    if i % 3:
+        ch.put(item(i), timeout=60)
+        i += 1
+    else:  # put_many's paths too
+        k = min(count - i, 1 + i % 9)
+        ch.put_many([item(j) for j in range(i, i + k)], timeout=60)
+        i += k
 say("done")
 """
 
@@ -597,13 +606,16 @@ MIXED_CONSUMER = """
 from polytask._ipc import channel as C
 assert (C._lane is None) == bool(os.environ.get("POLYTASK_PURE_PYTHON")), C._lane
 got = []
+n = 0
 while True:
-    try:
-        tag, i, crc, body = ch.get(timeout=60)
+    n += 1
+    try:  # get_many's paths too
+        batch = ch.get_many(1 + n % 7, timeout=60) if n % 2 else [ch.get(timeout=60)]
     except C.ChannelClosed:
         break
-    assert zlib.crc32(body) == crc, (tag, i)
-    got.append(f"{tag} {i}")
+    for tag, i, crc, body in batch:
+        assert zlib.crc32(body) == crc, (tag, i)
+        got.append(f"{tag} {i}")
 with open(sys.argv[3], "w") as f:
     f.write("\\n".join(got))
 say("done")

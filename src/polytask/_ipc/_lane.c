@@ -41,6 +41,7 @@
 #define SMALL (64 * 1024)
 #define READY 2
 #define K_PICKLE 0
+#define PAD 5
 
 /* Retries of a busy mutex before giving up to the Python path's wait: its holder
  * keeps it for a few dozen nanoseconds (one of these paths), so with several
@@ -181,6 +182,115 @@ Lane_take(Lane *self, PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+/* write(pending, i, w0) -> int, P lock held by the caller: put_many's frames.
+ *
+ * Writes pending[i], pending[i + 1], ... (each a (kind, payload) tuple) while
+ * each is a small pickle the fast path takes, publishing each frame as put()
+ * does; returns the index of the first one it left (len(pending) if none). */
+static PyObject *
+Lane_write(Lane *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "Lane.write(pending: list, i: int, w0: int)");
+        return NULL;
+    }
+    PyObject *pending = args[0];
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    uint64_t w0 = PyLong_AsUnsignedLongLong(args[2]);
+    if (w0 == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t *w = self->w;
+    uint64_t pos = w[TAIL];
+    uint64_t nres = w[NRES];
+    Py_ssize_t count = PyList_GET_SIZE(pending);
+    for (; i >= 0 && i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(pending, i);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2)
+            break;
+        PyObject *kind = PyTuple_GET_ITEM(entry, 0);
+        PyObject *data = PyTuple_GET_ITEM(entry, 1);
+        if (!PyLong_CheckExact(kind) || !PyBytes_CheckExact(data))
+            break;
+        long k = PyLong_AsLong(kind);
+        if (k != K_PICKLE) {
+            PyErr_Clear(); /* (an int past a long: not a pickle either) */
+            break;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        uint64_t size = ((uint64_t)n + HEADER + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+        if (size > SMALL || pos + size > self->limit ||
+            __atomic_load_n(&w[WAIT_DATA], __ATOMIC_RELAXED) ||
+            (self->maxsize && nres - self->claimed_seen >= self->maxsize))
+            break;
+        char *p = self->base + DATA_OFFSET + (pos & self->mask);
+        uint64_t hdr[2] = {w0, size | ((uint64_t)n << 32)};
+        memcpy(p, hdr, HEADER);
+        memcpy(p + HEADER, PyBytes_AS_STRING(data), (size_t)n);
+        nres += 1;
+        w[NRES] = nres;
+        pos += size;
+        __atomic_store_n(&w[TAIL], pos, __ATOMIC_RELEASE); /* publishes the frame */
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+/* take_many(limit) -> list[bytes], C lock held by the caller: get_many's frames.
+ *
+ * Ring.take_many's common case: with nothing claimed before the read position,
+ * the small ready pickles (and pads) in a row, up to ``limit`` items; stops at
+ * anything else, which Ring.take_many then takes. Call wake_writers after. */
+static PyObject *
+Lane_take_many(Lane *self, PyObject *arg)
+{
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    uint64_t *w = self->w;
+    uint64_t read = w[READ];
+    if (w[HEAD] != read)
+        return out; /* frames claimed before: Ring.take_many's way */
+    uint64_t tail = __atomic_load_n(&w[TAIL], __ATOMIC_ACQUIRE);
+    Py_ssize_t claimed = 0;
+    while (read != tail && claimed < limit) {
+        char *p = self->base + DATA_OFFSET + (read & self->mask);
+        uint64_t hdr[2];
+        memcpy(hdr, p, HEADER);
+        uint64_t size = hdr[1] & 0xFFFFFFFFu;
+        if ((hdr[0] & 0xFFFFFFFFu) == (READY | (K_PICKLE << 8)) && size <= SMALL) {
+            PyObject *data = PyBytes_FromStringAndSize(p + HEADER, (Py_ssize_t)(hdr[1] >> 32));
+            if (data == NULL || PyList_Append(out, data) < 0) {
+                /* Out of memory: this frame stays in the ring; the ones taken are
+                 * returned (claimed: they must not be lost), else the error. */
+                Py_XDECREF(data);
+                break;
+            }
+            Py_DECREF(data);
+            claimed++;
+            read += size;
+        } else if ((hdr[0] & 0xFF) == PAD) {
+            read += size;
+        } else {
+            break;
+        }
+    }
+    w[READ] = read;
+    w[NCLAIM] += (uint64_t)claimed;
+    __atomic_store_n(&w[HEAD], read, __ATOMIC_RELEASE);
+    if (PyErr_Occurred()) {
+        if (claimed == 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    return out;
+}
+
 static PyObject *
 Lane_look(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -216,6 +326,10 @@ static PyMethodDef Lane_methods[] = {
      "put(data, w0) -> int: a small pickle's frame by the fast path (0), or why not."},
     {"take", (PyCFunction)Lane_take, METH_NOARGS,
      "take() -> bytes | int: the oldest small pickle's payload, or why not."},
+    {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL,
+     "write(pending, i, w0) -> int: put_many's small pickles from i on (P lock held)."},
+    {"take_many", (PyCFunction)Lane_take_many, METH_O,
+     "take_many(limit) -> list: get_many's small pickles in a row (C lock held)."},
     {"look", (PyCFunction)(void (*)(void))Lane_look, METH_FASTCALL,
      "look(limit, claimed_seen): where put's fast path stops."},
     {"hold", (PyCFunction)Lane_hold, METH_O,

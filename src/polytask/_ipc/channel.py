@@ -1389,6 +1389,7 @@ class ProcessChannel(Channel[T]):
         a third of put_many's own time. The rest goes through the ring.
         """
         ring = self._ring
+        lane = self._lane
         i, count = 0, len(pending)
         while i < count:
             self._lock_p(deadline)
@@ -1401,6 +1402,14 @@ class ProcessChannel(Channel[T]):
                 # are read once here and again after a Ring.push, not per frame.
                 pos, nres, slow = w[TAIL], w[NRES], w[WAIT_DATA]
                 while i < count:
+                    if lane is not None and not slow:
+                        # The C fast path writes what it can (_lane.c), this loop the rest.
+                        j = lane.write(pending, i, hdr)
+                        if j != i:
+                            i = j
+                            pos, nres = w[TAIL], w[NRES]
+                            if i == count:
+                                break
                     kind, payload = pending[i]
                     n = len(payload)
                     size = (n + FRAME_ROUND) & -ALIGN  # HEADER + n, aligned
@@ -1457,9 +1466,22 @@ class ProcessChannel(Channel[T]):
             self._take_held(out, max_items, 0)
             return out
         ring = self._ring
+        lane = self._lane
         self._lock_c(None)
         try:
-            datas, kinds = ring.take_many(max_items - 1, K_PICKLE)
+            if lane is None:
+                datas, kinds = ring.take_many(max_items - 1, K_PICKLE)
+            else:
+                # The C fast path takes the small pickles in a row (_lane.c); if it
+                # stopped before the tail and the batch is not full, Ring.take_many.
+                datas, kinds = lane.take_many(max_items - 1), None
+                w = self._w
+                left = max_items - 1 - len(datas)
+                if left and w[READ] != w[TAIL]:
+                    more, more_kinds = ring.take_many(left, K_PICKLE)
+                    if more_kinds is not None:
+                        kinds = [K_PICKLE] * len(datas) + more_kinds
+                    datas += more
             wake = ring.wake_writers() if datas else 0
         finally:
             _mutex_unlock(self._c_addr)
