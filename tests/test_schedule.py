@@ -70,6 +70,34 @@ def test_the_tail_of_a_known_rest_is_not_one_double_size_block():
             assert len(sizes) % workers == 0, (workers, total, sizes)
 
 
+def measured_sizer(workers: int, per_item: float, overhead: float) -> ChunkSizer:
+    sizer = ChunkSizer(workers)
+    sizer.observe(1_000, per_item * 1_000, per_item * 1_000 + overhead)
+    return sizer
+
+
+def test_a_known_rest_of_one_chunk_goes_to_every_worker_when_its_work_pays():
+    # The sizer sends 10,000 tiny items (50 ns each, 400 us of measured overhead)
+    # as one chunk: it went to one worker while the other idled (1.0 ms against
+    # 0.75 ms cut in two, measured). Cut in as many equal blocks as workers.
+    for workers in (2, 3):
+        sizer = measured_sizer(workers, 50e-9, 400e-6)
+        assert sizer.size(10_000) >= 10_000  # what the sizer alone would do
+        run = run_of(list(range(10_000)), workers, sizer)
+        sizes = [len(b.args) for b in iter(run.next_block, None)]
+        assert sum(sizes) == 10_000
+        assert len(sizes) == workers and max(sizes) - min(sizes) < workers, sizes
+
+
+def test_a_known_rest_too_small_to_pay_for_a_second_round_trip_stays_one_chunk():
+    # 1,000 items of 50 ns: 25 us of work each half against 400 us of overhead.
+    run = run_of(list(range(1_000)), 2, measured_sizer(2, 50e-9, 400e-6))
+    assert [len(b.args) for b in iter(run.next_block, None)] == [1_000]
+    # Nor without measurements.
+    run = run_of(list(range(10_000)), 2, ChunkSizer(2))
+    assert len(run.next_block().args) == 1  # (a sizer that measured nothing starts at 1)
+
+
 def test_an_input_still_being_read_is_not_cut_evenly():
     run = run_of(list(range(50_000)))
     run.input = iter(())  # more may come: the rest is not known
