@@ -108,6 +108,46 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static inline uint64_t
+frame_size(Py_ssize_t n)
+{
+    return ((uint64_t)n + HEADER + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+}
+
+/* Whether the fast path may write a frame of ``size`` at ``pos`` (P lock held):
+ * before put's limit, no reader asleep nor the ring closed (both in WAIT_DATA),
+ * and room under maxsize at the last look. */
+static inline int
+fits(Lane *self, uint64_t pos, uint64_t size, uint64_t nres)
+{
+    return size <= SMALL && pos + size <= self->limit &&
+           !__atomic_load_n(&self->w[WAIT_DATA], __ATOMIC_RELAXED) &&
+           !(self->maxsize && nres - self->claimed_seen >= self->maxsize);
+}
+
+/* Write a small pickle's frame at ``pos`` and publish it (P lock held; fits()). */
+static inline void
+write_frame(Lane *self, uint64_t pos, uint64_t w0, PyObject *data, uint64_t size)
+{
+    uint64_t *w = self->w;
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    char *p = self->base + DATA_OFFSET + (pos & self->mask);
+    uint64_t hdr[2] = {w0, size | ((uint64_t)n << 32)};
+    memcpy(p, hdr, HEADER);
+    memcpy(p + HEADER, PyBytes_AS_STRING(data), (size_t)n);
+    w[NRES] += 1;
+    /* Publishes the frame: readers load the tail with acquire, under the other lock. */
+    __atomic_store_n(&w[TAIL], pos + size, __ATOMIC_RELEASE);
+}
+
+/* Whether a frame's header words say: a small pickle, written in full (READY, kind
+ * K_PICKLE, no out-of-band buffers), which get's fast path copies out. */
+static inline int
+small_pickle(const uint64_t hdr[2])
+{
+    return (hdr[0] & 0xFFFFFFFFu) == (READY | (K_PICKLE << 8)) && (hdr[1] & 0xFFFFFFFFu) <= SMALL;
+}
+
 /* put(data: bytes, w0: int) -> int: a small pickle's frame, by the fast path. */
 static PyObject *
 Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
@@ -119,27 +159,18 @@ Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t w0 = PyLong_AsUnsignedLongLong(args[1]);
     if (w0 == (uint64_t)-1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    uint64_t size = ((uint64_t)n + HEADER + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+    uint64_t size = frame_size(PyBytes_GET_SIZE(args[0]));
     if (size > SMALL)
         return PyLong_FromLong(-1);
     int rc = lock_soon(self->pm);
     if (rc)
         return PyLong_FromLong(rc);
-    uint64_t *w = self->w;
-    uint64_t pos = w[TAIL]; /* ours: written only under this lock */
-    if (pos + size > self->limit || __atomic_load_n(&w[WAIT_DATA], __ATOMIC_RELAXED) ||
-        (self->maxsize && w[NRES] - self->claimed_seen >= self->maxsize)) {
+    uint64_t pos = self->w[TAIL]; /* ours: written only under this lock */
+    if (!fits(self, pos, size, self->w[NRES])) {
         pthread_mutex_unlock(self->pm);
         return PyLong_FromLong(-1);
     }
-    char *p = self->base + DATA_OFFSET + (pos & self->mask);
-    uint64_t hdr[2] = {w0, size | ((uint64_t)n << 32)};
-    memcpy(p, hdr, HEADER);
-    memcpy(p + HEADER, PyBytes_AS_STRING(args[0]), (size_t)n);
-    w[NRES] += 1;
-    /* Publishes the frame: readers load the tail with acquire, under the other lock. */
-    __atomic_store_n(&w[TAIL], pos + size, __ATOMIC_RELEASE);
+    write_frame(self, pos, w0, args[0], size);
     pthread_mutex_unlock(self->pm);
     return PyLong_FromLong(0);
 }
@@ -165,8 +196,8 @@ Lane_take(Lane *self, PyObject *Py_UNUSED(ignored))
     uint64_t hdr[2];
     memcpy(hdr, p, HEADER);
     uint64_t size = hdr[1] & 0xFFFFFFFFu;
-    if ((hdr[0] & 0xFFFFFFFFu) != (READY | (K_PICKLE << 8)) || size > SMALL ||
-        __atomic_load_n(&w[WAIT_SPACE], __ATOMIC_RELAXED) || w[HEAD] != read) {
+    if (!small_pickle(hdr) || __atomic_load_n(&w[WAIT_SPACE], __ATOMIC_RELAXED) ||
+        w[HEAD] != read) {
         pthread_mutex_unlock(self->cm);
         return PyLong_FromLong(-1);
     }
@@ -201,9 +232,7 @@ Lane_write(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t w0 = PyLong_AsUnsignedLongLong(args[2]);
     if (w0 == (uint64_t)-1 && PyErr_Occurred())
         return NULL;
-    uint64_t *w = self->w;
-    uint64_t pos = w[TAIL];
-    uint64_t nres = w[NRES];
+    uint64_t pos = self->w[TAIL];
     Py_ssize_t count = PyList_GET_SIZE(pending);
     for (; i >= 0 && i < count; i++) {
         PyObject *entry = PyList_GET_ITEM(pending, i);
@@ -218,20 +247,11 @@ Lane_write(Lane *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_Clear(); /* (an int past a long: not a pickle either) */
             break;
         }
-        Py_ssize_t n = PyBytes_GET_SIZE(data);
-        uint64_t size = ((uint64_t)n + HEADER + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
-        if (size > SMALL || pos + size > self->limit ||
-            __atomic_load_n(&w[WAIT_DATA], __ATOMIC_RELAXED) ||
-            (self->maxsize && nres - self->claimed_seen >= self->maxsize))
+        uint64_t size = frame_size(PyBytes_GET_SIZE(data));
+        if (!fits(self, pos, size, self->w[NRES]))
             break;
-        char *p = self->base + DATA_OFFSET + (pos & self->mask);
-        uint64_t hdr[2] = {w0, size | ((uint64_t)n << 32)};
-        memcpy(p, hdr, HEADER);
-        memcpy(p + HEADER, PyBytes_AS_STRING(data), (size_t)n);
-        nres += 1;
-        w[NRES] = nres;
+        write_frame(self, pos, w0, data, size);
         pos += size;
-        __atomic_store_n(&w[TAIL], pos, __ATOMIC_RELEASE); /* publishes the frame */
     }
     return PyLong_FromSsize_t(i);
 }
@@ -261,7 +281,7 @@ Lane_take_many(Lane *self, PyObject *arg)
         uint64_t hdr[2];
         memcpy(hdr, p, HEADER);
         uint64_t size = hdr[1] & 0xFFFFFFFFu;
-        if ((hdr[0] & 0xFFFFFFFFu) == (READY | (K_PICKLE << 8)) && size <= SMALL) {
+        if (small_pickle(hdr)) {
             PyObject *data = PyBytes_FromStringAndSize(p + HEADER, (Py_ssize_t)(hdr[1] >> 32));
             if (data == NULL || PyList_Append(out, data) < 0) {
                 /* Out of memory: this frame stays in the ring; the ones taken are
