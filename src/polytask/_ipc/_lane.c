@@ -25,7 +25,7 @@
 #include <errno.h>
 #include <string.h>
 
-/* Word indexes and offsets: ring.py's (checked against it in _ipc/channel.py). */
+/* Word indexes, offsets and codes: ring.py's and channel.py's (LAYOUT: checked there). */
 #define TAIL 8
 #define NRES 9
 #define WAIT_DATA 10
@@ -390,11 +390,12 @@ PyInit__lane(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddIntConstant(m, "DATA_OFFSET", DATA_OFFSET) < 0 ||
-        PyModule_AddIntConstant(m, "TAIL", TAIL) < 0 || PyModule_AddIntConstant(m, "HEAD", HEAD) < 0 ||
-        PyModule_AddIntConstant(m, "WAIT_SPACE", WAIT_SPACE) < 0 ||
-        PyModule_AddIntConstant(m, "P_MUTEX_OFFSET", P_MUTEX_OFFSET) < 0 ||
-        PyModule_AddIntConstant(m, "C_MUTEX_OFFSET", C_MUTEX_OFFSET) < 0) {
+    /* What this file assumes of ring.py and channel.py: checked at import there. */
+    PyObject *layout = Py_BuildValue(
+        "(iiiiiiiiiiiiiiii)", TAIL, NRES, WAIT_DATA, HEAD, READ, NCLAIM, WAIT_SPACE,
+        P_MUTEX_OFFSET, C_MUTEX_OFFSET, DATA_OFFSET, HEADER, ALIGN, SMALL, READY, K_PICKLE, PAD);
+    if (layout == NULL || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
+        Py_XDECREF(layout);
         Py_DECREF(m);
         return NULL;
     }

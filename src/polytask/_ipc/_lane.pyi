@@ -9,9 +9,4 @@ class Lane:
     def look(self, limit: int, claimed_seen: int, /) -> None: ...
     def hold(self, flag: bool, /) -> None: ...
 
-DATA_OFFSET: int
-TAIL: int
-HEAD: int
-WAIT_SPACE: int
-P_MUTEX_OFFSET: int
-C_MUTEX_OFFSET: int
+LAYOUT: tuple[int, ...]

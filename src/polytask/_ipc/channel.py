@@ -104,16 +104,6 @@ from .shm import (
 )
 from .spin import SPIN_MAX, after_sleep
 
-try:
-    # The C fast paths of put and get (_lane.c), built with the package when a
-    # compiler is there; without it (or with POLYTASK_PURE_PYTHON=1, which the
-    # tests use to run the same suite on both) the Python ones below do the same.
-    from . import _lane
-except ImportError:  # pragma: no cover - the install had no C compiler
-    _lane = None  # type: ignore[assignment]
-if os.environ.get("POLYTASK_PURE_PYTHON"):
-    _lane = None  # type: ignore[assignment]
-
 __all__ = ["ProcessChannel"]
 
 T = TypeVar("T")
@@ -125,6 +115,27 @@ DEFAULT_CAPACITY = 8 * 1024 * 1024
 
 # Item kinds stored in a frame header.
 K_PICKLE, K_OOB, K_BYTES, K_BYTEARRAY, K_MEMORYVIEW, K_SPILL = 0, 1, 2, 3, 4, 5
+
+try:
+    # The C fast paths of put and get (_lane.c), built with the package when a
+    # compiler is there; without it (or with POLYTASK_PURE_PYTHON=1, which the
+    # tests use to run the same suite on both) the Python ones below do the same.
+    from . import _lane
+except ImportError:  # pragma: no cover - the install had no C compiler
+    _lane = None  # type: ignore[assignment]
+if os.environ.get("POLYTASK_PURE_PYTHON"):
+    _lane = None  # type: ignore[assignment]
+# fmt: off
+_LANE_LAYOUT = (
+    TAIL, NRES, WAIT_DATA, HEAD, READ, NCLAIM, WAIT_SPACE, R.P_MUTEX_OFFSET, R.C_MUTEX_OFFSET,
+    DATA_OFFSET, HEADER, ALIGN, R.SMALL, R.READY, K_PICKLE, R.PAD,
+)
+# fmt: on
+if _lane is not None and _lane.LAYOUT != _LANE_LAYOUT:  # pragma: no cover - a build out of step
+    raise ImportError(
+        f"polytask._ipc._lane was built for another ring layout ({_lane.LAYOUT} != "
+        f"{_LANE_LAYOUT}): reinstall polytask (pip install -e .) to rebuild it"
+    )
 
 _SMALL_PAYLOAD = R.SMALL - R.HEADER
 _SMALL_FRAME = R.SMALL
