@@ -397,10 +397,13 @@ class Pipeline(Generic[T]):
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(10.0)
+        # A thread still running (one of ours closing, or stuck past the join) may
+        # yet touch a channel: its mapping is then left to the collector.
+        done = not any(t.is_alive() for t in self._threads)
         for ch in self._channels:
             ch.close()
-            release = getattr(ch, "_finalizer", None)
-            if release is not None:
+            release = getattr(ch, "_release_now", None)
+            if done and release is not None:
                 release()  # a process channel's segment goes now, read or not
 
     def __enter__(self) -> Pipeline[T]:

@@ -730,6 +730,20 @@ class ProcessChannel(Channel[T]):
     def __reduce__(self) -> Any:
         return (_attach_channel, (self._seg.name,))
 
+    def _release_now(self) -> None:
+        """Let go of this process's mapping now, as dropping the last handle does
+        (the owner's also closes the channel and removes its name).
+
+        For a caller done with the handle for good whose threads no longer use it
+        (a pipeline once its threads ended). Not the finalizer called directly: run
+        with the handle alive, that one takes itself for the exit and leaves the
+        mapping (see _release_channel).
+        """
+        info = self._finalizer.detach()
+        if info is not None:
+            seg, ring = info[2][:2]
+            _release_channel(seg, ring)
+
     # ------------------------------------------------------------------ locks and repair
 
     def _lock_p(self, deadline: float | None, rc: int | None = None) -> None:
