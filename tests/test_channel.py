@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import polytask as pt
-from helpers import thread_is_in, wait_until
+from helpers import run_python, thread_is_in, wait_until
 from polytask._ipc import ring as R
 from polytask._ipc.channel import DEFAULT_CAPACITY
 from polytask._ipc.shm import _attach_shared_array
@@ -1607,3 +1607,25 @@ def test_the_c_fast_paths_are_built_and_used_unless_turned_off():
             assert ch.get(timeout=10) == item
     finally:
         ch.close()
+
+
+def test_a_lane_made_without_its_ring_raises_instead_of_crashing():
+    """Lane.__new__ alone leaves it pointing nowhere: its paths raise ValueError
+    (they dereferenced NULL: SIGSEGV)."""
+    pytest.importorskip("polytask._ipc._lane")
+    code = textwrap.dedent(
+        """
+        from polytask._ipc import _lane
+        lane = _lane.Lane.__new__(_lane.Lane)
+        calls = [lane.take, lambda: lane.put(b"x", 2), lambda: lane.write([(0, b"x")], 0, 2),
+                 lambda: lane.take_many(3)]
+        for call in calls:
+            try:
+                call()
+            except ValueError as exc:
+                print("ValueError:", exc)
+        """
+    )
+    proc = run_python(code, timeout=HANG)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert proc.stdout.count("ValueError: Lane: not initialised") == 4, proc.stdout

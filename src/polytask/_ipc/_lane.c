@@ -148,6 +148,16 @@ small_pickle(const uint64_t hdr[2])
     return (hdr[0] & 0xFFFFFFFFu) == (READY | (K_PICKLE << 8)) && (hdr[1] & 0xFFFFFFFFu) <= SMALL;
 }
 
+/* A Lane made by Lane.__new__ alone points nowhere: an error, not a crash. */
+static int
+not_ready(Lane *self)
+{
+    if (self->w != NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "Lane: not initialised (Lane(base, capacity, maxsize))");
+    return 1;
+}
+
 /* put(data: bytes, w0: int) -> int: a small pickle's frame, by the fast path. */
 static PyObject *
 Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
@@ -156,6 +166,8 @@ Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "Lane.put(data: bytes, w0: int)");
         return NULL;
     }
+    if (not_ready(self))
+        return NULL;
     uint64_t w0 = PyLong_AsUnsignedLongLong(args[1]);
     if (w0 == (uint64_t)-1 && PyErr_Occurred())
         return NULL;
@@ -179,6 +191,8 @@ Lane_put(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Lane_take(Lane *self, PyObject *Py_UNUSED(ignored))
 {
+    if (not_ready(self))
+        return NULL;
     if (self->held)
         return PyLong_FromLong(-2);
     int rc = lock_soon(self->cm);
@@ -225,6 +239,8 @@ Lane_write(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "Lane.write(pending: list, i: int, w0: int)");
         return NULL;
     }
+    if (not_ready(self))
+        return NULL;
     PyObject *pending = args[0];
     Py_ssize_t i = PyLong_AsSsize_t(args[1]);
     if (i == -1 && PyErr_Occurred())
@@ -264,6 +280,8 @@ Lane_write(Lane *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Lane_take_many(Lane *self, PyObject *arg)
 {
+    if (not_ready(self))
+        return NULL;
     Py_ssize_t limit = PyLong_AsSsize_t(arg);
     if (limit == -1 && PyErr_Occurred())
         return NULL;
