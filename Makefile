@@ -65,7 +65,7 @@ versions:
 	    echo "== Python $$v not found (pyenv or PATH): skipped here; CI fails on it"; continue; fi; \
 	  venv=.venv-$$v; \
 	  [ -x $$venv/bin/python ] || { $$py -m venv $$venv && $$venv/bin/python -m pip install -q --upgrade pip; }; \
-	  [ $$venv/.test -nt pyproject.toml ] && [ $$venv/.test -nt src/polytask/_ipc/_lane.c ] || { $$venv/bin/pip install -q -e '.[test]' && touch $$venv/.test; }; \
+	  [ $$venv/.test -nt pyproject.toml ] && [ $$venv/.test -nt src/polytask/_ipc/_lane.c ] && [ $$venv/.test -nt setup.py ] || { $$venv/bin/pip install -q -e '.[test]' && touch $$venv/.test; }; \
 	  pure=; pure_note=; if [ "$$v" = "$(PURE_ON)" ]; then pure=POLYTASK_PURE_PYTHON=1; \
 	    pure_note=" ($$pure: the channel's Python fast paths)"; fi; \
 	  echo "== Python $$v ($$py): the suite without the cluster engines$$pure_note"; \
