@@ -698,3 +698,78 @@ def test_exit_while_daemon_threads_use_a_channel(pure):
             [sys.executable, "-c", EXIT_WHILE_IN_USE], env=env, capture_output=True, timeout=60
         )
         assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_a_get_timing_out_in_a_repair_does_not_keep_the_consumer_mutex(tmp_path):
+    """A reader died holding the consumer mutex; the next get() takes it over and must
+    repair the ring under both mutexes, while a live writer holds the producer one
+    past that get()'s timeout. The get raised TimeoutError holding the consumer mutex
+    for good: every later get, here and in other processes, and close() hung."""
+    ch = pt.Channel(backend="process", capacity=4096)
+    ch.put("a")
+    ch.put("b")
+    dead = Child(tmp_path, ch.name, 'ch._lock_c(None)\nsay("locked")\ntime.sleep(600)\n')
+    busy = Child(
+        tmp_path,
+        ch.name,
+        """
+        ch._lock_p(None)
+        say("locked")
+        time.sleep(0.5)  # past the parent's get(timeout=0.05), then let go
+        _mutex_unlock(ch._p_addr)
+        say("unlocked")
+        time.sleep(600)
+        """,
+    )
+    try:
+        dead.wait_for("locked")
+        dead.kill()
+        busy.wait_for("locked")
+        got = []
+        try:
+            got.append(ch.get(timeout=0.05))
+        except pt.ChannelEmpty:
+            pass
+        busy.wait_for("unlocked")
+        while len(got) < 2:
+            got.append(ch.get(timeout=5))  # TimeoutError: the mutex was still ours
+        assert got == ["a", "b"]
+        ch.put("c", timeout=5)
+        assert ch.get(timeout=5) == "c"
+    finally:
+        dead.kill()
+        busy.kill()
+        closer = threading.Thread(target=ch.close, daemon=True)  # it hung, the mutex kept
+        closer.start()
+        closer.join(5)
+
+
+@pytest.mark.parametrize("held", ["consumer", "producer"])
+def test_timeouts_spent_waiting_for_a_held_mutex_are_channel_errors(tmp_path, held):
+    """put() and get() whose timeout passes while a live process holds a mutex of the
+    channel raise ChannelFull and ChannelEmpty (queue.Full and queue.Empty), as any
+    other timeout of theirs: they raised the builtin TimeoutError."""
+    ch = pt.Channel(1, backend="process", capacity=4096)
+    ch.put("in")  # full: a put waits for room, which takes the consumer mutex
+    if held == "producer":  # empty: a get waits for an item, which takes the producer one
+        assert ch.get() == "in"
+    lock = "_lock_c" if held == "consumer" else "_lock_p"
+    child = Child(tmp_path, ch.name, f'ch.{lock}(None)\nsay("locked")\ntime.sleep(600)\n')
+    try:
+        child.wait_for("locked")
+        for timeout in (0, 0.01):
+            with pytest.raises(pt.ChannelEmpty):
+                ch.get(timeout=timeout)
+            with pytest.raises(pt.ChannelFull):
+                ch.put("out", timeout=timeout)
+            with pytest.raises(pt.ChannelFull):
+                ch.put_many(["out"], timeout=timeout)
+            with pytest.raises(pt.ChannelEmpty):
+                ch.get_many(3, timeout=timeout)
+        child.kill()
+        if held == "producer":
+            ch.put("in", timeout=HANG)
+        assert ch.get(timeout=HANG) == "in"
+    finally:
+        child.kill()
+        ch.close()
