@@ -1199,6 +1199,19 @@ def test_put_many_counts_every_item_it_puts(cap):
         assert got == items and len(ch) == 0
 
 
+def test_put_many_without_waiting_into_an_empty_ring_that_wraps_early():
+    """put_many's first frame wraps early (the ring is empty, its tail past cap/8), and
+    the pad it leaves takes the room its second frame needs until it is skipped:
+    with timeout=0 that was ChannelFull (the first item put) on an empty ring."""
+    with pt.Channel(backend="process", capacity=4096) as ch:
+        item = "a" * 485  # a 544-byte frame
+        ch.put(item)
+        assert ch.get() == item  # the tail at 544, past the early-wrap point (512)
+        ch.put_many([item, item], timeout=0)
+        assert len(ch) == 2
+        assert ch.get_many(2, timeout=0) == [item, item]
+
+
 def test_put_many_wakes_a_reader_asleep_in_get():
     """A reader asleep on the ring is woken by put_many (it reads WAIT_DATA once per
     lock, then publishes the batch), and gets every item, in order."""

@@ -1458,7 +1458,8 @@ class ProcessChannel(Channel[T]):
                 _mutex_unlock(self._p_addr)
             if wake:
                 futex_wake(self._data_seq_addr)
-            if ring.wrapped:
+            wrapped = ring.wrapped
+            if wrapped:
                 self._skip_pads()
             if i < count:
                 if rc == R.CLOSED:
@@ -1467,6 +1468,12 @@ class ProcessChannel(Channel[T]):
                     kind, payload = pending[i]
                     i += 1
                     self._put_big(kind, payload, [], _left(deadline))
+                    continue
+                if wrapped and rc == R.FULL:
+                    # A frame of this batch wrapped early, and its pad took the room
+                    # until skipped (just now): look again before waiting. (A wait
+                    # with timeout 0 said ChannelFull on an empty ring.) Each time
+                    # follows a frame written: no endless loop.
                     continue
                 self._wait_space(R.Ring.frame_size(len(pending[i][1])), deadline)
         pending.clear()
