@@ -959,6 +959,7 @@ class ProcessChannel(Channel[T]):
         if not ring.fits(R.Ring.frame_size(len(payload), lens)):
             ref, spill_seg, pooled = _spill(self._seg.name, kind, payload, bufs)
             kind, payload, bufs, lens = K_SPILL, ref, [], []
+        pos = -1
         try:
             size = R.Ring.frame_size(len(payload), lens)
             while True:
@@ -994,11 +995,26 @@ class ProcessChannel(Channel[T]):
             if wake:
                 futex_wake(self._data_seq_addr)
         except BaseException:
+            if pos >= 0:
+                self._withdraw(pos)
             if spill_seg is not None:
                 _spill_not_sent(spill_seg, pooled)
             raise
         if spill_seg is not None:
             _spill_sent(spill_seg, pooled)
+
+    def _withdraw(self, pos: int) -> None:
+        """A big put failed (an exception while copying, a KeyboardInterrupt the program
+        catches) between reserving its frame and committing it: readers skip the frame
+        from now on, rather than wait behind it while this process lives."""
+        self._lock_p(None)
+        try:
+            withdrawn = self._ring.withdraw(pos, _pid)
+            wake = self._ring.bump_data() if withdrawn else 0
+        finally:
+            _mutex_unlock(self._p_addr)
+        if wake:
+            futex_wake(self._data_seq_addr)
 
     def _spin_until(self, ready: Callable[[], bool]) -> bool:
         """Spin up to this handle's budget for ``ready()`` (the peer is likely running)."""
