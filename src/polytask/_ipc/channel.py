@@ -1570,9 +1570,9 @@ os.register_at_fork(after_in_child=_drop_held_after_fork)
 
 def _late(error: type[Exception]) -> Exception:
     """The error of a put (ChannelFull) or get (ChannelEmpty) whose timeout passed
-    while another process held a mutex of the channel."""
+    while another process (or thread) held a mutex of the channel."""
     call = "put()" if error is ChannelFull else "get()"
-    return error(f"{call}'s timeout passed while another process held the channel's lock")
+    return error(f"{call}'s timeout passed while another process or thread held the channel's lock")
 
 
 def _left(deadline: float | None) -> float | None:
