@@ -1199,6 +1199,45 @@ def test_put_many_counts_every_item_it_puts(cap):
         assert got == items and len(ch) == 0
 
 
+def test_put_many_without_waiting_into_an_empty_ring_that_wraps_early():
+    """put_many's first frame wraps early (the ring is empty, its tail past cap/8), and
+    the pad it leaves takes the room its second frame needs until it is skipped:
+    with timeout=0 that was ChannelFull (the first item put) on an empty ring."""
+    with pt.Channel(backend="process", capacity=4096) as ch:
+        item = "a" * 485  # a 544-byte frame
+        ch.put(item)
+        assert ch.get() == item  # the tail at 544, past the early-wrap point (512)
+        ch.put_many([item, item], timeout=0)
+        assert len(ch) == 2
+        assert ch.get_many(2, timeout=0) == [item, item]
+
+
+def test_get_nowait_from_threads_sharing_a_handle_while_items_wait():
+    """get(timeout=0) while another thread of the process holds the consumer mutex (in
+    get_many, or any get on the Python paths): the lock wait spun holding the GIL, so
+    the holder could not finish, and gave up at the deadline with thousands of items
+    in the ring (ChannelEmpty; TimeoutError before). It now waits once, GIL released."""
+    with pt.Channel(backend="process", capacity=1 << 20) as ch:
+        ch.put_many(range(20_000))
+        spurious: list[BaseException] = []
+
+        def take(batch: bool) -> None:
+            while True:
+                try:
+                    ch.get_many(5, timeout=0) if batch else ch.get(timeout=0)
+                except (pt.ChannelEmpty, TimeoutError) as exc:
+                    if len(ch) == 0:
+                        return
+                    spurious.append(exc)
+
+        threads = [threading.Thread(target=take, args=(k == 0,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert spurious == []
+
+
 def test_put_many_wakes_a_reader_asleep_in_get():
     """A reader asleep on the ring is woken by put_many (it reads WAIT_DATA once per
     lock, then publishes the batch), and gets every item, in order."""

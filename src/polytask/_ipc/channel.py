@@ -746,34 +746,59 @@ class ProcessChannel(Channel[T]):
 
     # ------------------------------------------------------------------ locks and repair
 
-    def _lock_p(self, deadline: float | None, rc: int | None = None) -> None:
-        """Take the producer mutex (``rc``: the result of a trylock the caller already made)."""
+    def _lock_p(
+        self, deadline: float | None, rc: int | None = None, late: type[Exception] = ChannelFull
+    ) -> None:
+        """Take the producer mutex (``rc``: the result of a trylock the caller already made).
+
+        Raises ``late`` (ChannelFull for a put, ChannelEmpty for a get: what their
+        callers catch, as queue.Full and queue.Empty) if ``deadline`` passes first.
+        """
         if rc is None:
             rc = _mutex_trylock(self._p_addr)
         while rc != 0:
-            if not self._pm._acquire_slow(rc, deadline):
-                return
+            try:
+                if not self._pm._acquire_slow(rc, deadline):
+                    return
+            except TimeoutError:
+                raise _late(late) from None
             # The previous holder died inside: repair needs both locks, taken C first.
             self._pm.release()
-            self._repair(deadline)
+            self._repair()
             rc = _mutex_trylock(self._p_addr)
 
-    def _lock_c(self, deadline: float | None, rc: int | None = None) -> None:
-        """Take the consumer mutex (``rc``: the result of a trylock the caller already made)."""
+    def _lock_c(
+        self, deadline: float | None, rc: int | None = None, late: type[Exception] = ChannelEmpty
+    ) -> None:
+        """Take the consumer mutex (as _lock_p; ``late``: ChannelEmpty for a get, ChannelFull for a put)."""
         if rc is None:
             rc = _mutex_trylock(self._c_addr)
-        if rc != 0 and self._cm._acquire_slow(rc, deadline):
-            self._repair_holding_c(deadline)
-
-    def _repair(self, deadline: float | None) -> None:
-        self._lock_c(deadline)
         try:
-            self._repair_holding_c(deadline)
+            if rc == 0 or not self._cm._acquire_slow(rc, deadline):
+                return
+        except TimeoutError:
+            raise _late(late) from None
+        try:
+            self._repair_holding_c()
+        except BaseException:
+            _mutex_unlock(self._c_addr)  # never kept past the call
+            raise
+
+    # The repair takes its mutexes with no deadline: the dead holder's mutex is
+    # marked consistent already, so a repair left undone would stay undone (the
+    # next holder is not told); and a get() that gave up holding the consumer
+    # mutex kept it for good, every reader of the channel then hung. Mutexes are
+    # held for a few stores and copies, or handed over by a dead holder.
+
+    def _repair(self) -> None:
+        self._lock_c(None)
+        try:
+            self._repair_holding_c()
         finally:
             _mutex_unlock(self._c_addr)
 
-    def _repair_holding_c(self, deadline: float | None) -> None:
-        if self._pm.acquire(deadline):
+    def _repair_holding_c(self) -> None:
+        if self._pm.acquire(None):
             pass  # the dead producer's half-done work is what recount fixes
         try:
             self._ring.recount(pid_alive)
@@ -959,6 +984,7 @@ class ProcessChannel(Channel[T]):
         if not ring.fits(R.Ring.frame_size(len(payload), lens)):
             ref, spill_seg, pooled = _spill(self._seg.name, kind, payload, bufs)
             kind, payload, bufs, lens = K_SPILL, ref, [], []
+        pos = -1
         try:
             size = R.Ring.frame_size(len(payload), lens)
             while True:
@@ -994,11 +1020,26 @@ class ProcessChannel(Channel[T]):
             if wake:
                 futex_wake(self._data_seq_addr)
         except BaseException:
+            if pos >= 0:
+                self._withdraw(pos)
             if spill_seg is not None:
                 _spill_not_sent(spill_seg, pooled)
             raise
         if spill_seg is not None:
             _spill_sent(spill_seg, pooled)
+
+    def _withdraw(self, pos: int) -> None:
+        """A big put failed (an exception while copying, a KeyboardInterrupt the program
+        catches) between reserving its frame and committing it: readers skip the frame
+        from now on, rather than wait behind it while this process lives."""
+        self._lock_p(None)
+        try:
+            withdrawn = self._ring.withdraw(pos, _pid)
+            wake = self._ring.bump_data() if withdrawn else 0
+        finally:
+            _mutex_unlock(self._p_addr)
+        if wake:
+            futex_wake(self._data_seq_addr)
 
     def _spin_until(self, ready: Callable[[], bool]) -> bool:
         """Spin up to this handle's budget for ``ready()`` (the peer is likely running)."""
@@ -1037,7 +1078,7 @@ class ProcessChannel(Channel[T]):
             task.raise_if_cancelled()
         if self._spin and self._spin_until(room):
             return
-        self._lock_c(deadline)
+        self._lock_c(deadline, late=ChannelFull)
         try:
             seq = ring.writer_sleeps()
             stuck = ring.reader_at_head()
@@ -1332,7 +1373,7 @@ class ProcessChannel(Channel[T]):
             task.raise_if_cancelled()
         if self._spin and not blocked and self._spin_until(ring.not_empty_for_reader):
             return
-        self._lock_p(deadline)
+        self._lock_p(deadline, late=ChannelEmpty)
         try:
             seq = ring.reader_sleeps()
         finally:
@@ -1467,7 +1508,8 @@ class ProcessChannel(Channel[T]):
                 _mutex_unlock(self._p_addr)
             if wake:
                 futex_wake(self._data_seq_addr)
-            if ring.wrapped:
+            wrapped = ring.wrapped
+            if wrapped:
                 self._skip_pads()
             if i < count:
                 if rc == R.CLOSED:
@@ -1476,6 +1518,12 @@ class ProcessChannel(Channel[T]):
                     kind, payload = pending[i]
                     i += 1
                     self._put_big(kind, payload, [], _left(deadline))
+                    continue
+                if wrapped and rc == R.FULL:
+                    # A frame of this batch wrapped early, and its pad took the room
+                    # until skipped (just now): look again before waiting. (A wait
+                    # with timeout 0 said ChannelFull on an empty ring.) Each time
+                    # follows a frame written: no endless loop.
                     continue
                 self._wait_space(R.Ring.frame_size(len(pending[i][1])), deadline)
         pending.clear()
@@ -1565,6 +1613,13 @@ def _drop_held_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_drop_held_after_fork)
+
+
+def _late(error: type[Exception]) -> Exception:
+    """The error of a put (ChannelFull) or get (ChannelEmpty) whose timeout passed
+    while another process (or thread) held a mutex of the channel."""
+    call = "put()" if error is ChannelFull else "get()"
+    return error(f"{call}'s timeout passed while another process or thread held the channel's lock")
 
 
 def _left(deadline: float | None) -> float | None:

@@ -552,6 +552,23 @@ class Ring:
         h = self._w[i]
         self._w[i] = (h & ~0xFF) | READY
 
+    def withdraw(self, pos: int, pid: int) -> bool:
+        """Turn the frame at ``pos``, reserved by ``pid`` and not committed, into a pad (P lock).
+
+        For a writer that gives up on a reserved frame while it lives (an exception
+        while copying): readers skip the pad, where they would wait behind the
+        unfinished frame for as long as its writer lives. False if the frame is no
+        longer that writer's unfinished frame (committed, or abandoned already).
+        """
+        i = (DATA_OFFSET + (pos & self._mask)) >> 3
+        w = self._w
+        h = w[i]
+        if h & 0xFF != WRITING or h >> 32 != pid:
+            return False
+        w[i] = PAD  # its size stays in the second word: readers skip it whole
+        w[NRES] -= 1  # no longer an item (recount counts only WRITING and READY frames)
+        return True
+
     def reader_at_head(self) -> tuple[int, int] | None:
         """(position, pid) of a claimed frame holding the ring's head back, if any (C lock)."""
         w = self._w

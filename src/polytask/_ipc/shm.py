@@ -358,6 +358,11 @@ def locked_mutex_ref() -> Any:
     return ref
 
 
+#: How long a lock wait whose deadline has passed still waits once, GIL released
+#: (see RobustMutex._acquire_slow): a critical section's length, with room to spare.
+_GRACE = 0.01
+
+
 class RobustMutex:
     """A process-shared, robust pthread mutex at ``address`` (inside a Segment).
 
@@ -399,6 +404,7 @@ class RobustMutex:
 
     def _acquire_slow(self, rc: int, deadline: float | None) -> bool:
         spins = 0
+        waited = False
         while True:
             if rc == 0:
                 return False
@@ -416,7 +422,14 @@ class RobustMutex:
                 continue
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise TimeoutError("timed out waiting for a polytask shared mutex")
+                if waited:
+                    raise TimeoutError("timed out waiting for a polytask shared mutex")
+                # Past the deadline (timeout 0) without having waited once with the
+                # GIL released: the holder may be a thread of this process, which the
+                # spins above kept from finishing. (get_nowait gave up with thousands
+                # of items in the ring while a get_many of another thread held it.)
+                deadline = now + _GRACE
+            waited = True
             slice_ = 1.0 if deadline is None else min(1.0, deadline - now)
             abst = time.time() + slice_
             ts = _timespec(int(abst), int((abst % 1.0) * 1e9))
