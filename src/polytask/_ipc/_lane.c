@@ -18,12 +18,14 @@
  *                  (EOWNERDEAD: held, the caller repairs), nothing done;
  *   -2 (take)      frames are held by this handle (the `held` flag).
  */
+#define _GNU_SOURCE /* gettid */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Word indexes, offsets and codes: ring.py's and channel.py's (LAYOUT: checked there). */
 #define TAIL 8
@@ -387,11 +389,45 @@ static PyTypeObject LaneType = {
     .tp_methods = Lane_methods,
 };
 
+/* let_go(base): unlock the ring's mutexes this thread holds (see
+ * ProcessChannel._let_go). One C call, so that an interrupt cannot land half-way:
+ * a signal handler runs only after it returns. glibc keeps a robust mutex's
+ * owner's thread id in __data.__owner. */
+static PyObject *
+lane_let_go(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long long base = PyLong_AsUnsignedLongLong(arg);
+    if (base == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (base == 0) {
+        PyErr_SetString(PyExc_ValueError, "let_go(base): a mapped ring");
+        return NULL;
+    }
+    int me = (int)gettid();
+    int freed = 0;
+    pthread_mutex_t *ms[2] = {(pthread_mutex_t *)(uintptr_t)(base + P_MUTEX_OFFSET),
+                              (pthread_mutex_t *)(uintptr_t)(base + C_MUTEX_OFFSET)};
+    for (int k = 0; k < 2; k++) {
+        if (__atomic_load_n(&ms[k]->__data.__owner, __ATOMIC_RELAXED) == me) {
+            pthread_mutex_unlock(ms[k]);
+            freed++;
+        }
+    }
+    return PyLong_FromLong(freed);
+}
+
+static PyMethodDef lane_functions[] = {
+    {"let_go", (PyCFunction)lane_let_go, METH_O,
+     "let_go(base) -> int: unlock the ring's mutexes this thread holds; how many."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef lanemodule = {
     PyModuleDef_HEAD_INIT,
     .m_name = "polytask._ipc._lane",
     .m_doc = "The process channel's put and get fast paths in C (optional).",
     .m_size = -1,
+    .m_methods = lane_functions,
 };
 
 PyMODINIT_FUNC

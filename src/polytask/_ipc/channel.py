@@ -49,6 +49,7 @@ Lock order: C before P (never take C while holding P).
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import os
 import pickle
@@ -123,6 +124,7 @@ try:
     from . import _lane
 except ImportError:  # pragma: no cover - the install had no C compiler
     _lane = None  # type: ignore[assignment]
+_lane_module = _lane  # its let_go serves the Python paths too (see ProcessChannel._let_go)
 if os.environ.get("POLYTASK_PURE_PYTHON"):
     _lane = None  # type: ignore[assignment]
 # fmt: off
@@ -138,6 +140,8 @@ if _lane is not None and _lane.LAYOUT != _LANE_LAYOUT:  # pragma: no cover - a b
     )
 
 _SMALL_PAYLOAD = R.SMALL - R.HEADER
+# Where a robust mutex keeps its owner's thread id (glibc: __data.__owner): _let_go.
+_OWNER_OFFSET = 8
 _SMALL_FRAME = R.SMALL
 # An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
 _REPICKLE_OVER = 256 * 1024
@@ -683,6 +687,7 @@ class ProcessChannel(Channel[T]):
         self._ring = ring
         self.maxsize = ring.maxsize
         base = seg.address
+        self._base = base
         self._p_addr = base + R.P_MUTEX_OFFSET
         self._c_addr = base + R.C_MUTEX_OFFSET
         self._pm = RobustMutex(self._p_addr)
@@ -812,69 +817,73 @@ class ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ put
 
     def put(self, item: T, timeout: float | None = None) -> None:
-        # The common case (a small picklable item) is inlined, and so is the
-        # common case of Ring.push under the lock (kept in step with it: same
-        # words, same order of stores): at a million items a second every Python
-        # call and attribute lookup shows. Anything unusual goes to Ring.push.
-        # A bad timeout fails even when there is room; a plain one skips the call.
-        if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
-            timeout = check_timeout(timeout)
-        t = type(item)
-        if t not in _BIG_TYPES:
-            try:
-                data = _pdumps(item, 5)
-            except Exception:
-                pass  # _put_other says why (or cloudpickles it)
-            else:
-                n = len(data)
-                # codec's rule, inlined: a pickle naming __main__ goes by value.
-                # (The memchr first: it settles containers of atoms, which ATOMS does not.)
-                if n <= _SMALL_PAYLOAD and (
-                    STACK_GLOBAL not in data or t in ATOMS or MAIN_REF not in data
-                ):
-                    lane = self._lane
-                    if lane is not None:
-                        rc = lane.put(data, _hdr_pickle)
-                        if rc:  # not by the fast path (see _lane.c): the whole story
-                            self._put_pickle(data, timeout, rc if rc > 0 else None)
+        try:
+            # The common case (a small picklable item) is inlined, and so is the
+            # common case of Ring.push under the lock (kept in step with it: same
+            # words, same order of stores): at a million items a second every Python
+            # call and attribute lookup shows. Anything unusual goes to Ring.push.
+            # A bad timeout fails even when there is room; a plain one skips the call.
+            if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
+                timeout = check_timeout(timeout)
+            t = type(item)
+            if t not in _BIG_TYPES:
+                try:
+                    data = _pdumps(item, 5)
+                except Exception:
+                    pass  # _put_other says why (or cloudpickles it)
+                else:
+                    n = len(data)
+                    # codec's rule, inlined: a pickle naming __main__ goes by value.
+                    # (The memchr first: it settles containers of atoms, which ATOMS does not.)
+                    if n <= _SMALL_PAYLOAD and (
+                        STACK_GLOBAL not in data or t in ATOMS or MAIN_REF not in data
+                    ):
+                        lane = self._lane
+                        if lane is not None:
+                            rc = lane.put(data, _hdr_pickle)
+                            if rc:  # not by the fast path (see _lane.c): the whole story
+                                self._put_pickle(data, timeout, rc if rc > 0 else None)
+                            return
+                        if n >= PACKED:
+                            self._put_pickle(data, timeout)
+                            return
+                        pack, head, size = _small_frames[n] or _small_frame(n)
+                        m = self._p_ref
+                        rc = _mutex_trylock_ref(m)
+                        if rc:
+                            self._lock_p(_deadline(timeout), rc)
+                        try:
+                            w = self._w
+                            pos = w[TAIL]
+                            if (
+                                pos + size > self._limit
+                                or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
+                                or (self.maxsize and w[NRES] - self._claimed_seen >= self.maxsize)
+                            ):
+                                # Wrapping, perhaps full, readers asleep, or closed:
+                                # the whole story.
+                                rc = self._push(data, _hdr_pickle)
+                                self._set_limit()
+                                if self._ring.wrapped and not rc:
+                                    rc = _WRAPPED  # _put_done skips the pad
+                            else:
+                                # The frame (the same bytes as Ring.push writes), then
+                                # the counters in its order.
+                                pack(self._b, DATA_OFFSET + (pos & self._mask), head, data)
+                                w[NRES] += 1
+                                w[TAIL] = pos + size  # publishes the frame
+                                rc = 0  # no reader sleeps: WAIT_DATA was 0, under our lock
+                        finally:
+                            _mutex_unlock_ref(m)
+                        if rc:
+                            self._put_done(rc, data, timeout)
                         return
-                    if n >= PACKED:
-                        self._put_pickle(data, timeout)
-                        return
-                    pack, head, size = _small_frames[n] or _small_frame(n)
-                    m = self._p_ref
-                    rc = _mutex_trylock_ref(m)
-                    if rc:
-                        self._lock_p(_deadline(timeout), rc)
-                    try:
-                        w = self._w
-                        pos = w[TAIL]
-                        if (
-                            pos + size > self._limit
-                            or w[WAIT_DATA]  # readers to wake, or R.CLOSED_FLAG
-                            or (self.maxsize and w[NRES] - self._claimed_seen >= self.maxsize)
-                        ):
-                            # Wrapping, perhaps full, readers asleep, or closed:
-                            # the whole story.
-                            rc = self._push(data, _hdr_pickle)
-                            self._set_limit()
-                            if self._ring.wrapped and not rc:
-                                rc = _WRAPPED  # _put_done skips the pad
-                        else:
-                            # The frame (the same bytes as Ring.push writes), then
-                            # the counters in its order.
-                            pack(self._b, DATA_OFFSET + (pos & self._mask), head, data)
-                            w[NRES] += 1
-                            w[TAIL] = pos + size  # publishes the frame
-                            rc = 0  # no reader sleeps: WAIT_DATA was 0, under our lock
-                    finally:
-                        _mutex_unlock_ref(m)
-                    if rc:
-                        self._put_done(rc, data, timeout)
-                    return
-                if n > _SMALL_PAYLOAD:
-                    _BIG_TYPES.add(t)  # big: its buffers go out of band
-        self._put_other(item, timeout)
+                    if n > _SMALL_PAYLOAD:
+                        _BIG_TYPES.add(t)  # big: its buffers go out of band
+            self._put_other(item, timeout)
+        except BaseException:
+            _let_go(self._base)
+            raise
 
     def _put_pickle(self, data: bytes, timeout: float | None, rc: int | None = None) -> None:
         """put() of a small pickle by Ring.push: PACKED bytes or more, or one the
@@ -1153,34 +1162,38 @@ class ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ get
 
     def get(self, timeout: float | None = None) -> T:
-        # One item at a time, never more: a reader that took items ahead of its
-        # caller could hold back another reader's items (or the sentinel that
-        # would end another reader's loop). get_many() is the batched form.
-        # The common case of Ring.pop is inlined, as in put (kept in step with
-        # it); anything else (a big frame, a pad, a writer to wake) goes to it.
-        # A bad timeout fails even when an item is there; a plain one skips the call.
-        if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
-            timeout = check_timeout(timeout)
-        lane = self._lane
-        if lane is not None:
-            r = lane.take()
-            if type(r) is bytes:
-                try:
-                    return _ploads(r)  # type: ignore[no-any-return]
-                except Exception:
-                    return _loads(r)  # type: ignore[no-any-return]  # raises SerializationError
-            if r == -2:
-                return self._get_held(timeout)
-            if r != -1:  # its trylock's error: the lock, as below
-                self._lock_c(_deadline(timeout), cast(int, r))
-                return self._get_locked(timeout)
-        m = self._c_ref
-        rc = _mutex_trylock_ref(m)
-        if rc:
-            if m is _HELD_REF:
-                return self._get_held(timeout)
-            self._lock_c(_deadline(timeout), rc)
-        return self._get_locked(timeout)
+        try:
+            # One item at a time, never more: a reader that took items ahead of its
+            # caller could hold back another reader's items (or the sentinel that
+            # would end another reader's loop). get_many() is the batched form.
+            # The common case of Ring.pop is inlined, as in put (kept in step with
+            # it); anything else (a big frame, a pad, a writer to wake) goes to it.
+            # A bad timeout fails even when an item is there; a plain one skips the call.
+            if timeout is not None and (type(timeout) not in _PLAIN or not 0 <= timeout < _FOREVER):
+                timeout = check_timeout(timeout)
+            lane = self._lane
+            if lane is not None:
+                r = lane.take()
+                if type(r) is bytes:
+                    try:
+                        return _ploads(r)  # type: ignore[no-any-return]
+                    except Exception:
+                        return _loads(r)  # type: ignore[no-any-return]  # raises SerializationError
+                if r == -2:
+                    return self._get_held(timeout)
+                if r != -1:  # its trylock's error: the lock, as below
+                    self._lock_c(_deadline(timeout), cast(int, r))
+                    return self._get_locked(timeout)
+            m = self._c_ref
+            rc = _mutex_trylock_ref(m)
+            if rc:
+                if m is _HELD_REF:
+                    return self._get_held(timeout)
+                self._lock_c(_deadline(timeout), rc)
+            return self._get_locked(timeout)
+        except BaseException:
+            _let_go(self._base)
+            raise
 
     def _get_locked(self, timeout: float | None) -> T:
         """get() holding the C lock: the inlined fast path of Ring.pop, else Ring.pop."""
@@ -1421,29 +1434,33 @@ class ProcessChannel(Channel[T]):
     # ------------------------------------------------------------------ many at once
 
     def put_many(self, items: Iterable[T], timeout: float | None = None) -> None:
-        deadline = _deadline(timeout)
-        pending: list[tuple[int, bytes | memoryview]] = []
-        append = pending.append
-        for item in items:
-            if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
-                try:
-                    data = _pdumps(item, 5)
-                except Exception:
-                    pass
+        try:
+            deadline = _deadline(timeout)
+            pending: list[tuple[int, bytes | memoryview]] = []
+            append = pending.append
+            for item in items:
+                if type(item) not in _BIG_TYPES:  # the common case of _encode_any, inlined
+                    try:
+                        data = _pdumps(item, 5)
+                    except Exception:
+                        pass
+                    else:
+                        # codec's rule: no STACK_GLOBAL opcode (a memchr) settles most.
+                        if len(data) <= _SMALL_PAYLOAD and (
+                            STACK_GLOBAL not in data or MAIN_REF not in data
+                        ):
+                            append((K_PICKLE, data))
+                            continue
+                kind, payload, bufs = _encode_any(item)
+                if bufs or len(payload) > _SMALL_PAYLOAD:
+                    self._flush_small(pending, deadline)
+                    self._put_big(kind, payload, bufs, _left(deadline))
                 else:
-                    # codec's rule: no STACK_GLOBAL opcode (a memchr) settles most.
-                    if len(data) <= _SMALL_PAYLOAD and (
-                        STACK_GLOBAL not in data or MAIN_REF not in data
-                    ):
-                        append((K_PICKLE, data))
-                        continue
-            kind, payload, bufs = _encode_any(item)
-            if bufs or len(payload) > _SMALL_PAYLOAD:
-                self._flush_small(pending, deadline)
-                self._put_big(kind, payload, bufs, _left(deadline))
-            else:
-                append((kind, payload))
-        self._flush_small(pending, deadline)
+                    append((kind, payload))
+            self._flush_small(pending, deadline)
+        except BaseException:
+            _let_go(self._base)
+            raise
 
     def _flush_small(
         self, pending: list[tuple[int, bytes | memoryview]], deadline: float | None
@@ -1529,58 +1546,62 @@ class ProcessChannel(Channel[T]):
         pending.clear()
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
-        if max_items < 1:
-            raise ValueError(f"max_items must be >= 1, got {max_items}")
-        out = [self.get(timeout)]
-        if max_items == 1:
-            return out
-        if self._held:  # frames taken before come first: no new ones this time
-            # An item in hand already: never wait for another thread's batch.
-            self._take_held(out, max_items, 0)
-            return out
-        ring = self._ring
-        lane = self._lane
-        self._lock_c(None)
         try:
-            if lane is None:
-                datas, kinds = ring.take_many(max_items - 1, K_PICKLE)
-            else:
-                # The C fast path takes the small pickles in a row (_lane.c); if it
-                # stopped before the tail and the batch is not full, Ring.take_many.
-                datas, kinds = lane.take_many(max_items - 1), None
-                w = self._w
-                left = max_items - 1 - len(datas)
-                if left and w[READ] != w[TAIL]:
-                    more, more_kinds = ring.take_many(left, K_PICKLE)
-                    if more_kinds is not None:
-                        kinds = [K_PICKLE] * len(datas) + more_kinds
-                    datas += more
-            wake = ring.wake_writers() if datas else 0
-        finally:
-            _mutex_unlock(self._c_addr)
-        if wake:
-            futex_wake(self._space_seq_addr)
-        done = 0
-        if kinds is None:  # all pickles, the usual batch: unpickled in one C loop
-            first = len(out)
-            try:
-                out.extend(map(_ploads, datas))
+            if max_items < 1:
+                raise ValueError(f"max_items must be >= 1, got {max_items}")
+            out = [self.get(timeout)]
+            if max_items == 1:
                 return out
-            except Exception:
-                done = len(out) - first  # the one that failed is held (see _hold)
-        append = out.append
-        for j in range(done, len(datas)):
-            k = K_PICKLE if kinds is None else kinds[j]
-            try:
-                item = _decode_frame(k, datas[j])
-            except SerializationError as exc:
-                rest = datas[j + 1 :]
-                ks = [K_PICKLE] * len(rest) if kinds is None else kinds[j + 1 :]
-                self._hold([_failed(k, datas[j], exc), *zip(ks, rest, strict=True)])
+            if self._held:  # frames taken before come first: no new ones this time
+                # An item in hand already: never wait for another thread's batch.
+                self._take_held(out, max_items, 0)
                 return out
-            if item is not _LOST:
-                append(cast(T, item))
-        return out
+            ring = self._ring
+            lane = self._lane
+            self._lock_c(None)
+            try:
+                if lane is None:
+                    datas, kinds = ring.take_many(max_items - 1, K_PICKLE)
+                else:
+                    # The C fast path takes the small pickles in a row (_lane.c); if it
+                    # stopped before the tail and the batch is not full, Ring.take_many.
+                    datas, kinds = lane.take_many(max_items - 1), None
+                    w = self._w
+                    left = max_items - 1 - len(datas)
+                    if left and w[READ] != w[TAIL]:
+                        more, more_kinds = ring.take_many(left, K_PICKLE)
+                        if more_kinds is not None:
+                            kinds = [K_PICKLE] * len(datas) + more_kinds
+                        datas += more
+                wake = ring.wake_writers() if datas else 0
+            finally:
+                _mutex_unlock(self._c_addr)
+            if wake:
+                futex_wake(self._space_seq_addr)
+            done = 0
+            if kinds is None:  # all pickles, the usual batch: unpickled in one C loop
+                first = len(out)
+                try:
+                    out.extend(map(_ploads, datas))
+                    return out
+                except Exception:
+                    done = len(out) - first  # the one that failed is held (see _hold)
+            append = out.append
+            for j in range(done, len(datas)):
+                k = K_PICKLE if kinds is None else kinds[j]
+                try:
+                    item = _decode_frame(k, datas[j])
+                except SerializationError as exc:
+                    rest = datas[j + 1 :]
+                    ks = [K_PICKLE] * len(rest) if kinds is None else kinds[j + 1 :]
+                    self._hold([_failed(k, datas[j], exc), *zip(ks, rest, strict=True)])
+                    return out
+                if item is not _LOST:
+                    append(cast(T, item))
+            return out
+        except BaseException:
+            _let_go(self._base)
+            raise
 
     # ------------------------------------------------------------------ the rest
 
@@ -1593,6 +1614,28 @@ class ProcessChannel(Channel[T]):
 
     def __len__(self) -> int:
         return len(self._held) + (0 if self._seg.closed else self._ring.items())
+
+
+def _let_go_py(base: int) -> int:
+    """_lane.let_go in Python, for an install without the C extension: the same,
+    but an interrupt can land inside it too."""
+    me = threading.get_native_id()
+    freed = 0
+    for off in (R.P_MUTEX_OFFSET, R.C_MUTEX_OFFSET):
+        if ctypes.c_int.from_address(base + off + _OWNER_OFFSET).value == me:
+            _mutex_unlock(base + off)
+            freed += 1
+    return freed
+
+
+#: After an exception left put, get, put_many or get_many: unlock a mutex of the
+#: channel that this thread still holds. An exception a signal handler raises
+#: (KeyboardInterrupt) can land between taking a mutex and the ``try`` that
+#: releases it; the thread then kept it while its process lived, and every other
+#: process's put or get waited (attack14c). Every section releases in its
+#: ``finally``, so a mutex this thread still owns then is such a one, its section
+#: not begun. In C (one call, so an interrupt cannot land half-way) when built.
+_let_go: Callable[[int], int] = _let_go_py if _lane_module is None else _lane_module.let_go
 
 
 # Handles that held frames in this process (see ProcessChannel._hold).
