@@ -77,35 +77,17 @@ class Child:
         self.proc.wait(HANG)
 
 
-def test_writer_killed_holding_the_producer_mutex(tmp_path):
-    ch = pt.Channel(backend="process")
-    child = Child(
-        tmp_path,
-        ch.name,
-        """
-        ch._lock_p(None)            # and never unlock it
-        say("locked")
-        time.sleep(600)
-        """,
-    )
-    try:
-        child.wait_for("locked")
-        child.kill()
-        ch.put("after the crash", timeout=HANG)  # the robust mutex hands it over
-        assert ch.get(timeout=HANG) == "after the crash"
-    finally:
-        child.kill()
-        ch.close()
-
-
-def test_reader_killed_holding_the_consumer_mutex(tmp_path):
+@pytest.mark.parametrize("lock", ["_lock_p", "_lock_c"], ids=["producer", "consumer"])
+def test_a_process_killed_holding_a_mutex_hands_it_over(tmp_path, lock):
+    """A writer (or reader) SIGKILLed holding the producer (or consumer) mutex: the
+    robust mutex hands it over, on the C and the Python paths alike."""
     ch = pt.Channel(backend="process")
     ch.put("before the crash")
     child = Child(
         tmp_path,
         ch.name,
-        """
-        ch._lock_c(None)            # and never unlock it
+        f"""
+        ch.{lock}(None)            # and never unlock it
         say("locked")
         time.sleep(600)
         """,
@@ -113,7 +95,7 @@ def test_reader_killed_holding_the_consumer_mutex(tmp_path):
     try:
         child.wait_for("locked")
         child.kill()
-        assert ch.get(timeout=HANG) == "before the crash"  # the robust mutex hands it over
+        assert ch.get(timeout=HANG) == "before the crash"
         ch.put("after the crash", timeout=HANG)
         assert ch.get(timeout=HANG) == "after the crash"
     finally:
