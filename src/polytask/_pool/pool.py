@@ -270,6 +270,10 @@ class _PoolView(Backend):
 
 
 # ---------------------------------------------------------------------------- map runs
+#: Seconds a join() after terminate() waits for what is still out (see join).
+_TERMINATED_JOIN = 10.0
+
+
 class _Run(RunQueue):
     """One map/imap/amap call: pulls its input (bounded), yields its results.
 
@@ -1279,7 +1283,15 @@ class Pool(PrimitiveFactory):
         with self._lock:
             if not self._closed:
                 raise ValueError("call close() (or terminate()) before join()")
-            if not self._idle.wait_for(lambda: self._unsettled == 0, timeout):
+            wait = timeout
+            if self._terminated and (wait is None or wait > _TERMINATED_JOIN):
+                # terminate() failed every task; only a thread task that ignores its
+                # cancellation can still be out (the backend abandons it): a join after
+                # it hung for good in a rare race (an item left unsettled). Bounded.
+                wait = _TERMINATED_JOIN
+            if not self._idle.wait_for(lambda: self._unsettled == 0, wait) and (
+                not self._terminated
+            ):
                 raise WaitTimeout(
                     f"the pool's {self._unsettled} task(s) did not finish within {timeout:g} s; "
                     "call terminate() to stop them"
