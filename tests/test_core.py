@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import threading
 import time
 from typing import Any
@@ -758,3 +759,57 @@ def test_an_idle_worker_and_a_waiting_caller_do_not_keep_spinning():
         assert time.process_time() - c0 < 0.5
     finally:
         be.shutdown()
+
+
+def test_thread_shutdown_with_cancel_reaches_a_task_an_idle_thread_just_took():
+    # shutdown(cancel=True) looked at the running tasks, then drained the queue: a
+    # task an idle thread took off the queue in between was in neither and ran on
+    # uncancelled (Pool.terminate then waited for it). On 3.13 the woken thread won
+    # that race in 2 of 3 tries; a tiny switch interval makes 3.11 show it too.
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            pt.sleep(0.01)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for i in range(300):
+            be = ThreadBackend(2)
+            for warm in [be.spawn(int, (), {}), be.spawn(int, (), {})]:
+                warm.result(HANG)  # both threads now idle, waiting on the queue
+            tasks = [be.spawn(loop, (), {}), be.spawn(loop, (), {})]
+            be.shutdown(wait=True, cancel=True, grace=2.0)
+            assert all(t.done() for t in tasks), f"round {i}: a task was not cancelled"
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+
+
+def test_thread_shutdown_with_cancel_fails_a_task_that_ignores_it_once_abandoned():
+    # A thread cannot be killed: after the grace the task is abandoned, and told
+    # Cancelled then (its later result is dropped), so that nothing waits for it.
+    release = threading.Event()
+    be = ThreadBackend(1)
+    try:
+        task = be.spawn(release.wait, (HANG,), {})
+        wait_until(task.running, HANG, "the task to run")
+        be.shutdown(wait=True, cancel=True, grace=0.1)
+        assert task.done()
+        with pytest.raises(pt.Cancelled, match="abandoned"):
+            task.result(0)
+    finally:
+        release.set()
+    assert task.exception(0) is not None  # its late return changed nothing
+
+
+def _shut_own_backend(be: ThreadBackend) -> str:
+    be.shutdown(wait=True, cancel=True, grace=0.1)
+    return "went on"
+
+
+def test_a_thread_task_shutting_its_own_backend_down_is_not_failed_by_it():
+    be = ThreadBackend(1)
+    task = be.spawn(_shut_own_backend, (be,), {})
+    assert task.result(HANG) == "went on"

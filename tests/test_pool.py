@@ -1334,3 +1334,20 @@ def test_an_iterator_the_collector_frees_at_exit_does_not_hang_it(backend):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["end"]
     assert "Exception ignored" not in out.stderr, out.stderr
+
+
+def test_join_after_terminate_does_not_wait_for_a_thread_task_that_ignores_it():
+    # A thread task that never reaches a cancellation point cannot be stopped: the
+    # backend waits its grace (5 s), abandons it and fails it Cancelled, so the
+    # pool's join() returns; it waited for that thread for good before.
+    release = threading.Event()
+    try:
+        pool = Pool(1, backend="thread")
+        task = pool.submit(release.wait, 60)
+        wait_until(task.running)
+        pool.terminate()
+        pool.join(timeout=10)
+        with pytest.raises(pt.Cancelled):
+            task.result(0)
+    finally:
+        release.set()

@@ -270,8 +270,6 @@ class _PoolView(Backend):
 
 
 # ---------------------------------------------------------------------------- map runs
-#: Seconds a join() after terminate() waits for what is still out (see join).
-_TERMINATED_JOIN = 10.0
 
 
 class _Run(RunQueue):
@@ -1283,15 +1281,7 @@ class Pool(PrimitiveFactory):
         with self._lock:
             if not self._closed:
                 raise ValueError("call close() (or terminate()) before join()")
-            wait = timeout
-            if self._terminated and (wait is None or wait > _TERMINATED_JOIN):
-                # terminate() failed every task; only a thread task that ignores its
-                # cancellation can still be out (the backend abandons it): a join after
-                # it hung for good in a rare race (an item left unsettled). Bounded.
-                wait = _TERMINATED_JOIN
-            if not self._idle.wait_for(lambda: self._unsettled == 0, wait) and (
-                not self._terminated
-            ):
+            if not self._idle.wait_for(lambda: self._unsettled == 0, timeout):
                 raise WaitTimeout(
                     f"the pool's {self._unsettled} task(s) did not finish within {timeout:g} s; "
                     "call terminate() to stop them"

@@ -2,7 +2,8 @@
 
 Threads cannot be killed, so a thread task that is cancelled or runs past its
 timeout is *flagged* (``pt.current_task().cancelled``) and its caller is told
-at once (:class:`TaskTimeout`), or when the thread ends (:class:`Cancelled`).
+at once (:class:`TaskTimeout`), or when the thread ends (:class:`Cancelled`), or
+when a ``shutdown(cancel=True)`` abandons it after its grace (:class:`Cancelled`).
 The thread stops at its next cancellation point: ``pt.sleep`` (woken at once),
 ``pt.checkpoint``, or any blocking polytask call (which waits in slices of
 ``CANCEL_SLICE`` and looks at the flag between them), each raising
@@ -30,6 +31,7 @@ from .._core import debug as _dbg
 from .._core.backend import Backend, expired_at_start
 from .._core.channel import Channel, check_maxsize
 from .._core.errors import (
+    Cancelled,
     ChannelClosed,
     ChannelEmpty,
     ChannelFull,
@@ -124,6 +126,8 @@ class ThreadBackend(Backend):
         self._threads: set[threading.Thread] = set()
         # Tasks submitted and not yet returned from (queued or running).
         self._live: set[Task[Any]] = set()
+        # Threads a shutdown(cancel=True) gave up on: no later shutdown waits for them.
+        self._abandoned: set[threading.Thread] = set()
         self._closed = False
 
     def submit(
@@ -290,7 +294,6 @@ class ThreadBackend(Backend):
         with self._lock:
             self._closed = True
             threads = list(self._threads)
-            running = [t for t in self._live if t.running()]
         if cancel:
             while True:
                 try:
@@ -301,7 +304,13 @@ class ThreadBackend(Backend):
                     item[0].cancel()
                     with self._lock:
                         self._live.discard(item[0])  # it never reaches a thread now
-            for task in running:
+            # Read after the queue is empty, not before: a task an idle thread took
+            # off the queue in between is neither drained nor seen running by an
+            # earlier look, and ran on uncancelled (on 3.13 the waiting thread wins
+            # that race most times).
+            with self._lock:
+                live = list(self._live)
+            for task in live:
                 task.cancel()
         for _ in threads:
             self._queue.put(None)
@@ -313,7 +322,7 @@ class ThreadBackend(Backend):
             deadline = time.monotonic() + grace if cancel else None
             me = threading.current_thread()  # a task shutting its own backend down
             for t in threads:
-                if t is me:
+                if t is me or t in self._abandoned:
                     continue
                 while t.is_alive() and not self._only_daemons_left():
                     if deadline is None:
@@ -322,8 +331,11 @@ class ThreadBackend(Backend):
                         t.join(min(left, 0.05))
                     else:
                         break
+            info = cancellable_task()  # a task shutting its own backend down goes on
+            mine = None if info is None else info._task
             with self._lock:
-                late = [task.name for task in self._live if not task.daemon]
+                out = [task for task in self._live if task is not mine]
+            late = [task.name for task in out if not task.daemon]
             if late and any(t.is_alive() for t in threads if t is not me):
                 print(
                     f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
@@ -331,6 +343,19 @@ class ThreadBackend(Backend):
                     f"loops): {', '.join(map(repr, late[:10]))}",
                     file=sys.stderr,
                 )
+            if cancel:
+                with self._lock:
+                    self._abandoned.update(t for t in threads if t is not me and t.is_alive())
+                # Abandoned: what they return later is dropped (as after a timeout). Told
+                # now, so that nothing waits for them: a Pool's join() after terminate().
+                for task in out:
+                    task._finish(
+                        exc=Cancelled(
+                            f"task {task.name!r} was cancelled; it ignored its cancellation for "
+                            f"{grace:g} s and was abandoned (its thread runs on, its result "
+                            "will be dropped)"
+                        )
+                    )
 
     def _only_daemons_left(self) -> bool:
         # Daemon tasks are abandoned at exit (see backends.wait_at_exit), not waited for.
