@@ -881,7 +881,7 @@ def test_forked_child_dropping_an_inherited_channel_leaves_it_alone():
                 del old
                 gc.collect()
             ch.put(np.zeros(100_000))  # a spill
-            _proc._run_shutdown_hooks()  # what a normal exit does
+            _proc.run_shutdown_hooks()  # what a normal exit does
             code = 0
         finally:
             os._exit(code)

@@ -16,7 +16,7 @@ import pytest
 
 import polytask
 import polytask as pt
-from helpers import new_fds, open_fds, wait_until
+from helpers import new_fds, open_fds, run_python, wait_until
 from polytask._os.proc import usable_cpus
 from polytask.backends.process.backend import START_METHODS, ProcessBackend
 from polytask.backends.process.worker import FORKED_CHILD_EXIT
@@ -572,3 +572,38 @@ def test_the_spin_choice_counts_the_requests_write_as_part_of_the_wait() -> None
         assert samples and max(samples) >= stop / 2, samples
     finally:
         be.shutdown()
+
+
+_AT_EXIT = """
+import atexit, os, sys
+import polytask as pt
+
+def register(path):
+    atexit.register(lambda: open(path, "a").write(f"worker {os.getpid()}\\n"))
+    return os.getpid()
+
+if __name__ == "__main__":
+    path = sys.argv[2]
+    atexit.register(lambda: open(path, "a").write(f"parent {os.getpid()}\\n"))
+    with pt.Pool(1, start_method=sys.argv[1]) as pool:
+        print(pool.submit(register, path).result(60))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_workers_atexit_handlers_run_when_it_ends_and_never_the_parents(
+    start_method: str, tmp_path: Path
+) -> None:
+    # A worker ends as an interpreter does: what its tasks registered with atexit
+    # runs (joblib removes a nested Parallel's /dev/shm folder there; it was left,
+    # empty, by every worker). A forked worker must not run the parent's handlers
+    # (multiprocessing's fork children run none).
+    script = tmp_path / "at_exit.py"
+    script.write_text(_AT_EXIT)
+    out = tmp_path / "ran"
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method, str(out))
+    assert done.returncode == 0, done.stderr
+    worker = int(done.stdout.split()[-1])
+    lines = out.read_text().splitlines()
+    assert lines[0] == f"worker {worker}"  # the pool ended before the parent
+    assert [line.split()[0] for line in lines] == ["worker", "parent"]

@@ -84,6 +84,7 @@ __all__ = [
     "release_group",
     "remember_job",
     "restore_env",
+    "run_shutdown_hooks",
     "set_child_subreaper",
     "set_pdeathsig",
     "signal_group",
@@ -1064,7 +1065,8 @@ def at_shutdown(fn: Callable[[], None]) -> Callable[[], None]:
     return fn
 
 
-def _run_shutdown_hooks() -> None:
+def run_shutdown_hooks() -> None:
+    """Run the :func:`at_shutdown` hooks, then close the guardian (an atexit handler)."""
     while True:
         with _shutdown_lock:
             if not _shutdown_hooks:
@@ -1084,5 +1086,5 @@ def _after_fork_in_child() -> None:
     _shutdown_hooks.clear()
 
 
-atexit.register(_run_shutdown_hooks)
+atexit.register(run_shutdown_hooks)
 os.register_at_fork(after_in_child=_after_fork_in_child)

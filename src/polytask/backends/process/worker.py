@@ -10,6 +10,7 @@ the one that started it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import select
@@ -307,15 +308,20 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 
 
 def at_exit() -> None:
-    """What multiprocessing runs at the end of its own children, if a task used it:
-    a ``multiprocessing.Queue`` a task put to is flushed (its feeder thread
-    joined); without it the items still buffered die with the worker."""
+    """End the worker as an interpreter ends: what multiprocessing runs at the end
+    of its own children, if a task used it (a ``multiprocessing.Queue`` a task put
+    to is flushed; without it the items still buffered die with the worker), then
+    the ``atexit`` handlers the worker's tasks registered (as multiprocessing's
+    spawned children run them: joblib removes a nested Parallel's memmapping
+    folder from /dev/shm there, a task's logging handlers flush). The parent ends
+    a worker that takes too long (SIGKILL after its stop wait)."""
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         try:
             util._exit_function()
         except Exception:  # pragma: no cover - best effort at exit
             pass
+    atexit._run_exitfuncs()  # prints a handler's error as the interpreter does
 
 
 def after_fork() -> None:
@@ -323,6 +329,12 @@ def after_fork() -> None:
     children: the parent's finalizers and children are not this process's (so
     :func:`at_exit` touches only the worker's own), and objects it inherited
     (a Queue, a Manager proxy) reset their per-process state."""
+    # The parent's atexit handlers are the parent's (its temp files, its pools):
+    # a forked worker must not run them at its exit (multiprocessing's fork
+    # children run none; this worker runs the ones its own tasks register, and
+    # polytask's own, whose list the fork emptied: what its tasks started).
+    atexit._clear()
+    atexit.register(_proc.run_shutdown_hooks)
     util = sys.modules.get("multiprocessing.util")
     if util is None:
         return
