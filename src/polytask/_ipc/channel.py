@@ -61,7 +61,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from .._core.channel import Channel, check_maxsize
+from .._core.channel import MAX_COUNT, Channel, check_max_items, check_maxsize
 from .._core.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
 from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import FOREVER as _FOREVER
@@ -1547,8 +1547,8 @@ class ProcessChannel(Channel[T]):
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         try:
-            if max_items < 1:
-                raise ValueError(f"max_items must be >= 1, got {max_items}")
+            if type(max_items) is not int or not 1 <= max_items <= MAX_COUNT:
+                check_max_items(max_items)
             out = [self.get(timeout)]
             if max_items == 1:
                 return out

@@ -34,6 +34,7 @@ import collections
 import ctypes
 import errno
 import mmap
+import operator
 import os
 import platform
 import secrets
@@ -43,6 +44,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
+from .._core.channel import MAX_COUNT
 from .._os import proc as _proc
 
 __all__ = [
@@ -658,6 +660,25 @@ def _sa_drop(seg: Segment, mutex: RobustMutex, words: memoryview) -> None:
     seg.close()
 
 
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, or a ValueError at the call saying what is wrong
+    (int() took 1.5 and "3", and 2**64 failed deep inside as OverflowError)."""
+    dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+    out: list[int] = []
+    for n in dims:
+        try:
+            d = operator.index(n)  # ints, numpy's ints; not floats or strings
+        except TypeError:
+            d = -1
+        if isinstance(n, bool) or not 0 <= d <= MAX_COUNT:
+            raise ValueError(
+                "shape must be an int or a tuple of ints, each from 0 to 2**63-1 "
+                f"(as numpy's shapes), got {shape!r}"
+            )
+        out.append(d)
+    return tuple(out)
+
+
 class SharedArray:
     """A NumPy array in shared memory, sent to other processes without copying.
 
@@ -679,13 +700,16 @@ class SharedArray:
         self.dtype = np.dtype(dtype)
         if self.dtype.hasobject:
             raise TypeError("a SharedArray cannot hold Python objects (dtype=object)")
-        self.shape = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
-        if any(n < 0 for n in self.shape):
-            raise ValueError(f"shape must not be negative, got {self.shape}")
+        self.shape = _check_shape(shape)
         count = 1
         for n in self.shape:
             count *= n
         self.nbytes = count * self.dtype.itemsize
+        if self.nbytes > MAX_COUNT:
+            raise ValueError(
+                f"a SharedArray of shape {self.shape} and dtype {self.dtype} would take "
+                f"{self.nbytes} bytes: more than any memory (at most 2**63-1)"
+            )
         seg = Segment.create("array", _SA_HEADER + max(self.nbytes, 1))
         try:
             RobustMutex.initialize(seg.address + _SA_MUTEX)
