@@ -312,6 +312,9 @@ _mutex_timedlock = _fn(_libc, "pthread_mutex_timedlock", [_vp, _vp])
 _mutex_trylock = _fn(_pylibc, "pthread_mutex_trylock", [_vp])
 _mutex_unlock = _fn(_pylibc, "pthread_mutex_unlock", [_vp])
 _mutex_consistent = _fn(_pylibc, "pthread_mutex_consistent", [_vp])
+#: glibc's robust mutex while its holder has not marked it consistent since it
+#: found the previous holder dead (__data.__owner; PTHREAD_MUTEX_INCONSISTENT).
+MUTEX_INCONSISTENT = 0x7FFFFFFF
 
 
 class _RawIntCall(_ctypes.CFuncPtr):
@@ -373,10 +376,15 @@ class RobustMutex:
     (the mutex itself is marked consistent again before returning).
     """
 
-    __slots__ = ("_addr", "_try", "_unlock")
+    __slots__ = ("_addr", "_owed", "_try", "_unlock")
 
-    def __init__(self, address: int) -> None:
+    def __init__(self, address: int, owed: set[tuple[int, int]] | None = None) -> None:
         self._addr = address
+        # Where a repair this mutex's holder owes is noted, (address, thread id), before
+        # the mutex is marked consistent: an exception (a KeyboardInterrupt) landing
+        # before the caller's repair finishes then lets its handler do the repair,
+        # which was lost otherwise (the next holder is not told). The channel's.
+        self._owed = owed
         self._try = _mutex_trylock
         self._unlock = _mutex_unlock
 
@@ -411,6 +419,8 @@ class RobustMutex:
             if rc == 0:
                 return False
             if rc == _EOWNERDEAD:
+                if self._owed is not None:
+                    self._owed.add((self._addr, threading.get_ident()))
                 _mutex_consistent(self._addr)
                 return True
             if rc == _ENOTRECOVERABLE:  # pragma: no cover - we always mark it consistent
