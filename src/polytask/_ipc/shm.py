@@ -196,20 +196,28 @@ class Segment:
             else:
                 name = f"{prefix}{os.getpid()}-{secrets.token_hex(6)}"
             path = os.path.join(SHM_DIR, name)
+            if spill:
+                # Guarded before the file exists: a daemon thread that the interpreter
+                # stops at exit right after creating it (any return from a call that
+                # let go of the GIL: the open, the chmod) left it behind, empty, with
+                # no one to remove it. The guardian removes an empty or half-made one.
+                _proc.guard_spill(path)
             try:
                 fd = os.open(
                     path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
                 )
-            except FileExistsError:  # pragma: no cover - 48 random bits collided
-                continue
+            except BaseException as exc:
+                if spill:  # not ours (a name taken, 48 random bits collided) or none made
+                    _proc.unguard_spill(path)
+                if isinstance(exc, FileExistsError):  # pragma: no cover
+                    continue
+                raise
             break
         else:  # pragma: no cover
             raise FileExistsError("could not find a free shared-memory name")
         try:
             os.fchmod(fd, 0o600)
-            if spill:
-                _proc.guard_spill(path)
-            else:
+            if not spill:
                 _register_owned(path)
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
