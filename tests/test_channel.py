@@ -1698,3 +1698,30 @@ def test_a_lane_made_without_its_ring_raises_instead_of_crashing():
     proc = run_python(code, timeout=HANG)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert proc.stdout.count("ValueError: Lane: not initialised") == 4, proc.stdout
+
+
+def test_a_stale_lane_build_fails_at_import_not_in_every_handler():
+    """let_go takes (base, owed) now: a _lane built before (an in-place build not
+    redone) raised TypeError in every exception handler of put and get, hiding the
+    exception; its API number says so at import, with the fix."""
+    pytest.importorskip("polytask._ipc._lane")
+    code = textwrap.dedent(
+        """
+        import os, sys, types
+        os.environ["POLYTASK_PURE_PYTHON"] = sys.argv[1]
+        from polytask._ipc import _lane
+        stale = types.ModuleType("polytask._ipc._lane")
+        stale.Lane, stale.LAYOUT = _lane.Lane, _lane.LAYOUT  # no API: the first build
+        stale.let_go = lambda base: 0
+        sys.modules["polytask._ipc._lane"] = stale
+        import polytask._ipc
+        polytask._ipc._lane = stale
+        try:
+            import polytask._ipc.channel
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    for pure in ("", "1"):
+        proc = run_python(code, pure, timeout=HANG)
+        assert "older build (API 1, not 2): reinstall polytask" in proc.stdout, proc

@@ -10,5 +10,6 @@ class Lane:
     def hold(self, flag: bool, /) -> None: ...
 
 LAYOUT: tuple[int, ...]
+API: int
 
 def let_go(base: int, owed: set[tuple[int, int]], /) -> int: ...

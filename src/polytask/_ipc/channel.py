@@ -126,7 +126,15 @@ try:
     from . import _lane
 except ImportError:  # pragma: no cover - the install had no C compiler
     _lane = None  # type: ignore[assignment]
-_lane_module = _lane  # its let_go serves the Python paths too (see ProcessChannel._let_go)
+_lane_module = _lane  # its let_go serves the Python paths too (see _let_go)
+# What _lane.c's functions take (its API; 2: let_go(base, owed)). A stale in-place
+# build failed with a TypeError in every exception handler of put and get.
+_LANE_API = 2
+if _lane_module is not None and getattr(_lane_module, "API", 1) != _LANE_API:  # pragma: no cover
+    raise ImportError(
+        f"polytask._ipc._lane is an older build (API {getattr(_lane_module, 'API', 1)}, not "
+        f"{_LANE_API}): reinstall polytask (pip install -e .) to rebuild it"
+    )
 if os.environ.get("POLYTASK_PURE_PYTHON"):
     _lane = None  # type: ignore[assignment]
 # fmt: off
