@@ -156,6 +156,9 @@ def test_bad_arguments():
         pt.pipeline(5, double)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="maxsize"):
         pt.pipeline(range(3), double, maxsize=0)
+    # Not the channel's error from inside (nor, before, a pipeline that took it).
+    with pytest.raises(ValueError, match=r"maxsize must be an int from 1 to 2\*\*63-1 \(items per"):
+        pt.pipeline(range(3), double, maxsize=2**64)
     with pytest.raises(ValueError, match="unknown backend"):
         pt.pipeline(range(3), double, backend="nope")
     with pytest.raises(TypeError, match="callable"):

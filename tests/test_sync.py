@@ -387,6 +387,36 @@ def test_semaphore(backend):
         pt.Semaphore(-1, backend=backend)
 
 
+@pytest.mark.parametrize("bad", [2**64, 2**63, -1, 1.5, True, "3", None, float("inf"), float("nan")])
+def test_absurd_counts_say_what_is_wrong(backend, bad):
+    """A process primitive keeps its counts in 64-bit words: Semaphore(2**64) said
+    "memoryview: invalid value for format 'Q'"; the same ValueError at the call
+    on every backend now, saying the range."""
+    with pytest.raises(ValueError, match=r"initial value must be an int from 0 to 2\*\*63-1"):
+        pt.Semaphore(bad, backend=backend)
+    with pytest.raises(ValueError, match=r"parties must be an int from 1 to 2\*\*63-1"):
+        pt.Barrier(bad, backend=backend)
+    with pytest.raises(ValueError, match=r"n must be an int from 1 to 2\*\*63-1"):
+        pt.Semaphore(0, backend=backend).release(bad)
+
+
+def test_a_semaphore_count_stays_within_its_word(backend):
+    """A release that would take the count past 2**63-1 says so (the process one
+    wrapped its 64-bit word or said "memoryview: invalid value"), and a release of
+    many is one notify: the thread one notified once per unit and release(2**40) hung."""
+    sem = pt.Semaphore(2**63 - 1, backend=backend)
+    with pytest.raises(ValueError, match=r"cannot go above 2\*\*63-1"):
+        sem.release()
+    assert sem.acquire(timeout=0)
+    sem.release()  # back to the top: fine
+    big = pt.Semaphore(0, backend=backend)
+    released = threading.Thread(target=big.release, args=(2**40,), daemon=True)
+    released.start()
+    released.join(HANG)
+    assert not released.is_alive(), "release(2**40) hung"
+    assert big.acquire(timeout=0) and big.acquire(timeout=0)
+
+
 def test_bounded_semaphore(backend):
     sem = pt.BoundedSemaphore(1, backend=backend)
     assert isinstance(sem, pt.BoundedSemaphore) and isinstance(sem, pt.Semaphore)

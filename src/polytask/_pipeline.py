@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ._core.backend import backend_class, fn_name
-from ._core.channel import Channel
+from ._core.channel import MAX_COUNT, Channel
 from ._core.errors import ChannelClosed, TaskTimeout
 from ._core.finalizing import start_thread
 from ._core.timeouts import check_timeout
@@ -454,8 +454,10 @@ def pipeline(
         raise TypeError(
             f"pipeline() needs an iterable source, got {type(source).__name__}"
         ) from None
-    if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
-        raise ValueError(f"maxsize must be an int >= 1 (items per stage), got {maxsize!r}")
+    if not isinstance(maxsize, int) or isinstance(maxsize, bool) or not 1 <= maxsize <= MAX_COUNT:
+        raise ValueError(
+            f"maxsize must be an int from 1 to 2**63-1 (items per stage), got {maxsize!r}"
+        )
     timeout = check_timeout(timeout)
     backend_class(backend)  # an unknown name fails here, at the call
     built = [s if isinstance(s, Stage) else stage(s) for s in stages]

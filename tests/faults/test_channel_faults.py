@@ -903,3 +903,218 @@ def test_interrupts_caught_around_put_many_and_get_many_keep_no_mutex():
         proc.kill()
         proc.communicate(timeout=HANG)  # and closes the pipes
         ch.close()
+
+
+CAUGHT_INTERRUPTS_IN_CLOSE = """
+import signal, sys, time
+from polytask._ipc import channel as C
+ch = C._attach_channel(sys.argv[1])
+armed = False
+def interrupt(*_):
+    if armed:
+        raise KeyboardInterrupt
+signal.signal(signal.SIGINT, interrupt)
+print("go", flush=True)
+end = time.monotonic() + 0.6
+while time.monotonic() < end:
+    try:
+        armed = True
+        ch.close()  # again and again: each takes both mutexes
+        armed = False
+    except BaseException:
+        armed = False
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("idle", flush=True)
+time.sleep(600)
+"""
+
+
+def _flood_sigint(proc: subprocess.Popen[str]) -> None:
+    """SIGINT ``proc`` every 0.3 ms from "go" until it says "idle"."""
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "go"
+    flooding = threading.Event()
+
+    def flood() -> None:
+        while not flooding.is_set() and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.0003)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        assert proc.stdout.readline().strip() == "idle"
+    finally:
+        flooding.set()
+        flooder.join()
+
+
+def test_interrupts_caught_around_close_keep_no_mutex():
+    """close() takes both ring mutexes (_close_ring): a KeyboardInterrupt between
+    taking one and the try that releases it kept it while the process lived, and
+    every other process's put or get waited (as put and get did before _let_go)."""
+    ch = pt.Channel(backend="process", capacity=4096)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CAUGHT_INTERRUPTS_IN_CLOSE, ch.name],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _flood_sigint(proc)
+        # Closed by the child: each call says so once it has the mutex it needs
+        # (ChannelFull / ChannelEmpty: the idle process keeps that mutex).
+        with pytest.raises(pt.ChannelClosed):
+            ch.put("probe", timeout=0.5)
+        with pytest.raises(pt.ChannelClosed):
+            ch.get(timeout=0.5)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=HANG)  # and closes the pipes
+        ch.close()
+
+
+CAUGHT_INTERRUPTS_IN_REPAIRS = """
+import signal, sys, threading, time
+import polytask as pt
+from polytask._ipc import channel as C, ring as R
+from polytask._ipc.shm import _mutex_trylock
+ch = C._attach_channel(sys.argv[1])
+w = ch._w
+addr = ch._p_addr if sys.argv[2] == "producer" else ch._c_addr
+def die_holding_it():
+    # A holder that dies between two of its stores (a robust mutex is "owner dead"
+    # when its thread ends holding it): the counters are wrong until a repair.
+    if _mutex_trylock(addr) == 0:
+        w[R.NRES] += 5
+armed = False
+def interrupt(*_):
+    global armed
+    if armed:  # one per round: the round's check below sees what it did
+        armed = False
+        raise KeyboardInterrupt
+signal.signal(signal.SIGINT, interrupt)
+print("go", flush=True)
+end = time.monotonic() + 0.6
+n = interrupted = kept = lost = 0
+while time.monotonic() < end and not kept:
+    t = threading.Thread(target=die_holding_it)
+    t.start()
+    t.join()
+    try:
+        armed = True
+        ch.put(n, timeout=1)  # the first to lock the dead holder's mutex repairs
+        ch.get(timeout=1)
+    except KeyboardInterrupt:
+        interrupted += 1
+    armed = False
+    try:
+        # Both mutexes, uninterrupted: a repair not yet begun is done now (the
+        # mutex still says its holder died); then drain what the round left.
+        ch.put("x", timeout=1)
+        while True:
+            ch.get(timeout=0)
+    except pt.ChannelEmpty as exc:
+        kept += "held the channel's lock" in str(exc)
+    except pt.ChannelFull:
+        kept += 1
+    lost += len(ch) != 0  # a repair lost: NRES counts 5 frames too many
+    n += 1
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("idle", interrupted, kept, lost, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("held", ["producer", "consumer"])
+def test_interrupts_caught_during_repairs_keep_no_mutex_and_lose_no_repair(held):
+    """The repair after a holder died (EOWNERDEAD) has its own windows: an interrupt
+    before the mutex was marked consistent kept it for good (_let_go did not take
+    it for this thread's), and one after it, before the recount ended, lost the
+    repair (the mutex was consistent again: no later holder was told), and the
+    counters stayed wrong. Now _let_go frees the first, and the repair owed is
+    noted (_owed) before the mutex is marked consistent and done on the way out."""
+    ch = pt.Channel(backend="process", capacity=4096)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CAUGHT_INTERRUPTS_IN_REPAIRS, ch.name, held],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "go"
+        flooding = threading.Event()
+
+        def flood() -> None:
+            while not flooding.is_set() and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.0003)
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        try:
+            line = proc.stdout.readline().split()
+        finally:
+            flooding.set()
+            flooder.join()
+        assert line[0] == "idle" and int(line[1]) > 0, line
+        assert line[2:] == ["0", "0"], f"rounds with a mutex kept, a repair lost: {line[2:]}"
+        ch.put("probe", timeout=0.5)
+        assert ch.get(timeout=0.5) == "probe"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=HANG)  # and closes the pipes
+        ch.close()
+
+
+SPILLS_AT_EXIT = """
+import sys, threading, time
+from polytask._ipc import channel as C
+ch = C._attach_channel(sys.argv[1])
+big = b"x" * 9000  # over half the ring: each put makes or reuses a spill
+def writer():
+    while True:
+        ch.put(big)
+def reader():
+    while True:
+        ch.get()
+for _ in range(4):
+    threading.Thread(target=writer, daemon=True).start()
+threading.Thread(target=reader, daemon=True).start()
+time.sleep(0.02)  # then exit, the daemon threads stopped wherever they are
+"""
+
+
+def test_daemon_threads_making_spills_at_exit_leave_no_empty_spill():
+    """A daemon thread making a spill when the interpreter exits is stopped wherever
+    it takes the GIL back: right after the open that created the file (or the
+    chmod), before its guardian knew of it, the file stayed, empty, until the
+    channel's owner let go (2 to 8 of these 12 exits). It is guarded before it
+    exists now, so the guardian removes it."""
+    ch = pt.Channel(backend="process", capacity=16384)
+    env = dict(os.environ, PYTHONPATH=SRC)
+    children = []
+    for _ in range(3):
+        batch = [
+            subprocess.Popen([sys.executable, "-c", SPILLS_AT_EXIT, ch.name], env=env)
+            for _ in range(4)
+        ]
+        for p in batch:
+            assert p.wait(HANG) == 0
+        children += [p.pid for p in batch]
+
+    def empty_spills() -> list[str]:
+        out = []
+        for pid in children:
+            for n in shm_names(pid):
+                try:
+                    if n.startswith(ch.name + "-") and os.stat(f"/dev/shm/{n}").st_size == 0:
+                        out.append(n)
+                except FileNotFoundError:
+                    pass  # removed meanwhile
+        return out
+
+    # Each child's guardian removes its half-made spills once the child is gone.
+    wait_until(lambda: not empty_spills(), 10, "the exited writers' guardians to clean up")
+    ch.close()

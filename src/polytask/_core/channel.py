@@ -17,7 +17,13 @@ from .backend import backend_class
 from .errors import ChannelClosed
 from .timeouts import deadline as _deadline
 
-__all__ = ["Channel", "check_maxsize"]
+__all__ = ["MAX_COUNT", "Channel", "check_max_items", "check_maxsize"]
+
+#: The largest bound or count polytask takes (maxsize, a semaphore's value,
+#: parties, max_items): a process channel or primitive keeps it in a 64-bit word
+#: of shared memory, and 2**63 - 1 also fits a Py_ssize_t. The same for every
+#: backend, so that a program does not fail only once moved to processes.
+MAX_COUNT = 2**63 - 1
 
 T = TypeVar("T")
 
@@ -89,8 +95,7 @@ class Channel(Generic[T]):
         :class:`SerializationError` at the next ``get``/``get_many`` of this handle,
         and the items after it follow, in order (none is lost).
         """
-        if max_items < 1:
-            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        check_max_items(max_items)
         out = [self.get(timeout)]
         while len(out) < max_items:
             try:
@@ -153,6 +158,20 @@ def check_capacity(capacity: int | None) -> None:
         )
 
 
+def _is_count(n: object, least: int) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and least <= n <= MAX_COUNT
+
+
 def check_maxsize(maxsize: int) -> None:
-    if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
-        raise ValueError(f"maxsize must be an int >= 0 (0 = no limit), got {maxsize!r}")
+    if not _is_count(maxsize, 0):
+        raise ValueError(
+            "maxsize must be an int from 0 to 2**63-1 (the most items the channel holds; "
+            f"0 = no limit), got {maxsize!r}"
+        )
+
+
+def check_max_items(max_items: int) -> None:
+    if not _is_count(max_items, 1):
+        raise ValueError(
+            f"max_items must be an int from 1 to 2**63-1 (the most items to return), got {max_items!r}"
+        )

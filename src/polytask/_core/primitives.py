@@ -23,6 +23,7 @@ from typing import Any
 
 from . import debug as _dbg
 from .backend import Backend, backend_class
+from .channel import MAX_COUNT, _is_count
 from .errors import SerializationError
 from .timeouts import deadline as _deadline
 
@@ -35,6 +36,7 @@ __all__ = [
     "Lock",
     "RLock",
     "Semaphore",
+    "check_count_after_release",
     "check_n",
     "check_parties",
     "check_value",
@@ -277,15 +279,23 @@ _PUBLIC: dict[str, type[_Primitive]] = {
 
 
 def check_value(value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"semaphore initial value must be an int >= 0, got {value!r}")
+    if not _is_count(value, 0):
+        raise ValueError(f"semaphore initial value must be an int from 0 to 2**63-1, got {value!r}")
 
 
 def check_n(n: int) -> None:
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if not _is_count(n, 1):
+        raise ValueError(f"n must be an int from 1 to 2**63-1, got {n!r}")
+
+
+def check_count_after_release(value: int) -> None:
+    """A semaphore's count after a release must fit a process semaphore's word."""
+    if value > MAX_COUNT:
+        raise ValueError(
+            f"a semaphore's value cannot go above 2**63-1: this release would make it {value}"
+        )
 
 
 def check_parties(parties: int) -> None:
-    if not isinstance(parties, int) or isinstance(parties, bool) or parties < 1:
-        raise ValueError(f"parties must be an int >= 1, got {parties!r}")
+    if not _is_count(parties, 1):
+        raise ValueError(f"parties must be an int from 1 to 2**63-1, got {parties!r}")

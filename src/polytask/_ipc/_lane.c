@@ -389,36 +389,63 @@ static PyTypeObject LaneType = {
     .tp_methods = Lane_methods,
 };
 
-/* let_go(base): unlock the ring's mutexes this thread holds (see
- * ProcessChannel._let_go). One C call, so that an interrupt cannot land half-way:
+/* let_go(base, owed): unlock the ring's mutexes this thread holds (see
+ * channel._let_go). One C call, so that an interrupt cannot land half-way:
  * a signal handler runs only after it returns. glibc keeps a robust mutex's
- * owner's thread id in __data.__owner. */
+ * owner's thread id in __data.__owner; while a holder that found the previous
+ * one dead (EOWNERDEAD) has not marked it consistent, __owner is
+ * PTHREAD_MUTEX_INCONSISTENT and the futex word __lock has the holder's tid.
+ * Such a mutex is noted in the set ``owed`` as (address, thread ident): its
+ * repair is owed (see channel._owed); then marked consistent (unlocked as it
+ * was, it would be unusable for good: ENOTRECOVERABLE) and unlocked. */
+#define MUTEX_INCONSISTENT 0x7FFFFFFF /* glibc's PTHREAD_MUTEX_INCONSISTENT */
+#ifndef FUTEX_TID_MASK
+#define FUTEX_TID_MASK 0x3FFFFFFF
+#endif
+
 static PyObject *
-lane_let_go(PyObject *Py_UNUSED(module), PyObject *arg)
+lane_let_go(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    unsigned long long base = PyLong_AsUnsignedLongLong(arg);
+    if (nargs != 2 || !PySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "let_go(base, owed): an address and a set");
+        return NULL;
+    }
+    unsigned long long base = PyLong_AsUnsignedLongLong(args[0]);
     if (base == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     if (base == 0) {
-        PyErr_SetString(PyExc_ValueError, "let_go(base): a mapped ring");
+        PyErr_SetString(PyExc_ValueError, "let_go(base, owed): a mapped ring");
         return NULL;
     }
     int me = (int)gettid();
-    int freed = 0;
-    pthread_mutex_t *ms[2] = {(pthread_mutex_t *)(uintptr_t)(base + P_MUTEX_OFFSET),
-                              (pthread_mutex_t *)(uintptr_t)(base + C_MUTEX_OFFSET)};
+    int freed = 0, failed = 0;
+    unsigned long long offs[2] = {P_MUTEX_OFFSET, C_MUTEX_OFFSET};
     for (int k = 0; k < 2; k++) {
-        if (__atomic_load_n(&ms[k]->__data.__owner, __ATOMIC_RELAXED) == me) {
-            pthread_mutex_unlock(ms[k]);
+        pthread_mutex_t *m = (pthread_mutex_t *)(uintptr_t)(base + offs[k]);
+        int owner = __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED);
+        if (owner == me) {
+            pthread_mutex_unlock(m);
+            freed++;
+        } else if (owner == MUTEX_INCONSISTENT &&
+                   (int)(__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) &
+                         FUTEX_TID_MASK) == me) {
+            PyObject *key = Py_BuildValue("(Kk)", base + offs[k], PyThread_get_thread_ident());
+            if (key == NULL || PySet_Add(args[1], key) < 0)
+                failed = 1;
+            Py_XDECREF(key);
+            pthread_mutex_consistent(m);
+            pthread_mutex_unlock(m);
             freed++;
         }
     }
+    if (failed)
+        return NULL;
     return PyLong_FromLong(freed);
 }
 
 static PyMethodDef lane_functions[] = {
-    {"let_go", (PyCFunction)lane_let_go, METH_O,
-     "let_go(base) -> int: unlock the ring's mutexes this thread holds; how many."},
+    {"let_go", (PyCFunction)(void (*)(void))lane_let_go, METH_FASTCALL,
+     "let_go(base, owed) -> int: unlock the ring's mutexes this thread holds; how many."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -441,6 +468,12 @@ PyInit__lane(void)
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* What its functions take, checked at import in channel.py (a stale in-place
+     * build failed in every exception handler of put and get): 2 = let_go(base, owed). */
+    if (PyModule_AddIntConstant(m, "API", 2) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -61,7 +61,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from .._core.channel import Channel, check_maxsize
+from .._core.channel import MAX_COUNT, Channel, check_max_items, check_maxsize
 from .._core.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
 from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import FOREVER as _FOREVER
@@ -87,10 +87,12 @@ from .ring import (
     WAIT_SPACE,
 )
 from .shm import (
+    MUTEX_INCONSISTENT,
     SHM_DIR,
     AttachCache,
     RobustMutex,
     Segment,
+    _mutex_consistent,
     _mutex_trylock,
     _mutex_trylock_ref,
     _mutex_unlock,
@@ -124,7 +126,15 @@ try:
     from . import _lane
 except ImportError:  # pragma: no cover - the install had no C compiler
     _lane = None  # type: ignore[assignment]
-_lane_module = _lane  # its let_go serves the Python paths too (see ProcessChannel._let_go)
+_lane_module = _lane  # its let_go serves the Python paths too (see _let_go)
+# What _lane.c's functions take (its API; 2: let_go(base, owed)). A stale in-place
+# build failed with a TypeError in every exception handler of put and get.
+_LANE_API = 2
+if _lane_module is not None and getattr(_lane_module, "API", 1) != _LANE_API:  # pragma: no cover
+    raise ImportError(
+        f"polytask._ipc._lane is an older build (API {getattr(_lane_module, 'API', 1)}, not "
+        f"{_LANE_API}): reinstall polytask (pip install -e .) to rebuild it"
+    )
 if os.environ.get("POLYTASK_PURE_PYTHON"):
     _lane = None  # type: ignore[assignment]
 # fmt: off
@@ -142,6 +152,7 @@ if _lane is not None and _lane.LAYOUT != _LANE_LAYOUT:  # pragma: no cover - a b
 _SMALL_PAYLOAD = R.SMALL - R.HEADER
 # Where a robust mutex keeps its owner's thread id (glibc: __data.__owner): _let_go.
 _OWNER_OFFSET = 8
+_FUTEX_TID_MASK = 0x3FFFFFFF  # the holder's tid in a robust mutex's futex word (offset 0)
 _SMALL_FRAME = R.SMALL
 # An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
 _REPICKLE_OVER = 256 * 1024
@@ -690,8 +701,8 @@ class ProcessChannel(Channel[T]):
         self._base = base
         self._p_addr = base + R.P_MUTEX_OFFSET
         self._c_addr = base + R.C_MUTEX_OFFSET
-        self._pm = RobustMutex(self._p_addr)
-        self._cm = RobustMutex(self._c_addr)
+        self._pm = RobustMutex(self._p_addr, _owed)
+        self._cm = RobustMutex(self._c_addr, _owed)
         self._p_ref = mutex_ref(self._p_addr)
         self._c_ring_ref = mutex_ref(self._c_addr)
         self._c_ref = self._c_ring_ref  # what get() tries: _HELD_REF while frames are held
@@ -809,6 +820,7 @@ class ProcessChannel(Channel[T]):
             self._ring.recount(pid_alive)
             self._ring.bump_data()
             self._ring.bump_space()
+            _repaired(self._base)
         finally:
             _mutex_unlock(self._p_addr)
         futex_wake(self._data_seq_addr)
@@ -882,7 +894,9 @@ class ProcessChannel(Channel[T]):
                         _BIG_TYPES.add(t)  # big: its buffers go out of band
             self._put_other(item, timeout)
         except BaseException:
-            _let_go(self._base)
+            _let_go(self._base, _owed)
+            if _owed:
+                _repair_owed(self._base, self._ring)
             raise
 
     def _put_pickle(self, data: bytes, timeout: float | None, rc: int | None = None) -> None:
@@ -1192,7 +1206,9 @@ class ProcessChannel(Channel[T]):
                 self._lock_c(_deadline(timeout), rc)
             return self._get_locked(timeout)
         except BaseException:
-            _let_go(self._base)
+            _let_go(self._base, _owed)
+            if _owed:
+                _repair_owed(self._base, self._ring)
             raise
 
     def _get_locked(self, timeout: float | None) -> T:
@@ -1459,7 +1475,9 @@ class ProcessChannel(Channel[T]):
                     append((kind, payload))
             self._flush_small(pending, deadline)
         except BaseException:
-            _let_go(self._base)
+            _let_go(self._base, _owed)
+            if _owed:
+                _repair_owed(self._base, self._ring)
             raise
 
     def _flush_small(
@@ -1547,8 +1565,8 @@ class ProcessChannel(Channel[T]):
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         try:
-            if max_items < 1:
-                raise ValueError(f"max_items must be >= 1, got {max_items}")
+            if type(max_items) is not int or not 1 <= max_items <= MAX_COUNT:
+                check_max_items(max_items)
             out = [self.get(timeout)]
             if max_items == 1:
                 return out
@@ -1600,7 +1618,9 @@ class ProcessChannel(Channel[T]):
                     append(cast(T, item))
             return out
         except BaseException:
-            _let_go(self._base)
+            _let_go(self._base, _owed)
+            if _owed:
+                _repair_owed(self._base, self._ring)
             raise
 
     # ------------------------------------------------------------------ the rest
@@ -1616,26 +1636,86 @@ class ProcessChannel(Channel[T]):
         return len(self._held) + (0 if self._seg.closed else self._ring.items())
 
 
-def _let_go_py(base: int) -> int:
+def _let_go_py(base: int, owed: set[tuple[int, int]]) -> int:
     """_lane.let_go in Python, for an install without the C extension: the same,
     but an interrupt can land inside it too."""
     me = threading.get_native_id()
     freed = 0
     for off in (R.P_MUTEX_OFFSET, R.C_MUTEX_OFFSET):
-        if ctypes.c_int.from_address(base + off + _OWNER_OFFSET).value == me:
+        owner = ctypes.c_int.from_address(base + off + _OWNER_OFFSET).value
+        if owner == me:
+            _mutex_unlock(base + off)
+            freed += 1
+        elif (
+            owner == MUTEX_INCONSISTENT
+            and ctypes.c_int.from_address(base + off).value & _FUTEX_TID_MASK == me
+        ):
+            # Taken from a dead holder, not yet marked consistent (see _lane.c): the
+            # repair is owed; unlocked as it is, the mutex would be unusable for good.
+            owed.add((base + off, threading.get_ident()))
+            _mutex_consistent(base + off)
             _mutex_unlock(base + off)
             freed += 1
     return freed
 
 
-#: After an exception left put, get, put_many or get_many: unlock a mutex of the
-#: channel that this thread still holds. An exception a signal handler raises
+#: Repairs owed: (mutex address, thread ident) of a ring mutex a thread took from a
+#: dead holder (EOWNERDEAD), noted before the mutex is marked consistent (by
+#: RobustMutex, or by _let_go if an interrupt came first), dropped once the
+#: counters are recounted. An exception landing in between (a KeyboardInterrupt
+#: while the repair waits for the other mutex, or during the recount) left the
+#: repair undone for good: the mutex was consistent again, so no later holder was
+#: told. The exception's way out does it now (_repair_owed).
+_owed: set[tuple[int, int]] = set()
+
+#: After an exception left put, get, put_many, get_many or close: unlock a mutex of
+#: the channel that this thread still holds. An exception a signal handler raises
 #: (KeyboardInterrupt) can land between taking a mutex and the ``try`` that
 #: releases it; the thread then kept it while its process lived, and every other
 #: process's put or get waited (attack14c). Every section releases in its
 #: ``finally``, so a mutex this thread still owns then is such a one, its section
-#: not begun. In C (one call, so an interrupt cannot land half-way) when built.
-_let_go: Callable[[int], int] = _let_go_py if _lane_module is None else _lane_module.let_go
+#: not begun. In C (one call, so an interrupt cannot land half-way) when built;
+#: called first thing in the handler (a Python function there would let an
+#: interrupt land at its start). Then ``if _owed: _repair_owed(...)``.
+_let_go: Callable[[int, set[tuple[int, int]]], int] = (
+    _let_go_py if _lane_module is None else _lane_module.let_go
+)
+
+
+def _repaired(base: int) -> None:
+    """The counters were recounted: this thread owes no repair of this ring now."""
+    if _owed:
+        me = threading.get_ident()
+        _owed.discard((base + R.P_MUTEX_OFFSET, me))
+        _owed.discard((base + R.C_MUTEX_OFFSET, me))
+
+
+def _repair_owed(base: int, ring: R.Ring) -> None:
+    """Do the repair of this ring an exception kept this thread from doing (_owed):
+    recount under both mutexes (C, then P; no deadline, as ProcessChannel._repair)."""
+    me = threading.get_ident()
+    if (base + R.P_MUTEX_OFFSET, me) not in _owed and (base + R.C_MUTEX_OFFSET, me) not in _owed:
+        return
+    cm = RobustMutex(base + R.C_MUTEX_OFFSET, _owed)
+    pm = RobustMutex(base + R.P_MUTEX_OFFSET, _owed)
+    try:
+        cm.acquire(None)
+        try:
+            pm.acquire(None)
+            try:
+                ring.recount(pid_alive)
+                ring.bump_data()
+                ring.bump_space()
+                _repaired(base)
+            finally:
+                pm.release()
+        finally:
+            cm.release()
+    except BaseException:
+        _let_go(base, _owed)  # another interrupt: nothing kept, the repair stays noted
+        raise
+    futex_wake(base + R.DATA_SEQ_OFFSET)
+    futex_wake(base + R.SPACE_SEQ_OFFSET)
 
 
 # Handles that held frames in this process (see ProcessChannel._hold).
@@ -1679,28 +1759,38 @@ def _close_ring(seg: Segment, ring: R.Ring, reason: int, deadline: float | None)
     """
     if seg.closed:
         return True
-    cm = RobustMutex(seg.address + R.C_MUTEX_OFFSET)
-    pm = RobustMutex(seg.address + R.P_MUTEX_OFFSET)
-    try:
-        repair = cm.acquire(deadline)
-    except TimeoutError:
-        return False
+    base = seg.address
+    cm = RobustMutex(base + R.C_MUTEX_OFFSET, _owed)
+    pm = RobustMutex(base + R.P_MUTEX_OFFSET, _owed)
     try:
         try:
-            repair = pm.acquire(deadline) or repair
+            repair = cm.acquire(deadline)
         except TimeoutError:
             return False
         try:
-            if repair:  # a process died inside: make the counters right first
-                ring.recount(pid_alive)
-            ring.close(reason)
-            ring.bump_data()
-            ring.bump_space()
-            empty = ring.items() == 0
+            try:
+                repair = pm.acquire(deadline) or repair
+            except TimeoutError:
+                return False
+            try:
+                if repair:  # a process died inside: make the counters right first
+                    ring.recount(pid_alive)
+                    _repaired(base)
+                ring.close(reason)
+                ring.bump_data()
+                ring.bump_space()
+                empty = ring.items() == 0
+            finally:
+                pm.release()
         finally:
-            pm.release()
-    finally:
-        cm.release()
+            cm.release()
+    except BaseException:
+        # An interrupt between taking a mutex and the try that releases it kept the
+        # mutex while this process lived (as in put and get; see _let_go).
+        _let_go(base, _owed)
+        if _owed:
+            _repair_owed(base, ring)
+        raise
     futex_wake(seg.address + R.DATA_SEQ_OFFSET)
     futex_wake(seg.address + R.SPACE_SEQ_OFFSET)
     if empty:

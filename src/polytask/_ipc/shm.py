@@ -34,6 +34,7 @@ import collections
 import ctypes
 import errno
 import mmap
+import operator
 import os
 import platform
 import secrets
@@ -43,6 +44,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
+from .._core.channel import MAX_COUNT
 from .._os import proc as _proc
 
 __all__ = [
@@ -194,20 +196,28 @@ class Segment:
             else:
                 name = f"{prefix}{os.getpid()}-{secrets.token_hex(6)}"
             path = os.path.join(SHM_DIR, name)
+            if spill:
+                # Guarded before the file exists: a daemon thread that the interpreter
+                # stops at exit right after creating it (any return from a call that
+                # let go of the GIL: the open, the chmod) left it behind, empty, with
+                # no one to remove it. The guardian removes an empty or half-made one.
+                _proc.guard_spill(path)
             try:
                 fd = os.open(
                     path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
                 )
-            except FileExistsError:  # pragma: no cover - 48 random bits collided
-                continue
+            except BaseException as exc:
+                if spill:  # not ours (a name taken, 48 random bits collided) or none made
+                    _proc.unguard_spill(path)
+                if isinstance(exc, FileExistsError):  # pragma: no cover
+                    continue
+                raise
             break
         else:  # pragma: no cover
             raise FileExistsError("could not find a free shared-memory name")
         try:
             os.fchmod(fd, 0o600)
-            if spill:
-                _proc.guard_spill(path)
-            else:
+            if not spill:
                 _register_owned(path)
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -310,6 +320,9 @@ _mutex_timedlock = _fn(_libc, "pthread_mutex_timedlock", [_vp, _vp])
 _mutex_trylock = _fn(_pylibc, "pthread_mutex_trylock", [_vp])
 _mutex_unlock = _fn(_pylibc, "pthread_mutex_unlock", [_vp])
 _mutex_consistent = _fn(_pylibc, "pthread_mutex_consistent", [_vp])
+#: glibc's robust mutex while its holder has not marked it consistent since it
+#: found the previous holder dead (__data.__owner; PTHREAD_MUTEX_INCONSISTENT).
+MUTEX_INCONSISTENT = 0x7FFFFFFF
 
 
 class _RawIntCall(_ctypes.CFuncPtr):
@@ -371,10 +384,15 @@ class RobustMutex:
     (the mutex itself is marked consistent again before returning).
     """
 
-    __slots__ = ("_addr", "_try", "_unlock")
+    __slots__ = ("_addr", "_owed", "_try", "_unlock")
 
-    def __init__(self, address: int) -> None:
+    def __init__(self, address: int, owed: set[tuple[int, int]] | None = None) -> None:
         self._addr = address
+        # Where a repair this mutex's holder owes is noted, (address, thread id), before
+        # the mutex is marked consistent: an exception (a KeyboardInterrupt) landing
+        # before the caller's repair finishes then lets its handler do the repair,
+        # which was lost otherwise (the next holder is not told). The channel's.
+        self._owed = owed
         self._try = _mutex_trylock
         self._unlock = _mutex_unlock
 
@@ -409,6 +427,8 @@ class RobustMutex:
             if rc == 0:
                 return False
             if rc == _EOWNERDEAD:
+                if self._owed is not None:
+                    self._owed.add((self._addr, threading.get_ident()))
                 _mutex_consistent(self._addr)
                 return True
             if rc == _ENOTRECOVERABLE:  # pragma: no cover - we always mark it consistent
@@ -658,6 +678,25 @@ def _sa_drop(seg: Segment, mutex: RobustMutex, words: memoryview) -> None:
     seg.close()
 
 
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, or a ValueError at the call saying what is wrong
+    (int() took 1.5 and "3", and 2**64 failed deep inside as OverflowError)."""
+    dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+    out: list[int] = []
+    for n in dims:
+        try:
+            d = operator.index(n)  # ints, numpy's ints; not floats or strings
+        except TypeError:
+            d = -1
+        if isinstance(n, bool) or not 0 <= d <= MAX_COUNT:
+            raise ValueError(
+                "shape must be an int or a tuple of ints, each from 0 to 2**63-1 "
+                f"(as numpy's shapes), got {shape!r}"
+            )
+        out.append(d)
+    return tuple(out)
+
+
 class SharedArray:
     """A NumPy array in shared memory, sent to other processes without copying.
 
@@ -679,13 +718,16 @@ class SharedArray:
         self.dtype = np.dtype(dtype)
         if self.dtype.hasobject:
             raise TypeError("a SharedArray cannot hold Python objects (dtype=object)")
-        self.shape = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
-        if any(n < 0 for n in self.shape):
-            raise ValueError(f"shape must not be negative, got {self.shape}")
+        self.shape = _check_shape(shape)
         count = 1
         for n in self.shape:
             count *= n
         self.nbytes = count * self.dtype.itemsize
+        if self.nbytes > MAX_COUNT:
+            raise ValueError(
+                f"a SharedArray of shape {self.shape} and dtype {self.dtype} would take "
+                f"{self.nbytes} bytes: more than any memory (at most 2**63-1)"
+            )
         seg = Segment.create("array", _SA_HEADER + max(self.nbytes, 1))
         try:
             RobustMutex.initialize(seg.address + _SA_MUTEX)

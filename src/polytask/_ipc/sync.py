@@ -34,6 +34,7 @@ from .._core.primitives import (
     Lock,
     RLock,
     Semaphore,
+    check_count_after_release,
     check_n,
     check_parties,
     check_value,
@@ -538,9 +539,11 @@ class ProcessSemaphore(_ProcessPrimitive, Semaphore):
         sh.lock()
         try:
             bound = w[self._BOUND]
-            if bound and w[self._VALUE] + n > bound:
+            value = w[self._VALUE] + n
+            if bound and value > bound:
                 raise ValueError("Semaphore released too many times")
-            w[self._VALUE] += n
+            check_count_after_release(value)
+            w[self._VALUE] = value
             waiters = sh.changed()
         finally:
             sh.unlock()

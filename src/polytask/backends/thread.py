@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from queue import Empty, SimpleQueue
 from threading import BrokenBarrierError
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from .._core import debug as _dbg
 from .._core.backend import Backend, expired_at_start
@@ -47,6 +47,7 @@ from .._core.primitives import (
     Lock,
     RLock,
     Semaphore,
+    check_count_after_release,
     check_n,
     check_parties,
     check_value,
@@ -669,7 +670,16 @@ class _ThreadSemaphore(Semaphore):
 
     def release(self, n: int = 1) -> None:
         check_n(n)
-        self._sem.release(n)
+        # threading.Semaphore.release(n) as it is, but one notify of up to n
+        # waiters: its own notifies them one call per unit, and release(2**40) hung.
+        sem = cast(Any, self._sem)
+        with sem._cond:
+            value = sem._value + n
+            if self._bounded and value > sem._initial_value:
+                raise ValueError("Semaphore released too many times")
+            check_count_after_release(value)
+            sem._value = value
+            sem._cond.notify(n)
 
     def __reduce__(self) -> Any:
         return no_pickle(self)

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from threading import BrokenBarrierError
 from typing import Any
 
-from ..._core.channel import Channel
+from ..._core.channel import Channel, check_maxsize
 from ..._core.errors import ChannelClosed, ChannelEmpty, ChannelFull
 from ..._core.primitives import (
     Barrier,
@@ -52,6 +52,7 @@ from ..._core.primitives import (
     Lock,
     RLock,
     Semaphore,
+    check_value,
 )
 from ..._core.timeouts import acquire_timeout, check_timeout
 from ..._ipc.codec import dumps
@@ -456,8 +457,7 @@ class _SemOps(_HubPrim):
 
 
 def _check_value(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"a semaphore's initial value must be an int >= 0, got {value!r}")
+    check_value(value)  # the same rule (and message) as every backend's
     return value
 
 
@@ -527,8 +527,7 @@ class HubChannel(_HubPrim, Channel[Any]):
         name: str | None = None,
         link: Any = None,
     ) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
-            raise ValueError(f"maxsize must be an int >= 0, got {maxsize!r}")
+        check_maxsize(maxsize)
         self.maxsize = maxsize
         self._setup(link, maxsize, name, backend)
 
