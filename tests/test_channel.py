@@ -1724,4 +1724,4 @@ def test_a_stale_lane_build_fails_at_import_not_in_every_handler():
     )
     for pure in ("", "1"):
         proc = run_python(code, pure, timeout=HANG)
-        assert "older build (API 1, not 2): reinstall polytask" in proc.stdout, proc
+        assert "older build (API 1, not 3): reinstall polytask" in proc.stdout, proc

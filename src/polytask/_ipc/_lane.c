@@ -399,6 +399,26 @@ static PyTypeObject LaneType = {
  * repair is owed (see channel._owed); then marked consistent (unlocked as it
  * was, it would be unusable for good: ENOTRECOVERABLE) and unlocked. */
 #define MUTEX_INCONSISTENT 0x7FFFFFFF /* glibc's PTHREAD_MUTEX_INCONSISTENT */
+
+/* The calling thread's id, kept per thread: gettid is a system call, and
+ * let_go_mutex runs at the end of every critical section of the process
+ * primitives. A fork's child (one thread, a new id) forgets it (pthread_atfork). */
+static __thread int lane_tid;
+
+static void
+lane_forget_tid(void)
+{
+    lane_tid = 0;
+}
+
+static inline int
+my_tid(void)
+{
+    int t = lane_tid;
+    if (t == 0)
+        t = lane_tid = (int)gettid();
+    return t;
+}
 #ifndef FUTEX_TID_MASK
 #define FUTEX_TID_MASK 0x3FFFFFFF
 #endif
@@ -417,7 +437,7 @@ lane_let_go(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "let_go(base, owed): a mapped ring");
         return NULL;
     }
-    int me = (int)gettid();
+    int me = my_tid();
     int freed = 0, failed = 0;
     unsigned long long offs[2] = {P_MUTEX_OFFSET, C_MUTEX_OFFSET};
     for (int k = 0; k < 2; k++) {
@@ -443,9 +463,40 @@ lane_let_go(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return PyLong_FromLong(freed);
 }
 
+/* let_go_mutex(address): unlock the robust mutex at ``address`` if this thread
+ * holds it (one marked inconsistent is made consistent first: the process
+ * primitives keep their guarded words harmless at every step); 1 if it did,
+ * else 0. The process primitives' (sync.py) exception handlers and finally
+ * clauses: one C call, so an interrupt cannot keep it (see let_go). */
+static PyObject *
+lane_let_go_mutex(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long long addr = PyLong_AsUnsignedLongLong(arg);
+    if (addr == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "let_go_mutex(address): a mapped mutex");
+        return NULL;
+    }
+    pthread_mutex_t *m = (pthread_mutex_t *)(uintptr_t)addr;
+    int me = my_tid();
+    int owner = __atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED);
+    if (owner == MUTEX_INCONSISTENT &&
+        (int)(__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) & FUTEX_TID_MASK) == me) {
+        pthread_mutex_consistent(m);
+        owner = me;
+    }
+    if (owner != me)
+        return PyLong_FromLong(0);
+    pthread_mutex_unlock(m);
+    return PyLong_FromLong(1);
+}
+
 static PyMethodDef lane_functions[] = {
     {"let_go", (PyCFunction)(void (*)(void))lane_let_go, METH_FASTCALL,
      "let_go(base, owed) -> int: unlock the ring's mutexes this thread holds; how many."},
+    {"let_go_mutex", (PyCFunction)lane_let_go_mutex, METH_O,
+     "let_go_mutex(address) -> int: unlock that robust mutex if this thread holds it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -465,6 +516,11 @@ PyInit__lane(void)
     PyObject *m = PyModule_Create(&lanemodule);
     if (m == NULL)
         return NULL;
+    if (pthread_atfork(NULL, NULL, lane_forget_tid) != 0) {
+        Py_DECREF(m);
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(&LaneType);
@@ -472,8 +528,9 @@ PyInit__lane(void)
         return NULL;
     }
     /* What its functions take, checked at import in channel.py (a stale in-place
-     * build failed in every exception handler of put and get): 2 = let_go(base, owed). */
-    if (PyModule_AddIntConstant(m, "API", 2) < 0) {
+     * build failed in every exception handler of put and get): 2 = let_go(base, owed),
+     * 3 = let_go_mutex(address). */
+    if (PyModule_AddIntConstant(m, "API", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

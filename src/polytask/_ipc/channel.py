@@ -87,7 +87,9 @@ from .ring import (
     WAIT_SPACE,
 )
 from .shm import (
+    FUTEX_TID_MASK,
     MUTEX_INCONSISTENT,
+    OWNER_OFFSET,
     SHM_DIR,
     AttachCache,
     RobustMutex,
@@ -105,6 +107,9 @@ from .shm import (
     process_alive,
     process_start,
 )
+from .shm import (
+    lane_module as _lane_module,
+)
 from .spin import SPIN_MAX, after_sleep
 
 __all__ = ["ProcessChannel"]
@@ -119,22 +124,11 @@ DEFAULT_CAPACITY = 8 * 1024 * 1024
 # Item kinds stored in a frame header.
 K_PICKLE, K_OOB, K_BYTES, K_BYTEARRAY, K_MEMORYVIEW, K_SPILL = 0, 1, 2, 3, 4, 5
 
-try:
-    # The C fast paths of put and get (_lane.c), built with the package when a
-    # compiler is there; without it (or with POLYTASK_PURE_PYTHON=1, which the
-    # tests use to run the same suite on both) the Python ones below do the same.
-    from . import _lane
-except ImportError:  # pragma: no cover - the install had no C compiler
-    _lane = None  # type: ignore[assignment]
-_lane_module = _lane  # its let_go serves the Python paths too (see _let_go)
-# What _lane.c's functions take (its API; 2: let_go(base, owed)). A stale in-place
-# build failed with a TypeError in every exception handler of put and get.
-_LANE_API = 2
-if _lane_module is not None and getattr(_lane_module, "API", 1) != _LANE_API:  # pragma: no cover
-    raise ImportError(
-        f"polytask._ipc._lane is an older build (API {getattr(_lane_module, 'API', 1)}, not "
-        f"{_LANE_API}): reinstall polytask (pip install -e .) to rebuild it"
-    )
+# The C fast paths of put and get (_lane.c), built with the package when a
+# compiler is there (shm imports it and checks its API); without it (or with
+# POLYTASK_PURE_PYTHON=1, which the tests use to run the same suite on both) the
+# Python ones below do the same.
+_lane = _lane_module  # its let_go serves the Python paths too (see _let_go)
 if os.environ.get("POLYTASK_PURE_PYTHON"):
     _lane = None  # type: ignore[assignment]
 # fmt: off
@@ -150,9 +144,6 @@ if _lane is not None and _lane.LAYOUT != _LANE_LAYOUT:  # pragma: no cover - a b
     )
 
 _SMALL_PAYLOAD = R.SMALL - R.HEADER
-# Where a robust mutex keeps its owner's thread id (glibc: __data.__owner): _let_go.
-_OWNER_OFFSET = 8
-_FUTEX_TID_MASK = 0x3FFFFFFF  # the holder's tid in a robust mutex's futex word (offset 0)
 _SMALL_FRAME = R.SMALL
 # An in-band pickle bigger than this is re-pickled with large bytes objects out of band.
 _REPICKLE_OVER = 256 * 1024
@@ -1642,13 +1633,13 @@ def _let_go_py(base: int, owed: set[tuple[int, int]]) -> int:
     me = threading.get_native_id()
     freed = 0
     for off in (R.P_MUTEX_OFFSET, R.C_MUTEX_OFFSET):
-        owner = ctypes.c_int.from_address(base + off + _OWNER_OFFSET).value
+        owner = ctypes.c_int.from_address(base + off + OWNER_OFFSET).value
         if owner == me:
             _mutex_unlock(base + off)
             freed += 1
         elif (
             owner == MUTEX_INCONSISTENT
-            and ctypes.c_int.from_address(base + off).value & _FUTEX_TID_MASK == me
+            and ctypes.c_int.from_address(base + off).value & FUTEX_TID_MASK == me
         ):
             # Taken from a dead holder, not yet marked consistent (see _lane.c): the
             # repair is owed; unlocked as it is, the mutex would be unusable for good.

@@ -47,6 +47,22 @@ from typing import Any, cast
 from .._core.channel import MAX_COUNT
 from .._os import proc as _proc
 
+try:
+    # The C helpers (_lane.c), built with the package when a compiler is there:
+    # the channel's fast paths, and the mutex let-go the primitives use.
+    from . import _lane as lane_module
+except ImportError:  # pragma: no cover - the install had no C compiler
+    lane_module = None  # type: ignore[assignment]
+# What _lane.c's functions take (its API: 2 let_go(base, owed), 3 let_go_mutex). A
+# stale in-place build failed with a TypeError in every exception handler.
+_LANE_API = 3
+if lane_module is not None and getattr(lane_module, "API", 1) != _LANE_API:  # pragma: no cover
+    raise ImportError(
+        f"polytask._ipc._lane is an older build (API {getattr(lane_module, 'API', 1)}, not "
+        f"{_LANE_API}): reinstall polytask (pip install -e .) to rebuild it"
+    )
+
+
 __all__ = [
     "SHM_DIR",
     "RobustMutex",
@@ -54,6 +70,8 @@ __all__ = [
     "SharedArray",
     "futex_wait",
     "futex_wake",
+    "lane_module",
+    "let_go_mutex",
     "pid_alive",
     "process_alive",
     "process_start",
@@ -323,6 +341,10 @@ _mutex_consistent = _fn(_pylibc, "pthread_mutex_consistent", [_vp])
 #: glibc's robust mutex while its holder has not marked it consistent since it
 #: found the previous holder dead (__data.__owner; PTHREAD_MUTEX_INCONSISTENT).
 MUTEX_INCONSISTENT = 0x7FFFFFFF
+# Where glibc keeps a mutex's owner (__data.__owner) and, in its futex word, the
+# holder's thread id (the rest are the robust list's flags).
+OWNER_OFFSET = 8
+FUTEX_TID_MASK = 0x3FFFFFFF
 
 
 class _RawIntCall(_ctypes.CFuncPtr):
@@ -459,6 +481,39 @@ class RobustMutex:
         rc = self._unlock(self._addr)
         if rc != 0:
             raise OSError(rc, f"pthread_mutex_unlock: {os.strerror(rc)}")
+
+    def let_go(self) -> None:
+        """Unlock the mutex if the calling thread holds it; else do nothing (see
+        :func:`let_go_mutex`)."""
+        let_go_mutex(self._addr)
+
+
+def _let_go_mutex_py(address: int) -> int:
+    """let_go_mutex in Python, for an install without the C extension: the same,
+    but an interrupt can land inside it too."""
+    me = threading.get_native_id()
+    owner = ctypes.c_int.from_address(address + OWNER_OFFSET).value
+    if owner == MUTEX_INCONSISTENT:
+        if ctypes.c_int.from_address(address).value & FUTEX_TID_MASK != me:
+            return 0
+        _mutex_consistent(address)
+    elif owner != me:
+        return 0
+    _mutex_unlock(address)
+    return 1
+
+
+#: Unlock the robust mutex at an address if the calling thread holds it (1), else
+#: nothing (0). For the ways out of a critical section: a KeyboardInterrupt can
+#: land right after a lock was taken (a signal handler runs after each C call
+#: returns) or before a Python unlock call runs, and the mutex was then kept while
+#: the process lived (every other process waited on it). In C it is one call, so
+#: no interrupt lands inside it. One taken from a dead holder and not marked
+#: consistent yet is marked first (unlocked as it is, it would be unusable for
+#: good): the state it guards is its holder's to keep harmless.
+let_go_mutex: Callable[[int], int] = (
+    _let_go_mutex_py if lane_module is None else lane_module.let_go_mutex
+)
 
 
 def _check(rc: int, what: str) -> None:

@@ -43,7 +43,15 @@ from .._core.primitives import (
 from .._core.task import CANCEL_SLICE, cancellable_task
 from .._core.timeouts import acquire_timeout, check_timeout
 from .._core.timeouts import deadline as _deadline
-from .shm import AttachCache, RobustMutex, Segment, futex_wait, futex_wake, pid_alive
+from .shm import (
+    AttachCache,
+    RobustMutex,
+    Segment,
+    futex_wait,
+    futex_wake,
+    pid_alive,
+)
+from .shm import let_go_mutex as _let_go
 
 __all__ = [
     "PROCESS_CLASSES",
@@ -94,13 +102,14 @@ os.register_at_fork(after_in_child=_after_fork)
 class _Shared:
     """The shared-memory state of one process primitive: mutex, sequence word, fields."""
 
-    __slots__ = ("__weakref__", "i", "mutex", "seg", "seq_addr", "w")
+    __slots__ = ("__weakref__", "addr", "i", "mutex", "seg", "seq_addr", "w")
 
     def __init__(self, seg: Segment) -> None:
         self.seg = seg
         self.w = seg.buf.cast("Q")
         self.i = seg.buf.cast("I")
-        self.mutex = RobustMutex(seg.address + _MUTEX_OFFSET)
+        self.addr = seg.address + _MUTEX_OFFSET
+        self.mutex = RobustMutex(self.addr)
         self.seq_addr = seg.address + _SEQ_OFFSET
 
     @classmethod
@@ -138,10 +147,14 @@ class _Shared:
     def lock(self, deadline: float | None = None) -> None:
         # A previous holder that died left fields half-updated at worst; every
         # update below is a single store or ordered so that this is harmless.
-        self.mutex.acquire(deadline)
-
-    def unlock(self) -> None:
-        self.mutex.release()
+        try:
+            self.mutex.acquire(deadline)
+        except BaseException:
+            # An interrupt right after the mutex was taken (it comes after a C call
+            # returns): the caller's try has not begun. Past this function's
+            # return no call comes before the caller's try, so none lands there.
+            _let_go(self.addr)
+            raise
 
     def changed(self) -> int:
         """Advance the sequence word (mutex held); returns the number of sleepers."""
@@ -177,7 +190,7 @@ class _Shared:
                 return False
             seq = self.i[_SEQ_OFFSET // 4]
             w[_WAITERS] += 1
-            self.unlock()
+            _let_go(self.addr)
             try:
                 left = step if deadline is None else min(step, deadline - now)
                 futex_wait(self.seq_addr, seq, left)
@@ -305,7 +318,7 @@ class ProcessLock(_ProcessPrimitive, Lock):
                 self._reap_dead_holder()
                 ok = self._take()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if ok and _dbg.enabled:
             _dbg.after_acquire(self._sh.name)
         return ok
@@ -321,7 +334,7 @@ class ProcessLock(_ProcessPrimitive, Lock):
             w[self._PID] = 0
             waiters = sh.changed()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if waiters:
             sh.wake()
         if _dbg.enabled:
@@ -408,7 +421,7 @@ class ProcessRLock(_ProcessPrimitive, RLock):
                     )
                 )
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if ok and _dbg.enabled:
             for _ in range(count):
                 _dbg.after_acquire(self._sh.name)
@@ -432,7 +445,7 @@ class ProcessRLock(_ProcessPrimitive, RLock):
                 w[self._PID] = 0
                 waiters = sh.changed()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if waiters:
             sh.wake()
         if _dbg.enabled:
@@ -469,7 +482,7 @@ class ProcessEvent(_ProcessPrimitive, Event):
             self._w[self._SETS] += 1
             waiters = sh.changed()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if waiters:
             sh.wake()
 
@@ -479,7 +492,7 @@ class ProcessEvent(_ProcessPrimitive, Event):
         try:
             self._w[self._FLAG] = 0
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
 
     def is_set(self) -> bool:
         return bool(self._w[self._FLAG])
@@ -500,7 +513,7 @@ class ProcessEvent(_ProcessPrimitive, Event):
             # True once set, even if cleared again before this waiter woke (as threading.Event).
             return sh.wait(lambda: bool(w[self._FLAG]) or w[self._SETS] != sets, deadline)
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
 
 
 class ProcessSemaphore(_ProcessPrimitive, Semaphore):
@@ -530,7 +543,7 @@ class ProcessSemaphore(_ProcessPrimitive, Semaphore):
         try:
             return self._take() or (blocking and sh.wait(self._take, deadline))
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
 
     def release(self, n: int = 1) -> None:
         check_n(n)
@@ -546,7 +559,7 @@ class ProcessSemaphore(_ProcessPrimitive, Semaphore):
             w[self._VALUE] = value
             waiters = sh.changed()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if waiters:
             sh.wake()
 
@@ -630,7 +643,7 @@ class ProcessBarrier(_ProcessPrimitive, Barrier):
                 waiters = self._break()
             raise BrokenBarrierError
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
             if waiters:
                 sh.wake()
 
@@ -649,7 +662,7 @@ class ProcessBarrier(_ProcessPrimitive, Barrier):
             w[self._GEN] = gen + 1
             waiters = sh.changed()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if waiters:
             sh.wake()
 
@@ -659,7 +672,7 @@ class ProcessBarrier(_ProcessPrimitive, Barrier):
         try:
             waiters = self._break()
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         if waiters:
             sh.wake()
 
@@ -734,7 +747,7 @@ class ProcessCondition(_ProcessPrimitive, Condition):
             w[self._TICKET] += 1
             i[self._word(k)] = _WAITING
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         addr = sh.seg.address + _SLOTS_OFFSET + k * _SLOT_SIZE
         me = cancellable_task()
         step = _SLICE if me is None else CANCEL_SLICE
@@ -756,7 +769,7 @@ class ProcessCondition(_ProcessPrimitive, Condition):
                 notified = i[self._word(k)] == _NOTIFIED
                 i[self._word(k)] = _FREE
             finally:
-                sh.unlock()
+                _let_go(sh.addr)
             self._lock._acquire_restore(saved)
         if cancelled and me is not None:
             if notified:
@@ -790,7 +803,7 @@ class ProcessCondition(_ProcessPrimitive, Condition):
                 i[self._word(k)] = _NOTIFIED
                 woken.append(k)
         finally:
-            sh.unlock()
+            _let_go(sh.addr)
         for k in woken:
             futex_wake(sh.seg.address + _SLOTS_OFFSET + k * _SLOT_SIZE, 1)
 
