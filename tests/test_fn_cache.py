@@ -879,3 +879,34 @@ def test_a_callee_that_writes_its_caller_s_globals_drops_the_kept_copy(tmp_path:
         )
     )
     assert _run_script(script) == "None None None None"
+
+
+class _Counted:
+    """Counts how often it is pickled: a pass over a map chunk's items."""
+
+    pickled = 0
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        _Counted.pickled += 1
+        return (_Counted, ())
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["spawn", "fork"])
+def test_a_chunk_of_a_scripts_function_is_pickled_once(
+    fork: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A map's chunk carries its function among the arguments of the chunk runner:
+    # a script's function makes the call go by value (or as inherited, forked), and
+    # the plain pickle tried first, whose result was thrown away, cost a whole
+    # second pass over the chunk's items.
+    import pickle
+
+    f, _ns = _script_function("def f(x): return x + 1")
+    monkeypatch.setattr(sys.modules["__main__"], "f", f, raising=False)
+    _Counted.pickled = 0
+    _, _, payload = dumps_call(
+        len, (f, [_Counted(), 3]), {}, "c", inherited={"f": f} if fork else None
+    )
+    assert _Counted.pickled == 1
+    name, (g, items), kwargs = pickle.loads(payload)
+    assert (name, kwargs, g(items[1]), type(items[0])) == ("c", {}, 4, _Counted)

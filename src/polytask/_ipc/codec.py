@@ -70,12 +70,18 @@ def by_reference(data: bytes) -> bool:
     return STACK_GLOBAL not in data or _MAIN not in data  # the hot paths inline this
 
 
-def dumps(obj: Any, inherited: Mapping[str, Any] | None = None) -> bytes:
+def dumps(obj: Any, inherited: Mapping[str, Any] | None = None, names_main: bool = False) -> bytes:
     """Pickle ``obj`` for another process; raises the pickler's own error on failure.
 
     ``inherited``: the ``__main__`` objects the receiver holds already (a forked
-    worker); those go by reference, not by value.
+    worker); those go by reference, not by value. ``names_main``: the caller
+    knows ``obj`` holds something of ``__main__``, so the plain pickle, which
+    would only be thrown away, is skipped (a map chunk of a script's function:
+    its items were pickled twice).
     """
+    if names_main:
+        data = _dumps_inherited(obj, inherited) if inherited is not None else None
+        return data if data is not None else _cloudpickle_dumps(obj)
     try:
         data = pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
@@ -284,10 +290,19 @@ def dumps_call(
         ) from exc
     call = (name, tuple(args), dict(kwargs))
     try:
-        payload = dumps(call, inherited)
+        payload = dumps(call, inherited, any(map(_of_main, args)))
     except Exception as exc:
         raise _argument_error(fn, args, kwargs, exc) from exc
     return fn_bytes, by_ref, payload
+
+
+def _of_main(arg: Any) -> bool:
+    """Whether ``arg`` is a function or class of ``__main__`` (which a plain pickle
+    names, so the call goes by value or as inherited): a map's chunk carries the
+    map's function among its arguments."""
+    return (type(arg) is types.FunctionType or isinstance(arg, type)) and (
+        arg.__module__ == "__main__"
+    )
 
 
 def _argument_error(
