@@ -442,11 +442,16 @@ def _interleaved(peers: list[Peer], items: list, repeat: int, repeat_b: int) -> 
     On a shared machine the load changes from one second to the next: timing
     the two pools alternately, each keeping its best round, compares them under
     the same conditions. (b) takes ~2 ms a round, so it gets many more rounds.
+    The order turns each round: a pool timed right after another pool's map was
+    50-200 us slower (the other's workers still winding down), and a fixed order
+    always put the same pool there.
     """
     a: list[list[float]] = [[] for _ in peers]
     b: list[list[float]] = [[] for _ in peers]
     for r in range(max(repeat, repeat_b)):
-        for i, peer in enumerate(peers):
+        turn = r % len(peers)
+        for i in [*range(turn, len(peers)), *range(turn)]:
+            peer = peers[i]
             if r < repeat:
                 a[i].append(best(lambda p=peer: p.submit_gather(items), 1))
             if r < repeat_b:
