@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,3 +203,28 @@ def apt_install(package: str) -> str:
         subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     return "" if r.returncode == 0 else f"cannot install {package}: {r.stderr.strip()[-300:]}"
+
+
+def flood_sigint(proc: subprocess.Popen[str]) -> str:
+    """SIGINT ``proc`` every 0.3 ms from its line "go" until its next line; return that.
+
+    For interrupt tests: the child arms a handler that raises KeyboardInterrupt
+    around the calls under test, prints "go", loops, then ignores SIGINT and says
+    what it saw on one line (an empty string if it died).
+    """
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "go"
+    flooding = threading.Event()
+
+    def flood() -> None:
+        while not flooding.is_set() and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.0003)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        return proc.stdout.readline()
+    finally:
+        flooding.set()
+        flooder.join()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
-from helpers import Harness, wait_until
+from helpers import Harness, flood_sigint, wait_until
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -877,22 +877,7 @@ def test_interrupts_caught_around_put_many_and_get_many_keep_no_mutex():
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "go"
-        flooding = threading.Event()
-
-        def flood() -> None:
-            while not flooding.is_set() and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                time.sleep(0.0003)
-
-        flooder = threading.Thread(target=flood)
-        flooder.start()
-        try:
-            assert proc.stdout.readline().strip() == "idle"
-        finally:
-            flooding.set()
-            flooder.join()
+        assert flood_sigint(proc).strip() == "idle"
         # The interrupted loop may have left items (a put_many without its get_many):
         # drain them, which needs the consumer mutex.
         while len(ch):
@@ -929,26 +914,6 @@ time.sleep(600)
 """
 
 
-def _flood_sigint(proc: subprocess.Popen[str]) -> None:
-    """SIGINT ``proc`` every 0.3 ms from "go" until it says "idle"."""
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "go"
-    flooding = threading.Event()
-
-    def flood() -> None:
-        while not flooding.is_set() and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.0003)
-
-    flooder = threading.Thread(target=flood)
-    flooder.start()
-    try:
-        assert proc.stdout.readline().strip() == "idle"
-    finally:
-        flooding.set()
-        flooder.join()
-
-
 def test_interrupts_caught_around_close_keep_no_mutex():
     """close() takes both ring mutexes (_close_ring): a KeyboardInterrupt between
     taking one and the try that releases it kept it while the process lived, and
@@ -961,7 +926,7 @@ def test_interrupts_caught_around_close_keep_no_mutex():
         text=True,
     )
     try:
-        _flood_sigint(proc)
+        assert flood_sigint(proc).strip() == "idle"
         # Closed by the child: each call says so once it has the mutex it needs
         # (ChannelFull / ChannelEmpty: the idle process keeps that mutex).
         with pytest.raises(pt.ChannelClosed):
@@ -1042,22 +1007,7 @@ def test_interrupts_caught_during_repairs_keep_no_mutex_and_lose_no_repair(held)
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "go"
-        flooding = threading.Event()
-
-        def flood() -> None:
-            while not flooding.is_set() and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                time.sleep(0.0003)
-
-        flooder = threading.Thread(target=flood)
-        flooder.start()
-        try:
-            line = proc.stdout.readline().split()
-        finally:
-            flooding.set()
-            flooder.join()
+        line = flood_sigint(proc).split()
         assert line[0] == "idle" and int(line[1]) > 0, line
         assert line[2:] == ["0", "0"], f"rounds with a mutex kept, a repair lost: {line[2:]}"
         ch.put("probe", timeout=0.5)

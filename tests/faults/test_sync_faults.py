@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import polytask as pt
+from helpers import flood_sigint
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 HANG = 30.0  # a bound for "does not hang", never a speed check
@@ -57,26 +57,6 @@ time.sleep(600)
 """
 
 
-def _flood_sigint(proc: subprocess.Popen[str]) -> None:
-    """SIGINT ``proc`` every 0.3 ms from "go" until it says "idle" (or dies)."""
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "go"
-    flooding = threading.Event()
-
-    def flood() -> None:
-        while not flooding.is_set() and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.0003)
-
-    flooder = threading.Thread(target=flood)
-    flooder.start()
-    try:
-        assert proc.stdout.readline().strip() == "idle"
-    finally:
-        flooding.set()
-        flooder.join()
-
-
 def test_interrupts_caught_around_process_primitives_keep_no_internal_mutex():
     prims = (
         pt.Lock(backend="process"),
@@ -94,7 +74,7 @@ def test_interrupts_caught_around_process_primitives_keep_no_internal_mutex():
     watchdog = threading.Timer(20.0, proc.kill)
     watchdog.start()
     try:
-        _flood_sigint(proc)
+        assert flood_sigint(proc).strip() == "idle"
         for prim in prims:
             mutex = prim._sh.mutex  # the internal one: free unless the idle process kept it
             try:
