@@ -133,3 +133,53 @@ def test_the_hold_puts_back_the_very_same_handlers() -> None:
             loop.close()
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_a_holdable_handler_is_held_without_being_swapped_out() -> None:
+    # polytask parallel's handlers: the loop's hold leaves them in place (no
+    # sigaction at each start) and they wait for the hold's end all the same.
+    from polytask._os.childloop import HoldableHandler
+
+    got: list[int] = []
+    holdable = HoldableHandler(lambda signum, frame: got.append(signum))
+    old = signal.signal(signal.SIGTERM, holdable)
+    loop = ProcessLoop(posix_spawn=True)
+    try:
+        assert loop._hold()
+        assert signal.getsignal(signal.SIGTERM) is holdable
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between two bytecodes: it has by now
+            pass
+        assert got == []
+        loop._release()
+        assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is holdable
+        os.kill(os.getpid(), signal.SIGTERM)  # not held: at once
+        for _ in range(100):
+            pass
+        assert got == [signal.SIGTERM, signal.SIGTERM]
+        child = loop.spawn(["true"])
+        while not child.done:
+            loop.wait(1.0)
+        assert signal.getsignal(signal.SIGTERM) is holdable
+    finally:
+        loop.close()
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_the_command_leaves_an_ignored_sigint_ignored(tmp_path: Path) -> None:
+    # Started in the background by a shell (SIGINT ignored): its jobs do not
+    # get a handler for it, and neither does it.
+    script = tmp_path / "job.sh"
+    script.write_text('grep SigIgn /proc/$$/status; kill -INT "$PPID"; echo after\n')
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN);"
+        "from polytask.cli._parallel import main;"
+        f"sys.exit(main(['-j', '1', 'sh', {str(script)!r}, ':::', 'a']))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("after\n")
