@@ -183,3 +183,43 @@ def test_the_command_leaves_an_ignored_sigint_ignored(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith("after\n")
+
+
+def test_a_group_registration_is_one_write_and_kept_in_the_owners_registry() -> None:
+    # guard/unguard (twice per program started) go by send_group's fast path:
+    # the owner's copy of the registry is what it was with the generic send.
+    guardian = proc._guardian
+    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        guardian.send_group(True, p.pid)
+        assert p.pid in guardian._sent.groups and not guardian._pending
+        guardian.send_group(False, p.pid)
+        assert p.pid not in guardian._sent.groups
+        proc.guard(p.pid)
+        assert p.pid in guardian._sent.groups
+        proc.unguard(p.pid)
+        assert p.pid not in guardian._sent.groups
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_group_guarded_by_the_fast_path_is_ended_when_its_owner_is_killed() -> None:
+    code = (
+        "import os, signal, subprocess\n"
+        "from polytask._os import proc\n"
+        "p = subprocess.Popen(['sleep', '60'], start_new_session=True, env={})\n"
+        "proc.guard(p.pid)\n"
+        "print(p.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    pid = int(r.stdout)
+    deadline = time.monotonic() + 30
+    while proc.pid_state(pid) not in (None, b"Z"):  # ended by the guardian
+        assert time.monotonic() < deadline, "the guarded group outlived its owner"
+        time.sleep(0.05)
