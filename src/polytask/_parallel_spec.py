@@ -1051,6 +1051,8 @@ class Template(_Record):
         if self.needs_shell:
             return None
         if self._prefix is not None:  # the common `gzip -9 ::: files`: no replacement string
+            if NOARG not in args:  # -n0's marker is rare: no filter per job without it
+                return [*self._prefix, *args]
             return [*self._prefix, *(a for a in args if a != NOARG)]
         out: list[str] = []
         emit = self._argv_emit

@@ -45,6 +45,9 @@ descriptor Python opens is close-on-exec), where Popen would close them.
 
 from __future__ import annotations
 
+# signal's own functions without its enum conversions: ~20x cheaper, and
+# ProcessLoop._hold runs at every start.
+import _signal  # type: ignore[import-not-found]
 import ctypes
 import heapq
 import itertools
@@ -53,6 +56,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -68,13 +72,14 @@ from .proc import (
     forget_job,
     guard,
     kill_group,
+    last_pid,
     new_job,
     release_group,
     start_in_group,
     tree_marker,
 )
 
-__all__ = ["Child", "FileRange", "ProcessLoop"]
+__all__ = ["Child", "FileRange", "HoldableHandler", "ProcessLoop"]
 
 STDOUT = 1
 STDERR = 2
@@ -87,6 +92,8 @@ _WAKE = 4
 DEFAULT_DRAIN = 1.0
 
 _READ_SIZE = 65536
+#: os.fsencode's encoding, used directly for str arguments (saves its call per argument).
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 #: A program's input pipe is grown to hold up to this much (F_SETPIPE_SZ; Linux's
 #: default limit for an unprivileged process, /proc/sys/fs/pipe-max-size), so
 #: that a big input goes over in a few writes rather than one per 64 KiB.
@@ -104,8 +111,12 @@ SLOW_WINDOW = 30
 #: to the threads at once).
 THREADED_STARTS = 50
 
+#: Up to this many pids handed out since a job's leader are compared with the loop's
+#: own leaders before /proc is read (ProcessLoop._end_trees).
+_KNOWN_ONLY = 64
+
 #: Signals whose Python handlers wait while a started program is adopted (ProcessLoop._hold).
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_HELD_SIGNALS = (int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP))
 
 OnOutput = Callable[["Child", int, bytes], None]
 
@@ -188,6 +199,10 @@ class _Spawner:
         self._check(libc.posix_spawnattr_setsigmask(self._attr, self._sigmask))
         # Each program's environment is this one plus its job's mark (see _proc.tree_env).
         self._environ = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
+        # Per number of a program's own variables: an envp with their slots and the
+        # job mark's left empty, copied and filled in at each start (a tenth of the
+        # cost of building one from the list, ~36 variables, each time).
+        self._envps: dict[int, ctypes.Array[ctypes.c_char_p]] = {}
         self._actions: dict[tuple[int, int, int], ctypes.Array[ctypes.c_char]] = {}
         self._path = environ.get("PATH", os.defpath)  # the children's, frozen with envp
         self._exe: dict[str, str | None] = {}
@@ -209,6 +224,24 @@ class _Spawner:
             exe = which(name, self._path)
         self._exe[name] = exe
         return exe
+
+    def _envp(self, extra_env: Sequence[bytes], marker: bytes) -> ctypes.Array[ctypes.c_char_p]:
+        """The program's environment: its own variables (b"NAME=value"), ahead of the
+        shared ones, then its job's ``marker``, then NULL. Any thread."""
+        n = len(extra_env)
+        template = self._envps.get(n)
+        if template is None:
+            template = (ctypes.c_char_p * (n + len(self._environ) + 2))(
+                *([None] * n), *self._environ, None, None
+            )
+            self._envps[n] = template  # racing threads: one copy wins, both are valid
+        # A copy of the pointers; the shared strings stay alive with the template,
+        # the ones set here with the copy (ctypes keeps them).
+        envp = type(template).from_buffer_copy(template)
+        for i, entry in enumerate(extra_env):
+            envp[i] = entry
+        envp[n + len(self._environ)] = marker
+        return envp
 
     @staticmethod
     def _check(err: int) -> None:
@@ -253,15 +286,14 @@ class _Spawner:
         Writing the pid into the caller's object (rather than returning it)
         means that an exception raised right after the start still finds it.
         """
-        args = [os.fsencode(a) for a in argv]
+        args = [
+            a.encode(_FS_ENCODING, _FS_ERRORS) if type(a) is str else os.fsencode(a) for a in argv
+        ]
         for a in args:
             if b"\0" in a:
                 raise ValueError(f"embedded null byte in argument {a!r}")
         cargv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
-        environ = self._environ
-        if extra_env:  # this program's own variables (b"NAME=value"), ahead of the shared ones
-            environ = [*extra_env, *environ]
-        envp = (ctypes.c_char_p * (len(environ) + 2))(*environ, tree_marker(job), None)
+        envp = self._envp(extra_env, tree_marker(job))
         actions, cached = self._file_actions(fds)
         try:
             if path is None:
@@ -506,6 +538,33 @@ class _Start:
         self.ours = []
 
 
+#: The loop holding signals now (ProcessLoop._hold), if any: on the main thread only.
+_holding: list[ProcessLoop | None] = [None]
+
+
+class HoldableHandler:
+    """A Python signal handler that a :class:`ProcessLoop`'s hold need not swap out.
+
+    While a loop takes a started program into its care (``ProcessLoop._hold``)
+    the signal is only noted, and ``handler`` runs when the loop lets go;
+    otherwise it runs at once. For a program that owns its handlers (the
+    ``polytask parallel`` command): the hold then costs no ``sigaction`` calls
+    at each start, six otherwise.
+    """
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable[[int, Any], Any]) -> None:
+        self.handler = handler
+
+    def __call__(self, signum: int, frame: Any) -> Any:
+        loop = _holding[0]
+        if loop is not None:
+            loop._on_signal(signum, frame)
+            return None
+        return self.handler(signum, frame)
+
+
 class _Starters:
     """Threads that start programs for :meth:`ProcessLoop.spawn_soon`; results come back by a pipe."""
 
@@ -608,6 +667,7 @@ class ProcessLoop:
         self._timers: list[tuple[float, int, Child]] = []
         self._counter = itertools.count()
         self._devnull = -1
+        self._loadavg = -1  # /proc/loadavg, open while the loop is (_last_pid)
         self._which: dict[tuple[str, str], str | None] = {}
         self._spawner: _Spawner | None = None
         self._spare_files: tuple[int, int] | None = None
@@ -621,6 +681,8 @@ class ProcessLoop:
         # Signals held while a started program is taken into the loop's care (_hold).
         self._held: int | None = None
         self._handlers: dict[int, Any] = {}  # signal -> the handler our wrapper stands in for
+        self._on_signal_bound = self._on_signal  # one object: compared by identity in _release
+        self._outer_hold: ProcessLoop | None = None  # the loop that held before this one's hold
 
     # ------------------------------------------------------------------ holding signals
 
@@ -638,24 +700,33 @@ class ProcessLoop:
         asyncio.run's Ctrl-C, a loop dropped without close() all see them).
         Nothing is blocked in the kernel (other threads would take the signal
         instead). Handlers only run on the main thread: elsewhere there is
-        nothing to hold (returns False).
+        nothing to hold (returns False). A :class:`HoldableHandler` (what
+        ``polytask parallel`` installs) is not swapped: it defers to the
+        holding loop itself, with no system call at each start.
         """
-        if threading.current_thread() is not threading.main_thread():
+        if threading.get_ident() != threading.main_thread().ident:
             return False
         handlers = self._handlers
+        on_signal = self._on_signal_bound
         for signum in _HELD_SIGNALS:
-            handler = signal.getsignal(signum)
+            handler = _signal.getsignal(signum)
             if callable(handler):  # SIG_DFL, SIG_IGN: the kernel's business, not held
                 handlers[signum] = handler
-                signal.signal(signum, self._on_signal)
-        return bool(handlers)
+                if type(handler) is not HoldableHandler:
+                    _signal.signal(signum, on_signal)
+        if not handlers:
+            return False
+        self._outer_hold, _holding[0] = _holding[0], self
+        return True
 
     def _release(self) -> None:
         """End :meth:`_hold`: the handlers back, then the one whose signal came (it may raise)."""
         handlers, self._handlers = self._handlers, {}
+        _holding[0], self._outer_hold = self._outer_hold, None
+        on_signal = self._on_signal_bound
         for signum, handler in handlers.items():
-            if signal.getsignal(signum) == self._on_signal:
-                signal.signal(signum, handler)
+            if type(handler) is not HoldableHandler and _signal.getsignal(signum) is on_signal:
+                _signal.signal(signum, handler)
         held, self._held = self._held, None
         if held is not None:
             handlers[held](held, None)
@@ -1080,6 +1151,9 @@ class ProcessLoop:
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
+            if self._loadavg >= 0:
+                os.close(self._loadavg)
+                self._loadavg = -1
             if self._spare_files is not None:
                 for fd in self._spare_files:
                     os.close(fd)
@@ -1160,7 +1234,31 @@ class ProcessLoop:
         pids = [pid for _, pid in ended]
         # Leaders on both sides of a pid wrap-around: no single start, look at all.
         first = None if max(pids) - min(pids) > 1 << 14 else min(pids)
-        end_trees(jobs, self.grace, first_pid=first)
+        # The other programs' leaders, not reaped yet (so their pids are not reused),
+        # carry their own marks: not read. At -j 2 the next job's leader is usually
+        # the only process started since, and read in the middle of its execve it
+        # showed no environment yet and was read again after sleeps.
+        skip = {c.pid for c in self._children if not c.exited}
+        last = self._last_pid()
+        if first is not None and last is not None and 0 <= last - first <= _KNOWN_ONLY:
+            # The reaped leaders' pids are not reused before a wrap-around (which
+            # would put ``last`` below ``first``): when every pid handed out since
+            # the first leader is one of these, nothing else was started since,
+            # and nothing of theirs can be left.
+            skip.update(pids)
+            if all(pid in skip for pid in range(first + 1, last + 1)):
+                return
+        end_trees(jobs, self.grace, first_pid=first, skip=skip, last=last)
+
+    def _last_pid(self) -> int | None:
+        """The last pid the kernel allocated, by one pread of /proc/loadavg kept open
+        (open, read and close after every job's end cost ~4x more); None: unknown."""
+        try:
+            if self._loadavg < 0:
+                self._loadavg = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+            return last_pid(os.pread(self._loadavg, 256, 0))
+        except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+            return None
 
     # ------------------------------------------------------------------ internals
 

@@ -138,6 +138,15 @@ class Registry:
         one, a path with a NUL): a line the owner never writes, but one bad line
         must not end the guardian, which would then clean up nothing.
         """
+        if not self.partial and len(data) <= 10 and data[-1:] == b"\n" and data[:1] in b"+-":
+            # One group line, as the owner writes twice per program it starts: no split.
+            n = _number(data[1:-1])  # digits only: no other newline in it
+            if n is not None:
+                if data[0] == 43:  # "+"
+                    self.groups.add(n)
+                else:
+                    self.groups.discard(n)
+                return []
         if self.partial:
             data = self.partial + data
         *lines, self.partial = data.split(b"\n")

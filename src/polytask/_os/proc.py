@@ -76,6 +76,7 @@ __all__ = [
     "guard_prefix",
     "guard_spill",
     "kill_group",
+    "last_pid",
     "new_job",
     "owner_key",
     "pid_state",
@@ -155,6 +156,7 @@ def set_child_subreaper() -> None:
 # whole environment (``env -i``), or one started by another user.
 
 _TREE_PREFIX = "POLYTASK_TREE_"
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _owner: str | None = None
 _jobs = itertools.count(1)
 # The directory that holds the polytask package (src/ or site-packages): this file
@@ -189,17 +191,41 @@ def tree_env(job: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def tree_marker(job: str) -> bytes:
     """The ``KEY=VALUE`` entry that :func:`tree_env` adds for ``job``, as bytes."""
-    return os.fsencode(f"{owner_key()}={job}")
+    # os.fsencode's own encoding, without its Python-level call (twice per job).
+    return f"{_owner or owner_key()}={job}".encode(_FS_ENCODING, _FS_ERRORS)
 
 
-def _newer_pids(first: int) -> Iterable[int]:
-    """The pids the kernel handed out after ``first`` (oldest first), as far as /proc
-    can tell: a job's descendants were all started after its leader."""
+def _read_proc(path: str) -> bytes:
+    """The whole of a /proc file, by three system calls (open() takes seven: fstat,
+    ioctl, lseek... and a buffered reader; this runs after every job's end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with open("/proc/loadavg", "rb") as f:
-            last = int(f.read().split()[4])  # the last pid allocated (in our namespace)
-    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        last = first - 1
+        data = os.read(fd, 65536)
+        if len(data) < 65536:
+            return data
+        chunks = [data]
+        while data:
+            data = os.read(fd, 65536)
+            chunks.append(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def last_pid(data: bytes) -> int:
+    """The last pid allocated (in our namespace), from /proc/loadavg's ``data``."""
+    return int(data.split()[4])
+
+
+def _newer_pids(first: int, last: int | None = None) -> Iterable[int]:
+    """The pids the kernel handed out after ``first`` (oldest first), as far as /proc
+    can tell: a job's descendants were all started after its leader. ``last``: the
+    last pid allocated, if the caller read it (else read here)."""
+    if last is None:
+        try:
+            last = last_pid(_read_proc("/proc/loadavg"))
+        except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+            last = first - 1
     if last >= first:
         count = last - first
         if count <= _PROBE_LIMIT:
@@ -229,27 +255,44 @@ def _pid_max() -> int:
         return 1 << 22
 
 
-def find_trees(jobs: Collection[str], first_pid: int | None = None) -> list[int]:
+def find_trees(
+    jobs: Collection[str],
+    first_pid: int | None = None,
+    *,
+    skip: Collection[int] = (),
+    last: int | None = None,
+) -> list[int]:
     """Every live process (not this one) that carries the marker of one of ``jobs``.
 
     ``first_pid``: the pid of the earliest job's leader; only processes started
     after it are looked at (usually a handful, so this costs a few reads, where
-    a look at every process costs ~1 ms per hundred).
+    a look at every process costs ~1 ms per hundred). ``skip``: pids known not
+    to carry any of the markers (other jobs' leaders, not reaped yet), not read.
+    ``last``: the last pid allocated (:func:`last_pid`), when the caller read it.
     """
     if not jobs:
         return []
-    return find_marked({tree_marker(j) for j in jobs}, first_pid)
+    return find_marked({tree_marker(j) for j in jobs}, first_pid, skip=skip, last=last)
 
 
-def find_marked(markers: Collection[bytes], first_pid: int | None = None) -> list[int]:
+def find_marked(
+    markers: Collection[bytes],
+    first_pid: int | None = None,
+    *,
+    skip: Collection[int] = (),
+    last: int | None = None,
+) -> list[int]:
     """Every live process (not this one) whose environment holds one of ``markers``
-    (``KEY=VALUE`` entries); ``first_pid`` as for :func:`find_trees`."""
+    (``KEY=VALUE`` entries); ``first_pid``, ``skip`` and ``last`` as for
+    :func:`find_trees`."""
     wanted = set(markers)
     me = os.getpid()
     if first_pid is None:
         pids: Iterable[int] = (int(n) for n in os.listdir("/proc") if n.isdigit())
     else:
-        pids = _newer_pids(first_pid)
+        pids = _newer_pids(first_pid, last)
+    if skip:
+        pids = [p for p in pids if p not in skip]
     found: list[int] = []
     # A process in the middle of execve shows an empty environment for a moment
     # (the new image's is not set up yet): look at those again, briefly.
@@ -268,8 +311,7 @@ def _scan_environ(pids: Iterable[int], wanted: set[bytes], me: int, found: list[
         if pid == me:
             continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
+            env = _read_proc(f"/proc/{pid}/environ")
         except OSError:  # no such process, or not ours
             continue
         if not env:
@@ -295,15 +337,21 @@ def pid_state(pid: int) -> bytes | None:
 
 
 def end_trees(
-    jobs: Collection[str], grace: float = DEFAULT_GRACE, *, first_pid: int | None = None
+    jobs: Collection[str],
+    grace: float = DEFAULT_GRACE,
+    *,
+    first_pid: int | None = None,
+    skip: Collection[int] = (),
+    last: int | None = None,
 ) -> list[int]:
     """End what is left of ``jobs`` after their leaders ended: :func:`end_processes`
     for every process that still carries one of their markers, wherever it moved.
-    Returns the pids that were found. ``first_pid`` as for :func:`find_trees`.
+    Returns the pids that were found. ``first_pid``, ``skip`` and ``last`` as for
+    :func:`find_trees` (the second look, after the grace, reads the last pid anew).
     """
-    pids = find_trees(jobs, first_pid)
+    pids = find_trees(jobs, first_pid, skip=skip, last=last)
     if pids:
-        end_processes(pids, grace, again=lambda: find_trees(jobs, first_pid))
+        end_processes(pids, grace, again=lambda: find_trees(jobs, first_pid, skip=skip))
     return pids
 
 
@@ -781,15 +829,55 @@ class _Guardian:
             # for the lock here hung the interpreter (a channel collected in a send).
             self._later.append(line)
             return
-        with self._held():
-            fd = self._start()  # first: a forked child's start drops its parent's backlog
-            if self._later:
-                # Left by a section that raised (Ctrl-C in it): they came before this
-                # line and go before it. After it, a "-" of a path then followed its
-                # "+" again, and the guardian forgot what was registered anew.
-                self._pending += b"".join(self._take_later())
-            self._pending += line
-            self._push(fd)
+        # What _held() does, without a context manager's calls: this runs twice per
+        # program started (guard, unguard).
+        with self._lock:
+            self._holder = threading.get_ident()
+            try:
+                fd = self._start()  # first: a forked child's start drops its parent's backlog
+                if self._later:
+                    # Left by a section that raised (Ctrl-C in it): they came before this
+                    # line and go before it. After it, a "-" of a path then followed its
+                    # "+" again, and the guardian forgot what was registered anew.
+                    self._pending += b"".join(self._take_later())
+                self._pending += line
+                self._push(fd)
+                while self._later:
+                    fd = self._start()
+                    self._pending += b"".join(self._take_later())
+                    self._push(fd)
+            finally:
+                self._holder = None
+
+    def send_group(self, add: bool, pgid: int) -> None:
+        """:meth:`send` of ``+PGID`` (``add``) or ``-PGID``: with nothing waiting, one
+        write and the registry's set updated in place, not the backlog's round
+        (twice per program a loop starts; up to a seventh of its CPU there)."""
+        line = b"+%d\n" % pgid if add else b"-%d\n" % pgid
+        if self._holder != threading.get_ident() and 1 < pgid <= _guardian_mod.PID_MAX:
+            with self._lock:
+                fd = self._fd
+                if (
+                    fd is not None
+                    and not self._pending
+                    and not self._later
+                    and not self._sent.partial
+                    and self._pid_owner == os.getpid()
+                ):
+                    try:
+                        # Under PIPE_BUF: all of it or nothing (EAGAIN, EPIPE: send's way).
+                        os.write(fd, line)
+                    except OSError:
+                        pass
+                    else:
+                        groups = self._sent.groups
+                        if add:
+                            groups.add(pgid)
+                        else:
+                            groups.discard(pgid)
+                        self._warned = False
+                        return
+        self.send(line)
 
     def _push(self, fd: int) -> None:
         # Called in _held(): send the backlog, or as much of it as the pipe takes.
@@ -948,13 +1036,13 @@ def ensure_guardian() -> None:
 
 def guard(pgid: int) -> None:
     """End process group ``pgid`` if this process dies before :func:`unguard`."""
-    _guardian.send(b"+%d\n" % pgid)
+    _guardian.send_group(True, pgid)
 
 
 def unguard(pgid: int) -> None:
     """Stop watching ``pgid`` (its leader was reaped)."""
     if _guardian._fd is not None:
-        _guardian.send(b"-%d\n" % pgid)
+        _guardian.send_group(False, pgid)
 
 
 def _register(op: bytes, what: str, path: str) -> None:

@@ -2886,10 +2886,18 @@ def main(argv: list[str]) -> int:
         return USAGE_ERROR
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
+    from .._os.childloop import HoldableHandler
+
     old_handlers = {}
     try:
+        # Handlers the process loop defers to itself while it takes a started job
+        # into its care, rather than swapping them out and back at every start.
         for signum in (signal.SIGTERM, signal.SIGHUP):
-            old_handlers[signum] = signal.signal(signum, _raise_interrupted)
+            old_handlers[signum] = signal.signal(signum, HoldableHandler(_raise_interrupted))
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+            old_handlers[signal.SIGINT] = signal.signal(
+                signal.SIGINT, HoldableHandler(signal.default_int_handler)
+            )
     except ValueError:  # pragma: no cover - not the main thread
         pass
     runner: _Runner | None = None
