@@ -11,6 +11,7 @@ the one that started it.
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import os
 import pickle
 import select
@@ -39,6 +40,12 @@ FORKED_CHILD_EXIT = 70
 
 
 _retiring = False
+
+#: Seconds the worker's exit (multiprocessing's end, then the ``atexit`` handlers
+#: its tasks registered) may take before it is cut short: a retired worker keeps
+#: its place in the pool until it exits, so a handler that hangs held that place
+#: for good. Below the parent's stop wait, so a shutdown sees the worker's trace.
+_EXIT_HANDLERS_WAIT = 4.0
 
 
 def retire_after_task() -> None:
@@ -314,7 +321,14 @@ def at_exit() -> None:
     the ``atexit`` handlers the worker's tasks registered (as multiprocessing's
     spawned children run them: joblib removes a nested Parallel's memmapping
     folder from /dev/shm there, a task's logging handlers flush). The parent ends
-    a worker that takes too long (SIGKILL after its stop wait)."""
+    a worker that takes too long (SIGKILL after its stop wait); and the worker ends
+    itself after :data:`_EXIT_HANDLERS_WAIT` (a retired worker is not stopped by
+    the parent: it would hold its place in the pool), printing where it hung."""
+    try:
+        # A watchdog of C, without the GIL: a handler stuck in C code is cut short too.
+        faulthandler.dump_traceback_later(_EXIT_HANDLERS_WAIT, exit=True, file=2)
+    except (OSError, ValueError):  # pragma: no cover - fd 2 closed by a task
+        pass
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         try:
@@ -322,6 +336,7 @@ def at_exit() -> None:
         except Exception:  # pragma: no cover - best effort at exit
             pass
     atexit._run_exitfuncs()  # prints a handler's error as the interpreter does
+    faulthandler.cancel_dump_traceback_later()
 
 
 def after_fork() -> None:
