@@ -319,44 +319,66 @@ class ThreadBackend(Backend):
             # From a done callback on one of our workers: the tasks still to run may
             # need this very thread (as the process backend's reader, it does not wait).
             wait = False
+        me = threading.current_thread()  # a task shutting its own backend down
+        info = cancellable_task()  # ... goes on: not failed by it
+        mine = None if info is None else info._task
         if wait:
-            deadline = time.monotonic() + grace if cancel else None
-            me = threading.current_thread()  # a task shutting its own backend down
-            for t in threads:
-                if t is me or t in self._abandoned:
-                    continue
-                while t.is_alive() and not self._only_daemons_left():
-                    if deadline is None:
-                        t.join(0.05)
-                    elif (left := deadline - time.monotonic()) > 0:
-                        t.join(min(left, 0.05))
-                    else:
-                        break
-            info = cancellable_task()  # a task shutting its own backend down goes on
-            mine = None if info is None else info._task
+            self._settle(threads, cancel, grace, me, mine)
+        elif cancel:
+            # Nobody waits here, but a task that ignores its cancellation must still be
+            # abandoned after the grace (failed Cancelled), or what waits for it waits
+            # for good: a Pool's join() after a terminate() from a done callback.
+            threading.Thread(
+                target=self._settle,
+                args=(threads, cancel, grace, me, mine),
+                name="polytask-thread-shutdown",
+                daemon=True,
+            ).start()
+
+    def _settle(
+        self,
+        threads: list[threading.Thread],
+        cancel: bool,
+        grace: float,
+        me: threading.Thread,
+        mine: Task[Any] | None,
+    ) -> None:
+        """The waiting part of :meth:`shutdown`: for the threads (with ``cancel``, at
+        most ``grace`` seconds), then abandon the tasks still out (failed Cancelled)."""
+        deadline = time.monotonic() + grace if cancel else None
+        for t in threads:
+            if t is me or t in self._abandoned:
+                continue
+            while t.is_alive() and not self._only_daemons_left():
+                if deadline is None:
+                    t.join(0.05)
+                elif (left := deadline - time.monotonic()) > 0:
+                    t.join(min(left, 0.05))
+                else:
+                    break
+        with self._lock:
+            out = [task for task in self._live if task is not mine]
+        late = [task.name for task in out if not task.daemon]
+        if late and any(t.is_alive() for t in threads if t is not me):
+            print(
+                f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
+                "were abandoned (threads cannot be killed; call pt.checkpoint() in long "
+                f"loops): {', '.join(map(repr, late[:10]))}",
+                file=sys.stderr,
+            )
+        if cancel:
             with self._lock:
-                out = [task for task in self._live if task is not mine]
-            late = [task.name for task in out if not task.daemon]
-            if late and any(t.is_alive() for t in threads if t is not me):
-                print(
-                    f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
-                    "were abandoned (threads cannot be killed; call pt.checkpoint() in long "
-                    f"loops): {', '.join(map(repr, late[:10]))}",
-                    file=sys.stderr,
-                )
-            if cancel:
-                with self._lock:
-                    self._abandoned.update(t for t in threads if t is not me and t.is_alive())
-                # Abandoned: what they return later is dropped (as after a timeout). Told
-                # now, so that nothing waits for them: a Pool's join() after terminate().
-                for task in out:
-                    task._finish(
-                        exc=Cancelled(
-                            f"task {task.name!r} was cancelled; it ignored its cancellation for "
-                            f"{grace:g} s and was abandoned (its thread runs on, its result "
-                            "will be dropped)"
-                        )
+                self._abandoned.update(t for t in threads if t is not me and t.is_alive())
+            # Abandoned: what they return later is dropped (as after a timeout). Told
+            # now, so that nothing waits for them: a Pool's join() after terminate().
+            for task in out:
+                task._finish(
+                    exc=Cancelled(
+                        f"task {task.name!r} was cancelled; it ignored its cancellation for "
+                        f"{grace:g} s and was abandoned (its thread runs on, its result "
+                        "will be dropped)"
                     )
+                )
 
     def _only_daemons_left(self) -> bool:
         # Daemon tasks are abandoned at exit (see backends.wait_at_exit), not waited for.
