@@ -835,3 +835,18 @@ def test_thread_shutdown_from_a_done_callback_still_abandons_a_task_that_ignores
         assert first.result(0) is True
     finally:
         release.set()
+
+
+def test_a_thread_task_abandoned_once_is_reported_once(capsys: pytest.CaptureFixture[str]):
+    # A later shutdown (a Pool's join() after terminate()) said again that the task
+    # "ignored cancellation" and "was abandoned", though it had not cancelled it.
+    release = threading.Event()
+    be = ThreadBackend(1)
+    try:
+        task = be.spawn(release.wait, (HANG,), {})
+        wait_until(task.running, HANG, "the task to run")
+        be.shutdown(wait=True, cancel=True, grace=0.1)
+        be.shutdown(wait=True)
+        assert capsys.readouterr().err.count("were abandoned") == 1
+    finally:
+        release.set()

@@ -357,7 +357,8 @@ class ThreadBackend(Backend):
                 else:
                     break
         with self._lock:
-            out = [task for task in self._live if task is not mine]
+            # Not one an earlier shutdown abandoned (done already: told once).
+            out = [task for task in self._live if task is not mine and not task._is_done()]
         late = [task.name for task in out if not task.daemon]
         if late and any(t.is_alive() for t in threads if t is not me):
             print(
