@@ -1351,3 +1351,21 @@ def test_join_after_terminate_does_not_wait_for_a_thread_task_that_ignores_it():
             task.result(0)
     finally:
         release.set()
+
+
+def test_a_thread_pool_task_terminating_its_own_pool_keeps_its_result():
+    # The backend spares the task that shuts it down, but it knew that task by the
+    # running item's CurrentTask: a pool item runs inside a chunk (another backend
+    # task), so the chunk was failed at once ("ignored its cancellation for 5 s and
+    # was abandoned"), and with it the item.
+    pool = Pool(1, backend="thread")
+
+    def boss() -> str:
+        pool.terminate()
+        return "went on"
+
+    try:
+        assert pool.submit(boss).result(30) == "went on"
+    finally:
+        pool.terminate()
+        pool.join(30)

@@ -129,6 +129,9 @@ class ThreadBackend(Backend):
         self._live: set[Task[Any]] = set()
         # Threads a shutdown(cancel=True) gave up on: no later shutdown waits for them.
         self._abandoned: set[threading.Thread] = set()
+        # The task each of our threads runs (.task): the one a shutdown from inside a
+        # task spares. Not the thread's CurrentTask: a Pool's item runs inside a chunk.
+        self._here = threading.local()
         self._closed = False
 
     def submit(
@@ -230,6 +233,8 @@ class ThreadBackend(Backend):
                 self._live.discard(task)
             return
         task._mark_started()
+        here = self._here
+        here.task = task
         info = CurrentTask(task.name, task)
         # Where cancel() finds the task's waker; set before the function runs, so a
         # cancel either sees it or came before the function's first look at the flag.
@@ -256,6 +261,7 @@ class ThreadBackend(Backend):
                 serving.backends = outer
         finally:
             _set_current(None)
+            here.task = None
             task._slot = None  # task -> info -> task: a cycle per task for the GC otherwise
             with self._lock:
                 self._live.discard(task)
@@ -320,8 +326,7 @@ class ThreadBackend(Backend):
             # need this very thread (as the process backend's reader, it does not wait).
             wait = False
         me = threading.current_thread()  # a task shutting its own backend down
-        info = cancellable_task()  # ... goes on: not failed by it
-        mine = None if info is None else info._task
+        mine: Task[Any] | None = getattr(self._here, "task", None)  # ... goes on
         if wait:
             self._settle(threads, cancel, grace, me, mine)
         elif cancel:
