@@ -1369,3 +1369,20 @@ def test_a_thread_pool_task_terminating_its_own_pool_keeps_its_result():
     finally:
         pool.terminate()
         pool.join(30)
+
+
+def test_join_from_a_thread_pools_own_task_says_it_would_wait_for_itself():
+    # The task is one of those join() waits for: after close() (or its own
+    # terminate(), which spares it) join() waited for good. It says so instead.
+    pool = Pool(1, backend="thread")
+
+    def joiner() -> None:
+        pool.close()
+        pool.join(5)
+
+    try:
+        with pytest.raises(RuntimeError, match="own tasks"):
+            pool.submit(joiner).result(30)
+    finally:
+        pool.terminate()
+        pool.join(30)

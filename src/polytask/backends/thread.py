@@ -295,6 +295,11 @@ class ThreadBackend(Backend):
         with self._lock:
             return list(self._live)
 
+    def runs_here(self) -> bool:
+        """True on one of this backend's threads while it runs a task: a wait there for
+        all of the backend's tasks (a Pool's join) would wait for itself."""
+        return getattr(self._here, "task", None) is not None
+
     def shutdown(self, *, wait: bool = True, cancel: bool = False, grace: float = 5.0) -> None:
         """Stop the threads. Running tasks that ignore their cancel flag are waited for
         at most ``grace`` seconds, then abandoned (daemon threads end with the process)."""
