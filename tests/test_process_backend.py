@@ -610,7 +610,7 @@ def test_a_workers_atexit_handlers_run_when_it_ends_and_never_the_parents(
 
 
 _AT_EXIT_HANGS = """
-import atexit, os, sys, time
+import atexit, faulthandler, os, sys, time
 import polytask as pt
 import polytask.backends.process.worker as worker
 
@@ -620,6 +620,8 @@ def hang_at_exit():
     return os.getpid()
 
 if __name__ == "__main__":
+    # A watchdog armed in the parent: a forked worker must not wait for it at exit.
+    faulthandler.dump_traceback_later(3600)
     with pt.Pool(1, maxtasksperchild=1, start_method=sys.argv[1]) as pool:
         first = pool.submit(hang_at_exit).result(60)
         second = pool.submit(os.getpid).result(20)
@@ -633,9 +635,11 @@ def test_a_retired_worker_whose_atexit_handler_hangs_does_not_hold_its_place(
 ) -> None:
     # A retired worker keeps its place in the pool until it exits; one stuck in an
     # atexit handler its task registered held it for good, and the pool's next
-    # task waited for ever. The handlers get a bound, then the worker ends.
+    # task waited for ever. The handlers get a bound, then the worker ends (not by
+    # faulthandler's watchdog: a forked worker hung arming it if the parent had).
     script = tmp_path / "hang.py"
     script.write_text(_AT_EXIT_HANGS)
     done = run_python(f"exec(open({str(script)!r}).read())", start_method)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True"]
+    assert "took more than 0.2 s" in done.stderr

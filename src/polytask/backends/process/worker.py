@@ -11,12 +11,12 @@ the one that started it.
 from __future__ import annotations
 
 import atexit
-import faulthandler
 import os
 import pickle
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -323,12 +323,8 @@ def at_exit() -> None:
     folder from /dev/shm there, a task's logging handlers flush). The parent ends
     a worker that takes too long (SIGKILL after its stop wait); and the worker ends
     itself after :data:`_EXIT_HANDLERS_WAIT` (a retired worker is not stopped by
-    the parent: it would hold its place in the pool), printing where it hung."""
-    try:
-        # A watchdog of C, without the GIL: a handler stuck in C code is cut short too.
-        faulthandler.dump_traceback_later(_EXIT_HANDLERS_WAIT, exit=True, file=2)
-    except (OSError, ValueError):  # pragma: no cover - fd 2 closed by a task
-        pass
+    the parent: it would hold its place in the pool), saying so."""
+    _exit_watchdog(_EXIT_HANDLERS_WAIT)
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         try:
@@ -336,7 +332,34 @@ def at_exit() -> None:
         except Exception:  # pragma: no cover - best effort at exit
             pass
     atexit._run_exitfuncs()  # prints a handler's error as the interpreter does
-    faulthandler.cancel_dump_traceback_later()
+
+
+def _exit_watchdog(seconds: float) -> None:
+    """End this process ``seconds`` from now (see :func:`at_exit`), saying why.
+
+    A thread, then SIGALRM's default action two seconds later if that thread
+    cannot run (a handler holding the GIL in C). Not faulthandler's watchdog: in a forked
+    worker whose parent had one armed, arming it again waits for good for the
+    parent's watchdog thread, which the fork did not copy.
+    """
+
+    def cut_short() -> None:
+        time.sleep(seconds)
+        try:
+            os.write(
+                2,
+                f"polytask: worker process {os.getpid()} was ended: its exit (the atexit "
+                f"handlers its tasks registered) took more than {seconds:g} s\n".encode(),
+            )
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=cut_short, name="polytask-exit-watchdog", daemon=True).start()
+    try:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(int(seconds) + 2)
+    except ValueError:  # pragma: no cover - not the main thread (a test serving in one)
+        pass
 
 
 def after_fork() -> None:
