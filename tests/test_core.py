@@ -850,3 +850,24 @@ def test_a_thread_task_abandoned_once_is_reported_once(capsys: pytest.CaptureFix
         assert capsys.readouterr().err.count("were abandoned") == 1
     finally:
         release.set()
+
+
+def test_a_waiting_thread_shutdown_stops_waiting_once_another_abandons_the_task():
+    # shutdown(wait=True) after a shutdown(wait=False, cancel=True) (a Pool's join
+    # after a terminate from a done callback): the first abandons the task that
+    # ignores its cancellation after its grace; the second waited for its thread
+    # for good, having looked only before its wait whether it was abandoned.
+    release = threading.Event()
+    be = ThreadBackend(1)
+    try:
+        task = be.spawn(release.wait, (HANG,), {})
+        wait_until(task.running, HANG, "the task to run")
+        be.shutdown(wait=False, cancel=True, grace=0.1)
+        waiter = threading.Thread(target=be.shutdown, daemon=True)
+        waiter.start()
+        waiter.join(10)
+        assert not waiter.is_alive(), "shutdown(wait=True) still waits for an abandoned thread"
+        with pytest.raises(pt.Cancelled, match="abandoned"):
+            task.result(0)
+    finally:
+        release.set()

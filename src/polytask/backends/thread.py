@@ -357,9 +357,10 @@ class ThreadBackend(Backend):
         most ``grace`` seconds), then abandon the tasks still out (failed Cancelled)."""
         deadline = time.monotonic() + grace if cancel else None
         for t in threads:
-            if t is me or t in self._abandoned:
+            if t is me:
                 continue
-            while t.is_alive() and not self._only_daemons_left():
+            # Looked at in the loop too: another shutdown may abandon it meanwhile.
+            while t.is_alive() and t not in self._abandoned and not self._only_daemons_left():
                 if deadline is None:
                     t.join(0.05)
                 elif (left := deadline - time.monotonic()) > 0:
