@@ -813,3 +813,61 @@ def test_a_thread_task_shutting_its_own_backend_down_is_not_failed_by_it():
     be = ThreadBackend(1)
     task = be.spawn(_shut_own_backend, (be,), {})
     assert task.result(HANG) == "went on"
+
+
+def test_thread_shutdown_from_a_done_callback_still_abandons_a_task_that_ignores_it():
+    # Called from a done callback on one of its threads, shutdown cannot wait (the
+    # thread may be needed); it did not abandon either, so a task that ignores its
+    # cancellation stayed unfinished for good (a Pool's join() after a terminate()
+    # from such a callback waited for it). The grace runs in the background now.
+    release = threading.Event()
+    gate = threading.Event()
+    be = ThreadBackend(2)
+    try:
+        stuck = be.spawn(release.wait, (HANG,), {})
+        wait_until(stuck.running, HANG, "the task to run")
+        first = be.spawn(gate.wait, (HANG,), {})
+        first.add_done_callback(lambda _t: be.shutdown(wait=True, cancel=True, grace=0.1))
+        gate.set()  # first ends on its thread, which runs the callback
+        assert stuck.join(10), "the task that ignores its cancellation was never abandoned"
+        with pytest.raises(pt.Cancelled, match="abandoned"):
+            stuck.result(0)
+        assert first.result(0) is True
+    finally:
+        release.set()
+
+
+def test_a_thread_task_abandoned_once_is_reported_once(capsys: pytest.CaptureFixture[str]):
+    # A later shutdown (a Pool's join() after terminate()) said again that the task
+    # "ignored cancellation" and "was abandoned", though it had not cancelled it.
+    release = threading.Event()
+    be = ThreadBackend(1)
+    try:
+        task = be.spawn(release.wait, (HANG,), {})
+        wait_until(task.running, HANG, "the task to run")
+        be.shutdown(wait=True, cancel=True, grace=0.1)
+        be.shutdown(wait=True)
+        assert capsys.readouterr().err.count("were abandoned") == 1
+    finally:
+        release.set()
+
+
+def test_a_waiting_thread_shutdown_stops_waiting_once_another_abandons_the_task():
+    # shutdown(wait=True) after a shutdown(wait=False, cancel=True) (a Pool's join
+    # after a terminate from a done callback): the first abandons the task that
+    # ignores its cancellation after its grace; the second waited for its thread
+    # for good, having looked only before its wait whether it was abandoned.
+    release = threading.Event()
+    be = ThreadBackend(1)
+    try:
+        task = be.spawn(release.wait, (HANG,), {})
+        wait_until(task.running, HANG, "the task to run")
+        be.shutdown(wait=False, cancel=True, grace=0.1)
+        waiter = threading.Thread(target=be.shutdown, daemon=True)
+        waiter.start()
+        waiter.join(10)
+        assert not waiter.is_alive(), "shutdown(wait=True) still waits for an abandoned thread"
+        with pytest.raises(pt.Cancelled, match="abandoned"):
+            task.result(0)
+    finally:
+        release.set()

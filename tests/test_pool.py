@@ -1351,3 +1351,38 @@ def test_join_after_terminate_does_not_wait_for_a_thread_task_that_ignores_it():
             task.result(0)
     finally:
         release.set()
+
+
+def test_a_thread_pool_task_terminating_its_own_pool_keeps_its_result():
+    # The backend spares the task that shuts it down, but it knew that task by the
+    # running item's CurrentTask: a pool item runs inside a chunk (another backend
+    # task), so the chunk was failed at once ("ignored its cancellation for 5 s and
+    # was abandoned"), and with it the item.
+    pool = Pool(1, backend="thread")
+
+    def boss() -> str:
+        pool.terminate()
+        return "went on"
+
+    try:
+        assert pool.submit(boss).result(30) == "went on"
+    finally:
+        pool.terminate()
+        pool.join(30)
+
+
+def test_join_from_a_thread_pools_own_task_says_it_would_wait_for_itself():
+    # The task is one of those join() waits for: after close() (or its own
+    # terminate(), which spares it) join() waited for good. It says so instead.
+    pool = Pool(1, backend="thread")
+
+    def joiner() -> None:
+        pool.close()
+        pool.join(5)
+
+    try:
+        with pytest.raises(RuntimeError, match="own tasks"):
+            pool.submit(joiner).result(30)
+    finally:
+        pool.terminate()
+        pool.join(30)

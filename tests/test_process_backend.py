@@ -607,3 +607,39 @@ def test_a_workers_atexit_handlers_run_when_it_ends_and_never_the_parents(
     lines = out.read_text().splitlines()
     assert lines[0] == f"worker {worker}"  # the pool ended before the parent
     assert [line.split()[0] for line in lines] == ["worker", "parent"]
+
+
+_AT_EXIT_HANGS = """
+import atexit, faulthandler, os, sys, time
+import polytask as pt
+import polytask.backends.process.worker as worker
+
+def hang_at_exit():
+    worker._EXIT_HANDLERS_WAIT = 0.2  # the bound, short for the test
+    atexit.register(time.sleep, 3600)
+    return os.getpid()
+
+if __name__ == "__main__":
+    # A watchdog armed in the parent: a forked worker must not wait for it at exit.
+    faulthandler.dump_traceback_later(3600)
+    with pt.Pool(1, maxtasksperchild=1, start_method=sys.argv[1]) as pool:
+        first = pool.submit(hang_at_exit).result(60)
+        second = pool.submit(os.getpid).result(20)
+    print(first != second)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_retired_worker_whose_atexit_handler_hangs_does_not_hold_its_place(
+    start_method: str, tmp_path: Path
+) -> None:
+    # A retired worker keeps its place in the pool until it exits; one stuck in an
+    # atexit handler its task registered held it for good, and the pool's next
+    # task waited for ever. The handlers get a bound, then the worker ends (not by
+    # faulthandler's watchdog: a forked worker hung arming it if the parent had).
+    script = tmp_path / "hang.py"
+    script.write_text(_AT_EXIT_HANGS)
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+    assert "took more than 0.2 s" in done.stderr

@@ -1034,6 +1034,9 @@ class ProcessChannel(Channel[T]):
             if wake:
                 futex_wake(self._data_seq_addr)
         except BaseException:
+            # First what an interrupt left held (between a _lock_p and its try): the
+            # withdrawal takes the producer mutex, and waited for itself for good.
+            _let_go(self._base, _owed)
             if pos >= 0:
                 self._withdraw(pos)
             if spill_seg is not None:

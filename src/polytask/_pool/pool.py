@@ -1268,7 +1268,8 @@ class Pool(PrimitiveFactory):
 
         Call :meth:`close` first. Raises :class:`WaitTimeout` if ``timeout`` seconds pass first,
         and ``RuntimeError`` if called from a task's done callback on the thread that
-        delivers results (it would wait for itself); join from another thread then.
+        delivers results, or from one of a thread pool's own tasks (it would wait for
+        itself); join from another thread then.
         """
         timeout = check_timeout(timeout)
         refuse_wait_in_delivery(
@@ -1276,6 +1277,14 @@ class Pool(PrimitiveFactory):
             "Join from another thread (close() alone already stops new work).",
             self._backend,
         )
+        runs_here = getattr(self._backend, "runs_here", None)
+        if runs_here is not None and runs_here():
+            # A thread pool's own task: it is one of the tasks join() waits for (after a
+            # terminate() too, since the task that calls it is spared). It hung for good.
+            raise RuntimeError(
+                "Pool.join() was called from one of the pool's own tasks, which it would "
+                "wait for (itself included); join from the thread that made the pool"
+            )
         self._unlone()
         self._pump()  # drops queued tasks that were cancelled
         with self._lock:

@@ -129,6 +129,9 @@ class ThreadBackend(Backend):
         self._live: set[Task[Any]] = set()
         # Threads a shutdown(cancel=True) gave up on: no later shutdown waits for them.
         self._abandoned: set[threading.Thread] = set()
+        # The task each of our threads runs (.task): the one a shutdown from inside a
+        # task spares. Not the thread's CurrentTask: a Pool's item runs inside a chunk.
+        self._here = threading.local()
         self._closed = False
 
     def submit(
@@ -230,6 +233,8 @@ class ThreadBackend(Backend):
                 self._live.discard(task)
             return
         task._mark_started()
+        here = self._here
+        here.task = task
         info = CurrentTask(task.name, task)
         # Where cancel() finds the task's waker; set before the function runs, so a
         # cancel either sees it or came before the function's first look at the flag.
@@ -256,6 +261,7 @@ class ThreadBackend(Backend):
                 serving.backends = outer
         finally:
             _set_current(None)
+            here.task = None
             task._slot = None  # task -> info -> task: a cycle per task for the GC otherwise
             with self._lock:
                 self._live.discard(task)
@@ -289,6 +295,11 @@ class ThreadBackend(Backend):
         with self._lock:
             return list(self._live)
 
+    def runs_here(self) -> bool:
+        """True on one of this backend's threads while it runs a task: a wait there for
+        all of the backend's tasks (a Pool's join) would wait for itself."""
+        return getattr(self._here, "task", None) is not None
+
     def shutdown(self, *, wait: bool = True, cancel: bool = False, grace: float = 5.0) -> None:
         """Stop the threads. Running tasks that ignore their cancel flag are waited for
         at most ``grace`` seconds, then abandoned (daemon threads end with the process)."""
@@ -319,44 +330,67 @@ class ThreadBackend(Backend):
             # From a done callback on one of our workers: the tasks still to run may
             # need this very thread (as the process backend's reader, it does not wait).
             wait = False
+        me = threading.current_thread()  # a task shutting its own backend down
+        mine: Task[Any] | None = getattr(self._here, "task", None)  # ... goes on
         if wait:
-            deadline = time.monotonic() + grace if cancel else None
-            me = threading.current_thread()  # a task shutting its own backend down
-            for t in threads:
-                if t is me or t in self._abandoned:
-                    continue
-                while t.is_alive() and not self._only_daemons_left():
-                    if deadline is None:
-                        t.join(0.05)
-                    elif (left := deadline - time.monotonic()) > 0:
-                        t.join(min(left, 0.05))
-                    else:
-                        break
-            info = cancellable_task()  # a task shutting its own backend down goes on
-            mine = None if info is None else info._task
+            self._settle(threads, cancel, grace, me, mine)
+        elif cancel:
+            # Nobody waits here, but a task that ignores its cancellation must still be
+            # abandoned after the grace (failed Cancelled), or what waits for it waits
+            # for good: a Pool's join() after a terminate() from a done callback.
+            threading.Thread(
+                target=self._settle,
+                args=(threads, cancel, grace, me, mine),
+                name="polytask-thread-shutdown",
+                daemon=True,
+            ).start()
+
+    def _settle(
+        self,
+        threads: list[threading.Thread],
+        cancel: bool,
+        grace: float,
+        me: threading.Thread,
+        mine: Task[Any] | None,
+    ) -> None:
+        """The waiting part of :meth:`shutdown`: for the threads (with ``cancel``, at
+        most ``grace`` seconds), then abandon the tasks still out (failed Cancelled)."""
+        deadline = time.monotonic() + grace if cancel else None
+        for t in threads:
+            if t is me:
+                continue
+            # Looked at in the loop too: another shutdown may abandon it meanwhile.
+            while t.is_alive() and t not in self._abandoned and not self._only_daemons_left():
+                if deadline is None:
+                    t.join(0.05)
+                elif (left := deadline - time.monotonic()) > 0:
+                    t.join(min(left, 0.05))
+                else:
+                    break
+        with self._lock:
+            # Not one an earlier shutdown abandoned (done already: told once).
+            out = [task for task in self._live if task is not mine and not task._is_done()]
+        late = [task.name for task in out if not task.daemon]
+        if late and any(t.is_alive() for t in threads if t is not me):
+            print(
+                f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
+                "were abandoned (threads cannot be killed; call pt.checkpoint() in long "
+                f"loops): {', '.join(map(repr, late[:10]))}",
+                file=sys.stderr,
+            )
+        if cancel:
             with self._lock:
-                out = [task for task in self._live if task is not mine]
-            late = [task.name for task in out if not task.daemon]
-            if late and any(t.is_alive() for t in threads if t is not me):
-                print(
-                    f"polytask: {len(late)} thread task(s) ignored cancellation for {grace:g} s and "
-                    "were abandoned (threads cannot be killed; call pt.checkpoint() in long "
-                    f"loops): {', '.join(map(repr, late[:10]))}",
-                    file=sys.stderr,
-                )
-            if cancel:
-                with self._lock:
-                    self._abandoned.update(t for t in threads if t is not me and t.is_alive())
-                # Abandoned: what they return later is dropped (as after a timeout). Told
-                # now, so that nothing waits for them: a Pool's join() after terminate().
-                for task in out:
-                    task._finish(
-                        exc=Cancelled(
-                            f"task {task.name!r} was cancelled; it ignored its cancellation for "
-                            f"{grace:g} s and was abandoned (its thread runs on, its result "
-                            "will be dropped)"
-                        )
+                self._abandoned.update(t for t in threads if t is not me and t.is_alive())
+            # Abandoned: what they return later is dropped (as after a timeout). Told
+            # now, so that nothing waits for them: a Pool's join() after terminate().
+            for task in out:
+                task._finish(
+                    exc=Cancelled(
+                        f"task {task.name!r} was cancelled; it ignored its cancellation for "
+                        f"{grace:g} s and was abandoned (its thread runs on, its result "
+                        "will be dropped)"
                     )
+                )
 
     def _only_daemons_left(self) -> bool:
         # Daemon tasks are abandoned at exit (see backends.wait_at_exit), not waited for.

@@ -16,6 +16,7 @@ import pickle
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -39,6 +40,12 @@ FORKED_CHILD_EXIT = 70
 
 
 _retiring = False
+
+#: Seconds the worker's exit (multiprocessing's end, then the ``atexit`` handlers
+#: its tasks registered) may take before it is cut short: a retired worker keeps
+#: its place in the pool until it exits, so a handler that hangs held that place
+#: for good. Below the parent's stop wait, so a shutdown sees the worker's trace.
+_EXIT_HANDLERS_WAIT = 4.0
 
 
 def retire_after_task() -> None:
@@ -314,7 +321,10 @@ def at_exit() -> None:
     the ``atexit`` handlers the worker's tasks registered (as multiprocessing's
     spawned children run them: joblib removes a nested Parallel's memmapping
     folder from /dev/shm there, a task's logging handlers flush). The parent ends
-    a worker that takes too long (SIGKILL after its stop wait)."""
+    a worker that takes too long (SIGKILL after its stop wait); and the worker ends
+    itself after :data:`_EXIT_HANDLERS_WAIT` (a retired worker is not stopped by
+    the parent: it would hold its place in the pool), saying so."""
+    _exit_watchdog(_EXIT_HANDLERS_WAIT)
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         try:
@@ -322,6 +332,34 @@ def at_exit() -> None:
         except Exception:  # pragma: no cover - best effort at exit
             pass
     atexit._run_exitfuncs()  # prints a handler's error as the interpreter does
+
+
+def _exit_watchdog(seconds: float) -> None:
+    """End this process ``seconds`` from now (see :func:`at_exit`), saying why.
+
+    A thread, then SIGALRM's default action two seconds later if that thread
+    cannot run (a handler holding the GIL in C). Not faulthandler's watchdog: in a forked
+    worker whose parent had one armed, arming it again waits for good for the
+    parent's watchdog thread, which the fork did not copy.
+    """
+
+    def cut_short() -> None:
+        time.sleep(seconds)
+        try:
+            os.write(
+                2,
+                f"polytask: worker process {os.getpid()} was ended: its exit (the atexit "
+                f"handlers its tasks registered) took more than {seconds:g} s\n".encode(),
+            )
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=cut_short, name="polytask-exit-watchdog", daemon=True).start()
+    try:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(int(seconds) + 2)
+    except ValueError:  # pragma: no cover - not the main thread (a test serving in one)
+        pass
 
 
 def after_fork() -> None:
