@@ -643,3 +643,34 @@ def test_a_retired_worker_whose_atexit_handler_hangs_does_not_hold_its_place(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True"]
     assert "took more than 0.2 s" in done.stderr
+
+
+_FINALIZE_AT_EXIT = """
+import os, sys, tempfile
+import polytask as pt
+
+kept = []
+
+def make_dir():
+    kept.append(tempfile.TemporaryDirectory())  # removed by its finalizer at exit
+    return kept[-1].name
+
+if __name__ == "__main__":
+    tempfile.TemporaryDirectory()  # the parent's finalize registered its exit function
+    with pt.Pool(1, start_method=sys.argv[1]) as pool:
+        path = pool.submit(make_dir).result(60)
+    print(path, os.path.exists(path))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_workers_finalizers_run_when_it_ends(start_method: str, tmp_path: Path) -> None:
+    # weakref.finalize registers its exit function once per process, with a flag
+    # the fork copies: a forked worker that dropped the parent's atexit handlers
+    # must register it again, or a task's TemporaryDirectory outlived the worker.
+    script = tmp_path / "finalize.py"
+    script.write_text(_FINALIZE_AT_EXIT)
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method)
+    assert done.returncode == 0, done.stderr
+    path, existed = done.stdout.split()
+    assert existed == "False", f"{path} outlived the worker"

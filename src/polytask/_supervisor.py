@@ -842,6 +842,18 @@ _hook_lock = threading.Lock()
 _hook_installed = False
 
 
+def _forget_supervisors_after_fork() -> None:
+    # The parent's supervisors are the parent's; the fork emptied the shutdown
+    # hooks (see proc): one this child starts registers the hook again.
+    global _hook_installed, _hook_lock
+    _live.clear()
+    _hook_lock = threading.Lock()
+    _hook_installed = False
+
+
+os.register_at_fork(after_in_child=_forget_supervisors_after_fork)
+
+
 def _stop_live_supervisors() -> None:
     for sup in list(_live):
         try:

@@ -111,9 +111,10 @@ def _unlink_owned_at_exit() -> None:
 
 def _forget_owned_after_fork() -> None:
     # A forked child does not own its parent's segments: its exit must not remove them.
-    global _owned_lock
+    global _owned_lock, _hook_installed
     _owned.clear()
     _owned_lock = threading.RLock()
+    _hook_installed = False  # the fork emptied the shutdown hooks (see proc)
 
 
 os.register_at_fork(after_in_child=_forget_owned_after_fork)

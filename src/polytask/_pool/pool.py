@@ -32,6 +32,7 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
+import os
 import sys
 import threading
 import time
@@ -452,6 +453,19 @@ def _install_exit_hook() -> None:
         if not _hook_installed:
             at_shutdown(_terminate_live_pools)
             _hook_installed = True
+
+
+def _forget_pools_after_fork() -> None:
+    # The parent's pools are the parent's (terminating one here would kill its
+    # workers); the fork emptied the shutdown hooks (see proc): a pool this child
+    # makes registers the hook again.
+    global _hook_installed, _hook_lock
+    _live_pools.clear()
+    _hook_lock = threading.Lock()
+    _hook_installed = False
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 class Pool(PrimitiveFactory):

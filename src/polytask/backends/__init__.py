@@ -157,6 +157,9 @@ def _after_fork_in_child() -> None:
     _owner_pid = os.getpid()
     _defaults.clear()
     _defaults_lock = threading.Lock()
+    # The fork emptied the shutdown hooks (proc's fork handler, registered before
+    # this one, runs first): the child's own shared backends are shut at its exit.
+    at_shutdown(shutdown_defaults)
 
 
 def _register_exit_hook() -> None:

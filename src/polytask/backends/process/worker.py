@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -373,6 +374,11 @@ def after_fork() -> None:
     # polytask's own, whose list the fork emptied: what its tasks started).
     atexit._clear()
     atexit.register(_proc.run_shutdown_hooks)
+    if getattr(weakref.finalize, "_registered_with_atexit", False):
+        # weakref.finalize registers its exit function once per process and keeps a
+        # flag that the fork copied: without it again, the finalizers a task makes
+        # (a TemporaryDirectory's) would not run at this worker's exit.
+        atexit.register(weakref.finalize._exitfunc)  # type: ignore[attr-defined]
     util = sys.modules.get("multiprocessing.util")
     if util is None:
         return
