@@ -506,6 +506,12 @@ class ProcessBackend(Backend):
         if not busy and not self._idle:
             return False
         boot = self._boot_time
+        if longest <= boot and busy + self._starting + self._booting >= _NCPU:
+            # Short tasks on every core already: one more interpreter would share the
+            # cores, not drain the queue sooner (ProcessPoolExecutor's default is one
+            # worker per CPU too). A burst's median task time, still inflated by the
+            # warm-up, started a third worker on 2 cores now and then (1 run in 12).
+            return True
         times = self._task_times
         if longest > boot or len(times) < 4:
             # Fewer than 4 task times: the median is the first ones, which still pay
