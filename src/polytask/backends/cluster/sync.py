@@ -150,7 +150,33 @@ class _RayHub:
         return await self._hub.call(key, kind, init, op, args)
 
 
-_ray_handles: dict[str, Any] = {}
+#: This process's hub handle, by Ray session and job, and the handle's pickled form.
+_ray_handles: dict[tuple[str, str], tuple[Any, bytes]] = {}
+
+
+def _ray_job() -> tuple[str, str]:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    # The session too: a later local Ray in this process reuses the job ids.
+    return (ctx.get_session_name(), ctx.get_job_id())
+
+
+def _remember_hub(job: tuple[str, str], handle: Any, blob: bytes | None = None) -> None:
+    _ray_handles.clear()
+    _ray_handles[job] = (handle, pickle.dumps(handle) if blob is None else blob)
+
+
+def _ray_link(job: tuple[str, str], blob: bytes) -> RayLink:
+    """Unpickle a :class:`RayLink`: the handle this process already has for the job,
+    else the pickled one. Unpickling an actor handle fetches its class from Ray's GCS,
+    which the creating process never needs to do."""
+    known = _ray_handles.get(job)
+    if known is not None:
+        return RayLink(known[0])
+    handle = pickle.loads(blob)
+    _remember_hub(job, handle, blob)
+    return RayLink(handle)
 
 
 class RayLink:
@@ -162,14 +188,20 @@ class RayLink:
         self._handle = handle
 
     def __reduce__(self) -> Any:
-        handle = self._get_handle()
+        self._get_handle()
         from ray.util.client import ray as client
 
         if client.is_connected():  # type: ignore[no-untyped-call]
             # A Ray Client's actor handle does not unpickle in a worker: the worker
             # finds the hub by its name instead.
-            handle = None
-        return (RayLink, (handle,))
+            return (RayLink, (None,))
+        job = _ray_job()
+        known = _ray_handles.get(job)
+        if known is None:
+            _remember_hub(job, self._handle)
+            known = _ray_handles[job]
+        blob = known[1] if known[0] is self._handle else pickle.dumps(self._handle)
+        return (_ray_link, (job, blob))
 
     def _get_handle(self) -> Any:
         if self._handle is None:
@@ -180,9 +212,9 @@ class RayLink:
                 from .. import get_backend
 
                 get_backend("ray")
-            job = ray.get_runtime_context().get_job_id()
-            handle = _ray_handles.get(job)
-            if handle is None:
+            job = _ray_job()
+            known = _ray_handles.get(job)
+            if known is None:
                 actor = ray.remote(_RayHub).options(
                     name="polytask-sync",
                     namespace="polytask",
@@ -191,9 +223,9 @@ class RayLink:
                     max_concurrency=10_000,
                 )
                 handle = actor.remote()
-                _ray_handles.clear()
-                _ray_handles[job] = handle
-            self._handle = handle
+                _remember_hub(job, handle)
+                known = _ray_handles[job]
+            self._handle = known[0]
         return self._handle
 
     def setup(self) -> None:
