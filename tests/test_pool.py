@@ -62,6 +62,12 @@ def sleepy(x):
     return x
 
 
+def fail_or_hang(x):
+    if x == "bad":
+        raise ValueError("bad item")
+    return sleepy(x)
+
+
 def remember(value):
     _state["value"] = value
 
@@ -179,6 +185,22 @@ def test_an_error_is_raised_with_its_remote_traceback():
         assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
         # the pool goes on
         assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True])
+def test_map_raises_an_error_without_waiting_for_the_rest(return_exceptions):
+    # map() wakes its caller once every result is in, or at once for an error.
+    with Pool(2) as pool:
+        t0 = time.monotonic()
+        if return_exceptions:
+            # No error raised: the caller waits for the rest, as it must.
+            out = pool.map(fail_or_hang, ["bad", 1, 2], chunksize=1, return_exceptions=True)
+            assert isinstance(out[0], ValueError) and out[1:] == [1, 2]
+        else:
+            with pytest.raises(ValueError, match="bad item"):
+                pool.map(fail_or_hang, ["bad", "hang"], chunksize=1)
+        assert time.monotonic() - t0 < 30, "map waited for a chunk after the error"
+        pool.terminate()  # the hanging chunk runs on
 
 
 def test_imap_yields_results_before_the_error():
