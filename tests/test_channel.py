@@ -653,11 +653,14 @@ def test_shared_array_from_array_and_errors():
 
 
 @pytest.mark.parametrize(
-    "shape", [2**64, 2**63, -1, 1.5, True, "3", None, float("inf"), float("nan"), (2, "3"), (2, 1.5)]
+    "shape",
+    [2**64, 2**63, -1, 1.5, True, "3", None, float("inf"), float("nan"), (2, "3"), (2, 1.5)],
 )
 def test_shared_array_bad_shapes_say_so_at_the_call(shape):
     """int() took 1.5 and "3" as sizes, and 2**64 failed as an OverflowError from deep inside."""
-    with pytest.raises(ValueError, match=r"shape must be an int or a tuple of ints, each from 0 to 2\*\*63-1"):
+    with pytest.raises(
+        ValueError, match=r"shape must be an int or a tuple of ints, each from 0 to 2\*\*63-1"
+    ):
         pt.SharedArray(shape, dtype="uint8")
     with pt.SharedArray((2, np.int64(3)), dtype="uint8") as sa:  # numpy's ints are ints
         assert sa.shape == (2, 3)

@@ -387,7 +387,9 @@ def test_semaphore(backend):
         pt.Semaphore(-1, backend=backend)
 
 
-@pytest.mark.parametrize("bad", [2**64, 2**63, -1, 1.5, True, "3", None, float("inf"), float("nan")])
+@pytest.mark.parametrize(
+    "bad", [2**64, 2**63, -1, 1.5, True, "3", None, float("inf"), float("nan")]
+)
 def test_absurd_counts_say_what_is_wrong(backend, bad):
     """A process primitive keeps its counts in 64-bit words: Semaphore(2**64) said
     "memoryview: invalid value for format 'Q'"; the same ValueError at the call
@@ -778,5 +780,7 @@ def test_exit_while_daemon_threads_use_a_process_primitive(kind):
     )
     env = dict(os.environ, PYTHONPATH=SRC)
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, timeout=60
+        )
         assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

@@ -532,9 +532,7 @@ def test_a_worker_that_cannot_be_set_up_leaves_no_fd(monkeypatch) -> None:
         be.shutdown()
     # New pidfds that stay, not a count: another backend of the suite (a pool's
     # finalizer) may close one of its own meanwhile, or open one for a moment.
-    wait_until(
-        lambda: not _pidfds() - before, 10, "the pidfd of a worker that could not be set up"
-    )
+    wait_until(lambda: not _pidfds() - before, 10, "the pidfd of a worker that could not be set up")
 
 
 def _pidfds() -> set[int]:

@@ -151,9 +151,7 @@ def test_no_zombies_after_crashes_and_timeouts():
         assert be.spawn(os.getpid, (), {}).result(60) > 0
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            zombies = [
-                p for p in psutil.Process().children() if p.pid not in before and _zombie(p)
-            ]
+            zombies = [p for p in psutil.Process().children() if p.pid not in before and _zombie(p)]
             if not zombies:
                 break
             time.sleep(0.05)
