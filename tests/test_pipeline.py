@@ -163,8 +163,11 @@ def test_bad_arguments():
         pt.pipeline(range(3), double, backend="nope")
     with pytest.raises(TypeError, match="callable"):
         pt.stage(42)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="workers"):
-        pt.stage(double, workers=0)
+    for bad in (0, -1, 4097, 2**64, True, 1.5, float("inf")):
+        # 2**64 used to start workers until the machine gave out.
+        with pytest.raises(ValueError, match=r"workers must be an int from 1 to 4096 \(each"):
+            pt.stage(double, workers=bad)  # type: ignore[arg-type]
+    assert pt.stage(double, workers=4096).workers == 4096
     assert "double" in repr(pt.stage(double, workers=2))
 
 

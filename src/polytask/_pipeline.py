@@ -35,7 +35,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ._core.backend import backend_class, fn_name
 from ._core.channel import MAX_COUNT, Channel
@@ -61,6 +61,11 @@ _POLL = 0.1
 
 class _Stopped(Exception):
     """The pipeline is stopping: a feeder or collector thread leaves quietly."""
+
+
+#: The most workers a stage may have: each is a task (a thread or a process) started
+#: with the pipeline, so a huge count would start tasks until the machine gives out.
+MAX_WORKERS: Final = 4096
 
 
 class Stage:
@@ -96,12 +101,16 @@ def stage(
     ready. ``name`` (default: the function's name) appears in errors.
 
     Raises:
-        TypeError: ``fn`` is not callable. ValueError: ``workers`` is not an int >= 1.
+        TypeError: ``fn`` is not callable. ValueError: ``workers`` is not an int from 1
+        to :data:`MAX_WORKERS`.
     """
     if not callable(fn):
         raise TypeError(f"stage() needs a callable, got {type(fn).__name__} {fn!r}")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(
+            f"workers must be an int from 1 to {MAX_WORKERS} (each is a task the pipeline "
+            f"starts at once), got {workers!r}"
+        )
     return Stage(fn, workers, bool(ordered), name or fn_name(fn))
 
 
