@@ -804,6 +804,22 @@ def test_thread_shutdown_with_cancel_fails_a_task_that_ignores_it_once_abandoned
     assert task.exception(0) is not None  # its late return changed nothing
 
 
+def test_a_daemon_thread_task_abandoned_at_once_is_not_said_to_have_had_the_grace():
+    # Daemon tasks alone are not waited for: shutdown(cancel=True) abandons them at
+    # once. Their Cancelled said "it ignored its cancellation for 5 s".
+    release = threading.Event()
+    be = ThreadBackend(1)
+    try:
+        task = pt.spawn(release.wait, HANG, backend=be, daemon=True)
+        wait_until(task.running, HANG, "the task to run")
+        be.shutdown(wait=True, cancel=True, grace=HANG)
+        with pytest.raises(pt.Cancelled, match="as a daemon task it was not waited for") as info:
+            task.result(0)
+        assert "ignored" not in str(info.value)
+    finally:
+        release.set()
+
+
 def _shut_own_backend(be: ThreadBackend) -> str:
     be.shutdown(wait=True, cancel=True, grace=0.1)
     return "went on"

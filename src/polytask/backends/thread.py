@@ -355,7 +355,8 @@ class ThreadBackend(Backend):
     ) -> None:
         """The waiting part of :meth:`shutdown`: for the threads (with ``cancel``, at
         most ``grace`` seconds), then abandon the tasks still out (failed Cancelled)."""
-        deadline = time.monotonic() + grace if cancel else None
+        start = time.monotonic()
+        deadline = start + grace if cancel else None
         for t in threads:
             if t is me:
                 continue
@@ -383,12 +384,18 @@ class ThreadBackend(Backend):
                 self._abandoned.update(t for t in threads if t is not me and t.is_alive())
             # Abandoned: what they return later is dropped (as after a timeout). Told
             # now, so that nothing waits for them: a Pool's join() after terminate().
+            # Daemon tasks alone are not waited for (see _only_daemons_left): no grace.
+            waited = min(grace, time.monotonic() - start)
             for task in out:
+                why = (
+                    "as a daemon task it was not waited for"
+                    if task.daemon and waited < grace
+                    else f"it ignored its cancellation for {grace:g} s"
+                )
                 task._finish(
                     exc=Cancelled(
-                        f"task {task.name!r} was cancelled; it ignored its cancellation for "
-                        f"{grace:g} s and was abandoned (its thread runs on, its result "
-                        "will be dropped)"
+                        f"task {task.name!r} was cancelled; {why} and was abandoned (its "
+                        "thread runs on, its result will be dropped)"
                     )
                 )
 
