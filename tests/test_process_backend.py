@@ -674,3 +674,38 @@ def test_a_workers_finalizers_run_when_it_ends(start_method: str, tmp_path: Path
     assert done.returncode == 0, done.stderr
     path, existed = done.stdout.split()
     assert existed == "False", f"{path} outlived the worker"
+
+
+_EXIT_LEAVING_A_THREAD = """
+import os, sys, threading
+import polytask as pt
+import polytask.backends.process.worker as worker
+
+def exit_leaving_a_thread(code):
+    worker._EXIT_HANDLERS_WAIT = 0.5  # the bound, short for the test
+    pt.spawn(threading.Event().wait)  # a thread task that never ends
+    sys.exit(code)
+
+if __name__ == "__main__":
+    from polytask.backends.process.backend import ProcessBackend
+    task = pt.spawn(exit_leaving_a_thread, 3, backend=ProcessBackend(start_method=sys.argv[1]))
+    try:
+        task.result(60)
+    except pt.WorkerCrashed as exc:
+        print("crashed", task.exitcode)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_task_calling_sys_exit_ends_its_worker_within_the_exit_bound(
+    start_method: str, tmp_path: Path
+) -> None:
+    # A spawned worker whose task called sys.exit() went through the interpreter's
+    # exit, which waits for the task's thread tasks without a bound: the task never
+    # finished. Both start methods now end as a worker ends (at_exit, bounded).
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_LEAVING_A_THREAD)
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["crashed", "1"], done.stdout + done.stderr
+    assert "took more than 0.5 s" in done.stderr

@@ -837,7 +837,7 @@ class ProcessBackend(Backend):
                             pass
                 from ..._os.guardian import set_comm
                 from . import worker
-                from .worker import _strays, serve
+                from .worker import _strays, serve_to_the_end
 
                 worker.INHERITED_INITIALIZER = self._inherited_init
                 worker.after_fork()
@@ -847,10 +847,7 @@ class ProcessBackend(Backend):
                 _proc.set_pdeathsig(signal.SIGKILL, expected_parent=parent)
                 _strays.activate()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-                serve(req_r, res_w)
-                worker.at_exit()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
+                code = serve_to_the_end(req_r, res_w)
             except BaseException:
                 code = 1
             finally:

@@ -315,6 +315,37 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
     _write_all(wfd, _wire.encode_response(0, _wire.S_READY, b""))
 
 
+def serve_to_the_end(rfd: int, wfd: int) -> int:
+    """:func:`serve`, then end as an interpreter does (:func:`at_exit`); the exit code.
+
+    A task's ``sys.exit(code)`` ends the worker with that code, after the same
+    bounded :func:`at_exit`: a spawned worker went through the interpreter's own
+    exit instead, which waited without a bound for the thread tasks it left.
+    """
+    code = 0
+    try:
+        serve(rfd, wfd)
+    except BrokenPipeError:
+        pass
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    at_exit()
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The exit code ``exc`` means, as the interpreter reads it (a message: said, 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    try:
+        print(exc.code, file=sys.stderr)
+    except Exception:  # pragma: no cover - an unprintable code
+        pass
+    return 1
+
+
 def at_exit() -> None:
     """End the worker as an interpreter ends: what multiprocessing runs at the end
     of its own children, if a task used it (a ``multiprocessing.Queue`` a task put
@@ -398,11 +429,7 @@ def main() -> None:
     # The worker has its own process group: the terminal's Ctrl-C goes to the
     # parent, which ends the workers itself, without tracebacks from each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        serve(rfd, wfd)
-    except BrokenPipeError:
-        pass
-    at_exit()
+    code = serve_to_the_end(rfd, wfd)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
