@@ -449,10 +449,15 @@ lane_let_go(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         } else if (owner == MUTEX_INCONSISTENT &&
                    (int)(__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED) &
                          FUTEX_TID_MASK) == me) {
-            PyObject *key = Py_BuildValue("(Kk)", base + offs[k], PyThread_get_thread_ident());
-            if (key == NULL || PySet_Add(args[1], key) < 0)
-                failed = 1;
-            Py_XDECREF(key);
+            /* After a failure an exception is set: no more Python calls, but the
+               mutex is still made consistent and let go. */
+            if (!failed) {
+                PyObject *key =
+                    Py_BuildValue("(Kk)", base + offs[k], PyThread_get_thread_ident());
+                if (key == NULL || PySet_Add(args[1], key) < 0)
+                    failed = 1;
+                Py_XDECREF(key);
+            }
             pthread_mutex_consistent(m);
             pthread_mutex_unlock(m);
             freed++;
