@@ -20,6 +20,8 @@ import polytask as pt
 from helpers import run_python, wait_until
 from polytask import Pool
 
+HANG = 60  # a bound for "never happens", not a speed claim
+
 # -- functions run in the workers (module level, so they pickle by reference)
 _state: dict[str, object] = {}
 
@@ -188,8 +190,10 @@ def test_an_error_is_raised_with_its_remote_traceback():
 
 
 @pytest.mark.parametrize("return_exceptions", [False, True])
-def test_map_raises_an_error_without_waiting_for_the_rest(return_exceptions):
-    # map() wakes its caller once every result is in, or at once for an error.
+def test_map_raises_an_error_without_waiting_for_the_rest(return_exceptions, monkeypatch):
+    # map() wakes its caller once every result is in, or at once for an error. The
+    # caller's poll made long: it alone found the error (0.25 s) when none woke it.
+    monkeypatch.setattr("polytask._pool.pool._MAP_POLL", HANG)
     with Pool(2) as pool:
         t0 = time.monotonic()
         if return_exceptions:
@@ -201,6 +205,35 @@ def test_map_raises_an_error_without_waiting_for_the_rest(return_exceptions):
                 pool.map(fail_or_hang, ["bad", "hang"], chunksize=1)
         assert time.monotonic() - t0 < 30, "map waited for a chunk after the error"
         pool.terminate()  # the hanging chunk runs on
+
+
+def test_map_raises_an_error_behind_a_slow_item_once_that_item_is_in(monkeypatch):
+    # The error woke the caller, which found item 0 still out; item 0's result came
+    # while item 2 ran on, and woke nobody (not the last, no error): the error was
+    # raised only at the caller's next poll (0.25 s), here made long.
+    monkeypatch.setattr("polytask._pool.pool._MAP_POLL", HANG)
+    first, third = threading.Event(), threading.Event()
+
+    def item(x):
+        if x == 0:
+            assert first.wait(HANG)
+        elif x == 1:
+            first_later = threading.Timer(0.2, first.set)  # after the error is in
+            first_later.start()
+            raise ValueError("bad item 1")
+        else:
+            third.wait(HANG)
+        return x
+
+    with Pool(2, backend="thread") as pool:
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ValueError, match="bad item 1"):
+                pool.map(item, range(3), chunksize=1)
+            assert time.monotonic() - t0 < HANG / 2, "the error waited for item 2"
+        finally:
+            first.set()
+            third.set()
 
 
 def test_imap_yields_results_before_the_error():

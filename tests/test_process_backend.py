@@ -709,3 +709,45 @@ def test_a_task_calling_sys_exit_ends_its_worker_within_the_exit_bound(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["crashed", "1"], done.stdout + done.stderr
     assert "took more than 0.5 s" in done.stderr
+
+
+_EXIT_WITH_A_HUGE_CODE = """
+import os, sys
+import polytask as pt
+
+def huge_exit(code):
+    sys.exit(code)
+
+if __name__ == "__main__":
+    from polytask.backends.process.backend import ProcessBackend
+    me = os.getpid()
+    be = ProcessBackend(start_method=sys.argv[1])
+    try:
+        for code in (2**40 + 7, -(2**40) - 2, 2**70):
+            try:
+                be.spawn(huge_exit, (code,), {}).result(60)
+            except pt.WorkerCrashed as exc:
+                print("crashed", getattr(exc, "exitcode", "?"), flush=True)
+    finally:
+        # Only the parent gets here: a forked worker that did is a copy of this program.
+        print("parent" if os.getpid() == me else "a worker ran its parent's code", flush=True)
+        be.shutdown()
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_task_exiting_with_a_code_past_a_c_int_ends_its_worker_with_its_low_byte(
+    start_method: str, tmp_path: Path
+) -> None:
+    # os._exit(2**40) raises OverflowError: a spawned worker printed it and went on
+    # to the interpreter's exit; a forked one left its fork branch and ran on in the
+    # parent's code (killed 4 s later by the exit watchdog, exit code 1).
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_WITH_A_HUGE_CODE)
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method)
+    assert done.returncode == 0, done.stderr
+    # The status the interpreter gives such a code: its low byte, 255 past a long long.
+    assert done.stdout.split() == ["crashed", "7", "crashed", "254", "crashed", "255", "parent"], (
+        done.stdout + done.stderr
+    )
+    assert "OverflowError" not in done.stderr, done.stderr

@@ -114,6 +114,9 @@ _INFLIGHT_PER_WORKER = 2
 _SEND_AHEAD: Final = "_send_ahead"
 #: The chunk size a lazy input's lookahead is counted in (see _Run._limit).
 _LOOKAHEAD_CHUNK = 4096
+#: How long a map's caller waits for a wake before it looks at its results anyway
+#: (a result that did not wake it: see _Run.quiet).
+_MAP_POLL = 0.25
 
 
 def _weak(fn: Callable[..., Any]) -> Callable[[], Any] | None:
@@ -349,7 +352,11 @@ class _Run(RunQueue):
             else:
                 self.ready.append((values, errors))
             self.settled += len(values)
-            if self.quiet and errors is None and self.settled < self.pulled:
+            if errors is not None:
+                # Woken for it, the consumer may find an earlier item still out: the
+                # one that fills that gap must wake it too, so no more quiet.
+                self.quiet = False
+            elif self.quiet and self.settled < self.pulled:
                 return
         self._notify()
 
@@ -358,6 +365,8 @@ class _Run(RunQueue):
             if self.aborted is not None:
                 return
             for item, ok, value in done:
+                if not ok:
+                    self.quiet = False  # as in settle_block
                 seg: Results = ([value], None) if ok else ([None], {0: value})
                 if isinstance(self.ready, dict):
                     self.ready[item.index] = seg
@@ -1498,7 +1507,7 @@ class Pool(PrimitiveFactory):
                 if not batch and run.aborted is not None:
                     raise run.aborted
                 if not batch:
-                    wake.wait(0.25 if bar is None else INTERVAL)
+                    wake.wait(_MAP_POLL if bar is None else INTERVAL)
         except KeyboardInterrupt:
             self.terminate()
             raise
@@ -1515,7 +1524,8 @@ class Pool(PrimitiveFactory):
             # The whole input is queued and nothing is drawn: waking this thread for
             # each chunk's results only takes the GIL from the thread unpickling the
             # next (on a 2-core machine a 20,000-item map of x + 1 took 1.93 ms, 0.26
-            # of it that hand-over). An error still wakes it at once.
+            # of it that hand-over). An error still wakes it at once, and from then on
+            # each result does (see _Run.settle_block).
             run.quiet = True
         segments = self._segments(run, progress, total)
         try:

@@ -334,11 +334,15 @@ def serve_to_the_end(rfd: int, wfd: int) -> int:
 
 
 def _exit_code(exc: SystemExit) -> int:
-    """The exit code ``exc`` means, as the interpreter reads it (a message: said, 1)."""
+    """The exit status ``exc`` means, 0 to 255, as the interpreter reads it (a
+    message: said, 1). Never more: ``os._exit(2**40)`` raises OverflowError, which
+    in a forked worker went on into the parent's code the fork copied."""
     if exc.code is None:
         return 0
     if isinstance(exc.code, int):
-        return exc.code
+        # The interpreter takes a C long long, cut to an int (-1 past it): the
+        # process's status is its low byte.
+        return exc.code & 0xFF if -(2**63) <= exc.code < 2**63 else 0xFF
     try:
         print(exc.code, file=sys.stderr)
     except Exception:  # pragma: no cover - an unprintable code
