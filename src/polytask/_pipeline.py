@@ -102,7 +102,7 @@ def stage(
 
     Raises:
         TypeError: ``fn`` is not callable. ValueError: ``workers`` is not an int from 1
-        to :data:`MAX_WORKERS`.
+        to 4,096.
     """
     if not callable(fn):
         raise TypeError(f"stage() needs a callable, got {type(fn).__name__} {fn!r}")

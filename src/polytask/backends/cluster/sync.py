@@ -162,9 +162,16 @@ def _ray_job() -> tuple[str, str]:
     return (ctx.get_session_name(), ctx.get_job_id())
 
 
-def _remember_hub(job: tuple[str, str], handle: Any, blob: bytes | None = None) -> None:
+def _remember_hub(
+    job: tuple[str, str], handle: Any, blob: bytes | None = None
+) -> tuple[Any, bytes]:
+    """Keep ``handle`` (and its pickle) as this process's hub for ``job``; the entry.
+
+    Returned, not read back: another thread may replace the entry meanwhile."""
+    entry = (handle, pickle.dumps(handle) if blob is None else blob)
     _ray_handles.clear()
-    _ray_handles[job] = (handle, pickle.dumps(handle) if blob is None else blob)
+    _ray_handles[job] = entry
+    return entry
 
 
 def _ray_link(job: tuple[str, str], blob: bytes) -> RayLink:
@@ -198,8 +205,7 @@ class RayLink:
         job = _ray_job()
         known = _ray_handles.get(job)
         if known is None:
-            _remember_hub(job, self._handle)
-            known = _ray_handles[job]
+            known = _remember_hub(job, self._handle)
         blob = known[1] if known[0] is self._handle else pickle.dumps(self._handle)
         return (_ray_link, (job, blob))
 
@@ -222,9 +228,7 @@ class RayLink:
                     num_cpus=0,
                     max_concurrency=10_000,
                 )
-                handle = actor.remote()
-                _remember_hub(job, handle)
-                known = _ray_handles[job]
+                known = _remember_hub(job, actor.remote())
             self._handle = known[0]
         return self._handle
 

@@ -318,9 +318,10 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 def serve_to_the_end(rfd: int, wfd: int) -> int:
     """:func:`serve`, then end as an interpreter does (:func:`at_exit`); the exit code.
 
-    A task's ``sys.exit(code)`` ends the worker with that code, after the same
-    bounded :func:`at_exit`: a spawned worker went through the interpreter's own
-    exit instead, which waited without a bound for the thread tasks it left.
+    A task's ``sys.exit(code)`` ends the worker with the status the interpreter
+    would exit with (see :func:`_exit_code`), after the same bounded
+    :func:`at_exit`: a spawned worker went through the interpreter's own exit
+    instead, which waited without a bound for the thread tasks it left.
     """
     code = 0
     try:
