@@ -256,6 +256,22 @@ def test_pool_map_batches_and_isolates_a_crash() -> None:
 # --------------------------------------------------------------------------- primitives' lifetime
 
 
+def test_a_link_unpickled_where_the_hub_was_made_keeps_its_handle() -> None:
+    # Unpickling a Ray actor handle fetches the actor's class from Ray's GCS (no
+    # timeout): CI hung 240 s there, in the process that had made the hub. A link
+    # unpickled there now takes the handle it already has.
+    import pickle
+
+    import polytask as pt
+
+    lock = pt.Lock(backend="ray")
+    copy = pickle.loads(pickle.dumps(lock))
+    assert copy._link._handle is lock._link._handle
+    assert copy.acquire(timeout=30)
+    assert lock.locked()
+    copy.release()
+
+
 def test_dropped_primitives_leave_the_hub_actor() -> None:
     from _engines import check_dropped_primitives_are_forgotten
 
