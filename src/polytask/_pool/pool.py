@@ -349,7 +349,11 @@ class _Run(RunQueue):
             else:
                 self.ready.append((values, errors))
             self.settled += len(values)
-            if self.quiet and errors is None and self.settled < self.pulled:
+            if errors is not None:
+                # From the first error on, each segment wakes the consumer: one ahead
+                # of the error (in input order) may be what it waits for to raise it.
+                self.quiet = False
+            elif self.quiet and self.settled < self.pulled:
                 return
         self._notify()
 
@@ -364,6 +368,8 @@ class _Run(RunQueue):
                 else:
                     self.ready.append(seg)
             self.settled += len(done)
+            if not all(ok for _, ok, _ in done):
+                self.quiet = False  # as in settle_block
         self._notify()
 
     # -- the caller side
