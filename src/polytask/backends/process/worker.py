@@ -334,14 +334,24 @@ def serve_to_the_end(rfd: int, wfd: int) -> int:
 
 
 def _exit_code(exc: SystemExit) -> int:
-    """The exit code ``exc`` means, as the interpreter reads it (a message: said, 1)."""
-    if exc.code is None:
+    """The exit status ``exc`` means, as the interpreter reads it (a message: said, 1).
+
+    Always 0-255, so ``os._exit`` takes it: an int is read as a C long (-1 past
+    it) and the system keeps its low 8 bits. ``os._exit(2**31)`` raised
+    OverflowError, which in a forked worker left the child running its parent's
+    code (until the exit watchdog ended it), and a spawned one exited 1 with a
+    traceback.
+    """
+    code = exc.code
+    if code is None:
         return 0
-    if isinstance(exc.code, int):
-        return exc.code
+    if isinstance(code, int):
+        if not -sys.maxsize - 1 <= code <= sys.maxsize:
+            return 255
+        return code & 0xFF
     try:
-        print(exc.code, file=sys.stderr)
-    except Exception:  # pragma: no cover - an unprintable code
+        print(code, file=sys.stderr)
+    except BaseException:  # an unprintable code (its __str__ raised): the interpreter says 1 too
         pass
     return 1
 
