@@ -1452,3 +1452,31 @@ def test_map_raises_an_error_once_the_items_before_it_are_in(how, tmp_path):
                         list(pool.imap(fn, range(60), chunksize=1))
             took[name] = time.monotonic() - t0
         assert took["map"] < took["imap"] + 20 * 0.08, took
+
+
+def exit_3(_):
+    sys.exit(3)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_callback_raising_systemexit_leaves_the_pool_working(backend, caplog):
+    # map_async's callback runs in the pool's thread that settles the call:
+    # SystemExit from it went through Future's callback handling (which takes
+    # Exception only) into the pool's bookkeeping, and a thread pool's join()
+    # then waited for good. It is logged, as an Exception from a callback is.
+    pool = Pool(2, backend=backend)
+    try:
+        calls = [
+            pool.map_async(abs, range(-5, 0), callback=exit_3),
+            pool.starmap_async(pow, [(2, 3)], callback=exit_3),
+            pool.apply_async(int, ("x",), error_callback=exit_3),
+        ]
+        assert calls[0].get(timeout=30) == [5, 4, 3, 2, 1]
+        assert calls[1].get(timeout=30) == [8]
+        with pytest.raises(ValueError):
+            calls[2].get(timeout=30)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    finally:
+        pool.close()
+        pool.join(timeout=30)
+    assert "SystemExit" in caplog.text
