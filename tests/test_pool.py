@@ -1441,3 +1441,75 @@ def test_join_from_a_thread_pools_own_task_says_it_would_wait_for_itself():
     finally:
         pool.terminate()
         pool.join(30)
+
+
+def first_late(x, how, marks):
+    """Item 1 fails at once (``how``: raises, or ends its worker, which takes the pool
+    about 0.15 s to see); item 0 is in soon after that."""
+    if x == 1:
+        if how == "raise":
+            raise ValueError("item 1")
+        with open(marks, "a") as f:
+            f.write("ran\n")
+        os._exit(3)
+    if x == 0:
+        if how == "crash":
+            wait_until(lambda: Path(marks).read_text(), timeout=30)
+        time.sleep(0.05 if how == "raise" else 0.25)
+    else:
+        time.sleep(0.02)  # the rest are not all in when item 0 is
+    return x
+
+
+@pytest.mark.parametrize("how", ["raise", "crash"])
+def test_map_raises_an_error_once_the_items_before_it_are_in(how, tmp_path):
+    # The error of item 1 comes before item 0's result: that result, which lets map
+    # raise the error, must wake the caller too. It did not (only the last result
+    # or an error did), and map raised at its 0.25 s poll (the crash: an error
+    # settled apart, by Pool._failed): 20 maps took 2-5 s more than the same 20
+    # through imap. Compared with imap in the same run, not timed.
+    expected = ValueError if how == "raise" else pt.WorkerCrashed
+    marks = tmp_path / "marks"
+    with Pool(2) as pool:
+        pool.map(square, range(4))  # the workers are up
+        took = {}
+        for name in ["map", "imap"]:
+            t0 = time.monotonic()
+            for _ in range(20):
+                marks.write_text("")
+                fn = functools.partial(first_late, how=how, marks=str(marks))
+                with pytest.raises(expected):
+                    if name == "map":
+                        pool.map(fn, range(60), chunksize=1)
+                    else:
+                        list(pool.imap(fn, range(60), chunksize=1))
+            took[name] = time.monotonic() - t0
+        assert took["map"] < took["imap"] + 20 * 0.08, took
+
+
+def exit_3(_):
+    sys.exit(3)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_callback_raising_systemexit_leaves_the_pool_working(backend, caplog):
+    # map_async's callback runs in the pool's thread that settles the call:
+    # SystemExit from it went through Future's callback handling (which takes
+    # Exception only) into the pool's bookkeeping, and a thread pool's join()
+    # then waited for good. It is logged, as an Exception from a callback is.
+    pool = Pool(2, backend=backend)
+    try:
+        calls = [
+            pool.map_async(abs, range(-5, 0), callback=exit_3),
+            pool.starmap_async(pow, [(2, 3)], callback=exit_3),
+            pool.apply_async(int, ("x",), error_callback=exit_3),
+        ]
+        assert calls[0].get(timeout=30) == [5, 4, 3, 2, 1]
+        assert calls[1].get(timeout=30) == [8]
+        with pytest.raises(ValueError):
+            calls[2].get(timeout=30)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    finally:
+        pool.close()
+        pool.join(timeout=30)
+    assert "SystemExit" in caplog.text

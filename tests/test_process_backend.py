@@ -711,43 +711,72 @@ def test_a_task_calling_sys_exit_ends_its_worker_within_the_exit_bound(
     assert "took more than 0.5 s" in done.stderr
 
 
-_EXIT_WITH_A_HUGE_CODE = """
-import os, sys
+# What each task's sys.exit() is given: a name, then its Python expression.
+_EXIT_CODES = {
+    "none": "None",
+    "zero": "0",
+    "three": "3",
+    "minus_one": "-1",
+    "256": "256",
+    "message": "'a message'",
+    "unprintable": "Unprintable()",
+    "2**31": "2**31",
+    "2**32+3": "2**32 + 3",
+    "2**63": "2**63",
+    "-2**63": "-(2**63)",
+    "2**100": "2**100",
+    "-2**100": "-(2**100)",
+}
+
+_EXIT_WITH = """
+import sys
 import polytask as pt
 
-def huge_exit(code):
-    sys.exit(code)
+def exit_with(expr):
+    class Unprintable:
+        def __str__(self):
+            raise KeyboardInterrupt("no str")
+
+    sys.exit(eval(expr, {"Unprintable": Unprintable}))
 
 if __name__ == "__main__":
     from polytask.backends.process.backend import ProcessBackend
-    me = os.getpid()
-    be = ProcessBackend(start_method=sys.argv[1])
-    try:
-        for code in (2**40 + 7, -(2**40) - 2, 2**70):
-            try:
-                be.spawn(huge_exit, (code,), {}).result(60)
-            except pt.WorkerCrashed as exc:
-                print("crashed", getattr(exc, "exitcode", "?"), flush=True)
-    finally:
-        # Only the parent gets here: a forked worker that did is a copy of this program.
-        print("parent" if os.getpid() == me else "a worker ran its parent's code", flush=True)
-        be.shutdown()
+    codes = dict(arg.split("=", 1) for arg in sys.argv[2:])
+    be = ProcessBackend(start_method=sys.argv[1], max_workers=1)
+    for name, expr in codes.items():
+        task = pt.spawn(exit_with, expr, backend=be)
+        try:
+            task.result(60)
+        except pt.WorkerCrashed:
+            print(name, task.exitcode, flush=True)
+    assert pt.spawn(abs, -4, backend=be).result(60) == 4  # a worker replaced the last
+    be.shutdown()
 """
 
 
 @pytest.mark.parametrize("start_method", ["spawn", "fork"])
-def test_a_task_exiting_with_a_code_past_a_c_int_ends_its_worker_with_its_low_byte(
+def test_a_task_calling_sys_exit_ends_its_worker_with_the_interpreters_exit_code(
     start_method: str, tmp_path: Path
 ) -> None:
-    # os._exit(2**40) raises OverflowError: a spawned worker printed it and went on
-    # to the interpreter's exit; a forked one left its fork branch and ran on in the
-    # parent's code (killed 4 s later by the exit watchdog, exit code 1).
-    script = tmp_path / "exit.py"
-    script.write_text(_EXIT_WITH_A_HUGE_CODE)
-    done = run_python(f"exec(open({str(script)!r}).read())", start_method)
+    # The worker passed an int code to os._exit() as it was: past a C int it raised
+    # OverflowError, and a forked worker then left its fork as its parent's code
+    # does (the exit watchdog ended it 4 s later), a spawned one exited 1 with a
+    # traceback. An unprintable code's KeyboardInterrupt ended a spawned worker by
+    # SIGINT. The oracle: the interpreter's own exit status for each code.
+    unprintable = "class Unprintable:\n def __str__(self): raise KeyboardInterrupt\n"
+    expected = {}
+    for name, expr in _EXIT_CODES.items():
+        own = subprocess.run(
+            [sys.executable, "-c", f"import sys\n{unprintable}sys.exit({expr})"],
+            capture_output=True,
+            timeout=60,
+        )
+        expected[name] = own.returncode
+    script = tmp_path / "exit_with.py"
+    script.write_text(_EXIT_WITH)
+    args = [f"{name}={expr}" for name, expr in _EXIT_CODES.items()]
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method, *args)
     assert done.returncode == 0, done.stderr
-    # The status the interpreter gives such a code: its low byte, 255 past a long long.
-    assert done.stdout.split() == ["crashed", "7", "crashed", "254", "crashed", "255", "parent"], (
-        done.stdout + done.stderr
-    )
-    assert "OverflowError" not in done.stderr, done.stderr
+    got = dict(line.split() for line in done.stdout.splitlines())
+    assert got == {name: str(code) for name, code in expected.items()}, done.stderr
+    assert "was ended" not in done.stderr and "Traceback" not in done.stderr, done.stderr

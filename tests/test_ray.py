@@ -421,3 +421,64 @@ def test_tasks_with_timeouts_waiting_for_their_own_tasks_do_not_starve_ray() -> 
     with pt.TaskGroup(backend="ray") as g:
         parents = [g.spawn(spawn_child_and_wait, i, timeout=120) for i in range(6)]
     assert [p.result() for p in parents] == [i + 1 for i in range(6)]
+
+
+OLD_SESSION_PRIMITIVE = """
+import pickle
+import warnings
+
+import psutil
+import ray
+import polytask as pt
+
+warnings.simplefilter("ignore")
+
+
+def start():
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+def outcome(what):
+    try:
+        what()
+    except RuntimeError as exc:
+        return "RuntimeError: " + str(exc)
+    except BaseException as exc:
+        return type(exc).__name__ + ": " + str(exc)
+    return "no error"
+
+
+start()
+old = pt.Lock(backend="ray")
+with old:
+    pass
+blob = pickle.dumps(old)
+ray.shutdown()
+start()
+print("UNPICKLE", outcome(lambda: pickle.loads(blob)), flush=True)
+print("PICKLE", outcome(lambda: pickle.dumps(old)), flush=True)
+print("ACQUIRE", outcome(lambda: old.acquire(timeout=5)), flush=True)
+new = pt.Lock(backend="ray")
+back = ray.get(ray.remote(lambda lock: lock).remote(new), timeout=60)
+print("NEW", back.acquire(timeout=5), new.acquire(timeout=0.1), flush=True)
+back.release()
+started = psutil.Process().children(recursive=True)
+ray.shutdown()
+psutil.wait_procs(started, timeout=30)
+"""
+
+
+def test_a_primitive_of_an_ended_ray_session_fails_clearly() -> None:
+    # A Lock made before ray.shutdown() and a new ray.init() in the same process:
+    # pickling it aborted the process (a failed check in Ray's C++ core), its old
+    # pickle failed with an AssertionError from Ray's insides (or, before any new
+    # primitive, left the dead hub's handle to them). Each now says what happened;
+    # the new session's primitives work, also through a Ray task and back.
+    r = run_script(OLD_SESSION_PRIMITIVE)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+    for what in ("UNPICKLE", "PICKLE", "ACQUIRE"):
+        assert lines.get(what, "").startswith(
+            "RuntimeError: this polytask primitive was made in Ray session"
+        ), r.stdout
+    assert lines.get("NEW") == "True False", r.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,9 @@ from .._core.errors import WaitTimeout
 from .._core.timeouts import check_timeout
 from .._progress import Progress, want_progress
 from .batch import Results
+
+#: concurrent.futures' own logger, which says what a done callback raised.
+_LOGGER = logging.getLogger("concurrent.futures")
 
 
 class _Run(Protocol):
@@ -84,6 +88,14 @@ class AsyncResult(Generic[T]):
                     self._callback(future.result(0))
             elif self._error_callback is not None:
                 self._error_callback(exc)
+        except Exception:
+            raise
+        except BaseException:
+            # SystemExit, KeyboardInterrupt: Future's callback handling lets them
+            # through, into the pool's thread that settled the call, in the middle of
+            # its bookkeeping (a thread pool's join() then waited for good). Logged as
+            # Future logs an error.
+            _LOGGER.exception("exception calling callback for %r", future)
         finally:
             self._callback = self._error_callback = None  # no cycles through them
             self._event.set()

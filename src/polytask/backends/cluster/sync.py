@@ -177,13 +177,38 @@ def _remember_hub(
 def _ray_link(job: tuple[str, str], blob: bytes) -> RayLink:
     """Unpickle a :class:`RayLink`: the handle this process already has for the job,
     else the pickled one. Unpickling an actor handle fetches its class from Ray's GCS,
-    which the creating process never needs to do."""
+    which the creating process never needs to do.
+
+    A link pickled in another Ray session (this process's Ray was shut down and
+    started again since) raises: its hub, and the object's state, went with that
+    session (Ray failed on its handle with an AssertionError from its insides)."""
+    import ray
+
+    if not ray.is_initialized():
+        from .. import get_backend
+
+        get_backend("ray")
+    _check_session(job)
     known = _ray_handles.get(job)
     if known is not None:
-        return RayLink(known[0])
+        return RayLink(known[0], job)
     handle = pickle.loads(blob)
     _remember_hub(job, handle, blob)
-    return RayLink(handle)
+    return RayLink(handle, job)
+
+
+def _check_session(job: tuple[str, str]) -> None:
+    """Raise if ``job`` (the session and job of a hub handle) is not of the Ray this
+    process is connected to now."""
+    import ray
+
+    now = _ray_job()[0] if ray.is_initialized() else None
+    if job[0] != now:
+        raise RuntimeError(
+            f"this polytask primitive was made in Ray session {job[0]!r}, not in this "
+            f"process's Ray now ({now!r}): a Ray shut down (ray.shutdown()) keeps none "
+            "of its objects. Make a new one in this session."
+        )
 
 
 class RayLink:
@@ -191,8 +216,9 @@ class RayLink:
 
     engine = "ray"
 
-    def __init__(self, handle: Any = None) -> None:
+    def __init__(self, handle: Any = None, job: tuple[str, str] | None = None) -> None:
         self._handle = handle
+        self._job = job  # the Ray session and job of ``handle``
 
     def __reduce__(self) -> Any:
         self._get_handle()
@@ -210,26 +236,32 @@ class RayLink:
         return (_ray_link, (job, blob))
 
     def _get_handle(self) -> Any:
-        if self._handle is None:
-            import ray
+        if self._handle is not None:
+            if self._job is not None:
+                # A handle of an ended session: calling it failed with Ray's "Can't
+                # find actor", pickling it aborted the process (a failed check in
+                # Ray's C++ core), and remembering it gave new primitives a dead hub.
+                _check_session(self._job)
+            return self._handle
+        import ray
 
-            if not ray.is_initialized():
-                # Let polytask start (and guard) the local Ray rather than Ray's auto-init.
-                from .. import get_backend
+        if not ray.is_initialized():
+            # Let polytask start (and guard) the local Ray rather than Ray's auto-init.
+            from .. import get_backend
 
-                get_backend("ray")
-            job = _ray_job()
-            known = _ray_handles.get(job)
-            if known is None:
-                actor = ray.remote(_RayHub).options(
-                    name="polytask-sync",
-                    namespace="polytask",
-                    get_if_exists=True,
-                    num_cpus=0,
-                    max_concurrency=10_000,
-                )
-                known = _remember_hub(job, actor.remote())
-            self._handle = known[0]
+            get_backend("ray")
+        job = _ray_job()
+        known = _ray_handles.get(job)
+        if known is None:
+            actor = ray.remote(_RayHub).options(
+                name="polytask-sync",
+                namespace="polytask",
+                get_if_exists=True,
+                num_cpus=0,
+                max_concurrency=10_000,
+            )
+            known = _remember_hub(job, actor.remote())
+        self._handle, self._job = known[0], job
         return self._handle
 
     def setup(self) -> None:
@@ -253,6 +285,8 @@ class RayLink:
 
         if self._handle is None or not ray.is_initialized():
             return
+        if self._job is not None and self._job[0] != _ray_job()[0]:
+            return  # its session's hub ended with it
         self._handle.call.remote(key, "", None, "forget", [])
 
 

@@ -318,10 +318,9 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 def serve_to_the_end(rfd: int, wfd: int) -> int:
     """:func:`serve`, then end as an interpreter does (:func:`at_exit`); the exit code.
 
-    A task's ``sys.exit(code)`` ends the worker with the status the interpreter
-    would exit with (see :func:`_exit_code`), after the same bounded
-    :func:`at_exit`: a spawned worker went through the interpreter's own exit
-    instead, which waited without a bound for the thread tasks it left.
+    A task's ``sys.exit(code)`` ends the worker with that code, after the same
+    bounded :func:`at_exit`: a spawned worker went through the interpreter's own
+    exit instead, which waited without a bound for the thread tasks it left.
     """
     code = 0
     try:
@@ -335,18 +334,24 @@ def serve_to_the_end(rfd: int, wfd: int) -> int:
 
 
 def _exit_code(exc: SystemExit) -> int:
-    """The exit status ``exc`` means, 0 to 255, as the interpreter reads it (a
-    message: said, 1). Never more: ``os._exit(2**40)`` raises OverflowError, which
-    in a forked worker went on into the parent's code the fork copied."""
-    if exc.code is None:
+    """The exit status ``exc`` means, as the interpreter reads it (a message: said, 1).
+
+    Always 0-255, so ``os._exit`` takes it: an int is read as a C long (-1 past
+    it) and the system keeps its low 8 bits. ``os._exit(2**31)`` raised
+    OverflowError, which in a forked worker left the child running its parent's
+    code (until the exit watchdog ended it), and a spawned one exited 1 with a
+    traceback.
+    """
+    code = exc.code
+    if code is None:
         return 0
-    if isinstance(exc.code, int):
-        # The interpreter takes a C long long, cut to an int (-1 past it): the
-        # process's status is its low byte.
-        return exc.code & 0xFF if -(2**63) <= exc.code < 2**63 else 0xFF
+    if isinstance(code, int):
+        if not -sys.maxsize - 1 <= code <= sys.maxsize:
+            return 255
+        return code & 0xFF
     try:
-        print(exc.code, file=sys.stderr)
-    except Exception:  # pragma: no cover - an unprintable code
+        print(code, file=sys.stderr)
+    except BaseException:  # an unprintable code (its __str__ raised): the interpreter says 1 too
         pass
     return 1
 
