@@ -101,8 +101,8 @@ def stage(
     ready. ``name`` (default: the function's name) appears in errors.
 
     Raises:
-        TypeError: ``fn`` is not callable. ValueError: ``workers`` is not an int from 1
-        to 4,096.
+        TypeError: ``fn`` is not callable.
+        ValueError: ``workers`` is not an int from 1 to 4,096.
     """
     if not callable(fn):
         raise TypeError(f"stage() needs a callable, got {type(fn).__name__} {fn!r}")
