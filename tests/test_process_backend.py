@@ -780,3 +780,70 @@ def test_a_task_calling_sys_exit_ends_its_worker_with_the_interpreters_exit_code
     got = dict(line.split() for line in done.stdout.splitlines())
     assert got == {name: str(code) for name, code in expected.items()}, done.stderr
     assert "was ended" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+_PARENTS_FINALIZERS = """
+import os, sys, tempfile
+import polytask as pt
+
+if __name__ == "__main__":
+    keep = tempfile.TemporaryDirectory()  # the parent's, removed at the parent's exit
+    with pt.Pool(1, start_method=sys.argv[1]) as pool:
+        pool.submit(os.getpid).result(60)
+    # The pool's worker has ended (join() reaped it).
+    print(os.path.exists(keep.name))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_forked_worker_leaves_its_parents_finalizers_to_the_parent(
+    start_method: str, tmp_path: Path
+) -> None:
+    # A forked worker registered weakref.finalize's exit function again (for its
+    # tasks' finalizers) with the parent's finalizers still in the registry: at its
+    # exit it removed the parent's TemporaryDirectory (and ran whatever else the
+    # parent had registered, which could hold its exit for the watchdog's 4 s).
+    script = tmp_path / "finalizers.py"
+    script.write_text(_PARENTS_FINALIZERS)
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"], "a worker removed its parent's temporary directory"
+
+
+_FORKED_CHILD_EXITS = """
+import atexit, os, sys
+import polytask as pt
+
+def note(path, what):
+    with open(path, "a") as f:
+        f.write(what + "\\n")
+
+def fork_a_child_that_exits(path):
+    atexit.register(note, path, f"handler in {os.getpid()}")
+    child = os.fork()
+    if child == 0:
+        sys.exit(5)
+    _, status = os.waitpid(child, 0)
+    return os.getpid(), os.waitstatus_to_exitcode(status)
+
+if __name__ == "__main__":
+    path = sys.argv[2]
+    with pt.Pool(1, start_method=sys.argv[1]) as pool:
+        worker, code = pool.submit(fork_a_child_that_exits, path).result(60)
+    print(code, open(path).read().split() == ["handler", "in", str(worker)])
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_sys_exit_in_a_tasks_forked_child_runs_none_of_the_workers_exit_handlers(
+    start_method: str, tmp_path: Path
+) -> None:
+    # The worker's atexit handlers (here one its task registered) are the worker's:
+    # they run once, when it ends, not also in a child its task forked that called
+    # sys.exit (which, in a forked worker, could also wait there for the watchdog).
+    script = tmp_path / "forked_exit.py"
+    script.write_text(_FORKED_CHILD_EXITS)
+    out = tmp_path / "notes"
+    done = run_python(f"exec(open({str(script)!r}).read())", start_method, str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5", "True"], (done.stdout, out.read_text(), done.stderr)

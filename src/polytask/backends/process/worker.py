@@ -318,10 +318,14 @@ def _init(config: dict[str, Any], wfd: int, me: int) -> None:
 def serve_to_the_end(rfd: int, wfd: int) -> int:
     """:func:`serve`, then end as an interpreter does (:func:`at_exit`); the exit code.
 
-    A task's ``sys.exit(code)`` ends the worker with that code, after the same
-    bounded :func:`at_exit`: a spawned worker went through the interpreter's own
-    exit instead, which waited without a bound for the thread tasks it left.
+    A task's ``sys.exit(code)`` ends the worker with the status the interpreter
+    would exit with (see :func:`_exit_code`), after the same bounded
+    :func:`at_exit`: a spawned worker went through the interpreter's own exit
+    instead, which waited without a bound for the thread tasks it left. In a
+    process a task forked, ``sys.exit`` only ends that process: the worker's exit
+    handlers are the worker's (they ran there, and would have twice).
     """
+    me = os.getpid()
     code = 0
     try:
         serve(rfd, wfd)
@@ -329,6 +333,8 @@ def serve_to_the_end(rfd: int, wfd: int) -> int:
         pass
     except SystemExit as exc:
         code = _exit_code(exc)
+        if os.getpid() != me:
+            return code
     at_exit()
     return code
 
@@ -415,6 +421,10 @@ def after_fork() -> None:
     # polytask's own, whose list the fork emptied: what its tasks started).
     atexit._clear()
     atexit.register(_proc.run_shutdown_hooks)
+    # So are its weakref finalizers: disarmed (a finalizer gone from the registry does
+    # nothing when called), or the exit function registered again below ran them
+    # here: a forked worker removed its parent's TemporaryDirectory as it ended.
+    weakref.finalize._registry.clear()  # type: ignore[attr-defined]
     if getattr(weakref.finalize, "_registered_with_atexit", False):
         # weakref.finalize registers its exit function once per process and keeps a
         # flag that the fork copied: without it again, the finalizers a task makes
