@@ -292,6 +292,7 @@ class _Run(RunQueue):
         "aborted",
         "ahead",
         "dropped",
+        "errored",
         "input_error",
         "next_index",
         "pool",
@@ -327,10 +328,13 @@ class _Run(RunQueue):
         )
         self._lock = threading.Lock()
         self._notify: Callable[[], None] = lambda: None
-        # Items with a result in (under _lock), and whether the consumer wants waking
-        # only once they all are, or an error came (see Pool._collect).
+        # Items with a result in (under _lock); whether the consumer wants waking only
+        # once they all are, or an error came (see Pool._collect); and whether one
+        # came: from then on every result wakes it. Apart, because the consumer asks
+        # for quiet after the chunks went out, maybe after an error came.
         self.settled = 0
         self.quiet = False
+        self.errored = False
         # The input raised: what it gave before runs, then this is raised in its place.
         self.input_error: BaseException | None = None
         self._fill_lock = threading.Lock()  # the consumer and a shutdown may both pull
@@ -355,8 +359,8 @@ class _Run(RunQueue):
             if errors is not None:
                 # Woken for it, the consumer may find an earlier item still out: the
                 # one that fills that gap must wake it too, so no more quiet.
-                self.quiet = False
-            elif self.quiet and self.settled < self.pulled:
+                self.errored = True
+            elif self.quiet and not self.errored and self.settled < self.pulled:
                 return
         self._notify()
 
@@ -366,7 +370,7 @@ class _Run(RunQueue):
                 return
             for item, ok, value in done:
                 if not ok:
-                    self.quiet = False  # as in settle_block
+                    self.errored = True  # as in settle_block
                 seg: Results = ([value], None) if ok else ([None], {0: value})
                 if isinstance(self.ready, dict):
                     self.ready[item.index] = seg
