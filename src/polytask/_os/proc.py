@@ -1006,8 +1006,15 @@ class _Guardian:
         # A forked child must not keep the parent's write end open: the guardian
         # would then never see EOF when the parent dies.
         if self._proc is not None and self._proc.stdin is not None:
+            # Pointed at /dev/null rather than closed: the file object still owns the
+            # number and closes it when dropped just below (closed under it, it said
+            # "Exception ignored ... Bad file descriptor" on 3.13 in every fork child).
             try:
-                os.close(self._proc.stdin.fileno())
+                null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.dup2(null, self._proc.stdin.fileno(), inheritable=False)
+                finally:
+                    os.close(null)
             except OSError:
                 pass
         self._proc, self._fd = None, None
